@@ -1,0 +1,325 @@
+//! A small blocking client for the dkv protocol, used by kvcat, the tests and the tools.
+//!
+//! One request at a time with [`Client::call`] and the typed helpers, or pipelined with
+//! [`Client::send`] and [`Client::recv`] (replies matched by request id, in any order).
+
+use crate::limits::READ_CHUNK_SIZE;
+use crate::protocol::message::Response;
+use crate::protocol::{frame, op, Consistency, Request, Role, Status, PROTOCOL_VERSION};
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// A reply owned by the caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The request's opcode (0 for a connection-level error).
+    pub op: u8,
+    /// Status code byte.
+    pub status: u8,
+    /// Request id answered.
+    pub id: u32,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The status, if known.
+    pub fn status(&self) -> Option<Status> {
+        Status::from_u8(self.status)
+    }
+
+    /// The status name, or `STATUS_0xNN` for an unknown code.
+    pub fn status_name(&self) -> String {
+        match self.status() {
+            Some(s) => s.name().to_string(),
+            None => format!("STATUS_0x{:02x}", self.status),
+        }
+    }
+
+    /// The body as text (error messages, STATS).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Leading version u64 and the rest of the body.
+    pub fn version_and_rest(&self) -> Option<(u64, &[u8])> {
+        if self.body.len() < 8 {
+            return None;
+        }
+        let (v, rest) = self.body.split_at(8);
+        Some((u64::from_be_bytes(v.try_into().expect("8 bytes")), rest))
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug)]
+pub enum ClientError {
+    /// The connection failed or was closed.
+    Io(io::Error),
+    /// The server answered with an error status.
+    Server {
+        /// Status code byte.
+        status: u8,
+        /// The server's message.
+        message: String,
+    },
+    /// The server sent something this client does not understand.
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The status of a server error.
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            ClientError::Server { status, .. } => Status::from_u8(*status),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Io(e) => write!(f, "connection error: {e}"),
+            ClientError::Server { status, message } => {
+                let name = Status::from_u8(*status)
+                    .map(|s| s.name().to_string())
+                    .unwrap_or_else(|| format!("STATUS_0x{status:02x}"));
+                write!(f, "{name} {message}")
+            }
+            ClientError::Protocol(why) => write!(f, "protocol error: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+
+/// A blocking connection to one node.
+pub struct Client {
+    stream: TcpStream,
+    inbuf: Vec<u8>,
+    start: usize,
+    out: Vec<u8>,
+    next_id: u32,
+}
+
+impl Client {
+    /// Connect as a client and complete the HELLO handshake.
+    pub fn connect<A: ToSocketAddrs>(addr: A) -> Result<Client, ClientError> {
+        Client::connect_as(addr, Role::Client, 0, b"")
+    }
+
+    /// Connect with an explicit role, node id and token.
+    pub fn connect_as<A: ToSocketAddrs>(
+        addr: A,
+        role: Role,
+        node_id: u32,
+        token: &[u8],
+    ) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        let mut c = Client::from_stream(stream);
+        let reply = c.call(&Request::Hello {
+            version: PROTOCOL_VERSION,
+            role,
+            node_id,
+            token,
+        })?;
+        expect_ok(reply)?;
+        Ok(c)
+    }
+
+    /// Wrap a connected stream without a handshake (raw tests).
+    pub fn from_stream(stream: TcpStream) -> Client {
+        Client {
+            stream,
+            inbuf: Vec::with_capacity(READ_CHUNK_SIZE),
+            start: 0,
+            out: Vec::new(),
+            next_id: 1,
+        }
+    }
+
+    /// Set a read timeout for replies.
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.stream.set_read_timeout(timeout)?;
+        self.stream.set_write_timeout(timeout)
+    }
+
+    /// Queue a request (sent by [`Client::flush`] or the next [`Client::recv`]); returns its id.
+    pub fn send(&mut self, req: &Request<'_>) -> u32 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        req.encode(id, &mut self.out);
+        id
+    }
+
+    /// Queue raw bytes (for tests of bad input).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Write everything queued.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out)?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Flush, then wait for the next reply.
+    pub fn recv(&mut self) -> Result<Reply, ClientError> {
+        self.flush()?;
+        loop {
+            match frame::parse(&self.inbuf[self.start..]) {
+                Ok(Some((f, n))) => {
+                    let r = Response::from_frame(&f).ok_or_else(|| {
+                        ClientError::Protocol(format!("request frame 0x{:02x} from server", f.op))
+                    })?;
+                    let reply = Reply {
+                        op: r.op,
+                        status: r.status,
+                        id: r.id,
+                        body: r.body.to_vec(),
+                    };
+                    self.start += n;
+                    if self.start == self.inbuf.len() {
+                        self.inbuf.clear();
+                        self.start = 0;
+                    }
+                    return Ok(reply);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            }
+            if self.start > 0 {
+                self.inbuf.drain(..self.start);
+                self.start = 0;
+            }
+            let len = self.inbuf.len();
+            self.inbuf.resize(len + READ_CHUNK_SIZE, 0);
+            let n = match self.stream.read(&mut self.inbuf[len..]) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.inbuf.truncate(len);
+                    return Err(e.into());
+                }
+            };
+            self.inbuf.truncate(len + n);
+            if n == 0 {
+                return Err(ClientError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "server closed the connection",
+                )));
+            }
+        }
+    }
+
+    /// Send one request and wait for its reply (error statuses are returned as replies).
+    pub fn call(&mut self, req: &Request<'_>) -> Result<Reply, ClientError> {
+        let id = self.send(req);
+        let reply = self.recv()?;
+        if reply.id != id && reply.op != 0 {
+            return Err(ClientError::Protocol(format!(
+                "reply to id {} while waiting for {id}",
+                reply.id
+            )));
+        }
+        Ok(reply)
+    }
+
+    /// PING.
+    pub fn ping(&mut self) -> Result<(), ClientError> {
+        expect_ok(self.call(&Request::Ping)?).map(|_| ())
+    }
+
+    /// GET: the version and value, or `None` if not found.
+    pub fn get(
+        &mut self,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<Option<(u64, Vec<u8>)>, ClientError> {
+        let r = self.call(&Request::Get { key, consistency })?;
+        if r.status() == Some(Status::NotFound) {
+            return Ok(None);
+        }
+        let r = expect_ok(r)?;
+        let (v, value) = r
+            .version_and_rest()
+            .ok_or_else(|| ClientError::Protocol("GET reply without a version".into()))?;
+        Ok(Some((v, value.to_vec())))
+    }
+
+    /// PUT: the version assigned to the write.
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        ttl_seconds: u32,
+        consistency: Consistency,
+    ) -> Result<u64, ClientError> {
+        let r = self.call(&Request::Put {
+            key,
+            value,
+            ttl_seconds,
+            consistency,
+        })?;
+        version_of(expect_ok(r)?)
+    }
+
+    /// DELETE: the tombstone's version.
+    pub fn delete(&mut self, key: &[u8], consistency: Consistency) -> Result<u64, ClientError> {
+        let r = self.call(&Request::Delete { key, consistency })?;
+        version_of(expect_ok(r)?)
+    }
+
+    /// STATS as text.
+    pub fn stats(&mut self) -> Result<String, ClientError> {
+        Ok(expect_ok(self.call(&Request::Stats)?)?.text())
+    }
+
+    /// CLUSTER as text.
+    pub fn cluster(&mut self) -> Result<String, ClientError> {
+        Ok(expect_ok(self.call(&Request::Cluster)?)?.text())
+    }
+
+    /// LGET: `Ok(Some((version, value)))` for a live local copy, `Ok(None)` otherwise.
+    pub fn local_get(&mut self, key: &[u8]) -> Result<Option<(u64, Vec<u8>)>, ClientError> {
+        let r = self.call(&Request::LocalGet { key })?;
+        if r.status() == Some(Status::NotFound) {
+            return Ok(None);
+        }
+        let r = expect_ok(r)?;
+        if r.body.len() < 16 {
+            return Err(ClientError::Protocol("short LGET reply".into()));
+        }
+        let v = u64::from_be_bytes(r.body[..8].try_into().expect("8 bytes"));
+        Ok(Some((v, r.body[16..].to_vec())))
+    }
+}
+
+/// Turn a non-OK reply into an error.
+pub fn expect_ok(r: Reply) -> Result<Reply, ClientError> {
+    if r.status == Status::Ok as u8 {
+        Ok(r)
+    } else {
+        Err(ClientError::Server {
+            status: r.status,
+            message: r.text(),
+        })
+    }
+}
+
+fn version_of(r: Reply) -> Result<u64, ClientError> {
+    r.version_and_rest()
+        .map(|(v, _)| v)
+        .ok_or_else(|| ClientError::Protocol(format!("{} reply without a version", op::name(r.op))))
+}

@@ -1,0 +1,35 @@
+//! dkv: a distributed key-value store with a raw binary TCP protocol.
+//!
+//! Module map:
+//!
+//! ```text
+//! limits     every bound as a named constant
+//! protocol   frames, requests, replies: bytes <-> values (pure)
+//! hash       the stable key hash, partitions, shard placement (pure)
+//! version    versions and the hybrid logical clock (pure)
+//! storage    the Store interface and its implementations
+//! cluster    ring, membership, replication, repair, hints, leader (pure)
+//! shard      one shard's core: decode, execute, encode (pure)
+//! server     the only place with mio and sockets: event loops, listeners, mailboxes
+//! client     a small blocking client used by kvcat, tests and tools
+//! ```
+//!
+//! Threads of one `kvd` process:
+//!
+//! ```text
+//!   main thread: parse options, raise fd limit, spawn shards, wait for SIGINT/SIGTERM
+//!   shard 0 ─┐  each: own mio::Poll, own SO_REUSEPORT listener on the node's port,
+//!   shard 1 ─┤        own connections (Slab), own Store, own mailbox (+ mio::Waker)
+//!   ...      ─┘  requests for keys owned elsewhere travel shard → shard through mailboxes
+//! ```
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod cluster;
+pub mod hash;
+pub mod limits;
+pub mod protocol;
+pub mod server;
+pub mod shard;
+pub mod storage;
+pub mod version;

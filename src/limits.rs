@@ -1,0 +1,105 @@
+//! Every bound in dkv as a named constant, with the assertions that tie them together.
+//!
+//! A limit that is not written here does not exist: queues, buffers, loops, connections and
+//! frame sizes are all bounded (TigerBeetle's "put a limit on everything"). Units are the last
+//! word of each name. Where a limit is also a command-line option, the constant is its default
+//! and the option is checked against the `*_MAX` constant beside it.
+
+/// Largest key, in bytes. Keys are arbitrary bytes of length 1..=KEY_SIZE_MAX.
+pub const KEY_SIZE_MAX: usize = 1024;
+
+/// Largest value, in bytes. Values are arbitrary bytes, possibly empty.
+pub const VALUE_SIZE_MAX: usize = 1024 * 1024;
+
+/// Bytes of the frame header that follow the 4-byte length: op (1), aux (1), request id (4).
+pub const FRAME_HEADER_AFTER_LENGTH: usize = 6;
+
+/// Total size of the frame header including the 4-byte length prefix.
+pub const FRAME_HEADER_SIZE: usize = 4 + FRAME_HEADER_AFTER_LENGTH;
+
+/// Largest body of a PUT: key length (2) + key + ttl (4) + value.
+pub const PUT_BODY_SIZE_MAX: usize = 2 + KEY_SIZE_MAX + 4 + VALUE_SIZE_MAX;
+
+/// Largest value of the length prefix of any frame, in bytes (everything after the prefix).
+/// Peer frames carry at most one write each, with a few more header bytes than a PUT, so 4 KiB
+/// of slack above the largest PUT covers every frame we define. A frame that declares more is
+/// refused before any byte of its body is buffered.
+pub const FRAME_SIZE_MAX: usize = FRAME_HEADER_AFTER_LENGTH + PUT_BODY_SIZE_MAX + 4096;
+
+/// Largest auth token in a HELLO frame, in bytes.
+pub const TOKEN_SIZE_MAX: usize = 256;
+
+/// Largest STATS or CLUSTER reply body, in bytes; the text is cut (with a final `truncated 1`
+/// line) rather than grown past it.
+pub const TEXT_REPLY_SIZE_MAX: usize = 64 * 1024;
+
+/// Largest error message carried in an error frame, in bytes.
+pub const ERROR_MESSAGE_SIZE_MAX: usize = 512;
+
+/// Default cap on open connections per node (clients and peers together), split evenly over the
+/// shards. The effective cap is lowered at start if the open-file limit cannot be raised enough.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
+
+/// Hard upper bound for `--max-connections`.
+pub const CONNECTIONS_MAX_LIMIT: usize = 1_000_000;
+
+/// File descriptors kept in reserve (segments, hint files, listeners, wakers, stdio) when the
+/// connection cap is derived from the open-file limit.
+pub const FD_RESERVE: usize = 256;
+
+/// Bytes read from a socket in one `read` call.
+pub const READ_CHUNK_SIZE: usize = 64 * 1024;
+
+/// A connection's read buffer never holds more than one largest frame plus one read chunk.
+pub const READ_BUFFER_SIZE_MAX: usize = 4 + FRAME_SIZE_MAX + READ_CHUNK_SIZE;
+
+/// A connection whose unsent replies exceed this many bytes is not reading them: it is
+/// disconnected rather than buffered forever. One largest reply always fits.
+pub const WRITE_BUFFER_SIZE_MAX: usize = 8 * 1024 * 1024;
+
+/// When a connection's unsent bytes pass this mark, the server stops reading new requests from
+/// it until the client drains its replies (backpressure before disconnection).
+pub const WRITE_BUFFER_HIGH_WATER: usize = 2 * 1024 * 1024;
+
+/// Requests decoded from one connection per readiness event before the loop moves on, so one
+/// busy pipelining client cannot starve the others on its shard.
+pub const REQUESTS_PER_READ_EVENT_MAX: usize = 1024;
+
+/// Requests one connection may have in flight (forwarded or replicating, not yet answered).
+/// Past it the server stops reading from that connection until replies drain.
+pub const IN_FLIGHT_PER_CONNECTION_MAX: usize = 4096;
+
+/// Default idle timeout: a connection with no traffic and nothing in flight for this long is
+/// closed. Peers send gossip well inside it.
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 300_000;
+
+/// Events taken from `mio::Poll` per iteration.
+pub const POLL_EVENTS_MAX: usize = 1024;
+
+/// Longest sleep in `poll`, so timers and the shutdown flag are looked at regularly.
+pub const POLL_TIMEOUT_MS_MAX: u64 = 50;
+
+/// Messages one shard's mailbox may hold. A full mailbox answers the request OVERLOADED
+/// instead of queueing without bound.
+pub const MAILBOX_CAPACITY: usize = 64 * 1024;
+
+/// Most shards per node.
+pub const SHARDS_MAX: usize = 256;
+
+/// Number of ring partitions. Fixed for the life of a cluster: it is part of the placement of
+/// data and of the protocol (smart clients compute it).
+pub const PARTITION_COUNT: usize = 256;
+
+/// Default TCP port of a node.
+pub const PORT_DEFAULT: u16 = 7379;
+
+/// Longest TTL a PUT may ask for (ten years), in seconds.
+pub const TTL_SECONDS_MAX: u32 = 10 * 365 * 24 * 3600;
+
+const _: () = assert!(FRAME_SIZE_MAX <= u32::MAX as usize);
+const _: () = assert!(KEY_SIZE_MAX <= u16::MAX as usize);
+const _: () = assert!(WRITE_BUFFER_HIGH_WATER < WRITE_BUFFER_SIZE_MAX);
+const _: () = assert!(WRITE_BUFFER_SIZE_MAX > FRAME_SIZE_MAX + 4);
+const _: () = assert!(READ_BUFFER_SIZE_MAX > FRAME_SIZE_MAX + 4);
+const _: () = assert!(PARTITION_COUNT.is_power_of_two() && PARTITION_COUNT <= 65_536);
+const _: () = assert!(SHARDS_MAX <= PARTITION_COUNT);

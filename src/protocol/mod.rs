@@ -1,0 +1,290 @@
+//! Wire protocol v1: framing, opcodes, status codes, and the codec between bytes and values.
+//!
+//! `protocol.md` at the top of the repository is the normative description; this module is its
+//! implementation, and the golden vectors in its tests are the hex examples printed there.
+//!
+//! Every frame, in both directions, is a 4-byte big-endian length followed by that many bytes:
+//!
+//! ```text
+//!  0         4      5      6              10
+//!  +---------+------+------+--------------+---------------------+
+//!  | length  |  op  | aux  |  request id  | body                |
+//!  | u32 BE  |  u8  |  u8  |  u32 BE      | length - 6 bytes    |
+//!  +---------+------+------+--------------+---------------------+
+//! ```
+//!
+//! * `op`: the opcode of a request (0x01..=0x7F), or the request's opcode with the high bit set
+//!   (`op | 0x80`) in its response. `0x80` alone marks a connection-level error frame.
+//! * `aux`: in a request, flags (bits 0-1: consistency level); in a response, the status code.
+//! * `request id`: chosen by the client, echoed in the response. Responses on one connection may
+//!   come back in any order; the id is how a client matches them.
+//!
+//! The module is split the mini-redis way: [`frame`] only finds frame boundaries (with a cheap
+//! `check` that never allocates, and "need more bytes" as `Ok(None)`), [`message`] turns a frame
+//! into a typed request or reply and back.
+
+pub mod frame;
+pub mod message;
+
+pub use frame::{FrameError, FrameRef};
+pub use message::{Request, RequestError, Response};
+
+/// Protocol version spoken by this build, sent in HELLO.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Set in the `op` byte of every response.
+pub const RESPONSE_BIT: u8 = 0x80;
+
+/// The `op` byte of a connection-level error frame (malformed input, frame too large, too many
+/// connections). Its request id is 0 and the server closes the connection after sending it.
+pub const OP_CONNECTION_ERROR: u8 = RESPONSE_BIT;
+
+/// Request opcodes.
+pub mod op {
+    /// Handshake: protocol version, role, node id (peers), auth token.
+    pub const HELLO: u8 = 0x01;
+    /// Liveness check; empty body both ways.
+    pub const PING: u8 = 0x02;
+    /// Read a key.
+    pub const GET: u8 = 0x03;
+    /// Write a key (with an optional TTL).
+    pub const PUT: u8 = 0x04;
+    /// Delete a key (writes a tombstone).
+    pub const DELETE: u8 = 0x05;
+    /// Node statistics as text lines.
+    pub const STATS: u8 = 0x06;
+    /// Cluster membership as text lines.
+    pub const CLUSTER: u8 = 0x07;
+    /// Read only the connected node's local copy of a key, with its version.
+    pub const LOCAL_GET: u8 = 0x08;
+    /// Admin: start an anti-entropy round now.
+    pub const ANTI_ENTROPY: u8 = 0x09;
+    /// Admin: start a compaction pass now.
+    pub const COMPACT: u8 = 0x0A;
+    /// First opcode of the peer range: only connections that completed a peer HELLO may use it.
+    pub const PEER_FIRST: u8 = 0x20;
+    /// Last opcode of the peer range.
+    pub const PEER_LAST: u8 = 0x3F;
+
+    /// The name of an opcode, for logs, STATS and kvcat.
+    pub fn name(op: u8) -> &'static str {
+        match op & !super::RESPONSE_BIT {
+            HELLO => "HELLO",
+            PING => "PING",
+            GET => "GET",
+            PUT => "PUT",
+            DELETE => "DELETE",
+            STATS => "STATS",
+            CLUSTER => "CLUSTER",
+            LOCAL_GET => "LGET",
+            ANTI_ENTROPY => "ANTI_ENTROPY",
+            COMPACT => "COMPACT",
+            0 => "CONNECTION",
+            PEER_FIRST..=PEER_LAST => "PEER",
+            _ => "UNKNOWN",
+        }
+    }
+}
+
+/// Status codes carried in the `aux` byte of a response. Every error response's body is a
+/// UTF-8 message for humans (at most [`crate::limits::ERROR_MESSAGE_SIZE_MAX`] bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Status {
+    /// The request succeeded; the body depends on the opcode.
+    Ok = 0x00,
+    /// The key has no live value (never written, deleted, or expired).
+    NotFound = 0x01,
+    /// The frame could not be parsed (bad length, body that does not match the opcode's
+    /// layout). The connection is closed after this reply.
+    Malformed = 0x10,
+    /// The frame's declared length exceeds the maximum. The connection is closed.
+    FrameTooLarge = 0x11,
+    /// The opcode is not known. The connection stays usable.
+    UnknownOpcode = 0x12,
+    /// A well-formed request with a bad field (reserved flag bits set, empty key, TTL too
+    /// long). The connection stays usable.
+    BadRequest = 0x13,
+    /// The key is longer than the maximum. The connection stays usable.
+    KeyTooLarge = 0x14,
+    /// The value is longer than the maximum. The connection stays usable.
+    ValueTooLarge = 0x15,
+    /// HELLO asked for a protocol version this node does not speak.
+    UnsupportedVersion = 0x16,
+    /// Bad or missing auth token, or a peer opcode on a client connection.
+    Unauthorized = 0x17,
+    /// The node is too busy to take the request now; retry later.
+    Overloaded = 0x20,
+    /// Too few replicas are reachable to meet the consistency level.
+    Unavailable = 0x21,
+    /// Replicas did not answer in time to meet the consistency level.
+    Timeout = 0x22,
+    /// The node is at its connection limit. The connection is closed.
+    TooManyConnections = 0x23,
+    /// The storage engine cannot take writes (disk full, I/O error); reads still work.
+    StorageError = 0x24,
+    /// The node is shutting down.
+    ShuttingDown = 0x25,
+    /// A bug in the node. Reported, never hidden.
+    Internal = 0x30,
+}
+
+impl Status {
+    /// All statuses, in code order (for STATS and tests).
+    pub const ALL: [Status; 17] = [
+        Status::Ok,
+        Status::NotFound,
+        Status::Malformed,
+        Status::FrameTooLarge,
+        Status::UnknownOpcode,
+        Status::BadRequest,
+        Status::KeyTooLarge,
+        Status::ValueTooLarge,
+        Status::UnsupportedVersion,
+        Status::Unauthorized,
+        Status::Overloaded,
+        Status::Unavailable,
+        Status::Timeout,
+        Status::TooManyConnections,
+        Status::StorageError,
+        Status::ShuttingDown,
+        Status::Internal,
+    ];
+
+    /// The status of a code byte, if known.
+    pub fn from_u8(code: u8) -> Option<Status> {
+        Status::ALL.iter().copied().find(|s| *s as u8 == code)
+    }
+
+    /// The upper-case name used by kvcat (`ERR <NAME> <message>`) and STATS.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::NotFound => "NOT_FOUND",
+            Status::Malformed => "MALFORMED",
+            Status::FrameTooLarge => "FRAME_TOO_LARGE",
+            Status::UnknownOpcode => "UNKNOWN_OPCODE",
+            Status::BadRequest => "BAD_REQUEST",
+            Status::KeyTooLarge => "KEY_TOO_LARGE",
+            Status::ValueTooLarge => "VALUE_TOO_LARGE",
+            Status::UnsupportedVersion => "UNSUPPORTED_VERSION",
+            Status::Unauthorized => "UNAUTHORIZED",
+            Status::Overloaded => "OVERLOADED",
+            Status::Unavailable => "UNAVAILABLE",
+            Status::Timeout => "TIMEOUT",
+            Status::TooManyConnections => "TOO_MANY_CONNECTIONS",
+            Status::StorageError => "STORAGE_ERROR",
+            Status::ShuttingDown => "SHUTTING_DOWN",
+            Status::Internal => "INTERNAL",
+        }
+    }
+
+    /// Whether the server closes the connection after sending this status.
+    pub fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            Status::Malformed | Status::FrameTooLarge | Status::TooManyConnections
+        )
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Per-request consistency level, in bits 0-1 of a request's `aux` byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Consistency {
+    /// 0: the node's default (QUORUM).
+    #[default]
+    Default,
+    /// 1: one replica.
+    One,
+    /// 2: a majority of the N replicas.
+    Quorum,
+    /// 3: all N replicas.
+    All,
+}
+
+impl Consistency {
+    /// Mask of the consistency bits in `aux`.
+    pub const MASK: u8 = 0b11;
+
+    /// The two-bit code of this level.
+    pub fn to_bits(self) -> u8 {
+        match self {
+            Consistency::Default => 0,
+            Consistency::One => 1,
+            Consistency::Quorum => 2,
+            Consistency::All => 3,
+        }
+    }
+
+    /// The level in the low two bits of `bits`.
+    pub fn from_bits(bits: u8) -> Consistency {
+        match bits & Self::MASK {
+            0 => Consistency::Default,
+            1 => Consistency::One,
+            2 => Consistency::Quorum,
+            _ => Consistency::All,
+        }
+    }
+
+    /// Replicas that must answer, out of `n`. `Default` means QUORUM.
+    pub fn required(self, n: usize) -> usize {
+        match self {
+            Consistency::One => 1.min(n),
+            Consistency::Default | Consistency::Quorum => n / 2 + 1,
+            Consistency::All => n,
+        }
+    }
+
+    /// Parse `ONE`, `QUORUM` or `ALL` (any case).
+    pub fn parse(word: &str) -> Option<Consistency> {
+        match word.to_ascii_uppercase().as_str() {
+            "ONE" => Some(Consistency::One),
+            "QUORUM" => Some(Consistency::Quorum),
+            "ALL" => Some(Consistency::All),
+            _ => None,
+        }
+    }
+
+    /// Upper-case name; `Default` prints as QUORUM, which it means.
+    pub fn name(self) -> &'static str {
+        match self {
+            Consistency::One => "ONE",
+            Consistency::Default | Consistency::Quorum => "QUORUM",
+            Consistency::All => "ALL",
+        }
+    }
+}
+
+/// Role announced in HELLO.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// 1: an application or tool.
+    Client,
+    /// 2: another node of the cluster; must present the cluster secret.
+    Peer,
+}
+
+impl Role {
+    /// The role's code byte.
+    pub fn to_u8(self) -> u8 {
+        match self {
+            Role::Client => 1,
+            Role::Peer => 2,
+        }
+    }
+
+    /// The role of a code byte, if known.
+    pub fn from_u8(b: u8) -> Option<Role> {
+        match b {
+            1 => Some(Role::Client),
+            2 => Some(Role::Peer),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The mio driver. Filled in next.

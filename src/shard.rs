@@ -1,0 +1,1 @@
+//! One shard's core (sans-IO). Filled in next.

@@ -1,0 +1,136 @@
+//! Storage: the interface a shard's store offers, and its implementations.
+//!
+//! A shard owns one [`Store`]. The store keeps, per key, the newest *record* it has seen: a
+//! value or a tombstone, with its [`Version`] and optional expiry. Writes are applied
+//! last-write-wins: a record older than (or equal to) the one held is ignored, so replicas that
+//! see the same writes in any order end up identical.
+//!
+//! The store is sans-IO in the sense of ARCHITECTURE.md: it never reads the clock (`now_ms`
+//! is a parameter) and the shard decides when to sync (group commit: the driver calls
+//! [`Store::sync`] once per event-loop turn for all the writes of that turn, and only then
+//! releases their acknowledgements when the sync policy is `always`).
+//!
+//! Implementations: [`memory::MemoryStore`] (no persistence; tests and `--data` left unset).
+
+pub mod memory;
+
+use crate::version::Version;
+
+/// The newest record held for a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// Version of the write that produced this record.
+    pub version: Version,
+    /// Absolute expiry in ms since the Unix epoch; 0 = never.
+    pub expires_at_ms: u64,
+    /// The value, or `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+}
+
+impl Stored {
+    /// Whether this record reads as a live value at `now_ms`.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.value.is_some() && !expired(self.expires_at_ms, now_ms)
+    }
+}
+
+/// Whether a record with expiry `expires_at_ms` has expired at `now_ms`.
+#[inline]
+pub fn expired(expires_at_ms: u64, now_ms: u64) -> bool {
+    expires_at_ms != 0 && expires_at_ms <= now_ms
+}
+
+/// A write to apply.
+#[derive(Clone, Copy, Debug)]
+pub struct Write<'a> {
+    /// The key.
+    pub key: &'a [u8],
+    /// The value, or `None` for a delete (tombstone).
+    pub value: Option<&'a [u8]>,
+    /// The write's version (decides last-write-wins).
+    pub version: Version,
+    /// Absolute expiry in ms since the Unix epoch; 0 = never.
+    pub expires_at_ms: u64,
+}
+
+/// What [`Store::apply`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The write was newer and is now the key's record.
+    Stored,
+    /// The store already held this version or a newer one, which it keeps.
+    Stale {
+        /// The version kept.
+        current: Version,
+    },
+}
+
+/// Why a store operation failed.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The store refuses writes: an I/O error (disk full, failed fsync). Reads keep working.
+    /// After a failed sync the store stays read-only: what was acknowledged is kept, nothing
+    /// new is acknowledged (fail loudly, never pretend).
+    WritesRefused(String),
+    /// A read hit damaged data: it is reported, never served as a value.
+    Corrupt(String),
+    /// Any other I/O error.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::WritesRefused(why) => write!(f, "storage refuses writes: {why}"),
+            StoreError::Corrupt(why) => write!(f, "corrupt data: {why}"),
+            StoreError::Io(e) => write!(f, "storage I/O error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::Io(e)
+    }
+}
+
+/// One shard's key-value store.
+pub trait Store: Send {
+    /// The newest record held for `key`, tombstones and expired records included (the caller
+    /// decides what they mean; see [`Stored::is_live`]).
+    fn get(&mut self, key: &[u8]) -> Result<Option<Stored>, StoreError>;
+
+    /// The version held for `key`, without reading its value.
+    fn version_of(&self, key: &[u8]) -> Option<Version>;
+
+    /// Apply a write last-write-wins. The write is in memory (and handed to the OS) when this
+    /// returns; it is durable only after the next [`Store::sync`].
+    fn apply(&mut self, write: Write<'_>) -> Result<Applied, StoreError>;
+
+    /// Whether writes were applied since the last sync.
+    fn needs_sync(&self) -> bool;
+
+    /// Make every write applied so far durable. An error here is sticky: the store refuses
+    /// writes from then on.
+    fn sync(&mut self) -> Result<(), StoreError>;
+
+    /// Do up to `budget` units of background work (compaction, expiry); `Ok(true)` when more
+    /// work remains. Each unit is small (one record), so the event loop stays responsive.
+    fn maintenance(&mut self, now_ms: u64, budget: usize) -> Result<bool, StoreError>;
+
+    /// Number of keys with a record (tombstones included).
+    fn len(&self) -> usize;
+
+    /// Whether the store holds no record.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The highest version held, so a restarted node's clock starts above it.
+    fn highest_version(&self) -> Version;
+
+    /// Report figures for STATS as `(name, value)` pairs, names prefixed `storage_`.
+    fn stats(&self, report: &mut dyn FnMut(&str, u64));
+}
