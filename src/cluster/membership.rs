@@ -13,6 +13,9 @@
 //!   of local time is marked *failed* by this node. Each node judges failure locally from
 //!   heartbeat progress; the state field in gossip entries is informational (CLUSTER output),
 //!   so one node's stale opinion never fails a healthy node elsewhere.
+//! * **Start.** A starting node counts every other node alive until the failure timeout,
+//!   except that the first news of a node relayed as *failed* by a peer is taken as is (old
+//!   news is not progress), so a restarted node does not elect a dead leader.
 //! * **Recovery.** Any later progress marks the node alive again. A restarted node comes back
 //!   with a higher incarnation: the incarnation is the node's start time in ms since the Unix
 //!   epoch, passed in by the driver, so nothing needs to be persisted (a restart happens at a
@@ -298,6 +301,20 @@ impl Membership {
             }
             let m = &mut self.members[i];
             if (e.incarnation, e.heartbeat) <= (m.incarnation, m.heartbeat) {
+                continue;
+            }
+            if (m.incarnation, m.heartbeat) == (0, 0) && e.state == NodeState::Failed {
+                // First news of a node, relayed by a peer that already holds it failed: that
+                // is old news, not progress. Without this a freshly started node would count
+                // a dead node alive (and maybe its leader) for a whole failure timeout.
+                m.incarnation = e.incarnation;
+                m.heartbeat = e.heartbeat;
+                if m.state == NodeState::Alive {
+                    m.state = NodeState::Failed;
+                    self.stats.failures_detected += 1;
+                    self.events
+                        .push_back(MemberEvent::Failed { node: e.node_id });
+                }
                 continue;
             }
             let restarted = e.incarnation > m.incarnation && m.incarnation != 0;

@@ -7,6 +7,7 @@
 //! membership   gossip heartbeats, failure detector, incarnations, leader
 //! coordinator  one shard's replicated reads and writes: quorums, timeouts, read repair, hints
 //! replica      the replica side: answer REPLICATE and READ from the local Store
+//! node         ClusterNode: all of the above behind one input/output interface
 //! hints        bounded hint queues per target node, with a narrow durability interface
 //! rng          SplitMix64, the seeded PRNG the core draws from
 //! ```
@@ -20,6 +21,7 @@ pub mod config;
 pub mod coordinator;
 pub mod hints;
 pub mod membership;
+pub mod node;
 pub mod peer;
 pub mod replica;
 pub mod ring;
