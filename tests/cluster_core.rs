@@ -178,7 +178,7 @@ impl Sim {
                 let msg = entry.remove();
                 self.deliver(msg);
             }
-            if self.now % TICK_MS == 0 {
+            if self.now.is_multiple_of(TICK_MS) {
                 for id in 1..=self.nodes.len() as u32 {
                     if self.node(id).up {
                         let now = self.now;
