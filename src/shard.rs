@@ -808,3 +808,271 @@ fn rewrite_as_errors(records: &[u8], out: &mut Vec<u8>, why: &str) {
 pub fn reply_version(body: &[u8]) -> Option<Version> {
     (body.len() >= 8).then(|| Version(BigEndian::read_u64(&body[..8])))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::shard_of;
+    use crate::protocol::{Consistency, Response};
+    use crate::storage::memory::MemoryStore;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    /// A store whose sync fails, to check that failed syncs are never acknowledged.
+    struct FailingSync(MemoryStore);
+
+    impl Store for FailingSync {
+        fn get(&mut self, key: &[u8]) -> Result<Option<crate::storage::Stored>, StoreError> {
+            self.0.get(key)
+        }
+        fn version_of(&self, key: &[u8]) -> Option<Version> {
+            self.0.version_of(key)
+        }
+        fn apply(&mut self, w: Write<'_>) -> Result<Applied, StoreError> {
+            self.0.apply(w)
+        }
+        fn needs_sync(&self) -> bool {
+            self.0.needs_sync()
+        }
+        fn sync(&mut self) -> Result<(), StoreError> {
+            Err(StoreError::WritesRefused("fsync: EIO".into()))
+        }
+        fn maintenance(&mut self, now_ms: u64, budget: usize) -> Result<bool, StoreError> {
+            self.0.maintenance(now_ms, budget)
+        }
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn highest_version(&self) -> Version {
+            self.0.highest_version()
+        }
+        fn stats(&self, report: &mut dyn FnMut(&str, u64)) {
+            self.0.stats(report)
+        }
+    }
+
+    fn cores(shards: usize, sync: SyncPolicy, failing: bool) -> Vec<ShardCore> {
+        let shared = Arc::new(NodeShared::new(1, shards, NOW, 100));
+        (0..shards)
+            .map(|shard| {
+                let store: Box<dyn Store> = if failing {
+                    Box::new(FailingSync(MemoryStore::new()))
+                } else {
+                    Box::new(MemoryStore::new())
+                };
+                ShardCore::new(
+                    ShardConfig {
+                        shard,
+                        shards,
+                        sync,
+                        client_token: None,
+                    },
+                    shared.clone(),
+                    store,
+                )
+            })
+            .collect()
+    }
+
+    /// A tiny in-memory driver: feeds a request to shard `at`, runs turns until the reply for
+    /// connection `conn` comes back, and returns the reply frames addressed to it.
+    fn roundtrip(cores: &mut [ShardCore], at: usize, req: Request<'_>, id: u32) -> Vec<u8> {
+        let conn = ConnId::new(7, 1);
+        let mut session = Session::default();
+        let mut bytes = Vec::new();
+        req.encode(id, &mut bytes);
+        let (f, _) = frame::parse(&bytes).unwrap().unwrap();
+        let mut wbuf = Vec::new();
+        cores[at].on_frame(NOW, conn, &mut session, f, &mut wbuf);
+        let mut own = Vec::new();
+        // Bounded: a request crosses at most two mailboxes.
+        for _ in 0..4 {
+            let mut mail: Vec<(usize, Mail)> = Vec::new();
+            for (i, core) in cores.iter_mut().enumerate() {
+                core.finish_turn();
+                let out = core.take_outbox();
+                for dest in 0..out.requests.len() {
+                    let records = std::mem::take(&mut out.requests[dest]);
+                    if !records.is_empty() {
+                        mail.push((dest, Mail::Requests { from: i, records }));
+                    }
+                    let records = std::mem::take(&mut out.replies[dest]);
+                    if !records.is_empty() {
+                        if dest == at {
+                            own.extend_from_slice(&records);
+                        } else {
+                            mail.push((dest, Mail::Replies { records }));
+                        }
+                    }
+                }
+            }
+            for (dest, m) in mail {
+                cores[dest].on_mail(NOW, m, &mut own);
+            }
+        }
+        // Own records carry the conn id first.
+        let mut at_byte = 0;
+        while at_byte < own.len() {
+            assert_eq!(&own[at_byte..at_byte + 8], &conn.0.to_be_bytes());
+            at_byte += 8;
+            let (_, n) = frame::parse(&own[at_byte..]).unwrap().unwrap();
+            wbuf.extend_from_slice(&own[at_byte..at_byte + n]);
+            at_byte += n;
+        }
+        wbuf
+    }
+
+    fn reply(bytes: &[u8]) -> (u8, Status, u32, Vec<u8>) {
+        let (f, n) = frame::parse(bytes).unwrap().expect("a whole reply");
+        assert_eq!(n, bytes.len(), "exactly one reply");
+        let r = Response::from_frame(&f).unwrap();
+        (r.op, r.status().unwrap(), r.id, r.body.to_vec())
+    }
+
+    #[test]
+    fn put_get_delete_through_any_shard() {
+        let mut cs = cores(3, SyncPolicy::Never, false);
+        let key = b"some key";
+        let owner = shard_of(key, 3);
+        let other = (owner + 1) % 3;
+        for at in [owner, other] {
+            let put = Request::Put {
+                key,
+                value: b"v",
+                ttl_seconds: 0,
+                consistency: Consistency::Default,
+            };
+            let (o, st, id, body) = reply(&roundtrip(&mut cs, at, put, 11));
+            assert_eq!((o, st, id, body.len()), (op::PUT, Status::Ok, 11, 8));
+            let get = Request::Get {
+                key,
+                consistency: Consistency::One,
+            };
+            let (_, st, id, body) = reply(&roundtrip(&mut cs, at, get, 12));
+            assert_eq!((st, id, &body[8..]), (Status::Ok, 12, &b"v"[..]));
+            let del = Request::Delete {
+                key,
+                consistency: Consistency::All,
+            };
+            assert_eq!(reply(&roundtrip(&mut cs, at, del, 13)).1, Status::Ok);
+            let lget = Request::LocalGet { key };
+            let (_, st, _, body) = reply(&roundtrip(&mut cs, at, lget, 14));
+            assert_eq!((st, body.len()), (Status::NotFound, 8), "tombstone version");
+        }
+        // Only the owner holds the key.
+        for (i, c) in cs.iter_mut().enumerate() {
+            assert_eq!(c.store_mut().len(), usize::from(i == owner));
+        }
+    }
+
+    #[test]
+    fn always_policy_holds_acks_until_the_sync() {
+        let mut cs = cores(1, SyncPolicy::Always, false);
+        let conn = ConnId::new(0, 1);
+        let mut session = Session::default();
+        let mut bytes = Vec::new();
+        Request::Put {
+            key: b"k",
+            value: b"v",
+            ttl_seconds: 0,
+            consistency: Consistency::Default,
+        }
+        .encode(1, &mut bytes);
+        let (f, _) = frame::parse(&bytes).unwrap().unwrap();
+        let mut wbuf = Vec::new();
+        cs[0].on_frame(NOW, conn, &mut session, f, &mut wbuf);
+        assert!(wbuf.is_empty(), "no ack before the sync");
+        assert!(cs[0].wants_sync_now());
+        cs[0].finish_turn();
+        assert!(!cs[0].wants_sync_now());
+        let records = std::mem::take(&mut cs[0].take_outbox().replies[0]);
+        let (_, st, id, _) = reply(&records[8..]);
+        assert_eq!((st, id), (Status::Ok, 1));
+    }
+
+    #[test]
+    fn a_failed_sync_is_never_acknowledged() {
+        let mut cs = cores(1, SyncPolicy::Always, true);
+        let put = Request::Put {
+            key: b"k",
+            value: b"v",
+            ttl_seconds: 0,
+            consistency: Consistency::Default,
+        };
+        let (_, st, _, msg) = reply(&roundtrip(&mut cs, 0, put, 1));
+        assert_eq!(st, Status::StorageError);
+        assert!(String::from_utf8_lossy(&msg).contains("sync failed"));
+        // Later writes are refused outright; reads still work.
+        let (_, st, _, _) = reply(&roundtrip(&mut cs, 0, put, 2));
+        assert_eq!(st, Status::StorageError);
+        let get = Request::Get {
+            key: b"k",
+            consistency: Consistency::Default,
+        };
+        assert_eq!(reply(&roundtrip(&mut cs, 0, get, 3)).1, Status::Ok);
+    }
+
+    #[test]
+    fn handshake_rules() {
+        let shared = Arc::new(NodeShared::new(1, 1, NOW, 100));
+        let mut core = ShardCore::new(
+            ShardConfig {
+                shard: 0,
+                shards: 1,
+                sync: SyncPolicy::Never,
+                client_token: Some(b"t0k".to_vec()),
+            },
+            shared,
+            Box::new(MemoryStore::new()),
+        );
+        let conn = ConnId::new(0, 1);
+        let mut session = Session::default();
+        let send = |core: &mut ShardCore, session: &mut Session, req: Request<'_>| {
+            let mut bytes = Vec::new();
+            req.encode(1, &mut bytes);
+            let (f, _) = frame::parse(&bytes).unwrap().unwrap();
+            let mut wbuf = Vec::new();
+            let after = core.on_frame(NOW, conn, session, f, &mut wbuf);
+            (after, reply(&wbuf).1)
+        };
+        // A token is set: no request before HELLO.
+        assert_eq!(
+            send(&mut core, &mut session, Request::Ping),
+            (After::Continue, Status::Unauthorized)
+        );
+        let bad = Request::Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Client,
+            node_id: 0,
+            token: b"nope",
+        };
+        assert_eq!(
+            send(&mut core, &mut session, bad),
+            (After::Close, Status::Unauthorized)
+        );
+        let future = Request::Hello {
+            version: PROTOCOL_VERSION + 1,
+            role: Role::Client,
+            node_id: 0,
+            token: b"t0k",
+        };
+        assert_eq!(
+            send(&mut core, &mut session, future).1,
+            Status::UnsupportedVersion
+        );
+        let good = Request::Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Client,
+            node_id: 0,
+            token: b"t0k",
+        };
+        assert_eq!(send(&mut core, &mut session, good).1, Status::Ok);
+        assert_eq!(send(&mut core, &mut session, Request::Ping).1, Status::Ok);
+        let peer = Request::Peer {
+            op: op::PEER_FIRST,
+            aux: 0,
+            body: b"",
+        };
+        assert_eq!(send(&mut core, &mut session, peer).1, Status::Unauthorized);
+    }
+}
