@@ -523,6 +523,7 @@ const REQUIRED_VECTORS: &[&str] = &[
     "delete-reply",
     "key-too-large-reply",
     "malformed-get-request",
+    "malformed-reply",
     "oversized-prefix",
     "frame-too-large-reply",
 ];
@@ -570,6 +571,13 @@ fn documented_error_messages_are_the_codecs() {
     assert_eq!(err.to_string(), message("key-too-large-reply"));
     let err = frame::check(&[0xFF; 4]).unwrap_err();
     assert_eq!(err.to_string(), message("frame-too-large-reply"));
+    let bad = vs
+        .iter()
+        .find(|v| v.name == "malformed-get-request")
+        .expect("vector present");
+    let (f, _) = frame::parse(&bad.bytes).unwrap().unwrap();
+    let err = Request::decode(&f).unwrap_err();
+    assert_eq!(err.to_string(), message("malformed-reply"));
 }
 
 #[test]

@@ -74,6 +74,23 @@ def expect_connection_error(c, status, what):
     expect_closed(c, what)
 
 
+def expect_closing_reply(c, request_id, op, status, what):
+    """The reply to request_id (with the request's op and id) has the closing `status`; then the
+    connection is closed."""
+    try:
+        reply = c.read_frame()
+    except d.ConnectionClosed as e:
+        raise Failure("%s: connection closed without a reply (%s)" % (what, e))
+    check(reply.status == d.STATUS[status], "%s: expected %s, got %r" % (what, status, reply))
+    check(
+        reply.raw_op == op | d.RESPONSE_BIT and reply.id == request_id,
+        "%s: %s must answer the request (op 0x%02x, id %d), got op 0x%02x id %d"
+        % (what, status, op | d.RESPONSE_BIT, request_id, reply.raw_op, reply.id),
+    )
+    reply.body.decode("utf-8")
+    expect_closed(c, what)
+
+
 def expect_error_then_usable(c, request_id, op, status, what):
     """The reply to request_id has `status`, the request's op and id; the connection then still
     answers PING."""
@@ -292,7 +309,7 @@ def test_malformed_frame_closes_the_connection():
         # malformed-get-request vector.
         c.send_raw(struct.pack(">IBBIH", 13, d.OP_GET, 0, 10, 9) + b"hello")
         c.flush()
-        expect_connection_error(c, "MALFORMED", "GET with a key length past the body")
+        expect_closing_reply(c, 10, d.OP_GET, "MALFORMED", "GET with a key length past the body")
     with connect() as c:
         c.send_raw(struct.pack(">I", 5) + b"\x02\x00\x00\x00\x00")  # length 5 < 6
         c.flush()
@@ -300,7 +317,7 @@ def test_malformed_frame_closes_the_connection():
     with connect() as c:
         c.send_raw(d.encode_frame(d.OP_PING, 0, 3, b"x"))  # PING must have an empty body
         c.flush()
-        expect_connection_error(c, "MALFORMED", "PING with a body")
+        expect_closing_reply(c, 3, d.OP_PING, "MALFORMED", "PING with a body")
     with connect() as c:  # other connections are unaffected
         c.ping()
 
@@ -343,6 +360,9 @@ def test_unknown_opcode_keeps_the_connection():
         expect_error_then_usable(c, rid, 0x7E, "UNKNOWN_OPCODE", "opcode 0x7E")
         rid = c.send(0x1F, b"whatever")
         expect_error_then_usable(c, rid, 0x1F, "UNKNOWN_OPCODE", "opcode 0x1F")
+        # A response opcode sent as a request: answered on op 0x80 with the request's id.
+        rid = c.send(0x83, d.key_body(b"k"))
+        expect_error_then_usable(c, rid, 0x00, "UNKNOWN_OPCODE", "opcode 0x83")
 
 
 def test_bad_requests_keep_the_connection():
