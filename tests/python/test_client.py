@@ -472,6 +472,56 @@ def test_opcode_zero_is_unknown():
         expect_error_then_usable(c, rid, 0x00, "UNKNOWN_OPCODE", "opcode 0x00")
 
 
+def test_garbage_never_breaks_the_node():
+    """Seeded random and mutated frames on 300 connections, each half-closed after its garbage:
+    every reply stream must be well-formed frames, nothing after a closing status, and the node
+    keeps serving."""
+    import random
+
+    rng = random.Random(0xD1CE)
+    valid = [
+        d.encode_frame(d.OP_PING, 0, 1),
+        d.encode_frame(d.OP_GET, 0, 2, d.key_body(b"py:garbage")),
+        d.encode_frame(d.OP_PUT, 1, 3, d.put_body(b"py:garbage", b"v" * 40, 5)),
+        d.encode_frame(d.OP_DELETE, 2, 4, d.key_body(b"py:garbage")),
+        d.encode_frame(d.OP_HELLO, 0, 5, d.hello_body()),
+        d.encode_frame(d.OP_STATS, 0, 6),
+        d.encode_frame(d.OP_LGET, 0, 7, d.key_body(b"py:garbage")),
+    ]
+    for case in range(300):
+        if case % 3 == 0:
+            data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
+        else:
+            data = bytearray(b"".join(rng.choice(valid) for _ in range(rng.randrange(1, 5))))
+            for _ in range(rng.randrange(1, 4)):
+                i = rng.randrange(len(data))
+                if rng.random() < 0.5:
+                    data[i] ^= 1 << rng.randrange(8)
+                else:
+                    data[i] = rng.randrange(256)
+            data = bytes(data)
+        with connect(hello=False) as c:
+            try:
+                c.sock.sendall(data)
+                c.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the node may already have closed on a bad length
+            closed_by = None
+            while True:
+                try:
+                    r = c.read_frame()
+                except d.ConnectionClosed:
+                    break
+                check(closed_by is None, "case %d: frame %r after closing %r" % (case, r, closed_by))
+                check(r.status in d.STATUS_NAMES, "case %d: unknown status in %r" % (case, r))
+                if r.closes_connection:
+                    closed_by = r
+    with connect() as c:
+        c.ping()
+        c.put(b"py:after-garbage", b"fine")
+        check(c.get(b"py:after-garbage")[1] == b"fine", "node unwell after the garbage")
+
+
 # ---- tests against a node started with --client-token ----------------------------------------
 
 TOKEN_ADDR = None
@@ -559,6 +609,7 @@ TESTS = [
     test_partial_frames_byte_by_byte,
     test_largest_frame_is_read_and_answered,
     test_opcode_zero_is_unknown,
+    test_garbage_never_breaks_the_node,
 ]
 
 TOKEN_TESTS = [
