@@ -102,6 +102,9 @@ pub struct Session {
 
 /// Per-shard counters, written only by their shard and read by any shard answering STATS.
 pub struct ShardCounters {
+    /// Server-side request latency in µs: from the event-loop turn that read the request to
+    /// the turn that queued its reply on the connection.
+    pub latency_us: crate::histogram::Histogram,
     /// Requests by opcode (index = opcode, 0..128).
     pub requests_by_op: [AtomicU64; 128],
     /// Replies by status code (index = code).
@@ -131,6 +134,7 @@ pub struct ShardCounters {
 impl Default for ShardCounters {
     fn default() -> Self {
         ShardCounters {
+            latency_us: crate::histogram::Histogram::default(),
             requests_by_op: std::array::from_fn(|_| AtomicU64::new(0)),
             replies_by_status: std::array::from_fn(|_| AtomicU64::new(0)),
             forwarded_out: AtomicU64::new(0),
@@ -242,8 +246,9 @@ impl Outbox {
 pub enum After {
     /// Keep reading.
     Continue,
-    /// The request went to another shard; its reply will come back as a record.
-    Forwarded,
+    /// The reply comes later as a record (the request went to another shard, or its
+    /// acknowledgement waits for the turn's sync).
+    Deferred,
     /// Send what was written, then close.
     Close,
 }
@@ -375,7 +380,7 @@ impl ShardCore {
                     self.counters()
                         .forwarded_out
                         .fetch_add(1, Ordering::Relaxed);
-                    return After::Forwarded;
+                    return After::Deferred;
                 }
                 let mark = wbuf.len();
                 if self.execute(now_ms, &req, f.id, wbuf) {
@@ -385,6 +390,7 @@ impl ShardCore {
                     held.extend_from_slice(&conn.0.to_be_bytes());
                     held.extend_from_slice(&wbuf[mark..]);
                     wbuf.truncate(mark);
+                    return After::Deferred;
                 }
                 After::Continue
             }
@@ -758,6 +764,14 @@ impl ShardCore {
             );
             let _ = writeln!(t, "shard_{i}_connections {}", conn(c));
         }
+        let hs: Vec<&crate::histogram::Histogram> =
+            sh.counters.iter().map(|c| &c.latency_us).collect();
+        let (n, p, max) = crate::histogram::Histogram::percentiles(&hs, &[0.5, 0.9, 0.99, 0.999]);
+        let _ = writeln!(t, "latency_requests {n}");
+        for (name, v) in ["p50", "p90", "p99", "p999"].iter().zip(&p) {
+            let _ = writeln!(t, "latency_{name}_us {v}");
+        }
+        let _ = writeln!(t, "latency_max_us {max}");
         // Storage figures summed over shards, by name.
         let mut storage: Vec<(String, u64)> = Vec::new();
         for c in &sh.counters {

@@ -1,5 +1,6 @@
 //! `kvd`: one dkv node. Parses options, opens the stores, runs the shard event loops.
 
+use dkv::datadir::DataDir;
 use dkv::limits::{
     CONNECTIONS_MAX_DEFAULT, CONNECTIONS_MAX_LIMIT, IDLE_TIMEOUT_MS_DEFAULT, PORT_DEFAULT,
     SHARDS_MAX, TOKEN_SIZE_MAX,
@@ -8,6 +9,7 @@ use dkv::server::{self, worker::wall_ms, ServerConfig};
 use dkv::shard::SyncPolicy;
 use dkv::storage::{memory::MemoryStore, Store};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
 
 fn usage(opts: &getopts::Options) -> String {
@@ -164,14 +166,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = std::fs::create_dir_all(&data) {
-        eprintln!("kvd: cannot create data directory {data:?}: {e}");
-        return ExitCode::from(1);
-    }
+    let datadir = match DataDir::open(Path::new(&data), cfg.node_id, cfg.shards) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("kvd: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let stores: Vec<Box<dyn Store>> = (0..cfg.shards)
         .map(|_| Box::new(MemoryStore::new()) as Box<dyn Store>)
         .collect();
-    match server::run(cfg, stores, wall_ms()) {
+    let result = server::run(cfg, stores, wall_ms());
+    drop(datadir);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kvd: {e}");

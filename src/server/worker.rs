@@ -58,6 +58,9 @@ struct Conn {
     session: Session,
     last_active: Instant,
     in_flight: usize,
+    /// Start of the turn that read each deferred request, oldest first (for the latency
+    /// histogram; replies from one owner shard come back in order).
+    deferred_at: std::collections::VecDeque<Instant>,
     /// Send what is buffered, then close.
     closing: bool,
     /// The peer closed its sending side: answer what it sent, then close.
@@ -97,6 +100,10 @@ pub struct Worker {
     flush_list: Vec<usize>,
     resume_list: Vec<usize>,
     accept_pending: bool,
+    /// When the current turn's events came in.
+    turn_start: Instant,
+    /// Requests answered immediately in this turn (their latency is the turn's length).
+    turn_immediate: u64,
 }
 
 /// What a worker is built from.
@@ -144,6 +151,8 @@ impl Worker {
             flush_list: Vec::new(),
             resume_list: Vec::new(),
             accept_pending: false,
+            turn_start: Instant::now(),
+            turn_immediate: 0,
         })
     }
 
@@ -174,6 +183,7 @@ impl Worker {
                 }
             }
             let now_ms = wall_ms();
+            self.turn_start = Instant::now();
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept_pending = true,
@@ -226,6 +236,13 @@ impl Worker {
         self.deliver_own_replies();
         for k in std::mem::take(&mut self.flush_list) {
             self.flush(k);
+        }
+        if self.turn_immediate > 0 {
+            let us = self.turn_start.elapsed().as_micros() as u64;
+            self.shared.counters[self.shard]
+                .latency_us
+                .record_n(us, self.turn_immediate);
+            self.turn_immediate = 0;
         }
     }
 
@@ -304,6 +321,7 @@ impl Worker {
                 session: Session::default(),
                 last_active: Instant::now(),
                 in_flight: 0,
+                deferred_at: std::collections::VecDeque::new(),
                 closing: false,
                 eof: false,
                 paused: false,
@@ -335,7 +353,8 @@ impl Worker {
             return;
         }
         // Frames left in the buffer by an earlier pause come first.
-        let mut frames = process_frames(&mut self.core, c, now_ms);
+        let (mut frames, mut immediate) =
+            process_frames(&mut self.core, c, now_ms, self.turn_start);
         let mut bytes_in = 0u64;
         let mut more = false;
         let mut dead = false;
@@ -362,7 +381,9 @@ impl Worker {
                     c.rbuf.truncate(len + n);
                     bytes_in += n as u64;
                     c.last_active = Instant::now();
-                    frames += process_frames(&mut self.core, c, now_ms);
+                    let (f, i) = process_frames(&mut self.core, c, now_ms, self.turn_start);
+                    frames += f;
+                    immediate += i;
                     if c.closing {
                         break;
                     }
@@ -388,6 +409,7 @@ impl Worker {
         }
         let counters = &self.shared.counters[self.shard];
         counters.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        self.turn_immediate += immediate;
         if dead {
             self.close(k);
             return;
@@ -453,7 +475,12 @@ impl Worker {
             if let Some(c) = self.conns.get_mut(k) {
                 if c.id == id {
                     c.wbuf.extend_from_slice(bytes);
+                    debug_assert!(c.in_flight > 0, "a reply record answers a deferred request");
                     c.in_flight = c.in_flight.saturating_sub(1);
+                    if let Some(t) = c.deferred_at.pop_front() {
+                        let us = t.elapsed().as_micros() as u64;
+                        self.shared.counters[self.shard].latency_us.record_n(us, 1);
+                    }
                     if !c.queued {
                         c.queued = true;
                         self.flush_list.push(k);
@@ -554,8 +581,15 @@ impl Worker {
 }
 
 /// Cut and process every whole frame in a connection's read buffer, stopping at its limits.
-fn process_frames(core: &mut ShardCore, c: &mut Conn, now_ms: u64) -> usize {
+/// Returns the number of requests processed and how many of them were answered immediately.
+fn process_frames(
+    core: &mut ShardCore,
+    c: &mut Conn,
+    now_ms: u64,
+    turn_start: Instant,
+) -> (usize, u64) {
     let mut n = 0;
+    let mut n_immediate = 0;
     c.paused = false;
     loop {
         if c.over_limits() {
@@ -568,8 +602,11 @@ fn process_frames(core: &mut ShardCore, c: &mut Conn, now_ms: u64) -> usize {
                 c.rstart += len;
                 n += 1;
                 match after {
-                    After::Continue => {}
-                    After::Forwarded => c.in_flight += 1,
+                    After::Continue => n_immediate += 1,
+                    After::Deferred => {
+                        c.in_flight += 1;
+                        c.deferred_at.push_back(turn_start);
+                    }
                     After::Close => {
                         c.closing = true;
                         break;
@@ -584,7 +621,7 @@ fn process_frames(core: &mut ShardCore, c: &mut Conn, now_ms: u64) -> usize {
             }
         }
     }
-    n
+    (n, n_immediate)
 }
 
 /// Answer request records that could not be forwarded (the owner's mailbox is full).
