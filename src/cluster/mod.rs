@@ -10,6 +10,8 @@
 //! node         ClusterNode: all of the above behind one input/output interface
 //! hints        bounded hint queues per target node, with a narrow durability interface
 //! rng          SplitMix64, the seeded PRNG the core draws from
+//! merkle       per-partition hash trees over (key, version) with key lists (anti-entropy)
+//! antientropy  Merkle exchanges between replicas, tombstone horizons, rejoin gate
 //! ```
 //!
 //! Nothing here touches a socket, a thread, a file or the clock: every input carries `now`
@@ -21,6 +23,7 @@ pub mod config;
 pub mod coordinator;
 pub mod hints;
 pub mod membership;
+pub mod merkle;
 pub mod node;
 pub mod peer;
 pub mod replica;
