@@ -202,3 +202,40 @@ pub const KEYDIR_ARENA_DEAD_MIN: usize = 1024 * 1024;
 
 const _: () = assert!(SEGMENT_SIZE_MAX_DEFAULT <= SEGMENT_SIZE_MAX_LIMIT);
 const _: () = assert!(KEYDIR_LOAD_MAX_PERCENT < 100);
+
+// ---- anti-entropy ----
+
+/// Default tombstone window (`--tombstone-window-ms`): a replica failed for longer than this
+/// no longer holds back tombstone collection, and a node whose newest record (or tick gap) is
+/// older than this rejoins through a full anti-entropy round before serving reads.
+pub const TOMBSTONE_WINDOW_MS_DEFAULT: u64 = 3_600_000;
+
+/// Smallest `--tombstone-window-ms`: well above any failure-detection time.
+pub const TOMBSTONE_WINDOW_MS_MIN: u64 = 100;
+
+/// Exchanges one core runs at once (each has one request outstanding).
+pub const AE_EXCHANGES_IN_FLIGHT_MAX: usize = 8;
+
+/// Soft bound on the key lists or records of one anti-entropy message, in bytes. One record
+/// always goes even if larger (a record fits a frame on its own).
+pub const AE_MESSAGE_BYTES_MAX: usize = 256 * 1024;
+
+/// Records moved (pulled, pushed) per round by one core; past it the round stops early
+/// (and is not full: it cannot advance the tombstone horizon).
+pub const AE_ROUND_KEYS_MAX: u64 = 200_000;
+
+/// Bytes of records moved per round by one core.
+pub const AE_ROUND_BYTES_MAX: u64 = 256 * 1024 * 1024;
+
+/// Requests one exchange may make before it is abandoned (a loop bound; a normal exchange
+/// needs 3 tree steps plus one per message of key lists or pushes).
+pub const AE_EXCHANGE_STEPS_MAX: u32 = 10_000;
+
+/// Tree segments swept for collectable entries per tick (CPU per tick).
+pub const AE_SWEEP_SEGMENTS_PER_TICK: usize = 256;
+
+/// Keys listed per step when the trees are built from the store at start.
+pub const AE_BUILD_KEYS_PER_STEP: usize = 65_536;
+
+const _: () = assert!(AE_MESSAGE_BYTES_MAX + 64 * 1024 < FRAME_SIZE_MAX);
+const _: () = assert!(AE_EXCHANGES_IN_FLIGHT_MAX >= 1);

@@ -10,7 +10,7 @@ use crate::limits::{
     ANTI_ENTROPY_INTERVAL_MS_DEFAULT, CLUSTER_NODES_MAX, CLUSTER_SECRET_SIZE_MAX,
     FAILURE_THRESHOLD_DEFAULT, FAILURE_THRESHOLD_MAX, GOSSIP_INTERVAL_MS_DEFAULT,
     GOSSIP_INTERVAL_MS_MAX, GOSSIP_INTERVAL_MS_MIN, REPLICAS_MAX, REQUEST_TIMEOUT_MS_DEFAULT,
-    REQUEST_TIMEOUT_MS_MAX,
+    REQUEST_TIMEOUT_MS_MAX, TOMBSTONE_WINDOW_MS_DEFAULT, TOMBSTONE_WINDOW_MS_MIN,
 };
 use crate::version::NODE_ID_MAX;
 use std::net::SocketAddr;
@@ -103,8 +103,11 @@ pub struct ClusterConfig {
     pub hinted_handoff: bool,
     /// How long a coordinator waits for replicas before answering TIMEOUT.
     pub request_timeout_ms: u64,
-    /// Time between anti-entropy rounds (used once anti-entropy lands).
+    /// Time between anti-entropy rounds.
     pub anti_entropy_interval_ms: u64,
+    /// A replica failed for longer than this stops holding back tombstone collection; a node
+    /// out for longer rejoins through a full anti-entropy round (`--tombstone-window-ms`).
+    pub tombstone_window_ms: u64,
 }
 
 /// Parse a node list `1=127.0.0.1:7001,2=127.0.0.1:7002`. Whitespace around entries is
@@ -145,6 +148,7 @@ impl ClusterConfig {
             hinted_handoff: true,
             request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
             anti_entropy_interval_ms: ANTI_ENTROPY_INTERVAL_MS_DEFAULT,
+            tombstone_window_ms: TOMBSTONE_WINDOW_MS_DEFAULT,
         }
     }
 
@@ -219,6 +223,16 @@ impl ClusterConfig {
             return Err(ConfigError::OutOfRange(
                 "--anti-entropy-interval-ms must be above 0".into(),
             ));
+        }
+        if self.tombstone_window_ms < TOMBSTONE_WINDOW_MS_MIN
+            || self.tombstone_window_ms < self.failure_timeout_ms()
+        {
+            return Err(ConfigError::OutOfRange(format!(
+                "--tombstone-window-ms {} must be at least {TOMBSTONE_WINDOW_MS_MIN} and at \
+                 least the failure timeout ({} ms)",
+                self.tombstone_window_ms,
+                self.failure_timeout_ms()
+            )));
         }
         if self.secret.len() > CLUSTER_SECRET_SIZE_MAX {
             return Err(ConfigError::OutOfRange(format!(

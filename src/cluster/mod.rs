@@ -19,6 +19,7 @@
 //! caller acts on (frames to send, replies, writes to apply). The call order for a driver:
 //! feed inputs (`on_*`), then drain outputs (`poll_*` / `take_*`) before the next input.
 
+pub mod antientropy;
 pub mod config;
 pub mod coordinator;
 pub mod hints;

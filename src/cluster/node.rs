@@ -23,6 +23,7 @@
 //! highest, which still advances every interval while the node lives), so the shards need no
 //! shared membership state. Their views agree to within a gossip interval or two.
 
+use super::antientropy::{self, AntiEntropy};
 use super::config::ClusterConfig;
 use super::coordinator::{Action, Coordinator, CoordinatorConfig, Outcome};
 use super::hints::HintQueue;
@@ -83,6 +84,9 @@ pub struct ClusterNode<C> {
     outputs: VecDeque<Output<C>>,
     replica_stats: ReplicaStats,
     scratch: Vec<(u32, Vec<u8>)>,
+    /// Anti-entropy: trees, exchanges, tombstone horizons. Every store write of this core goes
+    /// through `aae.tracked(store)` so the trees follow the store.
+    aae: AntiEntropy,
 }
 
 impl<C> ClusterNode<C> {
@@ -97,6 +101,7 @@ impl<C> ClusterNode<C> {
     ) -> ClusterNode<C> {
         let ring = Ring::new(&config.node_ids(), config.replicas);
         ClusterNode {
+            aae: AntiEntropy::new(&config, ring.clone(), start_ms),
             membership: Membership::new(&config, start_ms),
             coordinator: Coordinator::new(CoordinatorConfig::from_cluster(&config)),
             ring,
@@ -112,6 +117,33 @@ impl<C> ClusterNode<C> {
     /// Start the version clock above the highest version in the store.
     pub fn recover_clock(&mut self, store: &dyn Store) {
         self.coordinator.hlc_mut().recover(store.highest_version());
+        // Anti-entropy: build the partition trees from the store (one pass over its keys).
+        if let Err(e) = self.aae.build(store) {
+            log::error!("anti-entropy trees not built from the store: {e}");
+        }
+    }
+
+    /// With several shards per node: this core owns only shard `shard`'s partitions (call
+    /// before [`ClusterNode::recover_clock`]). Anti-entropy frames (0x23..=0x26) begin with a
+    /// u16 partition: route them to `hash::shard_of_partition(partition, shards)`.
+    pub fn set_shard(&mut self, shard: usize, shards: usize) {
+        self.aae.set_shard(shard, shards);
+    }
+
+    /// Anti-entropy state (stats, trees, horizons).
+    pub fn anti_entropy(&self) -> &AntiEntropy {
+        &self.aae
+    }
+
+    /// Start an anti-entropy round now (the ANTI_ENTROPY client opcode); it runs on ticks.
+    pub fn trigger_anti_entropy(&mut self, now_ms: u64) {
+        self.aae.trigger(now_ms);
+    }
+
+    /// Whether this node serves reads: false while it rejoins after an absence longer than
+    /// the tombstone window (LGET should answer an error then).
+    pub fn serving_reads(&self) -> bool {
+        self.aae.serving_reads()
     }
 
     /// The configuration.
@@ -210,6 +242,14 @@ impl<C> ClusterNode<C> {
         body: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), PeerError> {
+        if antientropy::is_anti_entropy_op(op) {
+            let r = self
+                .aae
+                .on_request(now_ms, store, from, id, op, aux, body, out);
+            self.replica_stats.peer_errors += u64::from(r.is_err());
+            self.after_aae();
+            return r;
+        }
         let req = match PeerRequest::decode(op, aux, body) {
             Ok(r) => r,
             Err(e) => {
@@ -229,7 +269,7 @@ impl<C> ClusterNode<C> {
                 if let PeerRequest::Replicate { write, .. } = &req {
                     self.coordinator.hlc_mut().observe(write.version);
                 }
-                match replica::serve(store, id, &req, out) {
+                match replica::serve(&mut self.aae.tracked(store), id, &req, out) {
                     Some(replica::Served::Write {
                         stored,
                         hint,
@@ -257,6 +297,12 @@ impl<C> ClusterNode<C> {
         from: u32,
         f: &FrameRef<'_>,
     ) {
+        if antientropy::is_anti_entropy_op(f.op) {
+            let m = &self.membership;
+            self.aae.on_reply(now_ms, store, from, f, &|n| m.is_alive(n));
+            self.after_aae();
+            return;
+        }
         let reply = match PeerReply::decode(f.op, f.aux, f.body) {
             Ok(r) => r,
             Err(_) => {
@@ -293,11 +339,21 @@ impl<C> ClusterNode<C> {
         self.drain(now_ms, store);
         self.deliver_hints(now_ms);
         self.hints.sync();
+        let m = &self.membership;
+        self.aae
+            .on_tick(now_ms, store, &|n| m.is_alive(n), m.leader());
+        self.after_aae();
+    }
+
+    fn after_aae(&mut self) {
+        while let Some((to, frame)) = self.aae.poll_transmit() {
+            self.outputs.push_back(Output::Send { to, frame });
+        }
     }
 
     /// When `on_tick` should be called next at the latest.
     pub fn next_timeout_ms(&self) -> u64 {
-        let m = self.membership.next_timeout_ms();
+        let m = self.membership.next_timeout_ms().min(self.aae.next_timeout_ms());
         self.coordinator.next_timeout_ms().map_or(m, |c| c.min(m))
     }
 
@@ -318,6 +374,7 @@ impl<C> ClusterNode<C> {
         }
         let mut recovered = false;
         while let Some(e) = self.membership.poll_event() {
+            self.aae.on_member_event(now_ms, &e);
             recovered |= matches!(
                 e,
                 MemberEvent::Recovered { .. } | MemberEvent::Restarted { .. }
@@ -333,6 +390,8 @@ impl<C> ClusterNode<C> {
     /// Perform the coordinator's actions; local replica work is done here.
     fn drain(&mut self, now_ms: u64, store: &mut dyn Store) {
         let me = self.config.node_id;
+        let mut tracked = self.aae.tracked(store);
+        let store: &mut dyn Store = &mut tracked;
         while let Some(a) = self.coordinator.poll_action() {
             match a {
                 Action::Send { to, frame } => self.outputs.push_back(Output::Send { to, frame }),
@@ -371,7 +430,15 @@ impl<C> ClusterNode<C> {
         self.membership.render()
     }
 
-    /// Cluster figures for STATS, one `name value` line each.
+    /// Cluster figures for STATS, one `name value` line each, anti-entropy's included.
+    pub fn stats_text_at(&self, now_ms: u64) -> String {
+        let mut t = self.stats_text();
+        self.aae.stats_text(now_ms, &mut t);
+        t
+    }
+
+    /// Cluster figures for STATS, one `name value` line each (without anti-entropy's, which
+    /// need the time: [`ClusterNode::stats_text_at`]).
     pub fn stats_text(&self) -> String {
         let mut t = String::new();
         let m = self.membership.stats();

@@ -349,6 +349,17 @@ impl KeyDir {
         self.arena_dead = 0;
     }
 
+    /// The key and location of entry `i` of the dense entry array (`0..len()`), for listings
+    /// in bounded steps. Removing a key moves the last entry into its place, so positions are
+    /// stable only while no key is removed.
+    pub fn at(&self, i: usize) -> Option<(&[u8], Loc)> {
+        if i >= self.len {
+            return None;
+        }
+        let e = self.entry(i);
+        Some((self.key_of(e), e.loc()))
+    }
+
     /// Every key and its location, in the entry array's order (deterministic for a given
     /// sequence of operations).
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], Loc)> + '_ {

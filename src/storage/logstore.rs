@@ -1381,6 +1381,29 @@ impl<V: Vfs> Store for LogStore<V> {
         self.highest
     }
 
+    /// The cursor is a position in the keydir's dense entry array (see [`KeyDir::at`]).
+    fn scan_keys(
+        &self,
+        cursor: u64,
+        limit: usize,
+        f: &mut dyn FnMut(&[u8], super::KeyMeta),
+    ) -> Result<Option<u64>, StoreError> {
+        let start = usize::try_from(cursor).unwrap_or(usize::MAX);
+        let end = start.saturating_add(limit).min(self.keydir.len());
+        for i in start..end {
+            let (key, loc) = self.keydir.at(i).expect("i < len");
+            f(
+                key,
+                super::KeyMeta {
+                    version: Version(loc.version),
+                    tombstone: loc.value_len.is_none(),
+                    expires_at_ms: u64::from(loc.expires_at_s) * 1000,
+                },
+            );
+        }
+        Ok((end < self.keydir.len()).then_some(end as u64))
+    }
+
     fn set_tombstone_horizon(&mut self, horizon: Version) {
         self.horizon = horizon;
     }

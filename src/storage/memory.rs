@@ -1,7 +1,7 @@
 //! An in-memory [`Store`]: a hash map from key to its newest record. No persistence; used by
 //! tests and by nodes started without a data directory.
 
-use super::{Applied, Store, StoreError, Stored, Write};
+use super::{Applied, KeyMeta, Store, StoreError, Stored, Write};
 use crate::version::Version;
 use std::collections::HashMap;
 
@@ -81,6 +81,31 @@ impl Store for MemoryStore {
     fn stats(&self, report: &mut dyn FnMut(&str, u64)) {
         report("storage_keys", self.map.len() as u64);
         report("storage_bytes", self.bytes);
+    }
+
+    /// The cursor is a position in the map's iteration order, stable while the map is not
+    /// modified (each step skips `cursor` entries: O(cursor); this store is for tests).
+    fn scan_keys(
+        &self,
+        cursor: u64,
+        limit: usize,
+        f: &mut dyn FnMut(&[u8], KeyMeta),
+    ) -> Result<Option<u64>, StoreError> {
+        let start = usize::try_from(cursor).unwrap_or(usize::MAX);
+        let mut n = 0;
+        for (k, s) in self.map.iter().skip(start).take(limit) {
+            f(
+                k,
+                KeyMeta {
+                    version: s.version,
+                    tombstone: s.value.is_none(),
+                    expires_at_ms: s.expires_at_ms,
+                },
+            );
+            n += 1;
+        }
+        let next = start + n;
+        Ok((next < self.map.len()).then_some(next as u64))
     }
 }
 

@@ -114,6 +114,17 @@ impl From<std::io::Error> for StoreError {
     }
 }
 
+/// What [`Store::scan_keys`] reports per key: enough to summarise the record, not its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyMeta {
+    /// Version of the key's record.
+    pub version: Version,
+    /// The record is a tombstone.
+    pub tombstone: bool,
+    /// Expiry in ms since the epoch, 0 = never (a store may round it up to whole seconds).
+    pub expires_at_ms: u64,
+}
+
 /// One shard's key-value store.
 pub trait Store: Send {
     /// The newest record held for `key`, tombstones and expired records included (the caller
@@ -156,4 +167,22 @@ pub trait Store: Send {
 
     /// Report figures for STATS as `(name, value)` pairs, names prefixed `storage_`.
     fn stats(&self, report: &mut dyn FnMut(&str, u64));
+
+    /// List up to `limit` keys (tombstones included) with their record summaries, starting at
+    /// `cursor` (0 for the first call), calling `f` for each. Returns the cursor of the next
+    /// step, or `None` when every key was listed. Used once at start-up to build the
+    /// anti-entropy trees in bounded steps; a listing is exact only if the store is not
+    /// written between steps (writes made meanwhile reach the trees through their own hook).
+    /// Default: unsupported (an error).
+    fn scan_keys(
+        &self,
+        _cursor: u64,
+        _limit: usize,
+        _f: &mut dyn FnMut(&[u8], KeyMeta),
+    ) -> Result<Option<u64>, StoreError> {
+        Err(StoreError::Io(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this store cannot list its keys",
+        )))
+    }
 }

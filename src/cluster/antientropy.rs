@@ -1,0 +1,1670 @@
+//! Active anti-entropy: replicas of a partition compare their hash trees
+//! ([`super::merkle`]) and exchange only the keys that differ, newest version winning; the
+//! leader turns completed exchanges into per-partition tombstone horizons below which
+//! tombstones may be dropped without a deleted key ever coming back.
+//!
+//! ## Trees
+//! One [`PartitionTree`] per partition this core holds (per the ring, and owned by its shard),
+//! built once at start from [`Store::scan_keys`] and then maintained by a hook on every store
+//! apply: every write the cluster core applies goes through [`Tracked`], a `Store` wrapper that
+//! updates the tree when the store reports `Applied::Stored`.
+//!
+//! ## Rounds and exchanges
+//! Every `anti_entropy_interval_ms` (and on demand: [`AntiEntropy::trigger`], the client
+//! ANTI_ENTROPY opcode) a *round* starts: one exchange with every other replica of every
+//! partition held, at most [`AE_EXCHANGES_IN_FLIGHT_MAX`] at once. Both ends of a pair start
+//! exchanges (the one whose round comes first does the work; the other's then finds equal
+//! roots at the cost of one small round trip). An exchange, initiator I and responder R:
+//!
+//! ```text
+//!  I ── AE_TREE level 0 [root] ──────────▶ R      equal root: done (one round trip)
+//!  I ◀── R's hashes ─────────────────────── R
+//!  I ── AE_TREE level 1 [differing mids] ▶ R      then level 2 (segments) likewise
+//!  I ── AE_KEYS (I's key lists of the differing segments) ─▶ R
+//!  I ◀── records R holds newer (values included) + keys R wants ── R
+//!  I ── AE_PUSH (the wanted records) ────▶ R     acknowledged; repeat AE_KEYS/AE_PUSH
+//! ```
+//!
+//! Pulled records arrive inside replies and pushed ones are acknowledged, so when the last
+//! reply arrives both replicas hold the newer of the two records for every key that differed
+//! when the exchange looked: the exchange is *complete* and is reported to the leader with its
+//! start time. Bounds: [`AE_MESSAGE_BYTES_MAX`] per message (key lists, records), tree nodes
+//! per message, keys and bytes moved per round ([`AE_ROUND_KEYS_MAX`], [`AE_ROUND_BYTES_MAX`]:
+//! past them the round stops and is not full), exchanges in flight, and sweep work per tick.
+//!
+//! ## Tombstone horizon (decided by the leader)
+//! Each node sends the leader (AE_STATUS) the start times of its completed exchanges, per
+//! (partition, peer). For partition p with replicas R_p the leader takes the *included*
+//! replicas — all of R_p except nodes failed for longer than `tombstone_window_ms` — and, if
+//! every pair of them has a completed exchange, `S = min over pairs of the latest start`.
+//! Every record any included replica held at S is then held by all of them (each pair
+//! exchanged after S), so the horizon `H_p = version(S − grace, 0, 0)` (grace = the request
+//! timeout, covering writes still in flight at S and small clock skew) is safe: every
+//! tombstone below H_p is on every included replica. The leader answers AE_STATUS with its
+//! horizons; nodes keep the maximum they have seen (also carried in every AE frame), sweep
+//! collectable entries (tombstones, expired values) below it out of their trees, and give the
+//! store `min H_p` over the partitions they hold as its compaction horizon. Horizons are kept
+//! in memory only: after a restart a node learns them again from its first exchanges.
+//!
+//! Two rules keep collected tombstones from resurrecting their keys:
+//! 1. **Guard.** A replica refuses (answers stale) any write below `H_p` for a key it holds
+//!    no record of: such a write is older than a collected tombstone (everything below `H_p`
+//!    reached every included replica, so an absent key below the horizon was deleted).
+//! 2. **Rejoin.** A node that may have been excluded — its newest record, or the gap between
+//!    two of its ticks, is older than `tombstone_window_ms` — starts *rejoining*: it answers
+//!    no reads (local and peer READs fail, so coordinators use the other replicas; LGET should
+//!    check [`AntiEntropy::serving_reads`]) until it completes a full round. In its exchanges
+//!    with a non-rejoining peer, a non-collectable record below `H_p` that only the rejoining
+//!    side holds is deleted there (a tombstone one above its version), because the peer
+//!    proves the key was deleted and collected; records from non-rejoining peers bypass the
+//!    guard (they are authoritative). Choice: reads skip the rejoining node rather than block.
+//!
+//! Limit: a node cut off by a network partition (not stopped) for longer than the window, that
+//! accepted writes meanwhile, is not detected as rejoining; as with Cassandra's gc_grace, the
+//! window must be longer than any outage whose writes must survive.
+
+use super::config::ClusterConfig;
+use super::membership::MemberEvent;
+use super::merkle::{self, Entry, PartitionTree, FANOUT, LEVELS, SEGMENTS};
+use super::peer::{op, PeerError};
+use super::ring::Ring;
+use crate::hash::{partition_of, shard_of_partition};
+use crate::limits::{
+    AE_BUILD_KEYS_PER_STEP, AE_EXCHANGES_IN_FLIGHT_MAX, AE_EXCHANGE_STEPS_MAX,
+    AE_MESSAGE_BYTES_MAX, AE_ROUND_BYTES_MAX, AE_ROUND_KEYS_MAX, AE_SWEEP_SEGMENTS_PER_TICK,
+    KEY_SIZE_MAX, PARTITION_COUNT, VALUE_SIZE_MAX,
+};
+use crate::protocol::{frame, message, FrameRef, Status, RESPONSE_BIT};
+use crate::storage::{
+    keydir::expiry_s_of, Applied, KeyMeta, Store, StoreError, Stored, Write,
+};
+use crate::version::Version;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+
+/// Anti-entropy opcodes (in the range `peer::op` reserves).
+pub mod ae_op {
+    /// Compare tree nodes.
+    pub const TREE: u8 = 0x23;
+    /// Compare key lists of segments; pull newer records.
+    pub const KEYS: u8 = 0x24;
+    /// Push records.
+    pub const PUSH: u8 = 0x25;
+    /// Report completed exchanges to the leader; get horizons back.
+    pub const STATUS: u8 = 0x26;
+}
+
+/// Whether `op` (request or reply) belongs to anti-entropy.
+pub fn is_anti_entropy_op(op: u8) -> bool {
+    (op::ANTI_ENTROPY_FIRST..=op::ANTI_ENTROPY_LAST).contains(&(op & !RESPONSE_BIT))
+}
+
+/// Flags byte of AE_KEYS and AE_PUSH: the sender is rejoining (not authoritative).
+const FLAG_REJOINING: u8 = 0x01;
+/// Entry flags in AE_KEYS: collectable (a tombstone or expired value).
+const ENTRY_COLLECTABLE: u8 = 0x01;
+/// Record flags: tombstone.
+const RECORD_TOMBSTONE: u8 = 0x01;
+
+fn bad(why: impl Into<String>) -> PeerError {
+    PeerError::Malformed(why.into())
+}
+
+/// A bounds-checked reader over a frame body.
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], PeerError> {
+        if self.b.len() < n {
+            return Err(bad(format!("body ends inside {what}")));
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn u8(&mut self, what: &str) -> Result<u8, PeerError> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u16(&mut self, what: &str) -> Result<u16, PeerError> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self, what: &str) -> Result<u32, PeerError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_be_bytes(b.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64, PeerError> {
+        let b = self.take(8, what)?;
+        Ok(u64::from_be_bytes(b.try_into().expect("8 bytes")))
+    }
+    fn key(&mut self) -> Result<&'a [u8], PeerError> {
+        let n = self.u16("a key length")? as usize;
+        if n == 0 || n > KEY_SIZE_MAX {
+            return Err(bad(format!("key length {n} outside 1..={KEY_SIZE_MAX}")));
+        }
+        self.take(n, "a key")
+    }
+    fn partition(&mut self) -> Result<usize, PeerError> {
+        let p = self.u16("the partition")? as usize;
+        if p >= PARTITION_COUNT {
+            return Err(bad(format!("partition {p} out of range")));
+        }
+        Ok(p)
+    }
+    fn end(&self) -> Result<(), PeerError> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(bad(format!("{} bytes after the body", self.b.len())))
+        }
+    }
+}
+
+/// A record as carried by AE_KEYS replies and AE_PUSH requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its version.
+    pub version: u64,
+    /// Expiry, ms since the epoch; 0 = never.
+    pub expires_at_ms: u64,
+    /// The value; `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+}
+
+impl Record {
+    fn encoded_len(&self) -> usize {
+        2 + self.key.len() + 8 + 8 + 1 + 4 + self.value.as_ref().map_or(0, |v| v.len())
+    }
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.key.len() as u16).to_be_bytes());
+        out.extend_from_slice(&self.key);
+        out.extend_from_slice(&self.version.to_be_bytes());
+        out.extend_from_slice(&self.expires_at_ms.to_be_bytes());
+        out.push(if self.value.is_none() {
+            RECORD_TOMBSTONE
+        } else {
+            0
+        });
+        let v = self.value.as_deref().unwrap_or(&[]);
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v);
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Record, PeerError> {
+        let key = r.key()?.to_vec();
+        let version = r.u64("a record version")?;
+        let expires_at_ms = r.u64("a record expiry")?;
+        let flags = r.u8("record flags")?;
+        if flags & !RECORD_TOMBSTONE != 0 {
+            return Err(bad(format!("record reserved flag bits 0x{flags:02x}")));
+        }
+        let n = r.u32("a value length")? as usize;
+        if n > VALUE_SIZE_MAX {
+            return Err(bad(format!("value of {n} bytes too large")));
+        }
+        let v = r.take(n, "a value")?;
+        let value = if flags & RECORD_TOMBSTONE != 0 {
+            if n != 0 {
+                return Err(bad("tombstone record with a value"));
+            }
+            None
+        } else {
+            Some(v.to_vec())
+        };
+        Ok(Record {
+            key,
+            version,
+            expires_at_ms,
+            value,
+        })
+    }
+    fn as_write(&self) -> Write<'_> {
+        Write {
+            key: &self.key,
+            value: self.value.as_deref(),
+            version: Version(self.version),
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+}
+
+/// Counters for STATS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AaeStats {
+    /// Rounds started.
+    pub rounds: u64,
+    /// Rounds that completed an exchange with every replica of every partition.
+    pub full_rounds: u64,
+    /// Exchanges this node started that completed.
+    pub exchanges: u64,
+    /// Exchanges abandoned (timeout, error reply, budget).
+    pub exchanges_failed: u64,
+    /// Exchanges answered as responder (AE_TREE requests at level 0).
+    pub exchanges_served: u64,
+    /// Records sent to a peer (pushed, or sent in a reply).
+    pub keys_sent: u64,
+    /// Records received from a peer that became the local record (repairs here).
+    pub keys_repaired: u64,
+    /// Local records deleted because an authoritative peer proved them collected (rejoin).
+    pub keys_dropped: u64,
+    /// Bytes of anti-entropy frames sent (requests and replies).
+    pub bytes_sent: u64,
+    /// Writes refused by the horizon guard (older than a collected tombstone).
+    pub guard_refused: u64,
+    /// Collectable entries swept out of the trees below the horizon.
+    pub swept: u64,
+    /// When the last full round ended (ms), 0 = never.
+    pub last_full_round_ms: u64,
+}
+
+/// The trees and horizons: what the store hook ([`Tracked`]) needs.
+pub struct TreeIndex {
+    trees: Vec<Option<Box<PartitionTree>>>,
+    /// Per partition, the tombstone horizon known here (a raw version; 0 = none).
+    horizons: Vec<u64>,
+    /// Whether partition p is tracked here (held per the ring and owned by this shard).
+    held: Vec<bool>,
+    rejoining: bool,
+    stats: AaeStats,
+}
+
+impl TreeIndex {
+    fn tree_mut(&mut self, p: usize) -> &mut PartitionTree {
+        self.trees[p].get_or_insert_with(|| Box::new(PartitionTree::new()))
+    }
+
+    fn note(&mut self, key: &[u8], meta: KeyMeta) {
+        let p = partition_of(key);
+        if !self.held[p] {
+            return;
+        }
+        self.tree_mut(p).upsert(Entry {
+            key,
+            version: meta.version.0,
+            tombstone: meta.tombstone,
+            expires_s: expiry_s_of(meta.expires_at_ms),
+        });
+    }
+
+    /// The tree of `p`, if it has one.
+    pub fn tree(&self, p: usize) -> Option<&PartitionTree> {
+        self.trees[p].as_deref()
+    }
+
+    /// The horizon of `p` (raw version).
+    pub fn horizon(&self, p: usize) -> u64 {
+        self.horizons[p]
+    }
+}
+
+/// A [`Store`] wrapper through which the cluster core applies every write: it keeps the
+/// partition trees in step with the store (the hook), refuses writes below the horizon for
+/// absent keys (the guard), and refuses reads while the node is rejoining.
+pub struct Tracked<'a> {
+    /// The wrapped store.
+    pub store: &'a mut dyn Store,
+    index: &'a mut TreeIndex,
+    /// Apply without the guard (records from an authoritative peer).
+    trusted: bool,
+}
+
+impl Tracked<'_> {
+    fn guarded(&self, w: &Write<'_>) -> bool {
+        let h = self.index.horizons[partition_of(w.key)];
+        !self.trusted && w.version.0 < h && self.store.version_of(w.key).is_none()
+    }
+}
+
+impl Store for Tracked<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Stored>, StoreError> {
+        if self.index.rejoining {
+            return Err(StoreError::Io(std::io::Error::other(
+                "not serving reads: rejoining through anti-entropy",
+            )));
+        }
+        self.store.get(key)
+    }
+    fn version_of(&self, key: &[u8]) -> Option<Version> {
+        self.store.version_of(key)
+    }
+    fn apply(&mut self, w: Write<'_>) -> Result<Applied, StoreError> {
+        if self.guarded(&w) {
+            self.index.stats.guard_refused += 1;
+            return Ok(Applied::Stale {
+                current: Version(self.index.horizons[partition_of(w.key)]),
+            });
+        }
+        let a = self.store.apply(w)?;
+        if a == Applied::Stored {
+            self.index.note(
+                w.key,
+                KeyMeta {
+                    version: w.version,
+                    tombstone: w.value.is_none(),
+                    expires_at_ms: w.expires_at_ms,
+                },
+            );
+        }
+        Ok(a)
+    }
+    fn needs_sync(&self) -> bool {
+        self.store.needs_sync()
+    }
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.store.sync()
+    }
+    fn maintenance(&mut self, now_ms: u64, budget: usize) -> Result<bool, StoreError> {
+        self.store.maintenance(now_ms, budget)
+    }
+    fn len(&self) -> usize {
+        self.store.len()
+    }
+    fn highest_version(&self) -> Version {
+        self.store.highest_version()
+    }
+    fn set_tombstone_horizon(&mut self, horizon: Version) {
+        self.store.set_tombstone_horizon(horizon)
+    }
+    fn stats(&self, report: &mut dyn FnMut(&str, u64)) {
+        self.store.stats(report)
+    }
+    fn scan_keys(
+        &self,
+        cursor: u64,
+        limit: usize,
+        f: &mut dyn FnMut(&[u8], KeyMeta),
+    ) -> Result<Option<u64>, StoreError> {
+        self.store.scan_keys(cursor, limit, f)
+    }
+}
+
+enum Phase {
+    /// Waiting for hashes of `asked` nodes at `level`.
+    Tree { level: u8, asked: Vec<u16> },
+    /// Waiting for the answer to our key lists of `asked` segments.
+    Keys { asked: Vec<u16> },
+    /// Waiting for the ack of a push.
+    Push,
+}
+
+struct Exchange {
+    partition: usize,
+    peer: u32,
+    start_ms: u64,
+    deadline_ms: u64,
+    phase: Phase,
+    /// Differing segments not yet compared by key.
+    pending: VecDeque<u16>,
+    /// Keys the peer wants from us.
+    wants: VecDeque<Vec<u8>>,
+    steps: u32,
+}
+
+struct Round {
+    queue: VecDeque<(usize, u32)>,
+    full: bool,
+    keys_moved: u64,
+    bytes_moved: u64,
+}
+
+/// Anti-entropy of one cluster core (node or shard).
+pub struct AntiEntropy {
+    me: u32,
+    ring: Ring,
+    interval_ms: u64,
+    window_ms: u64,
+    grace_ms: u64,
+    timeout_ms: u64,
+    index: TreeIndex,
+    /// Partitions tracked, ascending.
+    held_list: Vec<usize>,
+    store_horizon: u64,
+    next_round_ms: u64,
+    round: Option<Round>,
+    exchanges: BTreeMap<u32, Exchange>,
+    next_id: u32,
+    /// Completed exchanges not yet reported to the leader: (partition, peer) → start ms.
+    unreported: BTreeMap<(u16, u32), u64>,
+    status_in_flight: Option<(u32, BTreeMap<(u16, u32), u64>, u64)>,
+    // Leader state.
+    reports: BTreeMap<(u16, u32, u32), u64>,
+    failed_since: BTreeMap<u32, u64>,
+    decided: Vec<u64>,
+    // Sweep of collectable entries below the horizon: (index into held_list, segment).
+    sweep: Option<(usize, usize)>,
+    sweep_again: bool,
+    last_tick_ms: u64,
+    start_ms: u64,
+    transmits: VecDeque<(u32, Vec<u8>)>,
+}
+
+fn pair(a: u32, b: u32) -> (u32, u32) {
+    (a.min(b), a.max(b))
+}
+
+/// The horizon (raw version) for a sync point `s_ms`.
+fn horizon_of(s_ms: u64, grace_ms: u64) -> u64 {
+    let ms = s_ms.saturating_sub(grace_ms).min((1 << 42) - 1);
+    Version::new(ms, 0, 0).0
+}
+
+impl AntiEntropy {
+    /// Anti-entropy for node `config.node_id` holding the partitions `ring` gives it, all of
+    /// them owned by this core until [`AntiEntropy::set_shard`] says otherwise.
+    pub fn new(config: &ClusterConfig, ring: Ring, start_ms: u64) -> AntiEntropy {
+        let mut a = AntiEntropy {
+            me: config.node_id,
+            ring,
+            interval_ms: config.anti_entropy_interval_ms,
+            window_ms: config.tombstone_window_ms,
+            grace_ms: config.request_timeout_ms,
+            timeout_ms: config.request_timeout_ms,
+            index: TreeIndex {
+                trees: (0..PARTITION_COUNT).map(|_| None).collect(),
+                horizons: vec![0; PARTITION_COUNT],
+                held: vec![false; PARTITION_COUNT],
+                rejoining: false,
+                stats: AaeStats::default(),
+            },
+            held_list: Vec::new(),
+            store_horizon: 0,
+            next_round_ms: start_ms.saturating_add(config.anti_entropy_interval_ms),
+            round: None,
+            exchanges: BTreeMap::new(),
+            next_id: 1,
+            unreported: BTreeMap::new(),
+            status_in_flight: None,
+            reports: BTreeMap::new(),
+            failed_since: BTreeMap::new(),
+            decided: vec![0; PARTITION_COUNT],
+            sweep: None,
+            sweep_again: false,
+            last_tick_ms: start_ms,
+            start_ms,
+            transmits: VecDeque::new(),
+        };
+        a.set_shard(0, 1);
+        a
+    }
+
+    /// Track only the partitions shard `shard` of `shards` owns (call before
+    /// [`AntiEntropy::build`]). Anti-entropy frames start with the partition, so a driver
+    /// routes them to `hash::shard_of_partition(partition, shards)`.
+    pub fn set_shard(&mut self, shard: usize, shards: usize) {
+        assert!(shards >= 1 && shard < shards);
+        self.held_list.clear();
+        for p in 0..PARTITION_COUNT {
+            let held = self.ring.holds(self.me, p) && shard_of_partition(p, shards) == shard;
+            self.index.held[p] = held;
+            if held {
+                self.held_list.push(p);
+            } else {
+                self.index.trees[p] = None;
+            }
+        }
+    }
+
+    /// Build the trees from the store in bounded steps (one pass over its keys), and decide
+    /// whether this node must rejoin: its newest record is older than the tombstone window.
+    pub fn build(&mut self, store: &dyn Store) -> Result<(), StoreError> {
+        let mut cursor = Some(0);
+        // Bounded: each step lists AE_BUILD_KEYS_PER_STEP keys or ends the listing.
+        let steps_max = store.len() / AE_BUILD_KEYS_PER_STEP + 2;
+        for _ in 0..steps_max {
+            let Some(c) = cursor else { break };
+            let index = &mut self.index;
+            cursor = store.scan_keys(c, AE_BUILD_KEYS_PER_STEP, &mut |k, m| index.note(k, m))?;
+        }
+        let newest_ms = store.highest_version().physical_ms();
+        if !store.is_empty() && self.start_ms.saturating_sub(newest_ms) > self.window_ms {
+            self.start_rejoin();
+        }
+        Ok(())
+    }
+
+    fn start_rejoin(&mut self) {
+        // A single replica has nobody to rejoin from.
+        if self.ring.replicas() > 1 && !self.held_list.is_empty() {
+            if !self.index.rejoining {
+                log::warn!(
+                    "node {}: possibly out of the cluster for longer than the tombstone window: \
+                     not serving reads until a full anti-entropy round completes",
+                    self.me
+                );
+            }
+            self.index.rejoining = true;
+        }
+    }
+
+    /// Whether this node serves reads (false while rejoining).
+    pub fn serving_reads(&self) -> bool {
+        !self.index.rejoining
+    }
+
+    /// The trees and horizons.
+    pub fn index(&self) -> &TreeIndex {
+        &self.index
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> AaeStats {
+        self.index.stats
+    }
+
+    /// Wrap `store` so that writes update the trees (use it for every apply).
+    pub fn tracked<'a>(&'a mut self, store: &'a mut dyn Store) -> Tracked<'a> {
+        Tracked {
+            store,
+            index: &mut self.index,
+            trusted: false,
+        }
+    }
+
+    /// The next frame to send: `(node, frame)`.
+    pub fn poll_transmit(&mut self) -> Option<(u32, Vec<u8>)> {
+        self.transmits.pop_front()
+    }
+
+    /// When `on_tick` must run next at the latest.
+    pub fn next_timeout_ms(&self) -> u64 {
+        let mut t = self.next_round_ms;
+        for x in self.exchanges.values() {
+            t = t.min(x.deadline_ms);
+        }
+        t
+    }
+
+    fn alloc_id(&mut self) -> u32 {
+        let id = self.next_id;
+        // Ids only need to be unique among this core's outstanding anti-entropy requests.
+        self.next_id = if id >= 0x7FFF_FFFE { 1 } else { id + 1 };
+        id
+    }
+
+    fn send(&mut self, to: u32, frame: Vec<u8>) {
+        self.index.stats.bytes_sent += frame.len() as u64;
+        self.transmits.push_back((to, frame));
+    }
+
+    /// Start a round now (on demand), unless one is running.
+    pub fn trigger(&mut self, now_ms: u64) {
+        if self.round.is_none() {
+            self.next_round_ms = now_ms;
+        }
+    }
+
+    /// A membership event (the leader tracks how long nodes have been failed).
+    pub fn on_member_event(&mut self, now_ms: u64, e: &MemberEvent) {
+        match *e {
+            MemberEvent::Failed { node } => {
+                self.failed_since.entry(node).or_insert(now_ms);
+            }
+            MemberEvent::Recovered { node, .. } | MemberEvent::Restarted { node, .. } => {
+                self.failed_since.remove(&node);
+            }
+            _ => {}
+        }
+    }
+
+    /// Advance time: start rounds and exchanges, expire exchanges, report to the leader,
+    /// sweep the trees. `alive` is the membership view; `leader` its leader.
+    pub fn on_tick(
+        &mut self,
+        now_ms: u64,
+        store: &mut dyn Store,
+        alive: &dyn Fn(u32) -> bool,
+        leader: u32,
+    ) {
+        if now_ms.saturating_sub(self.last_tick_ms) > self.window_ms {
+            // The process was stopped (SIGSTOP, swap storm) for longer than the window.
+            self.start_rejoin();
+        }
+        self.last_tick_ms = now_ms;
+        // Expire exchanges.
+        let late: Vec<u32> = self
+            .exchanges
+            .iter()
+            .filter(|(_, x)| x.deadline_ms <= now_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            self.fail_exchange(id);
+        }
+        if self
+            .status_in_flight
+            .as_ref()
+            .is_some_and(|s| s.2 <= now_ms)
+        {
+            // The leader did not answer: report these again.
+            let (_, batch, _) = self.status_in_flight.take().expect("checked");
+            for (k, v) in batch {
+                let e = self.unreported.entry(k).or_insert(v);
+                *e = (*e).max(v);
+            }
+        }
+        if self.round.is_none() && now_ms >= self.next_round_ms {
+            self.start_round(now_ms);
+        }
+        self.dispatch(now_ms, alive);
+        self.finish_round_if_done(now_ms, store, alive, leader);
+        self.sweep_step(now_ms);
+    }
+
+    fn start_round(&mut self, now_ms: u64) {
+        self.next_round_ms = now_ms.saturating_add(self.interval_ms);
+        let mut queue = VecDeque::new();
+        for &p in &self.held_list {
+            for &peer in self.ring.preference_list(p) {
+                if peer != self.me {
+                    queue.push_back((p, peer));
+                }
+            }
+        }
+        self.index.stats.rounds += 1;
+        self.round = Some(Round {
+            queue,
+            full: true,
+            keys_moved: 0,
+            bytes_moved: 0,
+        });
+    }
+
+    fn dispatch(&mut self, now_ms: u64, alive: &dyn Fn(u32) -> bool) {
+        while self.exchanges.len() < AE_EXCHANGES_IN_FLIGHT_MAX {
+            let Some(round) = self.round.as_mut() else {
+                return;
+            };
+            let Some((p, peer)) = round.queue.pop_front() else {
+                return;
+            };
+            if !alive(peer) {
+                round.full = false;
+                continue;
+            }
+            let tree = self.index.tree_mut(p);
+            tree.rehash();
+            let id = self.alloc_id();
+            let mut f = Vec::new();
+            put_tree_request(&mut f, id, p, self.index.horizons[p], 0, &[0]);
+            self.send(peer, f);
+            self.exchanges.insert(
+                id,
+                Exchange {
+                    partition: p,
+                    peer,
+                    start_ms: now_ms,
+                    deadline_ms: now_ms.saturating_add(self.timeout_ms),
+                    phase: Phase::Tree {
+                        level: 0,
+                        asked: vec![0],
+                    },
+                    pending: VecDeque::new(),
+                    wants: VecDeque::new(),
+                    steps: 0,
+                },
+            );
+        }
+    }
+
+    fn fail_exchange(&mut self, id: u32) {
+        if self.exchanges.remove(&id).is_some() {
+            self.index.stats.exchanges_failed += 1;
+            if let Some(r) = self.round.as_mut() {
+                r.full = false;
+            }
+        }
+    }
+
+    fn finish_round_if_done(
+        &mut self,
+        now_ms: u64,
+        store: &mut dyn Store,
+        alive: &dyn Fn(u32) -> bool,
+        leader: u32,
+    ) {
+        let done = matches!(&self.round, Some(r) if r.queue.is_empty()) && self.exchanges.is_empty();
+        if done {
+            let r = self.round.take().expect("checked");
+            if r.full {
+                self.index.stats.full_rounds += 1;
+                self.index.stats.last_full_round_ms = now_ms;
+                if self.index.rejoining {
+                    log::info!("node {}: rejoined through a full anti-entropy round", self.me);
+                }
+                self.index.rejoining = false;
+            }
+        }
+        // Report completed exchanges to the leader (at most one report in flight).
+        if self.status_in_flight.is_none() && (done || !self.unreported.is_empty()) {
+            let batch = std::mem::take(&mut self.unreported);
+            if leader == self.me {
+                self.leader_record(self.me, &batch);
+                let hs = self.leader_decide(now_ms, alive);
+                self.adopt_horizons(store, &hs);
+            } else if alive(leader) {
+                let id = self.alloc_id();
+                let mut f = Vec::new();
+                put_status_request(&mut f, id, &batch);
+                self.send(leader, f);
+                self.status_in_flight = Some((id, batch, now_ms.saturating_add(self.timeout_ms)));
+            } else {
+                self.unreported = batch;
+            }
+        }
+    }
+
+    fn leader_record(&mut self, from: u32, batch: &BTreeMap<(u16, u32), u64>) {
+        for (&(p, peer), &start) in batch {
+            let (a, b) = pair(from, peer);
+            let e = self.reports.entry((p, a, b)).or_insert(start);
+            *e = (*e).max(start);
+        }
+    }
+
+    /// The leader's horizons: for each partition whose included replicas all exchanged
+    /// pairwise, the oldest of the pairs' latest exchange starts, minus the grace.
+    fn leader_decide(&mut self, now_ms: u64, alive: &dyn Fn(u32) -> bool) -> Vec<(u16, u64)> {
+        let mut out = Vec::new();
+        for p in 0..PARTITION_COUNT {
+            let prefs = self.ring.preference_list(p);
+            let included: Vec<u32> = prefs
+                .iter()
+                .copied()
+                .filter(|&n| {
+                    n == self.me
+                        || alive(n)
+                        || self
+                            .failed_since
+                            .get(&n)
+                            .is_none_or(|&t| now_ms.saturating_sub(t) <= self.window_ms)
+                })
+                .collect();
+            let h = if prefs.len() == 1 {
+                horizon_of(now_ms, self.grace_ms)
+            } else if included.len() < 2 {
+                continue;
+            } else {
+                let mut s = u64::MAX;
+                for (i, &a) in included.iter().enumerate() {
+                    for &b in &included[i + 1..] {
+                        let (x, y) = pair(a, b);
+                        match self.reports.get(&(p as u16, x, y)) {
+                            Some(&t) => s = s.min(t),
+                            None => s = 0,
+                        }
+                    }
+                }
+                if s == 0 {
+                    continue;
+                }
+                horizon_of(s, self.grace_ms)
+            };
+            self.decided[p] = self.decided[p].max(h);
+            out.push((p as u16, self.decided[p]));
+        }
+        out
+    }
+
+    fn adopt(&mut self, p: usize, h: u64) {
+        if h > self.index.horizons[p] {
+            self.index.horizons[p] = h;
+            if self.index.held[p] {
+                if self.sweep.is_none() {
+                    self.sweep = Some((0, 0));
+                } else {
+                    self.sweep_again = true;
+                }
+            }
+        }
+    }
+
+    fn adopt_horizons(&mut self, store: &mut dyn Store, hs: &[(u16, u64)]) {
+        for &(p, h) in hs {
+            if (p as usize) < PARTITION_COUNT {
+                self.adopt(p as usize, h);
+            }
+        }
+        self.update_store_horizon(store);
+    }
+
+    fn update_store_horizon(&mut self, store: &mut dyn Store) {
+        let min = self
+            .held_list
+            .iter()
+            .map(|&p| self.index.horizons[p])
+            .min()
+            .unwrap_or(0);
+        if min > self.store_horizon {
+            self.store_horizon = min;
+            store.set_tombstone_horizon(Version(min));
+        }
+    }
+
+    fn sweep_step(&mut self, now_ms: u64) {
+        let Some((mut pi, mut s)) = self.sweep else {
+            return;
+        };
+        for _ in 0..AE_SWEEP_SEGMENTS_PER_TICK {
+            if pi >= self.held_list.len() {
+                break;
+            }
+            let p = self.held_list[pi];
+            let h = self.index.horizons[p];
+            if let Some(t) = self.index.trees[p].as_mut() {
+                let n = t.remove_where(s, |e| e.version < h && e.collectable(now_ms));
+                self.index.stats.swept += n as u64;
+            }
+            s += 1;
+            if s == SEGMENTS {
+                s = 0;
+                pi += 1;
+            }
+        }
+        self.sweep = if pi < self.held_list.len() {
+            Some((pi, s))
+        } else if std::mem::take(&mut self.sweep_again) {
+            Some((0, 0))
+        } else {
+            None
+        };
+    }
+
+    /// Serve an anti-entropy request from `from`, appending the reply to `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_request(
+        &mut self,
+        now_ms: u64,
+        store: &mut dyn Store,
+        from: u32,
+        id: u32,
+        opc: u8,
+        aux: u8,
+        body: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), PeerError> {
+        let before = out.len();
+        let r = self.serve(now_ms, store, from, id, opc, aux, body, out);
+        if let Err(e) = &r {
+            out.truncate(before);
+            message::put_error(out, opc, id, e.status(), &e.to_string());
+        }
+        self.index.stats.bytes_sent += (out.len() - before) as u64;
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn serve(
+        &mut self,
+        now_ms: u64,
+        store: &mut dyn Store,
+        from: u32,
+        id: u32,
+        opc: u8,
+        aux: u8,
+        body: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), PeerError> {
+        if aux != 0 {
+            return Err(bad(format!("aux must be 0, got 0x{aux:02x}")));
+        }
+        let mut r = Reader { b: body };
+        match opc {
+            ae_op::TREE => {
+                let p = r.partition()?;
+                let h = r.u64("the horizon")?;
+                let level = r.u8("the level")?;
+                if level >= LEVELS {
+                    return Err(bad(format!("tree level {level} out of range")));
+                }
+                let count = r.u16("the node count")? as usize;
+                let width = [1, FANOUT, SEGMENTS][level as usize];
+                if count > width {
+                    return Err(bad(format!("{count} nodes asked at level {level}")));
+                }
+                let mut idx = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let i = r.u16("a node index")? as usize;
+                    if i >= width {
+                        return Err(bad(format!("node {i} out of range at level {level}")));
+                    }
+                    idx.push(i);
+                }
+                r.end()?;
+                self.check_held(p, from)?;
+                self.adopt(p, h);
+                self.update_store_horizon(store);
+                if level == 0 {
+                    self.index.stats.exchanges_served += 1;
+                }
+                let t = self.index.tree_mut(p);
+                t.rehash();
+                let mut hashes = Vec::with_capacity(count * 8);
+                for i in idx {
+                    hashes.extend_from_slice(&t.hash(level, i).expect("checked").to_be_bytes());
+                }
+                message::put_ok(
+                    out,
+                    ae_op::TREE,
+                    id,
+                    &[
+                        &(p as u16).to_be_bytes(),
+                        &self.index.horizons[p].to_be_bytes(),
+                        &[level],
+                        &(count as u16).to_be_bytes(),
+                        &hashes,
+                    ],
+                );
+                Ok(())
+            }
+            ae_op::KEYS => {
+                let p = r.partition()?;
+                let h = r.u64("the horizon")?;
+                let flags = r.u8("the flags")?;
+                let count = r.u16("the segment count")? as usize;
+                if count > SEGMENTS {
+                    return Err(bad(format!("{count} segments")));
+                }
+                let mut segs: Vec<(usize, Vec<(&[u8], u64, bool)>)> = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let s = r.u16("a segment")? as usize;
+                    if s >= SEGMENTS {
+                        return Err(bad(format!("segment {s} out of range")));
+                    }
+                    let n = r.u32("an entry count")? as usize;
+                    // Each entry takes at least 12 bytes: bounds n before allocating.
+                    if n > r.b.len() / 12 {
+                        return Err(bad("entry count larger than the body"));
+                    }
+                    let mut list = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let k = r.key()?;
+                        let v = r.u64("a version")?;
+                        let fl = r.u8("entry flags")?;
+                        if fl & !ENTRY_COLLECTABLE != 0 {
+                            return Err(bad(format!("entry reserved flag bits 0x{fl:02x}")));
+                        }
+                        if merkle::segment_of(k) != s || partition_of(k) != p {
+                            return Err(bad("key listed in the wrong segment"));
+                        }
+                        list.push((k, v, fl & ENTRY_COLLECTABLE != 0));
+                    }
+                    segs.push((s, list));
+                }
+                r.end()?;
+                if flags & !FLAG_REJOINING != 0 {
+                    return Err(bad(format!("reserved flag bits 0x{flags:02x}")));
+                }
+                self.check_held(p, from)?;
+                self.adopt(p, h);
+                self.update_store_horizon(store);
+                let peer_rejoining = flags & FLAG_REJOINING != 0;
+                self.answer_keys(now_ms, store, id, p, peer_rejoining, &segs, out);
+                Ok(())
+            }
+            ae_op::PUSH => {
+                let p = r.partition()?;
+                let flags = r.u8("the flags")?;
+                if flags & !FLAG_REJOINING != 0 {
+                    return Err(bad(format!("reserved flag bits 0x{flags:02x}")));
+                }
+                let count = r.u16("the record count")? as usize;
+                let mut recs = Vec::with_capacity(count.min(1024));
+                for _ in 0..count {
+                    let rec = Record::decode(&mut r)?;
+                    if partition_of(&rec.key) != p {
+                        return Err(bad("record of another partition"));
+                    }
+                    recs.push(rec);
+                }
+                r.end()?;
+                self.check_held(p, from)?;
+                let trusted = flags & FLAG_REJOINING == 0;
+                let applied = self.apply_records(store, &recs, trusted).map_err(|e| {
+                    // Not a malformed frame, but the reply must say it failed.
+                    bad(format!("storage: {e}"))
+                })?;
+                message::put_ok(out, ae_op::PUSH, id, &[&(applied as u16).to_be_bytes()]);
+                Ok(())
+            }
+            ae_op::STATUS => {
+                let count = r.u16("the entry count")? as usize;
+                if count > PARTITION_COUNT * crate::limits::REPLICAS_MAX {
+                    return Err(bad(format!("{count} status entries")));
+                }
+                let mut batch = BTreeMap::new();
+                for _ in 0..count {
+                    let p = r.partition()? as u16;
+                    let peer = r.u32("a peer")?;
+                    let start = r.u64("a start time")?;
+                    batch.insert((p, peer), start);
+                }
+                r.end()?;
+                self.leader_record(from, &batch);
+                // Liveness here comes from failures seen: a node failed for longer than the
+                // window is excluded; others count as alive.
+                let failed = self.failed_since.clone();
+                let hs = self.leader_decide(now_ms, &|n| !failed.contains_key(&n));
+                let mut b = Vec::with_capacity(2 + hs.len() * 10);
+                b.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+                for (p, h) in &hs {
+                    b.extend_from_slice(&p.to_be_bytes());
+                    b.extend_from_slice(&h.to_be_bytes());
+                }
+                message::put_ok(out, ae_op::STATUS, id, &[&b]);
+                self.adopt_horizons(store, &hs);
+                Ok(())
+            }
+            other => Err(PeerError::UnknownOp(other)),
+        }
+    }
+
+    fn check_held(&self, p: usize, from: u32) -> Result<(), PeerError> {
+        if !self.ring.holds(from, p) || !self.ring.holds(self.me, p) {
+            return Err(bad(format!(
+                "partition {p} is not held by both node {from} and node {}",
+                self.me
+            )));
+        }
+        Ok(())
+    }
+
+    /// Apply records through the hook; returns how many became the local record.
+    fn apply_records(
+        &mut self,
+        store: &mut dyn Store,
+        recs: &[Record],
+        trusted: bool,
+    ) -> Result<usize, StoreError> {
+        let mut t = Tracked {
+            store,
+            index: &mut self.index,
+            trusted,
+        };
+        let mut n = 0;
+        for rec in recs {
+            if t.apply(rec.as_write())? == Applied::Stored {
+                n += 1;
+            }
+        }
+        self.index.stats.keys_repaired += n as u64;
+        Ok(n)
+    }
+
+    /// A tombstone one above `version`: deletes a record proved collected elsewhere.
+    fn drop_record(key: &[u8], version: u64) -> Record {
+        Record {
+            key: key.to_vec(),
+            version: version.saturating_add(1),
+            expires_at_ms: 0,
+            value: None,
+        }
+    }
+
+    /// Compare the initiator's key lists with ours (responder side) and answer.
+    #[allow(clippy::too_many_arguments)]
+    fn answer_keys(
+        &mut self,
+        now_ms: u64,
+        store: &mut dyn Store,
+        id: u32,
+        p: usize,
+        peer_rejoining: bool,
+        segs: &[(usize, Vec<(&[u8], u64, bool)>)],
+        out: &mut Vec<u8>,
+    ) {
+        let h = self.index.horizons[p];
+        let me_rejoining = self.index.rejoining;
+        let mut records: Vec<u8> = Vec::new();
+        let mut nrec = 0u16;
+        let mut wants: Vec<u8> = Vec::new();
+        let mut nwant = 0u16;
+        let mut local_drops: Vec<Record> = Vec::new();
+        let mut done = 0u16;
+        'segments: for (s, theirs) in segs {
+            let theirs: BTreeMap<&[u8], (u64, bool)> =
+                theirs.iter().map(|&(k, v, c)| (k, (v, c))).collect();
+            let ours: Vec<(Vec<u8>, u64, bool)> = match self.index.trees[p].as_deref() {
+                Some(t) => t
+                    .entries(*s)
+                    .map(|e| (e.key.to_vec(), e.version, e.collectable(now_ms)))
+                    .collect(),
+                None => Vec::new(),
+            };
+            let ours_map: BTreeMap<&[u8], (u64, bool)> =
+                ours.iter().map(|(k, v, c)| (&k[..], (*v, *c))).collect();
+            let mut keys: Vec<&[u8]> = theirs.keys().chain(ours_map.keys()).copied().collect();
+            keys.sort_unstable();
+            keys.dedup();
+            let (seg_records_start, seg_nrec) = (records.len(), nrec);
+            let (seg_wants_start, seg_nwant) = (wants.len(), nwant);
+            let mut partial = false;
+            for k in keys {
+                let send = |records: &mut Vec<u8>, rec: &Record| -> bool {
+                    // The first record of a reply always goes (it fits a frame on its own).
+                    if !records.is_empty()
+                        && records.len() + rec.encoded_len() > AE_MESSAGE_BYTES_MAX
+                    {
+                        return false;
+                    }
+                    rec.encode(records);
+                    true
+                };
+                match (theirs.get(k), ours_map.get(k)) {
+                    (Some(&(tv, _)), Some(&(ov, _))) if tv == ov => {}
+                    (Some(&(tv, _)), Some(&(ov, _))) if tv > ov => {
+                        push_key(&mut wants, k);
+                        nwant += 1;
+                    }
+                    (Some(_), Some(_)) | (None, Some(_)) => {
+                        let (ov, collectable) = ours_map[k];
+                        let absent_there = theirs.get(k).is_none();
+                        if absent_there && collectable {
+                            continue;
+                        }
+                        if absent_there && ov < h && me_rejoining && !peer_rejoining {
+                            local_drops.push(Self::drop_record(k, ov));
+                            continue;
+                        }
+                        let Ok(Some(stored)) = store.get(k) else {
+                            continue; // compacted away or unreadable: nothing to send
+                        };
+                        let rec = Record {
+                            key: k.to_vec(),
+                            version: stored.version.0,
+                            expires_at_ms: stored.expires_at_ms,
+                            value: stored.value,
+                        };
+                        if !send(&mut records, &rec) {
+                            partial = true;
+                            break;
+                        }
+                        nrec += 1;
+                    }
+                    (Some(&(tv, collectable)), None) => {
+                        if collectable {
+                            continue;
+                        }
+                        if tv < h && peer_rejoining && !me_rejoining {
+                            let rec = Self::drop_record(k, tv);
+                            if !send(&mut records, &rec) {
+                                partial = true;
+                                break;
+                            }
+                            nrec += 1;
+                        } else {
+                            push_key(&mut wants, k);
+                            nwant += 1;
+                        }
+                    }
+                    (None, None) => unreachable!("every key comes from one of the lists"),
+                }
+            }
+            if partial {
+                if nrec == seg_nrec {
+                    // Nothing of this segment fit (an earlier segment filled the reply): leave
+                    // it whole for the next request.
+                    records.truncate(seg_records_start);
+                    nrec = seg_nrec;
+                    wants.truncate(seg_wants_start);
+                    nwant = seg_nwant;
+                }
+                break 'segments;
+            }
+            done += 1;
+        }
+        if !local_drops.is_empty() {
+            // Best effort: a failing store reports itself through its own writes.
+            if let Ok(n) = self.apply_records(store, &local_drops, true) {
+                self.index.stats.keys_dropped += n as u64;
+                self.index.stats.keys_repaired -= n as u64;
+            }
+        }
+        self.index.stats.keys_sent += u64::from(nrec);
+        let flags = if me_rejoining { FLAG_REJOINING } else { 0 };
+        message::put_ok(
+            out,
+            ae_op::KEYS,
+            id,
+            &[
+                &(p as u16).to_be_bytes(),
+                &h.to_be_bytes(),
+                &[flags],
+                &done.to_be_bytes(),
+                &nrec.to_be_bytes(),
+                &records,
+                &nwant.to_be_bytes(),
+                &wants,
+            ],
+        );
+    }
+
+    /// A reply from `from` to one of our anti-entropy requests.
+    pub fn on_reply(
+        &mut self,
+        now_ms: u64,
+        store: &mut dyn Store,
+        from: u32,
+        f: &FrameRef<'_>,
+        alive: &dyn Fn(u32) -> bool,
+    ) {
+        let opc = f.op & !RESPONSE_BIT;
+        if opc == ae_op::STATUS {
+            if self.status_in_flight.as_ref().is_none_or(|s| s.0 != f.id) {
+                return;
+            }
+            let (_, batch, _) = self.status_in_flight.take().expect("checked");
+            match decode_status_reply(f) {
+                Ok(hs) => self.adopt_horizons(store, &hs),
+                Err(_) => {
+                    for (k, v) in batch {
+                        self.unreported.entry(k).or_insert(v);
+                    }
+                }
+            }
+            return;
+        }
+        let Some(mut x) = self.exchanges.remove(&f.id) else {
+            return; // late or unknown
+        };
+        if x.peer != from || f.aux != Status::Ok as u8 {
+            self.index.stats.exchanges_failed += 1;
+            if let Some(r) = self.round.as_mut() {
+                r.full = false;
+            }
+            return;
+        }
+        x.steps += 1;
+        let r = match (&x.phase, opc) {
+            (Phase::Tree { level, asked }, ae_op::TREE) => {
+                let (level, asked) = (*level, asked.clone());
+                self.on_tree_reply(store, &mut x, level, &asked, f.body)
+            }
+            (Phase::Keys { asked }, ae_op::KEYS) => {
+                let asked = asked.clone();
+                self.on_keys_reply(store, &mut x, &asked, f.body)
+            }
+            (Phase::Push, ae_op::PUSH) => {
+                if f.body.len() == 2 {
+                    Ok(())
+                } else {
+                    Err(bad("PUSH reply is not 2 bytes"))
+                }
+            }
+            _ => Err(bad("reply does not match the exchange")),
+        };
+        if r.is_err() || x.steps > AE_EXCHANGE_STEPS_MAX {
+            self.index.stats.exchanges_failed += 1;
+            if let Some(r) = self.round.as_mut() {
+                r.full = false;
+            }
+            return;
+        }
+        self.advance(now_ms, store, x);
+        self.dispatch(now_ms, alive);
+    }
+
+    fn on_tree_reply(
+        &mut self,
+        store: &mut dyn Store,
+        x: &mut Exchange,
+        level: u8,
+        asked: &[u16],
+        body: &[u8],
+    ) -> Result<(), PeerError> {
+        let mut r = Reader { b: body };
+        let p = r.partition()?;
+        let h = r.u64("the horizon")?;
+        let l = r.u8("the level")?;
+        let count = r.u16("the count")? as usize;
+        if p != x.partition || l != level || count != asked.len() {
+            return Err(bad("TREE reply does not match its request"));
+        }
+        let mut theirs = Vec::with_capacity(count);
+        for _ in 0..count {
+            theirs.push(r.u64("a hash")?);
+        }
+        r.end()?;
+        self.adopt(p, h);
+        self.update_store_horizon(store);
+        let t = self.index.tree_mut(p);
+        t.rehash();
+        let differing: Vec<u16> = asked
+            .iter()
+            .zip(&theirs)
+            .filter(|(&i, &hh)| t.hash(level, i as usize) != Some(hh))
+            .map(|(&i, _)| i)
+            .collect();
+        if level + 1 < LEVELS {
+            let next: Vec<u16> = differing
+                .iter()
+                .flat_map(|&i| (0..FANOUT as u16).map(move |c| i * FANOUT as u16 + c))
+                .collect();
+            x.phase = Phase::Tree {
+                level: level + 1,
+                asked: next,
+            };
+        } else {
+            x.pending.extend(differing);
+            x.phase = Phase::Push; // placeholder: advance() picks the next step
+        }
+        Ok(())
+    }
+
+    fn on_keys_reply(
+        &mut self,
+        store: &mut dyn Store,
+        x: &mut Exchange,
+        asked: &[u16],
+        body: &[u8],
+    ) -> Result<(), PeerError> {
+        let mut r = Reader { b: body };
+        let p = r.partition()?;
+        let h = r.u64("the horizon")?;
+        let flags = r.u8("the flags")?;
+        let done = r.u16("the done count")? as usize;
+        if p != x.partition || done > asked.len() || flags & !FLAG_REJOINING != 0 {
+            return Err(bad("KEYS reply does not match its request"));
+        }
+        let nrec = r.u16("the record count")? as usize;
+        let mut recs = Vec::with_capacity(nrec.min(1024));
+        for _ in 0..nrec {
+            let rec = Record::decode(&mut r)?;
+            if partition_of(&rec.key) != p {
+                return Err(bad("record of another partition"));
+            }
+            recs.push(rec);
+        }
+        let nwant = r.u16("the want count")? as usize;
+        let mut wants = Vec::with_capacity(nwant.min(1024));
+        for _ in 0..nwant {
+            let k = r.key()?;
+            if partition_of(k) != p {
+                return Err(bad("wanted key of another partition"));
+            }
+            wants.push(k.to_vec());
+        }
+        r.end()?;
+        self.adopt(p, h);
+        self.update_store_horizon(store);
+        let trusted = flags & FLAG_REJOINING == 0;
+        let bytes: usize = recs.iter().map(Record::encoded_len).sum();
+        let drops = recs
+            .iter()
+            .filter(|r| {
+                r.value.is_none()
+                    && self
+                        .index
+                        .tree(p)
+                        .and_then(|t| t.get(&r.key))
+                        .is_some_and(|e| e.version.saturating_add(1) == r.version && !e.tombstone)
+            })
+            .count();
+        let n = self
+            .apply_records(store, &recs, trusted)
+            .map_err(|e| bad(format!("storage: {e}")))?;
+        let dropped = drops.min(n);
+        self.index.stats.keys_dropped += dropped as u64;
+        self.index.stats.keys_repaired -= dropped as u64;
+        if let Some(round) = self.round.as_mut() {
+            round.keys_moved += recs.len() as u64;
+            round.bytes_moved += bytes as u64;
+        }
+        for _ in 0..done {
+            x.pending.pop_front();
+        }
+        x.wants.extend(wants);
+        x.phase = Phase::Push;
+        Ok(())
+    }
+
+    /// Send the exchange's next request, or finish it.
+    fn advance(&mut self, now_ms: u64, store: &mut dyn Store, mut x: Exchange) {
+        let over_budget = self.round.as_ref().is_some_and(|r| {
+            r.keys_moved >= AE_ROUND_KEYS_MAX || r.bytes_moved >= AE_ROUND_BYTES_MAX
+        });
+        if over_budget {
+            self.index.stats.exchanges_failed += 1;
+            if let Some(r) = self.round.as_mut() {
+                r.full = false;
+            }
+            return;
+        }
+        let p = x.partition;
+        let h = self.index.horizons[p];
+        let rejoining = if self.index.rejoining {
+            FLAG_REJOINING
+        } else {
+            0
+        };
+        let id = self.alloc_id();
+        let mut f = Vec::new();
+        if let Phase::Tree { level, asked } = &x.phase {
+            if asked.is_empty() {
+                return self.complete(x);
+            }
+            put_tree_request(&mut f, id, p, h, *level, asked);
+        } else if !x.wants.is_empty() {
+            // Push what the peer wants, up to a message's worth.
+            let mut recs = Vec::new();
+            let mut buf = Vec::new();
+            while let Some(k) = x.wants.front() {
+                let rec = match store.get(k) {
+                    Ok(Some(s)) => Record {
+                        key: k.clone(),
+                        version: s.version.0,
+                        expires_at_ms: s.expires_at_ms,
+                        value: s.value,
+                    },
+                    _ => {
+                        x.wants.pop_front();
+                        continue;
+                    }
+                };
+                if !buf.is_empty() && buf.len() + rec.encoded_len() > AE_MESSAGE_BYTES_MAX {
+                    break;
+                }
+                rec.encode(&mut buf);
+                recs.push(());
+                x.wants.pop_front();
+                if recs.len() == u16::MAX as usize {
+                    break;
+                }
+            }
+            if recs.is_empty() {
+                return self.advance_keys(now_ms, x, id, h, rejoining);
+            }
+            self.index.stats.keys_sent += recs.len() as u64;
+            if let Some(r) = self.round.as_mut() {
+                r.keys_moved += recs.len() as u64;
+                r.bytes_moved += buf.len() as u64;
+            }
+            frame::put_frame(
+                &mut f,
+                ae_op::PUSH,
+                0,
+                id,
+                &[
+                    &(p as u16).to_be_bytes(),
+                    &[rejoining],
+                    &(recs.len() as u16).to_be_bytes(),
+                    &buf,
+                ],
+            );
+            x.phase = Phase::Push;
+        } else {
+            return self.advance_keys(now_ms, x, id, h, rejoining);
+        }
+        x.deadline_ms = now_ms.saturating_add(self.timeout_ms);
+        let peer = x.peer;
+        self.exchanges.insert(id, x);
+        self.send(peer, f);
+    }
+
+    fn advance_keys(&mut self, now_ms: u64, mut x: Exchange, id: u32, h: u64, flags: u8) {
+        if x.pending.is_empty() {
+            return self.complete(x);
+        }
+        let p = x.partition;
+        let tree = self.index.tree_mut(p);
+        let mut body = Vec::new();
+        let mut asked = Vec::new();
+        for &s in &x.pending {
+            let bytes = tree.segment_bytes(s as usize);
+            // A list is 14 + key bytes per entry in the tree, 11 + key bytes on the wire.
+            if !asked.is_empty() && body.len() + bytes > AE_MESSAGE_BYTES_MAX {
+                break;
+            }
+            body.extend_from_slice(&s.to_be_bytes());
+            let n_at = body.len();
+            body.extend_from_slice(&0u32.to_be_bytes());
+            let mut n = 0u32;
+            for e in tree.entries(s as usize) {
+                push_key(&mut body, e.key);
+                body.extend_from_slice(&e.version.to_be_bytes());
+                body.push(if e.collectable(now_ms) {
+                    ENTRY_COLLECTABLE
+                } else {
+                    0
+                });
+                n += 1;
+            }
+            body[n_at..n_at + 4].copy_from_slice(&n.to_be_bytes());
+            asked.push(s);
+        }
+        let mut f = Vec::new();
+        frame::put_frame(
+            &mut f,
+            ae_op::KEYS,
+            0,
+            id,
+            &[
+                &(p as u16).to_be_bytes(),
+                &h.to_be_bytes(),
+                &[flags],
+                &(asked.len() as u16).to_be_bytes(),
+                &body,
+            ],
+        );
+        x.phase = Phase::Keys { asked };
+        x.deadline_ms = now_ms.saturating_add(self.timeout_ms);
+        let peer = x.peer;
+        self.exchanges.insert(id, x);
+        self.send(peer, f);
+    }
+
+    fn complete(&mut self, x: Exchange) {
+        self.index.stats.exchanges += 1;
+        let e = self
+            .unreported
+            .entry((x.partition as u16, x.peer))
+            .or_insert(x.start_ms);
+        *e = (*e).max(x.start_ms);
+    }
+
+    /// STATS lines (`name value`).
+    pub fn stats_text(&self, now_ms: u64, t: &mut String) {
+        let s = self.index.stats;
+        let since = if s.last_full_round_ms == 0 {
+            0
+        } else {
+            now_ms.saturating_sub(s.last_full_round_ms)
+        };
+        let min_h = self
+            .held_list
+            .iter()
+            .map(|&p| self.index.horizons[p])
+            .min()
+            .unwrap_or(0);
+        let tree_keys: usize = self
+            .index
+            .trees
+            .iter()
+            .flatten()
+            .map(|t| t.len())
+            .sum();
+        let tree_bytes: usize = self
+            .index
+            .trees
+            .iter()
+            .flatten()
+            .map(|t| t.memory_bytes())
+            .sum();
+        let lines: [(&str, u64); 17] = [
+            ("aae_rounds", s.rounds),
+            ("aae_full_rounds", s.full_rounds),
+            ("aae_ms_since_full_round", since),
+            ("aae_exchanges", s.exchanges),
+            ("aae_exchanges_failed", s.exchanges_failed),
+            ("aae_exchanges_served", s.exchanges_served),
+            ("aae_keys_sent", s.keys_sent),
+            ("aae_keys_repaired", s.keys_repaired),
+            ("aae_keys_dropped", s.keys_dropped),
+            ("aae_bytes_sent", s.bytes_sent),
+            ("aae_guard_refused", s.guard_refused),
+            ("aae_swept", s.swept),
+            ("aae_rejoining", u64::from(self.index.rejoining)),
+            ("aae_horizon_ms", Version(min_h).physical_ms()),
+            ("aae_tree_keys", tree_keys as u64),
+            ("aae_tree_bytes", tree_bytes as u64),
+            ("aae_exchanges_in_flight", self.exchanges.len() as u64),
+        ];
+        for (name, v) in lines {
+            let _ = writeln!(t, "{name} {v}");
+        }
+    }
+}
+
+fn push_key(out: &mut Vec<u8>, k: &[u8]) {
+    out.extend_from_slice(&(k.len() as u16).to_be_bytes());
+    out.extend_from_slice(k);
+}
+
+fn put_tree_request(out: &mut Vec<u8>, id: u32, p: usize, h: u64, level: u8, idx: &[u16]) {
+    assert!(idx.len() <= SEGMENTS);
+    let mut b = Vec::with_capacity(idx.len() * 2);
+    for i in idx {
+        b.extend_from_slice(&i.to_be_bytes());
+    }
+    frame::put_frame(
+        out,
+        ae_op::TREE,
+        0,
+        id,
+        &[
+            &(p as u16).to_be_bytes(),
+            &h.to_be_bytes(),
+            &[level],
+            &(idx.len() as u16).to_be_bytes(),
+            &b,
+        ],
+    );
+}
+
+fn put_status_request(out: &mut Vec<u8>, id: u32, batch: &BTreeMap<(u16, u32), u64>) {
+    let mut b = Vec::with_capacity(2 + batch.len() * 14);
+    b.extend_from_slice(&(batch.len() as u16).to_be_bytes());
+    for (&(p, peer), &start) in batch {
+        b.extend_from_slice(&p.to_be_bytes());
+        b.extend_from_slice(&peer.to_be_bytes());
+        b.extend_from_slice(&start.to_be_bytes());
+    }
+    frame::put_frame(out, ae_op::STATUS, 0, id, &[&b]);
+}
+
+fn decode_status_reply(f: &FrameRef<'_>) -> Result<Vec<(u16, u64)>, PeerError> {
+    if f.aux != Status::Ok as u8 {
+        return Err(bad("STATUS refused"));
+    }
+    let mut r = Reader { b: f.body };
+    let n = r.u16("the count")? as usize;
+    let mut hs = Vec::with_capacity(n.min(PARTITION_COUNT));
+    for _ in 0..n {
+        let p = r.partition()? as u16;
+        hs.push((p, r.u64("a horizon")?));
+    }
+    r.end()?;
+    Ok(hs)
+}
