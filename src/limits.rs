@@ -214,7 +214,7 @@ pub const TOMBSTONE_WINDOW_MS_DEFAULT: u64 = 3_600_000;
 pub const TOMBSTONE_WINDOW_MS_MIN: u64 = 100;
 
 /// Exchanges one core runs at once (each has one request outstanding).
-pub const AE_EXCHANGES_IN_FLIGHT_MAX: usize = 8;
+pub const AE_EXCHANGES_IN_FLIGHT_MAX: usize = 16;
 
 /// Soft bound on the key lists or records of one anti-entropy message, in bytes. One record
 /// always goes even if larger (a record fits a frame on its own).
@@ -231,8 +231,12 @@ pub const AE_ROUND_BYTES_MAX: u64 = 256 * 1024 * 1024;
 /// needs 3 tree steps plus one per message of key lists or pushes).
 pub const AE_EXCHANGE_STEPS_MAX: u32 = 10_000;
 
-/// Tree segments swept for collectable entries per tick (CPU per tick).
-pub const AE_SWEEP_SEGMENTS_PER_TICK: usize = 256;
+/// Tree segments visited per tick when sweeping collectable entries out of the trees below the
+/// horizon (CPU per tick; an empty segment costs a few nanoseconds).
+pub const AE_SWEEP_SEGMENTS_PER_TICK: usize = 65_536;
+
+/// Tree entries (at most, roughly) examined per tick by the sweep.
+pub const AE_SWEEP_ENTRIES_PER_TICK: usize = 16_384;
 
 /// Keys listed per step when the trees are built from the store at start.
 pub const AE_BUILD_KEYS_PER_STEP: usize = 65_536;

@@ -71,13 +71,11 @@ use super::ring::Ring;
 use crate::hash::{partition_of, shard_of_partition};
 use crate::limits::{
     AE_BUILD_KEYS_PER_STEP, AE_EXCHANGES_IN_FLIGHT_MAX, AE_EXCHANGE_STEPS_MAX,
-    AE_MESSAGE_BYTES_MAX, AE_ROUND_BYTES_MAX, AE_ROUND_KEYS_MAX, AE_SWEEP_SEGMENTS_PER_TICK,
-    KEY_SIZE_MAX, PARTITION_COUNT, VALUE_SIZE_MAX,
+    AE_MESSAGE_BYTES_MAX, AE_ROUND_BYTES_MAX, AE_ROUND_KEYS_MAX, AE_SWEEP_ENTRIES_PER_TICK,
+    AE_SWEEP_SEGMENTS_PER_TICK, KEY_SIZE_MAX, PARTITION_COUNT, VALUE_SIZE_MAX,
 };
 use crate::protocol::{frame, message, FrameRef, Status, RESPONSE_BIT};
-use crate::storage::{
-    keydir::expiry_s_of, Applied, KeyMeta, Store, StoreError, Stored, Write,
-};
+use crate::storage::{keydir::expiry_s_of, Applied, KeyMeta, Store, StoreError, Stored, Write};
 use crate::version::Version;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
@@ -428,7 +426,7 @@ pub struct AntiEntropy {
     next_id: u32,
     /// Completed exchanges not yet reported to the leader: (partition, peer) → start ms.
     unreported: BTreeMap<(u16, u32), u64>,
-    status_in_flight: Option<(u32, BTreeMap<(u16, u32), u64>, u64)>,
+    status_in_flight: Option<(u32, Reports, u64)>,
     // Leader state.
     reports: BTreeMap<(u16, u32, u32), u64>,
     failed_since: BTreeMap<u32, u64>,
@@ -440,6 +438,12 @@ pub struct AntiEntropy {
     start_ms: u64,
     transmits: VecDeque<(u32, Vec<u8>)>,
 }
+
+/// Completed exchanges to report: (partition, peer) → start ms.
+type Reports = BTreeMap<(u16, u32), u64>;
+
+/// A segment's key list as received: (segment, [(key, version, collectable)]).
+type SegmentList<'a> = (usize, Vec<(&'a [u8], u64, bool)>);
 
 fn pair(a: u32, b: u32) -> (u32, u32) {
     (a.min(b), a.max(b))
@@ -589,11 +593,9 @@ impl AntiEntropy {
         self.transmits.push_back((to, frame));
     }
 
-    /// Start a round now (on demand), unless one is running.
+    /// Start a round now (on demand), or right after the running one.
     pub fn trigger(&mut self, now_ms: u64) {
-        if self.round.is_none() {
-            self.next_round_ms = now_ms;
-        }
+        self.next_round_ms = now_ms;
     }
 
     /// A membership event (the leader tracks how long nodes have been failed).
@@ -654,7 +656,11 @@ impl AntiEntropy {
     }
 
     fn start_round(&mut self, now_ms: u64) {
-        self.next_round_ms = now_ms.saturating_add(self.interval_ms);
+        // Rounds start `interval` apart, or back to back when a round takes longer.
+        self.next_round_ms = self
+            .next_round_ms
+            .max(now_ms)
+            .saturating_add(self.interval_ms);
         let mut queue = VecDeque::new();
         for &p in &self.held_list {
             for &peer in self.ring.preference_list(p) {
@@ -725,20 +731,24 @@ impl AntiEntropy {
         alive: &dyn Fn(u32) -> bool,
         leader: u32,
     ) {
-        let done = matches!(&self.round, Some(r) if r.queue.is_empty()) && self.exchanges.is_empty();
+        let done =
+            matches!(&self.round, Some(r) if r.queue.is_empty()) && self.exchanges.is_empty();
         if done {
             let r = self.round.take().expect("checked");
             if r.full {
                 self.index.stats.full_rounds += 1;
                 self.index.stats.last_full_round_ms = now_ms;
                 if self.index.rejoining {
-                    log::info!("node {}: rejoined through a full anti-entropy round", self.me);
+                    log::info!(
+                        "node {}: rejoined through a full anti-entropy round",
+                        self.me
+                    );
                 }
                 self.index.rejoining = false;
             }
         }
         // Report completed exchanges to the leader (at most one report in flight).
-        if self.status_in_flight.is_none() && (done || !self.unreported.is_empty()) {
+        if self.status_in_flight.is_none() && self.round.is_none() && !self.unreported.is_empty() {
             let batch = std::mem::take(&mut self.unreported);
             if leader == self.me {
                 self.leader_record(self.me, &batch);
@@ -847,17 +857,22 @@ impl AntiEntropy {
         let Some((mut pi, mut s)) = self.sweep else {
             return;
         };
+        let mut entries = 0;
         for _ in 0..AE_SWEEP_SEGMENTS_PER_TICK {
-            if pi >= self.held_list.len() {
+            if pi >= self.held_list.len() || entries >= AE_SWEEP_ENTRIES_PER_TICK {
                 break;
             }
             let p = self.held_list[pi];
             let h = self.index.horizons[p];
-            if let Some(t) = self.index.trees[p].as_mut() {
-                let n = t.remove_where(s, |e| e.version < h && e.collectable(now_ms));
-                self.index.stats.swept += n as u64;
+            match self.index.trees[p].as_mut() {
+                Some(t) => {
+                    entries += t.segment_bytes(s) / merkle::ENTRY_HEADER_SIZE;
+                    let n = t.remove_where(s, |e| e.version < h && e.collectable(now_ms));
+                    self.index.stats.swept += n as u64;
+                    s += 1;
+                }
+                None => s = SEGMENTS, // no tree: nothing to sweep in this partition
             }
-            s += 1;
             if s == SEGMENTS {
                 s = 0;
                 pi += 1;
@@ -967,7 +982,7 @@ impl AntiEntropy {
                 if count > SEGMENTS {
                     return Err(bad(format!("{count} segments")));
                 }
-                let mut segs: Vec<(usize, Vec<(&[u8], u64, bool)>)> = Vec::with_capacity(count);
+                let mut segs: Vec<SegmentList<'_>> = Vec::with_capacity(count);
                 for _ in 0..count {
                     let s = r.u16("a segment")? as usize;
                     if s >= SEGMENTS {
@@ -1112,7 +1127,7 @@ impl AntiEntropy {
         id: u32,
         p: usize,
         peer_rejoining: bool,
-        segs: &[(usize, Vec<(&[u8], u64, bool)>)],
+        segs: &[SegmentList<'_>],
         out: &mut Vec<u8>,
     ) {
         let h = self.index.horizons[p];
@@ -1129,7 +1144,13 @@ impl AntiEntropy {
             let ours: Vec<(Vec<u8>, u64, bool)> = match self.index.trees[p].as_deref() {
                 Some(t) => t
                     .entries(*s)
-                    .map(|e| (e.key.to_vec(), e.version, e.collectable(now_ms)))
+                    .map(|e| {
+                        (
+                            e.key.to_vec(),
+                            e.version,
+                            e.version < h && e.collectable(now_ms),
+                        )
+                    })
                     .collect(),
                 None => Vec::new(),
             };
@@ -1160,7 +1181,7 @@ impl AntiEntropy {
                     }
                     (Some(_), Some(_)) | (None, Some(_)) => {
                         let (ov, collectable) = ours_map[k];
-                        let absent_there = theirs.get(k).is_none();
+                        let absent_there = !theirs.contains_key(k);
                         if absent_there && collectable {
                             continue;
                         }
@@ -1524,7 +1545,7 @@ impl AntiEntropy {
             for e in tree.entries(s as usize) {
                 push_key(&mut body, e.key);
                 body.extend_from_slice(&e.version.to_be_bytes());
-                body.push(if e.collectable(now_ms) {
+                body.push(if e.version < h && e.collectable(now_ms) {
                     ENTRY_COLLECTABLE
                 } else {
                     0
@@ -1578,13 +1599,7 @@ impl AntiEntropy {
             .map(|&p| self.index.horizons[p])
             .min()
             .unwrap_or(0);
-        let tree_keys: usize = self
-            .index
-            .trees
-            .iter()
-            .flatten()
-            .map(|t| t.len())
-            .sum();
+        let tree_keys: usize = self.index.trees.iter().flatten().map(|t| t.len()).sum();
         let tree_bytes: usize = self
             .index
             .trees

@@ -299,7 +299,8 @@ impl<C> ClusterNode<C> {
     ) {
         if antientropy::is_anti_entropy_op(f.op) {
             let m = &self.membership;
-            self.aae.on_reply(now_ms, store, from, f, &|n| m.is_alive(n));
+            self.aae
+                .on_reply(now_ms, store, from, f, &|n| m.is_alive(n));
             self.after_aae();
             return;
         }
@@ -353,7 +354,10 @@ impl<C> ClusterNode<C> {
 
     /// When `on_tick` should be called next at the latest.
     pub fn next_timeout_ms(&self) -> u64 {
-        let m = self.membership.next_timeout_ms().min(self.aae.next_timeout_ms());
+        let m = self
+            .membership
+            .next_timeout_ms()
+            .min(self.aae.next_timeout_ms());
         self.coordinator.next_timeout_ms().map_or(m, |c| c.min(m))
     }
 
