@@ -6,6 +6,7 @@
 //! shard threads and waits for them; SIGINT/SIGTERM make every loop sync its store and stop.
 
 pub mod mailbox;
+pub mod peers;
 pub mod system;
 pub mod worker;
 
@@ -40,6 +41,8 @@ pub struct ServerConfig {
     pub sync: SyncPolicy,
     /// Token clients must present, if any.
     pub client_token: Option<Vec<u8>>,
+    /// The cluster this node belongs to (`--nodes`); `None` runs a single node.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// Bind one listener with SO_REUSEPORT.
@@ -122,6 +125,10 @@ pub fn run(cfg: ServerConfig, stores: Vec<Box<dyn Store>>, started_at_ms: u64) -
             shared.clone(),
             store,
         );
+        let core = match &cfg.cluster {
+            Some(c) => core.with_cluster(c.clone(), started_at_ms),
+            None => core,
+        };
         let worker = Worker::new(WorkerParts {
             shard,
             poll,
