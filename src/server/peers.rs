@@ -5,9 +5,10 @@
 //!
 //! A link is `Down` (waiting out its backoff), `Connecting` (TCP handshake; the HELLO is
 //! queued first so frames queued behind it are sent once it completes) or `Ready`. Frames for
-//! a `Down` link are dropped: the coordinator's timeouts and hints cover them, and queueing for
-//! a dead node would only grow memory. A link's unsent bytes are bounded by
-//! [`WRITE_BUFFER_SIZE_MAX`]; past it frames are dropped too (and counted).
+//! a `Down` link wait (at most [`DOWN_QUEUE_BYTES_MAX`]) for the next connection attempt, made
+//! when the backoff ends; if that attempt fails they are dropped: the coordinator's timeouts
+//! and hints cover them, and keeping them for a dead node would only grow memory. A link's
+//! unsent bytes are bounded by [`WRITE_BUFFER_SIZE_MAX`]; past it frames are dropped too.
 //!
 //! Links use poll tokens counting down from [`LINK_TOKEN_BASE`], far above any `Slab` key.
 
@@ -27,8 +28,12 @@ pub const LINK_TOKEN_BASE: usize = usize::MAX - 16;
 const LINKS_MAX: usize = crate::limits::CLUSTER_NODES_MAX;
 /// First reconnect delay after a failure; doubled per failure up to the maximum.
 const RECONNECT_BACKOFF_MS_MIN: u64 = 50;
-/// Longest reconnect delay.
-const RECONNECT_BACKOFF_MS_MAX: u64 = 1_000;
+/// Longest reconnect delay. Short, because frames for a link in backoff are dropped: a
+/// refused connect to a dead node on loopback costs next to nothing, a dropped REPLICATE
+/// costs a timeout.
+const RECONNECT_BACKOFF_MS_MAX: u64 = 250;
+/// Bytes queued for a link that is down, waiting for the next connection attempt.
+pub const DOWN_QUEUE_BYTES_MAX: usize = 1024 * 1024;
 /// Read calls per link per readiness event.
 const READS_PER_EVENT_MAX: usize = 16;
 
@@ -119,19 +124,20 @@ impl PeerLinks {
         let Some(i) = self.links.iter().position(|l| l.node == to) else {
             return; // not a node of ours (the core never does this)
         };
+        let mut limit = WRITE_BUFFER_SIZE_MAX;
         if self.links[i].state == State::Down {
             if Instant::now() < self.links[i].retry_at {
-                self.stats.frames_dropped += 1;
-                return;
-            }
-            self.connect(registry, i);
-            if self.links[i].state == State::Down {
-                self.stats.frames_dropped += 1;
-                return;
+                limit = DOWN_QUEUE_BYTES_MAX; // wait for the next attempt (see `tick`)
+            } else {
+                self.connect(registry, i);
+                if self.links[i].state == State::Down {
+                    self.stats.frames_dropped += 1;
+                    return;
+                }
             }
         }
         let l = &mut self.links[i];
-        if l.wbuf.len() - l.wpos + frame.len() > WRITE_BUFFER_SIZE_MAX {
+        if l.wbuf.len() - l.wpos + frame.len() > limit {
             self.stats.frames_dropped += 1;
             return;
         }
@@ -160,16 +166,19 @@ impl PeerLinks {
         l.stream = Some(stream);
         l.state = State::Connecting;
         l.authenticated = false;
-        l.wbuf.clear();
-        l.wpos = 0;
         l.rbuf.clear();
+        // The HELLO goes first, then whatever waited while the link was down.
+        let mut wbuf = Vec::with_capacity(64 + l.wbuf.len() - l.wpos);
         Request::Hello {
             version: PROTOCOL_VERSION,
             role: Role::Peer,
             node_id: self.node_id,
             token: &self.secret,
         }
-        .encode(0, &mut l.wbuf);
+        .encode(0, &mut wbuf);
+        wbuf.extend_from_slice(&l.wbuf[l.wpos..]);
+        l.wbuf = wbuf;
+        l.wpos = 0;
         self.stats.connects += 1;
     }
 
@@ -316,6 +325,25 @@ impl PeerLinks {
         } else if l.wpos > READ_CHUNK_SIZE {
             l.wbuf.drain(..l.wpos);
             l.wpos = 0;
+        }
+    }
+
+    /// Retry the connection of every down link that has frames waiting and whose backoff
+    /// has ended (called every loop turn).
+    pub fn tick(&mut self, registry: &Registry) {
+        let now = Instant::now();
+        for i in 0..self.links.len() {
+            let l = &self.links[i];
+            if l.state == State::Down && l.wpos < l.wbuf.len() && now >= l.retry_at {
+                self.connect(registry, i);
+                if self.links[i].state == State::Down {
+                    // Failed at once: what waited is dropped (see the module doc).
+                    let l = &mut self.links[i];
+                    l.wbuf.clear();
+                    l.wpos = 0;
+                    self.stats.frames_dropped += 1;
+                }
+            }
         }
     }
 

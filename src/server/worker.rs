@@ -273,6 +273,7 @@ impl Worker {
         for (to, frame) in self.core.take_outbox().peer.drain(..) {
             links.send(registry, to, &frame);
         }
+        links.tick(registry);
         links.flush(registry);
     }
 
