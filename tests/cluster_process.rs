@@ -549,3 +549,36 @@ fn acknowledged_writes_survive_random_kills() {
     );
     assert_eq!(lost, 0);
 }
+
+#[test]
+fn hints_survive_a_restart_of_the_node_holding_them() {
+    let mut c = Cluster::start("cluster-hintlog", &[]);
+    c.node_mut(2).kill9();
+    c.wait_state(1, &[1, 3], &[2]);
+    let mut written = Vec::new();
+    for i in 0..30 {
+        let key = format!("durable-hint-{i}");
+        let v = wait_for(DEADLINE, "a QUORUM write", || {
+            c.client(1)
+                .put(key.as_bytes(), b"x", 0, Consistency::Quorum)
+                .ok()
+        });
+        written.push((key, v));
+    }
+    // The hints for node 2 are on node 1's disk: kill node 1 too, bring both back.
+    wait_for(DEADLINE, "hints stored on node 1", || {
+        (c.stat(1, "hints_pending") >= 30).then_some(())
+    });
+    c.node_mut(1).kill9();
+    c.node_mut(1).restart();
+    c.node_mut(2).restart();
+    for (key, v) in &written {
+        wait_for(DEADLINE, "a recovered hint delivered to node 2", || {
+            (c.local(2, key.as_bytes()).map(|x| x.0) == Some(*v)).then_some(())
+        });
+    }
+    wait_for(DEADLINE, "node 1's hint log drained", || {
+        (c.stat(1, "hints_pending") == 0).then_some(())
+    });
+    assert!(c.node(1).log().contains("hints recovered"));
+}

@@ -350,6 +350,11 @@ fn config(m: &getopts::Matches) -> Result<(ServerConfig, String), String> {
         ));
     }
     let data = m.opt_str("data").unwrap_or_else(|| "kvdata".into());
+    // Hints are kept durably beside the shards' stores.
+    let cluster = cluster.map(|mut c| {
+        c.hint_dir = Some(Path::new(&data).join("hints"));
+        c
+    });
     Ok((
         ServerConfig {
             listen,

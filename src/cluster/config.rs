@@ -105,6 +105,9 @@ pub struct ClusterConfig {
     pub request_timeout_ms: u64,
     /// Time between anti-entropy rounds (used once anti-entropy lands).
     pub anti_entropy_interval_ms: u64,
+    /// Directory of the durable hint logs (one file per shard); `None` keeps hints in memory.
+    /// Only the driver opens it: the core sees a `HintLog`.
+    pub hint_dir: Option<std::path::PathBuf>,
 }
 
 /// Parse a node list `1=127.0.0.1:7001,2=127.0.0.1:7002`. Whitespace around entries is
@@ -145,6 +148,7 @@ impl ClusterConfig {
             hinted_handoff: true,
             request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
             anti_entropy_interval_ms: ANTI_ENTROPY_INTERVAL_MS_DEFAULT,
+            hint_dir: None,
         }
     }
 

@@ -73,6 +73,28 @@ pub fn effective_connection_cap(asked: usize, fd_limit: u64) -> usize {
     asked.min(fit)
 }
 
+/// Open shard `shard`'s durable hint queue in `dir`.
+fn open_hints(
+    c: &crate::cluster::ClusterConfig,
+    dir: &std::path::Path,
+    shard: usize,
+) -> io::Result<crate::cluster::hints::HintQueue> {
+    use crate::cluster::hintfile::FileHintLog;
+    use crate::cluster::hints::HintQueue;
+    let err = |e: crate::cluster::hints::HintLogError| io::Error::other(e.to_string());
+    let log = FileHintLog::open(crate::storage::vfs::RealVfs, dir, shard).map_err(err)?;
+    let q = HintQueue::open(Box::new(log), ShardCore::hint_resend_ms(c)).map_err(err)?;
+    let s = q.stats();
+    if s.pending > 0 {
+        log::info!(
+            "shard {shard}: {} hints recovered from {}",
+            s.pending,
+            dir.display()
+        );
+    }
+    Ok(q)
+}
+
 /// Run a node until SIGINT/SIGTERM. `stores` holds one store per shard.
 pub fn run(cfg: ServerConfig, stores: Vec<Box<dyn Store>>, started_at_ms: u64) -> io::Result<()> {
     assert!(cfg.shards >= 1 && cfg.shards <= SHARDS_MAX);
@@ -126,7 +148,13 @@ pub fn run(cfg: ServerConfig, stores: Vec<Box<dyn Store>>, started_at_ms: u64) -
             store,
         );
         let core = match &cfg.cluster {
-            Some(c) => core.with_cluster(c.clone(), started_at_ms),
+            Some(c) => {
+                let hints = match &c.hint_dir {
+                    Some(dir) => Some(open_hints(c, dir, shard)?),
+                    None => None,
+                };
+                core.with_cluster(c.clone(), started_at_ms, hints)
+            }
             None => core,
         };
         let worker = Worker::new(WorkerParts {

@@ -58,15 +58,26 @@ fn peer_key(op: u8, aux: u8, body: &[u8]) -> Option<&[u8]> {
 }
 
 impl ShardCore {
+    /// How long a hint delivery waits for its ack before it is sent again: a couple of gossip
+    /// intervals (a delivery sent while the link was still reconnecting is lost, and
+    /// duplicates are harmless).
+    pub fn hint_resend_ms(config: &ClusterConfig) -> u64 {
+        (2 * config.gossip_interval_ms).clamp(100, config.request_timeout_ms)
+    }
+
     /// Turn this shard into a member of the cluster `config` (validated), started at wall
-    /// time `start_ms` (the node's incarnation).
-    pub fn with_cluster(mut self, config: ClusterConfig, start_ms: u64) -> ShardCore {
+    /// time `start_ms` (the node's incarnation), keeping hints in `hints` (see
+    /// [`ShardCore::hint_resend_ms`]; the driver opens their durable log).
+    pub fn with_cluster(
+        mut self,
+        config: ClusterConfig,
+        start_ms: u64,
+        hints: Option<HintQueue>,
+    ) -> ShardCore {
         assert_eq!(config.node_id, self.shared.node_id);
         let seed = start_ms ^ ((config.node_id as u64) << 32) ^ self.cfg.shard as u64;
-        // Resend unacknowledged hint deliveries after a couple of gossip intervals: a delivery
-        // sent while the link was still reconnecting is lost, and duplicates are harmless.
-        let resend_ms = (2 * config.gossip_interval_ms).clamp(100, config.request_timeout_ms);
-        let hints = HintQueue::in_memory(resend_ms);
+        let hints =
+            hints.unwrap_or_else(|| HintQueue::in_memory(ShardCore::hint_resend_ms(&config)));
         let mut node = ClusterNode::new(config, start_ms, seed, hints);
         node.recover_clock(self.store.as_ref());
         self.cluster = Some(Box::new(ShardCluster {
