@@ -582,3 +582,77 @@ fn hints_survive_a_restart_of_the_node_holding_them() {
     });
     assert!(c.node(1).log().contains("hints recovered"));
 }
+
+/// Throughput of QUORUM writes and reads on the 3-node cluster (N=3) against one node alone
+/// (N=1), measured in one run. Not part of the suite (timings on shared machines are noise);
+/// run with `cargo test --release --test cluster_process -- --ignored throughput --nocapture`.
+#[test]
+#[ignore]
+fn throughput_cluster_quorum_vs_single_node() {
+    fn run(addrs: &[String], label: &str) {
+        const THREADS: usize = 8;
+        const DEPTH: usize = 32;
+        let phase = |write: bool| {
+            let start = Instant::now();
+            let threads: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let addr = addrs[t % addrs.len()].clone();
+                    std::thread::spawn(move || {
+                        let mut c = Client::connect(addr.as_str()).unwrap();
+                        let value = [b'v'; 100];
+                        let (mut sent, mut done, mut errors) = (0u64, 0u64, 0u64);
+                        let end = Instant::now() + Duration::from_secs(3);
+                        loop {
+                            while sent - done < DEPTH as u64 && Instant::now() < end {
+                                let key = format!("bench-{t}-{}", sent % 10_000);
+                                if write {
+                                    c.send(&dkv::protocol::Request::Put {
+                                        key: key.as_bytes(),
+                                        value: &value,
+                                        ttl_seconds: 0,
+                                        consistency: Consistency::Quorum,
+                                    });
+                                } else {
+                                    c.send(&dkv::protocol::Request::Get {
+                                        key: key.as_bytes(),
+                                        consistency: Consistency::Quorum,
+                                    });
+                                }
+                                sent += 1;
+                            }
+                            c.flush().unwrap();
+                            if sent == done {
+                                break;
+                            }
+                            let r = c.recv().unwrap();
+                            if r.status() != Some(Status::Ok) {
+                                errors += 1;
+                            }
+                            done += 1;
+                        }
+                        (done, errors)
+                    })
+                })
+                .collect();
+            let (mut ops, mut errors) = (0, 0);
+            for t in threads {
+                let (d, e) = t.join().unwrap();
+                ops += d;
+                errors += e;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            (ops as f64 / secs, errors)
+        };
+        let (w, we) = phase(true);
+        let (r, re) = phase(false);
+        println!(
+            "{label}: QUORUM writes {w:.0} ops/s ({we} errors), QUORUM reads {r:.0} ops/s ({re} errors)"
+        );
+    }
+    let single = Node::start(&temp_dir("bench-single").join("n"), &["--shards", "2"]);
+    run(&[single.addr.clone()], "1 node, N=1");
+    drop(single);
+    let c = Cluster::start("bench-cluster", &[]);
+    let addrs: Vec<String> = c.nodes.iter().map(|n| n.addr.clone()).collect();
+    run(&addrs, "3 nodes, N=3");
+}
