@@ -650,7 +650,7 @@ fn throughput_cluster_quorum_vs_single_node() {
         );
     }
     let single = Node::start(&temp_dir("bench-single").join("n"), &["--shards", "2"]);
-    run(&[single.addr.clone()], "1 node, N=1");
+    run(std::slice::from_ref(&single.addr), "1 node, N=1");
     drop(single);
     let c = Cluster::start("bench-cluster", &[]);
     let addrs: Vec<String> = c.nodes.iter().map(|n| n.addr.clone()).collect();
