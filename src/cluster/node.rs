@@ -109,9 +109,16 @@ impl<C> ClusterNode<C> {
         }
     }
 
-    /// Start the version clock above the highest version in the store.
-    pub fn recover_clock(&mut self, store: &dyn Store) {
-        self.coordinator.hlc_mut().recover(store.highest_version());
+    /// Start the version clock above the highest version in the store (`now_ms`: wall time).
+    /// A stored version more than a year ahead of the wall clock can only come from a peer
+    /// with a broken clock; following it could exhaust the version's time range, so it is
+    /// ignored (the wall clock stepping back that far is not a case we serve).
+    pub fn recover_clock(&mut self, store: &dyn Store, now_ms: u64) {
+        const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
+        let highest = store.highest_version();
+        if highest.physical_ms() <= now_ms.saturating_add(YEAR_MS) {
+            self.coordinator.hlc_mut().recover(highest);
+        }
     }
 
     /// The configuration.
@@ -227,7 +234,7 @@ impl<C> ClusterNode<C> {
             }
             _ => {
                 if let PeerRequest::Replicate { write, .. } = &req {
-                    self.coordinator.hlc_mut().observe(write.version);
+                    super::coordinator::observe(self.coordinator.hlc_mut(), now_ms, write.version);
                 }
                 match replica::serve(store, id, &req, out) {
                     Some(replica::Served::Write {

@@ -79,7 +79,7 @@ impl ShardCore {
         let hints =
             hints.unwrap_or_else(|| HintQueue::in_memory(ShardCore::hint_resend_ms(&config)));
         let mut node = ClusterNode::new(config, start_ms, seed, hints);
-        node.recover_clock(self.store.as_ref());
+        node.recover_clock(self.store.as_ref(), start_ms);
         self.cluster = Some(Box::new(ShardCluster {
             node,
             last_tick_ms: 0,
