@@ -159,6 +159,11 @@ pub const HINT_BYTES_PER_TARGET_MAX: usize = 64 * 1024 * 1024;
 /// Hint deliveries in flight to one target at once (sent, not yet acknowledged).
 pub const HINT_DELIVERY_WINDOW: usize = 64;
 
+/// A version seen from a peer moves this node's clock forward only if its physical time is at
+/// most this far ahead of the local wall clock: one peer with a wild clock (or a corrupt frame)
+/// must not drag every clock into the future, nor push it past the version's 42-bit range.
+pub const CLOCK_OBSERVE_AHEAD_MS_MAX: u64 = 60_000;
+
 /// Longest cluster secret, in bytes (it travels in the HELLO token).
 pub const CLUSTER_SECRET_SIZE_MAX: usize = TOKEN_SIZE_MAX;
 

@@ -89,7 +89,7 @@ impl Sim {
             };
             sim.log_vfs.push(vfs);
             let mut core = sim.make_core(id);
-            core.recover_clock(&*store);
+            core.recover_clock(&*store, sim.now);
             sim.nodes.push(SimNode {
                 core,
                 store,
@@ -120,7 +120,8 @@ impl Sim {
             self.node(id).store = Box::new(s);
         }
         let mut core = self.make_core(id);
-        core.recover_clock(&*self.node(id).store);
+        let now = self.now;
+        core.recover_clock(&*self.node(id).store, now);
         let n = self.node(id);
         n.core = core;
         n.up = true;

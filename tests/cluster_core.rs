@@ -94,7 +94,8 @@ impl Sim {
     /// Restart a crashed node with a fresh core (a later incarnation) over its old store.
     fn restart(&mut self, id: u32) {
         let mut core = self.make_core(id);
-        core.recover_clock(&self.node(id).store);
+        let now = self.now;
+        core.recover_clock(&self.node(id).store, now);
         let n = self.node(id);
         n.core = core;
         n.up = true;

@@ -694,7 +694,7 @@ impl AntiEntropy {
             tree.rehash();
             let id = self.alloc_id();
             let mut f = Vec::new();
-            put_tree_request(&mut f, id, p, self.index.horizons[p], 0, &[0]);
+            put_tree_request(&mut f, id, p, self.me, self.index.horizons[p], 0, &[0]);
             self.send(peer, f);
             self.exchanges.insert(
                 id,
@@ -757,7 +757,7 @@ impl AntiEntropy {
             } else if alive(leader) {
                 let id = self.alloc_id();
                 let mut f = Vec::new();
-                put_status_request(&mut f, id, &batch);
+                put_status_request(&mut f, id, self.me, &batch);
                 self.send(leader, f);
                 self.status_in_flight = Some((id, batch, now_ms.saturating_add(self.timeout_ms)));
             } else {
@@ -929,6 +929,7 @@ impl AntiEntropy {
         match opc {
             ae_op::TREE => {
                 let p = r.partition()?;
+                let from = sender(&mut r, from)?;
                 let h = r.u64("the horizon")?;
                 let level = r.u8("the level")?;
                 if level >= LEVELS {
@@ -976,6 +977,7 @@ impl AntiEntropy {
             }
             ae_op::KEYS => {
                 let p = r.partition()?;
+                let from = sender(&mut r, from)?;
                 let h = r.u64("the horizon")?;
                 let flags = r.u8("the flags")?;
                 let count = r.u16("the segment count")? as usize;
@@ -1021,6 +1023,7 @@ impl AntiEntropy {
             }
             ae_op::PUSH => {
                 let p = r.partition()?;
+                let from = sender(&mut r, from)?;
                 let flags = r.u8("the flags")?;
                 if flags & !FLAG_REJOINING != 0 {
                     return Err(bad(format!("reserved flag bits 0x{flags:02x}")));
@@ -1045,6 +1048,8 @@ impl AntiEntropy {
                 Ok(())
             }
             ae_op::STATUS => {
+                let _routing = r.u16("the routing partition")?;
+                let from = sender(&mut r, from)?;
                 let count = r.u16("the entry count")? as usize;
                 if count > PARTITION_COUNT * crate::limits::REPLICAS_MAX {
                     return Err(bad(format!("{count} status entries")));
@@ -1466,7 +1471,7 @@ impl AntiEntropy {
             if asked.is_empty() {
                 return self.complete(x);
             }
-            put_tree_request(&mut f, id, p, h, *level, asked);
+            put_tree_request(&mut f, id, p, self.me, h, *level, asked);
         } else if !x.wants.is_empty() {
             // Push what the peer wants, up to a message's worth.
             let mut recs = Vec::new();
@@ -1509,6 +1514,7 @@ impl AntiEntropy {
                 id,
                 &[
                     &(p as u16).to_be_bytes(),
+                    &self.me.to_be_bytes(),
                     &[rejoining],
                     &(recs.len() as u16).to_be_bytes(),
                     &buf,
@@ -1563,6 +1569,7 @@ impl AntiEntropy {
             id,
             &[
                 &(p as u16).to_be_bytes(),
+                &self.me.to_be_bytes(),
                 &h.to_be_bytes(),
                 &[flags],
                 &(asked.len() as u16).to_be_bytes(),
@@ -1632,12 +1639,34 @@ impl AntiEntropy {
     }
 }
 
+/// Read the sender id of a request. `from` is the peer session's node id, or 0 when the frame
+/// was forwarded from another shard (which does not carry it); a mismatch is an error.
+fn sender(r: &mut Reader<'_>, from: u32) -> Result<u32, PeerError> {
+    let s = r.u32("the sender")?;
+    if from != 0 && from != s {
+        return Err(bad(format!("sender {s} on node {from}'s session")));
+    }
+    Ok(s)
+}
+
+/// The partition an anti-entropy request addresses (its first two body bytes), for drivers
+/// that route peer frames to the shard owning it; `None` if `op` is not anti-entropy or the
+/// body is too short (the owning shard's decoder then reports it).
+pub fn routing_partition(op: u8, body: &[u8]) -> Option<usize> {
+    if !is_anti_entropy_op(op) || body.len() < 2 {
+        return None;
+    }
+    let p = u16::from_be_bytes([body[0], body[1]]) as usize;
+    (p < PARTITION_COUNT).then_some(p)
+}
+
 fn push_key(out: &mut Vec<u8>, k: &[u8]) {
     out.extend_from_slice(&(k.len() as u16).to_be_bytes());
     out.extend_from_slice(k);
 }
 
-fn put_tree_request(out: &mut Vec<u8>, id: u32, p: usize, h: u64, level: u8, idx: &[u16]) {
+#[allow(clippy::too_many_arguments)]
+fn put_tree_request(out: &mut Vec<u8>, id: u32, p: usize, me: u32, h: u64, level: u8, idx: &[u16]) {
     assert!(idx.len() <= SEGMENTS);
     let mut b = Vec::with_capacity(idx.len() * 2);
     for i in idx {
@@ -1650,6 +1679,7 @@ fn put_tree_request(out: &mut Vec<u8>, id: u32, p: usize, h: u64, level: u8, idx
         id,
         &[
             &(p as u16).to_be_bytes(),
+            &me.to_be_bytes(),
             &h.to_be_bytes(),
             &[level],
             &(idx.len() as u16).to_be_bytes(),
@@ -1658,8 +1688,13 @@ fn put_tree_request(out: &mut Vec<u8>, id: u32, p: usize, h: u64, level: u8, idx
     );
 }
 
-fn put_status_request(out: &mut Vec<u8>, id: u32, batch: &BTreeMap<(u16, u32), u64>) {
-    let mut b = Vec::with_capacity(2 + batch.len() * 14);
+fn put_status_request(out: &mut Vec<u8>, id: u32, me: u32, batch: &Reports) {
+    let mut b = Vec::with_capacity(8 + batch.len() * 14);
+    // Routing partition: a driver with several shards serves STATUS on the shard of the first
+    // entry's partition (a batch holds the partitions of one sending shard).
+    let routing = batch.keys().next().map_or(0, |k| k.0);
+    b.extend_from_slice(&routing.to_be_bytes());
+    b.extend_from_slice(&me.to_be_bytes());
     b.extend_from_slice(&(batch.len() as u16).to_be_bytes());
     for (&(p, peer), &start) in batch {
         b.extend_from_slice(&p.to_be_bytes());

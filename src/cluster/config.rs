@@ -108,6 +108,9 @@ pub struct ClusterConfig {
     /// A replica failed for longer than this stops holding back tombstone collection; a node
     /// out for longer rejoins through a full anti-entropy round (`--tombstone-window-ms`).
     pub tombstone_window_ms: u64,
+    /// Directory of the durable hint logs (one file per shard); `None` keeps hints in memory.
+    /// Only the driver opens it: the core sees a `HintLog`.
+    pub hint_dir: Option<std::path::PathBuf>,
 }
 
 /// Parse a node list `1=127.0.0.1:7001,2=127.0.0.1:7002`. Whitespace around entries is
@@ -149,6 +152,7 @@ impl ClusterConfig {
             request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
             anti_entropy_interval_ms: ANTI_ENTROPY_INTERVAL_MS_DEFAULT,
             tombstone_window_ms: TOMBSTONE_WINDOW_MS_DEFAULT,
+            hint_dir: None,
         }
     }
 

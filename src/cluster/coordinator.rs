@@ -255,6 +255,14 @@ impl<C> Op<C> {
     }
 }
 
+/// Let `hlc` observe a version from elsewhere, unless it is implausibly far in the future
+/// (see [`crate::limits::CLOCK_OBSERVE_AHEAD_MS_MAX`]).
+pub fn observe(hlc: &mut Hlc, now_ms: u64, seen: Version) {
+    if seen.physical_ms() <= now_ms.saturating_add(crate::limits::CLOCK_OBSERVE_AHEAD_MS_MAX) {
+        hlc.observe(seen);
+    }
+}
+
 fn shortfall(answered: usize, n: usize, required: usize) -> String {
     format!("only {answered} of {n} replicas answered, {required} required")
 }
@@ -503,7 +511,6 @@ impl<C> Coordinator<C> {
     /// Node `from` answered the REPLICATE of operation `id` (for this node: the result of
     /// `ApplyLocal`).
     pub fn on_write_ack(&mut self, now_ms: u64, from: u32, id: u32, ack: WriteAck) {
-        let _ = now_ms;
         let Some(slot) = self.waiting_slot(from, id) else {
             self.stats.late_replies += 1;
             return;
@@ -512,7 +519,7 @@ impl<C> Coordinator<C> {
             WriteAck::Done(applied) => {
                 *slot = Slot::Acked;
                 if let Applied::Stale { current } = applied {
-                    self.hlc.observe(current);
+                    observe(&mut self.hlc, now_ms, current);
                 }
             }
             WriteAck::Refused(why) => *slot = Slot::Failed(format!("node {from}: {why}")),
@@ -555,7 +562,7 @@ impl<C> Coordinator<C> {
             _ => Outcome::NotFound,
         };
         if let Some(s) = op.newest() {
-            self.hlc.observe(s.version);
+            observe(&mut self.hlc, now_ms, s.version);
         }
         let ctx = op.ctx.take().expect("checked above");
         self.actions.push_back(Action::Reply { ctx, outcome });
@@ -861,6 +868,16 @@ mod tests {
         c.on_read_reply(2_000, 1, id, Ok(Some(rec(9, Some(b"new")))));
         let acts = drain(&mut c);
         assert!(matches!(&acts[..], [Action::Repair { to: 1, write }] if write.value.is_none()));
+    }
+
+    #[test]
+    fn a_version_from_far_in_the_future_does_not_drag_the_clock() {
+        let mut hlc = Hlc::new(1);
+        let now = 1_700_000_000_000;
+        observe(&mut hlc, now, Version(u64::MAX));
+        assert!(hlc.issue(now).physical_ms() == now);
+        observe(&mut hlc, now, Version::new(now + 1_000, 0, 2));
+        assert_eq!(hlc.issue(now).physical_ms(), now + 1_000);
     }
 
     #[test]

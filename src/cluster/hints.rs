@@ -138,6 +138,8 @@ pub struct HintQueue {
     live_bytes: usize,
     next_seq: u64,
     resend_ms: u64,
+    /// Records appended since the last sync.
+    dirty: bool,
     stats: HintStats,
 }
 
@@ -223,6 +225,7 @@ impl HintQueue {
             live_bytes: 0,
             next_seq: 1,
             resend_ms,
+            dirty: false,
             stats: HintStats::default(),
         };
         // Replay: adds in order, dones remove. Ordered by seq, so FIFO order survives.
@@ -264,6 +267,7 @@ impl HintQueue {
 
     fn log_append(&mut self, record: &[u8]) {
         self.log_bytes += record.len();
+        self.dirty = true;
         if self.log.append(record).is_err() {
             self.stats.log_errors += 1;
         }
@@ -308,6 +312,10 @@ impl HintQueue {
 
     /// Make the hints added so far durable (call once per event-loop turn).
     pub fn sync(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
         if self.log.sync().is_err() {
             self.stats.log_errors += 1;
         }

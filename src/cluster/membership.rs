@@ -294,7 +294,7 @@ impl Membership {
             if e.node_id == self.self_id {
                 let me = &mut self.members[i];
                 if e.incarnation > me.incarnation {
-                    me.incarnation = e.incarnation + 1;
+                    me.incarnation = e.incarnation.saturating_add(1);
                     me.heartbeat = 0;
                 }
                 continue;

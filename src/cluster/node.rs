@@ -114,9 +114,16 @@ impl<C> ClusterNode<C> {
         }
     }
 
-    /// Start the version clock above the highest version in the store.
-    pub fn recover_clock(&mut self, store: &dyn Store) {
-        self.coordinator.hlc_mut().recover(store.highest_version());
+    /// Start the version clock above the highest version in the store (`now_ms`: wall time).
+    /// A stored version more than a year ahead of the wall clock can only come from a peer
+    /// with a broken clock; following it could exhaust the version's time range, so it is
+    /// ignored (the wall clock stepping back that far is not a case we serve).
+    pub fn recover_clock(&mut self, store: &dyn Store, now_ms: u64) {
+        const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
+        let highest = store.highest_version();
+        if highest.physical_ms() <= now_ms.saturating_add(YEAR_MS) {
+            self.coordinator.hlc_mut().recover(highest);
+        }
         // Anti-entropy: build the partition trees from the store (one pass over its keys).
         if let Err(e) = self.aae.build(store) {
             log::error!("anti-entropy trees not built from the store: {e}");
@@ -267,7 +274,7 @@ impl<C> ClusterNode<C> {
             }
             _ => {
                 if let PeerRequest::Replicate { write, .. } = &req {
-                    self.coordinator.hlc_mut().observe(write.version);
+                    super::coordinator::observe(self.coordinator.hlc_mut(), now_ms, write.version);
                 }
                 match replica::serve(&mut self.aae.tracked(store), id, &req, out) {
                     Some(replica::Served::Write {
@@ -441,20 +448,15 @@ impl<C> ClusterNode<C> {
         t
     }
 
-    /// Cluster figures for STATS, one `name value` line each (without anti-entropy's, which
-    /// need the time: [`ClusterNode::stats_text_at`]).
+    /// Cluster counters for STATS, one `name value` line each (counters only, so the lines of
+    /// several shards can be summed by name; anti-entropy's: [`ClusterNode::stats_text_at`]).
     pub fn stats_text(&self) -> String {
         let mut t = String::new();
         let m = self.membership.stats();
         let c = self.coordinator.stats();
         let h = self.hints.stats();
         let r = self.replica_stats;
-        let lines: [(&str, u64); 24] = [
-            ("cluster_nodes", self.config.nodes.len() as u64),
-            ("cluster_replicas", self.config.replicas as u64),
-            ("cluster_alive", self.membership.alive_ids().len() as u64),
-            ("cluster_leader", self.membership.leader() as u64),
-            ("cluster_incarnation", self.membership.incarnation()),
+        let lines: [(&str, u64); 19] = [
             ("gossip_sent", m.gossip_sent),
             ("gossip_merged", m.gossip_merged),
             ("failures_detected", m.failures_detected),

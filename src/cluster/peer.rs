@@ -22,19 +22,20 @@
 //!  entry (21 bytes): | node id u32 | incarnation u64 | heartbeat u64 | state u8 (0 alive, 1 failed) |
 //!
 //! 0x23..=0x2F     anti-entropy (0x23..=0x26 defined below, in super::antientropy; the rest
-//!                 reserved). Every one but STATUS starts with the partition, so a driver with
-//!                 several shards routes it to hash::shard_of_partition(partition, shards).
+//!                 reserved). Requests start with a partition, so a driver with several shards
+//!                 routes them to hash::shard_of_partition(partition, shards), and carry the
+//!                 sender's id (a frame forwarded between shards loses its session).
 //! 0x30..=0x3F     unassigned
 //!
 //! AE_TREE 0x23    request (aux 0)
-//!  | partition u16 | horizon u64 | level u8 (0 root, 1 mids, 2 segments) |
+//!  | partition u16 | sender u32 | horizon u64 | level u8 (0 root, 1 mids, 2 segments) |
 //!  | count u16 | count × node index u16 |
 //!  reply OK       | partition u16 | horizon u64 | level u8 | count u16 | count × hash u64 |
 //!                 (the responder's hashes of the asked nodes, in request order)
 //!
 //! AE_KEYS 0x24    request: the initiator's key lists of differing segments
-//!  | partition u16 | horizon u64 | flags u8 (bit 0: sender rejoining) | count u16 |
-//!  | count × ( | segment u16 | entries u32 | entries × entry | ) |
+//!  | partition u16 | sender u32 | horizon u64 | flags u8 (bit 0: sender rejoining) |
+//!  | count u16 | count × ( | segment u16 | entries u32 | entries × entry | ) |
 //!    entry  | key len u16 | key | version u64 | flags u8 (bit 0: collectable below horizon) |
 //!  reply OK       | partition u16 | horizon u64 | flags u8 | done u16 |
 //!                 | records u16 | records × record | wants u16 | wants × ( | key len u16 | key | ) |
@@ -44,12 +45,12 @@
 //!    record | key len u16 | key | version u64 | expires at ms u64 | flags u8 (bit 0 tombstone) |
 //!           | value len u32 | value |
 //!
-//! AE_PUSH 0x25    request | partition u16 | flags u8 (bit 0: sender rejoining) | count u16 |
-//!                         | count × record |
+//! AE_PUSH 0x25    request | partition u16 | sender u32 | flags u8 (bit 0: sender rejoining) |
+//!                         | count u16 | count × record |
 //!  reply OK       | applied u16 |  (records that became the responder's record)
 //!
 //! AE_STATUS 0x26  request to the leader: completed exchanges
-//!  | count u16 | count × ( | partition u16 | peer u32 | start ms u64 | ) |
+//!  | routing partition u16 (the first entry's) | sender u32 | count u16 | count × ( | partition u16 | peer u32 | start ms u64 | ) |
 //!  reply OK       | count u16 | count × ( | partition u16 | horizon u64 | ) |
 //!                 (the leader's tombstone horizons, raw versions)
 //!
