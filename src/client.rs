@@ -296,6 +296,12 @@ impl Client {
         Ok(expect_ok(self.call(&Request::Stats)?)?.text())
     }
 
+    /// ANTI_ENTROPY: ask the node to start an anti-entropy round on every shard now (the
+    /// round runs in the background; watch `aae_full_rounds` in STATS).
+    pub fn anti_entropy(&mut self) -> Result<(), ClientError> {
+        expect_ok(self.call(&Request::AntiEntropy)?).map(|_| ())
+    }
+
     /// CLUSTER as text.
     pub fn cluster(&mut self) -> Result<String, ClientError> {
         Ok(expect_ok(self.call(&Request::Cluster)?)?.text())

@@ -173,6 +173,8 @@ pub struct NodeShared {
     pub connections_open: AtomicU64,
     /// One entry per shard.
     pub counters: Vec<ShardCounters>,
+    /// ANTI_ENTROPY requests received: each shard starts a round when it sees it change.
+    pub anti_entropy_requests: AtomicU64,
 }
 
 impl NodeShared {
@@ -190,6 +192,7 @@ impl NodeShared {
             connections_max,
             connections_open: AtomicU64::new(0),
             counters: (0..shards).map(|_| ShardCounters::default()).collect(),
+            anti_entropy_requests: AtomicU64::new(0),
         }
     }
 }
@@ -369,7 +372,13 @@ impl ShardCore {
                 After::Continue
             }
             Request::AntiEntropy | Request::Compact => {
-                // Single node: nothing to exchange; compaction runs in the background already.
+                // Anti-entropy: every shard starts a round at its next cluster tick (a single
+                // node has nothing to exchange); compaction runs in the background already.
+                if matches!(req, Request::AntiEntropy) {
+                    self.shared
+                        .anti_entropy_requests
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 self.count_reply(Status::Ok);
                 put_ok(wbuf, opc, f.id, &[]);
                 After::Continue
@@ -611,6 +620,19 @@ impl ShardCore {
                 }
                 Err(e) => self.store_failure(op::GET, id, &e, out),
             },
+            Request::LocalGet { .. } if !self.cluster_serving_reads() => {
+                // Anti-entropy: this node may hold keys whose tombstones were collected
+                // elsewhere until its first full round after a long absence.
+                self.count_reply(Status::Unavailable);
+                put_error(
+                    out,
+                    op::LOCAL_GET,
+                    id,
+                    Status::Unavailable,
+                    "not serving reads: rejoining through anti-entropy",
+                );
+                false
+            }
             Request::LocalGet { key } => match self.store.get(key) {
                 Ok(Some(s)) if s.is_live(now_ms) => {
                     let value = s.value.as_deref().unwrap_or_default();
@@ -819,6 +841,9 @@ impl ShardCore {
                 };
                 let v: u64 = v.parse().unwrap_or(0);
                 match storage.iter_mut().find(|(n, _)| n == name) {
+                    // Names ending in _max / _min combine by max / min, the rest are summed.
+                    Some(e) if name.ends_with("_max") => e.1 = e.1.max(v),
+                    Some(e) if name.ends_with("_min") => e.1 = e.1.min(v),
                     Some(e) => e.1 += v,
                     None => storage.push((name.to_string(), v)),
                 }

@@ -24,7 +24,7 @@ use dkv::protocol::{Consistency, Status};
 use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
 
-const HELP: &str = "commands: PUT key value [ONE|QUORUM|ALL] [ttl=SECONDS] | GET key [ONE|QUORUM|ALL] | DEL key [ONE|QUORUM|ALL] | LGET key | PING | STATS | CLUSTER | HELP   (quote tokens with spaces: \"a b\", bytes as \\xNN)";
+const HELP: &str = "commands: PUT key value [ONE|QUORUM|ALL] [ttl=SECONDS] | GET key [ONE|QUORUM|ALL] | DEL key [ONE|QUORUM|ALL] | LGET key | PING | STATS | CLUSTER | AAE | HELP   (quote tokens with spaces: \"a b\", bytes as \\xNN)";
 
 /// Split a line into tokens, honouring double quotes and escapes.
 fn tokenize(line: &[u8]) -> Result<Vec<Vec<u8>>, String> {
@@ -195,8 +195,13 @@ fn run_command(client: &mut Client, tokens: &[Vec<u8>]) -> Vec<String> {
             Ok(text) => return text.lines().map(str::to_string).collect(),
             Err(e) => server_err(&e),
         },
+        // Start an anti-entropy round on the connected node (ANTI_ENTROPY opcode).
+        "AAE" if args.is_empty() => match client.anti_entropy() {
+            Ok(()) => "OK".into(),
+            Err(e) => server_err(&e),
+        },
         "HELP" => HELP.into(),
-        "PUT" | "GET" | "DEL" | "DELETE" | "LGET" | "PING" | "STATS" | "CLUSTER" => {
+        "PUT" | "GET" | "DEL" | "DELETE" | "LGET" | "PING" | "STATS" | "CLUSTER" | "AAE" => {
             usage_err(&format!("wrong arguments for {cmd}; {HELP}"))
         }
         _ => usage_err(&format!("unknown command {cmd:?}; {HELP}")),

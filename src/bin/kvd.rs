@@ -4,10 +4,10 @@ use dkv::cluster::config::parse_nodes;
 use dkv::cluster::ClusterConfig;
 use dkv::datadir::DataDir;
 use dkv::limits::{
-    COMPACTION_DEAD_PERCENT_DEFAULT, CONNECTIONS_MAX_DEFAULT, CONNECTIONS_MAX_LIMIT,
-    FAILURE_THRESHOLD_DEFAULT, GOSSIP_INTERVAL_MS_DEFAULT, IDLE_TIMEOUT_MS_DEFAULT, PORT_DEFAULT,
-    REQUEST_TIMEOUT_MS_DEFAULT, SEGMENT_SIZE_MAX_DEFAULT, SEGMENT_SIZE_MAX_LIMIT, SHARDS_MAX,
-    TOKEN_SIZE_MAX,
+    ANTI_ENTROPY_INTERVAL_MS_DEFAULT, COMPACTION_DEAD_PERCENT_DEFAULT, CONNECTIONS_MAX_DEFAULT,
+    CONNECTIONS_MAX_LIMIT, FAILURE_THRESHOLD_DEFAULT, GOSSIP_INTERVAL_MS_DEFAULT,
+    IDLE_TIMEOUT_MS_DEFAULT, PORT_DEFAULT, REQUEST_TIMEOUT_MS_DEFAULT, SEGMENT_SIZE_MAX_DEFAULT,
+    SEGMENT_SIZE_MAX_LIMIT, SHARDS_MAX, TOKEN_SIZE_MAX, TOMBSTONE_WINDOW_MS_DEFAULT,
 };
 use dkv::server::{self, worker::wall_ms, ServerConfig};
 use dkv::shard::SyncPolicy;
@@ -141,6 +141,22 @@ fn cluster_options(o: &mut getopts::Options) {
     );
     o.optopt(
         "",
+        "anti-entropy-interval-ms",
+        &format!("time between anti-entropy rounds [default: {ANTI_ENTROPY_INTERVAL_MS_DEFAULT}]"),
+        "MS",
+    );
+    o.optopt(
+        "",
+        "tombstone-window-ms",
+        &format!(
+            "a replica failed for longer no longer holds back tombstone collection, and a node \
+             away for longer rejoins through a full anti-entropy round before serving reads \
+             [default: {TOMBSTONE_WINDOW_MS_DEFAULT}]"
+        ),
+        "MS",
+    );
+    o.optopt(
+        "",
         "request-timeout-ms",
         &format!(
             "how long a coordinator waits for replicas [default: {REQUEST_TIMEOUT_MS_DEFAULT}]"
@@ -170,6 +186,8 @@ fn cluster_config(
             "failure-threshold",
             "hinted-handoff",
             "request-timeout-ms",
+            "anti-entropy-interval-ms",
+            "tombstone-window-ms",
         ] {
             if m.opt_present(name) {
                 return Err(format!("--{name} needs --nodes"));
@@ -191,6 +209,9 @@ fn cluster_config(
     c.gossip_interval_ms = parse_num(m, "gossip-interval-ms", c.gossip_interval_ms)?;
     c.failure_threshold = parse_num(m, "failure-threshold", c.failure_threshold)?;
     c.request_timeout_ms = parse_num(m, "request-timeout-ms", c.request_timeout_ms)?;
+    c.anti_entropy_interval_ms =
+        parse_num(m, "anti-entropy-interval-ms", c.anti_entropy_interval_ms)?;
+    c.tombstone_window_ms = parse_num(m, "tombstone-window-ms", c.tombstone_window_ms)?;
     c.hinted_handoff = match m.opt_str("hinted-handoff").as_deref() {
         None | Some("on") => true,
         Some("off") => false,

@@ -1592,14 +1592,12 @@ impl AntiEntropy {
         *e = (*e).max(x.start_ms);
     }
 
-    /// STATS lines (`name value`).
+    /// STATS lines (`name value`): counters that add up over shards, and `_max` / `_min`
+    /// figures that combine by max / min.
     pub fn stats_text(&self, now_ms: u64, t: &mut String) {
         let s = self.index.stats;
-        let since = if s.last_full_round_ms == 0 {
-            0
-        } else {
-            now_ms.saturating_sub(s.last_full_round_ms)
-        };
+        // Since the last full round, or since start when there was none yet.
+        let since = now_ms.saturating_sub(s.last_full_round_ms.max(self.start_ms));
         let min_h = self
             .held_list
             .iter()
@@ -1617,7 +1615,7 @@ impl AntiEntropy {
         let lines: [(&str, u64); 17] = [
             ("aae_rounds", s.rounds),
             ("aae_full_rounds", s.full_rounds),
-            ("aae_ms_since_full_round", since),
+            ("aae_ms_since_full_round_max", since),
             ("aae_exchanges", s.exchanges),
             ("aae_exchanges_failed", s.exchanges_failed),
             ("aae_exchanges_served", s.exchanges_served),
@@ -1627,8 +1625,8 @@ impl AntiEntropy {
             ("aae_bytes_sent", s.bytes_sent),
             ("aae_guard_refused", s.guard_refused),
             ("aae_swept", s.swept),
-            ("aae_rejoining", u64::from(self.index.rejoining)),
-            ("aae_horizon_ms", Version(min_h).physical_ms()),
+            ("aae_shards_rejoining", u64::from(self.index.rejoining)),
+            ("aae_horizon_ms_min", Version(min_h).physical_ms()),
             ("aae_tree_keys", tree_keys as u64),
             ("aae_tree_bytes", tree_bytes as u64),
             ("aae_exchanges_in_flight", self.exchanges.len() as u64),

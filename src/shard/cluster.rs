@@ -16,6 +16,7 @@
 //!   [`crate::cluster::node`] for why that needs no shared state.
 
 use super::{After, ConnId, ShardCore, SyncPolicy};
+use crate::cluster::antientropy;
 use crate::cluster::coordinator::Outcome;
 use crate::cluster::hints::HintQueue;
 use crate::cluster::node::{ClusterNode, Output};
@@ -46,6 +47,8 @@ pub struct ReplyTo {
 pub struct ShardCluster {
     node: ClusterNode<ReplyTo>,
     last_tick_ms: u64,
+    /// `NodeShared::anti_entropy_requests` as last seen: a change starts a round here.
+    aae_requests_seen: u64,
 }
 
 /// The key a REPLICATE or READ addresses (to route it), `None` for other peer frames.
@@ -79,10 +82,12 @@ impl ShardCore {
         let hints =
             hints.unwrap_or_else(|| HintQueue::in_memory(ShardCore::hint_resend_ms(&config)));
         let mut node = ClusterNode::new(config, start_ms, seed, hints);
+        node.set_shard(self.cfg.shard, self.cfg.shards);
         node.recover_clock(self.store.as_ref(), start_ms);
         self.cluster = Some(Box::new(ShardCluster {
             node,
             last_tick_ms: 0,
+            aae_requests_seen: 0,
         }));
         self
     }
@@ -193,8 +198,13 @@ impl ShardCore {
         f: &FrameRef<'_>,
         wbuf: &mut Vec<u8>,
     ) -> After {
-        if let Some(key) = peer_key(f.op, f.aux, f.body) {
-            let owner = shard_of(key, self.cfg.shards);
+        let owner = match peer_key(f.op, f.aux, f.body) {
+            Some(key) => Some(shard_of(key, self.cfg.shards)),
+            // Anti-entropy frames name their partition.
+            None => antientropy::routing_partition(f.op, f.body)
+                .map(|p| crate::hash::shard_of_partition(p, self.cfg.shards)),
+        };
+        if let Some(owner) = owner {
             if owner != self.cfg.shard {
                 let records = &mut self.outbox.requests[owner];
                 records.extend_from_slice(&conn.0.to_be_bytes());
@@ -270,12 +280,26 @@ impl ShardCore {
             return;
         }
         c.last_tick_ms = now_ms;
+        let asked = self
+            .shared
+            .anti_entropy_requests
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if asked != c.aae_requests_seen {
+            c.aae_requests_seen = asked;
+            c.node.trigger_anti_entropy(now_ms);
+        }
         c.node.on_tick(now_ms, self.store.as_mut());
         self.pump();
-        let text = self.cluster.as_ref().map(|c| c.node.stats_text());
+        let text = self.cluster.as_ref().map(|c| c.node.stats_text_at(now_ms));
         if let (Some(text), Ok(mut slot)) = (text, self.counters().cluster_text.lock()) {
             *slot = text;
         }
+    }
+
+    /// Whether this shard serves reads: false while its cluster core rejoins through
+    /// anti-entropy after an absence longer than the tombstone window.
+    pub(super) fn cluster_serving_reads(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|c| c.node.serving_reads())
     }
 
     /// The CLUSTER reply text, if clustered.
