@@ -865,13 +865,14 @@ impl AntiEntropy {
             let p = self.held_list[pi];
             let h = self.index.horizons[p];
             match self.index.trees[p].as_mut() {
-                Some(t) => {
+                Some(t) if t.mortal() > 0 => {
                     entries += t.segment_bytes(s) / merkle::ENTRY_HEADER_SIZE;
                     let n = t.remove_where(s, |e| e.version < h && e.collectable(now_ms));
                     self.index.stats.swept += n as u64;
                     s += 1;
                 }
-                None => s = SEGMENTS, // no tree: nothing to sweep in this partition
+                // No tree, or nothing that could be collected: skip the partition.
+                _ => s = SEGMENTS,
             }
             if s == SEGMENTS {
                 s = 0;

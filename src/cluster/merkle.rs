@@ -125,6 +125,11 @@ impl Entry<'_> {
     fn encoded_len(&self) -> usize {
         ENTRY_HEADER_SIZE + self.key.len()
     }
+
+    /// A tombstone or a value with an expiry: it may become collectable.
+    pub fn is_mortal(&self) -> bool {
+        self.tombstone || self.expires_s != 0
+    }
 }
 
 /// Decode the entry at `at` of an arena (written by this module only).
@@ -179,6 +184,7 @@ pub struct PartitionTree {
     dirty_mids: u32,
     keys: usize,
     list_bytes: usize,
+    mortal: usize,
 }
 
 impl Default for PartitionTree {
@@ -198,6 +204,7 @@ impl PartitionTree {
             dirty_mids: u32::MAX,
             keys: 0,
             list_bytes: 0,
+            mortal: 0,
         };
         t.rehash();
         t
@@ -213,12 +220,19 @@ impl PartitionTree {
         self.keys == 0
     }
 
-    /// Bytes of RAM held (capacities).
+    /// Bytes of RAM held, in O(1): the fixed arrays plus the key lists' used bytes (their
+    /// spare capacity is not counted).
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.sums.capacity() * 8
             + self.lists.capacity() * std::mem::size_of::<Vec<u8>>()
-            + self.lists.iter().map(|l| l.capacity()).sum::<usize>()
+            + self.list_bytes
+    }
+
+    /// Entries that may become collectable (tombstones and values with an expiry): when 0, a
+    /// sweep can skip the whole partition.
+    pub fn mortal(&self) -> usize {
+        self.mortal
     }
 
     /// Find `key` in segment `s`: `Ok(offset)` of its entry or `Err(offset)` where it would go.
@@ -248,6 +262,7 @@ impl PartitionTree {
             Ok(at) => {
                 let old = entry_at(&self.lists[s], at);
                 let (ov, olen) = (old.version, old.encoded_len());
+                self.mortal -= usize::from(old.is_mortal());
                 self.sums[s] = self.sums[s].wrapping_sub(item_hash(e.key, ov));
                 self.lists[s].drain(at..at + olen);
                 self.list_bytes -= olen;
@@ -262,6 +277,7 @@ impl PartitionTree {
         encode_entry(&e, &mut buf);
         self.lists[s].splice(at..at, buf);
         self.list_bytes += e.encoded_len();
+        self.mortal += usize::from(e.is_mortal());
         self.sums[s] = self.sums[s].wrapping_add(item_hash(e.key, e.version));
         self.touch(s);
         old
@@ -283,6 +299,7 @@ impl PartitionTree {
         };
         let e = entry_at(&self.lists[s], at);
         let (h, len) = (item_hash(e.key, e.version), e.encoded_len());
+        self.mortal -= usize::from(e.is_mortal());
         self.sums[s] = self.sums[s].wrapping_sub(h);
         self.lists[s].drain(at..at + len);
         self.list_bytes -= len;
@@ -303,6 +320,7 @@ impl PartitionTree {
             if drop(&e) {
                 self.sums[s] = self.sums[s].wrapping_sub(item_hash(e.key, e.version));
                 self.list_bytes -= e.encoded_len();
+                self.mortal -= usize::from(e.is_mortal());
                 self.keys -= 1;
                 removed += 1;
             } else {
@@ -538,6 +556,15 @@ mod tests {
         let expect = (0..1_000).filter(|i| i % 2 == 0 || i % 3 == 0).count();
         assert_eq!(removed, expect);
         assert_eq!(t.len(), 2_000 - expect);
+        let mortal = (0..SEGMENTS)
+            .flat_map(|s| {
+                t.entries(s)
+                    .filter(|e| e.is_mortal())
+                    .count()
+                    .checked_add(0)
+            })
+            .sum::<usize>();
+        assert_eq!(t.mortal(), mortal);
         t.rehash();
         assert_eq!(t.hash(0, 0).unwrap(), t.root_from_scratch());
     }
