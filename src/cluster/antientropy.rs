@@ -413,6 +413,9 @@ pub struct AntiEntropy {
     me: u32,
     ring: Ring,
     interval_ms: u64,
+    /// Delay of the first round after start, and between rounds while rejoining: a node
+    /// that refuses reads should not wait a whole interval for its peers.
+    retry_ms: u64,
     window_ms: u64,
     grace_ms: u64,
     timeout_ms: u64,
@@ -463,6 +466,11 @@ impl AntiEntropy {
             me: config.node_id,
             ring,
             interval_ms: config.anti_entropy_interval_ms,
+            retry_ms: config.anti_entropy_interval_ms.min(
+                config
+                    .failure_timeout_ms()
+                    .max(2 * config.gossip_interval_ms),
+            ),
             window_ms: config.tombstone_window_ms,
             grace_ms: config.request_timeout_ms,
             timeout_ms: config.request_timeout_ms,
@@ -475,7 +483,13 @@ impl AntiEntropy {
             },
             held_list: Vec::new(),
             store_horizon: 0,
-            next_round_ms: start_ms.saturating_add(config.anti_entropy_interval_ms),
+            next_round_ms: start_ms.saturating_add(
+                config.anti_entropy_interval_ms.min(
+                    config
+                        .failure_timeout_ms()
+                        .max(2 * config.gossip_interval_ms),
+                ),
+            ),
             round: None,
             exchanges: BTreeMap::new(),
             next_id: 1,
@@ -745,6 +759,8 @@ impl AntiEntropy {
                     );
                 }
                 self.index.rejoining = false;
+            } else if self.index.rejoining {
+                self.next_round_ms = self.next_round_ms.min(now_ms + self.retry_ms);
             }
         }
         // Report completed exchanges to the leader (at most one report in flight).
