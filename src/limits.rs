@@ -168,6 +168,8 @@ pub const CLOCK_OBSERVE_AHEAD_MS_MAX: u64 = 60_000;
 pub const CLUSTER_SECRET_SIZE_MAX: usize = TOKEN_SIZE_MAX;
 
 const _: () = assert!(CLUSTER_NODES_MAX <= crate::version::NODE_ID_MAX as usize);
+// Alive sets travel between shards as one u64 bit mask.
+const _: () = assert!(CLUSTER_NODES_MAX <= 64);
 const _: () = assert!(REPLICAS_MAX <= CLUSTER_NODES_MAX);
 const _: () = assert!(GOSSIP_FANOUT >= 1);
 const _: () = assert!(HINT_DELIVERY_WINDOW >= 1);

@@ -26,7 +26,7 @@
 
 mod cluster;
 
-pub use cluster::ReplyTo;
+pub use cluster::{ClusterView, ReplyTo};
 
 use crate::hash::shard_of;
 use crate::limits::{KEY_SIZE_MAX, TEXT_REPLY_SIZE_MAX};

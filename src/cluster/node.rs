@@ -83,6 +83,15 @@ pub struct ClusterNode<C> {
     outputs: VecDeque<Output<C>>,
     replica_stats: ReplicaStats,
     scratch: Vec<(u32, Vec<u8>)>,
+    alive_override: Option<u64>,
+}
+
+/// Whether node `id` is in `mask` (bits in the order of `nodes`).
+fn mask_holds(mask: u64, nodes: &[super::NodeAddr], id: u32) -> bool {
+    nodes
+        .iter()
+        .position(|n| n.id == id)
+        .is_some_and(|i| mask & (1 << i) != 0)
 }
 
 impl<C> ClusterNode<C> {
@@ -105,6 +114,7 @@ impl<C> ClusterNode<C> {
             outputs: VecDeque::new(),
             replica_stats: ReplicaStats::default(),
             scratch: Vec::new(),
+            alive_override: None,
             config,
         }
     }
@@ -170,7 +180,8 @@ impl<C> ClusterNode<C> {
         consistency: Consistency,
     ) {
         let required = self.required(consistency);
-        let m = &self.membership;
+        let alive = self.alive_mask();
+        let nodes = &self.config.nodes;
         let prefs = self.ring.preference_for_key(key);
         self.coordinator.start_write(
             now_ms,
@@ -179,7 +190,7 @@ impl<C> ClusterNode<C> {
             value,
             expires_at_ms,
             prefs,
-            &|n| m.is_alive(n),
+            &|n| mask_holds(alive, nodes, n),
             required,
         );
         self.drain(now_ms, store);
@@ -195,10 +206,17 @@ impl<C> ClusterNode<C> {
         consistency: Consistency,
     ) {
         let required = self.required(consistency);
-        let m = &self.membership;
+        let alive = self.alive_mask();
+        let nodes = &self.config.nodes;
         let prefs = self.ring.preference_for_key(key);
-        self.coordinator
-            .start_read(now_ms, ctx, key, prefs, &|n| m.is_alive(n), required);
+        self.coordinator.start_read(
+            now_ms,
+            ctx,
+            key,
+            prefs,
+            &|n| mask_holds(alive, nodes, n),
+            required,
+        );
         self.drain(now_ms, store);
     }
 
@@ -308,11 +326,36 @@ impl<C> ClusterNode<C> {
         self.coordinator.next_timeout_ms().map_or(m, |c| c.min(m))
     }
 
+    /// The alive set used for decisions, one bit per node in configuration order (ids
+    /// ascending): the override if one is set, else this core's own membership view.
+    pub fn alive_mask(&self) -> u64 {
+        self.alive_override.unwrap_or_else(|| self.own_alive_mask())
+    }
+
+    /// This core's own membership view as a mask (what a shard publishes for the others).
+    pub fn own_alive_mask(&self) -> u64 {
+        let mut mask = 0u64;
+        for (i, n) in self.config.nodes.iter().enumerate() {
+            if n.id == self.config.node_id || self.membership.is_alive(n.id) {
+                mask |= 1 << i;
+            }
+        }
+        mask
+    }
+
+    /// Decide with another core's view (`Some(mask)`, see [`ClusterNode::own_alive_mask`])
+    /// instead of this one's: the shards of one node use shard 0's view, so that they all
+    /// agree on who is alive. `None` goes back to this core's own view.
+    pub fn set_alive_override(&mut self, mask: Option<u64>) {
+        self.alive_override = mask;
+    }
+
     fn deliver_hints(&mut self, now_ms: u64) {
-        let m = &self.membership;
+        let alive = self.alive_mask();
+        let nodes = &self.config.nodes;
         let mut out = std::mem::take(&mut self.scratch);
         self.hints
-            .poll_delivery(now_ms, &|n| m.is_alive(n), &mut out);
+            .poll_delivery(now_ms, &|n| mask_holds(alive, nodes, n), &mut out);
         for (to, frame) in out.drain(..) {
             self.outputs.push_back(Output::Send { to, frame });
         }

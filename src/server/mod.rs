@@ -133,6 +133,7 @@ pub fn run(cfg: ServerConfig, stores: Vec<Box<dyn Store>>, started_at_ms: u64) -
     }
     let mailboxes = Arc::new(boxes);
 
+    let view = Arc::new(crate::shard::ClusterView::default());
     let mut threads = Vec::with_capacity(cfg.shards);
     for (shard, ((poll, listener), store)) in
         polls.into_iter().zip(listeners).zip(stores).enumerate()
@@ -153,7 +154,7 @@ pub fn run(cfg: ServerConfig, stores: Vec<Box<dyn Store>>, started_at_ms: u64) -
                     Some(dir) => Some(open_hints(c, dir, shard)?),
                     None => None,
                 };
-                core.with_cluster(c.clone(), started_at_ms, hints)
+                core.with_cluster(c.clone(), started_at_ms, hints, view.clone())
             }
             None => core,
         };
