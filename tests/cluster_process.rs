@@ -454,7 +454,7 @@ fn acknowledged_writes_survive_random_kills() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
-    let mut c = Cluster::start("cluster-acked", &[]);
+    let mut c = Cluster::start("cluster-acked", &["--sync", "always"]);
     let addrs: Vec<String> = c.nodes.iter().map(|n| n.addr.clone()).collect();
     let stop = Arc::new(AtomicBool::new(false));
     // Per writer: (key, value, acknowledged).

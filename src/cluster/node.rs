@@ -343,6 +343,24 @@ impl<C> ClusterNode<C> {
         mask
     }
 
+    /// The leader of the view decisions are made with: the lowest-id alive node. The leader
+    /// runs the cluster-wide chores (from issue 7 on: when tombstones may be dropped).
+    pub fn leader(&self) -> u32 {
+        let mask = self.alive_mask();
+        self.config
+            .nodes
+            .iter()
+            .enumerate()
+            .find(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, n)| n.id)
+            .expect("this node's own bit is always set")
+    }
+
+    /// Whether this node leads (see [`ClusterNode::leader`]).
+    pub fn is_leader(&self) -> bool {
+        self.leader() == self.config.node_id
+    }
+
     /// Decide with another core's view (`Some(mask)`, see [`ClusterNode::own_alive_mask`])
     /// instead of this one's: the shards of one node use shard 0's view, so that they all
     /// agree on who is alive. `None` goes back to this core's own view.
