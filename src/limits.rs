@@ -164,6 +164,10 @@ pub const HINT_DELIVERY_WINDOW: usize = 64;
 /// must not drag every clock into the future, nor push it past the version's 42-bit range.
 pub const CLOCK_OBSERVE_AHEAD_MS_MAX: u64 = 60_000;
 
+/// Hint logs are synced at most this often (when something was appended): hints are best
+/// effort, and an fsync per write on the event loop would cost more than the hint is worth.
+pub const HINT_SYNC_INTERVAL_MS: u64 = 100;
+
 /// Longest cluster secret, in bytes (it travels in the HELLO token).
 pub const CLUSTER_SECRET_SIZE_MAX: usize = TOKEN_SIZE_MAX;
 

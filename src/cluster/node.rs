@@ -84,6 +84,7 @@ pub struct ClusterNode<C> {
     replica_stats: ReplicaStats,
     scratch: Vec<(u32, Vec<u8>)>,
     alive_override: Option<u64>,
+    last_hint_sync_ms: u64,
 }
 
 /// Whether node `id` is in `mask` (bits in the order of `nodes`).
@@ -115,6 +116,7 @@ impl<C> ClusterNode<C> {
             replica_stats: ReplicaStats::default(),
             scratch: Vec::new(),
             alive_override: None,
+            last_hint_sync_ms: 0,
             config,
         }
     }
@@ -317,7 +319,10 @@ impl<C> ClusterNode<C> {
         self.coordinator.on_tick(now_ms);
         self.drain(now_ms, store);
         self.deliver_hints(now_ms);
-        self.hints.sync();
+        if now_ms >= self.last_hint_sync_ms + crate::limits::HINT_SYNC_INTERVAL_MS {
+            self.last_hint_sync_ms = now_ms;
+            self.hints.sync();
+        }
     }
 
     /// When `on_tick` should be called next at the latest.
