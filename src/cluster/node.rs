@@ -452,7 +452,8 @@ impl<C> ClusterNode<C> {
         let c = self.coordinator.stats();
         let h = self.hints.stats();
         let r = self.replica_stats;
-        let lines: [(&str, u64); 19] = [
+        let lines: [(&str, u64); 20] = [
+            ("cluster_pauses", m.pauses),
             ("gossip_sent", m.gossip_sent),
             ("gossip_merged", m.gossip_merged),
             ("failures_detected", m.failures_detected),
