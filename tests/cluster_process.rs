@@ -298,6 +298,9 @@ fn stopped_node_is_failed_then_recovers() {
     wait_for(DEADLINE, "node 3 to catch up", || {
         (c.local(3, b"while-stopped").map(|x| x.0) == Some(v)).then_some(())
     });
+    // Node 3 knows it was the one paused: it never marked the others failed.
+    assert_eq!(c.stat(3, "failures_detected"), 0);
+    assert!(c.stat(3, "cluster_pauses") >= 1);
 }
 
 #[test]
