@@ -775,7 +775,11 @@ impl ShardCore {
         for opc in 1u8..128 {
             let n = sum(&|c| c.requests_by_op[opc as usize].load(Ordering::Relaxed));
             if n > 0 {
-                let _ = writeln!(t, "requests_{} {n}", op::name(opc).to_lowercase());
+                if (op::PEER_FIRST..=op::PEER_LAST).contains(&opc) {
+                    let _ = writeln!(t, "requests_peer_0x{opc:02x} {n}");
+                } else {
+                    let _ = writeln!(t, "requests_{} {n}", op::name(opc).to_lowercase());
+                }
             }
         }
         for status in Status::ALL {
