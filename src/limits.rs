@@ -137,5 +137,9 @@ pub const KEYDIR_LOAD_MAX_PERCENT: usize = 80;
 /// more than half of it is).
 pub const KEYDIR_ARENA_DEAD_MIN: usize = 1024 * 1024;
 
+/// Most keys (tombstones included) one shard's keydir holds: its u32 index slots keep 26
+/// bits for the entry number. Writes of new keys past it are refused.
+pub const KEYDIR_KEYS_MAX: usize = (1 << 26) - 2;
+
 const _: () = assert!(SEGMENT_SIZE_MAX_DEFAULT <= SEGMENT_SIZE_MAX_LIMIT);
 const _: () = assert!(KEYDIR_LOAD_MAX_PERCENT < 100);

@@ -20,7 +20,8 @@
 //!  +--------------+----------+----------+-------------------+----------+-------------+------+
 //! ```
 //!
-//! The index slot holds `entry index + 1` (0 = empty); linear probing; deletion by backward
+//! The index slot holds `(entry index + 1) << 6 | 6 hash bits` (0 = empty), so probing
+//! past other keys seldom touches their entries; linear probing; deletion by backward
 //! shift (no tombstone slots). The tag (32 high bits of the hash) spares most key comparisons.
 //! Removing a key moves the last entry into its place, so the entry array stays dense; the
 //! key bytes it leaves in the arena are dead until the arena is compacted (when more than half
@@ -29,8 +30,8 @@
 
 use crate::hash::{fmix64, key_hash};
 use crate::limits::{
-    KEYDIR_ARENA_DEAD_MIN, KEYDIR_CHUNK_ENTRIES, KEYDIR_LOAD_MAX_PERCENT, KEY_SIZE_MAX,
-    VALUE_SIZE_MAX,
+    KEYDIR_ARENA_DEAD_MIN, KEYDIR_CHUNK_ENTRIES, KEYDIR_KEYS_MAX, KEYDIR_LOAD_MAX_PERCENT,
+    KEY_SIZE_MAX, VALUE_SIZE_MAX,
 };
 
 const KEY_LEN_BITS: u32 = 11;
@@ -45,6 +46,23 @@ const _: () = assert!(VALUE_SIZE_MAX < TOMBSTONE_LEN as usize);
 /// (every key of one shard shares its partition bits).
 const KEYDIR_HASH_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 const MIN_INDEX_SLOTS: usize = 16;
+/// Bits of an index slot holding a few hash bits, so that probing past other keys rarely
+/// has to fetch their entries (a cache miss each).
+const SLOT_TAG_BITS: u32 = 6;
+const SLOT_TAG_MASK: u32 = (1 << SLOT_TAG_BITS) - 1;
+const _: () = assert!(KEYDIR_KEYS_MAX < (1 << (32 - SLOT_TAG_BITS)) - 1);
+
+/// Index slot for entry `i` of a key with hash `h` (never 0: 0 is an empty slot).
+fn make_slot(i: usize, h: u64) -> u32 {
+    (((i + 1) as u32) << SLOT_TAG_BITS) | slot_tag(h)
+}
+fn slot_tag(h: u64) -> u32 {
+    (h >> (64 - SLOT_TAG_BITS)) as u32
+}
+/// Entry index held by a non-empty slot.
+fn slot_entry(s: u32) -> usize {
+    ((s >> SLOT_TAG_BITS) - 1) as usize
+}
 
 /// Where a key's newest record is, and what it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,7 +132,8 @@ impl Entry {
     }
 }
 
-/// The key arena is addressed with u32 offsets: it holds at most 4 GiB of key bytes.
+/// The key arena is addressed with u32 offsets: it holds at most 4 GiB of key bytes; and an
+/// index slot has room for [`KEYDIR_KEYS_MAX`] entries.
 #[derive(Debug, PartialEq, Eq)]
 pub struct KeyDirFull;
 
@@ -190,6 +209,7 @@ impl KeyDir {
     fn find(&self, key: &[u8], h: u64) -> Result<(usize, usize), usize> {
         let mask = self.mask();
         let tag = (h >> 32) as u32;
+        let stag = slot_tag(h);
         let mut pos = h as usize & mask;
         // Bounded: the load factor keeps at least one slot empty.
         for _ in 0..self.index.len() {
@@ -197,10 +217,12 @@ impl KeyDir {
             if s == 0 {
                 return Err(pos);
             }
-            let i = (s - 1) as usize;
-            let e = self.entry(i);
-            if e.tag == tag && self.key_of(e) == key {
-                return Ok((pos, i));
+            if s & SLOT_TAG_MASK == stag {
+                let i = slot_entry(s);
+                let e = self.entry(i);
+                if e.tag == tag && self.key_of(e) == key {
+                    return Ok((pos, i));
+                }
             }
             pos = (pos + 1) & mask;
         }
@@ -226,8 +248,14 @@ impl KeyDir {
                 Ok(Some(old))
             }
             Err(_) => {
+                if self.len >= KEYDIR_KEYS_MAX {
+                    return Err(KeyDirFull);
+                }
                 if self.arena.len() + key.len() > u32::MAX as usize {
                     self.compact_arena();
+                    if self.len >= KEYDIR_KEYS_MAX {
+                        return Err(KeyDirFull);
+                    }
                     if self.arena.len() + key.len() > u32::MAX as usize {
                         return Err(KeyDirFull);
                     }
@@ -251,8 +279,8 @@ impl KeyDir {
                     self.chunks.push(Vec::with_capacity(KEYDIR_CHUNK_ENTRIES));
                 }
                 self.chunks[self.len / KEYDIR_CHUNK_ENTRIES].push(e);
+                self.index[slot] = make_slot(self.len, h);
                 self.len += 1;
-                self.index[slot] = self.len as u32;
                 Ok(None)
             }
         }
@@ -272,13 +300,17 @@ impl KeyDir {
             let mut pos = h as usize & mask;
             // Bounded by the table size; the moved entry is in the index.
             for _ in 0..self.index.len() {
-                if self.index[pos] as usize == last + 1 {
+                if self.index[pos] == make_slot(last, h) {
                     break;
                 }
                 pos = (pos + 1) & mask;
             }
-            assert_eq!(self.index[pos] as usize, last + 1, "last entry not indexed");
-            self.index[pos] = (i + 1) as u32;
+            assert_eq!(
+                self.index[pos],
+                make_slot(last, h),
+                "last entry not indexed"
+            );
+            self.index[pos] = make_slot(i, h);
             *self.entry_mut(i) = moved;
         }
         let chunk = self
@@ -309,7 +341,7 @@ impl KeyDir {
             if s == 0 {
                 return;
             }
-            let home = hash_of(self.key_of(self.entry((s - 1) as usize))) as usize & mask;
+            let home = hash_of(self.key_of(self.entry(slot_entry(s)))) as usize & mask;
             // Move it back if its home is not cyclically inside (hole, j].
             if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
                 self.index[hole] = s;
@@ -329,7 +361,7 @@ impl KeyDir {
             while index[pos] != 0 {
                 pos = (pos + 1) & mask;
             }
-            index[pos] = (i + 1) as u32;
+            index[pos] = make_slot(i, h);
         }
         self.index = index;
     }
