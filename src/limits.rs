@@ -124,6 +124,10 @@ pub const COMPACTION_INPUTS_MAX: usize = 8;
 /// Bytes read from a segment at a time when scanning it (recovery, compaction).
 pub const SCAN_CHUNK_SIZE: usize = 256 * 1024;
 
+/// The active segment's hint entries are written out in pieces of about this size (so the
+/// hint costs no RAM).
+pub const HINT_WRITE_CHUNK_SIZE: usize = 64 * 1024;
+
 /// Corrupt records listed one by one in a recovery report (the rest are only counted).
 pub const RECOVERY_REPORT_CORRUPT_LISTED_MAX: usize = 1000;
 

@@ -75,8 +75,8 @@ use super::vfs::Vfs;
 use super::{Applied, Store, StoreError, Stored, Write};
 use crate::limits::{
     COMPACTION_DEAD_BYTES_MIN_DEFAULT, COMPACTION_DEAD_PERCENT_DEFAULT, COMPACTION_INPUTS_MAX,
-    KEY_SIZE_MAX, RECOVERY_REPORT_CORRUPT_LISTED_MAX, SCAN_CHUNK_SIZE, SEGMENT_SIZE_MAX_DEFAULT,
-    SEGMENT_SIZE_MAX_LIMIT, VALUE_SIZE_MAX,
+    HINT_WRITE_CHUNK_SIZE, KEY_SIZE_MAX, RECOVERY_REPORT_CORRUPT_LISTED_MAX, SCAN_CHUNK_SIZE,
+    SEGMENT_SIZE_MAX_DEFAULT, SEGMENT_SIZE_MAX_LIMIT, VALUE_SIZE_MAX,
 };
 use crate::version::Version;
 use std::collections::BTreeMap;
@@ -239,7 +239,9 @@ pub struct LogStore<V: Vfs> {
     keydir: KeyDir,
     segments: BTreeMap<u32, Segment<V::File>>,
     active: u32,
-    active_hint: HintBuilder,
+    /// The active segment's hint, streamed to `N.hint.tmp` (`None`: no hint for it, after an
+    /// error writing it; recovery will scan that segment).
+    active_hint: Option<(HintBuilder, V::File)>,
     next_id: u32,
     highest: Version,
     dirty: bool,
@@ -450,7 +452,7 @@ impl<V: Vfs> LogStore<V> {
             keydir: KeyDir::new(),
             segments: BTreeMap::new(),
             active: 0,
-            active_hint: HintBuilder::new(),
+            active_hint: None,
             next_id: 1,
             highest: Version::ZERO,
             dirty: false,
@@ -607,7 +609,7 @@ impl<V: Vfs> LogStore<V> {
             }
             report.segments_scanned += 1;
             let is_newest = Some(id) == newest_log;
-            let mut hint = HintBuilder::new();
+            let mut hint = HintBuilder::new(id);
             self.scan_segment(id, is_newest, &mut hint, &mut report)?;
             if is_newest && self.segments[&id].len < self.config.segment_size_max {
                 reopen_active = Some((id, hint));
@@ -622,11 +624,12 @@ impl<V: Vfs> LogStore<V> {
                 let seg = self.segments.get_mut(&id).expect("loaded above");
                 seg.sealed = false;
                 self.active = id;
-                self.active_hint = hint;
+                self.start_active_hint(id, hint);
             }
             None => {
                 let id = self.create_log_segment()?;
                 self.active = id;
+                self.start_active_hint(id, HintBuilder::new(id));
             }
         }
         report.keys = self.keydir.len();
@@ -771,7 +774,7 @@ impl<V: Vfs> LogStore<V> {
     /// Write a sealed segment's hint. A failure only costs a scan at the next start-up.
     fn write_hint(&mut self, id: u32, hint: HintBuilder) {
         let len = self.segments[&id].len;
-        let bytes = hint.finish(id, len);
+        let bytes = hint.finish(len);
         if let Err(e) = self.write_file_atomic(&hint_name(id), &bytes) {
             log::warn!("storage: could not write hint for segment {id}: {e}");
         }
@@ -856,10 +859,43 @@ impl<V: Vfs> LogStore<V> {
         let new = self.create_log_segment()?;
         self.segments.get_mut(&old).expect("active exists").sealed = true;
         self.active = new;
-        let hint = std::mem::take(&mut self.active_hint);
-        self.write_hint(old, hint);
-        self.active_hint = HintBuilder::new();
+        if let Some((hint, file)) = self.active_hint.take() {
+            if let Err(e) = self.seal_hint(old, hint, file) {
+                log::warn!("storage: could not write hint for segment {old}: {e}");
+                let _ = self
+                    .vfs
+                    .remove(&self.path(&format!("{}.tmp", hint_name(old))));
+            }
+        }
+        self.start_active_hint(new, HintBuilder::new(new));
         Ok(())
+    }
+
+    /// Start streaming the active segment's hint to its temporary file.
+    fn start_active_hint(&mut self, id: u32, mut hint: HintBuilder) {
+        let tmp = self.path(&format!("{}.tmp", hint_name(id)));
+        let result = self.vfs.create(&tmp).and_then(|mut f| {
+            hint.take_pending(|b| self.vfs.append(&mut f, b))?;
+            Ok(f)
+        });
+        match result {
+            Ok(f) => self.active_hint = Some((hint, f)),
+            Err(e) => {
+                log::warn!("storage: no hint for segment {id}: {e}");
+                let _ = self.vfs.remove(&tmp); // best effort: recovery removes *.tmp
+                self.active_hint = None;
+            }
+        }
+    }
+
+    /// Complete a streamed hint: trailer, fsync, rename, fsync the directory.
+    fn seal_hint(&mut self, id: u32, hint: HintBuilder, mut file: V::File) -> io::Result<()> {
+        let len = self.segments[&id].len;
+        self.vfs.append(&mut file, &hint.finish(len))?;
+        self.vfs.sync(&mut file)?;
+        let tmp = self.path(&format!("{}.tmp", hint_name(id)));
+        self.vfs.rename(&tmp, &self.path(&hint_name(id)))?;
+        self.vfs.sync_dir(&self.dir)
     }
 
     /// Every segment: (id, path, sealed). For tests and tools.
@@ -1127,7 +1163,7 @@ impl<V: Vfs> LogStore<V> {
                 header,
                 len: SEGMENT_HEADER_SIZE as u64,
                 buf: Vec::new(),
-                hint: HintBuilder::new(),
+                hint: HintBuilder::new(id),
             });
         }
         let out = job.out.as_mut().expect("opened above");
@@ -1159,7 +1195,7 @@ impl<V: Vfs> LogStore<V> {
         if let Err(e) = self.vfs.sync(&mut out.file) {
             return Err(self.io_refusal(e, true));
         }
-        let hint = out.hint.finish(out.id, out.len);
+        let hint = out.hint.finish(out.len);
         if let Err(e) = self.write_file_atomic(&hint_name(out.id), &hint) {
             log::warn!("storage: could not write hint for segment {}: {e}", out.id);
         }
@@ -1417,7 +1453,17 @@ impl<V: Vfs> Store for LogStore<V> {
             key_len: w.key.len() as u16,
             value_len: value_len.unwrap_or(0),
         };
-        self.active_hint.add(&header, at as u32, w.key);
+        if let Some((hint, file)) = &mut self.active_hint {
+            hint.add(&header, at as u32, w.key);
+            if hint.pending_len() >= HINT_WRITE_CHUNK_SIZE {
+                if let Err(e) = hint.take_pending(|b| self.vfs.append(file, b)) {
+                    log::warn!("storage: dropping the hint of segment {active}: {e}");
+                    self.active_hint = None;
+                    let tmp = self.path(&format!("{}.tmp", hint_name(active)));
+                    let _ = self.vfs.remove(&tmp); // best effort: recovery removes *.tmp
+                }
+            }
+        }
         self.highest = self.highest.max(w.version);
         self.dirty = true;
         Ok(Applied::Stored)
