@@ -90,7 +90,8 @@ fn flipped_bits_in_a_sealed_segment_are_reported_by_scanning_recovery() {
     std::fs::remove_file(seg.with_extension("hint")).unwrap();
     let (mut s, report) = LogStore::open(RealVfs, &tmp.0, config()).unwrap();
     assert!(report.corrupt_count >= 1, "{report:?}");
-    let bad = &report.corrupt[0];
+    let bad = report.corrupt[0].clone();
+    let bad = &bad;
     let seg_id: u32 = seg.file_stem().unwrap().to_str().unwrap().parse().unwrap();
     assert_eq!(bad.segment, seg_id);
     assert!(
@@ -120,6 +121,12 @@ fn flipped_bits_in_a_sealed_segment_are_reported_by_scanning_recovery() {
     })
     .unwrap();
     s.sync().unwrap();
+    drop(s);
+    // The damage is not papered over by a new hint: the next start-up reports it again.
+    let (mut s, report) = LogStore::open(RealVfs, &tmp.0, config()).unwrap();
+    assert_eq!(report.corrupt.first(), Some(bad));
+    assert_eq!(read_all(&mut s), 1);
+    assert_eq!(s.get(b"after").unwrap().unwrap().value.unwrap(), b"ok");
 }
 
 #[test]

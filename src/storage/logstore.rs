@@ -613,7 +613,9 @@ impl<V: Vfs> LogStore<V> {
             self.scan_segment(id, is_newest, &mut hint, &mut report)?;
             if is_newest && self.segments[&id].len < self.config.segment_size_max {
                 reopen_active = Some((id, hint));
-            } else {
+            } else if !self.segments[&id].damaged {
+                // (A damaged segment gets no hint: it is scanned, and its damage reported,
+                // at every start-up.)
                 self.write_hint(id, hint);
             }
         }
