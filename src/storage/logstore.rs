@@ -65,7 +65,7 @@
 //! horizon* (set by the cluster once no replica can still send an older write; default
 //! [`Version::ZERO`]: keep every tombstone). Otherwise tombstones are copied.
 
-use super::keydir::{expiry_s_of, KeyDir, Loc};
+use super::keydir::{expiry_s_of, KeyDir, Loc, Upsert};
 use super::record::{
     decode_manifest, decode_record, decode_record_header, encode_manifest, encode_record, Hint,
     HintBuilder, RecordError, RecordHeader, SegmentHeader, SegmentKind, RECORD_HEADER_SIZE,
@@ -740,18 +740,20 @@ impl<V: Vfs> LogStore<V> {
             value_len: if h.tombstone { None } else { Some(h.value_len) },
             expires_at_s: expiry_s_of(h.expires_at_ms),
         };
-        if let Some(held) = self.keydir.get(key) {
-            if !beats(h.version, h.tombstone, &held) {
-                return Ok(());
-            }
-        }
-        let old = self
+        let outcome = self
             .keydir
-            .insert(key, loc)
-            .map_err(|_| StoreError::Io(io::Error::other("keydir key arena full")))?;
-        if let Some(old) = old {
-            let old_len = record_len(key.len(), old.value_len);
-            self.account(old.segment, old_len, old.value_len.is_none(), false);
+            .upsert(key, |held| match held {
+                Some(held) if !beats(h.version, h.tombstone, &held) => None,
+                _ => Some(loc),
+            })
+            .map_err(|_| StoreError::Io(io::Error::other("keydir full")))?;
+        match outcome {
+            Upsert::Unchanged => return Ok(()),
+            Upsert::Inserted => {}
+            Upsert::Replaced(old) => {
+                let old_len = record_len(key.len(), old.value_len);
+                self.account(old.segment, old_len, old.value_len.is_none(), false);
+            }
         }
         self.account(id, len, h.tombstone, true);
         Ok(())
