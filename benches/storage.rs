@@ -96,13 +96,21 @@ fn main() {
     let writes = (n / 4).max(1000);
     let value = [b'v'; 100];
     let base = std::env::temp_dir().join(format!("dkv-bench-storage-{}", std::process::id()));
-    for (label, every) in [("no sync", 0u64), ("sync every 64 writes", 64)] {
+    for (label, every) in [
+        ("no sync", 0u64),
+        ("sync every write", 1),
+        ("sync every 64 writes (group commit)", 64),
+    ] {
         let mut run = 0;
         let ns = median_ns(|| {
             run += 1;
             let dir = base.join(format!("{every}-{run}"));
             let (mut s, _) = LogStore::open(RealVfs, &dir, LogConfig::default()).unwrap();
-            let w = if every == 0 { writes } else { writes / 20 };
+            let w = match every {
+                0 => writes,
+                1 => (writes / 200).max(100),
+                _ => writes / 20,
+            };
             for i in 0..w {
                 s.apply(Write {
                     key: &key(i),
