@@ -181,6 +181,11 @@ struct Segment<F> {
     tomb_bytes: u64,
     /// Lowest version of any tombstone ever put in this segment (u64::MAX: none).
     tomb_version_min: u64,
+    /// Of the live bytes, bytes of values with an expiry.
+    ttl_bytes: u64,
+    /// Latest expiry (seconds, rounded up) of any value with one put in this segment: once
+    /// it has passed, all of `ttl_bytes` is reclaimable.
+    ttl_expiry_max_s: u32,
     sealed: bool,
     /// Holds a record known to be bad: never a compaction input (its data stays for forensics
     /// and compaction could not account for the damaged record's key).
@@ -190,6 +195,17 @@ struct Segment<F> {
 impl<F> Segment<F> {
     fn dead_bytes(&self) -> u64 {
         self.len - SEGMENT_HEADER_SIZE as u64 - self.live_bytes
+    }
+
+    /// Bytes compaction would reclaim at `now_ms`: dead records, and values with an expiry
+    /// once every one of them has expired.
+    fn reclaimable_bytes(&self, now_ms: u64) -> u64 {
+        let expired = if self.ttl_bytes > 0 && now_ms >= self.ttl_expiry_max_s as u64 * 1000 {
+            self.ttl_bytes
+        } else {
+            0
+        };
+        self.dead_bytes() + expired
     }
 }
 
@@ -399,23 +415,27 @@ fn refused_error(why: &str) -> StoreError {
 }
 
 impl<V: Vfs> LogStore<V> {
-    /// The keydir now points at (`add`) or no longer points at a record of `len` bytes in
-    /// segment `id`.
-    fn account(&mut self, id: u32, len: u64, tombstone: bool, add: bool) {
+    /// The keydir now points at (`add`) or no longer points at the record at `loc` (of a key
+    /// of `key_len` bytes): keep the segment's live, tombstone and TTL byte counts.
+    fn account(&mut self, loc: &Loc, key_len: usize, add: bool) {
+        let len = record_len(key_len, loc.value_len);
         let seg = self
             .segments
-            .get_mut(&id)
+            .get_mut(&loc.segment)
             .expect("keydir points at loaded segments");
+        let tombstone = loc.value_len.is_none();
+        let ttl = !tombstone && loc.expires_at_s != 0;
         if add {
             seg.live_bytes += len;
-            if tombstone {
-                seg.tomb_bytes += len;
+            seg.tomb_bytes += if tombstone { len } else { 0 };
+            seg.ttl_bytes += if ttl { len } else { 0 };
+            if ttl {
+                seg.ttl_expiry_max_s = seg.ttl_expiry_max_s.max(loc.expires_at_s);
             }
         } else {
             seg.live_bytes -= len;
-            if tombstone {
-                seg.tomb_bytes -= len;
-            }
+            seg.tomb_bytes -= if tombstone { len } else { 0 };
+            seg.ttl_bytes -= if ttl { len } else { 0 };
         }
     }
 
@@ -586,6 +606,8 @@ impl<V: Vfs> LogStore<V> {
                     live_bytes: 0,
                     tomb_bytes: 0,
                     tomb_version_min: u64::MAX,
+                    ttl_bytes: 0,
+                    ttl_expiry_max_s: 0,
                     sealed: true,
                     damaged: false,
                 },
@@ -732,7 +754,6 @@ impl<V: Vfs> LogStore<V> {
         if h.tombstone {
             self.note_tombstone(id, h.version);
         }
-        let len = h.record_len() as u64;
         let loc = Loc {
             version: h.version,
             segment: id,
@@ -751,11 +772,10 @@ impl<V: Vfs> LogStore<V> {
             Upsert::Unchanged => return Ok(()),
             Upsert::Inserted => {}
             Upsert::Replaced(old) => {
-                let old_len = record_len(key.len(), old.value_len);
-                self.account(old.segment, old_len, old.value_len.is_none(), false);
+                self.account(&old, key.len(), false);
             }
         }
-        self.account(id, len, h.tombstone, true);
+        self.account(&loc, key.len(), true);
         Ok(())
     }
 
@@ -804,6 +824,8 @@ impl<V: Vfs> LogStore<V> {
                 live_bytes: 0,
                 tomb_bytes: 0,
                 tomb_version_min: u64::MAX,
+                ttl_bytes: 0,
+                ttl_expiry_max_s: 0,
                 sealed: false,
                 damaged: false,
             },
@@ -937,11 +959,11 @@ impl<V: Vfs> LogStore<V> {
     // ---- compaction ----
 
     /// Pick the inputs of a compaction job, if one is due.
-    fn plan(&self) -> Option<Compaction<V::File>> {
+    fn plan(&self, now_ms: u64) -> Option<Compaction<V::File>> {
         if self.dead_bytes_total() < self.compaction_retry_dead_bytes {
             return None;
         }
-        let mut inputs = self.plan_dead().or_else(|| self.plan_purge())?;
+        let mut inputs = self.plan_dead(now_ms).or_else(|| self.plan_purge())?;
         inputs.sort_unstable();
         let origin_lo = inputs
             .iter()
@@ -971,9 +993,10 @@ impl<V: Vfs> LogStore<V> {
         })
     }
 
-    /// Segments worth compacting for their dead bytes (widened to an origin prefix, so that
-    /// tombstones may be dropped too, when that stays within [`COMPACTION_INPUTS_MAX`]).
-    fn plan_dead(&self) -> Option<Vec<u32>> {
+    /// Segments worth compacting for their dead (and expired) bytes, widened to an origin
+    /// prefix, so that tombstones may be dropped too, when that stays within
+    /// [`COMPACTION_INPUTS_MAX`].
+    fn plan_dead(&self, now_ms: u64) -> Option<Vec<u32>> {
         let pct = self.config.compaction_dead_percent as u64;
         let mut cands: Vec<(u64, u32)> = self
             .segments
@@ -981,9 +1004,9 @@ impl<V: Vfs> LogStore<V> {
             .filter(|(_, s)| s.sealed && !s.damaged)
             .filter(|(_, s)| {
                 let body = s.len - SEGMENT_HEADER_SIZE as u64;
-                body > 0 && s.dead_bytes() * 100 >= body * pct
+                body > 0 && s.reclaimable_bytes(now_ms) * 100 >= body * pct
             })
-            .map(|(id, s)| (s.dead_bytes(), *id))
+            .map(|(id, s)| (s.reclaimable_bytes(now_ms), *id))
             .collect();
         let dead: u64 = cands.iter().map(|c| c.0).sum();
         if cands.is_empty() || dead < self.config.compaction_dead_bytes_min {
@@ -1220,6 +1243,8 @@ impl<V: Vfs> LogStore<V> {
                 live_bytes: 0,
                 tomb_bytes: 0,
                 tomb_version_min: u64::MAX,
+                ttl_bytes: 0,
+                ttl_expiry_max_s: 0,
                 sealed: true,
                 damaged: false,
             },
@@ -1248,10 +1273,8 @@ impl<V: Vfs> LogStore<V> {
             self.keydir
                 .insert(e.key, loc)
                 .expect("key present: no arena growth");
-            let old_len = record_len(e.key.len(), held.value_len);
-            self.account(held.segment, old_len, held.value_len.is_none(), false);
-            let len = e.header.record_len() as u64;
-            self.account(out.id, len, e.header.tombstone, true);
+            self.account(&held, e.key.len(), false);
+            self.account(&loc, e.key.len(), true);
             if e.header.tombstone {
                 self.note_tombstone(out.id, e.header.version);
             }
@@ -1281,8 +1304,7 @@ impl<V: Vfs> LogStore<V> {
             if let Some(held) = self.keydir.get(key) {
                 if held.version == version && job.inputs.contains(&held.segment) {
                     self.keydir.remove(key);
-                    let len = record_len(key.len(), held.value_len);
-                    self.account(held.segment, len, held.value_len.is_none(), false);
+                    self.account(&held, key.len(), false);
                 }
             }
         }
@@ -1442,13 +1464,12 @@ impl<V: Vfs> Store for LogStore<V> {
             }
         };
         self.segments.get_mut(&active).expect("active exists").len += len;
-        self.account(active, len, w.value.is_none(), true);
+        self.account(&loc, w.key.len(), true);
         if w.value.is_none() {
             self.note_tombstone(active, w.version.0);
         }
         if let Some(old) = old {
-            let old_len = record_len(w.key.len(), old.value_len);
-            self.account(old.segment, old_len, old.value_len.is_none(), false);
+            self.account(&old, w.key.len(), false);
         }
         let header = RecordHeader {
             version: w.version.0,
@@ -1498,7 +1519,7 @@ impl<V: Vfs> Store for LogStore<V> {
         }
         let mut job = match self.job.take() {
             Some(job) => job,
-            None => match self.plan() {
+            None => match self.plan(now_ms) {
                 Some(job) => job,
                 None => return Ok(false),
             },
@@ -1506,7 +1527,7 @@ impl<V: Vfs> Store for LogStore<V> {
         for _ in 0..budget.max(1) {
             match self.compact_step(&mut job, now_ms) {
                 Ok(false) => {}
-                Ok(true) => return Ok(self.plan().is_some()),
+                Ok(true) => return Ok(self.plan(now_ms).is_some()),
                 Err(e) => {
                     self.abort_compaction(job);
                     return Err(e);
@@ -1832,6 +1853,46 @@ mod tests {
                 format!("round4-{}", "z".repeat(10))
             );
         }
+    }
+
+    #[test]
+    fn expired_values_alone_trigger_compaction() {
+        let vfs = MemVfs::new();
+        let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        for i in 0..200u64 {
+            s.apply(Write {
+                key: format!("ttl{i}").as_bytes(),
+                value: Some(&[b't'; 40]),
+                version: Version(i + 1),
+                expires_at_ms: 10_000 + i,
+            })
+            .unwrap();
+        }
+        s.sync().unwrap();
+        let stat = |s: &LogStore<MemVfs>, name: &str| {
+            let mut out = 0;
+            s.stats(&mut |n, x| {
+                if n == name {
+                    out = x;
+                }
+            });
+            out
+        };
+        // Nothing is dead and nothing has expired yet: no work.
+        assert!(!s.maintenance(9_000, 100).unwrap());
+        assert_eq!(stat(&s, "storage_compactions"), 0);
+        // Once expired, the values are reclaimed (kept as tombstones under the default
+        // horizon, so an older write cannot come back).
+        while s.maintenance(20_000, 100).unwrap() {}
+        assert!(stat(&s, "storage_compactions") > 0);
+        assert!(stat(&s, "storage_bytes_reclaimed") > 0);
+        let r = s.get(b"ttl5").unwrap().unwrap();
+        assert!(!r.is_live(20_000));
+        assert_eq!(s.len(), 200);
+        // With the horizon past them, they go entirely.
+        s.set_tombstone_horizon(Version(1_000));
+        while s.maintenance(20_000, 100).unwrap() {}
+        assert!(s.len() < 200, "{} keys left", s.len());
     }
 
     #[test]
