@@ -11,6 +11,22 @@
 //!   COMPACT          compaction commit: the listed input segments are superseded
 //! ```
 //!
+//! ## Driving it (what the shard's event loop does)
+//!
+//! ```text
+//! let t = Instant::now();                       // the driver owns the clock
+//! let (mut store, report) = LogStore::open(RealVfs, &shard_dir, LogConfig::default())?;
+//! store.set_recovery_ms(t.elapsed().as_millis() as u64);
+//! log the report (corrupt records, truncated tail) ...
+//! each loop turn:  apply() the turn's writes;
+//!                  if store.needs_sync() { store.sync() }   // --sync always: then ack them
+//!                  store.maintenance(now_ms, budget)        // when idle; true = more to do
+//! ```
+//!
+//! `sync()` failing means the store has turned read-only: answer writes with an error from
+//! then on (reads still work). `apply()` failing with `WritesRefused` (disk full) refuses that
+//! write only.
+//!
 //! ## Which record wins
 //! Every record carries its write's version and the store only appends a record newer than
 //! the one it holds, so for every key *the newest record is the one with the highest
