@@ -1307,10 +1307,51 @@ impl<V: Vfs> LogStore<V> {
         if let Err(e) = self.vfs.sync(&mut active.file) {
             return Err(self.io_refusal(e, true));
         }
-        // The commit point.
-        if let Err(e) = self.write_file_atomic(MANIFEST_NAME, &encode_manifest(&job.inputs)) {
-            return Err(self.io_refusal(e, false));
+        // The manifest, written to a temporary file: failing here leaves nothing behind.
+        let tmp = self.path(&format!("{MANIFEST_NAME}.tmp"));
+        let written = (|| {
+            let mut f = self.vfs.create(&tmp)?;
+            self.vfs.append(&mut f, &encode_manifest(&job.inputs))?;
+            Ok(f)
+        })();
+        let synced = match written {
+            Ok(mut f) => self.vfs.sync(&mut f).map_err(|e| (e, true)),
+            Err(e) => Err((e, false)),
+        };
+        if let Err((e, sticky)) = synced {
+            let _ = self.vfs.remove(&tmp); // best effort: recovery removes *.tmp
+            return Err(self.io_refusal(e, sticky));
         }
+        // The commit point is the rename. From here a failure is sticky: the store is left
+        // with a manifest it could not act on, and only recovery (at the next start) may
+        // finish the deletions it names; a later compaction must not overwrite it.
+        let input_bytes = self.delete_inputs(job, &tmp).map_err(|e| {
+            let why = format!(
+                "compaction could not finish deleting its inputs ({e}); restart to complete it"
+            );
+            log::error!("storage: {why}");
+            self.refused = Some(why.clone());
+            StoreError::WritesRefused(why)
+        })?;
+        self.counters.compactions += 1;
+        self.counters.bytes_reclaimed += input_bytes.saturating_sub(job.output_bytes);
+        if cfg!(debug_assertions) {
+            for (_, loc) in self.keydir.iter() {
+                assert!(
+                    self.segments.contains_key(&loc.segment),
+                    "keydir points at deleted segment {}",
+                    loc.segment
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// After the manifest is durable: forget the dropped keys, delete the inputs and their
+    /// hints, then the manifest. Returns the bytes of the inputs.
+    fn delete_inputs(&mut self, job: &Compaction<V::File>, manifest_tmp: &Path) -> io::Result<u64> {
+        self.vfs.rename(manifest_tmp, &self.path(MANIFEST_NAME))?;
+        self.vfs.sync_dir(&self.dir)?;
         let mut rest = &job.dropped[..];
         while rest.len() >= 10 {
             let version = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes"));
@@ -1336,29 +1377,14 @@ impl<V: Vfs> LogStore<V> {
             match self.vfs.remove(&self.path(&hint_name(id))) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError::Io(e)),
+                Err(e) => return Err(e),
             }
             self.vfs.remove(&self.path(&segment_name(id)))?;
         }
-        if let Err(e) = self.vfs.sync_dir(&self.dir) {
-            return Err(self.io_refusal(e, true));
-        }
+        self.vfs.sync_dir(&self.dir)?;
         self.vfs.remove(&self.path(MANIFEST_NAME))?;
-        if let Err(e) = self.vfs.sync_dir(&self.dir) {
-            return Err(self.io_refusal(e, true));
-        }
-        self.counters.compactions += 1;
-        self.counters.bytes_reclaimed += input_bytes.saturating_sub(job.output_bytes);
-        if cfg!(debug_assertions) {
-            for (_, loc) in self.keydir.iter() {
-                assert!(
-                    self.segments.contains_key(&loc.segment),
-                    "keydir points at deleted segment {}",
-                    loc.segment
-                );
-            }
-        }
-        Ok(())
+        self.vfs.sync_dir(&self.dir)?;
+        Ok(input_bytes)
     }
 
     /// Abandon a job after an error: its uncommitted output is removed; committed outputs
