@@ -7,7 +7,8 @@
 //! — never an older value, never garbage — and recovery must report no corruption.
 //!
 //! `DKV_SEED=<n>` runs one seed; `DKV_SEEDS=<count>` changes how many seeds run (default
-//! below); `DKV_OPS=<n>` the operations per seed.
+//! below; the longer mode is e.g. `DKV_SEEDS=5000`); `DKV_SEED_BASE=<n>` starts the seeds
+//! at n+1 (to explore new ones); `DKV_OPS=<n>` the operations per seed.
 
 use dkv::storage::logstore::{LogConfig, LogStore};
 use dkv::storage::vfs::{CrashMode, MemVfs};
@@ -431,8 +432,12 @@ fn log_store_matches_model_across_crashes() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(SEEDS_DEFAULT);
+    let base: u64 = std::env::var("DKV_SEED_BASE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let mut total = Tally::default();
-    for seed in 1..=seeds {
+    for seed in base + 1..=base + seeds {
         let t = run_seed(seed, ops);
         total.compactions += t.compactions;
         total.keys_forgotten += t.keys_forgotten;
