@@ -198,6 +198,10 @@ pub const COMPACTION_INPUTS_MAX: usize = 8;
 /// Bytes read from a segment at a time when scanning it (recovery, compaction).
 pub const SCAN_CHUNK_SIZE: usize = 256 * 1024;
 
+/// The active segment's hint entries are written out in pieces of about this size (so the
+/// hint costs no RAM).
+pub const HINT_WRITE_CHUNK_SIZE: usize = 64 * 1024;
+
 /// Corrupt records listed one by one in a recovery report (the rest are only counted).
 pub const RECOVERY_REPORT_CORRUPT_LISTED_MAX: usize = 1000;
 
@@ -210,6 +214,10 @@ pub const KEYDIR_LOAD_MAX_PERCENT: usize = 80;
 /// The keydir's key arena is compacted when at least this many of its bytes are dead (and
 /// more than half of it is).
 pub const KEYDIR_ARENA_DEAD_MIN: usize = 1024 * 1024;
+
+/// Most keys (tombstones included) one shard's keydir holds: its u32 index slots keep 26
+/// bits for the entry number. Writes of new keys past it are refused.
+pub const KEYDIR_KEYS_MAX: usize = (1 << 26) - 2;
 
 const _: () = assert!(SEGMENT_SIZE_MAX_DEFAULT <= SEGMENT_SIZE_MAX_LIMIT);
 const _: () = assert!(KEYDIR_LOAD_MAX_PERCENT < 100);
