@@ -27,6 +27,7 @@ use crate::workload::{KeyChooser, Mix, Op, Rng, ValueSize, VALUE_POOL_SLACK};
 use dkv::protocol::Consistency;
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -264,6 +265,7 @@ struct Worker {
     issued: u64,
     issuing: bool,
     open_loop: Option<(u64, f64)>,
+    timer: Option<Timer>,
     rr: usize,
     dirty: Vec<usize>,
     last_reply_ns: u64,
@@ -296,9 +298,15 @@ pub fn run_thread(
         } => Some((now, 1e9 / rate)),
         _ => None,
     };
+    let poll = Poll::new()?;
+    let timer = match open_loop {
+        Some(_) => Some(Timer::new(&poll)?),
+        None => None,
+    };
     let mut w = Worker {
+        timer,
         rng: Rng::new(sh.seed, thread as u64 + 1),
-        poll: Poll::new()?,
+        poll,
         conns: addrs.iter().map(|a| Conn::new(*a, pipeline)).collect(),
         sh,
         stats: Stats::new(),
@@ -378,6 +386,10 @@ impl Worker {
             }
 
             let timeout_ns = self.poll_timeout_ns(now, deadline_ns, drain_deadline_ns);
+            let due = self.next_due(now);
+            if let (Some(timer), Some(due)) = (&mut self.timer, due) {
+                timer.arm_at(due, now);
+            }
             match self
                 .poll
                 .poll(&mut events, Some(Duration::from_nanos(timeout_ns)))
@@ -388,6 +400,12 @@ impl Worker {
             }
             for event in events.iter() {
                 let ci = event.token().0;
+                if event.token() == TIMER_TOKEN {
+                    if let Some(timer) = &mut self.timer {
+                        timer.fired();
+                    }
+                    continue;
+                }
                 if ci >= self.conns.len() {
                     continue;
                 }
@@ -416,9 +434,9 @@ impl Worker {
             if let Some(d) = deadline {
                 until = until.min(d);
             }
-            if let Some((start, interval)) = self.open_loop {
-                until = until.min(start + (self.issued as f64 * interval) as u64);
-            }
+        }
+        if let Some(due) = self.next_due(now) {
+            until = until.min(due);
         }
         if let Some(d) = drain {
             until = until.min(d);
@@ -431,6 +449,20 @@ impl Worker {
             }
         }
         until.saturating_sub(now)
+    }
+
+    /// Open loop: when the next request is due, if a connection could take it (with every
+    /// slot busy, the next reply is what wakes us).
+    fn next_due(&self, now: u64) -> Option<u64> {
+        let (start, interval) = self.open_loop?;
+        if !self.issuing {
+            return None;
+        }
+        let free = self
+            .conns
+            .iter()
+            .any(|c| c.state == State::Ready && c.inflight < c.slots.len());
+        free.then(|| (start + (self.issued as f64 * interval) as u64).max(now))
     }
 
     // ---- connections ----
@@ -942,6 +974,74 @@ impl Worker {
         self.interval.reset();
         self.interval_ops = 0;
         self.interval_errors = 0;
+    }
+}
+
+/// The poll token of the open-loop timer (connections use their index).
+const TIMER_TOKEN: Token = Token(usize::MAX);
+
+/// A timerfd in the poll set: it wakes `poll` at a nanosecond deadline, where `poll`'s own
+/// timeout is rounded up to whole milliseconds by `epoll_wait`. Without it an open-loop run
+/// would send in 1 ms bursts and charge each request up to 1 ms of kvbench's own delay.
+struct Timer {
+    fd: libc::c_int,
+    armed_at_ns: u64,
+}
+
+impl Timer {
+    fn new(poll: &Poll) -> io::Result<Timer> {
+        // SAFETY: plain syscall with constant flags; the result is checked.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let t = Timer { fd, armed_at_ns: 0 };
+        poll.registry()
+            .register(&mut SourceFd(&t.fd), TIMER_TOKEN, Interest::READABLE)?;
+        Ok(t)
+    }
+
+    /// Wake at `due_ns` (same clock as `now_ns`); re-arming for the same time is skipped.
+    fn arm_at(&mut self, due_ns: u64, now_ns: u64) {
+        if due_ns == self.armed_at_ns {
+            return;
+        }
+        self.armed_at_ns = due_ns;
+        // 0 would disarm the timer: wake at once instead.
+        let in_ns = due_ns.saturating_sub(now_ns).max(1);
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: (in_ns / 1_000_000_000) as libc::time_t,
+                tv_nsec: (in_ns % 1_000_000_000) as libc::c_long,
+            },
+        };
+        // SAFETY: fd is our open timerfd, spec is a valid itimerspec, old value not wanted.
+        // It cannot fail with these arguments; if it did, the poll timeout still wakes us.
+        unsafe { libc::timerfd_settime(self.fd, 0, &spec, std::ptr::null_mut()) };
+    }
+
+    /// The timer fired: consume its count so the next expiry is a new edge.
+    fn fired(&mut self) {
+        let mut buf = [0u8; 8];
+        // SAFETY: reading 8 bytes into an 8-byte buffer from our non-blocking timerfd.
+        unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
+        self.armed_at_ns = 0;
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        // SAFETY: closing the fd this struct owns, once.
+        unsafe { libc::close(self.fd) };
     }
 }
 
