@@ -6,12 +6,14 @@
 //! limits     every bound as a named constant
 //! protocol   frames, requests, replies: bytes <-> values (pure)
 //! hash       the stable key hash, partitions, shard placement (pure)
+//! histogram  lock-free latency histograms for STATS
 //! version    versions and the hybrid logical clock (pure)
 //! storage    the Store interface and its implementations
 //! cluster    ring, membership, replication, repair, hints, leader (pure)
 //! shard      one shard's core: decode, execute, encode (pure)
 //! server     the only place with mio and sockets: event loops, listeners, mailboxes
 //! client     a small blocking client used by kvcat, tests and tools
+//! datadir    the data directory: lock, meta file, per-shard sub-directories
 //! ```
 //!
 //! Threads of one `kvd` process:
@@ -26,7 +28,9 @@
 
 pub mod client;
 pub mod cluster;
+pub mod datadir;
 pub mod hash;
+pub mod histogram;
 pub mod limits;
 pub mod protocol;
 pub mod server;

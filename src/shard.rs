@@ -1,1 +1,1092 @@
-//! One shard's core (sans-IO). Filled in next.
+//! One shard's core: decode a request, route it, execute it against the shard's store, encode
+//! the reply. Pure (sans-IO): no sockets, no threads, no clock reads. The mio driver in
+//! [`crate::server`] feeds it frames, mail from other shards and ticks, and moves the bytes it
+//! produces; the simulator can drive it the same way.
+//!
+//! Call order, per event-loop turn (the driver's contract):
+//!
+//! 1. [`ShardCore::on_frame`] for each frame read from a connection of this shard; immediate
+//!    replies are appended to that connection's write buffer.
+//! 2. [`ShardCore::on_mail`] for each batch from another shard's mailbox.
+//! 3. [`ShardCore::on_tick`] when a timer is due.
+//! 4. [`ShardCore::finish_turn`]: syncs the store if the policy asks (group commit: one fsync
+//!    for every write of the turn) and releases the replies that waited for it.
+//! 5. [`ShardCore::take_outbox`]: batches for other shards (forwarded requests, replies to
+//!    their connections) and replies for this shard's own connections.
+//!
+//! Requests for keys that another shard owns are forwarded as *records* in one batch per
+//! destination per turn, so crossing shards costs one lock and at most one wake-up per turn,
+//! not per request:
+//!
+//! ```text
+//!  record = | conn id u64 BE | frame (its own 4-byte length prefix included) |
+//! ```
+//!
+//! Replies travel back the same way, to the shard that owns the connection.
+
+use crate::hash::shard_of;
+use crate::limits::{KEY_SIZE_MAX, TEXT_REPLY_SIZE_MAX};
+use crate::protocol::message::{put_connection_error, put_error, put_ok, put_reply};
+use crate::protocol::{
+    frame, op, FrameError, FrameRef, Request, RequestError, Role, Status, PROTOCOL_VERSION,
+    RESPONSE_BIT,
+};
+use crate::storage::{Applied, Store, StoreError, Write};
+use crate::version::{Hlc, Version};
+use byteorder::{BigEndian, ByteOrder};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Identifies a connection across shards: the owning driver's slab key and a generation that
+/// changes each time the slot is reused, so a late reply never reaches a newer connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId(pub u64);
+
+impl ConnId {
+    /// Build from a slab key and a generation.
+    pub fn new(slot: usize, generation: u32) -> ConnId {
+        assert!(slot <= u32::MAX as usize);
+        ConnId(((generation as u64) << 32) | slot as u64)
+    }
+
+    /// The slab key.
+    pub fn slot(self) -> usize {
+        (self.0 & 0xFFFF_FFFF) as usize
+    }
+
+    /// The generation.
+    pub fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
+/// When acknowledgements of writes may be sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// After the write's record is synced to disk (group commit per event-loop turn).
+    Always,
+    /// Immediately; the driver syncs every `ms` milliseconds.
+    Interval {
+        /// Sync period.
+        ms: u64,
+    },
+    /// Immediately; the operating system writes back when it likes.
+    Never,
+}
+
+impl SyncPolicy {
+    /// Parse `always`, `never` or `interval:MS`.
+    pub fn parse(s: &str) -> Result<SyncPolicy, String> {
+        match s {
+            "always" => Ok(SyncPolicy::Always),
+            "never" => Ok(SyncPolicy::Never),
+            _ => match s.strip_prefix("interval:").map(str::parse::<u64>) {
+                Some(Ok(ms)) if ms > 0 => Ok(SyncPolicy::Interval { ms }),
+                _ => Err(format!(
+                    "bad sync policy {s:?}: expected always, never or interval:MS with MS > 0"
+                )),
+            },
+        }
+    }
+}
+
+/// Handshake state of one connection, kept by the driver and updated by the core.
+#[derive(Clone, Debug, Default)]
+pub struct Session {
+    /// The role announced in HELLO, if any.
+    pub role: Option<Role>,
+    /// The peer's node id, for peer sessions.
+    pub peer_id: Option<u32>,
+}
+
+/// Per-shard counters, written only by their shard and read by any shard answering STATS.
+pub struct ShardCounters {
+    /// Server-side request latency in µs: from the event-loop turn that read the request to
+    /// the turn that queued its reply on the connection.
+    pub latency_us: crate::histogram::Histogram,
+    /// Requests by opcode (index = opcode, 0..128).
+    pub requests_by_op: [AtomicU64; 128],
+    /// Replies by status code (index = code).
+    pub replies_by_status: [AtomicU64; 256],
+    /// Requests this shard forwarded to another shard.
+    pub forwarded_out: AtomicU64,
+    /// Requests this shard executed for another shard.
+    pub forwarded_in: AtomicU64,
+    /// Bytes read from connections.
+    pub bytes_in: AtomicU64,
+    /// Bytes written to connections.
+    pub bytes_out: AtomicU64,
+    /// Connections open now.
+    pub connections: AtomicU64,
+    /// Connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Connections refused (over the limit).
+    pub connections_refused: AtomicU64,
+    /// Connections closed for not reading their replies, idling, or bad input.
+    pub connections_dropped: AtomicU64,
+    /// Store syncs (group commits) done.
+    pub syncs: AtomicU64,
+    /// Storage figures as `name value` lines, refreshed by the shard on its ticks.
+    pub storage_text: Mutex<String>,
+}
+
+impl Default for ShardCounters {
+    fn default() -> Self {
+        ShardCounters {
+            latency_us: crate::histogram::Histogram::default(),
+            requests_by_op: std::array::from_fn(|_| AtomicU64::new(0)),
+            replies_by_status: std::array::from_fn(|_| AtomicU64::new(0)),
+            forwarded_out: AtomicU64::new(0),
+            forwarded_in: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            connections_total: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+            connections_dropped: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            storage_text: Mutex::new(String::new()),
+        }
+    }
+}
+
+/// What every shard of a node shares: immutable configuration and the counters for STATS.
+pub struct NodeShared {
+    /// This node's id.
+    pub node_id: u32,
+    /// Number of shards.
+    pub shards: usize,
+    /// Wall-clock ms when the node started.
+    pub started_at_ms: u64,
+    /// Connection limit of the node.
+    pub connections_max: usize,
+    /// Connections open on the node now, over all shards: the limit is node-wide, however
+    /// unevenly the kernel spreads connections over the shards' listeners.
+    pub connections_open: AtomicU64,
+    /// One entry per shard.
+    pub counters: Vec<ShardCounters>,
+}
+
+impl NodeShared {
+    /// Shared state for a node of `shards` shards.
+    pub fn new(
+        node_id: u32,
+        shards: usize,
+        started_at_ms: u64,
+        connections_max: usize,
+    ) -> NodeShared {
+        NodeShared {
+            node_id,
+            shards,
+            started_at_ms,
+            connections_max,
+            connections_open: AtomicU64::new(0),
+            counters: (0..shards).map(|_| ShardCounters::default()).collect(),
+        }
+    }
+}
+
+/// Configuration of one shard's core.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    /// This shard's index.
+    pub shard: usize,
+    /// Number of shards of the node.
+    pub shards: usize,
+    /// When to acknowledge writes.
+    pub sync: SyncPolicy,
+    /// Token clients must present in HELLO; `None` lets clients skip the handshake.
+    pub client_token: Option<Vec<u8>>,
+}
+
+/// Mail between shards of one node.
+#[derive(Debug)]
+pub enum Mail {
+    /// Requests from shard `from` for keys this shard owns, as records.
+    Requests {
+        /// The shard whose connections sent them.
+        from: usize,
+        /// Records: `| conn id u64 | request frame |`.
+        records: Vec<u8>,
+    },
+    /// Replies to this shard's connections, as records.
+    Replies {
+        /// Records: `| conn id u64 | reply frame |`.
+        records: Vec<u8>,
+    },
+}
+
+/// What the core hands the driver at the end of a turn.
+#[derive(Default, Debug)]
+pub struct Outbox {
+    /// Request records per destination shard (index = shard).
+    pub requests: Vec<Vec<u8>>,
+    /// Reply records per destination shard; the entry of this shard itself holds replies for
+    /// its own connections that were released late (after a sync).
+    pub replies: Vec<Vec<u8>>,
+}
+
+impl Outbox {
+    fn new(shards: usize) -> Outbox {
+        Outbox {
+            requests: vec![Vec::new(); shards],
+            replies: vec![Vec::new(); shards],
+        }
+    }
+
+    /// Whether there is nothing to deliver.
+    pub fn is_empty(&self) -> bool {
+        self.requests.iter().all(Vec::is_empty) && self.replies.iter().all(Vec::is_empty)
+    }
+}
+
+/// What the driver should do with the connection after a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum After {
+    /// Keep reading.
+    Continue,
+    /// The reply comes later as a record (the request went to another shard, or its
+    /// acknowledgement waits for the turn's sync).
+    Deferred,
+    /// Send what was written, then close.
+    Close,
+}
+
+/// One shard's core.
+pub struct ShardCore {
+    cfg: ShardConfig,
+    shared: Arc<NodeShared>,
+    store: Box<dyn Store>,
+    hlc: Hlc,
+    outbox: Outbox,
+    /// Replies to writes waiting for the next sync, per destination shard, as records.
+    held: Vec<Vec<u8>>,
+    /// Set when a sync failed: writes are refused from then on.
+    write_error: Option<String>,
+    /// Scratch buffer for replies that are records (forwarded or held).
+    scratch: Vec<u8>,
+}
+
+impl ShardCore {
+    /// A core over `store`. The clock starts above the highest version the store holds.
+    pub fn new(cfg: ShardConfig, shared: Arc<NodeShared>, store: Box<dyn Store>) -> ShardCore {
+        assert!(cfg.shard < cfg.shards && cfg.shards == shared.shards);
+        let mut hlc = Hlc::new(shared.node_id);
+        hlc.recover(store.highest_version());
+        ShardCore {
+            outbox: Outbox::new(cfg.shards),
+            held: vec![Vec::new(); cfg.shards],
+            cfg,
+            shared,
+            store,
+            hlc,
+            write_error: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn counters(&self) -> &ShardCounters {
+        &self.shared.counters[self.cfg.shard]
+    }
+
+    fn count_reply(&self, status: Status) {
+        self.counters().replies_by_status[status as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Handle a frame that arrived on connection `conn` of this shard. Immediate replies are
+    /// appended to `wbuf` (the connection's write buffer).
+    pub fn on_frame(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        session: &mut Session,
+        f: FrameRef<'_>,
+        wbuf: &mut Vec<u8>,
+    ) -> After {
+        let req = match Request::decode(&f) {
+            Ok(r) => r,
+            Err(e) => return self.reject(&f, &e, wbuf),
+        };
+        let opc = req.op();
+        self.counters().requests_by_op[opc as usize].fetch_add(1, Ordering::Relaxed);
+
+        // Before a handshake, a client may skip HELLO only when no client token is set.
+        if session.role.is_none() && !matches!(req, Request::Hello { .. }) {
+            if self.cfg.client_token.is_some() || matches!(req, Request::Peer { .. }) {
+                self.count_reply(Status::Unauthorized);
+                put_error(
+                    wbuf,
+                    opc,
+                    f.id,
+                    Status::Unauthorized,
+                    "HELLO with a valid token is required first",
+                );
+                return After::Continue;
+            }
+            session.role = Some(Role::Client);
+        }
+
+        match req {
+            Request::Hello {
+                version,
+                role,
+                node_id,
+                token,
+            } => self.hello(f.id, session, version, role, node_id, token, wbuf),
+            Request::Ping => {
+                self.count_reply(Status::Ok);
+                put_ok(wbuf, op::PING, f.id, &[]);
+                After::Continue
+            }
+            Request::Stats => {
+                let text = self.stats_text(now_ms);
+                self.count_reply(Status::Ok);
+                put_ok(wbuf, op::STATS, f.id, &[text.as_bytes()]);
+                After::Continue
+            }
+            Request::Cluster => {
+                let text = format!("{} 127.0.0.1 alive 0 leader\n", self.shared.node_id);
+                self.count_reply(Status::Ok);
+                put_ok(wbuf, op::CLUSTER, f.id, &[text.as_bytes()]);
+                After::Continue
+            }
+            Request::AntiEntropy | Request::Compact => {
+                // Single node: nothing to exchange; compaction runs in the background already.
+                self.count_reply(Status::Ok);
+                put_ok(wbuf, opc, f.id, &[]);
+                After::Continue
+            }
+            Request::Peer { .. } => {
+                self.count_reply(Status::Unauthorized);
+                put_error(
+                    wbuf,
+                    opc,
+                    f.id,
+                    Status::Unauthorized,
+                    "peer opcodes need a peer session",
+                );
+                After::Continue
+            }
+            Request::Get { key, .. }
+            | Request::Put { key, .. }
+            | Request::Delete { key, .. }
+            | Request::LocalGet { key } => {
+                let owner = shard_of(key, self.cfg.shards);
+                if owner != self.cfg.shard {
+                    let records = &mut self.outbox.requests[owner];
+                    records.extend_from_slice(&conn.0.to_be_bytes());
+                    frame::put_frame(records, f.op, f.aux, f.id, &[f.body]);
+                    self.counters()
+                        .forwarded_out
+                        .fetch_add(1, Ordering::Relaxed);
+                    return After::Deferred;
+                }
+                let mark = wbuf.len();
+                if self.execute(now_ms, &req, f.id, wbuf) {
+                    // The reply waits for the turn's sync: move it from the write buffer into
+                    // the held records of this shard.
+                    let held = &mut self.held[self.cfg.shard];
+                    held.extend_from_slice(&conn.0.to_be_bytes());
+                    held.extend_from_slice(&wbuf[mark..]);
+                    wbuf.truncate(mark);
+                    return After::Deferred;
+                }
+                After::Continue
+            }
+        }
+    }
+
+    /// Handle mail from another shard.
+    pub fn on_mail(&mut self, now_ms: u64, mail: Mail, own_replies: &mut Vec<u8>) {
+        match mail {
+            Mail::Requests { from, records } => {
+                let mut at = 0;
+                while at < records.len() {
+                    let conn = ConnId(BigEndian::read_u64(&records[at..at + 8]));
+                    at += 8;
+                    // Records are written by `on_frame` of a shard of this process from frames
+                    // that already parsed: a failure here is a bug, not bad input.
+                    let (f, n) = frame::parse(&records[at..])
+                        .expect("forwarded record is a whole frame")
+                        .expect("forwarded record is complete");
+                    at += n;
+                    self.counters().forwarded_in.fetch_add(1, Ordering::Relaxed);
+                    let mut reply = std::mem::take(&mut self.scratch);
+                    reply.clear();
+                    let held = match Request::decode(&f) {
+                        Ok(req) => self.execute(now_ms, &req, f.id, &mut reply),
+                        Err(e) => {
+                            // The origin shard decoded this frame already; answer anyway.
+                            self.reject(&f, &e, &mut reply);
+                            false
+                        }
+                    };
+                    let dest = if held {
+                        &mut self.held[from]
+                    } else {
+                        &mut self.outbox.replies[from]
+                    };
+                    dest.extend_from_slice(&conn.0.to_be_bytes());
+                    dest.extend_from_slice(&reply);
+                    self.scratch = reply;
+                }
+            }
+            Mail::Replies { records } => own_replies.extend_from_slice(&records),
+        }
+    }
+
+    /// Periodic work: background store maintenance in a bounded step, and the refresh of the
+    /// storage figures shown by STATS.
+    pub fn on_tick(&mut self, now_ms: u64, maintenance_budget: usize) {
+        if let Err(e) = self.store.maintenance(now_ms, maintenance_budget) {
+            log::error!("shard {}: store maintenance failed: {e}", self.cfg.shard);
+        }
+        let mut text = String::new();
+        self.store.stats(&mut |name, value| {
+            let _ = writeln!(text, "{name} {value}");
+        });
+        if let Ok(mut slot) = self.counters().storage_text.lock() {
+            *slot = text;
+        }
+    }
+
+    /// Whether a sync is due at the end of this turn under the `always` policy.
+    pub fn wants_sync_now(&self) -> bool {
+        self.cfg.sync == SyncPolicy::Always && self.store.needs_sync()
+    }
+
+    /// Sync the store now (the driver calls this on its interval timer, or via
+    /// [`ShardCore::finish_turn`]).
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        if !self.store.needs_sync() {
+            return Ok(());
+        }
+        self.counters().syncs.fetch_add(1, Ordering::Relaxed);
+        let r = self.store.sync();
+        if let Err(e) = &r {
+            log::error!(
+                "shard {}: sync failed, refusing writes from now on: {e}",
+                self.cfg.shard
+            );
+            self.write_error = Some(e.to_string());
+        }
+        r
+    }
+
+    /// End of a turn: group commit under the `always` policy, then release the held replies
+    /// (or turn them into STORAGE_ERROR if the sync failed).
+    pub fn finish_turn(&mut self) {
+        let synced = if self.wants_sync_now() {
+            self.sync().is_ok()
+        } else {
+            self.write_error.is_none()
+        };
+        for dest in 0..self.cfg.shards {
+            if self.held[dest].is_empty() {
+                continue;
+            }
+            let held = std::mem::take(&mut self.held[dest]);
+            if synced {
+                self.outbox.replies[dest].extend_from_slice(&held);
+            } else {
+                let why = self.write_error.clone().unwrap_or_default();
+                rewrite_as_errors(&held, &mut self.outbox.replies[dest], &why);
+            }
+            self.held[dest] = held;
+            self.held[dest].clear();
+        }
+    }
+
+    /// Take the batches for other shards and the late replies for this shard's connections.
+    pub fn take_outbox(&mut self) -> &mut Outbox {
+        &mut self.outbox
+    }
+
+    /// The shard's store (for the driver's shutdown sync and for tests).
+    pub fn store_mut(&mut self) -> &mut dyn Store {
+        self.store.as_mut()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn hello(
+        &mut self,
+        id: u32,
+        session: &mut Session,
+        version: u16,
+        role: Role,
+        node_id: u32,
+        token: &[u8],
+        wbuf: &mut Vec<u8>,
+    ) -> After {
+        if version != PROTOCOL_VERSION {
+            self.count_reply(Status::UnsupportedVersion);
+            put_error(
+                wbuf,
+                op::HELLO,
+                id,
+                Status::UnsupportedVersion,
+                &format!("this node speaks protocol version {PROTOCOL_VERSION}, not {version}"),
+            );
+            return After::Continue;
+        }
+        let authorised = match role {
+            Role::Client => self.cfg.client_token.as_deref().is_none_or(|t| t == token),
+            // Single node: there is no cluster secret yet, so no peer is admitted.
+            Role::Peer => false,
+        };
+        if !authorised {
+            self.count_reply(Status::Unauthorized);
+            put_error(
+                wbuf,
+                op::HELLO,
+                id,
+                Status::Unauthorized,
+                "bad token for this role",
+            );
+            return After::Close;
+        }
+        session.role = Some(role);
+        session.peer_id = (role == Role::Peer).then_some(node_id);
+        let mut body = [0u8; 10];
+        BigEndian::write_u16(&mut body[0..2], PROTOCOL_VERSION);
+        BigEndian::write_u32(&mut body[2..6], self.shared.node_id);
+        BigEndian::write_u16(&mut body[6..8], self.cfg.shard as u16);
+        BigEndian::write_u16(&mut body[8..10], self.cfg.shards as u16);
+        self.count_reply(Status::Ok);
+        put_ok(wbuf, op::HELLO, id, &[&body]);
+        After::Continue
+    }
+
+    /// Execute a keyed request on this shard's store, appending the reply to `out`. Returns
+    /// true when the reply must wait for the next sync (a write under the `always` policy).
+    fn execute(&mut self, now_ms: u64, req: &Request<'_>, id: u32, out: &mut Vec<u8>) -> bool {
+        debug_assert!(req.key().is_some_and(|k| k.len() <= KEY_SIZE_MAX));
+        match *req {
+            Request::Get { key, .. } => match self.store.get(key) {
+                Ok(Some(s)) if s.is_live(now_ms) => {
+                    let value = s.value.as_deref().unwrap_or_default();
+                    self.count_reply(Status::Ok);
+                    put_ok(out, op::GET, id, &[&s.version.0.to_be_bytes(), value]);
+                    false
+                }
+                Ok(_) => {
+                    self.count_reply(Status::NotFound);
+                    put_reply(out, op::GET, Status::NotFound, id, &[]);
+                    false
+                }
+                Err(e) => self.store_failure(op::GET, id, &e, out),
+            },
+            Request::LocalGet { key } => match self.store.get(key) {
+                Ok(Some(s)) if s.is_live(now_ms) => {
+                    let value = s.value.as_deref().unwrap_or_default();
+                    self.count_reply(Status::Ok);
+                    put_ok(
+                        out,
+                        op::LOCAL_GET,
+                        id,
+                        &[
+                            &s.version.0.to_be_bytes(),
+                            &s.expires_at_ms.to_be_bytes(),
+                            value,
+                        ],
+                    );
+                    false
+                }
+                Ok(Some(s)) if s.value.is_none() => {
+                    self.count_reply(Status::NotFound);
+                    put_reply(
+                        out,
+                        op::LOCAL_GET,
+                        Status::NotFound,
+                        id,
+                        &[&s.version.0.to_be_bytes()],
+                    );
+                    false
+                }
+                Ok(_) => {
+                    self.count_reply(Status::NotFound);
+                    put_reply(out, op::LOCAL_GET, Status::NotFound, id, &[]);
+                    false
+                }
+                Err(e) => self.store_failure(op::LOCAL_GET, id, &e, out),
+            },
+            Request::Put {
+                key,
+                value,
+                ttl_seconds,
+                ..
+            } => {
+                let expires_at_ms = if ttl_seconds == 0 {
+                    0
+                } else {
+                    now_ms + ttl_seconds as u64 * 1000
+                };
+                self.write(now_ms, op::PUT, id, key, Some(value), expires_at_ms, out)
+            }
+            Request::Delete { key, .. } => self.write(now_ms, op::DELETE, id, key, None, 0, out),
+            _ => unreachable!("execute is only called for keyed requests"),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &mut self,
+        now_ms: u64,
+        opc: u8,
+        id: u32,
+        key: &[u8],
+        value: Option<&[u8]>,
+        expires_at_ms: u64,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if let Some(why) = &self.write_error {
+            let msg = format!("writes are refused since a failed sync: {why}");
+            self.count_reply(Status::StorageError);
+            put_error(out, opc, id, Status::StorageError, &msg);
+            return false;
+        }
+        let version = self.hlc.issue(now_ms);
+        let w = Write {
+            key,
+            value,
+            version,
+            expires_at_ms,
+        };
+        match self.store.apply(w) {
+            Ok(Applied::Stored) => {
+                self.count_reply(Status::Ok);
+                put_ok(out, opc, id, &[&version.0.to_be_bytes()]);
+                self.cfg.sync == SyncPolicy::Always
+            }
+            Ok(Applied::Stale { current }) => {
+                // Our clock issued a version below one the store holds: the clock must have
+                // been recovered wrongly. Never acknowledge a write that did not take.
+                self.hlc.observe(current);
+                let msg = format!("clock behind stored version {current}; retry");
+                self.count_reply(Status::Internal);
+                put_error(out, opc, id, Status::Internal, &msg);
+                false
+            }
+            Err(e) => self.store_failure(opc, id, &e, out),
+        }
+    }
+
+    fn store_failure(&mut self, opc: u8, id: u32, e: &StoreError, out: &mut Vec<u8>) -> bool {
+        self.count_reply(Status::StorageError);
+        put_error(out, opc, id, Status::StorageError, &e.to_string());
+        false
+    }
+
+    fn reject(&mut self, f: &FrameRef<'_>, e: &RequestError, wbuf: &mut Vec<u8>) -> After {
+        let status = e.status();
+        self.count_reply(status);
+        // Answer with the request's own opcode when it is a request opcode, so the client can
+        // tell which request failed; a response opcode sent as a request is answered on 0x80.
+        let opc = if f.op & RESPONSE_BIT == 0 { f.op } else { 0 };
+        put_error(wbuf, opc, f.id, status, &e.to_string());
+        if status.closes_connection() {
+            After::Close
+        } else {
+            After::Continue
+        }
+    }
+
+    /// Reply to bytes that are not a frame at all; the driver closes the connection after.
+    pub fn reject_stream(&mut self, e: FrameError, wbuf: &mut Vec<u8>) {
+        let status = match e {
+            FrameError::TooLarge { .. } => Status::FrameTooLarge,
+            FrameError::TooShort { .. } => Status::Malformed,
+        };
+        self.count_reply(status);
+        put_connection_error(wbuf, status, &e.to_string());
+    }
+
+    fn stats_text(&self, now_ms: u64) -> String {
+        let sh = &self.shared;
+        let mut t = String::with_capacity(4096);
+        let sum = |f: &dyn Fn(&ShardCounters) -> u64| -> u64 { sh.counters.iter().map(f).sum() };
+        let _ = writeln!(t, "node_id {}", sh.node_id);
+        let _ = writeln!(t, "uptime_ms {}", now_ms.saturating_sub(sh.started_at_ms));
+        let _ = writeln!(t, "shards {}", sh.shards);
+        let _ = writeln!(t, "connections_max {}", sh.connections_max);
+        let conn = |c: &ShardCounters| c.connections.load(Ordering::Relaxed);
+        let _ = writeln!(t, "connections {}", sum(&conn));
+        let _ = writeln!(
+            t,
+            "connections_total {}",
+            sum(&|c| c.connections_total.load(Ordering::Relaxed))
+        );
+        let _ = writeln!(
+            t,
+            "connections_refused {}",
+            sum(&|c| c.connections_refused.load(Ordering::Relaxed))
+        );
+        let _ = writeln!(
+            t,
+            "connections_dropped {}",
+            sum(&|c| c.connections_dropped.load(Ordering::Relaxed))
+        );
+        let _ = writeln!(
+            t,
+            "bytes_in {}",
+            sum(&|c| c.bytes_in.load(Ordering::Relaxed))
+        );
+        let _ = writeln!(
+            t,
+            "bytes_out {}",
+            sum(&|c| c.bytes_out.load(Ordering::Relaxed))
+        );
+        let _ = writeln!(t, "syncs {}", sum(&|c| c.syncs.load(Ordering::Relaxed)));
+        for opc in 1u8..128 {
+            let n = sum(&|c| c.requests_by_op[opc as usize].load(Ordering::Relaxed));
+            if n > 0 {
+                let _ = writeln!(t, "requests_{} {n}", op::name(opc).to_lowercase());
+            }
+        }
+        for status in Status::ALL {
+            let n = sum(&|c| c.replies_by_status[status as usize].load(Ordering::Relaxed));
+            if n > 0 {
+                let _ = writeln!(t, "replies_{} {n}", status.name().to_lowercase());
+            }
+        }
+        for (i, c) in sh.counters.iter().enumerate() {
+            let reqs: u64 = c
+                .requests_by_op
+                .iter()
+                .map(|a| a.load(Ordering::Relaxed))
+                .sum();
+            let _ = writeln!(t, "shard_{i}_requests {reqs}");
+            let _ = writeln!(
+                t,
+                "shard_{i}_forwarded_out {}",
+                c.forwarded_out.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(t, "shard_{i}_connections {}", conn(c));
+        }
+        let hs: Vec<&crate::histogram::Histogram> =
+            sh.counters.iter().map(|c| &c.latency_us).collect();
+        let (n, p, max) = crate::histogram::Histogram::percentiles(&hs, &[0.5, 0.9, 0.99, 0.999]);
+        let _ = writeln!(t, "latency_requests {n}");
+        for (name, v) in ["p50", "p90", "p99", "p999"].iter().zip(&p) {
+            let _ = writeln!(t, "latency_{name}_us {v}");
+        }
+        let _ = writeln!(t, "latency_max_us {max}");
+        // Storage figures summed over shards, by name.
+        let mut storage: Vec<(String, u64)> = Vec::new();
+        for c in &sh.counters {
+            let text = c.storage_text.lock().map(|s| s.clone()).unwrap_or_default();
+            for line in text.lines() {
+                let mut it = line.splitn(2, ' ');
+                let (Some(name), Some(v)) = (it.next(), it.next()) else {
+                    continue;
+                };
+                let v: u64 = v.parse().unwrap_or(0);
+                match storage.iter_mut().find(|(n, _)| n == name) {
+                    Some(e) => e.1 += v,
+                    None => storage.push((name.to_string(), v)),
+                }
+            }
+        }
+        for (name, v) in storage {
+            let _ = writeln!(t, "{name} {v}");
+        }
+        if t.len() > TEXT_REPLY_SIZE_MAX {
+            let mut end = TEXT_REPLY_SIZE_MAX - 16;
+            while !t.is_char_boundary(end) {
+                end -= 1;
+            }
+            t.truncate(end);
+            t.push_str("\ntruncated 1\n");
+        }
+        t
+    }
+}
+
+/// Turn held reply records into STORAGE_ERROR replies with the same opcode and id.
+fn rewrite_as_errors(records: &[u8], out: &mut Vec<u8>, why: &str) {
+    let msg = format!("write not acknowledged: sync failed ({why}); it may or may not be on disk");
+    let mut at = 0;
+    while at < records.len() {
+        out.extend_from_slice(&records[at..at + 8]);
+        at += 8;
+        let (f, n) = frame::parse(&records[at..])
+            .expect("held record is a whole frame")
+            .expect("held record is complete");
+        put_error(out, f.op & !RESPONSE_BIT, f.id, Status::StorageError, &msg);
+        at += n;
+    }
+}
+
+/// Version of a write as carried in replies (for tests).
+pub fn reply_version(body: &[u8]) -> Option<Version> {
+    (body.len() >= 8).then(|| Version(BigEndian::read_u64(&body[..8])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::shard_of;
+    use crate::protocol::{Consistency, Response};
+    use crate::storage::memory::MemoryStore;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    /// A store whose sync fails, to check that failed syncs are never acknowledged.
+    struct FailingSync(MemoryStore);
+
+    impl Store for FailingSync {
+        fn get(&mut self, key: &[u8]) -> Result<Option<crate::storage::Stored>, StoreError> {
+            self.0.get(key)
+        }
+        fn version_of(&self, key: &[u8]) -> Option<Version> {
+            self.0.version_of(key)
+        }
+        fn apply(&mut self, w: Write<'_>) -> Result<Applied, StoreError> {
+            self.0.apply(w)
+        }
+        fn needs_sync(&self) -> bool {
+            self.0.needs_sync()
+        }
+        fn sync(&mut self) -> Result<(), StoreError> {
+            Err(StoreError::WritesRefused("fsync: EIO".into()))
+        }
+        fn maintenance(&mut self, now_ms: u64, budget: usize) -> Result<bool, StoreError> {
+            self.0.maintenance(now_ms, budget)
+        }
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn highest_version(&self) -> Version {
+            self.0.highest_version()
+        }
+        fn stats(&self, report: &mut dyn FnMut(&str, u64)) {
+            self.0.stats(report)
+        }
+    }
+
+    fn cores(shards: usize, sync: SyncPolicy, failing: bool) -> Vec<ShardCore> {
+        let shared = Arc::new(NodeShared::new(1, shards, NOW, 100));
+        (0..shards)
+            .map(|shard| {
+                let store: Box<dyn Store> = if failing {
+                    Box::new(FailingSync(MemoryStore::new()))
+                } else {
+                    Box::new(MemoryStore::new())
+                };
+                ShardCore::new(
+                    ShardConfig {
+                        shard,
+                        shards,
+                        sync,
+                        client_token: None,
+                    },
+                    shared.clone(),
+                    store,
+                )
+            })
+            .collect()
+    }
+
+    /// A tiny in-memory driver: feeds a request to shard `at`, runs turns until the reply for
+    /// connection `conn` comes back, and returns the reply frames addressed to it.
+    fn roundtrip(cores: &mut [ShardCore], at: usize, req: Request<'_>, id: u32) -> Vec<u8> {
+        let conn = ConnId::new(7, 1);
+        let mut session = Session::default();
+        let mut bytes = Vec::new();
+        req.encode(id, &mut bytes);
+        let (f, _) = frame::parse(&bytes).unwrap().unwrap();
+        let mut wbuf = Vec::new();
+        cores[at].on_frame(NOW, conn, &mut session, f, &mut wbuf);
+        let mut own = Vec::new();
+        // Bounded: a request crosses at most two mailboxes.
+        for _ in 0..4 {
+            let mut mail: Vec<(usize, Mail)> = Vec::new();
+            for (i, core) in cores.iter_mut().enumerate() {
+                core.finish_turn();
+                let out = core.take_outbox();
+                for dest in 0..out.requests.len() {
+                    let records = std::mem::take(&mut out.requests[dest]);
+                    if !records.is_empty() {
+                        mail.push((dest, Mail::Requests { from: i, records }));
+                    }
+                    let records = std::mem::take(&mut out.replies[dest]);
+                    if !records.is_empty() {
+                        if dest == at {
+                            own.extend_from_slice(&records);
+                        } else {
+                            mail.push((dest, Mail::Replies { records }));
+                        }
+                    }
+                }
+            }
+            for (dest, m) in mail {
+                cores[dest].on_mail(NOW, m, &mut own);
+            }
+        }
+        // Own records carry the conn id first.
+        let mut at_byte = 0;
+        while at_byte < own.len() {
+            assert_eq!(&own[at_byte..at_byte + 8], &conn.0.to_be_bytes());
+            at_byte += 8;
+            let (_, n) = frame::parse(&own[at_byte..]).unwrap().unwrap();
+            wbuf.extend_from_slice(&own[at_byte..at_byte + n]);
+            at_byte += n;
+        }
+        wbuf
+    }
+
+    fn reply(bytes: &[u8]) -> (u8, Status, u32, Vec<u8>) {
+        let (f, n) = frame::parse(bytes).unwrap().expect("a whole reply");
+        assert_eq!(n, bytes.len(), "exactly one reply");
+        let r = Response::from_frame(&f).unwrap();
+        (r.op, r.status().unwrap(), r.id, r.body.to_vec())
+    }
+
+    #[test]
+    fn put_get_delete_through_any_shard() {
+        let mut cs = cores(3, SyncPolicy::Never, false);
+        let key = b"some key";
+        let owner = shard_of(key, 3);
+        let other = (owner + 1) % 3;
+        for at in [owner, other] {
+            let put = Request::Put {
+                key,
+                value: b"v",
+                ttl_seconds: 0,
+                consistency: Consistency::Default,
+            };
+            let (o, st, id, body) = reply(&roundtrip(&mut cs, at, put, 11));
+            assert_eq!((o, st, id, body.len()), (op::PUT, Status::Ok, 11, 8));
+            let get = Request::Get {
+                key,
+                consistency: Consistency::One,
+            };
+            let (_, st, id, body) = reply(&roundtrip(&mut cs, at, get, 12));
+            assert_eq!((st, id, &body[8..]), (Status::Ok, 12, &b"v"[..]));
+            let del = Request::Delete {
+                key,
+                consistency: Consistency::All,
+            };
+            assert_eq!(reply(&roundtrip(&mut cs, at, del, 13)).1, Status::Ok);
+            let lget = Request::LocalGet { key };
+            let (_, st, _, body) = reply(&roundtrip(&mut cs, at, lget, 14));
+            assert_eq!((st, body.len()), (Status::NotFound, 8), "tombstone version");
+        }
+        // Only the owner holds the key.
+        for (i, c) in cs.iter_mut().enumerate() {
+            assert_eq!(c.store_mut().len(), usize::from(i == owner));
+        }
+    }
+
+    #[test]
+    fn always_policy_holds_acks_until_the_sync() {
+        let mut cs = cores(1, SyncPolicy::Always, false);
+        let conn = ConnId::new(0, 1);
+        let mut session = Session::default();
+        let mut bytes = Vec::new();
+        Request::Put {
+            key: b"k",
+            value: b"v",
+            ttl_seconds: 0,
+            consistency: Consistency::Default,
+        }
+        .encode(1, &mut bytes);
+        let (f, _) = frame::parse(&bytes).unwrap().unwrap();
+        let mut wbuf = Vec::new();
+        cs[0].on_frame(NOW, conn, &mut session, f, &mut wbuf);
+        assert!(wbuf.is_empty(), "no ack before the sync");
+        assert!(cs[0].wants_sync_now());
+        cs[0].finish_turn();
+        assert!(!cs[0].wants_sync_now());
+        let records = std::mem::take(&mut cs[0].take_outbox().replies[0]);
+        let (_, st, id, _) = reply(&records[8..]);
+        assert_eq!((st, id), (Status::Ok, 1));
+    }
+
+    #[test]
+    fn a_failed_sync_is_never_acknowledged() {
+        let mut cs = cores(1, SyncPolicy::Always, true);
+        let put = Request::Put {
+            key: b"k",
+            value: b"v",
+            ttl_seconds: 0,
+            consistency: Consistency::Default,
+        };
+        let (_, st, _, msg) = reply(&roundtrip(&mut cs, 0, put, 1));
+        assert_eq!(st, Status::StorageError);
+        assert!(String::from_utf8_lossy(&msg).contains("sync failed"));
+        // Later writes are refused outright; reads still work.
+        let (_, st, _, _) = reply(&roundtrip(&mut cs, 0, put, 2));
+        assert_eq!(st, Status::StorageError);
+        let get = Request::Get {
+            key: b"k",
+            consistency: Consistency::Default,
+        };
+        assert_eq!(reply(&roundtrip(&mut cs, 0, get, 3)).1, Status::Ok);
+    }
+
+    #[test]
+    fn handshake_rules() {
+        let shared = Arc::new(NodeShared::new(1, 1, NOW, 100));
+        let mut core = ShardCore::new(
+            ShardConfig {
+                shard: 0,
+                shards: 1,
+                sync: SyncPolicy::Never,
+                client_token: Some(b"t0k".to_vec()),
+            },
+            shared,
+            Box::new(MemoryStore::new()),
+        );
+        let conn = ConnId::new(0, 1);
+        let mut session = Session::default();
+        let send = |core: &mut ShardCore, session: &mut Session, req: Request<'_>| {
+            let mut bytes = Vec::new();
+            req.encode(1, &mut bytes);
+            let (f, _) = frame::parse(&bytes).unwrap().unwrap();
+            let mut wbuf = Vec::new();
+            let after = core.on_frame(NOW, conn, session, f, &mut wbuf);
+            (after, reply(&wbuf).1)
+        };
+        // A token is set: no request before HELLO.
+        assert_eq!(
+            send(&mut core, &mut session, Request::Ping),
+            (After::Continue, Status::Unauthorized)
+        );
+        let bad = Request::Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Client,
+            node_id: 0,
+            token: b"nope",
+        };
+        assert_eq!(
+            send(&mut core, &mut session, bad),
+            (After::Close, Status::Unauthorized)
+        );
+        let future = Request::Hello {
+            version: PROTOCOL_VERSION + 1,
+            role: Role::Client,
+            node_id: 0,
+            token: b"t0k",
+        };
+        assert_eq!(
+            send(&mut core, &mut session, future).1,
+            Status::UnsupportedVersion
+        );
+        let good = Request::Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Client,
+            node_id: 0,
+            token: b"t0k",
+        };
+        assert_eq!(send(&mut core, &mut session, good).1, Status::Ok);
+        assert_eq!(send(&mut core, &mut session, Request::Ping).1, Status::Ok);
+        let peer = Request::Peer {
+            op: op::PEER_FIRST,
+            aux: 0,
+            body: b"",
+        };
+        assert_eq!(send(&mut core, &mut session, peer).1, Status::Unauthorized);
+    }
+}

@@ -1,1 +1,300 @@
-fn main() {}
+//! `kvd`: one dkv node. Parses options, opens the stores, runs the shard event loops.
+
+use dkv::datadir::DataDir;
+use dkv::limits::{
+    COMPACTION_DEAD_PERCENT_DEFAULT, CONNECTIONS_MAX_DEFAULT, CONNECTIONS_MAX_LIMIT,
+    IDLE_TIMEOUT_MS_DEFAULT, PORT_DEFAULT, SEGMENT_SIZE_MAX_DEFAULT, SEGMENT_SIZE_MAX_LIMIT,
+    SHARDS_MAX, TOKEN_SIZE_MAX,
+};
+use dkv::server::{self, worker::wall_ms, ServerConfig};
+use dkv::shard::SyncPolicy;
+use dkv::storage::logstore::{LogConfig, LogStore};
+use dkv::storage::vfs::RealVfs;
+use dkv::storage::Store;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+
+fn usage(opts: &getopts::Options) -> String {
+    let brief = "\
+Usage: kvd [OPTIONS]
+
+Runs one dkv node: a key-value store served over the dkv binary protocol (protocol.md) on one
+TCP port, with one event-loop thread per shard. Stop it with SIGINT or SIGTERM: every shard
+syncs its data and exits.
+
+Logging: set RUST_LOG (error, warn, info, debug, trace); default info.";
+    opts.usage(brief)
+}
+
+fn options() -> getopts::Options {
+    let mut o = getopts::Options::new();
+    o.optopt(
+        "l",
+        "listen",
+        &format!("address to listen on for clients and peers [default: 127.0.0.1:{PORT_DEFAULT}]"),
+        "ADDR",
+    );
+    o.optopt(
+        "d",
+        "data",
+        "data directory (created if missing) [default: ./kvdata]",
+        "DIR",
+    );
+    o.optopt(
+        "s",
+        "shards",
+        &format!("event-loop threads, each owning a slice of the keys [default: number of cores, at most {SHARDS_MAX}]"),
+        "K",
+    );
+    o.optopt(
+        "",
+        "sync",
+        "when writes are acknowledged: always (after fsync, group-committed), interval:MS (fsync every MS ms), never (OS decides) [default: interval:1000]",
+        "POLICY",
+    );
+    o.optopt(
+        "",
+        "segment-size-mb",
+        &format!(
+            "seal a log segment when it reaches this size [default: {}]",
+            SEGMENT_SIZE_MAX_DEFAULT / (1024 * 1024)
+        ),
+        "MB",
+    );
+    o.optopt(
+        "",
+        "compaction-dead-percent",
+        &format!("compact a sealed segment once this share of it is dead (overwritten, deleted, expired) [default: {COMPACTION_DEAD_PERCENT_DEFAULT}]"),
+        "PCT",
+    );
+    o.optopt(
+        "",
+        "max-connections",
+        &format!("connection limit of the node; lowered to fit the open-file limit [default: {CONNECTIONS_MAX_DEFAULT}]"),
+        "N",
+    );
+    o.optopt(
+        "",
+        "idle-timeout-ms",
+        &format!("close connections idle this long [default: {IDLE_TIMEOUT_MS_DEFAULT}]"),
+        "MS",
+    );
+    o.optopt(
+        "",
+        "client-token",
+        "require clients to present this token in HELLO [default: none, HELLO optional]",
+        "TOKEN",
+    );
+    o.optflag("h", "help", "print this help");
+    o.optflag("V", "version", "print the version");
+    o
+}
+
+fn parse_num<T: std::str::FromStr>(
+    m: &getopts::Matches,
+    name: &str,
+    default: T,
+) -> Result<T, String> {
+    match m.opt_str(name) {
+        None => Ok(default),
+        Some(s) => s
+            .parse()
+            .map_err(|_| format!("--{name}: {s:?} is not a valid number")),
+    }
+}
+
+fn log_config(m: &getopts::Matches) -> Result<LogConfig, String> {
+    let mb: u64 = parse_num(
+        m,
+        "segment-size-mb",
+        SEGMENT_SIZE_MAX_DEFAULT / (1024 * 1024),
+    )?;
+    let segment_size_max = mb.saturating_mul(1024 * 1024);
+    if mb == 0 || segment_size_max > SEGMENT_SIZE_MAX_LIMIT {
+        return Err(format!(
+            "--segment-size-mb must be between 1 and {}",
+            SEGMENT_SIZE_MAX_LIMIT / (1024 * 1024)
+        ));
+    }
+    let pct: u8 = parse_num(
+        m,
+        "compaction-dead-percent",
+        COMPACTION_DEAD_PERCENT_DEFAULT,
+    )?;
+    if pct == 0 || pct > 100 {
+        return Err("--compaction-dead-percent must be between 1 and 100".into());
+    }
+    Ok(LogConfig {
+        segment_size_max,
+        compaction_dead_percent: pct,
+        ..LogConfig::default()
+    })
+}
+
+/// Open every shard's store in parallel (recovery of a large node is bound by reading hint
+/// files and segments, which the shards can do side by side).
+fn open_stores(
+    datadir: &DataDir,
+    shards: usize,
+    cfg: &LogConfig,
+) -> Result<Vec<Box<dyn Store>>, String> {
+    let results: Vec<Result<Box<dyn Store>, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..shards)
+            .map(|shard| {
+                let dir = datadir.shard_dir(shard);
+                let cfg = cfg.clone();
+                scope.spawn(move || {
+                    let started = std::time::Instant::now();
+                    let (mut store, report) = LogStore::open(RealVfs, &dir, cfg)
+                        .map_err(|e| format!("shard {shard} ({}): {e}", dir.display()))?;
+                    let ms = started.elapsed().as_millis() as u64;
+                    store.set_recovery_ms(ms);
+                    log::info!(
+                        "shard {shard}: recovered {} keys from {} segments ({} from hint files, {} scanned) in {ms} ms",
+                        report.keys,
+                        report.segments,
+                        report.segments_from_hints,
+                        report.segments_scanned
+                    );
+                    if let Some(t) = &report.truncated {
+                        log::warn!("shard {shard}: cut a torn tail off the newest segment: {t:?}");
+                    }
+                    for c in &report.corrupt {
+                        log::error!(
+                            "shard {shard}: corrupt record in segment {} at offset {}: {} (not served)",
+                            c.segment, c.offset, c.reason
+                        );
+                    }
+                    if report.corrupt_count > report.corrupt.len() as u64 {
+                        log::error!("shard {shard}: {} corrupt records in all", report.corrupt_count);
+                    }
+                    for (seg, why) in &report.hints_rejected {
+                        log::warn!("shard {shard}: hint file of segment {seg} unusable ({why}); scanned the segment");
+                    }
+                    Ok(Box::new(store) as Box<dyn Store>)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("store recovery panicked".into()))
+            })
+            .collect()
+    });
+    results.into_iter().collect()
+}
+
+fn config(m: &getopts::Matches) -> Result<(ServerConfig, String), String> {
+    let listen_s = m
+        .opt_str("listen")
+        .unwrap_or_else(|| format!("127.0.0.1:{PORT_DEFAULT}"));
+    let listen: SocketAddr = listen_s.parse().map_err(|_| {
+        format!("--listen: {listen_s:?} is not an address like 127.0.0.1:{PORT_DEFAULT}")
+    })?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shards: usize = parse_num(m, "shards", cores.min(SHARDS_MAX))?;
+    if shards == 0 || shards > SHARDS_MAX {
+        return Err(format!(
+            "--shards must be between 1 and {SHARDS_MAX}, got {shards}"
+        ));
+    }
+    let connections_max: usize = parse_num(m, "max-connections", CONNECTIONS_MAX_DEFAULT)?;
+    if connections_max == 0 || connections_max > CONNECTIONS_MAX_LIMIT {
+        return Err(format!(
+            "--max-connections must be between 1 and {CONNECTIONS_MAX_LIMIT}, got {connections_max}"
+        ));
+    }
+    let idle_timeout_ms: u64 = parse_num(m, "idle-timeout-ms", IDLE_TIMEOUT_MS_DEFAULT)?;
+    if idle_timeout_ms == 0 {
+        return Err("--idle-timeout-ms must be above 0".into());
+    }
+    let sync = SyncPolicy::parse(&m.opt_str("sync").unwrap_or_else(|| "interval:1000".into()))
+        .map_err(|e| format!("--sync: {e}"))?;
+    let client_token = m.opt_str("client-token").map(String::into_bytes);
+    if client_token
+        .as_ref()
+        .is_some_and(|t| t.len() > TOKEN_SIZE_MAX)
+    {
+        return Err(format!(
+            "--client-token is longer than {TOKEN_SIZE_MAX} bytes"
+        ));
+    }
+    let data = m.opt_str("data").unwrap_or_else(|| "kvdata".into());
+    Ok((
+        ServerConfig {
+            listen,
+            shards,
+            connections_max,
+            idle_timeout_ms,
+            node_id: 0,
+            sync,
+            client_token,
+        },
+        data,
+    ))
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let opts = options();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let m = match opts.parse(&args) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("kvd: {e}\n\n{}", usage(&opts));
+            return ExitCode::from(2);
+        }
+    };
+    if m.opt_present("help") {
+        print!("{}", usage(&opts));
+        return ExitCode::SUCCESS;
+    }
+    if m.opt_present("version") {
+        println!("kvd {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    if !m.free.is_empty() {
+        eprintln!("kvd: unexpected argument {:?} (see kvd --help)", m.free[0]);
+        return ExitCode::from(2);
+    }
+    let (cfg, data) = match config(&m) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kvd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let log_cfg = match log_config(&m) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kvd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let datadir = match DataDir::open(Path::new(&data), cfg.node_id, cfg.shards) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("kvd: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let stores = match open_stores(&datadir, cfg.shards, &log_cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kvd: cannot open the store: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = server::run(cfg, stores, wall_ms());
+    drop(datadir);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kvd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! `kvcat`: a telnet-like tool for dkv. One command per line in, exactly one line out (CLUSTER:
+//! one line per node), so scripts can drive it; an interactive prompt when stdin is a terminal.
+//!
+//! The line format is a contract (later versions extend it, never change it):
+//!
+//! ```text
+//! PUT key value [ONE|QUORUM|ALL] [ttl=SECONDS]   -> OK
+//! GET key [ONE|QUORUM|ALL]                       -> the value | (not found)
+//! DEL key [ONE|QUORUM|ALL]                       -> OK
+//! LGET key                                       -> value version=N | (not found)
+//! PING                                           -> PONG
+//! STATS                                          -> name=value name=value ...
+//! CLUSTER                                        -> one line per node
+//! HELP                                           -> the command list
+//! any failure                                    -> ERR <CODE> <message>
+//! ```
+//!
+//! Tokens with spaces or bytes outside printable ASCII are written in double quotes, with
+//! `\xNN` for such bytes and `\"`, `\\` for quote and backslash, in input and output alike.
+
+use dkv::client::{Client, ClientError};
+use dkv::limits::PORT_DEFAULT;
+use dkv::protocol::{Consistency, Status};
+use std::io::{self, BufRead, Write};
+use std::process::ExitCode;
+
+const HELP: &str = "commands: PUT key value [ONE|QUORUM|ALL] [ttl=SECONDS] | GET key [ONE|QUORUM|ALL] | DEL key [ONE|QUORUM|ALL] | LGET key | PING | STATS | CLUSTER | HELP   (quote tokens with spaces: \"a b\", bytes as \\xNN)";
+
+/// Split a line into tokens, honouring double quotes and escapes.
+fn tokenize(line: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < line.len() {
+        while i < line.len() && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= line.len() {
+            break;
+        }
+        let mut tok = Vec::new();
+        if line[i] == b'"' {
+            i += 1;
+            loop {
+                match line.get(i) {
+                    None => return Err("unterminated quote".into()),
+                    Some(b'"') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(b'\\') => match line.get(i + 1) {
+                        Some(b'x') => {
+                            let hex = line
+                                .get(i + 2..i + 4)
+                                .and_then(|h| std::str::from_utf8(h).ok())
+                                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                                .ok_or("bad \\x escape: expected two hex digits")?;
+                            tok.push(hex);
+                            i += 4;
+                        }
+                        Some(&c @ (b'"' | b'\\')) => {
+                            tok.push(c);
+                            i += 2;
+                        }
+                        _ => return Err("bad escape: use \\xNN, \\\" or \\\\".into()),
+                    },
+                    Some(&c) => {
+                        tok.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            if i < line.len() && !line[i].is_ascii_whitespace() {
+                return Err("closing quote must end the token".into());
+            }
+        } else {
+            while i < line.len() && !line[i].is_ascii_whitespace() {
+                tok.push(line[i]);
+                i += 1;
+            }
+        }
+        out.push(tok);
+    }
+    Ok(out)
+}
+
+/// Write a token so that `tokenize` reads it back as the same bytes.
+fn quote(bytes: &[u8]) -> String {
+    let plain = !bytes.is_empty()
+        && bytes
+            .iter()
+            .all(|&b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\');
+    if plain {
+        // All printable ASCII: valid UTF-8.
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    let mut s = String::with_capacity(bytes.len() + 2);
+    s.push('"');
+    for &b in bytes {
+        match b {
+            b'"' => s.push_str("\\\""),
+            b'\\' => s.push_str("\\\\"),
+            0x20..=0x7e => s.push(b as char),
+            _ => s.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    s.push('"');
+    s
+}
+
+fn usage_err(msg: &str) -> String {
+    format!("ERR USAGE {msg}")
+}
+
+fn server_err(e: &ClientError) -> String {
+    match e {
+        ClientError::Server { status, message } => {
+            let name = Status::from_u8(*status)
+                .map(|s| s.name().to_string())
+                .unwrap_or_else(|| format!("STATUS_0x{status:02x}"));
+            format!("ERR {name} {}", message.replace('\n', " "))
+        }
+        ClientError::Io(e) => format!("ERR IO {e}"),
+        ClientError::Protocol(why) => format!("ERR PROTOCOL {why}"),
+    }
+}
+
+/// Options after the key: a consistency word and/or `ttl=SECONDS`.
+fn parse_options(words: &[Vec<u8>], allow_ttl: bool) -> Result<(Consistency, u32), String> {
+    let mut consistency = Consistency::Default;
+    let mut ttl = 0u32;
+    for w in words {
+        let w = String::from_utf8_lossy(w);
+        if let Some(c) = Consistency::parse(&w) {
+            consistency = c;
+        } else if let (true, Some(v)) = (allow_ttl, w.strip_prefix("ttl=")) {
+            ttl = v
+                .parse()
+                .map_err(|_| format!("bad ttl {v:?}: expected whole seconds"))?;
+        } else {
+            return Err(format!("unexpected {w:?}"));
+        }
+    }
+    Ok((consistency, ttl))
+}
+
+/// Run one command line; returns the lines to print.
+fn run_command(client: &mut Client, tokens: &[Vec<u8>]) -> Vec<String> {
+    let Some(cmd) = tokens.first() else {
+        return Vec::new();
+    };
+    let cmd = String::from_utf8_lossy(cmd).to_ascii_uppercase();
+    let args = &tokens[1..];
+    let line = match cmd.as_str() {
+        "PUT" if args.len() >= 2 => match parse_options(&args[2..], true) {
+            Ok((c, ttl)) => match client.put(&args[0], &args[1], ttl, c) {
+                Ok(_) => "OK".into(),
+                Err(e) => server_err(&e),
+            },
+            Err(e) => usage_err(&e),
+        },
+        "GET" if !args.is_empty() => match parse_options(&args[1..], false) {
+            Ok((c, _)) => match client.get(&args[0], c) {
+                Ok(Some((_, v))) => quote(&v),
+                Ok(None) => "(not found)".into(),
+                Err(e) => server_err(&e),
+            },
+            Err(e) => usage_err(&e),
+        },
+        "DEL" | "DELETE" if !args.is_empty() => match parse_options(&args[1..], false) {
+            Ok((c, _)) => match client.delete(&args[0], c) {
+                Ok(_) => "OK".into(),
+                Err(e) => server_err(&e),
+            },
+            Err(e) => usage_err(&e),
+        },
+        "LGET" if args.len() == 1 => match client.local_get(&args[0]) {
+            Ok(Some((version, v))) => format!("{} version={version}", quote(&v)),
+            Ok(None) => "(not found)".into(),
+            Err(e) => server_err(&e),
+        },
+        "PING" if args.is_empty() => match client.ping() {
+            Ok(()) => "PONG".into(),
+            Err(e) => server_err(&e),
+        },
+        "STATS" if args.is_empty() => match client.stats() {
+            Ok(text) => text
+                .lines()
+                .filter_map(|l| l.split_once(' '))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            Err(e) => server_err(&e),
+        },
+        "CLUSTER" if args.is_empty() => match client.cluster() {
+            Ok(text) => return text.lines().map(str::to_string).collect(),
+            Err(e) => server_err(&e),
+        },
+        "HELP" => HELP.into(),
+        "PUT" | "GET" | "DEL" | "DELETE" | "LGET" | "PING" | "STATS" | "CLUSTER" => {
+            usage_err(&format!("wrong arguments for {cmd}; {HELP}"))
+        }
+        _ => usage_err(&format!("unknown command {cmd:?}; {HELP}")),
+    };
+    vec![line]
+}
+
+fn is_terminal() -> bool {
+    // SAFETY: isatty only inspects the descriptor.
+    unsafe { libc::isatty(0) == 1 }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!(
+            "Usage: kvcat [HOST:PORT]   (default 127.0.0.1:{PORT_DEFAULT})\n\n\
+             Reads one command per line from stdin and prints one line per command.\n{HELP}"
+        );
+        return ExitCode::SUCCESS;
+    }
+    if args.len() > 1 {
+        eprintln!("kvcat: expected at most one argument, HOST:PORT (see kvcat --help)");
+        return ExitCode::from(2);
+    }
+    let addr = args
+        .first()
+        .cloned()
+        .unwrap_or_else(|| format!("127.0.0.1:{PORT_DEFAULT}"));
+    let mut client = match Client::connect(addr.as_str()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kvcat: cannot connect to {addr}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let interactive = is_terminal();
+    let stdin = io::stdin();
+    let mut stdout = io::stdout().lock();
+    let mut line = Vec::new();
+    let mut input = stdin.lock();
+    loop {
+        if interactive {
+            let _ = write!(stdout, "{addr}> ");
+            let _ = stdout.flush();
+        }
+        line.clear();
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("kvcat: reading stdin: {e}");
+                return ExitCode::from(1);
+            }
+        }
+        while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            line.pop();
+        }
+        let out = match tokenize(&line) {
+            Ok(t) if t.is_empty() => continue,
+            Ok(t) => {
+                let out = run_command(&mut client, &t);
+                // A broken connection: reconnect once, so the next command has a chance.
+                if out.iter().any(|l| l.starts_with("ERR IO")) {
+                    if let Ok(c) = Client::connect(addr.as_str()) {
+                        client = c;
+                    }
+                }
+                out
+            }
+            Err(e) => vec![usage_err(&e)],
+        };
+        for l in out {
+            if writeln!(stdout, "{l}").is_err() {
+                return ExitCode::from(1);
+            }
+        }
+        let _ = stdout.flush();
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_round_trips() {
+        for bytes in [
+            &b"plain"[..],
+            b"two words",
+            b"",
+            b"\x00\xff\n",
+            b"q\"uo\\te",
+            "é".as_bytes(),
+        ] {
+            let q = quote(bytes);
+            let t = tokenize(q.as_bytes()).unwrap();
+            assert_eq!(t, vec![bytes.to_vec()], "{q}");
+        }
+    }
+
+    #[test]
+    fn tokenize_errors() {
+        assert!(tokenize(b"PUT \"abc").is_err());
+        assert!(tokenize(b"PUT \"\\xZZ\"").is_err());
+        assert!(tokenize(b"PUT \"a\"b").is_err());
+        assert_eq!(
+            tokenize(b"  PUT  a \"b c\" ").unwrap(),
+            vec![b"PUT".to_vec(), b"a".to_vec(), b"b c".to_vec()]
+        );
+    }
+}

@@ -1,0 +1,648 @@
+//! One shard's event loop: a `mio::Poll` over its `SO_REUSEPORT` listener, its connections (a
+//! `Slab`) and its mailbox waker. It reads bytes, cuts frames, hands them to the shard core,
+//! and moves the bytes the core produces: to connection write buffers, or to other shards'
+//! mailboxes. It decides nothing about requests.
+//!
+//! Bounds enforced here: connections per shard, read buffer (one largest frame plus a chunk),
+//! write buffer (backpressure at the high-water mark, disconnection past the maximum), requests
+//! in flight per connection, reads per readiness event, accepts per turn, idle time.
+
+use super::mailbox::{Full, Mailbox};
+use super::system;
+use crate::limits::{
+    IN_FLIGHT_PER_CONNECTION_MAX, POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX, READ_BUFFER_SIZE_MAX,
+    READ_CHUNK_SIZE, REQUESTS_PER_READ_EVENT_MAX, WRITE_BUFFER_HIGH_WATER, WRITE_BUFFER_SIZE_MAX,
+};
+use crate::protocol::message::{put_connection_error, put_error};
+use crate::protocol::{frame, Status, RESPONSE_BIT};
+use crate::shard::{After, ConnId, Mail, NodeShared, Session, ShardCore, SyncPolicy};
+use byteorder::{BigEndian, ByteOrder};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::io::{self, Read, Write};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+/// Token of the mailbox waker.
+pub const WAKER: Token = Token(usize::MAX - 2);
+
+/// Connections accepted per turn before the loop serves the others.
+const ACCEPTS_PER_TURN_MAX: usize = 256;
+/// Read calls per connection per readiness event (each up to READ_CHUNK_SIZE bytes).
+const READS_PER_EVENT_MAX: usize = 16;
+/// Period of the core's tick (maintenance steps, STATS refresh).
+const TICK_MS: u64 = 100;
+/// Units of store maintenance per tick.
+const MAINTENANCE_BUDGET_PER_TICK: usize = 4096;
+/// Period of the idle-connection sweep.
+const IDLE_SWEEP_MS: u64 = 1000;
+
+/// Wall-clock milliseconds since the Unix epoch (the only clock read of the data path).
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct Conn {
+    stream: TcpStream,
+    id: ConnId,
+    rbuf: Vec<u8>,
+    rstart: usize,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    session: Session,
+    last_active: Instant,
+    in_flight: usize,
+    /// Start of the turn that read each deferred request, oldest first (for the latency
+    /// histogram; replies from one owner shard come back in order).
+    deferred_at: std::collections::VecDeque<Instant>,
+    /// Send what is buffered, then close.
+    closing: bool,
+    /// The peer closed its sending side: answer what it sent, then close.
+    eof: bool,
+    /// Reading stopped for backpressure; resume when replies drain.
+    paused: bool,
+    /// Already in the flush list of this turn.
+    queued: bool,
+}
+
+impl Conn {
+    fn pending_out(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    fn over_limits(&self) -> bool {
+        self.pending_out() > WRITE_BUFFER_HIGH_WATER
+            || self.in_flight >= IN_FLIGHT_PER_CONNECTION_MAX
+    }
+}
+
+/// Everything one shard thread owns.
+pub struct Worker {
+    shard: usize,
+    poll: Poll,
+    listener: TcpListener,
+    conns: Slab<Conn>,
+    generation: u32,
+    core: ShardCore,
+    inbox: Arc<Mailbox>,
+    mailboxes: Arc<Vec<Arc<Mailbox>>>,
+    shared: Arc<NodeShared>,
+    idle_timeout: Duration,
+    sync: SyncPolicy,
+    mail: Vec<Mail>,
+    own_replies: Vec<u8>,
+    flush_list: Vec<usize>,
+    resume_list: Vec<usize>,
+    accept_pending: bool,
+    /// When the current turn's events came in.
+    turn_start: Instant,
+    /// Requests answered immediately in this turn (their latency is the turn's length).
+    turn_immediate: u64,
+}
+
+/// What a worker is built from.
+pub struct WorkerParts {
+    /// Shard index.
+    pub shard: usize,
+    /// The poll whose registry made this shard's waker.
+    pub poll: Poll,
+    /// This shard's listener (already bound with SO_REUSEPORT).
+    pub listener: std::net::TcpListener,
+    /// The shard core.
+    pub core: ShardCore,
+    /// Every shard's mailbox (index = shard).
+    pub mailboxes: Arc<Vec<Arc<Mailbox>>>,
+    /// Node-wide shared state.
+    pub shared: Arc<NodeShared>,
+    /// Idle timeout.
+    pub idle_timeout: Duration,
+    /// Sync policy (the interval timer lives here).
+    pub sync: SyncPolicy,
+}
+
+impl Worker {
+    /// Register the listener and build the loop.
+    pub fn new(p: WorkerParts) -> io::Result<Worker> {
+        p.listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(p.listener);
+        p.poll
+            .registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(Worker {
+            shard: p.shard,
+            inbox: p.mailboxes[p.shard].clone(),
+            poll: p.poll,
+            listener,
+            conns: Slab::with_capacity(64),
+            generation: 0,
+            core: p.core,
+            mailboxes: p.mailboxes,
+            shared: p.shared,
+            idle_timeout: p.idle_timeout,
+            sync: p.sync,
+            mail: Vec::new(),
+            own_replies: Vec::new(),
+            flush_list: Vec::new(),
+            resume_list: Vec::new(),
+            accept_pending: false,
+            turn_start: Instant::now(),
+            turn_immediate: 0,
+        })
+    }
+
+    fn counters(&self) -> &crate::shard::ShardCounters {
+        &self.shared.counters[self.shard]
+    }
+
+    /// Run until shutdown is requested.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(POLL_EVENTS_MAX);
+        let start = Instant::now();
+        let mut next_tick = start;
+        let mut next_sweep = start + Duration::from_millis(IDLE_SWEEP_MS);
+        let mut next_sync = match self.sync {
+            SyncPolicy::Interval { ms } => Some(start + Duration::from_millis(ms)),
+            _ => None,
+        };
+        loop {
+            let busy = !self.resume_list.is_empty() || self.accept_pending;
+            let timeout = if busy {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(POLL_TIMEOUT_MS_MAX)
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            let now_ms = wall_ms();
+            self.turn_start = Instant::now();
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept_pending = true,
+                    WAKER => self.drain_mail(now_ms),
+                    Token(k) => {
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.read_conn(k, now_ms);
+                        }
+                        if ev.is_writable() {
+                            self.queue_flush(k);
+                        }
+                    }
+                }
+            }
+            if self.accept_pending {
+                self.accept();
+            }
+            for k in std::mem::take(&mut self.resume_list) {
+                self.read_conn(k, now_ms);
+            }
+            self.end_turn();
+
+            let now = Instant::now();
+            if now >= next_tick {
+                self.core.on_tick(now_ms, MAINTENANCE_BUDGET_PER_TICK);
+                next_tick = now + Duration::from_millis(TICK_MS);
+            }
+            if let (Some(at), SyncPolicy::Interval { ms }) = (next_sync, self.sync) {
+                if now >= at {
+                    // An error is logged and made sticky by the core; writes are refused.
+                    let _ = self.core.sync();
+                    next_sync = Some(now + Duration::from_millis(ms));
+                }
+            }
+            if now >= next_sweep {
+                self.sweep_idle(now);
+                next_sweep = now + Duration::from_millis(IDLE_SWEEP_MS);
+            }
+            if system::shutdown_requested() {
+                self.shutdown();
+                return Ok(());
+            }
+        }
+    }
+
+    /// Group commit, then move every byte the turn produced.
+    fn end_turn(&mut self) {
+        self.core.finish_turn();
+        self.dispatch_outbox();
+        self.deliver_own_replies();
+        for k in std::mem::take(&mut self.flush_list) {
+            self.flush(k);
+        }
+        if self.turn_immediate > 0 {
+            let us = self.turn_start.elapsed().as_micros() as u64;
+            self.shared.counters[self.shard]
+                .latency_us
+                .record_n(us, self.turn_immediate);
+            self.turn_immediate = 0;
+        }
+    }
+
+    fn shutdown(&mut self) {
+        log::info!("shard {}: shutting down", self.shard);
+        self.end_turn();
+        if let Err(e) = self.core.sync() {
+            log::error!("shard {}: final sync failed: {e}", self.shard);
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.close(k);
+        }
+    }
+
+    fn accept(&mut self) {
+        for _ in 0..ACCEPTS_PER_TURN_MAX {
+            let (mut stream, addr) = match self.listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_pending = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of file descriptors or similar: leave the backlog for the next turn
+                    // rather than spinning; other connections keep being served.
+                    log::warn!("shard {}: accept failed: {e}", self.shard);
+                    self.accept_pending = false;
+                    return;
+                }
+            };
+            let open = self.shared.connections_open.fetch_add(1, Ordering::Relaxed);
+            if open as usize >= self.shared.connections_max {
+                self.shared.connections_open.fetch_sub(1, Ordering::Relaxed);
+                self.counters()
+                    .connections_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                let mut msg = Vec::new();
+                put_connection_error(
+                    &mut msg,
+                    Status::TooManyConnections,
+                    &format!(
+                        "connection limit of {} reached; try again later",
+                        self.shared.connections_max
+                    ),
+                );
+                // Best effort: a fresh socket's send buffer takes this small frame at once.
+                let _ = stream.write(&msg);
+                log::debug!("refused connection from {addr}: limit reached");
+                continue;
+            }
+            if let Err(e) = stream.set_nodelay(true) {
+                log::debug!("set_nodelay: {e}");
+            }
+            self.generation = self.generation.wrapping_add(1);
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            let id = ConnId::new(key, self.generation);
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                log::warn!("register failed: {e}");
+                self.shared.connections_open.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            entry.insert(Conn {
+                stream,
+                id,
+                rbuf: Vec::new(),
+                rstart: 0,
+                wbuf: Vec::new(),
+                wpos: 0,
+                session: Session::default(),
+                last_active: Instant::now(),
+                in_flight: 0,
+                deferred_at: std::collections::VecDeque::new(),
+                closing: false,
+                eof: false,
+                paused: false,
+                queued: false,
+            });
+            let c = self.counters();
+            c.connections.fetch_add(1, Ordering::Relaxed);
+            c.connections_total.fetch_add(1, Ordering::Relaxed);
+        }
+        // More may be waiting: come back next turn without sleeping.
+        self.accept_pending = true;
+    }
+
+    fn queue_flush(&mut self, k: usize) {
+        if let Some(c) = self.conns.get_mut(k) {
+            if !c.queued {
+                c.queued = true;
+                self.flush_list.push(k);
+            }
+        }
+    }
+
+    /// Read and process what a connection sent, within the per-event bounds.
+    fn read_conn(&mut self, k: usize, now_ms: u64) {
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        // Frames left in the buffer by an earlier pause come first.
+        let (mut frames, mut immediate) =
+            process_frames(&mut self.core, c, now_ms, self.turn_start);
+        let mut bytes_in = 0u64;
+        let mut more = false;
+        let mut dead = false;
+        for _ in 0..READS_PER_EVENT_MAX {
+            if c.closing || c.eof || c.paused {
+                break;
+            }
+            // Compact the read buffer: drop consumed bytes.
+            if c.rstart > 0 {
+                c.rbuf.drain(..c.rstart);
+                c.rstart = 0;
+            }
+            let len = c.rbuf.len();
+            let room = READ_CHUNK_SIZE.min(READ_BUFFER_SIZE_MAX - len);
+            debug_assert!(room > 0, "a whole frame always fits the read buffer");
+            c.rbuf.resize(len + room, 0);
+            match c.stream.read(&mut c.rbuf[len..]) {
+                Ok(0) => {
+                    c.rbuf.truncate(len);
+                    c.eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    c.rbuf.truncate(len + n);
+                    bytes_in += n as u64;
+                    c.last_active = Instant::now();
+                    let (f, i) = process_frames(&mut self.core, c, now_ms, self.turn_start);
+                    frames += f;
+                    immediate += i;
+                    if c.closing {
+                        break;
+                    }
+                    if frames >= REQUESTS_PER_READ_EVENT_MAX {
+                        more = true;
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.rbuf.truncate(len);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    c.rbuf.truncate(len);
+                }
+                Err(e) => {
+                    c.rbuf.truncate(len);
+                    log::debug!("read error on {:?}: {e}", c.id);
+                    dead = true;
+                    break;
+                }
+            }
+        }
+        let counters = &self.shared.counters[self.shard];
+        counters.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        self.turn_immediate += immediate;
+        if dead {
+            self.close(k);
+            return;
+        }
+        if more {
+            self.resume_list.push(k);
+        }
+        self.queue_flush(k);
+    }
+
+    fn drain_mail(&mut self, now_ms: u64) {
+        let mut mail = std::mem::take(&mut self.mail);
+        self.inbox.drain(&mut mail);
+        for m in mail.drain(..) {
+            self.core.on_mail(now_ms, m, &mut self.own_replies);
+        }
+        self.mail = mail;
+    }
+
+    fn dispatch_outbox(&mut self) {
+        let me = self.shard;
+        let outbox = self.core.take_outbox();
+        let mut refused: Vec<Vec<u8>> = Vec::new();
+        for dest in 0..outbox.requests.len() {
+            if !outbox.requests[dest].is_empty() {
+                debug_assert_ne!(dest, me, "a shard never forwards to itself");
+                let records = std::mem::take(&mut outbox.requests[dest]);
+                let mail = Mail::Requests { from: me, records };
+                if let Err(Full(Mail::Requests { records, .. })) =
+                    self.mailboxes[dest].push_requests(mail)
+                {
+                    refused.push(records);
+                }
+            }
+            if !outbox.replies[dest].is_empty() {
+                if dest == me {
+                    self.own_replies.append(&mut outbox.replies[dest]);
+                } else {
+                    let records = std::mem::take(&mut outbox.replies[dest]);
+                    self.mailboxes[dest].push_replies(Mail::Replies { records });
+                }
+            }
+        }
+        for records in refused {
+            overloaded_replies(&records, &mut self.own_replies);
+        }
+    }
+
+    /// Hand reply records addressed to this shard's connections to their write buffers.
+    fn deliver_own_replies(&mut self) {
+        if self.own_replies.is_empty() {
+            return;
+        }
+        let records = std::mem::take(&mut self.own_replies);
+        let mut at = 0;
+        while at < records.len() {
+            let id = ConnId(BigEndian::read_u64(&records[at..at + 8]));
+            at += 8;
+            let total = 4 + BigEndian::read_u32(&records[at..at + 4]) as usize;
+            let bytes = &records[at..at + total];
+            at += total;
+            let k = id.slot();
+            if let Some(c) = self.conns.get_mut(k) {
+                if c.id == id {
+                    c.wbuf.extend_from_slice(bytes);
+                    debug_assert!(c.in_flight > 0, "a reply record answers a deferred request");
+                    c.in_flight = c.in_flight.saturating_sub(1);
+                    if let Some(t) = c.deferred_at.pop_front() {
+                        let us = t.elapsed().as_micros() as u64;
+                        self.shared.counters[self.shard].latency_us.record_n(us, 1);
+                    }
+                    if !c.queued {
+                        c.queued = true;
+                        self.flush_list.push(k);
+                    }
+                }
+            }
+        }
+        self.own_replies = records;
+        self.own_replies.clear();
+    }
+
+    /// Write what a connection has pending; close it if it is done or hopeless.
+    fn flush(&mut self, k: usize) {
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        c.queued = false;
+        let mut written = 0u64;
+        let mut dead = false;
+        while c.wpos < c.wbuf.len() {
+            match c.stream.write(&c.wbuf[c.wpos..]) {
+                Ok(0) => {
+                    dead = true;
+                    break;
+                }
+                Ok(n) => {
+                    c.wpos += n;
+                    written += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    dead = true;
+                    break;
+                }
+            }
+        }
+        if c.wpos == c.wbuf.len() {
+            c.wbuf.clear();
+            c.wpos = 0;
+        } else if c.wpos > WRITE_BUFFER_HIGH_WATER {
+            c.wbuf.drain(..c.wpos);
+            c.wpos = 0;
+        }
+        let pending = c.pending_out();
+        let too_much = pending > WRITE_BUFFER_SIZE_MAX;
+        // A half-closed connection is done once everything it sent is answered.
+        let answered_all =
+            c.in_flight == 0 && matches!(frame::check(&c.rbuf[c.rstart..]), Ok(None));
+        let done = pending == 0 && (c.closing || (c.eof && answered_all));
+        let resume = c.paused && !c.over_limits() && !c.closing;
+        if resume {
+            c.paused = false;
+        }
+        self.shared.counters[self.shard]
+            .bytes_out
+            .fetch_add(written, Ordering::Relaxed);
+        if too_much {
+            log::warn!(
+                "shard {}: closing a connection that does not read its replies ({pending} bytes unsent)",
+                self.shard
+            );
+            self.counters()
+                .connections_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if dead || too_much || done {
+            self.close(k);
+        } else if resume {
+            self.resume_list.push(k);
+        }
+    }
+
+    fn sweep_idle(&mut self, now: Instant) {
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.in_flight == 0 && now.duration_since(c.last_active) >= self.idle_timeout
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in idle {
+            self.counters()
+                .connections_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            self.close(k);
+        }
+    }
+
+    fn close(&mut self, k: usize) {
+        if let Some(mut c) = self.conns.try_remove(k) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            self.counters().connections.fetch_sub(1, Ordering::Relaxed);
+            self.shared.connections_open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Cut and process every whole frame in a connection's read buffer, stopping at its limits.
+/// Returns the number of requests processed and how many of them were answered immediately.
+fn process_frames(
+    core: &mut ShardCore,
+    c: &mut Conn,
+    now_ms: u64,
+    turn_start: Instant,
+) -> (usize, u64) {
+    let mut n = 0;
+    let mut n_immediate = 0;
+    c.paused = false;
+    loop {
+        if c.over_limits() {
+            c.paused = true;
+            break;
+        }
+        match frame::parse(&c.rbuf[c.rstart..]) {
+            Ok(Some((f, len))) => {
+                let after = core.on_frame(now_ms, c.id, &mut c.session, f, &mut c.wbuf);
+                c.rstart += len;
+                n += 1;
+                match after {
+                    After::Continue => n_immediate += 1,
+                    After::Deferred => {
+                        c.in_flight += 1;
+                        c.deferred_at.push_back(turn_start);
+                    }
+                    After::Close => {
+                        c.closing = true;
+                        break;
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                core.reject_stream(e, &mut c.wbuf);
+                c.closing = true;
+                break;
+            }
+        }
+    }
+    (n, n_immediate)
+}
+
+/// Answer request records that could not be forwarded (the owner's mailbox is full).
+fn overloaded_replies(records: &[u8], out: &mut Vec<u8>) {
+    let mut at = 0;
+    while at < records.len() {
+        let conn = &records[at..at + 8];
+        at += 8;
+        let total = 4 + BigEndian::read_u32(&records[at..at + 4]) as usize;
+        let (opc, id) = (
+            records[at + 4],
+            BigEndian::read_u32(&records[at + 6..at + 10]),
+        );
+        at += total;
+        out.extend_from_slice(conn);
+        put_error(
+            out,
+            opc & !RESPONSE_BIT,
+            id,
+            Status::Overloaded,
+            "the shard owning this key is overloaded; retry",
+        );
+    }
+}

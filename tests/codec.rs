@@ -1,0 +1,1106 @@
+//! Codec tests of protocol v1 against its written contract, `protocol.md`.
+//!
+//! * Golden vectors: every ```` ```hex ```` block of protocol.md is read out of the file with the
+//!   `Vector NAME: SPEC` line before it; each must decode (through `dkv::protocol`) to what SPEC
+//!   says, and encoding that value must give the same bytes. The limits table, the opcode and
+//!   status tables and the key-hash test values of protocol.md are checked the same way, so the
+//!   document and the code cannot drift apart.
+//! * Round trips of every request type, every truncated prefix of a valid frame reading as "need
+//!   more bytes", 100,000 random byte strings and random mutations of valid frames decoded
+//!   without a panic, and the 4-byte prefix 0xFFFFFFFF refused on its own.
+
+use dkv::hash::{key_hash, partition_of};
+use dkv::limits;
+use dkv::protocol::message::{put_connection_error, put_error, put_ok, put_reply, Response};
+use dkv::protocol::{
+    frame, op, Consistency, FrameError, Request, RequestError, Role, Status, OP_CONNECTION_ERROR,
+    RESPONSE_BIT,
+};
+use std::collections::BTreeMap;
+
+// ---------------------------------------------------------------------------------------------
+// Reading protocol.md
+
+fn protocol_md() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/protocol.md");
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+}
+
+/// One golden vector: its name, its SPEC (kind and fields) and its bytes.
+#[derive(Debug)]
+struct Vector {
+    name: String,
+    kind: String,
+    fields: BTreeMap<String, String>,
+    bytes: Vec<u8>,
+}
+
+impl Vector {
+    /// A field's raw text; panics (failing the test) with the vector's name if absent.
+    fn raw(&self, key: &str) -> &str {
+        self.fields
+            .get(key)
+            .unwrap_or_else(|| panic!("vector {}: no field {key}", self.name))
+    }
+
+    fn int(&self, key: &str) -> u64 {
+        parse_int(self.raw(key))
+            .unwrap_or_else(|| panic!("vector {}: {key} not a number", self.name))
+    }
+
+    fn int_or(&self, key: &str, default: u64) -> u64 {
+        if self.fields.contains_key(key) {
+            self.int(key)
+        } else {
+            default
+        }
+    }
+
+    fn bytes_of(&self, key: &str) -> Vec<u8> {
+        parse_string(self.raw(key))
+            .unwrap_or_else(|e| panic!("vector {}: field {key}: {e}", self.name))
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.fields.contains_key(key)
+    }
+
+    /// Fail if the SPEC has a field the checks below do not look at (a typo in the document).
+    fn only(&self, allowed: &[&str]) {
+        for k in self.fields.keys() {
+            assert!(
+                allowed.contains(&k.as_str()),
+                "vector {}: unexpected field {k} (allowed: {allowed:?})",
+                self.name
+            );
+        }
+    }
+}
+
+fn parse_int(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+/// A double-quoted string with `\xNN`, `\\` and `\"` escapes, as bytes.
+fn parse_string(s: &str) -> Result<Vec<u8>, String> {
+    let inner = s
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .ok_or_else(|| format!("{s} is not a double-quoted string"))?;
+    let b = inner.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            out.push(b[i]);
+            i += 1;
+            continue;
+        }
+        match b.get(i + 1) {
+            Some(b'\\') | Some(b'"') => {
+                out.push(b[i + 1]);
+                i += 2;
+            }
+            Some(b'x') => {
+                let hex = inner.get(i + 2..i + 4).ok_or("short \\x escape")?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|e| format!("\\x{hex}: {e}"))?);
+                i += 4;
+            }
+            _ => return Err(format!("bad escape in {s}")),
+        }
+    }
+    Ok(out)
+}
+
+/// Split a SPEC on spaces outside double quotes.
+fn tokens(spec: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut escaped = false;
+    for c in spec.chars() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' && quoted {
+            escaped = true;
+        } else if c == '"' {
+            quoted = !quoted;
+        } else if c == ' ' && !quoted {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+            continue;
+        }
+        cur.push(c);
+    }
+    assert!(!quoted, "unterminated string in SPEC {spec}");
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Bytes of a hex block: pairs of hex digits; whitespace and `#` comments ignored.
+fn parse_hex(lines: &[&str], name: &str) -> Vec<u8> {
+    let mut digits = String::new();
+    for line in lines {
+        let code = line
+            .split('#')
+            .next()
+            .expect("split yields at least one part");
+        digits.extend(code.chars().filter(|c| !c.is_whitespace()));
+    }
+    assert!(
+        digits.len().is_multiple_of(2),
+        "vector {name}: odd number of hex digits"
+    );
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&digits[i..i + 2], 16)
+                .unwrap_or_else(|e| panic!("vector {name}: bad hex {}: {e}", &digits[i..i + 2]))
+        })
+        .collect()
+}
+
+/// Every `Vector NAME: SPEC` line with the hex block after it. A hex block without a Vector line
+/// before it fails the test: every hex example in the document is a checked vector.
+fn vectors(doc: &str) -> Vec<Vector> {
+    let lines: Vec<&str> = doc.lines().collect();
+    let mut out = Vec::new();
+    let mut pending: Option<(String, String)> = None;
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i].trim_end();
+        if let Some(rest) = line.strip_prefix("Vector `") {
+            assert!(pending.is_none(), "Vector line without a hex block: {line}");
+            let (name, rest) = rest.split_once('`').expect("Vector `NAME`: `SPEC`");
+            let spec = rest
+                .trim_start_matches(':')
+                .trim()
+                .strip_prefix('`')
+                .and_then(|s| s.strip_suffix('`'))
+                .unwrap_or_else(|| panic!("vector {name}: SPEC must be in backquotes: {line}"));
+            pending = Some((name.to_string(), spec.to_string()));
+        } else if line == "```hex" {
+            let (name, spec) = pending
+                .take()
+                .unwrap_or_else(|| panic!("hex block at line {} has no Vector line", i + 1));
+            let start = i + 1;
+            let mut end = start;
+            while lines.get(end).map(|l| l.trim_end()) != Some("```") {
+                assert!(end < lines.len(), "vector {name}: unterminated hex block");
+                end += 1;
+            }
+            let bytes = parse_hex(&lines[start..end], &name);
+            let toks = tokens(&spec);
+            let kind = toks.first().cloned().expect("SPEC starts with its kind");
+            let mut fields = BTreeMap::new();
+            for t in &toks[1..] {
+                let (k, v) = t
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("vector {name}: field {t} is not k=v"));
+                let old = fields.insert(k.to_string(), v.to_string());
+                assert!(old.is_none(), "vector {name}: field {k} twice");
+            }
+            out.push(Vector {
+                name,
+                kind,
+                fields,
+                bytes,
+            });
+            i = end;
+        } else if !line.is_empty() && pending.is_some() && !line.starts_with("```") {
+            // Prose between a Vector line and its block would separate them: not allowed.
+            panic!("text between a Vector line and its hex block: {line}");
+        }
+        i += 1;
+    }
+    assert!(pending.is_none(), "last Vector line has no hex block");
+    out
+}
+
+/// The rows of a markdown table whose first cell is a backquoted word: (word, other cells).
+fn table_rows(doc: &str) -> Vec<(String, Vec<String>)> {
+    doc.lines()
+        .filter_map(|l| {
+            let cells: Vec<String> = l
+                .trim()
+                .strip_prefix('|')?
+                .strip_suffix('|')?
+                .split(" | ")
+                .map(|c| c.trim().to_string())
+                .collect();
+            let first = cells[0].strip_prefix('`')?.strip_suffix('`')?.to_string();
+            Some((first, cells[1..].to_vec()))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Names used in SPECs
+
+fn status_named(name: &str) -> Status {
+    *Status::ALL
+        .iter()
+        .find(|s| s.name() == name)
+        .unwrap_or_else(|| panic!("unknown status name {name}"))
+}
+
+fn op_named(name: &str) -> u8 {
+    if name == "CONNECTION" {
+        return 0;
+    }
+    (1..0x80u8)
+        .find(|&c| op::name(c) == name && !(op::PEER_FIRST..=op::PEER_LAST).contains(&c))
+        .unwrap_or_else(|| panic!("unknown opcode name {name}"))
+}
+
+fn consistency_named(name: &str) -> Consistency {
+    if name == "DEFAULT" {
+        Consistency::Default
+    } else {
+        Consistency::parse(name).unwrap_or_else(|| panic!("unknown consistency {name}"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checking vectors
+
+fn check_no_prefix_is_a_frame(bytes: &[u8], what: &str) {
+    for cut in 0..bytes.len() {
+        assert_eq!(
+            frame::parse(&bytes[..cut]),
+            Ok(None),
+            "{what}: prefix of {cut} bytes is not 'need more bytes'"
+        );
+    }
+}
+
+fn whole_frame<'a>(v: &'a Vector) -> frame::FrameRef<'a> {
+    let (f, n) = frame::parse(&v.bytes)
+        .unwrap_or_else(|e| panic!("vector {}: {e}", v.name))
+        .unwrap_or_else(|| panic!("vector {}: incomplete frame", v.name));
+    assert_eq!(n, v.bytes.len(), "vector {}: bytes after the frame", v.name);
+    f
+}
+
+fn check_request_vector(v: &Vector) {
+    let f = whole_frame(v);
+    let opcode = op_named(v.raw("op"));
+    let id = v.int("id") as u32;
+    assert_eq!(f.op, opcode, "vector {}: op", v.name);
+    assert_eq!(f.id, id, "vector {}: id", v.name);
+    let (key, value, token);
+    let consistency = || consistency_named(v.fields.get("consistency").map_or("DEFAULT", |s| s));
+    let expected = match opcode {
+        op::HELLO => {
+            v.only(&["op", "id", "protocol", "role", "node", "token"]);
+            token = v.bytes_of("token");
+            Request::Hello {
+                version: v.int("protocol") as u16,
+                role: match v.raw("role") {
+                    "client" => Role::Client,
+                    "peer" => Role::Peer,
+                    r => panic!("vector {}: role {r}", v.name),
+                },
+                node_id: v.int("node") as u32,
+                token: &token,
+            }
+        }
+        op::PING | op::STATS | op::CLUSTER | op::ANTI_ENTROPY | op::COMPACT => {
+            v.only(&["op", "id"]);
+            match opcode {
+                op::PING => Request::Ping,
+                op::STATS => Request::Stats,
+                op::CLUSTER => Request::Cluster,
+                op::ANTI_ENTROPY => Request::AntiEntropy,
+                _ => Request::Compact,
+            }
+        }
+        op::GET | op::DELETE => {
+            v.only(&["op", "id", "consistency", "key"]);
+            key = v.bytes_of("key");
+            if opcode == op::GET {
+                Request::Get {
+                    key: &key,
+                    consistency: consistency(),
+                }
+            } else {
+                Request::Delete {
+                    key: &key,
+                    consistency: consistency(),
+                }
+            }
+        }
+        op::PUT => {
+            v.only(&["op", "id", "consistency", "key", "ttl", "value"]);
+            key = v.bytes_of("key");
+            value = v.bytes_of("value");
+            Request::Put {
+                key: &key,
+                value: &value,
+                ttl_seconds: v.int("ttl") as u32,
+                consistency: consistency(),
+            }
+        }
+        op::LOCAL_GET => {
+            v.only(&["op", "id", "key"]);
+            key = v.bytes_of("key");
+            Request::LocalGet { key: &key }
+        }
+        other => panic!("vector {}: no request check for op 0x{other:02x}", v.name),
+    };
+    assert_eq!(
+        Request::decode(&f),
+        Ok(expected),
+        "vector {}: decoded value",
+        v.name
+    );
+    let mut out = Vec::new();
+    expected.encode(id, &mut out);
+    assert_eq!(out, v.bytes, "vector {}: encoding the value", v.name);
+}
+
+fn check_reply_vector(v: &Vector) {
+    let f = whole_frame(v);
+    let r = Response::from_frame(&f)
+        .unwrap_or_else(|| panic!("vector {}: op 0x{:02x} is not a reply", v.name, f.op));
+    let opcode = op_named(v.raw("op"));
+    let status = status_named(v.raw("status"));
+    let id = v.int("id") as u32;
+    assert_eq!(r.op, opcode, "vector {}: op", v.name);
+    assert_eq!(r.status(), Some(status), "vector {}: status", v.name);
+    assert_eq!(r.id, id, "vector {}: id", v.name);
+
+    // The body the SPEC describes, as the parts a node would write.
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    match status {
+        Status::Ok => match opcode {
+            op::HELLO => {
+                v.only(&["op", "status", "id", "protocol", "node", "shard", "shards"]);
+                parts.push((v.int("protocol") as u16).to_be_bytes().to_vec());
+                parts.push((v.int("node") as u32).to_be_bytes().to_vec());
+                parts.push((v.int("shard") as u16).to_be_bytes().to_vec());
+                parts.push((v.int("shards") as u16).to_be_bytes().to_vec());
+            }
+            op::GET => {
+                v.only(&["op", "status", "id", "version", "value"]);
+                parts.push(v.int("version").to_be_bytes().to_vec());
+                parts.push(v.bytes_of("value"));
+                assert_eq!(
+                    r.version_and_rest(),
+                    Some((v.int("version"), &v.bytes_of("value")[..])),
+                    "vector {}: version and value",
+                    v.name
+                );
+            }
+            op::PUT | op::DELETE => {
+                v.only(&["op", "status", "id", "version"]);
+                parts.push(v.int("version").to_be_bytes().to_vec());
+                assert_eq!(
+                    r.version_and_rest(),
+                    Some((v.int("version"), &[][..])),
+                    "vector {}: version",
+                    v.name
+                );
+            }
+            op::LOCAL_GET => {
+                v.only(&["op", "status", "id", "version", "expires", "value"]);
+                parts.push(v.int("version").to_be_bytes().to_vec());
+                parts.push(v.int_or("expires", 0).to_be_bytes().to_vec());
+                parts.push(v.bytes_of("value"));
+            }
+            op::STATS | op::CLUSTER => {
+                v.only(&["op", "status", "id", "text"]);
+                parts.push(v.bytes_of("text"));
+            }
+            _ => v.only(&["op", "status", "id"]),
+        },
+        Status::NotFound => {
+            v.only(&["op", "status", "id", "version"]);
+            if v.has("version") {
+                parts.push(v.int("version").to_be_bytes().to_vec());
+            }
+        }
+        _ => {
+            v.only(&["op", "status", "id", "message"]);
+            parts.push(v.bytes_of("message"));
+            assert!(
+                std::str::from_utf8(r.body).is_ok(),
+                "vector {}: message not UTF-8",
+                v.name
+            );
+        }
+    }
+    let body: Vec<u8> = parts.concat();
+    assert_eq!(r.body, &body[..], "vector {}: body", v.name);
+
+    // Encoding the value the way a node does gives the same bytes.
+    let mut out = Vec::new();
+    let refs: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+    if opcode == 0 {
+        assert_eq!(f.op, OP_CONNECTION_ERROR);
+        assert_eq!(
+            id, 0,
+            "vector {}: connection-level frames carry id 0",
+            v.name
+        );
+        assert!(
+            status.closes_connection(),
+            "vector {}: a connection-level frame must carry a closing status",
+            v.name
+        );
+        put_connection_error(&mut out, status, &String::from_utf8_lossy(&body));
+    } else if status == Status::Ok {
+        put_ok(&mut out, opcode, id, &refs);
+    } else if status == Status::NotFound {
+        put_reply(&mut out, opcode, status, id, &refs);
+    } else {
+        put_error(
+            &mut out,
+            opcode,
+            id,
+            status,
+            &String::from_utf8_lossy(&body),
+        );
+    }
+    assert_eq!(out, v.bytes, "vector {}: encoding the value", v.name);
+}
+
+fn check_invalid_frame_vector(v: &Vector) {
+    v.only(&["error", "declared"]);
+    let declared = v.int("declared") as u32;
+    let expected = match v.raw("error") {
+        "FRAME_TOO_LARGE" => FrameError::TooLarge { declared },
+        "MALFORMED" => FrameError::TooShort { declared },
+        e => panic!("vector {}: error {e}", v.name),
+    };
+    // Refused from the bytes shown, and from the 4-byte prefix alone.
+    assert_eq!(frame::check(&v.bytes), Err(expected), "vector {}", v.name);
+    assert_eq!(
+        frame::check(&v.bytes[..4]),
+        Err(expected),
+        "vector {}",
+        v.name
+    );
+    assert_eq!(
+        frame::parse(&v.bytes[..4]),
+        Err(expected),
+        "vector {}",
+        v.name
+    );
+}
+
+fn check_invalid_request_vector(v: &Vector) {
+    v.only(&["status"]);
+    let f = whole_frame(v);
+    let err = Request::decode(&f).expect_err("an invalid request must not decode");
+    assert_eq!(
+        err.status(),
+        status_named(v.raw("status")),
+        "vector {}: {err}",
+        v.name
+    );
+}
+
+/// The vectors the issue asks protocol.md to show; deleting one from the document fails here.
+const REQUIRED_VECTORS: &[&str] = &[
+    "hello-request",
+    "hello-reply",
+    "ping-request",
+    "ping-reply",
+    "put-request",
+    "put-reply",
+    "get-request",
+    "get-reply",
+    "get-one-request",
+    "get-not-found-reply",
+    "delete-request",
+    "delete-reply",
+    "key-too-large-reply",
+    "malformed-get-request",
+    "malformed-reply",
+    "oversized-prefix",
+    "frame-too-large-reply",
+];
+
+#[test]
+fn golden_vectors_in_protocol_md_match_the_codec() {
+    let doc = protocol_md();
+    let vs = vectors(&doc);
+    let mut names = std::collections::BTreeSet::new();
+    for v in &vs {
+        assert!(names.insert(v.name.clone()), "vector {} twice", v.name);
+        match v.kind.as_str() {
+            "request" => check_request_vector(v),
+            "reply" => check_reply_vector(v),
+            "invalid-frame" => check_invalid_frame_vector(v),
+            "invalid-request" => check_invalid_request_vector(v),
+            k => panic!("vector {}: unknown kind {k}", v.name),
+        }
+        if v.kind == "request" || v.kind == "reply" || v.kind == "invalid-request" {
+            check_no_prefix_is_a_frame(&v.bytes, &v.name);
+        }
+    }
+    for r in REQUIRED_VECTORS {
+        assert!(names.contains(*r), "protocol.md lacks vector {r}");
+    }
+}
+
+/// The example error messages in protocol.md are what the codec's errors print.
+#[test]
+fn documented_error_messages_are_the_codecs() {
+    let vs = vectors(&protocol_md());
+    let message = |name: &str| {
+        let v = vs.iter().find(|v| v.name == name).expect("vector present");
+        String::from_utf8(v.bytes_of("message")).expect("UTF-8 message")
+    };
+    let mut out = Vec::new();
+    Request::Get {
+        key: &[b'k'; limits::KEY_SIZE_MAX + 1],
+        consistency: Consistency::Default,
+    }
+    .encode(8, &mut out);
+    let (f, _) = frame::parse(&out).unwrap().unwrap();
+    let err = Request::decode(&f).unwrap_err();
+    assert_eq!(err, RequestError::KeyTooLarge(limits::KEY_SIZE_MAX + 1));
+    assert_eq!(err.to_string(), message("key-too-large-reply"));
+    let err = frame::check(&[0xFF; 4]).unwrap_err();
+    assert_eq!(err.to_string(), message("frame-too-large-reply"));
+    let bad = vs
+        .iter()
+        .find(|v| v.name == "malformed-get-request")
+        .expect("vector present");
+    let (f, _) = frame::parse(&bad.bytes).unwrap().unwrap();
+    let err = Request::decode(&f).unwrap_err();
+    assert_eq!(err.to_string(), message("malformed-reply"));
+}
+
+#[test]
+fn limits_table_in_protocol_md_matches_limits_rs() {
+    let known: &[(&str, u64)] = &[
+        ("KEY_SIZE_MAX", limits::KEY_SIZE_MAX as u64),
+        ("VALUE_SIZE_MAX", limits::VALUE_SIZE_MAX as u64),
+        ("FRAME_SIZE_MAX", limits::FRAME_SIZE_MAX as u64),
+        ("FRAME_HEADER_SIZE", limits::FRAME_HEADER_SIZE as u64),
+        ("TOKEN_SIZE_MAX", limits::TOKEN_SIZE_MAX as u64),
+        ("TTL_SECONDS_MAX", limits::TTL_SECONDS_MAX as u64),
+        (
+            "ERROR_MESSAGE_SIZE_MAX",
+            limits::ERROR_MESSAGE_SIZE_MAX as u64,
+        ),
+        ("TEXT_REPLY_SIZE_MAX", limits::TEXT_REPLY_SIZE_MAX as u64),
+        ("PORT_DEFAULT", limits::PORT_DEFAULT as u64),
+        ("PARTITION_COUNT", limits::PARTITION_COUNT as u64),
+        (
+            "IN_FLIGHT_PER_CONNECTION_MAX",
+            limits::IN_FLIGHT_PER_CONNECTION_MAX as u64,
+        ),
+        (
+            "WRITE_BUFFER_HIGH_WATER",
+            limits::WRITE_BUFFER_HIGH_WATER as u64,
+        ),
+        (
+            "WRITE_BUFFER_SIZE_MAX",
+            limits::WRITE_BUFFER_SIZE_MAX as u64,
+        ),
+        ("IDLE_TIMEOUT_MS_DEFAULT", limits::IDLE_TIMEOUT_MS_DEFAULT),
+        (
+            "CONNECTIONS_MAX_DEFAULT",
+            limits::CONNECTIONS_MAX_DEFAULT as u64,
+        ),
+    ];
+    let doc = protocol_md();
+    let rows: Vec<_> = table_rows(&doc)
+        .into_iter()
+        .filter(|(name, _)| name.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .collect();
+    for (name, cells) in &rows {
+        let value = known
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("protocol.md lists {name}, which this test does not know"))
+            .1;
+        assert_eq!(
+            cells[0].parse::<u64>().ok(),
+            Some(value),
+            "protocol.md says {name} = {}",
+            cells[0]
+        );
+    }
+    for (name, _) in known {
+        assert!(
+            rows.iter().any(|(n, _)| n == name),
+            "protocol.md's limits table lacks {name}"
+        );
+    }
+    // The numbers written in prose must be the same ones.
+    for must in [
+        format!("**{}**", limits::FRAME_SIZE_MAX),
+        format!("**{}**", limits::PORT_DEFAULT),
+        format!("127.0.0.1:{}", limits::PORT_DEFAULT),
+    ] {
+        assert!(doc.contains(&must), "protocol.md lacks {must}");
+    }
+}
+
+#[test]
+fn opcode_and_status_tables_in_protocol_md_match_the_code() {
+    let rows = table_rows(&protocol_md());
+    let coded: Vec<(u8, Vec<String>)> = rows
+        .iter()
+        .filter_map(|(first, cells)| {
+            let hex = first.strip_prefix("0x")?;
+            (hex.len() == 2).then(|| {
+                (
+                    u8::from_str_radix(hex, 16).expect("hex code"),
+                    cells.clone(),
+                )
+            })
+        })
+        .collect();
+    // Opcode table rows: | `0xNN` | NAME | who | request | reply |  (5 columns after the code).
+    let ops: Vec<_> = coded.iter().filter(|(_, c)| c.len() == 4).collect();
+    // Status table rows: | `0xNN` | NAME | meaning | connection afterwards |
+    let statuses: Vec<_> = coded.iter().filter(|(_, c)| c.len() == 3).collect();
+    for (code, cells) in &ops {
+        assert_eq!(op::name(*code), cells[0], "opcode 0x{code:02x}");
+    }
+    for code in 1..op::PEER_FIRST {
+        if op::name(code) != "UNKNOWN" {
+            assert!(
+                ops.iter().any(|(c, _)| *c == code),
+                "protocol.md lacks opcode 0x{code:02x} {}",
+                op::name(code)
+            );
+        }
+    }
+    assert_eq!(statuses.len(), Status::ALL.len(), "one row per status");
+    for (code, cells) in &statuses {
+        let s = Status::from_u8(*code).unwrap_or_else(|| panic!("status 0x{code:02x} unknown"));
+        assert_eq!(s.name(), cells[0], "status 0x{code:02x}");
+        assert_eq!(
+            cells[2].starts_with("**closed**"),
+            s.closes_connection(),
+            "status {}: protocol.md says '{}'",
+            s.name(),
+            cells[2]
+        );
+    }
+}
+
+#[test]
+fn hash_test_values_in_protocol_md_match_hash_rs() {
+    let doc = protocol_md();
+    let block = doc
+        .split("```hash-vectors\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("protocol.md has a hash-vectors block");
+    let mut n = 0;
+    for line in block.lines() {
+        let line = line.split('#').next().expect("split yields a part").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols.len(), 3, "hash vector line {line}");
+        let key: Vec<u8> = if cols[0] == "-" {
+            Vec::new()
+        } else {
+            parse_hex(&[cols[0]], "hash")
+        };
+        assert_eq!(
+            Some(key_hash(&key)),
+            parse_int(cols[1]),
+            "key_hash of {}",
+            cols[0]
+        );
+        assert_eq!(
+            Some(partition_of(&key) as u64),
+            parse_int(cols[2]),
+            "partition of {}",
+            cols[0]
+        );
+        n += 1;
+    }
+    assert!(n >= 3, "too few hash vectors");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Round trips, prefixes, random input
+
+/// splitmix64: a tiny seeded PRNG, so every run checks the same inputs.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+const LEVELS: [Consistency; 4] = [
+    Consistency::Default,
+    Consistency::One,
+    Consistency::Quorum,
+    Consistency::All,
+];
+
+/// One encoded frame of every request type, with edge sizes.
+fn sample_frames() -> Vec<Vec<u8>> {
+    let big_key = [0xA5u8; limits::KEY_SIZE_MAX];
+    let big_value = vec![0x5Au8; limits::VALUE_SIZE_MAX];
+    let all_bytes: Vec<u8> = (0..=255u8).collect();
+    let token = [7u8; limits::TOKEN_SIZE_MAX];
+    let mut reqs = vec![
+        Request::Ping,
+        Request::Stats,
+        Request::Cluster,
+        Request::AntiEntropy,
+        Request::Compact,
+        Request::Hello {
+            version: 1,
+            role: Role::Client,
+            node_id: 0,
+            token: b"",
+        },
+        Request::Hello {
+            version: u16::MAX,
+            role: Role::Peer,
+            node_id: 1023,
+            token: &token,
+        },
+        Request::LocalGet { key: &all_bytes },
+        Request::LocalGet { key: &big_key },
+        Request::Peer {
+            op: op::PEER_FIRST,
+            aux: 0xFF,
+            body: b"",
+        },
+        Request::Peer {
+            op: op::PEER_LAST,
+            aux: 0,
+            body: &all_bytes,
+        },
+    ];
+    for c in LEVELS {
+        reqs.push(Request::Get {
+            key: b"\x00",
+            consistency: c,
+        });
+        reqs.push(Request::Get {
+            key: &big_key,
+            consistency: c,
+        });
+        reqs.push(Request::Delete {
+            key: &all_bytes,
+            consistency: c,
+        });
+        reqs.push(Request::Put {
+            key: b"k",
+            value: b"",
+            ttl_seconds: limits::TTL_SECONDS_MAX,
+            consistency: c,
+        });
+        reqs.push(Request::Put {
+            key: &all_bytes,
+            value: &all_bytes,
+            ttl_seconds: 1,
+            consistency: c,
+        });
+    }
+    reqs.push(Request::Put {
+        key: &big_key,
+        value: &big_value,
+        ttl_seconds: 0,
+        consistency: Consistency::All,
+    });
+    reqs.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut out = Vec::new();
+            r.encode(i as u32 * 0x0101_0101, &mut out);
+            // Every sample is a valid request: it decodes back to itself.
+            let (f, n) = frame::parse(&out).unwrap().unwrap();
+            assert_eq!(n, out.len());
+            assert_eq!(Request::decode(&f).as_ref(), Ok(r), "round trip of {r:?}");
+            out
+        })
+        .collect()
+}
+
+#[test]
+fn every_request_type_round_trips() {
+    let frames = sample_frames();
+    // Sanity: the largest PUT is within a frame, and not far from the maximum.
+    let largest = frames.iter().map(|f| f.len() - 4).max().unwrap();
+    assert!(largest <= limits::FRAME_SIZE_MAX);
+    assert!(largest + 4096 >= limits::FRAME_SIZE_MAX);
+
+    // Random valid requests, many per buffer as a pipelining client sends them.
+    let mut rng = SplitMix(0x0d15_ea5e);
+    for _ in 0..200 {
+        let mut keys = Vec::new();
+        let mut values = Vec::new();
+        let count = 1 + rng.below(20);
+        for _ in 0..count {
+            let long = rng.below(10) == 0;
+            let klen = 1 + rng.below(if long { limits::KEY_SIZE_MAX } else { 16 });
+            keys.push(rng.bytes(klen));
+            let vlen = rng.below(64);
+            values.push(rng.bytes(vlen));
+        }
+        let mut reqs = Vec::new();
+        for i in 0..count {
+            let c = LEVELS[rng.below(4)];
+            reqs.push(match rng.below(4) {
+                0 => Request::Get {
+                    key: &keys[i],
+                    consistency: c,
+                },
+                1 => Request::Delete {
+                    key: &keys[i],
+                    consistency: c,
+                },
+                2 => Request::LocalGet { key: &keys[i] },
+                _ => Request::Put {
+                    key: &keys[i],
+                    value: &values[i],
+                    ttl_seconds: rng.next() as u32 % (limits::TTL_SECONDS_MAX + 1),
+                    consistency: c,
+                },
+            });
+        }
+        let mut buf = Vec::new();
+        let ids: Vec<u32> = reqs
+            .iter()
+            .map(|r| {
+                let id = rng.next() as u32;
+                r.encode(id, &mut buf);
+                id
+            })
+            .collect();
+        let mut at = 0;
+        for (r, id) in reqs.iter().zip(&ids) {
+            let (f, n) = frame::parse(&buf[at..]).unwrap().unwrap();
+            assert_eq!(f.id, *id);
+            assert_eq!(Request::decode(&f).as_ref(), Ok(r));
+            at += n;
+        }
+        assert_eq!(at, buf.len());
+    }
+}
+
+#[test]
+fn every_truncated_prefix_needs_more_bytes() {
+    for f in sample_frames() {
+        check_no_prefix_is_a_frame(&f, "sample frame");
+        // And the whole frame parses to exactly its length, even with more bytes after it.
+        let mut longer = f.clone();
+        longer.extend_from_slice(&[0, 0, 0]);
+        assert_eq!(frame::check(&longer), Ok(Some(f.len())));
+    }
+}
+
+#[test]
+fn declared_length_out_of_range_is_refused_from_the_prefix_alone() {
+    assert_eq!(
+        frame::parse(&[0xFF, 0xFF, 0xFF, 0xFF]),
+        Err(FrameError::TooLarge { declared: u32::MAX })
+    );
+    let max = limits::FRAME_SIZE_MAX as u32;
+    assert_eq!(frame::check(&max.to_be_bytes()), Ok(None));
+    assert_eq!(
+        frame::check(&(max + 1).to_be_bytes()),
+        Err(FrameError::TooLarge { declared: max + 1 })
+    );
+    for declared in 0..limits::FRAME_HEADER_AFTER_LENGTH as u32 {
+        assert_eq!(
+            frame::check(&declared.to_be_bytes()),
+            Err(FrameError::TooShort { declared })
+        );
+    }
+}
+
+/// Feed `buf` through the server's read path: parse frames off the front, decode each, until
+/// the buffer needs more bytes or a frame error ends the stream. Checks what holds for any
+/// input: consumed sizes add up, and a request that decodes re-encodes to the same bytes
+/// (the encoding is canonical), except for the HELLO reserved byte, which decoders ignore.
+fn feed(buf: &[u8]) -> usize {
+    let mut at = 0;
+    let mut frames = 0;
+    loop {
+        match frame::parse(&buf[at..]) {
+            Ok(Some((f, n))) => {
+                assert!(n >= limits::FRAME_HEADER_SIZE && at + n <= buf.len());
+                assert_eq!(n, f.body.len() + limits::FRAME_HEADER_SIZE);
+                match Request::decode(&f) {
+                    Ok(r) => {
+                        let mut out = Vec::new();
+                        r.encode(f.id, &mut out);
+                        if f.op != op::HELLO || f.body[3] == 0 {
+                            assert_eq!(out, &buf[at..at + n], "{r:?} re-encodes differently");
+                        }
+                        assert!(r
+                            .key()
+                            .is_none_or(|k| !k.is_empty() && k.len() <= limits::KEY_SIZE_MAX));
+                    }
+                    Err(e) => {
+                        assert!(!e.to_string().is_empty());
+                        assert_ne!(e.status(), Status::Ok);
+                    }
+                }
+                if let Some(r) = Response::from_frame(&f) {
+                    let _ = (r.status(), r.message(), r.version_and_rest());
+                }
+                at += n;
+                frames += 1;
+            }
+            Ok(None) => return frames,
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                return frames;
+            }
+        }
+    }
+}
+
+#[test]
+fn random_bytes_never_panic() {
+    let mut rng = SplitMix(0x5eed_0001);
+    let ops = [
+        0x00,
+        op::HELLO,
+        op::PING,
+        op::GET,
+        op::PUT,
+        op::DELETE,
+        op::STATS,
+        op::CLUSTER,
+        op::LOCAL_GET,
+        op::ANTI_ENTROPY,
+        op::COMPACT,
+        op::PEER_FIRST,
+        0x7F,
+        0x83,
+        0xFF,
+    ];
+    let mut decoded_frames = 0;
+    for i in 0..100_000 {
+        let len = rng.below(80);
+        let mut buf = rng.bytes(len);
+        // Half the inputs get a plausible header, so that they reach Request::decode instead
+        // of stopping at the length check; some hold several frames.
+        if i % 2 == 0 && len >= limits::FRAME_HEADER_SIZE {
+            let mut at = 0;
+            while at + limits::FRAME_HEADER_SIZE <= len {
+                let declared = if rng.below(8) == 0 {
+                    rng.next() as u32 % 100
+                } else {
+                    (rng.below(len - at - 4 + 1)).max(6) as u32
+                };
+                buf[at..at + 4].copy_from_slice(&declared.to_be_bytes());
+                buf[at + 4] = ops[rng.below(ops.len())];
+                if rng.below(2) == 0 {
+                    buf[at + 5] = (rng.next() & 3) as u8;
+                }
+                if buf[at + 4] != op::HELLO && at + 11 < len && rng.below(2) == 0 {
+                    // A key length that fits the frame more often than chance would.
+                    let room = (declared as usize).saturating_sub(8).min(len - at - 12);
+                    buf[at + 10..at + 12]
+                        .copy_from_slice(&(rng.below(room + 1) as u16).to_be_bytes());
+                }
+                at += 4 + declared as usize;
+            }
+        }
+        decoded_frames += feed(&buf);
+    }
+    // The generator must actually exercise the decoder, not only the length check.
+    assert!(
+        decoded_frames > 20_000,
+        "only {decoded_frames} frames decoded"
+    );
+}
+
+#[test]
+fn mutated_valid_frames_never_panic() {
+    let mut rng = SplitMix(0x5eed_0002);
+    let mut seeds: Vec<Vec<u8>> = sample_frames()
+        .into_iter()
+        .filter(|f| f.len() < 4096)
+        .collect();
+    for v in vectors(&protocol_md()) {
+        seeds.push(v.bytes);
+    }
+    for _ in 0..20_000 {
+        let mut buf = seeds[rng.below(seeds.len())].clone();
+        for _ in 0..1 + rng.below(4) {
+            let n = buf.len();
+            match rng.below(6) {
+                0 if n > 0 => buf[rng.below(n)] ^= 1 << rng.below(8),
+                1 if n > 0 => buf[rng.below(n)] = rng.next() as u8,
+                2 => buf.truncate(rng.below(n + 1)),
+                3 => {
+                    let extra_len = 1 + rng.below(8);
+                    let extra = rng.bytes(extra_len);
+                    let at = rng.below(n + 1);
+                    buf.splice(at..at, extra);
+                }
+                4 if n > 0 => {
+                    let at = rng.below(n);
+                    buf.remove(at);
+                }
+                _ => {
+                    // Mutate a length field (frame length or key length) specifically.
+                    let at = if n > 11 && rng.below(2) == 0 { 10 } else { 0 };
+                    if n >= at + 2 {
+                        let v = rng.next() as u16;
+                        buf[at..at + 2].copy_from_slice(&v.to_be_bytes());
+                    }
+                }
+            }
+        }
+        feed(&buf);
+    }
+}
+
+/// Responses keep the request's opcode and id, and the connection-level frame is op 0x80, id 0.
+#[test]
+fn replies_echo_op_and_id() {
+    for code in 1..0x80u8 {
+        let mut out = Vec::new();
+        put_ok(&mut out, code, 0xDEAD_BEEF, &[]);
+        let (f, _) = frame::parse(&out).unwrap().unwrap();
+        assert_eq!(f.op, code | RESPONSE_BIT);
+        let r = Response::from_frame(&f).unwrap();
+        assert_eq!(
+            (r.op, r.id, r.status()),
+            (code, 0xDEAD_BEEF, Some(Status::Ok))
+        );
+    }
+    let mut out = Vec::new();
+    put_connection_error(&mut out, Status::TooManyConnections, "full");
+    let (f, _) = frame::parse(&out).unwrap().unwrap();
+    assert_eq!((f.op, f.aux, f.id), (0x80, 0x23, 0));
+    // A request frame is not a reply.
+    let mut out = Vec::new();
+    Request::Ping.encode(1, &mut out);
+    let (f, _) = frame::parse(&out).unwrap().unwrap();
+    assert_eq!(Response::from_frame(&f), None);
+}

@@ -1,0 +1,236 @@
+//! Helpers for tests that run real `kvd` processes on 127.0.0.1: free ports, temporary data
+//! directories, start with a readiness poll (never a fixed sleep), and kill by PID on drop.
+#![allow(dead_code)]
+
+use dkv::client::Client;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a node may take to answer its first PING.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+static DIR_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A port that was free a moment ago (bound to port 0 and released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port on loopback")
+}
+
+/// A fresh, empty directory for one test's data.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "dkv-test-{name}-{}-{}",
+        std::process::id(),
+        DIR_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create test dir");
+    dir
+}
+
+/// Poll `f` until it returns `Some`, or panic with `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// One running kvd process.
+pub struct Node {
+    child: Option<Child>,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// Its data directory.
+    pub data: PathBuf,
+    /// The extra arguments it was started with (for restarts).
+    pub args: Vec<String>,
+}
+
+impl Node {
+    /// Start `kvd --listen 127.0.0.1:PORT --data DATA <args>` on a free port and wait until it
+    /// answers PING.
+    pub fn start(data: &Path, args: &[&str]) -> Node {
+        Node::start_on(free_port(), data, args)
+    }
+
+    /// Start on a given port.
+    pub fn start_on(port: u16, data: &Path, args: &[&str]) -> Node {
+        let mut node = Node {
+            child: None,
+            addr: format!("127.0.0.1:{port}"),
+            data: data.to_path_buf(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        node.spawn();
+        node.wait_ready();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.with_extension("log"))
+            .expect("open node log");
+        let child = Command::new(env!("CARGO_BIN_EXE_kvd"))
+            .arg("--listen")
+            .arg(&self.addr)
+            .arg("--data")
+            .arg(&self.data)
+            .args(&self.args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn kvd");
+        self.child = Some(child);
+    }
+
+    /// Wait until the node answers PING.
+    pub fn wait_ready(&mut self) {
+        let addr = self.addr.clone();
+        wait_for(
+            READY_TIMEOUT,
+            &format!("kvd on {addr} to answer PING"),
+            || {
+                if let Some(status) = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    panic!(
+                        "kvd on {addr} exited during start-up with {status}; log: {}",
+                        self.log()
+                    );
+                }
+                let mut c = Client::connect(addr.as_str()).ok()?;
+                c.ping().ok()
+            },
+        );
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
+    }
+
+    /// PID of the running process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("node is running").id()
+    }
+
+    /// A connected client.
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr.as_str()).expect("connect to node")
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Send a signal to the process (SIGSTOP, SIGCONT, SIGTERM...).
+    pub fn signal(&self, sig: i32) {
+        let pid = self.pid() as i32;
+        // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
+        let r = unsafe { libc::kill(pid, sig) };
+        assert_eq!(r, 0, "kill({pid}, {sig})");
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take().expect("node is running");
+        wait_for(Duration::from_secs(20), "kvd to exit after SIGTERM", || {
+            child.try_wait().ok().flatten()
+        })
+    }
+
+    /// Start again with the same port, data and arguments.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running node");
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: a stopped process must be continued before it can die of SIGKILL
+            // promptly; the PID is our own unreaped child.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGCONT);
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Run kvcat against `addr` with `input` on stdin; its stdout.
+pub fn kvcat(addr: &str, input: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvcat"))
+        .arg(addr)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kvcat");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input.as_bytes())
+        .expect("write kvcat input");
+    let out = child.wait_with_output().expect("kvcat output");
+    assert!(
+        out.status.success(),
+        "kvcat failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("kvcat prints UTF-8")
+}
+
+/// Raise this test process's open-file limit (for tests that open thousands of sockets).
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit with pointers to locals.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        lim.rlim_cur
+    }
+}

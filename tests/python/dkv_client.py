@@ -1,0 +1,441 @@
+"""A dkv client in Python 3, standard library only, written from protocol.md alone.
+
+It speaks protocol version 1: length-prefixed frames, an optional HELLO, request ids chosen by
+the client and replies matched by id (they may arrive out of order), GET/PUT/DELETE with a
+consistency level and TTL, PING, STATS and CLUSTER, and the stable key hash that places keys on
+ring partitions.
+
+    from dkv_client import Client
+    with Client("127.0.0.1", 7379) as c:
+        c.hello()
+        version = c.put(b"hello", b"world")
+        print(c.get(b"hello"))            # (version, b"world")
+        ids = [c.send_get(b"k%d" % i) for i in range(100)]
+        replies = c.collect(ids)          # {id: Reply}, whatever order they came in
+
+Frame layout (protocol.md section 2), all integers big-endian:
+
+    | length u32 | op u8 | aux u8 | request id u32 | body (length - 6 bytes) |
+"""
+
+import socket
+import struct
+
+PROTOCOL_VERSION = 1
+PORT_DEFAULT = 7379
+
+# Section 10 of protocol.md.
+KEY_SIZE_MAX = 1024
+VALUE_SIZE_MAX = 1024 * 1024
+FRAME_SIZE_MAX = 1053708
+FRAME_HEADER_SIZE = 10
+TOKEN_SIZE_MAX = 256
+TTL_SECONDS_MAX = 315360000
+PARTITION_COUNT = 256
+
+# Opcodes (section 3).
+OP_HELLO = 0x01
+OP_PING = 0x02
+OP_GET = 0x03
+OP_PUT = 0x04
+OP_DELETE = 0x05
+OP_STATS = 0x06
+OP_CLUSTER = 0x07
+OP_LGET = 0x08
+OP_ANTI_ENTROPY = 0x09
+OP_COMPACT = 0x0A
+PEER_OP_FIRST = 0x20
+PEER_OP_LAST = 0x3F
+RESPONSE_BIT = 0x80
+OP_CONNECTION_ERROR = 0x80
+
+# Roles in HELLO (section 8).
+ROLE_CLIENT = 1
+ROLE_PEER = 2
+
+# Consistency levels: bits 0-1 of aux (section 5).
+DEFAULT = 0
+ONE = 1
+QUORUM = 2
+ALL = 3
+
+# Status codes (section 7).
+STATUS_NAMES = {
+    0x00: "OK",
+    0x01: "NOT_FOUND",
+    0x10: "MALFORMED",
+    0x11: "FRAME_TOO_LARGE",
+    0x12: "UNKNOWN_OPCODE",
+    0x13: "BAD_REQUEST",
+    0x14: "KEY_TOO_LARGE",
+    0x15: "VALUE_TOO_LARGE",
+    0x16: "UNSUPPORTED_VERSION",
+    0x17: "UNAUTHORIZED",
+    0x20: "OVERLOADED",
+    0x21: "UNAVAILABLE",
+    0x22: "TIMEOUT",
+    0x23: "TOO_MANY_CONNECTIONS",
+    0x24: "STORAGE_ERROR",
+    0x25: "SHUTTING_DOWN",
+    0x30: "INTERNAL",
+}
+STATUS = {name: code for code, name in STATUS_NAMES.items()}
+OK = STATUS["OK"]
+NOT_FOUND = STATUS["NOT_FOUND"]
+# After a frame with one of these statuses the node closes the connection (section 6).
+CLOSING_STATUSES = (STATUS["MALFORMED"], STATUS["FRAME_TOO_LARGE"], STATUS["TOO_MANY_CONNECTIONS"])
+
+_MASK64 = (1 << 64) - 1
+
+
+def status_name(code):
+    """The name of a status code, or STATUS_0xNN for a code this client does not know."""
+    return STATUS_NAMES.get(code, "STATUS_0x%02x" % code)
+
+
+# ---- key hash (section 11) -------------------------------------------------------------------
+
+
+def key_hash(key):
+    """The stable 64-bit hash of a key: FNV-1a 64, then MurmurHash3's fmix64."""
+    h = 0xCBF29CE484222325
+    for b in bytes(key):
+        h ^= b
+        h = (h * 0x00000100000001B3) & _MASK64
+    h ^= h >> 33
+    h = (h * 0xFF51AFD7ED558CCD) & _MASK64
+    h ^= h >> 33
+    h = (h * 0xC4CEB9FE1A85EC53) & _MASK64
+    h ^= h >> 33
+    return h
+
+
+def partition_of(key):
+    """The ring partition of a key: the top 8 bits of its hash (0..=255)."""
+    return key_hash(key) >> 56
+
+
+# ---- versions (section 12) -------------------------------------------------------------------
+
+
+def version_parts(version):
+    """(physical ms since the Unix epoch, logical counter, node id) of a version."""
+    return version >> 22, (version >> 10) & 0xFFF, version & 0x3FF
+
+
+# ---- frames (section 2) ----------------------------------------------------------------------
+
+
+class FrameTooLarge(Exception):
+    """A frame declared a length above FRAME_SIZE_MAX."""
+
+
+class FrameTooShort(Exception):
+    """A frame declared a length below 6."""
+
+
+def encode_frame(op, aux, request_id, body=b""):
+    """One whole frame."""
+    length = 6 + len(body)
+    if length > FRAME_SIZE_MAX:
+        raise ValueError("frame of %d bytes exceeds FRAME_SIZE_MAX" % length)
+    return struct.pack(">IBBI", length, op, aux, request_id) + bytes(body)
+
+
+def parse_frame(buf):
+    """(op, aux, id, body, total size) of the frame at the front of buf, or None when more
+    bytes are needed. Decides from the 4 length bytes alone whether the length is valid."""
+    if len(buf) < 4:
+        return None
+    (length,) = struct.unpack_from(">I", buf, 0)
+    if length > FRAME_SIZE_MAX:
+        raise FrameTooLarge("declared frame length %d > %d" % (length, FRAME_SIZE_MAX))
+    if length < 6:
+        raise FrameTooShort("declared frame length %d < 6" % length)
+    if len(buf) < 4 + length:
+        return None
+    op, aux, request_id = struct.unpack_from(">BBI", buf, 4)
+    return op, aux, request_id, bytes(buf[FRAME_HEADER_SIZE : 4 + length]), 4 + length
+
+
+def key_body(key):
+    """| key len u16 | key |"""
+    key = bytes(key)
+    return struct.pack(">H", len(key)) + key
+
+
+def put_body(key, value, ttl_seconds=0):
+    """| key len u16 | key | ttl seconds u32 | value |"""
+    return key_body(key) + struct.pack(">I", ttl_seconds) + bytes(value)
+
+
+def hello_body(version=PROTOCOL_VERSION, role=ROLE_CLIENT, node_id=0, token=b""):
+    """| version u16 | role u8 | reserved u8 | node id u32 | token len u16 | token |"""
+    token = bytes(token)
+    return struct.pack(">HBBIH", version, role, 0, node_id, len(token)) + token
+
+
+def parse_text(body):
+    """STATS/CLUSTER text (section 14) as an ordered list of (name, value) pairs."""
+    pairs = []
+    for line in body.decode("utf-8").splitlines():
+        if not line:
+            continue
+        name, _, value = line.partition(" ")
+        pairs.append((name, value))
+    return pairs
+
+
+# ---- replies and errors ----------------------------------------------------------------------
+
+
+class Reply:
+    """One reply frame: op (response bit cleared; 0 for a connection-level error), status, id,
+    body."""
+
+    __slots__ = ("op", "status", "id", "body", "raw_op")
+
+    def __init__(self, raw_op, status, request_id, body):
+        self.raw_op = raw_op
+        self.op = raw_op & ~RESPONSE_BIT & 0xFF
+        self.status = status
+        self.id = request_id
+        self.body = body
+
+    @property
+    def status_name(self):
+        return status_name(self.status)
+
+    @property
+    def closes_connection(self):
+        return self.status in CLOSING_STATUSES
+
+    @property
+    def is_connection_error(self):
+        """A connection-level error frame (op 0x80, id 0, a closing status)."""
+        return self.raw_op == OP_CONNECTION_ERROR and self.closes_connection
+
+    def message(self):
+        return self.body.decode("utf-8", errors="replace")
+
+    def version(self):
+        """The leading version u64 of a GET/PUT/DELETE/LGET OK reply."""
+        if len(self.body) < 8:
+            raise ProtocolError("%s reply without a version" % self.status_name)
+        return struct.unpack_from(">Q", self.body, 0)[0]
+
+    def __repr__(self):
+        return "Reply(op=0x%02x, status=%s, id=%d, body=%r)" % (
+            self.raw_op,
+            self.status_name,
+            self.id,
+            self.body[:64],
+        )
+
+
+class DkvError(Exception):
+    """An error status from the node: .status (code), .name and .message."""
+
+    def __init__(self, status, message, reply=None):
+        self.status = status
+        self.name = status_name(status)
+        self.message = message
+        self.reply = reply
+        Exception.__init__(self, "%s %s" % (self.name, message))
+
+
+class ConnectionClosed(Exception):
+    """The connection is gone: closed by the node (after .reply, a connection-level error
+    frame, if it sent one) or by the network."""
+
+    def __init__(self, why, reply=None):
+        self.reply = reply
+        Exception.__init__(self, why)
+
+
+class ProtocolError(Exception):
+    """The node sent something this client does not understand."""
+
+
+# ---- the client ------------------------------------------------------------------------------
+
+
+class Client:
+    """A connection to one node. Not thread-safe. Requests may be pipelined: the send_*
+    methods queue a request and return its id, collect() waits for replies by id."""
+
+    def __init__(self, host="127.0.0.1", port=PORT_DEFAULT, timeout=10.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(timeout)
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.pending = {}  # id -> Reply received before anyone asked for it
+        self.next_id = 1
+        self.closed = None  # the ConnectionClosed that ended the connection, if any
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    # -- sending --
+
+    def _take_id(self):
+        # Ids are never 0: connection-level error frames carry id 0 (section 4).
+        request_id = self.next_id
+        self.next_id = (self.next_id % 0xFFFFFFFF) + 1
+        return request_id
+
+    def send(self, op, body=b"", aux=0, request_id=None):
+        """Queue one request; returns its id. Sent by flush() or the next wait/collect."""
+        if request_id is None:
+            request_id = self._take_id()
+        self.outbuf += encode_frame(op, aux, request_id, body)
+        return request_id
+
+    def send_raw(self, data):
+        """Queue raw bytes (for tests of bad input)."""
+        self.outbuf += data
+
+    def flush(self):
+        if self.outbuf:
+            try:
+                self.sock.sendall(self.outbuf)
+            except OSError as e:
+                raise self._closed("send failed: %s" % e)
+            self.outbuf.clear()
+
+    def send_ping(self):
+        return self.send(OP_PING)
+
+    def send_get(self, key, consistency=DEFAULT):
+        return self.send(OP_GET, key_body(key), aux=consistency)
+
+    def send_put(self, key, value, ttl_seconds=0, consistency=DEFAULT):
+        return self.send(OP_PUT, put_body(key, value, ttl_seconds), aux=consistency)
+
+    def send_delete(self, key, consistency=DEFAULT):
+        return self.send(OP_DELETE, key_body(key), aux=consistency)
+
+    # -- receiving --
+
+    def _closed(self, why, reply=None):
+        if self.closed is None:
+            self.closed = ConnectionClosed(why, reply)
+        return self.closed
+
+    def read_frame(self):
+        """The next reply frame off the wire, whatever its id. Raises ConnectionClosed at end
+        of stream, socket.timeout if nothing arrives in time."""
+        self.flush()
+        while True:
+            try:
+                parsed = parse_frame(self.inbuf)
+            except (FrameTooLarge, FrameTooShort) as e:
+                raise ProtocolError("bad frame from the node: %s" % e)
+            if parsed is not None:
+                op, aux, request_id, body, n = parsed
+                del self.inbuf[:n]
+                if not op & RESPONSE_BIT:
+                    raise ProtocolError("request frame op 0x%02x from the node" % op)
+                return Reply(op, aux, request_id, body)
+            if self.closed is not None:
+                raise self.closed
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                raise
+            except OSError as e:
+                raise self._closed("connection error: %s" % e)
+            if not chunk:
+                raise self._closed("connection closed by the node")
+            self.inbuf += chunk
+
+    def wait(self, request_id):
+        """The reply to request_id. Replies to other ids that arrive first are kept for
+        later. A connection-level error frame raises ConnectionClosed carrying it."""
+        while request_id not in self.pending:
+            reply = self.read_frame()
+            if reply.closes_connection:
+                raise self._closed("%s %s" % (reply.status_name, reply.message()), reply)
+            if reply.id in self.pending:
+                raise ProtocolError("two replies to request id %d" % reply.id)
+            self.pending[reply.id] = reply
+        return self.pending.pop(request_id)
+
+    def collect(self, ids):
+        """{id: Reply} for every id in ids, in whatever order the replies come."""
+        return {request_id: self.wait(request_id) for request_id in ids}
+
+    def call(self, op, body=b"", aux=0):
+        """Send one request and wait for its reply."""
+        return self.wait(self.send(op, body, aux))
+
+    # -- typed requests --
+
+    def hello(self, token=b"", version=PROTOCOL_VERSION, role=ROLE_CLIENT, node_id=0):
+        """HELLO: returns {version, node_id, shard, shards} from the node's reply."""
+        reply = _ok(self.call(OP_HELLO, hello_body(version, role, node_id, token)))
+        if len(reply.body) != 10:
+            raise ProtocolError("HELLO reply of %d bytes" % len(reply.body))
+        v, node_id, shard, shards = struct.unpack(">HIHH", reply.body)
+        return {"version": v, "node_id": node_id, "shard": shard, "shards": shards}
+
+    def ping(self):
+        _ok(self.call(OP_PING))
+
+    def get(self, key, consistency=DEFAULT):
+        """(version, value), or None if the key has no live value."""
+        return get_result(self.call(OP_GET, key_body(key), consistency))
+
+    def put(self, key, value, ttl_seconds=0, consistency=DEFAULT):
+        """The version given to the write."""
+        return _ok(self.call(OP_PUT, put_body(key, value, ttl_seconds), consistency)).version()
+
+    def delete(self, key, consistency=DEFAULT):
+        """The version of the tombstone."""
+        return _ok(self.call(OP_DELETE, key_body(key), consistency)).version()
+
+    def lget(self, key):
+        """This node's local copy of a key: (version, expires at ms or 0, value) for a live
+        value, ("tombstone", version) for a deleted one, None if the node has nothing."""
+        reply = self.call(OP_LGET, key_body(key))
+        if reply.status == NOT_FOUND:
+            if len(reply.body) == 8:
+                return ("tombstone", struct.unpack(">Q", reply.body)[0])
+            return None
+        reply = _ok(reply)
+        if len(reply.body) < 16:
+            raise ProtocolError("LGET reply of %d bytes" % len(reply.body))
+        version, expires_at_ms = struct.unpack_from(">QQ", reply.body, 0)
+        return version, expires_at_ms, reply.body[16:]
+
+    def stats(self):
+        """STATS as an ordered list of (name, value) pairs."""
+        return parse_text(_ok(self.call(OP_STATS)).body)
+
+    def cluster(self):
+        """CLUSTER as an ordered list of (name, value) pairs."""
+        return parse_text(_ok(self.call(OP_CLUSTER)).body)
+
+
+def _ok(reply):
+    if reply.status != OK:
+        raise DkvError(reply.status, reply.message(), reply)
+    return reply
+
+
+def get_result(reply):
+    """A GET reply as (version, value), None for NOT_FOUND; raises DkvError otherwise."""
+    if reply.status == NOT_FOUND:
+        return None
+    reply = _ok(reply)
+    return reply.version(), reply.body[8:]
