@@ -91,8 +91,6 @@ pub enum ReadVerdict {
     Fine,
     /// Older than a write acknowledged before the read began.
     Stale,
-    /// A value kvbench did not write, on a key it did write.
-    Garbage,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -113,6 +111,9 @@ struct KeyState {
     dead: Vec<(u64, u64)>,
     /// Latest time a delete was found dominated.
     delete_dead_ns: u64,
+    /// When the first write of this run was acknowledged: from then on, a value from before
+    /// the run is dominated.
+    first_ack_ns: u64,
 }
 
 impl KeyState {
@@ -123,21 +124,17 @@ impl KeyState {
 
 /// Everything `--check` knows, shared by all threads.
 pub struct CheckTable {
+    nonce: u16,
     stripes: Vec<Mutex<HashMap<u64, KeyState>>>,
     acknowledged: AtomicU64,
     stale: AtomicU64,
 }
 
-impl Default for CheckTable {
-    fn default() -> Self {
-        CheckTable::new()
-    }
-}
-
 impl CheckTable {
-    /// An empty table.
-    pub fn new() -> CheckTable {
+    /// An empty table for a run whose write ids start with `nonce`.
+    pub fn new(nonce: u16) -> CheckTable {
         CheckTable {
+            nonce,
             stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
             acknowledged: AtomicU64::new(0),
             stale: AtomicU64::new(0),
@@ -181,6 +178,9 @@ impl CheckTable {
         };
         assert!(w.ack_ns == NEVER, "write {id:016x} acknowledged twice");
         w.ack_ns = now_ns;
+        if st.first_ack_ns == 0 {
+            st.first_ack_ns = now_ns;
+        }
         self.acknowledged.fetch_add(1, Ordering::Relaxed);
         st.floor_ns = st.floor_ns.max(w.issue_ns);
         let floor = st.floor_ns;
@@ -211,14 +211,23 @@ impl CheckTable {
         let Some(st) = stripe.get(&key) else {
             return ReadVerdict::Fine;
         };
+        // A value from before this run (another run's write id, or no write id at all) was
+        // dominated when this run's first write to the key was acknowledged.
+        let foreign_is_stale = st.first_ack_ns != 0 && st.first_ack_ns < issued_ns;
         let verdict = match seen {
-            Seen::Garbage => ReadVerdict::Garbage,
+            Seen::Garbage if foreign_is_stale => ReadVerdict::Stale,
+            Seen::Garbage => ReadVerdict::Fine,
+            Seen::Write(id) if (id >> 48) as u16 != self.nonce && foreign_is_stale => {
+                ReadVerdict::Stale
+            }
             Seen::Write(id) => {
                 if st.live.iter().any(|w| w.id == id) {
                     ReadVerdict::Fine
                 } else if st.dead.iter().any(|&(d, at)| d == id && at < issued_ns) {
                     ReadVerdict::Stale
                 } else {
+                    // One of ours, forgotten (more than DEAD_PER_KEY_MAX writes ago): its
+                    // domination time is unknown, so no verdict.
                     ReadVerdict::Fine
                 }
             }
@@ -304,7 +313,7 @@ mod tests {
 
     #[test]
     fn sequential_writes_keep_only_the_last() {
-        let t = CheckTable::new();
+        let t = CheckTable::new(0);
         t.issue(1, 10, false, 100);
         t.complete(1, 10, true, 200);
         t.issue(1, 11, false, 300);
@@ -325,11 +334,23 @@ mod tests {
         assert_eq!(t.stale_reads(), 2);
         // A key never written is nobody's business.
         assert!(t.verify(2, Seen::Missing));
+        // A value from before the run is fine until the run's first write is acknowledged.
+        t.issue(3, 30, false, 100);
+        assert_eq!(t.observe_read(3, Seen::Garbage, 150), ReadVerdict::Fine);
+        t.complete(3, 30, true, 200);
+        assert_eq!(t.observe_read(3, Seen::Garbage, 150), ReadVerdict::Fine);
+        assert_eq!(t.observe_read(3, Seen::Garbage, 250), ReadVerdict::Stale);
+        assert_eq!(
+            t.observe_read(3, Seen::Write(7 << 48), 250),
+            ReadVerdict::Stale,
+            "another run's write"
+        );
+        assert!(!t.verify(3, Seen::Garbage));
     }
 
     #[test]
     fn concurrent_writes_may_land_in_either_order() {
-        let t = CheckTable::new();
+        let t = CheckTable::new(0);
         // 20 issued first but acknowledged last; 21 overlaps it.
         t.issue(1, 20, false, 100);
         t.issue(1, 21, false, 150);
@@ -351,7 +372,7 @@ mod tests {
 
     #[test]
     fn deletes_allow_not_found() {
-        let t = CheckTable::new();
+        let t = CheckTable::new(0);
         t.issue(5, 1, false, 10);
         t.complete(5, 1, true, 20);
         t.issue(5, 2, true, 30);

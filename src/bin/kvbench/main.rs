@@ -575,7 +575,7 @@ fn run(o: &Opts) -> Result<ExitCode, String> {
             .unwrap_or(0);
         (workload::fnv1a64(t ^ std::process::id() as u64) & 0xFFFF) as u16
     };
-    let check = o.check.then(|| Arc::new(CheckTable::new()));
+    let check = o.check.then(|| Arc::new(CheckTable::new(nonce)));
     let sh = Arc::new(Shared {
         cfg: Config {
             proto: o.proto,

@@ -56,10 +56,8 @@ pub const CODE_MC_CLIENT_ERROR: Code = 265;
 pub const CODE_MC_SERVER_ERROR: Code = 266;
 /// memcached `NOT_STORED` / `EXISTS`.
 pub const CODE_MC_NOT_STORED: Code = 267;
-/// A GET returned a value that kvbench did not write (`--check` only).
-pub const CODE_BAD_VALUE: Code = 268;
 /// Size of a per-code counter array.
-pub const CODE_COUNT: usize = 269;
+pub const CODE_COUNT: usize = 268;
 
 /// The name of a code, for the reports.
 pub fn code_name(code: Code) -> String {
@@ -80,7 +78,6 @@ pub fn code_name(code: Code) -> String {
         CODE_MC_CLIENT_ERROR => "MC_CLIENT_ERROR".into(),
         CODE_MC_SERVER_ERROR => "MC_SERVER_ERROR".into(),
         CODE_MC_NOT_STORED => "MC_NOT_STORED".into(),
-        CODE_BAD_VALUE => "BAD_VALUE".into(),
         _ => format!("CODE_{code}"),
     }
 }
