@@ -88,6 +88,8 @@ pub struct Config {
     pub check: Option<Arc<CheckTable>>,
     /// Top 16 bits of every `--check` write id, different for every run.
     pub write_id_nonce: u16,
+    /// dkv client token sent in HELLO (empty: none).
+    pub token: Vec<u8>,
 }
 
 /// Figures the threads hand to the progress line.
@@ -516,7 +518,7 @@ impl Worker {
         // Nagle would hold back small pipelined requests; a failure here only costs latency.
         let _ = s.set_nodelay(true);
         if self.sh.cfg.proto == Proto::Dkv {
-            self.sh.cfg.encoder.hello(&mut c.wbuf);
+            self.sh.cfg.encoder.hello(&mut c.wbuf, &self.sh.cfg.token);
             c.state = State::Hello;
         } else {
             c.state = State::Ready;

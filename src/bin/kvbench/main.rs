@@ -87,6 +87,7 @@ struct Opts {
     check: bool,
     seed: u64,
     quiet: bool,
+    token: Vec<u8>,
 }
 
 fn options() -> Options {
@@ -199,6 +200,12 @@ fn options() -> Options {
          with ALL at the end; report lost writes (exit 1 if any) and stale reads",
     );
     o.optopt("s", "seed", "seed of the workload's PRNG. Default 1", "N");
+    o.optopt(
+        "",
+        "token",
+        "dkv client token for HELLO, for nodes started with --client-token",
+        "TOKEN",
+    );
     o.optflag("q", "quiet", "no progress line");
     o.optflag("h", "help", "print this help");
     o
@@ -379,6 +386,16 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         }
     }
     let seed = parse_num(&m, "seed")?.unwrap_or(1u64);
+    let token = m.opt_str("token").unwrap_or_default().into_bytes();
+    if token.len() > dkv::limits::TOKEN_SIZE_MAX {
+        return Err(format!(
+            "--token is longer than {} bytes",
+            dkv::limits::TOKEN_SIZE_MAX
+        ));
+    }
+    if !token.is_empty() && proto != Proto::Dkv {
+        return Err("--token applies to --protocol dkv only".into());
+    }
     Ok(Some(Opts {
         targets,
         target_names,
@@ -403,6 +420,7 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         check,
         seed,
         quiet: m.opt_present("quiet"),
+        token,
     }))
 }
 
@@ -589,6 +607,7 @@ fn run(o: &Opts) -> Result<ExitCode, String> {
             mix: o.mix,
             check: check.clone(),
             write_id_nonce: nonce,
+            token: o.token.clone(),
         },
         chooser: KeyChooser::new(o.keys, o.distribution),
         pool: workload::value_pool(o.value_size.max, o.seed),

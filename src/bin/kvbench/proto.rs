@@ -213,13 +213,13 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// The dkv HELLO that opens every dkv connection.
-    pub fn hello(&self, out: &mut Vec<u8>) {
+    /// The dkv HELLO that opens every dkv connection, with the node's client token (if any).
+    pub fn hello(&self, out: &mut Vec<u8>, token: &[u8]) {
         Request::Hello {
             version: PROTOCOL_VERSION,
             role: Role::Client,
             node_id: 0,
-            token: b"",
+            token,
         }
         .encode(HELLO_ID, out);
     }
