@@ -522,8 +522,10 @@ impl Worker {
             c.state = State::Hello;
         } else {
             c.state = State::Ready;
-            self.mark_dirty(ci);
         }
+        // Dirty: the HELLO is flushed (or the pipeline filled) even if this event was not
+        // the writable one.
+        self.mark_dirty(ci);
         true
     }
 
