@@ -792,12 +792,13 @@ impl ShardCore {
             let _ = writeln!(t, "{name} {v}");
         }
         if t.len() > TEXT_REPLY_SIZE_MAX {
-            let mut end = TEXT_REPLY_SIZE_MAX - 16;
-            while !t.is_char_boundary(end) {
-                end -= 1;
-            }
+            // Cut at a line boundary so every line kept is whole, then say so.
+            let marker = "truncated 1\n";
+            let end = t[..TEXT_REPLY_SIZE_MAX - marker.len()]
+                .rfind('\n')
+                .map_or(0, |i| i + 1);
             t.truncate(end);
-            t.push_str("\ntruncated 1\n");
+            t.push_str(marker);
         }
         t
     }

@@ -177,6 +177,10 @@ struct Segment<F> {
     len: u64,
     /// Bytes of the records the keydir points at.
     live_bytes: u64,
+    /// Of those, bytes of tombstones (reclaimable once below the tombstone horizon).
+    tomb_bytes: u64,
+    /// Lowest version of any tombstone ever put in this segment (u64::MAX: none).
+    tomb_version_min: u64,
     sealed: bool,
     /// Holds a record known to be bad: never a compaction input (its data stays for forensics
     /// and compaction could not account for the damaged record's key).
@@ -393,6 +397,32 @@ fn refused_error(why: &str) -> StoreError {
 }
 
 impl<V: Vfs> LogStore<V> {
+    /// The keydir now points at (`add`) or no longer points at a record of `len` bytes in
+    /// segment `id`.
+    fn account(&mut self, id: u32, len: u64, tombstone: bool, add: bool) {
+        let seg = self
+            .segments
+            .get_mut(&id)
+            .expect("keydir points at loaded segments");
+        if add {
+            seg.live_bytes += len;
+            if tombstone {
+                seg.tomb_bytes += len;
+            }
+        } else {
+            seg.live_bytes -= len;
+            if tombstone {
+                seg.tomb_bytes -= len;
+            }
+        }
+    }
+
+    /// A tombstone of `version` was written to segment `id`.
+    fn note_tombstone(&mut self, id: u32, version: u64) {
+        let seg = self.segments.get_mut(&id).expect("segment exists");
+        seg.tomb_version_min = seg.tomb_version_min.min(version);
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
@@ -552,6 +582,8 @@ impl<V: Vfs> LogStore<V> {
                     header,
                     len,
                     live_bytes: 0,
+                    tomb_bytes: 0,
+                    tomb_version_min: u64::MAX,
                     sealed: true,
                     damaged: false,
                 },
@@ -692,6 +724,9 @@ impl<V: Vfs> LogStore<V> {
         key: &[u8],
     ) -> Result<(), StoreError> {
         self.highest = self.highest.max(Version(h.version));
+        if h.tombstone {
+            self.note_tombstone(id, h.version);
+        }
         let len = h.record_len() as u64;
         let loc = Loc {
             version: h.version,
@@ -711,12 +746,9 @@ impl<V: Vfs> LogStore<V> {
             .map_err(|_| StoreError::Io(io::Error::other("keydir key arena full")))?;
         if let Some(old) = old {
             let old_len = record_len(key.len(), old.value_len);
-            self.segments
-                .get_mut(&old.segment)
-                .expect("keydir points at loaded segments")
-                .live_bytes -= old_len;
+            self.account(old.segment, old_len, old.value_len.is_none(), false);
         }
-        self.segments.get_mut(&id).expect("loaded").live_bytes += len;
+        self.account(id, len, h.tombstone, true);
         Ok(())
     }
 
@@ -763,6 +795,8 @@ impl<V: Vfs> LogStore<V> {
                 header,
                 len: SEGMENT_HEADER_SIZE as u64,
                 live_bytes: 0,
+                tomb_bytes: 0,
+                tomb_version_min: u64::MAX,
                 sealed: false,
                 damaged: false,
             },
@@ -864,47 +898,10 @@ impl<V: Vfs> LogStore<V> {
 
     /// Pick the inputs of a compaction job, if one is due.
     fn plan(&self) -> Option<Compaction<V::File>> {
-        let pct = self.config.compaction_dead_percent as u64;
-        let mut cands: Vec<(u64, u32)> = self
-            .segments
-            .iter()
-            .filter(|(_, s)| s.sealed && !s.damaged)
-            .filter(|(_, s)| {
-                let body = s.len - SEGMENT_HEADER_SIZE as u64;
-                body > 0 && s.dead_bytes() * 100 >= body * pct
-            })
-            .map(|(id, s)| (s.dead_bytes(), *id))
-            .collect();
-        let dead: u64 = cands.iter().map(|c| c.0).sum();
-        if cands.is_empty()
-            || dead < self.config.compaction_dead_bytes_min
-            || self.dead_bytes_total() < self.compaction_retry_dead_bytes
-        {
+        if self.dead_bytes_total() < self.compaction_retry_dead_bytes {
             return None;
         }
-        // Most dead first, ties by id: deterministic.
-        cands.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        cands.truncate(COMPACTION_INPUTS_MAX);
-        let mut inputs: Vec<u32> = cands.iter().map(|c| c.1).collect();
-        // Widen to an origin prefix if that stays small: then tombstones may be dropped.
-        let hi = inputs
-            .iter()
-            .map(|id| self.segments[id].header.origin_hi)
-            .max()
-            .expect("non-empty");
-        let prefix: Vec<u32> = self
-            .segments
-            .iter()
-            .filter(|(_, s)| s.header.origin_lo <= hi)
-            .map(|(id, _)| *id)
-            .collect();
-        if prefix.len() <= COMPACTION_INPUTS_MAX
-            && prefix
-                .iter()
-                .all(|id| self.segments[id].sealed && !self.segments[id].damaged)
-        {
-            inputs = prefix;
-        }
+        let mut inputs = self.plan_dead().or_else(|| self.plan_purge())?;
         inputs.sort_unstable();
         let origin_lo = inputs
             .iter()
@@ -932,6 +929,95 @@ impl<V: Vfs> LogStore<V> {
             output_bytes: 0,
             dropped: Vec::new(),
         })
+    }
+
+    /// Segments worth compacting for their dead bytes (widened to an origin prefix, so that
+    /// tombstones may be dropped too, when that stays within [`COMPACTION_INPUTS_MAX`]).
+    fn plan_dead(&self) -> Option<Vec<u32>> {
+        let pct = self.config.compaction_dead_percent as u64;
+        let mut cands: Vec<(u64, u32)> = self
+            .segments
+            .iter()
+            .filter(|(_, s)| s.sealed && !s.damaged)
+            .filter(|(_, s)| {
+                let body = s.len - SEGMENT_HEADER_SIZE as u64;
+                body > 0 && s.dead_bytes() * 100 >= body * pct
+            })
+            .map(|(id, s)| (s.dead_bytes(), *id))
+            .collect();
+        let dead: u64 = cands.iter().map(|c| c.0).sum();
+        if cands.is_empty() || dead < self.config.compaction_dead_bytes_min {
+            return None;
+        }
+        // Most dead first, ties by id: deterministic.
+        cands.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        cands.truncate(COMPACTION_INPUTS_MAX);
+        let inputs: Vec<u32> = cands.iter().map(|c| c.1).collect();
+        let hi = inputs
+            .iter()
+            .map(|id| self.segments[id].header.origin_hi)
+            .max()
+            .expect("non-empty");
+        let prefix: Vec<u32> = self
+            .segments
+            .iter()
+            .filter(|(_, s)| s.header.origin_lo <= hi)
+            .map(|(id, _)| *id)
+            .collect();
+        if prefix.len() <= COMPACTION_INPUTS_MAX
+            && prefix
+                .iter()
+                .all(|id| self.segments[id].sealed && !self.segments[id].damaged)
+        {
+            return Some(prefix);
+        }
+        Some(inputs)
+    }
+
+    /// Once the tombstone horizon allows it: the oldest origin prefix, if it holds enough
+    /// tombstones (and dead bytes) to be worth rewriting.
+    fn plan_purge(&self) -> Option<Vec<u32>> {
+        if self.horizon == Version::ZERO {
+            return None;
+        }
+        let prefix = self.oldest_prefix()?;
+        let purge: u64 = prefix
+            .iter()
+            .map(|id| &self.segments[id])
+            .filter(|s| s.tomb_version_min < self.horizon.0)
+            .map(|s| s.tomb_bytes)
+            .sum();
+        let dead: u64 = prefix.iter().map(|id| self.segments[id].dead_bytes()).sum();
+        (purge > 0 && purge + dead >= self.config.compaction_dead_bytes_min).then_some(prefix)
+    }
+
+    /// The largest set of sealed, undamaged segments, at most [`COMPACTION_INPUTS_MAX`],
+    /// holding every write up to some origin: every other segment's `origin_lo` is above
+    /// the set's highest `origin_hi`.
+    fn oldest_prefix(&self) -> Option<Vec<u32>> {
+        let mut segs: Vec<(u32, u32, u32, bool)> = self
+            .segments
+            .iter()
+            .map(|(id, s)| {
+                let h = &s.header;
+                (h.origin_lo, *id, h.origin_hi, s.sealed && !s.damaged)
+            })
+            .collect();
+        segs.sort_unstable();
+        let mut best = None;
+        let mut cur = Vec::new();
+        let mut hi = 0;
+        for (i, &(_, id, origin_hi, ok)) in segs.iter().enumerate() {
+            if !ok || cur.len() == COMPACTION_INPUTS_MAX {
+                break;
+            }
+            cur.push(id);
+            hi = hi.max(origin_hi);
+            if segs.get(i + 1).is_none_or(|next| next.0 > hi) {
+                best = Some(cur.clone());
+            }
+        }
+        best
     }
 
     /// One unit of compaction work. `Ok(true)` when the job is finished.
@@ -1092,6 +1178,8 @@ impl<V: Vfs> LogStore<V> {
                 header: out.header,
                 len: out.len,
                 live_bytes: 0,
+                tomb_bytes: 0,
+                tomb_version_min: u64::MAX,
                 sealed: true,
                 damaged: false,
             },
@@ -1120,18 +1208,26 @@ impl<V: Vfs> LogStore<V> {
             self.keydir
                 .insert(e.key, loc)
                 .expect("key present: no arena growth");
-            self.segments
-                .get_mut(&held.segment)
-                .expect("input exists")
-                .live_bytes -= record_len(e.key.len(), held.value_len);
-            self.segments.get_mut(&out.id).expect("inserted").live_bytes +=
-                e.header.record_len() as u64;
+            let old_len = record_len(e.key.len(), held.value_len);
+            self.account(held.segment, old_len, held.value_len.is_none(), false);
+            let len = e.header.record_len() as u64;
+            self.account(out.id, len, e.header.tombstone, true);
+            if e.header.tombstone {
+                self.note_tombstone(out.id, e.header.version);
+            }
         }
         Ok(())
     }
 
     fn finish_compaction(&mut self, job: &mut Compaction<V::File>) -> Result<(), StoreError> {
         self.commit_output(job)?;
+        // Input records not copied were superseded by newer ones, maybe in the active segment
+        // and not yet synced: make those durable before the old ones go, or a crash would
+        // lose both.
+        let active = self.segments.get_mut(&self.active).expect("active exists");
+        if let Err(e) = self.vfs.sync(&mut active.file) {
+            return Err(self.io_refusal(e, true));
+        }
         // The commit point.
         if let Err(e) = self.write_file_atomic(MANIFEST_NAME, &encode_manifest(&job.inputs)) {
             return Err(self.io_refusal(e, false));
@@ -1145,10 +1241,8 @@ impl<V: Vfs> LogStore<V> {
             if let Some(held) = self.keydir.get(key) {
                 if held.version == version && job.inputs.contains(&held.segment) {
                     self.keydir.remove(key);
-                    self.segments
-                        .get_mut(&held.segment)
-                        .expect("input exists")
-                        .live_bytes -= record_len(key.len(), held.value_len);
+                    let len = record_len(key.len(), held.value_len);
+                    self.account(held.segment, len, held.value_len.is_none(), false);
                 }
             }
         }
@@ -1307,14 +1401,14 @@ impl<V: Vfs> Store for LogStore<V> {
                 return Err(refused_error("keydir key arena full"));
             }
         };
-        let seg = self.segments.get_mut(&active).expect("active exists");
-        seg.len += len;
-        seg.live_bytes += len;
+        self.segments.get_mut(&active).expect("active exists").len += len;
+        self.account(active, len, w.value.is_none(), true);
+        if w.value.is_none() {
+            self.note_tombstone(active, w.version.0);
+        }
         if let Some(old) = old {
-            self.segments
-                .get_mut(&old.segment)
-                .expect("keydir points at loaded segments")
-                .live_bytes -= record_len(w.key.len(), old.value_len);
+            let old_len = record_len(w.key.len(), old.value_len);
+            self.account(old.segment, old_len, old.value_len.is_none(), false);
         }
         let header = RecordHeader {
             version: w.version.0,
@@ -1397,5 +1491,336 @@ impl<V: Vfs> Store for LogStore<V> {
         report("storage_recovery_ms", self.counters.recovery_ms);
         report("storage_corrupt_records", self.counters.corrupt_records);
         report("storage_writes_refused", self.refused.is_some() as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::vfs::{CrashMode, MemVfs};
+
+    fn dir() -> &'static Path {
+        Path::new("/db")
+    }
+
+    fn small() -> LogConfig {
+        LogConfig {
+            segment_size_max: 1024,
+            compaction_dead_percent: 30,
+            compaction_dead_bytes_min: 0,
+        }
+    }
+
+    fn put(s: &mut LogStore<MemVfs>, key: &str, value: &str, v: u64) {
+        let r = s
+            .apply(Write {
+                key: key.as_bytes(),
+                value: Some(value.as_bytes()),
+                version: Version(v),
+                expires_at_ms: 0,
+            })
+            .unwrap();
+        assert_eq!(r, Applied::Stored);
+    }
+
+    fn value(s: &mut LogStore<MemVfs>, key: &str) -> Option<String> {
+        s.get(key.as_bytes())
+            .unwrap()
+            .and_then(|r| r.value)
+            .map(|v| String::from_utf8(v).unwrap())
+    }
+
+    #[test]
+    fn torn_tail_of_newest_segment_is_truncated_and_synced_data_kept() {
+        let vfs = MemVfs::new();
+        let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        put(&mut s, "a", "1", 1);
+        s.sync().unwrap();
+        put(&mut s, "b", "2", 2);
+        put(&mut s, "c", "3", 3);
+        let active = s.segment_files().last().unwrap().1.clone();
+        let before = vfs.contents(&active).unwrap().len();
+        drop(s);
+        vfs.crash(CrashMode::DropUnsynced);
+        let synced_len = vfs.contents(&active).unwrap().len();
+        assert!(synced_len < before);
+        // Now simulate a torn write by hand: append a partial record and reopen.
+        let (mut s, report) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        assert!(report.truncated.is_none());
+        assert_eq!(value(&mut s, "a").as_deref(), Some("1"));
+        assert_eq!(value(&mut s, "b"), None);
+        put(&mut s, "d", "4", 4);
+        s.sync().unwrap();
+        drop(s);
+        let mut rec = Vec::new();
+        encode_record(&mut rec, 5, 0, b"e", Some(b"55555"));
+        let mut f = vfs.open(&active).unwrap();
+        vfs.append(&mut f, &rec[..rec.len() - 3]).unwrap();
+        vfs.sync(&mut f).unwrap();
+        let full_len = vfs.len(&f).unwrap();
+        let (mut s, report) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        let t = report.truncated.expect("torn tail reported");
+        assert_eq!(t.bytes, rec.len() as u64 - 3);
+        assert_eq!(t.offset, full_len - t.bytes);
+        assert_eq!(report.corrupt_count, 0);
+        assert_eq!(value(&mut s, "a").as_deref(), Some("1"));
+        assert_eq!(value(&mut s, "d").as_deref(), Some("4"));
+        assert_eq!(value(&mut s, "e"), None);
+        // Appending after the cut works and survives a reopen.
+        put(&mut s, "f", "6", 6);
+        s.sync().unwrap();
+        drop(s);
+        let (mut s, report) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        assert!(report.truncated.is_none());
+        assert_eq!(value(&mut s, "f").as_deref(), Some("6"));
+        assert_eq!(s.highest_version(), Version(6));
+    }
+
+    #[test]
+    fn torn_crash_keeps_a_prefix_of_unsynced_writes() {
+        for seed in 1..50u64 {
+            let vfs = MemVfs::new();
+            let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+            put(&mut s, "base", "0", 1);
+            s.sync().unwrap();
+            for i in 0..5 {
+                put(&mut s, &format!("k{i}"), "vvvvvvvvvv", 10 + i);
+            }
+            drop(s);
+            vfs.crash(CrashMode::Torn { seed });
+            let (mut s, report) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+            assert_eq!(report.corrupt_count, 0);
+            assert_eq!(value(&mut s, "base").as_deref(), Some("0"));
+            // A prefix of k0..k4 survived: no gaps.
+            let present: Vec<bool> = (0..5)
+                .map(|i| value(&mut s, &format!("k{i}")).is_some())
+                .collect();
+            let n = present.iter().take_while(|p| **p).count();
+            assert!(present[n..].iter().all(|p| !p), "seed {seed}: {present:?}");
+        }
+    }
+
+    #[test]
+    fn segments_roll_and_hints_are_used_on_reopen() {
+        let vfs = MemVfs::new();
+        let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        for i in 0..100u64 {
+            put(&mut s, &format!("key{i}"), &"x".repeat(20), i + 1);
+        }
+        s.sync().unwrap();
+        let segs = s.segment_files();
+        assert!(
+            segs.len() > 3,
+            "expected several segments, got {}",
+            segs.len()
+        );
+        assert!(
+            segs[..segs.len() - 1].iter().all(|s| s.2),
+            "all but the last sealed"
+        );
+        drop(s);
+        let (mut s, report) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        assert_eq!(report.segments_from_hints, segs.len() - 1);
+        assert_eq!(report.segments_scanned, 1);
+        assert_eq!(report.keys, 100);
+        for i in 0..100u64 {
+            assert_eq!(value(&mut s, &format!("key{i}")).unwrap(), "x".repeat(20));
+        }
+        assert_eq!(s.highest_version(), Version(100));
+    }
+
+    #[test]
+    fn damaged_hint_falls_back_to_scanning() {
+        let vfs = MemVfs::new();
+        let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        for i in 0..60u64 {
+            put(&mut s, &format!("key{i}"), &"y".repeat(20), i + 1);
+        }
+        s.sync().unwrap();
+        let first = s.segment_files()[0].0;
+        drop(s);
+        let hint = dir().join(hint_name(first));
+        vfs.flip_bit(&hint, 30, 3).unwrap();
+        let (mut s, report) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        assert_eq!(report.hints_rejected.len(), 1);
+        assert_eq!(report.hints_rejected[0].0, first);
+        assert_eq!(report.corrupt_count, 0);
+        for i in 0..60u64 {
+            assert!(value(&mut s, &format!("key{i}")).is_some());
+        }
+    }
+
+    #[test]
+    fn disk_full_refuses_the_write_and_loses_nothing() {
+        let vfs = MemVfs::new();
+        let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        put(&mut s, "a", "1", 1);
+        s.sync().unwrap();
+        vfs.set_space_max(Some(vfs.used_bytes() + 10));
+        let r = s.apply(Write {
+            key: b"b",
+            value: Some(&[7u8; 100]),
+            version: Version(2),
+            expires_at_ms: 0,
+        });
+        assert!(matches!(r, Err(StoreError::WritesRefused(_))), "{r:?}");
+        assert_eq!(value(&mut s, "a").as_deref(), Some("1"));
+        assert!(s.get(b"b").unwrap().is_none());
+        vfs.set_space_max(None);
+        put(&mut s, "c", "3", 3);
+        s.sync().unwrap();
+        drop(s);
+        let (mut s, report) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        assert_eq!(report.corrupt_count, 0);
+        assert!(report.truncated.is_none());
+        assert_eq!(value(&mut s, "a").as_deref(), Some("1"));
+        assert_eq!(value(&mut s, "c").as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn failed_fsync_is_sticky_and_reads_keep_working() {
+        let vfs = MemVfs::new();
+        let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        put(&mut s, "a", "1", 1);
+        vfs.fail_next_syncs(1);
+        assert!(matches!(s.sync(), Err(StoreError::WritesRefused(_))));
+        assert!(s.writes_refused().is_some());
+        // Later syncs would succeed on the device, but the store does not pretend.
+        assert!(matches!(s.sync(), Err(StoreError::WritesRefused(_))));
+        let r = s.apply(Write {
+            key: b"b",
+            value: Some(b"2"),
+            version: Version(2),
+            expires_at_ms: 0,
+        });
+        assert!(matches!(r, Err(StoreError::WritesRefused(_))));
+        assert_eq!(value(&mut s, "a").as_deref(), Some("1"));
+        let mut refused = 0;
+        s.stats(&mut |n, v| {
+            if n == "storage_writes_refused" {
+                refused = v;
+            }
+        });
+        assert_eq!(refused, 1);
+    }
+
+    #[test]
+    fn compaction_reclaims_overwrites_and_drops_expired_and_old_tombstones() {
+        let vfs = MemVfs::new();
+        let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        let mut v = 0;
+        for round in 0..5 {
+            for i in 0..20 {
+                v += 1;
+                put(
+                    &mut s,
+                    &format!("k{i}"),
+                    &format!("round{round}-{}", "z".repeat(10)),
+                    v,
+                );
+            }
+        }
+        v += 1;
+        s.apply(Write {
+            key: b"k0",
+            value: None,
+            version: Version(v),
+            expires_at_ms: 0,
+        })
+        .unwrap();
+        v += 1;
+        s.apply(Write {
+            key: b"k1",
+            value: Some(b"ttl"),
+            version: Version(v),
+            expires_at_ms: 5_000,
+        })
+        .unwrap();
+        // Push everything into sealed segments.
+        for i in 0..40 {
+            v += 1;
+            put(&mut s, &format!("fill{i}"), "f", v);
+        }
+        s.sync().unwrap();
+        let stat = |s: &LogStore<MemVfs>, name: &str| {
+            let mut out = 0;
+            s.stats(&mut |n, x| {
+                if n == name {
+                    out = x;
+                }
+            });
+            out
+        };
+        let dead_before = stat(&s, "storage_dead_bytes");
+        assert!(dead_before > 0);
+        s.set_tombstone_horizon(Version(v + 1));
+        for _ in 0..10_000 {
+            if !s.maintenance(10_000, 7).unwrap() {
+                break;
+            }
+        }
+        assert!(!s.compacting());
+        assert!(stat(&s, "storage_compactions") > 0);
+        assert!(stat(&s, "storage_bytes_reclaimed") > 0);
+        assert!(stat(&s, "storage_dead_bytes") < dead_before);
+        assert_eq!(s.get(b"k0").unwrap(), None, "old tombstone dropped");
+        assert_eq!(s.get(b"k1").unwrap(), None, "expired value dropped");
+        for i in 2..20 {
+            assert_eq!(
+                value(&mut s, &format!("k{i}")).unwrap(),
+                format!("round4-{}", "z".repeat(10))
+            );
+        }
+        drop(s);
+        vfs.crash(CrashMode::DropUnsynced);
+        let (mut s, report) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        assert_eq!(report.corrupt_count, 0);
+        assert_eq!(s.get(b"k0").unwrap(), None);
+        for i in 2..20 {
+            assert_eq!(
+                value(&mut s, &format!("k{i}")).unwrap(),
+                format!("round4-{}", "z".repeat(10))
+            );
+        }
+    }
+
+    #[test]
+    fn tombstones_are_kept_below_the_default_horizon() {
+        let vfs = MemVfs::new();
+        let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        put(&mut s, "gone", "x", 1);
+        s.apply(Write {
+            key: b"gone",
+            value: None,
+            version: Version(2),
+            expires_at_ms: 0,
+        })
+        .unwrap();
+        for i in 0..100u64 {
+            put(&mut s, &format!("k{}", i % 10), &"w".repeat(30), 3 + i);
+        }
+        for _ in 0..10_000 {
+            if !s.maintenance(0, 50).unwrap() {
+                break;
+            }
+        }
+        let got = s.get(b"gone").unwrap().expect("tombstone kept");
+        assert_eq!(got.value, None);
+        assert_eq!(got.version, Version(2));
+        // An older write is still refused.
+        let r = s
+            .apply(Write {
+                key: b"gone",
+                value: Some(b"old"),
+                version: Version(1),
+                expires_at_ms: 0,
+            })
+            .unwrap();
+        assert_eq!(
+            r,
+            Applied::Stale {
+                current: Version(2)
+            }
+        );
     }
 }
