@@ -160,3 +160,104 @@ fn wiped_node_makes_the_check_fail() {
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A RESP server that answers every GET with a miss, except that during `stall` (measured
+/// from its start) it answers nothing: a server that stalls.
+fn stalling_resp_server(stall: std::ops::Range<Duration>) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    // kvbench's GET with a 16-byte key: *2 $3 GET $16 <key>, each line ending in CRLF.
+    const GET_SIZE: usize = 36;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    let handle = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        let mut conns = Vec::new();
+        // kvbench opens 4 connections; each is served by its own thread until it closes.
+        // Accepting polls with a deadline, so a kvbench that never connects cannot hang us.
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let deadline = start + Duration::from_secs(30);
+        while conns.len() < 4 && std::time::Instant::now() < deadline {
+            let mut s = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+                Err(_) => break,
+            };
+            s.set_nonblocking(false).expect("blocking stream");
+            // Bounded: a connection silent for this long is abandoned.
+            s.set_read_timeout(Some(Duration::from_secs(30)))
+                .expect("read timeout");
+            let stall = stall.clone();
+            conns.push(std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut pending = 0usize;
+                loop {
+                    let n = match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let at = start.elapsed();
+                    if stall.contains(&at) {
+                        std::thread::sleep(stall.end - at);
+                    }
+                    pending += n;
+                    let replies = b"$-1\r\n".repeat(pending / GET_SIZE);
+                    pending %= GET_SIZE;
+                    if s.write_all(&replies).is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        for c in conns {
+            let _ = c.join();
+        }
+    });
+    (addr, handle)
+}
+
+#[test]
+fn open_loop_counts_the_time_a_stalled_server_made_requests_wait() {
+    // 300 ms of silence in a 2 s run at 1000 requests/s: about 300 requests are due during
+    // the stall. Only 4 can be sent (4 connections, pipeline 1); the rest wait in kvbench and
+    // go out in a burst after the stall. Timed from the actual send they would look fast; timed
+    // from their scheduled send (open loop) well over 1% of requests take 150 ms or more.
+    // Only lower bounds are asserted: a slow machine can only make latencies longer.
+    let (addr, server) =
+        stalling_resp_server(Duration::from_millis(700)..Duration::from_millis(1000));
+    let out = finish(kvbench(&[
+        "--protocol",
+        "resp",
+        "--target",
+        &addr,
+        "--rate",
+        "1000",
+        "--duration",
+        "2",
+        "--connections",
+        "4",
+        "--pipeline",
+        "1",
+        "--mix",
+        "get=100",
+    ]));
+    server.join().expect("server thread");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let json = String::from_utf8(out.stdout).expect("JSON is UTF-8");
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    assert_eq!(field(&json, "errors"), 0.0, "{json}");
+    assert!(field(&json, "misses") > 1000.0, "{json}");
+    assert!(
+        field(&json, "max_us") >= 250_000.0,
+        "the stall is hidden: {json}"
+    );
+    assert!(
+        field(&json, "p99_us") >= 150_000.0,
+        "the stall is hidden: {json}"
+    );
+}
