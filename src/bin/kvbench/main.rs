@@ -548,6 +548,12 @@ fn describe(o: &Opts) -> (String, String) {
         json_str(&o.mix.describe()),
         o.seed
     );
+    if let Some(d) = o.duration_s {
+        j.push_str(&format!(",\"duration_s\":{d}"));
+    }
+    if let Some(n) = o.requests {
+        j.push_str(&format!(",\"requests\":{n}"));
+    }
     if let Some(w) = &o.workload {
         j.push_str(&format!(",\"workload\":{}", json_str(w)));
     }
