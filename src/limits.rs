@@ -104,6 +104,80 @@ const _: () = assert!(READ_BUFFER_SIZE_MAX > FRAME_SIZE_MAX + 4);
 const _: () = assert!(PARTITION_COUNT.is_power_of_two() && PARTITION_COUNT <= 65_536);
 const _: () = assert!(SHARDS_MAX <= PARTITION_COUNT);
 
+// ---- cluster ----
+
+/// Most nodes in one cluster. Node ids are also bounded by `version::NODE_ID_MAX`; this bounds
+/// the membership table, gossip frames and the ring.
+pub const CLUSTER_NODES_MAX: usize = 64;
+
+/// Most replicas of a key (`--replicas`).
+pub const REPLICAS_MAX: usize = 7;
+
+/// Virtual nodes each node places on the ring. More vnodes even out the share of partitions
+/// each node owns (with 128 and 3-5 nodes every node owns its share within about ±35%).
+pub const VNODES_PER_NODE: usize = 128;
+
+/// Peers a node sends its membership view to per gossip interval.
+pub const GOSSIP_FANOUT: usize = 2;
+
+/// Default gossip interval (`--gossip-interval-ms`).
+pub const GOSSIP_INTERVAL_MS_DEFAULT: u64 = 200;
+
+/// Smallest and largest `--gossip-interval-ms`.
+pub const GOSSIP_INTERVAL_MS_MIN: u64 = 10;
+/// Largest `--gossip-interval-ms`.
+pub const GOSSIP_INTERVAL_MS_MAX: u64 = 60_000;
+
+/// Default number of gossip intervals without heartbeat progress before a node is marked
+/// failed (`--failure-threshold`).
+pub const FAILURE_THRESHOLD_DEFAULT: u32 = 5;
+
+/// Largest `--failure-threshold`.
+pub const FAILURE_THRESHOLD_MAX: u32 = 1_000;
+
+/// Default time a coordinator waits for replicas before answering TIMEOUT
+/// (`--request-timeout-ms`).
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 2_000;
+
+/// Largest `--request-timeout-ms`.
+pub const REQUEST_TIMEOUT_MS_MAX: u64 = 600_000;
+
+/// Default anti-entropy interval (placeholder until anti-entropy lands).
+pub const ANTI_ENTROPY_INTERVAL_MS_DEFAULT: u64 = 60_000;
+
+/// Replicated operations one shard's coordinator may track at once (waiting for acks, or
+/// collecting late read replies for repair). Past it new requests get OVERLOADED.
+pub const COORDINATOR_OPS_MAX: usize = 16_384;
+
+/// Hints held for one target node, by count. On overflow the oldest hint is dropped (and
+/// counted): anti-entropy repairs what hints lose.
+pub const HINTS_PER_TARGET_MAX: usize = 100_000;
+
+/// Hints held for one target node, by bytes of key and value.
+pub const HINT_BYTES_PER_TARGET_MAX: usize = 64 * 1024 * 1024;
+
+/// Hint deliveries in flight to one target at once (sent, not yet acknowledged).
+pub const HINT_DELIVERY_WINDOW: usize = 64;
+
+/// A version seen from a peer moves this node's clock forward only if its physical time is at
+/// most this far ahead of the local wall clock: one peer with a wild clock (or a corrupt frame)
+/// must not drag every clock into the future, nor push it past the version's 42-bit range.
+pub const CLOCK_OBSERVE_AHEAD_MS_MAX: u64 = 60_000;
+
+/// Hint logs are synced at most this often (when something was appended): hints are best
+/// effort, and an fsync per write on the event loop would cost more than the hint is worth.
+pub const HINT_SYNC_INTERVAL_MS: u64 = 100;
+
+/// Longest cluster secret, in bytes (it travels in the HELLO token).
+pub const CLUSTER_SECRET_SIZE_MAX: usize = TOKEN_SIZE_MAX;
+
+const _: () = assert!(CLUSTER_NODES_MAX <= crate::version::NODE_ID_MAX as usize);
+// Alive sets travel between shards as one u64 bit mask.
+const _: () = assert!(CLUSTER_NODES_MAX <= 64);
+const _: () = assert!(REPLICAS_MAX <= CLUSTER_NODES_MAX);
+const _: () = assert!(GOSSIP_FANOUT >= 1);
+const _: () = assert!(HINT_DELIVERY_WINDOW >= 1);
+
 // ---- storage (log-structured store) ----
 
 /// Default size at which the active segment is sealed and a new one started.
@@ -124,6 +198,10 @@ pub const COMPACTION_INPUTS_MAX: usize = 8;
 /// Bytes read from a segment at a time when scanning it (recovery, compaction).
 pub const SCAN_CHUNK_SIZE: usize = 256 * 1024;
 
+/// The active segment's hint entries are written out in pieces of about this size (so the
+/// hint costs no RAM).
+pub const HINT_WRITE_CHUNK_SIZE: usize = 64 * 1024;
+
 /// Corrupt records listed one by one in a recovery report (the rest are only counted).
 pub const RECOVERY_REPORT_CORRUPT_LISTED_MAX: usize = 1000;
 
@@ -136,6 +214,10 @@ pub const KEYDIR_LOAD_MAX_PERCENT: usize = 80;
 /// The keydir's key arena is compacted when at least this many of its bytes are dead (and
 /// more than half of it is).
 pub const KEYDIR_ARENA_DEAD_MIN: usize = 1024 * 1024;
+
+/// Most keys (tombstones included) one shard's keydir holds: its u32 index slots keep 26
+/// bits for the entry number. Writes of new keys past it are refused.
+pub const KEYDIR_KEYS_MAX: usize = (1 << 26) - 2;
 
 const _: () = assert!(SEGMENT_SIZE_MAX_DEFAULT <= SEGMENT_SIZE_MAX_LIMIT);
 const _: () = assert!(KEYDIR_LOAD_MAX_PERCENT < 100);

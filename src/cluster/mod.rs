@@ -1,2 +1,34 @@
-//! The cluster layer (ring, membership, replication, repair, hints, leader): sans-IO logic
-//! driven by the shards. Filled in by the cluster work.
+//! The cluster layer: sans-IO logic that turns single nodes into a Dynamo-style cluster.
+//!
+//! ```text
+//! config       ClusterConfig: node list, N, secret, intervals; validated at start
+//! ring         partitions → preference lists (consistent hashing with virtual nodes)
+//! peer         the peer frames (opcodes 0x20..=0x3F): REPLICATE, READ, GOSSIP
+//! membership   gossip heartbeats, failure detector, incarnations, leader
+//! coordinator  one shard's replicated reads and writes: quorums, timeouts, read repair, hints
+//! replica      the replica side: answer REPLICATE and READ from the local Store
+//! node         ClusterNode: all of the above behind one input/output interface
+//! hints        bounded hint queues per target node, with a narrow durability interface
+//! hintfile     that interface on an append-only, checksummed file (through the storage Vfs)
+//! rng          SplitMix64, the seeded PRNG the core draws from
+//! ```
+//!
+//! Nothing here touches a socket, a thread, a file or the clock: every input carries `now`
+//! (ms since the Unix epoch, from the driver or the simulator) and every output is a value the
+//! caller acts on (frames to send, replies, writes to apply). The call order for a driver:
+//! feed inputs (`on_*`), then drain outputs (`poll_*` / `take_*`) before the next input.
+
+pub mod config;
+pub mod coordinator;
+pub mod hintfile;
+pub mod hints;
+pub mod membership;
+pub mod node;
+pub mod peer;
+pub mod replica;
+pub mod ring;
+pub mod rng;
+
+pub use config::{ClusterConfig, ConfigError, NodeAddr};
+pub use ring::Ring;
+pub use rng::SplitMix64;

@@ -1,0 +1,319 @@
+//! The cluster's configuration: who this node is, who the others are, and the knobs of
+//! replication and failure detection. Built from `kvd`'s options and validated once at start,
+//! so a misconfigured node refuses to start with a message that says what is wrong.
+//!
+//! The node list is written `ID=HOST:PORT` separated by commas, e.g.
+//! `1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003`. Every node of a cluster must be given
+//! the same list, replica count and secret (placement is computed from them).
+
+use crate::limits::{
+    ANTI_ENTROPY_INTERVAL_MS_DEFAULT, CLUSTER_NODES_MAX, CLUSTER_SECRET_SIZE_MAX,
+    FAILURE_THRESHOLD_DEFAULT, FAILURE_THRESHOLD_MAX, GOSSIP_INTERVAL_MS_DEFAULT,
+    GOSSIP_INTERVAL_MS_MAX, GOSSIP_INTERVAL_MS_MIN, REPLICAS_MAX, REQUEST_TIMEOUT_MS_DEFAULT,
+    REQUEST_TIMEOUT_MS_MAX,
+};
+use crate::version::NODE_ID_MAX;
+use std::net::SocketAddr;
+
+/// Why a cluster configuration is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// An entry of the node list is not `ID=HOST:PORT`.
+    BadNodeEntry(String),
+    /// A node id is above [`NODE_ID_MAX`] (it must fit the version's node bits).
+    NodeIdTooLarge(u32),
+    /// The same id appears twice in the node list.
+    DuplicateId(u32),
+    /// The same address appears twice in the node list.
+    DuplicateAddr(SocketAddr),
+    /// This node's own id is not in the node list.
+    OwnIdMissing(u32),
+    /// The node list is empty or longer than [`CLUSTER_NODES_MAX`].
+    NodeCount(usize),
+    /// The replica count is 0, above the node count or above [`REPLICAS_MAX`].
+    Replicas {
+        /// The replica count asked for.
+        replicas: usize,
+        /// Nodes in the list.
+        nodes: usize,
+    },
+    /// Some other value is out of its range.
+    OutOfRange(String),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::BadNodeEntry(e) => write!(
+                f,
+                "bad node list entry {e:?}: expected ID=HOST:PORT, e.g. 1=127.0.0.1:7001"
+            ),
+            ConfigError::NodeIdTooLarge(id) => {
+                write!(f, "node id {id} is above the maximum of {NODE_ID_MAX}")
+            }
+            ConfigError::DuplicateId(id) => write!(f, "node id {id} appears twice in --nodes"),
+            ConfigError::DuplicateAddr(a) => write!(f, "address {a} appears twice in --nodes"),
+            ConfigError::OwnIdMissing(id) => {
+                write!(
+                    f,
+                    "this node's id {id} (--id) is not in the node list (--nodes)"
+                )
+            }
+            ConfigError::NodeCount(n) => write!(
+                f,
+                "the node list has {n} nodes; it must have between 1 and {CLUSTER_NODES_MAX}"
+            ),
+            ConfigError::Replicas { replicas, nodes } => write!(
+                f,
+                "--replicas {replicas} is impossible with {nodes} nodes: it must be between 1 \
+                 and the number of nodes (at most {REPLICAS_MAX})"
+            ),
+            ConfigError::OutOfRange(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A node of the cluster as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeAddr {
+    /// The node's id (1..=NODE_ID_MAX; 0 is allowed but unusual).
+    pub id: u32,
+    /// The node's one port (clients and peers).
+    pub addr: SocketAddr,
+}
+
+/// The validated cluster configuration of one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// This node's id.
+    pub node_id: u32,
+    /// Every node, this one included, sorted by id.
+    pub nodes: Vec<NodeAddr>,
+    /// Replicas of each key (N).
+    pub replicas: usize,
+    /// The secret peers present in their HELLO; connections that do not are refused.
+    pub secret: Vec<u8>,
+    /// Time between two heartbeats of this node.
+    pub gossip_interval_ms: u64,
+    /// Gossip intervals without heartbeat progress before a node is marked failed.
+    pub failure_threshold: u32,
+    /// Whether writes for unreachable replicas are kept as hints and delivered later.
+    pub hinted_handoff: bool,
+    /// Whether reads repair the stale replicas they find (off only to show that anti-entropy
+    /// converges on its own, and for the simulator's mutations).
+    pub read_repair: bool,
+    /// How long a coordinator waits for replicas before answering TIMEOUT.
+    pub request_timeout_ms: u64,
+    /// Time between anti-entropy rounds (used once anti-entropy lands).
+    pub anti_entropy_interval_ms: u64,
+    /// Directory of the durable hint logs (one file per shard); `None` keeps hints in memory.
+    /// Only the driver opens it: the core sees a `HintLog`.
+    pub hint_dir: Option<std::path::PathBuf>,
+}
+
+/// Parse a node list `1=127.0.0.1:7001,2=127.0.0.1:7002`. Whitespace around entries is
+/// ignored; an empty list is an error. Ids and addresses are checked for duplicates here.
+pub fn parse_nodes(list: &str) -> Result<Vec<NodeAddr>, ConfigError> {
+    let mut nodes = Vec::new();
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, addr) = entry
+            .split_once('=')
+            .ok_or_else(|| ConfigError::BadNodeEntry(entry.to_string()))?;
+        let id: u32 = id
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::BadNodeEntry(entry.to_string()))?;
+        let addr: SocketAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::BadNodeEntry(entry.to_string()))?;
+        nodes.push(NodeAddr { id, addr });
+        if nodes.len() > CLUSTER_NODES_MAX {
+            return Err(ConfigError::NodeCount(nodes.len()));
+        }
+    }
+    Ok(nodes)
+}
+
+impl ClusterConfig {
+    /// A configuration with the defaults for every knob: `replicas` copies over `nodes`.
+    /// Call [`ClusterConfig::validate`] (or use [`ClusterConfig::build`]) before use.
+    pub fn with_defaults(node_id: u32, nodes: Vec<NodeAddr>, replicas: usize) -> ClusterConfig {
+        ClusterConfig {
+            node_id,
+            nodes,
+            replicas,
+            secret: Vec::new(),
+            gossip_interval_ms: GOSSIP_INTERVAL_MS_DEFAULT,
+            failure_threshold: FAILURE_THRESHOLD_DEFAULT,
+            hinted_handoff: true,
+            read_repair: true,
+            request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
+            anti_entropy_interval_ms: ANTI_ENTROPY_INTERVAL_MS_DEFAULT,
+            hint_dir: None,
+        }
+    }
+
+    /// A single-node cluster (N = 1) at `addr`: what `kvd` runs when `--nodes` is not given.
+    pub fn single(node_id: u32, addr: SocketAddr) -> ClusterConfig {
+        ClusterConfig::with_defaults(node_id, vec![NodeAddr { id: node_id, addr }], 1)
+    }
+
+    /// Parse the node list, apply defaults, validate.
+    pub fn build(node_id: u32, nodes: &str, replicas: usize) -> Result<ClusterConfig, ConfigError> {
+        let mut c = ClusterConfig::with_defaults(node_id, parse_nodes(nodes)?, replicas);
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Check every rule; sorts the node list by id. Refuses: an empty or too long node list,
+    /// ids above [`NODE_ID_MAX`], duplicate ids or addresses, own id missing, N == 0,
+    /// N > nodes, intervals and thresholds out of range, a secret too long for HELLO.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.nodes.is_empty() || self.nodes.len() > CLUSTER_NODES_MAX {
+            return Err(ConfigError::NodeCount(self.nodes.len()));
+        }
+        self.nodes.sort_by_key(|n| n.id);
+        for n in &self.nodes {
+            if n.id > NODE_ID_MAX {
+                return Err(ConfigError::NodeIdTooLarge(n.id));
+            }
+        }
+        if self.node_id > NODE_ID_MAX {
+            return Err(ConfigError::NodeIdTooLarge(self.node_id));
+        }
+        for pair in self.nodes.windows(2) {
+            if pair[0].id == pair[1].id {
+                return Err(ConfigError::DuplicateId(pair[0].id));
+            }
+        }
+        let mut addrs: Vec<SocketAddr> = self.nodes.iter().map(|n| n.addr).collect();
+        addrs.sort();
+        for pair in addrs.windows(2) {
+            if pair[0] == pair[1] {
+                return Err(ConfigError::DuplicateAddr(pair[0]));
+            }
+        }
+        if !self.nodes.iter().any(|n| n.id == self.node_id) {
+            return Err(ConfigError::OwnIdMissing(self.node_id));
+        }
+        if self.replicas == 0 || self.replicas > self.nodes.len() || self.replicas > REPLICAS_MAX {
+            return Err(ConfigError::Replicas {
+                replicas: self.replicas,
+                nodes: self.nodes.len(),
+            });
+        }
+        if !(GOSSIP_INTERVAL_MS_MIN..=GOSSIP_INTERVAL_MS_MAX).contains(&self.gossip_interval_ms) {
+            return Err(ConfigError::OutOfRange(format!(
+                "--gossip-interval-ms {} is outside {GOSSIP_INTERVAL_MS_MIN}..={GOSSIP_INTERVAL_MS_MAX}",
+                self.gossip_interval_ms
+            )));
+        }
+        if self.failure_threshold == 0 || self.failure_threshold > FAILURE_THRESHOLD_MAX {
+            return Err(ConfigError::OutOfRange(format!(
+                "--failure-threshold {} is outside 1..={FAILURE_THRESHOLD_MAX}",
+                self.failure_threshold
+            )));
+        }
+        if self.request_timeout_ms == 0 || self.request_timeout_ms > REQUEST_TIMEOUT_MS_MAX {
+            return Err(ConfigError::OutOfRange(format!(
+                "--request-timeout-ms {} is outside 1..={REQUEST_TIMEOUT_MS_MAX}",
+                self.request_timeout_ms
+            )));
+        }
+        if self.anti_entropy_interval_ms == 0 {
+            return Err(ConfigError::OutOfRange(
+                "--anti-entropy-interval-ms must be above 0".into(),
+            ));
+        }
+        if self.secret.len() > CLUSTER_SECRET_SIZE_MAX {
+            return Err(ConfigError::OutOfRange(format!(
+                "--cluster-secret of {} bytes is longer than {CLUSTER_SECRET_SIZE_MAX}",
+                self.secret.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The ids of every node, ascending.
+    pub fn node_ids(&self) -> Vec<u32> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// The address of node `id`.
+    pub fn addr_of(&self, id: u32) -> Option<SocketAddr> {
+        self.nodes.iter().find(|n| n.id == id).map(|n| n.addr)
+    }
+
+    /// How long a node's heartbeat may stand still before it is marked failed.
+    pub fn failure_timeout_ms(&self) -> u64 {
+        self.gossip_interval_ms * self.failure_threshold as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THREE: &str = "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003";
+
+    #[test]
+    fn parses_and_sorts() {
+        let c = ClusterConfig::build(2, "3=127.0.0.1:7003, 1=127.0.0.1:7001,2=127.0.0.1:7002", 3)
+            .unwrap();
+        assert_eq!(c.node_ids(), vec![1, 2, 3]);
+        assert_eq!(c.addr_of(3), Some("127.0.0.1:7003".parse().unwrap()));
+        assert_eq!(c.failure_timeout_ms(), 200 * 5);
+    }
+
+    #[test]
+    fn refusals_say_what_is_wrong() {
+        let err = |id, list: &str, n| ClusterConfig::build(id, list, n).unwrap_err();
+        assert_eq!(err(4, THREE, 3), ConfigError::OwnIdMissing(4));
+        assert_eq!(
+            err(1, "1=127.0.0.1:1,1=127.0.0.1:2", 1),
+            ConfigError::DuplicateId(1)
+        );
+        assert_eq!(
+            err(1, "1=127.0.0.1:1,2=127.0.0.1:1", 1),
+            ConfigError::DuplicateAddr("127.0.0.1:1".parse().unwrap())
+        );
+        assert_eq!(
+            err(1, THREE, 4),
+            ConfigError::Replicas {
+                replicas: 4,
+                nodes: 3
+            }
+        );
+        assert!(matches!(err(1, THREE, 0), ConfigError::Replicas { .. }));
+        assert_eq!(
+            err(1, "1=127.0.0.1:1,5000=127.0.0.1:2", 1),
+            ConfigError::NodeIdTooLarge(5000)
+        );
+        assert!(matches!(
+            err(1, "1=nowhere", 1),
+            ConfigError::BadNodeEntry(_)
+        ));
+        assert!(matches!(
+            err(1, "127.0.0.1:1", 1),
+            ConfigError::BadNodeEntry(_)
+        ));
+        assert_eq!(err(1, "", 1), ConfigError::NodeCount(0));
+        let msg = err(4, THREE, 3).to_string();
+        assert!(msg.contains("4") && msg.contains("--nodes"), "{msg}");
+        let msg = err(1, THREE, 4).to_string();
+        assert!(
+            msg.contains("--replicas 4") && msg.contains("3 nodes"),
+            "{msg}"
+        );
+
+        let mut c = ClusterConfig::build(1, THREE, 3).unwrap();
+        c.failure_threshold = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::OutOfRange(_))));
+        c.failure_threshold = 3;
+        c.gossip_interval_ms = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::OutOfRange(_))));
+    }
+}

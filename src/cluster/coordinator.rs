@@ -1,0 +1,958 @@
+//! The replication coordinator of one shard: client reads and writes become quorum operations
+//! over a key's preference list, with timeouts, read repair and hints.
+//!
+//! It is generic over `C`, the caller's reply context (a connection token and request id, a
+//! simulator's client id): the coordinator carries it and hands it back in
+//! [`Action::Reply`], never looks inside.
+//!
+//! Call order (quinn-proto style): feed an input (`start_write`, `start_read`,
+//! `on_write_ack`, `on_read_reply`, `on_tick`), then drain [`Coordinator::poll_action`] until it
+//! returns `None`, acting on each action:
+//!
+//! ```text
+//! Send { to, frame }        send the peer frame to node `to` (drop it if there is no link)
+//! ApplyLocal { id, write }  this node is a replica: apply to the Store, then call
+//!                           on_write_ack(now, self id, id, ack) (after the sync, if the sync
+//!                           policy promises durability on ack)
+//! ReadLocal { id, key }     read the Store, then call on_read_reply(now, self id, id, record)
+//! Reply { ctx, outcome }    answer the client
+//! Repair { to, write }      read repair: apply locally if `to` is this node, else send
+//!                           peer::put_replicate(id 0, AUX_REPAIR) (fire and forget)
+//! Hint { target, write }    keep the write for `target` in the hint queue
+//! ```
+//!
+//! * **Writes.** The coordinator issues the version from its [`Hlc`] and sends the write to
+//!   every alive replica at once; it answers after `required` acknowledgements (a *stale* ack,
+//!   "I hold a newer version", counts: the replica has the write or something newer). If fewer
+//!   replicas are alive than required, it answers UNAVAILABLE at once and writes nothing. A
+//!   replica that is down, or does not answer by the deadline, gets a hint when hinted handoff
+//!   is on (hints do not count towards `required`). The operation is tracked until every
+//!   replica answered or the deadline passed, so late acks do not create hints.
+//! * **Reads.** The coordinator asks every alive replica, answers with the newest record (LWW
+//!   on the u64 version) once `required` replied, keeps collecting late replies until all
+//!   answered or the deadline passed, then repairs every replica that answered with an older
+//!   record or none. Tombstones and expired records are records: they win by version and are
+//!   repaired like values, so a delete is never undone by a stale replica.
+//! * **Bounds.** At most `ops_max` operations in flight (see
+//!   [`crate::limits::COORDINATOR_OPS_MAX`]); past it new requests are answered OVERLOADED.
+
+use super::peer::{self, HINT_ID_BIT};
+use crate::protocol::Status;
+use crate::storage::{Applied, Stored, Write};
+use crate::version::{Hlc, Version};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::peer::WriteAck;
+
+/// A write owned by the coordinator (it outlives the client's request buffer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedWrite {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value, `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// The version.
+    pub version: Version,
+    /// Absolute expiry in ms since the Unix epoch; 0 = never.
+    pub expires_at_ms: u64,
+}
+
+impl OwnedWrite {
+    /// Borrow as a [`Write`] for [`crate::storage::Store::apply`] and the peer encoders.
+    pub fn as_write(&self) -> Write<'_> {
+        Write {
+            key: &self.key,
+            value: self.value.as_deref(),
+            version: self.version,
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+
+    /// The write that recreates a stored record of `key`.
+    pub fn from_stored(key: &[u8], s: &Stored) -> OwnedWrite {
+        OwnedWrite {
+            key: key.to_vec(),
+            value: s.value.clone(),
+            version: s.version,
+            expires_at_ms: s.expires_at_ms,
+        }
+    }
+
+    /// Bytes of key and value (for hint bounds).
+    pub fn size(&self) -> usize {
+        self.key.len() + self.value.as_ref().map_or(0, |v| v.len())
+    }
+}
+
+/// The answer to a client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A PUT or DELETE reached `required` replicas with this version.
+    Written {
+        /// The write's version.
+        version: Version,
+    },
+    /// A GET found a live value.
+    Found {
+        /// Its version.
+        version: Version,
+        /// The value.
+        value: Vec<u8>,
+        /// Its expiry (0 = never).
+        expires_at_ms: u64,
+    },
+    /// A GET found no live value: never written, deleted or expired.
+    NotFound,
+    /// The request failed: UNAVAILABLE, TIMEOUT, OVERLOADED or STORAGE_ERROR with a message.
+    Failed {
+        /// The status to send.
+        status: Status,
+        /// Why, for humans, e.g. "only 1 of 3 replicas answered, 2 required".
+        message: String,
+    },
+}
+
+/// What the caller must do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action<C> {
+    /// Send a peer frame to node `to`.
+    Send {
+        /// Destination node.
+        to: u32,
+        /// The whole frame.
+        frame: Vec<u8>,
+    },
+    /// Apply a write to the local store and report with `on_write_ack(self, id, ..)`.
+    ApplyLocal {
+        /// The operation id to report under.
+        id: u32,
+        /// The write.
+        write: OwnedWrite,
+    },
+    /// Read the local store and report with `on_read_reply(self, id, ..)`.
+    ReadLocal {
+        /// The operation id to report under.
+        id: u32,
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Answer the client.
+    Reply {
+        /// The caller's context, as given to `start_*`.
+        ctx: C,
+        /// The answer.
+        outcome: Outcome,
+    },
+    /// Read repair: bring `to` up to `write`.
+    Repair {
+        /// The stale replica (may be this node).
+        to: u32,
+        /// The newest record.
+        write: OwnedWrite,
+    },
+    /// Keep `write` as a hint for `target`.
+    Hint {
+        /// The replica that missed the write.
+        target: u32,
+        /// The write.
+        write: OwnedWrite,
+    },
+}
+
+/// Counters for STATS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoordinatorStats {
+    /// Writes started.
+    pub writes: u64,
+    /// Reads started.
+    pub reads: u64,
+    /// Requests answered UNAVAILABLE.
+    pub unavailable: u64,
+    /// Requests answered TIMEOUT.
+    pub timeouts: u64,
+    /// Requests answered OVERLOADED.
+    pub overloaded: u64,
+    /// Read repairs emitted.
+    pub repairs: u64,
+    /// Hints emitted.
+    pub hints: u64,
+    /// Replies for operations already finished (or unknown ids), ignored.
+    pub late_replies: u64,
+}
+
+/// Settings of a coordinator.
+#[derive(Clone, Copy, Debug)]
+pub struct CoordinatorConfig {
+    /// This node's id.
+    pub node_id: u32,
+    /// How long to wait for replicas.
+    pub request_timeout_ms: u64,
+    /// Whether to emit hints.
+    pub hinted_handoff: bool,
+    /// Whether to emit read repairs.
+    pub read_repair: bool,
+    /// Operations in flight at most.
+    pub ops_max: usize,
+}
+
+impl CoordinatorConfig {
+    /// The settings of a node's coordinators from its cluster configuration.
+    pub fn from_cluster(c: &super::ClusterConfig) -> CoordinatorConfig {
+        CoordinatorConfig {
+            node_id: c.node_id,
+            request_timeout_ms: c.request_timeout_ms,
+            hinted_handoff: c.hinted_handoff,
+            read_repair: c.read_repair,
+            ops_max: crate::limits::COORDINATOR_OPS_MAX,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Slot {
+    /// Not alive when the operation started.
+    Down,
+    /// Asked, no answer yet.
+    Waiting,
+    /// Acknowledged a write.
+    Acked,
+    /// Answered a read with this record.
+    Replied(Option<Stored>),
+    /// Answered with an error.
+    Failed(String),
+}
+
+enum Kind {
+    Write(OwnedWrite),
+    Read { key: Vec<u8> },
+}
+
+struct Op<C> {
+    /// `None` once the client has been answered.
+    ctx: Option<C>,
+    kind: Kind,
+    replicas: Vec<(u32, Slot)>,
+    required: usize,
+    deadline_ms: u64,
+}
+
+impl<C> Op<C> {
+    fn count(&self, f: impl Fn(&Slot) -> bool) -> usize {
+        self.replicas.iter().filter(|(_, s)| f(s)).count()
+    }
+    fn answered(&self) -> usize {
+        self.count(|s| matches!(s, Slot::Acked | Slot::Replied(_)))
+    }
+    fn waiting(&self) -> usize {
+        self.count(|s| *s == Slot::Waiting)
+    }
+    /// The newest record among read replies.
+    fn newest(&self) -> Option<&Stored> {
+        self.replicas
+            .iter()
+            .filter_map(|(_, s)| match s {
+                Slot::Replied(Some(r)) => Some(r),
+                _ => None,
+            })
+            .max_by_key(|r| r.version)
+    }
+}
+
+/// Let `hlc` observe a version from elsewhere, unless it is implausibly far in the future
+/// (see [`crate::limits::CLOCK_OBSERVE_AHEAD_MS_MAX`]).
+pub fn observe(hlc: &mut Hlc, now_ms: u64, seen: Version) {
+    if seen.physical_ms() <= now_ms.saturating_add(crate::limits::CLOCK_OBSERVE_AHEAD_MS_MAX) {
+        hlc.observe(seen);
+    }
+}
+
+fn shortfall(answered: usize, n: usize, required: usize) -> String {
+    format!("only {answered} of {n} replicas answered, {required} required")
+}
+
+/// One shard's replication coordinator.
+pub struct Coordinator<C> {
+    config: CoordinatorConfig,
+    hlc: Hlc,
+    ops: BTreeMap<u32, Op<C>>,
+    timers: BTreeSet<(u64, u32)>,
+    next_id: u32,
+    actions: VecDeque<Action<C>>,
+    stats: CoordinatorStats,
+}
+
+impl<C> Coordinator<C> {
+    /// A coordinator issuing versions with node id `config.node_id`.
+    pub fn new(config: CoordinatorConfig) -> Coordinator<C> {
+        assert!(config.ops_max >= 1);
+        Coordinator {
+            hlc: Hlc::new(config.node_id),
+            config,
+            ops: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            next_id: 1,
+            actions: VecDeque::new(),
+            stats: CoordinatorStats::default(),
+        }
+    }
+
+    /// The clock (to recover it above the store's highest version at start).
+    pub fn hlc_mut(&mut self) -> &mut Hlc {
+        &mut self.hlc
+    }
+
+    /// Counters for STATS.
+    pub fn stats(&self) -> CoordinatorStats {
+        self.stats
+    }
+
+    /// Operations in flight.
+    pub fn in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// The next deadline, for the driver's timer.
+    pub fn next_timeout_ms(&self) -> Option<u64> {
+        self.timers.first().map(|&(t, _)| t)
+    }
+
+    /// The next action to perform.
+    pub fn poll_action(&mut self) -> Option<Action<C>> {
+        self.actions.pop_front()
+    }
+
+    fn alloc_id(&mut self) -> u32 {
+        // Ids live in 1..HINT_ID_BIT (0 is fire-and-forget, the high bit is for hints). At most
+        // ops_max are in use, far fewer than 2^31, so the search ends quickly.
+        loop {
+            let id = self.next_id;
+            self.next_id = if id >= HINT_ID_BIT - 1 { 1 } else { id + 1 };
+            if !self.ops.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn fail(&mut self, ctx: C, status: Status, message: String) {
+        match status {
+            Status::Unavailable => self.stats.unavailable += 1,
+            Status::Timeout => self.stats.timeouts += 1,
+            Status::Overloaded => self.stats.overloaded += 1,
+            _ => {}
+        }
+        self.actions.push_back(Action::Reply {
+            ctx,
+            outcome: Outcome::Failed { status, message },
+        });
+    }
+
+    /// Refuse when full, or when fewer than `required` of `replicas` are alive. Returns the
+    /// context back when the operation may go ahead.
+    fn admit(
+        &mut self,
+        ctx: C,
+        replicas: &[u32],
+        alive: &dyn Fn(u32) -> bool,
+        required: usize,
+    ) -> Option<C> {
+        assert!(!replicas.is_empty() && required >= 1 && required <= replicas.len());
+        if self.ops.len() >= self.config.ops_max {
+            let msg = format!(
+                "{} replicated operations in flight on this shard, the maximum",
+                self.ops.len()
+            );
+            self.fail(ctx, Status::Overloaded, msg);
+            return None;
+        }
+        let up = replicas
+            .iter()
+            .filter(|&&r| r == self.config.node_id || alive(r))
+            .count();
+        if up < required {
+            let msg = format!(
+                "only {up} of {} replicas are alive, {required} required",
+                replicas.len()
+            );
+            self.fail(ctx, Status::Unavailable, msg);
+            return None;
+        }
+        Some(ctx)
+    }
+
+    /// Start a write of `value` (`None`: a delete) to `key`, replicated on `replicas` (the
+    /// preference list), answered after `required` acks. `alive` says which nodes the
+    /// membership view holds alive (this node always is). Returns the version issued, or
+    /// `None` if the write was refused at once (the reply is already queued).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_write(
+        &mut self,
+        now_ms: u64,
+        ctx: C,
+        key: &[u8],
+        value: Option<&[u8]>,
+        expires_at_ms: u64,
+        replicas: &[u32],
+        alive: &dyn Fn(u32) -> bool,
+        required: usize,
+    ) -> Option<Version> {
+        let ctx = self.admit(ctx, replicas, alive, required)?;
+        self.stats.writes += 1;
+        let write = OwnedWrite {
+            key: key.to_vec(),
+            value: value.map(|v| v.to_vec()),
+            version: self.hlc.issue(now_ms),
+            expires_at_ms,
+        };
+        let version = write.version;
+        let id = self.alloc_id();
+        let mut slots = Vec::with_capacity(replicas.len());
+        let mut frame = Vec::new();
+        for &r in replicas {
+            if r == self.config.node_id {
+                self.actions.push_back(Action::ApplyLocal {
+                    id,
+                    write: write.clone(),
+                });
+                slots.push((r, Slot::Waiting));
+            } else if alive(r) {
+                if frame.is_empty() {
+                    peer::put_replicate(&mut frame, id, 0, &write.as_write());
+                }
+                self.actions.push_back(Action::Send {
+                    to: r,
+                    frame: frame.clone(),
+                });
+                slots.push((r, Slot::Waiting));
+            } else {
+                if self.config.hinted_handoff {
+                    self.stats.hints += 1;
+                    self.actions.push_back(Action::Hint {
+                        target: r,
+                        write: write.clone(),
+                    });
+                }
+                slots.push((r, Slot::Down));
+            }
+        }
+        let deadline_ms = now_ms + self.config.request_timeout_ms;
+        self.ops.insert(
+            id,
+            Op {
+                ctx: Some(ctx),
+                kind: Kind::Write(write),
+                replicas: slots,
+                required,
+                deadline_ms,
+            },
+        );
+        self.timers.insert((deadline_ms, id));
+        Some(version)
+    }
+
+    /// Start a read of `key` from `replicas`, answered after `required` replies.
+    pub fn start_read(
+        &mut self,
+        now_ms: u64,
+        ctx: C,
+        key: &[u8],
+        replicas: &[u32],
+        alive: &dyn Fn(u32) -> bool,
+        required: usize,
+    ) {
+        let Some(ctx) = self.admit(ctx, replicas, alive, required) else {
+            return;
+        };
+        self.stats.reads += 1;
+        let id = self.alloc_id();
+        let mut slots = Vec::with_capacity(replicas.len());
+        let mut frame = Vec::new();
+        for &r in replicas {
+            if r == self.config.node_id {
+                self.actions.push_back(Action::ReadLocal {
+                    id,
+                    key: key.to_vec(),
+                });
+                slots.push((r, Slot::Waiting));
+            } else if alive(r) {
+                if frame.is_empty() {
+                    peer::put_read(&mut frame, id, key);
+                }
+                self.actions.push_back(Action::Send {
+                    to: r,
+                    frame: frame.clone(),
+                });
+                slots.push((r, Slot::Waiting));
+            } else {
+                slots.push((r, Slot::Down));
+            }
+        }
+        let deadline_ms = now_ms + self.config.request_timeout_ms;
+        self.ops.insert(
+            id,
+            Op {
+                ctx: Some(ctx),
+                kind: Kind::Read { key: key.to_vec() },
+                replicas: slots,
+                required,
+                deadline_ms,
+            },
+        );
+        self.timers.insert((deadline_ms, id));
+    }
+
+    /// The slot of `from` in operation `id`, if it is still waiting for it.
+    fn waiting_slot(&mut self, from: u32, id: u32) -> Option<&mut Slot> {
+        let op = self.ops.get_mut(&id)?;
+        let slot = op
+            .replicas
+            .iter_mut()
+            .find(|(r, _)| *r == from)
+            .map(|(_, s)| s)?;
+        (*slot == Slot::Waiting).then_some(slot)
+    }
+
+    /// Node `from` answered the REPLICATE of operation `id` (for this node: the result of
+    /// `ApplyLocal`).
+    pub fn on_write_ack(&mut self, now_ms: u64, from: u32, id: u32, ack: WriteAck) {
+        let Some(slot) = self.waiting_slot(from, id) else {
+            self.stats.late_replies += 1;
+            return;
+        };
+        match ack {
+            WriteAck::Done(applied) => {
+                *slot = Slot::Acked;
+                if let Applied::Stale { current } = applied {
+                    observe(&mut self.hlc, now_ms, current);
+                }
+            }
+            WriteAck::Refused(why) => *slot = Slot::Failed(format!("node {from}: {why}")),
+        }
+        self.progress(id);
+    }
+
+    /// Node `from` answered the READ of operation `id` with its record (for this node: the
+    /// result of `ReadLocal`).
+    pub fn on_read_reply(
+        &mut self,
+        now_ms: u64,
+        from: u32,
+        id: u32,
+        record: Result<Option<Stored>, String>,
+    ) {
+        let Some(slot) = self.waiting_slot(from, id) else {
+            self.stats.late_replies += 1;
+            return;
+        };
+        *slot = match record {
+            Ok(r) => Slot::Replied(r),
+            Err(why) => Slot::Failed(format!("node {from}: {why}")),
+        };
+        self.answer_read_if_ready(now_ms, id);
+        self.progress(id);
+    }
+
+    fn answer_read_if_ready(&mut self, now_ms: u64, id: u32) {
+        let op = self.ops.get_mut(&id).expect("caller checked the op exists");
+        if op.ctx.is_none() || op.answered() < op.required {
+            return;
+        }
+        let outcome = match op.newest() {
+            Some(s) if s.is_live(now_ms) => Outcome::Found {
+                version: s.version,
+                value: s.value.clone().expect("a live record has a value"),
+                expires_at_ms: s.expires_at_ms,
+            },
+            _ => Outcome::NotFound,
+        };
+        if let Some(s) = op.newest() {
+            observe(&mut self.hlc, now_ms, s.version);
+        }
+        let ctx = op.ctx.take().expect("checked above");
+        self.actions.push_back(Action::Reply { ctx, outcome });
+    }
+
+    /// After a reply: answer the client if possible, finish the operation when nobody is
+    /// left to wait for.
+    fn progress(&mut self, id: u32) {
+        let op = self.ops.get_mut(&id).expect("caller checked the op exists");
+        let n = op.replicas.len();
+        let (answered, waiting) = (op.answered(), op.waiting());
+        if op.ctx.is_some() {
+            if let Kind::Write(w) = &op.kind {
+                if answered >= op.required {
+                    let version = w.version;
+                    let ctx = op.ctx.take().expect("checked above");
+                    self.actions.push_back(Action::Reply {
+                        ctx,
+                        outcome: Outcome::Written { version },
+                    });
+                }
+            }
+        }
+        let op = self.ops.get_mut(&id).expect("still there");
+        if op.ctx.is_some() && answered + waiting < op.required {
+            // Too many refusals: the required count can no longer be met.
+            let errors: Vec<String> = op
+                .replicas
+                .iter()
+                .filter_map(|(_, s)| match s {
+                    Slot::Failed(why) => Some(why.clone()),
+                    _ => None,
+                })
+                .collect();
+            let msg = format!(
+                "{} ({})",
+                shortfall(answered, n, op.required),
+                errors.join("; ")
+            );
+            let ctx = op.ctx.take().expect("checked above");
+            self.fail(ctx, Status::Unavailable, msg);
+        }
+        if waiting == 0 {
+            self.finish(id, false);
+        }
+    }
+
+    /// Advance time: operations past their deadline answer TIMEOUT (if not answered yet),
+    /// hint the replicas that never acknowledged a write, and repair what their reads found.
+    pub fn on_tick(&mut self, now_ms: u64) {
+        while let Some(&(deadline, id)) = self.timers.first() {
+            if deadline > now_ms {
+                break;
+            }
+            self.timers.pop_first();
+            if self.ops.contains_key(&id) {
+                self.finish(id, true);
+            }
+        }
+    }
+
+    /// End operation `id`: answer TIMEOUT if still unanswered, hint writes' silent replicas,
+    /// repair reads' stale replicas.
+    fn finish(&mut self, id: u32, timed_out: bool) {
+        let mut op = self.ops.remove(&id).expect("caller checked the op exists");
+        self.timers.remove(&(op.deadline_ms, id));
+        let n = op.replicas.len();
+        if let Some(ctx) = op.ctx.take() {
+            assert!(
+                timed_out,
+                "an operation with nobody left to wait for was answered"
+            );
+            let msg = format!(
+                "{} within {} ms",
+                shortfall(op.answered(), n, op.required),
+                self.config.request_timeout_ms
+            );
+            self.fail(ctx, Status::Timeout, msg);
+        }
+        match &op.kind {
+            Kind::Write(w) => {
+                if self.config.hinted_handoff {
+                    for (r, s) in &op.replicas {
+                        if *s == Slot::Waiting {
+                            assert!(*r != self.config.node_id, "local applies never time out");
+                            self.stats.hints += 1;
+                            self.actions.push_back(Action::Hint {
+                                target: *r,
+                                write: w.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+            Kind::Read { key } => {
+                if !self.config.read_repair {
+                    return;
+                }
+                let Some(newest) = op.newest() else {
+                    return; // no replica holds anything: nothing to repair
+                };
+                let repair = OwnedWrite::from_stored(key, newest);
+                for (r, s) in &op.replicas {
+                    let stale = match s {
+                        Slot::Replied(None) => true,
+                        Slot::Replied(Some(held)) => held.version < repair.version,
+                        _ => false,
+                    };
+                    if stale {
+                        self.stats.repairs += 1;
+                        self.actions.push_back(Action::Repair {
+                            to: *r,
+                            write: repair.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coord(hints: bool) -> Coordinator<u32> {
+        Coordinator::new(CoordinatorConfig {
+            node_id: 1,
+            request_timeout_ms: 100,
+            hinted_handoff: hints,
+            read_repair: true,
+            ops_max: 4,
+        })
+    }
+
+    fn drain(c: &mut Coordinator<u32>) -> Vec<Action<u32>> {
+        std::iter::from_fn(|| c.poll_action()).collect()
+    }
+
+    fn all_alive(_: u32) -> bool {
+        true
+    }
+
+    fn replies(actions: &[Action<u32>]) -> Vec<(u32, Outcome)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Reply { ctx, outcome } => Some((*ctx, outcome.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn single_replica_fast_path_has_no_peer_traffic() {
+        let mut c = coord(true);
+        let v = c
+            .start_write(1_000, 7, b"k", Some(b"v"), 0, &[1], &all_alive, 1)
+            .unwrap();
+        let acts = drain(&mut c);
+        assert_eq!(acts.len(), 1);
+        let Action::ApplyLocal { id, write } = &acts[0] else {
+            panic!("{acts:?}")
+        };
+        assert_eq!(write.version, v);
+        c.on_write_ack(1_000, 1, *id, WriteAck::Done(Applied::Stored));
+        assert_eq!(
+            replies(&drain(&mut c)),
+            vec![(7, Outcome::Written { version: v })]
+        );
+        assert_eq!(c.in_flight(), 0);
+    }
+
+    #[test]
+    fn quorum_write_answers_after_two_acks_and_hints_the_silent_one() {
+        let mut c = coord(true);
+        c.start_write(1_000, 7, b"k", Some(b"v"), 0, &[1, 2, 3], &all_alive, 2);
+        let acts = drain(&mut c);
+        assert_eq!(acts.len(), 3);
+        let id = match &acts[0] {
+            Action::ApplyLocal { id, .. } => *id,
+            a => panic!("{a:?}"),
+        };
+        assert!(matches!(acts[1], Action::Send { to: 2, .. }));
+        c.on_write_ack(1_001, 1, id, WriteAck::Done(Applied::Stored));
+        assert!(drain(&mut c).is_empty());
+        c.on_write_ack(1_002, 2, id, WriteAck::Done(Applied::Stored));
+        let r = replies(&drain(&mut c));
+        assert!(matches!(r[..], [(7, Outcome::Written { .. })]));
+        // Node 3 never answers: at the deadline it gets a hint, and no second reply.
+        c.on_tick(1_100);
+        let acts = drain(&mut c);
+        assert!(
+            matches!(acts[..], [Action::Hint { target: 3, .. }]),
+            "{acts:?}"
+        );
+        assert_eq!(c.in_flight(), 0);
+        // A late ack is ignored.
+        c.on_write_ack(1_200, 3, id, WriteAck::Done(Applied::Stored));
+        assert!(drain(&mut c).is_empty());
+        assert_eq!(c.stats().late_replies, 1);
+    }
+
+    #[test]
+    fn all_with_a_node_down_is_unavailable_and_writes_nothing() {
+        let mut c = coord(true);
+        let alive = |n: u32| n != 2;
+        assert!(c
+            .start_write(1_000, 9, b"k", Some(b"v"), 0, &[1, 2, 3], &alive, 3)
+            .is_none());
+        let acts = drain(&mut c);
+        assert_eq!(
+            replies(&acts),
+            vec![(
+                9,
+                Outcome::Failed {
+                    status: Status::Unavailable,
+                    message: "only 2 of 3 replicas are alive, 3 required".into()
+                }
+            )]
+        );
+        assert_eq!(acts.len(), 1);
+        // QUORUM goes ahead and hints node 2 at once.
+        c.start_write(1_000, 10, b"k", Some(b"v"), 0, &[1, 2, 3], &alive, 2);
+        let acts = drain(&mut c);
+        assert!(acts
+            .iter()
+            .any(|a| matches!(a, Action::Hint { target: 2, .. })));
+        assert!(!acts.iter().any(|a| matches!(a, Action::Send { to: 2, .. })));
+    }
+
+    #[test]
+    fn timeout_names_how_many_answered() {
+        let mut c = coord(false);
+        c.start_write(1_000, 5, b"k", Some(b"v"), 0, &[1, 2, 3], &all_alive, 2);
+        let id = match &drain(&mut c)[0] {
+            Action::ApplyLocal { id, .. } => *id,
+            a => panic!("{a:?}"),
+        };
+        c.on_write_ack(1_000, 1, id, WriteAck::Done(Applied::Stored));
+        c.on_tick(1_099);
+        assert!(drain(&mut c).is_empty());
+        c.on_tick(1_100);
+        assert_eq!(
+            replies(&drain(&mut c)),
+            vec![(
+                5,
+                Outcome::Failed {
+                    status: Status::Timeout,
+                    message: "only 1 of 3 replicas answered, 2 required within 100 ms".into()
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn read_answers_newest_then_repairs_stale_and_missing() {
+        let mut c = coord(true);
+        c.start_read(1_000, 3, b"k", &[1, 2, 3], &all_alive, 2);
+        let acts = drain(&mut c);
+        let id = match &acts[0] {
+            Action::ReadLocal { id, .. } => *id,
+            a => panic!("{a:?}"),
+        };
+        let rec = |v: u64, val: Option<&[u8]>| Stored {
+            version: Version(v),
+            expires_at_ms: 0,
+            value: val.map(|x| x.to_vec()),
+        };
+        c.on_read_reply(1_000, 1, id, Ok(Some(rec(5, Some(b"old")))));
+        c.on_read_reply(1_001, 2, id, Ok(Some(rec(9, Some(b"new")))));
+        assert_eq!(
+            replies(&drain(&mut c)),
+            vec![(
+                3,
+                Outcome::Found {
+                    version: Version(9),
+                    value: b"new".to_vec(),
+                    expires_at_ms: 0
+                }
+            )]
+        );
+        c.on_read_reply(1_002, 3, id, Ok(None));
+        let acts = drain(&mut c);
+        let mut repaired: Vec<u32> = acts
+            .iter()
+            .map(|a| match a {
+                Action::Repair { to, write } => {
+                    assert_eq!(write.version, Version(9));
+                    *to
+                }
+                a => panic!("{a:?}"),
+            })
+            .collect();
+        repaired.sort();
+        assert_eq!(repaired, vec![1, 3]);
+        assert_eq!(c.in_flight(), 0);
+
+        // A newer tombstone wins over values: NOT_FOUND, and the tombstone is repaired.
+        c.start_read(2_000, 4, b"k", &[1, 2], &all_alive, 1);
+        let id = match &drain(&mut c)[0] {
+            Action::ReadLocal { id, .. } => *id,
+            a => panic!("{a:?}"),
+        };
+        c.on_read_reply(2_000, 2, id, Ok(Some(rec(20, None))));
+        assert_eq!(replies(&drain(&mut c)), vec![(4, Outcome::NotFound)]);
+        c.on_read_reply(2_000, 1, id, Ok(Some(rec(9, Some(b"new")))));
+        let acts = drain(&mut c);
+        assert!(matches!(&acts[..], [Action::Repair { to: 1, write }] if write.value.is_none()));
+    }
+
+    #[test]
+    fn a_version_from_far_in_the_future_does_not_drag_the_clock() {
+        let mut hlc = Hlc::new(1);
+        let now = 1_700_000_000_000;
+        observe(&mut hlc, now, Version(u64::MAX));
+        assert!(hlc.issue(now).physical_ms() == now);
+        observe(&mut hlc, now, Version::new(now + 1_000, 0, 2));
+        assert_eq!(hlc.issue(now).physical_ms(), now + 1_000);
+    }
+
+    #[test]
+    fn read_repair_can_be_switched_off() {
+        let mut c: Coordinator<u32> = Coordinator::new(CoordinatorConfig {
+            node_id: 1,
+            request_timeout_ms: 100,
+            hinted_handoff: false,
+            read_repair: false,
+            ops_max: 4,
+        });
+        c.start_read(0, 1, b"k", &[1, 2], &all_alive, 1);
+        let id = match &drain(&mut c)[0] {
+            Action::ReadLocal { id, .. } => *id,
+            a => panic!("{a:?}"),
+        };
+        c.on_read_reply(0, 1, id, Ok(None));
+        let newer = Stored {
+            version: Version(9),
+            expires_at_ms: 0,
+            value: Some(b"v".to_vec()),
+        };
+        c.on_read_reply(0, 2, id, Ok(Some(newer)));
+        let acts = drain(&mut c);
+        assert!(
+            acts.iter().all(|a| !matches!(a, Action::Repair { .. })),
+            "{acts:?}"
+        );
+        assert_eq!(c.in_flight(), 0);
+    }
+
+    #[test]
+    fn overloaded_past_the_bound() {
+        let mut c = coord(false);
+        for ctx in 0..4 {
+            c.start_read(0, ctx, b"k", &[1, 2], &all_alive, 1);
+        }
+        drain(&mut c);
+        c.start_read(0, 99, b"k", &[1, 2], &all_alive, 1);
+        let r = replies(&drain(&mut c));
+        assert!(matches!(
+            &r[..],
+            [(
+                99,
+                Outcome::Failed {
+                    status: Status::Overloaded,
+                    ..
+                }
+            )]
+        ));
+    }
+
+    #[test]
+    fn refusals_that_make_the_quorum_impossible_fail_early() {
+        let mut c = coord(false);
+        c.start_write(0, 1, b"k", Some(b"v"), 0, &[1, 2, 3], &all_alive, 3);
+        let id = match &drain(&mut c)[0] {
+            Action::ApplyLocal { id, .. } => *id,
+            a => panic!("{a:?}"),
+        };
+        c.on_write_ack(0, 2, id, WriteAck::Refused("disk full".into()));
+        let r = replies(&drain(&mut c));
+        match &r[..] {
+            [(1, Outcome::Failed { status, message })] => {
+                assert_eq!(*status, Status::Unavailable);
+                assert!(message.contains("node 2: disk full"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,623 @@
+//! Membership: gossip heartbeats, the failure detector, incarnations and the leader.
+//!
+//! Every node keeps a view of all configured nodes: per node an *incarnation* and a
+//! *heartbeat* counter, and the local time at which that pair last advanced. Every gossip
+//! interval a node bumps its own heartbeat and sends its whole view to [`GOSSIP_FANOUT`] other
+//! nodes chosen with the seeded PRNG (push); the receiver merges it and answers with its own
+//! view (pull), which the sender merges too.
+//!
+//! * **Merge.** For each entry, the pair `(incarnation, heartbeat)` is compared
+//!   lexicographically: a higher incarnation wins, then a higher heartbeat. Anything that
+//!   advances the pair counts as progress for that node, whoever relayed it.
+//! * **Failure.** A node whose pair has not advanced for `failure_threshold × gossip_interval`
+//!   of local time is marked *failed* by this node. Each node judges failure locally from
+//!   heartbeat progress; the state field in gossip entries is informational (CLUSTER output),
+//!   so one node's stale opinion never fails a healthy node elsewhere.
+//! * **Start.** A starting node counts every other node alive until the failure timeout,
+//!   except that the first news of a node relayed as *failed* by a peer is taken as is (old
+//!   news is not progress), so a restarted node does not elect a dead leader.
+//! * **Recovery.** Any later progress marks the node alive again. A restarted node comes back
+//!   with a higher incarnation: the incarnation is the node's start time in ms since the Unix
+//!   epoch, passed in by the driver, so nothing needs to be persisted (a restart happens at a
+//!   later millisecond). If the wall clock stepped back across a restart and a peer still
+//!   holds a higher incarnation for us, we take that incarnation + 1 when we hear of it.
+//! * **Leader.** The lowest-id node alive in the local view (this node counts itself alive).
+//!   Once views converge every node names the same leader; when it fails, the next lowest id
+//!   takes over as soon as the failure is detected, i.e. within about the failure timeout.
+//!
+//! State changes come out as [`MemberEvent`]s (for logs, hint delivery and leader chores);
+//! frames to send come out of [`Membership::poll_transmit`].
+
+use super::config::ClusterConfig;
+use super::peer::{self, GossipEntry, NodeState};
+use super::rng::SplitMix64;
+use crate::limits::GOSSIP_FANOUT;
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+/// A change in the membership view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberEvent {
+    /// `node`'s heartbeat stood still for the failure timeout.
+    Failed {
+        /// The node.
+        node: u32,
+    },
+    /// `node`, marked failed before, made progress again (or restarted: higher incarnation).
+    Recovered {
+        /// The node.
+        node: u32,
+        /// Its incarnation now.
+        incarnation: u64,
+    },
+    /// `node` restarted (its incarnation rose) while this node still thought it alive.
+    Restarted {
+        /// The node.
+        node: u32,
+        /// Its new incarnation.
+        incarnation: u64,
+    },
+    /// The leader changed.
+    LeaderChanged {
+        /// The old leader.
+        from: u32,
+        /// The new leader.
+        to: u32,
+    },
+}
+
+/// What this node knows of one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The node's id.
+    pub id: u32,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Highest incarnation heard of.
+    pub incarnation: u64,
+    /// Highest heartbeat heard of within that incarnation.
+    pub heartbeat: u64,
+    /// Alive or failed, as judged here.
+    pub state: NodeState,
+    /// Local time the (incarnation, heartbeat) pair last advanced.
+    pub last_progress_ms: u64,
+}
+
+/// Counters for STATS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MembershipStats {
+    /// GOSSIP frames sent (pushes).
+    pub gossip_sent: u64,
+    /// Views merged (pushes and pull replies received).
+    pub gossip_merged: u64,
+    /// Times a node was marked failed.
+    pub failures_detected: u64,
+    /// Times a failed node was marked alive again.
+    pub recoveries: u64,
+    /// Times this node found it had not been running for several intervals.
+    pub pauses: u64,
+}
+
+/// Ticks further apart than this many gossip intervals mean this node itself was paused.
+const PAUSE_INTERVALS: u64 = 3;
+
+/// One node's membership view and failure detector.
+#[derive(Clone, Debug)]
+pub struct Membership {
+    self_id: u32,
+    /// Every configured node, sorted by id, this node included.
+    members: Vec<Member>,
+    interval_ms: u64,
+    failure_timeout_ms: u64,
+    next_gossip_ms: u64,
+    /// When `on_tick` last ran (0: never).
+    last_tick_ms: u64,
+    leader: u32,
+    next_frame_id: u32,
+    events: VecDeque<MemberEvent>,
+    transmit: VecDeque<(u32, Vec<u8>)>,
+    stats: MembershipStats,
+}
+
+impl Membership {
+    /// The view of a node starting at `start_ms` (wall time, ms since the Unix epoch), which
+    /// becomes its incarnation. Every other node starts alive with nothing heard yet; one that
+    /// never gossips is marked failed after the failure timeout.
+    pub fn new(config: &ClusterConfig, start_ms: u64) -> Membership {
+        let members: Vec<Member> = config
+            .nodes
+            .iter()
+            .map(|n| Member {
+                id: n.id,
+                addr: n.addr,
+                incarnation: if n.id == config.node_id { start_ms } else { 0 },
+                heartbeat: 0,
+                state: NodeState::Alive,
+                last_progress_ms: start_ms,
+            })
+            .collect();
+        assert!(members.windows(2).all(|w| w[0].id < w[1].id), "sorted ids");
+        assert!(members.iter().any(|m| m.id == config.node_id));
+        let leader = members[0].id;
+        Membership {
+            self_id: config.node_id,
+            members,
+            interval_ms: config.gossip_interval_ms,
+            failure_timeout_ms: config.failure_timeout_ms(),
+            next_gossip_ms: start_ms,
+            last_tick_ms: 0,
+            leader,
+            next_frame_id: 1,
+            events: VecDeque::new(),
+            transmit: VecDeque::new(),
+            stats: MembershipStats::default(),
+        }
+    }
+
+    fn index_of(&self, id: u32) -> Option<usize> {
+        self.members.binary_search_by_key(&id, |m| m.id).ok()
+    }
+
+    fn me(&mut self) -> &mut Member {
+        let i = self
+            .index_of(self.self_id)
+            .expect("own id is in the member list (checked in new)");
+        &mut self.members[i]
+    }
+
+    /// This node's id.
+    pub fn self_id(&self) -> u32 {
+        self.self_id
+    }
+
+    /// This node's incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.member(self.self_id)
+            .expect("own id is in the member list")
+            .incarnation
+    }
+
+    /// Every node's entry, sorted by id.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The entry of node `id`.
+    pub fn member(&self, id: u32) -> Option<&Member> {
+        self.index_of(id).map(|i| &self.members[i])
+    }
+
+    /// Whether node `id` is alive in this view (unknown ids are not).
+    pub fn is_alive(&self, id: u32) -> bool {
+        self.member(id).is_some_and(|m| m.state == NodeState::Alive)
+    }
+
+    /// The ids of the nodes alive in this view, ascending.
+    pub fn alive_ids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .filter(|m| m.state == NodeState::Alive)
+            .map(|m| m.id)
+            .collect()
+    }
+
+    /// The leader: the lowest-id alive node of this view.
+    pub fn leader(&self) -> u32 {
+        self.leader
+    }
+
+    /// Whether this node is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.leader == self.self_id
+    }
+
+    /// Counters for STATS.
+    pub fn stats(&self) -> MembershipStats {
+        self.stats
+    }
+
+    /// When the driver should call [`Membership::on_tick`] next at the latest.
+    pub fn next_timeout_ms(&self) -> u64 {
+        self.next_gossip_ms
+    }
+
+    /// The view as gossip entries.
+    pub fn entries(&self) -> Vec<GossipEntry> {
+        self.members
+            .iter()
+            .map(|m| GossipEntry {
+                node_id: m.id,
+                incarnation: m.incarnation,
+                heartbeat: m.heartbeat,
+                state: m.state,
+            })
+            .collect()
+    }
+
+    /// Advance time: detect failures, and when the gossip interval has passed, bump this
+    /// node's heartbeat and queue GOSSIP pushes to up to [`GOSSIP_FANOUT`] other nodes drawn
+    /// from `rng` (failed nodes included, so they learn of us as soon as they are back).
+    pub fn on_tick(&mut self, now_ms: u64, rng: &mut SplitMix64) {
+        let timeout = self.failure_timeout_ms;
+        let self_id = self.self_id;
+        // A gap of several intervals since the last tick means this node was not running
+        // (SIGSTOP, a swapped-out process, a stalled disk): it heard nothing because it was
+        // not listening, not because the others died. The gap does not count towards anyone's
+        // failure; the others get a fresh timeout from now.
+        let gap = now_ms.saturating_sub(self.last_tick_ms);
+        if self.last_tick_ms != 0 && gap > PAUSE_INTERVALS * self.interval_ms {
+            for m in self.members.iter_mut() {
+                m.last_progress_ms = m.last_progress_ms.max(now_ms - self.interval_ms);
+            }
+            self.stats.pauses += 1;
+        }
+        self.last_tick_ms = now_ms;
+        for m in self.members.iter_mut().filter(|m| m.id != self_id) {
+            if m.state == NodeState::Alive && now_ms.saturating_sub(m.last_progress_ms) >= timeout {
+                m.state = NodeState::Failed;
+                self.stats.failures_detected += 1;
+                self.events.push_back(MemberEvent::Failed { node: m.id });
+            }
+        }
+        self.update_leader();
+
+        if now_ms < self.next_gossip_ms {
+            return;
+        }
+        // After a long pause (SIGSTOP, a slow disk) gossip once, not once per missed interval.
+        self.next_gossip_ms = now_ms + self.interval_ms;
+        let me = self.me();
+        me.heartbeat += 1;
+        me.last_progress_ms = now_ms;
+
+        let mut others: Vec<u32> = self
+            .members
+            .iter()
+            .map(|m| m.id)
+            .filter(|&id| id != self_id)
+            .collect();
+        let entries = self.entries();
+        // A partial Fisher-Yates shuffle picks `fanout` distinct targets.
+        let fanout = GOSSIP_FANOUT.min(others.len());
+        for k in 0..fanout {
+            let j = k + rng.below((others.len() - k) as u64) as usize;
+            others.swap(k, j);
+            let mut frame = Vec::new();
+            let id = self.frame_id();
+            peer::put_gossip(&mut frame, id, self_id, &entries);
+            self.transmit.push_back((others[k], frame));
+            self.stats.gossip_sent += 1;
+        }
+    }
+
+    fn frame_id(&mut self) -> u32 {
+        // Gossip ids stay in the coordinator's space (no HINT_ID_BIT, never 0); replies are
+        // recognised by their opcode, so collisions with coordinator ids do not matter.
+        let id = self.next_frame_id;
+        self.next_frame_id = if id >= peer::HINT_ID_BIT - 1 {
+            1
+        } else {
+            id + 1
+        };
+        id
+    }
+
+    /// Merge a view received from `sender` (a GOSSIP push or the reply to ours).
+    pub fn on_gossip(&mut self, now_ms: u64, sender: u32, entries: &[GossipEntry]) {
+        self.stats.gossip_merged += 1;
+        let _ = sender; // every entry is merged on its own merits, the sender's included
+        for e in entries {
+            let Some(i) = self.index_of(e.node_id) else {
+                continue; // a node we were not configured with: ignore it
+            };
+            if e.node_id == self.self_id {
+                let me = &mut self.members[i];
+                if e.incarnation > me.incarnation {
+                    me.incarnation = e.incarnation.saturating_add(1);
+                    me.heartbeat = 0;
+                }
+                continue;
+            }
+            let m = &mut self.members[i];
+            if (e.incarnation, e.heartbeat) <= (m.incarnation, m.heartbeat) {
+                continue;
+            }
+            if (m.incarnation, m.heartbeat) == (0, 0) && e.state == NodeState::Failed {
+                // First news of a node, relayed by a peer that already holds it failed: that
+                // is old news, not progress. Without this a freshly started node would count
+                // a dead node alive (and maybe its leader) for a whole failure timeout.
+                m.incarnation = e.incarnation;
+                m.heartbeat = e.heartbeat;
+                if m.state == NodeState::Alive {
+                    m.state = NodeState::Failed;
+                    self.stats.failures_detected += 1;
+                    self.events
+                        .push_back(MemberEvent::Failed { node: e.node_id });
+                }
+                continue;
+            }
+            let restarted = e.incarnation > m.incarnation && m.incarnation != 0;
+            m.incarnation = e.incarnation;
+            m.heartbeat = e.heartbeat;
+            m.last_progress_ms = now_ms;
+            if m.state == NodeState::Failed {
+                m.state = NodeState::Alive;
+                self.stats.recoveries += 1;
+                self.events.push_back(MemberEvent::Recovered {
+                    node: e.node_id,
+                    incarnation: e.incarnation,
+                });
+            } else if restarted {
+                self.events.push_back(MemberEvent::Restarted {
+                    node: e.node_id,
+                    incarnation: e.incarnation,
+                });
+            }
+        }
+        self.update_leader();
+    }
+
+    /// Serve a GOSSIP request: merge it and append the reply (our view) with id `id`.
+    pub fn handle_gossip(
+        &mut self,
+        now_ms: u64,
+        id: u32,
+        sender: u32,
+        entries: &[GossipEntry],
+        out: &mut Vec<u8>,
+    ) {
+        self.on_gossip(now_ms, sender, entries);
+        peer::put_gossip_reply(out, id, self.self_id, &self.entries());
+    }
+
+    fn update_leader(&mut self) {
+        let leader = self
+            .members
+            .iter()
+            .find(|m| m.state == NodeState::Alive || m.id == self.self_id)
+            .map(|m| m.id)
+            .expect("this node is always counted alive");
+        if leader != self.leader {
+            self.events.push_back(MemberEvent::LeaderChanged {
+                from: self.leader,
+                to: leader,
+            });
+            self.leader = leader;
+        }
+    }
+
+    /// The next frame to send: `(node id, frame bytes)`.
+    pub fn poll_transmit(&mut self) -> Option<(u32, Vec<u8>)> {
+        self.transmit.pop_front()
+    }
+
+    /// The next state change.
+    pub fn poll_event(&mut self) -> Option<MemberEvent> {
+        self.events.pop_front()
+    }
+
+    /// The CLUSTER reply: one line per node, `id addr state incarnation`, with ` leader`
+    /// appended on the leader's line and ` self` on this node's line.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        for m in &self.members {
+            let _ = write!(
+                s,
+                "{} {} {} {}",
+                m.id,
+                m.addr,
+                m.state.name(),
+                m.incarnation
+            );
+            if m.id == self.leader {
+                s.push_str(" leader");
+            }
+            if m.id == self.self_id {
+                s.push_str(" self");
+            }
+            s.push('\n');
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(id: u32, n: u32) -> ClusterConfig {
+        let list: Vec<String> = (1..=n)
+            .map(|i| format!("{i}=127.0.0.1:{}", 7000 + i))
+            .collect();
+        let mut c = ClusterConfig::build(id, &list.join(","), 1).unwrap();
+        c.gossip_interval_ms = 100;
+        c.failure_threshold = 5;
+        c
+    }
+
+    /// Deliver every queued push and its pull reply, instantly, except to/from `down`.
+    fn exchange(nodes: &mut [Membership], now: u64, down: &[u32]) {
+        for i in 0..nodes.len() {
+            while let Some((to, frame)) = nodes[i].poll_transmit() {
+                let from = nodes[i].self_id();
+                if down.contains(&to) || down.contains(&from) {
+                    continue;
+                }
+                let body = &frame[10..];
+                let Ok(peer::PeerRequest::Gossip { sender, entries }) =
+                    peer::PeerRequest::decode(frame[4], frame[5], body)
+                else {
+                    panic!("not gossip")
+                };
+                let j = nodes.iter().position(|m| m.self_id() == to).unwrap();
+                let mut reply = Vec::new();
+                nodes[j].handle_gossip(now, 1, sender, &entries, &mut reply);
+                let r = peer::PeerReply::decode(reply[4], reply[5], &reply[10..]).unwrap();
+                let peer::PeerReply::Gossip { sender, entries } = r else {
+                    panic!()
+                };
+                nodes[i].on_gossip(now, sender, &entries);
+            }
+        }
+    }
+
+    #[test]
+    fn failure_detected_after_threshold_and_recovery_on_restart() {
+        let mut rng = SplitMix64::new(7);
+        let mut nodes: Vec<Membership> = (1..=3)
+            .map(|i| Membership::new(&config(i, 3), 1_000))
+            .collect();
+        let mut now = 1_000;
+        for _ in 0..20 {
+            for n in nodes.iter_mut() {
+                n.on_tick(now, &mut rng);
+            }
+            exchange(&mut nodes, now, &[]);
+            now += 10;
+        }
+        assert!(nodes.iter().all(|n| n.alive_ids() == vec![1, 2, 3]));
+        assert!(nodes.iter().all(|n| n.leader() == 1));
+        for n in nodes.iter_mut() {
+            while n.poll_event().is_some() {}
+        }
+
+        // Node 1 (the leader) goes silent.
+        let stopped = now;
+        let mut detected = None;
+        while now < stopped + 5_000 {
+            for n in nodes.iter_mut() {
+                n.on_tick(now, &mut rng);
+            }
+            exchange(&mut nodes, now, &[1]);
+            if detected.is_none() && !nodes[1].is_alive(1) && !nodes[2].is_alive(1) {
+                detected = Some(now - stopped);
+            }
+            now += 10;
+        }
+        let took = detected.expect("node 1 marked failed");
+        // interval × threshold = 500 ms after the last heartbeat heard, which is up to one
+        // interval (100 ms) older than the moment node 1 went silent; plus one tick.
+        assert!((400..=510).contains(&took), "detected after {took} ms");
+        assert_eq!(nodes[1].leader(), 2);
+        assert_eq!(nodes[2].leader(), 2);
+        assert!(nodes[1].render().contains("1 127.0.0.1:7001 failed"));
+        assert!(nodes[1]
+            .render()
+            .contains("2 127.0.0.1:7002 alive 1000 leader self"));
+        let mut evs = Vec::new();
+        while let Some(e) = nodes[1].poll_event() {
+            evs.push(e);
+        }
+        assert_eq!(
+            evs,
+            vec![
+                MemberEvent::Failed { node: 1 },
+                MemberEvent::LeaderChanged { from: 1, to: 2 }
+            ]
+        );
+
+        // Node 1 restarts: a fresh view with a later start time.
+        nodes[0] = Membership::new(&config(1, 3), now);
+        let restart = now;
+        for _ in 0..30 {
+            for n in nodes.iter_mut() {
+                n.on_tick(now, &mut rng);
+            }
+            exchange(&mut nodes, now, &[]);
+            now += 10;
+        }
+        assert!(nodes[1].is_alive(1) && nodes[2].is_alive(1));
+        assert_eq!(nodes[1].member(1).unwrap().incarnation, restart);
+        assert_eq!(nodes[2].leader(), 1);
+        let mut evs = Vec::new();
+        while let Some(e) = nodes[2].poll_event() {
+            evs.push(e);
+        }
+        assert!(evs.contains(&MemberEvent::Recovered {
+            node: 1,
+            incarnation: restart
+        }));
+        assert!(evs.contains(&MemberEvent::LeaderChanged { from: 2, to: 1 }));
+    }
+
+    #[test]
+    fn a_paused_node_does_not_fail_everybody_when_it_resumes() {
+        let mut rng = SplitMix64::new(1);
+        let mut m = Membership::new(&config(1, 3), 1_000);
+        for t in 0..5 {
+            m.on_tick(1_000 + t * 10, &mut rng);
+        }
+        // Ten seconds without a tick (the threshold is 500 ms).
+        m.on_tick(11_000, &mut rng);
+        assert_eq!(m.alive_ids(), vec![1, 2, 3]);
+        assert_eq!(m.stats().pauses, 1);
+        // If nobody answers after the resume, the usual timeout applies.
+        let mut t = 11_000;
+        while m.alive_ids().len() == 3 {
+            t += 10;
+            m.on_tick(t, &mut rng);
+        }
+        assert!((11_400..=11_500).contains(&t), "failed at {t}");
+    }
+
+    #[test]
+    fn higher_incarnation_wins_then_heartbeat() {
+        let mut m = Membership::new(&config(1, 2), 100);
+        let e = |inc, hb| GossipEntry {
+            node_id: 2,
+            incarnation: inc,
+            heartbeat: hb,
+            state: NodeState::Alive,
+        };
+        m.on_gossip(200, 2, &[e(50, 9)]);
+        assert_eq!(m.member(2).unwrap().heartbeat, 9);
+        m.on_gossip(300, 2, &[e(50, 3)]); // older heartbeat: ignored
+        assert_eq!(m.member(2).unwrap().heartbeat, 9);
+        assert_eq!(m.member(2).unwrap().last_progress_ms, 200);
+        m.on_gossip(400, 2, &[e(60, 1)]); // restart: lower heartbeat, higher incarnation
+        assert_eq!(
+            (
+                m.member(2).unwrap().incarnation,
+                m.member(2).unwrap().heartbeat
+            ),
+            (60, 1)
+        );
+        assert!(m.poll_event().is_some_and(|ev| ev
+            == MemberEvent::Restarted {
+                node: 2,
+                incarnation: 60
+            }));
+        // Someone claims a higher incarnation for us: we jump above it.
+        m.on_gossip(
+            500,
+            2,
+            &[GossipEntry {
+                node_id: 1,
+                ..e(1_000, 0)
+            }],
+        );
+        assert_eq!(m.incarnation(), 1_001);
+    }
+
+    #[test]
+    fn gossip_targets_follow_the_seed() {
+        let pick = |seed| {
+            let mut m = Membership::new(&config(1, 5), 0);
+            let mut r = SplitMix64::new(seed);
+            let mut targets = Vec::new();
+            for t in 0..10 {
+                m.on_tick(t * 100, &mut r);
+                while let Some((to, _)) = m.poll_transmit() {
+                    targets.push(to);
+                }
+            }
+            targets
+        };
+        assert_eq!(pick(3), pick(3));
+        let t = pick(3);
+        assert_eq!(t.len(), 20);
+        assert!(t.iter().all(|&x| (2..=5).contains(&x)));
+        assert!(t.chunks(2).all(|c| c[0] != c[1]));
+    }
+}

@@ -1,0 +1,482 @@
+//! One node's (or one shard's) whole cluster core in one value: ring, membership,
+//! coordinator and hints, driven through a handful of inputs and one output queue. It is what
+//! the shard core embeds and what the simulator drives.
+//!
+//! The store stays with the caller (the shard owns it); calls that may read or write it take
+//! `&mut dyn Store`, and local replica work (`ApplyLocal`, `ReadLocal`, local repairs) is done
+//! inside the call, so the caller only sees network frames, client replies and events:
+//!
+//! ```text
+//!  inputs                                   outputs (poll_output)
+//!  write / read (client requests)   ──▶    Send  { to, frame }      peer frame to a node
+//!  on_peer_request (REPLICATE/READ/GOSSIP)  Reply { ctx, outcome }   answer a client
+//!  on_peer_reply  (replies to our frames)   Event(MemberEvent)       log it
+//!  on_tick (timeouts, gossip, hints)
+//! ```
+//!
+//! Peer requests are answered synchronously into the caller's buffer. The caller must hold
+//! that reply (and any client reply) until its store has synced when its sync policy promises
+//! durability on acknowledgement, exactly as for single-node writes.
+//!
+//! With several shards per node, every shard runs its own `ClusterNode` with the node's id:
+//! each gossips on its own peer links with its own heartbeat counter (receivers keep the
+//! highest, which still advances every interval while the node lives), so the shards need no
+//! shared membership state. Their views agree to within a gossip interval or two.
+
+use super::config::ClusterConfig;
+use super::coordinator::{Action, Coordinator, CoordinatorConfig, Outcome};
+use super::hints::HintQueue;
+use super::membership::{MemberEvent, Membership};
+use super::peer::{self, PeerError, PeerReply, PeerRequest, WriteAck, HINT_ID_BIT};
+use super::replica;
+use super::ring::Ring;
+use super::rng::SplitMix64;
+use crate::protocol::{Consistency, FrameRef};
+use crate::storage::{Store, Stored};
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+
+/// What the caller must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output<C> {
+    /// Send a peer frame to node `to`.
+    Send {
+        /// Destination.
+        to: u32,
+        /// The frame.
+        frame: Vec<u8>,
+    },
+    /// Answer a client.
+    Reply {
+        /// The context given with the request.
+        ctx: C,
+        /// The answer.
+        outcome: Outcome,
+    },
+    /// A membership change, for the log.
+    Event(MemberEvent),
+}
+
+/// Counters of the replica side for STATS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    /// REPLICATE requests served (all kinds).
+    pub replicate_served: u64,
+    /// Hint deliveries received and stored.
+    pub hints_received: u64,
+    /// Read repairs received that changed the local record.
+    pub repairs_received: u64,
+    /// READ requests served.
+    pub reads_served: u64,
+    /// Peer frames that could not be decoded.
+    pub peer_errors: u64,
+}
+
+/// The cluster core of one node (or shard).
+pub struct ClusterNode<C> {
+    config: ClusterConfig,
+    ring: Ring,
+    membership: Membership,
+    coordinator: Coordinator<C>,
+    hints: HintQueue,
+    rng: SplitMix64,
+    outputs: VecDeque<Output<C>>,
+    replica_stats: ReplicaStats,
+    scratch: Vec<(u32, Vec<u8>)>,
+    alive_override: Option<u64>,
+    last_hint_sync_ms: u64,
+}
+
+/// Whether node `id` is in `mask` (bits in the order of `nodes`).
+fn mask_holds(mask: u64, nodes: &[super::NodeAddr], id: u32) -> bool {
+    nodes
+        .iter()
+        .position(|n| n.id == id)
+        .is_some_and(|i| mask & (1 << i) != 0)
+}
+
+impl<C> ClusterNode<C> {
+    /// The core of node `config.node_id` starting at `start_ms` (wall ms: its incarnation),
+    /// drawing gossip targets from `seed`, keeping hints in `hints`. `config` must be
+    /// validated. The caller should recover the clock with [`ClusterNode::recover_clock`].
+    pub fn new(
+        config: ClusterConfig,
+        start_ms: u64,
+        seed: u64,
+        hints: HintQueue,
+    ) -> ClusterNode<C> {
+        let ring = Ring::new(&config.node_ids(), config.replicas);
+        ClusterNode {
+            membership: Membership::new(&config, start_ms),
+            coordinator: Coordinator::new(CoordinatorConfig::from_cluster(&config)),
+            ring,
+            hints,
+            rng: SplitMix64::new(seed),
+            outputs: VecDeque::new(),
+            replica_stats: ReplicaStats::default(),
+            scratch: Vec::new(),
+            alive_override: None,
+            last_hint_sync_ms: 0,
+            config,
+        }
+    }
+
+    /// Start the version clock above the highest version in the store (`now_ms`: wall time).
+    /// A stored version more than a year ahead of the wall clock can only come from a peer
+    /// with a broken clock; following it could exhaust the version's time range, so it is
+    /// ignored (the wall clock stepping back that far is not a case we serve).
+    pub fn recover_clock(&mut self, store: &dyn Store, now_ms: u64) {
+        const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
+        let highest = store.highest_version();
+        if highest.physical_ms() <= now_ms.saturating_add(YEAR_MS) {
+            self.coordinator.hlc_mut().recover(highest);
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// The membership view.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// The coordinator (stats, in-flight count).
+    pub fn coordinator(&self) -> &Coordinator<C> {
+        &self.coordinator
+    }
+
+    /// The hint queue (stats).
+    pub fn hints(&self) -> &HintQueue {
+        &self.hints
+    }
+
+    /// The next output.
+    pub fn poll_output(&mut self) -> Option<Output<C>> {
+        self.outputs.pop_front()
+    }
+
+    /// Replicas required out of N for `consistency`.
+    pub fn required(&self, consistency: Consistency) -> usize {
+        consistency.required(self.config.replicas)
+    }
+
+    /// Start a client write (`value` `None`: delete). The reply comes out as
+    /// [`Output::Reply`], possibly during this call (single replica, or refused).
+    #[allow(clippy::too_many_arguments)]
+    pub fn write(
+        &mut self,
+        now_ms: u64,
+        store: &mut dyn Store,
+        ctx: C,
+        key: &[u8],
+        value: Option<&[u8]>,
+        expires_at_ms: u64,
+        consistency: Consistency,
+    ) {
+        let required = self.required(consistency);
+        let alive = self.alive_mask();
+        let nodes = &self.config.nodes;
+        let prefs = self.ring.preference_for_key(key);
+        self.coordinator.start_write(
+            now_ms,
+            ctx,
+            key,
+            value,
+            expires_at_ms,
+            prefs,
+            &|n| mask_holds(alive, nodes, n),
+            required,
+        );
+        self.drain(now_ms, store);
+    }
+
+    /// Start a client read.
+    pub fn read(
+        &mut self,
+        now_ms: u64,
+        store: &mut dyn Store,
+        ctx: C,
+        key: &[u8],
+        consistency: Consistency,
+    ) {
+        let required = self.required(consistency);
+        let alive = self.alive_mask();
+        let nodes = &self.config.nodes;
+        let prefs = self.ring.preference_for_key(key);
+        self.coordinator.start_read(
+            now_ms,
+            ctx,
+            key,
+            prefs,
+            &|n| mask_holds(alive, nodes, n),
+            required,
+        );
+        self.drain(now_ms, store);
+    }
+
+    /// Serve a peer request from node `from` (REPLICATE, READ or GOSSIP), appending the reply
+    /// with request id `id` to `out`. An undecodable frame is answered with an error reply
+    /// and reported.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_peer_request(
+        &mut self,
+        now_ms: u64,
+        store: &mut dyn Store,
+        from: u32,
+        id: u32,
+        op: u8,
+        aux: u8,
+        body: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), PeerError> {
+        let req = match PeerRequest::decode(op, aux, body) {
+            Ok(r) => r,
+            Err(e) => {
+                self.replica_stats.peer_errors += 1;
+                crate::protocol::message::put_error(out, op, id, e.status(), &e.to_string());
+                return Err(e);
+            }
+        };
+        match &req {
+            PeerRequest::Gossip { sender, entries } => {
+                let _ = from;
+                self.membership
+                    .handle_gossip(now_ms, id, *sender, entries, out);
+                self.after_membership(now_ms);
+            }
+            _ => {
+                if let PeerRequest::Replicate { write, .. } = &req {
+                    super::coordinator::observe(self.coordinator.hlc_mut(), now_ms, write.version);
+                }
+                match replica::serve(store, id, &req, out) {
+                    Some(replica::Served::Write {
+                        stored,
+                        hint,
+                        repair,
+                    }) => {
+                        self.replica_stats.replicate_served += 1;
+                        self.replica_stats.hints_received += u64::from(hint && stored);
+                        self.replica_stats.repairs_received += u64::from(repair && stored);
+                    }
+                    Some(replica::Served::WriteRefused) => self.replica_stats.replicate_served += 1,
+                    Some(replica::Served::Read) => self.replica_stats.reads_served += 1,
+                    None => {}
+                }
+            }
+        }
+        self.drain(now_ms, store);
+        Ok(())
+    }
+
+    /// A reply frame from node `from` to one of our peer frames.
+    pub fn on_peer_reply(
+        &mut self,
+        now_ms: u64,
+        store: &mut dyn Store,
+        from: u32,
+        f: &FrameRef<'_>,
+    ) {
+        let reply = match PeerReply::decode(f.op, f.aux, f.body) {
+            Ok(r) => r,
+            Err(_) => {
+                self.replica_stats.peer_errors += 1;
+                return;
+            }
+        };
+        match reply {
+            PeerReply::Gossip { sender, entries } => {
+                self.membership.on_gossip(now_ms, sender, &entries);
+                self.after_membership(now_ms);
+            }
+            PeerReply::Write(ack) => {
+                if f.id == 0 {
+                    // A read repair's ack: nothing waits for it.
+                } else if f.id & HINT_ID_BIT != 0 {
+                    self.hints.on_ack(from, f.id, &ack);
+                } else {
+                    self.coordinator.on_write_ack(now_ms, from, f.id, ack);
+                }
+            }
+            PeerReply::Read(record) => {
+                self.coordinator.on_read_reply(now_ms, from, f.id, record);
+            }
+        }
+        self.drain(now_ms, store);
+    }
+
+    /// Advance time: failure detection and gossip, request timeouts, hint delivery.
+    pub fn on_tick(&mut self, now_ms: u64, store: &mut dyn Store) {
+        self.membership.on_tick(now_ms, &mut self.rng);
+        self.after_membership(now_ms);
+        self.coordinator.on_tick(now_ms);
+        self.drain(now_ms, store);
+        self.deliver_hints(now_ms);
+        if now_ms >= self.last_hint_sync_ms + crate::limits::HINT_SYNC_INTERVAL_MS {
+            self.last_hint_sync_ms = now_ms;
+            self.hints.sync();
+        }
+    }
+
+    /// When `on_tick` should be called next at the latest.
+    pub fn next_timeout_ms(&self) -> u64 {
+        let m = self.membership.next_timeout_ms();
+        self.coordinator.next_timeout_ms().map_or(m, |c| c.min(m))
+    }
+
+    /// The alive set used for decisions, one bit per node in configuration order (ids
+    /// ascending): the override if one is set, else this core's own membership view.
+    pub fn alive_mask(&self) -> u64 {
+        self.alive_override.unwrap_or_else(|| self.own_alive_mask())
+    }
+
+    /// This core's own membership view as a mask (what a shard publishes for the others).
+    pub fn own_alive_mask(&self) -> u64 {
+        let mut mask = 0u64;
+        for (i, n) in self.config.nodes.iter().enumerate() {
+            if n.id == self.config.node_id || self.membership.is_alive(n.id) {
+                mask |= 1 << i;
+            }
+        }
+        mask
+    }
+
+    /// The leader of the view decisions are made with: the lowest-id alive node. The leader
+    /// runs the cluster-wide chores (from issue 7 on: when tombstones may be dropped).
+    pub fn leader(&self) -> u32 {
+        let mask = self.alive_mask();
+        self.config
+            .nodes
+            .iter()
+            .enumerate()
+            .find(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, n)| n.id)
+            .expect("this node's own bit is always set")
+    }
+
+    /// Whether this node leads (see [`ClusterNode::leader`]).
+    pub fn is_leader(&self) -> bool {
+        self.leader() == self.config.node_id
+    }
+
+    /// Decide with another core's view (`Some(mask)`, see [`ClusterNode::own_alive_mask`])
+    /// instead of this one's: the shards of one node use shard 0's view, so that they all
+    /// agree on who is alive. `None` goes back to this core's own view.
+    pub fn set_alive_override(&mut self, mask: Option<u64>) {
+        self.alive_override = mask;
+    }
+
+    fn deliver_hints(&mut self, now_ms: u64) {
+        let alive = self.alive_mask();
+        let nodes = &self.config.nodes;
+        let mut out = std::mem::take(&mut self.scratch);
+        self.hints
+            .poll_delivery(now_ms, &|n| mask_holds(alive, nodes, n), &mut out);
+        for (to, frame) in out.drain(..) {
+            self.outputs.push_back(Output::Send { to, frame });
+        }
+        self.scratch = out;
+    }
+
+    fn after_membership(&mut self, now_ms: u64) {
+        while let Some((to, frame)) = self.membership.poll_transmit() {
+            self.outputs.push_back(Output::Send { to, frame });
+        }
+        let mut recovered = false;
+        while let Some(e) = self.membership.poll_event() {
+            recovered |= matches!(
+                e,
+                MemberEvent::Recovered { .. } | MemberEvent::Restarted { .. }
+            );
+            self.outputs.push_back(Output::Event(e));
+        }
+        if recovered {
+            // Deliver at once rather than at the next tick.
+            self.deliver_hints(now_ms);
+        }
+    }
+
+    /// Perform the coordinator's actions; local replica work is done here.
+    fn drain(&mut self, now_ms: u64, store: &mut dyn Store) {
+        let me = self.config.node_id;
+        while let Some(a) = self.coordinator.poll_action() {
+            match a {
+                Action::Send { to, frame } => self.outputs.push_back(Output::Send { to, frame }),
+                Action::Reply { ctx, outcome } => {
+                    self.outputs.push_back(Output::Reply { ctx, outcome })
+                }
+                Action::ApplyLocal { id, write } => {
+                    let ack = match store.apply(write.as_write()) {
+                        Ok(a) => WriteAck::Done(a),
+                        Err(e) => WriteAck::Refused(e.to_string()),
+                    };
+                    self.coordinator.on_write_ack(now_ms, me, id, ack);
+                }
+                Action::ReadLocal { id, key } => {
+                    let r: Result<Option<Stored>, String> =
+                        store.get(&key).map_err(|e| e.to_string());
+                    self.coordinator.on_read_reply(now_ms, me, id, r);
+                }
+                Action::Repair { to, write } => {
+                    if to == me {
+                        // Best effort: a failing store is reported by its own writes.
+                        let _ = store.apply(write.as_write());
+                    } else {
+                        let mut frame = Vec::new();
+                        peer::put_replicate(&mut frame, 0, peer::AUX_REPAIR, &write.as_write());
+                        self.outputs.push_back(Output::Send { to, frame });
+                    }
+                }
+                Action::Hint { target, write } => self.hints.add(target, write),
+            }
+        }
+    }
+
+    /// The CLUSTER reply text.
+    pub fn render_cluster(&self) -> String {
+        self.membership.render()
+    }
+
+    /// Cluster counters for STATS, one `name value` line each (counters only, so the lines of
+    /// several shards can be summed by name).
+    pub fn stats_text(&self) -> String {
+        let mut t = String::new();
+        let m = self.membership.stats();
+        let c = self.coordinator.stats();
+        let h = self.hints.stats();
+        let r = self.replica_stats;
+        let lines: [(&str, u64); 20] = [
+            ("cluster_pauses", m.pauses),
+            ("gossip_sent", m.gossip_sent),
+            ("gossip_merged", m.gossip_merged),
+            ("failures_detected", m.failures_detected),
+            ("recoveries", m.recoveries),
+            ("coord_writes", c.writes),
+            ("coord_reads", c.reads),
+            ("coord_unavailable", c.unavailable),
+            ("coord_timeouts", c.timeouts),
+            ("coord_overloaded", c.overloaded),
+            ("coord_in_flight", self.coordinator.in_flight() as u64),
+            ("read_repairs_sent", c.repairs),
+            ("read_repairs_received", r.repairs_received),
+            ("hints_stored", h.stored),
+            ("hints_delivered", h.delivered),
+            ("hints_dropped", h.dropped),
+            ("hints_pending", h.pending),
+            ("hints_received", r.hints_received),
+            ("replicate_served", r.replicate_served),
+            ("peer_errors", r.peer_errors),
+        ];
+        for (name, v) in lines {
+            let _ = writeln!(t, "{name} {v}");
+        }
+        t
+    }
+}

@@ -1,0 +1,687 @@
+//! Peer frames: what nodes say to each other, in the opcode range 0x20..=0x3F.
+//!
+//! They use the ordinary frame header (see [`crate::protocol`]) on a connection that completed
+//! a peer HELLO with the cluster secret; the server hands them to the cluster layer as
+//! [`crate::protocol::Request::Peer`]. Replies carry the opcode with the response bit set and a
+//! status in `aux`, like every reply. All integers are big-endian.
+//!
+//! ```text
+//! REPLICATE 0x20  request (aux bit 0: hint delivery, bit 1: read repair; other bits 0)
+//!  | key len u16 | key | version u64 | expires at ms u64 (0 = never) | flags u8 | value (rest) |
+//!    flags bit 0: tombstone (then the value is empty); other bits 0
+//!  reply OK       | result u8 (0 = applied, 1 = stale: a newer or equal version is held) |
+//!                 | current version u64 (the version held after the write) |
+//!  reply error    STORAGE_ERROR and a message (the replica refuses writes)
+//!
+//! READ 0x21       request | key len u16 | key |
+//!  reply OK       | state u8 (0 = absent, 1 = value, 2 = tombstone) | version u64 |
+//!                 | expires at ms u64 | value (rest; empty unless state = 1) |
+//!
+//! GOSSIP 0x22     request (push) and reply OK (pull) have the same body: the sender's view
+//!  | sender id u32 | count u16 | count × entry |
+//!  entry (21 bytes): | node id u32 | incarnation u64 | heartbeat u64 | state u8 (0 alive, 1 failed) |
+//!
+//! 0x23..=0x2F     reserved for anti-entropy (Merkle exchange, key ranges)
+//! 0x30..=0x3F     unassigned
+//! ```
+//!
+//! Request ids on a peer connection are split in three spaces so the driver can route a reply
+//! without keeping a table: 0 is fire-and-forget (read repair; its reply is dropped), ids with
+//! [`HINT_ID_BIT`] set are hint deliveries (routed to [`super::hints`]), all others are
+//! coordinator operations (routed to [`super::coordinator`]). Expired records are replicated
+//! like live ones: expiry is part of the record, and replicas decide liveness at read time.
+
+use crate::limits::{CLUSTER_NODES_MAX, KEY_SIZE_MAX, VALUE_SIZE_MAX};
+use crate::protocol::{frame, message, Status, RESPONSE_BIT};
+use crate::storage::{Applied, Stored, Write};
+use crate::version::Version;
+use byteorder::{BigEndian, ByteOrder};
+
+/// Peer opcodes.
+pub mod op {
+    /// Apply a write on a replica (replication, hint delivery, read repair).
+    pub const REPLICATE: u8 = 0x20;
+    /// Read a replica's local record of a key.
+    pub const READ: u8 = 0x21;
+    /// Exchange membership views (push in the request, pull in the reply).
+    pub const GOSSIP: u8 = 0x22;
+    /// First opcode reserved for anti-entropy.
+    pub const ANTI_ENTROPY_FIRST: u8 = 0x23;
+    /// Last opcode reserved for anti-entropy.
+    pub const ANTI_ENTROPY_LAST: u8 = 0x2F;
+}
+
+/// REPLICATE `aux` bit: the write is a hint being delivered.
+pub const AUX_HINT: u8 = 0x01;
+/// REPLICATE `aux` bit: the write is a read repair.
+pub const AUX_REPAIR: u8 = 0x02;
+/// REPLICATE flags bit: the write is a tombstone.
+const FLAG_TOMBSTONE: u8 = 0x01;
+
+/// Request ids with this bit set are hint deliveries.
+pub const HINT_ID_BIT: u32 = 0x8000_0000;
+
+/// Size of one gossip entry on the wire.
+pub const GOSSIP_ENTRY_SIZE: usize = 21;
+
+/// Why a peer frame cannot be understood.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerError {
+    /// The body does not match the opcode's layout.
+    Malformed(String),
+    /// The opcode is in the peer range but not defined.
+    UnknownOp(u8),
+}
+
+impl PeerError {
+    /// The status of the error reply to send back.
+    pub fn status(&self) -> Status {
+        match self {
+            PeerError::Malformed(_) => Status::Malformed,
+            PeerError::UnknownOp(_) => Status::UnknownOpcode,
+        }
+    }
+}
+
+impl std::fmt::Display for PeerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerError::Malformed(why) => write!(f, "malformed peer frame: {why}"),
+            PeerError::UnknownOp(op) => write!(f, "unknown peer opcode 0x{op:02x}"),
+        }
+    }
+}
+
+impl std::error::Error for PeerError {}
+
+fn bad(why: impl Into<String>) -> PeerError {
+    PeerError::Malformed(why.into())
+}
+
+/// Membership state of a node as gossiped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NodeState {
+    /// Heartbeats are advancing.
+    Alive,
+    /// No heartbeat progress for the failure threshold.
+    Failed,
+}
+
+impl NodeState {
+    /// Lower-case name for CLUSTER and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeState::Alive => "alive",
+            NodeState::Failed => "failed",
+        }
+    }
+}
+
+/// One node's entry in a gossiped view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GossipEntry {
+    /// The node.
+    pub node_id: u32,
+    /// The node's incarnation (its start time in ms; a restart raises it).
+    pub incarnation: u64,
+    /// The node's heartbeat counter within that incarnation.
+    pub heartbeat: u64,
+    /// How the sender sees the node.
+    pub state: NodeState,
+}
+
+/// A decoded peer request.
+#[derive(Clone, Debug)]
+pub enum PeerRequest<'a> {
+    /// Apply a write.
+    Replicate {
+        /// The write (borrowing key and value from the frame).
+        write: Write<'a>,
+        /// The `aux` bits ([`AUX_HINT`], [`AUX_REPAIR`]).
+        aux: u8,
+    },
+    /// Read the local record of a key.
+    Read {
+        /// The key.
+        key: &'a [u8],
+    },
+    /// A membership view.
+    Gossip {
+        /// The sending node.
+        sender: u32,
+        /// Its view.
+        entries: Vec<GossipEntry>,
+    },
+}
+
+// `storage::Write` does not derive equality (it is the lead's type), so compare field by field.
+impl PartialEq for PeerRequest<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                PeerRequest::Replicate { write: a, aux: x },
+                PeerRequest::Replicate { write: b, aux: y },
+            ) => {
+                x == y
+                    && a.key == b.key
+                    && a.value == b.value
+                    && a.version == b.version
+                    && a.expires_at_ms == b.expires_at_ms
+            }
+            (PeerRequest::Read { key: a }, PeerRequest::Read { key: b }) => a == b,
+            (
+                PeerRequest::Gossip {
+                    sender: a,
+                    entries: x,
+                },
+                PeerRequest::Gossip {
+                    sender: b,
+                    entries: y,
+                },
+            ) => a == b && x == y,
+            _ => false,
+        }
+    }
+}
+
+/// What a replica answered to REPLICATE.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteAck {
+    /// The write is the key's record now (or it held a newer or equal one: `Applied::Stale`).
+    Done(Applied),
+    /// The replica refused it (storage error, bad request); the message says why.
+    Refused(String),
+}
+
+/// A decoded peer reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerReply {
+    /// Answer to REPLICATE.
+    Write(WriteAck),
+    /// Answer to READ: the replica's record (tombstones included), or `None` if it has none.
+    Read(Result<Option<Stored>, String>),
+    /// Answer to GOSSIP: the receiver's view.
+    Gossip {
+        /// The answering node.
+        sender: u32,
+        /// Its view.
+        entries: Vec<GossipEntry>,
+    },
+}
+
+/// Split `| key len u16 | key | rest |` with the key's bounds checked.
+fn split_key(body: &[u8]) -> Result<(&[u8], &[u8]), PeerError> {
+    if body.len() < 2 {
+        return Err(bad("body shorter than its key length field"));
+    }
+    let len = BigEndian::read_u16(&body[..2]) as usize;
+    let rest = &body[2..];
+    if len == 0 || len > KEY_SIZE_MAX {
+        return Err(bad(format!("key length {len} outside 1..={KEY_SIZE_MAX}")));
+    }
+    if len > rest.len() {
+        return Err(bad("body ends inside its key"));
+    }
+    Ok(rest.split_at(len))
+}
+
+fn read_u64(b: &[u8], at: usize) -> u64 {
+    BigEndian::read_u64(&b[at..at + 8])
+}
+
+impl<'a> PeerRequest<'a> {
+    /// Decode a peer request from the parts of a [`crate::protocol::Request::Peer`].
+    pub fn decode(op: u8, aux: u8, body: &'a [u8]) -> Result<PeerRequest<'a>, PeerError> {
+        match op {
+            op::REPLICATE => {
+                if aux & !(AUX_HINT | AUX_REPAIR) != 0 {
+                    return Err(bad(format!("REPLICATE reserved aux bits 0x{aux:02x}")));
+                }
+                let (key, rest) = split_key(body)?;
+                if rest.len() < 17 {
+                    return Err(bad("REPLICATE ends before its value"));
+                }
+                let version = Version(read_u64(rest, 0));
+                let expires_at_ms = read_u64(rest, 8);
+                let flags = rest[16];
+                let value = &rest[17..];
+                if flags & !FLAG_TOMBSTONE != 0 {
+                    return Err(bad(format!("REPLICATE reserved flag bits 0x{flags:02x}")));
+                }
+                if value.len() > VALUE_SIZE_MAX {
+                    return Err(bad(format!("value of {} bytes too large", value.len())));
+                }
+                let value = if flags & FLAG_TOMBSTONE != 0 {
+                    if !value.is_empty() {
+                        return Err(bad("REPLICATE tombstone with a value"));
+                    }
+                    None
+                } else {
+                    Some(value)
+                };
+                Ok(PeerRequest::Replicate {
+                    write: Write {
+                        key,
+                        value,
+                        version,
+                        expires_at_ms,
+                    },
+                    aux,
+                })
+            }
+            op::READ => {
+                no_aux(aux)?;
+                let (key, rest) = split_key(body)?;
+                if !rest.is_empty() {
+                    return Err(bad("READ has bytes after its key"));
+                }
+                Ok(PeerRequest::Read { key })
+            }
+            op::GOSSIP => {
+                no_aux(aux)?;
+                let (sender, entries) = decode_gossip(body)?;
+                Ok(PeerRequest::Gossip { sender, entries })
+            }
+            other => Err(PeerError::UnknownOp(other)),
+        }
+    }
+}
+
+fn no_aux(aux: u8) -> Result<(), PeerError> {
+    if aux != 0 {
+        return Err(bad(format!("aux must be 0, got 0x{aux:02x}")));
+    }
+    Ok(())
+}
+
+fn decode_gossip(body: &[u8]) -> Result<(u32, Vec<GossipEntry>), PeerError> {
+    if body.len() < 6 {
+        return Err(bad("GOSSIP shorter than its header"));
+    }
+    let sender = BigEndian::read_u32(&body[0..4]);
+    let count = BigEndian::read_u16(&body[4..6]) as usize;
+    if count > CLUSTER_NODES_MAX {
+        return Err(bad(format!(
+            "GOSSIP of {count} entries, more than {CLUSTER_NODES_MAX}"
+        )));
+    }
+    let rest = &body[6..];
+    if rest.len() != count * GOSSIP_ENTRY_SIZE {
+        return Err(bad("GOSSIP length does not match its entry count"));
+    }
+    let mut entries = Vec::with_capacity(count);
+    for e in rest.chunks_exact(GOSSIP_ENTRY_SIZE) {
+        let state = match e[20] {
+            0 => NodeState::Alive,
+            1 => NodeState::Failed,
+            s => return Err(bad(format!("GOSSIP unknown node state {s}"))),
+        };
+        entries.push(GossipEntry {
+            node_id: BigEndian::read_u32(&e[0..4]),
+            incarnation: read_u64(e, 4),
+            heartbeat: read_u64(e, 12),
+            state,
+        });
+    }
+    Ok((sender, entries))
+}
+
+fn gossip_body(sender: u32, entries: &[GossipEntry]) -> Vec<u8> {
+    assert!(entries.len() <= CLUSTER_NODES_MAX, "gossip view too large");
+    let mut body = Vec::with_capacity(6 + entries.len() * GOSSIP_ENTRY_SIZE);
+    body.extend_from_slice(&sender.to_be_bytes());
+    body.extend_from_slice(&(entries.len() as u16).to_be_bytes());
+    for e in entries {
+        body.extend_from_slice(&e.node_id.to_be_bytes());
+        body.extend_from_slice(&e.incarnation.to_be_bytes());
+        body.extend_from_slice(&e.heartbeat.to_be_bytes());
+        body.push(match e.state {
+            NodeState::Alive => 0,
+            NodeState::Failed => 1,
+        });
+    }
+    body
+}
+
+/// Append a REPLICATE request for `write`.
+pub fn put_replicate(out: &mut Vec<u8>, id: u32, aux: u8, write: &Write<'_>) {
+    assert!(write.key.len() <= KEY_SIZE_MAX && !write.key.is_empty());
+    assert!(aux & !(AUX_HINT | AUX_REPAIR) == 0);
+    let key_len = (write.key.len() as u16).to_be_bytes();
+    let mut fixed = [0u8; 17];
+    BigEndian::write_u64(&mut fixed[0..8], write.version.0);
+    BigEndian::write_u64(&mut fixed[8..16], write.expires_at_ms);
+    fixed[16] = if write.value.is_none() {
+        FLAG_TOMBSTONE
+    } else {
+        0
+    };
+    let value = write.value.unwrap_or(&[]);
+    frame::put_frame(
+        out,
+        op::REPLICATE,
+        aux,
+        id,
+        &[&key_len, write.key, &fixed, value],
+    );
+}
+
+/// Append a READ request for `key`.
+pub fn put_read(out: &mut Vec<u8>, id: u32, key: &[u8]) {
+    assert!(key.len() <= KEY_SIZE_MAX && !key.is_empty());
+    let key_len = (key.len() as u16).to_be_bytes();
+    frame::put_frame(out, op::READ, 0, id, &[&key_len, key]);
+}
+
+/// Append a GOSSIP request carrying `sender`'s view.
+pub fn put_gossip(out: &mut Vec<u8>, id: u32, sender: u32, entries: &[GossipEntry]) {
+    frame::put_frame(out, op::GOSSIP, 0, id, &[&gossip_body(sender, entries)]);
+}
+
+/// Append the reply to a GOSSIP request: the receiver's view.
+pub fn put_gossip_reply(out: &mut Vec<u8>, id: u32, sender: u32, entries: &[GossipEntry]) {
+    message::put_ok(out, op::GOSSIP, id, &[&gossip_body(sender, entries)]);
+}
+
+/// Append the reply to a REPLICATE request.
+pub fn put_write_ack(out: &mut Vec<u8>, id: u32, ack: &WriteAck) {
+    match ack {
+        WriteAck::Done(Applied::Stored) => {
+            message::put_ok(out, op::REPLICATE, id, &[&[0], &0u64.to_be_bytes()])
+        }
+        WriteAck::Done(Applied::Stale { current }) => {
+            message::put_ok(out, op::REPLICATE, id, &[&[1], &current.0.to_be_bytes()])
+        }
+        WriteAck::Refused(msg) => {
+            message::put_error(out, op::REPLICATE, id, Status::StorageError, msg)
+        }
+    }
+}
+
+/// Append the reply to a READ request.
+pub fn put_read_reply(out: &mut Vec<u8>, id: u32, record: &Result<Option<Stored>, String>) {
+    match record {
+        Ok(None) => message::put_ok(out, op::READ, id, &[&[0], &[0u8; 16]]),
+        Ok(Some(s)) => {
+            let mut fixed = [0u8; 17];
+            fixed[0] = if s.value.is_some() { 1 } else { 2 };
+            BigEndian::write_u64(&mut fixed[1..9], s.version.0);
+            BigEndian::write_u64(&mut fixed[9..17], s.expires_at_ms);
+            let value = s.value.as_deref().unwrap_or(&[]);
+            message::put_ok(out, op::READ, id, &[&fixed, value]);
+        }
+        Err(msg) => message::put_error(out, op::READ, id, Status::StorageError, msg),
+    }
+}
+
+impl PeerReply {
+    /// Decode a reply frame (`op` with the response bit, `status` from `aux`).
+    pub fn decode(op: u8, status: u8, body: &[u8]) -> Result<PeerReply, PeerError> {
+        let op = op & !RESPONSE_BIT;
+        let status =
+            Status::from_u8(status).ok_or_else(|| bad(format!("unknown status 0x{status:02x}")))?;
+        let error_text = || String::from_utf8_lossy(body).into_owned();
+        match op {
+            op::REPLICATE => {
+                if status != Status::Ok {
+                    return Ok(PeerReply::Write(WriteAck::Refused(format!(
+                        "{status}: {}",
+                        error_text()
+                    ))));
+                }
+                if body.len() != 9 {
+                    return Err(bad("REPLICATE reply is not 9 bytes"));
+                }
+                let current = Version(read_u64(body, 1));
+                match body[0] {
+                    0 => Ok(PeerReply::Write(WriteAck::Done(Applied::Stored))),
+                    1 => Ok(PeerReply::Write(WriteAck::Done(Applied::Stale { current }))),
+                    r => Err(bad(format!("REPLICATE reply result {r}"))),
+                }
+            }
+            op::READ => {
+                if status != Status::Ok {
+                    return Ok(PeerReply::Read(Err(format!("{status}: {}", error_text()))));
+                }
+                if body.len() < 17 {
+                    return Err(bad("READ reply shorter than 17 bytes"));
+                }
+                let version = Version(read_u64(body, 1));
+                let expires_at_ms = read_u64(body, 9);
+                let value = &body[17..];
+                let record = match body[0] {
+                    0 if value.is_empty() => None,
+                    1 => Some(Stored {
+                        version,
+                        expires_at_ms,
+                        value: Some(value.to_vec()),
+                    }),
+                    2 if value.is_empty() => Some(Stored {
+                        version,
+                        expires_at_ms,
+                        value: None,
+                    }),
+                    s => {
+                        return Err(bad(format!(
+                            "READ reply state {s} with {} value bytes",
+                            value.len()
+                        )))
+                    }
+                };
+                Ok(PeerReply::Read(Ok(record)))
+            }
+            op::GOSSIP => {
+                if status != Status::Ok {
+                    return Err(bad(format!("GOSSIP refused: {status}: {}", error_text())));
+                }
+                let (sender, entries) = decode_gossip(body)?;
+                Ok(PeerReply::Gossip { sender, entries })
+            }
+            other => Err(PeerError::UnknownOp(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Request, Response};
+
+    fn as_request(bytes: &[u8]) -> Result<PeerRequest<'_>, PeerError> {
+        let (f, n) = frame::parse(bytes).unwrap().unwrap();
+        assert_eq!(n, bytes.len());
+        match Request::decode(&f).unwrap() {
+            Request::Peer { op, aux, body } => PeerRequest::decode(op, aux, body),
+            other => panic!("not a peer request: {other:?}"),
+        }
+    }
+
+    fn as_reply(bytes: &[u8]) -> Result<PeerReply, PeerError> {
+        let (f, _) = frame::parse(bytes).unwrap().unwrap();
+        let r = Response::from_frame(&f).unwrap();
+        PeerReply::decode(f.op, r.status, r.body)
+    }
+
+    #[test]
+    fn replicate_round_trips() {
+        for (value, aux) in [
+            (Some(&b"v"[..]), 0),
+            (None, AUX_HINT),
+            (Some(&b""[..]), AUX_REPAIR),
+        ] {
+            let w = Write {
+                key: b"key",
+                value,
+                version: Version(0x0102_0304_0506_0708),
+                expires_at_ms: 99,
+            };
+            let mut out = Vec::new();
+            put_replicate(&mut out, 5, aux, &w);
+            assert_eq!(
+                as_request(&out).unwrap(),
+                PeerRequest::Replicate { write: w, aux }
+            );
+        }
+    }
+
+    #[test]
+    fn replicate_golden_bytes() {
+        let mut out = Vec::new();
+        let w = Write {
+            key: b"k",
+            value: Some(b"v"),
+            version: Version(7),
+            expires_at_ms: 0,
+        };
+        put_replicate(&mut out, 1, 0, &w);
+        let expect: Vec<u8> = [
+            &[0, 0, 0, 27, 0x20, 0, 0, 0, 0, 1][..],
+            &[0, 1, b'k'],
+            &[0, 0, 0, 0, 0, 0, 0, 7],
+            &[0; 8],
+            &[0, b'v'],
+        ]
+        .concat();
+        assert_eq!(out, expect);
+    }
+
+    #[test]
+    fn acks_and_reads_round_trip() {
+        for ack in [
+            WriteAck::Done(Applied::Stored),
+            WriteAck::Done(Applied::Stale {
+                current: Version(42),
+            }),
+        ] {
+            let mut out = Vec::new();
+            put_write_ack(&mut out, 3, &ack);
+            assert_eq!(as_reply(&out).unwrap(), PeerReply::Write(ack));
+        }
+        let mut out = Vec::new();
+        put_write_ack(&mut out, 3, &WriteAck::Refused("disk full".into()));
+        match as_reply(&out).unwrap() {
+            PeerReply::Write(WriteAck::Refused(m)) => assert!(m.contains("disk full")),
+            other => panic!("{other:?}"),
+        }
+
+        let records = [
+            Ok(None),
+            Ok(Some(Stored {
+                version: Version(9),
+                expires_at_ms: 5,
+                value: Some(b"hello".to_vec()),
+            })),
+            Ok(Some(Stored {
+                version: Version(10),
+                expires_at_ms: 0,
+                value: None,
+            })),
+            Ok(Some(Stored {
+                version: Version(11),
+                expires_at_ms: 0,
+                value: Some(Vec::new()),
+            })),
+        ];
+        for r in records {
+            let mut out = Vec::new();
+            put_read_reply(&mut out, 4, &r);
+            assert_eq!(as_reply(&out).unwrap(), PeerReply::Read(r));
+        }
+        let mut out = Vec::new();
+        put_read(&mut out, 8, b"abc");
+        assert_eq!(as_request(&out).unwrap(), PeerRequest::Read { key: b"abc" });
+    }
+
+    #[test]
+    fn gossip_round_trips() {
+        let entries = vec![
+            GossipEntry {
+                node_id: 1,
+                incarnation: 1_700_000_000_000,
+                heartbeat: 5,
+                state: NodeState::Alive,
+            },
+            GossipEntry {
+                node_id: 2,
+                incarnation: 0,
+                heartbeat: 0,
+                state: NodeState::Failed,
+            },
+        ];
+        let mut out = Vec::new();
+        put_gossip(&mut out, 1, 1, &entries);
+        assert_eq!(
+            as_request(&out).unwrap(),
+            PeerRequest::Gossip {
+                sender: 1,
+                entries: entries.clone()
+            }
+        );
+        out.clear();
+        put_gossip_reply(&mut out, 1, 2, &entries);
+        assert_eq!(
+            as_reply(&out).unwrap(),
+            PeerReply::Gossip { sender: 2, entries }
+        );
+    }
+
+    /// Every prefix and every single-byte corruption of valid bodies decodes to a value or an
+    /// error, never a panic; truncations are errors.
+    #[test]
+    fn truncated_and_garbage_bodies_are_errors() {
+        let mut frames = Vec::new();
+        let mut out = Vec::new();
+        put_replicate(
+            &mut out,
+            1,
+            0,
+            &Write {
+                key: b"key",
+                value: Some(b"value"),
+                version: Version(1),
+                expires_at_ms: 0,
+            },
+        );
+        frames.push(out.clone());
+        out.clear();
+        put_read(&mut out, 1, b"key");
+        frames.push(out.clone());
+        out.clear();
+        let e = GossipEntry {
+            node_id: 1,
+            incarnation: 2,
+            heartbeat: 3,
+            state: NodeState::Alive,
+        };
+        put_gossip(&mut out, 1, 1, &[e, e]);
+        frames.push(out.clone());
+        for f in &frames {
+            let (op, aux, body) = (f[4], f[5], &f[10..]);
+            assert!(PeerRequest::decode(op, aux, body).is_ok());
+            for cut in 0..body.len() {
+                let r = PeerRequest::decode(op, aux, &body[..cut]);
+                // A READ or REPLICATE cut inside the value can still be a valid shorter
+                // request; everything cut before the fixed fields must fail.
+                if op == op::GOSSIP || cut < 2 + 3 + if op == op::REPLICATE { 17 } else { 0 } {
+                    assert!(r.is_err(), "op {op:#x} cut at {cut} decoded: {r:?}");
+                }
+            }
+            for i in 0..body.len() {
+                for b in [0u8, 0xFF, 0x80, 1] {
+                    let mut g = body.to_vec();
+                    g[i] = b;
+                    let _ = PeerRequest::decode(op, aux, &g);
+                    let _ = PeerReply::decode(op | RESPONSE_BIT, 0, &g);
+                }
+            }
+        }
+        assert!(matches!(
+            PeerRequest::decode(0x3E, 0, &[]),
+            Err(PeerError::UnknownOp(0x3E))
+        ));
+        assert!(PeerRequest::decode(op::READ, 1, &[0, 1, b'k']).is_err());
+        assert!(PeerReply::decode(op::REPLICATE | RESPONSE_BIT, 0, &[0; 3]).is_err());
+        assert!(PeerReply::decode(op::READ | RESPONSE_BIT, 0, &[7; 17]).is_err());
+        assert!(PeerReply::decode(op::READ | RESPONSE_BIT, 0xEE, &[]).is_err());
+    }
+}
