@@ -26,7 +26,7 @@
 
 mod cluster;
 
-pub use cluster::ReplyTo;
+pub use cluster::{ClusterView, ReplyTo};
 
 use crate::hash::shard_of;
 use crate::limits::{KEY_SIZE_MAX, TEXT_REPLY_SIZE_MAX};
@@ -797,7 +797,11 @@ impl ShardCore {
         for opc in 1u8..128 {
             let n = sum(&|c| c.requests_by_op[opc as usize].load(Ordering::Relaxed));
             if n > 0 {
-                let _ = writeln!(t, "requests_{} {n}", op::name(opc).to_lowercase());
+                if (op::PEER_FIRST..=op::PEER_LAST).contains(&opc) {
+                    let _ = writeln!(t, "requests_peer_0x{opc:02x} {n}");
+                } else {
+                    let _ = writeln!(t, "requests_{} {n}", op::name(opc).to_lowercase());
+                }
             }
         }
         for status in Status::ALL {

@@ -298,6 +298,9 @@ fn stopped_node_is_failed_then_recovers() {
     wait_for(DEADLINE, "node 3 to catch up", || {
         (c.local(3, b"while-stopped").map(|x| x.0) == Some(v)).then_some(())
     });
+    // Node 3 knows it was the one paused: it never marked the others failed.
+    assert_eq!(c.stat(3, "failures_detected"), 0);
+    assert!(c.stat(3, "cluster_pauses") >= 1);
 }
 
 #[test]
@@ -454,7 +457,7 @@ fn acknowledged_writes_survive_random_kills() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
-    let mut c = Cluster::start("cluster-acked", &[]);
+    let mut c = Cluster::start("cluster-acked", &["--sync", "always"]);
     let addrs: Vec<String> = c.nodes.iter().map(|n| n.addr.clone()).collect();
     let stop = Arc::new(AtomicBool::new(false));
     // Per writer: (key, value, acknowledged).
@@ -655,4 +658,33 @@ fn throughput_cluster_quorum_vs_single_node() {
     let c = Cluster::start("bench-cluster", &[]);
     let addrs: Vec<String> = c.nodes.iter().map(|n| n.addr.clone()).collect();
     run(&addrs, "3 nodes, N=3");
+}
+
+#[test]
+fn kvcat_speaks_to_the_cluster() {
+    let c = Cluster::start("cluster-kvcat", &[]);
+    let (a1, a2, a3) = (&c.node(1).addr, &c.node(2).addr, &c.node(3).addr);
+    let out = common::kvcat(
+        a1,
+        "PUT city Lyon ALL\nPUT temp 21 QUORUM ttl=1\nGET city ONE\n",
+    );
+    assert_eq!(out, "OK\nOK\nLyon\n");
+    assert_eq!(common::kvcat(a3, "GET temp ALL\n"), "21\n");
+    let lget = common::kvcat(a2, "LGET city\nLGET nowhere\n");
+    let lines: Vec<&str> = lget.lines().collect();
+    assert!(lines[0].starts_with("Lyon version="), "{lget}");
+    assert_eq!(lines[1], "(not found)");
+    let cluster = common::kvcat(a2, "CLUSTER\n");
+    let lines: Vec<&str> = cluster.lines().collect();
+    assert_eq!(lines.len(), 3, "{cluster}");
+    assert_eq!(lines.iter().filter(|l| l.contains(" leader")).count(), 1);
+    assert!(lines[0].starts_with(&format!("1 {a1} alive ")), "{cluster}");
+    // The TTL runs out on every replica.
+    wait_for(DEADLINE, "the 1 s TTL to expire", || {
+        (common::kvcat(a3, "GET temp ALL\n") == "(not found)\n").then_some(())
+    });
+    assert_eq!(
+        common::kvcat(a1, "DEL city\nGET city\n"),
+        "OK\n(not found)\n"
+    );
 }

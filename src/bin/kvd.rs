@@ -157,6 +157,12 @@ fn cluster_options(o: &mut getopts::Options) {
     );
     o.optopt(
         "",
+        "read-repair",
+        "reads repair the stale replicas they find: on|off [default: on]",
+        "on|off",
+    );
+    o.optopt(
+        "",
         "request-timeout-ms",
         &format!(
             "how long a coordinator waits for replicas [default: {REQUEST_TIMEOUT_MS_DEFAULT}]"
@@ -185,6 +191,7 @@ fn cluster_config(
             "gossip-interval-ms",
             "failure-threshold",
             "hinted-handoff",
+            "read-repair",
             "request-timeout-ms",
             "anti-entropy-interval-ms",
             "tombstone-window-ms",
@@ -220,6 +227,11 @@ fn cluster_config(
                 "--hinted-handoff: expected on or off, got {other:?}"
             ))
         }
+    };
+    c.read_repair = match m.opt_str("read-repair").as_deref() {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(other) => return Err(format!("--read-repair: expected on or off, got {other:?}")),
     };
     c.validate().map_err(|e| e.to_string())?;
     let own = c

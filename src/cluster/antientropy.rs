@@ -413,8 +413,8 @@ pub struct AntiEntropy {
     me: u32,
     ring: Ring,
     interval_ms: u64,
-    /// Delay of the first round after start, and between rounds while rejoining: a node
-    /// that refuses reads should not wait a whole interval for its peers.
+    /// Delay of the first round, and between rounds, while rejoining: a node that refuses
+    /// reads should not wait a whole interval for its peers.
     retry_ms: u64,
     window_ms: u64,
     grace_ms: u64,
@@ -483,13 +483,7 @@ impl AntiEntropy {
             },
             held_list: Vec::new(),
             store_horizon: 0,
-            next_round_ms: start_ms.saturating_add(
-                config.anti_entropy_interval_ms.min(
-                    config
-                        .failure_timeout_ms()
-                        .max(2 * config.gossip_interval_ms),
-                ),
-            ),
+            next_round_ms: start_ms.saturating_add(config.anti_entropy_interval_ms),
             round: None,
             exchanges: BTreeMap::new(),
             next_id: 1,
@@ -554,6 +548,10 @@ impl AntiEntropy {
                 );
             }
             self.index.rejoining = true;
+            // Do not wait a whole interval: reads are refused until a full round.
+            self.next_round_ms = self
+                .next_round_ms
+                .min(self.last_tick_ms.saturating_add(self.retry_ms));
         }
     }
 

@@ -101,6 +101,9 @@ pub struct ClusterConfig {
     pub failure_threshold: u32,
     /// Whether writes for unreachable replicas are kept as hints and delivered later.
     pub hinted_handoff: bool,
+    /// Whether reads repair the stale replicas they find (off only to show that anti-entropy
+    /// converges on its own, and for the simulator's mutations).
+    pub read_repair: bool,
     /// How long a coordinator waits for replicas before answering TIMEOUT.
     pub request_timeout_ms: u64,
     /// Time between anti-entropy rounds.
@@ -149,6 +152,7 @@ impl ClusterConfig {
             gossip_interval_ms: GOSSIP_INTERVAL_MS_DEFAULT,
             failure_threshold: FAILURE_THRESHOLD_DEFAULT,
             hinted_handoff: true,
+            read_repair: true,
             request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
             anti_entropy_interval_ms: ANTI_ENTROPY_INTERVAL_MS_DEFAULT,
             tombstone_window_ms: TOMBSTONE_WINDOW_MS_DEFAULT,

@@ -189,6 +189,8 @@ pub struct CoordinatorConfig {
     pub request_timeout_ms: u64,
     /// Whether to emit hints.
     pub hinted_handoff: bool,
+    /// Whether to emit read repairs.
+    pub read_repair: bool,
     /// Operations in flight at most.
     pub ops_max: usize,
 }
@@ -200,6 +202,7 @@ impl CoordinatorConfig {
             node_id: c.node_id,
             request_timeout_ms: c.request_timeout_ms,
             hinted_handoff: c.hinted_handoff,
+            read_repair: c.read_repair,
             ops_max: crate::limits::COORDINATOR_OPS_MAX,
         }
     }
@@ -658,6 +661,9 @@ impl<C> Coordinator<C> {
                 }
             }
             Kind::Read { key } => {
+                if !self.config.read_repair {
+                    return;
+                }
                 let Some(newest) = op.newest() else {
                     return; // no replica holds anything: nothing to repair
                 };
@@ -690,6 +696,7 @@ mod tests {
             node_id: 1,
             request_timeout_ms: 100,
             hinted_handoff: hints,
+            read_repair: true,
             ops_max: 4,
         })
     }
@@ -878,6 +885,35 @@ mod tests {
         assert!(hlc.issue(now).physical_ms() == now);
         observe(&mut hlc, now, Version::new(now + 1_000, 0, 2));
         assert_eq!(hlc.issue(now).physical_ms(), now + 1_000);
+    }
+
+    #[test]
+    fn read_repair_can_be_switched_off() {
+        let mut c: Coordinator<u32> = Coordinator::new(CoordinatorConfig {
+            node_id: 1,
+            request_timeout_ms: 100,
+            hinted_handoff: false,
+            read_repair: false,
+            ops_max: 4,
+        });
+        c.start_read(0, 1, b"k", &[1, 2], &all_alive, 1);
+        let id = match &drain(&mut c)[0] {
+            Action::ReadLocal { id, .. } => *id,
+            a => panic!("{a:?}"),
+        };
+        c.on_read_reply(0, 1, id, Ok(None));
+        let newer = Stored {
+            version: Version(9),
+            expires_at_ms: 0,
+            value: Some(b"v".to_vec()),
+        };
+        c.on_read_reply(0, 2, id, Ok(Some(newer)));
+        let acts = drain(&mut c);
+        assert!(
+            acts.iter().all(|a| !matches!(a, Action::Repair { .. })),
+            "{acts:?}"
+        );
+        assert_eq!(c.in_flight(), 0);
     }
 
     #[test]

@@ -87,6 +87,16 @@ pub struct ClusterNode<C> {
     /// Anti-entropy: trees, exchanges, tombstone horizons. Every store write of this core goes
     /// through `aae.tracked(store)` so the trees follow the store.
     aae: AntiEntropy,
+    alive_override: Option<u64>,
+    last_hint_sync_ms: u64,
+}
+
+/// Whether node `id` is in `mask` (bits in the order of `nodes`).
+fn mask_holds(mask: u64, nodes: &[super::NodeAddr], id: u32) -> bool {
+    nodes
+        .iter()
+        .position(|n| n.id == id)
+        .is_some_and(|i| mask & (1 << i) != 0)
 }
 
 impl<C> ClusterNode<C> {
@@ -110,6 +120,8 @@ impl<C> ClusterNode<C> {
             outputs: VecDeque::new(),
             replica_stats: ReplicaStats::default(),
             scratch: Vec::new(),
+            alive_override: None,
+            last_hint_sync_ms: 0,
             config,
         }
     }
@@ -202,7 +214,8 @@ impl<C> ClusterNode<C> {
         consistency: Consistency,
     ) {
         let required = self.required(consistency);
-        let m = &self.membership;
+        let alive = self.alive_mask();
+        let nodes = &self.config.nodes;
         let prefs = self.ring.preference_for_key(key);
         self.coordinator.start_write(
             now_ms,
@@ -211,7 +224,7 @@ impl<C> ClusterNode<C> {
             value,
             expires_at_ms,
             prefs,
-            &|n| m.is_alive(n),
+            &|n| mask_holds(alive, nodes, n),
             required,
         );
         self.drain(now_ms, store);
@@ -227,10 +240,17 @@ impl<C> ClusterNode<C> {
         consistency: Consistency,
     ) {
         let required = self.required(consistency);
-        let m = &self.membership;
+        let alive = self.alive_mask();
+        let nodes = &self.config.nodes;
         let prefs = self.ring.preference_for_key(key);
-        self.coordinator
-            .start_read(now_ms, ctx, key, prefs, &|n| m.is_alive(n), required);
+        self.coordinator.start_read(
+            now_ms,
+            ctx,
+            key,
+            prefs,
+            &|n| mask_holds(alive, nodes, n),
+            required,
+        );
         self.drain(now_ms, store);
     }
 
@@ -305,9 +325,10 @@ impl<C> ClusterNode<C> {
         f: &FrameRef<'_>,
     ) {
         if antientropy::is_anti_entropy_op(f.op) {
-            let m = &self.membership;
+            let alive = self.alive_mask();
+            let nodes = &self.config.nodes;
             self.aae
-                .on_reply(now_ms, store, from, f, &|n| m.is_alive(n));
+                .on_reply(now_ms, store, from, f, &|n| mask_holds(alive, nodes, n));
             self.after_aae();
             return;
         }
@@ -346,10 +367,14 @@ impl<C> ClusterNode<C> {
         self.coordinator.on_tick(now_ms);
         self.drain(now_ms, store);
         self.deliver_hints(now_ms);
-        self.hints.sync();
-        let m = &self.membership;
+        if now_ms >= self.last_hint_sync_ms + crate::limits::HINT_SYNC_INTERVAL_MS {
+            self.last_hint_sync_ms = now_ms;
+            self.hints.sync();
+        }
+        let (alive, leader) = (self.alive_mask(), self.leader());
+        let nodes = &self.config.nodes;
         self.aae
-            .on_tick(now_ms, store, &|n| m.is_alive(n), m.leader());
+            .on_tick(now_ms, store, &|n| mask_holds(alive, nodes, n), leader);
         self.after_aae();
     }
 
@@ -368,11 +393,54 @@ impl<C> ClusterNode<C> {
         self.coordinator.next_timeout_ms().map_or(m, |c| c.min(m))
     }
 
+    /// The alive set used for decisions, one bit per node in configuration order (ids
+    /// ascending): the override if one is set, else this core's own membership view.
+    pub fn alive_mask(&self) -> u64 {
+        self.alive_override.unwrap_or_else(|| self.own_alive_mask())
+    }
+
+    /// This core's own membership view as a mask (what a shard publishes for the others).
+    pub fn own_alive_mask(&self) -> u64 {
+        let mut mask = 0u64;
+        for (i, n) in self.config.nodes.iter().enumerate() {
+            if n.id == self.config.node_id || self.membership.is_alive(n.id) {
+                mask |= 1 << i;
+            }
+        }
+        mask
+    }
+
+    /// The leader of the view decisions are made with: the lowest-id alive node. The leader
+    /// runs the cluster-wide chores (from issue 7 on: when tombstones may be dropped).
+    pub fn leader(&self) -> u32 {
+        let mask = self.alive_mask();
+        self.config
+            .nodes
+            .iter()
+            .enumerate()
+            .find(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, n)| n.id)
+            .expect("this node's own bit is always set")
+    }
+
+    /// Whether this node leads (see [`ClusterNode::leader`]).
+    pub fn is_leader(&self) -> bool {
+        self.leader() == self.config.node_id
+    }
+
+    /// Decide with another core's view (`Some(mask)`, see [`ClusterNode::own_alive_mask`])
+    /// instead of this one's: the shards of one node use shard 0's view, so that they all
+    /// agree on who is alive. `None` goes back to this core's own view.
+    pub fn set_alive_override(&mut self, mask: Option<u64>) {
+        self.alive_override = mask;
+    }
+
     fn deliver_hints(&mut self, now_ms: u64) {
-        let m = &self.membership;
+        let alive = self.alive_mask();
+        let nodes = &self.config.nodes;
         let mut out = std::mem::take(&mut self.scratch);
         self.hints
-            .poll_delivery(now_ms, &|n| m.is_alive(n), &mut out);
+            .poll_delivery(now_ms, &|n| mask_holds(alive, nodes, n), &mut out);
         for (to, frame) in out.drain(..) {
             self.outputs.push_back(Output::Send { to, frame });
         }
@@ -456,7 +524,8 @@ impl<C> ClusterNode<C> {
         let c = self.coordinator.stats();
         let h = self.hints.stats();
         let r = self.replica_stats;
-        let lines: [(&str, u64); 19] = [
+        let lines: [(&str, u64); 20] = [
+            ("cluster_pauses", m.pauses),
             ("gossip_sent", m.gossip_sent),
             ("gossip_merged", m.gossip_merged),
             ("failures_detected", m.failures_detected),

@@ -12,8 +12,10 @@
 //!   Replies to writes wait for the turn's sync when the sync policy is `always`.
 //! * Peer replies to this shard's own frames come in through [`ShardCore::on_peer_reply`]
 //!   from the driver's outbound links; frames to send go out in [`super::Outbox::peer`].
-//! * Every shard runs a whole `ClusterNode` (own membership view and gossip, own hints); see
-//!   [`crate::cluster::node`] for why that needs no shared state.
+//! * Every shard runs a whole `ClusterNode` (own gossip, own hints, own links); see
+//!   [`crate::cluster::node`]. So that the shards of a node agree on who is alive and who
+//!   leads, shard 0's view is the node's: shard 0 publishes it in a [`ClusterView`] on each of
+//!   its cluster ticks, and every shard decides (quorums, hints, CLUSTER, STATS) with it.
 
 use super::{After, ConnId, ShardCore, SyncPolicy};
 use crate::cluster::antientropy;
@@ -26,6 +28,8 @@ use crate::hash::shard_of;
 use crate::protocol::message::{put_error, put_ok, put_reply};
 use crate::protocol::{op, Consistency, FrameRef, Request, Status};
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Ticks of the cluster core come at most this often (gossip, timeouts, hint delivery).
 const CLUSTER_TICK_MS: u64 = 5;
@@ -49,6 +53,19 @@ pub struct ShardCluster {
     last_tick_ms: u64,
     /// `NodeShared::anti_entropy_requests` as last seen: a change starts a round here.
     aae_requests_seen: u64,
+    view: Arc<ClusterView>,
+}
+
+/// The node-wide membership view, published by shard 0 and read by every shard.
+#[derive(Default)]
+pub struct ClusterView {
+    /// Alive nodes, one bit per node in configuration order; 0 until the first publication
+    /// (a published mask always holds this node's own bit).
+    alive_mask: AtomicU64,
+    /// The leader's id.
+    leader: AtomicU32,
+    /// The CLUSTER text.
+    text: Mutex<String>,
 }
 
 /// The key a REPLICATE or READ addresses (to route it), `None` for other peer frames.
@@ -76,6 +93,7 @@ impl ShardCore {
         config: ClusterConfig,
         start_ms: u64,
         hints: Option<HintQueue>,
+        view: Arc<ClusterView>,
     ) -> ShardCore {
         assert_eq!(config.node_id, self.shared.node_id);
         let seed = start_ms ^ ((config.node_id as u64) << 32) ^ self.cfg.shard as u64;
@@ -88,8 +106,20 @@ impl ShardCore {
             node,
             last_tick_ms: 0,
             aae_requests_seen: 0,
+            view,
         }));
         self
+    }
+
+    /// Before any decision: take the node-wide view published by shard 0 (shard 0 itself and
+    /// every shard before the first publication use their own).
+    fn adopt_view(&mut self) {
+        let shard = self.cfg.shard;
+        if let Some(c) = self.cluster.as_mut() {
+            let mask = c.view.alive_mask.load(Ordering::Acquire);
+            c.node
+                .set_alive_override((shard != 0 && mask != 0).then_some(mask));
+        }
     }
 
     /// Whether this node runs as part of a cluster.
@@ -127,9 +157,11 @@ impl ShardCore {
         req: &Request<'_>,
         id: u32,
     ) -> bool {
-        let Some(c) = self.cluster.as_mut() else {
+        if self.cluster.is_none() {
             return false;
-        };
+        }
+        self.adopt_view();
+        let c = self.cluster.as_mut().expect("checked above");
         let ctx = ReplyTo {
             shard: origin,
             conn,
@@ -232,6 +264,7 @@ impl ShardCore {
         f: &FrameRef<'_>,
         out: &mut Vec<u8>,
     ) -> bool {
+        self.adopt_view();
         let Some(c) = self.cluster.as_mut() else {
             put_error(
                 out,
@@ -264,6 +297,7 @@ impl ShardCore {
 
     /// A reply from node `from` on one of this shard's outbound peer links.
     pub fn on_peer_reply(&mut self, now_ms: u64, from: u32, f: &FrameRef<'_>) {
+        self.adopt_view();
         if let Some(c) = self.cluster.as_mut() {
             c.node.on_peer_reply(now_ms, self.store.as_mut(), from, f);
             self.pump();
@@ -280,6 +314,8 @@ impl ShardCore {
             return;
         }
         c.last_tick_ms = now_ms;
+        self.adopt_view();
+        let c = self.cluster.as_mut().expect("checked above");
         let asked = self
             .shared
             .anti_entropy_requests
@@ -290,8 +326,21 @@ impl ShardCore {
         }
         c.node.on_tick(now_ms, self.store.as_mut());
         self.pump();
-        let text = self.cluster.as_ref().map(|c| c.node.stats_text_at(now_ms));
-        if let (Some(text), Ok(mut slot)) = (text, self.counters().cluster_text.lock()) {
+        let c = self.cluster.as_ref().expect("checked above");
+        if self.cfg.shard == 0 {
+            // Publish this shard's view as the node's.
+            c.view
+                .alive_mask
+                .store(c.node.own_alive_mask(), Ordering::Release);
+            c.view
+                .leader
+                .store(c.node.membership().leader(), Ordering::Relaxed);
+            if let Ok(mut text) = c.view.text.lock() {
+                *text = c.node.render_cluster();
+            }
+        }
+        let text = c.node.stats_text_at(now_ms);
+        if let Ok(mut slot) = self.counters().cluster_text.lock() {
             *slot = text;
         }
     }
@@ -302,17 +351,28 @@ impl ShardCore {
         self.cluster.as_ref().is_none_or(|c| c.node.serving_reads())
     }
 
-    /// The CLUSTER reply text, if clustered.
+    /// The CLUSTER reply text (the node-wide view), if clustered.
     pub(super) fn cluster_view(&self) -> Option<String> {
-        self.cluster.as_ref().map(|c| c.node.render_cluster())
+        let c = self.cluster.as_ref()?;
+        let published = c.view.text.lock().map(|t| t.clone()).unwrap_or_default();
+        Some(if published.is_empty() {
+            c.node.render_cluster()
+        } else {
+            published
+        })
     }
 
     /// STATS lines of the cluster that are views rather than counters (not summed).
     pub(super) fn cluster_view_stats(&self, t: &mut String) {
         if let Some(c) = &self.cluster {
             let m = c.node.membership();
-            let _ = writeln!(t, "cluster_leader {}", m.leader());
-            let _ = writeln!(t, "cluster_alive {}", m.alive_ids().len());
+            let mask = c.node.alive_mask();
+            let leader = match c.view.leader.load(Ordering::Relaxed) {
+                0 if c.view.alive_mask.load(Ordering::Relaxed) == 0 => m.leader(),
+                l => l,
+            };
+            let _ = writeln!(t, "cluster_leader {leader}");
+            let _ = writeln!(t, "cluster_alive {}", mask.count_ones());
             let _ = writeln!(t, "cluster_nodes {}", c.node.config().nodes.len());
             let _ = writeln!(t, "cluster_replicas {}", c.node.config().replicas);
             let _ = writeln!(t, "cluster_incarnation {}", m.incarnation());
