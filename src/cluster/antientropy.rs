@@ -46,18 +46,24 @@
 //! store `min H_p` over the partitions they hold as its compaction horizon. Horizons are kept
 //! in memory only: after a restart a node learns them again from its first exchanges.
 //!
-//! Two rules keep collected tombstones from resurrecting their keys:
+//! Three rules keep collected tombstones from resurrecting their keys:
 //! 1. **Guard.** A replica refuses (answers stale) any write below `H_p` for a key it holds
 //!    no record of: such a write is older than a collected tombstone (everything below `H_p`
 //!    reached every included replica, so an absent key below the horizon was deleted).
-//! 2. **Rejoin.** A node that may have been excluded — its newest record, or the gap between
-//!    two of its ticks, is older than `tombstone_window_ms` — starts *rejoining*: it answers
-//!    no reads (local and peer READs fail, so coordinators use the other replicas; LGET should
-//!    check [`AntiEntropy::serving_reads`]) until it completes a full round. In its exchanges
-//!    with a non-rejoining peer, a non-collectable record below `H_p` that only the rejoining
-//!    side holds is deleted there (a tombstone one above its version), because the peer
-//!    proves the key was deleted and collected; records from non-rejoining peers bypass the
-//!    guard (they are authoritative). Choice: reads skip the rejoining node rather than block.
+//! 2. **Provisional records.** After a restart a node's records are *provisional* until it
+//!    completes a full round: a crash may have lost unsynced writes (a tombstone, say) that
+//!    its earlier exchanges vouched for and that let the others collect it. In its exchanges
+//!    with a non-provisional peer, a non-collectable record below `H_p` that only the
+//!    provisional side holds is deleted there (a tombstone one above its version): the peer
+//!    proves the key was deleted and collected. Records from non-provisional peers bypass the
+//!    guard (they are authoritative).
+//! 3. **Rejoin.** A node that may have been excluded — its newest record, or the gap between
+//!    two of its ticks, is older than `tombstone_window_ms` — is also *rejoining*: it answers
+//!    no reads (peer READs and local reads of its coordinator fail, so coordinators use the
+//!    other replicas; `kvd` answers LGET UNAVAILABLE) until it completes a full round, which
+//!    it starts soon rather than an interval later. Choice: reads skip the rejoining node
+//!    rather than block. (A merely restarted node keeps serving reads: a deleted value lost
+//!    with an unsynced tombstone can be read from it until its first full round.)
 //!
 //! Limit: a node cut off by a network partition (not stopped) for longer than the window, that
 //! accepted writes meanwhile, is not detected as rejoining; as with Cassandra's gc_grace, the
@@ -97,7 +103,8 @@ pub fn is_anti_entropy_op(op: u8) -> bool {
     (op::ANTI_ENTROPY_FIRST..=op::ANTI_ENTROPY_LAST).contains(&(op & !RESPONSE_BIT))
 }
 
-/// Flags byte of AE_KEYS and AE_PUSH: the sender is rejoining (not authoritative).
+/// Flags byte of AE_KEYS and AE_PUSH: the sender's records are provisional (it restarted or
+/// is rejoining and has not completed a full round since): not authoritative.
 const FLAG_REJOINING: u8 = 0x01;
 /// Entry flags in AE_KEYS: collectable (a tombstone or expired value).
 const ENTRY_COLLECTABLE: u8 = 0x01;
@@ -266,6 +273,10 @@ pub struct TreeIndex {
     /// Whether partition p is tracked here (held per the ring and owned by this shard).
     held: Vec<bool>,
     rejoining: bool,
+    /// This node's records are not authoritative: it restarted (a crash may have lost
+    /// unsynced writes its earlier exchanges vouched for) or is rejoining, and has not
+    /// completed a full round since.
+    provisional: bool,
     stats: AaeStats,
 }
 
@@ -479,6 +490,7 @@ impl AntiEntropy {
                 horizons: vec![0; PARTITION_COUNT],
                 held: vec![false; PARTITION_COUNT],
                 rejoining: false,
+                provisional: false,
                 stats: AaeStats::default(),
             },
             held_list: Vec::new(),
@@ -531,6 +543,9 @@ impl AntiEntropy {
             cursor = store.scan_keys(c, AE_BUILD_KEYS_PER_STEP, &mut |k, m| index.note(k, m))?;
         }
         let newest_ms = store.highest_version().physical_ms();
+        if !store.is_empty() && self.ring.replicas() > 1 {
+            self.index.provisional = true;
+        }
         if !store.is_empty() && self.start_ms.saturating_sub(newest_ms) > self.window_ms {
             self.start_rejoin();
         }
@@ -548,6 +563,7 @@ impl AntiEntropy {
                 );
             }
             self.index.rejoining = true;
+            self.index.provisional = true;
             // Do not wait a whole interval: reads are refused until a full round.
             self.next_round_ms = self
                 .next_round_ms
@@ -757,6 +773,7 @@ impl AntiEntropy {
                     );
                 }
                 self.index.rejoining = false;
+                self.index.provisional = false;
             } else if self.index.rejoining {
                 self.next_round_ms = self.next_round_ms.min(now_ms.saturating_add(self.retry_ms));
             }
@@ -1055,11 +1072,19 @@ impl AntiEntropy {
                 r.end()?;
                 self.check_held(p, from)?;
                 let trusted = flags & FLAG_REJOINING == 0;
-                let applied = self.apply_records(store, &recs, trusted).map_err(|e| {
-                    // Not a malformed frame, but the reply must say it failed.
-                    bad(format!("storage: {e}"))
-                })?;
-                message::put_ok(out, ae_op::PUSH, id, &[&(applied as u16).to_be_bytes()]);
+                match self.apply_records(store, &recs, trusted) {
+                    Ok(applied) => {
+                        message::put_ok(out, ae_op::PUSH, id, &[&(applied as u16).to_be_bytes()])
+                    }
+                    // The frame was fine; the store refuses writes (the exchange fails).
+                    Err(e) => message::put_error(
+                        out,
+                        ae_op::PUSH,
+                        id,
+                        Status::StorageError,
+                        &e.to_string(),
+                    ),
+                }
                 Ok(())
             }
             ae_op::STATUS => {
@@ -1151,7 +1176,7 @@ impl AntiEntropy {
         out: &mut Vec<u8>,
     ) {
         let h = self.index.horizons[p];
-        let me_rejoining = self.index.rejoining;
+        let me_rejoining = self.index.provisional;
         let mut records: Vec<u8> = Vec::new();
         let mut nrec = 0u16;
         let mut wants: Vec<u8> = Vec::new();
@@ -1475,7 +1500,7 @@ impl AntiEntropy {
         }
         let p = x.partition;
         let h = self.index.horizons[p];
-        let rejoining = if self.index.rejoining {
+        let rejoining = if self.index.provisional {
             FLAG_REJOINING
         } else {
             0
@@ -1627,7 +1652,7 @@ impl AntiEntropy {
             .flatten()
             .map(|t| t.memory_bytes())
             .sum();
-        let lines: [(&str, u64); 17] = [
+        let lines: [(&str, u64); 18] = [
             ("aae_rounds", s.rounds),
             ("aae_full_rounds", s.full_rounds),
             ("aae_ms_since_full_round_max", since),
@@ -1641,6 +1666,7 @@ impl AntiEntropy {
             ("aae_guard_refused", s.guard_refused),
             ("aae_swept", s.swept),
             ("aae_shards_rejoining", u64::from(self.index.rejoining)),
+            ("aae_shards_provisional", u64::from(self.index.provisional)),
             ("aae_horizon_ms_min", Version(min_h).physical_ms()),
             ("aae_tree_keys", tree_keys as u64),
             ("aae_tree_bytes", tree_bytes as u64),
