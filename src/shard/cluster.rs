@@ -290,9 +290,12 @@ impl ShardCore {
             log::warn!("peer frame from node {from}: {e}");
         }
         self.pump();
-        f.op == peer::op::REPLICATE
-            && self.cfg.sync == SyncPolicy::Always
-            && self.store.needs_sync()
+        // Anti-entropy PUSH and KEYS may apply records too: an exchange only counts as done
+        // once the records it moved are durable, so their replies wait for the sync as well.
+        let applies = f.op == peer::op::REPLICATE
+            || f.op == antientropy::ae_op::PUSH
+            || f.op == antientropy::ae_op::KEYS;
+        applies && self.cfg.sync == SyncPolicy::Always && self.store.needs_sync()
     }
 
     /// A reply from node `from` on one of this shard's outbound peer links.
