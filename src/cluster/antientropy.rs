@@ -1767,7 +1767,7 @@ mod tests {
 
     fn pair_of_nodes() -> (AntiEntropy, AntiEntropy) {
         let mut c = ClusterConfig::build(1, "1=127.0.0.1:1,2=127.0.0.1:2", 2).unwrap();
-        c.anti_entropy_interval_ms = 1_000;
+        c.anti_entropy_interval_ms = 10_000;
         let ring = Ring::new(&c.node_ids(), 2);
         let a = AntiEntropy::new(&c, ring.clone(), 1_000_000);
         c.node_id = 2;
@@ -1904,6 +1904,33 @@ mod tests {
         // Past the window node 2 is excluded, but one replica of two is not enough to move
         // the horizon (nobody to have exchanged with): nothing is decided.
         assert!(a.leader_decide(1_700_000, &down).is_empty());
+    }
+
+    #[test]
+    fn rejoin_after_a_long_pause_or_absence_and_provisional_after_restart() {
+        // A restart over a non-empty store whose newest record is recent: provisional only.
+        let (mut a, _) = pair_of_nodes();
+        let mut s = MemoryStore::new();
+        put(&mut a, &mut s, b"k", Version::new(999_000, 0, 1).0, false);
+        let (mut a, _) = pair_of_nodes();
+        a.build(&s).unwrap();
+        assert!(a.serving_reads() && a.index.provisional);
+        // A newest record older than the window: rejoining, and the first round comes soon.
+        let (mut a, _) = pair_of_nodes();
+        a.window_ms = 500;
+        a.build(&s).unwrap();
+        assert!(!a.serving_reads());
+        assert!(a.next_round_ms < 1_000_000 + a.interval_ms);
+        let mut t = a.tracked(&mut s);
+        assert!(t.get(b"k").is_err(), "reads refused while rejoining");
+        // A tick gap longer than the window (the process was stopped) starts a rejoin too.
+        let (mut b, _) = pair_of_nodes();
+        b.window_ms = 500;
+        let none = |_: u32| false;
+        b.on_tick(1_000_100, &mut s, &none, 1);
+        assert!(b.serving_reads());
+        b.on_tick(1_000_700, &mut s, &none, 1);
+        assert!(!b.serving_reads());
     }
 
     /// Random and mutated bodies for every anti-entropy request and reply decode to an error
