@@ -215,6 +215,10 @@ pub const KEYDIR_LOAD_MAX_PERCENT: usize = 80;
 /// more than half of it is).
 pub const KEYDIR_ARENA_DEAD_MIN: usize = 1024 * 1024;
 
+/// Size of one chunk of the keydir's key arena: the most it holds unused is one chunk.
+pub const KEYDIR_ARENA_CHUNK_SIZE: usize = 1024 * 1024;
+const _: () = assert!(KEYDIR_ARENA_CHUNK_SIZE > KEY_SIZE_MAX);
+
 /// Most keys (tombstones included) one shard's keydir holds: its u32 index slots keep 26
 /// bits for the entry number. Writes of new keys past it are refused.
 pub const KEYDIR_KEYS_MAX: usize = (1 << 26) - 2;

@@ -156,7 +156,15 @@ pub fn run(cfg: ServerConfig, stores: Vec<Box<dyn Store>>, started_at_ms: u64) -
                 };
                 core.with_cluster(c.clone(), started_at_ms, hints, view.clone())
             }
-            None => core,
+            None => {
+                // A single node has no replica that could later deliver an older write, so
+                // compaction may drop any tombstone that no longer shadows an older record on
+                // this node's own disk (the store checks that part itself).
+                let mut core = core;
+                core.store_mut()
+                    .set_tombstone_horizon(crate::version::Version(u64::MAX));
+                core
+            }
         };
         let worker = Worker::new(WorkerParts {
             shard,
