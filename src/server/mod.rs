@@ -7,6 +7,7 @@
 
 pub mod mailbox;
 pub mod peers;
+pub mod readbuf;
 pub mod system;
 pub mod worker;
 

@@ -9,10 +9,11 @@
 
 use super::mailbox::{Full, Mailbox};
 use super::peers::PeerLinks;
+use super::readbuf::ReadBuf;
 use super::system;
 use crate::limits::{
-    IN_FLIGHT_PER_CONNECTION_MAX, POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX, READ_BUFFER_SIZE_MAX,
-    READ_CHUNK_SIZE, REQUESTS_PER_READ_EVENT_MAX, WRITE_BUFFER_HIGH_WATER, WRITE_BUFFER_SIZE_MAX,
+    IN_FLIGHT_PER_CONNECTION_MAX, POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX,
+    REQUESTS_PER_READ_EVENT_MAX, WRITE_BUFFER_HIGH_WATER, WRITE_BUFFER_SIZE_MAX,
 };
 use crate::protocol::message::{put_connection_error, put_error};
 use crate::protocol::{frame, Status, RESPONSE_BIT};
@@ -21,7 +22,7 @@ use byteorder::{BigEndian, ByteOrder};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -54,8 +55,7 @@ pub fn wall_ms() -> u64 {
 struct Conn {
     stream: TcpStream,
     id: ConnId,
-    rbuf: Vec<u8>,
-    rstart: usize,
+    rbuf: ReadBuf,
     wbuf: Vec<u8>,
     wpos: usize,
     session: Session,
@@ -345,8 +345,7 @@ impl Worker {
             entry.insert(Conn {
                 stream,
                 id,
-                rbuf: Vec::new(),
-                rstart: 0,
+                rbuf: ReadBuf::default(),
                 wbuf: Vec::new(),
                 wpos: 0,
                 session: Session::default(),
@@ -393,23 +392,12 @@ impl Worker {
             if c.closing || c.eof || c.paused {
                 break;
             }
-            // Compact the read buffer: drop consumed bytes.
-            if c.rstart > 0 {
-                c.rbuf.drain(..c.rstart);
-                c.rstart = 0;
-            }
-            let len = c.rbuf.len();
-            let room = READ_CHUNK_SIZE.min(READ_BUFFER_SIZE_MAX - len);
-            debug_assert!(room > 0, "a whole frame always fits the read buffer");
-            c.rbuf.resize(len + room, 0);
-            match c.stream.read(&mut c.rbuf[len..]) {
+            match c.rbuf.read_from(&mut c.stream) {
                 Ok(0) => {
-                    c.rbuf.truncate(len);
                     c.eof = true;
                     break;
                 }
                 Ok(n) => {
-                    c.rbuf.truncate(len + n);
                     bytes_in += n as u64;
                     c.last_active = Instant::now();
                     let (f, i) = process_frames(&mut self.core, c, now_ms, self.turn_start);
@@ -424,14 +412,11 @@ impl Worker {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    c.rbuf.truncate(len);
+                    c.rbuf.shrink_if_idle();
                     break;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    c.rbuf.truncate(len);
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    c.rbuf.truncate(len);
                     log::debug!("read error on {:?}: {e}", c.id);
                     dead = true;
                     break;
@@ -559,8 +544,7 @@ impl Worker {
         let pending = c.pending_out();
         let too_much = pending > WRITE_BUFFER_SIZE_MAX;
         // A half-closed connection is done once everything it sent is answered.
-        let answered_all =
-            c.in_flight == 0 && matches!(frame::check(&c.rbuf[c.rstart..]), Ok(None));
+        let answered_all = c.in_flight == 0 && matches!(frame::check(c.rbuf.data()), Ok(None));
         let done = pending == 0 && (c.closing || (c.eof && answered_all));
         let resume = c.paused && !c.over_limits() && !c.closing;
         if resume {
@@ -627,10 +611,10 @@ fn process_frames(
             c.paused = true;
             break;
         }
-        match frame::parse(&c.rbuf[c.rstart..]) {
+        match frame::parse(c.rbuf.data()) {
             Ok(Some((f, len))) => {
                 let after = core.on_frame(now_ms, c.id, &mut c.session, f, &mut c.wbuf);
-                c.rstart += len;
+                c.rbuf.consume(len);
                 n += 1;
                 match after {
                     After::Continue => n_immediate += 1,

@@ -955,10 +955,11 @@ impl Worker {
         }
         let latency = now.saturating_sub(slot.start_ns);
         self.stats.answered(slot.op, outcome, latency);
-        self.interval.saturating_record(latency.max(1));
-        self.interval_ops += 1;
         if let Outcome::Error(_) = outcome {
             self.interval_errors += 1;
+        } else {
+            self.interval.saturating_record(latency.max(1));
+            self.interval_ops += 1;
         }
         let c = &mut self.conns[ci];
         c.slots[si as usize].in_use = false;

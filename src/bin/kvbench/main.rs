@@ -224,7 +224,8 @@ fn usage(o: &Options) -> String {
     u.push_str(
         "\nOutput: a progress line per second on stderr (ops/s, p99, errors), then a summary per\n\
          operation (ops/s, p50/p90/p99/p99.9/max latency, errors, misses) and the errors by\n\
-         status code. --json prints ops, ops_per_sec, errors, p50_us, p90_us, p99_us, p999_us,\n\
+         status code. Operations and latencies count successes (OK, or NOT_FOUND: a miss);\n\
+         an error reply or a request lost with its connection is an error, never an op. --json prints ops, ops_per_sec, errors, p50_us, p90_us, p99_us, p999_us,\n\
          max_us overall and per operation (per_op), errors_by_status, and with --check\n\
          acknowledged_writes, lost, stale_reads.\n\
          Exit status: 0 ok, 1 lost writes, 2 bad options, 3 nothing answered.\n",
