@@ -60,8 +60,10 @@
 //! 3. **Rejoin.** A node that may have been excluded — its newest record, or the gap between
 //!    two of its ticks, is older than `tombstone_window_ms` — is also *rejoining*: it answers
 //!    no reads (peer READs and local reads of its coordinator fail, so coordinators use the
-//!    other replicas; `kvd` answers LGET UNAVAILABLE) until it completes a full round, which
-//!    it starts soon rather than an interval later. Choice: reads skip the rejoining node
+//!    other replicas; `kvd` answers LGET UNAVAILABLE) until a round in which every partition
+//!    it holds completed an exchange with a live replica and no exchange failed (replicas
+//!    known dead are skipped, so a dead peer cannot keep it unreadable); that round starts
+//!    soon rather than an interval later. The same round ends *provisional*. Choice: reads skip the rejoining node
 //!    rather than block. (A merely restarted node keeps serving reads: a deleted value lost
 //!    with an unsynced tombstone can be read from it until its first full round.)
 //!
@@ -414,7 +416,12 @@ struct Exchange {
 
 struct Round {
     queue: VecDeque<(usize, u32)>,
+    /// Every exchange with every other replica completed.
     full: bool,
+    /// No exchange failed (peers known dead were skipped, not failed).
+    clean: bool,
+    /// Partitions with at least one completed exchange in this round.
+    synced: Vec<bool>,
     keys_moved: u64,
     bytes_moved: u64,
 }
@@ -701,6 +708,8 @@ impl AntiEntropy {
         self.round = Some(Round {
             queue,
             full: true,
+            clean: true,
+            synced: vec![false; PARTITION_COUNT],
             keys_moved: 0,
             bytes_moved: 0,
         });
@@ -748,6 +757,7 @@ impl AntiEntropy {
             self.index.stats.exchanges_failed += 1;
             if let Some(r) = self.round.as_mut() {
                 r.full = false;
+                r.clean = false;
             }
         }
     }
@@ -766,6 +776,11 @@ impl AntiEntropy {
             if r.full {
                 self.index.stats.full_rounds += 1;
                 self.index.stats.last_full_round_ms = now_ms;
+            }
+            // Rejoined: every partition exchanged with at least one live replica and nothing
+            // failed (a replica that stays dead must not keep this node unreadable).
+            let rejoined = r.full || (r.clean && self.held_list.iter().all(|&p| r.synced[p]));
+            if rejoined {
                 if self.index.rejoining {
                     log::info!(
                         "node {}: rejoined through a full anti-entropy round",
@@ -1339,6 +1354,7 @@ impl AntiEntropy {
             self.index.stats.exchanges_failed += 1;
             if let Some(r) = self.round.as_mut() {
                 r.full = false;
+                r.clean = false;
             }
             return;
         }
@@ -1365,6 +1381,7 @@ impl AntiEntropy {
             self.index.stats.exchanges_failed += 1;
             if let Some(r) = self.round.as_mut() {
                 r.full = false;
+                r.clean = false;
             }
             return;
         }
@@ -1495,6 +1512,7 @@ impl AntiEntropy {
             self.index.stats.exchanges_failed += 1;
             if let Some(r) = self.round.as_mut() {
                 r.full = false;
+                r.clean = false;
             }
             return;
         }
@@ -1625,6 +1643,9 @@ impl AntiEntropy {
 
     fn complete(&mut self, x: Exchange) {
         self.index.stats.exchanges += 1;
+        if let Some(r) = self.round.as_mut() {
+            r.synced[x.partition] = true;
+        }
         let e = self
             .unreported
             .entry((x.partition as u16, x.peer))
