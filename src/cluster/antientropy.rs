@@ -46,26 +46,33 @@
 //! store `min H_p` over the partitions they hold as its compaction horizon. Horizons are kept
 //! in memory only: after a restart a node learns them again from its first exchanges.
 //!
-//! Three rules keep collected tombstones from resurrecting their keys:
+//! Two rules keep collected tombstones from resurrecting their keys:
 //! 1. **Guard.** A replica refuses (answers stale) any write below `H_p` for a key it holds
 //!    no record of: such a write is older than a collected tombstone (everything below `H_p`
 //!    reached every included replica, so an absent key below the horizon was deleted).
-//! 2. **Provisional records.** After a restart a node's records are *provisional* until it
-//!    completes a full round: a crash may have lost unsynced writes (a tombstone, say) that
-//!    its earlier exchanges vouched for and that let the others collect it. In its exchanges
-//!    with a non-provisional peer, a non-collectable record below `H_p` that only the
-//!    provisional side holds is deleted there (a tombstone one above its version): the peer
-//!    proves the key was deleted and collected. Records from non-provisional peers bypass the
-//!    guard (they are authoritative).
-//! 3. **Rejoin.** A node that may have been excluded — its newest record, or the gap between
-//!    two of its ticks, is older than `tombstone_window_ms` — is also *rejoining*: it answers
-//!    no reads (peer READs and local reads of its coordinator fail, so coordinators use the
+//!    Records moved by anti-entropy from a peer that is not rejoining bypass it (they are
+//!    authoritative).
+//! 2. **Rejoin.** A node that may have been excluded — its newest record, or the gap between
+//!    two of its ticks, is older than `tombstone_window_ms` — is *rejoining*: it answers no
+//!    reads (peer READs and local reads of its coordinator fail, so coordinators use the
 //!    other replicas; `kvd` answers LGET UNAVAILABLE) until a round in which every partition
 //!    it holds completed an exchange with a live replica and no exchange failed (replicas
 //!    known dead are skipped, so a dead peer cannot keep it unreadable); that round starts
-//!    soon rather than an interval later. The same round ends *provisional*. Choice: reads skip the rejoining node
-//!    rather than block. (A merely restarted node keeps serving reads: a deleted value lost
-//!    with an unsynced tombstone can be read from it until its first full round.)
+//!    soon rather than an interval later. In its exchanges with a peer that is not
+//!    rejoining, a non-collectable record below `H_p` that only the rejoining side holds is
+//!    deleted there (a tombstone one above its version): the peer proves the key was deleted
+//!    and collected. Choice: reads skip the rejoining node rather than block.
+//!
+//! A tombstone swept from the trees stays in the store until compaction drops it, so an
+//! exchange also consults the store: a key one side lists and the other's tree lacks is
+//! answered with the store's record when that is newer (the swept tombstone), and a pulled
+//! record the store finds stale is pushed back, newest winning.
+//!
+//! Crashes: a node that lost unsynced writes (`--sync never|interval`) may have vouched for
+//! them in an earlier exchange. Anti-entropy then prefers keeping data: a value it lost is
+//! restored from its peers, and a tombstone it lost may let the value come back on it — the
+//! same as losing that (unsynced) delete, which the sync policy allows. With `--sync always`
+//! nothing an exchange moved is acknowledged before it is durable.
 //!
 //! Limit: a node cut off by a network partition (not stopped) for longer than the window, that
 //! accepted writes meanwhile, is not detected as rejoining; as with Cassandra's gc_grace, the
@@ -105,8 +112,8 @@ pub fn is_anti_entropy_op(op: u8) -> bool {
     (op::ANTI_ENTROPY_FIRST..=op::ANTI_ENTROPY_LAST).contains(&(op & !RESPONSE_BIT))
 }
 
-/// Flags byte of AE_KEYS and AE_PUSH: the sender's records are provisional (it restarted or
-/// is rejoining and has not completed a full round since): not authoritative.
+/// Flags byte of AE_KEYS and AE_PUSH: the sender is rejoining (its records are not
+/// authoritative).
 const FLAG_REJOINING: u8 = 0x01;
 /// Entry flags in AE_KEYS: collectable (a tombstone or expired value).
 const ENTRY_COLLECTABLE: u8 = 0x01;
@@ -275,10 +282,6 @@ pub struct TreeIndex {
     /// Whether partition p is tracked here (held per the ring and owned by this shard).
     held: Vec<bool>,
     rejoining: bool,
-    /// This node's records are not authoritative: it restarted (a crash may have lost
-    /// unsynced writes its earlier exchanges vouched for) or is rejoining, and has not
-    /// completed a full round since.
-    provisional: bool,
     stats: AaeStats,
 }
 
@@ -497,7 +500,6 @@ impl AntiEntropy {
                 horizons: vec![0; PARTITION_COUNT],
                 held: vec![false; PARTITION_COUNT],
                 rejoining: false,
-                provisional: false,
                 stats: AaeStats::default(),
             },
             held_list: Vec::new(),
@@ -550,9 +552,6 @@ impl AntiEntropy {
             cursor = store.scan_keys(c, AE_BUILD_KEYS_PER_STEP, &mut |k, m| index.note(k, m))?;
         }
         let newest_ms = store.highest_version().physical_ms();
-        if !store.is_empty() && self.ring.replicas() > 1 {
-            self.index.provisional = true;
-        }
         if !store.is_empty() && self.start_ms.saturating_sub(newest_ms) > self.window_ms {
             self.start_rejoin();
         }
@@ -570,7 +569,6 @@ impl AntiEntropy {
                 );
             }
             self.index.rejoining = true;
-            self.index.provisional = true;
             // Do not wait a whole interval: reads are refused until a full round.
             self.next_round_ms = self
                 .next_round_ms
@@ -788,7 +786,6 @@ impl AntiEntropy {
                     );
                 }
                 self.index.rejoining = false;
-                self.index.provisional = false;
             } else if self.index.rejoining {
                 self.next_round_ms = self.next_round_ms.min(now_ms.saturating_add(self.retry_ms));
             }
@@ -1191,7 +1188,7 @@ impl AntiEntropy {
         out: &mut Vec<u8>,
     ) {
         let h = self.index.horizons[p];
-        let me_rejoining = self.index.provisional;
+        let me_rejoining = self.index.rejoining;
         let mut records: Vec<u8> = Vec::new();
         let mut nrec = 0u16;
         let mut wants: Vec<u8> = Vec::new();
@@ -1265,6 +1262,29 @@ impl AntiEntropy {
                         nrec += 1;
                     }
                     (Some(&(tv, collectable)), None) => {
+                        // Our tree may have swept a collectable record the store still
+                        // holds: when it is newer than theirs, it is the answer.
+                        match store.version_of(k) {
+                            Some(sv) if sv.0 > tv => {
+                                let Ok(Some(stored)) = store.get(k) else {
+                                    continue;
+                                };
+                                let rec = Record {
+                                    key: k.to_vec(),
+                                    version: stored.version.0,
+                                    expires_at_ms: stored.expires_at_ms,
+                                    value: stored.value,
+                                };
+                                if !send(&mut records, &rec) {
+                                    partial = true;
+                                    break;
+                                }
+                                nrec += 1;
+                                continue;
+                            }
+                            Some(sv) if sv.0 == tv => continue,
+                            _ => {}
+                        }
                         if collectable {
                             continue;
                         }
@@ -1488,6 +1508,16 @@ impl AntiEntropy {
         let n = self
             .apply_records(store, &recs, trusted)
             .map_err(|e| bad(format!("storage: {e}")))?;
+        // A pulled record older than what the store holds (a tombstone swept from our tree,
+        // say): push ours back, newest wins on both sides.
+        for rec in &recs {
+            if store
+                .version_of(&rec.key)
+                .is_some_and(|v| v.0 > rec.version)
+            {
+                x.wants.push_back(rec.key.clone());
+            }
+        }
         let dropped = drops.min(n);
         self.index.stats.keys_dropped += dropped as u64;
         self.index.stats.keys_repaired -= dropped as u64;
@@ -1518,7 +1548,7 @@ impl AntiEntropy {
         }
         let p = x.partition;
         let h = self.index.horizons[p];
-        let rejoining = if self.index.provisional {
+        let rejoining = if self.index.rejoining {
             FLAG_REJOINING
         } else {
             0
@@ -1673,7 +1703,7 @@ impl AntiEntropy {
             .flatten()
             .map(|t| t.memory_bytes())
             .sum();
-        let lines: [(&str, u64); 18] = [
+        let lines: [(&str, u64); 17] = [
             ("aae_rounds", s.rounds),
             ("aae_full_rounds", s.full_rounds),
             ("aae_ms_since_full_round_max", since),
@@ -1687,7 +1717,6 @@ impl AntiEntropy {
             ("aae_guard_refused", s.guard_refused),
             ("aae_swept", s.swept),
             ("aae_shards_rejoining", u64::from(self.index.rejoining)),
-            ("aae_shards_provisional", u64::from(self.index.provisional)),
             ("aae_horizon_ms_min", Version(min_h).physical_ms()),
             ("aae_tree_keys", tree_keys as u64),
             ("aae_tree_bytes", tree_bytes as u64),
@@ -1928,14 +1957,14 @@ mod tests {
     }
 
     #[test]
-    fn rejoin_after_a_long_pause_or_absence_and_provisional_after_restart() {
-        // A restart over a non-empty store whose newest record is recent: provisional only.
+    fn rejoin_after_a_long_pause_or_absence() {
+        // A restart over a non-empty store whose newest record is recent: serving reads.
         let (mut a, _) = pair_of_nodes();
         let mut s = MemoryStore::new();
         put(&mut a, &mut s, b"k", Version::new(999_000, 0, 1).0, false);
         let (mut a, _) = pair_of_nodes();
         a.build(&s).unwrap();
-        assert!(a.serving_reads() && a.index.provisional);
+        assert!(a.serving_reads());
         // A newest record older than the window: rejoining, and the first round comes soon.
         let (mut a, _) = pair_of_nodes();
         a.window_ms = 500;
