@@ -1853,13 +1853,13 @@ mod tests {
             let Some((to, req)) = a.poll_transmit() else {
                 break;
             };
-            assert_eq!(to, 2);
+            assert_eq!(to, b.me, "node 2's STATUS goes to the leader, node 1");
             let (f, _) = frame::parse(&req).unwrap().unwrap();
             let mut reply = Vec::new();
-            b.on_request(now, sb, 1, f.id, f.op, f.aux, f.body, &mut reply)
+            b.on_request(now, sb, a.me, f.id, f.op, f.aux, f.body, &mut reply)
                 .unwrap();
             let (rf, _) = frame::parse(&reply).unwrap().unwrap();
-            a.on_reply(now, sa, 2, &rf, &alive);
+            a.on_reply(now, sa, b.me, &rf, &alive);
             sent.push(req);
         }
         a.on_tick(now, sa, &alive, 1);
@@ -1954,6 +1954,38 @@ mod tests {
         // Past the window node 2 is excluded, but one replica of two is not enough to move
         // the horizon (nobody to have exchanged with): nothing is decided.
         assert!(a.leader_decide(1_700_000, &down).is_empty());
+    }
+
+    /// A tombstone swept from one tree (below the horizon) but still in its store beats an
+    /// older value on the other replica, whichever side starts the exchange.
+    #[test]
+    fn swept_tombstones_still_in_the_store_win() {
+        for a_starts in [true, false] {
+            let (mut a, mut b) = pair_of_nodes();
+            let (mut sa, mut sb) = (MemoryStore::new(), MemoryStore::new());
+            let old = Version::new(1_000_000, 0, 1).0;
+            let tomb = Version::new(1_000_500, 0, 1).0;
+            put(&mut a, &mut sa, b"k", old, false);
+            put(&mut b, &mut sb, b"k", old, false);
+            put(&mut a, &mut sa, b"k", tomb, true);
+            let p = partition_of(b"k");
+            a.adopt(p, Version::new(1_001_000, 0, 0).0);
+            for _ in 0..100 {
+                a.sweep_step(1_002_000);
+            }
+            assert!(a.index.tree(p).unwrap().get(b"k").is_none(), "swept");
+            if a_starts {
+                round(&mut a, &mut sa, &mut b, &mut sb, 1_002_000);
+            } else {
+                round(&mut b, &mut sb, &mut a, &mut sa, 1_002_000);
+            }
+            let got = sb.get(b"k").unwrap().unwrap();
+            assert_eq!(
+                (got.version.0, got.value),
+                (tomb, None),
+                "a_starts {a_starts}"
+            );
+        }
     }
 
     #[test]
