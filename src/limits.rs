@@ -143,7 +143,7 @@ pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 2_000;
 /// Largest `--request-timeout-ms`.
 pub const REQUEST_TIMEOUT_MS_MAX: u64 = 600_000;
 
-/// Default anti-entropy interval (placeholder until anti-entropy lands).
+/// Default time between anti-entropy rounds (`--anti-entropy-interval-ms`).
 pub const ANTI_ENTROPY_INTERVAL_MS_DEFAULT: u64 = 60_000;
 
 /// Replicated operations one shard's coordinator may track at once (waiting for acks, or
