@@ -11,8 +11,12 @@
 //!  write / read (client requests)   ──▶    Send  { to, frame }      peer frame to a node
 //!  on_peer_request (REPLICATE/READ/GOSSIP)  Reply { ctx, outcome }   answer a client
 //!  on_peer_reply  (replies to our frames)   Event(MemberEvent)       log it
-//!  on_tick (timeouts, gossip, hints)
+//!  on_tick (timeouts, gossip, hints, anti-entropy rounds)
 //! ```
+//!
+//! Anti-entropy ([`super::antientropy`]) rides on the same inputs: its frames come in through
+//! `on_peer_request` / `on_peer_reply`, its rounds advance in `on_tick`, and every store write
+//! made here goes through its hook so the partition trees follow the store.
 //!
 //! Peer requests are answered synchronously into the caller's buffer. The caller must hold
 //! that reply (and any client reply) until its store has synced when its sync policy promises
