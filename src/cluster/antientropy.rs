@@ -469,6 +469,52 @@ type Reports = BTreeMap<(u16, u32), u64>;
 /// A segment's key list as received: (segment, [(key, version, collectable)]).
 type SegmentList<'a> = (usize, Vec<(&'a [u8], u64, bool)>);
 
+/// What a key of a compared segment needs.
+enum Answer {
+    /// Our record, read from the store.
+    Ours,
+    /// This record (a tombstone deleting a record proved collected).
+    Record(Record),
+    /// Theirs: the initiator pushes it.
+    Want,
+}
+
+/// An AE_KEYS reply being built, bounded in bytes (records and wants together, one item
+/// always fits an empty reply, so a record of the largest value still fits a frame) and in
+/// count (u16 on the wire).
+#[derive(Default)]
+struct KeysReply {
+    records: Vec<u8>,
+    nrec: u16,
+    wants: Vec<u8>,
+    nwant: u16,
+}
+
+impl KeysReply {
+    fn fits(&self, extra: usize) -> bool {
+        let used = self.records.len() + self.wants.len();
+        used == 0 || used + extra <= AE_MESSAGE_BYTES_MAX
+    }
+
+    fn add_record(&mut self, rec: &Record) -> bool {
+        if self.nrec == u16::MAX || !self.fits(rec.encoded_len()) {
+            return false;
+        }
+        rec.encode(&mut self.records);
+        self.nrec += 1;
+        true
+    }
+
+    fn add_want(&mut self, key: &[u8]) -> bool {
+        if self.nwant == u16::MAX || !self.fits(2 + key.len()) {
+            return false;
+        }
+        push_key(&mut self.wants, key);
+        self.nwant += 1;
+        true
+    }
+}
+
 fn pair(a: u32, b: u32) -> (u32, u32) {
     (a.min(b), a.max(b))
 }
@@ -1189,10 +1235,7 @@ impl AntiEntropy {
     ) {
         let h = self.index.horizons[p];
         let me_rejoining = self.index.rejoining;
-        let mut records: Vec<u8> = Vec::new();
-        let mut nrec = 0u16;
-        let mut wants: Vec<u8> = Vec::new();
-        let mut nwant = 0u16;
+        let mut reply = KeysReply::default();
         let mut local_drops: Vec<Record> = Vec::new();
         let mut done = 0u16;
         'segments: for (s, theirs) in segs {
@@ -1216,106 +1259,64 @@ impl AntiEntropy {
             let mut keys: Vec<&[u8]> = theirs.keys().chain(ours_map.keys()).copied().collect();
             keys.sort_unstable();
             keys.dedup();
-            let (seg_records_start, seg_nrec) = (records.len(), nrec);
-            let (seg_wants_start, seg_nwant) = (wants.len(), nwant);
-            let mut partial = false;
             for k in keys {
-                let send = |records: &mut Vec<u8>, rec: &Record| -> bool {
-                    // The first record of a reply always goes (it fits a frame on its own).
-                    if !records.is_empty()
-                        && records.len() + rec.encoded_len() > AE_MESSAGE_BYTES_MAX
-                    {
-                        return false;
-                    }
-                    rec.encode(records);
-                    true
-                };
-                match (theirs.get(k), ours_map.get(k)) {
-                    (Some(&(tv, _)), Some(&(ov, _))) if tv == ov => {}
-                    (Some(&(tv, _)), Some(&(ov, _))) if tv > ov => {
-                        push_key(&mut wants, k);
-                        nwant += 1;
-                    }
+                // What this key needs: nothing, our record, or theirs.
+                let answer = match (theirs.get(k), ours_map.get(k)) {
+                    (Some(&(tv, _)), Some(&(ov, _))) if tv == ov => None,
+                    (Some(&(tv, _)), Some(&(ov, _))) if tv > ov => Some(Answer::Want),
                     (Some(_), Some(_)) | (None, Some(_)) => {
                         let (ov, collectable) = ours_map[k];
                         let absent_there = !theirs.contains_key(k);
                         if absent_there && collectable {
-                            continue;
-                        }
-                        if absent_there && ov < h && me_rejoining && !peer_rejoining {
+                            None
+                        } else if absent_there && ov < h && me_rejoining && !peer_rejoining {
                             local_drops.push(Self::drop_record(k, ov));
-                            continue;
+                            None
+                        } else {
+                            Some(Answer::Ours)
                         }
-                        let Ok(Some(stored)) = store.get(k) else {
-                            continue; // compacted away or unreadable: nothing to send
-                        };
-                        let rec = Record {
+                    }
+                    (Some(&(tv, collectable)), None) => match store.version_of(k) {
+                        // Our tree may have swept a collectable record the store still holds:
+                        // when it is newer than theirs, it is the answer.
+                        Some(sv) if sv.0 > tv => Some(Answer::Ours),
+                        Some(sv) if sv.0 == tv => None,
+                        _ if collectable => None,
+                        _ if tv < h && peer_rejoining && !me_rejoining => {
+                            Some(Answer::Record(Self::drop_record(k, tv)))
+                        }
+                        _ => Some(Answer::Want),
+                    },
+                    (None, None) => unreachable!("every key comes from one of the lists"),
+                };
+                let added = match answer {
+                    None => true,
+                    Some(Answer::Want) => reply.add_want(k),
+                    Some(Answer::Record(rec)) => reply.add_record(&rec),
+                    Some(Answer::Ours) => match store.get(k) {
+                        Ok(Some(stored)) => reply.add_record(&Record {
                             key: k.to_vec(),
                             version: stored.version.0,
                             expires_at_ms: stored.expires_at_ms,
                             value: stored.value,
-                        };
-                        if !send(&mut records, &rec) {
-                            partial = true;
-                            break;
-                        }
-                        nrec += 1;
-                    }
-                    (Some(&(tv, collectable)), None) => {
-                        // Our tree may have swept a collectable record the store still
-                        // holds: when it is newer than theirs, it is the answer.
-                        match store.version_of(k) {
-                            Some(sv) if sv.0 > tv => {
-                                let Ok(Some(stored)) = store.get(k) else {
-                                    continue;
-                                };
-                                let rec = Record {
-                                    key: k.to_vec(),
-                                    version: stored.version.0,
-                                    expires_at_ms: stored.expires_at_ms,
-                                    value: stored.value,
-                                };
-                                if !send(&mut records, &rec) {
-                                    partial = true;
-                                    break;
-                                }
-                                nrec += 1;
-                                continue;
-                            }
-                            Some(sv) if sv.0 == tv => continue,
-                            _ => {}
-                        }
-                        if collectable {
-                            continue;
-                        }
-                        if tv < h && peer_rejoining && !me_rejoining {
-                            let rec = Self::drop_record(k, tv);
-                            if !send(&mut records, &rec) {
-                                partial = true;
-                                break;
-                            }
-                            nrec += 1;
-                        } else {
-                            push_key(&mut wants, k);
-                            nwant += 1;
-                        }
-                    }
-                    (None, None) => unreachable!("every key comes from one of the lists"),
+                        }),
+                        _ => true, // compacted away or unreadable: nothing to send
+                    },
+                };
+                if !added {
+                    // The reply is full: this segment is asked again (with the lists updated
+                    // by what this reply moves), so every reply makes progress.
+                    break 'segments;
                 }
-            }
-            if partial {
-                if nrec == seg_nrec {
-                    // Nothing of this segment fit (an earlier segment filled the reply): leave
-                    // it whole for the next request.
-                    records.truncate(seg_records_start);
-                    nrec = seg_nrec;
-                    wants.truncate(seg_wants_start);
-                    nwant = seg_nwant;
-                }
-                break 'segments;
             }
             done += 1;
         }
+        let KeysReply {
+            records,
+            nrec,
+            wants,
+            nwant,
+        } = reply;
         if !local_drops.is_empty() {
             // Best effort: a failing store reports itself through its own writes.
             if let Ok(n) = self.apply_records(store, &local_drops, true) {
@@ -1623,6 +1624,22 @@ impl AntiEntropy {
             return self.complete(x);
         }
         let p = x.partition;
+        // A segment whose list alone exceeds a message (tens of thousands of keys in one
+        // 1/262,144th of the key space) is not compared: the exchange cannot complete.
+        let too_large =
+            |s: &u16, t: &PartitionTree| t.segment_bytes(*s as usize) > AE_MESSAGE_BYTES_MAX;
+        if x.pending
+            .front()
+            .is_some_and(|s| too_large(s, self.index.tree_mut(p)))
+        {
+            log::warn!("anti-entropy: partition {p} segment too large to compare");
+            self.index.stats.exchanges_failed += 1;
+            if let Some(r) = self.round.as_mut() {
+                r.full = false;
+                r.clean = false;
+            }
+            return;
+        }
         let tree = self.index.tree_mut(p);
         let mut body = Vec::new();
         let mut asked = Vec::new();
@@ -1954,6 +1971,46 @@ mod tests {
         // Past the window node 2 is excluded, but one replica of two is not enough to move
         // the horizon (nobody to have exchanged with): nothing is decided.
         assert!(a.leader_decide(1_700_000, &down).is_empty());
+    }
+
+    /// Replies and pushes stay within a frame whatever the values: large records go a few per
+    /// message, the largest value alone, and everything arrives.
+    #[test]
+    fn large_values_move_in_bounded_messages() {
+        for b_starts in [true, false] {
+            let (mut a, mut b) = pair_of_nodes();
+            let (mut sa, mut sb) = (MemoryStore::new(), MemoryStore::new());
+            let v = Version::new(1_000_000, 0, 1);
+            let big = vec![7u8; crate::limits::VALUE_SIZE_MAX];
+            let mid = vec![8u8; 200 * 1024];
+            for i in 0..12 {
+                let k = format!("big{i}");
+                let value: &[u8] = if i % 4 == 0 { &big } else { &mid };
+                a.tracked(&mut sa)
+                    .apply(Write {
+                        key: k.as_bytes(),
+                        value: Some(value),
+                        version: v,
+                        expires_at_ms: 0,
+                    })
+                    .unwrap();
+            }
+            let sent = if b_starts {
+                round(&mut b, &mut sb, &mut a, &mut sa, 1_000_100)
+            } else {
+                round(&mut a, &mut sa, &mut b, &mut sb, 1_000_100)
+            };
+            assert!(sent
+                .iter()
+                .all(|f| f.len() <= 4 + crate::limits::FRAME_SIZE_MAX));
+            for i in 0..12 {
+                let got = sb.get(format!("big{i}").as_bytes()).unwrap().unwrap();
+                assert_eq!(
+                    got.value.unwrap().len(),
+                    if i % 4 == 0 { big.len() } else { mid.len() }
+                );
+            }
+        }
     }
 
     /// A tombstone swept from one tree (below the horizon) but still in its store beats an
