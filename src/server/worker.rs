@@ -11,6 +11,7 @@ use super::mailbox::{Full, Mailbox};
 use super::peers::PeerLinks;
 use super::readbuf::ReadBuf;
 use super::system;
+use crate::datadir::ClockCeiling;
 use crate::limits::{
     COORDINATOR_OPS_HIGH_WATER, COORDINATOR_OPS_LOW_WATER, IN_FLIGHT_PER_CONNECTION_MAX,
     POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX, REQUESTS_PER_READ_EVENT_MAX, WRITE_BUFFER_HIGH_WATER,
@@ -108,6 +109,8 @@ pub struct Worker {
     turn_start: Instant,
     /// Requests answered immediately in this turn (their latency is the turn's length).
     turn_immediate: u64,
+    /// Durable bound on the versions this shard let out.
+    clock: ClockCeiling,
     /// Client connections are not read while the replication backlog is high.
     throttled: bool,
     /// Times the loop started throttling clients (for STATS through the log).
@@ -126,6 +129,8 @@ pub struct WorkerParts {
     pub listener: std::net::TcpListener,
     /// The shard core.
     pub core: ShardCore,
+    /// The shard's durable clock ceiling.
+    pub clock: ClockCeiling,
     /// Every shard's mailbox (index = shard).
     pub mailboxes: Arc<Vec<Arc<Mailbox>>>,
     /// Node-wide shared state.
@@ -165,6 +170,7 @@ impl Worker {
             accept_pending: false,
             turn_start: Instant::now(),
             turn_immediate: 0,
+            clock: p.clock,
             throttled: false,
             throttle_events: 0,
         })
@@ -278,8 +284,19 @@ impl Worker {
         }
     }
 
-    /// Group commit, then move every byte the turn produced.
+    /// Cover the turn's versions with the durable clock ceiling, group commit, then move every
+    /// byte the turn produced.
     fn end_turn(&mut self) {
+        let clock_ms = self.core.clock_mut().last_ms();
+        if let Err(e) = self.clock.cover(clock_ms) {
+            // Without a durable ceiling a restart could reissue versions this turn is about to
+            // let out. Nothing of this turn has left the node yet: stop here, loudly.
+            log::error!(
+                "shard {}: cannot persist the clock ceiling ({e}); stopping the node",
+                self.shard
+            );
+            std::process::abort();
+        }
         self.core.finish_turn();
         self.dispatch_peer_frames();
         self.dispatch_outbox();
