@@ -160,3 +160,132 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
     }
 }
+
+/// How far ahead of the clock a shard's ceiling is written: one small fsync per lease while
+/// the shard issues versions, and a restarted shard's versions lead the wall clock by at most
+/// this much.
+pub const CLOCK_LEASE_MS: u64 = 2_000;
+
+/// A durable upper bound on the versions a shard has let out, so that a restart never issues
+/// a version at or below one issued before it, even when the wall clock stepped back and the
+/// versions are not in the shard's own store (it coordinated writes it does not replicate).
+///
+/// The file `CLOCK` holds two 16-byte slots written alternately, so a torn write damages at
+/// most the slot being written and the other still holds a valid, older ceiling:
+///
+/// ```text
+///  slot (16 bytes) = | ceiling ms u64 BE | sequence u32 BE | CRC32C of the first 12 bytes u32 BE |
+///  file            = | slot 0 | slot 1 |
+/// ```
+pub struct ClockCeiling {
+    file: File,
+    ceiling_ms: u64,
+    sequence: u32,
+}
+
+const CLOCK_SLOT_SIZE: usize = 16;
+
+fn decode_clock_slot(b: &[u8]) -> Option<(u64, u32)> {
+    let crc = u32::from_be_bytes(b[12..16].try_into().ok()?);
+    if crc32c::crc32c(&b[..12]) != crc {
+        return None;
+    }
+    Some((
+        u64::from_be_bytes(b[..8].try_into().ok()?),
+        u32::from_be_bytes(b[8..12].try_into().ok()?),
+    ))
+}
+
+impl ClockCeiling {
+    /// Open (or create) `dir/CLOCK`; the ceiling recovered from it (0 for a new file).
+    pub fn open(dir: &Path) -> io::Result<ClockCeiling> {
+        use std::io::Read;
+        let path = dir.join("CLOCK");
+        let created = !path.exists();
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        if created {
+            File::open(dir)?.sync_all()?;
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let best = bytes
+            .chunks_exact(CLOCK_SLOT_SIZE)
+            .take(2)
+            .filter_map(decode_clock_slot)
+            .max_by_key(|&(ms, seq)| (seq, ms));
+        let (ceiling_ms, sequence) = best.unwrap_or((0, 0));
+        if !bytes.is_empty() && best.is_none() {
+            log::error!(
+                "{}: no valid clock ceiling; versions restart from the store's highest",
+                path.display()
+            );
+        }
+        Ok(ClockCeiling {
+            file,
+            ceiling_ms,
+            sequence,
+        })
+    }
+
+    /// The ceiling on disk, ms since the Unix epoch.
+    pub fn ceiling_ms(&self) -> u64 {
+        self.ceiling_ms
+    }
+
+    /// Make sure the ceiling on disk is at least `clock_ms`; writes `clock_ms + lease` and syncs
+    /// when it is not. Returns whether it wrote.
+    pub fn cover(&mut self, clock_ms: u64) -> io::Result<bool> {
+        use std::os::unix::fs::FileExt;
+        if clock_ms < self.ceiling_ms {
+            return Ok(false);
+        }
+        let ceiling = clock_ms + CLOCK_LEASE_MS;
+        let sequence = self.sequence.wrapping_add(1);
+        let mut slot = [0u8; CLOCK_SLOT_SIZE];
+        slot[..8].copy_from_slice(&ceiling.to_be_bytes());
+        slot[8..12].copy_from_slice(&sequence.to_be_bytes());
+        let crc = crc32c::crc32c(&slot[..12]);
+        slot[12..].copy_from_slice(&crc.to_be_bytes());
+        let at = (sequence % 2) as u64 * CLOCK_SLOT_SIZE as u64;
+        self.file.write_all_at(&slot, at)?;
+        self.file.sync_data()?;
+        self.ceiling_ms = ceiling;
+        self.sequence = sequence;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    #[test]
+    fn ceiling_survives_reopen_and_a_torn_slot() {
+        let dir = std::env::temp_dir().join(format!("dkv-clock-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let mut c = ClockCeiling::open(&dir).unwrap();
+        assert_eq!(c.ceiling_ms(), 0);
+        assert!(c.cover(1_000).unwrap());
+        assert!(!c.cover(1_500).unwrap(), "inside the lease: no write");
+        assert!(c.cover(5_000).unwrap());
+        drop(c);
+        let c = ClockCeiling::open(&dir).unwrap();
+        assert_eq!(c.ceiling_ms(), 5_000 + CLOCK_LEASE_MS);
+        drop(c);
+        // Damage the newest slot: the older one still bounds what was let out before it.
+        let path = dir.join("CLOCK");
+        let mut bytes = fs::read(&path).unwrap();
+        let newest = 0; // sequence 2 wrote slot 2 % 2 = 0
+        bytes[newest] ^= 0xFF;
+        fs::write(&path, &bytes).unwrap();
+        let c = ClockCeiling::open(&dir).unwrap();
+        assert_eq!(c.ceiling_ms(), 1_000 + CLOCK_LEASE_MS);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -150,6 +150,17 @@ pub const ANTI_ENTROPY_INTERVAL_MS_DEFAULT: u64 = 60_000;
 /// collecting late read replies for repair). Past it new requests get OVERLOADED.
 pub const COORDINATOR_OPS_MAX: usize = 16_384;
 
+/// Backpressure: past this many replicated operations in flight on a shard, its event loop
+/// stops reading requests from client connections (peer connections are always read: pausing
+/// them would slow down the very acknowledgements the backlog waits for)...
+pub const COORDINATOR_OPS_HIGH_WATER: usize = COORDINATOR_OPS_MAX / 2;
+
+/// ...and resumes once the backlog is below this.
+pub const COORDINATOR_OPS_LOW_WATER: usize = COORDINATOR_OPS_MAX / 4;
+const _: () = assert!(COORDINATOR_OPS_LOW_WATER < COORDINATOR_OPS_HIGH_WATER);
+const _: () =
+    assert!(COORDINATOR_OPS_HIGH_WATER + IN_FLIGHT_PER_CONNECTION_MAX < COORDINATOR_OPS_MAX);
+
 /// Hints held for one target node, by count. On overflow the oldest hint is dropped (and
 /// counted): anti-entropy repairs what hints lose.
 pub const HINTS_PER_TARGET_MAX: usize = 100_000;

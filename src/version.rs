@@ -128,6 +128,21 @@ impl Hlc {
     pub fn recover(&mut self, highest_seen: Version) {
         self.observe(highest_seen);
     }
+
+    /// Restart the clock above a durable ceiling in ms: every version issued from now on has a
+    /// physical part above `ceiling_ms`.
+    pub fn recover_above_ms(&mut self, ceiling_ms: u64) {
+        if ceiling_ms >= self.last_ms {
+            self.last_ms = ceiling_ms;
+            self.last_logical = LOGICAL_MAX;
+        }
+    }
+
+    /// Physical part of the last version issued or observed (what a durable ceiling must cover
+    /// before versions issued up to now leave the node).
+    pub fn last_ms(&self) -> u64 {
+        self.last_ms
+    }
 }
 
 #[cfg(test)]
@@ -166,6 +181,21 @@ mod tests {
         b.observe(va);
         let vb = b.issue(10);
         assert!(vb > va);
+    }
+
+    #[test]
+    fn recovery_above_a_ceiling() {
+        let mut c = Hlc::new(1);
+        c.recover_above_ms(5_000);
+        let v = c.issue(4_000);
+        assert!(v.physical_ms() > 5_000, "{v:?}");
+        let mut d = Hlc::new(1);
+        let before = d.issue(9_000);
+        d.recover_above_ms(5_000);
+        assert!(
+            d.issue(9_000) > before,
+            "a lower ceiling never moves the clock back"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use dkv::cluster::config::parse_nodes;
 use dkv::cluster::ClusterConfig;
-use dkv::datadir::DataDir;
+use dkv::datadir::{ClockCeiling, DataDir};
 use dkv::limits::{
     ANTI_ENTROPY_INTERVAL_MS_DEFAULT, COMPACTION_DEAD_PERCENT_DEFAULT, CONNECTIONS_MAX_DEFAULT,
     CONNECTIONS_MAX_LIMIT, FAILURE_THRESHOLD_DEFAULT, GOSSIP_INTERVAL_MS_DEFAULT,
@@ -454,7 +454,17 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = server::run(cfg, stores, wall_ms());
+    let mut clocks = Vec::with_capacity(cfg.shards);
+    for shard in 0..cfg.shards {
+        match ClockCeiling::open(&datadir.shard_dir(shard)) {
+            Ok(c) => clocks.push(c),
+            Err(e) => {
+                eprintln!("kvd: cannot open the clock ceiling of shard {shard}: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let result = server::run(cfg, stores, clocks, wall_ms());
     drop(datadir);
     match result {
         Ok(()) => ExitCode::SUCCESS,

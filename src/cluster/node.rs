@@ -169,6 +169,12 @@ impl<C> ClusterNode<C> {
         self.aae.serving_reads()
     }
 
+    /// The version clock of this node's coordinator (the driver keeps a durable ceiling
+    /// above it, see `datadir::ClockCeiling`).
+    pub fn hlc_mut(&mut self) -> &mut crate::version::Hlc {
+        self.coordinator.hlc_mut()
+    }
+
     /// The configuration.
     pub fn config(&self) -> &ClusterConfig {
         &self.config

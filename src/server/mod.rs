@@ -11,6 +11,7 @@ pub mod readbuf;
 pub mod system;
 pub mod worker;
 
+use crate::datadir::ClockCeiling;
 use crate::limits::{FD_RESERVE, SHARDS_MAX};
 use crate::shard::{NodeShared, ShardConfig, ShardCore, SyncPolicy};
 use crate::storage::Store;
@@ -96,10 +97,17 @@ fn open_hints(
     Ok(q)
 }
 
-/// Run a node until SIGINT/SIGTERM. `stores` holds one store per shard.
-pub fn run(cfg: ServerConfig, stores: Vec<Box<dyn Store>>, started_at_ms: u64) -> io::Result<()> {
+/// Run a node until SIGINT/SIGTERM. `stores` holds one store per shard, `clocks` each shard's
+/// durable clock ceiling.
+pub fn run(
+    cfg: ServerConfig,
+    stores: Vec<Box<dyn Store>>,
+    clocks: Vec<ClockCeiling>,
+    started_at_ms: u64,
+) -> io::Result<()> {
     assert!(cfg.shards >= 1 && cfg.shards <= SHARDS_MAX);
     assert_eq!(stores.len(), cfg.shards);
+    assert_eq!(clocks.len(), cfg.shards);
     system::install_signal_handlers();
     let fd_limit = system::raise_fd_limit();
     let conn_cap = effective_connection_cap(cfg.connections_max, fd_limit);
@@ -136,8 +144,12 @@ pub fn run(cfg: ServerConfig, stores: Vec<Box<dyn Store>>, started_at_ms: u64) -
 
     let view = Arc::new(crate::shard::ClusterView::default());
     let mut threads = Vec::with_capacity(cfg.shards);
-    for (shard, ((poll, listener), store)) in
-        polls.into_iter().zip(listeners).zip(stores).enumerate()
+    for (shard, (((poll, listener), store), clock)) in polls
+        .into_iter()
+        .zip(listeners)
+        .zip(stores)
+        .zip(clocks)
+        .enumerate()
     {
         let core = ShardCore::new(
             ShardConfig {
@@ -167,11 +179,16 @@ pub fn run(cfg: ServerConfig, stores: Vec<Box<dyn Store>>, started_at_ms: u64) -
                 core
             }
         };
+        // Versions issued before a restart may live only on other nodes (keys this shard
+        // coordinated but does not hold): start above the durable ceiling as well.
+        let mut core = core;
+        core.clock_mut().recover_above_ms(clock.ceiling_ms());
         let worker = Worker::new(WorkerParts {
             shard,
             poll,
             listener,
             core,
+            clock,
             mailboxes: mailboxes.clone(),
             shared: shared.clone(),
             idle_timeout: Duration::from_millis(cfg.idle_timeout_ms),

@@ -11,9 +11,11 @@ use super::mailbox::{Full, Mailbox};
 use super::peers::PeerLinks;
 use super::readbuf::ReadBuf;
 use super::system;
+use crate::datadir::ClockCeiling;
 use crate::limits::{
-    IN_FLIGHT_PER_CONNECTION_MAX, POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX,
-    REQUESTS_PER_READ_EVENT_MAX, WRITE_BUFFER_HIGH_WATER, WRITE_BUFFER_SIZE_MAX,
+    COORDINATOR_OPS_HIGH_WATER, COORDINATOR_OPS_LOW_WATER, IN_FLIGHT_PER_CONNECTION_MAX,
+    POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX, REQUESTS_PER_READ_EVENT_MAX, WRITE_BUFFER_HIGH_WATER,
+    WRITE_BUFFER_SIZE_MAX,
 };
 use crate::protocol::message::{put_connection_error, put_error};
 use crate::protocol::{frame, Status, RESPONSE_BIT};
@@ -107,6 +109,12 @@ pub struct Worker {
     turn_start: Instant,
     /// Requests answered immediately in this turn (their latency is the turn's length).
     turn_immediate: u64,
+    /// Durable bound on the versions this shard let out.
+    clock: ClockCeiling,
+    /// Client connections are not read while the replication backlog is high.
+    throttled: bool,
+    /// Times the loop started throttling clients (for STATS through the log).
+    throttle_events: u64,
     /// Outbound links to the other nodes, when the node runs in a cluster.
     links: Option<PeerLinks>,
 }
@@ -121,6 +129,8 @@ pub struct WorkerParts {
     pub listener: std::net::TcpListener,
     /// The shard core.
     pub core: ShardCore,
+    /// The shard's durable clock ceiling.
+    pub clock: ClockCeiling,
     /// Every shard's mailbox (index = shard).
     pub mailboxes: Arc<Vec<Arc<Mailbox>>>,
     /// Node-wide shared state.
@@ -160,6 +170,9 @@ impl Worker {
             accept_pending: false,
             turn_start: Instant::now(),
             turn_immediate: 0,
+            clock: p.clock,
+            throttled: false,
+            throttle_events: 0,
         })
     }
 
@@ -221,6 +234,7 @@ impl Worker {
                 self.read_conn(k, now_ms);
             }
             self.core.on_cluster_tick(now_ms);
+            self.update_throttle();
             self.end_turn();
 
             let now = Instant::now();
@@ -246,8 +260,43 @@ impl Worker {
         }
     }
 
-    /// Group commit, then move every byte the turn produced.
+    /// Backpressure from the replication backlog, with hysteresis: throttle above the high-water
+    /// mark, resume every paused client connection below the low-water mark.
+    fn update_throttle(&mut self) {
+        let backlog = self.core.replicated_in_flight();
+        if !self.throttled && backlog > COORDINATOR_OPS_HIGH_WATER {
+            self.throttled = true;
+            self.throttle_events += 1;
+            log::debug!(
+                "shard {}: {backlog} replicated operations in flight; pausing client reads ({} times so far)",
+                self.shard,
+                self.throttle_events
+            );
+        } else if self.throttled && backlog < COORDINATOR_OPS_LOW_WATER {
+            self.throttled = false;
+            let paused: Vec<usize> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.paused)
+                .map(|(k, _)| k)
+                .collect();
+            self.resume_list.extend(paused);
+        }
+    }
+
+    /// Cover the turn's versions with the durable clock ceiling, group commit, then move every
+    /// byte the turn produced.
     fn end_turn(&mut self) {
+        let clock_ms = self.core.clock_mut().last_ms();
+        if let Err(e) = self.clock.cover(clock_ms) {
+            // Without a durable ceiling a restart could reissue versions this turn is about to
+            // let out. Nothing of this turn has left the node yet: stop here, loudly.
+            log::error!(
+                "shard {}: cannot persist the clock ceiling ({e}); stopping the node",
+                self.shard
+            );
+            std::process::abort();
+        }
         self.core.finish_turn();
         self.dispatch_peer_frames();
         self.dispatch_outbox();
@@ -383,6 +432,11 @@ impl Worker {
             return;
         }
         // Frames left in the buffer by an earlier pause come first.
+        // While the replication backlog is high, client requests wait in their sockets.
+        if self.throttled && !matches!(c.session.role, Some(crate::protocol::Role::Peer)) {
+            c.paused = true;
+            return;
+        }
         let (mut frames, mut immediate) =
             process_frames(&mut self.core, c, now_ms, self.turn_start);
         let mut bytes_in = 0u64;
@@ -510,6 +564,7 @@ impl Worker {
 
     /// Write what a connection has pending; close it if it is done or hopeless.
     fn flush(&mut self, k: usize) {
+        let throttled = self.throttled;
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
@@ -546,7 +601,8 @@ impl Worker {
         // A half-closed connection is done once everything it sent is answered.
         let answered_all = c.in_flight == 0 && matches!(frame::check(c.rbuf.data()), Ok(None));
         let done = pending == 0 && (c.closing || (c.eof && answered_all));
-        let resume = c.paused && !c.over_limits() && !c.closing;
+        let throttled = throttled && !matches!(c.session.role, Some(crate::protocol::Role::Peer));
+        let resume = c.paused && !c.over_limits() && !c.closing && !throttled;
         if resume {
             c.paused = false;
         }
