@@ -166,3 +166,39 @@ const _: () = assert!(CLUSTER_NODES_MAX <= crate::version::NODE_ID_MAX as usize)
 const _: () = assert!(REPLICAS_MAX <= CLUSTER_NODES_MAX);
 const _: () = assert!(GOSSIP_FANOUT >= 1);
 const _: () = assert!(HINT_DELIVERY_WINDOW >= 1);
+
+// ---- storage (log-structured store) ----
+
+/// Default size at which the active segment is sealed and a new one started.
+pub const SEGMENT_SIZE_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Largest allowed segment size: offsets in the keydir are u32.
+pub const SEGMENT_SIZE_MAX_LIMIT: u64 = u32::MAX as u64;
+
+/// Default: a sealed segment is worth compacting once this percentage of its bytes is dead.
+pub const COMPACTION_DEAD_PERCENT_DEFAULT: u8 = 50;
+
+/// Default: compaction starts only once the dead bytes of the candidate segments reach this.
+pub const COMPACTION_DEAD_BYTES_MIN_DEFAULT: u64 = 16 * 1024 * 1024;
+
+/// Most input segments one compaction job takes (bounds its duration and its output).
+pub const COMPACTION_INPUTS_MAX: usize = 8;
+
+/// Bytes read from a segment at a time when scanning it (recovery, compaction).
+pub const SCAN_CHUNK_SIZE: usize = 256 * 1024;
+
+/// Corrupt records listed one by one in a recovery report (the rest are only counted).
+pub const RECOVERY_REPORT_CORRUPT_LISTED_MAX: usize = 1000;
+
+/// Entries per chunk of the keydir's dense entry array (chunks are never copied on growth).
+pub const KEYDIR_CHUNK_ENTRIES: usize = 64 * 1024;
+
+/// The keydir index grows (doubles) when it would be fuller than this percentage.
+pub const KEYDIR_LOAD_MAX_PERCENT: usize = 80;
+
+/// The keydir's key arena is compacted when at least this many of its bytes are dead (and
+/// more than half of it is).
+pub const KEYDIR_ARENA_DEAD_MIN: usize = 1024 * 1024;
+
+const _: () = assert!(SEGMENT_SIZE_MAX_DEFAULT <= SEGMENT_SIZE_MAX_LIMIT);
+const _: () = assert!(KEYDIR_LOAD_MAX_PERCENT < 100);

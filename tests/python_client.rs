@@ -1,6 +1,7 @@
 //! The Python client (`tests/python/`, written from protocol.md alone) against a real `kvd`.
 //!
-//! Starts `kvd --listen 127.0.0.1:PORT --data DIR --shards 2` on a free port (the shared
+//! Starts `kvd --listen 127.0.0.1:PORT --data DIR --shards 2` on a free port, and a second node
+//! with `--client-token` for the handshake tests (the shared
 //! `common::Node` waits, with a deadline, until it answers PING, and kills it by PID on drop),
 //! runs `python3 tests/python/test_client.py 127.0.0.1:PORT`, and asserts that every Python test
 //! passed and that the node still serves afterwards. Skipped, with a message, only when
@@ -8,11 +9,16 @@
 
 mod common;
 
-use common::{temp_dir, wait_for, Node};
+use common::{free_port, temp_dir, wait_for, Node, READY_TIMEOUT};
+use dkv::client::Client;
+use dkv::protocol::Role;
 use std::fs::File;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+/// The client token of the second node, which gets the handshake tests.
+const CLIENT_TOKEN: &str = "py-client-token";
 
 /// How long the whole Python test may run (each of its waits has its own 10 s socket timeout).
 const PYTHON_TEST_TIMEOUT: Duration = Duration::from_secs(300);
@@ -39,6 +45,43 @@ fn python3_available() -> bool {
         .unwrap_or(false)
 }
 
+/// Start a node with `--client-token` and wait until it answers PING after a HELLO with the
+/// token. (`common::Node` cannot: its readiness probe says HELLO without a token.)
+fn start_token_node(data: &Path) -> (Process, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = File::create(data.with_extension("log")).expect("create the node's log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_kvd"))
+        .args([
+            "--listen",
+            &addr,
+            "--shards",
+            "2",
+            "--client-token",
+            CLIENT_TOKEN,
+        ])
+        .arg("--data")
+        .arg(data)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone the log file handle"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn kvd");
+    let mut node = Process(child);
+    wait_for(
+        READY_TIMEOUT,
+        "kvd with a client token to answer PING",
+        || {
+            if let Ok(Some(status)) = node.0.try_wait() {
+                panic!("kvd with a client token exited during start-up with {status}");
+            }
+            let mut c =
+                Client::connect_as(addr.as_str(), Role::Client, 0, CLIENT_TOKEN.as_bytes()).ok()?;
+            c.ping().ok()
+        },
+    );
+    (node, addr)
+}
+
 #[test]
 fn python_client_against_a_real_node() {
     if !python3_available() {
@@ -47,6 +90,8 @@ fn python_client_against_a_real_node() {
     }
     let data = temp_dir("python-client");
     let node = Node::start(&data, &["--shards", "2"]);
+    let token_data = temp_dir("python-client-token");
+    let (token_node, token_addr) = start_token_node(&token_data);
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_client.py");
     let out_path = data.with_extension("python.out");
@@ -54,6 +99,8 @@ fn python_client_against_a_real_node() {
     let child = Command::new("python3")
         .arg(&script)
         .arg(&node.addr)
+        .arg(&token_addr)
+        .arg(CLIENT_TOKEN)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("clone the output file handle"))
@@ -85,7 +132,10 @@ fn python_client_against_a_real_node() {
         "no clean summary line:\n{output}"
     );
     drop(node);
+    drop(token_node);
     let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(&token_data);
+    let _ = std::fs::remove_file(token_data.with_extension("log"));
     let _ = std::fs::remove_file(&out_path);
     let _ = std::fs::remove_file(data.with_extension("log"));
 }

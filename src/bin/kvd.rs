@@ -2,12 +2,15 @@
 
 use dkv::datadir::DataDir;
 use dkv::limits::{
-    CONNECTIONS_MAX_DEFAULT, CONNECTIONS_MAX_LIMIT, IDLE_TIMEOUT_MS_DEFAULT, PORT_DEFAULT,
+    COMPACTION_DEAD_PERCENT_DEFAULT, CONNECTIONS_MAX_DEFAULT, CONNECTIONS_MAX_LIMIT,
+    IDLE_TIMEOUT_MS_DEFAULT, PORT_DEFAULT, SEGMENT_SIZE_MAX_DEFAULT, SEGMENT_SIZE_MAX_LIMIT,
     SHARDS_MAX, TOKEN_SIZE_MAX,
 };
 use dkv::server::{self, worker::wall_ms, ServerConfig};
 use dkv::shard::SyncPolicy;
-use dkv::storage::{memory::MemoryStore, Store};
+use dkv::storage::logstore::{LogConfig, LogStore};
+use dkv::storage::vfs::RealVfs;
+use dkv::storage::Store;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -52,6 +55,21 @@ fn options() -> getopts::Options {
     );
     o.optopt(
         "",
+        "segment-size-mb",
+        &format!(
+            "seal a log segment when it reaches this size [default: {}]",
+            SEGMENT_SIZE_MAX_DEFAULT / (1024 * 1024)
+        ),
+        "MB",
+    );
+    o.optopt(
+        "",
+        "compaction-dead-percent",
+        &format!("compact a sealed segment once this share of it is dead (overwritten, deleted, expired) [default: {COMPACTION_DEAD_PERCENT_DEFAULT}]"),
+        "PCT",
+    );
+    o.optopt(
+        "",
         "max-connections",
         &format!("connection limit of the node; lowered to fit the open-file limit [default: {CONNECTIONS_MAX_DEFAULT}]"),
         "N",
@@ -84,6 +102,89 @@ fn parse_num<T: std::str::FromStr>(
             .parse()
             .map_err(|_| format!("--{name}: {s:?} is not a valid number")),
     }
+}
+
+fn log_config(m: &getopts::Matches) -> Result<LogConfig, String> {
+    let mb: u64 = parse_num(
+        m,
+        "segment-size-mb",
+        SEGMENT_SIZE_MAX_DEFAULT / (1024 * 1024),
+    )?;
+    let segment_size_max = mb.saturating_mul(1024 * 1024);
+    if mb == 0 || segment_size_max > SEGMENT_SIZE_MAX_LIMIT {
+        return Err(format!(
+            "--segment-size-mb must be between 1 and {}",
+            SEGMENT_SIZE_MAX_LIMIT / (1024 * 1024)
+        ));
+    }
+    let pct: u8 = parse_num(
+        m,
+        "compaction-dead-percent",
+        COMPACTION_DEAD_PERCENT_DEFAULT,
+    )?;
+    if pct == 0 || pct > 100 {
+        return Err("--compaction-dead-percent must be between 1 and 100".into());
+    }
+    Ok(LogConfig {
+        segment_size_max,
+        compaction_dead_percent: pct,
+        ..LogConfig::default()
+    })
+}
+
+/// Open every shard's store in parallel (recovery of a large node is bound by reading hint
+/// files and segments, which the shards can do side by side).
+fn open_stores(
+    datadir: &DataDir,
+    shards: usize,
+    cfg: &LogConfig,
+) -> Result<Vec<Box<dyn Store>>, String> {
+    let results: Vec<Result<Box<dyn Store>, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..shards)
+            .map(|shard| {
+                let dir = datadir.shard_dir(shard);
+                let cfg = cfg.clone();
+                scope.spawn(move || {
+                    let started = std::time::Instant::now();
+                    let (mut store, report) = LogStore::open(RealVfs, &dir, cfg)
+                        .map_err(|e| format!("shard {shard} ({}): {e}", dir.display()))?;
+                    let ms = started.elapsed().as_millis() as u64;
+                    store.set_recovery_ms(ms);
+                    log::info!(
+                        "shard {shard}: recovered {} keys from {} segments ({} from hint files, {} scanned) in {ms} ms",
+                        report.keys,
+                        report.segments,
+                        report.segments_from_hints,
+                        report.segments_scanned
+                    );
+                    if let Some(t) = &report.truncated {
+                        log::warn!("shard {shard}: cut a torn tail off the newest segment: {t:?}");
+                    }
+                    for c in &report.corrupt {
+                        log::error!(
+                            "shard {shard}: corrupt record in segment {} at offset {}: {} (not served)",
+                            c.segment, c.offset, c.reason
+                        );
+                    }
+                    if report.corrupt_count > report.corrupt.len() as u64 {
+                        log::error!("shard {shard}: {} corrupt records in all", report.corrupt_count);
+                    }
+                    for (seg, why) in &report.hints_rejected {
+                        log::warn!("shard {shard}: hint file of segment {seg} unusable ({why}); scanned the segment");
+                    }
+                    Ok(Box::new(store) as Box<dyn Store>)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("store recovery panicked".into()))
+            })
+            .collect()
+    });
+    results.into_iter().collect()
 }
 
 fn config(m: &getopts::Matches) -> Result<(ServerConfig, String), String> {
@@ -166,6 +267,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let log_cfg = match log_config(&m) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kvd: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let datadir = match DataDir::open(Path::new(&data), cfg.node_id, cfg.shards) {
         Ok(d) => d,
         Err(e) => {
@@ -173,9 +281,13 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let stores: Vec<Box<dyn Store>> = (0..cfg.shards)
-        .map(|_| Box::new(MemoryStore::new()) as Box<dyn Store>)
-        .collect();
+    let stores = match open_stores(&datadir, cfg.shards, &log_cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kvd: cannot open the store: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let result = server::run(cfg, stores, wall_ms());
     drop(datadir);
     match result {

@@ -10,9 +10,27 @@
 //! [`Store::sync`] once per event-loop turn for all the writes of that turn, and only then
 //! releases their acknowledgements when the sync policy is `always`).
 //!
-//! Implementations: [`memory::MemoryStore`] (no persistence; tests and `--data` left unset).
+//! Implementations: [`memory::MemoryStore`] (no persistence; tests and `--data` left unset)
+//! and [`logstore::LogStore`] (durable, log-structured: segments of checksummed records, a compact
+//! in-memory key directory, hint files, crash recovery, compaction in bounded steps). All of
+//! the log store's file I/O goes through [`vfs::Vfs`]: [`vfs::RealVfs`] in `kvd`,
+//! [`vfs::MemVfs`] (a disk that can crash, tear writes, flip bits, fill up) in tests.
+//!
+//! ```text
+//! storage/
+//!   mod.rs     the Store trait
+//!   memory.rs  MemoryStore
+//!   logstore.rs LogStore: write path, recovery, compaction (design notes in its docs)
+//!   record.rs  on-disk formats with byte diagrams (segment, record, hint, manifest)
+//!   keydir.rs  the compact key directory (32 bytes + u32 index slot + key bytes per key)
+//!   vfs.rs     the file-system seam
+//! ```
 
+pub mod keydir;
+pub mod logstore;
 pub mod memory;
+pub mod record;
+pub mod vfs;
 
 use crate::version::Version;
 
@@ -130,6 +148,11 @@ pub trait Store: Send {
 
     /// The highest version held, so a restarted node's clock starts above it.
     fn highest_version(&self) -> Version;
+
+    /// Tombstones (and expired values) with a version below `horizon` may be dropped by
+    /// compaction once that cannot resurrect an older value. The cluster raises it when no
+    /// replica can still deliver an older write. Default: keep every tombstone.
+    fn set_tombstone_horizon(&mut self, _horizon: Version) {}
 
     /// Report figures for STATS as `(name, value)` pairs, names prefixed `storage_`.
     fn stats(&self, report: &mut dyn FnMut(&str, u64));

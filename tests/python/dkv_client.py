@@ -404,6 +404,20 @@ class Client:
         """The version of the tombstone."""
         return _ok(self.call(OP_DELETE, key_body(key), consistency)).version()
 
+    def lget(self, key):
+        """This node's local copy of a key: (version, expires at ms or 0, value) for a live
+        value, ("tombstone", version) for a deleted one, None if the node has nothing."""
+        reply = self.call(OP_LGET, key_body(key))
+        if reply.status == NOT_FOUND:
+            if len(reply.body) == 8:
+                return ("tombstone", struct.unpack(">Q", reply.body)[0])
+            return None
+        reply = _ok(reply)
+        if len(reply.body) < 16:
+            raise ProtocolError("LGET reply of %d bytes" % len(reply.body))
+        version, expires_at_ms = struct.unpack_from(">QQ", reply.body, 0)
+        return version, expires_at_ms, reply.body[16:]
+
     def stats(self):
         """STATS as an ordered list of (name, value) pairs."""
         return parse_text(_ok(self.call(OP_STATS)).body)

@@ -3,9 +3,12 @@
 
     python3 tests/python/test_client.py 127.0.0.1:7379
 
+    python3 tests/python/test_client.py 127.0.0.1:7379 127.0.0.1:7380 TOKEN
+
 Prints one line per test and `N passed, M failed`; exits non-zero on any failure. Every wait is
-bounded by a socket timeout or a deadline. The node must be a fresh single node without a client
-token (what `tests/python_client.rs` starts).
+bounded by a socket timeout or a deadline. The first node must be a fresh single node without a
+client token; the optional second one was started with `--client-token TOKEN` and gets the
+handshake tests (`tests/python_client.rs` starts both).
 """
 
 import os
@@ -407,8 +410,164 @@ def test_peer_hello_without_the_secret_is_refused_and_closed():
 def test_unsupported_version():
     with connect(hello=False) as c:
         rid = c.send(d.OP_HELLO, d.hello_body(version=2))
-        reply = c.wait(rid)
-        check(reply.status == d.STATUS["UNSUPPORTED_VERSION"], "HELLO version 2: %r" % reply)
+        expect_error_then_usable(c, rid, d.OP_HELLO, "UNSUPPORTED_VERSION", "HELLO version 2")
+        check(c.hello()["version"] == 1, "HELLO version 1 after a refused version 2")
+
+
+def test_lget_shows_the_local_copy():
+    with connect() as c:
+        key = b"py:lget"
+        check(c.lget(key) is None, "LGET of a fresh key")
+        v = c.put(key, b"local", ttl_seconds=3600)
+        got = c.lget(key)
+        check(got is not None and got[0] == v and got[2] == b"local", "LGET %r" % (got,))
+        now_ms = int(time.time() * 1000)
+        check(
+            abs(got[1] - (now_ms + 3600 * 1000)) < 600 * 1000,
+            "LGET expiry %d, expected about %d" % (got[1], now_ms + 3600 * 1000),
+        )
+        v = c.put(key, b"forever")
+        check(c.lget(key) == (v, 0, b"forever"), "LGET without TTL")
+        t = c.delete(key)
+        check(c.lget(key) == ("tombstone", t), "LGET of a deleted key: %r" % (c.lget(key),))
+
+
+def test_cluster_and_admin_opcodes():
+    with connect() as c:
+        lines = c.cluster()
+        check(len(lines) >= 1, "CLUSTER lists no node")
+        check(all(name.isdigit() for name, _ in lines), "CLUSTER names are node ids: %r" % lines)
+        for op in (d.OP_ANTI_ENTROPY, d.OP_COMPACT):
+            r = c.call(op)
+            check(r.status == d.OK and r.body == b"", "admin op 0x%02x: %r" % (op, r))
+
+
+def test_partial_frames_byte_by_byte():
+    with connect() as c:
+        frames = d.encode_frame(d.OP_PUT, 0, 41, d.put_body(b"py:slow", b"drip")) + d.encode_frame(
+            d.OP_GET, 0, 42, d.key_body(b"py:slow")
+        )
+        for i in range(len(frames)):
+            c.send_raw(frames[i : i + 1])
+            c.flush()
+        put = c.wait(41)
+        check(put.status == d.OK, "PUT sent byte by byte: %r" % put)
+        check(d.get_result(c.wait(42)) == (put.version(), b"drip"), "GET sent byte by byte")
+
+
+def test_largest_frame_is_read_and_answered():
+    with connect() as c:
+        # A frame of exactly FRAME_SIZE_MAX: a PUT with a 1-byte key whose value is above
+        # VALUE_SIZE_MAX. It is a frame (not FRAME_TOO_LARGE) with a bad value.
+        value = b"x" * (d.FRAME_SIZE_MAX - 6 - 2 - 1 - 4)
+        frame = d.encode_frame(d.OP_PUT, 0, 77, d.put_body(b"m", value))
+        check(len(frame) == 4 + d.FRAME_SIZE_MAX, "test frame size")
+        c.send_raw(frame)
+        expect_error_then_usable(c, 77, d.OP_PUT, "VALUE_TOO_LARGE", "a FRAME_SIZE_MAX frame")
+
+
+def test_opcode_zero_is_unknown():
+    with connect() as c:
+        rid = c.send(0x00)
+        expect_error_then_usable(c, rid, 0x00, "UNKNOWN_OPCODE", "opcode 0x00")
+
+
+def test_garbage_never_breaks_the_node():
+    """Seeded random and mutated frames on 300 connections, each half-closed after its garbage:
+    every reply stream must be well-formed frames, nothing after a closing status, and the node
+    keeps serving."""
+    import random
+
+    rng = random.Random(0xD1CE)
+    valid = [
+        d.encode_frame(d.OP_PING, 0, 1),
+        d.encode_frame(d.OP_GET, 0, 2, d.key_body(b"py:garbage")),
+        d.encode_frame(d.OP_PUT, 1, 3, d.put_body(b"py:garbage", b"v" * 40, 5)),
+        d.encode_frame(d.OP_DELETE, 2, 4, d.key_body(b"py:garbage")),
+        d.encode_frame(d.OP_HELLO, 0, 5, d.hello_body()),
+        d.encode_frame(d.OP_STATS, 0, 6),
+        d.encode_frame(d.OP_LGET, 0, 7, d.key_body(b"py:garbage")),
+    ]
+    for case in range(300):
+        if case % 3 == 0:
+            data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
+        else:
+            data = bytearray(b"".join(rng.choice(valid) for _ in range(rng.randrange(1, 5))))
+            for _ in range(rng.randrange(1, 4)):
+                i = rng.randrange(len(data))
+                if rng.random() < 0.5:
+                    data[i] ^= 1 << rng.randrange(8)
+                else:
+                    data[i] = rng.randrange(256)
+            data = bytes(data)
+        with connect(hello=False) as c:
+            try:
+                c.sock.sendall(data)
+                c.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the node may already have closed on a bad length
+            closed_by = None
+            while True:
+                try:
+                    r = c.read_frame()
+                except d.ConnectionClosed:
+                    break
+                check(closed_by is None, "case %d: frame %r after closing %r" % (case, r, closed_by))
+                check(r.status in d.STATUS_NAMES, "case %d: unknown status in %r" % (case, r))
+                if r.closes_connection:
+                    closed_by = r
+    with connect() as c:
+        c.ping()
+        c.put(b"py:after-garbage", b"fine")
+        check(c.get(b"py:after-garbage")[1] == b"fine", "node unwell after the garbage")
+
+
+# ---- tests against a node started with --client-token ----------------------------------------
+
+TOKEN_ADDR = None
+TOKEN = None
+
+
+def connect_token_node():
+    return d.Client(TOKEN_ADDR[0], TOKEN_ADDR[1], timeout=TIMEOUT_S)
+
+
+def test_token_node_refuses_requests_before_hello():
+    with connect_token_node() as c:
+        rid = c.send_ping()
+        expect_error_then_usable_no_ping(c, rid, d.OP_PING, "UNAUTHORIZED", "PING before HELLO")
+        rid = c.send_get(b"k")
+        expect_error_then_usable_no_ping(c, rid, d.OP_GET, "UNAUTHORIZED", "GET before HELLO")
+        c.hello(token=TOKEN)
+        c.ping()
+        v = c.put(b"py:token", b"ok")
+        check(c.get(b"py:token") == (v, b"ok"), "GET after HELLO with the token")
+
+
+def test_token_node_closes_on_a_wrong_token():
+    with connect_token_node() as c:
+        rid = c.send(d.OP_HELLO, d.hello_body(token=TOKEN + b"-wrong"))
+        expect_closing_unauthorized(c, rid, "HELLO with a wrong token")
+    with connect_token_node() as c:
+        rid = c.send(d.OP_HELLO, d.hello_body(token=b""))
+        expect_closing_unauthorized(c, rid, "HELLO without the token")
+
+
+def expect_error_then_usable_no_ping(c, request_id, op, status, what):
+    reply = c.wait(request_id)
+    check(reply.status == d.STATUS[status], "%s: expected %s, got %r" % (what, status, reply))
+    check(reply.raw_op == op | d.RESPONSE_BIT, "%s: reply op 0x%02x" % (what, reply.raw_op))
+
+
+def expect_closing_unauthorized(c, request_id, what):
+    c.flush()
+    try:
+        reply = c.read_frame()
+    except d.ConnectionClosed as e:
+        raise Failure("%s: closed without an UNAUTHORIZED reply (%s)" % (what, e))
+    check(reply.status == d.STATUS["UNAUTHORIZED"], "%s: %r" % (what, reply))
+    check(reply.id == request_id and reply.raw_op == 0x81, "%s: reply %r" % (what, reply))
+    expect_closed(c, what)
 
 
 def test_ttl_expires():
@@ -445,19 +604,41 @@ TESTS = [
     test_peer_hello_without_the_secret_is_refused_and_closed,
     test_unsupported_version,
     test_ttl_expires,
+    test_lget_shows_the_local_copy,
+    test_cluster_and_admin_opcodes,
+    test_partial_frames_byte_by_byte,
+    test_largest_frame_is_read_and_answered,
+    test_opcode_zero_is_unknown,
+    test_garbage_never_breaks_the_node,
+]
+
+TOKEN_TESTS = [
+    test_token_node_refuses_requests_before_hello,
+    test_token_node_closes_on_a_wrong_token,
 ]
 
 
+def parse_addr(s):
+    host, _, port = s.rpartition(":")
+    return host, int(port)
+
+
 def main(argv):
-    global ADDR
-    if len(argv) != 2 or ":" not in argv[1]:
-        print("usage: test_client.py HOST:PORT", file=sys.stderr)
+    """test_client.py HOST:PORT [TOKEN_HOST:PORT TOKEN]: the second node, if given, was started
+    with --client-token TOKEN and gets the handshake tests too."""
+    global ADDR, TOKEN_ADDR, TOKEN
+    if len(argv) not in (2, 4) or ":" not in argv[1]:
+        print("usage: test_client.py HOST:PORT [TOKEN_HOST:PORT TOKEN]", file=sys.stderr)
         return 2
-    host, _, port = argv[1].rpartition(":")
-    ADDR = (host, int(port))
+    ADDR = parse_addr(argv[1])
+    tests = list(TESTS)
+    if len(argv) == 4:
+        TOKEN_ADDR = parse_addr(argv[2])
+        TOKEN = argv[3].encode()
+        tests += TOKEN_TESTS
     only = os.environ.get("DKV_PY_TEST")  # run one test by name, for debugging
     passed = failed = 0
-    for test in TESTS:
+    for test in tests:
         if only and test.__name__ != only:
             continue
         start = time.monotonic()

@@ -1,0 +1,445 @@
+//! The key directory: for every key, where its newest record lives. Built for RAM per key.
+//!
+//! A `HashMap<Vec<u8>, Entry>` pays a heap allocation per key (16+ bytes of allocator overhead
+//! plus the `Vec` header) on top of its own slot waste. This table pays, per key:
+//!
+//! ```text
+//!   32 bytes   one Entry in a dense array (chunks of KEYDIR_CHUNK_ENTRIES, never copied)
+//!   4 / load   one u32 slot of an open-addressing index (load 0.4..0.8 → 5..10 bytes)
+//!   key bytes  in one append-only arena Vec<u8>, no per-key header
+//! ```
+//!
+//! Entry layout (32 bytes, `#[repr(C)]`):
+//!
+//! ```text
+//!  0              8          12         16                  20         24            28     32
+//!  +--------------+----------+----------+-------------------+----------+-------------+------+
+//!  | version u64  | segment  | offset   | key_len:11 |       | key_off  | expires_at_s| tag  |
+//!  |              |  u32     |  u32     | value_len:21 (all | u32 into | u32, rounded| u32  |
+//!  |              |          |          | ones = tombstone) | the arena| up; 0=never | hash |
+//!  +--------------+----------+----------+-------------------+----------+-------------+------+
+//! ```
+//!
+//! The index slot holds `entry index + 1` (0 = empty); linear probing; deletion by backward
+//! shift (no tombstone slots). The tag (32 high bits of the hash) spares most key comparisons.
+//! Removing a key moves the last entry into its place, so the entry array stays dense; the
+//! key bytes it leaves in the arena are dead until the arena is compacted (when more than half
+//! of it is dead). Expiry is kept rounded *up* to whole seconds: the keydir only uses it to
+//! judge what compaction may reclaim; the exact expiry is in the record.
+
+use crate::hash::{fmix64, key_hash};
+use crate::limits::{
+    KEYDIR_ARENA_DEAD_MIN, KEYDIR_CHUNK_ENTRIES, KEYDIR_LOAD_MAX_PERCENT, KEY_SIZE_MAX,
+    VALUE_SIZE_MAX,
+};
+
+const KEY_LEN_BITS: u32 = 11;
+const VALUE_LEN_BITS: u32 = 21;
+const VALUE_LEN_MASK: u32 = (1 << VALUE_LEN_BITS) - 1;
+/// `value_len` field value that marks a tombstone.
+const TOMBSTONE_LEN: u32 = VALUE_LEN_MASK;
+const _: () = assert!(KEY_LEN_BITS + VALUE_LEN_BITS == 32);
+const _: () = assert!(KEY_SIZE_MAX < (1 << KEY_LEN_BITS));
+const _: () = assert!(VALUE_SIZE_MAX < TOMBSTONE_LEN as usize);
+/// Mixed into the key hash so the keydir's slot bits are independent of the placement bits
+/// (every key of one shard shares its partition bits).
+const KEYDIR_HASH_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+const MIN_INDEX_SLOTS: usize = 16;
+
+/// Where a key's newest record is, and what it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loc {
+    /// The record's version.
+    pub version: u64,
+    /// Segment id.
+    pub segment: u32,
+    /// Offset of the record in the segment.
+    pub offset: u32,
+    /// Value length, or `None` for a tombstone.
+    pub value_len: Option<u32>,
+    /// Expiry rounded up to whole seconds since the epoch; 0 = never.
+    pub expires_at_s: u32,
+}
+
+/// `expires_at_ms` rounded up to seconds (so "expired by the keydir" implies expired).
+pub fn expiry_s_of(expires_at_ms: u64) -> u32 {
+    u32::try_from(expires_at_ms.div_ceil(1000)).unwrap_or(u32::MAX)
+}
+
+/// One slot of the dense entry array.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct Entry {
+    version: u64,
+    segment: u32,
+    offset: u32,
+    lens: u32,
+    key_off: u32,
+    expires_at_s: u32,
+    tag: u32,
+}
+
+impl Entry {
+    fn key_len(&self) -> usize {
+        (self.lens >> VALUE_LEN_BITS) as usize
+    }
+
+    fn loc(&self) -> Loc {
+        let v = self.lens & VALUE_LEN_MASK;
+        Loc {
+            version: self.version,
+            segment: self.segment,
+            offset: self.offset,
+            value_len: if v == TOMBSTONE_LEN { None } else { Some(v) },
+            expires_at_s: self.expires_at_s,
+        }
+    }
+
+    fn set_loc(&mut self, loc: &Loc) {
+        let v = match loc.value_len {
+            Some(n) => {
+                assert!(
+                    n as usize <= VALUE_SIZE_MAX,
+                    "value length checked by the caller"
+                );
+                n
+            }
+            None => TOMBSTONE_LEN,
+        };
+        self.version = loc.version;
+        self.segment = loc.segment;
+        self.offset = loc.offset;
+        self.lens = (self.lens & !VALUE_LEN_MASK) | v;
+        self.expires_at_s = loc.expires_at_s;
+    }
+}
+
+/// The key arena is addressed with u32 offsets: it holds at most 4 GiB of key bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct KeyDirFull;
+
+/// The key directory.
+pub struct KeyDir {
+    /// Open-addressing index: entry index + 1, 0 = empty. Length is a power of two.
+    index: Vec<u32>,
+    /// Dense entries in fixed-capacity chunks (growing never copies them).
+    chunks: Vec<Vec<Entry>>,
+    len: usize,
+    arena: Vec<u8>,
+    arena_dead: usize,
+}
+
+impl Default for KeyDir {
+    fn default() -> Self {
+        KeyDir::new()
+    }
+}
+
+fn hash_of(key: &[u8]) -> u64 {
+    fmix64(key_hash(key) ^ KEYDIR_HASH_SEED)
+}
+
+impl KeyDir {
+    /// An empty key directory.
+    pub fn new() -> KeyDir {
+        KeyDir {
+            index: vec![0; MIN_INDEX_SLOTS],
+            chunks: Vec::new(),
+            len: 0,
+            arena: Vec::new(),
+            arena_dead: 0,
+        }
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there is no key.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes of RAM the structure holds (capacities, not just what is used).
+    pub fn memory_bytes(&self) -> usize {
+        self.index.capacity() * 4
+            + self.chunks.len() * KEYDIR_CHUNK_ENTRIES * std::mem::size_of::<Entry>()
+            + self.chunks.capacity() * std::mem::size_of::<Vec<Entry>>()
+            + self.arena.capacity()
+    }
+
+    fn entry(&self, i: usize) -> &Entry {
+        &self.chunks[i / KEYDIR_CHUNK_ENTRIES][i % KEYDIR_CHUNK_ENTRIES]
+    }
+
+    fn entry_mut(&mut self, i: usize) -> &mut Entry {
+        &mut self.chunks[i / KEYDIR_CHUNK_ENTRIES][i % KEYDIR_CHUNK_ENTRIES]
+    }
+
+    fn key_of(&self, e: &Entry) -> &[u8] {
+        let at = e.key_off as usize;
+        &self.arena[at..at + e.key_len()]
+    }
+
+    fn mask(&self) -> usize {
+        self.index.len() - 1
+    }
+
+    /// `Ok((slot, entry index))` if present, else `Err(empty slot where it would go)`.
+    fn find(&self, key: &[u8], h: u64) -> Result<(usize, usize), usize> {
+        let mask = self.mask();
+        let tag = (h >> 32) as u32;
+        let mut pos = h as usize & mask;
+        // Bounded: the load factor keeps at least one slot empty.
+        for _ in 0..self.index.len() {
+            let s = self.index[pos];
+            if s == 0 {
+                return Err(pos);
+            }
+            let i = (s - 1) as usize;
+            let e = self.entry(i);
+            if e.tag == tag && self.key_of(e) == key {
+                return Ok((pos, i));
+            }
+            pos = (pos + 1) & mask;
+        }
+        unreachable!("keydir index has no empty slot: load factor invariant broken");
+    }
+
+    /// Where `key`'s newest record is.
+    pub fn get(&self, key: &[u8]) -> Option<Loc> {
+        self.find(key, hash_of(key))
+            .ok()
+            .map(|(_, i)| self.entry(i).loc())
+    }
+
+    /// Point `key` at `loc`; returns the previous location, if any.
+    pub fn insert(&mut self, key: &[u8], loc: Loc) -> Result<Option<Loc>, KeyDirFull> {
+        assert!(key.len() <= KEY_SIZE_MAX, "key size checked by the caller");
+        let h = hash_of(key);
+        match self.find(key, h) {
+            Ok((_, i)) => {
+                let e = self.entry_mut(i);
+                let old = e.loc();
+                e.set_loc(&loc);
+                Ok(Some(old))
+            }
+            Err(_) => {
+                if self.arena.len() + key.len() > u32::MAX as usize {
+                    self.compact_arena();
+                    if self.arena.len() + key.len() > u32::MAX as usize {
+                        return Err(KeyDirFull);
+                    }
+                }
+                if (self.len + 1) * 100 > self.index.len() * KEYDIR_LOAD_MAX_PERCENT {
+                    self.grow();
+                }
+                let slot = match self.find(key, h) {
+                    Err(slot) => slot,
+                    Ok(_) => unreachable!("key was just found absent"),
+                };
+                let mut e = Entry {
+                    lens: (key.len() as u32) << VALUE_LEN_BITS,
+                    key_off: self.arena.len() as u32,
+                    tag: (h >> 32) as u32,
+                    ..Entry::default()
+                };
+                e.set_loc(&loc);
+                self.arena.extend_from_slice(key);
+                if self.len == self.chunks.len() * KEYDIR_CHUNK_ENTRIES {
+                    self.chunks.push(Vec::with_capacity(KEYDIR_CHUNK_ENTRIES));
+                }
+                self.chunks[self.len / KEYDIR_CHUNK_ENTRIES].push(e);
+                self.len += 1;
+                self.index[slot] = self.len as u32;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Forget `key`; returns where it was.
+    pub fn remove(&mut self, key: &[u8]) -> Option<Loc> {
+        let (slot, i) = self.find(key, hash_of(key)).ok()?;
+        let removed = *self.entry(i);
+        self.unlink_slot(slot);
+        // Move the last entry into the hole so the array stays dense.
+        let last = self.len - 1;
+        if i != last {
+            let moved = *self.entry(last);
+            let h = hash_of(self.key_of(&moved));
+            let mask = self.mask();
+            let mut pos = h as usize & mask;
+            // Bounded by the table size; the moved entry is in the index.
+            for _ in 0..self.index.len() {
+                if self.index[pos] as usize == last + 1 {
+                    break;
+                }
+                pos = (pos + 1) & mask;
+            }
+            assert_eq!(self.index[pos] as usize, last + 1, "last entry not indexed");
+            self.index[pos] = (i + 1) as u32;
+            *self.entry_mut(i) = moved;
+        }
+        let chunk = self
+            .chunks
+            .last_mut()
+            .expect("len > 0 means a chunk exists");
+        chunk.pop();
+        if chunk.is_empty() {
+            self.chunks.pop();
+        }
+        self.len -= 1;
+        self.arena_dead += removed.key_len();
+        if self.arena_dead >= KEYDIR_ARENA_DEAD_MIN && self.arena_dead * 2 > self.arena.len() {
+            self.compact_arena();
+        }
+        Some(removed.loc())
+    }
+
+    /// Empty `slot` and shift later entries of its probe run back (no tombstone slots).
+    fn unlink_slot(&mut self, slot: usize) {
+        let mask = self.mask();
+        self.index[slot] = 0;
+        let mut hole = slot;
+        let mut j = slot;
+        for _ in 0..self.index.len() {
+            j = (j + 1) & mask;
+            let s = self.index[j];
+            if s == 0 {
+                return;
+            }
+            let home = hash_of(self.key_of(self.entry((s - 1) as usize))) as usize & mask;
+            // Move it back if its home is not cyclically inside (hole, j].
+            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
+                self.index[hole] = s;
+                self.index[j] = 0;
+                hole = j;
+            }
+        }
+    }
+
+    fn grow(&mut self) {
+        let slots = (self.index.len() * 2).max(MIN_INDEX_SLOTS);
+        let mut index = vec![0u32; slots];
+        let mask = slots - 1;
+        for i in 0..self.len {
+            let h = hash_of(self.key_of(self.entry(i)));
+            let mut pos = h as usize & mask;
+            while index[pos] != 0 {
+                pos = (pos + 1) & mask;
+            }
+            index[pos] = (i + 1) as u32;
+        }
+        self.index = index;
+    }
+
+    /// Copy live keys into a fresh arena, dropping the dead bytes.
+    fn compact_arena(&mut self) {
+        let mut arena = Vec::with_capacity(self.arena.len() - self.arena_dead);
+        for c in 0..self.chunks.len() {
+            for k in 0..self.chunks[c].len() {
+                let e = self.chunks[c][k];
+                let at = e.key_off as usize;
+                self.chunks[c][k].key_off = arena.len() as u32;
+                arena.extend_from_slice(&self.arena[at..at + e.key_len()]);
+            }
+        }
+        self.arena = arena;
+        self.arena_dead = 0;
+    }
+
+    /// Every key and its location, in the entry array's order (deterministic for a given
+    /// sequence of operations).
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], Loc)> + '_ {
+        self.chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .map(|e| (self.key_of(e), e.loc()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn loc(v: u64) -> Loc {
+        Loc {
+            version: v,
+            segment: (v % 7) as u32,
+            offset: (v * 3) as u32,
+            value_len: if v.is_multiple_of(5) {
+                None
+            } else {
+                Some((v % 1000) as u32)
+            },
+            expires_at_s: (v % 3) as u32,
+        }
+    }
+
+    #[test]
+    fn entry_is_32_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
+        assert_eq!(std::mem::align_of::<Entry>(), 8);
+    }
+
+    #[test]
+    fn expiry_rounds_up() {
+        assert_eq!(expiry_s_of(0), 0);
+        assert_eq!(expiry_s_of(1), 1);
+        assert_eq!(expiry_s_of(1000), 1);
+        assert_eq!(expiry_s_of(1001), 2);
+        assert_eq!(expiry_s_of(u64::MAX), u32::MAX);
+    }
+
+    #[test]
+    fn matches_a_btreemap_under_random_operations() {
+        let mut kd = KeyDir::new();
+        let mut model: BTreeMap<Vec<u8>, Loc> = BTreeMap::new();
+        let mut x = 0x1234_5678_9abc_def1u64;
+        for step in 0..200_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let key = format!("k{}", x % 3000).into_bytes();
+            if x.is_multiple_of(4) {
+                assert_eq!(kd.remove(&key), model.remove(&key), "step {step}");
+            } else {
+                let l = loc(step);
+                assert_eq!(kd.insert(&key, l).unwrap(), model.insert(key.clone(), l));
+            }
+            if step % 10_000 == 0 {
+                assert_eq!(kd.len(), model.len());
+                for (k, l) in &model {
+                    assert_eq!(kd.get(k), Some(*l));
+                }
+                let mut listed: Vec<(Vec<u8>, Loc)> =
+                    kd.iter().map(|(k, l)| (k.to_vec(), l)).collect();
+                listed.sort_by(|a, b| a.0.cmp(&b.0));
+                let want: Vec<(Vec<u8>, Loc)> =
+                    model.iter().map(|(k, l)| (k.clone(), *l)).collect();
+                assert_eq!(listed, want);
+            }
+        }
+        // Remove everything: the arena gets compacted along the way, lookups keep working.
+        let keys: Vec<Vec<u8>> = model.keys().cloned().collect();
+        for k in &keys {
+            assert_eq!(kd.remove(k), model.remove(k));
+        }
+        assert!(kd.is_empty());
+        assert_eq!(kd.get(b"k1"), None);
+    }
+
+    #[test]
+    fn empty_and_long_keys() {
+        let mut kd = KeyDir::new();
+        let long = vec![7u8; KEY_SIZE_MAX];
+        kd.insert(b"", loc(1)).unwrap();
+        kd.insert(&long, loc(2)).unwrap();
+        assert_eq!(kd.get(b""), Some(loc(1)));
+        assert_eq!(kd.get(&long), Some(loc(2)));
+        assert_eq!(kd.remove(b""), Some(loc(1)));
+        assert_eq!(kd.get(&long), Some(loc(2)));
+    }
+}

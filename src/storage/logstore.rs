@@ -1,0 +1,1401 @@
+//! The log-structured store ([`LogStore`]): Bitcask-style segments, a compact keydir, hint
+//! files, crash recovery and compaction in bounded steps. File formats: [`super::record`].
+//!
+//! ## Files (one directory per shard)
+//!
+//! ```text
+//!   0000000001.seg   segment (log or compaction output); never rewritten once sealed
+//!   0000000001.hint  index of a sealed segment's records (checkpoint for start-up)
+//!   0000000007.compact  compaction output being written (deleted by recovery)
+//!   *.tmp            a file being written before its rename (deleted by recovery)
+//!   COMPACT          compaction commit: the listed input segments are superseded
+//! ```
+//!
+//! ## Which record wins
+//! Every record carries its write's version and the store only appends a record newer than
+//! the one it holds, so for every key *the newest record is the one with the highest
+//! version*, wherever it sits. Recovery therefore takes the max version per key over all
+//! segments, in any order, and duplicates (a compaction copy next to its original, after a
+//! crash mid-compaction) are harmless: same version, same content. An expired value turned
+//! into a tombstone by compaction has the same version as the value; the tombstone wins a tie.
+//!
+//! ## Durability
+//! A write is appended to the active segment (handed to the OS) by `apply`; `sync` fsyncs the
+//! active segment (the driver calls it once per event-loop turn: group commit). Creating a
+//! file or renaming it syncs the file and then the directory. A failed fsync is sticky: from
+//! then on every write is refused with [`StoreError::WritesRefused`] (reads keep working),
+//! because after a failed fsync the kernel may have dropped the dirty pages and a later
+//! "successful" fsync would lie. A failed append (ENOSPC) is truncated back and refused alone.
+//!
+//! ## Recovery
+//! 1. Delete leftovers (`*.tmp`, `*.compact`); if `COMPACT` is present and valid, finish that
+//!    compaction (delete its inputs), then remove it.
+//! 2. For each segment (id order): a valid hint covering the whole file → load the keydir from
+//!    it; else scan the records, checking each CRC. A bad record in the *newest log segment*
+//!    with no valid record after it is a torn write: the tail is truncated (reported). Any
+//!    other bad record is reported with segment and offset (`log::error!`), never served, and
+//!    scanning resumes at the next valid record; the rest of the data is served. (If the bad
+//!    record was a key's newest, its previous record, if still on disk, is served instead:
+//!    the damaged one cannot be attributed to a key.)
+//! 3. The newest log segment, if it has no hint, becomes the active segment again.
+//!
+//! ## Compaction
+//! Triggered when sealed segments with at least `compaction_dead_percent` dead bytes hold at
+//! least `compaction_dead_bytes_min` dead bytes together. One job, advanced one record per
+//! budget unit by [`Store::maintenance`]:
+//! 1. copy each input record the keydir still points at into an output written as
+//!    `N.compact`; expired values become tombstones (or are dropped, below);
+//! 2. when an output is full or the inputs are done: fsync it, write its hint, rename it to
+//!    `N.seg`, fsync the directory, then point the keydir at the copies (keys not rewritten
+//!    meanwhile);
+//! 3. when all inputs are copied: write `COMPACT` naming the inputs (the commit point), forget
+//!    the keys whose tombstones were dropped, delete the inputs and their hints, fsync the
+//!    directory, remove `COMPACT`, fsync again.
+//!
+//! A crash before step 3's manifest leaves the inputs in place next to complete outputs
+//! (duplicates: harmless); after it, recovery completes the deletions. Nothing is lost or
+//! duplicated, and no dropped tombstone can come back half-way.
+//!
+//! **Dropping tombstones (and expired values) safely.** Each segment header carries the span
+//! of log-segment ids (`origin_lo..=origin_hi`) its writes came from. A key's records were
+//! appended in version order, so an older record of a key sits in a segment whose origin is
+//! not above the newer record's. If every segment outside the inputs has `origin_lo` above
+//! the inputs' highest `origin_hi`, no older record of an input key exists outside the
+//! inputs, and a tombstone may be dropped — provided its version is below the *tombstone
+//! horizon* (set by the cluster once no replica can still send an older write; default
+//! [`Version::ZERO`]: keep every tombstone). Otherwise tombstones are copied.
+
+use super::keydir::{expiry_s_of, KeyDir, Loc};
+use super::record::{
+    decode_manifest, decode_record, decode_record_header, encode_manifest, encode_record, Hint,
+    HintBuilder, RecordError, RecordHeader, SegmentHeader, SegmentKind, RECORD_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
+};
+use super::vfs::Vfs;
+use super::{Applied, Store, StoreError, Stored, Write};
+use crate::limits::{
+    COMPACTION_DEAD_BYTES_MIN_DEFAULT, COMPACTION_DEAD_PERCENT_DEFAULT, COMPACTION_INPUTS_MAX,
+    KEY_SIZE_MAX, RECOVERY_REPORT_CORRUPT_LISTED_MAX, SCAN_CHUNK_SIZE, SEGMENT_SIZE_MAX_DEFAULT,
+    SEGMENT_SIZE_MAX_LIMIT, VALUE_SIZE_MAX,
+};
+use crate::version::Version;
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Name of the compaction commit manifest.
+const MANIFEST_NAME: &str = "COMPACT";
+
+/// Tunables of a [`LogStore`].
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// The active segment is sealed when the next record would take it past this size.
+    pub segment_size_max: u64,
+    /// A sealed segment is a compaction candidate at this percentage of dead bytes.
+    pub compaction_dead_percent: u8,
+    /// Compaction starts once the candidates hold this many dead bytes.
+    pub compaction_dead_bytes_min: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_size_max: SEGMENT_SIZE_MAX_DEFAULT,
+            compaction_dead_percent: COMPACTION_DEAD_PERCENT_DEFAULT,
+            compaction_dead_bytes_min: COMPACTION_DEAD_BYTES_MIN_DEFAULT,
+        }
+    }
+}
+
+/// A damaged record found by recovery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorruptRecord {
+    /// Segment id.
+    pub segment: u32,
+    /// Offset of the bad bytes in the segment.
+    pub offset: u64,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// A torn tail cut off the newest segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Truncation {
+    /// Segment id.
+    pub segment: u32,
+    /// New length of the segment.
+    pub offset: u64,
+    /// Bytes cut.
+    pub bytes: u64,
+}
+
+/// What [`LogStore::open`] found and did.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    /// Segments loaded.
+    pub segments: usize,
+    /// Of those, loaded from their hint file.
+    pub segments_from_hints: usize,
+    /// Of those, scanned record by record.
+    pub segments_scanned: usize,
+    /// Records (and hint entries) read.
+    pub records: u64,
+    /// Keys in the keydir afterwards (tombstones included).
+    pub keys: usize,
+    /// Damaged records (the first [`RECOVERY_REPORT_CORRUPT_LISTED_MAX`]).
+    pub corrupt: Vec<CorruptRecord>,
+    /// Damaged records in all (and damaged segment headers).
+    pub corrupt_count: u64,
+    /// Torn tail cut off the newest segment, if any.
+    pub truncated: Option<Truncation>,
+    /// Hint files present but unusable (segment id, why); their segments were scanned.
+    pub hints_rejected: Vec<(u32, String)>,
+    /// Whether an interrupted compaction's deletions were completed.
+    pub compaction_completed: bool,
+    /// Leftover files removed (incomplete compaction outputs, temporary files, orphan hints).
+    pub removed: Vec<String>,
+}
+
+impl RecoveryReport {
+    fn corrupt(&mut self, segment: u32, offset: u64, reason: String) {
+        log::error!("storage: corrupt data in segment {segment} at offset {offset}: {reason}");
+        self.corrupt_count += 1;
+        if self.corrupt.len() < RECOVERY_REPORT_CORRUPT_LISTED_MAX {
+            self.corrupt.push(CorruptRecord {
+                segment,
+                offset,
+                reason,
+            });
+        }
+    }
+}
+
+struct Segment<F> {
+    file: F,
+    header: SegmentHeader,
+    /// Bytes in the file (the append position of the active segment).
+    len: u64,
+    /// Bytes of the records the keydir points at.
+    live_bytes: u64,
+    sealed: bool,
+    /// Holds a record known to be bad: never a compaction input (its data stays for forensics
+    /// and compaction could not account for the damaged record's key).
+    damaged: bool,
+}
+
+impl<F> Segment<F> {
+    fn dead_bytes(&self) -> u64 {
+        self.len - SEGMENT_HEADER_SIZE as u64 - self.live_bytes
+    }
+}
+
+/// Where one compaction job is.
+struct Compaction<F> {
+    inputs: Vec<u32>,
+    origin_lo: u32,
+    origin_hi: u32,
+    /// Tombstones / expired values below the horizon may be dropped (inputs are an origin
+    /// prefix).
+    may_drop: bool,
+    /// Index into `inputs` of the one being copied.
+    cursor: usize,
+    scanner: Option<Scanner>,
+    out: Option<Output<F>>,
+    /// Bytes of committed outputs.
+    output_bytes: u64,
+    /// Keys whose tombstone (or expired value) was dropped: `version u64, key_len u16, key`.
+    /// Forgotten by the keydir at the commit point, not before, so that an older write
+    /// arriving meanwhile is still refused as stale.
+    dropped: Vec<u8>,
+}
+
+struct Output<F> {
+    id: u32,
+    file: F,
+    header: SegmentHeader,
+    len: u64,
+    buf: Vec<u8>,
+    hint: HintBuilder,
+}
+
+/// Counters for STATS.
+#[derive(Default)]
+struct Counters {
+    compactions: u64,
+    bytes_reclaimed: u64,
+    corrupt_records: u64,
+    recovery_ms: u64,
+}
+
+/// A durable, log-structured [`Store`].
+pub struct LogStore<V: Vfs> {
+    vfs: V,
+    dir: PathBuf,
+    config: LogConfig,
+    keydir: KeyDir,
+    segments: BTreeMap<u32, Segment<V::File>>,
+    active: u32,
+    active_hint: HintBuilder,
+    next_id: u32,
+    highest: Version,
+    dirty: bool,
+    refused: Option<String>,
+    horizon: Version,
+    job: Option<Compaction<V::File>>,
+    /// After a failed compaction, wait until dead bytes reach this before trying again.
+    compaction_retry_dead_bytes: u64,
+    scratch: Vec<u8>,
+    counters: Counters,
+}
+
+fn segment_name(id: u32) -> String {
+    format!("{id:010}.seg")
+}
+fn hint_name(id: u32) -> String {
+    format!("{id:010}.hint")
+}
+fn compact_name(id: u32) -> String {
+    format!("{id:010}.compact")
+}
+fn parse_id(name: &str, suffix: &str) -> Option<u32> {
+    let stem = name.strip_suffix(suffix)?;
+    if stem.len() != 10 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+fn record_len(key_len: usize, value_len: Option<u32>) -> u64 {
+    (RECORD_HEADER_SIZE + key_len + value_len.unwrap_or(0) as usize) as u64
+}
+
+fn is_expired(h: &RecordHeader, now_ms: u64) -> bool {
+    super::expired(h.expires_at_ms, now_ms)
+}
+
+/// Whether a record (`version`, tombstone?) beats the one the keydir holds.
+fn beats(version: u64, tombstone: bool, held: &Loc) -> bool {
+    version > held.version || (version == held.version && tombstone && held.value_len.is_some())
+}
+
+/// Reads a segment's records in order through a buffer.
+struct Scanner {
+    /// File offset of the next record.
+    offset: u64,
+    file_len: u64,
+    buf: Vec<u8>,
+    /// File offset of `buf[0]`.
+    buf_at: u64,
+    /// Position in `buf` of the record last returned.
+    last: usize,
+    last_header: Option<RecordHeader>,
+}
+
+enum Scan {
+    End,
+    Record(RecordHeader, u64),
+    Bad(u64, RecordError),
+}
+
+impl Scanner {
+    fn new(start: u64, file_len: u64) -> Scanner {
+        Scanner {
+            offset: start,
+            file_len,
+            buf: Vec::new(),
+            buf_at: start,
+            last: 0,
+            last_header: None,
+        }
+    }
+
+    /// Make `buf` hold the bytes from `offset` up to `offset + need` (or to the end of file).
+    fn fill<V: Vfs>(&mut self, vfs: &V, file: &V::File, need: usize) -> io::Result<()> {
+        let want_end = (self.offset + need as u64).min(self.file_len);
+        let buf_end = self.buf_at + self.buf.len() as u64;
+        if self.offset >= self.buf_at && want_end <= buf_end {
+            return Ok(());
+        }
+        let n = (need.max(SCAN_CHUNK_SIZE) as u64).min(self.file_len - self.offset) as usize;
+        self.buf.resize(n, 0);
+        vfs.read_at(file, self.offset, &mut self.buf)?;
+        self.buf_at = self.offset;
+        Ok(())
+    }
+
+    fn avail(&self) -> &[u8] {
+        &self.buf[(self.offset - self.buf_at) as usize..]
+    }
+
+    fn next<V: Vfs>(&mut self, vfs: &V, file: &V::File) -> io::Result<Scan> {
+        if self.offset >= self.file_len {
+            return Ok(Scan::End);
+        }
+        self.fill(vfs, file, RECORD_HEADER_SIZE)?;
+        let h = match decode_record_header(self.avail()) {
+            Ok(h) => h,
+            Err(e) => return Ok(Scan::Bad(self.offset, e)),
+        };
+        self.fill(vfs, file, h.record_len())?;
+        match decode_record(self.avail()) {
+            Ok(_) => {
+                let at = self.offset;
+                self.last = (self.offset - self.buf_at) as usize;
+                self.last_header = Some(h);
+                self.offset += h.record_len() as u64;
+                Ok(Scan::Record(h, at))
+            }
+            Err(e) => Ok(Scan::Bad(self.offset, e)),
+        }
+    }
+
+    /// Key of the record last returned by `next`.
+    fn key(&self) -> &[u8] {
+        let h = self
+            .last_header
+            .expect("key() follows a record from next()");
+        let at = self.last + RECORD_HEADER_SIZE;
+        &self.buf[at..at + h.key_len as usize]
+    }
+
+    /// Value of the record last returned by `next`.
+    fn value(&self) -> &[u8] {
+        let h = self
+            .last_header
+            .expect("value() follows a record from next()");
+        let at = self.last + RECORD_HEADER_SIZE + h.key_len as usize;
+        &self.buf[at..at + h.value_len as usize]
+    }
+
+    /// After a bad record: move to the next offset where a valid record starts. `false` if
+    /// none does before the end of the file.
+    fn resync<V: Vfs>(&mut self, vfs: &V, file: &V::File) -> io::Result<bool> {
+        let mut at = self.offset + 1;
+        // Bounded by the file length.
+        while at + RECORD_HEADER_SIZE as u64 <= self.file_len {
+            self.offset = at;
+            self.fill(vfs, file, RECORD_HEADER_SIZE)?;
+            if let Ok(h) = decode_record_header(self.avail()) {
+                self.fill(vfs, file, h.record_len())?;
+                if decode_record(self.avail()).is_ok() {
+                    return Ok(true);
+                }
+            }
+            at += 1;
+        }
+        self.offset = self.file_len;
+        Ok(false)
+    }
+}
+
+fn refused_error(why: &str) -> StoreError {
+    StoreError::WritesRefused(why.to_string())
+}
+
+impl<V: Vfs> LogStore<V> {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Open (or create) the store in `dir`, recovering what is there.
+    pub fn open(
+        vfs: V,
+        dir: &Path,
+        config: LogConfig,
+    ) -> Result<(LogStore<V>, RecoveryReport), StoreError> {
+        if config.segment_size_max > SEGMENT_SIZE_MAX_LIMIT
+            || config.segment_size_max <= SEGMENT_HEADER_SIZE as u64
+            || config.compaction_dead_percent > 100
+        {
+            return Err(StoreError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid storage configuration {config:?}"),
+            )));
+        }
+        vfs.create_dir_all(dir)?;
+        let mut store = LogStore {
+            vfs,
+            dir: dir.to_path_buf(),
+            config,
+            keydir: KeyDir::new(),
+            segments: BTreeMap::new(),
+            active: 0,
+            active_hint: HintBuilder::new(),
+            next_id: 1,
+            highest: Version::ZERO,
+            dirty: false,
+            refused: None,
+            horizon: Version::ZERO,
+            job: None,
+            compaction_retry_dead_bytes: 0,
+            scratch: Vec::new(),
+            counters: Counters::default(),
+        };
+        let report = store.recover()?;
+        Ok((store, report))
+    }
+
+    fn read_whole(&self, name: &str) -> io::Result<Vec<u8>> {
+        let f = self.vfs.open(&self.path(name))?;
+        let len = self.vfs.len(&f)?;
+        let mut b = vec![0u8; usize::try_from(len).map_err(|_| io::ErrorKind::InvalidData)?];
+        self.vfs.read_at(&f, 0, &mut b)?;
+        Ok(b)
+    }
+
+    fn recover(&mut self) -> Result<RecoveryReport, StoreError> {
+        let mut report = RecoveryReport::default();
+        let mut names = self.vfs.list(&self.dir)?;
+        let mut changed_dir = false;
+
+        // 1. Leftovers of interrupted writes.
+        for name in &names {
+            if name.ends_with(".tmp") || parse_id(name, ".compact").is_some() {
+                self.vfs.remove(&self.path(name))?;
+                report.removed.push(name.clone());
+                changed_dir = true;
+            }
+        }
+        if names.iter().any(|n| n == MANIFEST_NAME) {
+            match decode_manifest(&self.read_whole(MANIFEST_NAME)?) {
+                Ok(inputs) => {
+                    for id in inputs {
+                        for name in [hint_name(id), segment_name(id)] {
+                            if names.contains(&name) {
+                                self.vfs.remove(&self.path(&name))?;
+                            }
+                        }
+                    }
+                    report.compaction_completed = true;
+                }
+                Err(why) => {
+                    // The rename that publishes a manifest follows its fsync, so this is
+                    // damage, not a torn write. Keeping the inputs is safe (duplicates).
+                    log::error!("storage: ignoring damaged compaction manifest: {why}");
+                    report.corrupt_count += 1;
+                }
+            }
+            self.vfs.sync_dir(&self.dir)?;
+            self.vfs.remove(&self.path(MANIFEST_NAME))?;
+            changed_dir = true;
+        }
+        if changed_dir {
+            self.vfs.sync_dir(&self.dir)?;
+            names = self.vfs.list(&self.dir)?;
+        }
+
+        let seg_ids: Vec<u32> = names.iter().filter_map(|n| parse_id(n, ".seg")).collect();
+        for name in &names {
+            if let Some(id) = parse_id(name, ".hint") {
+                if !seg_ids.contains(&id) {
+                    self.vfs.remove(&self.path(name))?;
+                    report.removed.push(name.clone());
+                }
+            }
+        }
+        self.next_id = seg_ids.iter().max().map_or(1, |m| m + 1);
+
+        // 2. Headers; the newest log segment is the one writes were going to.
+        let mut headers: BTreeMap<u32, (V::File, SegmentHeader, u64)> = BTreeMap::new();
+        for &id in &seg_ids {
+            let name = segment_name(id);
+            let file = self.vfs.open(&self.path(&name))?;
+            let len = self.vfs.len(&file)?;
+            let mut b = [0u8; SEGMENT_HEADER_SIZE];
+            let header = if len >= SEGMENT_HEADER_SIZE as u64 {
+                self.vfs.read_at(&file, 0, &mut b)?;
+                SegmentHeader::decode(&b).and_then(|h| {
+                    if h.id == id {
+                        Ok(h)
+                    } else {
+                        Err(format!("header names segment {}", h.id))
+                    }
+                })
+            } else {
+                Err(format!("segment of {len} bytes has no header"))
+            };
+            match header {
+                Ok(h) => {
+                    headers.insert(id, (file, h, len));
+                }
+                Err(why)
+                    if id == seg_ids[seg_ids.len() - 1] && len <= SEGMENT_HEADER_SIZE as u64 =>
+                {
+                    // Created but never made durable with its header: nothing was written to
+                    // it (a segment is synced before its first record is acknowledged).
+                    log::warn!("storage: removing incomplete segment {name}: {why}");
+                    drop(file);
+                    self.vfs.remove(&self.path(&name))?;
+                    self.vfs.sync_dir(&self.dir)?;
+                    report.truncated = Some(Truncation {
+                        segment: id,
+                        offset: 0,
+                        bytes: len,
+                    });
+                }
+                Err(why) => report.corrupt(id, 0, format!("segment header: {why}")),
+            }
+        }
+        let newest_log = headers
+            .iter()
+            .rev()
+            .find(|(_, (_, h, _))| h.kind == SegmentKind::Log)
+            .map(|(id, _)| *id);
+
+        // 3. Load each segment from its hint or by scanning it.
+        let mut reopen_active = None;
+        for (id, (file, header, len)) in headers {
+            self.segments.insert(
+                id,
+                Segment {
+                    file,
+                    header,
+                    len,
+                    live_bytes: 0,
+                    sealed: true,
+                    damaged: false,
+                },
+            );
+            report.segments += 1;
+            let hname = hint_name(id);
+            let mut from_hint = false;
+            if names.contains(&hname) {
+                match self.load_hint(id, &hname, len, &mut report) {
+                    Ok(true) => from_hint = true,
+                    Ok(false) => {}
+                    Err(why) => {
+                        log::warn!("storage: hint {hname} unusable ({why}); scanning segment");
+                        report.hints_rejected.push((id, why));
+                    }
+                }
+            }
+            if from_hint {
+                report.segments_from_hints += 1;
+                continue;
+            }
+            report.segments_scanned += 1;
+            let is_newest = Some(id) == newest_log;
+            let mut hint = HintBuilder::new();
+            self.scan_segment(id, is_newest, &mut hint, &mut report)?;
+            if is_newest && self.segments[&id].len < self.config.segment_size_max {
+                reopen_active = Some((id, hint));
+            } else {
+                self.write_hint(id, hint);
+            }
+        }
+
+        // 4. The active segment.
+        match reopen_active {
+            Some((id, hint)) => {
+                let seg = self.segments.get_mut(&id).expect("loaded above");
+                seg.sealed = false;
+                self.active = id;
+                self.active_hint = hint;
+            }
+            None => {
+                let id = self.create_log_segment()?;
+                self.active = id;
+            }
+        }
+        report.keys = self.keydir.len();
+        self.counters.corrupt_records += report.corrupt_count;
+        Ok(report)
+    }
+
+    /// `Ok(true)` if the hint was loaded; `Err(why)` if it is unusable (nothing was loaded).
+    fn load_hint(
+        &mut self,
+        id: u32,
+        name: &str,
+        seg_len: u64,
+        report: &mut RecoveryReport,
+    ) -> Result<bool, String> {
+        let bytes = self.read_whole(name).map_err(|e| e.to_string())?;
+        let hint = Hint::decode(&bytes)?;
+        if hint.segment_id != id || hint.segment_len != seg_len {
+            return Err(format!(
+                "hint covers segment {} of {} bytes, file is segment {id} of {seg_len}",
+                hint.segment_id, hint.segment_len
+            ));
+        }
+        // Check every entry's bounds before changing anything, so a bad hint loads nothing.
+        for e in hint.iter() {
+            let e = e.expect("Hint::decode walked every entry");
+            let end = e.offset as u64 + e.header.record_len() as u64;
+            if (e.offset as u64) < SEGMENT_HEADER_SIZE as u64 || end > seg_len {
+                return Err(format!("hint entry at offset {} outside segment", e.offset));
+            }
+        }
+        for e in hint.iter() {
+            let e = e.expect("Hint::decode walked every entry");
+            self.learn(id, e.offset, &e.header, e.key)
+                .map_err(|e| e.to_string())?;
+            report.records += 1;
+        }
+        Ok(true)
+    }
+
+    fn scan_segment(
+        &mut self,
+        id: u32,
+        is_newest: bool,
+        hint: &mut HintBuilder,
+        report: &mut RecoveryReport,
+    ) -> Result<(), StoreError> {
+        let len = self.segments[&id].len;
+        let mut sc = Scanner::new(SEGMENT_HEADER_SIZE as u64, len);
+        // Bounded: every iteration moves the scanner forward or ends.
+        loop {
+            let item = sc.next(&self.vfs, &self.segments[&id].file)?;
+            match item {
+                Scan::End => break,
+                Scan::Record(h, at) => {
+                    let key = sc.key();
+                    self.learn(id, at as u32, &h, key)?;
+                    hint.add(&h, at as u32, key);
+                    report.records += 1;
+                }
+                Scan::Bad(at, err) => {
+                    let found = sc.resync(&self.vfs, &self.segments[&id].file)?;
+                    if is_newest && !found {
+                        // A write torn by a crash: nothing after it was ever acknowledged
+                        // (it was never synced, or the sync would have covered it whole).
+                        log::warn!("storage: truncating torn tail of segment {id} at {at} ({err})");
+                        let seg = self.segments.get_mut(&id).expect("loaded");
+                        self.vfs.truncate(&mut seg.file, at)?;
+                        self.vfs.sync(&mut seg.file)?;
+                        report.truncated = Some(Truncation {
+                            segment: id,
+                            offset: at,
+                            bytes: len - at,
+                        });
+                        seg.len = at;
+                        break;
+                    }
+                    report.corrupt(id, at, err.to_string());
+                    self.segments.get_mut(&id).expect("loaded").damaged = true;
+                    if !found {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Take note of a record found on disk (recovery): the keydir keeps the newest.
+    fn learn(
+        &mut self,
+        id: u32,
+        offset: u32,
+        h: &RecordHeader,
+        key: &[u8],
+    ) -> Result<(), StoreError> {
+        self.highest = self.highest.max(Version(h.version));
+        let len = h.record_len() as u64;
+        let loc = Loc {
+            version: h.version,
+            segment: id,
+            offset,
+            value_len: if h.tombstone { None } else { Some(h.value_len) },
+            expires_at_s: expiry_s_of(h.expires_at_ms),
+        };
+        if let Some(held) = self.keydir.get(key) {
+            if !beats(h.version, h.tombstone, &held) {
+                return Ok(());
+            }
+        }
+        let old = self
+            .keydir
+            .insert(key, loc)
+            .map_err(|_| StoreError::Io(io::Error::other("keydir key arena full")))?;
+        if let Some(old) = old {
+            let old_len = record_len(key.len(), old.value_len);
+            self.segments
+                .get_mut(&old.segment)
+                .expect("keydir points at loaded segments")
+                .live_bytes -= old_len;
+        }
+        self.segments.get_mut(&id).expect("loaded").live_bytes += len;
+        Ok(())
+    }
+
+    /// Write `bytes` as `name` durably: temp file, fsync, rename, fsync directory.
+    fn write_file_atomic(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let tmp = self.path(&format!("{name}.tmp"));
+        let result = (|| {
+            let mut f = self.vfs.create(&tmp)?;
+            self.vfs.append(&mut f, bytes)?;
+            self.vfs.sync(&mut f)?;
+            self.vfs.rename(&tmp, &self.path(name))?;
+            self.vfs.sync_dir(&self.dir)
+        })();
+        if result.is_err() {
+            let _ = self.vfs.remove(&tmp); // best effort; recovery removes *.tmp anyway
+        }
+        result
+    }
+
+    /// Write a sealed segment's hint. A failure only costs a scan at the next start-up.
+    fn write_hint(&mut self, id: u32, hint: HintBuilder) {
+        let len = self.segments[&id].len;
+        let bytes = hint.finish(id, len);
+        if let Err(e) = self.write_file_atomic(&hint_name(id), &bytes) {
+            log::warn!("storage: could not write hint for segment {id}: {e}");
+        }
+    }
+
+    /// Create a new, empty, durable log segment; returns its id.
+    fn create_log_segment(&mut self) -> Result<u32, StoreError> {
+        let id = self.next_id;
+        let header = SegmentHeader {
+            kind: SegmentKind::Log,
+            id,
+            origin_lo: id,
+            origin_hi: id,
+        };
+        let file = self.create_segment_file(&segment_name(id), &header)?;
+        self.next_id += 1;
+        self.segments.insert(
+            id,
+            Segment {
+                file,
+                header,
+                len: SEGMENT_HEADER_SIZE as u64,
+                live_bytes: 0,
+                sealed: false,
+                damaged: false,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Create `name` holding `header`, synced, and sync the directory.
+    fn create_segment_file(
+        &mut self,
+        name: &str,
+        header: &SegmentHeader,
+    ) -> Result<V::File, StoreError> {
+        let path = self.path(name);
+        let result = (|| {
+            let mut f = self.vfs.create(&path)?;
+            self.vfs.append(&mut f, &header.encode())?;
+            Ok(f)
+        })();
+        let mut f = match result {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = self.vfs.remove(&path); // best effort: an empty file is harmless
+                return Err(self.io_refusal(e, false));
+            }
+        };
+        if let Err(e) = self.vfs.sync(&mut f) {
+            return Err(self.io_refusal(e, true));
+        }
+        if let Err(e) = self.vfs.sync_dir(&self.dir) {
+            return Err(self.io_refusal(e, true));
+        }
+        Ok(f)
+    }
+
+    /// Turn an I/O error on the write path into a refusal; `sticky` after fsync failures.
+    fn io_refusal(&mut self, e: io::Error, sticky: bool) -> StoreError {
+        let why = if sticky {
+            format!("fsync failed ({e}); the store is read-only until restarted")
+        } else {
+            format!("write failed: {e}")
+        };
+        if sticky {
+            log::error!("storage: {why}");
+            self.refused = Some(why.clone());
+        }
+        StoreError::WritesRefused(why)
+    }
+
+    /// Seal the active segment and start a new one.
+    fn roll(&mut self) -> Result<(), StoreError> {
+        let old = self.active;
+        let seg = self.segments.get_mut(&old).expect("active exists");
+        if let Err(e) = self.vfs.sync(&mut seg.file) {
+            return Err(self.io_refusal(e, true));
+        }
+        let new = self.create_log_segment()?;
+        self.segments.get_mut(&old).expect("active exists").sealed = true;
+        self.active = new;
+        let hint = std::mem::take(&mut self.active_hint);
+        self.write_hint(old, hint);
+        self.active_hint = HintBuilder::new();
+        Ok(())
+    }
+
+    /// Every segment: (id, path, sealed). For tests and tools.
+    pub fn segment_files(&self) -> Vec<(u32, PathBuf, bool)> {
+        self.segments
+            .iter()
+            .map(|(id, s)| (*id, self.path(&segment_name(*id)), s.sealed))
+            .collect()
+    }
+
+    /// The driver measured how long `open` took (the store never reads the clock).
+    pub fn set_recovery_ms(&mut self, ms: u64) {
+        self.counters.recovery_ms = ms;
+    }
+
+    /// Whether a compaction job is under way.
+    pub fn compacting(&self) -> bool {
+        self.job.is_some()
+    }
+
+    /// The reason writes are refused, if they are.
+    pub fn writes_refused(&self) -> Option<&str> {
+        self.refused.as_deref()
+    }
+
+    /// Bytes of RAM held by the keydir.
+    pub fn keydir_bytes(&self) -> usize {
+        self.keydir.memory_bytes()
+    }
+
+    fn dead_bytes_total(&self) -> u64 {
+        self.segments.values().map(|s| s.dead_bytes()).sum()
+    }
+
+    // ---- compaction ----
+
+    /// Pick the inputs of a compaction job, if one is due.
+    fn plan(&self) -> Option<Compaction<V::File>> {
+        let pct = self.config.compaction_dead_percent as u64;
+        let mut cands: Vec<(u64, u32)> = self
+            .segments
+            .iter()
+            .filter(|(_, s)| s.sealed && !s.damaged)
+            .filter(|(_, s)| {
+                let body = s.len - SEGMENT_HEADER_SIZE as u64;
+                body > 0 && s.dead_bytes() * 100 >= body * pct
+            })
+            .map(|(id, s)| (s.dead_bytes(), *id))
+            .collect();
+        let dead: u64 = cands.iter().map(|c| c.0).sum();
+        if cands.is_empty()
+            || dead < self.config.compaction_dead_bytes_min
+            || self.dead_bytes_total() < self.compaction_retry_dead_bytes
+        {
+            return None;
+        }
+        // Most dead first, ties by id: deterministic.
+        cands.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        cands.truncate(COMPACTION_INPUTS_MAX);
+        let mut inputs: Vec<u32> = cands.iter().map(|c| c.1).collect();
+        // Widen to an origin prefix if that stays small: then tombstones may be dropped.
+        let hi = inputs
+            .iter()
+            .map(|id| self.segments[id].header.origin_hi)
+            .max()
+            .expect("non-empty");
+        let prefix: Vec<u32> = self
+            .segments
+            .iter()
+            .filter(|(_, s)| s.header.origin_lo <= hi)
+            .map(|(id, _)| *id)
+            .collect();
+        if prefix.len() <= COMPACTION_INPUTS_MAX
+            && prefix
+                .iter()
+                .all(|id| self.segments[id].sealed && !self.segments[id].damaged)
+        {
+            inputs = prefix;
+        }
+        inputs.sort_unstable();
+        let origin_lo = inputs
+            .iter()
+            .map(|id| self.segments[id].header.origin_lo)
+            .min()
+            .expect("non-empty");
+        let origin_hi = inputs
+            .iter()
+            .map(|id| self.segments[id].header.origin_hi)
+            .max()
+            .expect("non-empty");
+        let may_drop = self
+            .segments
+            .iter()
+            .filter(|(id, _)| !inputs.contains(id))
+            .all(|(_, s)| s.header.origin_lo > origin_hi);
+        Some(Compaction {
+            inputs,
+            origin_lo,
+            origin_hi,
+            may_drop,
+            cursor: 0,
+            scanner: None,
+            out: None,
+            output_bytes: 0,
+            dropped: Vec::new(),
+        })
+    }
+
+    /// One unit of compaction work. `Ok(true)` when the job is finished.
+    fn compact_step(
+        &mut self,
+        job: &mut Compaction<V::File>,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        if job.cursor == job.inputs.len() {
+            self.finish_compaction(job)?;
+            return Ok(true);
+        }
+        let input = job.inputs[job.cursor];
+        let seg = &self.segments[&input];
+        let sc = job
+            .scanner
+            .get_or_insert_with(|| Scanner::new(SEGMENT_HEADER_SIZE as u64, seg.len));
+        let item = sc.next(&self.vfs, &seg.file)?;
+        match item {
+            Scan::End => {
+                job.scanner = None;
+                job.cursor += 1;
+            }
+            Scan::Bad(at, err) => {
+                self.counters.corrupt_records += 1;
+                log::error!(
+                    "storage: compaction found corrupt data in segment {input} at {at}: {err}; \
+                     segment kept and excluded from compaction"
+                );
+                self.segments.get_mut(&input).expect("input exists").damaged = true;
+                return Err(StoreError::Corrupt(format!(
+                    "segment {input} offset {at}: {err}"
+                )));
+            }
+            Scan::Record(h, at) => {
+                let sc = job.scanner.as_ref().expect("set above");
+                let key = sc.key();
+                let current = self
+                    .keydir
+                    .get(key)
+                    .is_some_and(|l| l.segment == input && l.offset as u64 == at);
+                if !current {
+                    return Ok(false);
+                }
+                let expired = !h.tombstone && is_expired(&h, now_ms);
+                if (h.tombstone || expired) && job.may_drop && h.version < self.horizon.0 {
+                    job.dropped.extend_from_slice(&h.version.to_le_bytes());
+                    job.dropped
+                        .extend_from_slice(&(key.len() as u16).to_le_bytes());
+                    job.dropped.extend_from_slice(key);
+                    return Ok(false);
+                }
+                let (header, value) = if expired {
+                    let t = RecordHeader {
+                        version: h.version,
+                        expires_at_ms: 0,
+                        tombstone: true,
+                        key_len: h.key_len,
+                        value_len: 0,
+                    };
+                    (t, None)
+                } else {
+                    (h, if h.tombstone { None } else { Some(sc.value()) })
+                };
+                let key = key.to_vec();
+                let value = value.map(|v| v.to_vec());
+                self.copy_record(job, &header, &key, value.as_deref())?;
+            }
+        }
+        Ok(false)
+    }
+
+    fn copy_record(
+        &mut self,
+        job: &mut Compaction<V::File>,
+        h: &RecordHeader,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let len = h.record_len() as u64;
+        let full = job.out.as_ref().is_some_and(|o| {
+            o.len + len > self.config.segment_size_max && o.len > SEGMENT_HEADER_SIZE as u64
+        });
+        if full {
+            self.commit_output(job)?;
+        }
+        if job.out.is_none() {
+            let id = self.next_id;
+            let header = SegmentHeader {
+                kind: SegmentKind::Compacted,
+                id,
+                origin_lo: job.origin_lo,
+                origin_hi: job.origin_hi,
+            };
+            let mut file = self
+                .vfs
+                .create(&self.path(&compact_name(id)))
+                .map_err(|e| self.io_refusal(e, false))?;
+            self.next_id += 1;
+            let hb = header.encode();
+            self.vfs
+                .append(&mut file, &hb)
+                .map_err(|e| self.io_refusal(e, false))?;
+            job.out = Some(Output {
+                id,
+                file,
+                header,
+                len: SEGMENT_HEADER_SIZE as u64,
+                buf: Vec::new(),
+                hint: HintBuilder::new(),
+            });
+        }
+        let out = job.out.as_mut().expect("opened above");
+        let at = out.len;
+        encode_record(&mut out.buf, h.version, h.expires_at_ms, key, value);
+        out.hint.add(h, at as u32, key);
+        out.len += len;
+        if out.buf.len() >= SCAN_CHUNK_SIZE {
+            let r = self.vfs.append(&mut out.file, &out.buf);
+            out.buf.clear();
+            r.map_err(|e| self.io_refusal(e, false))?;
+        }
+        Ok(())
+    }
+
+    /// Make the current output durable and visible, and point the keydir at its records.
+    fn commit_output(&mut self, job: &mut Compaction<V::File>) -> Result<(), StoreError> {
+        let Some(mut out) = job.out.take() else {
+            return Ok(());
+        };
+        if !out.buf.is_empty() {
+            let r = self.vfs.append(&mut out.file, &out.buf);
+            out.buf.clear();
+            if let Err(e) = r {
+                let _ = self.vfs.remove(&self.path(&compact_name(out.id)));
+                return Err(self.io_refusal(e, false));
+            }
+        }
+        if let Err(e) = self.vfs.sync(&mut out.file) {
+            return Err(self.io_refusal(e, true));
+        }
+        let hint = out.hint.finish(out.id, out.len);
+        if let Err(e) = self.write_file_atomic(&hint_name(out.id), &hint) {
+            log::warn!("storage: could not write hint for segment {}: {e}", out.id);
+        }
+        let from = self.path(&compact_name(out.id));
+        let to = self.path(&segment_name(out.id));
+        if let Err(e) = self.vfs.rename(&from, &to) {
+            return Err(self.io_refusal(e, false));
+        }
+        if let Err(e) = self.vfs.sync_dir(&self.dir) {
+            return Err(self.io_refusal(e, true));
+        }
+        self.segments.insert(
+            out.id,
+            Segment {
+                file: out.file,
+                header: out.header,
+                len: out.len,
+                live_bytes: 0,
+                sealed: true,
+                damaged: false,
+            },
+        );
+        job.output_bytes += out.len;
+        let hint = Hint::decode(&hint).expect("a hint this store just built is valid");
+        for e in hint.iter() {
+            let e = e.expect("a hint this store just built is valid");
+            let Some(held) = self.keydir.get(e.key) else {
+                continue;
+            };
+            if held.version != e.header.version || !job.inputs.contains(&held.segment) {
+                continue; // rewritten since it was copied: the copy is dead
+            }
+            let loc = Loc {
+                version: e.header.version,
+                segment: out.id,
+                offset: e.offset,
+                value_len: if e.header.tombstone {
+                    None
+                } else {
+                    Some(e.header.value_len)
+                },
+                expires_at_s: expiry_s_of(e.header.expires_at_ms),
+            };
+            self.keydir
+                .insert(e.key, loc)
+                .expect("key present: no arena growth");
+            self.segments
+                .get_mut(&held.segment)
+                .expect("input exists")
+                .live_bytes -= record_len(e.key.len(), held.value_len);
+            self.segments.get_mut(&out.id).expect("inserted").live_bytes +=
+                e.header.record_len() as u64;
+        }
+        Ok(())
+    }
+
+    fn finish_compaction(&mut self, job: &mut Compaction<V::File>) -> Result<(), StoreError> {
+        self.commit_output(job)?;
+        // The commit point.
+        if let Err(e) = self.write_file_atomic(MANIFEST_NAME, &encode_manifest(&job.inputs)) {
+            return Err(self.io_refusal(e, false));
+        }
+        let mut rest = &job.dropped[..];
+        while rest.len() >= 10 {
+            let version = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes"));
+            let klen = u16::from_le_bytes([rest[8], rest[9]]) as usize;
+            let key = &rest[10..10 + klen];
+            rest = &rest[10 + klen..];
+            if let Some(held) = self.keydir.get(key) {
+                if held.version == version && job.inputs.contains(&held.segment) {
+                    self.keydir.remove(key);
+                    self.segments
+                        .get_mut(&held.segment)
+                        .expect("input exists")
+                        .live_bytes -= record_len(key.len(), held.value_len);
+                }
+            }
+        }
+        let mut input_bytes = 0;
+        for &id in &job.inputs {
+            let seg = self.segments.remove(&id).expect("input exists");
+            assert_eq!(
+                seg.live_bytes, 0,
+                "input segment {id} still live after compaction"
+            );
+            input_bytes += seg.len;
+            drop(seg);
+            match self.vfs.remove(&self.path(&hint_name(id))) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::Io(e)),
+            }
+            self.vfs.remove(&self.path(&segment_name(id)))?;
+        }
+        if let Err(e) = self.vfs.sync_dir(&self.dir) {
+            return Err(self.io_refusal(e, true));
+        }
+        self.vfs.remove(&self.path(MANIFEST_NAME))?;
+        if let Err(e) = self.vfs.sync_dir(&self.dir) {
+            return Err(self.io_refusal(e, true));
+        }
+        self.counters.compactions += 1;
+        self.counters.bytes_reclaimed += input_bytes.saturating_sub(job.output_bytes);
+        if cfg!(debug_assertions) {
+            for (_, loc) in self.keydir.iter() {
+                assert!(
+                    self.segments.contains_key(&loc.segment),
+                    "keydir points at deleted segment {}",
+                    loc.segment
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Abandon a job after an error: its uncommitted output is removed; committed outputs
+    /// stay (they duplicate records still in the inputs, which is harmless).
+    fn abort_compaction(&mut self, job: Compaction<V::File>) {
+        if let Some(out) = job.out {
+            drop(out.file);
+            let _ = self.vfs.remove(&self.path(&compact_name(out.id))); // recovery removes it too
+        }
+        self.compaction_retry_dead_bytes =
+            self.dead_bytes_total() + self.config.compaction_dead_bytes_min;
+    }
+}
+
+impl<V: Vfs> Store for LogStore<V> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Stored>, StoreError> {
+        let Some(loc) = self.keydir.get(key) else {
+            return Ok(None);
+        };
+        let Some(seg) = self.segments.get(&loc.segment) else {
+            return Err(StoreError::Corrupt(format!(
+                "keydir points at missing segment {}",
+                loc.segment
+            )));
+        };
+        let len = record_len(key.len(), loc.value_len) as usize;
+        let mut buf = vec![0u8; len];
+        self.vfs.read_at(&seg.file, loc.offset as u64, &mut buf)?;
+        let bad = match decode_record(&buf) {
+            Ok(r) if r.key == key && r.header.version == loc.version => None,
+            Ok(_) => Some("record does not match the keydir".to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = bad {
+            self.counters.corrupt_records += 1;
+            let msg = format!("segment {} offset {}: {why}", loc.segment, loc.offset);
+            log::error!("storage: read of corrupt record: {msg}");
+            return Err(StoreError::Corrupt(msg));
+        }
+        let h = decode_record_header(&buf).expect("decoded above");
+        let value = if h.tombstone {
+            None
+        } else {
+            buf.drain(..RECORD_HEADER_SIZE + key.len());
+            Some(buf)
+        };
+        Ok(Some(Stored {
+            version: Version(h.version),
+            expires_at_ms: h.expires_at_ms,
+            value,
+        }))
+    }
+
+    fn version_of(&self, key: &[u8]) -> Option<Version> {
+        self.keydir.get(key).map(|l| Version(l.version))
+    }
+
+    fn apply(&mut self, w: Write<'_>) -> Result<Applied, StoreError> {
+        if let Some(why) = &self.refused {
+            return Err(refused_error(why));
+        }
+        if w.key.len() > KEY_SIZE_MAX || w.value.is_some_and(|v| v.len() > VALUE_SIZE_MAX) {
+            return Err(StoreError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "key or value over the size limit",
+            )));
+        }
+        let held = self.keydir.get(w.key);
+        if let Some(h) = held {
+            if h.version >= w.version.0 {
+                return Ok(Applied::Stale {
+                    current: Version(h.version),
+                });
+            }
+        }
+        let value_len = w.value.map(|v| v.len() as u32);
+        let len = record_len(w.key.len(), value_len);
+        let active_len = self.segments[&self.active].len;
+        if active_len + len > self.config.segment_size_max
+            && active_len > SEGMENT_HEADER_SIZE as u64
+        {
+            self.roll()?;
+        }
+        self.scratch.clear();
+        encode_record(
+            &mut self.scratch,
+            w.version.0,
+            w.expires_at_ms,
+            w.key,
+            w.value,
+        );
+        let active = self.active;
+        let seg = self.segments.get_mut(&active).expect("active exists");
+        let at = seg.len;
+        if let Err(e) = self.vfs.append(&mut seg.file, &self.scratch) {
+            // Part of the record may have landed: cut it so the next record follows a whole
+            // one. If even that fails the segment's tail is unknown: refuse from now on.
+            if let Err(e2) = self.vfs.truncate(&mut seg.file, at) {
+                let why = format!("append failed ({e}) and truncating it back failed ({e2})");
+                log::error!("storage: {why}");
+                self.refused = Some(why.clone());
+                return Err(StoreError::WritesRefused(why));
+            }
+            return Err(self.io_refusal(e, false));
+        }
+        let loc = Loc {
+            version: w.version.0,
+            segment: active,
+            offset: at as u32,
+            value_len,
+            expires_at_s: expiry_s_of(w.expires_at_ms),
+        };
+        let old = match self.keydir.insert(w.key, loc) {
+            Ok(old) => old,
+            Err(_) => {
+                let seg = self.segments.get_mut(&active).expect("active exists");
+                let _ = self.vfs.truncate(&mut seg.file, at);
+                return Err(refused_error("keydir key arena full"));
+            }
+        };
+        let seg = self.segments.get_mut(&active).expect("active exists");
+        seg.len += len;
+        seg.live_bytes += len;
+        if let Some(old) = old {
+            self.segments
+                .get_mut(&old.segment)
+                .expect("keydir points at loaded segments")
+                .live_bytes -= record_len(w.key.len(), old.value_len);
+        }
+        let header = RecordHeader {
+            version: w.version.0,
+            expires_at_ms: w.expires_at_ms,
+            tombstone: w.value.is_none(),
+            key_len: w.key.len() as u16,
+            value_len: value_len.unwrap_or(0),
+        };
+        self.active_hint.add(&header, at as u32, w.key);
+        self.highest = self.highest.max(w.version);
+        self.dirty = true;
+        Ok(Applied::Stored)
+    }
+
+    fn needs_sync(&self) -> bool {
+        self.dirty
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        if let Some(why) = &self.refused {
+            return Err(refused_error(why));
+        }
+        if !self.dirty {
+            return Ok(());
+        }
+        let seg = self.segments.get_mut(&self.active).expect("active exists");
+        if let Err(e) = self.vfs.sync(&mut seg.file) {
+            return Err(self.io_refusal(e, true));
+        }
+        self.dirty = false;
+        Ok(())
+    }
+
+    fn maintenance(&mut self, now_ms: u64, budget: usize) -> Result<bool, StoreError> {
+        if self.refused.is_some() {
+            return Ok(false);
+        }
+        let mut job = match self.job.take() {
+            Some(job) => job,
+            None => match self.plan() {
+                Some(job) => job,
+                None => return Ok(false),
+            },
+        };
+        for _ in 0..budget.max(1) {
+            match self.compact_step(&mut job, now_ms) {
+                Ok(false) => {}
+                Ok(true) => return Ok(self.plan().is_some()),
+                Err(e) => {
+                    self.abort_compaction(job);
+                    return Err(e);
+                }
+            }
+        }
+        self.job = Some(job);
+        Ok(true)
+    }
+
+    fn len(&self) -> usize {
+        self.keydir.len()
+    }
+
+    fn highest_version(&self) -> Version {
+        self.highest
+    }
+
+    fn set_tombstone_horizon(&mut self, horizon: Version) {
+        self.horizon = horizon;
+    }
+
+    fn stats(&self, report: &mut dyn FnMut(&str, u64)) {
+        let live: u64 = self.segments.values().map(|s| s.live_bytes).sum();
+        report("storage_keys", self.keydir.len() as u64);
+        report("storage_live_bytes", live);
+        report("storage_dead_bytes", self.dead_bytes_total());
+        report("storage_segments", self.segments.len() as u64);
+        report("storage_keydir_bytes", self.keydir.memory_bytes() as u64);
+        report("storage_compactions", self.counters.compactions);
+        report("storage_bytes_reclaimed", self.counters.bytes_reclaimed);
+        report("storage_recovery_ms", self.counters.recovery_ms);
+        report("storage_corrupt_records", self.counters.corrupt_records);
+        report("storage_writes_refused", self.refused.is_some() as u64);
+    }
+}
