@@ -105,6 +105,20 @@ pub struct ClusterConfig {
     pub request_timeout_ms: u64,
     /// Time between anti-entropy rounds (used once anti-entropy lands).
     pub anti_entropy_interval_ms: u64,
+    /// Test-only mutations (all off outside the simulator): see [`Mutations`].
+    pub mutations: Mutations,
+}
+
+/// Test-only mutations: deliberate bugs the simulator (`kvsim --mutation NAME`, `src/sim/`)
+/// switches on to prove that its checkers catch them. Every field is `false` in `kvd`; each
+/// is read at exactly one place, marked `// test-only mutation:`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mutations {
+    /// Reads never repair stale replicas (coordinator).
+    pub skip_read_repair: bool,
+    /// A delete's tombstone gets a back-dated version that does not beat the values written
+    /// just before it (coordinator).
+    pub no_tombstone_version: bool,
 }
 
 /// Parse a node list `1=127.0.0.1:7001,2=127.0.0.1:7002`. Whitespace around entries is
@@ -145,6 +159,7 @@ impl ClusterConfig {
             hinted_handoff: true,
             request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
             anti_entropy_interval_ms: ANTI_ENTROPY_INTERVAL_MS_DEFAULT,
+            mutations: Mutations::default(),
         }
     }
 

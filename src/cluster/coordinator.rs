@@ -191,6 +191,8 @@ pub struct CoordinatorConfig {
     pub hinted_handoff: bool,
     /// Operations in flight at most.
     pub ops_max: usize,
+    /// Test-only mutations (all off outside the simulator).
+    pub mutations: super::config::Mutations,
 }
 
 impl CoordinatorConfig {
@@ -201,6 +203,7 @@ impl CoordinatorConfig {
             request_timeout_ms: c.request_timeout_ms,
             hinted_handoff: c.hinted_handoff,
             ops_max: crate::limits::COORDINATOR_OPS_MAX,
+            mutations: c.mutations,
         }
     }
 }
@@ -386,12 +389,22 @@ impl<C> Coordinator<C> {
     ) -> Option<Version> {
         let ctx = self.admit(ctx, replicas, alive, required)?;
         self.stats.writes += 1;
-        let write = OwnedWrite {
+        let mut write = OwnedWrite {
             key: key.to_vec(),
             value: value.map(|v| v.to_vec()),
             version: self.hlc.issue(now_ms),
             expires_at_ms,
         };
+        if value.is_none() && self.config.mutations.no_tombstone_version {
+            // test-only mutation: back-date the tombstone by a second, so it loses to the
+            // values written just before it (the delete is silently undone).
+            let v = write.version;
+            write.version = Version::new(
+                v.physical_ms().saturating_sub(1_000),
+                v.logical(),
+                v.node_id(),
+            );
+        }
         let version = write.version;
         let id = self.alloc_id();
         let mut slots = Vec::with_capacity(replicas.len());
@@ -651,6 +664,9 @@ impl<C> Coordinator<C> {
                 }
             }
             Kind::Read { key } => {
+                if self.config.mutations.skip_read_repair {
+                    return; // test-only mutation: reads never repair stale replicas.
+                }
                 let Some(newest) = op.newest() else {
                     return; // no replica holds anything: nothing to repair
                 };
@@ -684,6 +700,7 @@ mod tests {
             request_timeout_ms: 100,
             hinted_handoff: hints,
             ops_max: 4,
+            mutations: Default::default(),
         })
     }
 
