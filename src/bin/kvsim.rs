@@ -90,6 +90,7 @@ fn options(m: &getopts::Matches) -> Result<Options, String> {
         drop_percent: parse_num(m, "drop-percent")?,
         fault_interval_ms: parse_num(m, "fault-interval-ms")?,
         mutation,
+        flip_keeps_hint: m.opt_present("flip-keeps-hint"),
     })
 }
 
@@ -132,6 +133,11 @@ fn main() -> ExitCode {
         "fault-interval-ms",
         "mean ms between faults (0: none)",
         "MS",
+    );
+    o.optflag(
+        "",
+        "flip-keeps-hint",
+        "leave the hint file of a segment with a flipped bit (shows BUG(sim-1))",
     );
     o.optflag("h", "help", "print this help");
     let usage = |o: &getopts::Options| {

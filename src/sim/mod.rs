@@ -113,6 +113,9 @@ impl Options {
         if let Some(n) = self.fault_interval_ms {
             a += &format!(" --fault-interval-ms {n}");
         }
+        if self.flip_keeps_hint {
+            a += " --flip-keeps-hint";
+        }
         if self.mutation != Mutation::None {
             a += &format!(" --mutation {}", self.mutation.name());
         }

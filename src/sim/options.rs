@@ -79,6 +79,9 @@ pub struct Options {
     pub fault_interval_ms: Option<u64>,
     /// The deliberate bug to switch on.
     pub mutation: Mutation,
+    /// Keep the hint file of a segment whose bit was flipped (reproduces BUG(sim-1), see
+    /// `world.rs`); by default the simulator removes it so recovery scans the segment.
+    pub flip_keeps_hint: bool,
 }
 
 /// Everything a run uses, drawn from the seed unless fixed in [`Options`].
@@ -140,6 +143,8 @@ pub struct Params {
     pub segment_size_max: u64,
     /// The deliberate bug switched on.
     pub mutation: Mutation,
+    /// See [`Options::flip_keeps_hint`].
+    pub flip_keeps_hint: bool,
 }
 
 fn pick<T: Copy>(
@@ -257,6 +262,7 @@ impl Params {
             bad_disk,
             segment_size_max,
             mutation: opts.mutation,
+            flip_keeps_hint: opts.flip_keeps_hint,
         }
     }
 
