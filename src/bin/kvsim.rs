@@ -91,6 +91,7 @@ fn options(m: &getopts::Matches) -> Result<Options, String> {
         fault_interval_ms: parse_num(m, "fault-interval-ms")?,
         mutation,
         flip_keeps_hint: m.opt_present("flip-keeps-hint"),
+        raw_clock_recovery: m.opt_present("raw-clock-recovery"),
     })
 }
 
@@ -138,6 +139,11 @@ fn main() -> ExitCode {
         "",
         "flip-keeps-hint",
         "leave the hint file of a segment with a flipped bit (shows BUG(sim-1))",
+    );
+    o.optflag(
+        "",
+        "raw-clock-recovery",
+        "restart nodes without the simulated clock ceiling (shows BUG(sim-2))",
     );
     o.optflag("h", "help", "print this help");
     let usage = |o: &getopts::Options| {

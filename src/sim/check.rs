@@ -20,7 +20,7 @@
 //!
 //! **What the promise covers.** A *loss event* on a node is a crash while its sync policy is
 //! not `always` (unsynced writes may vanish), or a bit flipped on its disk. A write is covered
-//! when none of its key's replicas had a loss event since the acknowledgement, or when it was
+//! when none of its key's replicas had a loss event since the write started, or when it was
 //! acknowledged with QUORUM or ALL by at least two replicas that all sync before acking (a
 //! write acknowledged with fsync-on-ack by a quorum is never rolled back: the simulator flips
 //! bits on one disk at most). Writes outside the promise may be lost; they are not checked.
@@ -181,8 +181,9 @@ impl History {
 
     /// Whether acknowledged write `op` is covered by the durability promise at `t`.
     fn covered(&self, op: &OpRecord, t: u64, for_reads: bool) -> bool {
-        let ack = op.end_ms.expect("acknowledged ops have an end");
-        if !self.loss_between(op.key, ack, t) {
+        // From the start, not the acknowledgement: a replica may ack early, then lose the
+        // write in a crash before the coordinator has gathered the other acks.
+        if !self.loss_between(op.key, op.start_ms, t) {
             return true;
         }
         // Bit flips hit one disk at most, so a quorum that syncs on ack keeps the write on

@@ -116,6 +116,9 @@ impl Options {
         if self.flip_keeps_hint {
             a += " --flip-keeps-hint";
         }
+        if self.raw_clock_recovery {
+            a += " --raw-clock-recovery";
+        }
         if self.mutation != Mutation::None {
             a += &format!(" --mutation {}", self.mutation.name());
         }

@@ -82,6 +82,10 @@ pub struct Options {
     /// Keep the hint file of a segment whose bit was flipped (reproduces BUG(sim-1), see
     /// `world.rs`); by default the simulator removes it so recovery scans the segment.
     pub flip_keeps_hint: bool,
+    /// Restart nodes with the clock recovery of the real code alone (reproduces BUG(sim-2),
+    /// see `world.rs`); by default the simulator also recovers the clock above the highest
+    /// version the node let out before its crash, as a durable clock ceiling would.
+    pub raw_clock_recovery: bool,
 }
 
 /// Everything a run uses, drawn from the seed unless fixed in [`Options`].
@@ -145,6 +149,8 @@ pub struct Params {
     pub mutation: Mutation,
     /// See [`Options::flip_keeps_hint`].
     pub flip_keeps_hint: bool,
+    /// See [`Options::raw_clock_recovery`].
+    pub raw_clock_recovery: bool,
 }
 
 fn pick<T: Copy>(
@@ -263,6 +269,7 @@ impl Params {
             segment_size_max,
             mutation: opts.mutation,
             flip_keeps_hint: opts.flip_keeps_hint,
+            raw_clock_recovery: opts.raw_clock_recovery,
         }
     }
 
