@@ -209,11 +209,21 @@ fn main() -> ExitCode {
 
     let start = Instant::now();
     let (mut passed, mut failed) = (0u64, 0u64);
+    let mut total_stats = sim::RunStats::default();
     let mut first_failure = None;
     for seed in first..=last {
         CURRENT.with(|c| c.set(Some(seed)));
         let r = sim::run(seed, &opts, trace);
         CURRENT.with(|c| c.set(None));
+        let s = &r.stats;
+        total_stats.ops += s.ops;
+        total_stats.writes_acked += s.writes_acked;
+        total_stats.reads_ok += s.reads_ok;
+        total_stats.crashes += s.crashes;
+        total_stats.frames += s.frames;
+        total_stats.reads_checked += s.reads_checked;
+        total_stats.keys_checked += s.keys_checked;
+        total_stats.sim_ms += s.sim_ms;
         if r.passed() {
             passed += 1;
         } else {
@@ -233,8 +243,8 @@ fn main() -> ExitCode {
             let s = &r.stats;
             println!(
                 "seed={seed} {} nodes={} N={} ops={} acked_writes={} reads={} failed={} \
-                 crashes={} frames={} events={} sim={}ms converged_in={}ms trace_lines={} \
-                 trace_hash={:016x}",
+                 crashes={} frames={} events={} sim={}ms converged_in={}ms reads_checked={} \
+                 keys_checked={} trace_lines={} trace_hash={:016x}",
                 if r.passed() { "ok" } else { "FAILED" },
                 r.params.nodes,
                 r.params.replicas,
@@ -247,6 +257,8 @@ fn main() -> ExitCode {
                 s.events,
                 s.sim_ms,
                 s.converge_ms,
+                s.reads_checked,
+                s.keys_checked,
                 r.trace_lines,
                 r.trace_hash
             );
@@ -259,6 +271,19 @@ fn main() -> ExitCode {
          ({:.1} seeds/s){}",
         total as f64 / secs.max(1e-9),
         first_failure.map_or(String::new(), |s| format!(", first failing seed {s}"))
+    );
+    let t = &total_stats;
+    println!(
+        "  totals: {} client ops, {} writes acknowledged, {} reads answered ({} judged by \
+         stale-read), {} keys judged by lost-write, {} crashes, {} frames, {:.0} simulated s",
+        t.ops,
+        t.writes_acked,
+        t.reads_ok,
+        t.reads_checked,
+        t.keys_checked,
+        t.crashes,
+        t.frames,
+        t.sim_ms as f64 / 1000.0
     );
     if failed > 0 {
         ExitCode::from(1)

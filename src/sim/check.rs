@@ -127,6 +127,10 @@ pub struct History {
     pub base_ms: u64,
     /// Violations found.
     pub violations: Vec<Violation>,
+    /// Reads the stale-read checker judged.
+    pub reads_checked: u64,
+    /// Keys the lost-write checker judged.
+    pub keys_checked: u64,
 }
 
 impl History {
@@ -142,6 +146,8 @@ impl History {
             replicas,
             base_ms,
             violations: Vec::new(),
+            reads_checked: 0,
+            keys_checked: 0,
         }
     }
 
@@ -277,6 +283,7 @@ impl History {
             .max_by_key(|w| w.acked_version());
         let Some(w) = newest else { return };
         let wv = w.acked_version().expect("filtered on it");
+        self.reads_checked += 1;
         let stale = match &found {
             Some((v, _)) => *v < wv || (w.kind == OpKind::Delete && *v == wv),
             None => {
@@ -370,6 +377,7 @@ impl History {
             .max_by_key(|w| w.acked_version());
         let Some(w) = newest else { return };
         let wv = w.acked_version().expect("filtered on it");
+        self.keys_checked += 1;
         if held.is_none_or(|h| h < wv) {
             let base = self.base_ms;
             let d = format!(

@@ -33,7 +33,8 @@ use crate::cluster::hints::HintQueue;
 use crate::cluster::node::{ClusterNode, Output};
 use crate::cluster::peer::{op as peer_op, PeerRequest};
 use crate::cluster::{ClusterConfig, Mutations, Ring, SplitMix64};
-use crate::protocol::{frame, Consistency, RESPONSE_BIT};
+use crate::protocol::message::put_error;
+use crate::protocol::{frame, Consistency, Status, RESPONSE_BIT};
 use crate::shard::SyncPolicy;
 use crate::storage::logstore::{LogConfig, LogStore};
 use crate::storage::memory::MemoryStore;
@@ -82,6 +83,8 @@ enum Ev {
     },
     Fault,
     Restart(u32),
+    /// Crash and restart a node if it refuses writes (an operator's reaction).
+    OperatorRestart(u32),
     Unpause(u32),
     Heal,
     Liveness,
@@ -113,6 +116,8 @@ struct Node {
     /// The highest version of its own this node let out (in a frame or a reply): what a
     /// durable clock ceiling would hold (BUG(sim-2)). Survives crashes.
     issued_max: Version,
+    /// Set by a failed sync: the store refuses writes until the node restarts.
+    write_error: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -147,6 +152,11 @@ pub struct RunStats {
     pub sim_ms: u64,
     /// Simulated ms the liveness phase took to converge.
     pub converge_ms: u64,
+    /// Reads the stale-read checker could judge (an acknowledged, covered write with
+    /// R + W > N came before them).
+    pub reads_checked: u64,
+    /// Keys whose final record the lost-write checker judged against a covered write.
+    pub keys_checked: u64,
 }
 
 /// One simulation.
@@ -220,6 +230,7 @@ impl World {
                 held_frames: Vec::new(),
                 late_sync: false,
                 issued_max: Version::ZERO,
+                write_error: None,
             })
             .collect();
         let syncs_on_ack = p.sync.iter().map(|s| *s == SyncPolicy::Always).collect();
@@ -315,6 +326,8 @@ impl World {
             self.dispatch(ev);
         }
         self.stats.sim_ms = self.now;
+        self.stats.reads_checked = self.hist.reads_checked;
+        self.stats.keys_checked = self.hist.keys_checked;
         self.stats.ops = u64::from(self.ops_issued);
         for op in &self.hist.ops {
             if op.client == REPAIR_CLIENT {
@@ -388,6 +401,7 @@ impl World {
                     self.start_node(id);
                 }
             }
+            Ev::OperatorRestart(id) => self.operator_restart(id),
             Ev::Unpause(id) => {
                 let n = &mut self.nodes[id as usize - 1];
                 if n.paused_until != 0 && n.paused_until <= self.now {
@@ -496,6 +510,7 @@ impl World {
         n.held_replies.clear();
         n.held_frames.clear();
         n.late_sync = false;
+        n.write_error = None;
         self.stats.crashes += 1;
         trace!(
             self.trace,
@@ -539,15 +554,34 @@ impl World {
         }
     }
 
+    /// Sync node `id`'s store if it has unsynced writes. A failure is sticky, as in the
+    /// production shard: the node refuses writes until it restarts.
+    fn operator_restart(&mut self, id: u32) {
+        // The sync may also have failed inside the store (a segment roll syncs too).
+        let n = &self.nodes[id as usize - 1];
+        let refusing = n.write_error.is_some()
+            || n.up
+                .as_ref()
+                .is_some_and(|l| l.store.writes_refused().is_some());
+        if refusing {
+            trace!(self.trace, "n{id} refuses writes: the operator restarts it");
+            self.crash(id);
+            self.start_node(id);
+        }
+        // Otherwise the failure was not hit yet: it stays armed until a sync or a crash.
+    }
+
     fn sync_store(&mut self, id: u32) {
         let live = self.live(id);
         if !live.store.needs_sync() {
             return;
         }
         if let Err(e) = live.store.sync() {
-            let d = format!("n{id} sync failed: {e}");
-            trace!(self.trace, "{d}");
-            self.hist.report("storage-sync", None, d);
+            trace!(
+                self.trace,
+                "n{id} sync failed, refusing writes from now on: {e}"
+            );
+            self.nodes[id as usize - 1].write_error = Some(e.to_string());
         }
     }
 
@@ -609,12 +643,37 @@ impl World {
                 self.sync_store(id);
             }
         }
+        // As the production shard's `finish_turn`: after a failed sync nothing held is
+        // acknowledged; every held reply becomes STORAGE_ERROR.
+        let failed = self.nodes[idx].write_error.clone();
         let replies = std::mem::take(&mut self.nodes[idx].held_replies);
         for (op, outcome) in replies {
+            let outcome = match &failed {
+                None => outcome,
+                Some(why) => Outcome::Failed {
+                    status: Status::StorageError,
+                    message: format!("write not acknowledged: sync failed ({why})"),
+                },
+            };
             self.client_reply(op, outcome);
         }
         let frames = std::mem::take(&mut self.nodes[idx].held_frames);
         for (to, to_life, frame) in frames {
+            let frame = match (&failed, frame::parse(&frame)) {
+                (Some(why), Ok(Some((f, _)))) => {
+                    let mut out = Vec::new();
+                    let msg = format!("write not acknowledged: sync failed ({why})");
+                    put_error(
+                        &mut out,
+                        f.op & !RESPONSE_BIT,
+                        f.id,
+                        Status::StorageError,
+                        &msg,
+                    );
+                    out
+                }
+                _ => frame,
+            };
             self.send_to_life(id, to, to_life, frame);
         }
     }
@@ -947,6 +1006,16 @@ impl World {
                     self.at(t, Ev::Heal);
                 }
             }
+            4 => {
+                // The disk's next sync fails: the node turns read-only, and an operator
+                // restarts it a little later.
+                if self.nodes[id as usize - 1].up.is_some() {
+                    self.nodes[id as usize - 1].vfs.fail_next_syncs(1);
+                    trace!(self.trace, "n{id} disk: next sync fails");
+                    let t = self.now + range(&mut self.rng, 100, 3 * failure_ms + 500);
+                    self.at(t, Ev::OperatorRestart(id));
+                }
+            }
             _ => {
                 let j = range(&mut self.rng, 1, self.p.jump_max_ms) as i64;
                 let j = if self.rng.below(2) == 0 { j } else { -j };
@@ -1029,6 +1098,8 @@ impl World {
             let i = id as usize - 1;
             self.nodes[i].paused_until = 0;
             self.nodes[i].offset_ms = range(&mut self.rng, 0, 4) as i64 - 2;
+            self.nodes[i].vfs.fail_next_syncs(0);
+            self.operator_restart(id);
             if self.nodes[i].up.is_none() {
                 self.start_node(id);
             }
@@ -1083,13 +1154,41 @@ impl World {
                 last_err = e;
             }
         }
-        if diverged.is_empty() {
+        // Membership must converge too: every node sees every node alive, and the same
+        // leader, the lowest id.
+        let mut views = Vec::new();
+        for n in &self.nodes {
+            if let Some(l) = &n.up {
+                let m = l.core.membership();
+                let alive = m.alive_ids();
+                if alive.len() != self.p.nodes as usize || m.leader() != 1 {
+                    views.push(format!(
+                        "n{} sees alive {alive:?} leader n{}",
+                        n.id,
+                        m.leader()
+                    ));
+                }
+            }
+        }
+        if diverged.is_empty() && views.is_empty() {
             self.stats.converge_ms = self.now - self.liveness_start;
             trace!(
                 self.trace,
                 "CONVERGED after {} ms of liveness phase",
                 self.stats.converge_ms
             );
+            self.final_checks(&keys);
+            self.phase = Phase::Done;
+            return;
+        }
+        if self.now - self.liveness_start > self.p.liveness_ms_max && diverged.is_empty() {
+            let d = format!(
+                "membership views differ after {} ms without faults: {}",
+                self.now - self.liveness_start,
+                views.join("; ")
+            );
+            trace!(self.trace, "{d}");
+            self.hist.report("membership", None, d);
             self.final_checks(&keys);
             self.phase = Phase::Done;
             return;
@@ -1112,9 +1211,10 @@ impl World {
         self.repair_round += 1;
         trace!(
             self.trace,
-            "repair round {}: {} keys differ, ALL reads",
+            "repair round {}: {} keys differ, ALL reads; {} views differ",
             self.repair_round,
-            diverged.len()
+            diverged.len(),
+            views.len()
         );
         for &k in &diverged {
             let coordinator =
