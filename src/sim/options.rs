@@ -207,11 +207,11 @@ impl Params {
         let request_timeout_ms = range(r, 100, 800);
         let tick_ms = range(r, 5, 20);
         let clients = range(r, 1, 8) as u32;
-        let keys = range(r, 3, 40) as u32;
-        let ops = pick(r, opts.ops, |r| range(r, 40, 300) as u32);
+        let keys = range(r, 3, 60) as u32;
+        let ops = pick(r, opts.ops, |r| range(r, 50, 1_000) as u32);
         let put_percent = range(r, 30, 60) as u32;
         let get_percent = range(r, 20, 100 - u64::from(put_percent) - 5) as u32;
-        let safety_ms = pick(r, opts.safety_ms, |r| range(r, 3_000, 15_000));
+        let safety_ms = pick(r, opts.safety_ms, |r| range(r, 3_000, 30_000));
         let delay_min_ms = range(r, 0, 3);
         let delay_max_ms = delay_min_ms + range(r, 1, 30);
         let drop_percent = pick(r, opts.drop_percent, |r| match r.below(4) {

@@ -628,7 +628,7 @@ impl World {
                         .is_some_and(|l| l.store.needs_sync())
                 {
                     let life = n.life;
-                    let t = self.now + range(&mut self.rng, 1, 1_000);
+                    let t = self.now + range(&mut self.rng, 1, 2_000);
                     self.nodes[idx].late_sync = true;
                     self.at(
                         t,
