@@ -224,6 +224,7 @@ fn main() -> ExitCode {
         total_stats.reads_checked += s.reads_checked;
         total_stats.keys_checked += s.keys_checked;
         total_stats.sim_ms += s.sim_ms;
+        total_stats.compactions += s.compactions;
         if r.passed() {
             passed += 1;
         } else {
@@ -275,13 +276,15 @@ fn main() -> ExitCode {
     let t = &total_stats;
     println!(
         "  totals: {} client ops, {} writes acknowledged, {} reads answered ({} judged by \
-         stale-read), {} keys judged by lost-write, {} crashes, {} frames, {:.0} simulated s",
+         stale-read), {} keys judged by lost-write, {} crashes, {} compactions, {} frames, \
+         {:.0} simulated s",
         t.ops,
         t.writes_acked,
         t.reads_ok,
         t.reads_checked,
         t.keys_checked,
         t.crashes,
+        t.compactions,
         t.frames,
         t.sim_ms as f64 / 1000.0
     );

@@ -55,6 +55,8 @@ pub struct OpRecord {
     pub key: u32,
     /// The value of a PUT.
     pub value: Option<Vec<u8>>,
+    /// A PUT's time to live (0: none); the coordinator turns it into an absolute expiry.
+    pub ttl_ms: u64,
     /// Consistency asked.
     pub consistency: Consistency,
     /// Replicas required (W or R).
@@ -287,12 +289,14 @@ impl History {
         let stale = match &found {
             Some((v, _)) => *v < wv || (w.kind == OpKind::Delete && *v == wv),
             None => {
-                // NOT_FOUND hides the version: it is stale only if no delete that might be
-                // newer than the PUT had even started.
+                // NOT_FOUND hides the version: it is stale only if the PUT cannot have
+                // expired and no delete (or PUT with a time to live) that might be newer than
+                // it had even started.
                 w.kind == OpKind::Put
+                    && w.ttl_ms == 0
                     && !self.by_key[&key].iter().any(|&d| {
                         let d = &self.ops[d as usize];
-                        d.kind == OpKind::Delete
+                        (d.kind == OpKind::Delete || d.ttl_ms > 0)
                             && d.issue_seq != 0
                             && d.start_ms <= t
                             && d.acked_version().is_none_or(|dv| dv > wv)

@@ -119,6 +119,8 @@ pub struct Params {
     pub put_percent: u32,
     /// Percent of GET.
     pub get_percent: u32,
+    /// Percent of PUTs that carry a time to live.
+    pub ttl_percent: u32,
     /// Length of the safety phase.
     pub safety_ms: u64,
     /// Longest the liveness phase may take to converge.
@@ -211,6 +213,11 @@ impl Params {
         let ops = pick(r, opts.ops, |r| range(r, 50, 1_000) as u32);
         let put_percent = range(r, 30, 60) as u32;
         let get_percent = range(r, 20, 100 - u64::from(put_percent) - 5) as u32;
+        let ttl_percent = if r.below(2) == 0 {
+            0
+        } else {
+            range(r, 1, 40) as u32
+        };
         let safety_ms = pick(r, opts.safety_ms, |r| range(r, 3_000, 30_000));
         let delay_min_ms = range(r, 0, 3);
         let delay_max_ms = delay_min_ms + range(r, 1, 30);
@@ -255,6 +262,7 @@ impl Params {
             ops,
             put_percent,
             get_percent,
+            ttl_percent,
             safety_ms,
             liveness_ms_max: 60_000,
             delay_min_ms,
@@ -287,7 +295,7 @@ impl Params {
         ));
         trace.line(format_args!(
             "params gossip={}ms threshold={} timeout={}ms tick={}ms clients={} keys={} ops={} \
-             put%={} get%={} safety={}ms",
+             put%={} get%={} ttl%={} safety={}ms",
             self.gossip_interval_ms,
             self.failure_threshold,
             self.request_timeout_ms,
@@ -297,6 +305,7 @@ impl Params {
             self.ops,
             self.put_percent,
             self.get_percent,
+            self.ttl_percent,
             self.safety_ms
         ));
         trace.line(format_args!(

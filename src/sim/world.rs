@@ -157,6 +157,8 @@ pub struct RunStats {
     pub reads_checked: u64,
     /// Keys whose final record the lost-write checker judged against a covered write.
     pub keys_checked: u64,
+    /// Store compactions (all nodes' final lives).
+    pub compactions: u64,
 }
 
 /// One simulation.
@@ -324,6 +326,23 @@ impl World {
                 break;
             }
             self.dispatch(ev);
+        }
+        for n in &self.nodes {
+            if let Some(l) = &n.up {
+                let mut figures = Vec::new();
+                l.store.stats(&mut |name, v| {
+                    if matches!(
+                        name,
+                        "storage_keys" | "storage_segments" | "storage_compactions"
+                    ) {
+                        figures.push(format!("{}={v}", &name["storage_".len()..]));
+                    }
+                    if name == "storage_compactions" {
+                        self.stats.compactions += v;
+                    }
+                });
+                trace!(self.trace, "n{} storage {}", n.id, figures.join(" "));
+            }
         }
         self.stats.sim_ms = self.now;
         self.stats.reads_checked = self.hist.reads_checked;
@@ -842,7 +861,13 @@ impl World {
             v.extend(std::iter::repeat_n(b'x', pad));
             v
         });
+        let ttl_ms = if kind == OpKind::Put && self.rng.below(100) < u64::from(self.p.ttl_percent) {
+            range(&mut self.rng, 200, 20_000)
+        } else {
+            0
+        };
         let id = self.issue(c, kind, key, value, consistency, coordinator);
+        self.hist.ops[id as usize].ttl_ms = ttl_ms;
         self.clients[c as usize].busy = Some(id);
         let timeout = self.now + 2 * self.p.request_timeout_ms + self.p.jump_max_ms + 5_000;
         self.at(timeout, Ev::ClientTimeout(c, id));
@@ -864,6 +889,7 @@ impl World {
             kind,
             key,
             value,
+            ttl_ms: 0,
             consistency,
             required,
             coordinator,
@@ -900,21 +926,32 @@ impl World {
         self.issue_seq += 1;
         let rec = &mut self.hist.ops[op as usize];
         rec.issue_seq = self.issue_seq;
-        let (kind, key, value, consistency) =
-            (rec.kind, rec.key, rec.value.clone(), rec.consistency);
+        let (kind, key, value, consistency, ttl_ms) = (
+            rec.kind,
+            rec.key,
+            rec.value.clone(),
+            rec.consistency,
+            rec.ttl_ms,
+        );
         let kname = key_name(key);
         trace!(
             self.trace,
-            "op {op} {:?} {} {} via n{node}{}",
+            "op {op} {:?} {} {} via n{node}{}{}",
             kind,
             String::from_utf8_lossy(&kname),
             consistency_name(consistency),
             value.as_ref().map_or(String::new(), |v| format!(
                 " value={}",
                 String::from_utf8_lossy(v)
-            ))
+            )),
+            if ttl_ms > 0 {
+                format!(" ttl={ttl_ms}ms")
+            } else {
+                String::new()
+            }
         );
         let now_ms = self.node_now(node);
+        let expires_at_ms = if ttl_ms > 0 { now_ms + ttl_ms } else { 0 };
         let live = self.live(node);
         match kind {
             OpKind::Get => live
@@ -926,7 +963,7 @@ impl World {
                 op,
                 &kname,
                 value.as_deref(),
-                0,
+                expires_at_ms,
                 consistency,
             ),
         }
@@ -1124,7 +1161,16 @@ impl World {
                 .map_err(|e| format!("n{r} cannot read it: {e}"))?;
             held.push(got);
         }
-        if held.windows(2).all(|w| w[0] == w[1]) {
+        // An expired value and a tombstone of the same version are the same record to a
+        // reader (compaction turns the one into the other, keeping the version).
+        let now_ms = self.node_now(prefs[0]);
+        let same = |a: &Option<Stored>, b: &Option<Stored>| match (a, b) {
+            (Some(x), Some(y)) if x.version == y.version => {
+                x == y || (!x.is_live(now_ms) && !y.is_live(now_ms))
+            }
+            _ => a == b,
+        };
+        if held.windows(2).all(|w| same(&w[0], &w[1])) {
             return Ok(held.pop().flatten());
         }
         let seen: Vec<String> = prefs
