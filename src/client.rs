@@ -154,6 +154,8 @@ impl Client {
     }
 
     /// Queue a request (sent by [`Client::flush`] or the next [`Client::recv`]); returns its id.
+    /// Panics on a request that cannot be encoded: check [`Request::check_encodable`] first
+    /// when sizes come from users.
     pub fn send(&mut self, req: &Request<'_>) -> u32 {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
@@ -223,8 +225,16 @@ impl Client {
         }
     }
 
-    /// Send one request and wait for its reply (error statuses are returned as replies).
+    /// Send one request and wait for its reply (error statuses are returned as replies). A
+    /// request that cannot be encoded at all (a key over 65,535 bytes, a value over the
+    /// maximum) is refused here with the status the node would give, without sending it.
     pub fn call(&mut self, req: &Request<'_>) -> Result<Reply, ClientError> {
+        if let Err(e) = req.check_encodable() {
+            return Err(ClientError::Server {
+                status: e.status() as u8,
+                message: format!("{e} (refused by the client: cannot be encoded)"),
+            });
+        }
         let id = self.send(req);
         let reply = self.recv()?;
         if reply.id != id && reply.op != 0 {

@@ -159,10 +159,21 @@ pub const HINT_BYTES_PER_TARGET_MAX: usize = 64 * 1024 * 1024;
 /// Hint deliveries in flight to one target at once (sent, not yet acknowledged).
 pub const HINT_DELIVERY_WINDOW: usize = 64;
 
+/// A version seen from a peer moves this node's clock forward only if its physical time is at
+/// most this far ahead of the local wall clock: one peer with a wild clock (or a corrupt frame)
+/// must not drag every clock into the future, nor push it past the version's 42-bit range.
+pub const CLOCK_OBSERVE_AHEAD_MS_MAX: u64 = 60_000;
+
+/// Hint logs are synced at most this often (when something was appended): hints are best
+/// effort, and an fsync per write on the event loop would cost more than the hint is worth.
+pub const HINT_SYNC_INTERVAL_MS: u64 = 100;
+
 /// Longest cluster secret, in bytes (it travels in the HELLO token).
 pub const CLUSTER_SECRET_SIZE_MAX: usize = TOKEN_SIZE_MAX;
 
 const _: () = assert!(CLUSTER_NODES_MAX <= crate::version::NODE_ID_MAX as usize);
+// Alive sets travel between shards as one u64 bit mask.
+const _: () = assert!(CLUSTER_NODES_MAX <= 64);
 const _: () = assert!(REPLICAS_MAX <= CLUSTER_NODES_MAX);
 const _: () = assert!(GOSSIP_FANOUT >= 1);
 const _: () = assert!(HINT_DELIVERY_WINDOW >= 1);
@@ -187,6 +198,10 @@ pub const COMPACTION_INPUTS_MAX: usize = 8;
 /// Bytes read from a segment at a time when scanning it (recovery, compaction).
 pub const SCAN_CHUNK_SIZE: usize = 256 * 1024;
 
+/// The active segment's hint entries are written out in pieces of about this size (so the
+/// hint costs no RAM).
+pub const HINT_WRITE_CHUNK_SIZE: usize = 64 * 1024;
+
 /// Corrupt records listed one by one in a recovery report (the rest are only counted).
 pub const RECOVERY_REPORT_CORRUPT_LISTED_MAX: usize = 1000;
 
@@ -199,6 +214,10 @@ pub const KEYDIR_LOAD_MAX_PERCENT: usize = 80;
 /// The keydir's key arena is compacted when at least this many of its bytes are dead (and
 /// more than half of it is).
 pub const KEYDIR_ARENA_DEAD_MIN: usize = 1024 * 1024;
+
+/// Most keys (tombstones included) one shard's keydir holds: its u32 index slots keep 26
+/// bits for the entry number. Writes of new keys past it are refused.
+pub const KEYDIR_KEYS_MAX: usize = (1 << 26) - 2;
 
 const _: () = assert!(SEGMENT_SIZE_MAX_DEFAULT <= SEGMENT_SIZE_MAX_LIMIT);
 const _: () = assert!(KEYDIR_LOAD_MAX_PERCENT < 100);

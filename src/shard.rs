@@ -24,6 +24,10 @@
 //!
 //! Replies travel back the same way, to the shard that owns the connection.
 
+mod cluster;
+
+pub use cluster::{ClusterView, ReplyTo};
+
 use crate::hash::shard_of;
 use crate::limits::{KEY_SIZE_MAX, TEXT_REPLY_SIZE_MAX};
 use crate::protocol::message::{put_connection_error, put_error, put_ok, put_reply};
@@ -129,6 +133,8 @@ pub struct ShardCounters {
     pub syncs: AtomicU64,
     /// Storage figures as `name value` lines, refreshed by the shard on its ticks.
     pub storage_text: Mutex<String>,
+    /// Cluster counters as `name value` lines, refreshed by the shard's cluster ticks.
+    pub cluster_text: Mutex<String>,
 }
 
 impl Default for ShardCounters {
@@ -147,6 +153,7 @@ impl Default for ShardCounters {
             connections_dropped: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             storage_text: Mutex::new(String::new()),
+            cluster_text: Mutex::new(String::new()),
         }
     }
 }
@@ -225,6 +232,8 @@ pub struct Outbox {
     /// Reply records per destination shard; the entry of this shard itself holds replies for
     /// its own connections that were released late (after a sync).
     pub replies: Vec<Vec<u8>>,
+    /// Peer frames to send, as (node id, whole frame), in order (cluster mode only).
+    pub peer: Vec<(u32, Vec<u8>)>,
 }
 
 impl Outbox {
@@ -232,12 +241,15 @@ impl Outbox {
         Outbox {
             requests: vec![Vec::new(); shards],
             replies: vec![Vec::new(); shards],
+            peer: Vec::new(),
         }
     }
 
     /// Whether there is nothing to deliver.
     pub fn is_empty(&self) -> bool {
-        self.requests.iter().all(Vec::is_empty) && self.replies.iter().all(Vec::is_empty)
+        self.requests.iter().all(Vec::is_empty)
+            && self.replies.iter().all(Vec::is_empty)
+            && self.peer.is_empty()
     }
 }
 
@@ -266,6 +278,8 @@ pub struct ShardCore {
     write_error: Option<String>,
     /// Scratch buffer for replies that are records (forwarded or held).
     scratch: Vec<u8>,
+    /// The cluster core, when the node runs with `--nodes` (see `shard/cluster.rs`).
+    cluster: Option<Box<cluster::ShardCluster>>,
 }
 
 impl ShardCore {
@@ -283,6 +297,7 @@ impl ShardCore {
             hlc,
             write_error: None,
             scratch: Vec::new(),
+            cluster: None,
         }
     }
 
@@ -346,7 +361,9 @@ impl ShardCore {
                 After::Continue
             }
             Request::Cluster => {
-                let text = format!("{} 127.0.0.1 alive 0 leader\n", self.shared.node_id);
+                let text = self.cluster_view().unwrap_or_else(|| {
+                    format!("{} 127.0.0.1 alive 0 leader\n", self.shared.node_id)
+                });
                 self.count_reply(Status::Ok);
                 put_ok(wbuf, op::CLUSTER, f.id, &[text.as_bytes()]);
                 After::Continue
@@ -356,6 +373,10 @@ impl ShardCore {
                 self.count_reply(Status::Ok);
                 put_ok(wbuf, opc, f.id, &[]);
                 After::Continue
+            }
+            Request::Peer { .. } if session.role == Some(Role::Peer) => {
+                let from = session.peer_id.unwrap_or(0);
+                self.peer_frame(now_ms, conn, from, &f, wbuf)
             }
             Request::Peer { .. } => {
                 self.count_reply(Status::Unauthorized);
@@ -380,6 +401,9 @@ impl ShardCore {
                     self.counters()
                         .forwarded_out
                         .fetch_add(1, Ordering::Relaxed);
+                    return After::Deferred;
+                }
+                if self.cluster_client(now_ms, self.cfg.shard, conn, &req, f.id) {
                     return After::Deferred;
                 }
                 let mark = wbuf.len();
@@ -415,7 +439,17 @@ impl ShardCore {
                     let mut reply = std::mem::take(&mut self.scratch);
                     reply.clear();
                     let held = match Request::decode(&f) {
-                        Ok(req) => self.execute(now_ms, &req, f.id, &mut reply),
+                        Ok(req) => {
+                            match self.cluster_mail(now_ms, from, conn, &req, &f, &mut reply) {
+                                Some(Some(held)) => held,
+                                Some(None) => {
+                                    // Coordinated: the reply comes later as a record.
+                                    self.scratch = reply;
+                                    continue;
+                                }
+                                None => self.execute(now_ms, &req, f.id, &mut reply),
+                            }
+                        }
                         Err(e) => {
                             // The origin shard decoded this frame already; answer anyway.
                             self.reject(&f, &e, &mut reply);
@@ -532,8 +566,8 @@ impl ShardCore {
         }
         let authorised = match role {
             Role::Client => self.cfg.client_token.as_deref().is_none_or(|t| t == token),
-            // Single node: there is no cluster secret yet, so no peer is admitted.
-            Role::Peer => false,
+            // Only a node of the configured cluster presenting its secret.
+            Role::Peer => self.peer_authorised(node_id, token),
         };
         if !authorised {
             self.count_reply(Status::Unauthorized);
@@ -741,7 +775,11 @@ impl ShardCore {
         for opc in 1u8..128 {
             let n = sum(&|c| c.requests_by_op[opc as usize].load(Ordering::Relaxed));
             if n > 0 {
-                let _ = writeln!(t, "requests_{} {n}", op::name(opc).to_lowercase());
+                if (op::PEER_FIRST..=op::PEER_LAST).contains(&opc) {
+                    let _ = writeln!(t, "requests_peer_0x{opc:02x} {n}");
+                } else {
+                    let _ = writeln!(t, "requests_{} {n}", op::name(opc).to_lowercase());
+                }
             }
         }
         for status in Status::ALL {
@@ -772,10 +810,12 @@ impl ShardCore {
             let _ = writeln!(t, "latency_{name}_us {v}");
         }
         let _ = writeln!(t, "latency_max_us {max}");
-        // Storage figures summed over shards, by name.
+        self.cluster_view_stats(&mut t);
+        // Storage (and cluster) figures summed over shards, by name.
         let mut storage: Vec<(String, u64)> = Vec::new();
         for c in &sh.counters {
-            let text = c.storage_text.lock().map(|s| s.clone()).unwrap_or_default();
+            let mut text = c.storage_text.lock().map(|s| s.clone()).unwrap_or_default();
+            text.push_str(&c.cluster_text.lock().map(|s| s.clone()).unwrap_or_default());
             for line in text.lines() {
                 let mut it = line.splitn(2, ' ');
                 let (Some(name), Some(v)) = (it.next(), it.next()) else {
@@ -792,12 +832,13 @@ impl ShardCore {
             let _ = writeln!(t, "{name} {v}");
         }
         if t.len() > TEXT_REPLY_SIZE_MAX {
-            let mut end = TEXT_REPLY_SIZE_MAX - 16;
-            while !t.is_char_boundary(end) {
-                end -= 1;
-            }
+            // Cut at a line boundary so every line kept is whole, then say so.
+            let marker = "truncated 1\n";
+            let end = t[..TEXT_REPLY_SIZE_MAX - marker.len()]
+                .rfind('\n')
+                .map_or(0, |i| i + 1);
             t.truncate(end);
-            t.push_str("\ntruncated 1\n");
+            t.push_str(marker);
         }
         t
     }

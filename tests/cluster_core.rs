@@ -38,6 +38,8 @@ struct Sim {
     seq: u64,
     rng: SplitMix64,
     max_delay_ms: u64,
+    /// Messages dropped per thousand.
+    drop_per_mille: u64,
     replies: BTreeMap<u64, Outcome>,
     events: Vec<(u64, u32, MemberEvent)>,
     next_ctx: u64,
@@ -60,6 +62,7 @@ impl Sim {
             seq: 0,
             rng: SplitMix64::new(seed),
             max_delay_ms: 3,
+            drop_per_mille: 0,
             replies: BTreeMap::new(),
             events: Vec::new(),
             next_ctx: 1,
@@ -94,13 +97,17 @@ impl Sim {
     /// Restart a crashed node with a fresh core (a later incarnation) over its old store.
     fn restart(&mut self, id: u32) {
         let mut core = self.make_core(id);
-        core.recover_clock(&self.node(id).store);
+        let now = self.now;
+        core.recover_clock(&self.node(id).store, now);
         let n = self.node(id);
         n.core = core;
         n.up = true;
     }
 
     fn send(&mut self, msg: Msg) {
+        if self.drop_per_mille > 0 && self.rng.below(1000) < self.drop_per_mille {
+            return;
+        }
         let delay = 1 + self.rng.below(self.max_delay_ms);
         self.seq += 1;
         self.net.insert((self.now + delay, self.seq), msg);
@@ -232,6 +239,14 @@ impl Sim {
 
     fn local(&mut self, id: u32, key: &[u8]) -> Option<Stored> {
         self.node(id).store.get(key).unwrap()
+    }
+
+    /// The newest version any node holds for `key` (tombstones included).
+    fn local_newest(&mut self, key: &[u8]) -> Version {
+        (1..=self.nodes.len() as u32)
+            .filter_map(|id| self.local(id, key).map(|r| r.version))
+            .max()
+            .unwrap_or(Version::ZERO)
     }
 
     fn warm_up(&mut self) {
@@ -477,5 +492,129 @@ fn same_key_concurrent_writes_converge() {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), acked.len());
+    }
+}
+
+/// Seeded chaos: random writes, deletes and reads through random nodes while messages are
+/// delayed and dropped and nodes crash (losing their in-memory core: views, hints, pending
+/// operations; keeping their store) and restart. Afterwards every key read with ALL returns
+/// the newest acknowledged write or a newer attempted one, and the replicas converge.
+#[test]
+fn chaos_loses_no_acknowledged_write() {
+    for seed in 0..12u64 {
+        let mut s = Sim::new(4, 3, seed % 2 == 0, 1000 + seed);
+        s.max_delay_ms = 15;
+        s.drop_per_mille = 20;
+        s.warm_up();
+        // Per key: every write attempted (version unknown until acked) and the acked ones.
+        let keys: Vec<Vec<u8>> = (0..12).map(|i| format!("key{i}").into_bytes()).collect();
+        let mut attempted: BTreeMap<Vec<u8>, Vec<Option<Vec<u8>>>> = BTreeMap::new();
+        let mut pending: BTreeMap<u64, (Vec<u8>, Option<Vec<u8>>)> = BTreeMap::new();
+        let mut acked: BTreeMap<Vec<u8>, Version> = BTreeMap::new();
+        let mut down: Option<(u32, u64)> = None;
+        for step in 0..600u64 {
+            let r = s.rng.below(100);
+            if let Some((id, until)) = down {
+                if s.now >= until {
+                    s.restart(id);
+                    down = None;
+                }
+            } else if r < 2 {
+                let id = 1 + s.rng.below(4) as u32;
+                s.crash(id);
+                let until = s.now + 100 + s.rng.below(800);
+                down = Some((id, until));
+            }
+            let via = 1 + s.rng.below(4) as u32;
+            if s.node(via).up {
+                let key = keys[s.rng.below(keys.len() as u64) as usize].clone();
+                let c = [Consistency::One, Consistency::Quorum, Consistency::All]
+                    [s.rng.below(3) as usize];
+                let ctx = s.next_ctx;
+                s.next_ctx += 1;
+                let now = s.now;
+                if r < 60 {
+                    let value = (r >= 10).then(|| format!("{seed}-{step}").into_bytes());
+                    attempted
+                        .entry(key.clone())
+                        .or_default()
+                        .push(value.clone());
+                    let n = s.node(via);
+                    n.core
+                        .write(now, &mut n.store, ctx, &key, value.as_deref(), 0, c);
+                    pending.insert(ctx, (key, value));
+                } else {
+                    let n = s.node(via);
+                    n.core.read(now, &mut n.store, ctx, &key, c);
+                }
+                s.collect(via);
+            }
+            let pause = s.rng.below(20);
+            s.run(pause);
+            // Harvest answers; a crashed coordinator never answers (its core is gone).
+            for (ctx, outcome) in std::mem::take(&mut s.replies) {
+                if let Some((key, _)) = pending.remove(&ctx) {
+                    if let Outcome::Written { version } = outcome {
+                        let e = acked.entry(key).or_insert(version);
+                        *e = (*e).max(version);
+                    }
+                } else if let Outcome::Found { value, .. } = &outcome {
+                    // A read never returns a value nobody wrote.
+                    assert!(
+                        attempted
+                            .values()
+                            .flatten()
+                            .any(|v| v.as_deref() == Some(&value[..])),
+                        "seed {seed}: read an unwritten value {value:?}"
+                    );
+                }
+            }
+        }
+        // Liveness phase: no faults, everybody up, views settle.
+        if let Some((id, _)) = down {
+            s.restart(id);
+        }
+        s.drop_per_mille = 0;
+        s.run(2_000);
+        for key in &keys {
+            let ctx = s.get(1, key, Consistency::All);
+            let outcome = s.answer(ctx);
+            let got = match &outcome {
+                Outcome::Found { version, .. } => Some(*version),
+                Outcome::NotFound => None,
+                other => panic!("seed {seed}: final ALL read failed: {other:?}"),
+            };
+            if let Some(want) = acked.get(key) {
+                // NOT_FOUND is fine only if a delete at least as new won: check the replicas.
+                let held = s.local_newest(key);
+                assert!(
+                    held >= *want,
+                    "seed {seed}: {key:?} lost its acknowledged version {want:?} (replicas hold {held:?}, read {got:?})"
+                );
+            }
+        }
+        assert!(
+            acked.len() >= 6,
+            "seed {seed}: only {} keys acknowledged",
+            acked.len()
+        );
+        println!(
+            "seed {seed}: {} writes attempted, {} keys with acknowledged writes, {} answers lost with crashed coordinators",
+            attempted.values().map(Vec::len).sum::<usize>(),
+            acked.len(),
+            pending.len()
+        );
+        s.run(500);
+        for key in &keys {
+            let prefs = s.nodes[0].core.ring().preference_for_key(key).to_vec();
+            let versions: Vec<Option<Version>> = prefs
+                .iter()
+                .map(|&id| s.local(id, key).map(|r| r.version))
+                .collect();
+            assert!(
+                versions.iter().all(|v| *v == versions[0]),
+                "seed {seed}: replicas of {key:?} diverge after repair: {versions:?}"
+            );
+        }
     }
 }

@@ -314,3 +314,18 @@ fn bad_options_are_refused_with_a_message() {
         assert!(help.contains(opt), "--help mentions {opt}");
     }
 }
+
+#[test]
+fn kvcat_survives_unencodable_input() {
+    let n = node("kvcat-huge", &["--shards", "1"]);
+    let big_value = "v".repeat(1_100_000);
+    let huge_key = "k".repeat(70_000);
+    let out = kvcat(
+        &n.addr,
+        &format!("PUT k {big_value}\nGET {huge_key}\nPING\n"),
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("ERR VALUE_TOO_LARGE "), "{}", lines[0]);
+    assert!(lines[1].starts_with("ERR KEY_TOO_LARGE "), "{}", lines[1]);
+    assert_eq!(lines[2], "PONG");
+}

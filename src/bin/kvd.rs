@@ -1,10 +1,13 @@
 //! `kvd`: one dkv node. Parses options, opens the stores, runs the shard event loops.
 
+use dkv::cluster::config::parse_nodes;
+use dkv::cluster::ClusterConfig;
 use dkv::datadir::DataDir;
 use dkv::limits::{
     COMPACTION_DEAD_PERCENT_DEFAULT, CONNECTIONS_MAX_DEFAULT, CONNECTIONS_MAX_LIMIT,
-    IDLE_TIMEOUT_MS_DEFAULT, PORT_DEFAULT, SEGMENT_SIZE_MAX_DEFAULT, SEGMENT_SIZE_MAX_LIMIT,
-    SHARDS_MAX, TOKEN_SIZE_MAX,
+    FAILURE_THRESHOLD_DEFAULT, GOSSIP_INTERVAL_MS_DEFAULT, IDLE_TIMEOUT_MS_DEFAULT, PORT_DEFAULT,
+    REQUEST_TIMEOUT_MS_DEFAULT, SEGMENT_SIZE_MAX_DEFAULT, SEGMENT_SIZE_MAX_LIMIT, SHARDS_MAX,
+    TOKEN_SIZE_MAX,
 };
 use dkv::server::{self, worker::wall_ms, ServerConfig};
 use dkv::shard::SyncPolicy;
@@ -86,9 +89,143 @@ fn options() -> getopts::Options {
         "require clients to present this token in HELLO [default: none, HELLO optional]",
         "TOKEN",
     );
+    cluster_options(&mut o);
     o.optflag("h", "help", "print this help");
     o.optflag("V", "version", "print the version");
     o
+}
+
+/// The options of the cluster issue (all optional: without `--nodes` the node runs alone).
+fn cluster_options(o: &mut getopts::Options) {
+    o.optopt(
+        "",
+        "id",
+        "this node's id in --nodes [default: 0 alone, required with --nodes]",
+        "ID",
+    );
+    o.optopt(
+        "",
+        "nodes",
+        "every node of the cluster, this one included: ID=HOST:PORT,... e.g. 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 (--listen defaults to this node's address)",
+        "LIST",
+    );
+    o.optopt(
+        "",
+        "replicas",
+        "copies of each key (N) [default: min(3, nodes)]",
+        "N",
+    );
+    o.optopt(
+        "",
+        "cluster-secret",
+        "secret every node presents to its peers; required with --nodes",
+        "SECRET",
+    );
+    o.optopt(
+        "",
+        "gossip-interval-ms",
+        &format!("time between two heartbeats [default: {GOSSIP_INTERVAL_MS_DEFAULT}]"),
+        "MS",
+    );
+    o.optopt(
+        "",
+        "failure-threshold",
+        &format!("gossip intervals without a heartbeat before a node is marked failed [default: {FAILURE_THRESHOLD_DEFAULT}]"),
+        "BEATS",
+    );
+    o.optopt(
+        "",
+        "hinted-handoff",
+        "keep writes for unreachable replicas and deliver them later: on|off [default: on]",
+        "on|off",
+    );
+    o.optopt(
+        "",
+        "read-repair",
+        "reads repair the stale replicas they find: on|off [default: on]",
+        "on|off",
+    );
+    o.optopt(
+        "",
+        "request-timeout-ms",
+        &format!(
+            "how long a coordinator waits for replicas [default: {REQUEST_TIMEOUT_MS_DEFAULT}]"
+        ),
+        "MS",
+    );
+}
+
+/// The cluster configuration from the options, `None` without `--nodes`. Fills `listen` with
+/// this node's address from the list when `--listen` was not given.
+fn cluster_config(
+    m: &getopts::Matches,
+    listen: &mut Option<SocketAddr>,
+) -> Result<(u32, Option<ClusterConfig>), String> {
+    let id: Option<u32> = match m.opt_str("id") {
+        None => None,
+        Some(s) => Some(
+            s.parse()
+                .map_err(|_| format!("--id: {s:?} is not a node id"))?,
+        ),
+    };
+    let Some(list) = m.opt_str("nodes") else {
+        for name in [
+            "replicas",
+            "cluster-secret",
+            "gossip-interval-ms",
+            "failure-threshold",
+            "hinted-handoff",
+            "read-repair",
+            "request-timeout-ms",
+        ] {
+            if m.opt_present(name) {
+                return Err(format!("--{name} needs --nodes"));
+            }
+        }
+        return Ok((id.unwrap_or(0), None));
+    };
+    let id = id.ok_or("--nodes needs --id (this node's id in the list)")?;
+    let nodes = parse_nodes(&list).map_err(|e| format!("--nodes: {e}"))?;
+    let replicas = parse_num(m, "replicas", nodes.len().min(3))?;
+    let mut c = ClusterConfig::with_defaults(id, nodes, replicas);
+    c.secret = m
+        .opt_str("cluster-secret")
+        .ok_or("--nodes needs --cluster-secret (peers must present it)")?
+        .into_bytes();
+    if c.secret.is_empty() {
+        return Err("--cluster-secret must not be empty".into());
+    }
+    c.gossip_interval_ms = parse_num(m, "gossip-interval-ms", c.gossip_interval_ms)?;
+    c.failure_threshold = parse_num(m, "failure-threshold", c.failure_threshold)?;
+    c.request_timeout_ms = parse_num(m, "request-timeout-ms", c.request_timeout_ms)?;
+    c.hinted_handoff = match m.opt_str("hinted-handoff").as_deref() {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(other) => {
+            return Err(format!(
+                "--hinted-handoff: expected on or off, got {other:?}"
+            ))
+        }
+    };
+    c.read_repair = match m.opt_str("read-repair").as_deref() {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(other) => return Err(format!("--read-repair: expected on or off, got {other:?}")),
+    };
+    c.validate().map_err(|e| e.to_string())?;
+    let own = c
+        .addr_of(id)
+        .expect("validate checked the own id is listed");
+    match listen {
+        None => *listen = Some(own),
+        Some(l) if l.port() != own.port() => {
+            return Err(format!(
+                "--listen {l} does not match this node's address {own} in --nodes"
+            ))
+        }
+        Some(_) => {}
+    }
+    Ok((id, Some(c)))
 }
 
 fn parse_num<T: std::str::FromStr>(
@@ -188,12 +325,14 @@ fn open_stores(
 }
 
 fn config(m: &getopts::Matches) -> Result<(ServerConfig, String), String> {
-    let listen_s = m
-        .opt_str("listen")
-        .unwrap_or_else(|| format!("127.0.0.1:{PORT_DEFAULT}"));
-    let listen: SocketAddr = listen_s.parse().map_err(|_| {
-        format!("--listen: {listen_s:?} is not an address like 127.0.0.1:{PORT_DEFAULT}")
-    })?;
+    let mut listen: Option<SocketAddr> = match m.opt_str("listen") {
+        None => None,
+        Some(s) => Some(s.parse().map_err(|_| {
+            format!("--listen: {s:?} is not an address like 127.0.0.1:{PORT_DEFAULT}")
+        })?),
+    };
+    let (node_id, cluster) = cluster_config(m, &mut listen)?;
+    let listen = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], PORT_DEFAULT)));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let shards: usize = parse_num(m, "shards", cores.min(SHARDS_MAX))?;
     if shards == 0 || shards > SHARDS_MAX {
@@ -223,15 +362,21 @@ fn config(m: &getopts::Matches) -> Result<(ServerConfig, String), String> {
         ));
     }
     let data = m.opt_str("data").unwrap_or_else(|| "kvdata".into());
+    // Hints are kept durably beside the shards' stores.
+    let cluster = cluster.map(|mut c| {
+        c.hint_dir = Some(Path::new(&data).join("hints"));
+        c
+    });
     Ok((
         ServerConfig {
             listen,
             shards,
             connections_max,
             idle_timeout_ms,
-            node_id: 0,
+            node_id,
             sync,
             client_token,
+            cluster,
         },
         data,
     ))

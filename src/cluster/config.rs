@@ -101,21 +101,27 @@ pub struct ClusterConfig {
     pub failure_threshold: u32,
     /// Whether writes for unreachable replicas are kept as hints and delivered later.
     pub hinted_handoff: bool,
+    /// Whether reads repair the stale replicas they find (off only to show that anti-entropy
+    /// converges on its own, and for the simulator's mutations).
+    pub read_repair: bool,
     /// How long a coordinator waits for replicas before answering TIMEOUT.
     pub request_timeout_ms: u64,
     /// Time between anti-entropy rounds (used once anti-entropy lands).
     pub anti_entropy_interval_ms: u64,
+    /// Directory of the durable hint logs (one file per shard); `None` keeps hints in memory.
+    /// Only the driver opens it: the core sees a `HintLog`.
+    pub hint_dir: Option<std::path::PathBuf>,
     /// Test-only mutations (all off outside the simulator): see [`Mutations`].
     pub mutations: Mutations,
 }
 
 /// Test-only mutations: deliberate bugs the simulator (`kvsim --mutation NAME`, `src/sim/`)
 /// switches on to prove that its checkers catch them. Every field is `false` in `kvd`; each
-/// is read at exactly one place, marked `// test-only mutation:`.
+/// is read at exactly one place, marked `// test-only mutation:`. (The simulator's
+/// `skip-read-repair` uses [`ClusterConfig::read_repair`], its `ack-before-sync` lives in the
+/// simulator's node glue.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Mutations {
-    /// Reads never repair stale replicas (coordinator).
-    pub skip_read_repair: bool,
     /// A delete's tombstone gets a back-dated version that does not beat the values written
     /// just before it (coordinator).
     pub no_tombstone_version: bool,
@@ -157,8 +163,10 @@ impl ClusterConfig {
             gossip_interval_ms: GOSSIP_INTERVAL_MS_DEFAULT,
             failure_threshold: FAILURE_THRESHOLD_DEFAULT,
             hinted_handoff: true,
+            read_repair: true,
             request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
             anti_entropy_interval_ms: ANTI_ENTROPY_INTERVAL_MS_DEFAULT,
+            hint_dir: None,
             mutations: Mutations::default(),
         }
     }

@@ -189,10 +189,10 @@ pub struct CoordinatorConfig {
     pub request_timeout_ms: u64,
     /// Whether to emit hints.
     pub hinted_handoff: bool,
+    /// Whether to emit read repairs.
+    pub read_repair: bool,
     /// Operations in flight at most.
     pub ops_max: usize,
-    /// Test-only mutations (all off outside the simulator).
-    pub mutations: super::config::Mutations,
 }
 
 impl CoordinatorConfig {
@@ -202,8 +202,8 @@ impl CoordinatorConfig {
             node_id: c.node_id,
             request_timeout_ms: c.request_timeout_ms,
             hinted_handoff: c.hinted_handoff,
+            read_repair: c.read_repair,
             ops_max: crate::limits::COORDINATOR_OPS_MAX,
-            mutations: c.mutations,
         }
     }
 }
@@ -258,6 +258,14 @@ impl<C> Op<C> {
     }
 }
 
+/// Let `hlc` observe a version from elsewhere, unless it is implausibly far in the future
+/// (see [`crate::limits::CLOCK_OBSERVE_AHEAD_MS_MAX`]).
+pub fn observe(hlc: &mut Hlc, now_ms: u64, seen: Version) {
+    if seen.physical_ms() <= now_ms.saturating_add(crate::limits::CLOCK_OBSERVE_AHEAD_MS_MAX) {
+        hlc.observe(seen);
+    }
+}
+
 fn shortfall(answered: usize, n: usize, required: usize) -> String {
     format!("only {answered} of {n} replicas answered, {required} required")
 }
@@ -271,6 +279,8 @@ pub struct Coordinator<C> {
     next_id: u32,
     actions: VecDeque<Action<C>>,
     stats: CoordinatorStats,
+    /// Test-only mutations (all off outside the simulator).
+    mutations: super::config::Mutations,
 }
 
 impl<C> Coordinator<C> {
@@ -285,7 +295,13 @@ impl<C> Coordinator<C> {
             next_id: 1,
             actions: VecDeque::new(),
             stats: CoordinatorStats::default(),
+            mutations: super::config::Mutations::default(),
         }
+    }
+
+    /// Switch on test-only mutations (the simulator's `--mutation`; never in `kvd`).
+    pub fn set_mutations(&mut self, mutations: super::config::Mutations) {
+        self.mutations = mutations;
     }
 
     /// The clock (to recover it above the store's highest version at start).
@@ -395,7 +411,7 @@ impl<C> Coordinator<C> {
             version: self.hlc.issue(now_ms),
             expires_at_ms,
         };
-        if value.is_none() && self.config.mutations.no_tombstone_version {
+        if value.is_none() && self.mutations.no_tombstone_version {
             // test-only mutation: back-date the tombstone by a second, so it loses to the
             // values written just before it (the delete is silently undone).
             let v = write.version;
@@ -516,7 +532,6 @@ impl<C> Coordinator<C> {
     /// Node `from` answered the REPLICATE of operation `id` (for this node: the result of
     /// `ApplyLocal`).
     pub fn on_write_ack(&mut self, now_ms: u64, from: u32, id: u32, ack: WriteAck) {
-        let _ = now_ms;
         let Some(slot) = self.waiting_slot(from, id) else {
             self.stats.late_replies += 1;
             return;
@@ -525,7 +540,7 @@ impl<C> Coordinator<C> {
             WriteAck::Done(applied) => {
                 *slot = Slot::Acked;
                 if let Applied::Stale { current } = applied {
-                    self.hlc.observe(current);
+                    observe(&mut self.hlc, now_ms, current);
                 }
             }
             WriteAck::Refused(why) => *slot = Slot::Failed(format!("node {from}: {why}")),
@@ -568,7 +583,7 @@ impl<C> Coordinator<C> {
             _ => Outcome::NotFound,
         };
         if let Some(s) = op.newest() {
-            self.hlc.observe(s.version);
+            observe(&mut self.hlc, now_ms, s.version);
         }
         let ctx = op.ctx.take().expect("checked above");
         self.actions.push_back(Action::Reply { ctx, outcome });
@@ -664,8 +679,8 @@ impl<C> Coordinator<C> {
                 }
             }
             Kind::Read { key } => {
-                if self.config.mutations.skip_read_repair {
-                    return; // test-only mutation: reads never repair stale replicas.
+                if !self.config.read_repair {
+                    return;
                 }
                 let Some(newest) = op.newest() else {
                     return; // no replica holds anything: nothing to repair
@@ -699,8 +714,8 @@ mod tests {
             node_id: 1,
             request_timeout_ms: 100,
             hinted_handoff: hints,
+            read_repair: true,
             ops_max: 4,
-            mutations: Default::default(),
         })
     }
 
@@ -878,6 +893,45 @@ mod tests {
         c.on_read_reply(2_000, 1, id, Ok(Some(rec(9, Some(b"new")))));
         let acts = drain(&mut c);
         assert!(matches!(&acts[..], [Action::Repair { to: 1, write }] if write.value.is_none()));
+    }
+
+    #[test]
+    fn a_version_from_far_in_the_future_does_not_drag_the_clock() {
+        let mut hlc = Hlc::new(1);
+        let now = 1_700_000_000_000;
+        observe(&mut hlc, now, Version(u64::MAX));
+        assert!(hlc.issue(now).physical_ms() == now);
+        observe(&mut hlc, now, Version::new(now + 1_000, 0, 2));
+        assert_eq!(hlc.issue(now).physical_ms(), now + 1_000);
+    }
+
+    #[test]
+    fn read_repair_can_be_switched_off() {
+        let mut c: Coordinator<u32> = Coordinator::new(CoordinatorConfig {
+            node_id: 1,
+            request_timeout_ms: 100,
+            hinted_handoff: false,
+            read_repair: false,
+            ops_max: 4,
+        });
+        c.start_read(0, 1, b"k", &[1, 2], &all_alive, 1);
+        let id = match &drain(&mut c)[0] {
+            Action::ReadLocal { id, .. } => *id,
+            a => panic!("{a:?}"),
+        };
+        c.on_read_reply(0, 1, id, Ok(None));
+        let newer = Stored {
+            version: Version(9),
+            expires_at_ms: 0,
+            value: Some(b"v".to_vec()),
+        };
+        c.on_read_reply(0, 2, id, Ok(Some(newer)));
+        let acts = drain(&mut c);
+        assert!(
+            acts.iter().all(|a| !matches!(a, Action::Repair { .. })),
+            "{acts:?}"
+        );
+        assert_eq!(c.in_flight(), 0);
     }
 
     #[test]

@@ -95,7 +95,12 @@ pub struct MembershipStats {
     pub failures_detected: u64,
     /// Times a failed node was marked alive again.
     pub recoveries: u64,
+    /// Times this node found it had not been running for several intervals.
+    pub pauses: u64,
 }
+
+/// Ticks further apart than this many gossip intervals mean this node itself was paused.
+const PAUSE_INTERVALS: u64 = 3;
 
 /// One node's membership view and failure detector.
 #[derive(Clone, Debug)]
@@ -106,6 +111,8 @@ pub struct Membership {
     interval_ms: u64,
     failure_timeout_ms: u64,
     next_gossip_ms: u64,
+    /// When `on_tick` last ran (0: never).
+    last_tick_ms: u64,
     leader: u32,
     next_frame_id: u32,
     events: VecDeque<MemberEvent>,
@@ -139,6 +146,7 @@ impl Membership {
             interval_ms: config.gossip_interval_ms,
             failure_timeout_ms: config.failure_timeout_ms(),
             next_gossip_ms: start_ms,
+            last_tick_ms: 0,
             leader,
             next_frame_id: 1,
             events: VecDeque::new(),
@@ -233,6 +241,18 @@ impl Membership {
     pub fn on_tick(&mut self, now_ms: u64, rng: &mut SplitMix64) {
         let timeout = self.failure_timeout_ms;
         let self_id = self.self_id;
+        // A gap of several intervals since the last tick means this node was not running
+        // (SIGSTOP, a swapped-out process, a stalled disk): it heard nothing because it was
+        // not listening, not because the others died. The gap does not count towards anyone's
+        // failure; the others get a fresh timeout from now.
+        let gap = now_ms.saturating_sub(self.last_tick_ms);
+        if self.last_tick_ms != 0 && gap > PAUSE_INTERVALS * self.interval_ms {
+            for m in self.members.iter_mut() {
+                m.last_progress_ms = m.last_progress_ms.max(now_ms - self.interval_ms);
+            }
+            self.stats.pauses += 1;
+        }
+        self.last_tick_ms = now_ms;
         for m in self.members.iter_mut().filter(|m| m.id != self_id) {
             if m.state == NodeState::Alive && now_ms.saturating_sub(m.last_progress_ms) >= timeout {
                 m.state = NodeState::Failed;
@@ -294,7 +314,7 @@ impl Membership {
             if e.node_id == self.self_id {
                 let me = &mut self.members[i];
                 if e.incarnation > me.incarnation {
-                    me.incarnation = e.incarnation + 1;
+                    me.incarnation = e.incarnation.saturating_add(1);
                     me.heartbeat = 0;
                 }
                 continue;
@@ -519,6 +539,26 @@ mod tests {
             incarnation: restart
         }));
         assert!(evs.contains(&MemberEvent::LeaderChanged { from: 2, to: 1 }));
+    }
+
+    #[test]
+    fn a_paused_node_does_not_fail_everybody_when_it_resumes() {
+        let mut rng = SplitMix64::new(1);
+        let mut m = Membership::new(&config(1, 3), 1_000);
+        for t in 0..5 {
+            m.on_tick(1_000 + t * 10, &mut rng);
+        }
+        // Ten seconds without a tick (the threshold is 500 ms).
+        m.on_tick(11_000, &mut rng);
+        assert_eq!(m.alive_ids(), vec![1, 2, 3]);
+        assert_eq!(m.stats().pauses, 1);
+        // If nobody answers after the resume, the usual timeout applies.
+        let mut t = 11_000;
+        while m.alive_ids().len() == 3 {
+            t += 10;
+            m.on_tick(t, &mut rng);
+        }
+        assert!((11_400..=11_500).contains(&t), "failed at {t}");
     }
 
     #[test]

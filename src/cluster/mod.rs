@@ -9,6 +9,7 @@
 //! replica      the replica side: answer REPLICATE and READ from the local Store
 //! node         ClusterNode: all of the above behind one input/output interface
 //! hints        bounded hint queues per target node, with a narrow durability interface
+//! hintfile     that interface on an append-only, checksummed file (through the storage Vfs)
 //! rng          SplitMix64, the seeded PRNG the core draws from
 //! ```
 //!
@@ -19,6 +20,7 @@
 
 pub mod config;
 pub mod coordinator;
+pub mod hintfile;
 pub mod hints;
 pub mod membership;
 pub mod node;

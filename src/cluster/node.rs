@@ -83,6 +83,16 @@ pub struct ClusterNode<C> {
     outputs: VecDeque<Output<C>>,
     replica_stats: ReplicaStats,
     scratch: Vec<(u32, Vec<u8>)>,
+    alive_override: Option<u64>,
+    last_hint_sync_ms: u64,
+}
+
+/// Whether node `id` is in `mask` (bits in the order of `nodes`).
+fn mask_holds(mask: u64, nodes: &[super::NodeAddr], id: u32) -> bool {
+    nodes
+        .iter()
+        .position(|n| n.id == id)
+        .is_some_and(|i| mask & (1 << i) != 0)
 }
 
 impl<C> ClusterNode<C> {
@@ -96,22 +106,33 @@ impl<C> ClusterNode<C> {
         hints: HintQueue,
     ) -> ClusterNode<C> {
         let ring = Ring::new(&config.node_ids(), config.replicas);
+        let mut coordinator = Coordinator::new(CoordinatorConfig::from_cluster(&config));
+        coordinator.set_mutations(config.mutations);
         ClusterNode {
             membership: Membership::new(&config, start_ms),
-            coordinator: Coordinator::new(CoordinatorConfig::from_cluster(&config)),
+            coordinator,
             ring,
             hints,
             rng: SplitMix64::new(seed),
             outputs: VecDeque::new(),
             replica_stats: ReplicaStats::default(),
             scratch: Vec::new(),
+            alive_override: None,
+            last_hint_sync_ms: 0,
             config,
         }
     }
 
-    /// Start the version clock above the highest version in the store.
-    pub fn recover_clock(&mut self, store: &dyn Store) {
-        self.coordinator.hlc_mut().recover(store.highest_version());
+    /// Start the version clock above the highest version in the store (`now_ms`: wall time).
+    /// A stored version more than a year ahead of the wall clock can only come from a peer
+    /// with a broken clock; following it could exhaust the version's time range, so it is
+    /// ignored (the wall clock stepping back that far is not a case we serve).
+    pub fn recover_clock(&mut self, store: &dyn Store, now_ms: u64) {
+        const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
+        let highest = store.highest_version();
+        if highest.physical_ms() <= now_ms.saturating_add(YEAR_MS) {
+            self.coordinator.hlc_mut().recover(highest);
+        }
     }
 
     /// The configuration.
@@ -163,7 +184,8 @@ impl<C> ClusterNode<C> {
         consistency: Consistency,
     ) {
         let required = self.required(consistency);
-        let m = &self.membership;
+        let alive = self.alive_mask();
+        let nodes = &self.config.nodes;
         let prefs = self.ring.preference_for_key(key);
         self.coordinator.start_write(
             now_ms,
@@ -172,7 +194,7 @@ impl<C> ClusterNode<C> {
             value,
             expires_at_ms,
             prefs,
-            &|n| m.is_alive(n),
+            &|n| mask_holds(alive, nodes, n),
             required,
         );
         self.drain(now_ms, store);
@@ -188,10 +210,17 @@ impl<C> ClusterNode<C> {
         consistency: Consistency,
     ) {
         let required = self.required(consistency);
-        let m = &self.membership;
+        let alive = self.alive_mask();
+        let nodes = &self.config.nodes;
         let prefs = self.ring.preference_for_key(key);
-        self.coordinator
-            .start_read(now_ms, ctx, key, prefs, &|n| m.is_alive(n), required);
+        self.coordinator.start_read(
+            now_ms,
+            ctx,
+            key,
+            prefs,
+            &|n| mask_holds(alive, nodes, n),
+            required,
+        );
         self.drain(now_ms, store);
     }
 
@@ -227,7 +256,7 @@ impl<C> ClusterNode<C> {
             }
             _ => {
                 if let PeerRequest::Replicate { write, .. } = &req {
-                    self.coordinator.hlc_mut().observe(write.version);
+                    super::coordinator::observe(self.coordinator.hlc_mut(), now_ms, write.version);
                 }
                 match replica::serve(store, id, &req, out) {
                     Some(replica::Served::Write {
@@ -292,7 +321,10 @@ impl<C> ClusterNode<C> {
         self.coordinator.on_tick(now_ms);
         self.drain(now_ms, store);
         self.deliver_hints(now_ms);
-        self.hints.sync();
+        if now_ms >= self.last_hint_sync_ms + crate::limits::HINT_SYNC_INTERVAL_MS {
+            self.last_hint_sync_ms = now_ms;
+            self.hints.sync();
+        }
     }
 
     /// When `on_tick` should be called next at the latest.
@@ -301,11 +333,54 @@ impl<C> ClusterNode<C> {
         self.coordinator.next_timeout_ms().map_or(m, |c| c.min(m))
     }
 
+    /// The alive set used for decisions, one bit per node in configuration order (ids
+    /// ascending): the override if one is set, else this core's own membership view.
+    pub fn alive_mask(&self) -> u64 {
+        self.alive_override.unwrap_or_else(|| self.own_alive_mask())
+    }
+
+    /// This core's own membership view as a mask (what a shard publishes for the others).
+    pub fn own_alive_mask(&self) -> u64 {
+        let mut mask = 0u64;
+        for (i, n) in self.config.nodes.iter().enumerate() {
+            if n.id == self.config.node_id || self.membership.is_alive(n.id) {
+                mask |= 1 << i;
+            }
+        }
+        mask
+    }
+
+    /// The leader of the view decisions are made with: the lowest-id alive node. The leader
+    /// runs the cluster-wide chores (from issue 7 on: when tombstones may be dropped).
+    pub fn leader(&self) -> u32 {
+        let mask = self.alive_mask();
+        self.config
+            .nodes
+            .iter()
+            .enumerate()
+            .find(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, n)| n.id)
+            .expect("this node's own bit is always set")
+    }
+
+    /// Whether this node leads (see [`ClusterNode::leader`]).
+    pub fn is_leader(&self) -> bool {
+        self.leader() == self.config.node_id
+    }
+
+    /// Decide with another core's view (`Some(mask)`, see [`ClusterNode::own_alive_mask`])
+    /// instead of this one's: the shards of one node use shard 0's view, so that they all
+    /// agree on who is alive. `None` goes back to this core's own view.
+    pub fn set_alive_override(&mut self, mask: Option<u64>) {
+        self.alive_override = mask;
+    }
+
     fn deliver_hints(&mut self, now_ms: u64) {
-        let m = &self.membership;
+        let alive = self.alive_mask();
+        let nodes = &self.config.nodes;
         let mut out = std::mem::take(&mut self.scratch);
         self.hints
-            .poll_delivery(now_ms, &|n| m.is_alive(n), &mut out);
+            .poll_delivery(now_ms, &|n| mask_holds(alive, nodes, n), &mut out);
         for (to, frame) in out.drain(..) {
             self.outputs.push_back(Output::Send { to, frame });
         }
@@ -371,19 +446,16 @@ impl<C> ClusterNode<C> {
         self.membership.render()
     }
 
-    /// Cluster figures for STATS, one `name value` line each.
+    /// Cluster counters for STATS, one `name value` line each (counters only, so the lines of
+    /// several shards can be summed by name).
     pub fn stats_text(&self) -> String {
         let mut t = String::new();
         let m = self.membership.stats();
         let c = self.coordinator.stats();
         let h = self.hints.stats();
         let r = self.replica_stats;
-        let lines: [(&str, u64); 24] = [
-            ("cluster_nodes", self.config.nodes.len() as u64),
-            ("cluster_replicas", self.config.replicas as u64),
-            ("cluster_alive", self.membership.alive_ids().len() as u64),
-            ("cluster_leader", self.membership.leader() as u64),
-            ("cluster_incarnation", self.membership.incarnation()),
+        let lines: [(&str, u64); 20] = [
+            ("cluster_pauses", m.pauses),
             ("gossip_sent", m.gossip_sent),
             ("gossip_merged", m.gossip_merged),
             ("failures_detected", m.failures_detected),

@@ -34,7 +34,8 @@
 use super::frame::{self, FrameRef};
 use super::{op, Consistency, Role, Status, OP_CONNECTION_ERROR, RESPONSE_BIT};
 use crate::limits::{
-    ERROR_MESSAGE_SIZE_MAX, KEY_SIZE_MAX, TOKEN_SIZE_MAX, TTL_SECONDS_MAX, VALUE_SIZE_MAX,
+    ERROR_MESSAGE_SIZE_MAX, FRAME_SIZE_MAX, KEY_SIZE_MAX, TOKEN_SIZE_MAX, TTL_SECONDS_MAX,
+    VALUE_SIZE_MAX,
 };
 use byteorder::{BigEndian, ByteOrder};
 
@@ -333,7 +334,32 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// Append this request as a frame with id `id`.
+    /// Whether this request can be put on the wire: a key or value beyond what its length
+    /// field can express (or beyond the frame limit) cannot. Keys and values that are merely
+    /// above the node's limits *can* be sent: the node answers KEY_TOO_LARGE/VALUE_TOO_LARGE.
+    pub fn check_encodable(&self) -> Result<(), RequestError> {
+        if let Some(key) = self.key() {
+            if key.len() > u16::MAX as usize {
+                return Err(RequestError::KeyTooLarge(key.len()));
+            }
+        }
+        match self {
+            Request::Put { value, .. } if value.len() > VALUE_SIZE_MAX => {
+                Err(RequestError::ValueTooLarge(value.len()))
+            }
+            Request::Hello { token, .. } if token.len() > TOKEN_SIZE_MAX => Err(
+                RequestError::BadRequest(format!("token longer than {TOKEN_SIZE_MAX} bytes")),
+            ),
+            Request::Peer { body, .. } if body.len() > FRAME_SIZE_MAX - 6 => Err(
+                RequestError::Malformed(format!("peer body of {} bytes", body.len())),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Append this request as a frame with id `id`. The caller checks
+    /// [`Request::check_encodable`] first for requests built from untrusted sizes; encoding an
+    /// unencodable request is a programmer error and panics.
     pub fn encode(&self, id: u32, out: &mut Vec<u8>) {
         match *self {
             Request::Hello {

@@ -14,7 +14,9 @@
 //! ```
 //!
 //! * `op`: the opcode of a request (0x01..=0x7F), or the request's opcode with the high bit set
-//!   (`op | 0x80`) in its response. `0x80` alone marks a connection-level error frame.
+//!   (`op | 0x80`) in its response. `0x80` with request id 0 is a connection-level error frame
+//!   (a length out of range, too many connections); a body that does not fit its opcode is
+//!   answered on the request's own opcode and id, then the connection is closed.
 //! * `aux`: in a request, flags (bits 0-1: consistency level); in a response, the status code.
 //! * `request id`: chosen by the client, echoed in the response. Responses on one connection may
 //!   come back in any order; the id is how a client matches them.
@@ -35,8 +37,9 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// Set in the `op` byte of every response.
 pub const RESPONSE_BIT: u8 = 0x80;
 
-/// The `op` byte of a connection-level error frame (malformed input, frame too large, too many
-/// connections). Its request id is 0 and the server closes the connection after sending it.
+/// The `op` byte of a connection-level error frame (frame length out of range, too many
+/// connections), sent with request id 0 before the server closes the connection. A request
+/// with an opcode outside 0x01..=0x7F is also answered on 0x80 (UNKNOWN_OPCODE, its own id).
 pub const OP_CONNECTION_ERROR: u8 = RESPONSE_BIT;
 
 /// Request opcodes.
@@ -179,7 +182,8 @@ impl Status {
         }
     }
 
-    /// Whether the server closes the connection after sending this status.
+    /// Whether the server always closes the connection after sending this status. (An
+    /// UNAUTHORIZED answer to HELLO also closes it; one to a later request does not.)
     pub fn closes_connection(self) -> bool {
         matches!(
             self,

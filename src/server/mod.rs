@@ -6,6 +6,7 @@
 //! shard threads and waits for them; SIGINT/SIGTERM make every loop sync its store and stop.
 
 pub mod mailbox;
+pub mod peers;
 pub mod system;
 pub mod worker;
 
@@ -40,6 +41,8 @@ pub struct ServerConfig {
     pub sync: SyncPolicy,
     /// Token clients must present, if any.
     pub client_token: Option<Vec<u8>>,
+    /// The cluster this node belongs to (`--nodes`); `None` runs a single node.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// Bind one listener with SO_REUSEPORT.
@@ -68,6 +71,28 @@ pub fn bind_listeners(addr: SocketAddr, shards: usize) -> io::Result<Vec<std::ne
 pub fn effective_connection_cap(asked: usize, fd_limit: u64) -> usize {
     let fit = (fd_limit as usize).saturating_sub(FD_RESERVE).max(1);
     asked.min(fit)
+}
+
+/// Open shard `shard`'s durable hint queue in `dir`.
+fn open_hints(
+    c: &crate::cluster::ClusterConfig,
+    dir: &std::path::Path,
+    shard: usize,
+) -> io::Result<crate::cluster::hints::HintQueue> {
+    use crate::cluster::hintfile::FileHintLog;
+    use crate::cluster::hints::HintQueue;
+    let err = |e: crate::cluster::hints::HintLogError| io::Error::other(e.to_string());
+    let log = FileHintLog::open(crate::storage::vfs::RealVfs, dir, shard).map_err(err)?;
+    let q = HintQueue::open(Box::new(log), ShardCore::hint_resend_ms(c)).map_err(err)?;
+    let s = q.stats();
+    if s.pending > 0 {
+        log::info!(
+            "shard {shard}: {} hints recovered from {}",
+            s.pending,
+            dir.display()
+        );
+    }
+    Ok(q)
 }
 
 /// Run a node until SIGINT/SIGTERM. `stores` holds one store per shard.
@@ -108,6 +133,7 @@ pub fn run(cfg: ServerConfig, stores: Vec<Box<dyn Store>>, started_at_ms: u64) -
     }
     let mailboxes = Arc::new(boxes);
 
+    let view = Arc::new(crate::shard::ClusterView::default());
     let mut threads = Vec::with_capacity(cfg.shards);
     for (shard, ((poll, listener), store)) in
         polls.into_iter().zip(listeners).zip(stores).enumerate()
@@ -122,6 +148,16 @@ pub fn run(cfg: ServerConfig, stores: Vec<Box<dyn Store>>, started_at_ms: u64) -
             shared.clone(),
             store,
         );
+        let core = match &cfg.cluster {
+            Some(c) => {
+                let hints = match &c.hint_dir {
+                    Some(dir) => Some(open_hints(c, dir, shard)?),
+                    None => None,
+                };
+                core.with_cluster(c.clone(), started_at_ms, hints, view.clone())
+            }
+            None => core,
+        };
         let worker = Worker::new(WorkerParts {
             shard,
             poll,

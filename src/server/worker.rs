@@ -8,6 +8,7 @@
 //! in flight per connection, reads per readiness event, accepts per turn, idle time.
 
 use super::mailbox::{Full, Mailbox};
+use super::peers::PeerLinks;
 use super::system;
 use crate::limits::{
     IN_FLIGHT_PER_CONNECTION_MAX, POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX, READ_BUFFER_SIZE_MAX,
@@ -39,6 +40,8 @@ const TICK_MS: u64 = 100;
 const MAINTENANCE_BUDGET_PER_TICK: usize = 4096;
 /// Period of the idle-connection sweep.
 const IDLE_SWEEP_MS: u64 = 1000;
+/// Longest sleep in `poll` when the node is in a cluster (gossip and replica timeouts).
+const CLUSTER_POLL_TIMEOUT_MS: u64 = 10;
 
 /// Wall-clock milliseconds since the Unix epoch (the only clock read of the data path).
 pub fn wall_ms() -> u64 {
@@ -104,6 +107,8 @@ pub struct Worker {
     turn_start: Instant,
     /// Requests answered immediately in this turn (their latency is the turn's length).
     turn_immediate: u64,
+    /// Outbound links to the other nodes, when the node runs in a cluster.
+    links: Option<PeerLinks>,
 }
 
 /// What a worker is built from.
@@ -134,7 +139,9 @@ impl Worker {
         p.poll
             .registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let links = p.core.cluster_config().map(|c| PeerLinks::new(p.shard, c));
         Ok(Worker {
+            links,
             shard: p.shard,
             inbox: p.mailboxes[p.shard].clone(),
             poll: p.poll,
@@ -174,6 +181,9 @@ impl Worker {
             let busy = !self.resume_list.is_empty() || self.accept_pending;
             let timeout = if busy {
                 Duration::ZERO
+            } else if self.links.is_some() {
+                // Gossip and replica timeouts want a finer clock than the idle sweep.
+                Duration::from_millis(POLL_TIMEOUT_MS_MAX.min(CLUSTER_POLL_TIMEOUT_MS))
             } else {
                 Duration::from_millis(POLL_TIMEOUT_MS_MAX)
             };
@@ -188,6 +198,12 @@ impl Worker {
                 match ev.token() {
                     LISTENER => self.accept_pending = true,
                     WAKER => self.drain_mail(now_ms),
+                    t if self.links.as_ref().and_then(|l| l.index_of(t)).is_some() => {
+                        let links = self.links.as_mut().expect("checked by the guard");
+                        let i = links.index_of(t).expect("checked by the guard");
+                        let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                        links.on_event(self.poll.registry(), i, readable, &mut self.core, now_ms);
+                    }
                     Token(k) => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             self.read_conn(k, now_ms);
@@ -204,6 +220,7 @@ impl Worker {
             for k in std::mem::take(&mut self.resume_list) {
                 self.read_conn(k, now_ms);
             }
+            self.core.on_cluster_tick(now_ms);
             self.end_turn();
 
             let now = Instant::now();
@@ -232,6 +249,7 @@ impl Worker {
     /// Group commit, then move every byte the turn produced.
     fn end_turn(&mut self) {
         self.core.finish_turn();
+        self.dispatch_peer_frames();
         self.dispatch_outbox();
         self.deliver_own_replies();
         for k in std::mem::take(&mut self.flush_list) {
@@ -244,6 +262,19 @@ impl Worker {
                 .record_n(us, self.turn_immediate);
             self.turn_immediate = 0;
         }
+    }
+
+    /// Hand the turn's peer frames to the outbound links and write them.
+    fn dispatch_peer_frames(&mut self) {
+        let Some(links) = self.links.as_mut() else {
+            return;
+        };
+        let registry = self.poll.registry();
+        for (to, frame) in self.core.take_outbox().peer.drain(..) {
+            links.send(registry, to, &frame);
+        }
+        links.tick(registry);
+        links.flush(registry);
     }
 
     fn shutdown(&mut self) {

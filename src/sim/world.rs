@@ -29,13 +29,14 @@ use super::check::{key_name, show_version, History, OpKind, OpRecord};
 use super::options::{consistency_name, range, sync_name, Mutation, Params};
 use super::trace::{trace, Trace};
 use crate::cluster::coordinator::Outcome;
+use crate::cluster::hintfile::FileHintLog;
 use crate::cluster::hints::HintQueue;
 use crate::cluster::node::{ClusterNode, Output};
 use crate::cluster::peer::{op as peer_op, PeerRequest};
 use crate::cluster::{ClusterConfig, Mutations, Ring, SplitMix64};
 use crate::protocol::message::put_error;
 use crate::protocol::{frame, Consistency, Status, RESPONSE_BIT};
-use crate::shard::SyncPolicy;
+use crate::shard::{ShardCore, SyncPolicy};
 use crate::storage::logstore::{LogConfig, LogStore};
 use crate::storage::memory::MemoryStore;
 use crate::storage::vfs::{CrashMode, MemVfs, Vfs};
@@ -57,6 +58,7 @@ const REPAIR_CLIENT: u32 = u32::MAX;
 const EVENTS_MAX: u64 = 20_000_000;
 
 const DATA_DIR: &str = "/data";
+const HINT_DIR: &str = "/hints";
 
 struct Msg {
     from: u32,
@@ -201,8 +203,9 @@ impl World {
         config.gossip_interval_ms = p.gossip_interval_ms;
         config.failure_threshold = p.failure_threshold;
         config.request_timeout_ms = p.request_timeout_ms;
+        // skip-read-repair: the cluster's own switch (kvd --read-repair off).
+        config.read_repair = p.mutation != Mutation::SkipReadRepair;
         config.mutations = Mutations {
-            skip_read_repair: p.mutation == Mutation::SkipReadRepair,
             no_tombstone_version: p.mutation == Mutation::NoTombstoneVersion,
         };
         config.validate().expect("drawn parameters are in range");
@@ -464,9 +467,22 @@ impl World {
         let mut config = self.config.clone();
         config.node_id = id;
         let gossip_seed = self.seed ^ (u64::from(id) << 32) ^ n.life.wrapping_mul(0x9E37_79B9);
-        let hints = HintQueue::in_memory(self.p.request_timeout_ms);
+        // Durable hints in a file on the node's disk, as `kvd` keeps them.
+        let resend_ms = ShardCore::hint_resend_ms(&config);
+        let hints = match FileHintLog::open(n.vfs.clone(), Path::new(HINT_DIR), 0)
+            .and_then(|log| HintQueue::open(Box::new(log), resend_ms))
+        {
+            Ok(q) => q,
+            Err(e) => {
+                let d = format!("n{id} cannot reopen its hint log after a crash: {e}");
+                trace!(self.trace, "{d}");
+                self.hist.report("hint-recovery", None, d);
+                HintQueue::in_memory(resend_ms)
+            }
+        };
+        let pending = hints.stats().pending;
         let mut core = ClusterNode::new(config, now_ms, gossip_seed, hints);
-        core.recover_clock(&store);
+        core.recover_clock(&store, now_ms);
         if !self.p.raw_clock_recovery && n.issued_max > store.highest_version() {
             // BUG(sim-2): `recover_clock` starts the clock above the highest version in the
             // node's own store, but versions it issued before a crash may be missing there
@@ -485,13 +501,13 @@ impl World {
                 expires_at_ms: 0,
             };
             ceiling.apply(w).expect("a memory store accepts writes");
-            core.recover_clock(&ceiling);
+            core.recover_clock(&ceiling, now_ms);
         }
         let highest = store.highest_version();
         trace!(
             self.trace,
             "n{id} start life={} incarnation={} keys={} highest={} segments={} corrupt={} \
-             truncated={}",
+             truncated={} hints={pending}",
             n.life,
             now_ms as i64 - BASE_MS as i64,
             report.keys,
@@ -604,9 +620,23 @@ impl World {
         }
     }
 
-    /// After a step of node `id`: route its outputs, group commit, release what waited for it.
+    /// Whether node `id` holds acknowledgements until its store has synced, as the
+    /// production shard does under the `always` policy (not with the `ack-before-sync`
+    /// mutation), and whether its store has unsynced writes right now.
+    fn holds_acks(&self, id: u32) -> bool {
+        let n = &self.nodes[id as usize - 1];
+        n.sync == SyncPolicy::Always
+            && self.p.mutation != Mutation::AckBeforeSync
+            && n.up.as_ref().is_some_and(|l| l.store.needs_sync())
+    }
+
+    /// After a step of node `id`: route its outputs, group commit, release what waited for
+    /// it. Mirrors the production shard (`shard/cluster.rs` `pump`, `shard.rs`
+    /// `finish_turn`): a client's `Written` reply is held when the policy is `always` and the
+    /// store has unsynced writes; other replies go at once.
     fn finish_step(&mut self, id: u32) {
         let idx = id as usize - 1;
+        let hold = self.holds_acks(id);
         loop {
             let Some(live) = self.nodes[idx].up.as_mut() else {
                 return;
@@ -627,15 +657,16 @@ impl World {
                         let n = &mut self.nodes[idx];
                         n.issued_max = n.issued_max.max(*version);
                     }
-                    self.nodes[idx].held_replies.push((ctx, outcome))
+                    if hold && matches!(outcome, Outcome::Written { .. }) {
+                        self.nodes[idx].held_replies.push((ctx, outcome));
+                    } else {
+                        self.client_reply(ctx, outcome);
+                    }
                 }
                 Output::Event(e) => trace!(self.trace, "n{id} event {e:?}"),
             }
         }
         let n = &self.nodes[idx];
-        if n.held_replies.is_empty() && n.held_frames.is_empty() && n.sync != SyncPolicy::Always {
-            return;
-        }
         if n.sync == SyncPolicy::Always {
             if self.p.mutation == Mutation::AckBeforeSync {
                 // test-only mutation: acknowledge now, sync a little later (a crash in between
@@ -806,6 +837,16 @@ impl World {
         }
         let now_ms = self.node_now(to);
         let from_life = m.from_life;
+        if f.op == peer_op::REPLICATE {
+            if let Some(why) = &self.nodes[ti].write_error {
+                // As the production shard: after a failed sync, REPLICATE is refused at once.
+                let mut out = Vec::new();
+                let msg = format!("writes are refused since a failed sync: {why}");
+                put_error(&mut out, f.op, f.id, Status::StorageError, &msg);
+                self.send_to_life(to, from, from_life, out);
+                return;
+            }
+        }
         let live = self.nodes[ti].up.as_mut().expect("checked up");
         if f.op & RESPONSE_BIT != 0 {
             live.core.on_peer_reply(now_ms, &mut live.store, from, &f);
@@ -828,8 +869,12 @@ impl World {
                     format!("n{to} refused a frame of n{from}: {e}"),
                 );
             }
-            if !out.is_empty() {
+            // A REPLICATE ack waits for the sync under `always` (production: the shard's
+            // `on_peer_request` tells its driver to hold it).
+            if f.op == peer_op::REPLICATE && self.holds_acks(to) {
                 self.nodes[ti].held_frames.push((from, from_life, out));
+            } else if !out.is_empty() {
+                self.send_to_life(to, from, from_life, out);
             }
         }
         self.finish_step(to);

@@ -20,7 +20,9 @@
 //!  +--------------+----------+----------+-------------------+----------+-------------+------+
 //! ```
 //!
-//! The index slot holds `entry index + 1` (0 = empty); linear probing; deletion by backward
+//! The index slot holds `(entry index + 1) << 6 | 6 tag bits` (0 = empty), so probing past
+//! other keys seldom touches their entries; a key's home slot is the top bits of its tag, so
+//! doubling the index reads only the (dense) entries, never the keys; linear probing; deletion by backward
 //! shift (no tombstone slots). The tag (32 high bits of the hash) spares most key comparisons.
 //! Removing a key moves the last entry into its place, so the entry array stays dense; the
 //! key bytes it leaves in the arena are dead until the arena is compacted (when more than half
@@ -29,8 +31,8 @@
 
 use crate::hash::{fmix64, key_hash};
 use crate::limits::{
-    KEYDIR_ARENA_DEAD_MIN, KEYDIR_CHUNK_ENTRIES, KEYDIR_LOAD_MAX_PERCENT, KEY_SIZE_MAX,
-    VALUE_SIZE_MAX,
+    KEYDIR_ARENA_DEAD_MIN, KEYDIR_CHUNK_ENTRIES, KEYDIR_KEYS_MAX, KEYDIR_LOAD_MAX_PERCENT,
+    KEY_SIZE_MAX, VALUE_SIZE_MAX,
 };
 
 const KEY_LEN_BITS: u32 = 11;
@@ -45,6 +47,32 @@ const _: () = assert!(VALUE_SIZE_MAX < TOMBSTONE_LEN as usize);
 /// (every key of one shard shares its partition bits).
 const KEYDIR_HASH_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 const MIN_INDEX_SLOTS: usize = 16;
+/// Bits of an index slot holding a few hash bits, so that probing past other keys rarely
+/// has to fetch their entries (a cache miss each).
+const SLOT_TAG_BITS: u32 = 6;
+const SLOT_TAG_MASK: u32 = (1 << SLOT_TAG_BITS) - 1;
+const _: () = assert!(KEYDIR_KEYS_MAX < (1 << (32 - SLOT_TAG_BITS)) - 1);
+
+/// Index slot for entry `i` of a key with tag `tag` (never 0: 0 is an empty slot). The
+/// slot keeps the tag's low bits; the position in the index comes from its high bits.
+fn make_slot(i: usize, tag: u32) -> u32 {
+    (((i + 1) as u32) << SLOT_TAG_BITS) | (tag & SLOT_TAG_MASK)
+}
+/// Entry index held by a non-empty slot.
+fn slot_entry(s: u32) -> usize {
+    ((s >> SLOT_TAG_BITS) - 1) as usize
+}
+
+/// What [`KeyDir::upsert`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upsert {
+    /// The key was absent and is now present.
+    Inserted,
+    /// The key's location was replaced; this was the old one.
+    Replaced(Loc),
+    /// Nothing changed.
+    Unchanged,
+}
 
 /// Where a key's newest record is, and what it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,7 +142,8 @@ impl Entry {
     }
 }
 
-/// The key arena is addressed with u32 offsets: it holds at most 4 GiB of key bytes.
+/// The key arena is addressed with u32 offsets: it holds at most 4 GiB of key bytes; and an
+/// index slot has room for [`KEYDIR_KEYS_MAX`] entries.
 #[derive(Debug, PartialEq, Eq)]
 pub struct KeyDirFull;
 
@@ -135,8 +164,16 @@ impl Default for KeyDir {
     }
 }
 
-fn hash_of(key: &[u8]) -> u64 {
-    fmix64(key_hash(key) ^ KEYDIR_HASH_SEED)
+/// The 32-bit tag of a key: its index position is the tag's top bits, so growing the index
+/// never has to read or hash the keys again.
+fn tag_of(key: &[u8]) -> u32 {
+    (fmix64(key_hash(key) ^ KEYDIR_HASH_SEED) >> 32) as u32
+}
+
+/// Position of `tag` in an index of `slots` (a power of two ≤ 2^32) slots.
+fn home_of(tag: u32, slots: usize) -> usize {
+    let bits = slots.trailing_zeros();
+    ((tag as u64) >> (32 - bits)) as usize
 }
 
 impl KeyDir {
@@ -187,20 +224,22 @@ impl KeyDir {
     }
 
     /// `Ok((slot, entry index))` if present, else `Err(empty slot where it would go)`.
-    fn find(&self, key: &[u8], h: u64) -> Result<(usize, usize), usize> {
+    fn find(&self, key: &[u8], tag: u32) -> Result<(usize, usize), usize> {
         let mask = self.mask();
-        let tag = (h >> 32) as u32;
-        let mut pos = h as usize & mask;
+        let stag = tag & SLOT_TAG_MASK;
+        let mut pos = home_of(tag, self.index.len());
         // Bounded: the load factor keeps at least one slot empty.
         for _ in 0..self.index.len() {
             let s = self.index[pos];
             if s == 0 {
                 return Err(pos);
             }
-            let i = (s - 1) as usize;
-            let e = self.entry(i);
-            if e.tag == tag && self.key_of(e) == key {
-                return Ok((pos, i));
+            if s & SLOT_TAG_MASK == stag {
+                let i = slot_entry(s);
+                let e = self.entry(i);
+                if e.tag == tag && self.key_of(e) == key {
+                    return Ok((pos, i));
+                }
             }
             pos = (pos + 1) & mask;
         }
@@ -209,76 +248,102 @@ impl KeyDir {
 
     /// Where `key`'s newest record is.
     pub fn get(&self, key: &[u8]) -> Option<Loc> {
-        self.find(key, hash_of(key))
+        self.find(key, tag_of(key))
             .ok()
             .map(|(_, i)| self.entry(i).loc())
     }
 
     /// Point `key` at `loc`; returns the previous location, if any.
     pub fn insert(&mut self, key: &[u8], loc: Loc) -> Result<Option<Loc>, KeyDirFull> {
+        Ok(match self.upsert(key, |_| Some(loc))? {
+            Upsert::Replaced(old) => Some(old),
+            Upsert::Inserted | Upsert::Unchanged => None,
+        })
+    }
+
+    /// Look `key` up once and let `decide` pick its new location from its current one
+    /// (`None`: leave it as it is).
+    pub fn upsert(
+        &mut self,
+        key: &[u8],
+        decide: impl FnOnce(Option<Loc>) -> Option<Loc>,
+    ) -> Result<Upsert, KeyDirFull> {
         assert!(key.len() <= KEY_SIZE_MAX, "key size checked by the caller");
-        let h = hash_of(key);
-        match self.find(key, h) {
+        let tag = tag_of(key);
+        let mut slot = match self.find(key, tag) {
             Ok((_, i)) => {
                 let e = self.entry_mut(i);
                 let old = e.loc();
-                e.set_loc(&loc);
-                Ok(Some(old))
-            }
-            Err(_) => {
-                if self.arena.len() + key.len() > u32::MAX as usize {
-                    self.compact_arena();
-                    if self.arena.len() + key.len() > u32::MAX as usize {
-                        return Err(KeyDirFull);
+                return Ok(match decide(Some(old)) {
+                    Some(loc) => {
+                        e.set_loc(&loc);
+                        Upsert::Replaced(old)
                     }
-                }
-                if (self.len + 1) * 100 > self.index.len() * KEYDIR_LOAD_MAX_PERCENT {
-                    self.grow();
-                }
-                let slot = match self.find(key, h) {
-                    Err(slot) => slot,
-                    Ok(_) => unreachable!("key was just found absent"),
-                };
-                let mut e = Entry {
-                    lens: (key.len() as u32) << VALUE_LEN_BITS,
-                    key_off: self.arena.len() as u32,
-                    tag: (h >> 32) as u32,
-                    ..Entry::default()
-                };
-                e.set_loc(&loc);
-                self.arena.extend_from_slice(key);
-                if self.len == self.chunks.len() * KEYDIR_CHUNK_ENTRIES {
-                    self.chunks.push(Vec::with_capacity(KEYDIR_CHUNK_ENTRIES));
-                }
-                self.chunks[self.len / KEYDIR_CHUNK_ENTRIES].push(e);
-                self.len += 1;
-                self.index[slot] = self.len as u32;
-                Ok(None)
+                    None => Upsert::Unchanged,
+                });
+            }
+            Err(slot) => slot,
+        };
+        let Some(loc) = decide(None) else {
+            return Ok(Upsert::Unchanged);
+        };
+        if self.len >= KEYDIR_KEYS_MAX {
+            return Err(KeyDirFull);
+        }
+        if self.arena.len() + key.len() > u32::MAX as usize {
+            self.compact_arena();
+            if self.arena.len() + key.len() > u32::MAX as usize {
+                return Err(KeyDirFull);
             }
         }
+        if (self.len + 1) * 100 > self.index.len() * KEYDIR_LOAD_MAX_PERCENT {
+            self.grow();
+            slot = match self.find(key, tag) {
+                Err(slot) => slot,
+                Ok(_) => unreachable!("key was just found absent"),
+            };
+        }
+        let mut e = Entry {
+            lens: (key.len() as u32) << VALUE_LEN_BITS,
+            key_off: self.arena.len() as u32,
+            tag,
+            ..Entry::default()
+        };
+        e.set_loc(&loc);
+        self.arena.extend_from_slice(key);
+        if self.len == self.chunks.len() * KEYDIR_CHUNK_ENTRIES {
+            self.chunks.push(Vec::with_capacity(KEYDIR_CHUNK_ENTRIES));
+        }
+        self.chunks[self.len / KEYDIR_CHUNK_ENTRIES].push(e);
+        self.index[slot] = make_slot(self.len, tag);
+        self.len += 1;
+        Ok(Upsert::Inserted)
     }
 
     /// Forget `key`; returns where it was.
     pub fn remove(&mut self, key: &[u8]) -> Option<Loc> {
-        let (slot, i) = self.find(key, hash_of(key)).ok()?;
+        let (slot, i) = self.find(key, tag_of(key)).ok()?;
         let removed = *self.entry(i);
         self.unlink_slot(slot);
         // Move the last entry into the hole so the array stays dense.
         let last = self.len - 1;
         if i != last {
             let moved = *self.entry(last);
-            let h = hash_of(self.key_of(&moved));
             let mask = self.mask();
-            let mut pos = h as usize & mask;
+            let mut pos = home_of(moved.tag, self.index.len());
             // Bounded by the table size; the moved entry is in the index.
             for _ in 0..self.index.len() {
-                if self.index[pos] as usize == last + 1 {
+                if self.index[pos] != 0 && slot_entry(self.index[pos]) == last {
                     break;
                 }
                 pos = (pos + 1) & mask;
             }
-            assert_eq!(self.index[pos] as usize, last + 1, "last entry not indexed");
-            self.index[pos] = (i + 1) as u32;
+            assert_eq!(
+                self.index[pos],
+                make_slot(last, moved.tag),
+                "last entry not indexed"
+            );
+            self.index[pos] = make_slot(i, moved.tag);
             *self.entry_mut(i) = moved;
         }
         let chunk = self
@@ -309,7 +374,7 @@ impl KeyDir {
             if s == 0 {
                 return;
             }
-            let home = hash_of(self.key_of(self.entry((s - 1) as usize))) as usize & mask;
+            let home = home_of(self.entry(slot_entry(s)).tag, self.index.len());
             // Move it back if its home is not cyclically inside (hole, j].
             if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
                 self.index[hole] = s;
@@ -319,17 +384,19 @@ impl KeyDir {
         }
     }
 
+    /// Double the index. Positions come from the stored tags: no key is read or hashed.
     fn grow(&mut self) {
         let slots = (self.index.len() * 2).max(MIN_INDEX_SLOTS);
+        assert!(slots <= 1 << 32, "index positions come from 32-bit tags");
         let mut index = vec![0u32; slots];
         let mask = slots - 1;
         for i in 0..self.len {
-            let h = hash_of(self.key_of(self.entry(i)));
-            let mut pos = h as usize & mask;
+            let tag = self.entry(i).tag;
+            let mut pos = home_of(tag, slots);
             while index[pos] != 0 {
                 pos = (pos + 1) & mask;
             }
-            index[pos] = (i + 1) as u32;
+            index[pos] = make_slot(i, tag);
         }
         self.index = index;
     }

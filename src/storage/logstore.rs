@@ -11,6 +11,22 @@
 //!   COMPACT          compaction commit: the listed input segments are superseded
 //! ```
 //!
+//! ## Driving it (what the shard's event loop does)
+//!
+//! ```text
+//! let t = Instant::now();                       // the driver owns the clock
+//! let (mut store, report) = LogStore::open(RealVfs, &shard_dir, LogConfig::default())?;
+//! store.set_recovery_ms(t.elapsed().as_millis() as u64);
+//! log the report (corrupt records, truncated tail) ...
+//! each loop turn:  apply() the turn's writes;
+//!                  if store.needs_sync() { store.sync() }   // --sync always: then ack them
+//!                  store.maintenance(now_ms, budget)        // when idle; true = more to do
+//! ```
+//!
+//! `sync()` failing means the store has turned read-only: answer writes with an error from
+//! then on (reads still work). `apply()` failing with `WritesRefused` (disk full) refuses that
+//! write only.
+//!
 //! ## Which record wins
 //! Every record carries its write's version and the store only appends a record newer than
 //! the one it holds, so for every key *the newest record is the one with the highest
@@ -65,7 +81,7 @@
 //! horizon* (set by the cluster once no replica can still send an older write; default
 //! [`Version::ZERO`]: keep every tombstone). Otherwise tombstones are copied.
 
-use super::keydir::{expiry_s_of, KeyDir, Loc};
+use super::keydir::{expiry_s_of, KeyDir, Loc, Upsert};
 use super::record::{
     decode_manifest, decode_record, decode_record_header, encode_manifest, encode_record, Hint,
     HintBuilder, RecordError, RecordHeader, SegmentHeader, SegmentKind, RECORD_HEADER_SIZE,
@@ -75,8 +91,8 @@ use super::vfs::Vfs;
 use super::{Applied, Store, StoreError, Stored, Write};
 use crate::limits::{
     COMPACTION_DEAD_BYTES_MIN_DEFAULT, COMPACTION_DEAD_PERCENT_DEFAULT, COMPACTION_INPUTS_MAX,
-    KEY_SIZE_MAX, RECOVERY_REPORT_CORRUPT_LISTED_MAX, SCAN_CHUNK_SIZE, SEGMENT_SIZE_MAX_DEFAULT,
-    SEGMENT_SIZE_MAX_LIMIT, VALUE_SIZE_MAX,
+    HINT_WRITE_CHUNK_SIZE, KEY_SIZE_MAX, RECOVERY_REPORT_CORRUPT_LISTED_MAX, SCAN_CHUNK_SIZE,
+    SEGMENT_SIZE_MAX_DEFAULT, SEGMENT_SIZE_MAX_LIMIT, VALUE_SIZE_MAX,
 };
 use crate::version::Version;
 use std::collections::BTreeMap;
@@ -177,6 +193,15 @@ struct Segment<F> {
     len: u64,
     /// Bytes of the records the keydir points at.
     live_bytes: u64,
+    /// Of those, bytes of tombstones (reclaimable once below the tombstone horizon).
+    tomb_bytes: u64,
+    /// Lowest version of any tombstone ever put in this segment (u64::MAX: none).
+    tomb_version_min: u64,
+    /// Of the live bytes, bytes of values with an expiry.
+    ttl_bytes: u64,
+    /// Latest expiry (seconds, rounded up) of any value with one put in this segment: once
+    /// it has passed, all of `ttl_bytes` is reclaimable.
+    ttl_expiry_max_s: u32,
     sealed: bool,
     /// Holds a record known to be bad: never a compaction input (its data stays for forensics
     /// and compaction could not account for the damaged record's key).
@@ -186,6 +211,17 @@ struct Segment<F> {
 impl<F> Segment<F> {
     fn dead_bytes(&self) -> u64 {
         self.len - SEGMENT_HEADER_SIZE as u64 - self.live_bytes
+    }
+
+    /// Bytes compaction would reclaim at `now_ms`: dead records, and values with an expiry
+    /// once every one of them has expired.
+    fn reclaimable_bytes(&self, now_ms: u64) -> u64 {
+        let expired = if self.ttl_bytes > 0 && now_ms >= self.ttl_expiry_max_s as u64 * 1000 {
+            self.ttl_bytes
+        } else {
+            0
+        };
+        self.dead_bytes() + expired
     }
 }
 
@@ -235,7 +271,9 @@ pub struct LogStore<V: Vfs> {
     keydir: KeyDir,
     segments: BTreeMap<u32, Segment<V::File>>,
     active: u32,
-    active_hint: HintBuilder,
+    /// The active segment's hint, streamed to `N.hint.tmp` (`None`: no hint for it, after an
+    /// error writing it; recovery will scan that segment).
+    active_hint: Option<(HintBuilder, V::File)>,
     next_id: u32,
     highest: Version,
     dirty: bool,
@@ -393,6 +431,36 @@ fn refused_error(why: &str) -> StoreError {
 }
 
 impl<V: Vfs> LogStore<V> {
+    /// The keydir now points at (`add`) or no longer points at the record at `loc` (of a key
+    /// of `key_len` bytes): keep the segment's live, tombstone and TTL byte counts.
+    fn account(&mut self, loc: &Loc, key_len: usize, add: bool) {
+        let len = record_len(key_len, loc.value_len);
+        let seg = self
+            .segments
+            .get_mut(&loc.segment)
+            .expect("keydir points at loaded segments");
+        let tombstone = loc.value_len.is_none();
+        let ttl = !tombstone && loc.expires_at_s != 0;
+        if add {
+            seg.live_bytes += len;
+            seg.tomb_bytes += if tombstone { len } else { 0 };
+            seg.ttl_bytes += if ttl { len } else { 0 };
+            if ttl {
+                seg.ttl_expiry_max_s = seg.ttl_expiry_max_s.max(loc.expires_at_s);
+            }
+        } else {
+            seg.live_bytes -= len;
+            seg.tomb_bytes -= if tombstone { len } else { 0 };
+            seg.ttl_bytes -= if ttl { len } else { 0 };
+        }
+    }
+
+    /// A tombstone of `version` was written to segment `id`.
+    fn note_tombstone(&mut self, id: u32, version: u64) {
+        let seg = self.segments.get_mut(&id).expect("segment exists");
+        seg.tomb_version_min = seg.tomb_version_min.min(version);
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
@@ -420,7 +488,7 @@ impl<V: Vfs> LogStore<V> {
             keydir: KeyDir::new(),
             segments: BTreeMap::new(),
             active: 0,
-            active_hint: HintBuilder::new(),
+            active_hint: None,
             next_id: 1,
             highest: Version::ZERO,
             dirty: false,
@@ -552,6 +620,10 @@ impl<V: Vfs> LogStore<V> {
                     header,
                     len,
                     live_bytes: 0,
+                    tomb_bytes: 0,
+                    tomb_version_min: u64::MAX,
+                    ttl_bytes: 0,
+                    ttl_expiry_max_s: 0,
                     sealed: true,
                     damaged: false,
                 },
@@ -575,11 +647,13 @@ impl<V: Vfs> LogStore<V> {
             }
             report.segments_scanned += 1;
             let is_newest = Some(id) == newest_log;
-            let mut hint = HintBuilder::new();
+            let mut hint = HintBuilder::new(id);
             self.scan_segment(id, is_newest, &mut hint, &mut report)?;
             if is_newest && self.segments[&id].len < self.config.segment_size_max {
                 reopen_active = Some((id, hint));
-            } else {
+            } else if !self.segments[&id].damaged {
+                // (A damaged segment gets no hint: it is scanned, and its damage reported,
+                // at every start-up.)
                 self.write_hint(id, hint);
             }
         }
@@ -590,11 +664,12 @@ impl<V: Vfs> LogStore<V> {
                 let seg = self.segments.get_mut(&id).expect("loaded above");
                 seg.sealed = false;
                 self.active = id;
-                self.active_hint = hint;
+                self.start_active_hint(id, hint);
             }
             None => {
                 let id = self.create_log_segment()?;
                 self.active = id;
+                self.start_active_hint(id, HintBuilder::new(id));
             }
         }
         report.keys = self.keydir.len();
@@ -692,7 +767,9 @@ impl<V: Vfs> LogStore<V> {
         key: &[u8],
     ) -> Result<(), StoreError> {
         self.highest = self.highest.max(Version(h.version));
-        let len = h.record_len() as u64;
+        if h.tombstone {
+            self.note_tombstone(id, h.version);
+        }
         let loc = Loc {
             version: h.version,
             segment: id,
@@ -700,23 +777,21 @@ impl<V: Vfs> LogStore<V> {
             value_len: if h.tombstone { None } else { Some(h.value_len) },
             expires_at_s: expiry_s_of(h.expires_at_ms),
         };
-        if let Some(held) = self.keydir.get(key) {
-            if !beats(h.version, h.tombstone, &held) {
-                return Ok(());
+        let outcome = self
+            .keydir
+            .upsert(key, |held| match held {
+                Some(held) if !beats(h.version, h.tombstone, &held) => None,
+                _ => Some(loc),
+            })
+            .map_err(|_| StoreError::Io(io::Error::other("keydir full")))?;
+        match outcome {
+            Upsert::Unchanged => return Ok(()),
+            Upsert::Inserted => {}
+            Upsert::Replaced(old) => {
+                self.account(&old, key.len(), false);
             }
         }
-        let old = self
-            .keydir
-            .insert(key, loc)
-            .map_err(|_| StoreError::Io(io::Error::other("keydir key arena full")))?;
-        if let Some(old) = old {
-            let old_len = record_len(key.len(), old.value_len);
-            self.segments
-                .get_mut(&old.segment)
-                .expect("keydir points at loaded segments")
-                .live_bytes -= old_len;
-        }
-        self.segments.get_mut(&id).expect("loaded").live_bytes += len;
+        self.account(&loc, key.len(), true);
         Ok(())
     }
 
@@ -739,7 +814,7 @@ impl<V: Vfs> LogStore<V> {
     /// Write a sealed segment's hint. A failure only costs a scan at the next start-up.
     fn write_hint(&mut self, id: u32, hint: HintBuilder) {
         let len = self.segments[&id].len;
-        let bytes = hint.finish(id, len);
+        let bytes = hint.finish(len);
         if let Err(e) = self.write_file_atomic(&hint_name(id), &bytes) {
             log::warn!("storage: could not write hint for segment {id}: {e}");
         }
@@ -763,6 +838,10 @@ impl<V: Vfs> LogStore<V> {
                 header,
                 len: SEGMENT_HEADER_SIZE as u64,
                 live_bytes: 0,
+                tomb_bytes: 0,
+                tomb_version_min: u64::MAX,
+                ttl_bytes: 0,
+                ttl_expiry_max_s: 0,
                 sealed: false,
                 damaged: false,
             },
@@ -822,10 +901,43 @@ impl<V: Vfs> LogStore<V> {
         let new = self.create_log_segment()?;
         self.segments.get_mut(&old).expect("active exists").sealed = true;
         self.active = new;
-        let hint = std::mem::take(&mut self.active_hint);
-        self.write_hint(old, hint);
-        self.active_hint = HintBuilder::new();
+        if let Some((hint, file)) = self.active_hint.take() {
+            if let Err(e) = self.seal_hint(old, hint, file) {
+                log::warn!("storage: could not write hint for segment {old}: {e}");
+                let _ = self
+                    .vfs
+                    .remove(&self.path(&format!("{}.tmp", hint_name(old))));
+            }
+        }
+        self.start_active_hint(new, HintBuilder::new(new));
         Ok(())
+    }
+
+    /// Start streaming the active segment's hint to its temporary file.
+    fn start_active_hint(&mut self, id: u32, mut hint: HintBuilder) {
+        let tmp = self.path(&format!("{}.tmp", hint_name(id)));
+        let result = self.vfs.create(&tmp).and_then(|mut f| {
+            hint.take_pending(|b| self.vfs.append(&mut f, b))?;
+            Ok(f)
+        });
+        match result {
+            Ok(f) => self.active_hint = Some((hint, f)),
+            Err(e) => {
+                log::warn!("storage: no hint for segment {id}: {e}");
+                let _ = self.vfs.remove(&tmp); // best effort: recovery removes *.tmp
+                self.active_hint = None;
+            }
+        }
+    }
+
+    /// Complete a streamed hint: trailer, fsync, rename, fsync the directory.
+    fn seal_hint(&mut self, id: u32, hint: HintBuilder, mut file: V::File) -> io::Result<()> {
+        let len = self.segments[&id].len;
+        self.vfs.append(&mut file, &hint.finish(len))?;
+        self.vfs.sync(&mut file)?;
+        let tmp = self.path(&format!("{}.tmp", hint_name(id)));
+        self.vfs.rename(&tmp, &self.path(&hint_name(id)))?;
+        self.vfs.sync_dir(&self.dir)
     }
 
     /// Every segment: (id, path, sealed). For tests and tools.
@@ -863,48 +975,11 @@ impl<V: Vfs> LogStore<V> {
     // ---- compaction ----
 
     /// Pick the inputs of a compaction job, if one is due.
-    fn plan(&self) -> Option<Compaction<V::File>> {
-        let pct = self.config.compaction_dead_percent as u64;
-        let mut cands: Vec<(u64, u32)> = self
-            .segments
-            .iter()
-            .filter(|(_, s)| s.sealed && !s.damaged)
-            .filter(|(_, s)| {
-                let body = s.len - SEGMENT_HEADER_SIZE as u64;
-                body > 0 && s.dead_bytes() * 100 >= body * pct
-            })
-            .map(|(id, s)| (s.dead_bytes(), *id))
-            .collect();
-        let dead: u64 = cands.iter().map(|c| c.0).sum();
-        if cands.is_empty()
-            || dead < self.config.compaction_dead_bytes_min
-            || self.dead_bytes_total() < self.compaction_retry_dead_bytes
-        {
+    fn plan(&self, now_ms: u64) -> Option<Compaction<V::File>> {
+        if self.dead_bytes_total() < self.compaction_retry_dead_bytes {
             return None;
         }
-        // Most dead first, ties by id: deterministic.
-        cands.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        cands.truncate(COMPACTION_INPUTS_MAX);
-        let mut inputs: Vec<u32> = cands.iter().map(|c| c.1).collect();
-        // Widen to an origin prefix if that stays small: then tombstones may be dropped.
-        let hi = inputs
-            .iter()
-            .map(|id| self.segments[id].header.origin_hi)
-            .max()
-            .expect("non-empty");
-        let prefix: Vec<u32> = self
-            .segments
-            .iter()
-            .filter(|(_, s)| s.header.origin_lo <= hi)
-            .map(|(id, _)| *id)
-            .collect();
-        if prefix.len() <= COMPACTION_INPUTS_MAX
-            && prefix
-                .iter()
-                .all(|id| self.segments[id].sealed && !self.segments[id].damaged)
-        {
-            inputs = prefix;
-        }
+        let mut inputs = self.plan_dead(now_ms).or_else(|| self.plan_purge())?;
         inputs.sort_unstable();
         let origin_lo = inputs
             .iter()
@@ -932,6 +1007,96 @@ impl<V: Vfs> LogStore<V> {
             output_bytes: 0,
             dropped: Vec::new(),
         })
+    }
+
+    /// Segments worth compacting for their dead (and expired) bytes, widened to an origin
+    /// prefix, so that tombstones may be dropped too, when that stays within
+    /// [`COMPACTION_INPUTS_MAX`].
+    fn plan_dead(&self, now_ms: u64) -> Option<Vec<u32>> {
+        let pct = self.config.compaction_dead_percent as u64;
+        let mut cands: Vec<(u64, u32)> = self
+            .segments
+            .iter()
+            .filter(|(_, s)| s.sealed && !s.damaged)
+            .filter(|(_, s)| {
+                let body = s.len - SEGMENT_HEADER_SIZE as u64;
+                body > 0 && s.reclaimable_bytes(now_ms) * 100 >= body * pct
+            })
+            .map(|(id, s)| (s.reclaimable_bytes(now_ms), *id))
+            .collect();
+        let dead: u64 = cands.iter().map(|c| c.0).sum();
+        if cands.is_empty() || dead < self.config.compaction_dead_bytes_min {
+            return None;
+        }
+        // Most dead first, ties by id: deterministic.
+        cands.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        cands.truncate(COMPACTION_INPUTS_MAX);
+        let inputs: Vec<u32> = cands.iter().map(|c| c.1).collect();
+        let hi = inputs
+            .iter()
+            .map(|id| self.segments[id].header.origin_hi)
+            .max()
+            .expect("non-empty");
+        let prefix: Vec<u32> = self
+            .segments
+            .iter()
+            .filter(|(_, s)| s.header.origin_lo <= hi)
+            .map(|(id, _)| *id)
+            .collect();
+        if prefix.len() <= COMPACTION_INPUTS_MAX
+            && prefix
+                .iter()
+                .all(|id| self.segments[id].sealed && !self.segments[id].damaged)
+        {
+            return Some(prefix);
+        }
+        Some(inputs)
+    }
+
+    /// Once the tombstone horizon allows it: the oldest origin prefix, if it holds enough
+    /// tombstones (and dead bytes) to be worth rewriting.
+    fn plan_purge(&self) -> Option<Vec<u32>> {
+        if self.horizon == Version::ZERO {
+            return None;
+        }
+        let prefix = self.oldest_prefix()?;
+        let purge: u64 = prefix
+            .iter()
+            .map(|id| &self.segments[id])
+            .filter(|s| s.tomb_version_min < self.horizon.0)
+            .map(|s| s.tomb_bytes)
+            .sum();
+        let dead: u64 = prefix.iter().map(|id| self.segments[id].dead_bytes()).sum();
+        (purge > 0 && purge + dead >= self.config.compaction_dead_bytes_min).then_some(prefix)
+    }
+
+    /// The largest set of sealed, undamaged segments, at most [`COMPACTION_INPUTS_MAX`],
+    /// holding every write up to some origin: every other segment's `origin_lo` is above
+    /// the set's highest `origin_hi`.
+    fn oldest_prefix(&self) -> Option<Vec<u32>> {
+        let mut segs: Vec<(u32, u32, u32, bool)> = self
+            .segments
+            .iter()
+            .map(|(id, s)| {
+                let h = &s.header;
+                (h.origin_lo, *id, h.origin_hi, s.sealed && !s.damaged)
+            })
+            .collect();
+        segs.sort_unstable();
+        let mut best = None;
+        let mut cur = Vec::new();
+        let mut hi = 0;
+        for (i, &(_, id, origin_hi, ok)) in segs.iter().enumerate() {
+            if !ok || cur.len() == COMPACTION_INPUTS_MAX {
+                break;
+            }
+            cur.push(id);
+            hi = hi.max(origin_hi);
+            if segs.get(i + 1).is_none_or(|next| next.0 > hi) {
+                best = Some(cur.clone());
+            }
+        }
+        best
     }
 
     /// One unit of compaction work. `Ok(true)` when the job is finished.
@@ -1041,7 +1206,7 @@ impl<V: Vfs> LogStore<V> {
                 header,
                 len: SEGMENT_HEADER_SIZE as u64,
                 buf: Vec::new(),
-                hint: HintBuilder::new(),
+                hint: HintBuilder::new(id),
             });
         }
         let out = job.out.as_mut().expect("opened above");
@@ -1073,7 +1238,7 @@ impl<V: Vfs> LogStore<V> {
         if let Err(e) = self.vfs.sync(&mut out.file) {
             return Err(self.io_refusal(e, true));
         }
-        let hint = out.hint.finish(out.id, out.len);
+        let hint = out.hint.finish(out.len);
         if let Err(e) = self.write_file_atomic(&hint_name(out.id), &hint) {
             log::warn!("storage: could not write hint for segment {}: {e}", out.id);
         }
@@ -1092,6 +1257,10 @@ impl<V: Vfs> LogStore<V> {
                 header: out.header,
                 len: out.len,
                 live_bytes: 0,
+                tomb_bytes: 0,
+                tomb_version_min: u64::MAX,
+                ttl_bytes: 0,
+                ttl_expiry_max_s: 0,
                 sealed: true,
                 damaged: false,
             },
@@ -1120,22 +1289,69 @@ impl<V: Vfs> LogStore<V> {
             self.keydir
                 .insert(e.key, loc)
                 .expect("key present: no arena growth");
-            self.segments
-                .get_mut(&held.segment)
-                .expect("input exists")
-                .live_bytes -= record_len(e.key.len(), held.value_len);
-            self.segments.get_mut(&out.id).expect("inserted").live_bytes +=
-                e.header.record_len() as u64;
+            self.account(&held, e.key.len(), false);
+            self.account(&loc, e.key.len(), true);
+            if e.header.tombstone {
+                self.note_tombstone(out.id, e.header.version);
+            }
         }
         Ok(())
     }
 
     fn finish_compaction(&mut self, job: &mut Compaction<V::File>) -> Result<(), StoreError> {
         self.commit_output(job)?;
-        // The commit point.
-        if let Err(e) = self.write_file_atomic(MANIFEST_NAME, &encode_manifest(&job.inputs)) {
-            return Err(self.io_refusal(e, false));
+        // Input records not copied were superseded by newer ones, maybe in the active segment
+        // and not yet synced: make those durable before the old ones go, or a crash would
+        // lose both.
+        let active = self.segments.get_mut(&self.active).expect("active exists");
+        if let Err(e) = self.vfs.sync(&mut active.file) {
+            return Err(self.io_refusal(e, true));
         }
+        // The manifest, written to a temporary file: failing here leaves nothing behind.
+        let tmp = self.path(&format!("{MANIFEST_NAME}.tmp"));
+        let written = (|| {
+            let mut f = self.vfs.create(&tmp)?;
+            self.vfs.append(&mut f, &encode_manifest(&job.inputs))?;
+            Ok(f)
+        })();
+        let synced = match written {
+            Ok(mut f) => self.vfs.sync(&mut f).map_err(|e| (e, true)),
+            Err(e) => Err((e, false)),
+        };
+        if let Err((e, sticky)) = synced {
+            let _ = self.vfs.remove(&tmp); // best effort: recovery removes *.tmp
+            return Err(self.io_refusal(e, sticky));
+        }
+        // The commit point is the rename. From here a failure is sticky: the store is left
+        // with a manifest it could not act on, and only recovery (at the next start) may
+        // finish the deletions it names; a later compaction must not overwrite it.
+        let input_bytes = self.delete_inputs(job, &tmp).map_err(|e| {
+            let why = format!(
+                "compaction could not finish deleting its inputs ({e}); restart to complete it"
+            );
+            log::error!("storage: {why}");
+            self.refused = Some(why.clone());
+            StoreError::WritesRefused(why)
+        })?;
+        self.counters.compactions += 1;
+        self.counters.bytes_reclaimed += input_bytes.saturating_sub(job.output_bytes);
+        if cfg!(debug_assertions) {
+            for (_, loc) in self.keydir.iter() {
+                assert!(
+                    self.segments.contains_key(&loc.segment),
+                    "keydir points at deleted segment {}",
+                    loc.segment
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// After the manifest is durable: forget the dropped keys, delete the inputs and their
+    /// hints, then the manifest. Returns the bytes of the inputs.
+    fn delete_inputs(&mut self, job: &Compaction<V::File>, manifest_tmp: &Path) -> io::Result<u64> {
+        self.vfs.rename(manifest_tmp, &self.path(MANIFEST_NAME))?;
+        self.vfs.sync_dir(&self.dir)?;
         let mut rest = &job.dropped[..];
         while rest.len() >= 10 {
             let version = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes"));
@@ -1145,10 +1361,7 @@ impl<V: Vfs> LogStore<V> {
             if let Some(held) = self.keydir.get(key) {
                 if held.version == version && job.inputs.contains(&held.segment) {
                     self.keydir.remove(key);
-                    self.segments
-                        .get_mut(&held.segment)
-                        .expect("input exists")
-                        .live_bytes -= record_len(key.len(), held.value_len);
+                    self.account(&held, key.len(), false);
                 }
             }
         }
@@ -1164,29 +1377,14 @@ impl<V: Vfs> LogStore<V> {
             match self.vfs.remove(&self.path(&hint_name(id))) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError::Io(e)),
+                Err(e) => return Err(e),
             }
             self.vfs.remove(&self.path(&segment_name(id)))?;
         }
-        if let Err(e) = self.vfs.sync_dir(&self.dir) {
-            return Err(self.io_refusal(e, true));
-        }
+        self.vfs.sync_dir(&self.dir)?;
         self.vfs.remove(&self.path(MANIFEST_NAME))?;
-        if let Err(e) = self.vfs.sync_dir(&self.dir) {
-            return Err(self.io_refusal(e, true));
-        }
-        self.counters.compactions += 1;
-        self.counters.bytes_reclaimed += input_bytes.saturating_sub(job.output_bytes);
-        if cfg!(debug_assertions) {
-            for (_, loc) in self.keydir.iter() {
-                assert!(
-                    self.segments.contains_key(&loc.segment),
-                    "keydir points at deleted segment {}",
-                    loc.segment
-                );
-            }
-        }
-        Ok(())
+        self.vfs.sync_dir(&self.dir)?;
+        Ok(input_bytes)
     }
 
     /// Abandon a job after an error: its uncommitted output is removed; committed outputs
@@ -1307,14 +1505,13 @@ impl<V: Vfs> Store for LogStore<V> {
                 return Err(refused_error("keydir key arena full"));
             }
         };
-        let seg = self.segments.get_mut(&active).expect("active exists");
-        seg.len += len;
-        seg.live_bytes += len;
+        self.segments.get_mut(&active).expect("active exists").len += len;
+        self.account(&loc, w.key.len(), true);
+        if w.value.is_none() {
+            self.note_tombstone(active, w.version.0);
+        }
         if let Some(old) = old {
-            self.segments
-                .get_mut(&old.segment)
-                .expect("keydir points at loaded segments")
-                .live_bytes -= record_len(w.key.len(), old.value_len);
+            self.account(&old, w.key.len(), false);
         }
         let header = RecordHeader {
             version: w.version.0,
@@ -1323,7 +1520,17 @@ impl<V: Vfs> Store for LogStore<V> {
             key_len: w.key.len() as u16,
             value_len: value_len.unwrap_or(0),
         };
-        self.active_hint.add(&header, at as u32, w.key);
+        if let Some((hint, file)) = &mut self.active_hint {
+            hint.add(&header, at as u32, w.key);
+            if hint.pending_len() >= HINT_WRITE_CHUNK_SIZE {
+                if let Err(e) = hint.take_pending(|b| self.vfs.append(file, b)) {
+                    log::warn!("storage: dropping the hint of segment {active}: {e}");
+                    self.active_hint = None;
+                    let tmp = self.path(&format!("{}.tmp", hint_name(active)));
+                    let _ = self.vfs.remove(&tmp); // best effort: recovery removes *.tmp
+                }
+            }
+        }
         self.highest = self.highest.max(w.version);
         self.dirty = true;
         Ok(Applied::Stored)
@@ -1354,7 +1561,7 @@ impl<V: Vfs> Store for LogStore<V> {
         }
         let mut job = match self.job.take() {
             Some(job) => job,
-            None => match self.plan() {
+            None => match self.plan(now_ms) {
                 Some(job) => job,
                 None => return Ok(false),
             },
@@ -1362,7 +1569,7 @@ impl<V: Vfs> Store for LogStore<V> {
         for _ in 0..budget.max(1) {
             match self.compact_step(&mut job, now_ms) {
                 Ok(false) => {}
-                Ok(true) => return Ok(self.plan().is_some()),
+                Ok(true) => return Ok(self.plan(now_ms).is_some()),
                 Err(e) => {
                     self.abort_compaction(job);
                     return Err(e);
@@ -1397,5 +1604,376 @@ impl<V: Vfs> Store for LogStore<V> {
         report("storage_recovery_ms", self.counters.recovery_ms);
         report("storage_corrupt_records", self.counters.corrupt_records);
         report("storage_writes_refused", self.refused.is_some() as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::vfs::{CrashMode, MemVfs};
+
+    fn dir() -> &'static Path {
+        Path::new("/db")
+    }
+
+    fn small() -> LogConfig {
+        LogConfig {
+            segment_size_max: 1024,
+            compaction_dead_percent: 30,
+            compaction_dead_bytes_min: 0,
+        }
+    }
+
+    fn put(s: &mut LogStore<MemVfs>, key: &str, value: &str, v: u64) {
+        let r = s
+            .apply(Write {
+                key: key.as_bytes(),
+                value: Some(value.as_bytes()),
+                version: Version(v),
+                expires_at_ms: 0,
+            })
+            .unwrap();
+        assert_eq!(r, Applied::Stored);
+    }
+
+    fn value(s: &mut LogStore<MemVfs>, key: &str) -> Option<String> {
+        s.get(key.as_bytes())
+            .unwrap()
+            .and_then(|r| r.value)
+            .map(|v| String::from_utf8(v).unwrap())
+    }
+
+    #[test]
+    fn torn_tail_of_newest_segment_is_truncated_and_synced_data_kept() {
+        let vfs = MemVfs::new();
+        let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        put(&mut s, "a", "1", 1);
+        s.sync().unwrap();
+        put(&mut s, "b", "2", 2);
+        put(&mut s, "c", "3", 3);
+        let active = s.segment_files().last().unwrap().1.clone();
+        let before = vfs.contents(&active).unwrap().len();
+        drop(s);
+        vfs.crash(CrashMode::DropUnsynced);
+        let synced_len = vfs.contents(&active).unwrap().len();
+        assert!(synced_len < before);
+        // Now simulate a torn write by hand: append a partial record and reopen.
+        let (mut s, report) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        assert!(report.truncated.is_none());
+        assert_eq!(value(&mut s, "a").as_deref(), Some("1"));
+        assert_eq!(value(&mut s, "b"), None);
+        put(&mut s, "d", "4", 4);
+        s.sync().unwrap();
+        drop(s);
+        let mut rec = Vec::new();
+        encode_record(&mut rec, 5, 0, b"e", Some(b"55555"));
+        let mut f = vfs.open(&active).unwrap();
+        vfs.append(&mut f, &rec[..rec.len() - 3]).unwrap();
+        vfs.sync(&mut f).unwrap();
+        let full_len = vfs.len(&f).unwrap();
+        let (mut s, report) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        let t = report.truncated.expect("torn tail reported");
+        assert_eq!(t.bytes, rec.len() as u64 - 3);
+        assert_eq!(t.offset, full_len - t.bytes);
+        assert_eq!(report.corrupt_count, 0);
+        assert_eq!(value(&mut s, "a").as_deref(), Some("1"));
+        assert_eq!(value(&mut s, "d").as_deref(), Some("4"));
+        assert_eq!(value(&mut s, "e"), None);
+        // Appending after the cut works and survives a reopen.
+        put(&mut s, "f", "6", 6);
+        s.sync().unwrap();
+        drop(s);
+        let (mut s, report) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        assert!(report.truncated.is_none());
+        assert_eq!(value(&mut s, "f").as_deref(), Some("6"));
+        assert_eq!(s.highest_version(), Version(6));
+    }
+
+    #[test]
+    fn torn_crash_keeps_a_prefix_of_unsynced_writes() {
+        for seed in 1..50u64 {
+            let vfs = MemVfs::new();
+            let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+            put(&mut s, "base", "0", 1);
+            s.sync().unwrap();
+            for i in 0..5 {
+                put(&mut s, &format!("k{i}"), "vvvvvvvvvv", 10 + i);
+            }
+            drop(s);
+            vfs.crash(CrashMode::Torn { seed });
+            let (mut s, report) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+            assert_eq!(report.corrupt_count, 0);
+            assert_eq!(value(&mut s, "base").as_deref(), Some("0"));
+            // A prefix of k0..k4 survived: no gaps.
+            let present: Vec<bool> = (0..5)
+                .map(|i| value(&mut s, &format!("k{i}")).is_some())
+                .collect();
+            let n = present.iter().take_while(|p| **p).count();
+            assert!(present[n..].iter().all(|p| !p), "seed {seed}: {present:?}");
+        }
+    }
+
+    #[test]
+    fn segments_roll_and_hints_are_used_on_reopen() {
+        let vfs = MemVfs::new();
+        let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        for i in 0..100u64 {
+            put(&mut s, &format!("key{i}"), &"x".repeat(20), i + 1);
+        }
+        s.sync().unwrap();
+        let segs = s.segment_files();
+        assert!(
+            segs.len() > 3,
+            "expected several segments, got {}",
+            segs.len()
+        );
+        assert!(
+            segs[..segs.len() - 1].iter().all(|s| s.2),
+            "all but the last sealed"
+        );
+        drop(s);
+        let (mut s, report) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        assert_eq!(report.segments_from_hints, segs.len() - 1);
+        assert_eq!(report.segments_scanned, 1);
+        assert_eq!(report.keys, 100);
+        for i in 0..100u64 {
+            assert_eq!(value(&mut s, &format!("key{i}")).unwrap(), "x".repeat(20));
+        }
+        assert_eq!(s.highest_version(), Version(100));
+    }
+
+    #[test]
+    fn damaged_hint_falls_back_to_scanning() {
+        let vfs = MemVfs::new();
+        let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        for i in 0..60u64 {
+            put(&mut s, &format!("key{i}"), &"y".repeat(20), i + 1);
+        }
+        s.sync().unwrap();
+        let first = s.segment_files()[0].0;
+        drop(s);
+        let hint = dir().join(hint_name(first));
+        vfs.flip_bit(&hint, 30, 3).unwrap();
+        let (mut s, report) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        assert_eq!(report.hints_rejected.len(), 1);
+        assert_eq!(report.hints_rejected[0].0, first);
+        assert_eq!(report.corrupt_count, 0);
+        for i in 0..60u64 {
+            assert!(value(&mut s, &format!("key{i}")).is_some());
+        }
+    }
+
+    #[test]
+    fn disk_full_refuses_the_write_and_loses_nothing() {
+        let vfs = MemVfs::new();
+        let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        put(&mut s, "a", "1", 1);
+        s.sync().unwrap();
+        vfs.set_space_max(Some(vfs.used_bytes() + 10));
+        let r = s.apply(Write {
+            key: b"b",
+            value: Some(&[7u8; 100]),
+            version: Version(2),
+            expires_at_ms: 0,
+        });
+        assert!(matches!(r, Err(StoreError::WritesRefused(_))), "{r:?}");
+        assert_eq!(value(&mut s, "a").as_deref(), Some("1"));
+        assert!(s.get(b"b").unwrap().is_none());
+        vfs.set_space_max(None);
+        put(&mut s, "c", "3", 3);
+        s.sync().unwrap();
+        drop(s);
+        let (mut s, report) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        assert_eq!(report.corrupt_count, 0);
+        assert!(report.truncated.is_none());
+        assert_eq!(value(&mut s, "a").as_deref(), Some("1"));
+        assert_eq!(value(&mut s, "c").as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn failed_fsync_is_sticky_and_reads_keep_working() {
+        let vfs = MemVfs::new();
+        let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        put(&mut s, "a", "1", 1);
+        vfs.fail_next_syncs(1);
+        assert!(matches!(s.sync(), Err(StoreError::WritesRefused(_))));
+        assert!(s.writes_refused().is_some());
+        // Later syncs would succeed on the device, but the store does not pretend.
+        assert!(matches!(s.sync(), Err(StoreError::WritesRefused(_))));
+        let r = s.apply(Write {
+            key: b"b",
+            value: Some(b"2"),
+            version: Version(2),
+            expires_at_ms: 0,
+        });
+        assert!(matches!(r, Err(StoreError::WritesRefused(_))));
+        assert_eq!(value(&mut s, "a").as_deref(), Some("1"));
+        let mut refused = 0;
+        s.stats(&mut |n, v| {
+            if n == "storage_writes_refused" {
+                refused = v;
+            }
+        });
+        assert_eq!(refused, 1);
+    }
+
+    #[test]
+    fn compaction_reclaims_overwrites_and_drops_expired_and_old_tombstones() {
+        let vfs = MemVfs::new();
+        let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        let mut v = 0;
+        for round in 0..5 {
+            for i in 0..20 {
+                v += 1;
+                put(
+                    &mut s,
+                    &format!("k{i}"),
+                    &format!("round{round}-{}", "z".repeat(10)),
+                    v,
+                );
+            }
+        }
+        v += 1;
+        s.apply(Write {
+            key: b"k0",
+            value: None,
+            version: Version(v),
+            expires_at_ms: 0,
+        })
+        .unwrap();
+        v += 1;
+        s.apply(Write {
+            key: b"k1",
+            value: Some(b"ttl"),
+            version: Version(v),
+            expires_at_ms: 5_000,
+        })
+        .unwrap();
+        // Push everything into sealed segments.
+        for i in 0..40 {
+            v += 1;
+            put(&mut s, &format!("fill{i}"), "f", v);
+        }
+        s.sync().unwrap();
+        let stat = |s: &LogStore<MemVfs>, name: &str| {
+            let mut out = 0;
+            s.stats(&mut |n, x| {
+                if n == name {
+                    out = x;
+                }
+            });
+            out
+        };
+        let dead_before = stat(&s, "storage_dead_bytes");
+        assert!(dead_before > 0);
+        s.set_tombstone_horizon(Version(v + 1));
+        for _ in 0..10_000 {
+            if !s.maintenance(10_000, 7).unwrap() {
+                break;
+            }
+        }
+        assert!(!s.compacting());
+        assert!(stat(&s, "storage_compactions") > 0);
+        assert!(stat(&s, "storage_bytes_reclaimed") > 0);
+        assert!(stat(&s, "storage_dead_bytes") < dead_before);
+        assert_eq!(s.get(b"k0").unwrap(), None, "old tombstone dropped");
+        assert_eq!(s.get(b"k1").unwrap(), None, "expired value dropped");
+        for i in 2..20 {
+            assert_eq!(
+                value(&mut s, &format!("k{i}")).unwrap(),
+                format!("round4-{}", "z".repeat(10))
+            );
+        }
+        drop(s);
+        vfs.crash(CrashMode::DropUnsynced);
+        let (mut s, report) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        assert_eq!(report.corrupt_count, 0);
+        assert_eq!(s.get(b"k0").unwrap(), None);
+        for i in 2..20 {
+            assert_eq!(
+                value(&mut s, &format!("k{i}")).unwrap(),
+                format!("round4-{}", "z".repeat(10))
+            );
+        }
+    }
+
+    #[test]
+    fn expired_values_alone_trigger_compaction() {
+        let vfs = MemVfs::new();
+        let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        for i in 0..200u64 {
+            s.apply(Write {
+                key: format!("ttl{i}").as_bytes(),
+                value: Some(&[b't'; 40]),
+                version: Version(i + 1),
+                expires_at_ms: 10_000 + i,
+            })
+            .unwrap();
+        }
+        s.sync().unwrap();
+        let stat = |s: &LogStore<MemVfs>, name: &str| {
+            let mut out = 0;
+            s.stats(&mut |n, x| {
+                if n == name {
+                    out = x;
+                }
+            });
+            out
+        };
+        // Nothing is dead and nothing has expired yet: no work.
+        assert!(!s.maintenance(9_000, 100).unwrap());
+        assert_eq!(stat(&s, "storage_compactions"), 0);
+        // Once expired, the values are reclaimed (kept as tombstones under the default
+        // horizon, so an older write cannot come back).
+        while s.maintenance(20_000, 100).unwrap() {}
+        assert!(stat(&s, "storage_compactions") > 0);
+        assert!(stat(&s, "storage_bytes_reclaimed") > 0);
+        let r = s.get(b"ttl5").unwrap().unwrap();
+        assert!(!r.is_live(20_000));
+        assert_eq!(s.len(), 200);
+        // With the horizon past them, they go entirely.
+        s.set_tombstone_horizon(Version(1_000));
+        while s.maintenance(20_000, 100).unwrap() {}
+        assert!(s.len() < 200, "{} keys left", s.len());
+    }
+
+    #[test]
+    fn tombstones_are_kept_below_the_default_horizon() {
+        let vfs = MemVfs::new();
+        let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        put(&mut s, "gone", "x", 1);
+        s.apply(Write {
+            key: b"gone",
+            value: None,
+            version: Version(2),
+            expires_at_ms: 0,
+        })
+        .unwrap();
+        for i in 0..100u64 {
+            put(&mut s, &format!("k{}", i % 10), &"w".repeat(30), 3 + i);
+        }
+        for _ in 0..10_000 {
+            if !s.maintenance(0, 50).unwrap() {
+                break;
+            }
+        }
+        let got = s.get(b"gone").unwrap().expect("tombstone kept");
+        assert_eq!(got.value, None);
+        assert_eq!(got.version, Version(2));
+        // An older write is still refused.
+        let r = s
+            .apply(Write {
+                key: b"gone",
+                value: Some(b"old"),
+                version: Version(1),
+                expires_at_ms: 0,
+            })
+            .unwrap();
+        assert_eq!(
+            r,
+            Applied::Stale {
+                current: Version(2)
+            }
+        );
     }
 }

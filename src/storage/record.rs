@@ -25,22 +25,29 @@
 //! ```
 //!
 //! Hint file `NNNNNNNNNN.hint`: an index of every valid record of a sealed segment, so start-up
-//! need not read the values. Written to `.hint.tmp`, synced, renamed.
+//! need not read the values. The active segment's hint is streamed to `.hint.tmp` as records
+//! are appended (so it costs no RAM), completed with its trailer when the segment is sealed,
+//! synced and renamed. Counts and lengths are in the trailer for that reason.
 //!
 //! ```text
-//! hint header (24 bytes)
-//!  0      4        6         8          12                 20       24
-//!  +------+--------+---------+----------+------------------+--------+
-//!  |"DKVH"| format | reserved| segment  | segment_len u64  | count  |
-//!  |      |  u16   |  u16    | id u32   | (bytes covered)  |  u32   |
-//!  +------+--------+---------+----------+------------------+--------+
-//! hint entry (27 bytes + key), `count` of them
+//! hint header (12 bytes)
+//!  0      4        6          8          12
+//!  +------+--------+----------+----------+
+//!  |"DKVH"| format | reserved | segment  |
+//!  |      |  u16   |  u16     | id u32   |
+//!  +------+--------+----------+----------+
+//! hint entry (27 bytes + key), one per record
 //!  0            8                16        20          24      25       27
 //!  +------------+----------------+---------+-----------+-------+--------+-----+
 //!  | version u64| expires_at_ms  | offset  | value_len | flags | key_len| key |
 //!  |            |  u64           |  u32    |   u32     |  u8   |  u16   |     |
 //!  +------------+----------------+---------+-----------+-------+--------+-----+
-//! trailer: crc32c u32 over everything before it.
+//! hint trailer (16 bytes)
+//!  0                  8          12       16
+//!  +------------------+----------+--------+
+//!  | segment_len u64  | count u32| crc32c |  crc over every byte of the file before it
+//!  | (bytes covered)  |          |        |
+//!  +------------------+----------+--------+
 //! ```
 //!
 //! Compaction manifest `COMPACT`: the commit point of a compaction. Once it is durable, its
@@ -68,7 +75,9 @@ pub const SEGMENT_HEADER_SIZE: usize = 24;
 /// Bytes of a record header (before key and value).
 pub const RECORD_HEADER_SIZE: usize = 27;
 /// Bytes of a hint header.
-pub const HINT_HEADER_SIZE: usize = 24;
+pub const HINT_HEADER_SIZE: usize = 12;
+/// Bytes of a hint trailer.
+pub const HINT_TRAILER_SIZE: usize = 16;
 /// Bytes of a hint entry before its key.
 pub const HINT_ENTRY_HEADER_SIZE: usize = 27;
 /// Record flag: the record is a tombstone.
@@ -300,18 +309,29 @@ pub struct HintEntry<'a> {
     pub key: &'a [u8],
 }
 
-/// Builds a hint file in memory, entry by entry.
-#[derive(Debug, Default)]
+/// Builds a hint file entry by entry. The bytes built so far can be taken out (streamed to a
+/// file) at any time with [`HintBuilder::take_pending`]; [`HintBuilder::finish`] gives the rest
+/// with the trailer.
+#[derive(Debug)]
 pub struct HintBuilder {
+    /// Bytes not yet taken.
     buf: Vec<u8>,
+    /// CRC of the bytes already taken.
+    crc: u32,
     count: u32,
 }
 
 impl HintBuilder {
-    /// An empty builder.
-    pub fn new() -> HintBuilder {
+    /// A builder for segment `segment_id`'s hint.
+    pub fn new(segment_id: u32) -> HintBuilder {
+        let mut buf = Vec::with_capacity(HINT_HEADER_SIZE);
+        buf.extend_from_slice(&HINT_MAGIC);
+        buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        buf.extend_from_slice(&0u16.to_le_bytes());
+        buf.extend_from_slice(&segment_id.to_le_bytes());
         HintBuilder {
-            buf: vec![0u8; HINT_HEADER_SIZE],
+            buf,
+            crc: 0,
             count: 0,
         }
     }
@@ -335,20 +355,26 @@ impl HintBuilder {
         self.count
     }
 
-    /// Bytes held.
-    pub fn capacity_bytes(&self) -> usize {
-        self.buf.capacity()
+    /// Bytes built and not yet taken.
+    pub fn pending_len(&self) -> usize {
+        self.buf.len()
     }
 
-    /// The finished file for segment `segment_id` covering `segment_len` bytes.
-    pub fn finish(mut self, segment_id: u32, segment_len: u64) -> Vec<u8> {
-        self.buf[0..4].copy_from_slice(&HINT_MAGIC);
-        self.buf[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        self.buf[6..8].copy_from_slice(&0u16.to_le_bytes());
-        self.buf[8..12].copy_from_slice(&segment_id.to_le_bytes());
-        self.buf[12..20].copy_from_slice(&segment_len.to_le_bytes());
-        self.buf[20..24].copy_from_slice(&self.count.to_le_bytes());
-        let crc = crc32c::crc32c(&self.buf);
+    /// Hand the bytes built so far to `sink` (which appends them to the hint file). They are
+    /// consumed only if `sink` succeeds.
+    pub fn take_pending<E>(&mut self, sink: impl FnOnce(&[u8]) -> Result<(), E>) -> Result<(), E> {
+        sink(&self.buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &self.buf);
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// The remaining bytes of the file (all of it if nothing was taken), trailer included,
+    /// for a segment of `segment_len` bytes.
+    pub fn finish(mut self, segment_len: u64) -> Vec<u8> {
+        self.buf.extend_from_slice(&segment_len.to_le_bytes());
+        self.buf.extend_from_slice(&self.count.to_le_bytes());
+        let crc = crc32c::crc32c_append(self.crc, &self.buf);
         self.buf.extend_from_slice(&crc.to_le_bytes());
         self.buf
     }
@@ -368,13 +394,14 @@ pub struct Hint<'a> {
 impl<'a> Hint<'a> {
     /// Check a whole hint file (magic, format, checksum, every entry's bounds).
     pub fn decode(b: &'a [u8]) -> Result<Hint<'a>, String> {
-        if b.len() < HINT_HEADER_SIZE + 4 {
+        if b.len() < HINT_HEADER_SIZE + HINT_TRAILER_SIZE {
             return Err("hint file too short".into());
         }
         let body = &b[..b.len() - 4];
         if crc32c::crc32c(body) != u32_at(b, b.len() - 4) {
             return Err("hint checksum mismatch".into());
         }
+        let trailer = b.len() - HINT_TRAILER_SIZE;
         if b[0..4] != HINT_MAGIC {
             return Err("not a hint file (bad magic)".into());
         }
@@ -384,9 +411,9 @@ impl<'a> Hint<'a> {
         }
         let hint = Hint {
             segment_id: u32_at(b, 8),
-            segment_len: u64_at(b, 12),
-            entries: &body[HINT_HEADER_SIZE..],
-            count: u32_at(b, 20),
+            segment_len: u64_at(b, trailer),
+            entries: &b[HINT_HEADER_SIZE..trailer],
+            count: u32_at(b, trailer + 8),
         };
         // Walk once so that iteration below cannot meet bad bounds.
         let mut n = 0u32;
@@ -500,11 +527,11 @@ mod tests {
         let mut out = Vec::new();
         encode_record(&mut out, 1, 0, b"", Some(b""));
         assert_eq!(out.len(), RECORD_HEADER_SIZE);
-        let mut hb = HintBuilder::new();
+        let mut hb = HintBuilder::new(1);
         hb.add(&decode_record_header(&out).unwrap(), 0, b"");
         assert_eq!(
-            hb.finish(1, 0).len(),
-            HINT_HEADER_SIZE + HINT_ENTRY_HEADER_SIZE + 4
+            hb.finish(0).len(),
+            HINT_HEADER_SIZE + HINT_ENTRY_HEADER_SIZE + HINT_TRAILER_SIZE
         );
         assert_eq!(encode_manifest(&[1, 2]).len(), 12 + 8 + 4);
     }
@@ -572,7 +599,7 @@ mod tests {
 
     #[test]
     fn hint_round_trip_and_damage() {
-        let mut hb = HintBuilder::new();
+        let mut hb = HintBuilder::new(3);
         let h1 = RecordHeader {
             version: 5,
             expires_at_ms: 9,
@@ -588,8 +615,15 @@ mod tests {
             value_len: 0,
         };
         hb.add(&h1, 24, b"ab");
+        // Streamed in two pieces: the result is the same file as built in one.
+        let mut file = Vec::new();
+        hb.take_pending(|b| {
+            file.extend_from_slice(b);
+            Ok::<(), ()>(())
+        })
+        .unwrap();
         hb.add(&h2, 63, b"c");
-        let file = hb.finish(3, 91);
+        file.extend_from_slice(&hb.finish(91));
         let hint = Hint::decode(&file).unwrap();
         assert_eq!(hint.segment_id, 3);
         assert_eq!(hint.segment_len, 91);

@@ -155,9 +155,24 @@ struct MemState {
     /// The next this-many `sync`/`sync_dir` calls fail with EIO.
     fail_syncs: u32,
     syncs_done: u64,
+    /// Mutating operations left before the power goes (None = no cut planned). At zero every
+    /// operation fails, as on a machine that lost power, until `crash` is called.
+    ops_until_power_cut: Option<u64>,
 }
 
 impl MemState {
+    /// Count one mutating operation against a planned power cut.
+    fn tick(&mut self) -> io::Result<()> {
+        match &mut self.ops_until_power_cut {
+            None => Ok(()),
+            Some(0) => Err(io::Error::other("power cut (simulated)")),
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+        }
+    }
+
     fn used(&self) -> u64 {
         self.inodes.values().map(|i| i.data.len() as u64).sum()
     }
@@ -249,6 +264,13 @@ impl MemVfs {
         s.epoch += 1;
         s.fail_syncs = 0;
         s.space_max = None;
+        s.ops_until_power_cut = None;
+    }
+
+    /// After `ops` more mutating operations (create, append, sync, truncate, rename, remove),
+    /// every operation fails until [`MemVfs::crash`]: a power cut at an arbitrary point.
+    pub fn cut_power_after(&self, ops: u64) {
+        self.lock().ops_until_power_cut = Some(ops);
     }
 
     /// Flip one bit of a file's bytes, durably (as a failing disk would).
@@ -277,6 +299,11 @@ impl MemVfs {
         self.lock().fail_syncs = n;
     }
 
+    /// Bytes held in all files now.
+    pub fn used_bytes(&self) -> u64 {
+        self.lock().used()
+    }
+
     /// How many `sync`/`sync_dir` calls succeeded so far.
     pub fn syncs_done(&self) -> u64 {
         self.lock().syncs_done
@@ -290,6 +317,7 @@ impl MemVfs {
     }
 
     fn take_sync(s: &mut MemState) -> io::Result<()> {
+        s.tick()?;
         if s.fail_syncs > 0 {
             s.fail_syncs -= 1;
             return Err(io::Error::other("injected fsync failure"));
@@ -304,6 +332,7 @@ impl Vfs for MemVfs {
 
     fn create(&self, path: &Path) -> io::Result<MemFile> {
         let mut s = self.lock();
+        s.tick()?;
         let id = s.next_inode;
         s.next_inode += 1;
         s.inodes.insert(id, Inode::default());
@@ -326,6 +355,7 @@ impl Vfs for MemVfs {
 
     fn append(&self, file: &mut MemFile, data: &[u8]) -> io::Result<()> {
         let mut s = self.lock();
+        s.tick()?;
         let room = match s.space_max {
             Some(max) => max.saturating_sub(s.used()),
             None => u64::MAX,
@@ -370,6 +400,7 @@ impl Vfs for MemVfs {
 
     fn truncate(&self, file: &mut MemFile, len: u64) -> io::Result<()> {
         let mut s = self.lock();
+        s.tick()?;
         let inode = s.inode(file)?;
         let len = usize::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
         if len <= inode.data.len() {
@@ -400,6 +431,7 @@ impl Vfs for MemVfs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut s = self.lock();
+        s.tick()?;
         let id = s.names.remove(from).ok_or(io::ErrorKind::NotFound)?;
         s.names.insert(to.to_path_buf(), id);
         s.collect();
@@ -408,6 +440,7 @@ impl Vfs for MemVfs {
 
     fn remove(&self, path: &Path) -> io::Result<()> {
         let mut s = self.lock();
+        s.tick()?;
         s.names.remove(path).ok_or(io::ErrorKind::NotFound)?;
         s.collect();
         Ok(())

@@ -1,0 +1,367 @@
+//! Outbound peer links of one shard: one non-blocking TCP connection to every other node of
+//! the cluster, opened on demand, authenticated with a peer HELLO carrying the cluster secret,
+//! and re-opened with backoff after a failure. The shard core's peer frames go out here; the
+//! replies that come back are handed to [`ShardCore::on_peer_reply`].
+//!
+//! A link is `Down` (waiting out its backoff), `Connecting` (TCP handshake; the HELLO is
+//! queued first so frames queued behind it are sent once it completes) or `Ready`. Frames for
+//! a `Down` link wait (at most [`DOWN_QUEUE_BYTES_MAX`]) for the next connection attempt, made
+//! when the backoff ends; if that attempt fails they are dropped: the coordinator's timeouts
+//! and hints cover them, and keeping them for a dead node would only grow memory. A link's
+//! unsent bytes are bounded by [`WRITE_BUFFER_SIZE_MAX`]; past it frames are dropped too.
+//!
+//! Links use poll tokens counting down from [`LINK_TOKEN_BASE`], far above any `Slab` key.
+
+use crate::cluster::ClusterConfig;
+use crate::limits::{READ_BUFFER_SIZE_MAX, READ_CHUNK_SIZE, WRITE_BUFFER_SIZE_MAX};
+use crate::protocol::{frame, op, Request, Role, Status, PROTOCOL_VERSION, RESPONSE_BIT};
+use crate::shard::ShardCore;
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Token of link `i` is `LINK_TOKEN_BASE - i`.
+pub const LINK_TOKEN_BASE: usize = usize::MAX - 16;
+/// Most links a shard can have (one per other node).
+const LINKS_MAX: usize = crate::limits::CLUSTER_NODES_MAX;
+/// First reconnect delay after a failure; doubled per failure up to the maximum.
+const RECONNECT_BACKOFF_MS_MIN: u64 = 50;
+/// Longest reconnect delay. Short, because frames for a link in backoff are dropped: a
+/// refused connect to a dead node on loopback costs next to nothing, a dropped REPLICATE
+/// costs a timeout.
+const RECONNECT_BACKOFF_MS_MAX: u64 = 250;
+/// Bytes queued for a link that is down, waiting for the next connection attempt.
+pub const DOWN_QUEUE_BYTES_MAX: usize = 1024 * 1024;
+/// Read calls per link per readiness event.
+const READS_PER_EVENT_MAX: usize = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Down,
+    Connecting,
+    Ready,
+}
+
+struct Link {
+    node: u32,
+    addr: SocketAddr,
+    state: State,
+    stream: Option<TcpStream>,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    rbuf: Vec<u8>,
+    /// The HELLO reply has come back OK.
+    authenticated: bool,
+    retry_at: Instant,
+    backoff_ms: u64,
+}
+
+/// Counters of a shard's links (logged, and useful in tests).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LinkStats {
+    /// Connections opened.
+    pub connects: u64,
+    /// Frames dropped (link down or its buffer full).
+    pub frames_dropped: u64,
+}
+
+/// One shard's outbound links.
+pub struct PeerLinks {
+    shard: usize,
+    node_id: u32,
+    secret: Vec<u8>,
+    links: Vec<Link>,
+    stats: LinkStats,
+}
+
+impl PeerLinks {
+    /// Links to every node of `config` but this one.
+    pub fn new(shard: usize, config: &ClusterConfig) -> PeerLinks {
+        let now = Instant::now();
+        let links: Vec<Link> = config
+            .nodes
+            .iter()
+            .filter(|n| n.id != config.node_id)
+            .map(|n| Link {
+                node: n.id,
+                addr: n.addr,
+                state: State::Down,
+                stream: None,
+                wbuf: Vec::new(),
+                wpos: 0,
+                rbuf: Vec::new(),
+                authenticated: false,
+                retry_at: now,
+                backoff_ms: RECONNECT_BACKOFF_MS_MIN,
+            })
+            .collect();
+        assert!(links.len() <= LINKS_MAX);
+        PeerLinks {
+            shard,
+            node_id: config.node_id,
+            secret: config.secret.clone(),
+            links,
+            stats: LinkStats::default(),
+        }
+    }
+
+    /// The link index of a poll token, if it is one of ours.
+    pub fn index_of(&self, token: Token) -> Option<usize> {
+        let i = LINK_TOKEN_BASE.checked_sub(token.0)?;
+        (i < self.links.len()).then_some(i)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> LinkStats {
+        self.stats
+    }
+
+    /// Queue `frame` for node `to`, connecting first if the link is down and its backoff has
+    /// passed. Dropped if the link cannot take it.
+    pub fn send(&mut self, registry: &Registry, to: u32, frame: &[u8]) {
+        let Some(i) = self.links.iter().position(|l| l.node == to) else {
+            return; // not a node of ours (the core never does this)
+        };
+        let mut limit = WRITE_BUFFER_SIZE_MAX;
+        if self.links[i].state == State::Down {
+            if Instant::now() < self.links[i].retry_at {
+                limit = DOWN_QUEUE_BYTES_MAX; // wait for the next attempt (see `tick`)
+            } else {
+                self.connect(registry, i);
+                if self.links[i].state == State::Down {
+                    self.stats.frames_dropped += 1;
+                    return;
+                }
+            }
+        }
+        let l = &mut self.links[i];
+        if l.wbuf.len() - l.wpos + frame.len() > limit {
+            self.stats.frames_dropped += 1;
+            return;
+        }
+        l.wbuf.extend_from_slice(frame);
+    }
+
+    fn connect(&mut self, registry: &Registry, i: usize) {
+        let l = &mut self.links[i];
+        let mut stream = match TcpStream::connect(l.addr) {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!("link to node {} ({}): connect: {e}", l.node, l.addr);
+                Self::back_off(l);
+                return;
+            }
+        };
+        let token = Token(LINK_TOKEN_BASE - i);
+        if let Err(e) =
+            registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+        {
+            log::warn!("link to node {}: register: {e}", l.node);
+            Self::back_off(l);
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        l.stream = Some(stream);
+        l.state = State::Connecting;
+        l.authenticated = false;
+        l.rbuf.clear();
+        // The HELLO goes first, then whatever waited while the link was down.
+        let mut wbuf = Vec::with_capacity(64 + l.wbuf.len() - l.wpos);
+        Request::Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Peer,
+            node_id: self.node_id,
+            token: &self.secret,
+        }
+        .encode(0, &mut wbuf);
+        wbuf.extend_from_slice(&l.wbuf[l.wpos..]);
+        l.wbuf = wbuf;
+        l.wpos = 0;
+        self.stats.connects += 1;
+    }
+
+    fn back_off(l: &mut Link) {
+        l.state = State::Down;
+        l.retry_at = Instant::now() + Duration::from_millis(l.backoff_ms);
+        l.backoff_ms = (l.backoff_ms * 2).min(RECONNECT_BACKOFF_MS_MAX);
+    }
+
+    fn close(&mut self, registry: &Registry, i: usize, why: &str) {
+        let l = &mut self.links[i];
+        if let Some(mut s) = l.stream.take() {
+            let _ = registry.deregister(&mut s);
+        }
+        if l.state == State::Ready {
+            log::info!(
+                "shard {}: link to node {} closed: {why}",
+                self.shard,
+                l.node
+            );
+        } else {
+            log::debug!(
+                "shard {}: link to node {} failed: {why}",
+                self.shard,
+                l.node
+            );
+        }
+        l.wbuf.clear();
+        l.wpos = 0;
+        l.rbuf.clear();
+        Self::back_off(l);
+    }
+
+    /// A readiness event on link `i`: finish the connect, read replies into `core`, write.
+    pub fn on_event(
+        &mut self,
+        registry: &Registry,
+        i: usize,
+        readable: bool,
+        core: &mut ShardCore,
+        now_ms: u64,
+    ) {
+        if self.links[i].state == State::Connecting {
+            let l = &mut self.links[i];
+            let Some(s) = l.stream.as_ref() else { return };
+            match s.take_error() {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => return self.close(registry, i, &e.to_string()),
+            }
+            match s.peer_addr() {
+                Ok(_) => l.state = State::Ready,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => return self.close(registry, i, &e.to_string()),
+            }
+        }
+        if readable {
+            if let Err(why) = self.read(i, core, now_ms) {
+                return self.close(registry, i, &why);
+            }
+        }
+        self.flush_one(registry, i);
+    }
+
+    fn read(&mut self, i: usize, core: &mut ShardCore, now_ms: u64) -> Result<(), String> {
+        let shard = self.shard;
+        let l = &mut self.links[i];
+        let Some(s) = l.stream.as_mut() else {
+            return Ok(());
+        };
+        for _ in 0..READS_PER_EVENT_MAX {
+            let len = l.rbuf.len();
+            let room = READ_CHUNK_SIZE.min(READ_BUFFER_SIZE_MAX - len);
+            l.rbuf.resize(len + room, 0);
+            match s.read(&mut l.rbuf[len..]) {
+                Ok(0) => {
+                    l.rbuf.truncate(len);
+                    return Err("closed by the peer".into());
+                }
+                Ok(n) => l.rbuf.truncate(len + n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    l.rbuf.truncate(len);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => l.rbuf.truncate(len),
+                Err(e) => {
+                    l.rbuf.truncate(len);
+                    return Err(e.to_string());
+                }
+            }
+            // Hand every whole frame to the core.
+            let mut at = 0;
+            loop {
+                match frame::parse(&l.rbuf[at..]) {
+                    Ok(Some((f, n))) => {
+                        at += n;
+                        if f.op & RESPONSE_BIT == 0 {
+                            return Err(format!("request frame 0x{:02x} on a peer link", f.op));
+                        }
+                        if f.op == op::HELLO | RESPONSE_BIT || f.op == RESPONSE_BIT {
+                            if f.aux != Status::Ok as u8 {
+                                let msg = String::from_utf8_lossy(f.body).into_owned();
+                                log::error!(
+                                    "shard {shard}: node {} refused our peer HELLO: {msg} (is the cluster secret the same?)",
+                                    l.node
+                                );
+                                return Err("peer HELLO refused".into());
+                            }
+                            if !l.authenticated {
+                                log::info!("shard {shard}: link to node {} up", l.node);
+                            }
+                            l.authenticated = true;
+                            l.backoff_ms = RECONNECT_BACKOFF_MS_MIN;
+                            continue;
+                        }
+                        core.on_peer_reply(now_ms, l.node, &f);
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            l.rbuf.drain(..at);
+        }
+        Ok(())
+    }
+
+    fn flush_one(&mut self, registry: &Registry, i: usize) {
+        let l = &mut self.links[i];
+        if l.state != State::Ready {
+            return;
+        }
+        let Some(s) = l.stream.as_mut() else { return };
+        while l.wpos < l.wbuf.len() {
+            match s.write(&l.wbuf[l.wpos..]) {
+                Ok(0) => return self.close(registry, i, "write returned 0"),
+                Ok(n) => l.wpos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.close(registry, i, &e.to_string()),
+            }
+        }
+        if l.wpos == l.wbuf.len() {
+            l.wbuf.clear();
+            l.wpos = 0;
+        } else if l.wpos > READ_CHUNK_SIZE {
+            l.wbuf.drain(..l.wpos);
+            l.wpos = 0;
+        }
+    }
+
+    /// Retry the connection of every down link that has frames waiting and whose backoff
+    /// has ended (called every loop turn).
+    pub fn tick(&mut self, registry: &Registry) {
+        let now = Instant::now();
+        for i in 0..self.links.len() {
+            let l = &self.links[i];
+            if l.state == State::Down && l.wpos < l.wbuf.len() && now >= l.retry_at {
+                self.connect(registry, i);
+                if self.links[i].state == State::Down {
+                    // Failed at once: what waited is dropped (see the module doc).
+                    let l = &mut self.links[i];
+                    l.wbuf.clear();
+                    l.wpos = 0;
+                    self.stats.frames_dropped += 1;
+                }
+            }
+        }
+    }
+
+    /// Write what every ready link has queued (end of a turn).
+    pub fn flush(&mut self, registry: &Registry) {
+        for i in 0..self.links.len() {
+            if self.links[i].wpos < self.links[i].wbuf.len() {
+                self.flush_one(registry, i);
+            }
+        }
+    }
+
+    /// Close every link (shutdown).
+    pub fn close_all(&mut self, registry: &Registry) {
+        for l in &mut self.links {
+            if let Some(mut s) = l.stream.take() {
+                let _ = registry.deregister(&mut s);
+            }
+        }
+    }
+}

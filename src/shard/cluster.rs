@@ -1,0 +1,444 @@
+//! The shard core's cluster glue: how a shard hands its keyed requests and peer frames to its
+//! [`ClusterNode`] and turns the node's outputs into reply records and peer sends. Kept apart
+//! from `shard.rs` so the single-node path there stays as it was; every hook in `shard.rs`
+//! is one call into this file, taken only when the node runs with `--nodes`.
+//!
+//! * A client GET/PUT/DELETE is first routed to the shard owning its key (as on a single
+//!   node); that shard's `ClusterNode` coordinates it, applying locally to the shard's store
+//!   and sending peer frames. Its reply always comes back later as a record to the
+//!   connection's shard (so `on_frame` answers [`After::Deferred`]).
+//! * A peer REPLICATE or READ is routed to the shard owning its key the same way and answered
+//!   by that shard's store; a GOSSIP is served by the shard whose connection received it.
+//!   Replies to writes wait for the turn's sync when the sync policy is `always`.
+//! * Peer replies to this shard's own frames come in through [`ShardCore::on_peer_reply`]
+//!   from the driver's outbound links; frames to send go out in [`super::Outbox::peer`].
+//! * Every shard runs a whole `ClusterNode` (own gossip, own hints, own links); see
+//!   [`crate::cluster::node`]. So that the shards of a node agree on who is alive and who
+//!   leads, shard 0's view is the node's: shard 0 publishes it in a [`ClusterView`] on each of
+//!   its cluster ticks, and every shard decides (quorums, hints, CLUSTER, STATS) with it.
+
+use super::{After, ConnId, ShardCore, SyncPolicy};
+use crate::cluster::coordinator::Outcome;
+use crate::cluster::hints::HintQueue;
+use crate::cluster::node::{ClusterNode, Output};
+use crate::cluster::peer::{self, PeerRequest};
+use crate::cluster::ClusterConfig;
+use crate::hash::shard_of;
+use crate::protocol::message::{put_error, put_ok, put_reply};
+use crate::protocol::{op, Consistency, FrameRef, Request, Status};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Ticks of the cluster core come at most this often (gossip, timeouts, hint delivery).
+const CLUSTER_TICK_MS: u64 = 5;
+
+/// Where a coordinated request's reply goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// The shard owning the client connection.
+    pub shard: usize,
+    /// The connection.
+    pub conn: ConnId,
+    /// The request's opcode.
+    pub op: u8,
+    /// The request's id.
+    pub id: u32,
+}
+
+/// One shard's cluster state.
+pub struct ShardCluster {
+    node: ClusterNode<ReplyTo>,
+    last_tick_ms: u64,
+    view: Arc<ClusterView>,
+}
+
+/// The node-wide membership view, published by shard 0 and read by every shard.
+#[derive(Default)]
+pub struct ClusterView {
+    /// Alive nodes, one bit per node in configuration order; 0 until the first publication
+    /// (a published mask always holds this node's own bit).
+    alive_mask: AtomicU64,
+    /// The leader's id.
+    leader: AtomicU32,
+    /// The CLUSTER text.
+    text: Mutex<String>,
+}
+
+/// The key a REPLICATE or READ addresses (to route it), `None` for other peer frames.
+fn peer_key(op: u8, aux: u8, body: &[u8]) -> Option<&[u8]> {
+    match PeerRequest::decode(op, aux, body) {
+        Ok(PeerRequest::Replicate { write, .. }) => Some(write.key),
+        Ok(PeerRequest::Read { key }) => Some(key),
+        _ => None,
+    }
+}
+
+impl ShardCore {
+    /// How long a hint delivery waits for its ack before it is sent again: a couple of gossip
+    /// intervals (a delivery sent while the link was still reconnecting is lost, and
+    /// duplicates are harmless).
+    pub fn hint_resend_ms(config: &ClusterConfig) -> u64 {
+        (2 * config.gossip_interval_ms).clamp(100, config.request_timeout_ms)
+    }
+
+    /// Turn this shard into a member of the cluster `config` (validated), started at wall
+    /// time `start_ms` (the node's incarnation), keeping hints in `hints` (see
+    /// [`ShardCore::hint_resend_ms`]; the driver opens their durable log).
+    pub fn with_cluster(
+        mut self,
+        config: ClusterConfig,
+        start_ms: u64,
+        hints: Option<HintQueue>,
+        view: Arc<ClusterView>,
+    ) -> ShardCore {
+        assert_eq!(config.node_id, self.shared.node_id);
+        let seed = start_ms ^ ((config.node_id as u64) << 32) ^ self.cfg.shard as u64;
+        let hints =
+            hints.unwrap_or_else(|| HintQueue::in_memory(ShardCore::hint_resend_ms(&config)));
+        let mut node = ClusterNode::new(config, start_ms, seed, hints);
+        node.recover_clock(self.store.as_ref(), start_ms);
+        self.cluster = Some(Box::new(ShardCluster {
+            node,
+            last_tick_ms: 0,
+            view,
+        }));
+        self
+    }
+
+    /// Before any decision: take the node-wide view published by shard 0 (shard 0 itself and
+    /// every shard before the first publication use their own).
+    fn adopt_view(&mut self) {
+        let shard = self.cfg.shard;
+        if let Some(c) = self.cluster.as_mut() {
+            let mask = c.view.alive_mask.load(Ordering::Acquire);
+            c.node
+                .set_alive_override((shard != 0 && mask != 0).then_some(mask));
+        }
+    }
+
+    /// Whether this node runs as part of a cluster.
+    pub fn is_clustered(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// The cluster's configuration, if clustered (the driver opens peer links from it).
+    pub fn cluster_config(&self) -> Option<&ClusterConfig> {
+        self.cluster.as_ref().map(|c| c.node.config())
+    }
+
+    /// Whether a peer HELLO from `node_id` with `token` may open a peer session.
+    pub(super) fn peer_authorised(&self, node_id: u32, token: &[u8]) -> bool {
+        match &self.cluster {
+            None => false,
+            Some(c) => {
+                let cfg = c.node.config();
+                node_id != cfg.node_id
+                    && cfg.addr_of(node_id).is_some()
+                    && !cfg.secret.is_empty()
+                    && constant_time_eq(&cfg.secret, token)
+            }
+        }
+    }
+
+    /// Start a client GET/PUT/DELETE on this (owning) shard's coordinator. The reply comes
+    /// back as a record for `origin`'s connection `conn`. Returns false if the request is not
+    /// one the cluster handles (the caller uses the single-node path).
+    pub(super) fn cluster_client(
+        &mut self,
+        now_ms: u64,
+        origin: usize,
+        conn: ConnId,
+        req: &Request<'_>,
+        id: u32,
+    ) -> bool {
+        if self.cluster.is_none() {
+            return false;
+        }
+        self.adopt_view();
+        let c = self.cluster.as_mut().expect("checked above");
+        let ctx = ReplyTo {
+            shard: origin,
+            conn,
+            op: req.op(),
+            id,
+        };
+        let store = self.store.as_mut();
+        match *req {
+            Request::Get { key, consistency } => {
+                c.node.read(now_ms, store, ctx, key, level(consistency))
+            }
+            Request::Put {
+                key,
+                value,
+                ttl_seconds,
+                consistency,
+            } => {
+                let expires_at_ms = if ttl_seconds == 0 {
+                    0
+                } else {
+                    now_ms + ttl_seconds as u64 * 1000
+                };
+                if let Some(why) = &self.write_error {
+                    self.refuse_write(ctx, why.clone());
+                    return true;
+                }
+                c.node.write(
+                    now_ms,
+                    store,
+                    ctx,
+                    key,
+                    Some(value),
+                    expires_at_ms,
+                    level(consistency),
+                )
+            }
+            Request::Delete { key, consistency } => {
+                if let Some(why) = &self.write_error {
+                    self.refuse_write(ctx, why.clone());
+                    return true;
+                }
+                c.node
+                    .write(now_ms, store, ctx, key, None, 0, level(consistency))
+            }
+            _ => return false,
+        }
+        self.pump();
+        true
+    }
+
+    fn refuse_write(&mut self, ctx: ReplyTo, why: String) {
+        let msg = format!("writes are refused since a failed sync: {why}");
+        self.count_reply(Status::StorageError);
+        let dest = &mut self.outbox.replies[ctx.shard];
+        dest.extend_from_slice(&ctx.conn.0.to_be_bytes());
+        put_error(dest, ctx.op, ctx.id, Status::StorageError, &msg);
+    }
+
+    /// A peer frame on a peer session of this shard: route REPLICATE/READ to the key's shard,
+    /// serve the rest here.
+    pub(super) fn peer_frame(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        from: u32,
+        f: &FrameRef<'_>,
+        wbuf: &mut Vec<u8>,
+    ) -> After {
+        if let Some(key) = peer_key(f.op, f.aux, f.body) {
+            let owner = shard_of(key, self.cfg.shards);
+            if owner != self.cfg.shard {
+                let records = &mut self.outbox.requests[owner];
+                records.extend_from_slice(&conn.0.to_be_bytes());
+                crate::protocol::frame::put_frame(records, f.op, f.aux, f.id, &[f.body]);
+                return After::Deferred;
+            }
+        }
+        let mark = wbuf.len();
+        if self.serve_peer(now_ms, from, f, wbuf) {
+            let held = &mut self.held[self.cfg.shard];
+            held.extend_from_slice(&conn.0.to_be_bytes());
+            held.extend_from_slice(&wbuf[mark..]);
+            wbuf.truncate(mark);
+            return After::Deferred;
+        }
+        After::Continue
+    }
+
+    /// Serve a peer request on this shard, appending the reply to `out`. Returns true when
+    /// the reply must wait for the turn's sync (a write under the `always` policy).
+    pub(super) fn serve_peer(
+        &mut self,
+        now_ms: u64,
+        from: u32,
+        f: &FrameRef<'_>,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        self.adopt_view();
+        let Some(c) = self.cluster.as_mut() else {
+            put_error(
+                out,
+                f.op,
+                f.id,
+                Status::Unauthorized,
+                "this node is not part of a cluster",
+            );
+            return false;
+        };
+        if f.op == peer::op::REPLICATE {
+            if let Some(why) = &self.write_error {
+                let msg = format!("writes are refused since a failed sync: {why}");
+                put_error(out, f.op, f.id, Status::StorageError, &msg);
+                return false;
+            }
+        }
+        let store = self.store.as_mut();
+        let r = c
+            .node
+            .on_peer_request(now_ms, store, from, f.id, f.op, f.aux, f.body, out);
+        if let Err(e) = r {
+            log::warn!("peer frame from node {from}: {e}");
+        }
+        self.pump();
+        f.op == peer::op::REPLICATE
+            && self.cfg.sync == SyncPolicy::Always
+            && self.store.needs_sync()
+    }
+
+    /// A reply from node `from` on one of this shard's outbound peer links.
+    pub fn on_peer_reply(&mut self, now_ms: u64, from: u32, f: &FrameRef<'_>) {
+        self.adopt_view();
+        if let Some(c) = self.cluster.as_mut() {
+            c.node.on_peer_reply(now_ms, self.store.as_mut(), from, f);
+            self.pump();
+        }
+    }
+
+    /// Advance the cluster core's time (gossip, failure detection, request timeouts, hint
+    /// delivery). Cheap to call every loop turn: it acts at most every few ms.
+    pub fn on_cluster_tick(&mut self, now_ms: u64) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        if now_ms < c.last_tick_ms + CLUSTER_TICK_MS {
+            return;
+        }
+        c.last_tick_ms = now_ms;
+        self.adopt_view();
+        let c = self.cluster.as_mut().expect("checked above");
+        c.node.on_tick(now_ms, self.store.as_mut());
+        self.pump();
+        let c = self.cluster.as_ref().expect("checked above");
+        if self.cfg.shard == 0 {
+            // Publish this shard's view as the node's.
+            c.view
+                .alive_mask
+                .store(c.node.own_alive_mask(), Ordering::Release);
+            c.view
+                .leader
+                .store(c.node.membership().leader(), Ordering::Relaxed);
+            if let Ok(mut text) = c.view.text.lock() {
+                *text = c.node.render_cluster();
+            }
+        }
+        let text = c.node.stats_text();
+        if let Ok(mut slot) = self.counters().cluster_text.lock() {
+            *slot = text;
+        }
+    }
+
+    /// The CLUSTER reply text (the node-wide view), if clustered.
+    pub(super) fn cluster_view(&self) -> Option<String> {
+        let c = self.cluster.as_ref()?;
+        let published = c.view.text.lock().map(|t| t.clone()).unwrap_or_default();
+        Some(if published.is_empty() {
+            c.node.render_cluster()
+        } else {
+            published
+        })
+    }
+
+    /// STATS lines of the cluster that are views rather than counters (not summed).
+    pub(super) fn cluster_view_stats(&self, t: &mut String) {
+        if let Some(c) = &self.cluster {
+            let m = c.node.membership();
+            let mask = c.node.alive_mask();
+            let leader = match c.view.leader.load(Ordering::Relaxed) {
+                0 if c.view.alive_mask.load(Ordering::Relaxed) == 0 => m.leader(),
+                l => l,
+            };
+            let _ = writeln!(t, "cluster_leader {leader}");
+            let _ = writeln!(t, "cluster_alive {}", mask.count_ones());
+            let _ = writeln!(t, "cluster_nodes {}", c.node.config().nodes.len());
+            let _ = writeln!(t, "cluster_replicas {}", c.node.config().replicas);
+            let _ = writeln!(t, "cluster_incarnation {}", m.incarnation());
+        }
+    }
+
+    /// Move the cluster core's outputs: peer frames to the outbox, client answers to reply
+    /// records (held for the sync when they acknowledge a write under `always`).
+    fn pump(&mut self) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        while let Some(out) = c.node.poll_output() {
+            match out {
+                Output::Send { to, frame } => self.outbox.peer.push((to, frame)),
+                Output::Event(e) => log::info!("shard {}: cluster: {e:?}", self.cfg.shard),
+                Output::Reply { ctx, outcome } => {
+                    let hold = matches!(outcome, Outcome::Written { .. })
+                        && self.cfg.sync == SyncPolicy::Always
+                        && self.store.needs_sync();
+                    let dest = if hold {
+                        &mut self.held[ctx.shard]
+                    } else {
+                        &mut self.outbox.replies[ctx.shard]
+                    };
+                    dest.extend_from_slice(&ctx.conn.0.to_be_bytes());
+                    let status = match outcome {
+                        Outcome::Written { version } => {
+                            put_ok(dest, ctx.op, ctx.id, &[&version.0.to_be_bytes()]);
+                            Status::Ok
+                        }
+                        Outcome::Found { version, value, .. } => {
+                            put_ok(dest, op::GET, ctx.id, &[&version.0.to_be_bytes(), &value]);
+                            Status::Ok
+                        }
+                        Outcome::NotFound => {
+                            put_reply(dest, op::GET, Status::NotFound, ctx.id, &[]);
+                            Status::NotFound
+                        }
+                        Outcome::Failed { status, message } => {
+                            put_error(dest, ctx.op, ctx.id, status, &message);
+                            status
+                        }
+                    };
+                    self.shared.counters[self.cfg.shard].replies_by_status[status as usize]
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+fn level(c: Consistency) -> Consistency {
+    match c {
+        Consistency::Default => Consistency::Quorum,
+        other => other,
+    }
+}
+
+/// Compare secrets without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The outcome of `Request::decode` for a frame forwarded from another shard that the cluster
+/// handles: `Some(true)` held, `Some(false)` answered in `out`, `None` for a pending client
+/// request (answered later) — used by `on_mail`.
+impl ShardCore {
+    pub(super) fn cluster_mail(
+        &mut self,
+        now_ms: u64,
+        from_shard: usize,
+        conn: ConnId,
+        req: &Request<'_>,
+        f: &FrameRef<'_>,
+        out: &mut Vec<u8>,
+    ) -> Option<Option<bool>> {
+        self.cluster.as_ref()?;
+        match req {
+            Request::Get { .. } | Request::Put { .. } | Request::Delete { .. } => {
+                self.cluster_client(now_ms, from_shard, conn, req, f.id);
+                Some(None)
+            }
+            // The peer's id does not matter for REPLICATE and READ (only GOSSIP uses it, and
+            // GOSSIP is never forwarded).
+            Request::Peer { .. } => Some(Some(self.serve_peer(now_ms, 0, f, out))),
+            _ => None,
+        }
+    }
+}
