@@ -13,7 +13,16 @@ fn run_block(first: u64, last: u64) {
     let opts = Options::default();
     let mut failures = Vec::new();
     for seed in first..=last {
-        let r = sim::run(seed, &opts, false);
+        // A panic in the real code is a failure of this seed, reported with it.
+        let r = match std::panic::catch_unwind(|| sim::run(seed, &opts, false)) {
+            Ok(r) => r,
+            Err(_) => {
+                failures.push(format!(
+                    "seed {seed}: panic\n  reproduce: kvsim --seed {seed} --trace"
+                ));
+                continue;
+            }
+        };
         for v in &r.violations {
             failures.push(format!(
                 "seed {seed}: {} key={} {}\n  reproduce: kvsim --seed {seed} --trace",

@@ -101,6 +101,9 @@ pub fn key_name(k: u32) -> Vec<u8> {
 
 /// A version for humans: `ms.logical@node` with ms relative to the simulation's epoch.
 pub fn show_version(v: Version, base_ms: u64) -> String {
+    if v == Version::ZERO {
+        return "0".to_string();
+    }
     format!(
         "{}.{}@{}",
         v.physical_ms() as i64 - base_ms as i64,

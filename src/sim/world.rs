@@ -1026,7 +1026,12 @@ impl World {
             Outcome::NotFound => "not found".to_string(),
             Outcome::Failed { status, message } => format!("failed {status:?}: {message}"),
         };
-        trace!(self.trace, "op {op} answer: {text}");
+        let key = key_name(self.hist.ops[op as usize].key);
+        trace!(
+            self.trace,
+            "op {op} answer {}: {text}",
+            String::from_utf8_lossy(&key)
+        );
         self.hist.answer(op, outcome, self.now);
         self.client_done(op);
     }
