@@ -135,8 +135,8 @@ pub struct Params {
     pub dup_percent: u32,
     /// Mean ms between faults; 0 = no faults.
     pub fault_interval_ms: u64,
-    /// Relative weights of crash, pause, partition, clock jump, failed sync.
-    pub fault_weights: [u32; 5],
+    /// Relative weights of crash, pause, partition, clock jump, failed sync, full disk.
+    pub fault_weights: [u32; 6],
     /// Largest clock skew of a node at start, ± ms.
     pub skew_max_ms: u64,
     /// Largest clock jump, ± ms.
@@ -241,6 +241,7 @@ impl Params {
             range(r, 0, 4) as u32,
             range(r, 0, 3) as u32,
             range(r, 0, 1) as u32,
+            range(r, 0, 1) as u32,
         ];
         let skew_max_ms = [0, 5, 50, 500][r.below(4) as usize];
         let jump_max_ms = [10, 200, 5_000][r.below(3) as usize];
@@ -310,7 +311,7 @@ impl Params {
         ));
         trace.line(format_args!(
             "params delay={}..{}ms drop%={} dup%={} faults every ~{}ms weights(crash,pause,\
-             partition,jump,sync-fail)={:?} skew=±{}ms jump=±{}ms torn%={} bad_disk={:?} segment={}B \
+             partition,jump,sync-fail,disk-full)={:?} skew=±{}ms jump=±{}ms torn%={} bad_disk={:?} segment={}B \
              mutation={}",
             self.delay_min_ms,
             self.delay_max_ms,

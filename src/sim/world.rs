@@ -88,6 +88,8 @@ enum Ev {
     /// Crash and restart a node if it refuses writes (an operator's reaction).
     OperatorRestart(u32),
     Unpause(u32),
+    /// Space is freed on a full disk.
+    DiskFreed(u32),
     Heal,
     Liveness,
     RepairRound,
@@ -430,6 +432,10 @@ impl World {
                     n.paused_until = 0;
                     trace!(self.trace, "n{id} resumes");
                 }
+            }
+            Ev::DiskFreed(id) => {
+                self.nodes[id as usize - 1].vfs.set_space_max(None);
+                trace!(self.trace, "n{id} disk space freed");
             }
             Ev::Heal => self.heal(),
             Ev::Liveness => self.start_liveness(),
@@ -1103,6 +1109,29 @@ impl World {
                     self.at(t, Ev::OperatorRestart(id));
                 }
             }
+            5 => {
+                // The disk fills up for a while: appends fail with ENOSPC (refused, not
+                // sticky), then space is freed.
+                if self.nodes[id as usize - 1].up.is_some() {
+                    let vfs = self.nodes[id as usize - 1].vfs.clone();
+                    let used: u64 = [DATA_DIR, HINT_DIR]
+                        .iter()
+                        .flat_map(|d| {
+                            let dir = Path::new(d);
+                            vfs.list(dir)
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(move |f| dir.join(f))
+                        })
+                        .map(|p| vfs.contents(&p).map_or(0, |c| c.len() as u64))
+                        .sum();
+                    let room = range(&mut self.rng, 0, 2_000);
+                    vfs.set_space_max(Some(used + room));
+                    trace!(self.trace, "n{id} disk full ({room} bytes left)");
+                    let t = self.now + range(&mut self.rng, 50, 3_000);
+                    self.at(t, Ev::DiskFreed(id));
+                }
+            }
             _ => {
                 let j = range(&mut self.rng, 1, self.p.jump_max_ms) as i64;
                 let j = if self.rng.below(2) == 0 { j } else { -j };
@@ -1186,6 +1215,7 @@ impl World {
             self.nodes[i].paused_until = 0;
             self.nodes[i].offset_ms = range(&mut self.rng, 0, 4) as i64 - 2;
             self.nodes[i].vfs.fail_next_syncs(0);
+            self.nodes[i].vfs.set_space_max(None);
             self.operator_restart(id);
             if self.nodes[i].up.is_none() {
                 self.start_node(id);
