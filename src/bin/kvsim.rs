@@ -92,6 +92,7 @@ fn options(m: &getopts::Matches) -> Result<Options, String> {
         mutation,
         flip_keeps_hint: m.opt_present("flip-keeps-hint"),
         raw_clock_recovery: m.opt_present("raw-clock-recovery"),
+        no_repair_reads: m.opt_present("no-repair-reads"),
     })
 }
 
@@ -144,6 +145,11 @@ fn main() -> ExitCode {
         "",
         "raw-clock-recovery",
         "restart nodes without the simulated clock ceiling (shows BUG(sim-2))",
+    );
+    o.optflag(
+        "",
+        "no-repair-reads",
+        "liveness phase without the simulator's ALL reads (hints and anti-entropy only)",
     );
     o.optflag("h", "help", "print this help");
     let usage = |o: &getopts::Options| {

@@ -119,6 +119,9 @@ impl Options {
         if self.raw_clock_recovery {
             a += " --raw-clock-recovery";
         }
+        if self.no_repair_reads {
+            a += " --no-repair-reads";
+        }
         if self.mutation != Mutation::None {
             a += &format!(" --mutation {}", self.mutation.name());
         }

@@ -86,6 +86,9 @@ pub struct Options {
     /// see `world.rs`); by default the simulator also recovers the clock above the highest
     /// version the node let out before its crash, as a durable clock ceiling would.
     pub raw_clock_recovery: bool,
+    /// In the liveness phase, do not issue ALL reads to drive read repair: convergence must
+    /// come from hinted handoff and anti-entropy alone.
+    pub no_repair_reads: bool,
 }
 
 /// Everything a run uses, drawn from the seed unless fixed in [`Options`].
@@ -153,6 +156,10 @@ pub struct Params {
     pub flip_keeps_hint: bool,
     /// See [`Options::raw_clock_recovery`].
     pub raw_clock_recovery: bool,
+    /// See [`Options::no_repair_reads`].
+    pub no_repair_reads: bool,
+    /// Anti-entropy interval of every node (used once anti-entropy lands).
+    pub anti_entropy_interval_ms: u64,
 }
 
 fn pick<T: Copy>(
@@ -247,6 +254,7 @@ impl Params {
         let jump_max_ms = [10, 200, 5_000][r.below(3) as usize];
         let torn_percent = range(r, 0, 100) as u32;
         let bad_disk = (r.below(3) == 0).then(|| range(r, 1, u64::from(nodes)) as u32);
+        let anti_entropy_interval_ms = range(r, 200, 5_000);
         let segment_size_max = [512, 2_048, 16_384][r.below(3) as usize];
         Params {
             nodes,
@@ -280,6 +288,8 @@ impl Params {
             mutation: opts.mutation,
             flip_keeps_hint: opts.flip_keeps_hint,
             raw_clock_recovery: opts.raw_clock_recovery,
+            no_repair_reads: opts.no_repair_reads,
+            anti_entropy_interval_ms,
         }
     }
 

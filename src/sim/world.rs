@@ -205,6 +205,7 @@ impl World {
         config.gossip_interval_ms = p.gossip_interval_ms;
         config.failure_threshold = p.failure_threshold;
         config.request_timeout_ms = p.request_timeout_ms;
+        config.anti_entropy_interval_ms = p.anti_entropy_interval_ms;
         // skip-read-repair: the cluster's own switch (kvd --read-repair off).
         config.read_repair = p.mutation != Mutation::SkipReadRepair;
         config.mutations = Mutations {
@@ -1296,6 +1297,20 @@ impl World {
                 }
             }
         }
+        // Hinted handoff must drain: every hint delivered once its target is back.
+        let pending: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                n.up.as_ref()
+                    .map(|l| (n.id, l.core.hints().stats().pending))
+            })
+            .filter(|&(_, p)| p > 0)
+            .map(|(id, p)| format!("n{id} holds {p} hints"))
+            .collect();
+        if !pending.is_empty() {
+            views.extend(pending);
+        }
         if diverged.is_empty() && views.is_empty() {
             self.stats.converge_ms = self.now - self.liveness_start;
             trace!(
@@ -1309,7 +1324,7 @@ impl World {
         }
         if self.now - self.liveness_start > self.p.liveness_ms_max && diverged.is_empty() {
             let d = format!(
-                "membership views differ after {} ms without faults: {}",
+                "membership views differ or hints are left after {} ms without faults: {}",
                 self.now - self.liveness_start,
                 views.join("; ")
             );
@@ -1333,8 +1348,19 @@ impl World {
             return;
         }
         // Until anti-entropy lands, convergence is driven by read repair: an ALL read of
-        // every key that differs, through rotating coordinators.
+        // every key that differs, through rotating coordinators (unless --no-repair-reads).
         self.repair_round += 1;
+        if self.p.no_repair_reads {
+            trace!(
+                self.trace,
+                "waiting: {} keys differ, {} views differ",
+                diverged.len(),
+                views.len()
+            );
+            let t = self.now + 500;
+            self.at(t, Ev::RepairRound);
+            return;
+        }
         trace!(
             self.trace,
             "repair round {}: {} keys differ, ALL reads; {} views differ",
