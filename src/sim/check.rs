@@ -14,7 +14,8 @@
 //!   acknowledged writes a node coordinated, in the order it issued them, strictly increase
 //!   (across its restarts too), and carry its node id.
 //! * **Replicas converge** (`convergence`): after the liveness phase every replica of every key
-//!   holds the same record (version and value, or tombstone).
+//!   holds the same record (version and value, or tombstone); a dead record (tombstone or
+//!   expired value) and no record at all agree, since tombstones may be collected.
 //! * **No acknowledged write is lost** (`lost-write`): after convergence every key holds at
 //!   least the newest version among the acknowledged writes the durability promise covers.
 //!
@@ -375,8 +376,9 @@ impl History {
         }
     }
 
-    /// `lost-write` for one key that converged on `held` (version), checked at `t`.
-    pub fn check_durable(&mut self, key: u32, held: Option<Version>, t: u64) {
+    /// `lost-write` for one key that converged on `held` (version, and whether the record is
+    /// dead: a tombstone or an expired value), checked at `t`.
+    pub fn check_durable(&mut self, key: u32, held: Option<(Version, bool)>, t: u64) {
         let newest = self.by_key[&key]
             .iter()
             .map(|&w| &self.ops[w as usize])
@@ -385,12 +387,19 @@ impl History {
         let Some(w) = newest else { return };
         let wv = w.acked_version().expect("filtered on it");
         self.keys_checked += 1;
-        if held.is_none_or(|h| h < wv) {
+        // A dead record, or none at all (tombstones and expired values may be collected),
+        // satisfies a delete, and a PUT with a time to live that may have expired.
+        let may_be_dead = w.kind == OpKind::Delete || w.ttl_ms > 0;
+        let lost = match held {
+            Some((h, dead)) => h < wv && !(dead && may_be_dead),
+            None => !may_be_dead,
+        };
+        if lost {
             let base = self.base_ms;
             let d = format!(
                 "replicas converged on {} but {:?} op {} ({} via n{}) was acknowledged with \
                  version {} at {} ms",
-                held.map_or("nothing".to_string(), |h| show_version(h, base)),
+                held.map_or("nothing".to_string(), |(h, _)| show_version(h, base)),
                 w.kind,
                 w.id,
                 consistency_name(w.consistency),

@@ -1243,16 +1243,20 @@ impl World {
             held.push(got);
         }
         // An expired value and a tombstone of the same version are the same record to a
-        // reader (compaction turns the one into the other, keeping the version).
+        // reader (compaction turns the one into the other, keeping the version), and a
+        // replica without the key agrees with a dead record (tombstones may be collected
+        // once anti-entropy has made sure every replica has them).
         let now_ms = self.node_now(prefs[0]);
         let same = |a: &Option<Stored>, b: &Option<Stored>| match (a, b) {
             (Some(x), Some(y)) if x.version == y.version => {
                 x == y || (!x.is_live(now_ms) && !y.is_live(now_ms))
             }
+            (Some(x), None) | (None, Some(x)) => !x.is_live(now_ms),
             _ => a == b,
         };
         if held.windows(2).all(|w| same(&w[0], &w[1])) {
-            return Ok(held.pop().flatten());
+            // The newest record (others are dead or absent, and agree with it).
+            return Ok(held.into_iter().flatten().max_by_key(|s| s.version));
         }
         let seen: Vec<String> = prefs
             .iter()
@@ -1386,7 +1390,12 @@ impl World {
 
     fn final_checks(&mut self, converged: &[u32]) {
         for &k in converged {
-            let held = self.agreed(k).ok().flatten().map(|s| s.version);
+            let now_ms = self.node_now(1);
+            let held = self
+                .agreed(k)
+                .ok()
+                .flatten()
+                .map(|s| (s.version, !s.is_live(now_ms)));
             self.hist.check_durable(k, held, self.now);
         }
         self.hist.check_version_order();
