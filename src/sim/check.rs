@@ -14,8 +14,8 @@
 //!   acknowledged writes a node coordinated, in the order it issued them, strictly increase
 //!   (across its restarts too), and carry its node id.
 //! * **Replicas converge** (`convergence`): after the liveness phase every replica of every key
-//!   holds the same record (version and value, or tombstone); a dead record (tombstone or
-//!   expired value) and no record at all agree, since tombstones may be collected.
+//!   holds the same live record (version and value); dead records (tombstones, expired
+//!   values) and no record at all agree, since tombstones may be collected.
 //! * **No acknowledged write is lost** (`lost-write`): after convergence every key holds at
 //!   least the newest version among the acknowledged writes the durability promise covers.
 //!

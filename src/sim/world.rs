@@ -1242,18 +1242,13 @@ impl World {
                 .map_err(|e| format!("n{r} cannot read it: {e}"))?;
             held.push(got);
         }
-        // An expired value and a tombstone of the same version are the same record to a
-        // reader (compaction turns the one into the other, keeping the version), and a
-        // replica without the key agrees with a dead record (tombstones may be collected
-        // once anti-entropy has made sure every replica has them).
+        // Dead records (tombstones, expired values) and no record at all agree: to a reader
+        // they are all "not found", compaction turns expired values into tombstones, and
+        // anti-entropy collects tombstones (and ignores dead records below its horizon) once
+        // every replica has them. Live records must be identical.
         let now_ms = self.node_now(prefs[0]);
-        let same = |a: &Option<Stored>, b: &Option<Stored>| match (a, b) {
-            (Some(x), Some(y)) if x.version == y.version => {
-                x == y || (!x.is_live(now_ms) && !y.is_live(now_ms))
-            }
-            (Some(x), None) | (None, Some(x)) => !x.is_live(now_ms),
-            _ => a == b,
-        };
+        let dead = |a: &Option<Stored>| a.as_ref().is_none_or(|x| !x.is_live(now_ms));
+        let same = |a: &Option<Stored>, b: &Option<Stored>| a == b || (dead(a) && dead(b));
         if held.windows(2).all(|w| same(&w[0], &w[1])) {
             // The newest record (others are dead or absent, and agree with it).
             return Ok(held.into_iter().flatten().max_by_key(|s| s.version));
