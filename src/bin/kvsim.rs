@@ -89,6 +89,8 @@ fn options(m: &getopts::Matches) -> Result<Options, String> {
         safety_ms: parse_num(m, "safety-ms")?,
         drop_percent: parse_num(m, "drop-percent")?,
         fault_interval_ms: parse_num(m, "fault-interval-ms")?,
+        skew_max_ms: parse_num(m, "skew-max-ms")?,
+        jump_max_ms: parse_num(m, "jump-max-ms")?,
         mutation,
         flip_keeps_hint: m.opt_present("flip-keeps-hint"),
         raw_clock_recovery: m.opt_present("raw-clock-recovery"),

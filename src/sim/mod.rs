@@ -113,6 +113,12 @@ impl Options {
         if let Some(n) = self.fault_interval_ms {
             a += &format!(" --fault-interval-ms {n}");
         }
+        if let Some(n) = self.skew_max_ms {
+            a += &format!(" --skew-max-ms {n}");
+        }
+        if let Some(n) = self.jump_max_ms {
+            a += &format!(" --jump-max-ms {n}");
+        }
         if self.flip_keeps_hint {
             a += " --flip-keeps-hint";
         }

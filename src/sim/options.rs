@@ -77,6 +77,10 @@ pub struct Options {
     /// Mean ms between two faults (crash, pause, partition, clock jump) in the safety phase;
     /// 0 turns faults off.
     pub fault_interval_ms: Option<u64>,
+    /// Largest clock skew of a node at start, ± ms.
+    pub skew_max_ms: Option<u64>,
+    /// Largest clock jump, ± ms (0: no jumps).
+    pub jump_max_ms: Option<u64>,
     /// The deliberate bug to switch on.
     pub mutation: Mutation,
     /// Keep the hint file of a segment whose bit was flipped (reproduces BUG(sim-1), see
@@ -250,8 +254,12 @@ impl Params {
             range(r, 0, 1) as u32,
             range(r, 0, 1) as u32,
         ];
-        let skew_max_ms = [0, 5, 50, 500][r.below(4) as usize];
-        let jump_max_ms = [10, 200, 5_000][r.below(3) as usize];
+        let skew_max_ms = pick(r, opts.skew_max_ms, |r| {
+            [0, 5, 50, 500][r.below(4) as usize]
+        });
+        let jump_max_ms = pick(r, opts.jump_max_ms, |r| {
+            [10, 200, 5_000][r.below(3) as usize]
+        });
         let torn_percent = range(r, 0, 100) as u32;
         let bad_disk = (r.below(3) == 0).then(|| range(r, 1, u64::from(nodes)) as u32);
         let anti_entropy_interval_ms = range(r, 200, 5_000);

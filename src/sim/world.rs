@@ -1134,6 +1134,9 @@ impl World {
                 }
             }
             _ => {
+                if self.p.jump_max_ms == 0 {
+                    return;
+                }
                 let j = range(&mut self.rng, 1, self.p.jump_max_ms) as i64;
                 let j = if self.rng.below(2) == 0 { j } else { -j };
                 self.nodes[id as usize - 1].offset_ms += j;
