@@ -138,6 +138,18 @@ fn main() -> ExitCode {
         "mean ms between faults (0: none)",
         "MS",
     );
+    o.optopt(
+        "",
+        "skew-max-ms",
+        "largest clock skew of a node, ± ms",
+        "MS",
+    );
+    o.optopt(
+        "",
+        "jump-max-ms",
+        "largest clock jump, ± ms (0: none)",
+        "MS",
+    );
     o.optflag(
         "",
         "flip-keeps-hint",
