@@ -38,9 +38,8 @@ use crate::protocol::message::put_error;
 use crate::protocol::{frame, Consistency, Status, RESPONSE_BIT};
 use crate::shard::{ShardCore, SyncPolicy};
 use crate::storage::logstore::{LogConfig, LogStore};
-use crate::storage::memory::MemoryStore;
 use crate::storage::vfs::{CrashMode, MemVfs, Vfs};
-use crate::storage::{Store, Stored, Write};
+use crate::storage::{Applied, Store, StoreError, Stored, Write};
 use crate::version::Version;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -500,15 +499,7 @@ impl World {
             // the twin counts as an acknowledgement). The fix is a durable clock ceiling;
             // the simulator stands in for it by recovering above the highest version the
             // node let out (`--raw-clock-recovery` shows the bug).
-            let mut ceiling = MemoryStore::new();
-            let w = Write {
-                key: b"clock-ceiling",
-                value: Some(b""),
-                version: n.issued_max,
-                expires_at_ms: 0,
-            };
-            ceiling.apply(w).expect("a memory store accepts writes");
-            core.recover_clock(&ceiling, now_ms);
+            core.recover_clock(&ClockCeiling(n.issued_max), now_ms);
         }
         let highest = store.highest_version();
         trace!(
@@ -1419,4 +1410,39 @@ fn own_version(id: u32, frame: &[u8]) -> Option<Version> {
         }
         _ => None,
     }
+}
+
+/// An empty store whose only figure is a highest version: how the simulator hands a node's
+/// clock ceiling to [`ClusterNode::recover_clock`] (BUG(sim-2)) without a fake record (the
+/// call also builds anti-entropy state from the store; an empty store adds nothing).
+struct ClockCeiling(Version);
+
+impl Store for ClockCeiling {
+    fn get(&mut self, _key: &[u8]) -> Result<Option<Stored>, StoreError> {
+        Ok(None)
+    }
+    fn version_of(&self, _key: &[u8]) -> Option<Version> {
+        None
+    }
+    fn apply(&mut self, _write: Write<'_>) -> Result<Applied, StoreError> {
+        Err(StoreError::WritesRefused(
+            "a clock ceiling holds no data".into(),
+        ))
+    }
+    fn needs_sync(&self) -> bool {
+        false
+    }
+    fn sync(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn maintenance(&mut self, _now_ms: u64, _budget: usize) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    fn len(&self) -> usize {
+        0
+    }
+    fn highest_version(&self) -> Version {
+        self.0
+    }
+    fn stats(&self, _report: &mut dyn FnMut(&str, u64)) {}
 }
