@@ -388,8 +388,16 @@ impl History {
         let wv = w.acked_version().expect("filtered on it");
         self.keys_checked += 1;
         // A dead record, or none at all (tombstones and expired values may be collected),
-        // satisfies a delete, and a PUT with a time to live that may have expired.
-        let may_be_dead = w.kind == OpKind::Delete || w.ttl_ms > 0;
+        // satisfies a delete, a PUT with a time to live that may have expired, and any write
+        // after which a delete (or an expiring PUT), acknowledged or not, may have come.
+        let may_be_dead = w.kind == OpKind::Delete
+            || w.ttl_ms > 0
+            || self.by_key[&key].iter().any(|&d| {
+                let d = &self.ops[d as usize];
+                (d.kind == OpKind::Delete || d.ttl_ms > 0)
+                    && d.issue_seq != 0
+                    && d.acked_version().is_none_or(|dv| dv > wv)
+            });
         let lost = match held {
             Some((h, dead)) => h < wv && !(dead && may_be_dead),
             None => !may_be_dead,
