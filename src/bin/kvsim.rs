@@ -99,6 +99,12 @@ fn options(m: &getopts::Matches) -> Result<Options, String> {
 }
 
 fn main() -> ExitCode {
+    // Die quietly when the reader of our output goes away (`kvsim ... | head`), as CLI
+    // tools do, rather than panic on a failed print.
+    // SAFETY: setting a signal's disposition to the default at start, before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut o = getopts::Options::new();
     o.optopt("", "seed", "run one seed", "N");

@@ -32,7 +32,7 @@ use crate::cluster::coordinator::Outcome;
 use crate::cluster::hintfile::FileHintLog;
 use crate::cluster::hints::HintQueue;
 use crate::cluster::node::{ClusterNode, Output};
-use crate::cluster::peer::{op as peer_op, PeerRequest};
+use crate::cluster::peer::{op as peer_op, PeerReply, PeerRequest, WriteAck};
 use crate::cluster::{ClusterConfig, Mutations, Ring, SplitMix64};
 use crate::protocol::message::put_error;
 use crate::protocol::{frame, Consistency, Status, RESPONSE_BIT};
@@ -778,7 +778,26 @@ impl World {
             _ => "OP?",
         };
         if reply {
-            return format!("{name}-reply id={} status={}", f.id, f.aux);
+            let what = match PeerReply::decode(f.op, f.aux, f.body) {
+                Ok(PeerReply::Write(WriteAck::Done(Applied::Stored))) => "stored".to_string(),
+                Ok(PeerReply::Write(WriteAck::Done(Applied::Stale { current }))) => {
+                    format!("stale (holds {})", self.v(current))
+                }
+                Ok(PeerReply::Write(WriteAck::Refused(why))) => format!("refused: {why}"),
+                Ok(PeerReply::Read(Ok(Some(r)))) => format!(
+                    "{} {}",
+                    self.v(r.version),
+                    if r.value.is_some() {
+                        "value"
+                    } else {
+                        "tombstone"
+                    }
+                ),
+                Ok(PeerReply::Read(Ok(None))) => "absent".to_string(),
+                Ok(PeerReply::Read(Err(why))) => format!("error: {why}"),
+                _ => format!("status={}", f.aux),
+            };
+            return format!("{name}-reply id={} {what}", f.id);
         }
         match PeerRequest::decode(f.op, f.aux, f.body) {
             Ok(PeerRequest::Replicate { write, aux }) => format!(
