@@ -47,8 +47,9 @@ pub const CONNECTIONS_MAX_LIMIT: usize = 1_000_000;
 /// connection cap is derived from the open-file limit.
 pub const FD_RESERVE: usize = 256;
 
-/// Bytes read from a socket in one `read` call.
-pub const READ_CHUNK_SIZE: usize = 64 * 1024;
+/// Bytes read from a socket in one `read` call, and the size of an idle connection's read
+/// buffer (16 KiB, as Redis; 10,000 idle connections hold 160 MiB).
+pub const READ_CHUNK_SIZE: usize = 16 * 1024;
 
 /// A connection's read buffer never holds more than one largest frame plus one read chunk.
 pub const READ_BUFFER_SIZE_MAX: usize = 4 + FRAME_SIZE_MAX + READ_CHUNK_SIZE;
@@ -149,6 +150,17 @@ pub const ANTI_ENTROPY_INTERVAL_MS_DEFAULT: u64 = 60_000;
 /// collecting late read replies for repair). Past it new requests get OVERLOADED.
 pub const COORDINATOR_OPS_MAX: usize = 16_384;
 
+/// Backpressure: past this many replicated operations in flight on a shard, its event loop
+/// stops reading requests from client connections (peer connections are always read: pausing
+/// them would slow down the very acknowledgements the backlog waits for)...
+pub const COORDINATOR_OPS_HIGH_WATER: usize = COORDINATOR_OPS_MAX / 2;
+
+/// ...and resumes once the backlog is below this.
+pub const COORDINATOR_OPS_LOW_WATER: usize = COORDINATOR_OPS_MAX / 4;
+const _: () = assert!(COORDINATOR_OPS_LOW_WATER < COORDINATOR_OPS_HIGH_WATER);
+const _: () =
+    assert!(COORDINATOR_OPS_HIGH_WATER + IN_FLIGHT_PER_CONNECTION_MAX < COORDINATOR_OPS_MAX);
+
 /// Hints held for one target node, by count. On overflow the oldest hint is dropped (and
 /// counted): anti-entropy repairs what hints lose.
 pub const HINTS_PER_TARGET_MAX: usize = 100_000;
@@ -214,6 +226,10 @@ pub const KEYDIR_LOAD_MAX_PERCENT: usize = 80;
 /// The keydir's key arena is compacted when at least this many of its bytes are dead (and
 /// more than half of it is).
 pub const KEYDIR_ARENA_DEAD_MIN: usize = 1024 * 1024;
+
+/// Size of one chunk of the keydir's key arena: the most it holds unused is one chunk.
+pub const KEYDIR_ARENA_CHUNK_SIZE: usize = 1024 * 1024;
+const _: () = assert!(KEYDIR_ARENA_CHUNK_SIZE > KEY_SIZE_MAX);
 
 /// Most keys (tombstones included) one shard's keydir holds: its u32 index slots keep 26
 /// bits for the entry number. Writes of new keys past it are refused.

@@ -7,6 +7,7 @@
 
 pub mod mailbox;
 pub mod peers;
+pub mod readbuf;
 pub mod system;
 pub mod worker;
 
@@ -156,7 +157,15 @@ pub fn run(cfg: ServerConfig, stores: Vec<Box<dyn Store>>, started_at_ms: u64) -
                 };
                 core.with_cluster(c.clone(), started_at_ms, hints, view.clone())
             }
-            None => core,
+            None => {
+                // A single node has no replica that could later deliver an older write, so
+                // compaction may drop any tombstone that no longer shadows an older record on
+                // this node's own disk (the store checks that part itself).
+                let mut core = core;
+                core.store_mut()
+                    .set_tombstone_horizon(crate::version::Version(u64::MAX));
+                core
+            }
         };
         let worker = Worker::new(WorkerParts {
             shard,

@@ -12,13 +12,14 @@
 //!
 //! Links use poll tokens counting down from [`LINK_TOKEN_BASE`], far above any `Slab` key.
 
+use super::readbuf::ReadBuf;
 use crate::cluster::ClusterConfig;
-use crate::limits::{READ_BUFFER_SIZE_MAX, READ_CHUNK_SIZE, WRITE_BUFFER_SIZE_MAX};
+use crate::limits::{READ_CHUNK_SIZE, WRITE_BUFFER_SIZE_MAX};
 use crate::protocol::{frame, op, Request, Role, Status, PROTOCOL_VERSION, RESPONSE_BIT};
 use crate::shard::ShardCore;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -51,7 +52,7 @@ struct Link {
     stream: Option<TcpStream>,
     wbuf: Vec<u8>,
     wpos: usize,
-    rbuf: Vec<u8>,
+    rbuf: ReadBuf,
     /// The HELLO reply has come back OK.
     authenticated: bool,
     retry_at: Instant,
@@ -91,7 +92,7 @@ impl PeerLinks {
                 stream: None,
                 wbuf: Vec::new(),
                 wpos: 0,
-                rbuf: Vec::new(),
+                rbuf: ReadBuf::default(),
                 authenticated: false,
                 retry_at: now,
                 backoff_ms: RECONNECT_BACKOFF_MS_MIN,
@@ -249,57 +250,45 @@ impl PeerLinks {
             return Ok(());
         };
         for _ in 0..READS_PER_EVENT_MAX {
-            let len = l.rbuf.len();
-            let room = READ_CHUNK_SIZE.min(READ_BUFFER_SIZE_MAX - len);
-            l.rbuf.resize(len + room, 0);
-            match s.read(&mut l.rbuf[len..]) {
-                Ok(0) => {
-                    l.rbuf.truncate(len);
-                    return Err("closed by the peer".into());
-                }
-                Ok(n) => l.rbuf.truncate(len + n),
+            match l.rbuf.read_from(s) {
+                Ok(0) => return Err("closed by the peer".into()),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    l.rbuf.truncate(len);
+                    l.rbuf.shrink_if_idle();
                     break;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => l.rbuf.truncate(len),
-                Err(e) => {
-                    l.rbuf.truncate(len);
-                    return Err(e.to_string());
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.to_string()),
             }
             // Hand every whole frame to the core.
-            let mut at = 0;
             loop {
-                match frame::parse(&l.rbuf[at..]) {
-                    Ok(Some((f, n))) => {
-                        at += n;
-                        if f.op & RESPONSE_BIT == 0 {
-                            return Err(format!("request frame 0x{:02x} on a peer link", f.op));
-                        }
-                        if f.op == op::HELLO | RESPONSE_BIT || f.op == RESPONSE_BIT {
-                            if f.aux != Status::Ok as u8 {
-                                let msg = String::from_utf8_lossy(f.body).into_owned();
-                                log::error!(
-                                    "shard {shard}: node {} refused our peer HELLO: {msg} (is the cluster secret the same?)",
-                                    l.node
-                                );
-                                return Err("peer HELLO refused".into());
-                            }
-                            if !l.authenticated {
-                                log::info!("shard {shard}: link to node {} up", l.node);
-                            }
-                            l.authenticated = true;
-                            l.backoff_ms = RECONNECT_BACKOFF_MS_MIN;
-                            continue;
-                        }
-                        core.on_peer_reply(now_ms, l.node, &f);
-                    }
+                let (f, n) = match frame::parse(l.rbuf.data()) {
+                    Ok(Some(found)) => found,
                     Ok(None) => break,
                     Err(e) => return Err(e.to_string()),
+                };
+                if f.op & RESPONSE_BIT == 0 {
+                    return Err(format!("request frame 0x{:02x} on a peer link", f.op));
                 }
+                if f.op == op::HELLO | RESPONSE_BIT || f.op == RESPONSE_BIT {
+                    if f.aux != Status::Ok as u8 {
+                        let msg = String::from_utf8_lossy(f.body).into_owned();
+                        log::error!(
+                            "shard {shard}: node {} refused our peer HELLO: {msg} (is the cluster secret the same?)",
+                            l.node
+                        );
+                        return Err("peer HELLO refused".into());
+                    }
+                    if !l.authenticated {
+                        log::info!("shard {shard}: link to node {} up", l.node);
+                    }
+                    l.authenticated = true;
+                    l.backoff_ms = RECONNECT_BACKOFF_MS_MIN;
+                } else {
+                    core.on_peer_reply(now_ms, l.node, &f);
+                }
+                l.rbuf.consume(n);
             }
-            l.rbuf.drain(..at);
         }
         Ok(())
     }

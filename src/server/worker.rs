@@ -9,10 +9,12 @@
 
 use super::mailbox::{Full, Mailbox};
 use super::peers::PeerLinks;
+use super::readbuf::ReadBuf;
 use super::system;
 use crate::limits::{
-    IN_FLIGHT_PER_CONNECTION_MAX, POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX, READ_BUFFER_SIZE_MAX,
-    READ_CHUNK_SIZE, REQUESTS_PER_READ_EVENT_MAX, WRITE_BUFFER_HIGH_WATER, WRITE_BUFFER_SIZE_MAX,
+    COORDINATOR_OPS_HIGH_WATER, COORDINATOR_OPS_LOW_WATER, IN_FLIGHT_PER_CONNECTION_MAX,
+    POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX, REQUESTS_PER_READ_EVENT_MAX, WRITE_BUFFER_HIGH_WATER,
+    WRITE_BUFFER_SIZE_MAX,
 };
 use crate::protocol::message::{put_connection_error, put_error};
 use crate::protocol::{frame, Status, RESPONSE_BIT};
@@ -21,7 +23,7 @@ use byteorder::{BigEndian, ByteOrder};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -54,8 +56,7 @@ pub fn wall_ms() -> u64 {
 struct Conn {
     stream: TcpStream,
     id: ConnId,
-    rbuf: Vec<u8>,
-    rstart: usize,
+    rbuf: ReadBuf,
     wbuf: Vec<u8>,
     wpos: usize,
     session: Session,
@@ -107,6 +108,10 @@ pub struct Worker {
     turn_start: Instant,
     /// Requests answered immediately in this turn (their latency is the turn's length).
     turn_immediate: u64,
+    /// Client connections are not read while the replication backlog is high.
+    throttled: bool,
+    /// Times the loop started throttling clients (for STATS through the log).
+    throttle_events: u64,
     /// Outbound links to the other nodes, when the node runs in a cluster.
     links: Option<PeerLinks>,
 }
@@ -160,6 +165,8 @@ impl Worker {
             accept_pending: false,
             turn_start: Instant::now(),
             turn_immediate: 0,
+            throttled: false,
+            throttle_events: 0,
         })
     }
 
@@ -221,6 +228,7 @@ impl Worker {
                 self.read_conn(k, now_ms);
             }
             self.core.on_cluster_tick(now_ms);
+            self.update_throttle();
             self.end_turn();
 
             let now = Instant::now();
@@ -243,6 +251,30 @@ impl Worker {
                 self.shutdown();
                 return Ok(());
             }
+        }
+    }
+
+    /// Backpressure from the replication backlog, with hysteresis: throttle above the high-water
+    /// mark, resume every paused client connection below the low-water mark.
+    fn update_throttle(&mut self) {
+        let backlog = self.core.replicated_in_flight();
+        if !self.throttled && backlog > COORDINATOR_OPS_HIGH_WATER {
+            self.throttled = true;
+            self.throttle_events += 1;
+            log::debug!(
+                "shard {}: {backlog} replicated operations in flight; pausing client reads ({} times so far)",
+                self.shard,
+                self.throttle_events
+            );
+        } else if self.throttled && backlog < COORDINATOR_OPS_LOW_WATER {
+            self.throttled = false;
+            let paused: Vec<usize> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.paused)
+                .map(|(k, _)| k)
+                .collect();
+            self.resume_list.extend(paused);
         }
     }
 
@@ -345,8 +377,7 @@ impl Worker {
             entry.insert(Conn {
                 stream,
                 id,
-                rbuf: Vec::new(),
-                rstart: 0,
+                rbuf: ReadBuf::default(),
                 wbuf: Vec::new(),
                 wpos: 0,
                 session: Session::default(),
@@ -384,6 +415,11 @@ impl Worker {
             return;
         }
         // Frames left in the buffer by an earlier pause come first.
+        // While the replication backlog is high, client requests wait in their sockets.
+        if self.throttled && !matches!(c.session.role, Some(crate::protocol::Role::Peer)) {
+            c.paused = true;
+            return;
+        }
         let (mut frames, mut immediate) =
             process_frames(&mut self.core, c, now_ms, self.turn_start);
         let mut bytes_in = 0u64;
@@ -393,23 +429,12 @@ impl Worker {
             if c.closing || c.eof || c.paused {
                 break;
             }
-            // Compact the read buffer: drop consumed bytes.
-            if c.rstart > 0 {
-                c.rbuf.drain(..c.rstart);
-                c.rstart = 0;
-            }
-            let len = c.rbuf.len();
-            let room = READ_CHUNK_SIZE.min(READ_BUFFER_SIZE_MAX - len);
-            debug_assert!(room > 0, "a whole frame always fits the read buffer");
-            c.rbuf.resize(len + room, 0);
-            match c.stream.read(&mut c.rbuf[len..]) {
+            match c.rbuf.read_from(&mut c.stream) {
                 Ok(0) => {
-                    c.rbuf.truncate(len);
                     c.eof = true;
                     break;
                 }
                 Ok(n) => {
-                    c.rbuf.truncate(len + n);
                     bytes_in += n as u64;
                     c.last_active = Instant::now();
                     let (f, i) = process_frames(&mut self.core, c, now_ms, self.turn_start);
@@ -424,14 +449,11 @@ impl Worker {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    c.rbuf.truncate(len);
+                    c.rbuf.shrink_if_idle();
                     break;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    c.rbuf.truncate(len);
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    c.rbuf.truncate(len);
                     log::debug!("read error on {:?}: {e}", c.id);
                     dead = true;
                     break;
@@ -525,6 +547,7 @@ impl Worker {
 
     /// Write what a connection has pending; close it if it is done or hopeless.
     fn flush(&mut self, k: usize) {
+        let throttled = self.throttled;
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
@@ -559,10 +582,10 @@ impl Worker {
         let pending = c.pending_out();
         let too_much = pending > WRITE_BUFFER_SIZE_MAX;
         // A half-closed connection is done once everything it sent is answered.
-        let answered_all =
-            c.in_flight == 0 && matches!(frame::check(&c.rbuf[c.rstart..]), Ok(None));
+        let answered_all = c.in_flight == 0 && matches!(frame::check(c.rbuf.data()), Ok(None));
         let done = pending == 0 && (c.closing || (c.eof && answered_all));
-        let resume = c.paused && !c.over_limits() && !c.closing;
+        let throttled = throttled && !matches!(c.session.role, Some(crate::protocol::Role::Peer));
+        let resume = c.paused && !c.over_limits() && !c.closing && !throttled;
         if resume {
             c.paused = false;
         }
@@ -627,10 +650,10 @@ fn process_frames(
             c.paused = true;
             break;
         }
-        match frame::parse(&c.rbuf[c.rstart..]) {
+        match frame::parse(c.rbuf.data()) {
             Ok(Some((f, len))) => {
                 let after = core.on_frame(now_ms, c.id, &mut c.session, f, &mut c.wbuf);
-                c.rstart += len;
+                c.rbuf.consume(len);
                 n += 1;
                 match after {
                     After::Continue => n_immediate += 1,

@@ -122,6 +122,15 @@ impl ShardCore {
         self.cluster.is_some()
     }
 
+    /// Replicated operations this shard's coordinator tracks now (0 when not clustered). The
+    /// driver stops reading client requests while it is high: a replica that falls behind
+    /// then slows the clients down instead of filling the table until they get OVERLOADED.
+    pub fn replicated_in_flight(&self) -> usize {
+        self.cluster
+            .as_ref()
+            .map_or(0, |c| c.node.coordinator().in_flight())
+    }
+
     /// The cluster's configuration, if clustered (the driver opens peer links from it).
     pub fn cluster_config(&self) -> Option<&ClusterConfig> {
         self.cluster.as_ref().map(|c| c.node.config())

@@ -1,0 +1,725 @@
+//! kvbench: one load generator for dkv, Redis and memcached.
+//!
+//! ```text
+//! kvbench --target 127.0.0.1:7379 --connections 50 --pipeline 16 --duration 10 \
+//!         --keys 1000000 --value-size 100 --mix get=50,put=50 --preload --json
+//! ```
+//!
+//! A run has up to three phases, each with fresh connections: `--preload` writes every key once;
+//! the measured phase runs the workload for `--duration` seconds or `--requests` operations;
+//! `--check` then reads every written key back with ALL and judges it (see `check.rs`).
+//!
+//! Module map:
+//!
+//! ```text
+//! workload  PRNG, key distributions, operation mix, key and value bytes
+//! proto     dkv / RESP / memcached request encoders and reply parsers
+//! engine    per-thread mio event loop: connections, pipelining, open/closed loop
+//! check     acknowledged-write bookkeeping, stale reads, final verdict
+//! report    HDR histograms, progress line, human summary, JSON
+//! ```
+//!
+//! Exit status: 0 on success, 1 when `--check` found lost writes, 2 on bad options, 3 when no
+//! request at all was answered.
+
+mod check;
+mod engine;
+mod proto;
+mod report;
+mod workload;
+
+use check::{CheckTable, WRITE_ID_SIZE};
+use dkv::limits::{KEY_SIZE_MAX, PORT_DEFAULT, TTL_SECONDS_MAX, VALUE_SIZE_MAX};
+use dkv::protocol::Consistency;
+use engine::{Config, Shared, ThreadResult, Work, PIPELINE_MAX};
+use getopts::Options;
+use proto::{Encoder, Proto};
+use report::{human_latency, json_str, percentiles, CheckResult, RunReport, Stats};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use workload::{digits, ycsb, Distribution, KeyChooser, Mix, Op, ValueSize};
+
+/// Most connections one run may open.
+const CONNECTIONS_MAX: usize = 100_000;
+
+/// Most threads one run may start.
+const THREADS_MAX: usize = 1024;
+
+/// Longest memcached key (its protocol's limit).
+const MEMCACHE_KEY_SIZE_MAX: usize = 250;
+
+/// Key indexes a run may insert beyond `--keys` (YCSB D): sizes the key-width check.
+const INSERTS_MAX: u64 = 1_000_000_000_000;
+
+/// Default measured duration when neither `--duration` nor `--requests` is given.
+const DURATION_S_DEFAULT: f64 = 10.0;
+
+/// Pipeline depth of the preload phase at least, so loading 1M keys takes seconds.
+const PRELOAD_PIPELINE_MIN: usize = 32;
+
+/// Main thread's wake-up period while the workers run.
+const PROGRESS_TICK: Duration = Duration::from_millis(50);
+
+struct Opts {
+    targets: Vec<SocketAddr>,
+    target_names: Vec<String>,
+    proto: Proto,
+    connections: usize,
+    pipeline: usize,
+    threads: usize,
+    duration_s: Option<f64>,
+    requests: Option<u64>,
+    keys: u64,
+    key_size: usize,
+    value_size: ValueSize,
+    value_size_text: String,
+    distribution: Distribution,
+    mix: Mix,
+    workload: Option<String>,
+    consistency: Consistency,
+    preload: bool,
+    ttl_seconds: u32,
+    rate: Option<f64>,
+    json: bool,
+    check: bool,
+    seed: u64,
+    quiet: bool,
+    token: Vec<u8>,
+}
+
+fn options() -> Options {
+    let mut o = Options::new();
+    o.optmulti(
+        "t",
+        "target",
+        "server to load; repeat or comma-separate for a cluster (connections are spread \
+         round-robin). Default 127.0.0.1 with the protocol's usual port",
+        "HOST:PORT",
+    );
+    o.optopt(
+        "P",
+        "protocol",
+        "dkv (binary v1), resp (Redis) or memcache (memcached text). Default dkv",
+        "NAME",
+    );
+    o.optopt(
+        "c",
+        "connections",
+        "TCP connections in total. Default 50",
+        "N",
+    );
+    o.optopt(
+        "p",
+        "pipeline",
+        "requests in flight per connection (max 4096). Default 1",
+        "N",
+    );
+    o.optopt(
+        "T",
+        "threads",
+        "load threads; connections are divided among them. Default 1",
+        "N",
+    );
+    o.optopt(
+        "d",
+        "duration",
+        "measured run length in seconds. Default 10 unless --requests is given",
+        "SECONDS",
+    );
+    o.optopt("n", "requests", "run exactly N operations instead", "N");
+    o.optopt("k", "keys", "size of the key space. Default 100000", "N");
+    o.optopt(
+        "",
+        "key-size",
+        "bytes per key: 'k' and the zero-padded key number. Default 16",
+        "BYTES",
+    );
+    o.optopt(
+        "",
+        "value-size",
+        "bytes per value, fixed or uniform in MIN-MAX. Default 100",
+        "N|MIN-MAX",
+    );
+    o.optopt(
+        "",
+        "distribution",
+        "key popularity: uniform, zipfian[:THETA] (YCSB scrambled, theta 0.99) or \
+         latest[:THETA] (newest keys hottest). Default uniform",
+        "NAME",
+    );
+    o.optopt(
+        "",
+        "mix",
+        "operation weights from get, put, del, rmw (read-modify-write), insert (new key). \
+         Default get=90,put=10",
+        "get=90,put=10,del=0",
+    );
+    o.optopt(
+        "w",
+        "workload",
+        "YCSB core workload: a (50% read, 50% update), b (95/5), c (read only), d (95% read \
+         latest, 5% insert), f (50% read, 50% read-modify-write); zipfian 0.99 (d: latest)",
+        "a|b|c|d|f",
+    );
+    o.optopt(
+        "",
+        "consistency",
+        "dkv consistency level of every request (aux bits); default: the node's (QUORUM)",
+        "ONE|QUORUM|ALL",
+    );
+    o.optflag(
+        "",
+        "preload",
+        "write every key once before measuring (its own phase, not in the results)",
+    );
+    o.optopt(
+        "",
+        "ttl",
+        "time to live of every write, seconds. Default none",
+        "SECONDS",
+    );
+    o.optopt(
+        "r",
+        "rate",
+        "open loop: send OPS requests per second in total on a fixed schedule; latency counts \
+         from the scheduled time, so server stalls are not hidden (coordinated omission)",
+        "OPS",
+    );
+    o.optflag(
+        "",
+        "json",
+        "print one JSON object on stdout (the human summary goes to stderr)",
+    );
+    o.optflag(
+        "",
+        "check",
+        "write distinct values, remember acknowledged writes, read every written key back \
+         with ALL at the end; report lost writes (exit 1 if any) and stale reads",
+    );
+    o.optopt("s", "seed", "seed of the workload's PRNG. Default 1", "N");
+    o.optopt(
+        "",
+        "token",
+        "dkv client token for HELLO, for nodes started with --client-token",
+        "TOKEN",
+    );
+    o.optflag("q", "quiet", "no progress line");
+    o.optflag("h", "help", "print this help");
+    o
+}
+
+fn usage(o: &Options) -> String {
+    let brief = "Usage: kvbench [options]\n\n\
+        One load generator for dkv, Redis and memcached: many non-blocking connections per \
+        thread,\npipelined requests, HDR latency histograms, open or closed loop, and a \
+        lost-write check.\n\n\
+        Examples:\n  \
+        kvbench --target 127.0.0.1:7379 --duration 10 --preload --keys 1000000 --pipeline 16\n  \
+        kvbench --protocol resp --target 127.0.0.1:6379 --workload a --json\n  \
+        kvbench --target n1:7379,n2:7379,n3:7379 --consistency QUORUM --check --mix get=50,put=50";
+    let mut u = o.usage(brief);
+    u.push_str(
+        "\nOutput: a progress line per second on stderr (ops/s, p99, errors), then a summary per\n\
+         operation (ops/s, p50/p90/p99/p99.9/max latency, errors, misses) and the errors by\n\
+         status code. Operations and latencies count successes (OK, or NOT_FOUND: a miss);\n\
+         an error reply or a request lost with its connection is an error, never an op. --json prints ops, ops_per_sec, errors, p50_us, p90_us, p99_us, p999_us,\n\
+         max_us overall and per operation (per_op), errors_by_status, and with --check\n\
+         acknowledged_writes, lost, stale_reads.\n\
+         Exit status: 0 ok, 1 lost writes, 2 bad options, 3 nothing answered.\n",
+    );
+    u
+}
+
+fn parse_num<T: std::str::FromStr>(m: &getopts::Matches, name: &str) -> Result<Option<T>, String> {
+    match m.opt_str(name) {
+        None => Ok(None),
+        Some(s) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("--{name}: {s:?} is not a valid number")),
+    }
+}
+
+fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
+    let o = options();
+    let m = o.parse(args).map_err(|e| e.to_string())?;
+    if m.opt_present("help") {
+        print!("{}", usage(&o));
+        return Ok(None);
+    }
+    if !m.free.is_empty() {
+        return Err(format!("unexpected argument {:?}", m.free[0]));
+    }
+    let proto = Proto::parse(&m.opt_str("protocol").unwrap_or_else(|| "dkv".into()))?;
+    let default_port = match proto {
+        Proto::Dkv => PORT_DEFAULT,
+        Proto::Resp => 6379,
+        Proto::Memcache => 11211,
+    };
+    let mut target_names: Vec<String> = m
+        .opt_strs("target")
+        .iter()
+        .flat_map(|t| t.split(','))
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if target_names.is_empty() {
+        target_names.push(format!("127.0.0.1:{default_port}"));
+    }
+    let mut targets = Vec::new();
+    for t in &target_names {
+        let addr = t
+            .to_socket_addrs()
+            .map_err(|e| format!("--target {t:?}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("--target {t:?}: no address"))?;
+        targets.push(addr);
+    }
+
+    let connections = parse_num(&m, "connections")?.unwrap_or(50usize);
+    if !(1..=CONNECTIONS_MAX).contains(&connections) {
+        return Err(format!("--connections must be 1..={CONNECTIONS_MAX}"));
+    }
+    let pipeline = parse_num(&m, "pipeline")?.unwrap_or(1usize);
+    if !(1..=PIPELINE_MAX).contains(&pipeline) {
+        return Err(format!("--pipeline must be 1..={PIPELINE_MAX}"));
+    }
+    let threads = parse_num(&m, "threads")?.unwrap_or(1usize);
+    if !(1..=THREADS_MAX).contains(&threads) {
+        return Err(format!("--threads must be 1..={THREADS_MAX}"));
+    }
+    let threads = threads.min(connections);
+    let duration_s: Option<f64> = parse_num(&m, "duration")?;
+    let requests: Option<u64> = parse_num(&m, "requests")?;
+    if duration_s.is_some() && requests.is_some() {
+        return Err("give --duration or --requests, not both".into());
+    }
+    if duration_s.is_some_and(|d| !(d > 0.0 && d < 1e7)) {
+        return Err("--duration must be a positive number of seconds".into());
+    }
+    if requests == Some(0) {
+        return Err("--requests must be at least 1".into());
+    }
+    let duration_s = if requests.is_none() {
+        Some(duration_s.unwrap_or(DURATION_S_DEFAULT))
+    } else {
+        None
+    };
+
+    let keys = parse_num(&m, "keys")?.unwrap_or(100_000u64);
+    if keys == 0 || keys > workload::ZIPFIAN_ITEMS_MAX {
+        return Err(format!(
+            "--keys must be 1..={}",
+            workload::ZIPFIAN_ITEMS_MAX
+        ));
+    }
+    let key_size = parse_num(&m, "key-size")?.unwrap_or(16usize);
+    let key_size_max = match proto {
+        Proto::Memcache => MEMCACHE_KEY_SIZE_MAX,
+        _ => KEY_SIZE_MAX,
+    };
+    if key_size > key_size_max {
+        return Err(format!("--key-size must be at most {key_size_max}"));
+    }
+    let value_size_text = m.opt_str("value-size").unwrap_or_else(|| "100".into());
+    let value_size = ValueSize::parse(&value_size_text)?;
+    if value_size.max > VALUE_SIZE_MAX {
+        return Err(format!("--value-size must be at most {VALUE_SIZE_MAX}"));
+    }
+
+    let workload = m.opt_str("workload");
+    let (mut mix, mut distribution) = (Mix::parse("get=90,put=10")?, Distribution::Uniform);
+    if let Some(w) = &workload {
+        if m.opt_present("mix") {
+            return Err("give --workload or --mix, not both".into());
+        }
+        (mix, distribution) = ycsb(w)?;
+    }
+    if let Some(s) = m.opt_str("mix") {
+        mix = Mix::parse(&s)?;
+    }
+    if let Some(s) = m.opt_str("distribution") {
+        distribution = Distribution::parse(&s)?;
+    }
+    let widest_key = if mix.weights[Op::Insert as usize] > 0 {
+        keys + INSERTS_MAX
+    } else {
+        keys - 1
+    };
+    if key_size < 1 + digits(widest_key) {
+        return Err(format!(
+            "--key-size {key_size} is too small: keys up to {widest_key} need {} bytes",
+            1 + digits(widest_key)
+        ));
+    }
+
+    let consistency = match m.opt_str("consistency") {
+        None => Consistency::Default,
+        Some(s) => {
+            if proto != Proto::Dkv {
+                return Err("--consistency applies to --protocol dkv only".into());
+            }
+            Consistency::parse(&s)
+                .ok_or_else(|| format!("--consistency {s:?}: use ONE, QUORUM or ALL"))?
+        }
+    };
+    let ttl_seconds = parse_num(&m, "ttl")?.unwrap_or(0u32);
+    if ttl_seconds > TTL_SECONDS_MAX {
+        return Err(format!("--ttl must be at most {TTL_SECONDS_MAX}"));
+    }
+    let rate: Option<f64> = parse_num(&m, "rate")?;
+    if rate.is_some_and(|r| !(r > 0.0 && r < 1e10)) {
+        return Err("--rate must be a positive number of operations per second".into());
+    }
+    let check = m.opt_present("check");
+    if check {
+        if ttl_seconds > 0 {
+            return Err("--check cannot judge expiring keys: drop --ttl".into());
+        }
+        if value_size.min < WRITE_ID_SIZE {
+            return Err(format!(
+                "--check needs values of at least {WRITE_ID_SIZE} bytes (they carry the write id)"
+            ));
+        }
+    }
+    let seed = parse_num(&m, "seed")?.unwrap_or(1u64);
+    let token = m.opt_str("token").unwrap_or_default().into_bytes();
+    if token.len() > dkv::limits::TOKEN_SIZE_MAX {
+        return Err(format!(
+            "--token is longer than {} bytes",
+            dkv::limits::TOKEN_SIZE_MAX
+        ));
+    }
+    if !token.is_empty() && proto != Proto::Dkv {
+        return Err("--token applies to --protocol dkv only".into());
+    }
+    Ok(Some(Opts {
+        targets,
+        target_names,
+        proto,
+        connections,
+        pipeline,
+        threads,
+        duration_s,
+        requests,
+        keys,
+        key_size,
+        value_size,
+        value_size_text,
+        distribution,
+        mix,
+        workload,
+        consistency,
+        preload: m.opt_present("preload"),
+        ttl_seconds,
+        rate,
+        json: m.opt_present("json"),
+        check,
+        seed,
+        quiet: m.opt_present("quiet"),
+        token,
+    }))
+}
+
+/// Connections of thread `t`: every `threads`-th connection, each on its target in turn.
+fn thread_addrs(o: &Opts, t: usize) -> Vec<SocketAddr> {
+    (t..o.connections)
+        .step_by(o.threads)
+        .map(|c| o.targets[c % o.targets.len()])
+        .collect()
+}
+
+/// `total` split over the threads in proportion to their connections.
+fn share(o: &Opts, t: usize, total: u64) -> (u64, u64) {
+    let conns_before = (0..t).map(|u| thread_addrs(o, u).len() as u64).sum::<u64>();
+    let mine = thread_addrs(o, t).len() as u64;
+    let n = o.connections as u64;
+    let start = total * conns_before / n;
+    let end = total * (conns_before + mine) / n;
+    (start, end)
+}
+
+struct Phase {
+    stats: Stats,
+    elapsed_s: f64,
+    lost: u64,
+    readback_errors: u64,
+    keys_checked: u64,
+}
+
+/// Run one phase on every thread, printing progress each second.
+fn run_phase(
+    sh: &Arc<Shared>,
+    o: &Opts,
+    label: &str,
+    pipeline: usize,
+    work_of: &dyn Fn(usize) -> Work,
+) -> Result<Phase, String> {
+    let started = Instant::now();
+    let handles: Vec<_> = (0..o.threads)
+        .map(|t| {
+            let sh = sh.clone();
+            let addrs = thread_addrs(o, t);
+            let work = work_of(t);
+            std::thread::Builder::new()
+                .name(format!("kvbench-{t}"))
+                .spawn(move || engine::run_thread(sh, t, addrs, work, pipeline))
+                .map_err(|e| format!("cannot start a thread: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut tick = 1u64;
+    let mut last_ops = sh.progress.ops.load(Ordering::Relaxed);
+    let errors_before = sh.progress.errors.load(Ordering::Relaxed);
+    while !handles.iter().all(|h| h.is_finished()) {
+        std::thread::sleep(PROGRESS_TICK);
+        let elapsed = started.elapsed().as_secs_f64();
+        if elapsed >= tick as f64 {
+            let ops = sh.progress.ops.load(Ordering::Relaxed);
+            let errors = sh.progress.errors.load(Ordering::Relaxed) - errors_before;
+            let p99 = sh
+                .progress
+                .hist
+                .lock()
+                .map(|mut h| {
+                    let p = percentiles(&h)[2];
+                    h.reset();
+                    p
+                })
+                .unwrap_or(0);
+            if !o.quiet {
+                eprintln!(
+                    "kvbench [{label} {tick:>3}s] {:>9} ops/s  p99 {:>7}  errors {errors}",
+                    ops - last_ops,
+                    human_latency(p99)
+                );
+            }
+            last_ops = ops;
+            tick += 1;
+        }
+    }
+    let mut phase = Phase {
+        stats: Stats::new(),
+        elapsed_s: 0.0,
+        lost: 0,
+        readback_errors: 0,
+        keys_checked: 0,
+    };
+    let mut end_ns = 0;
+    for h in handles {
+        let r: ThreadResult = h
+            .join()
+            .map_err(|_| "a load thread panicked".to_string())?
+            .map_err(|e| format!("load thread failed: {e}"))?;
+        if let Some(why) = &r.aborted {
+            eprintln!("kvbench: {label}: a thread gave up: {why}");
+        }
+        phase.stats.merge(&r.stats);
+        phase.lost += r.lost;
+        phase.readback_errors += r.readback_errors;
+        phase.keys_checked += r.keys_checked;
+        end_ns = end_ns.max(r.end_ns);
+    }
+    let start_ns = started.duration_since(sh.base).as_nanos() as u64;
+    phase.elapsed_s = end_ns.saturating_sub(start_ns) as f64 / 1e9;
+    Ok(phase)
+}
+
+fn describe(o: &Opts) -> (String, String) {
+    let targets = o
+        .target_names
+        .iter()
+        .map(|t| json_str(t))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut j = format!(
+        "\"protocol\":\"{}\",\"targets\":[{}],\"connections\":{},\"pipeline\":{},\"threads\":{},\"keys\":{},\"key_size\":{},\"value_size\":{},\"distribution\":{},\"mix\":{},\"seed\":{}",
+        o.proto.name(),
+        targets,
+        o.connections,
+        o.pipeline,
+        o.threads,
+        o.keys,
+        o.key_size,
+        json_str(&o.value_size_text),
+        json_str(&o.distribution.describe()),
+        json_str(&o.mix.describe()),
+        o.seed
+    );
+    if let Some(d) = o.duration_s {
+        j.push_str(&format!(",\"duration_s\":{d}"));
+    }
+    if let Some(n) = o.requests {
+        j.push_str(&format!(",\"requests\":{n}"));
+    }
+    if let Some(w) = &o.workload {
+        j.push_str(&format!(",\"workload\":{}", json_str(w)));
+    }
+    if o.proto == Proto::Dkv && o.consistency != Consistency::Default {
+        j.push_str(&format!(",\"consistency\":\"{}\"", o.consistency.name()));
+    }
+    if let Some(r) = o.rate {
+        j.push_str(&format!(",\"rate\":{r}"));
+    }
+    if o.ttl_seconds > 0 {
+        j.push_str(&format!(",\"ttl\":{}", o.ttl_seconds));
+    }
+    let h = format!(
+        "kvbench: {} {} | {} connections x pipeline {} on {} thread(s) | {} keys of {} B ({}), values {} B | mix {}{}{}",
+        o.proto.name(),
+        o.target_names.join(","),
+        o.connections,
+        o.pipeline,
+        o.threads,
+        o.keys,
+        o.key_size,
+        o.distribution.describe(),
+        o.value_size_text,
+        o.mix.describe(),
+        if o.proto == Proto::Dkv && o.consistency != Consistency::Default {
+            format!(" | {}", o.consistency.name())
+        } else {
+            String::new()
+        },
+        match o.rate {
+            Some(r) => format!(" | open loop {r} ops/s"),
+            None => String::new(),
+        }
+    );
+    (j, h)
+}
+
+fn run(o: &Opts) -> Result<ExitCode, String> {
+    let nonce = {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        (workload::fnv1a64(t ^ std::process::id() as u64) & 0xFFFF) as u16
+    };
+    let check = o.check.then(|| Arc::new(CheckTable::new(nonce)));
+    let sh = Arc::new(Shared {
+        cfg: Config {
+            proto: o.proto,
+            encoder: Encoder {
+                proto: o.proto,
+                key_size: o.key_size,
+            },
+            consistency: o.consistency,
+            ttl_seconds: o.ttl_seconds,
+            value_size: o.value_size,
+            mix: o.mix,
+            check: check.clone(),
+            write_id_nonce: nonce,
+            token: o.token.clone(),
+        },
+        chooser: KeyChooser::new(o.keys, o.distribution),
+        pool: workload::value_pool(o.value_size.max, o.seed),
+        base: Instant::now(),
+        progress: Default::default(),
+        seed: o.seed,
+        write_seq: AtomicU64::new(0),
+    });
+
+    if o.preload {
+        let pipeline = o.pipeline.max(PRELOAD_PIPELINE_MIN);
+        let p = run_phase(&sh, o, "preload", pipeline, &|t| {
+            let (start, end) = share(o, t, o.keys);
+            Work::Preload { start, end }
+        })?;
+        let total = p.stats.total();
+        eprintln!(
+            "kvbench: preloaded {} keys in {:.1} s ({:.0} ops/s), errors {}",
+            total.ops,
+            p.elapsed_s,
+            total.ops as f64 / p.elapsed_s.max(1e-9),
+            p.stats.error_count()
+        );
+    }
+
+    let start_ns = sh.now_ns();
+    let run = run_phase(&sh, o, "run", o.pipeline, &|t| {
+        let deadline_ns = o.duration_s.map(|d| start_ns + (d * 1e9) as u64);
+        let requests = o.requests.map(|n| {
+            let (a, b) = share(o, t, n);
+            b - a
+        });
+        let rate = o
+            .rate
+            .map(|r| r * thread_addrs(o, t).len() as f64 / o.connections as f64);
+        Work::Mix {
+            deadline_ns,
+            requests,
+            rate,
+        }
+    })?;
+
+    let check_result = match &check {
+        None => None,
+        Some(table) => {
+            let keys = Arc::new(table.touched_keys());
+            let n = keys.len() as u64;
+            let pipeline = o.pipeline.max(PRELOAD_PIPELINE_MIN);
+            let p = run_phase(&sh, o, "check", pipeline, &|t| {
+                let (start, end) = share(o, t, n);
+                Work::Readback {
+                    keys: keys.clone(),
+                    start: start as usize,
+                    end: end as usize,
+                }
+            })?;
+            Some(CheckResult {
+                acknowledged_writes: table.acknowledged(),
+                lost: p.lost,
+                stale_reads: table.stale_reads(),
+                keys_checked: p.keys_checked,
+                readback_errors: p.readback_errors + (n - p.keys_checked - p.readback_errors),
+            })
+        }
+    };
+
+    let (config_json, config_human) = describe(o);
+    let report = RunReport {
+        config_json,
+        config_human,
+        stats: &run.stats,
+        elapsed_s: run.elapsed_s,
+        check: check_result,
+    };
+    if o.json {
+        eprint!("{}", report.human());
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.human());
+    }
+    if check_result.is_some_and(|c| c.lost > 0) {
+        return Ok(ExitCode::from(1));
+    }
+    if run.stats.total().ops == 0 {
+        eprintln!("kvbench: no request was answered");
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = match parse_opts(&args) {
+        Ok(Some(o)) => o,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kvbench: {e}\n(kvbench --help lists the options)");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&opts) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kvbench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
