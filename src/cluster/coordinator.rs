@@ -690,7 +690,11 @@ impl<C> Coordinator<C> {
                     let stale = match s {
                         Slot::Replied(None) => true,
                         Slot::Replied(Some(held)) => held.version < repair.version,
-                        _ => false,
+                        // A replica that could not read its copy (a damaged record, which its
+                        // store then forgets) is repaired too; a repair is LWW and harmless
+                        // where the copy was fine.
+                        Slot::Failed(_) => true,
+                        Slot::Down | Slot::Waiting | Slot::Acked => false,
                     };
                     if stale {
                         self.stats.repairs += 1;

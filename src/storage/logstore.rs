@@ -311,9 +311,12 @@ fn is_expired(h: &RecordHeader, now_ms: u64) -> bool {
     super::expired(h.expires_at_ms, now_ms)
 }
 
-/// Whether a record (`version`, tombstone?) beats the one the keydir holds.
+/// Whether a record (`version`, tombstone?) met later in recovery beats the one the keydir
+/// holds. A newer version wins. On a tie (the same write, copied by compaction or repaired
+/// after damage) the later copy wins, except that a value never replaces a tombstone of the
+/// same version (an expired value turned into a tombstone by compaction).
 fn beats(version: u64, tombstone: bool, held: &Loc) -> bool {
-    version > held.version || (version == held.version && tombstone && held.value_len.is_some())
+    version > held.version || (version == held.version && (tombstone || held.value_len.is_some()))
 }
 
 /// Reads a segment's records in order through a buffer.
@@ -1421,7 +1424,14 @@ impl<V: Vfs> Store for LogStore<V> {
         if let Some(why) = bad {
             self.counters.corrupt_records += 1;
             let msg = format!("segment {} offset {}: {why}", loc.segment, loc.offset);
-            log::error!("storage: read of corrupt record: {msg}");
+            log::error!("storage: read of corrupt record: {msg}; forgetting it so that a replica can repair the key");
+            // Forget the damaged record: the key reads as absent from now on, so a repair from
+            // another replica (even of the same version) is accepted instead of being refused
+            // as stale forever. The damaged bytes stay on disk until compaction; at the next
+            // start a repaired copy in a later segment wins the version tie (see `beats`).
+            if let Some(old) = self.keydir.remove(key) {
+                self.account(&old, key.len(), false);
+            }
             return Err(StoreError::Corrupt(msg));
         }
         let h = decode_record_header(&buf).expect("decoded above");
