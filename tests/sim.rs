@@ -134,19 +134,6 @@ fn mutation_ack_before_sync_is_caught() {
     );
 }
 
-/// BUG(sim-1) (see `src/sim/world.rs`): a bit flipped at rest in a sealed segment whose hint
-/// file is intact is never repaired. Ignored until fixed; then it passes, and the simulator's
-/// workaround (removing the hint) can go.
-#[test]
-#[ignore = "BUG(sim-1): a corrupt record under a valid hint file is never repaired"]
-fn bug_sim_1_corrupt_record_is_repaired() {
-    let opts = Options {
-        flip_keeps_hint: true,
-        ..Options::default()
-    };
-    assert_eq!(first_failure(&opts, 100), None);
-}
-
 /// BUG(sim-2) (see `src/sim/world.rs`): a restarted node's clock can start below versions it
 /// issued before its crash. Ignored until fixed; then it passes, and the simulator's clock
 /// ceiling can go.

@@ -92,7 +92,6 @@ fn options(m: &getopts::Matches) -> Result<Options, String> {
         skew_max_ms: parse_num(m, "skew-max-ms")?,
         jump_max_ms: parse_num(m, "jump-max-ms")?,
         mutation,
-        flip_keeps_hint: m.opt_present("flip-keeps-hint"),
         raw_clock_recovery: m.opt_present("raw-clock-recovery"),
         no_repair_reads: m.opt_present("no-repair-reads"),
     })
@@ -155,11 +154,6 @@ fn main() -> ExitCode {
         "jump-max-ms",
         "largest clock jump, ± ms (0: none)",
         "MS",
-    );
-    o.optflag(
-        "",
-        "flip-keeps-hint",
-        "leave the hint file of a segment with a flipped bit (shows BUG(sim-1))",
     );
     o.optflag(
         "",

@@ -119,9 +119,6 @@ impl Options {
         if let Some(n) = self.jump_max_ms {
             a += &format!(" --jump-max-ms {n}");
         }
-        if self.flip_keeps_hint {
-            a += " --flip-keeps-hint";
-        }
         if self.raw_clock_recovery {
             a += " --raw-clock-recovery";
         }

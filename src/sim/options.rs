@@ -83,9 +83,6 @@ pub struct Options {
     pub jump_max_ms: Option<u64>,
     /// The deliberate bug to switch on.
     pub mutation: Mutation,
-    /// Keep the hint file of a segment whose bit was flipped (reproduces BUG(sim-1), see
-    /// `world.rs`); by default the simulator removes it so recovery scans the segment.
-    pub flip_keeps_hint: bool,
     /// Restart nodes with the clock recovery of the real code alone (reproduces BUG(sim-2),
     /// see `world.rs`); by default the simulator also recovers the clock above the highest
     /// version the node let out before its crash, as a durable clock ceiling would.
@@ -156,8 +153,6 @@ pub struct Params {
     pub segment_size_max: u64,
     /// The deliberate bug switched on.
     pub mutation: Mutation,
-    /// See [`Options::flip_keeps_hint`].
-    pub flip_keeps_hint: bool,
     /// See [`Options::raw_clock_recovery`].
     pub raw_clock_recovery: bool,
     /// See [`Options::no_repair_reads`].
@@ -294,7 +289,6 @@ impl Params {
             bad_disk,
             segment_size_max,
             mutation: opts.mutation,
-            flip_keeps_hint: opts.flip_keeps_hint,
             raw_clock_recovery: opts.raw_clock_recovery,
             no_repair_reads: opts.no_repair_reads,
             anti_entropy_interval_ms,

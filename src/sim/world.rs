@@ -567,15 +567,11 @@ impl World {
                             path.display()
                         );
                         self.hist.loss(id, self.now);
-                        if !self.p.flip_keeps_hint {
-                            // BUG(sim-1): recovery trusts a segment's hint file without
-                            // checking the records it indexes, so a record damaged at rest is
-                            // only found by a read, which then fails forever: the key cannot
-                            // be repaired (a repair of the same version is refused as stale,
-                            // and the coordinator does not repair replicas that answered with
-                            // an error), so replicas never converge. Until that is fixed the
-                            // simulator removes the hint so that recovery scans the segment
-                            // (`--flip-keeps-hint` shows the bug).
+                        // Half the time the segment's hint file goes too, so recovery
+                        // scans the segment and meets the damage; otherwise recovery trusts
+                        // the hint and a read meets it (BUG(sim-1), fixed in 6d14b8c: such a
+                        // record used to stay unreadable and unrepairable forever).
+                        if self.rng.below(2) == 0 {
                             let hint = path.with_extension("hint");
                             if vfs.remove(&hint).is_ok() {
                                 let _ = vfs.sync_dir(Path::new(DATA_DIR));
@@ -587,8 +583,7 @@ impl World {
         }
     }
 
-    /// Sync node `id`'s store if it has unsynced writes. A failure is sticky, as in the
-    /// production shard: the node refuses writes until it restarts.
+    /// An operator's reaction to a node that refuses writes: restart it.
     fn operator_restart(&mut self, id: u32) {
         // The sync may also have failed inside the store (a segment roll syncs too).
         let n = &self.nodes[id as usize - 1];
@@ -604,6 +599,8 @@ impl World {
         // Otherwise the failure was not hit yet: it stays armed until a sync or a crash.
     }
 
+    /// Sync node `id`'s store if it has unsynced writes. A failure is sticky, as in the
+    /// production shard: the node refuses writes until it restarts.
     fn sync_store(&mut self, id: u32) {
         let live = self.live(id);
         if !live.store.needs_sync() {
