@@ -35,5 +35,6 @@ pub mod limits;
 pub mod protocol;
 pub mod server;
 pub mod shard;
+pub mod sim;
 pub mod storage;
 pub mod version;

@@ -114,6 +114,20 @@ pub struct ClusterConfig {
     /// Directory of the durable hint logs (one file per shard); `None` keeps hints in memory.
     /// Only the driver opens it: the core sees a `HintLog`.
     pub hint_dir: Option<std::path::PathBuf>,
+    /// Test-only mutations (all off outside the simulator): see [`Mutations`].
+    pub mutations: Mutations,
+}
+
+/// Test-only mutations: deliberate bugs the simulator (`kvsim --mutation NAME`, `src/sim/`)
+/// switches on to prove that its checkers catch them. Every field is `false` in `kvd`; each
+/// is read at exactly one place, marked `// test-only mutation:`. (The simulator's
+/// `skip-read-repair` uses [`ClusterConfig::read_repair`], its `ack-before-sync` lives in the
+/// simulator's node glue.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mutations {
+    /// A delete's tombstone gets a back-dated version that does not beat the values written
+    /// just before it (coordinator).
+    pub no_tombstone_version: bool,
 }
 
 /// Parse a node list `1=127.0.0.1:7001,2=127.0.0.1:7002`. Whitespace around entries is
@@ -157,6 +171,7 @@ impl ClusterConfig {
             anti_entropy_interval_ms: ANTI_ENTROPY_INTERVAL_MS_DEFAULT,
             tombstone_window_ms: TOMBSTONE_WINDOW_MS_DEFAULT,
             hint_dir: None,
+            mutations: Mutations::default(),
         }
     }
 

@@ -279,6 +279,8 @@ pub struct Coordinator<C> {
     next_id: u32,
     actions: VecDeque<Action<C>>,
     stats: CoordinatorStats,
+    /// Test-only mutations (all off outside the simulator).
+    mutations: super::config::Mutations,
 }
 
 impl<C> Coordinator<C> {
@@ -293,7 +295,13 @@ impl<C> Coordinator<C> {
             next_id: 1,
             actions: VecDeque::new(),
             stats: CoordinatorStats::default(),
+            mutations: super::config::Mutations::default(),
         }
+    }
+
+    /// Switch on test-only mutations (the simulator's `--mutation`; never in `kvd`).
+    pub fn set_mutations(&mut self, mutations: super::config::Mutations) {
+        self.mutations = mutations;
     }
 
     /// The clock (to recover it above the store's highest version at start).
@@ -397,12 +405,22 @@ impl<C> Coordinator<C> {
     ) -> Option<Version> {
         let ctx = self.admit(ctx, replicas, alive, required)?;
         self.stats.writes += 1;
-        let write = OwnedWrite {
+        let mut write = OwnedWrite {
             key: key.to_vec(),
             value: value.map(|v| v.to_vec()),
             version: self.hlc.issue(now_ms),
             expires_at_ms,
         };
+        if value.is_none() && self.mutations.no_tombstone_version {
+            // test-only mutation: back-date the tombstone by a second, so it loses to the
+            // values written just before it (the delete is silently undone).
+            let v = write.version;
+            write.version = Version::new(
+                v.physical_ms().saturating_sub(1_000),
+                v.logical(),
+                v.node_id(),
+            );
+        }
         let version = write.version;
         let id = self.alloc_id();
         let mut slots = Vec::with_capacity(replicas.len());

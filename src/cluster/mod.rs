@@ -33,6 +33,6 @@ pub mod replica;
 pub mod ring;
 pub mod rng;
 
-pub use config::{ClusterConfig, ConfigError, NodeAddr};
+pub use config::{ClusterConfig, ConfigError, Mutations, NodeAddr};
 pub use ring::Ring;
 pub use rng::SplitMix64;

@@ -114,10 +114,12 @@ impl<C> ClusterNode<C> {
         hints: HintQueue,
     ) -> ClusterNode<C> {
         let ring = Ring::new(&config.node_ids(), config.replicas);
+        let mut coordinator = Coordinator::new(CoordinatorConfig::from_cluster(&config));
+        coordinator.set_mutations(config.mutations);
         ClusterNode {
             aae: AntiEntropy::new(&config, ring.clone(), start_ms),
             membership: Membership::new(&config, start_ms),
-            coordinator: Coordinator::new(CoordinatorConfig::from_cluster(&config)),
+            coordinator,
             ring,
             hints,
             rng: SplitMix64::new(seed),

@@ -1,0 +1,426 @@
+//! The history of a run (every client operation, every event that may lose data) and the
+//! checkers that judge it.
+//!
+//! What the cluster promises, and so what is checked:
+//!
+//! * **A GET never returns a value that was never written** (`phantom-read`): every PUT writes
+//!   a value unique to the run, so a value read is traced back to its PUT; if that PUT was
+//!   acknowledged, the version read must be the one it was given. A version read must never
+//!   be that of an acknowledged DELETE.
+//! * **Quorum reads see acknowledged writes** (`stale-read`): a GET with R replies that started
+//!   after a write acknowledged by W replicas, R + W > N, returns that write's version or a
+//!   newer one, unless a replica of the key may have lost data in between (see below).
+//! * **Versions issued by one node increase** (`version-order`): the versions of the
+//!   acknowledged writes a node coordinated, in the order it issued them, strictly increase
+//!   (across its restarts too), and carry its node id.
+//! * **Replicas converge** (`convergence`): after the liveness phase every replica of every key
+//!   holds the same live record (version and value); dead records (tombstones, expired
+//!   values) and no record at all agree, since tombstones may be collected.
+//! * **No acknowledged write is lost** (`lost-write`): after convergence every key holds at
+//!   least the newest version among the acknowledged writes the durability promise covers.
+//!
+//! **What the promise covers.** A *loss event* on a node is a crash while its sync policy is
+//! not `always` (unsynced writes may vanish), or a bit flipped on its disk. A write is covered
+//! when none of its key's replicas had a loss event since the write started, or when it was
+//! acknowledged with QUORUM or ALL by at least two replicas that all sync before acking (a
+//! write acknowledged with fsync-on-ack by a quorum is never rolled back: the simulator flips
+//! bits on one disk at most). Writes outside the promise may be lost; they are not checked.
+
+use super::options::consistency_name;
+use crate::cluster::coordinator::Outcome;
+use crate::protocol::Consistency;
+use crate::version::Version;
+use std::collections::BTreeMap;
+
+/// What a client asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    /// PUT key value.
+    Put,
+    /// GET key.
+    Get,
+    /// DELETE key.
+    Delete,
+}
+
+/// One client operation and what became of it.
+#[derive(Clone, Debug)]
+pub struct OpRecord {
+    /// Operation id (the coordinator's reply context).
+    pub id: u64,
+    /// Issuing client (`u32::MAX`: the simulator's own repair reads).
+    pub client: u32,
+    /// PUT, GET or DELETE.
+    pub kind: OpKind,
+    /// Key index.
+    pub key: u32,
+    /// The value of a PUT.
+    pub value: Option<Vec<u8>>,
+    /// A PUT's time to live (0: none); the coordinator turns it into an absolute expiry.
+    pub ttl_ms: u64,
+    /// Consistency asked.
+    pub consistency: Consistency,
+    /// Replicas required (W or R).
+    pub required: usize,
+    /// Coordinating node.
+    pub coordinator: u32,
+    /// Simulated ms the client sent it.
+    pub start_ms: u64,
+    /// Order in which the coordinator started it (for `version-order`); 0 = never started.
+    pub issue_seq: u64,
+    /// Simulated ms of the answer.
+    pub end_ms: Option<u64>,
+    /// The answer, if one came.
+    pub outcome: Option<Outcome>,
+}
+
+impl OpRecord {
+    /// The version of an acknowledged PUT or DELETE.
+    pub fn acked_version(&self) -> Option<Version> {
+        match (&self.kind, &self.outcome) {
+            (OpKind::Put | OpKind::Delete, Some(Outcome::Written { version })) => Some(*version),
+            _ => None,
+        }
+    }
+}
+
+/// A violated invariant.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    /// Which checker.
+    pub checker: &'static str,
+    /// The key concerned, if any.
+    pub key: Option<String>,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// The name of key index `k`.
+pub fn key_name(k: u32) -> Vec<u8> {
+    format!("k{k:03}").into_bytes()
+}
+
+/// A version for humans: `ms.logical@node` with ms relative to the simulation's epoch.
+pub fn show_version(v: Version, base_ms: u64) -> String {
+    if v == Version::ZERO {
+        return "0".to_string();
+    }
+    format!(
+        "{}.{}@{}",
+        v.physical_ms() as i64 - base_ms as i64,
+        v.logical(),
+        v.node_id()
+    )
+}
+
+/// Everything recorded during a run.
+pub struct History {
+    /// Operations by id (ids are indexes).
+    pub ops: Vec<OpRecord>,
+    /// Value → the PUT that wrote it.
+    pub values: BTreeMap<Vec<u8>, u64>,
+    /// Per key: ops touching it, in id order.
+    pub by_key: BTreeMap<u32, Vec<u64>>,
+    /// Per node (index id - 1): simulated ms of its loss events.
+    pub losses: Vec<Vec<u64>>,
+    /// Per node: whether the checkers count on its fsync-on-ack (policy `always`).
+    pub syncs_on_ack: Vec<bool>,
+    /// Per key: its preference list.
+    pub prefs: BTreeMap<u32, Vec<u32>>,
+    /// N.
+    pub replicas: usize,
+    /// Simulated epoch in wall ms (for printing versions).
+    pub base_ms: u64,
+    /// Violations found.
+    pub violations: Vec<Violation>,
+    /// Reads the stale-read checker judged.
+    pub reads_checked: u64,
+    /// Keys the lost-write checker judged.
+    pub keys_checked: u64,
+}
+
+impl History {
+    /// An empty history.
+    pub fn new(nodes: u32, replicas: usize, syncs_on_ack: Vec<bool>, base_ms: u64) -> History {
+        History {
+            ops: Vec::new(),
+            values: BTreeMap::new(),
+            by_key: BTreeMap::new(),
+            losses: vec![Vec::new(); nodes as usize],
+            syncs_on_ack,
+            prefs: BTreeMap::new(),
+            replicas,
+            base_ms,
+            violations: Vec::new(),
+            reads_checked: 0,
+            keys_checked: 0,
+        }
+    }
+
+    fn violation(&mut self, checker: &'static str, key: Option<u32>, detail: String) {
+        self.violations.push(Violation {
+            checker,
+            key: key.map(|k| String::from_utf8_lossy(&key_name(k)).into_owned()),
+            detail,
+        });
+    }
+
+    /// Record a new operation; returns its id.
+    pub fn add(&mut self, mut op: OpRecord) -> u64 {
+        let id = self.ops.len() as u64;
+        op.id = id;
+        if let Some(v) = &op.value {
+            self.values.insert(v.clone(), id);
+        }
+        self.by_key.entry(op.key).or_default().push(id);
+        self.ops.push(op);
+        id
+    }
+
+    /// A loss event on `node` at `t`.
+    pub fn loss(&mut self, node: u32, t: u64) {
+        self.losses[node as usize - 1].push(t);
+    }
+
+    /// Whether a replica of `key` had a loss event in `(after, until]`.
+    fn loss_between(&self, key: u32, after: u64, until: u64) -> bool {
+        self.prefs[&key].iter().any(|&n| {
+            self.losses[n as usize - 1]
+                .iter()
+                .any(|&t| t > after && t <= until)
+        })
+    }
+
+    /// Whether acknowledged write `op` is covered by the durability promise at `t`.
+    fn covered(&self, op: &OpRecord, t: u64, for_reads: bool) -> bool {
+        // From the start, not the acknowledgement: a replica may ack early, then lose the
+        // write in a crash before the coordinator has gathered the other acks.
+        if !self.loss_between(op.key, op.start_ms, t) {
+            return true;
+        }
+        // Bit flips hit one disk at most, so a quorum that syncs on ack keeps the write on
+        // some replica: it survives to the end (not for reads in between: a quorum may
+        // briefly miss it until repair).
+        !for_reads
+            && matches!(op.consistency, Consistency::Quorum | Consistency::All)
+            && op.required >= 2
+            && self.prefs[&op.key]
+                .iter()
+                .all(|&n| self.syncs_on_ack[n as usize - 1])
+    }
+
+    /// An answer arrived for op `id` at `t`: record it and check reads.
+    pub fn answer(&mut self, id: u64, outcome: Outcome, t: u64) {
+        let op = &mut self.ops[id as usize];
+        assert!(op.outcome.is_none(), "one answer per operation");
+        op.end_ms = Some(t);
+        op.outcome = Some(outcome);
+        if op.kind == OpKind::Get {
+            self.check_read(id, t);
+        }
+    }
+
+    fn check_read(&mut self, id: u64, t: u64) {
+        let op = self.ops[id as usize].clone();
+        let key = op.key;
+        let base = self.base_ms;
+        let found = match &op.outcome {
+            Some(Outcome::Found { version, value, .. }) => Some((*version, value.clone())),
+            Some(Outcome::NotFound) => None,
+            _ => return, // failed reads promise nothing
+        };
+        // phantom-read: the value was written by a PUT of this key, with this version.
+        if let Some((version, value)) = &found {
+            match self.values.get(value).map(|&w| &self.ops[w as usize]) {
+                None => self.violation(
+                    "phantom-read",
+                    Some(key),
+                    format!(
+                        "GET op {id} returned {:?} (version {}), a value never written",
+                        String::from_utf8_lossy(value),
+                        show_version(*version, base)
+                    ),
+                ),
+                Some(w) if w.key != key => {
+                    let d = format!(
+                        "GET op {id} returned the value of op {} on another key",
+                        w.id
+                    );
+                    self.violation("phantom-read", Some(key), d)
+                }
+                Some(w) => {
+                    if let Some(v) = w.acked_version() {
+                        if v != *version {
+                            let d = format!(
+                                "GET op {id} returned the value of PUT op {} with version {}, \
+                                 but that PUT was acknowledged with version {}",
+                                w.id,
+                                show_version(*version, base),
+                                show_version(v, base)
+                            );
+                            self.violation("phantom-read", Some(key), d);
+                        }
+                    }
+                }
+            }
+            let deleted = self.by_key[&key].iter().find(|&&d| {
+                let d = &self.ops[d as usize];
+                d.kind == OpKind::Delete && d.acked_version() == Some(*version)
+            });
+            if let Some(&d) = deleted {
+                let d = format!(
+                    "GET op {id} returned a value with the version of acknowledged DELETE op {d}"
+                );
+                self.violation("phantom-read", Some(key), d);
+            }
+        }
+        // stale-read: the newest covered write acknowledged before the read started, with
+        // R + W > N, must be seen (or something newer).
+        let n = self.replicas;
+        let newest = self.by_key[&key]
+            .iter()
+            .map(|&w| &self.ops[w as usize])
+            .filter(|w| {
+                w.acked_version().is_some()
+                    && w.end_ms.is_some_and(|e| e < op.start_ms)
+                    && w.required + op.required > n
+                    && self.covered(w, t, true)
+            })
+            .max_by_key(|w| w.acked_version());
+        let Some(w) = newest else { return };
+        let wv = w.acked_version().expect("filtered on it");
+        self.reads_checked += 1;
+        let stale = match &found {
+            Some((v, _)) => *v < wv || (w.kind == OpKind::Delete && *v == wv),
+            None => {
+                // NOT_FOUND hides the version: it is stale only if the PUT cannot have
+                // expired and no delete (or PUT with a time to live) that might be newer than
+                // it had even started.
+                w.kind == OpKind::Put
+                    && w.ttl_ms == 0
+                    && !self.by_key[&key].iter().any(|&d| {
+                        let d = &self.ops[d as usize];
+                        (d.kind == OpKind::Delete || d.ttl_ms > 0)
+                            && d.issue_seq != 0
+                            && d.start_ms <= t
+                            && d.acked_version().is_none_or(|dv| dv > wv)
+                    })
+            }
+        };
+        if stale {
+            let seen = match &found {
+                Some((v, _)) => format!("version {}", show_version(*v, base)),
+                None => "NOT_FOUND".to_string(),
+            };
+            let d = format!(
+                "GET op {id} ({} via n{}, started {} ms) returned {seen}, but {:?} op {} \
+                 ({} via n{}) was acknowledged with version {} at {} ms",
+                consistency_name(op.consistency),
+                op.coordinator,
+                op.start_ms,
+                w.kind,
+                w.id,
+                consistency_name(w.consistency),
+                w.coordinator,
+                show_version(wv, base),
+                w.end_ms.unwrap_or(0)
+            );
+            self.violation("stale-read", Some(key), d);
+        }
+    }
+
+    /// `version-order`: per coordinator, acknowledged write versions increase in issue order.
+    pub fn check_version_order(&mut self) {
+        let mut per_node: BTreeMap<u32, Vec<(u64, u64, Version)>> = BTreeMap::new();
+        for op in &self.ops {
+            if let Some(v) = op.acked_version() {
+                per_node
+                    .entry(op.coordinator)
+                    .or_default()
+                    .push((op.issue_seq, op.id, v));
+            }
+        }
+        let base = self.base_ms;
+        let mut found = Vec::new();
+        for (node, mut writes) in per_node {
+            writes.sort_unstable();
+            for &(_, id, v) in &writes {
+                if v.node_id() != node {
+                    found.push((
+                        id,
+                        format!(
+                            "op {id} coordinated by n{node} got version {} of node {}",
+                            show_version(v, base),
+                            v.node_id()
+                        ),
+                    ));
+                }
+            }
+            for pair in writes.windows(2) {
+                let ((_, a, va), (_, b, vb)) = (pair[0], pair[1]);
+                if vb <= va {
+                    found.push((
+                        b,
+                        format!(
+                            "n{node} issued version {} for op {b} after {} for op {a}",
+                            show_version(vb, base),
+                            show_version(va, base)
+                        ),
+                    ));
+                }
+            }
+        }
+        for (id, d) in found {
+            let key = self.ops[id as usize].key;
+            self.violation("version-order", Some(key), d);
+        }
+    }
+
+    /// `lost-write` for one key that converged on `held` (version, and whether the record is
+    /// dead: a tombstone or an expired value), checked at `t`.
+    pub fn check_durable(&mut self, key: u32, held: Option<(Version, bool)>, t: u64) {
+        let newest = self.by_key[&key]
+            .iter()
+            .map(|&w| &self.ops[w as usize])
+            .filter(|w| w.acked_version().is_some() && self.covered(w, t, false))
+            .max_by_key(|w| w.acked_version());
+        let Some(w) = newest else { return };
+        let wv = w.acked_version().expect("filtered on it");
+        self.keys_checked += 1;
+        // A dead record, or none at all (tombstones and expired values may be collected),
+        // satisfies a delete, a PUT with a time to live that may have expired, and any write
+        // after which a delete (or an expiring PUT), acknowledged or not, may have come.
+        let may_be_dead = w.kind == OpKind::Delete
+            || w.ttl_ms > 0
+            || self.by_key[&key].iter().any(|&d| {
+                let d = &self.ops[d as usize];
+                (d.kind == OpKind::Delete || d.ttl_ms > 0)
+                    && d.issue_seq != 0
+                    && d.acked_version().is_none_or(|dv| dv > wv)
+            });
+        let lost = match held {
+            Some((h, dead)) => h < wv && !(dead && may_be_dead),
+            None => !may_be_dead,
+        };
+        if lost {
+            let base = self.base_ms;
+            let d = format!(
+                "replicas converged on {} but {:?} op {} ({} via n{}) was acknowledged with \
+                 version {} at {} ms",
+                held.map_or("nothing".to_string(), |(h, _)| show_version(h, base)),
+                w.kind,
+                w.id,
+                consistency_name(w.consistency),
+                w.coordinator,
+                show_version(wv, base),
+                w.end_ms.unwrap_or(0)
+            );
+            self.violation("lost-write", Some(key), d);
+        }
+    }
+
+    /// Record a violation found elsewhere (convergence, storage).
+    pub fn report(&mut self, checker: &'static str, key: Option<u32>, detail: String) {
+        self.violation(checker, key, detail);
+    }
+}

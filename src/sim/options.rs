@@ -1,0 +1,377 @@
+//! What one simulation run looks like: the options a user may fix on the command line
+//! ([`Options`]) and the parameters drawn from the seed for everything left open
+//! ([`Params`]). Drawing every knob from the seed is *swarm testing* (as in TigerBeetle's
+//! VOPR): some seeds run calm clusters, others drop half their frames or crash a node every
+//! second, so rare combinations get explored without anyone listing them.
+
+use super::trace::Trace;
+use crate::cluster::SplitMix64;
+use crate::protocol::Consistency;
+use crate::shard::SyncPolicy;
+
+/// A deliberate bug switched on to prove that the checkers catch it (`--mutation NAME`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mutation {
+    /// No mutation: the real system.
+    #[default]
+    None,
+    /// The coordinator never repairs stale replicas on reads.
+    SkipReadRepair,
+    /// The node glue releases acknowledgements before the store has synced (the sync comes
+    /// a little later), on nodes whose policy promises durability on ack.
+    AckBeforeSync,
+    /// A delete's tombstone gets a version that does not beat the value it deletes.
+    NoTombstoneVersion,
+}
+
+impl Mutation {
+    /// Every mutation's command-line name.
+    pub const NAMES: [&'static str; 3] = [
+        "skip-read-repair",
+        "ack-before-sync",
+        "no-tombstone-version",
+    ];
+
+    /// Parse a `--mutation` name.
+    pub fn parse(s: &str) -> Result<Mutation, String> {
+        match s {
+            "none" => Ok(Mutation::None),
+            "skip-read-repair" => Ok(Mutation::SkipReadRepair),
+            "ack-before-sync" => Ok(Mutation::AckBeforeSync),
+            "no-tombstone-version" => Ok(Mutation::NoTombstoneVersion),
+            _ => Err(format!(
+                "unknown mutation {s:?}: expected one of none, {}",
+                Mutation::NAMES.join(", ")
+            )),
+        }
+    }
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutation::None => "none",
+            Mutation::SkipReadRepair => "skip-read-repair",
+            Mutation::AckBeforeSync => "ack-before-sync",
+            Mutation::NoTombstoneVersion => "no-tombstone-version",
+        }
+    }
+}
+
+/// Options fixed on the command line; `None` means "draw it from the seed".
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Cluster size (3..=7).
+    pub nodes: Option<u32>,
+    /// Replicas per key (1..=nodes, at most 5).
+    pub replicas: Option<usize>,
+    /// Consistency of every request (otherwise a per-run mix of ONE/QUORUM/ALL).
+    pub consistency: Option<Consistency>,
+    /// Sync policy of every node (otherwise drawn per node).
+    pub sync: Option<SyncPolicy>,
+    /// Client operations in the safety phase.
+    pub ops: Option<u32>,
+    /// Length of the safety phase in simulated ms.
+    pub safety_ms: Option<u64>,
+    /// Percent of frames dropped in the safety phase.
+    pub drop_percent: Option<u32>,
+    /// Mean ms between two faults (crash, pause, partition, clock jump) in the safety phase;
+    /// 0 turns faults off.
+    pub fault_interval_ms: Option<u64>,
+    /// Largest clock skew of a node at start, ± ms.
+    pub skew_max_ms: Option<u64>,
+    /// Largest clock jump, ± ms (0: no jumps).
+    pub jump_max_ms: Option<u64>,
+    /// The deliberate bug to switch on.
+    pub mutation: Mutation,
+    /// Restart nodes with the clock recovery of the real code alone (reproduces BUG(sim-2),
+    /// see `world.rs`); by default the simulator also recovers the clock above the highest
+    /// version the node let out before its crash, as a durable clock ceiling would.
+    pub raw_clock_recovery: bool,
+    /// In the liveness phase, do not issue ALL reads to drive read repair: convergence must
+    /// come from hinted handoff and anti-entropy alone.
+    pub no_repair_reads: bool,
+}
+
+/// Everything a run uses, drawn from the seed unless fixed in [`Options`].
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// Nodes, ids 1..=nodes.
+    pub nodes: u32,
+    /// Replicas per key (N).
+    pub replicas: usize,
+    /// Sync policy of each node (index id - 1).
+    pub sync: Vec<SyncPolicy>,
+    /// Weights of ONE, QUORUM, ALL for client requests.
+    pub consistency_weights: [u32; 3],
+    /// Fixed consistency, if any.
+    pub consistency: Option<Consistency>,
+    /// Gossip interval of every node.
+    pub gossip_interval_ms: u64,
+    /// Failure threshold (gossip intervals).
+    pub failure_threshold: u32,
+    /// Coordinator request timeout.
+    pub request_timeout_ms: u64,
+    /// Period of each node's `on_tick` (and store maintenance).
+    pub tick_ms: u64,
+    /// Simulated clients.
+    pub clients: u32,
+    /// Distinct keys the clients use.
+    pub keys: u32,
+    /// Client operations in the safety phase.
+    pub ops: u32,
+    /// Percent of PUT, GET (the rest DELETE).
+    pub put_percent: u32,
+    /// Percent of GET.
+    pub get_percent: u32,
+    /// Percent of PUTs that carry a time to live.
+    pub ttl_percent: u32,
+    /// Length of the safety phase.
+    pub safety_ms: u64,
+    /// Longest the liveness phase may take to converge.
+    pub liveness_ms_max: u64,
+    /// Network: smallest and largest one-way delay.
+    pub delay_min_ms: u64,
+    /// Largest one-way delay (a few frames take up to 10× longer: reordering).
+    pub delay_max_ms: u64,
+    /// Percent of frames dropped (safety phase).
+    pub drop_percent: u32,
+    /// Percent of frames duplicated (safety phase).
+    pub dup_percent: u32,
+    /// Mean ms between faults; 0 = no faults.
+    pub fault_interval_ms: u64,
+    /// Relative weights of crash, pause, partition, clock jump, failed sync, full disk.
+    pub fault_weights: [u32; 6],
+    /// Largest clock skew of a node at start, ± ms.
+    pub skew_max_ms: u64,
+    /// Largest clock jump, ± ms.
+    pub jump_max_ms: u64,
+    /// Percent of crashes that tear the unsynced tail instead of dropping it.
+    pub torn_percent: u32,
+    /// The one node whose disk flips bits at rest (after its crashes), if any.
+    pub bad_disk: Option<u32>,
+    /// Segment size of every store (small, so segments seal and compaction runs).
+    pub segment_size_max: u64,
+    /// The deliberate bug switched on.
+    pub mutation: Mutation,
+    /// See [`Options::raw_clock_recovery`].
+    pub raw_clock_recovery: bool,
+    /// See [`Options::no_repair_reads`].
+    pub no_repair_reads: bool,
+    /// Anti-entropy interval of every node (used once anti-entropy lands).
+    pub anti_entropy_interval_ms: u64,
+}
+
+fn pick<T: Copy>(
+    rng: &mut SplitMix64,
+    fixed: Option<T>,
+    draw: impl FnOnce(&mut SplitMix64) -> T,
+) -> T {
+    match fixed {
+        Some(v) => v,
+        None => draw(rng),
+    }
+}
+
+/// A number in `lo..=hi`.
+pub fn range(rng: &mut SplitMix64, lo: u64, hi: u64) -> u64 {
+    assert!(lo <= hi);
+    lo + rng.below(hi - lo + 1)
+}
+
+impl Params {
+    /// Draw the parameters of seed `seed` (its own PRNG stream), honouring `opts`.
+    pub fn draw(seed: u64, opts: &Options) -> Params {
+        // A stream of its own, so fixing one option does not shift the other draws much.
+        let mut rng = SplitMix64::new(seed ^ 0x5157_4152_4D00_0000);
+        let r = &mut rng;
+        let nodes = pick(r, opts.nodes, |r| range(r, 3, 7) as u32);
+        let replicas = pick(r, opts.replicas, |r| {
+            if r.below(10) == 0 {
+                1
+            } else {
+                range(r, 2, u64::from(nodes).min(5)) as usize
+            }
+        });
+        let sync = (0..nodes)
+            .map(|_| {
+                // Each draw consumes the PRNG even when fixed, to keep the stream aligned.
+                let p = match r.below(4) {
+                    0 | 1 => SyncPolicy::Always,
+                    2 => SyncPolicy::Interval {
+                        ms: range(r, 20, 500),
+                    },
+                    _ => SyncPolicy::Never,
+                };
+                opts.sync.unwrap_or(p)
+            })
+            .collect();
+        let consistency_weights = [
+            range(r, 0, 4) as u32,
+            range(r, 1, 6) as u32,
+            range(r, 0, 3) as u32,
+        ];
+        let gossip_interval_ms = range(r, 20, 150);
+        let failure_threshold = range(r, 3, 8) as u32;
+        let request_timeout_ms = range(r, 100, 800);
+        let tick_ms = range(r, 5, 20);
+        let clients = range(r, 1, 8) as u32;
+        let keys = range(r, 3, 60) as u32;
+        let ops = pick(r, opts.ops, |r| range(r, 50, 1_000) as u32);
+        let put_percent = range(r, 30, 60) as u32;
+        let get_percent = range(r, 20, 100 - u64::from(put_percent) - 5) as u32;
+        let ttl_percent = if r.below(2) == 0 {
+            0
+        } else {
+            range(r, 1, 40) as u32
+        };
+        let safety_ms = pick(r, opts.safety_ms, |r| range(r, 3_000, 30_000));
+        let delay_min_ms = range(r, 0, 3);
+        let delay_max_ms = delay_min_ms + range(r, 1, 30);
+        let drop_percent = pick(r, opts.drop_percent, |r| match r.below(4) {
+            0 => 0,
+            1 | 2 => range(r, 1, 5) as u32,
+            _ => range(r, 5, 30) as u32,
+        });
+        let dup_percent = if r.below(2) == 0 {
+            0
+        } else {
+            range(r, 1, 10) as u32
+        };
+        let fault_interval_ms = pick(r, opts.fault_interval_ms, |r| match r.below(8) {
+            0 => 0,
+            _ => range(r, 200, 3_000),
+        });
+        let fault_weights = [
+            range(r, 0, 4) as u32,
+            range(r, 0, 3) as u32,
+            range(r, 0, 4) as u32,
+            range(r, 0, 3) as u32,
+            range(r, 0, 1) as u32,
+            range(r, 0, 1) as u32,
+        ];
+        let skew_max_ms = pick(r, opts.skew_max_ms, |r| {
+            [0, 5, 50, 500][r.below(4) as usize]
+        });
+        let jump_max_ms = pick(r, opts.jump_max_ms, |r| {
+            [10, 200, 5_000][r.below(3) as usize]
+        });
+        let torn_percent = range(r, 0, 100) as u32;
+        let bad_disk = (r.below(3) == 0).then(|| range(r, 1, u64::from(nodes)) as u32);
+        let anti_entropy_interval_ms = range(r, 200, 5_000);
+        let segment_size_max = [512, 2_048, 16_384][r.below(3) as usize];
+        Params {
+            nodes,
+            replicas,
+            sync,
+            consistency_weights,
+            consistency: opts.consistency,
+            gossip_interval_ms,
+            failure_threshold,
+            request_timeout_ms,
+            tick_ms,
+            clients,
+            keys,
+            ops,
+            put_percent,
+            get_percent,
+            ttl_percent,
+            safety_ms,
+            liveness_ms_max: 60_000,
+            delay_min_ms,
+            delay_max_ms,
+            drop_percent,
+            dup_percent,
+            fault_interval_ms,
+            fault_weights,
+            skew_max_ms,
+            jump_max_ms,
+            torn_percent,
+            bad_disk,
+            segment_size_max,
+            mutation: opts.mutation,
+            raw_clock_recovery: opts.raw_clock_recovery,
+            no_repair_reads: opts.no_repair_reads,
+            anti_entropy_interval_ms,
+        }
+    }
+
+    /// Write the parameters to the trace (first lines of every run).
+    pub fn describe(&self, trace: &mut Trace) {
+        let sync: Vec<String> = self.sync.iter().map(sync_name).collect();
+        trace.line(format_args!(
+            "params nodes={} N={} sync=[{}] consistency={} weights(one,quorum,all)={:?}",
+            self.nodes,
+            self.replicas,
+            sync.join(","),
+            self.consistency.map_or("mix", consistency_name),
+            self.consistency_weights
+        ));
+        trace.line(format_args!(
+            "params gossip={}ms threshold={} timeout={}ms tick={}ms clients={} keys={} ops={} \
+             put%={} get%={} ttl%={} safety={}ms",
+            self.gossip_interval_ms,
+            self.failure_threshold,
+            self.request_timeout_ms,
+            self.tick_ms,
+            self.clients,
+            self.keys,
+            self.ops,
+            self.put_percent,
+            self.get_percent,
+            self.ttl_percent,
+            self.safety_ms
+        ));
+        trace.line(format_args!(
+            "params delay={}..{}ms drop%={} dup%={} faults every ~{}ms weights(crash,pause,\
+             partition,jump,sync-fail,disk-full)={:?} skew=±{}ms jump=±{}ms torn%={} bad_disk={:?} segment={}B \
+             mutation={}",
+            self.delay_min_ms,
+            self.delay_max_ms,
+            self.drop_percent,
+            self.dup_percent,
+            self.fault_interval_ms,
+            self.fault_weights,
+            self.skew_max_ms,
+            self.jump_max_ms,
+            self.torn_percent,
+            self.bad_disk,
+            self.segment_size_max,
+            self.mutation.name()
+        ));
+    }
+
+    /// Draw a consistency level for one request.
+    pub fn draw_consistency(&self, rng: &mut SplitMix64) -> Consistency {
+        if let Some(c) = self.consistency {
+            return c;
+        }
+        let w = self.consistency_weights;
+        let total = u64::from(w[0] + w[1] + w[2]);
+        let x = rng.below(total.max(1)) as u32;
+        if x < w[0] {
+            Consistency::One
+        } else if x < w[0] + w[1] || total == 0 {
+            Consistency::Quorum
+        } else {
+            Consistency::All
+        }
+    }
+}
+
+/// `always`, `never`, `interval:MS`.
+pub fn sync_name(p: &SyncPolicy) -> String {
+    match p {
+        SyncPolicy::Always => "always".into(),
+        SyncPolicy::Never => "never".into(),
+        SyncPolicy::Interval { ms } => format!("interval:{ms}"),
+    }
+}
+
+/// `ONE`, `QUORUM`, `ALL`.
+pub fn consistency_name(c: Consistency) -> &'static str {
+    match c {
+        Consistency::One => "ONE",
+        Consistency::Default | Consistency::Quorum => "QUORUM",
+        Consistency::All => "ALL",
+    }
+}
