@@ -158,7 +158,7 @@ fn main() -> ExitCode {
     o.optflag(
         "",
         "raw-clock-recovery",
-        "restart nodes without the simulated clock ceiling (shows BUG(sim-2))",
+        "restart nodes without the durable clock ceiling (shows the fixed bug sim-2)",
     );
     o.optflag(
         "",

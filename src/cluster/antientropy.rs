@@ -321,11 +321,23 @@ pub struct Tracked<'a> {
     /// The wrapped store.
     pub store: &'a mut dyn Store,
     index: &'a mut TreeIndex,
-    /// Apply without the guard (records from an authoritative peer).
+    /// Apply without the guard (records from an authoritative peer, read repairs).
     trusted: bool,
+    /// Answer a guarded write "stale" instead of refusing it: for hint deliveries, where stale
+    /// tells the holder to drop an obsolete hint (a refusal would keep it forever).
+    guard_answers_stale: bool,
 }
 
 impl Tracked<'_> {
+    /// Apply a read repair: as [`Store::apply`], without the horizon guard (see
+    /// [`AntiEntropy::tracked_repair`]).
+    pub fn apply_repair(&mut self, w: Write<'_>) -> Result<Applied, StoreError> {
+        let trusted = std::mem::replace(&mut self.trusted, true);
+        let r = self.apply(w);
+        self.trusted = trusted;
+        r
+    }
+
     fn guarded(&self, w: &Write<'_>) -> bool {
         let h = self.index.horizons[partition_of(w.key)];
         !self.trusted && w.version.0 < h && self.store.version_of(w.key).is_none()
@@ -347,9 +359,18 @@ impl Store for Tracked<'_> {
     fn apply(&mut self, w: Write<'_>) -> Result<Applied, StoreError> {
         if self.guarded(&w) {
             self.index.stats.guard_refused += 1;
-            return Ok(Applied::Stale {
-                current: Version(self.index.horizons[partition_of(w.key)]),
-            });
+            if self.guard_answers_stale {
+                return Ok(Applied::Stale {
+                    current: Version(self.index.horizons[partition_of(w.key)]),
+                });
+            }
+            // Refused, never "stale": a stale answer counts as an acknowledgement, and the
+            // write would be acknowledged while stored nowhere (simulator seed 312).
+            return Err(StoreError::Io(std::io::Error::other(format!(
+                "version {} is below the tombstone horizon {} of its partition and the key is absent here",
+                w.version,
+                self.index.horizons[partition_of(w.key)]
+            ))));
         }
         let a = self.store.apply(w)?;
         if a == Applied::Stored {
@@ -461,6 +482,8 @@ pub struct AntiEntropy {
     last_tick_ms: u64,
     start_ms: u64,
     transmits: VecDeque<(u32, Vec<u8>)>,
+    /// The highest horizon adopted (raw version).
+    horizon_max: u64,
 }
 
 /// Completed exchanges to report: (partition, peer) → start ms.
@@ -564,6 +587,7 @@ impl AntiEntropy {
             last_tick_ms: start_ms,
             start_ms,
             transmits: VecDeque::new(),
+            horizon_max: 0,
         };
         a.set_shard(0, 1);
         a
@@ -643,6 +667,34 @@ impl AntiEntropy {
             store,
             index: &mut self.index,
             trusted: false,
+            guard_answers_stale: false,
+        }
+    }
+
+    /// Like [`AntiEntropy::tracked`] but without the horizon guard, for read
+    /// repairs. The guard exists so that an old write (a late hint or REPLICATE) cannot bring
+    /// back a key whose tombstone was collected; a repair instead carries the newest record among
+    /// current replicas, and a tombstone is collected only once every replica held it. A
+    /// replica that lost a key below the horizon to a crash or a damaged record must be
+    /// repairable, or it never converges (simulator seed 25).
+    pub fn tracked_repair<'a>(&'a mut self, store: &'a mut dyn Store) -> Tracked<'a> {
+        Tracked {
+            store,
+            index: &mut self.index,
+            trusted: true,
+            guard_answers_stale: false,
+        }
+    }
+
+    /// Like [`AntiEntropy::tracked`], for hint deliveries: a hint below the horizon for an absent
+    /// key is obsolete (its key's newer tombstone was collected, or the key is restored by
+    /// repair from the replicas that hold it) and is answered "stale" so its holder drops it.
+    pub fn tracked_hint<'a>(&'a mut self, store: &'a mut dyn Store) -> Tracked<'a> {
+        Tracked {
+            store,
+            index: &mut self.index,
+            trusted: false,
+            guard_answers_stale: true,
         }
     }
 
@@ -907,9 +959,17 @@ impl AntiEntropy {
         out
     }
 
+    /// The highest tombstone horizon adopted here: a coordinator issues versions above it, so
+    /// that its writes are never refused by the horizon guard of replicas whose horizon came
+    /// from a node whose clock ran ahead.
+    pub fn horizon_max(&self) -> Version {
+        Version(self.horizon_max)
+    }
+
     fn adopt(&mut self, p: usize, h: u64) {
         if h > self.index.horizons[p] {
             self.index.horizons[p] = h;
+            self.horizon_max = self.horizon_max.max(h);
             if self.index.held[p] {
                 if self.sweep.is_none() {
                     self.sweep = Some((0, 0));
@@ -1200,6 +1260,7 @@ impl AntiEntropy {
             store,
             index: &mut self.index,
             trusted,
+            guard_answers_stale: false,
         };
         let mut n = 0;
         for rec in recs {
@@ -1925,9 +1986,25 @@ mod tests {
         let p = partition_of(b"gone");
         a.adopt(p, Version::new(2_000_000, 0, 0).0);
         let old = Version::new(1_000_000, 0, 1).0;
-        put(&mut a, &mut s, b"gone", old, false);
+        let w = Write {
+            key: b"gone",
+            value: Some(b"value"),
+            version: Version(old),
+            expires_at_ms: 0,
+        };
+        // A coordinator's write is refused (never acknowledged as "stale")...
+        assert!(a.tracked(&mut s).apply(w).is_err());
         assert!(s.get(b"gone").unwrap().is_none(), "refused");
-        assert_eq!(a.stats().guard_refused, 1);
+        // ...a hint delivery is answered stale, so its holder drops the obsolete hint...
+        assert!(matches!(
+            a.tracked_hint(&mut s).apply(w),
+            Ok(Applied::Stale { .. })
+        ));
+        assert!(s.get(b"gone").unwrap().is_none());
+        assert_eq!(a.stats().guard_refused, 2);
+        // ...and a read repair, carrying the newest record of current replicas, is applied.
+        a.tracked_repair(&mut s).apply(w).unwrap();
+        assert_eq!(s.get(b"gone").unwrap().unwrap().version.0, old);
         // A key still held takes an older-than-horizon write that is newer than its record.
         let q = partition_of(b"held");
         put(

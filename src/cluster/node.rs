@@ -226,6 +226,9 @@ impl<C> ClusterNode<C> {
         consistency: Consistency,
     ) {
         let required = self.required(consistency);
+        // Issue the version above every tombstone horizon adopted here (see
+        // `AntiEntropy::horizon_max`).
+        super::coordinator::observe(self.coordinator.hlc_mut(), now_ms, self.aae.horizon_max());
         let alive = self.alive_mask();
         let nodes = &self.config.nodes;
         let prefs = self.ring.preference_for_key(key);
@@ -308,7 +311,18 @@ impl<C> ClusterNode<C> {
                 if let PeerRequest::Replicate { write, .. } = &req {
                     super::coordinator::observe(self.coordinator.hlc_mut(), now_ms, write.version);
                 }
-                match replica::serve(&mut self.aae.tracked(store), id, &req, out) {
+                let aux = match &req {
+                    PeerRequest::Replicate { aux, .. } => *aux,
+                    _ => 0,
+                };
+                let mut tracked = if aux & peer::AUX_REPAIR != 0 {
+                    self.aae.tracked_repair(store)
+                } else if aux & peer::AUX_HINT != 0 {
+                    self.aae.tracked_hint(store)
+                } else {
+                    self.aae.tracked(store)
+                };
+                match replica::serve(&mut tracked, id, &req, out) {
                     Some(replica::Served::Write {
                         stored,
                         hint,
@@ -482,8 +496,8 @@ impl<C> ClusterNode<C> {
     fn drain(&mut self, now_ms: u64, store: &mut dyn Store) {
         let me = self.config.node_id;
         let mut tracked = self.aae.tracked(store);
-        let store: &mut dyn Store = &mut tracked;
         while let Some(a) = self.coordinator.poll_action() {
+            let store = &mut tracked;
             match a {
                 Action::Send { to, frame } => self.outputs.push_back(Output::Send { to, frame }),
                 Action::Reply { ctx, outcome } => {
@@ -504,7 +518,7 @@ impl<C> ClusterNode<C> {
                 Action::Repair { to, write } => {
                     if to == me {
                         // Best effort: a failing store is reported by its own writes.
-                        let _ = store.apply(write.as_write());
+                        let _ = store.apply_repair(write.as_write());
                     } else {
                         let mut frame = Vec::new();
                         peer::put_replicate(&mut frame, 0, peer::AUX_REPAIR, &write.as_write());

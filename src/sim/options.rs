@@ -83,7 +83,7 @@ pub struct Options {
     pub jump_max_ms: Option<u64>,
     /// The deliberate bug to switch on.
     pub mutation: Mutation,
-    /// Restart nodes with the clock recovery of the real code alone (reproduces BUG(sim-2),
+    /// Restart nodes with the clock recovery of the real code alone (without the durable clock ceiling the driver keeps: shows bug sim-2,
     /// see `world.rs`); by default the simulator also recovers the clock above the highest
     /// version the node let out before its crash, as a durable clock ceiling would.
     pub raw_clock_recovery: bool,

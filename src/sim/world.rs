@@ -117,7 +117,7 @@ struct Node {
     /// A late sync is scheduled (ack-before-sync).
     late_sync: bool,
     /// The highest version of its own this node let out (in a frame or a reply): what a
-    /// durable clock ceiling would hold (BUG(sim-2)). Survives crashes.
+    /// durable clock ceiling holds (`datadir::ClockCeiling`, sim-2). Survives crashes.
     issued_max: Version,
     /// Set by a failed sync: the store refuses writes until the node restarts.
     write_error: Option<String>,
@@ -490,7 +490,8 @@ impl World {
         let mut core = ClusterNode::new(config, now_ms, gossip_seed, hints);
         core.recover_clock(&store, now_ms);
         if !self.p.raw_clock_recovery && n.issued_max > store.highest_version() {
-            // BUG(sim-2): `recover_clock` starts the clock above the highest version in the
+            // Simulator bug sim-2 (fixed by the driver's durable clock ceiling, modelled here):
+            // `recover_clock` starts the clock above the highest version in the
             // node's own store, but versions it issued before a crash may be missing there
             // (it coordinated a key it does not replicate, or the record was not synced yet).
             // With the wall clock stepped back, the node then issues versions below, or equal
@@ -1429,7 +1430,7 @@ fn own_version(id: u32, frame: &[u8]) -> Option<Version> {
 }
 
 /// An empty store whose only figure is a highest version: how the simulator hands a node's
-/// clock ceiling to [`ClusterNode::recover_clock`] (BUG(sim-2)) without a fake record (the
+/// clock ceiling (`datadir::ClockCeiling`, sim-2) to [`ClusterNode::recover_clock`] without a fake record (the
 /// call also builds anti-entropy state from the store; an empty store adds nothing).
 struct ClockCeiling(Version);
 
