@@ -147,3 +147,14 @@ fn without_the_clock_ceiling_restarts_reissue_versions() {
     };
     assert!(first_failure(&opts, 60).is_some());
 }
+
+/// Issue 7: with hinted handoff and read repair off, and no reads driving repair, anti-entropy
+/// alone converges the cluster (crashes, partitions, damaged records and all).
+#[test]
+fn anti_entropy_alone_converges() {
+    let opts = Options {
+        anti_entropy_only: true,
+        ..Options::default()
+    };
+    assert_eq!(first_failure(&opts, 50), None);
+}

@@ -94,6 +94,7 @@ fn options(m: &getopts::Matches) -> Result<Options, String> {
         mutation,
         raw_clock_recovery: m.opt_present("raw-clock-recovery"),
         no_repair_reads: m.opt_present("no-repair-reads"),
+        anti_entropy_only: m.opt_present("anti-entropy-only"),
     })
 }
 
@@ -164,6 +165,11 @@ fn main() -> ExitCode {
         "",
         "no-repair-reads",
         "liveness phase without the simulator's ALL reads (hints and anti-entropy only)",
+    );
+    o.optflag(
+        "",
+        "anti-entropy-only",
+        "hinted handoff and read repair off, no repair-driving reads: anti-entropy alone must converge the cluster",
     );
     o.optflag("h", "help", "print this help");
     let usage = |o: &getopts::Options| {

@@ -959,6 +959,15 @@ impl AntiEntropy {
         out
     }
 
+    /// Drop `key` from its partition's tree: its store lost the record (found damaged), and
+    /// the difference makes the next exchange bring it back from another replica.
+    pub fn forget(&mut self, key: &[u8]) {
+        let p = partition_of(key);
+        if let Some(t) = self.index.trees[p].as_deref_mut() {
+            t.remove(key);
+        }
+    }
+
     /// The highest tombstone horizon adopted here: a coordinator issues versions above it, so
     /// that its writes are never refused by the horizon guard of replicas whose horizon came
     /// from a node whose clock ran ahead.

@@ -392,6 +392,12 @@ impl<C> ClusterNode<C> {
         self.after_membership(now_ms);
         self.coordinator.on_tick(now_ms);
         self.drain(now_ms, store);
+        // Keys the store found damaged leave the trees, so the next exchange repairs them.
+        let mut damaged = Vec::new();
+        store.take_damaged(&mut damaged);
+        for key in damaged {
+            self.aae.forget(&key);
+        }
         self.deliver_hints(now_ms);
         if now_ms >= self.last_hint_sync_ms + crate::limits::HINT_SYNC_INTERVAL_MS {
             self.last_hint_sync_ms = now_ms;

@@ -125,6 +125,9 @@ impl Options {
         if self.no_repair_reads {
             a += " --no-repair-reads";
         }
+        if self.anti_entropy_only {
+            a += " --anti-entropy-only";
+        }
         if self.mutation != Mutation::None {
             a += &format!(" --mutation {}", self.mutation.name());
         }

@@ -90,6 +90,9 @@ pub struct Options {
     /// In the liveness phase, do not issue ALL reads to drive read repair: convergence must
     /// come from hinted handoff and anti-entropy alone.
     pub no_repair_reads: bool,
+    /// Hinted handoff and read repair off in every node, and no repair-driving reads in the
+    /// liveness phase: convergence must come from anti-entropy alone.
+    pub anti_entropy_only: bool,
 }
 
 /// Everything a run uses, drawn from the seed unless fixed in [`Options`].
@@ -157,6 +160,8 @@ pub struct Params {
     pub raw_clock_recovery: bool,
     /// See [`Options::no_repair_reads`].
     pub no_repair_reads: bool,
+    /// See [`Options::anti_entropy_only`].
+    pub anti_entropy_only: bool,
     /// Anti-entropy interval of every node (used once anti-entropy lands).
     pub anti_entropy_interval_ms: u64,
 }
@@ -290,7 +295,8 @@ impl Params {
             segment_size_max,
             mutation: opts.mutation,
             raw_clock_recovery: opts.raw_clock_recovery,
-            no_repair_reads: opts.no_repair_reads,
+            no_repair_reads: opts.no_repair_reads || opts.anti_entropy_only,
+            anti_entropy_only: opts.anti_entropy_only,
             anti_entropy_interval_ms,
         }
     }

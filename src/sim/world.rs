@@ -48,6 +48,9 @@ use std::path::Path;
 pub const BASE_MS: u64 = 1_700_000_000_000;
 
 /// Budget of store maintenance units per tick.
+/// Anti-entropy interval under the skip-read-repair mutation: longer than any simulation.
+const SKIP_READ_REPAIR_AAE_INTERVAL_MS: u64 = 1_000_000_000;
+
 const MAINTENANCE_BUDGET: usize = 16;
 
 /// The client id of the simulator's own repair reads.
@@ -205,8 +208,15 @@ impl World {
         config.failure_threshold = p.failure_threshold;
         config.request_timeout_ms = p.request_timeout_ms;
         config.anti_entropy_interval_ms = p.anti_entropy_interval_ms;
-        // skip-read-repair: the cluster's own switch (kvd --read-repair off).
-        config.read_repair = p.mutation != Mutation::SkipReadRepair;
+        // skip-read-repair: the cluster's own switch (kvd --read-repair off). Anti-entropy is
+        // off too (no periodic round within any simulation), so that the read-repair code is
+        // what stands between stale replicas and convergence: with anti-entropy on, breaking
+        // read repair is (rightly) healed and the mutation would prove nothing.
+        config.read_repair = p.mutation != Mutation::SkipReadRepair && !p.anti_entropy_only;
+        if p.mutation == Mutation::SkipReadRepair {
+            config.anti_entropy_interval_ms = SKIP_READ_REPAIR_AAE_INTERVAL_MS;
+        }
+        config.hinted_handoff = !p.anti_entropy_only;
         config.mutations = Mutations {
             no_tombstone_version: p.mutation == Mutation::NoTombstoneVersion,
         };

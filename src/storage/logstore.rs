@@ -91,7 +91,8 @@ use super::vfs::Vfs;
 use super::{Applied, Store, StoreError, Stored, Write};
 use crate::limits::{
     COMPACTION_DEAD_BYTES_MIN_DEFAULT, COMPACTION_DEAD_PERCENT_DEFAULT, COMPACTION_INPUTS_MAX,
-    HINT_WRITE_CHUNK_SIZE, KEY_SIZE_MAX, RECOVERY_REPORT_CORRUPT_LISTED_MAX, SCAN_CHUNK_SIZE,
+    DAMAGED_KEYS_LISTED_MAX, HINT_WRITE_CHUNK_SIZE, KEY_SIZE_MAX,
+    RECOVERY_REPORT_CORRUPT_LISTED_MAX, SCAN_CHUNK_SIZE, SCRUB_RECORDS_PER_STEP,
     SEGMENT_SIZE_MAX_DEFAULT, SEGMENT_SIZE_MAX_LIMIT, VALUE_SIZE_MAX,
 };
 use crate::version::Version;
@@ -269,6 +270,10 @@ pub struct LogStore<V: Vfs> {
     dir: PathBuf,
     config: LogConfig,
     keydir: KeyDir,
+    /// Keys forgotten for a damaged record, not yet taken by `take_damaged`.
+    damaged: Vec<Vec<u8>>,
+    /// Next keydir index the background scrub verifies.
+    scrub_cursor: usize,
     segments: BTreeMap<u32, Segment<V::File>>,
     active: u32,
     /// The active segment's hint, streamed to `N.hint.tmp` (`None`: no hint for it, after an
@@ -317,6 +322,15 @@ fn is_expired(h: &RecordHeader, now_ms: u64) -> bool {
 /// same version (an expired value turned into a tombstone by compaction).
 fn beats(version: u64, tombstone: bool, held: &Loc) -> bool {
     version > held.version || (version == held.version && (tombstone || held.value_len.is_some()))
+}
+
+/// Why the bytes read for `key` at `loc` are not its record, if they are not.
+fn record_damage(buf: &[u8], key: &[u8], loc: &Loc) -> Option<String> {
+    match decode_record(buf) {
+        Ok(r) if r.key == key && r.header.version == loc.version => None,
+        Ok(_) => Some("record does not match the keydir".to_string()),
+        Err(e) => Some(e.to_string()),
+    }
 }
 
 /// Reads a segment's records in order through a buffer.
@@ -489,6 +503,8 @@ impl<V: Vfs> LogStore<V> {
             dir: dir.to_path_buf(),
             config,
             keydir: KeyDir::new(),
+            damaged: Vec::new(),
+            scrub_cursor: 0,
             segments: BTreeMap::new(),
             active: 0,
             active_hint: None,
@@ -941,6 +957,63 @@ impl<V: Vfs> LogStore<V> {
         let tmp = self.path(&format!("{}.tmp", hint_name(id)));
         self.vfs.rename(&tmp, &self.path(&hint_name(id)))?;
         self.vfs.sync_dir(&self.dir)
+    }
+
+    /// Forget a key whose newest record is damaged: the key reads as absent from now on, so a
+    /// repair from another replica (even of the same version) is accepted instead of being
+    /// refused as stale forever, and the key is reported through `take_damaged`. The damaged
+    /// bytes stay on disk until compaction; at the next start a repaired copy in a later
+    /// segment wins the version tie (see `beats`). Returns the report.
+    fn forget_damaged(&mut self, key: &[u8], loc: &Loc, why: &str) -> String {
+        self.counters.corrupt_records += 1;
+        let msg = format!("segment {} offset {}: {why}", loc.segment, loc.offset);
+        log::error!(
+            "storage: corrupt record: {msg}; forgotten so that a replica can repair the key"
+        );
+        if let Some(old) = self.keydir.remove(key) {
+            self.account(&old, key.len(), false);
+        }
+        if self.damaged.len() < DAMAGED_KEYS_LISTED_MAX {
+            self.damaged.push(key.to_vec());
+        }
+        msg
+    }
+
+    /// Verify up to `records` records the keydir points at, one cursor step each, so damage
+    /// at rest (a flipped bit under a valid hint file) is found even for keys nobody reads.
+    /// A full pass over N keys takes N / records maintenance calls.
+    fn scrub_step(&mut self, records: usize) {
+        let mut buf = Vec::new();
+        for _ in 0..records {
+            if self.keydir.is_empty() {
+                return;
+            }
+            if self.scrub_cursor >= self.keydir.len() {
+                self.scrub_cursor = 0;
+            }
+            let Some((key, loc)) = self.keydir.at(self.scrub_cursor) else {
+                return;
+            };
+            let key = key.to_vec();
+            let Some(seg) = self.segments.get(&loc.segment) else {
+                self.scrub_cursor += 1;
+                continue;
+            };
+            buf.clear();
+            buf.resize(record_len(key.len(), loc.value_len) as usize, 0);
+            let damage = match self.vfs.read_at(&seg.file, loc.offset as u64, &mut buf) {
+                Ok(()) => record_damage(&buf, &key, &loc),
+                // An I/O error is not proof of damage: leave the key, try again next pass.
+                Err(_) => None,
+            };
+            match damage {
+                // Removal moves the last entry into this slot: look at the same index again.
+                Some(why) => {
+                    self.forget_damaged(&key, &loc, &why);
+                }
+                None => self.scrub_cursor += 1,
+            }
+        }
     }
 
     /// Every segment: (id, path, sealed). For tests and tools.
@@ -1416,22 +1489,8 @@ impl<V: Vfs> Store for LogStore<V> {
         let len = record_len(key.len(), loc.value_len) as usize;
         let mut buf = vec![0u8; len];
         self.vfs.read_at(&seg.file, loc.offset as u64, &mut buf)?;
-        let bad = match decode_record(&buf) {
-            Ok(r) if r.key == key && r.header.version == loc.version => None,
-            Ok(_) => Some("record does not match the keydir".to_string()),
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(why) = bad {
-            self.counters.corrupt_records += 1;
-            let msg = format!("segment {} offset {}: {why}", loc.segment, loc.offset);
-            log::error!("storage: read of corrupt record: {msg}; forgetting it so that a replica can repair the key");
-            // Forget the damaged record: the key reads as absent from now on, so a repair from
-            // another replica (even of the same version) is accepted instead of being refused
-            // as stale forever. The damaged bytes stay on disk until compaction; at the next
-            // start a repaired copy in a later segment wins the version tie (see `beats`).
-            if let Some(old) = self.keydir.remove(key) {
-                self.account(&old, key.len(), false);
-            }
+        if let Some(why) = record_damage(&buf, key, &loc) {
+            let msg = self.forget_damaged(key, &loc, &why);
             return Err(StoreError::Corrupt(msg));
         }
         let h = decode_record_header(&buf).expect("decoded above");
@@ -1566,6 +1625,7 @@ impl<V: Vfs> Store for LogStore<V> {
     }
 
     fn maintenance(&mut self, now_ms: u64, budget: usize) -> Result<bool, StoreError> {
+        self.scrub_step(SCRUB_RECORDS_PER_STEP);
         if self.refused.is_some() {
             return Ok(false);
         }
@@ -1588,6 +1648,10 @@ impl<V: Vfs> Store for LogStore<V> {
         }
         self.job = Some(job);
         Ok(true)
+    }
+
+    fn take_damaged(&mut self, out: &mut Vec<Vec<u8>>) {
+        out.append(&mut self.damaged);
     }
 
     fn len(&self) -> usize {
@@ -1674,6 +1738,39 @@ mod tests {
             .unwrap()
             .and_then(|r| r.value)
             .map(|v| String::from_utf8(v).unwrap())
+    }
+
+    #[test]
+    fn the_scrub_finds_damage_nobody_reads_and_reports_it_once() {
+        let vfs = MemVfs::new();
+        let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+        for i in 0..40u64 {
+            put(&mut s, &format!("key{i:02}"), "some value", i + 1);
+        }
+        s.sync().unwrap();
+        // Damage the value of the first record of the first segment.
+        let (_, first, _) = s.segment_files()[0].clone();
+        let at = (SEGMENT_HEADER_SIZE + RECORD_HEADER_SIZE + 6) as u64;
+        vfs.flip_bit(&first, at, 3).unwrap();
+        let keys_before = s.len();
+        let mut damaged = Vec::new();
+        // Enough maintenance calls for one full pass.
+        for _ in 0..(40 / SCRUB_RECORDS_PER_STEP + 2) {
+            s.maintenance(0, 1).unwrap();
+        }
+        s.take_damaged(&mut damaged);
+        assert_eq!(damaged, vec![b"key00".to_vec()]);
+        assert_eq!(s.len(), keys_before - 1, "the damaged record is forgotten");
+        assert_eq!(value(&mut s, "key00"), None);
+        // A repair of the same version is accepted now.
+        put(&mut s, "key00", "repaired", 1);
+        assert_eq!(value(&mut s, "key00").as_deref(), Some("repaired"));
+        for _ in 0..(40 / SCRUB_RECORDS_PER_STEP + 2) {
+            s.maintenance(0, 1).unwrap();
+        }
+        damaged.clear();
+        s.take_damaged(&mut damaged);
+        assert!(damaged.is_empty(), "reported once");
     }
 
     #[test]

@@ -165,6 +165,11 @@ pub trait Store: Send {
     /// replica can still deliver an older write. Default: keep every tombstone.
     fn set_tombstone_horizon(&mut self, _horizon: Version) {}
 
+    /// Move into `out` the keys whose newest record was found damaged (by a read or by the
+    /// background scrub) and forgotten since the last call. The cluster drops them from its
+    /// anti-entropy trees, so that the next exchange repairs them from another replica.
+    fn take_damaged(&mut self, _out: &mut Vec<Vec<u8>>) {}
+
     /// Report figures for STATS as `(name, value)` pairs, names prefixed `storage_`.
     fn stats(&self, report: &mut dyn FnMut(&str, u64));
 
