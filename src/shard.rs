@@ -673,11 +673,7 @@ impl ShardCore {
                 ttl_seconds,
                 ..
             } => {
-                let expires_at_ms = if ttl_seconds == 0 {
-                    0
-                } else {
-                    now_ms + ttl_seconds as u64 * 1000
-                };
+                let expires_at_ms = crate::storage::expiry_of_ttl(now_ms, ttl_seconds);
                 self.write(now_ms, op::PUT, id, key, Some(value), expires_at_ms, out)
             }
             Request::Delete { key, .. } => self.write(now_ms, op::DELETE, id, key, None, 0, out),
@@ -767,33 +763,19 @@ impl ShardCore {
         let _ = writeln!(t, "shards {}", sh.shards);
         let _ = writeln!(t, "connections_max {}", sh.connections_max);
         let conn = |c: &ShardCounters| c.connections.load(Ordering::Relaxed);
-        let _ = writeln!(t, "connections {}", sum(&conn));
-        let _ = writeln!(
-            t,
-            "connections_total {}",
-            sum(&|c| c.connections_total.load(Ordering::Relaxed))
-        );
-        let _ = writeln!(
-            t,
-            "connections_refused {}",
-            sum(&|c| c.connections_refused.load(Ordering::Relaxed))
-        );
-        let _ = writeln!(
-            t,
-            "connections_dropped {}",
-            sum(&|c| c.connections_dropped.load(Ordering::Relaxed))
-        );
-        let _ = writeln!(
-            t,
-            "bytes_in {}",
-            sum(&|c| c.bytes_in.load(Ordering::Relaxed))
-        );
-        let _ = writeln!(
-            t,
-            "bytes_out {}",
-            sum(&|c| c.bytes_out.load(Ordering::Relaxed))
-        );
-        let _ = writeln!(t, "syncs {}", sum(&|c| c.syncs.load(Ordering::Relaxed)));
+        // Node totals: each counter summed over the shards.
+        let totals: [(&str, fn(&ShardCounters) -> &AtomicU64); 7] = [
+            ("connections", |c| &c.connections),
+            ("connections_total", |c| &c.connections_total),
+            ("connections_refused", |c| &c.connections_refused),
+            ("connections_dropped", |c| &c.connections_dropped),
+            ("bytes_in", |c| &c.bytes_in),
+            ("bytes_out", |c| &c.bytes_out),
+            ("syncs", |c| &c.syncs),
+        ];
+        for (name, field) in totals {
+            let _ = writeln!(t, "{name} {}", sum(&|c| field(c).load(Ordering::Relaxed)));
+        }
         for opc in 1u8..128 {
             let n = sum(&|c| c.requests_by_op[opc as usize].load(Ordering::Relaxed));
             if n > 0 {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{free_port, temp_dir, wait_for, Node};
+use common::{temp_dir, wait_for, Node};
 use dkv::client::{Client, ClientError};
 use dkv::protocol::{Consistency, Status};
 use std::time::{Duration, Instant};
@@ -21,41 +21,18 @@ struct Cluster {
 
 impl Cluster {
     fn start(name: &str, extra: &[&str]) -> Cluster {
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let list: Vec<String> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
-            .collect();
-        let list = list.join(",");
-        let dir = temp_dir(name);
         let interval = GOSSIP_INTERVAL_MS.to_string();
         let threshold = FAILURE_THRESHOLD.to_string();
-        let nodes = (0..3)
-            .map(|i| {
-                let id = (i + 1).to_string();
-                let mut args = vec![
-                    "--id",
-                    &id,
-                    "--nodes",
-                    &list,
-                    "--replicas",
-                    "3",
-                    "--cluster-secret",
-                    "test-secret",
-                    "--gossip-interval-ms",
-                    &interval,
-                    "--failure-threshold",
-                    &threshold,
-                    "--request-timeout-ms",
-                    "1000",
-                    "--shards",
-                    "2",
-                ];
-                args.extend_from_slice(extra);
-                Node::start_on(ports[i], &dir.join(format!("node-{}", i + 1)), &args)
-            })
-            .collect();
+        let mut args = vec![
+            "--gossip-interval-ms",
+            &interval,
+            "--failure-threshold",
+            &threshold,
+            "--request-timeout-ms",
+            "1000",
+        ];
+        args.extend_from_slice(extra);
+        let nodes = common::start_three_nodes(name, &args);
         let c = Cluster { nodes };
         for id in 1..=3 {
             c.wait_heard_from_all(id);

@@ -197,11 +197,7 @@ impl ShardCore {
                 ttl_seconds,
                 consistency,
             } => {
-                let expires_at_ms = if ttl_seconds == 0 {
-                    0
-                } else {
-                    now_ms + ttl_seconds as u64 * 1000
-                };
+                let expires_at_ms = crate::storage::expiry_of_ttl(now_ms, ttl_seconds);
                 if let Some(why) = &self.write_error {
                     self.refuse_write(ctx, why.clone());
                     return true;

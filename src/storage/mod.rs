@@ -52,6 +52,16 @@ impl Stored {
     }
 }
 
+/// The absolute expiry of a write made at `now_ms` with a TTL of `ttl_seconds` (0 = none).
+#[inline]
+pub fn expiry_of_ttl(now_ms: u64, ttl_seconds: u32) -> u64 {
+    if ttl_seconds == 0 {
+        0
+    } else {
+        now_ms + ttl_seconds as u64 * 1000
+    }
+}
+
 /// Whether a record with expiry `expires_at_ms` has expired at `now_ms`.
 #[inline]
 pub fn expired(expires_at_ms: u64, now_ms: u64) -> bool {

@@ -234,3 +234,36 @@ pub fn raise_fd_limit() -> u64 {
         lim.rlim_cur
     }
 }
+
+/// Start a 3-node cluster (N=3, 2 shards each, a test secret) on free loopback ports: node `i`
+/// (1-based) is `nodes[i - 1]`. `args` are added to every node's command line (gossip, timeouts,
+/// switches). Returns once every node answers PING; waiting for membership is the caller's.
+pub fn start_three_nodes(name: &str, args: &[&str]) -> Vec<Node> {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let list: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect();
+    let list = list.join(",");
+    let dir = temp_dir(name);
+    (0..3)
+        .map(|i| {
+            let id = (i + 1).to_string();
+            let mut all = vec![
+                "--id",
+                &id,
+                "--nodes",
+                &list,
+                "--replicas",
+                "3",
+                "--cluster-secret",
+                "test-secret",
+                "--shards",
+                "2",
+            ];
+            all.extend_from_slice(args);
+            Node::start_on(ports[i], &dir.join(format!("node-{}", i + 1)), &all)
+        })
+        .collect()
+}
