@@ -158,6 +158,9 @@ impl Default for ShardCounters {
     }
 }
 
+/// Selects one counter of a shard (for summing it over the shards).
+type CounterField = fn(&ShardCounters) -> &AtomicU64;
+
 /// What every shard of a node shares: immutable configuration and the counters for STATS.
 pub struct NodeShared {
     /// This node's id.
@@ -764,7 +767,7 @@ impl ShardCore {
         let _ = writeln!(t, "connections_max {}", sh.connections_max);
         let conn = |c: &ShardCounters| c.connections.load(Ordering::Relaxed);
         // Node totals: each counter summed over the shards.
-        let totals: [(&str, fn(&ShardCounters) -> &AtomicU64); 7] = [
+        let totals: [(&str, CounterField); 7] = [
             ("connections", |c| &c.connections),
             ("connections_total", |c| &c.connections_total),
             ("connections_refused", |c| &c.connections_refused),
