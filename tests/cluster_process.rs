@@ -669,3 +669,17 @@ fn kvcat_speaks_to_the_cluster() {
         "OK\n(not found)\n"
     );
 }
+
+/// A write of the largest value crosses the peer links (REPLICATE frames bigger than one
+/// event's worth of reads) and lands on every replica.
+#[test]
+fn the_largest_value_replicates_to_every_node() {
+    let c = Cluster::start("largest", &[]);
+    let v: Vec<u8> = (0..dkv::limits::VALUE_SIZE_MAX)
+        .map(|i| (i * 7) as u8)
+        .collect();
+    let version = c.client(1).put(b"big", &v, 0, Consistency::All).unwrap();
+    for id in 1..=3 {
+        assert_eq!(c.local(id, b"big"), Some((version, v.clone())), "node {id}");
+    }
+}

@@ -329,3 +329,32 @@ fn kvcat_survives_unencodable_input() {
     assert!(lines[1].starts_with("ERR KEY_TOO_LARGE "), "{}", lines[1]);
     assert_eq!(lines[2], "PONG");
 }
+
+/// A frame larger than one event's worth of reads (16 reads of 16 KiB) must still be read to
+/// the end: readiness is edge-triggered, and no new event comes for bytes already waiting.
+#[test]
+fn the_largest_value_round_trips_and_one_byte_more_is_refused() {
+    let n = node("largest", &["--shards", "2"]);
+    let mut c = n.client();
+    c.set_timeout(Some(Duration::from_secs(20))).unwrap();
+    let v: Vec<u8> = (0..dkv::limits::VALUE_SIZE_MAX).map(|i| i as u8).collect();
+    c.put(b"big", &v, 0, Consistency::Default).unwrap();
+    assert_eq!(c.get(b"big", Consistency::Default).unwrap().unwrap().1, v);
+    let mut too_big = Vec::new();
+    frame::put_frame(
+        &mut too_big,
+        op::PUT,
+        0,
+        77,
+        &[
+            &[0, 1],
+            b"k",
+            &[0, 0, 0, 0],
+            &vec![0u8; dkv::limits::VALUE_SIZE_MAX + 1],
+        ],
+    );
+    c.send_raw(&too_big);
+    let r = c.recv().unwrap();
+    assert_eq!((r.id, r.status()), (77, Some(Status::ValueTooLarge)));
+    c.ping().unwrap();
+}

@@ -14,7 +14,7 @@
 
 use super::readbuf::ReadBuf;
 use crate::cluster::ClusterConfig;
-use crate::limits::{READ_CHUNK_SIZE, WRITE_BUFFER_SIZE_MAX};
+use crate::limits::{FRAME_SIZE_MAX, READ_CHUNK_SIZE, WRITE_BUFFER_SIZE_MAX};
 use crate::protocol::{frame, op, Request, Role, Status, PROTOCOL_VERSION, RESPONSE_BIT};
 use crate::shard::ShardCore;
 use mio::net::TcpStream;
@@ -34,7 +34,11 @@ const RECONNECT_BACKOFF_MS_MIN: u64 = 50;
 /// costs a timeout.
 const RECONNECT_BACKOFF_MS_MAX: u64 = 250;
 /// Bytes queued for a link that is down, waiting for the next connection attempt.
-pub const DOWN_QUEUE_BYTES_MAX: usize = 1024 * 1024;
+pub const DOWN_QUEUE_BYTES_MAX: usize = 2 * (4 + FRAME_SIZE_MAX);
+// A link in back-off must be able to hold at least one largest frame (a REPLICATE of a 1 MiB
+// value), or such writes to a node whose link is reconnecting are always dropped.
+const _: () = assert!(DOWN_QUEUE_BYTES_MAX >= 4 + FRAME_SIZE_MAX);
+const _: () = assert!(DOWN_QUEUE_BYTES_MAX <= WRITE_BUFFER_SIZE_MAX);
 /// Read calls per link per readiness event.
 const READS_PER_EVENT_MAX: usize = 16;
 
@@ -75,6 +79,9 @@ pub struct PeerLinks {
     secret: Vec<u8>,
     links: Vec<Link>,
     stats: LinkStats,
+    /// Links whose last read stopped at READS_PER_EVENT_MAX rather than WouldBlock: bytes may
+    /// be waiting with no new (edge-triggered) event to come, so they are read again next turn.
+    read_pending: Vec<usize>,
 }
 
 impl PeerLinks {
@@ -105,6 +112,7 @@ impl PeerLinks {
             secret: config.secret.clone(),
             links,
             stats: LinkStats::default(),
+            read_pending: Vec::new(),
         }
     }
 
@@ -236,25 +244,43 @@ impl PeerLinks {
             }
         }
         if readable {
-            if let Err(why) = self.read(i, core, now_ms) {
-                return self.close(registry, i, &why);
+            match self.read(i, core, now_ms) {
+                Ok(true) if !self.read_pending.contains(&i) => self.read_pending.push(i),
+                Ok(_) => {}
+                Err(why) => return self.close(registry, i, &why),
             }
         }
         self.flush_one(registry, i);
     }
 
-    fn read(&mut self, i: usize, core: &mut ShardCore, now_ms: u64) -> Result<(), String> {
+    /// Whether some link has bytes to read without waiting for an event.
+    pub fn has_read_pending(&self) -> bool {
+        !self.read_pending.is_empty()
+    }
+
+    /// Read again the links whose last read stopped at the per-event bound.
+    pub fn read_pending(&mut self, registry: &Registry, core: &mut ShardCore, now_ms: u64) {
+        for i in std::mem::take(&mut self.read_pending) {
+            self.on_event(registry, i, true, core, now_ms);
+        }
+    }
+
+    /// Read what link `i` has, within the per-event bound; `Ok(true)` when the bound stopped
+    /// it (more may be waiting).
+    fn read(&mut self, i: usize, core: &mut ShardCore, now_ms: u64) -> Result<bool, String> {
         let shard = self.shard;
         let l = &mut self.links[i];
         let Some(s) = l.stream.as_mut() else {
-            return Ok(());
+            return Ok(false);
         };
+        let mut more = true;
         for _ in 0..READS_PER_EVENT_MAX {
             match l.rbuf.read_from(s) {
                 Ok(0) => return Err("closed by the peer".into()),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     l.rbuf.shrink_if_idle();
+                    more = false;
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -290,7 +316,7 @@ impl PeerLinks {
                 l.rbuf.consume(n);
             }
         }
-        Ok(())
+        Ok(more)
     }
 
     fn flush_one(&mut self, registry: &Registry, i: usize) {

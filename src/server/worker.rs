@@ -191,7 +191,9 @@ impl Worker {
             _ => None,
         };
         loop {
-            let busy = !self.resume_list.is_empty() || self.accept_pending;
+            let busy = !self.resume_list.is_empty()
+                || self.accept_pending
+                || self.links.as_ref().is_some_and(|l| l.has_read_pending());
             let timeout = if busy {
                 Duration::ZERO
             } else if self.links.is_some() {
@@ -232,6 +234,9 @@ impl Worker {
             }
             for k in std::mem::take(&mut self.resume_list) {
                 self.read_conn(k, now_ms);
+            }
+            if let Some(links) = self.links.as_mut() {
+                links.read_pending(self.poll.registry(), &mut self.core, now_ms);
             }
             self.core.on_cluster_tick(now_ms);
             self.update_throttle();
@@ -440,15 +445,20 @@ impl Worker {
         let (mut frames, mut immediate) =
             process_frames(&mut self.core, c, now_ms, self.turn_start);
         let mut bytes_in = 0u64;
-        let mut more = false;
+        // Readiness is edge-triggered: unless a read ends in WouldBlock (or the connection
+        // stops being read), bytes may be left in the socket with no new event to come, so the
+        // connection is revisited next turn.
+        let mut more = true;
         let mut dead = false;
         for _ in 0..READS_PER_EVENT_MAX {
             if c.closing || c.eof || c.paused {
+                more = false;
                 break;
             }
             match c.rbuf.read_from(&mut c.stream) {
                 Ok(0) => {
                     c.eof = true;
+                    more = false;
                     break;
                 }
                 Ok(n) => {
@@ -458,15 +468,16 @@ impl Worker {
                     frames += f;
                     immediate += i;
                     if c.closing {
+                        more = false;
                         break;
                     }
                     if frames >= REQUESTS_PER_READ_EVENT_MAX {
-                        more = true;
                         break;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     c.rbuf.shrink_if_idle();
+                    more = false;
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
