@@ -423,33 +423,20 @@ impl<C> Coordinator<C> {
         }
         let version = write.version;
         let id = self.alloc_id();
-        let mut slots = Vec::with_capacity(replicas.len());
         let mut frame = Vec::new();
-        for &r in replicas {
-            if r == self.config.node_id {
-                self.actions.push_back(Action::ApplyLocal {
-                    id,
+        peer::put_replicate(&mut frame, id, 0, &write.as_write());
+        let local = Action::ApplyLocal {
+            id,
+            write: write.clone(),
+        };
+        let slots = self.fan_out(replicas, alive, local, frame);
+        if self.config.hinted_handoff {
+            for &(r, _) in slots.iter().filter(|(_, s)| *s == Slot::Down) {
+                self.stats.hints += 1;
+                self.actions.push_back(Action::Hint {
+                    target: r,
                     write: write.clone(),
                 });
-                slots.push((r, Slot::Waiting));
-            } else if alive(r) {
-                if frame.is_empty() {
-                    peer::put_replicate(&mut frame, id, 0, &write.as_write());
-                }
-                self.actions.push_back(Action::Send {
-                    to: r,
-                    frame: frame.clone(),
-                });
-                slots.push((r, Slot::Waiting));
-            } else {
-                if self.config.hinted_handoff {
-                    self.stats.hints += 1;
-                    self.actions.push_back(Action::Hint {
-                        target: r,
-                        write: write.clone(),
-                    });
-                }
-                slots.push((r, Slot::Down));
             }
         }
         let deadline_ms = now_ms + self.config.request_timeout_ms;
@@ -482,28 +469,13 @@ impl<C> Coordinator<C> {
         };
         self.stats.reads += 1;
         let id = self.alloc_id();
-        let mut slots = Vec::with_capacity(replicas.len());
         let mut frame = Vec::new();
-        for &r in replicas {
-            if r == self.config.node_id {
-                self.actions.push_back(Action::ReadLocal {
-                    id,
-                    key: key.to_vec(),
-                });
-                slots.push((r, Slot::Waiting));
-            } else if alive(r) {
-                if frame.is_empty() {
-                    peer::put_read(&mut frame, id, key);
-                }
-                self.actions.push_back(Action::Send {
-                    to: r,
-                    frame: frame.clone(),
-                });
-                slots.push((r, Slot::Waiting));
-            } else {
-                slots.push((r, Slot::Down));
-            }
-        }
+        peer::put_read(&mut frame, id, key);
+        let local = Action::ReadLocal {
+            id,
+            key: key.to_vec(),
+        };
+        let slots = self.fan_out(replicas, alive, local, frame);
         let deadline_ms = now_ms + self.config.request_timeout_ms;
         self.ops.insert(
             id,
@@ -516,6 +488,37 @@ impl<C> Coordinator<C> {
             },
         );
         self.timers.insert((deadline_ms, id));
+    }
+
+    /// Ask every replica at once: this node through `local`, each alive peer with `frame`;
+    /// the others are noted down. The slots of the new operation, in preference order.
+    fn fan_out(
+        &mut self,
+        replicas: &[u32],
+        alive: &dyn Fn(u32) -> bool,
+        local: Action<C>,
+        frame: Vec<u8>,
+    ) -> Vec<(u32, Slot)> {
+        let mut local = Some(local);
+        let mut slots = Vec::with_capacity(replicas.len());
+        for &r in replicas {
+            if r == self.config.node_id {
+                let a = local
+                    .take()
+                    .expect("a node appears once in a preference list");
+                self.actions.push_back(a);
+                slots.push((r, Slot::Waiting));
+            } else if alive(r) {
+                self.actions.push_back(Action::Send {
+                    to: r,
+                    frame: frame.clone(),
+                });
+                slots.push((r, Slot::Waiting));
+            } else {
+                slots.push((r, Slot::Down));
+            }
+        }
+        slots
     }
 
     /// The slot of `from` in operation `id`, if it is still waiting for it.
