@@ -3,10 +3,10 @@
 //! One request at a time with [`Client::call`] and the typed helpers, or pipelined with
 //! [`Client::send`] and [`Client::recv`] (replies matched by request id, in any order).
 
-use crate::limits::READ_CHUNK_SIZE;
 use crate::protocol::message::Response;
 use crate::protocol::{frame, op, Consistency, Request, Role, Status, PROTOCOL_VERSION};
-use std::io::{self, Read, Write};
+use crate::server::readbuf::ReadBuf;
+use std::io::{self, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
@@ -104,8 +104,7 @@ impl From<io::Error> for ClientError {
 /// A blocking connection to one node.
 pub struct Client {
     stream: TcpStream,
-    inbuf: Vec<u8>,
-    start: usize,
+    inbuf: ReadBuf,
     out: Vec<u8>,
     next_id: u32,
 }
@@ -140,8 +139,7 @@ impl Client {
     pub fn from_stream(stream: TcpStream) -> Client {
         Client {
             stream,
-            inbuf: Vec::with_capacity(READ_CHUNK_SIZE),
-            start: 0,
+            inbuf: ReadBuf::default(),
             out: Vec::new(),
             next_id: 1,
         }
@@ -181,7 +179,7 @@ impl Client {
     pub fn recv(&mut self) -> Result<Reply, ClientError> {
         self.flush()?;
         loop {
-            match frame::parse(&self.inbuf[self.start..]) {
+            match frame::parse(self.inbuf.data()) {
                 Ok(Some((f, n))) => {
                     let r = Response::from_frame(&f).ok_or_else(|| {
                         ClientError::Protocol(format!("request frame 0x{:02x} from server", f.op))
@@ -192,31 +190,13 @@ impl Client {
                         id: r.id,
                         body: r.body.to_vec(),
                     };
-                    self.start += n;
-                    if self.start == self.inbuf.len() {
-                        self.inbuf.clear();
-                        self.start = 0;
-                    }
+                    self.inbuf.consume(n);
                     return Ok(reply);
                 }
                 Ok(None) => {}
                 Err(e) => return Err(ClientError::Protocol(e.to_string())),
             }
-            if self.start > 0 {
-                self.inbuf.drain(..self.start);
-                self.start = 0;
-            }
-            let len = self.inbuf.len();
-            self.inbuf.resize(len + READ_CHUNK_SIZE, 0);
-            let n = match self.stream.read(&mut self.inbuf[len..]) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.inbuf.truncate(len);
-                    return Err(e.into());
-                }
-            };
-            self.inbuf.truncate(len + n);
-            if n == 0 {
+            if self.inbuf.read_from(&mut self.stream)? == 0 {
                 return Err(ClientError::Io(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "server closed the connection",
