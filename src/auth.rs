@@ -17,9 +17,10 @@
 //! further failure (from [`HANDSHAKE_PENALTY_MS_MIN`] to [`HANDSHAKE_PENALTY_MS_MAX`]) before
 //! a handshake from it is examined again; until then it is refused unexamined, so it gets no
 //! guess however many connections it opens. Sources are IPv4 addresses and IPv6 /64 prefixes
-//! (one host owns a whole /64). A client and each claimed peer id are counted apart, so a
-//! misconfigured node does not lock its healthy neighbours on the same host out. The table is
-//! bounded ([`HANDSHAKE_THROTTLE_ENTRIES_MAX`]).
+//! (one host owns a whole /64). A client and each claimed peer id of the cluster are counted
+//! apart (ids outside the cluster count together), so a misconfigured node does not lock its
+//! healthy neighbours on the same host out. The table is bounded
+//! ([`HANDSHAKE_THROTTLE_ENTRIES_MAX`]).
 //!
 //! Nothing here touches a socket, a clock or the OS: nonces come from the driver (OS
 //! randomness), time comes in as `now_ms`.
@@ -122,8 +123,11 @@ pub fn verify(
 pub enum Claim {
     /// A client (HELLO role 1).
     Client,
-    /// A peer with this node id (HELLO role 2).
+    /// A peer with this node id of the cluster (HELLO role 2).
     Peer(u32),
+    /// A peer claiming an id that is not another node of the cluster: one key for all such
+    /// ids, so a source cannot make itself thousands of entries and flush the table.
+    UnknownPeer,
 }
 
 /// A source address as the throttle counts it.
@@ -236,7 +240,9 @@ impl HandshakeThrottle {
         }
     }
 
-    /// Drop what is past memory; if the table is still full, the entry quiet longest.
+    /// Drop what is past memory; if the table is still full, the entry with the fewest
+    /// failures (the oldest of those): a guesser's own entry, with many failures, outlives a
+    /// flood of single failures sent to push it out.
     fn make_room(&mut self, now_ms: u64) {
         self.entries
             .retain(|_, e| now_ms.saturating_sub(e.last_failure_ms) < HANDSHAKE_FAILURE_MEMORY_MS);
@@ -244,7 +250,7 @@ impl HandshakeThrottle {
             let oldest = self
                 .entries
                 .iter()
-                .min_by_key(|(_, e)| e.last_failure_ms)
+                .min_by_key(|(_, e)| (e.failures, e.last_failure_ms))
                 .map(|(k, _)| *k);
             if let Some(k) = oldest {
                 self.entries.remove(&k);
@@ -387,8 +393,14 @@ mod tests {
     }
 
     #[test]
-    fn the_table_is_bounded_and_forgets_the_quietest() {
+    fn the_table_is_bounded_and_forgets_the_least_failed() {
         let mut t = HandshakeThrottle::default();
+        // A guesser paused after its free failures...
+        let guesser = key(200);
+        for _ in 0..=HANDSHAKE_FAILURES_FREE {
+            t.on_failure(guesser, 500);
+        }
+        // ...is not pushed out by a flood of single failures from other sources.
         for i in 0..HANDSHAKE_THROTTLE_ENTRIES_MAX as u32 + 100 {
             let k = ThrottleKey::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), Claim::Client);
             t.on_failure(k, 1_000 + u64::from(i));
@@ -403,6 +415,10 @@ mod tests {
             Claim::Client,
         );
         assert!(t.entries.contains_key(&newest));
+        assert!(
+            t.check(guesser, 550).is_some(),
+            "the guesser is still paused"
+        );
     }
 
     #[test]

@@ -708,11 +708,16 @@ impl ShardCore {
         token: &[u8],
         wbuf: &mut Vec<u8>,
     ) -> After {
-        let claim = Claim::Peer(node_id);
+        let known = self.peer_known(node_id);
+        let claim = if known {
+            Claim::Peer(node_id)
+        } else {
+            Claim::UnknownPeer
+        };
         if let Some(why) = self.throttled(now_ms, session, claim) {
             return self.refuse_handshake(op::HELLO, id, &why, wbuf);
         }
-        if !self.peer_known(node_id) {
+        if !known {
             self.handshake_failed(now_ms, session, claim);
             log::warn!(
                 "refused a peer HELLO from {} claiming node {node_id}: not another node of this cluster",
