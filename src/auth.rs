@@ -1,9 +1,9 @@
 //! Authentication, pure: the proofs of the peer handshake, and the throttle that slows down
 //! failed handshakes.
 //!
-//! **Peer handshake** (protocol.md § 8). The cluster secret never crosses the network: each side
-//! sends a fresh random nonce, and each proves it holds the secret with
-//! `HMAC-SHA256(secret, label || initiator id || responder id || initiator nonce || responder nonce)`.
+//! **Peer handshake** (protocol.md § 8.1). The cluster secret never crosses the network: each
+//! side sends a fresh random nonce, and each proves it holds the secret with
+//! `HMAC-SHA256(secret, label || initiator id || responder id || nonce_I || nonce_R)`.
 //! The labels differ by direction, so a proof cannot be reflected back to its sender; the node
 //! ids bind the proof to the two nodes, so it cannot be replayed between other nodes; the
 //! nonces make every connection's proofs new. The initiator proves first, so a stranger

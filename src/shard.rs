@@ -111,6 +111,9 @@ pub struct Session {
     pub nonce: crate::auth::Nonce,
     /// A peer HELLO answered and its PEER_AUTH awaited: `(peer id, the peer's nonce)`.
     pub challenge: Option<(u32, crate::auth::Nonce)>,
+    /// `nonce` went out in a HELLO reply: a connection gets one peer handshake, so this
+    /// node never answers two challenges with the same nonce.
+    pub nonce_spent: bool,
 }
 
 impl Session {
@@ -748,6 +751,9 @@ impl ShardCore {
             );
             return After::Close;
         }
+        if session.nonce_spent {
+            return self.refuse_handshake(op::HELLO, id, "one peer handshake per connection", wbuf);
+        }
         let Ok(nonce_i) = <Nonce>::try_from(token) else {
             self.count_reply(Status::BadRequest);
             put_error(
@@ -762,6 +768,7 @@ impl ShardCore {
         session.role = None;
         session.peer_id = None;
         session.challenge = Some((node_id, nonce_i));
+        session.nonce_spent = true;
         self.count_reply(Status::Ok);
         let body = self.hello_body(PEER_PROTOCOL_VERSION);
         put_ok(wbuf, op::HELLO, id, &[&body, &session.nonce]);
@@ -1512,6 +1519,13 @@ mod tests {
             &body
         ));
         assert_eq!((s.role, s.peer_id), (Some(Role::Peer), Some(2)));
+        // The node's nonce answers one challenge only.
+        let again = exchange(
+            &mut core,
+            &mut s,
+            peer_hello(2, PEER_PROTOCOL_VERSION, &[9; 32]),
+        );
+        assert_eq!((again.0, again.1), (After::Close, Status::Unauthorized));
     }
 
     #[test]

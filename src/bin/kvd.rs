@@ -208,7 +208,7 @@ fn cluster_options(o: &mut getopts::Options) {
     o.optopt(
         "",
         "cluster-secret",
-        "secret every node presents to its peers; required with --nodes",
+        "secret the nodes prove to each other without sending it; with --nodes, this, --cluster-secret-file or DKV_CLUSTER_SECRET is required",
         "SECRET",
     );
     o.optopt(

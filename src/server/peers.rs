@@ -441,9 +441,9 @@ impl PeerLinks {
     }
 }
 
-/// One reply of the handshake on the link to `node` at `addr` (this node is `me`): HELLO's reply carries the
-/// peer's nonce and is answered with PEER_AUTH; PEER_AUTH's reply carries the peer's proof.
-/// `Err` ends the connection (a refusal, a wrong proof, a reply out of place).
+/// One reply of the handshake on the link to `node` at `addr` (this node is `me`): HELLO's
+/// reply carries the peer's nonce and is answered with PEER_AUTH; PEER_AUTH's reply carries the
+/// peer's proof. `Err` ends the connection (a refusal, a wrong proof, a reply out of place).
 fn handshake_step(
     handshake: &mut Handshake,
     wbuf: &mut Vec<u8>,
