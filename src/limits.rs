@@ -308,6 +308,10 @@ pub const HANDSHAKE_FAILURE_MEMORY_MS: u64 = 600_000;
 /// longest is forgotten, so a flood of addresses costs bounded memory.
 pub const HANDSHAKE_THROTTLE_ENTRIES_MAX: usize = 4096;
 
+/// Bytes below which a cluster secret draws a warning at start: whoever records a handshake
+/// can test guesses of the secret against it offline, so it must not be guessable.
+pub const CLUSTER_SECRET_SIZE_ADVISED: usize = 16;
+
 /// How long an outbound peer link whose handshake was refused (or whose peer failed to prove
 /// the secret) waits before trying again: a wrong secret does not fix itself, and retrying at
 /// the reconnect pace would only feed the peer's throttle and logs.
@@ -317,3 +321,4 @@ const _: () = assert!(HANDSHAKE_PENALTY_MS_MIN >= 1);
 const _: () = assert!(HANDSHAKE_PENALTY_MS_MIN <= HANDSHAKE_PENALTY_MS_MAX);
 const _: () = assert!(HANDSHAKE_PENALTY_MS_MAX < HANDSHAKE_FAILURE_MEMORY_MS);
 const _: () = assert!(HANDSHAKE_THROTTLE_ENTRIES_MAX >= 1);
+const _: () = assert!(CLUSTER_SECRET_SIZE_ADVISED <= CLUSTER_SECRET_SIZE_MAX);

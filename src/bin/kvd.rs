@@ -3,6 +3,7 @@
 use dkv::cluster::config::parse_nodes;
 use dkv::cluster::ClusterConfig;
 use dkv::datadir::{ClockCeiling, DataDir};
+use dkv::limits::CLUSTER_SECRET_SIZE_ADVISED;
 use dkv::limits::{
     ANTI_ENTROPY_INTERVAL_MS_DEFAULT, COMPACTION_DEAD_PERCENT_DEFAULT, CONNECTIONS_MAX_DEFAULT,
     CONNECTIONS_MAX_LIMIT, FAILURE_THRESHOLD_DEFAULT, GOSSIP_INTERVAL_MS_DEFAULT,
@@ -105,9 +106,6 @@ fn options() -> getopts::Options {
 const CLUSTER_SECRET_ENV: &str = "DKV_CLUSTER_SECRET";
 /// Environment variable holding the client token (instead of an option).
 const CLIENT_TOKEN_ENV: &str = "DKV_CLIENT_TOKEN";
-/// Below this many bytes a cluster secret draws a warning: whoever records a handshake can
-/// test guesses of the secret against it offline, so it must not be guessable.
-const CLUSTER_SECRET_BYTES_ADVISED: usize = 16;
 
 /// The file variants of the secret options (the secrets themselves are where they always were).
 fn secret_options(o: &mut getopts::Options) {
@@ -302,9 +300,9 @@ fn cluster_config(
             "--nodes needs --cluster-secret-file, {CLUSTER_SECRET_ENV} or --cluster-secret (peers must prove it)"
         )
     })?;
-    if c.secret.len() < CLUSTER_SECRET_BYTES_ADVISED {
+    if c.secret.len() < CLUSTER_SECRET_SIZE_ADVISED {
         log::warn!(
-            "the cluster secret has {} bytes; use at least {CLUSTER_SECRET_BYTES_ADVISED} random ones (e.g. head -c 32 /dev/urandom | base64)",
+            "the cluster secret has {} bytes; use at least {CLUSTER_SECRET_SIZE_ADVISED} random ones (e.g. head -c 32 /dev/urandom | base64)",
             c.secret.len()
         );
     }
