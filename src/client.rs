@@ -135,6 +135,58 @@ impl Client {
         Ok(c)
     }
 
+    /// Connect as node `node_id` of a cluster and run the peer handshake (protocol.md § 8):
+    /// prove `secret` to the node and check its proof, without sending the secret. For tools
+    /// and tests; nodes use the same steps in [`crate::server::peers`].
+    pub fn connect_peer<A: ToSocketAddrs>(
+        addr: A,
+        node_id: u32,
+        secret: &[u8],
+    ) -> Result<Client, ClientError> {
+        use crate::auth::{self, Nonce, Side, NONCE_SIZE, PEER_PROTOCOL_VERSION};
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        let mut c = Client::from_stream(stream);
+        let nonce_i = crate::server::system::random_nonce()?;
+        let reply = expect_ok(c.call(&Request::Hello {
+            version: PEER_PROTOCOL_VERSION,
+            role: Role::Peer,
+            node_id,
+            token: &nonce_i,
+        })?)?;
+        if reply.body.len() != 10 + NONCE_SIZE {
+            return Err(ClientError::Protocol(format!(
+                "peer HELLO reply of {} bytes",
+                reply.body.len()
+            )));
+        }
+        let responder = u32::from_be_bytes(reply.body[2..6].try_into().expect("4 bytes"));
+        let nonce_r: Nonce = reply.body[10..].try_into().expect("length checked");
+        let mine = auth::proof(
+            secret,
+            Side::Initiator,
+            node_id,
+            responder,
+            &nonce_i,
+            &nonce_r,
+        );
+        let reply = expect_ok(c.call(&Request::PeerAuth { proof: &mine })?)?;
+        if !auth::verify(
+            secret,
+            Side::Responder,
+            node_id,
+            responder,
+            &nonce_i,
+            &nonce_r,
+            &reply.body,
+        ) {
+            return Err(ClientError::Protocol(
+                "the node's proof of the cluster secret is wrong".into(),
+            ));
+        }
+        Ok(c)
+    }
+
     /// Wrap a connected stream without a handshake (raw tests).
     pub fn from_stream(stream: TcpStream) -> Client {
         Client {

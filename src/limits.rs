@@ -180,7 +180,7 @@ pub const CLOCK_OBSERVE_AHEAD_MS_MAX: u64 = 60_000;
 /// effort, and an fsync per write on the event loop would cost more than the hint is worth.
 pub const HINT_SYNC_INTERVAL_MS: u64 = 100;
 
-/// Longest cluster secret, in bytes (it travels in the HELLO token).
+/// Longest cluster secret, in bytes (a bound on what an operator passes; it never travels).
 pub const CLUSTER_SECRET_SIZE_MAX: usize = TOKEN_SIZE_MAX;
 
 const _: () = assert!(CLUSTER_NODES_MAX <= crate::version::NODE_ID_MAX as usize);
@@ -286,3 +286,39 @@ pub const AE_BUILD_KEYS_PER_STEP: usize = 65_536;
 
 const _: () = assert!(AE_MESSAGE_BYTES_MAX + 64 * 1024 < FRAME_SIZE_MAX);
 const _: () = assert!(AE_EXCHANGES_IN_FLIGHT_MAX >= 1);
+
+// ---------------------------------------------------------------------------------------------
+// Authentication: failed handshakes (src/auth.rs) and the peer links' answer to a refusal.
+
+/// Failed handshakes (wrong client token, wrong cluster secret) one source may make before it
+/// is slowed down: a typo, or a node restarted with an old secret, costs nothing.
+pub const HANDSHAKE_FAILURES_FREE: u32 = 5;
+
+/// The pause after the first failure past the free ones; each further failure doubles it.
+pub const HANDSHAKE_PENALTY_MS_MIN: u64 = 100;
+
+/// The longest pause: past it a source gets one examined guess per this long (2,880 a day),
+/// while an operator who fixed a typo waits at most this long.
+pub const HANDSHAKE_PENALTY_MS_MAX: u64 = 30_000;
+
+/// A source with no failure for this long starts over with its free failures.
+pub const HANDSHAKE_FAILURE_MEMORY_MS: u64 = 600_000;
+
+/// Sources the node-wide throttle remembers (about 64 bytes each); past it the one quiet
+/// longest is forgotten, so a flood of addresses costs bounded memory.
+pub const HANDSHAKE_THROTTLE_ENTRIES_MAX: usize = 4096;
+
+/// Bytes below which a cluster secret draws a warning at start: whoever records a handshake
+/// can test guesses of the secret against it offline, so it must not be guessable.
+pub const CLUSTER_SECRET_SIZE_ADVISED: usize = 16;
+
+/// How long an outbound peer link whose handshake was refused (or whose peer failed to prove
+/// the secret) waits before trying again: a wrong secret does not fix itself, and retrying at
+/// the reconnect pace would only feed the peer's throttle and logs.
+pub const PEER_AUTH_RETRY_MS: u64 = 5_000;
+
+const _: () = assert!(HANDSHAKE_PENALTY_MS_MIN >= 1);
+const _: () = assert!(HANDSHAKE_PENALTY_MS_MIN <= HANDSHAKE_PENALTY_MS_MAX);
+const _: () = assert!(HANDSHAKE_PENALTY_MS_MAX < HANDSHAKE_FAILURE_MEMORY_MS);
+const _: () = assert!(HANDSHAKE_THROTTLE_ENTRIES_MAX >= 1);
+const _: () = assert!(CLUSTER_SECRET_SIZE_ADVISED <= CLUSTER_SECRET_SIZE_MAX);

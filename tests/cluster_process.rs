@@ -366,16 +366,24 @@ fn misconfiguration_is_refused_at_start() {
 #[test]
 fn a_peer_without_the_secret_is_refused() {
     let c = Cluster::start("cluster-secret", &[]);
-    let bad = Client::connect_as(
+    let bad = Client::connect_peer(c.node(1).addr.as_str(), 2, b"wrong");
+    match bad {
+        Err(e) => assert_eq!(status_of(e), Status::Unauthorized),
+        Ok(_) => panic!("a peer handshake with the wrong secret was accepted"),
+    }
+    // The old handshake, the secret itself as HELLO token, is not spoken any more.
+    let old = Client::connect_as(
         c.node(1).addr.as_str(),
         dkv::protocol::Role::Peer,
         2,
-        b"wrong",
+        b"test-secret",
     );
-    match bad {
-        Err(e) => assert_eq!(status_of(e), Status::Unauthorized),
-        Ok(_) => panic!("a peer HELLO with the wrong secret was accepted"),
+    match old {
+        Err(e) => assert_eq!(status_of(e), Status::UnsupportedVersion),
+        Ok(_) => panic!("a version-1 peer HELLO was accepted"),
     }
+    Client::connect_peer(c.node(1).addr.as_str(), 2, b"test-secret")
+        .expect("the right secret opens a peer session");
 }
 
 #[test]

@@ -56,9 +56,13 @@ impl Vector {
         }
     }
 
+    /// A string field: double-quoted, or `hex:` and hex digits (nonces, proofs).
     fn bytes_of(&self, key: &str) -> Vec<u8> {
-        parse_string(self.raw(key))
-            .unwrap_or_else(|e| panic!("vector {}: field {key}: {e}", self.name))
+        let raw = self.raw(key);
+        if let Some(hex) = raw.strip_prefix("hex:") {
+            return parse_hex(&[hex], &self.name);
+        }
+        parse_string(raw).unwrap_or_else(|e| panic!("vector {}: field {key}: {e}", self.name))
     }
 
     fn has(&self, key: &str) -> bool {
@@ -352,6 +356,11 @@ fn check_request_vector(v: &Vector) {
             key = v.bytes_of("key");
             Request::LocalGet { key: &key }
         }
+        op::PEER_AUTH => {
+            v.only(&["op", "id", "proof"]);
+            token = v.bytes_of("proof");
+            Request::PeerAuth { proof: &token }
+        }
         other => panic!("vector {}: no request check for op 0x{other:02x}", v.name),
     };
     assert_eq!(
@@ -381,11 +390,21 @@ fn check_reply_vector(v: &Vector) {
     match status {
         Status::Ok => match opcode {
             op::HELLO => {
-                v.only(&["op", "status", "id", "protocol", "node", "shard", "shards"]);
+                v.only(&[
+                    "op", "status", "id", "protocol", "node", "shard", "shards", "nonce",
+                ]);
                 parts.push((v.int("protocol") as u16).to_be_bytes().to_vec());
                 parts.push((v.int("node") as u32).to_be_bytes().to_vec());
                 parts.push((v.int("shard") as u16).to_be_bytes().to_vec());
                 parts.push((v.int("shards") as u16).to_be_bytes().to_vec());
+                if v.has("nonce") {
+                    // A peer HELLO's reply: the responder's nonce follows (§ 8.1).
+                    parts.push(v.bytes_of("nonce"));
+                }
+            }
+            op::PEER_AUTH => {
+                v.only(&["op", "status", "id", "proof"]);
+                parts.push(v.bytes_of("proof"));
             }
             op::GET => {
                 v.only(&["op", "status", "id", "version", "value"]);
@@ -526,6 +545,10 @@ const REQUIRED_VECTORS: &[&str] = &[
     "malformed-reply",
     "oversized-prefix",
     "frame-too-large-reply",
+    "peer-hello-request",
+    "peer-hello-reply",
+    "peer-auth-request",
+    "peer-auth-reply",
 ];
 
 #[test]
@@ -788,6 +811,7 @@ fn sample_frames() -> Vec<Vec<u8>> {
         },
         Request::LocalGet { key: &all_bytes },
         Request::LocalGet { key: &big_key },
+        Request::PeerAuth { proof: &[0xA5; 32] },
         Request::Peer {
             op: op::PEER_FIRST,
             aux: 0xFF,
@@ -1103,4 +1127,83 @@ fn replies_echo_op_and_id() {
     Request::Ping.encode(1, &mut out);
     let (f, _) = frame::parse(&out).unwrap().unwrap();
     assert_eq!(Response::from_frame(&f), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The peer handshake's worked example (protocol.md § 8.1)
+
+/// The `handshake-vector` block: its secret, node ids, nonces and proofs are what `dkv::auth`
+/// computes, and the frames of the exchange (vectors `peer-*` of § 15) carry those same bytes.
+#[test]
+fn peer_handshake_vector_in_protocol_md_matches_auth_rs() {
+    use dkv::auth::{proof, verify, Side, PEER_PROTOCOL_VERSION};
+    let doc = protocol_md();
+    let block = doc
+        .split("```handshake-vector\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("protocol.md has a handshake-vector block");
+    let mut fields = BTreeMap::new();
+    for line in block.lines() {
+        let (k, v) = line
+            .split_once(char::is_whitespace)
+            .unwrap_or_else(|| panic!("handshake vector line {line}"));
+        fields.insert(k.to_string(), v.trim().to_string());
+    }
+    let get = |k: &str| -> &str { fields.get(k).unwrap_or_else(|| panic!("no {k}")) };
+    let secret = parse_string(get("secret")).unwrap();
+    let hex32 = |k: &str| -> [u8; 32] {
+        parse_hex(&[get(k)], k)
+            .try_into()
+            .unwrap_or_else(|_| panic!("{k} is not 32 bytes"))
+    };
+    let (i, r): (u32, u32) = (
+        get("initiator").parse().unwrap(),
+        get("responder").parse().unwrap(),
+    );
+    let (nonce_i, nonce_r) = (hex32("nonce_I"), hex32("nonce_R"));
+    let (proof_i, proof_r) = (hex32("proof_I"), hex32("proof_R"));
+    assert_eq!(
+        proof(&secret, Side::Initiator, i, r, &nonce_i, &nonce_r),
+        proof_i
+    );
+    assert_eq!(
+        proof(&secret, Side::Responder, i, r, &nonce_i, &nonce_r),
+        proof_r
+    );
+    assert!(verify(
+        &secret,
+        Side::Initiator,
+        i,
+        r,
+        &nonce_i,
+        &nonce_r,
+        &proof_i
+    ));
+    assert!(!verify(
+        &secret,
+        Side::Responder,
+        i,
+        r,
+        &nonce_i,
+        &nonce_r,
+        &proof_i
+    ));
+
+    // The frames of the exchange carry exactly these values.
+    let vs = vectors(&doc);
+    let vector = |name: &str| vs.iter().find(|v| v.name == name).expect("vector present");
+    let hello = vector("peer-hello-request");
+    assert_eq!(hello.int("protocol"), u64::from(PEER_PROTOCOL_VERSION));
+    assert_eq!(hello.int("node"), u64::from(i));
+    assert_eq!(hello.bytes_of("token"), nonce_i);
+    let hello_reply = vector("peer-hello-reply");
+    assert_eq!(
+        hello_reply.int("protocol"),
+        u64::from(PEER_PROTOCOL_VERSION)
+    );
+    assert_eq!(hello_reply.int("node"), u64::from(r));
+    assert_eq!(hello_reply.bytes_of("nonce"), nonce_r);
+    assert_eq!(vector("peer-auth-request").bytes_of("proof"), proof_i);
+    assert_eq!(vector("peer-auth-reply").bytes_of("proof"), proof_r);
 }

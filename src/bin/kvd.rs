@@ -3,6 +3,7 @@
 use dkv::cluster::config::parse_nodes;
 use dkv::cluster::ClusterConfig;
 use dkv::datadir::{ClockCeiling, DataDir};
+use dkv::limits::CLUSTER_SECRET_SIZE_ADVISED;
 use dkv::limits::{
     ANTI_ENTROPY_INTERVAL_MS_DEFAULT, COMPACTION_DEAD_PERCENT_DEFAULT, CONNECTIONS_MAX_DEFAULT,
     CONNECTIONS_MAX_LIMIT, FAILURE_THRESHOLD_DEFAULT, GOSSIP_INTERVAL_MS_DEFAULT,
@@ -26,7 +27,12 @@ Runs one dkv node: a key-value store served over the dkv binary protocol (protoc
 TCP port, with one event-loop thread per shard. Stop it with SIGINT or SIGTERM: every shard
 syncs its data and exits.
 
-Logging: set RUST_LOG (error, warn, info, debug, trace); default info.";
+Logging: set RUST_LOG (error, warn, info, debug, trace); default info.
+
+Secrets: the cluster secret and the client token each come from exactly one of the option,
+its -file variant (the file's content, one trailing newline removed) or an environment
+variable (DKV_CLUSTER_SECRET, DKV_CLIENT_TOKEN); giving two is an error. Prefer the file or
+the variable: an option's value is visible to every user of the machine in `ps`.";
     opts.usage(brief)
 }
 
@@ -89,10 +95,92 @@ fn options() -> getopts::Options {
         "require clients to present this token in HELLO [default: none, HELLO optional]",
         "TOKEN",
     );
+    secret_options(&mut o);
     cluster_options(&mut o);
     o.optflag("h", "help", "print this help");
     o.optflag("V", "version", "print the version");
     o
+}
+
+/// Environment variable holding the cluster secret (instead of an option).
+const CLUSTER_SECRET_ENV: &str = "DKV_CLUSTER_SECRET";
+/// Environment variable holding the client token (instead of an option).
+const CLIENT_TOKEN_ENV: &str = "DKV_CLIENT_TOKEN";
+
+/// The file variants of the secret options (the secrets themselves are where they always were).
+fn secret_options(o: &mut getopts::Options) {
+    o.optopt(
+        "",
+        "client-token-file",
+        &format!("like --client-token, read from FILE (or set {CLIENT_TOKEN_ENV})"),
+        "FILE",
+    );
+    o.optopt(
+        "",
+        "cluster-secret-file",
+        &format!("like --cluster-secret, read from FILE (or set {CLUSTER_SECRET_ENV})"),
+        "FILE",
+    );
+}
+
+/// A secret from exactly one of `--NAME`, `--NAME-file` or the environment variable `env`;
+/// `None` if none is given. Errors: two sources, an unreadable or empty file, an empty value.
+fn secret_from(m: &getopts::Matches, name: &str, env: &str) -> Result<Option<Vec<u8>>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let file_opt = format!("{name}-file");
+    let direct = m.opt_str(name);
+    let file = m.opt_str(&file_opt);
+    let from_env = std::env::var_os(env);
+    let given: Vec<String> = [
+        direct.as_ref().map(|_| format!("--{name}")),
+        file.as_ref().map(|_| format!("--{file_opt}")),
+        from_env.as_ref().map(|_| env.to_string()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if given.len() > 1 {
+        return Err(format!(
+            "{} given: set the {name} one way only",
+            given.join(" and ")
+        ));
+    }
+    let value = if let Some(v) = direct {
+        log::warn!(
+            "--{name} is visible to every user of this machine (ps); prefer --{file_opt} or {env}"
+        );
+        v.into_bytes()
+    } else if let Some(path) = file {
+        let mut v = std::fs::read(&path).map_err(|e| format!("--{file_opt} {path}: {e}"))?;
+        // Editors and `echo` end files with a newline that is not part of the secret.
+        if v.last() == Some(&b'\n') {
+            v.pop();
+            if v.last() == Some(&b'\r') {
+                v.pop();
+            }
+        }
+        if let Ok(meta) = std::fs::metadata(&path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                log::warn!(
+                    "--{file_opt} {path} can be read by other users (mode {:o}); chmod 600 it",
+                    meta.permissions().mode() & 0o777
+                );
+            }
+        }
+        if v.is_empty() {
+            return Err(format!("--{file_opt} {path} is empty"));
+        }
+        v
+    } else if let Some(v) = from_env {
+        v.as_bytes().to_vec()
+    } else {
+        return Ok(None);
+    };
+    if value.is_empty() {
+        return Err(format!("the {name} must not be empty"));
+    }
+    Ok(Some(value))
 }
 
 /// The options of the cluster issue (all optional: without `--nodes` the node runs alone).
@@ -118,7 +206,7 @@ fn cluster_options(o: &mut getopts::Options) {
     o.optopt(
         "",
         "cluster-secret",
-        "secret every node presents to its peers; required with --nodes",
+        "secret the nodes prove to each other without sending it; with --nodes, this, --cluster-secret-file or DKV_CLUSTER_SECRET is required",
         "SECRET",
     );
     o.optopt(
@@ -188,6 +276,7 @@ fn cluster_config(
         for name in [
             "replicas",
             "cluster-secret",
+            "cluster-secret-file",
             "gossip-interval-ms",
             "failure-threshold",
             "hinted-handoff",
@@ -206,12 +295,16 @@ fn cluster_config(
     let nodes = parse_nodes(&list).map_err(|e| format!("--nodes: {e}"))?;
     let replicas = parse_num(m, "replicas", nodes.len().min(3))?;
     let mut c = ClusterConfig::with_defaults(id, nodes, replicas);
-    c.secret = m
-        .opt_str("cluster-secret")
-        .ok_or("--nodes needs --cluster-secret (peers must present it)")?
-        .into_bytes();
-    if c.secret.is_empty() {
-        return Err("--cluster-secret must not be empty".into());
+    c.secret = secret_from(m, "cluster-secret", CLUSTER_SECRET_ENV)?.ok_or_else(|| {
+        format!(
+            "--nodes needs --cluster-secret-file, {CLUSTER_SECRET_ENV} or --cluster-secret (peers must prove it)"
+        )
+    })?;
+    if c.secret.len() < CLUSTER_SECRET_SIZE_ADVISED {
+        log::warn!(
+            "the cluster secret has {} bytes; use at least {CLUSTER_SECRET_SIZE_ADVISED} random ones (e.g. head -c 32 /dev/urandom | base64)",
+            c.secret.len()
+        );
     }
     c.gossip_interval_ms = parse_num(m, "gossip-interval-ms", c.gossip_interval_ms)?;
     c.failure_threshold = parse_num(m, "failure-threshold", c.failure_threshold)?;
@@ -373,7 +466,12 @@ fn config(m: &getopts::Matches) -> Result<(ServerConfig, String), String> {
     }
     let sync = SyncPolicy::parse(&m.opt_str("sync").unwrap_or_else(|| "interval:1000".into()))
         .map_err(|e| format!("--sync: {e}"))?;
-    let client_token = m.opt_str("client-token").map(String::into_bytes);
+    let client_token = secret_from(m, "client-token", CLIENT_TOKEN_ENV)?;
+    if !listen.ip().is_loopback() && client_token.is_none() {
+        log::warn!(
+            "listening on {listen}, beyond loopback, without a client token: anyone who can reach this port can read and write every key; set --client-token-file or {CLIENT_TOKEN_ENV}"
+        );
+    }
     if client_token
         .as_ref()
         .is_some_and(|t| t.len() > TOKEN_SIZE_MAX)

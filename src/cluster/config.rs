@@ -93,7 +93,8 @@ pub struct ClusterConfig {
     pub nodes: Vec<NodeAddr>,
     /// Replicas of each key (N).
     pub replicas: usize,
-    /// The secret peers present in their HELLO; connections that do not are refused.
+    /// The secret peers prove to each other in the peer handshake ([`crate::auth`]), never
+    /// sending it; connections that cannot prove it are refused.
     pub secret: Vec<u8>,
     /// Time between two heartbeats of this node.
     pub gossip_interval_ms: u64,
@@ -189,7 +190,7 @@ impl ClusterConfig {
 
     /// Check every rule; sorts the node list by id. Refuses: an empty or too long node list,
     /// ids above [`NODE_ID_MAX`], duplicate ids or addresses, own id missing, N == 0,
-    /// N > nodes, intervals and thresholds out of range, a secret too long for HELLO.
+    /// N > nodes, intervals and thresholds out of range, a secret longer than the limit.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
         if self.nodes.is_empty() || self.nodes.len() > CLUSTER_NODES_MAX {
             return Err(ConfigError::NodeCount(self.nodes.len()));

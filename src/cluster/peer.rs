@@ -1,8 +1,8 @@
 //! Peer frames: what nodes say to each other, in the opcode range 0x20..=0x3F.
 //!
 //! They use the ordinary frame header (see [`crate::protocol`]) on a connection that completed
-//! a peer HELLO with the cluster secret; the server hands them to the cluster layer as
-//! [`crate::protocol::Request::Peer`]. Replies carry the opcode with the response bit set and a
+//! the peer handshake (proofs of the cluster secret, [`crate::auth`]); the server hands them to
+//! the cluster layer as [`crate::protocol::Request::Peer`]. Replies carry the opcode with the response bit set and a
 //! status in `aux`, like every reply. All integers are big-endian.
 //!
 //! ```text

@@ -13,6 +13,7 @@
 //! CLUSTER | (empty) |
 //! LGET    | key len u16 | key |
 //! ANTI_ENTROPY, COMPACT | (empty) |
+//! PEER_AUTH | proof (32 bytes) |   the initiator's proof of the cluster secret (protocol.md § 8)
 //! peer ops 0x20..=0x3F  | defined by the cluster module |
 //! ```
 //!
@@ -20,6 +21,8 @@
 //!
 //! ```text
 //! HELLO   | version u16 | node id u32 | shard u16 | shard count u16 |
+//!           followed, for a peer HELLO, by | responder nonce (32 bytes) |
+//! PEER_AUTH | proof (32 bytes) |   the responder's proof
 //! GET     | version u64 | value (rest) |
 //! PUT     | version u64 |
 //! DELETE  | version u64 |
@@ -50,8 +53,14 @@ pub enum Request<'a> {
         role: Role,
         /// The sending node's id (peers); 0 for clients.
         node_id: u32,
-        /// Auth token (the cluster secret for peers); may be empty.
+        /// Auth token: the client token for clients (may be empty); the initiator's nonce
+        /// (32 bytes) for peers, which never send the cluster secret.
         token: &'a [u8],
+    },
+    /// Second step of the peer handshake: the initiator's proof of the cluster secret.
+    PeerAuth {
+        /// HMAC-SHA256 proof ([`crate::auth::proof`]), 32 bytes.
+        proof: &'a [u8],
     },
     /// Liveness check.
     Ping,
@@ -297,6 +306,13 @@ impl<'a> Request<'a> {
             op::COMPACT => no_flags(f.aux)
                 .and(empty_body(f.op, body))
                 .map(|_| Request::Compact),
+            op::PEER_AUTH => {
+                no_flags(f.aux)?;
+                if body.len() != crate::auth::PROOF_SIZE {
+                    return Err(malformed(f.op, "is not a 32-byte proof"));
+                }
+                Ok(Request::PeerAuth { proof: body })
+            }
             op::PEER_FIRST..=op::PEER_LAST => Ok(Request::Peer {
                 op: f.op,
                 aux: f.aux,
@@ -319,6 +335,7 @@ impl<'a> Request<'a> {
             Request::LocalGet { .. } => op::LOCAL_GET,
             Request::AntiEntropy => op::ANTI_ENTROPY,
             Request::Compact => op::COMPACT,
+            Request::PeerAuth { .. } => op::PEER_AUTH,
             Request::Peer { op, .. } => *op,
         }
     }
@@ -394,6 +411,10 @@ impl<'a> Request<'a> {
             }
             Request::LocalGet { key } => put_key_request(out, op::LOCAL_GET, 0, id, key, &[]),
             Request::Peer { op, aux, body } => frame::put_frame(out, op, aux, id, &[body]),
+            Request::PeerAuth { proof } => {
+                assert_eq!(proof.len(), crate::auth::PROOF_SIZE, "a proof is 32 bytes");
+                frame::put_frame(out, op::PEER_AUTH, 0, id, &[proof]);
+            }
             Request::Ping
             | Request::Stats
             | Request::Cluster

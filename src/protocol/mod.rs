@@ -31,7 +31,8 @@ pub mod message;
 pub use frame::{FrameError, FrameRef};
 pub use message::{Request, RequestError, Response};
 
-/// Protocol version spoken by this build, sent in HELLO.
+/// Protocol version spoken by this build, sent in a client's HELLO (a peer's HELLO carries the
+/// peer-protocol version, [`crate::auth::PEER_PROTOCOL_VERSION`]).
 pub const PROTOCOL_VERSION: u16 = 1;
 
 /// Set in the `op` byte of every response.
@@ -64,6 +65,9 @@ pub mod op {
     pub const ANTI_ENTROPY: u8 = 0x09;
     /// Admin: start a compaction pass now.
     pub const COMPACT: u8 = 0x0A;
+    /// Peer handshake, second step: the initiator's proof of the cluster secret, answered
+    /// with the responder's (protocol.md § 8).
+    pub const PEER_AUTH: u8 = 0x0B;
     /// First opcode of the peer range: only connections that completed a peer HELLO may use it.
     pub const PEER_FIRST: u8 = 0x20;
     /// Last opcode of the peer range.
@@ -82,6 +86,7 @@ pub mod op {
             LOCAL_GET => "LGET",
             ANTI_ENTROPY => "ANTI_ENTROPY",
             COMPACT => "COMPACT",
+            PEER_AUTH => "PEER_AUTH",
             0 => "CONNECTION",
             PEER_FIRST..=PEER_LAST => "PEER",
             _ => "UNKNOWN",

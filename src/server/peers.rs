@@ -1,21 +1,29 @@
 //! Outbound peer links of one shard: one non-blocking TCP connection to every other node of
-//! the cluster, opened on demand, authenticated with a peer HELLO carrying the cluster secret,
-//! and re-opened with backoff after a failure. The shard core's peer frames go out here; the
-//! replies that come back are handed to [`ShardCore::on_peer_reply`].
+//! the cluster, opened on demand, authenticated by the peer handshake, and re-opened with
+//! backoff after a failure. The shard core's peer frames go out here; the replies that come
+//! back are handed to [`ShardCore::on_peer_reply`].
+//!
+//! The handshake (protocol.md § 8, proofs in [`crate::auth`]) proves the cluster secret both
+//! ways without sending it: HELLO with this link's nonce (fresh from the OS) → the peer's
+//! nonce; PEER_AUTH with this node's proof → the peer's proof, checked before any cluster
+//! frame is written, so nothing goes to a node that cannot prove the secret. A refused
+//! handshake (or a peer's wrong proof) is logged and retried only after
+//! [`PEER_AUTH_RETRY_MS`]: a wrong secret does not fix itself.
 //!
 //! A link is `Down` (waiting out its backoff), `Connecting` (TCP handshake; the HELLO is
-//! queued first so frames queued behind it are sent once it completes) or `Ready`. Frames for
-//! a `Down` link wait (at most [`DOWN_QUEUE_BYTES_MAX`]) for the next connection attempt, made
-//! when the backoff ends; if that attempt fails they are dropped: the coordinator's timeouts
-//! and hints cover them, and keeping them for a dead node would only grow memory. A link's
-//! unsent bytes are bounded by [`WRITE_BUFFER_SIZE_MAX`]; past it frames are dropped too.
+//! queued) or `Ready`. Frames wait in `held` until the handshake is done; for a `Down` link
+//! they wait (at most [`DOWN_QUEUE_BYTES_MAX`]) for the next connection attempt, made when the
+//! backoff ends; if that attempt fails they are dropped: the coordinator's timeouts and hints
+//! cover them, and keeping them for a dead node would only grow memory. A link's unsent bytes
+//! are bounded by [`WRITE_BUFFER_SIZE_MAX`]; past it frames are dropped too.
 //!
 //! Links use poll tokens counting down from [`LINK_TOKEN_BASE`], far above any `Slab` key.
 
 use super::readbuf::ReadBuf;
+use crate::auth::{self, Nonce, Side, NONCE_SIZE, PEER_PROTOCOL_VERSION, PROOF_SIZE};
 use crate::cluster::ClusterConfig;
-use crate::limits::{FRAME_SIZE_MAX, READ_CHUNK_SIZE, WRITE_BUFFER_SIZE_MAX};
-use crate::protocol::{frame, op, Request, Role, Status, PROTOCOL_VERSION, RESPONSE_BIT};
+use crate::limits::{FRAME_SIZE_MAX, PEER_AUTH_RETRY_MS, READ_CHUNK_SIZE, WRITE_BUFFER_SIZE_MAX};
+use crate::protocol::{frame, op, Request, Role, Status, RESPONSE_BIT};
 use crate::shard::ShardCore;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
@@ -56,11 +64,26 @@ struct Link {
     stream: Option<TcpStream>,
     wbuf: Vec<u8>,
     wpos: usize,
+    /// Frames waiting for the handshake to finish (or the link to come up).
+    held: Vec<u8>,
     rbuf: ReadBuf,
-    /// The HELLO reply has come back OK.
-    authenticated: bool,
+    /// Where the handshake of the current connection is.
+    handshake: Handshake,
+    /// The last connection ended in a refused handshake: retry after PEER_AUTH_RETRY_MS.
+    refused: bool,
     retry_at: Instant,
     backoff_ms: u64,
+}
+
+/// The initiator's side of the peer handshake on one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handshake {
+    /// HELLO sent with our nonce; waiting for the peer's nonce.
+    Hello { nonce_i: Nonce },
+    /// PEER_AUTH sent with our proof; waiting for the peer's proof.
+    Auth { nonce_i: Nonce, nonce_r: Nonce },
+    /// Both proofs checked: cluster frames flow.
+    Done,
 }
 
 /// Counters of a shard's links (logged, and useful in tests).
@@ -99,8 +122,10 @@ impl PeerLinks {
                 stream: None,
                 wbuf: Vec::new(),
                 wpos: 0,
+                held: Vec::new(),
                 rbuf: ReadBuf::default(),
-                authenticated: false,
+                handshake: Handshake::Done,
+                refused: false,
                 retry_at: now,
                 backoff_ms: RECONNECT_BACKOFF_MS_MIN,
             })
@@ -146,15 +171,27 @@ impl PeerLinks {
             }
         }
         let l = &mut self.links[i];
-        if l.wbuf.len() - l.wpos + frame.len() > limit {
+        if l.wbuf.len() - l.wpos + l.held.len() + frame.len() > limit {
             self.stats.frames_dropped += 1;
             return;
         }
-        l.wbuf.extend_from_slice(frame);
+        if l.state == State::Ready && l.handshake == Handshake::Done {
+            l.wbuf.extend_from_slice(frame);
+        } else {
+            l.held.extend_from_slice(frame);
+        }
     }
 
     fn connect(&mut self, registry: &Registry, i: usize) {
         let l = &mut self.links[i];
+        let nonce_i = match super::system::random_nonce() {
+            Ok(n) => n,
+            Err(e) => {
+                log::error!("link to node {}: no random bytes from the OS: {e}", l.node);
+                Self::back_off(l);
+                return;
+            }
+        };
         let mut stream = match TcpStream::connect(l.addr) {
             Ok(s) => s,
             Err(e) => {
@@ -174,26 +211,29 @@ impl PeerLinks {
         let _ = stream.set_nodelay(true);
         l.stream = Some(stream);
         l.state = State::Connecting;
-        l.authenticated = false;
         l.rbuf.clear();
-        // The HELLO goes first, then whatever waited while the link was down.
-        let mut wbuf = Vec::with_capacity(64 + l.wbuf.len() - l.wpos);
+        // Only the HELLO goes out; what waited stays held until both proofs are checked.
+        l.wbuf.clear();
+        l.wpos = 0;
         Request::Hello {
-            version: PROTOCOL_VERSION,
+            version: PEER_PROTOCOL_VERSION,
             role: Role::Peer,
             node_id: self.node_id,
-            token: &self.secret,
+            token: &nonce_i,
         }
-        .encode(0, &mut wbuf);
-        wbuf.extend_from_slice(&l.wbuf[l.wpos..]);
-        l.wbuf = wbuf;
-        l.wpos = 0;
+        .encode(0, &mut l.wbuf);
+        l.handshake = Handshake::Hello { nonce_i };
         self.stats.connects += 1;
     }
 
     fn back_off(l: &mut Link) {
         l.state = State::Down;
-        l.retry_at = Instant::now() + Duration::from_millis(l.backoff_ms);
+        let wait_ms = if std::mem::take(&mut l.refused) {
+            PEER_AUTH_RETRY_MS
+        } else {
+            l.backoff_ms
+        };
+        l.retry_at = Instant::now() + Duration::from_millis(wait_ms);
         l.backoff_ms = (l.backoff_ms * 2).min(RECONNECT_BACKOFF_MS_MAX);
     }
 
@@ -217,6 +257,7 @@ impl PeerLinks {
         }
         l.wbuf.clear();
         l.wpos = 0;
+        l.held.clear();
         l.rbuf.clear();
         Self::back_off(l);
     }
@@ -269,6 +310,8 @@ impl PeerLinks {
     /// it (more may be waiting).
     fn read(&mut self, i: usize, core: &mut ShardCore, now_ms: u64) -> Result<bool, String> {
         let shard = self.shard;
+        let node_id = self.node_id;
+        let secret = &self.secret;
         let l = &mut self.links[i];
         let Some(s) = l.stream.as_mut() else {
             return Ok(false);
@@ -296,20 +339,38 @@ impl PeerLinks {
                 if f.op & RESPONSE_BIT == 0 {
                     return Err(format!("request frame 0x{:02x} on a peer link", f.op));
                 }
-                if f.op == op::HELLO | RESPONSE_BIT || f.op == RESPONSE_BIT {
-                    if f.aux != Status::Ok as u8 {
-                        let msg = String::from_utf8_lossy(f.body).into_owned();
-                        log::error!(
-                            "shard {shard}: node {} refused our peer HELLO: {msg} (is the cluster secret the same?)",
-                            l.node
-                        );
-                        return Err("peer HELLO refused".into());
+                if l.handshake != Handshake::Done {
+                    // Copied out (a few dozen bytes, once per connection): the step writes to
+                    // the link the frame borrows from.
+                    let (fop, faux, body) = (f.op, f.aux, f.body.to_vec());
+                    l.rbuf.consume(n);
+                    let step = handshake_step(
+                        &mut l.handshake,
+                        &mut l.wbuf,
+                        (node_id, l.node, l.addr),
+                        secret,
+                        (fop, faux, &body),
+                    );
+                    if let Err(why) = step {
+                        l.refused = true;
+                        log::error!("shard {shard}: peer handshake with node {}: {why}", l.node);
+                        return Err(why);
                     }
-                    if !l.authenticated {
+                    if l.handshake == Handshake::Done {
                         log::info!("shard {shard}: link to node {} up", l.node);
+                        l.backoff_ms = RECONNECT_BACKOFF_MS_MIN;
+                        let held = std::mem::take(&mut l.held);
+                        l.wbuf.extend_from_slice(&held);
                     }
-                    l.authenticated = true;
-                    l.backoff_ms = RECONNECT_BACKOFF_MS_MIN;
+                    continue;
+                } else if f.op & !RESPONSE_BIT == op::HELLO
+                    || f.op & !RESPONSE_BIT == op::PEER_AUTH
+                    || f.op == RESPONSE_BIT
+                {
+                    let msg = String::from_utf8_lossy(f.body).into_owned();
+                    return Err(format!(
+                        "unexpected handshake reply after the handshake: {msg}"
+                    ));
                 } else {
                     core.on_peer_reply(now_ms, l.node, &f);
                 }
@@ -349,13 +410,12 @@ impl PeerLinks {
         let now = Instant::now();
         for i in 0..self.links.len() {
             let l = &self.links[i];
-            if l.state == State::Down && l.wpos < l.wbuf.len() && now >= l.retry_at {
+            if l.state == State::Down && !l.held.is_empty() && now >= l.retry_at {
                 self.connect(registry, i);
                 if self.links[i].state == State::Down {
                     // Failed at once: what waited is dropped (see the module doc).
                     let l = &mut self.links[i];
-                    l.wbuf.clear();
-                    l.wpos = 0;
+                    l.held.clear();
                     self.stats.frames_dropped += 1;
                 }
             }
@@ -378,5 +438,67 @@ impl PeerLinks {
                 let _ = registry.deregister(&mut s);
             }
         }
+    }
+}
+
+/// One reply of the handshake on the link to `node` at `addr` (this node is `me`): HELLO's
+/// reply carries the peer's nonce and is answered with PEER_AUTH; PEER_AUTH's reply carries the
+/// peer's proof. `Err` ends the connection (a refusal, a wrong proof, a reply out of place).
+fn handshake_step(
+    handshake: &mut Handshake,
+    wbuf: &mut Vec<u8>,
+    (me, node, addr): (u32, u32, SocketAddr),
+    secret: &[u8],
+    (fop, aux, body): (u8, u8, &[u8]),
+) -> Result<(), String> {
+    let op_of = fop & !RESPONSE_BIT;
+    if fop & RESPONSE_BIT == 0 || (op_of != op::HELLO && op_of != op::PEER_AUTH && op_of != 0) {
+        return Err(format!("frame 0x{:02x} before the handshake finished", fop));
+    }
+    if aux != Status::Ok as u8 {
+        let status = Status::from_u8(aux).map_or("unknown status", |s| s.name());
+        let msg = String::from_utf8_lossy(body);
+        return Err(format!(
+            "refused by the peer: {status}: {msg} (is --cluster-secret the same on every node?)"
+        ));
+    }
+    match (*handshake, op_of) {
+        (Handshake::Hello { nonce_i }, op::HELLO) => {
+            // | version u16 | node id u32 | shard u16 | shard count u16 | nonce 32 |
+            if body.len() != 10 + NONCE_SIZE {
+                return Err(format!("HELLO reply of {} bytes", body.len()));
+            }
+            let version = u16::from_be_bytes([body[0], body[1]]);
+            let peer = u32::from_be_bytes([body[2], body[3], body[4], body[5]]);
+            if version != PEER_PROTOCOL_VERSION {
+                return Err(format!(
+                    "the peer speaks peer protocol {version}, this node {PEER_PROTOCOL_VERSION}"
+                ));
+            }
+            if peer != node {
+                return Err(format!("the node at {} says it is node {peer}", addr));
+            }
+            let nonce_r: Nonce = body[10..].try_into().expect("length checked");
+            let p = auth::proof(secret, Side::Initiator, me, node, &nonce_i, &nonce_r);
+            Request::PeerAuth { proof: &p }.encode(0, wbuf);
+            *handshake = Handshake::Auth { nonce_i, nonce_r };
+            Ok(())
+        }
+        (Handshake::Auth { nonce_i, nonce_r }, op::PEER_AUTH) => {
+            if body.len() != PROOF_SIZE
+                || !auth::verify(secret, Side::Responder, me, node, &nonce_i, &nonce_r, body)
+            {
+                return Err(
+                    "the peer's proof of the cluster secret is wrong: not sending it anything"
+                        .into(),
+                );
+            }
+            *handshake = Handshake::Done;
+            Ok(())
+        }
+        (state, _) => Err(format!(
+            "handshake reply 0x{:02x} out of place ({state:?})",
+            fop
+        )),
     }
 }

@@ -1,5 +1,5 @@
-//! The few process-wide operating-system matters: the shutdown flag set by SIGINT/SIGTERM, and
-//! the open-file limit.
+//! The few process-wide operating-system matters: the shutdown flag set by SIGINT/SIGTERM, the
+//! open-file limit, and random bytes from the OS (the handshake nonces).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -53,5 +53,48 @@ pub fn raise_fd_limit() -> u64 {
             }
         }
         lim.rlim_cur
+    }
+}
+
+/// Fill `buf` with random bytes from the OS (`getrandom(2)`, which blocks only until the
+/// kernel's pool is first seeded at boot; `/dev/urandom` where the call is missing).
+pub fn os_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        let rest = &mut buf[at..];
+        // SAFETY: the pointer and length describe `rest`, a live, writable slice.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n > 0 {
+            at += n as usize;
+            continue;
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ENOSYS) => {
+                use std::io::Read;
+                return std::fs::File::open("/dev/urandom")?.read_exact(rest);
+            }
+            _ => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A fresh handshake nonce from the OS.
+pub fn random_nonce() -> std::io::Result<crate::auth::Nonce> {
+    let mut n = [0u8; crate::auth::NONCE_SIZE];
+    os_random(&mut n)?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nonces_are_fresh() {
+        let a = super::random_nonce().unwrap();
+        let b = super::random_nonce().unwrap();
+        assert_ne!(a, b);
+        assert_ne!(a, [0u8; 32]);
     }
 }

@@ -383,6 +383,15 @@ impl Worker {
             if let Err(e) = stream.set_nodelay(true) {
                 log::debug!("set_nodelay: {e}");
             }
+            // The nonce this node answers a peer HELLO with: fresh from the OS per connection.
+            let nonce = match system::random_nonce() {
+                Ok(n) => n,
+                Err(e) => {
+                    log::error!("shard {}: no random bytes from the OS: {e}", self.shard);
+                    self.shared.connections_open.fetch_sub(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
             self.generation = self.generation.wrapping_add(1);
             let entry = self.conns.vacant_entry();
             let key = entry.key();
@@ -402,7 +411,7 @@ impl Worker {
                 rbuf: ReadBuf::default(),
                 wbuf: Vec::new(),
                 wpos: 0,
-                session: Session::default(),
+                session: Session::accepted(addr.ip(), nonce),
                 last_active: Instant::now(),
                 in_flight: 0,
                 deferred_at: std::collections::VecDeque::new(),

@@ -150,16 +150,14 @@ impl ShardCore {
         self.cluster.as_ref().map(|c| c.node.config())
     }
 
-    /// Whether a peer HELLO from `node_id` with `token` may open a peer session.
-    pub(super) fn peer_authorised(&self, node_id: u32, token: &[u8]) -> bool {
+    /// Whether `node_id` is another node of this cluster (the only ones that may start the
+    /// peer handshake).
+    pub(super) fn peer_known(&self, node_id: u32) -> bool {
         match &self.cluster {
             None => false,
             Some(c) => {
                 let cfg = c.node.config();
-                node_id != cfg.node_id
-                    && cfg.addr_of(node_id).is_some()
-                    && !cfg.secret.is_empty()
-                    && constant_time_eq(&cfg.secret, token)
+                node_id != cfg.node_id && cfg.addr_of(node_id).is_some() && !cfg.secret.is_empty()
             }
         }
     }
@@ -447,14 +445,6 @@ fn level(c: Consistency) -> Consistency {
         Consistency::Default => Consistency::Quorum,
         other => other,
     }
-}
-
-/// Compare secrets without an early exit on the first differing byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The outcome of `Request::decode` for a frame forwarded from another shard that the cluster
