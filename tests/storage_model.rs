@@ -87,6 +87,7 @@ impl Run {
             segment_size_max: 512 + rng.below(8192),
             compaction_dead_percent: (10 + rng.below(80)) as u8,
             compaction_dead_bytes_min: rng.below(4096),
+            ..LogConfig::default()
         };
         let vfs = MemVfs::new();
         let (store, report) = LogStore::open(vfs.clone(), dir(), config.clone()).unwrap();
@@ -477,6 +478,7 @@ fn compaction_survives_a_power_cut_at_every_step() {
         segment_size_max: 700,
         compaction_dead_percent: 20,
         compaction_dead_bytes_min: 0,
+        ..LogConfig::default()
     };
     let now = 50_000;
     // Build the same store each time; returns it with the expected live values.
