@@ -250,3 +250,46 @@ fn overwrites_on_a_96_mib_disk_with_64_mib_segments_keep_being_accepted() {
         eprintln!("96 MiB disk, 64 MiB segments: {f:?}");
     }
 }
+
+/// Finding 6: a replica refusing a REPLICATE for lack of space counts it (the shard logs the
+/// count with the reason at its next tick, as for any refused write). No mount needed: the
+/// in-memory disk of the storage tests has a capacity.
+#[test]
+fn a_replica_refusing_replicated_writes_for_lack_of_space_counts_them() {
+    use dkv::cluster::peer::PeerRequest;
+    use dkv::cluster::replica::{serve, Served};
+    use dkv::storage::logstore::{LogConfig, LogStore};
+    use dkv::storage::vfs::MemVfs;
+    use dkv::storage::{Store, Write};
+    use dkv::version::Version;
+
+    let vfs = MemVfs::new();
+    // Room for the store's files, not for its reserve: every write is refused.
+    vfs.set_capacity(Some(MIB));
+    let (mut store, _) = LogStore::open(vfs, Path::new("/r"), LogConfig::default()).unwrap();
+    for v in 1..=5u64 {
+        let write = Write {
+            key: b"k",
+            value: Some(b"v"),
+            version: Version(v),
+            expires_at_ms: 0,
+        };
+        let mut out = Vec::new();
+        let served = serve(
+            &mut store,
+            v as u32,
+            &PeerRequest::Replicate { write, aux: 0 },
+            &mut out,
+        );
+        assert_eq!(served, Some(Served::WriteRefused));
+    }
+    let mut refused = 0;
+    store.stats(&mut |name, value| {
+        if name == "storage_writes_refused" {
+            refused = value;
+        }
+    });
+    assert_eq!(refused, 5);
+    let why = store.last_refusal().expect("a reason is kept for the log");
+    assert!(why.contains("disk full"), "{why}");
+}

@@ -102,6 +102,7 @@ use crate::limits::{
     COMPACTION_RETRY_MS, COMPACTION_STEP_BYTES_MAX, DAMAGED_KEYS_LISTED_MAX, HINT_WRITE_CHUNK_SIZE,
     KEY_SIZE_MAX, RECOVERY_REPORT_CORRUPT_LISTED_MAX, SCAN_CHUNK_SIZE, SCRUB_RECORDS_PER_STEP,
     SEGMENT_SIZE_MAX_DEFAULT, SEGMENT_SIZE_MAX_LIMIT, SPACE_MEASURE_INTERVAL_BYTES, VALUE_SIZE_MAX,
+    WRITES_REFUSED_LOG_INTERVAL_MS,
 };
 use crate::version::Version;
 use std::collections::BTreeMap;
@@ -319,6 +320,9 @@ pub struct LogStore<V: Vfs> {
     appended_since_measure: u64,
     /// The disk pressure last seen by maintenance (transitions are logged).
     pressure: Pressure,
+    /// No pressure transition is logged before this time (ms), so that a disk hovering at
+    /// the reserve does not flood the log.
+    pressure_log_at_ms: u64,
     /// A forced pass covers the segments with an id below this.
     force_below: Option<u32>,
     /// The forced pass has yet to consider sealing the active segment.
@@ -557,6 +561,7 @@ impl<V: Vfs> LogStore<V> {
             free_bytes: None,
             appended_since_measure: 0,
             pressure: Pressure::None,
+            pressure_log_at_ms: 0,
             force_below: None,
             force_seal: false,
             last_refusal: None,
@@ -1797,7 +1802,8 @@ impl<V: Vfs> Store for LogStore<V> {
         self.measure_space();
         let space = self.space();
         let pressure = policy::pressure(space);
-        if pressure != self.pressure {
+        if pressure != self.pressure && now_ms >= self.pressure_log_at_ms {
+            self.pressure_log_at_ms = now_ms + WRITES_REFUSED_LOG_INTERVAL_MS;
             let (free, reserve) = (space.free_bytes.unwrap_or(0), space.reserve_bytes);
             let dead = self.dead_bytes_total();
             match pressure {
@@ -1813,8 +1819,8 @@ impl<V: Vfs> Store for LogStore<V> {
                     "storage: disk space back to normal: {free} bytes free (reserve {reserve})"
                 ),
             }
-            self.pressure = pressure;
         }
+        self.pressure = pressure;
         let mut job = match self.job.take() {
             Some(job) => job,
             None => match self.plan(now_ms) {
