@@ -1163,11 +1163,6 @@ impl<V: Vfs> LogStore<V> {
         )))
     }
 
-    /// Writes refused since the store was opened.
-    pub fn writes_refused_count(&self) -> u64 {
-        self.counters.writes_refused
-    }
-
     // ---- compaction ----
 
     fn figures(&self, now_ms: u64) -> Vec<SegmentFigures> {
@@ -1797,6 +1792,8 @@ impl<V: Vfs> Store for LogStore<V> {
         self.last_now_ms = now_ms;
         self.scrub_step(SCRUB_RECORDS_PER_STEP);
         if self.refused.is_some() {
+            // Read-only: no compaction until restarted, so no forced pass either.
+            self.force_below = None;
             return Ok(false);
         }
         self.measure_space();
