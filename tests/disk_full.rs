@@ -293,3 +293,94 @@ fn a_replica_refusing_replicated_writes_for_lack_of_space_counts_them() {
     let why = store.last_refusal().expect("a reason is kept for the log");
     assert!(why.contains("disk full"), "{why}");
 }
+
+/// Finding 6, on real processes: node 3 of a 3-node cluster has its data on a small tmpfs and
+/// runs out of space for live data; the writes it refuses as a replica are counted in its
+/// STATS and logged, while QUORUM writes keep succeeding through node 1.
+#[test]
+fn a_replica_out_of_space_counts_and_logs_the_writes_it_refuses() {
+    // Three distinct free ports: hold all three listeners until each port is known.
+    let listeners: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback"))
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    drop(listeners);
+    let list: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect();
+    let list = list.join(",");
+    let root = temp_dir("disk-full-replica");
+    let small = root.join("node-3");
+    let Some(_tmpfs) = Tmpfs::mount(&small, 8) else {
+        eprintln!("SKIPPED disk_full replica: mounting a tmpfs needs root (euid != 0)");
+        return;
+    };
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let id = (i + 1).to_string();
+            let args = [
+                "--id",
+                &id,
+                "--nodes",
+                &list,
+                "--replicas",
+                "3",
+                "--cluster-secret",
+                "test-secret",
+                "--shards",
+                "1",
+                "--segment-size-mb",
+                "1",
+            ];
+            Node::start_on(ports[i], &root.join(format!("node-{}", i + 1)), &args)
+        })
+        .collect();
+    wait_for(
+        Duration::from_secs(30),
+        "node 1 to see every node alive",
+        || {
+            let text = nodes[0].client().cluster().ok()?;
+            let alive = text
+                .lines()
+                .filter(|l| l.split_whitespace().nth(2) == Some("alive"))
+                .count();
+            (alive == 3).then_some(())
+        },
+    );
+    // Distinct keys: live data only, nothing for compaction to reclaim on node 3.
+    let mut client = nodes[0].client();
+    let value = vec![b'x'; VALUE_SIZE];
+    let mut refused_on_3 = 0;
+    let started = Instant::now();
+    for i in 0..6_000u32 {
+        assert!(started.elapsed() < LOAD_TIME_MAX, "load too slow");
+        let key = format!("live{i:06}");
+        client
+            .put(key.as_bytes(), &value, 0, Consistency::Quorum)
+            .unwrap_or_else(|e| panic!("QUORUM write {i} failed: {e}"));
+        if i % 200 == 199 {
+            let stats = nodes[2].client().stats().unwrap();
+            refused_on_3 = stat(&stats, "storage_writes_refused");
+            if refused_on_3 > 0 {
+                break;
+            }
+        }
+    }
+    assert!(refused_on_3 > 0, "node 3 never refused a write");
+    let logged = wait_for(
+        Duration::from_secs(20),
+        "node 3 to log its refusals",
+        || {
+            let log = nodes[2].log();
+            log.lines()
+                .find(|l| l.contains("refused") && l.contains("disk full"))
+                .map(str::to_string)
+        },
+    );
+    eprintln!("node 3 refused {refused_on_3} replicated writes; log: {logged}");
+}

@@ -1156,8 +1156,8 @@ impl<V: Vfs> LogStore<V> {
         }
         let dead = self.dead_bytes_total();
         Err(StoreError::WritesRefused(format!(
-            "disk full: {} bytes free, below the {} bytes reserved so that compaction can run \
-             ({dead} dead bytes to reclaim in this shard); retry later",
+            "disk full: {} bytes free, and writes must leave {} bytes free so that \
+             compaction can run ({dead} dead bytes to reclaim in this shard); retry later",
             space.free_bytes.unwrap_or(0),
             space.reserve_bytes
         )))
