@@ -272,9 +272,10 @@ pub const SPACE_PRESSURE_RESERVE_MULTIPLE: u64 = 2;
 /// below it the copy costs more disk traffic than it is worth.
 pub const COMPACTION_PRESSURE_DEAD_PERCENT_MIN: u64 = 10;
 
-/// Under pressure, the active segment is sealed (to be compacted) once it holds this many
-/// reclaimable bytes: fewer would make many tiny segments under a hot-key load.
-pub const COMPACTION_PRESSURE_SEAL_BYTES_MIN: u64 = 64 * 1024;
+/// The active segment is sealed (to be compacted) only once it holds this many reclaimable
+/// bytes, under pressure as in normal operation: fewer would make many tiny segments under a
+/// hot-key load (or with `--compaction-min-dead-percent-of-segment 0`).
+pub const COMPACTION_SEAL_ACTIVE_BYTES_MIN: u64 = 64 * 1024;
 
 /// The store re-measures the free space after this many bytes appended (and at every
 /// maintenance call): a `statvfs` per write would cost more than the figure's drift.
@@ -302,7 +303,7 @@ pub const COMPACT_REPLY_WAIT_MS_MAX: u64 = 60_000;
 
 /// While the store is under disk pressure with compaction work left, the shard's maintenance
 /// tick comes this often instead of every 100 ms.
-pub const MAINTENANCE_TICK_MS_URGENT: u64 = 10;
+pub const MAINTENANCE_URGENT_TICK_MS: u64 = 10;
 
 const _: () = assert!(SPACE_PRESSURE_RESERVE_MULTIPLE >= 2);
 const _: () = assert!(COMPACTION_PRESSURE_DEAD_PERCENT_MIN > 0);

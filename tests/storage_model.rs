@@ -390,6 +390,11 @@ impl Run {
                 }
             }
             96 if self.rng.chance(30) => self.power_cut(),
+            96 if self.rng.chance(20) => {
+                // COMPACT: a forced pass (seals the active segment if it holds dead bytes).
+                self.note("force compaction".into());
+                self.store.force_compaction();
+            }
             96 => {
                 if self.rng.chance(30) {
                     self.faults_armed = true;

@@ -14,7 +14,7 @@ use super::system;
 use crate::datadir::ClockCeiling;
 use crate::limits::{
     COORDINATOR_OPS_HIGH_WATER, COORDINATOR_OPS_LOW_WATER, IN_FLIGHT_PER_CONNECTION_MAX,
-    MAINTENANCE_TICK_MS_URGENT, POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX, REQUESTS_PER_READ_EVENT_MAX,
+    MAINTENANCE_URGENT_TICK_MS, POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX, REQUESTS_PER_READ_EVENT_MAX,
     WRITE_BUFFER_HIGH_WATER, WRITE_BUFFER_SIZE_MAX,
 };
 use crate::protocol::message::{put_connection_error, put_error};
@@ -247,7 +247,7 @@ impl Worker {
                 // Sooner while the disk is short of space and compaction has work left.
                 let urgent = self.core.on_tick(now_ms, MAINTENANCE_BUDGET_PER_TICK);
                 let ms = if urgent {
-                    MAINTENANCE_TICK_MS_URGENT
+                    MAINTENANCE_URGENT_TICK_MS
                 } else {
                     TICK_MS
                 };

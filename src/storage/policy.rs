@@ -19,8 +19,7 @@
 
 use crate::limits::{
     COMPACTION_INPUTS_MAX, COMPACTION_OUTPUT_OVERHEAD_BYTES, COMPACTION_PRESSURE_DEAD_PERCENT_MIN,
-    COMPACTION_PRESSURE_SEAL_BYTES_MIN, SPACE_PRESSURE_RESERVE_MULTIPLE,
-    SPACE_RESERVE_MARGIN_BYTES,
+    COMPACTION_SEAL_ACTIVE_BYTES_MIN, SPACE_PRESSURE_RESERVE_MULTIPLE, SPACE_RESERVE_MARGIN_BYTES,
 };
 
 /// What the store knows of one segment.
@@ -169,10 +168,11 @@ fn dead_share_at_least(s: &SegmentFigures, percent: u64) -> bool {
 /// Rules, in order:
 /// 1. The active segment is sealed when that lets compaction reclaim space: in a forced pass
 ///    if it holds anything reclaimable; under pressure once it holds
-///    [`COMPACTION_PRESSURE_SEAL_BYTES_MIN`] reclaimable bytes making at least
+///    [`COMPACTION_SEAL_ACTIVE_BYTES_MIN`] reclaimable bytes making at least
 ///    [`COMPACTION_PRESSURE_DEAD_PERCENT_MIN`] % of it; otherwise when it meets the normal
-///    thresholds itself (dead share and dead bytes). Never if the compaction that would
-///    follow could not fit the free space.
+///    thresholds itself (dead share and dead bytes, at least
+///    [`COMPACTION_SEAL_ACTIVE_BYTES_MIN`]). Never if the compaction that would follow could
+///    not fit the free space.
 /// 2. Candidates are sealed, undamaged segments with reclaimable bytes: in a forced pass all
 ///    of them (below `forced_below`); under pressure those with at least
 ///    [`COMPACTION_PRESSURE_DEAD_PERCENT_MIN`] %; normally those with `dead_percent` %, and
@@ -201,11 +201,14 @@ pub fn plan(
         let worth = match mode {
             Mode::Forced => seal_for_force && active.reclaimable_bytes > 0,
             Mode::Pressure => {
-                active.reclaimable_bytes >= COMPACTION_PRESSURE_SEAL_BYTES_MIN
+                active.reclaimable_bytes >= COMPACTION_SEAL_ACTIVE_BYTES_MIN
                     && dead_share_at_least(active, COMPACTION_PRESSURE_DEAD_PERCENT_MIN)
             }
             Mode::Normal => {
-                active.reclaimable_bytes >= thresholds.dead_bytes_min.max(1)
+                active.reclaimable_bytes
+                    >= thresholds
+                        .dead_bytes_min
+                        .max(COMPACTION_SEAL_ACTIVE_BYTES_MIN)
                     && dead_share_at_least(active, pct)
             }
         };
@@ -396,6 +399,14 @@ mod tests {
         // A fresh active segment is left alone.
         let segs = [seg(1, false, 100 * 1024, 0)];
         assert_eq!(plan(&segs, normal(), plenty(), None, false), None);
+        // A tiny, mostly dead one too, even with no byte threshold configured: sealing it
+        // would only make tiny segments.
+        let no_floor = Thresholds {
+            dead_percent: 50,
+            dead_bytes_min: 0,
+        };
+        let segs = [seg(1, false, 4096, 100)];
+        assert_eq!(plan(&segs, no_floor, plenty(), None, false), None);
     }
 
     #[test]
