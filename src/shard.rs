@@ -8,7 +8,8 @@
 //! 1. [`ShardCore::on_frame`] for each frame read from a connection of this shard; immediate
 //!    replies are appended to that connection's write buffer.
 //! 2. [`ShardCore::on_mail`] for each batch from another shard's mailbox.
-//! 3. [`ShardCore::on_tick`] when a timer is due.
+//! 3. [`ShardCore::on_tick`] when a timer is due (it returns true when the next one should come
+//!    sooner: the disk is short of space and compaction has work left).
 //! 4. [`ShardCore::finish_turn`]: syncs the store if the policy asks (group commit: one fsync
 //!    for every write of the turn) and releases the replies that waited for it.
 //! 5. [`ShardCore::take_outbox`]: batches for other shards (forwarded requests, replies to
