@@ -334,6 +334,14 @@ impl Client {
         expect_ok(self.call(&Request::AntiEntropy)?).map(|_| ())
     }
 
+    /// COMPACT: run a forced compaction pass on every shard of the node and wait for it;
+    /// returns the reply's `name value` lines (`compactions`, `bytes_reclaimed`,
+    /// `segments_reclaimed`, `complete`). Nodes of earlier versions answer at once with an
+    /// empty body.
+    pub fn compact(&mut self) -> Result<String, ClientError> {
+        Ok(expect_ok(self.call(&Request::Compact)?)?.text())
+    }
+
     /// CLUSTER as text.
     pub fn cluster(&mut self) -> Result<String, ClientError> {
         Ok(expect_ok(self.call(&Request::Cluster)?)?.text())

@@ -201,8 +201,16 @@ pub const SEGMENT_SIZE_MAX_LIMIT: u64 = u32::MAX as u64;
 /// Default: a sealed segment is worth compacting once this percentage of its bytes is dead.
 pub const COMPACTION_DEAD_PERCENT_DEFAULT: u8 = 50;
 
-/// Default: compaction starts only once the dead bytes of the candidate segments reach this.
-pub const COMPACTION_DEAD_BYTES_MIN_DEFAULT: u64 = 16 * 1024 * 1024;
+/// Default: compaction starts only once the dead bytes of the candidate segments reach this
+/// percentage of the segment size (`--compaction-min-dead-percent-of-segment`). Relative, so
+/// that a small disk with small segments compacts too (a fixed 16 MiB never triggered on a
+/// 24 MiB disk); 25 % of the default 64 MiB segment is the 16 MiB of earlier versions.
+pub const COMPACTION_DEAD_MIN_PERCENT_OF_SEGMENT_DEFAULT: u8 = 25;
+
+/// Default: compaction starts only once the dead bytes of the candidate segments reach this
+/// (the percentage above, of the default segment size).
+pub const COMPACTION_DEAD_BYTES_MIN_DEFAULT: u64 =
+    SEGMENT_SIZE_MAX_DEFAULT * COMPACTION_DEAD_MIN_PERCENT_OF_SEGMENT_DEFAULT as u64 / 100;
 
 /// Most input segments one compaction job takes (bounds its duration and its output).
 pub const COMPACTION_INPUTS_MAX: usize = 8;
@@ -242,6 +250,64 @@ const _: () = assert!(KEYDIR_ARENA_CHUNK_SIZE > KEY_SIZE_MAX);
 /// Most keys (tombstones included) one shard's keydir holds: its u32 index slots keep 26
 /// bits for the entry number. Writes of new keys past it are refused.
 pub const KEYDIR_KEYS_MAX: usize = (1 << 26) - 2;
+
+// ---- disk space (see storage/policy.rs) ----
+
+/// Free space kept above the computed compaction reserve: covers the drift of the free-space
+/// figure between two measurements (the store re-measures every
+/// [`SPACE_MEASURE_INTERVAL_BYTES`] appended, and other shards write meanwhile) and the files
+/// writes still grow while the store refuses them (the active segment's hint).
+pub const SPACE_RESERVE_MARGIN_BYTES: u64 = 1024 * 1024;
+
+/// Headers, hint headers and trailers and the manifest of one compaction job, on top of its
+/// copies and their hint entries.
+pub const COMPACTION_OUTPUT_OVERHEAD_BYTES: u64 = 64 * 1024;
+
+/// The disk is under pressure while its free space is below this many times the reserve:
+/// compaction then runs below its normal thresholds, so that writes are refused as rarely as
+/// possible.
+pub const SPACE_PRESSURE_RESERVE_MULTIPLE: u64 = 2;
+
+/// Under pressure, a segment is compacted once at least this percentage of it is reclaimable:
+/// below it the copy costs more disk traffic than it is worth.
+pub const COMPACTION_PRESSURE_DEAD_PERCENT_MIN: u64 = 10;
+
+/// The active segment is sealed (to be compacted) only once it holds this many reclaimable
+/// bytes, under pressure as in normal operation: fewer would make many tiny segments under a
+/// hot-key load (or with `--compaction-min-dead-percent-of-segment 0`).
+pub const COMPACTION_SEAL_ACTIVE_BYTES_MIN: u64 = 64 * 1024;
+
+/// The store re-measures the free space after this many bytes appended (and at every
+/// maintenance call): a `statvfs` per write would cost more than the figure's drift.
+pub const SPACE_MEASURE_INTERVAL_BYTES: u64 = 256 * 1024;
+
+/// After a compaction job failed (disk full, I/O error), the next one waits this long: no
+/// tight retry loop, yet a disk that had no room a moment ago (another shard was compacting)
+/// is tried again soon.
+pub const COMPACTION_RETRY_MS: u64 = 1_000;
+
+/// Bytes of segments one maintenance call may scan, besides its record budget: with large
+/// values, a record budget alone could copy gigabytes in one event-loop turn.
+pub const COMPACTION_STEP_BYTES_MAX: u64 = 8 * 1024 * 1024;
+
+/// Refused writes are logged at most once per this interval per shard (with the count since
+/// the last line), so a client hammering a full disk cannot flood the log.
+pub const WRITES_REFUSED_LOG_INTERVAL_MS: u64 = 10_000;
+
+/// COMPACT requests one shard holds while their pass runs; more are answered OVERLOADED.
+pub const COMPACT_PENDING_MAX: usize = 64;
+
+/// A COMPACT request is answered after this long even if some shard's pass is still running
+/// (the reply then says `complete 0`): an admin request must not hang for ever.
+pub const COMPACT_REPLY_WAIT_MS_MAX: u64 = 60_000;
+
+/// While the store is under disk pressure with compaction work left, the shard's maintenance
+/// tick comes this often instead of every 100 ms.
+pub const MAINTENANCE_URGENT_TICK_MS: u64 = 10;
+
+const _: () = assert!(SPACE_PRESSURE_RESERVE_MULTIPLE >= 2);
+const _: () = assert!(COMPACTION_PRESSURE_DEAD_PERCENT_MIN > 0);
+const _: () = assert!(SPACE_MEASURE_INTERVAL_BYTES < SPACE_RESERVE_MARGIN_BYTES);
 
 const _: () = assert!(SEGMENT_SIZE_MAX_DEFAULT <= SEGMENT_SIZE_MAX_LIMIT);
 const _: () = assert!(KEYDIR_LOAD_MAX_PERCENT < 100);

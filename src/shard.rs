@@ -8,7 +8,8 @@
 //! 1. [`ShardCore::on_frame`] for each frame read from a connection of this shard; immediate
 //!    replies are appended to that connection's write buffer.
 //! 2. [`ShardCore::on_mail`] for each batch from another shard's mailbox.
-//! 3. [`ShardCore::on_tick`] when a timer is due.
+//! 3. [`ShardCore::on_tick`] when a timer is due (it returns true when the next one should come
+//!    sooner: the disk is short of space and compaction has work left).
 //! 4. [`ShardCore::finish_turn`]: syncs the store if the policy asks (group commit: one fsync
 //!    for every write of the turn) and releases the replies that waited for it.
 //! 5. [`ShardCore::take_outbox`]: batches for other shards (forwarded requests, replies to
@@ -30,7 +31,10 @@ pub use cluster::{ClusterView, ReplyTo};
 
 use crate::auth::{self, Claim, Nonce, Side, ThrottleKey, NONCE_SIZE, PEER_PROTOCOL_VERSION};
 use crate::hash::shard_of;
-use crate::limits::{KEY_SIZE_MAX, TEXT_REPLY_SIZE_MAX};
+use crate::limits::{
+    COMPACT_PENDING_MAX, COMPACT_REPLY_WAIT_MS_MAX, KEY_SIZE_MAX, TEXT_REPLY_SIZE_MAX,
+    WRITES_REFUSED_LOG_INTERVAL_MS,
+};
 use crate::protocol::message::{put_connection_error, put_error, put_ok, put_reply};
 use crate::protocol::{
     frame, op, FrameError, FrameRef, Request, RequestError, Role, Status, PROTOCOL_VERSION,
@@ -158,6 +162,14 @@ pub struct ShardCounters {
     pub storage_text: Mutex<String>,
     /// Cluster counters as `name value` lines, refreshed by the shard's cluster ticks.
     pub cluster_text: Mutex<String>,
+    /// The newest COMPACT generation whose forced pass this shard has finished.
+    pub compact_done: AtomicU64,
+    /// Compaction totals of the shard's store, published on its ticks (for COMPACT replies).
+    pub compactions: AtomicU64,
+    /// Bytes reclaimed by compaction so far.
+    pub bytes_reclaimed: AtomicU64,
+    /// Segments reclaimed by compaction so far (removed minus written).
+    pub segments_reclaimed: AtomicU64,
 }
 
 impl Default for ShardCounters {
@@ -177,6 +189,10 @@ impl Default for ShardCounters {
             syncs: AtomicU64::new(0),
             storage_text: Mutex::new(String::new()),
             cluster_text: Mutex::new(String::new()),
+            compact_done: AtomicU64::new(0),
+            compactions: AtomicU64::new(0),
+            bytes_reclaimed: AtomicU64::new(0),
+            segments_reclaimed: AtomicU64::new(0),
         }
     }
 }
@@ -204,6 +220,9 @@ pub struct NodeShared {
     /// Failed handshakes per source, node-wide (a source spread over the shards by the
     /// kernel still gets one count). Locked only by HELLO and PEER_AUTH.
     pub handshake_throttle: Mutex<crate::auth::HandshakeThrottle>,
+    /// COMPACT requests received (a generation): each shard starts a forced compaction pass
+    /// when it sees it change, and publishes the generation it finished in `compact_done`.
+    pub compact_requests: AtomicU64,
 }
 
 impl NodeShared {
@@ -223,6 +242,7 @@ impl NodeShared {
             counters: (0..shards).map(|_| ShardCounters::default()).collect(),
             anti_entropy_requests: AtomicU64::new(0),
             handshake_throttle: Mutex::new(crate::auth::HandshakeThrottle::default()),
+            compact_requests: AtomicU64::new(0),
         }
     }
 }
@@ -313,6 +333,37 @@ pub struct ShardCore {
     scratch: Vec<u8>,
     /// The cluster core, when the node runs with `--nodes` (see `shard/cluster.rs`).
     cluster: Option<Box<cluster::ShardCluster>>,
+    /// Disk-pressure and COMPACT state (see [`Compacting`]).
+    compacting: Compacting,
+}
+
+/// A COMPACT request waiting for every shard's forced pass.
+#[derive(Debug)]
+struct PendingCompact {
+    conn: ConnId,
+    id: u32,
+    /// The generation it asked for.
+    generation: u64,
+    since_ms: u64,
+    /// Node totals (compactions, bytes, segments) when it arrived.
+    base: [u64; 3],
+}
+
+/// A shard's part in COMPACT requests and in reporting refused writes.
+#[derive(Debug, Default)]
+struct Compacting {
+    /// The newest COMPACT generation this shard has started a pass for.
+    seen: u64,
+    /// The generation of the pass under way here, if any.
+    running: Option<u64>,
+    /// COMPACT requests received by this shard, answered once every shard is done.
+    pending: Vec<PendingCompact>,
+    /// Writes refused by the shard itself (after a failed sync), besides the store's.
+    refused_here: u64,
+    /// Refused writes (store's and shard's) already reported in the log.
+    refused_logged: u64,
+    /// No refusal line is logged before this time.
+    refused_log_at_ms: u64,
 }
 
 impl ShardCore {
@@ -331,6 +382,7 @@ impl ShardCore {
             write_error: None,
             scratch: Vec::new(),
             cluster: None,
+            compacting: Compacting::default(),
         }
     }
 
@@ -417,18 +469,17 @@ impl ShardCore {
                 put_ok(wbuf, op::CLUSTER, f.id, &[text.as_bytes()]);
                 After::Continue
             }
-            Request::AntiEntropy | Request::Compact => {
-                // Anti-entropy: every shard starts a round at its next cluster tick (a single
-                // node has nothing to exchange); compaction runs in the background already.
-                if matches!(req, Request::AntiEntropy) {
-                    self.shared
-                        .anti_entropy_requests
-                        .fetch_add(1, Ordering::Relaxed);
-                }
+            Request::AntiEntropy => {
+                // Every shard starts a round at its next cluster tick (a single node has
+                // nothing to exchange).
+                self.shared
+                    .anti_entropy_requests
+                    .fetch_add(1, Ordering::Relaxed);
                 self.count_reply(Status::Ok);
                 put_ok(wbuf, opc, f.id, &[]);
                 After::Continue
             }
+            Request::Compact => self.compact_request(now_ms, conn, f.id, wbuf),
             Request::Peer { .. } if session.role == Some(Role::Peer) => {
                 let from = session.peer_id.unwrap_or(0);
                 self.peer_frame(now_ms, conn, from, &f, wbuf)
@@ -525,18 +576,161 @@ impl ShardCore {
         }
     }
 
-    /// Periodic work: background store maintenance in a bounded step, and the refresh of the
-    /// storage figures shown by STATS.
-    pub fn on_tick(&mut self, now_ms: u64, maintenance_budget: usize) {
-        if let Err(e) = self.store.maintenance(now_ms, maintenance_budget) {
-            log::error!("shard {}: store maintenance failed: {e}", self.cfg.shard);
+    /// Periodic work: background store maintenance in a bounded step (a forced pass when a
+    /// COMPACT asked for one), the refresh of the storage figures shown by STATS, the
+    /// rate-limited report of refused writes, and the answers to COMPACT requests whose pass
+    /// every shard has finished. Returns true when the store is short of disk space (or in a
+    /// forced pass) and has maintenance work left: the driver then ticks again sooner.
+    pub fn on_tick(&mut self, now_ms: u64, maintenance_budget: usize) -> bool {
+        let generation = self.shared.compact_requests.load(Ordering::Acquire);
+        if generation > self.compacting.seen {
+            self.compacting.seen = generation;
+            self.compacting.running = Some(generation);
+            self.store.force_compaction();
         }
+        let more = match self.store.maintenance(now_ms, maintenance_budget) {
+            Ok(more) => more,
+            Err(e) => {
+                log::error!("shard {}: store maintenance failed: {e}", self.cfg.shard);
+                false
+            }
+        };
         let mut text = String::new();
+        let mut totals = [0u64; 3];
+        let mut refused = self.compacting.refused_here;
         self.store.stats(&mut |name, value| {
+            let value = match name {
+                "storage_writes_refused" => {
+                    refused += value;
+                    refused
+                }
+                "storage_compactions" => {
+                    totals[0] = value;
+                    value
+                }
+                "storage_bytes_reclaimed" => {
+                    totals[1] = value;
+                    value
+                }
+                "storage_segments_reclaimed" => {
+                    totals[2] = value;
+                    value
+                }
+                _ => value,
+            };
             let _ = writeln!(text, "{name} {value}");
         });
-        if let Ok(mut slot) = self.counters().storage_text.lock() {
+        let c = self.counters();
+        if let Ok(mut slot) = c.storage_text.lock() {
             *slot = text;
+        }
+        c.compactions.store(totals[0], Ordering::Relaxed);
+        c.bytes_reclaimed.store(totals[1], Ordering::Relaxed);
+        c.segments_reclaimed.store(totals[2], Ordering::Relaxed);
+        if let Some(g) = self.compacting.running {
+            if !self.store.forcing() {
+                // Published after the totals, so that a reader seeing `done` sees them too.
+                c.compact_done.store(g, Ordering::Release);
+                self.compacting.running = None;
+            }
+        }
+        self.log_refusals(now_ms, refused);
+        self.answer_compacts(now_ms);
+        more && (self.store.disk_pressure() || self.store.forcing())
+    }
+
+    /// Log refused writes: at most one line per [`WRITES_REFUSED_LOG_INTERVAL_MS`], with the
+    /// count since the last line and the latest reason (a client hammering a full disk must
+    /// not flood the log, and an operator must see that writes are being refused).
+    fn log_refusals(&mut self, now_ms: u64, refused: u64) {
+        let k = &mut self.compacting;
+        if refused <= k.refused_logged || now_ms < k.refused_log_at_ms {
+            return;
+        }
+        let why = self
+            .store
+            .last_refusal()
+            .map(str::to_string)
+            .or_else(|| self.write_error.clone())
+            .unwrap_or_default();
+        log::warn!(
+            "shard {}: refused {} writes since the last report ({refused} in all): {why}",
+            self.cfg.shard,
+            refused - self.compacting.refused_logged,
+        );
+        self.compacting.refused_logged = refused;
+        self.compacting.refused_log_at_ms = now_ms + WRITES_REFUSED_LOG_INTERVAL_MS;
+    }
+
+    /// The node's compaction totals, as the shards last published them.
+    fn compaction_totals(&self) -> [u64; 3] {
+        let mut t = [0u64; 3];
+        for c in &self.shared.counters {
+            t[0] += c.compactions.load(Ordering::Relaxed);
+            t[1] += c.bytes_reclaimed.load(Ordering::Relaxed);
+            t[2] += c.segments_reclaimed.load(Ordering::Relaxed);
+        }
+        t
+    }
+
+    /// COMPACT: ask every shard for a forced pass (at their next tick) and answer once they
+    /// have all finished it, with what the node reclaimed meanwhile.
+    fn compact_request(&mut self, now_ms: u64, conn: ConnId, id: u32, wbuf: &mut Vec<u8>) -> After {
+        if self.compacting.pending.len() >= COMPACT_PENDING_MAX {
+            self.count_reply(Status::Overloaded);
+            put_error(
+                wbuf,
+                op::COMPACT,
+                id,
+                Status::Overloaded,
+                "too many COMPACT requests waiting; retry when they are answered",
+            );
+            return After::Continue;
+        }
+        let generation = self.shared.compact_requests.fetch_add(1, Ordering::AcqRel) + 1;
+        let base = self.compaction_totals();
+        self.compacting.pending.push(PendingCompact {
+            conn,
+            id,
+            generation,
+            since_ms: now_ms,
+            base,
+        });
+        After::Deferred
+    }
+
+    /// Answer the COMPACT requests whose pass every shard has finished (or that waited
+    /// [`COMPACT_REPLY_WAIT_MS_MAX`]).
+    fn answer_compacts(&mut self, now_ms: u64) {
+        if self.compacting.pending.is_empty() {
+            return;
+        }
+        let done = self
+            .shared
+            .counters
+            .iter()
+            .map(|c| c.compact_done.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0);
+        let totals = self.compaction_totals();
+        let pending = std::mem::take(&mut self.compacting.pending);
+        for p in pending {
+            let complete = done >= p.generation;
+            if !complete && now_ms < p.since_ms + COMPACT_REPLY_WAIT_MS_MAX {
+                self.compacting.pending.push(p);
+                continue;
+            }
+            let text = format!(
+                "compactions {}\nbytes_reclaimed {}\nsegments_reclaimed {}\ncomplete {}\n",
+                totals[0].saturating_sub(p.base[0]),
+                totals[1].saturating_sub(p.base[1]),
+                totals[2].saturating_sub(p.base[2]),
+                complete as u8
+            );
+            self.count_reply(Status::Ok);
+            let dest = &mut self.outbox.replies[self.cfg.shard];
+            dest.extend_from_slice(&p.conn.0.to_be_bytes());
+            put_ok(dest, op::COMPACT, p.id, &[text.as_bytes()]);
         }
     }
 
@@ -931,6 +1125,7 @@ impl ShardCore {
         if let Some(why) = &self.write_error {
             let msg = format!("writes are refused since a failed sync: {why}");
             self.count_reply(Status::StorageError);
+            self.compacting.refused_here += 1;
             put_error(out, opc, id, Status::StorageError, &msg);
             return false;
         }
@@ -1644,5 +1839,75 @@ mod tests {
             "{stats}"
         );
         assert!(stats.contains("handshakes_throttled 2\n"), "{stats}");
+    }
+
+    fn stats_of(core: &ShardCore) -> String {
+        core.stats_text(NOW)
+    }
+
+    fn stat(text: &str, name: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn compact_waits_for_every_shard_and_answers_what_was_reclaimed() {
+        let mut cs = cores(2, SyncPolicy::Never, false);
+        let conn = ConnId::new(3, 1);
+        let mut session = Session::default();
+        let mut bytes = Vec::new();
+        Request::Compact.encode(9, &mut bytes);
+        let (f, _) = frame::parse(&bytes).unwrap().unwrap();
+        let mut wbuf = Vec::new();
+        let after = cs[0].on_frame(NOW, conn, &mut session, f, &mut wbuf);
+        assert_eq!(after, After::Deferred);
+        assert!(wbuf.is_empty(), "no answer before the pass ran");
+        // Shard 0 ticks first: shard 1 has not run its pass yet, so no answer.
+        cs[0].on_tick(NOW, 16);
+        assert!(cs[0].take_outbox().replies[0].is_empty());
+        cs[1].on_tick(NOW, 16);
+        cs[0].on_tick(NOW + 100, 16);
+        let records = std::mem::take(&mut cs[0].take_outbox().replies[0]);
+        assert_eq!(&records[..8], &conn.0.to_be_bytes());
+        let (o, st, id, body) = reply(&records[8..]);
+        assert_eq!((o, st, id), (op::COMPACT, Status::Ok, 9));
+        let text = String::from_utf8(body).unwrap();
+        assert_eq!(stat(&text, "complete"), Some(1), "{text}");
+        assert_eq!(stat(&text, "bytes_reclaimed"), Some(0), "{text}");
+    }
+
+    #[test]
+    fn refused_writes_are_counted_on_a_single_node() {
+        use crate::storage::logstore::{LogConfig, LogStore};
+        use crate::storage::vfs::MemVfs;
+        // A disk with no room beyond the store's reserve: every write is refused.
+        let vfs = MemVfs::new();
+        vfs.set_capacity(Some(1024 * 1024));
+        let (store, _) =
+            LogStore::open(vfs, std::path::Path::new("/s"), LogConfig::default()).unwrap();
+        let shared = Arc::new(NodeShared::new(1, 1, NOW, 100));
+        let cfg = ShardConfig {
+            shard: 0,
+            shards: 1,
+            sync: SyncPolicy::Never,
+            client_token: None,
+        };
+        let mut cs = vec![ShardCore::new(cfg, shared, Box::new(store))];
+        for i in 0..3 {
+            let put = Request::Put {
+                key: b"k",
+                value: b"v",
+                ttl_seconds: 0,
+                consistency: Consistency::Default,
+            };
+            let (_, st, _, body) = reply(&roundtrip(&mut cs, 0, put, 20 + i));
+            assert_eq!(st, Status::StorageError);
+            let msg = String::from_utf8_lossy(&body[2..]).to_string();
+            assert!(msg.contains("disk full"), "{msg}");
+        }
+        cs[0].on_tick(NOW, 16);
+        let text = stats_of(&cs[0]);
+        assert_eq!(stat(&text, "storage_writes_refused"), Some(3), "{text}");
+        assert_eq!(stat(&text, "replies_storage_error"), Some(3), "{text}");
     }
 }

@@ -50,6 +50,7 @@ fn log_config() -> LogConfig {
         segment_size_max: 4096,
         compaction_dead_percent: 1,
         compaction_dead_bytes_min: 1,
+        ..LogConfig::default()
     }
 }
 

@@ -61,6 +61,8 @@ struct Run {
     pending: BTreeMap<Vec<u8>, Vec<Stored>>,
     keys: Vec<Vec<u8>>,
     faults_armed: bool,
+    /// The disk has a capacity the store sees (it survives crashes: refusals stay expected).
+    capacity_set: bool,
     log: Vec<String>,
     tally: Tally,
 }
@@ -87,6 +89,7 @@ impl Run {
             segment_size_max: 512 + rng.below(8192),
             compaction_dead_percent: (10 + rng.below(80)) as u8,
             compaction_dead_bytes_min: rng.below(4096),
+            ..LogConfig::default()
         };
         let vfs = MemVfs::new();
         let (store, report) = LogStore::open(vfs.clone(), dir(), config.clone()).unwrap();
@@ -113,6 +116,7 @@ impl Run {
             pending: BTreeMap::new(),
             keys,
             faults_armed: false,
+            capacity_set: false,
             log: Vec::new(),
             tally: Tally::default(),
         }
@@ -267,7 +271,7 @@ impl Run {
         self.note(format!("crash {mode:?}"));
         self.tally_stats();
         self.vfs.crash(mode);
-        self.faults_armed = false;
+        self.faults_armed = self.capacity_set;
         let (mut store, report) =
             LogStore::open(self.vfs.clone(), dir(), self.config.clone()).unwrap();
         self.note(format!("reopen: {report:?}"));
@@ -358,7 +362,7 @@ impl Run {
                     self.store.set_tombstone_horizon(Version(self.horizon));
                 }
             }
-            94 => {
+            94 if self.rng.chance(50) => {
                 // Disk full a little past what is used now.
                 self.faults_armed = true;
                 let used = self.vfs.used_bytes();
@@ -366,13 +370,31 @@ impl Run {
                 self.note(format!("space_max used+{room}"));
                 self.vfs.set_space_max(Some(used + room));
             }
+            94 => {
+                // A disk whose capacity the store can see, about its space reserve (1 MiB
+                // margin and a little) away from full: writes are refused by the reserve
+                // and compaction runs in its pressure mode, crashes included.
+                self.faults_armed = true;
+                let used = self.vfs.used_bytes();
+                let room = 1024 * 1024 + self.rng.below(200_000);
+                self.note(format!("capacity used+{room}"));
+                self.vfs.set_capacity(Some(used + room));
+                self.capacity_set = true;
+            }
             95 => {
                 if self.faults_armed && self.rng.chance(50) {
                     self.vfs.set_space_max(None);
+                    self.vfs.set_capacity(None);
+                    self.capacity_set = false;
                     self.note("space unlimited".into());
                 }
             }
             96 if self.rng.chance(30) => self.power_cut(),
+            96 if self.rng.chance(20) => {
+                // COMPACT: a forced pass (seals the active segment if it holds dead bytes).
+                self.note("force compaction".into());
+                self.store.force_compaction();
+            }
             96 => {
                 if self.rng.chance(30) {
                     self.faults_armed = true;
@@ -477,6 +499,7 @@ fn compaction_survives_a_power_cut_at_every_step() {
         segment_size_max: 700,
         compaction_dead_percent: 20,
         compaction_dead_bytes_min: 0,
+        ..LogConfig::default()
     };
     let now = 50_000;
     // Build the same store each time; returns it with the expected live values.

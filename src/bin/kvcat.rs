@@ -11,6 +11,7 @@
 //! PING                                           -> PONG
 //! STATS                                          -> name=value name=value ...
 //! CLUSTER                                        -> one line per node
+//! COMPACT                                        -> name=value ... (what the forced pass reclaimed)
 //! HELP                                           -> the command list
 //! any failure                                    -> ERR <CODE> <message>
 //! ```
@@ -24,7 +25,7 @@ use dkv::protocol::{Consistency, Status};
 use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
 
-const HELP: &str = "commands: PUT key value [ONE|QUORUM|ALL] [ttl=SECONDS] | GET key [ONE|QUORUM|ALL] | DEL key [ONE|QUORUM|ALL] | LGET key | PING | STATS | CLUSTER | AAE | HELP   (quote tokens with spaces: \"a b\", bytes as \\xNN)";
+const HELP: &str = "commands: PUT key value [ONE|QUORUM|ALL] [ttl=SECONDS] | GET key [ONE|QUORUM|ALL] | DEL key [ONE|QUORUM|ALL] | LGET key | PING | STATS | CLUSTER | AAE | COMPACT | HELP   (quote tokens with spaces: \"a b\", bytes as \\xNN)";
 
 /// Split a line into tokens, honouring double quotes and escapes.
 fn tokenize(line: &[u8]) -> Result<Vec<Vec<u8>>, String> {
@@ -200,10 +201,20 @@ fn run_command(client: &mut Client, tokens: &[Vec<u8>]) -> Vec<String> {
             Ok(()) => "OK".into(),
             Err(e) => server_err(&e),
         },
+        // Force a compaction pass on every shard of the connected node and wait for it.
+        "COMPACT" if args.is_empty() => match client.compact() {
+            Ok(text) if text.is_empty() => "OK".into(),
+            Ok(text) => text
+                .lines()
+                .filter_map(|l| l.split_once(' '))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            Err(e) => server_err(&e),
+        },
         "HELP" => HELP.into(),
-        "PUT" | "GET" | "DEL" | "DELETE" | "LGET" | "PING" | "STATS" | "CLUSTER" | "AAE" => {
-            usage_err(&format!("wrong arguments for {cmd}; {HELP}"))
-        }
+        "PUT" | "GET" | "DEL" | "DELETE" | "LGET" | "PING" | "STATS" | "CLUSTER" | "AAE"
+        | "COMPACT" => usage_err(&format!("wrong arguments for {cmd}; {HELP}")),
         _ => usage_err(&format!("unknown command {cmd:?}; {HELP}")),
     };
     vec![line]

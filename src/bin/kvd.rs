@@ -5,10 +5,11 @@ use dkv::cluster::ClusterConfig;
 use dkv::datadir::{ClockCeiling, DataDir};
 use dkv::limits::CLUSTER_SECRET_SIZE_ADVISED;
 use dkv::limits::{
-    ANTI_ENTROPY_INTERVAL_MS_DEFAULT, COMPACTION_DEAD_PERCENT_DEFAULT, CONNECTIONS_MAX_DEFAULT,
-    CONNECTIONS_MAX_LIMIT, FAILURE_THRESHOLD_DEFAULT, GOSSIP_INTERVAL_MS_DEFAULT,
-    IDLE_TIMEOUT_MS_DEFAULT, PORT_DEFAULT, REQUEST_TIMEOUT_MS_DEFAULT, SEGMENT_SIZE_MAX_DEFAULT,
-    SEGMENT_SIZE_MAX_LIMIT, SHARDS_MAX, TOKEN_SIZE_MAX, TOMBSTONE_WINDOW_MS_DEFAULT,
+    ANTI_ENTROPY_INTERVAL_MS_DEFAULT, COMPACTION_DEAD_MIN_PERCENT_OF_SEGMENT_DEFAULT,
+    COMPACTION_DEAD_PERCENT_DEFAULT, CONNECTIONS_MAX_DEFAULT, CONNECTIONS_MAX_LIMIT,
+    FAILURE_THRESHOLD_DEFAULT, GOSSIP_INTERVAL_MS_DEFAULT, IDLE_TIMEOUT_MS_DEFAULT, PORT_DEFAULT,
+    REQUEST_TIMEOUT_MS_DEFAULT, SEGMENT_SIZE_MAX_DEFAULT, SEGMENT_SIZE_MAX_LIMIT, SHARDS_MAX,
+    TOKEN_SIZE_MAX, TOMBSTONE_WINDOW_MS_DEFAULT,
 };
 use dkv::server::{self, worker::wall_ms, ServerConfig};
 use dkv::shard::SyncPolicy;
@@ -77,6 +78,7 @@ fn options() -> getopts::Options {
         &format!("compact a sealed segment once this share of it is dead (overwritten, deleted, expired) [default: {COMPACTION_DEAD_PERCENT_DEFAULT}]"),
         "PCT",
     );
+    disk_options(&mut o);
     o.optopt(
         "",
         "max-connections",
@@ -181,6 +183,22 @@ fn secret_from(m: &getopts::Matches, name: &str, env: &str) -> Result<Option<Vec
         return Err(format!("the {name} must not be empty"));
     }
     Ok(Some(value))
+}
+
+/// Compaction thresholds and the disk-space reserve (storage/policy.rs).
+fn disk_options(o: &mut getopts::Options) {
+    o.optopt(
+        "",
+        "compaction-min-dead-percent-of-segment",
+        &format!("start a compaction only once the candidate segments hold this percentage of --segment-size-mb in dead bytes (the active segment is sealed for compaction once it alone meets both thresholds) [default: {COMPACTION_DEAD_MIN_PERCENT_OF_SEGMENT_DEFAULT}]"),
+        "PCT",
+    );
+    o.optopt(
+        "",
+        "disk-reserve-mb",
+        "free disk space kept so that compaction can always run: writes are refused (STORAGE_ERROR \"disk full\") below it, and compaction works below its thresholds under twice it. auto = 2 x min(segment size, live data) per shard + 1 MiB [default: auto]",
+        "MB|auto",
+    );
 }
 
 /// The options of the cluster issue (all optional: without `--nodes` the node runs alone).
@@ -376,9 +394,28 @@ fn log_config(m: &getopts::Matches) -> Result<LogConfig, String> {
     if pct == 0 || pct > 100 {
         return Err("--compaction-dead-percent must be between 1 and 100".into());
     }
+    let min_pct: u8 = parse_num(
+        m,
+        "compaction-min-dead-percent-of-segment",
+        COMPACTION_DEAD_MIN_PERCENT_OF_SEGMENT_DEFAULT,
+    )?;
+    if min_pct > 100 {
+        return Err("--compaction-min-dead-percent-of-segment must be between 0 and 100".into());
+    }
+    let space_reserve_bytes = match m.opt_str("disk-reserve-mb").as_deref() {
+        None | Some("auto") => None,
+        Some(s) => Some(
+            s.parse::<u64>()
+                .ok()
+                .and_then(|mb| mb.checked_mul(1024 * 1024))
+                .ok_or_else(|| format!("--disk-reserve-mb: {s:?} is not a number of MB or auto"))?,
+        ),
+    };
     Ok(LogConfig {
         segment_size_max,
         compaction_dead_percent: pct,
+        compaction_dead_bytes_min: segment_size_max * min_pct as u64 / 100,
+        space_reserve_bytes,
         ..LogConfig::default()
     })
 }
@@ -544,6 +581,11 @@ fn main() -> ExitCode {
             eprintln!("kvd: {e}");
             return ExitCode::from(1);
         }
+    };
+    // Every shard keeps its data on the same disk: the computed reserve covers each.
+    let log_cfg = LogConfig {
+        stores_sharing_disk: cfg.shards as u32,
+        ..log_cfg
     };
     let stores = match open_stores(&datadir, cfg.shards, &log_cfg) {
         Ok(s) => s,

@@ -14,8 +14,8 @@ use super::system;
 use crate::datadir::ClockCeiling;
 use crate::limits::{
     COORDINATOR_OPS_HIGH_WATER, COORDINATOR_OPS_LOW_WATER, IN_FLIGHT_PER_CONNECTION_MAX,
-    POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX, REQUESTS_PER_READ_EVENT_MAX, WRITE_BUFFER_HIGH_WATER,
-    WRITE_BUFFER_SIZE_MAX,
+    MAINTENANCE_URGENT_TICK_MS, POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX, REQUESTS_PER_READ_EVENT_MAX,
+    WRITE_BUFFER_HIGH_WATER, WRITE_BUFFER_SIZE_MAX,
 };
 use crate::protocol::message::{put_connection_error, put_error};
 use crate::protocol::{frame, Status, RESPONSE_BIT};
@@ -244,8 +244,14 @@ impl Worker {
 
             let now = Instant::now();
             if now >= next_tick {
-                self.core.on_tick(now_ms, MAINTENANCE_BUDGET_PER_TICK);
-                next_tick = now + Duration::from_millis(TICK_MS);
+                // Sooner while the disk is short of space and compaction has work left.
+                let urgent = self.core.on_tick(now_ms, MAINTENANCE_BUDGET_PER_TICK);
+                let ms = if urgent {
+                    MAINTENANCE_URGENT_TICK_MS
+                } else {
+                    TICK_MS
+                };
+                next_tick = now + Duration::from_millis(ms);
             }
             if let (Some(at), SyncPolicy::Interval { ms }) = (next_sync, self.sync) {
                 if now >= at {

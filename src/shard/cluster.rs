@@ -227,6 +227,7 @@ impl ShardCore {
     fn refuse_write(&mut self, ctx: ReplyTo, why: String) {
         let msg = format!("writes are refused since a failed sync: {why}");
         self.count_reply(Status::StorageError);
+        self.compacting.refused_here += 1;
         let dest = &mut self.outbox.replies[ctx.shard];
         dest.extend_from_slice(&ctx.conn.0.to_be_bytes());
         put_error(dest, ctx.op, ctx.id, Status::StorageError, &msg);
@@ -291,6 +292,7 @@ impl ShardCore {
             if let Some(why) = &self.write_error {
                 let msg = format!("writes are refused since a failed sync: {why}");
                 put_error(out, f.op, f.id, Status::StorageError, &msg);
+                self.compacting.refused_here += 1;
                 return false;
             }
         }

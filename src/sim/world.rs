@@ -227,6 +227,7 @@ impl World {
             segment_size_max: p.segment_size_max,
             compaction_dead_percent: 40,
             compaction_dead_bytes_min: 256,
+            ..LogConfig::default()
         };
         let mut rng = SplitMix64::new(seed);
         let nodes: Vec<Node> = ids

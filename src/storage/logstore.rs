@@ -56,9 +56,16 @@
 //! 3. The newest log segment, if it has no hint, becomes the active segment again.
 //!
 //! ## Compaction
-//! Triggered when sealed segments with at least `compaction_dead_percent` dead bytes hold at
-//! least `compaction_dead_bytes_min` dead bytes together. One job, advanced one record per
-//! budget unit by [`Store::maintenance`]:
+//! What to compact is decided by [`super::policy::plan`] from the segments' figures and the
+//! free space: normally when sealed segments with at least `compaction_dead_percent` dead
+//! bytes hold at least `compaction_dead_bytes_min` dead bytes together; the active segment is
+//! sealed when it meets those thresholds itself (so dead data never hides in it); under disk
+//! pressure below those thresholds; and everything reclaimable in a forced pass
+//! ([`Store::force_compaction`], the COMPACT request). Jobs are sized to the free space they
+//! need, and writes are refused while the free space is below the reserve
+//! ([`super::policy::reserve_bytes`]) so that compaction always has room to run. One job,
+//! advanced one record per budget unit (and at most [`COMPACTION_STEP_BYTES_MAX`] scanned
+//! per call) by [`Store::maintenance`]:
 //! 1. copy each input record the keydir still points at into an output written as
 //!    `N.compact`; expired values become tombstones (or are dropped, below);
 //! 2. when an output is full or the inputs are done: fsync it, write its hint, rename it to
@@ -82,18 +89,20 @@
 //! [`Version::ZERO`]: keep every tombstone). Otherwise tombstones are copied.
 
 use super::keydir::{expiry_s_of, KeyDir, Loc, Upsert};
+use super::policy::{self, Plan, Pressure, SegmentFigures, Space, Thresholds};
 use super::record::{
     decode_manifest, decode_record, decode_record_header, encode_manifest, encode_record, Hint,
-    HintBuilder, RecordError, RecordHeader, SegmentHeader, SegmentKind, RECORD_HEADER_SIZE,
-    SEGMENT_HEADER_SIZE,
+    HintBuilder, RecordError, RecordHeader, SegmentHeader, SegmentKind, HINT_ENTRY_HEADER_SIZE,
+    RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
 };
 use super::vfs::Vfs;
 use super::{Applied, Store, StoreError, Stored, Write};
 use crate::limits::{
     COMPACTION_DEAD_BYTES_MIN_DEFAULT, COMPACTION_DEAD_PERCENT_DEFAULT, COMPACTION_INPUTS_MAX,
-    DAMAGED_KEYS_LISTED_MAX, HINT_WRITE_CHUNK_SIZE, KEY_SIZE_MAX,
-    RECOVERY_REPORT_CORRUPT_LISTED_MAX, SCAN_CHUNK_SIZE, SCRUB_RECORDS_PER_STEP,
-    SEGMENT_SIZE_MAX_DEFAULT, SEGMENT_SIZE_MAX_LIMIT, VALUE_SIZE_MAX,
+    COMPACTION_RETRY_MS, COMPACTION_STEP_BYTES_MAX, DAMAGED_KEYS_LISTED_MAX, HINT_WRITE_CHUNK_SIZE,
+    KEY_SIZE_MAX, RECOVERY_REPORT_CORRUPT_LISTED_MAX, SCAN_CHUNK_SIZE, SCRUB_RECORDS_PER_STEP,
+    SEGMENT_SIZE_MAX_DEFAULT, SEGMENT_SIZE_MAX_LIMIT, SPACE_MEASURE_INTERVAL_BYTES, VALUE_SIZE_MAX,
+    WRITES_REFUSED_LOG_INTERVAL_MS,
 };
 use crate::version::Version;
 use std::collections::BTreeMap;
@@ -112,6 +121,12 @@ pub struct LogConfig {
     pub compaction_dead_percent: u8,
     /// Compaction starts once the candidates hold this many dead bytes.
     pub compaction_dead_bytes_min: u64,
+    /// Free space (of the whole disk) below which writes are refused; `None`: computed from
+    /// the live data ([`policy::reserve_bytes`]), so that compaction can always run.
+    pub space_reserve_bytes: Option<u64>,
+    /// How many stores (shards) keep their data on the same disk: the computed reserve
+    /// covers a compaction of each.
+    pub stores_sharing_disk: u32,
 }
 
 impl Default for LogConfig {
@@ -120,6 +135,8 @@ impl Default for LogConfig {
             segment_size_max: SEGMENT_SIZE_MAX_DEFAULT,
             compaction_dead_percent: COMPACTION_DEAD_PERCENT_DEFAULT,
             compaction_dead_bytes_min: COMPACTION_DEAD_BYTES_MIN_DEFAULT,
+            space_reserve_bytes: None,
+            stores_sharing_disk: 1,
         }
     }
 }
@@ -240,6 +257,10 @@ struct Compaction<F> {
     out: Option<Output<F>>,
     /// Bytes of committed outputs.
     output_bytes: u64,
+    /// Number of committed outputs.
+    outputs: u32,
+    /// Bytes of input records scanned (bounds the work of one maintenance call).
+    scanned_bytes: u64,
     /// Keys whose tombstone (or expired value) was dropped: `version u64, key_len u16, key`.
     /// Forgotten by the keydir at the commit point, not before, so that an older write
     /// arriving meanwhile is still refused as stale.
@@ -260,6 +281,10 @@ struct Output<F> {
 struct Counters {
     compactions: u64,
     bytes_reclaimed: u64,
+    /// Segments removed by compaction, minus the outputs it wrote.
+    segments_reclaimed: u64,
+    /// Writes refused (disk full, reserve, failed sync, keydir full).
+    writes_refused: u64,
     corrupt_records: u64,
     recovery_ms: u64,
 }
@@ -285,8 +310,25 @@ pub struct LogStore<V: Vfs> {
     refused: Option<String>,
     horizon: Version,
     job: Option<Compaction<V::File>>,
-    /// After a failed compaction, wait until dead bytes reach this before trying again.
-    compaction_retry_dead_bytes: u64,
+    /// After a failed compaction, no new job starts before this time (ms).
+    compaction_retry_at_ms: u64,
+    /// The last time passed to `maintenance` (the store never reads the clock).
+    last_now_ms: u64,
+    /// Free space on the disk at the last measurement, less what was appended since.
+    free_bytes: Option<u64>,
+    /// Bytes appended since the free space was last measured.
+    appended_since_measure: u64,
+    /// The disk pressure last seen by maintenance (transitions are logged).
+    pressure: Pressure,
+    /// No pressure transition is logged before this time (ms), so that a disk hovering at
+    /// the reserve does not flood the log.
+    pressure_log_at_ms: u64,
+    /// A forced pass covers the segments with an id below this.
+    force_below: Option<u32>,
+    /// The forced pass has yet to consider sealing the active segment.
+    force_seal: bool,
+    /// Why the last refused write was refused.
+    last_refusal: Option<String>,
     scratch: Vec<u8>,
     counters: Counters,
 }
@@ -514,11 +556,20 @@ impl<V: Vfs> LogStore<V> {
             refused: None,
             horizon: Version::ZERO,
             job: None,
-            compaction_retry_dead_bytes: 0,
+            compaction_retry_at_ms: 0,
+            last_now_ms: 0,
+            free_bytes: None,
+            appended_since_measure: 0,
+            pressure: Pressure::None,
+            pressure_log_at_ms: 0,
+            force_below: None,
+            force_seal: false,
+            last_refusal: None,
             scratch: Vec::new(),
             counters: Counters::default(),
         };
         let report = store.recover()?;
+        store.measure_space();
         Ok((store, report))
     }
 
@@ -1048,14 +1099,148 @@ impl<V: Vfs> LogStore<V> {
         self.segments.values().map(|s| s.dead_bytes()).sum()
     }
 
+    // ---- disk space ----
+
+    fn live_bytes_total(&self) -> u64 {
+        self.segments.values().map(|s| s.live_bytes).sum()
+    }
+
+    /// Measure the free space on the disk (through the Vfs). An error leaves the figure
+    /// unknown, which admits writes: the disk itself still refuses them when full.
+    fn measure_space(&mut self) {
+        self.free_bytes = match self.vfs.free_bytes(&self.dir) {
+            Ok(f) => f,
+            Err(e) => {
+                log::warn!("storage: cannot measure the free space: {e}");
+                None
+            }
+        };
+        self.appended_since_measure = 0;
+    }
+
+    /// The free space and the reserve, as the policy sees them.
+    fn space(&self) -> Space {
+        Space {
+            free_bytes: self.free_bytes,
+            reserve_bytes: policy::reserve_bytes(
+                self.config.space_reserve_bytes,
+                self.config.segment_size_max,
+                self.live_bytes_total(),
+                self.config.stores_sharing_disk,
+            ),
+        }
+    }
+
+    /// Bytes were written to the disk: lower the estimate, re-measure now and then.
+    fn note_appended(&mut self, bytes: u64) {
+        if let Some(f) = &mut self.free_bytes {
+            *f = f.saturating_sub(bytes);
+        }
+        self.appended_since_measure += bytes;
+        if self.appended_since_measure >= SPACE_MEASURE_INTERVAL_BYTES {
+            self.measure_space();
+        }
+    }
+
+    /// The refusal of a write that would eat into the reserve, if it would.
+    fn check_space(&mut self, record_bytes: u64) -> Result<(), StoreError> {
+        if policy::write_admitted(self.space(), record_bytes) {
+            return Ok(());
+        }
+        // The estimate only goes down between measurements; compaction (here or in another
+        // shard) may have freed space since.
+        self.measure_space();
+        let space = self.space();
+        if policy::write_admitted(space, record_bytes) {
+            return Ok(());
+        }
+        let dead = self.dead_bytes_total();
+        Err(StoreError::WritesRefused(format!(
+            "disk full: {} bytes free, and writes must leave {} bytes free so that \
+             compaction can run ({dead} dead bytes to reclaim in this shard); retry later",
+            space.free_bytes.unwrap_or(0),
+            space.reserve_bytes
+        )))
+    }
+
     // ---- compaction ----
 
-    /// Pick the inputs of a compaction job, if one is due.
-    fn plan(&self, now_ms: u64) -> Option<Compaction<V::File>> {
-        if self.dead_bytes_total() < self.compaction_retry_dead_bytes {
+    fn figures(&self, now_ms: u64) -> Vec<SegmentFigures> {
+        self.segments
+            .iter()
+            .map(|(id, s)| SegmentFigures {
+                id: *id,
+                sealed: s.sealed,
+                damaged: s.damaged,
+                body_bytes: s.len - SEGMENT_HEADER_SIZE as u64,
+                live_bytes: s.live_bytes,
+                reclaimable_bytes: s.reclaimable_bytes(now_ms),
+                origin_lo: s.header.origin_lo,
+                origin_hi: s.header.origin_hi,
+            })
+            .collect()
+    }
+
+    fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            dead_percent: self.config.compaction_dead_percent,
+            dead_bytes_min: self.config.compaction_dead_bytes_min,
+        }
+    }
+
+    /// What the policy says to do next (no side effects).
+    fn decide(&self, now_ms: u64) -> Option<Plan> {
+        if now_ms < self.compaction_retry_at_ms {
             return None;
         }
-        let mut inputs = self.plan_dead(now_ms).or_else(|| self.plan_purge())?;
+        let decided = policy::plan(
+            &self.figures(now_ms),
+            self.thresholds(),
+            self.space(),
+            self.force_below,
+            self.force_seal,
+        );
+        if decided.is_none() && self.force_below.is_none() {
+            return self.plan_purge().map(|inputs| Plan::Compact {
+                inputs,
+                mode: policy::Mode::Normal,
+            });
+        }
+        decided
+    }
+
+    /// Pick the inputs of a compaction job, if one is due, sealing the active segment first
+    /// when the policy says so.
+    fn plan(&mut self, now_ms: u64) -> Result<Option<Compaction<V::File>>, StoreError> {
+        let mut decided = self.decide(now_ms);
+        if decided == Some(Plan::SealActive) {
+            let active = &self.segments[&self.active];
+            log::info!(
+                "storage: sealing active segment {} ({} bytes, {} reclaimable) so that compaction can reclaim it",
+                self.active,
+                active.len,
+                active.reclaimable_bytes(now_ms)
+            );
+            self.force_seal = false;
+            self.roll()?;
+            decided = self.decide(now_ms);
+        }
+        if self.force_below.is_some() {
+            self.force_seal = false;
+        }
+        let mut inputs = match decided {
+            Some(Plan::Compact { inputs, mode }) => {
+                if mode != policy::Mode::Normal {
+                    log::info!("storage: {mode:?} compaction of segments {inputs:?}");
+                }
+                inputs
+            }
+            Some(Plan::SealActive) | None => {
+                // A forced pass with nothing (left) to do is over.
+                self.force_below = None;
+                return Ok(None);
+            }
+        };
         inputs.sort_unstable();
         let origin_lo = inputs
             .iter()
@@ -1072,7 +1257,7 @@ impl<V: Vfs> LogStore<V> {
             .iter()
             .filter(|(id, _)| !inputs.contains(id))
             .all(|(_, s)| s.header.origin_lo > origin_hi);
-        Some(Compaction {
+        Ok(Some(Compaction {
             inputs,
             origin_lo,
             origin_hi,
@@ -1081,52 +1266,10 @@ impl<V: Vfs> LogStore<V> {
             scanner: None,
             out: None,
             output_bytes: 0,
+            outputs: 0,
+            scanned_bytes: 0,
             dropped: Vec::new(),
-        })
-    }
-
-    /// Segments worth compacting for their dead (and expired) bytes, widened to an origin
-    /// prefix, so that tombstones may be dropped too, when that stays within
-    /// [`COMPACTION_INPUTS_MAX`].
-    fn plan_dead(&self, now_ms: u64) -> Option<Vec<u32>> {
-        let pct = self.config.compaction_dead_percent as u64;
-        let mut cands: Vec<(u64, u32)> = self
-            .segments
-            .iter()
-            .filter(|(_, s)| s.sealed && !s.damaged)
-            .filter(|(_, s)| {
-                let body = s.len - SEGMENT_HEADER_SIZE as u64;
-                body > 0 && s.reclaimable_bytes(now_ms) * 100 >= body * pct
-            })
-            .map(|(id, s)| (s.reclaimable_bytes(now_ms), *id))
-            .collect();
-        let dead: u64 = cands.iter().map(|c| c.0).sum();
-        if cands.is_empty() || dead < self.config.compaction_dead_bytes_min {
-            return None;
-        }
-        // Most dead first, ties by id: deterministic.
-        cands.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        cands.truncate(COMPACTION_INPUTS_MAX);
-        let inputs: Vec<u32> = cands.iter().map(|c| c.1).collect();
-        let hi = inputs
-            .iter()
-            .map(|id| self.segments[id].header.origin_hi)
-            .max()
-            .expect("non-empty");
-        let prefix: Vec<u32> = self
-            .segments
-            .iter()
-            .filter(|(_, s)| s.header.origin_lo <= hi)
-            .map(|(id, _)| *id)
-            .collect();
-        if prefix.len() <= COMPACTION_INPUTS_MAX
-            && prefix
-                .iter()
-                .all(|id| self.segments[id].sealed && !self.segments[id].damaged)
-        {
-            return Some(prefix);
-        }
-        Some(inputs)
+        }))
     }
 
     /// Once the tombstone horizon allows it: the oldest origin prefix, if it holds enough
@@ -1208,6 +1351,7 @@ impl<V: Vfs> LogStore<V> {
                 )));
             }
             Scan::Record(h, at) => {
+                job.scanned_bytes += h.record_len() as u64;
                 let sc = job.scanner.as_ref().expect("set above");
                 let key = sc.key();
                 let current = self
@@ -1342,6 +1486,8 @@ impl<V: Vfs> LogStore<V> {
             },
         );
         job.output_bytes += out.len;
+        job.outputs += 1;
+        self.note_appended(out.len + hint.len() as u64);
         let hint = Hint::decode(&hint).expect("a hint this store just built is valid");
         for e in hint.iter() {
             let e = e.expect("a hint this store just built is valid");
@@ -1411,6 +1557,10 @@ impl<V: Vfs> LogStore<V> {
         })?;
         self.counters.compactions += 1;
         self.counters.bytes_reclaimed += input_bytes.saturating_sub(job.output_bytes);
+        self.counters.segments_reclaimed +=
+            (job.inputs.len() as u64).saturating_sub(job.outputs as u64);
+        // The inputs are gone: the free space is worth measuring again.
+        self.measure_space();
         if cfg!(debug_assertions) {
             for (_, loc) in self.keydir.iter() {
                 assert!(
@@ -1470,48 +1620,11 @@ impl<V: Vfs> LogStore<V> {
             drop(out.file);
             let _ = self.vfs.remove(&self.path(&compact_name(out.id))); // recovery removes it too
         }
-        self.compaction_retry_dead_bytes =
-            self.dead_bytes_total() + self.config.compaction_dead_bytes_min;
-    }
-}
-
-impl<V: Vfs> Store for LogStore<V> {
-    fn get(&mut self, key: &[u8]) -> Result<Option<Stored>, StoreError> {
-        let Some(loc) = self.keydir.get(key) else {
-            return Ok(None);
-        };
-        let Some(seg) = self.segments.get(&loc.segment) else {
-            return Err(StoreError::Corrupt(format!(
-                "keydir points at missing segment {}",
-                loc.segment
-            )));
-        };
-        let len = record_len(key.len(), loc.value_len) as usize;
-        let mut buf = vec![0u8; len];
-        self.vfs.read_at(&seg.file, loc.offset as u64, &mut buf)?;
-        if let Some(why) = record_damage(&buf, key, &loc) {
-            let msg = self.forget_damaged(key, &loc, &why);
-            return Err(StoreError::Corrupt(msg));
-        }
-        let h = decode_record_header(&buf).expect("decoded above");
-        let value = if h.tombstone {
-            None
-        } else {
-            buf.drain(..RECORD_HEADER_SIZE + key.len());
-            Some(buf)
-        };
-        Ok(Some(Stored {
-            version: Version(h.version),
-            expires_at_ms: h.expires_at_ms,
-            value,
-        }))
+        self.compaction_retry_at_ms = self.last_now_ms + COMPACTION_RETRY_MS;
     }
 
-    fn version_of(&self, key: &[u8]) -> Option<Version> {
-        self.keydir.get(key).map(|l| Version(l.version))
-    }
-
-    fn apply(&mut self, w: Write<'_>) -> Result<Applied, StoreError> {
+    /// `apply` without the refusal count.
+    fn apply_write(&mut self, w: Write<'_>) -> Result<Applied, StoreError> {
         if let Some(why) = &self.refused {
             return Err(refused_error(why));
         }
@@ -1531,6 +1644,8 @@ impl<V: Vfs> Store for LogStore<V> {
         }
         let value_len = w.value.map(|v| v.len() as u32);
         let len = record_len(w.key.len(), value_len);
+        // The record and (about) its hint entry: keep the reserve free for compaction.
+        self.check_space(2 * len)?;
         let active_len = self.segments[&self.active].len;
         if active_len + len > self.config.segment_size_max
             && active_len > SEGMENT_HEADER_SIZE as u64
@@ -1602,7 +1717,56 @@ impl<V: Vfs> Store for LogStore<V> {
         }
         self.highest = self.highest.max(w.version);
         self.dirty = true;
+        self.note_appended(len + HINT_ENTRY_HEADER_SIZE as u64 + w.key.len() as u64);
         Ok(Applied::Stored)
+    }
+}
+
+impl<V: Vfs> Store for LogStore<V> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Stored>, StoreError> {
+        let Some(loc) = self.keydir.get(key) else {
+            return Ok(None);
+        };
+        let Some(seg) = self.segments.get(&loc.segment) else {
+            return Err(StoreError::Corrupt(format!(
+                "keydir points at missing segment {}",
+                loc.segment
+            )));
+        };
+        let len = record_len(key.len(), loc.value_len) as usize;
+        let mut buf = vec![0u8; len];
+        self.vfs.read_at(&seg.file, loc.offset as u64, &mut buf)?;
+        if let Some(why) = record_damage(&buf, key, &loc) {
+            let msg = self.forget_damaged(key, &loc, &why);
+            return Err(StoreError::Corrupt(msg));
+        }
+        let h = decode_record_header(&buf).expect("decoded above");
+        let value = if h.tombstone {
+            None
+        } else {
+            buf.drain(..RECORD_HEADER_SIZE + key.len());
+            Some(buf)
+        };
+        Ok(Some(Stored {
+            version: Version(h.version),
+            expires_at_ms: h.expires_at_ms,
+            value,
+        }))
+    }
+
+    fn version_of(&self, key: &[u8]) -> Option<Version> {
+        self.keydir.get(key).map(|l| Version(l.version))
+    }
+
+    fn apply(&mut self, w: Write<'_>) -> Result<Applied, StoreError> {
+        let r = self.apply_write(w);
+        if let Err(StoreError::WritesRefused(why)) = &r {
+            self.counters.writes_refused += 1;
+            if self.last_refusal.as_deref() != Some(why.as_str()) {
+                self.last_refusal = Some(why.clone());
+            }
+        }
+        r
     }
 
     fn needs_sync(&self) -> bool {
@@ -1625,21 +1789,54 @@ impl<V: Vfs> Store for LogStore<V> {
     }
 
     fn maintenance(&mut self, now_ms: u64, budget: usize) -> Result<bool, StoreError> {
+        self.last_now_ms = now_ms;
         self.scrub_step(SCRUB_RECORDS_PER_STEP);
         if self.refused.is_some() {
+            // Read-only: no compaction until restarted, so no forced pass either.
+            self.force_below = None;
             return Ok(false);
         }
+        self.measure_space();
+        let space = self.space();
+        let pressure = policy::pressure(space);
+        if pressure != self.pressure && now_ms >= self.pressure_log_at_ms {
+            self.pressure_log_at_ms = now_ms + WRITES_REFUSED_LOG_INTERVAL_MS;
+            let (free, reserve) = (space.free_bytes.unwrap_or(0), space.reserve_bytes);
+            let dead = self.dead_bytes_total();
+            match pressure {
+                Pressure::Full => log::warn!(
+                    "storage: disk full: {free} bytes free, below the {reserve} bytes reserved \
+                     for compaction; refusing writes while compaction reclaims {dead} dead bytes"
+                ),
+                Pressure::High => log::warn!(
+                    "storage: disk space low: {free} bytes free (reserve {reserve}); \
+                     compacting below the normal thresholds ({dead} dead bytes)"
+                ),
+                Pressure::None => log::info!(
+                    "storage: disk space back to normal: {free} bytes free (reserve {reserve})"
+                ),
+            }
+        }
+        self.pressure = pressure;
         let mut job = match self.job.take() {
             Some(job) => job,
             None => match self.plan(now_ms) {
-                Some(job) => job,
-                None => return Ok(false),
+                Ok(Some(job)) => job,
+                Ok(None) => return Ok(false),
+                Err(e) => {
+                    self.compaction_retry_at_ms = now_ms + COMPACTION_RETRY_MS;
+                    return Err(e);
+                }
             },
         };
+        let scanned_at_start = job.scanned_bytes;
         for _ in 0..budget.max(1) {
+            if job.scanned_bytes - scanned_at_start >= COMPACTION_STEP_BYTES_MAX {
+                break;
+            }
             match self.compact_step(&mut job, now_ms) {
                 Ok(false) => {}
-                Ok(true) => return Ok(self.plan(now_ms).is_some()),
+                Ok(true) => return Ok(self.decide(now_ms).is_some()),
                 Err(e) => {
                     self.abort_compaction(job);
                     return Err(e);
@@ -1648,6 +1845,26 @@ impl<V: Vfs> Store for LogStore<V> {
         }
         self.job = Some(job);
         Ok(true)
+    }
+
+    fn force_compaction(&mut self) {
+        // Everything that exists now, the active segment included (sealed first if it holds
+        // dead bytes); the pass's own outputs get ids from here on and are not taken again.
+        self.force_below = Some(self.next_id);
+        self.force_seal = true;
+        self.compaction_retry_at_ms = 0;
+    }
+
+    fn forcing(&self) -> bool {
+        self.force_below.is_some()
+    }
+
+    fn disk_pressure(&self) -> bool {
+        self.pressure != Pressure::None
+    }
+
+    fn last_refusal(&self) -> Option<&str> {
+        self.last_refusal.as_deref()
     }
 
     fn take_damaged(&mut self, out: &mut Vec<Vec<u8>>) {
@@ -1700,7 +1917,19 @@ impl<V: Vfs> Store for LogStore<V> {
         report("storage_bytes_reclaimed", self.counters.bytes_reclaimed);
         report("storage_recovery_ms", self.counters.recovery_ms);
         report("storage_corrupt_records", self.counters.corrupt_records);
-        report("storage_writes_refused", self.refused.is_some() as u64);
+        report("storage_writes_refused", self.counters.writes_refused);
+        report("storage_read_only", self.refused.is_some() as u64);
+        report(
+            "storage_segments_reclaimed",
+            self.counters.segments_reclaimed,
+        );
+        let space = self.space();
+        // Per disk, not per shard: combined by min / max over the shards (see STATS).
+        if let Some(free) = space.free_bytes {
+            report("storage_disk_free_bytes_min", free);
+        }
+        report("storage_disk_reserve_bytes_max", space.reserve_bytes);
+        report("storage_disk_pressure_max", self.pressure as u64);
     }
 }
 
@@ -1718,6 +1947,7 @@ mod tests {
             segment_size_max: 1024,
             compaction_dead_percent: 30,
             compaction_dead_bytes_min: 0,
+            ..LogConfig::default()
         }
     }
 
@@ -2105,5 +2335,119 @@ mod tests {
                 current: Version(2)
             }
         );
+    }
+
+    fn stat(s: &LogStore<MemVfs>, name: &str) -> u64 {
+        let mut out = 0;
+        s.stats(&mut |n, x| {
+            if n == name {
+                out = x;
+            }
+        });
+        out
+    }
+
+    #[test]
+    fn a_disk_full_of_overwritten_data_is_refused_before_enospc_and_recovers() {
+        let vfs = MemVfs::new();
+        vfs.set_capacity(Some(8 * 1024 * 1024));
+        let cfg = LogConfig {
+            segment_size_max: 512 * 1024,
+            compaction_dead_bytes_min: 128 * 1024,
+            ..LogConfig::default()
+        };
+        let (mut s, _) = LogStore::open(vfs.clone(), dir(), cfg.clone()).unwrap();
+        let value = "v".repeat(1000);
+        let mut v = 0u64;
+        let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+        // Overwrite 100 keys, never running maintenance, until the reserve refuses a write.
+        let refusal = loop {
+            v += 1;
+            assert!(v < 100_000, "never refused");
+            let key = format!("k{}", v % 100);
+            let val = format!("{v}{value}");
+            let w = Write {
+                key: key.as_bytes(),
+                value: Some(val.as_bytes()),
+                version: Version(v),
+                expires_at_ms: 0,
+            };
+            match s.apply(w) {
+                Ok(_) => {
+                    acked.insert(key, v);
+                }
+                Err(StoreError::WritesRefused(why)) => break why,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert!(refusal.contains("disk full"), "{refusal}");
+        assert!(
+            vfs.used_bytes() < 8 * 1024 * 1024 - 1024 * 1024,
+            "the reserve is left free"
+        );
+        assert_eq!(stat(&s, "storage_writes_refused"), 1);
+        assert_eq!(s.last_refusal(), Some(refusal.as_str()));
+        s.sync().unwrap();
+        // Compaction runs under pressure and frees the dead data.
+        for _ in 0..1000 {
+            if !s.maintenance(0, 64).unwrap() {
+                break;
+            }
+        }
+        assert!(stat(&s, "storage_compactions") > 0);
+        assert!(
+            vfs.used_bytes() < 2 * 1024 * 1024,
+            "{} used: {:?} {:?}",
+            vfs.used_bytes(),
+            s.figures(0),
+            vfs.list(dir()).unwrap()
+        );
+        v += 1;
+        put(&mut s, "k1", "again", v);
+        acked.insert("k1".into(), v);
+        s.sync().unwrap();
+        drop(s);
+        vfs.crash(CrashMode::DropUnsynced);
+        let (mut s, _) = LogStore::open(vfs.clone(), dir(), cfg).unwrap();
+        for (key, version) in &acked {
+            let got = s
+                .get(key.as_bytes())
+                .unwrap()
+                .expect("acknowledged write kept");
+            assert_eq!(got.version, Version(*version), "{key}");
+        }
+    }
+
+    #[test]
+    fn a_forced_pass_reclaims_every_dead_byte_the_active_segment_included() {
+        let vfs = MemVfs::new();
+        let cfg = LogConfig {
+            segment_size_max: 64 * 1024,
+            compaction_dead_percent: 90,
+            compaction_dead_bytes_min: 1 << 40,
+            ..LogConfig::default()
+        };
+        let (mut s, _) = LogStore::open(vfs.clone(), dir(), cfg).unwrap();
+        for v in 1..=400u64 {
+            put(&mut s, &format!("k{}", v % 30), &"x".repeat(500), v);
+        }
+        s.sync().unwrap();
+        // The thresholds are out of reach: nothing happens by itself.
+        assert!(!s.maintenance(0, 1000).unwrap());
+        assert!(stat(&s, "storage_dead_bytes") > 0);
+        s.force_compaction();
+        assert!(s.forcing());
+        for _ in 0..1000 {
+            s.maintenance(0, 100).unwrap();
+            if !s.forcing() {
+                break;
+            }
+        }
+        assert!(!s.forcing(), "the pass ends");
+        assert_eq!(stat(&s, "storage_dead_bytes"), 0);
+        assert!(stat(&s, "storage_segments_reclaimed") > 0);
+        for k in 0..30u64 {
+            assert_eq!(value(&mut s, &format!("k{k}")).unwrap(), "x".repeat(500));
+        }
     }
 }

@@ -21,6 +21,7 @@
 //!   mod.rs     the Store trait
 //!   memory.rs  MemoryStore
 //!   logstore.rs LogStore: write path, recovery, compaction (design notes in its docs)
+//!   policy.rs  compaction thresholds, disk-space reserve and pressure: pure functions
 //!   record.rs  on-disk formats with byte diagrams (segment, record, hint, manifest)
 //!   keydir.rs  the compact key directory (32 bytes + u32 index slot + key bytes per key)
 //!   vfs.rs     the file-system seam
@@ -29,6 +30,7 @@
 pub mod keydir;
 pub mod logstore;
 pub mod memory;
+pub mod policy;
 pub mod record;
 pub mod vfs;
 
@@ -179,6 +181,29 @@ pub trait Store: Send {
     /// background scrub) and forgotten since the last call. The cluster drops them from its
     /// anti-entropy trees, so that the next exchange repairs them from another replica.
     fn take_damaged(&mut self, _out: &mut Vec<Vec<u8>>) {}
+
+    /// Start a forced compaction pass (the COMPACT request): reclaim everything reclaimable
+    /// in the segments that exist now, whatever the thresholds, sealing the active segment
+    /// first if it holds dead bytes. It runs in bounded steps through [`Store::maintenance`].
+    /// Default: nothing to compact.
+    fn force_compaction(&mut self) {}
+
+    /// Whether a forced pass asked for by [`Store::force_compaction`] is still running.
+    fn forcing(&self) -> bool {
+        false
+    }
+
+    /// Whether the disk is short of space (writes refused, or close to it): the driver then
+    /// runs maintenance more often while it has work.
+    fn disk_pressure(&self) -> bool {
+        false
+    }
+
+    /// Why the last refused write was refused, if any was (for the shard's rate-limited log;
+    /// the count is `storage_writes_refused` in [`Store::stats`]).
+    fn last_refusal(&self) -> Option<&str> {
+        None
+    }
 
     /// Report figures for STATS as `(name, value)` pairs, names prefixed `storage_`.
     fn stats(&self, report: &mut dyn FnMut(&str, u64));

@@ -48,6 +48,11 @@ pub trait Vfs: Send {
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Create `dir` and its parents if missing.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Bytes free for this process on the file system holding `dir` (`None`: unknown). The
+    /// log store keeps a reserve free so that compaction can always run (storage/policy.rs).
+    fn free_bytes(&self, _dir: &Path) -> io::Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// The real file system.
@@ -129,6 +134,23 @@ impl Vfs for RealVfs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)
     }
+
+    fn free_bytes(&self, dir: &Path) -> io::Result<Option<u64>> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+        // SAFETY: `path` is a valid NUL-terminated string and `st` a properly sized, writable
+        // statvfs that the call fills in.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Blocks available to unprivileged users: kvd must not count on root's reserve.
+        Ok(Some(
+            (st.f_bavail as u64).saturating_mul(st.f_frsize as u64),
+        ))
+    }
 }
 
 /// One in-memory file ("inode").
@@ -152,6 +174,9 @@ struct MemState {
     epoch: u64,
     /// Total bytes the disk holds (None = unlimited); appends past it fail with ENOSPC.
     space_max: Option<u64>,
+    /// The disk's capacity (None = unlimited): like `space_max`, and also reported by
+    /// `free_bytes` (as a real file system does), and kept across crashes.
+    capacity: Option<u64>,
     /// The next this-many `sync`/`sync_dir` calls fail with EIO.
     fail_syncs: u32,
     syncs_done: u64,
@@ -294,6 +319,13 @@ impl MemVfs {
         self.lock().space_max = space_max;
     }
 
+    /// Give the disk a capacity (None = unlimited): appends past it fail with ENOSPC, and
+    /// `free_bytes` reports what is left, so the store's space reserve engages. Unlike
+    /// [`MemVfs::set_space_max`], it survives crashes.
+    pub fn set_capacity(&self, capacity: Option<u64>) {
+        self.lock().capacity = capacity;
+    }
+
     /// Make the next `n` calls to `sync`/`sync_dir` fail.
     pub fn fail_next_syncs(&self, n: u32) {
         self.lock().fail_syncs = n;
@@ -356,7 +388,7 @@ impl Vfs for MemVfs {
     fn append(&self, file: &mut MemFile, data: &[u8]) -> io::Result<()> {
         let mut s = self.lock();
         s.tick()?;
-        let room = match s.space_max {
+        let room = match s.space_max.into_iter().chain(s.capacity).min() {
             Some(max) => max.saturating_sub(s.used()),
             None => u64::MAX,
         };
@@ -457,6 +489,11 @@ impl Vfs for MemVfs {
 
     fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
         Ok(())
+    }
+
+    fn free_bytes(&self, _dir: &Path) -> io::Result<Option<u64>> {
+        let s = self.lock();
+        Ok(s.capacity.map(|c| c.saturating_sub(s.used())))
     }
 }
 
