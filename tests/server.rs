@@ -310,6 +310,7 @@ fn bad_options_are_refused_with_a_message() {
         "--shards",
         "--sync",
         "--max-connections",
+        "--default-consistency",
     ] {
         assert!(help.contains(opt), "--help mentions {opt}");
     }

@@ -241,7 +241,8 @@ impl Consistency {
         }
     }
 
-    /// Replicas that must answer, out of `n`. `Default` means QUORUM.
+    /// Replicas that must answer, out of `n`. `Default` counts as QUORUM here; a node first
+    /// resolves it to its `--default-consistency` (`ClusterNode::level`).
     pub fn required(self, n: usize) -> usize {
         match self {
             Consistency::One => 1.min(n),
