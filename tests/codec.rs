@@ -636,6 +636,7 @@ fn limits_table_in_protocol_md_matches_limits_rs() {
             "CONNECTIONS_MAX_DEFAULT",
             limits::CONNECTIONS_MAX_DEFAULT as u64,
         ),
+        ("SHUTDOWN_FLUSH_MS_MAX", limits::SHUTDOWN_FLUSH_MS_MAX),
     ];
     let doc = protocol_md();
     let rows: Vec<_> = table_rows(&doc)

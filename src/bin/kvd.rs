@@ -26,7 +26,7 @@ Usage: kvd [OPTIONS]
 
 Runs one dkv node: a key-value store served over the dkv binary protocol (protocol.md) on one
 TCP port, with one event-loop thread per shard. Stop it with SIGINT or SIGTERM: every shard
-syncs its data and exits.
+syncs its data, tells each client connection SHUTTING_DOWN (protocol.md § 6) and exits.
 
 Logging: set RUST_LOG (error, warn, info, debug, trace); default info.
 
