@@ -188,6 +188,10 @@ fn versions_increase_and_ttl_expires() {
             .is_none()
             .then_some(())
     });
+    // protocol.md § 9: LGET of the expired value is NOT_FOUND with an empty body (no version:
+    // it is not a tombstone).
+    let r = c.call(&Request::LocalGet { key: b"t" }).unwrap();
+    assert_eq!((r.status(), r.body.len()), (Some(Status::NotFound), 0));
 }
 
 #[test]
