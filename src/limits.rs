@@ -388,3 +388,12 @@ const _: () = assert!(HANDSHAKE_PENALTY_MS_MIN <= HANDSHAKE_PENALTY_MS_MAX);
 const _: () = assert!(HANDSHAKE_PENALTY_MS_MAX < HANDSHAKE_FAILURE_MEMORY_MS);
 const _: () = assert!(HANDSHAKE_THROTTLE_ENTRIES_MAX >= 1);
 const _: () = assert!(CLUSTER_SECRET_SIZE_ADVISED <= CLUSTER_SECRET_SIZE_MAX);
+
+// --- Shutdown (protocol.md § 6) ---
+
+/// How long a stopping shard keeps writing what its client connections are owed (their
+/// replies, then the SHUTTING_DOWN frame) before it closes them anyway: a client that does
+/// not read must not hold up the stop, and a reading one takes far less.
+pub const SHUTDOWN_FLUSH_MS_MAX: u64 = 500;
+
+const _: () = assert!(SHUTDOWN_FLUSH_MS_MAX <= 5_000);

@@ -361,6 +361,17 @@ fn misconfiguration_is_refused_at_start() {
     assert!(e.contains("--replicas 4"), "{e}");
     let e = run(&["--id", "1", "--nodes", list]);
     assert!(e.contains("--cluster-secret"), "{e}");
+    let e = run(&[
+        "--id",
+        "1",
+        "--nodes",
+        list,
+        "--cluster-secret",
+        "s",
+        "--default-consistency",
+        "two",
+    ]);
+    assert!(e.contains("--default-consistency"), "{e}");
 }
 
 #[test]
@@ -690,4 +701,29 @@ fn the_largest_value_replicates_to_every_node() {
     for id in 1..=3 {
         assert_eq!(c.local(id, b"big"), Some((version, v.clone())), "node {id}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// protocol.md § 5: the node's default consistency level is `kvd --default-consistency`.
+
+/// With `--default-consistency all`, a request that asks for the default (consistency bits 0)
+/// needs every replica: with one node stopped it is UNAVAILABLE, while the same request at
+/// QUORUM goes through.
+#[test]
+fn the_default_consistency_is_the_nodes_option() {
+    let c = Cluster::start("cluster-default-level", &["--default-consistency", "all"]);
+    let mut cl = c.client(1);
+    cl.put(b"dk", b"1", 0, Consistency::Default)
+        .expect("every replica is up");
+    c.node(3).signal(libc::SIGSTOP);
+    c.wait_state(1, &[1, 2], &[3]);
+    let e = cl.put(b"dk", b"2", 0, Consistency::Default).unwrap_err();
+    assert_eq!(status_of(e), Status::Unavailable, "default = ALL");
+    let e = cl.get(b"dk", Consistency::Default).unwrap_err();
+    assert_eq!(status_of(e), Status::Unavailable, "default = ALL");
+    cl.put(b"dk", b"3", 0, Consistency::Quorum)
+        .expect("an explicit level is kept");
+    let got = cl.get(b"dk", Consistency::Quorum).unwrap().unwrap();
+    assert_eq!(got.1, b"3");
+    c.node(3).signal(libc::SIGCONT);
 }

@@ -636,6 +636,7 @@ fn limits_table_in_protocol_md_matches_limits_rs() {
             "CONNECTIONS_MAX_DEFAULT",
             limits::CONNECTIONS_MAX_DEFAULT as u64,
         ),
+        ("SHUTDOWN_FLUSH_MS_MAX", limits::SHUTDOWN_FLUSH_MS_MAX),
     ];
     let doc = protocol_md();
     let rows: Vec<_> = table_rows(&doc)
@@ -669,6 +670,35 @@ fn limits_table_in_protocol_md_matches_limits_rs() {
     ] {
         assert!(doc.contains(&must), "protocol.md lacks {must}");
     }
+}
+
+/// README.md states the frame limit as a figure; it must be the one enforced.
+#[test]
+fn readme_states_the_exact_frame_limit() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+    let readme = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let grouped = |n: usize| {
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, ch) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(ch);
+        }
+        out
+    };
+    let limit = grouped(limits::FRAME_SIZE_MAX);
+    assert!(
+        readme.contains(&format!("frames up to\n{limit} bytes"))
+            || readme.contains(&format!("frames up to {limit} bytes")),
+        "README.md must say frames up to {limit} bytes"
+    );
+    let put = grouped(limits::FRAME_HEADER_AFTER_LENGTH + limits::PUT_BODY_SIZE_MAX);
+    assert!(
+        readme.contains(&put),
+        "README.md's largest PUT is {put} bytes"
+    );
 }
 
 #[test]

@@ -188,6 +188,10 @@ fn versions_increase_and_ttl_expires() {
             .is_none()
             .then_some(())
     });
+    // protocol.md § 9: LGET of the expired value is NOT_FOUND with an empty body (no version:
+    // it is not a tombstone).
+    let r = c.call(&Request::LocalGet { key: b"t" }).unwrap();
+    assert_eq!((r.status(), r.body.len()), (Some(Status::NotFound), 0));
 }
 
 #[test]
@@ -284,6 +288,164 @@ fn sigterm_stops_cleanly() {
     assert!(status.success(), "exit status {status}");
 }
 
+/// One request on a fresh connection: the reply's status, and whether the node then closed
+/// the connection (`false`: it still answers PING).
+fn refusal_of(addr: &str, hello: &[u8]) -> (Status, bool) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut bytes = hello.to_vec();
+    Request::Ping.encode(2, &mut bytes);
+    s.write_all(&bytes).unwrap();
+    let got = read_to_close_or_pong(&mut s);
+    let (f, n) = frame::parse(&got).unwrap().expect("a reply");
+    assert_eq!(
+        (f.op, f.id),
+        (op::HELLO | 0x80, 1),
+        "the reply answers the HELLO"
+    );
+    let status = Status::from_u8(f.aux).expect("a known status");
+    match frame::parse(&got[n..]).unwrap() {
+        None => (status, true),
+        Some((pong, _)) => {
+            assert_eq!((pong.op, pong.aux), (op::PING | 0x80, 0));
+            (status, false)
+        }
+    }
+}
+
+/// Read until the node closes the connection or two replies are in.
+fn read_to_close_or_pong(s: &mut TcpStream) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Ok(Some((_, n))) = frame::parse(&all) {
+            if matches!(frame::parse(&all[n..]), Ok(Some(_))) {
+                return all;
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return all,
+            Ok(k) => all.extend_from_slice(&buf[..k]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return all,
+            Err(e) => panic!("neither a close nor a second reply: {e}"),
+        }
+    }
+}
+
+/// protocol.md §§ 7, 8, 8.1: after its layout checks, every refusal of a peer HELLO closes the
+/// connection (UNAUTHORIZED, UNSUPPORTED_VERSION, BAD_REQUEST alike), while a refused client
+/// HELLO (UNSUPPORTED_VERSION) and a layout BAD_REQUEST leave it usable.
+#[test]
+fn refused_hellos_close_the_connection_as_documented() {
+    use dkv::auth::PEER_PROTOCOL_VERSION;
+    let port = common::free_port();
+    let list = format!("1=127.0.0.1:{port},2=127.0.0.1:{}", common::free_port());
+    let n = Node::start_on(
+        port,
+        &temp_dir("hello-refusals"),
+        &[
+            "--id",
+            "1",
+            "--nodes",
+            &list,
+            "--replicas",
+            "1",
+            "--cluster-secret",
+            "a test secret of some length",
+        ],
+    );
+    // HELLO frames with id 1, built by hand (the encoder refuses a token above the limit).
+    let hello = |version: u16, role: u8, node_id: u32, token: &[u8]| {
+        let mut head = Vec::new();
+        head.extend_from_slice(&version.to_be_bytes());
+        head.extend_from_slice(&[role, 0]);
+        head.extend_from_slice(&node_id.to_be_bytes());
+        head.extend_from_slice(&(token.len() as u16).to_be_bytes());
+        let mut out = Vec::new();
+        frame::put_frame(&mut out, op::HELLO, 0, 1, &[&head, token]);
+        out
+    };
+    let peer = |version: u16, node_id: u32, token: &[u8]| hello(version, 2, node_id, token);
+    let nonce: &[u8] = &[7; 32];
+    let cases: [(&str, Vec<u8>, Status, bool); 5] = [
+        (
+            "peer HELLO of peer protocol 1",
+            peer(1, 2, nonce),
+            Status::UnsupportedVersion,
+            true,
+        ),
+        (
+            "peer HELLO with a 5-byte nonce",
+            peer(PEER_PROTOCOL_VERSION, 2, b"short"),
+            Status::BadRequest,
+            true,
+        ),
+        (
+            "peer HELLO from a node not in --nodes",
+            peer(PEER_PROTOCOL_VERSION, 9, nonce),
+            Status::Unauthorized,
+            true,
+        ),
+        (
+            "peer HELLO whose token breaks the layout limit (257 bytes)",
+            peer(PEER_PROTOCOL_VERSION, 2, &[7; 257]),
+            Status::BadRequest,
+            false,
+        ),
+        (
+            "client HELLO of protocol 9",
+            hello(9, 1, 0, b""),
+            Status::UnsupportedVersion,
+            false,
+        ),
+    ];
+    for (what, req, status, closed) in cases {
+        assert_eq!(refusal_of(&n.addr, &req), (status, closed), "{what}");
+    }
+}
+
+/// protocol.md § 6: on SIGTERM every client connection gets a connection-level SHUTTING_DOWN
+/// frame (op 0x80, id 0), and then the end of the stream; a connection that never sent a
+/// request too.
+#[test]
+fn sigterm_tells_each_client_connection_before_closing_it() {
+    let mut n = node("sigterm-notice", &["--shards", "2"]);
+    let mut ping = Vec::new();
+    Request::Ping.encode(1, &mut ping);
+    let mut streams: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect(&n.addr).unwrap();
+            s.write_all(&ping).unwrap();
+            let mut pong = [0u8; 10];
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.read_exact(&mut pong).unwrap();
+            assert_eq!(pong[4..6], [op::PING | 0x80, Status::Ok as u8]);
+            s
+        })
+        .collect();
+    streams.push(TcpStream::connect(&n.addr).unwrap());
+    // Wait until the node has accepted the silent connection too (5 + the one asking).
+    let mut asking = n.client();
+    wait_for(Duration::from_secs(20), "6 open connections", || {
+        let stats = asking.stats().ok()?;
+        stats.lines().any(|l| l == "connections 6").then_some(())
+    });
+    drop(asking);
+    n.signal(libc::SIGTERM);
+    for s in &mut streams {
+        let got = read_to_close(s, Duration::from_secs(20));
+        let (f, len) = frame::parse(&got)
+            .unwrap()
+            .unwrap_or_else(|| panic!("a whole frame before the close, got {got:?}"));
+        assert_eq!(len, got.len(), "nothing after the notice");
+        assert_eq!((f.op, f.id), (0x80, 0), "a connection-level frame");
+        assert_eq!(f.aux, Status::ShuttingDown as u8);
+        assert!(Status::ShuttingDown.closes_connection());
+    }
+    let status = n.terminate();
+    assert!(status.success(), "exit status {status}");
+}
+
 #[test]
 fn bad_options_are_refused_with_a_message() {
     for args in [
@@ -310,6 +472,7 @@ fn bad_options_are_refused_with_a_message() {
         "--shards",
         "--sync",
         "--max-connections",
+        "--default-consistency",
     ] {
         assert!(help.contains(opt), "--help mentions {opt}");
     }

@@ -11,6 +11,7 @@ use dkv::limits::{
     REQUEST_TIMEOUT_MS_DEFAULT, SEGMENT_SIZE_MAX_DEFAULT, SEGMENT_SIZE_MAX_LIMIT, SHARDS_MAX,
     TOKEN_SIZE_MAX, TOMBSTONE_WINDOW_MS_DEFAULT,
 };
+use dkv::protocol::Consistency;
 use dkv::server::{self, worker::wall_ms, ServerConfig};
 use dkv::shard::SyncPolicy;
 use dkv::storage::logstore::{LogConfig, LogStore};
@@ -26,7 +27,7 @@ Usage: kvd [OPTIONS]
 
 Runs one dkv node: a key-value store served over the dkv binary protocol (protocol.md) on one
 TCP port, with one event-loop thread per shard. Stop it with SIGINT or SIGTERM: every shard
-syncs its data and exits.
+syncs its data, tells each client connection SHUTTING_DOWN (protocol.md § 6) and exits.
 
 Logging: set RUST_LOG (error, warn, info, debug, trace); default info.
 
@@ -269,6 +270,12 @@ fn cluster_options(o: &mut getopts::Options) {
     );
     o.optopt(
         "",
+        "default-consistency",
+        "level of a request that asks for the node's default (protocol.md § 5): one|quorum|all [default: quorum]",
+        "LEVEL",
+    );
+    o.optopt(
+        "",
         "request-timeout-ms",
         &format!(
             "how long a coordinator waits for replicas [default: {REQUEST_TIMEOUT_MS_DEFAULT}]"
@@ -302,6 +309,7 @@ fn cluster_config(
             "request-timeout-ms",
             "anti-entropy-interval-ms",
             "tombstone-window-ms",
+            "default-consistency",
         ] {
             if m.opt_present(name) {
                 return Err(format!("--{name} needs --nodes"));
@@ -344,6 +352,11 @@ fn cluster_config(
         Some("off") => false,
         Some(other) => return Err(format!("--read-repair: expected on or off, got {other:?}")),
     };
+    if let Some(word) = m.opt_str("default-consistency") {
+        c.default_consistency = Consistency::parse(&word).ok_or_else(|| {
+            format!("--default-consistency: expected one, quorum or all, got {word:?}")
+        })?;
+    }
     c.validate().map_err(|e| e.to_string())?;
     let own = c
         .addr_of(id)

@@ -12,6 +12,7 @@ use crate::limits::{
     GOSSIP_INTERVAL_MS_MAX, GOSSIP_INTERVAL_MS_MIN, REPLICAS_MAX, REQUEST_TIMEOUT_MS_DEFAULT,
     REQUEST_TIMEOUT_MS_MAX, TOMBSTONE_WINDOW_MS_DEFAULT, TOMBSTONE_WINDOW_MS_MIN,
 };
+use crate::protocol::Consistency;
 use crate::version::NODE_ID_MAX;
 use std::net::SocketAddr;
 
@@ -112,6 +113,9 @@ pub struct ClusterConfig {
     /// A replica failed for longer than this stops holding back tombstone collection; a node
     /// out for longer rejoins through a full anti-entropy round (`--tombstone-window-ms`).
     pub tombstone_window_ms: u64,
+    /// The level of a GET, PUT or DELETE that asks for the node's default (consistency bits 0,
+    /// protocol.md § 5): `--default-consistency`, QUORUM unless set. Not `Default` itself.
+    pub default_consistency: Consistency,
     /// Directory of the durable hint logs (one file per shard); `None` keeps hints in memory.
     /// Only the driver opens it: the core sees a `HintLog`.
     pub hint_dir: Option<std::path::PathBuf>,
@@ -171,6 +175,7 @@ impl ClusterConfig {
             request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
             anti_entropy_interval_ms: ANTI_ENTROPY_INTERVAL_MS_DEFAULT,
             tombstone_window_ms: TOMBSTONE_WINDOW_MS_DEFAULT,
+            default_consistency: Consistency::Quorum,
             hint_dir: None,
             mutations: Mutations::default(),
         }

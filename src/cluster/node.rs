@@ -207,9 +207,19 @@ impl<C> ClusterNode<C> {
         self.outputs.pop_front()
     }
 
+    /// The level a request runs at: its own, or this node's `--default-consistency` for a
+    /// request that asks for the default. Resolved here, in the core, so that `kvd` and the
+    /// simulator resolve it alike.
+    pub fn level(&self, consistency: Consistency) -> Consistency {
+        match consistency {
+            Consistency::Default => self.config.default_consistency,
+            own => own,
+        }
+    }
+
     /// Replicas required out of N for `consistency`.
     pub fn required(&self, consistency: Consistency) -> usize {
-        consistency.required(self.config.replicas)
+        self.level(consistency).required(self.config.replicas)
     }
 
     /// Start a client write (`value` `None`: delete). The reply comes out as
@@ -582,5 +592,37 @@ impl<C> ClusterNode<C> {
             let _ = writeln!(t, "{name} {v}");
         }
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::config::parse_nodes;
+
+    /// A request that asks for the default runs at the node's `--default-consistency`; one
+    /// that names its level keeps it.
+    #[test]
+    fn the_default_level_is_the_configured_one() {
+        let nodes = parse_nodes("1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003").unwrap();
+        for (configured, required) in [
+            (Consistency::One, 1),
+            (Consistency::Quorum, 2),
+            (Consistency::All, 3),
+        ] {
+            let mut c = ClusterConfig::with_defaults(1, nodes.clone(), 3);
+            c.default_consistency = configured;
+            let node: ClusterNode<u32> = ClusterNode::new(c, 0, 1, HintQueue::in_memory(300));
+            assert_eq!(node.level(Consistency::Default), configured);
+            assert_eq!(node.required(Consistency::Default), required);
+            assert_eq!(node.required(Consistency::One), 1);
+            assert_eq!(node.required(Consistency::All), 3);
+        }
+        let c = ClusterConfig::with_defaults(1, nodes, 3);
+        assert_eq!(
+            c.default_consistency,
+            Consistency::Quorum,
+            "documented default"
+        );
     }
 }

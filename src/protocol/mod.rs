@@ -187,12 +187,15 @@ impl Status {
         }
     }
 
-    /// Whether the server always closes the connection after sending this status. (An
-    /// UNAUTHORIZED answer to HELLO also closes it; one to a later request does not.)
+    /// Whether the server always closes the connection after sending this status. (Refusals
+    /// of a handshake close it too, whatever their status: protocol.md § 8.)
     pub fn closes_connection(self) -> bool {
         matches!(
             self,
-            Status::Malformed | Status::FrameTooLarge | Status::TooManyConnections
+            Status::Malformed
+                | Status::FrameTooLarge
+                | Status::TooManyConnections
+                | Status::ShuttingDown
         )
     }
 }
@@ -241,7 +244,8 @@ impl Consistency {
         }
     }
 
-    /// Replicas that must answer, out of `n`. `Default` means QUORUM.
+    /// Replicas that must answer, out of `n`. `Default` counts as QUORUM here; a node first
+    /// resolves it to its `--default-consistency` (`ClusterNode::level`).
     pub fn required(self, n: usize) -> usize {
         match self {
             Consistency::One => 1.min(n),

@@ -15,7 +15,7 @@ use crate::datadir::ClockCeiling;
 use crate::limits::{
     COORDINATOR_OPS_HIGH_WATER, COORDINATOR_OPS_LOW_WATER, IN_FLIGHT_PER_CONNECTION_MAX,
     MAINTENANCE_URGENT_TICK_MS, POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX, REQUESTS_PER_READ_EVENT_MAX,
-    WRITE_BUFFER_HIGH_WATER, WRITE_BUFFER_SIZE_MAX,
+    SHUTDOWN_FLUSH_MS_MAX, WRITE_BUFFER_HIGH_WATER, WRITE_BUFFER_SIZE_MAX,
 };
 use crate::protocol::message::{put_connection_error, put_error};
 use crate::protocol::{frame, Status, RESPONSE_BIT};
@@ -343,9 +343,71 @@ impl Worker {
         if let Err(e) = self.core.sync() {
             log::error!("shard {}: final sync failed: {e}", self.shard);
         }
+        // protocol.md § 6: every client connection learns why it is closed, after the replies
+        // it is already owed. Peer sessions (and peer handshakes under way) are only closed:
+        // their links treat any frame out of place as a refusal and would back off longer.
+        let mut notice = Vec::new();
+        put_connection_error(
+            &mut notice,
+            Status::ShuttingDown,
+            "the node is shutting down; use another node",
+        );
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for &k in &keys {
+            let c = &mut self.conns[k];
+            let peer = c.session.role == Some(crate::protocol::Role::Peer)
+                || c.session.challenge.is_some();
+            if !peer && !c.closing {
+                c.wbuf.extend_from_slice(&notice);
+            }
+        }
+        self.flush_for_shutdown(&keys);
         for k in keys {
             self.close(k);
+        }
+    }
+
+    /// Write what the connections `keys` have pending, waiting for writability, for at most
+    /// SHUTDOWN_FLUSH_MS_MAX; then half-close those done so the client reads the end cleanly.
+    fn flush_for_shutdown(&mut self, keys: &[usize]) {
+        let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_FLUSH_MS_MAX);
+        let mut events = Events::with_capacity(POLL_EVENTS_MAX);
+        loop {
+            let mut waiting = false;
+            for &k in keys {
+                let Some(c) = self.conns.get_mut(k) else {
+                    continue;
+                };
+                while c.wpos < c.wbuf.len() {
+                    match c.stream.write(&c.wbuf[c.wpos..]) {
+                        Ok(0) => break,
+                        Ok(n) => c.wpos += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            waiting = true;
+                            break;
+                        }
+                        // A dead connection: nothing more to write to it.
+                        Err(_) => {
+                            c.wpos = c.wbuf.len();
+                            break;
+                        }
+                    }
+                }
+            }
+            let now = Instant::now();
+            if !waiting || now >= deadline {
+                break;
+            }
+            // Writable events (or any other) end the wait; the deadline bounds it.
+            let _ = self.poll.poll(&mut events, Some(deadline - now));
+        }
+        for &k in keys {
+            if let Some(c) = self.conns.get_mut(k) {
+                if c.wpos == c.wbuf.len() {
+                    let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                }
+            }
         }
     }
 

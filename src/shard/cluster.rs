@@ -26,7 +26,7 @@ use crate::cluster::peer::{self, PeerRequest};
 use crate::cluster::ClusterConfig;
 use crate::hash::shard_of;
 use crate::protocol::message::{put_error, put_ok, put_reply};
-use crate::protocol::{op, Consistency, FrameRef, Request, Status};
+use crate::protocol::{op, FrameRef, Request, Status};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -186,9 +186,7 @@ impl ShardCore {
         };
         let store = self.store.as_mut();
         match *req {
-            Request::Get { key, consistency } => {
-                c.node.read(now_ms, store, ctx, key, level(consistency))
-            }
+            Request::Get { key, consistency } => c.node.read(now_ms, store, ctx, key, consistency),
             Request::Put {
                 key,
                 value,
@@ -207,7 +205,7 @@ impl ShardCore {
                     key,
                     Some(value),
                     expires_at_ms,
-                    level(consistency),
+                    consistency,
                 )
             }
             Request::Delete { key, consistency } => {
@@ -215,8 +213,7 @@ impl ShardCore {
                     self.refuse_write(ctx, why.clone());
                     return true;
                 }
-                c.node
-                    .write(now_ms, store, ctx, key, None, 0, level(consistency))
+                c.node.write(now_ms, store, ctx, key, None, 0, consistency)
             }
             _ => return false,
         }
@@ -439,13 +436,6 @@ impl ShardCore {
                 }
             }
         }
-    }
-}
-
-fn level(c: Consistency) -> Consistency {
-    match c {
-        Consistency::Default => Consistency::Quorum,
-        other => other,
     }
 }
 

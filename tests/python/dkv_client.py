@@ -83,7 +83,12 @@ STATUS = {name: code for code, name in STATUS_NAMES.items()}
 OK = STATUS["OK"]
 NOT_FOUND = STATUS["NOT_FOUND"]
 # After a frame with one of these statuses the node closes the connection (section 6).
-CLOSING_STATUSES = (STATUS["MALFORMED"], STATUS["FRAME_TOO_LARGE"], STATUS["TOO_MANY_CONNECTIONS"])
+CLOSING_STATUSES = (
+    STATUS["MALFORMED"],
+    STATUS["FRAME_TOO_LARGE"],
+    STATUS["TOO_MANY_CONNECTIONS"],
+    STATUS["SHUTTING_DOWN"],
+)
 
 _MASK64 = (1 << 64) - 1
 

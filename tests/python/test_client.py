@@ -552,6 +552,30 @@ def test_token_node_refuses_requests_before_hello():
         check(c.get(b"py:token") == (v, b"ok"), "GET after HELLO with the token")
 
 
+def test_token_node_checks_a_request_before_the_login():
+    """Section 9: before HELLO, a request's own checks come first; only a request that passes
+    them gets UNAUTHORIZED."""
+    with connect_token_node() as c:
+        rid = c.send(d.OP_GET, d.key_body(b"k" * (d.KEY_SIZE_MAX + 1)))
+        expect_error_then_usable_no_ping(c, rid, d.OP_GET, "KEY_TOO_LARGE", "long key before HELLO")
+        rid = c.send(0x7E, b"")
+        expect_error_then_usable_no_ping(c, rid, 0x7E, "UNKNOWN_OPCODE", "op 0x7e before HELLO")
+        rid = c.send(d.OP_GET, d.key_body(b"k"), aux=0x04)
+        expect_error_then_usable_no_ping(c, rid, d.OP_GET, "BAD_REQUEST", "flags before HELLO")
+        rid = c.send(d.OP_GET, d.key_body(b"k"))
+        expect_error_then_usable_no_ping(c, rid, d.OP_GET, "UNAUTHORIZED", "GET before HELLO")
+        # The version is checked before the token: UNSUPPORTED_VERSION, and the connection
+        # stays usable for a HELLO that is right.
+        rid = c.send(d.OP_HELLO, d.hello_body(version=9, token=b"not the token"))
+        expect_error_then_usable_no_ping(c, rid, d.OP_HELLO, "UNSUPPORTED_VERSION", "HELLO v9")
+        c.hello(token=TOKEN)
+        c.ping()
+    with connect_token_node() as c:
+        rid = c.send(d.OP_GET, struct.pack(">H", 9) + b"short")
+        c.flush()
+        expect_closing_reply(c, rid, d.OP_GET, "MALFORMED", "malformed GET before HELLO")
+
+
 def test_token_node_closes_on_a_wrong_token():
     with connect_token_node() as c:
         rid = c.send(d.OP_HELLO, d.hello_body(token=TOKEN + b"-wrong"))
@@ -588,6 +612,28 @@ def test_ttl_expires():
             check(time.monotonic() < deadline, "value with a 1 s TTL still there after 10 s")
             time.sleep(0.05)
         check(c.get(b"py:no-ttl")[1] == b"forever", "value without TTL expired")
+        # Section 9: LGET of an expired value is NOT_FOUND with an empty body (no tombstone).
+        got = c.lget(b"py:ttl")
+        check(got is None, "LGET of an expired key: %r" % (got,))
+
+
+def test_refused_client_hellos_keep_or_close_the_connection():
+    """Sections 7 and 8: a client HELLO refused with BAD_REQUEST or UNSUPPORTED_VERSION leaves
+    the connection usable (HELLO again works); MALFORMED closes it."""
+    with connect(hello=False) as c:
+        rid = c.send(d.OP_HELLO, d.hello_body(role=3))
+        expect_error_then_usable(c, rid, d.OP_HELLO, "BAD_REQUEST", "HELLO with role 3")
+        rid = c.send(d.OP_HELLO, d.hello_body(), aux=1)
+        expect_error_then_usable(c, rid, d.OP_HELLO, "BAD_REQUEST", "HELLO with aux 1")
+        rid = c.send(d.OP_HELLO, d.hello_body(token=b"t" * 257))
+        expect_error_then_usable(c, rid, d.OP_HELLO, "BAD_REQUEST", "HELLO token of 257 bytes")
+        rid = c.send(d.OP_HELLO, d.hello_body(version=9))
+        expect_error_then_usable(c, rid, d.OP_HELLO, "UNSUPPORTED_VERSION", "HELLO version 9")
+        check(c.hello()["version"] == 1, "HELLO after refused ones")
+    with connect(hello=False) as c:
+        rid = c.send(d.OP_HELLO, d.hello_body()[:9])
+        c.flush()
+        expect_closing_reply(c, rid, d.OP_HELLO, "MALFORMED", "HELLO of 9 bytes")
 
 
 TESTS = [
@@ -611,6 +657,7 @@ TESTS = [
     test_peer_opcode_from_a_client_is_unauthorized,
     test_peer_hello_without_the_secret_is_refused_and_closed,
     test_unsupported_version,
+    test_refused_client_hellos_keep_or_close_the_connection,
     test_ttl_expires,
     test_lget_shows_the_local_copy,
     test_cluster_and_admin_opcodes,
@@ -622,6 +669,7 @@ TESTS = [
 
 TOKEN_TESTS = [
     test_token_node_refuses_requests_before_hello,
+    test_token_node_checks_a_request_before_the_login,
     test_token_node_closes_on_a_wrong_token,
 ]
 
