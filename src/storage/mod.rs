@@ -20,7 +20,7 @@
 //! storage/
 //!   mod.rs     the Store trait
 //!   memory.rs  MemoryStore
-//!   logstore.rs LogStore: write path, recovery, compaction (design notes in its docs)
+//!   logstore/  LogStore: write path, recovery, compaction (see its mod.rs: files, design)
 //!   policy.rs  compaction thresholds, disk-space reserve and pressure: pure functions
 //!   record.rs  on-disk formats with byte diagrams (segment, record, hint, manifest)
 //!   keydir.rs  the compact key directory (32 bytes + u32 index slot + key bytes per key)
