@@ -119,6 +119,9 @@ impl Options {
         if let Some(n) = self.jump_max_ms {
             a += &format!(" --jump-max-ms {n}");
         }
+        if let Some(n) = self.far_skew_ms {
+            a += &format!(" --far-skew-ms {n}");
+        }
         if self.raw_clock_recovery {
             a += " --raw-clock-recovery";
         }
