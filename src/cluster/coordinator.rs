@@ -98,6 +98,9 @@ pub enum Outcome {
     Written {
         /// The write's version.
         version: Version,
+        /// Times it was issued again above a newer version a replica held (its version was
+        /// issued after those of writes that started later: for the simulator's checkers).
+        reissues: u32,
     },
     /// A GET found a live value.
     Found {
@@ -730,11 +733,11 @@ impl<C> Coordinator<C> {
         if op.ctx.is_some() {
             if let Kind::Write(w) = &op.kind {
                 if answered >= op.required {
-                    let version = w.version;
+                    let (version, reissues) = (w.version, op.reissues);
                     let ctx = op.ctx.take().expect("checked above");
                     self.actions.push_back(Action::Reply {
                         ctx,
-                        outcome: Outcome::Written { version },
+                        outcome: Outcome::Written { version, reissues },
                     });
                 }
             }
@@ -901,7 +904,13 @@ mod tests {
         c.on_write_ack(1_000, 1, *id, WriteAck::Done(Applied::Stored));
         assert_eq!(
             replies(&drain(&mut c)),
-            vec![(7, Outcome::Written { version: v })]
+            vec![(
+                7,
+                Outcome::Written {
+                    version: v,
+                    reissues: 0
+                }
+            )]
         );
         assert_eq!(c.in_flight(), 0);
     }
@@ -1223,7 +1232,13 @@ mod tests {
         c.on_write_ack(now + 1, 2, id2, WriteAck::Done(Applied::Stored));
         assert_eq!(
             replies(&drain(&mut c)),
-            vec![(7, Outcome::Written { version: v2 })]
+            vec![(
+                7,
+                Outcome::Written {
+                    version: v2,
+                    reissues: 1
+                }
+            )]
         );
         assert_eq!(c.stats().reissues, 1);
         // The clock did not follow the version from 10 minutes ahead (beyond the bound)...
@@ -1247,7 +1262,13 @@ mod tests {
         c.on_write_ack(now, 2, id, WriteAck::Done(Applied::Stale { current: v }));
         assert_eq!(
             replies(&drain(&mut c)),
-            vec![(1, Outcome::Written { version: v })]
+            vec![(
+                1,
+                Outcome::Written {
+                    version: v,
+                    reissues: 0
+                }
+            )]
         );
         // A replica that keeps holding something newer (a racing writer): bounded retries.
         c.start_write(now, 2, b"k", Some(b"v"), 0, &[1, 2], &all_alive, 2);

@@ -459,7 +459,7 @@ impl ShardCore {
                     };
                     dest.extend_from_slice(&ctx.conn.0.to_be_bytes());
                     let status = match outcome {
-                        Outcome::Written { version } => {
+                        Outcome::Written { version, .. } => {
                             put_ok(dest, ctx.op, ctx.id, &[&version.0.to_be_bytes()]);
                             Status::Ok
                         }

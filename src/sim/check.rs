@@ -10,11 +10,12 @@
 //! * **Quorum reads see acknowledged writes** (`stale-read`): a GET with R replies that started
 //!   after a write acknowledged by W replicas, R + W > N, returns that write's version or a
 //!   newer one, unless a replica of the key may have lost data in between (see below).
-//! * **Versions issued by one node increase** (`version-order`): of two acknowledged writes
-//!   a node coordinated, the one that started after the other was acknowledged has the
-//!   higher version (across its restarts too), and every version carries its node id. (Real
-//!   time, not issue order: a write issued again above a replica's newer version gets its
-//!   final version after writes that started later.)
+//! * **Versions issued by one node increase** (`version-order`): the versions of the
+//!   acknowledged writes a node coordinated, in the order it issued them, strictly increase
+//!   (across its restarts too), and carry its node id. A write issued again above a
+//!   replica's newer version gets its final version after writes that started later: such
+//!   writes are held to real time instead (one acknowledged before another started has the
+//!   lower version).
 //! * **Acknowledged writes are not overtaken** (`write-order`, issue 10): a write that started
 //!   after another write of the same key was acknowledged, with W1 + W2 > N, gets a higher
 //!   version, whatever the coordinators' clocks say; unless a replica of the key may have
@@ -88,7 +89,9 @@ impl OpRecord {
     /// The version of an acknowledged PUT or DELETE.
     pub fn acked_version(&self) -> Option<Version> {
         match (&self.kind, &self.outcome) {
-            (OpKind::Put | OpKind::Delete, Some(Outcome::Written { version })) => Some(*version),
+            (OpKind::Put | OpKind::Delete, Some(Outcome::Written { version, .. })) => {
+                Some(*version)
+            }
             _ => None,
         }
     }
@@ -411,6 +414,27 @@ impl History {
                             "op {id} coordinated by n{node} got version {} of node {}",
                             show_version(v, base),
                             v.node_id()
+                        ),
+                    ));
+                }
+            }
+            // Issue order, among the writes that kept their first version.
+            let mut first: Vec<(u64, u64, Version)> = writes
+                .iter()
+                .map(|&id| &self.ops[id as usize])
+                .filter(|op| matches!(op.outcome, Some(Outcome::Written { reissues: 0, .. })))
+                .map(|op| (op.issue_seq, op.id, op.acked_version().expect("acked")))
+                .collect();
+            first.sort_unstable();
+            for pair in first.windows(2) {
+                let ((_, a, va), (_, b, vb)) = (pair[0], pair[1]);
+                if vb <= va {
+                    found.push((
+                        b,
+                        format!(
+                            "n{node} issued version {} for op {b} after {} for op {a}",
+                            show_version(vb, base),
+                            show_version(va, base)
                         ),
                     ));
                 }

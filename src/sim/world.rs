@@ -676,7 +676,7 @@ impl World {
                     self.send(id, to, frame)
                 }
                 Output::Reply { ctx, outcome } => {
-                    if let Outcome::Written { version } = &outcome {
+                    if let Outcome::Written { version, .. } = &outcome {
                         let n = &mut self.nodes[idx];
                         n.issued_max = n.issued_max.max(*version);
                     }
@@ -1059,7 +1059,7 @@ impl World {
 
     fn client_reply(&mut self, op: u64, outcome: Outcome) {
         let text = match &outcome {
-            Outcome::Written { version } => format!("written {}", self.v(*version)),
+            Outcome::Written { version, .. } => format!("written {}", self.v(*version)),
             Outcome::Found { version, value, .. } => format!(
                 "found {} {}",
                 self.v(*version),
