@@ -285,9 +285,10 @@ const _: () = assert!(AE_EXCHANGES_IN_FLIGHT_MAX >= 1);
 // ---- Clocks (issue 10): measured offsets, the max-offset rule, re-issued writes ----
 
 /// Default of `--max-clock-offset-ms`: a node whose clock is further than this from the
-/// cluster's (the median of the offsets it measures to its live peers, itself counted as 0)
+/// cluster's (the median of the offsets it measures to its peers, itself counted as 0)
 /// refuses to coordinate writes (CLOCK_OFFSET); a replica refuses versions whose physical
-/// time is further than this ahead of its own clock; and a version seen from a peer moves the
+/// time is further than this ahead of the cluster's clock (its own, corrected by its measured
+/// offset); and a version seen from a peer moves the
 /// local hybrid clock forward only if it is at most this far ahead. NTP keeps real clocks
 /// within milliseconds of each other, so half a second only trips on a broken clock, while it
 /// still bounds how far one bad clock can shorten or stretch a TTL.

@@ -88,8 +88,9 @@ fn start_skewed(extra: &[&str]) -> Vec<Node> {
             if let Some(f) = &fake[i] {
                 env.push(("LD_PRELOAD", lib));
                 env.push(("FAKETIME", f.as_str()));
-                // Timers run on the monotonic clock: leave it alone (only the wall clock is
-                // what the test is about).
+                // Timers run on the monotonic clock: leave it alone, only the wall clock is
+                // what the test is about. (Faking it too, by the same constant, also passes:
+                // kvd's timers only use differences of monotonic time.)
                 env.push(("FAKETIME_DONT_FAKE_MONOTONIC", "1"));
             }
             Node::start_with_env(ports[i], &dir.join(format!("node-{}", i + 1)), &args, &env)

@@ -175,8 +175,8 @@ fn cluster_options(o: &mut getopts::Options) {
         "max-clock-offset-ms",
         &format!(
             "a node whose clock is further than this from the cluster's (the median of its \
-             measured offsets to its live peers) refuses to coordinate writes (CLOCK_OFFSET); \
-             replicas refuse versions further than this ahead of their clock \
+             measured offsets to its peers) refuses to coordinate writes (CLOCK_OFFSET); \
+             replicas refuse versions further than this ahead of the cluster's clock \
              [default: {}]",
             dkv::limits::MAX_CLOCK_OFFSET_MS_DEFAULT
         ),
