@@ -171,11 +171,6 @@ pub const HINT_BYTES_PER_TARGET_MAX: usize = 64 * 1024 * 1024;
 /// Hint deliveries in flight to one target at once (sent, not yet acknowledged).
 pub const HINT_DELIVERY_WINDOW: usize = 64;
 
-/// A version seen from a peer moves this node's clock forward only if its physical time is at
-/// most this far ahead of the local wall clock: one peer with a wild clock (or a corrupt frame)
-/// must not drag every clock into the future, nor push it past the version's 42-bit range.
-pub const CLOCK_OBSERVE_AHEAD_MS_MAX: u64 = 60_000;
-
 /// Hint logs are synced at most this often (when something was appended): hints are best
 /// effort, and an fsync per write on the event loop would cost more than the hint is worth.
 pub const HINT_SYNC_INTERVAL_MS: u64 = 100;
@@ -397,3 +392,41 @@ const _: () = assert!(CLUSTER_SECRET_SIZE_ADVISED <= CLUSTER_SECRET_SIZE_MAX);
 pub const SHUTDOWN_FLUSH_MS_MAX: u64 = 500;
 
 const _: () = assert!(SHUTDOWN_FLUSH_MS_MAX <= 5_000);
+// ---- Clocks (issue 10): measured offsets, the max-offset rule, re-issued writes ----
+
+/// Default of `--max-clock-offset-ms`: a node whose clock is further than this from the
+/// cluster's (the median of the offsets it measures to its peers, itself counted as 0)
+/// refuses to coordinate writes (CLOCK_OFFSET); a replica refuses versions whose physical
+/// time is further than this ahead of the cluster's clock (its own, corrected by its measured
+/// offset); and a version seen from a peer moves the
+/// local hybrid clock forward only if it is at most this far ahead. NTP keeps real clocks
+/// within milliseconds of each other, so half a second only trips on a broken clock, while it
+/// still bounds how far one bad clock can shorten or stretch a TTL.
+pub const MAX_CLOCK_OFFSET_MS_DEFAULT: u64 = 500;
+
+/// Smallest `--max-clock-offset-ms`: below a few ms, measurement noise (half a round trip)
+/// would make healthy nodes refuse writes.
+pub const MAX_CLOCK_OFFSET_MS_MIN: u64 = 10;
+
+/// Largest `--max-clock-offset-ms`: an hour. Beyond it the rule protects nothing (and the
+/// HLC could be dragged that far ahead by one bad clock).
+pub const MAX_CLOCK_OFFSET_MS_MAX: u64 = 3_600_000;
+
+/// A gossip round trip longer than this does not give a clock sample: the offset is known
+/// only to within half the round trip, and a slow answer (a paused peer, a stalled loop)
+/// would pass its delay off as clock offset.
+pub const CLOCK_SAMPLE_RTT_MS_MAX: u64 = 1_000;
+
+/// How many times a coordinator issues a write again above a newer version a replica reports
+/// before it gives up with MAYBE_APPLIED. One is enough unless other writes to the same key
+/// keep racing it; the bound keeps such a race from looping. Four was too few for six
+/// clients writing one key as fast as they can (3 of 1,200 writes gave up,
+/// tests/cluster_process.rs `same_key_contention_converges`).
+pub const WRITE_REISSUES_MAX: u32 = 8;
+
+/// The "clock too far from the cluster" warning is logged at most this often.
+pub const CLOCK_WARN_INTERVAL_MS: u64 = 10_000;
+
+const _: () = assert!(MAX_CLOCK_OFFSET_MS_MIN <= MAX_CLOCK_OFFSET_MS_DEFAULT);
+const _: () = assert!(MAX_CLOCK_OFFSET_MS_DEFAULT <= MAX_CLOCK_OFFSET_MS_MAX);
+const _: () = assert!(WRITE_REISSUES_MAX >= 1);

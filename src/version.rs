@@ -123,6 +123,18 @@ impl Hlc {
         }
     }
 
+    /// Issue a version at wall time `now_ms` that is also newer than `floor`, whatever the
+    /// wall clock says: what a coordinator does when a replica reports that it holds `floor`,
+    /// newer than the write it was sent (the write is issued again above it). The caller
+    /// bounds `floor` (replicas only hold versions at most the max offset ahead of their
+    /// clocks), so this cannot drag the clock arbitrarily far.
+    pub fn issue_above(&mut self, now_ms: u64, floor: Version) -> Version {
+        self.observe(floor);
+        let v = self.issue(now_ms);
+        debug_assert!(v > floor);
+        v
+    }
+
     /// Restart the clock above a version recovered from disk, so a restarted node never issues
     /// a version below one it issued before the restart.
     pub fn recover(&mut self, highest_seen: Version) {
@@ -196,6 +208,22 @@ mod tests {
             d.issue(9_000) > before,
             "a lower ceiling never moves the clock back"
         );
+    }
+
+    #[test]
+    fn issue_above_beats_the_floor_whatever_the_wall_clock() {
+        let mut c = Hlc::new(1);
+        let first = c.issue(1_000);
+        // A replica holds a version from a node 10 minutes ahead, with a higher node id.
+        let held = Version::new(601_000, 7, 900);
+        let v = c.issue_above(1_001, held);
+        assert!(v > held && v > first, "{v:?}");
+        assert_eq!(v.node_id(), 1);
+        assert_eq!(v.physical_ms(), 601_000);
+        // Same ms and counter as the floor, lower node id: still above it.
+        let mut d = Hlc::new(1);
+        let held = Version::new(5_000, 3, 2);
+        assert!(d.issue_above(5_000, held) > held);
     }
 
     #[test]

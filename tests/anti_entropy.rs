@@ -258,7 +258,7 @@ impl Sim {
 
     fn written(&mut self, ctx: u64) -> Version {
         match self.answer(ctx) {
-            Outcome::Written { version } => version,
+            Outcome::Written { version, .. } => version,
             other => panic!("expected a write, got {other:?}"),
         }
     }

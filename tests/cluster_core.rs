@@ -251,6 +251,19 @@ impl Sim {
 
     fn warm_up(&mut self) {
         self.run(3 * INTERVAL_MS);
+        // A node coordinates writes once it has measured its clock against every live peer
+        // (issue 10); with gossip to two random peers per interval that takes a few intervals.
+        for _ in 0..100 {
+            let now = self.now;
+            if self
+                .nodes
+                .iter()
+                .all(|n| n.core.clock_refusal(now).is_none())
+            {
+                break;
+            }
+            self.run(INTERVAL_MS);
+        }
         for id in 1..=self.nodes.len() as u32 {
             assert_eq!(
                 self.node(id).core.membership().alive_ids().len(),
@@ -262,7 +275,7 @@ impl Sim {
 
 fn written(o: &Outcome) -> Version {
     match o {
-        Outcome::Written { version } => *version,
+        Outcome::Written { version, .. } => *version,
         other => panic!("expected a write, got {other:?}"),
     }
 }
@@ -554,7 +567,7 @@ fn chaos_loses_no_acknowledged_write() {
             // Harvest answers; a crashed coordinator never answers (its core is gone).
             for (ctx, outcome) in std::mem::take(&mut s.replies) {
                 if let Some((key, _)) = pending.remove(&ctx) {
-                    if let Outcome::Written { version } = outcome {
+                    if let Outcome::Written { version, .. } = outcome {
                         let e = acked.entry(key).or_insert(version);
                         *e = (*e).max(version);
                     }

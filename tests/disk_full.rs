@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{temp_dir, wait_for, Node};
+use common::{temp_dir, wait_clocks_measured, wait_for, Node};
 use dkv::protocol::{Consistency, Request, Status};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -352,6 +352,8 @@ fn a_replica_out_of_space_counts_and_logs_the_writes_it_refuses() {
             (alive == 3).then_some(())
         },
     );
+    // A node coordinates writes only once it has measured its clock against its peers.
+    wait_clocks_measured(&nodes[0]);
     // Distinct keys: live data only, nothing for compaction to reclaim on node 3.
     let mut client = nodes[0].client();
     let value = vec![b'x'; VALUE_SIZE];

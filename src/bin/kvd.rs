@@ -282,6 +282,19 @@ fn cluster_options(o: &mut getopts::Options) {
         ),
         "MS",
     );
+    // Clocks (issue 10).
+    o.optopt(
+        "",
+        "max-clock-offset-ms",
+        &format!(
+            "a node whose clock is further than this from the cluster's (the median of its \
+             measured offsets to its peers) refuses to coordinate writes (CLOCK_OFFSET); \
+             replicas refuse versions further than this ahead of the cluster's clock \
+             [default: {}]",
+            dkv::limits::MAX_CLOCK_OFFSET_MS_DEFAULT
+        ),
+        "MS",
+    );
 }
 
 /// The cluster configuration from the options, `None` without `--nodes`. Fills `listen` with
@@ -310,6 +323,7 @@ fn cluster_config(
             "anti-entropy-interval-ms",
             "tombstone-window-ms",
             "default-consistency",
+            "max-clock-offset-ms",
         ] {
             if m.opt_present(name) {
                 return Err(format!("--{name} needs --nodes"));
@@ -338,6 +352,7 @@ fn cluster_config(
     c.anti_entropy_interval_ms =
         parse_num(m, "anti-entropy-interval-ms", c.anti_entropy_interval_ms)?;
     c.tombstone_window_ms = parse_num(m, "tombstone-window-ms", c.tombstone_window_ms)?;
+    c.max_clock_offset_ms = parse_num(m, "max-clock-offset-ms", c.max_clock_offset_ms)?;
     c.hinted_handoff = match m.opt_str("hinted-handoff").as_deref() {
         None | Some("on") => true,
         Some("off") => false,

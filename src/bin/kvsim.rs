@@ -91,6 +91,7 @@ fn options(m: &getopts::Matches) -> Result<Options, String> {
         fault_interval_ms: parse_num(m, "fault-interval-ms")?,
         skew_max_ms: parse_num(m, "skew-max-ms")?,
         jump_max_ms: parse_num(m, "jump-max-ms")?,
+        far_skew_ms: parse_num(m, "far-skew-ms")?,
         mutation,
         raw_clock_recovery: m.opt_present("raw-clock-recovery"),
         no_repair_reads: m.opt_present("no-repair-reads"),
@@ -154,6 +155,13 @@ fn main() -> ExitCode {
         "",
         "jump-max-ms",
         "largest clock jump, ± ms (0: none)",
+        "MS",
+    );
+    o.optopt(
+        "",
+        "far-skew-ms",
+        "a minority of nodes run up to this far (at least a minute) from true time; they must \
+         refuse to coordinate writes (0: none)",
         "MS",
     );
     o.optflag(

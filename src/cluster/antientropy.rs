@@ -270,6 +270,9 @@ pub struct AaeStats {
     pub guard_refused: u64,
     /// Collectable entries swept out of the trees below the horizon.
     pub swept: u64,
+    /// Records received whose version was further ahead of this node's clock than the max
+    /// clock offset (not applied; a later round brings them once the clock has caught up).
+    pub refused_ahead: u64,
     /// When the last full round ended (ms), 0 = never.
     pub last_full_round_ms: u64,
 }
@@ -453,6 +456,13 @@ struct Round {
 /// Anti-entropy of one cluster core (node or shard).
 pub struct AntiEntropy {
     me: u32,
+    /// Records with a version further ahead of the local clock than this are not applied
+    /// (`--max-clock-offset-ms`; `u64::MAX` under the simulator's `accept_future_versions`).
+    ahead_ms_max: u64,
+    /// The local wall clock as of the last input (for the bound above).
+    now_ms: u64,
+    /// This node's clock minus the cluster's (the bound is on the cluster's clock).
+    clock_offset_ms: i64,
     ring: Ring,
     interval_ms: u64,
     /// Delay of the first round, and between rounds, while rejoining: a node that refuses
@@ -554,6 +564,13 @@ impl AntiEntropy {
     pub fn new(config: &ClusterConfig, ring: Ring, start_ms: u64) -> AntiEntropy {
         let mut a = AntiEntropy {
             me: config.node_id,
+            ahead_ms_max: if config.mutations.accept_future_versions {
+                u64::MAX
+            } else {
+                config.max_clock_offset_ms
+            },
+            now_ms: start_ms,
+            clock_offset_ms: 0,
             ring,
             interval_ms: config.anti_entropy_interval_ms,
             retry_ms: config.anti_entropy_interval_ms.min(
@@ -724,6 +741,12 @@ impl AntiEntropy {
         self.transmits.push_back((to, frame));
     }
 
+    /// Note this node's clock offset from the cluster's: records are bounded by the
+    /// cluster's clock, not this node's.
+    pub fn set_clock_offset(&mut self, offset_ms: i64) {
+        self.clock_offset_ms = offset_ms;
+    }
+
     /// Start a round now (on demand), or right after the running one.
     pub fn trigger(&mut self, now_ms: u64) {
         self.next_round_ms = now_ms;
@@ -751,6 +774,7 @@ impl AntiEntropy {
         alive: &dyn Fn(u32) -> bool,
         leader: u32,
     ) {
+        self.now_ms = now_ms;
         if now_ms.saturating_sub(self.last_tick_ms) > self.window_ms {
             // The process was stopped (SIGSTOP, swap storm) for longer than the window.
             self.start_rejoin();
@@ -1059,6 +1083,7 @@ impl AntiEntropy {
         body: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), PeerError> {
+        self.now_ms = now_ms;
         let before = out.len();
         let r = self.serve(now_ms, store, from, id, opc, aux, body, out);
         if let Err(e) = &r {
@@ -1272,7 +1297,15 @@ impl AntiEntropy {
             guard_answers_stale: false,
         };
         let mut n = 0;
+        let limit_ms = self
+            .now_ms
+            .saturating_add_signed(self.clock_offset_ms.saturating_neg())
+            .saturating_add(self.ahead_ms_max);
         for rec in recs {
+            if Version(rec.version).physical_ms() > limit_ms {
+                t.index.stats.refused_ahead += 1;
+                continue;
+            }
             if t.apply(rec.as_write())? == Applied::Stored {
                 n += 1;
             }
@@ -1422,6 +1455,7 @@ impl AntiEntropy {
         f: &FrameRef<'_>,
         alive: &dyn Fn(u32) -> bool,
     ) {
+        self.now_ms = now_ms;
         let opc = f.op & !RESPONSE_BIT;
         if opc == ae_op::STATUS {
             if self.status_in_flight.as_ref().is_none_or(|s| s.0 != f.id) {
@@ -1790,7 +1824,7 @@ impl AntiEntropy {
             .flatten()
             .map(|t| t.memory_bytes())
             .sum();
-        let lines: [(&str, u64); 17] = [
+        let lines: [(&str, u64); 18] = [
             ("aae_rounds", s.rounds),
             ("aae_full_rounds", s.full_rounds),
             ("aae_ms_since_full_round_max", since),
@@ -1803,6 +1837,7 @@ impl AntiEntropy {
             ("aae_bytes_sent", s.bytes_sent),
             ("aae_guard_refused", s.guard_refused),
             ("aae_swept", s.swept),
+            ("aae_refused_ahead", s.refused_ahead),
             ("aae_shards_rejoining", u64::from(self.index.rejoining)),
             ("aae_horizon_ms_min", Version(min_h).physical_ms()),
             ("aae_tree_keys", tree_keys as u64),

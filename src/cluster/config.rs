@@ -12,6 +12,9 @@ use crate::limits::{
     GOSSIP_INTERVAL_MS_MAX, GOSSIP_INTERVAL_MS_MIN, REPLICAS_MAX, REQUEST_TIMEOUT_MS_DEFAULT,
     REQUEST_TIMEOUT_MS_MAX, TOMBSTONE_WINDOW_MS_DEFAULT, TOMBSTONE_WINDOW_MS_MIN,
 };
+use crate::limits::{
+    MAX_CLOCK_OFFSET_MS_DEFAULT, MAX_CLOCK_OFFSET_MS_MAX, MAX_CLOCK_OFFSET_MS_MIN,
+};
 use crate::protocol::Consistency;
 use crate::version::NODE_ID_MAX;
 use std::net::SocketAddr;
@@ -121,6 +124,10 @@ pub struct ClusterConfig {
     pub hint_dir: Option<std::path::PathBuf>,
     /// Test-only mutations (all off outside the simulator): see [`Mutations`].
     pub mutations: Mutations,
+    /// The largest clock offset from the cluster at which this node coordinates writes, and
+    /// how far ahead of this node's clock a version may be to be stored or observed
+    /// (`--max-clock-offset-ms`, see [`crate::limits::MAX_CLOCK_OFFSET_MS_DEFAULT`]).
+    pub max_clock_offset_ms: u64,
 }
 
 /// Test-only mutations: deliberate bugs the simulator (`kvsim --mutation NAME`, `src/sim/`)
@@ -133,6 +140,11 @@ pub struct Mutations {
     /// A delete's tombstone gets a back-dated version that does not beat the values written
     /// just before it (coordinator).
     pub no_tombstone_version: bool,
+    /// Versions from too far ahead are accepted: a coordinator whose clock is ahead of the
+    /// cluster's still coordinates writes, replicas store versions however far ahead of their
+    /// clock, and the hybrid clock follows any version it sees (issue 10's max-offset rule
+    /// switched off on the "ahead" side).
+    pub accept_future_versions: bool,
 }
 
 /// Parse a node list `1=127.0.0.1:7001,2=127.0.0.1:7002`. Whitespace around entries is
@@ -178,6 +190,7 @@ impl ClusterConfig {
             default_consistency: Consistency::Quorum,
             hint_dir: None,
             mutations: Mutations::default(),
+            max_clock_offset_ms: MAX_CLOCK_OFFSET_MS_DEFAULT,
         }
     }
 
@@ -261,6 +274,13 @@ impl ClusterConfig {
                  least the failure timeout ({} ms)",
                 self.tombstone_window_ms,
                 self.failure_timeout_ms()
+            )));
+        }
+        if !(MAX_CLOCK_OFFSET_MS_MIN..=MAX_CLOCK_OFFSET_MS_MAX).contains(&self.max_clock_offset_ms)
+        {
+            return Err(ConfigError::OutOfRange(format!(
+                "--max-clock-offset-ms {} is outside {MAX_CLOCK_OFFSET_MS_MIN}..={MAX_CLOCK_OFFSET_MS_MAX}",
+                self.max_clock_offset_ms
             )));
         }
         if self.secret.len() > CLUSTER_SECRET_SIZE_MAX {

@@ -22,9 +22,16 @@
 //! ```
 //!
 //! * **Writes.** The coordinator issues the version from its [`Hlc`] and sends the write to
-//!   every alive replica at once; it answers after `required` acknowledgements (a *stale* ack,
-//!   "I hold a newer version", counts: the replica has the write or something newer). If fewer
-//!   replicas are alive than required, it answers UNAVAILABLE at once and writes nothing. A
+//!   every alive replica at once; it answers after `required` replicas stored it. A *stale*
+//!   ack ("I hold a newer version V") does not count: if the remaining replicas can no longer
+//!   make up `required`, the coordinator issues the write again with a version above every V
+//!   reported ([`Hlc::issue_above`]), under a new operation id, to all replicas, at most
+//!   [`crate::limits::WRITE_REISSUES_MAX`] times. So a write acknowledged before this one
+//!   began, whose quorum intersects this one's, never stays the winner over it, whatever the
+//!   clocks say (issue 10); and a delete is never undone by an older write. If fewer replicas
+//!   are alive than required, it answers UNAVAILABLE at once and writes nothing. When the
+//!   required count cannot be met after some replica may have applied the write (it stored
+//!   an attempt, or had not answered yet), it answers MAYBE_APPLIED, not UNAVAILABLE. A
 //!   replica that is down, or does not answer by the deadline, gets a hint when hinted handoff
 //!   is on (hints do not count towards `required`). The operation is tracked until every
 //!   replica answered or the deadline passed, so late acks do not create hints.
@@ -91,6 +98,9 @@ pub enum Outcome {
     Written {
         /// The write's version.
         version: Version,
+        /// Times it was issued again above a newer version a replica held (its version was
+        /// issued after those of writes that started later: for the simulator's checkers).
+        reissues: u32,
     },
     /// A GET found a live value.
     Found {
@@ -176,6 +186,10 @@ pub struct CoordinatorStats {
     pub repairs: u64,
     /// Hints emitted.
     pub hints: u64,
+    /// Requests answered MAYBE_APPLIED.
+    pub maybe_applied: u64,
+    /// Writes issued again above a newer version a replica held.
+    pub reissues: u64,
     /// Replies for operations already finished (or unknown ids), ignored.
     pub late_replies: u64,
 }
@@ -193,6 +207,9 @@ pub struct CoordinatorConfig {
     pub read_repair: bool,
     /// Operations in flight at most.
     pub ops_max: usize,
+    /// Versions further ahead of the local clock than this are not observed by the clock
+    /// (`--max-clock-offset-ms`).
+    pub observe_ahead_ms_max: u64,
 }
 
 impl CoordinatorConfig {
@@ -204,6 +221,11 @@ impl CoordinatorConfig {
             hinted_handoff: c.hinted_handoff,
             read_repair: c.read_repair,
             ops_max: crate::limits::COORDINATOR_OPS_MAX,
+            observe_ahead_ms_max: if c.mutations.accept_future_versions {
+                u64::MAX
+            } else {
+                c.max_clock_offset_ms
+            },
         }
     }
 }
@@ -214,8 +236,10 @@ enum Slot {
     Down,
     /// Asked, no answer yet.
     Waiting,
-    /// Acknowledged a write.
+    /// Acknowledged a write: stored it (or already held this very version).
     Acked,
+    /// Held a newer version than the write, this one.
+    Newer(Version),
     /// Answered a read with this record.
     Replied(Option<Stored>),
     /// Answered with an error.
@@ -234,6 +258,10 @@ struct Op<C> {
     replicas: Vec<(u32, Slot)>,
     required: usize,
     deadline_ms: u64,
+    /// Times the write was issued again above a newer version.
+    reissues: u32,
+    /// Some replica stored some attempt of the write.
+    applied: bool,
 }
 
 impl<C> Op<C> {
@@ -258,10 +286,11 @@ impl<C> Op<C> {
     }
 }
 
-/// Let `hlc` observe a version from elsewhere, unless it is implausibly far in the future
-/// (see [`crate::limits::CLOCK_OBSERVE_AHEAD_MS_MAX`]).
-pub fn observe(hlc: &mut Hlc, now_ms: u64, seen: Version) {
-    if seen.physical_ms() <= now_ms.saturating_add(crate::limits::CLOCK_OBSERVE_AHEAD_MS_MAX) {
+/// Let `hlc` observe a version from elsewhere, unless it is more than `ahead_ms_max` ahead of
+/// the local wall clock (`--max-clock-offset-ms`): one peer with a wild clock (or a corrupt
+/// frame) must not drag every clock into the future, nor push it past the version's range.
+pub fn observe(hlc: &mut Hlc, now_ms: u64, seen: Version, ahead_ms_max: u64) {
+    if seen.physical_ms() <= now_ms.saturating_add(ahead_ms_max) {
         hlc.observe(seen);
     }
 }
@@ -281,6 +310,10 @@ pub struct Coordinator<C> {
     stats: CoordinatorStats,
     /// Test-only mutations (all off outside the simulator).
     mutations: super::config::Mutations,
+    /// This node's clock minus the cluster's, as last measured: reads judge whether a value
+    /// with a time to live has expired by the cluster's clock, so a node running 10 minutes
+    /// ahead does not report a value with 5 minutes left as gone.
+    clock_offset_ms: i64,
 }
 
 impl<C> Coordinator<C> {
@@ -296,7 +329,13 @@ impl<C> Coordinator<C> {
             actions: VecDeque::new(),
             stats: CoordinatorStats::default(),
             mutations: super::config::Mutations::default(),
+            clock_offset_ms: 0,
         }
+    }
+
+    /// Note this node's measured offset from the cluster's clock (see `clock_offset_ms`).
+    pub fn set_clock_offset(&mut self, offset_ms: i64) {
+        self.clock_offset_ms = offset_ms;
     }
 
     /// Switch on test-only mutations (the simulator's `--mutation`; never in `kvd`).
@@ -343,6 +382,7 @@ impl<C> Coordinator<C> {
 
     fn fail(&mut self, ctx: C, status: Status, message: String) {
         match status {
+            Status::MaybeApplied => self.stats.maybe_applied += 1,
             Status::Unavailable => self.stats.unavailable += 1,
             Status::Timeout => self.stats.timeouts += 1,
             Status::Overloaded => self.stats.overloaded += 1,
@@ -448,6 +488,8 @@ impl<C> Coordinator<C> {
                 replicas: slots,
                 required,
                 deadline_ms,
+                reissues: 0,
+                applied: false,
             },
         );
         self.timers.insert((deadline_ms, id));
@@ -485,6 +527,8 @@ impl<C> Coordinator<C> {
                 replicas: slots,
                 required,
                 deadline_ms,
+                reissues: 0,
+                applied: false,
             },
         );
         self.timers.insert((deadline_ms, id));
@@ -535,20 +579,92 @@ impl<C> Coordinator<C> {
     /// Node `from` answered the REPLICATE of operation `id` (for this node: the result of
     /// `ApplyLocal`).
     pub fn on_write_ack(&mut self, now_ms: u64, from: u32, id: u32, ack: WriteAck) {
+        let sent = match self.ops.get(&id).map(|op| &op.kind) {
+            Some(Kind::Write(w)) => w.version,
+            _ => Version::ZERO,
+        };
         let Some(slot) = self.waiting_slot(from, id) else {
             self.stats.late_replies += 1;
             return;
         };
+        let mut stored = false;
+        let mut seen = None;
         match ack {
-            WriteAck::Done(applied) => {
+            WriteAck::Done(Applied::Stored) => {
                 *slot = Slot::Acked;
-                if let Applied::Stale { current } = applied {
-                    observe(&mut self.hlc, now_ms, current);
-                }
+                stored = true;
+            }
+            // The replica already holds this very write (a duplicate delivery).
+            WriteAck::Done(Applied::Stale { current }) if current == sent => {
+                *slot = Slot::Acked;
+                stored = true;
+            }
+            WriteAck::Done(Applied::Stale { current }) => {
+                *slot = Slot::Newer(current);
+                seen = Some(current);
             }
             WriteAck::Refused(why) => *slot = Slot::Failed(format!("node {from}: {why}")),
         }
-        self.progress(id);
+        if stored {
+            self.ops.get_mut(&id).expect("the slot was found").applied = true;
+        }
+        if let Some(v) = seen {
+            observe(&mut self.hlc, now_ms, v, self.config.observe_ahead_ms_max);
+        }
+        self.progress_at(now_ms, id);
+    }
+
+    /// Issue write `id` again above the newest version its replicas reported holding: a new
+    /// version, a new operation id (late acks of the old attempt are ignored), the same
+    /// deadline, every replica asked again (hints for those down).
+    fn reissue(&mut self, now_ms: u64, id: u32) {
+        let mut op = self.ops.remove(&id).expect("caller checked the op exists");
+        self.timers.remove(&(op.deadline_ms, id));
+        let held = op
+            .replicas
+            .iter()
+            .filter_map(|(_, s)| match s {
+                Slot::Newer(v) => Some(*v),
+                _ => None,
+            })
+            .max()
+            .expect("a re-issue follows a newer version");
+        let Kind::Write(w) = &mut op.kind else {
+            panic!("only writes are issued again")
+        };
+        w.version = self.hlc.issue_above(now_ms, held);
+        let write = w.clone();
+        op.reissues += 1;
+        self.stats.reissues += 1;
+        let new_id = self.alloc_id();
+        let mut frame = Vec::new();
+        peer::put_replicate(&mut frame, new_id, 0, &write.as_write());
+        for (r, slot) in op.replicas.iter_mut() {
+            if *slot == Slot::Down {
+                if self.config.hinted_handoff {
+                    self.stats.hints += 1;
+                    self.actions.push_back(Action::Hint {
+                        target: *r,
+                        write: write.clone(),
+                    });
+                }
+                continue;
+            }
+            *slot = Slot::Waiting;
+            if *r == self.config.node_id {
+                self.actions.push_back(Action::ApplyLocal {
+                    id: new_id,
+                    write: write.clone(),
+                });
+            } else {
+                self.actions.push_back(Action::Send {
+                    to: *r,
+                    frame: frame.clone(),
+                });
+            }
+        }
+        self.timers.insert((op.deadline_ms, new_id));
+        self.ops.insert(new_id, op);
     }
 
     /// Node `from` answered the READ of operation `id` with its record (for this node: the
@@ -569,7 +685,7 @@ impl<C> Coordinator<C> {
             Err(why) => Slot::Failed(format!("node {from}: {why}")),
         };
         self.answer_read_if_ready(now_ms, id);
-        self.progress(id);
+        self.progress_at(now_ms, id);
     }
 
     fn answer_read_if_ready(&mut self, now_ms: u64, id: u32) {
@@ -577,8 +693,9 @@ impl<C> Coordinator<C> {
         if op.ctx.is_none() || op.answered() < op.required {
             return;
         }
+        let cluster_now_ms = now_ms.saturating_add_signed(self.clock_offset_ms.saturating_neg());
         let outcome = match op.newest() {
-            Some(s) if s.is_live(now_ms) => Outcome::Found {
+            Some(s) if s.is_live(cluster_now_ms) => Outcome::Found {
                 version: s.version,
                 value: s.value.clone().expect("a live record has a value"),
                 expires_at_ms: s.expires_at_ms,
@@ -586,26 +703,41 @@ impl<C> Coordinator<C> {
             _ => Outcome::NotFound,
         };
         if let Some(s) = op.newest() {
-            observe(&mut self.hlc, now_ms, s.version);
+            observe(
+                &mut self.hlc,
+                now_ms,
+                s.version,
+                self.config.observe_ahead_ms_max,
+            );
         }
         let ctx = op.ctx.take().expect("checked above");
         self.actions.push_back(Action::Reply { ctx, outcome });
     }
 
-    /// After a reply: answer the client if possible, finish the operation when nobody is
-    /// left to wait for.
-    fn progress(&mut self, id: u32) {
+    /// After a reply: answer the client if possible, issue a write again when replicas hold
+    /// newer versions and the required count can no longer be met, finish the operation when
+    /// nobody is left to wait for.
+    fn progress_at(&mut self, now_ms: u64, id: u32) {
+        let op = self.ops.get_mut(&id).expect("caller checked the op exists");
+        if op.ctx.is_some()
+            && op.answered() + op.waiting() < op.required
+            && op.reissues < crate::limits::WRITE_REISSUES_MAX
+            && op.replicas.iter().any(|(_, s)| matches!(s, Slot::Newer(_)))
+        {
+            self.reissue(now_ms, id);
+            return;
+        }
         let op = self.ops.get_mut(&id).expect("caller checked the op exists");
         let n = op.replicas.len();
         let (answered, waiting) = (op.answered(), op.waiting());
         if op.ctx.is_some() {
             if let Kind::Write(w) = &op.kind {
                 if answered >= op.required {
-                    let version = w.version;
+                    let (version, reissues) = (w.version, op.reissues);
                     let ctx = op.ctx.take().expect("checked above");
                     self.actions.push_back(Action::Reply {
                         ctx,
-                        outcome: Outcome::Written { version },
+                        outcome: Outcome::Written { version, reissues },
                     });
                 }
             }
@@ -616,8 +748,9 @@ impl<C> Coordinator<C> {
             let errors: Vec<String> = op
                 .replicas
                 .iter()
-                .filter_map(|(_, s)| match s {
+                .filter_map(|(r, s)| match s {
                     Slot::Failed(why) => Some(why.clone()),
+                    Slot::Newer(v) => Some(format!("node {r}: holds newer version {v}")),
                     _ => None,
                 })
                 .collect();
@@ -626,8 +759,19 @@ impl<C> Coordinator<C> {
                 shortfall(answered, n, op.required),
                 errors.join("; ")
             );
+            // A write that some replica stored (or may still store: it has not answered) may
+            // have been applied; UNAVAILABLE promises that nothing was written.
+            let maybe = matches!(op.kind, Kind::Write(_)) && (op.applied || waiting > 0);
             let ctx = op.ctx.take().expect("checked above");
-            self.fail(ctx, Status::Unavailable, msg);
+            if maybe {
+                let msg = format!(
+                    "{msg}; the write may have been applied on some replicas (reissued {} times)",
+                    op.reissues
+                );
+                self.fail(ctx, Status::MaybeApplied, msg);
+            } else {
+                self.fail(ctx, Status::Unavailable, msg);
+            }
         }
         if waiting == 0 {
             self.finish(id, false);
@@ -697,7 +841,7 @@ impl<C> Coordinator<C> {
                         // store then forgets) is repaired too; a repair is LWW and harmless
                         // where the copy was fine.
                         Slot::Failed(_) => true,
-                        Slot::Down | Slot::Waiting | Slot::Acked => false,
+                        Slot::Down | Slot::Waiting | Slot::Acked | Slot::Newer(_) => false,
                     };
                     if stale {
                         self.stats.repairs += 1;
@@ -723,6 +867,7 @@ mod tests {
             hinted_handoff: hints,
             read_repair: true,
             ops_max: 4,
+            observe_ahead_ms_max: 500,
         })
     }
 
@@ -759,7 +904,13 @@ mod tests {
         c.on_write_ack(1_000, 1, *id, WriteAck::Done(Applied::Stored));
         assert_eq!(
             replies(&drain(&mut c)),
-            vec![(7, Outcome::Written { version: v })]
+            vec![(
+                7,
+                Outcome::Written {
+                    version: v,
+                    reissues: 0
+                }
+            )]
         );
         assert_eq!(c.in_flight(), 0);
     }
@@ -906,10 +1057,13 @@ mod tests {
     fn a_version_from_far_in_the_future_does_not_drag_the_clock() {
         let mut hlc = Hlc::new(1);
         let now = 1_700_000_000_000;
-        observe(&mut hlc, now, Version(u64::MAX));
+        observe(&mut hlc, now, Version(u64::MAX), 500);
         assert!(hlc.issue(now).physical_ms() == now);
-        observe(&mut hlc, now, Version::new(now + 1_000, 0, 2));
-        assert_eq!(hlc.issue(now).physical_ms(), now + 1_000);
+        // Beyond the max clock offset: ignored; within it: followed.
+        observe(&mut hlc, now, Version::new(now + 501, 0, 2), 500);
+        assert_eq!(hlc.issue(now).physical_ms(), now);
+        observe(&mut hlc, now, Version::new(now + 500, 0, 2), 500);
+        assert_eq!(hlc.issue(now).physical_ms(), now + 500);
     }
 
     #[test]
@@ -920,6 +1074,7 @@ mod tests {
             hinted_handoff: false,
             read_repair: false,
             ops_max: 4,
+            observe_ahead_ms_max: 500,
         });
         c.start_read(0, 1, b"k", &[1, 2], &all_alive, 1);
         let id = match &drain(&mut c)[0] {
@@ -972,12 +1127,180 @@ mod tests {
         };
         c.on_write_ack(0, 2, id, WriteAck::Refused("disk full".into()));
         let r = replies(&drain(&mut c));
+        // Nodes 1 and 3 have not answered: they may apply it. Not UNAVAILABLE.
         match &r[..] {
             [(1, Outcome::Failed { status, message })] => {
-                assert_eq!(*status, Status::Unavailable);
+                assert_eq!(*status, Status::MaybeApplied);
                 assert!(message.contains("node 2: disk full"), "{message}");
+                assert!(message.contains("may have been applied"), "{message}");
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn unavailable_only_when_nothing_was_written() {
+        // Both replicas refuse (ONE of two): nothing was written anywhere.
+        let mut c = coord(false);
+        c.start_write(0, 1, b"k", Some(b"v"), 0, &[1, 2], &all_alive, 1);
+        let id = match &drain(&mut c)[0] {
+            Action::ApplyLocal { id, .. } => *id,
+            a => panic!("{a:?}"),
+        };
+        c.on_write_ack(0, 1, id, WriteAck::Refused("disk full".into()));
+        c.on_write_ack(0, 2, id, WriteAck::Refused("disk full".into()));
+        let r = replies(&drain(&mut c));
+        assert!(
+            matches!(
+                &r[..],
+                [(
+                    1,
+                    Outcome::Failed {
+                        status: Status::Unavailable,
+                        ..
+                    }
+                )]
+            ),
+            "{r:?}"
+        );
+        // One stored it, the other refused (issue 10 item 5: a full disk on one replica).
+        c.start_write(0, 2, b"k", Some(b"v"), 0, &[1, 2], &all_alive, 2);
+        let id = match &drain(&mut c)[0] {
+            Action::ApplyLocal { id, .. } => *id,
+            a => panic!("{a:?}"),
+        };
+        c.on_write_ack(0, 1, id, WriteAck::Done(Applied::Stored));
+        c.on_write_ack(0, 2, id, WriteAck::Refused("disk full".into()));
+        let r = replies(&drain(&mut c));
+        assert!(
+            matches!(
+                &r[..],
+                [(
+                    2,
+                    Outcome::Failed {
+                        status: Status::MaybeApplied,
+                        ..
+                    }
+                )]
+            ),
+            "{r:?}"
+        );
+        assert_eq!(c.stats().maybe_applied, 1);
+    }
+
+    /// The write's id and version from the first ApplyLocal among `acts`.
+    fn local_apply(acts: &[Action<u32>]) -> (u32, Version) {
+        acts.iter()
+            .find_map(|a| match a {
+                Action::ApplyLocal { id, write } => Some((*id, write.version)),
+                _ => None,
+            })
+            .expect("an ApplyLocal")
+    }
+
+    #[test]
+    fn a_newer_version_held_makes_the_write_issued_again_above_it() {
+        let mut c = coord(false);
+        let now = 1_000_000;
+        let v1 = c
+            .start_write(now, 7, b"k", Some(b"v"), 0, &[1, 2, 3], &all_alive, 2)
+            .unwrap();
+        let (id, _) = local_apply(&drain(&mut c));
+        // A write acknowledged earlier by nodes 2 and 3 through a node 10 minutes ahead.
+        let held = Version::new(now + 600_000, 0, 9);
+        c.on_write_ack(now, 1, id, WriteAck::Done(Applied::Stored));
+        c.on_write_ack(now, 2, id, WriteAck::Done(Applied::Stale { current: held }));
+        // Node 3 still may store it: no decision yet.
+        assert!(drain(&mut c).is_empty());
+        c.on_write_ack(now, 3, id, WriteAck::Done(Applied::Stale { current: held }));
+        // Now 2 acks are impossible: issued again above `held`, to every replica, new id.
+        let acts = drain(&mut c);
+        assert!(replies(&acts).is_empty(), "{acts:?}");
+        let (id2, v2) = local_apply(&acts);
+        assert!(v2 > held && v2 > v1, "{v2:?}");
+        assert_eq!(v2.node_id(), 1);
+        assert_ne!(id2, id);
+        let sends = acts
+            .iter()
+            .filter(|a| matches!(a, Action::Send { to: 2 | 3, .. }))
+            .count();
+        assert_eq!(sends, 2);
+        // Late acks of the first attempt do not count.
+        c.on_write_ack(now, 2, id, WriteAck::Done(Applied::Stored));
+        assert_eq!(c.stats().late_replies, 1);
+        c.on_write_ack(now + 1, 1, id2, WriteAck::Done(Applied::Stored));
+        c.on_write_ack(now + 1, 2, id2, WriteAck::Done(Applied::Stored));
+        assert_eq!(
+            replies(&drain(&mut c)),
+            vec![(
+                7,
+                Outcome::Written {
+                    version: v2,
+                    reissues: 1
+                }
+            )]
+        );
+        assert_eq!(c.stats().reissues, 1);
+        // The clock did not follow the version from 10 minutes ahead (beyond the bound)...
+        let mut probe = c.hlc.clone();
+        assert!(
+            probe.issue(now).physical_ms() >= held.physical_ms(),
+            "issue_above moved it"
+        );
+    }
+
+    #[test]
+    fn a_stale_ack_of_the_same_version_counts_and_reissues_are_bounded() {
+        let mut c = coord(false);
+        let now = 5_000;
+        let v = c
+            .start_write(now, 1, b"k", None, 0, &[1, 2], &all_alive, 2)
+            .unwrap();
+        let (id, _) = local_apply(&drain(&mut c));
+        c.on_write_ack(now, 1, id, WriteAck::Done(Applied::Stored));
+        // A duplicate delivery: the replica already holds this very write.
+        c.on_write_ack(now, 2, id, WriteAck::Done(Applied::Stale { current: v }));
+        assert_eq!(
+            replies(&drain(&mut c)),
+            vec![(
+                1,
+                Outcome::Written {
+                    version: v,
+                    reissues: 0
+                }
+            )]
+        );
+        // A replica that keeps holding something newer (a racing writer): bounded retries.
+        c.start_write(now, 2, b"k", Some(b"v"), 0, &[1, 2], &all_alive, 2);
+        let (mut id, _) = local_apply(&drain(&mut c));
+        let mut newer = Version::new(now + 100, 0, 2);
+        let mut reissued = 0;
+        loop {
+            c.on_write_ack(now, 1, id, WriteAck::Done(Applied::Stored));
+            c.on_write_ack(
+                now,
+                2,
+                id,
+                WriteAck::Done(Applied::Stale { current: newer }),
+            );
+            let acts = drain(&mut c);
+            if let Some(r) = replies(&acts).pop() {
+                match r {
+                    (2, Outcome::Failed { status, message }) => {
+                        assert_eq!(status, Status::MaybeApplied, "{message}");
+                        assert!(message.contains("holds newer version"), "{message}");
+                    }
+                    other => panic!("{other:?}"),
+                }
+                break;
+            }
+            let (next, v) = local_apply(&acts);
+            assert!(v > newer);
+            id = next;
+            newer = Version::new(v.physical_ms() + 1, 0, 2);
+            reissued += 1;
+        }
+        assert_eq!(reissued, crate::limits::WRITE_REISSUES_MAX);
+        assert_eq!(c.in_flight(), 0);
     }
 }

@@ -25,11 +25,16 @@
 //!   Once views converge every node names the same leader; when it fails, the next lowest id
 //!   takes over as soon as the failure is detected, i.e. within about the failure timeout.
 //!
+//! * **Clocks.** Pushes and pull replies carry clock stamps; the pusher turns each reply into
+//!   a sample of the replier's clock offset ([`super::clock`]), and [`Membership::cluster_clock`]
+//!   says how far this node's clock is from the cluster's (its live peers' median).
+//!
 //! State changes come out as [`MemberEvent`]s (for logs, hint delivery and leader chores);
 //! frames to send come out of [`Membership::poll_transmit`].
 
+use super::clock::{ClockOffsets, ClusterClock, Sample};
 use super::config::ClusterConfig;
-use super::peer::{self, GossipEntry, NodeState};
+use super::peer::{self, ClockStamp, GossipEntry, NodeState};
 use super::rng::SplitMix64;
 use crate::limits::GOSSIP_FANOUT;
 use std::collections::VecDeque;
@@ -118,6 +123,8 @@ pub struct Membership {
     events: VecDeque<MemberEvent>,
     transmit: VecDeque<(u32, Vec<u8>)>,
     stats: MembershipStats,
+    /// The peers' clock offsets, measured from gossip round trips.
+    clock: ClockOffsets,
 }
 
 impl Membership {
@@ -152,6 +159,7 @@ impl Membership {
             events: VecDeque::new(),
             transmit: VecDeque::new(),
             stats: MembershipStats::default(),
+            clock: ClockOffsets::new(),
         }
     }
 
@@ -252,6 +260,16 @@ impl Membership {
             }
             self.stats.pauses += 1;
         }
+        if now_ms < self.last_tick_ms {
+            // The wall clock stepped back (an operator set a clock that ran minutes ahead
+            // right): times noted on the old clock are in the future now. Gossip at once, and
+            // give everyone a fresh failure timeout on the new clock, rather than falling
+            // silent (and deaf) until the clock catches up.
+            self.next_gossip_ms = self.next_gossip_ms.min(now_ms);
+            for m in self.members.iter_mut() {
+                m.last_progress_ms = m.last_progress_ms.min(now_ms);
+            }
+        }
         self.last_tick_ms = now_ms;
         for m in self.members.iter_mut().filter(|m| m.id != self_id) {
             if m.state == NodeState::Alive && now_ms.saturating_sub(m.last_progress_ms) >= timeout {
@@ -285,7 +303,11 @@ impl Membership {
             others.swap(k, j);
             let mut frame = Vec::new();
             let id = self.frame_id();
-            peer::put_gossip(&mut frame, id, self_id, &entries);
+            let stamp = ClockStamp {
+                sent_ms: now_ms,
+                echo_ms: 0,
+            };
+            peer::put_gossip(&mut frame, id, self_id, &entries, stamp);
             self.transmit.push_back((others[k], frame));
             self.stats.gossip_sent += 1;
         }
@@ -358,17 +380,56 @@ impl Membership {
         self.update_leader();
     }
 
-    /// Serve a GOSSIP request: merge it and append the reply (our view) with id `id`.
+    /// Serve a GOSSIP request: merge it and append the reply (our view, our clock stamp
+    /// echoing the request's) with id `id`.
     pub fn handle_gossip(
         &mut self,
         now_ms: u64,
         id: u32,
         sender: u32,
         entries: &[GossipEntry],
+        clock: Option<ClockStamp>,
         out: &mut Vec<u8>,
     ) {
         self.on_gossip(now_ms, sender, entries);
-        peer::put_gossip_reply(out, id, self.self_id, &self.entries());
+        let stamp = ClockStamp {
+            sent_ms: now_ms,
+            echo_ms: clock.map_or(0, |c| c.sent_ms),
+        };
+        peer::put_gossip_reply(out, id, self.self_id, &self.entries(), stamp);
+    }
+
+    /// The clock stamp of a pull reply from `sender`, received at `now_ms`: a sample of its
+    /// clock offset.
+    pub fn on_clock_reply(&mut self, now_ms: u64, sender: u32, clock: Option<ClockStamp>) {
+        if sender == self.self_id || self.index_of(sender).is_none() {
+            return;
+        }
+        if let Some(c) = clock {
+            self.clock.on_reply(sender, now_ms, c.sent_ms, c.echo_ms);
+        }
+    }
+
+    /// This node's clock against its live peers' (see [`super::clock`]).
+    pub fn cluster_clock(&self, now_ms: u64) -> ClusterClock {
+        let me = self.self_id;
+        let live = self
+            .members
+            .iter()
+            .filter(move |m| m.id != me && m.state == NodeState::Alive)
+            .map(|m| m.id);
+        let _ = now_ms;
+        self.clock.cluster(self.members.len() - 1, live)
+    }
+
+    /// The newest clock sample of `peer`, if any.
+    pub fn clock_sample(&self, peer: u32) -> Option<Sample> {
+        self.clock.sample(peer)
+    }
+
+    /// Clock samples taken and dropped.
+    pub fn clock_counts(&self) -> (u64, u64) {
+        self.clock.counts()
     }
 
     fn update_leader(&mut self) {
@@ -398,8 +459,11 @@ impl Membership {
     }
 
     /// The CLUSTER reply: one line per node, `id addr state incarnation`, with ` leader`
-    /// appended on the leader's line and ` self` on this node's line.
+    /// appended on the leader's line and ` self` on this node's line, then the clocks as of
+    /// the last tick: ` clock_offset_ms=N rtt_ms=R` on a measured peer's line (its clock minus
+    /// ours), ` cluster_offset_ms=N` on this node's (ours minus the cluster's).
     pub fn render(&self) -> String {
+        let now_ms = self.last_tick_ms;
         let mut s = String::new();
         for m in &self.members {
             let _ = write!(
@@ -415,6 +479,10 @@ impl Membership {
             }
             if m.id == self.self_id {
                 s.push_str(" self");
+                let c = self.cluster_clock(now_ms);
+                let _ = write!(s, " cluster_offset_ms={}", c.offset_ms);
+            } else if let Some(c) = self.clock.sample(m.id) {
+                let _ = write!(s, " clock_offset_ms={} rtt_ms={}", c.offset_ms, c.rtt_ms);
             }
             s.push('\n');
         }
@@ -445,19 +513,28 @@ mod tests {
                     continue;
                 }
                 let body = &frame[10..];
-                let Ok(peer::PeerRequest::Gossip { sender, entries }) =
-                    peer::PeerRequest::decode(frame[4], frame[5], body)
+                let Ok(peer::PeerRequest::Gossip {
+                    sender,
+                    entries,
+                    clock,
+                }) = peer::PeerRequest::decode(frame[4], frame[5], body)
                 else {
                     panic!("not gossip")
                 };
                 let j = nodes.iter().position(|m| m.self_id() == to).unwrap();
                 let mut reply = Vec::new();
-                nodes[j].handle_gossip(now, 1, sender, &entries, &mut reply);
+                nodes[j].handle_gossip(now, 1, sender, &entries, clock, &mut reply);
                 let r = peer::PeerReply::decode(reply[4], reply[5], &reply[10..]).unwrap();
-                let peer::PeerReply::Gossip { sender, entries } = r else {
+                let peer::PeerReply::Gossip {
+                    sender,
+                    entries,
+                    clock,
+                } = r
+                else {
                     panic!()
                 };
                 nodes[i].on_gossip(now, sender, &entries);
+                nodes[i].on_clock_reply(now, sender, clock);
             }
         }
     }

@@ -5,6 +5,7 @@
 //! ring         partitions → preference lists (consistent hashing with virtual nodes)
 //! peer         the peer frames (opcodes 0x20..=0x3F): REPLICATE, READ, GOSSIP
 //! membership   gossip heartbeats, failure detector, incarnations, leader
+//! clock        clock offsets to peers (from gossip round trips), the max-offset rule
 //! coordinator  one shard's replicated reads and writes: quorums, timeouts, read repair, hints
 //! replica      the replica side: answer REPLICATE and READ from the local Store
 //! node         ClusterNode: all of the above behind one input/output interface
@@ -21,6 +22,7 @@
 //! feed inputs (`on_*`), then drain outputs (`poll_*` / `take_*`) before the next input.
 
 pub mod antientropy;
+pub mod clock;
 pub mod config;
 pub mod coordinator;
 pub mod hintfile;

@@ -73,6 +73,11 @@ pub struct ReplicaStats {
     pub repairs_received: u64,
     /// READ requests served.
     pub reads_served: u64,
+    /// REPLICATE writes (and local read repairs) refused because their version was further
+    /// ahead of this node's clock than the max clock offset.
+    pub refused_ahead: u64,
+    /// Client writes this node refused to coordinate because of its clock (CLOCK_OFFSET).
+    pub clock_refused: u64,
     /// Peer frames that could not be decoded.
     pub peer_errors: u64,
 }
@@ -93,6 +98,11 @@ pub struct ClusterNode<C> {
     aae: AntiEntropy,
     alive_override: Option<u64>,
     last_hint_sync_ms: u64,
+    /// This node's clock minus the cluster's, once every live peer is measured (0 before):
+    /// replicas bound versions, and reads judge expiry, by the cluster's clock (`now_ms`
+    /// minus this), so a node with a bad clock is still a good replica. Updated on ticks and
+    /// gossip replies.
+    clock_offset_ms: i64,
 }
 
 /// Whether node `id` is in `mask` (bits in the order of `nodes`).
@@ -128,6 +138,7 @@ impl<C> ClusterNode<C> {
             scratch: Vec::new(),
             alive_override: None,
             last_hint_sync_ms: 0,
+            clock_offset_ms: 0,
             config,
         }
     }
@@ -175,6 +186,68 @@ impl<C> ClusterNode<C> {
     /// above it, see `datadir::ClockCeiling`).
     pub fn hlc_mut(&mut self) -> &mut crate::version::Hlc {
         self.coordinator.hlc_mut()
+    }
+
+    /// How far ahead of this node's clock a version may be to be stored or observed: the max
+    /// clock offset (unbounded under the simulator's `accept_future_versions` mutation).
+    fn ahead_ms_max(&self) -> u64 {
+        if self.config.mutations.accept_future_versions {
+            u64::MAX
+        } else {
+            self.config.max_clock_offset_ms
+        }
+    }
+
+    /// The cluster's clock as this node estimates it: `now_ms` (this node's wall clock) minus
+    /// the measured offset.
+    fn cluster_now_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_add_signed(self.clock_offset_ms.saturating_neg())
+    }
+
+    /// Recompute the cached offset from the cluster (0 until every live peer is measured) and
+    /// hand it to the parts that judge by the cluster's clock.
+    fn update_clock_offset(&mut self, now_ms: u64) {
+        let c = self.membership.cluster_clock(now_ms);
+        self.clock_offset_ms = if c.complete() { c.offset_ms } else { 0 };
+        self.coordinator.set_clock_offset(self.clock_offset_ms);
+        self.aae.set_clock_offset(self.clock_offset_ms);
+    }
+
+    /// This node's clock against the cluster's, as measured now.
+    pub fn cluster_clock(&self, now_ms: u64) -> super::clock::ClusterClock {
+        self.membership.cluster_clock(now_ms)
+    }
+
+    /// Why this node refuses to coordinate writes now (the max-offset rule), if it does.
+    pub fn clock_refusal(&self, now_ms: u64) -> Option<String> {
+        super::clock::write_refusal(
+            self.membership.cluster_clock(now_ms),
+            self.config.max_clock_offset_ms,
+            self.config.mutations.accept_future_versions,
+        )
+    }
+
+    /// The clock lines of STATS (views, not counters: never summed over shards):
+    /// `clock_offset_ms` (this node minus the cluster), `clock_offset_max_ms` (the limit),
+    /// `clock_peers_live`, `clock_peers_measured`, `clock_writes_refused` (1 while the rule
+    /// refuses writes), then per measured peer `clock_peer_<id>_offset_ms` (its clock minus
+    /// ours) and `clock_peer_<id>_rtt_ms`.
+    pub fn clock_text(&self, now_ms: u64) -> String {
+        let c = self.membership.cluster_clock(now_ms);
+        let mut t = String::new();
+        let _ = writeln!(t, "clock_offset_ms {}", c.offset_ms);
+        let _ = writeln!(t, "clock_offset_max_ms {}", self.config.max_clock_offset_ms);
+        let _ = writeln!(t, "clock_peers_live {}", c.live);
+        let _ = writeln!(t, "clock_peers_measured {}", c.measured);
+        let refused = self.clock_refusal(now_ms).is_some();
+        let _ = writeln!(t, "clock_writes_refused {}", u8::from(refused));
+        for n in &self.config.nodes {
+            if let Some(s) = self.membership.clock_sample(n.id) {
+                let _ = writeln!(t, "clock_peer_{}_offset_ms {}", n.id, s.offset_ms);
+                let _ = writeln!(t, "clock_peer_{}_rtt_ms {}", n.id, s.rtt_ms);
+            }
+        }
+        t
     }
 
     /// The configuration.
@@ -236,9 +309,32 @@ impl<C> ClusterNode<C> {
         consistency: Consistency,
     ) {
         let required = self.required(consistency);
+        // The max-offset rule: a node whose clock is too far from the cluster's (or not yet
+        // measured) issues no versions; its writes would win or lose wrongly.
+        let clock = self.membership.cluster_clock(now_ms);
+        let accept_ahead = self.config.mutations.accept_future_versions;
+        if let Some(why) =
+            super::clock::write_refusal(clock, self.config.max_clock_offset_ms, accept_ahead)
+        {
+            self.replica_stats.clock_refused += 1;
+            self.outputs.push_back(Output::Reply {
+                ctx,
+                outcome: Outcome::Failed {
+                    status: crate::protocol::Status::ClockOffset,
+                    message: why,
+                },
+            });
+            return;
+        }
         // Issue the version above every tombstone horizon adopted here (see
         // `AntiEntropy::horizon_max`).
-        super::coordinator::observe(self.coordinator.hlc_mut(), now_ms, self.aae.horizon_max());
+        let ahead = self.ahead_ms_max();
+        super::coordinator::observe(
+            self.coordinator.hlc_mut(),
+            now_ms,
+            self.aae.horizon_max(),
+            ahead,
+        );
         let alive = self.alive_mask();
         let nodes = &self.config.nodes;
         let prefs = self.ring.preference_for_key(key);
@@ -311,15 +407,42 @@ impl<C> ClusterNode<C> {
             }
         };
         match &req {
-            PeerRequest::Gossip { sender, entries } => {
+            PeerRequest::Gossip {
+                sender,
+                entries,
+                clock,
+            } => {
                 let _ = from;
                 self.membership
-                    .handle_gossip(now_ms, id, *sender, entries, out);
+                    .handle_gossip(now_ms, id, *sender, entries, *clock, out);
                 self.after_membership(now_ms);
             }
             _ => {
+                let ahead = self.ahead_ms_max();
                 if let PeerRequest::Replicate { write, .. } = &req {
-                    super::coordinator::observe(self.coordinator.hlc_mut(), now_ms, write.version);
+                    // A replica refuses versions too far ahead of its clock (replication,
+                    // hints and repairs alike): one bad clock cannot drag the cluster forward.
+                    let cluster_now_ms = self.cluster_now_ms(now_ms);
+                    let limit_ms = cluster_now_ms.saturating_add(ahead);
+                    if write.version.physical_ms() > limit_ms {
+                        let why = format!(
+                            "version {} is {} ms ahead of the cluster's clock (as measured \
+                             here), more than --max-clock-offset-ms {}",
+                            write.version,
+                            write.version.physical_ms() - cluster_now_ms,
+                            self.config.max_clock_offset_ms
+                        );
+                        self.replica_stats.replicate_served += 1;
+                        self.replica_stats.refused_ahead += 1;
+                        peer::put_write_ack(out, id, &WriteAck::Refused(why));
+                        return Ok(());
+                    }
+                    super::coordinator::observe(
+                        self.coordinator.hlc_mut(),
+                        now_ms,
+                        write.version,
+                        ahead,
+                    );
                 }
                 let aux = match &req {
                     PeerRequest::Replicate { aux, .. } => *aux,
@@ -376,8 +499,14 @@ impl<C> ClusterNode<C> {
             }
         };
         match reply {
-            PeerReply::Gossip { sender, entries } => {
+            PeerReply::Gossip {
+                sender,
+                entries,
+                clock,
+            } => {
                 self.membership.on_gossip(now_ms, sender, &entries);
+                self.membership.on_clock_reply(now_ms, sender, clock);
+                self.update_clock_offset(now_ms);
                 self.after_membership(now_ms);
             }
             PeerReply::Write(ack) => {
@@ -398,6 +527,7 @@ impl<C> ClusterNode<C> {
 
     /// Advance time: failure detection and gossip, request timeouts, hint delivery.
     pub fn on_tick(&mut self, now_ms: u64, store: &mut dyn Store) {
+        self.update_clock_offset(now_ms);
         self.membership.on_tick(now_ms, &mut self.rng);
         self.after_membership(now_ms);
         self.coordinator.on_tick(now_ms);
@@ -511,6 +641,9 @@ impl<C> ClusterNode<C> {
     /// Perform the coordinator's actions; local replica work is done here.
     fn drain(&mut self, now_ms: u64, store: &mut dyn Store) {
         let me = self.config.node_id;
+        let limit_ms = self
+            .cluster_now_ms(now_ms)
+            .saturating_add(self.ahead_ms_max());
         let mut tracked = self.aae.tracked(store);
         while let Some(a) = self.coordinator.poll_action() {
             let store = &mut tracked;
@@ -533,6 +666,10 @@ impl<C> ClusterNode<C> {
                 }
                 Action::Repair { to, write } => {
                     if to == me {
+                        if write.version.physical_ms() > limit_ms {
+                            self.replica_stats.refused_ahead += 1;
+                            continue;
+                        }
                         // Best effort: a failing store is reported by its own writes.
                         let _ = store.apply_repair(write.as_write());
                     } else {
@@ -551,9 +688,13 @@ impl<C> ClusterNode<C> {
         self.membership.render()
     }
 
-    /// Cluster figures for STATS, one `name value` line each, anti-entropy's included.
+    /// Cluster figures for STATS, one `name value` line each, anti-entropy's included, and
+    /// `clock_shards_refusing` (1 while this core refuses writes for its clock; summed over
+    /// the shards of a node, it says how many shards refuse).
     pub fn stats_text_at(&self, now_ms: u64) -> String {
         let mut t = self.stats_text();
+        let refusing = self.clock_refusal(now_ms).is_some();
+        let _ = writeln!(t, "clock_shards_refusing {}", u8::from(refusing));
         self.aae.stats_text(now_ms, &mut t);
         t
     }
@@ -566,7 +707,8 @@ impl<C> ClusterNode<C> {
         let c = self.coordinator.stats();
         let h = self.hints.stats();
         let r = self.replica_stats;
-        let lines: [(&str, u64); 20] = [
+        let (samples, samples_dropped) = self.membership.clock_counts();
+        let lines: [(&str, u64); 26] = [
             ("cluster_pauses", m.pauses),
             ("gossip_sent", m.gossip_sent),
             ("gossip_merged", m.gossip_merged),
@@ -587,6 +729,12 @@ impl<C> ClusterNode<C> {
             ("hints_received", r.hints_received),
             ("replicate_served", r.replicate_served),
             ("peer_errors", r.peer_errors),
+            ("coord_maybe_applied", c.maybe_applied),
+            ("coord_reissues", c.reissues),
+            ("coord_clock_refused", r.clock_refused),
+            ("replicate_refused_ahead", r.refused_ahead),
+            ("clock_samples", samples),
+            ("clock_samples_dropped", samples_dropped),
         ];
         for (name, v) in lines {
             let _ = writeln!(t, "{name} {v}");
@@ -624,5 +772,115 @@ mod tests {
             Consistency::Quorum,
             "documented default"
         );
+    }
+    use crate::cluster::peer::ClockStamp;
+    use crate::protocol::{frame, Response};
+    use crate::storage::memory::MemoryStore;
+    use crate::storage::Write;
+    use crate::version::Version;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn node() -> ClusterNode<u32> {
+        let c = ClusterConfig::build(1, "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003", 3)
+            .unwrap();
+        ClusterNode::new(c, NOW, 1, HintQueue::in_memory(100))
+    }
+
+    /// Feed node 1 a gossip reply from `peer` whose clock is `offset_ms` from ours.
+    fn measure(n: &mut ClusterNode<u32>, store: &mut MemoryStore, peer: u32, offset_ms: i64) {
+        let mut out = Vec::new();
+        let stamp = ClockStamp {
+            sent_ms: NOW.saturating_add_signed(offset_ms),
+            echo_ms: NOW,
+        };
+        peer::put_gossip_reply(&mut out, 9, peer, &n.membership().entries(), stamp);
+        let (f, _) = frame::parse(&out).unwrap().unwrap();
+        n.on_peer_reply(NOW, store, peer, &f);
+    }
+
+    fn replicate(n: &mut ClusterNode<u32>, store: &mut MemoryStore, version: Version) -> PeerReply {
+        let mut req = Vec::new();
+        let w = Write {
+            key: b"k",
+            value: Some(b"v"),
+            version,
+            expires_at_ms: 0,
+        };
+        peer::put_replicate(&mut req, 5, 0, &w);
+        let (f, _) = frame::parse(&req).unwrap().unwrap();
+        let mut out = Vec::new();
+        n.on_peer_request(NOW, store, 2, f.id, f.op, f.aux, f.body, &mut out)
+            .unwrap();
+        let (r, _) = frame::parse(&out).unwrap().unwrap();
+        let resp = Response::from_frame(&r).unwrap();
+        PeerReply::decode(r.op, resp.status, resp.body).unwrap()
+    }
+
+    #[test]
+    fn writes_wait_for_measurement_then_follow_the_median() {
+        let mut store = MemoryStore::new();
+        let mut n = node();
+        let refused = |n: &mut ClusterNode<u32>, store: &mut MemoryStore| {
+            n.write(NOW, store, 1, b"k", Some(b"v"), 0, Consistency::One);
+            match n.poll_output() {
+                Some(Output::Reply {
+                    outcome: Outcome::Failed { status, message },
+                    ..
+                }) => Some((status, message)),
+                _ => None,
+            }
+        };
+        // Nothing measured yet: refused.
+        let (status, _) = refused(&mut n, &mut store).expect("refused before measuring");
+        assert_eq!(status, crate::protocol::Status::ClockOffset);
+        // Both peers 10 minutes behind: this node is 10 minutes ahead.
+        measure(&mut n, &mut store, 2, -600_000);
+        measure(&mut n, &mut store, 3, -600_000);
+        assert_eq!(n.cluster_clock(NOW).offset_ms, 600_000);
+        let (_, why) = refused(&mut n, &mut store).expect("refused when ahead");
+        assert!(why.contains("ahead of the cluster"), "{why}");
+        // One peer agrees with us, one is 10 minutes ahead: the median is us.
+        measure(&mut n, &mut store, 2, 3);
+        measure(&mut n, &mut store, 3, 600_000);
+        assert_eq!(n.clock_refusal(NOW), None);
+        assert!(refused(&mut n, &mut store).is_none());
+        assert_eq!(
+            n.stats_text()
+                .lines()
+                .find(|l| l.starts_with("coord_clock_refused")),
+            Some("coord_clock_refused 2")
+        );
+    }
+
+    #[test]
+    fn a_replica_refuses_versions_too_far_ahead_of_the_cluster_clock() {
+        let mut store = MemoryStore::new();
+        let mut n = node();
+        let ahead = Version::new(NOW + 501, 0, 2);
+        match replicate(&mut n, &mut store, ahead) {
+            PeerReply::Write(WriteAck::Refused(why)) => assert!(why.contains("ahead"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.get(b"k").unwrap(), None);
+        assert!(matches!(
+            replicate(&mut n, &mut store, Version::new(NOW + 500, 0, 2)),
+            PeerReply::Write(WriteAck::Done(_))
+        ));
+        // A node whose own clock is 10 minutes slow measures it, and judges by the cluster's
+        // clock: a version from a sane node is stored, one 10 minutes further is not.
+        let mut slow = node();
+        let mut store = MemoryStore::new();
+        measure(&mut slow, &mut store, 2, 600_000);
+        measure(&mut slow, &mut store, 3, 600_000);
+        slow.on_tick(NOW, &mut store);
+        assert!(matches!(
+            replicate(&mut slow, &mut store, Version::new(NOW + 600_100, 0, 2)),
+            PeerReply::Write(WriteAck::Done(_))
+        ));
+        assert!(matches!(
+            replicate(&mut slow, &mut store, Version::new(NOW + 1_200_000, 0, 2)),
+            PeerReply::Write(WriteAck::Refused(_))
+        ));
     }
 }

@@ -18,8 +18,12 @@
 //!                 | expires at ms u64 | value (rest; empty unless state = 1) |
 //!
 //! GOSSIP 0x22     request (push) and reply OK (pull) have the same body: the sender's view
-//!  | sender id u32 | count u16 | count × entry |
+//!  | sender id u32 | count u16 | count × entry | clock stamp (16 bytes, optional) |
 //!  entry (21 bytes): | node id u32 | incarnation u64 | heartbeat u64 | state u8 (0 alive, 1 failed) |
+//!  clock stamp: | sent ms u64 (the sender's wall clock) | echo ms u64 |
+//!    echo: in a request 0; in a reply the request's sent ms, so the pusher measures the
+//!    replier's clock offset NTP-style (see super::clock). Nodes from before the stamp
+//!    send none, and their frames are still accepted (no sample is taken).
 //!
 //! 0x23..=0x2F     anti-entropy (0x23..=0x26 defined below, in super::antientropy; the rest
 //!                 reserved). Requests start with a partition, so a driver with several shards
@@ -163,6 +167,18 @@ pub struct GossipEntry {
     pub state: NodeState,
 }
 
+/// The clock stamp a GOSSIP frame carries (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ClockStamp {
+    /// The sender's wall clock when it sent the frame, ms since the Unix epoch.
+    pub sent_ms: u64,
+    /// In a reply: the `sent_ms` of the request it answers; 0 in a request.
+    pub echo_ms: u64,
+}
+
+/// Size of the optional clock stamp at the end of a GOSSIP body.
+pub const CLOCK_STAMP_SIZE: usize = 16;
+
 /// A decoded peer request.
 #[derive(Clone, Debug)]
 pub enum PeerRequest<'a> {
@@ -184,6 +200,8 @@ pub enum PeerRequest<'a> {
         sender: u32,
         /// Its view.
         entries: Vec<GossipEntry>,
+        /// Its clock stamp (`None` from a node that sends none).
+        clock: Option<ClockStamp>,
     },
 }
 
@@ -206,12 +224,14 @@ impl PartialEq for PeerRequest<'_> {
                 PeerRequest::Gossip {
                     sender: a,
                     entries: x,
+                    clock: c,
                 },
                 PeerRequest::Gossip {
                     sender: b,
                     entries: y,
+                    clock: d,
                 },
-            ) => a == b && x == y,
+            ) => a == b && x == y && c == d,
             _ => false,
         }
     }
@@ -239,6 +259,8 @@ pub enum PeerReply {
         sender: u32,
         /// Its view.
         entries: Vec<GossipEntry>,
+        /// Its clock stamp, echoing the request's (`None` from a node that sends none).
+        clock: Option<ClockStamp>,
     },
 }
 
@@ -312,8 +334,12 @@ impl<'a> PeerRequest<'a> {
             }
             op::GOSSIP => {
                 no_aux(aux)?;
-                let (sender, entries) = decode_gossip(body)?;
-                Ok(PeerRequest::Gossip { sender, entries })
+                let (sender, entries, clock) = decode_gossip(body)?;
+                Ok(PeerRequest::Gossip {
+                    sender,
+                    entries,
+                    clock,
+                })
             }
             other => Err(PeerError::UnknownOp(other)),
         }
@@ -327,7 +353,9 @@ fn no_aux(aux: u8) -> Result<(), PeerError> {
     Ok(())
 }
 
-fn decode_gossip(body: &[u8]) -> Result<(u32, Vec<GossipEntry>), PeerError> {
+type Gossip = (u32, Vec<GossipEntry>, Option<ClockStamp>);
+
+fn decode_gossip(body: &[u8]) -> Result<Gossip, PeerError> {
     if body.len() < 6 {
         return Err(bad("GOSSIP shorter than its header"));
     }
@@ -338,7 +366,16 @@ fn decode_gossip(body: &[u8]) -> Result<(u32, Vec<GossipEntry>), PeerError> {
             "GOSSIP of {count} entries, more than {CLUSTER_NODES_MAX}"
         )));
     }
-    let rest = &body[6..];
+    let mut rest = &body[6..];
+    let mut clock = None;
+    if rest.len() == count * GOSSIP_ENTRY_SIZE + CLOCK_STAMP_SIZE {
+        let (entries, stamp) = rest.split_at(count * GOSSIP_ENTRY_SIZE);
+        clock = Some(ClockStamp {
+            sent_ms: read_u64(stamp, 0),
+            echo_ms: read_u64(stamp, 8),
+        });
+        rest = entries;
+    }
     if rest.len() != count * GOSSIP_ENTRY_SIZE {
         return Err(bad("GOSSIP length does not match its entry count"));
     }
@@ -356,10 +393,10 @@ fn decode_gossip(body: &[u8]) -> Result<(u32, Vec<GossipEntry>), PeerError> {
             state,
         });
     }
-    Ok((sender, entries))
+    Ok((sender, entries, clock))
 }
 
-fn gossip_body(sender: u32, entries: &[GossipEntry]) -> Vec<u8> {
+fn gossip_body(sender: u32, entries: &[GossipEntry], clock: ClockStamp) -> Vec<u8> {
     assert!(entries.len() <= CLUSTER_NODES_MAX, "gossip view too large");
     let mut body = Vec::with_capacity(6 + entries.len() * GOSSIP_ENTRY_SIZE);
     body.extend_from_slice(&sender.to_be_bytes());
@@ -373,6 +410,8 @@ fn gossip_body(sender: u32, entries: &[GossipEntry]) -> Vec<u8> {
             NodeState::Failed => 1,
         });
     }
+    body.extend_from_slice(&clock.sent_ms.to_be_bytes());
+    body.extend_from_slice(&clock.echo_ms.to_be_bytes());
     body
 }
 
@@ -406,14 +445,27 @@ pub fn put_read(out: &mut Vec<u8>, id: u32, key: &[u8]) {
     frame::put_frame(out, op::READ, 0, id, &[&key_len, key]);
 }
 
-/// Append a GOSSIP request carrying `sender`'s view.
-pub fn put_gossip(out: &mut Vec<u8>, id: u32, sender: u32, entries: &[GossipEntry]) {
-    frame::put_frame(out, op::GOSSIP, 0, id, &[&gossip_body(sender, entries)]);
+/// Append a GOSSIP request carrying `sender`'s view and clock stamp.
+pub fn put_gossip(
+    out: &mut Vec<u8>,
+    id: u32,
+    sender: u32,
+    entries: &[GossipEntry],
+    clock: ClockStamp,
+) {
+    let body = gossip_body(sender, entries, clock);
+    frame::put_frame(out, op::GOSSIP, 0, id, &[&body]);
 }
 
-/// Append the reply to a GOSSIP request: the receiver's view.
-pub fn put_gossip_reply(out: &mut Vec<u8>, id: u32, sender: u32, entries: &[GossipEntry]) {
-    message::put_ok(out, op::GOSSIP, id, &[&gossip_body(sender, entries)]);
+/// Append the reply to a GOSSIP request: the receiver's view and clock stamp.
+pub fn put_gossip_reply(
+    out: &mut Vec<u8>,
+    id: u32,
+    sender: u32,
+    entries: &[GossipEntry],
+    clock: ClockStamp,
+) {
+    message::put_ok(out, op::GOSSIP, id, &[&gossip_body(sender, entries, clock)]);
 }
 
 /// Append the reply to a REPLICATE request.
@@ -507,8 +559,12 @@ impl PeerReply {
                 if status != Status::Ok {
                     return Err(bad(format!("GOSSIP refused: {status}: {}", error_text())));
                 }
-                let (sender, entries) = decode_gossip(body)?;
-                Ok(PeerReply::Gossip { sender, entries })
+                let (sender, entries, clock) = decode_gossip(body)?;
+                Ok(PeerReply::Gossip {
+                    sender,
+                    entries,
+                    clock,
+                })
             }
             other => Err(PeerError::UnknownOp(other)),
         }
@@ -642,19 +698,43 @@ mod tests {
             },
         ];
         let mut out = Vec::new();
-        put_gossip(&mut out, 1, 1, &entries);
+        let stamp = ClockStamp {
+            sent_ms: 1_700_000_000_123,
+            echo_ms: 0,
+        };
+        put_gossip(&mut out, 1, 1, &entries, stamp);
         assert_eq!(
             as_request(&out).unwrap(),
             PeerRequest::Gossip {
                 sender: 1,
-                entries: entries.clone()
+                entries: entries.clone(),
+                clock: Some(stamp),
+            }
+        );
+        // A node from before the clock stamp sends the body without it: still understood.
+        let old_len = out.len() - CLOCK_STAMP_SIZE;
+        let old = PeerRequest::decode(out[4], out[5], &out[10..old_len]).unwrap();
+        assert_eq!(
+            old,
+            PeerRequest::Gossip {
+                sender: 1,
+                entries: entries.clone(),
+                clock: None,
             }
         );
         out.clear();
-        put_gossip_reply(&mut out, 1, 2, &entries);
+        let echo = ClockStamp {
+            sent_ms: 5,
+            echo_ms: 1_700_000_000_123,
+        };
+        put_gossip_reply(&mut out, 1, 2, &entries, echo);
         assert_eq!(
             as_reply(&out).unwrap(),
-            PeerReply::Gossip { sender: 2, entries }
+            PeerReply::Gossip {
+                sender: 2,
+                entries,
+                clock: Some(echo),
+            }
         );
     }
 
@@ -686,7 +766,7 @@ mod tests {
             heartbeat: 3,
             state: NodeState::Alive,
         };
-        put_gossip(&mut out, 1, 1, &[e, e]);
+        put_gossip(&mut out, 1, 1, &[e, e], ClockStamp::default());
         frames.push(out.clone());
         for f in &frames {
             let (op, aux, body) = (f[4], f[5], &f[10..]);
@@ -695,7 +775,9 @@ mod tests {
                 let r = PeerRequest::decode(op, aux, &body[..cut]);
                 // A READ or REPLICATE cut inside the value can still be a valid shorter
                 // request; everything cut before the fixed fields must fail.
-                if op == op::GOSSIP || cut < 2 + 3 + if op == op::REPLICATE { 17 } else { 0 } {
+                // A GOSSIP cut right before its clock stamp is a stamp-less (older) frame.
+                let gossip_cut = op == op::GOSSIP && cut != body.len() - CLOCK_STAMP_SIZE;
+                if gossip_cut || cut < 2 + 3 + if op == op::REPLICATE { 17 } else { 0 } {
                     assert!(r.is_err(), "op {op:#x} cut at {cut} decoded: {r:?}");
                 }
             }

@@ -133,13 +133,19 @@ pub enum Status {
     StorageError = 0x24,
     /// The node is shutting down.
     ShuttingDown = 0x25,
+    /// This node's clock is too far from the cluster's (or not measured yet) for it to
+    /// coordinate writes; nothing was written. Use another node.
+    ClockOffset = 0x26,
+    /// A write failed after it reached some replicas: it may have been applied (as for
+    /// TIMEOUT), and may become visible. UNAVAILABLE means nothing was written.
+    MaybeApplied = 0x27,
     /// A bug in the node. Reported, never hidden.
     Internal = 0x30,
 }
 
 impl Status {
     /// All statuses, in code order (for STATS and tests).
-    pub const ALL: [Status; 17] = [
+    pub const ALL: [Status; 19] = [
         Status::Ok,
         Status::NotFound,
         Status::Malformed,
@@ -156,6 +162,8 @@ impl Status {
         Status::TooManyConnections,
         Status::StorageError,
         Status::ShuttingDown,
+        Status::ClockOffset,
+        Status::MaybeApplied,
         Status::Internal,
     ];
 
@@ -183,6 +191,8 @@ impl Status {
             Status::TooManyConnections => "TOO_MANY_CONNECTIONS",
             Status::StorageError => "STORAGE_ERROR",
             Status::ShuttingDown => "SHUTTING_DOWN",
+            Status::ClockOffset => "CLOCK_OFFSET",
+            Status::MaybeApplied => "MAYBE_APPLIED",
             Status::Internal => "INTERNAL",
         }
     }

@@ -54,6 +54,8 @@ pub struct ShardCluster {
     /// `NodeShared::anti_entropy_requests` as last seen: a change starts a round here.
     aae_requests_seen: u64,
     view: Arc<ClusterView>,
+    /// When the clock warning was last logged (rate limit).
+    last_clock_warn_ms: u64,
 }
 
 /// The node-wide membership view, published by shard 0 and read by every shard.
@@ -66,6 +68,8 @@ pub struct ClusterView {
     leader: AtomicU32,
     /// The CLUSTER text.
     text: Mutex<String>,
+    /// The clock lines of STATS (see `ClusterNode::clock_text`).
+    clock_text: Mutex<String>,
 }
 
 /// The key a REPLICATE or READ addresses (to route it), `None` for other peer frames.
@@ -107,6 +111,7 @@ impl ShardCore {
             last_tick_ms: 0,
             aae_requests_seen: 0,
             view,
+            last_clock_warn_ms: 0,
         }));
         self
     }
@@ -352,11 +357,41 @@ impl ShardCore {
             if let Ok(mut text) = c.view.text.lock() {
                 *text = c.node.render_cluster();
             }
+            if let Ok(mut text) = c.view.clock_text.lock() {
+                *text = c.node.clock_text(now_ms);
+            }
         }
         let text = c.node.stats_text_at(now_ms);
         if let Ok(mut slot) = self.counters().cluster_text.lock() {
             *slot = text;
         }
+        if self.cfg.shard == 0 {
+            self.warn_clock(now_ms);
+        }
+    }
+
+    /// Log (at most every [`crate::limits::CLOCK_WARN_INTERVAL_MS`]) why this node refuses
+    /// writes when its clock is too far from the cluster's. Shard 0 speaks for the node.
+    fn warn_clock(&mut self, now_ms: u64) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let clock = c.node.cluster_clock(now_ms);
+        // Not measured yet is normal for a moment after start (or after a peer comes back):
+        // not worth a warning, and it would hold back the one that tells the offset.
+        if !clock.complete() {
+            return;
+        }
+        let Some(why) = c.node.clock_refusal(now_ms) else {
+            return;
+        };
+        if c.last_clock_warn_ms != 0
+            && now_ms.saturating_sub(c.last_clock_warn_ms) < crate::limits::CLOCK_WARN_INTERVAL_MS
+        {
+            return;
+        }
+        c.last_clock_warn_ms = now_ms;
+        log::warn!("clock: {why}");
     }
 
     /// Whether this shard serves reads: false while its cluster core rejoins through
@@ -390,6 +425,13 @@ impl ShardCore {
             let _ = writeln!(t, "cluster_nodes {}", c.node.config().nodes.len());
             let _ = writeln!(t, "cluster_replicas {}", c.node.config().replicas);
             let _ = writeln!(t, "cluster_incarnation {}", m.incarnation());
+            let clock = c
+                .view
+                .clock_text
+                .lock()
+                .map(|t| t.clone())
+                .unwrap_or_default();
+            t.push_str(&clock);
         }
     }
 
@@ -414,7 +456,7 @@ impl ShardCore {
                     };
                     dest.extend_from_slice(&ctx.conn.0.to_be_bytes());
                     let status = match outcome {
-                        Outcome::Written { version } => {
+                        Outcome::Written { version, .. } => {
                             put_ok(dest, ctx.op, ctx.id, &[&version.0.to_be_bytes()]);
                             Status::Ok
                         }

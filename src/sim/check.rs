@@ -12,7 +12,18 @@
 //!   newer one, unless a replica of the key may have lost data in between (see below).
 //! * **Versions issued by one node increase** (`version-order`): the versions of the
 //!   acknowledged writes a node coordinated, in the order it issued them, strictly increase
-//!   (across its restarts too), and carry its node id.
+//!   (across its restarts too), and carry its node id. A write issued again above a
+//!   replica's newer version gets its final version after writes that started later: such
+//!   writes are held to real time instead (one acknowledged before another started has the
+//!   lower version).
+//! * **Acknowledged writes are not overtaken** (`write-order`, issue 10): a write that started
+//!   after another write of the same key was acknowledged, with W1 + W2 > N, gets a higher
+//!   version, whatever the coordinators' clocks say; unless a replica of the key may have
+//!   lost data in between.
+//! * **Clocks do not run away** (`clock-bound`, issue 10): no acknowledged version is further
+//!   ahead of true time than the fastest clock allowed to coordinate (a node not running
+//!   minutes off) plus the max clock offset; and a value read with a time to live expires
+//!   as its PUT's coordinator computed it from a clock in that same range (`ttl`).
 //! * **Replicas converge** (`convergence`): after the liveness phase every replica of every key
 //!   holds the same live record (version and value); dead records (tombstones, expired
 //!   values) and no record at all agree, since tombstones may be collected.
@@ -78,7 +89,9 @@ impl OpRecord {
     /// The version of an acknowledged PUT or DELETE.
     pub fn acked_version(&self) -> Option<Version> {
         match (&self.kind, &self.outcome) {
-            (OpKind::Put | OpKind::Delete, Some(Outcome::Written { version })) => Some(*version),
+            (OpKind::Put | OpKind::Delete, Some(Outcome::Written { version, .. })) => {
+                Some(*version)
+            }
             _ => None,
         }
     }
@@ -137,6 +150,12 @@ pub struct History {
     pub reads_checked: u64,
     /// Keys the lost-write checker judged.
     pub keys_checked: u64,
+    /// The smallest and largest clock offset (from true time) any node allowed to coordinate
+    /// ever had: every node but the minority running minutes off (the world keeps it up to
+    /// date through clock jumps).
+    pub near_offsets_ms: (i64, i64),
+    /// `--max-clock-offset-ms` of every node.
+    pub max_clock_offset_ms: u64,
 }
 
 impl History {
@@ -154,6 +173,8 @@ impl History {
             violations: Vec::new(),
             reads_checked: 0,
             keys_checked: 0,
+            near_offsets_ms: (0, 0),
+            max_clock_offset_ms: crate::limits::MAX_CLOCK_OFFSET_MS_DEFAULT,
         }
     }
 
@@ -250,7 +271,9 @@ impl History {
                 }
                 Some(w) => {
                     if let Some(v) = w.acked_version() {
-                        if v != *version {
+                        // Below the acknowledged version: an earlier attempt of the same PUT,
+                        // issued again above a newer version a replica held.
+                        if v != *version && *version > v {
                             let d = format!(
                                 "GET op {id} returned the value of PUT op {} with version {}, \
                                  but that PUT was acknowledged with version {}",
@@ -261,6 +284,11 @@ impl History {
                             self.violation("phantom-read", Some(key), d);
                         }
                     }
+                }
+            }
+            if let Some(&w) = self.values.get(value) {
+                if self.ops[w as usize].key == key {
+                    self.check_ttl(id, w);
                 }
             }
             let deleted = self.by_key[&key].iter().find(|&&d| {
@@ -329,22 +357,56 @@ impl History {
         }
     }
 
-    /// `version-order`: per coordinator, acknowledged write versions increase in issue order.
+    /// Pairs (a, b) of acknowledged writes among `ops` (ids) where b started after a was
+    /// acknowledged but b's version is not above a's: for each b, the a with the highest
+    /// version among those acknowledged before b started (sweep in time order).
+    fn overtaken(&self, ops: &[u64]) -> Vec<(u64, u64)> {
+        let mut by_end: Vec<(u64, Version, u64)> = Vec::new();
+        let mut by_start: Vec<(u64, u64)> = Vec::new();
+        for &id in ops {
+            let op = &self.ops[id as usize];
+            if let (Some(v), Some(end)) = (op.acked_version(), op.end_ms) {
+                by_end.push((end, v, id));
+                by_start.push((op.start_ms, id));
+            }
+        }
+        by_end.sort_unstable();
+        by_start.sort_unstable();
+        let mut best: Option<(Version, u64)> = None;
+        let mut i = 0;
+        let mut found = Vec::new();
+        for (start, b) in by_start {
+            while i < by_end.len() && by_end[i].0 < start {
+                let (_, v, a) = by_end[i];
+                if best.is_none_or(|(bv, _)| v > bv) {
+                    best = Some((v, a));
+                }
+                i += 1;
+            }
+            let vb = self.ops[b as usize].acked_version().expect("acked");
+            if let Some((va, a)) = best {
+                if vb <= va {
+                    found.push((a, b));
+                }
+            }
+        }
+        found
+    }
+
+    /// `version-order`: per coordinator, a write acknowledged before another started has the
+    /// lower version; every version carries its coordinator's id.
     pub fn check_version_order(&mut self) {
-        let mut per_node: BTreeMap<u32, Vec<(u64, u64, Version)>> = BTreeMap::new();
+        let mut per_node: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
         for op in &self.ops {
-            if let Some(v) = op.acked_version() {
-                per_node
-                    .entry(op.coordinator)
-                    .or_default()
-                    .push((op.issue_seq, op.id, v));
+            if op.acked_version().is_some() {
+                per_node.entry(op.coordinator).or_default().push(op.id);
             }
         }
         let base = self.base_ms;
         let mut found = Vec::new();
-        for (node, mut writes) in per_node {
-            writes.sort_unstable();
-            for &(_, id, v) in &writes {
+        for (node, writes) in per_node {
+            for &id in &writes {
+                let v = self.ops[id as usize].acked_version().expect("acked");
                 if v.node_id() != node {
                     found.push((
                         id,
@@ -356,7 +418,15 @@ impl History {
                     ));
                 }
             }
-            for pair in writes.windows(2) {
+            // Issue order, among the writes that kept their first version.
+            let mut first: Vec<(u64, u64, Version)> = writes
+                .iter()
+                .map(|&id| &self.ops[id as usize])
+                .filter(|op| matches!(op.outcome, Some(Outcome::Written { reissues: 0, .. })))
+                .map(|op| (op.issue_seq, op.id, op.acked_version().expect("acked")))
+                .collect();
+            first.sort_unstable();
+            for pair in first.windows(2) {
                 let ((_, a, va), (_, b, vb)) = (pair[0], pair[1]);
                 if vb <= va {
                     found.push((
@@ -369,10 +439,145 @@ impl History {
                     ));
                 }
             }
+            for (a, b) in self.overtaken(&writes) {
+                let va = self.ops[a as usize].acked_version().expect("acked");
+                let vb = self.ops[b as usize].acked_version().expect("acked");
+                found.push((
+                    b,
+                    format!(
+                        "n{node} issued version {} for op {b} after {} for op {a}, acknowledged \
+                         before op {b} started",
+                        show_version(vb, base),
+                        show_version(va, base)
+                    ),
+                ));
+            }
         }
         for (id, d) in found {
             let key = self.ops[id as usize].key;
             self.violation("version-order", Some(key), d);
+        }
+    }
+
+    /// `write-order`: per key, a write that started after a write acknowledged with
+    /// W1 + W2 > N has the higher version, unless a replica of the key had a loss event in
+    /// between (see the module doc).
+    pub fn check_write_order(&mut self) {
+        let n = self.replicas;
+        let base = self.base_ms;
+        let mut found = Vec::new();
+        for (&key, ids) in &self.by_key {
+            // Quorum writes only: ONE and QUORUM with N = 1 still intersect when W1 + W2 > N,
+            // so the pair test below is on `required`.
+            let writes: Vec<u64> = ids
+                .iter()
+                .copied()
+                .filter(|&w| self.ops[w as usize].acked_version().is_some())
+                .collect();
+            // Exact pairs (keys hold few writes): every (a, b) with a acked before b started.
+            for &a in &writes {
+                let wa = &self.ops[a as usize];
+                let (va, end_a) = (
+                    wa.acked_version().expect("acked"),
+                    wa.end_ms.expect("acked"),
+                );
+                for &b in &writes {
+                    let wb = &self.ops[b as usize];
+                    if wb.start_ms <= end_a || wa.required + wb.required <= n {
+                        continue;
+                    }
+                    let vb = wb.acked_version().expect("acked");
+                    let end_b = wb.end_ms.expect("acked");
+                    if vb <= va && self.covered(wa, end_b, true) {
+                        found.push((
+                            key,
+                            format!(
+                                "{:?} op {b} ({} via n{}) started at {} ms after {:?} op {a} ({} \
+                                 via n{}) was acknowledged at {end_a} ms, yet got version {} not \
+                                 above {}",
+                                wb.kind,
+                                consistency_name(wb.consistency),
+                                wb.coordinator,
+                                wb.start_ms,
+                                wa.kind,
+                                consistency_name(wa.consistency),
+                                wa.coordinator,
+                                show_version(vb, base),
+                                show_version(va, base)
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        for (key, d) in found {
+            self.violation("write-order", Some(key), d);
+        }
+    }
+
+    /// `clock-bound`: no acknowledged version is ahead of true time by more than the fastest
+    /// clock allowed to coordinate plus the max clock offset (plus the logical counter's
+    /// borrowed milliseconds).
+    pub fn check_clock_bound(&mut self) {
+        let allowed = self.near_offsets_ms.1 + self.max_clock_offset_ms as i64 + 10;
+        let base = self.base_ms;
+        let mut found = Vec::new();
+        for op in &self.ops {
+            let (Some(v), Some(end)) = (op.acked_version(), op.end_ms) else {
+                continue;
+            };
+            let ahead = v.physical_ms() as i64 - (base + end) as i64;
+            if ahead > allowed {
+                found.push((
+                    op.key,
+                    format!(
+                        "{:?} op {} via n{} acknowledged at {end} ms with version {}, {ahead} ms \
+                         ahead of true time (allowed: {allowed})",
+                        op.kind,
+                        op.id,
+                        op.coordinator,
+                        show_version(v, base)
+                    ),
+                ));
+            }
+        }
+        for (key, d) in found {
+            self.violation("clock-bound", Some(key), d);
+        }
+    }
+
+    /// `ttl`: GET op `get` found the value of PUT op `put`: if that PUT had a time to live,
+    /// its expiry must be the TTL after the PUT's true time, off by at most the offset of a
+    /// clock allowed to coordinate.
+    fn check_ttl(&mut self, get: u64, put: u64) {
+        let (g, w) = (&self.ops[get as usize], &self.ops[put as usize]);
+        let Some(Outcome::Found { expires_at_ms, .. }) = &g.outcome else {
+            return;
+        };
+        if w.ttl_ms == 0 {
+            return;
+        }
+        let (lo_off, hi_off) = self.near_offsets_ms;
+        let base = self.base_ms as i64;
+        // The coordinator computed the expiry between the PUT's start and its answer (or
+        // this read's answer, if the PUT is unanswered).
+        let end = w.end_ms.or(g.end_ms).unwrap_or(w.start_ms);
+        let lo = base + w.start_ms as i64 + w.ttl_ms as i64 + lo_off - 5;
+        let hi = base + end as i64 + w.ttl_ms as i64 + hi_off + 5;
+        let e = *expires_at_ms as i64;
+        if e < lo || e > hi {
+            let d = format!(
+                "GET op {get} found the value of PUT op {put} (ttl {} ms via n{}, started at {} \
+                 ms) expiring at {} ms, outside {}..={} ms",
+                w.ttl_ms,
+                w.coordinator,
+                w.start_ms,
+                e - base,
+                lo - base,
+                hi - base
+            );
+            let key = w.key;
+            self.violation("ttl", Some(key), d);
         }
     }
 

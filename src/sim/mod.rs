@@ -5,13 +5,16 @@
 //! ```text
 //!   seed ──▶ Params (swarm testing: every knob drawn unless fixed)   options.rs
 //!        ──▶ World: event queue in virtual time                      world.rs
-//!              nodes   ClusterNode + LogStore<MemVfs>, clock offset, sync policy, group commit
+//!              nodes   ClusterNode + LogStore<MemVfs>, clock offset (a minority minutes
+//!                      off in half the seeds: `--far-skew-ms`), sync policy, group commit
 //!              network delay, drop, duplicate, reorder, partitions (isolate, halves, random,
 //!                      one-way, bridge) that start and heal
 //!              disk    unsynced writes lost or torn on a crash; bits flipped at rest on one disk
 //!              faults  crashes + restarts (higher incarnation), pauses, clock jumps
 //!              clients PUT / GET / DELETE, random consistency and coordinator
 //!        ──▶ History + checkers                                      check.rs
+//!              (phantom-read, stale-read, version-order, write-order, clock-bound, ttl,
+//!               convergence, lost-write)
 //!        ──▶ Trace: every event as a line, FNV-hashed                trace.rs
 //! ```
 //!
@@ -118,6 +121,9 @@ impl Options {
         }
         if let Some(n) = self.jump_max_ms {
             a += &format!(" --jump-max-ms {n}");
+        }
+        if let Some(n) = self.far_skew_ms {
+            a += &format!(" --far-skew-ms {n}");
         }
         if self.raw_clock_recovery {
             a += " --raw-clock-recovery";

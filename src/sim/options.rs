@@ -22,14 +22,19 @@ pub enum Mutation {
     AckBeforeSync,
     /// A delete's tombstone gets a version that does not beat the value it deletes.
     NoTombstoneVersion,
+    /// Versions from too far ahead are accepted: a node ahead of the cluster's clock still
+    /// coordinates writes, replicas store versions however far ahead of their clocks, and
+    /// hybrid clocks follow them (the max-offset rule off on the "ahead" side).
+    AcceptFutureVersions,
 }
 
 impl Mutation {
     /// Every mutation's command-line name.
-    pub const NAMES: [&'static str; 3] = [
+    pub const NAMES: [&'static str; 4] = [
         "skip-read-repair",
         "ack-before-sync",
         "no-tombstone-version",
+        "accept-future-versions",
     ];
 
     /// Parse a `--mutation` name.
@@ -39,6 +44,7 @@ impl Mutation {
             "skip-read-repair" => Ok(Mutation::SkipReadRepair),
             "ack-before-sync" => Ok(Mutation::AckBeforeSync),
             "no-tombstone-version" => Ok(Mutation::NoTombstoneVersion),
+            "accept-future-versions" => Ok(Mutation::AcceptFutureVersions),
             _ => Err(format!(
                 "unknown mutation {s:?}: expected one of none, {}",
                 Mutation::NAMES.join(", ")
@@ -53,6 +59,7 @@ impl Mutation {
             Mutation::SkipReadRepair => "skip-read-repair",
             Mutation::AckBeforeSync => "ack-before-sync",
             Mutation::NoTombstoneVersion => "no-tombstone-version",
+            Mutation::AcceptFutureVersions => "accept-future-versions",
         }
     }
 }
@@ -81,6 +88,9 @@ pub struct Options {
     pub skew_max_ms: Option<u64>,
     /// Largest clock jump, ± ms (0: no jumps).
     pub jump_max_ms: Option<u64>,
+    /// Clock offsets of minutes (issue 10): a minority of nodes run this far (± up to it, at
+    /// least a minute) from true time; 0: none.
+    pub far_skew_ms: Option<u64>,
     /// The deliberate bug to switch on.
     pub mutation: Mutation,
     /// Restart nodes with the clock recovery of the real code alone (without the durable clock ceiling the driver keeps: shows bug sim-2,
@@ -148,6 +158,12 @@ pub struct Params {
     pub skew_max_ms: u64,
     /// Largest clock jump, ± ms.
     pub jump_max_ms: u64,
+    /// See [`Options::far_skew_ms`].
+    pub far_skew_ms: u64,
+    /// The nodes whose clocks are minutes off, and by how much (a minority).
+    pub far_nodes: Vec<(u32, i64)>,
+    /// Every node's `--max-clock-offset-ms` (the default).
+    pub max_clock_offset_ms: u64,
     /// Percent of crashes that tear the unsynced tail instead of dropping it.
     pub torn_percent: u32,
     /// The one node whose disk flips bits at rest (after its crashes), if any.
@@ -264,6 +280,27 @@ impl Params {
         let bad_disk = (r.below(3) == 0).then(|| range(r, 1, u64::from(nodes)) as u32);
         let anti_entropy_interval_ms = range(r, 200, 5_000);
         let segment_size_max = [512, 2_048, 16_384][r.below(3) as usize];
+        // Drawn last so the draws above stay those of earlier versions of the simulator.
+        let far_skew_ms = pick(r, opts.far_skew_ms, |r| {
+            if r.below(2) == 0 {
+                0
+            } else {
+                range(r, 60_000, 600_000)
+            }
+        });
+        let mut far_nodes = Vec::new();
+        if far_skew_ms > 0 {
+            // A minority, so that the median clock is a sane one and the others serve.
+            let count = range(r, 1, u64::from((nodes - 1) / 2)) as usize;
+            let mut ids: Vec<u32> = (1..=nodes).collect();
+            for k in 0..count {
+                let j = k + r.below((ids.len() - k) as u64) as usize;
+                ids.swap(k, j);
+                let off = range(r, 60_000.min(far_skew_ms), far_skew_ms) as i64;
+                far_nodes.push((ids[k], if r.below(2) == 0 { off } else { -off }));
+            }
+            far_nodes.sort_unstable();
+        }
         Params {
             nodes,
             replicas,
@@ -290,6 +327,9 @@ impl Params {
             fault_weights,
             skew_max_ms,
             jump_max_ms,
+            far_skew_ms,
+            far_nodes,
+            max_clock_offset_ms: crate::limits::MAX_CLOCK_OFFSET_MS_DEFAULT,
             torn_percent,
             bad_disk,
             segment_size_max,
@@ -329,8 +369,8 @@ impl Params {
         ));
         trace.line(format_args!(
             "params delay={}..{}ms drop%={} dup%={} faults every ~{}ms weights(crash,pause,\
-             partition,jump,sync-fail,disk-full)={:?} skew=±{}ms jump=±{}ms torn%={} bad_disk={:?} segment={}B \
-             mutation={}",
+             partition,jump,sync-fail,disk-full)={:?} skew=±{}ms jump=±{}ms far={:?} torn%={} \
+             bad_disk={:?} segment={}B mutation={}",
             self.delay_min_ms,
             self.delay_max_ms,
             self.drop_percent,
@@ -339,6 +379,7 @@ impl Params {
             self.fault_weights,
             self.skew_max_ms,
             self.jump_max_ms,
+            self.far_nodes,
             self.torn_percent,
             self.bad_disk,
             self.segment_size_max,

@@ -113,6 +113,10 @@ struct Node {
     paused_until: u64,
     /// Its clock's offset from true time.
     offset_ms: i64,
+    /// Its clock runs minutes off (`Params::far_nodes`): it must not coordinate writes, so
+    /// its offset does not widen what the clock checkers allow. Cleared when the liveness
+    /// phase sets the clocks right.
+    far: bool,
     /// Client replies waiting for the step's sync.
     held_replies: Vec<(u64, Outcome)>,
     /// Peer replies waiting for the step's sync: (to, to's life, frame).
@@ -217,8 +221,10 @@ impl World {
             config.anti_entropy_interval_ms = SKIP_READ_REPAIR_AAE_INTERVAL_MS;
         }
         config.hinted_handoff = !p.anti_entropy_only;
+        config.max_clock_offset_ms = p.max_clock_offset_ms;
         config.mutations = Mutations {
             no_tombstone_version: p.mutation == Mutation::NoTombstoneVersion,
+            accept_future_versions: p.mutation == Mutation::AcceptFutureVersions,
         };
         config.validate().expect("drawn parameters are in range");
         let ids: Vec<u32> = (1..=p.nodes).collect();
@@ -243,7 +249,12 @@ impl World {
                     0
                 } else {
                     range(&mut rng, 0, 2 * p.skew_max_ms) as i64 - p.skew_max_ms as i64
-                },
+                } + p
+                    .far_nodes
+                    .iter()
+                    .find(|(n, _)| *n == id)
+                    .map_or(0, |(_, o)| *o),
+                far: p.far_nodes.iter().any(|(n, _)| *n == id),
                 held_replies: Vec::new(),
                 held_frames: Vec::new(),
                 late_sync: false,
@@ -253,6 +264,12 @@ impl World {
             .collect();
         let syncs_on_ack = p.sync.iter().map(|s| *s == SyncPolicy::Always).collect();
         let mut hist = History::new(p.nodes, p.replicas, syncs_on_ack, BASE_MS);
+        hist.max_clock_offset_ms = p.max_clock_offset_ms;
+        let near = nodes.iter().filter(|n| !n.far).map(|n| n.offset_ms);
+        hist.near_offsets_ms = (
+            near.clone().min().unwrap_or(0).min(0),
+            near.max().unwrap_or(0).max(0),
+        );
         for k in 0..p.keys {
             hist.prefs
                 .insert(k, ring.preference_for_key(&key_name(k)).to_vec());
@@ -660,7 +677,7 @@ impl World {
                     self.send(id, to, frame)
                 }
                 Output::Reply { ctx, outcome } => {
-                    if let Outcome::Written { version } = &outcome {
+                    if let Outcome::Written { version, .. } = &outcome {
                         let n = &mut self.nodes[idx];
                         n.issued_max = n.issued_max.max(*version);
                     }
@@ -1043,7 +1060,7 @@ impl World {
 
     fn client_reply(&mut self, op: u64, outcome: Outcome) {
         let text = match &outcome {
-            Outcome::Written { version } => format!("written {}", self.v(*version)),
+            Outcome::Written { version, .. } => format!("written {}", self.v(*version)),
             Outcome::Found { version, value, .. } => format!(
                 "found {} {}",
                 self.v(*version),
@@ -1159,6 +1176,7 @@ impl World {
                 let j = range(&mut self.rng, 1, self.p.jump_max_ms) as i64;
                 let j = if self.rng.below(2) == 0 { j } else { -j };
                 self.nodes[id as usize - 1].offset_ms += j;
+                self.note_offset(id);
                 trace!(self.trace, "n{id} clock jumps {j:+} ms");
             }
         }
@@ -1237,6 +1255,8 @@ impl World {
             let i = id as usize - 1;
             self.nodes[i].paused_until = 0;
             self.nodes[i].offset_ms = range(&mut self.rng, 0, 4) as i64 - 2;
+            self.nodes[i].far = false;
+            self.note_offset(id);
             self.nodes[i].vfs.fail_next_syncs(0);
             self.nodes[i].vfs.set_space_max(None);
             self.operator_restart(id);
@@ -1416,6 +1436,18 @@ impl World {
             self.hist.check_durable(k, held, self.now);
         }
         self.hist.check_version_order();
+        self.hist.check_write_order();
+        self.hist.check_clock_bound();
+    }
+
+    /// Widen the clock checkers' range of allowed offsets to node `id`'s, unless its clock
+    /// runs minutes off (it must not coordinate writes then).
+    fn note_offset(&mut self, id: u32) {
+        let n = &self.nodes[id as usize - 1];
+        if !n.far {
+            let (lo, hi) = self.hist.near_offsets_ms;
+            self.hist.near_offsets_ms = (lo.min(n.offset_ms), hi.max(n.offset_ms));
+        }
     }
 
     /// A one-line summary of the sync policies, for reports.

@@ -61,6 +61,8 @@ pub struct Node {
     pub data: PathBuf,
     /// The extra arguments it was started with (for restarts).
     pub args: Vec<String>,
+    /// Extra environment variables of the process (e.g. libfaketime's), kept for restarts.
+    pub env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -72,11 +74,20 @@ impl Node {
 
     /// Start on a given port.
     pub fn start_on(port: u16, data: &Path, args: &[&str]) -> Node {
+        Node::start_with_env(port, data, args, &[])
+    }
+
+    /// Start on a given port with extra environment variables.
+    pub fn start_with_env(port: u16, data: &Path, args: &[&str], env: &[(&str, &str)]) -> Node {
         let mut node = Node {
             child: None,
             addr: format!("127.0.0.1:{port}"),
             data: data.to_path_buf(),
             args: args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         node.spawn();
         node.wait_ready();
@@ -99,6 +110,7 @@ impl Node {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
@@ -223,6 +235,55 @@ pub fn kvcat(addr: &str, input: &str) -> String {
     String::from_utf8(out.stdout).expect("kvcat prints UTF-8")
 }
 
+/// The path of libfaketime (Debian package `faketime`), installing the package with apt-get
+/// when it is missing (tests run as root on the development machines and in CI). Test binaries
+/// run in parallel, so the install is serialised by an exclusive lock on a file in the temp
+/// directory, and the path is looked up again once the lock is held.
+pub fn libfaketime() -> PathBuf {
+    fn find() -> Option<PathBuf> {
+        let mut dirs = vec![PathBuf::from("/usr/lib/faketime")];
+        if let Ok(rd) = std::fs::read_dir("/usr/lib") {
+            // Multiarch directories: /usr/lib/x86_64-linux-gnu/faketime, ...
+            dirs.extend(rd.flatten().map(|e| e.path().join("faketime")));
+        }
+        dirs.into_iter()
+            .map(|d| d.join("libfaketime.so.1"))
+            .find(|p| p.exists())
+    }
+    if let Some(p) = find() {
+        return p;
+    }
+    let lock_path = std::env::temp_dir().join("dkv-test-apt-faketime.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .expect("open the apt lock file");
+    lock.lock().expect("lock the apt lock file");
+    if let Some(p) = find() {
+        return p;
+    }
+    let run = |args: &[&str]| {
+        let out = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run apt-get (the faketime package is needed)");
+        assert!(
+            out.status.success(),
+            "apt-get {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["update", "-q"]);
+    run(&["install", "-y", "-q", "faketime"]);
+    let p = find().expect("libfaketime.so.1 after installing faketime");
+    drop(lock);
+    p
+}
+
 /// Raise this test process's open-file limit (for tests that open thousands of sockets).
 pub fn raise_fd_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit with pointers to locals.
@@ -237,7 +298,9 @@ pub fn raise_fd_limit() -> u64 {
 
 /// Start a 3-node cluster (N=3, 2 shards each, a test secret) on free loopback ports: node `i`
 /// (1-based) is `nodes[i - 1]`. `args` are added to every node's command line (gossip, timeouts,
-/// switches). Returns once every node answers PING; waiting for membership is the caller's.
+/// switches). Returns once every node answers PING and every shard has measured its clock
+/// against its peers (until then a node refuses writes with CLOCK_OFFSET, see
+/// [`wait_clocks_measured`]); waiting for membership is the caller's.
 pub fn start_three_nodes(name: &str, args: &[&str]) -> Vec<Node> {
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let list: Vec<String> = ports
@@ -265,5 +328,28 @@ pub fn start_three_nodes(name: &str, args: &[&str]) -> Vec<Node> {
             all.extend_from_slice(args);
             Node::start_on(ports[i], &dir.join(format!("node-{}", i + 1)), &all)
         })
+        .collect::<Vec<Node>>()
+        .into_iter()
+        .inspect(wait_clocks_measured)
         .collect()
+}
+
+/// Wait until no shard of `node` refuses writes for its clock (`clock_shards_refusing 0` in
+/// STATS): a node coordinates writes only once it has measured its clock against every live
+/// peer, a gossip round trip or a few after it (or a peer) starts.
+pub fn wait_clocks_measured(node: &Node) {
+    wait_for(
+        READY_TIMEOUT,
+        &format!(
+            "kvd on {} to measure its clock against its peers",
+            node.addr
+        ),
+        || {
+            let stats = node.client().stats().ok()?;
+            stats
+                .lines()
+                .any(|l| l == "clock_shards_refusing 0")
+                .then_some(())
+        },
+    );
 }

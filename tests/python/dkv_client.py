@@ -77,6 +77,8 @@ STATUS_NAMES = {
     0x23: "TOO_MANY_CONNECTIONS",
     0x24: "STORAGE_ERROR",
     0x25: "SHUTTING_DOWN",
+    0x26: "CLOCK_OFFSET",
+    0x27: "MAYBE_APPLIED",
     0x30: "INTERNAL",
 }
 STATUS = {name: code for code, name in STATUS_NAMES.items()}
