@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! limits     every bound as a named constant
+//! budget     the node-wide memory budget for connection buffers (atomics)
 //! protocol   frames, requests, replies: bytes <-> values (pure)
 //! hash       the stable key hash, partitions, shard placement (pure)
 //! histogram  lock-free latency histograms for STATS
@@ -26,6 +27,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod budget;
 pub mod client;
 pub mod cluster;
 pub mod datadir;

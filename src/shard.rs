@@ -178,6 +178,8 @@ pub struct NodeShared {
     pub counters: Vec<ShardCounters>,
     /// ANTI_ENTROPY requests received: each shard starts a round when it sees it change.
     pub anti_entropy_requests: AtomicU64,
+    /// The memory budget of connection buffers, charged by the event loops (`budget.rs`).
+    pub memory: crate::budget::MemoryBudget,
 }
 
 impl NodeShared {
@@ -196,7 +198,14 @@ impl NodeShared {
             connections_open: AtomicU64::new(0),
             counters: (0..shards).map(|_| ShardCounters::default()).collect(),
             anti_entropy_requests: AtomicU64::new(0),
+            memory: crate::budget::MemoryBudget::default(),
         }
+    }
+
+    /// The same with these memory limits (kvd options).
+    pub fn with_memory_limits(mut self, limits: crate::budget::MemoryLimits) -> NodeShared {
+        self.memory = crate::budget::MemoryBudget::new(limits);
+        self
     }
 }
 
@@ -817,6 +826,7 @@ impl ShardCore {
             let _ = writeln!(t, "latency_{name}_us {v}");
         }
         let _ = writeln!(t, "latency_max_us {max}");
+        sh.memory.stats_text(&mut t);
         self.cluster_view_stats(&mut t);
         // Storage (and cluster) figures summed over shards, by name.
         let mut storage: Vec<(String, u64)> = Vec::new();
