@@ -765,8 +765,11 @@ impl Worker {
         if c.wpos == c.wbuf.len() {
             c.wbuf.clear();
             c.wpos = 0;
-            // After a burst of large replies, keep only a small buffer.
-            c.wbuf.shrink_to(WRITE_BUFFER_IDLE_CAPACITY_MAX);
+            // After a burst of large replies, keep only a small buffer at once; smaller
+            // excess is trimmed by the sweep (doing it here would reallocate every turn).
+            if c.wbuf.capacity() > SCRATCH_IDLE_CAPACITY_MAX {
+                c.wbuf.shrink_to(WRITE_BUFFER_IDLE_CAPACITY_MAX);
+            }
         } else if c.wpos > WRITE_BUFFER_HIGH_WATER {
             c.wbuf.drain(..c.wpos);
             c.wpos = 0;
@@ -805,6 +808,16 @@ impl Worker {
     }
 
     fn sweep_idle(&mut self, now: Instant) {
+        // Buffers grown by a burst go back to their idle size.
+        for (_, c) in self.conns.iter_mut() {
+            if c.wpos == c.wbuf.len() && c.wbuf.capacity() > WRITE_BUFFER_IDLE_CAPACITY_MAX {
+                c.wbuf.clear();
+                c.wpos = 0;
+                c.wbuf.shrink_to(WRITE_BUFFER_IDLE_CAPACITY_MAX);
+            }
+            c.rbuf.shrink_if_idle();
+            self.freed_since_trim += c.recharge(&self.shared.memory);
+        }
         // A frame begun must arrive whole within the frame timeout (slow loris, stalled
         // half frames holding buffers).
         let frame_timeout = Duration::from_millis(self.shared.memory.limits.frame_timeout_ms);
