@@ -23,9 +23,9 @@ use crate::budget::{reply_reserve_bytes, MemoryBudget};
 use crate::datadir::ClockCeiling;
 use crate::limits::{
     COORDINATOR_OPS_HIGH_WATER, COORDINATOR_OPS_LOW_WATER, IN_FLIGHT_PER_CONNECTION_MAX,
-    POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX, READ_CHUNK_SIZE, REQUESTS_PER_READ_EVENT_MAX,
-    SCRATCH_IDLE_CAPACITY_MAX, TRIM_AFTER_FREED_BYTES, WRITE_BUFFER_HIGH_WATER,
-    WRITE_BUFFER_IDLE_CAPACITY_MAX, WRITE_BUFFER_SIZE_MAX,
+    POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX, READ_BYTES_PER_TURN_MAX, READ_CHUNK_SIZE,
+    REQUESTS_PER_READ_EVENT_MAX, SCRATCH_IDLE_CAPACITY_MAX, TRIM_AFTER_FREED_BYTES,
+    WRITE_BUFFER_HIGH_WATER, WRITE_BUFFER_IDLE_CAPACITY_MAX, WRITE_BUFFER_SIZE_MAX,
 };
 use crate::protocol::message::{put_connection_error, put_error};
 use crate::protocol::{frame, Status, RESPONSE_BIT};
@@ -185,6 +185,8 @@ pub struct Worker {
     turn_start: Instant,
     /// Requests answered immediately in this turn (their latency is the turn's length).
     turn_immediate: u64,
+    /// Bytes read from client connections in the current turn.
+    turn_read_bytes: usize,
     /// Durable bound on the versions this shard let out.
     clock: ClockCeiling,
     /// Client connections are not read while the replication backlog is high.
@@ -250,6 +252,7 @@ impl Worker {
             accept_pending: false,
             turn_start: Instant::now(),
             turn_immediate: 0,
+            turn_read_bytes: 0,
             clock: p.clock,
             throttled: false,
             throttle_events: 0,
@@ -291,6 +294,7 @@ impl Worker {
             }
             let now_ms = wall_ms();
             self.turn_start = Instant::now();
+            self.turn_read_bytes = 0;
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept_pending = true,
@@ -595,6 +599,12 @@ impl Worker {
                 more = false;
                 break;
             }
+            if self.turn_read_bytes >= READ_BYTES_PER_TURN_MAX {
+                // Enough copying for one turn: the rest waits for the next one, after the
+                // next poll's events (a steady client is not stuck behind a thousand
+                // large uploads).
+                break;
+            }
             // The read buffer grows a chunk at a time as a frame arrives; beyond the first
             // chunk each growth needs room in the node budget. Without it the bytes wait in the
             // socket (and the frame timeout runs).
@@ -618,6 +628,7 @@ impl Worker {
                 }
                 Ok(n) => {
                     bytes_in += n as u64;
+                    self.turn_read_bytes += n;
                     c.last_active = Instant::now();
                     budget.resize(c.charged, c.buffer_bytes());
                     c.charged = c.buffer_bytes();
