@@ -185,7 +185,7 @@ pub struct Worker {
     turn_start: Instant,
     /// Requests answered immediately in this turn (their latency is the turn's length).
     turn_immediate: u64,
-    /// Bytes read from client connections in the current turn.
+    /// Bytes read from connections in the current turn.
     turn_read_bytes: usize,
     /// Durable bound on the versions this shard let out.
     clock: ClockCeiling,
