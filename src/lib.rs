@@ -5,6 +5,7 @@
 //! ```text
 //! limits     every bound as a named constant
 //! auth       peer-handshake proofs (HMAC-SHA256) and the failed-handshake throttle (pure)
+//! budget     the node-wide memory budget for connection buffers (atomics)
 //! protocol   frames, requests, replies: bytes <-> values (pure)
 //! hash       the stable key hash, partitions, shard placement (pure)
 //! histogram  lock-free latency histograms for STATS
@@ -28,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod budget;
 pub mod client;
 pub mod cluster;
 pub mod datadir;

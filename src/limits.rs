@@ -105,6 +105,77 @@ const _: () = assert!(READ_BUFFER_SIZE_MAX > FRAME_SIZE_MAX + 4);
 const _: () = assert!(PARTITION_COUNT.is_power_of_two() && PARTITION_COUNT <= 65_536);
 const _: () = assert!(SHARDS_MAX <= PARTITION_COUNT);
 
+// ---- connection memory budget (see `budget.rs`) ----
+
+/// Default per-connection limit (`--connection-buffer-mb`): unsent replies plus the bytes
+/// reserved for replies still to come. A GET reserves a largest frame (about 1 MiB) until its
+/// reply arrives, so 16 MiB lets a connection keep 15 cross-shard GETs in flight whatever their
+/// values, while 20 clients that never read hold at most 320 MiB between them. It is also the
+/// most unsent reply bytes a connection may hold.
+pub const CONNECTION_BUFFER_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
+
+/// Default node-wide limit (`--node-buffer-mb`) on the bytes held in connection read and write
+/// buffers. Past it read buffers do not grow beyond one chunk and the connections holding the
+/// most unread replies are dropped, so a node with the defaults holds at most this plus one
+/// chunk per connection and the per-connection reservations in transit.
+pub const NODE_BUFFER_BYTES_MAX_DEFAULT: usize = 256 * 1024 * 1024;
+
+/// Smallest `--connection-buffer-mb` and `--node-buffer-mb`, in bytes: a connection must be able
+/// to reserve a largest reply (plus one more) or a GET of a large value could never be admitted.
+pub const CONNECTION_BUFFER_BYTES_MIN: usize = 2 * (4 + FRAME_SIZE_MAX) + WRITE_BUFFER_HIGH_WATER;
+
+/// Largest `--connection-buffer-mb` and `--node-buffer-mb`, in bytes (a typo guard).
+pub const BUFFER_BYTES_LIMIT: usize = 1 << 40;
+
+/// Bytes one shard reads from its connections in one event-loop turn; past it the connections
+/// still readable are read next turn, after the next poll's events. Copying 500 MB that 1,000
+/// clients uploaded at once in one turn stalled every other client of the shard for 0.6 s.
+pub const READ_BYTES_PER_TURN_MAX: usize = 8 * 1024 * 1024;
+
+/// Default `--frame-timeout-ms`: once its first byte arrived, a frame must arrive whole within
+/// this, or the connection is dropped. A largest frame (1 MiB) takes 10 s only below about
+/// 100 KiB/s; a client trickling bytes to hold buffers (slow loris) is cut off.
+pub const FRAME_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// Smallest and largest `--frame-timeout-ms`.
+pub const FRAME_TIMEOUT_MS_MIN: u64 = 10;
+/// Largest `--frame-timeout-ms`.
+pub const FRAME_TIMEOUT_MS_MAX: u64 = 3_600_000;
+
+/// Bytes a request whose reply carries no value (PUT, DELETE, peer operations) reserves for
+/// it: a header, a version, or an error frame with its longest message.
+pub const REPLY_RESERVE_SMALL_BYTES: usize = FRAME_HEADER_SIZE + 16 + ERROR_MESSAGE_SIZE_MAX;
+
+/// A write buffer that is empty keeps at most this much capacity: a burst of large replies
+/// must not leave megabytes allocated per connection.
+pub const WRITE_BUFFER_IDLE_CAPACITY_MAX: usize = READ_CHUNK_SIZE;
+
+/// Shard-wide scratch buffers (replies in transit between shards) that are empty at the end of
+/// a turn keep at most this much capacity.
+pub const SCRATCH_IDLE_CAPACITY_MAX: usize = 1024 * 1024;
+
+/// Freed buffer bytes (per shard) after which the shard asks the allocator to return free
+/// memory to the system (glibc keeps freed heap pages otherwise).
+pub const TRIM_AFTER_FREED_BYTES: usize = 32 * 1024 * 1024;
+
+/// Allocations from this size up are mapped on their own and unmapped when freed (glibc's
+/// `M_MMAP_THRESHOLD`, fixed so that it does not rise after large frees). Above a largest read
+/// buffer: unmapping costs a TLB shootdown per buffer (measured: closing 466 connections that
+/// held 512 KiB each took 260 ms), while arena memory is freed cheaply and returned by the trim
+/// threshold below and `malloc_trim`.
+pub const MALLOC_MMAP_THRESHOLD_BYTES: usize = 4 * 1024 * 1024;
+
+/// Free memory at the top of an allocator arena past this is returned to the system (glibc's
+/// `M_TRIM_THRESHOLD`, fixed for the same reason).
+pub const MALLOC_TRIM_THRESHOLD_BYTES: usize = 1024 * 1024;
+
+const _: () = assert!(CONNECTION_BUFFER_BYTES_MAX_DEFAULT >= CONNECTION_BUFFER_BYTES_MIN);
+const _: () = assert!(NODE_BUFFER_BYTES_MAX_DEFAULT >= CONNECTION_BUFFER_BYTES_MIN);
+const _: () = assert!(FRAME_TIMEOUT_MS_MIN <= FRAME_TIMEOUT_MS_DEFAULT);
+const _: () = assert!(READ_BYTES_PER_TURN_MAX >= READ_CHUNK_SIZE);
+const _: () = assert!(MALLOC_MMAP_THRESHOLD_BYTES > READ_BUFFER_SIZE_MAX);
+const _: () = assert!(FRAME_TIMEOUT_MS_DEFAULT <= FRAME_TIMEOUT_MS_MAX);
+
 // ---- cluster ----
 
 /// Most nodes in one cluster. Node ids are also bounded by `version::NODE_ID_MAX`; this bounds

@@ -222,6 +222,8 @@ pub struct NodeShared {
     /// COMPACT requests received (a generation): each shard starts a forced compaction pass
     /// when it sees it change, and publishes the generation it finished in `compact_done`.
     pub compact_requests: AtomicU64,
+    /// The memory budget of connection buffers, charged by the event loops (`budget.rs`).
+    pub memory: crate::budget::MemoryBudget,
 }
 
 impl NodeShared {
@@ -242,7 +244,14 @@ impl NodeShared {
             anti_entropy_requests: AtomicU64::new(0),
             handshake_throttle: Mutex::new(crate::auth::HandshakeThrottle::default()),
             compact_requests: AtomicU64::new(0),
+            memory: crate::budget::MemoryBudget::default(),
         }
+    }
+
+    /// The same with these memory limits (kvd options).
+    pub fn with_memory_limits(mut self, limits: crate::budget::MemoryLimits) -> NodeShared {
+        self.memory = crate::budget::MemoryBudget::new(limits);
+        self
     }
 }
 
@@ -1016,6 +1025,7 @@ impl ShardCore {
             let _ = writeln!(t, "latency_{name}_us {v}");
         }
         let _ = writeln!(t, "latency_max_us {max}");
+        sh.memory.stats_text(&mut t);
         self.cluster_view_stats(&mut t);
         // Storage (and cluster) figures summed over shards, by name.
         let mut storage: Vec<(String, u64)> = Vec::new();

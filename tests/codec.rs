@@ -633,6 +633,15 @@ fn limits_table_in_protocol_md_matches_limits_rs() {
         ),
         ("IDLE_TIMEOUT_MS_DEFAULT", limits::IDLE_TIMEOUT_MS_DEFAULT),
         (
+            "CONNECTION_BUFFER_BYTES_MAX_DEFAULT",
+            limits::CONNECTION_BUFFER_BYTES_MAX_DEFAULT as u64,
+        ),
+        (
+            "NODE_BUFFER_BYTES_MAX_DEFAULT",
+            limits::NODE_BUFFER_BYTES_MAX_DEFAULT as u64,
+        ),
+        ("FRAME_TIMEOUT_MS_DEFAULT", limits::FRAME_TIMEOUT_MS_DEFAULT),
+        (
             "CONNECTIONS_MAX_DEFAULT",
             limits::CONNECTIONS_MAX_DEFAULT as u64,
         ),

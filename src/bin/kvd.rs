@@ -1,5 +1,6 @@
 //! `kvd`: one dkv node. Parses options, opens the stores, runs the shard event loops.
 
+use dkv::budget::MemoryLimits;
 use dkv::cluster::config::parse_nodes;
 use dkv::cluster::ClusterConfig;
 use dkv::datadir::{ClockCeiling, DataDir};
@@ -10,6 +11,11 @@ use dkv::limits::{
     FAILURE_THRESHOLD_DEFAULT, GOSSIP_INTERVAL_MS_DEFAULT, IDLE_TIMEOUT_MS_DEFAULT, PORT_DEFAULT,
     REQUEST_TIMEOUT_MS_DEFAULT, SEGMENT_SIZE_MAX_DEFAULT, SEGMENT_SIZE_MAX_LIMIT, SHARDS_MAX,
     TOKEN_SIZE_MAX, TOMBSTONE_WINDOW_MS_DEFAULT,
+};
+use dkv::limits::{
+    BUFFER_BYTES_LIMIT, CONNECTION_BUFFER_BYTES_MAX_DEFAULT, CONNECTION_BUFFER_BYTES_MIN,
+    FRAME_TIMEOUT_MS_DEFAULT, FRAME_TIMEOUT_MS_MAX, FRAME_TIMEOUT_MS_MIN,
+    NODE_BUFFER_BYTES_MAX_DEFAULT,
 };
 use dkv::protocol::Consistency;
 use dkv::server::{self, worker::wall_ms, ServerConfig};
@@ -99,6 +105,7 @@ fn options() -> getopts::Options {
         "TOKEN",
     );
     secret_options(&mut o);
+    memory_options(&mut o);
     cluster_options(&mut o);
     o.optflag("h", "help", "print this help");
     o.optflag("V", "version", "print the version");
@@ -200,6 +207,77 @@ fn disk_options(o: &mut getopts::Options) {
         "free disk space kept so that compaction can always run: writes are refused (STORAGE_ERROR \"disk full\") below it, and compaction works below its thresholds under twice it. auto = 2 x min(segment size, live data) per shard + 1 MiB [default: auto]",
         "MB|auto",
     );
+}
+
+/// The options of the memory budget of connection buffers (`dkv::budget`).
+fn memory_options(o: &mut getopts::Options) {
+    o.optopt(
+        "",
+        "connection-buffer-kb",
+        &format!(
+            "per connection: unsent replies plus the room reserved for replies still to come              (a GET reserves a largest value); past it the connection is not read until it              reads its replies [default: {}]",
+            CONNECTION_BUFFER_BYTES_MAX_DEFAULT / 1024
+        ),
+        "KB",
+    );
+    o.optopt(
+        "",
+        "node-buffer-mb",
+        &format!(
+            "node-wide: bytes in connection read and write buffers; past it read buffers stop              growing and the connections holding the most unread replies are dropped              [default: {}]",
+            NODE_BUFFER_BYTES_MAX_DEFAULT / (1024 * 1024)
+        ),
+        "MB",
+    );
+    o.optopt(
+        "",
+        "frame-timeout-ms",
+        &format!(
+            "a frame must arrive whole this long after its first byte, or the connection is              dropped [default: {FRAME_TIMEOUT_MS_DEFAULT}]"
+        ),
+        "MS",
+    );
+}
+
+/// The memory limits from the options.
+fn memory_limits(m: &getopts::Matches) -> Result<MemoryLimits, String> {
+    let kb: usize = parse_num(
+        m,
+        "connection-buffer-kb",
+        CONNECTION_BUFFER_BYTES_MAX_DEFAULT / 1024,
+    )?;
+    let connection_bytes_max = kb.saturating_mul(1024);
+    if !(CONNECTION_BUFFER_BYTES_MIN..=BUFFER_BYTES_LIMIT).contains(&connection_bytes_max) {
+        return Err(format!(
+            "--connection-buffer-kb must be between {} and {}",
+            CONNECTION_BUFFER_BYTES_MIN.div_ceil(1024),
+            BUFFER_BYTES_LIMIT / 1024
+        ));
+    }
+    let mb: usize = parse_num(
+        m,
+        "node-buffer-mb",
+        NODE_BUFFER_BYTES_MAX_DEFAULT / (1024 * 1024),
+    )?;
+    let node_bytes_max = mb.saturating_mul(1024 * 1024);
+    if !(CONNECTION_BUFFER_BYTES_MIN..=BUFFER_BYTES_LIMIT).contains(&node_bytes_max) {
+        return Err(format!(
+            "--node-buffer-mb must be between {} and {}",
+            CONNECTION_BUFFER_BYTES_MIN.div_ceil(1024 * 1024),
+            BUFFER_BYTES_LIMIT / (1024 * 1024)
+        ));
+    }
+    let frame_timeout_ms: u64 = parse_num(m, "frame-timeout-ms", FRAME_TIMEOUT_MS_DEFAULT)?;
+    if !(FRAME_TIMEOUT_MS_MIN..=FRAME_TIMEOUT_MS_MAX).contains(&frame_timeout_ms) {
+        return Err(format!(
+            "--frame-timeout-ms must be between {FRAME_TIMEOUT_MS_MIN} and {FRAME_TIMEOUT_MS_MAX}"
+        ));
+    }
+    Ok(MemoryLimits {
+        connection_bytes_max,
+        node_bytes_max,
+        frame_timeout_ms,
+    })
 }
 
 /// The options of the cluster issue (all optional: without `--nodes` the node runs alone).
@@ -545,6 +623,7 @@ fn config(m: &getopts::Matches) -> Result<(ServerConfig, String), String> {
             "--client-token is longer than {TOKEN_SIZE_MAX} bytes"
         ));
     }
+    let memory = memory_limits(m)?;
     let data = m.opt_str("data").unwrap_or_else(|| "kvdata".into());
     // Hints are kept durably beside the shards' stores.
     let cluster = cluster.map(|mut c| {
@@ -561,6 +640,7 @@ fn config(m: &getopts::Matches) -> Result<(ServerConfig, String), String> {
             sync,
             client_token,
             cluster,
+            memory,
         },
         data,
     ))

@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub client_token: Option<Vec<u8>>,
     /// The cluster this node belongs to (`--nodes`); `None` runs a single node.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Limits of the memory budget of connection buffers.
+    pub memory: crate::budget::MemoryLimits,
 }
 
 /// Bind one listener with SO_REUSEPORT.
@@ -109,6 +111,7 @@ pub fn run(
     assert_eq!(stores.len(), cfg.shards);
     assert_eq!(clocks.len(), cfg.shards);
     system::install_signal_handlers();
+    system::tune_allocator();
     let fd_limit = system::raise_fd_limit();
     let conn_cap = effective_connection_cap(cfg.connections_max, fd_limit);
     if conn_cap < cfg.connections_max {
@@ -126,12 +129,10 @@ pub fn run(
         cfg.sync
     );
 
-    let shared = Arc::new(NodeShared::new(
-        cfg.node_id,
-        cfg.shards,
-        started_at_ms,
-        conn_cap,
-    ));
+    let shared = Arc::new(
+        NodeShared::new(cfg.node_id, cfg.shards, started_at_ms, conn_cap)
+            .with_memory_limits(cfg.memory),
+    );
     let mut polls = Vec::with_capacity(cfg.shards);
     let mut boxes = Vec::with_capacity(cfg.shards);
     for _ in 0..cfg.shards {

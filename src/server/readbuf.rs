@@ -46,6 +46,24 @@ impl ReadBuf {
         self.end = 0;
     }
 
+    /// Bytes allocated (what the buffer costs, whatever it holds).
+    pub fn allocated(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// How many bytes the next [`ReadBuf::read_from`] would add to the allocation (0 when the
+    /// free space, after moving the unconsumed bytes to the front, takes a whole chunk). The
+    /// buffer grows one chunk at a time as bytes arrive, never to a frame's declared size.
+    pub fn growth_for_next_read(&self) -> usize {
+        let end = if self.buf.len() - self.end < READ_CHUNK_SIZE && self.start > 0 {
+            self.end - self.start
+        } else {
+            self.end
+        };
+        let want = (end + READ_CHUNK_SIZE).min(READ_BUFFER_SIZE_MAX);
+        want.saturating_sub(self.buf.len())
+    }
+
     /// One `read` from `r` of at most [`READ_CHUNK_SIZE`] bytes into the free space. The
     /// unconsumed bytes never exceed one largest frame plus a chunk (the caller consumes whole
     /// frames and refuses oversized lengths), so there is always room.
@@ -101,5 +119,26 @@ mod tests {
         out.extend_from_slice(rb.data());
         assert_eq!(out, data);
         assert!(rb.buf.len() <= 2 * READ_CHUNK_SIZE);
+    }
+
+    #[test]
+    fn grows_a_chunk_at_a_time_and_shrinks_when_idle() {
+        // A large frame arriving slowly costs what has arrived, not what it declares.
+        let data = vec![7u8; 5 * READ_CHUNK_SIZE];
+        let mut src = &data[..];
+        let mut rb = ReadBuf::default();
+        assert_eq!(rb.growth_for_next_read(), READ_CHUNK_SIZE);
+        for i in 1..=5 {
+            let grow = rb.growth_for_next_read();
+            let before = rb.allocated();
+            assert_eq!(rb.read_from(&mut src).unwrap(), READ_CHUNK_SIZE);
+            assert_eq!(rb.allocated(), before + grow);
+            assert!(rb.allocated() <= (i + 1) * READ_CHUNK_SIZE);
+        }
+        assert_eq!(rb.growth_for_next_read(), READ_CHUNK_SIZE);
+        rb.consume(5 * READ_CHUNK_SIZE);
+        rb.shrink_if_idle();
+        assert_eq!(rb.allocated(), READ_CHUNK_SIZE);
+        assert_eq!(rb.growth_for_next_read(), 0);
     }
 }

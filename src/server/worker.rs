@@ -6,16 +6,27 @@
 //! Bounds enforced here: connections per shard, read buffer (one largest frame plus a chunk),
 //! write buffer (backpressure at the high-water mark, disconnection past the maximum), requests
 //! in flight per connection, reads per readiness event, accepts per turn, idle time.
+//!
+//! The memory budget (`crate::budget`) is charged here: every connection's buffers count
+//! against the node-wide limit, and its unsent replies plus the reservations of its replies to
+//! come (forwarded, held for a sync, coordinated) against the per-connection limit. Past the
+//! connection limit a connection is not decoded until its replies drain; past the node limit
+//! read buffers do not grow beyond a chunk (waiting connections are retried each turn, since
+//! edge-triggered readiness would not report their bytes again) and the connections holding
+//! the most unread replies are dropped. A frame must arrive whole within the frame timeout.
 
 use super::mailbox::{Full, Mailbox};
 use super::peers::PeerLinks;
 use super::readbuf::ReadBuf;
 use super::system;
+use crate::budget::{reply_reserve_bytes, MemoryBudget};
 use crate::datadir::ClockCeiling;
 use crate::limits::{
     COORDINATOR_OPS_HIGH_WATER, COORDINATOR_OPS_LOW_WATER, IN_FLIGHT_PER_CONNECTION_MAX,
-    MAINTENANCE_URGENT_TICK_MS, POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX, REQUESTS_PER_READ_EVENT_MAX,
-    SHUTDOWN_FLUSH_MS_MAX, WRITE_BUFFER_HIGH_WATER, WRITE_BUFFER_SIZE_MAX,
+    MAINTENANCE_URGENT_TICK_MS, POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX, READ_BYTES_PER_TURN_MAX,
+    READ_CHUNK_SIZE, REQUESTS_PER_READ_EVENT_MAX, SCRATCH_IDLE_CAPACITY_MAX, SHUTDOWN_FLUSH_MS_MAX,
+    TRIM_AFTER_FREED_BYTES, WRITE_BUFFER_HIGH_WATER, WRITE_BUFFER_IDLE_CAPACITY_MAX,
+    WRITE_BUFFER_SIZE_MAX,
 };
 use crate::protocol::message::{put_connection_error, put_error};
 use crate::protocol::{frame, Status, RESPONSE_BIT};
@@ -74,6 +85,14 @@ struct Conn {
     paused: bool,
     /// Already in the flush list of this turn.
     queued: bool,
+    /// Bytes reserved for the replies of this connection's requests in flight (`budget.rs`).
+    reserved: usize,
+    /// Bytes of buffers charged to the node budget for this connection.
+    charged: usize,
+    /// When the first byte of the incomplete frame at the end of the read buffer arrived.
+    frame_since: Option<Instant>,
+    /// Not read because the node budget had no room to grow its read buffer.
+    waiting_memory: bool,
 }
 
 impl Conn {
@@ -81,9 +100,67 @@ impl Conn {
         self.wbuf.len() - self.wpos
     }
 
-    fn over_limits(&self) -> bool {
+    fn is_peer(&self) -> bool {
+        matches!(self.session.role, Some(crate::protocol::Role::Peer))
+    }
+
+    /// Bytes the next request in the read buffer would reserve for its reply. Peer sessions
+    /// reserve nothing: they are authenticated, and pausing them would slow down the very
+    /// acknowledgements that free memory.
+    fn next_reserve(&self) -> usize {
+        let data = self.rbuf.data();
+        if self.is_peer() || data.len() < 5 {
+            return 0;
+        }
+        reply_reserve_bytes(data[4])
+    }
+
+    /// Whether decoding must stop: too many replies unsent, too many requests in flight, or
+    /// the next request's reply would not fit the connection's budget (always admitted when
+    /// nothing is outstanding, so a connection can never wait on itself).
+    fn over_limits(&self, connection_bytes_max: usize) -> bool {
+        let outstanding = self.pending_out() + self.reserved;
         self.pending_out() > WRITE_BUFFER_HIGH_WATER
             || self.in_flight >= IN_FLIGHT_PER_CONNECTION_MAX
+            || (outstanding > 0 && outstanding + self.next_reserve() > connection_bytes_max)
+    }
+
+    /// What the connection's buffers cost now.
+    fn buffer_bytes(&self) -> usize {
+        self.rbuf.allocated() + self.wbuf.capacity()
+    }
+
+    /// Bring the node budget up to date with this connection's buffers; returns bytes freed.
+    fn recharge(&mut self, budget: &MemoryBudget) -> usize {
+        let now = self.buffer_bytes();
+        budget.resize(self.charged, now);
+        let freed = self.charged.saturating_sub(now);
+        self.charged = now;
+        freed
+    }
+
+    /// Give back the reservation of one reply with opcode `opc`.
+    fn unreserve(&mut self, opc: u8, budget: &MemoryBudget) {
+        let n = if self.in_flight == 0 {
+            self.reserved
+        } else {
+            reply_reserve_bytes(opc).min(self.reserved)
+        };
+        self.reserved -= n;
+        budget.unreserve(n);
+    }
+
+    /// Track when the incomplete frame at the end of the read buffer began: `consumed` says
+    /// whether whole frames were taken from the buffer since the last call (the incomplete
+    /// frame left is then a new one).
+    fn track_partial_frame(&mut self, consumed: bool, now: Instant) {
+        let data = self.rbuf.data();
+        let partial = !data.is_empty() && matches!(frame::check(data), Ok(None));
+        if !partial {
+            self.frame_since = None;
+        } else if consumed || self.frame_since.is_none() {
+            self.frame_since = Some(now);
+        }
     }
 }
 
@@ -109,6 +186,8 @@ pub struct Worker {
     turn_start: Instant,
     /// Requests answered immediately in this turn (their latency is the turn's length).
     turn_immediate: u64,
+    /// Bytes read from connections in the current turn.
+    turn_read_bytes: usize,
     /// Durable bound on the versions this shard let out.
     clock: ClockCeiling,
     /// Client connections are not read while the replication backlog is high.
@@ -117,6 +196,10 @@ pub struct Worker {
     throttle_events: u64,
     /// Outbound links to the other nodes, when the node runs in a cluster.
     links: Option<PeerLinks>,
+    /// Connections not read for lack of node budget, retried when there is room.
+    memory_waiters: Vec<usize>,
+    /// Buffer bytes this shard freed since it last asked the allocator to return memory.
+    freed_since_trim: usize,
 }
 
 /// What a worker is built from.
@@ -170,9 +253,12 @@ impl Worker {
             accept_pending: false,
             turn_start: Instant::now(),
             turn_immediate: 0,
+            turn_read_bytes: 0,
             clock: p.clock,
             throttled: false,
             throttle_events: 0,
+            memory_waiters: Vec::new(),
+            freed_since_trim: 0,
         })
     }
 
@@ -209,6 +295,7 @@ impl Worker {
             }
             let now_ms = wall_ms();
             self.turn_start = Instant::now();
+            self.turn_read_bytes = 0;
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept_pending = true,
@@ -232,6 +319,14 @@ impl Worker {
             if self.accept_pending {
                 self.accept();
             }
+            if !self.memory_waiters.is_empty() && self.shared.memory.has_room(READ_CHUNK_SIZE) {
+                for k in std::mem::take(&mut self.memory_waiters) {
+                    if let Some(c) = self.conns.get_mut(k) {
+                        c.waiting_memory = false;
+                        self.resume_list.push(k);
+                    }
+                }
+            }
             for k in std::mem::take(&mut self.resume_list) {
                 self.read_conn(k, now_ms);
             }
@@ -244,6 +339,10 @@ impl Worker {
 
             let now = Instant::now();
             if now >= next_tick {
+                if self.freed_since_trim >= TRIM_AFTER_FREED_BYTES {
+                    self.freed_since_trim = 0;
+                    system::release_free_memory();
+                }
                 // Sooner while the disk is short of space and compaction has work left.
                 let urgent = self.core.on_tick(now_ms, MAINTENANCE_BUDGET_PER_TICK);
                 let ms = if urgent {
@@ -315,12 +414,52 @@ impl Worker {
         for k in std::mem::take(&mut self.flush_list) {
             self.flush(k);
         }
+        self.enforce_node_budget();
+        if self.own_replies.is_empty() && self.own_replies.capacity() > SCRATCH_IDLE_CAPACITY_MAX {
+            // A burst of forwarded replies must not stay allocated.
+            self.freed_since_trim += self.own_replies.capacity();
+            self.own_replies = Vec::new();
+        }
         if self.turn_immediate > 0 {
             let us = self.turn_start.elapsed().as_micros() as u64;
             self.shared.counters[self.shard]
                 .latency_us
                 .record_n(us, self.turn_immediate);
             self.turn_immediate = 0;
+        }
+    }
+
+    /// Past the node limit, drop this shard's client connections that hold unsent replies
+    /// above the high-water mark (they are not reading them), largest first, until the node is
+    /// back under the limit. Every shard does the same with its own connections.
+    fn enforce_node_budget(&mut self) {
+        if !self.shared.memory.over() {
+            return;
+        }
+        let mut hogs: Vec<(usize, usize)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.is_peer() && c.pending_out() > WRITE_BUFFER_HIGH_WATER)
+            .map(|(k, c)| (c.buffer_bytes(), k))
+            .collect();
+        hogs.sort_unstable_by(|a, b| b.cmp(a));
+        for (bytes, k) in hogs {
+            if !self.shared.memory.over() {
+                break;
+            }
+            log::warn!(
+                "shard {}: node connection buffers over {} bytes; dropping a connection that holds {bytes} bytes without reading its replies",
+                self.shard,
+                self.shared.memory.node_bytes_max()
+            );
+            self.shared
+                .memory
+                .dropped_node
+                .fetch_add(1, Ordering::Relaxed);
+            self.counters()
+                .connections_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            self.close(k);
         }
     }
 
@@ -487,6 +626,10 @@ impl Worker {
                 eof: false,
                 paused: false,
                 queued: false,
+                reserved: 0,
+                charged: 0,
+                frame_since: None,
+                waiting_memory: false,
             });
             let c = self.counters();
             c.connections.fetch_add(1, Ordering::Relaxed);
@@ -519,8 +662,10 @@ impl Worker {
             c.paused = true;
             return;
         }
+        let budget = &self.shared.memory;
         let (mut frames, mut immediate) =
-            process_frames(&mut self.core, c, now_ms, self.turn_start);
+            process_frames(&mut self.core, c, budget, now_ms, self.turn_start);
+        c.track_partial_frame(frames > 0, self.turn_start);
         let mut bytes_in = 0u64;
         // Readiness is edge-triggered: unless a read ends in WouldBlock (or the connection
         // stops being read), bytes may be left in the socket with no new event to come, so the
@@ -528,7 +673,28 @@ impl Worker {
         let mut more = true;
         let mut dead = false;
         for _ in 0..READS_PER_EVENT_MAX {
-            if c.closing || c.eof || c.paused {
+            if c.closing || c.eof || c.paused || c.waiting_memory {
+                more = false;
+                break;
+            }
+            if self.turn_read_bytes >= READ_BYTES_PER_TURN_MAX {
+                // Enough copying for one turn: the rest waits for the next one, after the
+                // next poll's events (a steady client is not stuck behind a thousand
+                // large uploads).
+                break;
+            }
+            // The read buffer grows a chunk at a time as a frame arrives; beyond the first
+            // chunk each growth needs room in the node budget. Without it the bytes wait in the
+            // socket (and the frame timeout runs).
+            let grow = c.rbuf.growth_for_next_read();
+            if grow > 0
+                && c.rbuf.allocated() + grow > READ_CHUNK_SIZE
+                && !c.is_peer()
+                && !budget.has_room(grow)
+            {
+                c.waiting_memory = true;
+                budget.paused_node.fetch_add(1, Ordering::Relaxed);
+                self.memory_waiters.push(k);
                 more = false;
                 break;
             }
@@ -540,8 +706,12 @@ impl Worker {
                 }
                 Ok(n) => {
                     bytes_in += n as u64;
+                    self.turn_read_bytes += n;
                     c.last_active = Instant::now();
-                    let (f, i) = process_frames(&mut self.core, c, now_ms, self.turn_start);
+                    budget.resize(c.charged, c.buffer_bytes());
+                    c.charged = c.buffer_bytes();
+                    let (f, i) = process_frames(&mut self.core, c, budget, now_ms, self.turn_start);
+                    c.track_partial_frame(f > 0, c.last_active);
                     frames += f;
                     immediate += i;
                     if c.closing {
@@ -553,7 +723,6 @@ impl Worker {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    c.rbuf.shrink_if_idle();
                     more = false;
                     break;
                 }
@@ -565,6 +734,9 @@ impl Worker {
                 }
             }
         }
+        // Give memory back after a large frame, whether or not the read ended in WouldBlock.
+        c.rbuf.shrink_if_idle();
+        self.freed_since_trim += c.recharge(budget);
         let counters = &self.shared.counters[self.shard];
         counters.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
         self.turn_immediate += immediate;
@@ -635,6 +807,7 @@ impl Worker {
                     c.wbuf.extend_from_slice(bytes);
                     debug_assert!(c.in_flight > 0, "a reply record answers a deferred request");
                     c.in_flight = c.in_flight.saturating_sub(1);
+                    c.unreserve(bytes[4], &self.shared.memory);
                     if let Some(t) = c.deferred_at.pop_front() {
                         let us = t.elapsed().as_micros() as u64;
                         self.shared.counters[self.shard].latency_us.record_n(us, 1);
@@ -653,6 +826,7 @@ impl Worker {
     /// Write what a connection has pending; close it if it is done or hopeless.
     fn flush(&mut self, k: usize) {
         let throttled = self.throttled;
+        let budget = &self.shared.memory;
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
@@ -680,17 +854,26 @@ impl Worker {
         if c.wpos == c.wbuf.len() {
             c.wbuf.clear();
             c.wpos = 0;
+            // After a burst of large replies, keep only a small buffer at once; smaller
+            // excess is trimmed by the sweep (doing it here would reallocate every turn).
+            if c.wbuf.capacity() > SCRATCH_IDLE_CAPACITY_MAX {
+                c.wbuf.shrink_to(WRITE_BUFFER_IDLE_CAPACITY_MAX);
+            }
         } else if c.wpos > WRITE_BUFFER_HIGH_WATER {
             c.wbuf.drain(..c.wpos);
             c.wpos = 0;
         }
+        self.freed_since_trim += c.recharge(budget);
         let pending = c.pending_out();
-        let too_much = pending > WRITE_BUFFER_SIZE_MAX;
+        // Client connections cannot pass their budget (requests reserve their replies before
+        // they are decoded); the check stays for peers and as a last line.
+        let too_much = pending > WRITE_BUFFER_SIZE_MAX.max(budget.connection_bytes_max());
         // A half-closed connection is done once everything it sent is answered.
         let answered_all = c.in_flight == 0 && matches!(frame::check(c.rbuf.data()), Ok(None));
         let done = pending == 0 && (c.closing || (c.eof && answered_all));
         let throttled = throttled && !matches!(c.session.role, Some(crate::protocol::Role::Peer));
-        let resume = c.paused && !c.over_limits() && !c.closing && !throttled;
+        let resume =
+            c.paused && !c.over_limits(budget.connection_bytes_max()) && !c.closing && !throttled;
         if resume {
             c.paused = false;
         }
@@ -714,6 +897,44 @@ impl Worker {
     }
 
     fn sweep_idle(&mut self, now: Instant) {
+        // Buffers grown by a burst go back to their idle size.
+        for (_, c) in self.conns.iter_mut() {
+            if c.wpos == c.wbuf.len() && c.wbuf.capacity() > WRITE_BUFFER_IDLE_CAPACITY_MAX {
+                c.wbuf.clear();
+                c.wpos = 0;
+                c.wbuf.shrink_to(WRITE_BUFFER_IDLE_CAPACITY_MAX);
+            }
+            c.rbuf.shrink_if_idle();
+            self.freed_since_trim += c.recharge(&self.shared.memory);
+        }
+        // A frame begun must arrive whole within the frame timeout (slow loris, stalled
+        // half frames holding buffers).
+        let frame_timeout = Duration::from_millis(self.shared.memory.limits.frame_timeout_ms);
+        let slow: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                !c.closing
+                    && c.frame_since
+                        .is_some_and(|t| now.duration_since(t) >= frame_timeout)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in slow {
+            log::debug!(
+                "shard {}: dropping a connection whose frame did not arrive within {} ms",
+                self.shard,
+                frame_timeout.as_millis()
+            );
+            self.shared
+                .memory
+                .dropped_frame_timeout
+                .fetch_add(1, Ordering::Relaxed);
+            self.counters()
+                .connections_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            self.close(k);
+        }
         let idle: Vec<usize> = self
             .conns
             .iter()
@@ -733,6 +954,11 @@ impl Worker {
     fn close(&mut self, k: usize) {
         if let Some(mut c) = self.conns.try_remove(k) {
             let _ = self.poll.registry().deregister(&mut c.stream);
+            // Replies still to come for it are discarded on arrival (the id no longer matches).
+            let memory = &self.shared.memory;
+            memory.unreserve(c.reserved);
+            memory.resize(c.charged, 0);
+            self.freed_since_trim += c.charged;
             self.counters().connections.fetch_sub(1, Ordering::Relaxed);
             self.shared.connections_open.fetch_sub(1, Ordering::Relaxed);
         }
@@ -744,6 +970,7 @@ impl Worker {
 fn process_frames(
     core: &mut ShardCore,
     c: &mut Conn,
+    budget: &MemoryBudget,
     now_ms: u64,
     turn_start: Instant,
 ) -> (usize, u64) {
@@ -751,12 +978,17 @@ fn process_frames(
     let mut n_immediate = 0;
     c.paused = false;
     loop {
-        if c.over_limits() {
+        if c.over_limits(budget.connection_bytes_max()) {
+            if !c.paused && c.pending_out() + c.reserved > WRITE_BUFFER_HIGH_WATER {
+                budget.paused_connection.fetch_add(1, Ordering::Relaxed);
+            }
             c.paused = true;
             break;
         }
         match frame::parse(c.rbuf.data()) {
             Ok(Some((f, len))) => {
+                // Decided before the frame is handled: a HELLO may change the session's role.
+                let reserve = c.next_reserve();
                 let after = core.on_frame(now_ms, c.id, &mut c.session, f, &mut c.wbuf);
                 c.rbuf.consume(len);
                 n += 1;
@@ -764,6 +996,8 @@ fn process_frames(
                     After::Continue => n_immediate += 1,
                     After::Deferred => {
                         c.in_flight += 1;
+                        c.reserved += reserve;
+                        budget.reserve(reserve);
                         c.deferred_at.push_back(turn_start);
                     }
                     After::Close => {
