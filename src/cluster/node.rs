@@ -690,11 +690,14 @@ impl<C> ClusterNode<C> {
 
     /// Cluster figures for STATS, one `name value` line each, anti-entropy's included, and
     /// `clock_shards_refusing` (1 while this core refuses writes for its clock; summed over
-    /// the shards of a node, it says how many shards refuse).
+    /// the shards of a node, it says how many shards refuse) and `clock_shards_accepting`.
     pub fn stats_text_at(&self, now_ms: u64) -> String {
         let mut t = self.stats_text();
         let refusing = self.clock_refusal(now_ms).is_some();
         let _ = writeln!(t, "clock_shards_refusing {}", u8::from(refusing));
+        // Its twin, so that a reader can tell "every shard accepts writes" (equal to `shards`)
+        // from "no shard has published yet" (both 0).
+        let _ = writeln!(t, "clock_shards_accepting {}", u8::from(!refusing));
         self.aae.stats_text(now_ms, &mut t);
         t
     }

@@ -345,11 +345,17 @@ pub fn wait_clocks_measured(node: &Node) {
             node.addr
         ),
         || {
+            // Every shard must have published that it accepts writes: a shard that has not
+            // published yet adds nothing to `clock_shards_refusing` either.
             let stats = node.client().stats().ok()?;
-            stats
-                .lines()
-                .any(|l| l == "clock_shards_refusing 0")
-                .then_some(())
+            let value = |name: &str| {
+                stats
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
+            };
+            (value("clock_shards_refusing")? == 0
+                && value("clock_shards_accepting")? == value("shards")?)
+            .then_some(())
         },
     );
 }
