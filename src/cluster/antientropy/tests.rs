@@ -1,0 +1,334 @@
+//! Unit tests of anti-entropy: two cores exchanging frames directly over memory stores.
+
+use super::horizon::horizon_of;
+use super::*;
+use crate::cluster::rng::SplitMix64;
+use crate::hash::partition_of;
+use crate::protocol::frame;
+use crate::protocol::{FrameRef, RESPONSE_BIT};
+use crate::storage::memory::MemoryStore;
+use crate::storage::{Applied, Write};
+
+fn pair_of_nodes() -> (AntiEntropy, AntiEntropy) {
+    let mut c = ClusterConfig::build(1, "1=127.0.0.1:1,2=127.0.0.1:2", 2).unwrap();
+    c.anti_entropy_interval_ms = 10_000;
+    let ring = Ring::new(&c.node_ids(), 2);
+    let a = AntiEntropy::new(&c, ring.clone(), 1_000_000);
+    c.node_id = 2;
+    let b = AntiEntropy::new(&c, ring, 1_000_000);
+    (a, b)
+}
+
+fn put(aae: &mut AntiEntropy, store: &mut MemoryStore, key: &[u8], v: u64, tomb: bool) {
+    aae.tracked(store)
+        .apply(Write {
+            key,
+            value: if tomb { None } else { Some(b"value") },
+            version: Version(v),
+            expires_at_ms: 0,
+        })
+        .unwrap();
+}
+
+/// Run node 1's round against node 2, handing frames over directly. Returns the frames
+/// node 1 sent.
+fn round(
+    a: &mut AntiEntropy,
+    sa: &mut MemoryStore,
+    b: &mut AntiEntropy,
+    sb: &mut MemoryStore,
+    now: u64,
+) -> Vec<Vec<u8>> {
+    let alive = |_: u32| true;
+    a.trigger(now);
+    a.on_tick(now, sa, &alive, 1);
+    let mut sent = Vec::new();
+    for _ in 0..100_000 {
+        let Some((to, req)) = a.poll_transmit() else {
+            break;
+        };
+        assert_eq!(to, b.me, "node 2's STATUS goes to the leader, node 1");
+        let (f, _) = frame::parse(&req).unwrap().unwrap();
+        let mut reply = Vec::new();
+        b.on_request(now, sb, a.me, f.id, f.op, f.aux, f.body, &mut reply)
+            .unwrap();
+        let (rf, _) = frame::parse(&reply).unwrap().unwrap();
+        a.on_reply(now, sa, b.me, &rf, &alive);
+        sent.push(req);
+    }
+    a.on_tick(now, sa, &alive, 1);
+    sent
+}
+
+#[test]
+fn an_exchange_repairs_both_sides_newest_wins() {
+    let (mut a, mut b) = pair_of_nodes();
+    let (mut sa, mut sb) = (MemoryStore::new(), MemoryStore::new());
+    let v = |ms: u64| Version::new(ms, 0, 1).0;
+    for i in 0..500 {
+        let k = format!("k{i}");
+        put(&mut a, &mut sa, k.as_bytes(), v(1_000_000), false);
+        put(&mut b, &mut sb, k.as_bytes(), v(1_000_000), false);
+    }
+    put(&mut a, &mut sa, b"only-a", v(1_000_001), false);
+    put(&mut b, &mut sb, b"only-b", v(1_000_001), false);
+    put(&mut a, &mut sa, b"k1", v(1_000_002), true); // a newer tombstone on a
+    put(&mut b, &mut sb, b"k2", v(1_000_003), false); // a newer value on b
+    round(&mut a, &mut sa, &mut b, &mut sb, 1_000_010);
+    for (k, ver, live) in [
+        (&b"only-a"[..], v(1_000_001), true),
+        (b"only-b", v(1_000_001), true),
+        (b"k1", v(1_000_002), false),
+        (b"k2", v(1_000_003), true),
+    ] {
+        for s in [&mut sa, &mut sb] {
+            let r = s.get(k).unwrap().unwrap();
+            assert_eq!((r.version.0, r.value.is_some()), (ver, live));
+        }
+    }
+    assert_eq!(a.stats().keys_sent, 2);
+    assert_eq!(a.stats().keys_repaired, 2);
+    assert_eq!(a.stats().exchanges, PARTITION_COUNT as u64);
+    // Equal now: the next round is one root comparison per partition.
+    let sent = round(&mut a, &mut sa, &mut b, &mut sb, 1_000_020);
+    assert_eq!(sent.len(), PARTITION_COUNT);
+    assert!(sent.iter().all(|f| f[4] == ae_op::TREE));
+}
+
+#[test]
+fn the_guard_refuses_old_writes_for_absent_keys_below_the_horizon() {
+    let (mut a, _) = pair_of_nodes();
+    let mut s = MemoryStore::new();
+    let p = partition_of(b"gone");
+    a.adopt(p, Version::new(2_000_000, 0, 0).0);
+    let old = Version::new(1_000_000, 0, 1).0;
+    let w = Write {
+        key: b"gone",
+        value: Some(b"value"),
+        version: Version(old),
+        expires_at_ms: 0,
+    };
+    // A coordinator's write is refused (never acknowledged as "stale")...
+    assert!(a.tracked(&mut s).apply(w).is_err());
+    assert!(s.get(b"gone").unwrap().is_none(), "refused");
+    // ...a hint delivery is answered stale, so its holder drops the obsolete hint...
+    assert!(matches!(
+        a.tracked_hint(&mut s).apply(w),
+        Ok(Applied::Stale { .. })
+    ));
+    assert!(s.get(b"gone").unwrap().is_none());
+    assert_eq!(a.stats().guard_refused, 2);
+    // ...and a read repair, carrying the newest record of current replicas, is applied.
+    a.tracked_repair(&mut s).apply(w).unwrap();
+    assert_eq!(s.get(b"gone").unwrap().unwrap().version.0, old);
+    // A key still held takes an older-than-horizon write that is newer than its record.
+    let q = partition_of(b"held");
+    put(
+        &mut a,
+        &mut s,
+        b"held",
+        Version::new(900_000, 0, 1).0,
+        false,
+    );
+    a.adopt(q, Version::new(2_000_000, 0, 0).0);
+    put(&mut a, &mut s, b"held", old, false);
+    assert_eq!(s.get(b"held").unwrap().unwrap().version.0, old);
+}
+
+#[test]
+fn the_leader_excludes_only_replicas_failed_longer_than_the_window() {
+    let (mut a, _) = pair_of_nodes();
+    a.window_ms = 1_000;
+    let mut batch = Reports::new();
+    for p in 0..PARTITION_COUNT as u16 {
+        batch.insert((p, 2), 1_500_000);
+    }
+    a.leader_record(1, &batch);
+    let all = |_: u32| true;
+    let hs = a.leader_decide(1_600_000, &all);
+    assert_eq!(hs.len(), PARTITION_COUNT);
+    let h = horizon_of(1_500_000, a.grace_ms);
+    assert!(hs.iter().all(|&(_, x)| x == h));
+    // Node 2 fails: its pair's old report holds the horizon back until the window ends.
+    let (mut a, _) = pair_of_nodes();
+    a.window_ms = 1_000;
+    a.on_member_event(1_600_000, &MemberEvent::Failed { node: 2 });
+    let down = |n: u32| n != 2;
+    assert!(
+        a.leader_decide(1_600_500, &down).is_empty(),
+        "no pair report"
+    );
+    a.leader_record(1, &batch);
+    let hs = a.leader_decide(1_600_500, &down);
+    assert!(hs.iter().all(|&(_, x)| x == h));
+    // Past the window node 2 is excluded, but one replica of two is not enough to move
+    // the horizon (nobody to have exchanged with): nothing is decided.
+    assert!(a.leader_decide(1_700_000, &down).is_empty());
+}
+
+/// Replies and pushes stay within a frame whatever the values: large records go a few per
+/// message, the largest value alone, and everything arrives.
+#[test]
+fn large_values_move_in_bounded_messages() {
+    for b_starts in [true, false] {
+        let (mut a, mut b) = pair_of_nodes();
+        let (mut sa, mut sb) = (MemoryStore::new(), MemoryStore::new());
+        let v = Version::new(1_000_000, 0, 1);
+        let big = vec![7u8; crate::limits::VALUE_SIZE_MAX];
+        let mid = vec![8u8; 200 * 1024];
+        for i in 0..12 {
+            let k = format!("big{i}");
+            let value: &[u8] = if i % 4 == 0 { &big } else { &mid };
+            a.tracked(&mut sa)
+                .apply(Write {
+                    key: k.as_bytes(),
+                    value: Some(value),
+                    version: v,
+                    expires_at_ms: 0,
+                })
+                .unwrap();
+        }
+        let sent = if b_starts {
+            round(&mut b, &mut sb, &mut a, &mut sa, 1_000_100)
+        } else {
+            round(&mut a, &mut sa, &mut b, &mut sb, 1_000_100)
+        };
+        assert!(sent
+            .iter()
+            .all(|f| f.len() <= 4 + crate::limits::FRAME_SIZE_MAX));
+        for i in 0..12 {
+            let got = sb.get(format!("big{i}").as_bytes()).unwrap().unwrap();
+            assert_eq!(
+                got.value.unwrap().len(),
+                if i % 4 == 0 { big.len() } else { mid.len() }
+            );
+        }
+    }
+}
+
+/// A tombstone swept from one tree (below the horizon) but still in its store beats an
+/// older value on the other replica, whichever side starts the exchange.
+#[test]
+fn swept_tombstones_still_in_the_store_win() {
+    for a_starts in [true, false] {
+        let (mut a, mut b) = pair_of_nodes();
+        let (mut sa, mut sb) = (MemoryStore::new(), MemoryStore::new());
+        let old = Version::new(1_000_000, 0, 1).0;
+        let tomb = Version::new(1_000_500, 0, 1).0;
+        put(&mut a, &mut sa, b"k", old, false);
+        put(&mut b, &mut sb, b"k", old, false);
+        put(&mut a, &mut sa, b"k", tomb, true);
+        let p = partition_of(b"k");
+        a.adopt(p, Version::new(1_001_000, 0, 0).0);
+        for _ in 0..100 {
+            a.sweep_step(1_002_000);
+        }
+        assert!(a.index.tree(p).unwrap().get(b"k").is_none(), "swept");
+        if a_starts {
+            round(&mut a, &mut sa, &mut b, &mut sb, 1_002_000);
+        } else {
+            round(&mut b, &mut sb, &mut a, &mut sa, 1_002_000);
+        }
+        let got = sb.get(b"k").unwrap().unwrap();
+        assert_eq!(
+            (got.version.0, got.value),
+            (tomb, None),
+            "a_starts {a_starts}"
+        );
+    }
+}
+
+#[test]
+fn rejoin_after_a_long_pause_or_absence() {
+    // A restart over a non-empty store whose newest record is recent: serving reads.
+    let (mut a, _) = pair_of_nodes();
+    let mut s = MemoryStore::new();
+    put(&mut a, &mut s, b"k", Version::new(999_000, 0, 1).0, false);
+    let (mut a, _) = pair_of_nodes();
+    a.build(&s).unwrap();
+    assert!(a.serving_reads());
+    // A newest record older than the window: rejoining, and the first round comes soon.
+    let (mut a, _) = pair_of_nodes();
+    a.window_ms = 500;
+    a.build(&s).unwrap();
+    assert!(!a.serving_reads());
+    assert!(a.next_round_ms < 1_000_000 + a.interval_ms);
+    let mut t = a.tracked(&mut s);
+    assert!(t.get(b"k").is_err(), "reads refused while rejoining");
+    // A tick gap longer than the window (the process was stopped) starts a rejoin too.
+    let (mut b, _) = pair_of_nodes();
+    b.window_ms = 500;
+    let none = |_: u32| false;
+    b.on_tick(1_000_100, &mut s, &none, 1);
+    assert!(b.serving_reads());
+    b.on_tick(1_000_700, &mut s, &none, 1);
+    assert!(!b.serving_reads());
+}
+
+/// Random and mutated bodies for every anti-entropy request and reply decode to an error
+/// or a value, never a panic.
+#[test]
+fn garbage_frames_never_panic() {
+    let (mut a, mut b) = pair_of_nodes();
+    let (mut sa, mut sb) = (MemoryStore::new(), MemoryStore::new());
+    for i in 0..200 {
+        let k = format!("k{i}");
+        put(
+            &mut a,
+            &mut sa,
+            k.as_bytes(),
+            Version::new(1_000_000, 0, 1).0,
+            i % 5 == 0,
+        );
+        put(
+            &mut b,
+            &mut sb,
+            k.as_bytes(),
+            Version::new(1_000_001, 0, 2).0,
+            false,
+        );
+    }
+    // Collect real frames of an exchange to mutate.
+    let mut valid = round(&mut a, &mut sa, &mut b, &mut sb, 1_000_100);
+    let mut status = Vec::new();
+    let mut batch = Reports::new();
+    batch.insert((3, 2), 5);
+    put_status_request(&mut status, 9, 1, &batch);
+    valid.push(status);
+    let mut rng = SplitMix64::new(99);
+    let alive = |_: u32| true;
+    for f in valid.iter().step_by(7).take(200) {
+        let (op, body) = (f[4], &f[10..]);
+        for cut in 0..body.len().min(64) {
+            let mut out = Vec::new();
+            let _ = b.on_request(1_000_200, &mut sb, 1, 1, op, 0, &body[..cut], &mut out);
+        }
+        for _ in 0..50 {
+            let mut g = body.to_vec();
+            if g.is_empty() {
+                break;
+            }
+            let i = rng.below(g.len() as u64) as usize;
+            g[i] = rng.next_u64() as u8;
+            let mut out = Vec::new();
+            let _ = b.on_request(1_000_200, &mut sb, 1, 1, op, 0, &g, &mut out);
+            // The same bytes as a reply to any outstanding id.
+            let rf = FrameRef {
+                op: op | RESPONSE_BIT,
+                aux: 0,
+                id: 1 + rng.below(2_000) as u32,
+                body: &g,
+            };
+            a.on_reply(1_000_200, &mut sa, 2, &rf, &alive);
+        }
+    }
+    for op in [ae_op::TREE, ae_op::KEYS, ae_op::PUSH, ae_op::STATUS, 0x2F] {
+        for _ in 0..200 {
+            let n = rng.below(48) as usize;
+            let g: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
+            let mut out = Vec::new();
+            let _ = b.on_request(1_000_300, &mut sb, 1, 1, op, 0, &g, &mut out);
+            assert!(!out.is_empty(), "every request is answered");
+        }
+    }
+}

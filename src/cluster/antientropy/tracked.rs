@@ -1,0 +1,200 @@
+//! Tracked trees: [`TreeIndex`] (one hash tree per partition held, and the horizons) and
+//! [`Tracked`], the `Store` wrapper every write goes through so that the trees follow the
+//! store (the hook), old writes for absent keys below the horizon are refused (the guard),
+//! and reads are refused while rejoining. See the parent module's doc ("Trees").
+
+use super::{AaeStats, AntiEntropy};
+use crate::cluster::merkle::{Entry, PartitionTree};
+use crate::hash::partition_of;
+use crate::storage::{keydir::expiry_s_of, Applied, KeyMeta, Store, StoreError, Stored, Write};
+use crate::version::Version;
+
+/// The trees and horizons: what the store hook ([`Tracked`]) needs.
+pub struct TreeIndex {
+    pub(super) trees: Vec<Option<Box<PartitionTree>>>,
+    /// Per partition, the tombstone horizon known here (a raw version; 0 = none).
+    pub(super) horizons: Vec<u64>,
+    /// Whether partition p is tracked here (held per the ring and owned by this shard).
+    pub(super) held: Vec<bool>,
+    pub(super) rejoining: bool,
+    pub(super) stats: AaeStats,
+}
+
+impl TreeIndex {
+    pub(super) fn tree_mut(&mut self, p: usize) -> &mut PartitionTree {
+        self.trees[p].get_or_insert_with(|| Box::new(PartitionTree::new()))
+    }
+
+    pub(super) fn note(&mut self, key: &[u8], meta: KeyMeta) {
+        let p = partition_of(key);
+        if !self.held[p] {
+            return;
+        }
+        self.tree_mut(p).upsert(Entry {
+            key,
+            version: meta.version.0,
+            tombstone: meta.tombstone,
+            expires_s: expiry_s_of(meta.expires_at_ms),
+        });
+    }
+
+    /// The tree of `p`, if it has one.
+    pub fn tree(&self, p: usize) -> Option<&PartitionTree> {
+        self.trees[p].as_deref()
+    }
+
+    /// The horizon of `p` (raw version).
+    pub fn horizon(&self, p: usize) -> u64 {
+        self.horizons[p]
+    }
+}
+
+/// A [`Store`] wrapper through which the cluster core applies every write: it keeps the
+/// partition trees in step with the store (the hook), refuses writes below the horizon for
+/// absent keys (the guard), and refuses reads while the node is rejoining.
+pub struct Tracked<'a> {
+    /// The wrapped store.
+    pub store: &'a mut dyn Store,
+    pub(super) index: &'a mut TreeIndex,
+    /// Apply without the guard (records from an authoritative peer, read repairs).
+    pub(super) trusted: bool,
+    /// Answer a guarded write "stale" instead of refusing it: for hint deliveries, where stale
+    /// tells the holder to drop an obsolete hint (a refusal would keep it forever).
+    pub(super) guard_answers_stale: bool,
+}
+
+impl Tracked<'_> {
+    /// Apply a read repair: as [`Store::apply`], without the horizon guard (see
+    /// [`AntiEntropy::tracked_repair`]).
+    pub fn apply_repair(&mut self, w: Write<'_>) -> Result<Applied, StoreError> {
+        let trusted = std::mem::replace(&mut self.trusted, true);
+        let r = self.apply(w);
+        self.trusted = trusted;
+        r
+    }
+
+    fn guarded(&self, w: &Write<'_>) -> bool {
+        let h = self.index.horizons[partition_of(w.key)];
+        !self.trusted && w.version.0 < h && self.store.version_of(w.key).is_none()
+    }
+}
+
+impl Store for Tracked<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Stored>, StoreError> {
+        if self.index.rejoining {
+            return Err(StoreError::Io(std::io::Error::other(
+                "not serving reads: rejoining through anti-entropy",
+            )));
+        }
+        self.store.get(key)
+    }
+    fn version_of(&self, key: &[u8]) -> Option<Version> {
+        self.store.version_of(key)
+    }
+    fn apply(&mut self, w: Write<'_>) -> Result<Applied, StoreError> {
+        if self.guarded(&w) {
+            self.index.stats.guard_refused += 1;
+            if self.guard_answers_stale {
+                return Ok(Applied::Stale {
+                    current: Version(self.index.horizons[partition_of(w.key)]),
+                });
+            }
+            // Refused, never "stale": a stale answer counts as an acknowledgement, and the
+            // write would be acknowledged while stored nowhere (simulator seed 312).
+            return Err(StoreError::Io(std::io::Error::other(format!(
+                "version {} is below the tombstone horizon {} of its partition and the key is absent here",
+                w.version,
+                self.index.horizons[partition_of(w.key)]
+            ))));
+        }
+        let a = self.store.apply(w)?;
+        if a == Applied::Stored {
+            self.index.note(
+                w.key,
+                KeyMeta {
+                    version: w.version,
+                    tombstone: w.value.is_none(),
+                    expires_at_ms: w.expires_at_ms,
+                },
+            );
+        }
+        Ok(a)
+    }
+    fn needs_sync(&self) -> bool {
+        self.store.needs_sync()
+    }
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.store.sync()
+    }
+    fn maintenance(&mut self, now_ms: u64, budget: usize) -> Result<bool, StoreError> {
+        self.store.maintenance(now_ms, budget)
+    }
+    fn len(&self) -> usize {
+        self.store.len()
+    }
+    fn highest_version(&self) -> Version {
+        self.store.highest_version()
+    }
+    fn set_tombstone_horizon(&mut self, horizon: Version) {
+        self.store.set_tombstone_horizon(horizon)
+    }
+    fn stats(&self, report: &mut dyn FnMut(&str, u64)) {
+        self.store.stats(report)
+    }
+    fn scan_keys(
+        &self,
+        cursor: u64,
+        limit: usize,
+        f: &mut dyn FnMut(&[u8], KeyMeta),
+    ) -> Result<Option<u64>, StoreError> {
+        self.store.scan_keys(cursor, limit, f)
+    }
+}
+
+impl AntiEntropy {
+    /// Wrap `store` so that writes update the trees (use it for every apply).
+    pub fn tracked<'a>(&'a mut self, store: &'a mut dyn Store) -> Tracked<'a> {
+        Tracked {
+            store,
+            index: &mut self.index,
+            trusted: false,
+            guard_answers_stale: false,
+        }
+    }
+
+    /// Like [`AntiEntropy::tracked`] but without the horizon guard, for read
+    /// repairs. The guard exists so that an old write (a late hint or REPLICATE) cannot bring
+    /// back a key whose tombstone was collected; a repair instead carries the newest record among
+    /// current replicas, and a tombstone is collected only once every replica held it. A
+    /// replica that lost a key below the horizon to a crash or a damaged record must be
+    /// repairable, or it never converges (simulator seed 25).
+    pub fn tracked_repair<'a>(&'a mut self, store: &'a mut dyn Store) -> Tracked<'a> {
+        Tracked {
+            store,
+            index: &mut self.index,
+            trusted: true,
+            guard_answers_stale: false,
+        }
+    }
+
+    /// Like [`AntiEntropy::tracked`], for hint deliveries: a hint below the horizon for an absent
+    /// key is obsolete (its key's newer tombstone was collected, or the key is restored by
+    /// repair from the replicas that hold it) and is answered "stale" so its holder drops it.
+    pub fn tracked_hint<'a>(&'a mut self, store: &'a mut dyn Store) -> Tracked<'a> {
+        Tracked {
+            store,
+            index: &mut self.index,
+            trusted: false,
+            guard_answers_stale: true,
+        }
+    }
+
+    /// Drop `key` from its partition's tree: its store lost the record (found damaged), and
+    /// the difference makes the next exchange bring it back from another replica.
+    pub fn forget(&mut self, key: &[u8]) {
+        let p = partition_of(key);
+        if let Some(t) = self.index.trees[p].as_deref_mut() {
+            t.remove(key);
+        }
+    }
+}
