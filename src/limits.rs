@@ -489,10 +489,9 @@ pub const MAX_CLOCK_OFFSET_MS_MAX: u64 = 3_600_000;
 pub const CLOCK_SAMPLE_RTT_MS_MAX: u64 = 1_000;
 
 /// How many times a coordinator issues a write again above a newer version a replica reports
-/// before it gives up with MAYBE_APPLIED. One is enough unless other writes to the same key
-/// keep racing it; the bound keeps such a race from looping. Four was too few for six
-/// clients writing one key as fast as they can (3 of 1,200 writes gave up,
-/// tests/cluster_process.rs `same_key_contention_converges`).
+/// before it gives up with MAYBE_APPLIED. Once the attempts' answers cover a read quorum a
+/// newer version counts as a concurrent write's acknowledgement (src/cluster/coordinator.rs),
+/// so N - N/2 re-issues always suffice; the bound only guards against a bug looping.
 pub const WRITE_REISSUES_MAX: u32 = 8;
 
 /// The "clock too far from the cluster" warning is logged at most this often.

@@ -711,7 +711,7 @@ impl<C> ClusterNode<C> {
         let h = self.hints.stats();
         let r = self.replica_stats;
         let (samples, samples_dropped) = self.membership.clock_counts();
-        let lines: [(&str, u64); 26] = [
+        let lines: [(&str, u64); 27] = [
             ("cluster_pauses", m.pauses),
             ("gossip_sent", m.gossip_sent),
             ("gossip_merged", m.gossip_merged),
@@ -734,6 +734,7 @@ impl<C> ClusterNode<C> {
             ("peer_errors", r.peer_errors),
             ("coord_maybe_applied", c.maybe_applied),
             ("coord_reissues", c.reissues),
+            ("coord_superseded", c.superseded),
             ("coord_clock_refused", r.clock_refused),
             ("replicate_refused_ahead", r.refused_ahead),
             ("clock_samples", samples),
