@@ -1652,3 +1652,44 @@ fn peer_vectors_in_protocol_md_match_the_cluster_codec() {
         assert_eq!(unknown, PeerError::UnknownOp(opcode), "op 0x{opcode:02x}");
     }
 }
+
+/// The tree hashes as § 18.5 writes them (its formulas, computed here from the text's
+/// constants) give the root hash in vector `ae-tree-reply`, which the node computed: a node of
+/// another implementation that follows the text compares equal.
+#[test]
+fn tree_hash_formulas_in_protocol_md_give_the_vector_root() {
+    use dkv::hash::{fmix64, key_hash};
+    let doc = protocol_md();
+    let (item_seed, inner_seed) = (0x6161_655f_6974_656d_u64, 0x6161_655f_6e6f_6465_u64);
+    for seed in [item_seed, inner_seed] {
+        assert!(
+            doc.contains(&format!("0x{seed:016x}")),
+            "protocol.md lacks {seed:#x}"
+        );
+    }
+    let chain = |children: &[u64]| {
+        children
+            .iter()
+            .fold(inner_seed, |h, &c| fmix64(h ^ c).wrapping_add(c))
+    };
+    // Node 1 holds one record: key:286008 at 0x66ada5fa00000001, in segment 789.
+    let key = AE_KEYS[1];
+    let segment = ((key_hash(key) >> 46) & 0x3ff) as usize;
+    assert_eq!(segment, 789);
+    let item = fmix64(fmix64(key_hash(key) ^ item_seed) ^ 0x66ad_a5fa_0000_0001);
+    let mut segments = [0u64; 1024];
+    segments[segment] = item;
+    let mids: Vec<u64> = segments.chunks(32).map(chain).collect();
+    let root = chain(&mids);
+    let vs = vectors(&doc);
+    let reply = vs
+        .iter()
+        .find(|v| v.name == "ae-tree-reply")
+        .expect("vector");
+    let tail: [u8; 8] = reply.bytes[reply.bytes.len() - 8..].try_into().unwrap();
+    assert_eq!(
+        root,
+        u64::from_be_bytes(tail),
+        "the root hash of ae-tree-reply"
+    );
+}
