@@ -1339,11 +1339,30 @@ fn gossip_entries_of(v: &Vector) -> Vec<GossipEntry> {
 /// A REPLICATE, READ or GOSSIP vector: encode its SPEC, compare, decode back.
 fn check_peer_vector(v: &Vector) {
     let f = whole_frame(v);
+    if v.kind == "peer-invalid-request" {
+        // Refused by the node's decoder, with the status the SPEC names.
+        v.only(&["status"]);
+        let err = decode_peer_request(&f).expect_err("an invalid peer request must not decode");
+        assert_eq!(err.status(), status_named(v.raw("status")), "{}", v.name);
+        return;
+    }
     let opcode = peer_op_named(v.raw("op"));
     let id = v.int("id") as u32;
     assert_eq!(f.op & !RESPONSE_BIT, opcode, "vector {}: op", v.name);
     assert_eq!(f.id, id, "vector {}: id", v.name);
     let mut out = Vec::new();
+    let status = v.fields.get("status").map(|s| status_named(s));
+    if opcode == peer::op::READ && status.is_some_and(|s| s != Status::Ok) {
+        // An error reply, as a node writes it for a peer frame it cannot serve.
+        v.only(&["op", "status", "id", "message"]);
+        let (status, msg) = (status.expect("checked"), v.bytes_of("message"));
+        let msg = String::from_utf8(msg).expect("UTF-8 message");
+        put_error(&mut out, opcode, id, status, &msg);
+        assert_eq!(out, v.bytes, "vector {}: encoding the value", v.name);
+        let expected = PeerReply::Read(Err(format!("{status}: {msg}")));
+        assert_eq!(decode_peer_reply(&f), Ok(expected), "vector {}", v.name);
+        return;
+    }
     match (v.kind.as_str(), opcode) {
         ("peer-request", peer::op::REPLICATE) => {
             v.only(&["op", "id", "aux", "key", "version", "expires", "value"]);
@@ -1410,7 +1429,6 @@ fn check_peer_vector(v: &Vector) {
             assert_eq!(got, Ok(PeerReply::Read(Ok(record))), "vector {}", v.name);
         }
         (kind, peer::op::GOSSIP) => {
-            let status = v.fields.get("status").map(|s| status_named(s));
             v.only(&["op", "status", "id", "sender", "entries", "sent", "echo"]);
             let sender = v.int("sender") as u32;
             let entries = gossip_entries_of(v);
@@ -1577,6 +1595,10 @@ fn peer_vectors_in_protocol_md_match_the_cluster_codec() {
     );
 
     for v in &peer_vs {
+        if v.kind == "peer-invalid-request" {
+            check_peer_vector(v);
+            continue;
+        }
         let opcode = peer_op_named(v.raw("op"));
         if !antientropy::is_anti_entropy_op(opcode) {
             check_peer_vector(v);
@@ -1608,6 +1630,20 @@ fn peer_vectors_in_protocol_md_match_the_cluster_codec() {
             assert_eq!(f.aux, status_named(v.raw("status")) as u8, "{}", v.name);
         }
     }
+
+    // The message of the documented MALFORMED reply is what the decoder says of the
+    // documented malformed request.
+    let named = |name: &str| {
+        *peer_vs
+            .iter()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("protocol.md lacks vector {name}"))
+    };
+    let bad = named("read-malformed-request");
+    let err = decode_peer_request(&whole_frame(bad)).unwrap_err();
+    let reply = named("read-malformed-reply");
+    assert_eq!(err.to_string().into_bytes(), reply.bytes_of("message"));
+    assert_eq!(whole_frame(bad).id, whole_frame(reply).id);
 
     // The peer opcode table (rows of 6 cells: code, name, request, reply, sender, shard) lists
     // exactly the opcodes in use, by their names.
