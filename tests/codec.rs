@@ -5,6 +5,10 @@
 //!   says, and encoding that value must give the same bytes. The limits table, the opcode and
 //!   status tables and the key-hash test values of protocol.md are checked the same way, so the
 //!   document and the code cannot drift apart.
+//! * Peer frames (protocol.md § 18): every peer opcode in use has a request and a reply vector;
+//!   REPLICATE, READ and GOSSIP vectors are encoded with `dkv::cluster::peer` and decoded back,
+//!   the anti-entropy vectors are the frames of a scripted exchange between two real
+//!   anti-entropy cores.
 //! * Round trips of every request type, every truncated prefix of a valid frame reading as "need
 //!   more bytes", 100,000 random byte strings and random mutations of valid frames decoded
 //!   without a panic, and the 4-byte prefix 0xFFFFFFFF refused on its own.
@@ -563,9 +567,15 @@ fn golden_vectors_in_protocol_md_match_the_codec() {
             "reply" => check_reply_vector(v),
             "invalid-frame" => check_invalid_frame_vector(v),
             "invalid-request" => check_invalid_request_vector(v),
+            // Peer frames (protocol.md § 18): checked against the cluster layer below.
+            k if k.starts_with("peer-") => {}
             k => panic!("vector {}: unknown kind {k}", v.name),
         }
-        if v.kind == "request" || v.kind == "reply" || v.kind == "invalid-request" {
+        if v.kind == "request"
+            || v.kind == "reply"
+            || v.kind == "invalid-request"
+            || v.kind.starts_with("peer-")
+        {
             check_no_prefix_is_a_frame(&v.bytes, &v.name);
         }
     }
@@ -1245,4 +1255,477 @@ fn peer_handshake_vector_in_protocol_md_matches_auth_rs() {
     assert_eq!(hello_reply.bytes_of("nonce"), nonce_r);
     assert_eq!(vector("peer-auth-request").bytes_of("proof"), proof_i);
     assert_eq!(vector("peer-auth-reply").bytes_of("proof"), proof_r);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peer frames (protocol.md § 18)
+//
+// REPLICATE, READ and GOSSIP vectors say in their SPEC what they carry: the value is encoded
+// with `dkv::cluster::peer`'s encoders (the ones the coordinator, hints, read repair and
+// membership call) and must give the vector's bytes, and the bytes decode back to the value.
+// Anti-entropy frames are built inside the anti-entropy state machine, so their vectors are
+// the frames of a scripted exchange between two real `AntiEntropy` cores: the vector bytes must
+// be what the cores send, and each core decodes the other's frames (the exchange completes).
+
+use dkv::cluster::antientropy::{self, ae_op, AntiEntropy};
+use dkv::cluster::peer::{
+    self, ClockStamp, GossipEntry, NodeState, PeerError, PeerReply, PeerRequest, WriteAck,
+};
+use dkv::cluster::{ClusterConfig, Ring};
+use dkv::storage::memory::MemoryStore;
+use dkv::storage::{Applied, Store, Stored, Write};
+use dkv::version::Version;
+
+/// Every peer opcode in use, by the name the vectors give it.
+const PEER_OPS: &[(&str, u8)] = &[
+    ("REPLICATE", peer::op::REPLICATE),
+    ("READ", peer::op::READ),
+    ("GOSSIP", peer::op::GOSSIP),
+    ("AE_TREE", ae_op::TREE),
+    ("AE_KEYS", ae_op::KEYS),
+    ("AE_PUSH", ae_op::PUSH),
+    ("AE_STATUS", ae_op::STATUS),
+];
+
+fn peer_op_named(name: &str) -> u8 {
+    PEER_OPS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("unknown peer opcode name {name}"))
+        .1
+}
+
+/// A peer request frame decoded the way a node decodes it.
+fn decode_peer_request<'a>(f: &frame::FrameRef<'a>) -> Result<PeerRequest<'a>, PeerError> {
+    match Request::decode(f) {
+        Ok(Request::Peer { op, aux, body }) => PeerRequest::decode(op, aux, body),
+        other => panic!("op 0x{:02x} is not a peer request: {other:?}", f.op),
+    }
+}
+
+/// A peer reply frame decoded the way a node decodes it.
+fn decode_peer_reply(f: &frame::FrameRef<'_>) -> Result<PeerReply, PeerError> {
+    let r = Response::from_frame(f).expect("a reply");
+    PeerReply::decode(f.op, r.status, r.body)
+}
+
+/// `value="..."`, or `value=tombstone`.
+fn value_of(v: &Vector) -> Option<Vec<u8>> {
+    (v.raw("value") != "tombstone").then(|| v.bytes_of("value"))
+}
+
+/// `entries=ID/INCARNATION/HEARTBEAT/STATE,...`
+fn gossip_entries_of(v: &Vector) -> Vec<GossipEntry> {
+    v.raw("entries")
+        .split(',')
+        .map(|e| {
+            let p: Vec<&str> = e.split('/').collect();
+            assert_eq!(p.len(), 4, "vector {}: gossip entry {e}", v.name);
+            let n = |s: &str| parse_int(s).unwrap_or_else(|| panic!("vector {}: {s}", v.name));
+            GossipEntry {
+                node_id: n(p[0]) as u32,
+                incarnation: n(p[1]),
+                heartbeat: n(p[2]),
+                state: match p[3] {
+                    "alive" => NodeState::Alive,
+                    "failed" => NodeState::Failed,
+                    s => panic!("vector {}: state {s}", v.name),
+                },
+            }
+        })
+        .collect()
+}
+
+/// A REPLICATE, READ or GOSSIP vector: encode its SPEC, compare, decode back.
+fn check_peer_vector(v: &Vector) {
+    let f = whole_frame(v);
+    if v.kind == "peer-invalid-request" {
+        // Refused by the node's decoder, with the status the SPEC names.
+        v.only(&["status"]);
+        let err = decode_peer_request(&f).expect_err("an invalid peer request must not decode");
+        assert_eq!(err.status(), status_named(v.raw("status")), "{}", v.name);
+        return;
+    }
+    let opcode = peer_op_named(v.raw("op"));
+    let id = v.int("id") as u32;
+    assert_eq!(f.op & !RESPONSE_BIT, opcode, "vector {}: op", v.name);
+    assert_eq!(f.id, id, "vector {}: id", v.name);
+    let mut out = Vec::new();
+    let status = v.fields.get("status").map(|s| status_named(s));
+    if opcode == peer::op::READ && status.is_some_and(|s| s != Status::Ok) {
+        // An error reply, as a node writes it for a peer frame it cannot serve.
+        v.only(&["op", "status", "id", "message"]);
+        let (status, msg) = (status.expect("checked"), v.bytes_of("message"));
+        let msg = String::from_utf8(msg).expect("UTF-8 message");
+        put_error(&mut out, opcode, id, status, &msg);
+        assert_eq!(out, v.bytes, "vector {}: encoding the value", v.name);
+        let expected = PeerReply::Read(Err(format!("{status}: {msg}")));
+        assert_eq!(decode_peer_reply(&f), Ok(expected), "vector {}", v.name);
+        return;
+    }
+    match (v.kind.as_str(), opcode) {
+        ("peer-request", peer::op::REPLICATE) => {
+            v.only(&["op", "id", "aux", "key", "version", "expires", "value"]);
+            let aux = match v.raw("aux") {
+                "0" => 0,
+                "HINT" => peer::AUX_HINT,
+                "REPAIR" => peer::AUX_REPAIR,
+                a => panic!("vector {}: aux {a}", v.name),
+            };
+            let (key, value) = (v.bytes_of("key"), value_of(v));
+            let write = Write {
+                key: &key,
+                value: value.as_deref(),
+                version: Version(v.int("version")),
+                expires_at_ms: v.int("expires"),
+            };
+            peer::put_replicate(&mut out, id, aux, &write);
+            let expected = PeerRequest::Replicate { write, aux };
+            assert_eq!(decode_peer_request(&f), Ok(expected), "vector {}", v.name);
+        }
+        ("peer-reply", peer::op::REPLICATE) => {
+            let status = status_named(v.raw("status"));
+            let (ack, decoded) = if status == Status::Ok {
+                v.only(&["op", "status", "id", "result", "current"]);
+                let ack = match v.raw("result") {
+                    "applied" => WriteAck::Done(Applied::Stored),
+                    "stale" => WriteAck::Done(Applied::Stale {
+                        current: Version(v.int("current")),
+                    }),
+                    r => panic!("vector {}: result {r}", v.name),
+                };
+                (ack.clone(), ack)
+            } else {
+                v.only(&["op", "status", "id", "message"]);
+                let msg = String::from_utf8(v.bytes_of("message")).expect("UTF-8");
+                // Decoded, the refusal names its status.
+                let decoded = WriteAck::Refused(format!("{status}: {msg}"));
+                (WriteAck::Refused(msg), decoded)
+            };
+            peer::put_write_ack(&mut out, id, &ack);
+            let got = decode_peer_reply(&f);
+            assert_eq!(got, Ok(PeerReply::Write(decoded)), "vector {}", v.name);
+        }
+        ("peer-request", peer::op::READ) => {
+            v.only(&["op", "id", "key"]);
+            let key = v.bytes_of("key");
+            peer::put_read(&mut out, id, &key);
+            let expected = PeerRequest::Read { key: &key };
+            assert_eq!(decode_peer_request(&f), Ok(expected), "vector {}", v.name);
+        }
+        ("peer-reply", peer::op::READ) => {
+            v.only(&["op", "status", "id", "state", "version", "expires", "value"]);
+            let record = match v.raw("state") {
+                "absent" => None,
+                "value" | "tombstone" => Some(Stored {
+                    version: Version(v.int("version")),
+                    expires_at_ms: v.int("expires"),
+                    value: value_of(v),
+                }),
+                s => panic!("vector {}: state {s}", v.name),
+            };
+            peer::put_read_reply(&mut out, id, &Ok(record.clone()));
+            let got = decode_peer_reply(&f);
+            assert_eq!(got, Ok(PeerReply::Read(Ok(record))), "vector {}", v.name);
+        }
+        (kind, peer::op::GOSSIP) => {
+            v.only(&["op", "status", "id", "sender", "entries", "sent", "echo"]);
+            let sender = v.int("sender") as u32;
+            let entries = gossip_entries_of(v);
+            let clock = ClockStamp {
+                sent_ms: v.int("sent"),
+                echo_ms: v.int("echo"),
+            };
+            match kind {
+                "peer-request" | "peer-request-newer" => {
+                    assert_eq!(status, None, "vector {}: a request has no status", v.name);
+                    peer::put_gossip(&mut out, id, sender, &entries, clock);
+                    let expected = PeerRequest::Gossip {
+                        sender,
+                        entries: entries.clone(),
+                        clock: Some(clock),
+                    };
+                    assert_eq!(decode_peer_request(&f), Ok(expected), "vector {}", v.name);
+                }
+                "peer-reply" => {
+                    assert_eq!(status, Some(Status::Ok), "vector {}", v.name);
+                    peer::put_gossip_reply(&mut out, id, sender, &entries, clock);
+                    let expected = PeerReply::Gossip {
+                        sender,
+                        entries: entries.clone(),
+                        clock: Some(clock),
+                    };
+                    assert_eq!(decode_peer_reply(&f), Ok(expected), "vector {}", v.name);
+                }
+                k => panic!("vector {}: kind {k}", v.name),
+            }
+            if kind == "peer-request-newer" {
+                // A newer node's frame: this node reads the fields it knows and skips the
+                // rest, so its own encoding of the value is shorter.
+                let extra = (v.bytes.len() - out.len()) / entries.len();
+                assert!(extra > 0, "vector {}: no bytes a newer node added", v.name);
+                assert_eq!(v.bytes.len(), out.len() + extra * entries.len());
+                return;
+            }
+        }
+        (k, o) => panic!("vector {}: no check for {k} op 0x{o:02x}", v.name),
+    }
+    assert_eq!(out, v.bytes, "vector {}: encoding the value", v.name);
+}
+
+/// The vector names of the scripted anti-entropy exchange, in the order its frames are sent.
+const AE_VECTORS: &[&str] = &[
+    "ae-tree-request",
+    "ae-tree-reply",
+    "ae-keys-request",
+    "ae-keys-reply",
+    "ae-push-request",
+    "ae-push-reply",
+    "ae-status-request",
+    "ae-status-reply",
+];
+
+/// Start of the scripted exchange, ms since the epoch.
+const AE_NOW_MS: u64 = 1_764_000_001_000;
+
+/// `hello` and `key:286008` share partition 233 and tree segment 789 (the top 18 bits of their
+/// key hashes), so one AE_KEYS round compares both.
+const AE_KEYS: [&[u8]; 2] = [b"hello", b"key:286008"];
+
+fn ae_core(id: u32, store: &MemoryStore) -> AntiEntropy {
+    let mut config =
+        ClusterConfig::build(id, "1=127.0.0.1:7001,2=127.0.0.1:7002", 2).expect("config");
+    config.validate().expect("valid config");
+    let mut a = AntiEntropy::new(&config, Ring::new(&[1, 2], 2), AE_NOW_MS);
+    // As shard 233 of a node with 256 shards: this core holds partition 233 only, so a round
+    // is one exchange.
+    let p = partition_of(AE_KEYS[0]);
+    a.set_shard(p, limits::PARTITION_COUNT);
+    a.build(store).expect("build");
+    a
+}
+
+/// Run one exchange: node 2 (initiator) holds `hello`, node 1 (responder, and the leader)
+/// holds `key:286008`. Returns every frame sent, in order, and checks that both ends decoded
+/// each other's frames: the records crossed, and node 2 adopted the leader's horizon.
+fn ae_exchange() -> Vec<Vec<u8>> {
+    let put = |s: &mut MemoryStore, key: &[u8], value: &[u8], node: u32| {
+        let w = Write {
+            key,
+            value: Some(value),
+            version: Version::new(1_764_000_000_000, 0, node),
+            expires_at_ms: 0,
+        };
+        assert_eq!(s.apply(w).expect("stored"), Applied::Stored);
+    };
+    let (mut s1, mut s2) = (MemoryStore::new(), MemoryStore::new());
+    put(&mut s2, AE_KEYS[0], b"world", 2);
+    put(&mut s1, AE_KEYS[1], b"v", 1);
+    let (mut a1, mut a2) = (ae_core(1, &s1), ae_core(2, &s2));
+    let alive = |_: u32| true;
+    a2.trigger(AE_NOW_MS);
+    let mut now = AE_NOW_MS;
+    a2.on_tick(now, &mut s2, &alive, 1);
+    let mut frames = Vec::new();
+    for _ in 0..32 {
+        let next = a2.poll_transmit().or_else(|| {
+            // The round is over once its exchange completed: the next tick reports it to
+            // the leader.
+            now += 1;
+            a2.on_tick(now, &mut s2, &alive, 1);
+            a2.poll_transmit()
+        });
+        let Some((to, request)) = next else {
+            break;
+        };
+        assert_eq!(to, 1, "the exchange is with node 1");
+        let (f, _) = frame::parse(&request).unwrap().unwrap();
+        let mut reply = Vec::new();
+        a1.on_request(now, &mut s1, 2, f.id, f.op, f.aux, f.body, &mut reply)
+            .unwrap_or_else(|e| panic!("node 1 refused op 0x{:02x}: {e}", f.op));
+        let (rf, _) = frame::parse(&reply).unwrap().unwrap();
+        assert_eq!(rf.aux, Status::Ok as u8, "reply to op 0x{:02x}", f.op);
+        a2.on_reply(now, &mut s2, 1, &rf, &alive);
+        frames.push(request.clone());
+        frames.push(reply);
+    }
+    assert_eq!(a2.stats().exchanges, 1, "the exchange completed");
+    assert_eq!(a2.stats().exchanges_failed, 0);
+    for key in AE_KEYS {
+        let (r1, r2) = (s1.get(key).unwrap(), s2.get(key).unwrap());
+        assert!(r1.is_some() && r1 == r2, "both nodes hold {key:?}");
+    }
+    let p = partition_of(AE_KEYS[0]);
+    assert!(
+        a2.index().horizon(p) > 0,
+        "node 2 adopted the leader's horizon"
+    );
+    frames
+}
+
+#[test]
+fn peer_vectors_in_protocol_md_match_the_cluster_codec() {
+    let vs = vectors(&protocol_md());
+    let peer_vs: Vec<&Vector> = vs.iter().filter(|v| v.kind.starts_with("peer-")).collect();
+
+    // The exchange's frames by vector name: the first TREE request (level 0) and reply, then
+    // the first of each other opcode (the level 1 and 2 TREE frames are not shown).
+    let frames = ae_exchange();
+    let mut by_name: BTreeMap<&str, &[u8]> = BTreeMap::new();
+    for pair in frames.chunks(2) {
+        let name = match pair[0][4] {
+            ae_op::TREE => "ae-tree",
+            ae_op::KEYS => "ae-keys",
+            ae_op::PUSH => "ae-push",
+            ae_op::STATUS => "ae-status",
+            o => panic!("exchange sent op 0x{o:02x}"),
+        };
+        let (req, rep) = (format!("{name}-request"), format!("{name}-reply"));
+        let (req, rep) = (
+            AE_VECTORS.iter().find(|n| **n == req).expect("named"),
+            AE_VECTORS.iter().find(|n| **n == rep).expect("named"),
+        );
+        by_name.entry(req).or_insert(&pair[0]);
+        by_name.entry(rep).or_insert(&pair[1]);
+    }
+    assert_eq!(
+        by_name.len(),
+        AE_VECTORS.len(),
+        "the exchange sent every AE opcode"
+    );
+
+    for v in &peer_vs {
+        if v.kind == "peer-invalid-request" {
+            check_peer_vector(v);
+            continue;
+        }
+        let opcode = peer_op_named(v.raw("op"));
+        if !antientropy::is_anti_entropy_op(opcode) {
+            check_peer_vector(v);
+            continue;
+        }
+        let sent = by_name
+            .get(v.name.as_str())
+            .unwrap_or_else(|| panic!("vector {} is not a frame of the exchange", v.name));
+        assert_eq!(&v.bytes[..], *sent, "vector {}: the frame sent", v.name);
+        let f = whole_frame(v);
+        assert_eq!(f.op & !RESPONSE_BIT, opcode, "vector {}: op", v.name);
+        assert_eq!(f.id, v.int("id") as u32, "vector {}: id", v.name);
+        if v.kind == "peer-request" {
+            v.only(&["op", "id", "partition", "sender"]);
+            assert_eq!(
+                antientropy::routing_partition(f.op, f.body),
+                Some(v.int("partition") as usize),
+                "vector {}: partition",
+                v.name
+            );
+            assert_eq!(
+                u64::from(u32::from_be_bytes(f.body[2..6].try_into().unwrap())),
+                v.int("sender"),
+                "vector {}: sender",
+                v.name
+            );
+        } else {
+            v.only(&["op", "status", "id"]);
+            assert_eq!(f.aux, status_named(v.raw("status")) as u8, "{}", v.name);
+        }
+    }
+
+    // The message of the documented MALFORMED reply is what the decoder says of the
+    // documented malformed request.
+    let named = |name: &str| {
+        *peer_vs
+            .iter()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("protocol.md lacks vector {name}"))
+    };
+    let bad = named("read-malformed-request");
+    let err = decode_peer_request(&whole_frame(bad)).unwrap_err();
+    let reply = named("read-malformed-reply");
+    assert_eq!(err.to_string().into_bytes(), reply.bytes_of("message"));
+    assert_eq!(whole_frame(bad).id, whole_frame(reply).id);
+
+    // The peer opcode table (rows of 6 cells: code, name, request, reply, sender, shard) lists
+    // exactly the opcodes in use, by their names.
+    let table: Vec<(u8, String)> = table_rows(&protocol_md())
+        .into_iter()
+        .filter(|(_, cells)| cells.len() == 5)
+        .filter_map(|(code, cells)| {
+            let hex = code.strip_prefix("0x")?;
+            Some((u8::from_str_radix(hex, 16).ok()?, cells[0].clone()))
+        })
+        .collect();
+    let in_use: Vec<(u8, String)> = PEER_OPS.iter().map(|(n, o)| (*o, n.to_string())).collect();
+    assert_eq!(table, in_use, "protocol.md's peer opcode table");
+
+    // Every peer opcode in use has a request and a reply vector; every other opcode of the
+    // peer range is refused as unknown by the node.
+    for (name, opcode) in PEER_OPS {
+        for kind in ["peer-request", "peer-reply"] {
+            assert!(
+                peer_vs
+                    .iter()
+                    .any(|v| v.kind == kind && v.raw("op") == *name),
+                "protocol.md lacks a {kind} vector for {name}"
+            );
+        }
+        assert!((op::PEER_FIRST..=op::PEER_LAST).contains(opcode));
+    }
+    let store = MemoryStore::new();
+    let mut a = ae_core(1, &store);
+    for opcode in op::PEER_FIRST..=op::PEER_LAST {
+        if PEER_OPS.iter().any(|(_, o)| *o == opcode) {
+            continue;
+        }
+        let unknown = if antientropy::is_anti_entropy_op(opcode) {
+            let mut out = Vec::new();
+            let mut s = MemoryStore::new();
+            a.on_request(AE_NOW_MS, &mut s, 2, 1, opcode, 0, &[0, 233], &mut out)
+                .unwrap_err()
+        } else {
+            PeerRequest::decode(opcode, 0, &[]).unwrap_err()
+        };
+        assert_eq!(unknown, PeerError::UnknownOp(opcode), "op 0x{opcode:02x}");
+    }
+}
+
+/// The tree hashes as § 18.5 writes them (its formulas, computed here from the text's
+/// constants) give the root hash in vector `ae-tree-reply`, which the node computed: a node of
+/// another implementation that follows the text compares equal.
+#[test]
+fn tree_hash_formulas_in_protocol_md_give_the_vector_root() {
+    use dkv::hash::{fmix64, key_hash};
+    let doc = protocol_md();
+    let (item_seed, inner_seed) = (0x6161_655f_6974_656d_u64, 0x6161_655f_6e6f_6465_u64);
+    for seed in [item_seed, inner_seed] {
+        assert!(
+            doc.contains(&format!("0x{seed:016x}")),
+            "protocol.md lacks {seed:#x}"
+        );
+    }
+    let chain = |children: &[u64]| {
+        children
+            .iter()
+            .fold(inner_seed, |h, &c| fmix64(h ^ c).wrapping_add(c))
+    };
+    // Node 1 holds one record: key:286008 at 0x66ada5fa00000001, in segment 789.
+    let key = AE_KEYS[1];
+    let segment = ((key_hash(key) >> 46) & 0x3ff) as usize;
+    assert_eq!(segment, 789);
+    let item = fmix64(fmix64(key_hash(key) ^ item_seed) ^ 0x66ad_a5fa_0000_0001);
+    let mut segments = [0u64; 1024];
+    segments[segment] = item;
+    let mids: Vec<u64> = segments.chunks(32).map(chain).collect();
+    let root = chain(&mids);
+    let vs = vectors(&doc);
+    let reply = vs
+        .iter()
+        .find(|v| v.name == "ae-tree-reply")
+        .expect("vector");
+    let tail: [u8; 8] = reply.bytes[reply.bytes.len() - 8..].try_into().unwrap();
+    assert_eq!(
+        root,
+        u64::from_be_bytes(tail),
+        "the root hash of ae-tree-reply"
+    );
 }

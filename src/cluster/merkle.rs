@@ -23,7 +23,7 @@
 //! ```text
 //!  item(key, version) = fmix64(fmix64(key_hash(key) ^ ITEM_SEED) ^ version)
 //!  segment            = Σ item over the segment's keys (wrapping add; empty = 0)
-//!  mid i / root       = h := INNER_SEED; for each child c in order: h := fmix64(h ^ c); h
+//!  mid i / root       = h := INNER_SEED; for each child c in order: h := fmix64(h ^ c) + c; h
 //! ```
 //!
 //! `fmix64` is MurmurHash3's 64-bit finalizer ([`crate::hash::fmix64`]); `key_hash` is the

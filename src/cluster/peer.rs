@@ -3,7 +3,8 @@
 //! They use the ordinary frame header (see [`crate::protocol`]) on a connection that completed
 //! the peer handshake (proofs of the cluster secret, [`crate::auth`]); the server hands them to
 //! the cluster layer as [`crate::protocol::Request::Peer`]. Replies carry the opcode with the response bit set and a
-//! status in `aux`, like every reply. All integers are big-endian.
+//! status in `aux`, like every reply. All integers are big-endian. protocol.md § 18 is the
+//! contract, with golden vectors that `tests/codec.rs` checks against these encoders.
 //!
 //! ```text
 //! REPLICATE 0x20  request (aux bit 0: hint delivery, bit 1: read repair; other bits 0)
@@ -20,6 +21,8 @@
 //! GOSSIP 0x22     request (push) and reply OK (pull) have the same body: the sender's view
 //!  | sender id u32 | count u16 | count × entry | clock stamp (16 bytes, optional) |
 //!  entry (21 bytes): | node id u32 | incarnation u64 | heartbeat u64 | state u8 (0 alive, 1 failed) |
+//!    A newer node may append fields to every entry (then it must send the clock stamp): the
+//!    entry size is (body - 6 - 16) / count, and bytes past the 21 known ones are skipped.
 //!  clock stamp: | sent ms u64 (the sender's wall clock) | echo ms u64 |
 //!    echo: in a request 0; in a reply the request's sent ms, so the pusher measures the
 //!    replier's clock offset NTP-style (see super::clock). Nodes from before the stamp
@@ -366,21 +369,36 @@ fn decode_gossip(body: &[u8]) -> Result<Gossip, PeerError> {
             "GOSSIP of {count} entries, more than {CLUSTER_NODES_MAX}"
         )));
     }
-    let mut rest = &body[6..];
-    let mut clock = None;
-    if rest.len() == count * GOSSIP_ENTRY_SIZE + CLOCK_STAMP_SIZE {
-        let (entries, stamp) = rest.split_at(count * GOSSIP_ENTRY_SIZE);
-        clock = Some(ClockStamp {
+    let rest = &body[6..];
+    // Two layouts: without a clock stamp (nodes from before it), entries of exactly
+    // GOSSIP_ENTRY_SIZE bytes; with one, entries of a size the body gives, at least
+    // GOSSIP_ENTRY_SIZE: a newer node may append fields to each entry, which this node skips
+    // (rolling upgrades). The two cannot be confused: a stamped body of e-byte entries,
+    // e >= 21, is never 21 × count bytes after the header, for count >= 1.
+    let (rest, clock, entry_size) = if rest.len() == count * GOSSIP_ENTRY_SIZE {
+        (rest, None, GOSSIP_ENTRY_SIZE)
+    } else {
+        let Some(entries_len) = rest.len().checked_sub(CLOCK_STAMP_SIZE) else {
+            return Err(bad("GOSSIP length does not match its entry count"));
+        };
+        let (entries, stamp) = rest.split_at(entries_len);
+        let entry_size = match count {
+            0 if entries_len == 0 => GOSSIP_ENTRY_SIZE,
+            0 => return Err(bad("GOSSIP of no entries has bytes before its clock stamp")),
+            n => entries_len / n,
+        };
+        if entry_size < GOSSIP_ENTRY_SIZE || entry_size * count != entries_len {
+            return Err(bad("GOSSIP length does not match its entry count"));
+        }
+        let clock = ClockStamp {
             sent_ms: read_u64(stamp, 0),
             echo_ms: read_u64(stamp, 8),
-        });
-        rest = entries;
-    }
-    if rest.len() != count * GOSSIP_ENTRY_SIZE {
-        return Err(bad("GOSSIP length does not match its entry count"));
-    }
+        };
+        (entries, Some(clock), entry_size)
+    };
     let mut entries = Vec::with_capacity(count);
-    for e in rest.chunks_exact(GOSSIP_ENTRY_SIZE) {
+    // Bytes past GOSSIP_ENTRY_SIZE in an entry are a newer node's fields: ignored.
+    for e in rest.chunks_exact(entry_size) {
         let state = match e[20] {
             0 => NodeState::Alive,
             1 => NodeState::Failed,
@@ -736,6 +754,70 @@ mod tests {
                 clock: Some(echo),
             }
         );
+    }
+
+    /// A newer node's gossip, whose entries carry fields this node does not know after the
+    /// 21 it does, is understood (rolling upgrades): the extra bytes are skipped.
+    #[test]
+    fn gossip_entries_with_unknown_trailing_bytes_are_accepted() {
+        let entries = [
+            GossipEntry {
+                node_id: 1,
+                incarnation: 1_764_000_000_000,
+                heartbeat: 42,
+                state: NodeState::Alive,
+            },
+            GossipEntry {
+                node_id: 3,
+                incarnation: 1_763_999_000_000,
+                heartbeat: 7,
+                state: NodeState::Failed,
+            },
+        ];
+        let stamp = ClockStamp {
+            sent_ms: 1_764_000_000_500,
+            echo_ms: 0,
+        };
+        let mut out = Vec::new();
+        put_gossip(&mut out, 9, 1, &entries, stamp);
+        let body = &out[10..];
+        for extra in [1usize, 4, 21, 300] {
+            // The same view as a newer node would send it: `extra` unknown bytes per entry.
+            let mut newer = body[..6].to_vec();
+            for e in body[6..6 + 2 * GOSSIP_ENTRY_SIZE].chunks(GOSSIP_ENTRY_SIZE) {
+                newer.extend_from_slice(e);
+                newer.extend((0..extra).map(|i| i as u8 ^ 0xA5));
+            }
+            newer.extend_from_slice(&body[6 + 2 * GOSSIP_ENTRY_SIZE..]);
+            let expect = PeerRequest::Gossip {
+                sender: 1,
+                entries: entries.to_vec(),
+                clock: Some(stamp),
+            };
+            assert_eq!(
+                PeerRequest::decode(op::GOSSIP, 0, &newer),
+                Ok(expect),
+                "{extra} extra bytes per entry"
+            );
+            let reply = PeerReply::decode(op::GOSSIP | RESPONSE_BIT, 0, &newer).unwrap();
+            assert!(matches!(reply, PeerReply::Gossip { entries: ref e, .. } if e == &entries));
+            // Bytes that do not split into `count` equal entries are still refused.
+            let mut ragged = newer.clone();
+            ragged.insert(6, 0);
+            assert!(PeerRequest::decode(op::GOSSIP, 0, &ragged).is_err());
+        }
+        // Entries shorter than 21 bytes are not a layout: refused.
+        let mut short = body.to_vec();
+        short.remove(6 + GOSSIP_ENTRY_SIZE);
+        short.remove(6);
+        assert!(PeerRequest::decode(op::GOSSIP, 0, &short).is_err());
+        // No entries: only the header and the stamp.
+        let mut empty = Vec::new();
+        put_gossip(&mut empty, 9, 1, &[], stamp);
+        assert!(PeerRequest::decode(op::GOSSIP, 0, &empty[10..]).is_ok());
+        let mut junk = empty[10..].to_vec();
+        junk.insert(6, 0);
+        assert!(PeerRequest::decode(op::GOSSIP, 0, &junk).is_err());
     }
 
     /// Every prefix and every single-byte corruption of valid bodies decodes to a value or an
