@@ -1,6 +1,6 @@
 //! The shard core's cluster glue: how a shard hands its keyed requests and peer frames to its
 //! [`ClusterNode`] and turns the node's outputs into reply records and peer sends. Kept apart
-//! from `shard.rs` so the single-node path there stays as it was; every hook in `shard.rs`
+//! from the rest of `shard/` so the single-node path there stays as it was; every hook there
 //! is one call into this file, taken only when the node runs with `--nodes`.
 //!
 //! * A client GET/PUT/DELETE is first routed to the shard owning its key (as on a single
