@@ -93,7 +93,6 @@ use crate::protocol::{frame, message, FrameRef, Status, RESPONSE_BIT};
 use crate::storage::{keydir::expiry_s_of, Applied, KeyMeta, Store, StoreError, Stored, Write};
 use crate::version::Version;
 use std::collections::{BTreeMap, VecDeque};
-use std::fmt::Write as _;
 
 /// Anti-entropy opcodes (in the range `peer::op` reserves).
 pub mod ae_op {
@@ -406,7 +405,7 @@ impl Store for Tracked<'_> {
     fn set_tombstone_horizon(&mut self, horizon: Version) {
         self.store.set_tombstone_horizon(horizon)
     }
-    fn stats(&self, report: &mut dyn FnMut(&str, u64)) {
+    fn stats(&self, report: &mut dyn FnMut(&'static str, u64)) {
         self.store.stats(report)
     }
     fn scan_keys(
@@ -1804,9 +1803,9 @@ impl AntiEntropy {
         *e = (*e).max(x.start_ms);
     }
 
-    /// STATS lines (`name value`): counters that add up over shards, and `_max` / `_min`
-    /// figures that combine by max / min.
-    pub fn stats_text(&self, now_ms: u64, t: &mut String) {
+    /// STATS figures as `(name, value)` pairs: counters that add up over shards, and `_max` /
+    /// `_min` figures that combine by max / min.
+    pub fn stats_report(&self, now_ms: u64, report: &mut dyn FnMut(&'static str, u64)) {
         let s = self.index.stats;
         // Since the last full round, or since start when there was none yet.
         let since = now_ms.saturating_sub(s.last_full_round_ms.max(self.start_ms));
@@ -1845,7 +1844,7 @@ impl AntiEntropy {
             ("aae_exchanges_in_flight", self.exchanges.len() as u64),
         ];
         for (name, v) in lines {
-            let _ = writeln!(t, "{name} {v}");
+            report(name, v);
         }
     }
 }

@@ -9,7 +9,6 @@ use crate::limits::{
 };
 use crate::protocol::message::{put_error, put_ok};
 use crate::protocol::{op, Status};
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 /// A COMPACT request waiting for every shard's forced pass.
@@ -61,35 +60,37 @@ impl ShardCore {
                 false
             }
         };
-        let mut text = String::new();
         let mut totals = [0u64; 3];
         let mut refused = self.compacting.refused_here;
-        self.store.stats(&mut |name, value| {
-            let value = match name {
-                "storage_writes_refused" => {
-                    refused += value;
-                    refused
-                }
-                "storage_compactions" => {
-                    totals[0] = value;
-                    value
-                }
-                "storage_bytes_reclaimed" => {
-                    totals[1] = value;
-                    value
-                }
-                "storage_segments_reclaimed" => {
-                    totals[2] = value;
-                    value
-                }
-                _ => value,
-            };
-            let _ = writeln!(text, "{name} {value}");
-        });
         let c = self.counters();
-        if let Ok(mut slot) = c.storage_text.lock() {
-            *slot = text;
-        }
+        let store = &self.store;
+        c.storage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .publish(|report| {
+                store.stats(&mut |name, value| {
+                    let value = match name {
+                        "storage_writes_refused" => {
+                            refused += value;
+                            refused
+                        }
+                        "storage_compactions" => {
+                            totals[0] = value;
+                            value
+                        }
+                        "storage_bytes_reclaimed" => {
+                            totals[1] = value;
+                            value
+                        }
+                        "storage_segments_reclaimed" => {
+                            totals[2] = value;
+                            value
+                        }
+                        _ => value,
+                    };
+                    report(name, value);
+                })
+            });
         c.compactions.store(totals[0], Ordering::Relaxed);
         c.bytes_reclaimed.store(totals[1], Ordering::Relaxed);
         c.segments_reclaimed.store(totals[2], Ordering::Relaxed);

@@ -49,7 +49,7 @@ mod tests;
 pub use cluster::{ClusterView, ReplyTo};
 pub use execute::reply_version;
 pub use mail::{Mail, Outbox};
-pub use stats::ShardCounters;
+pub use stats::{Figures, ShardCounters};
 
 use crate::hash::shard_of;
 use crate::protocol::message::{put_connection_error, put_error, put_ok};

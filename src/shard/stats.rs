@@ -36,10 +36,10 @@ pub struct ShardCounters {
     pub connections_dropped: AtomicU64,
     /// Store syncs (group commits) done.
     pub syncs: AtomicU64,
-    /// Storage figures as `name value` lines, refreshed by the shard on its ticks.
-    pub storage_text: Mutex<String>,
-    /// Cluster counters as `name value` lines, refreshed by the shard's cluster ticks.
-    pub cluster_text: Mutex<String>,
+    /// The store's figures ([`crate::storage::Store::stats`]), refreshed on the shard's ticks.
+    pub storage: Mutex<Figures>,
+    /// The cluster core's figures, refreshed on the shard's cluster ticks.
+    pub cluster: Mutex<Figures>,
     /// The newest COMPACT generation whose forced pass this shard has finished.
     pub compact_done: AtomicU64,
     /// Compaction totals of the shard's store, published on its ticks (for COMPACT replies).
@@ -65,8 +65,8 @@ impl Default for ShardCounters {
             connections_refused: AtomicU64::new(0),
             connections_dropped: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
-            storage_text: Mutex::new(String::new()),
-            cluster_text: Mutex::new(String::new()),
+            storage: Mutex::new(Figures::default()),
+            cluster: Mutex::new(Figures::default()),
             compact_done: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
             bytes_reclaimed: AtomicU64::new(0),
@@ -77,6 +77,33 @@ impl Default for ShardCounters {
 
 /// Selects one counter of a shard (for summing it over the shards).
 pub(super) type CounterField = fn(&ShardCounters) -> &AtomicU64;
+
+/// Figures a shard's store or cluster core reported for STATS: `(name, value)` pairs in the
+/// order reported. Names are static (each source has a fixed set) and values numbers, so the
+/// shard answering STATS combines the shards' figures without formatting or parsing text.
+#[derive(Clone, Debug, Default)]
+pub struct Figures(Vec<(&'static str, u64)>);
+
+impl Figures {
+    /// Replace the figures with those `source` reports (the allocation is kept: a shard
+    /// publishes on every tick).
+    pub fn publish(&mut self, source: impl FnOnce(&mut dyn FnMut(&'static str, u64))) {
+        self.0.clear();
+        source(&mut |name, v| self.0.push((name, v)));
+    }
+
+    /// Fold another shard's figure in, by name: names ending in `_max` / `_min` combine by max
+    /// / min (per-disk or per-node figures, such as `storage_disk_free_bytes_min`), the rest
+    /// are summed; a name not seen yet is added at the end.
+    pub fn combine(&mut self, name: &'static str, v: u64) {
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some(e) if name.ends_with("_max") => e.1 = e.1.max(v),
+            Some(e) if name.ends_with("_min") => e.1 = e.1.min(v),
+            Some(e) => e.1 += v,
+            None => self.0.push((name, v)),
+        }
+    }
+}
 
 impl ShardCore {
     pub(super) fn stats_text(&self, now_ms: u64) -> String {
@@ -153,27 +180,17 @@ impl ShardCore {
         let _ = writeln!(t, "latency_max_us {max}");
         sh.memory.stats_text(&mut t);
         self.cluster_view_stats(&mut t);
-        // Storage (and cluster) figures summed over shards, by name.
-        let mut storage: Vec<(String, u64)> = Vec::new();
+        // Storage (and cluster) figures combined over the shards, by name.
+        let mut storage = Figures::default();
         for c in &sh.counters {
-            let mut text = c.storage_text.lock().map(|s| s.clone()).unwrap_or_default();
-            text.push_str(&c.cluster_text.lock().map(|s| s.clone()).unwrap_or_default());
-            for line in text.lines() {
-                let mut it = line.splitn(2, ' ');
-                let (Some(name), Some(v)) = (it.next(), it.next()) else {
-                    continue;
-                };
-                let v: u64 = v.parse().unwrap_or(0);
-                match storage.iter_mut().find(|(n, _)| n == name) {
-                    // Names ending in _max / _min combine by max / min, the rest are summed.
-                    Some(e) if name.ends_with("_max") => e.1 = e.1.max(v),
-                    Some(e) if name.ends_with("_min") => e.1 = e.1.min(v),
-                    Some(e) => e.1 += v,
-                    None => storage.push((name.to_string(), v)),
+            for slot in [&c.storage, &c.cluster] {
+                let figures = slot.lock().unwrap_or_else(|p| p.into_inner());
+                for &(name, v) in &figures.0 {
+                    storage.combine(name, v);
                 }
             }
         }
-        for (name, v) in storage {
+        for &(name, v) in &storage.0 {
             let _ = writeln!(t, "{name} {v}");
         }
         if t.len() > TEXT_REPLY_SIZE_MAX {

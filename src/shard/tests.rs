@@ -37,7 +37,7 @@ impl Store for FailingSync {
     fn highest_version(&self) -> Version {
         self.0.highest_version()
     }
-    fn stats(&self, report: &mut dyn FnMut(&str, u64)) {
+    fn stats(&self, report: &mut dyn FnMut(&'static str, u64)) {
         self.0.stats(report)
     }
 }
@@ -270,4 +270,254 @@ fn refused_writes_are_counted_on_a_single_node() {
     let text = stats_of(&cs[0]);
     assert_eq!(stat(&text, "storage_writes_refused"), Some(3), "{text}");
     assert_eq!(stat(&text, "replies_storage_error"), Some(3), "{text}");
+}
+
+// --- STATS from typed per-shard figures (issue 11 item 6) ---
+
+/// Every name of a clustered two-shard node's STATS over log stores, in order, as the node
+/// answered before the figures were typed (captured then): STATS output stays the same.
+const STATS_NAMES: &[&str] = &[
+    "node_id",
+    "uptime_ms",
+    "shards",
+    "connections_max",
+    "connections",
+    "connections_total",
+    "connections_refused",
+    "connections_dropped",
+    "bytes_in",
+    "bytes_out",
+    "syncs",
+    "handshake_failures",
+    "handshakes_throttled",
+    "handshake_throttle_sources",
+    "requests_put",
+    "replies_clock_offset",
+    "shard_0_requests",
+    "shard_0_forwarded_out",
+    "shard_0_connections",
+    "shard_1_requests",
+    "shard_1_forwarded_out",
+    "shard_1_connections",
+    "latency_requests",
+    "latency_p50_us",
+    "latency_p90_us",
+    "latency_p99_us",
+    "latency_p999_us",
+    "latency_max_us",
+    "memory_buffered_bytes",
+    "memory_buffered_peak_bytes",
+    "memory_reserved_bytes",
+    "memory_node_bytes_limit",
+    "memory_connection_bytes_limit",
+    "memory_frame_timeout_ms",
+    "memory_paused_connection",
+    "memory_paused_node",
+    "memory_dropped_node",
+    "memory_dropped_frame_timeout",
+    "cluster_leader",
+    "cluster_alive",
+    "cluster_nodes",
+    "cluster_replicas",
+    "cluster_incarnation",
+    "clock_offset_ms",
+    "clock_offset_max_ms",
+    "clock_peers_live",
+    "clock_peers_measured",
+    "clock_writes_refused",
+    "clock_peer_2_offset_ms",
+    "clock_peer_2_rtt_ms",
+    "storage_keys",
+    "storage_live_bytes",
+    "storage_dead_bytes",
+    "storage_segments",
+    "storage_keydir_bytes",
+    "storage_compactions",
+    "storage_bytes_reclaimed",
+    "storage_recovery_ms",
+    "storage_corrupt_records",
+    "storage_writes_refused",
+    "storage_read_only",
+    "storage_segments_reclaimed",
+    "storage_disk_free_bytes_min",
+    "storage_disk_reserve_bytes_max",
+    "storage_disk_pressure_max",
+    "cluster_pauses",
+    "gossip_sent",
+    "gossip_merged",
+    "failures_detected",
+    "recoveries",
+    "coord_writes",
+    "coord_reads",
+    "coord_unavailable",
+    "coord_timeouts",
+    "coord_overloaded",
+    "coord_in_flight",
+    "read_repairs_sent",
+    "read_repairs_received",
+    "hints_stored",
+    "hints_delivered",
+    "hints_dropped",
+    "hints_pending",
+    "hints_received",
+    "replicate_served",
+    "peer_errors",
+    "coord_maybe_applied",
+    "coord_reissues",
+    "coord_clock_refused",
+    "replicate_refused_ahead",
+    "clock_samples",
+    "clock_samples_dropped",
+    "clock_shards_refusing",
+    "aae_rounds",
+    "aae_full_rounds",
+    "aae_ms_since_full_round_max",
+    "aae_exchanges",
+    "aae_exchanges_failed",
+    "aae_exchanges_served",
+    "aae_keys_sent",
+    "aae_keys_repaired",
+    "aae_keys_dropped",
+    "aae_bytes_sent",
+    "aae_guard_refused",
+    "aae_swept",
+    "aae_refused_ahead",
+    "aae_shards_rejoining",
+    "aae_horizon_ms_min",
+    "aae_tree_keys",
+    "aae_tree_bytes",
+    "aae_exchanges_in_flight",
+];
+
+/// A clustered node of two shards over log stores on disks of different sizes, after some
+/// writes and a tick of every shard; returns the cores.
+fn clustered_pair() -> Vec<ShardCore> {
+    use crate::cluster::ClusterConfig;
+    use crate::storage::logstore::{LogConfig, LogStore};
+    use crate::storage::vfs::MemVfs;
+    let shared = Arc::new(NodeShared::new(1, 2, NOW, 100));
+    let view = Arc::new(ClusterView::default());
+    let config =
+        ClusterConfig::build(1, "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003", 3).unwrap();
+    let mut cs: Vec<ShardCore> = (0..2)
+        .map(|shard| {
+            // Different disks, so that the _min and _max figures differ per shard.
+            let vfs = MemVfs::new();
+            vfs.set_capacity(Some((64 << 20) * (shard as u64 + 1)));
+            let (store, _) =
+                LogStore::open(vfs, std::path::Path::new("/s"), LogConfig::default()).unwrap();
+            let cfg = ShardConfig {
+                shard,
+                shards: 2,
+                sync: SyncPolicy::Never,
+                client_token: None,
+            };
+            ShardCore::new(cfg, shared.clone(), Box::new(store)).with_cluster(
+                config.clone(),
+                NOW,
+                None,
+                view.clone(),
+            )
+        })
+        .collect();
+    for i in 0..20u32 {
+        let key = format!("key {i}");
+        let put = Request::Put {
+            key: key.as_bytes(),
+            value: b"value",
+            ttl_seconds: 0,
+            consistency: Consistency::One,
+        };
+        // Refused (CLOCK_OFFSET: no peer's clock is measured here), but counted.
+        let (_, st, _, _) = reply(&roundtrip(&mut cs, (i % 2) as usize, put, i));
+        assert_eq!(st, Status::ClockOffset);
+    }
+    // Records straight into the stores, a different number per shard.
+    for (shard, c) in cs.iter_mut().enumerate() {
+        for i in 0..3 + 4 * shard as u64 {
+            let key = format!("stored {i}");
+            let w = Write {
+                key: key.as_bytes(),
+                value: Some(b"value"),
+                version: Version((NOW << 16) + i),
+                expires_at_ms: 0,
+            };
+            assert!(matches!(c.store_mut().apply(w), Ok(Applied::Stored)));
+        }
+    }
+    for c in cs.iter_mut() {
+        c.on_tick(NOW + 10, 16);
+        c.on_cluster_tick(NOW + 10);
+    }
+    // Node 2 answers shard 0's gossip with its clock 30 ms ahead: a measured peer (per-peer
+    // clock lines), published with the view on shard 0's next cluster tick.
+    let mut bytes = Vec::new();
+    let stamp = crate::cluster::peer::ClockStamp {
+        sent_ms: NOW + 10 + 30,
+        echo_ms: NOW + 10,
+    };
+    crate::cluster::peer::put_gossip_reply(&mut bytes, 1, 2, &[], stamp);
+    let (f, _) = frame::parse(&bytes).unwrap().unwrap();
+    cs[0].on_peer_reply(NOW + 12, 2, &f);
+    cs[0].on_cluster_tick(NOW + 15);
+    cs
+}
+
+#[test]
+fn stats_names_stay_the_same() {
+    let cs = clustered_pair();
+    let text = cs[1].stats_text(NOW + 20);
+    let names: Vec<&str> = text.lines().filter_map(|l| l.split(' ').next()).collect();
+    assert_eq!(names, STATS_NAMES, "{text}");
+}
+
+/// Storage figures combine over the shards as their names say: `_min` by min, `_max` by max,
+/// the rest summed; cluster counters are summed too.
+#[test]
+fn stats_combine_the_shards_figures_by_name() {
+    let mut cs = clustered_pair();
+    let text = cs[0].stats_text(NOW + 20);
+    let mut per_shard: Vec<Vec<(&'static str, u64)>> = Vec::new();
+    for c in cs.iter_mut() {
+        let mut figures = Vec::new();
+        c.store_mut().stats(&mut |name, v| figures.push((name, v)));
+        per_shard.push(figures);
+    }
+    assert_eq!(per_shard[0].len(), per_shard[1].len());
+    for (i, &(name, a)) in per_shard[0].iter().enumerate() {
+        let (name_1, b) = per_shard[1][i];
+        assert_eq!(name, name_1);
+        let want = if name.ends_with("_min") {
+            a.min(b)
+        } else if name.ends_with("_max") {
+            a.max(b)
+        } else {
+            a + b
+        };
+        assert_eq!(stat(&text, name), Some(want), "{name}: {text}");
+    }
+    // The disks differ, so each rule is seen at work.
+    let free = |s: usize| {
+        per_shard[s]
+            .iter()
+            .find(|f| f.0 == "storage_disk_free_bytes_min")
+    };
+    assert_ne!(free(0), free(1));
+    assert_eq!(stat(&text, "storage_keys"), Some(3 + 7), "{text}");
+    // Cluster counters: every put was refused by a coordinator's clock rule, and each
+    // shard's core refuses writes for its clock.
+    assert_eq!(stat(&text, "coord_clock_refused"), Some(20), "{text}");
+    assert_eq!(stat(&text, "clock_shards_refusing"), Some(2), "{text}");
+    // A _max figure of the cluster: time since the last full anti-entropy round.
+    assert_eq!(
+        stat(&text, "aae_ms_since_full_round_max"),
+        Some(15),
+        "{text}"
+    );
+    // The clock lines are shard 0's view, shown as they are by any shard (never summed).
+    let text_1 = cs[1].stats_text(NOW + 20);
+    for t in [&text, &text_1] {
+        assert_eq!(stat(t, "clock_peer_2_offset_ms"), Some(29), "{t}");
+        assert_eq!(stat(t, "clock_peers_measured"), Some(1), "{t}");
+    }
 }
