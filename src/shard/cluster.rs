@@ -1,6 +1,6 @@
 //! The shard core's cluster glue: how a shard hands its keyed requests and peer frames to its
 //! [`ClusterNode`] and turns the node's outputs into reply records and peer sends. Kept apart
-//! from `shard.rs` so the single-node path there stays as it was; every hook in `shard.rs`
+//! from the rest of `shard/` so the single-node path there stays as it was; every hook there
 //! is one call into this file, taken only when the node runs with `--nodes`.
 //!
 //! * A client GET/PUT/DELETE is first routed to the shard owning its key (as on a single
@@ -21,7 +21,7 @@ use super::{After, ConnId, ShardCore, SyncPolicy};
 use crate::cluster::antientropy;
 use crate::cluster::coordinator::Outcome;
 use crate::cluster::hints::HintQueue;
-use crate::cluster::node::{ClusterNode, Output};
+use crate::cluster::node::{ClockFigures, ClusterNode, Output};
 use crate::cluster::peer::{self, PeerRequest};
 use crate::cluster::ClusterConfig;
 use crate::hash::shard_of;
@@ -68,8 +68,8 @@ pub struct ClusterView {
     leader: AtomicU32,
     /// The CLUSTER text.
     text: Mutex<String>,
-    /// The clock lines of STATS (see `ClusterNode::clock_text`).
-    clock_text: Mutex<String>,
+    /// The clock figures of STATS; `None` until the first publication.
+    clock: Mutex<Option<ClockFigures>>,
 }
 
 /// The key a REPLICATE or READ addresses (to route it), `None` for other peer frames.
@@ -357,14 +357,14 @@ impl ShardCore {
             if let Ok(mut text) = c.view.text.lock() {
                 *text = c.node.render_cluster();
             }
-            if let Ok(mut text) = c.view.clock_text.lock() {
-                *text = c.node.clock_text(now_ms);
-            }
+            *c.view.clock.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(c.node.clock_figures(now_ms));
         }
-        let text = c.node.stats_text_at(now_ms);
-        if let Ok(mut slot) = self.counters().cluster_text.lock() {
-            *slot = text;
-        }
+        self.counters()
+            .cluster
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .publish(|report| c.node.stats_report_at(now_ms, report));
         if self.cfg.shard == 0 {
             self.warn_clock(now_ms);
         }
@@ -425,13 +425,10 @@ impl ShardCore {
             let _ = writeln!(t, "cluster_nodes {}", c.node.config().nodes.len());
             let _ = writeln!(t, "cluster_replicas {}", c.node.config().replicas);
             let _ = writeln!(t, "cluster_incarnation {}", m.incarnation());
-            let clock = c
-                .view
-                .clock_text
-                .lock()
-                .map(|t| t.clone())
-                .unwrap_or_default();
-            t.push_str(&clock);
+            let clock = c.view.clock.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(clock) = clock.as_ref() {
+                clock.write_stats(t);
+            }
         }
     }
 

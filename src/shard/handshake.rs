@@ -1,7 +1,7 @@
 //! The shard core's handshakes (protocol.md § 7, § 8): a client HELLO (version, optional
 //! token), the peer HELLO and PEER_AUTH challenge–response that proves the cluster secret
 //! without sending it, and the glue to the node-wide handshake throttle that pauses a source
-//! after repeated wrong guesses. Kept apart from `shard.rs` so the request path there reads
+//! after repeated wrong guesses. Kept apart from `mod.rs` so the request path there reads
 //! without the authentication rules; `on_frame` calls [`ShardCore::hello`] and
 //! [`ShardCore::peer_auth`] and nothing else here.
 

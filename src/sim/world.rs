@@ -1504,5 +1504,5 @@ impl Store for ClockCeiling {
     fn highest_version(&self) -> Version {
         self.0
     }
-    fn stats(&self, _report: &mut dyn FnMut(&str, u64)) {}
+    fn stats(&self, _report: &mut dyn FnMut(&'static str, u64)) {}
 }

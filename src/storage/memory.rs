@@ -78,7 +78,7 @@ impl Store for MemoryStore {
         self.highest
     }
 
-    fn stats(&self, report: &mut dyn FnMut(&str, u64)) {
+    fn stats(&self, report: &mut dyn FnMut(&'static str, u64)) {
         report("storage_keys", self.map.len() as u64);
         report("storage_bytes", self.bytes);
     }

@@ -205,8 +205,10 @@ pub trait Store: Send {
         None
     }
 
-    /// Report figures for STATS as `(name, value)` pairs, names prefixed `storage_`.
-    fn stats(&self, report: &mut dyn FnMut(&str, u64));
+    /// Report figures for STATS as `(name, value)` pairs, names prefixed `storage_`. Names are
+    /// static (a fixed set per store): the shard publishes the pairs as they are and the node
+    /// combines its shards' figures by name, `_max` / `_min` by max / min and the rest summed.
+    fn stats(&self, report: &mut dyn FnMut(&'static str, u64));
 
     /// List up to `limit` keys (tombstones included) with their record summaries, starting at
     /// `cursor` (0 for the first call), calling `f` for each. Returns the cursor of the next

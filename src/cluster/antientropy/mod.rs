@@ -122,7 +122,6 @@ use crate::storage::{Store, StoreError};
 use crate::version::Version;
 use initiator::{Exchange, Round};
 use std::collections::{BTreeMap, VecDeque};
-use std::fmt::Write as _;
 
 /// Counters for STATS.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -394,9 +393,9 @@ impl AntiEntropy {
         self.sweep_step(now_ms);
     }
 
-    /// STATS lines (`name value`): counters that add up over shards, and `_max` / `_min`
-    /// figures that combine by max / min.
-    pub fn stats_text(&self, now_ms: u64, t: &mut String) {
+    /// STATS figures as `(name, value)` pairs: counters that add up over shards, and `_max` /
+    /// `_min` figures that combine by max / min.
+    pub fn stats_report(&self, now_ms: u64, report: &mut dyn FnMut(&'static str, u64)) {
         let s = self.index.stats;
         // Since the last full round, or since start when there was none yet.
         let since = now_ms.saturating_sub(s.last_full_round_ms.max(self.start_ms));
@@ -435,7 +434,7 @@ impl AntiEntropy {
             ("aae_exchanges_in_flight", self.exchanges.len() as u64),
         ];
         for (name, v) in lines {
-            let _ = writeln!(t, "{name} {v}");
+            report(name, v);
         }
     }
 }

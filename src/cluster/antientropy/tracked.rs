@@ -138,7 +138,7 @@ impl Store for Tracked<'_> {
     fn set_tombstone_horizon(&mut self, horizon: Version) {
         self.store.set_tombstone_horizon(horizon)
     }
-    fn stats(&self, report: &mut dyn FnMut(&str, u64)) {
+    fn stats(&self, report: &mut dyn FnMut(&'static str, u64)) {
         self.store.stats(report)
     }
     fn scan_keys(

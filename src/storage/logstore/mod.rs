@@ -516,7 +516,7 @@ impl<V: Vfs> Store for LogStore<V> {
         self.horizon = horizon;
     }
 
-    fn stats(&self, report: &mut dyn FnMut(&str, u64)) {
+    fn stats(&self, report: &mut dyn FnMut(&'static str, u64)) {
         let live: u64 = self.segments.values().map(|s| s.live_bytes).sum();
         report("storage_keys", self.keydir.len() as u64);
         report("storage_live_bytes", live);

@@ -1,0 +1,225 @@
+//! Running a keyed request against the shard's own store: GET, PUT, DELETE and LOCAL_GET on
+//! the single-node path (a clustered shard hands GET/PUT/DELETE to its coordinator, see
+//! `cluster.rs`), and the replies that must wait for a sync: under the `always` policy a
+//! write's acknowledgement is held until [`ShardCore::finish_turn`] has synced the store (group
+//! commit), and turned into STORAGE_ERROR if that sync failed.
+
+use super::{ShardCore, SyncPolicy};
+use crate::limits::KEY_SIZE_MAX;
+use crate::protocol::message::{put_error, put_ok, put_reply};
+use crate::protocol::{frame, op, Request, Status, RESPONSE_BIT};
+use crate::storage::{Applied, StoreError, Write};
+use crate::version::Version;
+use byteorder::{BigEndian, ByteOrder};
+use std::sync::atomic::Ordering;
+
+impl ShardCore {
+    /// Whether a sync is due at the end of this turn under the `always` policy.
+    pub fn wants_sync_now(&self) -> bool {
+        self.cfg.sync == SyncPolicy::Always && self.store.needs_sync()
+    }
+
+    /// Sync the store now (the driver calls this on its interval timer, or via
+    /// [`ShardCore::finish_turn`]).
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        if !self.store.needs_sync() {
+            return Ok(());
+        }
+        self.counters().syncs.fetch_add(1, Ordering::Relaxed);
+        let r = self.store.sync();
+        if let Err(e) = &r {
+            log::error!(
+                "shard {}: sync failed, refusing writes from now on: {e}",
+                self.cfg.shard
+            );
+            self.write_error = Some(e.to_string());
+        }
+        r
+    }
+
+    /// End of a turn: group commit under the `always` policy, then release the held replies
+    /// (or turn them into STORAGE_ERROR if the sync failed).
+    pub fn finish_turn(&mut self) {
+        let synced = if self.wants_sync_now() {
+            self.sync().is_ok()
+        } else {
+            self.write_error.is_none()
+        };
+        for dest in 0..self.cfg.shards {
+            if self.held[dest].is_empty() {
+                continue;
+            }
+            let held = std::mem::take(&mut self.held[dest]);
+            if synced {
+                self.outbox.replies[dest].extend_from_slice(&held);
+            } else {
+                let why = self.write_error.clone().unwrap_or_default();
+                rewrite_as_errors(&held, &mut self.outbox.replies[dest], &why);
+            }
+            self.held[dest] = held;
+            self.held[dest].clear();
+        }
+    }
+
+    /// Execute a keyed request on this shard's store, appending the reply to `out`. Returns
+    /// true when the reply must wait for the next sync (a write under the `always` policy).
+    pub(super) fn execute(
+        &mut self,
+        now_ms: u64,
+        req: &Request<'_>,
+        id: u32,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        debug_assert!(req.key().is_some_and(|k| k.len() <= KEY_SIZE_MAX));
+        match *req {
+            Request::Get { key, .. } => match self.store.get(key) {
+                Ok(Some(s)) if s.is_live(now_ms) => {
+                    let value = s.value.as_deref().unwrap_or_default();
+                    self.count_reply(Status::Ok);
+                    put_ok(out, op::GET, id, &[&s.version.0.to_be_bytes(), value]);
+                    false
+                }
+                Ok(_) => {
+                    self.count_reply(Status::NotFound);
+                    put_reply(out, op::GET, Status::NotFound, id, &[]);
+                    false
+                }
+                Err(e) => self.store_failure(op::GET, id, &e, out),
+            },
+            Request::LocalGet { .. } if !self.cluster_serving_reads() => {
+                // Anti-entropy: this node may hold keys whose tombstones were collected
+                // elsewhere until its first full round after a long absence.
+                self.count_reply(Status::Unavailable);
+                put_error(
+                    out,
+                    op::LOCAL_GET,
+                    id,
+                    Status::Unavailable,
+                    "not serving reads: rejoining through anti-entropy",
+                );
+                false
+            }
+            Request::LocalGet { key } => match self.store.get(key) {
+                Ok(Some(s)) if s.is_live(now_ms) => {
+                    let value = s.value.as_deref().unwrap_or_default();
+                    self.count_reply(Status::Ok);
+                    put_ok(
+                        out,
+                        op::LOCAL_GET,
+                        id,
+                        &[
+                            &s.version.0.to_be_bytes(),
+                            &s.expires_at_ms.to_be_bytes(),
+                            value,
+                        ],
+                    );
+                    false
+                }
+                Ok(Some(s)) if s.value.is_none() => {
+                    self.count_reply(Status::NotFound);
+                    put_reply(
+                        out,
+                        op::LOCAL_GET,
+                        Status::NotFound,
+                        id,
+                        &[&s.version.0.to_be_bytes()],
+                    );
+                    false
+                }
+                Ok(_) => {
+                    self.count_reply(Status::NotFound);
+                    put_reply(out, op::LOCAL_GET, Status::NotFound, id, &[]);
+                    false
+                }
+                Err(e) => self.store_failure(op::LOCAL_GET, id, &e, out),
+            },
+            Request::Put {
+                key,
+                value,
+                ttl_seconds,
+                ..
+            } => {
+                let expires_at_ms = crate::storage::expiry_of_ttl(now_ms, ttl_seconds);
+                self.write(now_ms, op::PUT, id, key, Some(value), expires_at_ms, out)
+            }
+            Request::Delete { key, .. } => self.write(now_ms, op::DELETE, id, key, None, 0, out),
+            _ => unreachable!("execute is only called for keyed requests"),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn write(
+        &mut self,
+        now_ms: u64,
+        opc: u8,
+        id: u32,
+        key: &[u8],
+        value: Option<&[u8]>,
+        expires_at_ms: u64,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if let Some(why) = &self.write_error {
+            let msg = format!("writes are refused since a failed sync: {why}");
+            self.count_reply(Status::StorageError);
+            self.compacting.refused_here += 1;
+            put_error(out, opc, id, Status::StorageError, &msg);
+            return false;
+        }
+        let version = self.hlc.issue(now_ms);
+        let w = Write {
+            key,
+            value,
+            version,
+            expires_at_ms,
+        };
+        match self.store.apply(w) {
+            Ok(Applied::Stored) => {
+                self.count_reply(Status::Ok);
+                put_ok(out, opc, id, &[&version.0.to_be_bytes()]);
+                self.cfg.sync == SyncPolicy::Always
+            }
+            Ok(Applied::Stale { current }) => {
+                // Our clock issued a version below one the store holds: the clock must have
+                // been recovered wrongly. Never acknowledge a write that did not take.
+                self.hlc.observe(current);
+                let msg = format!("clock behind stored version {current}; retry");
+                self.count_reply(Status::Internal);
+                put_error(out, opc, id, Status::Internal, &msg);
+                false
+            }
+            Err(e) => self.store_failure(opc, id, &e, out),
+        }
+    }
+
+    pub(super) fn store_failure(
+        &mut self,
+        opc: u8,
+        id: u32,
+        e: &StoreError,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        self.count_reply(Status::StorageError);
+        put_error(out, opc, id, Status::StorageError, &e.to_string());
+        false
+    }
+}
+
+/// Turn held reply records into STORAGE_ERROR replies with the same opcode and id.
+fn rewrite_as_errors(records: &[u8], out: &mut Vec<u8>, why: &str) {
+    let msg = format!("write not acknowledged: sync failed ({why}); it may or may not be on disk");
+    let mut at = 0;
+    while at < records.len() {
+        out.extend_from_slice(&records[at..at + 8]);
+        at += 8;
+        let (f, n) = frame::parse(&records[at..])
+            .expect("held record is a whole frame")
+            .expect("held record is complete");
+        put_error(out, f.op & !RESPONSE_BIT, f.id, Status::StorageError, &msg);
+        at += n;
+    }
+}
+
+/// Version of a write as carried in replies (for tests).
+pub fn reply_version(body: &[u8]) -> Option<Version> {
+    (body.len() >= 8).then(|| Version(BigEndian::read_u64(&body[..8])))
+}
