@@ -488,10 +488,10 @@ pub const MAX_CLOCK_OFFSET_MS_MAX: u64 = 3_600_000;
 /// would pass its delay off as clock offset.
 pub const CLOCK_SAMPLE_RTT_MS_MAX: u64 = 1_000;
 
-/// How many times a coordinator issues a write again above a newer version a replica reports
-/// before it gives up with MAYBE_APPLIED. Once the attempts' answers cover a read quorum a
-/// newer version counts as a concurrent write's acknowledgement (src/cluster/coordinator.rs),
-/// so N - N/2 re-issues always suffice; the bound only guards against a bug looping.
+/// How many times a coordinator issues a write again above a newer version a replica reports.
+/// One is enough unless other writes to the same key keep racing it; on the last attempt a
+/// newer version counts as a concurrent write's acknowledgement once the attempts cover a read
+/// quorum (src/cluster/coordinator.rs), so the bound ends such a race, acknowledged.
 pub const WRITE_REISSUES_MAX: u32 = 8;
 
 /// The "clock too far from the cluster" warning is logged at most this often.
