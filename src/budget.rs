@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 /// The configurable limits (kvd options).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryLimits {
-    /// Unsent replies plus reservations of one connection, in bytes (`--connection-buffer-mb`).
+    /// Unsent replies plus reservations of one connection, in bytes (`--connection-buffer-kb`).
     pub connection_bytes_max: usize,
     /// Bytes in every connection's read and write buffers of the node (`--node-buffer-mb`).
     pub node_bytes_max: usize,
