@@ -201,7 +201,7 @@ impl<C> ClusterNode<C> {
 
     /// The cluster's clock as this node estimates it: `now_ms` (this node's wall clock) minus
     /// the measured offset.
-    fn cluster_now_ms(&self, now_ms: u64) -> u64 {
+    pub fn cluster_now_ms(&self, now_ms: u64) -> u64 {
         now_ms.saturating_add_signed(self.clock_offset_ms.saturating_neg())
     }
 

@@ -396,6 +396,14 @@ impl ShardCore {
 
     /// Whether this shard serves reads: false while its cluster core rejoins through
     /// anti-entropy after an absence longer than the tombstone window.
+    /// The time expiry is judged by: the cluster's clock as this shard measures it when
+    /// clustered (as the coordinator's reads do), else the wall clock.
+    pub(super) fn expiry_now_ms(&self, now_ms: u64) -> u64 {
+        self.cluster
+            .as_ref()
+            .map_or(now_ms, |c| c.node.cluster_now_ms(now_ms))
+    }
+
     pub(super) fn cluster_serving_reads(&self) -> bool {
         self.cluster.as_ref().is_none_or(|c| c.node.serving_reads())
     }

@@ -100,7 +100,7 @@ impl ShardCore {
                 false
             }
             Request::LocalGet { key } => match self.store.get(key) {
-                Ok(Some(s)) if s.is_live(now_ms) => {
+                Ok(Some(s)) if s.is_live(self.expiry_now_ms(now_ms)) => {
                     let value = s.value.as_deref().unwrap_or_default();
                     self.count_reply(Status::Ok);
                     put_ok(
