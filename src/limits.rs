@@ -491,7 +491,7 @@ pub const CLOCK_SAMPLE_RTT_MS_MAX: u64 = 1_000;
 /// How many times a coordinator issues a write again above a newer version a replica reports.
 /// One is enough unless other writes to the same key keep racing it; on the last attempt a
 /// newer version counts as a concurrent write's acknowledgement once the attempts cover a read
-/// quorum (src/cluster/coordinator.rs), so the bound ends such a race, acknowledged.
+/// quorum (src/cluster/coordinator/mod.rs), so the bound ends such a race, acknowledged.
 pub const WRITE_REISSUES_MAX: u32 = 8;
 
 /// The "clock too far from the cluster" warning is logged at most this often.

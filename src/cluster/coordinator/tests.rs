@@ -1,0 +1,449 @@
+//! Unit tests of the coordinator: quorums, timeouts, read repair, hints, writes issued again.
+
+use super::*;
+
+fn coord(hints: bool) -> Coordinator<u32> {
+    Coordinator::new(CoordinatorConfig {
+        node_id: 1,
+        request_timeout_ms: 100,
+        hinted_handoff: hints,
+        read_repair: true,
+        ops_max: 4,
+        observe_ahead_ms_max: 500,
+    })
+}
+
+fn drain(c: &mut Coordinator<u32>) -> Vec<Action<u32>> {
+    std::iter::from_fn(|| c.poll_action()).collect()
+}
+
+fn all_alive(_: u32) -> bool {
+    true
+}
+
+fn replies(actions: &[Action<u32>]) -> Vec<(u32, Outcome)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Reply { ctx, outcome } => Some((*ctx, outcome.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn single_replica_fast_path_has_no_peer_traffic() {
+    let mut c = coord(true);
+    let v = c
+        .start_write(1_000, 7, b"k", Some(b"v"), 0, &[1], &all_alive, 1)
+        .unwrap();
+    let acts = drain(&mut c);
+    assert_eq!(acts.len(), 1);
+    let Action::ApplyLocal { id, write } = &acts[0] else {
+        panic!("{acts:?}")
+    };
+    assert_eq!(write.version, v);
+    c.on_write_ack(1_000, 1, *id, WriteAck::Done(Applied::Stored));
+    assert_eq!(
+        replies(&drain(&mut c)),
+        vec![(
+            7,
+            Outcome::Written {
+                version: v,
+                reissues: 0
+            }
+        )]
+    );
+    assert_eq!(c.in_flight(), 0);
+}
+
+#[test]
+fn quorum_write_answers_after_two_acks_and_hints_the_silent_one() {
+    let mut c = coord(true);
+    c.start_write(1_000, 7, b"k", Some(b"v"), 0, &[1, 2, 3], &all_alive, 2);
+    let acts = drain(&mut c);
+    assert_eq!(acts.len(), 3);
+    let id = match &acts[0] {
+        Action::ApplyLocal { id, .. } => *id,
+        a => panic!("{a:?}"),
+    };
+    assert!(matches!(acts[1], Action::Send { to: 2, .. }));
+    c.on_write_ack(1_001, 1, id, WriteAck::Done(Applied::Stored));
+    assert!(drain(&mut c).is_empty());
+    c.on_write_ack(1_002, 2, id, WriteAck::Done(Applied::Stored));
+    let r = replies(&drain(&mut c));
+    assert!(matches!(r[..], [(7, Outcome::Written { .. })]));
+    // Node 3 never answers: at the deadline it gets a hint, and no second reply.
+    c.on_tick(1_100);
+    let acts = drain(&mut c);
+    assert!(
+        matches!(acts[..], [Action::Hint { target: 3, .. }]),
+        "{acts:?}"
+    );
+    assert_eq!(c.in_flight(), 0);
+    // A late ack is ignored.
+    c.on_write_ack(1_200, 3, id, WriteAck::Done(Applied::Stored));
+    assert!(drain(&mut c).is_empty());
+    assert_eq!(c.stats().late_replies, 1);
+}
+
+#[test]
+fn all_with_a_node_down_is_unavailable_and_writes_nothing() {
+    let mut c = coord(true);
+    let alive = |n: u32| n != 2;
+    assert!(c
+        .start_write(1_000, 9, b"k", Some(b"v"), 0, &[1, 2, 3], &alive, 3)
+        .is_none());
+    let acts = drain(&mut c);
+    assert_eq!(
+        replies(&acts),
+        vec![(
+            9,
+            Outcome::Failed {
+                status: Status::Unavailable,
+                message: "only 2 of 3 replicas are alive, 3 required".into()
+            }
+        )]
+    );
+    assert_eq!(acts.len(), 1);
+    // QUORUM goes ahead and hints node 2 at once.
+    c.start_write(1_000, 10, b"k", Some(b"v"), 0, &[1, 2, 3], &alive, 2);
+    let acts = drain(&mut c);
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Hint { target: 2, .. })));
+    assert!(!acts.iter().any(|a| matches!(a, Action::Send { to: 2, .. })));
+}
+
+#[test]
+fn timeout_names_how_many_answered() {
+    let mut c = coord(false);
+    c.start_write(1_000, 5, b"k", Some(b"v"), 0, &[1, 2, 3], &all_alive, 2);
+    let id = match &drain(&mut c)[0] {
+        Action::ApplyLocal { id, .. } => *id,
+        a => panic!("{a:?}"),
+    };
+    c.on_write_ack(1_000, 1, id, WriteAck::Done(Applied::Stored));
+    c.on_tick(1_099);
+    assert!(drain(&mut c).is_empty());
+    c.on_tick(1_100);
+    assert_eq!(
+        replies(&drain(&mut c)),
+        vec![(
+            5,
+            Outcome::Failed {
+                status: Status::Timeout,
+                message: "only 1 of 3 replicas answered, 2 required within 100 ms".into()
+            }
+        )]
+    );
+}
+
+#[test]
+fn read_answers_newest_then_repairs_stale_and_missing() {
+    let mut c = coord(true);
+    c.start_read(1_000, 3, b"k", &[1, 2, 3], &all_alive, 2);
+    let acts = drain(&mut c);
+    let id = match &acts[0] {
+        Action::ReadLocal { id, .. } => *id,
+        a => panic!("{a:?}"),
+    };
+    let rec = |v: u64, val: Option<&[u8]>| Stored {
+        version: Version(v),
+        expires_at_ms: 0,
+        value: val.map(|x| x.to_vec()),
+    };
+    c.on_read_reply(1_000, 1, id, Ok(Some(rec(5, Some(b"old")))));
+    c.on_read_reply(1_001, 2, id, Ok(Some(rec(9, Some(b"new")))));
+    assert_eq!(
+        replies(&drain(&mut c)),
+        vec![(
+            3,
+            Outcome::Found {
+                version: Version(9),
+                value: b"new".to_vec(),
+                expires_at_ms: 0
+            }
+        )]
+    );
+    c.on_read_reply(1_002, 3, id, Ok(None));
+    let acts = drain(&mut c);
+    let mut repaired: Vec<u32> = acts
+        .iter()
+        .map(|a| match a {
+            Action::Repair { to, write } => {
+                assert_eq!(write.version, Version(9));
+                *to
+            }
+            a => panic!("{a:?}"),
+        })
+        .collect();
+    repaired.sort();
+    assert_eq!(repaired, vec![1, 3]);
+    assert_eq!(c.in_flight(), 0);
+
+    // A newer tombstone wins over values: NOT_FOUND, and the tombstone is repaired.
+    c.start_read(2_000, 4, b"k", &[1, 2], &all_alive, 1);
+    let id = match &drain(&mut c)[0] {
+        Action::ReadLocal { id, .. } => *id,
+        a => panic!("{a:?}"),
+    };
+    c.on_read_reply(2_000, 2, id, Ok(Some(rec(20, None))));
+    assert_eq!(replies(&drain(&mut c)), vec![(4, Outcome::NotFound)]);
+    c.on_read_reply(2_000, 1, id, Ok(Some(rec(9, Some(b"new")))));
+    let acts = drain(&mut c);
+    assert!(matches!(&acts[..], [Action::Repair { to: 1, write }] if write.value.is_none()));
+}
+
+#[test]
+fn a_version_from_far_in_the_future_does_not_drag_the_clock() {
+    let mut hlc = Hlc::new(1);
+    let now = 1_700_000_000_000;
+    observe(&mut hlc, now, Version(u64::MAX), 500);
+    assert!(hlc.issue(now).physical_ms() == now);
+    // Beyond the max clock offset: ignored; within it: followed.
+    observe(&mut hlc, now, Version::new(now + 501, 0, 2), 500);
+    assert_eq!(hlc.issue(now).physical_ms(), now);
+    observe(&mut hlc, now, Version::new(now + 500, 0, 2), 500);
+    assert_eq!(hlc.issue(now).physical_ms(), now + 500);
+}
+
+#[test]
+fn read_repair_can_be_switched_off() {
+    let mut c: Coordinator<u32> = Coordinator::new(CoordinatorConfig {
+        node_id: 1,
+        request_timeout_ms: 100,
+        hinted_handoff: false,
+        read_repair: false,
+        ops_max: 4,
+        observe_ahead_ms_max: 500,
+    });
+    c.start_read(0, 1, b"k", &[1, 2], &all_alive, 1);
+    let id = match &drain(&mut c)[0] {
+        Action::ReadLocal { id, .. } => *id,
+        a => panic!("{a:?}"),
+    };
+    c.on_read_reply(0, 1, id, Ok(None));
+    let newer = Stored {
+        version: Version(9),
+        expires_at_ms: 0,
+        value: Some(b"v".to_vec()),
+    };
+    c.on_read_reply(0, 2, id, Ok(Some(newer)));
+    let acts = drain(&mut c);
+    assert!(
+        acts.iter().all(|a| !matches!(a, Action::Repair { .. })),
+        "{acts:?}"
+    );
+    assert_eq!(c.in_flight(), 0);
+}
+
+#[test]
+fn overloaded_past_the_bound() {
+    let mut c = coord(false);
+    for ctx in 0..4 {
+        c.start_read(0, ctx, b"k", &[1, 2], &all_alive, 1);
+    }
+    drain(&mut c);
+    c.start_read(0, 99, b"k", &[1, 2], &all_alive, 1);
+    let r = replies(&drain(&mut c));
+    assert!(matches!(
+        &r[..],
+        [(
+            99,
+            Outcome::Failed {
+                status: Status::Overloaded,
+                ..
+            }
+        )]
+    ));
+}
+
+#[test]
+fn refusals_that_make_the_quorum_impossible_fail_early() {
+    let mut c = coord(false);
+    c.start_write(0, 1, b"k", Some(b"v"), 0, &[1, 2, 3], &all_alive, 3);
+    let id = match &drain(&mut c)[0] {
+        Action::ApplyLocal { id, .. } => *id,
+        a => panic!("{a:?}"),
+    };
+    c.on_write_ack(0, 2, id, WriteAck::Refused("disk full".into()));
+    let r = replies(&drain(&mut c));
+    // Nodes 1 and 3 have not answered: they may apply it. Not UNAVAILABLE.
+    match &r[..] {
+        [(1, Outcome::Failed { status, message })] => {
+            assert_eq!(*status, Status::MaybeApplied);
+            assert!(message.contains("node 2: disk full"), "{message}");
+            assert!(message.contains("may have been applied"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn unavailable_only_when_nothing_was_written() {
+    // Both replicas refuse (ONE of two): nothing was written anywhere.
+    let mut c = coord(false);
+    c.start_write(0, 1, b"k", Some(b"v"), 0, &[1, 2], &all_alive, 1);
+    let id = match &drain(&mut c)[0] {
+        Action::ApplyLocal { id, .. } => *id,
+        a => panic!("{a:?}"),
+    };
+    c.on_write_ack(0, 1, id, WriteAck::Refused("disk full".into()));
+    c.on_write_ack(0, 2, id, WriteAck::Refused("disk full".into()));
+    let r = replies(&drain(&mut c));
+    assert!(
+        matches!(
+            &r[..],
+            [(
+                1,
+                Outcome::Failed {
+                    status: Status::Unavailable,
+                    ..
+                }
+            )]
+        ),
+        "{r:?}"
+    );
+    // One stored it, the other refused (issue 10 item 5: a full disk on one replica).
+    c.start_write(0, 2, b"k", Some(b"v"), 0, &[1, 2], &all_alive, 2);
+    let id = match &drain(&mut c)[0] {
+        Action::ApplyLocal { id, .. } => *id,
+        a => panic!("{a:?}"),
+    };
+    c.on_write_ack(0, 1, id, WriteAck::Done(Applied::Stored));
+    c.on_write_ack(0, 2, id, WriteAck::Refused("disk full".into()));
+    let r = replies(&drain(&mut c));
+    assert!(
+        matches!(
+            &r[..],
+            [(
+                2,
+                Outcome::Failed {
+                    status: Status::MaybeApplied,
+                    ..
+                }
+            )]
+        ),
+        "{r:?}"
+    );
+    assert_eq!(c.stats().maybe_applied, 1);
+}
+
+/// The write's id and version from the first ApplyLocal among `acts`.
+fn local_apply(acts: &[Action<u32>]) -> (u32, Version) {
+    acts.iter()
+        .find_map(|a| match a {
+            Action::ApplyLocal { id, write } => Some((*id, write.version)),
+            _ => None,
+        })
+        .expect("an ApplyLocal")
+}
+
+#[test]
+fn a_newer_version_held_makes_the_write_issued_again_above_it() {
+    let mut c = coord(false);
+    let now = 1_000_000;
+    let v1 = c
+        .start_write(now, 7, b"k", Some(b"v"), 0, &[1, 2, 3], &all_alive, 2)
+        .unwrap();
+    let (id, _) = local_apply(&drain(&mut c));
+    // A write acknowledged earlier by nodes 2 and 3 through a node 10 minutes ahead.
+    let held = Version::new(now + 600_000, 0, 9);
+    c.on_write_ack(now, 1, id, WriteAck::Done(Applied::Stored));
+    c.on_write_ack(now, 2, id, WriteAck::Done(Applied::Stale { current: held }));
+    // Node 3 still may store it: no decision yet.
+    assert!(drain(&mut c).is_empty());
+    c.on_write_ack(now, 3, id, WriteAck::Done(Applied::Stale { current: held }));
+    // Now 2 acks are impossible: issued again above `held`, to every replica, new id.
+    let acts = drain(&mut c);
+    assert!(replies(&acts).is_empty(), "{acts:?}");
+    let (id2, v2) = local_apply(&acts);
+    assert!(v2 > held && v2 > v1, "{v2:?}");
+    assert_eq!(v2.node_id(), 1);
+    assert_ne!(id2, id);
+    let sends = acts
+        .iter()
+        .filter(|a| matches!(a, Action::Send { to: 2 | 3, .. }))
+        .count();
+    assert_eq!(sends, 2);
+    // Late acks of the first attempt do not count.
+    c.on_write_ack(now, 2, id, WriteAck::Done(Applied::Stored));
+    assert_eq!(c.stats().late_replies, 1);
+    c.on_write_ack(now + 1, 1, id2, WriteAck::Done(Applied::Stored));
+    c.on_write_ack(now + 1, 2, id2, WriteAck::Done(Applied::Stored));
+    assert_eq!(
+        replies(&drain(&mut c)),
+        vec![(
+            7,
+            Outcome::Written {
+                version: v2,
+                reissues: 1
+            }
+        )]
+    );
+    assert_eq!(c.stats().reissues, 1);
+    // The clock did not follow the version from 10 minutes ahead (beyond the bound)...
+    let mut probe = c.hlc.clone();
+    assert!(
+        probe.issue(now).physical_ms() >= held.physical_ms(),
+        "issue_above moved it"
+    );
+}
+
+#[test]
+fn a_stale_ack_of_the_same_version_counts_and_racing_writers_end_acknowledged() {
+    let mut c = coord(false);
+    let now = 5_000;
+    let v = c
+        .start_write(now, 1, b"k", None, 0, &[1, 2], &all_alive, 2)
+        .unwrap();
+    let (id, _) = local_apply(&drain(&mut c));
+    c.on_write_ack(now, 1, id, WriteAck::Done(Applied::Stored));
+    // A duplicate delivery: the replica already holds this very write.
+    c.on_write_ack(now, 2, id, WriteAck::Done(Applied::Stale { current: v }));
+    assert_eq!(
+        replies(&drain(&mut c)),
+        vec![(
+            1,
+            Outcome::Written {
+                version: v,
+                reissues: 0
+            }
+        )]
+    );
+    // A replica that keeps holding something newer (a racing writer): every attempt but
+    // the last is issued again above it. On the last, the attempts' answers (node 1
+    // stored, node 2 held newer) cover a read quorum of [1, 2], so every QUORUM write
+    // acknowledged before this one began is below its version: a newer version reported
+    // then is a concurrent write's and counts as an acknowledgement.
+    c.start_write(now, 2, b"k", Some(b"v"), 0, &[1, 2], &all_alive, 2);
+    let (mut id, _) = local_apply(&drain(&mut c));
+    let mut newer = Version::new(now + 100, 0, 2);
+    let mut reissued = 0;
+    let written = loop {
+        c.on_write_ack(now, 1, id, WriteAck::Done(Applied::Stored));
+        c.on_write_ack(
+            now,
+            2,
+            id,
+            WriteAck::Done(Applied::Stale { current: newer }),
+        );
+        let acts = drain(&mut c);
+        if let Some(r) = replies(&acts).pop() {
+            break r;
+        }
+        let (next, v) = local_apply(&acts);
+        assert!(v > newer, "issued again above the version held");
+        id = next;
+        newer = Version::new(v.physical_ms() + 1, 0, 2);
+        reissued += 1;
+    };
+    assert_eq!(reissued, crate::limits::WRITE_REISSUES_MAX);
+    assert!(
+        matches!(written, (2, Outcome::Written { reissues, .. }) if reissues == reissued),
+        "{written:?}"
+    );
+    assert_eq!(c.stats().superseded, 1);
+    assert_eq!(c.in_flight(), 0);
+}
