@@ -58,32 +58,15 @@ fn start_skewed(extra: &[&str]) -> Vec<Node> {
     let lib = libfaketime();
     let lib = lib.to_str().expect("a UTF-8 path");
     let ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
-    let list: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
-        .collect();
-    let list = list.join(",");
+    let list = common::node_list(&ports);
     let dir = temp_dir("clock-skew");
     let fake = [Some(format!("+{SKEW_S}")), Some(format!("-{SKEW_S}")), None];
+    let mut extra = extra.to_vec();
+    extra.extend_from_slice(&["--gossip-interval-ms", "50"]);
     (0..3)
         .map(|i| {
-            let id = (i + 1).to_string();
-            let mut args = vec![
-                "--id",
-                &id,
-                "--nodes",
-                &list,
-                "--replicas",
-                "3",
-                "--cluster-secret",
-                "test-secret",
-                "--shards",
-                "2",
-                "--gossip-interval-ms",
-                "50",
-            ];
-            args.extend_from_slice(extra);
+            let args = common::cluster_args(i + 1, &list, 2, &extra);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let mut env = Vec::new();
             if let Some(f) = &fake[i] {
                 env.push(("LD_PRELOAD", lib));

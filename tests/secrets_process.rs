@@ -258,19 +258,7 @@ fn nodes_given_the_secret_by_file_or_environment_join() {
         );
     }
     // A write at ALL reaches every node.
-    let v = wait_for(DEADLINE, "a PUT at ALL", || {
-        Client::connect(nodes[0].addr.as_str())
-            .ok()?
-            .put(b"k", b"v", 0, Consistency::All)
-            .ok()
-    });
-    for n in &nodes {
-        let got = Client::connect(n.addr.as_str())
-            .unwrap()
-            .local_get(b"k")
-            .unwrap();
-        assert_eq!(got, Some((v, b"v".to_vec())), "node {}", n.addr);
-    }
+    put_all_reaches_every_node(&nodes, b"k", b"v");
 }
 
 /// Node 3 has another secret: nodes 1 and 2 form the cluster, refuse node 3 and log it; node 3
@@ -465,19 +453,7 @@ fn the_secret_is_not_on_the_wire() {
     for n in &nodes {
         n.wait_view(&[1, 2, 3], &[]);
     }
-    let v = wait_for(DEADLINE, "a PUT at ALL through the proxies", || {
-        Client::connect(nodes[0].addr.as_str())
-            .ok()?
-            .put(b"over the wire", b"value", 0, Consistency::All)
-            .ok()
-    });
-    for n in &nodes {
-        let got = Client::connect(n.addr.as_str())
-            .unwrap()
-            .local_get(b"over the wire")
-            .unwrap();
-        assert_eq!(got, Some((v, b"value".to_vec())));
-    }
+    put_all_reaches_every_node(&nodes, b"over the wire", b"value");
     let mut streams = Vec::new();
     for p in &proxies {
         streams.extend(p.recorded());
@@ -665,5 +641,23 @@ fn listening_beyond_loopback_without_a_token_warns() {
             "{listen} token={with_token}: {}",
             node.log_text()
         );
+    }
+}
+
+/// A PUT at ALL through the first node succeeds (retried while the links come up), and every
+/// node then holds the value locally with its version.
+fn put_all_reaches_every_node(nodes: &[Proc], key: &[u8], value: &[u8]) {
+    let v = wait_for(DEADLINE, "a PUT at ALL", || {
+        Client::connect(nodes[0].addr.as_str())
+            .ok()?
+            .put(key, value, 0, Consistency::All)
+            .ok()
+    });
+    for n in nodes {
+        let got = Client::connect(n.addr.as_str())
+            .unwrap()
+            .local_get(key)
+            .unwrap();
+        assert_eq!(got, Some((v, value.to_vec())), "node {}", n.addr);
     }
 }

@@ -296,6 +296,38 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
+/// The `--nodes` list of nodes 1, 2, ... on these loopback ports.
+pub fn node_list(ports: &[u16]) -> String {
+    let list: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect();
+    list.join(",")
+}
+
+/// The command line of node `id` of a test cluster: the node list, N=3, the test secret,
+/// `shards` shards, then `extra`.
+pub fn cluster_args(id: usize, list: &str, shards: usize, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--id",
+        &id.to_string(),
+        "--nodes",
+        list,
+        "--replicas",
+        "3",
+        "--cluster-secret",
+        "test-secret",
+        "--shards",
+        &shards.to_string(),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
 /// Start a 3-node cluster (N=3, 2 shards each, a test secret) on free loopback ports: node `i`
 /// (1-based) is `nodes[i - 1]`. `args` are added to every node's command line (gossip, timeouts,
 /// switches). Returns once every node answers PING and every shard has measured its clock
@@ -303,29 +335,12 @@ pub fn raise_fd_limit() -> u64 {
 /// [`wait_clocks_measured`]); waiting for membership is the caller's.
 pub fn start_three_nodes(name: &str, args: &[&str]) -> Vec<Node> {
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let list: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
-        .collect();
-    let list = list.join(",");
+    let list = node_list(&ports);
     let dir = temp_dir(name);
     (0..3)
         .map(|i| {
-            let id = (i + 1).to_string();
-            let mut all = vec![
-                "--id",
-                &id,
-                "--nodes",
-                &list,
-                "--replicas",
-                "3",
-                "--cluster-secret",
-                "test-secret",
-                "--shards",
-                "2",
-            ];
-            all.extend_from_slice(args);
+            let all = cluster_args(i + 1, &list, 2, args);
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
             Node::start_on(ports[i], &dir.join(format!("node-{}", i + 1)), &all)
         })
         .collect::<Vec<Node>>()
