@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! limits     every bound as a named constant
+//! assembly   the one way to build a node's shards, for kvd and the simulator
 //! auth       peer-handshake proofs (HMAC-SHA256) and the failed-handshake throttle (pure)
 //! budget     the node-wide memory budget for connection buffers (atomics)
 //! protocol   frames, requests, replies: bytes <-> values (pure)
@@ -28,6 +29,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod assembly;
 pub mod auth;
 pub mod budget;
 pub mod client;

@@ -1,9 +1,10 @@
 //! `kvd`: one dkv node. Parses options, opens the stores, runs the shard event loops.
 
+use dkv::assembly::{open_shard, Ceiling, ShardParts};
 use dkv::budget::MemoryLimits;
 use dkv::cluster::config::parse_nodes;
 use dkv::cluster::ClusterConfig;
-use dkv::datadir::{ClockCeiling, DataDir};
+use dkv::datadir::DataDir;
 use dkv::limits::CLUSTER_SECRET_SIZE_ADVISED;
 use dkv::limits::{
     ANTI_ENTROPY_INTERVAL_MS_DEFAULT, COMPACTION_DEAD_MIN_PERCENT_OF_SEGMENT_DEFAULT,
@@ -20,9 +21,8 @@ use dkv::limits::{
 use dkv::protocol::Consistency;
 use dkv::server::{self, worker::wall_ms, ServerConfig};
 use dkv::shard::SyncPolicy;
-use dkv::storage::logstore::{LogConfig, LogStore};
+use dkv::storage::logstore::LogConfig;
 use dkv::storage::vfs::RealVfs;
-use dkv::storage::Store;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -526,24 +526,27 @@ fn log_config(m: &getopts::Matches) -> Result<LogConfig, String> {
     })
 }
 
-/// Open every shard's store in parallel (recovery of a large node is bound by reading hint
-/// files and segments, which the shards can do side by side).
-fn open_stores(
+/// Open every shard's parts (store, clock ceiling, hints) in parallel: recovery of a large node
+/// is bound by reading hint files and segments, which the shards can do side by side.
+fn open_shards(
     datadir: &DataDir,
-    shards: usize,
-    cfg: &LogConfig,
-) -> Result<Vec<Box<dyn Store>>, String> {
-    let results: Vec<Result<Box<dyn Store>, String>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..shards)
+    cfg: &ServerConfig,
+    log_cfg: &LogConfig,
+) -> Result<Vec<ShardParts>, String> {
+    let results: Vec<Result<ShardParts, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..cfg.shards)
             .map(|shard| {
                 let dir = datadir.shard_dir(shard);
-                let cfg = cfg.clone();
+                let log_cfg = log_cfg.clone();
+                let cluster = cfg.cluster.as_ref();
                 scope.spawn(move || {
                     let started = std::time::Instant::now();
-                    let (mut store, report) = LogStore::open(RealVfs, &dir, cfg)
-                        .map_err(|e| format!("shard {shard} ({}): {e}", dir.display()))?;
+                    let hints = cluster.map(|c| (c, c.hint_dir.as_deref()));
+                    let (mut parts, report) =
+                        open_shard(RealVfs, shard, &dir, log_cfg, hints, Ceiling::Durable)
+                            .map_err(|e| format!("shard {shard} ({}): {e}", dir.display()))?;
                     let ms = started.elapsed().as_millis() as u64;
-                    store.set_recovery_ms(ms);
+                    parts.store.set_recovery_ms(ms);
                     log::info!(
                         "shard {shard}: recovered {} keys from {} segments ({} from hint files, {} scanned) in {ms} ms",
                         report.keys,
@@ -566,7 +569,11 @@ fn open_stores(
                     for (seg, why) in &report.hints_rejected {
                         log::warn!("shard {shard}: hint file of segment {seg} unusable ({why}); scanned the segment");
                     }
-                    Ok(Box::new(store) as Box<dyn Store>)
+                    let pending = parts.hints.as_ref().map_or(0, |h| h.stats().pending);
+                    if pending > 0 {
+                        log::info!("shard {shard}: {pending} hints recovered");
+                    }
+                    Ok(parts)
                 })
             })
             .collect();
@@ -695,24 +702,14 @@ fn main() -> ExitCode {
         stores_sharing_disk: cfg.shards as u32,
         ..log_cfg
     };
-    let stores = match open_stores(&datadir, cfg.shards, &log_cfg) {
-        Ok(s) => s,
+    let parts = match open_shards(&datadir, &cfg, &log_cfg) {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("kvd: cannot open the store: {e}");
             return ExitCode::from(1);
         }
     };
-    let mut clocks = Vec::with_capacity(cfg.shards);
-    for shard in 0..cfg.shards {
-        match ClockCeiling::open(&datadir.shard_dir(shard)) {
-            Ok(c) => clocks.push(c),
-            Err(e) => {
-                eprintln!("kvd: cannot open the clock ceiling of shard {shard}: {e}");
-                return ExitCode::from(1);
-            }
-        }
-    }
-    let result = server::run(cfg, stores, clocks, wall_ms());
+    let result = server::run(cfg, parts, wall_ms());
     drop(datadir);
     match result {
         Ok(()) => ExitCode::SUCCESS,

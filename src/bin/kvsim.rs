@@ -65,6 +65,15 @@ fn options(m: &getopts::Matches) -> Result<Options, String> {
             ));
         }
     }
+    let shards: Option<usize> = parse_num(m, "shards")?;
+    if let Some(k) = shards {
+        if !(1..=sim::options::SIM_SHARDS_MAX).contains(&k) {
+            return Err(format!(
+                "--shards {k}: must be 1..={}",
+                sim::options::SIM_SHARDS_MAX
+            ));
+        }
+    }
     let consistency = match m.opt_str("consistency") {
         None => None,
         Some(s) => Some(
@@ -83,6 +92,7 @@ fn options(m: &getopts::Matches) -> Result<Options, String> {
     Ok(Options {
         nodes,
         replicas,
+        shards,
         consistency,
         sync,
         ops: parse_num(m, "ops")?,
@@ -119,6 +129,12 @@ fn main() -> ExitCode {
     o.optopt("", "mutation", "switch on a deliberate bug", "NAME");
     o.optopt("", "nodes", "cluster size (3..=7)", "N");
     o.optopt("", "replicas", "replicas per key", "N");
+    o.optopt(
+        "",
+        "shards",
+        "shards of every node (otherwise drawn 1..=4 per node)",
+        "K",
+    );
     o.optopt(
         "",
         "consistency",
@@ -277,12 +293,13 @@ fn main() -> ExitCode {
         if verbose {
             let s = &r.stats;
             println!(
-                "seed={seed} {} nodes={} N={} ops={} acked_writes={} reads={} failed={} \
+                "seed={seed} {} nodes={} N={} shards={:?} ops={} acked_writes={} reads={} failed={} \
                  crashes={} frames={} events={} sim={}ms converged_in={}ms reads_checked={} \
                  keys_checked={} trace_lines={} trace_hash={:016x}",
                 if r.passed() { "ok" } else { "FAILED" },
                 r.params.nodes,
                 r.params.replicas,
+                r.params.shards,
                 s.ops,
                 s.writes_acked,
                 s.reads_ok,

@@ -133,8 +133,8 @@ pub struct ClusterConfig {
 /// Test-only mutations: deliberate bugs the simulator (`kvsim --mutation NAME`, `src/sim/`)
 /// switches on to prove that its checkers catch them. Every field is `false` in `kvd`; each
 /// is read at exactly one place, marked `// test-only mutation:`. (The simulator's
-/// `skip-read-repair` uses [`ClusterConfig::read_repair`], its `ack-before-sync` lives in the
-/// simulator's node glue.)
+/// `skip-read-repair` uses [`ClusterConfig::read_repair`]; its `drop-forwarded-reply` is a
+/// fault of the simulator's mail delivery.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Mutations {
     /// A delete's tombstone gets a back-dated version that does not beat the values written
@@ -145,6 +145,12 @@ pub struct Mutations {
     /// clock, and the hybrid clock follows any version it sees (issue 10's max-offset rule
     /// switched off on the "ahead" side).
     pub accept_future_versions: bool,
+    /// A shard acknowledges writes before its store synced (the simulator syncs a little
+    /// later), on nodes whose sync policy promises durability on acknowledgement (shard).
+    pub ack_before_sync: bool,
+    /// A peer REPLICATE or READ is served by the shard whose connection received it instead
+    /// of the shard owning the key (shard).
+    pub no_peer_routing: bool,
 }
 
 /// Parse a node list `1=127.0.0.1:7001,2=127.0.0.1:7002`. Whitespace around entries is

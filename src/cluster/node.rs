@@ -368,9 +368,11 @@ impl<C> ClusterNode<C> {
         self.drain(now_ms, store);
     }
 
-    /// Serve a peer request from node `from` (REPLICATE, READ or GOSSIP), appending the reply
-    /// with request id `id` to `out`. An undecodable frame is answered with an error reply
-    /// and reported.
+    /// Serve a peer request from node `from` (REPLICATE, READ, GOSSIP or anti-entropy),
+    /// appending the reply with request id `id` to `out`. An undecodable frame is answered with
+    /// an error reply and reported. Returns whether the reply acknowledges records applied to
+    /// the store (REPLICATE, anti-entropy PUSH and KEYS): a caller whose sync policy promises
+    /// durability on acknowledgement holds it until the store has synced.
     #[allow(clippy::too_many_arguments)]
     pub fn on_peer_request(
         &mut self,
@@ -382,14 +384,14 @@ impl<C> ClusterNode<C> {
         aux: u8,
         body: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<(), PeerError> {
+    ) -> Result<bool, PeerError> {
         if antientropy::is_anti_entropy_op(op) {
             let r = self
                 .aae
                 .on_request(now_ms, store, from, id, op, aux, body, out);
             self.replica_stats.peer_errors += u64::from(r.is_err());
             self.after_aae();
-            return r;
+            return r.map(|()| antientropy::request_applies_records(op));
         }
         let req = match PeerRequest::decode(op, aux, body) {
             Ok(r) => r,
@@ -428,7 +430,7 @@ impl<C> ClusterNode<C> {
                         self.replica_stats.replicate_served += 1;
                         self.replica_stats.refused_ahead += 1;
                         peer::put_write_ack(out, id, &WriteAck::Refused(why));
-                        return Ok(());
+                        return Ok(false);
                     }
                     super::coordinator::observe(
                         self.coordinator.hlc_mut(),
@@ -465,7 +467,7 @@ impl<C> ClusterNode<C> {
             }
         }
         self.drain(now_ms, store);
-        Ok(())
+        Ok(matches!(req, PeerRequest::Replicate { .. }))
     }
 
     /// A reply frame from node `from` to one of our peer frames.
@@ -532,7 +534,10 @@ impl<C> ClusterNode<C> {
             self.aae.forget(&key);
         }
         self.deliver_hints(now_ms);
-        if now_ms >= self.last_hint_sync_ms + crate::limits::HINT_SYNC_INTERVAL_MS {
+        // (A wall clock stepped back syncs at once rather than when it catches up.)
+        if now_ms < self.last_hint_sync_ms
+            || now_ms >= self.last_hint_sync_ms + crate::limits::HINT_SYNC_INTERVAL_MS
+        {
             self.last_hint_sync_ms = now_ms;
             self.hints.sync();
         }

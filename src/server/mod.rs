@@ -11,10 +11,9 @@ pub mod readbuf;
 pub mod system;
 pub mod worker;
 
-use crate::datadir::ClockCeiling;
+use crate::assembly::{assemble_node, NodeConfig, ShardParts};
 use crate::limits::{FD_RESERVE, SHARDS_MAX};
-use crate::shard::{NodeShared, ShardConfig, ShardCore, SyncPolicy};
-use crate::storage::Store;
+use crate::shard::{NodeShared, SyncPolicy};
 use mailbox::Mailbox;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
@@ -49,6 +48,19 @@ pub struct ServerConfig {
     pub memory: crate::budget::MemoryLimits,
 }
 
+impl ServerConfig {
+    /// The node these options describe, for [`assemble_node`].
+    pub fn node_config(&self) -> NodeConfig {
+        NodeConfig {
+            node_id: self.node_id,
+            shards: self.shards,
+            sync: self.sync,
+            client_token: self.client_token.clone(),
+            cluster: self.cluster.clone(),
+        }
+    }
+}
+
 /// Bind one listener with SO_REUSEPORT.
 fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -77,39 +89,11 @@ pub fn effective_connection_cap(asked: usize, fd_limit: u64) -> usize {
     asked.min(fit)
 }
 
-/// Open shard `shard`'s durable hint queue in `dir`.
-fn open_hints(
-    c: &crate::cluster::ClusterConfig,
-    dir: &std::path::Path,
-    shard: usize,
-) -> io::Result<crate::cluster::hints::HintQueue> {
-    use crate::cluster::hintfile::FileHintLog;
-    use crate::cluster::hints::HintQueue;
-    let err = |e: crate::cluster::hints::HintLogError| io::Error::other(e.to_string());
-    let log = FileHintLog::open(crate::storage::vfs::RealVfs, dir, shard).map_err(err)?;
-    let q = HintQueue::open(Box::new(log), ShardCore::hint_resend_ms(c)).map_err(err)?;
-    let s = q.stats();
-    if s.pending > 0 {
-        log::info!(
-            "shard {shard}: {} hints recovered from {}",
-            s.pending,
-            dir.display()
-        );
-    }
-    Ok(q)
-}
-
-/// Run a node until SIGINT/SIGTERM. `stores` holds one store per shard, `clocks` each shard's
-/// durable clock ceiling.
-pub fn run(
-    cfg: ServerConfig,
-    stores: Vec<Box<dyn Store>>,
-    clocks: Vec<ClockCeiling>,
-    started_at_ms: u64,
-) -> io::Result<()> {
+/// Run a node until SIGINT/SIGTERM, from one [`ShardParts`] per shard (see
+/// [`crate::assembly::open_shard`]).
+pub fn run(cfg: ServerConfig, parts: Vec<ShardParts>, started_at_ms: u64) -> io::Result<()> {
     assert!(cfg.shards >= 1 && cfg.shards <= SHARDS_MAX);
-    assert_eq!(stores.len(), cfg.shards);
-    assert_eq!(clocks.len(), cfg.shards);
+    assert_eq!(parts.len(), cfg.shards);
     system::install_signal_handlers();
     system::tune_allocator();
     let fd_limit = system::raise_fd_limit();
@@ -143,53 +127,15 @@ pub fn run(
     }
     let mailboxes = Arc::new(boxes);
 
-    let view = Arc::new(crate::shard::ClusterView::default());
+    let cores = assemble_node(&cfg.node_config(), shared.clone(), parts, started_at_ms);
     let mut threads = Vec::with_capacity(cfg.shards);
-    for (shard, (((poll, listener), store), clock)) in polls
-        .into_iter()
-        .zip(listeners)
-        .zip(stores)
-        .zip(clocks)
-        .enumerate()
+    for (shard, ((poll, listener), core)) in polls.into_iter().zip(listeners).zip(cores).enumerate()
     {
-        let core = ShardCore::new(
-            ShardConfig {
-                shard,
-                shards: cfg.shards,
-                sync: cfg.sync,
-                client_token: cfg.client_token.clone(),
-            },
-            shared.clone(),
-            store,
-        );
-        let core = match &cfg.cluster {
-            Some(c) => {
-                let hints = match &c.hint_dir {
-                    Some(dir) => Some(open_hints(c, dir, shard)?),
-                    None => None,
-                };
-                core.with_cluster(c.clone(), started_at_ms, hints, view.clone())
-            }
-            None => {
-                // A single node has no replica that could later deliver an older write, so
-                // compaction may drop any tombstone that no longer shadows an older record on
-                // this node's own disk (the store checks that part itself).
-                let mut core = core;
-                core.store_mut()
-                    .set_tombstone_horizon(crate::version::Version(u64::MAX));
-                core
-            }
-        };
-        // Versions issued before a restart may live only on other nodes (keys this shard
-        // coordinated but does not hold): start above the durable ceiling as well.
-        let mut core = core;
-        core.clock_mut().recover_above_ms(clock.ceiling_ms());
         let worker = Worker::new(WorkerParts {
             shard,
             poll,
             listener,
             core,
-            clock,
             mailboxes: mailboxes.clone(),
             shared: shared.clone(),
             idle_timeout: Duration::from_millis(cfg.idle_timeout_ms),

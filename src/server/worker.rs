@@ -20,7 +20,6 @@ use super::peers::PeerLinks;
 use super::readbuf::ReadBuf;
 use super::system;
 use crate::budget::{reply_reserve_bytes, MemoryBudget};
-use crate::datadir::ClockCeiling;
 use crate::limits::{
     COORDINATOR_OPS_HIGH_WATER, COORDINATOR_OPS_LOW_WATER, IN_FLIGHT_PER_CONNECTION_MAX,
     MAINTENANCE_URGENT_TICK_MS, POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX, READ_BYTES_PER_TURN_MAX,
@@ -188,8 +187,6 @@ pub struct Worker {
     turn_immediate: u64,
     /// Bytes read from connections in the current turn.
     turn_read_bytes: usize,
-    /// Durable bound on the versions this shard let out.
-    clock: ClockCeiling,
     /// Client connections are not read while the replication backlog is high.
     throttled: bool,
     /// Times the loop started throttling clients (for STATS through the log).
@@ -212,8 +209,6 @@ pub struct WorkerParts {
     pub listener: std::net::TcpListener,
     /// The shard core.
     pub core: ShardCore,
-    /// The shard's durable clock ceiling.
-    pub clock: ClockCeiling,
     /// Every shard's mailbox (index = shard).
     pub mailboxes: Arc<Vec<Arc<Mailbox>>>,
     /// Node-wide shared state.
@@ -254,7 +249,6 @@ impl Worker {
             turn_start: Instant::now(),
             turn_immediate: 0,
             turn_read_bytes: 0,
-            clock: p.clock,
             throttled: false,
             throttle_events: 0,
             memory_waiters: Vec::new(),
@@ -397,17 +391,12 @@ impl Worker {
     /// Cover the turn's versions with the durable clock ceiling, group commit, then move every
     /// byte the turn produced.
     fn end_turn(&mut self) {
-        let clock_ms = self.core.clock_mut().last_ms();
-        if let Err(e) = self.clock.cover(clock_ms) {
-            // Without a durable ceiling a restart could reissue versions this turn is about to
-            // let out. Nothing of this turn has left the node yet: stop here, loudly.
-            log::error!(
-                "shard {}: cannot persist the clock ceiling ({e}); stopping the node",
-                self.shard
-            );
+        if let Err(e) = self.core.finish_turn() {
+            // Nothing of this turn has left the node yet: stop here, loudly, before a restart
+            // could reissue the versions it was about to let out.
+            log::error!("{e}; stopping the node");
             std::process::abort();
         }
-        self.core.finish_turn();
         self.dispatch_peer_frames();
         self.dispatch_outbox();
         self.deliver_own_replies();
@@ -761,28 +750,19 @@ impl Worker {
 
     fn dispatch_outbox(&mut self) {
         let me = self.shard;
-        let outbox = self.core.take_outbox();
+        let mailboxes = &self.mailboxes;
         let mut refused: Vec<Vec<u8>> = Vec::new();
-        for dest in 0..outbox.requests.len() {
-            if !outbox.requests[dest].is_empty() {
-                debug_assert_ne!(dest, me, "a shard never forwards to itself");
-                let records = std::mem::take(&mut outbox.requests[dest]);
-                let mail = Mail::Requests { from: me, records };
-                if let Err(Full(Mail::Requests { records, .. })) =
-                    self.mailboxes[dest].push_requests(mail)
+        self.core
+            .take_outbox()
+            .drain_mail(me, &mut self.own_replies, |dest, mail| {
+                if !mail.may_be_refused() {
+                    mailboxes[dest].push_replies(mail);
+                } else if let Err(Full(Mail::Requests { records, .. })) =
+                    mailboxes[dest].push_requests(mail)
                 {
                     refused.push(records);
                 }
-            }
-            if !outbox.replies[dest].is_empty() {
-                if dest == me {
-                    self.own_replies.append(&mut outbox.replies[dest]);
-                } else {
-                    let records = std::mem::take(&mut outbox.replies[dest]);
-                    self.mailboxes[dest].push_replies(Mail::Replies { records });
-                }
-            }
-        }
+            });
         for records in refused {
             overloaded_replies(&records, &mut self.own_replies);
         }

@@ -127,6 +127,19 @@ impl ShardCore {
         }
     }
 
+    /// The simulator's deliberate bugs (all off in `kvd`, and without a cluster).
+    pub(super) fn mutations(&self) -> crate::cluster::Mutations {
+        self.cluster
+            .as_ref()
+            .map_or_else(Default::default, |c| c.node.config().mutations)
+    }
+
+    /// The shard's cluster core, to look at (the simulator's checkers read membership and
+    /// hints through it); `None` when not clustered.
+    pub fn cluster_node(&self) -> Option<&ClusterNode<ReplyTo>> {
+        self.cluster.as_ref().map(|c| &c.node)
+    }
+
     /// Whether this node runs as part of a cluster.
     pub fn is_clustered(&self) -> bool {
         self.cluster.is_some()
@@ -245,8 +258,10 @@ impl ShardCore {
         f: &FrameRef<'_>,
         wbuf: &mut Vec<u8>,
     ) -> After {
+        // test-only mutation: serve keyed peer frames where they land.
+        let routed = !self.mutations().no_peer_routing;
         let owner = match peer_key(f.op, f.aux, f.body) {
-            Some(key) => Some(shard_of(key, self.cfg.shards)),
+            Some(key) => routed.then(|| shard_of(key, self.cfg.shards)),
             // Anti-entropy frames name their partition.
             None => antientropy::routing_partition(f.op, f.body)
                 .map(|p| crate::hash::shard_of_partition(p, self.cfg.shards)),
@@ -302,16 +317,17 @@ impl ShardCore {
         let r = c
             .node
             .on_peer_request(now_ms, store, from, f.id, f.op, f.aux, f.body, out);
-        if let Err(e) = r {
-            log::warn!("peer frame from node {from}: {e}");
-        }
+        let after_sync = match r {
+            Ok(after_sync) => after_sync,
+            Err(e) => {
+                log::warn!("peer frame from node {from}: {e}");
+                false
+            }
+        };
         self.pump();
-        // Anti-entropy PUSH and KEYS may apply records too: an exchange only counts as done
-        // once the records it moved are durable, so their replies wait for the sync as well.
-        let applies = f.op == peer::op::REPLICATE
-            || f.op == antientropy::ae_op::PUSH
-            || f.op == antientropy::ae_op::KEYS;
-        applies && self.cfg.sync == SyncPolicy::Always && self.store.needs_sync()
+        // The cluster core marks the replies that acknowledge records it applied (REPLICATE,
+        // anti-entropy PUSH and KEYS): they wait for the sync under `always`.
+        after_sync && self.cfg.sync == SyncPolicy::Always && self.store.needs_sync()
     }
 
     /// A reply from node `from` on one of this shard's outbound peer links.
@@ -329,7 +345,9 @@ impl ShardCore {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
-        if now_ms < c.last_tick_ms + CLUSTER_TICK_MS {
+        // A wall clock that stepped back ticks at once: waiting for it to catch up would
+        // leave the node silent (no gossip, so failed in the others' eyes) for as long.
+        if now_ms >= c.last_tick_ms && now_ms < c.last_tick_ms + CLUSTER_TICK_MS {
             return;
         }
         c.last_tick_ms = now_ms;
@@ -451,7 +469,10 @@ impl ShardCore {
                 Output::Send { to, frame } => self.outbox.peer.push((to, frame)),
                 Output::Event(e) => log::info!("shard {}: cluster: {e:?}", self.cfg.shard),
                 Output::Reply { ctx, outcome } => {
-                    let hold = matches!(outcome, Outcome::Written { .. })
+                    if let Some(kept) = self.outcomes.as_mut() {
+                        kept.push((ctx.conn, ctx.id, outcome.clone()));
+                    }
+                    let hold = outcome.acknowledges_write()
                         && self.cfg.sync == SyncPolicy::Always
                         && self.store.needs_sync();
                     let dest = if hold {

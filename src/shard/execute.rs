@@ -4,7 +4,7 @@
 //! write's acknowledgement is held until [`ShardCore::finish_turn`] has synced the store (group
 //! commit), and turned into STORAGE_ERROR if that sync failed.
 
-use super::{ShardCore, SyncPolicy};
+use super::{Fatal, ShardCore, SyncPolicy};
 use crate::limits::KEY_SIZE_MAX;
 use crate::protocol::message::{put_error, put_ok, put_reply};
 use crate::protocol::{frame, op, Request, Status, RESPONSE_BIT};
@@ -37,10 +37,20 @@ impl ShardCore {
         r
     }
 
-    /// End of a turn: group commit under the `always` policy, then release the held replies
-    /// (or turn them into STORAGE_ERROR if the sync failed).
-    pub fn finish_turn(&mut self) {
-        let synced = if self.wants_sync_now() {
+    /// End of a turn: cover the turn's versions with the durable clock ceiling, group commit
+    /// under the `always` policy, then release the held replies (or turn them into
+    /// STORAGE_ERROR if the sync failed). An error means the node must stop (see [`Fatal`]).
+    pub fn finish_turn(&mut self) -> Result<(), Fatal> {
+        let clock_ms = self.clock_mut().last_ms();
+        if let Err(e) = self.ceiling.cover(clock_ms) {
+            return Err(Fatal(format!(
+                "shard {}: cannot persist the clock ceiling ({e})",
+                self.cfg.shard
+            )));
+        }
+        // test-only mutation: acknowledge before the sync (the simulator syncs later).
+        let ack_early = self.mutations().ack_before_sync;
+        let synced = if self.wants_sync_now() && !ack_early {
             self.sync().is_ok()
         } else {
             self.write_error.is_none()
@@ -59,6 +69,7 @@ impl ShardCore {
             self.held[dest] = held;
             self.held[dest].clear();
         }
+        Ok(())
     }
 
     /// Execute a keyed request on this shard's store, appending the reply to `out`. Returns

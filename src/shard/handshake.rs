@@ -289,6 +289,7 @@ mod tests {
             },
             shared,
             Box::new(MemoryStore::new()),
+            Box::new(crate::storage::ceiling::NoCeiling),
         );
         let conn = ConnId::new(0, 1);
         let mut session = Session::accepted([10, 0, 0, 7].into(), [0; 32]);
@@ -390,6 +391,7 @@ mod tests {
             },
             shared,
             Box::new(MemoryStore::new()),
+            Box::new(crate::storage::ceiling::NoCeiling),
         );
         let nodes = crate::cluster::config::parse_nodes(
             "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003",

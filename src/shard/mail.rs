@@ -47,11 +47,42 @@ impl Outbox {
         }
     }
 
+    /// Hand the turn's mail to `send` as `(destination shard, mail)`, and append the reply
+    /// records for shard `me`'s own connections to `own`. One routine for every driver (the
+    /// worker's mailboxes, the simulator's mail events), so that what the core puts in its
+    /// outbox reaches the other shards the same way in both.
+    pub fn drain_mail(&mut self, me: usize, own: &mut Vec<u8>, mut send: impl FnMut(usize, Mail)) {
+        for dest in 0..self.requests.len() {
+            if !self.requests[dest].is_empty() {
+                debug_assert_ne!(dest, me, "a shard never forwards to itself");
+                let records = std::mem::take(&mut self.requests[dest]);
+                send(dest, Mail::Requests { from: me, records });
+            }
+            if !self.replies[dest].is_empty() {
+                if dest == me {
+                    own.append(&mut self.replies[dest]);
+                } else {
+                    let records = std::mem::take(&mut self.replies[dest]);
+                    send(dest, Mail::Replies { records });
+                }
+            }
+        }
+    }
+
     /// Whether there is nothing to deliver.
     pub fn is_empty(&self) -> bool {
         self.requests.iter().all(Vec::is_empty)
             && self.replies.iter().all(Vec::is_empty)
             && self.peer.is_empty()
+    }
+}
+
+impl Mail {
+    /// Whether a full mailbox may refuse this mail (the sender then answers the requests in
+    /// it OVERLOADED). Everything else answers or informs what was already admitted, so it
+    /// is never refused.
+    pub fn may_be_refused(&self) -> bool {
+        matches!(self, Mail::Requests { .. })
     }
 }
 

@@ -51,11 +51,13 @@ pub use execute::reply_version;
 pub use mail::{Mail, Outbox};
 pub use stats::{Figures, ShardCounters};
 
+use crate::cluster::coordinator::Outcome;
 use crate::hash::shard_of;
 use crate::protocol::message::{put_connection_error, put_error, put_ok};
 use crate::protocol::{
     frame, op, FrameError, FrameRef, Request, RequestError, Role, Status, RESPONSE_BIT,
 };
+use crate::storage::ceiling::DurableClock;
 use crate::storage::Store;
 use crate::version::Hlc;
 use maintenance::Compacting;
@@ -244,15 +246,43 @@ pub struct ShardCore {
     cluster: Option<Box<cluster::ShardCluster>>,
     /// Disk-pressure and COMPACT state (see [`Compacting`]).
     compacting: Compacting,
+    /// The durable bound on the versions this shard lets out, covered at the end of every
+    /// turn before anything of the turn leaves (`storage/ceiling.rs`).
+    ceiling: Box<dyn DurableClock>,
+    /// The coordinator's outcomes, kept for the simulator's checkers when enabled
+    /// ([`ShardCore::keep_outcomes`]); `None` in `kvd`.
+    outcomes: Option<Vec<(ConnId, u32, Outcome)>>,
+}
+
+/// The shard cannot go on: its clock ceiling could not be made durable, so a restart could
+/// reissue versions this turn is about to let out. Nothing of the turn has left the node; the
+/// driver must stop the node (`kvd` aborts, the simulator crashes it).
+#[derive(Debug)]
+pub struct Fatal(pub String);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 impl ShardCore {
-    /// A core over `store`. The clock starts above the highest version the store holds.
-    pub fn new(cfg: ShardConfig, shared: Arc<NodeShared>, store: Box<dyn Store>) -> ShardCore {
+    /// A core over `store`, bounding its versions with `ceiling`. The clock starts above the
+    /// highest version the store holds and above the ceiling. Nodes are built with
+    /// [`crate::assembly::assemble_node`], which calls this.
+    pub fn new(
+        cfg: ShardConfig,
+        shared: Arc<NodeShared>,
+        store: Box<dyn Store>,
+        ceiling: Box<dyn DurableClock>,
+    ) -> ShardCore {
         assert!(cfg.shard < cfg.shards && cfg.shards == shared.shards);
         let mut hlc = Hlc::new(shared.node_id);
         hlc.recover(store.highest_version());
+        hlc.recover_above_ms(ceiling.ceiling_ms());
         ShardCore {
+            ceiling,
+            outcomes: None,
             outbox: Outbox::new(cfg.shards),
             held: vec![Vec::new(); cfg.shards],
             cfg,
@@ -415,6 +445,41 @@ impl ShardCore {
     /// The shard's store (for the driver's shutdown sync and for tests).
     pub fn store_mut(&mut self) -> &mut dyn Store {
         self.store.as_mut()
+    }
+
+    /// The shard's store, to look at (the simulator's checkers read replicas through it).
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// Why this shard refuses every write until the node restarts (a failed sync, its own or
+    /// inside the store), if it does.
+    pub fn writes_refused(&self) -> Option<&str> {
+        self.write_error
+            .as_deref()
+            .or_else(|| self.store.writes_refused())
+    }
+
+    /// Keep every outcome the coordinator decides, with its connection and request id, for
+    /// [`ShardCore::take_outcomes`]. The simulator's checkers need what the wire reply does not
+    /// carry (re-issues, expiry); the reply itself still travels as in `kvd`.
+    pub fn keep_outcomes(&mut self) {
+        self.outcomes = Some(Vec::new());
+    }
+
+    /// The outcomes kept since the last call (see [`ShardCore::keep_outcomes`]).
+    pub fn take_outcomes(&mut self) -> Vec<(ConnId, u32, Outcome)> {
+        self.outcomes
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Restart the version clock above the durable ceiling too (after the cluster core took
+    /// over the clock: its clock is the one that issues versions).
+    pub(crate) fn recover_ceiling(&mut self) {
+        let ms = self.ceiling.ceiling_ms();
+        self.clock_mut().recover_above_ms(ms);
     }
 
     fn reject(&mut self, f: &FrameRef<'_>, e: &RequestError, wbuf: &mut Vec<u8>) -> After {

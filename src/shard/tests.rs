@@ -60,6 +60,7 @@ fn cores(shards: usize, sync: SyncPolicy, failing: bool) -> Vec<ShardCore> {
                 },
                 shared.clone(),
                 store,
+                Box::new(crate::storage::ceiling::NoCeiling),
             )
         })
         .collect()
@@ -80,7 +81,7 @@ fn roundtrip(cores: &mut [ShardCore], at: usize, req: Request<'_>, id: u32) -> V
     for _ in 0..4 {
         let mut mail: Vec<(usize, Mail)> = Vec::new();
         for (i, core) in cores.iter_mut().enumerate() {
-            core.finish_turn();
+            core.finish_turn().expect("no ceiling to fail");
             let out = core.take_outbox();
             for dest in 0..out.requests.len() {
                 let records = std::mem::take(&mut out.requests[dest]);
@@ -174,7 +175,7 @@ fn always_policy_holds_acks_until_the_sync() {
     cs[0].on_frame(NOW, conn, &mut session, f, &mut wbuf);
     assert!(wbuf.is_empty(), "no ack before the sync");
     assert!(cs[0].wants_sync_now());
-    cs[0].finish_turn();
+    cs[0].finish_turn().expect("no ceiling to fail");
     assert!(!cs[0].wants_sync_now());
     let records = std::mem::take(&mut cs[0].take_outbox().replies[0]);
     let (_, st, id, _) = reply(&records[8..]);
@@ -253,7 +254,12 @@ fn refused_writes_are_counted_on_a_single_node() {
         sync: SyncPolicy::Never,
         client_token: None,
     };
-    let mut cs = vec![ShardCore::new(cfg, shared, Box::new(store))];
+    let mut cs = vec![ShardCore::new(
+        cfg,
+        shared,
+        Box::new(store),
+        Box::new(crate::storage::ceiling::NoCeiling),
+    )];
     for i in 0..3 {
         let put = Request::Put {
             key: b"k",
@@ -414,12 +420,13 @@ fn clustered_pair() -> Vec<ShardCore> {
                 sync: SyncPolicy::Never,
                 client_token: None,
             };
-            ShardCore::new(cfg, shared.clone(), Box::new(store)).with_cluster(
-                config.clone(),
-                NOW,
-                None,
-                view.clone(),
+            ShardCore::new(
+                cfg,
+                shared.clone(),
+                Box::new(store),
+                Box::new(crate::storage::ceiling::NoCeiling),
             )
+            .with_cluster(config.clone(), NOW, None, view.clone())
         })
         .collect();
     for i in 0..20u32 {

@@ -10,9 +10,10 @@
 //! * **Quorum reads see acknowledged writes** (`stale-read`): a GET with R replies that started
 //!   after a write acknowledged by W replicas, R + W > N, returns that write's version or a
 //!   newer one, unless a replica of the key may have lost data in between (see below).
-//! * **Versions issued by one node increase** (`version-order`): the versions of the
-//!   acknowledged writes a node coordinated, in the order it issued them, strictly increase
-//!   (across its restarts too), and carry its node id. A write issued again above a
+//! * **Versions issued by one clock increase** (`version-order`): the versions of the
+//!   acknowledged writes one shard of a node coordinated (a key is always coordinated by the
+//!   shard owning it there, and each shard runs its own clock), in the order it issued them,
+//!   strictly increase (across restarts too), and carry the node's id. A write issued again above a
 //!   replica's newer version gets its final version after writes that started later: such
 //!   writes are held to real time instead (one acknowledged before another started has the
 //!   lower version).
@@ -29,6 +30,9 @@
 //!   values) and no record at all agree, since tombstones may be collected.
 //! * **No acknowledged write is lost** (`lost-write`): after convergence every key holds at
 //!   least the newest version among the acknowledged writes the durability promise covers.
+//! * **Every request is answered** (`unanswered`): a request that reached a node which then
+//!   ran to the end of the run without a restart got an answer (possibly after its client gave
+//!   up on it); a node never leaves a connection waiting forever.
 //!
 //! **What the promise covers.** A *loss event* on a node is a crash while its sync policy is
 //! not `always` (unsynced writes may vanish), or a bit flipped on its disk. A write is covered
@@ -108,6 +112,9 @@ pub struct Violation {
     pub detail: String,
 }
 
+/// The client id of the simulator's own repair reads.
+pub const REPAIR_CLIENT: u32 = u32::MAX;
+
 /// The name of key index `k`.
 pub fn key_name(k: u32) -> Vec<u8> {
     format!("k{k:03}").into_bytes()
@@ -142,6 +149,8 @@ pub struct History {
     pub prefs: BTreeMap<u32, Vec<u32>>,
     /// N.
     pub replicas: usize,
+    /// Per node: its shards (each shard's clock issues its own versions).
+    pub shards: Vec<usize>,
     /// Simulated epoch in wall ms (for printing versions).
     pub base_ms: u64,
     /// Violations found.
@@ -169,6 +178,7 @@ impl History {
             syncs_on_ack,
             prefs: BTreeMap::new(),
             replicas,
+            shards: vec![1; nodes as usize],
             base_ms,
             violations: Vec::new(),
             reads_checked: 0,
@@ -396,15 +406,22 @@ impl History {
     /// `version-order`: per coordinator, a write acknowledged before another started has the
     /// lower version; every version carries its coordinator's id.
     pub fn check_version_order(&mut self) {
-        let mut per_node: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        // Each shard of a node runs its own clock: a key is always coordinated by the shard
+        // that owns it on the coordinating node.
+        let mut per_clock: BTreeMap<(u32, usize), Vec<u64>> = BTreeMap::new();
         for op in &self.ops {
             if op.acked_version().is_some() {
-                per_node.entry(op.coordinator).or_default().push(op.id);
+                let shards = self.shards[op.coordinator as usize - 1];
+                let shard = crate::hash::shard_of(&key_name(op.key), shards);
+                per_clock
+                    .entry((op.coordinator, shard))
+                    .or_default()
+                    .push(op.id);
             }
         }
         let base = self.base_ms;
         let mut found = Vec::new();
-        for (node, writes) in per_node {
+        for ((node, shard), writes) in per_clock {
             for &id in &writes {
                 let v = self.ops[id as usize].acked_version().expect("acked");
                 if v.node_id() != node {
@@ -432,7 +449,7 @@ impl History {
                     found.push((
                         b,
                         format!(
-                            "n{node} issued version {} for op {b} after {} for op {a}",
+                            "n{node}/{shard} issued version {} for op {b} after {} for op {a}",
                             show_version(vb, base),
                             show_version(va, base)
                         ),
@@ -445,8 +462,8 @@ impl History {
                 found.push((
                     b,
                     format!(
-                        "n{node} issued version {} for op {b} after {} for op {a}, acknowledged \
-                         before op {b} started",
+                        "n{node}/{shard} issued version {} for op {b} after {} for op {a}, \
+                         acknowledged before op {b} started",
                         show_version(vb, base),
                         show_version(va, base)
                     ),

@@ -5,16 +5,18 @@
 //! ```text
 //!   seed ──▶ Params (swarm testing: every knob drawn unless fixed)   options.rs
 //!        ──▶ World: event queue in virtual time                      world.rs
-//!              nodes   ClusterNode + LogStore<MemVfs>, clock offset (a minority minutes
-//!                      off in half the seeds: `--far-skew-ms`), sync policy, group commit
+//!              nodes   1–4 shards each, built by `assembly::assemble_node` as kvd builds    node.rs
+//!                      them (LogStore, clock ceiling and hint log on a crashable MemVfs),
+//!                      clock offset (a minority minutes off in half the seeds:
+//!                      `--far-skew-ms`), sync policy; mail between shards  net.rs
 //!              network delay, drop, duplicate, reorder, partitions (isolate, halves, random,
 //!                      one-way, bridge) that start and heal
 //!              disk    unsynced writes lost or torn on a crash; bits flipped at rest on one disk
 //!              faults  crashes + restarts (higher incarnation), pauses, clock jumps
-//!              clients PUT / GET / DELETE, random consistency and coordinator
+//!              clients PUT / GET / DELETE frames, random consistency, coordinator and shard
 //!        ──▶ History + checkers                                      check.rs
 //!              (phantom-read, stale-read, version-order, write-order, clock-bound, ttl,
-//!               convergence, lost-write)
+//!               convergence, lost-write, unanswered)
 //!        ──▶ Trace: every event as a line, FNV-hashed                trace.rs
 //! ```
 //!
@@ -31,6 +33,11 @@
 //! `reproduce: kvsim --seed N --trace` with any fixed options.
 
 pub mod check;
+mod client;
+mod faults;
+mod liveness;
+mod net;
+mod node;
 pub mod options;
 pub mod trace;
 pub mod world;
@@ -97,6 +104,9 @@ impl Options {
         }
         if let Some(n) = self.replicas {
             a += &format!(" --replicas {n}");
+        }
+        if let Some(n) = self.shards {
+            a += &format!(" --shards {n}");
         }
         if let Some(c) = self.consistency {
             a += &format!(" --consistency {}", consistency_name(c));

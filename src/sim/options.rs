@@ -9,6 +9,9 @@ use crate::cluster::SplitMix64;
 use crate::protocol::Consistency;
 use crate::shard::SyncPolicy;
 
+/// Most shards a simulated node has (drawn 1..=this unless fixed).
+pub const SIM_SHARDS_MAX: usize = 4;
+
 /// A deliberate bug switched on to prove that the checkers catch it (`--mutation NAME`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mutation {
@@ -17,8 +20,8 @@ pub enum Mutation {
     None,
     /// The coordinator never repairs stale replicas on reads.
     SkipReadRepair,
-    /// The node glue releases acknowledgements before the store has synced (the sync comes
-    /// a little later), on nodes whose policy promises durability on ack.
+    /// The shard releases acknowledgements before its store has synced (the sync comes a
+    /// little later), on nodes whose policy promises durability on ack.
     AckBeforeSync,
     /// A delete's tombstone gets a version that does not beat the value it deletes.
     NoTombstoneVersion,
@@ -26,15 +29,23 @@ pub enum Mutation {
     /// coordinates writes, replicas store versions however far ahead of their clocks, and
     /// hybrid clocks follow them (the max-offset rule off on the "ahead" side).
     AcceptFutureVersions,
+    /// A peer REPLICATE or READ is served by the shard whose link received it, not by the
+    /// shard owning the key (multi-shard nodes).
+    NoPeerRouting,
+    /// Now and then a batch of reply records between two shards of a node is lost
+    /// (multi-shard nodes): forwarded requests are never answered.
+    DropForwardedReply,
 }
 
 impl Mutation {
     /// Every mutation's command-line name.
-    pub const NAMES: [&'static str; 4] = [
+    pub const NAMES: [&'static str; 6] = [
         "skip-read-repair",
         "ack-before-sync",
         "no-tombstone-version",
         "accept-future-versions",
+        "no-peer-routing",
+        "drop-forwarded-reply",
     ];
 
     /// Parse a `--mutation` name.
@@ -45,6 +56,8 @@ impl Mutation {
             "ack-before-sync" => Ok(Mutation::AckBeforeSync),
             "no-tombstone-version" => Ok(Mutation::NoTombstoneVersion),
             "accept-future-versions" => Ok(Mutation::AcceptFutureVersions),
+            "no-peer-routing" => Ok(Mutation::NoPeerRouting),
+            "drop-forwarded-reply" => Ok(Mutation::DropForwardedReply),
             _ => Err(format!(
                 "unknown mutation {s:?}: expected one of none, {}",
                 Mutation::NAMES.join(", ")
@@ -60,6 +73,8 @@ impl Mutation {
             Mutation::AckBeforeSync => "ack-before-sync",
             Mutation::NoTombstoneVersion => "no-tombstone-version",
             Mutation::AcceptFutureVersions => "accept-future-versions",
+            Mutation::NoPeerRouting => "no-peer-routing",
+            Mutation::DropForwardedReply => "drop-forwarded-reply",
         }
     }
 }
@@ -71,6 +86,8 @@ pub struct Options {
     pub nodes: Option<u32>,
     /// Replicas per key (1..=nodes, at most 5).
     pub replicas: Option<usize>,
+    /// Shards of every node (1..=[`SIM_SHARDS_MAX`]); otherwise drawn per node.
+    pub shards: Option<usize>,
     /// Consistency of every request (otherwise a per-run mix of ONE/QUORUM/ALL).
     pub consistency: Option<Consistency>,
     /// Sync policy of every node (otherwise drawn per node).
@@ -112,6 +129,8 @@ pub struct Params {
     pub nodes: u32,
     /// Replicas per key (N).
     pub replicas: usize,
+    /// Shards of each node (index id - 1).
+    pub shards: Vec<usize>,
     /// Sync policy of each node (index id - 1).
     pub sync: Vec<SyncPolicy>,
     /// Weights of ONE, QUORUM, ALL for client requests.
@@ -288,6 +307,13 @@ impl Params {
                 range(r, 60_000, 600_000)
             }
         });
+        // Drawn after the others, for the same reason.
+        let shards = (0..nodes)
+            .map(|_| {
+                let k = range(r, 1, SIM_SHARDS_MAX as u64) as usize;
+                opts.shards.unwrap_or(k)
+            })
+            .collect();
         let mut far_nodes = Vec::new();
         if far_skew_ms > 0 {
             // A minority, so that the median clock is a sane one and the others serve.
@@ -304,6 +330,7 @@ impl Params {
         Params {
             nodes,
             replicas,
+            shards,
             sync,
             consistency_weights,
             consistency: opts.consistency,
@@ -345,9 +372,10 @@ impl Params {
     pub fn describe(&self, trace: &mut Trace) {
         let sync: Vec<String> = self.sync.iter().map(sync_name).collect();
         trace.line(format_args!(
-            "params nodes={} N={} sync=[{}] consistency={} weights(one,quorum,all)={:?}",
+            "params nodes={} N={} shards={:?} sync=[{}] consistency={} weights(one,quorum,all)={:?}",
             self.nodes,
             self.replicas,
+            self.shards,
             sync.join(","),
             self.consistency.map_or("mix", consistency_name),
             self.consistency_weights

@@ -19,6 +19,7 @@
 //! ```text
 //! storage/
 //!   mod.rs     the Store trait
+//!   ceiling.rs the durable clock ceiling (CLOCK file) of a shard
 //!   memory.rs  MemoryStore
 //!   logstore/  LogStore: write path, recovery, compaction (see its mod.rs: files, design)
 //!   policy.rs  compaction thresholds, disk-space reserve and pressure: pure functions
@@ -27,6 +28,7 @@
 //!   vfs.rs     the file-system seam
 //! ```
 
+pub mod ceiling;
 pub mod keydir;
 pub mod logstore;
 pub mod memory;
@@ -176,6 +178,16 @@ pub trait Store: Send {
     /// compaction once that cannot resurrect an older value. The cluster raises it when no
     /// replica can still deliver an older write. Default: keep every tombstone.
     fn set_tombstone_horizon(&mut self, _horizon: Version) {}
+
+    /// The driver measured how long opening the store took (a store never reads the clock);
+    /// reported in STATS. Default: not reported.
+    fn set_recovery_ms(&mut self, _ms: u64) {}
+
+    /// Why the store refuses every write from now on (a failed sync: the operating system may
+    /// have dropped the unsynced pages), if it does. Default: never.
+    fn writes_refused(&self) -> Option<&str> {
+        None
+    }
 
     /// Move into `out` the keys whose newest record was found damaged (by a read or by the
     /// background scrub) and forgotten since the last call. The cluster drops them from its

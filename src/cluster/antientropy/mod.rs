@@ -110,7 +110,7 @@ mod tracked;
 mod wire;
 
 pub use tracked::{Tracked, TreeIndex};
-pub use wire::{ae_op, is_anti_entropy_op, routing_partition, Record};
+pub use wire::{ae_op, is_anti_entropy_op, request_applies_records, routing_partition, Record};
 pub(crate) use wire::{decode_status_reply, push_key, put_status_request, put_tree_request};
 
 use super::config::ClusterConfig;
@@ -363,6 +363,11 @@ impl AntiEntropy {
             self.start_rejoin();
         }
         self.last_tick_ms = now_ms;
+        // The wall clock may have stepped back (an operator set a clock that ran ahead
+        // right): a round planned on the old clock would wait for the new one to catch up.
+        self.next_round_ms = self
+            .next_round_ms
+            .min(now_ms.saturating_add(self.interval_ms));
         // Expire exchanges.
         let late: Vec<u32> = self
             .exchanges

@@ -171,6 +171,13 @@ pub(super) fn sender(r: &mut Reader<'_>, from: u32) -> Result<u32, PeerError> {
     Ok(s)
 }
 
+/// Whether a request with anti-entropy opcode `op` may apply records to the responder's store
+/// (PUSH carries records, KEYS may pull the initiator's newer ones): its reply then
+/// acknowledges them, and waits for the sync under the `always` policy.
+pub fn request_applies_records(op: u8) -> bool {
+    op == ae_op::PUSH || op == ae_op::KEYS
+}
+
 /// The partition an anti-entropy request addresses (its first two body bytes), for drivers
 /// that route peer frames to the shard owning it; `None` if `op` is not anti-entropy or the
 /// body is too short (the owning shard's decoder then reports it).

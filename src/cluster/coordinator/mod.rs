@@ -128,6 +128,14 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// Whether this answer acknowledges a write: under the `always` sync policy it may leave
+    /// the node only after the local store synced.
+    pub fn acknowledges_write(&self) -> bool {
+        matches!(self, Outcome::Written { .. })
+    }
+}
+
 /// What the caller must do next.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action<C> {

@@ -307,19 +307,9 @@ impl<V: Vfs> LogStore<V> {
             .collect()
     }
 
-    /// The driver measured how long `open` took (the store never reads the clock).
-    pub fn set_recovery_ms(&mut self, ms: u64) {
-        self.counters.recovery_ms = ms;
-    }
-
     /// Whether a compaction job is under way.
     pub fn compacting(&self) -> bool {
         self.job.is_some()
-    }
-
-    /// The reason writes are refused, if they are.
-    pub fn writes_refused(&self) -> Option<&str> {
-        self.refused.as_deref()
     }
 
     /// Bytes of RAM held by the keydir.
@@ -333,6 +323,14 @@ impl<V: Vfs> LogStore<V> {
 }
 
 impl<V: Vfs> Store for LogStore<V> {
+    fn writes_refused(&self) -> Option<&str> {
+        self.refused.as_deref()
+    }
+
+    fn set_recovery_ms(&mut self, ms: u64) {
+        self.counters.recovery_ms = ms;
+    }
+
     fn get(&mut self, key: &[u8]) -> Result<Option<Stored>, StoreError> {
         let Some(loc) = self.keydir.get(key) else {
             return Ok(None);

@@ -1,0 +1,234 @@
+//! The liveness phase: faults stop (partitions healed, nodes resumed, refusing nodes
+//! restarted, clocks set right, no drops), then the replicas must converge within a bounded
+//! simulated time: every replica of every key holds the same live record (read from the
+//! shard that owns the key on each node), every shard of every node sees every node alive
+//! with the same leader, and every hint is delivered. Until then, repair rounds issue ALL
+//! reads of the keys that differ (unless `--no-repair-reads`). Then the end checks run.
+
+use super::check::{key_name, show_version, OpKind, REPAIR_CLIENT};
+use super::options::range;
+use super::trace::trace;
+use super::world::{Ev, Phase, World, BASE_MS};
+use crate::hash::shard_of;
+use crate::protocol::Consistency;
+use crate::storage::Stored;
+
+impl World {
+    pub(super) fn start_liveness(&mut self) {
+        self.phase = Phase::Liveness;
+        self.liveness_start = self.now;
+        trace!(self.trace, "LIVENESS: heal, resume, restart, sane clocks");
+        self.heal();
+        for id in 1..=self.p.nodes {
+            let i = id as usize - 1;
+            self.nodes[i].paused_until = 0;
+            self.nodes[i].offset_ms = range(&mut self.rng, 0, 4) as i64 - 2;
+            self.nodes[i].far = false;
+            self.note_offset(id);
+            self.nodes[i].vfs.fail_next_syncs(0);
+            self.nodes[i].vfs.set_space_max(None);
+            self.operator_restart(id);
+            if self.nodes[i].up.is_none() {
+                self.start_node(id);
+            }
+        }
+        let settle = 2 * self.p.gossip_interval_ms * u64::from(self.p.failure_threshold)
+            + 2 * self.p.request_timeout_ms;
+        self.at(self.now + settle, Ev::RepairRound);
+    }
+
+    /// The record every replica of `key` holds, if they all agree; else what each holds.
+    fn agreed(&mut self, key: u32) -> Result<Option<Stored>, String> {
+        let kname = key_name(key);
+        let prefs = self.ring.preference_for_key(&kname).to_vec();
+        let mut held = Vec::with_capacity(prefs.len());
+        for &r in &prefs {
+            let n = &mut self.nodes[r as usize - 1];
+            let shards = n.shards;
+            let Some(run) = n.up.as_mut() else {
+                return Err(format!("n{r} is down"));
+            };
+            // The shard that owns the key there, as requests are routed.
+            let got = run.cores[shard_of(&kname, shards)]
+                .store_mut()
+                .get(&kname)
+                .map_err(|e| format!("n{r} cannot read it: {e}"))?;
+            held.push(got);
+        }
+        // Dead records (tombstones, expired values) and no record at all agree: to a reader
+        // they are all "not found", compaction turns expired values into tombstones, and
+        // anti-entropy collects tombstones (and ignores dead records below its horizon) once
+        // every replica has them. Live records must be identical.
+        let now_ms = self.node_now(prefs[0]);
+        let dead = |a: &Option<Stored>| a.as_ref().is_none_or(|x| !x.is_live(now_ms));
+        let same = |a: &Option<Stored>, b: &Option<Stored>| a == b || (dead(a) && dead(b));
+        if held.windows(2).all(|w| same(&w[0], &w[1])) {
+            // The newest record (others are dead or absent, and agree with it).
+            return Ok(held.into_iter().flatten().max_by_key(|s| s.version));
+        }
+        let seen: Vec<String> = prefs
+            .iter()
+            .zip(&held)
+            .map(|(r, s)| {
+                let what = s.as_ref().map_or("none".to_string(), |s| {
+                    format!(
+                        "{}{}",
+                        show_version(s.version, BASE_MS),
+                        if s.value.is_none() { "(tombstone)" } else { "" }
+                    )
+                });
+                format!("n{r}={what}")
+            })
+            .collect();
+        Err(seen.join(" "))
+    }
+
+    pub(super) fn repair_round(&mut self) {
+        let keys: Vec<u32> = self.hist.by_key.keys().copied().collect();
+        let mut diverged = Vec::new();
+        let mut last_err = String::new();
+        for &k in &keys {
+            if let Err(e) = self.agreed(k) {
+                diverged.push(k);
+                last_err = e;
+            }
+        }
+        // Membership must converge too: every node sees every node alive, and the same
+        // leader, the lowest id.
+        let mut views = Vec::new();
+        // Every shard decides with the node's view: each must have it.
+        for n in &self.nodes {
+            let Some(run) = &n.up else { continue };
+            for (k, core) in run.cores.iter().enumerate() {
+                let Some(c) = core.cluster_node() else {
+                    continue;
+                };
+                let alive = c.alive_mask().count_ones();
+                if alive != self.p.nodes || c.leader() != 1 {
+                    views.push(format!(
+                        "n{}/{k} sees {alive} nodes alive, leader n{}",
+                        n.id,
+                        c.leader()
+                    ));
+                }
+            }
+        }
+        // Hinted handoff must drain: every hint delivered once its target is back.
+        let pending: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let run = n.up.as_ref()?;
+                let pending = run
+                    .cores
+                    .iter()
+                    .filter_map(|c| c.cluster_node())
+                    .map(|c| c.hints().stats().pending)
+                    .sum::<u64>();
+                Some((n.id, pending))
+            })
+            .filter(|&(_, p)| p > 0)
+            .map(|(id, p)| format!("n{id} holds {p} hints"))
+            .collect();
+        if !pending.is_empty() {
+            views.extend(pending);
+        }
+        if diverged.is_empty() && views.is_empty() {
+            self.stats.converge_ms = self.now - self.liveness_start;
+            trace!(
+                self.trace,
+                "CONVERGED after {} ms of liveness phase",
+                self.stats.converge_ms
+            );
+            self.final_checks(&keys);
+            self.phase = Phase::Done;
+            return;
+        }
+        if self.now - self.liveness_start > self.p.liveness_ms_max && diverged.is_empty() {
+            let d = format!(
+                "membership views differ or hints are left after {} ms without faults: {}",
+                self.now - self.liveness_start,
+                views.join("; ")
+            );
+            trace!(self.trace, "{d}");
+            self.hist.report("membership", None, d);
+            self.final_checks(&keys);
+            self.phase = Phase::Done;
+            return;
+        }
+        if self.now - self.liveness_start > self.p.liveness_ms_max {
+            let k = *diverged.last().expect("not empty");
+            let d = format!(
+                "{} keys still differ between replicas after {} ms without faults ({last_err})",
+                diverged.len(),
+                self.now - self.liveness_start
+            );
+            trace!(self.trace, "{d}");
+            self.hist.report("convergence", Some(k), d);
+            self.final_checks(&[]);
+            self.phase = Phase::Done;
+            return;
+        }
+        // Until anti-entropy lands, convergence is driven by read repair: an ALL read of
+        // every key that differs, through rotating coordinators (unless --no-repair-reads).
+        self.repair_round += 1;
+        if self.p.no_repair_reads {
+            trace!(
+                self.trace,
+                "waiting: {} keys differ, {} views differ",
+                diverged.len(),
+                views.len()
+            );
+            let t = self.now + 500;
+            self.at(t, Ev::RepairRound);
+            return;
+        }
+        trace!(
+            self.trace,
+            "repair round {}: {} keys differ, ALL reads; {} views differ",
+            self.repair_round,
+            diverged.len(),
+            views.len()
+        );
+        for &k in &diverged {
+            let coordinator =
+                ((u64::from(k) + self.repair_round) % u64::from(self.p.nodes)) as u32 + 1;
+            self.issue(
+                REPAIR_CLIENT,
+                OpKind::Get,
+                k,
+                None,
+                Consistency::All,
+                coordinator,
+            );
+        }
+        let t = self.now + 2 * self.p.request_timeout_ms + 50;
+        self.at(t, Ev::RepairRound);
+    }
+
+    fn final_checks(&mut self, converged: &[u32]) {
+        for &k in converged {
+            let now_ms = self.node_now(1);
+            let held = self
+                .agreed(k)
+                .ok()
+                .flatten()
+                .map(|s| (s.version, !s.is_live(now_ms)));
+            self.hist.check_durable(k, held, self.now);
+        }
+        self.check_answered();
+        self.hist.check_version_order();
+        self.hist.check_write_order();
+        self.hist.check_clock_bound();
+    }
+
+    /// Widen the clock checkers' range of allowed offsets to node `id`'s, unless its clock
+    /// runs minutes off (it must not coordinate writes then).
+    pub(super) fn note_offset(&mut self, id: u32) {
+        let n = &self.nodes[id as usize - 1];
+        if !n.far {
+            let (lo, hi) = self.hist.near_offsets_ms;
+            self.hist.near_offsets_ms = (lo.min(n.offset_ms), hi.max(n.offset_ms));
+        }
+    }
+}
