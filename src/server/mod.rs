@@ -143,7 +143,6 @@ pub fn run(
     }
     let mailboxes = Arc::new(boxes);
 
-    let view = Arc::new(crate::shard::ClusterView::default());
     let mut threads = Vec::with_capacity(cfg.shards);
     for (shard, (((poll, listener), store), clock)) in polls
         .into_iter()
@@ -168,7 +167,7 @@ pub fn run(
                     Some(dir) => Some(open_hints(c, dir, shard)?),
                     None => None,
                 };
-                core.with_cluster(c.clone(), started_at_ms, hints, view.clone())
+                core.with_cluster(c.clone(), started_at_ms, hints)
             }
             None => {
                 // A single node has no replica that could later deliver an older write, so

@@ -783,6 +783,19 @@ impl Worker {
                 }
             }
         }
+        // The membership view and anti-entropy reports go like replies (never refused: a
+        // view must not be lost, and there is at most one of each per turn).
+        if let Some(view) = outbox.view.take() {
+            for dest in (0..outbox.replies.len()).filter(|&d| d != me) {
+                self.mailboxes[dest].push_replies(Mail::View(view.clone()));
+            }
+        }
+        if !outbox.reports.is_empty() {
+            let reports = std::mem::take(&mut outbox.reports);
+            let dest = crate::cluster::MEMBERSHIP_SHARD;
+            debug_assert_ne!(dest, me, "the membership shard reports for itself");
+            self.mailboxes[dest].push_replies(Mail::Reports(reports));
+        }
         for records in refused {
             overloaded_replies(&records, &mut self.own_replies);
         }

@@ -1,10 +1,13 @@
 //! Mail between the shards of one node: the batches a turn hands the driver ([`Outbox`]:
-//! forwarded requests, replies to other shards' connections, peer frames) and the handling of
+//! forwarded requests, replies to other shards' connections, peer frames, the membership
+//! shard's view and the anti-entropy reports for it) and the handling of
 //! a batch received from another shard ([`ShardCore::on_mail`]), which executes forwarded
 //! requests here and queues their replies back to the shard owning the connection. The record
 //! format is in the module doc of `shard/mod.rs`.
 
 use super::{ConnId, ShardCore};
+use crate::cluster::antientropy::Reports;
+use crate::cluster::NodeView;
 use crate::protocol::{frame, Request};
 use byteorder::{BigEndian, ByteOrder};
 use std::sync::atomic::Ordering;
@@ -24,6 +27,12 @@ pub enum Mail {
         /// Records: `| conn id u64 | reply frame |`.
         records: Vec<u8>,
     },
+    /// The node's membership view, from the membership shard to every other shard (see
+    /// [`crate::cluster::view`]). Delivered like replies: never refused, never lost.
+    View(NodeView),
+    /// Completed anti-entropy exchanges of another shard, for the membership shard to report
+    /// to the leader. Delivered like replies.
+    Reports(Reports),
 }
 
 /// What the core hands the driver at the end of a turn.
@@ -36,6 +45,12 @@ pub struct Outbox {
     pub replies: Vec<Vec<u8>>,
     /// Peer frames to send, as (node id, whole frame), in order (cluster mode only).
     pub peer: Vec<(u32, Vec<u8>)>,
+    /// On the membership shard: its view, when it changed, for every other shard (as
+    /// [`Mail::View`]; a newer one replaces an undelivered one, each view being whole).
+    pub view: Option<NodeView>,
+    /// On the other shards: completed anti-entropy exchanges for the membership shard
+    /// ([`crate::cluster::MEMBERSHIP_SHARD`]), as [`Mail::Reports`].
+    pub reports: Reports,
 }
 
 impl Outbox {
@@ -44,6 +59,16 @@ impl Outbox {
             requests: vec![Vec::new(); shards],
             replies: vec![Vec::new(); shards],
             peer: Vec::new(),
+            view: None,
+            reports: Reports::new(),
+        }
+    }
+
+    /// Add completed exchanges for the membership shard (the latest start of a pair wins).
+    pub(super) fn add_reports(&mut self, reports: Reports) {
+        for (k, v) in reports {
+            let e = self.reports.entry(k).or_insert(v);
+            *e = (*e).max(v);
         }
     }
 
@@ -52,6 +77,8 @@ impl Outbox {
         self.requests.iter().all(Vec::is_empty)
             && self.replies.iter().all(Vec::is_empty)
             && self.peer.is_empty()
+            && self.view.is_none()
+            && self.reports.is_empty()
     }
 }
 
@@ -102,6 +129,8 @@ impl ShardCore {
                 }
             }
             Mail::Replies { records } => own_replies.extend_from_slice(&records),
+            Mail::View(view) => self.on_view(now_ms, view),
+            Mail::Reports(reports) => self.on_reports(reports),
         }
     }
 }

@@ -65,6 +65,20 @@ fn cores(shards: usize, sync: SyncPolicy, failing: bool) -> Vec<ShardCore> {
         .collect()
 }
 
+/// Queue the membership view and anti-entropy reports of shard `from`'s outbox as the worker
+/// delivers them.
+fn deliver_cluster_mail(from: usize, out: &mut Outbox, mail: &mut Vec<(usize, Mail)>) {
+    if let Some(view) = out.view.take() {
+        for dest in (0..out.replies.len()).filter(|&d| d != from) {
+            mail.push((dest, Mail::View(view.clone())));
+        }
+    }
+    if !out.reports.is_empty() {
+        let reports = std::mem::take(&mut out.reports);
+        mail.push((crate::cluster::MEMBERSHIP_SHARD, Mail::Reports(reports)));
+    }
+}
+
 /// A tiny in-memory driver: feeds a request to shard `at`, runs turns until the reply for
 /// connection `conn` comes back, and returns the reply frames addressed to it.
 fn roundtrip(cores: &mut [ShardCore], at: usize, req: Request<'_>, id: u32) -> Vec<u8> {
@@ -96,6 +110,7 @@ fn roundtrip(cores: &mut [ShardCore], at: usize, req: Request<'_>, id: u32) -> V
                     }
                 }
             }
+            deliver_cluster_mail(i, out, &mut mail);
         }
         for (dest, m) in mail {
             cores[dest].on_mail(NOW, m, &mut own);
@@ -398,7 +413,6 @@ fn clustered_pair() -> Vec<ShardCore> {
     use crate::storage::logstore::{LogConfig, LogStore};
     use crate::storage::vfs::MemVfs;
     let shared = Arc::new(NodeShared::new(1, 2, NOW, 100));
-    let view = Arc::new(ClusterView::default());
     let config =
         ClusterConfig::build(1, "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003", 3).unwrap();
     let mut cs: Vec<ShardCore> = (0..2)
@@ -418,7 +432,6 @@ fn clustered_pair() -> Vec<ShardCore> {
                 config.clone(),
                 NOW,
                 None,
-                view.clone(),
             )
         })
         .collect();
@@ -462,6 +475,13 @@ fn clustered_pair() -> Vec<ShardCore> {
     let (f, _) = frame::parse(&bytes).unwrap().unwrap();
     cs[0].on_peer_reply(NOW + 12, 2, &f);
     cs[0].on_cluster_tick(NOW + 15);
+    // The view goes to shard 1 as mail.
+    let mut mail = Vec::new();
+    deliver_cluster_mail(0, cs[0].take_outbox(), &mut mail);
+    assert!(!mail.is_empty(), "shard 0 sends its view");
+    for (dest, m) in mail {
+        cs[dest].on_mail(NOW + 15, m, &mut Vec::new());
+    }
     cs
 }
 
