@@ -772,10 +772,7 @@ impl<C> ClusterNode<C> {
     /// else this core's own membership view.
     pub fn alive_mask(&self) -> u64 {
         match &self.role {
-            Role::Follower { view } => view.as_ref().map_or_else(
-                || self.own_alive_mask() & self.own_bit(),
-                |v| v.alive_mask | self.own_bit(),
-            ),
+            Role::Follower { view } => view.as_ref().map_or(0, |v| v.alive_mask) | self.own_bit(),
             _ => self.own_alive_mask(),
         }
     }
@@ -1130,6 +1127,82 @@ mod tests {
                 .lines()
                 .find(|l| l.starts_with("coord_clock_refused")),
             Some("coord_clock_refused 2")
+        );
+    }
+
+    /// A follower (a shard other than the membership shard) never gossips, refuses writes
+    /// and counts no peer alive until its first view, then decides with the view it got.
+    #[test]
+    fn a_follower_decides_with_the_membership_shards_view() {
+        let mut store = MemoryStore::new();
+        let mut lead = node();
+        lead.set_shard(MEMBERSHIP_SHARD, 3);
+        let mut follower = node();
+        follower.set_shard(1, 3);
+        assert!(follower.is_follower() && !lead.is_follower());
+        // Ticks: only the membership shard gossips.
+        lead.on_tick(NOW, &mut store);
+        follower.on_tick(NOW, &mut store);
+        let sends = |n: &mut ClusterNode<u32>| {
+            std::iter::from_fn(|| n.poll_output())
+                .filter(|o| matches!(o, Output::Send { .. }))
+                .count()
+        };
+        assert!(sends(&mut lead) > 0);
+        assert_eq!(sends(&mut follower), 0);
+        assert_eq!(
+            follower.stats_text().lines().next(),
+            Some("cluster_pauses 0")
+        );
+        // No view yet: only itself alive, writes refused for the clock.
+        assert_eq!(follower.alive_mask(), 0b001);
+        let why = follower.clock_refusal(NOW).expect("refused without a view");
+        assert!(why.contains("not measured yet"), "{why}");
+        // The membership shard measures both peers; its view goes out once, then only on
+        // changes.
+        measure(&mut lead, &mut store, 2, 3);
+        measure(&mut lead, &mut store, 3, -3);
+        let view = lead.poll_view(NOW).expect("a first view");
+        assert_eq!(view.alive_mask, 0b111);
+        assert!(view.clock.is_some_and(|c| c.complete()));
+        assert_eq!(lead.poll_view(NOW + 1), None, "nothing changed");
+        assert!(lead.poll_view(NOW + VIEW_REFRESH_MS).is_some(), "refresh");
+        follower.on_view(NOW, &mut store, view.clone());
+        assert_eq!(follower.alive_mask(), 0b111);
+        assert_eq!(follower.clock_refusal(NOW), None);
+        assert_eq!(follower.render_cluster(), lead.render_cluster());
+        assert_eq!(follower.clock_figures(NOW), lead.clock_figures(NOW));
+        follower.write(NOW, &mut store, 7, b"k", Some(b"v"), 0, Consistency::All);
+        let mut to: Vec<u32> = std::iter::from_fn(|| follower.poll_output())
+            .filter_map(|o| match o {
+                Output::Send { to, .. } => Some(to),
+                _ => None,
+            })
+            .collect();
+        to.sort_unstable();
+        assert_eq!(
+            to,
+            vec![2, 3],
+            "replicated to both peers the view holds alive"
+        );
+        // A stray GOSSIP on a follower is refused, not answered with its idle membership.
+        let mut req = Vec::new();
+        peer::put_gossip(
+            &mut req,
+            4,
+            2,
+            &lead.membership().entries(),
+            ClockStamp::default(),
+        );
+        let (f, _) = frame::parse(&req).unwrap().unwrap();
+        let mut out = Vec::new();
+        follower
+            .on_peer_request(NOW, &mut store, 2, f.id, f.op, f.aux, f.body, &mut out)
+            .unwrap();
+        let (r, _) = frame::parse(&out).unwrap().unwrap();
+        assert_eq!(
+            Response::from_frame(&r).unwrap().status,
+            crate::protocol::Status::Unavailable as u8
         );
     }
 

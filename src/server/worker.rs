@@ -787,7 +787,7 @@ impl Worker {
         // view must not be lost, and there is at most one of each per turn).
         if let Some(view) = outbox.view.take() {
             for dest in (0..outbox.replies.len()).filter(|&d| d != me) {
-                self.mailboxes[dest].push_replies(Mail::View(view.clone()));
+                self.mailboxes[dest].push_replies(Mail::View(Box::new(view.clone())));
             }
         }
         if !outbox.reports.is_empty() {

@@ -28,8 +28,9 @@ pub enum Mail {
         records: Vec<u8>,
     },
     /// The node's membership view, from the membership shard to every other shard (see
-    /// [`crate::cluster::view`]). Delivered like replies: never refused, never lost.
-    View(NodeView),
+    /// [`crate::cluster::view`]). Delivered like replies: never refused, never lost. Boxed:
+    /// far larger than the other variants, and rare.
+    View(Box<NodeView>),
     /// Completed anti-entropy exchanges of another shard, for the membership shard to report
     /// to the leader. Delivered like replies.
     Reports(Reports),
@@ -129,7 +130,7 @@ impl ShardCore {
                 }
             }
             Mail::Replies { records } => own_replies.extend_from_slice(&records),
-            Mail::View(view) => self.on_view(now_ms, view),
+            Mail::View(view) => self.on_view(now_ms, *view),
             Mail::Reports(reports) => self.on_reports(reports),
         }
     }

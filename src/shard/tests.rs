@@ -70,7 +70,7 @@ fn cores(shards: usize, sync: SyncPolicy, failing: bool) -> Vec<ShardCore> {
 fn deliver_cluster_mail(from: usize, out: &mut Outbox, mail: &mut Vec<(usize, Mail)>) {
     if let Some(view) = out.view.take() {
         for dest in (0..out.replies.len()).filter(|&d| d != from) {
-            mail.push((dest, Mail::View(view.clone())));
+            mail.push((dest, Mail::View(Box::new(view.clone()))));
         }
     }
     if !out.reports.is_empty() {

@@ -34,7 +34,11 @@
 //!
 //! ## Tombstone horizon (decided by the leader)
 //! Each node sends the leader (AE_STATUS) the start times of its completed exchanges, per
-//! (partition, peer). For partition p with replicas R_p the leader takes the *included*
+//! (partition, peer). With several shards per node, the shards hand their completed exchanges
+//! to the node's membership shard ([`super::view::MEMBERSHIP_SHARD`]), which sends them for
+//! the whole node; AE_STATUS is served by the leader's membership shard, so the leader's one
+//! decision sees every report of a partition whatever the shard counts of the nodes, and the
+//! horizons it learns reach the node's other shards in its view mail. For partition p with replicas R_p the leader takes the *included*
 //! replicas — all of R_p except nodes failed for longer than `tombstone_window_ms` — and, if
 //! every pair of them has a completed exchange, `S = min over pairs of the latest start`.
 //! Every record any included replica held at S is then held by all of them (each pair
