@@ -20,7 +20,7 @@
 use crate::cluster::hintfile::FileHintLog;
 use crate::cluster::hints::HintQueue;
 use crate::cluster::ClusterConfig;
-use crate::shard::{ClusterView, NodeShared, ShardConfig, ShardCore, SyncPolicy};
+use crate::shard::{NodeShared, ShardConfig, ShardCore, SyncPolicy};
 use crate::storage::ceiling::{
     lease_for_offset, ClockCeiling, DurableClock, NoCeiling, CLOCK_LEASE_MS,
 };
@@ -139,7 +139,6 @@ pub fn assemble_node(
 ) -> Vec<ShardCore> {
     assert_eq!(parts.len(), cfg.shards);
     assert_eq!(shared.shards, cfg.shards);
-    let view = Arc::new(ClusterView::default());
     parts
         .into_iter()
         .enumerate()
@@ -156,7 +155,7 @@ pub fn assemble_node(
                 p.clock,
             );
             let mut core = match &cfg.cluster {
-                Some(c) => core.with_cluster(c.clone(), started_at_ms, p.hints, view.clone()),
+                Some(c) => core.with_cluster(c.clone(), started_at_ms, p.hints),
                 None => {
                     // A single node has no replica that could later deliver an older write,
                     // so compaction may drop any tombstone that no longer shadows an older

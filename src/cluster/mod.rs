@@ -9,6 +9,7 @@
 //! coordinator  one shard's replicated reads and writes: quorums, timeouts, read repair, hints
 //! replica      the replica side: answer REPLICATE and READ from the local Store
 //! node         ClusterNode: all of the above behind one input/output interface
+//! view         NodeView: the membership shard's view, sent to the node's other shards
 //! hints        bounded hint queues per target node, with a narrow durability interface
 //! hintfile     that interface on an append-only, checksummed file (through the storage Vfs)
 //! rng          SplitMix64, the seeded PRNG the core draws from
@@ -34,7 +35,9 @@ pub mod peer;
 pub mod replica;
 pub mod ring;
 pub mod rng;
+pub mod view;
 
 pub use config::{ClusterConfig, ConfigError, Mutations, NodeAddr};
 pub use ring::Ring;
 pub use rng::SplitMix64;
+pub use view::{NodeView, MEMBERSHIP_SHARD};

@@ -22,10 +22,16 @@
 //! that reply (and any client reply) until its store has synced when its sync policy promises
 //! durability on acknowledgement, exactly as for single-node writes.
 //!
-//! With several shards per node, every shard runs its own `ClusterNode` with the node's id:
-//! each gossips on its own peer links with its own heartbeat counter (receivers keep the
-//! highest, which still advances every interval while the node lives), so the shards need no
-//! shared membership state. Their views agree to within a gossip interval or two.
+//! With several shards per node, every shard runs a `ClusterNode` with the node's id (set up
+//! by [`ClusterNode::set_shard`]), but only the membership shard ([`MEMBERSHIP_SHARD`]) runs
+//! the membership: gossip, failure detection, clock measurement, leader choice. It hands its
+//! view out as a [`NodeView`] ([`ClusterNode::poll_view`]); the other shards never gossip and
+//! decide with the last view they were given ([`ClusterNode::on_view`]), failing safe (no peer
+//! alive, writes refused) until the first. So gossip traffic does not grow with the shard
+//! count. Their completed anti-entropy exchanges go to the membership shard too
+//! ([`ClusterNode::take_reports`] / [`ClusterNode::on_reports`]), which reports for the whole
+//! node to the leader and passes the horizons it learns back in its views: see
+//! [`super::view`].
 
 use super::antientropy::{self, AntiEntropy};
 use super::clock::Sample;
@@ -37,6 +43,7 @@ use super::peer::{self, PeerError, PeerReply, PeerRequest, WriteAck, HINT_ID_BIT
 use super::replica;
 use super::ring::Ring;
 use super::rng::SplitMix64;
+use super::view::{NodeView, MEMBERSHIP_SHARD, VIEW_EVENTS_MAX, VIEW_REFRESH_MS};
 use crate::protocol::{Consistency, FrameRef};
 use crate::storage::{Store, Stored};
 use std::collections::VecDeque;
@@ -97,13 +104,38 @@ pub struct ClusterNode<C> {
     /// Anti-entropy: trees, exchanges, tombstone horizons. Every store write of this core goes
     /// through `aae.tracked(store)` so the trees follow the store.
     aae: AntiEntropy,
-    alive_override: Option<u64>,
+    /// How this core takes part in its node's membership (see [`super::view`]).
+    role: Role,
     last_hint_sync_ms: u64,
     /// This node's clock minus the cluster's, once every live peer is measured (0 before):
     /// replicas bound versions, and reads judge expiry, by the cluster's clock (`now_ms`
     /// minus this), so a node with a bad clock is still a good replica. Updated on ticks and
     /// gossip replies.
     clock_offset_ms: i64,
+}
+
+/// How a core takes part in its node's membership.
+enum Role {
+    /// Runs the membership, and nobody else needs its view (one shard per node, the
+    /// simulator).
+    Whole,
+    /// The membership shard of a node with other shards: runs the membership and hands its
+    /// view out ([`ClusterNode::poll_view`]).
+    Publisher {
+        /// The last view handed out, without its events and horizons.
+        last: Option<NodeView>,
+        /// When it was handed out.
+        last_sent_ms: u64,
+        /// Member events since then, oldest first (at most [`VIEW_EVENTS_MAX`]).
+        events: Vec<MemberEvent>,
+        /// The horizons handed out so far, per partition.
+        horizons_sent: Vec<u64>,
+    },
+    /// Any other shard: no membership of its own; decides with the view it was given.
+    Follower {
+        /// The last view received (`None`: none yet, fail safe).
+        view: Option<NodeView>,
+    },
 }
 
 /// Whether node `id` is in `mask` (bits in the order of `nodes`).
@@ -137,7 +169,7 @@ impl<C> ClusterNode<C> {
             outputs: VecDeque::new(),
             replica_stats: ReplicaStats::default(),
             scratch: Vec::new(),
-            alive_override: None,
+            role: Role::Whole,
             last_hint_sync_ms: 0,
             clock_offset_ms: 0,
             config,
@@ -163,8 +195,137 @@ impl<C> ClusterNode<C> {
     /// With several shards per node: this core owns only shard `shard`'s partitions (call
     /// before [`ClusterNode::recover_clock`]). Anti-entropy frames (0x23..=0x26) begin with a
     /// u16 partition: route them to `hash::shard_of_partition(partition, shards)`.
+    ///
+    /// With more than one shard, shard [`MEMBERSHIP_SHARD`] runs the node's membership and
+    /// hands out its view ([`ClusterNode::poll_view`]); every other shard becomes a follower
+    /// that never gossips and decides with the views it is given ([`ClusterNode::on_view`]).
     pub fn set_shard(&mut self, shard: usize, shards: usize) {
         self.aae.set_shard(shard, shards);
+        self.role = if shards <= 1 {
+            Role::Whole
+        } else if shard == MEMBERSHIP_SHARD {
+            Role::Publisher {
+                last: None,
+                last_sent_ms: 0,
+                events: Vec::new(),
+                horizons_sent: vec![0; crate::limits::PARTITION_COUNT],
+            }
+        } else {
+            Role::Follower { view: None }
+        };
+    }
+
+    /// Whether this core follows another's membership view (a shard other than the
+    /// membership shard of a node with several).
+    pub fn is_follower(&self) -> bool {
+        matches!(self.role, Role::Follower { .. })
+    }
+
+    /// The view a follower decides with; `None` for other cores and before the first view.
+    fn followed(&self) -> Option<&NodeView> {
+        match &self.role {
+            Role::Follower { view } => view.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The membership shard's view to hand to the node's other shards, when it changed since
+    /// the last one (or [`VIEW_REFRESH_MS`] passed); `None` otherwise and on other cores. Call
+    /// after the inputs of a turn (a cluster tick is enough: it runs every few ms).
+    pub fn poll_view(&mut self, now_ms: u64) -> Option<NodeView> {
+        if !matches!(self.role, Role::Publisher { .. }) {
+            return None;
+        }
+        let state = NodeView {
+            alive_mask: self.own_alive_mask(),
+            leader: self.membership.leader(),
+            incarnation: self.membership.incarnation(),
+            clock: Some(self.membership.cluster_clock(now_ms)),
+            figures: self.clock_figures(now_ms),
+            text: self.membership.render(),
+            events: Vec::new(),
+            horizons: Vec::new(),
+        };
+        let current = self.aae.horizons();
+        let Role::Publisher {
+            last,
+            last_sent_ms,
+            events,
+            horizons_sent,
+        } = &mut self.role
+        else {
+            unreachable!("checked above");
+        };
+        let refresh = last.is_none() || now_ms >= last_sent_ms.saturating_add(VIEW_REFRESH_MS);
+        let changed = (0..current.len()).any(|p| current[p] != horizons_sent[p]);
+        let same = last.as_ref().is_some_and(|l| l.same_state(&state));
+        if same && !refresh && !changed && events.is_empty() {
+            return None;
+        }
+        let mut view = state.clone();
+        view.events = std::mem::take(events);
+        for (p, &h) in current.iter().enumerate() {
+            // On a refresh every known horizon goes out again; otherwise only the changes.
+            if h != 0 && (refresh || h != horizons_sent[p]) {
+                view.horizons.push((p as u16, h));
+            }
+        }
+        horizons_sent.copy_from_slice(current);
+        *last = Some(state);
+        *last_sent_ms = now_ms;
+        Some(view)
+    }
+
+    /// A view from the node's membership shard (on a follower; ignored on other cores): decide
+    /// with it from now on, act on its member events and adopt its horizons.
+    pub fn on_view(&mut self, now_ms: u64, store: &mut dyn Store, view: NodeView) {
+        let Role::Follower { view: held } = &mut self.role else {
+            return;
+        };
+        let mut view = view;
+        let events = std::mem::take(&mut view.events);
+        let horizons = std::mem::take(&mut view.horizons);
+        *held = Some(view);
+        self.update_clock_offset(now_ms);
+        let mut recovered = false;
+        for e in &events {
+            self.aae.on_member_event(now_ms, e);
+            recovered |= matches!(
+                e,
+                MemberEvent::Recovered { .. } | MemberEvent::Restarted { .. }
+            );
+        }
+        if !horizons.is_empty() {
+            self.aae.adopt_horizon_list(store, &horizons);
+        }
+        if recovered {
+            // Deliver at once rather than at the next tick, as the membership shard does.
+            self.deliver_hints(now_ms);
+        }
+    }
+
+    /// Completed anti-entropy exchanges a follower hands to the membership shard (empty on
+    /// other cores: they report to the leader themselves).
+    pub fn take_reports(&mut self) -> antientropy::Reports {
+        if self.is_follower() {
+            self.aae.take_reports()
+        } else {
+            antientropy::Reports::new()
+        }
+    }
+
+    /// Completed exchanges of the node's other shards, to report to the leader with this
+    /// core's own (on the membership shard).
+    pub fn on_reports(&mut self, reports: antientropy::Reports) {
+        self.aae.add_reports(reports);
+    }
+
+    /// This node's incarnation (as the membership shard knows it, on a follower).
+    pub fn incarnation(&self) -> u64 {
+        match &self.role {
+            Role::Follower { view } => view.as_ref().map_or(0, |v| v.incarnation),
+            _ => self.membership.incarnation(),
+        }
     }
 
     /// Anti-entropy state (stats, trees, horizons).
@@ -208,21 +369,42 @@ impl<C> ClusterNode<C> {
     /// Recompute the cached offset from the cluster (0 until every live peer is measured) and
     /// hand it to the parts that judge by the cluster's clock.
     fn update_clock_offset(&mut self, now_ms: u64) {
-        let c = self.membership.cluster_clock(now_ms);
+        let c = self.cluster_clock(now_ms);
         self.clock_offset_ms = if c.complete() { c.offset_ms } else { 0 };
         self.coordinator.set_clock_offset(self.clock_offset_ms);
         self.aae.set_clock_offset(self.clock_offset_ms);
     }
 
-    /// This node's clock against the cluster's, as measured now.
+    /// This node's clock against the cluster's, as measured now (on a follower: as of the
+    /// last view; nothing measured before the first).
     pub fn cluster_clock(&self, now_ms: u64) -> super::clock::ClusterClock {
-        self.membership.cluster_clock(now_ms)
+        match &self.role {
+            Role::Follower { view } => view.as_ref().and_then(|v| v.clock).unwrap_or({
+                let peers = self.config.nodes.len().saturating_sub(1);
+                super::clock::ClusterClock {
+                    offset_ms: 0,
+                    measured: 0,
+                    live: peers,
+                    missing: peers,
+                    peers,
+                }
+            }),
+            _ => self.membership.cluster_clock(now_ms),
+        }
     }
 
-    /// Why this node refuses to coordinate writes now (the max-offset rule), if it does.
+    /// Why this node refuses to coordinate writes now (the max-offset rule), if it does. A
+    /// follower without a view refuses: its clock is not measured yet as far as it knows.
     pub fn clock_refusal(&self, now_ms: u64) -> Option<String> {
+        if matches!(self.role, Role::Follower { view: None }) {
+            return Some(
+                "this shard has not received its node's membership view yet, so its clock is \
+                 not measured yet: retry"
+                    .to_string(),
+            );
+        }
         super::clock::write_refusal(
-            self.membership.cluster_clock(now_ms),
+            self.cluster_clock(now_ms),
             self.config.max_clock_offset_ms,
             self.config.mutations.accept_future_versions,
         )
@@ -230,6 +412,16 @@ impl<C> ClusterNode<C> {
 
     /// The clock figures of STATS (a view, not counters: never summed over shards).
     pub fn clock_figures(&self, now_ms: u64) -> ClockFigures {
+        if let Role::Follower { view } = &self.role {
+            return match view {
+                Some(v) => v.figures.clone(),
+                None => ClockFigures {
+                    offset_max_ms: self.config.max_clock_offset_ms,
+                    writes_refused: true,
+                    ..ClockFigures::default()
+                },
+            };
+        }
         let c = self.membership.cluster_clock(now_ms);
         ClockFigures {
             offset_ms: c.offset_ms,
@@ -304,11 +496,7 @@ impl<C> ClusterNode<C> {
         let required = self.required(consistency);
         // The max-offset rule: a node whose clock is too far from the cluster's (or not yet
         // measured) issues no versions; its writes would win or lose wrongly.
-        let clock = self.membership.cluster_clock(now_ms);
-        let accept_ahead = self.config.mutations.accept_future_versions;
-        if let Some(why) =
-            super::clock::write_refusal(clock, self.config.max_clock_offset_ms, accept_ahead)
-        {
+        if let Some(why) = self.clock_refusal(now_ms) {
             self.replica_stats.clock_refused += 1;
             self.outputs.push_back(Output::Reply {
                 ctx,
@@ -408,6 +596,19 @@ impl<C> ClusterNode<C> {
                 clock,
             } => {
                 let _ = from;
+                if self.is_follower() {
+                    // The driver routes GOSSIP to the membership shard; a follower's own
+                    // membership is never run, so it must not answer with it.
+                    self.replica_stats.peer_errors += 1;
+                    crate::protocol::message::put_error(
+                        out,
+                        op,
+                        id,
+                        crate::protocol::Status::Unavailable,
+                        "GOSSIP is served by the node's membership shard",
+                    );
+                    return Ok(false);
+                }
                 self.membership
                     .handle_gossip(now_ms, id, *sender, entries, *clock, out);
                 self.after_membership(now_ms);
@@ -499,6 +700,10 @@ impl<C> ClusterNode<C> {
                 entries,
                 clock,
             } => {
+                if self.is_follower() {
+                    // Followers send no gossip; a stray reply carries nothing for them.
+                    return;
+                }
                 self.membership.on_gossip(now_ms, sender, &entries);
                 self.membership.on_clock_reply(now_ms, sender, clock);
                 self.update_clock_offset(now_ms);
@@ -523,8 +728,10 @@ impl<C> ClusterNode<C> {
     /// Advance time: failure detection and gossip, request timeouts, hint delivery.
     pub fn on_tick(&mut self, now_ms: u64, store: &mut dyn Store) {
         self.update_clock_offset(now_ms);
-        self.membership.on_tick(now_ms, &mut self.rng);
-        self.after_membership(now_ms);
+        if !self.is_follower() {
+            self.membership.on_tick(now_ms, &mut self.rng);
+            self.after_membership(now_ms);
+        }
         self.coordinator.on_tick(now_ms);
         self.drain(now_ms, store);
         // Keys the store found damaged leave the trees, so the next exchange repairs them.
@@ -556,20 +763,36 @@ impl<C> ClusterNode<C> {
 
     /// When `on_tick` should be called next at the latest.
     pub fn next_timeout_ms(&self) -> u64 {
-        let m = self
-            .membership
-            .next_timeout_ms()
-            .min(self.aae.next_timeout_ms());
+        let gossip = if self.is_follower() {
+            u64::MAX
+        } else {
+            self.membership.next_timeout_ms()
+        };
+        let m = gossip.min(self.aae.next_timeout_ms());
         self.coordinator.next_timeout_ms().map_or(m, |c| c.min(m))
     }
 
     /// The alive set used for decisions, one bit per node in configuration order (ids
-    /// ascending): the override if one is set, else this core's own membership view.
+    /// ascending): on a follower the last view's (only this node before the first view),
+    /// else this core's own membership view.
     pub fn alive_mask(&self) -> u64 {
-        self.alive_override.unwrap_or_else(|| self.own_alive_mask())
+        match &self.role {
+            Role::Follower { view } => view.as_ref().map_or(0, |v| v.alive_mask) | self.own_bit(),
+            _ => self.own_alive_mask(),
+        }
     }
 
-    /// This core's own membership view as a mask (what a shard publishes for the others).
+    /// This node's bit in an alive mask.
+    fn own_bit(&self) -> u64 {
+        let me = self.config.node_id;
+        self.config
+            .nodes
+            .iter()
+            .position(|n| n.id == me)
+            .map_or(0, |i| 1 << i)
+    }
+
+    /// This core's own membership view as a mask (what the membership shard hands out).
     pub fn own_alive_mask(&self) -> u64 {
         let mut mask = 0u64;
         for (i, n) in self.config.nodes.iter().enumerate() {
@@ -583,6 +806,9 @@ impl<C> ClusterNode<C> {
     /// The leader of the view decisions are made with: the lowest-id alive node. The leader
     /// runs the cluster-wide chores (from issue 7 on: when tombstones may be dropped).
     pub fn leader(&self) -> u32 {
+        if let Some(v) = self.followed() {
+            return v.leader;
+        }
         let mask = self.alive_mask();
         self.config
             .nodes
@@ -596,13 +822,6 @@ impl<C> ClusterNode<C> {
     /// Whether this node leads (see [`ClusterNode::leader`]).
     pub fn is_leader(&self) -> bool {
         self.leader() == self.config.node_id
-    }
-
-    /// Decide with another core's view (`Some(mask)`, see [`ClusterNode::own_alive_mask`])
-    /// instead of this one's: the shards of one node use shard 0's view, so that they all
-    /// agree on who is alive. `None` goes back to this core's own view.
-    pub fn set_alive_override(&mut self, mask: Option<u64>) {
-        self.alive_override = mask;
     }
 
     fn deliver_hints(&mut self, now_ms: u64) {
@@ -624,6 +843,12 @@ impl<C> ClusterNode<C> {
         let mut recovered = false;
         while let Some(e) = self.membership.poll_event() {
             self.aae.on_member_event(now_ms, &e);
+            if let Role::Publisher { events, .. } = &mut self.role {
+                if events.len() == VIEW_EVENTS_MAX {
+                    events.remove(0);
+                }
+                events.push(e);
+            }
             recovered |= matches!(
                 e,
                 MemberEvent::Recovered { .. } | MemberEvent::Restarted { .. }
@@ -681,9 +906,12 @@ impl<C> ClusterNode<C> {
         }
     }
 
-    /// The CLUSTER reply text.
+    /// The CLUSTER reply text (on a follower: the last view's).
     pub fn render_cluster(&self) -> String {
-        self.membership.render()
+        match self.followed() {
+            Some(v) => v.text.clone(),
+            None => self.membership.render(),
+        }
     }
 
     /// Cluster figures for STATS, one `name value` line each: [`ClusterNode::stats_report_at`].
@@ -761,8 +989,9 @@ impl<C> ClusterNode<C> {
 }
 
 /// The clock figures of STATS: what this node knows of its clock against the cluster's. A
-/// view of the node, published by one shard and shown as it is (never summed over shards).
-#[derive(Clone, Debug, Default)]
+/// view of the node, measured by its membership shard and shown as it is (never summed over
+/// shards).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClockFigures {
     /// This node's clock minus the cluster's, ms.
     pub offset_ms: i64,
@@ -903,6 +1132,82 @@ mod tests {
                 .lines()
                 .find(|l| l.starts_with("coord_clock_refused")),
             Some("coord_clock_refused 2")
+        );
+    }
+
+    /// A follower (a shard other than the membership shard) never gossips, refuses writes
+    /// and counts no peer alive until its first view, then decides with the view it got.
+    #[test]
+    fn a_follower_decides_with_the_membership_shards_view() {
+        let mut store = MemoryStore::new();
+        let mut lead = node();
+        lead.set_shard(MEMBERSHIP_SHARD, 3);
+        let mut follower = node();
+        follower.set_shard(1, 3);
+        assert!(follower.is_follower() && !lead.is_follower());
+        // Ticks: only the membership shard gossips.
+        lead.on_tick(NOW, &mut store);
+        follower.on_tick(NOW, &mut store);
+        let sends = |n: &mut ClusterNode<u32>| {
+            std::iter::from_fn(|| n.poll_output())
+                .filter(|o| matches!(o, Output::Send { .. }))
+                .count()
+        };
+        assert!(sends(&mut lead) > 0);
+        assert_eq!(sends(&mut follower), 0);
+        assert_eq!(
+            follower.stats_text().lines().next(),
+            Some("cluster_pauses 0")
+        );
+        // No view yet: only itself alive, writes refused for the clock.
+        assert_eq!(follower.alive_mask(), 0b001);
+        let why = follower.clock_refusal(NOW).expect("refused without a view");
+        assert!(why.contains("not measured yet"), "{why}");
+        // The membership shard measures both peers; its view goes out once, then only on
+        // changes.
+        measure(&mut lead, &mut store, 2, 3);
+        measure(&mut lead, &mut store, 3, -3);
+        let view = lead.poll_view(NOW).expect("a first view");
+        assert_eq!(view.alive_mask, 0b111);
+        assert!(view.clock.is_some_and(|c| c.complete()));
+        assert_eq!(lead.poll_view(NOW + 1), None, "nothing changed");
+        assert!(lead.poll_view(NOW + VIEW_REFRESH_MS).is_some(), "refresh");
+        follower.on_view(NOW, &mut store, view.clone());
+        assert_eq!(follower.alive_mask(), 0b111);
+        assert_eq!(follower.clock_refusal(NOW), None);
+        assert_eq!(follower.render_cluster(), lead.render_cluster());
+        assert_eq!(follower.clock_figures(NOW), lead.clock_figures(NOW));
+        follower.write(NOW, &mut store, 7, b"k", Some(b"v"), 0, Consistency::All);
+        let mut to: Vec<u32> = std::iter::from_fn(|| follower.poll_output())
+            .filter_map(|o| match o {
+                Output::Send { to, .. } => Some(to),
+                _ => None,
+            })
+            .collect();
+        to.sort_unstable();
+        assert_eq!(
+            to,
+            vec![2, 3],
+            "replicated to both peers the view holds alive"
+        );
+        // A stray GOSSIP on a follower is refused, not answered with its idle membership.
+        let mut req = Vec::new();
+        peer::put_gossip(
+            &mut req,
+            4,
+            2,
+            &lead.membership().entries(),
+            ClockStamp::default(),
+        );
+        let (f, _) = frame::parse(&req).unwrap().unwrap();
+        let mut out = Vec::new();
+        follower
+            .on_peer_request(NOW, &mut store, 2, f.id, f.op, f.aux, f.body, &mut out)
+            .unwrap();
+        let (r, _) = frame::parse(&out).unwrap().unwrap();
+        assert_eq!(
+            Response::from_frame(&r).unwrap().status,
+            crate::protocol::Status::Unavailable as u8
         );
     }
 

@@ -8,28 +8,33 @@
 //!   and sending peer frames. Its reply always comes back later as a record to the
 //!   connection's shard (so `on_frame` answers [`After::Deferred`]).
 //! * A peer REPLICATE or READ is routed to the shard owning its key the same way and answered
-//!   by that shard's store; a GOSSIP is served by the shard whose connection received it.
-//!   Replies to writes wait for the turn's sync when the sync policy is `always`.
+//!   by that shard's store; anti-entropy TREE/KEYS/PUSH to the shard owning their partition;
+//!   GOSSIP and AE_STATUS to the membership shard ([`MEMBERSHIP_SHARD`]), which runs the
+//!   node's membership and the leader's horizon decisions. A forwarded frame's reply goes
+//!   back as a record to the shard owning the connection. Replies to writes wait for the
+//!   turn's sync when the sync policy is `always`.
 //! * Peer replies to this shard's own frames come in through [`ShardCore::on_peer_reply`]
 //!   from the driver's outbound links; frames to send go out in [`super::Outbox::peer`].
-//! * Every shard runs a whole `ClusterNode` (own gossip, own hints, own links); see
-//!   [`crate::cluster::node`]. So that the shards of a node agree on who is alive and who
-//!   leads, shard 0's view is the node's: shard 0 publishes it in a [`ClusterView`] on each of
-//!   its cluster ticks, and every shard decides (quorums, hints, CLUSTER, STATS) with it.
+//! * Every shard runs a `ClusterNode` (own coordinator, hints, anti-entropy, links), but only
+//!   the membership shard gossips, detects failures and measures clocks (see
+//!   [`crate::cluster::view`]). On its cluster ticks it puts its view in
+//!   [`super::Outbox::view`] when the view changed; the driver delivers it to every other
+//!   shard as [`super::Mail::View`], and they decide (quorums, hints, the max-offset rule,
+//!   CLUSTER, STATS) with the last one they got. The other shards hand their completed
+//!   anti-entropy exchanges to the membership shard in [`super::Outbox::reports`]
+//!   ([`super::Mail::Reports`]): it reports them to the leader for the whole node.
 
 use super::{After, ConnId, ShardCore, SyncPolicy};
 use crate::cluster::antientropy;
 use crate::cluster::coordinator::Outcome;
 use crate::cluster::hints::HintQueue;
-use crate::cluster::node::{ClockFigures, ClusterNode, Output};
+use crate::cluster::node::{ClusterNode, Output};
 use crate::cluster::peer::{self, PeerRequest};
-use crate::cluster::ClusterConfig;
+use crate::cluster::{ClusterConfig, NodeView, MEMBERSHIP_SHARD};
 use crate::hash::shard_of;
 use crate::protocol::message::{put_error, put_ok, put_reply};
 use crate::protocol::{op, FrameRef, Request, Status};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 /// Ticks of the cluster core come at most this often (gossip, timeouts, hint delivery).
 const CLUSTER_TICK_MS: u64 = 5;
@@ -53,23 +58,8 @@ pub struct ShardCluster {
     last_tick_ms: u64,
     /// `NodeShared::anti_entropy_requests` as last seen: a change starts a round here.
     aae_requests_seen: u64,
-    view: Arc<ClusterView>,
     /// When the clock warning was last logged (rate limit).
     last_clock_warn_ms: u64,
-}
-
-/// The node-wide membership view, published by shard 0 and read by every shard.
-#[derive(Default)]
-pub struct ClusterView {
-    /// Alive nodes, one bit per node in configuration order; 0 until the first publication
-    /// (a published mask always holds this node's own bit).
-    alive_mask: AtomicU64,
-    /// The leader's id.
-    leader: AtomicU32,
-    /// The CLUSTER text.
-    text: Mutex<String>,
-    /// The clock figures of STATS; `None` until the first publication.
-    clock: Mutex<Option<ClockFigures>>,
 }
 
 /// The key a REPLICATE or READ addresses (to route it), `None` for other peer frames.
@@ -78,6 +68,22 @@ fn peer_key(op: u8, aux: u8, body: &[u8]) -> Option<&[u8]> {
         Ok(PeerRequest::Replicate { write, .. }) => Some(write.key),
         Ok(PeerRequest::Read { key }) => Some(key),
         _ => None,
+    }
+}
+
+/// The shard of `shards` that serves a peer request: the key's owner for REPLICATE and READ,
+/// the partition's owner for anti-entropy exchanges, the membership shard for GOSSIP and
+/// AE_STATUS (the node's membership and the leader's horizon decisions live there); `None`
+/// for anything else (served where it landed: errors are answered there).
+fn peer_owner(op: u8, aux: u8, body: &[u8], shards: usize) -> Option<usize> {
+    if op == peer::op::GOSSIP || op == antientropy::ae_op::STATUS {
+        return Some(MEMBERSHIP_SHARD);
+    }
+    match peer_key(op, aux, body) {
+        Some(key) => Some(shard_of(key, shards)),
+        // Anti-entropy exchange frames name their partition.
+        None => antientropy::routing_partition(op, body)
+            .map(|p| crate::hash::shard_of_partition(p, shards)),
     }
 }
 
@@ -97,7 +103,6 @@ impl ShardCore {
         config: ClusterConfig,
         start_ms: u64,
         hints: Option<HintQueue>,
-        view: Arc<ClusterView>,
     ) -> ShardCore {
         assert_eq!(config.node_id, self.shared.node_id);
         let seed = start_ms ^ ((config.node_id as u64) << 32) ^ self.cfg.shard as u64;
@@ -110,20 +115,24 @@ impl ShardCore {
             node,
             last_tick_ms: 0,
             aae_requests_seen: 0,
-            view,
             last_clock_warn_ms: 0,
         }));
         self
     }
 
-    /// Before any decision: take the node-wide view published by shard 0 (shard 0 itself and
-    /// every shard before the first publication use their own).
-    fn adopt_view(&mut self) {
-        let shard = self.cfg.shard;
+    /// The membership shard's view (mail): decide with it from now on.
+    pub(super) fn on_view(&mut self, now_ms: u64, view: NodeView) {
         if let Some(c) = self.cluster.as_mut() {
-            let mask = c.view.alive_mask.load(Ordering::Acquire);
-            c.node
-                .set_alive_override((shard != 0 && mask != 0).then_some(mask));
+            c.node.on_view(now_ms, self.store.as_mut(), view);
+            self.pump();
+        }
+    }
+
+    /// Completed exchanges of another shard (mail to the membership shard): reported to the
+    /// leader with this shard's own.
+    pub(super) fn on_reports(&mut self, reports: antientropy::Reports) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.node.on_reports(reports);
         }
     }
 
@@ -191,11 +200,9 @@ impl ShardCore {
         req: &Request<'_>,
         id: u32,
     ) -> bool {
-        if self.cluster.is_none() {
+        let Some(c) = self.cluster.as_mut() else {
             return false;
-        }
-        self.adopt_view();
-        let c = self.cluster.as_mut().expect("checked above");
+        };
         let ctx = ReplyTo {
             shard: origin,
             conn,
@@ -259,13 +266,8 @@ impl ShardCore {
         wbuf: &mut Vec<u8>,
     ) -> After {
         // test-only mutation: serve keyed peer frames where they land.
-        let routed = !self.mutations().no_peer_routing;
-        let owner = match peer_key(f.op, f.aux, f.body) {
-            Some(key) => routed.then(|| shard_of(key, self.cfg.shards)),
-            // Anti-entropy frames name their partition.
-            None => antientropy::routing_partition(f.op, f.body)
-                .map(|p| crate::hash::shard_of_partition(p, self.cfg.shards)),
-        };
+        let routed = !self.mutations().no_peer_routing || peer_key(f.op, f.aux, f.body).is_none();
+        let owner = peer_owner(f.op, f.aux, f.body, self.cfg.shards).filter(|_| routed);
         if let Some(owner) = owner {
             if owner != self.cfg.shard {
                 let records = &mut self.outbox.requests[owner];
@@ -294,7 +296,6 @@ impl ShardCore {
         f: &FrameRef<'_>,
         out: &mut Vec<u8>,
     ) -> bool {
-        self.adopt_view();
         let Some(c) = self.cluster.as_mut() else {
             put_error(
                 out,
@@ -332,7 +333,6 @@ impl ShardCore {
 
     /// A reply from node `from` on one of this shard's outbound peer links.
     pub fn on_peer_reply(&mut self, now_ms: u64, from: u32, f: &FrameRef<'_>) {
-        self.adopt_view();
         if let Some(c) = self.cluster.as_mut() {
             c.node.on_peer_reply(now_ms, self.store.as_mut(), from, f);
             self.pump();
@@ -351,8 +351,6 @@ impl ShardCore {
             return;
         }
         c.last_tick_ms = now_ms;
-        self.adopt_view();
-        let c = self.cluster.as_mut().expect("checked above");
         let asked = self
             .shared
             .anti_entropy_requests
@@ -363,33 +361,30 @@ impl ShardCore {
         }
         c.node.on_tick(now_ms, self.store.as_mut());
         self.pump();
-        let c = self.cluster.as_ref().expect("checked above");
-        if self.cfg.shard == 0 {
-            // Publish this shard's view as the node's.
-            c.view
-                .alive_mask
-                .store(c.node.own_alive_mask(), Ordering::Release);
-            c.view
-                .leader
-                .store(c.node.membership().leader(), Ordering::Relaxed);
-            if let Ok(mut text) = c.view.text.lock() {
-                *text = c.node.render_cluster();
-            }
-            *c.view.clock.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(c.node.clock_figures(now_ms));
+        let c = self.cluster.as_mut().expect("checked above");
+        // The membership shard hands its view to the others when it changed; the others hand
+        // it their completed exchanges.
+        if let Some(view) = c.node.poll_view(now_ms) {
+            self.outbox.view = Some(view);
         }
+        let reports = c.node.take_reports();
+        if !reports.is_empty() {
+            self.outbox.add_reports(reports);
+        }
+        let c = self.cluster.as_ref().expect("checked above");
         self.counters()
             .cluster
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .publish(|report| c.node.stats_report_at(now_ms, report));
-        if self.cfg.shard == 0 {
+        if self.cfg.shard == MEMBERSHIP_SHARD {
             self.warn_clock(now_ms);
         }
     }
 
     /// Log (at most every [`crate::limits::CLOCK_WARN_INTERVAL_MS`]) why this node refuses
-    /// writes when its clock is too far from the cluster's. Shard 0 speaks for the node.
+    /// writes when its clock is too far from the cluster's. The membership shard speaks for
+    /// the node.
     fn warn_clock(&mut self, now_ms: u64) {
         let Some(c) = self.cluster.as_mut() else {
             return;
@@ -426,35 +421,22 @@ impl ShardCore {
         self.cluster.as_ref().is_none_or(|c| c.node.serving_reads())
     }
 
-    /// The CLUSTER reply text (the node-wide view), if clustered.
+    /// The CLUSTER reply text (the node-wide view: the membership shard's), if clustered.
     pub(super) fn cluster_view(&self) -> Option<String> {
-        let c = self.cluster.as_ref()?;
-        let published = c.view.text.lock().map(|t| t.clone()).unwrap_or_default();
-        Some(if published.is_empty() {
-            c.node.render_cluster()
-        } else {
-            published
-        })
+        Some(self.cluster.as_ref()?.node.render_cluster())
     }
 
-    /// STATS lines of the cluster that are views rather than counters (not summed).
-    pub(super) fn cluster_view_stats(&self, t: &mut String) {
+    /// STATS lines of the cluster that are views rather than counters (not summed): this
+    /// shard's view of the node, which is the membership shard's as of its last view mail.
+    pub(super) fn cluster_view_stats(&self, now_ms: u64, t: &mut String) {
         if let Some(c) = &self.cluster {
-            let m = c.node.membership();
             let mask = c.node.alive_mask();
-            let leader = match c.view.leader.load(Ordering::Relaxed) {
-                0 if c.view.alive_mask.load(Ordering::Relaxed) == 0 => m.leader(),
-                l => l,
-            };
-            let _ = writeln!(t, "cluster_leader {leader}");
+            let _ = writeln!(t, "cluster_leader {}", c.node.leader());
             let _ = writeln!(t, "cluster_alive {}", mask.count_ones());
             let _ = writeln!(t, "cluster_nodes {}", c.node.config().nodes.len());
             let _ = writeln!(t, "cluster_replicas {}", c.node.config().replicas);
-            let _ = writeln!(t, "cluster_incarnation {}", m.incarnation());
-            let clock = c.view.clock.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(clock) = clock.as_ref() {
-                clock.write_stats(t);
-            }
+            let _ = writeln!(t, "cluster_incarnation {}", c.node.incarnation());
+            c.node.clock_figures(now_ms).write_stats(t);
         }
     }
 
@@ -526,8 +508,9 @@ impl ShardCore {
                 self.cluster_client(now_ms, from_shard, conn, req, f.id);
                 Some(None)
             }
-            // The peer's id does not matter for REPLICATE and READ (only GOSSIP uses it, and
-            // GOSSIP is never forwarded).
+            // The peer's id is not carried by a forwarded record: 0 means "unknown". REPLICATE
+            // and READ do not use it, GOSSIP and the anti-entropy requests name their sender
+            // in their body.
             Request::Peer { .. } => Some(Some(self.serve_peer(now_ms, 0, f, out))),
             _ => None,
         }

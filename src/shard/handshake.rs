@@ -273,7 +273,7 @@ mod tests {
     use super::super::tests::{reply, NOW};
     use super::*;
     use crate::protocol::{frame, Request};
-    use crate::shard::{ClusterView, ConnId, NodeShared, ShardConfig, SyncPolicy};
+    use crate::shard::{ConnId, NodeShared, ShardConfig, SyncPolicy};
     use crate::storage::memory::MemoryStore;
     use std::sync::Arc;
 
@@ -399,7 +399,7 @@ mod tests {
         .unwrap();
         let mut cfg = crate::cluster::ClusterConfig::with_defaults(1, nodes, 3);
         cfg.secret = secret.to_vec();
-        core.with_cluster(cfg, NOW, None, Arc::new(ClusterView::default()))
+        core.with_cluster(cfg, NOW, None)
     }
 
     /// One request through `core` on `session`: what the core said to do, and the reply.

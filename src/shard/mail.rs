@@ -1,10 +1,13 @@
 //! Mail between the shards of one node: the batches a turn hands the driver ([`Outbox`]:
-//! forwarded requests, replies to other shards' connections, peer frames) and the handling of
+//! forwarded requests, replies to other shards' connections, peer frames, the membership
+//! shard's view and the anti-entropy reports for it) and the handling of
 //! a batch received from another shard ([`ShardCore::on_mail`]), which executes forwarded
 //! requests here and queues their replies back to the shard owning the connection. The record
 //! format is in the module doc of `shard/mod.rs`.
 
 use super::{ConnId, ShardCore};
+use crate::cluster::antientropy::Reports;
+use crate::cluster::{NodeView, MEMBERSHIP_SHARD};
 use crate::protocol::{frame, Request};
 use byteorder::{BigEndian, ByteOrder};
 use std::sync::atomic::Ordering;
@@ -24,6 +27,13 @@ pub enum Mail {
         /// Records: `| conn id u64 | reply frame |`.
         records: Vec<u8>,
     },
+    /// The node's membership view, from the membership shard to every other shard (see
+    /// [`crate::cluster::view`]). Delivered like replies: never refused, never lost. Boxed:
+    /// far larger than the other variants, and rare.
+    View(Box<NodeView>),
+    /// Completed anti-entropy exchanges of another shard, for the membership shard to report
+    /// to the leader. Delivered like replies.
+    Reports(Reports),
 }
 
 /// What the core hands the driver at the end of a turn.
@@ -36,6 +46,12 @@ pub struct Outbox {
     pub replies: Vec<Vec<u8>>,
     /// Peer frames to send, as (node id, whole frame), in order (cluster mode only).
     pub peer: Vec<(u32, Vec<u8>)>,
+    /// On the membership shard: its view, when it changed, for every other shard (as
+    /// [`Mail::View`]; a newer one replaces an undelivered one, each view being whole).
+    pub view: Option<NodeView>,
+    /// On the other shards: completed anti-entropy exchanges for the membership shard
+    /// ([`crate::cluster::MEMBERSHIP_SHARD`]), as [`Mail::Reports`].
+    pub reports: Reports,
 }
 
 impl Outbox {
@@ -44,6 +60,16 @@ impl Outbox {
             requests: vec![Vec::new(); shards],
             replies: vec![Vec::new(); shards],
             peer: Vec::new(),
+            view: None,
+            reports: Reports::new(),
+        }
+    }
+
+    /// Add completed exchanges for the membership shard (the latest start of a pair wins).
+    pub(super) fn add_reports(&mut self, reports: Reports) {
+        for (k, v) in reports {
+            let e = self.reports.entry(k).or_insert(v);
+            *e = (*e).max(v);
         }
     }
 
@@ -67,6 +93,21 @@ impl Outbox {
                 }
             }
         }
+        // The membership shard's view goes to every other shard; the others' anti-entropy
+        // reports go to the membership shard.
+        if let Some(view) = self.view.take() {
+            for dest in (0..self.replies.len()).filter(|&d| d != me) {
+                send(dest, Mail::View(Box::new(view.clone())));
+            }
+        }
+        if !self.reports.is_empty() {
+            let reports = std::mem::take(&mut self.reports);
+            debug_assert_ne!(
+                MEMBERSHIP_SHARD, me,
+                "the membership shard reports for itself"
+            );
+            send(MEMBERSHIP_SHARD, Mail::Reports(reports));
+        }
     }
 
     /// Whether there is nothing to deliver.
@@ -74,13 +115,16 @@ impl Outbox {
         self.requests.iter().all(Vec::is_empty)
             && self.replies.iter().all(Vec::is_empty)
             && self.peer.is_empty()
+            && self.view.is_none()
+            && self.reports.is_empty()
     }
 }
 
 impl Mail {
     /// Whether a full mailbox may refuse this mail (the sender then answers the requests in
-    /// it OVERLOADED). Everything else answers or informs what was already admitted, so it
-    /// is never refused.
+    /// it OVERLOADED). Everything else answers what was already admitted, or is the node's
+    /// view and reports (at most one of each per turn, and never to be lost), so it is never
+    /// refused.
     pub fn may_be_refused(&self) -> bool {
         matches!(self, Mail::Requests { .. })
     }
@@ -133,6 +177,8 @@ impl ShardCore {
                 }
             }
             Mail::Replies { records } => own_replies.extend_from_slice(&records),
+            Mail::View(view) => self.on_view(now_ms, *view),
+            Mail::Reports(reports) => self.on_reports(reports),
         }
     }
 }

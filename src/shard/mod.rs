@@ -32,7 +32,7 @@
 //!  handshake.rs    client HELLO, peer HELLO + PEER_AUTH, the handshake throttle
 //!  mail.rs         Mail and Outbox: forwarding between shards, on_mail
 //!  execute.rs      GET/PUT/DELETE/LOCAL_GET on the shard's store; replies held for a sync
-//!  cluster.rs      the cluster glue: coordinator, peer frames, the published view
+//!  cluster.rs      the cluster glue: coordinator, peer frames, the membership view mail
 //!  maintenance.rs  on_tick: store maintenance, COMPACT, refused-write reports
 //!  stats.rs        ShardCounters and the STATS text
 //! ```
@@ -46,7 +46,7 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
-pub use cluster::{ClusterView, ReplyTo};
+pub use cluster::ReplyTo;
 pub use execute::reply_version;
 pub use mail::{Mail, Outbox};
 pub use stats::{Figures, ShardCounters};

@@ -179,7 +179,7 @@ impl ShardCore {
         }
         let _ = writeln!(t, "latency_max_us {max}");
         sh.memory.stats_text(&mut t);
-        self.cluster_view_stats(&mut t);
+        self.cluster_view_stats(now_ms, &mut t);
         // Storage (and cluster) figures combined over the shards, by name.
         let mut storage = Figures::default();
         for c in &sh.counters {

@@ -82,20 +82,11 @@ fn roundtrip(cores: &mut [ShardCore], at: usize, req: Request<'_>, id: u32) -> V
         let mut mail: Vec<(usize, Mail)> = Vec::new();
         for (i, core) in cores.iter_mut().enumerate() {
             core.finish_turn().expect("no ceiling to fail");
-            let out = core.take_outbox();
-            for dest in 0..out.requests.len() {
-                let records = std::mem::take(&mut out.requests[dest]);
-                if !records.is_empty() {
-                    mail.push((dest, Mail::Requests { from: i, records }));
-                }
-                let records = std::mem::take(&mut out.replies[dest]);
-                if !records.is_empty() {
-                    if dest == at {
-                        own.extend_from_slice(&records);
-                    } else {
-                        mail.push((dest, Mail::Replies { records }));
-                    }
-                }
+            let mut own_i = Vec::new();
+            core.take_outbox()
+                .drain_mail(i, &mut own_i, |dest, m| mail.push((dest, m)));
+            if i == at {
+                own.extend_from_slice(&own_i);
             }
         }
         for (dest, m) in mail {
@@ -404,7 +395,6 @@ fn clustered_pair() -> Vec<ShardCore> {
     use crate::storage::logstore::{LogConfig, LogStore};
     use crate::storage::vfs::MemVfs;
     let shared = Arc::new(NodeShared::new(1, 2, NOW, 100));
-    let view = Arc::new(ClusterView::default());
     let config =
         ClusterConfig::build(1, "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003", 3).unwrap();
     let mut cs: Vec<ShardCore> = (0..2)
@@ -426,7 +416,7 @@ fn clustered_pair() -> Vec<ShardCore> {
                 Box::new(store),
                 Box::new(crate::storage::ceiling::NoCeiling),
             )
-            .with_cluster(config.clone(), NOW, None, view.clone())
+            .with_cluster(config.clone(), NOW, None)
         })
         .collect();
     for i in 0..20u32 {
@@ -469,6 +459,15 @@ fn clustered_pair() -> Vec<ShardCore> {
     let (f, _) = frame::parse(&bytes).unwrap().unwrap();
     cs[0].on_peer_reply(NOW + 12, 2, &f);
     cs[0].on_cluster_tick(NOW + 15);
+    // The view goes to shard 1 as mail.
+    let mut mail = Vec::new();
+    cs[0]
+        .take_outbox()
+        .drain_mail(0, &mut Vec::new(), |dest, m| mail.push((dest, m)));
+    assert!(!mail.is_empty(), "shard 0 sends its view");
+    for (dest, m) in mail {
+        cs[dest].on_mail(NOW + 15, m, &mut Vec::new());
+    }
     cs
 }
 

@@ -154,8 +154,13 @@ impl AntiEntropy {
                 self.next_round_ms = self.next_round_ms.min(now_ms.saturating_add(self.retry_ms));
             }
         }
-        // Report completed exchanges to the leader (at most one report in flight).
-        if self.status_in_flight.is_none() && self.round.is_none() && !self.unreported.is_empty() {
+        // Report completed exchanges to the leader (at most one report in flight); a shard
+        // that forwards its reports leaves them for the membership shard.
+        if !self.forwards_reports
+            && self.status_in_flight.is_none()
+            && self.round.is_none()
+            && !self.unreported.is_empty()
+        {
             let batch = std::mem::take(&mut self.unreported);
             if leader == self.me {
                 self.leader_record(self.me, &batch);

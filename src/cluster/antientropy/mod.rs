@@ -34,7 +34,11 @@
 //!
 //! ## Tombstone horizon (decided by the leader)
 //! Each node sends the leader (AE_STATUS) the start times of its completed exchanges, per
-//! (partition, peer). For partition p with replicas R_p the leader takes the *included*
+//! (partition, peer). With several shards per node, the shards hand their completed exchanges
+//! to the node's membership shard ([`super::view::MEMBERSHIP_SHARD`]), which sends them for
+//! the whole node; AE_STATUS is served by the leader's membership shard, so the leader's one
+//! decision sees every report of a partition whatever the shard counts of the nodes, and the
+//! horizons it learns reach the node's other shards in its view mail. For partition p with replicas R_p the leader takes the *included*
 //! replicas — all of R_p except nodes failed for longer than `tombstone_window_ms` — and, if
 //! every pair of them has a completed exchange, `S = min over pairs of the latest start`.
 //! Every record any included replica held at S is then held by all of them (each pair
@@ -116,6 +120,7 @@ pub(crate) use wire::{decode_status_reply, push_key, put_status_request, put_tre
 use super::config::ClusterConfig;
 use super::membership::MemberEvent;
 use super::ring::Ring;
+use super::view::MEMBERSHIP_SHARD;
 use crate::hash::shard_of_partition;
 use crate::limits::{AE_BUILD_KEYS_PER_STEP, PARTITION_COUNT};
 use crate::storage::{Store, StoreError};
@@ -196,10 +201,14 @@ pub struct AntiEntropy {
     transmits: VecDeque<(u32, Vec<u8>)>,
     /// The highest horizon adopted (raw version).
     horizon_max: u64,
+    /// Whether completed exchanges go to the node's membership shard (by mail, through
+    /// [`AntiEntropy::take_reports`]) instead of to the leader: true on every shard but the
+    /// membership shard, which reports for the whole node.
+    forwards_reports: bool,
 }
 
 /// Completed exchanges to report: (partition, peer) → start ms.
-type Reports = BTreeMap<(u16, u32), u64>;
+pub type Reports = BTreeMap<(u16, u32), u64>;
 
 impl AntiEntropy {
     /// Anti-entropy for node `config.node_id` holding the partitions `ring` gives it, all of
@@ -248,6 +257,7 @@ impl AntiEntropy {
             start_ms,
             transmits: VecDeque::new(),
             horizon_max: 0,
+            forwards_reports: false,
         };
         a.set_shard(0, 1);
         a
@@ -256,8 +266,14 @@ impl AntiEntropy {
     /// Track only the partitions shard `shard` of `shards` owns (call before
     /// [`AntiEntropy::build`]). Anti-entropy frames start with the partition, so a driver
     /// routes them to `hash::shard_of_partition(partition, shards)`.
+    ///
+    /// Every shard but [`MEMBERSHIP_SHARD`] hands its completed exchanges to the membership
+    /// shard ([`AntiEntropy::take_reports`] / [`AntiEntropy::add_reports`]), which reports
+    /// them to the leader for the whole node: so the leader's decision sees every report of a
+    /// partition on one core, whatever the shard counts of the nodes.
     pub fn set_shard(&mut self, shard: usize, shards: usize) {
         assert!(shards >= 1 && shard < shards);
+        self.forwards_reports = shard != MEMBERSHIP_SHARD;
         self.held_list.clear();
         for p in 0..PARTITION_COUNT {
             let held = self.ring.holds(self.me, p) && shard_of_partition(p, shards) == shard;
@@ -328,6 +344,31 @@ impl AntiEntropy {
     /// cluster's clock, not this node's.
     pub fn set_clock_offset(&mut self, offset_ms: i64) {
         self.clock_offset_ms = offset_ms;
+    }
+
+    /// Completed exchanges not reported yet, taken (a shard that forwards its reports hands
+    /// them to the membership shard; see [`AntiEntropy::set_shard`]).
+    pub fn take_reports(&mut self) -> Reports {
+        std::mem::take(&mut self.unreported)
+    }
+
+    /// Completed exchanges of another shard of this node, to report with this core's own.
+    pub fn add_reports(&mut self, reports: Reports) {
+        for (k, v) in reports {
+            let e = self.unreported.entry(k).or_insert(v);
+            *e = (*e).max(v);
+        }
+    }
+
+    /// The tombstone horizon known here per partition (raw versions, 0 = none).
+    pub fn horizons(&self) -> &[u64] {
+        &self.index.horizons
+    }
+
+    /// Adopt horizons `(partition, raw version)` decided elsewhere (the membership shard
+    /// passes on the leader's): each only raises the partition's horizon.
+    pub fn adopt_horizon_list(&mut self, store: &mut dyn Store, hs: &[(u16, u64)]) {
+        self.adopt_horizons(store, hs);
     }
 
     /// Start a round now (on demand), or right after the running one.

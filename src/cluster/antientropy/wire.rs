@@ -181,8 +181,11 @@ pub fn request_applies_records(op: u8) -> bool {
 /// The partition an anti-entropy request addresses (its first two body bytes), for drivers
 /// that route peer frames to the shard owning it; `None` if `op` is not anti-entropy or the
 /// body is too short (the owning shard's decoder then reports it).
+///
+/// AE_STATUS is not routed by partition: it goes to the membership shard, which keeps the
+/// leader's reports and decisions for the whole node (`None` here).
 pub fn routing_partition(op: u8, body: &[u8]) -> Option<usize> {
-    if !is_anti_entropy_op(op) || body.len() < 2 {
+    if !is_anti_entropy_op(op) || op == ae_op::STATUS || body.len() < 2 {
         return None;
     }
     let p = u16::from_be_bytes([body[0], body[1]]) as usize;
@@ -227,8 +230,9 @@ pub(crate) fn put_tree_request(
 
 pub(crate) fn put_status_request(out: &mut Vec<u8>, id: u32, me: u32, batch: &Reports) {
     let mut b = Vec::with_capacity(8 + batch.len() * 14);
-    // Routing partition: a driver with several shards serves STATUS on the shard of the first
-    // entry's partition (a batch holds the partitions of one sending shard).
+    // A partition field kept for the layout of the body: STATUS is served by the membership
+    // shard of the leader (`cluster::view::MEMBERSHIP_SHARD`), which decides for the whole
+    // node, so it is not routed by partition (see `routing_partition`).
     let routing = batch.keys().next().map_or(0, |k| k.0);
     b.extend_from_slice(&routing.to_be_bytes());
     b.extend_from_slice(&me.to_be_bytes());
