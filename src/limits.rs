@@ -367,8 +367,12 @@ pub const COMPACT_PENDING_MAX: usize = 64;
 /// (the reply then says `complete 0`): an admin request must not hang for ever.
 pub const COMPACT_REPLY_WAIT_MS_MAX: u64 = 60_000;
 
+/// Period of a shard's maintenance tick (`ShardCore::on_tick`: store maintenance, STATS of
+/// the store), in `kvd` and in the simulator alike.
+pub const MAINTENANCE_TICK_MS: u64 = 100;
+
 /// While the store is under disk pressure with compaction work left, the shard's maintenance
-/// tick comes this often instead of every 100 ms.
+/// tick comes this often instead of every [`MAINTENANCE_TICK_MS`].
 pub const MAINTENANCE_URGENT_TICK_MS: u64 = 10;
 
 const _: () = assert!(SPACE_PRESSURE_RESERVE_MULTIPLE >= 2);

@@ -17,6 +17,9 @@ use std::cell::Cell;
 use std::process::ExitCode;
 use std::time::Instant;
 
+/// Most threads `--jobs` may ask for.
+const JOBS_MAX: usize = 256;
+
 thread_local! {
     /// The seed being simulated, for the panic hook (release builds abort on panic).
     static CURRENT: Cell<Option<u64>> = const { Cell::new(None) };
@@ -121,6 +124,12 @@ fn main() -> ExitCode {
     o.optopt("", "seed", "run one seed", "N");
     o.optopt("", "seeds", "run seeds A..B (inclusive)", "A..B");
     o.optflag("", "trace", "print the event trace");
+    o.optopt(
+        "j",
+        "jobs",
+        "seeds simulated at once, on as many threads (default: the cores; 1 with --trace)",
+        "N",
+    );
     o.optflag(
         "v",
         "verbose",
@@ -244,6 +253,16 @@ fn main() -> ExitCode {
         }
     };
     let trace = m.opt_present("trace");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let jobs = match m.opt_str("jobs").map(|j| j.parse::<usize>()) {
+        None if trace => 1,
+        None => cores,
+        Some(Ok(j)) if (1..=JOBS_MAX).contains(&j) => j,
+        Some(_) => {
+            eprintln!("kvsim: --jobs must be 1..={JOBS_MAX}");
+            return ExitCode::from(2);
+        }
+    };
     let verbose = m.opt_present("verbose") || first == last;
     let extra = opts.to_args();
     let default_hook = std::panic::take_hook();
@@ -261,38 +280,64 @@ fn main() -> ExitCode {
     let (mut passed, mut failed) = (0u64, 0u64);
     let mut total_stats = sim::RunStats::default();
     let mut first_failure = None;
-    for seed in first..=last {
-        CURRENT.with(|c| c.set(Some(seed)));
-        let r = sim::run(seed, &opts, trace);
-        CURRENT.with(|c| c.set(None));
-        let s = &r.stats;
-        total_stats.ops += s.ops;
-        total_stats.writes_acked += s.writes_acked;
-        total_stats.reads_ok += s.reads_ok;
-        total_stats.crashes += s.crashes;
-        total_stats.frames += s.frames;
-        total_stats.reads_checked += s.reads_checked;
-        total_stats.keys_checked += s.keys_checked;
-        total_stats.sim_ms += s.sim_ms;
-        total_stats.compactions += s.compactions;
-        if r.passed() {
-            passed += 1;
-        } else {
-            failed += 1;
-            first_failure.get_or_insert(seed);
-            for v in &r.violations {
-                println!(
-                    "FAIL seed={seed} checker={} key={}: {}",
-                    v.checker,
-                    v.key.as_deref().unwrap_or("-"),
-                    v.detail
-                );
-            }
-            println!("  reproduce: kvsim --seed {seed} --trace{extra}");
+    // Seeds run on `jobs` threads (each seed alone is deterministic and single-threaded);
+    // their reports are printed in seed order.
+    let (tx, rx) = std::sync::mpsc::channel::<sim::Report>();
+    let next_seed = std::sync::atomic::AtomicU64::new(first);
+    let opts_ref = &opts;
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            let tx = tx.clone();
+            let next_seed = &next_seed;
+            scope.spawn(move || loop {
+                let seed = next_seed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if seed > last {
+                    return;
+                }
+                CURRENT.with(|c| c.set(Some(seed)));
+                let r = sim::run(seed, opts_ref, trace);
+                CURRENT.with(|c| c.set(None));
+                if tx.send(r).is_err() {
+                    return;
+                }
+            });
         }
-        if verbose {
-            let s = &r.stats;
-            println!(
+        drop(tx);
+        let mut pending = std::collections::BTreeMap::new();
+        let mut expected = first;
+        for r in rx.iter() {
+            pending.insert(r.seed, r);
+            while let Some(r) = pending.remove(&expected) {
+                expected += 1;
+                let seed = r.seed;
+                let s = &r.stats;
+                total_stats.ops += s.ops;
+                total_stats.writes_acked += s.writes_acked;
+                total_stats.reads_ok += s.reads_ok;
+                total_stats.crashes += s.crashes;
+                total_stats.frames += s.frames;
+                total_stats.reads_checked += s.reads_checked;
+                total_stats.keys_checked += s.keys_checked;
+                total_stats.sim_ms += s.sim_ms;
+                total_stats.compactions += s.compactions;
+                if r.passed() {
+                    passed += 1;
+                } else {
+                    failed += 1;
+                    first_failure.get_or_insert(seed);
+                    for v in &r.violations {
+                        println!(
+                            "FAIL seed={seed} checker={} key={}: {}",
+                            v.checker,
+                            v.key.as_deref().unwrap_or("-"),
+                            v.detail
+                        );
+                    }
+                    println!("  reproduce: kvsim --seed {seed} --trace{extra}");
+                }
+                if verbose {
+                    let s = &r.stats;
+                    println!(
                 "seed={seed} {} nodes={} N={} shards={:?} ops={} acked_writes={} reads={} failed={} \
                  crashes={} frames={} events={} sim={}ms converged_in={}ms reads_checked={} \
                  keys_checked={} trace_lines={} trace_hash={:016x}",
@@ -314,8 +359,10 @@ fn main() -> ExitCode {
                 r.trace_lines,
                 r.trace_hash
             );
+                }
+            }
         }
-    }
+    });
     let secs = start.elapsed().as_secs_f64();
     let total = passed + failed;
     println!(

@@ -339,7 +339,8 @@ impl HintQueue {
             for h in t.hints.iter_mut().take(HINT_DELIVERY_WINDOW) {
                 let due = match h.sent_at_ms {
                     None => true,
-                    Some(at) => now_ms.saturating_sub(at) >= resend_ms,
+                    // (A clock that stepped back below `at` sends again at once.)
+                    Some(at) => now_ms < at || now_ms - at >= resend_ms,
                 };
                 if due {
                     h.sent_at_ms = Some(now_ms);

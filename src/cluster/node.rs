@@ -236,15 +236,14 @@ impl<C> ClusterNode<C> {
         if !matches!(self.role, Role::Publisher { .. }) {
             return None;
         }
+        // What decides; the CLUSTER text and the clock figures of STATS (costly to render)
+        // only ride along when a view goes out.
         let state = NodeView {
             alive_mask: self.own_alive_mask(),
             leader: self.membership.leader(),
             incarnation: self.membership.incarnation(),
             clock: Some(self.membership.cluster_clock(now_ms)),
-            figures: self.clock_figures(now_ms),
-            text: self.membership.render(),
-            events: Vec::new(),
-            horizons: Vec::new(),
+            ..NodeView::default()
         };
         let current = self.aae.horizons();
         let Role::Publisher {
@@ -252,7 +251,7 @@ impl<C> ClusterNode<C> {
             last_sent_ms,
             events,
             horizons_sent,
-        } = &mut self.role
+        } = &self.role
         else {
             unreachable!("checked above");
         };
@@ -263,6 +262,17 @@ impl<C> ClusterNode<C> {
             return None;
         }
         let mut view = state.clone();
+        view.figures = self.clock_figures(now_ms);
+        view.text = self.membership.render();
+        let Role::Publisher {
+            last,
+            last_sent_ms,
+            events,
+            horizons_sent,
+        } = &mut self.role
+        else {
+            unreachable!("checked above");
+        };
         view.events = std::mem::take(events);
         for (p, &h) in current.iter().enumerate() {
             // On a refresh every known horizon goes out again; otherwise only the changes.

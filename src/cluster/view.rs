@@ -17,8 +17,8 @@
 //!    completed exchanges, reported to the leader    (its anti-entropy never sends STATUS)
 //! ```
 //!
-//! A view is sent when it differs from the last one sent (checked on every cluster tick), and
-//! at least every [`VIEW_REFRESH_MS`]. The view is a plain value: deterministic, cheap to
+//! A view is sent when what the shards decide with differs from the last one sent (checked on
+//! every cluster tick), and at least every [`VIEW_REFRESH_MS`]. The view is a plain value: deterministic, cheap to
 //! clone (a few hundred bytes; horizons only ride along when they changed and on refreshes).
 //!
 //! A shard that has no view yet fails safe: it counts no peer alive and refuses to coordinate
@@ -64,14 +64,14 @@ pub struct NodeView {
 }
 
 impl NodeView {
-    /// Whether `self` says the same as `other` apart from events and horizons (which are
-    /// deltas): if not, a new view must go out.
+    /// Whether `self` says the same as `other` in what the shards decide with (alive mask,
+    /// leader, incarnation, clock): if not, a new view must go out at once. Events and
+    /// horizons are deltas; the CLUSTER text and clock figures are for display and follow
+    /// with the next view (at the latest [`VIEW_REFRESH_MS`] later).
     pub fn same_state(&self, other: &NodeView) -> bool {
         self.alive_mask == other.alive_mask
             && self.leader == other.leader
             && self.incarnation == other.incarnation
             && self.clock == other.clock
-            && self.figures == other.figures
-            && self.text == other.text
     }
 }

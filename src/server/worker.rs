@@ -22,10 +22,10 @@ use super::system;
 use crate::budget::{reply_reserve_bytes, MemoryBudget};
 use crate::limits::{
     COORDINATOR_OPS_HIGH_WATER, COORDINATOR_OPS_LOW_WATER, IN_FLIGHT_PER_CONNECTION_MAX,
-    MAINTENANCE_URGENT_TICK_MS, POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX, READ_BYTES_PER_TURN_MAX,
-    READ_CHUNK_SIZE, REQUESTS_PER_READ_EVENT_MAX, SCRATCH_IDLE_CAPACITY_MAX, SHUTDOWN_FLUSH_MS_MAX,
-    TRIM_AFTER_FREED_BYTES, WRITE_BUFFER_HIGH_WATER, WRITE_BUFFER_IDLE_CAPACITY_MAX,
-    WRITE_BUFFER_SIZE_MAX,
+    MAINTENANCE_TICK_MS, MAINTENANCE_URGENT_TICK_MS, POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX,
+    READ_BYTES_PER_TURN_MAX, READ_CHUNK_SIZE, REQUESTS_PER_READ_EVENT_MAX,
+    SCRATCH_IDLE_CAPACITY_MAX, SHUTDOWN_FLUSH_MS_MAX, TRIM_AFTER_FREED_BYTES,
+    WRITE_BUFFER_HIGH_WATER, WRITE_BUFFER_IDLE_CAPACITY_MAX, WRITE_BUFFER_SIZE_MAX,
 };
 use crate::protocol::message::{put_connection_error, put_error};
 use crate::protocol::{frame, Status, RESPONSE_BIT};
@@ -47,8 +47,6 @@ pub const WAKER: Token = Token(usize::MAX - 2);
 const ACCEPTS_PER_TURN_MAX: usize = 256;
 /// Read calls per connection per readiness event (each up to READ_CHUNK_SIZE bytes).
 const READS_PER_EVENT_MAX: usize = 16;
-/// Period of the core's tick (maintenance steps, STATS refresh).
-const TICK_MS: u64 = 100;
 /// Units of store maintenance per tick.
 const MAINTENANCE_BUDGET_PER_TICK: usize = 4096;
 /// Period of the idle-connection sweep.
@@ -342,7 +340,7 @@ impl Worker {
                 let ms = if urgent {
                     MAINTENANCE_URGENT_TICK_MS
                 } else {
-                    TICK_MS
+                    MAINTENANCE_TICK_MS
                 };
                 next_tick = now + Duration::from_millis(ms);
             }

@@ -39,6 +39,10 @@ use std::fmt::Write as _;
 /// Ticks of the cluster core come at most this often (gossip, timeouts, hint delivery).
 const CLUSTER_TICK_MS: u64 = 5;
 
+/// A shard's cluster figures are published for STATS at most this often (STATS may lag the
+/// truth by this much).
+const STATS_PUBLISH_INTERVAL_MS: u64 = 25;
+
 /// Where a coordinated request's reply goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplyTo {
@@ -56,6 +60,8 @@ pub struct ReplyTo {
 pub struct ShardCluster {
     node: ClusterNode<ReplyTo>,
     last_tick_ms: u64,
+    /// When the cluster figures were last published for STATS.
+    last_stats_ms: u64,
     /// `NodeShared::anti_entropy_requests` as last seen: a change starts a round here.
     aae_requests_seen: u64,
     /// When the clock warning was last logged (rate limit).
@@ -114,6 +120,7 @@ impl ShardCore {
         self.cluster = Some(Box::new(ShardCluster {
             node,
             last_tick_ms: 0,
+            last_stats_ms: 0,
             aae_requests_seen: 0,
             last_clock_warn_ms: 0,
         }));
@@ -371,12 +378,17 @@ impl ShardCore {
         if !reports.is_empty() {
             self.outbox.add_reports(reports);
         }
-        let c = self.cluster.as_ref().expect("checked above");
-        self.counters()
-            .cluster
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .publish(|report| c.node.stats_report_at(now_ms, report));
+        // The figures go to STATS at most every STATS_PUBLISH_INTERVAL_MS: gathering them
+        // walks every partition's anti-entropy state, too much for every 5 ms tick.
+        if now_ms < c.last_stats_ms || now_ms >= c.last_stats_ms + STATS_PUBLISH_INTERVAL_MS {
+            c.last_stats_ms = now_ms;
+            let c = self.cluster.as_ref().expect("checked above");
+            self.counters()
+                .cluster
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .publish(|report| c.node.stats_report_at(now_ms, report));
+        }
         if self.cfg.shard == MEMBERSHIP_SHARD {
             self.warn_clock(now_ms);
         }

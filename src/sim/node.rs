@@ -14,6 +14,7 @@ use super::trace::trace;
 use super::world::{Ev, World, BASE_MS};
 use crate::assembly::{assemble_node, open_shard, Ceiling, NodeConfig};
 use crate::cluster::coordinator::Outcome;
+use crate::limits::{MAINTENANCE_TICK_MS, MAINTENANCE_URGENT_TICK_MS};
 use crate::protocol::{frame, Role};
 use crate::shard::{ConnId, NodeShared, Session, ShardCore, SyncPolicy};
 use crate::storage::vfs::{CrashMode, MemVfs, Vfs};
@@ -21,7 +22,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Store maintenance units per tick of a shard.
+/// Store maintenance units per maintenance tick of a shard: small (`kvd` gives 4096), so that
+/// compaction advances in many small steps interleaved with everything else.
 const MAINTENANCE_BUDGET: usize = 16;
 
 /// The node's data root and its hint directory on the simulated disk.
@@ -88,6 +90,9 @@ pub(super) struct Running {
     /// Coordinators' outcomes by (connection, request id), until the reply reaches the
     /// connection: the checkers want what the wire does not carry (re-issues, expiry).
     pub outcomes: BTreeMap<(u64, u32), Outcome>,
+    /// Per shard: when its next maintenance tick is due (node clock ms), as `kvd`'s loop
+    /// schedules it.
+    pub next_maintenance_ms: Vec<u64>,
 }
 
 pub(super) struct Node {
@@ -221,6 +226,7 @@ impl World {
             links: BTreeMap::new(),
             sessions: BTreeMap::new(),
             outcomes: BTreeMap::new(),
+            next_maintenance_ms: vec![0; shards],
         });
         n.paused_until = 0;
     }
@@ -336,12 +342,24 @@ impl World {
     }
 
     /// A tick of shard `shard` of node `id`: the cluster core's time (gossip, timeouts,
-    /// hints, anti-entropy) and the store's maintenance, as `kvd`'s loop runs them.
+    /// hints, anti-entropy) and, when due, the store's maintenance, at the pace of `kvd`'s
+    /// loop (maintenance every [`MAINTENANCE_TICK_MS`], sooner while the disk is short).
     pub(super) fn tick_shard(&mut self, id: u32, shard: usize) {
         let now_ms = self.node_now(id);
-        let core = &mut self.running(id).cores[shard];
+        let run = self.running(id);
+        let core = &mut run.cores[shard];
         core.on_cluster_tick(now_ms);
-        core.on_tick(now_ms, MAINTENANCE_BUDGET);
+        let due = run.next_maintenance_ms[shard];
+        // (A clock stepped back far below the due time counts as due.)
+        if now_ms >= due || due > now_ms + MAINTENANCE_TICK_MS {
+            let urgent = core.on_tick(now_ms, MAINTENANCE_BUDGET);
+            run.next_maintenance_ms[shard] = now_ms
+                + if urgent {
+                    MAINTENANCE_URGENT_TICK_MS
+                } else {
+                    MAINTENANCE_TICK_MS
+                };
+        }
         self.finish(id, shard);
     }
 

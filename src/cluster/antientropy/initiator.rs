@@ -89,8 +89,7 @@ impl AntiEntropy {
                 round.full = false;
                 continue;
             }
-            let tree = self.index.tree_mut(p);
-            tree.rehash();
+            self.index.tree_hashed(p);
             let id = self.alloc_id();
             let mut f = Vec::new();
             put_tree_request(&mut f, id, p, self.me, self.index.horizons[p], 0, &[0]);
@@ -269,8 +268,7 @@ impl AntiEntropy {
         r.end()?;
         self.adopt(p, h);
         self.update_store_horizon(store);
-        let t = self.index.tree_mut(p);
-        t.rehash();
+        let t = self.index.tree_hashed(p);
         let differing: Vec<u16> = asked
             .iter()
             .zip(&theirs)
@@ -466,7 +464,7 @@ impl AntiEntropy {
             |s: &u16, t: &PartitionTree| t.segment_bytes(*s as usize) > AE_MESSAGE_BYTES_MAX;
         if x.pending
             .front()
-            .is_some_and(|s| too_large(s, self.index.tree_mut(p)))
+            .is_some_and(|s| too_large(s, self.index.tree_hashed(p)))
         {
             log::warn!("anti-entropy: partition {p} segment too large to compare");
             self.index.stats.exchanges_failed += 1;
@@ -476,7 +474,7 @@ impl AntiEntropy {
             }
             return;
         }
-        let tree = self.index.tree_mut(p);
+        let tree = self.index.tree_hashed(p);
         let mut body = Vec::new();
         let mut asked = Vec::new();
         for &s in &x.pending {

@@ -405,10 +405,18 @@ impl AntiEntropy {
         }
         self.last_tick_ms = now_ms;
         // The wall clock may have stepped back (an operator set a clock that ran ahead
-        // right): a round planned on the old clock would wait for the new one to catch up.
+        // right): a round, an exchange's deadline or a STATUS report planned on the old clock
+        // would wait for the new one to catch up.
         self.next_round_ms = self
             .next_round_ms
             .min(now_ms.saturating_add(self.interval_ms));
+        let latest_ms = now_ms.saturating_add(self.timeout_ms);
+        for x in self.exchanges.values_mut() {
+            x.deadline_ms = x.deadline_ms.min(latest_ms);
+        }
+        if let Some(s) = self.status_in_flight.as_mut() {
+            s.2 = s.2.min(latest_ms);
+        }
         // Expire exchanges.
         let late: Vec<u32> = self
             .exchanges

@@ -134,8 +134,7 @@ impl AntiEntropy {
                 if level == 0 {
                     self.index.stats.exchanges_served += 1;
                 }
-                let t = self.index.tree_mut(p);
-                t.rehash();
+                let t = self.index.tree_hashed(p);
                 let mut hashes = Vec::with_capacity(count * 8);
                 for i in idx {
                     hashes.extend_from_slice(&t.hash(level, i).expect("checked").to_be_bytes());

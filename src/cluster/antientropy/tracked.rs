@@ -25,6 +25,20 @@ impl TreeIndex {
         self.trees[p].get_or_insert_with(|| Box::new(PartitionTree::new()))
     }
 
+    /// The tree of `p` with its hashes up to date, to read: a partition without keys shares
+    /// one empty tree instead of allocating its own (most partitions of a small store are
+    /// empty, and every exchange reads them).
+    pub(super) fn tree_hashed(&mut self, p: usize) -> &PartitionTree {
+        static EMPTY: std::sync::OnceLock<PartitionTree> = std::sync::OnceLock::new();
+        match self.trees[p].as_deref_mut() {
+            Some(t) => {
+                t.rehash();
+                t
+            }
+            None => EMPTY.get_or_init(PartitionTree::new),
+        }
+    }
+
     pub(super) fn note(&mut self, key: &[u8], meta: KeyMeta) {
         let p = partition_of(key);
         if !self.held[p] {

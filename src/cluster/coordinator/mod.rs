@@ -832,6 +832,20 @@ impl<C> Coordinator<C> {
     /// Advance time: operations past their deadline answer TIMEOUT (if not answered yet),
     /// hint the replicas that never acknowledged a write, and repair what their reads found.
     pub fn on_tick(&mut self, now_ms: u64) {
+        // A deadline further away than one timeout means the wall clock stepped back (an
+        // operator set a clock that ran ahead right): the operation would wait until the new
+        // clock caught up with the old one. It gets a whole timeout from now instead.
+        let latest_ms = now_ms.saturating_add(self.config.request_timeout_ms);
+        if self.timers.last().is_some_and(|&(d, _)| d > latest_ms) {
+            let late: Vec<(u64, u32)> = self.timers.range((latest_ms + 1, 0)..).copied().collect();
+            for (d, id) in late {
+                self.timers.remove(&(d, id));
+                self.timers.insert((latest_ms, id));
+                if let Some(op) = self.ops.get_mut(&id) {
+                    op.deadline_ms = latest_ms;
+                }
+            }
+        }
         while let Some(&(deadline, id)) = self.timers.first() {
             if deadline > now_ms {
                 break;
