@@ -5,7 +5,9 @@
 //! * the same seed gives the same trace, bit for bit (trace hashes compared), and different
 //!   seeds give different traces;
 //! * each test-only mutation is caught by a checker within a bounded number of seeds;
-//! * with a minority of clocks minutes off on every seed (issue 10), the checkers still pass.
+//! * with a minority of clocks minutes off on every seed (issue 10), the checkers still pass;
+//! * nodes run 1–4 shards (drawn per node), and the multi-shard path has mutations of its own
+//!   (issue 11).
 
 use dkv::shard::SyncPolicy;
 use dkv::sim::{self, Mutation, Options};
@@ -145,6 +147,53 @@ fn mutation_accept_future_versions_is_caught() {
     let (seed, checkers) = first_failure(&opts, 50).expect("caught within 50 seeds");
     assert!(
         checkers.iter().any(|c| *c == "clock-bound" || *c == "ttl"),
+        "seed {seed}: {checkers:?}"
+    );
+}
+
+/// Issue 11, the multi-shard path: a peer REPLICATE or READ served by the shard whose link
+/// received it (not the shard owning the key) puts replicas where reads never look.
+#[test]
+fn mutation_no_peer_routing_is_caught() {
+    let opts = Options {
+        mutation: Mutation::NoPeerRouting,
+        ..Options::default()
+    };
+    let (seed, checkers) = first_failure(&opts, 200).expect("caught within 200 seeds");
+    assert!(
+        checkers
+            .iter()
+            .any(|c| ["stale-read", "lost-write", "convergence", "write-order"].contains(c)),
+        "seed {seed}: {checkers:?}"
+    );
+}
+
+/// Issue 11: a batch of replies between two shards of a node now and then lost: the
+/// requests forwarded to the owning shard are never answered.
+#[test]
+fn mutation_drop_forwarded_reply_is_caught() {
+    let opts = Options {
+        mutation: Mutation::DropForwardedReply,
+        ..Options::default()
+    };
+    let (seed, checkers) = first_failure(&opts, 200).expect("caught within 200 seeds");
+    assert!(
+        checkers.contains(&"unanswered"),
+        "seed {seed}: {checkers:?}"
+    );
+}
+
+/// Issue 11: a node's membership view never reaches its other shards: they never see a peer
+/// alive (and refuse writes, their clock unmeasured), so the membership never converges.
+#[test]
+fn mutation_drop_view_is_caught() {
+    let opts = Options {
+        mutation: Mutation::DropView,
+        ..Options::default()
+    };
+    let (seed, checkers) = first_failure(&opts, 200).expect("caught within 200 seeds");
+    assert!(
+        checkers.contains(&"membership"),
         "seed {seed}: {checkers:?}"
     );
 }

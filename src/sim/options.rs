@@ -35,17 +35,20 @@ pub enum Mutation {
     /// Now and then a batch of reply records between two shards of a node is lost
     /// (multi-shard nodes): forwarded requests are never answered.
     DropForwardedReply,
+    /// The node's membership view never reaches its other shards (multi-shard nodes).
+    DropView,
 }
 
 impl Mutation {
     /// Every mutation's command-line name.
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 7] = [
         "skip-read-repair",
         "ack-before-sync",
         "no-tombstone-version",
         "accept-future-versions",
         "no-peer-routing",
         "drop-forwarded-reply",
+        "drop-view",
     ];
 
     /// Parse a `--mutation` name.
@@ -58,6 +61,7 @@ impl Mutation {
             "accept-future-versions" => Ok(Mutation::AcceptFutureVersions),
             "no-peer-routing" => Ok(Mutation::NoPeerRouting),
             "drop-forwarded-reply" => Ok(Mutation::DropForwardedReply),
+            "drop-view" => Ok(Mutation::DropView),
             _ => Err(format!(
                 "unknown mutation {s:?}: expected one of none, {}",
                 Mutation::NAMES.join(", ")
@@ -75,6 +79,7 @@ impl Mutation {
             Mutation::AcceptFutureVersions => "accept-future-versions",
             Mutation::NoPeerRouting => "no-peer-routing",
             Mutation::DropForwardedReply => "drop-forwarded-reply",
+            Mutation::DropView => "drop-view",
         }
     }
 }
