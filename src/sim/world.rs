@@ -178,6 +178,11 @@ pub struct World {
     pub trace: Trace,
     /// Figures.
     pub stats: RunStats,
+    /// Whether a few frames take ten times longer in the safety phase (reordering); the
+    /// scripted cluster may turn it off.
+    pub(super) reorder: bool,
+    /// Answers to the scripted cluster's requests ([`super::script`]).
+    pub(super) script: super::script::Inbox,
 }
 
 impl World {
@@ -272,6 +277,8 @@ impl World {
             hist,
             trace,
             stats: RunStats::default(),
+            reorder: true,
+            script: Default::default(),
             p,
         }
     }
@@ -308,6 +315,42 @@ impl World {
     /// Run the simulation to its end.
     pub fn run(&mut self) {
         self.p.describe(&mut self.trace);
+        self.boot();
+        // Let gossip settle before the clients start.
+        let warm = self.p.gossip_interval_ms * 3;
+        for c in 0..self.p.clients {
+            let t = warm + range(&mut self.rng, 0, 50);
+            self.at(t, Ev::ClientNext(c));
+        }
+        if self.p.fault_interval_ms > 0 {
+            let t = warm + self.p.fault_interval_ms;
+            self.at(t, Ev::Fault);
+        }
+        self.at(self.p.safety_ms, Ev::Liveness);
+        let end = self.p.safety_ms + self.p.liveness_ms_max + 10_000;
+        while self.phase != Phase::Done {
+            let Some(t) = self.next_event_ms() else {
+                break;
+            };
+            if self.stats.events >= EVENTS_MAX || t > end {
+                self.now = t;
+                self.trace.now_ms = t;
+                self.stats.events += 1;
+                self.hist.report(
+                    "liveness",
+                    None,
+                    format!("the run did not end ({} events, {t} ms)", self.stats.events),
+                );
+                break;
+            }
+            self.step();
+        }
+        self.final_figures();
+    }
+
+    /// Start every node, with the first tick of each of its shards and its sync timer: the
+    /// beginning of every run, scripted or not.
+    pub(super) fn boot(&mut self) {
         for id in 1..=self.p.nodes {
             self.start_node(id);
             for shard in 0..self.node(id).shards {
@@ -325,36 +368,22 @@ impl World {
                 );
             }
         }
-        // Let gossip settle before the clients start.
-        let warm = self.p.gossip_interval_ms * 3;
-        for c in 0..self.p.clients {
-            let t = warm + range(&mut self.rng, 0, 50);
-            self.at(t, Ev::ClientNext(c));
-        }
-        if self.p.fault_interval_ms > 0 {
-            let t = warm + self.p.fault_interval_ms;
-            self.at(t, Ev::Fault);
-        }
-        self.at(self.p.safety_ms, Ev::Liveness);
-        let end = self.p.safety_ms + self.p.liveness_ms_max + 10_000;
-        while self.phase != Phase::Done {
-            let Some(((t, _), ev)) = self.queue.pop_first() else {
-                break;
-            };
-            self.now = t;
-            self.trace.now_ms = t;
-            self.stats.events += 1;
-            if self.stats.events > EVENTS_MAX || t > end {
-                self.hist.report(
-                    "liveness",
-                    None,
-                    format!("the run did not end ({} events, {t} ms)", self.stats.events),
-                );
-                break;
-            }
-            self.dispatch(ev);
-        }
-        self.final_figures();
+    }
+
+    /// When the next event happens, if any is queued.
+    pub(super) fn next_event_ms(&self) -> Option<u64> {
+        self.queue.first_key_value().map(|(&(t, _), _)| t)
+    }
+
+    /// Handle the next event (virtual time moves to it); returns its time, or `None` when
+    /// nothing is queued. The one step of both [`World::run`] and the scripted cluster.
+    pub(super) fn step(&mut self) -> Option<u64> {
+        let ((t, _), ev) = self.queue.pop_first()?;
+        self.now = t;
+        self.trace.now_ms = t;
+        self.stats.events += 1;
+        self.dispatch(ev);
+        Some(t)
     }
 
     fn final_figures(&mut self) {
