@@ -284,6 +284,49 @@ fn read_repair_fixes_a_replica_that_missed_writes_with_mixed_shards() {
     read_repair(&MIXED);
 }
 
+fn partition_and_heal(shards: &[usize]) {
+    let mut c = Cluster::start(spec(3, 3, shards, true, 6));
+    c.partition(&[&[1, 2], &[3]]);
+    c.run_until(5_000, |c| {
+        c.stat(3, "cluster_alive") == 1
+            && c.stat(1, "cluster_alive") == 2
+            && c.stat(2, "cluster_alive") == 2
+    })
+    .expect("both sides see the partition");
+    c.run_for(10);
+    // The minority cannot reach a quorum; the majority can, and keeps a hint for node 3.
+    assert!(matches!(
+        c.put(3, b"p", b"minority", Consistency::Quorum),
+        Outcome::Failed {
+            status: Status::Unavailable,
+            ..
+        }
+    ));
+    let v = written(&c.put(1, b"p", b"majority", Consistency::Quorum));
+    assert!(c.replica(3, b"p").is_none());
+    c.heal();
+    c.wait_settled(5_000)
+        .expect("one view again after the heal");
+    c.run_until(5_000, |c| {
+        c.replica(3, b"p").is_some_and(|r| r.version == v)
+    })
+    .expect("the hint reaches node 3");
+    assert!(
+        matches!(c.get(3, b"p", Consistency::One), Outcome::Found { version, .. } if version == v)
+    );
+    c.assert_sound();
+}
+
+#[test]
+fn a_partitioned_minority_refuses_quorum_writes_and_catches_up_after_the_heal() {
+    partition_and_heal(&[1]);
+}
+
+#[test]
+fn a_partitioned_minority_refuses_quorum_writes_and_catches_up_after_the_heal_with_mixed_shards() {
+    partition_and_heal(&MIXED);
+}
+
 #[test]
 fn same_key_concurrent_writes_converge() {
     for seed in 0..20 {
