@@ -577,7 +577,9 @@ impl Cluster {
             return;
         }
         // Its figures die with it: judge its peer frames first.
-        self.check_peer_errors(id);
+        if let Some(v) = self.peer_errors(id) {
+            self.found.push(v);
+        }
         self.w.crash(id);
     }
 
@@ -713,27 +715,23 @@ impl Cluster {
     }
 
     /// Node `id` could not decode peer frames of its peers: a violation.
-    fn check_peer_errors(&mut self, id: u32) {
+    fn peer_errors(&self, id: u32) -> Option<Violation> {
         let errors = self.stats(id).get("peer_errors").copied().unwrap_or(0);
-        if errors > 0 {
-            self.found.push(Violation {
-                checker: "peer-frame",
-                key: None,
-                detail: format!("n{id} could not decode {errors} peer frames of its peers"),
-            });
-        }
+        (errors > 0).then(|| Violation {
+            checker: "peer-frame",
+            key: None,
+            detail: format!("n{id} could not decode {errors} peer frames of its peers"),
+        })
     }
 
     /// Every violated invariant so far: what the world's checkers recorded (reply records
     /// that are not frames, answers twice, a node that cannot restart over its disk), peer
     /// frames a node could not decode, and scripted requests a node left unanswered for
     /// longer than a client's patience while it kept running. Empty: the run is sound.
-    pub fn violations(&mut self) -> Vec<Violation> {
-        for id in 1..=self.spec.nodes {
-            self.check_peer_errors(id);
-        }
+    pub fn violations(&self) -> Vec<Violation> {
         let mut all = self.w.hist.violations.clone();
-        all.append(&mut self.found);
+        all.extend(self.found.iter().cloned());
+        all.extend((1..=self.spec.nodes).filter_map(|id| self.peer_errors(id)));
         let patience = 2 * self.spec.request_timeout_ms + ANSWER_SLACK_MS;
         for (n, &(id, life, sent)) in &self.w.script.waiting {
             let node = self.w.node(id);
@@ -749,7 +747,7 @@ impl Cluster {
     }
 
     /// Panic with every violation, if there is any (the end of a test).
-    pub fn assert_sound(&mut self) {
+    pub fn assert_sound(&self) {
         let v = self.violations();
         assert!(
             v.is_empty(),
