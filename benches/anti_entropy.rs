@@ -1,143 +1,178 @@
-//! One anti-entropy exchange between two replicas of 1M keys that differ by 0, 10 and 10,000
-//! keys: bytes on the wire (requests and replies) and wall time, in process (frames handed
-//! over synchronously: this measures the exchange's CPU and traffic, not a network).
+//! One anti-entropy round between two replicas of many keys (1,000,000 unless told) that
+//! differ by 0, 10 and 10,000 keys: bytes and frames on the wire, exchanges, and wall time,
+//! in the simulator's scripted cluster ([`dkv::sim::Cluster`]): the shard cores `kvd` runs,
+//! over their in-memory disks, with frames moved through the simulated network in virtual
+//! time. The wall time is the round's CPU (Merkle trees, key lists, store reads and writes
+//! on both nodes) plus the simulator's own (events, gossip ticks), without a network.
 //!
-//! Run: `cargo bench --bench anti_entropy` (optionally `-- KEYS` for another key count).
+//! Run: `cargo bench --bench anti_entropy` (optionally `-- KEYS [SHARDS]`).
 //! The two replicas are nodes 1 and 2 of a 2-node ring with N=2 (both hold all 256
-//! partitions); node 1 runs one round: 256 exchanges, each from the roots down.
+//! partitions). Differences are made the way they happen: the nodes are partitioned, half
+//! the differing keys are written (consistency ONE) through node 1 only, half are newer
+//! versions written through node 2 only; then the partition heals and node 1 is asked for a
+//! round with the ANTI_ENTROPY opcode.
 
-use dkv::cluster::antientropy::AntiEntropy;
-use dkv::cluster::{ClusterConfig, Ring};
-use dkv::protocol::{frame, Response};
-use dkv::storage::memory::MemoryStore;
-use dkv::storage::{Store, Write};
-use dkv::version::Version;
+use dkv::protocol::{Consistency, Request};
+use dkv::shard::SyncPolicy;
+use dkv::sim::{Cluster, ClusterSpec, Ticket};
 use std::time::Instant;
 
-const START_MS: u64 = 1_700_000_000_000;
+/// Requests in flight while loading (well under the coordinator's and a connection's limits).
+const PIPELINE: usize = 256;
 
-struct Replica {
-    aae: AntiEntropy,
-    store: MemoryStore,
-}
+/// Anti-entropy never runs on its own here: only the rounds the bench asks for.
+const AE_INTERVAL_MS: u64 = 3_600_000;
 
-fn config(id: u32) -> ClusterConfig {
-    let mut c = ClusterConfig::build(id, "1=127.0.0.1:7001,2=127.0.0.1:7002", 2).unwrap();
-    c.anti_entropy_interval_ms = 3_600_000;
-    c.request_timeout_ms = 600_000;
-    c.validate().unwrap();
-    c
-}
+/// Long enough for every frame in flight to reach the partition and be dropped.
+const DROP_MS: u64 = 100;
 
-fn replica(id: u32) -> Replica {
-    let c = config(id);
-    let ring = Ring::new(&c.node_ids(), 2);
-    Replica {
-        aae: AntiEntropy::new(&c, ring, START_MS),
-        store: MemoryStore::new(),
-    }
-}
+/// Longest a round may take, in simulated ms.
+const ROUND_MS_MAX: u64 = 600_000;
 
-fn put(r: &mut Replica, key: &[u8], version: u64) {
+/// PUT `key` = a 32-byte value through node `via` with `c`, queued in `inflight`; waits for
+/// the oldest answers once the pipeline is full.
+fn put(cl: &mut Cluster, inflight: &mut Vec<Ticket>, via: u32, key: &[u8], c: Consistency) {
     let value = [b'v'; 32];
-    let mut t = r.aae.tracked(&mut r.store);
-    t.apply(Write {
+    let req = Request::Put {
         key,
-        value: Some(&value),
-        version: Version(version),
-        expires_at_ms: 0,
-    })
-    .unwrap();
+        value: &value,
+        ttl_seconds: 0,
+        consistency: c,
+    };
+    inflight.push(cl.send(via, &req).expect("both nodes are up"));
+    if inflight.len() >= PIPELINE {
+        drain(cl, inflight);
+    }
 }
 
-/// Run node 1's round to the end; returns (bytes, frames, ms).
-fn exchange(a: &mut Replica, b: &mut Replica, now: u64) -> (u64, u64, f64) {
-    let alive = |_: u32| true;
-    let t0 = Instant::now();
-    a.aae.trigger(now);
-    a.aae.on_tick(now, &mut a.store, &alive, 1);
-    let (mut bytes, mut frames) = (0u64, 0u64);
-    // Bounded: every frame is answered at once; the round ends when node 1 sends nothing.
-    for _ in 0..10_000_000 {
-        let Some((to, req)) = a.aae.poll_transmit() else {
-            break;
-        };
-        assert_eq!(to, 2);
-        let (f, _) = frame::parse(&req).unwrap().unwrap();
-        let mut reply = Vec::new();
-        b.aae
-            .on_request(now, &mut b.store, 1, f.id, f.op, f.aux, f.body, &mut reply)
-            .unwrap();
-        bytes += (req.len() + reply.len()) as u64;
-        frames += 2;
-        let (rf, _) = frame::parse(&reply).unwrap().unwrap();
-        let _ = Response::from_frame(&rf).unwrap();
-        a.aae.on_reply(now, &mut a.store, 2, &rf, &alive);
+/// Wait for every queued write; each must be acknowledged.
+fn drain(cl: &mut Cluster, inflight: &mut Vec<Ticket>) {
+    for t in inflight.drain(..) {
+        let r = cl.wait(t).expect("a write is answered");
+        assert!(
+            matches!(
+                r.outcome(),
+                dkv::cluster::coordinator::Outcome::Written { .. }
+            ),
+            "{:?}",
+            r.outcome()
+        );
     }
-    a.aae.on_tick(now, &mut a.store, &alive, 1);
+}
+
+/// Figures of both nodes summed.
+fn both(cl: &Cluster, name: &str) -> u64 {
+    cl.stat(1, name) + cl.stat(2, name)
+}
+
+/// Ask node 1 for a round and run it to the end; returns (bytes, frames, exchanges, wall ms,
+/// simulated ms).
+fn round(cl: &mut Cluster) -> (u64, u64, u64, f64, u64) {
+    let shards = cl.stat(1, "shards");
+    let full = cl.stat(1, "aae_full_rounds");
+    let (bytes, frames, exchanges) = (
+        both(cl, "aae_bytes_sent"),
+        cl.frames_delivered(),
+        cl.stat(1, "aae_exchanges"),
+    );
+    let (t0, sim0) = (Instant::now(), cl.now_ms());
+    cl.request(1, &Request::AntiEntropy)
+        .expect("ANTI_ENTROPY answered");
+    cl.run_until(ROUND_MS_MAX, |c| {
+        c.stat(1, "aae_full_rounds") >= full + shards
+    })
+    .expect("the round ends");
     let ms = t0.elapsed().as_secs_f64() * 1e3;
-    (bytes, frames, ms)
+    (
+        both(cl, "aae_bytes_sent") - bytes,
+        cl.frames_delivered() - frames,
+        cl.stat(1, "aae_exchanges") - exchanges,
+        ms,
+        cl.now_ms() - sim0,
+    )
 }
 
 fn main() {
-    let keys: usize = std::env::args()
+    // `cargo bench` passes `--bench`: only numbers are ours.
+    let mut numbers = std::env::args()
         .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(1_000_000);
-    let mut a = replica(1);
-    let mut b = replica(2);
+        .filter_map(|a| a.parse::<usize>().ok());
+    let keys = numbers.next().unwrap_or(1_000_000);
+    let shards = numbers.next().unwrap_or(1).max(1);
+    let mut spec = ClusterSpec::new(2, 2);
+    spec.shards = vec![shards];
+    spec.sync = SyncPolicy::Never;
+    spec.hinted_handoff = false;
+    spec.read_repair = false;
+    spec.anti_entropy_interval_ms = AE_INTERVAL_MS;
+    let mut cl = Cluster::start(spec);
+
     let t = Instant::now();
+    let mut inflight = Vec::with_capacity(PIPELINE);
     for i in 0..keys {
         let k = format!("key:{i:08}");
-        let v = Version::new(START_MS, (i % 4096) as u64, 1).0;
-        put(&mut a, k.as_bytes(), v);
-        put(&mut b, k.as_bytes(), v);
+        put(
+            &mut cl,
+            &mut inflight,
+            1 + (i % 2) as u32,
+            k.as_bytes(),
+            Consistency::All,
+        );
     }
-    let tree_bytes: usize = (0..dkv::limits::PARTITION_COUNT)
-        .filter_map(|p| a.aae.index().tree(p).map(|t| t.memory_bytes()))
-        .sum();
+    drain(&mut cl, &mut inflight);
+    let tree_bytes = cl.stat(1, "aae_tree_bytes");
     println!(
-        "{keys} keys per replica loaded in {:.0} ms; trees {:.1} MB ({:.1} bytes/key)",
+        "{keys} keys per replica ({shards} shards per node) loaded in {:.0} ms; trees {:.1} MB \
+         ({:.1} bytes/key)",
         t.elapsed().as_secs_f64() * 1e3,
         tree_bytes as f64 / 1e6,
         tree_bytes as f64 / keys as f64
     );
+    // The first comparison after loading rehashes every dirty inner node (lazily, once).
+    let (bytes, frames, exchanges, ms, sim_ms) = round(&mut cl);
+    println!(
+        "first round after load (rehash of the dirty inner nodes included): {bytes} bytes in \
+         {frames} frames, {exchanges} exchanges, {ms:.1} ms ({sim_ms} simulated ms)"
+    );
     let mut next = keys;
-    let mut now = START_MS + 1_000;
-    // The first comparison after loading rehashes every inner node (lazily, once).
-    let (bytes, frames, ms) = exchange(&mut a, &mut b, now);
-    println!("first round after load (rehash of the dirty inner nodes included): {bytes} bytes in {frames} frames, {ms:.1} ms");
-    let mut prev = a.aae.stats();
     for diff in [0usize, 10, 10_000] {
-        now += 1_000;
+        let (sent, repaired) = (both(&cl, "aae_keys_sent"), both(&cl, "aae_keys_repaired"));
         // Half the differing keys are missing on node 2, half are newer there.
+        cl.partition(&[&[1], &[2]]);
         for j in 0..diff {
             if j % 2 == 0 {
-                put(
-                    &mut a,
-                    format!("extra:{next}").as_bytes(),
-                    Version::new(now, 0, 1).0,
-                );
+                let k = format!("extra:{next}");
                 next += 1;
+                put(&mut cl, &mut inflight, 1, k.as_bytes(), Consistency::One);
             } else {
                 let k = format!("key:{:08}", (j * 7919) % keys);
-                put(&mut b, k.as_bytes(), Version::new(now, 0, 2).0);
+                put(&mut cl, &mut inflight, 2, k.as_bytes(), Consistency::One);
             }
         }
-        now += 1_000;
-        let (bytes, frames, ms) = exchange(&mut a, &mut b, now);
-        let s = a.aae.stats();
+        drain(&mut cl, &mut inflight);
+        // The writes were acknowledged by their coordinator alone; their frames to the other
+        // node are still on the wire: let the partition drop them before it heals.
+        cl.run_for(DROP_MS);
+        cl.heal();
+        cl.wait_settled(60_000)
+            .expect("the nodes see each other again");
+        let (bytes, frames, exchanges, ms, sim_ms) = round(&mut cl);
         println!(
-            "differ by {diff:>6}: {bytes:>9} bytes in {frames:>5} frames, {ms:>8.1} ms \
-             ({} keys pushed, {} pulled)",
-            s.keys_sent - prev.keys_sent,
-            s.keys_repaired - prev.keys_repaired,
+            "differ by {diff:>6}: {bytes:>9} bytes in {frames:>5} frames, {exchanges:>4} \
+             exchanges, {ms:>8.1} ms ({sim_ms} simulated ms; {} keys sent, {} repaired, both nodes)",
+            both(&cl, "aae_keys_sent") - sent,
+            both(&cl, "aae_keys_repaired") - repaired,
         );
-        prev = s;
-        assert_eq!(s.guard_refused, 0);
-        // Equal again afterwards: a second round finds nothing.
-        now += 1_000;
-        let (bytes2, _, _) = exchange(&mut a, &mut b, now);
-        assert_eq!(bytes2, 256 * (29 + 31), "replicas equal after the exchange");
+        assert_eq!(both(&cl, "aae_guard_refused"), 0);
+        // Equal again afterwards: a second round moves nothing.
+        let moved = both(&cl, "aae_keys_sent") + both(&cl, "aae_keys_repaired");
+        let (bytes2, _, exchanges2, _, _) = round(&mut cl);
+        assert_eq!(
+            both(&cl, "aae_keys_sent") + both(&cl, "aae_keys_repaired"),
+            moved,
+            "replicas equal after the exchange"
+        );
+        println!("  then an idle round: {bytes2} bytes, {exchanges2} exchanges");
     }
+    cl.assert_sound();
 }

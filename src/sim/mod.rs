@@ -18,6 +18,10 @@
 //!              (phantom-read, stale-read, version-order, write-order, clock-bound, ttl,
 //!               convergence, lost-write, unanswered)
 //!        ──▶ Trace: every event as a line, FNV-hashed                trace.rs
+//!
+//!   ClusterSpec ──▶ Cluster: the same World driven by a test           script.rs
+//!              (start, put/get/delete, crash, restart, partition, heal, run until a
+//!               condition; no random clients, no fault schedule, no liveness phase)
 //! ```
 //!
 //! A run has two phases (as TigerBeetle's VOPR): a **safety phase** with faults, in which
@@ -39,11 +43,13 @@ mod liveness;
 mod net;
 mod node;
 pub mod options;
+pub mod script;
 pub mod trace;
 pub mod world;
 
 pub use check::Violation;
 pub use options::{Mutation, Options, Params};
+pub use script::{Cluster, ClusterSpec, Reply, Ticket};
 pub use world::RunStats;
 
 use options::{consistency_name, sync_name};

@@ -65,7 +65,7 @@ impl World {
         };
         for _ in 0..copies {
             let mut delay = range(&mut self.rng, self.p.delay_min_ms, self.p.delay_max_ms);
-            if faults && self.rng.below(20) == 0 {
+            if faults && self.reorder && self.rng.below(20) == 0 {
                 delay *= 10; // a straggler: reordering
             }
             let m = Msg {

@@ -8,6 +8,7 @@
 //! ```text
 //!  client request   | 1 | 0 | 0 ... | op id (32 bits) |
 //!  inbound peer     | 0 | 1 | from node (14 bits) | from shard (16 bits) | from life (32 bits) |
+//!  scripted request | 0 | 0 | 1 | 0 ... | request number (32 bits) |   (script.rs)
 //! ```
 
 use super::trace::trace;
@@ -35,6 +36,7 @@ const CONNECTIONS_MAX: usize = 1 << 20;
 
 const CLIENT_CONN: u64 = 1 << 63;
 const PEER_CONN: u64 = 1 << 62;
+const SCRIPT_CONN: u64 = 1 << 61;
 
 /// The connection of client op `op`.
 pub(super) fn client_conn(op: u64) -> ConnId {
@@ -53,9 +55,16 @@ pub(super) fn peer_conn(from: u32, from_shard: usize, from_life: u64) -> ConnId 
     )
 }
 
+/// The connection of the scripted cluster's request number `n`.
+pub(super) fn script_conn(n: u64) -> ConnId {
+    assert!(n <= u64::from(u32::MAX));
+    ConnId(SCRIPT_CONN | n)
+}
+
 /// What a connection id stands for.
 pub(super) enum Conn {
     Client(u64),
+    Script(u64),
     Peer {
         from: u32,
         from_shard: usize,
@@ -66,6 +75,8 @@ pub(super) enum Conn {
 pub(super) fn conn_of(c: ConnId) -> Conn {
     if c.0 & CLIENT_CONN != 0 {
         Conn::Client(c.0 & 0xFFFF_FFFF)
+    } else if c.0 & PEER_CONN == 0 {
+        Conn::Script(c.0 & 0xFFFF_FFFF)
     } else {
         Conn::Peer {
             from: ((c.0 >> 48) & 0x3FFF) as u32,
@@ -229,6 +240,19 @@ impl World {
             next_maintenance_ms: vec![0; shards],
         });
         n.paused_until = 0;
+        // Every life runs its own interval timer, as `kvd`'s loop does (the timer of an
+        // earlier life stops at its first tick after the crash).
+        if let SyncPolicy::Interval { ms } = self.node(id).sync {
+            let life = self.node(id).life;
+            self.at(
+                self.now + ms,
+                Ev::Sync {
+                    node: id,
+                    life,
+                    periodic: true,
+                },
+            );
+        }
     }
 
     /// Crash node `id`: its process dies, its disk loses (or tears) what was not synced.
@@ -448,6 +472,14 @@ impl World {
                     .as_mut()
                     .and_then(|r| r.outcomes.remove(&(conn.0, rid)));
                 self.client_answer(op, &bytes, kept);
+            }
+            Conn::Script(n) => {
+                let kept = self
+                    .node_mut(id)
+                    .up
+                    .as_mut()
+                    .and_then(|r| r.outcomes.remove(&(conn.0, rid)));
+                self.script_answer(n, bytes, kept);
             }
             Conn::Peer {
                 from,

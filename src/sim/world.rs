@@ -178,6 +178,11 @@ pub struct World {
     pub trace: Trace,
     /// Figures.
     pub stats: RunStats,
+    /// Whether a few frames take ten times longer in the safety phase (reordering); the
+    /// scripted cluster may turn it off.
+    pub(super) reorder: bool,
+    /// Answers to the scripted cluster's requests ([`super::script`]).
+    pub(super) script: super::script::Inbox,
 }
 
 impl World {
@@ -272,6 +277,8 @@ impl World {
             hist,
             trace,
             stats: RunStats::default(),
+            reorder: true,
+            script: Default::default(),
             p,
         }
     }
@@ -308,23 +315,7 @@ impl World {
     /// Run the simulation to its end.
     pub fn run(&mut self) {
         self.p.describe(&mut self.trace);
-        for id in 1..=self.p.nodes {
-            self.start_node(id);
-            for shard in 0..self.node(id).shards {
-                let first = range(&mut self.rng, 0, self.p.tick_ms);
-                self.at(first, Ev::Tick { node: id, shard });
-            }
-            if let SyncPolicy::Interval { ms } = self.node(id).sync {
-                self.at(
-                    ms,
-                    Ev::Sync {
-                        node: id,
-                        life: 0,
-                        periodic: true,
-                    },
-                );
-            }
-        }
+        self.boot();
         // Let gossip settle before the clients start.
         let warm = self.p.gossip_interval_ms * 3;
         for c in 0..self.p.clients {
@@ -338,13 +329,13 @@ impl World {
         self.at(self.p.safety_ms, Ev::Liveness);
         let end = self.p.safety_ms + self.p.liveness_ms_max + 10_000;
         while self.phase != Phase::Done {
-            let Some(((t, _), ev)) = self.queue.pop_first() else {
+            let Some(t) = self.next_event_ms() else {
                 break;
             };
-            self.now = t;
-            self.trace.now_ms = t;
-            self.stats.events += 1;
-            if self.stats.events > EVENTS_MAX || t > end {
+            if self.stats.events >= EVENTS_MAX || t > end {
+                self.now = t;
+                self.trace.now_ms = t;
+                self.stats.events += 1;
                 self.hist.report(
                     "liveness",
                     None,
@@ -352,9 +343,37 @@ impl World {
                 );
                 break;
             }
-            self.dispatch(ev);
+            self.step();
         }
         self.final_figures();
+    }
+
+    /// Start every node, with the first tick of each of its shards and its sync timer: the
+    /// beginning of every run, scripted or not.
+    pub(super) fn boot(&mut self) {
+        for id in 1..=self.p.nodes {
+            self.start_node(id);
+            for shard in 0..self.node(id).shards {
+                let first = range(&mut self.rng, 0, self.p.tick_ms);
+                self.at(first, Ev::Tick { node: id, shard });
+            }
+        }
+    }
+
+    /// When the next event happens, if any is queued.
+    pub(super) fn next_event_ms(&self) -> Option<u64> {
+        self.queue.first_key_value().map(|(&(t, _), _)| t)
+    }
+
+    /// Handle the next event (virtual time moves to it); returns its time, or `None` when
+    /// nothing is queued. The one step of both [`World::run`] and the scripted cluster.
+    pub(super) fn step(&mut self) -> Option<u64> {
+        let ((t, _), ev) = self.queue.pop_first()?;
+        self.now = t;
+        self.trace.now_ms = t;
+        self.stats.events += 1;
+        self.dispatch(ev);
+        Some(t)
     }
 
     fn final_figures(&mut self) {
