@@ -47,31 +47,14 @@ impl Cluster {
         c
     }
 
-    /// Wait until node `at` sees exactly `alive` alive (and every other node failed).
+    /// Wait until node `at` sees exactly `alive` alive (every shard serves the membership
+    /// shard's view).
     fn wait_alive(&self, at: u32, alive: &[u32]) {
-        wait_for(
-            DEADLINE,
-            &format!("node {at} to see {alive:?} alive"),
-            || {
-                let text = Client::connect(self.nodes[at as usize - 1].addr.as_str())
-                    .ok()?
-                    .cluster()
-                    .ok()?;
-                let ok = text.lines().all(|l| {
-                    let w: Vec<&str> = l.split_whitespace().collect();
-                    let id: u32 = w[0].parse().unwrap();
-                    w.len() >= 4 && (w[2] == "alive") == alive.contains(&id) && w[3] != "0"
-                });
-                ok.then_some(())
-            },
-        );
+        common::wait_alive(&self.nodes[at as usize - 1], 3, alive, DEADLINE);
     }
 
     fn stat(&self, id: u32, name: &str) -> u64 {
-        let text = self.client(id).stats().unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in STATS of node {id}"))
+        common::stat(&self.nodes[id as usize - 1], name)
     }
 }
 

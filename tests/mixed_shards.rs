@@ -66,37 +66,15 @@ impl Cluster {
         c
     }
 
-    /// Wait until node `at` sees exactly `alive` alive in CLUSTER (whichever shard answers:
-    /// every shard serves the membership shard's view).
+    /// Wait until node `at` sees exactly `alive` alive (every shard serves the membership
+    /// shard's view).
     fn wait_alive(&self, at: u32, alive: &[u32]) {
-        wait_for(
-            DEADLINE,
-            &format!("node {at} to see {alive:?} alive"),
-            || {
-                let text = Client::connect(self.nodes[at as usize - 1].addr.as_str())
-                    .ok()?
-                    .cluster()
-                    .ok()?;
-                let ok = text.lines().count() == 3
-                    && text.lines().all(|l| {
-                        let w: Vec<&str> = l.split_whitespace().collect();
-                        let id: u32 = w[0].parse().unwrap();
-                        w.len() >= 4 && (w[2] == "alive") == alive.contains(&id)
-                    });
-                ok.then_some(())
-            },
-        );
+        common::wait_alive(&self.nodes[at as usize - 1], 3, alive, DEADLINE);
     }
 
     fn stat(&self, id: u32, name: &str) -> u64 {
-        let text = self.client(id).stats().unwrap();
-        stat_in(&text, name).unwrap_or_else(|| panic!("no {name} in STATS of node {id}: {text}"))
+        common::stat(&self.nodes[id as usize - 1], name)
     }
-}
-
-fn stat_in(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 fn key(tag: &str, i: usize) -> Vec<u8> {

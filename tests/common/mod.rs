@@ -374,3 +374,34 @@ pub fn wait_clocks_measured(node: &Node) {
         },
     );
 }
+
+/// A STATS figure of `node` (summed over its shards by the node); panics if it is missing.
+pub fn stat(node: &Node, name: &str) -> u64 {
+    let text = node.client().stats().expect("STATS");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in STATS of {}: {text}", node.addr))
+}
+
+/// Wait up to `timeout` until `node`'s CLUSTER lists `total` nodes, exactly those in `alive`
+/// as alive (with a heartbeat heard), the others not.
+pub fn wait_alive(node: &Node, total: usize, alive: &[u32], timeout: Duration) {
+    wait_for(
+        timeout,
+        &format!("{} to see {alive:?} alive", node.addr),
+        || {
+            let text = Client::connect(node.addr.as_str()).ok()?.cluster().ok()?;
+            let ok = text.lines().count() == total
+                && text.lines().all(|l| {
+                    let w: Vec<&str> = l.split_whitespace().collect();
+                    let Some(id) = w.first().and_then(|x| x.parse::<u32>().ok()) else {
+                        return false;
+                    };
+                    w.len() >= 4
+                        && (w[2] == "alive") == alive.contains(&id)
+                        && (w[2] != "alive" || w[3] != "0")
+                });
+            ok.then_some(())
+        },
+    );
+}
