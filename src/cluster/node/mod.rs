@@ -23,7 +23,8 @@
 //! durability on acknowledgement, exactly as for single-node writes.
 //!
 //! With several shards per node, every shard runs a `ClusterNode` with the node's id (set up
-//! by [`ClusterNode::set_shard`]), but only the membership shard ([`MEMBERSHIP_SHARD`]) runs
+//! by [`ClusterNode::set_shard`]), but only the membership shard
+//! ([`super::view::MEMBERSHIP_SHARD`]) runs
 //! the membership: gossip, failure detection, clock measurement, leader choice. It hands its
 //! view out as a [`NodeView`] ([`ClusterNode::poll_view`]); the other shards never gossip and
 //! decide with the last view they were given ([`ClusterNode::on_view`]), failing safe (no peer
@@ -32,9 +33,15 @@
 //! ([`ClusterNode::take_reports`] / [`ClusterNode::on_reports`]), which reports for the whole
 //! node to the leader and passes the horizons it learns back in its views: see
 //! [`super::view`].
+//!
+//! ```text
+//!  node/mod.rs    the core: construction, client requests, peer frames, ticks, local work
+//!  node/view.rs   its part in the node's membership: whole, membership shard, follower
+//!  node/stats.rs  CLUSTER text, STATS figures, clock figures
+//!  node/tests.rs  unit tests
+//! ```
 
 use super::antientropy::{self, AntiEntropy};
-use super::clock::Sample;
 use super::config::ClusterConfig;
 use super::coordinator::{Action, Coordinator, CoordinatorConfig, Outcome};
 use super::hints::HintQueue;
@@ -43,11 +50,17 @@ use super::peer::{self, PeerError, PeerReply, PeerRequest, WriteAck, HINT_ID_BIT
 use super::replica;
 use super::ring::Ring;
 use super::rng::SplitMix64;
-use super::view::{NodeView, MEMBERSHIP_SHARD, VIEW_EVENTS_MAX, VIEW_REFRESH_MS};
+use super::view::{NodeView, VIEW_EVENTS_MAX};
 use crate::protocol::{Consistency, FrameRef};
 use crate::storage::{Store, Stored};
 use std::collections::VecDeque;
-use std::fmt::Write as _;
+
+mod stats;
+#[cfg(test)]
+mod tests;
+mod view;
+
+pub use stats::ClockFigures;
 
 /// What the caller must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,152 +205,6 @@ impl<C> ClusterNode<C> {
         }
     }
 
-    /// With several shards per node: this core owns only shard `shard`'s partitions (call
-    /// before [`ClusterNode::recover_clock`]). Anti-entropy frames (0x23..=0x26) begin with a
-    /// u16 partition: route them to `hash::shard_of_partition(partition, shards)`.
-    ///
-    /// With more than one shard, shard [`MEMBERSHIP_SHARD`] runs the node's membership and
-    /// hands out its view ([`ClusterNode::poll_view`]); every other shard becomes a follower
-    /// that never gossips and decides with the views it is given ([`ClusterNode::on_view`]).
-    pub fn set_shard(&mut self, shard: usize, shards: usize) {
-        self.aae.set_shard(shard, shards);
-        self.role = if shards <= 1 {
-            Role::Whole
-        } else if shard == MEMBERSHIP_SHARD {
-            Role::Publisher {
-                last: None,
-                last_sent_ms: 0,
-                events: Vec::new(),
-                horizons_sent: vec![0; crate::limits::PARTITION_COUNT],
-            }
-        } else {
-            Role::Follower { view: None }
-        };
-    }
-
-    /// Whether this core follows another's membership view (a shard other than the
-    /// membership shard of a node with several).
-    pub fn is_follower(&self) -> bool {
-        matches!(self.role, Role::Follower { .. })
-    }
-
-    /// The view a follower decides with; `None` for other cores and before the first view.
-    fn followed(&self) -> Option<&NodeView> {
-        match &self.role {
-            Role::Follower { view } => view.as_ref(),
-            _ => None,
-        }
-    }
-
-    /// The membership shard's view to hand to the node's other shards, when it changed since
-    /// the last one (or [`VIEW_REFRESH_MS`] passed); `None` otherwise and on other cores. Call
-    /// after the inputs of a turn (a cluster tick is enough: it runs every few ms).
-    pub fn poll_view(&mut self, now_ms: u64) -> Option<NodeView> {
-        if !matches!(self.role, Role::Publisher { .. }) {
-            return None;
-        }
-        // What decides; the CLUSTER text and the clock figures of STATS (costly to render)
-        // only ride along when a view goes out.
-        let state = NodeView {
-            alive_mask: self.own_alive_mask(),
-            leader: self.membership.leader(),
-            incarnation: self.membership.incarnation(),
-            clock: Some(self.membership.cluster_clock(now_ms)),
-            ..NodeView::default()
-        };
-        let current = self.aae.horizons();
-        let Role::Publisher {
-            last,
-            last_sent_ms,
-            events,
-            horizons_sent,
-        } = &self.role
-        else {
-            unreachable!("checked above");
-        };
-        let refresh = last.is_none() || now_ms >= last_sent_ms.saturating_add(VIEW_REFRESH_MS);
-        let changed = (0..current.len()).any(|p| current[p] != horizons_sent[p]);
-        let same = last.as_ref().is_some_and(|l| l.same_state(&state));
-        if same && !refresh && !changed && events.is_empty() {
-            return None;
-        }
-        let mut view = state.clone();
-        view.figures = self.clock_figures(now_ms);
-        view.text = self.membership.render();
-        let Role::Publisher {
-            last,
-            last_sent_ms,
-            events,
-            horizons_sent,
-        } = &mut self.role
-        else {
-            unreachable!("checked above");
-        };
-        view.events = std::mem::take(events);
-        for (p, &h) in current.iter().enumerate() {
-            // On a refresh every known horizon goes out again; otherwise only the changes.
-            if h != 0 && (refresh || h != horizons_sent[p]) {
-                view.horizons.push((p as u16, h));
-            }
-        }
-        horizons_sent.copy_from_slice(current);
-        *last = Some(state);
-        *last_sent_ms = now_ms;
-        Some(view)
-    }
-
-    /// A view from the node's membership shard (on a follower; ignored on other cores): decide
-    /// with it from now on, act on its member events and adopt its horizons.
-    pub fn on_view(&mut self, now_ms: u64, store: &mut dyn Store, view: NodeView) {
-        let Role::Follower { view: held } = &mut self.role else {
-            return;
-        };
-        let mut view = view;
-        let events = std::mem::take(&mut view.events);
-        let horizons = std::mem::take(&mut view.horizons);
-        *held = Some(view);
-        self.update_clock_offset(now_ms);
-        let mut recovered = false;
-        for e in &events {
-            self.aae.on_member_event(now_ms, e);
-            recovered |= matches!(
-                e,
-                MemberEvent::Recovered { .. } | MemberEvent::Restarted { .. }
-            );
-        }
-        if !horizons.is_empty() {
-            self.aae.adopt_horizon_list(store, &horizons);
-        }
-        if recovered {
-            // Deliver at once rather than at the next tick, as the membership shard does.
-            self.deliver_hints(now_ms);
-        }
-    }
-
-    /// Completed anti-entropy exchanges a follower hands to the membership shard (empty on
-    /// other cores: they report to the leader themselves).
-    pub fn take_reports(&mut self) -> antientropy::Reports {
-        if self.is_follower() {
-            self.aae.take_reports()
-        } else {
-            antientropy::Reports::new()
-        }
-    }
-
-    /// Completed exchanges of the node's other shards, to report to the leader with this
-    /// core's own (on the membership shard).
-    pub fn on_reports(&mut self, reports: antientropy::Reports) {
-        self.aae.add_reports(reports);
-    }
-
-    /// This node's incarnation (as the membership shard knows it, on a follower).
-    pub fn incarnation(&self) -> u64 {
-        match &self.role {
-            Role::Follower { view } => view.as_ref().map_or(0, |v| v.incarnation),
-            _ => self.membership.incarnation(),
-        }
-    }
-
     /// Anti-entropy state (stats, trees, horizons).
     pub fn anti_entropy(&self) -> &AntiEntropy {
         &self.aae
@@ -418,31 +285,6 @@ impl<C> ClusterNode<C> {
             self.config.max_clock_offset_ms,
             self.config.mutations.accept_future_versions,
         )
-    }
-
-    /// The clock figures of STATS (a view, not counters: never summed over shards).
-    pub fn clock_figures(&self, now_ms: u64) -> ClockFigures {
-        if let Role::Follower { view } = &self.role {
-            return match view {
-                Some(v) => v.figures.clone(),
-                None => ClockFigures {
-                    offset_max_ms: self.config.max_clock_offset_ms,
-                    writes_refused: true,
-                    ..ClockFigures::default()
-                },
-            };
-        }
-        let c = self.membership.cluster_clock(now_ms);
-        ClockFigures {
-            offset_ms: c.offset_ms,
-            offset_max_ms: self.config.max_clock_offset_ms,
-            peers_live: c.live,
-            peers_measured: c.measured,
-            writes_refused: self.clock_refusal(now_ms).is_some(),
-            peers: (self.config.nodes.iter())
-                .filter_map(|n| Some((n.id, self.membership.clock_sample(n.id)?)))
-                .collect(),
-        }
     }
 
     /// The configuration.
@@ -914,341 +756,5 @@ impl<C> ClusterNode<C> {
                 Action::Hint { target, write } => self.hints.add(target, write),
             }
         }
-    }
-
-    /// The CLUSTER reply text (on a follower: the last view's).
-    pub fn render_cluster(&self) -> String {
-        match self.followed() {
-            Some(v) => v.text.clone(),
-            None => self.membership.render(),
-        }
-    }
-
-    /// Cluster figures for STATS, one `name value` line each: [`ClusterNode::stats_report_at`].
-    pub fn stats_text_at(&self, now_ms: u64) -> String {
-        let mut t = String::new();
-        self.stats_report_at(now_ms, &mut |name, v| {
-            let _ = writeln!(t, "{name} {v}");
-        });
-        t
-    }
-
-    /// Cluster figures for STATS as `(name, value)` pairs, anti-entropy's included, and
-    /// `clock_shards_refusing` (1 while this core refuses writes for its clock; summed over
-    /// the shards of a node, it says how many shards refuse).
-    pub fn stats_report_at(&self, now_ms: u64, report: &mut dyn FnMut(&'static str, u64)) {
-        self.stats_report(report);
-        let refusing = self.clock_refusal(now_ms).is_some();
-        report("clock_shards_refusing", u64::from(refusing));
-        // Its twin, so that a reader can tell "every shard accepts writes" (equal to `shards`)
-        // from "no shard has published yet" (both 0).
-        report("clock_shards_accepting", u64::from(!refusing));
-        self.aae.stats_report(now_ms, report);
-    }
-
-    /// Cluster counters for STATS, one `name value` line each: [`ClusterNode::stats_report`].
-    pub fn stats_text(&self) -> String {
-        let mut t = String::new();
-        self.stats_report(&mut |name, v| {
-            let _ = writeln!(t, "{name} {v}");
-        });
-        t
-    }
-
-    /// Cluster counters for STATS as `(name, value)` pairs (counters only, so the figures of
-    /// several shards can be summed by name; anti-entropy's: [`ClusterNode::stats_report_at`]).
-    pub fn stats_report(&self, report: &mut dyn FnMut(&'static str, u64)) {
-        let m = self.membership.stats();
-        let c = self.coordinator.stats();
-        let h = self.hints.stats();
-        let r = self.replica_stats;
-        let (samples, samples_dropped) = self.membership.clock_counts();
-        let lines: [(&'static str, u64); 27] = [
-            ("cluster_pauses", m.pauses),
-            ("gossip_sent", m.gossip_sent),
-            ("gossip_merged", m.gossip_merged),
-            ("failures_detected", m.failures_detected),
-            ("recoveries", m.recoveries),
-            ("coord_writes", c.writes),
-            ("coord_reads", c.reads),
-            ("coord_unavailable", c.unavailable),
-            ("coord_timeouts", c.timeouts),
-            ("coord_overloaded", c.overloaded),
-            ("coord_in_flight", self.coordinator.in_flight() as u64),
-            ("read_repairs_sent", c.repairs),
-            ("read_repairs_received", r.repairs_received),
-            ("hints_stored", h.stored),
-            ("hints_delivered", h.delivered),
-            ("hints_dropped", h.dropped),
-            ("hints_pending", h.pending),
-            ("hints_received", r.hints_received),
-            ("replicate_served", r.replicate_served),
-            ("peer_errors", r.peer_errors),
-            ("coord_maybe_applied", c.maybe_applied),
-            ("coord_reissues", c.reissues),
-            ("coord_superseded", c.superseded),
-            ("coord_clock_refused", r.clock_refused),
-            ("replicate_refused_ahead", r.refused_ahead),
-            ("clock_samples", samples),
-            ("clock_samples_dropped", samples_dropped),
-        ];
-        for (name, v) in lines {
-            report(name, v);
-        }
-    }
-}
-
-/// The clock figures of STATS: what this node knows of its clock against the cluster's. A
-/// view of the node, measured by its membership shard and shown as it is (never summed over
-/// shards).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ClockFigures {
-    /// This node's clock minus the cluster's, ms.
-    pub offset_ms: i64,
-    /// The limit of that offset (`--max-clock-offset-ms`).
-    pub offset_max_ms: u64,
-    /// Live peers.
-    pub peers_live: usize,
-    /// Live peers whose clock is measured.
-    pub peers_measured: usize,
-    /// Whether the max-offset rule refuses writes now.
-    pub writes_refused: bool,
-    /// Per measured peer, in configuration order: its id and its latest sample.
-    pub peers: Vec<(u32, Sample)>,
-}
-
-impl ClockFigures {
-    /// The STATS lines: `clock_offset_ms` (this node minus the cluster), `clock_offset_max_ms`
-    /// (the limit), `clock_peers_live`, `clock_peers_measured`, `clock_writes_refused` (1
-    /// while the rule refuses writes), then per measured peer `clock_peer_<id>_offset_ms` (its
-    /// clock minus ours) and `clock_peer_<id>_rtt_ms`.
-    pub fn write_stats(&self, t: &mut String) {
-        let _ = writeln!(t, "clock_offset_ms {}", self.offset_ms);
-        let _ = writeln!(t, "clock_offset_max_ms {}", self.offset_max_ms);
-        let _ = writeln!(t, "clock_peers_live {}", self.peers_live);
-        let _ = writeln!(t, "clock_peers_measured {}", self.peers_measured);
-        let _ = writeln!(t, "clock_writes_refused {}", u8::from(self.writes_refused));
-        for (id, s) in &self.peers {
-            let _ = writeln!(t, "clock_peer_{id}_offset_ms {}", s.offset_ms);
-            let _ = writeln!(t, "clock_peer_{id}_rtt_ms {}", s.rtt_ms);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cluster::config::parse_nodes;
-
-    /// A request that asks for the default runs at the node's `--default-consistency`; one
-    /// that names its level keeps it.
-    #[test]
-    fn the_default_level_is_the_configured_one() {
-        let nodes = parse_nodes("1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003").unwrap();
-        for (configured, required) in [
-            (Consistency::One, 1),
-            (Consistency::Quorum, 2),
-            (Consistency::All, 3),
-        ] {
-            let mut c = ClusterConfig::with_defaults(1, nodes.clone(), 3);
-            c.default_consistency = configured;
-            let node: ClusterNode<u32> = ClusterNode::new(c, 0, 1, HintQueue::in_memory(300));
-            assert_eq!(node.level(Consistency::Default), configured);
-            assert_eq!(node.required(Consistency::Default), required);
-            assert_eq!(node.required(Consistency::One), 1);
-            assert_eq!(node.required(Consistency::All), 3);
-        }
-        let c = ClusterConfig::with_defaults(1, nodes, 3);
-        assert_eq!(
-            c.default_consistency,
-            Consistency::Quorum,
-            "documented default"
-        );
-    }
-    use crate::cluster::peer::ClockStamp;
-    use crate::protocol::{frame, Response};
-    use crate::storage::memory::MemoryStore;
-    use crate::storage::Write;
-    use crate::version::Version;
-
-    const NOW: u64 = 1_700_000_000_000;
-
-    fn node() -> ClusterNode<u32> {
-        let c = ClusterConfig::build(1, "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003", 3)
-            .unwrap();
-        ClusterNode::new(c, NOW, 1, HintQueue::in_memory(100))
-    }
-
-    /// Feed node 1 a gossip reply from `peer` whose clock is `offset_ms` from ours.
-    fn measure(n: &mut ClusterNode<u32>, store: &mut MemoryStore, peer: u32, offset_ms: i64) {
-        let mut out = Vec::new();
-        let stamp = ClockStamp {
-            sent_ms: NOW.saturating_add_signed(offset_ms),
-            echo_ms: NOW,
-        };
-        peer::put_gossip_reply(&mut out, 9, peer, &n.membership().entries(), stamp);
-        let (f, _) = frame::parse(&out).unwrap().unwrap();
-        n.on_peer_reply(NOW, store, peer, &f);
-    }
-
-    fn replicate(n: &mut ClusterNode<u32>, store: &mut MemoryStore, version: Version) -> PeerReply {
-        let mut req = Vec::new();
-        let w = Write {
-            key: b"k",
-            value: Some(b"v"),
-            version,
-            expires_at_ms: 0,
-        };
-        peer::put_replicate(&mut req, 5, 0, &w);
-        let (f, _) = frame::parse(&req).unwrap().unwrap();
-        let mut out = Vec::new();
-        n.on_peer_request(NOW, store, 2, f.id, f.op, f.aux, f.body, &mut out)
-            .unwrap();
-        let (r, _) = frame::parse(&out).unwrap().unwrap();
-        let resp = Response::from_frame(&r).unwrap();
-        PeerReply::decode(r.op, resp.status, resp.body).unwrap()
-    }
-
-    #[test]
-    fn writes_wait_for_measurement_then_follow_the_median() {
-        let mut store = MemoryStore::new();
-        let mut n = node();
-        let refused = |n: &mut ClusterNode<u32>, store: &mut MemoryStore| {
-            n.write(NOW, store, 1, b"k", Some(b"v"), 0, Consistency::One);
-            match n.poll_output() {
-                Some(Output::Reply {
-                    outcome: Outcome::Failed { status, message },
-                    ..
-                }) => Some((status, message)),
-                _ => None,
-            }
-        };
-        // Nothing measured yet: refused.
-        let (status, _) = refused(&mut n, &mut store).expect("refused before measuring");
-        assert_eq!(status, crate::protocol::Status::ClockOffset);
-        // Both peers 10 minutes behind: this node is 10 minutes ahead.
-        measure(&mut n, &mut store, 2, -600_000);
-        measure(&mut n, &mut store, 3, -600_000);
-        assert_eq!(n.cluster_clock(NOW).offset_ms, 600_000);
-        let (_, why) = refused(&mut n, &mut store).expect("refused when ahead");
-        assert!(why.contains("ahead of the cluster"), "{why}");
-        // One peer agrees with us, one is 10 minutes ahead: the median is us.
-        measure(&mut n, &mut store, 2, 3);
-        measure(&mut n, &mut store, 3, 600_000);
-        assert_eq!(n.clock_refusal(NOW), None);
-        assert!(refused(&mut n, &mut store).is_none());
-        assert_eq!(
-            n.stats_text()
-                .lines()
-                .find(|l| l.starts_with("coord_clock_refused")),
-            Some("coord_clock_refused 2")
-        );
-    }
-
-    /// A follower (a shard other than the membership shard) never gossips, refuses writes
-    /// and counts no peer alive until its first view, then decides with the view it got.
-    #[test]
-    fn a_follower_decides_with_the_membership_shards_view() {
-        let mut store = MemoryStore::new();
-        let mut lead = node();
-        lead.set_shard(MEMBERSHIP_SHARD, 3);
-        let mut follower = node();
-        follower.set_shard(1, 3);
-        assert!(follower.is_follower() && !lead.is_follower());
-        // Ticks: only the membership shard gossips.
-        lead.on_tick(NOW, &mut store);
-        follower.on_tick(NOW, &mut store);
-        let sends = |n: &mut ClusterNode<u32>| {
-            std::iter::from_fn(|| n.poll_output())
-                .filter(|o| matches!(o, Output::Send { .. }))
-                .count()
-        };
-        assert!(sends(&mut lead) > 0);
-        assert_eq!(sends(&mut follower), 0);
-        assert_eq!(
-            follower.stats_text().lines().next(),
-            Some("cluster_pauses 0")
-        );
-        // No view yet: only itself alive, writes refused for the clock.
-        assert_eq!(follower.alive_mask(), 0b001);
-        let why = follower.clock_refusal(NOW).expect("refused without a view");
-        assert!(why.contains("not measured yet"), "{why}");
-        // The membership shard measures both peers; its view goes out once, then only on
-        // changes.
-        measure(&mut lead, &mut store, 2, 3);
-        measure(&mut lead, &mut store, 3, -3);
-        let view = lead.poll_view(NOW).expect("a first view");
-        assert_eq!(view.alive_mask, 0b111);
-        assert!(view.clock.is_some_and(|c| c.complete()));
-        assert_eq!(lead.poll_view(NOW + 1), None, "nothing changed");
-        assert!(lead.poll_view(NOW + VIEW_REFRESH_MS).is_some(), "refresh");
-        follower.on_view(NOW, &mut store, view.clone());
-        assert_eq!(follower.alive_mask(), 0b111);
-        assert_eq!(follower.clock_refusal(NOW), None);
-        assert_eq!(follower.render_cluster(), lead.render_cluster());
-        assert_eq!(follower.clock_figures(NOW), lead.clock_figures(NOW));
-        follower.write(NOW, &mut store, 7, b"k", Some(b"v"), 0, Consistency::All);
-        let mut to: Vec<u32> = std::iter::from_fn(|| follower.poll_output())
-            .filter_map(|o| match o {
-                Output::Send { to, .. } => Some(to),
-                _ => None,
-            })
-            .collect();
-        to.sort_unstable();
-        assert_eq!(
-            to,
-            vec![2, 3],
-            "replicated to both peers the view holds alive"
-        );
-        // A stray GOSSIP on a follower is refused, not answered with its idle membership.
-        let mut req = Vec::new();
-        peer::put_gossip(
-            &mut req,
-            4,
-            2,
-            &lead.membership().entries(),
-            ClockStamp::default(),
-        );
-        let (f, _) = frame::parse(&req).unwrap().unwrap();
-        let mut out = Vec::new();
-        follower
-            .on_peer_request(NOW, &mut store, 2, f.id, f.op, f.aux, f.body, &mut out)
-            .unwrap();
-        let (r, _) = frame::parse(&out).unwrap().unwrap();
-        assert_eq!(
-            Response::from_frame(&r).unwrap().status,
-            crate::protocol::Status::Unavailable as u8
-        );
-    }
-
-    #[test]
-    fn a_replica_refuses_versions_too_far_ahead_of_the_cluster_clock() {
-        let mut store = MemoryStore::new();
-        let mut n = node();
-        let ahead = Version::new(NOW + 501, 0, 2);
-        match replicate(&mut n, &mut store, ahead) {
-            PeerReply::Write(WriteAck::Refused(why)) => assert!(why.contains("ahead"), "{why}"),
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(store.get(b"k").unwrap(), None);
-        assert!(matches!(
-            replicate(&mut n, &mut store, Version::new(NOW + 500, 0, 2)),
-            PeerReply::Write(WriteAck::Done(_))
-        ));
-        // A node whose own clock is 10 minutes slow measures it, and judges by the cluster's
-        // clock: a version from a sane node is stored, one 10 minutes further is not.
-        let mut slow = node();
-        let mut store = MemoryStore::new();
-        measure(&mut slow, &mut store, 2, 600_000);
-        measure(&mut slow, &mut store, 3, 600_000);
-        slow.on_tick(NOW, &mut store);
-        assert!(matches!(
-            replicate(&mut slow, &mut store, Version::new(NOW + 600_100, 0, 2)),
-            PeerReply::Write(WriteAck::Done(_))
-        ));
-        assert!(matches!(
-            replicate(&mut slow, &mut store, Version::new(NOW + 1_200_000, 0, 2)),
-            PeerReply::Write(WriteAck::Refused(_))
-        ));
     }
 }
