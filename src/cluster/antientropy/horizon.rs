@@ -52,7 +52,12 @@ impl AntiEntropy {
                 })
                 .collect();
             let h = if prefs.len() == 1 {
-                horizon_of(now_ms, self.grace_ms)
+                // One replica: nothing to exchange; the horizon follows the cluster's clock
+                // (never an unmeasured one).
+                if !self.clock_measured {
+                    continue;
+                }
+                horizon_of(self.cluster_ms(now_ms), self.grace_ms)
             } else if included.len() < 2 {
                 continue;
             } else {

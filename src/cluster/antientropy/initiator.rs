@@ -99,7 +99,9 @@ impl AntiEntropy {
                 Exchange {
                     partition: p,
                     peer,
-                    start_ms: now_ms,
+                    // On the cluster's clock: the leader compares starts reported by
+                    // different nodes (see `complete`).
+                    start_ms: self.cluster_ms(now_ms),
                     deadline_ms: now_ms.saturating_add(self.timeout_ms),
                     phase: Phase::Tree {
                         level: 0,
@@ -526,6 +528,11 @@ impl AntiEntropy {
         self.index.stats.exchanges += 1;
         if let Some(r) = self.round.as_mut() {
             r.synced[x.partition] = true;
+        }
+        if !self.clock_measured {
+            // Its start is on a clock not yet measured against the cluster's: it may run
+            // minutes ahead. The data moved; the leader hears of the next exchange instead.
+            return;
         }
         let e = self
             .unreported

@@ -170,6 +170,8 @@ pub struct AntiEntropy {
     now_ms: u64,
     /// This node's clock minus the cluster's (the bound is on the cluster's clock).
     clock_offset_ms: i64,
+    /// Whether `clock_offset_ms` is measured (see [`AntiEntropy::set_clock_offset`]).
+    clock_measured: bool,
     ring: Ring,
     interval_ms: u64,
     /// Delay of the first round, and between rounds, while rejoining: a node that refuses
@@ -223,6 +225,8 @@ impl AntiEntropy {
             },
             now_ms: start_ms,
             clock_offset_ms: 0,
+            // A cluster of one has nobody to measure: its own clock is the cluster's.
+            clock_measured: config.nodes.len() <= 1,
             ring,
             interval_ms: config.anti_entropy_interval_ms,
             retry_ms: config.anti_entropy_interval_ms.min(
@@ -340,10 +344,19 @@ impl AntiEntropy {
         self.transmits.push_back((to, frame));
     }
 
-    /// Note this node's clock offset from the cluster's: records are bounded by the
-    /// cluster's clock, not this node's.
-    pub fn set_clock_offset(&mut self, offset_ms: i64) {
-        self.clock_offset_ms = offset_ms;
+    /// Note this node's clock offset from the cluster's (`None` while not every live peer is
+    /// measured): records are bounded by the cluster's clock, not this node's, and exchanges
+    /// are reported to the leader with their start on the cluster's clock — only once it is
+    /// measured, since one clock running minutes ahead would otherwise push a horizon minutes
+    /// into the future and collect tombstones some replica still lacks.
+    pub fn set_clock_offset(&mut self, offset_ms: Option<i64>) {
+        self.clock_offset_ms = offset_ms.unwrap_or(0);
+        self.clock_measured = offset_ms.is_some();
+    }
+
+    /// The cluster's clock as this node estimates it, at this node's `now_ms`.
+    pub(super) fn cluster_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_add_signed(self.clock_offset_ms.saturating_neg())
     }
 
     /// Completed exchanges not reported yet, taken (a shard that forwards its reports hands

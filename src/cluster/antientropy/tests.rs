@@ -332,3 +332,43 @@ fn garbage_frames_never_panic() {
         }
     }
 }
+
+/// A node whose clock runs ten minutes ahead reports its exchanges on the cluster's clock,
+/// and not at all before its offset is measured: one fast clock must not push the leader's
+/// horizon minutes into the future (tombstones a replica still lacks would be collected).
+#[test]
+fn exchanges_are_reported_on_the_cluster_clock_once_it_is_measured() {
+    const AHEAD_MS: u64 = 600_000;
+    let cluster_now = 1_000_000;
+    let local_now = cluster_now + AHEAD_MS;
+    for measured in [false, true] {
+        let (mut a, mut b) = pair_of_nodes();
+        let (mut sa, mut sb) = (MemoryStore::new(), MemoryStore::new());
+        put(&mut a, &mut sa, b"k", 900_000 << 22, false);
+        a.set_clock_offset(measured.then_some(AHEAD_MS as i64));
+        b.set_clock_offset(Some(0));
+        round(&mut a, &mut sa, &mut b, &mut sb, local_now);
+        assert!(
+            sb.get(b"k").unwrap().is_some(),
+            "the exchange moved the data"
+        );
+        let reported: Vec<u64> = a
+            .reports
+            .values()
+            .chain(a.unreported.values())
+            .copied()
+            .collect();
+        if measured {
+            assert!(!reported.is_empty(), "measured: exchanges are reported");
+            assert!(
+                reported.iter().all(|&t| t == cluster_now),
+                "started at the cluster's {cluster_now}, not the local {local_now}: {reported:?}"
+            );
+        } else {
+            assert!(
+                reported.is_empty(),
+                "unmeasured: nothing reported ({reported:?})"
+            );
+        }
+    }
+}

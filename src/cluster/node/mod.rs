@@ -249,7 +249,8 @@ impl<C> ClusterNode<C> {
         let c = self.cluster_clock(now_ms);
         self.clock_offset_ms = if c.complete() { c.offset_ms } else { 0 };
         self.coordinator.set_clock_offset(self.clock_offset_ms);
-        self.aae.set_clock_offset(self.clock_offset_ms);
+        self.aae
+            .set_clock_offset(c.complete().then_some(self.clock_offset_ms));
     }
 
     /// This node's clock against the cluster's, as measured now (on a follower: as of the
