@@ -41,7 +41,7 @@ const CLUSTER_TICK_MS: u64 = 5;
 
 /// A shard's cluster figures are published for STATS at most this often (STATS may lag the
 /// truth by this much).
-const STATS_PUBLISH_INTERVAL_MS: u64 = 25;
+pub(super) const STATS_PUBLISH_INTERVAL_MS: u64 = 25;
 
 /// Where a coordinated request's reply goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
