@@ -458,6 +458,22 @@ impl ShardCore {
         })
     }
 
+    /// Count a client's GET/PUT/DELETE as sent to an owner of its key or not (STATS
+    /// `key_requests_owned` / `key_requests_not_owned`; a single node counts nothing).
+    pub(super) fn count_key_routing(&self, key: &[u8]) {
+        let Some(c) = &self.cluster else {
+            return;
+        };
+        let owned = c.node.ring().preference_for_key(key).contains(&self.shared.node_id);
+        let counters = &self.shared.counters[self.cfg.shard];
+        let counter = if owned {
+            &counters.key_requests_owned
+        } else {
+            &counters.key_requests_not_owned
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(super) fn cluster_view(&self) -> Option<String> {
         Some(self.cluster.as_ref()?.node.render_cluster())
     }

@@ -424,6 +424,9 @@ impl ShardCore {
             | Request::Put { key, .. }
             | Request::Delete { key, .. }
             | Request::LocalGet { key } => {
+                if !matches!(req, Request::LocalGet { .. }) {
+                    self.count_key_routing(key);
+                }
                 let owner = shard_of(key, self.cfg.shards);
                 if owner != self.cfg.shard {
                     let records = &mut self.outbox.requests[owner];
