@@ -637,8 +637,16 @@ fn describe(o: &Opts) -> (String, String) {
 
 fn run(o: &mut Opts) -> Result<ExitCode, String> {
     let ring = match o.route {
+        // A target that cannot answer RING yet (down, starting) must not stop the run: it
+        // runs unrouted, as it would with --route none, and says so.
         route::RouteMode::Ring => {
-            route::RingRoute::fetch(&o.target_names, &o.token, o.key_size)?
+            match route::RingRoute::fetch(&o.target_names, &o.token, o.key_size) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("kvbench: --route ring: {e}; requests go round robin");
+                    None
+                }
+            }
         }
         route::RouteMode::None => None,
     };
