@@ -13,9 +13,9 @@
 //!   more bytes", 100,000 random byte strings and random mutations of valid frames decoded
 //!   without a panic, and the 4-byte prefix 0xFFFFFFFF refused on its own.
 
+use dkv::cluster::Ownership;
 use dkv::hash::{key_hash, partition_of};
 use dkv::limits;
-use dkv::cluster::Ownership;
 use dkv::protocol::message::{put_connection_error, put_error, put_ok, put_reply, Response};
 use dkv::protocol::ringmap::RingMap;
 use dkv::protocol::{
@@ -447,7 +447,9 @@ fn check_reply_vector(v: &Vector) {
             op::RING => {
                 // The ring a cluster started with `nodes` and `replicas` computes
                 // (Ownership::initial), at `version`, with the addresses `addrID`.
-                v.only(&["op", "status", "id", "version", "replicas", "nodes", "addr1", "addr2"]);
+                v.only(&[
+                    "op", "status", "id", "version", "replicas", "nodes", "addr1", "addr2",
+                ]);
                 let nodes: Vec<u32> = v
                     .raw("nodes")
                     .split(',')

@@ -11,9 +11,7 @@
 
 mod common;
 
-use common::{
-    free_port, node_list, temp_dir, wait_clocks_measured, wait_for, Node, READY_TIMEOUT,
-};
+use common::{free_port, node_list, temp_dir, wait_clocks_measured, wait_for, Node, READY_TIMEOUT};
 use dkv::client::Client;
 use dkv::protocol::Role;
 use std::fs::File;

@@ -80,7 +80,10 @@ fn ring_client_sends_every_request_to_an_owner() {
         assert_eq!(m, &maps[0], "nodes disagree on the ring map");
     }
     let o = &maps[0].ownership;
-    assert_eq!((o.version(), o.replicas(), o.nodes()), (1, 2, &[1, 2, 3, 4][..]));
+    assert_eq!(
+        (o.version(), o.replicas(), o.nodes()),
+        (1, 2, &[1, 2, 3, 4][..])
+    );
     assert_eq!(o.loads(), vec![128; NODES]);
     assert_eq!(o.primaries(), vec![64; NODES]);
     for (id, addr) in &maps[0].addrs {
@@ -112,15 +115,23 @@ fn ring_client_sends_every_request_to_an_owner() {
     let primary_of_4: Vec<usize> = (0..KEYS)
         .filter(|&i| rc.map().owners_of_key(&key(i))[0] == 4)
         .collect();
-    assert!(primary_of_4.len() > KEYS / 8, "node 4 is primary of a quarter");
+    assert!(
+        primary_of_4.len() > KEYS / 8,
+        "node 4 is primary of a quarter"
+    );
     for &i in &primary_of_4 {
-        let got = rc.get(&key(i), Consistency::One).expect("GET ONE with node 4 down");
+        let got = rc
+            .get(&key(i), Consistency::One)
+            .expect("GET ONE with node 4 down");
         assert!(got.is_some(), "key {i}");
     }
     let c = rc.counters();
     assert_eq!(c.to_other, 0, "{c:?}");
     assert!(c.connection_failures >= 1, "{c:?}");
-    assert!(c.maps_fetched >= 2, "a failed connection refetches the map: {c:?}");
+    assert!(
+        c.maps_fetched >= 2,
+        "a failed connection refetches the map: {c:?}"
+    );
     let live: Vec<&Node> = nodes[..3].iter().collect();
     let counts = routed_counts(&live);
     assert_eq!(counts.1, before.1, "no live node saw a key it does not own");
@@ -160,15 +171,27 @@ fn kvbench_routes_by_the_ring_and_loses_nothing() {
     let out = wait_for(KVBENCH_TIMEOUT, "kvbench to finish", || {
         let c = child.as_mut().expect("child until it exits");
         c.try_wait().expect("poll kvbench")?;
-        Some(child.take().expect("once").wait_with_output().expect("output"))
+        Some(
+            child
+                .take()
+                .expect("once")
+                .wait_with_output()
+                .expect("output"),
+        )
     });
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "kvbench failed: {stderr}\n{stdout}");
     let field = |name: &str| -> u64 {
         let key = format!("\"{name}\":");
-        let at = stdout.find(&key).unwrap_or_else(|| panic!("{name} missing: {stdout}")) + key.len();
-        let digits: String = stdout[at..].chars().take_while(char::is_ascii_digit).collect();
+        let at = stdout
+            .find(&key)
+            .unwrap_or_else(|| panic!("{name} missing: {stdout}"))
+            + key.len();
+        let digits: String = stdout[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
         digits.parse().expect("a count")
     };
     assert_eq!(field("ring_nodes"), NODES as u64);

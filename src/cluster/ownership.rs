@@ -354,9 +354,13 @@ impl Ownership {
         for _ in 0..PARTITION_COUNT * n {
             let mut best: Option<(usize, usize, usize)> = None;
             for p in 0..PARTITION_COUNT {
-                let a = self.index_of(self.owners[p * n]).expect("owners are members");
+                let a = self
+                    .index_of(self.owners[p * n])
+                    .expect("owners are members");
                 for slot in 1..n {
-                    let b = self.index_of(self.owners[p * n + slot]).expect("owners are members");
+                    let b = self
+                        .index_of(self.owners[p * n + slot])
+                        .expect("owners are members");
                     let gap = prim[a].saturating_sub(prim[b]);
                     if gap >= 2 && best.is_none_or(|(g, _, _)| gap > g) {
                         best = Some((gap, p, slot));
@@ -366,8 +370,12 @@ impl Ownership {
             let Some((_, p, slot)) = best else {
                 return;
             };
-            let a = self.index_of(self.owners[p * n]).expect("owners are members");
-            let b = self.index_of(self.owners[p * n + slot]).expect("owners are members");
+            let a = self
+                .index_of(self.owners[p * n])
+                .expect("owners are members");
+            let b = self
+                .index_of(self.owners[p * n + slot])
+                .expect("owners are members");
             self.owners.swap(p * n, p * n + slot);
             prim[a] -= 1;
             prim[b] += 1;
@@ -406,7 +414,11 @@ impl Ownership {
                 for (slot, &e) in owners.iter().enumerate().skip(first) {
                     let e = o.index_of(e).expect("owners are members");
                     let key = if primary {
-                        (usize::MAX - prim[d], usize::MAX - load[e], spread_rank(node, p))
+                        (
+                            usize::MAX - prim[d],
+                            usize::MAX - load[e],
+                            spread_rank(node, p),
+                        )
                     } else {
                         (usize::MAX - load[e], 0, spread_rank(node, p))
                     };
@@ -419,7 +431,9 @@ impl Ownership {
                 return false;
             };
             let row = p * n;
-            let e = o.index_of(o.owners[row + slot]).expect("owners are members");
+            let e = o
+                .index_of(o.owners[row + slot])
+                .expect("owners are members");
             let d = o.index_of(o.owners[row]).expect("owners are members");
             o.owners[row + slot] = node;
             load[e] -= 1;
@@ -500,7 +514,10 @@ impl Ownership {
             return bad(format!("{} bytes, shorter than its header", bytes.len()));
         }
         if bytes[0] != OWNERSHIP_FORMAT {
-            return bad(format!("format {} (this build reads {OWNERSHIP_FORMAT})", bytes[0]));
+            return bad(format!(
+                "format {} (this build reads {OWNERSHIP_FORMAT})",
+                bytes[0]
+            ));
         }
         let replicas = bytes[1] as usize;
         let k = bytes[2] as usize;
@@ -600,7 +617,11 @@ mod tests {
                 assert_valid(&o);
                 assert_eq!(o.version(), INITIAL_VERSION);
                 assert!(spread(&o.loads()) <= 1, "N={n} k={k}: {:?}", o.loads());
-                assert!(spread(&o.primaries()) <= 1, "N={n} k={k}: {:?}", o.primaries());
+                assert!(
+                    spread(&o.primaries()) <= 1,
+                    "N={n} k={k}: {:?}",
+                    o.primaries()
+                );
                 let mut rev = ids(k);
                 rev.reverse();
                 assert_eq!(Ownership::initial(&rev, n).unwrap(), o);
@@ -615,7 +636,13 @@ mod tests {
         assert!(Ownership::initial(&[1, 1, 2], 1).is_err());
         assert!(Ownership::initial(&[1, 2], 0).is_err());
         let o = Ownership::initial(&[1, 2, 3], 3).unwrap();
-        assert_eq!(o.plan_leave(3), Err(OwnershipError::Replicas { replicas: 3, nodes: 2 }));
+        assert_eq!(
+            o.plan_leave(3),
+            Err(OwnershipError::Replicas {
+                replicas: 3,
+                nodes: 2
+            })
+        );
         assert_eq!(o.plan_leave(9), Err(OwnershipError::NotMember(9)));
         assert_eq!(o.plan_join(2), Err(OwnershipError::AlreadyMember(2)));
     }
@@ -635,8 +662,16 @@ mod tests {
                 let minimum = PARTITION_COUNT * n / j as usize;
                 assert_eq!(moves.len(), minimum, "N={n} join of {j}");
                 assert!(moves.iter().all(|m| m.to == j));
-                assert!(spread(&next.loads()) <= 1, "N={n} j={j}: {:?}", next.loads());
-                assert!(spread(&next.primaries()) <= 1, "N={n} j={j}: {:?}", next.primaries());
+                assert!(
+                    spread(&next.loads()) <= 1,
+                    "N={n} j={j}: {:?}",
+                    next.loads()
+                );
+                assert!(
+                    spread(&next.primaries()) <= 1,
+                    "N={n} j={j}: {:?}",
+                    next.primaries()
+                );
                 o = next;
             }
         }
@@ -668,10 +703,16 @@ mod tests {
                 worst = worst.max(spread(&next.loads()));
                 worst_prim = worst_prim.max(spread(&next.primaries()));
                 assert!(spread(&next.loads()) <= 2, "N={n} -{l}: {:?}", next.loads());
-                assert!(spread(&next.primaries()) <= 2, "N={n} -{l}: {:?}", next.primaries());
+                assert!(
+                    spread(&next.primaries()) <= 2,
+                    "N={n} -{l}: {:?}",
+                    next.primaries()
+                );
                 o = next;
             }
-            eprintln!("N={n}: worst spread after a leave: placements {worst}, primaries {worst_prim}");
+            eprintln!(
+                "N={n}: worst spread after a leave: placements {worst}, primaries {worst_prim}"
+            );
         }
     }
 
@@ -689,8 +730,16 @@ mod tests {
 
     #[test]
     fn encoding_round_trips_and_rejects_bad_bytes() {
-        for (k, n) in [(1, 1), (3, 3), (5, 3), (32, 7), (CLUSTER_NODES_MAX as u32, 2)] {
-            let o = Ownership::initial(&ids(k), n).unwrap().with_version(0xdead_beef);
+        for (k, n) in [
+            (1, 1),
+            (3, 3),
+            (5, 3),
+            (32, 7),
+            (CLUSTER_NODES_MAX as u32, 2),
+        ] {
+            let o = Ownership::initial(&ids(k), n)
+                .unwrap()
+                .with_version(0xdead_beef);
             let bytes = o.to_bytes();
             assert_eq!(bytes.len(), o.encoded_size());
             assert!(bytes.len() <= OWNERSHIP_ENCODED_SIZE_MAX);

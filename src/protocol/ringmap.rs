@@ -84,7 +84,10 @@ impl RingMap {
         self.ownership.encode(out);
         out.push(self.addrs.len() as u8);
         for (id, addr) in &self.addrs {
-            assert!(addr.len() <= RING_ADDR_SIZE_MAX, "address {addr:?} too long");
+            assert!(
+                addr.len() <= RING_ADDR_SIZE_MAX,
+                "address {addr:?} too long"
+            );
             out.extend_from_slice(&id.to_be_bytes());
             out.push(addr.len() as u8);
             out.extend_from_slice(addr.as_bytes());

@@ -464,7 +464,11 @@ impl ShardCore {
         let Some(c) = &self.cluster else {
             return;
         };
-        let owned = c.node.ring().preference_for_key(key).contains(&self.shared.node_id);
+        let owned = c
+            .node
+            .ring()
+            .preference_for_key(key)
+            .contains(&self.shared.node_id);
         let counters = &self.shared.counters[self.cfg.shard];
         let counter = if owned {
             &counters.key_requests_owned

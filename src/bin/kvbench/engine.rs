@@ -388,7 +388,10 @@ pub fn run_thread(
         keys_checked: 0,
     };
     let aborted = w.run()?;
-    let (to_owner, to_other) = w.routing.as_ref().map_or((0, 0), |r| (r.to_owner, r.to_other));
+    let (to_owner, to_other) = w
+        .routing
+        .as_ref()
+        .map_or((0, 0), |r| (r.to_owner, r.to_other));
     w.flush_progress(u64::MAX);
     Ok(ThreadResult {
         end_ns: w.sh.now_ns(),
@@ -722,9 +725,14 @@ impl Worker {
     /// or still connecting; any ready connection with room when no owner has one up.
     fn pick(&mut self, key: u64) -> Pick {
         let Some(route) = self.sh.cfg.route.as_ref() else {
-            return self.free_conn().map_or(Pick::Wait, |ci| Pick::Conn(ci, false));
+            return self
+                .free_conn()
+                .map_or(Pick::Wait, |ci| Pick::Conn(ci, false));
         };
-        let r = self.routing.as_mut().expect("routing state exists with a route");
+        let r = self
+            .routing
+            .as_mut()
+            .expect("routing state exists with a route");
         let owners = route.owners_of(key, &mut r.scratch);
         for &node in owners {
             let conns = &r.by_node[node];
@@ -745,7 +753,8 @@ impl Worker {
                 return Pick::Wait;
             }
         }
-        self.free_conn().map_or(Pick::Wait, |ci| Pick::Conn(ci, false))
+        self.free_conn()
+            .map_or(Pick::Wait, |ci| Pick::Conn(ci, false))
     }
 
     /// Send the next operation on the connection [`Worker::pick`] chooses. `Some(true)`: sent;
