@@ -654,6 +654,7 @@ mod tests {
     fn joins_move_the_minimum_and_stay_balanced() {
         for n in 1..=3 {
             let mut o = Ownership::initial(&ids(3), n).unwrap();
+            let mut moved = Vec::new();
             for j in 4..=32u32 {
                 let next = o.plan_join(j).unwrap();
                 assert_valid(&next);
@@ -662,6 +663,7 @@ mod tests {
                 let minimum = PARTITION_COUNT * n / j as usize;
                 assert_eq!(moves.len(), minimum, "N={n} join of {j}");
                 assert!(moves.iter().all(|m| m.to == j));
+                moved.push(moves.len());
                 assert!(
                     spread(&next.loads()) <= 1,
                     "N={n} j={j}: {:?}",
@@ -674,6 +676,7 @@ mod tests {
                 );
                 o = next;
             }
+            eprintln!("N={n}: placements moved by the joins 3→4 … 31→32: {moved:?}");
         }
     }
 
