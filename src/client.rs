@@ -2,8 +2,11 @@
 //!
 //! One request at a time with [`Client::call`] and the typed helpers, or pipelined with
 //! [`Client::send`] and [`Client::recv`] (replies matched by request id, in any order).
+//! [`RingClient`] talks to a whole cluster: it fetches the ring map (RING) and sends each
+//! request to an owner of its key.
 
 use crate::protocol::message::Response;
+use crate::protocol::ringmap::RingMap;
 use crate::protocol::{frame, op, Consistency, Request, Role, Status, PROTOCOL_VERSION};
 use crate::server::readbuf::ReadBuf;
 use std::io::{self, Write};
@@ -347,6 +350,12 @@ impl Client {
         Ok(expect_ok(self.call(&Request::Cluster)?)?.text())
     }
 
+    /// RING: the ring map (version, node addresses, owners of each partition).
+    pub fn ring(&mut self) -> Result<RingMap, ClientError> {
+        let r = expect_ok(self.call(&Request::Ring)?)?;
+        RingMap::decode(&r.body).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
     /// LGET: `Ok(Some((version, value)))` for a live local copy, `Ok(None)` otherwise.
     pub fn local_get(&mut self, key: &[u8]) -> Result<Option<(u64, Vec<u8>)>, ClientError> {
         let r = self.call(&Request::LocalGet { key })?;
@@ -378,4 +387,250 @@ fn version_of(r: Reply) -> Result<u64, ClientError> {
     r.version_and_rest()
         .map(|(v, _)| v)
         .ok_or_else(|| ClientError::Protocol(format!("{} reply without a version", op::name(r.op))))
+}
+
+// ---- routing by the ring ----
+
+/// How long a [`RingClient`] leaves a node alone after a connection to it failed.
+pub const RING_NODE_RETRY_MS: u64 = 1_000;
+
+/// How often a [`RingClient`] asks for the ring map's version to notice a new ring.
+pub const RING_REFRESH_INTERVAL_MS: u64 = 1_000;
+
+/// What a [`RingClient`] did with its requests (for tests and tools).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteCounters {
+    /// Requests sent to an owner of their key.
+    pub to_owner: u64,
+    /// Requests sent to a node that does not own the key (every owner was unreachable).
+    pub to_other: u64,
+    /// Ring maps fetched (the first one included).
+    pub maps_fetched: u64,
+    /// Connections that failed (each drops the connection and refetches the map).
+    pub connection_failures: u64,
+}
+
+/// A blocking client of a whole cluster: it fetches the ring map from any node it is given,
+/// keeps one connection per node (opened when first needed), and sends each request to the
+/// first reachable owner of its key, primary first. Any node coordinates any request, so a
+/// stale map costs a hop, never a wrong answer; the map is refetched when a connection fails
+/// and when its version changes (checked every [`RING_REFRESH_INTERVAL_MS`]).
+pub struct RingClient {
+    /// Where to fetch the map from: the addresses given, then every node of the map.
+    seeds: Vec<String>,
+    token: Vec<u8>,
+    map: RingMap,
+    /// The address the map came from: a node's empty address in the map means this one.
+    map_source: String,
+    conns: std::collections::BTreeMap<u32, Client>,
+    /// Nodes whose connection failed, with when to try them again.
+    down_until: std::collections::BTreeMap<u32, std::time::Instant>,
+    checked_at: std::time::Instant,
+    counters: RouteCounters,
+}
+
+impl RingClient {
+    /// Fetch the ring map from the first of `seeds` that answers.
+    pub fn connect(seeds: &[String]) -> Result<RingClient, ClientError> {
+        RingClient::connect_with_token(seeds, b"")
+    }
+
+    /// The same, presenting a client token in every HELLO.
+    pub fn connect_with_token(seeds: &[String], token: &[u8]) -> Result<RingClient, ClientError> {
+        let (map, source) = fetch_map(seeds, token)?;
+        Ok(RingClient {
+            seeds: seeds.to_vec(),
+            token: token.to_vec(),
+            map,
+            map_source: source,
+            conns: Default::default(),
+            down_until: Default::default(),
+            checked_at: std::time::Instant::now(),
+            counters: RouteCounters {
+                maps_fetched: 1,
+                ..RouteCounters::default()
+            },
+        })
+    }
+
+    /// The ring map in use.
+    pub fn map(&self) -> &RingMap {
+        &self.map
+    }
+
+    /// What was routed where so far.
+    pub fn counters(&self) -> RouteCounters {
+        self.counters
+    }
+
+    /// Fetch the map again (from the seeds, then from the map's nodes).
+    pub fn refresh(&mut self) -> Result<(), ClientError> {
+        let mut sources = self.seeds.clone();
+        for (id, _) in &self.map.addrs {
+            if let Some(a) = self.addr_of(*id) {
+                if !sources.contains(&a) {
+                    sources.push(a);
+                }
+            }
+        }
+        let (map, source) = fetch_map(&sources, &self.token)?;
+        self.counters.maps_fetched += 1;
+        self.map = map;
+        self.map_source = source;
+        self.checked_at = std::time::Instant::now();
+        Ok(())
+    }
+
+    fn addr_of(&self, node: u32) -> Option<String> {
+        match self.map.addr_of(node)? {
+            "" => Some(self.map_source.clone()),
+            a => Some(a.to_string()),
+        }
+    }
+
+    /// The version check: past the interval, ask any connected node for the map and take it
+    /// if its version differs.
+    fn maybe_check_version(&mut self) {
+        let interval = Duration::from_millis(RING_REFRESH_INTERVAL_MS);
+        if self.checked_at.elapsed() < interval {
+            return;
+        }
+        self.checked_at = std::time::Instant::now();
+        let Some((&id, conn)) = self.conns.iter_mut().next() else {
+            return;
+        };
+        match conn.ring() {
+            Ok(map) if map.version() != self.map.version() => {
+                self.counters.maps_fetched += 1;
+                if let Some(a) = self.map.addr_of(id).filter(|a| !a.is_empty()) {
+                    self.map_source = a.to_string();
+                }
+                self.map = map;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                self.conns.remove(&id);
+            }
+        }
+    }
+
+    /// Send `req` (a request with a key) to the first reachable owner of the key, or to any
+    /// reachable node when no owner is; returns the node's reply (error statuses included).
+    pub fn call(&mut self, req: &Request<'_>) -> Result<Reply, ClientError> {
+        self.maybe_check_version();
+        let key = req.key().unwrap_or(&[]);
+        let owners = self.map.owners_of_key(key).to_vec();
+        let others: Vec<u32> = self
+            .map
+            .addrs
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !owners.contains(id))
+            .collect();
+        let mut last_err = None;
+        for (owner, node) in owners
+            .iter()
+            .map(|&n| (true, n))
+            .chain(others.iter().map(|&n| (false, n)))
+        {
+            let now = std::time::Instant::now();
+            if self.down_until.get(&node).is_some_and(|&t| now < t) {
+                continue;
+            }
+            match self.call_on(node, req) {
+                Ok(reply) => {
+                    if owner {
+                        self.counters.to_owner += 1;
+                    } else {
+                        self.counters.to_other += 1;
+                    }
+                    return Ok(reply);
+                }
+                Err(ClientError::Io(e)) => {
+                    self.counters.connection_failures += 1;
+                    self.conns.remove(&node);
+                    self.down_until
+                        .insert(node, now + Duration::from_millis(RING_NODE_RETRY_MS));
+                    // A failed node may mean a changed ring; a failed refresh keeps the map.
+                    let _ = self.refresh();
+                    last_err = Some(ClientError::Io(e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| {
+            ClientError::Io(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "no node of the ring is reachable",
+            ))
+        }))
+    }
+
+    fn call_on(&mut self, node: u32, req: &Request<'_>) -> Result<Reply, ClientError> {
+        if !self.conns.contains_key(&node) {
+            let addr = self.addr_of(node).ok_or_else(|| {
+                ClientError::Io(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("node {node} has no address in the ring map"),
+                ))
+            })?;
+            let c = Client::connect_as(addr.as_str(), Role::Client, 0, &self.token)?;
+            self.conns.insert(node, c);
+        }
+        // Inserted just above when absent.
+        let c = self.conns.get_mut(&node).expect("connection present");
+        c.call(req)
+    }
+
+    /// GET: the version and value, or `None` if not found.
+    pub fn get(
+        &mut self,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<Option<(u64, Vec<u8>)>, ClientError> {
+        let r = self.call(&Request::Get { key, consistency })?;
+        if r.status() == Some(Status::NotFound) {
+            return Ok(None);
+        }
+        let r = expect_ok(r)?;
+        let (v, value) = r
+            .version_and_rest()
+            .ok_or_else(|| ClientError::Protocol("GET reply without a version".into()))?;
+        Ok(Some((v, value.to_vec())))
+    }
+
+    /// PUT: the version assigned to the write.
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        ttl_seconds: u32,
+        consistency: Consistency,
+    ) -> Result<u64, ClientError> {
+        let r = self.call(&Request::Put {
+            key,
+            value,
+            ttl_seconds,
+            consistency,
+        })?;
+        version_of(expect_ok(r)?)
+    }
+
+    /// DELETE: the tombstone's version.
+    pub fn delete(&mut self, key: &[u8], consistency: Consistency) -> Result<u64, ClientError> {
+        let r = self.call(&Request::Delete { key, consistency })?;
+        version_of(expect_ok(r)?)
+    }
+}
+
+/// The ring map from the first of `sources` that answers, and that source.
+fn fetch_map(sources: &[String], token: &[u8]) -> Result<(RingMap, String), ClientError> {
+    let mut last = None;
+    for s in sources {
+        match Client::connect_as(s.as_str(), Role::Client, 0, token).and_then(|mut c| c.ring()) {
+            Ok(map) => return Ok((map, s.clone())),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| ClientError::Protocol("no address to fetch the ring from".into())))
 }

@@ -7,12 +7,12 @@
 //! assembly   the one way to build a node's shards, for kvd and the simulator
 //! auth       peer-handshake proofs (HMAC-SHA256) and the failed-handshake throttle (pure)
 //! budget     the node-wide memory budget for connection buffers (atomics)
-//! protocol   frames, requests, replies: bytes <-> values (pure)
+//! protocol   frames, requests, replies, the ring map: bytes <-> values (pure)
 //! hash       the stable key hash, partitions, shard placement (pure)
 //! histogram  lock-free latency histograms for STATS
 //! version    versions and the hybrid logical clock (pure)
 //! storage    the Store interface and its implementations
-//! cluster    ring, membership, replication, repair, hints, leader (pure)
+//! cluster    ownership (versioned ring), membership, replication, repair, hints, leader (pure)
 //! shard      one shard's core: decode, execute, encode (pure)
 //! server     the only place with mio and sockets: event loops, listeners, mailboxes
 //! client     a small blocking client used by kvcat, tests and tools

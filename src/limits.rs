@@ -185,10 +185,6 @@ pub const CLUSTER_NODES_MAX: usize = 64;
 /// Most replicas of a key (`--replicas`).
 pub const REPLICAS_MAX: usize = 7;
 
-/// Virtual nodes each node places on the ring. More vnodes even out the share of partitions
-/// each node owns (with 128 and 3-5 nodes every node owns its share within about ±35%).
-pub const VNODES_PER_NODE: usize = 128;
-
 /// Peers a node sends its membership view to per gossip interval.
 pub const GOSSIP_FANOUT: usize = 2;
 

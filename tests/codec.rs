@@ -13,9 +13,11 @@
 //!   more bytes", 100,000 random byte strings and random mutations of valid frames decoded
 //!   without a panic, and the 4-byte prefix 0xFFFFFFFF refused on its own.
 
+use dkv::cluster::Ownership;
 use dkv::hash::{key_hash, partition_of};
 use dkv::limits;
 use dkv::protocol::message::{put_connection_error, put_error, put_ok, put_reply, Response};
+use dkv::protocol::ringmap::RingMap;
 use dkv::protocol::{
     frame, op, Consistency, FrameError, Request, RequestError, Role, Status, OP_CONNECTION_ERROR,
     RESPONSE_BIT,
@@ -319,13 +321,14 @@ fn check_request_vector(v: &Vector) {
                 token: &token,
             }
         }
-        op::PING | op::STATS | op::CLUSTER | op::ANTI_ENTROPY | op::COMPACT => {
+        op::PING | op::STATS | op::CLUSTER | op::ANTI_ENTROPY | op::COMPACT | op::RING => {
             v.only(&["op", "id"]);
             match opcode {
                 op::PING => Request::Ping,
                 op::STATS => Request::Stats,
                 op::CLUSTER => Request::Cluster,
                 op::ANTI_ENTROPY => Request::AntiEntropy,
+                op::RING => Request::Ring,
                 _ => Request::Compact,
             }
         }
@@ -441,6 +444,39 @@ fn check_reply_vector(v: &Vector) {
                 v.only(&["op", "status", "id", "text"]);
                 parts.push(v.bytes_of("text"));
             }
+            op::RING => {
+                // The ring a cluster started with `nodes` and `replicas` computes
+                // (Ownership::initial), at `version`, with the addresses `addrID`.
+                v.only(&[
+                    "op", "status", "id", "version", "replicas", "nodes", "addr1", "addr2",
+                ]);
+                let nodes: Vec<u32> = v
+                    .raw("nodes")
+                    .split(',')
+                    .map(|n| n.parse().expect("node id"))
+                    .collect();
+                let map = RingMap {
+                    ownership: Ownership::initial(&nodes, v.int("replicas") as usize)
+                        .expect("a valid ring")
+                        .with_version(v.int("version")),
+                    addrs: nodes
+                        .iter()
+                        .map(|id| {
+                            let addr = v.bytes_of(&format!("addr{id}"));
+                            (*id, String::from_utf8(addr).expect("UTF-8 address"))
+                        })
+                        .collect(),
+                };
+                assert_eq!(
+                    RingMap::decode(r.body).as_ref(),
+                    Ok(&map),
+                    "vector {}: the ring map",
+                    v.name
+                );
+                let mut body = Vec::new();
+                map.encode(&mut body);
+                parts.push(body);
+            }
             _ => v.only(&["op", "status", "id"]),
         },
         Status::NotFound => {
@@ -553,6 +589,8 @@ const REQUIRED_VECTORS: &[&str] = &[
     "peer-hello-reply",
     "peer-auth-request",
     "peer-auth-reply",
+    "ring-request",
+    "ring-reply",
 ];
 
 #[test]
@@ -846,6 +884,7 @@ fn sample_frames() -> Vec<Vec<u8>> {
         Request::Cluster,
         Request::AntiEntropy,
         Request::Compact,
+        Request::Ring,
         Request::Hello {
             version: 1,
             role: Role::Client,

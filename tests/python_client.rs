@@ -4,12 +4,14 @@
 //! with `--client-token` for the handshake tests (the shared
 //! `common::Node` waits, with a deadline, until it answers PING, and kills it by PID on drop),
 //! runs `python3 tests/python/test_client.py 127.0.0.1:PORT`, and asserts that every Python test
-//! passed and that the node still serves afterwards. Skipped, with a message, only when
+//! passed and that the node still serves afterwards. A second test starts a 4-node cluster
+//! (N = 2) and runs `tests/python/test_ring.py`, which routes by the ring map and checks that
+//! at least 99% of its requests reach an owner of their key. Skipped, with a message, only when
 //! `python3` is not installed.
 
 mod common;
 
-use common::{free_port, temp_dir, wait_for, Node, READY_TIMEOUT};
+use common::{free_port, node_list, temp_dir, wait_clocks_measured, wait_for, Node, READY_TIMEOUT};
 use dkv::client::Client;
 use dkv::protocol::Role;
 use std::fs::File;
@@ -138,4 +140,74 @@ fn python_client_against_a_real_node() {
     let _ = std::fs::remove_file(token_data.with_extension("log"));
     let _ = std::fs::remove_file(&out_path);
     let _ = std::fs::remove_file(data.with_extension("log"));
+}
+
+/// Nodes of the ring-routing test's cluster, and its N: below the node count, so that each
+/// node owns only part of the keys and routing to an owner means something.
+const RING_TEST_NODES: usize = 4;
+const RING_TEST_REPLICAS: &str = "2";
+
+/// Run `script` with `args` under python3, wait for it, and return (success, output).
+fn run_python(script: &str, args: &[String], out_path: &Path) -> (bool, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    let out = File::create(out_path).expect("create the Python output file");
+    let child = Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("clone the output file handle"))
+        .stderr(out)
+        .spawn()
+        .expect("spawn python3");
+    let mut python = Process(child);
+    let status = wait_for(PYTHON_TEST_TIMEOUT, "python3 to finish", || {
+        python.0.try_wait().expect("poll python3")
+    });
+    let output = std::fs::read_to_string(out_path).unwrap_or_default();
+    (status.success(), output)
+}
+
+#[test]
+fn python_client_routes_by_the_ring() {
+    if !python3_available() {
+        eprintln!("SKIPPED python_client_routes_by_the_ring: python3 is not installed");
+        return;
+    }
+    let ports: Vec<u16> = (0..RING_TEST_NODES).map(|_| free_port()).collect();
+    let list = node_list(&ports);
+    let dir = temp_dir("python-ring");
+    let nodes: Vec<Node> = (0..RING_TEST_NODES)
+        .map(|i| {
+            let id = (i + 1).to_string();
+            let args = [
+                "--id",
+                &id,
+                "--nodes",
+                &list,
+                "--replicas",
+                RING_TEST_REPLICAS,
+                "--cluster-secret",
+                "test-secret",
+                "--shards",
+                "2",
+            ];
+            Node::start_on(ports[i], &dir.join(format!("node-{id}")), &args)
+        })
+        .collect();
+    nodes.iter().for_each(wait_clocks_measured);
+
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let out_path = dir.with_extension("python.out");
+    let (ok, output) = run_python("tests/python/test_ring.py", &addrs, &out_path);
+    println!("{output}");
+    let logs: Vec<String> = nodes.iter().map(Node::log).collect();
+    assert!(
+        ok && output.contains(" passed, 0 failed"),
+        "python3 test_ring.py failed:\n{output}\nkvd logs:\n{}",
+        logs.join("\n----\n")
+    );
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&out_path);
 }

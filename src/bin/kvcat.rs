@@ -11,6 +11,11 @@
 //! PING                                           -> PONG
 //! STATS                                          -> name=value name=value ...
 //! CLUSTER                                        -> one line per node
+//! RING                                           -> `version=V replicas=N partitions=P`, then
+//!                                                   `ID ADDR partitions=X primaries=Y` per node
+//!                                                   (ADDR `-`: the connected node's address)
+//! RING PARTITIONS                                -> the header line, then `P owner,owner,...`
+//!                                                   per partition (primary first)
 //! COMPACT                                        -> name=value ... (what the forced pass reclaimed)
 //! HELP                                           -> the command list
 //! any failure                                    -> ERR <CODE> <message>
@@ -20,12 +25,13 @@
 //! `\xNN` for such bytes and `\"`, `\\` for quote and backslash, in input and output alike.
 
 use dkv::client::{Client, ClientError};
-use dkv::limits::PORT_DEFAULT;
+use dkv::limits::{PARTITION_COUNT, PORT_DEFAULT};
+use dkv::protocol::ringmap::RingMap;
 use dkv::protocol::{Consistency, Status};
 use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
 
-const HELP: &str = "commands: PUT key value [ONE|QUORUM|ALL] [ttl=SECONDS] | GET key [ONE|QUORUM|ALL] | DEL key [ONE|QUORUM|ALL] | LGET key | PING | STATS | CLUSTER | AAE | COMPACT | HELP   (quote tokens with spaces: \"a b\", bytes as \\xNN)";
+const HELP: &str = "commands: PUT key value [ONE|QUORUM|ALL] [ttl=SECONDS] | GET key [ONE|QUORUM|ALL] | DEL key [ONE|QUORUM|ALL] | LGET key | PING | STATS | CLUSTER | RING [PARTITIONS] | AAE | COMPACT | HELP   (quote tokens with spaces: \"a b\", bytes as \\xNN)";
 
 /// Split a line into tokens, honouring double quotes and escapes.
 fn tokenize(line: &[u8]) -> Result<Vec<Vec<u8>>, String> {
@@ -196,6 +202,10 @@ fn run_command(client: &mut Client, tokens: &[Vec<u8>]) -> Vec<String> {
             Ok(text) => return text.lines().map(str::to_string).collect(),
             Err(e) => server_err(&e),
         },
+        "RING" if args.is_empty() || is_word(args, "PARTITIONS") => match client.ring() {
+            Ok(map) => return ring_lines(&map, !args.is_empty()),
+            Err(e) => server_err(&e),
+        },
         // Start an anti-entropy round on the connected node (ANTI_ENTROPY opcode).
         "AAE" if args.is_empty() => match client.anti_entropy() {
             Ok(()) => "OK".into(),
@@ -213,11 +223,43 @@ fn run_command(client: &mut Client, tokens: &[Vec<u8>]) -> Vec<String> {
             Err(e) => server_err(&e),
         },
         "HELP" => HELP.into(),
-        "PUT" | "GET" | "DEL" | "DELETE" | "LGET" | "PING" | "STATS" | "CLUSTER" | "AAE"
-        | "COMPACT" => usage_err(&format!("wrong arguments for {cmd}; {HELP}")),
+        "PUT" | "GET" | "DEL" | "DELETE" | "LGET" | "PING" | "STATS" | "CLUSTER" | "RING"
+        | "AAE" | "COMPACT" => usage_err(&format!("wrong arguments for {cmd}; {HELP}")),
         _ => usage_err(&format!("unknown command {cmd:?}; {HELP}")),
     };
     vec![line]
+}
+
+/// Whether `args` is the single word `word` (any case).
+fn is_word(args: &[Vec<u8>], word: &str) -> bool {
+    args.len() == 1 && args[0].eq_ignore_ascii_case(word.as_bytes())
+}
+
+/// The RING command's lines: a header, then one line per node, or per partition.
+fn ring_lines(map: &RingMap, partitions: bool) -> Vec<String> {
+    let o = &map.ownership;
+    let mut lines = vec![format!(
+        "version={} replicas={} partitions={PARTITION_COUNT}",
+        o.version(),
+        o.replicas()
+    )];
+    if partitions {
+        for p in 0..PARTITION_COUNT {
+            let owners: Vec<String> = o.owners(p).iter().map(u32::to_string).collect();
+            lines.push(format!("{p} {}", owners.join(",")));
+        }
+        return lines;
+    }
+    let (loads, prims) = (o.loads(), o.primaries());
+    for (id, addr) in &map.addrs {
+        let addr = if addr.is_empty() { "-" } else { addr };
+        let (held, primary) = match o.nodes().binary_search(id) {
+            Ok(i) => (loads[i], prims[i]),
+            Err(_) => (0, 0),
+        };
+        lines.push(format!("{id} {addr} partitions={held} primaries={primary}"));
+    }
+    lines
 }
 
 fn is_terminal() -> bool {

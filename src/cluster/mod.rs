@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! config       ClusterConfig: node list, N, secret, intervals; validated at start
-//! ring         partitions → preference lists (consistent hashing with virtual nodes)
+//! ownership    the versioned owners of every partition: initial, join, leave, moves, encoding
+//! ring         partitions → preference lists (a read-only view of an Ownership)
 //! peer         the peer frames (opcodes 0x20..=0x3F): REPLICATE, READ, GOSSIP
 //! membership   gossip heartbeats, failure detector, incarnations, leader
 //! clock        clock offsets to peers (from gossip round trips), the max-offset rule
@@ -31,6 +32,7 @@ pub mod hints;
 pub mod membership;
 pub mod merkle;
 pub mod node;
+pub mod ownership;
 pub mod peer;
 pub mod replica;
 pub mod ring;
@@ -38,6 +40,7 @@ pub mod rng;
 pub mod view;
 
 pub use config::{ClusterConfig, ConfigError, Mutations, NodeAddr};
+pub use ownership::{Move, Ownership, OwnershipError};
 pub use ring::Ring;
 pub use rng::SplitMix64;
 pub use view::{NodeView, MEMBERSHIP_SHARD};

@@ -12,7 +12,7 @@
 //! STATS   | (empty) |
 //! CLUSTER | (empty) |
 //! LGET    | key len u16 | key |
-//! ANTI_ENTROPY, COMPACT | (empty) |
+//! ANTI_ENTROPY, COMPACT, RING | (empty) |
 //! PEER_AUTH | proof (32 bytes) |   the initiator's proof of the cluster secret (protocol.md § 8)
 //! peer ops 0x20..=0x3F  | defined by the cluster module |
 //! ```
@@ -29,6 +29,7 @@
 //! LGET    | version u64 | expires at ms u64 (0 = never) | value (rest) |
 //! STATS, CLUSTER | UTF-8 text, one `name value` line each |
 //! PING, ANTI_ENTROPY, COMPACT | (empty) |
+//! RING    | the ring map (`ringmap.rs`): ownership encoding, then the node addresses |
 //! ```
 //!
 //! NOT_FOUND has an empty body, except for LGET on a key whose local copy is a tombstone,
@@ -102,6 +103,8 @@ pub enum Request<'a> {
     AntiEntropy,
     /// Start a compaction pass.
     Compact,
+    /// The ring map.
+    Ring,
     /// A peer opcode, decoded by the cluster layer.
     Peer {
         /// The opcode (0x20..=0x3F).
@@ -306,6 +309,9 @@ impl<'a> Request<'a> {
             op::COMPACT => no_flags(f.aux)
                 .and(empty_body(f.op, body))
                 .map(|_| Request::Compact),
+            op::RING => no_flags(f.aux)
+                .and(empty_body(f.op, body))
+                .map(|_| Request::Ring),
             op::PEER_AUTH => {
                 no_flags(f.aux)?;
                 if body.len() != crate::auth::PROOF_SIZE {
@@ -335,6 +341,7 @@ impl<'a> Request<'a> {
             Request::LocalGet { .. } => op::LOCAL_GET,
             Request::AntiEntropy => op::ANTI_ENTROPY,
             Request::Compact => op::COMPACT,
+            Request::Ring => op::RING,
             Request::PeerAuth { .. } => op::PEER_AUTH,
             Request::Peer { op, .. } => *op,
         }
@@ -419,7 +426,8 @@ impl<'a> Request<'a> {
             | Request::Stats
             | Request::Cluster
             | Request::AntiEntropy
-            | Request::Compact => frame::put_frame(out, self.op(), 0, id, &[]),
+            | Request::Compact
+            | Request::Ring => frame::put_frame(out, self.op(), 0, id, &[]),
         }
     }
 }
@@ -538,6 +546,7 @@ mod tests {
         round_trip(Request::Cluster);
         round_trip(Request::AntiEntropy);
         round_trip(Request::Compact);
+        round_trip(Request::Ring);
         round_trip(Request::Hello {
             version: 1,
             role: Role::Peer,

@@ -27,6 +27,7 @@
 
 pub mod frame;
 pub mod message;
+pub mod ringmap;
 
 pub use frame::{FrameError, FrameRef};
 pub use message::{Request, RequestError, Response};
@@ -68,6 +69,9 @@ pub mod op {
     /// Peer handshake, second step: the initiator's proof of the cluster secret, answered
     /// with the responder's (protocol.md § 8).
     pub const PEER_AUTH: u8 = 0x0B;
+    /// The ring map: its version, the nodes' addresses and each partition's owners, so that
+    /// clients can send a request to an owner of its key (protocol.md § 9, [`super::ringmap`]).
+    pub const RING: u8 = 0x0C;
     /// First opcode of the peer range: only connections that completed a peer HELLO may use it.
     pub const PEER_FIRST: u8 = 0x20;
     /// Last opcode of the peer range.
@@ -87,6 +91,7 @@ pub mod op {
             ANTI_ENTROPY => "ANTI_ENTROPY",
             COMPACT => "COMPACT",
             PEER_AUTH => "PEER_AUTH",
+            RING => "RING",
             0 => "CONNECTION",
             PEER_FIRST..=PEER_LAST => "PEER",
             _ => "UNKNOWN",

@@ -434,6 +434,50 @@ impl ShardCore {
     }
 
     /// The CLUSTER reply text (the node-wide view: the membership shard's), if clustered.
+    /// The RING reply's map: this node's ring and the configured addresses, or, without
+    /// `--nodes`, a ring of this node alone whose address is the one the client used (empty).
+    pub(super) fn ring_map(
+        &self,
+    ) -> Result<crate::protocol::ringmap::RingMap, crate::cluster::OwnershipError> {
+        use crate::protocol::ringmap::RingMap;
+        Ok(match &self.cluster {
+            Some(c) => RingMap {
+                ownership: c.node.ring().ownership().clone(),
+                addrs: c
+                    .node
+                    .config()
+                    .nodes
+                    .iter()
+                    .map(|n| (n.id, n.addr.to_string()))
+                    .collect(),
+            },
+            None => RingMap {
+                ownership: crate::cluster::Ownership::initial(&[self.shared.node_id], 1)?,
+                addrs: vec![(self.shared.node_id, String::new())],
+            },
+        })
+    }
+
+    /// Count a client's GET/PUT/DELETE as sent to an owner of its key or not (STATS
+    /// `key_requests_owned` / `key_requests_not_owned`; a single node counts nothing).
+    pub(super) fn count_key_routing(&self, key: &[u8]) {
+        let Some(c) = &self.cluster else {
+            return;
+        };
+        let owned = c
+            .node
+            .ring()
+            .preference_for_key(key)
+            .contains(&self.shared.node_id);
+        let counters = &self.shared.counters[self.cfg.shard];
+        let counter = if owned {
+            &counters.key_requests_owned
+        } else {
+            &counters.key_requests_not_owned
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(super) fn cluster_view(&self) -> Option<String> {
         Some(self.cluster.as_ref()?.node.render_cluster())
     }

@@ -390,6 +390,21 @@ impl ShardCore {
                 After::Continue
             }
             Request::Compact => self.compact_request(now_ms, conn, f.id, wbuf),
+            Request::Ring => {
+                match self.ring_map() {
+                    Ok(map) => {
+                        self.count_reply(Status::Ok);
+                        let mut body = Vec::new();
+                        map.encode(&mut body);
+                        put_ok(wbuf, op::RING, f.id, &[&body]);
+                    }
+                    Err(e) => {
+                        self.count_reply(Status::Internal);
+                        put_error(wbuf, op::RING, f.id, Status::Internal, &e.to_string());
+                    }
+                }
+                After::Continue
+            }
             Request::Peer { .. } if session.role == Some(Role::Peer) => {
                 let from = session.peer_id.unwrap_or(0);
                 self.peer_frame(now_ms, conn, from, &f, wbuf)
@@ -409,6 +424,9 @@ impl ShardCore {
             | Request::Put { key, .. }
             | Request::Delete { key, .. }
             | Request::LocalGet { key } => {
+                if !matches!(req, Request::LocalGet { .. }) {
+                    self.count_key_routing(key);
+                }
                 let owner = shard_of(key, self.cfg.shards);
                 if owner != self.cfg.shard {
                     let records = &mut self.outbox.requests[owner];

@@ -22,6 +22,11 @@ pub struct ShardCounters {
     pub forwarded_out: AtomicU64,
     /// Requests this shard executed for another shard.
     pub forwarded_in: AtomicU64,
+    /// Client GET/PUT/DELETE received by this shard (from its own connections) for a key this
+    /// node owns, in a cluster: the client routed by the ring map (or was lucky).
+    pub key_requests_owned: AtomicU64,
+    /// The same for a key this node does not own: the node coordinates it for the owners.
+    pub key_requests_not_owned: AtomicU64,
     /// Bytes read from connections.
     pub bytes_in: AtomicU64,
     /// Bytes written to connections.
@@ -58,6 +63,8 @@ impl Default for ShardCounters {
             replies_by_status: std::array::from_fn(|_| AtomicU64::new(0)),
             forwarded_out: AtomicU64::new(0),
             forwarded_in: AtomicU64::new(0),
+            key_requests_owned: AtomicU64::new(0),
+            key_requests_not_owned: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             connections: AtomicU64::new(0),
@@ -116,7 +123,7 @@ impl ShardCore {
         let _ = writeln!(t, "connections_max {}", sh.connections_max);
         let conn = |c: &ShardCounters| c.connections.load(Ordering::Relaxed);
         // Node totals: each counter summed over the shards.
-        let totals: [(&str, CounterField); 7] = [
+        let totals: [(&str, CounterField); 9] = [
             ("connections", |c| &c.connections),
             ("connections_total", |c| &c.connections_total),
             ("connections_refused", |c| &c.connections_refused),
@@ -124,6 +131,8 @@ impl ShardCore {
             ("bytes_in", |c| &c.bytes_in),
             ("bytes_out", |c| &c.bytes_out),
             ("syncs", |c| &c.syncs),
+            ("key_requests_owned", |c| &c.key_requests_owned),
+            ("key_requests_not_owned", |c| &c.key_requests_not_owned),
         ];
         for (name, field) in totals {
             let _ = writeln!(t, "{name} {}", sum(&|c| field(c).load(Ordering::Relaxed)));

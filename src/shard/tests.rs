@@ -285,6 +285,8 @@ const STATS_NAMES: &[&str] = &[
     "bytes_in",
     "bytes_out",
     "syncs",
+    "key_requests_owned",
+    "key_requests_not_owned",
     "handshake_failures",
     "handshakes_throttled",
     "handshake_throttle_sources",

@@ -20,6 +20,7 @@ Frame layout (protocol.md section 2), all integers big-endian:
 
 import socket
 import struct
+import time
 
 PROTOCOL_VERSION = 1
 PORT_DEFAULT = 7379
@@ -44,6 +45,7 @@ OP_CLUSTER = 0x07
 OP_LGET = 0x08
 OP_ANTI_ENTROPY = 0x09
 OP_COMPACT = 0x0A
+OP_RING = 0x0C
 PEER_OP_FIRST = 0x20
 PEER_OP_LAST = 0x3F
 RESPONSE_BIT = 0x80
@@ -433,6 +435,10 @@ class Client:
         """CLUSTER as an ordered list of (name, value) pairs."""
         return parse_text(_ok(self.call(OP_CLUSTER)).body)
 
+    def ring(self):
+        """RING: the ring map (a RingMap, section 11.1)."""
+        return parse_ring_map(_ok(self.call(OP_RING)).body)
+
 
 def _ok(reply):
     if reply.status != OK:
@@ -446,3 +452,194 @@ def get_result(reply):
         return None
     reply = _ok(reply)
     return reply.version(), reply.body[8:]
+
+
+# ---- routing by the ring map (section 11.1) ----------------------------------------------------
+
+RING_FORMAT = 1
+REPLICAS_MAX = 7
+CLUSTER_NODES_MAX = 64
+
+
+class RingMap:
+    """The ring map of a RING reply: version, replicas (N), nodes (ids, ascending),
+    owners[p] (N node ids, primary first) and addrs {id: "host:port" or "" = the replying node}."""
+
+    def __init__(self, version, replicas, nodes, owners, addrs):
+        self.version = version
+        self.replicas = replicas
+        self.nodes = nodes
+        self.owners = owners
+        self.addrs = addrs
+
+    def owners_of_key(self, key):
+        return self.owners[partition_of(key)]
+
+
+def parse_ring_map(body):
+    """A RING reply body as a RingMap; raises ProtocolError on anything out of layout."""
+    body = bytes(body)
+    if len(body) < 14:
+        raise ProtocolError("ring map of %d bytes" % len(body))
+    fmt, n, k, reserved, version, partitions = struct.unpack_from(">BBBBQH", body, 0)
+    if fmt != RING_FORMAT or reserved != 0:
+        raise ProtocolError("ring map format %d, reserved %d" % (fmt, reserved))
+    if not (1 <= n <= REPLICAS_MAX and n <= k <= CLUSTER_NODES_MAX):
+        raise ProtocolError("ring map with N=%d on %d nodes" % (n, k))
+    if partitions != PARTITION_COUNT:
+        raise ProtocolError("ring map of %d partitions" % partitions)
+    at = 14
+    if len(body) < at + 4 * k + PARTITION_COUNT * n + 1:
+        raise ProtocolError("short ring map")
+    nodes = list(struct.unpack_from(">%dI" % k, body, at))
+    if any(a >= b for a, b in zip(nodes, nodes[1:])):
+        raise ProtocolError("ring node ids not ascending")
+    at += 4 * k
+    owners = []
+    for p in range(PARTITION_COUNT):
+        row = body[at + p * n: at + (p + 1) * n]
+        if any(i >= k for i in row) or len(set(row)) != n:
+            raise ProtocolError("partition %d: bad owners %r" % (p, list(row)))
+        owners.append([nodes[i] for i in row])
+    at += PARTITION_COUNT * n
+    count = body[at]
+    at += 1
+    addrs = {}
+    last = None
+    for _ in range(count):
+        if at + 5 > len(body):
+            raise ProtocolError("ring map ends inside an address entry")
+        node_id, length = struct.unpack_from(">IB", body, at)
+        at += 5
+        if at + length > len(body) or (last is not None and node_id <= last):
+            raise ProtocolError("bad address entry of node %d" % node_id)
+        addrs[node_id] = body[at: at + length].decode("utf-8")
+        at += length
+        last = node_id
+    if at != len(body):
+        raise ProtocolError("%d bytes after the ring map" % (len(body) - at))
+    missing = [x for x in nodes if x not in addrs]
+    if missing:
+        raise ProtocolError("ring nodes without an address: %r" % missing)
+    return RingMap(version, n, nodes, owners, addrs)
+
+
+def _split_addr(addr):
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class RingClient:
+    """A client of a whole cluster: fetches the ring map from any node it is given, keeps one
+    connection per node, and sends each request to the first reachable owner of its key
+    (primary first). The map is fetched again when a connection fails, and when its version
+    changed (checked every REFRESH_S seconds). Counts where requests went: to_owner, to_other."""
+
+    REFRESH_S = 1.0
+
+    def __init__(self, seeds, token=b"", timeout=10.0):
+        self.seeds = list(seeds)  # ["host:port", ...]
+        self.token = token
+        self.timeout = timeout
+        self.conns = {}  # node id -> Client
+        self.to_owner = 0
+        self.to_other = 0
+        self.maps_fetched = 0
+        self.refresh()
+
+    def close(self):
+        for c in self.conns.values():
+            c.close()
+        self.conns = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _connect(self, addr):
+        c = Client(*_split_addr(addr), timeout=self.timeout)
+        c.hello(self.token)
+        return c
+
+    def refresh(self):
+        """Fetch the map from the seeds, then from the nodes of the current map."""
+        sources = list(self.seeds)
+        if getattr(self, "map", None) is not None:
+            sources += [self._addr(n) for n in self.map.nodes]
+        last = None
+        for addr in sources:
+            try:
+                c = self._connect(addr)
+                try:
+                    self.map = c.ring()
+                finally:
+                    c.close()
+                self.source = addr
+                self.maps_fetched += 1
+                self.checked_at = time.monotonic()
+                return self.map
+            except (OSError, ConnectionClosed, DkvError, ProtocolError) as e:
+                last = e
+        raise ConnectionClosed("no node answered RING: %s" % last)
+
+    def _addr(self, node_id):
+        addr = self.map.addrs.get(node_id, "")
+        return addr if addr else self.source
+
+    def _conn(self, node_id):
+        c = self.conns.get(node_id)
+        if c is None:
+            c = self._connect(self._addr(node_id))
+            self.conns[node_id] = c
+        return c
+
+    def _check_version(self):
+        if time.monotonic() - self.checked_at < self.REFRESH_S or not self.conns:
+            return
+        self.checked_at = time.monotonic()
+        node_id, c = sorted(self.conns.items())[0]
+        try:
+            m = c.ring()
+        except (OSError, ConnectionClosed, ProtocolError):
+            self.conns.pop(node_id).close()
+            return
+        if m.version != self.map.version:
+            self.map = m
+            self.maps_fetched += 1
+
+    def call(self, op, key, body, aux=0):
+        """Send a request about `key` to an owner (or, if none is reachable, any node)."""
+        self._check_version()
+        owners = self.map.owners_of_key(key)
+        others = [n for n in self.map.nodes if n not in owners]
+        last = None
+        for node_id in list(owners) + others:
+            try:
+                reply = self._conn(node_id).call(op, body, aux)
+            except (OSError, ConnectionClosed) as e:
+                c = self.conns.pop(node_id, None)
+                if c is not None:
+                    c.close()
+                last = e
+                try:
+                    self.refresh()
+                except ConnectionClosed:
+                    pass
+                continue
+            if node_id in owners:
+                self.to_owner += 1
+            else:
+                self.to_other += 1
+            return reply
+        raise ConnectionClosed("no node reachable for the key: %s" % last)
+
+    def get(self, key, consistency=DEFAULT):
+        return get_result(self.call(OP_GET, key, key_body(key), consistency))
+
+    def put(self, key, value, ttl_seconds=0, consistency=DEFAULT):
+        return _ok(self.call(OP_PUT, key, put_body(key, value, ttl_seconds), consistency)).version()
+
+    def delete(self, key, consistency=DEFAULT):
+        return _ok(self.call(OP_DELETE, key, key_body(key), consistency)).version()

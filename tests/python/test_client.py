@@ -474,6 +474,23 @@ def test_largest_frame_is_read_and_answered():
         expect_error_then_usable(c, 77, d.OP_PUT, "VALUE_TOO_LARGE", "a FRAME_SIZE_MAX frame")
 
 
+def test_ring_of_a_single_node():
+    # A node without a cluster answers a ring of itself, with an empty address (section 11.1).
+    with connect() as c:
+        node_id = c.hello()["node_id"]
+        m = c.ring()
+    check(m.version == 1 and m.replicas == 1, "version %d, N %d" % (m.version, m.replicas))
+    check(m.nodes == [node_id], "nodes %r" % m.nodes)
+    check(all(o == [node_id] for o in m.owners), "owners of a single node")
+    check(m.addrs == {node_id: ""}, "addresses %r" % m.addrs)
+    # The golden reply of protocol.md parses to its documented 2-node ring.
+    g = d.parse_ring_map(golden_vectors()["ring-reply"][1][10:])
+    check((g.version, g.replicas, g.nodes) == (1, 2, [1, 2]), "golden ring header")
+    check(all(g.owners[p] == ([1, 2] if p % 2 == 0 else [2, 1]) for p in range(256)),
+          "golden ring owners")
+    check(g.addrs == {1: "127.0.0.1:7001", 2: "127.0.0.1:7002"}, "golden addresses")
+
+
 def test_opcode_zero_is_unknown():
     with connect() as c:
         rid = c.send(0x00)
@@ -664,6 +681,7 @@ TESTS = [
     test_partial_frames_byte_by_byte,
     test_largest_frame_is_read_and_answered,
     test_opcode_zero_is_unknown,
+    test_ring_of_a_single_node,
     test_garbage_never_breaks_the_node,
 ]
 

@@ -90,6 +90,8 @@ pub struct Config {
     pub write_id_nonce: u16,
     /// dkv client token sent in HELLO (empty: none).
     pub token: Vec<u8>,
+    /// `--route ring`: the ring map requests are routed by (`None`: round robin).
+    pub route: Option<crate::route::RingRoute>,
 }
 
 /// Figures the threads hand to the progress line.
@@ -182,6 +184,10 @@ pub struct ThreadResult {
     pub keys_checked: u64,
     /// Why the phase was abandoned, if it was.
     pub aborted: Option<String>,
+    /// `--route ring`: requests sent to an owner of their key.
+    pub to_owner: u64,
+    /// `--route ring`: requests sent elsewhere (no owner had a connection up).
+    pub to_other: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,6 +217,8 @@ struct Slot {
 
 struct Conn {
     addr: SocketAddr,
+    /// `--route ring`: the ring node this connection goes to.
+    node: Option<usize>,
     stream: Option<TcpStream>,
     state: State,
     rbuf: Vec<u8>,
@@ -240,6 +248,7 @@ impl Conn {
         };
         Conn {
             addr,
+            node: None,
             stream: None,
             state: State::Down { retry_ns: 0 },
             rbuf: vec![0; READ_BUFFER_INITIAL_SIZE],
@@ -278,6 +287,32 @@ struct Worker {
     lost: u64,
     readback_errors: u64,
     keys_checked: u64,
+    /// `--route ring` state (`None`: round robin).
+    routing: Option<Routing>,
+}
+
+/// A thread's `--route ring` state.
+struct Routing {
+    /// Requests the thread keeps in flight: `--pipeline` × its connections.
+    budget: usize,
+    /// Per ring node, this thread's connections to it.
+    by_node: Vec<Vec<usize>>,
+    /// Per ring node, where the next search for a free connection starts.
+    next: Vec<usize>,
+    /// Key bytes, to hash a key as it is sent.
+    scratch: Vec<u8>,
+    /// An operation drawn while no connection had room for it: sent first next time.
+    parked: Option<(Op, u64)>,
+    to_owner: u64,
+    to_other: u64,
+}
+
+/// Where a routed request goes.
+enum Pick {
+    /// This connection, to an owner (true) or not.
+    Conn(usize, bool),
+    /// Not now: an owner's connection is busy or still connecting.
+    Wait,
 }
 
 /// Run one thread's share of a phase over connections to `addrs` (one entry per connection),
@@ -305,11 +340,35 @@ pub fn run_thread(
         Some(_) => Some(Timer::new(&poll)?),
         None => None,
     };
+    let slots = match &sh.cfg.route {
+        Some(_) => (pipeline * crate::route::ROUTE_SLOTS_PER_PIPELINE).min(PIPELINE_MAX),
+        None => pipeline,
+    };
+    let mut conns: Vec<Conn> = addrs.iter().map(|a| Conn::new(*a, slots)).collect();
+    let routing = sh.cfg.route.as_ref().map(|r| {
+        let mut by_node = vec![Vec::new(); r.addrs.len()];
+        for (ci, c) in conns.iter_mut().enumerate() {
+            c.node = r.node_of(c.addr);
+            if let Some(n) = c.node {
+                by_node[n].push(ci);
+            }
+        }
+        Routing {
+            budget: pipeline * conns.len(),
+            next: vec![0; by_node.len()],
+            by_node,
+            scratch: Vec::new(),
+            parked: None,
+            to_owner: 0,
+            to_other: 0,
+        }
+    });
     let mut w = Worker {
         timer,
         rng: Rng::new(sh.seed, thread as u64 + 1),
         poll,
-        conns: addrs.iter().map(|a| Conn::new(*a, pipeline)).collect(),
+        conns,
+        routing,
         sh,
         stats: Stats::new(),
         work,
@@ -329,6 +388,10 @@ pub fn run_thread(
         keys_checked: 0,
     };
     let aborted = w.run()?;
+    let (to_owner, to_other) = w
+        .routing
+        .as_ref()
+        .map_or((0, 0), |r| (r.to_owner, r.to_other));
     w.flush_progress(u64::MAX);
     Ok(ThreadResult {
         end_ns: w.sh.now_ns(),
@@ -337,6 +400,8 @@ pub fn run_thread(
         readback_errors: w.readback_errors,
         keys_checked: w.keys_checked,
         aborted,
+        to_owner,
+        to_other,
     })
 }
 
@@ -587,6 +652,9 @@ impl Worker {
 
     /// The next operation of this thread's work, or `None` when it is done.
     fn next_op(&mut self) -> Option<(Op, u64)> {
+        if let Some(op) = self.routing.as_mut().and_then(|r| r.parked.take()) {
+            return Some(op);
+        }
         match &self.work {
             Work::Mix { requests, .. } => {
                 if requests.is_some_and(|r| self.issued >= r) {
@@ -626,6 +694,12 @@ impl Worker {
             self.issuing = false;
             return false;
         };
+        self.issue_op(ci, op, key, start_ns, now);
+        true
+    }
+
+    /// Send `op` on `key` on `ci` (which has a free slot).
+    fn issue_op(&mut self, ci: usize, op: Op, key: u64, start_ns: u64, now: u64) {
         self.issued += 1;
         let c = &mut self.conns[ci];
         // Callers only issue on a connection with inflight < pipeline = number of slots.
@@ -642,7 +716,84 @@ impl Worker {
         slot.start_ns = start_ns;
         c.inflight += 1;
         self.encode(ci, si, now);
-        true
+    }
+
+    // ---- routing by the ring (`--route ring`, route.rs) ----
+
+    /// The connection for a request on key `key`: a ready one with a free slot to the first
+    /// owner that has a connection up; `Wait` while such an owner's connections are all busy
+    /// or still connecting; any ready connection with room when no owner has one up.
+    fn pick(&mut self, key: u64) -> Pick {
+        let Some(route) = self.sh.cfg.route.as_ref() else {
+            return self
+                .free_conn()
+                .map_or(Pick::Wait, |ci| Pick::Conn(ci, false));
+        };
+        let r = self
+            .routing
+            .as_mut()
+            .expect("routing state exists with a route");
+        let owners = route.owners_of(key, &mut r.scratch);
+        for &node in owners {
+            let conns = &r.by_node[node];
+            let mut up = false;
+            for k in 0..conns.len() {
+                let ci = conns[(r.next[node] + k) % conns.len()];
+                let c = &self.conns[ci];
+                match c.state {
+                    State::Ready if c.inflight < c.slots.len() => {
+                        r.next[node] = (r.next[node] + k + 1) % conns.len();
+                        return Pick::Conn(ci, true);
+                    }
+                    State::Down { .. } => {}
+                    _ => up = true,
+                }
+            }
+            if up {
+                return Pick::Wait;
+            }
+        }
+        self.free_conn()
+            .map_or(Pick::Wait, |ci| Pick::Conn(ci, false))
+    }
+
+    /// Send the next operation on the connection [`Worker::pick`] chooses. `Some(true)`: sent;
+    /// `Some(false)`: the work is done; `None`: no room now (the operation waits, parked).
+    fn issue_routed(&mut self, start_ns: u64, now: u64) -> Option<bool> {
+        let Some((op, key)) = self.next_op() else {
+            self.issuing = false;
+            return Some(false);
+        };
+        match self.pick(key) {
+            Pick::Conn(ci, owner) => {
+                let r = self.routing.as_mut().expect("routing state");
+                if owner {
+                    r.to_owner += 1;
+                } else {
+                    r.to_other += 1;
+                }
+                self.issue_op(ci, op, key, start_ns, now);
+                self.mark_dirty(ci);
+                Some(true)
+            }
+            Pick::Wait => {
+                self.routing.as_mut().expect("routing state").parked = Some((op, key));
+                None
+            }
+        }
+    }
+
+    /// Closed loop under `--route ring`: top the thread up to its budget of requests in
+    /// flight, each on a connection to an owner of its key.
+    fn refill_routed(&mut self, now: u64) {
+        let budget = self.routing.as_ref().map_or(0, |r| r.budget);
+        let mut inflight: usize = self.conns.iter().map(|c| c.inflight).sum();
+        while self.issuing && inflight < budget {
+            match self.issue_routed(now, now) {
+                Some(true) => inflight += 1,
+                _ => break,
+            }
+        }
     }
 
     /// Encode the current request of slot `si` (a fresh id each time).
@@ -713,6 +864,12 @@ impl Worker {
             if due > now {
                 break;
             }
+            if self.routing.is_some() {
+                match self.issue_routed(due, now) {
+                    Some(true) => continue,
+                    _ => break,
+                }
+            }
             let Some(ci) = self.free_conn() else {
                 break;
             };
@@ -739,10 +896,14 @@ impl Worker {
 
     /// Closed loop: top up every connection that changed; then write what was queued.
     fn refill_and_flush(&mut self, now: u64) {
+        let routed = self.routing.is_some();
+        if routed && self.open_loop.is_none() {
+            self.refill_routed(now);
+        }
         let mut dirty = std::mem::take(&mut self.dirty);
         for &ci in &dirty {
             self.conns[ci].dirty = false;
-            if self.open_loop.is_none() {
+            if self.open_loop.is_none() && !routed {
                 while self.issuing
                     && self.conns[ci].state == State::Ready
                     && self.conns[ci].inflight < self.conns[ci].slots.len()

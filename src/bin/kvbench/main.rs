@@ -17,6 +17,7 @@
 //! engine    per-thread mio event loop: connections, pipelining, open/closed loop
 //! check     acknowledged-write bookkeeping, stale reads, final verdict
 //! report    HDR histograms, progress line, human summary, JSON
+//! route     --route ring: each request to an owner of its key, by the ring map (RING)
 //! ```
 //!
 //! Exit status: 0 on success, 1 when `--check` found lost writes, 2 on bad options, 3 when no
@@ -26,6 +27,7 @@ mod check;
 mod engine;
 mod proto;
 mod report;
+mod route;
 mod workload;
 
 use check::{CheckTable, WRITE_ID_SIZE};
@@ -88,6 +90,11 @@ struct Opts {
     seed: u64,
     quiet: bool,
     token: Vec<u8>,
+    /// `--route`: as asked (ring unless told otherwise, for dkv).
+    route: route::RouteMode,
+    /// `--route ring` against a cluster: the ring's nodes, which the connections go to
+    /// instead of the targets (set by `run` once the map is fetched).
+    ring_nodes: Option<Vec<SocketAddr>>,
 }
 
 fn options() -> Options {
@@ -205,6 +212,14 @@ fn options() -> Options {
         "token",
         "dkv client token for HELLO, for nodes started with --client-token",
         "TOKEN",
+    );
+    o.optopt(
+        "",
+        "route",
+        "dkv: ring sends each request to an owner of its key, by the ring map (RING) fetched \
+         from the first target, with connections to every node of the ring; none spreads \
+         requests over the targets. Default ring (none against a single node)",
+        "ring|none",
     );
     o.optflag("q", "quiet", "no progress line");
     o.optflag("h", "help", "print this help");
@@ -397,6 +412,14 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
     if !token.is_empty() && proto != Proto::Dkv {
         return Err("--token applies to --protocol dkv only".into());
     }
+    let route = match m.opt_str("route") {
+        Some(s) => route::RouteMode::parse(&s)?,
+        None if proto == Proto::Dkv => route::RouteMode::Ring,
+        None => route::RouteMode::None,
+    };
+    if route == route::RouteMode::Ring && proto != Proto::Dkv {
+        return Err("--route ring applies to --protocol dkv only".into());
+    }
     Ok(Some(Opts {
         targets,
         target_names,
@@ -422,15 +445,28 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         seed,
         quiet: m.opt_present("quiet"),
         token,
+        route,
+        ring_nodes: None,
     }))
 }
 
 /// Connections of thread `t`: every `threads`-th connection, each on its target in turn.
 fn thread_addrs(o: &Opts, t: usize) -> Vec<SocketAddr> {
+    if let Some(nodes) = &o.ring_nodes {
+        return ring_thread_addrs(o, nodes, t);
+    }
     (t..o.connections)
         .step_by(o.threads)
         .map(|c| o.targets[c % o.targets.len()])
         .collect()
+}
+
+/// Connections of thread `t` under `--route ring`: as many as without it, the `j`-th to ring
+/// node `(t + j) mod nodes`, so every thread with at least as many connections as there are
+/// nodes reaches every node (and can send every key to an owner).
+fn ring_thread_addrs(o: &Opts, nodes: &[SocketAddr], t: usize) -> Vec<SocketAddr> {
+    let count = (t..o.connections).step_by(o.threads).count();
+    (0..count).map(|j| nodes[(t + j) % nodes.len()]).collect()
 }
 
 /// `total` split over the threads in proportion to their connections.
@@ -449,6 +485,9 @@ struct Phase {
     lost: u64,
     readback_errors: u64,
     keys_checked: u64,
+    /// `--route ring`: requests sent to an owner of their key, and elsewhere.
+    to_owner: u64,
+    to_other: u64,
 }
 
 /// Run one phase on every thread, printing progress each second.
@@ -507,6 +546,8 @@ fn run_phase(
         lost: 0,
         readback_errors: 0,
         keys_checked: 0,
+        to_owner: 0,
+        to_other: 0,
     };
     let mut end_ns = 0;
     for h in handles {
@@ -521,6 +562,8 @@ fn run_phase(
         phase.lost += r.lost;
         phase.readback_errors += r.readback_errors;
         phase.keys_checked += r.keys_checked;
+        phase.to_owner += r.to_owner;
+        phase.to_other += r.to_other;
         end_ns = end_ns.max(r.end_ns);
     }
     let start_ns = started.duration_since(sh.base).as_nanos() as u64;
@@ -592,7 +635,33 @@ fn describe(o: &Opts) -> (String, String) {
     (j, h)
 }
 
-fn run(o: &Opts) -> Result<ExitCode, String> {
+fn run(o: &mut Opts) -> Result<ExitCode, String> {
+    let ring = match o.route {
+        // A target that cannot answer RING yet (down, starting) must not stop the run: it
+        // runs unrouted, as it would with --route none, and says so.
+        route::RouteMode::Ring => {
+            match route::RingRoute::fetch(&o.target_names, &o.token, o.key_size) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("kvbench: --route ring: {e}; requests go round robin");
+                    None
+                }
+            }
+        }
+        route::RouteMode::None => None,
+    };
+    if let Some(r) = &ring {
+        o.ring_nodes = Some(r.addrs.clone());
+        if o.connections / o.threads < r.addrs.len() {
+            eprintln!(
+                "kvbench: --route ring: fewer connections per thread ({}) than ring nodes ({}): \
+                 some requests cannot reach an owner",
+                o.connections / o.threads,
+                r.addrs.len()
+            );
+        }
+    }
+    let o: &Opts = o;
     let nonce = {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -615,6 +684,7 @@ fn run(o: &Opts) -> Result<ExitCode, String> {
             check: check.clone(),
             write_id_nonce: nonce,
             token: o.token.clone(),
+            route: ring,
         },
         chooser: KeyChooser::new(o.keys, o.distribution),
         pool: workload::value_pool(o.value_size.max, o.seed),
@@ -681,7 +751,23 @@ fn run(o: &Opts) -> Result<ExitCode, String> {
         }
     };
 
-    let (config_json, config_human) = describe(o);
+    let (mut config_json, mut config_human) = describe(o);
+    if let Some(r) = &sh.cfg.route {
+        let sent = (run.to_owner + run.to_other).max(1);
+        config_json.push_str(&format!(
+            ",\"route\":\"ring\",\"ring_version\":{},\"ring_nodes\":{},\"requests_to_owner\":{},\"requests_to_other\":{}",
+            r.version,
+            r.addrs.len(),
+            run.to_owner,
+            run.to_other
+        ));
+        config_human.push_str(&format!(
+            " | route ring v{} ({} nodes): {:.2}% of requests to an owner",
+            r.version,
+            r.addrs.len(),
+            100.0 * run.to_owner as f64 / sent as f64
+        ));
+    }
     let report = RunReport {
         config_json,
         config_human,
@@ -715,7 +801,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(&opts) {
+    let mut opts = opts;
+    match run(&mut opts) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kvbench: {e}");

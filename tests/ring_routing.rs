@@ -1,0 +1,204 @@
+//! Routing by the ring map against real `kvd` processes: a 4-node cluster with N = 2 (so each
+//! node owns half the keys), the Rust [`RingClient`] and `kvbench --route ring`.
+//!
+//! * RING answers the same versioned, balanced map on every node.
+//! * RingClient sends every request to an owner of its key (counted by the client and by the
+//!   nodes' STATS `key_requests_owned` / `key_requests_not_owned`), and, after `kill -9` of a
+//!   node, sends the keys that node was primary of to their second owner.
+//! * kvbench `--route ring --check` reports every request sent to an owner and nothing lost.
+
+mod common;
+
+use common::{free_port, node_list, temp_dir, wait_clocks_measured, wait_for, Node};
+use dkv::client::RingClient;
+use dkv::protocol::Consistency;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const NODES: usize = 4;
+const REPLICAS: &str = "2";
+const KEYS: usize = 600;
+const KVBENCH_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn start_cluster(name: &str) -> Vec<Node> {
+    let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+    let list = node_list(&ports);
+    let dir = temp_dir(name);
+    let nodes: Vec<Node> = (0..NODES)
+        .map(|i| {
+            let id = (i + 1).to_string();
+            let args = [
+                "--id",
+                &id,
+                "--nodes",
+                &list,
+                "--replicas",
+                REPLICAS,
+                "--cluster-secret",
+                "test-secret",
+                "--shards",
+                "2",
+                "--gossip-interval-ms",
+                "50",
+            ];
+            Node::start_on(ports[i], &dir.join(format!("node-{id}")), &args)
+        })
+        .collect();
+    nodes.iter().for_each(wait_clocks_measured);
+    nodes
+}
+
+/// `key_requests_owned` and `key_requests_not_owned` summed over `nodes`.
+fn routed_counts(nodes: &[&Node]) -> (u64, u64) {
+    let mut sum = (0, 0);
+    for n in nodes {
+        let stats = n.client().stats().expect("STATS");
+        let value = |name: &str| {
+            stats
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{name} missing from STATS"))
+        };
+        sum.0 += value("key_requests_owned");
+        sum.1 += value("key_requests_not_owned");
+    }
+    sum
+}
+
+#[test]
+fn ring_client_sends_every_request_to_an_owner() {
+    let mut nodes = start_cluster("ring-client");
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+
+    // Every node serves the same map: version 1, N = 2, 4 nodes, 128 placements and 64
+    // primaries each.
+    let maps: Vec<_> = nodes
+        .iter()
+        .map(|n| n.client().ring().expect("RING"))
+        .collect();
+    for m in &maps[1..] {
+        assert_eq!(m, &maps[0], "nodes disagree on the ring map");
+    }
+    let o = &maps[0].ownership;
+    assert_eq!(
+        (o.version(), o.replicas(), o.nodes()),
+        (1, 2, &[1, 2, 3, 4][..])
+    );
+    assert_eq!(o.loads(), vec![128; NODES]);
+    assert_eq!(o.primaries(), vec![64; NODES]);
+    for (id, addr) in &maps[0].addrs {
+        assert_eq!(addr, &addrs[*id as usize - 1]);
+    }
+
+    let all: Vec<&Node> = nodes.iter().collect();
+    let before = routed_counts(&all);
+    let mut rc = RingClient::connect(&addrs[..1]).expect("fetch the ring map");
+    let key = |i: usize| format!("routed:{i}").into_bytes();
+    for i in 0..KEYS {
+        rc.put(&key(i), b"v", 0, Consistency::Quorum).expect("PUT");
+    }
+    for i in 0..KEYS {
+        let got = rc.get(&key(i), Consistency::Quorum).expect("GET");
+        assert_eq!(got.map(|(_, v)| v), Some(b"v".to_vec()), "key {i}");
+    }
+    let c = rc.counters();
+    assert_eq!((c.to_owner, c.to_other), (2 * KEYS as u64, 0), "{c:?}");
+    let after = routed_counts(&all);
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (2 * KEYS as u64, 0),
+        "the nodes' STATS"
+    );
+
+    // Kill node 4: keys it was primary of go to their second owner, still an owner.
+    nodes[3].kill9();
+    let primary_of_4: Vec<usize> = (0..KEYS)
+        .filter(|&i| rc.map().owners_of_key(&key(i))[0] == 4)
+        .collect();
+    assert!(
+        primary_of_4.len() > KEYS / 8,
+        "node 4 is primary of a quarter"
+    );
+    for &i in &primary_of_4 {
+        let got = rc
+            .get(&key(i), Consistency::One)
+            .expect("GET ONE with node 4 down");
+        assert!(got.is_some(), "key {i}");
+    }
+    let c = rc.counters();
+    assert_eq!(c.to_other, 0, "{c:?}");
+    assert!(c.connection_failures >= 1, "{c:?}");
+    assert!(
+        c.maps_fetched >= 2,
+        "a failed connection refetches the map: {c:?}"
+    );
+    let live: Vec<&Node> = nodes[..3].iter().collect();
+    let counts = routed_counts(&live);
+    assert_eq!(counts.1, before.1, "no live node saw a key it does not own");
+}
+
+#[test]
+fn kvbench_routes_by_the_ring_and_loses_nothing() {
+    let nodes = start_cluster("ring-kvbench");
+    let all: Vec<&Node> = nodes.iter().collect();
+    let before = routed_counts(&all);
+    let child = Command::new(env!("CARGO_BIN_EXE_kvbench"))
+        .args([
+            "--target",
+            &nodes[0].addr,
+            "--connections",
+            "8",
+            "--pipeline",
+            "4",
+            "--requests",
+            "20000",
+            "--keys",
+            "2000",
+            "--mix",
+            "get=50,put=40,del=10",
+            "--consistency",
+            "QUORUM",
+            "--check",
+            "--json",
+            "--quiet",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kvbench");
+    let mut child = Some(child);
+    let out = wait_for(KVBENCH_TIMEOUT, "kvbench to finish", || {
+        let c = child.as_mut().expect("child until it exits");
+        c.try_wait().expect("poll kvbench")?;
+        Some(
+            child
+                .take()
+                .expect("once")
+                .wait_with_output()
+                .expect("output"),
+        )
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kvbench failed: {stderr}\n{stdout}");
+    let field = |name: &str| -> u64 {
+        let key = format!("\"{name}\":");
+        let at = stdout
+            .find(&key)
+            .unwrap_or_else(|| panic!("{name} missing: {stdout}"))
+            + key.len();
+        let digits: String = stdout[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().expect("a count")
+    };
+    assert_eq!(field("ring_nodes"), NODES as u64);
+    assert_eq!(field("requests_to_other"), 0, "{stderr}");
+    assert!(field("requests_to_owner") >= 20_000, "{stdout}");
+    assert_eq!(field("lost"), 0);
+    let after = routed_counts(&all);
+    assert_eq!(after.1, before.1, "no node saw a key it does not own");
+    assert!(after.0 - before.0 >= 20_000);
+}
