@@ -97,7 +97,7 @@ fn main() {
     let value = [b'v'; 100];
     let base = std::env::temp_dir().join(format!("dkv-bench-storage-{}", std::process::id()));
     for (label, every) in [
-        ("no sync", 0u64),
+        ("no sync (buffered, one write per 256 KiB)", 0u64),
         ("sync every write", 1),
         ("sync every 64 writes (group commit)", 64),
     ] {
@@ -153,7 +153,7 @@ fn main() {
         }
         writes
     });
-    println!("log get (pread + CRC check, page cache warm, {writes} keys): {ns:.0} ns/op");
+    println!("log get (memory map + CRC check, page cache warm, {writes} keys): {ns:.0} ns/op");
     drop(s);
     let _ = std::fs::remove_dir_all(&base);
 }

@@ -277,6 +277,16 @@ pub const COMPACTION_DEAD_BYTES_MIN_DEFAULT: u64 =
 /// Most input segments one compaction job takes (bounds its duration and its output).
 pub const COMPACTION_INPUTS_MAX: usize = 8;
 
+/// Records appended during one event-loop turn are buffered and reach the active segment in
+/// one write at the end of the turn; a turn that appends more than this writes early (the
+/// buffer's RAM is bounded, and a single larger record is written alone).
+pub const APPEND_BUFFER_BYTES_MAX: usize = 256 * 1024;
+
+/// Segment files mapped into memory at once by the whole process (every shard): the size of
+/// the table the SIGBUS handler reads (storage/mmap.rs). A segment past it is read with pread.
+/// At the default 64 MiB segments that is 256 GiB of data.
+pub const MAPPED_FILES_MAX: usize = 4096;
+
 /// Bytes read from a segment at a time when scanning it (recovery, compaction).
 pub const SCAN_CHUNK_SIZE: usize = 256 * 1024;
 

@@ -1,7 +1,8 @@
 //! Seeded randomized model test of the log store against a `BTreeMap`.
 //!
-//! Random PUT / DELETE / PUT-with-TTL (virtual clock) / stale writes / sync (the "ack" point)
-//! / compaction steps / tombstone horizon moves / disk-full and fsync-failure injection /
+//! Random PUT / DELETE / PUT-with-TTL (virtual clock) / stale writes / flush (the end of an
+//! event-loop turn: the buffered records are written, or undone if that fails) / sync (the
+//! "ack" point) / compaction steps / tombstone horizon moves / disk-full and fsync-failure injection /
 //! crash (unsynced bytes dropped, or a torn prefix kept) and reopen. After every crash each
 //! key must read as what was acknowledged (synced) or as one of the writes issued after that
 //! — never an older value, never garbage — and recovery must report no corruption.
@@ -59,6 +60,10 @@ struct Run {
     acked: BTreeMap<Vec<u8>, Stored>,
     /// Writes stored since the last successful sync, per key.
     pending: BTreeMap<Vec<u8>, Vec<Stored>>,
+    /// Writes applied since the last flush, with the record each replaced in the model: a
+    /// failed flush undoes those it did not write (a segment roll or a full buffer writes
+    /// some early), so each key then holds its record from before them or one of them.
+    unflushed: Vec<(Vec<u8>, Option<Stored>)>,
     keys: Vec<Vec<u8>>,
     faults_armed: bool,
     /// The disk has a capacity the store sees (it survives crashes: refusals stay expected).
@@ -114,6 +119,7 @@ impl Run {
             model: BTreeMap::new(),
             acked: BTreeMap::new(),
             pending: BTreeMap::new(),
+            unflushed: Vec::new(),
             keys,
             faults_armed: false,
             capacity_set: false,
@@ -194,8 +200,12 @@ impl Run {
                         "write v{version} stored over held v{h}"
                     );
                 }
-                self.model.insert(key.clone(), rec.clone());
+                let old = self.model.insert(key.clone(), rec.clone());
+                self.unflushed.push((key.clone(), old));
                 self.pending.entry(key).or_default().push(rec);
+                if self.rng.chance(30) {
+                    self.flush(); // the end of a turn
+                }
             }
             Ok(Applied::Stale { current }) => {
                 let h = held.expect("stale needs a held record");
@@ -207,11 +217,57 @@ impl Run {
                     self.faults_armed,
                     "write failed without an injected fault: {e}"
                 );
+                // The refusal may come from writing the buffer early: then the turn's
+                // earlier writes were undone too, and the turn's flush says so.
+                self.flush();
+            }
+        }
+    }
+
+    /// The end of a turn: the buffered records are written, or undone if that fails.
+    fn flush(&mut self) {
+        let r = self.store.flush();
+        self.note(format!("flush -> {r:?}"));
+        match r {
+            Ok(()) => self.unflushed.clear(),
+            Err(e) => {
+                assert!(self.faults_armed, "flush failed without a fault: {e}");
+                let mut allowed: BTreeMap<Vec<u8>, Vec<Option<Stored>>> = BTreeMap::new();
+                // Per key: the record from before the first write, then every write's.
+                for (key, old) in std::mem::take(&mut self.unflushed) {
+                    allowed.entry(key).or_default().push(old);
+                }
+                for (key, a) in allowed.iter_mut() {
+                    a.push(self.model.get(key).cloned());
+                }
+                for (key, mut allowed) in allowed {
+                    let got = self.store.get(&key).expect("read after a failed flush");
+                    let seen = observe(got.as_ref(), self.now);
+                    assert!(
+                        allowed
+                            .iter()
+                            .any(|a| observe(a.as_ref(), self.now) == seen),
+                        "after a failed flush key {} holds {got:?}, allowed {allowed:?}",
+                        String::from_utf8_lossy(&key)
+                    );
+                    match got {
+                        Some(g) => self.model.insert(key, g),
+                        // Back to the record from before (a tombstone the store may have
+                        // forgotten already, which the model keeps).
+                        None => match allowed.swap_remove(0) {
+                            Some(old) if observe(Some(&old), self.now).is_none() => {
+                                self.model.insert(key, old)
+                            }
+                            _ => self.model.remove(&key),
+                        },
+                    };
+                }
             }
         }
     }
 
     fn check_reads(&mut self) {
+        self.flush();
         let keys = self.keys.clone();
         for key in keys {
             let got = match self.store.get(&key) {
@@ -235,6 +291,7 @@ impl Run {
     }
 
     fn sync(&mut self) {
+        self.flush();
         let r = self.store.sync();
         self.note(format!("sync -> {r:?}"));
         match r {
@@ -247,6 +304,7 @@ impl Run {
     }
 
     fn maintenance(&mut self) {
+        self.flush();
         let budget = 1 + self.rng.below(60) as usize;
         let r = self.store.maintenance(self.now, budget);
         self.note(format!(
@@ -326,6 +384,7 @@ impl Run {
         self.model = model.clone();
         self.acked = model;
         self.pending.clear();
+        self.unflushed.clear();
         self.next_version = self.next_version.max(self.store.highest_version().0);
     }
 

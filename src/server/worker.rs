@@ -782,7 +782,12 @@ impl Worker {
             let k = id.slot();
             if let Some(c) = self.conns.get_mut(k) {
                 if c.id == id {
-                    c.wbuf.extend_from_slice(bytes);
+                    // A connection closing on a connection error has had its last frame:
+                    // nothing may follow it (protocol.md § 6), not even the reply to a request
+                    // it sent before the bad bytes (held for the turn's write, or forwarded).
+                    if !c.closing {
+                        c.wbuf.extend_from_slice(bytes);
+                    }
                     debug_assert!(c.in_flight > 0, "a reply record answers a deferred request");
                     c.in_flight = c.in_flight.saturating_sub(1);
                     c.unreserve(bytes[4], &self.shared.memory);

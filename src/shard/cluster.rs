@@ -24,7 +24,7 @@
 //!   anti-entropy exchanges to the membership shard in [`super::Outbox::reports`]
 //!   ([`super::Mail::Reports`]): it reports them to the leader for the whole node.
 
-use super::{After, ConnId, ShardCore, SyncPolicy};
+use super::{After, ConnId, ShardCore};
 use crate::cluster::antientropy;
 use crate::cluster::coordinator::Outcome;
 use crate::cluster::hints::HintQueue;
@@ -334,8 +334,9 @@ impl ShardCore {
         };
         self.pump();
         // The cluster core marks the replies that acknowledge records it applied (REPLICATE,
-        // anti-entropy PUSH and KEYS): they wait for the sync under `always`.
-        after_sync && self.cfg.sync == SyncPolicy::Always && self.store.needs_sync()
+        // anti-entropy PUSH and KEYS): they wait for the turn's write (and sync under
+        // `always`).
+        after_sync && self.ack_waits()
     }
 
     /// A reply from node `from` on one of this shard's outbound peer links.
@@ -499,6 +500,8 @@ impl ShardCore {
     /// Move the cluster core's outputs: peer frames to the outbox, client answers to reply
     /// records (held for the sync when they acknowledge a write under `always`).
     fn pump(&mut self) {
+        // Constant through the loop: moving outputs applies no write.
+        let ack_waits = self.ack_waits();
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
@@ -510,9 +513,7 @@ impl ShardCore {
                     if let Some(kept) = self.outcomes.as_mut() {
                         kept.push((ctx.conn, ctx.id, outcome.clone()));
                     }
-                    let hold = outcome.acknowledges_write()
-                        && self.cfg.sync == SyncPolicy::Always
-                        && self.store.needs_sync();
+                    let hold = outcome.acknowledges_write() && ack_waits;
                     let dest = if hold {
                         &mut self.held[ctx.shard]
                     } else {

@@ -1,8 +1,15 @@
 //! Running a keyed request against the shard's own store: GET, PUT, DELETE and LOCAL_GET on
 //! the single-node path (a clustered shard hands GET/PUT/DELETE to its coordinator, see
-//! `cluster.rs`), and the replies that must wait for a sync: under the `always` policy a
-//! write's acknowledgement is held until [`ShardCore::finish_turn`] has synced the store (group
-//! commit), and turned into STORAGE_ERROR if that sync failed.
+//! `cluster.rs`), and the replies that must wait for the end of the turn.
+//!
+//! **A reply leaves only after the write holding its record returned.** The store buffers
+//! the records of a turn and writes them in one call ([`crate::storage::Store::flush`]), so a
+//! write's acknowledgement is held (as a reply record, whatever the sync policy) until
+//! [`ShardCore::finish_turn`] has flushed the store, and under the `always` policy synced it
+//! too (group commit); it becomes STORAGE_ERROR if either failed. Immediate replies (reads)
+//! sit in the connection's write buffer, which the driver writes to the socket only after
+//! `finish_turn` (`server/worker.rs`, `end_turn`), so nothing of a turn leaves before its
+//! records are in the operating system's hands, and `kill -9` loses nothing acknowledged.
 
 use super::{Fatal, ShardCore, SyncPolicy};
 use crate::limits::KEY_SIZE_MAX;
@@ -17,6 +24,13 @@ impl ShardCore {
     /// Whether a sync is due at the end of this turn under the `always` policy.
     pub fn wants_sync_now(&self) -> bool {
         self.cfg.sync == SyncPolicy::Always && self.store.needs_sync()
+    }
+
+    /// Whether the acknowledgement of a write applied now must be held until the end of the
+    /// turn: its record is not yet written to the file (any policy), or not yet synced
+    /// (`always`).
+    pub(super) fn ack_waits(&self) -> bool {
+        self.store.unflushed() || self.wants_sync_now()
     }
 
     /// Sync the store now (the driver calls this on its interval timer, or via
@@ -37,9 +51,10 @@ impl ShardCore {
         r
     }
 
-    /// End of a turn: cover the turn's versions with the durable clock ceiling, group commit
-    /// under the `always` policy, then release the held replies (or turn them into
-    /// STORAGE_ERROR if the sync failed). An error means the node must stop (see [`Fatal`]).
+    /// End of a turn: cover the turn's versions with the durable clock ceiling, write the
+    /// turn's records (one write), group commit under the `always` policy, then release the
+    /// held replies (or turn them into STORAGE_ERROR if the write or the sync failed). An
+    /// error means the node must stop (see [`Fatal`]).
     pub fn finish_turn(&mut self) -> Result<(), Fatal> {
         let clock_ms = self.clock_mut().last_ms();
         if let Err(e) = self.ceiling.cover(clock_ms) {
@@ -48,9 +63,24 @@ impl ShardCore {
                 self.cfg.shard
             )));
         }
+        // Before anything of the turn leaves: the turn's records reach the file. A failure
+        // undid them (not sticky: the next turn's writes are tried again).
+        let flush_error = match self.store.flush() {
+            Ok(()) => None,
+            Err(e) => {
+                log::warn!(
+                    "shard {}: writing the turn's records failed: {e}",
+                    self.cfg.shard
+                );
+                // Most of the turn's writes were undone; some may have been written early.
+                Some(format!("write failed ({e}); it may or may not be stored"))
+            }
+        };
         // test-only mutation: acknowledge before the sync (the simulator syncs later).
         let ack_early = self.mutations().ack_before_sync;
-        let synced = if self.wants_sync_now() && !ack_early {
+        let synced = if flush_error.is_some() {
+            false
+        } else if self.wants_sync_now() && !ack_early {
             self.sync().is_ok()
         } else {
             self.write_error.is_none()
@@ -63,7 +93,13 @@ impl ShardCore {
             if synced {
                 self.outbox.replies[dest].extend_from_slice(&held);
             } else {
-                let why = self.write_error.clone().unwrap_or_default();
+                let why = match (&flush_error, &self.write_error) {
+                    (Some(why), _) => why.clone(),
+                    (None, Some(why)) => {
+                        format!("sync failed ({why}); it may or may not be on disk")
+                    }
+                    (None, None) => String::new(),
+                };
                 rewrite_as_errors(&held, &mut self.outbox.replies[dest], &why);
             }
             self.held[dest] = held;
@@ -187,7 +223,7 @@ impl ShardCore {
             Ok(Applied::Stored) => {
                 self.count_reply(Status::Ok);
                 put_ok(out, opc, id, &[&version.0.to_be_bytes()]);
-                self.cfg.sync == SyncPolicy::Always
+                self.ack_waits()
             }
             Ok(Applied::Stale { current }) => {
                 // Our clock issued a version below one the store holds: the clock must have
@@ -217,7 +253,7 @@ impl ShardCore {
 
 /// Turn held reply records into STORAGE_ERROR replies with the same opcode and id.
 fn rewrite_as_errors(records: &[u8], out: &mut Vec<u8>, why: &str) {
-    let msg = format!("write not acknowledged: sync failed ({why}); it may or may not be on disk");
+    let msg = format!("write not acknowledged: {why}");
     let mut at = 0;
     while at < records.len() {
         out.extend_from_slice(&records[at..at + 8]);

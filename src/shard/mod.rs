@@ -10,8 +10,10 @@
 //! 2. [`ShardCore::on_mail`] for each batch from another shard's mailbox.
 //! 3. [`ShardCore::on_tick`] when a timer is due (it returns true when the next one should come
 //!    sooner: the disk is short of space and compaction has work left).
-//! 4. [`ShardCore::finish_turn`]: syncs the store if the policy asks (group commit: one fsync
-//!    for every write of the turn) and releases the replies that waited for it.
+//! 4. [`ShardCore::finish_turn`]: writes the turn's records to the store's file in one call
+//!    ([`crate::storage::Store::flush`]), syncs the store if the policy asks (group commit: one
+//!    fsync for every write of the turn) and releases the replies that waited for them (write
+//!    acknowledgements are held under every policy; see `execute.rs`).
 //! 5. [`ShardCore::take_outbox`]: batches for other shards (forwarded requests, replies to
 //!    their connections) and replies for this shard's own connections.
 //!

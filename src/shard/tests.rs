@@ -533,3 +533,86 @@ fn stats_combine_the_shards_figures_by_name() {
         assert_eq!(stat(t, "clock_peers_measured"), Some(1), "{t}");
     }
 }
+
+/// Issue 13: under `never` a write's acknowledgement waits for the turn's one write of its
+/// record; if that write fails (disk full), every acknowledgement of the turn becomes
+/// STORAGE_ERROR, the writes read as never made, and the next turn's writes work again.
+#[test]
+fn a_failed_write_of_the_turn_refuses_every_write_of_the_turn() {
+    use crate::storage::logstore::{LogConfig, LogStore};
+    use crate::storage::vfs::MemVfs;
+    let vfs = MemVfs::new();
+    let (store, _) = LogStore::open(
+        vfs.clone(),
+        std::path::Path::new("/d"),
+        LogConfig::default(),
+    )
+    .expect("open");
+    let shared = Arc::new(NodeShared::new(1, 1, NOW, 100));
+    let mut core = ShardCore::new(
+        ShardConfig {
+            shard: 0,
+            shards: 1,
+            sync: SyncPolicy::Never,
+            client_token: None,
+        },
+        shared,
+        Box::new(store),
+        Box::new(crate::storage::ceiling::NoCeiling),
+    );
+    let conn = ConnId::new(0, 1);
+    let mut session = Session::default();
+    let mut turn = |core: &mut ShardCore, keys: &[&[u8]], first_id: u32| -> Vec<(Status, u32)> {
+        let mut wbuf = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let mut bytes = Vec::new();
+            Request::Put {
+                key,
+                value: b"value",
+                ttl_seconds: 0,
+                consistency: Consistency::Default,
+            }
+            .encode(first_id + i as u32, &mut bytes);
+            let (f, _) = frame::parse(&bytes).unwrap().unwrap();
+            let after = core.on_frame(NOW, conn, &mut session, f, &mut wbuf);
+            assert_eq!(after, After::Deferred, "held until the turn's write");
+        }
+        assert!(wbuf.is_empty(), "no acknowledgement before the write");
+        core.finish_turn().expect("no ceiling to fail");
+        let records = std::mem::take(&mut core.take_outbox().replies[0]);
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < records.len() {
+            at += 8;
+            let (f, n) = frame::parse(&records[at..]).unwrap().unwrap();
+            let r = Response::from_frame(&f).unwrap();
+            out.push((r.status().unwrap(), r.id));
+            at += n;
+        }
+        out
+    };
+    assert_eq!(
+        turn(&mut core, &[b"a"], 1),
+        vec![(Status::Ok, 1)],
+        "a working turn"
+    );
+    vfs.set_space_max(Some(vfs.used_bytes() + 20)); // part of the turn lands, then ENOSPC
+    let refused = turn(&mut core, &[b"b", b"c", b"a"], 10);
+    assert_eq!(
+        refused,
+        vec![
+            (Status::StorageError, 10),
+            (Status::StorageError, 11),
+            (Status::StorageError, 12)
+        ]
+    );
+    let store = core.store_mut();
+    assert!(store.get(b"b").unwrap().is_none(), "undone");
+    assert!(
+        store.get(b"a").unwrap().is_some(),
+        "the earlier write stays"
+    );
+    assert!(core.writes_refused().is_none(), "not sticky");
+    vfs.set_space_max(None);
+    assert_eq!(turn(&mut core, &[b"b"], 20), vec![(Status::Ok, 20)]);
+}

@@ -6,9 +6,12 @@
 //! see the same writes in any order end up identical.
 //!
 //! The store is sans-IO in the sense of ARCHITECTURE.md: it never reads the clock (`now_ms`
-//! is a parameter) and the shard decides when to sync (group commit: the driver calls
-//! [`Store::sync`] once per event-loop turn for all the writes of that turn, and only then
-//! releases their acknowledgements when the sync policy is `always`).
+//! is a parameter) and the shard decides when to write and sync. At the end of every
+//! event-loop turn the shard calls [`Store::flush`] (the turn's records reach the file in one
+//! write) and then, under the `always` policy, [`Store::sync`] (group commit: one fsync for all
+//! the writes of the turn). Acknowledgements of the turn's writes are held until then and
+//! leave only if those succeeded: a reply never leaves before the write holding its record
+//! returned, so `kill -9` loses nothing acknowledged.
 //!
 //! Implementations: [`memory::MemoryStore`] (no persistence; tests and `--data` left unset)
 //! and [`logstore::LogStore`] (durable, log-structured: segments of checksummed records, a compact
@@ -25,6 +28,7 @@
 //!   policy.rs  compaction thresholds, disk-space reserve and pressure: pure functions
 //!   record.rs  on-disk formats with byte diagrams (segment, record, hint, manifest)
 //!   keydir.rs  the compact key directory (32 bytes + u32 index slot + key bytes per key)
+//!   mmap.rs    read-only memory maps of segments, surviving truncation (SIGBUS)
 //!   vfs.rs     the file-system seam
 //! ```
 
@@ -32,6 +36,7 @@ pub mod ceiling;
 pub mod keydir;
 pub mod logstore;
 pub mod memory;
+pub mod mmap;
 pub mod policy;
 pub mod record;
 pub mod vfs;
@@ -148,15 +153,32 @@ pub trait Store: Send {
     /// The version held for `key`, without reading its value.
     fn version_of(&self, key: &[u8]) -> Option<Version>;
 
-    /// Apply a write last-write-wins. The write is in memory (and handed to the OS) when this
-    /// returns; it is durable only after the next [`Store::sync`].
+    /// Apply a write last-write-wins. The write is in the store's memory (reads see it) when
+    /// this returns; it reaches the operating system at the next [`Store::flush`] (or earlier)
+    /// and is durable only after the next [`Store::sync`].
     fn apply(&mut self, write: Write<'_>) -> Result<Applied, StoreError>;
+
+    /// Hand every write applied since the last flush to the operating system (one write
+    /// call for all of them). An error means some of them (possibly written early, during
+    /// `apply`) did not reach the file: they were undone (the store reads as if they never
+    /// happened) and their acknowledgements must become STORAGE_ERROR. Not sticky: later
+    /// writes are tried again. Default: writes are never buffered.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Whether writes were applied that the next [`Store::flush`] has yet to hand to the
+    /// operating system (or a flush failed since the last call): their acknowledgements must
+    /// wait for it. Default: never.
+    fn unflushed(&self) -> bool {
+        false
+    }
 
     /// Whether writes were applied since the last sync.
     fn needs_sync(&self) -> bool;
 
-    /// Make every write applied so far durable. An error here is sticky: the store refuses
-    /// writes from then on.
+    /// Make every write applied so far durable (flushing first). An error here is sticky: the
+    /// store refuses writes from then on.
     fn sync(&mut self) -> Result<(), StoreError>;
 
     /// Do up to `budget` units of background work (compaction, expiry); `Ok(true)` when more

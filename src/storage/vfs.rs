@@ -2,7 +2,8 @@
 //!
 //! Two implementations:
 //! - [`RealVfs`]: `std::fs`, reads with `pread` (`FileExt::read_exact_at`), so many readers
-//!   never move a shared file cursor.
+//!   never move a shared file cursor; [`Vfs::map`] gives a read-only memory map
+//!   ([`super::mmap::Mapping`]) so that the hot read path makes no system call.
 //! - [`MemVfs`]: an in-memory disk for tests and, later, the simulator. It models what a crash
 //!   does to a POSIX file system: file bytes not yet `fsync`ed are lost (or, optionally, a
 //!   random prefix of them survives: a *torn* write), and directory changes (create, rename,
@@ -11,8 +12,10 @@
 //!   and fail `fsync`.
 //!
 //! The interface is deliberately small: the log store only ever appends to files, reads at
-//! offsets, truncates a torn tail, and creates/renames/removes whole files in one directory.
+//! offsets (through a map where it can), truncates a torn tail, and creates/renames/removes
+//! whole files in one directory.
 
+use super::mmap::Mapping;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -22,6 +25,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub trait Vfs: Send {
     /// An open file: appendable and readable at any offset.
     type File: Send;
+    /// A read-only view of a file's first bytes that reads without a system call (a memory
+    /// map on a real disk). It shows what is appended to the file later, up to its length.
+    type Map: Send;
 
     /// Create `path` empty (truncating any file of that name), open for append and read.
     fn create(&self, path: &Path) -> io::Result<Self::File>;
@@ -32,6 +38,13 @@ pub trait Vfs: Send {
     fn append(&self, file: &mut Self::File, data: &[u8]) -> io::Result<()>;
     /// Fill `buf` from `offset`; an error if the file ends first.
     fn read_at(&self, file: &Self::File, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Map the first `len` bytes of `file` for [`Vfs::read_map`]; `len` may run past the end
+    /// of the file (bytes appended later show through). An error leaves the caller on
+    /// [`Vfs::read_at`].
+    fn map(&self, file: &Self::File, len: u64) -> io::Result<Self::Map>;
+    /// Fill `buf` from `offset` through a map. `UnexpectedEof` if the file (or the map) does
+    /// not hold those bytes, also when the file was cut short under the map.
+    fn read_map(&self, map: &Self::Map, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Make the file's bytes durable (`fdatasync`).
     fn sync(&self, file: &mut Self::File) -> io::Result<()>;
     /// The file's length in bytes.
@@ -61,6 +74,7 @@ pub struct RealVfs;
 
 impl Vfs for RealVfs {
     type File = std::fs::File;
+    type Map = Mapping;
 
     fn create(&self, path: &Path) -> io::Result<std::fs::File> {
         // Append mode (every write lands at the end, even after a truncate), so "create
@@ -91,6 +105,14 @@ impl Vfs for RealVfs {
     fn read_at(&self, file: &std::fs::File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
         file.read_exact_at(buf, offset)
+    }
+
+    fn map(&self, file: &std::fs::File, len: u64) -> io::Result<Mapping> {
+        Mapping::new(file, len)
+    }
+
+    fn read_map(&self, map: &Mapping, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        map.read(offset, buf)
     }
 
     fn sync(&self, file: &mut std::fs::File) -> io::Result<()> {
@@ -230,6 +252,14 @@ pub struct MemFile {
     epoch: u64,
 }
 
+/// A [`MemVfs`] "map": reads the file's current bytes, up to the map's length.
+#[derive(Debug)]
+pub struct MemMap {
+    inode: u64,
+    epoch: u64,
+    len: u64,
+}
+
 /// An in-memory file system that can crash. Clones share the same disk.
 #[derive(Clone, Default)]
 pub struct MemVfs {
@@ -361,6 +391,7 @@ impl MemVfs {
 
 impl Vfs for MemVfs {
     type File = MemFile;
+    type Map = MemMap;
 
     fn create(&self, path: &Path) -> io::Result<MemFile> {
         let mut s = self.lock();
@@ -414,6 +445,26 @@ impl Vfs for MemVfs {
         }
         buf.copy_from_slice(&inode.data[start..end]);
         Ok(())
+    }
+
+    fn map(&self, file: &MemFile, len: u64) -> io::Result<MemMap> {
+        self.lock().inode(file)?;
+        Ok(MemMap {
+            inode: file.inode,
+            epoch: file.epoch,
+            len,
+        })
+    }
+
+    fn read_map(&self, map: &MemMap, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if offset.saturating_add(buf.len() as u64) > map.len {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let file = MemFile {
+            inode: map.inode,
+            epoch: map.epoch,
+        };
+        self.read_at(&file, offset, buf)
     }
 
     fn sync(&self, file: &mut MemFile) -> io::Result<()> {

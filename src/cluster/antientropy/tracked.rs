@@ -123,6 +123,11 @@ impl Store for Tracked<'_> {
         }
         let a = self.store.apply(w)?;
         if a == Applied::Stored {
+            // Written at once, not at the end of the turn: the coordinator counts its local
+            // write as an acknowledgement and the tree notes it now, so a write that a later
+            // failure would undo must fail here instead (a buffering store undoes it and says
+            // so). Only the single-node path batches a turn's records into one write.
+            self.store.flush()?;
             self.index.note(
                 w.key,
                 KeyMeta {
@@ -133,6 +138,12 @@ impl Store for Tracked<'_> {
             );
         }
         Ok(a)
+    }
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.store.flush()
+    }
+    fn unflushed(&self) -> bool {
+        self.store.unflushed()
     }
     fn needs_sync(&self) -> bool {
         self.store.needs_sync()

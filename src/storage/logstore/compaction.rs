@@ -365,6 +365,8 @@ impl<V: Vfs> LogStore<V> {
             out.id,
             Segment {
                 file: out.file,
+                map: None,
+                map_len: 0,
                 header: out.header,
                 len: out.len,
                 live_bytes: 0,
@@ -376,6 +378,7 @@ impl<V: Vfs> LogStore<V> {
                 damaged: false,
             },
         );
+        self.map_segment(out.id, out.len);
         job.output_bytes += out.len;
         job.outputs += 1;
         self.note_appended(out.len + hint.len() as u64);
@@ -416,6 +419,7 @@ impl<V: Vfs> LogStore<V> {
         // Input records not copied were superseded by newer ones, maybe in the active segment
         // and not yet synced: make those durable before the old ones go, or a crash would
         // lose both.
+        self.flush_pending()?;
         let active = self.segments.get_mut(&self.active).expect("active exists");
         if let Err(e) = self.vfs.sync(&mut active.file) {
             return Err(self.io_refusal(e, true));

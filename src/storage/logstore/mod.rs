@@ -12,6 +12,8 @@
 //!   recovery.rs    open: leftovers, manifest, hint files, torn tails, RecoveryReport
 //!   write.rs       the write path: apply, segment creation and rolling, streamed hints,
 //!                  refusals after I/O errors
+//!   buffer.rs      the append buffer (one write per turn, undone if it fails) and the read
+//!                  path (buffer, memory map, pread fallback)
 //!   space.rs       free-space estimate and write admission against the reserve
 //!   compaction.rs  compaction jobs (Compaction, Output): planning, stepping, install
 //!   scrub.rs       damage at rest: record checks, forgetting damaged keys, the scrub
@@ -35,14 +37,16 @@
 //! let (mut store, report) = LogStore::open(RealVfs, &shard_dir, LogConfig::default())?;
 //! store.set_recovery_ms(t.elapsed().as_millis() as u64);
 //! log the report (corrupt records, truncated tail) ...
-//! each loop turn:  apply() the turn's writes;
+//! each loop turn:  apply() the turn's writes;             // buffered in memory
+//!                  store.flush()                            // one write(2); then ack them
 //!                  if store.needs_sync() { store.sync() }   // --sync always: then ack them
 //!                  store.maintenance(now_ms, budget)        // when idle; true = more to do
 //! ```
 //!
 //! `sync()` failing means the store has turned read-only: answer writes with an error from
 //! then on (reads still work). `apply()` failing with `WritesRefused` (disk full) refuses that
-//! write only.
+//! write only; `flush()` failing refuses the writes applied since the previous flush (they are
+//! undone, see `buffer.rs`).
 //!
 //! ## Which record wins
 //! Every record carries its write's version and the store only appends a record newer than
@@ -53,12 +57,24 @@
 //! into a tombstone by compaction has the same version as the value; the tombstone wins a tie.
 //!
 //! ## Durability
-//! A write is appended to the active segment (handed to the OS) by `apply`; `sync` fsyncs the
-//! active segment (the driver calls it once per event-loop turn: group commit). Creating a
+//! A write is buffered by `apply` and appended to the active segment (handed to the OS) by the
+//! next `flush` (the driver calls it at the end of every event-loop turn, before any reply of
+//! the turn leaves, so one `write` carries the whole turn), or earlier when the buffer reaches
+//! [`crate::limits::APPEND_BUFFER_BYTES_MAX`] or the segment is sealed; `sync` flushes, then
+//! fsyncs the active segment (under `--sync always` once per turn: group commit). Creating a
 //! file or renaming it syncs the file and then the directory. A failed fsync is sticky: from
 //! then on every write is refused with [`StoreError::WritesRefused`] (reads keep working),
 //! because after a failed fsync the kernel may have dropped the dirty pages and a later
-//! "successful" fsync would lie. A failed append (ENOSPC) is truncated back and refused alone.
+//! "successful" fsync would lie. A failed append (ENOSPC) is truncated back and its writes
+//! undone and refused.
+//!
+//! ## Reads
+//! No read calls into the kernel: records still buffered are copied from the buffer; every
+//! segment is memory-mapped (the active one with room to grow, since appends show through a
+//! shared map) and a record is copied from the map ([`super::mmap`] explains how a file cut
+//! short under its map reads as damage instead of killing the process with SIGBUS). A segment
+//! that could not be mapped is read with `pread`. Scans (recovery, compaction) read in large
+//! chunks with `pread`.
 //!
 //! ## Recovery
 //! 1. Delete leftovers (`*.tmp`, `*.compact`); if `COMPACT` is present and valid, finish that
@@ -105,6 +121,7 @@
 //! horizon* (set by the cluster once no replica can still send an older write; default
 //! [`Version::ZERO`]: keep every tombstone). Otherwise tombstones are copied.
 
+mod buffer;
 mod compaction;
 mod names;
 mod recovery;
@@ -164,8 +181,12 @@ impl Default for LogConfig {
     }
 }
 
-struct Segment<F> {
+struct Segment<F, M> {
     file: F,
+    /// The file's memory map (`None`: not mapped, read with `pread`).
+    map: Option<M>,
+    /// Bytes the map covers (reads past them use `pread`).
+    map_len: u64,
     header: SegmentHeader,
     /// Bytes in the file (the append position of the active segment).
     len: u64,
@@ -186,7 +207,7 @@ struct Segment<F> {
     damaged: bool,
 }
 
-impl<F> Segment<F> {
+impl<F, M> Segment<F, M> {
     fn dead_bytes(&self) -> u64 {
         self.len - SEGMENT_HEADER_SIZE as u64 - self.live_bytes
     }
@@ -226,8 +247,17 @@ pub struct LogStore<V: Vfs> {
     damaged: Vec<Vec<u8>>,
     /// Next keydir index the background scrub verifies.
     scrub_cursor: usize,
-    segments: BTreeMap<u32, Segment<V::File>>,
+    segments: BTreeMap<u32, Segment<V::File, V::Map>>,
     active: u32,
+    /// Records appended to the active segment and not yet written to its file (see
+    /// `buffer.rs`); they start at offset `pending_at`.
+    pending: Vec<u8>,
+    /// Offset in the active segment of `pending[0]`: the bytes its file holds.
+    pending_at: u64,
+    /// One entry per buffered record, to undo them if their write fails.
+    pending_undo: Vec<buffer::PendingRecord>,
+    /// Why a write of buffered records failed since the last `flush()` call.
+    turn_error: Option<String>,
     /// The active segment's hint, streamed to `N.hint.tmp` (`None`: no hint for it, after an
     /// error writing it; recovery will scan that segment).
     active_hint: Option<(HintBuilder, V::File)>,
@@ -256,7 +286,6 @@ pub struct LogStore<V: Vfs> {
     force_seal: bool,
     /// Why the last refused write was refused.
     last_refusal: Option<String>,
-    scratch: Vec<u8>,
     counters: Counters,
 }
 
@@ -335,15 +364,23 @@ impl<V: Vfs> Store for LogStore<V> {
         let Some(loc) = self.keydir.get(key) else {
             return Ok(None);
         };
-        let Some(seg) = self.segments.get(&loc.segment) else {
+        if !self.segments.contains_key(&loc.segment) {
             return Err(StoreError::Corrupt(format!(
                 "keydir points at missing segment {}",
                 loc.segment
             )));
-        };
+        }
         let len = record_len(key.len(), loc.value_len) as usize;
         let mut buf = vec![0u8; len];
-        self.vfs.read_at(&seg.file, loc.offset as u64, &mut buf)?;
+        match self.read_segment(loc.segment, loc.offset as u64, &mut buf) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                // The file no longer holds the record (cut short, under its map or not).
+                let msg = self.forget_truncated(key, &loc, &e);
+                return Err(StoreError::Corrupt(msg));
+            }
+            Err(e) => return Err(StoreError::Io(e)),
+        }
         if let Some(why) = record_damage(&buf, key, &loc) {
             let msg = self.forget_damaged(key, &loc, &why);
             return Err(StoreError::Corrupt(msg));
@@ -377,6 +414,19 @@ impl<V: Vfs> Store for LogStore<V> {
         r
     }
 
+    fn flush(&mut self) -> Result<(), StoreError> {
+        let r = self.flush_pending();
+        match self.turn_error.take() {
+            // A write failed earlier (mid-turn, the buffer full): its writes were undone.
+            Some(why) if r.is_ok() => Err(StoreError::WritesRefused(why)),
+            _ => r,
+        }
+    }
+
+    fn unflushed(&self) -> bool {
+        !self.pending.is_empty() || self.turn_error.is_some()
+    }
+
     fn needs_sync(&self) -> bool {
         self.dirty
     }
@@ -388,6 +438,7 @@ impl<V: Vfs> Store for LogStore<V> {
         if !self.dirty {
             return Ok(());
         }
+        self.flush_pending()?;
         let seg = self.segments.get_mut(&self.active).expect("active exists");
         if let Err(e) = self.vfs.sync(&mut seg.file) {
             return Err(self.io_refusal(e, true));
@@ -398,6 +449,11 @@ impl<V: Vfs> Store for LogStore<V> {
 
     fn maintenance(&mut self, now_ms: u64, budget: usize) -> Result<bool, StoreError> {
         self.last_now_ms = now_ms;
+        // Compaction and the scrub work on written records only (the driver flushed at the end
+        // of the turn; a direct caller may not have).
+        if self.flush_pending().is_err() {
+            return Ok(false);
+        }
         self.scrub_step(SCRUB_RECORDS_PER_STEP);
         if self.refused.is_some() {
             // Read-only: no compaction until restarted, so no forced pass either.

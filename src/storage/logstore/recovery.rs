@@ -116,6 +116,10 @@ impl<V: Vfs> LogStore<V> {
             scrub_cursor: 0,
             segments: BTreeMap::new(),
             active: 0,
+            pending: Vec::new(),
+            pending_at: 0,
+            pending_undo: Vec::new(),
+            turn_error: None,
             active_hint: None,
             next_id: 1,
             highest: Version::ZERO,
@@ -132,7 +136,6 @@ impl<V: Vfs> LogStore<V> {
             force_below: None,
             force_seal: false,
             last_refusal: None,
-            scratch: Vec::new(),
             counters: Counters::default(),
         };
         let report = store.recover()?;
@@ -254,6 +257,8 @@ impl<V: Vfs> LogStore<V> {
                 id,
                 Segment {
                     file,
+                    map: None,
+                    map_len: 0,
                     header,
                     len,
                     live_bytes: 0,
@@ -301,13 +306,30 @@ impl<V: Vfs> LogStore<V> {
                 let seg = self.segments.get_mut(&id).expect("loaded above");
                 seg.sealed = false;
                 self.active = id;
+                self.pending_at = seg.len;
                 self.start_active_hint(id, hint);
             }
             None => {
                 let id = self.create_log_segment()?;
                 self.active = id;
+                self.pending_at = self.segments[&id].len;
                 self.start_active_hint(id, HintBuilder::new(id));
             }
+        }
+        // 5. Map every segment for reads (the new active one was mapped when created).
+        let unmapped: Vec<(u32, u64)> = self
+            .segments
+            .iter()
+            .filter(|(_, s)| s.map.is_none())
+            .map(|(id, s)| (*id, s.len))
+            .collect();
+        for (id, len) in unmapped {
+            let len = if id == self.active {
+                self.active_map_len()
+            } else {
+                len
+            };
+            self.map_segment(id, len);
         }
         report.keys = self.keydir.len();
         self.counters.corrupt_records += report.corrupt_count;

@@ -38,6 +38,16 @@ impl<V: Vfs> LogStore<V> {
         msg
     }
 
+    /// Forget a key whose record the file no longer holds (it was cut short: a read through
+    /// the map faulted, or `pread` met the end of the file), and keep its segment out of
+    /// compaction, which could not account for the lost records. Returns the report.
+    pub(super) fn forget_truncated(&mut self, key: &[u8], loc: &Loc, e: &std::io::Error) -> String {
+        if let Some(seg) = self.segments.get_mut(&loc.segment) {
+            seg.damaged = true;
+        }
+        self.forget_damaged(key, loc, &format!("record missing from its file: {e}"))
+    }
+
     /// Verify up to `records` records the keydir points at, one cursor step each, so damage
     /// at rest (a flipped bit under a valid hint file) is found even for keys nobody reads.
     /// A full pass over N keys takes N / records maintenance calls.
@@ -54,21 +64,26 @@ impl<V: Vfs> LogStore<V> {
                 return;
             };
             let key = key.to_vec();
-            let Some(seg) = self.segments.get(&loc.segment) else {
+            if !self.segments.contains_key(&loc.segment) {
                 self.scrub_cursor += 1;
                 continue;
-            };
+            }
             buf.clear();
             buf.resize(record_len(key.len(), loc.value_len) as usize, 0);
-            let damage = match self.vfs.read_at(&seg.file, loc.offset as u64, &mut buf) {
-                Ok(()) => record_damage(&buf, &key, &loc),
-                // An I/O error is not proof of damage: leave the key, try again next pass.
+            let damage = match self.read_segment(loc.segment, loc.offset as u64, &mut buf) {
+                Ok(()) => record_damage(&buf, &key, &loc).map(Ok),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Some(Err(e)),
+                // Any other I/O error is not proof of damage: leave the key, try again next
+                // pass.
                 Err(_) => None,
             };
             match damage {
                 // Removal moves the last entry into this slot: look at the same index again.
-                Some(why) => {
+                Some(Ok(why)) => {
                     self.forget_damaged(&key, &loc, &why);
+                }
+                Some(Err(e)) => {
+                    self.forget_truncated(&key, &loc, &e);
                 }
                 None => self.scrub_cursor += 1,
             }

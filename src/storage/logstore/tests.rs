@@ -79,6 +79,7 @@ fn torn_tail_of_newest_segment_is_truncated_and_synced_data_kept() {
     s.sync().unwrap();
     put(&mut s, "b", "2", 2);
     put(&mut s, "c", "3", 3);
+    s.flush().unwrap();
     let active = s.segment_files().last().unwrap().1.clone();
     let before = vfs.contents(&active).unwrap().len();
     drop(s);
@@ -198,13 +199,18 @@ fn disk_full_refuses_the_write_and_loses_nothing() {
     put(&mut s, "a", "1", 1);
     s.sync().unwrap();
     vfs.set_space_max(Some(vfs.used_bytes() + 10));
-    let r = s.apply(Write {
+    // Buffered: the write is refused when the turn's records are written.
+    s.apply(Write {
         key: b"b",
         value: Some(&[7u8; 100]),
         version: Version(2),
         expires_at_ms: 0,
-    });
+    })
+    .unwrap();
+    assert!(s.unflushed());
+    let r = s.flush();
     assert!(matches!(r, Err(StoreError::WritesRefused(_))), "{r:?}");
+    assert!(!s.unflushed(), "reported once");
     assert_eq!(value(&mut s, "a").as_deref(), Some("1"));
     assert!(s.get(b"b").unwrap().is_none());
     vfs.set_space_max(None);
@@ -517,4 +523,121 @@ fn a_forced_pass_reclaims_every_dead_byte_the_active_segment_included() {
     for k in 0..30u64 {
         assert_eq!(value(&mut s, &format!("k{k}")).unwrap(), "x".repeat(500));
     }
+}
+
+/// Writes buffered in one turn whose write fails are undone: an overwritten key reads its
+/// previous record again, a new key is absent (even written twice in the turn), the file holds
+/// nothing of them, and the next turn's writes work.
+#[test]
+fn a_failed_flush_undoes_the_turns_writes() {
+    let vfs = MemVfs::new();
+    let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+    put(&mut s, "a", "1", 1);
+    put(&mut s, "b", "2", 2);
+    s.sync().unwrap();
+    let live_before = live_bytes(&s);
+    let active = s.segment_files().last().unwrap().1.clone();
+    let file_before = vfs.contents(&active).unwrap();
+    vfs.set_space_max(Some(vfs.used_bytes() + 30)); // part of the turn lands, then ENOSPC
+    put(&mut s, "a", "one", 3);
+    put(&mut s, "new", "x", 4);
+    put(&mut s, "new", "xx", 5);
+    put(&mut s, "a", "uno", 6);
+    assert_eq!(value(&mut s, "a").as_deref(), Some("uno"), "buffered reads");
+    assert!(matches!(s.flush(), Err(StoreError::WritesRefused(_))));
+    assert_eq!(value(&mut s, "a").as_deref(), Some("1"));
+    assert_eq!(value(&mut s, "b").as_deref(), Some("2"));
+    assert_eq!(value(&mut s, "new"), None);
+    assert_eq!(s.len(), 2);
+    assert_eq!(live_bytes(&s), live_before, "segment accounting undone");
+    assert_eq!(
+        vfs.contents(&active).unwrap(),
+        file_before,
+        "partial write cut"
+    );
+    assert!(s.writes_refused().is_none(), "not sticky");
+    vfs.set_space_max(None);
+    put(&mut s, "c", "3", 7);
+    s.flush().unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let (mut s, report) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+    assert_eq!(report.corrupt_count, 0);
+    assert_eq!(value(&mut s, "a").as_deref(), Some("1"));
+    assert_eq!(value(&mut s, "new"), None);
+    assert_eq!(value(&mut s, "c").as_deref(), Some("3"));
+}
+
+/// A turn that outgrows the append buffer writes early; if that write fails, the write that
+/// needed the room is refused and the end-of-turn flush reports the failure too (the turn's
+/// earlier acknowledgements must not leave).
+#[test]
+fn an_early_write_that_fails_is_reported_by_the_turns_flush() {
+    let vfs = MemVfs::new();
+    let config = LogConfig {
+        segment_size_max: 64 * 1024 * 1024,
+        ..small()
+    };
+    let (mut s, _) = LogStore::open(vfs.clone(), dir(), config).unwrap();
+    vfs.set_space_max(Some(vfs.used_bytes() + 1000));
+    let value = vec![9u8; 4096];
+    let mut refused_at = None;
+    let per_record = (RECORD_HEADER_SIZE + 5 + value.len()) as u64;
+    let records = crate::limits::APPEND_BUFFER_BYTES_MAX as u64 / per_record + 2;
+    for i in 0..records {
+        let r = s.apply(Write {
+            key: format!("k{i:04}").as_bytes(),
+            value: Some(&value),
+            version: Version(i + 1),
+            expires_at_ms: 0,
+        });
+        if r.is_err() {
+            refused_at = Some(i);
+            break;
+        }
+    }
+    assert!(refused_at.is_some(), "the early write failed");
+    assert!(s.unflushed());
+    assert!(
+        s.flush().is_err(),
+        "the turn's flush reports the early failure"
+    );
+    assert!(s.flush().is_ok(), "once");
+    assert_eq!(s.len(), 0, "every write of the turn undone");
+}
+
+fn live_bytes(s: &LogStore<MemVfs>) -> u64 {
+    let mut live = 0;
+    s.stats(&mut |n, v| {
+        if n == "storage_live_bytes" {
+            live = v;
+        }
+    });
+    live
+}
+
+/// Reads make no `read` of the file: records of the turn come from the buffer, written ones
+/// from the map; a segment cut short under its map reads as damage and the key is forgotten.
+#[test]
+fn a_segment_cut_short_reads_as_damage_and_its_keys_are_forgotten() {
+    let vfs = MemVfs::new();
+    let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+    for i in 0..40u64 {
+        put(&mut s, &format!("key{i:02}"), "some value", i + 1);
+    }
+    s.sync().unwrap();
+    let (_, first, sealed) = s.segment_files()[0].clone();
+    assert!(sealed);
+    // Cut the first segment after its header: every record in it is gone.
+    let mut f = vfs.open(&first).unwrap();
+    vfs.truncate(&mut f, SEGMENT_HEADER_SIZE as u64).unwrap();
+    let before = s.len();
+    let e = s.get(b"key00").unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt(_)), "{e}");
+    assert_eq!(s.len(), before - 1, "forgotten for repair");
+    let mut damaged = Vec::new();
+    s.take_damaged(&mut damaged);
+    assert_eq!(damaged, vec![b"key00".to_vec()]);
+    assert_eq!(value(&mut s, "key39").as_deref(), Some("some value"));
+    assert_eq!(value(&mut s, "key00"), None);
 }

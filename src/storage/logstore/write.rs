@@ -1,7 +1,8 @@
-//! The write path: appending a record to the active segment, creating and rolling segments,
-//! streaming the active segment's hint, writing files atomically, and turning I/O errors
-//! into refusals (sticky after a failed fsync).
+//! The write path: appending a record to the active segment (through the append buffer,
+//! `buffer.rs`), creating and rolling segments, streaming the active segment's hint, writing
+//! files atomically, and turning I/O errors into refusals (sticky after a failed fsync).
 
+use super::buffer::PendingRecord;
 use super::names::{hint_name, segment_name};
 use super::{record_len, LogStore, Segment};
 use crate::limits::{HINT_WRITE_CHUNK_SIZE, KEY_SIZE_MAX, VALUE_SIZE_MAX};
@@ -45,7 +46,8 @@ impl<V: Vfs> LogStore<V> {
         }
     }
 
-    /// Create a new, empty, durable log segment; returns its id.
+    /// Create a new, empty, durable log segment, mapped to become the active one; returns its
+    /// id.
     pub(super) fn create_log_segment(&mut self) -> Result<u32, StoreError> {
         let id = self.next_id;
         let header = SegmentHeader {
@@ -60,6 +62,8 @@ impl<V: Vfs> LogStore<V> {
             id,
             Segment {
                 file,
+                map: None,
+                map_len: 0,
                 header,
                 len: SEGMENT_HEADER_SIZE as u64,
                 live_bytes: 0,
@@ -71,6 +75,7 @@ impl<V: Vfs> LogStore<V> {
                 damaged: false,
             },
         );
+        self.map_segment(id, self.active_map_len());
         Ok(id)
     }
 
@@ -116,8 +121,10 @@ impl<V: Vfs> LogStore<V> {
         StoreError::WritesRefused(why)
     }
 
-    /// Seal the active segment and start a new one.
+    /// Seal the active segment and start a new one. The old segment keeps its map (it covers
+    /// more than the segment's final length).
     pub(super) fn roll(&mut self) -> Result<(), StoreError> {
+        self.flush_pending()?;
         let old = self.active;
         let seg = self.segments.get_mut(&old).expect("active exists");
         if let Err(e) = self.vfs.sync(&mut seg.file) {
@@ -126,6 +133,7 @@ impl<V: Vfs> LogStore<V> {
         let new = self.create_log_segment()?;
         self.segments.get_mut(&old).expect("active exists").sealed = true;
         self.active = new;
+        self.pending_at = self.segments[&new].len;
         if let Some((hint, file)) = self.active_hint.take() {
             if let Err(e) = self.seal_hint(old, hint, file) {
                 log::warn!("storage: could not write hint for segment {old}: {e}");
@@ -194,28 +202,9 @@ impl<V: Vfs> LogStore<V> {
         {
             self.roll()?;
         }
-        self.scratch.clear();
-        encode_record(
-            &mut self.scratch,
-            w.version.0,
-            w.expires_at_ms,
-            w.key,
-            w.value,
-        );
+        self.make_room(len)?;
         let active = self.active;
-        let seg = self.segments.get_mut(&active).expect("active exists");
-        let at = seg.len;
-        if let Err(e) = self.vfs.append(&mut seg.file, &self.scratch) {
-            // Part of the record may have landed: cut it so the next record follows a whole
-            // one. If even that fails the segment's tail is unknown: refuse from now on.
-            if let Err(e2) = self.vfs.truncate(&mut seg.file, at) {
-                let why = format!("append failed ({e}) and truncating it back failed ({e2})");
-                log::error!("storage: {why}");
-                self.refused = Some(why.clone());
-                return Err(StoreError::WritesRefused(why));
-            }
-            return Err(self.io_refusal(e, false));
-        }
+        let at = self.segments[&active].len;
         let loc = Loc {
             version: w.version.0,
             segment: active,
@@ -225,12 +214,17 @@ impl<V: Vfs> LogStore<V> {
         };
         let old = match self.keydir.insert(w.key, loc) {
             Ok(old) => old,
-            Err(_) => {
-                let seg = self.segments.get_mut(&active).expect("active exists");
-                let _ = self.vfs.truncate(&mut seg.file, at);
-                return Err(refused_error("keydir key arena full"));
-            }
+            Err(_) => return Err(refused_error("keydir key arena full")),
         };
+        // Buffered: the turn's records reach the file together at the next flush.
+        encode_record(
+            &mut self.pending,
+            w.version.0,
+            w.expires_at_ms,
+            w.key,
+            w.value,
+        );
+        self.pending_undo.push(PendingRecord { at, old });
         self.segments.get_mut(&active).expect("active exists").len += len;
         self.account(&loc, w.key.len(), true);
         if w.value.is_none() {
