@@ -2,12 +2,13 @@
 //! `SO_REUSEPORT` listener on the node's one port, its connections and its mailbox.
 //!
 //! [`run`] binds every listener before starting any thread (so a bad address fails at once
-//! with a clear message), raises the open-file limit, derives the connection cap, starts the
+//! with a clear message) and steers connections by source port ([`steering`]), raises the open-file limit, derives the connection cap, starts the
 //! shard threads and waits for them; SIGINT/SIGTERM make every loop sync its store and stop.
 
 pub mod mailbox;
 pub mod peers;
 pub mod readbuf;
+pub mod steering;
 pub mod system;
 pub mod worker;
 
@@ -79,6 +80,14 @@ pub fn bind_listeners(addr: SocketAddr, shards: usize) -> io::Result<Vec<std::ne
     let mut all = vec![first];
     for _ in 1..shards {
         all.push(bind_reuseport(actual)?);
+    }
+    if shards > 1 {
+        match steering::attach(&all[0], shards) {
+            Ok(()) => log::info!("connections steered by source port: shard = port mod {shards}"),
+            Err(e) => log::warn!(
+                "cannot steer connections by source port ({e}); the kernel spreads them and requests are forwarded"
+            ),
+        }
     }
     Ok(all)
 }
