@@ -16,6 +16,14 @@
 //!
 //! A connection that fails counts its in-flight requests as CONNECTION_LOST and reconnects after
 //! [`RECONNECT_DELAY_NS`], so a run survives a node restart and shows it in the error counts.
+//!
+//! Shard-aware connections (dkv, on by default): a connection pinned to shard `s` of a node with
+//! `K` shards binds a local port `P` with `P mod K == s` (protocol.md § 11.1) and carries only
+//! keys that shard owns. The thread draws its operations as before; one drawn for another
+//! shard waits in that shard's queue (at most [`PENDING_OPS_MAX`]) for a connection of its
+//! shard, so the sequence of operations is the same, only spread differently. A shard no
+//! connection of the thread is pinned to, or a full queue, sends the operation on the
+//! connection at hand: the node forwards it, slower but correct.
 
 use crate::check::{encode_write_id, CheckTable, Seen, WRITE_ID_SIZE};
 use crate::proto::{
@@ -23,7 +31,8 @@ use crate::proto::{
     CODE_CONNECT_FAILED, CODE_PROTOCOL_ERROR, HELLO_ID,
 };
 use crate::report::{new_histogram, Stats};
-use crate::workload::{KeyChooser, Mix, Op, Rng, ValueSize, VALUE_POOL_SLACK};
+use crate::workload::{put_key, KeyChooser, Mix, Op, Rng, ValueSize, VALUE_POOL_SLACK};
+use dkv::client::HelloInfo;
 use dkv::protocol::Consistency;
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
@@ -69,6 +78,22 @@ pub const POLL_TIMEOUT_NS_MAX: u64 = 100_000_000;
 
 /// Readiness events taken per `poll`.
 pub const POLL_EVENTS_MAX: usize = 1024;
+
+/// Operations drawn for a shard that wait for one of its connections, per shard and thread;
+/// past it an operation goes on the connection at hand (and is forwarded by the node). In a
+/// closed loop the queue of a shard whose connections answer more slowly than the others'
+/// fills up, and from then on the difference in rates is forwarded: the mix of keys stays
+/// the one asked for, rather than favouring the faster shard.
+pub const PENDING_OPS_MAX: usize = 1024;
+
+/// The shard a connection is pinned to: its local port lands it there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pin {
+    /// The shard.
+    pub shard: usize,
+    /// The node's shard count.
+    pub shards: usize,
+}
 
 /// Settings shared by every thread of a run.
 pub struct Config {
@@ -182,6 +207,10 @@ pub struct ThreadResult {
     pub keys_checked: u64,
     /// Why the phase was abandoned, if it was.
     pub aborted: Option<String>,
+    /// Pinned connections whose HELLO reply named their shard.
+    pub landed: u64,
+    /// Pinned connections that landed on another shard (a node that does not steer).
+    pub missed: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,6 +240,7 @@ struct Slot {
 
 struct Conn {
     addr: SocketAddr,
+    pin: Option<Pin>,
     stream: Option<TcpStream>,
     state: State,
     rbuf: Vec<u8>,
@@ -226,7 +256,7 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(addr: SocketAddr, pipeline: usize) -> Conn {
+    fn new(addr: SocketAddr, pin: Option<Pin>, pipeline: usize) -> Conn {
         let slot = Slot {
             in_use: false,
             uses: 0,
@@ -240,6 +270,7 @@ impl Conn {
         };
         Conn {
             addr,
+            pin,
             stream: None,
             state: State::Down { retry_ns: 0 },
             rbuf: vec![0; READ_BUFFER_INITIAL_SIZE],
@@ -254,6 +285,61 @@ impl Conn {
             dirty: false,
         }
     }
+}
+
+/// Shard-aware routing of one thread's operations (see the module docs).
+struct Route {
+    /// The shard count of every target of the thread.
+    shards: usize,
+    /// Operations waiting for a connection of their shard.
+    pending: Vec<VecDeque<(Op, u64)>>,
+    /// The connections pinned to each shard.
+    conns_of: Vec<Vec<usize>>,
+    /// Scratch space for a key's bytes.
+    key: Vec<u8>,
+}
+
+impl Route {
+    /// Routing for these connections: `None` unless every one is pinned, all with the same
+    /// shard count above 1.
+    fn new(conns: &[Conn]) -> Option<Route> {
+        let shards = conns.first()?.pin?.shards;
+        if shards < 2
+            || conns
+                .iter()
+                .any(|c| c.pin.is_none_or(|p| p.shards != shards))
+        {
+            return None;
+        }
+        let mut conns_of = vec![Vec::new(); shards];
+        for (ci, c) in conns.iter().enumerate() {
+            // Checked above: every connection has a pin with this shard count.
+            let pin = c.pin.expect("pinned");
+            conns_of[pin.shard].push(ci);
+        }
+        Some(Route {
+            shards,
+            pending: vec![VecDeque::new(); shards],
+            conns_of,
+            key: Vec::new(),
+        })
+    }
+
+    fn shard_of(&mut self, key: u64, key_size: usize) -> usize {
+        self.key.clear();
+        put_key(&mut self.key, key, key_size);
+        dkv::hash::shard_of(&self.key, self.shards)
+    }
+}
+
+/// What a connection sends next.
+enum Next {
+    /// This operation.
+    Op(Op, u64),
+    /// Nothing now: what is left waits for connections of other shards.
+    NotNow,
+    /// The work is done.
+    Done,
 }
 
 struct Worker {
@@ -278,14 +364,17 @@ struct Worker {
     lost: u64,
     readback_errors: u64,
     keys_checked: u64,
+    route: Option<Route>,
+    landed: u64,
+    missed: u64,
 }
 
-/// Run one thread's share of a phase over connections to `addrs` (one entry per connection),
-/// each with up to `pipeline` requests in flight.
+/// Run one thread's share of a phase over connections to `addrs` (one entry per connection,
+/// with the shard it is pinned to, if any), each with up to `pipeline` requests in flight.
 pub fn run_thread(
     sh: Arc<Shared>,
     thread: usize,
-    addrs: Vec<SocketAddr>,
+    addrs: Vec<(SocketAddr, Option<Pin>)>,
     work: Work,
     pipeline: usize,
 ) -> io::Result<ThreadResult> {
@@ -309,7 +398,10 @@ pub fn run_thread(
         timer,
         rng: Rng::new(sh.seed, thread as u64 + 1),
         poll,
-        conns: addrs.iter().map(|a| Conn::new(*a, pipeline)).collect(),
+        conns: addrs
+            .iter()
+            .map(|&(a, pin)| Conn::new(a, pin, pipeline))
+            .collect(),
         sh,
         stats: Stats::new(),
         work,
@@ -327,7 +419,11 @@ pub fn run_thread(
         lost: 0,
         readback_errors: 0,
         keys_checked: 0,
+        route: None,
+        landed: 0,
+        missed: 0,
     };
+    w.route = Route::new(&w.conns);
     let aborted = w.run()?;
     w.flush_progress(u64::MAX);
     Ok(ThreadResult {
@@ -337,6 +433,8 @@ pub fn run_thread(
         readback_errors: w.readback_errors,
         keys_checked: w.keys_checked,
         aborted,
+        landed: w.landed,
+        missed: w.missed,
     })
 }
 
@@ -471,7 +569,12 @@ impl Worker {
 
     fn connect(&mut self, ci: usize, now: u64) {
         let addr = self.conns[ci].addr;
-        let result = TcpStream::connect(addr).and_then(|mut s| {
+        let stream = match self.conns[ci].pin {
+            Some(pin) => dkv::shard_port::connect_to_shard(addr, pin.shard, pin.shards, true)
+                .map(|(s, _port)| TcpStream::from_std(s)),
+            None => TcpStream::connect(addr),
+        };
+        let result = stream.and_then(|mut s| {
             self.poll.registry().register(
                 &mut s,
                 Token(ci),
@@ -619,12 +722,63 @@ impl Worker {
         }
     }
 
+    /// The next operation for connection `ci`: with shard-aware routing, one its shard owns
+    /// (see the module docs).
+    fn next_for(&mut self, ci: usize) -> Next {
+        if let Work::Mix {
+            requests: Some(r), ..
+        } = self.work
+        {
+            if self.issued >= r {
+                return Next::Done;
+            }
+        }
+        let (Some(mut route), Some(pin)) = (self.route.take(), self.conns[ci].pin) else {
+            return match self.next_op() {
+                Some((op, key)) => Next::Op(op, key),
+                None => Next::Done,
+            };
+        };
+        let key_size = self.sh.cfg.encoder.key_size;
+        let next = match route.pending[pin.shard].pop_front() {
+            Some((op, key)) => Next::Op(op, key),
+            // Each round either returns or queues one operation where there is room, so this
+            // ends after at most `shards * PENDING_OPS_MAX` rounds.
+            None => loop {
+                let Some((op, key)) = self.next_op() else {
+                    break if route.pending.iter().all(|q| q.is_empty()) {
+                        Next::Done
+                    } else {
+                        Next::NotNow
+                    };
+                };
+                let s = route.shard_of(key, key_size);
+                if s == pin.shard
+                    || route.conns_of[s].is_empty()
+                    || route.pending[s].len() >= PENDING_OPS_MAX
+                {
+                    break Next::Op(op, key);
+                }
+                route.pending[s].push_back((op, key));
+                for &cj in &route.conns_of[s] {
+                    self.mark_dirty(cj);
+                }
+            },
+        };
+        self.route = Some(route);
+        next
+    }
+
     /// Take the next operation and send it on `ci` (which has a free slot); false when the
-    /// work is done.
+    /// work is done or nothing is left for this connection now.
     fn issue(&mut self, ci: usize, start_ns: u64, now: u64) -> bool {
-        let Some((op, key)) = self.next_op() else {
-            self.issuing = false;
-            return false;
+        let (op, key) = match self.next_for(ci) {
+            Next::Op(op, key) => (op, key),
+            Next::NotNow => return false,
+            Next::Done => {
+                self.issuing = false;
+                return false;
+            }
         };
         self.issued += 1;
         let c = &mut self.conns[ci];
@@ -738,26 +892,31 @@ impl Worker {
     }
 
     /// Closed loop: top up every connection that changed; then write what was queued.
+    /// Topping up one connection can queue operations for another shard's connections and
+    /// mark them dirty: rounds repeat until none is (each round fills slots or queues, both
+    /// bounded, so this ends).
     fn refill_and_flush(&mut self, now: u64) {
-        let mut dirty = std::mem::take(&mut self.dirty);
-        for &ci in &dirty {
-            self.conns[ci].dirty = false;
-            if self.open_loop.is_none() {
-                while self.issuing
-                    && self.conns[ci].state == State::Ready
-                    && self.conns[ci].inflight < self.conns[ci].slots.len()
-                {
-                    if !self.issue(ci, now, now) {
-                        break;
+        while !self.dirty.is_empty() {
+            let mut dirty = std::mem::take(&mut self.dirty);
+            for &ci in &dirty {
+                self.conns[ci].dirty = false;
+                if self.open_loop.is_none() {
+                    while self.issuing
+                        && self.conns[ci].state == State::Ready
+                        && self.conns[ci].inflight < self.conns[ci].slots.len()
+                    {
+                        if !self.issue(ci, now, now) {
+                            break;
+                        }
                     }
                 }
+                self.flush(ci);
             }
-            self.flush(ci);
-        }
-        dirty.clear();
-        // Keep the allocation for next time.
-        if self.dirty.is_empty() {
-            self.dirty = dirty;
+            dirty.clear();
+            // Keep the allocation for next time.
+            if self.dirty.is_empty() {
+                self.dirty = dirty;
+            }
         }
     }
 
@@ -867,9 +1026,14 @@ impl Worker {
                 Outcome::Ok if want_seen => Seen::of(Some(r.value)),
                 _ => Seen::Missing,
             };
+            let hello = if c.state == State::Hello {
+                HelloInfo::parse(r.value)
+            } else {
+                None
+            };
             c.rpos += n;
             self.last_reply_ns = now;
-            self.complete(ci, id, outcome, seen, now)?;
+            self.complete(ci, id, outcome, seen, hello, now)?;
         }
     }
 
@@ -879,6 +1043,7 @@ impl Worker {
         id: u32,
         outcome: Outcome,
         seen: Seen,
+        hello: Option<HelloInfo>,
         now: u64,
     ) -> Result<(), Broken> {
         let proto = self.sh.cfg.proto;
@@ -889,6 +1054,13 @@ impl Worker {
             }
             return match outcome {
                 Outcome::Ok => {
+                    if let Some(pin) = c.pin {
+                        match hello {
+                            Some(h) if h.shard as usize == pin.shard => self.landed += 1,
+                            _ => self.missed += 1,
+                        }
+                    }
+                    let c = &mut self.conns[ci];
                     c.state = State::Ready;
                     self.mark_dirty(ci);
                     Ok(())

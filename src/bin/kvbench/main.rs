@@ -5,6 +5,11 @@
 //!         --keys 1000000 --value-size 100 --mix get=50,put=50 --preload --json
 //! ```
 //!
+//! dkv connections are shard-aware unless `--no-shard-aware`: kvbench asks each target its
+//! shard count K (HELLO), pins a thread's i-th connection to a target to shard i mod K by its
+//! local port (protocol.md § 11.1), and sends on it only keys that shard owns (`engine.rs`),
+//! so no request crosses between the node's shards.
+//!
 //! A run has up to three phases, each with fresh connections: `--preload` writes every key once;
 //! the measured phase runs the workload for `--duration` seconds or `--requests` operations;
 //! `--check` then reads every written key back with ALL and judges it (see `check.rs`).
@@ -31,7 +36,7 @@ mod workload;
 use check::{CheckTable, WRITE_ID_SIZE};
 use dkv::limits::{KEY_SIZE_MAX, PORT_DEFAULT, TTL_SECONDS_MAX, VALUE_SIZE_MAX};
 use dkv::protocol::Consistency;
-use engine::{Config, Shared, ThreadResult, Work, PIPELINE_MAX};
+use engine::{Config, Pin, Shared, ThreadResult, Work, PIPELINE_MAX};
 use getopts::Options;
 use proto::{Encoder, Proto};
 use report::{human_latency, json_str, percentiles, CheckResult, RunReport, Stats};
@@ -88,6 +93,7 @@ struct Opts {
     seed: u64,
     quiet: bool,
     token: Vec<u8>,
+    shard_aware: bool,
 }
 
 fn options() -> Options {
@@ -205,6 +211,13 @@ fn options() -> Options {
         "token",
         "dkv client token for HELLO, for nodes started with --client-token",
         "TOKEN",
+    );
+    o.optflag(
+        "",
+        "no-shard-aware",
+        "dkv: let the kernel pick local ports, so requests land on any shard and are forwarded \
+         to their owner (default: each connection is pinned to one shard by its local port and \
+         carries only that shard's keys)",
     );
     o.optflag("q", "quiet", "no progress line");
     o.optflag("h", "help", "print this help");
@@ -422,6 +435,7 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         seed,
         quiet: m.opt_present("quiet"),
         token,
+        shard_aware: proto == Proto::Dkv && !m.opt_present("no-shard-aware"),
     }))
 }
 
@@ -431,6 +445,62 @@ fn thread_addrs(o: &Opts, t: usize) -> Vec<SocketAddr> {
         .step_by(o.threads)
         .map(|c| o.targets[c % o.targets.len()])
         .collect()
+}
+
+/// Connections of thread `t` as [`thread_addrs`], each pinned to a shard when its target's
+/// shard count is known (`shards`, by target): the thread's i-th connection to a target is
+/// pinned to shard i mod K, so every thread with at least K connections per target covers
+/// every shard of it.
+fn thread_conns(o: &Opts, t: usize, shards: &[Option<usize>]) -> Vec<(SocketAddr, Option<Pin>)> {
+    let mut per_target = vec![0usize; o.targets.len()];
+    (t..o.connections)
+        .step_by(o.threads)
+        .map(|c| {
+            let target = c % o.targets.len();
+            let i = per_target[target];
+            per_target[target] += 1;
+            let pin = shards[target].filter(|&k| k > 1).map(|k| Pin {
+                shard: i % k,
+                shards: k,
+            });
+            (o.targets[target], pin)
+        })
+        .collect()
+}
+
+/// Each target's shard count, from a HELLO, for shard-aware connections (`None`: its
+/// connections are not pinned).
+fn discover_shards(o: &Opts) -> Vec<Option<usize>> {
+    if !o.shard_aware {
+        return vec![None; o.targets.len()];
+    }
+    let shards: Vec<Option<usize>> = o
+        .targets
+        .iter()
+        .zip(&o.target_names)
+        .map(
+            |(addr, name)| match dkv::client::Client::connect_hello(*addr, &o.token) {
+                Ok((_, info)) => Some(info.shards as usize),
+                Err(e) => {
+                    eprintln!(
+                        "kvbench: {name}: no HELLO to learn its shard count ({e}); its \
+                         connections are not shard-aware"
+                    );
+                    None
+                }
+            },
+        )
+        .collect();
+    let per_thread = o.connections / (o.threads * o.targets.len());
+    if let Some(k) = shards.iter().flatten().max() {
+        if per_thread < *k {
+            eprintln!(
+                "kvbench: shard-aware: {per_thread} connection(s) per thread and target cannot \
+                 cover {k} shards; requests for the others are forwarded by the node"
+            );
+        }
+    }
+    shards
 }
 
 /// `total` split over the threads in proportion to their connections.
@@ -444,6 +514,8 @@ fn share(o: &Opts, t: usize, total: u64) -> (u64, u64) {
 }
 
 struct Phase {
+    landed: u64,
+    missed: u64,
     stats: Stats,
     elapsed_s: f64,
     lost: u64,
@@ -455,6 +527,7 @@ struct Phase {
 fn run_phase(
     sh: &Arc<Shared>,
     o: &Opts,
+    shards: &[Option<usize>],
     label: &str,
     pipeline: usize,
     work_of: &dyn Fn(usize) -> Work,
@@ -463,7 +536,7 @@ fn run_phase(
     let handles: Vec<_> = (0..o.threads)
         .map(|t| {
             let sh = sh.clone();
-            let addrs = thread_addrs(o, t);
+            let addrs = thread_conns(o, t, shards);
             let work = work_of(t);
             std::thread::Builder::new()
                 .name(format!("kvbench-{t}"))
@@ -502,6 +575,8 @@ fn run_phase(
         }
     }
     let mut phase = Phase {
+        landed: 0,
+        missed: 0,
         stats: Stats::new(),
         elapsed_s: 0.0,
         lost: 0,
@@ -521,6 +596,8 @@ fn run_phase(
         phase.lost += r.lost;
         phase.readback_errors += r.readback_errors;
         phase.keys_checked += r.keys_checked;
+        phase.landed += r.landed;
+        phase.missed += r.missed;
         end_ns = end_ns.max(r.end_ns);
     }
     let start_ns = started.duration_since(sh.base).as_nanos() as u64;
@@ -563,6 +640,9 @@ fn describe(o: &Opts) -> (String, String) {
     }
     if let Some(r) = o.rate {
         j.push_str(&format!(",\"rate\":{r}"));
+    }
+    if o.proto == Proto::Dkv {
+        j.push_str(&format!(",\"shard_aware\":{}", o.shard_aware));
     }
     if o.ttl_seconds > 0 {
         j.push_str(&format!(",\"ttl\":{}", o.ttl_seconds));
@@ -624,9 +704,10 @@ fn run(o: &Opts) -> Result<ExitCode, String> {
         write_seq: AtomicU64::new(0),
     });
 
+    let shards = discover_shards(o);
     if o.preload {
         let pipeline = o.pipeline.max(PRELOAD_PIPELINE_MIN);
-        let p = run_phase(&sh, o, "preload", pipeline, &|t| {
+        let p = run_phase(&sh, o, &shards, "preload", pipeline, &|t| {
             let (start, end) = share(o, t, o.keys);
             Work::Preload { start, end }
         })?;
@@ -641,7 +722,7 @@ fn run(o: &Opts) -> Result<ExitCode, String> {
     }
 
     let start_ns = sh.now_ns();
-    let run = run_phase(&sh, o, "run", o.pipeline, &|t| {
+    let run = run_phase(&sh, o, &shards, "run", o.pipeline, &|t| {
         let deadline_ns = o.duration_s.map(|d| start_ns + (d * 1e9) as u64);
         let requests = o.requests.map(|n| {
             let (a, b) = share(o, t, n);
@@ -657,13 +738,21 @@ fn run(o: &Opts) -> Result<ExitCode, String> {
         }
     })?;
 
+    if run.landed + run.missed > 0 {
+        eprintln!(
+            "kvbench: shard-aware: {} of {} connections landed on their shard",
+            run.landed,
+            run.landed + run.missed
+        );
+    }
+
     let check_result = match &check {
         None => None,
         Some(table) => {
             let keys = Arc::new(table.touched_keys());
             let n = keys.len() as u64;
             let pipeline = o.pipeline.max(PRELOAD_PIPELINE_MIN);
-            let p = run_phase(&sh, o, "check", pipeline, &|t| {
+            let p = run_phase(&sh, o, &shards, "check", pipeline, &|t| {
                 let (start, end) = share(o, t, n);
                 Work::Readback {
                     keys: keys.clone(),

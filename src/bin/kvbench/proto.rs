@@ -143,7 +143,7 @@ pub struct Reply<'a> {
     pub id: u32,
     /// What happened.
     pub outcome: Outcome,
-    /// A GET's value (empty otherwise).
+    /// A GET's value, a HELLO's whole OK body (empty otherwise).
     pub value: &'a [u8],
 }
 
@@ -353,6 +353,9 @@ fn parse_dkv(buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, Broken> {
             Some((_, v)) => v,
             None => return Err(broken("GET reply without a version".into())),
         }
+    } else if outcome == Outcome::Ok && r.op == op::HELLO {
+        // Which shard the connection landed on (shard-aware connections check it).
+        r.body
     } else {
         &[]
     };
