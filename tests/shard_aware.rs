@@ -252,3 +252,47 @@ fn kvbench_is_shard_aware_by_default() {
     let _ = std::fs::remove_dir_all(&data);
     let _ = std::fs::remove_file(data.with_extension("log"));
 }
+
+/// The `shard-vectors` block of protocol.md § 11.1 matches the placement and the port rule.
+#[test]
+fn shard_vectors_match_protocol_md() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("protocol.md");
+    let doc = std::fs::read_to_string(path).expect("read protocol.md");
+    let block = doc
+        .split("```shard-vectors\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("protocol.md has a shard-vectors block");
+    let (mut keys, mut ports) = (0, 0);
+    for line in block.lines() {
+        let line = line.split('#').next().expect("split yields a part").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols.len(), 4, "shard vector line {line}");
+        let k: usize = cols[2].parse().expect("K");
+        let want: usize = cols[3].parse().expect("shard");
+        match cols[0] {
+            "key" => {
+                let key: Vec<u8> = if cols[1] == "-" {
+                    Vec::new()
+                } else {
+                    (0..cols[1].len())
+                        .step_by(2)
+                        .map(|i| u8::from_str_radix(&cols[1][i..i + 2], 16).expect("hex"))
+                        .collect()
+                };
+                assert_eq!(shard_of(&key, k), want, "{line}");
+                keys += 1;
+            }
+            "port" => {
+                let port: u16 = cols[1].parse().expect("port");
+                assert_eq!(shard_of_port(port, k), want, "{line}");
+                ports += 1;
+            }
+            other => panic!("unknown shard vector kind {other}"),
+        }
+    }
+    assert!(keys >= 3 && ports >= 3, "too few shard vectors");
+}
