@@ -1,5 +1,6 @@
 //! The client side of shard-aware connections (protocol.md § 11.1): a node lands a connection
-//! from TCP source port `P` on shard `P mod K` (K: its shard count, from any HELLO reply), so a
+//! from TCP source port `P` on shard `(P div 2) mod K` (K: its shard count, from any HELLO
+//! reply; why `div 2`: [`crate::server::steering`]), so a
 //! client that binds a local port with the right remainder before connecting reaches the shard
 //! that owns its keys, and its requests skip the hop between shards.
 //!
@@ -28,11 +29,12 @@ pub const LOCAL_PORT_MAX: u16 = 65535;
 /// Candidate ports tried for one connection before giving up with the last error.
 pub const BIND_ATTEMPTS_MAX: usize = 64;
 
-/// The shard a connection from `source_port` lands on, on a node with `shards` shards.
+/// The shard a connection from `source_port` lands on, on a node with `shards` shards:
+/// `(source_port div 2) mod shards`.
 #[inline]
 pub fn shard_of_port(source_port: u16, shards: usize) -> usize {
     debug_assert!(shards > 0);
-    source_port as usize % shards.max(1)
+    (source_port as usize >> 1) % shards.max(1)
 }
 
 /// The `n`-th port of [`LOCAL_PORT_MIN`]..=[`LOCAL_PORT_MAX`] that lands on `shard` (wrapping
@@ -41,14 +43,15 @@ pub fn candidate_port(shard: usize, shards: usize, n: u32) -> Option<u16> {
     if shards == 0 || shard >= shards {
         return None;
     }
-    let (min, max) = (LOCAL_PORT_MIN as usize, LOCAL_PORT_MAX as usize);
-    // The smallest port of the range with the right remainder.
+    // Ports come in pairs 2q, 2q+1 that land on shard q mod K; walk the pairs of the shard.
+    let (min, max) = (LOCAL_PORT_MIN as usize / 2, LOCAL_PORT_MAX as usize / 2);
     let first = min + (shard + shards - min % shards) % shards;
     if first > max {
         return None;
     }
     let count = (max - first) / shards + 1;
-    let port = first + (n as usize % count) * shards;
+    let pair = first + ((n as usize >> 1) % count) * shards;
+    let port = 2 * pair + (n as usize & 1);
     debug_assert_eq!(shard_of_port(port as u16, shards), shard);
     u16::try_from(port).ok()
 }
@@ -146,9 +149,11 @@ mod tests {
         assert_eq!(candidate_port(2, 2, 0), None);
         assert_eq!(candidate_port(0, 0, 0), None);
         // Successive steps give distinct ports of the shard.
-        let a = candidate_port(1, 4, 7).expect("a port");
-        let b = candidate_port(1, 4, 8).expect("a port");
-        assert_eq!(b, a + 4);
+        let ports: Vec<u16> = (0..6)
+            .map(|n| candidate_port(1, 4, n).expect("a port"))
+            .collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
     }
 
     #[test]

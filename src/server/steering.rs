@@ -1,4 +1,5 @@
-//! Shard-aware connections: a connection from TCP source port `P` lands on shard `P mod K`.
+//! Shard-aware connections: a connection from TCP source port `P` lands on shard
+//! `(P div 2) mod K`.
 //!
 //! Every shard has its own `SO_REUSEPORT` listener on the node's one port. Left alone, the
 //! kernel spreads connections over them by a hash of the 4-tuple, so a client cannot know
@@ -6,7 +7,14 @@
 //! mailboxes (a thread hop each way). This module attaches a classic BPF program to the
 //! reuseport group (`SO_ATTACH_REUSEPORT_CBPF`) that picks the listener by the client's
 //! source port instead, as ScyllaDB's shard-aware port does; a client that binds a local port
-//! `P` with `P mod K == s` before connecting reaches shard `s` (protocol.md § 11.1).
+//! `P` with `(P div 2) mod K == s` before connecting reaches shard `s` (protocol.md § 11.1).
+//!
+//! Why `P div 2` and not ScyllaDB's `P mod K`: ScyllaDB steers on a port of its own, while
+//! dkv has one port for every client and peer, so the rule must also spread connections whose
+//! port the kernel chose. Linux's `connect` takes ephemeral ports of one parity first (the
+//! parity of the range's low end, even by default, leaving the other to `bind`): with
+//! `P mod 2` every such connection of a 2-shard node would land on shard 0. Bit 1 and up of
+//! those ports are spread evenly.
 //!
 //! How the kernel runs it (net/core/sock_reuseport.c, `run_bpf_filter`): the program sees the
 //! SYN with its data pointer moved past the TCP header, so offsets from 0 are payload; the IP
@@ -28,9 +36,10 @@
 //! 6  ja   mod
 //! 7  v6: ldh [net+40]     A = TCP source port (fixed 40-byte IPv6 header; a SYN with
 //!                         extension headers reads other bytes and only lands on some shard)
-//! 8  mod: mod #K
-//! 9  ret  A
-//! 10 other: ret #0xffffffff  (out of range: the kernel's own hash decides)
+//! 8  mod: rsh #1          A = port div 2
+//! 9  mod #K
+//! 10 ret  A
+//! 11 other: ret #0xffffffff  (out of range: the kernel's own hash decides)
 //! ```
 //!
 //! IPv4-mapped connections to a dual-stack IPv6 listener arrive as IPv4 packets, so one
@@ -60,7 +69,8 @@ fn insn(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
     }
 }
 
-/// The classic BPF program that returns `source port mod shards` (layout in the module docs),
+/// The classic BPF program that returns `(source port div 2) mod shards` (layout in the module
+/// docs),
 /// the rule of [`crate::shard_port::shard_of_port`].
 pub fn program(shards: usize) -> Vec<libc::sock_filter> {
     use libc::{
@@ -73,7 +83,7 @@ pub fn program(shards: usize) -> Vec<libc::sock_filter> {
         insn(BPF_LD | BPF_B | BPF_ABS, 0, 0, net),
         insn(BPF_ALU | BPF_RSH | BPF_K, 0, 0, 4),
         insn(BPF_JMP | BPF_JEQ | BPF_K, 4, 0, 6),
-        insn(BPF_JMP | BPF_JEQ | BPF_K, 0, 6, 4),
+        insn(BPF_JMP | BPF_JEQ | BPF_K, 0, 7, 4),
         insn(BPF_LDX | BPF_B | BPF_MSH, 0, 0, net),
         insn(BPF_LD | BPF_H | BPF_IND, 0, 0, net),
         insn(BPF_JMP | BPF_JA, 0, 0, 1),
@@ -83,6 +93,7 @@ pub fn program(shards: usize) -> Vec<libc::sock_filter> {
             0,
             net.wrapping_add(IPV6_HEADER_SIZE),
         ),
+        insn(BPF_ALU | BPF_RSH | BPF_K, 0, 0, 1),
         insn(BPF_ALU | BPF_MOD | BPF_K, 0, 0, shards as u32),
         insn(BPF_RET | BPF_A, 0, 0, 0),
         insn(BPF_RET | BPF_K, 0, 0, INDEX_NONE),
@@ -95,7 +106,7 @@ pub fn program(shards: usize) -> Vec<libc::sock_filter> {
 pub fn attach(listener: &std::net::TcpListener, shards: usize) -> io::Result<()> {
     let mut code = program(shards);
     let prog = libc::sock_fprog {
-        // The program has a fixed 11 instructions.
+        // The program has a fixed 12 instructions.
         len: code.len() as u16,
         filter: code.as_mut_ptr(),
     };
@@ -212,10 +223,11 @@ mod tests {
     }
 
     #[test]
-    fn rule_is_port_mod_shards() {
+    fn rule_is_half_the_port_mod_shards() {
         assert_eq!(shard_of_port(49152, 2), 0);
-        assert_eq!(shard_of_port(49153, 2), 1);
-        assert_eq!(shard_of_port(49155, 4), 3);
+        assert_eq!(shard_of_port(49153, 2), 0);
+        assert_eq!(shard_of_port(49154, 2), 1);
+        assert_eq!(shard_of_port(49159, 4), 3);
         assert_eq!(shard_of_port(12345, 1), 0);
     }
 }

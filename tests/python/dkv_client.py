@@ -14,7 +14,7 @@ ring partitions.
         replies = c.collect(ids)          # {id: Reply}, whatever order they came in
 
 Shard-aware connections (section 11.1): a node lands a connection from source port P on its
-shard P mod K, so one connection per shard, each sending only the keys its shard owns, saves
+shard (P div 2) mod K, so one connection per shard, each sending only the keys its shard owns, saves
 the node a hop between shards per request:
 
     with ShardedClient("127.0.0.1", 7379) as s:
@@ -146,23 +146,25 @@ BIND_ATTEMPTS_MAX = 64
 
 
 def shard_of_port(port, shards):
-    """The shard a connection from source port `port` lands on."""
-    return port % shards
+    """The shard a connection from source port `port` lands on: (port div 2) mod shards."""
+    return (port >> 1) % shards
 
 
 def connect_to_shard(host, port, shard, shards, timeout=10.0):
-    """A TCP socket to host:port from a local port P with P mod shards == shard, so that it
-    lands on that shard. Ports that are taken (EADDRINUSE on bind, EADDRNOTAVAIL or
+    """A TCP socket to host:port from a local port P with (P div 2) mod shards == shard, so
+    that it lands on that shard. Ports that are taken (EADDRINUSE on bind, EADDRNOTAVAIL or
     EADDRINUSE on connect) are skipped for the next candidate."""
     if not 0 <= shard < shards:
         raise ValueError("shard %d of %d" % (shard, shards))
     family, kind, proto, _, addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
-    first = LOCAL_PORT_MIN + (shard - LOCAL_PORT_MIN) % shards
-    count = (LOCAL_PORT_MAX - first) // shards + 1
-    n = random.randrange(count)
+    # Ports come in pairs 2q, 2q+1 that land on shard q mod shards.
+    low, high = LOCAL_PORT_MIN // 2, LOCAL_PORT_MAX // 2
+    first = low + (shard - low) % shards
+    count = (high - first) // shards + 1
+    n = random.randrange(2 * count)
     last = None
     for _ in range(BIND_ATTEMPTS_MAX):
-        local = first + (n % count) * shards
+        local = 2 * (first + (n // 2 % count) * shards) + n % 2
         n += 1
         sock = socket.socket(family, kind, proto)
         try:

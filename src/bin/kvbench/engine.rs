@@ -17,9 +17,9 @@
 //! A connection that fails counts its in-flight requests as CONNECTION_LOST and reconnects after
 //! [`RECONNECT_DELAY_NS`], so a run survives a node restart and shows it in the error counts.
 //!
-//! Shard-aware connections (dkv, on by default): a connection pinned to shard `s` of a node with
-//! `K` shards binds a local port `P` with `P mod K == s` (protocol.md § 11.1) and carries only
-//! keys that shard owns. The thread draws its operations as before; one drawn for another
+//! Shard-aware connections (dkv, on by default): a connection pinned to shard `s` of a node
+//! with `K` shards binds a local port `P` with `(P div 2) mod K == s` (protocol.md § 11.1) and
+//! carries only keys that shard owns. The thread draws its operations as before; one drawn for another
 //! shard waits in that shard's queue (at most [`PENDING_OPS_MAX`]) for a connection of its
 //! shard, so the sequence of operations is the same, only spread differently. A shard no
 //! connection of the thread is pinned to, or a full queue, sends the operation on the
