@@ -812,3 +812,52 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(args: &[&str]) -> Opts {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        parse_opts(&args)
+            .expect("valid options")
+            .expect("not --help")
+    }
+
+    #[test]
+    fn every_thread_covers_every_shard_of_every_target() {
+        let o = opts(&["-t", "127.0.0.1:1,127.0.0.1:2", "-c", "24", "-T", "3"]);
+        assert!(o.shard_aware);
+        let shards = [Some(3), Some(2)];
+        for t in 0..3 {
+            let conns = thread_conns(&o, t, &shards);
+            assert_eq!(
+                conns.iter().map(|c| c.0).collect::<Vec<_>>(),
+                thread_addrs(&o, t)
+            );
+            for (target, k) in [(0usize, 3usize), (1, 2)] {
+                let mut pins: Vec<usize> = conns
+                    .iter()
+                    .filter(|c| c.0 == o.targets[target])
+                    .map(|c| {
+                        let pin = c.1.expect("pinned");
+                        assert_eq!(pin.shards, k);
+                        pin.shard
+                    })
+                    .collect();
+                pins.sort();
+                pins.dedup();
+                assert_eq!(
+                    pins,
+                    (0..k).collect::<Vec<_>>(),
+                    "thread {t} target {target}"
+                );
+            }
+        }
+        // One shard, an unknown count, or --no-shard-aware: nothing is pinned.
+        let conns = thread_conns(&o, 0, &[Some(1), None]);
+        assert!(conns.iter().all(|c| c.1.is_none()));
+        let o = opts(&["--no-shard-aware"]);
+        assert!(!o.shard_aware);
+    }
+}

@@ -634,4 +634,17 @@ mod tests {
         assert_eq!(e.code, Status::TooManyConnections as Code);
         assert_eq!(code_name(e.code), "TOO_MANY_CONNECTIONS");
     }
+
+    #[test]
+    fn dkv_hello_reply_keeps_its_body() {
+        use dkv::client::HelloInfo;
+        use dkv::protocol::message::put_ok;
+        let mut out = Vec::new();
+        let body = [0, 1, 0, 0, 0, 9, 0, 1, 0, 2];
+        put_ok(&mut out, op::HELLO, HELLO_ID, &[&body]);
+        let (r, _) = parse(Proto::Dkv, &out).unwrap().unwrap();
+        assert_eq!((r.id, r.outcome), (HELLO_ID, Outcome::Ok));
+        let h = HelloInfo::parse(r.value).expect("a HELLO body");
+        assert_eq!((h.version, h.node_id, h.shard, h.shards), (1, 9, 1, 2));
+    }
 }
