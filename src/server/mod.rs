@@ -89,11 +89,12 @@ pub fn bind_listeners(addr: SocketAddr, shards: usize) -> io::Result<Vec<std::ne
     }
     if shards > 1 {
         match steering::attach(&all[0], shards) {
-            Ok(()) => log::info!(
-                "connections steered by source port: shard = (port div 2) mod {shards}"
-            ),
+            Ok(()) => {
+                log::info!("connections steered by source port: shard = (port div 2) mod {shards}")
+            }
             Err(e) => log::warn!(
-                "cannot steer connections by source port ({e}); the kernel spreads them and requests are forwarded"
+                "cannot steer connections by source port ({e}); \
+                 the kernel spreads them and requests are forwarded"
             ),
         }
     }

@@ -19,11 +19,11 @@
 //!
 //! Shard-aware connections (dkv, on by default): a connection pinned to shard `s` of a node
 //! with `K` shards binds a local port `P` with `(P div 2) mod K == s` (protocol.md § 11.1) and
-//! carries only keys that shard owns. The thread draws its operations as before; one drawn for another
-//! shard waits in that shard's queue (at most [`PENDING_OPS_MAX`]) for a connection of its
-//! shard, so the sequence of operations is the same, only spread differently. A shard no
-//! connection of the thread is pinned to, or a full queue, sends the operation on the
-//! connection at hand: the node forwards it, slower but correct.
+//! carries only keys that shard owns. The thread draws its operations as before; one drawn
+//! for another shard waits in that shard's queue (at most [`PENDING_OPS_MAX`]) for a
+//! connection of its shard, so the sequence of operations is the same, only spread
+//! differently. A shard no connection of the thread is pinned to, or a full queue, sends the
+//! operation on the connection at hand: the node forwards it, slower but correct.
 
 use crate::check::{encode_write_id, CheckTable, Seen, WRITE_ID_SIZE};
 use crate::proto::{
