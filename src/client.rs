@@ -10,7 +10,7 @@ use crate::protocol::ringmap::RingMap;
 use crate::protocol::{frame, op, Consistency, Request, Role, Status, PROTOCOL_VERSION};
 use crate::server::readbuf::ReadBuf;
 use std::io::{self, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 /// A reply owned by the caller.
@@ -633,4 +633,120 @@ fn fetch_map(sources: &[String], token: &[u8]) -> Result<(RingMap, String), Clie
         }
     }
     Err(last.unwrap_or_else(|| ClientError::Protocol("no address to fetch the ring from".into())))
+}
+
+/// What a client HELLO's OK reply says (protocol.md § 8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HelloInfo {
+    /// The node's protocol version.
+    pub version: u16,
+    /// The node's id.
+    pub node_id: u32,
+    /// The shard serving this connection.
+    pub shard: u16,
+    /// The node's shard count.
+    pub shards: u16,
+}
+
+impl HelloInfo {
+    /// Read the first 10 bytes of a HELLO OK body (a peer's reply has a nonce after them).
+    pub fn parse(body: &[u8]) -> Option<HelloInfo> {
+        let b = body.get(..10)?;
+        Some(HelloInfo {
+            version: u16::from_be_bytes([b[0], b[1]]),
+            node_id: u32::from_be_bytes([b[2], b[3], b[4], b[5]]),
+            shard: u16::from_be_bytes([b[6], b[7]]),
+            shards: u16::from_be_bytes([b[8], b[9]]),
+        })
+    }
+}
+
+/// Shard-aware connections (protocol.md § 11.2; the port choice is in [`crate::shard_port`]).
+impl Client {
+    /// Connect as a client, send HELLO with `token`, and return what its reply says (which
+    /// shard serves the connection, how many the node has).
+    pub fn connect_hello(
+        addr: SocketAddr,
+        token: &[u8],
+    ) -> Result<(Client, HelloInfo), ClientError> {
+        let stream = TcpStream::connect(addr)?;
+        Client::hello_on(stream, token)
+    }
+
+    /// Connect to shard `shard` of a node with `shards` shards (from an earlier HELLO reply)
+    /// by binding a local port `P` with `(P div 2) mod shards == shard` first, trying other ports
+    /// while they are taken. The HELLO reply says where the connection landed: a node that
+    /// does not steer (or has another shard count by now) may put it elsewhere, which is
+    /// slower but still correct.
+    pub fn connect_to_shard(
+        addr: SocketAddr,
+        shard: usize,
+        shards: usize,
+        token: &[u8],
+    ) -> Result<(Client, HelloInfo), ClientError> {
+        let (stream, _port) = crate::shard_port::connect_to_shard(addr, shard, shards, false)?;
+        Client::hello_on(stream, token)
+    }
+
+    fn hello_on(stream: TcpStream, token: &[u8]) -> Result<(Client, HelloInfo), ClientError> {
+        stream.set_nodelay(true)?;
+        let mut c = Client::from_stream(stream);
+        let reply = expect_ok(c.call(&Request::Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Client,
+            node_id: 0,
+            token,
+        })?)?;
+        let info = HelloInfo::parse(&reply.body).ok_or_else(|| {
+            ClientError::Protocol(format!("HELLO reply of {} bytes", reply.body.len()))
+        })?;
+        Ok((c, info))
+    }
+}
+
+/// One connection per shard of a node, each landed on its shard: requests for a key go on
+/// the connection of the shard that owns it ([`crate::hash::shard_of`]), so none crosses
+/// between shards.
+pub struct ShardClients {
+    conns: Vec<Client>,
+    /// Where each connection landed (index = the shard it was meant for).
+    pub landed: Vec<HelloInfo>,
+}
+
+impl ShardClients {
+    /// Ask the node its shard count, then open one connection per shard.
+    pub fn connect(addr: SocketAddr, token: &[u8]) -> Result<ShardClients, ClientError> {
+        let (first, info) = Client::connect_hello(addr, token)?;
+        let shards = (info.shards as usize).max(1);
+        let mut conns = Vec::with_capacity(shards);
+        let mut landed = Vec::with_capacity(shards);
+        if shards == 1 {
+            conns.push(first);
+            landed.push(info);
+        } else {
+            drop(first);
+            for shard in 0..shards {
+                let (c, info) = Client::connect_to_shard(addr, shard, shards, token)?;
+                conns.push(c);
+                landed.push(info);
+            }
+        }
+        Ok(ShardClients { conns, landed })
+    }
+
+    /// The node's shard count.
+    pub fn shards(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The connection for requests about `key`.
+    pub fn for_key(&mut self, key: &[u8]) -> &mut Client {
+        let shard = crate::hash::shard_of(key, self.conns.len());
+        &mut self.conns[shard]
+    }
+
+    /// The connection meant for shard `shard` (`None` past the shard count).
+    pub fn for_shard(&mut self, shard: usize) -> Option<&mut Client> {
+        self.conns.get_mut(shard)
+    }
 }

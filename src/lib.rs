@@ -16,6 +16,7 @@
 //! shard      one shard's core: decode, execute, encode (pure)
 //! server     the only place with mio and sockets: event loops, listeners, mailboxes
 //! client     a small blocking client used by kvcat, tests and tools
+//! shard_port shard-aware connections, client side: a local port that lands on a shard
 //! datadir    the data directory: lock, meta file, per-shard sub-directories
 //! ```
 //!
@@ -41,6 +42,7 @@ pub mod limits;
 pub mod protocol;
 pub mod server;
 pub mod shard;
+pub mod shard_port;
 pub mod sim;
 pub mod storage;
 pub mod version;

@@ -5,7 +5,9 @@
 //! * RingClient sends every request to an owner of its key (counted by the client and by the
 //!   nodes' STATS `key_requests_owned` / `key_requests_not_owned`), and, after `kill -9` of a
 //!   node, sends the keys that node was primary of to their second owner.
-//! * kvbench `--route ring --check` reports every request sent to an owner and nothing lost.
+//! * kvbench `--route ring --check` reports every request sent to an owner and nothing lost;
+//!   with its shard-aware connections (the default) each also reaches the owning shard of the
+//!   owner node (no client request forwarded between shards), without them about half are.
 
 mod common;
 
@@ -137,21 +139,36 @@ fn ring_client_sends_every_request_to_an_owner() {
     assert_eq!(counts.1, before.1, "no live node saw a key it does not own");
 }
 
-#[test]
-fn kvbench_routes_by_the_ring_and_loses_nothing() {
-    let nodes = start_cluster("ring-kvbench");
-    let all: Vec<&Node> = nodes.iter().collect();
-    let before = routed_counts(&all);
+/// Sum of the STATS `shard_N_forwarded_out` (client requests handed to another shard of the
+/// node) over `nodes`.
+fn forwarded_out(nodes: &[&Node]) -> u64 {
+    nodes
+        .iter()
+        .map(|n| {
+            let stats = n.client().stats().expect("STATS");
+            stats
+                .lines()
+                .filter_map(|l| l.split_once(' '))
+                .filter(|(name, _)| name.starts_with("shard_") && name.ends_with("_forwarded_out"))
+                .map(|(_, v)| v.parse::<u64>().expect("a count"))
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// Run kvbench against `target` with the options every run here shares, plus `extra`; its
+/// stdout (the JSON report) and stderr, once it exits successfully.
+fn run_kvbench(target: &str, requests: &str, extra: &[&str]) -> (String, String) {
     let child = Command::new(env!("CARGO_BIN_EXE_kvbench"))
         .args([
             "--target",
-            &nodes[0].addr,
+            target,
             "--connections",
             "8",
             "--pipeline",
             "4",
             "--requests",
-            "20000",
+            requests,
             "--keys",
             "2000",
             "--mix",
@@ -162,6 +179,7 @@ fn kvbench_routes_by_the_ring_and_loses_nothing() {
             "--json",
             "--quiet",
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -179,26 +197,73 @@ fn kvbench_routes_by_the_ring_and_loses_nothing() {
                 .expect("output"),
         )
     });
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "kvbench failed: {stderr}\n{stdout}");
-    let field = |name: &str| -> u64 {
-        let key = format!("\"{name}\":");
-        let at = stdout
-            .find(&key)
-            .unwrap_or_else(|| panic!("{name} missing: {stdout}"))
-            + key.len();
-        let digits: String = stdout[at..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().expect("a count")
-    };
-    assert_eq!(field("ring_nodes"), NODES as u64);
-    assert_eq!(field("requests_to_other"), 0, "{stderr}");
-    assert!(field("requests_to_owner") >= 20_000, "{stdout}");
-    assert_eq!(field("lost"), 0);
+    (stdout, stderr)
+}
+
+/// A number field of kvbench's JSON report.
+fn field(stdout: &str, name: &str) -> u64 {
+    let key = format!("\"{name}\":");
+    let at = stdout
+        .find(&key)
+        .unwrap_or_else(|| panic!("{name} missing: {stdout}"))
+        + key.len();
+    let digits: String = stdout[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().expect("a count")
+}
+
+/// Ring routing and shard-aware connections compose (both defaults): 8 connections over 4
+/// nodes of 2 shards give each node one connection per shard, so every request goes to an
+/// owner node on the connection of the shard that owns the key there, and no node hands a
+/// client request from one shard to another. With `--no-shard-aware` the requests still all
+/// reach an owner, but about half land on the wrong shard of it and are forwarded.
+#[test]
+fn kvbench_routes_by_the_ring_and_loses_nothing() {
+    let nodes = start_cluster("ring-kvbench");
+    let all: Vec<&Node> = nodes.iter().collect();
+    let before = routed_counts(&all);
+    let forwarded_before = forwarded_out(&all);
+    let (stdout, stderr) = run_kvbench(&nodes[0].addr, "20000", &[]);
+    assert_eq!(field(&stdout, "ring_nodes"), NODES as u64);
+    assert_eq!(field(&stdout, "requests_to_other"), 0, "{stderr}");
+    let to_owner = field(&stdout, "requests_to_owner");
+    assert!(to_owner >= 20_000, "{stdout}");
+    assert_eq!(
+        field(&stdout, "requests_to_owner_shard"),
+        to_owner,
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("shard-aware: 8 of 8 connections landed on their shard"),
+        "{stderr}"
+    );
+    assert_eq!(field(&stdout, "lost"), 0);
     let after = routed_counts(&all);
     assert_eq!(after.1, before.1, "no node saw a key it does not own");
     assert!(after.0 - before.0 >= 20_000);
+    // The check phase (reads with ALL) is routed the same way.
+    let forwarded = forwarded_out(&all) - forwarded_before;
+    assert_eq!(forwarded, 0, "client requests forwarded between shards");
+
+    let forwarded_before = forwarded_out(&all);
+    let (stdout, stderr) = run_kvbench(&nodes[0].addr, "4000", &["--no-shard-aware"]);
+    assert_eq!(field(&stdout, "requests_to_other"), 0, "{stderr}");
+    assert_eq!(field(&stdout, "requests_to_owner_shard"), 0, "{stdout}");
+    assert_eq!(field(&stdout, "lost"), 0);
+    let forwarded = forwarded_out(&all) - forwarded_before;
+    println!("requests forwarded between shards without --shard-aware: {forwarded}");
+    assert!(
+        forwarded > 1_000,
+        "{forwarded} forwarded without shard-aware connections"
+    );
+    assert_eq!(
+        routed_counts(&all).1,
+        before.1,
+        "no node saw a key it does not own"
+    );
 }

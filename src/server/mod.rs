@@ -2,12 +2,14 @@
 //! `SO_REUSEPORT` listener on the node's one port, its connections and its mailbox.
 //!
 //! [`run`] binds every listener before starting any thread (so a bad address fails at once
-//! with a clear message), raises the open-file limit, derives the connection cap, starts the
-//! shard threads and waits for them; SIGINT/SIGTERM make every loop sync its store and stop.
+//! with a clear message) and steers connections to shards by source port ([`steering`]),
+//! raises the open-file limit, derives the connection cap, starts the shard threads and waits
+//! for them; SIGINT/SIGTERM make every loop sync its store and stop.
 
 pub mod mailbox;
 pub mod peers;
 pub mod readbuf;
+pub mod steering;
 pub mod system;
 pub mod worker;
 
@@ -73,12 +75,28 @@ fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 /// Bind the shard listeners: the first decides the port (it may be 0), the others join it.
+/// Each one listens before the next is bound, so the reuseport group holds them in shard
+/// order, which is the order the steering program indexes ([`steering`]): with more than one
+/// shard, a connection from source port P then lands on shard (P div 2) mod `shards`. If the
+/// program cannot be attached, the kernel's hash spreads connections as before (requests are
+/// still forwarded to their owner); that is logged, not fatal.
 pub fn bind_listeners(addr: SocketAddr, shards: usize) -> io::Result<Vec<std::net::TcpListener>> {
     let first = bind_reuseport(addr)?;
     let actual = first.local_addr()?;
     let mut all = vec![first];
     for _ in 1..shards {
         all.push(bind_reuseport(actual)?);
+    }
+    if shards > 1 {
+        match steering::attach(&all[0], shards) {
+            Ok(()) => {
+                log::info!("connections steered by source port: shard = (port div 2) mod {shards}")
+            }
+            Err(e) => log::warn!(
+                "cannot steer connections by source port ({e}); \
+                 the kernel spreads them and requests are forwarded"
+            ),
+        }
     }
     Ok(all)
 }

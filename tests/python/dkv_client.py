@@ -13,11 +13,20 @@ ring partitions.
         ids = [c.send_get(b"k%d" % i) for i in range(100)]
         replies = c.collect(ids)          # {id: Reply}, whatever order they came in
 
+Shard-aware connections (section 11.2): a node lands a connection from source port P on its
+shard (P div 2) mod K, so one connection per shard, each sending only the keys its shard owns, saves
+the node a hop between shards per request:
+
+    with ShardedClient("127.0.0.1", 7379) as s:
+        s.put(b"hello", b"world")         # on the connection of shard_of(b"hello", K)
+
 Frame layout (protocol.md section 2), all integers big-endian:
 
     | length u32 | op u8 | aux u8 | request id u32 | body (length - 6 bytes) |
 """
 
+import errno
+import random
 import socket
 import struct
 import time
@@ -122,6 +131,55 @@ def key_hash(key):
 def partition_of(key):
     """The ring partition of a key: the top 8 bits of its hash (0..=255)."""
     return key_hash(key) >> 56
+
+
+def shard_of(key, shards):
+    """The shard that owns a key on a node with `shards` shards (section 11)."""
+    return partition_of(key) % shards
+
+
+# ---- shard-aware connections (section 11.2) --------------------------------------------------
+
+# Local ports a shard-aware connection binds: the IANA dynamic range.
+LOCAL_PORT_MIN = 49152
+LOCAL_PORT_MAX = 65535
+# Candidate ports tried for one connection before giving up.
+BIND_ATTEMPTS_MAX = 64
+
+
+def shard_of_port(port, shards):
+    """The shard a connection from source port `port` lands on: (port div 2) mod shards."""
+    return (port >> 1) % shards
+
+
+def connect_to_shard(host, port, shard, shards, timeout=10.0):
+    """A TCP socket to host:port from a local port P with (P div 2) mod shards == shard, so
+    that it lands on that shard. Ports that are taken (EADDRINUSE on bind, EADDRNOTAVAIL or
+    EADDRINUSE on connect) are skipped for the next candidate."""
+    if not 0 <= shard < shards:
+        raise ValueError("shard %d of %d" % (shard, shards))
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+    # Ports come in pairs 2q, 2q+1 that land on shard q mod shards.
+    low, high = LOCAL_PORT_MIN // 2, LOCAL_PORT_MAX // 2
+    first = low + (shard - low) % shards
+    count = (high - first) // shards + 1
+    n = random.randrange(2 * count)
+    last = None
+    for _ in range(BIND_ATTEMPTS_MAX):
+        local = 2 * (first + (n // 2 % count) * shards) + n % 2
+        n += 1
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", local))
+            sock.connect(addr)
+            return sock
+        except OSError as e:
+            sock.close()
+            if e.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                raise
+            last = e
+    raise last
 
 
 # ---- versions (section 12) -------------------------------------------------------------------
@@ -273,8 +331,13 @@ class Client:
     """A connection to one node. Not thread-safe. Requests may be pipelined: the send_*
     methods queue a request and return its id, collect() waits for replies by id."""
 
-    def __init__(self, host="127.0.0.1", port=PORT_DEFAULT, timeout=10.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, host="127.0.0.1", port=PORT_DEFAULT, timeout=10.0, shard=None, shards=None):
+        """With `shard` and `shards` (the node's shard count, from a HELLO reply), connect
+        from a local port that lands on that shard (section 11.2)."""
+        if shard is None:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+        else:
+            self.sock = connect_to_shard(host, port, shard, shards, timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(timeout)
         self.inbuf = bytearray()
@@ -438,6 +501,49 @@ class Client:
     def ring(self):
         """RING: the ring map (a RingMap, section 11.1)."""
         return parse_ring_map(_ok(self.call(OP_RING)).body)
+
+
+class ShardedClient:
+    """One connection per shard of a node, each landed on its shard (section 11.2); requests
+    for a key go on the connection of the shard that owns it, so none is forwarded between
+    shards. `landed` lists each connection's HELLO reply (its `shard` should be its index)."""
+
+    def __init__(self, host="127.0.0.1", port=PORT_DEFAULT, token=b"", timeout=10.0):
+        with Client(host, port, timeout) as probe:
+            self.shards = probe.hello(token)["shards"]
+        self.conns = []
+        self.landed = []
+        try:
+            for shard in range(self.shards):
+                c = Client(host, port, timeout, shard=shard, shards=self.shards)
+                self.conns.append(c)
+                self.landed.append(c.hello(token))
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        for c in self.conns:
+            c.close()
+
+    def for_key(self, key):
+        """The connection for requests about `key`."""
+        return self.conns[shard_of(key, self.shards)]
+
+    def get(self, key, consistency=DEFAULT):
+        return self.for_key(key).get(key, consistency)
+
+    def put(self, key, value, ttl_seconds=0, consistency=DEFAULT):
+        return self.for_key(key).put(key, value, ttl_seconds, consistency)
+
+    def delete(self, key, consistency=DEFAULT):
+        return self.for_key(key).delete(key, consistency)
 
 
 def _ok(reply):

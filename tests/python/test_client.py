@@ -189,6 +189,58 @@ def test_hello():
         c.ping()
 
 
+def forwarded_out(c):
+    """Requests the node's shards forwarded to another shard, in total (STATS)."""
+    return sum(
+        int(v) for k, v in c.stats() if k.startswith("shard_") and k.endswith("_forwarded_out")
+    )
+
+
+def test_shard_vectors_match_protocol_md():
+    with open(PROTOCOL_MD, encoding="utf-8") as f:
+        doc = f.read()
+    block = doc.split("```shard-vectors\n")[1].split("\n```")[0]
+    n = 0
+    for line in block.splitlines():
+        line = line.split("#")[0].strip()
+        if not line:
+            continue
+        kind, value, k, want = line.split()
+        if kind == "key":
+            key = b"" if value == "-" else bytes.fromhex(value)
+            got = d.shard_of(key, int(k))
+        else:
+            got = d.shard_of_port(int(value), int(k))
+        check(got == int(want), "shard vector %r gives %d" % (line, got))
+        n += 1
+    check(n >= 6, "too few shard vectors")
+
+
+def test_shard_aware_connections_are_not_forwarded():
+    n = 400
+    with d.ShardedClient(ADDR[0], ADDR[1], timeout=TIMEOUT_S) as s:
+        check(s.shards >= 1, "shard count %r" % s.shards)
+        for shard, info in enumerate(s.landed):
+            check(info["shard"] == shard, "connection for shard %d landed %r" % (shard, info))
+            port = s.conns[shard].sock.getsockname()[1]
+            check(d.shard_of_port(port, s.shards) == shard, "local port %d" % port)
+        before = forwarded_out(s.conns[0])
+        # Pipelined on each shard's connection: PUTs, then GETs of the same keys.
+        keys = [b"py:shard-aware:%d" % i for i in range(n)]
+        ids = [(s.for_key(k), s.for_key(k).send_put(k, k[::-1])) for k in keys]
+        for c, i in ids:
+            d._ok(c.wait(i))
+        ids = [(s.for_key(k), s.for_key(k).send_get(k)) for k in keys]
+        for k, (c, i) in zip(keys, ids):
+            check(d.get_result(c.wait(i))[1] == k[::-1], "GET %r" % k)
+        forwarded = forwarded_out(s.conns[-1]) - before
+        check(forwarded == 0, "%d of %d shard-aware requests were forwarded" % (forwarded, 2 * n))
+        check(
+            s.shards == 1 or len({d.shard_of(k, s.shards) for k in keys}) == s.shards,
+            "the keys did not cover every shard",
+        )
+
+
 def test_put_get_delete_round_trip():
     with connect() as c:
         key = b"py:round-trip"
@@ -658,6 +710,8 @@ TESTS = [
     test_encoder_matches_golden_vectors,
     test_ping_without_hello,
     test_hello,
+    test_shard_vectors_match_protocol_md,
+    test_shard_aware_connections_are_not_forwarded,
     test_put_get_delete_round_trip,
     test_delete_of_a_missing_key_is_ok,
     test_binary_keys_values_and_edge_sizes,

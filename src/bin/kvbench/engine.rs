@@ -16,6 +16,22 @@
 //!
 //! A connection that fails counts its in-flight requests as CONNECTION_LOST and reconnects after
 //! [`RECONNECT_DELAY_NS`], so a run survives a node restart and shows it in the error counts.
+//!
+//! Shard-aware connections (dkv, on by default): a connection pinned to shard `s` of a node
+//! with `K` shards binds a local port `P` with `(P div 2) mod K == s` (protocol.md § 11.2) and
+//! carries only keys that shard owns. The thread draws its operations as before; one drawn
+//! for another shard waits in that shard's queue (at most [`PENDING_OPS_MAX`]) for a
+//! connection of its shard, so the sequence of operations is the same, only spread
+//! differently. A shard no connection of the thread is pinned to, or a full queue, sends the
+//! operation on the connection at hand: the node forwards it, slower but correct.
+//!
+//! `--route ring` (dkv against a cluster, on by default): each request goes to a connection to
+//! an owner node of its key (`route.rs`), and when that node's connections are shard-aware, to
+//! one pinned to the shard that owns the key there, so it crosses neither nodes nor shards. An
+//! owner with no live connection pinned to that shard takes the request on any of its
+//! connections (its shard forwards it); only when no owner has a connection up does the
+//! request go to another node. The ring takes the place of the per-shard queues above: a
+//! request waits (parked) only while its connection is busy.
 
 use crate::check::{encode_write_id, CheckTable, Seen, WRITE_ID_SIZE};
 use crate::proto::{
@@ -23,7 +39,8 @@ use crate::proto::{
     CODE_CONNECT_FAILED, CODE_PROTOCOL_ERROR, HELLO_ID,
 };
 use crate::report::{new_histogram, Stats};
-use crate::workload::{KeyChooser, Mix, Op, Rng, ValueSize, VALUE_POOL_SLACK};
+use crate::workload::{put_key, KeyChooser, Mix, Op, Rng, ValueSize, VALUE_POOL_SLACK};
+use dkv::client::HelloInfo;
 use dkv::protocol::Consistency;
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
@@ -69,6 +86,22 @@ pub const POLL_TIMEOUT_NS_MAX: u64 = 100_000_000;
 
 /// Readiness events taken per `poll`.
 pub const POLL_EVENTS_MAX: usize = 1024;
+
+/// Operations drawn for a shard that wait for one of its connections, per shard and thread;
+/// past it an operation goes on the connection at hand (and is forwarded by the node). In a
+/// closed loop the queue of a shard whose connections answer more slowly than the others'
+/// fills up, and from then on the difference in rates is forwarded: the mix of keys stays
+/// the one asked for, rather than favouring the faster shard.
+pub const PENDING_OPS_MAX: usize = 1024;
+
+/// The shard a connection is pinned to: its local port lands it there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pin {
+    /// The shard.
+    pub shard: usize,
+    /// The node's shard count.
+    pub shards: usize,
+}
 
 /// Settings shared by every thread of a run.
 pub struct Config {
@@ -188,6 +221,12 @@ pub struct ThreadResult {
     pub to_owner: u64,
     /// `--route ring`: requests sent elsewhere (no owner had a connection up).
     pub to_other: u64,
+    /// `--route ring`: requests of `to_owner` sent on a connection pinned to the key's shard.
+    pub to_shard: u64,
+    /// Pinned connections whose HELLO reply named their shard.
+    pub landed: u64,
+    /// Pinned connections that landed on another shard (a node that does not steer).
+    pub missed: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,6 +258,8 @@ struct Conn {
     addr: SocketAddr,
     /// `--route ring`: the ring node this connection goes to.
     node: Option<usize>,
+    /// Shard-aware: the shard this connection is pinned to by its local port.
+    pin: Option<Pin>,
     stream: Option<TcpStream>,
     state: State,
     rbuf: Vec<u8>,
@@ -234,7 +275,7 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(addr: SocketAddr, pipeline: usize) -> Conn {
+    fn new(addr: SocketAddr, pin: Option<Pin>, pipeline: usize) -> Conn {
         let slot = Slot {
             in_use: false,
             uses: 0,
@@ -249,6 +290,7 @@ impl Conn {
         Conn {
             addr,
             node: None,
+            pin,
             stream: None,
             state: State::Down { retry_ns: 0 },
             rbuf: vec![0; READ_BUFFER_INITIAL_SIZE],
@@ -263,6 +305,61 @@ impl Conn {
             dirty: false,
         }
     }
+}
+
+/// Shard-aware routing of one thread's operations (see the module docs).
+struct ShardRoute {
+    /// The shard count of every target of the thread.
+    shards: usize,
+    /// Operations waiting for a connection of their shard.
+    pending: Vec<VecDeque<(Op, u64)>>,
+    /// The connections pinned to each shard.
+    conns_of: Vec<Vec<usize>>,
+    /// Scratch space for a key's bytes.
+    key: Vec<u8>,
+}
+
+impl ShardRoute {
+    /// Routing for these connections: `None` unless every one is pinned, all with the same
+    /// shard count above 1.
+    fn new(conns: &[Conn]) -> Option<ShardRoute> {
+        let shards = conns.first()?.pin?.shards;
+        if shards < 2
+            || conns
+                .iter()
+                .any(|c| c.pin.is_none_or(|p| p.shards != shards))
+        {
+            return None;
+        }
+        let mut conns_of = vec![Vec::new(); shards];
+        for (ci, c) in conns.iter().enumerate() {
+            // Checked above: every connection has a pin with this shard count.
+            let pin = c.pin.expect("pinned");
+            conns_of[pin.shard].push(ci);
+        }
+        Some(ShardRoute {
+            shards,
+            pending: vec![VecDeque::new(); shards],
+            conns_of,
+            key: Vec::new(),
+        })
+    }
+
+    fn shard_of(&mut self, key: u64, key_size: usize) -> usize {
+        self.key.clear();
+        put_key(&mut self.key, key, key_size);
+        dkv::hash::shard_of(&self.key, self.shards)
+    }
+}
+
+/// What a connection sends next.
+enum Next {
+    /// This operation.
+    Op(Op, u64),
+    /// Nothing now: what is left waits for connections of other shards.
+    NotNow,
+    /// The work is done.
+    Done,
 }
 
 struct Worker {
@@ -289,6 +386,10 @@ struct Worker {
     keys_checked: u64,
     /// `--route ring` state (`None`: round robin).
     routing: Option<Routing>,
+    /// Shard-aware routing without `--route ring` (`None`: off, or the ring routes).
+    shard_route: Option<ShardRoute>,
+    landed: u64,
+    missed: u64,
 }
 
 /// A thread's `--route ring` state.
@@ -299,28 +400,68 @@ struct Routing {
     by_node: Vec<Vec<usize>>,
     /// Per ring node, where the next search for a free connection starts.
     next: Vec<usize>,
+    /// Shard-aware: per ring node, its shard count (1: its connections are not pinned).
+    shards: Vec<usize>,
+    /// Shard-aware: per ring node and shard, this thread's connections pinned to it.
+    by_shard: Vec<Vec<Vec<usize>>>,
+    /// Per ring node and shard, where the next search in `by_shard` starts.
+    next_in_shard: Vec<Vec<usize>>,
     /// Key bytes, to hash a key as it is sent.
     scratch: Vec<u8>,
     /// An operation drawn while no connection had room for it: sent first next time.
     parked: Option<(Op, u64)>,
     to_owner: u64,
     to_other: u64,
+    to_shard: u64,
+}
+
+/// What a search of some connections for room found.
+enum Search {
+    /// A ready connection with a free slot.
+    Found(usize),
+    /// None has room, but one is up (busy, connecting or saying HELLO).
+    Busy,
+    /// All are down (or there are none).
+    Down,
+}
+
+/// Search `list` (indexes into `conns`) round robin from `*next` for a ready connection with
+/// a free slot; on success `*next` moves past it.
+fn search(conns: &[Conn], list: &[usize], next: &mut usize) -> Search {
+    let mut up = false;
+    for k in 0..list.len() {
+        let ci = list[(*next + k) % list.len()];
+        let c = &conns[ci];
+        match c.state {
+            State::Ready if c.inflight < c.slots.len() => {
+                *next = (*next + k + 1) % list.len();
+                return Search::Found(ci);
+            }
+            State::Down { .. } => {}
+            _ => up = true,
+        }
+    }
+    if up {
+        Search::Busy
+    } else {
+        Search::Down
+    }
 }
 
 /// Where a routed request goes.
 enum Pick {
-    /// This connection, to an owner (true) or not.
-    Conn(usize, bool),
+    /// This connection: to an owner (`owner`), pinned to the key's shard there (`shard`).
+    Conn { ci: usize, owner: bool, shard: bool },
     /// Not now: an owner's connection is busy or still connecting.
     Wait,
 }
 
-/// Run one thread's share of a phase over connections to `addrs` (one entry per connection),
-/// each with up to `pipeline` requests in flight.
+/// Run one thread's share of a phase over connections to `addrs` (one entry per connection,
+/// with the shard it is pinned to, if any), each with up to `pipeline` requests in flight.
 pub fn run_thread(
     sh: Arc<Shared>,
     thread: usize,
-    addrs: Vec<SocketAddr>,
+    addrs: Vec<(SocketAddr, Option<Pin>)>,
     work: Work,
     pipeline: usize,
 ) -> io::Result<ThreadResult> {
@@ -344,23 +485,49 @@ pub fn run_thread(
         Some(_) => (pipeline * crate::route::ROUTE_SLOTS_PER_PIPELINE).min(PIPELINE_MAX),
         None => pipeline,
     };
-    let mut conns: Vec<Conn> = addrs.iter().map(|a| Conn::new(*a, slots)).collect();
+    let mut conns: Vec<Conn> = addrs
+        .iter()
+        .map(|&(a, pin)| Conn::new(a, pin, slots))
+        .collect();
     let routing = sh.cfg.route.as_ref().map(|r| {
-        let mut by_node = vec![Vec::new(); r.addrs.len()];
-        for (ci, c) in conns.iter_mut().enumerate() {
+        let nodes = r.addrs.len();
+        let mut by_node = vec![Vec::new(); nodes];
+        // A node's shard count is the one its first pinned connection was given (main gives
+        // every connection to a node the same); a connection pinned otherwise is used only
+        // as one of the node's connections.
+        let mut shards = vec![1usize; nodes];
+        for c in conns.iter_mut() {
             c.node = r.node_of(c.addr);
-            if let Some(n) = c.node {
-                by_node[n].push(ci);
+            if let (Some(n), Some(pin)) = (c.node, c.pin) {
+                if shards[n] == 1 {
+                    shards[n] = pin.shards;
+                }
+            }
+        }
+        let mut by_shard: Vec<Vec<Vec<usize>>> =
+            shards.iter().map(|&k| vec![Vec::new(); k]).collect();
+        for (ci, c) in conns.iter().enumerate() {
+            let Some(n) = c.node else { continue };
+            by_node[n].push(ci);
+            if let Some(pin) = c
+                .pin
+                .filter(|p| p.shards == shards[n] && p.shard < p.shards)
+            {
+                by_shard[n][pin.shard].push(ci);
             }
         }
         Routing {
             budget: pipeline * conns.len(),
-            next: vec![0; by_node.len()],
+            next: vec![0; nodes],
+            next_in_shard: shards.iter().map(|&k| vec![0; k]).collect(),
+            shards,
+            by_shard,
             by_node,
             scratch: Vec::new(),
             parked: None,
             to_owner: 0,
             to_other: 0,
+            to_shard: 0,
         }
     });
     let mut w = Worker {
@@ -386,12 +553,19 @@ pub fn run_thread(
         lost: 0,
         readback_errors: 0,
         keys_checked: 0,
+        shard_route: None,
+        landed: 0,
+        missed: 0,
     };
+    // The ring, when it routes, picks each request's connection itself (shard included).
+    if w.routing.is_none() {
+        w.shard_route = ShardRoute::new(&w.conns);
+    }
     let aborted = w.run()?;
-    let (to_owner, to_other) = w
+    let (to_owner, to_other, to_shard) = w
         .routing
         .as_ref()
-        .map_or((0, 0), |r| (r.to_owner, r.to_other));
+        .map_or((0, 0, 0), |r| (r.to_owner, r.to_other, r.to_shard));
     w.flush_progress(u64::MAX);
     Ok(ThreadResult {
         end_ns: w.sh.now_ns(),
@@ -402,6 +576,9 @@ pub fn run_thread(
         aborted,
         to_owner,
         to_other,
+        to_shard,
+        landed: w.landed,
+        missed: w.missed,
     })
 }
 
@@ -536,7 +713,12 @@ impl Worker {
 
     fn connect(&mut self, ci: usize, now: u64) {
         let addr = self.conns[ci].addr;
-        let result = TcpStream::connect(addr).and_then(|mut s| {
+        let stream = match self.conns[ci].pin {
+            Some(pin) => dkv::shard_port::connect_to_shard(addr, pin.shard, pin.shards, true)
+                .map(|(s, _port)| TcpStream::from_std(s)),
+            None => TcpStream::connect(addr),
+        };
+        let result = stream.and_then(|mut s| {
             self.poll.registry().register(
                 &mut s,
                 Token(ci),
@@ -687,12 +869,63 @@ impl Worker {
         }
     }
 
+    /// The next operation for connection `ci`: with shard-aware routing, one its shard owns
+    /// (see the module docs).
+    fn next_for(&mut self, ci: usize) -> Next {
+        if let Work::Mix {
+            requests: Some(r), ..
+        } = self.work
+        {
+            if self.issued >= r {
+                return Next::Done;
+            }
+        }
+        let (Some(mut route), Some(pin)) = (self.shard_route.take(), self.conns[ci].pin) else {
+            return match self.next_op() {
+                Some((op, key)) => Next::Op(op, key),
+                None => Next::Done,
+            };
+        };
+        let key_size = self.sh.cfg.encoder.key_size;
+        let next = match route.pending[pin.shard].pop_front() {
+            Some((op, key)) => Next::Op(op, key),
+            // Each round either returns or queues one operation where there is room, so this
+            // ends after at most `shards * PENDING_OPS_MAX` rounds.
+            None => loop {
+                let Some((op, key)) = self.next_op() else {
+                    break if route.pending.iter().all(|q| q.is_empty()) {
+                        Next::Done
+                    } else {
+                        Next::NotNow
+                    };
+                };
+                let s = route.shard_of(key, key_size);
+                if s == pin.shard
+                    || route.conns_of[s].is_empty()
+                    || route.pending[s].len() >= PENDING_OPS_MAX
+                {
+                    break Next::Op(op, key);
+                }
+                route.pending[s].push_back((op, key));
+                for &cj in &route.conns_of[s] {
+                    self.mark_dirty(cj);
+                }
+            },
+        };
+        self.shard_route = Some(route);
+        next
+    }
+
     /// Take the next operation and send it on `ci` (which has a free slot); false when the
-    /// work is done.
+    /// work is done or nothing is left for this connection now.
     fn issue(&mut self, ci: usize, start_ns: u64, now: u64) -> bool {
-        let Some((op, key)) = self.next_op() else {
-            self.issuing = false;
-            return false;
+        let (op, key) = match self.next_for(ci) {
+            Next::Op(op, key) => (op, key),
+            Next::NotNow => return false,
+            Next::Done => {
+                self.issuing = false;
+                return false;
+            }
         };
         self.issue_op(ci, op, key, start_ns, now);
         true
@@ -720,41 +953,59 @@ impl Worker {
 
     // ---- routing by the ring (`--route ring`, route.rs) ----
 
-    /// The connection for a request on key `key`: a ready one with a free slot to the first
-    /// owner that has a connection up; `Wait` while such an owner's connections are all busy
-    /// or still connecting; any ready connection with room when no owner has one up.
+    /// The connection for a request on key `key`: to the first owner that has a connection
+    /// up, a ready one with a free slot, pinned to the key's shard there when the thread has
+    /// a live one (else any of the owner's); `Wait` while such an owner's chosen connections
+    /// are all busy or still connecting; any ready connection with room when no owner has one
+    /// up.
     fn pick(&mut self, key: u64) -> Pick {
         let Some(route) = self.sh.cfg.route.as_ref() else {
-            return self
-                .free_conn()
-                .map_or(Pick::Wait, |ci| Pick::Conn(ci, false));
+            return self.free_conn().map_or(Pick::Wait, |ci| Pick::Conn {
+                ci,
+                owner: false,
+                shard: false,
+            });
         };
         let r = self
             .routing
             .as_mut()
             .expect("routing state exists with a route");
-        let owners = route.owners_of(key, &mut r.scratch);
+        let (partition, owners) = route.route_of(key, &mut r.scratch);
         for &node in owners {
-            let conns = &r.by_node[node];
-            let mut up = false;
-            for k in 0..conns.len() {
-                let ci = conns[(r.next[node] + k) % conns.len()];
-                let c = &self.conns[ci];
-                match c.state {
-                    State::Ready if c.inflight < c.slots.len() => {
-                        r.next[node] = (r.next[node] + k + 1) % conns.len();
-                        return Pick::Conn(ci, true);
+            let k = r.shards[node];
+            if k > 1 {
+                let s = dkv::hash::shard_of_partition(partition, k);
+                let conns = &r.by_shard[node][s];
+                match search(&self.conns, conns, &mut r.next_in_shard[node][s]) {
+                    Search::Found(ci) => {
+                        return Pick::Conn {
+                            ci,
+                            owner: true,
+                            shard: true,
+                        }
                     }
-                    State::Down { .. } => {}
-                    _ => up = true,
+                    Search::Busy => return Pick::Wait,
+                    // No live connection pinned to the shard: any of the node's will do.
+                    Search::Down => {}
                 }
             }
-            if up {
-                return Pick::Wait;
+            match search(&self.conns, &r.by_node[node], &mut r.next[node]) {
+                Search::Found(ci) => {
+                    return Pick::Conn {
+                        ci,
+                        owner: true,
+                        shard: false,
+                    }
+                }
+                Search::Busy => return Pick::Wait,
+                Search::Down => {}
             }
         }
-        self.free_conn()
-            .map_or(Pick::Wait, |ci| Pick::Conn(ci, false))
+        self.free_conn().map_or(Pick::Wait, |ci| Pick::Conn {
+            ci,
+            owner: false,
+            shard: false,
+        })
     }
 
     /// Send the next operation on the connection [`Worker::pick`] chooses. `Some(true)`: sent;
@@ -765,12 +1016,15 @@ impl Worker {
             return Some(false);
         };
         match self.pick(key) {
-            Pick::Conn(ci, owner) => {
+            Pick::Conn { ci, owner, shard } => {
                 let r = self.routing.as_mut().expect("routing state");
                 if owner {
                     r.to_owner += 1;
                 } else {
                     r.to_other += 1;
+                }
+                if shard {
+                    r.to_shard += 1;
                 }
                 self.issue_op(ci, op, key, start_ns, now);
                 self.mark_dirty(ci);
@@ -895,30 +1149,35 @@ impl Worker {
     }
 
     /// Closed loop: top up every connection that changed; then write what was queued.
+    /// Topping up one connection can queue operations for another shard's connections and
+    /// mark them dirty: rounds repeat until none is (each round fills slots or queues, both
+    /// bounded, so this ends).
     fn refill_and_flush(&mut self, now: u64) {
         let routed = self.routing.is_some();
         if routed && self.open_loop.is_none() {
             self.refill_routed(now);
         }
-        let mut dirty = std::mem::take(&mut self.dirty);
-        for &ci in &dirty {
-            self.conns[ci].dirty = false;
-            if self.open_loop.is_none() && !routed {
-                while self.issuing
-                    && self.conns[ci].state == State::Ready
-                    && self.conns[ci].inflight < self.conns[ci].slots.len()
-                {
-                    if !self.issue(ci, now, now) {
-                        break;
+        while !self.dirty.is_empty() {
+            let mut dirty = std::mem::take(&mut self.dirty);
+            for &ci in &dirty {
+                self.conns[ci].dirty = false;
+                if self.open_loop.is_none() && !routed {
+                    while self.issuing
+                        && self.conns[ci].state == State::Ready
+                        && self.conns[ci].inflight < self.conns[ci].slots.len()
+                    {
+                        if !self.issue(ci, now, now) {
+                            break;
+                        }
                     }
                 }
+                self.flush(ci);
             }
-            self.flush(ci);
-        }
-        dirty.clear();
-        // Keep the allocation for next time.
-        if self.dirty.is_empty() {
-            self.dirty = dirty;
+            dirty.clear();
+            // Keep the allocation for next time.
+            if self.dirty.is_empty() {
+                self.dirty = dirty;
+            }
         }
     }
 
@@ -1028,9 +1287,14 @@ impl Worker {
                 Outcome::Ok if want_seen => Seen::of(Some(r.value)),
                 _ => Seen::Missing,
             };
+            let hello = if c.state == State::Hello {
+                HelloInfo::parse(r.value)
+            } else {
+                None
+            };
             c.rpos += n;
             self.last_reply_ns = now;
-            self.complete(ci, id, outcome, seen, now)?;
+            self.complete(ci, id, outcome, seen, hello, now)?;
         }
     }
 
@@ -1040,6 +1304,7 @@ impl Worker {
         id: u32,
         outcome: Outcome,
         seen: Seen,
+        hello: Option<HelloInfo>,
         now: u64,
     ) -> Result<(), Broken> {
         let proto = self.sh.cfg.proto;
@@ -1050,6 +1315,13 @@ impl Worker {
             }
             return match outcome {
                 Outcome::Ok => {
+                    if let Some(pin) = c.pin {
+                        match hello {
+                            Some(h) if h.shard as usize == pin.shard => self.landed += 1,
+                            _ => self.missed += 1,
+                        }
+                    }
+                    let c = &mut self.conns[ci];
                     c.state = State::Ready;
                     self.mark_dirty(ci);
                     Ok(())

@@ -5,6 +5,16 @@
 //!         --keys 1000000 --value-size 100 --mix get=50,put=50 --preload --json
 //! ```
 //!
+//! Against a dkv cluster, requests are routed by the ring unless `--route none`: kvbench
+//! fetches the ring map (RING, protocol.md § 11.1), opens its connections to every ring node
+//! and sends each request to an owner of its key (`route.rs`). dkv connections are also
+//! shard-aware unless `--no-shard-aware`: kvbench asks each node it connects to its shard
+//! count K (HELLO), pins a thread's i-th connection to that node to shard (t + i) mod K by its
+//! local port (protocol.md § 11.2), and sends on it only keys that shard owns (`engine.rs`),
+//! so no request crosses between the node's shards. With both, a request goes to an owner
+//! node on a connection pinned to the key's shard there; against a single node the ring has
+//! nothing to route and only the shards count.
+//!
 //! A run has up to three phases, each with fresh connections: `--preload` writes every key once;
 //! the measured phase runs the workload for `--duration` seconds or `--requests` operations;
 //! `--check` then reads every written key back with ALL and judges it (see `check.rs`).
@@ -33,7 +43,7 @@ mod workload;
 use check::{CheckTable, WRITE_ID_SIZE};
 use dkv::limits::{KEY_SIZE_MAX, PORT_DEFAULT, TTL_SECONDS_MAX, VALUE_SIZE_MAX};
 use dkv::protocol::Consistency;
-use engine::{Config, Shared, ThreadResult, Work, PIPELINE_MAX};
+use engine::{Config, Pin, Shared, ThreadResult, Work, PIPELINE_MAX};
 use getopts::Options;
 use proto::{Encoder, Proto};
 use report::{human_latency, json_str, percentiles, CheckResult, RunReport, Stats};
@@ -95,6 +105,8 @@ struct Opts {
     /// `--route ring` against a cluster: the ring's nodes, which the connections go to
     /// instead of the targets (set by `run` once the map is fetched).
     ring_nodes: Option<Vec<SocketAddr>>,
+    /// dkv connections pinned to shards by their local port (not `--no-shard-aware`).
+    shard_aware: bool,
 }
 
 fn options() -> Options {
@@ -220,6 +232,13 @@ fn options() -> Options {
          from the first target, with connections to every node of the ring; none spreads \
          requests over the targets. Default ring (none against a single node)",
         "ring|none",
+    );
+    o.optflag(
+        "",
+        "no-shard-aware",
+        "dkv: let the kernel pick local ports, so requests land on any shard and are forwarded \
+         to their owner (default: each connection is pinned to one shard by its local port and \
+         carries only that shard's keys)",
     );
     o.optflag("q", "quiet", "no progress line");
     o.optflag("h", "help", "print this help");
@@ -447,6 +466,7 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         token,
         route,
         ring_nodes: None,
+        shard_aware: proto == Proto::Dkv && !m.opt_present("no-shard-aware"),
     }))
 }
 
@@ -469,6 +489,75 @@ fn ring_thread_addrs(o: &Opts, nodes: &[SocketAddr], t: usize) -> Vec<SocketAddr
     (0..count).map(|j| nodes[(t + j) % nodes.len()]).collect()
 }
 
+/// Where connections go: the ring's nodes under `--route ring`, else the targets.
+fn destinations(o: &Opts) -> &[SocketAddr] {
+    o.ring_nodes.as_deref().unwrap_or(&o.targets)
+}
+
+/// Connections of thread `t` as [`thread_addrs`], each pinned to a shard when its
+/// destination's shard count is known (`shards`, by index into [`destinations`]): the
+/// thread's i-th connection to a destination is pinned to shard (t + i) mod K, so every
+/// thread with at least K connections per destination covers every shard of it, and threads
+/// with fewer start at different shards.
+fn thread_conns(o: &Opts, t: usize, shards: &[Option<usize>]) -> Vec<(SocketAddr, Option<Pin>)> {
+    let dests = destinations(o);
+    let mut per_dest = vec![0usize; dests.len()];
+    thread_addrs(o, t)
+        .into_iter()
+        .map(|addr| {
+            let Some(d) = dests.iter().position(|&a| a == addr) else {
+                return (addr, None);
+            };
+            let i = per_dest[d];
+            per_dest[d] += 1;
+            let pin = shards
+                .get(d)
+                .copied()
+                .flatten()
+                .filter(|&k| k > 1)
+                .map(|k| Pin {
+                    shard: (t + i) % k,
+                    shards: k,
+                });
+            (addr, pin)
+        })
+        .collect()
+}
+
+/// Each destination's shard count (by index into [`destinations`]), from a HELLO, for
+/// shard-aware connections (`None`: its connections are not pinned).
+fn discover_shards(o: &Opts) -> Vec<Option<usize>> {
+    let dests = destinations(o);
+    if !o.shard_aware {
+        return vec![None; dests.len()];
+    }
+    let shards: Vec<Option<usize>> = dests
+        .iter()
+        .map(
+            |addr| match dkv::client::Client::connect_hello(*addr, &o.token) {
+                Ok((_, info)) => Some(info.shards as usize),
+                Err(e) => {
+                    eprintln!(
+                        "kvbench: {addr}: no HELLO to learn its shard count ({e}); its \
+                         connections are not shard-aware"
+                    );
+                    None
+                }
+            },
+        )
+        .collect();
+    let per_thread = o.connections / (o.threads * dests.len());
+    if let Some(k) = shards.iter().flatten().max() {
+        if per_thread < *k {
+            eprintln!(
+                "kvbench: shard-aware: {per_thread} connection(s) per thread and node cannot \
+                 cover {k} shards; requests for the others are forwarded by the node"
+            );
+        }
+    }
+    shards
+}
+
 /// `total` split over the threads in proportion to their connections.
 fn share(o: &Opts, t: usize, total: u64) -> (u64, u64) {
     let conns_before = (0..t).map(|u| thread_addrs(o, u).len() as u64).sum::<u64>();
@@ -480,6 +569,8 @@ fn share(o: &Opts, t: usize, total: u64) -> (u64, u64) {
 }
 
 struct Phase {
+    landed: u64,
+    missed: u64,
     stats: Stats,
     elapsed_s: f64,
     lost: u64,
@@ -488,12 +579,15 @@ struct Phase {
     /// `--route ring`: requests sent to an owner of their key, and elsewhere.
     to_owner: u64,
     to_other: u64,
+    /// `--route ring`: requests sent to an owner on a connection pinned to the key's shard.
+    to_shard: u64,
 }
 
 /// Run one phase on every thread, printing progress each second.
 fn run_phase(
     sh: &Arc<Shared>,
     o: &Opts,
+    shards: &[Option<usize>],
     label: &str,
     pipeline: usize,
     work_of: &dyn Fn(usize) -> Work,
@@ -502,7 +596,7 @@ fn run_phase(
     let handles: Vec<_> = (0..o.threads)
         .map(|t| {
             let sh = sh.clone();
-            let addrs = thread_addrs(o, t);
+            let addrs = thread_conns(o, t, shards);
             let work = work_of(t);
             std::thread::Builder::new()
                 .name(format!("kvbench-{t}"))
@@ -541,6 +635,8 @@ fn run_phase(
         }
     }
     let mut phase = Phase {
+        landed: 0,
+        missed: 0,
         stats: Stats::new(),
         elapsed_s: 0.0,
         lost: 0,
@@ -548,6 +644,7 @@ fn run_phase(
         keys_checked: 0,
         to_owner: 0,
         to_other: 0,
+        to_shard: 0,
     };
     let mut end_ns = 0;
     for h in handles {
@@ -564,6 +661,9 @@ fn run_phase(
         phase.keys_checked += r.keys_checked;
         phase.to_owner += r.to_owner;
         phase.to_other += r.to_other;
+        phase.to_shard += r.to_shard;
+        phase.landed += r.landed;
+        phase.missed += r.missed;
         end_ns = end_ns.max(r.end_ns);
     }
     let start_ns = started.duration_since(sh.base).as_nanos() as u64;
@@ -606,6 +706,9 @@ fn describe(o: &Opts) -> (String, String) {
     }
     if let Some(r) = o.rate {
         j.push_str(&format!(",\"rate\":{r}"));
+    }
+    if o.proto == Proto::Dkv {
+        j.push_str(&format!(",\"shard_aware\":{}", o.shard_aware));
     }
     if o.ttl_seconds > 0 {
         j.push_str(&format!(",\"ttl\":{}", o.ttl_seconds));
@@ -694,9 +797,10 @@ fn run(o: &mut Opts) -> Result<ExitCode, String> {
         write_seq: AtomicU64::new(0),
     });
 
+    let shards = discover_shards(o);
     if o.preload {
         let pipeline = o.pipeline.max(PRELOAD_PIPELINE_MIN);
-        let p = run_phase(&sh, o, "preload", pipeline, &|t| {
+        let p = run_phase(&sh, o, &shards, "preload", pipeline, &|t| {
             let (start, end) = share(o, t, o.keys);
             Work::Preload { start, end }
         })?;
@@ -711,7 +815,7 @@ fn run(o: &mut Opts) -> Result<ExitCode, String> {
     }
 
     let start_ns = sh.now_ns();
-    let run = run_phase(&sh, o, "run", o.pipeline, &|t| {
+    let run = run_phase(&sh, o, &shards, "run", o.pipeline, &|t| {
         let deadline_ns = o.duration_s.map(|d| start_ns + (d * 1e9) as u64);
         let requests = o.requests.map(|n| {
             let (a, b) = share(o, t, n);
@@ -727,13 +831,21 @@ fn run(o: &mut Opts) -> Result<ExitCode, String> {
         }
     })?;
 
+    if run.landed + run.missed > 0 {
+        eprintln!(
+            "kvbench: shard-aware: {} of {} connections landed on their shard",
+            run.landed,
+            run.landed + run.missed
+        );
+    }
+
     let check_result = match &check {
         None => None,
         Some(table) => {
             let keys = Arc::new(table.touched_keys());
             let n = keys.len() as u64;
             let pipeline = o.pipeline.max(PRELOAD_PIPELINE_MIN);
-            let p = run_phase(&sh, o, "check", pipeline, &|t| {
+            let p = run_phase(&sh, o, &shards, "check", pipeline, &|t| {
                 let (start, end) = share(o, t, n);
                 Work::Readback {
                     keys: keys.clone(),
@@ -755,11 +867,12 @@ fn run(o: &mut Opts) -> Result<ExitCode, String> {
     if let Some(r) = &sh.cfg.route {
         let sent = (run.to_owner + run.to_other).max(1);
         config_json.push_str(&format!(
-            ",\"route\":\"ring\",\"ring_version\":{},\"ring_nodes\":{},\"requests_to_owner\":{},\"requests_to_other\":{}",
+            ",\"route\":\"ring\",\"ring_version\":{},\"ring_nodes\":{},\"requests_to_owner\":{},\"requests_to_other\":{},\"requests_to_owner_shard\":{}",
             r.version,
             r.addrs.len(),
             run.to_owner,
-            run.to_other
+            run.to_other,
+            run.to_shard
         ));
         config_human.push_str(&format!(
             " | route ring v{} ({} nodes): {:.2}% of requests to an owner",
@@ -767,6 +880,12 @@ fn run(o: &mut Opts) -> Result<ExitCode, String> {
             r.addrs.len(),
             100.0 * run.to_owner as f64 / sent as f64
         ));
+        if o.shard_aware {
+            config_human.push_str(&format!(
+                ", {:.2}% on its shard",
+                100.0 * run.to_shard as f64 / sent as f64
+            ));
+        }
     }
     let report = RunReport {
         config_json,
@@ -808,5 +927,86 @@ fn main() -> ExitCode {
             eprintln!("kvbench: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(args: &[&str]) -> Opts {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        parse_opts(&args)
+            .expect("valid options")
+            .expect("not --help")
+    }
+
+    #[test]
+    fn every_thread_covers_every_shard_of_every_target() {
+        let o = opts(&["-t", "127.0.0.1:1,127.0.0.1:2", "-c", "24", "-T", "3"]);
+        assert!(o.shard_aware);
+        let shards = [Some(3), Some(2)];
+        for t in 0..3 {
+            let conns = thread_conns(&o, t, &shards);
+            assert_eq!(
+                conns.iter().map(|c| c.0).collect::<Vec<_>>(),
+                thread_addrs(&o, t)
+            );
+            for (target, k) in [(0usize, 3usize), (1, 2)] {
+                let mut pins: Vec<usize> = conns
+                    .iter()
+                    .filter(|c| c.0 == o.targets[target])
+                    .map(|c| {
+                        let pin = c.1.expect("pinned");
+                        assert_eq!(pin.shards, k);
+                        pin.shard
+                    })
+                    .collect();
+                pins.sort();
+                pins.dedup();
+                assert_eq!(
+                    pins,
+                    (0..k).collect::<Vec<_>>(),
+                    "thread {t} target {target}"
+                );
+            }
+        }
+        // With the ring, connections go to the ring's nodes and are pinned by node: a thread
+        // with K connections per node covers every shard of it.
+        let mut o = opts(&["-t", "127.0.0.1:1", "-c", "24", "-T", "2"]);
+        let nodes: Vec<SocketAddr> = (1..=3)
+            .map(|p| {
+                format!("127.0.0.1:{}", 100 + p)
+                    .parse()
+                    .expect("an address")
+            })
+            .collect();
+        o.ring_nodes = Some(nodes.clone());
+        let shards = [Some(2), Some(4), None];
+        for t in 0..2 {
+            let conns = thread_conns(&o, t, &shards);
+            assert_eq!(conns.len(), 12);
+            for (node, k) in shards.iter().enumerate() {
+                let mut pins: Vec<Option<usize>> = conns
+                    .iter()
+                    .filter(|c| c.0 == nodes[node])
+                    .map(|c| c.1.map(|p| p.shard))
+                    .collect();
+                assert_eq!(pins.len(), 4, "thread {t} node {node}");
+                pins.sort();
+                pins.dedup();
+                let want: Vec<Option<usize>> = match k {
+                    Some(k) => (0..*k).map(Some).collect(),
+                    None => vec![None],
+                };
+                assert_eq!(pins, want, "thread {t} node {node}");
+            }
+        }
+        let o = opts(&["-t", "127.0.0.1:1,127.0.0.1:2", "-c", "24", "-T", "3"]);
+        // One shard, an unknown count, or --no-shard-aware: nothing is pinned.
+        let conns = thread_conns(&o, 0, &[Some(1), None]);
+        assert!(conns.iter().all(|c| c.1.is_none()));
+        let o = opts(&["--no-shard-aware"]);
+        assert!(!o.shard_aware);
     }
 }

@@ -143,7 +143,7 @@ pub struct Reply<'a> {
     pub id: u32,
     /// What happened.
     pub outcome: Outcome,
-    /// A GET's value (empty otherwise).
+    /// A GET's value, a HELLO's whole OK body (empty otherwise).
     pub value: &'a [u8],
 }
 
@@ -353,6 +353,9 @@ fn parse_dkv(buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, Broken> {
             Some((_, v)) => v,
             None => return Err(broken("GET reply without a version".into())),
         }
+    } else if outcome == Outcome::Ok && r.op == op::HELLO {
+        // Which shard the connection landed on (shard-aware connections check it).
+        r.body
     } else {
         &[]
     };
@@ -630,5 +633,18 @@ mod tests {
         let e = parse(Proto::Dkv, &out).unwrap_err();
         assert_eq!(e.code, Status::TooManyConnections as Code);
         assert_eq!(code_name(e.code), "TOO_MANY_CONNECTIONS");
+    }
+
+    #[test]
+    fn dkv_hello_reply_keeps_its_body() {
+        use dkv::client::HelloInfo;
+        use dkv::protocol::message::put_ok;
+        let mut out = Vec::new();
+        let body = [0, 1, 0, 0, 0, 9, 0, 1, 0, 2];
+        put_ok(&mut out, op::HELLO, HELLO_ID, &[&body]);
+        let (r, _) = parse(Proto::Dkv, &out).unwrap().unwrap();
+        assert_eq!((r.id, r.outcome), (HELLO_ID, Outcome::Ok));
+        let h = HelloInfo::parse(r.value).expect("a HELLO body");
+        assert_eq!((h.version, h.node_id, h.shard, h.shards), (1, 9, 1, 2));
     }
 }

@@ -8,6 +8,10 @@
 //! `--pipeline` × its connections in flight per thread. A request whose owners all have no
 //! connection up goes to any connection (any node coordinates any request) and is counted as
 //! sent to a non-owner. A stale map costs hops, never wrong answers.
+//!
+//! With shard-aware connections (the default, protocol.md § 11.2) each thread's connections
+//! to a node are also pinned to its shards, and the engine prefers the owner's connection
+//! pinned to the key's shard (`partition mod K`), so the request crosses no shard either.
 
 use crate::workload::put_key;
 use dkv::client::Client;
@@ -115,11 +119,14 @@ impl RingRoute {
         })
     }
 
-    /// The owners (indexes into `addrs`) of key number `index`, as it goes on the wire.
-    pub fn owners_of(&self, index: u64, scratch: &mut Vec<u8>) -> &[usize] {
+    /// The partition of key number `index`, as it goes on the wire, and its owners (indexes
+    /// into `addrs`, primary first). The partition also names the key's shard on a node
+    /// (`dkv::hash::shard_of_partition`).
+    pub fn route_of(&self, index: u64, scratch: &mut Vec<u8>) -> (usize, &[usize]) {
         scratch.clear();
         put_key(scratch, index, self.key_size);
-        &self.owners[partition_of(scratch)]
+        let partition = partition_of(scratch);
+        (partition, &self.owners[partition])
     }
 
     /// The node index of a connection's address (`None`: not a ring node).
