@@ -22,6 +22,8 @@ pub struct ReadBuf {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// See [`ReadBuf::last_read_short`].
+    last_read_short: bool,
 }
 
 impl ReadBuf {
@@ -83,8 +85,17 @@ impl ReadBuf {
         );
         let limit = (self.end + READ_CHUNK_SIZE).min(self.buf.len());
         let n = r.read(&mut self.buf[self.end..limit])?;
+        self.last_read_short = n < limit - self.end;
         self.end += n;
         Ok(n)
+    }
+
+    /// Whether the last [`ReadBuf::read_from`] returned less than it asked for: from a TCP
+    /// socket that means the socket had nothing more at that moment, so (with edge-triggered
+    /// readiness, which reports every later arrival) another read now would only return
+    /// WouldBlock — a syscall per request saved at pipeline depth 1.
+    pub fn last_read_short(&self) -> bool {
+        self.last_read_short
     }
 
     /// Give memory back after a large frame: an empty buffer above one chunk shrinks to one.

@@ -78,6 +78,9 @@ struct Conn {
     closing: bool,
     /// The peer closed its sending side: answer what it sent, then close.
     eof: bool,
+    /// The last readiness event said the peer closed its side (FIN with the data): a short
+    /// read then does not mean the socket is done, the EOF is still to be read.
+    read_closed: bool,
     /// Reading stopped for backpressure; resume when replies drain.
     paused: bool,
     /// Already in the flush list of this turn.
@@ -300,6 +303,9 @@ impl Worker {
                     }
                     Token(k) => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            if let Some(c) = self.conns.get_mut(k) {
+                                c.read_closed |= ev.is_read_closed() || ev.is_error();
+                            }
                             self.read_conn(k, now_ms);
                         }
                         if ev.is_writable() {
@@ -611,6 +617,7 @@ impl Worker {
                 deferred_at: std::collections::VecDeque::new(),
                 closing: false,
                 eof: false,
+                read_closed: false,
                 paused: false,
                 queued: false,
                 reserved: 0,
@@ -701,7 +708,9 @@ impl Worker {
                     c.track_partial_frame(f > 0, c.last_active);
                     frames += f;
                     immediate += i;
-                    if c.closing {
+                    if c.closing || (c.rbuf.last_read_short() && !c.read_closed) {
+                        // A short read emptied the socket: the next arrival brings a new
+                        // readiness event (edge-triggered), so no read to see WouldBlock.
                         more = false;
                         break;
                     }
