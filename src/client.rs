@@ -292,15 +292,7 @@ impl Client {
         key: &[u8],
         consistency: Consistency,
     ) -> Result<Option<(u64, Vec<u8>)>, ClientError> {
-        let r = self.call(&Request::Get { key, consistency })?;
-        if r.status() == Some(Status::NotFound) {
-            return Ok(None);
-        }
-        let r = expect_ok(r)?;
-        let (v, value) = r
-            .version_and_rest()
-            .ok_or_else(|| ClientError::Protocol("GET reply without a version".into()))?;
-        Ok(Some((v, value.to_vec())))
+        found(self.call(&Request::Get { key, consistency })?)
     }
 
     /// PUT: the version assigned to the write.
@@ -369,6 +361,18 @@ impl Client {
         let v = u64::from_be_bytes(r.body[..8].try_into().expect("8 bytes"));
         Ok(Some((v, r.body[16..].to_vec())))
     }
+}
+
+/// A GET reply: the version and value, or `None` for NOT_FOUND.
+fn found(r: Reply) -> Result<Option<(u64, Vec<u8>)>, ClientError> {
+    if r.status() == Some(Status::NotFound) {
+        return Ok(None);
+    }
+    let r = expect_ok(r)?;
+    let (v, value) = r
+        .version_and_rest()
+        .ok_or_else(|| ClientError::Protocol("GET reply without a version".into()))?;
+    Ok(Some((v, value.to_vec())))
 }
 
 /// Turn a non-OK reply into an error.
@@ -588,15 +592,7 @@ impl RingClient {
         key: &[u8],
         consistency: Consistency,
     ) -> Result<Option<(u64, Vec<u8>)>, ClientError> {
-        let r = self.call(&Request::Get { key, consistency })?;
-        if r.status() == Some(Status::NotFound) {
-            return Ok(None);
-        }
-        let r = expect_ok(r)?;
-        let (v, value) = r
-            .version_and_rest()
-            .ok_or_else(|| ClientError::Protocol("GET reply without a version".into()))?;
-        Ok(Some((v, value.to_vec())))
+        found(self.call(&Request::Get { key, consistency })?)
     }
 
     /// PUT: the version assigned to the write.

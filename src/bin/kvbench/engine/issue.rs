@@ -1,0 +1,222 @@
+//! Drawing and issuing operations: the next operation for a connection, shard queues, ring
+//! routing.
+
+use super::*;
+
+impl Worker {
+    /// The next operation of this thread's work, or `None` when it is done.
+    pub(super) fn next_op(&mut self) -> Option<(Op, u64)> {
+        if let Some(op) = self.routing.as_mut().and_then(|r| r.parked.take()) {
+            return Some(op);
+        }
+        match &self.work {
+            Work::Mix { requests, .. } => {
+                if requests.is_some_and(|r| self.issued >= r) {
+                    return None;
+                }
+                let op = self.sh.cfg.mix.pick(&mut self.rng);
+                let key = if op == Op::Insert {
+                    self.sh.chooser.insert()
+                } else {
+                    self.sh.chooser.existing(&mut self.rng)
+                };
+                Some((op, key))
+            }
+            Work::Preload { start, end } => {
+                let key = start + self.cursor;
+                if key >= *end {
+                    return None;
+                }
+                self.cursor += 1;
+                Some((Op::Put, key))
+            }
+            Work::Readback { keys, start, end } => {
+                let i = start + self.cursor as usize;
+                if i >= *end {
+                    return None;
+                }
+                self.cursor += 1;
+                Some((Op::Get, keys[i]))
+            }
+        }
+    }
+
+    /// The next operation for connection `ci`: with shard-aware routing, one its shard owns
+    /// (see the module docs).
+    pub(super) fn next_for(&mut self, ci: usize) -> Next {
+        if let Work::Mix {
+            requests: Some(r), ..
+        } = self.work
+        {
+            if self.issued >= r {
+                return Next::Done;
+            }
+        }
+        let (Some(mut route), Some(pin)) = (self.shard_route.take(), self.conns[ci].pin) else {
+            return match self.next_op() {
+                Some((op, key)) => Next::Op(op, key),
+                None => Next::Done,
+            };
+        };
+        let key_size = self.sh.cfg.encoder.key_size;
+        let next = match route.pending[pin.shard].pop_front() {
+            Some((op, key)) => Next::Op(op, key),
+            // Each round either returns or queues one operation where there is room, so this
+            // ends after at most `shards * PENDING_OPS_MAX` rounds.
+            None => loop {
+                let Some((op, key)) = self.next_op() else {
+                    break if route.pending.iter().all(|q| q.is_empty()) {
+                        Next::Done
+                    } else {
+                        Next::NotNow
+                    };
+                };
+                let s = route.shard_of(key, key_size);
+                if s == pin.shard
+                    || route.conns_of[s].is_empty()
+                    || route.pending[s].len() >= PENDING_OPS_MAX
+                {
+                    break Next::Op(op, key);
+                }
+                route.pending[s].push_back((op, key));
+                for &cj in &route.conns_of[s] {
+                    self.mark_dirty(cj);
+                }
+            },
+        };
+        self.shard_route = Some(route);
+        next
+    }
+
+    /// Take the next operation and send it on `ci` (which has a free slot); false when the
+    /// work is done or nothing is left for this connection now.
+    pub(super) fn issue(&mut self, ci: usize, start_ns: u64, now: u64) -> bool {
+        let (op, key) = match self.next_for(ci) {
+            Next::Op(op, key) => (op, key),
+            Next::NotNow => return false,
+            Next::Done => {
+                self.issuing = false;
+                return false;
+            }
+        };
+        self.issue_op(ci, op, key, start_ns, now);
+        true
+    }
+
+    /// Send `op` on `key` on `ci` (which has a free slot).
+    pub(super) fn issue_op(&mut self, ci: usize, op: Op, key: u64, start_ns: u64, now: u64) {
+        self.issued += 1;
+        let c = &mut self.conns[ci];
+        // Callers only issue on a connection with inflight < pipeline = number of slots.
+        let si = c
+            .free
+            .pop()
+            .expect("a connection below its pipeline has a free slot");
+        let slot = &mut c.slots[si as usize];
+        assert!(!slot.in_use, "free slot {si} is in use");
+        slot.in_use = true;
+        slot.op = op;
+        slot.stage = 0;
+        slot.key = key;
+        slot.start_ns = start_ns;
+        c.inflight += 1;
+        self.encode(ci, si, now);
+    }
+
+    /// The connection for a request on key `key`: to the first owner that has a connection
+    /// up, a ready one with a free slot, pinned to the key's shard there when the thread has
+    /// a live one (else any of the owner's); `Wait` while such an owner's chosen connections
+    /// are all busy or still connecting; any ready connection with room when no owner has one
+    /// up.
+    pub(super) fn pick(&mut self, key: u64) -> Pick {
+        let Some(route) = self.sh.cfg.route.as_ref() else {
+            return self.free_conn().map_or(Pick::Wait, |ci| Pick::Conn {
+                ci,
+                owner: false,
+                shard: false,
+            });
+        };
+        let r = self
+            .routing
+            .as_mut()
+            .expect("routing state exists with a route");
+        let (partition, owners) = route.route_of(key, &mut r.scratch);
+        for &node in owners {
+            let k = r.shards[node];
+            if k > 1 {
+                let s = dkv::hash::shard_of_partition(partition, k);
+                let conns = &r.by_shard[node][s];
+                match search(&self.conns, conns, &mut r.next_in_shard[node][s]) {
+                    Search::Found(ci) => {
+                        return Pick::Conn {
+                            ci,
+                            owner: true,
+                            shard: true,
+                        }
+                    }
+                    Search::Busy => return Pick::Wait,
+                    // No live connection pinned to the shard: any of the node's will do.
+                    Search::Down => {}
+                }
+            }
+            match search(&self.conns, &r.by_node[node], &mut r.next[node]) {
+                Search::Found(ci) => {
+                    return Pick::Conn {
+                        ci,
+                        owner: true,
+                        shard: false,
+                    }
+                }
+                Search::Busy => return Pick::Wait,
+                Search::Down => {}
+            }
+        }
+        self.free_conn().map_or(Pick::Wait, |ci| Pick::Conn {
+            ci,
+            owner: false,
+            shard: false,
+        })
+    }
+
+    /// Send the next operation on the connection [`Worker::pick`] chooses. `Some(true)`: sent;
+    /// `Some(false)`: the work is done; `None`: no room now (the operation waits, parked).
+    pub(super) fn issue_routed(&mut self, start_ns: u64, now: u64) -> Option<bool> {
+        let Some((op, key)) = self.next_op() else {
+            self.issuing = false;
+            return Some(false);
+        };
+        match self.pick(key) {
+            Pick::Conn { ci, owner, shard } => {
+                let r = self.routing.as_mut().expect("routing state");
+                if owner {
+                    r.to_owner += 1;
+                } else {
+                    r.to_other += 1;
+                }
+                if shard {
+                    r.to_shard += 1;
+                }
+                self.issue_op(ci, op, key, start_ns, now);
+                self.mark_dirty(ci);
+                Some(true)
+            }
+            Pick::Wait => {
+                self.routing.as_mut().expect("routing state").parked = Some((op, key));
+                None
+            }
+        }
+    }
+
+    /// Closed loop under `--route ring`: top the thread up to its budget of requests in
+    /// flight, each on a connection to an owner of its key.
+    pub(super) fn refill_routed(&mut self, now: u64) {
+        let budget = self.routing.as_ref().map_or(0, |r| r.budget);
+        let mut inflight: usize = self.conns.iter().map(|c| c.inflight).sum();
+        while self.issuing && inflight < budget {
+            match self.issue_routed(now, now) {
+                Some(true) => inflight += 1,
+                _ => break,
+            }
+        }
+    }
+}
