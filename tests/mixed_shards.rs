@@ -32,9 +32,6 @@ impl Cluster {
     /// Start nodes 1..=3 with `shards[i - 1]` shards and `extra` arguments; return once each
     /// node measured its clock on every shard and sees every node alive.
     fn start(name: &str, shards: [usize; 3], extra: &[&str]) -> Cluster {
-        let ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
-        let list = common::node_list(&ports);
-        let dir = common::temp_dir(name);
         let gossip = GOSSIP_INTERVAL_MS.to_string();
         let mut args = vec![
             "--gossip-interval-ms",
@@ -45,14 +42,7 @@ impl Cluster {
             "1000",
         ];
         args.extend_from_slice(extra);
-        let nodes: Vec<Node> = (0..3)
-            .map(|i| {
-                let all = common::cluster_args(i + 1, &list, shards[i], &args);
-                let all: Vec<&str> = all.iter().map(String::as_str).collect();
-                Node::start_on(ports[i], &dir.join(format!("node-{}", i + 1)), &all)
-            })
-            .collect();
-        nodes.iter().for_each(common::wait_clocks_measured);
+        let nodes = common::start_nodes(name, &shards, 3, &args);
         let c = Cluster { nodes };
         for id in 1..=3 {
             c.wait_alive(id, &[1, 2, 3]);

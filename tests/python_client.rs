@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{free_port, node_list, temp_dir, wait_clocks_measured, wait_for, Node, READY_TIMEOUT};
+use common::{free_port, temp_dir, wait_for, Node, READY_TIMEOUT};
 use dkv::client::Client;
 use dkv::protocol::Role;
 use std::fs::File;
@@ -174,28 +174,9 @@ fn python_client_routes_by_the_ring() {
         eprintln!("SKIPPED python_client_routes_by_the_ring: python3 is not installed");
         return;
     }
-    let ports: Vec<u16> = (0..RING_TEST_NODES).map(|_| free_port()).collect();
-    let list = node_list(&ports);
-    let dir = temp_dir("python-ring");
-    let nodes: Vec<Node> = (0..RING_TEST_NODES)
-        .map(|i| {
-            let id = (i + 1).to_string();
-            let args = [
-                "--id",
-                &id,
-                "--nodes",
-                &list,
-                "--replicas",
-                RING_TEST_REPLICAS,
-                "--cluster-secret",
-                "test-secret",
-                "--shards",
-                "2",
-            ];
-            Node::start_on(ports[i], &dir.join(format!("node-{id}")), &args)
-        })
-        .collect();
-    nodes.iter().for_each(wait_clocks_measured);
+    let replicas: usize = RING_TEST_REPLICAS.parse().expect("a number");
+    let nodes = common::start_nodes("python-ring", &[2; RING_TEST_NODES], replicas, &[]);
+    let dir = temp_dir("python-ring-out");
 
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
     let out_path = dir.with_extension("python.out");

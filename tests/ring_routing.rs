@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{free_port, node_list, temp_dir, wait_clocks_measured, wait_for, Node};
+use common::{wait_for, Node};
 use dkv::client::RingClient;
 use dkv::protocol::Consistency;
 use std::process::{Command, Stdio};
@@ -23,31 +23,8 @@ const KEYS: usize = 600;
 const KVBENCH_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn start_cluster(name: &str) -> Vec<Node> {
-    let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
-    let list = node_list(&ports);
-    let dir = temp_dir(name);
-    let nodes: Vec<Node> = (0..NODES)
-        .map(|i| {
-            let id = (i + 1).to_string();
-            let args = [
-                "--id",
-                &id,
-                "--nodes",
-                &list,
-                "--replicas",
-                REPLICAS,
-                "--cluster-secret",
-                "test-secret",
-                "--shards",
-                "2",
-                "--gossip-interval-ms",
-                "50",
-            ];
-            Node::start_on(ports[i], &dir.join(format!("node-{id}")), &args)
-        })
-        .collect();
-    nodes.iter().for_each(wait_clocks_measured);
-    nodes
+    let replicas: usize = REPLICAS.parse().expect("a number");
+    common::start_nodes(name, &[2; NODES], replicas, &["--gossip-interval-ms", "50"])
 }
 
 /// `key_requests_owned` and `key_requests_not_owned` summed over `nodes`.

@@ -309,13 +309,24 @@ pub fn node_list(ports: &[u16]) -> String {
 /// The command line of node `id` of a test cluster: the node list, N=3, the test secret,
 /// `shards` shards, then `extra`.
 pub fn cluster_args(id: usize, list: &str, shards: usize, extra: &[&str]) -> Vec<String> {
+    cluster_args_n(id, list, 3, shards, extra)
+}
+
+/// [`cluster_args`] with `replicas` copies of each key.
+pub fn cluster_args_n(
+    id: usize,
+    list: &str,
+    replicas: usize,
+    shards: usize,
+    extra: &[&str],
+) -> Vec<String> {
     let mut args: Vec<String> = [
         "--id",
         &id.to_string(),
         "--nodes",
         list,
         "--replicas",
-        "3",
+        &replicas.to_string(),
         "--cluster-secret",
         "test-secret",
         "--shards",
@@ -334,12 +345,20 @@ pub fn cluster_args(id: usize, list: &str, shards: usize, extra: &[&str]) -> Vec
 /// against its peers (until then a node refuses writes with CLOCK_OFFSET, see
 /// [`wait_clocks_measured`]); waiting for membership is the caller's.
 pub fn start_three_nodes(name: &str, args: &[&str]) -> Vec<Node> {
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    start_nodes(name, &[2, 2, 2], 3, args)
+}
+
+/// Start a cluster of `shards.len()` nodes, node `i` (1-based) with `shards[i - 1]` shards,
+/// `replicas` copies of each key and the test secret, on free loopback ports; `args` are added
+/// to every node's command line. Returns once every node answers PING and has measured its
+/// clock on every shard; waiting for membership is the caller's.
+pub fn start_nodes(name: &str, shards: &[usize], replicas: usize, args: &[&str]) -> Vec<Node> {
+    let ports: Vec<u16> = shards.iter().map(|_| free_port()).collect();
     let list = node_list(&ports);
     let dir = temp_dir(name);
-    (0..3)
+    (0..shards.len())
         .map(|i| {
-            let all = cluster_args(i + 1, &list, 2, args);
+            let all = cluster_args_n(i + 1, &list, replicas, shards[i], args);
             let all: Vec<&str> = all.iter().map(String::as_str).collect();
             Node::start_on(ports[i], &dir.join(format!("node-{}", i + 1)), &all)
         })
