@@ -6,6 +6,7 @@
 //! raises the open-file limit, derives the connection cap, starts the shard threads and waits
 //! for them; SIGINT/SIGTERM make every loop sync its store and stop.
 
+mod conn;
 pub mod mailbox;
 pub mod peers;
 pub mod readbuf;

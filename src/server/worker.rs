@@ -15,23 +15,23 @@
 //! edge-triggered readiness would not report their bytes again) and the connections holding
 //! the most unread replies are dropped. A frame must arrive whole within the frame timeout.
 
+use super::conn::{process_frames, Conn};
 use super::mailbox::{Full, Mailbox};
 use super::peers::PeerLinks;
 use super::readbuf::ReadBuf;
 use super::system;
-use crate::budget::{reply_reserve_bytes, MemoryBudget};
 use crate::limits::{
-    COORDINATOR_OPS_HIGH_WATER, COORDINATOR_OPS_LOW_WATER, IN_FLIGHT_PER_CONNECTION_MAX,
-    MAINTENANCE_TICK_MS, MAINTENANCE_URGENT_TICK_MS, POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX,
-    READ_BYTES_PER_TURN_MAX, READ_CHUNK_SIZE, REQUESTS_PER_READ_EVENT_MAX,
-    SCRATCH_IDLE_CAPACITY_MAX, SHUTDOWN_FLUSH_MS_MAX, TRIM_AFTER_FREED_BYTES,
-    WRITE_BUFFER_HIGH_WATER, WRITE_BUFFER_IDLE_CAPACITY_MAX, WRITE_BUFFER_SIZE_MAX,
+    COORDINATOR_OPS_HIGH_WATER, COORDINATOR_OPS_LOW_WATER, MAINTENANCE_TICK_MS,
+    MAINTENANCE_URGENT_TICK_MS, POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX, READ_BYTES_PER_TURN_MAX,
+    READ_CHUNK_SIZE, REQUESTS_PER_READ_EVENT_MAX, SCRATCH_IDLE_CAPACITY_MAX, SHUTDOWN_FLUSH_MS_MAX,
+    TRIM_AFTER_FREED_BYTES, WRITE_BUFFER_HIGH_WATER, WRITE_BUFFER_IDLE_CAPACITY_MAX,
+    WRITE_BUFFER_SIZE_MAX,
 };
 use crate::protocol::message::{put_connection_error, put_error};
 use crate::protocol::{frame, Status, RESPONSE_BIT};
-use crate::shard::{After, ConnId, Mail, NodeShared, Session, ShardCore, SyncPolicy};
+use crate::shard::{ConnId, Mail, NodeShared, Session, ShardCore, SyncPolicy};
 use byteorder::{BigEndian, ByteOrder};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use std::io::{self, Write};
@@ -60,108 +60,6 @@ pub fn wall_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-struct Conn {
-    stream: TcpStream,
-    id: ConnId,
-    rbuf: ReadBuf,
-    wbuf: Vec<u8>,
-    wpos: usize,
-    session: Session,
-    last_active: Instant,
-    in_flight: usize,
-    /// Start of the turn that read each deferred request, oldest first (for the latency
-    /// histogram; replies from one owner shard come back in order).
-    deferred_at: std::collections::VecDeque<Instant>,
-    /// Send what is buffered, then close.
-    closing: bool,
-    /// The peer closed its sending side: answer what it sent, then close.
-    eof: bool,
-    /// The last readiness event said the peer closed its side (FIN with the data): a short
-    /// read then does not mean the socket is done, the EOF is still to be read.
-    read_closed: bool,
-    /// Reading stopped for backpressure; resume when replies drain.
-    paused: bool,
-    /// Already in the flush list of this turn.
-    queued: bool,
-    /// Bytes reserved for the replies of this connection's requests in flight (`budget.rs`).
-    reserved: usize,
-    /// Bytes of buffers charged to the node budget for this connection.
-    charged: usize,
-    /// When the first byte of the incomplete frame at the end of the read buffer arrived.
-    frame_since: Option<Instant>,
-    /// Not read because the node budget had no room to grow its read buffer.
-    waiting_memory: bool,
-}
-
-impl Conn {
-    fn pending_out(&self) -> usize {
-        self.wbuf.len() - self.wpos
-    }
-
-    fn is_peer(&self) -> bool {
-        matches!(self.session.role, Some(crate::protocol::Role::Peer))
-    }
-
-    /// Bytes the next request in the read buffer would reserve for its reply. Peer sessions
-    /// reserve nothing: they are authenticated, and pausing them would slow down the very
-    /// acknowledgements that free memory.
-    fn next_reserve(&self) -> usize {
-        let data = self.rbuf.data();
-        if self.is_peer() || data.len() < 5 {
-            return 0;
-        }
-        reply_reserve_bytes(data[4])
-    }
-
-    /// Whether decoding must stop: too many replies unsent, too many requests in flight, or
-    /// the next request's reply would not fit the connection's budget (always admitted when
-    /// nothing is outstanding, so a connection can never wait on itself).
-    fn over_limits(&self, connection_bytes_max: usize) -> bool {
-        let outstanding = self.pending_out() + self.reserved;
-        self.pending_out() > WRITE_BUFFER_HIGH_WATER
-            || self.in_flight >= IN_FLIGHT_PER_CONNECTION_MAX
-            || (outstanding > 0 && outstanding + self.next_reserve() > connection_bytes_max)
-    }
-
-    /// What the connection's buffers cost now.
-    fn buffer_bytes(&self) -> usize {
-        self.rbuf.allocated() + self.wbuf.capacity()
-    }
-
-    /// Bring the node budget up to date with this connection's buffers; returns bytes freed.
-    fn recharge(&mut self, budget: &MemoryBudget) -> usize {
-        let now = self.buffer_bytes();
-        budget.resize(self.charged, now);
-        let freed = self.charged.saturating_sub(now);
-        self.charged = now;
-        freed
-    }
-
-    /// Give back the reservation of one reply with opcode `opc`.
-    fn unreserve(&mut self, opc: u8, budget: &MemoryBudget) {
-        let n = if self.in_flight == 0 {
-            self.reserved
-        } else {
-            reply_reserve_bytes(opc).min(self.reserved)
-        };
-        self.reserved -= n;
-        budget.unreserve(n);
-    }
-
-    /// Track when the incomplete frame at the end of the read buffer began: `consumed` says
-    /// whether whole frames were taken from the buffer since the last call (the incomplete
-    /// frame left is then a new one).
-    fn track_partial_frame(&mut self, consumed: bool, now: Instant) {
-        let data = self.rbuf.data();
-        let partial = !data.is_empty() && matches!(frame::check(data), Ok(None));
-        if !partial {
-            self.frame_since = None;
-        } else if consumed || self.frame_since.is_none() {
-            self.frame_since = Some(now);
-        }
-    }
 }
 
 /// Everything one shard thread owns.
@@ -955,58 +853,6 @@ impl Worker {
             self.shared.connections_open.fetch_sub(1, Ordering::Relaxed);
         }
     }
-}
-
-/// Cut and process every whole frame in a connection's read buffer, stopping at its limits.
-/// Returns the number of requests processed and how many of them were answered immediately.
-fn process_frames(
-    core: &mut ShardCore,
-    c: &mut Conn,
-    budget: &MemoryBudget,
-    now_ms: u64,
-    turn_start: Instant,
-) -> (usize, u64) {
-    let mut n = 0;
-    let mut n_immediate = 0;
-    c.paused = false;
-    loop {
-        if c.over_limits(budget.connection_bytes_max()) {
-            if !c.paused && c.pending_out() + c.reserved > WRITE_BUFFER_HIGH_WATER {
-                budget.paused_connection.fetch_add(1, Ordering::Relaxed);
-            }
-            c.paused = true;
-            break;
-        }
-        match frame::parse(c.rbuf.data()) {
-            Ok(Some((f, len))) => {
-                // Decided before the frame is handled: a HELLO may change the session's role.
-                let reserve = c.next_reserve();
-                let after = core.on_frame(now_ms, c.id, &mut c.session, f, &mut c.wbuf);
-                c.rbuf.consume(len);
-                n += 1;
-                match after {
-                    After::Continue => n_immediate += 1,
-                    After::Deferred => {
-                        c.in_flight += 1;
-                        c.reserved += reserve;
-                        budget.reserve(reserve);
-                        c.deferred_at.push_back(turn_start);
-                    }
-                    After::Close => {
-                        c.closing = true;
-                        break;
-                    }
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                core.reject_stream(e, &mut c.wbuf);
-                c.closing = true;
-                break;
-            }
-        }
-    }
-    (n, n_immediate)
 }
 
 /// Answer request records that could not be forwarded (the owner's mailbox is full).

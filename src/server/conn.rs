@@ -1,0 +1,166 @@
+//! One client or peer connection of a shard's event loop: its socket, buffers, session and
+//! budget accounting ([`Conn`]), and cutting the frames of its read buffer and handing them
+//! to the shard core ([`process_frames`]). The loop itself is in `worker.rs`.
+
+use super::readbuf::ReadBuf;
+use crate::budget::{reply_reserve_bytes, MemoryBudget};
+use crate::limits::{IN_FLIGHT_PER_CONNECTION_MAX, WRITE_BUFFER_HIGH_WATER};
+use crate::protocol::frame;
+use crate::shard::{After, ConnId, Session, ShardCore};
+use mio::net::TcpStream;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+pub(super) struct Conn {
+    pub(super) stream: TcpStream,
+    pub(super) id: ConnId,
+    pub(super) rbuf: ReadBuf,
+    pub(super) wbuf: Vec<u8>,
+    pub(super) wpos: usize,
+    pub(super) session: Session,
+    pub(super) last_active: Instant,
+    pub(super) in_flight: usize,
+    /// Start of the turn that read each deferred request, oldest first (for the latency
+    /// histogram; replies from one owner shard come back in order).
+    pub(super) deferred_at: std::collections::VecDeque<Instant>,
+    /// Send what is buffered, then close.
+    pub(super) closing: bool,
+    /// The peer closed its sending side: answer what it sent, then close.
+    pub(super) eof: bool,
+    /// The last readiness event said the peer closed its side (FIN with the data): a short
+    /// read then does not mean the socket is done, the EOF is still to be read.
+    pub(super) read_closed: bool,
+    /// Reading stopped for backpressure; resume when replies drain.
+    pub(super) paused: bool,
+    /// Already in the flush list of this turn.
+    pub(super) queued: bool,
+    /// Bytes reserved for the replies of this connection's requests in flight (`budget.rs`).
+    pub(super) reserved: usize,
+    /// Bytes of buffers charged to the node budget for this connection.
+    pub(super) charged: usize,
+    /// When the first byte of the incomplete frame at the end of the read buffer arrived.
+    pub(super) frame_since: Option<Instant>,
+    /// Not read because the node budget had no room to grow its read buffer.
+    pub(super) waiting_memory: bool,
+}
+
+impl Conn {
+    pub(super) fn pending_out(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    pub(super) fn is_peer(&self) -> bool {
+        matches!(self.session.role, Some(crate::protocol::Role::Peer))
+    }
+
+    /// Bytes the next request in the read buffer would reserve for its reply. Peer sessions
+    /// reserve nothing: they are authenticated, and pausing them would slow down the very
+    /// acknowledgements that free memory.
+    pub(super) fn next_reserve(&self) -> usize {
+        let data = self.rbuf.data();
+        if self.is_peer() || data.len() < 5 {
+            return 0;
+        }
+        reply_reserve_bytes(data[4])
+    }
+
+    /// Whether decoding must stop: too many replies unsent, too many requests in flight, or
+    /// the next request's reply would not fit the connection's budget (always admitted when
+    /// nothing is outstanding, so a connection can never wait on itself).
+    pub(super) fn over_limits(&self, connection_bytes_max: usize) -> bool {
+        let outstanding = self.pending_out() + self.reserved;
+        self.pending_out() > WRITE_BUFFER_HIGH_WATER
+            || self.in_flight >= IN_FLIGHT_PER_CONNECTION_MAX
+            || (outstanding > 0 && outstanding + self.next_reserve() > connection_bytes_max)
+    }
+
+    /// What the connection's buffers cost now.
+    pub(super) fn buffer_bytes(&self) -> usize {
+        self.rbuf.allocated() + self.wbuf.capacity()
+    }
+
+    /// Bring the node budget up to date with this connection's buffers; returns bytes freed.
+    pub(super) fn recharge(&mut self, budget: &MemoryBudget) -> usize {
+        let now = self.buffer_bytes();
+        budget.resize(self.charged, now);
+        let freed = self.charged.saturating_sub(now);
+        self.charged = now;
+        freed
+    }
+
+    /// Give back the reservation of one reply with opcode `opc`.
+    pub(super) fn unreserve(&mut self, opc: u8, budget: &MemoryBudget) {
+        let n = if self.in_flight == 0 {
+            self.reserved
+        } else {
+            reply_reserve_bytes(opc).min(self.reserved)
+        };
+        self.reserved -= n;
+        budget.unreserve(n);
+    }
+
+    /// Track when the incomplete frame at the end of the read buffer began: `consumed` says
+    /// whether whole frames were taken from the buffer since the last call (the incomplete
+    /// frame left is then a new one).
+    pub(super) fn track_partial_frame(&mut self, consumed: bool, now: Instant) {
+        let data = self.rbuf.data();
+        let partial = !data.is_empty() && matches!(frame::check(data), Ok(None));
+        if !partial {
+            self.frame_since = None;
+        } else if consumed || self.frame_since.is_none() {
+            self.frame_since = Some(now);
+        }
+    }
+}
+
+/// Cut and process every whole frame in a connection's read buffer, stopping at its limits.
+/// Returns the number of requests processed and how many of them were answered immediately.
+pub(super) fn process_frames(
+    core: &mut ShardCore,
+    c: &mut Conn,
+    budget: &MemoryBudget,
+    now_ms: u64,
+    turn_start: Instant,
+) -> (usize, u64) {
+    let mut n = 0;
+    let mut n_immediate = 0;
+    c.paused = false;
+    loop {
+        if c.over_limits(budget.connection_bytes_max()) {
+            if !c.paused && c.pending_out() + c.reserved > WRITE_BUFFER_HIGH_WATER {
+                budget.paused_connection.fetch_add(1, Ordering::Relaxed);
+            }
+            c.paused = true;
+            break;
+        }
+        match frame::parse(c.rbuf.data()) {
+            Ok(Some((f, len))) => {
+                // Decided before the frame is handled: a HELLO may change the session's role.
+                let reserve = c.next_reserve();
+                let after = core.on_frame(now_ms, c.id, &mut c.session, f, &mut c.wbuf);
+                c.rbuf.consume(len);
+                n += 1;
+                match after {
+                    After::Continue => n_immediate += 1,
+                    After::Deferred => {
+                        c.in_flight += 1;
+                        c.reserved += reserve;
+                        budget.reserve(reserve);
+                        c.deferred_at.push_back(turn_start);
+                    }
+                    After::Close => {
+                        c.closing = true;
+                        break;
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                core.reject_stream(e, &mut c.wbuf);
+                c.closing = true;
+                break;
+            }
+        }
+    }
+    (n, n_immediate)
+}
