@@ -4,6 +4,8 @@
 //! config       ClusterConfig: node list, N, secret, intervals; validated at start
 //! ownership    the versioned owners of every partition: initial, join, leave, moves, encoding
 //! ring         partitions → preference lists (a read-only view of an Ownership)
+//! ringstate    the versioned members, statuses and ownership, with the change in progress
+//! ringfile     the node's ring state on disk (through the storage Vfs)
 //! peer         the peer frames (opcodes 0x20..=0x3F): REPLICATE, READ, GOSSIP
 //! membership   gossip heartbeats, failure detector, incarnations, leader
 //! clock        clock offsets to peers (from gossip round trips), the max-offset rule
@@ -36,6 +38,8 @@ pub mod ownership;
 pub mod peer;
 pub mod replica;
 pub mod ring;
+pub mod ringfile;
+pub mod ringstate;
 pub mod rng;
 pub mod view;
 

@@ -471,6 +471,65 @@ impl Ownership {
         out
     }
 
+    /// The ownership after `new` takes every placement of `old` (a node replaced by another
+    /// with the same share: exactly `old`'s placements move, and nothing else), one version up.
+    pub fn plan_replace(&self, old: u32, new: u32) -> Result<Ownership, OwnershipError> {
+        if self.index_of(old).is_none() {
+            return Err(OwnershipError::NotMember(old));
+        }
+        if self.index_of(new).is_some() {
+            return Err(OwnershipError::AlreadyMember(new));
+        }
+        if new > NODE_ID_MAX {
+            return Err(OwnershipError::BadNode(new));
+        }
+        let mut next = self.clone();
+        for n in next.owners.iter_mut().filter(|n| **n == old) {
+            *n = new;
+        }
+        next.nodes.retain(|&n| n != old);
+        let at = next.nodes.binary_search(&new).unwrap_err();
+        next.nodes.insert(at, new);
+        next.version = self.version + 1;
+        Ok(next)
+    }
+
+    /// This ownership with partition `p`'s owners replaced by `owners` (N distinct nodes,
+    /// primary first) at `version`: one partition's flip when a move completes. The member
+    /// table follows (a node that owns nothing any more leaves it, a new owner enters it).
+    pub fn with_owners(
+        &self,
+        p: usize,
+        owners: &[u32],
+        version: u64,
+    ) -> Result<Ownership, OwnershipError> {
+        if p >= PARTITION_COUNT || owners.len() != self.replicas {
+            return Err(OwnershipError::Replicas {
+                replicas: owners.len(),
+                nodes: self.nodes.len(),
+            });
+        }
+        for (i, &n) in owners.iter().enumerate() {
+            if n > NODE_ID_MAX || owners[..i].contains(&n) {
+                return Err(OwnershipError::BadNode(n));
+            }
+        }
+        let mut next = self.clone();
+        next.owners[p * self.replicas..(p + 1) * self.replicas].copy_from_slice(owners);
+        let mut nodes = next.owners.clone();
+        nodes.sort_unstable();
+        nodes.dedup();
+        check_shape(nodes.len(), self.replicas)?;
+        next.nodes = nodes;
+        next.version = version;
+        Ok(next)
+    }
+
+    /// Whether `self` and `other` place every partition alike (versions aside).
+    pub fn same_placement(&self, other: &Ownership) -> bool {
+        self.replicas == other.replicas && self.owners == other.owners
+    }
+
     /// This ownership with another version (the leader stamps a plan it commits).
     pub fn with_version(mut self, version: u64) -> Ownership {
         self.version = version;

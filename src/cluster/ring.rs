@@ -3,11 +3,13 @@
 //! The key space is cut into [`PARTITION_COUNT`] fixed partitions by the top bits of the key
 //! hash ([`crate::hash::partition_of`]). Which nodes own each partition is an
 //! [`Ownership`]: a versioned value with N distinct owners per partition, primary first
-//! (algorithm, balance and encoding in `ownership.rs`). A `Ring` is a read-only view of one,
-//! with the lookups every caller uses (`preference_for_key`, `preference_list`, `holds`).
+//! (algorithm, balance and encoding in `ownership.rs`). The cluster's [`RingState`] holds the
+//! ownership reads use and, while a change runs, the one it moves towards. A `Ring` is a cheap
+//! read-only handle on one ring state (an `Arc`), with the lookups every caller uses:
 //!
 //! ```text
-//!   key ──hash──▶ partition p (top 8 bits) ──ownership──▶ [primary, 2nd, 3rd]  (N = 3)
+//!   key ──hash──▶ partition p (top 8 bits) ──current──▶ [primary, 2nd, 3rd]   reads
+//!                                           ──+ pending─▶ [.., new owner]       writes
 //! ```
 //!
 //! [`Ring::new`] is the first ring of a cluster started with `--nodes`
@@ -15,54 +17,62 @@
 //! Every node holds its share of placements within one, and of primaries within one.
 
 use super::ownership::Ownership;
+use super::ringstate::RingState;
 use crate::hash::partition_of;
 use crate::limits::PARTITION_COUNT;
+use std::sync::Arc;
 
-/// The placement of every partition (a view of an [`Ownership`]).
+/// The placement of every partition (a handle on a [`RingState`]).
 #[derive(Clone, Debug)]
 pub struct Ring {
-    ownership: Ownership,
+    state: Arc<RingState>,
 }
 
 impl Ring {
-    /// The first ring of `nodes` (distinct ids) with `replicas` copies of each partition.
-    /// The configuration was validated before (distinct ids, 1 ≤ N ≤ nodes): a bad one is a
-    /// programmer error.
+    /// The first ring of `nodes` (distinct ids) with `replicas` copies of each partition
+    /// (addresses unknown). The configuration was validated before (distinct ids,
+    /// 1 ≤ N ≤ nodes): a bad one is a programmer error.
     pub fn new(nodes: &[u32], replicas: usize) -> Ring {
-        match Ownership::initial(nodes, replicas) {
-            Ok(o) => Ring::from_ownership(o),
+        let listed: Vec<(u32, String)> = nodes.iter().map(|&n| (n, String::new())).collect();
+        match RingState::initial(&listed, replicas) {
+            Ok(s) => Ring::from_state(Arc::new(s)),
             Err(e) => panic!("ring of {nodes:?} with N={replicas}: {e}"),
         }
     }
 
-    /// The ring of an ownership (decided by the leader, received by gossip, or read back).
-    pub fn from_ownership(ownership: Ownership) -> Ring {
-        Ring { ownership }
+    /// The ring of a ring state (decided by the leader, pulled from a peer, or read back).
+    pub fn from_state(state: Arc<RingState>) -> Ring {
+        Ring { state }
     }
 
-    /// The ownership this ring shows.
+    /// The ring state this ring shows.
+    pub fn state(&self) -> &Arc<RingState> {
+        &self.state
+    }
+
+    /// The ownership reads use.
     pub fn ownership(&self) -> &Ownership {
-        &self.ownership
+        self.state.current()
     }
 
     /// The ring's version.
     pub fn version(&self) -> u64 {
-        self.ownership.version()
+        self.state.version()
     }
 
     /// Copies of each partition (N).
     pub fn replicas(&self) -> usize {
-        self.ownership.replicas()
+        self.state.replicas()
     }
 
-    /// The nodes of the ring, ascending.
+    /// The nodes that own partitions (current ownership), ascending.
     pub fn nodes(&self) -> &[u32] {
-        self.ownership.nodes()
+        self.state.current().nodes()
     }
 
-    /// The preference list of partition `p`: N distinct nodes, primary first.
+    /// The preference list of partition `p` (reads): N distinct nodes, primary first.
     pub fn preference_list(&self, p: usize) -> &[u32] {
-        self.ownership.owners(p)
+        self.state.owners(p)
     }
 
     /// The preference list of the partition of `key`.
@@ -70,9 +80,27 @@ impl Ring {
         self.preference_list(partition_of(key))
     }
 
-    /// Whether `node` holds a copy of partition `p`.
+    /// Where a write of partition `p` goes: its owners, then its pending owners (nodes
+    /// filling their copy while it moves). Appended to `out` (cleared first); returns how
+    /// many are pending.
+    pub fn write_set(&self, p: usize, out: &mut Vec<u32>) -> usize {
+        out.clear();
+        out.extend_from_slice(self.state.owners(p));
+        let owners = out.len();
+        out.extend(self.state.pending(p));
+        out.len() - owners
+    }
+
+    /// Whether `node` holds a copy of partition `p`: an owner, or a pending owner.
     pub fn holds(&self, node: u32, p: usize) -> bool {
-        self.preference_list(p).contains(&node)
+        self.state.holds(node, p)
+    }
+
+    /// Every node holding a copy of `p` (owners, then pending owners).
+    pub fn holders(&self, p: usize) -> Vec<u32> {
+        let mut v = Vec::new();
+        self.write_set(p, &mut v);
+        v
     }
 
     /// The partitions `node` holds a copy of, ascending.
