@@ -6,6 +6,7 @@
 //! ring         partitions → preference lists (a read-only view of an Ownership)
 //! ringstate    the versioned members, statuses and ownership, with the change in progress
 //! ringfile     the node's ring state on disk (through the storage Vfs)
+//! ringpeer     the peer frames of the elastic ring: RING_PULL, RING_CHANGE
 //! peer         the peer frames (opcodes 0x20..=0x3F): REPLICATE, READ, GOSSIP
 //! membership   gossip heartbeats, failure detector, incarnations, leader
 //! clock        clock offsets to peers (from gossip round trips), the max-offset rule
@@ -39,6 +40,7 @@ pub mod peer;
 pub mod replica;
 pub mod ring;
 pub mod ringfile;
+pub mod ringpeer;
 pub mod ringstate;
 pub mod rng;
 pub mod view;

@@ -36,6 +36,8 @@
 //!  | format | flags  | 0 u16  | version u64  | since u64    | change | change a | change b |
 //!  | u8 = 1 | bit0:  |        |              | (version the | kind u8| u32      | u32      |
 //!  |        | paused |        |              | change began)|        |          |          |
+//!  |        | bit1:  |        |              |              |        |          |          |
+//!  |        | settled|        |              |              |        |          |          |
 //!  +--------+--------+--------+--------------+--------------+--------+----------+----------+
 //!  29             31
 //!  +--------------+-----------------------------------------------------------+
@@ -217,6 +219,8 @@ impl From<OwnershipError> for RingChangeError {
 pub struct RingState {
     version: u64,
     paused: bool,
+    /// Every live member was seen holding `since` or later (see [`RingState::settled`]).
+    settled: bool,
     /// The version at which the running change was planned (0: none).
     since: u64,
     change: Option<Change>,
@@ -244,6 +248,7 @@ impl RingState {
         Ok(RingState {
             version: INITIAL_VERSION,
             paused: false,
+            settled: false,
             since: 0,
             change: None,
             members,
@@ -269,6 +274,7 @@ impl RingState {
         RingState {
             version: 0,
             paused: false,
+            settled: false,
             since: 0,
             change: None,
             members,
@@ -285,6 +291,19 @@ impl RingState {
     /// Whether partition moves are paused (cluster-wide, by the leader).
     pub fn paused(&self) -> bool {
         self.paused
+    }
+
+    /// Whether the running change is *settled*: the leader saw every live member hold the
+    /// version that began it (or a later one), so every coordinator sends the moving
+    /// partitions' writes to their pending owners too. Copies start only then: what they
+    /// miss of the writes before, the pending owner gets directly from then on.
+    pub fn settled(&self) -> bool {
+        self.settled
+    }
+
+    /// Whether copies may run: a change is settled and not paused.
+    pub fn moves_may_run(&self) -> bool {
+        self.change.is_some() && self.settled && !self.paused
     }
 
     /// The running change, if any.
@@ -436,6 +455,7 @@ impl RingState {
         self.target = Some(target.with_version(self.version));
         self.change = Some(change);
         self.since = self.version;
+        self.settled = false;
         if !self
             .current
             .same_placement(self.target.as_ref().expect("just set"))
@@ -494,6 +514,17 @@ impl RingState {
         Ok(s)
     }
 
+    /// Mark the running change settled (the leader saw every live member at `since` or
+    /// later); `None` when there is nothing to settle.
+    pub fn settle(&self) -> Option<RingState> {
+        if self.change.is_none() || self.settled {
+            return None;
+        }
+        let mut s = self.next();
+        s.settled = true;
+        Some(s)
+    }
+
     /// Pause or resume the moves (a new version either way, so it spreads).
     pub fn set_paused(&self, paused: bool) -> RingState {
         let mut s = self.next();
@@ -526,6 +557,7 @@ impl RingState {
         self.target = None;
         self.change = None;
         self.since = 0;
+        self.settled = false;
         for m in &mut self.members {
             m.status = match m.status {
                 MemberStatus::Joining => MemberStatus::Up,
@@ -538,7 +570,7 @@ impl RingState {
     /// Append the encoding (module doc) to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.push(RING_STATE_FORMAT);
-        out.push(u8::from(self.paused));
+        out.push(u8::from(self.paused) | u8::from(self.settled) << 1);
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&self.version.to_be_bytes());
         out.extend_from_slice(&self.since.to_be_bytes());
@@ -588,7 +620,7 @@ impl RingState {
                 bytes[0]
             ));
         }
-        if bytes[1] > 1 || bytes[2] != 0 || bytes[3] != 0 {
+        if bytes[1] > 3 || bytes[2] != 0 || bytes[3] != 0 {
             return Err("reserved bits set".into());
         }
         let version = BigEndian::read_u64(&bytes[4..12]);
@@ -661,7 +693,8 @@ impl RingState {
         }
         let s = RingState {
             version,
-            paused: bytes[1] == 1,
+            paused: bytes[1] & 1 != 0,
+            settled: bytes[1] & 2 != 0,
             since,
             change,
             members,
@@ -761,10 +794,13 @@ mod tests {
     #[test]
     fn encoding_round_trips_and_rejects_bad_bytes() {
         let s = cluster(4).admit(5, "127.0.0.1:7405").unwrap();
+        let s = s.settle().unwrap();
+        assert!(s.settled() && s.moves_may_run());
         let s = s
             .complete(s.moving_partitions()[0])
             .unwrap()
             .set_paused(true);
+        assert!(!s.moves_may_run());
         let bytes = s.to_bytes();
         assert_eq!(RingState::decode(&bytes).unwrap(), s);
         let settled = cluster(3);

@@ -83,6 +83,20 @@ impl Store for MemoryStore {
         report("storage_bytes", self.bytes);
     }
 
+    fn forget_keys(&mut self, doomed: &mut dyn FnMut(&[u8]) -> bool) -> Result<u64, StoreError> {
+        let before = self.map.len();
+        let mut freed = 0u64;
+        self.map.retain(|k, s| {
+            let gone = doomed(k);
+            if gone {
+                freed += (k.len() + s.value.as_ref().map_or(0, |v| v.len())) as u64;
+            }
+            !gone
+        });
+        self.bytes = self.bytes.saturating_sub(freed);
+        Ok((before - self.map.len()) as u64)
+    }
+
     /// The cursor is a position in the map's iteration order, stable while the map is not
     /// modified (each step skips `cursor` entries: O(cursor); this store is for tests).
     fn scan_keys(

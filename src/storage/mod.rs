@@ -244,6 +244,18 @@ pub trait Store: Send {
     /// combines its shards' figures by name, `_max` / `_min` by max / min and the rest summed.
     fn stats(&self, report: &mut dyn FnMut(&'static str, u64));
 
+    /// Forget every key `doomed` picks, writing nothing: their records become dead and
+    /// compaction reclaims them. For a cluster node that no longer holds a partition (the
+    /// flip that moved it away is known): a restart finds those records again, and the node
+    /// forgets them again before it serves (it knows its ring from disk). Returns how many
+    /// keys were forgotten. Default: unsupported (an error).
+    fn forget_keys(&mut self, _doomed: &mut dyn FnMut(&[u8]) -> bool) -> Result<u64, StoreError> {
+        Err(StoreError::Io(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this store cannot forget keys",
+        )))
+    }
+
     /// List up to `limit` keys (tombstones included) with their record summaries, starting at
     /// `cursor` (0 for the first call), calling `f` for each. Returns the cursor of the next
     /// step, or `None` when every key was listed. Used once at start-up to build the

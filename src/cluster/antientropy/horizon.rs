@@ -38,7 +38,9 @@ impl AntiEntropy {
     ) -> Vec<(u16, u64)> {
         let mut out = Vec::new();
         for p in 0..PARTITION_COUNT {
-            let prefs = self.ring.preference_list(p);
+            // Every holder, pending owners included: a tombstone is collected only once the
+            // copies being made have it too.
+            let prefs = &self.ring.holders(p);
             let included: Vec<u32> = prefs
                 .iter()
                 .copied()

@@ -37,6 +37,8 @@ pub(super) struct Exchange {
     /// Keys the peer wants from us.
     pub(super) wants: VecDeque<Vec<u8>>,
     pub(super) steps: u32,
+    /// A partition move's copy (see `transfer.rs`), not part of a round.
+    pub(super) transfer: bool,
 }
 
 pub(super) struct Round {
@@ -60,7 +62,7 @@ impl AntiEntropy {
             .saturating_add(self.interval_ms);
         let mut queue = VecDeque::new();
         for &p in &self.held_list {
-            for &peer in self.ring.preference_list(p) {
+            for peer in self.ring.holders(p) {
                 if peer != self.me {
                     queue.push_back((p, peer));
                 }
@@ -78,7 +80,7 @@ impl AntiEntropy {
     }
 
     pub(super) fn dispatch(&mut self, now_ms: u64, alive: &dyn Fn(u32) -> bool) {
-        while self.exchanges.len() < AE_EXCHANGES_IN_FLIGHT_MAX {
+        while self.round_exchanges() < AE_EXCHANGES_IN_FLIGHT_MAX {
             let Some(round) = self.round.as_mut() else {
                 return;
             };
@@ -110,18 +112,31 @@ impl AntiEntropy {
                     pending: VecDeque::new(),
                     wants: VecDeque::new(),
                     steps: 0,
+                    transfer: false,
                 },
             );
         }
     }
 
+    /// Exchanges of the running round in flight (partition moves' copies aside).
+    pub(super) fn round_exchanges(&self) -> usize {
+        self.exchanges.values().filter(|x| !x.transfer).count()
+    }
+
+    /// An exchange failed: count it, and mark its round not full, or its move to retry.
+    pub(super) fn exchange_failed(&mut self, x: &Exchange) {
+        self.index.stats.exchanges_failed += 1;
+        if x.transfer {
+            self.transfer_failed(x.partition);
+        } else if let Some(r) = self.round.as_mut() {
+            r.full = false;
+            r.clean = false;
+        }
+    }
+
     pub(super) fn fail_exchange(&mut self, id: u32) {
-        if self.exchanges.remove(&id).is_some() {
-            self.index.stats.exchanges_failed += 1;
-            if let Some(r) = self.round.as_mut() {
-                r.full = false;
-                r.clean = false;
-            }
+        if let Some(x) = self.exchanges.remove(&id) {
+            self.exchange_failed(&x);
         }
     }
 
@@ -133,7 +148,7 @@ impl AntiEntropy {
         leader: u32,
     ) {
         let done =
-            matches!(&self.round, Some(r) if r.queue.is_empty()) && self.exchanges.is_empty();
+            matches!(&self.round, Some(r) if r.queue.is_empty()) && self.round_exchanges() == 0;
         if done {
             let r = self.round.take().expect("checked");
             if r.full {
@@ -209,11 +224,7 @@ impl AntiEntropy {
             return; // late or unknown
         };
         if x.peer != from || f.aux != Status::Ok as u8 {
-            self.index.stats.exchanges_failed += 1;
-            if let Some(r) = self.round.as_mut() {
-                r.full = false;
-                r.clean = false;
-            }
+            self.exchange_failed(&x);
             return;
         }
         x.steps += 1;
@@ -236,11 +247,12 @@ impl AntiEntropy {
             _ => Err(bad("reply does not match the exchange")),
         };
         if r.is_err() || x.steps > AE_EXCHANGE_STEPS_MAX {
-            self.index.stats.exchanges_failed += 1;
-            if let Some(r) = self.round.as_mut() {
-                r.full = false;
-                r.clean = false;
-            }
+            self.exchange_failed(&x);
+            return;
+        }
+        if x.transfer && self.throttled(now_ms) {
+            // Over the move's byte rate: the next step waits (see `transfer.rs`).
+            self.park(x);
             return;
         }
         self.advance(now_ms, store, x);
@@ -358,7 +370,9 @@ impl AntiEntropy {
         let dropped = drops.min(n);
         self.index.stats.keys_dropped += dropped as u64;
         self.index.stats.keys_repaired -= dropped as u64;
-        if let Some(round) = self.round.as_mut() {
+        if x.transfer {
+            self.transfer_progress(p, recs.len() as u64, bytes as u64);
+        } else if let Some(round) = self.round.as_mut() {
             round.keys_moved += recs.len() as u64;
             round.bytes_moved += bytes as u64;
         }
@@ -371,16 +385,14 @@ impl AntiEntropy {
     }
 
     /// Send the exchange's next request, or finish it.
-    fn advance(&mut self, now_ms: u64, store: &mut dyn Store, mut x: Exchange) {
-        let over_budget = self.round.as_ref().is_some_and(|r| {
-            r.keys_moved >= AE_ROUND_KEYS_MAX || r.bytes_moved >= AE_ROUND_BYTES_MAX
-        });
+    pub(super) fn advance(&mut self, now_ms: u64, store: &mut dyn Store, mut x: Exchange) {
+        // A move's copy has its own bound (the byte rate), not the round's.
+        let over_budget = !x.transfer
+            && self.round.as_ref().is_some_and(|r| {
+                r.keys_moved >= AE_ROUND_KEYS_MAX || r.bytes_moved >= AE_ROUND_BYTES_MAX
+            });
         if over_budget {
-            self.index.stats.exchanges_failed += 1;
-            if let Some(r) = self.round.as_mut() {
-                r.full = false;
-                r.clean = false;
-            }
+            self.exchange_failed(&x);
             return;
         }
         let p = x.partition;
@@ -428,7 +440,9 @@ impl AntiEntropy {
                 return self.advance_keys(now_ms, x, id, h, rejoining);
             }
             self.index.stats.keys_sent += recs.len() as u64;
-            if let Some(r) = self.round.as_mut() {
+            if x.transfer {
+                // (the bytes a copy sends back are few: keys the source holds older)
+            } else if let Some(r) = self.round.as_mut() {
                 r.keys_moved += recs.len() as u64;
                 r.bytes_moved += buf.len() as u64;
             }
@@ -469,11 +483,7 @@ impl AntiEntropy {
             .is_some_and(|s| too_large(s, self.index.tree_hashed(p)))
         {
             log::warn!("anti-entropy: partition {p} segment too large to compare");
-            self.index.stats.exchanges_failed += 1;
-            if let Some(r) = self.round.as_mut() {
-                r.full = false;
-                r.clean = false;
-            }
+            self.exchange_failed(&x);
             return;
         }
         let tree = self.index.tree_hashed(p);
@@ -526,6 +536,9 @@ impl AntiEntropy {
 
     fn complete(&mut self, x: Exchange) {
         self.index.stats.exchanges += 1;
+        if x.transfer {
+            self.transfer_copied(x.partition, x.peer);
+        }
         if let Some(r) = self.round.as_mut() {
             r.synced[x.partition] = true;
         }

@@ -111,9 +111,11 @@ mod responder;
 #[cfg(test)]
 mod tests;
 mod tracked;
+mod transfer;
 mod wire;
 
 pub use tracked::{Tracked, TreeIndex};
+pub use transfer::{Throttle, Transfer, TRANSFER_LIMIT_DEFAULT, TRANSFER_RETRY_MS};
 pub use wire::{ae_op, is_anti_entropy_op, request_applies_records, routing_partition, Record};
 pub(crate) use wire::{decode_status_reply, push_key, put_status_request, put_tree_request};
 
@@ -207,6 +209,19 @@ pub struct AntiEntropy {
     /// [`AntiEntropy::take_reports`]) instead of to the leader: true on every shard but the
     /// membership shard, which reports for the whole node.
     forwards_reports: bool,
+    /// This core's shard and the node's shard count (which partitions it tracks).
+    shard: usize,
+    shards: usize,
+    /// Partitions this core takes over in the running change (see `transfer.rs`).
+    transfers: BTreeMap<usize, Transfer>,
+    /// Copies waiting for the byte rate.
+    parked: VecDeque<Exchange>,
+    throttle: Throttle,
+    transfer_limit: usize,
+    /// Whether copies may start (the change is settled and not paused).
+    moves_enabled: bool,
+    /// Partitions copied whole, not yet taken by the driver: (partition, change's version).
+    copied: Vec<(u16, u64)>,
 }
 
 /// Completed exchanges to report: (partition, peer) → start ms.
@@ -262,6 +277,14 @@ impl AntiEntropy {
             transmits: VecDeque::new(),
             horizon_max: 0,
             forwards_reports: false,
+            shard: 0,
+            shards: 1,
+            transfers: BTreeMap::new(),
+            parked: VecDeque::new(),
+            throttle: Throttle::default(),
+            transfer_limit: TRANSFER_LIMIT_DEFAULT,
+            moves_enabled: false,
+            copied: Vec::new(),
         };
         a.set_shard(0, 1);
         a
@@ -278,9 +301,27 @@ impl AntiEntropy {
     pub fn set_shard(&mut self, shard: usize, shards: usize) {
         assert!(shards >= 1 && shard < shards);
         self.forwards_reports = shard != MEMBERSHIP_SHARD;
+        self.shard = shard;
+        self.shards = shards;
+        self.update_held();
+        let ring = self.ring.clone();
+        self.plan_transfers(&ring);
+    }
+
+    /// Recompute the partitions tracked from the ring; returns those newly tracked and those
+    /// no longer tracked (their trees are gone).
+    fn update_held(&mut self) -> (Vec<usize>, Vec<usize>) {
+        let (mut added, mut dropped) = (Vec::new(), Vec::new());
         self.held_list.clear();
         for p in 0..PARTITION_COUNT {
-            let held = self.ring.holds(self.me, p) && shard_of_partition(p, shards) == shard;
+            let held =
+                self.ring.holds(self.me, p) && shard_of_partition(p, self.shards) == self.shard;
+            if held && !self.index.held[p] {
+                added.push(p);
+            }
+            if !held && self.index.held[p] {
+                dropped.push(p);
+            }
             self.index.held[p] = held;
             if held {
                 self.held_list.push(p);
@@ -288,6 +329,49 @@ impl AntiEntropy {
                 self.index.trees[p] = None;
             }
         }
+        (added, dropped)
+    }
+
+    /// Follow a new ring: track the partitions this core now holds (their trees built from
+    /// the store, in bounded steps), forget those it no longer holds, and plan the copies of
+    /// the partitions it takes over. Returns the partitions no longer held: the caller drops
+    /// their records from the store (the flip that took them is known here now).
+    pub fn set_ring(&mut self, ring: Ring, store: &dyn Store) -> Vec<usize> {
+        self.ring = ring;
+        let (added, dropped) = self.update_held();
+        if !added.is_empty() && !store.is_empty() {
+            let mut wanted = [false; PARTITION_COUNT];
+            for &p in &added {
+                wanted[p] = true;
+            }
+            let mut cursor = Some(0);
+            let steps_max = store.len() / AE_BUILD_KEYS_PER_STEP + 2;
+            for _ in 0..steps_max {
+                let Some(c) = cursor else { break };
+                let index = &mut self.index;
+                let r = store.scan_keys(c, AE_BUILD_KEYS_PER_STEP, &mut |k, m| {
+                    if wanted[crate::hash::partition_of(k)] {
+                        index.note(k, m)
+                    }
+                });
+                match r {
+                    Ok(next) => cursor = next,
+                    Err(e) => {
+                        log::error!("anti-entropy: trees of new partitions not built: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        // Exchanges of partitions no longer held end here (their replies are ignored).
+        let index = &self.index;
+        self.exchanges.retain(|_, x| index.held[x.partition]);
+        if let Some(r) = self.round.as_mut() {
+            r.queue.retain(|(p, _)| index.held[*p]);
+        }
+        let ring = self.ring.clone();
+        self.plan_transfers(&ring);
+        dropped
     }
 
     /// Build the trees from the store in bounded steps (one pass over its keys), and decide
@@ -326,6 +410,10 @@ impl AntiEntropy {
     /// When `on_tick` must run next at the latest.
     pub fn next_timeout_ms(&self) -> u64 {
         let mut t = self.next_round_ms;
+        if !self.parked.is_empty() || self.transfers.values().any(|t| !t.done && !t.running) {
+            // Copies to start or resume: soon (the byte rate is judged in steps this fine).
+            t = t.min(self.now_ms.saturating_add(10));
+        }
         for x in self.exchanges.values() {
             t = t.min(x.deadline_ms);
         }
@@ -456,6 +544,7 @@ impl AntiEntropy {
             self.start_round(now_ms);
         }
         self.dispatch(now_ms, alive);
+        self.drive_transfers(now_ms, store, alive);
         self.finish_round_if_done(now_ms, store, alive, leader);
         self.sweep_step(now_ms);
     }

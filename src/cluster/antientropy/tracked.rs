@@ -166,6 +166,10 @@ impl Store for Tracked<'_> {
     fn stats(&self, report: &mut dyn FnMut(&'static str, u64)) {
         self.store.stats(report)
     }
+    fn forget_keys(&mut self, doomed: &mut dyn FnMut(&[u8]) -> bool) -> Result<u64, StoreError> {
+        self.store.forget_keys(doomed)
+    }
+
     fn scan_keys(
         &self,
         cursor: u64,

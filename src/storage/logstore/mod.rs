@@ -543,6 +543,24 @@ impl<V: Vfs> Store for LogStore<V> {
         self.highest
     }
 
+    fn forget_keys(&mut self, doomed: &mut dyn FnMut(&[u8]) -> bool) -> Result<u64, StoreError> {
+        // Appends still in the buffer point the keydir at bytes not yet written: write them
+        // first, so that forgetting a key never has to undo a buffered append.
+        self.flush()?;
+        let keys: Vec<Vec<u8>> = self
+            .keydir
+            .iter()
+            .filter(|(k, _)| doomed(k))
+            .map(|(k, _)| k.to_vec())
+            .collect();
+        for key in &keys {
+            if let Some(old) = self.keydir.remove(key) {
+                self.account(&old, key.len(), false);
+            }
+        }
+        Ok(keys.len() as u64)
+    }
+
     /// The cursor is a position in the keydir's dense entry array (see [`KeyDir::at`]).
     fn scan_keys(
         &self,
