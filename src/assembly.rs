@@ -14,12 +14,16 @@
 //!
 //! ```text
 //!  <shard dir>/          segments, hint files, manifest (storage/logstore), CLOCK (storage/ceiling)
+//!  <shard 0 dir>/RING    the node's ring state (cluster/ringfile), on its membership shard
 //!  <hint dir>/hints-NNN.log    hinted handoff log of shard NNN (cluster/hintfile)
 //! ```
 
 use crate::cluster::hintfile::FileHintLog;
 use crate::cluster::hints::HintQueue;
-use crate::cluster::ClusterConfig;
+use crate::cluster::ringfile::{RingFile, RingStore};
+use crate::cluster::ringpeer::ChangeRequest;
+use crate::cluster::ringstate::RingState;
+use crate::cluster::{ClusterConfig, MEMBERSHIP_SHARD};
 use crate::shard::{NodeShared, ShardConfig, ShardCore, SyncPolicy};
 use crate::storage::ceiling::{
     lease_for_offset, ClockCeiling, DurableClock, NoCeiling, CLOCK_LEASE_MS,
@@ -44,6 +48,13 @@ pub struct NodeConfig {
     pub client_token: Option<Vec<u8>>,
     /// The cluster, when the node runs with `--nodes` (validated).
     pub cluster: Option<ClusterConfig>,
+    /// What the node asks the leader until the ring lists it: admission (`--join`) or
+    /// the replacement of a dead node (`--replace`).
+    pub join: Option<ChangeRequest>,
+    /// Byte rate of the node's partition copies (`--stream-mb-per-s`), 0 = unlimited.
+    pub stream_bytes_per_s: u64,
+    /// Partition copies the node runs at once (`--transfer-limit`).
+    pub transfer_limit: usize,
 }
 
 /// What one shard is built from: its store, its clock ceiling, its durable hints.
@@ -54,6 +65,9 @@ pub struct ShardParts {
     pub clock: Box<dyn DurableClock>,
     /// Hints kept on disk (`None`: in memory, or not clustered).
     pub hints: Option<HintQueue>,
+    /// On the membership shard of a cluster member: where the node's ring state is kept, and
+    /// the state read back from it.
+    pub ring: Option<(Box<dyn RingStore>, Option<RingState>)>,
 }
 
 /// Why a shard's parts could not be opened, naming the part.
@@ -111,10 +125,23 @@ pub fn open_shard<V: Vfs + Clone + 'static>(
     };
     let hints = match cluster {
         Some((c, Some(hint_dir))) => {
-            let log = FileHintLog::open(vfs, hint_dir, shard).map_err(|e| err("hint log")(&e))?;
+            let log = FileHintLog::open(vfs.clone(), hint_dir, shard).map_err(|e| err("hint log")(&e))?;
             let q = HintQueue::open(Box::new(log), ShardCore::hint_resend_ms(c))
                 .map_err(|e| err("hint log")(&e))?;
             Some(q)
+        }
+        _ => None,
+    };
+    // The node's ring state lives in the membership shard's directory. A damaged file is
+    // logged and ignored: the cluster's newest state is pulled from a peer.
+    let ring = match cluster {
+        Some(_) if shard == MEMBERSHIP_SHARD => {
+            let file = RingFile::new(vfs, dir).map_err(|e| err("ring file")(&e))?;
+            let kept = file.load().unwrap_or_else(|e| {
+                log::error!("ring file not read ({e}): the ring is pulled from a peer");
+                None
+            });
+            Some((Box::new(file) as Box<dyn RingStore>, kept))
         }
         _ => None,
     };
@@ -123,6 +150,7 @@ pub fn open_shard<V: Vfs + Clone + 'static>(
             store: Box::new(store),
             clock,
             hints,
+            ring,
         },
         report,
     ))
@@ -139,6 +167,17 @@ pub fn assemble_node(
 ) -> Vec<ShardCore> {
     assert_eq!(parts.len(), cfg.shards);
     assert_eq!(shared.shards, cfg.shards);
+    shared
+        .stream_bytes_per_s
+        .store(cfg.stream_bytes_per_s, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .transfer_limit
+        .store(cfg.transfer_limit as u64, std::sync::atomic::Ordering::Relaxed);
+    let mut parts = parts;
+    let mut ring_file = parts
+        .get_mut(MEMBERSHIP_SHARD)
+        .and_then(|p| p.ring.take());
+    let kept: Option<RingState> = ring_file.as_ref().and_then(|(_, k)| k.clone());
     parts
         .into_iter()
         .enumerate()
@@ -165,6 +204,20 @@ pub fn assemble_node(
                     core
                 }
             };
+            if cfg.cluster.is_some() {
+                // Every shard starts from the ring the node last knew (it holds, and drops,
+                // partitions by it); the membership shard also saves the ones it adopts.
+                if shard == MEMBERSHIP_SHARD {
+                    if let Some((file, kept)) = ring_file.take() {
+                        core.set_ring_store(file, kept);
+                    }
+                    if let Some(join) = &cfg.join {
+                        core.set_join(join.clone());
+                    }
+                } else if let Some(k) = &kept {
+                    core.start_with_ring(k.clone());
+                }
+            }
             // Versions issued before a restart may live only on other nodes (keys this shard
             // coordinated but does not hold): start above the durable ceiling as well.
             core.recover_ceiling();

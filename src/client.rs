@@ -342,6 +342,12 @@ impl Client {
         Ok(expect_ok(self.call(&Request::Cluster)?)?.text())
     }
 
+    /// CLUSTER_ADMIN: an operator's cluster command (`LEAVE n`, `REMOVE n`, `PLAN`,
+    /// `TRANSFERS`, `PAUSE`, `RESUME`, `THROTTLE mb`); the answer's text.
+    pub fn cluster_admin(&mut self, command: &str) -> Result<String, ClientError> {
+        Ok(expect_ok(self.call(&Request::ClusterAdmin { command })?)?.text())
+    }
+
     /// RING: the ring map (version, node addresses, owners of each partition).
     pub fn ring(&mut self) -> Result<RingMap, ClientError> {
         let r = expect_ok(self.call(&Request::Ring)?)?;

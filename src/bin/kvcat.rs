@@ -31,7 +31,7 @@ use dkv::protocol::{Consistency, Status};
 use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
 
-const HELP: &str = "commands: PUT key value [ONE|QUORUM|ALL] [ttl=SECONDS] | GET key [ONE|QUORUM|ALL] | DEL key [ONE|QUORUM|ALL] | LGET key | PING | STATS | CLUSTER | RING [PARTITIONS] | AAE | COMPACT | HELP   (quote tokens with spaces: \"a b\", bytes as \\xNN)";
+const HELP: &str = "commands: PUT key value [ONE|QUORUM|ALL] [ttl=SECONDS] | GET key [ONE|QUORUM|ALL] | DEL key [ONE|QUORUM|ALL] | LGET key | PING | STATS | CLUSTER | CLUSTER LEAVE n|REMOVE n|PLAN|PAUSE|RESUME|THROTTLE MB | TRANSFERS | RING [PARTITIONS] | AAE | COMPACT | HELP   (quote tokens with spaces: \"a b\", bytes as \\xNN)";
 
 /// Split a line into tokens, honouring double quotes and escapes.
 fn tokenize(line: &[u8]) -> Result<Vec<Vec<u8>>, String> {
@@ -202,6 +202,24 @@ fn run_command(client: &mut Client, tokens: &[Vec<u8>]) -> Vec<String> {
             Ok(text) => return text.lines().map(str::to_string).collect(),
             Err(e) => server_err(&e),
         },
+        // An operator's cluster command (CLUSTER_ADMIN opcode): a change of membership,
+        // the plan of the running one, pausing and throttling partition moves.
+        "CLUSTER" | "TRANSFERS" => {
+            let mut words: Vec<String> = args
+                .iter()
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if cmd == "TRANSFERS" {
+                if !words.is_empty() {
+                    return vec![usage_err("TRANSFERS takes no arguments")];
+                }
+                words.push("TRANSFERS".into());
+            }
+            match client.cluster_admin(&words.join(" ")) {
+                Ok(text) => return text.lines().map(str::to_string).collect(),
+                Err(e) => server_err(&e),
+            }
+        }
         "RING" if args.is_empty() || is_word(args, "PARTITIONS") => match client.ring() {
             Ok(map) => return ring_lines(&map, !args.is_empty()),
             Err(e) => server_err(&e),
@@ -223,7 +241,7 @@ fn run_command(client: &mut Client, tokens: &[Vec<u8>]) -> Vec<String> {
             Err(e) => server_err(&e),
         },
         "HELP" => HELP.into(),
-        "PUT" | "GET" | "DEL" | "DELETE" | "LGET" | "PING" | "STATS" | "CLUSTER" | "RING"
+        "PUT" | "GET" | "DEL" | "DELETE" | "LGET" | "PING" | "STATS" | "RING"
         | "AAE" | "COMPACT" => usage_err(&format!("wrong arguments for {cmd}; {HELP}")),
         _ => usage_err(&format!("unknown command {cmd:?}; {HELP}")),
     };

@@ -360,6 +360,23 @@ fn cluster_options(o: &mut getopts::Options) {
         ),
         "MS",
     );
+    // The elastic cluster (issue 12).
+    o.optopt(
+        "",
+        "stream-mb-per-s",
+        "byte rate of the partition copies this node receives when nodes join, leave or are \
+         replaced, in MB/s (0 = unlimited; changeable with kvcat CLUSTER THROTTLE) [default: 0]",
+        "MB",
+    );
+    o.optopt(
+        "",
+        "transfer-limit",
+        &format!(
+            "partition copies this node runs at once [default: {}]",
+            dkv::cluster::antientropy::TRANSFER_LIMIT_DEFAULT
+        ),
+        "N",
+    );
     // Clocks (issue 10).
     o.optopt(
         "",
@@ -631,6 +648,23 @@ fn config(m: &getopts::Matches) -> Result<(ServerConfig, String), String> {
         ));
     }
     let memory = memory_limits(m)?;
+    let stream_mb: f64 = parse_num(m, "stream-mb-per-s", 0.0)?;
+    if !(0.0..=1e6).contains(&stream_mb) {
+        return Err(format!(
+            "--stream-mb-per-s must be between 0 (unlimited) and 1000000, got {stream_mb}"
+        ));
+    }
+    let transfer_limit: usize = parse_num(
+        m,
+        "transfer-limit",
+        dkv::cluster::antientropy::TRANSFER_LIMIT_DEFAULT,
+    )?;
+    if !(1..=dkv::limits::PARTITION_COUNT).contains(&transfer_limit) {
+        return Err(format!(
+            "--transfer-limit must be between 1 and {}, got {transfer_limit}",
+            dkv::limits::PARTITION_COUNT
+        ));
+    }
     let data = m.opt_str("data").unwrap_or_else(|| "kvdata".into());
     // Hints are kept durably beside the shards' stores.
     let cluster = cluster.map(|mut c| {
@@ -648,6 +682,9 @@ fn config(m: &getopts::Matches) -> Result<(ServerConfig, String), String> {
             client_token,
             cluster,
             memory,
+            join: None,
+            stream_bytes_per_s: (stream_mb * 1_048_576.0) as u64,
+            transfer_limit,
         },
         data,
     ))

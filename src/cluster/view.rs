@@ -13,6 +13,7 @@
 //!    CLUSTER text, clock figures (STATS)            rule, cluster_now_ms, CLUSTER, STATS
 //!    member events since the last view              hint delivery on recovery
 //!    tombstone horizons (when they changed)         adopts them, sweeps, store horizon
+//!    ring state (when it changed)                   follows it: trees, copies, drops
 //!  ClusterNode::on_reports ◀── Mail::Reports ─── ClusterNode::take_reports
 //!    completed exchanges, reported to the leader    (its anti-entropy never sends STATUS)
 //! ```
@@ -61,6 +62,11 @@ pub struct NodeView {
     /// Tombstone horizons `(partition, raw version)` adopted by the membership shard (it
     /// receives the leader's decisions); empty when unchanged since the previous view.
     pub horizons: Vec<(u16, u64)>,
+    /// The version of the ring state the membership shard holds.
+    pub ring_version: u64,
+    /// That ring state, when it changed since the previous view (and on refreshes): the
+    /// shard adopts it if newer than its own.
+    pub ring: Option<std::sync::Arc<super::ringstate::RingState>>,
 }
 
 impl NodeView {
@@ -73,5 +79,6 @@ impl NodeView {
             && self.leader == other.leader
             && self.incarnation == other.incarnation
             && self.clock == other.clock
+            && self.ring_version == other.ring_version
     }
 }

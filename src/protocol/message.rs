@@ -105,6 +105,11 @@ pub enum Request<'a> {
     Compact,
     /// The ring map.
     Ring,
+    /// An operator's cluster command (text).
+    ClusterAdmin {
+        /// The command, e.g. `LEAVE 3`.
+        command: &'a str,
+    },
     /// A peer opcode, decoded by the cluster layer.
     Peer {
         /// The opcode (0x20..=0x3F).
@@ -115,6 +120,9 @@ pub enum Request<'a> {
         body: &'a [u8],
     },
 }
+
+/// Longest CLUSTER_ADMIN command in bytes.
+pub const CLUSTER_ADMIN_COMMAND_SIZE_MAX: usize = 256;
 
 /// Why a frame is not a valid request. [`RequestError::status`] gives the reply's status; a
 /// status that closes the connection means the byte stream itself is suspect.
@@ -312,6 +320,17 @@ impl<'a> Request<'a> {
             op::RING => no_flags(f.aux)
                 .and(empty_body(f.op, body))
                 .map(|_| Request::Ring),
+            op::CLUSTER_ADMIN => {
+                no_flags(f.aux)?;
+                if body.is_empty() || body.len() > CLUSTER_ADMIN_COMMAND_SIZE_MAX {
+                    return Err(RequestError::BadRequest(format!(
+                        "a CLUSTER_ADMIN command is 1 to {CLUSTER_ADMIN_COMMAND_SIZE_MAX} bytes"
+                    )));
+                }
+                let command = std::str::from_utf8(body)
+                    .map_err(|_| RequestError::BadRequest("the command is not UTF-8".into()))?;
+                Ok(Request::ClusterAdmin { command })
+            }
             op::PEER_AUTH => {
                 no_flags(f.aux)?;
                 if body.len() != crate::auth::PROOF_SIZE {
@@ -342,6 +361,7 @@ impl<'a> Request<'a> {
             Request::AntiEntropy => op::ANTI_ENTROPY,
             Request::Compact => op::COMPACT,
             Request::Ring => op::RING,
+            Request::ClusterAdmin { .. } => op::CLUSTER_ADMIN,
             Request::PeerAuth { .. } => op::PEER_AUTH,
             Request::Peer { op, .. } => *op,
         }
@@ -417,6 +437,9 @@ impl<'a> Request<'a> {
                 put_key_request(out, op::DELETE, consistency.to_bits(), id, key, &[])
             }
             Request::LocalGet { key } => put_key_request(out, op::LOCAL_GET, 0, id, key, &[]),
+            Request::ClusterAdmin { command } => {
+                frame::put_frame(out, op::CLUSTER_ADMIN, 0, id, &[command.as_bytes()])
+            }
             Request::Peer { op, aux, body } => frame::put_frame(out, op, aux, id, &[body]),
             Request::PeerAuth { proof } => {
                 assert_eq!(proof.len(), crate::auth::PROOF_SIZE, "a proof is 32 bytes");

@@ -72,6 +72,9 @@ pub mod op {
     /// The ring map: its version, the nodes' addresses and each partition's owners, so that
     /// clients can send a request to an owner of its key (protocol.md § 9, [`super::ringmap`]).
     pub const RING: u8 = 0x0C;
+    /// Admin: an operator's cluster command as text (`LEAVE n`, `REMOVE n`, `PLAN`,
+    /// `TRANSFERS`, `PAUSE`, `RESUME`, `THROTTLE mb`), answered with text (protocol.md § 11.3).
+    pub const CLUSTER_ADMIN: u8 = 0x0D;
     /// First opcode of the peer range: only connections that completed a peer HELLO may use it.
     pub const PEER_FIRST: u8 = 0x20;
     /// Last opcode of the peer range.
@@ -92,6 +95,7 @@ pub mod op {
             COMPACT => "COMPACT",
             PEER_AUTH => "PEER_AUTH",
             RING => "RING",
+            CLUSTER_ADMIN => "CLUSTER_ADMIN",
             0 => "CONNECTION",
             PEER_FIRST..=PEER_LAST => "PEER",
             _ => "UNKNOWN",

@@ -49,6 +49,12 @@ pub struct ServerConfig {
     pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Limits of the memory budget of connection buffers.
     pub memory: crate::budget::MemoryLimits,
+    /// What the node asks the leader until the ring lists it (`--join`, `--replace`).
+    pub join: Option<crate::cluster::ringpeer::ChangeRequest>,
+    /// Byte rate of partition copies (`--stream-mb-per-s`), 0 = unlimited.
+    pub stream_bytes_per_s: u64,
+    /// Partition copies at once (`--transfer-limit`).
+    pub transfer_limit: usize,
 }
 
 impl ServerConfig {
@@ -60,6 +66,9 @@ impl ServerConfig {
             sync: self.sync,
             client_token: self.client_token.clone(),
             cluster: self.cluster.clone(),
+            join: self.join.clone(),
+            stream_bytes_per_s: self.stream_bytes_per_s,
+            transfer_limit: self.transfer_limit,
         }
     }
 }

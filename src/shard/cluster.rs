@@ -82,7 +82,10 @@ fn peer_key(op: u8, aux: u8, body: &[u8]) -> Option<&[u8]> {
 /// AE_STATUS (the node's membership and the leader's horizon decisions live there); `None`
 /// for anything else (served where it landed: errors are answered there).
 fn peer_owner(op: u8, aux: u8, body: &[u8], shards: usize) -> Option<usize> {
-    if op == peer::op::GOSSIP || op == antientropy::ae_op::STATUS {
+    if op == peer::op::GOSSIP
+        || op == antientropy::ae_op::STATUS
+        || crate::cluster::ringpeer::is_ring_op(op)
+    {
         return Some(MEMBERSHIP_SHARD);
     }
     match peer_key(op, aux, body) {
@@ -127,11 +130,159 @@ impl ShardCore {
         self
     }
 
+    /// Give the membership shard the file it saves ring states to, with the state kept
+    /// there (adopted when newer than the configured ring).
+    pub fn set_ring_store(
+        &mut self,
+        ring_store: Box<dyn crate::cluster::ringfile::RingStore>,
+        kept: Option<crate::cluster::ringstate::RingState>,
+    ) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.node.set_ring_store(self.store.as_mut(), ring_store, kept);
+        }
+    }
+
+    /// Start another shard with the ring state kept on disk (if newer than the configured).
+    pub fn start_with_ring(&mut self, kept: crate::cluster::ringstate::RingState) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.node.start_with_ring(self.store.as_mut(), kept);
+        }
+    }
+
+    /// On the membership shard: ask the leader to admit this node (or to let it replace a
+    /// dead one) until the ring lists it.
+    pub fn set_join(&mut self, request: crate::cluster::ringpeer::ChangeRequest) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.node.set_join(request);
+        }
+    }
+
     /// The membership shard's view (mail): decide with it from now on.
     pub(super) fn on_view(&mut self, now_ms: u64, view: NodeView) {
         if let Some(c) = self.cluster.as_mut() {
             c.node.on_view(now_ms, self.store.as_mut(), view);
             self.pump();
+        }
+    }
+
+    /// Partitions another shard copied whole (mail to the membership shard): reported to
+    /// the leader with this shard's own.
+    pub(super) fn on_copied(&mut self, list: &[(u16, u64)]) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.node.on_copied(list);
+        }
+    }
+
+    /// A CLUSTER_ADMIN frame on connection `conn` of this shard. TRANSFERS and THROTTLE are
+    /// answered here (node-wide figures and settings); the other commands go to the
+    /// membership shard, which decides them with the leader.
+    pub(super) fn cluster_admin_frame(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        f: &FrameRef<'_>,
+        command: &str,
+        wbuf: &mut Vec<u8>,
+    ) -> After {
+        let words: Vec<&str> = command.split_whitespace().collect();
+        let verb = words
+            .first()
+            .map(|w| w.to_ascii_uppercase())
+            .unwrap_or_default();
+        let reply_text = |core: &Self, wbuf: &mut Vec<u8>, text: &str| {
+            core.count_reply(Status::Ok);
+            put_ok(wbuf, op::CLUSTER_ADMIN, f.id, &[text.as_bytes()]);
+            After::Continue
+        };
+        let reply_err = |core: &Self, wbuf: &mut Vec<u8>, status: Status, msg: &str| {
+            core.count_reply(status);
+            put_error(wbuf, op::CLUSTER_ADMIN, f.id, status, msg);
+            After::Continue
+        };
+        if self.cluster.is_none() {
+            return reply_err(
+                self,
+                wbuf,
+                Status::BadRequest,
+                "this node runs alone: cluster commands need --nodes or --join",
+            );
+        }
+        match verb.as_str() {
+            "TRANSFERS" => {
+                let mut text = String::new();
+                for c in &self.shared.counters {
+                    text.push_str(&c.transfers.lock().unwrap_or_else(|p| p.into_inner()));
+                }
+                if text.is_empty() {
+                    text.push_str("no partition is moving to this node\n");
+                }
+                reply_text(self, wbuf, &text)
+            }
+            "THROTTLE" => {
+                let mb = words.get(1).and_then(|w| w.parse::<f64>().ok());
+                match mb {
+                    Some(mb) if words.len() == 2 && (0.0..=1e6).contains(&mb) => {
+                        let rate = (mb * 1_048_576.0) as u64;
+                        self.shared
+                            .stream_bytes_per_s
+                            .store(rate, std::sync::atomic::Ordering::Relaxed);
+                        let text = if rate == 0 {
+                            "partition copies unthrottled on this node".to_string()
+                        } else {
+                            format!("partition copies on this node throttled to {mb} MB/s")
+                        };
+                        reply_text(self, wbuf, &text)
+                    }
+                    _ => reply_err(
+                        self,
+                        wbuf,
+                        Status::BadRequest,
+                        "THROTTLE takes MB per second (0 = unlimited)",
+                    ),
+                }
+            }
+            _ if self.cfg.shard != MEMBERSHIP_SHARD => {
+                let records = &mut self.outbox.requests[MEMBERSHIP_SHARD];
+                records.extend_from_slice(&conn.0.to_be_bytes());
+                crate::protocol::frame::put_frame(records, f.op, f.aux, f.id, &[f.body]);
+                After::Deferred
+            }
+            _ => {
+                self.cluster_admin(now_ms, self.cfg.shard, conn, command, f.id);
+                After::Deferred
+            }
+        }
+    }
+
+    /// An operator's command on the membership shard; the reply goes to `origin`'s `conn`.
+    fn cluster_admin(
+        &mut self,
+        now_ms: u64,
+        origin: usize,
+        conn: ConnId,
+        command: &str,
+        id: u32,
+    ) {
+        let ctx = ReplyTo {
+            shard: origin,
+            conn,
+            op: op::CLUSTER_ADMIN,
+            id,
+        };
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        match crate::cluster::node::AdminCommand::parse(command) {
+            Ok(cmd) => {
+                c.node.admin(now_ms, self.store.as_mut(), ctx, cmd);
+                self.pump();
+            }
+            Err(msg) => {
+                self.count_reply(Status::BadRequest);
+                let dest = &mut self.outbox.replies[origin];
+                dest.extend_from_slice(&conn.0.to_be_bytes());
+                put_error(dest, op::CLUSTER_ADMIN, id, Status::BadRequest, &msg);
+            }
         }
     }
 
@@ -367,6 +518,17 @@ impl ShardCore {
             c.aae_requests_seen = asked;
             c.node.trigger_anti_entropy(now_ms);
         }
+        let rate = self
+            .shared
+            .stream_bytes_per_s
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let limit = self
+            .shared
+            .transfer_limit
+            .load(std::sync::atomic::Ordering::Relaxed) as usize;
+        if rate != c.node.stream_rate() || limit != c.node.transfer_limit() {
+            c.node.set_stream_rate(rate, limit);
+        }
         c.node.on_tick(now_ms, self.store.as_mut());
         self.pump();
         let c = self.cluster.as_mut().expect("checked above");
@@ -379,6 +541,7 @@ impl ShardCore {
         if !reports.is_empty() {
             self.outbox.add_reports(reports);
         }
+        self.outbox.copied.extend(c.node.take_copied());
         // The figures go to STATS at most every STATS_PUBLISH_INTERVAL_MS: gathering them
         // walks every partition's anti-entropy state, too much for every 5 ms tick.
         if now_ms < c.last_stats_ms || now_ms >= c.last_stats_ms + STATS_PUBLISH_INTERVAL_MS {
@@ -389,6 +552,11 @@ impl ShardCore {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .publish(|report| c.node.stats_report_at(now_ms, report));
+            *self
+                .counters()
+                .transfers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = c.node.transfers_text(now_ms);
         }
         if self.cfg.shard == MEMBERSHIP_SHARD {
             self.warn_clock(now_ms);
@@ -442,16 +610,28 @@ impl ShardCore {
     ) -> Result<crate::protocol::ringmap::RingMap, crate::cluster::OwnershipError> {
         use crate::protocol::ringmap::RingMap;
         Ok(match &self.cluster {
-            Some(c) => RingMap {
-                ownership: c.node.ring().ownership().clone(),
-                addrs: c
-                    .node
-                    .config()
-                    .nodes
-                    .iter()
-                    .map(|n| (n.id, n.addr.to_string()))
-                    .collect(),
-            },
+            Some(c) => {
+                // The ring state's members (not removed) with the addresses they announced;
+                // the configured address where a member has none.
+                let state = c.node.ring_state();
+                let config = c.node.config();
+                RingMap {
+                    ownership: state.current().clone(),
+                    addrs: state
+                        .members()
+                        .iter()
+                        .filter(|m| m.status != crate::cluster::ringstate::MemberStatus::Removed)
+                        .map(|m| {
+                            let addr = if m.addr.is_empty() {
+                                config.addr_of(m.id).map(|a| a.to_string()).unwrap_or_default()
+                            } else {
+                                m.addr.clone()
+                            };
+                            (m.id, addr)
+                        })
+                        .collect(),
+                }
+            }
             None => RingMap {
                 ownership: crate::cluster::Ownership::initial(&[self.shared.node_id], 1)?,
                 addrs: vec![(self.shared.node_id, String::new())],
@@ -537,6 +717,10 @@ impl ShardCore {
                             put_error(dest, ctx.op, ctx.id, status, &message);
                             status
                         }
+                        Outcome::Text(text) => {
+                            put_ok(dest, ctx.op, ctx.id, &[text.as_bytes()]);
+                            Status::Ok
+                        }
                     };
                     self.shared.counters[self.cfg.shard].replies_by_status[status as usize]
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -569,6 +753,10 @@ impl ShardCore {
             // and READ do not use it, GOSSIP and the anti-entropy requests name their sender
             // in their body.
             Request::Peer { .. } => Some(Some(self.serve_peer(now_ms, 0, f, out))),
+            Request::ClusterAdmin { command } => {
+                self.cluster_admin(now_ms, from_shard, conn, command, f.id);
+                Some(None)
+            }
             _ => None,
         }
     }

@@ -34,6 +34,9 @@ pub enum Mail {
     /// Completed anti-entropy exchanges of another shard, for the membership shard to report
     /// to the leader. Delivered like replies.
     Reports(Reports),
+    /// Partitions another shard copied whole (partition, the change's ring version), for
+    /// the membership shard to report to the leader. Delivered like replies.
+    Copied(Vec<(u16, u64)>),
 }
 
 /// What the core hands the driver at the end of a turn.
@@ -52,6 +55,9 @@ pub struct Outbox {
     /// On the other shards: completed anti-entropy exchanges for the membership shard
     /// ([`crate::cluster::MEMBERSHIP_SHARD`]), as [`Mail::Reports`].
     pub reports: Reports,
+    /// On the other shards: partitions copied whole, for the membership shard (as
+    /// [`Mail::Copied`]).
+    pub copied: Vec<(u16, u64)>,
 }
 
 impl Outbox {
@@ -62,6 +68,7 @@ impl Outbox {
             peer: Vec::new(),
             view: None,
             reports: Reports::new(),
+            copied: Vec::new(),
         }
     }
 
@@ -108,6 +115,9 @@ impl Outbox {
             );
             send(MEMBERSHIP_SHARD, Mail::Reports(reports));
         }
+        if !self.copied.is_empty() {
+            send(MEMBERSHIP_SHARD, Mail::Copied(std::mem::take(&mut self.copied)));
+        }
     }
 
     /// Whether there is nothing to deliver.
@@ -117,6 +127,7 @@ impl Outbox {
             && self.peer.is_empty()
             && self.view.is_none()
             && self.reports.is_empty()
+            && self.copied.is_empty()
     }
 }
 
@@ -179,6 +190,7 @@ impl ShardCore {
             Mail::Replies { records } => own_replies.extend_from_slice(&records),
             Mail::View(view) => self.on_view(now_ms, *view),
             Mail::Reports(reports) => self.on_reports(reports),
+            Mail::Copied(list) => self.on_copied(&list),
         }
     }
 }

@@ -175,6 +175,11 @@ pub struct NodeShared {
     pub compact_requests: AtomicU64,
     /// The memory budget of connection buffers, charged by the event loops (`budget.rs`).
     pub memory: crate::budget::MemoryBudget,
+    /// The node's byte rate for partition copies (`--stream-mb-per-s`, kvcat `CLUSTER
+    /// THROTTLE`), 0 = unlimited: each shard applies it on its cluster ticks.
+    pub stream_bytes_per_s: AtomicU64,
+    /// Partition copies a node runs at once (`--transfer-limit`).
+    pub transfer_limit: AtomicU64,
 }
 
 impl NodeShared {
@@ -196,6 +201,10 @@ impl NodeShared {
             handshake_throttle: Mutex::new(crate::auth::HandshakeThrottle::default()),
             compact_requests: AtomicU64::new(0),
             memory: crate::budget::MemoryBudget::default(),
+            stream_bytes_per_s: AtomicU64::new(0),
+            transfer_limit: AtomicU64::new(
+                crate::cluster::antientropy::TRANSFER_LIMIT_DEFAULT as u64,
+            ),
         }
     }
 
@@ -392,6 +401,9 @@ impl ShardCore {
                 After::Continue
             }
             Request::Compact => self.compact_request(now_ms, conn, f.id, wbuf),
+            Request::ClusterAdmin { command } => {
+                self.cluster_admin_frame(now_ms, conn, &f, command, wbuf)
+            }
             Request::Ring => {
                 match self.ring_map() {
                     Ok(map) => {

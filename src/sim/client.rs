@@ -253,6 +253,7 @@ impl World {
             ),
             Outcome::NotFound => "not found".to_string(),
             Outcome::Failed { status, message } => format!("failed {status:?}: {message}"),
+            Outcome::Text(t) => t.clone(),
         };
         let key = key_name(self.hist.ops[op as usize].key);
         trace!(

@@ -214,6 +214,9 @@ impl World {
             sync: self.node(id).sync,
             client_token: None,
             cluster: Some(config),
+            join: None,
+            stream_bytes_per_s: 0,
+            transfer_limit: crate::cluster::antientropy::TRANSFER_LIMIT_DEFAULT,
         };
         let mut cores = assemble_node(&cfg, shared, parts, now_ms);
         for c in &mut cores {

@@ -119,6 +119,8 @@ pub enum Outcome {
     },
     /// A GET found no live value: never written, deleted or expired.
     NotFound,
+    /// An operator's command was done: the text for the OK reply.
+    Text(String),
     /// The request failed: UNAVAILABLE, TIMEOUT, OVERLOADED or STORAGE_ERROR with a message.
     Failed {
         /// The status to send.

@@ -49,17 +49,20 @@ use super::membership::{MemberEvent, Membership};
 use super::peer::{self, PeerError, PeerReply, PeerRequest, WriteAck, HINT_ID_BIT};
 use super::replica;
 use super::ring::Ring;
+use super::ringpeer;
 use super::rng::SplitMix64;
 use super::view::{NodeView, VIEW_EVENTS_MAX};
 use crate::protocol::{Consistency, FrameRef};
 use crate::storage::{Store, Stored};
 use std::collections::VecDeque;
 
+mod ring;
 mod stats;
 #[cfg(test)]
 mod tests;
 mod view;
 
+pub use ring::{AdminCommand, RING_CHANGE_TIMEOUT_MS, RING_POLL_MS, RING_RETRY_MS};
 pub use stats::ClockFigures;
 
 /// What the caller must do.
@@ -125,6 +128,12 @@ pub struct ClusterNode<C> {
     /// minus this), so a node with a bad clock is still a good replica. Updated on ticks and
     /// gossip replies.
     clock_offset_ms: i64,
+    /// The elastic ring: pulls, changes, copied reports, the leader's decisions.
+    elastic: ring::Elastic<C>,
+    /// The node's shard count (copies' byte rate and limit are split over them).
+    shards: usize,
+    /// Scratch for a write's replica set.
+    write_set: Vec<u32>,
 }
 
 /// How a core takes part in its node's membership.
@@ -169,7 +178,16 @@ impl<C> ClusterNode<C> {
         seed: u64,
         hints: HintQueue,
     ) -> ClusterNode<C> {
-        let ring = Ring::new(&config.node_ids(), config.replicas);
+        let listed: Vec<(u32, String)> = config
+            .nodes
+            .iter()
+            .map(|n| (n.id, n.addr.to_string()))
+            .collect();
+        let ring = match super::ringstate::RingState::initial(&listed, config.replicas) {
+            Ok(s) => Ring::from_state(std::sync::Arc::new(s)),
+            // Validated before (distinct ids, 1 ≤ N ≤ nodes): a bad one is a programmer error.
+            Err(e) => panic!("ring of {listed:?} with N={}: {e}", config.replicas),
+        };
         let mut coordinator = Coordinator::new(CoordinatorConfig::from_cluster(&config));
         coordinator.set_mutations(config.mutations);
         ClusterNode {
@@ -185,6 +203,9 @@ impl<C> ClusterNode<C> {
             role: Role::Whole,
             last_hint_sync_ms: 0,
             clock_offset_ms: 0,
+            elastic: ring::Elastic::new(),
+            shards: 1,
+            write_set: Vec::new(),
             config,
         }
     }
@@ -371,17 +392,21 @@ impl<C> ClusterNode<C> {
         );
         let alive = self.alive_mask();
         let nodes = &self.config.nodes;
-        let prefs = self.ring.preference_for_key(key);
+        // Owners and pending owners; one more acknowledgement per pending owner, so that
+        // the owners after the flip hold the write as often as the level asks.
+        let mut set = std::mem::take(&mut self.write_set);
+        let pending = self.ring.write_set(crate::hash::partition_of(key), &mut set);
         self.coordinator.start_write(
             now_ms,
             ctx,
             key,
             value,
             expires_at_ms,
-            prefs,
+            &set,
             &|n| mask_holds(alive, nodes, n),
-            required,
+            required + pending,
         );
+        self.write_set = set;
         self.drain(now_ms, store);
     }
 
@@ -426,6 +451,11 @@ impl<C> ClusterNode<C> {
         body: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<bool, PeerError> {
+        if ringpeer::is_ring_op(op) {
+            let r = self.on_ring_request(now_ms, store, from, id, op, body, out);
+            self.drain(now_ms, store);
+            return r.map(|()| false);
+        }
         if antientropy::is_anti_entropy_op(op) {
             let r = self
                 .aae
@@ -532,6 +562,11 @@ impl<C> ClusterNode<C> {
         from: u32,
         f: &FrameRef<'_>,
     ) {
+        if ringpeer::is_ring_op(f.op & !crate::protocol::RESPONSE_BIT) {
+            self.on_ring_reply(store, from, f);
+            self.drain(now_ms, store);
+            return;
+        }
         if antientropy::is_anti_entropy_op(f.op) {
             let alive = self.alive_mask();
             let nodes = &self.config.nodes;
@@ -601,11 +636,17 @@ impl<C> ClusterNode<C> {
             self.last_hint_sync_ms = now_ms;
             self.hints.sync();
         }
+        self.ring_tick(now_ms, store);
         let (alive, leader) = (self.alive_mask(), self.leader());
         let nodes = &self.config.nodes;
         self.aae
             .on_tick(now_ms, store, &|n| mask_holds(alive, nodes, n), leader);
         self.after_aae();
+    }
+
+    /// Whether node `id` is alive in the view decisions are made with (this node always is).
+    pub fn is_alive(&self, id: u32) -> bool {
+        id == self.config.node_id || mask_holds(self.alive_mask(), &self.config.nodes, id)
     }
 
     fn after_aae(&mut self) {
@@ -662,13 +703,29 @@ impl<C> ClusterNode<C> {
         if let Some(v) = self.followed() {
             return v.leader;
         }
+        // The lowest alive node among the settled members (up or leaving): a joining node
+        // does not lead before it is up; without such a node alive, the lowest alive one.
         let mask = self.alive_mask();
-        self.config
+        let state = self.ring.state();
+        let eligible = |id: u32| {
+            matches!(
+                state.status(id),
+                Some(super::ringstate::MemberStatus::Up | super::ringstate::MemberStatus::Leaving)
+            )
+        };
+        let alive: Vec<u32> = self
+            .config
             .nodes
             .iter()
             .enumerate()
-            .find(|(i, _)| mask & (1 << i) != 0)
+            .filter(|(i, _)| mask & (1 << i) != 0)
             .map(|(_, n)| n.id)
+            .collect();
+        alive
+            .iter()
+            .copied()
+            .find(|&id| eligible(id))
+            .or_else(|| alive.first().copied())
             .expect("this node's own bit is always set")
     }
 

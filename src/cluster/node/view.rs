@@ -19,6 +19,7 @@ impl<C> ClusterNode<C> {
     /// that never gossips and decides with the views it is given ([`ClusterNode::on_view`]).
     pub fn set_shard(&mut self, shard: usize, shards: usize) {
         self.aae.set_shard(shard, shards);
+        self.shards = shards;
         self.role = if shards <= 1 {
             Role::Whole
         } else if shard == MEMBERSHIP_SHARD {
@@ -61,6 +62,7 @@ impl<C> ClusterNode<C> {
             leader: self.membership.leader(),
             incarnation: self.membership.incarnation(),
             clock: Some(self.membership.cluster_clock(now_ms)),
+            ring_version: self.ring.version(),
             ..NodeView::default()
         };
         let current = self.aae.horizons();
@@ -91,6 +93,10 @@ impl<C> ClusterNode<C> {
         else {
             unreachable!("checked above");
         };
+        let ring_changed = last.as_ref().is_none_or(|l| l.ring_version != view.ring_version);
+        if refresh || ring_changed {
+            view.ring = Some(self.ring.state().clone());
+        }
         view.events = std::mem::take(events);
         for (p, &h) in current.iter().enumerate() {
             // On a refresh every known horizon goes out again; otherwise only the changes.
@@ -107,10 +113,16 @@ impl<C> ClusterNode<C> {
     /// A view from the node's membership shard (on a follower; ignored on other cores): decide
     /// with it from now on, act on its member events and adopt its horizons.
     pub fn on_view(&mut self, now_ms: u64, store: &mut dyn Store, view: NodeView) {
+        if !self.is_follower() {
+            return;
+        }
+        let mut view = view;
+        if let Some(ring) = view.ring.take() {
+            self.adopt_ring(store, ring);
+        }
         let Role::Follower { view: held } = &mut self.role else {
             return;
         };
-        let mut view = view;
         let events = std::mem::take(&mut view.events);
         let horizons = std::mem::take(&mut view.horizons);
         *held = Some(view);

@@ -1,0 +1,773 @@
+//! The core's part in the elastic ring ([`crate::cluster::ringstate`]): adopting newer ring
+//! states, pulling them from peers, asking the leader for changes, reporting copied
+//! partitions, and — on the leader — deciding changes, settling them and flipping partitions.
+//!
+//! ```text
+//!  every node (membership core)                    leader (membership core)
+//!  pull every RING_POLL_MS, and at once ──PULL──▶  records the puller's version
+//!  when a peer holds a newer version  ◀─ state ──  (all live members at `since` → settle)
+//!  joining: ask to be admitted ────────CHANGE──▶  admit / replace (one change at a time)
+//!  copies done (own + other shards) ───CHANGE──▶  every pending owner copied p → flip p
+//!  operator: CLUSTER LEAVE/REMOVE/... ─CHANGE──▶  leave / remove / pause / resume
+//! ```
+//!
+//! A node adopts a ring state only when its version is higher than the one it holds, saves
+//! it (the [`RingStore`]) before acting on it, and then: its trees follow the partitions it
+//! holds, it forgets the records of the partitions it no longer holds (the flip is known
+//! here now), and the copies of the partitions it takes over are planned. The node's other
+//! shards get the state in the membership view and do the same (they do not save it).
+//!
+//! Writes go to the owners and the pending owners of their partition, and need the level's
+//! count *plus one per pending owner* (Cassandra's rule for pending ranges): so after the
+//! flip, the new owners hold every acknowledged write on as many nodes as the level asks.
+
+use super::{ClusterNode, Output};
+use crate::cluster::coordinator::Outcome;
+use crate::cluster::peer::PeerError;
+use crate::cluster::ring::Ring;
+use crate::cluster::ringfile::{NoRingFile, RingStore};
+use crate::cluster::ringpeer::{self, ring_op, ChangeRequest};
+use crate::cluster::ringstate::{Change, MemberStatus, RingChangeError, RingState};
+use crate::hash::partition_of;
+use crate::limits::PARTITION_COUNT;
+use crate::protocol::message::{put_error, put_ok};
+use crate::protocol::{FrameRef, Status, RESPONSE_BIT};
+use crate::storage::Store;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// A node asks a peer for a newer ring state at least this often (the leader learns each
+/// node's version from these, to settle changes), and at once when it learns of a newer one.
+pub const RING_POLL_MS: u64 = 1_000;
+
+/// A joining node asks to be admitted, and a pending owner reports a copied partition,
+/// again after this long until the ring shows it done.
+pub const RING_RETRY_MS: u64 = 500;
+
+/// How long a change passed on to the leader waits for its answer.
+pub const RING_CHANGE_TIMEOUT_MS: u64 = 5_000;
+
+/// The elastic ring state of one core.
+pub(super) struct Elastic<C> {
+    /// Where the membership core saves every ring state it adopts.
+    store: Box<dyn RingStore>,
+    /// A RING_PULL in flight: (id, deadline).
+    pull: Option<(u32, u64)>,
+    next_pull_ms: u64,
+    /// The highest ring version each peer was seen holding (pull requests, replies).
+    peer_versions: BTreeMap<u32, u64>,
+    /// Changes passed on to the leader: id → (the client's context, if any; deadline).
+    asked: BTreeMap<u32, (Option<C>, u64)>,
+    next_id: u32,
+    /// Partitions copied whole (this core's and, on the membership core, the other
+    /// shards'), to report to the leader: partition → the change's version.
+    copied: BTreeMap<u16, u64>,
+    last_report_ms: u64,
+    /// On the leader: (partition, node) copied reports for the change begun at
+    /// `reports_since`.
+    reports: BTreeSet<(u16, u32)>,
+    reports_since: u64,
+    /// What this node asks of the leader until the ring shows it (a join or replace).
+    join: Option<ChangeRequest>,
+    last_join_ms: u64,
+    /// Whether a ring state was pulled (or found current) from a peer since start.
+    pub(super) confirmed: bool,
+    /// Node byte rate of copies (0 = unlimited) and copies at once.
+    bytes_per_s: u64,
+    transfer_limit: usize,
+    /// Keys forgotten because their partition moved away (STATS).
+    pub(super) forgotten: u64,
+    /// Partitions flipped by this node as leader (STATS).
+    pub(super) flips: u64,
+}
+
+impl<C> Elastic<C> {
+    pub(super) fn new() -> Elastic<C> {
+        Elastic {
+            store: Box::new(NoRingFile),
+            pull: None,
+            next_pull_ms: 0,
+            peer_versions: BTreeMap::new(),
+            asked: BTreeMap::new(),
+            next_id: 1,
+            copied: BTreeMap::new(),
+            last_report_ms: 0,
+            reports: BTreeSet::new(),
+            reports_since: 0,
+            join: None,
+            last_join_ms: 0,
+            confirmed: false,
+            bytes_per_s: 0,
+            transfer_limit: crate::cluster::antientropy::TRANSFER_LIMIT_DEFAULT,
+            forgotten: 0,
+            flips: 0,
+        }
+    }
+
+    fn alloc_id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id = if id >= 0x7FFF_FFFE { 1 } else { id + 1 };
+        id
+    }
+}
+
+/// An operator's command (the CLUSTER_ADMIN client opcode, kvcat `CLUSTER ...`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminCommand {
+    /// A change for the leader.
+    Change(ChangeRequest),
+    /// The running change's plan: partitions and moves per node.
+    Plan,
+}
+
+impl AdminCommand {
+    /// Parse `LEAVE n`, `REMOVE n`, `PAUSE`, `RESUME`, `PLAN` (case-insensitive words).
+    pub fn parse(text: &str) -> Result<AdminCommand, String> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let node = |w: Option<&&str>| -> Result<u32, String> {
+            w.ok_or_else(|| "a node id is needed".to_string())?
+                .parse::<u32>()
+                .map_err(|_| format!("bad node id {:?}", w.copied().unwrap_or("")))
+        };
+        let verb = words.first().map(|w| w.to_ascii_uppercase()).unwrap_or_default();
+        let want = |n: usize| -> Result<(), String> {
+            if words.len() == n {
+                Ok(())
+            } else {
+                Err(format!("{verb} takes {} argument(s)", n - 1))
+            }
+        };
+        Ok(match verb.as_str() {
+            "LEAVE" => {
+                want(2)?;
+                AdminCommand::Change(ChangeRequest::Leave {
+                    node: node(words.get(1))?,
+                })
+            }
+            "REMOVE" => {
+                want(2)?;
+                AdminCommand::Change(ChangeRequest::Remove {
+                    node: node(words.get(1))?,
+                })
+            }
+            "PAUSE" => {
+                want(1)?;
+                AdminCommand::Change(ChangeRequest::Pause)
+            }
+            "RESUME" => {
+                want(1)?;
+                AdminCommand::Change(ChangeRequest::Resume)
+            }
+            "PLAN" => {
+                want(1)?;
+                AdminCommand::Plan
+            }
+            _ => {
+                return Err(format!(
+                    "unknown command {text:?}: LEAVE n, REMOVE n, PAUSE, RESUME or PLAN"
+                ))
+            }
+        })
+    }
+}
+
+impl<C> ClusterNode<C> {
+    /// Give this core the place it saves ring states to (the membership core of a node with
+    /// a data directory) and the ring state kept there, if any: adopted at once when newer
+    /// than the configured one. Call before [`ClusterNode::recover_clock`].
+    pub fn set_ring_store(
+        &mut self,
+        store: &mut dyn Store,
+        ring_store: Box<dyn RingStore>,
+        kept: Option<RingState>,
+    ) {
+        self.elastic.store = ring_store;
+        if let Some(s) = kept {
+            self.install_ring(store, Arc::new(s), false);
+        }
+    }
+
+    /// Adopt a ring state read back from disk on a core that does not save (another shard of
+    /// the node), if it is newer.
+    pub fn start_with_ring(&mut self, store: &mut dyn Store, kept: RingState) {
+        if kept.version() > self.ring.version() {
+            self.install_ring(store, Arc::new(kept), false);
+        }
+    }
+
+    /// Ask the leader, until the ring shows it, to admit this node (`--join`) or to let it
+    /// replace a dead one (`--replace`).
+    pub fn set_join(&mut self, request: ChangeRequest) {
+        self.elastic.join = Some(request);
+    }
+
+    /// The node's byte rate for partition copies (0 = unlimited), split over its shards, and
+    /// how many copies may run at once.
+    pub fn set_stream_rate(&mut self, bytes_per_s: u64, transfer_limit: usize) {
+        self.elastic.bytes_per_s = bytes_per_s;
+        self.elastic.transfer_limit = transfer_limit.max(1);
+        self.update_moves();
+    }
+
+    /// The node's byte rate for partition copies (0 = unlimited).
+    pub fn stream_rate(&self) -> u64 {
+        self.elastic.bytes_per_s
+    }
+
+    /// Partition copies the node runs at once.
+    pub fn transfer_limit(&self) -> usize {
+        self.elastic.transfer_limit
+    }
+
+    /// The ring state this core decides with.
+    pub fn ring_state(&self) -> &Arc<RingState> {
+        self.ring.state()
+    }
+
+    /// Whether this node may coordinate client requests by its ring: it has heard from a
+    /// peer since it started (so it does not write by a ring the cluster left behind), or it
+    /// has no peer.
+    pub fn ring_confirmed(&self) -> bool {
+        self.elastic.confirmed
+            || self
+                .ring
+                .state()
+                .members()
+                .iter()
+                .all(|m| m.id == self.config.node_id || m.status == MemberStatus::Removed)
+    }
+
+    fn update_moves(&mut self) {
+        let shards = self.shards.max(1) as u64;
+        let rate = self.elastic.bytes_per_s.div_ceil(shards);
+        let may = self.ring.state().moves_may_run();
+        self.aae
+            .set_moves(may, rate, self.elastic.transfer_limit.div_ceil(shards as usize));
+    }
+
+    /// Adopt `state` if it is newer than the ring held: save it (membership core), follow it.
+    /// Returns whether it was adopted.
+    pub fn adopt_ring(&mut self, store: &mut dyn Store, state: Arc<RingState>) -> bool {
+        if state.version() <= self.ring.version() {
+            return false;
+        }
+        self.install_ring(store, state, true);
+        true
+    }
+
+    fn install_ring(&mut self, store: &mut dyn Store, state: Arc<RingState>, save: bool) {
+        if save && !self.is_follower() {
+            if let Err(e) = self.elastic.store.save(&state) {
+                // Not fatal: a restart pulls the ring from a peer.
+                log::error!("ring version {} not saved: {e}", state.version());
+            }
+        }
+        let old = self.ring.version();
+        self.ring = Ring::from_state(state);
+        let dropped = self.aae.set_ring(self.ring.clone(), store);
+        if !dropped.is_empty() {
+            let mut gone = [false; PARTITION_COUNT];
+            for &p in &dropped {
+                gone[p] = true;
+            }
+            match store.forget_keys(&mut |k| gone[partition_of(k)]) {
+                Ok(n) => {
+                    self.elastic.forgotten += n;
+                    if n > 0 {
+                        log::info!(
+                            "ring version {}: {} partitions moved away, {n} keys forgotten",
+                            self.ring.version(),
+                            dropped.len()
+                        );
+                    }
+                }
+                Err(e) => log::error!("partitions moved away but not forgotten: {e}"),
+            }
+        }
+        if self.ring.state().since() != self.elastic.reports_since {
+            self.elastic.reports.clear();
+            self.elastic.reports_since = self.ring.state().since();
+        }
+        let since = self.ring.state().since();
+        self.elastic.copied.retain(|_, s| *s == since);
+        self.update_moves();
+        log::debug!(
+            "node {}: ring version {old} -> {}",
+            self.config.node_id,
+            self.ring.version()
+        );
+    }
+
+    /// Serve a RING_PULL or RING_CHANGE from `from` (on the membership core).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_ring_request(
+        &mut self,
+        now_ms: u64,
+        store: &mut dyn Store,
+        from: u32,
+        id: u32,
+        op: u8,
+        body: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), PeerError> {
+        let r = if op == ring_op::PULL {
+            ringpeer::decode_pull(body).map(|held| {
+                let e = self.elastic.peer_versions.entry(from).or_insert(0);
+                *e = (*e).max(held);
+                if held < self.ring.version() {
+                    put_ok(out, op, id, &[&self.ring.state().to_bytes()]);
+                } else {
+                    put_ok(out, op, id, &[]);
+                }
+            })
+        } else {
+            ringpeer::decode_change(body).map(|req| {
+                if !self.is_leader() {
+                    let msg = format!(
+                        "node {} is not the leader (node {} is): changes are decided there",
+                        self.config.node_id,
+                        self.leader()
+                    );
+                    put_error(out, op, id, Status::Unavailable, &msg);
+                    return;
+                }
+                match self.decide(now_ms, store, req) {
+                    Ok((v, msg)) => ringpeer::put_change_ok(out, id, v, &msg),
+                    Err((status, msg)) => put_error(out, op, id, status, &msg),
+                }
+            })
+        };
+        if let Err(e) = &r {
+            self.replica_stats.peer_errors += 1;
+            put_error(out, op, id, e.status(), &e.to_string());
+        }
+        r
+    }
+
+    /// A reply to one of this core's RING_PULL or RING_CHANGE frames.
+    pub(super) fn on_ring_reply(&mut self, store: &mut dyn Store, from: u32, f: &FrameRef<'_>) {
+        let op = f.op & !RESPONSE_BIT;
+        let ok = f.aux == Status::Ok as u8;
+        if op == ring_op::PULL {
+            if self.elastic.pull.is_none_or(|(id, _)| id != f.id) {
+                return;
+            }
+            self.elastic.pull = None;
+            if !ok {
+                return;
+            }
+            self.elastic.confirmed = true;
+            if f.body.is_empty() {
+                return;
+            }
+            match RingState::decode(f.body) {
+                Ok(s) => {
+                    let e = self.elastic.peer_versions.entry(from).or_insert(0);
+                    *e = (*e).max(s.version());
+                    self.adopt_ring(store, Arc::new(s));
+                }
+                Err(e) => {
+                    self.replica_stats.peer_errors += 1;
+                    log::warn!("node {from} sent a bad ring state: {e}");
+                }
+            }
+            return;
+        }
+        let Some((ctx, _)) = self.elastic.asked.remove(&f.id) else {
+            return;
+        };
+        let outcome = if ok {
+            match ringpeer::decode_change_ok(f.body) {
+                Ok((v, msg)) => {
+                    if v > self.ring.version() {
+                        // Pull the new state from the leader now.
+                        let e = self.elastic.peer_versions.entry(from).or_insert(0);
+                        *e = (*e).max(v);
+                        self.elastic.next_pull_ms = 0;
+                    }
+                    Outcome::Text(msg)
+                }
+                Err(e) => Outcome::Failed {
+                    status: Status::Internal,
+                    message: e.to_string(),
+                },
+            }
+        } else {
+            let status = Status::from_u8(f.aux).unwrap_or(Status::Internal);
+            Outcome::Failed {
+                status,
+                message: String::from_utf8_lossy(f.body).into_owned(),
+            }
+        };
+        if let Some(ctx) = ctx {
+            self.outputs.push_back(Output::Reply { ctx, outcome });
+        }
+    }
+
+    /// The leader's decision on `req`: the new ring version and a line for humans, or a
+    /// status and why not.
+    fn decide(
+        &mut self,
+        _now_ms: u64,
+        store: &mut dyn Store,
+        req: ChangeRequest,
+    ) -> Result<(u64, String), (Status, String)> {
+        let s = self.ring.state().clone();
+        let version = s.version();
+        let bad = |e: RingChangeError| {
+            let status = match e {
+                RingChangeError::Busy(_) => Status::Unavailable,
+                _ => Status::BadRequest,
+            };
+            (status, e.to_string())
+        };
+        let next = match req {
+            ChangeRequest::Join { node, addr } => {
+                if matches!(
+                    s.status(node),
+                    Some(MemberStatus::Joining | MemberStatus::Up)
+                ) && s.member(node).is_some_and(|m| m.addr == addr)
+                {
+                    return Ok((version, format!("node {node} is already a member")));
+                }
+                s.admit(node, &addr).map_err(bad)?
+            }
+            ChangeRequest::Replace { old, new, addr } => {
+                if s.change() == Some(Change::Replace { old, new }) || s.status(new).is_some() {
+                    if s.member(new).is_some_and(|m| m.addr == addr)
+                        && s.status(new) != Some(MemberStatus::Removed)
+                    {
+                        return Ok((version, format!("node {new} is already replacing {old}")));
+                    }
+                }
+                if self.is_alive(old) {
+                    return Err((
+                        Status::BadRequest,
+                        format!("node {old} is alive: stop it before replacing it"),
+                    ));
+                }
+                s.replace(old, new, &addr).map_err(bad)?
+            }
+            ChangeRequest::Leave { node } => s.leave(node).map_err(bad)?,
+            ChangeRequest::Remove { node } => {
+                if node == self.config.node_id || self.is_alive(node) {
+                    return Err((
+                        Status::BadRequest,
+                        format!("node {node} is alive: REMOVE drops dead nodes, use LEAVE"),
+                    ));
+                }
+                s.remove(node).map_err(bad)?
+            }
+            ChangeRequest::Pause => s.set_paused(true),
+            ChangeRequest::Resume => s.set_paused(false),
+            ChangeRequest::Copied {
+                partition,
+                node,
+                since,
+            } => {
+                if since == s.since() && s.change().is_some() {
+                    self.elastic.reports.insert((partition, node));
+                }
+                return Ok((version, format!("partition {partition} noted")));
+            }
+        };
+        let moves = next.moving_partitions().len();
+        let what = next
+            .change()
+            .map_or("no change".to_string(), |c| c.to_string());
+        let v = next.version();
+        self.install_ring(store, Arc::new(next), true);
+        Ok((
+            v,
+            format!("ring version {v}: {what}, {moves} partitions to move"),
+        ))
+    }
+
+    /// Ring chores on a tick: pulls, join requests, copied reports, and the leader's
+    /// settling and flips. Followers only hand their copied partitions on.
+    pub(super) fn ring_tick(&mut self, now_ms: u64, store: &mut dyn Store) {
+        for (p, since) in self.aae.take_copied() {
+            self.elastic.copied.insert(p, since);
+        }
+        if self.is_follower() {
+            return;
+        }
+        let me = self.config.node_id;
+        // Changes passed on that got no answer.
+        let late: Vec<u32> = self
+            .elastic
+            .asked
+            .iter()
+            .filter(|(_, (_, d))| *d <= now_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some((Some(ctx), _)) = self.elastic.asked.remove(&id) {
+                self.outputs.push_back(Output::Reply {
+                    ctx,
+                    outcome: Outcome::Failed {
+                        status: Status::Timeout,
+                        message: "the leader did not answer in time".into(),
+                    },
+                });
+            }
+        }
+        // Pull: from the peer known to hold the newest version, else the leader, else any.
+        if self.elastic.pull.is_some_and(|(_, d)| d <= now_ms) {
+            self.elastic.pull = None;
+        }
+        let mine = self.ring.version();
+        let newer = self
+            .elastic
+            .peer_versions
+            .iter()
+            .filter(|(&n, &v)| v > mine && n != me && self.is_alive(n))
+            .max_by_key(|(_, &v)| v)
+            .map(|(&n, _)| n);
+        if self.elastic.pull.is_none() && (newer.is_some() || now_ms >= self.elastic.next_pull_ms)
+        {
+            let leader = self.leader();
+            let target = newer.or((leader != me).then_some(leader)).or_else(|| {
+                self.ring
+                    .state()
+                    .members()
+                    .iter()
+                    .map(|m| m.id)
+                    .find(|&n| n != me && self.is_alive(n))
+            });
+            self.elastic.next_pull_ms = now_ms.saturating_add(RING_POLL_MS);
+            if let Some(to) = target {
+                let id = self.elastic.alloc_id();
+                let mut f = Vec::new();
+                ringpeer::put_pull(&mut f, id, mine);
+                self.outputs.push_back(Output::Send { to, frame: f });
+                self.elastic.pull =
+                    Some((id, now_ms.saturating_add(self.config.request_timeout_ms)));
+            }
+        }
+        // Join / replace: ask until the ring lists this node.
+        if let Some(req) = self.elastic.join.clone() {
+            if self.ring.state().member(me).is_some() {
+                self.elastic.join = None;
+            } else if now_ms >= self.elastic.last_join_ms.saturating_add(RING_RETRY_MS) {
+                self.elastic.last_join_ms = now_ms;
+                self.ask_leader(now_ms, req, None);
+            }
+        }
+        // Copied partitions: report until flipped.
+        let state = self.ring.state().clone();
+        self.elastic
+            .copied
+            .retain(|&p, &mut since| since == state.since() && state.moving(p as usize));
+        if !self.elastic.copied.is_empty()
+            && now_ms >= self.elastic.last_report_ms.saturating_add(RING_RETRY_MS)
+        {
+            self.elastic.last_report_ms = now_ms;
+            let list: Vec<(u16, u64)> = self.elastic.copied.iter().map(|(&p, &s)| (p, s)).collect();
+            for (partition, since) in list {
+                let req = ChangeRequest::Copied {
+                    partition,
+                    node: me,
+                    since,
+                };
+                if self.is_leader() {
+                    let _ = self.decide(now_ms, store, req);
+                } else {
+                    self.ask_leader(now_ms, req, None);
+                }
+            }
+        }
+        if self.is_leader() {
+            self.leader_chores(store);
+        }
+    }
+
+    /// Send `req` to the leader; its answer goes to `ctx` (if any) as an output.
+    fn ask_leader(&mut self, now_ms: u64, req: ChangeRequest, ctx: Option<C>) {
+        let leader = self.leader();
+        if leader == self.config.node_id {
+            return;
+        }
+        let id = self.elastic.alloc_id();
+        let mut f = Vec::new();
+        ringpeer::put_change(&mut f, id, &req);
+        self.outputs.push_back(Output::Send {
+            to: leader,
+            frame: f,
+        });
+        self.elastic
+            .asked
+            .insert(id, (ctx, now_ms.saturating_add(RING_CHANGE_TIMEOUT_MS)));
+    }
+
+    /// The leader settles a change once every live member holds its version, and flips
+    /// every partition all of whose pending owners copied it.
+    fn leader_chores(&mut self, store: &mut dyn Store) {
+        let s = self.ring.state().clone();
+        if s.change().is_none() {
+            return;
+        }
+        let me = self.config.node_id;
+        if !s.settled() {
+            let all = s
+                .members()
+                .iter()
+                .filter(|m| m.status != MemberStatus::Removed && m.id != me)
+                .filter(|m| self.is_alive(m.id))
+                .all(|m| {
+                    self.elastic
+                        .peer_versions
+                        .get(&m.id)
+                        .is_some_and(|&v| v >= s.since())
+                });
+            if all {
+                if let Some(next) = s.settle() {
+                    log::info!(
+                        "ring version {}: the {} is settled, partitions start moving",
+                        next.version(),
+                        next.change().expect("settled a change")
+                    );
+                    self.install_ring(store, Arc::new(next), true);
+                }
+            }
+            return;
+        }
+        let mut next = (*s).clone();
+        let mut flipped = 0;
+        for p in s.moving_partitions() {
+            let copied = s
+                .pending(p)
+                .all(|n| self.elastic.reports.contains(&(p as u16, n)));
+            if copied {
+                match next.complete(p) {
+                    Ok(n) => {
+                        next = n;
+                        flipped += 1;
+                    }
+                    Err(e) => log::error!("partition {p} not flipped: {e}"),
+                }
+            }
+        }
+        if flipped > 0 {
+            self.elastic.flips += flipped;
+            if next.change().is_none() {
+                log::info!(
+                    "ring version {}: the {} is done",
+                    next.version(),
+                    s.change().expect("checked")
+                );
+            }
+            self.install_ring(store, Arc::new(next), true);
+        }
+    }
+
+    /// An operator's command (on the membership core): decided here on the leader, passed
+    /// on to it otherwise; the answer comes out as an [`Output::Reply`].
+    pub fn admin(&mut self, now_ms: u64, store: &mut dyn Store, ctx: C, cmd: AdminCommand) {
+        let outcome = match cmd {
+            AdminCommand::Plan => Outcome::Text(self.plan_text()),
+            AdminCommand::Change(req) => {
+                if self.is_leader() {
+                    match self.decide(now_ms, store, req) {
+                        Ok((_, msg)) => Outcome::Text(msg),
+                        Err((status, message)) => Outcome::Failed { status, message },
+                    }
+                } else if !self.is_alive(self.leader()) {
+                    Outcome::Failed {
+                        status: Status::Unavailable,
+                        message: "no leader is reachable".into(),
+                    }
+                } else {
+                    self.ask_leader(now_ms, req, Some(ctx));
+                    return;
+                }
+            }
+        };
+        self.outputs.push_back(Output::Reply { ctx, outcome });
+    }
+
+    /// Copied partitions of a follower, for the membership shard (empty elsewhere).
+    pub fn take_copied(&mut self) -> Vec<(u16, u64)> {
+        if !self.is_follower() {
+            return Vec::new();
+        }
+        let mut v: Vec<(u16, u64)> = self.aae.take_copied();
+        v.extend(std::mem::take(&mut self.elastic.copied));
+        v
+    }
+
+    /// Copied partitions of the node's other shards (on the membership core).
+    pub fn on_copied(&mut self, list: &[(u16, u64)]) {
+        for &(p, since) in list {
+            self.elastic.copied.insert(p, since);
+        }
+    }
+
+    /// The CLUSTER PLAN text: the running change, its moves per node, and what is left.
+    pub fn plan_text(&self) -> String {
+        let s = self.ring.state();
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "ring version {} change {} settled {} paused {}",
+            s.version(),
+            s.change().map_or("none".to_string(), |c| c.to_string()),
+            s.settled(),
+            s.paused()
+        );
+        let Some(t) = s.target() else {
+            return out;
+        };
+        let moves = crate::cluster::Ownership::moves(s.current(), t);
+        let mut per: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
+        for m in &moves {
+            per.entry(m.to).or_default().0 += 1;
+            per.entry(m.from).or_default().1 += 1;
+        }
+        let left = s.moving_partitions().len();
+        let _ = writeln!(out, "partitions left to flip {left}");
+        for (n, (gets, gives)) in per {
+            let _ = writeln!(out, "node {n} receives {gets} gives {gives}");
+        }
+        out
+    }
+
+    /// This core's copies, one line each (TRANSFERS): partition, sources, this node,
+    /// records and bytes copied, rate, state.
+    pub fn transfers_text(&self, now_ms: u64) -> String {
+        let mut out = String::new();
+        for t in self.aae.transfers() {
+            let secs = now_ms.saturating_sub(t.started_ms).max(1) as f64 / 1000.0;
+            let rate = if t.started_ms == 0 {
+                0.0
+            } else {
+                t.bytes as f64 / secs
+            };
+            let from = t.sources.as_ref().map_or_else(
+                || t.replaces.to_string(),
+                |s| {
+                    s.iter()
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                },
+            );
+            let state = if t.done {
+                "copied"
+            } else if t.running {
+                "copying"
+            } else if t.started_ms == 0 {
+                "waiting"
+            } else {
+                "retrying"
+            };
+            let _ = writeln!(
+                out,
+                "partition {} from {} to {} keys {} bytes {} rate_bytes_per_s {:.0} {}",
+                t.partition, from, self.config.node_id, t.keys, t.bytes, rate, state
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,149 @@
+//! The elastic cluster against real `kvd` processes (issue 12): membership changes while the
+//! cluster serves, and what they must leave behind.
+//!
+//! * **Leave.** 4 nodes (N = 3): `CLUSTER LEAVE 4` plans the decommission on the leader,
+//!   node 4's partitions are copied to their new owners, flipped one by one, and node 4 ends
+//!   removed, holding nothing. Every key written before is then on exactly its 3 final
+//!   owners (LGET on each), and the keys per node are within ±15% of even.
+
+mod common;
+
+use common::{wait_for, Node};
+use dkv::client::Client;
+use dkv::hash::partition_of;
+use dkv::protocol::Consistency;
+use std::time::Duration;
+
+const KEYS: usize = 1_500;
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn key(i: usize) -> Vec<u8> {
+    format!("elastic-{i:05}").into_bytes()
+}
+
+fn value(i: usize) -> Vec<u8> {
+    format!("value-{i}").into_bytes()
+}
+
+/// The PLAN text of `node` (panics if the node does not answer).
+fn plan(node: &Node) -> String {
+    node.client().cluster_admin("PLAN").expect("CLUSTER PLAN")
+}
+
+/// Wait until every node in `nodes` reports no running change at the same ring version;
+/// returns that version.
+fn wait_settled_ring(nodes: &[&Node]) -> u64 {
+    wait_for(CHANGE_TIMEOUT, "the change to finish on every node", || {
+        let mut version = None;
+        for n in nodes {
+            let text = n.client().cluster_admin("PLAN").ok()?;
+            let first = text.lines().next()?;
+            if !first.contains("change none") {
+                return None;
+            }
+            let v: u64 = first.split_whitespace().nth(2)?.parse().ok()?;
+            if version.is_some_and(|x| x != v) {
+                return None;
+            }
+            version = Some(v);
+        }
+        version
+    })
+}
+
+/// Check that every key is on exactly its owners by the ring map (LGET on every node of
+/// `nodes`), and that the keys per node are within ±15% of even. Returns the count per node.
+fn check_placement(nodes: &[&Node]) -> Vec<usize> {
+    let map = nodes[0].client().ring().expect("RING");
+    let mut clients: Vec<(u32, Client)> = nodes
+        .iter()
+        .map(|n| {
+            let id = map
+                .addrs
+                .iter()
+                .find(|(_, a)| *a == n.addr)
+                .map(|(id, _)| *id)
+                .unwrap_or_else(|| panic!("{} is not in the ring map {:?}", n.addr, map.addrs));
+            (id, n.client())
+        })
+        .collect();
+    let mut per_node = vec![0usize; clients.len()];
+    for i in 0..KEYS {
+        let k = key(i);
+        let owners = map.ownership.owners(partition_of(&k)).to_vec();
+        for (j, (id, c)) in clients.iter_mut().enumerate() {
+            let got = c.local_get(&k).expect("LGET");
+            if owners.contains(id) {
+                let (_, v) = got.unwrap_or_else(|| {
+                    panic!("key {i} missing on owner {id} (owners {owners:?})")
+                });
+                assert_eq!(v, value(i), "key {i} on node {id}");
+                per_node[j] += 1;
+            } else {
+                assert!(
+                    got.is_none(),
+                    "key {i} still on node {id}, not an owner {owners:?}"
+                );
+            }
+        }
+    }
+    let total: usize = per_node.iter().sum();
+    assert_eq!(total, KEYS * 3, "every key on N = 3 nodes: {per_node:?}");
+    let even = total as f64 / per_node.len() as f64;
+    for (j, &n) in per_node.iter().enumerate() {
+        let off = (n as f64 - even).abs() / even;
+        assert!(
+            off <= 0.15,
+            "node {} holds {n} keys, {:.0}% off the even {even:.0}: {per_node:?}",
+            j + 1,
+            off * 100.0
+        );
+    }
+    per_node
+}
+
+#[test]
+fn a_decommissioned_node_streams_its_partitions_away_and_ends_empty() {
+    let mut nodes = common::start_nodes(
+        "elastic-leave",
+        &[2, 2, 2, 2],
+        3,
+        &["--gossip-interval-ms", "50"],
+    );
+    let mut c = nodes[0].client();
+    for i in 0..KEYS {
+        c.put(&key(i), &value(i), 0, Consistency::All).expect("PUT");
+    }
+    let before = nodes[0].client().ring().expect("RING").ownership.version();
+
+    // Decommission node 4, asked of node 2 (not the leader: it passes it on).
+    let reply = nodes[1].client().cluster_admin("LEAVE 4").expect("LEAVE");
+    assert!(reply.contains("leave of node 4"), "{reply}");
+    // A second change is refused while this one runs.
+    let busy = nodes[2].client().cluster_admin("LEAVE 3");
+    assert!(busy.is_err(), "a second change started: {busy:?}");
+
+    let all: Vec<&Node> = nodes.iter().collect();
+    let version = wait_settled_ring(&all);
+    assert!(version > before + 1, "ring version {before} -> {version}");
+    let map = nodes[0].client().ring().expect("RING");
+    assert!(
+        !map.ownership.nodes().contains(&4),
+        "node 4 still owns partitions: {:?}",
+        map.ownership.nodes()
+    );
+    assert!(
+        map.addrs.iter().all(|(id, _)| *id != 4),
+        "node 4 still listed: {:?}",
+        map.addrs
+    );
+    let stays: Vec<&Node> = nodes[..3].iter().collect();
+    check_placement(&stays);
+    // Node 4 forgets what it gave away.
+    wait_for(Duration::from_secs(10), "node 4 to forget its keys", || {
+        (common::stat(&nodes[3], "storage_keys") == 0).then_some(())
+    });
+    for n in &mut nodes {
+        n.terminate();
+    }
+}
