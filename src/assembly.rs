@@ -125,7 +125,8 @@ pub fn open_shard<V: Vfs + Clone + 'static>(
     };
     let hints = match cluster {
         Some((c, Some(hint_dir))) => {
-            let log = FileHintLog::open(vfs.clone(), hint_dir, shard).map_err(|e| err("hint log")(&e))?;
+            let log =
+                FileHintLog::open(vfs.clone(), hint_dir, shard).map_err(|e| err("hint log")(&e))?;
             let q = HintQueue::open(Box::new(log), ShardCore::hint_resend_ms(c))
                 .map_err(|e| err("hint log")(&e))?;
             Some(q)
@@ -170,13 +171,12 @@ pub fn assemble_node(
     shared
         .stream_bytes_per_s
         .store(cfg.stream_bytes_per_s, std::sync::atomic::Ordering::Relaxed);
-    shared
-        .transfer_limit
-        .store(cfg.transfer_limit as u64, std::sync::atomic::Ordering::Relaxed);
+    shared.transfer_limit.store(
+        cfg.transfer_limit as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let mut parts = parts;
-    let mut ring_file = parts
-        .get_mut(MEMBERSHIP_SHARD)
-        .and_then(|p| p.ring.take());
+    let mut ring_file = parts.get_mut(MEMBERSHIP_SHARD).and_then(|p| p.ring.take());
     let kept: Option<RingState> = ring_file.as_ref().and_then(|(_, k)| k.clone());
     parts
         .into_iter()

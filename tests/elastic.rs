@@ -25,11 +25,6 @@ fn value(i: usize) -> Vec<u8> {
     format!("value-{i}").into_bytes()
 }
 
-/// The PLAN text of `node` (panics if the node does not answer).
-fn plan(node: &Node) -> String {
-    node.client().cluster_admin("PLAN").expect("CLUSTER PLAN")
-}
-
 /// Wait until every node in `nodes` reports no running change at the same ring version;
 /// returns that version.
 fn wait_settled_ring(nodes: &[&Node]) -> u64 {
@@ -74,9 +69,8 @@ fn check_placement(nodes: &[&Node]) -> Vec<usize> {
         for (j, (id, c)) in clients.iter_mut().enumerate() {
             let got = c.local_get(&k).expect("LGET");
             if owners.contains(id) {
-                let (_, v) = got.unwrap_or_else(|| {
-                    panic!("key {i} missing on owner {id} (owners {owners:?})")
-                });
+                let (_, v) = got
+                    .unwrap_or_else(|| panic!("key {i} missing on owner {id} (owners {owners:?})"));
                 assert_eq!(v, value(i), "key {i} on node {id}");
                 per_node[j] += 1;
             } else {

@@ -241,8 +241,8 @@ fn run_command(client: &mut Client, tokens: &[Vec<u8>]) -> Vec<String> {
             Err(e) => server_err(&e),
         },
         "HELP" => HELP.into(),
-        "PUT" | "GET" | "DEL" | "DELETE" | "LGET" | "PING" | "STATS" | "RING"
-        | "AAE" | "COMPACT" => usage_err(&format!("wrong arguments for {cmd}; {HELP}")),
+        "PUT" | "GET" | "DEL" | "DELETE" | "LGET" | "PING" | "STATS" | "RING" | "AAE"
+        | "COMPACT" => usage_err(&format!("wrong arguments for {cmd}; {HELP}")),
         _ => usage_err(&format!("unknown command {cmd:?}; {HELP}")),
     };
     vec![line]

@@ -255,14 +255,7 @@ impl ShardCore {
     }
 
     /// An operator's command on the membership shard; the reply goes to `origin`'s `conn`.
-    fn cluster_admin(
-        &mut self,
-        now_ms: u64,
-        origin: usize,
-        conn: ConnId,
-        command: &str,
-        id: u32,
-    ) {
+    fn cluster_admin(&mut self, now_ms: u64, origin: usize, conn: ConnId, command: &str, id: u32) {
         let ctx = ReplyTo {
             shard: origin,
             conn,
@@ -623,7 +616,10 @@ impl ShardCore {
                         .filter(|m| m.status != crate::cluster::ringstate::MemberStatus::Removed)
                         .map(|m| {
                             let addr = if m.addr.is_empty() {
-                                config.addr_of(m.id).map(|a| a.to_string()).unwrap_or_default()
+                                config
+                                    .addr_of(m.id)
+                                    .map(|a| a.to_string())
+                                    .unwrap_or_default()
                             } else {
                                 m.addr.clone()
                             };

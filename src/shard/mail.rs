@@ -116,7 +116,10 @@ impl Outbox {
             send(MEMBERSHIP_SHARD, Mail::Reports(reports));
         }
         if !self.copied.is_empty() {
-            send(MEMBERSHIP_SHARD, Mail::Copied(std::mem::take(&mut self.copied)));
+            send(
+                MEMBERSHIP_SHARD,
+                Mail::Copied(std::mem::take(&mut self.copied)),
+            );
         }
     }
 

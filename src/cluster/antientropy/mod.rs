@@ -160,6 +160,12 @@ pub struct AaeStats {
     pub refused_ahead: u64,
     /// When the last full round ended (ms), 0 = never.
     pub last_full_round_ms: u64,
+    /// Records and bytes partition copies brought here (moves), since start.
+    pub moved_keys: u64,
+    /// Bytes of those records.
+    pub moved_bytes: u64,
+    /// Partitions copied whole here (moves), since start.
+    pub moves_copied: u64,
 }
 
 /// Anti-entropy of one cluster core (node or shard).

@@ -170,6 +170,8 @@ impl AntiEntropy {
 
     pub(super) fn transfer_progress(&mut self, p: usize, keys: u64, bytes: u64) {
         self.throttle.spend(bytes);
+        self.index.stats.moved_keys += keys;
+        self.index.stats.moved_bytes += bytes;
         if let Some(t) = self.transfers.get_mut(&p) {
             t.keys += keys;
             t.bytes += bytes;
@@ -185,6 +187,7 @@ impl AntiEntropy {
             s.retain(|&n| n != peer);
             if s.is_empty() && !t.done {
                 t.done = true;
+                self.index.stats.moves_copied += 1;
                 self.copied.push((p as u16, t.since));
             }
         }

@@ -395,7 +395,9 @@ impl<C> ClusterNode<C> {
         // Owners and pending owners; one more acknowledgement per pending owner, so that
         // the owners after the flip hold the write as often as the level asks.
         let mut set = std::mem::take(&mut self.write_set);
-        let pending = self.ring.write_set(crate::hash::partition_of(key), &mut set);
+        let pending = self
+            .ring
+            .write_set(crate::hash::partition_of(key), &mut set);
         self.coordinator.start_write(
             now_ms,
             ctx,

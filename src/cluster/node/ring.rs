@@ -130,7 +130,10 @@ impl AdminCommand {
                 .parse::<u32>()
                 .map_err(|_| format!("bad node id {:?}", w.copied().unwrap_or("")))
         };
-        let verb = words.first().map(|w| w.to_ascii_uppercase()).unwrap_or_default();
+        let verb = words
+            .first()
+            .map(|w| w.to_ascii_uppercase())
+            .unwrap_or_default();
         let want = |n: usize| -> Result<(), String> {
             if words.len() == n {
                 Ok(())
@@ -242,8 +245,11 @@ impl<C> ClusterNode<C> {
         let shards = self.shards.max(1) as u64;
         let rate = self.elastic.bytes_per_s.div_ceil(shards);
         let may = self.ring.state().moves_may_run();
-        self.aae
-            .set_moves(may, rate, self.elastic.transfer_limit.div_ceil(shards as usize));
+        self.aae.set_moves(
+            may,
+            rate,
+            self.elastic.transfer_limit.div_ceil(shards as usize),
+        );
     }
 
     /// Adopt `state` if it is newer than the ring held: save it (membership core), follow it.
@@ -525,8 +531,7 @@ impl<C> ClusterNode<C> {
             .filter(|(&n, &v)| v > mine && n != me && self.is_alive(n))
             .max_by_key(|(_, &v)| v)
             .map(|(&n, _)| n);
-        if self.elastic.pull.is_none() && (newer.is_some() || now_ms >= self.elastic.next_pull_ms)
-        {
+        if self.elastic.pull.is_none() && (newer.is_some() || now_ms >= self.elastic.next_pull_ms) {
             let leader = self.leader();
             let target = newer.or((leader != me).then_some(leader)).or_else(|| {
                 self.ring
@@ -701,6 +706,38 @@ impl<C> ClusterNode<C> {
     pub fn on_copied(&mut self, list: &[(u16, u64)]) {
         for &(p, since) in list {
             self.elastic.copied.insert(p, since);
+        }
+    }
+
+    /// The elastic ring's STATS figures: the ring version and moving partitions (`_max`:
+    /// the same on every shard), this core's copies and the bytes they moved, the
+    /// partitions the leader flipped and the keys forgotten (summed over shards).
+    pub fn ring_stats_report(&self, report: &mut dyn FnMut(&'static str, u64)) {
+        let s = self.ring.state();
+        let (mut active, mut running) = (0, 0);
+        for t in self.aae.transfers() {
+            active += u64::from(!t.done);
+            running += u64::from(t.running);
+        }
+        let a = self.aae.stats();
+        let lines: [(&'static str, u64); 11] = [
+            ("ring_version_max", s.version()),
+            (
+                "ring_moving_partitions_max",
+                s.moving_partitions().len() as u64,
+            ),
+            ("ring_change_running_max", u64::from(s.change().is_some())),
+            ("ring_moves_paused_max", u64::from(s.paused())),
+            ("transfers_waiting", active - running),
+            ("transfers_running", running),
+            ("transfers_copied", a.moves_copied),
+            ("transfer_bytes", a.moved_bytes),
+            ("transfer_keys", a.moved_keys),
+            ("ring_flips", self.elastic.flips),
+            ("keys_forgotten", self.elastic.forgotten),
+        ];
+        for (name, v) in lines {
+            report(name, v);
         }
     }
 

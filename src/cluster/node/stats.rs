@@ -59,6 +59,7 @@ impl<C> ClusterNode<C> {
         // from "no shard has published yet" (both 0).
         report("clock_shards_accepting", u64::from(!refusing));
         self.aae.stats_report(now_ms, report);
+        self.ring_stats_report(report);
     }
 
     /// Cluster counters for STATS, one `name value` line each: [`ClusterNode::stats_report`].

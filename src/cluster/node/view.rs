@@ -93,7 +93,9 @@ impl<C> ClusterNode<C> {
         else {
             unreachable!("checked above");
         };
-        let ring_changed = last.as_ref().is_none_or(|l| l.ring_version != view.ring_version);
+        let ring_changed = last
+            .as_ref()
+            .is_none_or(|l| l.ring_version != view.ring_version);
         if refresh || ring_changed {
             view.ring = Some(self.ring.state().clone());
         }
