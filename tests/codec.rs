@@ -1310,6 +1310,7 @@ use dkv::cluster::antientropy::{self, ae_op, AntiEntropy};
 use dkv::cluster::peer::{
     self, ClockStamp, GossipEntry, NodeState, PeerError, PeerReply, PeerRequest, WriteAck,
 };
+use dkv::cluster::ringpeer::{self, ring_op, ChangeRequest};
 use dkv::cluster::{ClusterConfig, Ring};
 use dkv::storage::memory::MemoryStore;
 use dkv::storage::{Applied, Store, Stored, Write};
@@ -1324,6 +1325,8 @@ const PEER_OPS: &[(&str, u8)] = &[
     ("AE_KEYS", ae_op::KEYS),
     ("AE_PUSH", ae_op::PUSH),
     ("AE_STATUS", ae_op::STATUS),
+    ("RING_PULL", ring_op::PULL),
+    ("RING_CHANGE", ring_op::CHANGE),
 ];
 
 fn peer_op_named(name: &str) -> u8 {
@@ -1506,6 +1509,40 @@ fn check_peer_vector(v: &Vector) {
                 assert_eq!(v.bytes.len(), out.len() + extra * entries.len());
                 return;
             }
+        }
+        ("peer-request", ring_op::PULL) => {
+            v.only(&["op", "id", "held"]);
+            ringpeer::put_pull(&mut out, id, v.int("held"));
+            assert_eq!(
+                ringpeer::decode_pull(f.body),
+                Ok(v.int("held")),
+                "{}",
+                v.name
+            );
+        }
+        ("peer-reply", ring_op::PULL) => {
+            // A receiver whose ring state is not newer answers OK with an empty body.
+            v.only(&["op", "status", "id", "state"]);
+            assert_eq!(v.raw("state"), "not-newer", "vector {}", v.name);
+            put_ok(&mut out, ring_op::PULL, id, &[]);
+        }
+        ("peer-request", ring_op::CHANGE) => {
+            v.only(&["op", "id", "change", "node"]);
+            let node = v.int("node") as u32;
+            let change = match v.raw("change") {
+                "leave" => ChangeRequest::Leave { node },
+                "remove" => ChangeRequest::Remove { node },
+                c => panic!("vector {}: change {c}", v.name),
+            };
+            ringpeer::put_change(&mut out, id, &change);
+            assert_eq!(ringpeer::decode_change(f.body), Ok(change), "{}", v.name);
+        }
+        ("peer-reply", ring_op::CHANGE) => {
+            v.only(&["op", "status", "id", "version", "message"]);
+            let msg = String::from_utf8(v.bytes_of("message")).expect("UTF-8");
+            ringpeer::put_change_ok(&mut out, id, v.int("version"), &msg);
+            let got = ringpeer::decode_change_ok(f.body);
+            assert_eq!(got, Ok((v.int("version"), msg)), "{}", v.name);
         }
         (k, o) => panic!("vector {}: no check for {k} op 0x{o:02x}", v.name),
     }

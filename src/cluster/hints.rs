@@ -312,6 +312,31 @@ impl HintQueue {
         self.maybe_compact();
     }
 
+    /// The targets that have hints pending, ascending.
+    pub fn targets(&self) -> Vec<u32> {
+        self.targets
+            .iter()
+            .filter(|(_, t)| !t.hints.is_empty())
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// Take every hint kept for `target` (a node that left the ring: its hints go to the new
+    /// owners of their keys instead, see `ClusterNode`); they are done here.
+    pub fn take_target(&mut self, target: u32) -> Vec<OwnedWrite> {
+        let Some(t) = self.targets.remove(&target) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(t.hints.len());
+        for h in t.hints {
+            self.live_bytes -= 32 + h.write.size();
+            self.stats.pending -= 1;
+            self.log_append(&encode_done(target, h.seq));
+            out.push(h.write);
+        }
+        out
+    }
+
     /// Make the hints added so far durable (call once per event-loop turn).
     pub fn sync(&mut self) {
         if !self.dirty {

@@ -27,7 +27,7 @@ use crate::cluster::peer::PeerError;
 use crate::cluster::ring::Ring;
 use crate::cluster::ringfile::{NoRingFile, RingStore};
 use crate::cluster::ringpeer::{self, ring_op, ChangeRequest};
-use crate::cluster::ringstate::{Change, MemberStatus, RingChangeError, RingState};
+use crate::cluster::ringstate::{MemberStatus, RingChangeError, RingState};
 use crate::hash::partition_of;
 use crate::limits::PARTITION_COUNT;
 use crate::protocol::message::{put_error, put_ok};
@@ -291,6 +291,7 @@ impl<C> ClusterNode<C> {
                 Err(e) => log::error!("partitions moved away but not forgotten: {e}"),
             }
         }
+        self.retarget_hints(store);
         if self.ring.state().since() != self.elastic.reports_since {
             self.elastic.reports.clear();
             self.elastic.reports_since = self.ring.state().since();
@@ -303,6 +304,37 @@ impl<C> ClusterNode<C> {
             self.config.node_id,
             self.ring.version()
         );
+    }
+
+    /// Hints kept for nodes that left the ring go to the current owners of their keys (applied
+    /// here when this node is one), so a write a removed node missed is not lost with it.
+    fn retarget_hints(&mut self, store: &mut dyn Store) {
+        let me = self.config.node_id;
+        let state = self.ring.state().clone();
+        for gone in self.hints.targets() {
+            if state.is_member(gone) || state.version() == 0 {
+                continue;
+            }
+            let writes = self.hints.take_target(gone);
+            if writes.is_empty() {
+                continue;
+            }
+            log::info!(
+                "{} hints for node {gone}, which left the ring, go to the new owners",
+                writes.len()
+            );
+            for w in writes {
+                for &owner in state.owners(partition_of(&w.key)) {
+                    if owner == me {
+                        let mut tracked = self.aae.tracked_hint(store);
+                        // Best effort, as a hint delivery: a failing store reports itself.
+                        let _ = tracked.apply(w.as_write());
+                    } else {
+                        self.hints.add(owner, w.clone());
+                    }
+                }
+            }
+        }
     }
 
     /// Serve a RING_PULL or RING_CHANGE from `from` (on the membership core).
@@ -440,12 +472,11 @@ impl<C> ClusterNode<C> {
                 s.admit(node, &addr).map_err(bad)?
             }
             ChangeRequest::Replace { old, new, addr } => {
-                if s.change() == Some(Change::Replace { old, new }) || s.status(new).is_some() {
-                    if s.member(new).is_some_and(|m| m.addr == addr)
-                        && s.status(new) != Some(MemberStatus::Removed)
-                    {
-                        return Ok((version, format!("node {new} is already replacing {old}")));
-                    }
+                // Asked again (a retry of an admitted replacement): nothing more to do.
+                if s.member(new).is_some_and(|m| m.addr == addr)
+                    && s.status(new) != Some(MemberStatus::Removed)
+                {
+                    return Ok((version, format!("node {new} is already replacing {old}")));
                 }
                 if self.is_alive(old) {
                     return Err((
