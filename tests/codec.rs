@@ -1511,11 +1511,12 @@ fn check_peer_vector(v: &Vector) {
             }
         }
         ("peer-request", ring_op::PULL) => {
-            v.only(&["op", "id", "held"]);
-            ringpeer::put_pull(&mut out, id, v.int("held"));
+            v.only(&["op", "id", "sender", "held"]);
+            let (sender, held) = (v.int("sender") as u32, v.int("held"));
+            ringpeer::put_pull(&mut out, id, sender, held);
             assert_eq!(
                 ringpeer::decode_pull(f.body),
-                Ok(v.int("held")),
+                Ok((sender, held)),
                 "{}",
                 v.name
             );

@@ -5,6 +5,12 @@
 //!   node 4's partitions are copied to their new owners, flipped one by one, and node 4 ends
 //!   removed, holding nothing. Every key written before is then on exactly its 3 final
 //!   owners (LGET on each), and the keys per node are within ±15% of even.
+//! * **The whole life of a cluster under load.** 3 nodes with `kvbench --check` (QUORUM,
+//!   get/put/del) running throughout: two nodes join (3 → 5), one decommissions (5 → 4), one
+//!   is killed (`kill -9`) and replaced by a new node (`--replace`), another is killed and
+//!   force-removed (4 → 3). After each step every key is on exactly its final owners and the
+//!   keys per node are within ±15% of even; at the end kvbench reports 0 acknowledged writes
+//!   lost.
 
 mod common;
 
@@ -12,6 +18,7 @@ use common::{wait_for, Node};
 use dkv::client::Client;
 use dkv::hash::partition_of;
 use dkv::protocol::Consistency;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const KEYS: usize = 1_500;
@@ -137,6 +144,135 @@ fn a_decommissioned_node_streams_its_partitions_away_and_ends_empty() {
     wait_for(Duration::from_secs(10), "node 4 to forget its keys", || {
         (common::stat(&nodes[3], "storage_keys") == 0).then_some(())
     });
+    for n in &mut nodes {
+        n.terminate();
+    }
+}
+
+/// Start node `id` joining the cluster through `seed` (and replacing `replace`, if given).
+fn join(dir: &std::path::Path, id: u32, seed: &str, replace: Option<u32>) -> Node {
+    let port = common::free_port();
+    let mut args: Vec<String> = [
+        "--id",
+        &id.to_string(),
+        "--join",
+        seed,
+        "--cluster-secret",
+        "test-secret",
+        "--shards",
+        "2",
+        "--gossip-interval-ms",
+        "50",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    if let Some(old) = replace {
+        args.extend(["--replace".to_string(), old.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Node::start_on(port, &dir.join(format!("node-{id}")), &args)
+}
+
+/// Wait until node `id` is listed in the ring map of `node` (admitted).
+fn wait_admitted(node: &Node, id: u32) {
+    wait_for(CHANGE_TIMEOUT, &format!("node {id} to be admitted"), || {
+        let map = node.client().ring().ok()?;
+        map.addrs.iter().any(|(n, _)| *n == id).then_some(())
+    });
+}
+
+#[test]
+fn a_cluster_grows_shrinks_and_replaces_nodes_under_load_without_losing_writes() {
+    let mut nodes = common::start_nodes(
+        "elastic-life",
+        &[2, 2, 2],
+        3,
+        &["--gossip-interval-ms", "50"],
+    );
+    let dir = nodes[0].data.parent().expect("a test dir").to_path_buf();
+    let mut c = nodes[0].client();
+    for i in 0..KEYS {
+        c.put(&key(i), &value(i), 0, Consistency::All).expect("PUT");
+    }
+    let kvbench = Command::new(env!("CARGO_BIN_EXE_kvbench"))
+        .args([
+            "--target",
+            &nodes[0].addr,
+            "--connections",
+            "4",
+            "--pipeline",
+            "2",
+            "--duration",
+            "45",
+            "--rate",
+            "1500",
+            "--keys",
+            "3000",
+            "--mix",
+            "get=50,put=40,del=10",
+            "--consistency",
+            "QUORUM",
+            "--check",
+            "--json",
+            "--quiet",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kvbench");
+    let seed = nodes[0].addr.clone();
+
+    // 3 → 5: two nodes join, one after the other.
+    for id in [4u32, 5] {
+        nodes.push(join(&dir, id, &seed, None));
+        wait_admitted(&nodes[0], id);
+        let live: Vec<&Node> = nodes.iter().collect();
+        wait_settled_ring(&live);
+        check_placement(&live);
+        println!("joined node {id}");
+    }
+    // 5 → 4: node 4 decommissions, then stops.
+    nodes[0].client().cluster_admin("LEAVE 4").expect("LEAVE 4");
+    let live: Vec<&Node> = nodes.iter().collect();
+    wait_settled_ring(&live);
+    let mut gone = nodes.remove(3);
+    gone.terminate();
+    let live: Vec<&Node> = nodes.iter().collect();
+    check_placement(&live);
+    println!("node 4 left");
+    // Node 5 dies; node 6 replaces it.
+    let mut dead = nodes.remove(3);
+    dead.kill9();
+    nodes.push(join(&dir, 6, &seed, Some(5)));
+    wait_admitted(&nodes[0], 6);
+    let live: Vec<&Node> = nodes.iter().collect();
+    wait_settled_ring(&live);
+    check_placement(&live);
+    println!("node 6 replaced node 5");
+    // Node 2 dies and is removed for good (4 → 3).
+    let mut dead2 = nodes.remove(1);
+    dead2.kill9();
+    // REMOVE is refused while the leader still sees node 2 alive (until its failure
+    // detector marks it failed).
+    wait_for(CHANGE_TIMEOUT, "REMOVE 2 to be accepted", || {
+        nodes[0].client().cluster_admin("REMOVE 2").ok()
+    });
+    let live: Vec<&Node> = nodes.iter().collect();
+    wait_settled_ring(&live);
+    check_placement(&live);
+    println!("node 2 removed");
+
+    let out = kvbench.wait_with_output().expect("kvbench output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("\"lost\":0"),
+        "kvbench lost acknowledged writes: {stdout}\n{stderr}"
+    );
+    assert!(out.status.success(), "kvbench failed: {stderr}\n{stdout}");
+    println!("kvbench: {stdout}");
     for n in &mut nodes {
         n.terminate();
     }

@@ -13,7 +13,7 @@
 //!   runs or when the receiver is not the leader).
 //!
 //! ```text
-//!  RING_PULL request   | version held u64 |
+//!  RING_PULL request   | sender id u32 | version held u64 |
 //!  RING_PULL reply     | ring state encoding (cluster/ringstate.rs) |
 //!
 //!  RING_CHANGE request
@@ -91,9 +91,16 @@ pub enum ChangeRequest {
     Resume,
 }
 
-/// Append a RING_PULL request with id `id`.
-pub fn put_pull(out: &mut Vec<u8>, id: u32, held: u64) {
-    frame::put_frame(out, ring_op::PULL, 0, id, &[&held.to_be_bytes()]);
+/// Append a RING_PULL request with id `id` from node `sender`, which holds version `held`.
+/// (The sender names itself: a frame handed between a node's shards loses its session.)
+pub fn put_pull(out: &mut Vec<u8>, id: u32, sender: u32, held: u64) {
+    frame::put_frame(
+        out,
+        ring_op::PULL,
+        0,
+        id,
+        &[&sender.to_be_bytes(), &held.to_be_bytes()],
+    );
 }
 
 /// Append a RING_CHANGE request with id `id`.
@@ -133,12 +140,15 @@ fn malformed(why: &str) -> PeerError {
     PeerError::Malformed(why.to_string())
 }
 
-/// Decode a RING_PULL request body: the version the puller holds.
-pub fn decode_pull(body: &[u8]) -> Result<u64, PeerError> {
-    if body.len() != 8 {
-        return Err(malformed("RING_PULL body is not 8 bytes"));
+/// Decode a RING_PULL request body: the puller and the version it holds.
+pub fn decode_pull(body: &[u8]) -> Result<(u32, u64), PeerError> {
+    if body.len() != 12 {
+        return Err(malformed("RING_PULL body is not 12 bytes"));
     }
-    Ok(BigEndian::read_u64(body))
+    Ok((
+        BigEndian::read_u32(&body[..4]),
+        BigEndian::read_u64(&body[4..]),
+    ))
 }
 
 /// Decode a RING_CHANGE request body.
@@ -239,8 +249,8 @@ mod tests {
             }
         }
         let mut f = Vec::new();
-        put_pull(&mut f, 1, 42);
+        put_pull(&mut f, 1, 3, 42);
         let (fr, _) = frame::parse(&f).unwrap().unwrap();
-        assert_eq!(decode_pull(fr.body).unwrap(), 42);
+        assert_eq!(decode_pull(fr.body).unwrap(), (3, 42));
     }
 }

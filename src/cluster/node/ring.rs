@@ -350,8 +350,9 @@ impl<C> ClusterNode<C> {
         out: &mut Vec<u8>,
     ) -> Result<(), PeerError> {
         let r = if op == ring_op::PULL {
-            ringpeer::decode_pull(body).map(|held| {
-                let e = self.elastic.peer_versions.entry(from).or_insert(0);
+            ringpeer::decode_pull(body).map(|(sender, held)| {
+                let _ = from; // 0 when the frame came through another shard
+                let e = self.elastic.peer_versions.entry(sender).or_insert(0);
                 *e = (*e).max(held);
                 if held < self.ring.version() {
                     put_ok(out, op, id, &[&self.ring.state().to_bytes()]);
@@ -576,7 +577,7 @@ impl<C> ClusterNode<C> {
             if let Some(to) = target {
                 let id = self.elastic.alloc_id();
                 let mut f = Vec::new();
-                ringpeer::put_pull(&mut f, id, mine);
+                ringpeer::put_pull(&mut f, id, me, mine);
                 self.outputs.push_back(Output::Send { to, frame: f });
                 self.elastic.pull =
                     Some((id, now_ms.saturating_add(self.config.request_timeout_ms)));
