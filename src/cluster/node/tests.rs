@@ -135,7 +135,12 @@ fn a_follower_decides_with_the_membership_shards_view() {
         Some("cluster_pauses 0")
     );
     // No view yet: only itself alive, writes refused for the clock.
-    assert_eq!(follower.alive_mask(), 0b001);
+    assert_eq!(follower.alive_ids(), vec![1]);
+    assert_eq!(follower.leader(), 1);
+    assert_eq!(
+        follower.peer_addr(2),
+        Some("127.0.0.1:7002".parse().unwrap())
+    );
     let why = follower.clock_refusal(NOW).expect("refused without a view");
     assert!(why.contains("not measured yet"), "{why}");
     // The membership shard measures both peers; its view goes out once, then only on
@@ -143,12 +148,14 @@ fn a_follower_decides_with_the_membership_shards_view() {
     measure(&mut lead, &mut store, 2, 3);
     measure(&mut lead, &mut store, 3, -3);
     let view = lead.poll_view(NOW).expect("a first view");
-    assert_eq!(view.alive_mask, 0b111);
+    assert_eq!(view.alive, vec![1, 2, 3]);
+    assert_eq!(view.members.len(), 3);
     assert!(view.clock.is_some_and(|c| c.complete()));
     assert_eq!(lead.poll_view(NOW + 1), None, "nothing changed");
     assert!(lead.poll_view(NOW + VIEW_REFRESH_MS).is_some(), "refresh");
     follower.on_view(NOW, &mut store, view.clone());
-    assert_eq!(follower.alive_mask(), 0b111);
+    assert_eq!(follower.alive_ids(), vec![1, 2, 3]);
+    assert!(follower.is_alive(3) && !follower.is_alive(4));
     assert_eq!(follower.clock_refusal(NOW), None);
     assert_eq!(follower.render_cluster(), lead.render_cluster());
     assert_eq!(follower.clock_figures(NOW), lead.clock_figures(NOW));
@@ -184,6 +191,37 @@ fn a_follower_decides_with_the_membership_shards_view() {
         Response::from_frame(&r).unwrap().status,
         crate::protocol::Status::Unavailable as u8
     );
+
+    // Node 4 joins: the membership shard hears of it by gossip, its next view says so at
+    // once, and the follower learns where to reach it and that it is alive.
+    let mut entries = lead.membership().entries();
+    entries.push(crate::cluster::peer::GossipEntry {
+        node_id: 4,
+        incarnation: NOW,
+        heartbeat: 1,
+        state: crate::cluster::peer::NodeState::Alive,
+        ring_version: 1,
+        addr: Some("127.0.0.1:7004".parse().unwrap()),
+    });
+    let mut req = Vec::new();
+    peer::put_gossip(&mut req, 5, 2, &entries, ClockStamp::default());
+    let (f, _) = frame::parse(&req).unwrap().unwrap();
+    let mut out = Vec::new();
+    lead.on_peer_request(NOW, &mut store, 2, f.id, f.op, f.aux, f.body, &mut out)
+        .unwrap();
+    assert_eq!(follower.peer_addr(4), None);
+    let view = lead
+        .poll_view(NOW + 2)
+        .expect("members changed: a view at once");
+    assert_eq!(view.alive, vec![1, 2, 3, 4]);
+    follower.on_view(NOW + 2, &mut store, view);
+    assert_eq!(
+        follower.peer_addr(4),
+        Some("127.0.0.1:7004".parse().unwrap())
+    );
+    assert_eq!(follower.alive_ids(), vec![1, 2, 3, 4]);
+    assert_eq!(follower.members().len(), 4);
+    assert_eq!(lead.peer_addr(4), follower.peer_addr(4));
 }
 
 #[test]
