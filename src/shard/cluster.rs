@@ -156,6 +156,13 @@ impl ShardCore {
         self.cluster.as_ref().map(|c| &c.node)
     }
 
+    /// The shard's cluster core, to change (its membership: members added or forgotten, the
+    /// ring version held); `None` when not clustered. The driver moves its outputs on the
+    /// next turn.
+    pub fn cluster_node_mut(&mut self) -> Option<&mut ClusterNode<ReplyTo>> {
+        self.cluster.as_mut().map(|c| &mut c.node)
+    }
+
     /// Whether this node runs as part of a cluster.
     pub fn is_clustered(&self) -> bool {
         self.cluster.is_some()

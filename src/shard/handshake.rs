@@ -487,8 +487,12 @@ mod tests {
         // Version 1 (the secret as token) is not spoken any more, and never looked at.
         let (after, st, _) = exchange(&mut core, &mut fresh(1), peer_hello(2, 1, b"the secret"));
         assert_eq!((after, st), (After::Close, Status::UnsupportedVersion));
-        // Not a node of the cluster, or this node itself.
-        for id in [1, 4] {
+        // This node itself, or a node removed from the cluster for good.
+        core.cluster_node_mut()
+            .expect("clustered")
+            .membership_mut()
+            .forget(5);
+        for id in [1, 5] {
             let r = exchange(
                 &mut core,
                 &mut fresh(1),
@@ -500,6 +504,14 @@ mod tests {
                 "node {id}"
             );
         }
+        // An id no member has yet (a node joining the cluster) gets its challenge: the proof
+        // of the secret admits it.
+        let r = exchange(
+            &mut core,
+            &mut fresh(1),
+            peer_hello(4, PEER_PROTOCOL_VERSION, &nonce_i),
+        );
+        assert_eq!((r.0, r.1), (After::Continue, Status::Ok), "node 4");
         // A nonce of the wrong size.
         let r = exchange(
             &mut core,

@@ -368,6 +368,8 @@ const STATS_NAMES: &[&str] = &[
     "replicate_refused_ahead",
     "clock_samples",
     "clock_samples_dropped",
+    "members_added",
+    "members_ignored",
     "clock_shards_refusing",
     "clock_shards_accepting",
     "aae_rounds",
