@@ -15,8 +15,9 @@
 //!   for good (a removed node): gossip never brings it back.
 //! * **Merge.** For each entry, the pair `(incarnation, heartbeat)` is compared
 //!   lexicographically: a higher incarnation wins, then a higher heartbeat. Anything that
-//!   advances the pair counts as progress for that node, whoever relayed it, and brings the
-//!   node's address as that entry has it (a node restarted on another port is reached there).
+//!   advances the pair counts as progress for that node, whoever relayed it. A node's address
+//!   follows what the node says of itself (a node restarted on another port is reached
+//!   there), except a configured one, which the operator's list fixes.
 //!   Ring versions merge as the maximum heard: each node sends its own in its entry
 //!   ([`Membership::set_ring_version`]), so every node learns which ring versions the others
 //!   hold.
@@ -105,6 +106,10 @@ pub struct Member {
     pub last_progress_ms: u64,
     /// The highest ring version the node was heard to hold (0: none heard yet).
     pub ring_version: u64,
+    /// Whether `addr` is from this node's configuration (`--nodes`, or the seed's map for a
+    /// joining node): gossip never changes it. Other members' addresses follow what each
+    /// node says of itself.
+    pub configured: bool,
 }
 
 /// Counters for STATS.
@@ -170,6 +175,7 @@ impl Membership {
                 state: NodeState::Alive,
                 last_progress_ms: start_ms,
                 ring_version: 0,
+                configured: true,
             })
             .collect();
         assert!(
@@ -302,8 +308,9 @@ impl Membership {
     }
 
     /// Add node `id` at `addr` (alive, progress now) if it is not a member, or give a member
-    /// its new address. An id forgotten before is a member again. Returns false (and changes
-    /// nothing) when the table is full or `id` is this node.
+    /// its new address (which the node's own gossip may change later, unless configured). An
+    /// id forgotten before is a member again. Returns false (and changes nothing) when the
+    /// table is full or `id` is this node.
     pub fn add_member(&mut self, id: u32, addr: SocketAddr) -> bool {
         if id == self.self_id {
             return false;
@@ -336,6 +343,7 @@ impl Membership {
                 state: NodeState::Alive,
                 last_progress_ms: self.now_ms,
                 ring_version: 0,
+                configured: false,
             },
         );
         self.stats.members_added += 1;
@@ -449,7 +457,8 @@ impl Membership {
     pub fn on_gossip(&mut self, now_ms: u64, sender: u32, entries: &[GossipEntry]) {
         self.stats.gossip_merged += 1;
         self.now_ms = self.now_ms.max(now_ms);
-        let _ = sender; // every entry is merged on its own merits, the sender's included
+        // Every entry is merged on its own merits, the sender's included (its entry alone
+        // may change its address).
         for e in entries {
             let i = match self.index_of(e.node_id) {
                 Some(i) => i,
@@ -482,13 +491,22 @@ impl Membership {
             }
             let m = &mut self.members[i];
             m.ring_version = m.ring_version.max(e.ring_version);
+            // A node's address is what it says of itself, in news at least as fresh as ours
+            // (relays only introduce a node: with proxies or NAT, two relays may know it at
+            // different addresses, and following each would flap its links). An address the
+            // operator configured is kept: the others may reach the node only through it.
+            if e.node_id == sender
+                && !m.configured
+                && (e.incarnation, e.heartbeat) >= (m.incarnation, m.heartbeat)
+            {
+                if let Some(addr) = e.addr {
+                    m.addr = addr;
+                }
+            }
             if (e.incarnation, e.heartbeat) <= (m.incarnation, m.heartbeat) {
                 continue;
             }
             if (m.incarnation, m.heartbeat) == (0, 0) && e.state == NodeState::Failed {
-                if let Some(addr) = e.addr {
-                    m.addr = addr;
-                }
                 // First news of a node, relayed by a peer that already holds it failed: that
                 // is old news, not progress. Without this a freshly started node would count
                 // a dead node alive (and maybe its leader) for a whole failure timeout.
@@ -503,9 +521,6 @@ impl Membership {
                 continue;
             }
             let restarted = e.incarnation > m.incarnation && m.incarnation != 0;
-            if let Some(addr) = e.addr {
-                m.addr = addr;
-            }
             m.incarnation = e.incarnation;
             m.heartbeat = e.heartbeat;
             m.last_progress_ms = now_ms;
@@ -920,11 +935,16 @@ mod tests {
             !m.add_member(1, "127.0.0.1:1".parse().unwrap()),
             "not itself"
         );
-        // Newer news of a node brings its new address; older news does not.
-        m.on_gossip(400, 2, &[entry(9, 6, 1, Some("127.0.0.1:7029"))]);
+        // A node's own news brings its new address; older news, a relay's, does not, nor
+        // anything about a configured node.
+        m.on_gossip(400, 2, &[entry(9, 6, 1, Some("127.0.0.1:7049"))]);
+        assert_eq!(m.addr_of(9), Some("127.0.0.1:7019".parse().unwrap()));
+        m.on_gossip(400, 9, &[entry(9, 6, 1, Some("127.0.0.1:7029"))]);
         assert_eq!(m.addr_of(9), Some("127.0.0.1:7029".parse().unwrap()));
-        m.on_gossip(400, 2, &[entry(9, 5, 9, Some("127.0.0.1:7039"))]);
+        m.on_gossip(400, 9, &[entry(9, 5, 9, Some("127.0.0.1:7039"))]);
         assert_eq!(m.addr_of(9), Some("127.0.0.1:7029".parse().unwrap()));
+        m.on_gossip(400, 2, &[entry(2, 9, 9, Some("127.0.0.1:7777"))]);
+        assert_eq!(m.addr_of(2), Some("127.0.0.1:7002".parse().unwrap()));
         // Ring versions merge as the maximum.
         let mut e = entry(2, 1, 1, None);
         e.ring_version = 7;
