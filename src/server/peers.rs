@@ -564,3 +564,69 @@ fn handshake_step(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::Poll;
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    /// Wait (a bounded while) for a connection on `l`.
+    fn accepted(l: &TcpListener) -> bool {
+        l.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if l.accept().is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    /// Links are made on the first frame to a node, at the address given; a new address
+    /// moves the link; a node of no known address gets nothing; the link count is bounded.
+    #[test]
+    fn links_follow_the_addresses_the_core_knows() {
+        let poll = Poll::new().unwrap();
+        let registry = poll.registry();
+        let mut config = ClusterConfig::single(1, "127.0.0.1:1".parse().unwrap());
+        config.secret = b"s".to_vec();
+        let mut links = PeerLinks::new(0, &config);
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (addr_a, addr_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+
+        links.send(registry, 2, Some(addr_a), b"frame");
+        assert_eq!(links.links.len(), 1);
+        assert!(accepted(&a), "connected to the node's address");
+        assert_eq!(links.stats().connects, 1);
+        // No address given this time: the link keeps the one it has.
+        links.send(registry, 2, None, b"frame");
+        assert_eq!(links.links[0].addr, addr_a);
+        // The node moved: the link reconnects there (at the next frame, its backoff reset).
+        links.send(registry, 2, Some(addr_b), b"frame");
+        assert_eq!(links.stats().readdressed, 1);
+        assert_eq!(links.links[0].addr, addr_b);
+        assert!(accepted(&b), "reconnected to the new address");
+        assert_eq!(links.index_of(Token(LINK_TOKEN_BASE)), Some(0));
+
+        // A node nobody knows the address of: dropped and counted, no link.
+        links.send(registry, 3, None, b"frame");
+        assert_eq!(links.stats().frames_no_addr, 1);
+        assert_eq!(links.links.len(), 1);
+        // Never a link to this node itself.
+        links.send(registry, 1, Some(addr_a), b"frame");
+        assert_eq!(links.links.len(), 1);
+
+        // At most LINKS_MAX links (to unreachable ports: connects fail or hang, no matter).
+        let dropped = links.stats().frames_dropped;
+        for id in 10..10 + LINKS_MAX as u32 {
+            links.send(registry, id, Some("127.0.0.1:9".parse().unwrap()), b"f");
+        }
+        assert_eq!(links.links.len(), LINKS_MAX);
+        assert!(links.stats().frames_dropped > dropped);
+        links.close_all(registry);
+    }
+}

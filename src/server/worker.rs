@@ -371,6 +371,15 @@ impl Worker {
         }
         links.tick(registry);
         links.flush(registry);
+        // Published as this shard's totals (each shard has its own counters).
+        let st = links.stats();
+        let counters = &self.shared.counters[self.shard];
+        counters
+            .peer_frames_dropped
+            .store(st.frames_dropped, Ordering::Relaxed);
+        counters
+            .peer_frames_no_addr
+            .store(st.frames_no_addr, Ordering::Relaxed);
     }
 
     fn shutdown(&mut self) {

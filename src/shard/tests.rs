@@ -287,6 +287,8 @@ const STATS_NAMES: &[&str] = &[
     "syncs",
     "key_requests_owned",
     "key_requests_not_owned",
+    "peer_frames_dropped",
+    "peer_frames_no_addr",
     "handshake_failures",
     "handshakes_throttled",
     "handshake_throttle_sources",

@@ -254,3 +254,36 @@ fn a_replica_refuses_versions_too_far_ahead_of_the_cluster_clock() {
         PeerReply::Write(WriteAck::Refused(_))
     ));
 }
+
+/// A node that joined starts from the ring it was given (it owns nothing in it), gossips
+/// its version, and still coordinates: a write goes to the key's owners, none to itself.
+#[test]
+fn a_joined_node_starts_from_the_given_ring_and_owns_nothing() {
+    let mut c = ClusterConfig::build(
+        4,
+        "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003,4=127.0.0.1:7004",
+        3,
+    )
+    .unwrap();
+    let ring = crate::cluster::Ownership::initial(&[1, 2, 3], 3).unwrap();
+    c.initial_ring = Some(ring.clone());
+    c.validate().unwrap();
+    let mut n: ClusterNode<u32> = ClusterNode::new(c, NOW, 1, HintQueue::in_memory(100));
+    assert_eq!(n.ring().ownership(), &ring);
+    assert!(n.ring().partitions_of(4).is_empty());
+    assert_eq!(n.membership().ring_version(), ring.version());
+    let mut store = MemoryStore::new();
+    for peer in [1, 2, 3] {
+        measure(&mut n, &mut store, peer, 0);
+    }
+    n.write(NOW, &mut store, 1, b"k", Some(b"v"), 0, Consistency::Quorum);
+    let mut to: Vec<u32> = std::iter::from_fn(|| n.poll_output())
+        .filter_map(|o| match o {
+            Output::Send { to, .. } => Some(to),
+            _ => None,
+        })
+        .collect();
+    to.sort_unstable();
+    assert_eq!(to, vec![1, 2, 3]);
+    assert_eq!(store.get(b"k").unwrap(), None);
+}
