@@ -2,7 +2,8 @@
 //! processes: three nodes started with `--nodes`, a fourth with `--join` to node 2.
 //!
 //! * The joining node fetches the ring map from its seed, gossips, and every node comes to
-//!   list four members alive (CLUSTER), the newcomer with its address.
+//!   list four members alive (CLUSTER), the newcomer with its address. Writes through node 1
+//!   all along the join are never refused.
 //! * It owns nothing yet (the ring is the seed's), yet coordinates client requests: a QUORUM
 //!   PUT through it reaches the owners (GET through node 1 sees it), and a PUT through node 1
 //!   is read back through it. Its own store holds none of the keys (LGET: not found).
@@ -14,6 +15,8 @@ mod common;
 use common::{wait_for, Node};
 use dkv::protocol::{Consistency, Status};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -52,6 +55,23 @@ fn retrying<T>(what: &str, mut op: impl FnMut() -> Result<T, dkv::client::Client
 #[test]
 fn a_node_joins_through_one_member_and_coordinates_requests() {
     let mut nodes = common::start_nodes("join", &[2, 2, 2], 3, &["--gossip-interval-ms", "50"]);
+    // Writes through node 1 all along the join: none is refused (a member that joins counts
+    // for the clock rule only once measured, so hearing of it refuses nothing).
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, addr) = (stop.clone(), nodes[0].addr.clone());
+        std::thread::spawn(move || {
+            let mut c = dkv::client::Client::connect(addr.as_str()).expect("connect");
+            let (mut done, mut refused) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match c.put(b"during-join", b"v", 0, Consistency::Quorum) {
+                    Ok(_) => done += 1,
+                    Err(e) => refused.push(e.to_string()),
+                }
+            }
+            (done, refused)
+        })
+    };
     let dir = common::temp_dir("join-new");
     let args = join_args(4, &nodes[1].addr);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -61,6 +81,12 @@ fn a_node_joins_through_one_member_and_coordinates_requests() {
     for n in &nodes {
         common::wait_alive(n, 4, &[1, 2, 3, 4], DEADLINE);
     }
+    stop.store(true, Ordering::Relaxed);
+    let (done, refused) = writer.join().expect("writer");
+    assert!(
+        done > 0 && refused.is_empty(),
+        "{done} writes, refused: {refused:?}"
+    );
     // Every node knows where node 4 listens (its CLUSTER line), and every node's RING lists
     // its address although it owns nothing.
     for n in &nodes {

@@ -39,7 +39,9 @@
 //!
 //! * **Clocks.** Pushes and pull replies carry clock stamps; the pusher turns each reply into
 //!   a sample of the replier's clock offset ([`super::clock`]), and [`Membership::cluster_clock`]
-//!   says how far this node's clock is from the cluster's (its live peers' median).
+//!   says how far this node's clock is from the cluster's (its live peers' median). A member
+//!   added by gossip counts among the live peers once measured (a push goes to it at once),
+//!   so a node joining does not make the others refuse writes until they measure it.
 //!
 //! State changes come out as [`MemberEvent`]s (for logs, hint delivery and leader chores);
 //! frames to send come out of [`Membership::poll_transmit`].
@@ -574,10 +576,16 @@ impl Membership {
     /// This node's clock against its live peers' (see [`super::clock`]).
     pub fn cluster_clock(&self, now_ms: u64) -> ClusterClock {
         let me = self.self_id;
+        // A member heard of by gossip (a node that joined) counts once its clock is measured:
+        // counted before, it would make every node refuse writes (its clock not measured
+        // against every live peer) from the moment it hears of the newcomer until a round
+        // trip with it. This node's offset is the median over its peers, so one peer less
+        // for a moment barely moves it; the configured ones must all be measured.
         let live = self
             .members
             .iter()
             .filter(move |m| m.id != me && m.state == NodeState::Alive)
+            .filter(|m| m.configured || self.clock.sample(m.id).is_some())
             .map(|m| m.id);
         let _ = now_ms;
         self.clock.cluster(self.members.len() - 1, live)
@@ -900,6 +908,38 @@ mod tests {
             assert_eq!(n.leader(), 1);
         }
         assert!(nodes[..3].iter().all(|n| n.stats().members_added == 1));
+        // Hearing of node 4 never made a node's clock incomplete (it counts once measured).
+        let mut m = Membership::new(&config(1, 3), 1_000);
+        m.on_clock_reply(
+            1_010,
+            2,
+            Some(ClockStamp {
+                sent_ms: 1_005,
+                echo_ms: 1_000,
+            }),
+        );
+        m.on_clock_reply(
+            1_010,
+            3,
+            Some(ClockStamp {
+                sent_ms: 1_005,
+                echo_ms: 1_000,
+            }),
+        );
+        assert!(m.cluster_clock(1_010).complete());
+        m.on_gossip(1_020, 2, &[entry(4, 1_000, 1, Some("127.0.0.1:7004"))]);
+        assert!(m.is_alive(4));
+        assert!(m.cluster_clock(1_020).complete());
+        assert_eq!(m.cluster_clock(1_020).live, 2);
+        m.on_clock_reply(
+            1_030,
+            4,
+            Some(ClockStamp {
+                sent_ms: 1_025,
+                echo_ms: 1_020,
+            }),
+        );
+        assert_eq!(m.cluster_clock(1_030).live, 3);
         let line4 = nodes[0].render().lines().nth(3).unwrap().to_string();
         assert!(line4.starts_with("4 127.0.0.1:7004 alive 1000"), "{line4}");
         assert!(line4.ends_with(" ring_version=5"), "{line4}");
