@@ -4,7 +4,9 @@
 //!
 //! The node list is written `ID=HOST:PORT` separated by commas, e.g.
 //! `1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003`. Every node of a cluster must be given
-//! the same list, replica count and secret (placement is computed from them).
+//! the same list, replica count and secret (placement is computed from them). A node started
+//! later with `--join` is configured from the cluster's ring map instead
+//! ([`ClusterConfig::apply_join`]): the map's nodes and N, and its ring to start from.
 
 use crate::limits::{
     ANTI_ENTROPY_INTERVAL_MS_DEFAULT, CLUSTER_NODES_MAX, CLUSTER_SECRET_SIZE_MAX,

@@ -461,6 +461,10 @@ impl Membership {
         self.now_ms = self.now_ms.max(now_ms);
         // Every entry is merged on its own merits, the sender's included (its entry alone
         // may change its address).
+        // Nodes seen alive again: pushed to at once, like new members, so that their clocks
+        // are measured within a round trip (until then this node refuses writes: a live peer
+        // is not measured) rather than at their next turn among the gossip targets.
+        let mut back: Vec<u32> = Vec::new();
         for e in entries {
             let i = match self.index_of(e.node_id) {
                 Some(i) => i,
@@ -533,12 +537,16 @@ impl Membership {
                     node: e.node_id,
                     incarnation: e.incarnation,
                 });
+                back.push(e.node_id);
             } else if restarted {
                 self.events.push_back(MemberEvent::Restarted {
                     node: e.node_id,
                     incarnation: e.incarnation,
                 });
             }
+        }
+        for id in back {
+            self.push_to(now_ms, id);
         }
         self.update_leader();
     }
