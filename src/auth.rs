@@ -125,8 +125,9 @@ pub enum Claim {
     Client,
     /// A peer with this node id of the cluster (HELLO role 2).
     Peer(u32),
-    /// A peer claiming an id that is not another node of the cluster: one key for all such
-    /// ids, so a source cannot make itself thousands of entries and flush the table.
+    /// A peer claiming an id that is not a known member of the cluster (a joining node, or
+    /// a guess): one key for all such ids, so a source cannot make itself thousands of
+    /// entries and flush the table.
     UnknownPeer,
 }
 

@@ -246,7 +246,7 @@ pub const HINT_SYNC_INTERVAL_MS: u64 = 100;
 pub const CLUSTER_SECRET_SIZE_MAX: usize = TOKEN_SIZE_MAX;
 
 const _: () = assert!(CLUSTER_NODES_MAX <= crate::version::NODE_ID_MAX as usize);
-// Alive sets travel between shards as one u64 bit mask.
+// A gossip frame carries the whole view (48 bytes an entry): 64 keeps it near 3 KiB.
 const _: () = assert!(CLUSTER_NODES_MAX <= 64);
 const _: () = assert!(REPLICAS_MAX <= CLUSTER_NODES_MAX);
 const _: () = assert!(GOSSIP_FANOUT >= 1);

@@ -1356,13 +1356,13 @@ fn value_of(v: &Vector) -> Option<Vec<u8>> {
     (v.raw("value") != "tombstone").then(|| v.bytes_of("value"))
 }
 
-/// `entries=ID/INCARNATION/HEARTBEAT/STATE,...`
+/// `entries=ID/INCARNATION/HEARTBEAT/STATE/RING_VERSION/ADDRESS,...` (ADDRESS `-`: unknown).
 fn gossip_entries_of(v: &Vector) -> Vec<GossipEntry> {
     v.raw("entries")
         .split(',')
         .map(|e| {
             let p: Vec<&str> = e.split('/').collect();
-            assert_eq!(p.len(), 4, "vector {}: gossip entry {e}", v.name);
+            assert_eq!(p.len(), 6, "vector {}: gossip entry {e}", v.name);
             let n = |s: &str| parse_int(s).unwrap_or_else(|| panic!("vector {}: {s}", v.name));
             GossipEntry {
                 node_id: n(p[0]) as u32,
@@ -1372,6 +1372,14 @@ fn gossip_entries_of(v: &Vector) -> Vec<GossipEntry> {
                     "alive" => NodeState::Alive,
                     "failed" => NodeState::Failed,
                     s => panic!("vector {}: state {s}", v.name),
+                },
+                ring_version: n(p[4]),
+                addr: match p[5] {
+                    "-" => None,
+                    a => Some(
+                        a.parse()
+                            .unwrap_or_else(|_| panic!("vector {}: address {a}", v.name)),
+                    ),
                 },
             }
         })

@@ -285,7 +285,7 @@ fn cluster_options(o: &mut getopts::Options) {
     o.optopt(
         "",
         "id",
-        "this node's id in --nodes [default: 0 alone, required with --nodes]",
+        "this node's id in --nodes, or a new id with --join [default: 0 alone, required with --nodes or --join]",
         "ID",
     );
     o.optopt(
@@ -296,6 +296,12 @@ fn cluster_options(o: &mut getopts::Options) {
     );
     o.optopt(
         "",
+        "join",
+        "join a running cluster through any of its nodes (instead of --nodes): fetches the cluster's ring map from HOST:PORT (retrying for up to 30 s), then starts as a new node that owns nothing yet; needs --id (an id no node has), --listen (the address the other nodes reach this node at) and the cluster secret",
+        "HOST:PORT",
+    );
+    o.optopt(
+        "",
         "replicas",
         "copies of each key (N) [default: min(3, nodes)]",
         "N",
@@ -303,7 +309,7 @@ fn cluster_options(o: &mut getopts::Options) {
     o.optopt(
         "",
         "cluster-secret",
-        "secret the nodes prove to each other without sending it; with --nodes, this, --cluster-secret-file or DKV_CLUSTER_SECRET is required",
+        "secret the nodes prove to each other without sending it; with --nodes or --join, this, --cluster-secret-file or DKV_CLUSTER_SECRET is required",
         "SECRET",
     );
     o.optopt(
@@ -363,6 +369,13 @@ fn cluster_options(o: &mut getopts::Options) {
     // The elastic cluster (issue 12).
     o.optopt(
         "",
+        "replace",
+        "with --join: take over dead node ID's partitions (streamed from the surviving copies) \
+         instead of taking a share from every node",
+        "ID",
+    );
+    o.optopt(
+        "",
         "stream-mb-per-s",
         "byte rate of the partition copies this node receives when nodes join, leave or are \
          replaced, in MB/s (0 = unlimited; changeable with kvcat CLUSTER THROTTLE) [default: 0]",
@@ -392,8 +405,70 @@ fn cluster_options(o: &mut getopts::Options) {
     );
 }
 
-/// The cluster configuration from the options, `None` without `--nodes`. Fills `listen` with
-/// this node's address from the list when `--listen` was not given.
+/// How long `--join` keeps asking the seed for the cluster's ring map.
+const JOIN_SEED_WAIT_MS: u64 = 30_000;
+/// First pause between two asks; doubled each time up to [`JOIN_RETRY_MS_MAX`].
+const JOIN_RETRY_MS_MIN: u64 = 100;
+/// Longest pause between two asks.
+const JOIN_RETRY_MS_MAX: u64 = 2_000;
+/// Time for one ask (connect, handshake, RING) before it counts as failed.
+const JOIN_ASK_TIMEOUT_MS: u64 = 2_000;
+
+/// The ring map of the cluster `seed` belongs to, asked over the client protocol (RING),
+/// with a bounded backoff for up to [`JOIN_SEED_WAIT_MS`]; `token`: the client token to
+/// present. Returns the map and the seed's address (the one empty addresses stand for).
+fn fetch_seed_map(
+    seed: &str,
+    token: &[u8],
+) -> Result<(dkv::protocol::ringmap::RingMap, SocketAddr), String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_millis(JOIN_SEED_WAIT_MS);
+    let timeout = Duration::from_millis(JOIN_ASK_TIMEOUT_MS);
+    let mut pause_ms = JOIN_RETRY_MS_MIN;
+    let ask = || -> Result<(dkv::protocol::ringmap::RingMap, SocketAddr), String> {
+        let addr = seed
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {seed}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{seed} resolves to no address"))?;
+        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let mut c = dkv::client::Client::from_stream(stream);
+        c.set_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+        let hello = c
+            .call(&dkv::protocol::Request::Hello {
+                version: dkv::protocol::PROTOCOL_VERSION,
+                role: dkv::protocol::Role::Client,
+                node_id: 0,
+                token,
+            })
+            .map_err(|e| e.to_string())?;
+        dkv::client::expect_ok(hello).map_err(|e| e.to_string())?;
+        let map = c.ring().map_err(|e| e.to_string())?;
+        Ok((map, addr))
+    };
+    loop {
+        match ask() {
+            Ok(found) => return Ok(found),
+            Err(why) => {
+                if Instant::now() + Duration::from_millis(pause_ms) > deadline {
+                    return Err(format!(
+                        "--join {seed}: no ring map from the seed within {} s (last error: {why}); is a node of the cluster listening there?",
+                        JOIN_SEED_WAIT_MS / 1000
+                    ));
+                }
+                log::warn!("--join {seed}: {why}; retrying in {pause_ms} ms");
+                std::thread::sleep(Duration::from_millis(pause_ms));
+                pause_ms = (pause_ms * 2).min(JOIN_RETRY_MS_MAX);
+            }
+        }
+    }
+}
+
+/// The cluster configuration from the options, `None` without `--nodes` or `--join`. Fills
+/// `listen` with this node's address from the list when `--listen` was not given. With
+/// `--join`, asks the seed for the cluster's ring map first (see [`fetch_seed_map`]).
 fn cluster_config(
     m: &getopts::Matches,
     listen: &mut Option<SocketAddr>,
@@ -405,7 +480,15 @@ fn cluster_config(
                 .map_err(|_| format!("--id: {s:?} is not a node id"))?,
         ),
     };
-    let Some(list) = m.opt_str("nodes") else {
+    let join = m.opt_str("join");
+    if join.is_some() && m.opt_present("nodes") {
+        return Err(
+            "--join and --nodes exclude each other: --nodes starts a cluster, --join adds a node to a running one"
+                .into(),
+        );
+    }
+    let list = m.opt_str("nodes");
+    if list.is_none() && join.is_none() {
         for name in [
             "replicas",
             "cluster-secret",
@@ -421,18 +504,35 @@ fn cluster_config(
             "max-clock-offset-ms",
         ] {
             if m.opt_present(name) {
-                return Err(format!("--{name} needs --nodes"));
+                return Err(format!("--{name} needs --nodes or --join"));
             }
         }
         return Ok((id.unwrap_or(0), None));
+    }
+    let mut c = match (&list, &join) {
+        (Some(list), _) => {
+            let id = id.ok_or("--nodes needs --id (this node's id in the list)")?;
+            let nodes = parse_nodes(list).map_err(|e| format!("--nodes: {e}"))?;
+            let replicas = parse_num(m, "replicas", nodes.len().min(3))?;
+            ClusterConfig::with_defaults(id, nodes, replicas)
+        }
+        (None, _) => {
+            let id = id.ok_or("--join needs --id (a new id: no node of the cluster has it)")?;
+            let own = listen
+                .ok_or("--join needs --listen (the address the other nodes reach this node at)")?;
+            if m.opt_present("replicas") {
+                return Err("--replicas is the cluster's: a node that joins takes it from the cluster's ring map"
+                    .into());
+            }
+            // This node alone until the seed's map is in (below, after the cheap checks).
+            ClusterConfig::single(id, own)
+        }
     };
-    let id = id.ok_or("--nodes needs --id (this node's id in the list)")?;
-    let nodes = parse_nodes(&list).map_err(|e| format!("--nodes: {e}"))?;
-    let replicas = parse_num(m, "replicas", nodes.len().min(3))?;
-    let mut c = ClusterConfig::with_defaults(id, nodes, replicas);
+    let id = c.node_id;
+    let needs = if join.is_some() { "--join" } else { "--nodes" };
     c.secret = secret_from(m, "cluster-secret", CLUSTER_SECRET_ENV)?.ok_or_else(|| {
         format!(
-            "--nodes needs --cluster-secret-file, {CLUSTER_SECRET_ENV} or --cluster-secret (peers must prove it)"
+            "{needs} needs --cluster-secret-file, {CLUSTER_SECRET_ENV} or --cluster-secret (peers must prove it)"
         )
     })?;
     if c.secret.len() < CLUSTER_SECRET_SIZE_ADVISED {
@@ -466,6 +566,18 @@ fn cluster_config(
         c.default_consistency = Consistency::parse(&word).ok_or_else(|| {
             format!("--default-consistency: expected one, quorum or all, got {word:?}")
         })?;
+    }
+    if let Some(seed) = &join {
+        let token = secret_from(m, "client-token", CLIENT_TOKEN_ENV)?.unwrap_or_default();
+        let (map, seed_addr) = fetch_seed_map(seed, &token)?;
+        log::info!(
+            "--join {seed}: the cluster's ring is version {} with nodes {:?} (N={}); joining as \
+             node {id}",
+            map.version(),
+            map.ownership.nodes(),
+            map.ownership.replicas()
+        );
+        c.apply_join(&map, seed_addr).map_err(|e| e.to_string())?;
     }
     c.validate().map_err(|e| e.to_string())?;
     let own = c
@@ -614,6 +726,37 @@ fn config(m: &getopts::Matches) -> Result<(ServerConfig, String), String> {
     };
     let (node_id, cluster) = cluster_config(m, &mut listen)?;
     let listen = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], PORT_DEFAULT)));
+    // A node started with --join asks the leader to admit it (or to let it replace a dead
+    // node) until the ring lists it.
+    let replace: Option<u32> = match m.opt_str("replace") {
+        None => None,
+        Some(_) if !m.opt_present("join") => {
+            return Err(
+                "--replace needs --join (the new node joins in the dead one's place)".into(),
+            )
+        }
+        Some(s) => Some(
+            s.parse()
+                .map_err(|_| format!("--replace: {s:?} is not a node id"))?,
+        ),
+    };
+    if replace == Some(node_id) {
+        return Err("--replace names the dead node: give this node a new --id".into());
+    }
+    let join = m.opt_present("join").then(|| {
+        let addr = listen.to_string();
+        match replace {
+            Some(old) => dkv::cluster::ringpeer::ChangeRequest::Replace {
+                old,
+                new: node_id,
+                addr,
+            },
+            None => dkv::cluster::ringpeer::ChangeRequest::Join {
+                node: node_id,
+                addr,
+            },
+        }
+    });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let shards: usize = parse_num(m, "shards", cores.min(SHARDS_MAX))?;
     if shards == 0 || shards > SHARDS_MAX {
@@ -682,7 +825,7 @@ fn config(m: &getopts::Matches) -> Result<(ServerConfig, String), String> {
             client_token,
             cluster,
             memory,
-            join: None,
+            join,
             stream_bytes_per_s: (stream_mb * 1_048_576.0) as u64,
             transfer_limit,
         },

@@ -110,6 +110,11 @@ impl ClockOffsets {
         Some(s)
     }
 
+    /// Drop `peer`'s sample (the node left the cluster for good).
+    pub fn forget(&mut self, peer: u32) {
+        self.samples.remove(&peer);
+    }
+
     /// The newest sample of `peer`, if any.
     pub fn sample(&self, peer: u32) -> Option<Sample> {
         self.samples.get(&peer).copied()

@@ -4,7 +4,9 @@
 //!
 //! The node list is written `ID=HOST:PORT` separated by commas, e.g.
 //! `1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003`. Every node of a cluster must be given
-//! the same list, replica count and secret (placement is computed from them).
+//! the same list, replica count and secret (placement is computed from them). A node started
+//! later with `--join` is configured from the cluster's ring map instead
+//! ([`ClusterConfig::apply_join`]): the map's nodes and N, and its ring to start from.
 
 use crate::limits::{
     ANTI_ENTROPY_INTERVAL_MS_DEFAULT, CLUSTER_NODES_MAX, CLUSTER_SECRET_SIZE_MAX,
@@ -43,6 +45,8 @@ pub enum ConfigError {
     },
     /// Some other value is out of its range.
     OutOfRange(String),
+    /// The cluster's ring map does not admit this node (`--join`): the message says why.
+    Join(String),
 }
 
 impl std::fmt::Display for ConfigError {
@@ -73,6 +77,7 @@ impl std::fmt::Display for ConfigError {
                  and the number of nodes (at most {REPLICAS_MAX})"
             ),
             ConfigError::OutOfRange(why) => f.write_str(why),
+            ConfigError::Join(why) => write!(f, "--join: {why}"),
         }
     }
 }
@@ -124,6 +129,10 @@ pub struct ClusterConfig {
     pub hint_dir: Option<std::path::PathBuf>,
     /// Test-only mutations (all off outside the simulator): see [`Mutations`].
     pub mutations: Mutations,
+    /// The ring to start from: the ownership a node started with `--join` fetched from the
+    /// cluster (its nodes are among `nodes`, its N is `replicas`). `None`: the first ring of
+    /// `nodes` ([`super::Ownership::initial`]), as every node started with `--nodes` computes.
+    pub initial_ring: Option<super::Ownership>,
     /// The largest clock offset from the cluster at which this node coordinates writes, and
     /// how far ahead of this node's clock a version may be to be stored or observed
     /// (`--max-clock-offset-ms`, see [`crate::limits::MAX_CLOCK_OFFSET_MS_DEFAULT`]).
@@ -196,6 +205,7 @@ impl ClusterConfig {
             default_consistency: Consistency::Quorum,
             hint_dir: None,
             mutations: Mutations::default(),
+            initial_ring: None,
             max_clock_offset_ms: MAX_CLOCK_OFFSET_MS_DEFAULT,
         }
     }
@@ -289,12 +299,76 @@ impl ClusterConfig {
                 self.max_clock_offset_ms
             )));
         }
+        if let Some(o) = &self.initial_ring {
+            if o.replicas() != self.replicas {
+                return Err(ConfigError::OutOfRange(format!(
+                    "the initial ring has {} replicas of each partition, the configuration {}",
+                    o.replicas(),
+                    self.replicas
+                )));
+            }
+            if let Some(id) = o.nodes().iter().find(|&&id| self.addr_of(id).is_none()) {
+                return Err(ConfigError::OutOfRange(format!(
+                    "node {id} of the initial ring has no address in the node list"
+                )));
+            }
+        }
         if self.secret.len() > CLUSTER_SECRET_SIZE_MAX {
             return Err(ConfigError::OutOfRange(format!(
                 "--cluster-secret of {} bytes is longer than {CLUSTER_SECRET_SIZE_MAX}",
                 self.secret.len()
             )));
         }
+        Ok(())
+    }
+
+    /// Make this configuration (of this node alone, at the address the others will reach
+    /// it at) that of a node joining the cluster whose ring map `map` was fetched from the
+    /// member at `seed`: its nodes become the map's nodes and this one, N the map's, and the
+    /// map's ownership the ring to start from ([`ClusterConfig::initial_ring`]); the joining
+    /// node owns nothing until the ring gives it partitions. Refused: an id the map already
+    /// lists at another address (a node restarting at the address the map has for it joins
+    /// again), an address of the map that is not `ip:port`, an unspecified own address.
+    /// Call [`ClusterConfig::validate`] after.
+    pub fn apply_join(
+        &mut self,
+        map: &crate::protocol::ringmap::RingMap,
+        seed: SocketAddr,
+    ) -> Result<(), ConfigError> {
+        let me = self.node_id;
+        let own = self.addr_of(me).ok_or(ConfigError::OwnIdMissing(me))?;
+        if own.ip().is_unspecified() {
+            return Err(ConfigError::Join(format!(
+                "--listen {own} is not an address the other nodes can reach this node at; give this node's own address"
+            )));
+        }
+        let mut nodes = vec![NodeAddr { id: me, addr: own }];
+        for (id, text) in &map.addrs {
+            // An empty address is the replying node's: the seed's.
+            let addr = if text.is_empty() {
+                seed
+            } else {
+                text.parse().map_err(|_| {
+                    ConfigError::Join(format!(
+                        "the cluster's map gives node {id} the address {text:?}, not IP:PORT"
+                    ))
+                })?
+            };
+            if *id == me {
+                if addr != own {
+                    let ids: Vec<String> = map.addrs.iter().map(|(i, _)| i.to_string()).collect();
+                    return Err(ConfigError::Join(format!(
+                        "node id {me} is already in the cluster, at {addr}; choose an id no node has (the cluster's ids: {})",
+                        ids.join(", ")
+                    )));
+                }
+                continue;
+            }
+            nodes.push(NodeAddr { id: *id, addr });
+        }
+        self.nodes = nodes;
+        self.replicas = map.ownership.replicas();
+        self.initial_ring = Some(map.ownership.clone());
         Ok(())
     }
 
@@ -376,5 +450,40 @@ mod tests {
         c.failure_threshold = 3;
         c.gossip_interval_ms = 0;
         assert!(matches!(c.validate(), Err(ConfigError::OutOfRange(_))));
+    }
+
+    #[test]
+    fn a_joining_node_takes_the_maps_nodes_and_ring() {
+        use crate::protocol::ringmap::RingMap;
+        let o = crate::cluster::Ownership::initial(&[1, 2, 3], 2).unwrap();
+        let map = RingMap {
+            ownership: o.clone(),
+            addrs: vec![
+                (1, "127.0.0.1:7001".into()),
+                (2, String::new()),
+                (3, "127.0.0.1:7003".into()),
+            ],
+        };
+        let seed: SocketAddr = "127.0.0.1:7002".parse().unwrap();
+        let alone = |id: u32, addr: &str| ClusterConfig::single(id, addr.parse().unwrap());
+        let mut c = alone(4, "127.0.0.1:7004");
+        c.apply_join(&map, seed).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.node_ids(), vec![1, 2, 3, 4]);
+        assert_eq!(c.addr_of(2), Some(seed));
+        assert_eq!(c.replicas, 2);
+        assert_eq!(c.initial_ring, Some(o));
+        // An id the cluster has, at another address: refused.
+        let e = alone(3, "127.0.0.1:7009")
+            .apply_join(&map, seed)
+            .unwrap_err();
+        assert!(e.to_string().contains("already in the cluster"), "{e}");
+        // At its own address: a restart, admitted.
+        alone(3, "127.0.0.1:7003").apply_join(&map, seed).unwrap();
+        // No reachable address of its own.
+        assert!(alone(4, "0.0.0.0:7004").apply_join(&map, seed).is_err());
+        let mut bad = map.clone();
+        bad.addrs[0].1 = "localhost:7001".into();
+        assert!(alone(4, "127.0.0.1:7004").apply_join(&bad, seed).is_err());
     }
 }

@@ -1,14 +1,26 @@
 //! Membership: gossip heartbeats, the failure detector, incarnations and the leader.
 //!
-//! Every node keeps a view of all configured nodes: per node an *incarnation* and a
-//! *heartbeat* counter, and the local time at which that pair last advanced. Every gossip
+//! Every node keeps a table of the members it knows: per node its address, an *incarnation*
+//! and a *heartbeat* counter, the ring version it holds, and the local time at which the pair
+//! last advanced. Every gossip
 //! interval a node bumps its own heartbeat and sends its whole view to [`GOSSIP_FANOUT`] other
 //! nodes chosen with the seeded PRNG (push); the receiver merges it and answers with its own
 //! view (pull), which the sender merges too.
 //!
+//! * **Members.** The table starts with the configured nodes (`--nodes`, or the seed's map
+//!   and this node for `--join`) and grows by gossip: an entry of an unknown id that carries
+//!   an address adds that node (alive, progress now), so a node that joins through one
+//!   member becomes known to all within a few rounds. It holds at most [`CLUSTER_NODES_MAX`]
+//!   members (entries past it are ignored and counted). [`Membership::forget`] drops a node
+//!   for good (a removed node): gossip never brings it back.
 //! * **Merge.** For each entry, the pair `(incarnation, heartbeat)` is compared
 //!   lexicographically: a higher incarnation wins, then a higher heartbeat. Anything that
-//!   advances the pair counts as progress for that node, whoever relayed it.
+//!   advances the pair counts as progress for that node, whoever relayed it. A node's address
+//!   follows what the node says of itself (a node restarted on another port is reached
+//!   there), except a configured one, which the operator's list fixes.
+//!   Ring versions merge as the maximum heard: each node sends its own in its entry
+//!   ([`Membership::set_ring_version`]), so every node learns which ring versions the others
+//!   hold.
 //! * **Failure.** A node whose pair has not advanced for `failure_threshold × gossip_interval`
 //!   of local time is marked *failed* by this node. Each node judges failure locally from
 //!   heartbeat progress; the state field in gossip entries is informational (CLUSTER output),
@@ -27,7 +39,9 @@
 //!
 //! * **Clocks.** Pushes and pull replies carry clock stamps; the pusher turns each reply into
 //!   a sample of the replier's clock offset ([`super::clock`]), and [`Membership::cluster_clock`]
-//!   says how far this node's clock is from the cluster's (its live peers' median).
+//!   says how far this node's clock is from the cluster's (its live peers' median). A member
+//!   added by gossip counts among the live peers once measured (a push goes to it at once),
+//!   so a node joining does not make the others refuse writes until they measure it.
 //!
 //! State changes come out as [`MemberEvent`]s (for logs, hint delivery and leader chores);
 //! frames to send come out of [`Membership::poll_transmit`].
@@ -36,8 +50,8 @@ use super::clock::{ClockOffsets, ClusterClock, Sample};
 use super::config::ClusterConfig;
 use super::peer::{self, ClockStamp, GossipEntry, NodeState};
 use super::rng::SplitMix64;
-use crate::limits::GOSSIP_FANOUT;
-use std::collections::VecDeque;
+use crate::limits::{CLUSTER_NODES_MAX, GOSSIP_FANOUT};
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
@@ -63,6 +77,11 @@ pub enum MemberEvent {
         /// Its new incarnation.
         incarnation: u64,
     },
+    /// `node` was heard of for the first time (a gossip entry with its address) and added.
+    Added {
+        /// The node.
+        node: u32,
+    },
     /// The leader changed.
     LeaderChanged {
         /// The old leader.
@@ -87,6 +106,12 @@ pub struct Member {
     pub state: NodeState,
     /// Local time the (incarnation, heartbeat) pair last advanced.
     pub last_progress_ms: u64,
+    /// The highest ring version the node was heard to hold (0: none heard yet).
+    pub ring_version: u64,
+    /// Whether `addr` is from this node's configuration (`--nodes`, or the seed's map for a
+    /// joining node): gossip never changes it. Other members' addresses follow what each
+    /// node says of itself.
+    pub configured: bool,
 }
 
 /// Counters for STATS.
@@ -102,6 +127,11 @@ pub struct MembershipStats {
     pub recoveries: u64,
     /// Times this node found it had not been running for several intervals.
     pub pauses: u64,
+    /// Members added from gossip (nodes not configured at start).
+    pub members_added: u64,
+    /// Gossip entries of unknown nodes ignored because the table held
+    /// [`CLUSTER_NODES_MAX`] members.
+    pub members_ignored: u64,
 }
 
 /// Ticks further apart than this many gossip intervals mean this node itself was paused.
@@ -111,8 +141,12 @@ const PAUSE_INTERVALS: u64 = 3;
 #[derive(Clone, Debug)]
 pub struct Membership {
     self_id: u32,
-    /// Every configured node, sorted by id, this node included.
+    /// Every known node, sorted by id, this node included; at most [`CLUSTER_NODES_MAX`].
     members: Vec<Member>,
+    /// Nodes dropped for good ([`Membership::forget`]): gossip never adds them again.
+    forgotten: BTreeSet<u32>,
+    /// The latest time this view was given (start, ticks): when a member is added.
+    now_ms: u64,
     interval_ms: u64,
     failure_timeout_ms: u64,
     next_gossip_ms: u64,
@@ -142,14 +176,22 @@ impl Membership {
                 heartbeat: 0,
                 state: NodeState::Alive,
                 last_progress_ms: start_ms,
+                ring_version: 0,
+                configured: true,
             })
             .collect();
+        assert!(
+            members.len() <= CLUSTER_NODES_MAX,
+            "validated configuration"
+        );
         assert!(members.windows(2).all(|w| w[0].id < w[1].id), "sorted ids");
         assert!(members.iter().any(|m| m.id == config.node_id));
         let leader = members[0].id;
         Membership {
             self_id: config.node_id,
             members,
+            forgotten: BTreeSet::new(),
+            now_ms: start_ms,
             interval_ms: config.gossip_interval_ms,
             failure_timeout_ms: config.failure_timeout_ms(),
             next_gossip_ms: start_ms,
@@ -239,8 +281,91 @@ impl Membership {
                 incarnation: m.incarnation,
                 heartbeat: m.heartbeat,
                 state: m.state,
+                ring_version: m.ring_version,
+                addr: Some(m.addr),
             })
             .collect()
+    }
+
+    /// The ring version this node holds: sent in its own entry, so the others learn it.
+    pub fn set_ring_version(&mut self, version: u64) {
+        self.me().ring_version = version;
+    }
+
+    /// The ring version this node holds (as set with [`Membership::set_ring_version`]).
+    pub fn ring_version(&self) -> u64 {
+        self.member(self.self_id)
+            .expect("own id is in the member list")
+            .ring_version
+    }
+
+    /// The address of node `id`, if it is a member.
+    pub fn addr_of(&self, id: u32) -> Option<SocketAddr> {
+        self.member(id).map(|m| m.addr)
+    }
+
+    /// Whether node `id` was dropped for good ([`Membership::forget`]).
+    pub fn is_forgotten(&self, id: u32) -> bool {
+        self.forgotten.contains(&id)
+    }
+
+    /// Add node `id` at `addr` (alive, progress now) if it is not a member, or give a member
+    /// its new address (which the node's own gossip may change later, unless configured). An
+    /// id forgotten before is a member again. Returns false (and changes nothing) when the
+    /// table is full or `id` is this node.
+    pub fn add_member(&mut self, id: u32, addr: SocketAddr) -> bool {
+        if id == self.self_id {
+            return false;
+        }
+        if let Some(i) = self.index_of(id) {
+            self.members[i].addr = addr;
+            return true;
+        }
+        if self.members.len() >= CLUSTER_NODES_MAX {
+            self.stats.members_ignored += 1;
+            return false;
+        }
+        self.forgotten.remove(&id);
+        self.insert(id, addr);
+        true
+    }
+
+    fn insert(&mut self, id: u32, addr: SocketAddr) -> usize {
+        let i = self
+            .members
+            .binary_search_by_key(&id, |m| m.id)
+            .expect_err("callers check the id is not a member");
+        self.members.insert(
+            i,
+            Member {
+                id,
+                addr,
+                incarnation: 0,
+                heartbeat: 0,
+                state: NodeState::Alive,
+                last_progress_ms: self.now_ms,
+                ring_version: 0,
+                configured: false,
+            },
+        );
+        self.stats.members_added += 1;
+        self.events.push_back(MemberEvent::Added { node: id });
+        i
+    }
+
+    /// Drop node `id` for good (a node removed from the cluster): it leaves the table, its
+    /// clock sample is dropped, and gossip entries naming it are ignored from now on (until
+    /// [`Membership::add_member`] adds it again). Not this node.
+    pub fn forget(&mut self, id: u32) {
+        if id == self.self_id {
+            return;
+        }
+        self.forgotten.insert(id);
+        if let Some(i) = self.index_of(id) {
+            self.members.remove(i);
+        }
+        self.clock.forget(id);
+        self.update_leader();
     }
 
     /// Advance time: detect failures, and when the gossip interval has passed, bump this
@@ -271,6 +396,7 @@ impl Membership {
             }
         }
         self.last_tick_ms = now_ms;
+        self.now_ms = now_ms;
         for m in self.members.iter_mut().filter(|m| m.id != self_id) {
             if m.state == NodeState::Alive && now_ms.saturating_sub(m.last_progress_ms) >= timeout {
                 m.state = NodeState::Failed;
@@ -295,22 +421,26 @@ impl Membership {
             .map(|m| m.id)
             .filter(|&id| id != self_id)
             .collect();
-        let entries = self.entries();
         // A partial Fisher-Yates shuffle picks `fanout` distinct targets.
         let fanout = GOSSIP_FANOUT.min(others.len());
         for k in 0..fanout {
             let j = k + rng.below((others.len() - k) as u64) as usize;
             others.swap(k, j);
-            let mut frame = Vec::new();
-            let id = self.frame_id();
-            let stamp = ClockStamp {
-                sent_ms: now_ms,
-                echo_ms: 0,
-            };
-            peer::put_gossip(&mut frame, id, self_id, &entries, stamp);
-            self.transmit.push_back((others[k], frame));
-            self.stats.gossip_sent += 1;
+            self.push_to(now_ms, others[k]);
         }
+    }
+
+    /// Queue a GOSSIP push of this view to node `to`.
+    fn push_to(&mut self, now_ms: u64, to: u32) {
+        let mut frame = Vec::new();
+        let id = self.frame_id();
+        let stamp = ClockStamp {
+            sent_ms: now_ms,
+            echo_ms: 0,
+        };
+        peer::put_gossip(&mut frame, id, self.self_id, &self.entries(), stamp);
+        self.transmit.push_back((to, frame));
+        self.stats.gossip_sent += 1;
     }
 
     fn frame_id(&mut self) -> u32 {
@@ -328,10 +458,34 @@ impl Membership {
     /// Merge a view received from `sender` (a GOSSIP push or the reply to ours).
     pub fn on_gossip(&mut self, now_ms: u64, sender: u32, entries: &[GossipEntry]) {
         self.stats.gossip_merged += 1;
-        let _ = sender; // every entry is merged on its own merits, the sender's included
+        self.now_ms = self.now_ms.max(now_ms);
+        // Every entry is merged on its own merits, the sender's included (its entry alone
+        // may change its address).
+        // Nodes seen alive again: pushed to at once, like new members, so that their clocks
+        // are measured within a round trip (until then this node refuses writes: a live peer
+        // is not measured) rather than at their next turn among the gossip targets.
+        let mut back: Vec<u32> = Vec::new();
         for e in entries {
-            let Some(i) = self.index_of(e.node_id) else {
-                continue; // a node we were not configured with: ignore it
+            let i = match self.index_of(e.node_id) {
+                Some(i) => i,
+                None => {
+                    // A node this one has not heard of: a member if its entry says where it
+                    // listens, it was not removed, and the table has room.
+                    let Some(addr) = e.addr else { continue };
+                    if self.forgotten.contains(&e.node_id) {
+                        continue;
+                    }
+                    if self.members.len() >= CLUSTER_NODES_MAX {
+                        self.stats.members_ignored += 1;
+                        continue;
+                    }
+                    let i = self.insert(e.node_id, addr);
+                    // Push our view to it at once: it measures our clock sooner, and we
+                    // measure its from the reply (until then our clock counts as not
+                    // measured against every live peer, and writes are refused).
+                    self.push_to(now_ms, e.node_id);
+                    i
+                }
             };
             if e.node_id == self.self_id {
                 let me = &mut self.members[i];
@@ -342,6 +496,19 @@ impl Membership {
                 continue;
             }
             let m = &mut self.members[i];
+            m.ring_version = m.ring_version.max(e.ring_version);
+            // A node's address is what it says of itself, in news at least as fresh as ours
+            // (relays only introduce a node: with proxies or NAT, two relays may know it at
+            // different addresses, and following each would flap its links). An address the
+            // operator configured is kept: the others may reach the node only through it.
+            if e.node_id == sender
+                && !m.configured
+                && (e.incarnation, e.heartbeat) >= (m.incarnation, m.heartbeat)
+            {
+                if let Some(addr) = e.addr {
+                    m.addr = addr;
+                }
+            }
             if (e.incarnation, e.heartbeat) <= (m.incarnation, m.heartbeat) {
                 continue;
             }
@@ -370,12 +537,16 @@ impl Membership {
                     node: e.node_id,
                     incarnation: e.incarnation,
                 });
+                back.push(e.node_id);
             } else if restarted {
                 self.events.push_back(MemberEvent::Restarted {
                     node: e.node_id,
                     incarnation: e.incarnation,
                 });
             }
+        }
+        for id in back {
+            self.push_to(now_ms, id);
         }
         self.update_leader();
     }
@@ -413,10 +584,16 @@ impl Membership {
     /// This node's clock against its live peers' (see [`super::clock`]).
     pub fn cluster_clock(&self, now_ms: u64) -> ClusterClock {
         let me = self.self_id;
+        // A member heard of by gossip (a node that joined) counts once its clock is measured:
+        // counted before, it would make every node refuse writes (its clock not measured
+        // against every live peer) from the moment it hears of the newcomer until a round
+        // trip with it. This node's offset is the median over its peers, so one peer less
+        // for a moment barely moves it; the configured ones must all be measured.
         let live = self
             .members
             .iter()
             .filter(move |m| m.id != me && m.state == NodeState::Alive)
+            .filter(|m| m.configured || self.clock.sample(m.id).is_some())
             .map(|m| m.id);
         let _ = now_ms;
         self.clock.cluster(self.members.len() - 1, live)
@@ -461,7 +638,8 @@ impl Membership {
     /// The CLUSTER reply: one line per node, `id addr state incarnation`, with ` leader`
     /// appended on the leader's line and ` self` on this node's line, then the clocks as of
     /// the last tick: ` clock_offset_ms=N rtt_ms=R` on a measured peer's line (its clock minus
-    /// ours), ` cluster_offset_ms=N` on this node's (ours minus the cluster's).
+    /// ours), ` cluster_offset_ms=N` on this node's (ours minus the cluster's), and last
+    /// ` ring_version=V`, the ring version the node holds as heard here (0: none heard).
     pub fn render(&self) -> String {
         let now_ms = self.last_tick_ms;
         let mut s = String::new();
@@ -484,6 +662,7 @@ impl Membership {
             } else if let Some(c) = self.clock.sample(m.id) {
                 let _ = write!(s, " clock_offset_ms={} rtt_ms={}", c.offset_ms, c.rtt_ms);
             }
+            let _ = write!(s, " ring_version={}", m.ring_version);
             s.push('\n');
         }
         s
@@ -646,6 +825,8 @@ mod tests {
             incarnation: inc,
             heartbeat: hb,
             state: NodeState::Alive,
+            ring_version: 0,
+            addr: None,
         };
         m.on_gossip(200, 2, &[e(50, 9)]);
         assert_eq!(m.member(2).unwrap().heartbeat, 9);
@@ -696,5 +877,146 @@ mod tests {
         assert_eq!(t.len(), 20);
         assert!(t.iter().all(|&x| (2..=5).contains(&x)));
         assert!(t.chunks(2).all(|c| c[0] != c[1]));
+    }
+
+    fn entry(id: u32, inc: u64, hb: u64, addr: Option<&str>) -> GossipEntry {
+        GossipEntry {
+            node_id: id,
+            incarnation: inc,
+            heartbeat: hb,
+            state: NodeState::Alive,
+            ring_version: 0,
+            addr: addr.map(|a| a.parse().unwrap()),
+        }
+    }
+
+    /// A node that joins through one member (its config: the others and itself) becomes known
+    /// to every node by gossip, alive, with its address; everyone else learns it second hand.
+    #[test]
+    fn a_joining_node_becomes_known_to_all_by_gossip() {
+        let mut rng = SplitMix64::new(11);
+        let mut nodes: Vec<Membership> = (1..=3)
+            .map(|i| Membership::new(&config(i, 3), 1_000))
+            .collect();
+        // Node 4 knows the three (from the seed's map) and itself.
+        nodes.push(Membership::new(&config(4, 4), 1_000));
+        nodes[3].set_ring_version(5);
+        let mut now = 1_000;
+        for _ in 0..40 {
+            for n in nodes.iter_mut() {
+                n.on_tick(now, &mut rng);
+            }
+            exchange(&mut nodes, now, &[]);
+            now += 10;
+        }
+        for n in &nodes {
+            assert_eq!(n.alive_ids(), vec![1, 2, 3, 4], "node {}", n.self_id());
+            assert_eq!(n.addr_of(4), Some("127.0.0.1:7004".parse().unwrap()));
+            assert_eq!(n.member(4).unwrap().ring_version, 5);
+            assert_eq!(n.leader(), 1);
+        }
+        assert!(nodes[..3].iter().all(|n| n.stats().members_added == 1));
+        // Hearing of node 4 never made a node's clock incomplete (it counts once measured).
+        let mut m = Membership::new(&config(1, 3), 1_000);
+        m.on_clock_reply(
+            1_010,
+            2,
+            Some(ClockStamp {
+                sent_ms: 1_005,
+                echo_ms: 1_000,
+            }),
+        );
+        m.on_clock_reply(
+            1_010,
+            3,
+            Some(ClockStamp {
+                sent_ms: 1_005,
+                echo_ms: 1_000,
+            }),
+        );
+        assert!(m.cluster_clock(1_010).complete());
+        m.on_gossip(1_020, 2, &[entry(4, 1_000, 1, Some("127.0.0.1:7004"))]);
+        assert!(m.is_alive(4));
+        assert!(m.cluster_clock(1_020).complete());
+        assert_eq!(m.cluster_clock(1_020).live, 2);
+        m.on_clock_reply(
+            1_030,
+            4,
+            Some(ClockStamp {
+                sent_ms: 1_025,
+                echo_ms: 1_020,
+            }),
+        );
+        assert_eq!(m.cluster_clock(1_030).live, 3);
+        let line4 = nodes[0].render().lines().nth(3).unwrap().to_string();
+        assert!(line4.starts_with("4 127.0.0.1:7004 alive 1000"), "{line4}");
+        assert!(line4.ends_with(" ring_version=5"), "{line4}");
+        let mut evs = Vec::new();
+        while let Some(e) = nodes[0].poll_event() {
+            evs.push(e);
+        }
+        assert_eq!(evs, vec![MemberEvent::Added { node: 4 }]);
+        // The clock of node 4 is measured everywhere (a push goes to a new member at once).
+        assert!(nodes.iter().all(|n| n.cluster_clock(now).complete()));
+    }
+
+    #[test]
+    fn entries_without_address_or_of_forgotten_nodes_add_nobody() {
+        let mut m = Membership::new(&config(1, 2), 100);
+        m.on_gossip(200, 2, &[entry(9, 5, 1, None)]);
+        assert!(m.member(9).is_none());
+        m.on_gossip(200, 2, &[entry(9, 5, 1, Some("127.0.0.1:7009"))]);
+        assert!(m.is_alive(9));
+        assert_eq!(m.member(9).unwrap().last_progress_ms, 200);
+        m.forget(9);
+        assert!(m.member(9).is_none() && m.is_forgotten(9));
+        m.on_gossip(300, 2, &[entry(9, 5, 2, Some("127.0.0.1:7009"))]);
+        assert!(
+            m.member(9).is_none(),
+            "a forgotten node is never re-added by gossip"
+        );
+        // Added explicitly, it is a member again.
+        assert!(m.add_member(9, "127.0.0.1:7019".parse().unwrap()));
+        assert_eq!(m.addr_of(9), Some("127.0.0.1:7019".parse().unwrap()));
+        assert!(!m.is_forgotten(9));
+        assert!(
+            !m.add_member(1, "127.0.0.1:1".parse().unwrap()),
+            "not itself"
+        );
+        // A node's own news brings its new address; older news, a relay's, does not, nor
+        // anything about a configured node.
+        m.on_gossip(400, 2, &[entry(9, 6, 1, Some("127.0.0.1:7049"))]);
+        assert_eq!(m.addr_of(9), Some("127.0.0.1:7019".parse().unwrap()));
+        m.on_gossip(400, 9, &[entry(9, 6, 1, Some("127.0.0.1:7029"))]);
+        assert_eq!(m.addr_of(9), Some("127.0.0.1:7029".parse().unwrap()));
+        m.on_gossip(400, 9, &[entry(9, 5, 9, Some("127.0.0.1:7039"))]);
+        assert_eq!(m.addr_of(9), Some("127.0.0.1:7029".parse().unwrap()));
+        m.on_gossip(400, 2, &[entry(2, 9, 9, Some("127.0.0.1:7777"))]);
+        assert_eq!(m.addr_of(2), Some("127.0.0.1:7002".parse().unwrap()));
+        // Ring versions merge as the maximum.
+        let mut e = entry(2, 1, 1, None);
+        e.ring_version = 7;
+        m.on_gossip(500, 2, &[e]);
+        e.ring_version = 3;
+        m.on_gossip(500, 2, &[e]);
+        assert_eq!(m.member(2).unwrap().ring_version, 7);
+        m.set_ring_version(4);
+        assert_eq!(m.ring_version(), 4);
+        assert_eq!(m.entries()[0].ring_version, 4);
+    }
+
+    #[test]
+    fn the_member_table_is_bounded() {
+        let mut m = Membership::new(&config(1, 2), 100);
+        let entries: Vec<GossipEntry> = (10..10 + CLUSTER_NODES_MAX as u32)
+            .map(|id| entry(id, 1, 1, Some(&format!("127.0.0.1:{}", 9000 + id))))
+            .collect();
+        m.on_gossip(200, 2, &entries);
+        assert_eq!(m.members().len(), CLUSTER_NODES_MAX);
+        assert_eq!(m.stats().members_ignored, 2);
+        assert!(!m.add_member(500, "127.0.0.1:1".parse().unwrap()));
+        // Forgetting one makes room.
+        m.forget(10);
+        assert!(m.add_member(500, "127.0.0.1:1".parse().unwrap()));
     }
 }

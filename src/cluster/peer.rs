@@ -20,9 +20,14 @@
 //!
 //! GOSSIP 0x22     request (push) and reply OK (pull) have the same body: the sender's view
 //!  | sender id u32 | count u16 | count × entry | clock stamp (16 bytes, optional) |
-//!  entry (21 bytes): | node id u32 | incarnation u64 | heartbeat u64 | state u8 (0 alive, 1 failed) |
-//!    A newer node may append fields to every entry (then it must send the clock stamp): the
-//!    entry size is (body - 6 - 16) / count, and bytes past the 21 known ones are skipped.
+//!  entry (48 bytes):
+//!  | node id u32 | incarnation u64 | heartbeat u64 | state u8 (0 alive, 1 failed) |
+//!  | ring version u64 (0 = unknown) | family u8 (0 unknown, 4, 6) | ip 16 bytes | port u16 |
+//!    ip: a v4 address in the first 4 bytes, the rest 0; all 0 with family 0.
+//!    Nodes from before the address send 21-byte entries (the first line only): their entries
+//!    decode with ring version 0 and no address. A newer node may append fields to every
+//!    entry (then it must send the clock stamp): the entry size is (body - 6 - 16) / count,
+//!    and bytes past the 48 known ones are skipped.
 //!  clock stamp: | sent ms u64 (the sender's wall clock) | echo ms u64 |
 //!    echo: in a request 0; in a reply the request's sent ms, so the pusher measures the
 //!    replier's clock offset NTP-style (see super::clock). Nodes from before the stamp
@@ -76,6 +81,7 @@ use crate::protocol::{frame, message, Status, RESPONSE_BIT};
 use crate::storage::{Applied, Stored, Write};
 use crate::version::Version;
 use byteorder::{BigEndian, ByteOrder};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Peer opcodes.
 pub mod op {
@@ -101,8 +107,14 @@ const FLAG_TOMBSTONE: u8 = 0x01;
 /// Request ids with this bit set are hint deliveries.
 pub const HINT_ID_BIT: u32 = 0x8000_0000;
 
-/// Size of one gossip entry on the wire.
-pub const GOSSIP_ENTRY_SIZE: usize = 21;
+/// Size of one gossip entry on the wire, as this version sends it.
+pub const GOSSIP_ENTRY_SIZE: usize = 48;
+/// Size of an entry of the nodes from before the ring version and address (no clock stamp,
+/// or a stamp and entries of 21..48 bytes): still decoded, with ring version 0 and no address.
+pub const GOSSIP_ENTRY_SIZE_OLD: usize = 21;
+/// Bytes of an address in an entry: family u8, ip 16 bytes, port u16.
+const GOSSIP_ADDR_SIZE: usize = 19;
+const _: () = assert!(GOSSIP_ENTRY_SIZE == GOSSIP_ENTRY_SIZE_OLD + 8 + GOSSIP_ADDR_SIZE);
 
 /// Why a peer frame cannot be understood.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,6 +180,10 @@ pub struct GossipEntry {
     pub heartbeat: u64,
     /// How the sender sees the node.
     pub state: NodeState,
+    /// The ring version the node holds, as last heard (0: unknown, or an older sender).
+    pub ring_version: u64,
+    /// Where the node listens (`None`: unknown, or an older sender).
+    pub addr: Option<SocketAddr>,
 }
 
 /// The clock stamp a GOSSIP frame carries (see the module doc).
@@ -371,12 +387,13 @@ fn decode_gossip(body: &[u8]) -> Result<Gossip, PeerError> {
     }
     let rest = &body[6..];
     // Two layouts: without a clock stamp (nodes from before it), entries of exactly
-    // GOSSIP_ENTRY_SIZE bytes; with one, entries of a size the body gives, at least
-    // GOSSIP_ENTRY_SIZE: a newer node may append fields to each entry, which this node skips
-    // (rolling upgrades). The two cannot be confused: a stamped body of e-byte entries,
-    // e >= 21, is never 21 × count bytes after the header, for count >= 1.
-    let (rest, clock, entry_size) = if rest.len() == count * GOSSIP_ENTRY_SIZE {
-        (rest, None, GOSSIP_ENTRY_SIZE)
+    // GOSSIP_ENTRY_SIZE_OLD bytes; with one, entries of a size the body gives, at least
+    // GOSSIP_ENTRY_SIZE_OLD: a node from before the address sends 21 bytes, this version 48,
+    // and a newer node may append fields to each entry, which this node skips (rolling
+    // upgrades). The two cannot be confused: a stamped body of e-byte entries, e >= 21, is
+    // never 21 × count bytes after the header, for count >= 1.
+    let (rest, clock, entry_size) = if rest.len() == count * GOSSIP_ENTRY_SIZE_OLD {
+        (rest, None, GOSSIP_ENTRY_SIZE_OLD)
     } else {
         let Some(entries_len) = rest.len().checked_sub(CLOCK_STAMP_SIZE) else {
             return Err(bad("GOSSIP length does not match its entry count"));
@@ -387,7 +404,7 @@ fn decode_gossip(body: &[u8]) -> Result<Gossip, PeerError> {
             0 => return Err(bad("GOSSIP of no entries has bytes before its clock stamp")),
             n => entries_len / n,
         };
-        if entry_size < GOSSIP_ENTRY_SIZE || entry_size * count != entries_len {
+        if entry_size < GOSSIP_ENTRY_SIZE_OLD || entry_size * count != entries_len {
             return Err(bad("GOSSIP length does not match its entry count"));
         }
         let clock = ClockStamp {
@@ -397,26 +414,79 @@ fn decode_gossip(body: &[u8]) -> Result<Gossip, PeerError> {
         (entries, Some(clock), entry_size)
     };
     let mut entries = Vec::with_capacity(count);
-    // Bytes past GOSSIP_ENTRY_SIZE in an entry are a newer node's fields: ignored.
+    // Bytes past GOSSIP_ENTRY_SIZE in an entry are a newer node's fields: ignored. Entries
+    // shorter than it (but at least the old 21 bytes) are an older node's: no ring version,
+    // no address.
     for e in rest.chunks_exact(entry_size) {
         let state = match e[20] {
             0 => NodeState::Alive,
             1 => NodeState::Failed,
             s => return Err(bad(format!("GOSSIP unknown node state {s}"))),
         };
+        let (ring_version, addr) = if entry_size >= GOSSIP_ENTRY_SIZE {
+            (read_u64(e, 21), decode_addr(&e[29..48])?)
+        } else {
+            (0, None)
+        };
         entries.push(GossipEntry {
             node_id: BigEndian::read_u32(&e[0..4]),
             incarnation: read_u64(e, 4),
             heartbeat: read_u64(e, 12),
             state,
+            ring_version,
+            addr,
         });
     }
     Ok((sender, entries, clock))
 }
 
+/// `| family u8 | ip 16 bytes | port u16 |`: family 0 is "unknown" (every other byte 0).
+fn decode_addr(b: &[u8]) -> Result<Option<SocketAddr>, PeerError> {
+    debug_assert_eq!(b.len(), GOSSIP_ADDR_SIZE);
+    let port = BigEndian::read_u16(&b[17..19]);
+    let ip: IpAddr = match b[0] {
+        0 => {
+            if b[1..].iter().any(|&x| x != 0) {
+                return Err(bad("GOSSIP entry of no address family has address bytes"));
+            }
+            return Ok(None);
+        }
+        4 => {
+            if b[5..17].iter().any(|&x| x != 0) {
+                return Err(bad("GOSSIP IPv4 address with bytes past its 4"));
+            }
+            IpAddr::V4(Ipv4Addr::new(b[1], b[2], b[3], b[4]))
+        }
+        6 => {
+            let octets: [u8; 16] = b[1..17].try_into().expect("16 bytes sliced");
+            IpAddr::V6(Ipv6Addr::from(octets))
+        }
+        f => return Err(bad(format!("GOSSIP unknown address family {f}"))),
+    };
+    Ok(Some(SocketAddr::new(ip, port)))
+}
+
+fn put_addr(body: &mut Vec<u8>, addr: Option<SocketAddr>) {
+    let mut b = [0u8; GOSSIP_ADDR_SIZE];
+    if let Some(a) = addr {
+        match a.ip() {
+            IpAddr::V4(v4) => {
+                b[0] = 4;
+                b[1..5].copy_from_slice(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                b[0] = 6;
+                b[1..17].copy_from_slice(&v6.octets());
+            }
+        }
+        BigEndian::write_u16(&mut b[17..19], a.port());
+    }
+    body.extend_from_slice(&b);
+}
+
 fn gossip_body(sender: u32, entries: &[GossipEntry], clock: ClockStamp) -> Vec<u8> {
     assert!(entries.len() <= CLUSTER_NODES_MAX, "gossip view too large");
-    let mut body = Vec::with_capacity(6 + entries.len() * GOSSIP_ENTRY_SIZE);
+    let mut body = Vec::with_capacity(6 + entries.len() * GOSSIP_ENTRY_SIZE + CLOCK_STAMP_SIZE);
     body.extend_from_slice(&sender.to_be_bytes());
     body.extend_from_slice(&(entries.len() as u16).to_be_bytes());
     for e in entries {
@@ -427,6 +497,8 @@ fn gossip_body(sender: u32, entries: &[GossipEntry], clock: ClockStamp) -> Vec<u
             NodeState::Alive => 0,
             NodeState::Failed => 1,
         });
+        body.extend_from_slice(&e.ring_version.to_be_bytes());
+        put_addr(&mut body, e.addr);
     }
     body.extend_from_slice(&clock.sent_ms.to_be_bytes());
     body.extend_from_slice(&clock.echo_ms.to_be_bytes());
@@ -707,12 +779,24 @@ mod tests {
                 incarnation: 1_700_000_000_000,
                 heartbeat: 5,
                 state: NodeState::Alive,
+                ring_version: 7,
+                addr: Some("127.0.0.1:7001".parse().unwrap()),
             },
             GossipEntry {
                 node_id: 2,
                 incarnation: 0,
                 heartbeat: 0,
                 state: NodeState::Failed,
+                ring_version: 0,
+                addr: None,
+            },
+            GossipEntry {
+                node_id: 3,
+                incarnation: 9,
+                heartbeat: 1,
+                state: NodeState::Alive,
+                ring_version: u64::MAX,
+                addr: Some("[2001:db8::1]:65535".parse().unwrap()),
             },
         ];
         let mut out = Vec::new();
@@ -729,17 +813,47 @@ mod tests {
                 clock: Some(stamp),
             }
         );
-        // A node from before the clock stamp sends the body without it: still understood.
-        let old_len = out.len() - CLOCK_STAMP_SIZE;
-        let old = PeerRequest::decode(out[4], out[5], &out[10..old_len]).unwrap();
+        // A node from before the clock stamp sends 21-byte entries and no stamp; one from
+        // before the address, 21-byte entries and the stamp: both still understood, with no
+        // ring version and no address.
+        let body = &out[10..];
+        let mut old = body[..6].to_vec();
+        for e in body[6..6 + 3 * GOSSIP_ENTRY_SIZE].chunks(GOSSIP_ENTRY_SIZE) {
+            old.extend_from_slice(&e[..GOSSIP_ENTRY_SIZE_OLD]);
+        }
+        let old_entries: Vec<GossipEntry> = entries
+            .iter()
+            .map(|e| GossipEntry {
+                ring_version: 0,
+                addr: None,
+                ..*e
+            })
+            .collect();
+        let decoded = PeerRequest::decode(out[4], out[5], &old).unwrap();
         assert_eq!(
-            old,
+            decoded,
             PeerRequest::Gossip {
                 sender: 1,
-                entries: entries.clone(),
+                entries: old_entries.clone(),
                 clock: None,
             }
         );
+        old.extend_from_slice(&body[body.len() - CLOCK_STAMP_SIZE..]);
+        let decoded = PeerRequest::decode(out[4], out[5], &old).unwrap();
+        assert_eq!(
+            decoded,
+            PeerRequest::Gossip {
+                sender: 1,
+                entries: old_entries,
+                clock: Some(stamp),
+            }
+        );
+        // Address bytes that are no address are refused.
+        for (at, b) in [(6 + 29, 5u8), (6 + 29, 0), (6 + 30 + 6, 1)] {
+            let mut g = body.to_vec();
+            g[at] = b;
+            assert!(PeerRequest::decode(out[4], out[5], &g).is_err(), "{at} {b}");
+        }
         out.clear();
         let echo = ClockStamp {
             sent_ms: 5,
@@ -757,7 +871,7 @@ mod tests {
     }
 
     /// A newer node's gossip, whose entries carry fields this node does not know after the
-    /// 21 it does, is understood (rolling upgrades): the extra bytes are skipped.
+    /// 48 it does, is understood (rolling upgrades): the extra bytes are skipped.
     #[test]
     fn gossip_entries_with_unknown_trailing_bytes_are_accepted() {
         let entries = [
@@ -766,12 +880,16 @@ mod tests {
                 incarnation: 1_764_000_000_000,
                 heartbeat: 42,
                 state: NodeState::Alive,
+                ring_version: 3,
+                addr: Some("10.0.0.1:7001".parse().unwrap()),
             },
             GossipEntry {
                 node_id: 3,
                 incarnation: 1_763_999_000_000,
                 heartbeat: 7,
                 state: NodeState::Failed,
+                ring_version: 2,
+                addr: None,
             },
         ];
         let stamp = ClockStamp {
@@ -807,9 +925,11 @@ mod tests {
             assert!(PeerRequest::decode(op::GOSSIP, 0, &ragged).is_err());
         }
         // Entries shorter than 21 bytes are not a layout: refused.
-        let mut short = body.to_vec();
-        short.remove(6 + GOSSIP_ENTRY_SIZE);
-        short.remove(6);
+        let mut short = body[..6].to_vec();
+        for e in body[6..6 + 2 * GOSSIP_ENTRY_SIZE].chunks(GOSSIP_ENTRY_SIZE) {
+            short.extend_from_slice(&e[..GOSSIP_ENTRY_SIZE_OLD - 1]);
+        }
+        short.extend_from_slice(&body[6 + 2 * GOSSIP_ENTRY_SIZE..]);
         assert!(PeerRequest::decode(op::GOSSIP, 0, &short).is_err());
         // No entries: only the header and the stamp.
         let mut empty = Vec::new();
@@ -847,6 +967,8 @@ mod tests {
             incarnation: 2,
             heartbeat: 3,
             state: NodeState::Alive,
+            ring_version: 4,
+            addr: Some("127.0.0.1:7001".parse().unwrap()),
         };
         put_gossip(&mut out, 1, 1, &[e, e], ClockStamp::default());
         frames.push(out.clone());
@@ -857,8 +979,15 @@ mod tests {
                 let r = PeerRequest::decode(op, aux, &body[..cut]);
                 // A READ or REPLICATE cut inside the value can still be a valid shorter
                 // request; everything cut before the fixed fields must fail.
-                // A GOSSIP cut right before its clock stamp is a stamp-less (older) frame.
-                let gossip_cut = op == op::GOSSIP && cut != body.len() - CLOCK_STAMP_SIZE;
+                // A GOSSIP cut to 21 bytes per entry is a stamp-less (older) frame, and one
+                // cut to a whole number of 21 or more bytes per entry before the stamp's 16
+                // decodes as a stamped one: both are layouts, their bytes are checked later.
+                let gossip_cut = op == op::GOSSIP && {
+                    let rest = cut.saturating_sub(6);
+                    let stamped = rest.checked_sub(CLOCK_STAMP_SIZE);
+                    rest != 2 * GOSSIP_ENTRY_SIZE_OLD
+                        && !stamped.is_some_and(|n| n % 2 == 0 && n / 2 >= GOSSIP_ENTRY_SIZE_OLD)
+                };
                 if gossip_cut || cut < 2 + 3 + if op == op::REPLICATE { 17 } else { 0 } {
                     assert!(r.is_err(), "op {op:#x} cut at {cut} decoded: {r:?}");
                 }

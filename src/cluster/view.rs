@@ -9,8 +9,9 @@
 //! ```text
 //!  shard 0 (membership)                          shard j (j > 0)
 //!  ClusterNode::poll_view ── Mail::View ───────▶ ClusterNode::on_view
-//!    alive mask, leader, ClusterClock               decides quorums, hints, the max-offset
-//!    CLUSTER text, clock figures (STATS)            rule, cluster_now_ms, CLUSTER, STATS
+//!    alive ids, members, leader, ClusterClock       decides quorums, hints, the max-offset
+//!    CLUSTER text, clock figures (STATS)            rule, cluster_now_ms, CLUSTER, STATS,
+//!                                                   peer addresses (links to joined nodes)
 //!    member events since the last view              hint delivery on recovery
 //!    tombstone horizons (when they changed)         adopts them, sweeps, store horizon
 //!    ring state (when it changed)                   follows it: trees, copies, drops
@@ -20,7 +21,7 @@
 //!
 //! A view is sent when what the shards decide with differs from the last one sent (checked on
 //! every cluster tick), and at least every [`VIEW_REFRESH_MS`]. The view is a plain value: deterministic, cheap to
-//! clone (a few hundred bytes; horizons only ride along when they changed and on refreshes).
+//! clone (a few hundred bytes, a few KiB with many members; horizons only ride along when they changed and on refreshes).
 //!
 //! A shard that has no view yet fails safe: it counts no peer alive and refuses to coordinate
 //! writes (CLOCK_OFFSET, "not measured yet"), since its clock has not been measured.
@@ -28,6 +29,7 @@
 use super::clock::ClusterClock;
 use super::membership::MemberEvent;
 use super::node::ClockFigures;
+use std::net::SocketAddr;
 
 /// The shard of a node that runs its membership: gossip, failure detection, clock
 /// measurement and leader choice. Inbound GOSSIP and AE_STATUS frames are served there.
@@ -38,15 +40,18 @@ pub const MEMBERSHIP_SHARD: usize = 0;
 pub const VIEW_REFRESH_MS: u64 = 1_000;
 
 /// Member events a view carries at most; older ones are dropped past it. Events only speed
-/// things up on the other shards (hint delivery at once on a recovery); the alive mask they
+/// things up on the other shards (hint delivery at once on a recovery); the alive set they
 /// decide with is always whole.
 pub const VIEW_EVENTS_MAX: usize = 64;
 
 /// The membership view of a node, as sent by its membership shard to the others.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeView {
-    /// Alive nodes, one bit per node in configuration order (this node's own bit set).
-    pub alive_mask: u64,
+    /// The ids of the alive nodes, ascending (this node's included).
+    pub alive: Vec<u32>,
+    /// Every known member with its address, ids ascending (this node's included): follower
+    /// shards open links to nodes that joined after they started with these addresses.
+    pub members: Vec<(u32, SocketAddr)>,
     /// The leader (lowest-id alive node).
     pub leader: u32,
     /// This node's incarnation (STATS).
@@ -70,12 +75,13 @@ pub struct NodeView {
 }
 
 impl NodeView {
-    /// Whether `self` says the same as `other` in what the shards decide with (alive mask,
-    /// leader, incarnation, clock): if not, a new view must go out at once. Events and
+    /// Whether `self` says the same as `other` in what the shards decide with (alive set,
+    /// members and their addresses, leader, incarnation, clock): if not, a new view must go out at once. Events and
     /// horizons are deltas; the CLUSTER text and clock figures are for display and follow
     /// with the next view (at the latest [`VIEW_REFRESH_MS`] later).
     pub fn same_state(&self, other: &NodeView) -> bool {
-        self.alive_mask == other.alive_mask
+        self.alive == other.alive
+            && self.members == other.members
             && self.leader == other.leader
             && self.incarnation == other.incarnation
             && self.clock == other.clock

@@ -3,6 +3,14 @@
 //! backoff after a failure. The shard core's peer frames go out here; the replies that come
 //! back are handed to [`ShardCore::on_peer_reply`].
 //!
+//! The cluster's members change (nodes join, restart elsewhere, leave), so a link is made the
+//! first time a frame goes to a node, to the address the shard core knows for it
+//! ([`ShardCore::peer_addr`]: its membership, or its membership shard's view). A frame for a
+//! node with no known address is dropped and counted (the coordinator's timeouts cover it).
+//! When a node's address changes, its link closes and reconnects to the new one; frames not
+//! yet written wait for it. At most [`LINKS_MAX`] links: a link is never freed, so its index
+//! (and poll token) stays its own.
+//!
 //! The handshake (protocol.md § 8, proofs in [`crate::auth`]) proves the cluster secret both
 //! ways without sending it: HELLO with this link's nonce (fresh from the OS) → the peer's
 //! nonce; PEER_AUTH with this node's proof → the peer's proof, checked before any cluster
@@ -33,8 +41,8 @@ use std::time::{Duration, Instant};
 
 /// Token of link `i` is `LINK_TOKEN_BASE - i`.
 pub const LINK_TOKEN_BASE: usize = usize::MAX - 16;
-/// Most links a shard can have (one per other node).
-const LINKS_MAX: usize = crate::limits::CLUSTER_NODES_MAX;
+/// Most links a shard can have (one per other node it ever sent to).
+pub const LINKS_MAX: usize = crate::limits::CLUSTER_NODES_MAX;
 /// First reconnect delay after a failure; doubled per failure up to the maximum.
 const RECONNECT_BACKOFF_MS_MIN: u64 = 50;
 /// Longest reconnect delay. Short, because frames for a link in backoff are dropped: a
@@ -91,8 +99,12 @@ enum Handshake {
 pub struct LinkStats {
     /// Connections opened.
     pub connects: u64,
-    /// Frames dropped (link down or its buffer full).
+    /// Frames dropped (link down or its buffer full, or no room for another link).
     pub frames_dropped: u64,
+    /// Frames dropped because the destination's address is not known.
+    pub frames_no_addr: u64,
+    /// Links closed to reconnect to a node's new address.
+    pub readdressed: u64,
 }
 
 /// One shard's outbound links.
@@ -108,37 +120,86 @@ pub struct PeerLinks {
 }
 
 impl PeerLinks {
-    /// Links to every node of `config` but this one.
+    /// No links yet: they are made as frames go to nodes (see the module doc).
     pub fn new(shard: usize, config: &ClusterConfig) -> PeerLinks {
-        let now = Instant::now();
-        let links: Vec<Link> = config
-            .nodes
-            .iter()
-            .filter(|n| n.id != config.node_id)
-            .map(|n| Link {
-                node: n.id,
-                addr: n.addr,
-                state: State::Down,
-                stream: None,
-                wbuf: Vec::new(),
-                wpos: 0,
-                held: Vec::new(),
-                rbuf: ReadBuf::default(),
-                handshake: Handshake::Done,
-                refused: false,
-                retry_at: now,
-                backoff_ms: RECONNECT_BACKOFF_MS_MIN,
-            })
-            .collect();
-        assert!(links.len() <= LINKS_MAX);
         PeerLinks {
             shard,
             node_id: config.node_id,
             secret: config.secret.clone(),
-            links,
+            links: Vec::new(),
             stats: LinkStats::default(),
             read_pending: Vec::new(),
         }
+    }
+
+    /// The index of the link to node `to` at `addr` (its known address, `None`: unknown),
+    /// made if there is none, or re-addressed if the node moved. `None`: no link can be had
+    /// (no address known, or [`LINKS_MAX`] links made); the caller drops the frame.
+    fn link_to(&mut self, registry: &Registry, to: u32, addr: Option<SocketAddr>) -> Option<usize> {
+        if let Some(i) = self.links.iter().position(|l| l.node == to) {
+            if let Some(a) = addr.filter(|&a| a != self.links[i].addr) {
+                self.readdress(registry, i, a);
+            }
+            return Some(i);
+        }
+        let Some(addr) = addr else {
+            self.stats.frames_no_addr += 1;
+            return None;
+        };
+        if to == self.node_id || self.links.len() >= LINKS_MAX {
+            // Never this node itself (the core applies its own work locally).
+            self.stats.frames_dropped += 1;
+            return None;
+        }
+        self.links.push(Link {
+            node: to,
+            addr,
+            state: State::Down,
+            stream: None,
+            wbuf: Vec::new(),
+            wpos: 0,
+            held: Vec::new(),
+            rbuf: ReadBuf::default(),
+            handshake: Handshake::Done,
+            refused: false,
+            retry_at: Instant::now(),
+            backoff_ms: RECONNECT_BACKOFF_MS_MIN,
+        });
+        Some(self.links.len() - 1)
+    }
+
+    /// Node `links[i]` listens at `addr` now: drop the connection to the old address and
+    /// connect to the new one at the next frame (what was not written yet waits for it).
+    fn readdress(&mut self, registry: &Registry, i: usize, addr: SocketAddr) {
+        let l = &mut self.links[i];
+        log::info!(
+            "shard {}: node {} moved from {} to {addr}: reconnecting",
+            self.shard,
+            l.node,
+            l.addr
+        );
+        if let Some(mut s) = l.stream.take() {
+            let _ = registry.deregister(&mut s);
+        }
+        // Bytes of the old connection (its handshake, or a frame half written) are not
+        // resent: a half-written frame cannot be told apart from a whole one here.
+        if l.handshake == Handshake::Done && l.state == State::Ready {
+            let unsent = l.wbuf.split_off(l.wpos);
+            if l.wpos == 0 {
+                // Nothing of these frames went out: they go to the new address.
+                l.held.splice(0..0, unsent);
+            }
+        }
+        l.wbuf.clear();
+        l.wpos = 0;
+        l.rbuf.clear();
+        l.addr = addr;
+        l.state = State::Down;
+        l.refused = false;
+        l.retry_at = Instant::now();
+        l.backoff_ms = RECONNECT_BACKOFF_MS_MIN;
+        self.read_pending.retain(|&j| j != i);
+        self.stats.readdressed += 1;
     }
 
     /// The link index of a poll token, if it is one of ours.
@@ -152,11 +213,12 @@ impl PeerLinks {
         self.stats
     }
 
-    /// Queue `frame` for node `to`, connecting first if the link is down and its backoff has
+    /// Queue `frame` for node `to`, whose address the core knows as `addr` (see
+    /// [`PeerLinks::link_to`]), connecting first if the link is down and its backoff has
     /// passed. Dropped if the link cannot take it.
-    pub fn send(&mut self, registry: &Registry, to: u32, frame: &[u8]) {
-        let Some(i) = self.links.iter().position(|l| l.node == to) else {
-            return; // not a node of ours (the core never does this)
+    pub fn send(&mut self, registry: &Registry, to: u32, addr: Option<SocketAddr>, frame: &[u8]) {
+        let Some(i) = self.link_to(registry, to, addr) else {
+            return;
         };
         let mut limit = WRITE_BUFFER_SIZE_MAX;
         if self.links[i].state == State::Down {
@@ -500,5 +562,71 @@ fn handshake_step(
             "handshake reply 0x{:02x} out of place ({state:?})",
             fop
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::Poll;
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    /// Wait (a bounded while) for a connection on `l`.
+    fn accepted(l: &TcpListener) -> bool {
+        l.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if l.accept().is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    /// Links are made on the first frame to a node, at the address given; a new address
+    /// moves the link; a node of no known address gets nothing; the link count is bounded.
+    #[test]
+    fn links_follow_the_addresses_the_core_knows() {
+        let poll = Poll::new().unwrap();
+        let registry = poll.registry();
+        let mut config = ClusterConfig::single(1, "127.0.0.1:1".parse().unwrap());
+        config.secret = b"s".to_vec();
+        let mut links = PeerLinks::new(0, &config);
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (addr_a, addr_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+
+        links.send(registry, 2, Some(addr_a), b"frame");
+        assert_eq!(links.links.len(), 1);
+        assert!(accepted(&a), "connected to the node's address");
+        assert_eq!(links.stats().connects, 1);
+        // No address given this time: the link keeps the one it has.
+        links.send(registry, 2, None, b"frame");
+        assert_eq!(links.links[0].addr, addr_a);
+        // The node moved: the link reconnects there (at the next frame, its backoff reset).
+        links.send(registry, 2, Some(addr_b), b"frame");
+        assert_eq!(links.stats().readdressed, 1);
+        assert_eq!(links.links[0].addr, addr_b);
+        assert!(accepted(&b), "reconnected to the new address");
+        assert_eq!(links.index_of(Token(LINK_TOKEN_BASE)), Some(0));
+
+        // A node nobody knows the address of: dropped and counted, no link.
+        links.send(registry, 3, None, b"frame");
+        assert_eq!(links.stats().frames_no_addr, 1);
+        assert_eq!(links.links.len(), 1);
+        // Never a link to this node itself.
+        links.send(registry, 1, Some(addr_a), b"frame");
+        assert_eq!(links.links.len(), 1);
+
+        // At most LINKS_MAX links (to unreachable ports: connects fail or hang, no matter).
+        let dropped = links.stats().frames_dropped;
+        for id in 10..10 + LINKS_MAX as u32 {
+            links.send(registry, id, Some("127.0.0.1:9".parse().unwrap()), b"f");
+        }
+        assert_eq!(links.links.len(), LINKS_MAX);
+        assert!(links.stats().frames_dropped > dropped);
+        links.close_all(registry);
     }
 }

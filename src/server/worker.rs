@@ -92,6 +92,8 @@ pub struct Worker {
     throttle_events: u64,
     /// Outbound links to the other nodes, when the node runs in a cluster.
     links: Option<PeerLinks>,
+    /// The turn's peer frames, taken from the core's outbox to be sent.
+    peer_frames: Vec<(u32, Vec<u8>)>,
     /// Connections not read for lack of node budget, retried when there is room.
     memory_waiters: Vec<usize>,
     /// Buffer bytes this shard freed since it last asked the allocator to return memory.
@@ -129,6 +131,7 @@ impl Worker {
         let links = p.core.cluster_config().map(|c| PeerLinks::new(p.shard, c));
         Ok(Worker {
             links,
+            peer_frames: Vec::new(),
             shard: p.shard,
             inbox: p.mailboxes[p.shard].clone(),
             poll: p.poll,
@@ -360,11 +363,23 @@ impl Worker {
             return;
         };
         let registry = self.poll.registry();
-        for (to, frame) in self.core.take_outbox().peer.drain(..) {
-            links.send(registry, to, &frame);
+        // Swapped out (and back, keeping both buffers' capacity) so the core can be asked
+        // each destination's address while its frames are sent.
+        std::mem::swap(&mut self.peer_frames, &mut self.core.take_outbox().peer);
+        for (to, frame) in self.peer_frames.drain(..) {
+            links.send(registry, to, self.core.peer_addr(to), &frame);
         }
         links.tick(registry);
         links.flush(registry);
+        // Published as this shard's totals (each shard has its own counters).
+        let st = links.stats();
+        let counters = &self.shared.counters[self.shard];
+        counters
+            .peer_frames_dropped
+            .store(st.frames_dropped, Ordering::Relaxed);
+        counters
+            .peer_frames_no_addr
+            .store(st.frames_no_addr, Ordering::Relaxed);
     }
 
     fn shutdown(&mut self) {

@@ -300,6 +300,13 @@ impl ShardCore {
         self.cluster.as_ref().map(|c| &c.node)
     }
 
+    /// The shard's cluster core, to change (its membership: members added or forgotten, the
+    /// ring version held); `None` when not clustered. The driver moves its outputs on the
+    /// next turn.
+    pub fn cluster_node_mut(&mut self) -> Option<&mut ClusterNode<ReplyTo>> {
+        self.cluster.as_mut().map(|c| &mut c.node)
+    }
+
     /// Whether this node runs as part of a cluster.
     pub fn is_clustered(&self) -> bool {
         self.cluster.is_some()
@@ -328,16 +335,24 @@ impl ShardCore {
         self.cluster.as_ref().map(|c| c.node.config())
     }
 
-    /// Whether `node_id` is another node of this cluster (the only ones that may start the
-    /// peer handshake).
+    /// Whether `node_id` may start the peer handshake: any other node id, not removed from
+    /// the cluster, when a cluster secret is set. Not only the known members: a node that
+    /// joins is unknown here until its first gossip arrives, which needs this handshake; the
+    /// proof of the secret is what admits a peer.
     pub(super) fn peer_known(&self, node_id: u32) -> bool {
         match &self.cluster {
             None => false,
             Some(c) => {
                 let cfg = c.node.config();
-                node_id != cfg.node_id && cfg.addr_of(node_id).is_some() && !cfg.secret.is_empty()
+                node_id != cfg.node_id && !cfg.secret.is_empty() && !c.node.is_forgotten(node_id)
             }
         }
+    }
+
+    /// Where node `id` listens, as this shard's cluster core knows it (its membership, or
+    /// the membership shard's last view): the outbound links connect there.
+    pub fn peer_addr(&self, id: u32) -> Option<std::net::SocketAddr> {
+        self.cluster.as_ref()?.node.peer_addr(id)
     }
 
     /// Start a client GET/PUT/DELETE on this (owning) shard's coordinator. The reply comes
@@ -596,7 +611,7 @@ impl ShardCore {
     }
 
     /// The CLUSTER reply text (the node-wide view: the membership shard's), if clustered.
-    /// The RING reply's map: this node's ring and the configured addresses, or, without
+    /// The RING reply's map: this node's ring and every known member's address, or, without
     /// `--nodes`, a ring of this node alone whose address is the one the client used (empty).
     pub(super) fn ring_map(
         &self,
@@ -605,9 +620,8 @@ impl ShardCore {
         Ok(match &self.cluster {
             Some(c) => {
                 // The ring state's members (not removed) with the addresses they announced;
-                // the configured address where a member has none.
+                // where a member announced none, the address gossip or the configuration has.
                 let state = c.node.ring_state();
-                let config = c.node.config();
                 RingMap {
                     ownership: state.current().clone(),
                     addrs: state
@@ -616,8 +630,8 @@ impl ShardCore {
                         .filter(|m| m.status != crate::cluster::ringstate::MemberStatus::Removed)
                         .map(|m| {
                             let addr = if m.addr.is_empty() {
-                                config
-                                    .addr_of(m.id)
+                                c.node
+                                    .peer_addr(m.id)
                                     .map(|a| a.to_string())
                                     .unwrap_or_default()
                             } else {
@@ -663,10 +677,9 @@ impl ShardCore {
     /// shard's view of the node, which is the membership shard's as of its last view mail.
     pub(super) fn cluster_view_stats(&self, now_ms: u64, t: &mut String) {
         if let Some(c) = &self.cluster {
-            let mask = c.node.alive_mask();
             let _ = writeln!(t, "cluster_leader {}", c.node.leader());
-            let _ = writeln!(t, "cluster_alive {}", mask.count_ones());
-            let _ = writeln!(t, "cluster_nodes {}", c.node.config().nodes.len());
+            let _ = writeln!(t, "cluster_alive {}", c.node.alive_ids().len());
+            let _ = writeln!(t, "cluster_nodes {}", c.node.members().len());
             let _ = writeln!(t, "cluster_replicas {}", c.node.config().replicas);
             let _ = writeln!(t, "cluster_incarnation {}", c.node.incarnation());
             c.node.clock_figures(now_ms).write_stats(t);

@@ -50,6 +50,17 @@ impl ShardCore {
         }
     }
 
+    /// The throttle's key for a peer claiming `node_id`: its own for a member this shard
+    /// knows; one shared key for every other id (a joining node, or a guess), so a source
+    /// cannot make itself thousands of entries and flush the table.
+    fn peer_claim(&self, node_id: u32) -> Claim {
+        if self.peer_known(node_id) && self.peer_addr(node_id).is_some() {
+            Claim::Peer(node_id)
+        } else {
+            Claim::UnknownPeer
+        }
+    }
+
     fn handshake_succeeded(&self, session: &Session, claim: Claim) {
         if let Some(src) = session.source {
             self.shared
@@ -127,11 +138,7 @@ impl ShardCore {
         wbuf: &mut Vec<u8>,
     ) -> After {
         let known = self.peer_known(node_id);
-        let claim = if known {
-            Claim::Peer(node_id)
-        } else {
-            Claim::UnknownPeer
-        };
+        let claim = self.peer_claim(node_id);
         if let Some(why) = self.throttled(now_ms, session, claim) {
             return self.refuse_handshake(op::HELLO, id, &why, wbuf);
         }
@@ -208,7 +215,7 @@ impl ShardCore {
                 wbuf,
             );
         };
-        let claim = Claim::Peer(peer);
+        let claim = self.peer_claim(peer);
         // Examined only when the source is not paused: parallel connections that all got a
         // challenge still get one guess at a time.
         if let Some(why) = self.throttled(now_ms, session, claim) {
@@ -480,8 +487,12 @@ mod tests {
         // Version 1 (the secret as token) is not spoken any more, and never looked at.
         let (after, st, _) = exchange(&mut core, &mut fresh(1), peer_hello(2, 1, b"the secret"));
         assert_eq!((after, st), (After::Close, Status::UnsupportedVersion));
-        // Not a node of the cluster, or this node itself.
-        for id in [1, 4] {
+        // This node itself, or a node removed from the cluster for good.
+        core.cluster_node_mut()
+            .expect("clustered")
+            .membership_mut()
+            .forget(5);
+        for id in [1, 5] {
             let r = exchange(
                 &mut core,
                 &mut fresh(1),
@@ -493,6 +504,14 @@ mod tests {
                 "node {id}"
             );
         }
+        // An id no member has yet (a node joining the cluster) gets its challenge: the proof
+        // of the secret admits it.
+        let r = exchange(
+            &mut core,
+            &mut fresh(1),
+            peer_hello(4, PEER_PROTOCOL_VERSION, &nonce_i),
+        );
+        assert_eq!((r.0, r.1), (After::Continue, Status::Ok), "node 4");
         // A nonce of the wrong size.
         let r = exchange(
             &mut core,

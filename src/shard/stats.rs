@@ -41,6 +41,11 @@ pub struct ShardCounters {
     pub connections_dropped: AtomicU64,
     /// Store syncs (group commits) done.
     pub syncs: AtomicU64,
+    /// Peer frames this shard's outbound links dropped (link down, buffer full, no room for
+    /// another link): the coordinator's timeouts and hints cover them.
+    pub peer_frames_dropped: AtomicU64,
+    /// Peer frames dropped because no address of their destination is known yet.
+    pub peer_frames_no_addr: AtomicU64,
     /// The store's figures ([`crate::storage::Store::stats`]), refreshed on the shard's ticks.
     pub storage: Mutex<Figures>,
     /// The cluster core's figures, refreshed on the shard's cluster ticks.
@@ -74,6 +79,8 @@ impl Default for ShardCounters {
             connections_refused: AtomicU64::new(0),
             connections_dropped: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            peer_frames_dropped: AtomicU64::new(0),
+            peer_frames_no_addr: AtomicU64::new(0),
             storage: Mutex::new(Figures::default()),
             cluster: Mutex::new(Figures::default()),
             compact_done: AtomicU64::new(0),
@@ -126,7 +133,7 @@ impl ShardCore {
         let _ = writeln!(t, "connections_max {}", sh.connections_max);
         let conn = |c: &ShardCounters| c.connections.load(Ordering::Relaxed);
         // Node totals: each counter summed over the shards.
-        let totals: [(&str, CounterField); 9] = [
+        let totals: [(&str, CounterField); 11] = [
             ("connections", |c| &c.connections),
             ("connections_total", |c| &c.connections_total),
             ("connections_refused", |c| &c.connections_refused),
@@ -136,6 +143,8 @@ impl ShardCore {
             ("syncs", |c| &c.syncs),
             ("key_requests_owned", |c| &c.key_requests_owned),
             ("key_requests_not_owned", |c| &c.key_requests_not_owned),
+            ("peer_frames_dropped", |c| &c.peer_frames_dropped),
+            ("peer_frames_no_addr", |c| &c.peer_frames_no_addr),
         ];
         for (name, field) in totals {
             let _ = writeln!(t, "{name} {}", sum(&|c| field(c).load(Ordering::Relaxed)));

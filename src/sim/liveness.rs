@@ -103,7 +103,7 @@ impl World {
                 let Some(c) = core.cluster_node() else {
                     continue;
                 };
-                let alive = c.alive_mask().count_ones();
+                let alive = c.alive_ids().len() as u32;
                 if alive != self.p.nodes || c.leader() != 1 {
                     views.push(format!(
                         "n{}/{k} sees {alive} nodes alive, leader n{}",

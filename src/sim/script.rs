@@ -389,15 +389,13 @@ impl Cluster {
     /// the nodes that are up as alive, and accepts writes (its clock is measured against
     /// every live peer and within the max offset).
     pub fn settled(&self) -> bool {
-        // Alive masks have one bit per node in id order (bit 0: node 1).
         let up: Vec<u32> = (1..=self.spec.nodes).filter(|&id| self.is_up(id)).collect();
-        let want = up.iter().fold(0u64, |m, &id| m | (1 << (id - 1)));
         up.iter().all(|&id| {
             let now_ms = self.w.node_now(id);
             let run = self.w.node(id).up.as_ref().expect("filtered on up");
             run.cores.iter().all(|core| {
                 core.cluster_node()
-                    .is_some_and(|c| c.alive_mask() == want && c.clock_refusal(now_ms).is_none())
+                    .is_some_and(|c| c.alive_ids() == up && c.clock_refusal(now_ms).is_none())
             })
         })
     }
@@ -671,10 +669,7 @@ impl Cluster {
         }
         if let Some(c) = run.cores[MEMBERSHIP_SHARD].cluster_node() {
             out.insert("cluster_leader".into(), u64::from(c.leader()));
-            out.insert(
-                "cluster_alive".into(),
-                u64::from(c.alive_mask().count_ones()),
-            );
+            out.insert("cluster_alive".into(), c.alive_ids().len() as u64);
             out.insert("cluster_incarnation".into(), c.incarnation());
         }
         out.insert("shards".into(), run.cores.len() as u64);

@@ -160,12 +160,20 @@ enum Role {
     },
 }
 
-/// Whether node `id` is in `mask` (bits in the order of `nodes`).
-fn mask_holds(mask: u64, nodes: &[super::NodeAddr], id: u32) -> bool {
-    nodes
-        .iter()
-        .position(|n| n.id == id)
-        .is_some_and(|i| mask & (1 << i) != 0)
+/// Whether node `id` is alive in the view decisions are made with: on a follower the last
+/// view's (only this node `me` before the first), else the core's own membership. A free
+/// function over the two fields, so that callers can lend it to the coordinator, the hints and
+/// anti-entropy while those are borrowed mutably.
+fn alive_in(role: &Role, membership: &Membership, me: u32, id: u32) -> bool {
+    if id == me {
+        return true;
+    }
+    match role {
+        Role::Follower { view } => view
+            .as_ref()
+            .is_some_and(|v| v.alive.binary_search(&id).is_ok()),
+        _ => membership.is_alive(id),
+    }
 }
 
 impl<C> ClusterNode<C> {
@@ -178,21 +186,37 @@ impl<C> ClusterNode<C> {
         seed: u64,
         hints: HintQueue,
     ) -> ClusterNode<C> {
+        // A node that joined starts from the ring map it fetched from the cluster (a
+        // provisional ring state, version 0: the cluster's own is pulled at once); one started
+        // with `--nodes` from the first ring of the configured nodes.
         let listed: Vec<(u32, String)> = config
             .nodes
             .iter()
             .map(|n| (n.id, n.addr.to_string()))
             .collect();
-        let ring = match super::ringstate::RingState::initial(&listed, config.replicas) {
-            Ok(s) => Ring::from_state(std::sync::Arc::new(s)),
-            // Validated before (distinct ids, 1 ≤ N ≤ nodes): a bad one is a programmer error.
-            Err(e) => panic!("ring of {listed:?} with N={}: {e}", config.replicas),
+        let state = match &config.initial_ring {
+            // The cluster's nodes, not this one: it is a member once the leader admits it.
+            Some(o) => {
+                let others: Vec<(u32, String)> = (listed.iter())
+                    .filter(|(id, _)| *id != config.node_id)
+                    .cloned()
+                    .collect();
+                super::ringstate::RingState::provisional(o.clone(), &others)
+            }
+            None => match super::ringstate::RingState::initial(&listed, config.replicas) {
+                Ok(s) => s,
+                // Validated before (distinct ids, 1 ≤ N ≤ nodes): a programmer error.
+                Err(e) => panic!("ring of {listed:?} with N={}: {e}", config.replicas),
+            },
         };
+        let ring = Ring::from_state(std::sync::Arc::new(state));
+        let mut membership = Membership::new(&config, start_ms);
+        membership.set_ring_version(ring.version());
         let mut coordinator = Coordinator::new(CoordinatorConfig::from_cluster(&config));
         coordinator.set_mutations(config.mutations);
         ClusterNode {
             aae: AntiEntropy::new(&config, ring.clone(), start_ms),
-            membership: Membership::new(&config, start_ms),
+            membership,
             coordinator,
             ring,
             hints,
@@ -390,8 +414,7 @@ impl<C> ClusterNode<C> {
             self.aae.horizon_max(),
             ahead,
         );
-        let alive = self.alive_mask();
-        let nodes = &self.config.nodes;
+        let (role, membership, me) = (&self.role, &self.membership, self.config.node_id);
         // Owners and pending owners; one more acknowledgement per pending owner, so that
         // the owners after the flip hold the write as often as the level asks.
         let mut set = std::mem::take(&mut self.write_set);
@@ -405,7 +428,7 @@ impl<C> ClusterNode<C> {
             value,
             expires_at_ms,
             &set,
-            &|n| mask_holds(alive, nodes, n),
+            &|n| alive_in(role, membership, me, n),
             required + pending,
         );
         self.write_set = set;
@@ -422,15 +445,14 @@ impl<C> ClusterNode<C> {
         consistency: Consistency,
     ) {
         let required = self.required(consistency);
-        let alive = self.alive_mask();
-        let nodes = &self.config.nodes;
+        let (role, membership, me) = (&self.role, &self.membership, self.config.node_id);
         let prefs = self.ring.preference_for_key(key);
         self.coordinator.start_read(
             now_ms,
             ctx,
             key,
             prefs,
-            &|n| mask_holds(alive, nodes, n),
+            &|n| alive_in(role, membership, me, n),
             required,
         );
         self.drain(now_ms, store);
@@ -570,10 +592,10 @@ impl<C> ClusterNode<C> {
             return;
         }
         if antientropy::is_anti_entropy_op(f.op) {
-            let alive = self.alive_mask();
-            let nodes = &self.config.nodes;
-            self.aae
-                .on_reply(now_ms, store, from, f, &|n| mask_holds(alive, nodes, n));
+            let (role, membership, me) = (&self.role, &self.membership, self.config.node_id);
+            self.aae.on_reply(now_ms, store, from, f, &|n| {
+                alive_in(role, membership, me, n)
+            });
             self.after_aae();
             return;
         }
@@ -639,16 +661,15 @@ impl<C> ClusterNode<C> {
             self.hints.sync();
         }
         self.ring_tick(now_ms, store);
-        let (alive, leader) = (self.alive_mask(), self.leader());
-        let nodes = &self.config.nodes;
-        self.aae
-            .on_tick(now_ms, store, &|n| mask_holds(alive, nodes, n), leader);
+        let leader = self.leader();
+        let (role, membership, me) = (&self.role, &self.membership, self.config.node_id);
+        self.aae.on_tick(
+            now_ms,
+            store,
+            &|n| alive_in(role, membership, me, n),
+            leader,
+        );
         self.after_aae();
-    }
-
-    /// Whether node `id` is alive in the view decisions are made with (this node always is).
-    pub fn is_alive(&self, id: u32) -> bool {
-        id == self.config.node_id || mask_holds(self.alive_mask(), &self.config.nodes, id)
     }
 
     fn after_aae(&mut self) {
@@ -668,67 +689,101 @@ impl<C> ClusterNode<C> {
         self.coordinator.next_timeout_ms().map_or(m, |c| c.min(m))
     }
 
-    /// The alive set used for decisions, one bit per node in configuration order (ids
-    /// ascending): on a follower the last view's (only this node before the first view),
-    /// else this core's own membership view.
-    pub fn alive_mask(&self) -> u64 {
+    /// Whether node `id` is alive in the view decisions are made with: on a follower the
+    /// last view's (only this node before the first view), else this core's own membership.
+    pub fn is_alive(&self, id: u32) -> bool {
+        alive_in(&self.role, &self.membership, self.config.node_id, id)
+    }
+
+    /// The ids alive in the view decisions are made with, ascending (see
+    /// [`ClusterNode::is_alive`]); this node is always among them.
+    pub fn alive_ids(&self) -> Vec<u32> {
         match &self.role {
-            Role::Follower { view } => view.as_ref().map_or(0, |v| v.alive_mask) | self.own_bit(),
-            _ => self.own_alive_mask(),
+            Role::Follower { view } => {
+                let mut ids = view.as_ref().map_or_else(Vec::new, |v| v.alive.clone());
+                if let Err(i) = ids.binary_search(&self.config.node_id) {
+                    ids.insert(i, self.config.node_id);
+                }
+                ids
+            }
+            _ => self.membership.alive_ids(),
         }
     }
 
-    /// This node's bit in an alive mask.
-    fn own_bit(&self) -> u64 {
-        let me = self.config.node_id;
-        self.config
-            .nodes
-            .iter()
-            .position(|n| n.id == me)
-            .map_or(0, |i| 1 << i)
+    /// Every known member and its address, ids ascending, this node included: this core's
+    /// membership, or on a follower the last view's (the configured nodes before the first).
+    pub fn members(&self) -> Vec<(u32, std::net::SocketAddr)> {
+        match &self.role {
+            Role::Follower { view } => match view {
+                Some(v) => v.members.clone(),
+                None => self.config.nodes.iter().map(|n| (n.id, n.addr)).collect(),
+            },
+            _ => (self.membership.members().iter())
+                .map(|m| (m.id, m.addr))
+                .collect(),
+        }
     }
 
-    /// This core's own membership view as a mask (what the membership shard hands out).
-    pub fn own_alive_mask(&self) -> u64 {
-        let mut mask = 0u64;
-        for (i, n) in self.config.nodes.iter().enumerate() {
-            if n.id == self.config.node_id || self.membership.is_alive(n.id) {
-                mask |= 1 << i;
+    /// Where node `id` listens, from the membership (on a follower: the last view's members,
+    /// then the configuration); `None` for a node this core has not heard of.
+    pub fn peer_addr(&self, id: u32) -> Option<std::net::SocketAddr> {
+        match &self.role {
+            Role::Follower { view } => view
+                .as_ref()
+                .and_then(|v| {
+                    let i = v.members.binary_search_by_key(&id, |m| m.0).ok()?;
+                    Some(v.members[i].1)
+                })
+                .or_else(|| self.config.addr_of(id)),
+            _ => self.membership.addr_of(id),
+        }
+    }
+
+    /// Whether node `id` was dropped from the cluster for good (as far as this core knows:
+    /// a follower knows of no such node).
+    pub fn is_forgotten(&self, id: u32) -> bool {
+        !self.is_follower() && self.membership.is_forgotten(id)
+    }
+
+    /// The membership, to change it (add or forget members, set the ring version held). Its
+    /// events and frames come out with the next tick's outputs.
+    pub fn membership_mut(&mut self) -> &mut Membership {
+        &mut self.membership
+    }
+
+    /// The leader of the view decisions are made with: the lowest-id alive node (a follower
+    /// without a view counts only itself). The leader runs the cluster-wide chores (from
+    /// issue 7 on: when tombstones may be dropped).
+    pub fn leader(&self) -> u32 {
+        match &self.role {
+            Role::Follower { view } => view.as_ref().map_or(self.config.node_id, |v| v.leader),
+            _ => {
+                // The lowest alive node among the settled members (up or leaving): a joining
+                // node does not lead before it is up; without such a node alive, the lowest
+                // alive one.
+                let me = self.config.node_id;
+                let state = self.ring.state();
+                let eligible = |id: u32| {
+                    matches!(
+                        state.status(id),
+                        Some(
+                            super::ringstate::MemberStatus::Up
+                                | super::ringstate::MemberStatus::Leaving
+                        )
+                    )
+                };
+                let mut alive = self.membership.alive_ids();
+                if !alive.contains(&me) {
+                    alive.push(me);
+                    alive.sort_unstable();
+                }
+                alive
+                    .iter()
+                    .copied()
+                    .find(|&id| eligible(id))
+                    .unwrap_or(alive[0])
             }
         }
-        mask
-    }
-
-    /// The leader of the view decisions are made with: the lowest-id alive node. The leader
-    /// runs the cluster-wide chores (from issue 7 on: when tombstones may be dropped).
-    pub fn leader(&self) -> u32 {
-        if let Some(v) = self.followed() {
-            return v.leader;
-        }
-        // The lowest alive node among the settled members (up or leaving): a joining node
-        // does not lead before it is up; without such a node alive, the lowest alive one.
-        let mask = self.alive_mask();
-        let state = self.ring.state();
-        let eligible = |id: u32| {
-            matches!(
-                state.status(id),
-                Some(super::ringstate::MemberStatus::Up | super::ringstate::MemberStatus::Leaving)
-            )
-        };
-        let alive: Vec<u32> = self
-            .config
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| mask & (1 << i) != 0)
-            .map(|(_, n)| n.id)
-            .collect();
-        alive
-            .iter()
-            .copied()
-            .find(|&id| eligible(id))
-            .or_else(|| alive.first().copied())
-            .expect("this node's own bit is always set")
     }
 
     /// Whether this node leads (see [`ClusterNode::leader`]).
@@ -737,11 +792,10 @@ impl<C> ClusterNode<C> {
     }
 
     fn deliver_hints(&mut self, now_ms: u64) {
-        let alive = self.alive_mask();
-        let nodes = &self.config.nodes;
+        let (role, membership, me) = (&self.role, &self.membership, self.config.node_id);
         let mut out = std::mem::take(&mut self.scratch);
         self.hints
-            .poll_delivery(now_ms, &|n| mask_holds(alive, nodes, n), &mut out);
+            .poll_delivery(now_ms, &|n| alive_in(role, membership, me, n), &mut out);
         for (to, frame) in out.drain(..) {
             self.outputs.push_back(Output::Send { to, frame });
         }

@@ -270,7 +270,25 @@ impl<C> ClusterNode<C> {
             }
         }
         let old = self.ring.version();
-        self.ring = Ring::from_state(state);
+        self.ring = Ring::from_state(state.clone());
+        if !self.is_follower() {
+            // Gossip tells the others which version this node holds (the leader settles a
+            // change with it); members the ring lists are known with their addresses before
+            // their first gossip; removed ones are forgotten for good.
+            let me = self.config.node_id;
+            self.membership.set_ring_version(state.version());
+            for m in state.members().iter().filter(|m| m.id != me) {
+                if m.status == MemberStatus::Removed {
+                    if !self.membership.is_forgotten(m.id) {
+                        self.membership.forget(m.id);
+                    }
+                } else if self.membership.member(m.id).is_none() {
+                    if let Ok(addr) = m.addr.parse() {
+                        self.membership.add_member(m.id, addr);
+                    }
+                }
+            }
+        }
         let dropped = self.aae.set_ring(self.ring.clone(), store);
         if !dropped.is_empty() {
             let mut gone = [false; PARTITION_COUNT];
@@ -554,6 +572,13 @@ impl<C> ClusterNode<C> {
         // Pull: from the peer known to hold the newest version, else the leader, else any.
         if self.elastic.pull.is_some_and(|(_, d)| d <= now_ms) {
             self.elastic.pull = None;
+        }
+        // Versions the peers announce in gossip count as much as those they pull with.
+        for m in self.membership.members() {
+            if m.ring_version > 0 && m.id != me {
+                let e = self.elastic.peer_versions.entry(m.id).or_insert(0);
+                *e = (*e).max(m.ring_version);
+            }
         }
         let mine = self.ring.version();
         let newer = self

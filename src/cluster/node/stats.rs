@@ -25,7 +25,7 @@ impl<C> ClusterNode<C> {
             peers_live: c.live,
             peers_measured: c.measured,
             writes_refused: self.clock_refusal(now_ms).is_some(),
-            peers: (self.config.nodes.iter())
+            peers: (self.membership.members().iter())
                 .filter_map(|n| Some((n.id, self.membership.clock_sample(n.id)?)))
                 .collect(),
         }
@@ -79,7 +79,7 @@ impl<C> ClusterNode<C> {
         let h = self.hints.stats();
         let r = self.replica_stats;
         let (samples, samples_dropped) = self.membership.clock_counts();
-        let lines: [(&'static str, u64); 27] = [
+        let lines: [(&'static str, u64); 29] = [
             ("cluster_pauses", m.pauses),
             ("gossip_sent", m.gossip_sent),
             ("gossip_merged", m.gossip_merged),
@@ -107,6 +107,8 @@ impl<C> ClusterNode<C> {
             ("replicate_refused_ahead", r.refused_ahead),
             ("clock_samples", samples),
             ("clock_samples_dropped", samples_dropped),
+            ("members_added", m.members_added),
+            ("members_ignored", m.members_ignored),
         ];
         for (name, v) in lines {
             report(name, v);
@@ -129,7 +131,7 @@ pub struct ClockFigures {
     pub peers_measured: usize,
     /// Whether the max-offset rule refuses writes now.
     pub writes_refused: bool,
-    /// Per measured peer, in configuration order: its id and its latest sample.
+    /// Per measured peer, ids ascending: its id and its latest sample.
     pub peers: Vec<(u32, Sample)>,
 }
 

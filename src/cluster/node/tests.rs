@@ -135,7 +135,12 @@ fn a_follower_decides_with_the_membership_shards_view() {
         Some("cluster_pauses 0")
     );
     // No view yet: only itself alive, writes refused for the clock.
-    assert_eq!(follower.alive_mask(), 0b001);
+    assert_eq!(follower.alive_ids(), vec![1]);
+    assert_eq!(follower.leader(), 1);
+    assert_eq!(
+        follower.peer_addr(2),
+        Some("127.0.0.1:7002".parse().unwrap())
+    );
     let why = follower.clock_refusal(NOW).expect("refused without a view");
     assert!(why.contains("not measured yet"), "{why}");
     // The membership shard measures both peers; its view goes out once, then only on
@@ -143,12 +148,14 @@ fn a_follower_decides_with_the_membership_shards_view() {
     measure(&mut lead, &mut store, 2, 3);
     measure(&mut lead, &mut store, 3, -3);
     let view = lead.poll_view(NOW).expect("a first view");
-    assert_eq!(view.alive_mask, 0b111);
+    assert_eq!(view.alive, vec![1, 2, 3]);
+    assert_eq!(view.members.len(), 3);
     assert!(view.clock.is_some_and(|c| c.complete()));
     assert_eq!(lead.poll_view(NOW + 1), None, "nothing changed");
     assert!(lead.poll_view(NOW + VIEW_REFRESH_MS).is_some(), "refresh");
     follower.on_view(NOW, &mut store, view.clone());
-    assert_eq!(follower.alive_mask(), 0b111);
+    assert_eq!(follower.alive_ids(), vec![1, 2, 3]);
+    assert!(follower.is_alive(3) && !follower.is_alive(4));
     assert_eq!(follower.clock_refusal(NOW), None);
     assert_eq!(follower.render_cluster(), lead.render_cluster());
     assert_eq!(follower.clock_figures(NOW), lead.clock_figures(NOW));
@@ -184,6 +191,37 @@ fn a_follower_decides_with_the_membership_shards_view() {
         Response::from_frame(&r).unwrap().status,
         crate::protocol::Status::Unavailable as u8
     );
+
+    // Node 4 joins: the membership shard hears of it by gossip, its next view says so at
+    // once, and the follower learns where to reach it and that it is alive.
+    let mut entries = lead.membership().entries();
+    entries.push(crate::cluster::peer::GossipEntry {
+        node_id: 4,
+        incarnation: NOW,
+        heartbeat: 1,
+        state: crate::cluster::peer::NodeState::Alive,
+        ring_version: 1,
+        addr: Some("127.0.0.1:7004".parse().unwrap()),
+    });
+    let mut req = Vec::new();
+    peer::put_gossip(&mut req, 5, 2, &entries, ClockStamp::default());
+    let (f, _) = frame::parse(&req).unwrap().unwrap();
+    let mut out = Vec::new();
+    lead.on_peer_request(NOW, &mut store, 2, f.id, f.op, f.aux, f.body, &mut out)
+        .unwrap();
+    assert_eq!(follower.peer_addr(4), None);
+    let view = lead
+        .poll_view(NOW + 2)
+        .expect("members changed: a view at once");
+    assert_eq!(view.alive, vec![1, 2, 3, 4]);
+    follower.on_view(NOW + 2, &mut store, view);
+    assert_eq!(
+        follower.peer_addr(4),
+        Some("127.0.0.1:7004".parse().unwrap())
+    );
+    assert_eq!(follower.alive_ids(), vec![1, 2, 3, 4]);
+    assert_eq!(follower.members().len(), 4);
+    assert_eq!(lead.peer_addr(4), follower.peer_addr(4));
 }
 
 #[test]
@@ -215,4 +253,37 @@ fn a_replica_refuses_versions_too_far_ahead_of_the_cluster_clock() {
         replicate(&mut slow, &mut store, Version::new(NOW + 1_200_000, 0, 2)),
         PeerReply::Write(WriteAck::Refused(_))
     ));
+}
+
+/// A node that joined starts from the ring it was given (it owns nothing in it), gossips
+/// its version, and still coordinates: a write goes to the key's owners, none to itself.
+#[test]
+fn a_joined_node_starts_from_the_given_ring_and_owns_nothing() {
+    let mut c = ClusterConfig::build(
+        4,
+        "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003,4=127.0.0.1:7004",
+        3,
+    )
+    .unwrap();
+    let ring = crate::cluster::Ownership::initial(&[1, 2, 3], 3).unwrap();
+    c.initial_ring = Some(ring.clone());
+    c.validate().unwrap();
+    let mut n: ClusterNode<u32> = ClusterNode::new(c, NOW, 1, HintQueue::in_memory(100));
+    assert_eq!(n.ring().ownership(), &ring);
+    assert!(n.ring().partitions_of(4).is_empty());
+    assert_eq!(n.membership().ring_version(), ring.version());
+    let mut store = MemoryStore::new();
+    for peer in [1, 2, 3] {
+        measure(&mut n, &mut store, peer, 0);
+    }
+    n.write(NOW, &mut store, 1, b"k", Some(b"v"), 0, Consistency::Quorum);
+    let mut to: Vec<u32> = std::iter::from_fn(|| n.poll_output())
+        .filter_map(|o| match o {
+            Output::Send { to, .. } => Some(to),
+            _ => None,
+        })
+        .collect();
+    to.sort_unstable();
+    assert_eq!(to, vec![1, 2, 3]);
+    assert_eq!(store.get(b"k").unwrap(), None);
 }

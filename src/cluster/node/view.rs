@@ -58,7 +58,10 @@ impl<C> ClusterNode<C> {
         // What decides; the CLUSTER text and the clock figures of STATS (costly to render)
         // only ride along when a view goes out.
         let state = NodeView {
-            alive_mask: self.own_alive_mask(),
+            alive: self.membership.alive_ids(),
+            members: (self.membership.members().iter())
+                .map(|m| (m.id, m.addr))
+                .collect(),
             leader: self.leader(),
             incarnation: self.membership.incarnation(),
             clock: Some(self.membership.cluster_clock(now_ms)),

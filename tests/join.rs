@@ -1,0 +1,196 @@
+//! A node joins a running cluster (issue 12, the membership layer) against real `kvd`
+//! processes: three nodes started with `--nodes`, a fourth with `--join` to node 2.
+//!
+//! * The joining node fetches the ring map from its seed, gossips, and every node comes to
+//!   list four members alive (CLUSTER), the newcomer with its address. Writes through node 1
+//!   all along the join are never refused.
+//! * It owns nothing yet (the ring is the seed's), yet coordinates client requests: a QUORUM
+//!   PUT through it reaches the owners (GET through node 1 sees it), and a PUT through node 1
+//!   is read back through it. Its own store holds none of the keys (LGET: not found).
+//! * A `--join` with an id the cluster already has, at another address, is refused with a
+//!   clear error; `--join` with `--nodes`, or without `--listen`, too.
+
+mod common;
+
+use common::{wait_for, Node};
+use dkv::protocol::{Consistency, Status};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const KEYS: usize = 200;
+
+/// The `--join` command line of node `id` through `seed` (`--listen` and `--data` are added
+/// by [`Node`]).
+fn join_args(id: u32, seed: &str) -> Vec<String> {
+    [
+        "--id",
+        &id.to_string(),
+        "--join",
+        seed,
+        "--cluster-secret",
+        "test-secret",
+        "--shards",
+        "2",
+        "--gossip-interval-ms",
+        "50",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Retry `op` while the node answers CLOCK_OFFSET (a node measures its clock against a peer
+/// it just heard of within a gossip round trip or so) or UNAVAILABLE.
+fn retrying<T>(what: &str, mut op: impl FnMut() -> Result<T, dkv::client::ClientError>) -> T {
+    wait_for(DEADLINE, what, || match op() {
+        Ok(v) => Some(v),
+        Err(e) if matches!(e.status(), Some(Status::ClockOffset | Status::Unavailable)) => None,
+        Err(e) => panic!("{what}: {e}"),
+    })
+}
+
+#[test]
+fn a_node_joins_through_one_member_and_coordinates_requests() {
+    let mut nodes = common::start_nodes("join", &[2, 2, 2], 3, &["--gossip-interval-ms", "50"]);
+    // Writes through node 1 all along the join: none is refused (a member that joins counts
+    // for the clock rule only once measured, so hearing of it refuses nothing).
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, addr) = (stop.clone(), nodes[0].addr.clone());
+        std::thread::spawn(move || {
+            let mut c = dkv::client::Client::connect(addr.as_str()).expect("connect");
+            let (mut done, mut refused) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match c.put(b"during-join", b"v", 0, Consistency::Quorum) {
+                    Ok(_) => done += 1,
+                    Err(e) => refused.push(e.to_string()),
+                }
+            }
+            (done, refused)
+        })
+    };
+    let dir = common::temp_dir("join-new");
+    let args = join_args(4, &nodes[1].addr);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    nodes.push(Node::start(&dir.join("node-4"), &args));
+    let addr4 = nodes[3].addr.clone();
+
+    for n in &nodes {
+        common::wait_alive(n, 4, &[1, 2, 3, 4], DEADLINE);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (done, refused) = writer.join().expect("writer");
+    assert!(
+        done > 0 && refused.is_empty(),
+        "{done} writes, refused: {refused:?}"
+    );
+    // Every node knows where node 4 listens (its CLUSTER line), and every node's RING lists
+    // its address although it owns nothing.
+    for n in &nodes {
+        let text = n.client().cluster().expect("CLUSTER");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("4 {addr4} alive"))),
+            "{}: {text}",
+            n.addr
+        );
+        let map = n.client().ring().expect("RING");
+        assert_eq!(map.ownership.nodes(), &[1, 2, 3], "{}", n.addr);
+        assert_eq!(map.addr_of(4), Some(addr4.as_str()), "{}", n.addr);
+        assert_eq!(common::stat(n, "cluster_nodes"), 4);
+        assert_eq!(common::stat(n, "cluster_alive"), 4);
+    }
+    for n in &nodes {
+        common::wait_clocks_measured(n);
+    }
+
+    // Writes through the node that owns nothing reach the owners; writes through an owner
+    // are read back through it.
+    let mut c4 = nodes[3].client();
+    let mut c1 = nodes[0].client();
+    for i in 0..KEYS {
+        let key = format!("join-{i}");
+        let value = format!("v{i}");
+        if i % 2 == 0 {
+            retrying("PUT through node 4", || {
+                c4.put(key.as_bytes(), value.as_bytes(), 0, Consistency::Quorum)
+            });
+            let got = retrying("GET through node 1", || {
+                c1.get(key.as_bytes(), Consistency::Quorum)
+            });
+            assert_eq!(got.map(|(_, v)| v), Some(value.into_bytes()), "{key}");
+        } else {
+            retrying("PUT through node 1", || {
+                c1.put(key.as_bytes(), value.as_bytes(), 0, Consistency::Quorum)
+            });
+            let got = retrying("GET through node 4", || {
+                c4.get(key.as_bytes(), Consistency::Quorum)
+            });
+            assert_eq!(got.map(|(_, v)| v), Some(value.into_bytes()), "{key}");
+        }
+    }
+    // Node 4 holds none of them: it is no replica yet.
+    for i in 0..KEYS {
+        let key = format!("join-{i}");
+        assert_eq!(c4.local_get(key.as_bytes()).expect("LGET"), None, "{key}");
+    }
+    // A DELETE through it works too.
+    retrying("DELETE through node 4", || {
+        c4.delete(b"join-0", Consistency::Quorum)
+    });
+    let got = retrying("GET through node 2", || {
+        nodes[1].client().get(b"join-0", Consistency::Quorum)
+    });
+    assert_eq!(got, None);
+    assert!(common::stat(&nodes[0], "members_added") >= 1);
+
+    // An id the cluster has, at another address: refused before the node starts.
+    let out = Command::new(env!("CARGO_BIN_EXE_kvd"))
+        .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
+        .args(["--data", dir.join("node-2b").to_str().expect("UTF-8 path")])
+        .args(join_args(2, &nodes[0].addr))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kvd");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("node id 2 is already in the cluster"), "{err}");
+    drop(nodes);
+}
+
+#[test]
+fn join_excludes_nodes_and_needs_listen() {
+    let dir = common::temp_dir("join-alone");
+    let kvd = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kvd"))
+            .args(["--data", dir.to_str().expect("UTF-8 path")])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run kvd")
+    };
+    let out = kvd(&[
+        "--id",
+        "5",
+        "--join",
+        "127.0.0.1:1",
+        "--nodes",
+        "1=127.0.0.1:7001",
+        "--cluster-secret",
+        "s",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exclude each other"));
+    let out = kvd(&[
+        "--id",
+        "5",
+        "--join",
+        "127.0.0.1:1",
+        "--cluster-secret",
+        "s",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--join needs --listen"));
+}
