@@ -4,9 +4,11 @@
 //! * The joining node fetches the ring map from its seed, gossips, and every node comes to
 //!   list four members alive (CLUSTER), the newcomer with its address. Writes through node 1
 //!   all along the join are never refused.
-//! * It owns nothing yet (the ring is the seed's), yet coordinates client requests: a QUORUM
-//!   PUT through it reaches the owners (GET through node 1 sees it), and a PUT through node 1
-//!   is read back through it. Its own store holds none of the keys (LGET: not found).
+//! * It coordinates client requests while it joins: a QUORUM PUT through it reaches the
+//!   owners (GET through node 1 sees it), and a PUT through node 1 is read back through it.
+//! * The leader admits it and it takes its share of partitions (tests/elastic.rs tests the
+//!   moves in depth): once the change is over it holds exactly the keys of the partitions the
+//!   ring gives it (LGET), and the others' keys not.
 //! * A `--join` with an id the cluster already has, at another address, is refused with a
 //!   clear error; `--join` with `--nodes`, or without `--listen`, too.
 
@@ -97,8 +99,10 @@ fn a_node_joins_through_one_member_and_coordinates_requests() {
             "{}: {text}",
             n.addr
         );
-        let map = n.client().ring().expect("RING");
-        assert_eq!(map.ownership.nodes(), &[1, 2, 3], "{}", n.addr);
+        let map = wait_for(DEADLINE, "node 4 in the ring map", || {
+            let map = n.client().ring().ok()?;
+            map.addr_of(4).is_some().then_some(map)
+        });
         assert_eq!(map.addr_of(4), Some(addr4.as_str()), "{}", n.addr);
         assert_eq!(common::stat(n, "cluster_nodes"), 4);
         assert_eq!(common::stat(n, "cluster_alive"), 4);
@@ -132,11 +136,25 @@ fn a_node_joins_through_one_member_and_coordinates_requests() {
             assert_eq!(got.map(|(_, v)| v), Some(value.into_bytes()), "{key}");
         }
     }
-    // Node 4 holds none of them: it is no replica yet.
+    // Once its join is over, node 4 holds exactly the keys of its partitions.
+    let map = wait_for(Duration::from_secs(60), "the join to finish", || {
+        let plan = nodes[0].client().cluster_admin("PLAN").ok()?;
+        let map = nodes[0].client().ring().ok()?;
+        (plan.contains("change none") && map.ownership.nodes().contains(&4)).then_some(map)
+    });
+    let mut held = 0;
     for i in 0..KEYS {
         let key = format!("join-{i}");
-        assert_eq!(c4.local_get(key.as_bytes()).expect("LGET"), None, "{key}");
+        let owner = map.owners_of_key(key.as_bytes()).contains(&4);
+        let got = c4.local_get(key.as_bytes()).expect("LGET");
+        assert_eq!(
+            got.is_some(),
+            owner,
+            "{key}: node 4 owner {owner}, holds {got:?}"
+        );
+        held += usize::from(owner);
     }
+    assert!(held > 0, "node 4 owns none of {KEYS} keys");
     // A DELETE through it works too.
     retrying("DELETE through node 4", || {
         c4.delete(b"join-0", Consistency::Quorum)

@@ -392,6 +392,17 @@ const STATS_NAMES: &[&str] = &[
     "aae_tree_keys",
     "aae_tree_bytes",
     "aae_exchanges_in_flight",
+    "ring_version_max",
+    "ring_moving_partitions_max",
+    "ring_change_running_max",
+    "ring_moves_paused_max",
+    "transfers_waiting",
+    "transfers_running",
+    "transfers_copied",
+    "transfer_bytes",
+    "transfer_keys",
+    "ring_flips",
+    "keys_forgotten",
 ];
 
 /// A clustered node of two shards over log stores on disks of different sizes, after some

@@ -83,7 +83,13 @@ impl Store for MemoryStore {
         report("storage_bytes", self.bytes);
     }
 
-    fn forget_keys(&mut self, doomed: &mut dyn FnMut(&[u8]) -> bool) -> Result<u64, StoreError> {
+    /// One step does the whole map (a store for tests).
+    fn forget_step(
+        &mut self,
+        doomed: &mut dyn FnMut(&[u8]) -> bool,
+        _cursor: u64,
+        _limit: usize,
+    ) -> Result<(u64, Option<u64>), StoreError> {
         let before = self.map.len();
         let mut freed = 0u64;
         self.map.retain(|k, s| {
@@ -94,7 +100,7 @@ impl Store for MemoryStore {
             !gone
         });
         self.bytes = self.bytes.saturating_sub(freed);
-        Ok((before - self.map.len()) as u64)
+        Ok(((before - self.map.len()) as u64, None))
     }
 
     /// The cursor is a position in the map's iteration order, stable while the map is not

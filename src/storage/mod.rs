@@ -244,12 +244,20 @@ pub trait Store: Send {
     /// combines its shards' figures by name, `_max` / `_min` by max / min and the rest summed.
     fn stats(&self, report: &mut dyn FnMut(&'static str, u64));
 
-    /// Forget every key `doomed` picks, writing nothing: their records become dead and
-    /// compaction reclaims them. For a cluster node that no longer holds a partition (the
-    /// flip that moved it away is known): a restart finds those records again, and the node
-    /// forgets them again before it serves (it knows its ring from disk). Returns how many
-    /// keys were forgotten. Default: unsupported (an error).
-    fn forget_keys(&mut self, _doomed: &mut dyn FnMut(&[u8]) -> bool) -> Result<u64, StoreError> {
+    /// Forget the keys `doomed` picks among up to `limit` keys from `cursor` (0 to start),
+    /// writing nothing: their records become dead and compaction reclaims them. Returns how
+    /// many were forgotten and the cursor of the next step (`None`: the pass is over). For a
+    /// cluster node that no longer holds a partition (the flip that moved it away is known
+    /// here): done in bounded steps so the shard keeps serving, and repeated until a pass
+    /// forgets nothing (keys the store moved around during a pass may be skipped by it). A
+    /// restart finds those records again, and the node forgets them again (it knows its ring
+    /// from disk). Default: unsupported (an error).
+    fn forget_step(
+        &mut self,
+        _doomed: &mut dyn FnMut(&[u8]) -> bool,
+        _cursor: u64,
+        _limit: usize,
+    ) -> Result<(u64, Option<u64>), StoreError> {
         Err(StoreError::Io(std::io::Error::new(
             std::io::ErrorKind::Unsupported,
             "this store cannot forget keys",

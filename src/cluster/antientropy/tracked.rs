@@ -166,8 +166,13 @@ impl Store for Tracked<'_> {
     fn stats(&self, report: &mut dyn FnMut(&'static str, u64)) {
         self.store.stats(report)
     }
-    fn forget_keys(&mut self, doomed: &mut dyn FnMut(&[u8]) -> bool) -> Result<u64, StoreError> {
-        self.store.forget_keys(doomed)
+    fn forget_step(
+        &mut self,
+        doomed: &mut dyn FnMut(&[u8]) -> bool,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<(u64, Option<u64>), StoreError> {
+        self.store.forget_step(doomed, cursor, limit)
     }
 
     fn scan_keys(

@@ -685,7 +685,9 @@ impl<C> ClusterNode<C> {
         } else {
             self.membership.next_timeout_ms()
         };
-        let m = gossip.min(self.aae.next_timeout_ms());
+        let m = gossip
+            .min(self.aae.next_timeout_ms())
+            .min(self.ring_timeout_ms());
         self.coordinator.next_timeout_ms().map_or(m, |c| c.min(m))
     }
 

@@ -45,6 +45,13 @@ pub const RING_POLL_MS: u64 = 1_000;
 /// again after this long until the ring shows it done.
 pub const RING_RETRY_MS: u64 = 500;
 
+/// Keys a core looks at per tick when it forgets the records of partitions moved away (a
+/// bounded step: about a millisecond).
+pub const FORGET_KEYS_PER_TICK: usize = 16_384;
+
+/// Time between two forget steps.
+const FORGET_STEP_MS: u64 = 5;
+
 /// How long a change passed on to the leader waits for its answer.
 pub const RING_CHANGE_TIMEOUT_MS: u64 = 5_000;
 
@@ -80,6 +87,13 @@ pub(super) struct Elastic<C> {
     pub(super) forgotten: u64,
     /// Partitions flipped by this node as leader (STATS).
     pub(super) flips: u64,
+    /// Partitions this core no longer holds whose records are still to be forgotten.
+    doomed: Vec<bool>,
+    /// Where the running forget pass is (`None`: no pass), and what it forgot so far.
+    forget_cursor: Option<u64>,
+    pass_forgot: u64,
+    /// When `ring_tick` last ran (the next forget step is due soon after).
+    last_tick_ms: u64,
 }
 
 impl<C> Elastic<C> {
@@ -102,6 +116,10 @@ impl<C> Elastic<C> {
             transfer_limit: crate::cluster::antientropy::TRANSFER_LIMIT_DEFAULT,
             forgotten: 0,
             flips: 0,
+            doomed: vec![false; PARTITION_COUNT],
+            forget_cursor: None,
+            pass_forgot: 0,
+            last_tick_ms: 0,
         }
     }
 
@@ -290,24 +308,20 @@ impl<C> ClusterNode<C> {
             }
         }
         let dropped = self.aae.set_ring(self.ring.clone(), store);
+        // Partitions held again are not to be forgotten; those moved away are, in bounded
+        // steps on the next ticks (`forget_step`).
+        for p in 0..PARTITION_COUNT {
+            if self.ring.holds(self.config.node_id, p) {
+                self.elastic.doomed[p] = false;
+            }
+        }
         if !dropped.is_empty() {
-            let mut gone = [false; PARTITION_COUNT];
             for &p in &dropped {
-                gone[p] = true;
+                self.elastic.doomed[p] = true;
             }
-            match store.forget_keys(&mut |k| gone[partition_of(k)]) {
-                Ok(n) => {
-                    self.elastic.forgotten += n;
-                    if n > 0 {
-                        log::info!(
-                            "ring version {}: {} partitions moved away, {n} keys forgotten",
-                            self.ring.version(),
-                            dropped.len()
-                        );
-                    }
-                }
-                Err(e) => log::error!("partitions moved away but not forgotten: {e}"),
-            }
+            // A new pass: keys of the newly doomed partitions may be behind the cursor.
+            self.elastic.forget_cursor = Some(0);
+            self.elastic.pass_forgot = 0;
         }
         self.retarget_hints(store);
         if self.ring.state().since() != self.elastic.reports_since {
@@ -546,6 +560,8 @@ impl<C> ClusterNode<C> {
         for (p, since) in self.aae.take_copied() {
             self.elastic.copied.insert(p, since);
         }
+        self.elastic.last_tick_ms = now_ms;
+        self.forget_step(store);
         if self.is_follower() {
             return;
         }
@@ -642,6 +658,55 @@ impl<C> ClusterNode<C> {
         }
         if self.is_leader() {
             self.leader_chores(store);
+        }
+    }
+
+    /// One bounded step of forgetting the records of partitions moved away. A pass that
+    /// forgot something is followed by another, until one forgets nothing (the store may
+    /// move keys around a pass); then the partitions are done.
+    fn forget_step(&mut self, store: &mut dyn Store) {
+        let Some(cursor) = self.elastic.forget_cursor else {
+            return;
+        };
+        let doomed = &self.elastic.doomed;
+        match store.forget_step(
+            &mut |k| doomed[partition_of(k)],
+            cursor,
+            FORGET_KEYS_PER_TICK,
+        ) {
+            Ok((n, next)) => {
+                self.elastic.forgotten += n;
+                self.elastic.pass_forgot += n;
+                match next {
+                    Some(c) => self.elastic.forget_cursor = Some(c),
+                    None if self.elastic.pass_forgot > 0 => {
+                        log::info!(
+                            "ring version {}: {} keys of partitions moved away forgotten",
+                            self.ring.version(),
+                            self.elastic.pass_forgot
+                        );
+                        self.elastic.forget_cursor = Some(0);
+                        self.elastic.pass_forgot = 0;
+                    }
+                    None => {
+                        self.elastic.forget_cursor = None;
+                        self.elastic.doomed.fill(false);
+                    }
+                }
+            }
+            Err(e) => {
+                log::error!("partitions moved away but not forgotten: {e}");
+                self.elastic.forget_cursor = None;
+            }
+        }
+    }
+
+    /// When the ring chores want a tick at the latest (a forget pass runs in steps).
+    pub(super) fn ring_timeout_ms(&self) -> u64 {
+        if self.elastic.forget_cursor.is_some() {
+            self.elastic.last_tick_ms.saturating_add(FORGET_STEP_MS)
+        } else {
+            u64::MAX
         }
     }
 

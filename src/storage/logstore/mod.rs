@@ -543,22 +543,34 @@ impl<V: Vfs> Store for LogStore<V> {
         self.highest
     }
 
-    fn forget_keys(&mut self, doomed: &mut dyn FnMut(&[u8]) -> bool) -> Result<u64, StoreError> {
+    /// The cursor is a position in the keydir's dense entry array: removing entry `i` moves
+    /// the last one into its place, which is then looked at in turn.
+    fn forget_step(
+        &mut self,
+        doomed: &mut dyn FnMut(&[u8]) -> bool,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<(u64, Option<u64>), StoreError> {
         // Appends still in the buffer point the keydir at bytes not yet written: write them
         // first, so that forgetting a key never has to undo a buffered append.
         self.flush()?;
-        let keys: Vec<Vec<u8>> = self
-            .keydir
-            .iter()
-            .filter(|(k, _)| doomed(k))
-            .map(|(k, _)| k.to_vec())
-            .collect();
-        for key in &keys {
-            if let Some(old) = self.keydir.remove(key) {
-                self.account(&old, key.len(), false);
+        let mut i = usize::try_from(cursor).unwrap_or(usize::MAX);
+        let mut forgotten = 0;
+        for _ in 0..limit {
+            let Some((key, _)) = self.keydir.at(i) else {
+                return Ok((forgotten, None));
+            };
+            if doomed(key) {
+                let key = key.to_vec();
+                if let Some(old) = self.keydir.remove(&key) {
+                    self.account(&old, key.len(), false);
+                }
+                forgotten += 1;
+            } else {
+                i += 1;
             }
         }
-        Ok(keys.len() as u64)
+        Ok((forgotten, (i < self.keydir.len()).then_some(i as u64)))
     }
 
     /// The cursor is a position in the keydir's dense entry array (see [`KeyDir::at`]).
