@@ -17,7 +17,7 @@ mod common;
 use common::{wait_for, Node};
 use dkv::client::Client;
 use dkv::hash::partition_of;
-use dkv::protocol::Consistency;
+use dkv::protocol::{Consistency, Status};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -30,6 +30,18 @@ fn key(i: usize) -> Vec<u8> {
 
 fn value(i: usize) -> Vec<u8> {
     format!("value-{i}").into_bytes()
+}
+
+/// Write key `i` at ALL, retrying while a node has not measured its clock against a peer
+/// it just heard from (CLOCK_OFFSET) or a replica is not reachable yet (UNAVAILABLE).
+fn put_all(c: &mut Client, i: usize) {
+    wait_for(CHANGE_TIMEOUT, "a PUT at ALL", || {
+        match c.put(&key(i), &value(i), 0, Consistency::All) {
+            Ok(_) => Some(()),
+            Err(e) if matches!(e.status(), Some(Status::ClockOffset | Status::Unavailable)) => None,
+            Err(e) => panic!("PUT {i}: {e}"),
+        }
+    });
 }
 
 /// Wait until every node in `nodes` reports no running change at the same ring version;
@@ -113,7 +125,7 @@ fn a_decommissioned_node_streams_its_partitions_away_and_ends_empty() {
     );
     let mut c = nodes[0].client();
     for i in 0..KEYS {
-        c.put(&key(i), &value(i), 0, Consistency::All).expect("PUT");
+        put_all(&mut c, i);
     }
     let before = nodes[0].client().ring().expect("RING").ownership.version();
 
@@ -193,7 +205,7 @@ fn a_cluster_grows_shrinks_and_replaces_nodes_under_load_without_losing_writes()
     let dir = nodes[0].data.parent().expect("a test dir").to_path_buf();
     let mut c = nodes[0].client();
     for i in 0..KEYS {
-        c.put(&key(i), &value(i), 0, Consistency::All).expect("PUT");
+        put_all(&mut c, i);
     }
     let kvbench = Command::new(env!("CARGO_BIN_EXE_kvbench"))
         .args([

@@ -275,9 +275,25 @@ fn ring_lines(map: &RingMap, partitions: bool) -> Vec<String> {
             Ok(i) => (loads[i], prims[i]),
             Err(_) => (0, 0),
         };
-        lines.push(format!("{id} {addr} partitions={held} primaries={primary}"));
+        // The keys it holds, from its own STATS (best effort: `?` when it does not answer).
+        let keys = (addr != "-")
+            .then(|| node_keys(addr))
+            .flatten()
+            .map_or("?".to_string(), |k| k.to_string());
+        lines.push(format!(
+            "{id} {addr} partitions={held} primaries={primary} keys={keys}"
+        ));
     }
     lines
+}
+
+/// The `storage_keys` figure of the node at `addr`, if it answers STATS within a second.
+fn node_keys(addr: &str) -> Option<u64> {
+    let sock = addr.parse::<std::net::SocketAddr>().ok()?;
+    std::net::TcpStream::connect_timeout(&sock, std::time::Duration::from_secs(1)).ok()?;
+    let text = dkv::client::Client::connect(addr).ok()?.stats().ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("storage_keys ")?.parse().ok())
 }
 
 fn is_terminal() -> bool {

@@ -863,6 +863,28 @@ impl<C> ClusterNode<C> {
         }
     }
 
+    /// The CLUSTER text: the membership's lines (id, address, alive or failed, incarnation,
+    /// clock, the ring version each node holds), with the leader as this core decides it and
+    /// each node's state in the ring (`status=joining|up|leaving|removed`, `none` for a
+    /// node the ring does not list yet).
+    pub(super) fn cluster_text(&self) -> String {
+        let leader = self.leader();
+        let state = self.ring.state();
+        let mut out = String::new();
+        for line in self.membership.render().lines() {
+            let id = line.split(' ').next().and_then(|w| w.parse::<u32>().ok());
+            let mut words: Vec<&str> = line.split(' ').filter(|w| *w != "leader").collect();
+            if id == Some(leader) {
+                words.insert(4.min(words.len()), "leader");
+            }
+            let status = id
+                .and_then(|n| state.status(n))
+                .map_or("none", MemberStatus::name);
+            let _ = writeln!(out, "{} status={status}", words.join(" "));
+        }
+        out
+    }
+
     /// The CLUSTER PLAN text: the running change, its moves per node, and what is left.
     pub fn plan_text(&self) -> String {
         let s = self.ring.state();

@@ -35,7 +35,7 @@ impl<C> ClusterNode<C> {
     pub fn render_cluster(&self) -> String {
         match self.followed() {
             Some(v) => v.text.clone(),
-            None => self.membership.render(),
+            None => self.cluster_text(),
         }
     }
 

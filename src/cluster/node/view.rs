@@ -86,7 +86,7 @@ impl<C> ClusterNode<C> {
         }
         let mut view = state.clone();
         view.figures = self.clock_figures(now_ms);
-        view.text = self.membership.render();
+        view.text = self.cluster_text();
         let Role::Publisher {
             last,
             last_sent_ms,
