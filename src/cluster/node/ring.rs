@@ -92,6 +92,8 @@ pub(super) struct Elastic<C> {
     /// Where the running forget pass is (`None`: no pass), and what it forgot so far.
     forget_cursor: Option<u64>,
     pass_forgot: u64,
+    /// Partitions were doomed during the running pass: another pass follows it.
+    forget_again: bool,
     /// When `ring_tick` last ran (the next forget step is due soon after).
     last_tick_ms: u64,
 }
@@ -119,6 +121,7 @@ impl<C> Elastic<C> {
             doomed: vec![false; PARTITION_COUNT],
             forget_cursor: None,
             pass_forgot: 0,
+            forget_again: false,
             last_tick_ms: 0,
         }
     }
@@ -319,9 +322,15 @@ impl<C> ClusterNode<C> {
             for &p in &dropped {
                 self.elastic.doomed[p] = true;
             }
-            // A new pass: keys of the newly doomed partitions may be behind the cursor.
-            self.elastic.forget_cursor = Some(0);
-            self.elastic.pass_forgot = 0;
+            // Keys of the newly doomed partitions may be behind a running pass's cursor: it
+            // is followed by another.
+            match self.elastic.forget_cursor {
+                None => {
+                    self.elastic.forget_cursor = Some(0);
+                    self.elastic.pass_forgot = 0;
+                }
+                Some(_) => self.elastic.forget_again = true,
+            }
         }
         self.retarget_hints(store);
         if self.ring.state().since() != self.elastic.reports_since {
@@ -668,6 +677,11 @@ impl<C> ClusterNode<C> {
         let Some(cursor) = self.elastic.forget_cursor else {
             return;
         };
+        // While a change runs, partitions keep moving away: one pass over the store after it
+        // costs far less than one per flip (the copies are only held a little longer).
+        if self.ring.state().change().is_some() {
+            return;
+        }
         let doomed = &self.elastic.doomed;
         match store.forget_step(
             &mut |k| doomed[partition_of(k)],
@@ -679,7 +693,8 @@ impl<C> ClusterNode<C> {
                 self.elastic.pass_forgot += n;
                 match next {
                     Some(c) => self.elastic.forget_cursor = Some(c),
-                    None if self.elastic.pass_forgot > 0 => {
+                    None if self.elastic.pass_forgot > 0 || self.elastic.forget_again => {
+                        self.elastic.forget_again = false;
                         log::info!(
                             "ring version {}: {} keys of partitions moved away forgotten",
                             self.ring.version(),
@@ -703,7 +718,7 @@ impl<C> ClusterNode<C> {
 
     /// When the ring chores want a tick at the latest (a forget pass runs in steps).
     pub(super) fn ring_timeout_ms(&self) -> u64 {
-        if self.elastic.forget_cursor.is_some() {
+        if self.elastic.forget_cursor.is_some() && self.ring.state().change().is_none() {
             self.elastic.last_tick_ms.saturating_add(FORGET_STEP_MS)
         } else {
             u64::MAX
