@@ -480,8 +480,20 @@ impl<C> ClusterNode<C> {
                 message: String::from_utf8_lossy(f.body).into_owned(),
             }
         };
-        if let Some(ctx) = ctx {
-            self.outputs.push_back(Output::Reply { ctx, outcome });
+        match ctx {
+            Some(ctx) => self.outputs.push_back(Output::Reply { ctx, outcome }),
+            // This node's own request (a join, a copied partition): a refusal that waiting
+            // will not cure (an id taken, a live node to replace) must reach the operator.
+            None => match outcome {
+                Outcome::Failed {
+                    status: Status::Unavailable | Status::Timeout,
+                    message,
+                } => log::debug!("the leader will decide later: {message}"),
+                Outcome::Failed { status, message } => {
+                    log::warn!("the leader refused this node's request: {status}: {message}")
+                }
+                _ => {}
+            },
         }
     }
 
