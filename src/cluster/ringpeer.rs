@@ -13,7 +13,9 @@
 //!   runs or when the receiver is not the leader).
 //!
 //! ```text
-//!  RING_PULL request   | version held u64 |
+//!  RING_PULL request   | version held u64 | sender u32 |
+//!   (the sender is named in the body, as GOSSIP and anti-entropy do: a node forwards a
+//!   peer frame to its membership shard without the session it came on)
 //!  RING_PULL reply     | ring state encoding (cluster/ringstate.rs) |
 //!
 //!  RING_CHANGE request
@@ -92,8 +94,14 @@ pub enum ChangeRequest {
 }
 
 /// Append a RING_PULL request with id `id`.
-pub fn put_pull(out: &mut Vec<u8>, id: u32, held: u64) {
-    frame::put_frame(out, ring_op::PULL, 0, id, &[&held.to_be_bytes()]);
+pub fn put_pull(out: &mut Vec<u8>, id: u32, held: u64, sender: u32) {
+    frame::put_frame(
+        out,
+        ring_op::PULL,
+        0,
+        id,
+        &[&held.to_be_bytes(), &sender.to_be_bytes()],
+    );
 }
 
 /// Append a RING_CHANGE request with id `id`.
@@ -134,11 +142,19 @@ fn malformed(why: &str) -> PeerError {
 }
 
 /// Decode a RING_PULL request body: the version the puller holds.
-pub fn decode_pull(body: &[u8]) -> Result<u64, PeerError> {
-    if body.len() != 8 {
-        return Err(malformed("RING_PULL body is not 8 bytes"));
+/// Decode a RING_PULL request body: the version held and the sender, which must be the
+/// session's peer `from` when that is known (0: forwarded from another shard, unknown).
+pub fn decode_pull(body: &[u8], from: u32) -> Result<(u64, u32), PeerError> {
+    if body.len() != 12 {
+        return Err(malformed("RING_PULL body is not 12 bytes"));
     }
-    Ok(BigEndian::read_u64(body))
+    let sender = BigEndian::read_u32(&body[8..12]);
+    if from != 0 && from != sender {
+        return Err(malformed(&format!(
+            "RING_PULL names sender {sender} on node {from}'s session"
+        )));
+    }
+    Ok((BigEndian::read_u64(body), sender))
 }
 
 /// Decode a RING_CHANGE request body.
@@ -239,8 +255,10 @@ mod tests {
             }
         }
         let mut f = Vec::new();
-        put_pull(&mut f, 1, 42);
+        put_pull(&mut f, 1, 42, 7);
         let (fr, _) = frame::parse(&f).unwrap().unwrap();
-        assert_eq!(decode_pull(fr.body).unwrap(), 42);
+        assert_eq!(decode_pull(fr.body, 7).unwrap(), (42, 7));
+        assert_eq!(decode_pull(fr.body, 0).unwrap(), (42, 7));
+        assert!(decode_pull(fr.body, 8).is_err());
     }
 }

@@ -456,6 +456,21 @@ impl RingState {
         self.change = Some(change);
         self.since = self.version;
         self.settled = false;
+        // Partitions whose owners only change order (the plan evens out primaries) move no
+        // data, so no copy reports them and no flip would take them: take their new order
+        // now, or the change would never end (`complete` ends it on the same placement).
+        let target = self.target.clone().expect("just set");
+        for p in 0..PARTITION_COUNT {
+            if self.current.owners(p) != target.owners(p) && !self.moving(p) {
+                match self
+                    .current
+                    .with_owners(p, target.owners(p), self.version)
+                {
+                    Ok(c) => self.current = c,
+                    Err(e) => log::error!("partition {p}: owners not reordered: {e}"),
+                }
+            }
+        }
         if !self
             .current
             .same_placement(self.target.as_ref().expect("just set"))

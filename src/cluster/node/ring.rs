@@ -48,6 +48,13 @@ pub const RING_RETRY_MS: u64 = 500;
 /// How long a change passed on to the leader waits for its answer.
 pub const RING_CHANGE_TIMEOUT_MS: u64 = 5_000;
 
+/// Whether a time `at` set at most `span` ahead of the clock then has come at `now_ms`: it
+/// has, or the clock stepped back since (`at` is further ahead than it was ever set), as a
+/// node minutes off has its clock set right: else its ring chores would wait for minutes.
+fn due(now_ms: u64, at: u64, span: u64) -> bool {
+    now_ms >= at || at > now_ms.saturating_add(span)
+}
+
 /// The elastic ring state of one core.
 pub(super) struct Elastic<C> {
     /// Where the membership core saves every ring state it adopts.
@@ -188,6 +195,21 @@ impl<C> ClusterNode<C> {
         self.elastic.store = ring_store;
         if let Some(s) = kept {
             self.install_ring(store, Arc::new(s), false);
+            self.forget_unheld(store);
+        }
+    }
+
+    /// At start, by the ring state kept: forget the records of every partition this node
+    /// does not hold. Forgetting is not durable (the records stay in the log until
+    /// compaction), and the partitions a node held for a while (a pending owner's copy, a
+    /// leaving node's) are not those of its configured ring, which is all a restart's
+    /// ring install compares with.
+    fn forget_unheld(&mut self, store: &mut dyn Store) {
+        let me = self.config.node_id;
+        let ring = self.ring.clone();
+        match store.forget_keys(&mut |k| !ring.holds(me, partition_of(k))) {
+            Ok(n) => self.elastic.forgotten += n,
+            Err(e) => log::error!("partitions not held not forgotten at start: {e}"),
         }
     }
 
@@ -196,6 +218,7 @@ impl<C> ClusterNode<C> {
     pub fn start_with_ring(&mut self, store: &mut dyn Store, kept: RingState) {
         if kept.version() > self.ring.version() {
             self.install_ring(store, Arc::new(kept), false);
+            self.forget_unheld(store);
         }
     }
 
@@ -318,7 +341,7 @@ impl<C> ClusterNode<C> {
         out: &mut Vec<u8>,
     ) -> Result<(), PeerError> {
         let r = if op == ring_op::PULL {
-            ringpeer::decode_pull(body).map(|held| {
+            ringpeer::decode_pull(body, from).map(|(held, from)| {
                 let e = self.elastic.peer_versions.entry(from).or_insert(0);
                 *e = (*e).max(held);
                 if held < self.ring.version() {
@@ -428,6 +451,11 @@ impl<C> ClusterNode<C> {
             };
             (status, e.to_string())
         };
+        if !matches!(req, ChangeRequest::Copied { .. }) {
+            if let Some(why) = self.no_majority() {
+                return Err((Status::Unavailable, why));
+            }
+        }
         let next = match req {
             ChangeRequest::Join { node, addr } => {
                 if matches!(
@@ -505,7 +533,7 @@ impl<C> ClusterNode<C> {
             .elastic
             .asked
             .iter()
-            .filter(|(_, (_, d))| *d <= now_ms)
+            .filter(|(_, (_, d))| due(now_ms, *d, RING_CHANGE_TIMEOUT_MS))
             .map(|(id, _)| *id)
             .collect();
         for id in late {
@@ -520,7 +548,8 @@ impl<C> ClusterNode<C> {
             }
         }
         // Pull: from the peer known to hold the newest version, else the leader, else any.
-        if self.elastic.pull.is_some_and(|(_, d)| d <= now_ms) {
+        let timeout = self.config.request_timeout_ms;
+        if self.elastic.pull.is_some_and(|(_, d)| due(now_ms, d, timeout)) {
             self.elastic.pull = None;
         }
         let mine = self.ring.version();
@@ -531,7 +560,8 @@ impl<C> ClusterNode<C> {
             .filter(|(&n, &v)| v > mine && n != me && self.is_alive(n))
             .max_by_key(|(_, &v)| v)
             .map(|(&n, _)| n);
-        if self.elastic.pull.is_none() && (newer.is_some() || now_ms >= self.elastic.next_pull_ms) {
+        let poll = due(now_ms, self.elastic.next_pull_ms, RING_POLL_MS);
+        if self.elastic.pull.is_none() && (newer.is_some() || poll) {
             let leader = self.leader();
             let target = newer.or((leader != me).then_some(leader)).or_else(|| {
                 self.ring
@@ -545,7 +575,7 @@ impl<C> ClusterNode<C> {
             if let Some(to) = target {
                 let id = self.elastic.alloc_id();
                 let mut f = Vec::new();
-                ringpeer::put_pull(&mut f, id, mine);
+                ringpeer::put_pull(&mut f, id, mine, me);
                 self.outputs.push_back(Output::Send { to, frame: f });
                 self.elastic.pull =
                     Some((id, now_ms.saturating_add(self.config.request_timeout_ms)));
@@ -555,7 +585,11 @@ impl<C> ClusterNode<C> {
         if let Some(req) = self.elastic.join.clone() {
             if self.ring.state().member(me).is_some() {
                 self.elastic.join = None;
-            } else if now_ms >= self.elastic.last_join_ms.saturating_add(RING_RETRY_MS) {
+            } else if due(
+                now_ms,
+                self.elastic.last_join_ms.saturating_add(RING_RETRY_MS),
+                RING_RETRY_MS,
+            ) {
                 self.elastic.last_join_ms = now_ms;
                 self.ask_leader(now_ms, req, None);
             }
@@ -566,7 +600,11 @@ impl<C> ClusterNode<C> {
             .copied
             .retain(|&p, &mut since| since == state.since() && state.moving(p as usize));
         if !self.elastic.copied.is_empty()
-            && now_ms >= self.elastic.last_report_ms.saturating_add(RING_RETRY_MS)
+            && due(
+                now_ms,
+                self.elastic.last_report_ms.saturating_add(RING_RETRY_MS),
+                RING_RETRY_MS,
+            )
         {
             self.elastic.last_report_ms = now_ms;
             let list: Vec<(u16, u64)> = self.elastic.copied.iter().map(|(&p, &s)| (p, s)).collect();
@@ -586,6 +624,32 @@ impl<C> ClusterNode<C> {
         if self.is_leader() {
             self.leader_chores(store);
         }
+    }
+
+    /// Why this node, leading by its own view, must not make a new ring version: it does not
+    /// see a majority of the members (up, joining or leaving) alive. Without it, the lowest
+    /// live node on each side of a network partition leads its side, and both would make
+    /// ring versions from the same one: equal versions with different flips, which no node
+    /// ever trades for the other (one is adopted only when higher), and a change that never
+    /// ends. (A majority does not make one leader under every partition — one-way links may
+    /// still show two — but it closes the common split.)
+    fn no_majority(&self) -> Option<String> {
+        let members: Vec<u32> = self
+            .ring
+            .state()
+            .members()
+            .iter()
+            .filter(|m| m.status != MemberStatus::Removed)
+            .map(|m| m.id)
+            .collect();
+        let alive = members.iter().filter(|&&n| self.is_alive(n)).count();
+        (2 * alive <= members.len()).then(|| {
+            format!(
+                "node {} sees {alive} of the {} members alive: ring changes need a majority",
+                self.config.node_id,
+                members.len()
+            )
+        })
     }
 
     /// Send `req` to the leader; its answer goes to `ctx` (if any) as an output.
@@ -610,7 +674,7 @@ impl<C> ClusterNode<C> {
     /// every partition all of whose pending owners copied it.
     fn leader_chores(&mut self, store: &mut dyn Store) {
         let s = self.ring.state().clone();
-        if s.change().is_none() {
+        if s.change().is_none() || self.no_majority().is_some() {
             return;
         }
         let me = self.config.node_id;
@@ -641,9 +705,10 @@ impl<C> ClusterNode<C> {
         let mut next = (*s).clone();
         let mut flipped = 0;
         for p in s.moving_partitions() {
-            let copied = s
-                .pending(p)
-                .all(|n| self.elastic.reports.contains(&(p as u16, n)));
+            let copied = self.config.mutations.flip_before_copy
+                // test-only mutation: flip without the pending owners' copied reports.
+                || s.pending(p)
+                    .all(|n| self.elastic.reports.contains(&(p as u16, n)));
             if copied {
                 match next.complete(p) {
                     Ok(n) => {

@@ -59,7 +59,9 @@ impl<C> ClusterNode<C> {
         // only ride along when a view goes out.
         let state = NodeView {
             alive_mask: self.own_alive_mask(),
-            leader: self.membership.leader(),
+            // The node's leader (ring-aware: a node that left no longer leads), not the
+            // membership's lowest alive id, or the followers would lead with another.
+            leader: self.leader(),
             incarnation: self.membership.incarnation(),
             clock: Some(self.membership.cluster_clock(now_ms)),
             ring_version: self.ring.version(),
