@@ -25,8 +25,14 @@
 //! keeps running (it must end holding nothing). One change at a time: the next membership
 //! event waits until the ring shows the previous command.
 //!
-//! **Checkers** (after the liveness phase, which resumes paused moves and waits for the
-//! running change to finish on every node):
+//! **Checkers.** While the run goes, at every flip seen:
+//!
+//! * `flip`: the new owners of a flipped partition hold each acknowledged (covered) PUT of
+//!   its keys at least as often as the PUT's level asked (see [`World::check_flip`]): a flip
+//!   before the copy, or writes that skip the pending owners, leave them short.
+//!
+//! After the liveness phase, which resumes paused moves and waits for the running change to
+//! finish on every node:
 //!
 //! * `ring`: no change left running, moves not paused, every running node (every shard) at
 //!   the newest ring version.
@@ -45,7 +51,7 @@
 //!   again what an unsynced disk lost, and records overwritten during the move are sent in
 //!   every version the tree exchange meets; more than 3× means copies resend what is held.
 
-use super::check::key_name;
+use super::check::{key_name, OpKind};
 use super::node::admin_conn;
 use super::options::range;
 use super::trace::trace;
@@ -150,7 +156,7 @@ impl World {
         // A leave or removal only on a settled ring: a node removed for good while another
         // change runs may be one of that change's pending owners, and the change could then
         // never finish (nor the removal start: one change at a time).
-        if self.elastic.newest.as_ref().is_some_and(|s| s.change().is_some()) {
+        if self.running_ring().is_some_and(|s| s.change().is_some()) {
             return;
         }
         let active = self.p.nodes as usize - self.elastic.departed.len();
@@ -194,7 +200,7 @@ impl World {
 
     /// The liveness phase: moves resume, the commands asked go on until the ring shows them.
     pub(super) fn membership_liveness(&mut self) {
-        let paused = self.elastic.newest.as_ref().is_some_and(|s| s.paused());
+        let paused = self.running_ring().is_some_and(|s| s.paused());
         if paused || self.elastic.goals.contains(&Goal::Paused(true)) {
             self.resume_moves();
         }
@@ -209,7 +215,7 @@ impl World {
     pub(super) fn admin_round(&mut self) {
         self.elastic.round_queued = false;
         let goals = std::mem::take(&mut self.elastic.goals);
-        let newest = self.elastic.newest.clone();
+        let newest = self.running_ring();
         let left: Vec<Goal> = goals
             .into_iter()
             .filter(|g| !newest.as_ref().is_some_and(|s| g.met(s)))
@@ -275,17 +281,24 @@ impl World {
     /// Look at the ring states node `id`'s shards hold: a newer one than seen so far
     /// widens the keys' replica sets, counts the flips and the bytes they moved.
     pub(super) fn observe_ring(&mut self, id: u32) {
-        let newest_v = self.elastic.newest.as_ref().map_or(0, |s| s.version());
+        let newest = self.elastic.newest.clone();
         let Some(run) = &self.node(id).up else {
             return;
         };
+        // Newer, or as new with other contents (two leaders made the same version: the
+        // `ring` checker reports it if it lasts).
         let Some(s) = run
             .cores
             .iter()
             .filter_map(|c| c.cluster_node())
             .map(|c| c.ring_state())
             .max_by_key(|s| s.version())
-            .filter(|s| s.version() > newest_v)
+            .filter(|s| {
+                newest.as_ref().is_none_or(|n| {
+                    s.version() > n.version()
+                        || (s.version() == n.version() && !Arc::ptr_eq(s, n) && ***s != **n)
+                })
+            })
             .cloned()
         else {
             return;
@@ -336,13 +349,80 @@ impl World {
             }
             self.elastic.copies += new.len() as u64;
             self.elastic.moved_min += bytes * new.len() as u64;
+            self.check_flip(p, now, s.version());
         }
         for m in s.members() {
-            if m.status == MemberStatus::Removed
-                && old.status(m.id) != Some(MemberStatus::Removed)
+            if m.status == MemberStatus::Removed && old.status(m.id) != Some(MemberStatus::Removed)
             {
                 self.elastic.completed += 1;
                 trace!(self.trace, "n{} is out of the ring", m.id);
+            }
+        }
+    }
+
+    /// `flip`: partition `p` just flipped to `owners` (ring `version`): every acknowledged,
+    /// covered PUT of its keys is held (that version or a newer one) by as many of them as
+    /// its level asked. A write before the change is copied from the owner the new one
+    /// replaces (or from every surviving owner); one during the change needs an
+    /// acknowledgement more per pending owner: so a correct flip never leaves the new owners
+    /// short of the level. Owners down now are given the benefit of the doubt; keys whose
+    /// newest write may be shadowed by a delete or an expiry are left to `lost-write`.
+    pub(super) fn check_flip(&mut self, p: usize, owners: &[u32], version: u64) {
+        let now = self.now;
+        for k in 0..self.p.keys {
+            let kname = key_name(k);
+            if partition_of(&kname) != p {
+                continue;
+            }
+            let Some(ops) = self.hist.by_key.get(&k) else {
+                continue;
+            };
+            let newest = ops
+                .iter()
+                .map(|&w| &self.hist.ops[w as usize])
+                .filter(|w| {
+                    w.kind == OpKind::Put
+                        && w.ttl_ms == 0
+                        && w.acked_version().is_some()
+                        && self.hist.covered(w, now, true)
+                })
+                .max_by_key(|w| w.acked_version());
+            let Some(w) = newest else { continue };
+            let (wv, required, id) = (w.acked_version().expect("filtered"), w.required, w.id);
+            let shadowed = ops.iter().any(|&d| {
+                let d = &self.hist.ops[d as usize];
+                (d.kind == OpKind::Delete || d.ttl_ms > 0)
+                    && d.issue_seq != 0
+                    && d.acked_version().is_none_or(|dv| dv > wv)
+            });
+            if shadowed {
+                continue;
+            }
+            let mut holding = Vec::new();
+            for &n in owners {
+                let node = &mut self.nodes[n as usize - 1];
+                let shards = node.shards;
+                let held = match node.up.as_mut() {
+                    None => true,
+                    Some(run) => run.cores[crate::hash::shard_of(&kname, shards)]
+                        .store_mut()
+                        .get(&kname)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|s| s.version >= wv),
+                };
+                if held {
+                    holding.push(n);
+                }
+            }
+            if holding.len() < required {
+                let d = format!(
+                    "partition {p} flipped to {owners:?} (ring version {version}), but only \
+                     {holding:?} hold PUT op {id}, acknowledged with version {} by {required}",
+                    self.v(wv)
+                );
+                trace!(self.trace, "flip k{k}: {d}");
+                self.hist.report("flip", Some(k), d);
             }
         }
     }
@@ -381,14 +461,29 @@ impl World {
         sum
     }
 
+    /// The newest ring state a running node holds now (a version seen earlier may have
+    /// been lost with its only holder's crash).
+    pub(super) fn running_ring(&self) -> Option<Arc<RingState>> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.up.as_ref())
+            .flat_map(|r| r.cores.iter().filter_map(|c| c.cluster_node()))
+            .map(|c| c.ring_state())
+            .max_by_key(|s| s.version())
+            .cloned()
+    }
+
     /// What keeps the liveness phase waiting on the ring: commands not shown, a change still
-    /// running or paused, nodes behind the newest version.
+    /// running or paused, nodes behind the newest version or holding another state of it.
     pub(super) fn ring_waits(&self) -> Vec<String> {
         let mut waits = Vec::new();
         if !self.elastic.goals.is_empty() {
-            waits.push(format!("commands not in the ring: {:?}", self.elastic.goals));
+            waits.push(format!(
+                "commands not in the ring: {:?}",
+                self.elastic.goals
+            ));
         }
-        let Some(s) = &self.elastic.newest else {
+        let Some(s) = &self.running_ring() else {
             return waits;
         };
         if let Some(c) = s.change() {
@@ -398,7 +493,7 @@ impl World {
                     .take(4)
                     .map(|p| format!("p{p} {:?}->{:?}", s.owners(p), t.owners(p)))
                     .collect();
-                waits.push(format!("differ: {}", differ.join(" ")));
+                waits.push(format!("owners still to flip: {}", differ.join(" ")));
             }
             waits.push(format!(
                 "the {c} runs (version {}, settled {}, {} partitions to flip)",
@@ -410,30 +505,44 @@ impl World {
         if s.paused() {
             waits.push("moves paused".into());
         }
-        if std::env::var("DBG").is_ok() {
+        if s.change().is_some() {
+            // Where the copies stand, per node (TRANSFERS).
             for n in &self.nodes {
                 let Some(run) = &n.up else { continue };
-                for (k, c) in run.cores.iter().enumerate() {
-                    if let Some(c) = c.cluster_node() {
-                        let rs = c.ring_state();
-                        waits.push(format!("n{}/{k} v{} change {:?} moving {} settled {} since {}", n.id, rs.version(), rs.change(), rs.moving_partitions().len(), rs.settled(), rs.since()));
-                        let t = c.transfers_text(0);
-                        if !t.is_empty() {
-                            waits.push(format!("n{}/{k} leader {} transfers {}", n.id, c.leader(), t.lines().take(3).collect::<Vec<_>>().join(" | ")));
-                        }
-                    }
+                let mut states: std::collections::BTreeMap<&str, usize> = Default::default();
+                let texts: Vec<String> = run
+                    .cores
+                    .iter()
+                    .filter_map(|c| c.cluster_node())
+                    .map(|c| c.transfers_text(0))
+                    .collect();
+                for line in texts.iter().flat_map(|t| t.lines()) {
+                    let state = line.rsplit(' ').next().unwrap_or("?");
+                    *states.entry(state).or_default() += 1;
+                }
+                let leader = run.cores[0].cluster_node().map_or(0, |c| c.leader());
+                if !states.is_empty() {
+                    waits.push(format!("n{} (leader n{leader}) copies {states:?}", n.id));
                 }
             }
         }
         for n in &self.nodes {
             let Some(run) = &n.up else { continue };
             for (k, c) in run.cores.iter().enumerate() {
-                let v = c.cluster_node().map_or(0, |c| c.ring_state().version());
+                let Some(held) = c.cluster_node().map(|c| c.ring_state()) else {
+                    continue;
+                };
+                let v = held.version();
                 if v != s.version() {
                     waits.push(format!(
                         "n{}/{k} holds ring version {v} of {}",
                         n.id,
                         s.version()
+                    ));
+                } else if !Arc::ptr_eq(held, s) && **held != **s {
+                    waits.push(format!(
+                        "n{}/{k} holds another state of ring version {v}",
+                        n.id
                     ));
                 }
             }
@@ -450,14 +559,23 @@ impl World {
             let kname = key_name(k);
             let owners = self.ring.preference_for_key(&kname).to_vec();
             let mut holders = Vec::new();
+            // (Every shard is looked at: a record in a shard not owning the key is an orphan
+            // too, named n/shard.)
+            let mut stray = Vec::new();
             for i in 0..self.nodes.len() {
                 let n = &mut self.nodes[i];
-                let id = n.id;
+                let (id, shards) = (n.id, n.shards);
                 let Some(run) = n.up.as_mut() else { continue };
-                let held = run
-                    .cores
-                    .iter_mut()
-                    .any(|c| c.store_mut().get(&kname).ok().flatten().is_some());
+                let own = crate::hash::shard_of(&kname, shards);
+                let mut held = false;
+                for (j, c) in run.cores.iter_mut().enumerate() {
+                    if c.store_mut().get(&kname).ok().flatten().is_some() {
+                        held = true;
+                        if j != own {
+                            stray.push(format!("n{id}/{j}"));
+                        }
+                    }
+                }
                 if held {
                     holders.push(id);
                 }
@@ -472,12 +590,13 @@ impl World {
                 .copied()
                 .filter(|n| !holders.contains(n))
                 .collect();
-            if !orphans.is_empty() || (!missing.is_empty() && live(k)) {
+            if !orphans.is_empty() || !stray.is_empty() || (!missing.is_empty() && live(k)) {
                 found.push((
                     k,
                     format!(
                         "held by {holders:?}, owners {owners:?} (ring version {}): orphan \
-                         copies on {orphans:?}, missing on {missing:?}",
+                         copies on {orphans:?}, missing on {missing:?}, in shards not \
+                         owning it: {stray:?}",
                         self.ring.version()
                     ),
                 ));

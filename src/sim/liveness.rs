@@ -2,7 +2,11 @@
 //! restarted, clocks set right, no drops), then the replicas must converge within a bounded
 //! simulated time: every replica of every key holds the same live record (read from the
 //! shard that owns the key on each node), every shard of every node sees every node alive
-//! with the same leader, and every hint is delivered. Until then, repair rounds issue ALL
+//! with the same leader, and every hint is delivered. With membership changes (issue 12,
+//! `elastic.rs`): "every node" leaves out the nodes removed for good (hints for them stay),
+//! the leader is the lowest node still a member, the moves resume, the running change must
+//! finish with every node at the newest ring version, the replicas are the final ring's
+//! owners, and every key must sit on exactly them. Until then, repair rounds issue ALL
 //! reads of the keys that differ (unless `--no-repair-reads`). Then the end checks run.
 
 use super::check::{key_name, show_version, OpKind, REPAIR_CLIENT};
@@ -86,6 +90,10 @@ impl World {
     }
 
     pub(super) fn repair_round(&mut self) {
+        // The replicas are the owners by the newest ring a running node holds.
+        if let Some(s) = self.running_ring() {
+            self.ring = crate::cluster::Ring::from_state(s);
+        }
         let keys: Vec<u32> = self.hist.by_key.keys().copied().collect();
         let mut diverged = Vec::new();
         let mut last_err = String::new();
@@ -237,7 +245,11 @@ impl World {
             self.repair_round,
             diverged.len(),
             views.len(),
-            if ring.is_empty() { "settled".to_string() } else { ring.join("; ") },
+            if ring.is_empty() {
+                "settled".to_string()
+            } else {
+                ring.join("; ")
+            },
             placement.len()
         );
         for &k in &diverged {

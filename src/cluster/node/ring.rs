@@ -342,8 +342,9 @@ impl<C> ClusterNode<C> {
     ) -> Result<(), PeerError> {
         let r = if op == ring_op::PULL {
             ringpeer::decode_pull(body, from).map(|(held, from)| {
-                let e = self.elastic.peer_versions.entry(from).or_insert(0);
-                *e = (*e).max(held);
+                // What the puller holds now (not the most it ever said: a version only it
+                // held may have been lost with its crash, and must not be waited for).
+                self.elastic.peer_versions.insert(from, held);
                 if held < self.ring.version() {
                     put_ok(out, op, id, &[&self.ring.state().to_bytes()]);
                 } else {
@@ -452,7 +453,7 @@ impl<C> ClusterNode<C> {
             (status, e.to_string())
         };
         if !matches!(req, ChangeRequest::Copied { .. }) {
-            if let Some(why) = self.no_majority() {
+            if let Some(why) = self.may_not_decide() {
                 return Err((Status::Unavailable, why));
             }
         }
@@ -468,12 +469,11 @@ impl<C> ClusterNode<C> {
                 s.admit(node, &addr).map_err(bad)?
             }
             ChangeRequest::Replace { old, new, addr } => {
-                if s.change() == Some(Change::Replace { old, new }) || s.status(new).is_some() {
-                    if s.member(new).is_some_and(|m| m.addr == addr)
-                        && s.status(new) != Some(MemberStatus::Removed)
-                    {
-                        return Ok((version, format!("node {new} is already replacing {old}")));
-                    }
+                if (s.change() == Some(Change::Replace { old, new }) || s.status(new).is_some())
+                    && s.member(new).is_some_and(|m| m.addr == addr)
+                    && s.status(new) != Some(MemberStatus::Removed)
+                {
+                    return Ok((version, format!("node {new} is already replacing {old}")));
                 }
                 if self.is_alive(old) {
                     return Err((
@@ -549,7 +549,11 @@ impl<C> ClusterNode<C> {
         }
         // Pull: from the peer known to hold the newest version, else the leader, else any.
         let timeout = self.config.request_timeout_ms;
-        if self.elastic.pull.is_some_and(|(_, d)| due(now_ms, d, timeout)) {
+        if self
+            .elastic
+            .pull
+            .is_some_and(|(_, d)| due(now_ms, d, timeout))
+        {
             self.elastic.pull = None;
         }
         let mine = self.ring.version();
@@ -627,13 +631,37 @@ impl<C> ClusterNode<C> {
     }
 
     /// Why this node, leading by its own view, must not make a new ring version: it does not
-    /// see a majority of the members (up, joining or leaving) alive. Without it, the lowest
+    /// see a majority of the members (up, joining or leaving) alive (or see below). Without it, the lowest
     /// live node on each side of a network partition leads its side, and both would make
     /// ring versions from the same one: equal versions with different flips, which no node
     /// ever trades for the other (one is adopted only when higher), and a change that never
     /// ends. (A majority does not make one leader under every partition — one-way links may
     /// still show two — but it closes the common split.)
-    fn no_majority(&self) -> Option<String> {
+    ///
+    /// Nor may it decide, when it restarted from a kept ring state, before it has pulled the
+    /// ring from a peer since, nor while a live peer is known to hold a newer version: a
+    /// restarted leader would make its next version from the one it kept, beside the newer
+    /// one the others hold.
+    fn may_not_decide(&self) -> Option<String> {
+        let me = self.config.node_id;
+        let mine = self.ring.version();
+        // (A node on its configured first ring kept nothing that could be stale.)
+        let kept = mine > crate::cluster::ownership::INITIAL_VERSION;
+        if kept && !self.ring_confirmed() {
+            return Some(format!(
+                "node {me} has not heard the ring from a peer since it started"
+            ));
+        }
+        if let Some((&n, &v)) = self
+            .elastic
+            .peer_versions
+            .iter()
+            .find(|(&n, &v)| v > mine && n != me && self.is_alive(n))
+        {
+            return Some(format!(
+                "node {n} holds ring version {v}, newer than this node's {mine}: pulling it"
+            ));
+        }
         let members: Vec<u32> = self
             .ring
             .state()
@@ -670,11 +698,12 @@ impl<C> ClusterNode<C> {
             .insert(id, (ctx, now_ms.saturating_add(RING_CHANGE_TIMEOUT_MS)));
     }
 
-    /// The leader settles a change once every live member holds its version, and flips
-    /// every partition all of whose pending owners copied it.
+    /// The leader settles a change once every live member holds its version, flips every
+    /// partition all of whose pending owners copied it, and ends the change once every live
+    /// member holds the last flip.
     fn leader_chores(&mut self, store: &mut dyn Store) {
         let s = self.ring.state().clone();
-        if s.change().is_none() || self.no_majority().is_some() {
+        if s.change().is_none() || self.may_not_decide().is_some() {
             return;
         }
         let me = self.config.node_id;
@@ -702,6 +731,29 @@ impl<C> ClusterNode<C> {
             }
             return;
         }
+        if s.all_flipped() {
+            // The change ends once every live member holds the last flip (RingState::end).
+            let known = s
+                .members()
+                .iter()
+                .filter(|m| m.status != MemberStatus::Removed && m.id != me)
+                .filter(|m| self.is_alive(m.id))
+                .all(|m| {
+                    self.elastic
+                        .peer_versions
+                        .get(&m.id)
+                        .is_some_and(|&v| v >= s.version())
+                });
+            if let Some(next) = s.end().filter(|_| known) {
+                log::info!(
+                    "ring version {}: the {} is done",
+                    next.version(),
+                    s.change().expect("checked")
+                );
+                self.install_ring(store, Arc::new(next), true);
+            }
+            return;
+        }
         let mut next = (*s).clone();
         let mut flipped = 0;
         for p in s.moving_partitions() {
@@ -721,13 +773,6 @@ impl<C> ClusterNode<C> {
         }
         if flipped > 0 {
             self.elastic.flips += flipped;
-            if next.change().is_none() {
-                log::info!(
-                    "ring version {}: the {} is done",
-                    next.version(),
-                    s.change().expect("checked")
-                );
-            }
             self.install_ring(store, Arc::new(next), true);
         }
     }
