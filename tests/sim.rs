@@ -271,9 +271,14 @@ fn mutation_flip_before_copy_is_caught() {
     };
     let (seed, checkers) = first_failure(&opts, 200).expect("caught within 200 seeds");
     assert!(
-        checkers
-            .iter()
-            .any(|c| ["stale-read", "lost-write", "convergence", "placement"].contains(c)),
+        checkers.iter().any(|c| [
+            "flip",
+            "stale-read",
+            "lost-write",
+            "convergence",
+            "placement"
+        ]
+        .contains(c)),
         "seed {seed}: {checkers:?}"
     );
 }
@@ -288,9 +293,14 @@ fn mutation_no_pending_writes_is_caught() {
     };
     let (seed, checkers) = first_failure(&opts, 200).expect("caught within 200 seeds");
     assert!(
-        checkers
-            .iter()
-            .any(|c| ["stale-read", "lost-write", "convergence", "placement"].contains(c)),
+        checkers.iter().any(|c| [
+            "flip",
+            "stale-read",
+            "lost-write",
+            "convergence",
+            "placement"
+        ]
+        .contains(c)),
         "seed {seed}: {checkers:?}"
     );
 }
