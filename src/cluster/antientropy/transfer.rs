@@ -13,8 +13,9 @@
 //! new set holds each acknowledged write on as many nodes as the old set did (Cassandra's
 //! "strict" bootstrap source). When that node is dead (a removal, a replacement) the copy
 //! is made from *every* other live current owner: the union holds every acknowledged write.
-//! With no other owner at all (N = 1, its one owner removed) there is nothing to copy: the
-//! partition counts as copied at once, and starts empty.
+//! With no other owner at all (N = 1, its one owner removed or replaced) there is nothing to
+//! copy: the partition counts as copied at once, and starts empty (a leave waits for its
+//! node instead).
 //!
 //! **Start.** A copy starts only when the node's driver says moves may run
 //! ([`AntiEntropy::set_moves`]): the change is settled (every live node holds the ring
@@ -237,6 +238,10 @@ impl AntiEntropy {
                 break;
             }
             let holders: Vec<u32> = self.ring.preference_list(p).to_vec();
+            let leave = matches!(
+                self.ring.state().change(),
+                Some(crate::cluster::ringstate::Change::Leave { .. })
+            );
             let me = self.me;
             let t = self.transfers.get_mut(&p).expect("listed above");
             let sources = t.sources.get_or_insert_with(|| {
@@ -250,10 +255,11 @@ impl AntiEntropy {
                         .collect()
                 }
             });
-            if sources.is_empty() {
+            if sources.is_empty() && !leave {
                 // No other owner at all (N = 1, the only owner removed for good): there is
                 // nothing left to copy from, and nothing to wait for; the partition starts
-                // empty here.
+                // empty here. (Not for a leave: its node is only down for now, and the copy
+                // waits for it.)
                 t.done = true;
                 self.index.stats.moves_copied += 1;
                 self.copied.push((p as u16, t.since));
