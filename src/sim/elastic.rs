@@ -208,7 +208,9 @@ impl World {
 
     fn add_goal(&mut self, g: Goal) {
         self.elastic.goals.push(g);
-        self.admin_round();
+        if !self.elastic.round_queued {
+            self.admin_round();
+        }
     }
 
     /// Send every command the ring does not show yet, and come back later if any is left.

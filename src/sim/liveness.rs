@@ -94,6 +94,9 @@ impl World {
         if let Some(s) = self.running_ring() {
             self.ring = crate::cluster::Ring::from_state(s);
         }
+        // Moves paused again (a PAUSE delayed in the network, applied after the RESUME)
+        // are resumed again.
+        self.membership_liveness();
         let keys: Vec<u32> = self.hist.by_key.keys().copied().collect();
         let mut diverged = Vec::new();
         let mut last_err = String::new();
