@@ -1523,7 +1523,7 @@ fn check_peer_vector(v: &Vector) {
             let (sender, held) = (v.int("sender") as u32, v.int("held"));
             ringpeer::put_pull(&mut out, id, sender, held);
             assert_eq!(
-                ringpeer::decode_pull(f.body),
+                ringpeer::decode_pull(f.body, 0),
                 Ok((sender, held)),
                 "{}",
                 v.name

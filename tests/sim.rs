@@ -7,7 +7,11 @@
 //! * each test-only mutation is caught by a checker within a bounded number of seeds;
 //! * with a minority of clocks minutes off on every seed (issue 10), the checkers still pass;
 //! * nodes run 1–4 shards (drawn per node), and the multi-shard path has mutations of its own
-//!   (issue 11).
+//!   (issue 11);
+//! * membership changes (issue 12: leaves, removals of dead nodes, pauses of the moves) are in
+//!   the fault schedule of most seeds, and of every seed in `membership_changes_pass`; the
+//!   elastic ring's two mutations (flip before the copy, writes not sent to pending owners)
+//!   are caught.
 
 use dkv::shard::SyncPolicy;
 use dkv::sim::{self, Mutation, Options};
@@ -243,4 +247,60 @@ fn anti_entropy_alone_converges() {
         ..Options::default()
     };
     assert_eq!(first_failure(&opts, 50), None);
+}
+
+/// Issue 12: a leave, a removal or a pause of the moves in every seed's fault schedule (most
+/// seeds of the blocks above have them too); the ring must settle, every key end on exactly
+/// its final owners, and the copies move no more than the bound of `sim/elastic.rs`.
+#[test]
+fn membership_changes_pass() {
+    let opts = Options {
+        membership: Some(true),
+        ..Options::default()
+    };
+    run_block_with(201, 240, &opts);
+}
+
+/// Issue 12: the leader flips a moving partition before its new owners copied it: they
+/// answer reads without the data (and the old owner forgets its copy).
+#[test]
+fn mutation_flip_before_copy_is_caught() {
+    let opts = Options {
+        mutation: Mutation::FlipBeforeCopy,
+        ..Options::default()
+    };
+    let (seed, checkers) = first_failure(&opts, 200).expect("caught within 200 seeds");
+    assert!(
+        checkers.iter().any(|c| [
+            "flip",
+            "stale-read",
+            "lost-write",
+            "convergence",
+            "placement"
+        ]
+        .contains(c)),
+        "seed {seed}: {checkers:?}"
+    );
+}
+
+/// Issue 12: writes reach only a moving partition's current owners: what the copy missed is
+/// missing on the new owners after the flip.
+#[test]
+fn mutation_no_pending_writes_is_caught() {
+    let opts = Options {
+        mutation: Mutation::NoPendingWrites,
+        ..Options::default()
+    };
+    let (seed, checkers) = first_failure(&opts, 200).expect("caught within 200 seeds");
+    assert!(
+        checkers.iter().any(|c| [
+            "flip",
+            "stale-read",
+            "lost-write",
+            "convergence",
+            "placement"
+        ]
+        .contains(c)),
+        "seed {seed}: {checkers:?}"
+    );
 }

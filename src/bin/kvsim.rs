@@ -109,6 +109,12 @@ fn options(m: &getopts::Matches) -> Result<Options, String> {
         raw_clock_recovery: m.opt_present("raw-clock-recovery"),
         no_repair_reads: m.opt_present("no-repair-reads"),
         anti_entropy_only: m.opt_present("anti-entropy-only"),
+        membership: match m.opt_str("membership").as_deref() {
+            None => None,
+            Some("on") => Some(true),
+            Some("off") => Some(false),
+            Some(x) => return Err(format!("bad --membership {x:?}: on or off")),
+        },
     })
 }
 
@@ -193,6 +199,13 @@ fn main() -> ExitCode {
         "",
         "raw-clock-recovery",
         "restart nodes without the durable clock ceiling (shows the fixed bug sim-2)",
+    );
+    o.optopt(
+        "",
+        "membership",
+        "membership changes (leave, remove, pause/resume moves) in the fault schedule: on \
+         every seed, or never (default: drawn, on for most seeds)",
+        "on|off",
     );
     o.optflag(
         "",
@@ -279,6 +292,7 @@ fn main() -> ExitCode {
     let start = Instant::now();
     let (mut passed, mut failed) = (0u64, 0u64);
     let mut total_stats = sim::RunStats::default();
+    let mut changed_seeds = 0u64;
     let mut first_failure = None;
     // Seeds run on `jobs` threads (each seed alone is deterministic and single-threaded);
     // their reports are printed in seed order.
@@ -320,6 +334,10 @@ fn main() -> ExitCode {
                 total_stats.keys_checked += s.keys_checked;
                 total_stats.sim_ms += s.sim_ms;
                 total_stats.compactions += s.compactions;
+                total_stats.membership_changes += s.membership_changes;
+                total_stats.moved_bytes += s.moved_bytes;
+                total_stats.moved_min_bytes += s.moved_min_bytes;
+                changed_seeds += u64::from(s.membership_changes > 0);
                 if r.passed() {
                     passed += 1;
                 } else {
@@ -340,7 +358,8 @@ fn main() -> ExitCode {
                     println!(
                 "seed={seed} {} nodes={} N={} shards={:?} ops={} acked_writes={} reads={} failed={} \
                  crashes={} frames={} events={} sim={}ms converged_in={}ms reads_checked={} \
-                 keys_checked={} trace_lines={} trace_hash={:016x}",
+                 keys_checked={} left_or_removed={} moved_bytes={}/{} trace_lines={} \
+                 trace_hash={:016x}",
                 if r.passed() { "ok" } else { "FAILED" },
                 r.params.nodes,
                 r.params.replicas,
@@ -356,6 +375,9 @@ fn main() -> ExitCode {
                 s.converge_ms,
                 s.reads_checked,
                 s.keys_checked,
+                s.membership_changes,
+                s.moved_bytes,
+                s.moved_min_bytes,
                 r.trace_lines,
                 r.trace_hash
             );
@@ -385,6 +407,11 @@ fn main() -> ExitCode {
         t.compactions,
         t.frames,
         t.sim_ms as f64 / 1000.0
+    );
+    println!(
+        "  membership: {changed_seeds} seeds had a leave or removal complete ({} in all); \
+         partition copies moved {} bytes, minimum {}",
+        t.membership_changes, t.moved_bytes, t.moved_min_bytes
     );
     if failed > 0 {
         ExitCode::from(1)

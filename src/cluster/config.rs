@@ -160,6 +160,12 @@ pub struct Mutations {
     /// A peer REPLICATE or READ is served by the shard whose connection received it instead
     /// of the shard owning the key (shard).
     pub no_peer_routing: bool,
+    /// The leader flips a settled change's moving partitions without waiting for their
+    /// pending owners' "copied" reports (node/ring.rs, `leader_chores`).
+    pub flip_before_copy: bool,
+    /// Writes go to a partition's current owners only, not to its pending owners while it
+    /// moves (node/mod.rs, `write`).
+    pub no_pending_writes: bool,
 }
 
 /// Parse a node list `1=127.0.0.1:7001,2=127.0.0.1:7002`. Whitespace around entries is

@@ -81,13 +81,15 @@ impl Ring {
     }
 
     /// Where a write of partition `p` goes: its owners, then its pending owners (nodes
-    /// filling their copy while it moves). Appended to `out` (cleared first); returns how
-    /// many are pending.
+    /// filling their copy while it moves) and the leaving node it flipped away from while
+    /// the leave runs ([`RingState::departing`]). Appended to `out` (cleared first); returns
+    /// how many there are beyond the owners (each asks one more acknowledgement).
     pub fn write_set(&self, p: usize, out: &mut Vec<u32>) -> usize {
         out.clear();
         out.extend_from_slice(self.state.owners(p));
         let owners = out.len();
         out.extend(self.state.pending(p));
+        out.extend(self.state.departing(p));
         out.len() - owners
     }
 

@@ -140,15 +140,19 @@ fn malformed(why: &str) -> PeerError {
     PeerError::Malformed(why.to_string())
 }
 
-/// Decode a RING_PULL request body: the puller and the version it holds.
-pub fn decode_pull(body: &[u8]) -> Result<(u32, u64), PeerError> {
+/// Decode a RING_PULL request body: the puller and the version it holds. The puller must
+/// be the session's peer `from` when that is known (0: handed on from another shard).
+pub fn decode_pull(body: &[u8], from: u32) -> Result<(u32, u64), PeerError> {
     if body.len() != 12 {
         return Err(malformed("RING_PULL body is not 12 bytes"));
     }
-    Ok((
-        BigEndian::read_u32(&body[..4]),
-        BigEndian::read_u64(&body[4..]),
-    ))
+    let sender = BigEndian::read_u32(&body[..4]);
+    if from != 0 && from != sender {
+        return Err(malformed(&format!(
+            "RING_PULL names sender {sender} on node {from}'s session"
+        )));
+    }
+    Ok((sender, BigEndian::read_u64(&body[4..])))
 }
 
 /// Decode a RING_CHANGE request body.
@@ -249,8 +253,10 @@ mod tests {
             }
         }
         let mut f = Vec::new();
-        put_pull(&mut f, 1, 3, 42);
+        put_pull(&mut f, 1, 7, 42);
         let (fr, _) = frame::parse(&f).unwrap().unwrap();
-        assert_eq!(decode_pull(fr.body).unwrap(), (3, 42));
+        assert_eq!(decode_pull(fr.body, 7).unwrap(), (7, 42));
+        assert_eq!(decode_pull(fr.body, 0).unwrap(), (7, 42));
+        assert!(decode_pull(fr.body, 8).is_err());
     }
 }

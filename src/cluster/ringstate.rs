@@ -12,8 +12,9 @@
 //!   ones (the *pending* owners), which stream the partition from a current owner.
 //!
 //! When a pending owner has the whole partition, the leader *flips* it: `current`'s owners of
-//! that partition become `target`'s, with a new version. When every partition is flipped the
-//! change is over: `target` is cleared, joining members are up, leaving ones removed.
+//! that partition become `target`'s, with a new version. When every partition is flipped and
+//! every live member holds that version, the leader *ends* the change: `target` is cleared,
+//! joining members are up, leaving ones removed.
 //!
 //! Only the leader makes a new value ([`RingState::admit`], [`RingState::leave`],
 //! [`RingState::remove`], [`RingState::replace`], [`RingState::complete`],
@@ -47,9 +48,23 @@
 //!  | current (ownership encoding,    | target u8 | target (ownership encoding), if 1     |
 //!  | cluster/ownership.rs)           | 0 | 1     |                                       |
 //!  +---------------------------------+-----------+---------------------------------------+
+//!  +-------------------------------------------------------------------+
+//!  | leaver's partitions: PARTITION_COUNT bits (32 bytes), bit p of    |
+//!  | byte p / 8 = p % 8; only while the change is a leave              |
+//!  +-------------------------------------------------------------------+
 //!   change kind: 0 none, 1 join (a = node), 2 leave (a), 3 remove (a), 4 replace (a = old,
 //!   b = new); unused fields 0. status: 1 joining, 2 up, 3 leaving, 4 removed.
 //! ```
+//!
+//! **A leaving node after a flip.** Nodes learn a flip at different times: one that has not
+//! yet still reads a flipped partition from its old owners, the leaving node among them,
+//! while writes by the new ring go to the new owners only; the leaving node could then
+//! answer a quorum read with an older version than an acknowledged write (found by the
+//! simulator). So until the leave ends, the leaving node stays a write destination of the
+//! partitions it owned when the leave began (the *leaver's partitions*), with one more
+//! acknowledgement asked for it as for a pending owner ([`RingState::departing`]): any
+//! W + 1 acknowledgements among the N + 1 nodes put the write on W of the old owners too.
+//! It forgets them when the leave ends.
 
 use super::ownership::{Ownership, OwnershipError, INITIAL_VERSION};
 use crate::limits::{CLUSTER_NODES_MAX, PARTITION_COUNT};
@@ -228,7 +243,13 @@ pub struct RingState {
     members: Vec<RingMember>,
     current: Ownership,
     target: Option<Ownership>,
+    /// While the change is a leave: the partitions the leaving node owned when it began,
+    /// [`LEAVER_BITS_SIZE`] bytes of bits (module doc).
+    leaver_bits: Option<Vec<u8>>,
 }
+
+/// Bytes of the leaver's partitions bitmap.
+const LEAVER_BITS_SIZE: usize = PARTITION_COUNT.div_ceil(8);
 
 impl RingState {
     /// The first ring of a cluster started with `--nodes`: every node up, the initial
@@ -254,6 +275,7 @@ impl RingState {
             members,
             current,
             target: None,
+            leaver_bits: None,
         })
     }
 
@@ -280,6 +302,7 @@ impl RingState {
             members,
             current: current.with_version(0),
             target: None,
+            leaver_bits: None,
         }
     }
 
@@ -379,10 +402,24 @@ impl RingState {
         self.pending(p).next().is_some()
     }
 
-    /// Whether `node` holds a copy of `p`: a current owner, or a pending one (it is filling
-    /// its copy, and writes reach it).
+    /// Whether `node` holds a copy of `p`: a current owner, a pending one (it is filling
+    /// its copy, and writes reach it), or the leaving node of a running leave after the
+    /// flip of one of its partitions ([`RingState::departing`]).
     pub fn holds(&self, node: u32, p: usize) -> bool {
-        self.current.owners(p).contains(&node) || self.pending(p).any(|n| n == node)
+        self.current.owners(p).contains(&node)
+            || self.pending(p).any(|n| n == node)
+            || self.departing(p) == Some(node)
+    }
+
+    /// The leaving node of a running leave, if `p` was one of its partitions and has
+    /// flipped away from it: writes still reach it until the leave ends (module doc).
+    pub fn departing(&self, p: usize) -> Option<u32> {
+        let Some(Change::Leave { node }) = self.change else {
+            return None;
+        };
+        let bits = self.leaver_bits.as_ref()?;
+        let owned = p < PARTITION_COUNT && bits[p / 8] & (1 << (p % 8)) != 0;
+        (owned && !self.current.owners(p).contains(&node)).then_some(node)
     }
 
     /// Partitions still to flip, ascending.
@@ -467,6 +504,30 @@ impl RingState {
         self.change = Some(change);
         self.since = self.version;
         self.settled = false;
+        // Partitions whose owners only change order (the plan evens out primaries) move no
+        // data, so no copy reports them and no flip would take them: take their new order
+        // now, or the change would never end (`complete` ends it on the same placement).
+        let target = self.target.clone().expect("just set");
+        for p in 0..PARTITION_COUNT {
+            if self.current.owners(p) != target.owners(p) && !self.moving(p) {
+                match self.current.with_owners(p, target.owners(p), self.version) {
+                    Ok(c) => self.current = c,
+                    Err(e) => log::error!("partition {p}: owners not reordered: {e}"),
+                }
+            }
+        }
+        self.leaver_bits = match change {
+            Change::Leave { node } => {
+                let mut bits = vec![0u8; LEAVER_BITS_SIZE];
+                for p in 0..PARTITION_COUNT {
+                    if self.current.owners(p).contains(&node) {
+                        bits[p / 8] |= 1 << (p % 8);
+                    }
+                }
+                Some(bits)
+            }
+            _ => None,
+        };
         if !self
             .current
             .same_placement(self.target.as_ref().expect("just set"))
@@ -543,8 +604,11 @@ impl RingState {
         s
     }
 
-    /// Flip partition `p` to its target owners (its pending owners have it all); ends the
-    /// change when it was the last partition to move.
+    /// Flip partition `p` to its target owners (its pending owners have it all). The last
+    /// flip does not end the change: [`RingState::end`] does, once every live member holds
+    /// the version of the last flip (until then, a node that has not seen a flip still
+    /// reads the partition from its old owners, which the leaving node stays among as a
+    /// write destination: see the module doc).
     pub fn complete(&self, p: usize) -> Result<RingState, RingChangeError> {
         if p >= PARTITION_COUNT || !self.moving(p) {
             return Err(RingChangeError::NothingToFlip(p));
@@ -555,17 +619,33 @@ impl RingState {
             .ok_or(RingChangeError::NothingToFlip(p))?;
         let mut s = self.next();
         s.current = self.current.with_owners(p, target.owners(p), s.version)?;
-        if s.target
-            .as_ref()
-            .is_some_and(|t| t.same_placement(&s.current))
-        {
-            s.finish();
-        }
         Ok(s)
+    }
+
+    /// Whether a change runs and every partition has flipped: it waits for
+    /// [`RingState::end`].
+    pub fn all_flipped(&self) -> bool {
+        self.target
+            .as_ref()
+            .is_some_and(|t| t.same_placement(&self.current))
+    }
+
+    /// End the running change whose partitions have all flipped: joining members are up,
+    /// leaving ones removed (the leaving node forgets what it still held). `None` while a
+    /// partition still moves, or when no change runs.
+    pub fn end(&self) -> Option<RingState> {
+        if !self.all_flipped() {
+            return None;
+        }
+        let mut s = self.next();
+        s.current = s.current.with_version(s.version);
+        s.finish();
+        Some(s)
     }
 
     fn finish(&mut self) {
         self.target = None;
+        self.leaver_bits = None;
         self.change = None;
         self.since = 0;
         self.settled = false;
@@ -609,6 +689,9 @@ impl RingState {
             Some(t) => {
                 out.push(1);
                 t.encode(out);
+                if let Some(bits) = &self.leaver_bits {
+                    out.extend_from_slice(bits);
+                }
             }
         }
     }
@@ -696,6 +779,16 @@ impl RingState {
             }
             _ => return Err("bad or missing target flag".into()),
         };
+        let leaver_bits = match change {
+            Some(Change::Leave { .. }) => {
+                let bits = bytes
+                    .get(at..at + LEAVER_BITS_SIZE)
+                    .ok_or("the leaver's partitions are missing")?;
+                at += LEAVER_BITS_SIZE;
+                Some(bits.to_vec())
+            }
+            _ => None,
+        };
         if at != bytes.len() {
             return Err(format!("{} bytes after the ring state", bytes.len() - at));
         }
@@ -711,6 +804,7 @@ impl RingState {
             members,
             current,
             target,
+            leaver_bits,
         };
         // Every owner must be a listed, non-removed member.
         for o in std::iter::once(&s.current).chain(s.target.as_ref()) {
@@ -738,6 +832,9 @@ mod tests {
             s = s.complete(p).unwrap();
             flips += 1;
         }
+        if let Some(e) = s.end() {
+            s = e;
+        }
         (s, flips)
     }
 
@@ -761,7 +858,8 @@ mod tests {
         ));
         let (done, flips) = flip_all(j.clone());
         assert_eq!(flips, moving);
-        assert_eq!(done.version(), j.version() + flips as u64);
+        // One version per flip, and one to end the change.
+        assert_eq!(done.version(), j.version() + flips as u64 + 1);
         assert_eq!(done.change(), None);
         assert_eq!(done.target(), None);
         assert_eq!(done.status(4), Some(MemberStatus::Up));

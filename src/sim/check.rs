@@ -223,7 +223,7 @@ impl History {
     }
 
     /// Whether acknowledged write `op` is covered by the durability promise at `t`.
-    fn covered(&self, op: &OpRecord, t: u64, for_reads: bool) -> bool {
+    pub(super) fn covered(&self, op: &OpRecord, t: u64, for_reads: bool) -> bool {
         // From the start, not the acknowledgement: a replica may ack early, then lose the
         // write in a crash before the coordinator has gathered the other acks.
         if !self.loss_between(op.key, op.start_ms, t) {

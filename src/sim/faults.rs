@@ -1,6 +1,8 @@
 //! The fault schedule of the safety phase: at seeded intervals one of crash (and restart),
 //! pause, partition (and heal), clock jump, failed sync (the node turns read-only and an
-//! operator restarts it) or full disk (and space freed later), with seeded weights.
+//! operator restarts it) or full disk (and space freed later), with seeded weights; and, on
+//! the seeds that draw it, a membership change (leave, removal, pause of the moves: see
+//! `elastic.rs`).
 
 use super::options::range;
 use super::trace::trace;
@@ -14,7 +16,9 @@ impl World {
         let mean = self.p.fault_interval_ms;
         let t = self.now + range(&mut self.rng, mean / 2, mean * 3 / 2);
         self.at(t, Ev::Fault);
-        let w = self.p.fault_weights;
+        let mut w = [0u32; 7];
+        w[..6].copy_from_slice(&self.p.fault_weights);
+        w[6] = self.p.membership_weight;
         let total: u32 = w.iter().sum();
         if total == 0 {
             return;
@@ -73,6 +77,7 @@ impl World {
                     self.at(t, Ev::DiskFreed(id));
                 }
             }
+            6 => self.membership_event(),
             _ => {
                 if self.p.jump_max_ms == 0 {
                     return;

@@ -2,13 +2,18 @@
 //! restarted, clocks set right, no drops), then the replicas must converge within a bounded
 //! simulated time: every replica of every key holds the same live record (read from the
 //! shard that owns the key on each node), every shard of every node sees every node alive
-//! with the same leader, and every hint is delivered. Until then, repair rounds issue ALL
+//! with the same leader, and every hint is delivered. With membership changes (issue 12,
+//! `elastic.rs`): "every node" leaves out the nodes removed for good (hints for them stay),
+//! the leader is the lowest node still a member, the moves resume, the running change must
+//! finish with every node at the newest ring version, the replicas are the final ring's
+//! owners, and every key must sit on exactly them. Until then, repair rounds issue ALL
 //! reads of the keys that differ (unless `--no-repair-reads`). Then the end checks run.
 
 use super::check::{key_name, show_version, OpKind, REPAIR_CLIENT};
 use super::options::range;
 use super::trace::trace;
 use super::world::{Ev, Phase, World, BASE_MS};
+use crate::cluster::ringstate::MemberStatus;
 use crate::hash::shard_of;
 use crate::protocol::Consistency;
 use crate::storage::Stored;
@@ -29,9 +34,10 @@ impl World {
             self.nodes[i].vfs.set_space_max(None);
             self.operator_restart(id);
             if self.nodes[i].up.is_none() {
-                self.start_node(id);
+                self.start_node(id); // (not a node removed for good)
             }
         }
+        self.membership_liveness();
         let settle = 2 * self.p.gossip_interval_ms * u64::from(self.p.failure_threshold)
             + 2 * self.p.request_timeout_ms;
         self.at(self.now + settle, Ev::RepairRound);
@@ -84,6 +90,13 @@ impl World {
     }
 
     pub(super) fn repair_round(&mut self) {
+        // The replicas are the owners by the newest ring a running node holds.
+        if let Some(s) = self.running_ring() {
+            self.ring = crate::cluster::Ring::from_state(s);
+        }
+        // Moves paused again (a PAUSE delayed in the network, applied after the RESUME)
+        // are resumed again.
+        self.membership_liveness();
         let keys: Vec<u32> = self.hist.by_key.keys().copied().collect();
         let mut diverged = Vec::new();
         let mut last_err = String::new();
@@ -93,8 +106,18 @@ impl World {
                 last_err = e;
             }
         }
-        // Membership must converge too: every node sees every node alive, and the same
-        // leader, the lowest id.
+        // Membership must converge too: every node sees every node alive (but those removed
+        // for good), and the same leader, the lowest id.
+        let gone: Vec<u32> = self.nodes.iter().filter(|n| n.gone).map(|n| n.id).collect();
+        let expected_alive = self.p.nodes - gone.len() as u32;
+        // The leader is the lowest such node still a member (a node that left keeps
+        // running, but no longer leads).
+        let ring = self.ring.state().clone();
+        let member = |id: &u32| ring.status(*id).is_none_or(|s| s != MemberStatus::Removed);
+        let expected_leader = (1..=self.p.nodes)
+            .filter(member)
+            .find(|id| !gone.contains(id))
+            .unwrap_or(1);
         let mut views = Vec::new();
         // Every shard decides with the node's view: each must have it.
         for n in &self.nodes {
@@ -104,7 +127,7 @@ impl World {
                     continue;
                 };
                 let alive = c.alive_ids().len() as u32;
-                if alive != self.p.nodes || c.leader() != 1 {
+                if alive != expected_alive || c.leader() != expected_leader {
                     views.push(format!(
                         "n{}/{k} sees {alive} nodes alive, leader n{}",
                         n.id,
@@ -113,7 +136,8 @@ impl World {
                 }
             }
         }
-        // Hinted handoff must drain: every hint delivered once its target is back.
+        // Hinted handoff must drain: every hint delivered once its target is back (hints for
+        // a node removed for good are kept: see elastic.rs).
         let pending: Vec<String> = self
             .nodes
             .iter()
@@ -123,7 +147,10 @@ impl World {
                     .cores
                     .iter()
                     .filter_map(|c| c.cluster_node())
-                    .map(|c| c.hints().stats().pending)
+                    .map(|c| {
+                        let held = gone.iter().map(|&g| c.hints().pending_for(g) as u64);
+                        c.hints().stats().pending - held.sum::<u64>()
+                    })
                     .sum::<u64>();
                 Some((n.id, pending))
             })
@@ -133,7 +160,23 @@ impl World {
         if !pending.is_empty() {
             views.extend(pending);
         }
-        if diverged.is_empty() && views.is_empty() {
+        // The running change finishes, and then every key is on exactly its owners.
+        let ring = self.ring_waits();
+        let placement = if diverged.is_empty() && ring.is_empty() {
+            let mut live = std::collections::BTreeSet::new();
+            for &k in &keys {
+                let now_ms = self.node_now(self.ring.preference_for_key(&key_name(k))[0]);
+                if let Ok(Some(s)) = self.agreed(k) {
+                    if s.is_live(now_ms) {
+                        live.insert(k);
+                    }
+                }
+            }
+            self.placement_errors(&|k| live.contains(&k))
+        } else {
+            Vec::new()
+        };
+        if diverged.is_empty() && views.is_empty() && ring.is_empty() && placement.is_empty() {
             self.stats.converge_ms = self.now - self.liveness_start;
             trace!(
                 self.trace,
@@ -145,13 +188,28 @@ impl World {
             return;
         }
         if self.now - self.liveness_start > self.p.liveness_ms_max && diverged.is_empty() {
-            let d = format!(
-                "membership views differ or hints are left after {} ms without faults: {}",
-                self.now - self.liveness_start,
-                views.join("; ")
-            );
-            trace!(self.trace, "{d}");
-            self.hist.report("membership", None, d);
+            let after = self.now - self.liveness_start;
+            if !views.is_empty() {
+                let d = format!(
+                    "membership views differ or hints are left after {after} ms without \
+                     faults: {}",
+                    views.join("; ")
+                );
+                trace!(self.trace, "{d}");
+                self.hist.report("membership", None, d);
+            }
+            if !ring.is_empty() {
+                let d = format!(
+                    "the ring did not settle after {after} ms without faults: {}",
+                    ring.join("; ")
+                );
+                trace!(self.trace, "{d}");
+                self.hist.report("ring", None, d);
+            }
+            for (k, d) in placement {
+                trace!(self.trace, "placement k{k}: {d}");
+                self.hist.report("placement", Some(k), d);
+            }
             self.final_checks(&keys);
             self.phase = Phase::Done;
             return;
@@ -185,10 +243,17 @@ impl World {
         }
         trace!(
             self.trace,
-            "repair round {}: {} keys differ, ALL reads; {} views differ",
+            "repair round {}: {} keys differ, ALL reads; {} views differ; ring: {}; {} keys \
+             misplaced",
             self.repair_round,
             diverged.len(),
-            views.len()
+            views.len(),
+            if ring.is_empty() {
+                "settled".to_string()
+            } else {
+                ring.join("; ")
+            },
+            placement.len()
         );
         for &k in &diverged {
             let coordinator =
@@ -217,6 +282,7 @@ impl World {
             self.hist.check_durable(k, held, self.now);
         }
         self.check_answered();
+        self.check_moved_bytes();
         self.hist.check_version_order();
         self.hist.check_write_order();
         self.hist.check_clock_bound();

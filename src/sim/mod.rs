@@ -12,11 +12,13 @@
 //!              network delay, drop, duplicate, reorder, partitions (isolate, halves, random,
 //!                      one-way, bridge) that start and heal
 //!              disk    unsynced writes lost or torn on a crash; bits flipped at rest on one disk
-//!              faults  crashes + restarts (higher incarnation), pauses, clock jumps
+//!              faults  crashes + restarts (higher incarnation), pauses, clock jumps,
+//!                      membership changes (leave, remove, pause the moves)    elastic.rs
 //!              clients PUT / GET / DELETE frames, random consistency, coordinator and shard
 //!        ──▶ History + checkers                                      check.rs
 //!              (phantom-read, stale-read, version-order, write-order, clock-bound, ttl,
-//!               convergence, lost-write, unanswered)
+//!               convergence, lost-write, unanswered; flip, ring, placement, moved-bytes
+//!               in elastic.rs)
 //!        ──▶ Trace: every event as a line, FNV-hashed                trace.rs
 //!
 //!   ClusterSpec ──▶ Cluster: the same World driven by a test           script.rs
@@ -38,6 +40,7 @@
 
 pub mod check;
 mod client;
+mod elastic;
 mod faults;
 mod liveness;
 mod net;
@@ -149,6 +152,11 @@ impl Options {
         }
         if self.anti_entropy_only {
             a += " --anti-entropy-only";
+        }
+        match self.membership {
+            Some(true) => a += " --membership on",
+            Some(false) => a += " --membership off",
+            None => {}
         }
         if self.mutation != Mutation::None {
             a += &format!(" --mutation {}", self.mutation.name());

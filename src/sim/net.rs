@@ -13,6 +13,7 @@ use super::trace::trace;
 use super::world::{Ev, Msg, Phase, World};
 use crate::cluster::antientropy::ae_op;
 use crate::cluster::peer::{op as peer_op, PeerReply, PeerRequest, WriteAck};
+use crate::cluster::ringpeer::ring_op;
 use crate::protocol::{frame, RESPONSE_BIT};
 use crate::shard::Mail;
 use crate::storage::Applied;
@@ -95,6 +96,8 @@ impl World {
             ae_op::KEYS => "AE_KEYS",
             ae_op::PUSH => "AE_PUSH",
             ae_op::STATUS => "AE_STATUS",
+            ring_op::PULL => "RING_PULL",
+            ring_op::CHANGE => "RING_CHANGE",
             _ => "OP?",
         };
         if reply {

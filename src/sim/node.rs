@@ -9,6 +9,7 @@
 //!  client request   | 1 | 0 | 0 ... | op id (32 bits) |
 //!  inbound peer     | 0 | 1 | from node (14 bits) | from shard (16 bits) | from life (32 bits) |
 //!  scripted request | 0 | 0 | 1 | 0 ... | request number (32 bits) |   (script.rs)
+//!  admin command    | 0 | 0 | 0 | 1 | 0 ... | command number (32 bits) | (elastic.rs)
 //! ```
 
 use super::trace::trace;
@@ -37,6 +38,7 @@ const CONNECTIONS_MAX: usize = 1 << 20;
 const CLIENT_CONN: u64 = 1 << 63;
 const PEER_CONN: u64 = 1 << 62;
 const SCRIPT_CONN: u64 = 1 << 61;
+const ADMIN_CONN: u64 = 1 << 60;
 
 /// The connection of client op `op`.
 pub(super) fn client_conn(op: u64) -> ConnId {
@@ -61,10 +63,17 @@ pub(super) fn script_conn(n: u64) -> ConnId {
     ConnId(SCRIPT_CONN | n)
 }
 
+/// The connection of the fault schedule's operator command number `n`.
+pub(super) fn admin_conn(n: u64) -> ConnId {
+    assert!(n <= u64::from(u32::MAX));
+    ConnId(ADMIN_CONN | n)
+}
+
 /// What a connection id stands for.
 pub(super) enum Conn {
     Client(u64),
     Script(u64),
+    Admin(u64),
     Peer {
         from: u32,
         from_shard: usize,
@@ -75,6 +84,8 @@ pub(super) enum Conn {
 pub(super) fn conn_of(c: ConnId) -> Conn {
     if c.0 & CLIENT_CONN != 0 {
         Conn::Client(c.0 & 0xFFFF_FFFF)
+    } else if c.0 & PEER_CONN == 0 && c.0 & ADMIN_CONN != 0 {
+        Conn::Admin(c.0 & 0xFFFF_FFFF)
     } else if c.0 & PEER_CONN == 0 {
         Conn::Script(c.0 & 0xFFFF_FFFF)
     } else {
@@ -125,6 +136,8 @@ pub(super) struct Node {
     pub far: bool,
     /// A late sync is scheduled (ack-before-sync).
     pub late_sync: bool,
+    /// Removed from the cluster while down: it never restarts (its disk is gone).
+    pub gone: bool,
 }
 
 impl Node {
@@ -140,6 +153,7 @@ impl Node {
             offset_ms,
             far,
             late_sync: false,
+            gone: false,
         }
     }
 
@@ -161,6 +175,9 @@ impl World {
 
     /// Start (or restart) node `id`: open every shard's parts on its disk and assemble it.
     pub(super) fn start_node(&mut self, id: u32) {
+        if self.node(id).gone {
+            return;
+        }
         let now_ms = self.node_now(id);
         let mut config = self.config.clone();
         config.node_id = id;
@@ -268,6 +285,8 @@ impl World {
         } else {
             CrashMode::DropUnsynced
         };
+        // The moves' byte counters of the life that ends (STATS restart from 0).
+        self.elastic.moved_dead += self.moved_bytes_of(id);
         let n = self.node_mut(id);
         if n.up.take().is_none() {
             return;
@@ -476,6 +495,7 @@ impl World {
                     .and_then(|r| r.outcomes.remove(&(conn.0, rid)));
                 self.client_answer(op, &bytes, kept);
             }
+            Conn::Admin(n) => self.admin_answer(n, &bytes),
             Conn::Script(n) => {
                 let kept = self
                     .node_mut(id)

@@ -12,6 +12,15 @@ use crate::shard::SyncPolicy;
 /// Most shards a simulated node has (drawn 1..=this unless fixed).
 pub const SIM_SHARDS_MAX: usize = 4;
 
+/// Percent of the seeds whose fault schedule changes membership (unless `--membership`).
+pub const MEMBERSHIP_PERCENT: u64 = 60;
+
+/// Weight of a membership change among the faults, drawn in this range when on (the other
+/// faults weigh 0..=4 each): a few changes per run, each taking seconds to settle and move.
+pub const MEMBERSHIP_WEIGHT_MIN: u64 = 1;
+/// See [`MEMBERSHIP_WEIGHT_MIN`].
+pub const MEMBERSHIP_WEIGHT_MAX: u64 = 4;
+
 /// A deliberate bug switched on to prove that the checkers catch it (`--mutation NAME`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mutation {
@@ -37,11 +46,17 @@ pub enum Mutation {
     DropForwardedReply,
     /// The node's membership view never reaches its other shards (multi-shard nodes).
     DropView,
+    /// The leader flips a moving partition to its new owners without waiting for them to
+    /// report it copied (issue 12).
+    FlipBeforeCopy,
+    /// While a partition moves, writes reach its current owners only, not the pending ones
+    /// (issue 12).
+    NoPendingWrites,
 }
 
 impl Mutation {
     /// Every mutation's command-line name.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 9] = [
         "skip-read-repair",
         "ack-before-sync",
         "no-tombstone-version",
@@ -49,6 +64,8 @@ impl Mutation {
         "no-peer-routing",
         "drop-forwarded-reply",
         "drop-view",
+        "flip-before-copy",
+        "no-pending-writes",
     ];
 
     /// Parse a `--mutation` name.
@@ -62,6 +79,8 @@ impl Mutation {
             "no-peer-routing" => Ok(Mutation::NoPeerRouting),
             "drop-forwarded-reply" => Ok(Mutation::DropForwardedReply),
             "drop-view" => Ok(Mutation::DropView),
+            "flip-before-copy" => Ok(Mutation::FlipBeforeCopy),
+            "no-pending-writes" => Ok(Mutation::NoPendingWrites),
             _ => Err(format!(
                 "unknown mutation {s:?}: expected one of none, {}",
                 Mutation::NAMES.join(", ")
@@ -80,6 +99,8 @@ impl Mutation {
             Mutation::NoPeerRouting => "no-peer-routing",
             Mutation::DropForwardedReply => "drop-forwarded-reply",
             Mutation::DropView => "drop-view",
+            Mutation::FlipBeforeCopy => "flip-before-copy",
+            Mutation::NoPendingWrites => "no-pending-writes",
         }
     }
 }
@@ -125,6 +146,10 @@ pub struct Options {
     /// Hinted handoff and read repair off in every node, and no repair-driving reads in the
     /// liveness phase: convergence must come from anti-entropy alone.
     pub anti_entropy_only: bool,
+    /// Membership changes in the fault schedule (issue 12: leaves, removals, pauses of the
+    /// moves): `Some(true)` on every seed, `Some(false)` never; otherwise drawn (on for
+    /// [`MEMBERSHIP_PERCENT`] of the seeds, and always under the elastic ring's mutations).
+    pub membership: Option<bool>,
 }
 
 /// Everything a run uses, drawn from the seed unless fixed in [`Options`].
@@ -204,6 +229,8 @@ pub struct Params {
     pub anti_entropy_only: bool,
     /// Anti-entropy interval of every node (used once anti-entropy lands).
     pub anti_entropy_interval_ms: u64,
+    /// Weight of membership changes among the faults (0: none), beside `fault_weights`.
+    pub membership_weight: u32,
 }
 
 fn pick<T: Copy>(
@@ -319,6 +346,22 @@ impl Params {
                 opts.shards.unwrap_or(k)
             })
             .collect();
+        // Drawn after the others, for the same reason.
+        let drawn_weight = if r.below(100) < MEMBERSHIP_PERCENT {
+            range(r, MEMBERSHIP_WEIGHT_MIN, MEMBERSHIP_WEIGHT_MAX) as u32
+        } else {
+            0
+        };
+        let elastic_mutation = matches!(
+            opts.mutation,
+            Mutation::FlipBeforeCopy | Mutation::NoPendingWrites
+        );
+        let membership_weight = match opts.membership {
+            Some(false) => 0,
+            Some(true) => drawn_weight.max(MEMBERSHIP_WEIGHT_MIN as u32),
+            None if elastic_mutation => MEMBERSHIP_WEIGHT_MAX as u32,
+            None => drawn_weight,
+        };
         let mut far_nodes = Vec::new();
         if far_skew_ms > 0 {
             // A minority, so that the median clock is a sane one and the others serve.
@@ -370,6 +413,7 @@ impl Params {
             no_repair_reads: opts.no_repair_reads || opts.anti_entropy_only,
             anti_entropy_only: opts.anti_entropy_only,
             anti_entropy_interval_ms,
+            membership_weight,
         }
     }
 
@@ -403,7 +447,7 @@ impl Params {
         trace.line(format_args!(
             "params delay={}..{}ms drop%={} dup%={} faults every ~{}ms weights(crash,pause,\
              partition,jump,sync-fail,disk-full)={:?} skew=±{}ms jump=±{}ms far={:?} torn%={} \
-             bad_disk={:?} segment={}B mutation={}",
+             bad_disk={:?} segment={}B mutation={} membership={}",
             self.delay_min_ms,
             self.delay_max_ms,
             self.drop_percent,
@@ -416,7 +460,8 @@ impl Params {
             self.torn_percent,
             self.bad_disk,
             self.segment_size_max,
-            self.mutation.name()
+            self.mutation.name(),
+            self.membership_weight
         ));
     }
 

@@ -169,6 +169,7 @@ impl ClusterSpec {
         p.delay_max_ms = self.delay_max_ms;
         p.dup_percent = self.dup_percent;
         p.fault_weights = [0; 6];
+        p.membership_weight = 0;
         p.far_nodes = Vec::new();
         p.torn_percent = 0;
         p.bad_disk = None;

@@ -14,6 +14,7 @@
 //!    Fault                 crash, pause, partition, clock jump, disk faults (safety phase)
 //!    Restart / Unpause / Heal / OperatorRestart / DiskFreed
 //!    Liveness / RepairRound
+//!    AdminRound / ResumeMoves  operator commands until the ring shows them (elastic.rs)
 //! ```
 //!
 //! The simulator decides nothing a shard decides: it feeds each shard core frames, mail and
@@ -28,6 +29,8 @@
 //!  client.rs    clients: requests as protocol frames, answers
 //!  faults.rs    the fault schedule of the safety phase
 //!  liveness.rs  the liveness phase: convergence, repair rounds, final checks
+//!  elastic.rs   membership changes: leave, remove, pause (operator commands), rings seen,
+//!               the placement and moved-bytes checkers
 //! ```
 //!
 //! **Links.** A frame is tagged with the lives (restart counts) of both ends when sent; it is
@@ -105,6 +108,10 @@ pub(super) enum Ev {
     Heal,
     Liveness,
     RepairRound,
+    /// Send the operator commands the ring does not show yet (elastic.rs).
+    AdminRound,
+    /// The schedule resumes the moves it paused.
+    ResumeMoves,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -148,6 +155,12 @@ pub struct RunStats {
     pub keys_checked: u64,
     /// Store compactions (all nodes' final lives).
     pub compactions: u64,
+    /// Leaves and removals the ring finished (issue 12).
+    pub membership_changes: u64,
+    /// Bytes the partition copies moved (every node, every life).
+    pub moved_bytes: u64,
+    /// The minimum those copies had to move (see `elastic.rs`).
+    pub moved_min_bytes: u64,
 }
 
 /// One simulation.
@@ -183,6 +196,8 @@ pub struct World {
     pub(super) reorder: bool,
     /// Answers to the scripted cluster's requests ([`super::script`]).
     pub(super) script: super::script::Inbox,
+    /// Membership changes: commands asked, rings seen, moves counted ([`super::elastic`]).
+    pub(super) elastic: super::elastic::Elastic,
 }
 
 impl World {
@@ -212,6 +227,8 @@ impl World {
             accept_future_versions: p.mutation == Mutation::AcceptFutureVersions,
             ack_before_sync: p.mutation == Mutation::AckBeforeSync,
             no_peer_routing: p.mutation == Mutation::NoPeerRouting,
+            flip_before_copy: p.mutation == Mutation::FlipBeforeCopy,
+            no_pending_writes: p.mutation == Mutation::NoPendingWrites,
         };
         config.validate().expect("drawn parameters are in range");
         let ids: Vec<u32> = (1..=p.nodes).collect();
@@ -279,6 +296,7 @@ impl World {
             stats: RunStats::default(),
             reorder: true,
             script: Default::default(),
+            elastic: Default::default(),
             p,
         }
     }
@@ -437,6 +455,7 @@ impl World {
                 self.at(next, Ev::Tick { node, shard });
                 if self.runnable(node) && shard < self.node(node).shards {
                     self.tick_shard(node, shard);
+                    self.observe_ring(node);
                 }
             }
             Ev::Net(m) => self.deliver(m),
@@ -501,6 +520,8 @@ impl World {
             Ev::Heal => self.heal(),
             Ev::Liveness => self.start_liveness(),
             Ev::RepairRound => self.repair_round(),
+            Ev::AdminRound => self.admin_round(),
+            Ev::ResumeMoves => self.resume_moves(),
         }
     }
 

@@ -128,7 +128,10 @@ impl AntiEntropy {
                     idx.push(i);
                 }
                 r.end()?;
-                self.check_held(p, from)?;
+                if let Some(why) = self.not_held(p, from) {
+                    message::put_error(out, opc, id, Status::Unavailable, &why);
+                    return Ok(());
+                }
                 self.adopt(p, h);
                 self.update_store_horizon(store);
                 if level == 0 {
@@ -192,7 +195,10 @@ impl AntiEntropy {
                 if flags & !FLAG_REJOINING != 0 {
                     return Err(bad(format!("reserved flag bits 0x{flags:02x}")));
                 }
-                self.check_held(p, from)?;
+                if let Some(why) = self.not_held(p, from) {
+                    message::put_error(out, opc, id, Status::Unavailable, &why);
+                    return Ok(());
+                }
                 self.adopt(p, h);
                 self.update_store_horizon(store);
                 let peer_rejoining = flags & FLAG_REJOINING != 0;
@@ -216,7 +222,10 @@ impl AntiEntropy {
                     recs.push(rec);
                 }
                 r.end()?;
-                self.check_held(p, from)?;
+                if let Some(why) = self.not_held(p, from) {
+                    message::put_error(out, opc, id, Status::Unavailable, &why);
+                    return Ok(());
+                }
                 let trusted = flags & FLAG_REJOINING == 0;
                 match self.apply_records(store, &recs, trusted) {
                     Ok(applied) => {
@@ -267,14 +276,19 @@ impl AntiEntropy {
         }
     }
 
-    fn check_held(&self, p: usize, from: u32) -> Result<(), PeerError> {
+    /// Why this node does not exchange partition `p` with `from` by its ring, if it does
+    /// not. Not a malformed frame: while a change spreads, two nodes may hold different
+    /// ring versions (a flip seen here before there), so the refusal is UNAVAILABLE and is
+    /// not counted as a peer error; the initiator retries by a later ring.
+    fn not_held(&self, p: usize, from: u32) -> Option<String> {
         if !self.ring.holds(from, p) || !self.ring.holds(self.me, p) {
-            return Err(bad(format!(
-                "partition {p} is not held by both node {from} and node {}",
-                self.me
-            )));
+            return Some(format!(
+                "partition {p} is not held by both node {from} and node {} (ring version {})",
+                self.me,
+                self.ring.version()
+            ));
         }
-        Ok(())
+        None
     }
 
     /// Apply records through the hook; returns how many became the local record.

@@ -13,6 +13,9 @@
 //! new set holds each acknowledged write on as many nodes as the old set did (Cassandra's
 //! "strict" bootstrap source). When that node is dead (a removal, a replacement) the copy
 //! is made from *every* other live current owner: the union holds every acknowledged write.
+//! With no other owner at all (N = 1, its one owner removed or replaced) there is nothing to
+//! copy: the partition counts as copied at once, and starts empty (a leave waits for its
+//! node instead).
 //!
 //! **Start.** A copy starts only when the node's driver says moves may run
 //! ([`AntiEntropy::set_moves`]): the change is settled (every live node holds the ring
@@ -221,7 +224,13 @@ impl AntiEntropy {
         let ready: Vec<usize> = self
             .transfers
             .values()
-            .filter(|t| !t.done && !t.running && t.retry_at_ms <= now_ms)
+            // (A retry time further ahead than it is ever set: the clock stepped back.)
+            .filter(|t| {
+                !t.done
+                    && !t.running
+                    && (t.retry_at_ms <= now_ms
+                        || t.retry_at_ms > now_ms.saturating_add(TRANSFER_RETRY_MS))
+            })
             .map(|t| t.partition)
             .collect();
         for p in ready {
@@ -229,6 +238,10 @@ impl AntiEntropy {
                 break;
             }
             let holders: Vec<u32> = self.ring.preference_list(p).to_vec();
+            let leave = matches!(
+                self.ring.state().change(),
+                Some(crate::cluster::ringstate::Change::Leave { .. })
+            );
             let me = self.me;
             let t = self.transfers.get_mut(&p).expect("listed above");
             let sources = t.sources.get_or_insert_with(|| {
@@ -242,6 +255,16 @@ impl AntiEntropy {
                         .collect()
                 }
             });
+            if sources.is_empty() && !leave {
+                // No other owner at all (N = 1, the only owner removed for good): there is
+                // nothing left to copy from, and nothing to wait for; the partition starts
+                // empty here. (Not for a leave: its node is only down for now, and the copy
+                // waits for it.)
+                t.done = true;
+                self.index.stats.moves_copied += 1;
+                self.copied.push((p as u16, t.since));
+                continue;
+            }
             let Some(&peer) = sources.iter().find(|&&n| alive(n)) else {
                 // No live source now (it failed after the copy began): start over from the
                 // live ones after a pause.

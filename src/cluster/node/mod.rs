@@ -418,9 +418,15 @@ impl<C> ClusterNode<C> {
         // Owners and pending owners; one more acknowledgement per pending owner, so that
         // the owners after the flip hold the write as often as the level asks.
         let mut set = std::mem::take(&mut self.write_set);
-        let pending = self
-            .ring
-            .write_set(crate::hash::partition_of(key), &mut set);
+        let p = crate::hash::partition_of(key);
+        let pending = if self.config.mutations.no_pending_writes {
+            // test-only mutation: the current owners only, as if nothing moved.
+            set.clear();
+            set.extend_from_slice(self.ring.preference_list(p));
+            0
+        } else {
+            self.ring.write_set(p, &mut set)
+        };
         self.coordinator.start_write(
             now_ms,
             ctx,
@@ -547,6 +553,11 @@ impl<C> ClusterNode<C> {
                         ahead,
                     );
                 }
+                if self.refuse_unheld(&req, id, out) {
+                    self.replica_stats.replicate_served +=
+                        u64::from(matches!(req, PeerRequest::Replicate { .. }));
+                    return Ok(false);
+                }
                 let aux = match &req {
                     PeerRequest::Replicate { aux, .. } => *aux,
                     _ => 0,
@@ -576,6 +587,50 @@ impl<C> ClusterNode<C> {
         }
         self.drain(now_ms, store);
         Ok(matches!(req, PeerRequest::Replicate { .. }))
+    }
+
+    /// A REPLICATE or READ for a partition this node does not hold by its ring (neither an
+    /// owner nor a pending owner): it moved away, and its records were forgotten here when
+    /// the flip became known. A sender with an older ring must not put records back (orphan
+    /// copies nothing would ever drop again) nor read "not found" here as if this node were
+    /// a replica. A hint is acknowledged without being stored (the partition's owners hold
+    /// the write, or get it by anti-entropy: the hint only stood for this node's copy, which
+    /// is gone), so its holder drops it; any other write is refused (not an acknowledgement),
+    /// a read answered UNAVAILABLE. Returns whether it answered.
+    fn refuse_unheld(&mut self, req: &PeerRequest<'_>, id: u32, out: &mut Vec<u8>) -> bool {
+        let (key, op) = match req {
+            PeerRequest::Replicate { write, .. } => (write.key, peer::op::REPLICATE),
+            PeerRequest::Read { key } => (*key, peer::op::READ),
+            _ => return false,
+        };
+        let p = crate::hash::partition_of(key);
+        if self.ring.holds(self.config.node_id, p) {
+            return false;
+        }
+        let why = format!(
+            "node {} does not hold partition {p} (ring version {})",
+            self.config.node_id,
+            self.ring.version()
+        );
+        match req {
+            PeerRequest::Replicate { write, aux } if aux & peer::AUX_HINT != 0 => {
+                let kept = crate::storage::Applied::Stale {
+                    current: write.version,
+                };
+                peer::put_write_ack(out, id, &WriteAck::Done(kept));
+            }
+            PeerRequest::Replicate { .. } => {
+                peer::put_write_ack(out, id, &WriteAck::Refused(why));
+            }
+            _ => crate::protocol::message::put_error(
+                out,
+                op,
+                id,
+                crate::protocol::Status::Unavailable,
+                &why,
+            ),
+        }
+        true
     }
 
     /// A reply frame from node `from` to one of our peer frames.

@@ -27,7 +27,7 @@ use crate::cluster::peer::PeerError;
 use crate::cluster::ring::Ring;
 use crate::cluster::ringfile::{NoRingFile, RingStore};
 use crate::cluster::ringpeer::{self, ring_op, ChangeRequest};
-use crate::cluster::ringstate::{MemberStatus, RingChangeError, RingState};
+use crate::cluster::ringstate::{Change, MemberStatus, RingChangeError, RingState};
 use crate::hash::partition_of;
 use crate::limits::PARTITION_COUNT;
 use crate::protocol::message::{put_error, put_ok};
@@ -54,6 +54,13 @@ const FORGET_STEP_MS: u64 = 5;
 
 /// How long a change passed on to the leader waits for its answer.
 pub const RING_CHANGE_TIMEOUT_MS: u64 = 5_000;
+
+/// Whether a time `at` set at most `span` ahead of the clock then has come at `now_ms`: it
+/// has, or the clock stepped back since (`at` is further ahead than it was ever set), as a
+/// node minutes off has its clock set right: else its ring chores would wait for minutes.
+fn due(now_ms: u64, at: u64, span: u64) -> bool {
+    now_ms >= at || at > now_ms.saturating_add(span)
+}
 
 /// The elastic ring state of one core.
 pub(super) struct Elastic<C> {
@@ -209,7 +216,23 @@ impl<C> ClusterNode<C> {
         self.elastic.store = ring_store;
         if let Some(s) = kept {
             self.install_ring(store, Arc::new(s), false);
+            self.forget_unheld(store);
         }
+    }
+
+    /// At start, by the ring state kept: forget the records of every partition this node
+    /// does not hold. Forgetting is not durable (the records stay in the log until
+    /// compaction), and the partitions a node held for a while (a pending owner's copy, a
+    /// leaving node's) are not those of its configured ring, which is all a restart's
+    /// ring install compares with.
+    fn forget_unheld(&mut self, _store: &mut dyn Store) {
+        let me = self.config.node_id;
+        for p in 0..PARTITION_COUNT {
+            self.elastic.doomed[p] = !self.ring.holds(me, p);
+        }
+        // A pass from the start, in bounded steps on the ticks (`forget_step`).
+        self.elastic.forget_cursor = Some(0);
+        self.elastic.pass_forgot = 0;
     }
 
     /// Adopt a ring state read back from disk on a core that does not save (another shard of
@@ -217,6 +240,7 @@ impl<C> ClusterNode<C> {
     pub fn start_with_ring(&mut self, store: &mut dyn Store, kept: RingState) {
         if kept.version() > self.ring.version() {
             self.install_ring(store, Arc::new(kept), false);
+            self.forget_unheld(store);
         }
     }
 
@@ -391,10 +415,10 @@ impl<C> ClusterNode<C> {
         out: &mut Vec<u8>,
     ) -> Result<(), PeerError> {
         let r = if op == ring_op::PULL {
-            ringpeer::decode_pull(body).map(|(sender, held)| {
-                let _ = from; // 0 when the frame came through another shard
-                let e = self.elastic.peer_versions.entry(sender).or_insert(0);
-                *e = (*e).max(held);
+            ringpeer::decode_pull(body, from).map(|(sender, held)| {
+                // What the puller holds now (not the most it ever said: a version only it
+                // held may have been lost with its crash, and must not be waited for).
+                self.elastic.peer_versions.insert(sender, held);
                 if held < self.ring.version() {
                     put_ok(out, op, id, &[&self.ring.state().to_bytes()]);
                 } else {
@@ -514,6 +538,11 @@ impl<C> ClusterNode<C> {
             };
             (status, e.to_string())
         };
+        if !matches!(req, ChangeRequest::Copied { .. }) {
+            if let Some(why) = self.may_not_decide() {
+                return Err((Status::Unavailable, why));
+            }
+        }
         let next = match req {
             ChangeRequest::Join { node, addr } => {
                 if matches!(
@@ -527,7 +556,8 @@ impl<C> ClusterNode<C> {
             }
             ChangeRequest::Replace { old, new, addr } => {
                 // Asked again (a retry of an admitted replacement): nothing more to do.
-                if s.member(new).is_some_and(|m| m.addr == addr)
+                if (s.change() == Some(Change::Replace { old, new }) || s.status(new).is_some())
+                    && s.member(new).is_some_and(|m| m.addr == addr)
                     && s.status(new) != Some(MemberStatus::Removed)
                 {
                     return Ok((version, format!("node {new} is already replacing {old}")));
@@ -592,7 +622,7 @@ impl<C> ClusterNode<C> {
             .elastic
             .asked
             .iter()
-            .filter(|(_, (_, d))| *d <= now_ms)
+            .filter(|(_, (_, d))| due(now_ms, *d, RING_CHANGE_TIMEOUT_MS))
             .map(|(id, _)| *id)
             .collect();
         for id in late {
@@ -607,25 +637,34 @@ impl<C> ClusterNode<C> {
             }
         }
         // Pull: from the peer known to hold the newest version, else the leader, else any.
-        if self.elastic.pull.is_some_and(|(_, d)| d <= now_ms) {
+        let timeout = self.config.request_timeout_ms;
+        if self
+            .elastic
+            .pull
+            .is_some_and(|(_, d)| due(now_ms, d, timeout))
+        {
             self.elastic.pull = None;
         }
-        // Versions the peers announce in gossip count as much as those they pull with.
-        for m in self.membership.members() {
-            if m.ring_version > 0 && m.id != me {
-                let e = self.elastic.peer_versions.entry(m.id).or_insert(0);
-                *e = (*e).max(m.ring_version);
-            }
-        }
+        // A peer known to hold a newer version: by its pulls, or by its gossip entry (gossip
+        // only triggers a pull here; what the leader settles with is what peers pulled with).
         let mine = self.ring.version();
+        let gossiped = self
+            .membership
+            .members()
+            .iter()
+            .filter(|m| m.ring_version > mine && m.id != me && self.is_alive(m.id))
+            .max_by_key(|m| m.ring_version)
+            .map(|m| m.id);
         let newer = self
             .elastic
             .peer_versions
             .iter()
             .filter(|(&n, &v)| v > mine && n != me && self.is_alive(n))
             .max_by_key(|(_, &v)| v)
-            .map(|(&n, _)| n);
-        if self.elastic.pull.is_none() && (newer.is_some() || now_ms >= self.elastic.next_pull_ms) {
+            .map(|(&n, _)| n)
+            .or(gossiped);
+        let poll = due(now_ms, self.elastic.next_pull_ms, RING_POLL_MS);
+        if self.elastic.pull.is_none() && (newer.is_some() || poll) {
             let leader = self.leader();
             let target = newer.or((leader != me).then_some(leader)).or_else(|| {
                 self.ring
@@ -649,7 +688,11 @@ impl<C> ClusterNode<C> {
         if let Some(req) = self.elastic.join.clone() {
             if self.ring.state().member(me).is_some() {
                 self.elastic.join = None;
-            } else if now_ms >= self.elastic.last_join_ms.saturating_add(RING_RETRY_MS) {
+            } else if due(
+                now_ms,
+                self.elastic.last_join_ms.saturating_add(RING_RETRY_MS),
+                RING_RETRY_MS,
+            ) {
                 self.elastic.last_join_ms = now_ms;
                 self.ask_leader(now_ms, req, None);
             }
@@ -660,7 +703,11 @@ impl<C> ClusterNode<C> {
             .copied
             .retain(|&p, &mut since| since == state.since() && state.moving(p as usize));
         if !self.elastic.copied.is_empty()
-            && now_ms >= self.elastic.last_report_ms.saturating_add(RING_RETRY_MS)
+            && due(
+                now_ms,
+                self.elastic.last_report_ms.saturating_add(RING_RETRY_MS),
+                RING_RETRY_MS,
+            )
         {
             self.elastic.last_report_ms = now_ms;
             let list: Vec<(u16, u64)> = self.elastic.copied.iter().map(|(&p, &s)| (p, s)).collect();
@@ -737,6 +784,56 @@ impl<C> ClusterNode<C> {
         }
     }
 
+    /// Why this node, leading by its own view, must not make a new ring version: it does not
+    /// see a majority of the members (up, joining or leaving) alive (or see below). Without it, the lowest
+    /// live node on each side of a network partition leads its side, and both would make
+    /// ring versions from the same one: equal versions with different flips, which no node
+    /// ever trades for the other (one is adopted only when higher), and a change that never
+    /// ends. (A majority does not make one leader under every partition — one-way links may
+    /// still show two — but it closes the common split.)
+    ///
+    /// Nor may it decide, when it restarted from a kept ring state, before it has pulled the
+    /// ring from a peer since, nor while a live peer is known to hold a newer version: a
+    /// restarted leader would make its next version from the one it kept, beside the newer
+    /// one the others hold.
+    fn may_not_decide(&self) -> Option<String> {
+        let me = self.config.node_id;
+        let mine = self.ring.version();
+        // (A node on its configured first ring kept nothing that could be stale.)
+        let kept = mine > crate::cluster::ownership::INITIAL_VERSION;
+        if kept && !self.ring_confirmed() {
+            return Some(format!(
+                "node {me} has not heard the ring from a peer since it started"
+            ));
+        }
+        if let Some((&n, &v)) = self
+            .elastic
+            .peer_versions
+            .iter()
+            .find(|(&n, &v)| v > mine && n != me && self.is_alive(n))
+        {
+            return Some(format!(
+                "node {n} holds ring version {v}, newer than this node's {mine}: pulling it"
+            ));
+        }
+        let members: Vec<u32> = self
+            .ring
+            .state()
+            .members()
+            .iter()
+            .filter(|m| m.status != MemberStatus::Removed)
+            .map(|m| m.id)
+            .collect();
+        let alive = members.iter().filter(|&&n| self.is_alive(n)).count();
+        (2 * alive <= members.len()).then(|| {
+            format!(
+                "node {} sees {alive} of the {} members alive: ring changes need a majority",
+                self.config.node_id,
+                members.len()
+            )
+        })
+    }
+
     /// Send `req` to the leader; its answer goes to `ctx` (if any) as an output.
     fn ask_leader(&mut self, now_ms: u64, req: ChangeRequest, ctx: Option<C>) {
         let leader = self.leader();
@@ -755,11 +852,12 @@ impl<C> ClusterNode<C> {
             .insert(id, (ctx, now_ms.saturating_add(RING_CHANGE_TIMEOUT_MS)));
     }
 
-    /// The leader settles a change once every live member holds its version, and flips
-    /// every partition all of whose pending owners copied it.
+    /// The leader settles a change once every live member holds its version, flips every
+    /// partition all of whose pending owners copied it, and ends the change once every live
+    /// member holds the last flip.
     fn leader_chores(&mut self, store: &mut dyn Store) {
         let s = self.ring.state().clone();
-        if s.change().is_none() {
+        if s.change().is_none() || self.may_not_decide().is_some() {
             return;
         }
         let me = self.config.node_id;
@@ -787,12 +885,36 @@ impl<C> ClusterNode<C> {
             }
             return;
         }
+        if s.all_flipped() {
+            // The change ends once every live member holds the last flip (RingState::end).
+            let known = s
+                .members()
+                .iter()
+                .filter(|m| m.status != MemberStatus::Removed && m.id != me)
+                .filter(|m| self.is_alive(m.id))
+                .all(|m| {
+                    self.elastic
+                        .peer_versions
+                        .get(&m.id)
+                        .is_some_and(|&v| v >= s.version())
+                });
+            if let Some(next) = s.end().filter(|_| known) {
+                log::info!(
+                    "ring version {}: the {} is done",
+                    next.version(),
+                    s.change().expect("checked")
+                );
+                self.install_ring(store, Arc::new(next), true);
+            }
+            return;
+        }
         let mut next = (*s).clone();
         let mut flipped = 0;
         for p in s.moving_partitions() {
-            let copied = s
-                .pending(p)
-                .all(|n| self.elastic.reports.contains(&(p as u16, n)));
+            let copied = self.config.mutations.flip_before_copy
+                // test-only mutation: flip without the pending owners' copied reports.
+                || s.pending(p)
+                    .all(|n| self.elastic.reports.contains(&(p as u16, n)));
             if copied {
                 match next.complete(p) {
                     Ok(n) => {
@@ -805,13 +927,6 @@ impl<C> ClusterNode<C> {
         }
         if flipped > 0 {
             self.elastic.flips += flipped;
-            if next.change().is_none() {
-                log::info!(
-                    "ring version {}: the {} is done",
-                    next.version(),
-                    s.change().expect("checked")
-                );
-            }
             self.install_ring(store, Arc::new(next), true);
         }
     }

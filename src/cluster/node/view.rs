@@ -62,6 +62,8 @@ impl<C> ClusterNode<C> {
             members: (self.membership.members().iter())
                 .map(|m| (m.id, m.addr))
                 .collect(),
+            // The node's leader (ring-aware: a node that left no longer leads), not the
+            // membership's lowest alive id, or the followers would lead with another.
             leader: self.leader(),
             incarnation: self.membership.incarnation(),
             clock: Some(self.membership.cluster_clock(now_ms)),
