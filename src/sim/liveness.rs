@@ -109,18 +109,21 @@ impl World {
         // Membership must converge too: every node sees every node alive (but those removed
         // for good), and the same leader, the lowest id.
         let gone: Vec<u32> = self.nodes.iter().filter(|n| n.gone).map(|n| n.id).collect();
-        let expected_alive = self.p.nodes - gone.len() as u32;
-        // The leader is the lowest such node still a member (a node that left keeps
-        // running, but no longer leads).
+        // A node that left keeps running, but the members forget it (it is removed from the
+        // ring): it is neither counted nor asked.
         let ring = self.ring.state().clone();
         let member = |id: &u32| ring.status(*id).is_none_or(|s| s != MemberStatus::Removed);
+        let expected_alive = (1..=self.p.nodes)
+            .filter(|id| member(id) && !gone.contains(id))
+            .count() as u32;
+        // The leader is the lowest such node.
         let expected_leader = (1..=self.p.nodes)
             .filter(member)
             .find(|id| !gone.contains(id))
             .unwrap_or(1);
         let mut views = Vec::new();
         // Every shard decides with the node's view: each must have it.
-        for n in &self.nodes {
+        for n in self.nodes.iter().filter(|n| member(&n.id)) {
             let Some(run) = &n.up else { continue };
             for (k, core) in run.cores.iter().enumerate() {
                 let Some(c) = core.cluster_node() else {
