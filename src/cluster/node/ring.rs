@@ -613,6 +613,9 @@ impl<C> ClusterNode<C> {
         }
         self.elastic.last_tick_ms = now_ms;
         self.forget_step(store);
+        // Hints kept for a node that left (also those added after the ring said so, by a
+        // write that still had it in its replica set) go to the owners of their keys.
+        self.retarget_hints(store);
         if self.is_follower() {
             return;
         }
