@@ -170,7 +170,10 @@ impl World {
                 .collect()
         };
         let down = candidates(self, false);
-        if x < PAUSE_PERCENT + REMOVE_PERCENT && !down.is_empty() {
+        // A removal needs the leader to see a majority of the members alive, the removed one
+        // counted: two members can never remove one of them.
+        let removable = 2 * (active - 1) > active;
+        if x < PAUSE_PERCENT + REMOVE_PERCENT && !down.is_empty() && removable {
             let id = down[self.rng.below(down.len() as u64) as usize];
             // Its disk is gone for good: whatever only it held is lost.
             self.node_mut(id).gone = true;
