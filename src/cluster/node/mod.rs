@@ -37,6 +37,8 @@
 //! ```text
 //!  node/mod.rs    the core: construction, client requests, peer frames, ticks, local work
 //!  node/view.rs   its part in the node's membership: whole, membership shard, follower
+//!  node/ring.rs   its part in the elastic ring: pulls, changes, copies reported, flips
+//!  node/operator.rs  operator commands, CLUSTER / PLAN / TRANSFERS texts, ring STATS
 //!  node/stats.rs  CLUSTER text, STATS figures, clock figures
 //!  node/tests.rs  unit tests
 //! ```
@@ -56,13 +58,15 @@ use crate::protocol::{Consistency, FrameRef};
 use crate::storage::{Store, Stored};
 use std::collections::VecDeque;
 
+mod operator;
 mod ring;
 mod stats;
 #[cfg(test)]
 mod tests;
 mod view;
 
-pub use ring::{AdminCommand, RING_CHANGE_TIMEOUT_MS, RING_POLL_MS, RING_RETRY_MS};
+pub use operator::AdminCommand;
+pub use ring::{RING_CHANGE_TIMEOUT_MS, RING_POLL_MS, RING_RETRY_MS};
 pub use stats::ClockFigures;
 
 /// What the caller must do.
