@@ -101,6 +101,8 @@ pub(super) struct Elastic<C> {
     pass_forgot: u64,
     /// Partitions were doomed during the running pass: another pass follows it.
     forget_again: bool,
+    /// Partitions copied whole whose records are not synced yet.
+    unsynced: Vec<(u16, u64)>,
     /// When `ring_tick` last ran (the next forget step is due soon after).
     last_tick_ms: u64,
 }
@@ -129,6 +131,7 @@ impl<C> Elastic<C> {
             forget_cursor: None,
             pass_forgot: 0,
             forget_again: false,
+            unsynced: Vec::new(),
             last_tick_ms: 0,
         }
     }
@@ -545,8 +548,20 @@ impl<C> ClusterNode<C> {
     /// Ring chores on a tick: pulls, join requests, copied reports, and the leader's
     /// settling and flips. Followers only hand their copied partitions on.
     pub(super) fn ring_tick(&mut self, now_ms: u64, store: &mut dyn Store) {
-        for (p, since) in self.aae.take_copied() {
-            self.elastic.copied.insert(p, since);
+        // A copy is reported (and then flipped, and the old owner forgets its copy) only once
+        // it is durable here: a crash must not lose a partition's only copy (found by the
+        // simulator: N = 1, the new owner crashed with the copy unsynced after the flip).
+        let newly = self.aae.take_copied();
+        self.elastic.unsynced.extend(newly);
+        if !self.elastic.unsynced.is_empty() {
+            match store.sync() {
+                Ok(()) => {
+                    for (p, since) in std::mem::take(&mut self.elastic.unsynced) {
+                        self.elastic.copied.insert(p, since);
+                    }
+                }
+                Err(e) => log::error!("copied partitions not synced, not reported yet: {e}"),
+            }
         }
         self.elastic.last_tick_ms = now_ms;
         self.forget_step(store);
@@ -901,9 +916,10 @@ impl<C> ClusterNode<C> {
         if !self.is_follower() {
             return Vec::new();
         }
-        let mut v: Vec<(u16, u64)> = self.aae.take_copied();
-        v.extend(std::mem::take(&mut self.elastic.copied));
-        v
+        // Only those synced (see `ring_tick`).
+        std::mem::take(&mut self.elastic.copied)
+            .into_iter()
+            .collect()
     }
 
     /// Copied partitions of the node's other shards (on the membership core).
