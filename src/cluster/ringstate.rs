@@ -552,24 +552,24 @@ impl RingState {
 
     /// Decommission node `id` (up): its placements move to the others, streamed from it.
     pub fn leave(&self, id: u32) -> Result<RingState, RingChangeError> {
-        self.require_idle()?;
-        self.require_up(id)?;
-        let target = self.current.plan_leave(id)?;
-        let mut s = self.next();
-        s.set_status(id, MemberStatus::Leaving);
-        s.begin(Change::Leave { node: id }, target);
-        Ok(s)
+        self.depart(id, Change::Leave { node: id })
     }
 
     /// Drop dead node `id` (up) for good: its placements are rebuilt on others from the
     /// surviving replicas.
     pub fn remove(&self, id: u32) -> Result<RingState, RingChangeError> {
+        self.depart(id, Change::Remove { node: id })
+    }
+
+    /// A leave or a removal of node `id`: the same plan (only its placements move); they
+    /// differ in where the copies come from (see `transfer.rs`).
+    fn depart(&self, id: u32, change: Change) -> Result<RingState, RingChangeError> {
         self.require_idle()?;
         self.require_up(id)?;
         let target = self.current.plan_leave(id)?;
         let mut s = self.next();
         s.set_status(id, MemberStatus::Leaving);
-        s.begin(Change::Remove { node: id }, target);
+        s.begin(change, target);
         Ok(s)
     }
 

@@ -91,31 +91,37 @@ impl AntiEntropy {
                 round.full = false;
                 continue;
             }
-            self.index.tree_hashed(p);
-            let id = self.alloc_id();
-            let mut f = Vec::new();
-            put_tree_request(&mut f, id, p, self.me, self.index.horizons[p], 0, &[0]);
-            self.send(peer, f);
-            self.exchanges.insert(
-                id,
-                Exchange {
-                    partition: p,
-                    peer,
-                    // On the cluster's clock: the leader compares starts reported by
-                    // different nodes (see `complete`).
-                    start_ms: self.cluster_ms(now_ms),
-                    deadline_ms: now_ms.saturating_add(self.timeout_ms),
-                    phase: Phase::Tree {
-                        level: 0,
-                        asked: vec![0],
-                    },
-                    pending: VecDeque::new(),
-                    wants: VecDeque::new(),
-                    steps: 0,
-                    transfer: false,
-                },
-            );
+            self.open_exchange(now_ms, p, peer, false);
         }
+    }
+
+    /// Start an exchange of partition `p` with `peer`: the root's hash asked (AE_TREE level
+    /// 0). `transfer`: a partition move's copy rather than a round's exchange.
+    pub(super) fn open_exchange(&mut self, now_ms: u64, p: usize, peer: u32, transfer: bool) {
+        self.index.tree_hashed(p);
+        let id = self.alloc_id();
+        let mut f = Vec::new();
+        put_tree_request(&mut f, id, p, self.me, self.index.horizons[p], 0, &[0]);
+        self.send(peer, f);
+        self.exchanges.insert(
+            id,
+            Exchange {
+                partition: p,
+                peer,
+                // On the cluster's clock: the leader compares starts reported by different
+                // nodes (see `complete`).
+                start_ms: self.cluster_ms(now_ms),
+                deadline_ms: now_ms.saturating_add(self.timeout_ms),
+                phase: Phase::Tree {
+                    level: 0,
+                    asked: vec![0],
+                },
+                pending: VecDeque::new(),
+                wants: VecDeque::new(),
+                steps: 0,
+                transfer,
+            },
+        );
     }
 
     /// Exchanges of the running round in flight (partition moves' copies aside).

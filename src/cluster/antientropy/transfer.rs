@@ -32,13 +32,12 @@
 //! [`TRANSFER_RETRY_MS`] from the live sources; one that a restart interrupted starts again
 //! (what was copied stays: the next copy moves only the difference).
 
-use super::initiator::{Exchange, Phase};
-use super::{put_tree_request, AntiEntropy};
+use super::initiator::Exchange;
+use super::AntiEntropy;
 use crate::cluster::ring::Ring;
 use crate::cluster::Ownership;
 use crate::limits::AE_MESSAGE_BYTES_MAX;
 use crate::storage::Store;
-use std::collections::VecDeque;
 
 /// Delay before a failed copy is tried again.
 pub const TRANSFER_RETRY_MS: u64 = 500;
@@ -277,28 +276,7 @@ impl AntiEntropy {
             }
             t.running = true;
             budget -= 1;
-            self.index.tree_hashed(p);
-            let id = self.alloc_id();
-            let mut f = Vec::new();
-            put_tree_request(&mut f, id, p, self.me, self.index.horizons[p], 0, &[0]);
-            self.send(peer, f);
-            self.exchanges.insert(
-                id,
-                Exchange {
-                    partition: p,
-                    peer,
-                    start_ms: self.cluster_ms(now_ms),
-                    deadline_ms: now_ms.saturating_add(self.timeout_ms),
-                    phase: Phase::Tree {
-                        level: 0,
-                        asked: vec![0],
-                    },
-                    pending: VecDeque::new(),
-                    wants: VecDeque::new(),
-                    steps: 0,
-                    transfer: true,
-                },
-            );
+            self.open_exchange(now_ms, p, peer, true);
         }
     }
 }

@@ -789,6 +789,22 @@ impl<C> ClusterNode<C> {
         })
     }
 
+    /// Whether every live member of `s` (this node aside) was seen, by its pulls, holding
+    /// ring version `version` or a later one.
+    fn live_members_hold(&self, s: &RingState, version: u64) -> bool {
+        let me = self.config.node_id;
+        s.members()
+            .iter()
+            .filter(|m| m.status != MemberStatus::Removed && m.id != me)
+            .filter(|m| self.is_alive(m.id))
+            .all(|m| {
+                self.elastic
+                    .peer_versions
+                    .get(&m.id)
+                    .is_some_and(|&v| v >= version)
+            })
+    }
+
     /// Send `req` to the leader; its answer goes to `ctx` (if any) as an output.
     fn ask_leader(&mut self, now_ms: u64, req: ChangeRequest, ctx: Option<C>) {
         let leader = self.leader();
@@ -815,20 +831,8 @@ impl<C> ClusterNode<C> {
         if s.change().is_none() || self.may_not_decide().is_some() {
             return;
         }
-        let me = self.config.node_id;
         if !s.settled() {
-            let all = s
-                .members()
-                .iter()
-                .filter(|m| m.status != MemberStatus::Removed && m.id != me)
-                .filter(|m| self.is_alive(m.id))
-                .all(|m| {
-                    self.elastic
-                        .peer_versions
-                        .get(&m.id)
-                        .is_some_and(|&v| v >= s.since())
-                });
-            if all {
+            if self.live_members_hold(&s, s.since()) {
                 if let Some(next) = s.settle() {
                     log::info!(
                         "ring version {}: the {} is settled, partitions start moving",
@@ -842,17 +846,7 @@ impl<C> ClusterNode<C> {
         }
         if s.all_flipped() {
             // The change ends once every live member holds the last flip (RingState::end).
-            let known = s
-                .members()
-                .iter()
-                .filter(|m| m.status != MemberStatus::Removed && m.id != me)
-                .filter(|m| self.is_alive(m.id))
-                .all(|m| {
-                    self.elastic
-                        .peer_versions
-                        .get(&m.id)
-                        .is_some_and(|&v| v >= s.version())
-                });
+            let known = self.live_members_hold(&s, s.version());
             if let Some(next) = s.end().filter(|_| known) {
                 log::info!(
                     "ring version {}: the {} is done",
