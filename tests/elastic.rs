@@ -164,21 +164,7 @@ fn a_decommissioned_node_streams_its_partitions_away_and_ends_empty() {
 /// Start node `id` joining the cluster through `seed` (and replacing `replace`, if given).
 fn join(dir: &std::path::Path, id: u32, seed: &str, replace: Option<u32>) -> Node {
     let port = common::free_port();
-    let mut args: Vec<String> = [
-        "--id",
-        &id.to_string(),
-        "--join",
-        seed,
-        "--cluster-secret",
-        "test-secret",
-        "--shards",
-        "2",
-        "--gossip-interval-ms",
-        "50",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
+    let mut args = common::join_args(id, seed);
     if let Some(old) = replace {
         args.extend(["--replace".to_string(), old.to_string()]);
     }

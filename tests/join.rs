@@ -24,26 +24,6 @@ use std::time::Duration;
 const DEADLINE: Duration = Duration::from_secs(30);
 const KEYS: usize = 200;
 
-/// The `--join` command line of node `id` through `seed` (`--listen` and `--data` are added
-/// by [`Node`]).
-fn join_args(id: u32, seed: &str) -> Vec<String> {
-    [
-        "--id",
-        &id.to_string(),
-        "--join",
-        seed,
-        "--cluster-secret",
-        "test-secret",
-        "--shards",
-        "2",
-        "--gossip-interval-ms",
-        "50",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 /// Retry `op` while the node answers CLOCK_OFFSET (a node measures its clock against a peer
 /// it just heard of within a gossip round trip or so) or UNAVAILABLE.
 fn retrying<T>(what: &str, mut op: impl FnMut() -> Result<T, dkv::client::ClientError>) -> T {
@@ -75,7 +55,7 @@ fn a_node_joins_through_one_member_and_coordinates_requests() {
         })
     };
     let dir = common::temp_dir("join-new");
-    let args = join_args(4, &nodes[1].addr);
+    let args = common::join_args(4, &nodes[1].addr);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     nodes.push(Node::start(&dir.join("node-4"), &args));
     let addr4 = nodes[3].addr.clone();
@@ -169,7 +149,7 @@ fn a_node_joins_through_one_member_and_coordinates_requests() {
     let out = Command::new(env!("CARGO_BIN_EXE_kvd"))
         .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
         .args(["--data", dir.join("node-2b").to_str().expect("UTF-8 path")])
-        .args(join_args(2, &nodes[0].addr))
+        .args(common::join_args(2, &nodes[0].addr))
         .stdin(Stdio::null())
         .output()
         .expect("run kvd");

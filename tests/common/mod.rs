@@ -312,6 +312,26 @@ pub fn cluster_args(id: usize, list: &str, shards: usize, extra: &[&str]) -> Vec
     cluster_args_n(id, list, 3, shards, extra)
 }
 
+/// The command line of node `id` joining a test cluster through `seed` (`--join`, the test
+/// secret, 2 shards, gossip every 50 ms); `--listen` and `--data` are added by [`Node`].
+pub fn join_args(id: u32, seed: &str) -> Vec<String> {
+    [
+        "--id",
+        &id.to_string(),
+        "--join",
+        seed,
+        "--cluster-secret",
+        "test-secret",
+        "--shards",
+        "2",
+        "--gossip-interval-ms",
+        "50",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// [`cluster_args`] with `replicas` copies of each key.
 pub fn cluster_args_n(
     id: usize,
