@@ -16,6 +16,8 @@ pub const BUCKETS: usize = POWERS * SUB_BUCKETS as usize;
 pub struct Histogram {
     counts: Box<[AtomicU64]>,
     max: AtomicU64,
+    /// The sum of every value counted (for a Prometheus histogram's `_sum`).
+    sum: AtomicU64,
 }
 
 impl Default for Histogram {
@@ -23,6 +25,7 @@ impl Default for Histogram {
         Histogram {
             counts: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             max: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
         }
     }
 }
@@ -56,6 +59,35 @@ impl Histogram {
         }
         self.counts[bucket_of(v)].fetch_add(n, Ordering::Relaxed);
         self.max.fetch_max(v, Ordering::Relaxed);
+        self.sum.fetch_add(v.saturating_mul(n), Ordering::Relaxed);
+    }
+
+    /// Cumulative counts over several histograms at each bound of `bounds` (ascending, each
+    /// a power of two, so that it is a bucket boundary and the count is exact: every value
+    /// `<= bound - 1` and none above it), then the total count and the sum of the values.
+    /// A Prometheus histogram (`le` = bound) reads straight off this.
+    pub fn cumulative(hs: &[&Histogram], bounds: &[u64]) -> (Vec<u64>, u64, u64) {
+        debug_assert!(bounds.iter().all(|b| b.is_power_of_two()));
+        let mut below = vec![0u64; bounds.len()];
+        let (mut total, mut sum) = (0, 0);
+        for h in hs {
+            sum += h.sum.load(Ordering::Relaxed);
+            for (b, c) in h.counts.iter().enumerate() {
+                let c = c.load(Ordering::Relaxed);
+                if c == 0 {
+                    continue;
+                }
+                total += c;
+                let high = bucket_high(b);
+                for (i, &bound) in bounds.iter().enumerate() {
+                    // The top bucket also holds clamped values beyond its high.
+                    if high < bound && b < BUCKETS - 1 {
+                        below[i] += c;
+                    }
+                }
+            }
+        }
+        (below, total, sum)
     }
 
     /// Percentiles (`qs` in 0..=1) over several histograms, plus the count and the maximum.
@@ -105,6 +137,30 @@ mod tests {
             assert!(high >= v, "{v} in bucket {b} with high {high}");
             assert!(high as f64 <= v as f64 * 1.125 + 1.0, "{v}: {high}");
         }
+    }
+
+    #[test]
+    fn power_of_two_bounds_are_bucket_boundaries() {
+        for k in 0..40 {
+            let bound = 1u64 << k;
+            assert!(bucket_high(bucket_of(bound - 1)) < bound, "{bound}");
+            if bound > 1 {
+                assert_ne!(bucket_of(bound - 1), bucket_of(bound), "{bound}");
+            }
+        }
+    }
+
+    #[test]
+    fn cumulative_counts_at_power_of_two_bounds() {
+        let h = Histogram::default();
+        for v in 0..1000 {
+            h.record_n(v, 1);
+        }
+        h.record_n(5000, 3);
+        let (below, total, sum) = Histogram::cumulative(&[&h, &h], &[1, 16, 512, 1024, 8192]);
+        assert_eq!(below, vec![2, 32, 1024, 2000, 2006]);
+        assert_eq!(total, 2006);
+        assert_eq!(sum, 2 * (999 * 1000 / 2 + 15_000));
     }
 
     #[test]

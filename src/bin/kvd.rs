@@ -390,6 +390,12 @@ fn cluster_options(o: &mut getopts::Options) {
         ),
         "N",
     );
+    o.optopt(
+        "",
+        "metrics-listen",
+        "serve Prometheus metrics at http://ADDR/metrics (off by default), e.g. 127.0.0.1:9401",
+        "ADDR",
+    );
     // Clocks (issue 10).
     o.optopt(
         "",
@@ -726,6 +732,12 @@ fn config(m: &getopts::Matches) -> Result<(ServerConfig, String), String> {
     };
     let (node_id, cluster) = cluster_config(m, &mut listen)?;
     let listen = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], PORT_DEFAULT)));
+    let metrics_listen: Option<SocketAddr> = match m.opt_str("metrics-listen") {
+        None => None,
+        Some(s) => Some(s.parse().map_err(|_| {
+            format!("--metrics-listen: {s:?} is not an address like 127.0.0.1:9401")
+        })?),
+    };
     // A node started with --join asks the leader to admit it (or to let it replace a dead
     // node) until the ring lists it.
     let replace: Option<u32> = match m.opt_str("replace") {
@@ -828,6 +840,7 @@ fn config(m: &getopts::Matches) -> Result<(ServerConfig, String), String> {
             join,
             stream_bytes_per_s: (stream_mb * 1_048_576.0) as u64,
             transfer_limit,
+            metrics_listen,
         },
         data,
     ))

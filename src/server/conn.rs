@@ -6,6 +6,7 @@ use super::readbuf::ReadBuf;
 use crate::budget::{reply_reserve_bytes, MemoryBudget};
 use crate::limits::{IN_FLIGHT_PER_CONNECTION_MAX, WRITE_BUFFER_HIGH_WATER};
 use crate::protocol::frame;
+use crate::shard::stats::{latency_slot, LATENCY_OP_SLOTS};
 use crate::shard::{After, ConnId, Session, ShardCore};
 use mio::net::TcpStream;
 use std::sync::atomic::Ordering;
@@ -114,10 +115,12 @@ impl Conn {
 }
 
 /// Cut and process every whole frame in a connection's read buffer, stopping at its limits.
-/// Returns the number of requests processed and how many of them were answered immediately.
+/// Returns the number of requests processed and how many of them were answered immediately;
+/// those are also counted by opcode slot in `immediate_by_op` (their latency is the turn's).
 pub(super) fn process_frames(
     core: &mut ShardCore,
     c: &mut Conn,
+    immediate_by_op: &mut [u64; LATENCY_OP_SLOTS],
     budget: &MemoryBudget,
     now_ms: u64,
     turn_start: Instant,
@@ -137,11 +140,15 @@ pub(super) fn process_frames(
             Ok(Some((f, len))) => {
                 // Decided before the frame is handled: a HELLO may change the session's role.
                 let reserve = c.next_reserve();
+                let slot = latency_slot(f.op);
                 let after = core.on_frame(now_ms, c.id, &mut c.session, f, &mut c.wbuf);
                 c.rbuf.consume(len);
                 n += 1;
                 match after {
-                    After::Continue => n_immediate += 1,
+                    After::Continue => {
+                        n_immediate += 1;
+                        immediate_by_op[slot] += 1;
+                    }
                     After::Deferred => {
                         c.in_flight += 1;
                         c.reserved += reserve;

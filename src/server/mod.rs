@@ -55,6 +55,8 @@ pub struct ServerConfig {
     pub stream_bytes_per_s: u64,
     /// Partition copies at once (`--transfer-limit`).
     pub transfer_limit: usize,
+    /// Where to serve Prometheus metrics (`--metrics-listen`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -145,6 +147,10 @@ pub fn run(cfg: ServerConfig, parts: Vec<ShardParts>, started_at_ms: u64) -> io:
         NodeShared::new(cfg.node_id, cfg.shards, started_at_ms, conn_cap)
             .with_memory_limits(cfg.memory),
     );
+    if let Some(addr) = cfg.metrics_listen {
+        let bound = crate::metrics::http::spawn(addr, shared.clone(), worker::wall_ms)?;
+        log::info!("metrics at http://{bound}/metrics");
+    }
     let mut polls = Vec::with_capacity(cfg.shards);
     let mut boxes = Vec::with_capacity(cfg.shards);
     for _ in 0..cfg.shards {

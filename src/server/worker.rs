@@ -84,6 +84,8 @@ pub struct Worker {
     turn_start: Instant,
     /// Requests answered immediately in this turn (their latency is the turn's length).
     turn_immediate: u64,
+    /// The same by opcode slot ([`crate::shard::stats::latency_slot`]).
+    turn_immediate_by_op: [u64; crate::shard::stats::LATENCY_OP_SLOTS],
     /// Bytes read from connections in the current turn.
     turn_read_bytes: usize,
     /// Client connections are not read while the replication backlog is high.
@@ -150,6 +152,7 @@ impl Worker {
             accept_pending: false,
             turn_start: Instant::now(),
             turn_immediate: 0,
+            turn_immediate_by_op: [0; crate::shard::stats::LATENCY_OP_SLOTS],
             turn_read_bytes: 0,
             throttled: false,
             throttle_events: 0,
@@ -316,9 +319,11 @@ impl Worker {
         }
         if self.turn_immediate > 0 {
             let us = self.turn_start.elapsed().as_micros() as u64;
-            self.shared.counters[self.shard]
-                .latency_us
-                .record_n(us, self.turn_immediate);
+            let counters = &self.shared.counters[self.shard];
+            counters.latency_us.record_n(us, self.turn_immediate);
+            for (slot, n) in self.turn_immediate_by_op.iter_mut().enumerate() {
+                counters.latency_by_op[slot].record_n(us, std::mem::take(n));
+            }
             self.turn_immediate = 0;
         }
     }
@@ -570,8 +575,14 @@ impl Worker {
             return;
         }
         let budget = &self.shared.memory;
-        let (mut frames, mut immediate) =
-            process_frames(&mut self.core, c, budget, now_ms, self.turn_start);
+        let (mut frames, mut immediate) = process_frames(
+            &mut self.core,
+            c,
+            &mut self.turn_immediate_by_op,
+            budget,
+            now_ms,
+            self.turn_start,
+        );
         c.track_partial_frame(frames > 0, self.turn_start);
         let mut bytes_in = 0u64;
         // Readiness is edge-triggered: unless a read ends in WouldBlock (or the connection
@@ -617,7 +628,14 @@ impl Worker {
                     c.last_active = Instant::now();
                     budget.resize(c.charged, c.buffer_bytes());
                     c.charged = c.buffer_bytes();
-                    let (f, i) = process_frames(&mut self.core, c, budget, now_ms, self.turn_start);
+                    let (f, i) = process_frames(
+                        &mut self.core,
+                        c,
+                        &mut self.turn_immediate_by_op,
+                        budget,
+                        now_ms,
+                        self.turn_start,
+                    );
                     c.track_partial_frame(f > 0, c.last_active);
                     frames += f;
                     immediate += i;
@@ -715,7 +733,11 @@ impl Worker {
                     c.unreserve(bytes[4], &self.shared.memory);
                     if let Some(t) = c.deferred_at.pop_front() {
                         let us = t.elapsed().as_micros() as u64;
-                        self.shared.counters[self.shard].latency_us.record_n(us, 1);
+                        let counters = &self.shared.counters[self.shard];
+                        counters.latency_us.record_n(us, 1);
+                        let op = bytes[4] & !crate::protocol::RESPONSE_BIT;
+                        counters.latency_by_op[crate::shard::stats::latency_slot(op)]
+                            .record_n(us, 1);
                     }
                     if !c.queued {
                         c.queued = true;

@@ -565,6 +565,11 @@ impl ShardCore {
                 .transfers
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = c.node.transfers_text(now_ms);
+            *self
+                .counters()
+                .members
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = c.node.member_figures();
         }
         if self.cfg.shard == MEMBERSHIP_SHARD {
             self.warn_clock(now_ms);

@@ -44,7 +44,7 @@ mod execute;
 mod handshake;
 mod mail;
 mod maintenance;
-mod stats;
+pub mod stats;
 #[cfg(test)]
 mod tests;
 

@@ -9,11 +9,27 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+/// Latency histograms kept per opcode: client opcodes `1..LATENCY_OP_SLOTS` each have their
+/// own, slot 0 takes every other opcode (peer frames).
+pub const LATENCY_OP_SLOTS: usize = 16;
+const _: () = assert!(op::CLUSTER_ADMIN < LATENCY_OP_SLOTS as u8);
+
+/// The latency slot of a request opcode (see [`LATENCY_OP_SLOTS`]).
+pub fn latency_slot(opc: u8) -> usize {
+    if (opc as usize) < LATENCY_OP_SLOTS {
+        opc as usize
+    } else {
+        0
+    }
+}
+
 /// Per-shard counters, written only by their shard and read by any shard answering STATS.
 pub struct ShardCounters {
     /// Server-side request latency in µs: from the event-loop turn that read the request to
     /// the turn that queued its reply on the connection.
     pub latency_us: crate::histogram::Histogram,
+    /// The same by opcode slot ([`latency_slot`]), for the metrics' histograms.
+    pub latency_by_op: Box<[crate::histogram::Histogram]>,
     /// Requests by opcode (index = opcode, 0..128).
     pub requests_by_op: [AtomicU64; 128],
     /// Replies by status code (index = code).
@@ -60,12 +76,30 @@ pub struct ShardCounters {
     pub segments_reclaimed: AtomicU64,
     /// The shard's partition copies as TRANSFERS lines, refreshed with the cluster figures.
     pub transfers: Mutex<String>,
+    /// Each known node's state as this shard's cluster core sees it (`joining`, `up`,
+    /// `leaving`, `failed`, `removed`) and whether it leads, refreshed with the cluster
+    /// figures: for the metrics, which have no core to ask.
+    pub members: Mutex<Vec<MemberFigure>>,
+}
+
+/// One node's state for the metrics (see [`ShardCounters::members`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberFigure {
+    /// The node's id.
+    pub id: u32,
+    /// `joining`, `up`, `leaving`, `failed` or `removed`.
+    pub state: &'static str,
+    /// Whether this node is the leader as the publishing core decides it.
+    pub leader: bool,
 }
 
 impl Default for ShardCounters {
     fn default() -> Self {
         ShardCounters {
             latency_us: crate::histogram::Histogram::default(),
+            latency_by_op: (0..LATENCY_OP_SLOTS)
+                .map(|_| crate::histogram::Histogram::default())
+                .collect(),
             requests_by_op: std::array::from_fn(|_| AtomicU64::new(0)),
             replies_by_status: std::array::from_fn(|_| AtomicU64::new(0)),
             forwarded_out: AtomicU64::new(0),
@@ -88,6 +122,7 @@ impl Default for ShardCounters {
             bytes_reclaimed: AtomicU64::new(0),
             segments_reclaimed: AtomicU64::new(0),
             transfers: Mutex::new(String::new()),
+            members: Mutex::new(Vec::new()),
         }
     }
 }
@@ -107,6 +142,11 @@ impl Figures {
     pub fn publish(&mut self, source: impl FnOnce(&mut dyn FnMut(&'static str, u64))) {
         self.0.clear();
         source(&mut |name, v| self.0.push((name, v)));
+    }
+
+    /// The figures, in the order reported.
+    pub fn entries(&self) -> &[(&'static str, u64)] {
+        &self.0
     }
 
     /// Fold another shard's figure in, by name: names ending in `_max` / `_min` combine by max

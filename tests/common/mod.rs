@@ -235,12 +235,10 @@ pub fn kvcat(addr: &str, input: &str) -> String {
     String::from_utf8(out.stdout).expect("kvcat prints UTF-8")
 }
 
-/// The path of libfaketime (Debian package `faketime`), installing the package with apt-get
-/// when it is missing (tests run as root on the development machines and in CI). Test binaries
-/// run in parallel, so the install is serialised by an exclusive lock on a file in the temp
-/// directory, and the path is looked up again once the lock is held.
+/// The path of libfaketime (Debian package `faketime`), installing the package when it is
+/// missing (see [`debian_package`]).
 pub fn libfaketime() -> PathBuf {
-    fn find() -> Option<PathBuf> {
+    debian_package("faketime", || {
         let mut dirs = vec![PathBuf::from("/usr/lib/faketime")];
         if let Ok(rd) = std::fs::read_dir("/usr/lib") {
             // Multiarch directories: /usr/lib/x86_64-linux-gnu/faketime, ...
@@ -249,11 +247,27 @@ pub fn libfaketime() -> PathBuf {
         dirs.into_iter()
             .map(|d| d.join("libfaketime.so.1"))
             .find(|p| p.exists())
-    }
+    })
+}
+
+/// The path of a program from a Debian package (`/usr/bin/NAME`), installing the package
+/// when it is missing (see [`debian_package`]).
+pub fn debian_program(package: &str, name: &str) -> PathBuf {
+    debian_package(package, || {
+        let p = PathBuf::from("/usr/bin").join(name);
+        p.exists().then_some(p)
+    })
+}
+
+/// What `find` finds, installing Debian's `package` with apt-get first when it finds nothing
+/// (tests run as root on the development machines and in CI). Test binaries run in parallel,
+/// so installs are serialised by an exclusive lock on a file in the temp directory, and
+/// `find` is tried again once the lock is held.
+pub fn debian_package(package: &str, find: impl Fn() -> Option<PathBuf>) -> PathBuf {
     if let Some(p) = find() {
         return p;
     }
-    let lock_path = std::env::temp_dir().join("dkv-test-apt-faketime.lock");
+    let lock_path = std::env::temp_dir().join("dkv-test-apt.lock");
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -270,7 +284,7 @@ pub fn libfaketime() -> PathBuf {
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdin(Stdio::null())
             .output()
-            .expect("run apt-get (the faketime package is needed)");
+            .unwrap_or_else(|e| panic!("run apt-get (the {package} package is needed): {e}"));
         assert!(
             out.status.success(),
             "apt-get {args:?} failed: {}",
@@ -278,8 +292,8 @@ pub fn libfaketime() -> PathBuf {
         );
     };
     run(&["update", "-q"]);
-    run(&["install", "-y", "-q", "faketime"]);
-    let p = find().expect("libfaketime.so.1 after installing faketime");
+    run(&["install", "-y", "-q", "--no-install-recommends", package]);
+    let p = find().unwrap_or_else(|| panic!("nothing found after installing {package}"));
     drop(lock);
     p
 }

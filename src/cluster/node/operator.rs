@@ -126,6 +126,32 @@ impl<C> ClusterNode<C> {
         out
     }
 
+    /// Each known node's state for the metrics: its ring status, but `failed` for a member
+    /// this core does not see alive (unless removed), `joining` for one the ring does not
+    /// list yet; and whether it leads.
+    pub fn member_figures(&self) -> Vec<crate::shard::stats::MemberFigure> {
+        let leader = self.leader();
+        let state = self.ring.state();
+        let alive = self.alive_ids();
+        self.members()
+            .into_iter()
+            .map(|(id, _)| {
+                let status = state.status(id);
+                let name = match status {
+                    Some(MemberStatus::Removed) => "removed",
+                    _ if alive.binary_search(&id).is_err() => "failed",
+                    None => "joining",
+                    Some(s) => s.name(),
+                };
+                crate::shard::stats::MemberFigure {
+                    id,
+                    state: name,
+                    leader: id == leader,
+                }
+            })
+            .collect()
+    }
+
     /// The CLUSTER PLAN text: the running change, its moves per node, and what is left.
     pub fn plan_text(&self) -> String {
         let s = self.ring.state();
