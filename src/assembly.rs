@@ -46,6 +46,8 @@ pub struct NodeConfig {
     pub sync: SyncPolicy,
     /// Token clients must present in HELLO (`None`: clients may skip the handshake).
     pub client_token: Option<Vec<u8>>,
+    /// Token that makes a HELLO an admin's (`--admin-token`; `None`: admin from loopback).
+    pub admin_token: Option<Vec<u8>>,
     /// The cluster, when the node runs with `--nodes` (validated).
     pub cluster: Option<ClusterConfig>,
     /// What the node asks the leader until the ring lists it: admission (`--join`) or
@@ -188,6 +190,7 @@ pub fn assemble_node(
                     shards: cfg.shards,
                     sync: cfg.sync,
                     client_token: cfg.client_token.clone(),
+                    admin_token: cfg.admin_token.clone(),
                 },
                 shared.clone(),
                 p.store,

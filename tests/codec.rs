@@ -569,6 +569,8 @@ fn check_invalid_request_vector(v: &Vector) {
 /// The vectors the issue asks protocol.md to show; deleting one from the document fails here.
 const REQUIRED_VECTORS: &[&str] = &[
     "hello-request",
+    "hello-admin-request",
+    "admin-refused-reply",
     "hello-reply",
     "ping-request",
     "ping-reply",
@@ -642,6 +644,10 @@ fn documented_error_messages_are_the_codecs() {
     assert_eq!(err.to_string(), message("key-too-large-reply"));
     let err = frame::check(&[0xFF; 4]).unwrap_err();
     assert_eq!(err.to_string(), message("frame-too-large-reply"));
+    assert_eq!(
+        dkv::protocol::ADMIN_TOKEN_NEEDED,
+        message("admin-refused-reply")
+    );
     let bad = vs
         .iter()
         .find(|v| v.name == "malformed-get-request")

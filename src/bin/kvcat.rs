@@ -27,7 +27,7 @@
 use dkv::client::{Client, ClientError};
 use dkv::limits::{PARTITION_COUNT, PORT_DEFAULT};
 use dkv::protocol::ringmap::RingMap;
-use dkv::protocol::{Consistency, Status};
+use dkv::protocol::{Consistency, Role, Status};
 use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
 
@@ -301,24 +301,71 @@ fn is_terminal() -> bool {
     unsafe { libc::isatty(0) == 1 }
 }
 
+/// Environment variable holding the token kvcat presents (instead of `--token`).
+const TOKEN_ENV: &str = "DKV_TOKEN";
+
+/// The address and the token from the command line: `[--token T | --token-file F]
+/// [HOST:PORT]`, the token also from [`TOKEN_ENV`] (one source only).
+fn parse_args(args: &[String]) -> Result<(String, Vec<u8>), String> {
+    let mut addr = None;
+    let mut tokens: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--token" => {
+                let t = it.next().ok_or("--token needs a value")?;
+                tokens.push(("--token".into(), t.as_bytes().to_vec()));
+            }
+            "--token-file" => {
+                let f = it.next().ok_or("--token-file needs a file")?;
+                let mut t = std::fs::read(f).map_err(|e| format!("--token-file {f}: {e}"))?;
+                if t.last() == Some(&b'\n') {
+                    t.pop();
+                }
+                tokens.push(("--token-file".into(), t));
+            }
+            s if s.starts_with('-') => return Err(format!("unknown option {s}")),
+            s if addr.is_none() => addr = Some(s.to_string()),
+            _ => return Err("expected at most one argument, HOST:PORT".into()),
+        }
+    }
+    if let Some(t) = std::env::var_os(TOKEN_ENV) {
+        use std::os::unix::ffi::OsStrExt;
+        tokens.push((TOKEN_ENV.into(), t.as_bytes().to_vec()));
+    }
+    if tokens.len() > 1 {
+        let names: Vec<&str> = tokens.iter().map(|t| t.0.as_str()).collect();
+        return Err(format!(
+            "{} given: give the token one way only",
+            names.join(" and ")
+        ));
+    }
+    let addr = addr.unwrap_or_else(|| format!("127.0.0.1:{PORT_DEFAULT}"));
+    Ok((addr, tokens.pop().map(|t| t.1).unwrap_or_default()))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "Usage: kvcat [HOST:PORT]   (default 127.0.0.1:{PORT_DEFAULT})\n\n\
-             Reads one command per line from stdin and prints one line per command.\n{HELP}"
+            "Usage: kvcat [--token TOKEN | --token-file FILE] [HOST:PORT]   (default \
+             127.0.0.1:{PORT_DEFAULT})\n\n\
+             Reads one command per line from stdin and prints one line per command.\n\
+             --token presents TOKEN in HELLO: the node's client token, or its admin token \
+             (kvd --admin-token), which the admin commands (AAE, COMPACT, CLUSTER LEAVE ...) \
+             need on a node that has one. Also read from {TOKEN_ENV}.\n{HELP}"
         );
         return ExitCode::SUCCESS;
     }
-    if args.len() > 1 {
-        eprintln!("kvcat: expected at most one argument, HOST:PORT (see kvcat --help)");
-        return ExitCode::from(2);
-    }
-    let addr = args
-        .first()
-        .cloned()
-        .unwrap_or_else(|| format!("127.0.0.1:{PORT_DEFAULT}"));
-    let mut client = match Client::connect(addr.as_str()) {
+    let (addr, token) = match parse_args(&args) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("kvcat: {e} (see kvcat --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let connect = || Client::connect_as(addr.as_str(), Role::Client, 0, &token);
+    let mut client = match connect() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("kvcat: cannot connect to {addr}: {e}");
@@ -353,7 +400,7 @@ fn main() -> ExitCode {
                 let out = run_command(&mut client, &t);
                 // A broken connection: reconnect once, so the next command has a chance.
                 if out.iter().any(|l| l.starts_with("ERR IO")) {
-                    if let Ok(c) = Client::connect(addr.as_str()) {
+                    if let Ok(c) = connect() {
                         client = c;
                     }
                 }

@@ -37,9 +37,10 @@ syncs its data, tells each client connection SHUTTING_DOWN (protocol.md § 6) an
 
 Logging: set RUST_LOG (error, warn, info, debug, trace); default info.
 
-Secrets: the cluster secret and the client token each come from exactly one of the option,
-its -file variant (the file's content, one trailing newline removed) or an environment
-variable (DKV_CLUSTER_SECRET, DKV_CLIENT_TOKEN); giving two is an error. Prefer the file or
+Secrets: the cluster secret, the client token and the admin token each come from exactly one
+of the option, its -file variant (the file's content, one trailing newline removed) or an
+environment variable (DKV_CLUSTER_SECRET, DKV_CLIENT_TOKEN, DKV_ADMIN_TOKEN); giving two is
+an error. Prefer the file or
 the variable: an option's value is visible to every user of the machine in `ps`.";
     opts.usage(brief)
 }
@@ -104,6 +105,16 @@ fn options() -> getopts::Options {
         "require clients to present this token in HELLO [default: none, HELLO optional]",
         "TOKEN",
     );
+    o.optopt(
+        "",
+        "admin-token",
+        &format!(
+            "allow the admin opcodes (ANTI_ENTROPY, COMPACT, CLUSTER_ADMIN) only to clients whose \
+             HELLO presents this token (kvcat --token); without it they are allowed only from \
+             loopback (or set {ADMIN_TOKEN_ENV})"
+        ),
+        "TOKEN",
+    );
     secret_options(&mut o);
     memory_options(&mut o);
     cluster_options(&mut o);
@@ -116,6 +127,8 @@ fn options() -> getopts::Options {
 const CLUSTER_SECRET_ENV: &str = "DKV_CLUSTER_SECRET";
 /// Environment variable holding the client token (instead of an option).
 const CLIENT_TOKEN_ENV: &str = "DKV_CLIENT_TOKEN";
+/// Environment variable holding the admin token (instead of an option).
+const ADMIN_TOKEN_ENV: &str = "DKV_ADMIN_TOKEN";
 
 /// The file variants of the secret options (the secrets themselves are where they always were).
 fn secret_options(o: &mut getopts::Options) {
@@ -123,6 +136,12 @@ fn secret_options(o: &mut getopts::Options) {
         "",
         "client-token-file",
         &format!("like --client-token, read from FILE (or set {CLIENT_TOKEN_ENV})"),
+        "FILE",
+    );
+    o.optopt(
+        "",
+        "admin-token-file",
+        &format!("like --admin-token, read from FILE (or set {ADMIN_TOKEN_ENV})"),
         "FILE",
     );
     o.optopt(
@@ -802,6 +821,22 @@ fn config(m: &getopts::Matches) -> Result<(ServerConfig, String), String> {
             "--client-token is longer than {TOKEN_SIZE_MAX} bytes"
         ));
     }
+    let admin_token = secret_from(m, "admin-token", ADMIN_TOKEN_ENV)?;
+    if admin_token
+        .as_ref()
+        .is_some_and(|t| t.len() > TOKEN_SIZE_MAX)
+    {
+        return Err(format!(
+            "--admin-token is longer than {TOKEN_SIZE_MAX} bytes"
+        ));
+    }
+    if admin_token.is_some() && admin_token == client_token {
+        return Err(
+            "the admin token is the client token: every client would be an admin; give the \
+             admin a token of its own"
+                .into(),
+        );
+    }
     let memory = memory_limits(m)?;
     let stream_mb: f64 = parse_num(m, "stream-mb-per-s", 0.0)?;
     if !(0.0..=1e6).contains(&stream_mb) {
@@ -835,6 +870,7 @@ fn config(m: &getopts::Matches) -> Result<(ServerConfig, String), String> {
             node_id,
             sync,
             client_token,
+            admin_token,
             cluster,
             memory,
             join,

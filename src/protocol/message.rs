@@ -367,6 +367,15 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// Whether this is an admin opcode (protocol.md § 8.2: ANTI_ENTROPY, COMPACT,
+    /// CLUSTER_ADMIN), which only an admin session may send.
+    pub fn is_admin(&self) -> bool {
+        matches!(
+            self,
+            Request::AntiEntropy | Request::Compact | Request::ClusterAdmin { .. }
+        )
+    }
+
     /// The key this request addresses, if any (the router uses it to pick the shard).
     pub fn key(&self) -> Option<&'a [u8]> {
         match self {

@@ -39,6 +39,17 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// Set in the `op` byte of every response.
 pub const RESPONSE_BIT: u8 = 0x80;
 
+/// The UNAUTHORIZED message of an admin opcode on a node with an admin token, from a session
+/// whose HELLO did not present it (§ 8.2).
+pub const ADMIN_TOKEN_NEEDED: &str =
+    "an admin opcode needs a HELLO with the admin token (kvd --admin-token)";
+
+/// The UNAUTHORIZED message of an admin opcode from beyond loopback on a node without an
+/// admin token (§ 8.2).
+pub const ADMIN_LOOPBACK_ONLY: &str =
+    "admin opcodes are allowed only from loopback on a node without an admin token \
+     (kvd --admin-token)";
+
 /// The `op` byte of a connection-level error frame (frame length out of range, too many
 /// connections), sent with request id 0 before the server closes the connection. A request
 /// with an opcode outside 0x01..=0x7F is also answered on 0x80 (UNKNOWN_OPCODE, its own id).

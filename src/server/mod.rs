@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub sync: SyncPolicy,
     /// Token clients must present, if any.
     pub client_token: Option<Vec<u8>>,
+    /// Token that allows the admin opcodes (`--admin-token`), if any.
+    pub admin_token: Option<Vec<u8>>,
     /// The cluster this node belongs to (`--nodes`); `None` runs a single node.
     pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Limits of the memory budget of connection buffers.
@@ -67,6 +69,7 @@ impl ServerConfig {
             shards: self.shards,
             sync: self.sync,
             client_token: self.client_token.clone(),
+            admin_token: self.admin_token.clone(),
             cluster: self.cluster.clone(),
             join: self.join.clone(),
             stream_bytes_per_s: self.stream_bytes_per_s,

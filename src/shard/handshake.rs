@@ -97,21 +97,52 @@ impl ShardCore {
             );
             return After::Continue;
         }
-        if let Some(expected) = self.cfg.client_token.as_deref() {
+        // A token is examined when the node wants one from every client, or when it names
+        // an admin token and the client presents some token (so a mistyped admin token is
+        // refused loudly, and guesses at it are throttled like any other).
+        let admin_token = self.cfg.admin_token.as_deref();
+        let examined =
+            self.cfg.client_token.is_some() || (admin_token.is_some() && !token.is_empty());
+        let mut admin = false;
+        if examined {
             if let Some(why) = self.throttled(now_ms, session, Claim::Client) {
                 return self.refuse_handshake(op::HELLO, id, &why, wbuf);
             }
-            if !constant_time_eq(expected, token) {
+            admin = admin_token.is_some_and(|a| constant_time_eq(a, token));
+            let client = match self.cfg.client_token.as_deref() {
+                Some(expected) => constant_time_eq(expected, token),
+                None => token.is_empty(),
+            };
+            if !admin && !client {
                 self.handshake_failed(now_ms, session, Claim::Client);
                 return self.refuse_handshake(op::HELLO, id, "bad token for this role", wbuf);
             }
             self.handshake_succeeded(session, Claim::Client);
         }
+        session.admin = admin;
         session.role = Some(Role::Client);
         session.peer_id = None;
         self.count_reply(Status::Ok);
         put_ok(wbuf, op::HELLO, id, &[&self.hello_body(PROTOCOL_VERSION)]);
         After::Continue
+    }
+
+    /// Why the session may not run an admin opcode (ANTI_ENTROPY, COMPACT, CLUSTER_ADMIN),
+    /// or `None` if it may: its HELLO presented the admin token; or the node has none and the
+    /// connection comes from loopback (or from inside the process: no source address).
+    pub(super) fn admin_refusal(&self, session: &Session) -> Option<&'static str> {
+        if session.admin {
+            return None;
+        }
+        if self.cfg.admin_token.is_some() {
+            return Some(crate::protocol::ADMIN_TOKEN_NEEDED);
+        }
+        match session.source {
+            Some(ip) if !ip.to_canonical().is_loopback() => {
+                Some(crate::protocol::ADMIN_LOOPBACK_ONLY)
+            }
+            _ => None,
+        }
     }
 
     /// The HELLO OK body: version, node id, shard, shard count.
@@ -293,6 +324,7 @@ mod tests {
                 shards: 1,
                 sync: SyncPolicy::Never,
                 client_token: Some(b"t0k".to_vec()),
+                admin_token: None,
             },
             shared,
             Box::new(MemoryStore::new()),
@@ -395,6 +427,7 @@ mod tests {
                 shards: 1,
                 sync: SyncPolicy::Never,
                 client_token: None,
+                admin_token: None,
             },
             shared,
             Box::new(MemoryStore::new()),
@@ -605,5 +638,74 @@ mod tests {
             "{stats}"
         );
         assert!(stats.contains("handshakes_throttled 2\n"), "{stats}");
+    }
+
+    /// Admin opcodes (§ 8.2): with an admin token only after a HELLO presenting it, from any
+    /// address; without one only from loopback. A wrong non-empty token is refused.
+    #[test]
+    fn admin_rights() {
+        let core = |admin: Option<&[u8]>| {
+            ShardCore::new(
+                ShardConfig {
+                    shard: 0,
+                    shards: 1,
+                    sync: SyncPolicy::Never,
+                    client_token: None,
+                    admin_token: admin.map(<[u8]>::to_vec),
+                },
+                Arc::new(NodeShared::new(1, 1, NOW, 100)),
+                Box::new(MemoryStore::new()),
+                Box::new(crate::storage::ceiling::NoCeiling),
+            )
+        };
+        let send = |core: &mut ShardCore, session: &mut Session, req: Request<'_>| {
+            let mut bytes = Vec::new();
+            req.encode(1, &mut bytes);
+            let (f, _) = frame::parse(&bytes).unwrap().unwrap();
+            let mut wbuf = Vec::new();
+            let after = core.on_frame(NOW, ConnId::new(0, 1), session, f, &mut wbuf);
+            let (_, status, _, body) = reply(&wbuf);
+            (after, status, String::from_utf8_lossy(&body).into_owned())
+        };
+        let hello = |token: &'static [u8]| Request::Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Client,
+            node_id: 0,
+            token,
+        };
+        let aae = || Request::AntiEntropy;
+        let remote = || Session::accepted([10, 0, 0, 7].into(), [0; 32]);
+        let local = || Session::accepted([127, 0, 0, 1].into(), [0; 32]);
+        let mapped: std::net::IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+
+        // No admin token: loopback (IPv4, IPv6, mapped) yes, elsewhere no.
+        let mut c = core(None);
+        assert_eq!(send(&mut c, &mut local(), aae()).1, Status::Ok);
+        let mut s6 = Session::accepted(mapped, [0; 32]);
+        assert_eq!(send(&mut c, &mut s6, aae()).1, Status::Ok);
+        let (after, status, msg) = send(&mut c, &mut remote(), aae());
+        assert_eq!((after, status), (After::Continue, Status::Unauthorized));
+        assert_eq!(msg, crate::protocol::ADMIN_LOOPBACK_ONLY);
+        // Client opcodes are not affected.
+        assert_eq!(send(&mut c, &mut remote(), Request::Ping).1, Status::Ok);
+
+        // An admin token: needed even from loopback; any address with it.
+        let mut c = core(Some(b"adm1n"));
+        let mut s = local();
+        let (after, status, msg) = send(&mut c, &mut s, Request::Compact);
+        assert_eq!((after, status), (After::Continue, Status::Unauthorized));
+        assert_eq!(msg, crate::protocol::ADMIN_TOKEN_NEEDED);
+        assert_eq!(send(&mut c, &mut s, hello(b"")).1, Status::Ok);
+        assert_eq!(send(&mut c, &mut s, aae()).1, Status::Unauthorized);
+        let mut s = remote();
+        assert_eq!(send(&mut c, &mut s, hello(b"adm1n")).1, Status::Ok);
+        assert_eq!(send(&mut c, &mut s, aae()).1, Status::Ok);
+        assert_eq!(send(&mut c, &mut s, Request::Ping).1, Status::Ok);
+        // A later HELLO without it takes the right away.
+        assert_eq!(send(&mut c, &mut s, hello(b"")).1, Status::Ok);
+        assert_eq!(send(&mut c, &mut s, aae()).1, Status::Unauthorized);
+        // A wrong token is refused and closes the connection.
+        let (after, status, _) = send(&mut c, &mut remote(), hello(b"adm1m"));
+        assert_eq!((after, status), (After::Close, Status::Unauthorized));
     }
 }

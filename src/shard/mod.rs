@@ -137,6 +137,8 @@ pub struct Session {
     /// `nonce` went out in a HELLO reply: a connection gets one peer handshake, so this
     /// node never answers two challenges with the same nonce.
     pub nonce_spent: bool,
+    /// The last HELLO presented the admin token: the admin opcodes are allowed.
+    pub admin: bool,
 }
 
 impl Session {
@@ -226,6 +228,9 @@ pub struct ShardConfig {
     pub sync: SyncPolicy,
     /// Token clients must present in HELLO; `None` lets clients skip the handshake.
     pub client_token: Option<Vec<u8>>,
+    /// Token a HELLO presents to be allowed the admin opcodes (`kvd --admin-token`); `None`
+    /// allows them from loopback only (see [`ShardCore::admin_refusal`]).
+    pub admin_token: Option<Vec<u8>>,
 }
 
 /// What the driver should do with the connection after a frame.
@@ -361,6 +366,13 @@ impl ShardCore {
                 return After::Continue;
             }
             session.role = Some(Role::Client);
+        }
+        if req.is_admin() {
+            if let Some(why) = self.admin_refusal(session) {
+                self.count_reply(Status::Unauthorized);
+                put_error(wbuf, opc, f.id, Status::Unauthorized, why);
+                return After::Continue;
+            }
         }
 
         match req {

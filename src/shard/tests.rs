@@ -57,6 +57,7 @@ fn cores(shards: usize, sync: SyncPolicy, failing: bool) -> Vec<ShardCore> {
                     shards,
                     sync,
                     client_token: None,
+                    admin_token: None,
                 },
                 shared.clone(),
                 store,
@@ -244,6 +245,7 @@ fn refused_writes_are_counted_on_a_single_node() {
         shards: 1,
         sync: SyncPolicy::Never,
         client_token: None,
+        admin_token: None,
     };
     let mut cs = vec![ShardCore::new(
         cfg,
@@ -426,6 +428,7 @@ fn clustered_pair() -> Vec<ShardCore> {
                 shards: 2,
                 sync: SyncPolicy::Never,
                 client_token: None,
+                admin_token: None,
             };
             ShardCore::new(
                 cfg,
@@ -570,6 +573,7 @@ fn a_failed_write_of_the_turn_refuses_every_write_of_the_turn() {
             shards: 1,
             sync: SyncPolicy::Never,
             client_token: None,
+            admin_token: None,
         },
         shared,
         Box::new(store),

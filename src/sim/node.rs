@@ -230,6 +230,7 @@ impl World {
             shards,
             sync: self.node(id).sync,
             client_token: None,
+            admin_token: None,
             cluster: Some(config),
             join: None,
             stream_bytes_per_s: 0,
