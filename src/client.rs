@@ -342,6 +342,11 @@ impl Client {
         Ok(expect_ok(self.call(&Request::Cluster)?)?.text())
     }
 
+    /// SNAPSHOT: `TAKE name`, `LIST` or `DELETE name` (protocol.md § 11.4); the reply text.
+    pub fn snapshot(&mut self, command: &str) -> Result<String, ClientError> {
+        Ok(expect_ok(self.call(&Request::Snapshot { command })?)?.text())
+    }
+
     /// CLUSTER_ADMIN: an operator's cluster command (`LEAVE n`, `REMOVE n`, `PLAN`,
     /// `TRANSFERS`, `PAUSE`, `RESUME`, `THROTTLE mb`); the answer's text.
     pub fn cluster_admin(&mut self, command: &str) -> Result<String, ClientError> {

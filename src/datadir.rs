@@ -136,6 +136,73 @@ impl DataDir {
     pub fn root(&self) -> &Path {
         &self.root
     }
+
+    /// Where SNAPSHOT keeps snapshots (`DIR/snapshots/NAME/`): on the data's file system, so
+    /// that a snapshot is hard links.
+    pub fn snapshot_root(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    /// Fill this (fresh) data directory from the snapshot directory `snapshot` (kvd
+    /// `--restore`): check it is whole (its SNAPSHOT file) and taken with this shard count,
+    /// check every file against its shard's manifest (size, CRC32C), then copy the files into
+    /// the shard directories. Copies, not links: the restored node's recovery may truncate a
+    /// torn tail or append to its newest segment, which through a link would change the
+    /// snapshot. Refused if any shard directory already holds files. Returns (files, bytes).
+    pub fn restore_snapshot(&self, snapshot: &Path, shards: usize) -> Result<(usize, u64), String> {
+        use crate::shard::snapshot::{shard_part, SNAPSHOT_FILE, SNAPSHOT_HEADER};
+        use crate::storage::logstore::snapshot::verify_manifest;
+        let marker = snapshot.join(SNAPSHOT_FILE);
+        let text = fs::read_to_string(&marker).map_err(|e| {
+            format!(
+                "{}: {e} (not a whole snapshot: the file is written last)",
+                marker.display()
+            )
+        })?;
+        if !text.starts_with(SNAPSHOT_HEADER) {
+            return Err(format!("{}: not a snapshot file", marker.display()));
+        }
+        let taken_with = text
+            .lines()
+            .find_map(|l| l.strip_prefix("shards ")?.parse::<usize>().ok());
+        if taken_with != Some(shards) {
+            return Err(format!(
+                "the snapshot was taken with {} shards; restore it with --shards {0}",
+                taken_with.map_or("?".to_string(), |k| k.to_string())
+            ));
+        }
+        for shard in 0..shards {
+            let dir = self.shard_dir(shard);
+            let used = fs::read_dir(&dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))?
+                .next()
+                .is_some();
+            if used {
+                return Err(format!(
+                    "{} already holds data: --restore needs a fresh data directory",
+                    dir.display()
+                ));
+            }
+        }
+        let mut totals = (0, 0);
+        for shard in 0..shards {
+            let from = shard_part(snapshot, shard);
+            let files = verify_manifest(&crate::storage::vfs::RealVfs, &from)?;
+            let to = self.shard_dir(shard);
+            for f in &files {
+                let (src, dst) = (from.join(&f.name), to.join(&f.name));
+                fs::copy(&src, &dst)
+                    .and_then(|_| File::open(&dst)?.sync_all())
+                    .map_err(|e| format!("copying {}: {e}", src.display()))?;
+                totals.0 += 1;
+                totals.1 += f.size;
+            }
+            File::open(&to)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| format!("{}: {e}", to.display()))?;
+        }
+        Ok(totals)
+    }
 }
 
 #[cfg(test)]

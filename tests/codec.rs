@@ -368,6 +368,16 @@ fn check_request_vector(v: &Vector) {
             token = v.bytes_of("proof");
             Request::PeerAuth { proof: &token }
         }
+        op::SNAPSHOT | op::CLUSTER_ADMIN => {
+            v.only(&["op", "id", "command"]);
+            token = v.bytes_of("command");
+            let command = std::str::from_utf8(&token).expect("UTF-8 command");
+            if opcode == op::SNAPSHOT {
+                Request::Snapshot { command }
+            } else {
+                Request::ClusterAdmin { command }
+            }
+        }
         other => panic!("vector {}: no request check for op 0x{other:02x}", v.name),
     };
     assert_eq!(
@@ -571,6 +581,7 @@ const REQUIRED_VECTORS: &[&str] = &[
     "hello-request",
     "hello-admin-request",
     "admin-refused-reply",
+    "snapshot-request",
     "hello-reply",
     "ping-request",
     "ping-reply",

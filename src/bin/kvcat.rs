@@ -17,6 +17,10 @@
 //! RING PARTITIONS                                -> the header line, then `P owner,owner,...`
 //!                                                   per partition (primary first)
 //! COMPACT                                        -> name=value ... (what the forced pass reclaimed)
+//! SNAPSHOT name [ALL]                            -> `snapshot NAME taken: ...` (ALL: every node,
+//!                                                   each line prefixed `node ID: `)
+//! SNAPSHOT LIST | SNAPSHOTS                      -> `NAME taken_at_ms=T files=F bytes=B` per line
+//! SNAPSHOT DELETE name                           -> `snapshot NAME deleted`
 //! HELP                                           -> the command list
 //! any failure                                    -> ERR <CODE> <message>
 //! ```
@@ -31,7 +35,7 @@ use dkv::protocol::{Consistency, Role, Status};
 use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
 
-const HELP: &str = "commands: PUT key value [ONE|QUORUM|ALL] [ttl=SECONDS] | GET key [ONE|QUORUM|ALL] | DEL key [ONE|QUORUM|ALL] | LGET key | PING | STATS | CLUSTER | CLUSTER LEAVE n|REMOVE n|PLAN|PAUSE|RESUME|THROTTLE MB | TRANSFERS | RING [PARTITIONS] | AAE | COMPACT | HELP   (quote tokens with spaces: \"a b\", bytes as \\xNN)";
+const HELP: &str = "commands: PUT key value [ONE|QUORUM|ALL] [ttl=SECONDS] | GET key [ONE|QUORUM|ALL] | DEL key [ONE|QUORUM|ALL] | LGET key | PING | STATS | CLUSTER | CLUSTER LEAVE n|REMOVE n|PLAN|PAUSE|RESUME|THROTTLE MB | TRANSFERS | RING [PARTITIONS] | AAE | COMPACT | SNAPSHOT name [ALL] | SNAPSHOT LIST | SNAPSHOT DELETE name | HELP   (quote tokens with spaces: \"a b\", bytes as \\xNN)";
 
 /// Split a line into tokens, honouring double quotes and escapes.
 fn tokenize(line: &[u8]) -> Result<Vec<Vec<u8>>, String> {
@@ -151,7 +155,9 @@ fn parse_options(words: &[Vec<u8>], allow_ttl: bool) -> Result<(Consistency, u32
 }
 
 /// Run one command line; returns the lines to print.
-fn run_command(client: &mut Client, tokens: &[Vec<u8>]) -> Vec<String> {
+/// Run one command line on `client`; `token` is what kvcat presents in HELLO, for the
+/// commands that reach other nodes too (SNAPSHOT name ALL).
+fn run_command(client: &mut Client, token: &[u8], tokens: &[Vec<u8>]) -> Vec<String> {
     let Some(cmd) = tokens.first() else {
         return Vec::new();
     };
@@ -240,12 +246,63 @@ fn run_command(client: &mut Client, tokens: &[Vec<u8>]) -> Vec<String> {
                 .join(" "),
             Err(e) => server_err(&e),
         },
+        // Snapshots of the connected node (SNAPSHOT opcode), or of every node of its ring.
+        "SNAPSHOT" | "SNAPSHOTS" => return snapshot_command(client, token, &cmd, args),
         "HELP" => HELP.into(),
         "PUT" | "GET" | "DEL" | "DELETE" | "LGET" | "PING" | "STATS" | "RING" | "AAE"
         | "COMPACT" => usage_err(&format!("wrong arguments for {cmd}; {HELP}")),
         _ => usage_err(&format!("unknown command {cmd:?}; {HELP}")),
     };
     vec![line]
+}
+
+/// `SNAPSHOT name [ALL]`, `SNAPSHOT LIST` (or `SNAPSHOTS`), `SNAPSHOT DELETE name`: one line
+/// per line of the node's answer; with ALL, `node ID: ...` for every node of the ring map.
+fn snapshot_command(client: &mut Client, token: &[u8], cmd: &str, args: &[Vec<u8>]) -> Vec<String> {
+    let words: Vec<String> = args
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
+    let upper: Vec<&str> = upper.iter().map(String::as_str).collect();
+    let command = match (cmd, upper.as_slice()) {
+        ("SNAPSHOTS", []) | ("SNAPSHOT", ["LIST"]) => "LIST".to_string(),
+        ("SNAPSHOT", ["DELETE", _]) => format!("DELETE {}", words[1]),
+        ("SNAPSHOT", [_]) | ("SNAPSHOT", [_, "ALL"]) => format!("TAKE {}", words[0]),
+        _ => {
+            return vec![usage_err(
+                "SNAPSHOT name [ALL] | SNAPSHOT LIST | SNAPSHOT DELETE name",
+            )]
+        }
+    };
+    let lines = |r: Result<String, ClientError>| -> Vec<String> {
+        match r {
+            Ok(t) if t.is_empty() => vec!["(none)".into()],
+            Ok(t) => t.lines().map(str::to_string).collect(),
+            Err(e) => vec![server_err(&e)],
+        }
+    };
+    if upper.len() != 2 || upper[1] != "ALL" {
+        return lines(client.snapshot(&command));
+    }
+    // Every node of the ring, each with its own connection (the same token).
+    let map = match client.ring() {
+        Ok(m) => m,
+        Err(e) => return vec![server_err(&e)],
+    };
+    let mut out = Vec::new();
+    for (id, addr) in &map.addrs {
+        let answer = if addr.is_empty() {
+            lines(client.snapshot(&command))
+        } else {
+            match Client::connect_as(addr.as_str(), Role::Client, 0, token) {
+                Ok(mut c) => lines(c.snapshot(&command)),
+                Err(e) => vec![server_err(&e)],
+            }
+        };
+        out.extend(answer.into_iter().map(|l| format!("node {id}: {l}")));
+    }
+    out
 }
 
 /// Whether `args` is the single word `word` (any case).
@@ -397,7 +454,7 @@ fn main() -> ExitCode {
         let out = match tokenize(&line) {
             Ok(t) if t.is_empty() => continue,
             Ok(t) => {
-                let out = run_command(&mut client, &t);
+                let out = run_command(&mut client, &token, &t);
                 // A broken connection: reconnect once, so the next command has a chance.
                 if out.iter().any(|l| l.starts_with("ERR IO")) {
                     if let Ok(c) = connect() {

@@ -411,6 +411,13 @@ fn cluster_options(o: &mut getopts::Options) {
     );
     o.optopt(
         "",
+        "restore",
+        "before starting, fill the (fresh) --data directory from a snapshot directory taken \
+         by kvcat SNAPSHOT TAKE (DATA/snapshots/NAME), after checking every file's checksum",
+        "PATH",
+    );
+    o.optopt(
+        "",
         "metrics-listen",
         "serve Prometheus metrics at http://ADDR/metrics (off by default), e.g. 127.0.0.1:9401",
         "ADDR",
@@ -877,6 +884,7 @@ fn config(m: &getopts::Matches) -> Result<(ServerConfig, String), String> {
             stream_bytes_per_s: (stream_mb * 1_048_576.0) as u64,
             transfer_limit,
             metrics_listen,
+            snapshot_root: None,
         },
         data,
     ))
@@ -926,6 +934,19 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(snapshot) = m.opt_str("restore") {
+        match datadir.restore_snapshot(Path::new(&snapshot), cfg.shards) {
+            Ok((files, bytes)) => log::info!(
+                "restored snapshot {snapshot} into {data}: {files} files, {bytes} bytes checked"
+            ),
+            Err(e) => {
+                eprintln!("kvd: cannot restore {snapshot}: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let mut cfg = cfg;
+    cfg.snapshot_root = Some(datadir.snapshot_root());
     // Every shard keeps its data on the same disk: the computed reserve covers each.
     let log_cfg = LogConfig {
         stores_sharing_disk: cfg.shards as u32,

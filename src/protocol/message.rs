@@ -110,6 +110,11 @@ pub enum Request<'a> {
         /// The command, e.g. `LEAVE 3`.
         command: &'a str,
     },
+    /// A snapshot command (text).
+    Snapshot {
+        /// The command, e.g. `TAKE nightly`.
+        command: &'a str,
+    },
     /// A peer opcode, decoded by the cluster layer.
     Peer {
         /// The opcode (0x20..=0x3F).
@@ -121,7 +126,7 @@ pub enum Request<'a> {
     },
 }
 
-/// Longest CLUSTER_ADMIN command in bytes.
+/// Longest CLUSTER_ADMIN or SNAPSHOT command in bytes.
 pub const CLUSTER_ADMIN_COMMAND_SIZE_MAX: usize = 256;
 
 /// Why a frame is not a valid request. [`RequestError::status`] gives the reply's status; a
@@ -320,16 +325,21 @@ impl<'a> Request<'a> {
             op::RING => no_flags(f.aux)
                 .and(empty_body(f.op, body))
                 .map(|_| Request::Ring),
-            op::CLUSTER_ADMIN => {
+            op::CLUSTER_ADMIN | op::SNAPSHOT => {
                 no_flags(f.aux)?;
                 if body.is_empty() || body.len() > CLUSTER_ADMIN_COMMAND_SIZE_MAX {
                     return Err(RequestError::BadRequest(format!(
-                        "a CLUSTER_ADMIN command is 1 to {CLUSTER_ADMIN_COMMAND_SIZE_MAX} bytes"
+                        "a {} command is 1 to {CLUSTER_ADMIN_COMMAND_SIZE_MAX} bytes",
+                        op::name(f.op)
                     )));
                 }
                 let command = std::str::from_utf8(body)
                     .map_err(|_| RequestError::BadRequest("the command is not UTF-8".into()))?;
-                Ok(Request::ClusterAdmin { command })
+                Ok(if f.op == op::SNAPSHOT {
+                    Request::Snapshot { command }
+                } else {
+                    Request::ClusterAdmin { command }
+                })
             }
             op::PEER_AUTH => {
                 no_flags(f.aux)?;
@@ -362,17 +372,21 @@ impl<'a> Request<'a> {
             Request::Compact => op::COMPACT,
             Request::Ring => op::RING,
             Request::ClusterAdmin { .. } => op::CLUSTER_ADMIN,
+            Request::Snapshot { .. } => op::SNAPSHOT,
             Request::PeerAuth { .. } => op::PEER_AUTH,
             Request::Peer { op, .. } => *op,
         }
     }
 
     /// Whether this is an admin opcode (protocol.md § 8.2: ANTI_ENTROPY, COMPACT,
-    /// CLUSTER_ADMIN), which only an admin session may send.
+    /// CLUSTER_ADMIN, SNAPSHOT), which only an admin session may send.
     pub fn is_admin(&self) -> bool {
         matches!(
             self,
-            Request::AntiEntropy | Request::Compact | Request::ClusterAdmin { .. }
+            Request::AntiEntropy
+                | Request::Compact
+                | Request::ClusterAdmin { .. }
+                | Request::Snapshot { .. }
         )
     }
 
@@ -448,6 +462,9 @@ impl<'a> Request<'a> {
             Request::LocalGet { key } => put_key_request(out, op::LOCAL_GET, 0, id, key, &[]),
             Request::ClusterAdmin { command } => {
                 frame::put_frame(out, op::CLUSTER_ADMIN, 0, id, &[command.as_bytes()])
+            }
+            Request::Snapshot { command } => {
+                frame::put_frame(out, op::SNAPSHOT, 0, id, &[command.as_bytes()])
             }
             Request::Peer { op, aux, body } => frame::put_frame(out, op, aux, id, &[body]),
             Request::PeerAuth { proof } => {

@@ -86,6 +86,9 @@ pub mod op {
     /// Admin: an operator's cluster command as text (`LEAVE n`, `REMOVE n`, `PLAN`,
     /// `TRANSFERS`, `PAUSE`, `RESUME`, `THROTTLE mb`), answered with text (protocol.md § 11.3).
     pub const CLUSTER_ADMIN: u8 = 0x0D;
+    /// Admin: a snapshot command as text (`TAKE name`, `LIST`, `DELETE name`), answered with
+    /// text (protocol.md § 11.4).
+    pub const SNAPSHOT: u8 = 0x0E;
     /// First opcode of the peer range: only connections that completed a peer HELLO may use it.
     pub const PEER_FIRST: u8 = 0x20;
     /// Last opcode of the peer range.
@@ -107,6 +110,7 @@ pub mod op {
             PEER_AUTH => "PEER_AUTH",
             RING => "RING",
             CLUSTER_ADMIN => "CLUSTER_ADMIN",
+            SNAPSHOT => "SNAPSHOT",
             0 => "CONNECTION",
             PEER_FIRST..=PEER_LAST => "PEER",
             _ => "UNKNOWN",

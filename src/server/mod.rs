@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub transfer_limit: usize,
     /// Where to serve Prometheus metrics (`--metrics-listen`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where SNAPSHOT keeps snapshots (the data directory's), if anywhere.
+    pub snapshot_root: Option<std::path::PathBuf>,
 }
 
 impl ServerConfig {
@@ -146,10 +148,12 @@ pub fn run(cfg: ServerConfig, parts: Vec<ShardParts>, started_at_ms: u64) -> io:
         cfg.sync
     );
 
-    let shared = Arc::new(
-        NodeShared::new(cfg.node_id, cfg.shards, started_at_ms, conn_cap)
-            .with_memory_limits(cfg.memory),
-    );
+    let mut shared = NodeShared::new(cfg.node_id, cfg.shards, started_at_ms, conn_cap)
+        .with_memory_limits(cfg.memory);
+    if let Some(root) = &cfg.snapshot_root {
+        shared = shared.with_snapshot_root(root.clone());
+    }
+    let shared = Arc::new(shared);
     if let Some(addr) = cfg.metrics_listen {
         let bound = crate::metrics::http::spawn(addr, shared.clone(), worker::wall_ms)?;
         log::info!("metrics at http://{bound}/metrics");

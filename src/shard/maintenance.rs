@@ -103,6 +103,7 @@ impl ShardCore {
         }
         self.log_refusals(now_ms, refused);
         self.answer_compacts(now_ms);
+        self.snapshot_tick(now_ms);
         more && (self.store.disk_pressure() || self.store.forcing())
     }
 

@@ -44,6 +44,7 @@ mod execute;
 mod handshake;
 mod mail;
 mod maintenance;
+pub mod snapshot;
 pub mod stats;
 #[cfg(test)]
 mod tests;
@@ -182,6 +183,12 @@ pub struct NodeShared {
     pub stream_bytes_per_s: AtomicU64,
     /// Partition copies a node runs at once (`--transfer-limit`).
     pub transfer_limit: AtomicU64,
+    /// Where SNAPSHOT puts snapshots (`DATA/snapshots`); `None`: the node takes none.
+    pub snapshot_root: Option<std::path::PathBuf>,
+    /// SNAPSHOT TAKE requests (a generation): each shard takes its part when it sees it change.
+    pub snapshot_requests: AtomicU64,
+    /// The generation asked for and the snapshot's directory.
+    pub snapshot_target: Mutex<Option<(u64, std::path::PathBuf)>>,
 }
 
 impl NodeShared {
@@ -207,7 +214,16 @@ impl NodeShared {
             transfer_limit: AtomicU64::new(
                 crate::cluster::antientropy::TRANSFER_LIMIT_DEFAULT as u64,
             ),
+            snapshot_root: None,
+            snapshot_requests: AtomicU64::new(0),
+            snapshot_target: Mutex::new(None),
         }
+    }
+
+    /// The same, keeping snapshots under `root` (kvd: `DATA/snapshots`).
+    pub fn with_snapshot_root(mut self, root: std::path::PathBuf) -> NodeShared {
+        self.snapshot_root = Some(root);
+        self
     }
 
     /// The same with these memory limits (kvd options).
@@ -262,6 +278,8 @@ pub struct ShardCore {
     cluster: Option<Box<cluster::ShardCluster>>,
     /// Disk-pressure and COMPACT state (see [`Compacting`]).
     compacting: Compacting,
+    /// SNAPSHOT state (see [`snapshot::Snapshots`]).
+    snapshots: snapshot::Snapshots,
     /// The durable bound on the versions this shard lets out, covered at the end of every
     /// turn before anything of the turn leaves (`storage/ceiling.rs`).
     ceiling: Box<dyn DurableClock>,
@@ -309,6 +327,7 @@ impl ShardCore {
             scratch: Vec::new(),
             cluster: None,
             compacting: Compacting::default(),
+            snapshots: snapshot::Snapshots::default(),
         }
     }
 
@@ -415,6 +434,9 @@ impl ShardCore {
             Request::Compact => self.compact_request(now_ms, conn, f.id, wbuf),
             Request::ClusterAdmin { command } => {
                 self.cluster_admin_frame(now_ms, conn, &f, command, wbuf)
+            }
+            Request::Snapshot { command } => {
+                self.snapshot_request(now_ms, conn, f.id, command, wbuf)
             }
             Request::Ring => {
                 match self.ring_map() {

@@ -80,6 +80,10 @@ pub struct ShardCounters {
     /// `leaving`, `failed`, `removed`) and whether it leads, refreshed with the cluster
     /// figures: for the metrics, which have no core to ask.
     pub members: Mutex<Vec<MemberFigure>>,
+    /// The newest SNAPSHOT generation this shard has taken its part of.
+    pub snapshot_done: AtomicU64,
+    /// Its result (see [`super::snapshot::ShardSnapshotResult`]).
+    pub snapshot_result: Mutex<Option<super::snapshot::ShardSnapshotResult>>,
 }
 
 /// One node's state for the metrics (see [`ShardCounters::members`]).
@@ -123,6 +127,8 @@ impl Default for ShardCounters {
             segments_reclaimed: AtomicU64::new(0),
             transfers: Mutex::new(String::new()),
             members: Mutex::new(Vec::new()),
+            snapshot_done: AtomicU64::new(0),
+            snapshot_result: Mutex::new(None),
         }
     }
 }

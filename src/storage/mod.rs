@@ -264,6 +264,19 @@ pub trait Store: Send {
         )))
     }
 
+    /// Take a snapshot into the directory `into` (on the store's file system): every record
+    /// written so far, in files that later writes and compactions leave alone, and a manifest
+    /// with their checksums (see [`logstore::snapshot`]). Default: unsupported (an error).
+    fn snapshot(
+        &mut self,
+        _into: &std::path::Path,
+    ) -> Result<Vec<logstore::snapshot::SnapshotFile>, StoreError> {
+        Err(StoreError::Io(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this store keeps nothing on disk to snapshot",
+        )))
+    }
+
     /// List up to `limit` keys (tombstones included) with their record summaries, starting at
     /// `cursor` (0 for the first call), calling `f` for each. Returns the cursor of the next
     /// step, or `None` when every key was listed. Used once at start-up to build the

@@ -57,6 +57,9 @@ pub trait Vfs: Send {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Remove a file.
     fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Give the file `from` a second name `to` (a hard link: the same bytes, which outlive
+    /// the removal of `from`).
+    fn link(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Names of the regular files in `dir`, sorted.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Create `dir` and its parents if missing.
@@ -133,6 +136,10 @@ impl Vfs for RealVfs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)
+    }
+
+    fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::hard_link(from, to)
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
@@ -518,6 +525,17 @@ impl Vfs for MemVfs {
         let id = s.names.remove(from).ok_or(io::ErrorKind::NotFound)?;
         s.names.insert(to.to_path_buf(), id);
         s.collect();
+        Ok(())
+    }
+
+    fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut s = self.lock();
+        s.tick()?;
+        let id = *s.names.get(from).ok_or(io::ErrorKind::NotFound)?;
+        if s.names.contains_key(to) {
+            return Err(io::ErrorKind::AlreadyExists.into());
+        }
+        s.names.insert(to.to_path_buf(), id);
         Ok(())
     }
 

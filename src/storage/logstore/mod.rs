@@ -17,6 +17,7 @@
 //!   space.rs       free-space estimate and write admission against the reserve
 //!   compaction.rs  compaction jobs (Compaction, Output): planning, stepping, install
 //!   scrub.rs       damage at rest: record checks, forgetting damaged keys, the scrub
+//!   snapshot.rs    snapshots: seal, hard-link the segments and hints, a checksummed manifest
 //!   tests.rs       unit tests
 //! ```
 //!
@@ -127,6 +128,7 @@ mod names;
 mod recovery;
 mod scan;
 mod scrub;
+pub mod snapshot;
 mod space;
 mod write;
 
@@ -352,6 +354,13 @@ impl<V: Vfs> LogStore<V> {
 }
 
 impl<V: Vfs> Store for LogStore<V> {
+    fn snapshot(
+        &mut self,
+        into: &std::path::Path,
+    ) -> Result<Vec<snapshot::SnapshotFile>, StoreError> {
+        self.snapshot_into(into)
+    }
+
     fn writes_refused(&self) -> Option<&str> {
         self.refused.as_deref()
     }
