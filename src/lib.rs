@@ -10,7 +10,8 @@
 //! protocol   frames, requests, replies, the ring map: bytes <-> values (pure)
 //! hash       the stable key hash, partitions, shard placement (pure)
 //! histogram  lock-free latency histograms for STATS
-//! metrics    Prometheus text of the same counters, and its small HTTP listener thread
+//! metrics    Prometheus text of the STATS counters
+//! http       the HTTP listener: GET /metrics and the /kv/{key} API (threads, bounded)
 //! version    versions and the hybrid logical clock (pure)
 //! storage    the Store interface and its implementations
 //! cluster    ownership (versioned ring), membership, replication, repair, hints, leader (pure)
@@ -39,6 +40,7 @@ pub mod cluster;
 pub mod datadir;
 pub mod hash;
 pub mod histogram;
+pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;

@@ -419,7 +419,8 @@ fn cluster_options(o: &mut getopts::Options) {
     o.optopt(
         "",
         "metrics-listen",
-        "serve Prometheus metrics at http://ADDR/metrics (off by default), e.g. 127.0.0.1:9401",
+        "serve HTTP on ADDR (off by default), e.g. 127.0.0.1:9401: Prometheus metrics at \
+         /metrics and the key-value API PUT/GET/DELETE /kv/KEY (README, Operating)",
         "ADDR",
     );
     // Clocks (issue 10).

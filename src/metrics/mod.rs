@@ -1,5 +1,5 @@
 //! Prometheus metrics: the node's counters in the text exposition format (version 0.0.4),
-//! served by [`http`] at `GET /metrics` when `kvd --metrics-listen ADDR` is given.
+//! served by [`crate::http`] at `GET /metrics` when `kvd --metrics-listen ADDR` is given.
 //!
 //! The figures are the ones STATS reads (the shards' [`ShardCounters`], the storage and
 //! cluster [`crate::shard::Figures`] each shard publishes, the memory budget), so the two never
@@ -12,8 +12,6 @@
 //! Latency is a real histogram per opcode (`dkv_request_duration_seconds`), its `le` bounds
 //! powers of two of microseconds, which are boundaries of the node's log-linear buckets, so
 //! every count is exact.
-
-pub mod http;
 
 use crate::histogram::Histogram;
 use crate::protocol::{op, Status};

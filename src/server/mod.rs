@@ -155,8 +155,14 @@ pub fn run(cfg: ServerConfig, parts: Vec<ShardParts>, started_at_ms: u64) -> io:
     }
     let shared = Arc::new(shared);
     if let Some(addr) = cfg.metrics_listen {
-        let bound = crate::metrics::http::spawn(addr, shared.clone(), worker::wall_ms)?;
-        log::info!("metrics at http://{bound}/metrics");
+        let bound = crate::http::spawn(
+            addr,
+            local,
+            cfg.client_token.is_some(),
+            shared.clone(),
+            worker::wall_ms,
+        )?;
+        log::info!("HTTP at http://{bound}: /metrics and /kv/KEY");
     }
     let mut polls = Vec::with_capacity(cfg.shards);
     let mut boxes = Vec::with_capacity(cfg.shards);

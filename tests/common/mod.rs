@@ -119,7 +119,7 @@ impl Node {
         self.child = Some(child);
     }
 
-    /// Wait until the node answers PING.
+    /// Wait until the node answers PING (or, having a client token, refuses the HELLO).
     pub fn wait_ready(&mut self) {
         let addr = self.addr.clone();
         wait_for(
@@ -136,8 +136,12 @@ impl Node {
                         self.log()
                     );
                 }
-                let mut c = Client::connect(addr.as_str()).ok()?;
-                c.ping().ok()
+                match Client::connect(addr.as_str()) {
+                    Ok(mut c) => c.ping().ok(),
+                    // A node with a client token refuses the empty one: it is up.
+                    Err(e) if e.status() == Some(dkv::protocol::Status::Unauthorized) => Some(()),
+                    Err(_) => None,
+                }
             },
         );
     }
