@@ -411,6 +411,17 @@ fn cluster_options(o: &mut getopts::Options) {
     );
     o.optopt(
         "",
+        "slow-ms",
+        &format!(
+            "log requests answered later than this (opcode, key length, consistency, where the \
+             time went), at most {} lines a second per shard; 0 = never [default: {}]",
+            dkv::server::slowlog::SLOW_LOG_LINES_PER_S,
+            dkv::server::slowlog::SLOW_MS_DEFAULT
+        ),
+        "MS",
+    );
+    o.optopt(
+        "",
         "restore",
         "before starting, fill the (fresh) --data directory from a snapshot directory taken \
          by kvcat SNAPSHOT TAKE (DATA/snapshots/NAME), after checking every file's checksum",
@@ -759,6 +770,7 @@ fn config(m: &getopts::Matches) -> Result<(ServerConfig, String), String> {
     };
     let (node_id, cluster) = cluster_config(m, &mut listen)?;
     let listen = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], PORT_DEFAULT)));
+    let slow_ms: u64 = parse_num(m, "slow-ms", dkv::server::slowlog::SLOW_MS_DEFAULT)?;
     let metrics_listen: Option<SocketAddr> = match m.opt_str("metrics-listen") {
         None => None,
         Some(s) => Some(s.parse().map_err(|_| {
@@ -886,6 +898,7 @@ fn config(m: &getopts::Matches) -> Result<(ServerConfig, String), String> {
             transfer_limit,
             metrics_listen,
             snapshot_root: None,
+            slow_ms,
         },
         data,
     ))

@@ -23,7 +23,7 @@ pub(super) struct Conn {
     pub(super) in_flight: usize,
     /// Start of the turn that read each deferred request, oldest first (for the latency
     /// histogram; replies from one owner shard come back in order).
-    pub(super) deferred_at: std::collections::VecDeque<Instant>,
+    pub(super) deferred_at: std::collections::VecDeque<super::slowlog::Deferred>,
     /// Send what is buffered, then close.
     pub(super) closing: bool,
     /// The peer closed its sending side: answer what it sent, then close.
@@ -114,13 +114,26 @@ impl Conn {
     }
 }
 
+/// The key length of a key request's body (its first two bytes), 0 for other requests.
+fn key_len_of(opc: u8, body: &[u8]) -> u16 {
+    use crate::protocol::op;
+    match opc {
+        op::GET | op::PUT | op::DELETE | op::LOCAL_GET if body.len() >= 2 => {
+            u16::from_be_bytes([body[0], body[1]])
+        }
+        _ => 0,
+    }
+}
+
 /// Cut and process every whole frame in a connection's read buffer, stopping at its limits.
 /// Returns the number of requests processed and how many of them were answered immediately;
 /// those are also counted by opcode slot in `immediate_by_op` (their latency is the turn's).
+/// `timed`: note when each deferred request's processing began (for the slow log).
 pub(super) fn process_frames(
     core: &mut ShardCore,
     c: &mut Conn,
     immediate_by_op: &mut [u64; LATENCY_OP_SLOTS],
+    timed: bool,
     budget: &MemoryBudget,
     now_ms: u64,
     turn_start: Instant,
@@ -141,6 +154,7 @@ pub(super) fn process_frames(
                 // Decided before the frame is handled: a HELLO may change the session's role.
                 let reserve = c.next_reserve();
                 let slot = latency_slot(f.op);
+                let (opc, aux, key_len) = (f.op, f.aux, key_len_of(f.op, f.body));
                 let after = core.on_frame(now_ms, c.id, &mut c.session, f, &mut c.wbuf);
                 c.rbuf.consume(len);
                 n += 1;
@@ -153,7 +167,16 @@ pub(super) fn process_frames(
                         c.in_flight += 1;
                         c.reserved += reserve;
                         budget.reserve(reserve);
-                        c.deferred_at.push_back(turn_start);
+                        // Read only when the slow log is on, and only for deferred
+                        // requests: the queue time it measures includes this request's own
+                        // processing, a few microseconds.
+                        c.deferred_at.push_back(super::slowlog::Deferred {
+                            turn_start,
+                            started: timed.then(Instant::now),
+                            op: opc,
+                            aux,
+                            key_len,
+                        });
                     }
                     After::Close => {
                         c.closing = true;

@@ -10,6 +10,7 @@ mod conn;
 pub mod mailbox;
 pub mod peers;
 pub mod readbuf;
+pub mod slowlog;
 pub mod steering;
 pub mod system;
 pub mod worker;
@@ -61,6 +62,8 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Where SNAPSHOT keeps snapshots (the data directory's), if anywhere.
     pub snapshot_root: Option<std::path::PathBuf>,
+    /// Requests slower than this are logged (`--slow-ms`; 0: never).
+    pub slow_ms: u64,
 }
 
 impl ServerConfig {
@@ -186,6 +189,7 @@ pub fn run(cfg: ServerConfig, parts: Vec<ShardParts>, started_at_ms: u64) -> io:
             mailboxes: mailboxes.clone(),
             shared: shared.clone(),
             idle_timeout: Duration::from_millis(cfg.idle_timeout_ms),
+            slow_ms: cfg.slow_ms,
             sync: cfg.sync,
         })?;
         let t = std::thread::Builder::new()

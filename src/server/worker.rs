@@ -84,6 +84,10 @@ pub struct Worker {
     turn_start: Instant,
     /// Requests answered immediately in this turn (their latency is the turn's length).
     turn_immediate: u64,
+    /// The slow-request log.
+    slow: super::slowlog::SlowLog,
+    /// How long the last turn's storage flush and sync took.
+    turn_store: Duration,
     /// The same by opcode slot ([`crate::shard::stats::latency_slot`]).
     turn_immediate_by_op: [u64; crate::shard::stats::LATENCY_OP_SLOTS],
     /// Bytes read from connections in the current turn.
@@ -120,6 +124,8 @@ pub struct WorkerParts {
     pub idle_timeout: Duration,
     /// Sync policy (the interval timer lives here).
     pub sync: SyncPolicy,
+    /// Requests slower than this are logged (0: never).
+    pub slow_ms: u64,
 }
 
 impl Worker {
@@ -153,6 +159,8 @@ impl Worker {
             turn_start: Instant::now(),
             turn_immediate: 0,
             turn_immediate_by_op: [0; crate::shard::stats::LATENCY_OP_SLOTS],
+            slow: super::slowlog::SlowLog::new(p.slow_ms),
+            turn_store: Duration::ZERO,
             turn_read_bytes: 0,
             throttled: false,
             throttle_events: 0,
@@ -299,7 +307,10 @@ impl Worker {
     /// Cover the turn's versions with the durable clock ceiling, group commit, then move every
     /// byte the turn produced.
     fn end_turn(&mut self) {
-        if let Err(e) = self.core.finish_turn() {
+        let store_start = Instant::now();
+        let finished = self.core.finish_turn();
+        self.turn_store = store_start.elapsed();
+        if let Err(e) = finished {
             // Nothing of this turn has left the node yet: stop here, loudly, before a restart
             // could reissue the versions it was about to let out.
             log::error!("{e}; stopping the node");
@@ -318,7 +329,12 @@ impl Worker {
             self.own_replies = Vec::new();
         }
         if self.turn_immediate > 0 {
-            let us = self.turn_start.elapsed().as_micros() as u64;
+            let took = self.turn_start.elapsed();
+            if self.slow.is_slow(took) {
+                self.slow
+                    .turn(self.shard, self.turn_immediate, took, self.turn_store);
+            }
+            let us = took.as_micros() as u64;
             let counters = &self.shared.counters[self.shard];
             counters.latency_us.record_n(us, self.turn_immediate);
             for (slot, n) in self.turn_immediate_by_op.iter_mut().enumerate() {
@@ -579,6 +595,7 @@ impl Worker {
             &mut self.core,
             c,
             &mut self.turn_immediate_by_op,
+            self.slow.on(),
             budget,
             now_ms,
             self.turn_start,
@@ -632,6 +649,7 @@ impl Worker {
                         &mut self.core,
                         c,
                         &mut self.turn_immediate_by_op,
+                        self.slow.on(),
                         budget,
                         now_ms,
                         self.turn_start,
@@ -731,8 +749,12 @@ impl Worker {
                     debug_assert!(c.in_flight > 0, "a reply record answers a deferred request");
                     c.in_flight = c.in_flight.saturating_sub(1);
                     c.unreserve(bytes[4], &self.shared.memory);
-                    if let Some(t) = c.deferred_at.pop_front() {
-                        let us = t.elapsed().as_micros() as u64;
+                    if let Some(d) = c.deferred_at.pop_front() {
+                        let took = d.turn_start.elapsed();
+                        if self.slow.is_slow(took) {
+                            self.slow.request(self.shard, &d, took, self.turn_store);
+                        }
+                        let us = took.as_micros() as u64;
                         let counters = &self.shared.counters[self.shard];
                         counters.latency_us.record_n(us, 1);
                         let op = bytes[4] & !crate::protocol::RESPONSE_BIT;
