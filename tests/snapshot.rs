@@ -184,3 +184,49 @@ fn snapshot_then_restore_reads_back_exactly_the_snapshot() {
     assert!(err.contains("CRC32C") && err.contains(".seg"), "{err}");
     node.client().ping().expect("the node still serves");
 }
+
+/// `SNAPSHOT name ALL` through kvcat takes the snapshot on every node of the ring, each in
+/// its own data directory, with the admin token kvcat was given.
+#[test]
+fn snapshot_all_reaches_every_node() {
+    let nodes = common::start_nodes("snapshot-all", &[1, 1, 1], 3, &["--admin-token", "adm"]);
+    common::wait_alive(&nodes[0], 3, &[1, 2, 3], std::time::Duration::from_secs(30));
+    let mut c = nodes[0].client();
+    c.put(b"k", b"v", 0, Consistency::All).expect("PUT");
+    let out = Command::new(env!("CARGO_BIN_EXE_kvcat"))
+        .args(["--token", "adm", &nodes[0].addr])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(b"SNAPSHOT every ALL\n")?;
+            child.wait_with_output()
+        })
+        .expect("kvcat");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for id in 1..=3 {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("node {id}: snapshot every taken"))),
+            "node {id}: {text}"
+        );
+    }
+    for n in &nodes {
+        let marker = n.data.join("snapshots").join("every").join("SNAPSHOT");
+        assert!(marker.exists(), "{}", marker.display());
+    }
+    // Without the token every node refuses.
+    let text = kvcat(&nodes[0].addr, "SNAPSHOT again ALL\n");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("ERR UNAUTHORIZED"))
+            .count(),
+        3,
+        "{text}"
+    );
+}
