@@ -149,12 +149,19 @@ fn a_mapped_segment_cut_short_or_damaged_under_a_running_node_loses_only_its_key
             .1,
         b"again"
     );
-    let stats = c.stats().unwrap();
-    assert!(
-        stats
-            .lines()
-            .any(|l| l.starts_with("storage_corrupt_records ") && l != "storage_corrupt_records 0"),
-        "{stats}"
+    // The storage figures are published on the shard's maintenance ticks: poll.
+    common::wait_for(
+        std::time::Duration::from_secs(10),
+        "STATS to count the corrupt records",
+        || {
+            let stats = c.stats().ok()?;
+            stats
+                .lines()
+                .any(|l| {
+                    l.starts_with("storage_corrupt_records ") && l != "storage_corrupt_records 0"
+                })
+                .then_some(())
+        },
     );
     drop(c);
     assert!(node.terminate().success());
