@@ -60,6 +60,7 @@ use std::collections::VecDeque;
 
 mod operator;
 mod ring;
+mod ringvote;
 mod stats;
 #[cfg(test)]
 mod tests;
@@ -646,7 +647,7 @@ impl<C> ClusterNode<C> {
         f: &FrameRef<'_>,
     ) {
         if ringpeer::is_ring_op(f.op & !crate::protocol::RESPONSE_BIT) {
-            self.on_ring_reply(store, from, f);
+            self.on_ring_reply(now_ms, store, from, f);
             self.drain(now_ms, store);
             return;
         }
