@@ -304,7 +304,9 @@ impl World {
             .filter_map(|c| c.cluster_node())
             .map(|c| c.ring_state().clone())
             .collect();
-        for s in held {
+        // (Version 0 is a joining node's provisional state, built from its RING map: never
+        // decided, never shared.)
+        for s in held.into_iter().filter(|s| s.version() > 0) {
             let first = self.elastic.history.entry(s.version()).or_insert(s.clone());
             if !Arc::ptr_eq(first, &s)
                 && **first != *s
