@@ -20,7 +20,7 @@
 
 use crate::cluster::hintfile::FileHintLog;
 use crate::cluster::hints::HintQueue;
-use crate::cluster::ringfile::{RingFile, RingStore};
+use crate::cluster::ringfile::{KeptRing, RingFile, RingStore};
 use crate::cluster::ringpeer::ChangeRequest;
 use crate::cluster::ringstate::RingState;
 use crate::cluster::{ClusterConfig, MEMBERSHIP_SHARD};
@@ -69,7 +69,7 @@ pub struct ShardParts {
     pub hints: Option<HintQueue>,
     /// On the membership shard of a cluster member: where the node's ring state is kept, and
     /// the state read back from it.
-    pub ring: Option<(Box<dyn RingStore>, Option<RingState>)>,
+    pub ring: Option<(Box<dyn RingStore>, Option<KeptRing>)>,
 }
 
 /// Why a shard's parts could not be opened, naming the part.
@@ -179,7 +179,9 @@ pub fn assemble_node(
     );
     let mut parts = parts;
     let mut ring_file = parts.get_mut(MEMBERSHIP_SHARD).and_then(|p| p.ring.take());
-    let kept: Option<RingState> = ring_file.as_ref().and_then(|(_, k)| k.clone());
+    let kept: Option<RingState> = ring_file
+        .as_ref()
+        .and_then(|(_, k)| k.as_ref().map(|k| k.committed.clone()));
     parts
         .into_iter()
         .enumerate()

@@ -1344,6 +1344,8 @@ const PEER_OPS: &[(&str, u8)] = &[
     ("AE_STATUS", ae_op::STATUS),
     ("RING_PULL", ring_op::PULL),
     ("RING_CHANGE", ring_op::CHANGE),
+    ("RING_VOTE", ring_op::VOTE),
+    ("RING_ACCEPT", ring_op::ACCEPT),
 ];
 
 fn peer_op_named(name: &str) -> u8 {
@@ -1569,6 +1571,61 @@ fn check_peer_vector(v: &Vector) {
             ringpeer::put_change_ok(&mut out, id, v.int("version"), &msg);
             let got = ringpeer::decode_change_ok(f.body);
             assert_eq!(got, Ok((v.int("version"), msg)), "{}", v.name);
+        }
+        ("peer-request", ring_op::VOTE) => {
+            v.only(&[
+                "op",
+                "id",
+                "term",
+                "candidate",
+                "acc-term",
+                "acc-proposer",
+                "acc-version",
+            ]);
+            let req = ringpeer::VoteRequest {
+                term: v.int("term"),
+                candidate: v.int("candidate") as u32,
+                accepted: (
+                    v.int("acc-term"),
+                    v.int("acc-proposer") as u32,
+                    v.int("acc-version"),
+                ),
+            };
+            ringpeer::put_vote(&mut out, id, &req);
+            assert_eq!(ringpeer::decode_vote(f.body), Ok(req), "{}", v.name);
+        }
+        ("peer-reply", ring_op::VOTE) => {
+            v.only(&["op", "status", "id", "granted", "term", "node"]);
+            let a = ringpeer::BallotAnswer {
+                ok: v.int("granted") == 1,
+                promised: (v.int("term"), v.int("node") as u32),
+            };
+            ringpeer::put_ballot_answer(&mut out, ring_op::VOTE, id, &a, &[]);
+            let got = ringpeer::decode_ballot_answer(f.body).expect("decodes");
+            assert_eq!(got, (a, &[][..]), "{}", v.name);
+        }
+        ("peer-request", ring_op::ACCEPT) => {
+            v.only(&["op", "id", "node", "addr", "replicas", "term", "proposer"]);
+            let addr = String::from_utf8(v.bytes_of("addr")).expect("UTF-8");
+            let s = dkv::cluster::ringstate::RingState::initial(
+                &[(v.int("node") as u32, addr)],
+                v.int("replicas") as usize,
+            )
+            .expect("a valid ring")
+            .with_ballot(v.int("term"), v.int("proposer") as u32);
+            dkv::protocol::frame::put_frame(&mut out, ring_op::ACCEPT, 0, id, &[&s.to_bytes()]);
+            let got = dkv::cluster::ringstate::RingState::decode(f.body);
+            assert_eq!(got, Ok(s), "{}", v.name);
+        }
+        ("peer-reply", ring_op::ACCEPT) => {
+            v.only(&["op", "status", "id", "accepted", "term", "node"]);
+            let a = ringpeer::BallotAnswer {
+                ok: v.int("accepted") == 1,
+                promised: (v.int("term"), v.int("node") as u32),
+            };
+            ringpeer::put_ballot_answer(&mut out, ring_op::ACCEPT, id, &a, &[]);
+            let got = ringpeer::decode_ballot_answer(f.body).expect("decodes");
+            assert_eq!(got, (a, &[][..]), "{}", v.name);
         }
         (k, o) => panic!("vector {}: no check for {k} op 0x{o:02x}", v.name),
     }

@@ -304,3 +304,18 @@ fn mutation_no_pending_writes_is_caught() {
         "seed {seed}: {checkers:?}"
     );
 }
+
+/// Issue 12: a leader's ring state takes effect without a majority's acceptance: two nodes
+/// that each believe they lead make different states at one version, and nodes act on both.
+#[test]
+fn mutation_no_majority_commit_is_caught() {
+    let opts = Options {
+        mutation: Mutation::NoMajorityCommit,
+        ..Options::default()
+    };
+    let (seed, checkers) = first_failure(&opts, 200).expect("caught within 200 seeds");
+    assert!(
+        checkers.iter().any(|c| ["history", "ring"].contains(c)),
+        "seed {seed}: {checkers:?}"
+    );
+}

@@ -166,6 +166,10 @@ pub struct Mutations {
     /// Writes go to a partition's current owners only, not to its pending owners while it
     /// moves (node/mod.rs, `write`).
     pub no_pending_writes: bool,
+    /// A leader's ring state takes effect at once, without a majority's acceptance (and a
+    /// leader leads without a majority's promises): two leaders may make different states
+    /// at one version (node/ringvote.rs).
+    pub no_majority_commit: bool,
 }
 
 /// Parse a node list `1=127.0.0.1:7001,2=127.0.0.1:7002`. Whitespace around entries is

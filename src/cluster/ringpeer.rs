@@ -28,7 +28,19 @@
 //!        6 pause    7 resume
 //!   unused fields are 0 (addr len 0)
 //!  RING_CHANGE reply   | version u64 | message (UTF-8) |
+//!
+//!  RING_VOTE request   | term u64 | candidate u32 | accepted: term u64 | proposer u32 |
+//!                      | version u64 |   (the ballot asked for; the rank of the state the
+//!                                         candidate accepted last)
+//!  RING_VOTE reply     | granted u8 | promised term u64 | promised node u32 | the voter's
+//!                      accepted ring state, when it ranks above the candidate's (else none) |
+//!  RING_ACCEPT request | ring state encoding (its ballot is the leader's) |
+//!  RING_ACCEPT reply   | accepted u8 | promised term u64 | promised node u32 |
 //! ```
+//!
+//! * **RING_VOTE** (0x32) and **RING_ACCEPT** (0x33): the ring's consensus
+//!   (`cluster/node/ringvote.rs`). A leader is confirmed by a majority's promises for its
+//!   ballot, and a state it proposes takes effect once a majority accepted it.
 
 use super::peer::PeerError;
 use crate::protocol::{frame, Status};
@@ -40,11 +52,103 @@ pub mod ring_op {
     pub const PULL: u8 = 0x30;
     /// Ask the leader for a change.
     pub const CHANGE: u8 = 0x31;
+    /// Ask a member's promise for a ballot (a leader's election).
+    pub const VOTE: u8 = 0x32;
+    /// Ask a member to accept a proposed ring state.
+    pub const ACCEPT: u8 = 0x33;
 }
 
 /// Whether `op` is one of this module's opcodes.
 pub fn is_ring_op(op: u8) -> bool {
-    op == ring_op::PULL || op == ring_op::CHANGE
+    (ring_op::PULL..=ring_op::ACCEPT).contains(&op)
+}
+
+/// A RING_VOTE request: the ballot `(term, candidate)` and the rank (term, proposer,
+/// version) of the state the candidate accepted last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VoteRequest {
+    /// The ballot's term.
+    pub term: u64,
+    /// The ballot's node: the candidate.
+    pub candidate: u32,
+    /// The candidate's accepted state's rank.
+    pub accepted: (u64, u32, u64),
+}
+
+/// A RING_VOTE or RING_ACCEPT answer: whether granted (accepted), and the voter's promised
+/// ballot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BallotAnswer {
+    /// Granted or accepted.
+    pub ok: bool,
+    /// The highest ballot the voter promised: (term, node).
+    pub promised: (u64, u32),
+}
+
+/// Append a RING_VOTE request.
+pub fn put_vote(out: &mut Vec<u8>, id: u32, v: &VoteRequest) {
+    let (t, p, ver) = v.accepted;
+    frame::put_frame(
+        out,
+        ring_op::VOTE,
+        0,
+        id,
+        &[
+            &v.term.to_be_bytes(),
+            &v.candidate.to_be_bytes(),
+            &t.to_be_bytes(),
+            &p.to_be_bytes(),
+            &ver.to_be_bytes(),
+        ],
+    );
+}
+
+/// Decode a RING_VOTE request body.
+pub fn decode_vote(body: &[u8]) -> Result<VoteRequest, PeerError> {
+    if body.len() != 32 {
+        return Err(malformed("RING_VOTE body is not 32 bytes"));
+    }
+    Ok(VoteRequest {
+        term: BigEndian::read_u64(&body[..8]),
+        candidate: BigEndian::read_u32(&body[8..12]),
+        accepted: (
+            BigEndian::read_u64(&body[12..20]),
+            BigEndian::read_u32(&body[20..24]),
+            BigEndian::read_u64(&body[24..32]),
+        ),
+    })
+}
+
+/// Append the OK reply to a RING_VOTE or RING_ACCEPT (`op`): the answer, then `extra` (the
+/// voter's accepted state encoding, or nothing).
+pub fn put_ballot_answer(out: &mut Vec<u8>, op: u8, id: u32, a: &BallotAnswer, extra: &[u8]) {
+    crate::protocol::message::put_reply(
+        out,
+        op,
+        Status::Ok,
+        id,
+        &[
+            &[u8::from(a.ok)],
+            &a.promised.0.to_be_bytes(),
+            &a.promised.1.to_be_bytes(),
+            extra,
+        ],
+    );
+}
+
+/// Decode a RING_VOTE or RING_ACCEPT OK reply body: the answer and what follows it.
+pub fn decode_ballot_answer(body: &[u8]) -> Result<(BallotAnswer, &[u8]), PeerError> {
+    if body.len() < 13 || body[0] > 1 {
+        return Err(malformed("ballot answer shorter than 13 bytes or not 0/1"));
+    }
+    let a = BallotAnswer {
+        ok: body[0] == 1,
+        promised: (
+            BigEndian::read_u64(&body[1..9]),
+            BigEndian::read_u32(&body[9..13]),
+        ),
+    };
+    Ok((a, &body[13..]))
 }
 
 /// A change asked of the leader.
@@ -218,6 +322,28 @@ pub fn decode_change_ok(body: &[u8]) -> Result<(u64, String), PeerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn votes_and_answers_round_trip() {
+        let v = VoteRequest {
+            term: 7,
+            candidate: 2,
+            accepted: (6, 1, 40),
+        };
+        let mut out = Vec::new();
+        put_vote(&mut out, 9, &v);
+        assert_eq!(decode_vote(&out[10..]), Ok(v));
+        assert!(decode_vote(&out[10..30]).is_err());
+        let a = BallotAnswer {
+            ok: true,
+            promised: (7, 2),
+        };
+        let mut out = Vec::new();
+        put_ballot_answer(&mut out, ring_op::ACCEPT, 9, &a, b"xy");
+        let (got, rest) = decode_ballot_answer(&out[10..]).unwrap();
+        assert_eq!((got, rest), (a, &b"xy"[..]));
+        assert!(decode_ballot_answer(&[2; 13]).is_err());
+    }
 
     #[test]
     fn change_requests_round_trip() {

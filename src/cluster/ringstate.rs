@@ -18,9 +18,11 @@
 //!
 //! Only the leader makes a new value ([`RingState::admit`], [`RingState::leave`],
 //! [`RingState::remove`], [`RingState::replace`], [`RingState::complete`],
-//! [`RingState::set_paused`]), each one version up; gossip spreads it (a node that hears of a
-//! higher version pulls it), every node persists it, and a node adopts a value only if its
-//! version is higher than the one it holds. One change runs at a time: a new one is refused
+//! [`RingState::set_paused`]), each one version up, and it takes effect only once a majority
+//! of the members accepted it (**one history**: see `cluster/node/ringvote.rs`, where each
+//! state carries the *ballot* — leader term and id — it was proposed with); gossip spreads
+//! it (a node that hears of a higher version pulls it), every node persists it, and a node
+//! adopts a committed value only if its version is higher than the one it holds. One change runs at a time: a new one is refused
 //! while `target` is set (the plan of a change is made against a settled ring, so two plans
 //! never compete for the same partitions).
 //!
@@ -35,7 +37,7 @@
 //!  0        1        2        4              12             20       21         25
 //!  +--------+--------+--------+--------------+--------------+--------+----------+----------+
 //!  | format | flags  | 0 u16  | version u64  | since u64    | change | change a | change b |
-//!  | u8 = 1 | bit0:  |        |              | (version the | kind u8| u32      | u32      |
+//!  | u8 = 2 | bit0:  |        |              | (version the | kind u8| u32      | u32      |
 //!  |        | paused |        |              | change began)|        |          |          |
 //!  |        | bit1:  |        |              |              |        |          |          |
 //!  |        | settled|        |              |              |        |          |          |
@@ -52,6 +54,9 @@
 //!  | leaver's partitions: PARTITION_COUNT bits (32 bytes), bit p of    |
 //!  | byte p / 8 = p % 8; only while the change is a leave              |
 //!  +-------------------------------------------------------------------+
+//!  +--------------+--------------+
+//!  | term u64     | proposer u32 |  the ballot (format 2; format 1, still read, has none:
+//!  +--------------+--------------+  term 0, proposer 0)
 //!   change kind: 0 none, 1 join (a = node), 2 leave (a), 3 remove (a), 4 replace (a = old,
 //!   b = new); unused fields 0. status: 1 joining, 2 up, 3 leaving, 4 removed.
 //! ```
@@ -71,7 +76,7 @@ use crate::limits::{CLUSTER_NODES_MAX, PARTITION_COUNT};
 use byteorder::{BigEndian, ByteOrder};
 
 /// The format byte of the encoding this build writes and reads.
-pub const RING_STATE_FORMAT: u8 = 1;
+pub const RING_STATE_FORMAT: u8 = 2;
 
 /// Bytes before the member list.
 const HEADER_SIZE: usize = 31;
@@ -229,8 +234,10 @@ impl From<OwnershipError> for RingChangeError {
     }
 }
 
-/// The cluster's membership and ownership, with a version.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The cluster's membership and ownership, with a version. Two states are equal when
+/// their content is: the ballot only records how one was accepted (a new leader proposes a
+/// state it found accepted again under its own ballot; it is the same decision).
+#[derive(Clone, Debug, Eq)]
 pub struct RingState {
     version: u64,
     paused: bool,
@@ -246,6 +253,28 @@ pub struct RingState {
     /// While the change is a leave: the partitions the leaving node owned when it began,
     /// [`LEAVER_BITS_SIZE`] bytes of bits (module doc).
     leaver_bits: Option<Vec<u8>>,
+    /// The ballot the leader proposed this state with: its term and its id (module doc
+    /// "One history"; 0 and 0 for a configured first ring).
+    term: u64,
+    proposer: u32,
+}
+
+impl PartialEq for RingState {
+    fn eq(&self, o: &RingState) -> bool {
+        (
+            self.version,
+            self.paused,
+            self.settled,
+            self.since,
+            self.change,
+        ) == (o.version, o.paused, o.settled, o.since, o.change)
+            && (
+                &self.members,
+                &self.current,
+                &self.target,
+                &self.leaver_bits,
+            ) == (&o.members, &o.current, &o.target, &o.leaver_bits)
+    }
 }
 
 /// Bytes of the leaver's partitions bitmap.
@@ -276,6 +305,8 @@ impl RingState {
             current,
             target: None,
             leaver_bits: None,
+            term: 0,
+            proposer: 0,
         })
     }
 
@@ -303,6 +334,8 @@ impl RingState {
             current: current.with_version(0),
             target: None,
             leaver_bits: None,
+            term: 0,
+            proposer: 0,
         }
     }
 
@@ -425,6 +458,24 @@ impl RingState {
     /// Partitions still to flip, ascending.
     pub fn moving_partitions(&self) -> Vec<usize> {
         (0..PARTITION_COUNT).filter(|&p| self.moving(p)).collect()
+    }
+
+    /// The ballot this state was proposed with: (term, proposer).
+    pub fn ballot(&self) -> (u64, u32) {
+        (self.term, self.proposer)
+    }
+
+    /// How states compare for the ring's consensus: by ballot, then version (module doc).
+    pub fn rank(&self) -> (u64, u32, u64) {
+        (self.term, self.proposer, self.version)
+    }
+
+    /// This state proposed with ballot `(term, proposer)` (the same version and content).
+    pub fn with_ballot(&self, term: u64, proposer: u32) -> RingState {
+        let mut s = self.clone();
+        s.term = term;
+        s.proposer = proposer;
+        s
     }
 
     fn next(&self) -> RingState {
@@ -694,6 +745,8 @@ impl RingState {
                 }
             }
         }
+        out.extend_from_slice(&self.term.to_be_bytes());
+        out.extend_from_slice(&self.proposer.to_be_bytes());
     }
 
     /// The encoding as a new buffer.
@@ -708,9 +761,10 @@ impl RingState {
         if bytes.len() < HEADER_SIZE {
             return Err(format!("{} bytes, shorter than its header", bytes.len()));
         }
-        if bytes[0] != RING_STATE_FORMAT {
+        // Format 1 (no ballot) is still read: a RING file written before ballots.
+        if bytes[0] != RING_STATE_FORMAT && bytes[0] != 1 {
             return Err(format!(
-                "format {} (this build reads {RING_STATE_FORMAT})",
+                "format {} (this build reads 1 and {RING_STATE_FORMAT})",
                 bytes[0]
             ));
         }
@@ -789,6 +843,13 @@ impl RingState {
             }
             _ => None,
         };
+        let (term, proposer) = if bytes[0] == 1 {
+            (0, 0)
+        } else {
+            let b = bytes.get(at..at + 12).ok_or("the ballot is missing")?;
+            at += 12;
+            (BigEndian::read_u64(&b[..8]), BigEndian::read_u32(&b[8..]))
+        };
         if at != bytes.len() {
             return Err(format!("{} bytes after the ring state", bytes.len() - at));
         }
@@ -805,6 +866,8 @@ impl RingState {
             current,
             target,
             leaver_bits,
+            term,
+            proposer,
         };
         // Every owner must be a listed, non-removed member.
         for o in std::iter::once(&s.current).chain(s.target.as_ref()) {

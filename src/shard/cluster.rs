@@ -135,7 +135,7 @@ impl ShardCore {
     pub fn set_ring_store(
         &mut self,
         ring_store: Box<dyn crate::cluster::ringfile::RingStore>,
-        kept: Option<crate::cluster::ringstate::RingState>,
+        kept: Option<crate::cluster::ringfile::KeptRing>,
     ) {
         if let Some(c) = self.cluster.as_mut() {
             c.node.set_ring_store(self.store.as_mut(), ring_store, kept);

@@ -27,6 +27,9 @@
 //!
 //! **Checkers.** While the run goes, at every flip seen:
 //!
+//! * `history`: at each ring version, every node holds the same state (one history of
+//!   ring states; two leaders making different states at one version is caught here at
+//!   once, before the nodes act on them apart).
 //! * `flip`: the new owners of a flipped partition hold each acknowledged (covered) PUT of
 //!   its keys at least as often as the PUT's level asked (see [`World::check_flip`]): a flip
 //!   before the copy, or writes that skip the pending owners, leave them short.
@@ -131,6 +134,11 @@ pub(super) struct Elastic {
     sent: u64,
     /// The newest ring state any node held.
     pub newest: Option<Arc<RingState>>,
+    /// `history`: the first ring state seen at each version (one history: no node may act
+    /// on another state of a version, see cluster/node/ringvote.rs).
+    pub history: std::collections::BTreeMap<u64, Arc<RingState>>,
+    /// Versions `history` reported (once each).
+    pub history_bad: std::collections::BTreeSet<u64>,
     /// `transfer_bytes` of the lives that ended (crashes).
     pub moved_dead: u64,
     /// The minimum bytes of the flips seen (module doc), and the partition copies flipped.
@@ -287,6 +295,31 @@ impl World {
     /// widens the keys' replica sets, counts the flips and the bytes they moved.
     pub(super) fn observe_ring(&mut self, id: u32) {
         let newest = self.elastic.newest.clone();
+        let Some(run) = &self.node(id).up else {
+            return;
+        };
+        let held: Vec<Arc<RingState>> = run
+            .cores
+            .iter()
+            .filter_map(|c| c.cluster_node())
+            .map(|c| c.ring_state().clone())
+            .collect();
+        // (Version 0 is a joining node's provisional state, built from its RING map: never
+        // decided, never shared.)
+        for s in held.into_iter().filter(|s| s.version() > 0) {
+            let first = self.elastic.history.entry(s.version()).or_insert(s.clone());
+            if !Arc::ptr_eq(first, &s)
+                && **first != *s
+                && self.elastic.history_bad.insert(s.version())
+            {
+                let d = format!(
+                    "n{id} acts on another state of ring version {}",
+                    s.version()
+                );
+                trace!(self.trace, "history: {d}");
+                self.hist.report("history", None, d);
+            }
+        }
         let Some(run) = &self.node(id).up else {
             return;
         };

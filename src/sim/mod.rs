@@ -17,7 +17,7 @@
 //!              clients PUT / GET / DELETE frames, random consistency, coordinator and shard
 //!        ──▶ History + checkers                                      check.rs
 //!              (phantom-read, stale-read, version-order, write-order, clock-bound, ttl,
-//!               convergence, lost-write, unanswered; flip, ring, placement, moved-bytes
+//!               convergence, lost-write, unanswered; history, flip, ring, placement, moved-bytes
 //!               in elastic.rs)
 //!        ──▶ Trace: every event as a line, FNV-hashed                trace.rs
 //!

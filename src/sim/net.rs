@@ -98,6 +98,8 @@ impl World {
             ae_op::STATUS => "AE_STATUS",
             ring_op::PULL => "RING_PULL",
             ring_op::CHANGE => "RING_CHANGE",
+            ring_op::VOTE => "RING_VOTE",
+            ring_op::ACCEPT => "RING_ACCEPT",
             _ => "OP?",
         };
         if reply {

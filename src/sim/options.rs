@@ -52,11 +52,14 @@ pub enum Mutation {
     /// While a partition moves, writes reach its current owners only, not the pending ones
     /// (issue 12).
     NoPendingWrites,
+    /// A leader's ring state takes effect without a majority's acceptance (one history of
+    /// ring states, node/ringvote.rs).
+    NoMajorityCommit,
 }
 
 impl Mutation {
     /// Every mutation's command-line name.
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 10] = [
         "skip-read-repair",
         "ack-before-sync",
         "no-tombstone-version",
@@ -66,6 +69,7 @@ impl Mutation {
         "drop-view",
         "flip-before-copy",
         "no-pending-writes",
+        "no-majority-commit",
     ];
 
     /// Parse a `--mutation` name.
@@ -81,6 +85,7 @@ impl Mutation {
             "drop-view" => Ok(Mutation::DropView),
             "flip-before-copy" => Ok(Mutation::FlipBeforeCopy),
             "no-pending-writes" => Ok(Mutation::NoPendingWrites),
+            "no-majority-commit" => Ok(Mutation::NoMajorityCommit),
             _ => Err(format!(
                 "unknown mutation {s:?}: expected one of none, {}",
                 Mutation::NAMES.join(", ")
@@ -101,6 +106,7 @@ impl Mutation {
             Mutation::DropView => "drop-view",
             Mutation::FlipBeforeCopy => "flip-before-copy",
             Mutation::NoPendingWrites => "no-pending-writes",
+            Mutation::NoMajorityCommit => "no-majority-commit",
         }
     }
 }
@@ -354,7 +360,7 @@ impl Params {
         };
         let elastic_mutation = matches!(
             opts.mutation,
-            Mutation::FlipBeforeCopy | Mutation::NoPendingWrites
+            Mutation::FlipBeforeCopy | Mutation::NoPendingWrites | Mutation::NoMajorityCommit
         );
         let membership_weight = match opts.membership {
             Some(false) => 0,

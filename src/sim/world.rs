@@ -229,6 +229,7 @@ impl World {
             no_peer_routing: p.mutation == Mutation::NoPeerRouting,
             flip_before_copy: p.mutation == Mutation::FlipBeforeCopy,
             no_pending_writes: p.mutation == Mutation::NoPendingWrites,
+            no_majority_commit: p.mutation == Mutation::NoMajorityCommit,
         };
         config.validate().expect("drawn parameters are in range");
         let ids: Vec<u32> = (1..=p.nodes).collect();

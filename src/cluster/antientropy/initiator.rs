@@ -360,9 +360,20 @@ impl AntiEntropy {
                         .is_some_and(|e| e.version.saturating_add(1) == r.version && !e.tombstone)
             })
             .count();
+        let refused_before = self.index.stats.refused_ahead;
         let n = self
             .apply_records(store, &recs, trusted)
             .map_err(|e| bad(format!("storage: {e}")))?;
+        if x.transfer && self.index.stats.refused_ahead > refused_before {
+            // A move's copy is whole only if every record the source sent is held here: a
+            // record refused as ahead of this node's clock (which may be the wrong one) is
+            // not, and a copy reported without it would flip the partition to an owner
+            // missing acknowledged writes (kvsim seed 768: N = 1, this node measured its
+            // clock against a far one). The copy fails and is retried.
+            return Err(bad(format!(
+                "partition {p}: a record ahead of this node's clock was refused: copy not whole"
+            )));
+        }
         // A pulled record older than what the store holds (a tombstone swept from our tree,
         // say): push ours back, newest wins on both sides.
         for rec in &recs {

@@ -60,6 +60,7 @@ use std::collections::VecDeque;
 
 mod operator;
 mod ring;
+mod ringvote;
 mod stats;
 #[cfg(test)]
 mod tests;
@@ -646,7 +647,7 @@ impl<C> ClusterNode<C> {
         f: &FrameRef<'_>,
     ) {
         if ringpeer::is_ring_op(f.op & !crate::protocol::RESPONSE_BIT) {
-            self.on_ring_reply(store, from, f);
+            self.on_ring_reply(now_ms, store, from, f);
             self.drain(now_ms, store);
             return;
         }
@@ -903,9 +904,21 @@ impl<C> ClusterNode<C> {
                     self.outputs.push_back(Output::Reply { ctx, outcome })
                 }
                 Action::ApplyLocal { id, write } => {
-                    let ack = match store.apply(write.as_write()) {
-                        Ok(a) => WriteAck::Done(a),
-                        Err(e) => WriteAck::Refused(e.to_string()),
+                    // The replica set was chosen by the ring when the request began: a ring
+                    // adopted since may have taken the partition from this node, and its
+                    // forget pass may be over (an orphan copy nothing would drop: kvsim seed
+                    // 1608). Refused as a peer's REPLICATE would be (`refuse_unheld`).
+                    let p = crate::hash::partition_of(&write.key);
+                    let ack = if !self.ring.holds(me, p) {
+                        WriteAck::Refused(format!(
+                            "node {me} does not hold partition {p} (ring version {})",
+                            self.ring.version()
+                        ))
+                    } else {
+                        match store.apply(write.as_write()) {
+                            Ok(a) => WriteAck::Done(a),
+                            Err(e) => WriteAck::Refused(e.to_string()),
+                        }
                     };
                     self.coordinator.on_write_ack(now_ms, me, id, ack);
                 }
@@ -916,6 +929,10 @@ impl<C> ClusterNode<C> {
                 }
                 Action::Repair { to, write } => {
                     if to == me {
+                        // (Not a partition this node no longer holds: see ApplyLocal.)
+                        if !self.ring.holds(me, crate::hash::partition_of(&write.key)) {
+                            continue;
+                        }
                         if write.version.physical_ms() > limit_ms {
                             self.replica_stats.refused_ahead += 1;
                             continue;

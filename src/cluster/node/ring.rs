@@ -26,7 +26,7 @@ use super::{ClusterNode, Output};
 use crate::cluster::coordinator::Outcome;
 use crate::cluster::peer::PeerError;
 use crate::cluster::ring::Ring;
-use crate::cluster::ringfile::{NoRingFile, RingStore};
+use crate::cluster::ringfile::{KeptRing, NoRingFile, RingStore};
 use crate::cluster::ringpeer::{self, ring_op, ChangeRequest};
 use crate::cluster::ringstate::{Change, MemberStatus, RingChangeError, RingState};
 use crate::hash::partition_of;
@@ -58,14 +58,14 @@ pub const RING_CHANGE_TIMEOUT_MS: u64 = 5_000;
 /// Whether a time `at` set at most `span` ahead of the clock then has come at `now_ms`: it
 /// has, or the clock stepped back since (`at` is further ahead than it was ever set), as a
 /// node minutes off has its clock set right: else its ring chores would wait for minutes.
-fn due(now_ms: u64, at: u64, span: u64) -> bool {
+pub(super) fn due(now_ms: u64, at: u64, span: u64) -> bool {
     now_ms >= at || at > now_ms.saturating_add(span)
 }
 
 /// The elastic ring state of one core.
 pub(super) struct Elastic<C> {
     /// Where the membership core saves every ring state it adopts.
-    store: Box<dyn RingStore>,
+    pub(super) store: Box<dyn RingStore>,
     /// A RING_PULL in flight: (id, deadline).
     pull: Option<(u32, u64)>,
     next_pull_ms: u64,
@@ -105,6 +105,8 @@ pub(super) struct Elastic<C> {
     unsynced: Vec<(u16, u64)>,
     /// When `ring_tick` last ran (the next forget step is due soon after).
     last_tick_ms: u64,
+    /// The ring's consensus (membership core; `ringvote.rs`).
+    pub(super) consensus: super::ringvote::Consensus,
 }
 
 impl<C> Elastic<C> {
@@ -133,10 +135,11 @@ impl<C> Elastic<C> {
             forget_again: false,
             unsynced: Vec::new(),
             last_tick_ms: 0,
+            consensus: Default::default(),
         }
     }
 
-    fn alloc_id(&mut self) -> u32 {
+    pub(super) fn alloc_id(&mut self) -> u32 {
         let id = self.next_id;
         self.next_id = if id >= 0x7FFF_FFFE { 1 } else { id + 1 };
         id
@@ -151,11 +154,12 @@ impl<C> ClusterNode<C> {
         &mut self,
         store: &mut dyn Store,
         ring_store: Box<dyn RingStore>,
-        kept: Option<RingState>,
+        kept: Option<KeptRing>,
     ) {
         self.elastic.store = ring_store;
-        if let Some(s) = kept {
-            self.install_ring(store, Arc::new(s), false);
+        if let Some(k) = kept {
+            self.restore_consensus(k.promised, k.accepted);
+            self.install_ring(store, Arc::new(k.committed), false);
             self.forget_unheld(store);
         }
     }
@@ -237,25 +241,33 @@ impl<C> ClusterNode<C> {
         );
     }
 
-    /// Adopt `state` if it is newer than the ring held: save it (membership core), follow it.
-    /// Returns whether it was adopted.
+    /// Adopt a committed `state` if it is newer than the ring held: save it (membership
+    /// core), follow it. Returns whether it was adopted.
     pub fn adopt_ring(&mut self, store: &mut dyn Store, state: Arc<RingState>) -> bool {
         if state.version() <= self.ring.version() {
             return false;
         }
+        // A leader that learns of a newer committed state was behind: it is elected again
+        // from it (`ringvote.rs`).
+        self.step_down();
         self.install_ring(store, state, true);
         true
     }
 
-    fn install_ring(&mut self, store: &mut dyn Store, state: Arc<RingState>, save: bool) {
-        if save && !self.is_follower() {
-            if let Err(e) = self.elastic.store.save(&state) {
-                // Not fatal: a restart pulls the ring from a peer.
-                log::error!("ring version {} not saved: {e}", state.version());
-            }
-        }
+    /// Act on the committed `state` (saved first when `save`, on the membership core).
+    pub(super) fn install_ring(
+        &mut self,
+        store: &mut dyn Store,
+        state: Arc<RingState>,
+        save: bool,
+    ) {
         let old = self.ring.version();
-        self.ring = Ring::from_state(state.clone());
+        let previous = std::mem::replace(&mut self.ring, Ring::from_state(state.clone()));
+        // Not fatal when it fails: a restart pulls the ring from a peer.
+        if save && !self.save_ring() {
+            log::error!("acting on ring version {} unsaved", state.version());
+        }
+        drop(previous);
         if !self.is_follower() {
             // Gossip tells the others which version this node holds (the leader settles a
             // change with it); members the ring lists are known with their addresses before
@@ -354,7 +366,11 @@ impl<C> ClusterNode<C> {
         body: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), PeerError> {
-        let r = if op == ring_op::PULL {
+        let r = if op == ring_op::VOTE {
+            self.on_vote_request(id, body, out)
+        } else if op == ring_op::ACCEPT {
+            self.on_accept_request(id, body, out)
+        } else if op == ring_op::PULL {
             ringpeer::decode_pull(body, from).map(|(sender, held)| {
                 // What the puller holds now (not the most it ever said: a version only it
                 // held may have been lost with its crash, and must not be waited for).
@@ -390,9 +406,19 @@ impl<C> ClusterNode<C> {
     }
 
     /// A reply to one of this core's RING_PULL or RING_CHANGE frames.
-    pub(super) fn on_ring_reply(&mut self, store: &mut dyn Store, from: u32, f: &FrameRef<'_>) {
+    pub(super) fn on_ring_reply(
+        &mut self,
+        now_ms: u64,
+        store: &mut dyn Store,
+        from: u32,
+        f: &FrameRef<'_>,
+    ) {
         let op = f.op & !RESPONSE_BIT;
         let ok = f.aux == Status::Ok as u8;
+        if op == ring_op::VOTE || op == ring_op::ACCEPT {
+            self.on_ballot_reply(now_ms, store, from, f, op);
+            return;
+        }
         if op == ring_op::PULL {
             if self.elastic.pull.is_none_or(|(id, _)| id != f.id) {
                 return;
@@ -465,7 +491,7 @@ impl<C> ClusterNode<C> {
     /// status and why not.
     fn decide(
         &mut self,
-        _now_ms: u64,
+        now_ms: u64,
         store: &mut dyn Store,
         req: ChangeRequest,
     ) -> Result<(u64, String), (Status, String)> {
@@ -479,7 +505,7 @@ impl<C> ClusterNode<C> {
             (status, e.to_string())
         };
         if !matches!(req, ChangeRequest::Copied { .. }) {
-            if let Some(why) = self.may_not_decide() {
+            if let Some(why) = self.may_not_decide().or_else(|| self.may_not_propose()) {
                 return Err((Status::Unavailable, why));
             }
         }
@@ -538,7 +564,8 @@ impl<C> ClusterNode<C> {
             .change()
             .map_or("no change".to_string(), |c| c.to_string());
         let v = next.version();
-        self.install_ring(store, Arc::new(next), true);
+        // It takes effect once a majority accepted it (`ringvote.rs`).
+        self.propose(now_ms, store, next);
         Ok((
             v,
             format!("ring version {v}: {what}, {moves} partitions to move"),
@@ -679,8 +706,13 @@ impl<C> ClusterNode<C> {
                 }
             }
         }
-        if self.is_leader() {
-            self.leader_chores(store);
+        if self.is_leader() && self.may_not_decide().is_none() {
+            self.consensus_tick(now_ms, store);
+            if self.may_not_propose().is_none() {
+                self.leader_chores(now_ms, store);
+            }
+        } else {
+            self.step_down();
         }
     }
 
@@ -826,7 +858,7 @@ impl<C> ClusterNode<C> {
     /// The leader settles a change once every live member holds its version, flips every
     /// partition all of whose pending owners copied it, and ends the change once every live
     /// member holds the last flip.
-    fn leader_chores(&mut self, store: &mut dyn Store) {
+    fn leader_chores(&mut self, now_ms: u64, store: &mut dyn Store) {
         let s = self.ring.state().clone();
         if s.change().is_none() || self.may_not_decide().is_some() {
             return;
@@ -839,7 +871,7 @@ impl<C> ClusterNode<C> {
                         next.version(),
                         next.change().expect("settled a change")
                     );
-                    self.install_ring(store, Arc::new(next), true);
+                    self.propose(now_ms, store, next);
                 }
             }
             return;
@@ -853,7 +885,7 @@ impl<C> ClusterNode<C> {
                     next.version(),
                     s.change().expect("checked")
                 );
-                self.install_ring(store, Arc::new(next), true);
+                self.propose(now_ms, store, next);
             }
             return;
         }
@@ -876,7 +908,7 @@ impl<C> ClusterNode<C> {
         }
         if flipped > 0 {
             self.elastic.flips += flipped;
-            self.install_ring(store, Arc::new(next), true);
+            self.propose(now_ms, store, next);
         }
     }
 
