@@ -35,6 +35,16 @@ pub const BIG_NODES_MAX: u64 = 32;
 pub const BIG_OPS_MAX: u64 = 300;
 /// Length of a big cluster's safety phase at most, in simulated ms (unless `--safety-ms`).
 pub const BIG_SAFETY_MS_MAX: u64 = 8_000;
+/// Gossip intervals per node a big cluster waits before its clients start (a small one
+/// waits [`WARM_ROUNDS`]): a node coordinates writes only once it has measured its clock
+/// against every live peer, one gossip round trip each, and with a fanout of 2 that takes
+/// about n·ln(n)/2 intervals (a 32-node cluster's clients would otherwise spend their
+/// operations on CLOCK_OFFSET refusals in the first second). The safety phase is longer by
+/// as much.
+pub const BIG_WARM_ROUNDS_PER_NODE: u64 = 2;
+/// Gossip intervals a cluster of [`BIG_NODES_MIN`] nodes or fewer waits before its clients
+/// start.
+pub const WARM_ROUNDS: u64 = 3;
 /// Shards of a big cluster's nodes at most (unless `--shards`), for the same reason.
 pub const BIG_SHARDS_MAX: u64 = 2;
 
@@ -217,6 +227,9 @@ pub struct Params {
     pub ttl_percent: u32,
     /// Length of the safety phase.
     pub safety_ms: u64,
+    /// When the clients start (and the faults), after gossip settled: see
+    /// [`BIG_WARM_ROUNDS_PER_NODE`].
+    pub warm_ms: u64,
     /// Longest the liveness phase may take to converge.
     pub liveness_ms_max: u64,
     /// Network: smallest and largest one-way delay.
@@ -405,6 +418,13 @@ impl Params {
         // Drawn after the others, for the same reason: a few seeds run a big cluster (the
         // nodes past the first ones drawn above get their own sync policy and shards).
         let (mut nodes, mut ops, mut safety_ms) = (nodes, ops, safety_ms);
+        let warm_ms_of = |nodes: u32| {
+            if u64::from(nodes) >= BIG_NODES_MIN {
+                gossip_interval_ms * BIG_WARM_ROUNDS_PER_NODE * u64::from(nodes)
+            } else {
+                gossip_interval_ms * WARM_ROUNDS
+            }
+        };
         if opts.nodes.is_none() && r.below(1_000) < BIG_CLUSTER_PERMILLE {
             let big = range(r, BIG_NODES_MIN, BIG_NODES_MAX) as u32;
             for _ in nodes..big {
@@ -417,8 +437,11 @@ impl Params {
             }
             nodes = big;
             ops = opts.ops.unwrap_or(ops.min(BIG_OPS_MAX as u32));
-            safety_ms = opts.safety_ms.unwrap_or(safety_ms.min(BIG_SAFETY_MS_MAX));
+            safety_ms = opts
+                .safety_ms
+                .unwrap_or(warm_ms_of(big) + safety_ms.min(BIG_SAFETY_MS_MAX));
         }
+        let warm_ms = warm_ms_of(nodes);
         // The spare ids joins and replacements take, with their sync policies and shards.
         let spares = if membership_weight > 0 {
             range(r, 1, SPARES_MAX) as u32
@@ -454,6 +477,7 @@ impl Params {
             get_percent,
             ttl_percent,
             safety_ms,
+            warm_ms,
             liveness_ms_max: 60_000,
             delay_min_ms,
             delay_max_ms,

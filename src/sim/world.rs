@@ -353,8 +353,8 @@ impl World {
     pub fn run(&mut self) {
         self.p.describe(&mut self.trace);
         self.boot();
-        // Let gossip settle before the clients start.
-        let warm = self.p.gossip_interval_ms * 3;
+        // Let gossip settle (and the clocks be measured) before the clients start.
+        let warm = self.p.warm_ms;
         for c in 0..self.p.clients {
             let t = warm + range(&mut self.rng, 0, 50);
             self.at(t, Ev::ClientNext(c));
