@@ -24,7 +24,7 @@ pub const MEMBERSHIP_WEIGHT_MAX: u64 = 4;
 /// Per mille of the seeds (unless `--nodes`) that run a big cluster of
 /// [`BIG_NODES_MIN`]..=[`BIG_NODES_MAX`] nodes, so placement, gossip and moves run beyond toy
 /// sizes (issue 12).
-pub const BIG_CLUSTER_PERMILLE: u64 = 40;
+pub const BIG_CLUSTER_PERMILLE: u64 = 30;
 /// See [`BIG_CLUSTER_PERMILLE`].
 pub const BIG_NODES_MIN: u64 = 16;
 /// See [`BIG_CLUSTER_PERMILLE`].
@@ -34,7 +34,10 @@ pub const BIG_NODES_MAX: u64 = 32;
 /// cluster; fewer operations and a shorter safety phase keep the time per seed sane.
 pub const BIG_OPS_MAX: u64 = 300;
 /// Length of a big cluster's safety phase at most, in simulated ms (unless `--safety-ms`).
-pub const BIG_SAFETY_MS_MAX: u64 = 8_000;
+pub const BIG_SAFETY_MS_MAX: u64 = 5_000;
+/// Longest gossip interval of a big cluster (drawn up to 150 ms otherwise): its warm-up
+/// (below) lasts a number of intervals per node, and costs as much simulated time.
+pub const BIG_GOSSIP_INTERVAL_MS_MAX: u64 = 60;
 /// Gossip intervals per node a big cluster waits before its clients start (a small one
 /// waits [`WARM_ROUNDS`]): a node coordinates writes only once it has measured its clock
 /// against every live peer, one gossip round trip each, and with a fanout of 2 that takes
@@ -45,8 +48,10 @@ pub const BIG_WARM_ROUNDS_PER_NODE: u64 = 2;
 /// Gossip intervals a cluster of [`BIG_NODES_MIN`] nodes or fewer waits before its clients
 /// start.
 pub const WARM_ROUNDS: u64 = 3;
-/// Shards of a big cluster's nodes at most (unless `--shards`), for the same reason.
-pub const BIG_SHARDS_MAX: u64 = 2;
+/// Shards of a big cluster's nodes at most (unless `--shards`), for the same reason: the
+/// multi-shard paths are the small clusters' part, placement, gossip and moves at scale the
+/// big ones'.
+pub const BIG_SHARDS_MAX: u64 = 1;
 
 /// Most node ids a seed holds in reserve for joins and replacements (drawn 1..=this on the
 /// seeds whose schedule changes membership): each JOIN or REPLACE event uses a new one.
@@ -418,7 +423,8 @@ impl Params {
         // Drawn after the others, for the same reason: a few seeds run a big cluster (the
         // nodes past the first ones drawn above get their own sync policy and shards).
         let (mut nodes, mut ops, mut safety_ms) = (nodes, ops, safety_ms);
-        let warm_ms_of = |nodes: u32| {
+        let mut gossip_interval_ms = gossip_interval_ms;
+        let warm_ms_of = |nodes: u32, gossip_interval_ms: u64| {
             if u64::from(nodes) >= BIG_NODES_MIN {
                 gossip_interval_ms * BIG_WARM_ROUNDS_PER_NODE * u64::from(nodes)
             } else {
@@ -437,11 +443,12 @@ impl Params {
             }
             nodes = big;
             ops = opts.ops.unwrap_or(ops.min(BIG_OPS_MAX as u32));
+            gossip_interval_ms = gossip_interval_ms.min(BIG_GOSSIP_INTERVAL_MS_MAX);
             safety_ms = opts
                 .safety_ms
-                .unwrap_or(warm_ms_of(big) + safety_ms.min(BIG_SAFETY_MS_MAX));
+                .unwrap_or(warm_ms_of(big, gossip_interval_ms) + safety_ms.min(BIG_SAFETY_MS_MAX));
         }
-        let warm_ms = warm_ms_of(nodes);
+        let warm_ms = warm_ms_of(nodes, gossip_interval_ms);
         // The spare ids joins and replacements take, with their sync policies and shards.
         let spares = if membership_weight > 0 {
             range(r, 1, SPARES_MAX) as u32
