@@ -8,20 +8,36 @@
 //! * with a minority of clocks minutes off on every seed (issue 10), the checkers still pass;
 //! * nodes run 1–4 shards (drawn per node), and the multi-shard path has mutations of its own
 //!   (issue 11);
-//! * membership changes (issue 12: leaves, removals of dead nodes, pauses of the moves) are in
-//!   the fault schedule of most seeds, and of every seed in `membership_changes_pass`; the
-//!   elastic ring's two mutations (flip before the copy, writes not sent to pending owners)
-//!   are caught.
+//! * membership changes (issue 12: joins and replacements of new nodes, leaves, removals of
+//!   dead nodes, pauses of the moves) are in the fault schedule of most seeds, and of every
+//!   seed in `membership_changes_pass` (which must see joins and replacements); the elastic
+//!   ring's two mutations (flip before the copy, writes not sent to pending owners) are
+//!   caught, also on seeds whose schedule joins or replaces nodes;
+//! * a few seeds of every block run 16–32 nodes.
 
 use dkv::shard::SyncPolicy;
-use dkv::sim::{self, Mutation, Options};
+use dkv::sim::{self, Mutation, Options, Params};
 
 fn run_block(first: u64, last: u64) {
     run_block_with(first, last, &Options::default());
 }
 
-fn run_block_with(first: u64, last: u64, opts: &Options) {
+/// How many seeds of the first 200 run a big cluster (16–32 nodes): ~4% of the seeds.
+#[test]
+fn some_seeds_run_big_clusters() {
+    let big = (1..=200)
+        .filter(|&seed| Params::draw(seed, &Options::default()).nodes >= 16)
+        .count();
+    assert!(
+        (3..=20).contains(&big),
+        "{big} of 200 seeds run 16-32 nodes"
+    );
+}
+
+/// Run seeds `first..=last`, assert that every checker passed; return their reports.
+fn run_block_with(first: u64, last: u64, opts: &Options) -> Vec<sim::Report> {
     let mut failures = Vec::new();
+    let mut reports = Vec::new();
     for seed in first..=last {
         // A panic in the real code is a failure of this seed, reported with it.
         let r = match std::panic::catch_unwind(|| sim::run(seed, opts, false)) {
@@ -41,8 +57,10 @@ fn run_block_with(first: u64, last: u64, opts: &Options) {
                 v.detail
             ));
         }
+        reports.push(r);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    reports
 }
 
 #[test]
@@ -249,16 +267,47 @@ fn anti_entropy_alone_converges() {
     assert_eq!(first_failure(&opts, 50), None);
 }
 
-/// Issue 12: a leave, a removal or a pause of the moves in every seed's fault schedule (most
-/// seeds of the blocks above have them too); the ring must settle, every key end on exactly
-/// its final owners, and the copies move no more than the bound of `sim/elastic.rs`.
+/// Issue 12: a join, a replacement, a leave, a removal or a pause of the moves in every
+/// seed's fault schedule (most seeds of the blocks above have them too); the ring must
+/// settle, every key end on exactly its final owners (new nodes included), and the copies
+/// move no more than the bound of `sim/elastic.rs`.
 #[test]
 fn membership_changes_pass() {
     let opts = Options {
         membership: Some(true),
         ..Options::default()
     };
-    run_block_with(201, 240, &opts);
+    let reports = run_block_with(201, 240, &opts);
+    let count = |f: fn(&sim::RunStats) -> u64| reports.iter().filter(|r| f(&r.stats) > 0).count();
+    let joins = count(|s| s.joins);
+    let replaces = count(|s| s.replaces);
+    let admitted = count(|s| s.admitted);
+    assert!(
+        joins >= 5 && replaces >= 3 && admitted >= 5,
+        "of 40 seeds, {joins} joined a node, {replaces} replaced one, {admitted} saw a new \
+         node admitted"
+    );
+}
+
+/// Run seeds from 1 until one fails whose schedule joined or replaced a node (issue 12: the
+/// elastic mutations must be caught on those seeds too); return the first failure of all
+/// and that one (seed, checkers).
+fn first_failures_with_joins(
+    opts: &Options,
+    seeds_max: u64,
+) -> (Option<(u64, Vec<&'static str>)>, Option<u64>) {
+    let mut first = None;
+    for seed in 1..=seeds_max {
+        let r = sim::run(seed, opts, false);
+        if r.passed() {
+            continue;
+        }
+        first.get_or_insert_with(|| (seed, r.violations.iter().map(|v| v.checker).collect()));
+        if r.stats.joins + r.stats.replaces > 0 {
+            return (first, Some(seed));
+        }
+    }
+    (first, None)
 }
 
 /// Issue 12: the leader flips a moving partition before its new owners copied it: they
@@ -269,7 +318,12 @@ fn mutation_flip_before_copy_is_caught() {
         mutation: Mutation::FlipBeforeCopy,
         ..Options::default()
     };
-    let (seed, checkers) = first_failure(&opts, 200).expect("caught within 200 seeds");
+    let (first, with_joins) = first_failures_with_joins(&opts, 200);
+    let (seed, checkers) = first.expect("caught within 200 seeds");
+    assert!(
+        with_joins.is_some(),
+        "caught within 200 seeds on a seed with a join or replacement"
+    );
     assert!(
         checkers.iter().any(|c| [
             "flip",
@@ -291,7 +345,12 @@ fn mutation_no_pending_writes_is_caught() {
         mutation: Mutation::NoPendingWrites,
         ..Options::default()
     };
-    let (seed, checkers) = first_failure(&opts, 200).expect("caught within 200 seeds");
+    let (first, with_joins) = first_failures_with_joins(&opts, 200);
+    let (seed, checkers) = first.expect("caught within 200 seeds");
+    assert!(
+        with_joins.is_some(),
+        "caught within 200 seeds on a seed with a join or replacement"
+    );
     assert!(
         checkers.iter().any(|c| [
             "flip",

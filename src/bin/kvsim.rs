@@ -53,8 +53,11 @@ fn parse_num<T: std::str::FromStr>(m: &getopts::Matches, name: &str) -> Result<O
 fn options(m: &getopts::Matches) -> Result<Options, String> {
     let nodes: Option<u32> = parse_num(m, "nodes")?;
     if let Some(n) = nodes {
-        if !(3..=7).contains(&n) {
-            return Err(format!("--nodes {n}: must be 3..=7"));
+        if !(3..=sim::options::SIM_NODES_MAX).contains(&n) {
+            return Err(format!(
+                "--nodes {n}: must be 3..={}",
+                sim::options::SIM_NODES_MAX
+            ));
         }
     }
     let replicas: Option<usize> = parse_num(m, "replicas")?;
@@ -142,7 +145,12 @@ fn main() -> ExitCode {
         "print a line for every seed, not only failures",
     );
     o.optopt("", "mutation", "switch on a deliberate bug", "NAME");
-    o.optopt("", "nodes", "cluster size (3..=7)", "N");
+    o.optopt(
+        "",
+        "nodes",
+        "cluster size at start (3..=32; drawn 3..=7, or 16..=32 on a few seeds)",
+        "N",
+    );
     o.optopt("", "replicas", "replicas per key", "N");
     o.optopt(
         "",
@@ -293,6 +301,8 @@ fn main() -> ExitCode {
     let (mut passed, mut failed) = (0u64, 0u64);
     let mut total_stats = sim::RunStats::default();
     let mut changed_seeds = 0u64;
+    // Seeds that started a join, a replacement, and that ran a big cluster.
+    let (mut join_seeds, mut replace_seeds, mut big_seeds) = (0u64, 0u64, 0u64);
     let mut first_failure = None;
     // Seeds run on `jobs` threads (each seed alone is deterministic and single-threaded);
     // their reports are printed in seed order.
@@ -337,7 +347,13 @@ fn main() -> ExitCode {
                 total_stats.membership_changes += s.membership_changes;
                 total_stats.moved_bytes += s.moved_bytes;
                 total_stats.moved_min_bytes += s.moved_min_bytes;
+                total_stats.joins += s.joins;
+                total_stats.replaces += s.replaces;
+                total_stats.admitted += s.admitted;
                 changed_seeds += u64::from(s.membership_changes > 0);
+                join_seeds += u64::from(s.joins > 0);
+                replace_seeds += u64::from(s.replaces > 0);
+                big_seeds += u64::from(u64::from(r.params.nodes) >= sim::options::BIG_NODES_MIN);
                 if r.passed() {
                     passed += 1;
                 } else {
@@ -358,8 +374,8 @@ fn main() -> ExitCode {
                     println!(
                 "seed={seed} {} nodes={} N={} shards={:?} ops={} acked_writes={} reads={} failed={} \
                  crashes={} frames={} events={} sim={}ms converged_in={}ms reads_checked={} \
-                 keys_checked={} left_or_removed={} moved_bytes={}/{} trace_lines={} \
-                 trace_hash={:016x}",
+                 keys_checked={} left_or_removed={} joins={} replaces={} admitted={} \
+                 moved_bytes={}/{} trace_lines={} trace_hash={:016x}",
                 if r.passed() { "ok" } else { "FAILED" },
                 r.params.nodes,
                 r.params.replicas,
@@ -376,6 +392,9 @@ fn main() -> ExitCode {
                 s.reads_checked,
                 s.keys_checked,
                 s.membership_changes,
+                s.joins,
+                s.replaces,
+                s.admitted,
                 s.moved_bytes,
                 s.moved_min_bytes,
                 r.trace_lines,
@@ -412,6 +431,15 @@ fn main() -> ExitCode {
         "  membership: {changed_seeds} seeds had a leave or removal complete ({} in all); \
          partition copies moved {} bytes, minimum {}",
         t.membership_changes, t.moved_bytes, t.moved_min_bytes
+    );
+    println!(
+        "  joins: {join_seeds} seeds started a join ({} in all), {replace_seeds} a replacement \
+         ({} in all); {} new nodes admitted up; {big_seeds} seeds ran {}..={} nodes",
+        t.joins,
+        t.replaces,
+        t.admitted,
+        sim::options::BIG_NODES_MIN,
+        sim::options::BIG_NODES_MAX
     );
     if failed > 0 {
         ExitCode::from(1)

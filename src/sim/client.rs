@@ -35,7 +35,8 @@ impl World {
         // A skewed key choice: low keys are hot, so writes collide.
         let key = self.rng.below(u64::from(self.p.keys)) as u32;
         let key = key.min(self.rng.below(u64::from(self.p.keys)) as u32);
-        let coordinator = range(&mut self.rng, 1, u64::from(self.p.nodes)) as u32;
+        let born = u64::from(self.born());
+        let coordinator = range(&mut self.rng, 1, born) as u32;
         let consistency = self.p.draw_consistency(&mut self.rng);
         let value = (kind == OpKind::Put).then(|| {
             let pad = range(&mut self.rng, 0, 48) as usize;

@@ -1,10 +1,13 @@
 //! Membership changes in the simulation (issue 12): the fault schedule's leaves, removals and
 //! pauses of the moves, sent as operator commands (CLUSTER_ADMIN frames) to a random live
-//! node; the ring states the nodes adopt, watched as they spread; and the checkers of what a
+//! node, and its joins and replacements (new nodes started as `kvd --join`: `joins.rs`);
+//! the ring states the nodes adopt, watched as they spread; and the checkers of what a
 //! change must leave behind.
 //!
 //! ```text
 //!  fault schedule ── membership event ──▶ a goal: Leave(n) | Remove(n) | Paused(bool)
+//!                                          | Join(n) | Replace { old, new } (joins.rs: the
+//!                                          new node asks the leader itself)
 //!                                          sent as CLUSTER_ADMIN "LEAVE n" / "REMOVE n" /
 //!                                          "PAUSE" / "RESUME" to a random live node, again
 //!                                          every ADMIN_RETRY_MS until the ring shows it
@@ -16,14 +19,16 @@
 //!                                   flips (the bytes of the partitions moved), completions
 //! ```
 //!
-//! The simulated cluster is the one it starts with: only its nodes leave or are removed
-//! (joins of new ids are another helper's part of issue 12). A leave picks a live node, a
-//! removal a crashed one, which then stays down for good (its disk is gone: a loss event for
-//! the checkers); either only while the cluster keeps at least N members, and only when no
-//! change runs (a node gone for good may be a pending owner of the running change, which
-//! could then never finish: the elastic ring has no way out of that yet). A node that left
-//! keeps running (it must end holding nothing). One change at a time: the next membership
-//! event waits until the ring shows the previous command.
+//! A join starts the next spare id (`Params::spares`) as a new node; a replacement starts one
+//! in the place of a member, dead or stopped for good (`joins.rs`). A leave picks a live
+//! node, a removal a crashed one, which then stays down for good (its disk is gone: a loss
+//! event for the checkers); either only while the cluster keeps at least N members. Leaves,
+//! removals and replacements only when no change runs (a node gone for good may be a
+//! pending owner of the running change, which could then never finish: the elastic ring has
+//! no way out of that yet); a join may come while one runs (the leader refuses it as busy
+//! until the change ends, and the new node asks again). A node that left keeps running (it
+//! must end holding nothing). One change at a time: the next membership event waits until
+//! the ring shows the previous command (or lists the new node).
 //!
 //! **Checkers.** While the run goes, at every flip seen:
 //!
@@ -73,11 +78,20 @@ const ADMIN_RETRY_MS: (u64, u64) = (300, 1_500);
 /// A pause of the moves lasts this long (ms, range) before the schedule resumes them.
 const PAUSE_MS: (u64, u64) = (200, 4_000);
 
-/// Percent of membership events that pause the moves (the rest: a leave or a removal).
-const PAUSE_PERCENT: u64 = 20;
+/// Percent of membership events that pause the moves (the rest: a join, a removal or
+/// replacement, or a leave).
+const PAUSE_PERCENT: u64 = 15;
+
+/// Percent of membership events that start a new node with a join (while a spare id is
+/// left: see `joins.rs`).
+const JOIN_PERCENT: u64 = 30;
+
+/// Percent of membership events that replace a member with a new node (while a spare id
+/// is left): a crashed one, or else a running one the operator stops for good first.
+const REPLACE_PERCENT: u64 = 20;
 
 /// Percent of membership events that remove a crashed node (when one is down).
-const REMOVE_PERCENT: u64 = 35;
+const REMOVE_PERCENT: u64 = 20;
 
 /// See the module doc (`moved-bytes`).
 pub const MOVED_BYTES_FACTOR: u64 = 3;
@@ -98,16 +112,23 @@ pub(super) enum Goal {
     Remove(u32),
     /// `PAUSE` / `RESUME`: the ring's paused flag.
     Paused(bool),
+    /// Node n started with `--join` (its own requests, no command): n a member.
+    Join(u32),
+    /// Node `new` started with `--join --replace old` (no command): `new` a member.
+    Replace { old: u32, new: u32 },
 }
 
 impl Goal {
-    fn command(self) -> String {
-        match self {
+    /// The operator command the schedule sends; `None` for the requests a new node sends
+    /// itself (joins, replacements).
+    fn command(self) -> Option<String> {
+        Some(match self {
             Goal::Leave(n) => format!("LEAVE {n}"),
             Goal::Remove(n) => format!("REMOVE {n}"),
             Goal::Paused(true) => "PAUSE".into(),
             Goal::Paused(false) => "RESUME".into(),
-        }
+            Goal::Join(_) | Goal::Replace { .. } => return None,
+        })
     }
 
     fn met(self, s: &RingState) -> bool {
@@ -117,6 +138,7 @@ impl Goal {
                 Some(MemberStatus::Leaving | MemberStatus::Removed)
             ),
             Goal::Paused(b) => s.paused() == b,
+            Goal::Join(n) | Goal::Replace { new: n, .. } => s.status(n).is_some(),
         }
     }
 }
@@ -131,7 +153,7 @@ pub(super) struct Elastic {
     /// An `AdminRound` event is queued.
     round_queued: bool,
     /// Commands sent (for the admin connections' ids).
-    sent: u64,
+    pub sent: u64,
     /// The newest ring state any node held.
     pub newest: Option<Arc<RingState>>,
     /// `history`: the first ring state seen at each version (one history: no node may act
@@ -146,6 +168,13 @@ pub(super) struct Elastic {
     pub copies: u64,
     /// Leaves and removals the ring finished.
     pub completed: u64,
+    /// Spare ids taken so far by joins and replacements (`World::born`).
+    pub joined: u32,
+    /// Joins and replacements started (new nodes asking to be admitted), and the new nodes
+    /// the ring then listed up.
+    pub joins: u64,
+    pub admitted: BTreeSet<u32>,
+    pub replaces: u64,
 }
 
 impl World {
@@ -161,27 +190,49 @@ impl World {
             self.at(t, Ev::ResumeMoves);
             return;
         }
-        // A leave or removal only on a settled ring: a node removed for good while another
-        // change runs may be one of that change's pending owners, and the change could then
-        // never finish (nor the removal start: one change at a time).
-        if self.running_ring().is_some_and(|s| s.change().is_some()) {
+        let spare_left = self.elastic.joined < self.p.spares;
+        if x < PAUSE_PERCENT + JOIN_PERCENT && spare_left {
+            // (A join asked while a change runs waits, refused as busy, until it ends.)
+            self.join_event(None);
             return;
         }
-        let active = self.p.nodes as usize - self.elastic.departed.len();
-        if active <= self.p.replicas {
-            return; // the cluster must keep N members
+        // A leave, removal or replacement only on a settled ring: a node removed for good
+        // while another change runs may be one of that change's pending owners, and the
+        // change could then never finish (nor the removal start: one change at a time).
+        let Some(ring) = self.running_ring() else {
+            return;
+        };
+        if ring.change().is_some() {
+            return;
         }
+        let active = self.born() as usize - self.elastic.departed.len();
         let candidates = |w: &World, up: bool| -> Vec<u32> {
-            (1..=w.p.nodes)
+            (1..=w.born())
                 .filter(|id| !w.elastic.departed.contains(id))
+                .filter(|&id| ring.status(id) == Some(MemberStatus::Up))
                 .filter(|&id| w.node(id).up.is_some() == up)
                 .collect()
         };
         let down = candidates(self, false);
-        // A removal needs the leader to see a majority of the members alive, the removed one
-        // counted: two members can never remove one of them.
+        // A removal (or replacement) needs the leader to see a majority of the members
+        // alive, the dead one counted: two members can never remove one of them.
         let removable = 2 * (active - 1) > active;
-        if x < PAUSE_PERCENT + REMOVE_PERCENT && !down.is_empty() && removable {
+        let live = candidates(self, true);
+        let replace = x < PAUSE_PERCENT + JOIN_PERCENT + REPLACE_PERCENT;
+        if replace && spare_left && removable {
+            // A dead member, or else a running one (stopped for good first: joins.rs).
+            let pool = if down.is_empty() { &live } else { &down };
+            if !pool.is_empty() {
+                let id = pool[self.rng.below(pool.len() as u64) as usize];
+                self.join_event(Some(id));
+            }
+            return;
+        }
+        let remove = x < PAUSE_PERCENT + JOIN_PERCENT + REPLACE_PERCENT + REMOVE_PERCENT;
+        if remove && !down.is_empty() && removable {
+            if active <= self.p.replicas {
+                return; // the cluster must keep N members
+            }
             let id = down[self.rng.below(down.len() as u64) as usize];
             // Its disk is gone for good: whatever only it held is lost.
             self.node_mut(id).gone = true;
@@ -191,7 +242,9 @@ impl World {
             self.add_goal(Goal::Remove(id));
             return;
         }
-        let live = candidates(self, true);
+        if active <= self.p.replicas {
+            return; // the cluster must keep N members
+        }
         if live.is_empty() {
             return;
         }
@@ -217,7 +270,7 @@ impl World {
         }
     }
 
-    fn add_goal(&mut self, g: Goal) {
+    pub(super) fn add_goal(&mut self, g: Goal) {
         self.elastic.goals.push(g);
         if !self.elastic.round_queued {
             self.admin_round();
@@ -234,7 +287,9 @@ impl World {
             .filter(|g| !newest.as_ref().is_some_and(|s| g.met(s)))
             .collect();
         for &g in &left {
-            self.send_admin(&g.command());
+            if let Some(command) = g.command() {
+                self.send_admin(&command);
+            }
         }
         self.elastic.goals = left;
         if !self.elastic.goals.is_empty() && !self.elastic.round_queued {
@@ -246,7 +301,7 @@ impl World {
 
     /// An operator's command to a random running node, on a connection of its own.
     fn send_admin(&mut self, command: &str) {
-        let live: Vec<u32> = (1..=self.p.nodes).filter(|&i| self.runnable(i)).collect();
+        let live: Vec<u32> = (1..=self.born()).filter(|&i| self.runnable(i)).collect();
         if live.is_empty() {
             return;
         }
@@ -394,6 +449,14 @@ impl World {
             {
                 self.elastic.completed += 1;
                 trace!(self.trace, "n{} is out of the ring", m.id);
+            }
+            // (Counted once: two states of one version may alternate while two leaders
+            // disagree.)
+            if m.status == MemberStatus::Up
+                && m.id > self.p.nodes
+                && self.elastic.admitted.insert(m.id)
+            {
+                trace!(self.trace, "n{} is up in the ring", m.id);
             }
         }
     }
@@ -645,12 +708,15 @@ impl World {
 
     /// `moved-bytes` (module doc), and the run's figures of the moves.
     pub(super) fn check_moved_bytes(&mut self) {
-        let running: u64 = (1..=self.p.nodes).map(|id| self.moved_bytes_of(id)).sum();
+        let running: u64 = (1..=self.born()).map(|id| self.moved_bytes_of(id)).sum();
         let moved = self.elastic.moved_dead + running;
         let (min, copies) = (self.elastic.moved_min, self.elastic.copies);
         self.stats.moved_bytes = moved;
         self.stats.moved_min_bytes = min;
         self.stats.membership_changes = self.elastic.completed;
+        self.stats.joins = self.elastic.joins;
+        self.stats.replaces = self.elastic.replaces;
+        self.stats.admitted = self.elastic.admitted.len() as u64;
         trace!(
             self.trace,
             "moves: {copies} partition copies flipped, {moved} bytes moved, minimum {min}"

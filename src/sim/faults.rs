@@ -1,8 +1,9 @@
 //! The fault schedule of the safety phase: at seeded intervals one of crash (and restart),
 //! pause, partition (and heal), clock jump, failed sync (the node turns read-only and an
 //! operator restarts it) or full disk (and space freed later), with seeded weights; and, on
-//! the seeds that draw it, a membership change (leave, removal, pause of the moves: see
-//! `elastic.rs`).
+//! the seeds that draw it, a membership change (join, replacement, leave, removal, pause of
+//! the moves: see `elastic.rs` and `joins.rs`). Faults pick among the nodes started so far
+//! (the first members and those that joined).
 
 use super::options::range;
 use super::trace::trace;
@@ -29,7 +30,8 @@ impl World {
             x -= w[kind];
             kind += 1;
         }
-        let id = range(&mut self.rng, 1, u64::from(self.p.nodes)) as u32;
+        let born = u64::from(self.born());
+        let id = range(&mut self.rng, 1, born) as u32;
         let failure_ms = self.p.gossip_interval_ms * u64::from(self.p.failure_threshold);
         match kind {
             0 => {

@@ -24,7 +24,7 @@ impl World {
         self.liveness_start = self.now;
         trace!(self.trace, "LIVENESS: heal, resume, restart, sane clocks");
         self.heal();
-        for id in 1..=self.p.nodes {
+        for id in 1..=self.born() {
             let i = id as usize - 1;
             self.nodes[i].paused_until = 0;
             self.nodes[i].offset_ms = range(&mut self.rng, 0, 4) as i64 - 2;
@@ -113,11 +113,11 @@ impl World {
         // ring): it is neither counted nor asked.
         let ring = self.ring.state().clone();
         let member = |id: &u32| ring.status(*id).is_none_or(|s| s != MemberStatus::Removed);
-        let expected_alive = (1..=self.p.nodes)
+        let expected_alive = (1..=self.born())
             .filter(|id| member(id) && !gone.contains(id))
             .count() as u32;
         // The leader is the lowest such node.
-        let expected_leader = (1..=self.p.nodes)
+        let expected_leader = (1..=self.born())
             .filter(member)
             .find(|id| !gone.contains(id))
             .unwrap_or(1);
@@ -260,7 +260,7 @@ impl World {
         );
         for &k in &diverged {
             let coordinator =
-                ((u64::from(k) + self.repair_round) % u64::from(self.p.nodes)) as u32 + 1;
+                ((u64::from(k) + self.repair_round) % u64::from(self.born())) as u32 + 1;
             self.issue(
                 REPAIR_CLIENT,
                 OpKind::Get,

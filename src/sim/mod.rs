@@ -4,6 +4,7 @@
 //!
 //! ```text
 //!   seed ──▶ Params (swarm testing: every knob drawn unless fixed)   options.rs
+//!              (3–7 nodes; 16–32 on a few seeds; spare ids for joins)
 //!        ──▶ World: event queue in virtual time                      world.rs
 //!              nodes   1–4 shards each, built by `assembly::assemble_node` as kvd builds    node.rs
 //!                      them (LogStore, clock ceiling and hint log on a crashable MemVfs),
@@ -14,6 +15,7 @@
 //!              disk    unsynced writes lost or torn on a crash; bits flipped at rest on one disk
 //!              faults  crashes + restarts (higher incarnation), pauses, clock jumps,
 //!                      membership changes (leave, remove, pause the moves)    elastic.rs
+//!                      (join, replace: new nodes started as kvd --join)        joins.rs
 //!              clients PUT / GET / DELETE frames, random consistency, coordinator and shard
 //!        ──▶ History + checkers                                      check.rs
 //!              (phantom-read, stale-read, version-order, write-order, clock-bound, ttl,
@@ -42,6 +44,7 @@ pub mod check;
 mod client;
 mod elastic;
 mod faults;
+mod joins;
 mod liveness;
 mod net;
 mod node;

@@ -261,7 +261,7 @@ impl World {
     }
 
     pub(super) fn partition(&mut self) {
-        let n = self.p.nodes as usize;
+        let n = self.born() as usize;
         let mut side = vec![false; n];
         let shape = self.rng.below(4);
         let name = match shape {

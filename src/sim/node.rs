@@ -16,6 +16,8 @@ use super::trace::trace;
 use super::world::{Ev, World, BASE_MS};
 use crate::assembly::{assemble_node, open_shard, Ceiling, NodeConfig};
 use crate::cluster::coordinator::Outcome;
+use crate::cluster::ringpeer::ChangeRequest;
+use crate::cluster::ClusterConfig;
 use crate::limits::{MAINTENANCE_TICK_MS, MAINTENANCE_URGENT_TICK_MS};
 use crate::protocol::{frame, Role};
 use crate::shard::{ConnId, NodeShared, Session, ShardCore, SyncPolicy};
@@ -138,6 +140,15 @@ pub(super) struct Node {
     pub late_sync: bool,
     /// Removed from the cluster while down: it never restarts (its disk is gone).
     pub gone: bool,
+    /// A spare id not taken yet by a join or a replacement: it does not run (see
+    /// `joins.rs`).
+    pub spare: bool,
+    /// The cluster configuration of a node that joined (`kvd --join`: the cluster's ring
+    /// map fetched from a seed); `None`: the world's (a node the cluster started with).
+    pub cluster: Option<ClusterConfig>,
+    /// What a node that joined asks the leader until the ring lists it (`--join`, with
+    /// `--replace`), on each start, as `kvd` restarted with the same command line does.
+    pub join: Option<ChangeRequest>,
 }
 
 impl Node {
@@ -154,6 +165,9 @@ impl Node {
             far,
             late_sync: false,
             gone: false,
+            spare: false,
+            cluster: None,
+            join: None,
         }
     }
 
@@ -175,13 +189,14 @@ impl World {
 
     /// Start (or restart) node `id`: open every shard's parts on its disk and assemble it.
     pub(super) fn start_node(&mut self, id: u32) {
-        if self.node(id).gone {
+        if self.node(id).gone || self.node(id).spare {
             return;
         }
         let now_ms = self.node_now(id);
-        let mut config = self.config.clone();
-        config.node_id = id;
         let n = self.node(id);
+        let mut config = n.cluster.clone().unwrap_or_else(|| self.config.clone());
+        config.node_id = id;
+        let join = n.join.clone();
         let (vfs, shards, life) = (n.vfs.clone(), n.shards, n.life);
         let ceiling = if self.p.raw_clock_recovery {
             Ceiling::Absent
@@ -232,7 +247,7 @@ impl World {
             client_token: None,
             admin_token: None,
             cluster: Some(config),
-            join: None,
+            join,
             stream_bytes_per_s: 0,
             transfer_limit: crate::cluster::antientropy::TRANSFER_LIMIT_DEFAULT,
         };

@@ -21,6 +21,45 @@ pub const MEMBERSHIP_WEIGHT_MIN: u64 = 1;
 /// See [`MEMBERSHIP_WEIGHT_MIN`].
 pub const MEMBERSHIP_WEIGHT_MAX: u64 = 4;
 
+/// Per mille of the seeds (unless `--nodes`) that run a big cluster of
+/// [`BIG_NODES_MIN`]..=[`BIG_NODES_MAX`] nodes, so placement, gossip and moves run beyond toy
+/// sizes (issue 12).
+pub const BIG_CLUSTER_PERMILLE: u64 = 30;
+/// See [`BIG_CLUSTER_PERMILLE`].
+pub const BIG_NODES_MIN: u64 = 16;
+/// See [`BIG_CLUSTER_PERMILLE`].
+pub const BIG_NODES_MAX: u64 = 32;
+/// Client operations of a big cluster's safety phase at most (unless `--ops`): every node
+/// gossips with every other, so a simulated second costs ~(nodes / 5)² more than in a small
+/// cluster; fewer operations and a shorter safety phase keep the time per seed sane.
+pub const BIG_OPS_MAX: u64 = 300;
+/// Length of a big cluster's safety phase at most, in simulated ms (unless `--safety-ms`).
+pub const BIG_SAFETY_MS_MAX: u64 = 5_000;
+/// Longest gossip interval of a big cluster (drawn up to 150 ms otherwise): its warm-up
+/// (below) lasts a number of intervals per node, and costs as much simulated time.
+pub const BIG_GOSSIP_INTERVAL_MS_MAX: u64 = 60;
+/// Gossip intervals per node a big cluster waits before its clients start (a small one
+/// waits [`WARM_ROUNDS`]): a node coordinates writes only once it has measured its clock
+/// against every live peer, one gossip round trip each, and with a fanout of 2 that takes
+/// about n·ln(n)/2 intervals (a 32-node cluster's clients would otherwise spend their
+/// operations on CLOCK_OFFSET refusals in the first second). The safety phase is longer by
+/// as much.
+pub const BIG_WARM_ROUNDS_PER_NODE: u64 = 2;
+/// Gossip intervals a cluster of [`BIG_NODES_MIN`] nodes or fewer waits before its clients
+/// start.
+pub const WARM_ROUNDS: u64 = 3;
+/// Shards of a big cluster's nodes at most (unless `--shards`), for the same reason: the
+/// multi-shard paths are the small clusters' part, placement, gossip and moves at scale the
+/// big ones'.
+pub const BIG_SHARDS_MAX: u64 = 1;
+
+/// Most node ids a seed holds in reserve for joins and replacements (drawn 1..=this on the
+/// seeds whose schedule changes membership): each JOIN or REPLACE event uses a new one.
+pub const SPARES_MAX: u64 = 3;
+
+/// Most nodes of a simulated cluster (`--nodes`), beyond which the spare ids are added.
+pub const SIM_NODES_MAX: u32 = BIG_NODES_MAX as u32;
+
 /// A deliberate bug switched on to prove that the checkers catch it (`--mutation NAME`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mutation {
@@ -114,7 +153,8 @@ impl Mutation {
 /// Options fixed on the command line; `None` means "draw it from the seed".
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// Cluster size (3..=7).
+    /// Cluster size at start (3..=[`SIM_NODES_MAX`]; drawn 3..=7, or a big cluster on
+    /// [`BIG_CLUSTER_PERMILLE`] of the seeds).
     pub nodes: Option<u32>,
     /// Replicas per key (1..=nodes, at most 5).
     pub replicas: Option<usize>,
@@ -152,8 +192,8 @@ pub struct Options {
     /// Hinted handoff and read repair off in every node, and no repair-driving reads in the
     /// liveness phase: convergence must come from anti-entropy alone.
     pub anti_entropy_only: bool,
-    /// Membership changes in the fault schedule (issue 12: leaves, removals, pauses of the
-    /// moves): `Some(true)` on every seed, `Some(false)` never; otherwise drawn (on for
+    /// Membership changes in the fault schedule (issue 12: joins, replacements, leaves,
+    /// removals, pauses of the moves): `Some(true)` on every seed, `Some(false)` never; otherwise drawn (on for
     /// [`MEMBERSHIP_PERCENT`] of the seeds, and always under the elastic ring's mutations).
     pub membership: Option<bool>,
 }
@@ -161,13 +201,16 @@ pub struct Options {
 /// Everything a run uses, drawn from the seed unless fixed in [`Options`].
 #[derive(Clone, Debug)]
 pub struct Params {
-    /// Nodes, ids 1..=nodes.
+    /// Nodes the cluster starts with, ids 1..=nodes.
     pub nodes: u32,
+    /// Node ids held in reserve for joins and replacements: nodes+1..=nodes+spares, each
+    /// started (with a fresh disk) only when a JOIN or REPLACE event takes it.
+    pub spares: u32,
     /// Replicas per key (N).
     pub replicas: usize,
-    /// Shards of each node (index id - 1).
+    /// Shards of each node and spare (index id - 1).
     pub shards: Vec<usize>,
-    /// Sync policy of each node (index id - 1).
+    /// Sync policy of each node and spare (index id - 1).
     pub sync: Vec<SyncPolicy>,
     /// Weights of ONE, QUORUM, ALL for client requests.
     pub consistency_weights: [u32; 3],
@@ -195,6 +238,9 @@ pub struct Params {
     pub ttl_percent: u32,
     /// Length of the safety phase.
     pub safety_ms: u64,
+    /// When the clients start (and the faults), after gossip settled: see
+    /// [`BIG_WARM_ROUNDS_PER_NODE`].
+    pub warm_ms: u64,
     /// Longest the liveness phase may take to converge.
     pub liveness_ms_max: u64,
     /// Network: smallest and largest one-way delay.
@@ -270,19 +316,18 @@ impl Params {
                 range(r, 2, u64::from(nodes).min(5)) as usize
             }
         });
-        let sync = (0..nodes)
-            .map(|_| {
-                // Each draw consumes the PRNG even when fixed, to keep the stream aligned.
-                let p = match r.below(4) {
-                    0 | 1 => SyncPolicy::Always,
-                    2 => SyncPolicy::Interval {
-                        ms: range(r, 20, 500),
-                    },
-                    _ => SyncPolicy::Never,
-                };
-                opts.sync.unwrap_or(p)
-            })
-            .collect();
+        let draw_sync = |r: &mut SplitMix64| {
+            // Each draw consumes the PRNG even when fixed, to keep the stream aligned.
+            let p = match r.below(4) {
+                0 | 1 => SyncPolicy::Always,
+                2 => SyncPolicy::Interval {
+                    ms: range(r, 20, 500),
+                },
+                _ => SyncPolicy::Never,
+            };
+            opts.sync.unwrap_or(p)
+        };
+        let mut sync: Vec<SyncPolicy> = (0..nodes).map(|_| draw_sync(r)).collect();
         let consistency_weights = [
             range(r, 0, 4) as u32,
             range(r, 1, 6) as u32,
@@ -346,7 +391,7 @@ impl Params {
             }
         });
         // Drawn after the others, for the same reason.
-        let shards = (0..nodes)
+        let mut shards: Vec<usize> = (0..nodes)
             .map(|_| {
                 let k = range(r, 1, SIM_SHARDS_MAX as u64) as usize;
                 opts.shards.unwrap_or(k)
@@ -381,8 +426,54 @@ impl Params {
             }
             far_nodes.sort_unstable();
         }
+        // Drawn after the others, for the same reason: a few seeds run a big cluster (the
+        // nodes past the first ones drawn above get their own sync policy and shards).
+        let (mut nodes, mut ops, mut safety_ms) = (nodes, ops, safety_ms);
+        let mut gossip_interval_ms = gossip_interval_ms;
+        let warm_ms_of = |nodes: u32, gossip_interval_ms: u64| {
+            if u64::from(nodes) >= BIG_NODES_MIN {
+                gossip_interval_ms * BIG_WARM_ROUNDS_PER_NODE * u64::from(nodes)
+            } else {
+                gossip_interval_ms * WARM_ROUNDS
+            }
+        };
+        if opts.nodes.is_none() && r.below(1_000) < BIG_CLUSTER_PERMILLE {
+            let big = range(r, BIG_NODES_MIN, BIG_NODES_MAX) as u32;
+            for _ in nodes..big {
+                sync.push(draw_sync(r));
+                let k = range(r, 1, SIM_SHARDS_MAX as u64) as usize;
+                shards.push(opts.shards.unwrap_or(k));
+            }
+            for k in shards.iter_mut() {
+                *k = opts.shards.unwrap_or((*k).min(BIG_SHARDS_MAX as usize));
+            }
+            nodes = big;
+            ops = opts.ops.unwrap_or(ops.min(BIG_OPS_MAX as u32));
+            gossip_interval_ms = gossip_interval_ms.min(BIG_GOSSIP_INTERVAL_MS_MAX);
+            safety_ms = opts
+                .safety_ms
+                .unwrap_or(warm_ms_of(big, gossip_interval_ms) + safety_ms.min(BIG_SAFETY_MS_MAX));
+        }
+        let warm_ms = warm_ms_of(nodes, gossip_interval_ms);
+        // The spare ids joins and replacements take, with their sync policies and shards.
+        let spares = if membership_weight > 0 {
+            range(r, 1, SPARES_MAX) as u32
+        } else {
+            0
+        };
+        for _ in 0..spares {
+            sync.push(draw_sync(r));
+            let most = if nodes as u64 >= BIG_NODES_MIN {
+                BIG_SHARDS_MAX
+            } else {
+                SIM_SHARDS_MAX as u64
+            };
+            let k = range(r, 1, most) as usize;
+            shards.push(opts.shards.unwrap_or(k));
+        }
         Params {
             nodes,
+            spares,
             replicas,
             shards,
             sync,
@@ -399,6 +490,7 @@ impl Params {
             get_percent,
             ttl_percent,
             safety_ms,
+            warm_ms,
             liveness_ms_max: 60_000,
             delay_min_ms,
             delay_max_ms,
@@ -427,8 +519,10 @@ impl Params {
     pub fn describe(&self, trace: &mut Trace) {
         let sync: Vec<String> = self.sync.iter().map(sync_name).collect();
         trace.line(format_args!(
-            "params nodes={} N={} shards={:?} sync=[{}] consistency={} weights(one,quorum,all)={:?}",
+            "params nodes={} spares={} N={} shards={:?} sync=[{}] consistency={} \
+             weights(one,quorum,all)={:?}",
             self.nodes,
+            self.spares,
             self.replicas,
             self.shards,
             sync.join(","),

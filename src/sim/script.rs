@@ -170,6 +170,7 @@ impl ClusterSpec {
         p.dup_percent = self.dup_percent;
         p.fault_weights = [0; 6];
         p.membership_weight = 0;
+        p.spares = 0;
         p.far_nodes = Vec::new();
         p.torn_percent = 0;
         p.bad_disk = None;

@@ -31,6 +31,7 @@
 //!  liveness.rs  the liveness phase: convergence, repair rounds, final checks
 //!  elastic.rs   membership changes: leave, remove, pause (operator commands), rings seen,
 //!               the placement and moved-bytes checkers
+//!  joins.rs     membership changes: join and replace (a new node started as `kvd --join`)
 //! ```
 //!
 //! **Links.** A frame is tagged with the lives (restart counts) of both ends when sent; it is
@@ -157,6 +158,12 @@ pub struct RunStats {
     pub compactions: u64,
     /// Leaves and removals the ring finished (issue 12).
     pub membership_changes: u64,
+    /// Nodes started to join the cluster (JOIN events).
+    pub joins: u64,
+    /// Nodes started to replace a dead member (REPLACE events).
+    pub replaces: u64,
+    /// Nodes that joined or replaced one and ended up members (status up) in the ring.
+    pub admitted: u64,
     /// Bytes the partition copies moved (every node, every life).
     pub moved_bytes: u64,
     /// The minimum those copies had to move (see `elastic.rs`).
@@ -234,6 +241,8 @@ impl World {
         config.validate().expect("drawn parameters are in range");
         let ids: Vec<u32> = (1..=p.nodes).collect();
         let ring = Ring::new(&ids, p.replicas);
+        // Every id a run may use: the first members, then the spares joins take.
+        let slots = p.nodes + p.spares;
         let log_config = LogConfig {
             segment_size_max: p.segment_size_max,
             compaction_dead_percent: 40,
@@ -241,29 +250,33 @@ impl World {
             ..LogConfig::default()
         };
         let mut rng = SplitMix64::new(seed);
-        let nodes: Vec<Node> = ids
-            .iter()
-            .map(|&id| {
+        let nodes: Vec<Node> = (1..=slots)
+            .map(|id| {
                 let skew = if p.skew_max_ms == 0 {
                     0
                 } else {
                     range(&mut rng, 0, 2 * p.skew_max_ms) as i64 - p.skew_max_ms as i64
                 };
                 let far = p.far_nodes.iter().find(|(n, _)| *n == id).map(|(_, o)| *o);
-                Node::new(
+                let mut n = Node::new(
                     id,
                     p.sync[id as usize - 1],
                     p.shards[id as usize - 1],
                     skew + far.unwrap_or(0),
                     far.is_some(),
-                )
+                );
+                n.spare = id > p.nodes;
+                n
             })
             .collect();
         let syncs_on_ack = p.sync.iter().map(|s| *s == SyncPolicy::Always).collect();
-        let mut hist = History::new(p.nodes, p.replicas, syncs_on_ack, BASE_MS);
+        let mut hist = History::new(slots, p.replicas, syncs_on_ack, BASE_MS);
         hist.max_clock_offset_ms = p.max_clock_offset_ms;
         hist.shards = p.shards.clone();
-        let near = nodes.iter().filter(|n| !n.far).map(|n| n.offset_ms);
+        let near = nodes
+            .iter()
+            .filter(|n| !n.far && !n.spare)
+            .map(|n| n.offset_ms);
         hist.near_offsets_ms = (
             near.clone().min().unwrap_or(0).min(0),
             near.max().unwrap_or(0).max(0),
@@ -283,7 +296,7 @@ impl World {
             config,
             log_config,
             ring,
-            blocked: vec![vec![false; p.nodes as usize]; p.nodes as usize],
+            blocked: vec![vec![false; slots as usize]; slots as usize],
             partitioned: false,
             clients: (0..p.clients).map(|_| Client { busy: None }).collect(),
             ops_issued: 0,
@@ -325,6 +338,12 @@ impl World {
         &mut self.nodes[id as usize - 1]
     }
 
+    /// The ids in use so far, `1..=born()`: the first members and the spares that joins and
+    /// replacements took (in id order); the ids above are spares that never ran.
+    pub(super) fn born(&self) -> u32 {
+        self.p.nodes + self.elastic.joined
+    }
+
     /// Whether node `id` is up and not paused.
     pub(super) fn runnable(&self, id: u32) -> bool {
         let n = self.node(id);
@@ -335,8 +354,8 @@ impl World {
     pub fn run(&mut self) {
         self.p.describe(&mut self.trace);
         self.boot();
-        // Let gossip settle before the clients start.
-        let warm = self.p.gossip_interval_ms * 3;
+        // Let gossip settle (and the clocks be measured) before the clients start.
+        let warm = self.p.warm_ms;
         for c in 0..self.p.clients {
             let t = warm + range(&mut self.rng, 0, 50);
             self.at(t, Ev::ClientNext(c));
@@ -372,10 +391,15 @@ impl World {
     pub(super) fn boot(&mut self) {
         for id in 1..=self.p.nodes {
             self.start_node(id);
-            for shard in 0..self.node(id).shards {
-                let first = range(&mut self.rng, 0, self.p.tick_ms);
-                self.at(first, Ev::Tick { node: id, shard });
-            }
+            self.first_ticks(id, 0);
+        }
+    }
+
+    /// The first tick of each shard of node `id`, within a tick after `from`.
+    pub(super) fn first_ticks(&mut self, id: u32, from: u64) {
+        for shard in 0..self.node(id).shards {
+            let first = from + range(&mut self.rng, 0, self.p.tick_ms);
+            self.at(first, Ev::Tick { node: id, shard });
         }
     }
 

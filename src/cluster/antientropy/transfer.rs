@@ -35,6 +35,7 @@
 use super::initiator::Exchange;
 use super::AntiEntropy;
 use crate::cluster::ring::Ring;
+use crate::cluster::ringstate::Change;
 use crate::cluster::Ownership;
 use crate::limits::AE_MESSAGE_BYTES_MAX;
 use crate::storage::Store;
@@ -237,12 +238,16 @@ impl AntiEntropy {
                 break;
             }
             let holders: Vec<u32> = self.ring.preference_list(p).to_vec();
-            let leave = matches!(
-                self.ring.state().change(),
-                Some(crate::cluster::ringstate::Change::Leave { .. })
-            );
+            let change = self.ring.state().change();
             let me = self.me;
             let t = self.transfers.get_mut(&p).expect("listed above");
+            // Whether the owner this node replaces is dropped for good by the change (a
+            // removal or a replacement), rather than only down for now (a leave, a join).
+            let replaced_for_good = match change {
+                Some(Change::Remove { node }) => node == t.replaces,
+                Some(Change::Replace { old, .. }) => old == t.replaces,
+                _ => false,
+            };
             let sources = t.sources.get_or_insert_with(|| {
                 if alive(t.replaces) {
                     vec![t.replaces]
@@ -254,11 +259,13 @@ impl AntiEntropy {
                         .collect()
                 }
             });
-            if sources.is_empty() && !leave {
+            if sources.is_empty() && replaced_for_good {
                 // No other owner at all (N = 1, the only owner removed for good): there is
                 // nothing left to copy from, and nothing to wait for; the partition starts
-                // empty here. (Not for a leave: its node is only down for now, and the copy
-                // waits for it.)
+                // empty here. (Not for a leave or a join: the owner is only down for now, or
+                // not yet seen alive by a node that just restarted, and the copy waits for
+                // it: kvsim seed 205 flipped a partition to a joining node that had taken it
+                // empty, its one owner unseen after the joiner's restart.)
                 t.done = true;
                 self.index.stats.moves_copied += 1;
                 self.copied.push((p as u16, t.since));
