@@ -58,8 +58,8 @@ pub struct ShardCounters {
     pub bytes_reclaimed: AtomicU64,
     /// Segments reclaimed by compaction so far (removed minus written).
     pub segments_reclaimed: AtomicU64,
-    /// The shard's partition copies as TRANSFERS lines, refreshed with the cluster figures.
-    pub transfers: Mutex<String>,
+    /// The shard's partition copies for TRANSFERS, refreshed with the cluster figures.
+    pub transfers: Mutex<crate::cluster::node::TransferReport>,
 }
 
 impl Default for ShardCounters {
@@ -87,7 +87,7 @@ impl Default for ShardCounters {
             compactions: AtomicU64::new(0),
             bytes_reclaimed: AtomicU64::new(0),
             segments_reclaimed: AtomicU64::new(0),
-            transfers: Mutex::new(String::new()),
+            transfers: Mutex::new(Default::default()),
         }
     }
 }

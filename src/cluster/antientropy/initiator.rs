@@ -305,6 +305,9 @@ impl AntiEntropy {
                 asked: next,
             };
         } else {
+            if x.transfer {
+                self.transfer_segments(p, differing.len());
+            }
             x.pending.extend(differing);
             x.phase = Phase::Push; // placeholder: advance() picks the next step
         }
@@ -377,7 +380,7 @@ impl AntiEntropy {
         self.index.stats.keys_dropped += dropped as u64;
         self.index.stats.keys_repaired -= dropped as u64;
         if x.transfer {
-            self.transfer_progress(p, recs.len() as u64, bytes as u64);
+            self.transfer_progress(p, recs.len() as u64, bytes as u64, done as u32);
         } else if let Some(round) = self.round.as_mut() {
             round.keys_moved += recs.len() as u64;
             round.bytes_moved += bytes as u64;
