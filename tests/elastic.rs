@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{wait_for, Node};
+use common::{join, wait_admitted, wait_for, wait_settled_ring, Node};
 use dkv::client::Client;
 use dkv::hash::partition_of;
 use dkv::protocol::{Consistency, Status};
@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const KEYS: usize = 1_500;
-const CHANGE_TIMEOUT: Duration = Duration::from_secs(90);
+const CHANGE_TIMEOUT: Duration = common::RING_CHANGE_TIMEOUT;
 
 fn key(i: usize) -> Vec<u8> {
     format!("elastic-{i:05}").into_bytes()
@@ -42,27 +42,6 @@ fn put_all(c: &mut Client, i: usize) {
             Err(e) => panic!("PUT {i}: {e}"),
         }
     });
-}
-
-/// Wait until every node in `nodes` reports no running change at the same ring version;
-/// returns that version.
-fn wait_settled_ring(nodes: &[&Node]) -> u64 {
-    wait_for(CHANGE_TIMEOUT, "the change to finish on every node", || {
-        let mut version = None;
-        for n in nodes {
-            let text = n.client().cluster_admin("PLAN").ok()?;
-            let first = text.lines().next()?;
-            if !first.contains("change none") {
-                return None;
-            }
-            let v: u64 = first.split_whitespace().nth(2)?.parse().ok()?;
-            if version.is_some_and(|x| x != v) {
-                return None;
-            }
-            version = Some(v);
-        }
-        version
-    })
 }
 
 /// Check that every key is on exactly its owners by the ring map (LGET on every node of
@@ -159,25 +138,6 @@ fn a_decommissioned_node_streams_its_partitions_away_and_ends_empty() {
     for n in &mut nodes {
         n.terminate();
     }
-}
-
-/// Start node `id` joining the cluster through `seed` (and replacing `replace`, if given).
-fn join(dir: &std::path::Path, id: u32, seed: &str, replace: Option<u32>) -> Node {
-    let port = common::free_port();
-    let mut args = common::join_args(id, seed);
-    if let Some(old) = replace {
-        args.extend(["--replace".to_string(), old.to_string()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Node::start_on(port, &dir.join(format!("node-{id}")), &args)
-}
-
-/// Wait until node `id` is listed in the ring map of `node` (admitted).
-fn wait_admitted(node: &Node, id: u32) {
-    wait_for(CHANGE_TIMEOUT, &format!("node {id} to be admitted"), || {
-        let map = node.client().ring().ok()?;
-        map.addrs.iter().any(|(n, _)| *n == id).then_some(())
-    });
 }
 
 #[test]

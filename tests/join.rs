@@ -9,6 +9,9 @@
 //! * The leader admits it and it takes its share of partitions (tests/elastic.rs tests the
 //!   moves in depth): once the change is over it holds exactly the keys of the partitions the
 //!   ring gives it (LGET), and the others' keys not.
+//! * TRANSFERS on a node joining at a throttled rate shows, while its copies run, each
+//!   move's bytes done and (estimated) total, its rate and ETA, and a summary line (moves
+//!   waiting / copying / copied, bytes left, rate, ETA); a copied move's total is its bytes.
 //! * A `--join` with an id the cluster already has, at another address, is refused with a
 //!   clear error; `--join` with `--nodes`, or without `--listen`, too.
 
@@ -191,4 +194,95 @@ fn join_excludes_nodes_and_needs_listen() {
         "s",
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--join needs --listen"));
+}
+
+/// Keys and value size of the throttled join: about 3 MB, so that at
+/// [`THROTTLED_JOIN_MB_PER_S`] the joining node copies for seconds.
+const THROTTLED_KEYS: usize = 3_000;
+const THROTTLED_VALUE_SIZE: usize = 1_000;
+const THROTTLED_JOIN_MB_PER_S: &str = "0.5";
+
+/// A word's value in a TRANSFERS line (`name value`).
+fn word_after<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == name)?;
+    words.next()
+}
+
+#[test]
+fn transfers_show_total_rate_and_eta_while_a_join_copies() {
+    let mut nodes = common::start_nodes(
+        "join-transfers",
+        &[2, 2, 2],
+        3,
+        &["--gossip-interval-ms", "50"],
+    );
+    let mut c = nodes[0].client();
+    let value = vec![b'v'; THROTTLED_VALUE_SIZE];
+    for i in 0..THROTTLED_KEYS {
+        let key = format!("moving-{i}");
+        retrying("a PUT", || {
+            c.put(key.as_bytes(), &value, 0, Consistency::Quorum)
+        });
+    }
+    let dir = nodes[0].data.parent().expect("a test dir").to_path_buf();
+    let port = common::free_port();
+    let mut args = common::join_args(4, &nodes[1].addr);
+    args.extend([
+        "--stream-mb-per-s".to_string(),
+        THROTTLED_JOIN_MB_PER_S.to_string(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    nodes.push(Node::start_on(port, &dir.join("node-4"), &args));
+
+    // While node 4 copies: a copying move with a total, a rate and an ETA, and the summary.
+    let text = wait_for(
+        common::RING_CHANGE_TIMEOUT,
+        "TRANSFERS with figures",
+        || {
+            let text = nodes[3].client().cluster_admin("TRANSFERS").ok()?;
+            let copying = text.lines().find(|l| {
+                l.starts_with("partition ")
+                    && l.ends_with(" copying")
+                    && ["total_bytes", "rate_bytes_per_s", "eta_s"]
+                        .iter()
+                        .all(|w| word_after(l, w).is_some_and(|v| v.parse::<f64>().is_ok()))
+            })?;
+            let summary = text.lines().find(|l| l.starts_with("moves waiting "))?;
+            let left: u64 = word_after(summary, "bytes_left")?.parse().ok()?;
+            word_after(summary, "eta_s")?.parse::<f64>().ok()?;
+            (left > 0 && word_after(copying, "bytes").is_some()).then(|| text.clone())
+        },
+    );
+    println!("{text}");
+    for l in text.lines().filter(|l| l.ends_with(" copied")) {
+        assert_eq!(word_after(l, "total_bytes"), word_after(l, "bytes"), "{l}");
+    }
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with("moves waiting "))
+        .expect("a summary line");
+    let copying: usize = word_after(summary, "copying")
+        .and_then(|v| v.parse().ok())
+        .expect("a copying count");
+    assert!(copying >= 1, "{summary}");
+    let rate: u64 = word_after(summary, "rate_bytes_per_s")
+        .and_then(|v| v.parse().ok())
+        .expect("a rate");
+    assert!(rate > 0, "{summary}");
+
+    // Unthrottled, the join ends, and so do its moves.
+    nodes[3]
+        .client()
+        .cluster_admin("THROTTLE 0")
+        .expect("THROTTLE");
+    let all: Vec<&Node> = nodes.iter().collect();
+    common::wait_settled_ring(&all);
+    wait_for(DEADLINE, "TRANSFERS to empty", || {
+        let text = nodes[3].client().cluster_admin("TRANSFERS").ok()?;
+        text.starts_with("no partition is moving").then_some(())
+    });
+    for n in &mut nodes {
+        n.terminate();
+    }
 }

@@ -8,10 +8,14 @@
 //! * kvbench `--route ring --check` reports every request sent to an owner and nothing lost;
 //!   with its shard-aware connections (the default) each also reaches the owning shard of the
 //!   owner node (no client request forwarded between shards), without them about half are.
+//! * kvbench follows the ring: on 3 nodes (N = 2) under its load a 4th node joins; once the
+//!   change has ended the nodes see at most 1% of kvbench's requests for keys they do not
+//!   own (a map fetched once would send about a third of them to former owners), kvbench
+//!   reports the final map (4 nodes) and loses no acknowledged write.
 
 mod common;
 
-use common::{wait_for, Node};
+use common::{join, wait_admitted, wait_for, wait_settled_ring, Node};
 use dkv::client::RingClient;
 use dkv::protocol::Consistency;
 use std::process::{Command, Stdio};
@@ -243,4 +247,80 @@ fn kvbench_routes_by_the_ring_and_loses_nothing() {
         before.1,
         "no node saw a key it does not own"
     );
+}
+
+/// kvbench refreshes its ring map while it runs: after a node joins, its requests go to the
+/// new owners (the nodes' STATS `key_requests_not_owned` stays at most 1% of the requests
+/// from the end of the change to the end of the run), it connects to the new node, and it
+/// loses nothing.
+#[test]
+fn kvbench_follows_the_ring_when_a_node_joins() {
+    let mut nodes = common::start_nodes("ring-join", &[2; 3], 2, &["--gossip-interval-ms", "50"]);
+    let dir = nodes[0].data.parent().expect("a test dir").to_path_buf();
+    let mut kvbench = Command::new(env!("CARGO_BIN_EXE_kvbench"))
+        .args([
+            "--target",
+            &nodes[0].addr,
+            "--connections",
+            "6",
+            "--pipeline",
+            "2",
+            "--duration",
+            "30",
+            "--rate",
+            "1500",
+            "--keys",
+            "3000",
+            "--mix",
+            "get=50,put=40,del=10",
+            "--consistency",
+            "QUORUM",
+            "--check",
+            "--json",
+            "--quiet",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kvbench");
+    // The load runs before the join begins.
+    let three: Vec<&Node> = nodes.iter().collect();
+    let start = routed_counts(&three);
+    wait_for(KVBENCH_TIMEOUT, "kvbench's load to reach the nodes", || {
+        let now = routed_counts(&three);
+        (now.0 + now.1 >= start.0 + start.1 + 500).then_some(())
+    });
+    let seed = nodes[0].addr.clone();
+    nodes.push(join(&dir, 4, &seed, None));
+    wait_admitted(&nodes[0], 4);
+    let all: Vec<&Node> = nodes.iter().collect();
+    let version = wait_settled_ring(&all);
+    let before = routed_counts(&all);
+    wait_for(KVBENCH_TIMEOUT, "kvbench to finish", || {
+        kvbench.try_wait().expect("poll kvbench").map(|_| ())
+    });
+    let out = kvbench.wait_with_output().expect("kvbench output");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "kvbench failed: {stderr}\n{stdout}");
+    let after = routed_counts(&all);
+    let (owned, not_owned) = (after.0 - before.0, after.1 - before.1);
+    println!("after the join (ring v{version}): {owned} requests for owned keys, {not_owned} for others; {stdout}");
+    assert!(
+        owned + not_owned >= 2_000,
+        "too few requests after the change to judge: {owned} + {not_owned}"
+    );
+    assert!(
+        not_owned * 100 <= owned + not_owned,
+        "{not_owned} of {} requests after the join went to a node that does not own the key",
+        owned + not_owned
+    );
+    assert_eq!(field(&stdout, "ring_nodes"), 4, "{stdout}");
+    assert!(field(&stdout, "ring_version") >= version, "{stdout}");
+    assert!(field(&stdout, "ring_refreshes") >= 1, "{stdout}");
+    assert_eq!(field(&stdout, "lost"), 0, "{stdout}");
+    for n in &mut nodes {
+        n.terminate();
+    }
 }

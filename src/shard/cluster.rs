@@ -209,13 +209,22 @@ impl ShardCore {
         }
         match verb.as_str() {
             "TRANSFERS" => {
-                let mut text = String::new();
-                for c in &self.shared.counters {
-                    text.push_str(&c.transfers.lock().unwrap_or_else(|p| p.into_inner()));
-                }
-                if text.is_empty() {
-                    text.push_str("no partition is moving to this node\n");
-                }
+                let reports: Vec<_> = self
+                    .shared
+                    .counters
+                    .iter()
+                    .map(|c| {
+                        c.transfers
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .clone()
+                    })
+                    .collect();
+                let text = if reports.iter().all(|r| r.rows.is_empty()) {
+                    "no partition is moving to this node\n".to_string()
+                } else {
+                    crate::cluster::node::render_transfers(&reports)
+                };
                 reply_text(self, wbuf, &text)
             }
             "THROTTLE" => {
@@ -564,7 +573,7 @@ impl ShardCore {
                 .counters()
                 .transfers
                 .lock()
-                .unwrap_or_else(|p| p.into_inner()) = c.node.transfers_text(now_ms);
+                .unwrap_or_else(|p| p.into_inner()) = c.node.transfer_report(now_ms);
             *self
                 .counters()
                 .members

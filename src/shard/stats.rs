@@ -74,8 +74,8 @@ pub struct ShardCounters {
     pub bytes_reclaimed: AtomicU64,
     /// Segments reclaimed by compaction so far (removed minus written).
     pub segments_reclaimed: AtomicU64,
-    /// The shard's partition copies as TRANSFERS lines, refreshed with the cluster figures.
-    pub transfers: Mutex<String>,
+    /// The shard's partition copies for TRANSFERS, refreshed with the cluster figures.
+    pub transfers: Mutex<crate::cluster::node::TransferReport>,
     /// Each known node's state as this shard's cluster core sees it (`joining`, `up`,
     /// `leaving`, `failed`, `removed`) and whether it leads, refreshed with the cluster
     /// figures: for the metrics, which have no core to ask.
@@ -125,7 +125,7 @@ impl Default for ShardCounters {
             compactions: AtomicU64::new(0),
             bytes_reclaimed: AtomicU64::new(0),
             segments_reclaimed: AtomicU64::new(0),
-            transfers: Mutex::new(String::new()),
+            transfers: Mutex::new(Default::default()),
             members: Mutex::new(Vec::new()),
             snapshot_done: AtomicU64::new(0),
             snapshot_result: Mutex::new(None),

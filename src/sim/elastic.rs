@@ -611,15 +611,14 @@ impl World {
             for n in &self.nodes {
                 let Some(run) = &n.up else { continue };
                 let mut states: std::collections::BTreeMap<&str, usize> = Default::default();
-                let texts: Vec<String> = run
+                let reports: Vec<_> = run
                     .cores
                     .iter()
                     .filter_map(|c| c.cluster_node())
-                    .map(|c| c.transfers_text(0))
+                    .map(|c| c.transfer_report(0))
                     .collect();
-                for line in texts.iter().flat_map(|t| t.lines()) {
-                    let state = line.rsplit(' ').next().unwrap_or("?");
-                    *states.entry(state).or_default() += 1;
+                for row in reports.iter().flat_map(|r| &r.rows) {
+                    *states.entry(row.state).or_default() += 1;
                 }
                 let leader = run.cores[0].cluster_node().map_or(0, |c| c.leader());
                 if !states.is_empty() {

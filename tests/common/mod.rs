@@ -462,3 +462,55 @@ pub fn wait_alive(node: &Node, total: usize, alive: &[u32], timeout: Duration) {
         },
     );
 }
+
+/// How long a membership change (join, leave, replace, remove) of a small test cluster may
+/// take.
+pub const RING_CHANGE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Wait until every node in `nodes` reports no running change at the same ring version;
+/// returns that version.
+pub fn wait_settled_ring(nodes: &[&Node]) -> u64 {
+    wait_for(
+        RING_CHANGE_TIMEOUT,
+        "the change to finish on every node",
+        || {
+            let mut version = None;
+            for n in nodes {
+                let text = n.client().cluster_admin("PLAN").ok()?;
+                let first = text.lines().next()?;
+                if !first.contains("change none") {
+                    return None;
+                }
+                let v: u64 = first.split_whitespace().nth(2)?.parse().ok()?;
+                if version.is_some_and(|x| x != v) {
+                    return None;
+                }
+                version = Some(v);
+            }
+            version
+        },
+    )
+}
+
+/// Wait until node `id` is listed in the ring map of `node` (admitted).
+pub fn wait_admitted(node: &Node, id: u32) {
+    wait_for(
+        RING_CHANGE_TIMEOUT,
+        &format!("node {id} to be admitted"),
+        || {
+            let map = node.client().ring().ok()?;
+            map.addrs.iter().any(|(n, _)| *n == id).then_some(())
+        },
+    );
+}
+
+/// Start node `id` joining the cluster through `seed` (and replacing `replace`, if given).
+pub fn join(dir: &std::path::Path, id: u32, seed: &str, replace: Option<u32>) -> Node {
+    let port = free_port();
+    let mut args = join_args(id, seed);
+    if let Some(old) = replace {
+        args.extend(["--replace".to_string(), old.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Node::start_on(port, &dir.join(format!("node-{id}")), &args)
+}

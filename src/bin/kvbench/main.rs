@@ -78,9 +78,10 @@ const PRELOAD_PIPELINE_MIN: usize = 32;
 /// Main thread's wake-up period while the workers run.
 const PROGRESS_TICK: Duration = Duration::from_millis(50);
 
-/// Connections of thread `t`: every `threads`-th connection, each on its target in turn.
-fn thread_addrs(o: &Opts, t: usize) -> Vec<SocketAddr> {
-    if let Some(nodes) = &o.ring_nodes {
+/// Connections of thread `t`: every `threads`-th connection, each on its target in turn
+/// (under `--route ring`, on the ring's `nodes`).
+fn thread_addrs(o: &Opts, nodes: Option<&[SocketAddr]>, t: usize) -> Vec<SocketAddr> {
+    if let Some(nodes) = nodes {
         return ring_thread_addrs(o, nodes, t);
     }
     (t..o.connections)
@@ -97,9 +98,9 @@ fn ring_thread_addrs(o: &Opts, nodes: &[SocketAddr], t: usize) -> Vec<SocketAddr
     (0..count).map(|j| nodes[(t + j) % nodes.len()]).collect()
 }
 
-/// Where connections go: the ring's nodes under `--route ring`, else the targets.
-fn destinations(o: &Opts) -> &[SocketAddr] {
-    o.ring_nodes.as_deref().unwrap_or(&o.targets)
+/// Where connections go: the ring's `nodes` under `--route ring`, else the targets.
+fn destinations<'a>(o: &'a Opts, nodes: Option<&'a [SocketAddr]>) -> &'a [SocketAddr] {
+    nodes.unwrap_or(&o.targets)
 }
 
 /// Connections of thread `t` as [`thread_addrs`], each pinned to a shard when its
@@ -107,10 +108,15 @@ fn destinations(o: &Opts) -> &[SocketAddr] {
 /// thread's i-th connection to a destination is pinned to shard (t + i) mod K, so every
 /// thread with at least K connections per destination covers every shard of it, and threads
 /// with fewer start at different shards.
-fn thread_conns(o: &Opts, t: usize, shards: &[Option<usize>]) -> Vec<(SocketAddr, Option<Pin>)> {
-    let dests = destinations(o);
+fn thread_conns(
+    o: &Opts,
+    nodes: Option<&[SocketAddr]>,
+    t: usize,
+    shards: &[Option<usize>],
+) -> Vec<(SocketAddr, Option<Pin>)> {
+    let dests = destinations(o, nodes);
     let mut per_dest = vec![0usize; dests.len()];
-    thread_addrs(o, t)
+    thread_addrs(o, nodes, t)
         .into_iter()
         .map(|addr| {
             let Some(d) = dests.iter().position(|&a| a == addr) else {
@@ -132,10 +138,15 @@ fn thread_conns(o: &Opts, t: usize, shards: &[Option<usize>]) -> Vec<(SocketAddr
         .collect()
 }
 
-/// Each destination's shard count (by index into [`destinations`]), from a HELLO, for
-/// shard-aware connections (`None`: its connections are not pinned).
-fn discover_shards(o: &Opts) -> Vec<Option<usize>> {
-    let dests = destinations(o);
+/// Each target's shard count (by index into `o.targets`), from a HELLO, for shard-aware
+/// connections (`None`: its connections are not pinned). Under `--route ring` the ring's
+/// nodes were asked already (`RingRoute::learn_shards`).
+fn discover_shards(o: &Opts, ring: Option<&route::RingRoute>) -> Vec<Option<usize>> {
+    if let Some(r) = ring {
+        warn_thin_shards(o, &r.shards, r.addrs.len());
+        return r.shards.clone();
+    }
+    let dests = destinations(o, None);
     if !o.shard_aware {
         return vec![None; dests.len()];
     }
@@ -154,7 +165,13 @@ fn discover_shards(o: &Opts) -> Vec<Option<usize>> {
             },
         )
         .collect();
-    let per_thread = o.connections / (o.threads * dests.len());
+    warn_thin_shards(o, &shards, dests.len());
+    shards
+}
+
+/// Say so when a thread has fewer connections per destination than its shards.
+fn warn_thin_shards(o: &Opts, shards: &[Option<usize>], dests: usize) {
+    let per_thread = o.connections / (o.threads * dests.max(1));
     if let Some(k) = shards.iter().flatten().max() {
         if per_thread < *k {
             eprintln!(
@@ -163,13 +180,14 @@ fn discover_shards(o: &Opts) -> Vec<Option<usize>> {
             );
         }
     }
-    shards
 }
 
 /// `total` split over the threads in proportion to their connections.
 fn share(o: &Opts, t: usize, total: u64) -> (u64, u64) {
-    let conns_before = (0..t).map(|u| thread_addrs(o, u).len() as u64).sum::<u64>();
-    let mine = thread_addrs(o, t).len() as u64;
+    let conns_before = (0..t)
+        .map(|u| thread_addrs(o, None, u).len() as u64)
+        .sum::<u64>();
+    let mine = thread_addrs(o, None, t).len() as u64;
     let n = o.connections as u64;
     let start = total * conns_before / n;
     let end = total * (conns_before + mine) / n;
@@ -201,10 +219,14 @@ fn run_phase(
     work_of: &dyn Fn(usize) -> Work,
 ) -> Result<Phase, String> {
     let started = Instant::now();
+    // Under --route ring each phase starts from the ring as it is now.
+    let ring = sh.cfg.route.as_ref().map(|cell| cell.get());
+    let nodes = ring.as_ref().map(|r| r.addrs.as_slice());
+    let shards = ring.as_ref().map_or(shards, |r| r.shards.as_slice());
     let handles: Vec<_> = (0..o.threads)
         .map(|t| {
             let sh = sh.clone();
-            let addrs = thread_conns(o, t, shards);
+            let addrs = thread_conns(o, nodes, t, shards);
             let work = work_of(t);
             std::thread::Builder::new()
                 .name(format!("kvbench-{t}"))
@@ -346,8 +368,8 @@ fn describe(o: &Opts) -> (String, String) {
     (j, h)
 }
 
-fn run(o: &mut Opts) -> Result<ExitCode, String> {
-    let ring = match o.route {
+fn run(o: &Opts) -> Result<ExitCode, String> {
+    let mut ring = match o.route {
         // A target that cannot answer RING yet (down, starting) must not stop the run: it
         // runs unrouted, as it would with --route none, and says so.
         route::RouteMode::Ring => {
@@ -361,8 +383,10 @@ fn run(o: &mut Opts) -> Result<ExitCode, String> {
         }
         route::RouteMode::None => None,
     };
-    if let Some(r) = &ring {
-        o.ring_nodes = Some(r.addrs.clone());
+    if let Some(r) = ring.as_mut() {
+        if o.shard_aware {
+            r.learn_shards(None, &o.token);
+        }
         if o.connections / o.threads < r.addrs.len() {
             eprintln!(
                 "kvbench: --route ring: fewer connections per thread ({}) than ring nodes ({}): \
@@ -372,7 +396,37 @@ fn run(o: &mut Opts) -> Result<ExitCode, String> {
             );
         }
     }
-    let o: &Opts = o;
+    let shards = discover_shards(o, ring.as_ref());
+    let route_cell = ring.map(|r| Arc::new(route::RouteCell::new(r)));
+    // The refresher keeps the map current while the phases run (route.rs).
+    let stop_refresher = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refresher = match &route_cell {
+        Some(cell) => Some(
+            route::spawn_refresher(
+                cell.clone(),
+                o.target_names.clone(),
+                o.token.clone(),
+                o.shard_aware,
+                stop_refresher.clone(),
+            )
+            .map_err(|e| format!("cannot start the ring refresher: {e}"))?,
+        ),
+        None => None,
+    };
+    let result = run_phases(o, route_cell, &shards);
+    stop_refresher.store(true, Ordering::Relaxed);
+    if let Some(h) = refresher {
+        let _ = h.join();
+    }
+    result
+}
+
+/// The preload, measured and check phases, and the report.
+fn run_phases(
+    o: &Opts,
+    route_cell: Option<Arc<route::RouteCell>>,
+    shards: &[Option<usize>],
+) -> Result<ExitCode, String> {
     let nonce = {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -395,7 +449,7 @@ fn run(o: &mut Opts) -> Result<ExitCode, String> {
             check: check.clone(),
             write_id_nonce: nonce,
             token: o.token.clone(),
-            route: ring,
+            route: route_cell,
         },
         chooser: KeyChooser::new(o.keys, o.distribution),
         pool: workload::value_pool(o.value_size.max, o.seed),
@@ -405,10 +459,9 @@ fn run(o: &mut Opts) -> Result<ExitCode, String> {
         write_seq: AtomicU64::new(0),
     });
 
-    let shards = discover_shards(o);
     if o.preload {
         let pipeline = o.pipeline.max(PRELOAD_PIPELINE_MIN);
-        let p = run_phase(&sh, o, &shards, "preload", pipeline, &|t| {
+        let p = run_phase(&sh, o, shards, "preload", pipeline, &|t| {
             let (start, end) = share(o, t, o.keys);
             Work::Preload { start, end }
         })?;
@@ -423,7 +476,7 @@ fn run(o: &mut Opts) -> Result<ExitCode, String> {
     }
 
     let start_ns = sh.now_ns();
-    let run = run_phase(&sh, o, &shards, "run", o.pipeline, &|t| {
+    let run = run_phase(&sh, o, shards, "run", o.pipeline, &|t| {
         let deadline_ns = o.duration_s.map(|d| start_ns + (d * 1e9) as u64);
         let requests = o.requests.map(|n| {
             let (a, b) = share(o, t, n);
@@ -431,7 +484,7 @@ fn run(o: &mut Opts) -> Result<ExitCode, String> {
         });
         let rate = o
             .rate
-            .map(|r| r * thread_addrs(o, t).len() as f64 / o.connections as f64);
+            .map(|r| r * thread_addrs(o, None, t).len() as f64 / o.connections as f64);
         Work::Mix {
             deadline_ns,
             requests,
@@ -453,7 +506,7 @@ fn run(o: &mut Opts) -> Result<ExitCode, String> {
             let keys = Arc::new(table.touched_keys());
             let n = keys.len() as u64;
             let pipeline = o.pipeline.max(PRELOAD_PIPELINE_MIN);
-            let p = run_phase(&sh, o, &shards, "check", pipeline, &|t| {
+            let p = run_phase(&sh, o, shards, "check", pipeline, &|t| {
                 let (start, end) = share(o, t, n);
                 Work::Readback {
                     keys: keys.clone(),
@@ -472,20 +525,24 @@ fn run(o: &mut Opts) -> Result<ExitCode, String> {
     };
 
     let (mut config_json, mut config_human) = describe(o);
-    if let Some(r) = &sh.cfg.route {
+    if let Some(cell) = &sh.cfg.route {
+        let r = cell.get();
+        let refreshes = cell.refreshes.load(Ordering::Relaxed);
         let sent = (run.to_owner + run.to_other).max(1);
         config_json.push_str(&format!(
-            ",\"route\":\"ring\",\"ring_version\":{},\"ring_nodes\":{},\"requests_to_owner\":{},\"requests_to_other\":{},\"requests_to_owner_shard\":{}",
+            ",\"route\":\"ring\",\"ring_version\":{},\"ring_nodes\":{},\"ring_refreshes\":{},\"requests_to_owner\":{},\"requests_to_other\":{},\"requests_to_owner_shard\":{}",
             r.version,
             r.addrs.len(),
+            refreshes,
             run.to_owner,
             run.to_other,
             run.to_shard
         ));
         config_human.push_str(&format!(
-            " | route ring v{} ({} nodes): {:.2}% of requests to an owner",
+            " | route ring v{} ({} nodes, {} newer maps taken): {:.2}% of requests to an owner",
             r.version,
             r.addrs.len(),
+            refreshes,
             100.0 * run.to_owner as f64 / sent as f64
         ));
         if o.shard_aware {
@@ -528,8 +585,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut opts = opts;
-    match run(&mut opts) {
+    match run(&opts) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kvbench: {e}");
@@ -555,10 +611,10 @@ mod tests {
         assert!(o.shard_aware);
         let shards = [Some(3), Some(2)];
         for t in 0..3 {
-            let conns = thread_conns(&o, t, &shards);
+            let conns = thread_conns(&o, None, t, &shards);
             assert_eq!(
                 conns.iter().map(|c| c.0).collect::<Vec<_>>(),
-                thread_addrs(&o, t)
+                thread_addrs(&o, None, t)
             );
             for (target, k) in [(0usize, 3usize), (1, 2)] {
                 let mut pins: Vec<usize> = conns
@@ -581,7 +637,7 @@ mod tests {
         }
         // With the ring, connections go to the ring's nodes and are pinned by node: a thread
         // with K connections per node covers every shard of it.
-        let mut o = opts(&["-t", "127.0.0.1:1", "-c", "24", "-T", "2"]);
+        let o = opts(&["-t", "127.0.0.1:1", "-c", "24", "-T", "2"]);
         let nodes: Vec<SocketAddr> = (1..=3)
             .map(|p| {
                 format!("127.0.0.1:{}", 100 + p)
@@ -589,10 +645,9 @@ mod tests {
                     .expect("an address")
             })
             .collect();
-        o.ring_nodes = Some(nodes.clone());
         let shards = [Some(2), Some(4), None];
         for t in 0..2 {
-            let conns = thread_conns(&o, t, &shards);
+            let conns = thread_conns(&o, Some(&nodes), t, &shards);
             assert_eq!(conns.len(), 12);
             for (node, k) in shards.iter().enumerate() {
                 let mut pins: Vec<Option<usize>> = conns
@@ -612,7 +667,7 @@ mod tests {
         }
         let o = opts(&["-t", "127.0.0.1:1,127.0.0.1:2", "-c", "24", "-T", "3"]);
         // One shard, an unknown count, or --no-shard-aware: nothing is pinned.
-        let conns = thread_conns(&o, 0, &[Some(1), None]);
+        let conns = thread_conns(&o, None, 0, &[Some(1), None]);
         assert!(conns.iter().all(|c| c.1.is_none()));
         let o = opts(&["--no-shard-aware"]);
         assert!(!o.shard_aware);

@@ -29,9 +29,6 @@ pub(crate) struct Opts {
     pub(crate) token: Vec<u8>,
     /// `--route`: as asked (ring unless told otherwise, for dkv).
     pub(crate) route: route::RouteMode,
-    /// `--route ring` against a cluster: the ring's nodes, which the connections go to
-    /// instead of the targets (set by `run` once the map is fetched).
-    pub(crate) ring_nodes: Option<Vec<SocketAddr>>,
     /// dkv connections pinned to shards by their local port (not `--no-shard-aware`).
     pub(crate) shard_aware: bool,
 }
@@ -395,7 +392,6 @@ pub(crate) fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         quiet: m.opt_present("quiet"),
         token,
         route,
-        ring_nodes: None,
         shard_aware: proto == Proto::Dkv && !m.opt_present("no-shard-aware"),
     }))
 }

@@ -115,7 +115,10 @@ mod transfer;
 mod wire;
 
 pub use tracked::{Tracked, TreeIndex};
-pub use transfer::{Throttle, Transfer, TRANSFER_LIMIT_DEFAULT, TRANSFER_RETRY_MS};
+pub use transfer::{
+    RateMeter, Throttle, Transfer, TRANSFER_LIMIT_DEFAULT, TRANSFER_RATE_WINDOW_MS,
+    TRANSFER_RETRY_MS,
+};
 pub use wire::{ae_op, is_anti_entropy_op, request_applies_records, routing_partition, Record};
 pub(crate) use wire::{decode_status_reply, push_key, put_status_request, put_tree_request};
 
@@ -228,6 +231,8 @@ pub struct AntiEntropy {
     moves_enabled: bool,
     /// Partitions copied whole, not yet taken by the driver: (partition, change's version).
     copied: Vec<(u16, u64)>,
+    /// The byte rate of this core's copies (TRANSFERS).
+    copy_meter: transfer::RateMeter,
 }
 
 /// Completed exchanges to report: (partition, peer) → start ms.
@@ -291,6 +296,7 @@ impl AntiEntropy {
             transfer_limit: TRANSFER_LIMIT_DEFAULT,
             moves_enabled: false,
             copied: Vec::new(),
+            copy_meter: Default::default(),
         };
         a.set_shard(0, 1);
         a

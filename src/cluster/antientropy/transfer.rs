@@ -28,6 +28,16 @@
 //! waits (the exchange is parked and resumed by a later tick), so the rate holds over any
 //! window longer than a message.
 //!
+//! **Progress** (TRANSFERS). The size of a partition is not known before it streams: the
+//! source does not say, and the pending owner's tree is empty. But keys spread evenly over
+//! a partition's 1,024 tree segments (they are bits of the key hash), and an exchange
+//! learns which segments differ when its tree walk ends and how many it has compared after
+//! each AE_KEYS reply. So a copy's total is estimated, with no wire change, as the bytes it
+//! had before the exchange plus the exchange's bytes so far scaled by differing segments
+//! over segments compared: rough after the first reply, within a few per cent past a tenth
+//! of the partition, exact once copied. The rate is measured over windows of
+//! [`TRANSFER_RATE_WINDOW_MS`] ([`RateMeter`]); the ETA is what is left over the rate.
+//!
 //! **Failures.** A copy that fails (timeout, error, the source died) is retried after
 //! [`TRANSFER_RETRY_MS`] from the live sources; one that a restart interrupted starts again
 //! (what was copied stays: the next copy moves only the difference).
@@ -46,6 +56,61 @@ pub const TRANSFER_RETRY_MS: u64 = 500;
 /// Copies running at once on one node by default (`--transfer-limit`).
 pub const TRANSFER_LIMIT_DEFAULT: usize = 4;
 
+/// Window over which copy rates are measured (TRANSFERS): long enough to smooth the steps
+/// of a throttled copy (a message at a time), short enough to follow a change of
+/// `THROTTLE`.
+pub const TRANSFER_RATE_WINDOW_MS: u64 = 2_000;
+
+/// A rate is not shown over less time than this (a copy's first reply says little).
+pub const TRANSFER_RATE_MIN_MS: u64 = 50;
+
+/// Bytes per second over windows of [`TRANSFER_RATE_WINDOW_MS`]: the last full window's
+/// rate, or the running window's once it is longer than a window (a copy that stalls shows
+/// its rate falling), or the running window's alone before the first one ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateMeter {
+    /// Start of the running window (0: nothing measured yet) and the bytes then.
+    from_ms: u64,
+    from_bytes: u64,
+    /// The last full window's rate.
+    last: Option<u64>,
+}
+
+impl RateMeter {
+    /// Start measuring at `now_ms` with `bytes` done (once; later calls do nothing).
+    pub fn start(&mut self, now_ms: u64, bytes: u64) {
+        if self.from_ms == 0 {
+            self.from_ms = now_ms.max(1);
+            self.from_bytes = bytes;
+        }
+    }
+
+    /// `bytes` done at `now_ms`: closes the running window when it is a window long.
+    pub fn record(&mut self, now_ms: u64, bytes: u64) {
+        self.start(now_ms, bytes);
+        let dt = now_ms.saturating_sub(self.from_ms);
+        if dt >= TRANSFER_RATE_WINDOW_MS {
+            self.last = Some(bytes.saturating_sub(self.from_bytes).saturating_mul(1000) / dt);
+            self.from_ms = now_ms;
+            self.from_bytes = bytes;
+        }
+    }
+
+    /// The rate at `now_ms` with `bytes` done, if there is one yet.
+    pub fn rate(&self, now_ms: u64, bytes: u64) -> Option<u64> {
+        if self.from_ms == 0 {
+            return None;
+        }
+        let dt = now_ms.saturating_sub(self.from_ms);
+        let running = bytes.saturating_sub(self.from_bytes).saturating_mul(1000) / dt.max(1);
+        match self.last {
+            Some(r) if dt < TRANSFER_RATE_WINDOW_MS => Some(r),
+            _ if dt >= TRANSFER_RATE_MIN_MS => Some(running),
+            _ => self.last,
+        }
+    }
+}
+
 /// One partition this core is taking over.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transfer {
@@ -57,6 +122,8 @@ pub struct Transfer {
     pub replaces: u32,
     /// Sources still to copy from (decided when the copy starts), `None` before.
     pub sources: Option<Vec<u32>>,
+    /// Sources copied from already.
+    pub copied_from: Vec<u32>,
     /// Records and bytes copied so far.
     pub keys: u64,
     /// Bytes copied so far.
@@ -69,6 +136,46 @@ pub struct Transfer {
     pub running: bool,
     /// Not before this time (after a failure).
     pub retry_at_ms: u64,
+    /// When the copy ended (0: not yet).
+    pub finished_ms: u64,
+    /// Bytes copied before the running exchange learned its differing segments.
+    pub exchange_from_bytes: u64,
+    /// The running exchange's differing segments (`None`: its tree walk is not done).
+    pub segments: Option<u32>,
+    /// Of those, how many it has compared so far (see "Progress").
+    pub segments_done: u32,
+    /// The copy's byte rate.
+    pub meter: RateMeter,
+}
+
+impl Transfer {
+    /// The partition's bytes as far as they can be told: exact once copied, an estimate
+    /// from the segments compared while it streams, `None` before (see "Progress").
+    pub fn total_bytes(&self) -> Option<u64> {
+        if self.done {
+            return Some(self.bytes);
+        }
+        let segments = u64::from(self.segments?);
+        let done = u64::from(self.segments_done);
+        if segments == 0 || done == 0 {
+            return (segments == 0).then_some(self.bytes);
+        }
+        let streamed = self.bytes.saturating_sub(self.exchange_from_bytes);
+        let estimate = self.exchange_from_bytes + streamed.saturating_mul(segments) / done;
+        Some(estimate.max(self.bytes))
+    }
+
+    /// Bytes per second: over the copy's whole time once copied, else measured.
+    pub fn rate_bytes_per_s(&self, now_ms: u64) -> Option<u64> {
+        if self.done {
+            if self.started_ms == 0 {
+                return None;
+            }
+            let dt = self.finished_ms.saturating_sub(self.started_ms).max(1);
+            return Some(self.bytes.saturating_mul(1000) / dt);
+        }
+        self.meter.rate(now_ms, self.bytes)
+    }
 }
 
 /// A token bucket of bytes per second.
@@ -147,12 +254,18 @@ impl AntiEntropy {
                     since: state.since(),
                     replaces: m.from,
                     sources: None,
+                    copied_from: Vec::new(),
                     keys: 0,
                     bytes: 0,
                     started_ms: 0,
                     done: false,
                     running: false,
                     retry_at_ms: 0,
+                    finished_ms: 0,
+                    exchange_from_bytes: 0,
+                    segments: None,
+                    segments_done: 0,
+                    meter: RateMeter::default(),
                 },
             };
             next.insert(m.partition, t);
@@ -171,14 +284,40 @@ impl AntiEntropy {
         }
     }
 
-    pub(super) fn transfer_progress(&mut self, p: usize, keys: u64, bytes: u64) {
+    /// A copy's AE_KEYS reply: `keys` records of `bytes` applied, `segments_done` more of
+    /// its differing segments compared.
+    pub(super) fn transfer_progress(
+        &mut self,
+        p: usize,
+        keys: u64,
+        bytes: u64,
+        segments_done: u32,
+    ) {
+        let now_ms = self.now_ms;
         self.throttle.spend(bytes);
         self.index.stats.moved_keys += keys;
         self.index.stats.moved_bytes += bytes;
+        self.copy_meter.record(now_ms, self.index.stats.moved_bytes);
         if let Some(t) = self.transfers.get_mut(&p) {
             t.keys += keys;
             t.bytes += bytes;
+            t.segments_done = t.segments_done.saturating_add(segments_done);
+            t.meter.record(now_ms, t.bytes);
         }
+    }
+
+    /// A copy's tree walk ended: `segments` differ, to be compared by key.
+    pub(super) fn transfer_segments(&mut self, p: usize, segments: usize) {
+        if let Some(t) = self.transfers.get_mut(&p) {
+            t.exchange_from_bytes = t.bytes;
+            t.segments = Some(segments as u32);
+            t.segments_done = 0;
+        }
+    }
+
+    /// The byte rate of this core's copies, measured (`None`: none has streamed yet).
+    pub fn copy_rate_bytes_per_s(&self, now_ms: u64) -> Option<u64> {
+        self.copy_meter.rate(now_ms, self.index.stats.moved_bytes)
     }
 
     pub(super) fn transfer_copied(&mut self, p: usize, peer: u32) {
@@ -187,9 +326,13 @@ impl AntiEntropy {
         };
         t.running = false;
         if let Some(s) = t.sources.as_mut() {
+            if s.contains(&peer) && !t.copied_from.contains(&peer) {
+                t.copied_from.push(peer);
+            }
             s.retain(|&n| n != peer);
             if s.is_empty() && !t.done {
                 t.done = true;
+                t.finished_ms = self.now_ms;
                 self.index.stats.moves_copied += 1;
                 self.copied.push((p as u16, t.since));
             }
@@ -267,6 +410,7 @@ impl AntiEntropy {
                 // it: kvsim seed 205 flipped a partition to a joining node that had taken it
                 // empty, its one owner unseen after the joiner's restart.)
                 t.done = true;
+                t.finished_ms = now_ms;
                 self.index.stats.moves_copied += 1;
                 self.copied.push((p as u16, t.since));
                 continue;
@@ -281,9 +425,91 @@ impl AntiEntropy {
             if t.started_ms == 0 {
                 t.started_ms = now_ms;
             }
+            t.meter.start(now_ms, t.bytes);
+            self.copy_meter.start(now_ms, self.index.stats.moved_bytes);
             t.running = true;
             budget -= 1;
             self.open_exchange(now_ms, p, peer, true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transfer() -> Transfer {
+        Transfer {
+            partition: 7,
+            since: 2,
+            replaces: 1,
+            sources: Some(vec![1]),
+            copied_from: Vec::new(),
+            keys: 0,
+            bytes: 0,
+            started_ms: 1_000,
+            done: false,
+            running: true,
+            retry_at_ms: 0,
+            finished_ms: 0,
+            exchange_from_bytes: 0,
+            segments: None,
+            segments_done: 0,
+            meter: RateMeter::default(),
+        }
+    }
+
+    #[test]
+    fn the_total_is_estimated_from_the_segments_compared() {
+        let mut t = transfer();
+        assert_eq!(t.total_bytes(), None, "unknown before the tree walk");
+        t.segments = Some(1024);
+        assert_eq!(
+            t.total_bytes(),
+            None,
+            "unknown before a segment is compared"
+        );
+        t.bytes = 100_000;
+        t.segments_done = 256;
+        assert_eq!(t.total_bytes(), Some(400_000));
+        // A second exchange (another source) counts from the bytes before it.
+        t.exchange_from_bytes = 100_000;
+        t.segments = Some(10);
+        t.segments_done = 5;
+        t.bytes = 100_500;
+        assert_eq!(t.total_bytes(), Some(101_000));
+        t.segments = Some(0);
+        assert_eq!(
+            t.total_bytes(),
+            Some(100_500),
+            "nothing differs: what it has"
+        );
+        t.done = true;
+        t.finished_ms = 3_000;
+        assert_eq!(t.total_bytes(), Some(100_500), "exact once copied");
+        assert_eq!(
+            t.rate_bytes_per_s(9_999),
+            Some(50_250),
+            "over the copy's time"
+        );
+    }
+
+    #[test]
+    fn the_rate_is_measured_over_windows() {
+        let mut m = RateMeter::default();
+        assert_eq!(m.rate(5, 0), None);
+        m.start(1_000, 0);
+        assert_eq!(m.rate(1_010, 100), None, "too soon to tell");
+        m.record(1_500, 50_000);
+        assert_eq!(m.rate(1_500, 50_000), Some(100_000), "the running window");
+        m.record(1_000 + TRANSFER_RATE_WINDOW_MS, 200_000);
+        assert_eq!(
+            m.rate(3_100, 210_000),
+            Some(100_000),
+            "the last full window"
+        );
+        // A stall: past a window without progress, the running window shows it.
+        let later = 3_000 + 2 * TRANSFER_RATE_WINDOW_MS;
+        assert_eq!(m.rate(later, 200_000), Some(0));
     }
 }

@@ -66,7 +66,7 @@ mod stats;
 mod tests;
 mod view;
 
-pub use operator::AdminCommand;
+pub use operator::{render_transfers, AdminCommand, TransferReport, TransferRow};
 pub use ring::{RING_CHANGE_TIMEOUT_MS, RING_POLL_MS, RING_RETRY_MS};
 pub use stats::ClockFigures;
 

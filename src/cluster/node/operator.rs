@@ -181,41 +181,212 @@ impl<C> ClusterNode<C> {
         out
     }
 
-    /// This core's copies, one line each (TRANSFERS): partition, sources, this node,
-    /// records and bytes copied, rate, state.
-    pub fn transfers_text(&self, now_ms: u64) -> String {
-        let mut out = String::new();
-        for t in self.aae.transfers() {
-            let secs = now_ms.saturating_sub(t.started_ms).max(1) as f64 / 1000.0;
-            let rate = if t.started_ms == 0 {
-                0.0
-            } else {
-                t.bytes as f64 / secs
-            };
-            let from = t.sources.as_ref().map_or_else(
-                || t.replaces.to_string(),
-                |s| {
-                    s.iter()
+    /// This core's copies and their byte rate, for TRANSFERS ([`render_transfers`]
+    /// gathers every shard's).
+    pub fn transfer_report(&self, now_ms: u64) -> TransferReport {
+        let rows = self
+            .aae
+            .transfers()
+            .map(|t| {
+                // The sources copied from, then those left (the replaced owner before the
+                // copy decides them).
+                let from = match &t.sources {
+                    None => t.replaces.to_string(),
+                    Some(left) => t
+                        .copied_from
+                        .iter()
+                        .chain(left)
                         .map(|n| n.to_string())
                         .collect::<Vec<_>>()
-                        .join(",")
-                },
-            );
-            let state = if t.done {
-                "copied"
-            } else if t.running {
-                "copying"
-            } else if t.started_ms == 0 {
-                "waiting"
+                        .join(","),
+                };
+                let state = if t.done {
+                    "copied"
+                } else if t.running {
+                    "copying"
+                } else if t.started_ms == 0 {
+                    "waiting"
+                } else {
+                    "retrying"
+                };
+                TransferRow {
+                    partition: t.partition,
+                    from,
+                    to: self.config.node_id,
+                    keys: t.keys,
+                    bytes: t.bytes,
+                    total_bytes: t.total_bytes(),
+                    rate_bytes_per_s: t.rate_bytes_per_s(now_ms),
+                    state,
+                }
+            })
+            .collect();
+        let running = self.aae.transfers().any(|t| t.running);
+        TransferReport {
+            rows,
+            rate_bytes_per_s: if running {
+                self.aae.copy_rate_bytes_per_s(now_ms).unwrap_or(0)
             } else {
-                "retrying"
-            };
-            let _ = writeln!(
-                out,
-                "partition {} from {} to {} keys {} bytes {} rate_bytes_per_s {:.0} {}",
-                t.partition, from, self.config.node_id, t.keys, t.bytes, rate, state
-            );
+                0
+            },
         }
-        out
+    }
+
+    /// This core's TRANSFERS text alone (lines and summary).
+    pub fn transfers_text(&self, now_ms: u64) -> String {
+        render_transfers(&[self.transfer_report(now_ms)])
+    }
+}
+
+/// One partition a core copies, as TRANSFERS shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferRow {
+    /// The partition.
+    pub partition: usize,
+    /// Its sources, comma-separated: those copied from, then those left (the replaced owner
+    /// before the copy starts).
+    pub from: String,
+    /// This node.
+    pub to: u32,
+    /// Records and bytes copied so far.
+    pub keys: u64,
+    /// Bytes copied so far.
+    pub bytes: u64,
+    /// The partition's bytes: exact once copied, estimated while copying, `None` before
+    /// (see `antientropy/transfer.rs`, "Progress").
+    pub total_bytes: Option<u64>,
+    /// Measured byte rate (`None`: not started).
+    pub rate_bytes_per_s: Option<u64>,
+    /// `waiting`, `copying`, `retrying` or `copied`.
+    pub state: &'static str,
+}
+
+impl TransferRow {
+    /// Bytes left, if the total is known.
+    fn left(&self) -> Option<u64> {
+        self.total_bytes.map(|t| t.saturating_sub(self.bytes))
+    }
+}
+
+/// One core's copies and the byte rate of those running.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TransferReport {
+    /// Its copies.
+    pub rows: Vec<TransferRow>,
+    /// The byte rate of its copies now (0 when none runs).
+    pub rate_bytes_per_s: u64,
+}
+
+/// Seconds to move `left` bytes at `rate` bytes/s, as TRANSFERS writes it (`-`: unknown).
+fn eta_text(left: Option<u64>, rate: Option<u64>) -> String {
+    match (left, rate) {
+        (Some(0), _) => "0".into(),
+        (Some(l), Some(r)) if r > 0 => format!("{:.1}", l as f64 / r as f64),
+        _ => "-".into(),
+    }
+}
+
+/// An optional figure, `-` when unknown.
+fn opt_text(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+/// The TRANSFERS text of a node from its cores' reports (protocol.md § 11.3): one line per
+/// copy, then a summary line. The bytes left of copies whose total is not known yet (not
+/// started) are taken as the mean total of those known (partitions hold about as much as
+/// each other: keys spread evenly over them).
+pub fn render_transfers(reports: &[TransferReport]) -> String {
+    let mut out = String::new();
+    let rows: Vec<&TransferRow> = reports.iter().flat_map(|r| &r.rows).collect();
+    for t in &rows {
+        let _ = writeln!(
+            out,
+            "partition {} from {} to {} keys {} bytes {} total_bytes {} rate_bytes_per_s {} eta_s {} {}",
+            t.partition,
+            t.from,
+            t.to,
+            t.keys,
+            t.bytes,
+            opt_text(t.total_bytes),
+            opt_text(t.rate_bytes_per_s),
+            eta_text(t.left(), t.rate_bytes_per_s),
+            t.state
+        );
+    }
+    let count = |state: &str| rows.iter().filter(|t| t.state == state).count();
+    let known: Vec<u64> = rows.iter().filter_map(|t| t.total_bytes).collect();
+    let mean = (!known.is_empty()).then(|| known.iter().sum::<u64>() / known.len() as u64);
+    let left: Option<u64> = rows
+        .iter()
+        .filter(|t| t.state != "copied")
+        .map(|t| t.left().or_else(|| mean.map(|m| m.saturating_sub(t.bytes))))
+        .sum();
+    let done: u64 = rows.iter().map(|t| t.bytes).sum();
+    let rate: u64 = reports.iter().map(|r| r.rate_bytes_per_s).sum();
+    let _ = writeln!(
+        out,
+        "moves waiting {} copying {} retrying {} copied {} bytes_done {} bytes_left {} rate_bytes_per_s {} eta_s {}",
+        count("waiting"),
+        count("copying"),
+        count("retrying"),
+        count("copied"),
+        done,
+        opt_text(left),
+        rate,
+        eta_text(left, (rate > 0).then_some(rate))
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(
+        partition: usize,
+        bytes: u64,
+        total: Option<u64>,
+        rate: Option<u64>,
+        state: &'static str,
+    ) -> TransferRow {
+        TransferRow {
+            partition,
+            from: "1".into(),
+            to: 4,
+            keys: bytes / 100,
+            bytes,
+            total_bytes: total,
+            rate_bytes_per_s: rate,
+            state,
+        }
+    }
+
+    #[test]
+    fn transfers_show_each_move_and_a_summary() {
+        let reports = [
+            TransferReport {
+                rows: vec![
+                    row(1, 1_000, Some(1_000), Some(500), "copied"),
+                    row(3, 250, Some(1_000), Some(250), "copying"),
+                ],
+                rate_bytes_per_s: 250,
+            },
+            TransferReport {
+                rows: vec![row(2, 0, None, None, "waiting")],
+                rate_bytes_per_s: 0,
+            },
+        ];
+        let text = render_transfers(&reports);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "partition 1 from 1 to 4 keys 10 bytes 1000 total_bytes 1000 rate_bytes_per_s 500 eta_s 0 copied",
+                "partition 3 from 1 to 4 keys 2 bytes 250 total_bytes 1000 rate_bytes_per_s 250 eta_s 3.0 copying",
+                "partition 2 from 1 to 4 keys 0 bytes 0 total_bytes - rate_bytes_per_s - eta_s - waiting",
+                // The waiting move counts as the mean known total (1,000): 750 + 1,000 left.
+                "moves waiting 1 copying 1 retrying 0 copied 1 bytes_done 1250 bytes_left 1750 rate_bytes_per_s 250 eta_s 7.0",
+            ]
+        );
     }
 }

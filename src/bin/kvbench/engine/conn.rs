@@ -45,6 +45,9 @@ pub(super) struct Conn {
     pub(super) order: VecDeque<u16>,
     pub(super) inflight: usize,
     pub(super) dirty: bool,
+    /// `--route ring`: its node left the ring; it takes no new request and closes once its
+    /// replies are in.
+    pub(super) retiring: bool,
 }
 
 impl Conn {
@@ -76,6 +79,7 @@ impl Conn {
             order: VecDeque::with_capacity(pipeline),
             inflight: 0,
             dirty: false,
+            retiring: false,
         }
     }
 }

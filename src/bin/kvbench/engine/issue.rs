@@ -129,7 +129,7 @@ impl Worker {
     /// are all busy or still connecting; any ready connection with room when no owner has one
     /// up.
     pub(super) fn pick(&mut self, key: u64) -> Pick {
-        let Some(route) = self.sh.cfg.route.as_ref() else {
+        let Some(route) = self.route.as_ref() else {
             return self.free_conn().map_or(Pick::Wait, |ci| Pick::Conn {
                 ci,
                 owner: false,

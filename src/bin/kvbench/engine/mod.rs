@@ -31,7 +31,11 @@
 //! owner with no live connection pinned to that shard takes the request on any of its
 //! connections (its shard forwards it); only when no owner has a connection up does the
 //! request go to another node. The ring takes the place of the per-shard queues above: a
-//! request waits (parked) only while its connection is busy.
+//! request waits (parked) only while its connection is busy. When the refresher publishes a
+//! newer map (`crate::route::RouteCell`) the thread re-routes on its next loop
+//! ([`Worker::follow_ring`]): connections to nodes new to the ring are opened, those to
+//! nodes gone from it take no new request and close once idle, and a failed connection asks
+//! the refresher to look at the map soon.
 //!
 //! ```text
 //!  engine/mod.rs    configuration, shared progress, run_thread, the worker's loop, connecting
@@ -142,8 +146,9 @@ pub struct Config {
     pub write_id_nonce: u16,
     /// dkv client token sent in HELLO (empty: none).
     pub token: Vec<u8>,
-    /// `--route ring`: the ring map requests are routed by (`None`: round robin).
-    pub route: Option<crate::route::RingRoute>,
+    /// `--route ring`: the ring map requests are routed by, kept current by the refresher
+    /// (`None`: round robin).
+    pub route: Option<Arc<crate::route::RouteCell>>,
 }
 
 /// Figures the threads hand to the progress line.
@@ -272,6 +277,15 @@ struct Worker {
     pub(super) keys_checked: u64,
     /// `--route ring` state (`None`: round robin).
     pub(super) routing: Option<Routing>,
+    /// `--route ring`: the map `routing` was built from, and its generation in the cell.
+    pub(super) route: Option<Arc<crate::route::RingRoute>>,
+    pub(super) route_gen: u64,
+    /// This thread's index (pins of connections opened later).
+    pub(super) thread: usize,
+    /// Requests in flight per connection, at most.
+    pub(super) slots: usize,
+    /// `--pipeline` (the routed budget is this × live connections).
+    pub(super) pipeline: usize,
     /// Shard-aware routing without `--route ring` (`None`: off, or the ring routes).
     pub(super) shard_route: Option<ShardRoute>,
     pub(super) landed: u64,
@@ -311,47 +325,13 @@ pub fn run_thread(
         .iter()
         .map(|&(a, pin)| Conn::new(a, pin, slots))
         .collect();
-    let routing = sh.cfg.route.as_ref().map(|r| {
-        let nodes = r.addrs.len();
-        let mut by_node = vec![Vec::new(); nodes];
-        // A node's shard count is the one its first pinned connection was given (main gives
-        // every connection to a node the same); a connection pinned otherwise is used only
-        // as one of the node's connections.
-        let mut shards = vec![1usize; nodes];
-        for c in conns.iter_mut() {
-            c.node = r.node_of(c.addr);
-            if let (Some(n), Some(pin)) = (c.node, c.pin) {
-                if shards[n] == 1 {
-                    shards[n] = pin.shards;
-                }
-            }
-        }
-        let mut by_shard: Vec<Vec<Vec<usize>>> =
-            shards.iter().map(|&k| vec![Vec::new(); k]).collect();
-        for (ci, c) in conns.iter().enumerate() {
-            let Some(n) = c.node else { continue };
-            by_node[n].push(ci);
-            if let Some(pin) = c
-                .pin
-                .filter(|p| p.shards == shards[n] && p.shard < p.shards)
-            {
-                by_shard[n][pin.shard].push(ci);
-            }
-        }
-        Routing {
-            budget: pipeline * conns.len(),
-            next: vec![0; nodes],
-            next_in_shard: shards.iter().map(|&k| vec![0; k]).collect(),
-            shards,
-            by_shard,
-            by_node,
-            scratch: Vec::new(),
-            parked: None,
-            to_owner: 0,
-            to_other: 0,
-            to_shard: 0,
-        }
-    });
+    let (route, route_gen) = match &sh.cfg.route {
+        Some(cell) => (Some(cell.get()), cell.generation()),
+        None => (None, 0),
+    };
+    let routing = route
+        .as_ref()
+        .map(|r| Routing::build(r, &mut conns, pipeline));
     let mut w = Worker {
         timer,
         rng: Rng::new(sh.seed, thread as u64 + 1),
@@ -378,6 +358,11 @@ pub fn run_thread(
         shard_route: None,
         landed: 0,
         missed: 0,
+        route,
+        route_gen,
+        thread,
+        slots,
+        pipeline,
     };
     // The ring, when it routes, picks each request's connection itself (shard included).
     if w.routing.is_none() {
@@ -417,6 +402,7 @@ impl Worker {
             if self.issuing && deadline_ns.is_some_and(|d| now >= d) {
                 self.issuing = false;
             }
+            self.follow_ring();
             for ci in 0..self.conns.len() {
                 if let State::Down { retry_ns } = self.conns[ci].state {
                     if now >= retry_ns && (self.issuing || self.conns[ci].inflight > 0) {
@@ -527,7 +513,7 @@ impl Worker {
         let free = self
             .conns
             .iter()
-            .any(|c| c.state == State::Ready && c.inflight < c.slots.len());
+            .any(|c| c.state == State::Ready && !c.retiring && c.inflight < c.slots.len());
         free.then(|| (start + (self.issued as f64 * interval) as u64).max(now))
     }
 
@@ -625,9 +611,17 @@ impl Worker {
         c.rlen = 0;
         c.wbuf.clear();
         c.wpos = 0;
-        c.state = State::Down {
-            retry_ns: now + RECONNECT_DELAY_NS,
+        // A connection to a node gone from the ring is not opened again.
+        let retry_ns = if c.retiring {
+            u64::MAX
+        } else {
+            now + RECONNECT_DELAY_NS
         };
+        c.state = State::Down { retry_ns };
+        // The node may have left the ring: the refresher looks at the map soon.
+        if let (Some(cell), false) = (&self.sh.cfg.route, retry_ns == u64::MAX) {
+            cell.want_refresh();
+        }
     }
 
     /// The drain deadline passed: count what is still in flight as timed out.

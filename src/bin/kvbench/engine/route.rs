@@ -1,7 +1,9 @@
 //! Where an operation goes: the per-shard queues of shard-aware connections, and the ring
-//! routing state (which connection of which owner node takes a key).
+//! routing state (which connection of which owner node takes a key), rebuilt when the ring
+//! map changes.
 
 use super::*;
+use crate::route::RingRoute;
 
 /// Shard-aware routing of one thread's operations (see the module docs).
 pub(super) struct ShardRoute {
@@ -99,7 +101,7 @@ pub(super) fn search(conns: &[Conn], list: &[usize], next: &mut usize) -> Search
         let ci = list[(*next + k) % list.len()];
         let c = &conns[ci];
         match c.state {
-            State::Ready if c.inflight < c.slots.len() => {
+            State::Ready if !c.retiring && c.inflight < c.slots.len() => {
                 *next = (*next + k + 1) % list.len();
                 return Search::Found(ci);
             }
@@ -120,4 +122,116 @@ pub(super) enum Pick {
     Conn { ci: usize, owner: bool, shard: bool },
     /// Not now: an owner's connection is busy or still connecting.
     Wait,
+}
+
+impl Routing {
+    /// The routing state of connections `conns` under `route`: each connection's node, and
+    /// per node (and shard) the connections to it. Connections to addresses not in the ring
+    /// have no node.
+    pub(super) fn build(route: &RingRoute, conns: &mut [Conn], pipeline: usize) -> Routing {
+        let nodes = route.addrs.len();
+        let mut by_node = vec![Vec::new(); nodes];
+        // A node's shard count is the one its first pinned connection was given (main gives
+        // every connection to a node the same); a connection pinned otherwise is used only
+        // as one of the node's connections.
+        let mut shards = vec![1usize; nodes];
+        for c in conns.iter_mut() {
+            c.node = if c.retiring {
+                None
+            } else {
+                route.node_of(c.addr)
+            };
+            if let (Some(n), Some(pin)) = (c.node, c.pin) {
+                if shards[n] == 1 {
+                    shards[n] = pin.shards;
+                }
+            }
+        }
+        let mut by_shard: Vec<Vec<Vec<usize>>> =
+            shards.iter().map(|&k| vec![Vec::new(); k]).collect();
+        for (ci, c) in conns.iter().enumerate() {
+            let Some(n) = c.node else { continue };
+            by_node[n].push(ci);
+            if let Some(pin) = c
+                .pin
+                .filter(|p| p.shards == shards[n] && p.shard < p.shards)
+            {
+                by_shard[n][pin.shard].push(ci);
+            }
+        }
+        let live = conns.iter().filter(|c| c.node.is_some()).count();
+        Routing {
+            budget: pipeline * live.max(1),
+            next: vec![0; nodes],
+            next_in_shard: shards.iter().map(|&k| vec![0; k]).collect(),
+            shards,
+            by_shard,
+            by_node,
+            scratch: Vec::new(),
+            parked: None,
+            to_owner: 0,
+            to_other: 0,
+            to_shard: 0,
+        }
+    }
+}
+
+impl Worker {
+    /// `--route ring`: take the refresher's newer map, if there is one: retire the
+    /// connections to nodes gone from the ring, open connections to nodes new to it (as many
+    /// as this thread has to its best-served node, pinned to shards `(thread + i) mod K`),
+    /// and rebuild the routing state, keeping its counters and parked operation. Also closes
+    /// retired connections whose replies are all in.
+    pub(super) fn follow_ring(&mut self) {
+        let Some(cell) = self.sh.cfg.route.clone() else {
+            return;
+        };
+        for ci in 0..self.conns.len() {
+            let c = &self.conns[ci];
+            if c.retiring && c.inflight == 0 && c.stream.is_some() {
+                let now = self.sh.now_ns();
+                self.fail(ci, CODE_CONNECTION_LOST, now);
+            }
+        }
+        let generation = cell.generation();
+        if generation == self.route_gen {
+            return;
+        }
+        self.route_gen = generation;
+        let route = cell.get();
+        for c in self.conns.iter_mut() {
+            if !c.retiring && route.node_of(c.addr).is_none() {
+                c.retiring = true;
+            }
+        }
+        let mut per_node = vec![0usize; route.addrs.len()];
+        for c in self.conns.iter().filter(|c| !c.retiring) {
+            if let Some(n) = route.node_of(c.addr) {
+                per_node[n] += 1;
+            }
+        }
+        let want = per_node.iter().copied().max().unwrap_or(0).max(1);
+        for (n, &have) in per_node.iter().enumerate() {
+            if have > 0 {
+                continue;
+            }
+            for i in 0..want {
+                let pin = route.shards[n].filter(|&k| k > 1).map(|k| Pin {
+                    shard: (self.thread + i) % k,
+                    shards: k,
+                });
+                self.conns.push(Conn::new(route.addrs[n], pin, self.slots));
+            }
+        }
+        let old = self.routing.take();
+        let mut routing = Routing::build(&route, &mut self.conns, self.pipeline);
+        if let Some(old) = old {
+            routing.parked = old.parked;
+            routing.to_owner = old.to_owner;
+            routing.to_other = old.to_other;
+            routing.to_shard = old.to_shard;
+        }
+        self.routing = Some(routing);
+        self.route = Some(route);
+    }
 }

@@ -94,7 +94,7 @@ impl Worker {
         for k in 0..n {
             let ci = (self.rr + k) % n;
             let c = &self.conns[ci];
-            if c.state == State::Ready && c.inflight < c.slots.len() {
+            if c.state == State::Ready && !c.retiring && c.inflight < c.slots.len() {
                 self.rr = (ci + 1) % n;
                 return Some(ci);
             }
