@@ -229,10 +229,12 @@ fn mutation_ack_before_sync_is_caught() {
         ..Options::default()
     };
     let (seed, checkers) = first_failure(&opts, 200).expect("caught within 200 seeds");
+    // (flip: the acknowledged write a crash took from an old owner is missing on the new
+    // owners a join, leave or replacement copied the partition to.)
     assert!(
         checkers
             .iter()
-            .any(|c| *c == "lost-write" || *c == "stale-read"),
+            .any(|c| *c == "lost-write" || *c == "stale-read" || *c == "flip"),
         "seed {seed}: {checkers:?}"
     );
 }
