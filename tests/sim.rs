@@ -22,7 +22,7 @@ fn run_block(first: u64, last: u64) {
     run_block_with(first, last, &Options::default());
 }
 
-/// How many seeds of the first 200 run a big cluster (16–32 nodes): ~4% of the seeds.
+/// How many seeds of the first 200 run a big cluster (16–32 nodes): ~3% of the seeds.
 #[test]
 fn some_seeds_run_big_clusters() {
     let big = (1..=200)
