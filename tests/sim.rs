@@ -22,7 +22,7 @@ fn run_block(first: u64, last: u64) {
     run_block_with(first, last, &Options::default());
 }
 
-/// How many seeds of the first 200 run a big cluster (16–32 nodes): ~4% of the seeds.
+/// How many seeds of the first 200 run a big cluster (16–32 nodes): ~3% of the seeds.
 #[test]
 fn some_seeds_run_big_clusters() {
     let big = (1..=200)
@@ -229,10 +229,12 @@ fn mutation_ack_before_sync_is_caught() {
         ..Options::default()
     };
     let (seed, checkers) = first_failure(&opts, 200).expect("caught within 200 seeds");
+    // (flip: the acknowledged write a crash took from an old owner is missing on the new
+    // owners a join, leave or replacement copied the partition to.)
     assert!(
         checkers
             .iter()
-            .any(|c| *c == "lost-write" || *c == "stale-read"),
+            .any(|c| *c == "lost-write" || *c == "stale-read" || *c == "flip"),
         "seed {seed}: {checkers:?}"
     );
 }
