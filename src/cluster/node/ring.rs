@@ -107,6 +107,9 @@ pub(super) struct Elastic<C> {
     last_tick_ms: u64,
     /// The ring's consensus (membership core; `ringvote.rs`).
     pub(super) consensus: super::ringvote::Consensus,
+    /// Operator commands answered once this node's committed ring reaches a version:
+    /// (the client's context, the version, the answer, the deadline).
+    pub(super) waiting: Vec<(C, u64, String, u64)>,
 }
 
 impl<C> Elastic<C> {
@@ -136,6 +139,7 @@ impl<C> Elastic<C> {
             unsynced: Vec::new(),
             last_tick_ms: 0,
             consensus: Default::default(),
+            waiting: Vec::new(),
         }
     }
 
@@ -455,6 +459,11 @@ impl<C> ClusterNode<C> {
                         let e = self.elastic.peer_versions.entry(from).or_insert(0);
                         *e = (*e).max(v);
                         self.elastic.next_pull_ms = 0;
+                        if let Some(ctx) = ctx {
+                            // Answered once committed and held here (`ringvote.rs`).
+                            self.reply_when_held(now_ms, ctx, v, msg);
+                            return;
+                        }
                     }
                     Outcome::Text(msg)
                 }
@@ -591,6 +600,7 @@ impl<C> ClusterNode<C> {
             }
         }
         self.elastic.last_tick_ms = now_ms;
+        self.answer_waiting(now_ms);
         self.forget_step(store);
         // Hints kept for a node that left (also those added after the ring said so, by a
         // write that still had it in its replica set) go to the owners of their keys.
@@ -920,6 +930,10 @@ impl<C> ClusterNode<C> {
             AdminCommand::Change(req) => {
                 if self.is_leader() {
                     match self.decide(now_ms, store, req) {
+                        Ok((v, msg)) if v > self.ring.version() => {
+                            self.reply_when_held(now_ms, ctx, v, msg);
+                            return;
+                        }
                         Ok((_, msg)) => Outcome::Text(msg),
                         Err((status, message)) => Outcome::Failed { status, message },
                     }

@@ -37,6 +37,7 @@
 //! * One proposal in flight; the next state is made from the committed one.
 
 use super::{ClusterNode, Output};
+use crate::cluster::coordinator::Outcome;
 use crate::cluster::peer::PeerError;
 use crate::cluster::ringpeer::{self, ring_op, BallotAnswer, VoteRequest};
 use crate::cluster::ringstate::{MemberStatus, RingState};
@@ -361,6 +362,35 @@ impl<C> ClusterNode<C> {
             state.ballot().0
         );
         self.install_ring(store, state, true);
+    }
+
+    /// Answer an operator's change once this node holds ring version `v` committed (the
+    /// leader's reply names a proposed version: answering at once, a client would see the
+    /// ring without its change). Bounded by the change timeout.
+    pub(super) fn reply_when_held(&mut self, now_ms: u64, ctx: C, v: u64, msg: String) {
+        let deadline = now_ms.saturating_add(super::ring::RING_CHANGE_TIMEOUT_MS);
+        self.elastic.waiting.push((ctx, v, msg, deadline));
+    }
+
+    /// Answer the operators' changes whose version is held now, or whose time ran out.
+    pub(super) fn answer_waiting(&mut self, now_ms: u64) {
+        let held = self.ring.version();
+        let span = super::ring::RING_CHANGE_TIMEOUT_MS;
+        let (done, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.elastic.waiting)
+            .into_iter()
+            .partition(|(_, v, _, d)| *v <= held || super::ring::due(now_ms, *d, span));
+        self.elastic.waiting = wait;
+        for (ctx, v, msg, _) in done {
+            let outcome = if v <= held {
+                Outcome::Text(msg)
+            } else {
+                Outcome::Failed {
+                    status: Status::Timeout,
+                    message: format!("ring version {v} was not committed in time: retry"),
+                }
+            };
+            self.outputs.push_back(Output::Reply { ctx, outcome });
+        }
     }
 
     /// Serve a RING_VOTE: promise the ballot if it is not below one promised.
