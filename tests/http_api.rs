@@ -44,24 +44,7 @@ fn curl(curl: &Path, args: &[&str], stdin: &[u8]) -> (u16, Vec<u8>, String) {
 #[test]
 fn curl_session_of_requirement_004_against_a_cluster() {
     let curl_bin = debian_program("curl", "curl");
-    let dir = temp_dir("http-api");
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let http: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let list = common::node_list(&ports);
-    let nodes: Vec<Node> = (0..3)
-        .map(|i| {
-            let listen = format!("127.0.0.1:{}", http[i]);
-            let args = common::cluster_args(
-                i + 1,
-                &list,
-                2,
-                &["--gossip-interval-ms", "50", "--metrics-listen", &listen],
-            );
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            Node::start_on(ports[i], &dir.join(format!("node-{}", i + 1)), &args)
-        })
-        .collect();
-    nodes.iter().for_each(common::wait_clocks_measured);
+    let (nodes, http) = common::start_three_nodes_with_http("http-api");
     let url = |node: usize, path: &str| format!("http://127.0.0.1:{}{path}", http[node]);
 
     // echo -n "hello" | curl -XPUT --data-binary @- http://localhost:8081/kv/greeting

@@ -79,24 +79,7 @@ impl Drop for Prometheus {
 fn prometheus_scrapes_a_cluster_under_load() {
     let prometheus = debian_program("prometheus", "prometheus");
     let promtool = debian_program("prometheus", "promtool");
-    let dir = temp_dir("metrics");
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let metrics: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let list = common::node_list(&ports);
-    let nodes: Vec<Node> = (0..3)
-        .map(|i| {
-            let listen = format!("127.0.0.1:{}", metrics[i]);
-            let args = common::cluster_args(
-                i + 1,
-                &list,
-                2,
-                &["--gossip-interval-ms", "50", "--metrics-listen", &listen],
-            );
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            Node::start_on(ports[i], &dir.join(format!("node-{}", i + 1)), &args)
-        })
-        .collect();
-    nodes.iter().for_each(common::wait_clocks_measured);
+    let (nodes, metrics) = common::start_three_nodes_with_http("metrics");
 
     // Load through node 1 until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
@@ -153,7 +136,7 @@ fn prometheus_scrapes_a_cluster_under_load() {
 
     // A real Prometheus scraping the three nodes every second.
     let prom_port = free_port();
-    let pdir = dir.join("prometheus");
+    let pdir = temp_dir("metrics-prometheus");
     std::fs::create_dir_all(&pdir).expect("prometheus dir");
     let targets: Vec<String> = metrics.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
     let config = format!(

@@ -386,6 +386,31 @@ pub fn start_three_nodes(name: &str, args: &[&str]) -> Vec<Node> {
     start_nodes(name, &[2, 2, 2], 3, args)
 }
 
+/// Start a 3-node cluster (N=3, 2 shards each, gossip every 50 ms) whose nodes also serve
+/// HTTP (`--metrics-listen`: /metrics and /kv/KEY), each on a free loopback port of its own.
+/// Returns the nodes and their HTTP ports, once every node has measured its clock.
+pub fn start_three_nodes_with_http(name: &str) -> (Vec<Node>, Vec<u16>) {
+    let dir = temp_dir(name);
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let http: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let list = node_list(&ports);
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let listen = format!("127.0.0.1:{}", http[i]);
+            let args = cluster_args(
+                i + 1,
+                &list,
+                2,
+                &["--gossip-interval-ms", "50", "--metrics-listen", &listen],
+            );
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Node::start_on(ports[i], &dir.join(format!("node-{}", i + 1)), &args)
+        })
+        .collect();
+    nodes.iter().for_each(wait_clocks_measured);
+    (nodes, http)
+}
+
 /// Start a cluster of `shards.len()` nodes, node `i` (1-based) with `shards[i - 1]` shards,
 /// `replicas` copies of each key and the test secret, on free loopback ports; `args` are added
 /// to every node's command line. Returns once every node answers PING and has measured its
