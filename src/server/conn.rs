@@ -21,8 +21,9 @@ pub(super) struct Conn {
     pub(super) session: Session,
     pub(super) last_active: Instant,
     pub(super) in_flight: usize,
-    /// Start of the turn that read each deferred request, oldest first (for the latency
-    /// histogram; replies from one owner shard come back in order).
+    /// Each deferred request's turn start, opcode, flags and key length, oldest first (for
+    /// the latency histograms and the slow log; replies from one owner shard come back in
+    /// order).
     pub(super) deferred_at: std::collections::VecDeque<super::slowlog::Deferred>,
     /// Send what is buffered, then close.
     pub(super) closing: bool,
