@@ -35,8 +35,10 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 /// The peer-protocol version of this build, carried in the `version` field of a peer HELLO.
-/// Version 1 sent the secret itself as the HELLO token; it is refused.
-pub const PEER_PROTOCOL_VERSION: u16 = 2;
+/// Version 1 sent the secret itself as the HELLO token; it is refused. Version 2 sent
+/// REPLICATE and READ without the sender's ring version (protocol.md § 18.2); it is refused
+/// too (a cluster moves from 2 to 3 by a full restart).
+pub const PEER_PROTOCOL_VERSION: u16 = 3;
 
 /// Bytes of a handshake nonce.
 pub const NONCE_SIZE: usize = 32;

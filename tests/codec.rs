@@ -1434,7 +1434,9 @@ fn check_peer_vector(v: &Vector) {
     }
     match (v.kind.as_str(), opcode) {
         ("peer-request", peer::op::REPLICATE) => {
-            v.only(&["op", "id", "aux", "key", "version", "expires", "value"]);
+            v.only(&[
+                "op", "id", "aux", "ring", "key", "version", "expires", "value",
+            ]);
             let aux = match v.raw("aux") {
                 "0" => 0,
                 "HINT" => peer::AUX_HINT,
@@ -1448,9 +1450,26 @@ fn check_peer_vector(v: &Vector) {
                 version: Version(v.int("version")),
                 expires_at_ms: v.int("expires"),
             };
-            peer::put_replicate(&mut out, id, aux, &write);
-            let expected = PeerRequest::Replicate { write, aux };
+            let ring = v.int("ring");
+            peer::put_replicate(&mut out, id, aux, ring, &write);
+            let expected = PeerRequest::Replicate { write, aux, ring };
             assert_eq!(decode_peer_request(&f), Ok(expected), "vector {}", v.name);
+        }
+        ("peer-reply", peer::op::REPLICATE | peer::op::READ)
+            if v.fields
+                .get("result")
+                .or(v.fields.get("state"))
+                .map(|s| s.as_str())
+                == Some("stale-ring") =>
+        {
+            // A refusal of a sender whose ring is stale for the key's partition (§ 18.2).
+            v.only(&["op", "status", "id", "result", "state", "ring"]);
+            assert_eq!(status, Some(Status::Ok), "vector {}", v.name);
+            let ring = v.int("ring");
+            peer::put_stale_ring(&mut out, opcode, id, ring);
+            let got = decode_peer_reply(&f);
+            let expected = PeerReply::StaleRing { op: opcode, ring };
+            assert_eq!(got, Ok(expected), "vector {}", v.name);
         }
         ("peer-reply", peer::op::REPLICATE) => {
             let status = status_named(v.raw("status"));
@@ -1476,10 +1495,10 @@ fn check_peer_vector(v: &Vector) {
             assert_eq!(got, Ok(PeerReply::Write(decoded)), "vector {}", v.name);
         }
         ("peer-request", peer::op::READ) => {
-            v.only(&["op", "id", "key"]);
-            let key = v.bytes_of("key");
-            peer::put_read(&mut out, id, &key);
-            let expected = PeerRequest::Read { key: &key };
+            v.only(&["op", "id", "ring", "key"]);
+            let (key, ring) = (v.bytes_of("key"), v.int("ring"));
+            peer::put_read(&mut out, id, ring, &key);
+            let expected = PeerRequest::Read { key: &key, ring };
             assert_eq!(decode_peer_request(&f), Ok(expected), "vector {}", v.name);
         }
         ("peer-reply", peer::op::READ) => {

@@ -277,7 +277,11 @@ fn a_replica_refusing_replicated_writes_for_lack_of_space_counts_them() {
         let served = serve(
             &mut store,
             v as u32,
-            &PeerRequest::Replicate { write, aux: 0 },
+            &PeerRequest::Replicate {
+                write,
+                aux: 0,
+                ring: 1,
+            },
             &mut out,
         );
         assert_eq!(served, Some(Served::WriteRefused));

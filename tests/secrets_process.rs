@@ -458,13 +458,13 @@ fn the_secret_is_not_on_the_wire() {
     for p in &proxies {
         streams.extend(p.recorded());
     }
-    // The recording is of real peer traffic: peer HELLOs (op 0x01, version 2, role 2) opening
+    // The recording is of real peer traffic: peer HELLOs (op 0x01, version 3, role 2) opening
     // connections, and the PEER_AUTH frames that follow them. Links open when a shard first
     // sends to a node (gossip goes from each node's membership shard alone): at least one per
     // node by now.
     let peer_hellos = streams
         .iter()
-        .filter(|s| s.len() >= 13 && s[4] == 0x01 && s[10..13] == [0, 2, 2])
+        .filter(|s| s.len() >= 13 && s[4] == 0x01 && s[10..13] == [0, 3, 2])
         .count();
     assert!(
         peer_hellos >= 3,

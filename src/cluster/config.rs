@@ -170,6 +170,9 @@ pub struct Mutations {
     /// leader leads without a majority's promises): two leaders may make different states
     /// at one version (node/ringvote.rs).
     pub no_majority_commit: bool,
+    /// Replicas serve a REPLICATE or READ whatever ring version its sender holds, even one
+    /// older than the last change of the key's partition (node/mod.rs, `refuse_stale_ring`).
+    pub no_ring_version_check: bool,
 }
 
 /// Parse a node list `1=127.0.0.1:7001,2=127.0.0.1:7002`. Whitespace around entries is

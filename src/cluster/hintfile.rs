@@ -205,7 +205,7 @@ mod tests {
         q.add(3, w("c", 3));
         q.sync();
         let mut out = Vec::new();
-        q.poll_delivery(0, &|n| n == 3, &mut out);
+        q.poll_delivery(0, 1, &|n| n == 3, &mut out);
         let id = u32::from_be_bytes(out[0].1[6..10].try_into().unwrap());
         q.on_ack(3, id, &WriteAck::Done(Applied::Stored));
         q.sync();

@@ -349,10 +349,14 @@ impl HintQueue {
     }
 
     /// Queue REPLICATE frames for the hints of every target `alive` holds alive: up to the
-    /// delivery window per target, resending those unanswered for the resend timeout.
+    /// delivery window per target, resending those unanswered for the resend timeout. They
+    /// carry `ring`, the ring version this node holds now (a replica refuses a sender whose
+    /// ring is older than the last change of the key's partition there: the hint waits for
+    /// the next delivery, after this node pulled the newer ring).
     pub fn poll_delivery(
         &mut self,
         now_ms: u64,
+        ring: u64,
         alive: &dyn Fn(u32) -> bool,
         out: &mut Vec<(u32, Vec<u8>)>,
     ) {
@@ -371,7 +375,7 @@ impl HintQueue {
                     h.sent_at_ms = Some(now_ms);
                     let mut frame = Vec::new();
                     let id = HINT_ID_BIT | (h.seq as u32 & !HINT_ID_BIT);
-                    peer::put_replicate(&mut frame, id, peer::AUX_HINT, &h.write.as_write());
+                    peer::put_replicate(&mut frame, id, peer::AUX_HINT, ring, &h.write.as_write());
                     out.push((target, frame));
                 }
             }
@@ -454,11 +458,11 @@ mod tests {
         q.add(2, w("b", 2));
         q.add(3, w("c", 3));
         let mut out = Vec::new();
-        q.poll_delivery(0, &|n| n == 3, &mut out);
+        q.poll_delivery(0, 1, &|n| n == 3, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].0, 3);
         out.clear();
-        q.poll_delivery(0, &|_| true, &mut out);
+        q.poll_delivery(0, 1, &|_| true, &mut out);
         assert_eq!(out.len(), 2, "node 3's hint is in flight, not resent yet");
         let ids: Vec<u32> = out.iter().map(|(_, f)| id_of(f)).collect();
         assert!(ids.iter().all(|id| id & HINT_ID_BIT != 0));
@@ -467,12 +471,12 @@ mod tests {
         assert_eq!(q.pending_for(2), 1);
         assert_eq!(q.stats().delivered, 1);
         out.clear();
-        q.poll_delivery(1, &|n| n == 2, &mut out);
+        q.poll_delivery(1, 1, &|n| n == 2, &mut out);
         assert_eq!(out.len(), 1, "refused hint is sent again");
         out.clear();
-        q.poll_delivery(999, &|n| n == 2, &mut out);
+        q.poll_delivery(999, 1, &|n| n == 2, &mut out);
         assert!(out.is_empty());
-        q.poll_delivery(1_001, &|n| n == 2, &mut out);
+        q.poll_delivery(1_001, 1, &|n| n == 2, &mut out);
         assert_eq!(out.len(), 1, "unanswered hint is resent after the timeout");
     }
 
@@ -486,7 +490,7 @@ mod tests {
         assert_eq!(s.dropped, 3);
         assert_eq!(s.pending, HINTS_PER_TARGET_MAX as u64);
         let mut out = Vec::new();
-        q.poll_delivery(0, &|_| true, &mut out);
+        q.poll_delivery(0, 1, &|_| true, &mut out);
         let (_, f) = &out[0];
         let Ok(peer::PeerRequest::Replicate { write, .. }) =
             peer::PeerRequest::decode(f[4], f[5], &f[10..])
@@ -522,7 +526,7 @@ mod tests {
         q.add(2, w("b", 2));
         q.add(3, w("c", 3));
         let mut out = Vec::new();
-        q.poll_delivery(0, &|n| n == 2, &mut out);
+        q.poll_delivery(0, 1, &|n| n == 2, &mut out);
         q.on_ack(2, id_of(&out[0].1), &WriteAck::Done(Applied::Stored));
         drop(q);
         let mut q = HintQueue::open(Box::new(log.clone()), 1_000).unwrap();
@@ -531,7 +535,7 @@ mod tests {
         // The log was compacted to the live hints at open.
         assert_eq!(log.0.lock().unwrap().records.len(), 2);
         let mut out = Vec::new();
-        q.poll_delivery(0, &|_| true, &mut out);
+        q.poll_delivery(0, 1, &|_| true, &mut out);
         for (t, f) in &out {
             q.on_ack(*t, id_of(f), &WriteAck::Done(Applied::Stored));
         }

@@ -37,7 +37,7 @@ pub fn serve(
     out: &mut Vec<u8>,
 ) -> Option<Served> {
     match req {
-        PeerRequest::Replicate { write, aux } => {
+        PeerRequest::Replicate { write, aux, .. } => {
             let hint = aux & peer::AUX_HINT != 0;
             let repair = aux & peer::AUX_REPAIR != 0;
             match store.apply(*write) {
@@ -55,7 +55,7 @@ pub fn serve(
                 }
             }
         }
-        PeerRequest::Read { key } => {
+        PeerRequest::Read { key, .. } => {
             let record: Result<Option<Stored>, String> =
                 store.get(key).map_err(|e: StoreError| e.to_string());
             peer::put_read_reply(out, id, &record);
@@ -93,7 +93,11 @@ mod tests {
         let served = serve(
             &mut store,
             1,
-            &PeerRequest::Replicate { write: w, aux: 0 },
+            &PeerRequest::Replicate {
+                write: w,
+                aux: 0,
+                ring: 1,
+            },
             &mut out,
         );
         assert_eq!(
@@ -120,6 +124,7 @@ mod tests {
             &PeerRequest::Replicate {
                 write: older,
                 aux: peer::AUX_HINT,
+                ring: 1,
             },
             &mut out,
         );
@@ -131,7 +136,12 @@ mod tests {
         );
 
         out.clear();
-        serve(&mut store, 3, &PeerRequest::Read { key: b"k" }, &mut out);
+        serve(
+            &mut store,
+            3,
+            &PeerRequest::Read { key: b"k", ring: 1 },
+            &mut out,
+        );
         match reply_of(&out) {
             PeerReply::Read(Ok(Some(s))) => {
                 assert_eq!(s.version, Version(5));
@@ -140,7 +150,15 @@ mod tests {
             other => panic!("{other:?}"),
         }
         out.clear();
-        serve(&mut store, 4, &PeerRequest::Read { key: b"zz" }, &mut out);
+        serve(
+            &mut store,
+            4,
+            &PeerRequest::Read {
+                key: b"zz",
+                ring: 1,
+            },
+            &mut out,
+        );
         assert_eq!(reply_of(&out), PeerReply::Read(Ok(None)));
     }
 }

@@ -12,6 +12,14 @@
 //!                                           ──+ pending─▶ [.., new owner]       writes
 //! ```
 //!
+//! Each ring also knows, per partition, the version at which the partition's write set
+//! (owners, pending owners, the departing node) last changed here ([`Ring::changed_at`]): a
+//! replica refuses a REPLICATE or READ whose sender's ring is older than that (protocol.md
+//! § 18.2), since the sender chose its replicas from a set that no longer holds. It is derived
+//! when a state is adopted ([`Ring::follow`]) from the ring held before; a ring made from a
+//! state alone (start-up, a restart) takes the state's version for every partition, which
+//! only refuses more senders (safe: they pull the newer ring and try again).
+//!
 //! [`Ring::new`] is the first ring of a cluster started with `--nodes`
 //! ([`Ownership::initial`]): every node computes the same one from the same node list and N.
 //! Every node holds its share of placements within one, and of primaries within one.
@@ -26,6 +34,8 @@ use std::sync::Arc;
 #[derive(Clone, Debug)]
 pub struct Ring {
     state: Arc<RingState>,
+    /// Per partition: the ring version at which its write set last changed (module doc).
+    changed_at: Arc<Vec<u64>>,
 }
 
 impl Ring {
@@ -42,7 +52,50 @@ impl Ring {
 
     /// The ring of a ring state (decided by the leader, pulled from a peer, or read back).
     pub fn from_state(state: Arc<RingState>) -> Ring {
-        Ring { state }
+        let changed_at = Arc::new(vec![state.version(); PARTITION_COUNT]);
+        Ring { state, changed_at }
+    }
+
+    /// The ring of `state`, adopted after this one: a partition whose write set is the same
+    /// in both keeps the version it last changed at, the others changed at `state`'s.
+    pub fn follow(&self, state: Arc<RingState>) -> Ring {
+        // Between two rings of one running change, a partition's write set changes once at
+        // most (its flip: moves only go forward), so an equal set means no change in between,
+        // even across versions this node never saw. Otherwise only the next version tells:
+        // after a gap that spans changes, every partition counts as changed (safe: module doc).
+        let consecutive = self.version() >= 1 && state.version() == self.version() + 1;
+        let one_change = self.version() >= 1
+            && state.version() > self.version()
+            && self.state.change().is_some()
+            && state.change().is_some()
+            && self.state.since() == state.since();
+        if !consecutive && !one_change {
+            return Ring::from_state(state);
+        }
+        let next = Ring::from_state(state);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let changed_at = (0..PARTITION_COUNT)
+            .map(|p| {
+                self.write_set(p, &mut a);
+                next.write_set(p, &mut b);
+                let same = a == b && self.preference_list(p) == next.preference_list(p);
+                if same {
+                    self.changed_at[p]
+                } else {
+                    next.version()
+                }
+            })
+            .collect();
+        Ring {
+            changed_at: Arc::new(changed_at),
+            ..next
+        }
+    }
+
+    /// The ring version at which the write set of partition `p` last changed as this node
+    /// knows it: a sender whose ring is older chose its replicas from an outdated set.
+    pub fn changed_at(&self, p: usize) -> u64 {
+        self.changed_at[p]
     }
 
     /// The ring state this ring shows.
@@ -158,6 +211,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A partition's "changed at" version follows its write set: a join changes the moving
+    /// partitions only, a pause none, a flip its own partition; a gap of versions that spans
+    /// changes (or a ring made from a state alone) counts every partition as changed.
+    #[test]
+    fn changed_at_follows_the_write_sets() {
+        let r1 = Ring::new(&[1, 2, 3], 2);
+        let v1 = r1.version();
+        assert!((0..PARTITION_COUNT).all(|p| r1.changed_at(p) == v1));
+        let r2 = r1.follow(Arc::new(r1.state().admit(4, "127.0.0.1:7004").unwrap()));
+        let v2 = r2.version();
+        assert_eq!(v2, v1 + 1);
+        let moving = r2.state().moving_partitions();
+        assert!(!moving.is_empty() && moving.len() < PARTITION_COUNT);
+        for p in 0..PARTITION_COUNT {
+            let want = if moving.contains(&p) { v2 } else { v1 };
+            assert_eq!(r2.changed_at(p), want, "partition {p}");
+        }
+        let r3 = r2.follow(Arc::new(r2.state().set_paused(true)));
+        assert!((0..PARTITION_COUNT).all(|p| r3.changed_at(p) == r2.changed_at(p)));
+        let flipped = moving[0];
+        let r4 = r3.follow(Arc::new(r3.state().complete(flipped).unwrap()));
+        assert_eq!(r4.changed_at(flipped), r4.version());
+        assert_eq!(r4.changed_at(moving[1]), v2, "not flipped: unchanged");
+        // Skipping a version within the change: still exact.
+        let s5 = r4.state().set_paused(false);
+        let s6 = s5.complete(moving[1]).unwrap();
+        let r6 = r4.follow(Arc::new(s6.clone()));
+        assert_eq!(r6.changed_at(moving[1]), r6.version());
+        assert_eq!(r6.changed_at(flipped), r4.version());
+        // From a state alone, or across changes: every partition changed at its version.
+        let fresh = Ring::from_state(Arc::new(s6));
+        assert!((0..PARTITION_COUNT).all(|p| fresh.changed_at(p) == fresh.version()));
+        let skipped = r1.follow(r6.state().clone());
+        assert!((0..PARTITION_COUNT).all(|p| skipped.changed_at(p) == r6.version()));
     }
 
     #[test]

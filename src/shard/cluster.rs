@@ -72,7 +72,7 @@ pub struct ShardCluster {
 fn peer_key(op: u8, aux: u8, body: &[u8]) -> Option<&[u8]> {
     match PeerRequest::decode(op, aux, body) {
         Ok(PeerRequest::Replicate { write, .. }) => Some(write.key),
-        Ok(PeerRequest::Read { key }) => Some(key),
+        Ok(PeerRequest::Read { key, .. }) => Some(key),
         _ => None,
     }
 }

@@ -120,13 +120,14 @@ impl World {
                 ),
                 Ok(PeerReply::Read(Ok(None))) => "absent".to_string(),
                 Ok(PeerReply::Read(Err(why))) => format!("error: {why}"),
+                Ok(PeerReply::StaleRing { ring, .. }) => format!("stale ring (holds {ring})"),
                 _ => format!("status={}", f.aux),
             };
             return format!("{name}-reply id={} {what}", f.id);
         }
         match PeerRequest::decode(f.op, f.aux, f.body) {
-            Ok(PeerRequest::Replicate { write, aux }) => format!(
-                "{name} id={} aux={aux} {} {} {}",
+            Ok(PeerRequest::Replicate { write, aux, ring }) => format!(
+                "{name} id={} aux={aux} ring={ring} {} {} {}",
                 f.id,
                 String::from_utf8_lossy(write.key),
                 self.v(write.version),
@@ -136,8 +137,12 @@ impl World {
                     "tombstone"
                 }
             ),
-            Ok(PeerRequest::Read { key }) => {
-                format!("{name} id={} {}", f.id, String::from_utf8_lossy(key))
+            Ok(PeerRequest::Read { key, ring }) => {
+                format!(
+                    "{name} id={} ring={ring} {}",
+                    f.id,
+                    String::from_utf8_lossy(key)
+                )
             }
             _ => format!("{name} id={}", f.id),
         }

@@ -94,11 +94,14 @@ pub enum Mutation {
     /// A leader's ring state takes effect without a majority's acceptance (one history of
     /// ring states, node/ringvote.rs).
     NoMajorityCommit,
+    /// Replicas serve a REPLICATE or READ whatever ring its sender holds: a coordinator
+    /// that missed a ring change gets a write acknowledged by the old owners alone.
+    NoRingVersionCheck,
 }
 
 impl Mutation {
     /// Every mutation's command-line name.
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 11] = [
         "skip-read-repair",
         "ack-before-sync",
         "no-tombstone-version",
@@ -109,6 +112,7 @@ impl Mutation {
         "flip-before-copy",
         "no-pending-writes",
         "no-majority-commit",
+        "no-ring-version-check",
     ];
 
     /// Parse a `--mutation` name.
@@ -125,6 +129,7 @@ impl Mutation {
             "flip-before-copy" => Ok(Mutation::FlipBeforeCopy),
             "no-pending-writes" => Ok(Mutation::NoPendingWrites),
             "no-majority-commit" => Ok(Mutation::NoMajorityCommit),
+            "no-ring-version-check" => Ok(Mutation::NoRingVersionCheck),
             _ => Err(format!(
                 "unknown mutation {s:?}: expected one of none, {}",
                 Mutation::NAMES.join(", ")
@@ -146,6 +151,7 @@ impl Mutation {
             Mutation::FlipBeforeCopy => "flip-before-copy",
             Mutation::NoPendingWrites => "no-pending-writes",
             Mutation::NoMajorityCommit => "no-majority-commit",
+            Mutation::NoRingVersionCheck => "no-ring-version-check",
         }
     }
 }
@@ -405,7 +411,10 @@ impl Params {
         };
         let elastic_mutation = matches!(
             opts.mutation,
-            Mutation::FlipBeforeCopy | Mutation::NoPendingWrites | Mutation::NoMajorityCommit
+            Mutation::FlipBeforeCopy
+                | Mutation::NoPendingWrites
+                | Mutation::NoMajorityCommit
+                | Mutation::NoRingVersionCheck
         );
         let membership_weight = match opts.membership {
             Some(false) => 0,

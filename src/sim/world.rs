@@ -237,6 +237,7 @@ impl World {
             flip_before_copy: p.mutation == Mutation::FlipBeforeCopy,
             no_pending_writes: p.mutation == Mutation::NoPendingWrites,
             no_majority_commit: p.mutation == Mutation::NoMajorityCommit,
+            no_ring_version_check: p.mutation == Mutation::NoRingVersionCheck,
         };
         config.validate().expect("drawn parameters are in range");
         let ids: Vec<u32> = (1..=p.nodes).collect();

@@ -16,8 +16,8 @@
 //!                           policy promises durability on ack)
 //! ReadLocal { id, key }     read the Store, then call on_read_reply(now, self id, id, record)
 //! Reply { ctx, outcome }    answer the client
-//! Repair { to, write }      read repair: apply locally if `to` is this node, else send
-//!                           peer::put_replicate(id 0, AUX_REPAIR) (fire and forget)
+//! Repair { to, write, ring } read repair: apply locally if `to` is this node, else send
+//!                           peer::put_replicate(id 0, AUX_REPAIR, ring) (fire and forget)
 //! Hint { target, write }    keep the write for `target` in the hint queue
 //! ```
 //!
@@ -46,6 +46,10 @@
 //!   answered or the deadline passed, then repairs every replica that answered with an older
 //!   record or none. Tombstones and expired records are records: they win by version and are
 //!   repaired like values, so a delete is never undone by a stale replica.
+//! * **Ring versions.** Every REPLICATE and READ carries the ring version the node held when
+//!   the operation chose its replicas ([`Coordinator::set_ring_version`]); a replica whose
+//!   ring changed the key's partition after it refuses ("stale ring"), which the node passes
+//!   in as an error reply: it never counts as an acknowledgement (protocol.md § 18.2).
 //! * **Bounds.** At most `ops_max` operations in flight (see
 //!   [`crate::limits::COORDINATOR_OPS_MAX`]); past it new requests are answered OVERLOADED.
 
@@ -175,6 +179,8 @@ pub enum Action<C> {
         to: u32,
         /// The newest record.
         write: OwnedWrite,
+        /// The ring version the read chose its replicas with (the frame carries it).
+        ring: u64,
     },
     /// Keep `write` as a hint for `target`.
     Hint {
@@ -280,6 +286,8 @@ struct Op<C> {
     reissues: u32,
     /// Some replica stored some attempt of the write.
     applied: bool,
+    /// The ring version the replicas were chosen with (every frame of the operation says so).
+    ring: u64,
     /// Replicas whose answer to an earlier attempt (stored, or "I hold V") the current
     /// attempt's version is above. Once they are a read quorum of the preference list, every
     /// QUORUM write acknowledged before this one began is below the current version (its
@@ -345,6 +353,8 @@ pub struct Coordinator<C> {
     /// with a time to live has expired by the cluster's clock, so a node running 10 minutes
     /// ahead does not report a value with 5 minutes left as gone.
     clock_offset_ms: i64,
+    /// The ring version the node holds: new operations choose their replicas with it.
+    ring_version: u64,
 }
 
 impl<C> Coordinator<C> {
@@ -361,7 +371,14 @@ impl<C> Coordinator<C> {
             stats: CoordinatorStats::default(),
             mutations: super::config::Mutations::default(),
             clock_offset_ms: 0,
+            ring_version: 0,
         }
+    }
+
+    /// Note the ring version the node holds now (it adopted a ring state): the replica sets
+    /// of operations started from now on come from it, and their frames carry it.
+    pub fn set_ring_version(&mut self, version: u64) {
+        self.ring_version = version;
     }
 
     /// Note this node's measured offset from the cluster's clock (see `clock_offset_ms`).
@@ -495,7 +512,7 @@ impl<C> Coordinator<C> {
         let version = write.version;
         let id = self.alloc_id();
         let mut frame = Vec::new();
-        peer::put_replicate(&mut frame, id, 0, &write.as_write());
+        peer::put_replicate(&mut frame, id, 0, self.ring_version, &write.as_write());
         let local = Action::ApplyLocal {
             id,
             write: write.clone(),
@@ -521,6 +538,7 @@ impl<C> Coordinator<C> {
                 deadline_ms,
                 reissues: 0,
                 applied: false,
+                ring: self.ring_version,
                 covered: Vec::new(),
             },
         );
@@ -544,7 +562,7 @@ impl<C> Coordinator<C> {
         self.stats.reads += 1;
         let id = self.alloc_id();
         let mut frame = Vec::new();
-        peer::put_read(&mut frame, id, key);
+        peer::put_read(&mut frame, id, self.ring_version, key);
         let local = Action::ReadLocal {
             id,
             key: key.to_vec(),
@@ -561,6 +579,7 @@ impl<C> Coordinator<C> {
                 deadline_ms,
                 reissues: 0,
                 applied: false,
+                ring: self.ring_version,
                 covered: Vec::new(),
             },
         );
@@ -691,7 +710,7 @@ impl<C> Coordinator<C> {
         self.stats.reissues += 1;
         let new_id = self.alloc_id();
         let mut frame = Vec::new();
-        peer::put_replicate(&mut frame, new_id, 0, &write.as_write());
+        peer::put_replicate(&mut frame, new_id, 0, op.ring, &write.as_write());
         for (r, slot) in op.replicas.iter_mut() {
             if *slot == Slot::Down {
                 if self.config.hinted_handoff {
@@ -915,6 +934,7 @@ impl<C> Coordinator<C> {
                         self.actions.push_back(Action::Repair {
                             to: *r,
                             write: repair.clone(),
+                            ring: op.ring,
                         });
                     }
                 }

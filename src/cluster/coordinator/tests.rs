@@ -171,7 +171,7 @@ fn read_answers_newest_then_repairs_stale_and_missing() {
     let mut repaired: Vec<u32> = acts
         .iter()
         .map(|a| match a {
-            Action::Repair { to, write } => {
+            Action::Repair { to, write, .. } => {
                 assert_eq!(write.version, Version(9));
                 *to
             }
@@ -192,7 +192,7 @@ fn read_answers_newest_then_repairs_stale_and_missing() {
     assert_eq!(replies(&drain(&mut c)), vec![(4, Outcome::NotFound)]);
     c.on_read_reply(2_000, 1, id, Ok(Some(rec(9, Some(b"new")))));
     let acts = drain(&mut c);
-    assert!(matches!(&acts[..], [Action::Repair { to: 1, write }] if write.value.is_none()));
+    assert!(matches!(&acts[..], [Action::Repair { to: 1, write, .. }] if write.value.is_none()));
 }
 
 #[test]

@@ -37,6 +37,7 @@
 //! ```text
 //!  node/mod.rs    the core: construction, client requests, peer frames, ticks, local work
 //!  node/view.rs   its part in the node's membership: whole, membership shard, follower
+//!  node/guard.rs  peer REPLICATE/READ refused before serving: stale ring, partition not held
 //!  node/ring.rs   its part in the elastic ring: pulls, changes, copies reported, flips
 //!  node/operator.rs  operator commands, CLUSTER / PLAN / TRANSFERS texts, ring STATS
 //!  node/stats.rs  CLUSTER text, STATS figures, clock figures
@@ -58,6 +59,7 @@ use crate::protocol::{Consistency, FrameRef};
 use crate::storage::{Store, Stored};
 use std::collections::VecDeque;
 
+mod guard;
 mod operator;
 mod ring;
 mod ringvote;
@@ -219,6 +221,7 @@ impl<C> ClusterNode<C> {
         membership.set_ring_version(ring.version());
         let mut coordinator = Coordinator::new(CoordinatorConfig::from_cluster(&config));
         coordinator.set_mutations(config.mutations);
+        coordinator.set_ring_version(ring.version());
         ClusterNode {
             aae: AntiEntropy::new(&config, ring.clone(), start_ms),
             membership,
@@ -558,6 +561,11 @@ impl<C> ClusterNode<C> {
                         ahead,
                     );
                 }
+                if self.refuse_stale_ring(&req, id, out) {
+                    self.replica_stats.replicate_served +=
+                        u64::from(matches!(req, PeerRequest::Replicate { .. }));
+                    return Ok(false);
+                }
                 if self.refuse_unheld(&req, id, out) {
                     self.replica_stats.replicate_served +=
                         u64::from(matches!(req, PeerRequest::Replicate { .. }));
@@ -592,50 +600,6 @@ impl<C> ClusterNode<C> {
         }
         self.drain(now_ms, store);
         Ok(matches!(req, PeerRequest::Replicate { .. }))
-    }
-
-    /// A REPLICATE or READ for a partition this node does not hold by its ring (neither an
-    /// owner nor a pending owner): it moved away, and its records were forgotten here when
-    /// the flip became known. A sender with an older ring must not put records back (orphan
-    /// copies nothing would ever drop again) nor read "not found" here as if this node were
-    /// a replica. A hint is acknowledged without being stored (the partition's owners hold
-    /// the write, or get it by anti-entropy: the hint only stood for this node's copy, which
-    /// is gone), so its holder drops it; any other write is refused (not an acknowledgement),
-    /// a read answered UNAVAILABLE. Returns whether it answered.
-    fn refuse_unheld(&mut self, req: &PeerRequest<'_>, id: u32, out: &mut Vec<u8>) -> bool {
-        let (key, op) = match req {
-            PeerRequest::Replicate { write, .. } => (write.key, peer::op::REPLICATE),
-            PeerRequest::Read { key } => (*key, peer::op::READ),
-            _ => return false,
-        };
-        let p = crate::hash::partition_of(key);
-        if self.ring.holds(self.config.node_id, p) {
-            return false;
-        }
-        let why = format!(
-            "node {} does not hold partition {p} (ring version {})",
-            self.config.node_id,
-            self.ring.version()
-        );
-        match req {
-            PeerRequest::Replicate { write, aux } if aux & peer::AUX_HINT != 0 => {
-                let kept = crate::storage::Applied::Stale {
-                    current: write.version,
-                };
-                peer::put_write_ack(out, id, &WriteAck::Done(kept));
-            }
-            PeerRequest::Replicate { .. } => {
-                peer::put_write_ack(out, id, &WriteAck::Refused(why));
-            }
-            _ => crate::protocol::message::put_error(
-                out,
-                op,
-                id,
-                crate::protocol::Status::Unavailable,
-                &why,
-            ),
-        }
-        true
     }
 
     /// A reply frame from node `from` to one of our peer frames.
@@ -692,6 +656,25 @@ impl<C> ClusterNode<C> {
             }
             PeerReply::Read(record) => {
                 self.coordinator.on_read_reply(now_ms, from, f.id, record);
+            }
+            PeerReply::StaleRing { op, ring } => {
+                // `from` holds a newer ring that changed this key's partition: the request
+                // failed there (never an acknowledgement), and this node pulls that ring now.
+                self.note_newer_ring(from, ring);
+                let why = format!(
+                    "stale ring: node {from} holds ring version {ring}, this node {}",
+                    self.ring.version()
+                );
+                if op == peer::op::READ {
+                    self.coordinator.on_read_reply(now_ms, from, f.id, Err(why));
+                } else if f.id == 0 {
+                    // A read repair's refusal: nothing waits for it.
+                } else if f.id & HINT_ID_BIT != 0 {
+                    self.hints.on_ack(from, f.id, &WriteAck::Refused(why));
+                } else {
+                    self.coordinator
+                        .on_write_ack(now_ms, from, f.id, WriteAck::Refused(why));
+                }
             }
         }
         self.drain(now_ms, store);
@@ -856,8 +839,12 @@ impl<C> ClusterNode<C> {
     fn deliver_hints(&mut self, now_ms: u64) {
         let (role, membership, me) = (&self.role, &self.membership, self.config.node_id);
         let mut out = std::mem::take(&mut self.scratch);
-        self.hints
-            .poll_delivery(now_ms, &|n| alive_in(role, membership, me, n), &mut out);
+        self.hints.poll_delivery(
+            now_ms,
+            self.ring.version(),
+            &|n| alive_in(role, membership, me, n),
+            &mut out,
+        );
         for (to, frame) in out.drain(..) {
             self.outputs.push_back(Output::Send { to, frame });
         }
@@ -927,7 +914,7 @@ impl<C> ClusterNode<C> {
                         store.get(&key).map_err(|e| e.to_string());
                     self.coordinator.on_read_reply(now_ms, me, id, r);
                 }
-                Action::Repair { to, write } => {
+                Action::Repair { to, write, ring } => {
                     if to == me {
                         // (Not a partition this node no longer holds: see ApplyLocal.)
                         if !self.ring.holds(me, crate::hash::partition_of(&write.key)) {
@@ -941,7 +928,13 @@ impl<C> ClusterNode<C> {
                         let _ = store.apply_repair(write.as_write());
                     } else {
                         let mut frame = Vec::new();
-                        peer::put_replicate(&mut frame, 0, peer::AUX_REPAIR, &write.as_write());
+                        peer::put_replicate(
+                            &mut frame,
+                            0,
+                            peer::AUX_REPAIR,
+                            ring,
+                            &write.as_write(),
+                        );
                         self.outputs.push_back(Output::Send { to, frame });
                     }
                 }

@@ -25,7 +25,6 @@ use super::operator::AdminCommand;
 use super::{ClusterNode, Output};
 use crate::cluster::coordinator::Outcome;
 use crate::cluster::peer::PeerError;
-use crate::cluster::ring::Ring;
 use crate::cluster::ringfile::{KeptRing, NoRingFile, RingStore};
 use crate::cluster::ringpeer::{self, ring_op, ChangeRequest};
 use crate::cluster::ringstate::{Change, MemberStatus, RingChangeError, RingState};
@@ -245,6 +244,18 @@ impl<C> ClusterNode<C> {
         );
     }
 
+    /// A replica refused one of this node's requests: `from` holds ring version `version`,
+    /// newer than this node's (protocol.md § 18.2). The membership core pulls it at its next
+    /// tick (a version a peer was seen holding, as from its pulls); another shard's waits for
+    /// its membership core, which pulls at least every [`RING_POLL_MS`].
+    pub(super) fn note_newer_ring(&mut self, from: u32, version: u64) {
+        if version <= self.ring.version() {
+            return;
+        }
+        let e = self.elastic.peer_versions.entry(from).or_insert(0);
+        *e = (*e).max(version);
+    }
+
     /// Adopt a committed `state` if it is newer than the ring held: save it (membership
     /// core), follow it. Returns whether it was adopted.
     pub fn adopt_ring(&mut self, store: &mut dyn Store, state: Arc<RingState>) -> bool {
@@ -266,7 +277,9 @@ impl<C> ClusterNode<C> {
         save: bool,
     ) {
         let old = self.ring.version();
-        let previous = std::mem::replace(&mut self.ring, Ring::from_state(state.clone()));
+        let next = self.ring.follow(state.clone());
+        let previous = std::mem::replace(&mut self.ring, next);
+        self.coordinator.set_ring_version(state.version());
         // Not fatal when it fails: a restart pulls the ring from a peer.
         if save && !self.save_ring() {
             log::error!("acting on ring version {} unsaved", state.version());

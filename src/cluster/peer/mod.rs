@@ -8,14 +8,20 @@
 //!
 //! ```text
 //! REPLICATE 0x20  request (aux bit 0: hint delivery, bit 1: read repair; other bits 0)
-//!  | key len u16 | key | version u64 | expires at ms u64 (0 = never) | flags u8 | value (rest) |
+//!  | ring version u64 | key len u16 | key | version u64 | expires at ms u64 (0 = never) |
+//!  | flags u8 | value (rest) |
+//!    ring version: the sender's (its replica set came from that ring)
 //!    flags bit 0: tombstone (then the value is empty); other bits 0
-//!  reply OK       | result u8 (0 = applied, 1 = stale: a newer or equal version is held) |
-//!                 | current version u64 (the version held after the write) |
+//!  reply OK       | result u8 (0 = applied, 1 = stale: a newer or equal version is held, |
+//!                 |   2 = stale ring: refused, the sender's ring is older than the last |
+//!                 |   change of the key's partition here) |
+//!                 | current version u64 (the version held after the write; for result 2 |
+//!                 |   the replica's ring version) |
 //!  reply error    STORAGE_ERROR and a message (the replica refuses writes)
 //!
-//! READ 0x21       request | key len u16 | key |
-//!  reply OK       | state u8 (0 = absent, 1 = value, 2 = tombstone) | version u64 |
+//! READ 0x21       request | ring version u64 | key len u16 | key |
+//!  reply OK       | state u8 (0 = absent, 1 = value, 2 = tombstone, 3 = stale ring) |
+//!                 | version u64 (state 3: the replica's ring version) |
 //!                 | expires at ms u64 | value (rest; empty unless state = 1) |
 //!
 //! GOSSIP 0x22     request (push) and reply OK (pull) have the same body: the sender's view
@@ -103,6 +109,12 @@ pub const AUX_HINT: u8 = 0x01;
 pub const AUX_REPAIR: u8 = 0x02;
 /// REPLICATE flags bit: the write is a tombstone.
 const FLAG_TOMBSTONE: u8 = 0x01;
+/// Bytes of the sender's ring version that start a REPLICATE or READ body.
+const RING_VERSION_SIZE: usize = 8;
+/// REPLICATE reply result: refused, the sender's ring is stale for the key's partition.
+const RESULT_STALE_RING: u8 = 2;
+/// READ reply state: refused, the sender's ring is stale for the key's partition.
+const STATE_STALE_RING: u8 = 3;
 
 /// Request ids with this bit set are hint deliveries.
 pub const HINT_ID_BIT: u32 = 0x8000_0000;
@@ -207,11 +219,15 @@ pub enum PeerRequest<'a> {
         write: Write<'a>,
         /// The `aux` bits ([`AUX_HINT`], [`AUX_REPAIR`]).
         aux: u8,
+        /// The sender's ring version: its replica set came from that ring.
+        ring: u64,
     },
     /// Read the local record of a key.
     Read {
         /// The key.
         key: &'a [u8],
+        /// The sender's ring version: its replica set came from that ring.
+        ring: u64,
     },
     /// A membership view.
     Gossip {
@@ -229,16 +245,27 @@ impl PartialEq for PeerRequest<'_> {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (
-                PeerRequest::Replicate { write: a, aux: x },
-                PeerRequest::Replicate { write: b, aux: y },
+                PeerRequest::Replicate {
+                    write: a,
+                    aux: x,
+                    ring: r,
+                },
+                PeerRequest::Replicate {
+                    write: b,
+                    aux: y,
+                    ring: q,
+                },
             ) => {
                 x == y
+                    && r == q
                     && a.key == b.key
                     && a.value == b.value
                     && a.version == b.version
                     && a.expires_at_ms == b.expires_at_ms
             }
-            (PeerRequest::Read { key: a }, PeerRequest::Read { key: b }) => a == b,
+            (PeerRequest::Read { key: a, ring: r }, PeerRequest::Read { key: b, ring: q }) => {
+                a == b && r == q
+            }
             (
                 PeerRequest::Gossip {
                     sender: a,
@@ -272,6 +299,15 @@ pub enum PeerReply {
     Write(WriteAck),
     /// Answer to READ: the replica's record (tombstones included), or `None` if it has none.
     Read(Result<Option<Stored>, String>),
+    /// Answer to REPLICATE (`op` [`op::REPLICATE`]) or READ ([`op::READ`]): refused, the
+    /// sender's ring version is older than the last change of the key's partition at the
+    /// replica, which holds `ring` (the sender should pull it: protocol.md § 18.2).
+    StaleRing {
+        /// The request's opcode.
+        op: u8,
+        /// The replica's ring version.
+        ring: u64,
+    },
     /// Answer to GOSSIP: the receiver's view.
     Gossip {
         /// The answering node.
@@ -281,6 +317,14 @@ pub enum PeerReply {
         /// Its clock stamp, echoing the request's (`None` from a node that sends none).
         clock: Option<ClockStamp>,
     },
+}
+
+/// Split `| ring version u64 | rest |` off a REPLICATE or READ body.
+fn split_ring<'a>(body: &'a [u8], what: &str) -> Result<(u64, &'a [u8]), PeerError> {
+    if body.len() < RING_VERSION_SIZE {
+        return Err(bad(format!("{what} shorter than its ring version")));
+    }
+    Ok((read_u64(body, 0), &body[RING_VERSION_SIZE..]))
 }
 
 /// Split `| key len u16 | key | rest |` with the key's bounds checked.
@@ -311,6 +355,7 @@ impl<'a> PeerRequest<'a> {
                 if aux & !(AUX_HINT | AUX_REPAIR) != 0 {
                     return Err(bad(format!("REPLICATE reserved aux bits 0x{aux:02x}")));
                 }
+                let (ring, body) = split_ring(body, "REPLICATE")?;
                 let (key, rest) = split_key(body)?;
                 if rest.len() < 17 {
                     return Err(bad("REPLICATE ends before its value"));
@@ -341,15 +386,17 @@ impl<'a> PeerRequest<'a> {
                         expires_at_ms,
                     },
                     aux,
+                    ring,
                 })
             }
             op::READ => {
                 no_aux(aux)?;
+                let (ring, body) = split_ring(body, "READ")?;
                 let (key, rest) = split_key(body)?;
                 if !rest.is_empty() {
                     return Err(bad("READ has bytes after its key"));
                 }
-                Ok(PeerRequest::Read { key })
+                Ok(PeerRequest::Read { key, ring })
             }
             op::GOSSIP => {
                 no_aux(aux)?;
@@ -505,8 +552,8 @@ fn gossip_body(sender: u32, entries: &[GossipEntry], clock: ClockStamp) -> Vec<u
     body
 }
 
-/// Append a REPLICATE request for `write`.
-pub fn put_replicate(out: &mut Vec<u8>, id: u32, aux: u8, write: &Write<'_>) {
+/// Append a REPLICATE request for `write`, sent by a node holding ring version `ring`.
+pub fn put_replicate(out: &mut Vec<u8>, id: u32, aux: u8, ring: u64, write: &Write<'_>) {
     assert!(write.key.len() <= KEY_SIZE_MAX && !write.key.is_empty());
     assert!(aux & !(AUX_HINT | AUX_REPAIR) == 0);
     let key_len = (write.key.len() as u16).to_be_bytes();
@@ -524,15 +571,45 @@ pub fn put_replicate(out: &mut Vec<u8>, id: u32, aux: u8, write: &Write<'_>) {
         op::REPLICATE,
         aux,
         id,
-        &[&key_len, write.key, &fixed, value],
+        &[&ring.to_be_bytes(), &key_len, write.key, &fixed, value],
     );
 }
 
-/// Append a READ request for `key`.
-pub fn put_read(out: &mut Vec<u8>, id: u32, key: &[u8]) {
+/// Append a READ request for `key`, sent by a node holding ring version `ring`.
+pub fn put_read(out: &mut Vec<u8>, id: u32, ring: u64, key: &[u8]) {
     assert!(key.len() <= KEY_SIZE_MAX && !key.is_empty());
     let key_len = (key.len() as u16).to_be_bytes();
-    frame::put_frame(out, op::READ, 0, id, &[&key_len, key]);
+    frame::put_frame(out, op::READ, 0, id, &[&ring.to_be_bytes(), &key_len, key]);
+}
+
+/// Append the refusal of a REPLICATE or READ (`op`) whose sender's ring is stale for the
+/// key's partition: an OK reply with result (REPLICATE) or state (READ) "stale ring" and this
+/// replica's ring version `ring` where the version goes.
+pub fn put_stale_ring(out: &mut Vec<u8>, op: u8, id: u32, ring: u64) {
+    if op == op::READ {
+        message::put_ok(
+            out,
+            op::READ,
+            id,
+            &[
+                &[STATE_STALE_RING],
+                &ring.to_be_bytes(),
+                &0u64.to_be_bytes(),
+            ],
+        );
+    } else {
+        assert_eq!(
+            op,
+            op::REPLICATE,
+            "only REPLICATE and READ carry a ring version"
+        );
+        message::put_ok(
+            out,
+            op::REPLICATE,
+            id,
+            &[&[RESULT_STALE_RING], &ring.to_be_bytes()],
+        );
+    }
 }
 
 /// Append a GOSSIP request carrying `sender`'s view and clock stamp.
@@ -611,6 +688,10 @@ impl PeerReply {
                 match body[0] {
                     0 => Ok(PeerReply::Write(WriteAck::Done(Applied::Stored))),
                     1 => Ok(PeerReply::Write(WriteAck::Done(Applied::Stale { current }))),
+                    RESULT_STALE_RING => Ok(PeerReply::StaleRing {
+                        op: op::REPLICATE,
+                        ring: current.0,
+                    }),
                     r => Err(bad(format!("REPLICATE reply result {r}"))),
                 }
             }
@@ -624,6 +705,12 @@ impl PeerReply {
                 let version = Version(read_u64(body, 1));
                 let expires_at_ms = read_u64(body, 9);
                 let value = &body[17..];
+                if body[0] == STATE_STALE_RING && value.is_empty() && expires_at_ms == 0 {
+                    return Ok(PeerReply::StaleRing {
+                        op: op::READ,
+                        ring: version.0,
+                    });
+                }
                 let record = match body[0] {
                     0 if value.is_empty() => None,
                     1 => Some(Stored {

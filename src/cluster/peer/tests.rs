@@ -32,10 +32,14 @@ fn replicate_round_trips() {
             expires_at_ms: 99,
         };
         let mut out = Vec::new();
-        put_replicate(&mut out, 5, aux, &w);
+        put_replicate(&mut out, 5, aux, 42, &w);
         assert_eq!(
             as_request(&out).unwrap(),
-            PeerRequest::Replicate { write: w, aux }
+            PeerRequest::Replicate {
+                write: w,
+                aux,
+                ring: 42
+            }
         );
     }
 }
@@ -49,9 +53,10 @@ fn replicate_golden_bytes() {
         version: Version(7),
         expires_at_ms: 0,
     };
-    put_replicate(&mut out, 1, 0, &w);
+    put_replicate(&mut out, 1, 0, 3, &w);
     let expect: Vec<u8> = [
-        &[0, 0, 0, 27, 0x20, 0, 0, 0, 0, 1][..],
+        &[0, 0, 0, 35, 0x20, 0, 0, 0, 0, 1][..],
+        &[0, 0, 0, 0, 0, 0, 0, 3],
         &[0, 1, b'k'],
         &[0, 0, 0, 0, 0, 0, 0, 7],
         &[0; 8],
@@ -104,8 +109,23 @@ fn acks_and_reads_round_trip() {
         assert_eq!(as_reply(&out).unwrap(), PeerReply::Read(r));
     }
     let mut out = Vec::new();
-    put_read(&mut out, 8, b"abc");
-    assert_eq!(as_request(&out).unwrap(), PeerRequest::Read { key: b"abc" });
+    put_read(&mut out, 8, 9, b"abc");
+    assert_eq!(
+        as_request(&out).unwrap(),
+        PeerRequest::Read {
+            key: b"abc",
+            ring: 9
+        }
+    );
+    // A refusal for a stale ring, of either request, carries the replica's ring version.
+    for op in [op::REPLICATE, op::READ] {
+        out.clear();
+        put_stale_ring(&mut out, op, 8, 77);
+        assert_eq!(
+            as_reply(&out).unwrap(),
+            PeerReply::StaleRing { op, ring: 77 }
+        );
+    }
 }
 
 #[test]
@@ -287,6 +307,7 @@ fn truncated_and_garbage_bodies_are_errors() {
         &mut out,
         1,
         0,
+        5,
         &Write {
             key: b"key",
             value: Some(b"value"),
@@ -296,7 +317,7 @@ fn truncated_and_garbage_bodies_are_errors() {
     );
     frames.push(out.clone());
     out.clear();
-    put_read(&mut out, 1, b"key");
+    put_read(&mut out, 1, 5, b"key");
     frames.push(out.clone());
     out.clear();
     let e = GossipEntry {
