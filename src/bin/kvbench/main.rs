@@ -152,18 +152,7 @@ fn discover_shards(o: &Opts, ring: Option<&route::RingRoute>) -> Vec<Option<usiz
     }
     let shards: Vec<Option<usize>> = dests
         .iter()
-        .map(
-            |addr| match dkv::client::Client::connect_hello(*addr, &o.token) {
-                Ok((_, info)) => Some(info.shards as usize),
-                Err(e) => {
-                    eprintln!(
-                        "kvbench: {addr}: no HELLO to learn its shard count ({e}); its \
-                         connections are not shard-aware"
-                    );
-                    None
-                }
-            },
-        )
+        .map(|addr| route::shard_count(*addr, &o.token))
         .collect();
     warn_thin_shards(o, &shards, dests.len());
     shards

@@ -86,6 +86,21 @@ pub struct RingRoute {
     pub shards: Vec<Option<usize>>,
 }
 
+/// A node's shard count from its HELLO reply; `None` (said on stderr) when it does not
+/// answer, so that its connections are not pinned to shards.
+pub fn shard_count(addr: std::net::SocketAddr, token: &[u8]) -> Option<usize> {
+    match Client::connect_hello(addr, token) {
+        Ok((_, info)) => Some(info.shards as usize),
+        Err(e) => {
+            eprintln!(
+                "kvbench: {addr}: no HELLO to learn its shard count ({e}); its connections \
+                 are not shard-aware"
+            );
+            None
+        }
+    }
+}
+
 impl RingRoute {
     /// Fetch the map from the first of `targets` that answers. `Ok(None)` when routing has
     /// nothing to do: a single node, or a node too old to know RING.
@@ -154,16 +169,7 @@ impl RingRoute {
     pub fn learn_shards(&mut self, known: Option<&RingRoute>, token: &[u8]) {
         for (i, addr) in self.addrs.iter().enumerate() {
             let had = known.and_then(|k| k.node_of(*addr).and_then(|n| k.shards[n]));
-            self.shards[i] = had.or_else(|| match Client::connect_hello(*addr, token) {
-                Ok((_, info)) => Some(info.shards as usize),
-                Err(e) => {
-                    eprintln!(
-                        "kvbench: {addr}: no HELLO to learn its shard count ({e}); its \
-                         connections are not shard-aware"
-                    );
-                    None
-                }
-            });
+            self.shards[i] = had.or_else(|| shard_count(*addr, token));
         }
     }
 

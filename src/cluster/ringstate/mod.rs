@@ -280,21 +280,28 @@ impl PartialEq for RingState {
 /// Bytes of the leaver's partitions bitmap.
 const LEAVER_BITS_SIZE: usize = PARTITION_COUNT.div_ceil(8);
 
+/// Members `(id, addr)`, every one up, ids ascending and distinct (the first address wins).
+fn members_up(nodes: &[(u32, String)]) -> Vec<RingMember> {
+    let mut members: Vec<RingMember> = nodes
+        .iter()
+        .map(|(id, addr)| RingMember {
+            id: *id,
+            addr: addr.clone(),
+            status: MemberStatus::Up,
+        })
+        .collect();
+    members.sort_by_key(|m| m.id);
+    members.dedup_by_key(|m| m.id);
+    members
+}
+
 impl RingState {
     /// The first ring of a cluster started with `--nodes`: every node up, the initial
     /// ownership ([`Ownership::initial`]), at [`INITIAL_VERSION`]. `nodes` are `(id, addr)`.
     pub fn initial(nodes: &[(u32, String)], replicas: usize) -> Result<RingState, OwnershipError> {
         let ids: Vec<u32> = nodes.iter().map(|n| n.0).collect();
         let current = Ownership::initial(&ids, replicas)?;
-        let mut members: Vec<RingMember> = nodes
-            .iter()
-            .map(|(id, addr)| RingMember {
-                id: *id,
-                addr: addr.clone(),
-                status: MemberStatus::Up,
-            })
-            .collect();
-        members.sort_by_key(|m| m.id);
+        let members = members_up(nodes);
         Ok(RingState {
             version: INITIAL_VERSION,
             paused: false,
@@ -314,16 +321,7 @@ impl RingState {
     /// has pulled the real one): the map's owners and addresses, every node up, version 0 so
     /// that any state the cluster holds is newer.
     pub fn provisional(current: Ownership, addrs: &[(u32, String)]) -> RingState {
-        let mut members: Vec<RingMember> = addrs
-            .iter()
-            .map(|(id, addr)| RingMember {
-                id: *id,
-                addr: addr.clone(),
-                status: MemberStatus::Up,
-            })
-            .collect();
-        members.sort_by_key(|m| m.id);
-        members.dedup_by_key(|m| m.id);
+        let members = members_up(addrs);
         RingState {
             version: 0,
             paused: false,
