@@ -54,6 +54,12 @@ const FORGET_STEP_MS: u64 = 5;
 /// How long a change passed on to the leader waits for its answer.
 pub const RING_CHANGE_TIMEOUT_MS: u64 = 5_000;
 
+/// While copies still run on a core, the partitions it copied are synced (and then reported)
+/// at most this often: one fsync per copied partition stalled the shard's event loop, and
+/// with it every copy in flight, once per partition. When no copy runs they are synced on
+/// the next tick.
+pub const COPIED_SYNC_INTERVAL_MS: u64 = 200;
+
 /// Whether a time `at` set at most `span` ahead of the clock then has come at `now_ms`: it
 /// has, or the clock stepped back since (`at` is further ahead than it was ever set), as a
 /// node minutes off has its clock set right: else its ring chores would wait for minutes.
@@ -102,6 +108,8 @@ pub(super) struct Elastic<C> {
     forget_again: bool,
     /// Partitions copied whole whose records are not synced yet.
     unsynced: Vec<(u16, u64)>,
+    /// When they were last synced (see [`COPIED_SYNC_INTERVAL_MS`]).
+    copied_synced_ms: u64,
     /// When `ring_tick` last ran (the next forget step is due soon after).
     last_tick_ms: u64,
     /// The ring's consensus (membership core; `ringvote.rs`).
@@ -136,6 +144,7 @@ impl<C> Elastic<C> {
             pass_forgot: 0,
             forget_again: false,
             unsynced: Vec::new(),
+            copied_synced_ms: 0,
             last_tick_ms: 0,
             consensus: Default::default(),
             waiting: Vec::new(),
@@ -602,7 +611,14 @@ impl<C> ClusterNode<C> {
         // simulator: N = 1, the new owner crashed with the copy unsynced after the flip).
         let newly = self.aae.take_copied();
         self.elastic.unsynced.extend(newly);
-        if !self.elastic.unsynced.is_empty() {
+        let sync_at = self
+            .elastic
+            .copied_synced_ms
+            .saturating_add(COPIED_SYNC_INTERVAL_MS);
+        let sync_due = due(now_ms, sync_at, COPIED_SYNC_INTERVAL_MS)
+            || !self.aae.transfers().any(|t| t.running);
+        if !self.elastic.unsynced.is_empty() && sync_due {
+            self.elastic.copied_synced_ms = now_ms;
             match store.sync() {
                 Ok(()) => {
                     for (p, since) in std::mem::take(&mut self.elastic.unsynced) {
