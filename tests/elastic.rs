@@ -128,12 +128,34 @@ fn a_decommissioned_node_streams_its_partitions_away_and_ends_empty() {
     }
     let before = nodes[0].client().ring().expect("RING").ownership.version();
 
-    // Decommission node 4, asked of node 2 (not the leader: it passes it on).
+    // Decommission node 4, asked of node 2 (not the leader: it passes it on), with the
+    // moves paused so that its plan can be read before it runs.
+    wait_for(CHANGE_TIMEOUT, "PAUSE to be taken", || {
+        nodes[0].client().cluster_admin("PAUSE").ok()
+    });
     let reply = nodes[1].client().cluster_admin("LEAVE 4").expect("LEAVE");
     assert!(reply.contains("leave of node 4"), "{reply}");
     // A second change is refused while this one runs.
     let busy = nodes[2].client().cluster_admin("LEAVE 3");
     assert!(busy.is_err(), "a second change started: {busy:?}");
+    // The plan: node 4 gives every placement it holds, about its live bytes.
+    let plan = common::kvcat(&nodes[2].addr, "CLUSTER PLAN\n");
+    let line = plan
+        .lines()
+        .find(|l| l.starts_with("node 4 receives 0 gives "))
+        .unwrap_or_else(|| panic!("no plan line for node 4: {plan}"));
+    let out_mb: f64 = line
+        .split("bytes_out~")
+        .nth(1)
+        .and_then(|b| b.strip_suffix("KB"))
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("no KB estimate in {line:?}"));
+    let live = common::stat(&nodes[3], "storage_live_bytes") as f64 / 1000.0;
+    assert!(
+        (out_mb - live).abs() <= 0.3 * live,
+        "plan estimates {out_mb} KB out of node 4, which holds {live} KB: {plan}"
+    );
+    nodes[0].client().cluster_admin("RESUME").expect("RESUME");
 
     let all: Vec<&Node> = nodes.iter().collect();
     let version = wait_settled_ring(&all);

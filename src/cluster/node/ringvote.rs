@@ -356,6 +356,10 @@ impl<C> ClusterNode<C> {
         let c = &mut self.elastic.consensus;
         c.proposal = None;
         c.accepted = None;
+        // A majority took a state made from this node's committed one: that one was current,
+        // as a pull from a peer would have shown (without this, a leader that restarted, or
+        // that never pulls because it leads, refused its next change until its next pull).
+        self.elastic.confirmed = true;
         log::debug!(
             "ring version {} committed (term {})",
             state.version(),
