@@ -69,6 +69,9 @@ pub struct NodeView {
     pub horizons: Vec<(u16, u64)>,
     /// The version of the ring state the membership shard holds.
     pub ring_version: u64,
+    /// Until when (the node's clock) the membership shard's ring lease runs (0: never
+    /// confirmed): the node's shards coordinate writes only within it (`node/lease.rs`).
+    pub ring_lease_until: u64,
     /// That ring state, when it changed since the previous view (and on refreshes): the
     /// shard adopts it if newer than its own.
     pub ring: Option<std::sync::Arc<super::ringstate::RingState>>,
@@ -86,5 +89,6 @@ impl NodeView {
             && self.incarnation == other.incarnation
             && self.clock == other.clock
             && self.ring_version == other.ring_version
+            && self.ring_lease_until == other.ring_lease_until
     }
 }

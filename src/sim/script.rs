@@ -396,8 +396,11 @@ impl Cluster {
             let now_ms = self.w.node_now(id);
             let run = self.w.node(id).up.as_ref().expect("filtered on up");
             run.cores.iter().all(|core| {
-                core.cluster_node()
-                    .is_some_and(|c| c.alive_ids() == up && c.clock_refusal(now_ms).is_none())
+                core.cluster_node().is_some_and(|c| {
+                    c.alive_ids() == up
+                        && c.clock_refusal(now_ms).is_none()
+                        && c.ring_lease_valid(now_ms)
+                })
             })
         })
     }

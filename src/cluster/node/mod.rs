@@ -60,6 +60,7 @@ use crate::storage::{Store, Stored};
 use std::collections::VecDeque;
 
 mod guard;
+mod lease;
 mod operator;
 mod ring;
 mod ringvote;
@@ -141,6 +142,9 @@ pub struct ClusterNode<C> {
     shards: usize,
     /// Scratch for a write's replica set.
     write_set: Vec<u32>,
+    /// Client writes waiting for the ring lease (`lease.rs`), and their key and value bytes.
+    held: VecDeque<lease::HeldWrite<C>>,
+    held_bytes: usize,
 }
 
 /// How a core takes part in its node's membership.
@@ -238,6 +242,8 @@ impl<C> ClusterNode<C> {
             elastic: ring::Elastic::new(),
             shards: 1,
             write_set: Vec::new(),
+            held: VecDeque::new(),
+            held_bytes: 0,
             config,
         }
     }
@@ -411,6 +417,12 @@ impl<C> ClusterNode<C> {
                     message: why,
                 },
             });
+            return;
+        }
+        // The ring lease: by a ring no peer confirmed lately, a write may reach none of the
+        // partition's new owners (`lease.rs`); it waits for the next confirmation.
+        if !self.ring_lease_valid(now_ms) {
+            self.hold_write(now_ms, ctx, key, value, expires_at_ms, consistency);
             return;
         }
         // Issue the version above every tombstone horizon adopted here (see
@@ -612,6 +624,7 @@ impl<C> ClusterNode<C> {
     ) {
         if ringpeer::is_ring_op(f.op & !crate::protocol::RESPONSE_BIT) {
             self.on_ring_reply(now_ms, store, from, f);
+            self.release_held(now_ms, store);
             self.drain(now_ms, store);
             return;
         }
@@ -688,6 +701,7 @@ impl<C> ClusterNode<C> {
             self.after_membership(now_ms);
         }
         self.coordinator.on_tick(now_ms);
+        self.release_held(now_ms, store);
         self.drain(now_ms, store);
         // Keys the store found damaged leave the trees, so the next exchange repairs them.
         let mut damaged = Vec::new();
@@ -728,9 +742,12 @@ impl<C> ClusterNode<C> {
         } else {
             self.membership.next_timeout_ms()
         };
+        // (Held writes are answered at their deadline; released by a pull reply or a view.)
+        let held = self.held.front().map_or(u64::MAX, |w| w.deadline_ms);
         let m = gossip
             .min(self.aae.next_timeout_ms())
-            .min(self.ring_timeout_ms());
+            .min(self.ring_timeout_ms())
+            .min(held);
         self.coordinator.next_timeout_ms().map_or(m, |c| c.min(m))
     }
 

@@ -92,6 +92,9 @@ pub(super) struct Elastic<C> {
     last_join_ms: u64,
     /// Whether a ring state was pulled (or found current) from a peer since start.
     pub(super) confirmed: bool,
+    /// When a peer last confirmed the ring while this node saw a majority alive (the ring
+    /// lease, `lease.rs`).
+    pub(super) confirmed_at: Option<u64>,
     /// Node byte rate of copies (0 = unlimited) and copies at once.
     bytes_per_s: u64,
     transfer_limit: usize,
@@ -135,6 +138,7 @@ impl<C> Elastic<C> {
             join: None,
             last_join_ms: 0,
             confirmed: false,
+            confirmed_at: None,
             bytes_per_s: 0,
             transfer_limit: crate::cluster::antientropy::TRANSFER_LIMIT_DEFAULT,
             forgotten: 0,
@@ -227,19 +231,6 @@ impl<C> ClusterNode<C> {
     /// The ring state this core decides with.
     pub fn ring_state(&self) -> &Arc<RingState> {
         self.ring.state()
-    }
-
-    /// Whether this node may coordinate client requests by its ring: it has heard from a
-    /// peer since it started (so it does not write by a ring the cluster left behind), or it
-    /// has no peer.
-    pub fn ring_confirmed(&self) -> bool {
-        self.elastic.confirmed
-            || self
-                .ring
-                .state()
-                .members()
-                .iter()
-                .all(|m| m.id == self.config.node_id || m.status == MemberStatus::Removed)
     }
 
     fn update_moves(&mut self) {
@@ -453,7 +444,7 @@ impl<C> ClusterNode<C> {
             if !ok {
                 return;
             }
-            self.elastic.confirmed = true;
+            self.note_ring_confirmed(now_ms);
             if f.body.is_empty() {
                 return;
             }
@@ -575,7 +566,12 @@ impl<C> ClusterNode<C> {
                         format!("node {node} is alive: REMOVE drops dead nodes, use LEAVE"),
                     ));
                 }
-                s.remove(node).map_err(bad)?
+                if s.incoming() == Some(node) {
+                    // A joiner (or replacement) that died: its change ends here.
+                    s.abort_incoming(node).map_err(bad)?
+                } else {
+                    s.remove(node).map_err(bad)?
+                }
             }
             ChangeRequest::Pause => s.set_paused(true),
             ChangeRequest::Resume => s.set_paused(false),
@@ -684,7 +680,9 @@ impl<C> ClusterNode<C> {
             .max_by_key(|(_, &v)| v)
             .map(|(&n, _)| n)
             .or(gossiped);
-        let poll = due(now_ms, self.elastic.next_pull_ms, RING_POLL_MS);
+        // Often enough to keep the ring lease (`lease.rs`) without a gap.
+        let interval = RING_POLL_MS.min(self.ring_lease_ms() / 3).max(1);
+        let poll = due(now_ms, self.elastic.next_pull_ms, interval);
         if self.elastic.pull.is_none() && (newer.is_some() || poll) {
             let leader = self.leader();
             let target = newer.or((leader != me).then_some(leader)).or_else(|| {
@@ -695,7 +693,7 @@ impl<C> ClusterNode<C> {
                     .map(|m| m.id)
                     .find(|&n| n != me && self.is_alive(n))
             });
-            self.elastic.next_pull_ms = now_ms.saturating_add(RING_POLL_MS);
+            self.elastic.next_pull_ms = now_ms.saturating_add(interval);
             if let Some(to) = target {
                 let id = self.elastic.alloc_id();
                 let mut f = Vec::new();
@@ -842,20 +840,11 @@ impl<C> ClusterNode<C> {
                 "node {n} holds ring version {v}, newer than this node's {mine}: pulling it"
             ));
         }
-        let members: Vec<u32> = self
-            .ring
-            .state()
-            .members()
-            .iter()
-            .filter(|m| m.status != MemberStatus::Removed)
-            .map(|m| m.id)
-            .collect();
-        let alive = members.iter().filter(|&&n| self.is_alive(n)).count();
-        (2 * alive <= members.len()).then(|| {
+        let (majority, alive, members) = self.sees_majority();
+        (!majority).then(|| {
             format!(
-                "node {} sees {alive} of the {} members alive: ring changes need a majority",
-                self.config.node_id,
-                members.len()
+                "node {me} sees {alive} of the {members} members alive: ring changes need a \
+                 majority"
             )
         })
     }

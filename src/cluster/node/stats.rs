@@ -49,11 +49,12 @@ impl<C> ClusterNode<C> {
     }
 
     /// Cluster figures for STATS as `(name, value)` pairs, anti-entropy's included, and
-    /// `clock_shards_refusing` (1 while this core refuses writes for its clock; summed over
-    /// the shards of a node, it says how many shards refuse).
+    /// `clock_shards_refusing` (1 while this core refuses writes for its clock, or because
+    /// its ring is not confirmed by a peer since start; summed over the shards of a node, it
+    /// says how many shards refuse).
     pub fn stats_report_at(&self, now_ms: u64, report: &mut dyn FnMut(&'static str, u64)) {
         self.stats_report(report);
-        let refusing = self.clock_refusal(now_ms).is_some();
+        let refusing = self.clock_refusal(now_ms).is_some() || !self.ring_confirmed();
         report("clock_shards_refusing", u64::from(refusing));
         // Its twin, so that a reader can tell "every shard accepts writes" (equal to `shards`)
         // from "no shard has published yet" (both 0).

@@ -101,6 +101,7 @@ fn writes_wait_for_measurement_then_follow_the_median() {
     measure(&mut n, &mut store, 2, 3);
     measure(&mut n, &mut store, 3, 600_000);
     assert_eq!(n.clock_refusal(NOW), None);
+    n.elastic.confirmed_at = Some(NOW);
     assert!(refused(&mut n, &mut store).is_none());
     assert_eq!(
         n.stats_text()
@@ -147,7 +148,9 @@ fn a_follower_decides_with_the_membership_shards_view() {
     // changes.
     measure(&mut lead, &mut store, 2, 3);
     measure(&mut lead, &mut store, 3, -3);
+    lead.elastic.confirmed_at = Some(NOW);
     let view = lead.poll_view(NOW).expect("a first view");
+    assert!(view.ring_lease_until > NOW);
     assert_eq!(view.alive, vec![1, 2, 3]);
     assert_eq!(view.members.len(), 3);
     assert!(view.clock.is_some_and(|c| c.complete()));
@@ -280,6 +283,7 @@ fn a_joined_node_starts_from_the_given_ring_and_owns_nothing() {
     for peer in [1, 2, 3] {
         measure(&mut n, &mut store, peer, 0);
     }
+    n.elastic.confirmed_at = Some(NOW);
     n.write(NOW, &mut store, 1, b"k", Some(b"v"), 0, Consistency::Quorum);
     let mut to: Vec<u32> = std::iter::from_fn(|| n.poll_output())
         .filter_map(|o| match o {
@@ -350,4 +354,66 @@ fn replicas_refuse_senders_with_a_stale_ring() {
         send(&mut m, &mut store, 0, true),
         PeerReply::Read(Ok(Some(_)))
     ));
+}
+
+/// The ring lease (`lease.rs`): a write that arrives while no peer confirmed the ring within
+/// the failure timeout waits; a confirmation releases it, its deadline answers UNAVAILABLE.
+#[test]
+fn writes_wait_for_the_ring_lease() {
+    let mut store = MemoryStore::new();
+    let mut n = node();
+    for peer in [2, 3] {
+        measure(&mut n, &mut store, peer, 0);
+    }
+    let sends = |n: &mut ClusterNode<u32>| {
+        let mut replies = Vec::new();
+        let mut sends = 0;
+        while let Some(o) = n.poll_output() {
+            match o {
+                Output::Send { .. } => sends += 1,
+                Output::Reply { ctx, outcome } => replies.push((ctx, outcome)),
+                _ => {}
+            }
+        }
+        (sends, replies)
+    };
+    sends(&mut n);
+    // Never confirmed: held, nothing sent, no answer.
+    assert!(!n.ring_lease_valid(NOW));
+    n.write(NOW, &mut store, 1, b"k", Some(b"v"), 0, Consistency::All);
+    assert_eq!(sends(&mut n), (0, vec![]));
+    assert_eq!(store.get(b"k").unwrap(), None);
+    // Confirmed (a pull answered while a majority is alive): released and coordinated.
+    n.note_ring_confirmed(NOW + 10);
+    n.on_tick(NOW + 10, &mut store);
+    let (sent, replies) = sends(&mut n);
+    assert!(sent >= 2 && replies.is_empty(), "{sent} sent, {replies:?}");
+    assert!(store.get(b"k").unwrap().is_some());
+    // The lease runs out one failure timeout later: the next write waits, then times out.
+    let later = NOW + 10 + n.ring_lease_ms() + 1;
+    assert!(!n.ring_lease_valid(later));
+    n.write(later, &mut store, 2, b"k2", Some(b"v"), 0, Consistency::One);
+    let deadline = later + n.config().request_timeout_ms;
+    assert!(n.next_timeout_ms() <= deadline);
+    n.on_tick(deadline, &mut store);
+    let (_, replies) = sends(&mut n);
+    // (The first write, at ALL, timed out meanwhile: no peer answers here.)
+    let held = replies.iter().find(|(ctx, _)| *ctx == 2);
+    assert!(
+        matches!(held, Some((_, Outcome::Failed { status: crate::protocol::Status::Unavailable, message }))
+            if message.contains("confirmed")),
+        "{replies:?}"
+    );
+    assert_eq!(store.get(b"k2").unwrap(), None);
+    // A confirmation while this node sees no majority alive confirms nothing.
+    let mut cut = node();
+    let t = NOW + 10 * cut.config().failure_timeout_ms();
+    cut.on_tick(t, &mut store);
+    assert_eq!(
+        cut.alive_ids(),
+        vec![1],
+        "peers silent for 10 failure timeouts"
+    );
+    cut.note_ring_confirmed(t);
+    assert!(cut.ring_confirmed() && !cut.ring_lease_valid(t));
 }

@@ -68,6 +68,7 @@ impl<C> ClusterNode<C> {
             incarnation: self.membership.incarnation(),
             clock: Some(self.membership.cluster_clock(now_ms)),
             ring_version: self.ring.version(),
+            ring_lease_until: self.ring_lease_until(),
             ..NodeView::default()
         };
         let current = self.aae.horizons();
@@ -149,6 +150,7 @@ impl<C> ClusterNode<C> {
             // Deliver at once rather than at the next tick, as the membership shard does.
             self.deliver_hints(now_ms);
         }
+        self.release_held(now_ms, store);
     }
 
     /// Completed anti-entropy exchanges a follower hands to the membership shard (empty on

@@ -622,6 +622,47 @@ impl RingState {
         Ok(s)
     }
 
+    /// The node the running change brings in (a join's, a replacement's new node).
+    pub fn incoming(&self) -> Option<u32> {
+        match self.change {
+            Some(Change::Join { node }) => Some(node),
+            Some(Change::Replace { new, .. }) => Some(new),
+            _ => None,
+        }
+    }
+
+    /// Give up the running join or replacement of node `id`, dead before its copies ended
+    /// (otherwise its change would block every other one for good). The change stops where
+    /// it is: partitions still moving stay with their owners (a replaced node is up again,
+    /// to be removed or replaced anew); if `id` already took placements by flips, a removal
+    /// of `id` begins, which rebuilds them on the others from the surviving replicas.
+    pub fn abort_incoming(&self, id: u32) -> Result<RingState, RingChangeError> {
+        let Some(change) = self.change.filter(|_| self.incoming() == Some(id)) else {
+            return Err(match self.status(id) {
+                None => RingChangeError::UnknownNode(id),
+                Some(s) => RingChangeError::WrongStatus(id, s),
+            });
+        };
+        let mut s = self.next();
+        s.target = None;
+        s.leaver_bits = None;
+        s.change = None;
+        s.since = 0;
+        s.settled = false;
+        if let Change::Replace { old, .. } = change {
+            s.set_status(old, MemberStatus::Up);
+        }
+        let holds = (0..PARTITION_COUNT).any(|p| s.current.owners(p).contains(&id));
+        if !holds {
+            s.set_status(id, MemberStatus::Removed);
+            return Ok(s);
+        }
+        let target = s.current.plan_leave(id)?;
+        s.set_status(id, MemberStatus::Leaving);
+        s.begin(Change::Remove { node: id }, target);
+        Ok(s)
+    }
+
     /// Node `new` (listening at `addr`) takes over every placement of `old` (up, normally
     /// dead), streaming from the surviving replicas.
     pub fn replace(&self, old: u32, new: u32, addr: &str) -> Result<RingState, RingChangeError> {

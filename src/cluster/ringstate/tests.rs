@@ -83,6 +83,54 @@ fn leave_remove_and_replace_end_with_the_node_removed() {
 }
 
 #[test]
+fn a_dead_joiner_or_replacement_is_aborted_by_removing_it() {
+    let s = cluster(4);
+    // Before any flip: the change just ends and the joiner is removed.
+    let j = s.admit(5, "127.0.0.1:5").unwrap();
+    assert_eq!(j.incoming(), Some(5));
+    assert!(matches!(
+        j.abort_incoming(2),
+        Err(RingChangeError::WrongStatus(2, MemberStatus::Up))
+    ));
+    let a = j.abort_incoming(5).unwrap();
+    assert_eq!(a.version(), j.version() + 1);
+    assert_eq!((a.change(), a.target()), (None, None));
+    assert_eq!(a.status(5), Some(MemberStatus::Removed));
+    assert!(a.current().same_placement(s.current()));
+    assert!(a.leave(1).is_ok(), "the next change may start");
+    // After some flips: a removal of the joiner rebuilds what it took on the others.
+    let mut part = j.clone();
+    for _ in 0..10 {
+        let p = part.moving_partitions()[0];
+        part = part.complete(p).unwrap();
+    }
+    let r = part.abort_incoming(5).unwrap();
+    assert_eq!(r.change(), Some(Change::Remove { node: 5 }));
+    assert_eq!(r.status(5), Some(MemberStatus::Leaving));
+    assert_eq!(
+        r.moving_partitions().len(),
+        10,
+        "only what it took moves back"
+    );
+    let (done, _) = flip_all(r);
+    assert_eq!(done.status(5), Some(MemberStatus::Removed));
+    assert!(!done.current().nodes().contains(&5));
+    for p in 0..PARTITION_COUNT {
+        assert_eq!(done.owners(p).len(), 3, "partition {p}");
+    }
+    // A replacement aborted before any flip: the replaced node is up again.
+    let rp = s.replace(2, 9, "127.0.0.1:9").unwrap();
+    let a = rp.abort_incoming(9).unwrap();
+    assert_eq!(a.status(2), Some(MemberStatus::Up));
+    assert_eq!(a.status(9), Some(MemberStatus::Removed));
+    assert!(a.remove(2).is_ok(), "the dead node can be removed next");
+    assert!(matches!(
+        s.abort_incoming(4),
+        Err(RingChangeError::WrongStatus(4, MemberStatus::Up))
+    ));
+}
+
+#[test]
 fn changes_that_reorder_primaries_finish_in_large_clusters() {
     for k in [8u32, 16, 32] {
         let s = cluster(k);
