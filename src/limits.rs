@@ -210,12 +210,12 @@ pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 2_000;
 /// Largest `--request-timeout-ms`.
 pub const REQUEST_TIMEOUT_MS_MAX: u64 = 600_000;
 
-/// Client writes a shard holds while its ring lease is not confirmed (`cluster/node/lease.rs`);
+/// Client requests a shard holds while its ring lease is not confirmed (`cluster/node/lease.rs`);
 /// more are refused UNAVAILABLE at once.
-pub const RING_HELD_WRITES_MAX: usize = 4_096;
+pub const RING_HELD_REQUESTS_MAX: usize = 4_096;
 
-/// Key and value bytes those held writes may take in all.
-pub const RING_HELD_WRITES_BYTES_MAX: usize = 16 << 20;
+/// Key and value bytes those held requests may take in all.
+pub const RING_HELD_BYTES_MAX: usize = 16 << 20;
 
 /// Default time between anti-entropy rounds (`--anti-entropy-interval-ms`).
 pub const ANTI_ENTROPY_INTERVAL_MS_DEFAULT: u64 = 60_000;

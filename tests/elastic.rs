@@ -138,12 +138,16 @@ fn a_decommissioned_node_streams_its_partitions_away_and_ends_empty() {
     // A second change is refused while this one runs.
     let busy = nodes[2].client().cluster_admin("LEAVE 3");
     assert!(busy.is_err(), "a second change started: {busy:?}");
-    // The plan: node 4 gives every placement it holds, about its live bytes.
-    let plan = common::kvcat(&nodes[2].addr, "CLUSTER PLAN\n");
-    let line = plan
-        .lines()
-        .find(|l| l.starts_with("node 4 receives 0 gives "))
-        .unwrap_or_else(|| panic!("no plan line for node 4: {plan}"));
+    // The plan: node 4 gives every placement it holds, about its live bytes (asked of node 3,
+    // which may learn the change a pull after node 2 answered).
+    let (plan, line) = wait_for(CHANGE_TIMEOUT, "node 3's plan to show the leave", || {
+        let plan = common::kvcat(&nodes[2].addr, "CLUSTER PLAN\n");
+        let line = plan
+            .lines()
+            .find(|l| l.starts_with("node 4 receives 0 gives "))?
+            .to_string();
+        Some((plan, line))
+    });
     let out_mb: f64 = line
         .split("bytes_out~")
         .nth(1)

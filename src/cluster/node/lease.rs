@@ -1,5 +1,5 @@
-//! The ring lease: a node coordinates client writes only while a peer confirmed its ring
-//! within the failure timeout; writes that arrive outside the lease wait for the next
+//! The ring lease: a node coordinates client requests only while a peer confirmed its ring
+//! within the failure timeout; requests that arrive outside the lease wait for the next
 //! confirmation (bounded in count, bytes and time), then run as if they had just arrived.
 //!
 //! Why: a coordinator that missed a ring change (it was down, paused or cut off while the
@@ -7,7 +7,8 @@
 //! ring. Replicas refuse such writes (`guard.rs`), but the coordinator's *own* store is not
 //! asked, and on a minority side every old owner may be as stale as the coordinator: a write
 //! acknowledged there (at ONE alone) reaches none of the partition's new owners and is gone
-//! once the old owners forget the partition.
+//! once the old owners forget the partition. Likewise a quorum read there can be answered
+//! by old owners alone, without a write the new owners acknowledged: back in time.
 //!
 //! The lease closes that window. The leader settles a change (copies, then flips) only once
 //! every *live* member holds it, so a node that missed it was declared failed, which takes
@@ -19,8 +20,8 @@
 //!
 //! ```text
 //!   pull reply (majority alive) ──> confirmed_at = now ──> lease until now + failure timeout
-//!   write, lease valid ───────────> coordinated
-//!   write, lease run out ─────────> held ──(next confirmation)──> coordinated
+//!   request, lease valid ─────────> coordinated
+//!   request, lease run out ───────> held ──(next confirmation)──> coordinated
 //!                                         └─(request timeout)───> UNAVAILABLE
 //! ```
 //!
@@ -29,14 +30,16 @@
 use super::{ClusterNode, Output, Role};
 use crate::cluster::coordinator::Outcome;
 use crate::cluster::ringstate::MemberStatus;
-use crate::limits::{RING_HELD_WRITES_BYTES_MAX, RING_HELD_WRITES_MAX};
+use crate::limits::{RING_HELD_BYTES_MAX, RING_HELD_REQUESTS_MAX};
 use crate::protocol::{Consistency, Status};
 use crate::storage::Store;
 
-/// A client write waiting for the ring lease.
-pub(super) struct HeldWrite<C> {
+/// A client request waiting for the ring lease.
+pub(super) struct HeldRequest<C> {
     ctx: C,
     key: Vec<u8>,
+    /// A write (with its value, `None` for a delete), or a read.
+    write: bool,
     value: Option<Vec<u8>>,
     expires_at_ms: u64,
     consistency: Consistency,
@@ -44,14 +47,14 @@ pub(super) struct HeldWrite<C> {
     pub(super) deadline_ms: u64,
 }
 
-impl<C> HeldWrite<C> {
+impl<C> HeldRequest<C> {
     fn bytes(&self) -> usize {
         self.key.len() + self.value.as_ref().map_or(0, Vec::len)
     }
 }
 
 impl<C> ClusterNode<C> {
-    /// How long a confirmation of the ring lets this node coordinate writes.
+    /// How long a confirmation of the ring lets this node coordinate requests.
     pub(super) fn ring_lease_ms(&self) -> u64 {
         self.config.failure_timeout_ms()
     }
@@ -88,8 +91,8 @@ impl<C> ClusterNode<C> {
     /// that stepped back before the confirmation does not stretch the lease.
     pub fn ring_lease_valid(&self, now_ms: u64) -> bool {
         let until = self.ring_lease_until();
-        self.ring_alone()
-            || (until > 0 && now_ms <= until && now_ms + self.ring_lease_ms() >= until)
+        (until > 0 && now_ms <= until && now_ms + self.ring_lease_ms() >= until)
+            || self.ring_alone()
     }
 
     /// Whether a peer confirmed this node's ring since it started (a node that restarted
@@ -110,10 +113,10 @@ impl<C> ClusterNode<C> {
         }
     }
 
-    /// Hold a client write until the lease is confirmed again, or answer UNAVAILABLE when
-    /// too much already waits.
+    /// Hold a client write (`write`: of `value`, `None` for a delete) or read until the
+    /// lease is confirmed again, or answer UNAVAILABLE when too much already waits.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn hold_write(
+    pub(super) fn hold_request(
         &mut self,
         now_ms: u64,
         ctx: C,
@@ -121,20 +124,22 @@ impl<C> ClusterNode<C> {
         value: Option<&[u8]>,
         expires_at_ms: u64,
         consistency: Consistency,
+        write: bool,
     ) {
-        let w = HeldWrite {
+        let w = HeldRequest {
             ctx,
             key: key.to_vec(),
+            write,
             value: value.map(<[u8]>::to_vec),
             expires_at_ms,
             consistency,
             deadline_ms: now_ms.saturating_add(self.config.request_timeout_ms),
         };
-        if self.held.len() >= RING_HELD_WRITES_MAX
-            || self.held_bytes + w.bytes() > RING_HELD_WRITES_BYTES_MAX
+        if self.held.len() >= RING_HELD_REQUESTS_MAX
+            || self.held_bytes + w.bytes() > RING_HELD_BYTES_MAX
         {
             let why = format!(
-                "node {} waits for a peer to confirm its ring and holds too many writes: retry",
+                "node {} waits for a peer to confirm its ring and holds too many requests: retry",
                 self.config.node_id
             );
             self.fail_held(w, why);
@@ -144,7 +149,7 @@ impl<C> ClusterNode<C> {
         self.held.push_back(w);
     }
 
-    /// Coordinate the held writes once the lease is valid; answer those past their deadline.
+    /// Coordinate the held requests once the lease is valid; answer those past their deadline.
     pub(super) fn release_held(&mut self, now_ms: u64, store: &mut dyn Store) {
         if self.held.is_empty() {
             return;
@@ -152,16 +157,13 @@ impl<C> ClusterNode<C> {
         if self.ring_lease_valid(now_ms) {
             self.held_bytes = 0;
             for w in std::mem::take(&mut self.held) {
-                let value = w.value.as_deref();
-                self.write(
-                    now_ms,
-                    store,
-                    w.ctx,
-                    &w.key,
-                    value,
-                    w.expires_at_ms,
-                    w.consistency,
-                );
+                if w.write {
+                    let value = w.value.as_deref();
+                    let (exp, c) = (w.expires_at_ms, w.consistency);
+                    self.write(now_ms, store, w.ctx, &w.key, value, exp, c);
+                } else {
+                    self.read(now_ms, store, w.ctx, &w.key, w.consistency);
+                }
             }
             return;
         }
@@ -178,7 +180,7 @@ impl<C> ClusterNode<C> {
         }
     }
 
-    fn fail_held(&mut self, w: HeldWrite<C>, message: String) {
+    fn fail_held(&mut self, w: HeldRequest<C>, message: String) {
         self.outputs.push_back(Output::Reply {
             ctx: w.ctx,
             outcome: Outcome::Failed {

@@ -142,8 +142,8 @@ pub struct ClusterNode<C> {
     shards: usize,
     /// Scratch for a write's replica set.
     write_set: Vec<u32>,
-    /// Client writes waiting for the ring lease (`lease.rs`), and their key and value bytes.
-    held: VecDeque<lease::HeldWrite<C>>,
+    /// Client requests waiting for the ring lease (`lease.rs`), and their key and value bytes.
+    held: VecDeque<lease::HeldRequest<C>>,
     held_bytes: usize,
 }
 
@@ -422,7 +422,7 @@ impl<C> ClusterNode<C> {
         // The ring lease: by a ring no peer confirmed lately, a write may reach none of the
         // partition's new owners (`lease.rs`); it waits for the next confirmation.
         if !self.ring_lease_valid(now_ms) {
-            self.hold_write(now_ms, ctx, key, value, expires_at_ms, consistency);
+            self.hold_request(now_ms, ctx, key, value, expires_at_ms, consistency, true);
             return;
         }
         // Issue the version above every tombstone horizon adopted here (see
@@ -470,6 +470,12 @@ impl<C> ClusterNode<C> {
         key: &[u8],
         consistency: Consistency,
     ) {
+        // The ring lease, as for writes: by an outdated ring, the old owners on the minority
+        // side of a partition could answer a quorum without a write the new owners took.
+        if !self.ring_lease_valid(now_ms) {
+            self.hold_request(now_ms, ctx, key, None, 0, consistency, false);
+            return;
+        }
         let required = self.required(consistency);
         let (role, membership, me) = (&self.role, &self.membership, self.config.node_id);
         let prefs = self.ring.preference_for_key(key);
@@ -742,7 +748,7 @@ impl<C> ClusterNode<C> {
         } else {
             self.membership.next_timeout_ms()
         };
-        // (Held writes are answered at their deadline; released by a pull reply or a view.)
+        // (Held requests are answered at their deadline; released by a pull reply or a view.)
         let held = self.held.front().map_or(u64::MAX, |w| w.deadline_ms);
         let m = gossip
             .min(self.aae.next_timeout_ms())

@@ -356,10 +356,11 @@ fn replicas_refuse_senders_with_a_stale_ring() {
     ));
 }
 
-/// The ring lease (`lease.rs`): a write that arrives while no peer confirmed the ring within
-/// the failure timeout waits; a confirmation releases it, its deadline answers UNAVAILABLE.
+/// The ring lease (`lease.rs`): a write or read that arrives while no peer confirmed the ring
+/// within the failure timeout waits; a confirmation releases it, its deadline answers
+/// UNAVAILABLE.
 #[test]
-fn writes_wait_for_the_ring_lease() {
+fn requests_wait_for_the_ring_lease() {
     let mut store = MemoryStore::new();
     let mut n = node();
     for peer in [2, 3] {
@@ -381,13 +382,15 @@ fn writes_wait_for_the_ring_lease() {
     // Never confirmed: held, nothing sent, no answer.
     assert!(!n.ring_lease_valid(NOW));
     n.write(NOW, &mut store, 1, b"k", Some(b"v"), 0, Consistency::All);
+    n.read(NOW, &mut store, 3, b"k", Consistency::Quorum);
     assert_eq!(sends(&mut n), (0, vec![]));
     assert_eq!(store.get(b"k").unwrap(), None);
-    // Confirmed (a pull answered while a majority is alive): released and coordinated.
+    // Confirmed (a pull answered while a majority is alive): released and coordinated (the
+    // write to both peers, the read from at least one).
     n.note_ring_confirmed(NOW + 10);
     n.on_tick(NOW + 10, &mut store);
     let (sent, replies) = sends(&mut n);
-    assert!(sent >= 2 && replies.is_empty(), "{sent} sent, {replies:?}");
+    assert!(sent >= 3 && replies.is_empty(), "{sent} sent, {replies:?}");
     assert!(store.get(b"k").unwrap().is_some());
     // The lease runs out one failure timeout later: the next write waits, then times out.
     let later = NOW + 10 + n.ring_lease_ms() + 1;
