@@ -212,8 +212,10 @@ pub trait Store: Send {
     }
 
     /// Move into `out` the keys whose newest record was found damaged (by a read or by the
-    /// background scrub) and forgotten since the last call. The cluster drops them from its
-    /// anti-entropy trees, so that the next exchange repairs them from another replica.
+    /// background scrub) and forgotten since the last call, and those whose buffered write a
+    /// failed [`Store::flush`] undid (the store holds their previous record, or none, again).
+    /// The cluster drops them from its anti-entropy trees, so that the next exchange repairs
+    /// them from another replica.
     fn take_damaged(&mut self, _out: &mut Vec<Vec<u8>>) {}
 
     /// Start a forced compaction pass (the COMPACT request): reclaim everything reclaimable

@@ -303,6 +303,7 @@ impl AntiEntropy {
             index: &mut self.index,
             trusted,
             guard_answers_stale: false,
+            buffered: false,
         };
         let mut n = 0;
         let limit_ms = self

@@ -372,3 +372,47 @@ fn exchanges_are_reported_on_the_cluster_clock_once_it_is_measured() {
         }
     }
 }
+
+/// A buffered apply (a replica serving REPLICATE) leaves its record for the turn's one write;
+/// when that write fails, the store undoes the record and reports the key, and `resync`
+/// returns the tree to what the store holds. An unbuffered apply fails at once instead.
+#[test]
+fn buffered_writes_undone_by_a_failed_flush_leave_the_tree() {
+    use crate::storage::logstore::{LogConfig, LogStore};
+    use crate::storage::vfs::MemVfs;
+    let vfs = MemVfs::new();
+    let (mut s, _) = LogStore::open(
+        vfs.clone(),
+        std::path::Path::new("/s"),
+        LogConfig::default(),
+    )
+    .unwrap();
+    let (mut a, _) = pair_of_nodes();
+    let p = partition_of(b"k");
+    let w = |v: u64| Write {
+        key: b"k",
+        value: Some(b"value"),
+        version: Version(v),
+        expires_at_ms: 0,
+    };
+    a.tracked(&mut s).apply(w(1)).unwrap();
+    let root1 = a.index().tree(p).map(|t| t.root_from_scratch());
+    vfs.set_space_max(Some(vfs.used_bytes() + 10));
+    // Buffered: applied in memory and noted; nothing written yet.
+    assert_eq!(
+        a.tracked(&mut s).buffered().apply(w(2)).unwrap(),
+        Applied::Stored
+    );
+    assert!(s.unflushed());
+    assert_ne!(a.index().tree(p).map(|t| t.root_from_scratch()), root1);
+    // The turn's write fails: undone, reported, and the tree follows the store back.
+    assert!(s.flush().is_err());
+    let mut undone = Vec::new();
+    s.take_damaged(&mut undone);
+    assert_eq!(undone, vec![b"k".to_vec()]);
+    a.resync(&mut s, b"k");
+    assert_eq!(s.version_of(b"k"), Some(Version(1)));
+    assert_eq!(a.index().tree(p).map(|t| t.root_from_scratch()), root1);
+    // Unbuffered: the failure comes back from `apply` itself.
+    assert!(a.tracked(&mut s).apply(w(3)).is_err());
+}

@@ -75,6 +75,23 @@ pub struct Tracked<'a> {
     /// Answer a guarded write "stale" instead of refusing it: for hint deliveries, where stale
     /// tells the holder to drop an obsolete hint (a refusal would keep it forever).
     pub(super) guard_answers_stale: bool,
+    /// Leave applied records in the store's turn buffer ([`Tracked::buffered`]) instead of
+    /// writing each one out at once.
+    pub(super) buffered: bool,
+}
+
+impl<'a> Tracked<'a> {
+    /// Let the writes applied through this wrapper wait in the store's buffer for the turn's
+    /// one write (`ShardCore::finish_turn`), for a caller whose every use of their success is
+    /// an acknowledgement held until that write returned and turned into an error if it
+    /// failed: a replica serving REPLICATE. Other callers count an apply's success at once
+    /// (a coordinator's own copy, which a later turn's reply may count; a copy that reports a
+    /// partition copied), so for them each write is written out before `apply` returns and
+    /// fails there.
+    pub fn buffered(mut self) -> Tracked<'a> {
+        self.buffered = true;
+        self
+    }
 }
 
 impl Tracked<'_> {
@@ -123,11 +140,14 @@ impl Store for Tracked<'_> {
         }
         let a = self.store.apply(w)?;
         if a == Applied::Stored {
-            // Written at once, not at the end of the turn: the coordinator counts its local
-            // write as an acknowledgement and the tree notes it now, so a write that a later
-            // failure would undo must fail here instead (a buffering store undoes it and says
-            // so). Only the single-node path batches a turn's records into one write.
-            self.store.flush()?;
+            if !self.buffered {
+                // Written at once: the caller counts this write as applied now (see
+                // [`Tracked::buffered`]), so a write that a later failure would undo must
+                // fail here instead (a buffering store undoes it and says so).
+                self.store.flush()?;
+            }
+            // A buffered write that the turn's write fails to store is undone by the store
+            // and reported (`take_damaged`): the tree then returns to what the store holds.
             self.index.note(
                 w.key,
                 KeyMeta {
@@ -193,6 +213,7 @@ impl AntiEntropy {
             index: &mut self.index,
             trusted: false,
             guard_answers_stale: false,
+            buffered: false,
         }
     }
 
@@ -208,6 +229,7 @@ impl AntiEntropy {
             index: &mut self.index,
             trusted: true,
             guard_answers_stale: false,
+            buffered: false,
         }
     }
 
@@ -220,11 +242,31 @@ impl AntiEntropy {
             index: &mut self.index,
             trusted: false,
             guard_answers_stale: true,
+            buffered: false,
         }
     }
 
-    /// Drop `key` from its partition's tree: its store lost the record (found damaged), and
-    /// the difference makes the next exchange bring it back from another replica.
+    /// Make `key`'s tree entry say what the store holds for it now: the store reported it
+    /// (`Store::take_damaged`) because it lost its record (found damaged: the entry goes, and
+    /// the difference makes the next exchange bring the key back from another replica) or
+    /// undid a buffered write the tree had noted (the entry returns to the record the store
+    /// holds again). Read from the store rather than assumed: the key may have been written
+    /// again between the report and this call.
+    pub fn resync(&mut self, store: &mut dyn Store, key: &[u8]) {
+        match store.get(key) {
+            Ok(Some(s)) => self.index.note(
+                key,
+                KeyMeta {
+                    version: s.version,
+                    tombstone: s.value.is_none(),
+                    expires_at_ms: s.expires_at_ms,
+                },
+            ),
+            Ok(None) | Err(_) => self.forget(key),
+        }
+    }
+
+    /// Drop `key` from its partition's tree.
     pub fn forget(&mut self, key: &[u8]) {
         let p = partition_of(key);
         if let Some(t) = self.index.trees[p].as_deref_mut() {

@@ -593,13 +593,17 @@ impl<C> ClusterNode<C> {
                     PeerRequest::Replicate { aux, .. } => *aux,
                     _ => 0,
                 };
-                let mut tracked = if aux & peer::AUX_REPAIR != 0 {
+                let tracked = if aux & peer::AUX_REPAIR != 0 {
                     self.aae.tracked_repair(store)
                 } else if aux & peer::AUX_HINT != 0 {
                     self.aae.tracked_hint(store)
                 } else {
                     self.aae.tracked(store)
                 };
+                // A REPLICATE's only use of its success is its acknowledgement, which the
+                // shard holds until the turn's write (`ShardCore::serve_peer`): its record
+                // waits for that one write. (A READ applies nothing.)
+                let mut tracked = tracked.buffered();
                 match replica::serve(&mut tracked, id, &req, out) {
                     Some(replica::Served::Write {
                         stored,
@@ -709,11 +713,12 @@ impl<C> ClusterNode<C> {
         self.coordinator.on_tick(now_ms);
         self.release_held(now_ms, store);
         self.drain(now_ms, store);
-        // Keys the store found damaged leave the trees, so the next exchange repairs them.
+        // Keys the store found damaged leave the trees, so the next exchange repairs them;
+        // those whose buffered write a failed flush undid return to what the store holds.
         let mut damaged = Vec::new();
         store.take_damaged(&mut damaged);
         for key in damaged {
-            self.aae.forget(&key);
+            self.aae.resync(store, &key);
         }
         self.deliver_hints(now_ms);
         // (A wall clock stepped back syncs at once rather than when it catches up.)

@@ -132,6 +132,10 @@ impl<V: Vfs> LogStore<V> {
             if held.segment != active || held.offset as u64 != u.at {
                 continue; // not this record's (cannot happen: newest first)
             }
+            // Whoever noted the write (a cluster's anti-entropy tree) must forget it again.
+            if self.damaged.len() < crate::limits::DAMAGED_KEYS_LISTED_MAX {
+                self.damaged.push(key.to_vec());
+            }
             self.account(&held, key.len(), false);
             match u.old {
                 Some(old) if self.segments.contains_key(&old.segment) => {
