@@ -515,6 +515,25 @@ impl ShardCore {
         }
     }
 
+    /// After the turn's one write of the store (`finish_turn`): the cluster core's own copies
+    /// of writes stand, or (`failed`: why) their acknowledgements are taken back. Runs before
+    /// the turn's held replies are released, so that whatever the revocation answers goes
+    /// out with them.
+    pub(super) fn after_turn_write(&mut self, failed: Option<&str>) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        match failed {
+            None => c.node.on_turn_written(),
+            Some(why) => {
+                let now_ms = c.last_tick_ms;
+                c.node
+                    .on_turn_write_failed(now_ms, self.store.as_mut(), why);
+                self.pump();
+            }
+        }
+    }
+
     /// Advance the cluster core's time (gossip, failure detection, request timeouts, hint
     /// delivery). Cheap to call every loop turn: it acts at most every few ms.
     pub fn on_cluster_tick(&mut self, now_ms: u64) {

@@ -76,6 +76,7 @@ impl ShardCore {
                 Some(format!("write failed ({e}); it may or may not be stored"))
             }
         };
+        self.after_turn_write(flush_error.as_deref());
         // test-only mutation: acknowledge before the sync (the simulator syncs later).
         let ack_early = self.mutations().ack_before_sync;
         let synced = if flush_error.is_some() {

@@ -628,6 +628,30 @@ impl<C> Coordinator<C> {
         (*slot == Slot::Waiting).then_some(slot)
     }
 
+    /// This node's own copy of write `id`, acknowledged by `ApplyLocal` earlier in the turn,
+    /// was undone: the turn's one write of the store failed. The acknowledgement becomes a
+    /// failure (the write may still reach `required` with the others); an operation already
+    /// answered or issued again is left alone (its reply was held and became an error, or the
+    /// new attempt applies its own copy).
+    pub fn revoke_local_ack(&mut self, now_ms: u64, me: u32, id: u32, why: &str) {
+        let Some(op) = self.ops.get_mut(&id) else {
+            return;
+        };
+        let Some(slot) = op
+            .replicas
+            .iter_mut()
+            .find(|(r, _)| *r == me)
+            .map(|(_, s)| s)
+        else {
+            return;
+        };
+        if *slot != Slot::Acked {
+            return;
+        }
+        *slot = Slot::Failed(format!("node {me}: {why}"));
+        self.progress_at(now_ms, id);
+    }
+
     /// Node `from` answered the REPLICATE of operation `id` (for this node: the result of
     /// `ApplyLocal`).
     pub fn on_write_ack(&mut self, now_ms: u64, from: u32, id: u32, ack: WriteAck) {

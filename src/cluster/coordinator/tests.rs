@@ -447,3 +447,43 @@ fn a_stale_ack_of_the_same_version_counts_and_racing_writers_end_acknowledged() 
     assert_eq!(c.stats().superseded, 1);
     assert_eq!(c.in_flight(), 0);
 }
+
+/// A local acknowledgement taken back (the turn's write of the store failed and undid this
+/// node's copy) no longer counts: a quorum needs two remote acks then, and an answered or
+/// unknown operation is left alone.
+#[test]
+fn a_revoked_local_ack_no_longer_counts() {
+    let mut c = coord(false);
+    let v = c
+        .start_write(1_000, 7, b"k", Some(b"v"), 0, &[1, 2, 3], &all_alive, 2)
+        .unwrap();
+    let acts = drain(&mut c);
+    let id = match &acts[0] {
+        Action::ApplyLocal { id, .. } => *id,
+        a => panic!("{a:?}"),
+    };
+    c.on_write_ack(1_001, 1, id, WriteAck::Done(Applied::Stored));
+    c.revoke_local_ack(1_001, 1, id, "write failed");
+    assert!(drain(&mut c).is_empty());
+    // One remote ack: without the revocation this would be the quorum.
+    c.on_write_ack(1_002, 2, id, WriteAck::Done(Applied::Stored));
+    assert!(
+        replies(&drain(&mut c)).is_empty(),
+        "answered on 1 real copy"
+    );
+    c.on_write_ack(1_003, 3, id, WriteAck::Done(Applied::Stored));
+    assert_eq!(
+        replies(&drain(&mut c)),
+        vec![(
+            7,
+            Outcome::Written {
+                version: v,
+                reissues: 0
+            }
+        )]
+    );
+    // Answered, or never known: nothing happens.
+    c.revoke_local_ack(1_004, 1, id, "write failed");
+    c.revoke_local_ack(1_004, 1, 999, "write failed");
+    assert!(drain(&mut c).is_empty());
+}

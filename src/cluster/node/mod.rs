@@ -142,6 +142,9 @@ pub struct ClusterNode<C> {
     shards: usize,
     /// Scratch for a write's replica set.
     write_set: Vec<u32>,
+    /// Writes whose own copy this core applied in the current turn, not yet written out: the
+    /// shard reports the turn's write (`on_turn_written`, `on_turn_write_failed`).
+    local_unflushed: Vec<u32>,
     /// Client requests waiting for the ring lease (`lease.rs`), and their key and value bytes.
     held: VecDeque<lease::HeldRequest<C>>,
     held_bytes: usize,
@@ -242,6 +245,7 @@ impl<C> ClusterNode<C> {
             elastic: ring::Elastic::new(),
             shards: 1,
             write_set: Vec::new(),
+            local_unflushed: Vec::new(),
             held: VecDeque::new(),
             held_bytes: 0,
             config,
@@ -458,6 +462,21 @@ impl<C> ClusterNode<C> {
             required + pending,
         );
         self.write_set = set;
+        self.drain(now_ms, store);
+    }
+
+    /// The turn's records reached the file: this core's own copies stand.
+    pub fn on_turn_written(&mut self) {
+        self.local_unflushed.clear();
+    }
+
+    /// The turn's one write of the store failed, and the store undid its records: the
+    /// acknowledgements this core's own copies gave in the turn are taken back.
+    pub fn on_turn_write_failed(&mut self, now_ms: u64, store: &mut dyn Store, why: &str) {
+        let me = self.config.node_id;
+        for id in std::mem::take(&mut self.local_unflushed) {
+            self.coordinator.revoke_local_ack(now_ms, me, id, why);
+        }
         self.drain(now_ms, store);
     }
 
@@ -910,7 +929,9 @@ impl<C> ClusterNode<C> {
         let limit_ms = self
             .cluster_now_ms(now_ms)
             .saturating_add(self.ahead_ms_max());
-        let mut tracked = self.aae.tracked(store);
+        // This node's copies wait for the turn's one write like a replica's; if it fails, the
+        // shard calls `on_turn_write_failed`, which takes back their acknowledgements.
+        let mut tracked = self.aae.tracked(store).buffered();
         while let Some(a) = self.coordinator.poll_action() {
             let store = &mut tracked;
             match a {
@@ -931,7 +952,12 @@ impl<C> ClusterNode<C> {
                         ))
                     } else {
                         match store.apply(write.as_write()) {
-                            Ok(a) => WriteAck::Done(a),
+                            Ok(a) => {
+                                if a == crate::storage::Applied::Stored {
+                                    self.local_unflushed.push(id);
+                                }
+                                WriteAck::Done(a)
+                            }
                             Err(e) => WriteAck::Refused(e.to_string()),
                         }
                     };
