@@ -12,9 +12,12 @@
 //!
 //! The lease closes that window. The leader settles a change (copies, then flips) only once
 //! every *live* member holds it, so a node that missed it was declared failed, which takes
-//! the failure timeout after the last heartbeat the others heard from it, and it confirmed
-//! its ring no later than that heartbeat's round. A lease of one failure timeout has
-//! therefore run out before any flip it missed. A confirmation counts only when the node
+//! the failure timeout after the last heartbeat the others heard from it, and its last
+//! confirmation came at most about one pull round trip after that heartbeat. Settling,
+//! copying, reporting and flipping a partition take longer than that round trip, so a lease
+//! of one failure timeout has run out before any flip it missed. (That is a margin, not a
+//! proof: a cluster that copies a tiny partition within one round trip of declaring the node
+//! failed would beat it; the simulator has not.) A confirmation counts only when the node
 //! sees a majority of the members alive: on the minority side of a partition, peers as stale
 //! as itself confirm nothing.
 //!
@@ -87,7 +90,7 @@ impl<C> ClusterNode<C> {
         }
     }
 
-    /// Whether this core may coordinate a write at `now_ms` by its ring (module doc). A clock
+    /// Whether this core may coordinate a request at `now_ms` by its ring (module doc). A clock
     /// that stepped back before the confirmation does not stretch the lease.
     pub fn ring_lease_valid(&self, now_ms: u64) -> bool {
         let until = self.ring_lease_until();
