@@ -7,28 +7,15 @@ mod common;
 use common::{temp_dir, Node};
 use dkv::client::Client;
 use dkv::protocol::{Consistency, Role, Status};
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 const ADMIN: &str = "adm1n-t0ken";
 
 /// Run kvcat with `args` on `input`; its stdout.
 fn kvcat(args: &[&str], input: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kvcat"))
-        .args(args)
-        .env_remove("DKV_TOKEN")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start kvcat");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("kvcat");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvcat"));
+    cmd.args(args).env_remove("DKV_TOKEN");
+    let out = common::run_with_input(&mut cmd, input);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

@@ -18,7 +18,6 @@ use common::{join, wait_admitted, wait_for, wait_settled_ring, Node};
 use dkv::client::Client;
 use dkv::hash::partition_of;
 use dkv::protocol::{Consistency, Status};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const KEYS: usize = 1_500;
@@ -199,10 +198,9 @@ fn a_cluster_grows_shrinks_and_replaces_nodes_under_load_without_losing_writes()
     for i in 0..KEYS {
         put_all(&mut c, i);
     }
-    let kvbench = Command::new(env!("CARGO_BIN_EXE_kvbench"))
-        .args([
-            "--target",
-            &nodes[0].addr,
+    let kvbench = common::spawn_kvbench_check(
+        &nodes[0].addr,
+        &[
             "--connections",
             "4",
             "--pipeline",
@@ -213,19 +211,8 @@ fn a_cluster_grows_shrinks_and_replaces_nodes_under_load_without_losing_writes()
             "1500",
             "--keys",
             "3000",
-            "--mix",
-            "get=50,put=40,del=10",
-            "--consistency",
-            "QUORUM",
-            "--check",
-            "--json",
-            "--quiet",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kvbench");
+        ],
+    );
     let seed = nodes[0].addr.clone();
 
     // 3 → 5: two nodes join, one after the other.

@@ -109,20 +109,7 @@ fn prometheus_scrapes_a_cluster_under_load() {
                 .filter(|(s, body)| *s == 200 && body.contains("dkv_requests_total"))
         })
         .1;
-        let mut check = Command::new(&promtool)
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run promtool");
-        check
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("feed promtool");
-        let out = check.wait_with_output().expect("promtool");
+        let out = common::run_with_input(Command::new(&promtool).args(["check", "metrics"]), &text);
         let said = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),

@@ -18,7 +18,6 @@ mod common;
 use common::{join, wait_admitted, wait_for, wait_settled_ring, Node};
 use dkv::client::RingClient;
 use dkv::protocol::Consistency;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const NODES: usize = 4;
@@ -140,32 +139,18 @@ fn forwarded_out(nodes: &[&Node]) -> u64 {
 /// Run kvbench against `target` with the options every run here shares, plus `extra`; its
 /// stdout (the JSON report) and stderr, once it exits successfully.
 fn run_kvbench(target: &str, requests: &str, extra: &[&str]) -> (String, String) {
-    let child = Command::new(env!("CARGO_BIN_EXE_kvbench"))
-        .args([
-            "--target",
-            target,
-            "--connections",
-            "8",
-            "--pipeline",
-            "4",
-            "--requests",
-            requests,
-            "--keys",
-            "2000",
-            "--mix",
-            "get=50,put=40,del=10",
-            "--consistency",
-            "QUORUM",
-            "--check",
-            "--json",
-            "--quiet",
-        ])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kvbench");
+    let mut args = vec![
+        "--connections",
+        "8",
+        "--pipeline",
+        "4",
+        "--requests",
+        requests,
+        "--keys",
+        "2000",
+    ];
+    args.extend_from_slice(extra);
+    let child = common::spawn_kvbench_check(target, &args);
     let mut child = Some(child);
     let out = wait_for(KVBENCH_TIMEOUT, "kvbench to finish", || {
         let c = child.as_mut().expect("child until it exits");
@@ -257,10 +242,9 @@ fn kvbench_routes_by_the_ring_and_loses_nothing() {
 fn kvbench_follows_the_ring_when_a_node_joins() {
     let mut nodes = common::start_nodes("ring-join", &[2; 3], 2, &["--gossip-interval-ms", "50"]);
     let dir = nodes[0].data.parent().expect("a test dir").to_path_buf();
-    let mut kvbench = Command::new(env!("CARGO_BIN_EXE_kvbench"))
-        .args([
-            "--target",
-            &nodes[0].addr,
+    let mut kvbench = common::spawn_kvbench_check(
+        &nodes[0].addr,
+        &[
             "--connections",
             "6",
             "--pipeline",
@@ -271,19 +255,8 @@ fn kvbench_follows_the_ring_when_a_node_joins() {
             "1500",
             "--keys",
             "3000",
-            "--mix",
-            "get=50,put=40,del=10",
-            "--consistency",
-            "QUORUM",
-            "--check",
-            "--json",
-            "--quiet",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kvbench");
+        ],
+    );
     // The load runs before the join begins.
     let three: Vec<&Node> = nodes.iter().collect();
     let start = routed_counts(&three);

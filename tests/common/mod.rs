@@ -215,22 +215,51 @@ impl Drop for Node {
     }
 }
 
-/// Run kvcat against `addr` with `input` on stdin; its stdout.
-pub fn kvcat(addr: &str, input: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kvcat"))
-        .arg(addr)
+/// Run `cmd` with `input` on its stdin; what it printed and how it exited.
+pub fn run_with_input(cmd: &mut Command, input: &str) -> std::process::Output {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn kvcat");
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     child
         .stdin
         .take()
         .expect("piped stdin")
         .write_all(input.as_bytes())
-        .expect("write kvcat input");
-    let out = child.wait_with_output().expect("kvcat output");
+        .unwrap_or_else(|e| panic!("write the input of {cmd:?}: {e}"));
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("output of {cmd:?}: {e}"))
+}
+
+/// Start kvbench `--check` against `target` (QUORUM, get=50,put=40,del=10, its JSON report on
+/// stdout, progress on stderr), with `args` for the rest (connections, pipeline, how long,
+/// keys, ...).
+pub fn spawn_kvbench_check(target: &str, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_kvbench"))
+        .args(["--target", target])
+        .args(args)
+        .args([
+            "--mix",
+            "get=50,put=40,del=10",
+            "--consistency",
+            "QUORUM",
+            "--check",
+            "--json",
+            "--quiet",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kvbench")
+}
+
+/// Run kvcat against `addr` with `input` on stdin; its stdout.
+pub fn kvcat(addr: &str, input: &str) -> String {
+    let out = run_with_input(Command::new(env!("CARGO_BIN_EXE_kvcat")).arg(addr), input);
     assert!(
         out.status.success(),
         "kvcat failed: {}",
