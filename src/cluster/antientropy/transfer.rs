@@ -149,6 +149,29 @@ pub struct Transfer {
 }
 
 impl Transfer {
+    /// A move of `partition` to this node, not started, for the change begun at ring version
+    /// `since`, taking over from node `replaces`.
+    fn new(partition: usize, since: u64, replaces: u32) -> Transfer {
+        Transfer {
+            partition,
+            since,
+            replaces,
+            sources: None,
+            copied_from: Vec::new(),
+            keys: 0,
+            bytes: 0,
+            started_ms: 0,
+            done: false,
+            running: false,
+            retry_at_ms: 0,
+            finished_ms: 0,
+            exchange_from_bytes: 0,
+            segments: None,
+            segments_done: 0,
+            meter: RateMeter::default(),
+        }
+    }
+
     /// The partition's bytes as far as they can be told: exact once copied, an estimate
     /// from the segments compared while it streams, `None` before (see "Progress").
     pub fn total_bytes(&self) -> Option<u64> {
@@ -249,24 +272,7 @@ impl AntiEntropy {
             }
             let t = match self.transfers.remove(&m.partition) {
                 Some(t) if t.since == state.since() => t,
-                _ => Transfer {
-                    partition: m.partition,
-                    since: state.since(),
-                    replaces: m.from,
-                    sources: None,
-                    copied_from: Vec::new(),
-                    keys: 0,
-                    bytes: 0,
-                    started_ms: 0,
-                    done: false,
-                    running: false,
-                    retry_at_ms: 0,
-                    finished_ms: 0,
-                    exchange_from_bytes: 0,
-                    segments: None,
-                    segments_done: 0,
-                    meter: RateMeter::default(),
-                },
+                _ => Transfer::new(m.partition, state.since(), m.from),
             };
             next.insert(m.partition, t);
         }
@@ -440,22 +446,10 @@ mod tests {
 
     fn transfer() -> Transfer {
         Transfer {
-            partition: 7,
-            since: 2,
-            replaces: 1,
             sources: Some(vec![1]),
-            copied_from: Vec::new(),
-            keys: 0,
-            bytes: 0,
             started_ms: 1_000,
-            done: false,
             running: true,
-            retry_at_ms: 0,
-            finished_ms: 0,
-            exchange_from_bytes: 0,
-            segments: None,
-            segments_done: 0,
-            meter: RateMeter::default(),
+            ..Transfer::new(7, 2, 1)
         }
     }
 
