@@ -591,16 +591,19 @@ impl Worker {
             return;
         }
         let budget = &self.shared.memory;
-        let (mut frames, mut immediate) = process_frames(
+        // Process the frames in `c`'s buffer; a partial frame left behind started by `at`.
+        let (core, by_op, slow_on, turn_start) = (
             &mut self.core,
-            c,
             &mut self.turn_immediate_by_op,
             self.slow.on(),
-            budget,
-            now_ms,
             self.turn_start,
         );
-        c.track_partial_frame(frames > 0, self.turn_start);
+        let mut process = |c: &mut Conn, at: Instant| {
+            let (f, i) = process_frames(core, c, by_op, slow_on, budget, now_ms, turn_start);
+            c.track_partial_frame(f > 0, at);
+            (f, i)
+        };
+        let (mut frames, mut immediate) = process(c, self.turn_start);
         let mut bytes_in = 0u64;
         // Readiness is edge-triggered: unless a read ends in WouldBlock (or the connection
         // stops being read), bytes may be left in the socket with no new event to come, so the
@@ -645,16 +648,7 @@ impl Worker {
                     c.last_active = Instant::now();
                     budget.resize(c.charged, c.buffer_bytes());
                     c.charged = c.buffer_bytes();
-                    let (f, i) = process_frames(
-                        &mut self.core,
-                        c,
-                        &mut self.turn_immediate_by_op,
-                        self.slow.on(),
-                        budget,
-                        now_ms,
-                        self.turn_start,
-                    );
-                    c.track_partial_frame(f > 0, c.last_active);
+                    let (f, i) = process(c, c.last_active);
                     frames += f;
                     immediate += i;
                     if c.closing || (c.rbuf.last_read_short() && !c.read_closed) {
