@@ -146,13 +146,26 @@ fn entry_at(arena: &[u8], at: usize) -> Entry<'_> {
     }
 }
 
-fn encode_entry(e: &Entry<'_>, out: &mut Vec<u8>) {
+fn encode_header_into(e: &Entry<'_>, out: &mut [u8; ENTRY_HEADER_SIZE]) {
     assert!(!e.key.is_empty() && e.key.len() <= LEN_MASK as usize);
-    out.extend_from_slice(&e.version.to_be_bytes());
-    out.extend_from_slice(&e.expires_s.to_be_bytes());
+    out[..8].copy_from_slice(&e.version.to_be_bytes());
+    out[8..12].copy_from_slice(&e.expires_s.to_be_bytes());
     let fl = e.key.len() as u16 | if e.tombstone { TOMBSTONE_BIT } else { 0 };
-    out.extend_from_slice(&fl.to_be_bytes());
+    out[12..14].copy_from_slice(&fl.to_be_bytes());
+}
+
+fn encode_entry(e: &Entry<'_>, out: &mut Vec<u8>) {
+    let mut header = [0; ENTRY_HEADER_SIZE];
+    encode_header_into(e, &mut header);
+    out.extend_from_slice(&header);
     out.extend_from_slice(e.key);
+}
+
+/// Encode `e` over `out`, exactly its encoded length.
+fn encode_entry_into(e: &Entry<'_>, out: &mut [u8]) {
+    let (header, key) = out.split_at_mut(ENTRY_HEADER_SIZE);
+    encode_header_into(e, header.try_into().expect("the header's size"));
+    key.copy_from_slice(e.key);
 }
 
 /// Iterator over a segment's entries, in key order.
@@ -258,25 +271,26 @@ impl PartitionTree {
     /// replaced, if any. O(size of the key's segment) to find it; O(1) to fix the hash.
     pub fn upsert(&mut self, e: Entry<'_>) -> Option<u64> {
         let s = segment_of(e.key);
-        let (old, at) = match self.find(s, e.key) {
-            Ok(at) => {
-                let old = entry_at(&self.lists[s], at);
-                let (ov, olen) = (old.version, old.encoded_len());
-                self.mortal -= usize::from(old.is_mortal());
-                self.sums[s] = self.sums[s].wrapping_sub(item_hash(e.key, ov));
-                self.lists[s].drain(at..at + olen);
-                self.list_bytes -= olen;
-                (Some(ov), at)
-            }
+        let found = self.find(s, e.key);
+        let old = found.ok().map(|at| {
+            let old = entry_at(&self.lists[s], at);
+            self.mortal -= usize::from(old.is_mortal());
+            self.sums[s] = self.sums[s].wrapping_sub(item_hash(e.key, old.version));
+            old.version
+        });
+        match found {
+            // The same key, so the same length: the entry is rewritten where it is (the
+            // common case, an update: no allocation, nothing moved).
+            Ok(at) => encode_entry_into(&e, &mut self.lists[s][at..at + e.encoded_len()]),
             Err(at) => {
                 self.keys += 1;
-                (None, at)
+                let mut header = [0; ENTRY_HEADER_SIZE];
+                encode_header_into(&e, &mut header);
+                let list = &mut self.lists[s];
+                list.splice(at..at, header.iter().chain(e.key).copied());
+                self.list_bytes += e.encoded_len();
             }
-        };
-        let mut buf = Vec::with_capacity(e.encoded_len());
-        encode_entry(&e, &mut buf);
-        self.lists[s].splice(at..at, buf);
-        self.list_bytes += e.encoded_len();
+        }
         self.mortal += usize::from(e.is_mortal());
         self.sums[s] = self.sums[s].wrapping_add(item_hash(e.key, e.version));
         self.touch(s);
