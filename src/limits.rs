@@ -210,6 +210,16 @@ pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 2_000;
 /// Largest `--request-timeout-ms`.
 pub const REQUEST_TIMEOUT_MS_MAX: u64 = 600_000;
 
+/// A read still short of answers this long after it started asks its spare replicas (those
+/// its level did not need; at most half the request timeout). Far above a loaded node's
+/// reply time, so spares are asked when a replica failed unnoticed, not when it is busy.
+pub const READ_SPARE_AFTER_MS: u64 = 200;
+
+/// Default `--read-repair-every`: one read in this many asks every replica, so stale ones
+/// are found and repaired by reads at a tenth of the read rate (Cassandra's
+/// `read_repair_chance` defaulted to 0.1).
+pub const READ_REPAIR_EVERY_DEFAULT: u32 = 10;
+
 /// Client requests a shard holds while its ring lease is not confirmed (`cluster/node/lease.rs`);
 /// more are refused UNAVAILABLE at once.
 pub const RING_HELD_REQUESTS_MAX: usize = 4_096;

@@ -183,9 +183,14 @@ fn mutation_no_peer_routing_is_caught() {
     };
     let (seed, checkers) = first_failure(&opts, 200).expect("caught within 200 seeds");
     assert!(
-        checkers
-            .iter()
-            .any(|c| ["stale-read", "lost-write", "convergence", "write-order"].contains(c)),
+        checkers.iter().any(|c| [
+            "stale-read",
+            "lost-write",
+            "convergence",
+            "write-order",
+            "placement"
+        ]
+        .contains(c)),
         "seed {seed}: {checkers:?}"
     );
 }

@@ -11,8 +11,9 @@
 use crate::limits::{
     ANTI_ENTROPY_INTERVAL_MS_DEFAULT, CLUSTER_NODES_MAX, CLUSTER_SECRET_SIZE_MAX,
     FAILURE_THRESHOLD_DEFAULT, FAILURE_THRESHOLD_MAX, GOSSIP_INTERVAL_MS_DEFAULT,
-    GOSSIP_INTERVAL_MS_MAX, GOSSIP_INTERVAL_MS_MIN, REPLICAS_MAX, REQUEST_TIMEOUT_MS_DEFAULT,
-    REQUEST_TIMEOUT_MS_MAX, TOMBSTONE_WINDOW_MS_DEFAULT, TOMBSTONE_WINDOW_MS_MIN,
+    GOSSIP_INTERVAL_MS_MAX, GOSSIP_INTERVAL_MS_MIN, READ_REPAIR_EVERY_DEFAULT, REPLICAS_MAX,
+    REQUEST_TIMEOUT_MS_DEFAULT, REQUEST_TIMEOUT_MS_MAX, TOMBSTONE_WINDOW_MS_DEFAULT,
+    TOMBSTONE_WINDOW_MS_MIN,
 };
 use crate::limits::{
     MAX_CLOCK_OFFSET_MS_DEFAULT, MAX_CLOCK_OFFSET_MS_MAX, MAX_CLOCK_OFFSET_MS_MIN,
@@ -114,6 +115,9 @@ pub struct ClusterConfig {
     /// Whether reads repair the stale replicas they find (off only to show that anti-entropy
     /// converges on its own, and for the simulator's mutations).
     pub read_repair: bool,
+    /// One read in this many asks every replica rather than the ones its level needs, and so
+    /// repairs every stale replica (`--read-repair-every`; 1: every read, 0: none).
+    pub read_repair_every: u32,
     /// How long a coordinator waits for replicas before answering TIMEOUT.
     pub request_timeout_ms: u64,
     /// Time between anti-entropy rounds.
@@ -212,6 +216,7 @@ impl ClusterConfig {
             failure_threshold: FAILURE_THRESHOLD_DEFAULT,
             hinted_handoff: true,
             read_repair: true,
+            read_repair_every: READ_REPAIR_EVERY_DEFAULT,
             request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
             anti_entropy_interval_ms: ANTI_ENTROPY_INTERVAL_MS_DEFAULT,
             tombstone_window_ms: TOMBSTONE_WINDOW_MS_DEFAULT,

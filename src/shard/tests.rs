@@ -368,6 +368,8 @@ const STATS_NAMES: &[&str] = &[
     "coord_maybe_applied",
     "coord_reissues",
     "coord_superseded",
+    "coord_full_reads",
+    "coord_spares_asked",
     "coord_clock_refused",
     "replicate_refused_ahead",
     "clock_samples",

@@ -95,6 +95,7 @@ pub(super) fn cluster_config(
             "failure-threshold",
             "hinted-handoff",
             "read-repair",
+            "read-repair-every",
             "request-timeout-ms",
             "anti-entropy-interval-ms",
             "tombstone-window-ms",
@@ -146,6 +147,7 @@ pub(super) fn cluster_config(
         parse_num(m, "anti-entropy-interval-ms", c.anti_entropy_interval_ms)?;
     c.tombstone_window_ms = parse_num(m, "tombstone-window-ms", c.tombstone_window_ms)?;
     c.max_clock_offset_ms = parse_num(m, "max-clock-offset-ms", c.max_clock_offset_ms)?;
+    c.read_repair_every = parse_num(m, "read-repair-every", c.read_repair_every)?;
     c.hinted_handoff = match m.opt_str("hinted-handoff").as_deref() {
         None | Some("on") => true,
         Some("off") => false,

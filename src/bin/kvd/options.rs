@@ -248,6 +248,16 @@ pub(super) fn cluster_options(o: &mut getopts::Options) {
     );
     o.optopt(
         "",
+        "read-repair-every",
+        &format!(
+            "one read in N asks every replica, not only as many as its consistency level \
+             needs, so reads find and repair stale replicas at a bounded share of the load; \
+             1 = every read, 0 = none (anti-entropy still repairs) [default: {READ_REPAIR_EVERY_DEFAULT}]"
+        ),
+        "N",
+    );
+    o.optopt(
+        "",
         "default-consistency",
         "level of a request that asks for the node's default (protocol.md § 5): one|quorum|all [default: quorum]",
         "LEVEL",

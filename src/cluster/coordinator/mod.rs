@@ -11,10 +11,11 @@
 //!
 //! ```text
 //! Send { to, frame }        send the peer frame to node `to` (drop it if there is no link)
-//! ApplyLocal { id, write }  this node is a replica: apply to the Store, then call
-//!                           on_write_ack(now, self id, id, ack) (after the sync, if the sync
-//!                           policy promises durability on ack)
-//! ReadLocal { id, key }     read the Store, then call on_read_reply(now, self id, id, record)
+//! ApplyLocal { id }         this node is a replica: apply local_write(id) to the Store, then
+//!                           call on_write_ack(now, self id, id, ack) (after the sync, if the
+//!                           sync policy promises durability on ack)
+//! ReadLocal { id }          read local_read_key(id) from the Store, then call
+//!                           on_read_reply(now, self id, id, record)
 //! Reply { ctx, outcome }    answer the client
 //! Repair { to, write, ring } read repair: apply locally if `to` is this node, else send
 //!                           peer::put_replicate(id 0, AUX_REPAIR, ring) (fire and forget)
@@ -41,11 +42,18 @@
 //!   replica that is down, or does not answer by the deadline, gets a hint when hinted handoff
 //!   is on (hints do not count towards `required`). The operation is tracked until every
 //!   replica answered or the deadline passed, so late acks do not create hints.
-//! * **Reads.** The coordinator asks every alive replica, answers with the newest record (LWW
-//!   on the u64 version) once `required` replied, keeps collecting late replies until all
-//!   answered or the deadline passed, then repairs every replica that answered with an older
-//!   record or none. Tombstones and expired records are records: they win by version and are
-//!   repaired like values, so a delete is never undone by a stale replica.
+//! * **Reads.** The coordinator asks only as many alive replicas as the level needs, itself
+//!   first when it is one (its copy costs no frame), and keeps the other alive replicas as
+//!   *spares*. A spare is asked when an asked replica refuses, and when the answers are still
+//!   short [`READ_SPARE_AFTER_MS`] after the start (a replica that died unnoticed costs a
+//!   delay, not a TIMEOUT). One read in [`CoordinatorConfig::read_repair_every`] asks every
+//!   alive replica instead, so stale replicas are still found and repaired, at a bounded share
+//!   of the reads (anti-entropy finds the rest). It answers with the newest record (LWW on the
+//!   u64 version) once `required` replied, keeps collecting late replies until every asked
+//!   replica answered or the deadline passed, then repairs every replica that answered with an
+//!   older record or none. Tombstones and expired records are records: they win by version and
+//!   are repaired like values, so a delete is never undone by a stale replica. A QUORUM read
+//!   still meets every QUORUM write: it hears `required` replicas, wherever they are.
 //! * **Ring versions.** Every REPLICATE and READ carries the ring version the node held when
 //!   the operation chose its replicas ([`Coordinator::set_ring_version`]); a replica whose
 //!   ring changed the key's partition after it refuses ("stale ring"), which the node passes
@@ -54,10 +62,12 @@
 //!   [`crate::limits::COORDINATOR_OPS_MAX`]); past it new requests are answered OVERLOADED.
 
 use super::peer::{self, HINT_ID_BIT};
+use crate::limits::READ_SPARE_AFTER_MS;
 use crate::protocol::Status;
 use crate::storage::{Applied, Stored, Write};
 use crate::version::{Hlc, Version};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use optable::{Deadlines, IdMap};
+use std::collections::VecDeque;
 
 use super::peer::WriteAck;
 
@@ -152,19 +162,18 @@ pub enum Action<C> {
         /// The whole frame.
         frame: Vec<u8>,
     },
-    /// Apply a write to the local store and report with `on_write_ack(self, id, ..)`.
+    /// Apply the write [`Coordinator::local_write`] gives for `id` to the local store and
+    /// report with `on_write_ack(self, id, ..)`. (The write stays with its operation: a copy
+    /// per request would cost an allocation per key and value.)
     ApplyLocal {
         /// The operation id to report under.
         id: u32,
-        /// The write.
-        write: OwnedWrite,
     },
-    /// Read the local store and report with `on_read_reply(self, id, ..)`.
+    /// Read the key [`Coordinator::local_read_key`] gives for `id` from the local store and
+    /// report with `on_read_reply(self, id, ..)`.
     ReadLocal {
         /// The operation id to report under.
         id: u32,
-        /// The key.
-        key: Vec<u8>,
     },
     /// Answer the client.
     Reply {
@@ -210,6 +219,10 @@ pub struct CoordinatorStats {
     pub hints: u64,
     /// Requests answered MAYBE_APPLIED.
     pub maybe_applied: u64,
+    /// Reads that asked every alive replica (one in `read_repair_every`).
+    pub full_reads: u64,
+    /// Spare replicas asked by reads whose asked replicas refused or were slow.
+    pub spares_asked: u64,
     /// Writes issued again above a newer version a replica held.
     pub reissues: u64,
     /// Acknowledgements of a reissued write by a replica holding a concurrent, newer write.
@@ -234,6 +247,10 @@ pub struct CoordinatorConfig {
     /// Versions further ahead of the local clock than this are not observed by the clock
     /// (`--max-clock-offset-ms`).
     pub observe_ahead_ms_max: u64,
+    /// One read in this many asks every alive replica (and so repairs every stale one it
+    /// finds); the others ask only the replicas their level needs. 1: every read asks every
+    /// replica; 0: none does (`--read-repair-every`).
+    pub read_repair_every: u32,
 }
 
 impl CoordinatorConfig {
@@ -249,6 +266,11 @@ impl CoordinatorConfig {
                 u64::MAX
             } else {
                 c.max_clock_offset_ms
+            },
+            read_repair_every: if c.read_repair {
+                c.read_repair_every
+            } else {
+                0
             },
         }
     }
@@ -268,6 +290,8 @@ enum Slot {
     Replied(Option<Stored>),
     /// Answered with an error.
     Failed(String),
+    /// Alive, not asked (yet): a read asks it if the asked replicas fall short.
+    Spare,
 }
 
 enum Kind {
@@ -342,8 +366,11 @@ fn shortfall(answered: usize, n: usize, required: usize) -> String {
 pub struct Coordinator<C> {
     config: CoordinatorConfig,
     hlc: Hlc,
-    ops: BTreeMap<u32, Op<C>>,
-    timers: BTreeSet<(u64, u32)>,
+    ops: IdMap<Op<C>>,
+    timers: Deadlines,
+    /// `(when, id)` of reads that kept spares, in start order (the delay is one constant):
+    /// at `when`, a read still short of answers asks its spares.
+    spare_timers: VecDeque<(u64, u32)>,
     next_id: u32,
     actions: VecDeque<Action<C>>,
     stats: CoordinatorStats,
@@ -364,8 +391,9 @@ impl<C> Coordinator<C> {
         Coordinator {
             hlc: Hlc::new(config.node_id),
             config,
-            ops: BTreeMap::new(),
-            timers: BTreeSet::new(),
+            ops: IdMap::default(),
+            timers: Deadlines::default(),
+            spare_timers: VecDeque::new(),
             next_id: 1,
             actions: VecDeque::new(),
             stats: CoordinatorStats::default(),
@@ -408,12 +436,42 @@ impl<C> Coordinator<C> {
 
     /// The next deadline, for the driver's timer.
     pub fn next_timeout_ms(&self) -> Option<u64> {
-        self.timers.first().map(|&(t, _)| t)
+        let deadline = self.timers.first();
+        let spare = self.spare_timers.front().map(|&(t, _)| t);
+        match (deadline, spare) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The write an `ApplyLocal { id }` applies (`None` if the operation is gone, which the
+    /// order of actions rules out: an operation waits for its local copy).
+    pub fn local_write(&self, id: u32) -> Option<Write<'_>> {
+        match &self.ops.get(&id)?.kind {
+            Kind::Write(w) => Some(w.as_write()),
+            Kind::Read { .. } => None,
+        }
+    }
+
+    /// The key a `ReadLocal { id }` reads (`None` as for [`Coordinator::local_write`]).
+    pub fn local_read_key(&self, id: u32) -> Option<&[u8]> {
+        match &self.ops.get(&id)?.kind {
+            Kind::Read { key } => Some(key),
+            Kind::Write(_) => None,
+        }
     }
 
     /// The next action to perform.
     pub fn poll_action(&mut self) -> Option<Action<C>> {
         self.actions.pop_front()
+    }
+
+    /// Note that operation `id` (already in `ops`) ends at `deadline_ms`.
+    fn push_deadline(&mut self, deadline_ms: u64, id: u32) {
+        let ops = &self.ops;
+        self.timers.push(deadline_ms, id, ops.len(), |d, id| {
+            ops.get(&id).is_some_and(|op| op.deadline_ms == d)
+        });
     }
 
     fn alloc_id(&mut self) -> u32 {
@@ -513,11 +571,8 @@ impl<C> Coordinator<C> {
         let id = self.alloc_id();
         let mut frame = Vec::new();
         peer::put_replicate(&mut frame, id, 0, self.ring_version, &write.as_write());
-        let local = Action::ApplyLocal {
-            id,
-            write: write.clone(),
-        };
-        let slots = self.fan_out(replicas, alive, local, frame);
+        let local = Action::ApplyLocal { id };
+        let slots = self.fan_out(replicas, alive, local, frame, usize::MAX);
         if self.config.hinted_handoff {
             for &(r, _) in slots.iter().filter(|(_, s)| *s == Slot::Down) {
                 self.stats.hints += 1;
@@ -542,7 +597,7 @@ impl<C> Coordinator<C> {
                 covered: Vec::new(),
             },
         );
-        self.timers.insert((deadline_ms, id));
+        self.push_deadline(deadline_ms, id);
         Some(version)
     }
 
@@ -560,14 +615,22 @@ impl<C> Coordinator<C> {
             return;
         };
         self.stats.reads += 1;
+        let every = u64::from(self.config.read_repair_every);
+        let ask = if every > 0 && self.stats.reads.is_multiple_of(every) {
+            self.stats.full_reads += 1;
+            usize::MAX
+        } else {
+            required
+        };
         let id = self.alloc_id();
         let mut frame = Vec::new();
         peer::put_read(&mut frame, id, self.ring_version, key);
-        let local = Action::ReadLocal {
-            id,
-            key: key.to_vec(),
-        };
-        let slots = self.fan_out(replicas, alive, local, frame);
+        let local = Action::ReadLocal { id };
+        let slots = self.fan_out(replicas, alive, local, frame, ask);
+        if slots.iter().any(|(_, s)| *s == Slot::Spare) {
+            let delay = READ_SPARE_AFTER_MS.min(self.config.request_timeout_ms / 2);
+            self.spare_timers.push_back((now_ms + delay, id));
+        }
         let deadline_ms = now_ms + self.config.request_timeout_ms;
         self.ops.insert(
             id,
@@ -583,38 +646,96 @@ impl<C> Coordinator<C> {
                 covered: Vec::new(),
             },
         );
-        self.timers.insert((deadline_ms, id));
+        self.push_deadline(deadline_ms, id);
     }
 
-    /// Ask every replica at once: this node through `local`, each alive peer with `frame`;
-    /// the others are noted down. The slots of the new operation, in preference order.
+    /// Ask `ask` replicas at once (at most; `usize::MAX`: all): this node through `local`
+    /// when it is one (always asked, and first: its copy costs no frame), then alive peers in
+    /// preference order with `frame`. Alive peers beyond `ask` are spares; the others are
+    /// noted down. The slots of the new operation, in preference order.
     fn fan_out(
         &mut self,
         replicas: &[u32],
         alive: &dyn Fn(u32) -> bool,
         local: Action<C>,
         frame: Vec<u8>,
+        ask: usize,
     ) -> Vec<(u32, Slot)> {
+        let me = self.config.node_id;
+        let mut asked = usize::from(replicas.contains(&me));
         let mut local = Some(local);
         let mut slots = Vec::with_capacity(replicas.len());
         for &r in replicas {
-            if r == self.config.node_id {
+            if r == me {
                 let a = local
                     .take()
                     .expect("a node appears once in a preference list");
                 self.actions.push_back(a);
                 slots.push((r, Slot::Waiting));
-            } else if alive(r) {
-                self.actions.push_back(Action::Send {
-                    to: r,
-                    frame: frame.clone(),
-                });
+            } else if !alive(r) {
+                slots.push((r, Slot::Down));
+            } else if asked < ask {
+                asked += 1;
                 slots.push((r, Slot::Waiting));
             } else {
-                slots.push((r, Slot::Down));
+                slots.push((r, Slot::Spare));
             }
         }
+        // The frames, after the local action (which the node performs first either way):
+        // the last peer takes the encoded frame itself, the others a copy.
+        let is_peer = |&(r, ref s): &(u32, Slot)| r != me && *s == Slot::Waiting;
+        let mut left = slots.iter().filter(|x| is_peer(x)).count();
+        let mut frame = Some(frame);
+        for &(to, _) in slots.iter().filter(|x| is_peer(x)) {
+            left -= 1;
+            let frame = if left == 0 {
+                frame.take().expect("taken once, by the last")
+            } else {
+                frame.as_ref().expect("not taken yet").clone()
+            };
+            self.actions.push_back(Action::Send { to, frame });
+        }
         slots
+    }
+
+    /// Ask up to `count` spares of read `id` (in preference order).
+    fn ask_spares(&mut self, id: u32, count: usize) {
+        let Some(op) = self.ops.get_mut(&id) else {
+            return;
+        };
+        let Kind::Read { key } = &op.kind else {
+            return;
+        };
+        let mut frame = Vec::new();
+        let mut asked = 0;
+        for (r, slot) in op.replicas.iter_mut() {
+            if asked == count {
+                break;
+            }
+            if *slot != Slot::Spare {
+                continue;
+            }
+            if frame.is_empty() {
+                peer::put_read(&mut frame, id, op.ring, key);
+            }
+            *slot = Slot::Waiting;
+            asked += 1;
+            self.actions.push_back(Action::Send {
+                to: *r,
+                frame: frame.clone(),
+            });
+        }
+        self.stats.spares_asked += asked as u64;
+    }
+
+    /// Replicas read `id` still needs beyond those answered and waiting (0 once answered).
+    fn read_shortfall(&self, id: u32) -> usize {
+        self.ops.get(&id).map_or(0, |op| {
+            if op.ctx.is_none() {
+                return 0;
+            }
+            op.required.saturating_sub(op.answered() + op.waiting())
+        })
     }
 
     /// The slot of `from` in operation `id`, if it is still waiting for it.
@@ -709,8 +830,8 @@ impl<C> Coordinator<C> {
     /// version, a new operation id (late acks of the old attempt are ignored), the same
     /// deadline, every replica asked again (hints for those down).
     fn reissue(&mut self, now_ms: u64, id: u32) {
+        // Its deadline's entry under `id` is left to lapse (see optable.rs).
         let mut op = self.ops.remove(&id).expect("caller checked the op exists");
-        self.timers.remove(&(op.deadline_ms, id));
         let held = op
             .replicas
             .iter()
@@ -748,10 +869,7 @@ impl<C> Coordinator<C> {
             }
             *slot = Slot::Waiting;
             if *r == self.config.node_id {
-                self.actions.push_back(Action::ApplyLocal {
-                    id: new_id,
-                    write: write.clone(),
-                });
+                self.actions.push_back(Action::ApplyLocal { id: new_id });
             } else {
                 self.actions.push_back(Action::Send {
                     to: *r,
@@ -759,8 +877,9 @@ impl<C> Coordinator<C> {
                 });
             }
         }
-        self.timers.insert((op.deadline_ms, new_id));
+        let deadline_ms = op.deadline_ms;
         self.ops.insert(new_id, op);
+        self.push_deadline(deadline_ms, new_id);
     }
 
     /// Node `from` answered the READ of operation `id` with its record (for this node: the
@@ -780,6 +899,11 @@ impl<C> Coordinator<C> {
             Ok(r) => Slot::Replied(r),
             Err(why) => Slot::Failed(format!("node {from}: {why}")),
         };
+        // A refusal: a spare takes its place.
+        let short = self.read_shortfall(id);
+        if short > 0 {
+            self.ask_spares(id, short);
+        }
         self.answer_read_if_ready(now_ms, id);
         self.progress_at(now_ms, id);
     }
@@ -790,10 +914,34 @@ impl<C> Coordinator<C> {
             return;
         }
         let cluster_now_ms = now_ms.saturating_add_signed(self.clock_offset_ms.saturating_neg());
-        let outcome = match op.newest() {
+        // Every asked replica answered with the newest record (the common case): `finish`
+        // will repair nothing, so the value moves into the reply instead of being copied.
+        let newest = op.newest().map(|s| s.version);
+        let repairs_nothing = op.waiting() == 0
+            && (!self.config.read_repair
+                || newest.is_none()
+                || op.replicas.iter().all(|(_, s)| match s {
+                    Slot::Replied(Some(r)) => Some(r.version) == newest,
+                    Slot::Replied(None) | Slot::Failed(_) => false,
+                    _ => true,
+                }));
+        let newest = op
+            .replicas
+            .iter_mut()
+            .filter_map(|(_, s)| match s {
+                Slot::Replied(Some(r)) => Some(r),
+                _ => None,
+            })
+            .max_by_key(|r| r.version);
+        let outcome = match newest {
             Some(s) if s.is_live(cluster_now_ms) => Outcome::Found {
                 version: s.version,
-                value: s.value.clone().expect("a live record has a value"),
+                value: if repairs_nothing {
+                    s.value.take()
+                } else {
+                    s.value.clone()
+                }
+                .expect("a live record has a value"),
                 expires_at_ms: s.expires_at_ms,
             },
             _ => Outcome::NotFound,
@@ -881,22 +1029,37 @@ impl<C> Coordinator<C> {
         // operator set a clock that ran ahead right): the operation would wait until the new
         // clock caught up with the old one. It gets a whole timeout from now instead.
         let latest_ms = now_ms.saturating_add(self.config.request_timeout_ms);
-        if self.timers.last().is_some_and(|&(d, _)| d > latest_ms) {
-            let late: Vec<(u64, u32)> = self.timers.range((latest_ms + 1, 0)..).copied().collect();
-            for (d, id) in late {
-                self.timers.remove(&(d, id));
-                self.timers.insert((latest_ms, id));
+        if self.timers.last().is_some_and(|d| d > latest_ms) {
+            for id in self.timers.clamp(latest_ms) {
                 if let Some(op) = self.ops.get_mut(&id) {
-                    op.deadline_ms = latest_ms;
+                    op.deadline_ms = op.deadline_ms.min(latest_ms);
                 }
             }
         }
-        while let Some(&(deadline, id)) = self.timers.first() {
-            if deadline > now_ms {
+        // Reads still short of answers a while after they started ask their spares, for as
+        // many answers as they lack (an asked replica may have died unnoticed).
+        while let Some(&(at, id)) = self.spare_timers.front() {
+            if at > now_ms {
                 break;
             }
-            self.timers.pop_first();
-            if self.ops.contains_key(&id) {
+            self.spare_timers.pop_front();
+            let lacking = self.ops.get(&id).map_or(0, |op| {
+                if op.ctx.is_none() {
+                    return 0;
+                }
+                op.required.saturating_sub(op.answered())
+            });
+            if lacking > 0 {
+                self.ask_spares(id, lacking);
+            }
+        }
+        while let Some((deadline, id)) = self.timers.pop_due(now_ms) {
+            // An entry whose operation ended (or moved on to a new id) lapses.
+            if self
+                .ops
+                .get(&id)
+                .is_some_and(|op| op.deadline_ms == deadline)
+            {
                 self.finish(id, true);
             }
         }
@@ -906,7 +1069,6 @@ impl<C> Coordinator<C> {
     /// repair reads' stale replicas.
     fn finish(&mut self, id: u32, timed_out: bool) {
         let mut op = self.ops.remove(&id).expect("caller checked the op exists");
-        self.timers.remove(&(op.deadline_ms, id));
         let n = op.replicas.len();
         if let Some(ctx) = op.ctx.take() {
             assert!(
@@ -942,18 +1104,23 @@ impl<C> Coordinator<C> {
                 let Some(newest) = op.newest() else {
                     return; // no replica holds anything: nothing to repair
                 };
+                let is_stale = |s: &Slot| match s {
+                    Slot::Replied(None) => true,
+                    Slot::Replied(Some(held)) => held.version < newest.version,
+                    // A replica that could not read its copy (a damaged record, which its
+                    // store then forgets) is repaired too; a repair is LWW and harmless
+                    // where the copy was fine.
+                    Slot::Failed(_) => true,
+                    Slot::Down | Slot::Waiting | Slot::Acked | Slot::Newer(_) | Slot::Spare => {
+                        false
+                    }
+                };
+                if !op.replicas.iter().any(|(_, s)| is_stale(s)) {
+                    return; // the common case: the record is not even copied
+                }
                 let repair = OwnedWrite::from_stored(key, newest);
                 for (r, s) in &op.replicas {
-                    let stale = match s {
-                        Slot::Replied(None) => true,
-                        Slot::Replied(Some(held)) => held.version < repair.version,
-                        // A replica that could not read its copy (a damaged record, which its
-                        // store then forgets) is repaired too; a repair is LWW and harmless
-                        // where the copy was fine.
-                        Slot::Failed(_) => true,
-                        Slot::Down | Slot::Waiting | Slot::Acked | Slot::Newer(_) => false,
-                    };
-                    if stale {
+                    if is_stale(s) {
                         self.stats.repairs += 1;
                         self.actions.push_back(Action::Repair {
                             to: *r,
@@ -966,6 +1133,8 @@ impl<C> Coordinator<C> {
         }
     }
 }
+
+mod optable;
 
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,7 @@ fn coord(hints: bool) -> Coordinator<u32> {
         read_repair: true,
         ops_max: 4,
         observe_ahead_ms_max: 500,
+        read_repair_every: 1,
     })
 }
 
@@ -39,10 +40,10 @@ fn single_replica_fast_path_has_no_peer_traffic() {
         .unwrap();
     let acts = drain(&mut c);
     assert_eq!(acts.len(), 1);
-    let Action::ApplyLocal { id, write } = &acts[0] else {
+    let Action::ApplyLocal { id } = &acts[0] else {
         panic!("{acts:?}")
     };
-    assert_eq!(write.version, v);
+    assert_eq!(c.local_write(*id).unwrap().version, v);
     c.on_write_ack(1_000, 1, *id, WriteAck::Done(Applied::Stored));
     assert_eq!(
         replies(&drain(&mut c)),
@@ -217,6 +218,7 @@ fn read_repair_can_be_switched_off() {
         read_repair: false,
         ops_max: 4,
         observe_ahead_ms_max: 500,
+        read_repair_every: 1,
     });
     c.start_read(0, 1, b"k", &[1, 2], &all_alive, 1);
     let id = match &drain(&mut c)[0] {
@@ -331,10 +333,10 @@ fn unavailable_only_when_nothing_was_written() {
 }
 
 /// The write's id and version from the first ApplyLocal among `acts`.
-fn local_apply(acts: &[Action<u32>]) -> (u32, Version) {
+fn local_apply(c: &Coordinator<u32>, acts: &[Action<u32>]) -> (u32, Version) {
     acts.iter()
         .find_map(|a| match a {
-            Action::ApplyLocal { id, write } => Some((*id, write.version)),
+            Action::ApplyLocal { id } => Some((*id, c.local_write(*id).unwrap().version)),
             _ => None,
         })
         .expect("an ApplyLocal")
@@ -347,7 +349,10 @@ fn a_newer_version_held_makes_the_write_issued_again_above_it() {
     let v1 = c
         .start_write(now, 7, b"k", Some(b"v"), 0, &[1, 2, 3], &all_alive, 2)
         .unwrap();
-    let (id, _) = local_apply(&drain(&mut c));
+    let (id, _) = {
+        let a = drain(&mut c);
+        local_apply(&c, &a)
+    };
     // A write acknowledged earlier by nodes 2 and 3 through a node 10 minutes ahead.
     let held = Version::new(now + 600_000, 0, 9);
     c.on_write_ack(now, 1, id, WriteAck::Done(Applied::Stored));
@@ -358,7 +363,7 @@ fn a_newer_version_held_makes_the_write_issued_again_above_it() {
     // Now 2 acks are impossible: issued again above `held`, to every replica, new id.
     let acts = drain(&mut c);
     assert!(replies(&acts).is_empty(), "{acts:?}");
-    let (id2, v2) = local_apply(&acts);
+    let (id2, v2) = local_apply(&c, &acts);
     assert!(v2 > held && v2 > v1, "{v2:?}");
     assert_eq!(v2.node_id(), 1);
     assert_ne!(id2, id);
@@ -398,7 +403,10 @@ fn a_stale_ack_of_the_same_version_counts_and_racing_writers_end_acknowledged() 
     let v = c
         .start_write(now, 1, b"k", None, 0, &[1, 2], &all_alive, 2)
         .unwrap();
-    let (id, _) = local_apply(&drain(&mut c));
+    let (id, _) = {
+        let a = drain(&mut c);
+        local_apply(&c, &a)
+    };
     c.on_write_ack(now, 1, id, WriteAck::Done(Applied::Stored));
     // A duplicate delivery: the replica already holds this very write.
     c.on_write_ack(now, 2, id, WriteAck::Done(Applied::Stale { current: v }));
@@ -418,7 +426,10 @@ fn a_stale_ack_of_the_same_version_counts_and_racing_writers_end_acknowledged() 
     // acknowledged before this one began is below its version: a newer version reported
     // then is a concurrent write's and counts as an acknowledgement.
     c.start_write(now, 2, b"k", Some(b"v"), 0, &[1, 2], &all_alive, 2);
-    let (mut id, _) = local_apply(&drain(&mut c));
+    let (mut id, _) = {
+        let a = drain(&mut c);
+        local_apply(&c, &a)
+    };
     let mut newer = Version::new(now + 100, 0, 2);
     let mut reissued = 0;
     let written = loop {
@@ -433,7 +444,7 @@ fn a_stale_ack_of_the_same_version_counts_and_racing_writers_end_acknowledged() 
         if let Some(r) = replies(&acts).pop() {
             break r;
         }
-        let (next, v) = local_apply(&acts);
+        let (next, v) = local_apply(&c, &acts);
         assert!(v > newer, "issued again above the version held");
         id = next;
         newer = Version::new(v.physical_ms() + 1, 0, 2);
@@ -486,4 +497,139 @@ fn a_revoked_local_ack_no_longer_counts() {
     c.revoke_local_ack(1_004, 1, id, "write failed");
     c.revoke_local_ack(1_004, 1, 999, "write failed");
     assert!(drain(&mut c).is_empty());
+}
+
+fn coord_sampling(every: u32) -> Coordinator<u32> {
+    Coordinator::new(CoordinatorConfig {
+        node_id: 1,
+        request_timeout_ms: 1_000,
+        hinted_handoff: false,
+        read_repair: true,
+        ops_max: 8,
+        observe_ahead_ms_max: 500,
+        read_repair_every: every,
+    })
+}
+
+/// The nodes a batch of actions asks (this node through ReadLocal).
+fn asked(acts: &[Action<u32>]) -> Vec<u32> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::ReadLocal { .. } => Some(1),
+            Action::Send { to, .. } => Some(*to),
+            _ => None,
+        })
+        .collect()
+}
+
+fn read_id(acts: &[Action<u32>]) -> u32 {
+    acts.iter()
+        .find_map(|a| match a {
+            Action::ReadLocal { id, .. } => Some(*id),
+            _ => None,
+        })
+        .expect("a local read")
+}
+
+fn stored(v: u64) -> Option<Stored> {
+    Some(Stored {
+        value: Some(b"v".to_vec()),
+        version: Version(v),
+        expires_at_ms: 0,
+    })
+}
+
+#[test]
+fn a_quorum_read_asks_itself_and_one_peer_and_every_nth_read_asks_all() {
+    let mut c = coord_sampling(3);
+    for n in 1..=6u32 {
+        // This node is last in the preference list: its copy is still asked first.
+        c.start_read(1_000, n, b"k", &[2, 3, 1], &all_alive, 2);
+        let acts = drain(&mut c);
+        let want: &[u32] = if n % 3 == 0 { &[1, 2, 3] } else { &[1, 2] };
+        assert_eq!(asked(&acts), want, "read {n}");
+        let id = read_id(&acts);
+        c.on_read_reply(1_001, 1, id, Ok(stored(5)));
+        c.on_read_reply(1_001, 2, id, Ok(stored(5)));
+        assert!(matches!(replies(&drain(&mut c))[..], [(m, Outcome::Found { .. })] if m == n));
+    }
+    assert_eq!(c.stats().full_reads, 2);
+    // Not a replica: it asks two peers.
+    c.start_read(1_000, 7, b"k", &[2, 3, 4], &all_alive, 2);
+    assert_eq!(asked(&drain(&mut c)), [2, 3]);
+}
+
+#[test]
+fn a_refusal_or_a_silent_replica_brings_in_a_spare() {
+    let mut c = coord_sampling(0);
+    c.start_read(1_000, 1, b"k", &[1, 2, 3], &all_alive, 2);
+    let id = read_id(&drain(&mut c));
+    c.on_read_reply(1_001, 1, id, Ok(stored(4)));
+    // Node 2 refuses: node 3 is asked at once, and its answer completes the quorum.
+    c.on_read_reply(1_002, 2, id, Err("stale ring".into()));
+    let acts = drain(&mut c);
+    assert!(matches!(acts[..], [Action::Send { to: 3, .. }]), "{acts:?}");
+    c.on_read_reply(1_003, 3, id, Ok(stored(4)));
+    assert!(matches!(
+        replies(&drain(&mut c))[..],
+        [(1, Outcome::Found { .. })]
+    ));
+    assert_eq!(c.stats().spares_asked, 1);
+
+    // Node 2 stays silent: the spare is asked READ_SPARE_AFTER_MS after the start, not
+    // before, and the read answers without waiting for its deadline.
+    c.start_read(2_000, 2, b"k", &[1, 2, 3], &all_alive, 2);
+    let id = read_id(&drain(&mut c));
+    c.on_read_reply(2_001, 1, id, Ok(stored(4)));
+    c.on_tick(2_000 + READ_SPARE_AFTER_MS - 1);
+    assert!(drain(&mut c).is_empty());
+    c.on_tick(2_000 + READ_SPARE_AFTER_MS);
+    assert!(matches!(drain(&mut c)[..], [Action::Send { to: 3, .. }]));
+    // Node 3 holds a newer record: it wins, and this node's copy is repaired once node 2's
+    // deadline passes (node 2 never answered, so it is not repaired).
+    c.on_read_reply(2_300, 3, id, Ok(stored(9)));
+    assert!(matches!(
+        replies(&drain(&mut c))[..],
+        [(
+            2,
+            Outcome::Found {
+                version: Version(9),
+                ..
+            }
+        )]
+    ));
+    c.on_tick(3_000);
+    let acts = drain(&mut c);
+    let repaired: Vec<u32> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::Repair { to, .. } => Some(*to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(repaired, [1]);
+    assert_eq!(c.in_flight(), 0);
+}
+
+#[test]
+fn a_read_with_no_spare_left_fails_at_once() {
+    let mut c = coord_sampling(0);
+    let alive = |n: u32| n != 3;
+    c.start_read(1_000, 1, b"k", &[1, 2, 3], &alive, 2);
+    let id = read_id(&drain(&mut c));
+    c.on_read_reply(1_001, 2, id, Err("disk on fire".into()));
+    let r = replies(&drain(&mut c));
+    assert!(
+        matches!(
+            &r[..],
+            [(
+                1,
+                Outcome::Failed {
+                    status: Status::Unavailable,
+                    ..
+                }
+            )]
+        ),
+        "{r:?}"
+    );
 }

@@ -939,19 +939,23 @@ impl<C> ClusterNode<C> {
                 Action::Reply { ctx, outcome } => {
                     self.outputs.push_back(Output::Reply { ctx, outcome })
                 }
-                Action::ApplyLocal { id, write } => {
+                Action::ApplyLocal { id } => {
+                    let Some(write) = self.coordinator.local_write(id) else {
+                        debug_assert!(false, "an operation waits for its local copy");
+                        continue;
+                    };
                     // The replica set was chosen by the ring when the request began: a ring
                     // adopted since may have taken the partition from this node, and its
                     // forget pass may be over (an orphan copy nothing would drop: kvsim seed
                     // 1608). Refused as a peer's REPLICATE would be (`refuse_unheld`).
-                    let p = crate::hash::partition_of(&write.key);
+                    let p = crate::hash::partition_of(write.key);
                     let ack = if !self.ring.holds(me, p) {
                         WriteAck::Refused(format!(
                             "node {me} does not hold partition {p} (ring version {})",
                             self.ring.version()
                         ))
                     } else {
-                        match store.apply(write.as_write()) {
+                        match store.apply(write) {
                             Ok(a) => {
                                 if a == crate::storage::Applied::Stored {
                                     self.local_unflushed.push(id);
@@ -963,9 +967,13 @@ impl<C> ClusterNode<C> {
                     };
                     self.coordinator.on_write_ack(now_ms, me, id, ack);
                 }
-                Action::ReadLocal { id, key } => {
+                Action::ReadLocal { id } => {
+                    let Some(key) = self.coordinator.local_read_key(id) else {
+                        debug_assert!(false, "an operation waits for its local copy");
+                        continue;
+                    };
                     let r: Result<Option<Stored>, String> =
-                        store.get(&key).map_err(|e| e.to_string());
+                        store.get(key).map_err(|e| e.to_string());
                     self.coordinator.on_read_reply(now_ms, me, id, r);
                 }
                 Action::Repair { to, write, ring } => {
