@@ -4,37 +4,44 @@
 //! plus the `Vec` header) on top of its own slot waste. This table pays, per key:
 //!
 //! ```text
-//!   32 bytes   one Entry in a dense array (chunks of KEYDIR_CHUNK_ENTRIES, never copied)
-//!   4 / load   one u32 slot of an open-addressing index (load 0.4..0.8 → 5..10 bytes)
+//!   28 bytes   one Entry in a dense array (chunks of KEYDIR_CHUNK_ENTRIES, never copied)
+//!   4 / load   one u32 slot of an open-addressing index (load 0.53..0.8 → 5..7.5 bytes)
 //!   key bytes  in an append-only arena of fixed 1 MiB chunks, no per-key header (a growing
 //!              Vec would keep up to as much spare capacity as it holds: half the key bytes
 //!              again, measured as 6-9 bytes per 16-byte key at 10M keys)
 //! ```
 //!
-//! Entry layout (32 bytes, `#[repr(C)]`):
+//! Entry layout (28 bytes, `#[repr(C)]`, 4-byte aligned: a u64 version would pad it to 32):
 //!
 //! ```text
-//!  0              8          12         16                  20         24            28     32
-//!  +--------------+----------+----------+-------------------+----------+-------------+------+
-//!  | version u64  | segment  | offset   | key_len:11 |       | key_off  | expires_at_s| tag  |
-//!  |              |  u32     |  u32     | value_len:21 (all | u32 into | u32, rounded| u32  |
-//!  |              |          |          | ones = tombstone) | the arena| up; 0=never | hash |
-//!  +--------------+----------+----------+-------------------+----------+-------------+------+
+//!  0          4          8          12         16                  20         24            28
+//!  +----------+----------+----------+----------+-------------------+----------+-------------+
+//!  | version  | version  | segment  | offset   | key_len:11 |      | key_off  | expires_at_s|
+//!  | high u32 | low u32  |  u32     |  u32     | value_len:21 (all | u32 into | u32, rounded|
+//!  |          |          |          |          | ones = tombstone) | the arena| up; 0=never |
+//!  +----------+----------+----------+----------+-------------------+----------+-------------+
 //! ```
 //!
-//! The index slot holds `(entry index + 1) << 6 | 6 tag bits` (0 = empty), so probing past
-//! other keys seldom touches their entries; a key's home slot is the top bits of its tag, so
-//! doubling the index reads only the (dense) entries, never the keys; linear probing; deletion by backward
-//! shift (no tombstone slots). The tag (32 high bits of the hash) spares most key comparisons.
+//! A key's *tag* is 32 bits of its hash. The index slot holds `(entry index + 1) << 6 | 6 tag
+//! bits` (0 = empty), so probing past other keys seldom touches their entries (1 in 64 does,
+//! to compare the key); linear probing; deletion by backward shift (no tombstone slots). A key's
+//! home slot is its tag scaled to the index size (multiply and shift), so the index can have
+//! any size: it grows by half ([`KEYDIR_INDEX_GROWTH_PERCENT`]) when it would pass
+//! [`KEYDIR_LOAD_MAX_PERCENT`], which keeps it between 53% and 80% full. (Doubling a
+//! power-of-two index left it anywhere from 40% full: at 1M keys it cost 8.4 bytes a key.)
+//! The tag is not stored: growing the index and backward shifts hash the keys again (a read
+//! of the arena, in entry order when growing), which costs less than 4 bytes a key would;
+//! the keydir's own word-at-a-time hash ([`tag_of`]) keeps that, and every look-up, cheap.
 //! Removing a key moves the last entry into its place, so the entry array stays dense; the
 //! key bytes it leaves in the arena are dead until the arena is compacted (when more than half
 //! of it is dead). Expiry is kept rounded *up* to whole seconds: the keydir only uses it to
 //! judge what compaction may reclaim; the exact expiry is in the record.
 
-use crate::hash::{fmix64, key_hash};
+use crate::hash::fmix64;
 use crate::limits::{
-    KEYDIR_ARENA_CHUNK_SIZE, KEYDIR_ARENA_DEAD_MIN, KEYDIR_CHUNK_ENTRIES, KEYDIR_KEYS_MAX,
-    KEYDIR_LOAD_MAX_PERCENT, KEY_SIZE_MAX, VALUE_SIZE_MAX,
+    KEYDIR_ARENA_CHUNK_SIZE, KEYDIR_ARENA_DEAD_MIN, KEYDIR_CHUNK_ENTRIES,
+    KEYDIR_INDEX_GROWTH_PERCENT, KEYDIR_KEYS_MAX, KEYDIR_LOAD_MAX_PERCENT, KEY_SIZE_MAX,
+    VALUE_SIZE_MAX,
 };
 
 const KEY_LEN_BITS: u32 = 11;
@@ -100,13 +107,13 @@ pub fn expiry_s_of(expires_at_ms: u64) -> u32 {
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
 pub struct Entry {
-    version: u64,
+    version_high: u32,
+    version_low: u32,
     segment: u32,
     offset: u32,
     lens: u32,
     key_off: u32,
     expires_at_s: u32,
-    tag: u32,
 }
 
 impl Entry {
@@ -114,10 +121,14 @@ impl Entry {
         (self.lens >> VALUE_LEN_BITS) as usize
     }
 
+    fn version(&self) -> u64 {
+        (u64::from(self.version_high) << 32) | u64::from(self.version_low)
+    }
+
     fn loc(&self) -> Loc {
         let v = self.lens & VALUE_LEN_MASK;
         Loc {
-            version: self.version,
+            version: self.version(),
             segment: self.segment,
             offset: self.offset,
             value_len: if v == TOMBSTONE_LEN { None } else { Some(v) },
@@ -136,7 +147,8 @@ impl Entry {
             }
             None => TOMBSTONE_LEN,
         };
-        self.version = loc.version;
+        self.version_high = (loc.version >> 32) as u32;
+        self.version_low = loc.version as u32;
         self.segment = loc.segment;
         self.offset = loc.offset;
         self.lens = (self.lens & !VALUE_LEN_MASK) | v;
@@ -151,7 +163,7 @@ pub struct KeyDirFull;
 
 /// The key directory.
 pub struct KeyDir {
-    /// Open-addressing index: entry index + 1, 0 = empty. Length is a power of two.
+    /// Open-addressing index: entry index + 1, 0 = empty (see [`make_slot`]). Any length.
     index: Vec<u32>,
     /// Dense entries in fixed-capacity chunks (growing never copies them).
     chunks: Vec<Vec<Entry>>,
@@ -215,16 +227,73 @@ impl Default for KeyDir {
     }
 }
 
-/// The 32-bit tag of a key: its index position is the tag's top bits, so growing the index
-/// never has to read or hash the keys again.
+/// The 32-bit tag of a key (see the module doc). The keydir's own hash, not the protocol's
+/// [`crate::hash::key_hash`]: it is computed at every look-up and for every key each time the
+/// index grows, and the protocol's FNV-1a takes a serial multiply per byte where this takes
+/// one per 8 bytes; and its bits must not follow the placement bits (every key of a shard
+/// shares those). Each 8-byte word (little-endian, the last one zero-padded) is folded in by
+/// xor, an odd multiply and a rotation, each a bijection of the state, so keys of one length
+/// that differ in one word always differ before the final mix (MurmurHash3's `fmix64`).
+/// Not flood-resistant, like FNV: keys are chosen by clients, but a probe run is bounded by
+/// the load factor only on average.
 fn tag_of(key: &[u8]) -> u32 {
-    (fmix64(key_hash(key) ^ KEYDIR_HASH_SEED) >> 32) as u32
+    const K: u64 = 0x9fb2_1c65_1e98_df25; // odd: the multiply is a bijection
+    let mut h = KEYDIR_HASH_SEED ^ (key.len() as u64).wrapping_mul(K);
+    let mut words = key.chunks_exact(8);
+    for w in &mut words {
+        let w = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+        h = (h ^ w).wrapping_mul(K).rotate_left(29);
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut last = [0u8; 8];
+        last[..rest.len()].copy_from_slice(rest);
+        h = (h ^ u64::from_le_bytes(last))
+            .wrapping_mul(K)
+            .rotate_left(29);
+    }
+    (fmix64(h) >> 32) as u32
 }
 
-/// Position of `tag` in an index of `slots` (a power of two ≤ 2^32) slots.
+/// Position of `tag` in an index of `slots` (≤ 2^32) slots: the tag scaled to the size
+/// (Lemire's multiply-shift), so any size works and the top bits decide.
 fn home_of(tag: u32, slots: usize) -> usize {
-    let bits = slots.trailing_zeros();
-    ((tag as u64) >> (32 - bits)) as usize
+    ((u64::from(tag) * slots as u64) >> 32) as usize
+}
+
+/// The slot after `pos` in an index of `slots` slots (probing wraps around).
+fn next_slot(pos: usize, slots: usize) -> usize {
+    if pos + 1 == slots {
+        0
+    } else {
+        pos + 1
+    }
+}
+
+/// How far `to` is after `from`, going forward around an index of `slots` slots.
+fn distance(from: usize, to: usize, slots: usize) -> usize {
+    if to >= from {
+        to - from
+    } else {
+        to + slots - from
+    }
+}
+
+/// An index at least this large given back by a growth is handed back to the OS at once
+/// ([`return_freed_memory`]); smaller ones are not worth a walk of the heap.
+const KEYDIR_TRIM_AFTER_FREEING_BYTES: usize = 1 << 20;
+
+/// Give the pages of the index just freed back to the OS. glibc's malloc raises its mmap
+/// threshold to the size of the largest block freed, so after the first growth every old
+/// index comes from the heap, and its pages stay with the process when it is freed: at 1M
+/// keys, 4 bytes a key of freed indices stayed resident (RssAnon) beside the live one.
+/// `malloc_trim` hands whole free pages back (madvise); growth is rare and already O(keys).
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator; no pointer is touched.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 impl KeyDir {
@@ -269,15 +338,16 @@ impl KeyDir {
         self.arena.get(e.key_off as usize, e.key_len())
     }
 
-    fn mask(&self) -> usize {
-        self.index.len() - 1
+    /// The tag of entry `e`'s key, hashed again (tags are not stored).
+    fn tag_of_entry(&self, e: &Entry) -> u32 {
+        tag_of(self.key_of(e))
     }
 
     /// `Ok((slot, entry index))` if present, else `Err(empty slot where it would go)`.
     fn find(&self, key: &[u8], tag: u32) -> Result<(usize, usize), usize> {
-        let mask = self.mask();
+        let slots = self.index.len();
         let stag = tag & SLOT_TAG_MASK;
-        let mut pos = home_of(tag, self.index.len());
+        let mut pos = home_of(tag, slots);
         // Bounded: the load factor keeps at least one slot empty.
         for _ in 0..self.index.len() {
             let s = self.index[pos];
@@ -287,11 +357,11 @@ impl KeyDir {
             if s & SLOT_TAG_MASK == stag {
                 let i = slot_entry(s);
                 let e = self.entry(i);
-                if e.tag == tag && self.key_of(e) == key {
+                if self.key_of(e) == key {
                     return Ok((pos, i));
                 }
             }
-            pos = (pos + 1) & mask;
+            pos = next_slot(pos, slots);
         }
         unreachable!("keydir index has no empty slot: load factor invariant broken");
     }
@@ -358,7 +428,6 @@ impl KeyDir {
         let mut e = Entry {
             lens: (key.len() as u32) << VALUE_LEN_BITS,
             key_off: key_off as u32,
-            tag,
             ..Entry::default()
         };
         e.set_loc(&loc);
@@ -380,21 +449,22 @@ impl KeyDir {
         let last = self.len - 1;
         if i != last {
             let moved = *self.entry(last);
-            let mask = self.mask();
-            let mut pos = home_of(moved.tag, self.index.len());
+            let moved_tag = self.tag_of_entry(&moved);
+            let slots = self.index.len();
+            let mut pos = home_of(moved_tag, slots);
             // Bounded by the table size; the moved entry is in the index.
-            for _ in 0..self.index.len() {
+            for _ in 0..slots {
                 if self.index[pos] != 0 && slot_entry(self.index[pos]) == last {
                     break;
                 }
-                pos = (pos + 1) & mask;
+                pos = next_slot(pos, slots);
             }
             assert_eq!(
                 self.index[pos],
-                make_slot(last, moved.tag),
+                make_slot(last, moved_tag),
                 "last entry not indexed"
             );
-            self.index[pos] = make_slot(i, moved.tag);
+            self.index[pos] = make_slot(i, moved_tag);
             *self.entry_mut(i) = moved;
         }
         let chunk = self
@@ -415,19 +485,19 @@ impl KeyDir {
 
     /// Empty `slot` and shift later entries of its probe run back (no tombstone slots).
     fn unlink_slot(&mut self, slot: usize) {
-        let mask = self.mask();
+        let slots = self.index.len();
         self.index[slot] = 0;
         let mut hole = slot;
         let mut j = slot;
-        for _ in 0..self.index.len() {
-            j = (j + 1) & mask;
+        for _ in 0..slots {
+            j = next_slot(j, slots);
             let s = self.index[j];
             if s == 0 {
                 return;
             }
-            let home = home_of(self.entry(slot_entry(s)).tag, self.index.len());
+            let home = home_of(self.tag_of_entry(self.entry(slot_entry(s))), slots);
             // Move it back if its home is not cyclically inside (hole, j].
-            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
+            if distance(home, j, slots) >= distance(hole, j, slots) {
                 self.index[hole] = s;
                 self.index[j] = 0;
                 hole = j;
@@ -435,21 +505,27 @@ impl KeyDir {
         }
     }
 
-    /// Double the index. Positions come from the stored tags: no key is read or hashed.
+    /// Grow the index by [`KEYDIR_INDEX_GROWTH_PERCENT`], rehashing every key (read from
+    /// the arena in entry order, which is mostly the order it was written in).
     fn grow(&mut self) {
-        let slots = (self.index.len() * 2).max(MIN_INDEX_SLOTS);
+        let slots = (self.index.len() * KEYDIR_INDEX_GROWTH_PERCENT / 100)
+            .max(self.index.len() + 1)
+            .max(MIN_INDEX_SLOTS);
         assert!(slots <= 1 << 32, "index positions come from 32-bit tags");
         let mut index = vec![0u32; slots];
-        let mask = slots - 1;
         for i in 0..self.len {
-            let tag = self.entry(i).tag;
+            let tag = self.tag_of_entry(self.entry(i));
             let mut pos = home_of(tag, slots);
             while index[pos] != 0 {
-                pos = (pos + 1) & mask;
+                pos = next_slot(pos, slots);
             }
             index[pos] = make_slot(i, tag);
         }
-        self.index = index;
+        let freed = std::mem::replace(&mut self.index, index);
+        if freed.len() * std::mem::size_of::<u32>() >= KEYDIR_TRIM_AFTER_FREEING_BYTES {
+            drop(freed);
+            return_freed_memory();
+        }
     }
 
     /// Copy live keys into a fresh arena, dropping the dead bytes.
@@ -509,9 +585,46 @@ mod tests {
     }
 
     #[test]
-    fn entry_is_32_bytes() {
-        assert_eq!(std::mem::size_of::<Entry>(), 32);
-        assert_eq!(std::mem::align_of::<Entry>(), 8);
+    fn entry_is_28_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 28);
+        assert_eq!(std::mem::align_of::<Entry>(), 4);
+    }
+
+    #[test]
+    fn the_index_stays_between_53_and_80_percent_full_as_it_grows() {
+        let mut kd = KeyDir::new();
+        for i in 0..200_000u64 {
+            kd.insert(format!("key{i}").as_bytes(), loc(i + 1)).unwrap();
+            if i > 1_000 {
+                // Just grown: 80% of the old size, in the new one.
+                let low = KEYDIR_LOAD_MAX_PERCENT * 100 / KEYDIR_INDEX_GROWTH_PERCENT;
+                let load = kd.len() * 100 / kd.index.len();
+                assert!(
+                    (low..=KEYDIR_LOAD_MAX_PERCENT).contains(&load),
+                    "{i}: {load}%"
+                );
+            }
+        }
+        for i in (0..200_000u64).step_by(7) {
+            assert_eq!(kd.get(format!("key{i}").as_bytes()), Some(loc(i + 1)));
+        }
+    }
+
+    #[test]
+    fn tags_of_sequential_keys_fill_the_index_like_random_ones() {
+        // kvbench-style keys: 'k' and a zero-padded number, 16 bytes.
+        let slots = 1 << 16;
+        let homes: std::collections::HashSet<usize> = (0..slots as u64)
+            .map(|i| home_of(tag_of(format!("k{i:015}").as_bytes()), slots))
+            .collect();
+        // n random keys over n slots leave 1/e of the slots empty: 63% are someone's home.
+        let filled = homes.len() * 100 / slots;
+        assert!((60..=66).contains(&filled), "{filled}%");
+        // The slot tag bits (the low ones) vary too.
+        let low: std::collections::HashSet<u32> = (0..1000u64)
+            .map(|i| tag_of(format!("k{i:015}").as_bytes()) & SLOT_TAG_MASK)
+            .collect();
+        assert_eq!(low.len(), 1 << SLOT_TAG_BITS);
     }
 
     #[test]

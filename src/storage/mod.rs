@@ -27,7 +27,7 @@
 //!   logstore/  LogStore: write path, recovery, compaction (see its mod.rs: files, design)
 //!   policy.rs  compaction thresholds, disk-space reserve and pressure: pure functions
 //!   record.rs  on-disk formats with byte diagrams (segment, record, hint, manifest)
-//!   keydir.rs  the compact key directory (32 bytes + u32 index slot + key bytes per key)
+//!   keydir.rs  the compact key directory (28 bytes + u32 index slot + key bytes per key)
 //!   mmap.rs    read-only memory maps of segments, surviving truncation (SIGBUS)
 //!   vfs.rs     the file-system seam
 //! ```
