@@ -27,7 +27,7 @@
 //! clock is sane, and one write with a version 10 minutes ahead poisons its key for 10
 //! minutes. A cluster of one node is its own clock and serves.
 
-use crate::limits::CLOCK_SAMPLE_RTT_MS_MAX;
+use crate::limits::{CLOCK_SAMPLE_RTT_MS_MAX, CLUSTER_NODES_MAX};
 use std::collections::BTreeMap;
 
 /// One measurement of a peer's clock.
@@ -128,12 +128,24 @@ impl ClockOffsets {
             n_live += 1;
             missing += usize::from(!self.samples.contains_key(&p));
         }
-        let mut offsets = Vec::with_capacity(self.samples.len() + 1);
-        offsets.push(0i64);
-        offsets.extend(self.samples.values().map(|s| s.offset_ms));
+        // This node's own offset (0) and each peer's. On the stack: a membership shard asks
+        // at every write it coordinates (the clock rule), and a cluster has at most
+        // CLUSTER_NODES_MAX nodes.
+        let mut stack = [0i64; CLUSTER_NODES_MAX + 1];
+        let mut heap = Vec::new();
+        let offsets: &mut [i64] = if self.samples.len() < stack.len() {
+            for (o, s) in stack[1..].iter_mut().zip(self.samples.values()) {
+                *o = s.offset_ms;
+            }
+            &mut stack[..self.samples.len() + 1]
+        } else {
+            heap.push(0);
+            heap.extend(self.samples.values().map(|s| s.offset_ms));
+            &mut heap
+        };
         // The peers' median offset is the cluster's clock minus ours: negate it.
         ClusterClock {
-            offset_ms: median_offset(&mut offsets).saturating_neg(),
+            offset_ms: median_offset(offsets).saturating_neg(),
             measured: self.samples.len(),
             live: n_live,
             missing,
