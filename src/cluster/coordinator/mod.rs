@@ -62,7 +62,6 @@
 //!   [`crate::limits::COORDINATOR_OPS_MAX`]); past it new requests are answered OVERLOADED.
 
 use super::peer::{self, HINT_ID_BIT};
-use crate::limits::READ_SPARE_AFTER_MS;
 use crate::protocol::Status;
 use crate::storage::{Applied, Stored, Write};
 use crate::version::{Hlc, Version};
@@ -601,54 +600,6 @@ impl<C> Coordinator<C> {
         Some(version)
     }
 
-    /// Start a read of `key` from `replicas`, answered after `required` replies.
-    pub fn start_read(
-        &mut self,
-        now_ms: u64,
-        ctx: C,
-        key: &[u8],
-        replicas: &[u32],
-        alive: &dyn Fn(u32) -> bool,
-        required: usize,
-    ) {
-        let Some(ctx) = self.admit(ctx, replicas, alive, required) else {
-            return;
-        };
-        self.stats.reads += 1;
-        let every = u64::from(self.config.read_repair_every);
-        let ask = if every > 0 && self.stats.reads.is_multiple_of(every) {
-            self.stats.full_reads += 1;
-            usize::MAX
-        } else {
-            required
-        };
-        let id = self.alloc_id();
-        let mut frame = Vec::new();
-        peer::put_read(&mut frame, id, self.ring_version, key);
-        let local = Action::ReadLocal { id };
-        let slots = self.fan_out(replicas, alive, local, frame, ask);
-        if slots.iter().any(|(_, s)| *s == Slot::Spare) {
-            let delay = READ_SPARE_AFTER_MS.min(self.config.request_timeout_ms / 2);
-            self.spare_timers.push_back((now_ms + delay, id));
-        }
-        let deadline_ms = now_ms + self.config.request_timeout_ms;
-        self.ops.insert(
-            id,
-            Op {
-                ctx: Some(ctx),
-                kind: Kind::Read { key: key.to_vec() },
-                replicas: slots,
-                required,
-                deadline_ms,
-                reissues: 0,
-                applied: false,
-                ring: self.ring_version,
-                covered: Vec::new(),
-            },
-        );
-        self.push_deadline(deadline_ms, id);
-    }
-
     /// Ask `ask` replicas at once (at most; `usize::MAX`: all): this node through `local`
     /// when it is one (always asked, and first: its copy costs no frame), then alive peers in
     /// preference order with `frame`. Alive peers beyond `ask` are spares; the others are
@@ -696,46 +647,6 @@ impl<C> Coordinator<C> {
             self.actions.push_back(Action::Send { to, frame });
         }
         slots
-    }
-
-    /// Ask up to `count` spares of read `id` (in preference order).
-    fn ask_spares(&mut self, id: u32, count: usize) {
-        let Some(op) = self.ops.get_mut(&id) else {
-            return;
-        };
-        let Kind::Read { key } = &op.kind else {
-            return;
-        };
-        let mut frame = Vec::new();
-        let mut asked = 0;
-        for (r, slot) in op.replicas.iter_mut() {
-            if asked == count {
-                break;
-            }
-            if *slot != Slot::Spare {
-                continue;
-            }
-            if frame.is_empty() {
-                peer::put_read(&mut frame, id, op.ring, key);
-            }
-            *slot = Slot::Waiting;
-            asked += 1;
-            self.actions.push_back(Action::Send {
-                to: *r,
-                frame: frame.clone(),
-            });
-        }
-        self.stats.spares_asked += asked as u64;
-    }
-
-    /// Replicas read `id` still needs beyond those answered and waiting (0 once answered).
-    fn read_shortfall(&self, id: u32) -> usize {
-        self.ops.get(&id).map_or(0, |op| {
-            if op.ctx.is_none() {
-                return 0;
-            }
-            op.required.saturating_sub(op.answered() + op.waiting())
-        })
     }
 
     /// The slot of `from` in operation `id`, if it is still waiting for it.
@@ -882,82 +793,6 @@ impl<C> Coordinator<C> {
         self.push_deadline(deadline_ms, new_id);
     }
 
-    /// Node `from` answered the READ of operation `id` with its record (for this node: the
-    /// result of `ReadLocal`).
-    pub fn on_read_reply(
-        &mut self,
-        now_ms: u64,
-        from: u32,
-        id: u32,
-        record: Result<Option<Stored>, String>,
-    ) {
-        let Some(slot) = self.waiting_slot(from, id) else {
-            self.stats.late_replies += 1;
-            return;
-        };
-        *slot = match record {
-            Ok(r) => Slot::Replied(r),
-            Err(why) => Slot::Failed(format!("node {from}: {why}")),
-        };
-        // A refusal: a spare takes its place.
-        let short = self.read_shortfall(id);
-        if short > 0 {
-            self.ask_spares(id, short);
-        }
-        self.answer_read_if_ready(now_ms, id);
-        self.progress_at(now_ms, id);
-    }
-
-    fn answer_read_if_ready(&mut self, now_ms: u64, id: u32) {
-        let op = self.ops.get_mut(&id).expect("caller checked the op exists");
-        if op.ctx.is_none() || op.answered() < op.required {
-            return;
-        }
-        let cluster_now_ms = now_ms.saturating_add_signed(self.clock_offset_ms.saturating_neg());
-        // Every asked replica answered with the newest record (the common case): `finish`
-        // will repair nothing, so the value moves into the reply instead of being copied.
-        let newest = op.newest().map(|s| s.version);
-        let repairs_nothing = op.waiting() == 0
-            && (!self.config.read_repair
-                || newest.is_none()
-                || op.replicas.iter().all(|(_, s)| match s {
-                    Slot::Replied(Some(r)) => Some(r.version) == newest,
-                    Slot::Replied(None) | Slot::Failed(_) => false,
-                    _ => true,
-                }));
-        let newest = op
-            .replicas
-            .iter_mut()
-            .filter_map(|(_, s)| match s {
-                Slot::Replied(Some(r)) => Some(r),
-                _ => None,
-            })
-            .max_by_key(|r| r.version);
-        let outcome = match newest {
-            Some(s) if s.is_live(cluster_now_ms) => Outcome::Found {
-                version: s.version,
-                value: if repairs_nothing {
-                    s.value.take()
-                } else {
-                    s.value.clone()
-                }
-                .expect("a live record has a value"),
-                expires_at_ms: s.expires_at_ms,
-            },
-            _ => Outcome::NotFound,
-        };
-        if let Some(s) = op.newest() {
-            observe(
-                &mut self.hlc,
-                now_ms,
-                s.version,
-                self.config.observe_ahead_ms_max,
-            );
-        }
-        let ctx = op.ctx.take().expect("checked above");
-        self.actions.push_back(Action::Reply { ctx, outcome });
-    }
-
     /// After a reply: answer the client if possible, issue a write again when replicas hold
     /// newer versions and the required count can no longer be met, finish the operation when
     /// nobody is left to wait for.
@@ -1036,23 +871,7 @@ impl<C> Coordinator<C> {
                 }
             }
         }
-        // Reads still short of answers a while after they started ask their spares, for as
-        // many answers as they lack (an asked replica may have died unnoticed).
-        while let Some(&(at, id)) = self.spare_timers.front() {
-            if at > now_ms {
-                break;
-            }
-            self.spare_timers.pop_front();
-            let lacking = self.ops.get(&id).map_or(0, |op| {
-                if op.ctx.is_none() {
-                    return 0;
-                }
-                op.required.saturating_sub(op.answered())
-            });
-            if lacking > 0 {
-                self.ask_spares(id, lacking);
-            }
-        }
+        self.ask_overdue_spares(now_ms);
         while let Some((deadline, id)) = self.timers.pop_due(now_ms) {
             // An entry whose operation ended (or moved on to a new id) lapses.
             if self
@@ -1097,37 +916,9 @@ impl<C> Coordinator<C> {
                     }
                 }
             }
-            Kind::Read { key } => {
-                if !self.config.read_repair {
-                    return;
-                }
-                let Some(newest) = op.newest() else {
-                    return; // no replica holds anything: nothing to repair
-                };
-                let is_stale = |s: &Slot| match s {
-                    Slot::Replied(None) => true,
-                    Slot::Replied(Some(held)) => held.version < newest.version,
-                    // A replica that could not read its copy (a damaged record, which its
-                    // store then forgets) is repaired too; a repair is LWW and harmless
-                    // where the copy was fine.
-                    Slot::Failed(_) => true,
-                    Slot::Down | Slot::Waiting | Slot::Acked | Slot::Newer(_) | Slot::Spare => {
-                        false
-                    }
-                };
-                if !op.replicas.iter().any(|(_, s)| is_stale(s)) {
-                    return; // the common case: the record is not even copied
-                }
-                let repair = OwnedWrite::from_stored(key, newest);
-                for (r, s) in &op.replicas {
-                    if is_stale(s) {
-                        self.stats.repairs += 1;
-                        self.actions.push_back(Action::Repair {
-                            to: *r,
-                            write: repair.clone(),
-                            ring: op.ring,
-                        });
-                    }
+            Kind::Read { .. } => {
+                if self.config.read_repair {
+                    self.repair_stale(&op);
                 }
             }
         }
@@ -1135,6 +926,7 @@ impl<C> Coordinator<C> {
 }
 
 mod optable;
+mod read;
 
 #[cfg(test)]
 mod tests;

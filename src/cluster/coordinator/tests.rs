@@ -1,9 +1,12 @@
 //! Unit tests of the coordinator: quorums, timeouts, read repair, hints, writes issued again.
 
 use super::*;
+use crate::limits::READ_SPARE_AFTER_MS;
 
-fn coord(hints: bool) -> Coordinator<u32> {
-    Coordinator::new(CoordinatorConfig {
+/// The settings of most tests: every read asks every replica (the sampled reads have their
+/// own tests).
+fn config(hints: bool) -> CoordinatorConfig {
+    CoordinatorConfig {
         node_id: 1,
         request_timeout_ms: 100,
         hinted_handoff: hints,
@@ -11,11 +14,24 @@ fn coord(hints: bool) -> Coordinator<u32> {
         ops_max: 4,
         observe_ahead_ms_max: 500,
         read_repair_every: 1,
-    })
+    }
+}
+
+fn coord(hints: bool) -> Coordinator<u32> {
+    Coordinator::new(config(hints))
 }
 
 fn drain(c: &mut Coordinator<u32>) -> Vec<Action<u32>> {
     std::iter::from_fn(|| c.poll_action()).collect()
+}
+
+/// `acts` answer exactly one client, `ctx`, with a failure of `status`.
+fn assert_only_failure(acts: &[Action<u32>], ctx: u32, status: Status) {
+    let r = replies(acts);
+    assert!(
+        matches!(&r[..], [(c, Outcome::Failed { status: s, .. })] if *c == ctx && *s == status),
+        "{r:?}"
+    );
 }
 
 fn all_alive(_: u32) -> bool {
@@ -293,20 +309,7 @@ fn unavailable_only_when_nothing_was_written() {
     };
     c.on_write_ack(0, 1, id, WriteAck::Refused("disk full".into()));
     c.on_write_ack(0, 2, id, WriteAck::Refused("disk full".into()));
-    let r = replies(&drain(&mut c));
-    assert!(
-        matches!(
-            &r[..],
-            [(
-                1,
-                Outcome::Failed {
-                    status: Status::Unavailable,
-                    ..
-                }
-            )]
-        ),
-        "{r:?}"
-    );
+    assert_only_failure(&drain(&mut c), 1, Status::Unavailable);
     // One stored it, the other refused (issue 10 item 5: a full disk on one replica).
     c.start_write(0, 2, b"k", Some(b"v"), 0, &[1, 2], &all_alive, 2);
     let id = match &drain(&mut c)[0] {
@@ -315,20 +318,7 @@ fn unavailable_only_when_nothing_was_written() {
     };
     c.on_write_ack(0, 1, id, WriteAck::Done(Applied::Stored));
     c.on_write_ack(0, 2, id, WriteAck::Refused("disk full".into()));
-    let r = replies(&drain(&mut c));
-    assert!(
-        matches!(
-            &r[..],
-            [(
-                2,
-                Outcome::Failed {
-                    status: Status::MaybeApplied,
-                    ..
-                }
-            )]
-        ),
-        "{r:?}"
-    );
+    assert_only_failure(&drain(&mut c), 2, Status::MaybeApplied);
     assert_eq!(c.stats().maybe_applied, 1);
 }
 
@@ -501,13 +491,9 @@ fn a_revoked_local_ack_no_longer_counts() {
 
 fn coord_sampling(every: u32) -> Coordinator<u32> {
     Coordinator::new(CoordinatorConfig {
-        node_id: 1,
         request_timeout_ms: 1_000,
-        hinted_handoff: false,
-        read_repair: true,
-        ops_max: 8,
-        observe_ahead_ms_max: 500,
         read_repair_every: every,
+        ..config(false)
     })
 }
 
@@ -618,18 +604,5 @@ fn a_read_with_no_spare_left_fails_at_once() {
     c.start_read(1_000, 1, b"k", &[1, 2, 3], &alive, 2);
     let id = read_id(&drain(&mut c));
     c.on_read_reply(1_001, 2, id, Err("disk on fire".into()));
-    let r = replies(&drain(&mut c));
-    assert!(
-        matches!(
-            &r[..],
-            [(
-                1,
-                Outcome::Failed {
-                    status: Status::Unavailable,
-                    ..
-                }
-            )]
-        ),
-        "{r:?}"
-    );
+    assert_only_failure(&drain(&mut c), 1, Status::Unavailable);
 }
