@@ -269,6 +269,57 @@ const _: () = assert!(REPLICAS_MAX <= CLUSTER_NODES_MAX);
 const _: () = assert!(GOSSIP_FANOUT >= 1);
 const _: () = assert!(HINT_DELIVERY_WINDOW >= 1);
 
+// ---- siblings mode (`--conflicts siblings`, src/causal/) ----
+
+/// A write whose result would leave a key with more siblings than this is refused: siblings
+/// pile up only while clients write without the context of their read, every read returns all
+/// of them, and 32 unresolved concurrent writes is a client that does not resolve, not a
+/// workload. (Riak warns at 25 siblings and refuses at 100.)
+pub const SIBLINGS_MAX: usize = 32;
+
+/// Siblings a replica accepts in a state it decodes or merges. Concurrent coordinators each
+/// checked their own result against [`SIBLINGS_MAX`], but their merge holds the siblings of
+/// all of them: four times the write limit leaves room for four coordinators that diverged at
+/// once (a partition), while still bounding what a peer can make a replica hold.
+pub const SIBLINGS_HARD_MAX: usize = 4 * SIBLINGS_MAX;
+
+/// Keys with at least this many siblings are counted in STATS, so an operator sees the
+/// clients that do not resolve before their writes start being refused.
+pub const SIBLINGS_NEAR_LIMIT: usize = SIBLINGS_MAX * 3 / 4;
+
+/// Most actors (nodes that coordinated a write of the key) in a causal context. A key's
+/// vector gains an entry for every node that ever coordinated one of its writes and never
+/// loses one, so it must at least hold a whole cluster at its largest.
+pub const CONTEXT_ACTORS_MAX: usize = 64;
+
+/// Largest encoded causal context: format (1), count (2), then 10 bytes an actor.
+pub const CONTEXT_SIZE_MAX: usize = 3 + 10 * CONTEXT_ACTORS_MAX;
+
+/// Largest encoded causal state (a key's siblings and vector) a replica accepts. The state is
+/// stored and shipped where a value goes (a record, a replication frame), so it must fit
+/// where a value fits.
+pub const CAUSAL_STATE_BYTES_MAX: usize = VALUE_SIZE_MAX;
+
+/// Largest encoded causal state a write may leave: a quarter of what a replica accepts, the
+/// same headroom as [`SIBLINGS_HARD_MAX`] gives siblings, so the merge of the results of four
+/// coordinators that wrote concurrently still fits. It is also the largest value a client can
+/// write in siblings mode (less the state's own bytes).
+pub const CAUSAL_STATE_WRITE_BYTES_MAX: usize = CAUSAL_STATE_BYTES_MAX / 4;
+
+const _: () = assert!(SIBLINGS_NEAR_LIMIT >= 1 && SIBLINGS_NEAR_LIMIT < SIBLINGS_MAX);
+const _: () = assert!(SIBLINGS_MAX < SIBLINGS_HARD_MAX);
+// Counts travel as u16 in the state and context encodings.
+const _: () = assert!(SIBLINGS_HARD_MAX <= u16::MAX as usize);
+const _: () = assert!(CONTEXT_ACTORS_MAX <= u16::MAX as usize);
+const _: () = assert!(CONTEXT_ACTORS_MAX >= CLUSTER_NODES_MAX);
+const _: () = assert!(CAUSAL_STATE_BYTES_MAX <= VALUE_SIZE_MAX);
+// A sibling's value length travels as a u32.
+const _: () = assert!(CAUSAL_STATE_BYTES_MAX <= u32::MAX as usize);
+const _: () = assert!(
+    CAUSAL_STATE_WRITE_BYTES_MAX * (SIBLINGS_HARD_MAX / SIBLINGS_MAX) <= CAUSAL_STATE_BYTES_MAX
+);
+const _: () = assert!(CONTEXT_SIZE_MAX < CAUSAL_STATE_WRITE_BYTES_MAX);
+
 // ---- storage (log-structured store) ----
 
 /// Default size at which the active segment is sealed and a new one started.
