@@ -13,6 +13,7 @@
 //! metrics    Prometheus text of the STATS counters
 //! http       the HTTP listener: GET /metrics and the /kv/{key} API (threads, bounded)
 //! version    versions and the hybrid logical clock (pure)
+//! causal     dotted version vectors with siblings, for `--conflicts siblings` (pure)
 //! storage    the Store interface and its implementations
 //! cluster    ownership (versioned ring), membership, replication, repair, hints, leader (pure)
 //! shard      one shard's core: decode, execute, encode (pure)
@@ -35,6 +36,7 @@
 pub mod assembly;
 pub mod auth;
 pub mod budget;
+pub mod causal;
 pub mod client;
 pub mod cluster;
 pub mod datadir;
