@@ -30,6 +30,7 @@ fn loc(i: u64) -> Loc {
         offset: i as u32,
         value_len: Some(100),
         expires_at_s: 0,
+        causal: false,
     }
 }
 
@@ -117,6 +118,7 @@ fn main() {
                     value: Some(&value),
                     version: Version(i + 1),
                     expires_at_ms: 0,
+                    causal: false,
                 })
                 .unwrap();
                 if every != 0 && i % every == every - 1 {
@@ -139,6 +141,7 @@ fn main() {
             value: Some(&value),
             version: Version(i + 1),
             expires_at_ms: 0,
+            causal: false,
         })
         .unwrap();
     }

@@ -53,6 +53,7 @@ fn keydir(n: u64) {
             offset: (i % 500_000) as u32 * 143,
             value_len: Some(100),
             expires_at_s: 0,
+            causal: false,
         };
         kd.insert(&key(i), loc).expect("arena has room");
     }
@@ -101,6 +102,7 @@ fn store(n: u64, dir: &Path) {
             value: Some(&value),
             version: Version(i + 1),
             expires_at_ms: 0,
+            causal: false,
         })
         .unwrap();
     }
@@ -156,6 +158,7 @@ fn store(n: u64, dir: &Path) {
                 value: Some(&value),
                 version: Version(round * n + i + 1),
                 expires_at_ms: 0,
+                causal: false,
             })
             .unwrap();
         }

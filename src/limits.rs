@@ -328,6 +328,11 @@ pub const SEGMENT_SIZE_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
 /// Largest allowed segment size: offsets in the keydir are u32.
 pub const SEGMENT_SIZE_MAX_LIMIT: u64 = u32::MAX as u64;
 
+/// Highest segment id a shard's store uses: ids are never reused, and the keydir keeps 31
+/// bits of a record's segment id (the 32nd is its causal flag). At one id per 1 MiB segment
+/// that is 2 PiB written per shard; past it writes and compaction are refused.
+pub const SEGMENT_ID_MAX: u32 = (1 << 31) - 1;
+
 /// Default: a sealed segment is worth compacting once this percentage of its bytes is dead.
 pub const COMPACTION_DEAD_PERCENT_DEFAULT: u8 = 50;
 

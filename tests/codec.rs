@@ -1449,6 +1449,7 @@ fn check_peer_vector(v: &Vector) {
                 value: value.as_deref(),
                 version: Version(v.int("version")),
                 expires_at_ms: v.int("expires"),
+                causal: false,
             };
             let ring = v.int("ring");
             peer::put_replicate(&mut out, id, aux, ring, &write);
@@ -1509,6 +1510,7 @@ fn check_peer_vector(v: &Vector) {
                     version: Version(v.int("version")),
                     expires_at_ms: v.int("expires"),
                     value: value_of(v),
+                    causal: false,
                 }),
                 s => panic!("vector {}: state {s}", v.name),
             };
@@ -1708,6 +1710,7 @@ fn ae_exchange() -> Vec<Vec<u8>> {
             value: Some(value),
             version: Version::new(1_764_000_000_000, 0, node),
             expires_at_ms: 0,
+            causal: false,
         };
         assert_eq!(s.apply(w).expect("stored"), Applied::Stored);
     };

@@ -272,6 +272,7 @@ fn a_replica_refusing_replicated_writes_for_lack_of_space_counts_them() {
             value: Some(b"v"),
             version: Version(v),
             expires_at_ms: 0,
+            causal: false,
         };
         let mut out = Vec::new();
         let served = serve(

@@ -47,6 +47,7 @@ fn fill(dir: &Path) -> PathBuf {
             value: Some(&value_of(i)),
             version: Version(i + 1),
             expires_at_ms: 0,
+            causal: false,
         })
         .unwrap();
     }
@@ -118,6 +119,7 @@ fn flipped_bits_in_a_sealed_segment_are_reported_by_scanning_recovery() {
         value: Some(b"ok"),
         version: Version(KEYS + 10),
         expires_at_ms: 0,
+        causal: false,
     })
     .unwrap();
     s.sync().unwrap();
@@ -145,6 +147,7 @@ fn flipped_bits_behind_a_valid_hint_are_caught_on_read() {
             value: Some(&value_of(i)),
             version: Version(KEYS + 1 + i),
             expires_at_ms: 0,
+            causal: false,
         })
         .unwrap();
     }

@@ -1,6 +1,7 @@
 //! Seeded randomized model test of the log store against a `BTreeMap`.
 //!
-//! Random PUT / DELETE / PUT-with-TTL (virtual clock) / stale writes / flush (the end of an
+//! Random PUT (plain or causal: the record's causal flag must come back with it) / DELETE /
+//! PUT-with-TTL (virtual clock) / stale writes / flush (the end of an
 //! event-loop turn: the buffered records are written, or undone if that fails) / sync (the
 //! "ack" point) / compaction steps / tombstone horizon moves / disk-full and fsync-failure injection /
 //! crash (unsynced bytes dropped, or a torn prefix kept) and reopen. After every crash each
@@ -39,11 +40,16 @@ impl Rng {
     }
 }
 
-/// What a reader can observe of a record at `now`: the live value (with its version), or
-/// nothing (absent, tombstone, expired).
-fn observe(r: Option<&Stored>, now: u64) -> Option<(u64, Vec<u8>)> {
-    r.filter(|s| s.is_live(now))
-        .map(|s| (s.version.0, s.value.clone().expect("live has a value")))
+/// What a reader can observe of a record at `now`: the live value (with its version and
+/// causal flag), or nothing (absent, tombstone, expired).
+fn observe(r: Option<&Stored>, now: u64) -> Option<(u64, Vec<u8>, bool)> {
+    r.filter(|s| s.is_live(now)).map(|s| {
+        (
+            s.version.0,
+            s.value.clone().expect("live has a value"),
+            s.causal,
+        )
+    })
 }
 
 struct Run {
@@ -173,10 +179,12 @@ impl Run {
         } else {
             0
         };
+        let causal = value.is_some() && self.rng.chance(30);
         let rec = Stored {
             version: Version(version),
             expires_at_ms,
             value: value.clone(),
+            causal,
         };
         let held = self.model.get(&key).map(|s| s.version.0);
         let result = self.store.apply(Write {
@@ -184,9 +192,10 @@ impl Run {
             value: value.as_deref(),
             version: Version(version),
             expires_at_ms,
+            causal,
         });
         self.note(format!(
-            "apply key={} v={version} len={:?} exp={expires_at_ms} -> {result:?}",
+            "apply key={} v={version} len={:?} exp={expires_at_ms} causal={causal} -> {result:?}",
             String::from_utf8_lossy(&key),
             value.as_ref().map(|v| v.len())
         ));
@@ -581,6 +590,7 @@ fn compaction_survives_a_power_cut_at_every_step() {
                     value: value.as_deref(),
                     version: Version(v),
                     expires_at_ms,
+                    causal: false,
                 })
                 .unwrap();
                 want.insert(key, if expires_at_ms > 0 { None } else { value });
@@ -595,6 +605,7 @@ fn compaction_survives_a_power_cut_at_every_step() {
                     value: Some(&value),
                     version: Version(v),
                     expires_at_ms: 0,
+                    causal: false,
                 })
                 .unwrap();
                 want.insert(key, Some(value));

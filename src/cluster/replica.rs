@@ -88,6 +88,7 @@ mod tests {
             value: Some(b"v"),
             version: Version(5),
             expires_at_ms: 0,
+            causal: false,
         };
         let mut out = Vec::new();
         let served = serve(

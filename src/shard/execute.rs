@@ -219,6 +219,7 @@ impl ShardCore {
             value,
             version,
             expires_at_ms,
+            causal: false,
         };
         match self.store.apply(w) {
             Ok(Applied::Stored) => {

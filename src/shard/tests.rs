@@ -462,6 +462,7 @@ fn clustered_pair() -> Vec<ShardCore> {
                 value: Some(b"value"),
                 version: Version((NOW << 16) + i),
                 expires_at_ms: 0,
+                causal: false,
             };
             assert!(matches!(c.store_mut().apply(w), Ok(Applied::Stored)));
         }

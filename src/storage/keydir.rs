@@ -16,11 +16,18 @@
 //! ```text
 //!  0          4          8          12         16                  20         24            28
 //!  +----------+----------+----------+----------+-------------------+----------+-------------+
-//!  | version  | version  | segment  | offset   | key_len:11 |      | key_off  | expires_at_s|
-//!  | high u32 | low u32  |  u32     |  u32     | value_len:21 (all | u32 into | u32, rounded|
-//!  |          |          |          |          | ones = tombstone) | the arena| up; 0=never |
+//!  | version  | version  | causal:1 | offset   | key_len:11 |      | key_off  | expires_at_s|
+//!  | high u32 | low u32  | segment  |  u32     | value_len:21 (all | u32 into | u32, rounded|
+//!  |          |          |  id:31   |          | ones = tombstone) | the arena| up; 0=never |
 //!  +----------+----------+----------+----------+-------------------+----------+-------------+
 //! ```
+//!
+//! The tombstone mark is the all-ones `value_len`. The causal flag (the record's value is an
+//! encoded causal state, [`crate::storage::record::FLAG_CAUSAL`]) is the top bit of the
+//! segment word: every other field uses all of its bits (key lengths up to 1024 need 11,
+//! value lengths up to 1 MiB and the tombstone mark 21, versions 64, offsets and expiries
+//! 32, as do offsets into the arena), while segment ids stay at most [`SEGMENT_ID_MAX`]
+//! (2^31 - 1) by the store's rule.
 //!
 //! A key's *tag* is 32 bits of its hash. The index slot holds `(entry index + 1) << 6 | 6 tag
 //! bits` (0 = empty), so probing past other keys seldom touches their entries (1 in 64 does,
@@ -41,7 +48,7 @@ use crate::hash::fmix64;
 use crate::limits::{
     KEYDIR_ARENA_CHUNK_SIZE, KEYDIR_ARENA_DEAD_MIN, KEYDIR_CHUNK_ENTRIES,
     KEYDIR_INDEX_GROWTH_PERCENT, KEYDIR_KEYS_MAX, KEYDIR_LOAD_MAX_PERCENT, KEY_SIZE_MAX,
-    VALUE_SIZE_MAX,
+    SEGMENT_ID_MAX, VALUE_SIZE_MAX,
 };
 
 const KEY_LEN_BITS: u32 = 11;
@@ -52,6 +59,9 @@ const TOMBSTONE_LEN: u32 = VALUE_LEN_MASK;
 const _: () = assert!(KEY_LEN_BITS + VALUE_LEN_BITS == 32);
 const _: () = assert!(KEY_SIZE_MAX < (1 << KEY_LEN_BITS));
 const _: () = assert!(VALUE_SIZE_MAX < TOMBSTONE_LEN as usize);
+/// The bit of an entry's segment word that holds the causal flag.
+const SEGMENT_CAUSAL_BIT: u32 = 1 << 31;
+const _: () = assert!(SEGMENT_ID_MAX < SEGMENT_CAUSAL_BIT);
 /// Mixed into the key hash so the keydir's slot bits are independent of the placement bits
 /// (every key of one shard shares its partition bits).
 const KEYDIR_HASH_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -96,6 +106,8 @@ pub struct Loc {
     pub value_len: Option<u32>,
     /// Expiry rounded up to whole seconds since the epoch; 0 = never.
     pub expires_at_s: u32,
+    /// The value is an encoded causal state (never for a tombstone).
+    pub causal: bool,
 }
 
 /// `expires_at_ms` rounded up to seconds (so "expired by the keydir" implies expired).
@@ -109,6 +121,7 @@ pub fn expiry_s_of(expires_at_ms: u64) -> u32 {
 pub struct Entry {
     version_high: u32,
     version_low: u32,
+    /// Segment id (31 bits) and, in [`SEGMENT_CAUSAL_BIT`], the causal flag.
     segment: u32,
     offset: u32,
     lens: u32,
@@ -129,10 +142,11 @@ impl Entry {
         let v = self.lens & VALUE_LEN_MASK;
         Loc {
             version: self.version(),
-            segment: self.segment,
+            segment: self.segment & !SEGMENT_CAUSAL_BIT,
             offset: self.offset,
             value_len: if v == TOMBSTONE_LEN { None } else { Some(v) },
             expires_at_s: self.expires_at_s,
+            causal: self.segment & SEGMENT_CAUSAL_BIT != 0,
         }
     }
 
@@ -147,9 +161,17 @@ impl Entry {
             }
             None => TOMBSTONE_LEN,
         };
+        assert!(
+            loc.segment <= SEGMENT_ID_MAX,
+            "segment ids are kept below SEGMENT_ID_MAX by the store"
+        );
+        assert!(
+            !(loc.causal && loc.value_len.is_none()),
+            "a tombstone cannot be causal"
+        );
         self.version_high = (loc.version >> 32) as u32;
         self.version_low = loc.version as u32;
-        self.segment = loc.segment;
+        self.segment = loc.segment | if loc.causal { SEGMENT_CAUSAL_BIT } else { 0 };
         self.offset = loc.offset;
         self.lens = (self.lens & !VALUE_LEN_MASK) | v;
         self.expires_at_s = loc.expires_at_s;
@@ -581,6 +603,7 @@ mod tests {
                 Some((v % 1000) as u32)
             },
             expires_at_s: (v % 3) as u32,
+            causal: !v.is_multiple_of(5) && v % 3 == 1,
         }
     }
 
@@ -588,6 +611,41 @@ mod tests {
     fn entry_is_28_bytes() {
         assert_eq!(std::mem::size_of::<Entry>(), 28);
         assert_eq!(std::mem::align_of::<Entry>(), 4);
+    }
+
+    #[test]
+    fn the_causal_flag_shares_the_segment_word_and_leaves_every_field_whole() {
+        // Extremes of every field, with and without the flag: nothing bleeds into another.
+        let mut kd = KeyDir::new();
+        let key = vec![b'k'; KEY_SIZE_MAX];
+        for causal in [false, true] {
+            for segment in [0, 1, SEGMENT_ID_MAX] {
+                for value_len in [Some(0), Some(VALUE_SIZE_MAX as u32), None] {
+                    if causal && value_len.is_none() {
+                        continue;
+                    }
+                    let l = Loc {
+                        version: u64::MAX,
+                        segment,
+                        offset: u32::MAX,
+                        value_len,
+                        expires_at_s: u32::MAX,
+                        causal,
+                    };
+                    kd.insert(&key, l).unwrap();
+                    assert_eq!(kd.get(&key), Some(l));
+                    assert_eq!(kd.at(0), Some((&key[..], l)));
+                }
+            }
+        }
+        // The flag follows the record: a plain write over a causal one clears it.
+        let plain = Loc {
+            causal: false,
+            ..kd.get(&key).unwrap()
+        };
+        kd.insert(&key, plain).unwrap();
+        assert!(!kd.get(&key).unwrap().causal);
+        assert_eq!(kd.len(), 1);
     }
 
     #[test]

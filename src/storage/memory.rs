@@ -31,10 +31,14 @@ impl Store for MemoryStore {
     }
 
     fn apply(&mut self, w: Write<'_>) -> Result<Applied, StoreError> {
+        if w.causal && w.value.is_none() {
+            return Err(super::causal_tombstone_error());
+        }
         let record = Stored {
             version: w.version,
             expires_at_ms: w.expires_at_ms,
             value: w.value.map(|v| v.to_vec()),
+            causal: w.causal,
         };
         let added = (w.key.len() + w.value.map_or(0, |v| v.len())) as u64;
         match self.map.get_mut(w.key) {
@@ -120,6 +124,7 @@ impl Store for MemoryStore {
                     version: s.version,
                     tombstone: s.value.is_none(),
                     expires_at_ms: s.expires_at_ms,
+                    causal: s.causal,
                 },
             );
             n += 1;
@@ -139,6 +144,7 @@ mod tests {
             value,
             version: Version(v),
             expires_at_ms: 0,
+            causal: false,
         }
     }
 
@@ -165,5 +171,53 @@ mod tests {
                 current: Version(30)
             }
         );
+    }
+
+    #[test]
+    fn the_causal_flag_is_kept_and_returned() {
+        let mut m = MemoryStore::new();
+        let causal = |key, value, v| Write {
+            causal: true,
+            ..put(key, Some(value), v)
+        };
+        m.apply(causal(b"c", b"state", 10)).unwrap();
+        m.apply(causal(b"e", b"", 10)).unwrap();
+        m.apply(put(b"p", Some(b"plain"), 10)).unwrap();
+        let got = m.get(b"c").unwrap().unwrap();
+        assert!(got.causal);
+        assert_eq!(got.value.as_deref(), Some(&b"state"[..]));
+        // An empty state is still a causal value.
+        let got = m.get(b"e").unwrap().unwrap();
+        assert!(got.causal && got.value.as_deref() == Some(&b""[..]));
+        assert!(!m.get(b"p").unwrap().unwrap().causal);
+        let mut listed = Vec::new();
+        m.scan_keys(0, 10, &mut |k, meta| listed.push((k.to_vec(), meta.causal)))
+            .unwrap();
+        listed.sort();
+        assert_eq!(
+            listed,
+            vec![
+                (b"c".to_vec(), true),
+                (b"e".to_vec(), true),
+                (b"p".to_vec(), false)
+            ]
+        );
+        // Last-write-wins by version, whatever the flag: an older causal write is stale, a
+        // newer plain one replaces the causal record (and clears the flag).
+        assert_eq!(
+            m.apply(causal(b"p", b"old", 5)).unwrap(),
+            Applied::Stale {
+                current: Version(10)
+            }
+        );
+        m.apply(put(b"c", Some(b"plain"), 11)).unwrap();
+        assert!(!m.get(b"c").unwrap().unwrap().causal);
+        // A causal delete is refused and changes nothing.
+        let bad = Write {
+            causal: true,
+            ..put(b"p", None, 20)
+        };
+        assert!(m.apply(bad).is_err());
+        assert_eq!(m.get(b"p").unwrap().unwrap().version, Version(10));
     }
 }

@@ -13,6 +13,12 @@
 //! leave only if those succeeded: a reply never leaves before the write holding its record
 //! returned, so `kill -9` loses nothing acknowledged.
 //!
+//! A record may be *causal* ([`Write::causal`]): its value is an encoded causal state (a
+//! dotted version vector and its siblings, `--conflicts siblings`) rather than a client value.
+//! The stores keep that flag with the record through every path (reads, listings, restarts,
+//! compaction) and never look inside the value; on disk it is a record flag of storage format
+//! 2 ([`record`], "Format versions").
+//!
 //! Implementations: [`memory::MemoryStore`] (no persistence; tests and `--data` left unset)
 //! and [`logstore::LogStore`] (durable, log-structured: segments of checksummed records, a compact
 //! in-memory key directory, hint files, crash recovery, compaction in bounded steps). All of
@@ -26,7 +32,8 @@
 //!   memory.rs  MemoryStore
 //!   logstore/  LogStore: write path, recovery, compaction (see its mod.rs: files, design)
 //!   policy.rs  compaction thresholds, disk-space reserve and pressure: pure functions
-//!   record.rs  on-disk formats with byte diagrams (segment, record, hint, manifest)
+//!   record.rs  on-disk formats with byte diagrams (segment, record, hint, manifest) and
+//!              their versions (format 2 written, formats 1 and 2 read)
 //!   keydir.rs  the compact key directory (28 bytes + u32 index slot + key bytes per key)
 //!   mmap.rs    read-only memory maps of segments, surviving truncation (SIGBUS)
 //!   vfs.rs     the file-system seam
@@ -52,6 +59,9 @@ pub struct Stored {
     pub expires_at_ms: u64,
     /// The value, or `None` for a tombstone.
     pub value: Option<Vec<u8>>,
+    /// The value is an encoded causal state (siblings mode), not a client value; the store
+    /// does not interpret it. Always `false` for a tombstone.
+    pub causal: bool,
 }
 
 impl Stored {
@@ -88,6 +98,20 @@ pub struct Write<'a> {
     pub version: Version,
     /// Absolute expiry in ms since the Unix epoch; 0 = never.
     pub expires_at_ms: u64,
+    /// The value is an encoded causal state (siblings mode), not a client value; the store
+    /// does not interpret it, and keeps and returns the flag with the record (last-write-wins
+    /// by version as for any write). A delete (`value` `None`) is never causal: the store
+    /// refuses such a write (an `InvalidInput` error).
+    pub causal: bool,
+}
+
+/// The error [`Store::apply`] returns for a write that is both a delete and causal (a causal
+/// state is a value).
+pub(crate) fn causal_tombstone_error() -> StoreError {
+    StoreError::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        "a delete cannot be causal (a causal state is a value)",
+    ))
 }
 
 /// What [`Store::apply`] did.
@@ -142,6 +166,9 @@ pub struct KeyMeta {
     pub tombstone: bool,
     /// Expiry in ms since the epoch, 0 = never (a store may round it up to whole seconds).
     pub expires_at_ms: u64,
+    /// The value is an encoded causal state (siblings mode), not a client value; the store
+    /// does not interpret it. Never set with `tombstone`.
+    pub causal: bool,
 }
 
 /// One shard's key-value store.

@@ -1,5 +1,27 @@
 //! On-disk layouts of the log store: segment header, record, hint file, compaction manifest.
-//! All integers little-endian. Format version [`FORMAT_VERSION`] (in every file header).
+//! All integers little-endian. Every file header carries its format version: new files are
+//! written with [`FORMAT_VERSION`] (2); files of formats [`FORMAT_VERSION_OLDEST_READ`] (1) up
+//! to it are read.
+//!
+//! ## Format versions
+//!
+//! ```text
+//!  1  the first format.
+//!  2  adds the record flag CAUSAL (flags bit 1): the value is an encoded causal state
+//!     (src/causal: a dotted version vector and its siblings, `--conflicts siblings`), not a
+//!     client value. The store keeps and returns the flag; it never interprets the value.
+//!     The layouts are otherwise those of format 1.
+//! ```
+//!
+//! **A segment's format is its header's**, for as long as the segment exists: its records are
+//! read by that format's rules (a record of a format-1 segment with flags bit 1 set is a bad
+//! header: damage, reported and never served), and nothing is ever appended to a segment of
+//! an older format (recovery seals a format-1 log segment instead of reopening it for writes;
+//! writes go to a new format-2 segment). Compaction copies the live records of its inputs,
+//! whatever their format, into format-2 outputs, so old segments disappear as they are
+//! compacted. A hint file has the format of the segment it indexes (its entries' flags follow
+//! the same rule) and is used only if the two agree. A compaction manifest holds only segment
+//! ids: both formats read alike.
 //!
 //! Segment file `NNNNNNNNNN.seg` (a compaction output is written as `NNNNNNNNNN.compact` and
 //! renamed once complete): a header, then records back to back.
@@ -21,7 +43,12 @@
 //!  |crc32c| version u64| expires_at_ms  | flags | key_len| value_len | key | value |
 //!  |      |            |  u64 (0=never) |  u8   |  u16   |   u32     |     |       |
 //!  +------+------------+----------------+-------+--------+-----------+-----+-------+
-//!  crc32c covers bytes 4.. to the end of the value. flags bit 0 = tombstone (value_len 0).
+//!  crc32c covers bytes 4.. to the end of the value.
+//!  flags bit 0 = TOMBSTONE: a delete (value_len 0).
+//!  flags bit 1 = CAUSAL (format 2 only): the value is an encoded causal state (siblings
+//!        mode), not a client value. Never with TOMBSTONE (a causal record always has a
+//!        value, possibly empty).
+//!  Any other bit, or CAUSAL in a format-1 segment, makes the header bad (damaged data).
 //! ```
 //!
 //! Hint file `NNNNNNNNNN.hint`: an index of every valid record of a sealed segment, so start-up
@@ -42,6 +69,7 @@
 //!  | version u64| expires_at_ms  | offset  | value_len | flags | key_len| key |
 //!  |            |  u64           |  u32    |   u32     |  u8   |  u16   |     |
 //!  +------------+----------------+---------+-----------+-------+--------+-----+
+//!  flags: the record's flags (TOMBSTONE, CAUSAL), under the same rules as in the record.
 //! hint trailer (16 bytes)
 //!  0                  8          12       16
 //!  +------------------+----------+--------+
@@ -62,8 +90,12 @@
 
 use crate::limits::{KEY_SIZE_MAX, VALUE_SIZE_MAX};
 
-/// Version of the on-disk format, written in every file header.
-pub const FORMAT_VERSION: u16 = 1;
+/// Version of the on-disk format, written in the header of every new file (see the module doc,
+/// "Format versions").
+pub const FORMAT_VERSION: u16 = 2;
+/// Oldest format version this build reads (segments, hints and manifests of formats
+/// `FORMAT_VERSION_OLDEST_READ..=FORMAT_VERSION` open and serve).
+pub const FORMAT_VERSION_OLDEST_READ: u16 = 1;
 /// Magic of a segment file.
 pub const SEGMENT_MAGIC: [u8; 4] = *b"DKVS";
 /// Magic of a hint file.
@@ -82,8 +114,44 @@ pub const HINT_TRAILER_SIZE: usize = 16;
 pub const HINT_ENTRY_HEADER_SIZE: usize = 27;
 /// Record flag: the record is a tombstone.
 pub const FLAG_TOMBSTONE: u8 = 1;
+/// Record flag (format 2 on): the value is an encoded causal state (src/causal, siblings
+/// mode), not a client value; the store does not interpret it. Only in format-2 files; never
+/// with [`FLAG_TOMBSTONE`].
+pub const FLAG_CAUSAL: u8 = 2;
 /// Largest record.
 pub const RECORD_SIZE_MAX: usize = RECORD_HEADER_SIZE + KEY_SIZE_MAX + VALUE_SIZE_MAX;
+
+/// The record flags a file of format `format` may hold (none for a format this build does not
+/// read: such files are refused by their header before any record is read).
+pub fn flags_known(format: u16) -> u8 {
+    match format {
+        1 => FLAG_TOMBSTONE,
+        2 => FLAG_TOMBSTONE | FLAG_CAUSAL,
+        _ => 0,
+    }
+}
+
+/// Whether this build reads files of format `format`.
+pub fn format_readable(format: u16) -> bool {
+    (FORMAT_VERSION_OLDEST_READ..=FORMAT_VERSION).contains(&format)
+}
+
+/// Check a flags byte read from a file of format `format`: `Ok((tombstone, causal))`.
+fn check_flags(flags: u8, format: u16) -> Result<(bool, bool), String> {
+    if flags & !flags_known(format) != 0 {
+        return Err(format!("unknown flags {flags:#x} in format {format}"));
+    }
+    let (tombstone, causal) = (flags & FLAG_TOMBSTONE != 0, flags & FLAG_CAUSAL != 0);
+    if tombstone && causal {
+        return Err(format!("flags {flags:#x}: a tombstone cannot be causal"));
+    }
+    Ok((tombstone, causal))
+}
+
+/// The flags byte of a record.
+fn flags_of(tombstone: bool, causal: bool) -> u8 {
+    (if tombstone { FLAG_TOMBSTONE } else { 0 }) | (if causal { FLAG_CAUSAL } else { 0 })
+}
 
 /// What kind of writer made a segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +165,9 @@ pub enum SegmentKind {
 /// A decoded segment header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// The format its records are written in (new segments: [`FORMAT_VERSION`]); read back
+    /// from the header, it decides how the segment's records are read.
+    pub format: u16,
     /// Log or compaction output.
     pub kind: SegmentKind,
     /// The segment's id (also in its file name).
@@ -122,7 +193,7 @@ impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_SIZE] {
         let mut b = [0u8; SEGMENT_HEADER_SIZE];
         b[0..4].copy_from_slice(&SEGMENT_MAGIC);
-        b[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[4..6].copy_from_slice(&self.format.to_le_bytes());
         let kind: u16 = match self.kind {
             SegmentKind::Log => 0,
             SegmentKind::Compacted => 1,
@@ -148,9 +219,10 @@ impl SegmentHeader {
             return Err("segment header checksum mismatch".into());
         }
         let format = u16_at(b, 4);
-        if format != FORMAT_VERSION {
+        if !format_readable(format) {
             return Err(format!(
-                "segment format {format}, this build reads {FORMAT_VERSION}"
+                "segment format {format}, this build reads \
+                 {FORMAT_VERSION_OLDEST_READ} to {FORMAT_VERSION}"
             ));
         }
         let kind = match u16_at(b, 6) {
@@ -159,6 +231,7 @@ impl SegmentHeader {
             k => return Err(format!("unknown segment kind {k}")),
         };
         Ok(SegmentHeader {
+            format,
             kind,
             id: u32_at(b, 8),
             origin_lo: u32_at(b, 12),
@@ -176,6 +249,9 @@ pub struct RecordHeader {
     pub expires_at_ms: u64,
     /// Whether the record is a tombstone.
     pub tombstone: bool,
+    /// Whether the value is an encoded causal state ([`FLAG_CAUSAL`]; never with
+    /// `tombstone`).
+    pub causal: bool,
     /// Key bytes.
     pub key_len: u16,
     /// Value bytes (0 for a tombstone).
@@ -189,15 +265,21 @@ impl RecordHeader {
     }
 }
 
-/// Append the encoding of one record to `out`.
+/// Append the encoding of one record (format [`FORMAT_VERSION`]) to `out`. `causal`: the value
+/// is an encoded causal state ([`FLAG_CAUSAL`]); a tombstone (`value` `None`) is never causal.
 pub fn encode_record(
     out: &mut Vec<u8>,
     version: u64,
     expires_at_ms: u64,
     key: &[u8],
     value: Option<&[u8]>,
+    causal: bool,
 ) {
     assert!(key.len() <= KEY_SIZE_MAX, "key size checked by the caller");
+    assert!(
+        !(causal && value.is_none()),
+        "a tombstone cannot be causal: checked by the caller"
+    );
     let v = value.unwrap_or(&[]);
     assert!(
         v.len() <= VALUE_SIZE_MAX,
@@ -207,7 +289,7 @@ pub fn encode_record(
     out.extend_from_slice(&[0u8; 4]);
     out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&expires_at_ms.to_le_bytes());
-    out.push(if value.is_none() { FLAG_TOMBSTONE } else { 0 });
+    out.push(flags_of(value.is_none(), causal));
     out.extend_from_slice(&(key.len() as u16).to_le_bytes());
     out.extend_from_slice(&(v.len() as u32).to_le_bytes());
     out.extend_from_slice(key);
@@ -224,7 +306,8 @@ pub enum RecordError {
         /// Bytes the record needs, when the header could be read.
         need: Option<usize>,
     },
-    /// The header is impossible (unknown flags, lengths over the limits).
+    /// The header is impossible (flags unknown to the file's format, lengths over the
+    /// limits).
     BadHeader(String),
     /// The checksum does not match.
     Checksum,
@@ -241,19 +324,18 @@ impl std::fmt::Display for RecordError {
     }
 }
 
-/// Parse only the header fields (not checked against the checksum yet).
-pub fn decode_record_header(b: &[u8]) -> Result<RecordHeader, RecordError> {
+/// Parse only the header fields of a record of a segment of format `format` (not checked
+/// against the checksum yet).
+pub fn decode_record_header(b: &[u8], format: u16) -> Result<RecordHeader, RecordError> {
     if b.len() < RECORD_HEADER_SIZE {
         return Err(RecordError::Short { need: None });
     }
-    let flags = b[20];
-    if flags & !FLAG_TOMBSTONE != 0 {
-        return Err(RecordError::BadHeader(format!("unknown flags {flags:#x}")));
-    }
+    let (tombstone, causal) = check_flags(b[20], format).map_err(RecordError::BadHeader)?;
     let h = RecordHeader {
         version: u64_at(b, 4),
         expires_at_ms: u64_at(b, 12),
-        tombstone: flags & FLAG_TOMBSTONE != 0,
+        tombstone,
+        causal,
         key_len: u16_at(b, 21),
         value_len: u32_at(b, 23),
     };
@@ -280,9 +362,9 @@ pub struct RecordRef<'a> {
     pub value: &'a [u8],
 }
 
-/// Decode and check the record at the start of `b`.
-pub fn decode_record(b: &[u8]) -> Result<RecordRef<'_>, RecordError> {
-    let h = decode_record_header(b)?;
+/// Decode and check the record at the start of `b`, from a segment of format `format`.
+pub fn decode_record(b: &[u8], format: u16) -> Result<RecordRef<'_>, RecordError> {
+    let h = decode_record_header(b, format)?;
     let len = h.record_len();
     if b.len() < len {
         return Err(RecordError::Short { need: Some(len) });
@@ -314,6 +396,8 @@ pub struct HintEntry<'a> {
 /// with the trailer.
 #[derive(Debug)]
 pub struct HintBuilder {
+    /// The format of the segment it indexes (and of the hint).
+    format: u16,
     /// Bytes not yet taken.
     buf: Vec<u8>,
     /// CRC of the bytes already taken.
@@ -322,14 +406,20 @@ pub struct HintBuilder {
 }
 
 impl HintBuilder {
-    /// A builder for segment `segment_id`'s hint.
-    pub fn new(segment_id: u32) -> HintBuilder {
+    /// A builder for the hint of segment `segment_id`, of format `format` (a hint has its
+    /// segment's format).
+    pub fn new(segment_id: u32, format: u16) -> HintBuilder {
+        assert!(
+            format_readable(format),
+            "segment formats are checked on read"
+        );
         let mut buf = Vec::with_capacity(HINT_HEADER_SIZE);
         buf.extend_from_slice(&HINT_MAGIC);
-        buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        buf.extend_from_slice(&format.to_le_bytes());
         buf.extend_from_slice(&0u16.to_le_bytes());
         buf.extend_from_slice(&segment_id.to_le_bytes());
         HintBuilder {
+            format,
             buf,
             crc: 0,
             count: 0,
@@ -338,13 +428,17 @@ impl HintBuilder {
 
     /// Record that the segment holds `header`/`key` at `offset`.
     pub fn add(&mut self, header: &RecordHeader, offset: u32, key: &[u8]) {
+        assert!(
+            !header.causal || flags_known(self.format) & FLAG_CAUSAL != 0,
+            "a causal record in a format-{} segment",
+            self.format
+        );
         self.buf.extend_from_slice(&header.version.to_le_bytes());
         self.buf
             .extend_from_slice(&header.expires_at_ms.to_le_bytes());
         self.buf.extend_from_slice(&offset.to_le_bytes());
         self.buf.extend_from_slice(&header.value_len.to_le_bytes());
-        self.buf
-            .push(if header.tombstone { FLAG_TOMBSTONE } else { 0 });
+        self.buf.push(flags_of(header.tombstone, header.causal));
         self.buf.extend_from_slice(&header.key_len.to_le_bytes());
         self.buf.extend_from_slice(key);
         self.count += 1;
@@ -383,6 +477,8 @@ impl HintBuilder {
 /// A checked hint file.
 #[derive(Debug)]
 pub struct Hint<'a> {
+    /// Its format (that of the segment it indexes).
+    pub format: u16,
     /// The segment it indexes.
     pub segment_id: u32,
     /// The segment length it covers (must equal the file's).
@@ -406,10 +502,11 @@ impl<'a> Hint<'a> {
             return Err("not a hint file (bad magic)".into());
         }
         let format = u16_at(b, 4);
-        if format != FORMAT_VERSION {
+        if !format_readable(format) {
             return Err(format!("hint format {format}"));
         }
         let hint = Hint {
+            format,
             segment_id: u32_at(b, 8),
             segment_len: u64_at(b, trailer),
             entries: &b[HINT_HEADER_SIZE..trailer],
@@ -429,13 +526,17 @@ impl<'a> Hint<'a> {
 
     /// The entries, in segment order.
     pub fn iter(&self) -> HintIter<'a> {
-        HintIter { rest: self.entries }
+        HintIter {
+            rest: self.entries,
+            format: self.format,
+        }
     }
 }
 
 /// Iterator over the entries of a [`Hint`].
 pub struct HintIter<'a> {
     rest: &'a [u8],
+    format: u16,
 }
 
 impl<'a> Iterator for HintIter<'a> {
@@ -450,15 +551,15 @@ impl<'a> Iterator for HintIter<'a> {
             self.rest = &[];
             return Some(Err("hint entry cut short".into()));
         }
-        let flags = b[24];
+        let flags = check_flags(b[24], self.format);
         let key_len = u16_at(b, 25);
         let value_len = u32_at(b, 20);
         let end = HINT_ENTRY_HEADER_SIZE + key_len as usize;
-        if flags & !FLAG_TOMBSTONE != 0
-            || key_len as usize > KEY_SIZE_MAX
-            || value_len as usize > VALUE_SIZE_MAX
-            || b.len() < end
-        {
+        let Ok((tombstone, causal)) = flags else {
+            self.rest = &[];
+            return Some(Err("bad hint entry flags".into()));
+        };
+        if key_len as usize > KEY_SIZE_MAX || value_len as usize > VALUE_SIZE_MAX || b.len() < end {
             self.rest = &[];
             return Some(Err("bad hint entry".into()));
         }
@@ -467,7 +568,8 @@ impl<'a> Iterator for HintIter<'a> {
             header: RecordHeader {
                 version: u64_at(b, 0),
                 expires_at_ms: u64_at(b, 8),
-                tombstone: flags & FLAG_TOMBSTONE != 0,
+                tombstone,
+                causal,
                 key_len,
                 value_len,
             },
@@ -501,8 +603,8 @@ pub fn decode_manifest(b: &[u8]) -> Result<Vec<u32>, String> {
     if crc32c::crc32c(body) != u32_at(b, b.len() - 4) || b[0..4] != MANIFEST_MAGIC {
         return Err("manifest checksum or magic mismatch".into());
     }
-    if u16_at(b, 4) != FORMAT_VERSION {
-        return Err("manifest format mismatch".into());
+    if !format_readable(u16_at(b, 4)) {
+        return Err(format!("manifest format {}", u16_at(b, 4)));
     }
     let n = u32_at(b, 8) as usize;
     if body.len() != 12 + 4 * n {
@@ -518,6 +620,7 @@ mod tests {
     #[test]
     fn layout_sizes() {
         let h = SegmentHeader {
+            format: FORMAT_VERSION,
             kind: SegmentKind::Log,
             id: 1,
             origin_lo: 1,
@@ -525,10 +628,10 @@ mod tests {
         };
         assert_eq!(h.encode().len(), SEGMENT_HEADER_SIZE);
         let mut out = Vec::new();
-        encode_record(&mut out, 1, 0, b"", Some(b""));
+        encode_record(&mut out, 1, 0, b"", Some(b""), false);
         assert_eq!(out.len(), RECORD_HEADER_SIZE);
-        let mut hb = HintBuilder::new(1);
-        hb.add(&decode_record_header(&out).unwrap(), 0, b"");
+        let mut hb = HintBuilder::new(1, FORMAT_VERSION);
+        hb.add(&decode_record_header(&out, FORMAT_VERSION).unwrap(), 0, b"");
         assert_eq!(
             hb.finish(0).len(),
             HINT_HEADER_SIZE + HINT_ENTRY_HEADER_SIZE + HINT_TRAILER_SIZE
@@ -539,8 +642,8 @@ mod tests {
     #[test]
     fn record_round_trip_and_every_bit_flip_is_caught() {
         let mut out = Vec::new();
-        encode_record(&mut out, 42, 1000, b"key", Some(b"value"));
-        let r = decode_record(&out).unwrap();
+        encode_record(&mut out, 42, 1000, b"key", Some(b"value"), false);
+        let r = decode_record(&out, FORMAT_VERSION).unwrap();
         assert_eq!(r.key, b"key");
         assert_eq!(r.value, b"value");
         assert_eq!(r.header.version, 42);
@@ -550,11 +653,14 @@ mod tests {
         for bit in 0..out.len() * 8 {
             let mut bad = out.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
-            assert!(decode_record(&bad).is_err(), "flip of bit {bit} not caught");
+            assert!(
+                decode_record(&bad, FORMAT_VERSION).is_err(),
+                "flip of bit {bit} not caught"
+            );
         }
         for cut in 0..out.len() {
             assert!(matches!(
-                decode_record(&out[..cut]),
+                decode_record(&out[..cut], FORMAT_VERSION),
                 Err(RecordError::Short { .. })
             ));
         }
@@ -563,8 +669,8 @@ mod tests {
     #[test]
     fn tombstone_round_trip() {
         let mut out = Vec::new();
-        encode_record(&mut out, 7, 0, b"k", None);
-        let r = decode_record(&out).unwrap();
+        encode_record(&mut out, 7, 0, b"k", None, false);
+        let r = decode_record(&out, FORMAT_VERSION).unwrap();
         assert!(r.header.tombstone);
         assert!(r.value.is_empty());
     }
@@ -572,18 +678,19 @@ mod tests {
     #[test]
     fn oversized_lengths_are_bad_headers_not_panics() {
         let mut out = Vec::new();
-        encode_record(&mut out, 7, 0, b"k", Some(b"v"));
+        encode_record(&mut out, 7, 0, b"k", Some(b"v"), false);
         out[23..27].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
-            decode_record(&out),
+            decode_record(&out, FORMAT_VERSION),
             Err(RecordError::BadHeader(_))
         ));
-        assert!(decode_record(&[0u8; RECORD_HEADER_SIZE]).is_err());
+        assert!(decode_record(&[0u8; RECORD_HEADER_SIZE], FORMAT_VERSION).is_err());
     }
 
     #[test]
     fn segment_header_round_trip_and_damage() {
         let h = SegmentHeader {
+            format: FORMAT_VERSION,
             kind: SegmentKind::Compacted,
             id: 9,
             origin_lo: 2,
@@ -599,11 +706,12 @@ mod tests {
 
     #[test]
     fn hint_round_trip_and_damage() {
-        let mut hb = HintBuilder::new(3);
+        let mut hb = HintBuilder::new(3, FORMAT_VERSION);
         let h1 = RecordHeader {
             version: 5,
             expires_at_ms: 9,
             tombstone: false,
+            causal: true,
             key_len: 2,
             value_len: 10,
         };
@@ -611,6 +719,7 @@ mod tests {
             version: 6,
             expires_at_ms: 0,
             tombstone: true,
+            causal: false,
             key_len: 1,
             value_len: 0,
         };
@@ -625,6 +734,7 @@ mod tests {
         hb.add(&h2, 63, b"c");
         file.extend_from_slice(&hb.finish(91));
         let hint = Hint::decode(&file).unwrap();
+        assert_eq!(hint.format, FORMAT_VERSION);
         assert_eq!(hint.segment_id, 3);
         assert_eq!(hint.segment_len, 91);
         let got: Vec<HintEntry> = hint.iter().map(|e| e.unwrap()).collect();
@@ -648,5 +758,162 @@ mod tests {
         let mut bad = m.clone();
         bad[13] ^= 1;
         assert!(decode_manifest(&bad).is_err());
+    }
+
+    /// A record with the given flags byte, its checksum made right (so only the header rules
+    /// can reject it).
+    fn record_with_flags(flags: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_record(&mut out, 9, 0, b"k", Some(b"state"), false);
+        out[20] = flags;
+        let crc = crc32c::crc32c(&out[4..]);
+        out[0..4].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn causal_records_are_format_2_only() {
+        let mut out = Vec::new();
+        encode_record(&mut out, 42, 0, b"key", Some(b"dvv+siblings"), true);
+        assert_eq!(out[20], FLAG_CAUSAL);
+        let r = decode_record(&out, 2).unwrap();
+        assert!(r.header.causal);
+        assert!(!r.header.tombstone);
+        assert_eq!(r.value, b"dvv+siblings");
+        // An empty causal value is a value, not a tombstone.
+        let mut empty = Vec::new();
+        encode_record(&mut empty, 43, 0, b"key", Some(b""), true);
+        let r = decode_record(&empty, 2).unwrap();
+        assert!(r.header.causal && !r.header.tombstone && r.value.is_empty());
+        // The same bytes in a format-1 segment: bit 1 is unknown there, the header is bad.
+        assert!(matches!(
+            decode_record(&out, 1),
+            Err(RecordError::BadHeader(_))
+        ));
+        assert!(matches!(
+            decode_record_header(&out, 1),
+            Err(RecordError::BadHeader(_))
+        ));
+        // Format 1 still reads its own records.
+        let plain = record_with_flags(0);
+        assert!(!decode_record(&plain, 1).unwrap().header.causal);
+        let mut tomb = Vec::new();
+        encode_record(&mut tomb, 7, 0, b"k", None, false);
+        assert!(decode_record(&tomb, 1).unwrap().header.tombstone);
+    }
+
+    #[test]
+    fn unknown_flags_and_causal_tombstones_are_bad_headers() {
+        for format in [1, 2] {
+            for bit in 2..8 {
+                let r = record_with_flags(1 << bit);
+                assert!(
+                    matches!(decode_record(&r, format), Err(RecordError::BadHeader(_))),
+                    "bit {bit} in format {format}"
+                );
+            }
+        }
+        // TOMBSTONE | CAUSAL (value_len 0): never valid.
+        let mut t = Vec::new();
+        encode_record(&mut t, 7, 0, b"k", None, false);
+        t[20] = FLAG_TOMBSTONE | FLAG_CAUSAL;
+        let crc = crc32c::crc32c(&t[4..]);
+        t[0..4].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            decode_record(&t, 2),
+            Err(RecordError::BadHeader(_))
+        ));
+    }
+
+    #[test]
+    fn formats_1_and_2_are_read_others_are_not() {
+        for format in 0..5u16 {
+            let h = SegmentHeader {
+                format,
+                kind: SegmentKind::Log,
+                id: 4,
+                origin_lo: 4,
+                origin_hi: 4,
+            };
+            let got = SegmentHeader::decode(&h.encode());
+            assert_eq!(
+                got.is_ok(),
+                format == 1 || format == 2,
+                "segment format {format}"
+            );
+            if let Ok(g) = got {
+                assert_eq!(g.format, format);
+            }
+            let mut m = encode_manifest(&[1, 2]);
+            m[4..6].copy_from_slice(&format.to_le_bytes());
+            let n = m.len() - 4;
+            let crc = crc32c::crc32c(&m[..n]);
+            m[n..].copy_from_slice(&crc.to_le_bytes());
+            assert_eq!(
+                decode_manifest(&m).is_ok(),
+                format == 1 || format == 2,
+                "manifest format {format}"
+            );
+        }
+        assert_eq!(FORMAT_VERSION, 2);
+        assert_eq!(FORMAT_VERSION_OLDEST_READ, 1);
+    }
+
+    #[test]
+    fn a_hint_has_its_segments_format_and_rules() {
+        let causal = RecordHeader {
+            version: 5,
+            expires_at_ms: 0,
+            tombstone: false,
+            causal: true,
+            key_len: 1,
+            value_len: 3,
+        };
+        let plain = RecordHeader {
+            causal: false,
+            ..causal
+        };
+        // Format 1: plain entries only.
+        let mut hb = HintBuilder::new(2, 1);
+        hb.add(&plain, 24, b"a");
+        let file = hb.finish(55);
+        let hint = Hint::decode(&file).unwrap();
+        assert_eq!(hint.format, 1);
+        assert_eq!(hint.iter().next().unwrap().unwrap().header, plain);
+        // A format-1 hint whose entry says CAUSAL (built as format 2, then relabelled and its
+        // checksum made right): a bad entry, the whole hint is refused.
+        let mut hb = HintBuilder::new(2, 2);
+        hb.add(&causal, 24, b"a");
+        let mut file = hb.finish(55);
+        assert!(
+            Hint::decode(&file)
+                .unwrap()
+                .iter()
+                .next()
+                .unwrap()
+                .unwrap()
+                .header
+                .causal
+        );
+        file[4..6].copy_from_slice(&1u16.to_le_bytes());
+        let n = file.len() - 4;
+        let crc = crc32c::crc32c(&file[..n]);
+        file[n..].copy_from_slice(&crc.to_le_bytes());
+        assert!(Hint::decode(&file).is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "causal record in a format-1 segment")]
+    fn a_format_1_hint_takes_no_causal_entry() {
+        let mut hb = HintBuilder::new(2, 1);
+        let h = RecordHeader {
+            version: 5,
+            expires_at_ms: 0,
+            tombstone: false,
+            causal: true,
+            key_len: 1,
+            value_len: 3,
+        };
+        hb.add(&h, 24, b"a");
     }
 }

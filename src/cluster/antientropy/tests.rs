@@ -26,6 +26,7 @@ fn put(aae: &mut AntiEntropy, store: &mut MemoryStore, key: &[u8], v: u64, tomb:
             value: if tomb { None } else { Some(b"value") },
             version: Version(v),
             expires_at_ms: 0,
+            causal: false,
         })
         .unwrap();
 }
@@ -107,6 +108,7 @@ fn the_guard_refuses_old_writes_for_absent_keys_below_the_horizon() {
         value: Some(b"value"),
         version: Version(old),
         expires_at_ms: 0,
+        causal: false,
     };
     // A coordinator's write is refused (never acknowledged as "stale")...
     assert!(a.tracked(&mut s).apply(w).is_err());
@@ -185,6 +187,7 @@ fn large_values_move_in_bounded_messages() {
                     value: Some(value),
                     version: v,
                     expires_at_ms: 0,
+                    causal: false,
                 })
                 .unwrap();
         }
@@ -394,6 +397,7 @@ fn buffered_writes_undone_by_a_failed_flush_leave_the_tree() {
         value: Some(b"value"),
         version: Version(v),
         expires_at_ms: 0,
+        causal: false,
     };
     a.tracked(&mut s).apply(w(1)).unwrap();
     let root1 = a.index().tree(p).map(|t| t.root_from_scratch());

@@ -154,6 +154,7 @@ impl Store for Tracked<'_> {
                     version: w.version,
                     tombstone: w.value.is_none(),
                     expires_at_ms: w.expires_at_ms,
+                    causal: w.causal,
                 },
             );
         }
@@ -260,6 +261,7 @@ impl AntiEntropy {
                     version: s.version,
                     tombstone: s.value.is_none(),
                     expires_at_ms: s.expires_at_ms,
+                    causal: s.causal,
                 },
             ),
             Ok(None) | Err(_) => self.forget(key),

@@ -157,6 +157,7 @@ impl Record {
             value: self.value.as_deref(),
             version: Version(self.version),
             expires_at_ms: self.expires_at_ms,
+            causal: false,
         }
     }
 }

@@ -91,6 +91,7 @@ impl OwnedWrite {
             value: self.value.as_deref(),
             version: self.version,
             expires_at_ms: self.expires_at_ms,
+            causal: false,
         }
     }
 

@@ -169,6 +169,7 @@ fn read_answers_newest_then_repairs_stale_and_missing() {
         version: Version(v),
         expires_at_ms: 0,
         value: val.map(|x| x.to_vec()),
+        causal: false,
     };
     c.on_read_reply(1_000, 1, id, Ok(Some(rec(5, Some(b"old")))));
     c.on_read_reply(1_001, 2, id, Ok(Some(rec(9, Some(b"new")))));
@@ -246,6 +247,7 @@ fn read_repair_can_be_switched_off() {
         version: Version(9),
         expires_at_ms: 0,
         value: Some(b"v".to_vec()),
+        causal: false,
     };
     c.on_read_reply(0, 2, id, Ok(Some(newer)));
     let acts = drain(&mut c);
@@ -522,6 +524,7 @@ fn stored(v: u64) -> Option<Stored> {
         value: Some(b"v".to_vec()),
         version: Version(v),
         expires_at_ms: 0,
+        causal: false,
     })
 }
 

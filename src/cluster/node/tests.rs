@@ -63,6 +63,7 @@ fn replicate(n: &mut ClusterNode<u32>, store: &mut MemoryStore, version: Version
         value: Some(b"v"),
         version,
         expires_at_ms: 0,
+        causal: false,
     };
     peer::put_replicate(&mut req, 5, 0, n.ring().version(), &w);
     let (f, _) = frame::parse(&req).unwrap().unwrap();
@@ -316,6 +317,7 @@ fn replicas_refuse_senders_with_a_stale_ring() {
                 value: Some(b"v"),
                 version: Version::new(NOW, 0, 2),
                 expires_at_ms: 0,
+                causal: false,
             };
             peer::put_replicate(&mut req, 5, 0, ring, &w);
         }

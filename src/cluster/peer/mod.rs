@@ -384,6 +384,7 @@ impl<'a> PeerRequest<'a> {
                         value,
                         version,
                         expires_at_ms,
+                        causal: false,
                     },
                     aux,
                     ring,
@@ -717,11 +718,13 @@ impl PeerReply {
                         version,
                         expires_at_ms,
                         value: Some(value.to_vec()),
+                        causal: false,
                     }),
                     2 if value.is_empty() => Some(Stored {
                         version,
                         expires_at_ms,
                         value: None,
+                        causal: false,
                     }),
                     s => {
                         return Err(bad(format!(

@@ -30,6 +30,7 @@ fn replicate_round_trips() {
             value,
             version: Version(0x0102_0304_0506_0708),
             expires_at_ms: 99,
+            causal: false,
         };
         let mut out = Vec::new();
         put_replicate(&mut out, 5, aux, 42, &w);
@@ -52,6 +53,7 @@ fn replicate_golden_bytes() {
         value: Some(b"v"),
         version: Version(7),
         expires_at_ms: 0,
+        causal: false,
     };
     put_replicate(&mut out, 1, 0, 3, &w);
     let expect: Vec<u8> = [
@@ -91,16 +93,19 @@ fn acks_and_reads_round_trip() {
             version: Version(9),
             expires_at_ms: 5,
             value: Some(b"hello".to_vec()),
+            causal: false,
         })),
         Ok(Some(Stored {
             version: Version(10),
             expires_at_ms: 0,
             value: None,
+            causal: false,
         })),
         Ok(Some(Stored {
             version: Version(11),
             expires_at_ms: 0,
             value: Some(Vec::new()),
+            causal: false,
         })),
     ];
     for r in records {
@@ -313,6 +318,7 @@ fn truncated_and_garbage_bodies_are_errors() {
             value: Some(b"value"),
             version: Version(1),
             expires_at_ms: 0,
+            causal: false,
         },
     );
     frames.push(out.clone());

@@ -25,7 +25,9 @@ use super::names::hint_name;
 use super::{LogStore, Segment};
 use crate::limits::APPEND_BUFFER_BYTES_MAX;
 use crate::storage::keydir::Loc;
-use crate::storage::record::{decode_record_header, RECORD_HEADER_SIZE, RECORD_SIZE_MAX};
+use crate::storage::record::{
+    decode_record_header, FORMAT_VERSION, RECORD_HEADER_SIZE, RECORD_SIZE_MAX,
+};
 use crate::storage::vfs::Vfs;
 use crate::storage::StoreError;
 use std::io;
@@ -123,7 +125,9 @@ impl<V: Vfs> LogStore<V> {
         let pending = std::mem::take(&mut self.pending);
         for u in undo.iter().rev() {
             let rel = (u.at - self.pending_at) as usize;
-            let h = decode_record_header(&pending[rel..]).expect("buffered records are whole");
+            // Buffered records are this build's (the active segment is always of its format).
+            let h = decode_record_header(&pending[rel..], FORMAT_VERSION)
+                .expect("buffered records are whole");
             let key =
                 &pending[rel + RECORD_HEADER_SIZE..rel + RECORD_HEADER_SIZE + h.key_len as usize];
             let Some(held) = self.keydir.get(key) else {

@@ -10,7 +10,7 @@ use crate::storage::keydir::{expiry_s_of, Loc};
 use crate::storage::policy::{self, Plan, SegmentFigures, Thresholds};
 use crate::storage::record::{
     encode_manifest, encode_record, Hint, HintBuilder, RecordHeader, SegmentHeader, SegmentKind,
-    SEGMENT_HEADER_SIZE,
+    FORMAT_VERSION, SEGMENT_HEADER_SIZE,
 };
 use crate::storage::vfs::Vfs;
 use crate::storage::StoreError;
@@ -221,9 +221,9 @@ impl<V: Vfs> LogStore<V> {
         }
         let input = job.inputs[job.cursor];
         let seg = &self.segments[&input];
-        let sc = job
-            .scanner
-            .get_or_insert_with(|| Scanner::new(SEGMENT_HEADER_SIZE as u64, seg.len));
+        let sc = job.scanner.get_or_insert_with(|| {
+            Scanner::new(SEGMENT_HEADER_SIZE as u64, seg.len, seg.header.format)
+        });
         let item = sc.next(&self.vfs, &seg.file)?;
         match item {
             Scan::End => {
@@ -265,6 +265,7 @@ impl<V: Vfs> LogStore<V> {
                         version: h.version,
                         expires_at_ms: 0,
                         tombstone: true,
+                        causal: false,
                         key_len: h.key_len,
                         value_len: 0,
                     };
@@ -295,8 +296,11 @@ impl<V: Vfs> LogStore<V> {
             self.commit_output(job)?;
         }
         if job.out.is_none() {
-            let id = self.next_id;
+            // Outputs are of this build's format, whatever their inputs' (a format-1 record
+            // is copied into a format-2 segment as it is: its flags mean the same there).
+            let id = self.new_segment_id()?;
             let header = SegmentHeader {
+                format: FORMAT_VERSION,
                 kind: SegmentKind::Compacted,
                 id,
                 origin_lo: job.origin_lo,
@@ -317,12 +321,19 @@ impl<V: Vfs> LogStore<V> {
                 header,
                 len: SEGMENT_HEADER_SIZE as u64,
                 buf: Vec::new(),
-                hint: HintBuilder::new(id),
+                hint: HintBuilder::new(id, FORMAT_VERSION),
             });
         }
         let out = job.out.as_mut().expect("opened above");
         let at = out.len;
-        encode_record(&mut out.buf, h.version, h.expires_at_ms, key, value);
+        encode_record(
+            &mut out.buf,
+            h.version,
+            h.expires_at_ms,
+            key,
+            value,
+            h.causal,
+        );
         out.hint.add(h, at as u32, key);
         out.len += len;
         if out.buf.len() >= SCAN_CHUNK_SIZE {
@@ -401,6 +412,7 @@ impl<V: Vfs> LogStore<V> {
                     Some(e.header.value_len)
                 },
                 expires_at_s: expiry_s_of(e.header.expires_at_ms),
+                causal: e.header.causal,
             };
             self.keydir
                 .insert(e.key, loc)

@@ -19,6 +19,7 @@
 //!   scrub.rs       damage at rest: record checks, forgetting damaged keys, the scrub
 //!   snapshot.rs    snapshots: seal, hard-link the segments and hints, a checksummed manifest
 //!   tests.rs       unit tests
+//!   causal_tests.rs  unit tests of causal records and of format-1 segments
 //! ```
 //!
 //! ## Files (one directory per shard)
@@ -87,7 +88,11 @@
 //!    scanning resumes at the next valid record; the rest of the data is served. (If the bad
 //!    record was a key's newest, its previous record, if still on disk, is served instead:
 //!    the damaged one cannot be attributed to a key.)
-//! 3. The newest log segment, if it has no hint, becomes the active segment again.
+//! 3. The newest log segment, if it has no hint and is of this build's format, becomes the
+//!    active segment again. One of an older format is sealed instead (a hint is written for
+//!    it) and writes go to a new segment: nothing is appended to an old-format segment.
+//!    Segments, hints and manifests of every format this build reads (`record.rs`, "Format
+//!    versions") load alike, each segment's records read by its own format's rules.
 //!
 //! ## Compaction
 //! What to compact is decided by [`super::policy::plan`] from the segments' figures and the
@@ -101,7 +106,8 @@
 //! advanced one record per budget unit (and at most [`COMPACTION_STEP_BYTES_MAX`] scanned
 //! per call) by [`Store::maintenance`]:
 //! 1. copy each input record the keydir still points at into an output written as
-//!    `N.compact`; expired values become tombstones (or are dropped, below);
+//!    `N.compact`, in this build's format whatever the input's (flags kept: a causal record
+//!    stays causal); expired values become tombstones (or are dropped, below);
 //! 2. when an output is full or the inputs are done: fsync it, write its hint, rename it to
 //!    `N.seg`, fsync the directory, then point the keydir at the copies (keys not rewritten
 //!    meanwhile);
@@ -390,11 +396,12 @@ impl<V: Vfs> Store for LogStore<V> {
             }
             Err(e) => return Err(StoreError::Io(e)),
         }
-        if let Some(why) = record_damage(&buf, key, &loc) {
+        let format = self.segments[&loc.segment].header.format;
+        if let Some(why) = record_damage(&buf, key, &loc, format) {
             let msg = self.forget_damaged(key, &loc, &why);
             return Err(StoreError::Corrupt(msg));
         }
-        let h = decode_record_header(&buf).expect("decoded above");
+        let h = decode_record_header(&buf, format).expect("decoded above");
         let value = if h.tombstone {
             None
         } else {
@@ -405,6 +412,7 @@ impl<V: Vfs> Store for LogStore<V> {
             version: Version(h.version),
             expires_at_ms: h.expires_at_ms,
             value,
+            causal: h.causal,
         }))
     }
 
@@ -599,6 +607,7 @@ impl<V: Vfs> Store for LogStore<V> {
                     version: Version(loc.version),
                     tombstone: loc.value_len.is_none(),
                     expires_at_ms: u64::from(loc.expires_at_s) * 1000,
+                    causal: loc.causal,
                 },
             );
         }
@@ -636,5 +645,7 @@ impl<V: Vfs> Store for LogStore<V> {
     }
 }
 
+#[cfg(test)]
+mod causal_tests;
 #[cfg(test)]
 mod tests;

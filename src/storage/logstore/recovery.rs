@@ -5,11 +5,11 @@
 use super::names::{hint_name, parse_id, segment_name, MANIFEST_NAME};
 use super::scan::{Scan, Scanner};
 use super::{Counters, LogConfig, LogStore, Segment};
-use crate::limits::{RECOVERY_REPORT_CORRUPT_LISTED_MAX, SEGMENT_SIZE_MAX_LIMIT};
+use crate::limits::{RECOVERY_REPORT_CORRUPT_LISTED_MAX, SEGMENT_ID_MAX, SEGMENT_SIZE_MAX_LIMIT};
 use crate::storage::keydir::{expiry_s_of, KeyDir, Loc, Upsert};
 use crate::storage::policy::Pressure;
 use crate::storage::record::{
-    decode_manifest, Hint, HintBuilder, RecordHeader, SegmentHeader, SegmentKind,
+    decode_manifest, Hint, HintBuilder, RecordHeader, SegmentHeader, SegmentKind, FORMAT_VERSION,
     SEGMENT_HEADER_SIZE,
 };
 use crate::storage::vfs::Vfs;
@@ -192,7 +192,19 @@ impl<V: Vfs> LogStore<V> {
             names = self.vfs.list(&self.dir)?;
         }
 
-        let seg_ids: Vec<u32> = names.iter().filter_map(|n| parse_id(n, ".seg")).collect();
+        let mut seg_ids: Vec<u32> = names.iter().filter_map(|n| parse_id(n, ".seg")).collect();
+        seg_ids.retain(|&id| {
+            // No store writes such an id (see SEGMENT_ID_MAX); the keydir could not hold it.
+            let ok = id <= SEGMENT_ID_MAX;
+            if !ok {
+                report.corrupt(
+                    id,
+                    0,
+                    format!("segment id above {SEGMENT_ID_MAX}: not loaded"),
+                );
+            }
+            ok
+        });
         for name in &names {
             if let Some(id) = parse_id(name, ".hint") {
                 if !seg_ids.contains(&id) {
@@ -289,9 +301,15 @@ impl<V: Vfs> LogStore<V> {
             }
             report.segments_scanned += 1;
             let is_newest = Some(id) == newest_log;
-            let mut hint = HintBuilder::new(id);
+            let mut hint = HintBuilder::new(id, header.format);
             self.scan_segment(id, is_newest, &mut hint, &mut report)?;
-            if is_newest && self.segments[&id].len < self.config.segment_size_max {
+            // Writes go on in the newest log segment if it has room, and only if it is of this
+            // build's format: a segment of an older one is sealed (nothing is ever appended to
+            // it; see record.rs, "Format versions") and writes go to a new segment.
+            if is_newest
+                && self.segments[&id].len < self.config.segment_size_max
+                && header.format == FORMAT_VERSION
+            {
                 reopen_active = Some((id, hint));
             } else if !self.segments[&id].damaged {
                 // (A damaged segment gets no hint: it is scanned, and its damage reported,
@@ -313,7 +331,7 @@ impl<V: Vfs> LogStore<V> {
                 let id = self.create_log_segment()?;
                 self.active = id;
                 self.pending_at = self.segments[&id].len;
-                self.start_active_hint(id, HintBuilder::new(id));
+                self.start_active_hint(id, HintBuilder::new(id, FORMAT_VERSION));
             }
         }
         // 5. Map every segment for reads (the new active one was mapped when created).
@@ -346,6 +364,13 @@ impl<V: Vfs> LogStore<V> {
     ) -> Result<bool, String> {
         let bytes = self.read_whole(name).map_err(|e| e.to_string())?;
         let hint = Hint::decode(&bytes)?;
+        let format = self.segments[&id].header.format;
+        if hint.format != format {
+            return Err(format!(
+                "hint of format {}, segment of format {format}",
+                hint.format
+            ));
+        }
         if hint.segment_id != id || hint.segment_len != seg_len {
             return Err(format!(
                 "hint covers segment {} of {} bytes, file is segment {id} of {seg_len}",
@@ -377,7 +402,8 @@ impl<V: Vfs> LogStore<V> {
         report: &mut RecoveryReport,
     ) -> Result<(), StoreError> {
         let len = self.segments[&id].len;
-        let mut sc = Scanner::new(SEGMENT_HEADER_SIZE as u64, len);
+        let format = self.segments[&id].header.format;
+        let mut sc = Scanner::new(SEGMENT_HEADER_SIZE as u64, len, format);
         // Bounded: every iteration moves the scanner forward or ends.
         loop {
             let item = sc.next(&self.vfs, &self.segments[&id].file)?;
@@ -435,6 +461,7 @@ impl<V: Vfs> LogStore<V> {
             offset,
             value_len: if h.tombstone { None } else { Some(h.value_len) },
             expires_at_s: expiry_s_of(h.expires_at_ms),
+            causal: h.causal,
         };
         let outcome = self
             .keydir

@@ -10,6 +10,8 @@ use std::io;
 
 /// Reads a segment's records in order through a buffer.
 pub(super) struct Scanner {
+    /// The segment's format (its records are read by that format's rules).
+    format: u16,
     /// File offset of the next record.
     offset: u64,
     file_len: u64,
@@ -28,8 +30,10 @@ pub(super) enum Scan {
 }
 
 impl Scanner {
-    pub(super) fn new(start: u64, file_len: u64) -> Scanner {
+    /// A scanner of a segment of format `format` and `file_len` bytes, from offset `start`.
+    pub(super) fn new(start: u64, file_len: u64, format: u16) -> Scanner {
         Scanner {
+            format,
             offset: start,
             file_len,
             buf: Vec::new(),
@@ -62,12 +66,12 @@ impl Scanner {
             return Ok(Scan::End);
         }
         self.fill(vfs, file, RECORD_HEADER_SIZE)?;
-        let h = match decode_record_header(self.avail()) {
+        let h = match decode_record_header(self.avail(), self.format) {
             Ok(h) => h,
             Err(e) => return Ok(Scan::Bad(self.offset, e)),
         };
         self.fill(vfs, file, h.record_len())?;
-        match decode_record(self.avail()) {
+        match decode_record(self.avail(), self.format) {
             Ok(_) => {
                 let at = self.offset;
                 self.last = (self.offset - self.buf_at) as usize;
@@ -105,9 +109,9 @@ impl Scanner {
         while at + RECORD_HEADER_SIZE as u64 <= self.file_len {
             self.offset = at;
             self.fill(vfs, file, RECORD_HEADER_SIZE)?;
-            if let Ok(h) = decode_record_header(self.avail()) {
+            if let Ok(h) = decode_record_header(self.avail(), self.format) {
                 self.fill(vfs, file, h.record_len())?;
-                if decode_record(self.avail()).is_ok() {
+                if decode_record(self.avail(), self.format).is_ok() {
                     return Ok(true);
                 }
             }

@@ -8,10 +8,18 @@ use crate::storage::keydir::Loc;
 use crate::storage::record::decode_record;
 use crate::storage::vfs::Vfs;
 
-/// Why the bytes read for `key` at `loc` are not its record, if they are not.
-pub(super) fn record_damage(buf: &[u8], key: &[u8], loc: &Loc) -> Option<String> {
-    match decode_record(buf) {
-        Ok(r) if r.key == key && r.header.version == loc.version => None,
+/// Why the bytes read for `key` at `loc` (in a segment of format `format`) are not its record,
+/// if they are not.
+pub(super) fn record_damage(buf: &[u8], key: &[u8], loc: &Loc, format: u16) -> Option<String> {
+    match decode_record(buf, format) {
+        Ok(r)
+            if r.key == key
+                && r.header.version == loc.version
+                && r.header.tombstone == loc.value_len.is_none()
+                && r.header.causal == loc.causal =>
+        {
+            None
+        }
         Ok(_) => Some("record does not match the keydir".to_string()),
         Err(e) => Some(e.to_string()),
     }
@@ -70,8 +78,9 @@ impl<V: Vfs> LogStore<V> {
             }
             buf.clear();
             buf.resize(record_len(key.len(), loc.value_len) as usize, 0);
+            let format = self.segments[&loc.segment].header.format;
             let damage = match self.read_segment(loc.segment, loc.offset as u64, &mut buf) {
-                Ok(()) => record_damage(&buf, &key, &loc).map(Ok),
+                Ok(()) => record_damage(&buf, &key, &loc, format).map(Ok),
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Some(Err(e)),
                 // Any other I/O error is not proof of damage: leave the key, try again next
                 // pass.

@@ -26,6 +26,7 @@ fn put(s: &mut LogStore<MemVfs>, key: &str, value: &str, v: u64) {
             value: Some(value.as_bytes()),
             version: Version(v),
             expires_at_ms: 0,
+            causal: false,
         })
         .unwrap();
     assert_eq!(r, Applied::Stored);
@@ -95,7 +96,7 @@ fn torn_tail_of_newest_segment_is_truncated_and_synced_data_kept() {
     s.sync().unwrap();
     drop(s);
     let mut rec = Vec::new();
-    encode_record(&mut rec, 5, 0, b"e", Some(b"55555"));
+    encode_record(&mut rec, 5, 0, b"e", Some(b"55555"), false);
     let mut f = vfs.open(&active).unwrap();
     vfs.append(&mut f, &rec[..rec.len() - 3]).unwrap();
     vfs.sync(&mut f).unwrap();
@@ -205,6 +206,7 @@ fn disk_full_refuses_the_write_and_loses_nothing() {
         value: Some(&[7u8; 100]),
         version: Version(2),
         expires_at_ms: 0,
+        causal: false,
     })
     .unwrap();
     assert!(s.unflushed());
@@ -239,6 +241,7 @@ fn failed_fsync_is_sticky_and_reads_keep_working() {
         value: Some(b"2"),
         version: Version(2),
         expires_at_ms: 0,
+        causal: false,
     });
     assert!(matches!(r, Err(StoreError::WritesRefused(_))));
     assert_eq!(value(&mut s, "a").as_deref(), Some("1"));
@@ -273,6 +276,7 @@ fn compaction_reclaims_overwrites_and_drops_expired_and_old_tombstones() {
         value: None,
         version: Version(v),
         expires_at_ms: 0,
+        causal: false,
     })
     .unwrap();
     v += 1;
@@ -281,6 +285,7 @@ fn compaction_reclaims_overwrites_and_drops_expired_and_old_tombstones() {
         value: Some(b"ttl"),
         version: Version(v),
         expires_at_ms: 5_000,
+        causal: false,
     })
     .unwrap();
     // Push everything into sealed segments.
@@ -341,6 +346,7 @@ fn expired_values_alone_trigger_compaction() {
             value: Some(&[b't'; 40]),
             version: Version(i + 1),
             expires_at_ms: 10_000 + i,
+            causal: false,
         })
         .unwrap();
     }
@@ -381,6 +387,7 @@ fn tombstones_are_kept_below_the_default_horizon() {
         value: None,
         version: Version(2),
         expires_at_ms: 0,
+        causal: false,
     })
     .unwrap();
     for i in 0..100u64 {
@@ -401,6 +408,7 @@ fn tombstones_are_kept_below_the_default_horizon() {
             value: Some(b"old"),
             version: Version(1),
             expires_at_ms: 0,
+            causal: false,
         })
         .unwrap();
     assert_eq!(
@@ -445,6 +453,7 @@ fn a_disk_full_of_overwritten_data_is_refused_before_enospc_and_recovers() {
             value: Some(val.as_bytes()),
             version: Version(v),
             expires_at_ms: 0,
+            causal: false,
         };
         match s.apply(w) {
             Ok(_) => {
@@ -590,6 +599,7 @@ fn an_early_write_that_fails_is_reported_by_the_turns_flush() {
             value: Some(&value),
             version: Version(i + 1),
             expires_at_ms: 0,
+            causal: false,
         });
         if r.is_err() {
             refused_at = Some(i);

@@ -5,11 +5,11 @@
 use super::buffer::PendingRecord;
 use super::names::{hint_name, segment_name};
 use super::{record_len, LogStore, Segment};
-use crate::limits::{HINT_WRITE_CHUNK_SIZE, KEY_SIZE_MAX, VALUE_SIZE_MAX};
+use crate::limits::{HINT_WRITE_CHUNK_SIZE, KEY_SIZE_MAX, SEGMENT_ID_MAX, VALUE_SIZE_MAX};
 use crate::storage::keydir::{expiry_s_of, Loc};
 use crate::storage::record::{
-    encode_record, HintBuilder, RecordHeader, SegmentHeader, SegmentKind, HINT_ENTRY_HEADER_SIZE,
-    SEGMENT_HEADER_SIZE,
+    encode_record, HintBuilder, RecordHeader, SegmentHeader, SegmentKind, FORMAT_VERSION,
+    HINT_ENTRY_HEADER_SIZE, SEGMENT_HEADER_SIZE,
 };
 use crate::storage::vfs::Vfs;
 use crate::storage::{Applied, StoreError, Write};
@@ -46,11 +46,24 @@ impl<V: Vfs> LogStore<V> {
         }
     }
 
-    /// Create a new, empty, durable log segment, mapped to become the active one; returns its
-    /// id.
+    /// The id for a new segment (log or compaction output), taken from `next_id` by the
+    /// caller once the file exists. Refused past [`SEGMENT_ID_MAX`] (the keydir keeps 31
+    /// bits of a segment id).
+    pub(super) fn new_segment_id(&self) -> Result<u32, StoreError> {
+        if self.next_id > SEGMENT_ID_MAX {
+            let why = format!("segment ids exhausted (the highest is {SEGMENT_ID_MAX})");
+            log::error!("storage: {why}");
+            return Err(refused_error(&why));
+        }
+        Ok(self.next_id)
+    }
+
+    /// Create a new, empty, durable log segment (of this build's format), mapped to become
+    /// the active one; returns its id.
     pub(super) fn create_log_segment(&mut self) -> Result<u32, StoreError> {
-        let id = self.next_id;
+        let id = self.new_segment_id()?;
         let header = SegmentHeader {
+            format: FORMAT_VERSION,
             kind: SegmentKind::Log,
             id,
             origin_lo: id,
@@ -142,7 +155,7 @@ impl<V: Vfs> LogStore<V> {
                     .remove(&self.path(&format!("{}.tmp", hint_name(old))));
             }
         }
-        self.start_active_hint(new, HintBuilder::new(new));
+        self.start_active_hint(new, HintBuilder::new(new, FORMAT_VERSION));
         Ok(())
     }
 
@@ -184,6 +197,9 @@ impl<V: Vfs> LogStore<V> {
                 "key or value over the size limit",
             )));
         }
+        if w.causal && w.value.is_none() {
+            return Err(crate::storage::causal_tombstone_error());
+        }
         let held = self.keydir.get(w.key);
         if let Some(h) = held {
             if h.version >= w.version.0 {
@@ -211,6 +227,7 @@ impl<V: Vfs> LogStore<V> {
             offset: at as u32,
             value_len,
             expires_at_s: expiry_s_of(w.expires_at_ms),
+            causal: w.causal,
         };
         let old = match self.keydir.insert(w.key, loc) {
             Ok(old) => old,
@@ -223,6 +240,7 @@ impl<V: Vfs> LogStore<V> {
             w.expires_at_ms,
             w.key,
             w.value,
+            w.causal,
         );
         self.pending_undo.push(PendingRecord { at, old });
         self.segments.get_mut(&active).expect("active exists").len += len;
@@ -237,6 +255,7 @@ impl<V: Vfs> LogStore<V> {
             version: w.version.0,
             expires_at_ms: w.expires_at_ms,
             tombstone: w.value.is_none(),
+            causal: w.causal,
             key_len: w.key.len() as u16,
             value_len: value_len.unwrap_or(0),
         };
