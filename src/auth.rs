@@ -46,6 +46,30 @@ pub const NONCE_SIZE: usize = 32;
 /// Bytes of a handshake proof (an HMAC-SHA256 tag).
 pub const PROOF_SIZE: usize = 32;
 
+/// The byte a node of a `--conflicts siblings` cluster appends to its nonce in a peer HELLO
+/// (and to its HELLO reply): peers must agree on how conflicts are resolved, and a node of the
+/// other mode is refused with a message that says so (protocol.md § 8.1). A `lww` node appends
+/// nothing, so its handshake is byte for byte that of the nodes before the mode existed.
+pub const CONFLICTS_SIBLINGS_BYTE: u8 = 1;
+
+/// The conflict mode a peer announced after its nonce: `None` when the bytes say nothing
+/// valid (a length or a byte this build does not know).
+pub fn conflicts_announced(after_nonce: &[u8]) -> Option<crate::cluster::Conflicts> {
+    match after_nonce {
+        [] => Some(crate::cluster::Conflicts::Lww),
+        [CONFLICTS_SIBLINGS_BYTE] => Some(crate::cluster::Conflicts::Siblings),
+        _ => None,
+    }
+}
+
+/// What a node of mode `c` appends after its nonce (see [`CONFLICTS_SIBLINGS_BYTE`]).
+pub fn conflicts_suffix(c: crate::cluster::Conflicts) -> &'static [u8] {
+    match c {
+        crate::cluster::Conflicts::Lww => &[],
+        crate::cluster::Conflicts::Siblings => &[CONFLICTS_SIBLINGS_BYTE],
+    }
+}
+
 /// A handshake nonce: fresh random bytes from the OS, one per connection and side.
 pub type Nonce = [u8; NONCE_SIZE];
 

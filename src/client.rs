@@ -318,6 +318,51 @@ impl Client {
         version_of(expect_ok(r)?)
     }
 
+    /// Siblings mode: GET with the causal flag: every live sibling and the causal context to
+    /// write back (protocol.md § 19).
+    pub fn get_siblings(
+        &mut self,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<Siblings, ClientError> {
+        siblings_of(self.call(&Request::CausalGet { key, consistency })?)
+    }
+
+    /// Siblings mode: PUT carrying the causal `context` of a GET (empty: a blind write, kept
+    /// beside what is there): it supersedes exactly the siblings that GET returned.
+    pub fn put_with_context(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        ttl_seconds: u32,
+        context: &[u8],
+        consistency: Consistency,
+    ) -> Result<u64, ClientError> {
+        let r = self.call(&Request::CausalPut {
+            key,
+            value,
+            ttl_seconds,
+            context,
+            consistency,
+        })?;
+        version_of(expect_ok(r)?)
+    }
+
+    /// Siblings mode: DELETE what the causal `context` of a GET saw.
+    pub fn delete_with_context(
+        &mut self,
+        key: &[u8],
+        context: &[u8],
+        consistency: Consistency,
+    ) -> Result<u64, ClientError> {
+        let r = self.call(&Request::CausalDelete {
+            key,
+            context,
+            consistency,
+        })?;
+        version_of(expect_ok(r)?)
+    }
+
     /// STATS as text.
     pub fn stats(&mut self) -> Result<String, ClientError> {
         Ok(expect_ok(self.call(&Request::Stats)?)?.text())
@@ -375,6 +420,33 @@ impl Client {
 }
 
 /// A GET reply: the version and value, or `None` for NOT_FOUND.
+/// What a causal GET found (siblings mode).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Siblings {
+    /// The causal context: send it back with the next PUT or DELETE of the key.
+    pub context: Vec<u8>,
+    /// The live siblings, (version, value), in the node's stable order; empty: not found.
+    pub values: Vec<(u64, Vec<u8>)>,
+}
+
+fn siblings_of(r: Reply) -> Result<Siblings, ClientError> {
+    let found = r.status() == Some(Status::Ok);
+    if !found && r.status() != Some(Status::NotFound) {
+        expect_ok(r)?;
+        return Err(ClientError::Protocol(
+            "a causal GET answered OK twice".into(),
+        ));
+    }
+    let decoded = crate::protocol::siblings::decode_causal_get_reply(&r.body, found)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    Ok(Siblings {
+        context: decoded.context.to_vec(),
+        values: (decoded.values.iter())
+            .map(|&(v, value)| (v, value.to_vec()))
+            .collect(),
+    })
+}
+
 fn found(r: Reply) -> Result<Option<(u64, Vec<u8>)>, ClientError> {
     if r.status() == Some(Status::NotFound) {
         return Ok(None);
@@ -626,6 +698,51 @@ impl RingClient {
     /// DELETE: the tombstone's version.
     pub fn delete(&mut self, key: &[u8], consistency: Consistency) -> Result<u64, ClientError> {
         let r = self.call(&Request::Delete { key, consistency })?;
+        version_of(expect_ok(r)?)
+    }
+
+    /// Siblings mode: GET with the causal flag: every live sibling and the causal context to
+    /// write back (protocol.md § 19).
+    pub fn get_siblings(
+        &mut self,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<Siblings, ClientError> {
+        siblings_of(self.call(&Request::CausalGet { key, consistency })?)
+    }
+
+    /// Siblings mode: PUT carrying the causal `context` of a GET (empty: a blind write, kept
+    /// beside what is there): it supersedes exactly the siblings that GET returned.
+    pub fn put_with_context(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        ttl_seconds: u32,
+        context: &[u8],
+        consistency: Consistency,
+    ) -> Result<u64, ClientError> {
+        let r = self.call(&Request::CausalPut {
+            key,
+            value,
+            ttl_seconds,
+            context,
+            consistency,
+        })?;
+        version_of(expect_ok(r)?)
+    }
+
+    /// Siblings mode: DELETE what the causal `context` of a GET saw.
+    pub fn delete_with_context(
+        &mut self,
+        key: &[u8],
+        context: &[u8],
+        consistency: Consistency,
+    ) -> Result<u64, ClientError> {
+        let r = self.call(&Request::CausalDelete {
+            key,
+            context,
+            consistency,
+        })?;
         version_of(expect_ok(r)?)
     }
 }

@@ -1672,7 +1672,7 @@ const AE_NOW_MS: u64 = 1_764_000_001_000;
 /// key hashes), so one AE_KEYS round compares both.
 const AE_KEYS: [&[u8]; 2] = [b"hello", b"key:286008"];
 
-fn ae_core(id: u32, store: &MemoryStore) -> AntiEntropy {
+fn ae_core(id: u32, store: &mut MemoryStore) -> AntiEntropy {
     let mut config =
         ClusterConfig::build(id, "1=127.0.0.1:7001,2=127.0.0.1:7002", 2).expect("config");
     config.validate().expect("valid config");
@@ -1696,7 +1696,7 @@ fn membership_core(id: u32) -> AntiEntropy {
     let mut a = AntiEntropy::new(&config, Ring::new(&[1, 2], 2), AE_NOW_MS);
     a.set_shard(0, limits::PARTITION_COUNT);
     a.set_clock_offset(Some(0));
-    a.build(&MemoryStore::new()).expect("build");
+    a.build(&mut MemoryStore::new()).expect("build");
     a
 }
 
@@ -1717,7 +1717,7 @@ fn ae_exchange() -> Vec<Vec<u8>> {
     let (mut s1, mut s2) = (MemoryStore::new(), MemoryStore::new());
     put(&mut s2, AE_KEYS[0], b"world", 2);
     put(&mut s1, AE_KEYS[1], b"v", 1);
-    let (mut a1, mut a2) = (ae_core(1, &s1), ae_core(2, &s2));
+    let (mut a1, mut a2) = (ae_core(1, &mut s1), ae_core(2, &mut s2));
     // Node 2's membership shard: it reports the node's exchanges to the leader (AE_STATUS)
     // and hands the horizons it learns to the other shards (as the view mail does).
     let mut m2 = membership_core(2);
@@ -1892,8 +1892,8 @@ fn peer_vectors_in_protocol_md_match_the_cluster_codec() {
         }
         assert!((op::PEER_FIRST..=op::PEER_LAST).contains(opcode));
     }
-    let store = MemoryStore::new();
-    let mut a = ae_core(1, &store);
+    let mut store = MemoryStore::new();
+    let mut a = ae_core(1, &mut store);
     for opcode in op::PEER_FIRST..=op::PEER_LAST {
         if PEER_OPS.iter().any(|(_, o)| *o == opcode) {
             continue;

@@ -25,6 +25,18 @@
 //! any failure                                    -> ERR <CODE> <message>
 //! ```
 //!
+//! On a node of a `--conflicts siblings` cluster (its STATS say `conflicts_siblings 1`),
+//! keyed commands speak the causal protocol (protocol.md § 19) and take `ctx=HEX` beside their
+//! other options, in any order:
+//!
+//! ```text
+//! GET key [ONE|QUORUM|ALL]                       -> "v1" "v2" ... ctx=HEX (every sibling,
+//!                                                   quoted, in the node's stable order) |
+//!                                                   (not found) ctx=HEX
+//! PUT key value [...] [ctx=HEX]                  -> OK (without ctx: kept beside the siblings)
+//! DEL key ctx=HEX [ONE|QUORUM|ALL]               -> OK (deletes what that GET saw)
+//! ```
+//!
 //! Tokens with spaces or bytes outside printable ASCII are written in double quotes, with
 //! `\xNN` for such bytes and `\"`, `\\` for quote and backslash, in input and output alike.
 
@@ -135,44 +147,150 @@ fn server_err(e: &ClientError) -> String {
     }
 }
 
-/// Options after the key: a consistency word and/or `ttl=SECONDS`.
-fn parse_options(words: &[Vec<u8>], allow_ttl: bool) -> Result<(Consistency, u32), String> {
-    let mut consistency = Consistency::Default;
-    let mut ttl = 0u32;
+/// Options after the key: a consistency word, `ttl=SECONDS` (PUT), `ctx=HEX` (a causal
+/// context, siblings mode).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Options {
+    consistency: Consistency,
+    ttl: u32,
+    context: Option<Vec<u8>>,
+}
+
+fn parse_options(words: &[Vec<u8>], allow_ttl: bool) -> Result<Options, String> {
+    let mut o = Options::default();
     for w in words {
         let w = String::from_utf8_lossy(w);
         if let Some(c) = Consistency::parse(&w) {
-            consistency = c;
+            o.consistency = c;
         } else if let (true, Some(v)) = (allow_ttl, w.strip_prefix("ttl=")) {
-            ttl = v
+            o.ttl = v
                 .parse()
                 .map_err(|_| format!("bad ttl {v:?}: expected whole seconds"))?;
+        } else if let Some(hex) = w.strip_prefix("ctx=") {
+            o.context =
+                Some(from_hex(hex).ok_or_else(|| format!("bad ctx {hex:?}: expected hex"))?);
         } else {
             return Err(format!("unexpected {w:?}"));
         }
     }
-    Ok((consistency, ttl))
+    Ok(o)
+}
+
+fn from_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether the connected node's cluster keeps siblings (asked once per connection).
+fn siblings_mode(client: &mut Client, known: &mut Option<bool>) -> Result<bool, ClientError> {
+    if let Some(m) = *known {
+        return Ok(m);
+    }
+    let stats = client.stats()?;
+    let m = stats.lines().any(|l| l == "conflicts_siblings 1");
+    *known = Some(m);
+    Ok(m)
+}
+
+/// A keyed command on a siblings-mode node.
+fn causal_command(client: &mut Client, cmd: &str, args: &[Vec<u8>]) -> String {
+    let (key, rest, ttl_ok) = match cmd {
+        "PUT" => (&args[0], &args[2..], true),
+        _ => (&args[0], &args[1..], false),
+    };
+    let o = match parse_options(rest, ttl_ok) {
+        Ok(o) => o,
+        Err(e) => return usage_err(&e),
+    };
+    let context = o.context.as_deref();
+    let done = match (cmd, context) {
+        ("GET", _) => {
+            return match client.get_siblings(key, o.consistency) {
+                Ok(s) if s.values.is_empty() => format!("(not found) ctx={}", to_hex(&s.context)),
+                Ok(s) => {
+                    let mut line: Vec<String> =
+                        s.values.iter().map(|(_, v)| quote_always(v)).collect();
+                    line.push(format!("ctx={}", to_hex(&s.context)));
+                    line.join(" ")
+                }
+                Err(e) => server_err(&e),
+            }
+        }
+        ("PUT", c) => {
+            client.put_with_context(key, &args[1], o.ttl, c.unwrap_or(&[]), o.consistency)
+        }
+        (_, Some(c)) => client.delete_with_context(key, c, o.consistency),
+        // The node explains why a DELETE needs a context.
+        (_, None) => client.delete(key, o.consistency),
+    };
+    match done {
+        Ok(_) => "OK".into(),
+        Err(e) => server_err(&e),
+    }
+}
+
+/// A value in double quotes whatever its bytes (siblings are listed side by side).
+fn quote_always(bytes: &[u8]) -> String {
+    let q = quote(bytes);
+    if q.starts_with('"') {
+        q
+    } else {
+        format!("\"{q}\"")
+    }
 }
 
 /// Run one command line; returns the lines to print.
 /// Run one command line on `client`; `token` is what kvcat presents in HELLO, for the
 /// commands that reach other nodes too (SNAPSHOT name ALL).
-fn run_command(client: &mut Client, token: &[u8], tokens: &[Vec<u8>]) -> Vec<String> {
+fn run_command(
+    client: &mut Client,
+    token: &[u8],
+    mode: &mut Option<bool>,
+    tokens: &[Vec<u8>],
+) -> Vec<String> {
     let Some(cmd) = tokens.first() else {
         return Vec::new();
     };
     let cmd = String::from_utf8_lossy(cmd).to_ascii_uppercase();
     let args = &tokens[1..];
+    let keyed = match cmd.as_str() {
+        "PUT" => args.len() >= 2,
+        "GET" | "DEL" | "DELETE" => !args.is_empty(),
+        _ => false,
+    };
+    if keyed {
+        // A node that cannot tell (STATS refused) is taken for last-write-wins: its
+        // answers to plain requests say what is wrong, if anything.
+        if let Ok(true) = siblings_mode(client, mode) {
+            let cmd = if cmd == "DELETE" { "DEL" } else { cmd.as_str() };
+            return vec![causal_command(client, cmd, args)];
+        }
+    }
     let line = match cmd.as_str() {
         "PUT" if args.len() >= 2 => match parse_options(&args[2..], true) {
-            Ok((c, ttl)) => match client.put(&args[0], &args[1], ttl, c) {
+            Ok(Options {
+                context: Some(_), ..
+            }) => usage_err("ctx= needs a node of a --conflicts siblings cluster"),
+            Ok(o) => match client.put(&args[0], &args[1], o.ttl, o.consistency) {
                 Ok(_) => "OK".into(),
                 Err(e) => server_err(&e),
             },
             Err(e) => usage_err(&e),
         },
         "GET" if !args.is_empty() => match parse_options(&args[1..], false) {
-            Ok((c, _)) => match client.get(&args[0], c) {
+            Ok(Options {
+                context: Some(_), ..
+            }) => usage_err("ctx= needs a node of a --conflicts siblings cluster"),
+            Ok(o) => match client.get(&args[0], o.consistency) {
                 Ok(Some((_, v))) => quote(&v),
                 Ok(None) => "(not found)".into(),
                 Err(e) => server_err(&e),
@@ -180,7 +298,10 @@ fn run_command(client: &mut Client, token: &[u8], tokens: &[Vec<u8>]) -> Vec<Str
             Err(e) => usage_err(&e),
         },
         "DEL" | "DELETE" if !args.is_empty() => match parse_options(&args[1..], false) {
-            Ok((c, _)) => match client.delete(&args[0], c) {
+            Ok(Options {
+                context: Some(_), ..
+            }) => usage_err("ctx= needs a node of a --conflicts siblings cluster"),
+            Ok(o) => match client.delete(&args[0], o.consistency) {
                 Ok(_) => "OK".into(),
                 Err(e) => server_err(&e),
             },
@@ -493,6 +614,8 @@ fn main() -> ExitCode {
         }
     };
     let interactive = is_terminal();
+    // The node's conflict mode, asked before the first keyed command.
+    let mut mode = None;
     let stdin = io::stdin();
     let mut stdout = io::stdout().lock();
     let mut line = Vec::new();
@@ -517,7 +640,7 @@ fn main() -> ExitCode {
         let out = match tokenize(&line) {
             Ok(t) if t.is_empty() => continue,
             Ok(t) => {
-                let out = run_command(&mut client, &token, &t);
+                let out = run_command(&mut client, &token, &mut mode, &t);
                 // A broken connection: reconnect once, so the next command has a chance.
                 if out.iter().any(|l| l.starts_with("ERR IO")) {
                     if let Ok(c) = connect() {

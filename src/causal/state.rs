@@ -173,15 +173,33 @@ impl CausalState {
         actor: u16,
         write: Option<NewValue>,
     ) -> Result<Option<Dot>, CausalError> {
+        self.update_at(ctx, actor, write, 0)
+    }
+
+    /// [`CausalState::update`] with the new dot's counter at least `counter_floor`. A node
+    /// passes its write's HLC version, which only grows, even across restarts: its dots are
+    /// then never reused, even after it lost writes it had made (gaps in an actor's counters
+    /// are harmless: the vector's claim "every dot up to n" covers dots that never existed).
+    pub fn update_at(
+        &mut self,
+        ctx: &VersionVector,
+        actor: u16,
+        write: Option<NewValue>,
+        counter_floor: u64,
+    ) -> Result<Option<Dot>, CausalError> {
         let mut vv = self.vv.clone();
         vv.merge(ctx);
         let dot = match write {
             None => None,
             Some(_) => {
                 // vv.get(actor) is already max(self.vv[actor], ctx[actor]).
-                let counter = vv.get(actor).checked_add(1).ok_or_else(|| {
-                    CausalError::Malformed(format!("counter of actor {actor} cannot grow"))
-                })?;
+                let counter = vv
+                    .get(actor)
+                    .checked_add(1)
+                    .ok_or_else(|| {
+                        CausalError::Malformed(format!("counter of actor {actor} cannot grow"))
+                    })?
+                    .max(counter_floor);
                 vv.raise(actor, counter);
                 Some(Dot { actor, counter })
             }

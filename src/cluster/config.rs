@@ -141,6 +141,39 @@ pub struct ClusterConfig {
     /// how far ahead of this node's clock a version may be to be stored or observed
     /// (`--max-clock-offset-ms`, see [`crate::limits::MAX_CLOCK_OFFSET_MS_DEFAULT`]).
     pub max_clock_offset_ms: u64,
+    /// How concurrent writes to one key are resolved (`--conflicts`): the same on every node
+    /// of a cluster, which peers check in the handshake (protocol.md § 8.1).
+    pub conflicts: Conflicts,
+}
+
+/// How a cluster resolves writes to one key that did not see each other (`kvd --conflicts`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Conflicts {
+    /// Last write wins by version (the hybrid clock): one of two concurrent writes is dropped.
+    #[default]
+    Lww,
+    /// Dotted version vectors with siblings ([`crate::causal`]): concurrent writes are kept
+    /// side by side until a write that read them all (its causal context) supersedes them.
+    Siblings,
+}
+
+impl Conflicts {
+    /// Parse `lww` or `siblings`.
+    pub fn parse(word: &str) -> Option<Conflicts> {
+        match word {
+            "lww" => Some(Conflicts::Lww),
+            "siblings" => Some(Conflicts::Siblings),
+            _ => None,
+        }
+    }
+
+    /// The option's word for this mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            Conflicts::Lww => "lww",
+            Conflicts::Siblings => "siblings",
+        }
+    }
 }
 
 /// Test-only mutations: deliberate bugs the simulator (`kvsim --mutation NAME`, `src/sim/`)
@@ -225,6 +258,7 @@ impl ClusterConfig {
             mutations: Mutations::default(),
             initial_ring: None,
             max_clock_offset_ms: MAX_CLOCK_OFFSET_MS_DEFAULT,
+            conflicts: Conflicts::Lww,
         }
     }
 

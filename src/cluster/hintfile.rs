@@ -192,6 +192,7 @@ mod tests {
             value: Some(b"value".to_vec()),
             version: Version(v),
             expires_at_ms: 0,
+            causal: false,
         }
     }
 

@@ -17,7 +17,7 @@
 //! Records (the log implementation frames and checksums them):
 //!
 //! ```text
-//! ADD   | 1 u8 | target u32 | seq u64 | version u64 | expires at ms u64 | flags u8 (bit 0 tombstone) |
+//! ADD   | 1 u8 | target u32 | seq u64 | version u64 | expires at ms u64 | flags u8 (bit 0 tombstone, bit 1 causal) |
 //!       | key len u16 | key | value (rest) |
 //! DONE  | 2 u8 | target u32 | seq u64 |        (delivered or dropped)
 //! ```
@@ -152,7 +152,7 @@ fn encode_add(target: u32, seq: u64, w: &OwnedWrite) -> Vec<u8> {
     r.extend_from_slice(&seq.to_be_bytes());
     r.extend_from_slice(&w.version.0.to_be_bytes());
     r.extend_from_slice(&w.expires_at_ms.to_be_bytes());
-    r.push(u8::from(w.value.is_none()));
+    r.push(u8::from(w.value.is_none()) | (u8::from(w.causal) << 1));
     r.extend_from_slice(&(w.key.len() as u16).to_be_bytes());
     r.extend_from_slice(&w.key);
     if let Some(v) = &w.value {
@@ -192,11 +192,18 @@ fn decode(r: &[u8]) -> Result<Record, HintLogError> {
             let flags = r[29];
             let key_len = BigEndian::read_u16(&r[30..32]) as usize;
             let rest = &r[32..];
-            if key_len == 0 || key_len > KEY_SIZE_MAX || key_len > rest.len() || flags > 1 {
-                return Err(bad("ADD record with a bad key length or flags"));
+            // Flags: a tombstone (no value), or a value that is plain or a causal state.
+            let (tombstone, causal) = match flags {
+                0 => (false, false),
+                1 => (true, false),
+                2 => (false, true),
+                _ => return Err(bad("ADD record with unknown flags")),
+            };
+            if key_len == 0 || key_len > KEY_SIZE_MAX || key_len > rest.len() {
+                return Err(bad("ADD record with a bad key length"));
             }
             let (key, value) = rest.split_at(key_len);
-            if value.len() > VALUE_SIZE_MAX || (flags == 1 && !value.is_empty()) {
+            if value.len() > VALUE_SIZE_MAX || (tombstone && !value.is_empty()) {
                 return Err(bad("ADD record with a bad value"));
             }
             Ok(Record::Add(
@@ -204,9 +211,10 @@ fn decode(r: &[u8]) -> Result<Record, HintLogError> {
                 seq,
                 OwnedWrite {
                     key: key.to_vec(),
-                    value: (flags == 0).then(|| value.to_vec()),
+                    value: (!tombstone).then(|| value.to_vec()),
                     version,
                     expires_at_ms,
+                    causal,
                 },
             ))
         }
@@ -444,6 +452,7 @@ mod tests {
             value: Some(vec![b'x'; 10]),
             version: Version(v),
             expires_at_ms: 0,
+            causal: false,
         }
     }
 

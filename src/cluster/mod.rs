@@ -12,6 +12,7 @@
 //! clock        clock offsets to peers (from gossip round trips), the max-offset rule
 //! coordinator  one shard's replicated reads and writes: quorums, timeouts, read repair, hints
 //! replica      the replica side: answer REPLICATE and READ from the local Store
+//! siblings     siblings mode at a replica: causal writes merge into the held causal state
 //! node         ClusterNode: all of the above behind one input/output interface
 //! view         NodeView: the membership shard's view, sent to the node's other shards
 //! hints        bounded hint queues per target node, with a narrow durability interface
@@ -43,9 +44,10 @@ pub mod ringfile;
 pub mod ringpeer;
 pub mod ringstate;
 pub mod rng;
+pub mod siblings;
 pub mod view;
 
-pub use config::{ClusterConfig, ConfigError, Mutations, NodeAddr};
+pub use config::{ClusterConfig, ConfigError, Conflicts, Mutations, NodeAddr};
 pub use ownership::{Move, Ownership, OwnershipError};
 pub use ring::Ring;
 pub use rng::SplitMix64;

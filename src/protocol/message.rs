@@ -36,10 +36,10 @@
 //! where it carries the tombstone's version u64. Every other status carries a UTF-8 message.
 
 use super::frame::{self, FrameRef};
-use super::{op, Consistency, Role, Status, OP_CONNECTION_ERROR, RESPONSE_BIT};
+use super::{op, Consistency, Role, Status, FLAG_CAUSAL, OP_CONNECTION_ERROR, RESPONSE_BIT};
 use crate::limits::{
-    ERROR_MESSAGE_SIZE_MAX, FRAME_SIZE_MAX, KEY_SIZE_MAX, TOKEN_SIZE_MAX, TTL_SECONDS_MAX,
-    VALUE_SIZE_MAX,
+    CONTEXT_SIZE_MAX, ERROR_MESSAGE_SIZE_MAX, FRAME_SIZE_MAX, KEY_SIZE_MAX, TOKEN_SIZE_MAX,
+    TTL_SECONDS_MAX, VALUE_SIZE_MAX,
 };
 use byteorder::{BigEndian, ByteOrder};
 
@@ -87,6 +87,37 @@ pub enum Request<'a> {
     Delete {
         /// The key.
         key: &'a [u8],
+        /// Consistency level.
+        consistency: Consistency,
+    },
+    /// Read a key's siblings and causal context (siblings mode: aux bit 2, protocol.md § 19).
+    CausalGet {
+        /// The key.
+        key: &'a [u8],
+        /// Consistency level.
+        consistency: Consistency,
+    },
+    /// Write a key with the causal context of what the writer read (siblings mode): the value
+    /// supersedes exactly the siblings the context saw.
+    CausalPut {
+        /// The key.
+        key: &'a [u8],
+        /// The value.
+        value: &'a [u8],
+        /// Time to live in seconds; 0 means no expiry.
+        ttl_seconds: u32,
+        /// The causal context, as a GET gave it (empty: the writer read nothing). Opaque here;
+        /// [`crate::causal`] checks it.
+        context: &'a [u8],
+        /// Consistency level.
+        consistency: Consistency,
+    },
+    /// Delete what a causal context saw of a key (siblings mode).
+    CausalDelete {
+        /// The key.
+        key: &'a [u8],
+        /// The causal context, as a GET gave it.
+        context: &'a [u8],
         /// Consistency level.
         consistency: Consistency,
     },
@@ -219,14 +250,34 @@ fn empty_body(op: u8, body: &[u8]) -> Result<(), RequestError> {
     }
 }
 
-/// Flags other than the consistency bits must be zero, so that they can gain a meaning later.
-fn consistency_flags(flags: u8) -> Result<Consistency, RequestError> {
-    if flags & !Consistency::MASK != 0 {
+/// Split `| ctx len u16 | ctx | rest |` (the causal context of a siblings-mode write).
+fn split_context(op: u8, body: &[u8]) -> Result<(&[u8], &[u8]), RequestError> {
+    if body.len() < 2 {
+        return Err(malformed(op, "ends before its context length"));
+    }
+    let len = BigEndian::read_u16(&body[..2]) as usize;
+    let rest = &body[2..];
+    if len > rest.len() {
+        return Err(malformed(op, "ends inside its context"));
+    }
+    if len > CONTEXT_SIZE_MAX {
+        return Err(RequestError::BadRequest(format!(
+            "a causal context of {len} bytes exceeds the maximum of {CONTEXT_SIZE_MAX}"
+        )));
+    }
+    Ok(rest.split_at(len))
+}
+
+/// The flags of a GET, PUT or DELETE: the consistency level and whether the request speaks
+/// the causal protocol of siblings mode ([`FLAG_CAUSAL`]). The other bits must be zero, so
+/// that they can gain a meaning later.
+fn key_op_flags(flags: u8) -> Result<(Consistency, bool), RequestError> {
+    if flags & !(Consistency::MASK | FLAG_CAUSAL) != 0 {
         return Err(RequestError::BadRequest(format!(
             "reserved flag bits set: 0x{flags:02x}"
         )));
     }
-    Ok(Consistency::from_bits(flags))
+    Ok((Consistency::from_bits(flags), flags & FLAG_CAUSAL != 0))
 }
 
 fn no_flags(flags: u8) -> Result<(), RequestError> {
@@ -273,8 +324,12 @@ impl<'a> Request<'a> {
                 .map(|_| Request::Ping),
             op::GET => {
                 let key = key_only(f.op, body)?;
-                let consistency = consistency_flags(f.aux)?;
-                Ok(Request::Get { key, consistency })
+                let (consistency, causal) = key_op_flags(f.aux)?;
+                Ok(if causal {
+                    Request::CausalGet { key, consistency }
+                } else {
+                    Request::Get { key, consistency }
+                })
             }
             op::PUT => {
                 let (key, rest) = split_key(f.op, body)?;
@@ -282,8 +337,12 @@ impl<'a> Request<'a> {
                     return Err(malformed(f.op, "ends before its TTL"));
                 }
                 let ttl_seconds = BigEndian::read_u32(&rest[..4]);
-                let value = &rest[4..];
-                let consistency = consistency_flags(f.aux)?;
+                let (consistency, causal) = key_op_flags(f.aux)?;
+                let (context, value) = if causal {
+                    split_context(f.op, &rest[4..])?
+                } else {
+                    (&[][..], &rest[4..])
+                };
                 if value.len() > VALUE_SIZE_MAX {
                     return Err(RequestError::ValueTooLarge(value.len()));
                 }
@@ -292,16 +351,38 @@ impl<'a> Request<'a> {
                         "TTL of {ttl_seconds} s exceeds the maximum of {TTL_SECONDS_MAX} s"
                     )));
                 }
-                Ok(Request::Put {
-                    key,
-                    value,
-                    ttl_seconds,
-                    consistency,
+                Ok(if causal {
+                    Request::CausalPut {
+                        key,
+                        value,
+                        ttl_seconds,
+                        context,
+                        consistency,
+                    }
+                } else {
+                    Request::Put {
+                        key,
+                        value,
+                        ttl_seconds,
+                        consistency,
+                    }
                 })
             }
             op::DELETE => {
+                let (consistency, causal) = key_op_flags(f.aux)?;
+                if causal {
+                    let (key, rest) = split_key(f.op, body)?;
+                    let (context, rest) = split_context(f.op, rest)?;
+                    if !rest.is_empty() {
+                        return Err(malformed(f.op, "has bytes after its context"));
+                    }
+                    return Ok(Request::CausalDelete {
+                        key,
+                        context,
+                        consistency,
+                    });
+                }
                 let key = key_only(f.op, body)?;
-                let consistency = consistency_flags(f.aux)?;
                 Ok(Request::Delete { key, consistency })
             }
             op::STATS => no_flags(f.aux)
@@ -362,9 +443,9 @@ impl<'a> Request<'a> {
         match self {
             Request::Hello { .. } => op::HELLO,
             Request::Ping => op::PING,
-            Request::Get { .. } => op::GET,
-            Request::Put { .. } => op::PUT,
-            Request::Delete { .. } => op::DELETE,
+            Request::Get { .. } | Request::CausalGet { .. } => op::GET,
+            Request::Put { .. } | Request::CausalPut { .. } => op::PUT,
+            Request::Delete { .. } | Request::CausalDelete { .. } => op::DELETE,
             Request::Stats => op::STATS,
             Request::Cluster => op::CLUSTER,
             Request::LocalGet { .. } => op::LOCAL_GET,
@@ -396,6 +477,9 @@ impl<'a> Request<'a> {
             Request::Get { key, .. }
             | Request::Put { key, .. }
             | Request::Delete { key, .. }
+            | Request::CausalGet { key, .. }
+            | Request::CausalPut { key, .. }
+            | Request::CausalDelete { key, .. }
             | Request::LocalGet { key } => Some(key),
             _ => None,
         }
@@ -411,8 +495,18 @@ impl<'a> Request<'a> {
             }
         }
         match self {
-            Request::Put { value, .. } if value.len() > VALUE_SIZE_MAX => {
+            Request::Put { value, .. } | Request::CausalPut { value, .. }
+                if value.len() > VALUE_SIZE_MAX =>
+            {
                 Err(RequestError::ValueTooLarge(value.len()))
+            }
+            Request::CausalPut { context, .. } | Request::CausalDelete { context, .. }
+                if context.len() > u16::MAX as usize =>
+            {
+                Err(RequestError::BadRequest(format!(
+                    "context of {} bytes",
+                    context.len()
+                )))
             }
             Request::Hello { token, .. } if token.len() > TOKEN_SIZE_MAX => Err(
                 RequestError::BadRequest(format!("token longer than {TOKEN_SIZE_MAX} bytes")),
@@ -459,6 +553,50 @@ impl<'a> Request<'a> {
             Request::Delete { key, consistency } => {
                 put_key_request(out, op::DELETE, consistency.to_bits(), id, key, &[])
             }
+            Request::CausalGet { key, consistency } => put_key_request(
+                out,
+                op::GET,
+                consistency.to_bits() | FLAG_CAUSAL,
+                id,
+                key,
+                &[],
+            ),
+            Request::CausalPut {
+                key,
+                value,
+                ttl_seconds,
+                context,
+                consistency,
+            } => {
+                assert!(value.len() <= VALUE_SIZE_MAX, "value too long to encode");
+                assert!(context.len() <= u16::MAX as usize, "context too long");
+                let ttl = ttl_seconds.to_be_bytes();
+                let ctx_len = (context.len() as u16).to_be_bytes();
+                put_key_request(
+                    out,
+                    op::PUT,
+                    consistency.to_bits() | FLAG_CAUSAL,
+                    id,
+                    key,
+                    &[&ttl, &ctx_len, context, value],
+                )
+            }
+            Request::CausalDelete {
+                key,
+                context,
+                consistency,
+            } => {
+                assert!(context.len() <= u16::MAX as usize, "context too long");
+                let ctx_len = (context.len() as u16).to_be_bytes();
+                put_key_request(
+                    out,
+                    op::DELETE,
+                    consistency.to_bits() | FLAG_CAUSAL,
+                    id,
+                    key,
+                    &[&ctx_len, context],
+                )
+            }
             Request::LocalGet { key } => put_key_request(out, op::LOCAL_GET, 0, id, key, &[]),
             Request::ClusterAdmin { command } => {
                 frame::put_frame(out, op::CLUSTER_ADMIN, 0, id, &[command.as_bytes()])
@@ -484,7 +622,7 @@ impl<'a> Request<'a> {
 fn put_key_request(out: &mut Vec<u8>, op: u8, aux: u8, id: u32, key: &[u8], rest: &[&[u8]]) {
     assert!(key.len() <= u16::MAX as usize, "key too long to encode");
     let key_len = (key.len() as u16).to_be_bytes();
-    let mut parts: [&[u8]; 4] = [&key_len, key, &[], &[]];
+    let mut parts: [&[u8]; 6] = [&key_len, key, &[], &[], &[], &[]];
     parts[2..2 + rest.len()].copy_from_slice(rest);
     frame::put_frame(out, op, aux, id, &parts);
 }
@@ -624,6 +762,31 @@ mod tests {
             });
         }
         round_trip(Request::LocalGet { key: b"x" });
+        for c in [Consistency::Default, Consistency::All] {
+            round_trip(Request::CausalGet {
+                key: b"k",
+                consistency: c,
+            });
+            round_trip(Request::CausalPut {
+                key: b"k",
+                value: b"v",
+                ttl_seconds: 9,
+                context: &[1, 0, 0],
+                consistency: c,
+            });
+            round_trip(Request::CausalPut {
+                key: b"k",
+                value: b"",
+                ttl_seconds: 0,
+                context: &[],
+                consistency: c,
+            });
+            round_trip(Request::CausalDelete {
+                key: b"k",
+                context: &[1, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 7],
+                consistency: c,
+            });
+        }
         round_trip(Request::Put {
             key: &[7u8; KEY_SIZE_MAX],
             value: &vec![1u8; VALUE_SIZE_MAX],
@@ -659,8 +822,22 @@ mod tests {
         assert_eq!(decode_bytes(&out), Err(RequestError::UnknownOpcode(0x7E)));
 
         out.clear();
-        put_key_request(&mut out, op::GET, 0x04, 1, b"k", &[]);
+        put_key_request(&mut out, op::GET, 0x08, 1, b"k", &[]);
         assert_eq!(decode_bytes(&out).unwrap_err().status(), Status::BadRequest);
+
+        // Siblings mode: a causal PUT or DELETE whose context runs past the body is malformed,
+        // one over the context limit a bad request.
+        out.clear();
+        put_key_request(&mut out, op::DELETE, FLAG_CAUSAL, 1, b"k", &[&[0, 9], b"abc"]);
+        assert_eq!(decode_bytes(&out).unwrap_err().status(), Status::Malformed);
+        out.clear();
+        let long = vec![0u8; CONTEXT_SIZE_MAX + 1];
+        let len = (long.len() as u16).to_be_bytes();
+        put_key_request(&mut out, op::DELETE, FLAG_CAUSAL, 1, b"k", &[&len, &long]);
+        assert_eq!(decode_bytes(&out).unwrap_err().status(), Status::BadRequest);
+        out.clear();
+        put_key_request(&mut out, op::DELETE, FLAG_CAUSAL, 1, b"k", &[&[0, 1], b"ab"]);
+        assert_eq!(decode_bytes(&out).unwrap_err().status(), Status::Malformed);
 
         out.clear();
         put_key_request(&mut out, op::GET, 0, 1, b"", &[]);

@@ -28,6 +28,7 @@
 pub mod frame;
 pub mod message;
 pub mod ringmap;
+pub mod siblings;
 
 pub use frame::{FrameError, FrameRef};
 pub use message::{Request, RequestError, Response};
@@ -163,13 +164,19 @@ pub enum Status {
     /// A write failed after it reached some replicas: it may have been applied (as for
     /// TIMEOUT), and may become visible. UNAVAILABLE means nothing was written.
     MaybeApplied = 0x27,
+    /// Siblings mode: a GET without the causal flag found several siblings, which its reply
+    /// cannot carry; read the key with the flag (protocol.md § 19).
+    Siblings = 0x28,
+    /// Siblings mode: the write would leave more siblings (or a larger causal state) than the
+    /// limit; nothing was written. Read the key and write with its context to resolve them.
+    TooManySiblings = 0x29,
     /// A bug in the node. Reported, never hidden.
     Internal = 0x30,
 }
 
 impl Status {
     /// All statuses, in code order (for STATS and tests).
-    pub const ALL: [Status; 19] = [
+    pub const ALL: [Status; 21] = [
         Status::Ok,
         Status::NotFound,
         Status::Malformed,
@@ -188,6 +195,8 @@ impl Status {
         Status::ShuttingDown,
         Status::ClockOffset,
         Status::MaybeApplied,
+        Status::Siblings,
+        Status::TooManySiblings,
         Status::Internal,
     ];
 
@@ -217,6 +226,8 @@ impl Status {
             Status::ShuttingDown => "SHUTTING_DOWN",
             Status::ClockOffset => "CLOCK_OFFSET",
             Status::MaybeApplied => "MAYBE_APPLIED",
+            Status::Siblings => "SIBLINGS",
+            Status::TooManySiblings => "TOO_MANY_SIBLINGS",
             Status::Internal => "INTERNAL",
         }
     }
@@ -253,6 +264,11 @@ pub enum Consistency {
     /// 3: all N replicas.
     All,
 }
+
+/// Bit 2 of a GET, PUT or DELETE's `aux`: the request speaks the causal protocol of a
+/// `--conflicts siblings` cluster (protocol.md § 19): a GET answers every sibling and the causal
+/// context, a PUT or DELETE carries the context it read.
+pub const FLAG_CAUSAL: u8 = 0b100;
 
 impl Consistency {
     /// Mask of the consistency bits in `aux`.

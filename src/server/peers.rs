@@ -29,7 +29,7 @@
 
 use super::readbuf::ReadBuf;
 use crate::auth::{self, Nonce, Side, NONCE_SIZE, PEER_PROTOCOL_VERSION, PROOF_SIZE};
-use crate::cluster::ClusterConfig;
+use crate::cluster::{ClusterConfig, Conflicts};
 use crate::limits::{FRAME_SIZE_MAX, PEER_AUTH_RETRY_MS, READ_CHUNK_SIZE, WRITE_BUFFER_SIZE_MAX};
 use crate::protocol::{frame, op, Request, Role, Status, RESPONSE_BIT};
 use crate::shard::ShardCore;
@@ -112,6 +112,7 @@ pub struct PeerLinks {
     shard: usize,
     node_id: u32,
     secret: Vec<u8>,
+    conflicts: Conflicts,
     links: Vec<Link>,
     stats: LinkStats,
     /// Links whose last read stopped at READS_PER_EVENT_MAX rather than WouldBlock: bytes may
@@ -126,6 +127,7 @@ impl PeerLinks {
             shard,
             node_id: config.node_id,
             secret: config.secret.clone(),
+            conflicts: config.conflicts,
             links: Vec::new(),
             stats: LinkStats::default(),
             read_pending: Vec::new(),
@@ -277,11 +279,13 @@ impl PeerLinks {
         // Only the HELLO goes out; what waited stays held until both proofs are checked.
         l.wbuf.clear();
         l.wpos = 0;
+        let mut token = nonce_i.to_vec();
+        token.extend_from_slice(auth::conflicts_suffix(self.conflicts));
         Request::Hello {
             version: PEER_PROTOCOL_VERSION,
             role: Role::Peer,
             node_id: self.node_id,
-            token: &nonce_i,
+            token: &token,
         }
         .encode(0, &mut l.wbuf);
         l.handshake = Handshake::Hello { nonce_i };
@@ -374,6 +378,7 @@ impl PeerLinks {
         let shard = self.shard;
         let node_id = self.node_id;
         let secret = &self.secret;
+        let conflicts = self.conflicts;
         let l = &mut self.links[i];
         let Some(s) = l.stream.as_mut() else {
             return Ok(false);
@@ -410,7 +415,7 @@ impl PeerLinks {
                         &mut l.handshake,
                         &mut l.wbuf,
                         (node_id, l.node, l.addr),
-                        secret,
+                        (secret, conflicts),
                         (fop, faux, &body),
                     );
                     if let Err(why) = step {
@@ -510,7 +515,7 @@ fn handshake_step(
     handshake: &mut Handshake,
     wbuf: &mut Vec<u8>,
     (me, node, addr): (u32, u32, SocketAddr),
-    secret: &[u8],
+    (secret, conflicts): (&[u8], Conflicts),
     (fop, aux, body): (u8, u8, &[u8]),
 ) -> Result<(), String> {
     let op_of = fop & !RESPONSE_BIT;
@@ -520,15 +525,29 @@ fn handshake_step(
     if aux != Status::Ok as u8 {
         let status = Status::from_u8(aux).map_or("unknown status", |s| s.name());
         let msg = String::from_utf8_lossy(body);
-        return Err(format!(
-            "refused by the peer: {status}: {msg} (is --cluster-secret the same on every node?)"
-        ));
+        // A wrong secret shows as UNAUTHORIZED; other refusals say what is wrong themselves
+        // (a conflict-mode mismatch, a protocol version).
+        let hint = if aux == Status::Unauthorized as u8 {
+            " (is --cluster-secret the same on every node?)"
+        } else {
+            ""
+        };
+        return Err(format!("refused by the peer: {status}: {msg}{hint}"));
     }
     match (*handshake, op_of) {
         (Handshake::Hello { nonce_i }, op::HELLO) => {
             // | version u16 | node id u32 | shard u16 | shard count u16 | nonce 32 |
-            if body.len() != 10 + NONCE_SIZE {
+            if body.len() < 10 + NONCE_SIZE {
                 return Err(format!("HELLO reply of {} bytes", body.len()));
+            }
+            let theirs = auth::conflicts_announced(&body[10 + NONCE_SIZE..])
+                .ok_or_else(|| format!("HELLO reply of {} bytes", body.len()))?;
+            if theirs != conflicts {
+                return Err(format!(
+                    "the peer resolves conflicts with --conflicts {}, this node with {}: every node of a cluster must run the same mode",
+                    theirs.name(),
+                    conflicts.name()
+                ));
             }
             let version = u16::from_be_bytes([body[0], body[1]]);
             let peer = u32::from_be_bytes([body[2], body[3], body[4], body[5]]);
@@ -540,7 +559,9 @@ fn handshake_step(
             if peer != node {
                 return Err(format!("the node at {} says it is node {peer}", addr));
             }
-            let nonce_r: Nonce = body[10..].try_into().expect("length checked");
+            let nonce_r: Nonce = body[10..10 + NONCE_SIZE]
+                .try_into()
+                .expect("length checked");
             let p = auth::proof(secret, Side::Initiator, me, node, &nonce_i, &nonce_r);
             Request::PeerAuth { proof: &p }.encode(0, wbuf);
             *handshake = Handshake::Auth { nonce_i, nonce_r };

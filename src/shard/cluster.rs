@@ -54,6 +54,9 @@ pub struct ReplyTo {
     pub op: u8,
     /// The request's id.
     pub id: u32,
+    /// The request carried the causal flag (siblings mode): a GET's siblings are answered
+    /// in the causal reply body (protocol.md § 19).
+    pub causal: bool,
 }
 
 /// One shard's cluster state.
@@ -119,7 +122,7 @@ impl ShardCore {
             hints.unwrap_or_else(|| HintQueue::in_memory(ShardCore::hint_resend_ms(&config)));
         let mut node = ClusterNode::new(config, start_ms, seed, hints);
         node.set_shard(self.cfg.shard, self.cfg.shards);
-        node.recover_clock(self.store.as_ref(), start_ms);
+        node.recover_clock(self.store.as_mut(), start_ms);
         self.cluster = Some(Box::new(ShardCluster {
             node,
             last_tick_ms: 0,
@@ -270,6 +273,7 @@ impl ShardCore {
             conn,
             op: op::CLUSTER_ADMIN,
             id,
+            causal: false,
         };
         let Some(c) = self.cluster.as_mut() else {
             return;
@@ -344,6 +348,13 @@ impl ShardCore {
         self.cluster.as_ref().map(|c| c.node.config())
     }
 
+    /// How this node resolves conflicts (`--conflicts`; last write wins outside a cluster).
+    pub fn conflicts(&self) -> crate::cluster::Conflicts {
+        self.cluster_config()
+            .map(|c| c.conflicts)
+            .unwrap_or_default()
+    }
+
     /// Whether `node_id` may start the peer handshake: any other node id, not removed from
     /// the cluster, when a cluster secret is set. Not only the known members: a node that
     /// joins is unknown here until its first gossip arrives, which needs this handshake; the
@@ -378,15 +389,87 @@ impl ShardCore {
         let Some(c) = self.cluster.as_mut() else {
             return false;
         };
+        let causal = matches!(
+            req,
+            Request::CausalGet { .. } | Request::CausalPut { .. } | Request::CausalDelete { .. }
+        );
         let ctx = ReplyTo {
             shard: origin,
             conn,
             op: req.op(),
             id,
+            causal,
         };
+        let siblings = c.node.config().conflicts == crate::cluster::Conflicts::Siblings;
+        if causal && !siblings {
+            self.refuse(
+                ctx,
+                Status::BadRequest,
+                "the causal flag (aux bit 2) needs a cluster started with --conflicts siblings; \
+                 this one resolves conflicts last-write-wins"
+                    .into(),
+            );
+            return true;
+        }
+        let is_write = !matches!(req, Request::Get { .. } | Request::CausalGet { .. });
+        if siblings && is_write {
+            if let Some(why) = &self.write_error {
+                self.refuse_write(ctx, why.clone());
+                return true;
+            }
+            let (key, context, value, ttl, consistency) = match *req {
+                Request::Put {
+                    key,
+                    value,
+                    ttl_seconds,
+                    consistency,
+                } => (key, &[][..], Some(value), ttl_seconds, consistency),
+                Request::CausalPut {
+                    key,
+                    value,
+                    ttl_seconds,
+                    context,
+                    consistency,
+                } => (key, context, Some(value), ttl_seconds, consistency),
+                Request::CausalDelete {
+                    key,
+                    context,
+                    consistency,
+                } => (key, context, None, 0, consistency),
+                Request::Delete { .. } => {
+                    self.refuse(
+                        ctx,
+                        Status::BadRequest,
+                        "siblings mode: a DELETE must carry the causal context of a GET (aux \
+                         bit 2), so that it removes exactly what was read"
+                            .into(),
+                    );
+                    return true;
+                }
+                _ => return false,
+            };
+            let expires_at_ms = crate::storage::expiry_of_ttl(now_ms, ttl);
+            let store = self.store.as_mut();
+            let c = self.cluster.as_mut().expect("checked above");
+            c.node.causal_write(
+                now_ms,
+                store,
+                ctx,
+                key,
+                context,
+                value,
+                expires_at_ms,
+                consistency,
+            );
+            self.pump();
+            return true;
+        }
+        let c = self.cluster.as_mut().expect("checked above");
         let store = self.store.as_mut();
         match *req {
-            Request::Get { key, consistency } => c.node.read(now_ms, store, ctx, key, consistency),
+            Request::Get { key, consistency } | Request::CausalGet { key, consistency } => {
+                c.node.read(now_ms, store, ctx, key, consistency)
+            }
             Request::Put {
                 key,
                 value,
@@ -419,6 +502,14 @@ impl ShardCore {
         }
         self.pump();
         true
+    }
+
+    /// Answer a client request at once with an error.
+    fn refuse(&mut self, ctx: ReplyTo, status: Status, message: String) {
+        self.count_reply(status);
+        let dest = &mut self.outbox.replies[ctx.shard];
+        dest.extend_from_slice(&ctx.conn.0.to_be_bytes());
+        put_error(dest, ctx.op, ctx.id, status, &message);
     }
 
     fn refuse_write(&mut self, ctx: ReplyTo, why: String) {
@@ -755,6 +846,9 @@ impl ShardCore {
                             put_reply(dest, op::GET, Status::NotFound, ctx.id, &[]);
                             Status::NotFound
                         }
+                        Outcome::Siblings { context, values } => {
+                            siblings_reply(dest, &ctx, &context, values)
+                        }
                         Outcome::Failed { status, message } => {
                             put_error(dest, ctx.op, ctx.id, status, &message);
                             status
@@ -768,6 +862,39 @@ impl ShardCore {
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
+        }
+    }
+}
+
+/// Encode a siblings-mode GET's answer: the causal reply for a request with the causal flag;
+/// for one without, the plain reply of its one sibling (or NOT_FOUND), and SIBLINGS when there
+/// are several (a plain reply cannot carry them, and picking one would hide the others).
+fn siblings_reply(
+    dest: &mut Vec<u8>,
+    ctx: &ReplyTo,
+    context: &[u8],
+    mut values: Vec<(crate::version::Version, Vec<u8>)>,
+) -> Status {
+    if ctx.causal {
+        return crate::protocol::siblings::put_causal_get_reply(dest, ctx.id, context, &values);
+    }
+    match values.len() {
+        0 => {
+            put_reply(dest, op::GET, Status::NotFound, ctx.id, &[]);
+            Status::NotFound
+        }
+        1 => {
+            let (version, value) = values.pop().expect("one");
+            put_ok(dest, op::GET, ctx.id, &[&version.0.to_be_bytes(), &value]);
+            Status::Ok
+        }
+        n => {
+            let message = format!(
+                "the key has {n} siblings (concurrent writes): read it with the causal flag \
+                 (aux bit 2, protocol.md § 19) and write with its context to resolve them"
+            );
+            put_error(dest, op::GET, ctx.id, Status::Siblings, &message);
+            Status::Siblings
         }
     }
 }

@@ -191,6 +191,20 @@ impl ShardCore {
                 self.write(now_ms, op::PUT, id, key, Some(value), expires_at_ms, out)
             }
             Request::Delete { key, .. } => self.write(now_ms, op::DELETE, id, key, None, 0, out),
+            Request::CausalGet { .. }
+            | Request::CausalPut { .. }
+            | Request::CausalDelete { .. } => {
+                self.count_reply(Status::BadRequest);
+                put_error(
+                    out,
+                    req.op(),
+                    id,
+                    Status::BadRequest,
+                    "the causal flag (aux bit 2) needs a cluster started with --conflicts siblings; \
+                     this node resolves conflicts last-write-wins",
+                );
+                false
+            }
             _ => unreachable!("execute is only called for keyed requests"),
         }
     }

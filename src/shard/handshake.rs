@@ -207,24 +207,47 @@ impl ShardCore {
         if session.nonce_spent {
             return self.refuse_handshake(op::HELLO, id, "one peer handshake per connection", wbuf);
         }
-        let Ok(nonce_i) = <Nonce>::try_from(token) else {
+        let announced = token.get(NONCE_SIZE..).and_then(auth::conflicts_announced);
+        let (Some(theirs), Ok(nonce_i)) = (
+            announced,
+            <Nonce>::try_from(&token[..token.len().min(NONCE_SIZE)]),
+        ) else {
             self.count_reply(Status::BadRequest);
             put_error(
                 wbuf,
                 op::HELLO,
                 id,
                 Status::BadRequest,
-                &format!("a peer HELLO carries a {NONCE_SIZE}-byte nonce as its token"),
+                &format!(
+                    "a peer HELLO carries a {NONCE_SIZE}-byte nonce as its token, then its conflict mode"
+                ),
             );
             return After::Close;
         };
+        let mine = self.conflicts();
+        if theirs != mine {
+            let why = format!(
+                "this node resolves conflicts with --conflicts {}, node {node_id} with {}: every node of a cluster must run the same mode",
+                mine.name(),
+                theirs.name()
+            );
+            log::error!("refused node {node_id} ({}): {why}", source_text(session));
+            self.count_reply(Status::BadRequest);
+            put_error(wbuf, op::HELLO, id, Status::BadRequest, &why);
+            return After::Close;
+        }
         session.role = None;
         session.peer_id = None;
         session.challenge = Some((node_id, nonce_i));
         session.nonce_spent = true;
         self.count_reply(Status::Ok);
         let body = self.hello_body(PEER_PROTOCOL_VERSION);
-        put_ok(wbuf, op::HELLO, id, &[&body, &session.nonce]);
+        put_ok(
+            wbuf,
+            op::HELLO,
+            id,
+            &[&body, &session.nonce, auth::conflicts_suffix(mine)],
+        );
         After::Continue
     }
 

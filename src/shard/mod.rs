@@ -471,6 +471,9 @@ impl ShardCore {
             Request::Get { key, .. }
             | Request::Put { key, .. }
             | Request::Delete { key, .. }
+            | Request::CausalGet { key, .. }
+            | Request::CausalPut { key, .. }
+            | Request::CausalDelete { key, .. }
             | Request::LocalGet { key } => {
                 if !matches!(req, Request::LocalGet { .. }) {
                     self.count_key_routing(key);

@@ -177,6 +177,11 @@ impl ShardCore {
         let _ = writeln!(t, "uptime_ms {}", now_ms.saturating_sub(sh.started_at_ms));
         let _ = writeln!(t, "shards {}", sh.shards);
         let _ = writeln!(t, "connections_max {}", sh.connections_max);
+        if self.conflicts() == crate::cluster::Conflicts::Siblings {
+            // Only in siblings mode: a last-write-wins node's STATS stay as they were. Tools
+            // (kvcat) read it to speak the causal protocol.
+            let _ = writeln!(t, "conflicts_siblings 1");
+        }
         let conn = |c: &ShardCounters| c.connections.load(Ordering::Relaxed);
         // Node totals: each counter summed over the shards.
         let totals: [(&str, CounterField); 11] = [

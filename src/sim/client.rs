@@ -255,6 +255,7 @@ impl World {
             Outcome::NotFound => "not found".to_string(),
             Outcome::Failed { status, message } => format!("failed {status:?}: {message}"),
             Outcome::Text(t) => t.clone(),
+            Outcome::Siblings { values, .. } => format!("{} siblings", values.len()),
         };
         let key = key_name(self.hist.ops[op as usize].key);
         trace!(

@@ -101,6 +101,7 @@ pub(super) fn cluster_config(
             "tombstone-window-ms",
             "default-consistency",
             "max-clock-offset-ms",
+            "conflicts",
         ] {
             if m.opt_present(name) {
                 return Err(format!("--{name} needs --nodes or --join"));
@@ -162,6 +163,10 @@ pub(super) fn cluster_config(
         Some("off") => false,
         Some(other) => return Err(format!("--read-repair: expected on or off, got {other:?}")),
     };
+    if let Some(word) = m.opt_str("conflicts") {
+        c.conflicts = Conflicts::parse(&word)
+            .ok_or_else(|| format!("--conflicts: expected lww or siblings, got {word:?}"))?;
+    }
     if let Some(word) = m.opt_str("default-consistency") {
         c.default_consistency = Consistency::parse(&word).ok_or_else(|| {
             format!("--default-consistency: expected one, quorum or all, got {word:?}")

@@ -3,7 +3,7 @@
 use dkv::assembly::{open_shard, Ceiling, ShardParts};
 use dkv::budget::MemoryLimits;
 use dkv::cluster::config::parse_nodes;
-use dkv::cluster::ClusterConfig;
+use dkv::cluster::{ClusterConfig, Conflicts};
 use dkv::datadir::DataDir;
 use dkv::limits::CLUSTER_SECRET_SIZE_ADVISED;
 use dkv::limits::{

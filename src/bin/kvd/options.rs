@@ -258,6 +258,15 @@ pub(super) fn cluster_options(o: &mut getopts::Options) {
     );
     o.optopt(
         "",
+        "conflicts",
+        "how writes to one key that did not see each other are resolved, the same on every \
+         node of a cluster: lww (last write wins by version: one of them is dropped) or \
+         siblings (both are kept; a GET returns every sibling and a causal context, a write \
+         that carries the context supersedes what it read; protocol.md § 19) [default: lww]",
+        "MODE",
+    );
+    o.optopt(
+        "",
         "default-consistency",
         "level of a request that asks for the node's default (protocol.md § 5): one|quorum|all [default: quorum]",
         "LEVEL",

@@ -453,6 +453,7 @@ impl AntiEntropy {
                         version: s.version.0,
                         expires_at_ms: s.expires_at_ms,
                         value: s.value,
+                        causal: s.causal,
                     },
                     _ => {
                         x.wants.pop_front();

@@ -127,7 +127,7 @@ use super::membership::MemberEvent;
 use super::ring::Ring;
 use super::view::MEMBERSHIP_SHARD;
 use crate::hash::shard_of_partition;
-use crate::limits::{AE_BUILD_KEYS_PER_STEP, PARTITION_COUNT};
+use crate::limits::PARTITION_COUNT;
 use crate::storage::{Store, StoreError};
 use crate::version::Version;
 use initiator::{Exchange, Round};
@@ -169,6 +169,9 @@ pub struct AaeStats {
     pub moved_bytes: u64,
     /// Partitions copied whole here (moves), since start.
     pub moves_copied: u64,
+    /// Siblings mode: keys held with [`crate::limits::SIBLINGS_NEAR_LIMIT`] siblings or more
+    /// (counted as writes change them; keys of partitions moved away are not subtracted).
+    pub causal_near_limit: u64,
 }
 
 /// Anti-entropy of one cluster core (node or shard).
@@ -233,6 +236,9 @@ pub struct AntiEntropy {
     copied: Vec<(u16, u64)>,
     /// The byte rate of this core's copies (TRANSFERS).
     copy_meter: transfer::RateMeter,
+    /// Siblings mode: tree versions are digests of causal states, and keys whose states
+    /// differ are sent both ways (`responder.rs`).
+    causal: bool,
 }
 
 /// Completed exchanges to report: (partition, peer) → start ms.
@@ -287,6 +293,7 @@ impl AntiEntropy {
             start_ms,
             transmits: VecDeque::new(),
             horizon_max: 0,
+            causal: config.conflicts == super::Conflicts::Siblings,
             forwards_reports: false,
             shard: 0,
             shards: 1,
@@ -348,7 +355,7 @@ impl AntiEntropy {
     /// the store, in bounded steps), forget those it no longer holds, and plan the copies of
     /// the partitions it takes over. Returns the partitions no longer held: the caller drops
     /// their records from the store (the flip that took them is known here now).
-    pub fn set_ring(&mut self, ring: Ring, store: &dyn Store) -> Vec<usize> {
+    pub fn set_ring(&mut self, ring: Ring, store: &mut dyn Store) -> Vec<usize> {
         self.ring = ring;
         let (added, dropped) = self.update_held();
         if !added.is_empty() && !store.is_empty() {
@@ -356,23 +363,8 @@ impl AntiEntropy {
             for &p in &added {
                 wanted[p] = true;
             }
-            let mut cursor = Some(0);
-            let steps_max = store.len() / AE_BUILD_KEYS_PER_STEP + 2;
-            for _ in 0..steps_max {
-                let Some(c) = cursor else { break };
-                let index = &mut self.index;
-                let r = store.scan_keys(c, AE_BUILD_KEYS_PER_STEP, &mut |k, m| {
-                    if wanted[crate::hash::partition_of(k)] {
-                        index.note(k, m)
-                    }
-                });
-                match r {
-                    Ok(next) => cursor = next,
-                    Err(e) => {
-                        log::error!("anti-entropy: trees of new partitions not built: {e}");
-                        break;
-                    }
-                }
+            if let Err(e) = self.index.note_store(store, &wanted) {
+                log::error!("anti-entropy: trees of new partitions not built: {e}");
             }
         }
         // Exchanges of partitions no longer held end here (their replies are ignored).
@@ -388,15 +380,8 @@ impl AntiEntropy {
 
     /// Build the trees from the store in bounded steps (one pass over its keys), and decide
     /// whether this node must rejoin: its newest record is older than the tombstone window.
-    pub fn build(&mut self, store: &dyn Store) -> Result<(), StoreError> {
-        let mut cursor = Some(0);
-        // Bounded: each step lists AE_BUILD_KEYS_PER_STEP keys or ends the listing.
-        let steps_max = store.len() / AE_BUILD_KEYS_PER_STEP + 2;
-        for _ in 0..steps_max {
-            let Some(c) = cursor else { break };
-            let index = &mut self.index;
-            cursor = store.scan_keys(c, AE_BUILD_KEYS_PER_STEP, &mut |k, m| index.note(k, m))?;
-        }
+    pub fn build(&mut self, store: &mut dyn Store) -> Result<(), StoreError> {
+        self.index.note_store(store, &[true; PARTITION_COUNT])?;
         let newest_ms = store.highest_version().physical_ms();
         if !store.is_empty() && self.start_ms.saturating_sub(newest_ms) > self.window_ms {
             self.start_rejoin();
@@ -603,6 +588,10 @@ impl AntiEntropy {
         ];
         for (name, v) in lines {
             report(name, v);
+        }
+        if self.causal {
+            // Only in siblings mode, so a last-write-wins node's STATS stay as they were.
+            report("causal_keys_near_limit", s.causal_near_limit);
         }
     }
 }

@@ -26,6 +26,9 @@ enum Answer {
     Record(Record),
     /// Theirs: the initiator pushes it.
     Want,
+    /// Siblings mode, states that differ: ours goes to the initiator and theirs comes back
+    /// (a digest says nothing of which state is "newer": each side merges the other's).
+    Both,
 }
 
 /// An AE_KEYS reply being built, bounded in bytes (records and wants together, one item
@@ -330,6 +333,21 @@ impl AntiEntropy {
             version: version.saturating_add(1),
             expires_at_ms: 0,
             value: None,
+            causal: false,
+        }
+    }
+
+    /// Add our record of `k` to `reply`: false when the reply is full.
+    fn add_ours(reply: &mut KeysReply, store: &mut dyn Store, k: &[u8]) -> bool {
+        match store.get(k) {
+            Ok(Some(stored)) => reply.add_record(&Record {
+                key: k.to_vec(),
+                version: stored.version.0,
+                expires_at_ms: stored.expires_at_ms,
+                value: stored.value,
+                causal: stored.causal,
+            }),
+            _ => true, // compacted away or unreadable: nothing to send
         }
     }
 
@@ -347,6 +365,7 @@ impl AntiEntropy {
     ) {
         let h = self.index.horizons[p];
         let me_rejoining = self.index.rejoining;
+        let causal = self.causal;
         let mut reply = KeysReply::default();
         let mut local_drops: Vec<Record> = Vec::new();
         let mut done = 0u16;
@@ -375,6 +394,9 @@ impl AntiEntropy {
                 // What this key needs: nothing, our record, or theirs.
                 let answer = match (theirs.get(k), ours_map.get(k)) {
                     (Some(&(tv, _)), Some(&(ov, _))) if tv == ov => None,
+                    // Siblings mode: the tree versions are digests of causal states.
+                    (Some(_), Some(_)) if causal => Some(Answer::Both),
+                    (Some(_), None) if causal => Some(Answer::Want),
                     (Some(&(tv, _)), Some(&(ov, _))) if tv > ov => Some(Answer::Want),
                     (Some(_), Some(_)) | (None, Some(_)) => {
                         let (ov, collectable) = ours_map[k];
@@ -405,15 +427,8 @@ impl AntiEntropy {
                     None => true,
                     Some(Answer::Want) => reply.add_want(k),
                     Some(Answer::Record(rec)) => reply.add_record(&rec),
-                    Some(Answer::Ours) => match store.get(k) {
-                        Ok(Some(stored)) => reply.add_record(&Record {
-                            key: k.to_vec(),
-                            version: stored.version.0,
-                            expires_at_ms: stored.expires_at_ms,
-                            value: stored.value,
-                        }),
-                        _ => true, // compacted away or unreadable: nothing to send
-                    },
+                    Some(Answer::Ours) => Self::add_ours(&mut reply, store, k),
+                    Some(Answer::Both) => Self::add_ours(&mut reply, store, k) && reply.add_want(k),
                 };
                 if !added {
                     // The reply is full: this segment is asked again (with the lists updated

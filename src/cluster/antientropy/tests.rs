@@ -248,12 +248,12 @@ fn rejoin_after_a_long_pause_or_absence() {
     let mut s = MemoryStore::new();
     put(&mut a, &mut s, b"k", Version::new(999_000, 0, 1).0, false);
     let (mut a, _) = pair_of_nodes();
-    a.build(&s).unwrap();
+    a.build(&mut s).unwrap();
     assert!(a.serving_reads());
     // A newest record older than the window: rejoining, and the first round comes soon.
     let (mut a, _) = pair_of_nodes();
     a.window_ms = 500;
-    a.build(&s).unwrap();
+    a.build(&mut s).unwrap();
     assert!(!a.serving_reads());
     assert!(a.next_round_ms < 1_000_000 + a.interval_ms);
     let mut t = a.tracked(&mut s);

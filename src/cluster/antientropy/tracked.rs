@@ -6,6 +6,7 @@
 use super::{AaeStats, AntiEntropy};
 use crate::cluster::merkle::{Entry, PartitionTree};
 use crate::hash::partition_of;
+use crate::limits::{AE_BUILD_KEYS_PER_STEP, PARTITION_COUNT};
 use crate::storage::{keydir::expiry_s_of, Applied, KeyMeta, Store, StoreError, Stored, Write};
 use crate::version::Version;
 
@@ -50,6 +51,52 @@ impl TreeIndex {
             tombstone: meta.tombstone,
             expires_s: expiry_s_of(meta.expires_at_ms),
         });
+    }
+
+    /// Note every key of `store` in a `wanted` partition (one pass, in bounded steps of
+    /// [`AE_BUILD_KEYS_PER_STEP`] keys). A causal record (siblings mode) is noted with its
+    /// state's digest, which needs its value: the causal keys of each step are read after it.
+    pub(super) fn note_store(
+        &mut self,
+        store: &mut dyn Store,
+        wanted: &[bool; PARTITION_COUNT],
+    ) -> Result<(), StoreError> {
+        let mut cursor = Some(0);
+        let mut causal: Vec<Vec<u8>> = Vec::new();
+        // Bounded: each step lists AE_BUILD_KEYS_PER_STEP keys or ends the listing.
+        let steps_max = store.len() / AE_BUILD_KEYS_PER_STEP + 2;
+        for _ in 0..steps_max {
+            let Some(c) = cursor else { break };
+            cursor = store.scan_keys(c, AE_BUILD_KEYS_PER_STEP, &mut |k, m| {
+                if !wanted[partition_of(k)] {
+                } else if m.causal {
+                    causal.push(k.to_vec());
+                } else {
+                    self.note(k, m)
+                }
+            })?;
+            for k in causal.drain(..) {
+                // A value that cannot be read or decoded stays out of the tree: anti-entropy
+                // then brings the key from a replica whose copy is sound.
+                let Ok(Some(stored)) = store.get(&k) else {
+                    continue;
+                };
+                let value = stored.value.as_deref().unwrap_or(&[]);
+                if let Some((v, near)) = crate::cluster::siblings::tree_version_of_value(value) {
+                    self.stats.causal_near_limit += u64::from(near);
+                    self.note(
+                        &k,
+                        KeyMeta {
+                            version: Version(v),
+                            tombstone: false,
+                            expires_at_ms: 0,
+                            causal: true,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The tree of `p`, if it has one.
@@ -137,6 +184,31 @@ impl Store for Tracked<'_> {
                 w.version,
                 self.index.horizons[partition_of(w.key)]
             ))));
+        }
+        if w.causal {
+            // Siblings mode: merged into the held state, never compared by version.
+            let m = crate::cluster::siblings::apply(self.store, &w)?;
+            let near = &mut self.index.stats.causal_near_limit;
+            match m.near_limit {
+                (false, true) => *near += 1,
+                (true, false) => *near = near.saturating_sub(1),
+                _ => {}
+            }
+            if let Some(digest) = m.digest {
+                if !self.buffered {
+                    self.store.flush()?;
+                }
+                self.index.note(
+                    w.key,
+                    KeyMeta {
+                        version: Version(crate::cluster::siblings::tree_version(digest)),
+                        tombstone: false,
+                        expires_at_ms: 0,
+                        causal: true,
+                    },
+                );
+            }
+            return Ok(m.applied);
         }
         let a = self.store.apply(w)?;
         if a == Applied::Stored {

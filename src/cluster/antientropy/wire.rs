@@ -35,6 +35,8 @@ pub(super) const FLAG_REJOINING: u8 = 0x01;
 pub(super) const ENTRY_COLLECTABLE: u8 = 0x01;
 /// Record flags: tombstone.
 pub(super) const RECORD_TOMBSTONE: u8 = 0x01;
+/// Record flags: the value is an encoded causal state (siblings mode, protocol.md § 19.4).
+pub(super) const RECORD_CAUSAL: u8 = 0x02;
 
 pub(super) fn bad(why: impl Into<String>) -> PeerError {
     PeerError::Malformed(why.into())
@@ -103,6 +105,8 @@ pub struct Record {
     pub expires_at_ms: u64,
     /// The value; `None` for a tombstone.
     pub value: Option<Vec<u8>>,
+    /// The value is an encoded causal state (siblings mode): the receiver merges it.
+    pub causal: bool,
 }
 
 impl Record {
@@ -114,10 +118,10 @@ impl Record {
         out.extend_from_slice(&self.key);
         out.extend_from_slice(&self.version.to_be_bytes());
         out.extend_from_slice(&self.expires_at_ms.to_be_bytes());
-        out.push(if self.value.is_none() {
-            RECORD_TOMBSTONE
-        } else {
-            0
+        out.push(match (self.value.is_none(), self.causal) {
+            (true, _) => RECORD_TOMBSTONE,
+            (false, true) => RECORD_CAUSAL,
+            (false, false) => 0,
         });
         let v = self.value.as_deref().unwrap_or(&[]);
         out.extend_from_slice(&(v.len() as u32).to_be_bytes());
@@ -128,7 +132,9 @@ impl Record {
         let version = r.u64("a record version")?;
         let expires_at_ms = r.u64("a record expiry")?;
         let flags = r.u8("record flags")?;
-        if flags & !RECORD_TOMBSTONE != 0 {
+        if flags & !(RECORD_TOMBSTONE | RECORD_CAUSAL) != 0
+            || flags == RECORD_TOMBSTONE | RECORD_CAUSAL
+        {
             return Err(bad(format!("record reserved flag bits 0x{flags:02x}")));
         }
         let n = r.u32("a value length")? as usize;
@@ -149,6 +155,7 @@ impl Record {
             version,
             expires_at_ms,
             value,
+            causal: flags & RECORD_CAUSAL != 0,
         })
     }
     pub(super) fn as_write(&self) -> Write<'_> {
@@ -157,7 +164,7 @@ impl Record {
             value: self.value.as_deref(),
             version: Version(self.version),
             expires_at_ms: self.expires_at_ms,
-            causal: false,
+            causal: self.causal,
         }
     }
 }

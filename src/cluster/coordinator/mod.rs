@@ -81,6 +81,8 @@ pub struct OwnedWrite {
     pub version: Version,
     /// Absolute expiry in ms since the Unix epoch; 0 = never.
     pub expires_at_ms: u64,
+    /// The value is an encoded causal state (siblings mode): replicas merge it.
+    pub causal: bool,
 }
 
 impl OwnedWrite {
@@ -91,7 +93,7 @@ impl OwnedWrite {
             value: self.value.as_deref(),
             version: self.version,
             expires_at_ms: self.expires_at_ms,
-            causal: false,
+            causal: self.causal,
         }
     }
 
@@ -102,6 +104,7 @@ impl OwnedWrite {
             value: s.value.clone(),
             version: s.version,
             expires_at_ms: s.expires_at_ms,
+            causal: s.causal,
         }
     }
 
@@ -133,6 +136,14 @@ pub enum Outcome {
     },
     /// A GET found no live value: never written, deleted or expired.
     NotFound,
+    /// Siblings mode: what a GET found, live or not: the causal context of the merged state
+    /// of the replicas that answered and its live siblings (none: not found), in dot order.
+    Siblings {
+        /// The context, encoded ([`crate::causal::VersionVector::encode_context`]).
+        context: Vec<u8>,
+        /// Each live sibling's version and value.
+        values: Vec<(Version, Vec<u8>)>,
+    },
     /// An operator's command was done: the text for the OK reply.
     Text(String),
     /// The request failed: UNAVAILABLE, TIMEOUT, OVERLOADED or STORAGE_ERROR with a message.
@@ -251,6 +262,10 @@ pub struct CoordinatorConfig {
     /// finds); the others ask only the replicas their level needs. 1: every read asks every
     /// replica; 0: none does (`--read-repair-every`).
     pub read_repair_every: u32,
+    /// Siblings mode (`--conflicts siblings`): reads merge the causal states they find and
+    /// repair the replicas missing part of the merge; a replica that already holds a causal
+    /// write's state acknowledges it (nothing is issued again).
+    pub causal: bool,
 }
 
 impl CoordinatorConfig {
@@ -272,6 +287,7 @@ impl CoordinatorConfig {
             } else {
                 0
             },
+            causal: c.conflicts == super::Conflicts::Siblings,
         }
     }
 }
@@ -550,12 +566,12 @@ impl<C> Coordinator<C> {
         required: usize,
     ) -> Option<Version> {
         let ctx = self.admit(ctx, replicas, alive, required)?;
-        self.stats.writes += 1;
         let mut write = OwnedWrite {
             key: key.to_vec(),
             value: value.map(|v| v.to_vec()),
             version: self.hlc.issue(now_ms),
             expires_at_ms,
+            causal: false,
         };
         if value.is_none() && self.mutations.no_tombstone_version {
             // test-only mutation: back-date the tombstone by a second, so it loses to the
@@ -568,6 +584,49 @@ impl<C> Coordinator<C> {
             );
         }
         let version = write.version;
+        self.start_owned_write(now_ms, ctx, write, replicas, alive, required);
+        Some(version)
+    }
+
+    /// Siblings mode: start the write of `state`, the key's new causal state as this replica
+    /// made it ([`crate::causal::CausalState::update`]) under `version` (from
+    /// [`Coordinator::hlc_mut`]). Replicas merge it; `required` of them must hold it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_causal_write(
+        &mut self,
+        now_ms: u64,
+        ctx: C,
+        key: &[u8],
+        state: Vec<u8>,
+        expires_at_ms: u64,
+        version: Version,
+        replicas: &[u32],
+        alive: &dyn Fn(u32) -> bool,
+        required: usize,
+    ) -> Option<Version> {
+        let ctx = self.admit(ctx, replicas, alive, required)?;
+        let write = OwnedWrite {
+            key: key.to_vec(),
+            value: Some(state),
+            version,
+            expires_at_ms,
+            causal: true,
+        };
+        self.start_owned_write(now_ms, ctx, write, replicas, alive, required);
+        Some(version)
+    }
+
+    /// Send `write` to `replicas` (admitted) and track it.
+    fn start_owned_write(
+        &mut self,
+        now_ms: u64,
+        ctx: C,
+        write: OwnedWrite,
+        replicas: &[u32],
+        alive: &dyn Fn(u32) -> bool,
+        required: usize,
+    ) {
+        self.stats.writes += 1;
         let id = self.alloc_id();
         let mut frame = Vec::new();
         peer::put_replicate(&mut frame, id, 0, self.ring_version, &write.as_write());
@@ -598,7 +657,6 @@ impl<C> Coordinator<C> {
             },
         );
         self.push_deadline(deadline_ms, id);
-        Some(version)
     }
 
     /// Ask `ask` replicas at once (at most; `usize::MAX`: all): this node through `local`
@@ -688,9 +746,9 @@ impl<C> Coordinator<C> {
     /// Node `from` answered the REPLICATE of operation `id` (for this node: the result of
     /// `ApplyLocal`).
     pub fn on_write_ack(&mut self, now_ms: u64, from: u32, id: u32, ack: WriteAck) {
-        let sent = match self.ops.get(&id).map(|op| &op.kind) {
-            Some(Kind::Write(w)) => w.version,
-            _ => Version::ZERO,
+        let (sent, causal) = match self.ops.get(&id).map(|op| &op.kind) {
+            Some(Kind::Write(w)) => (w.version, w.causal),
+            _ => (Version::ZERO, false),
         };
         // On the last attempt, a newer version reported once the attempts cover a read quorum
         // is a concurrent write's (see `Op::covered`): it counts as an acknowledgement.
@@ -709,8 +767,9 @@ impl<C> Coordinator<C> {
                 *slot = Slot::Acked;
                 stored = true;
             }
-            // The replica already holds this very write (a duplicate delivery).
-            WriteAck::Done(Applied::Stale { current }) if current == sent => {
+            // The replica already holds this very write (a duplicate delivery), or, in
+            // siblings mode, a state containing it (the merge changed nothing).
+            WriteAck::Done(Applied::Stale { current }) if current == sent || causal => {
                 *slot = Slot::Acked;
                 stored = true;
             }
@@ -926,6 +985,7 @@ impl<C> Coordinator<C> {
     }
 }
 
+mod causal;
 mod optable;
 mod read;
 

@@ -136,6 +136,9 @@ impl<C> Coordinator<C> {
     }
 
     fn answer_read_if_ready(&mut self, now_ms: u64, id: u32) {
+        if self.config.causal {
+            return self.answer_causal_read(now_ms, id);
+        }
         let op = self.ops.get_mut(&id).expect("caller checked the op exists");
         if op.ctx.is_none() || op.answered() < op.required {
             return;
@@ -204,6 +207,9 @@ impl<C> Coordinator<C> {
     /// Repair every replica of finished read `op` that answered with an older record, none,
     /// or an error.
     pub(super) fn repair_stale(&mut self, op: &Op<C>) {
+        if self.config.causal {
+            return self.repair_causal(op);
+        }
         let Kind::Read { key } = &op.kind else {
             return;
         };

@@ -14,6 +14,7 @@ fn config(hints: bool) -> CoordinatorConfig {
         ops_max: 4,
         observe_ahead_ms_max: 500,
         read_repair_every: 1,
+        causal: false,
     }
 }
 
@@ -236,6 +237,7 @@ fn read_repair_can_be_switched_off() {
         ops_max: 4,
         observe_ahead_ms_max: 500,
         read_repair_every: 1,
+        causal: false,
     });
     c.start_read(0, 1, b"k", &[1, 2], &all_alive, 1);
     let id = match &drain(&mut c)[0] {

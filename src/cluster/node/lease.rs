@@ -46,14 +46,30 @@ pub(super) struct HeldRequest<C> {
     value: Option<Vec<u8>>,
     expires_at_ms: u64,
     consistency: Consistency,
+    /// A siblings-mode write's causal context.
+    context: Option<Vec<u8>>,
     /// When it is answered UNAVAILABLE if no confirmation came.
     pub(super) deadline_ms: u64,
 }
 
 impl<C> HeldRequest<C> {
     fn bytes(&self) -> usize {
-        self.key.len() + self.value.as_ref().map_or(0, Vec::len)
+        self.key.len()
+            + self.value.as_ref().map_or(0, Vec::len)
+            + self.context.as_ref().map_or(0, Vec::len)
     }
+}
+
+/// A request to hold, as it came (see [`ClusterNode::hold_request`]).
+pub(super) struct Held<'a> {
+    pub key: &'a [u8],
+    /// A write (with its value, `None` for a delete), or a read.
+    pub write: bool,
+    pub value: Option<&'a [u8]>,
+    pub expires_at_ms: u64,
+    pub consistency: Consistency,
+    /// A siblings-mode write's causal context.
+    pub context: Option<&'a [u8]>,
 }
 
 impl<C> ClusterNode<C> {
@@ -119,23 +135,15 @@ impl<C> ClusterNode<C> {
     /// Hold a client write (`write`: of `value`, `None` for a delete) or read until the
     /// lease is confirmed again, or answer UNAVAILABLE when too much already waits.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn hold_request(
-        &mut self,
-        now_ms: u64,
-        ctx: C,
-        key: &[u8],
-        value: Option<&[u8]>,
-        expires_at_ms: u64,
-        consistency: Consistency,
-        write: bool,
-    ) {
+    pub(super) fn hold_request(&mut self, now_ms: u64, ctx: C, h: Held<'_>) {
         let w = HeldRequest {
             ctx,
-            key: key.to_vec(),
-            write,
-            value: value.map(<[u8]>::to_vec),
-            expires_at_ms,
-            consistency,
+            key: h.key.to_vec(),
+            write: h.write,
+            value: h.value.map(<[u8]>::to_vec),
+            expires_at_ms: h.expires_at_ms,
+            consistency: h.consistency,
+            context: h.context.map(<[u8]>::to_vec),
             deadline_ms: now_ms.saturating_add(self.config.request_timeout_ms),
         };
         if self.held.len() >= RING_HELD_REQUESTS_MAX
@@ -160,7 +168,11 @@ impl<C> ClusterNode<C> {
         if self.ring_lease_valid(now_ms) {
             self.held_bytes = 0;
             for w in std::mem::take(&mut self.held) {
-                if w.write {
+                if let Some(context) = &w.context {
+                    let value = w.value.as_deref();
+                    let (exp, c) = (w.expires_at_ms, w.consistency);
+                    self.causal_write(now_ms, store, w.ctx, &w.key, context, value, exp, c);
+                } else if w.write {
                     let value = w.value.as_deref();
                     let (exp, c) = (w.expires_at_ms, w.consistency);
                     self.write(now_ms, store, w.ctx, &w.key, value, exp, c);

@@ -55,9 +55,14 @@ impl<C> ClusterNode<C> {
                             self.ring.version()
                         ))
                     } else {
+                        let causal = write.causal;
                         match store.apply(write) {
                             Ok(a) => {
-                                if a == crate::storage::Applied::Stored {
+                                // A causal write's own copy was applied before it started
+                                // (`causal.rs`): it stands on this turn's write all the same.
+                                if a == crate::storage::Applied::Stored
+                                    || (causal && store.unflushed())
+                                {
                                     self.local_unflushed.push(id);
                                 }
                                 WriteAck::Done(a)

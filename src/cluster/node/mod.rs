@@ -60,6 +60,7 @@ use crate::protocol::{Consistency, FrameRef};
 use crate::storage::Store;
 use std::collections::VecDeque;
 
+mod causal;
 mod guard;
 mod lease;
 mod local;
@@ -258,7 +259,7 @@ impl<C> ClusterNode<C> {
     /// A stored version more than a year ahead of the wall clock can only come from a peer
     /// with a broken clock; following it could exhaust the version's time range, so it is
     /// ignored (the wall clock stepping back that far is not a case we serve).
-    pub fn recover_clock(&mut self, store: &dyn Store, now_ms: u64) {
+    pub fn recover_clock(&mut self, store: &mut dyn Store, now_ms: u64) {
         const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
         let highest = store.highest_version();
         if highest.physical_ms() <= now_ms.saturating_add(YEAR_MS) {
@@ -428,7 +429,15 @@ impl<C> ClusterNode<C> {
         // The ring lease: by a ring no peer confirmed lately, a write may reach none of the
         // partition's new owners (`lease.rs`); it waits for the next confirmation.
         if !self.ring_lease_valid(now_ms) {
-            self.hold_request(now_ms, ctx, key, value, expires_at_ms, consistency, true);
+            let held = lease::Held {
+                key,
+                value,
+                expires_at_ms,
+                consistency,
+                write: true,
+                context: None,
+            };
+            self.hold_request(now_ms, ctx, held);
             return;
         }
         // Issue the version above every tombstone horizon adopted here (see
@@ -479,7 +488,15 @@ impl<C> ClusterNode<C> {
         // The ring lease, as for writes: by an outdated ring, the old owners on the minority
         // side of a partition could answer a quorum without a write the new owners took.
         if !self.ring_lease_valid(now_ms) {
-            self.hold_request(now_ms, ctx, key, None, 0, consistency, false);
+            let held = lease::Held {
+                key,
+                value: None,
+                expires_at_ms: 0,
+                consistency,
+                write: false,
+                context: None,
+            };
+            self.hold_request(now_ms, ctx, held);
             return;
         }
         let required = self.required(consistency);

@@ -11,7 +11,8 @@
 //!  | ring version u64 | key len u16 | key | version u64 | expires at ms u64 (0 = never) |
 //!  | flags u8 | value (rest) |
 //!    ring version: the sender's (its replica set came from that ring)
-//!    flags bit 0: tombstone (then the value is empty); other bits 0
+//!    flags bit 0: tombstone (then the value is empty); bit 1: causal (the value is an
+//!    encoded causal state, siblings mode: the replica merges it); other bits 0
 //!  reply OK       | result u8 (0 = applied, 1 = stale: a newer or equal version is held, |
 //!                 |   2 = stale ring: refused, the sender's ring is older than the last |
 //!                 |   change of the key's partition here) |
@@ -20,7 +21,8 @@
 //!  reply error    STORAGE_ERROR and a message (the replica refuses writes)
 //!
 //! READ 0x21       request | ring version u64 | key len u16 | key |
-//!  reply OK       | state u8 (0 = absent, 1 = value, 2 = tombstone, 3 = stale ring) |
+//!  reply OK       | state u8 (0 = absent, 1 = value, 2 = tombstone, 3 = stale ring, |
+//!                 |   4 = a causal state, siblings mode) |
 //!                 | version u64 (state 3: the replica's ring version) |
 //!                 | expires at ms u64 | value (rest; empty unless state = 1) |
 //!
@@ -109,6 +111,10 @@ pub const AUX_HINT: u8 = 0x01;
 pub const AUX_REPAIR: u8 = 0x02;
 /// REPLICATE flags bit: the write is a tombstone.
 const FLAG_TOMBSTONE: u8 = 0x01;
+/// REPLICATE flags bit: the value is an encoded causal state (siblings mode).
+const FLAG_CAUSAL: u8 = 0x02;
+/// READ reply state: the record is a causal state (siblings mode).
+const STATE_CAUSAL: u8 = 4;
 /// Bytes of the sender's ring version that start a REPLICATE or READ body.
 const RING_VERSION_SIZE: usize = 8;
 /// REPLICATE reply result: refused, the sender's ring is stale for the key's partition.
@@ -364,7 +370,9 @@ impl<'a> PeerRequest<'a> {
                 let expires_at_ms = read_u64(rest, 8);
                 let flags = rest[16];
                 let value = &rest[17..];
-                if flags & !FLAG_TOMBSTONE != 0 {
+                if flags & !(FLAG_TOMBSTONE | FLAG_CAUSAL) != 0
+                    || flags == FLAG_TOMBSTONE | FLAG_CAUSAL
+                {
                     return Err(bad(format!("REPLICATE reserved flag bits 0x{flags:02x}")));
                 }
                 if value.len() > VALUE_SIZE_MAX {
@@ -384,7 +392,7 @@ impl<'a> PeerRequest<'a> {
                         value,
                         version,
                         expires_at_ms,
-                        causal: false,
+                        causal: flags & FLAG_CAUSAL != 0,
                     },
                     aux,
                     ring,
@@ -561,10 +569,10 @@ pub fn put_replicate(out: &mut Vec<u8>, id: u32, aux: u8, ring: u64, write: &Wri
     let mut fixed = [0u8; 17];
     BigEndian::write_u64(&mut fixed[0..8], write.version.0);
     BigEndian::write_u64(&mut fixed[8..16], write.expires_at_ms);
-    fixed[16] = if write.value.is_none() {
-        FLAG_TOMBSTONE
-    } else {
-        0
+    fixed[16] = match (write.value.is_none(), write.causal) {
+        (true, _) => FLAG_TOMBSTONE,
+        (false, true) => FLAG_CAUSAL,
+        (false, false) => 0,
     };
     let value = write.value.unwrap_or(&[]);
     frame::put_frame(
@@ -657,7 +665,11 @@ pub fn put_read_reply(out: &mut Vec<u8>, id: u32, record: &Result<Option<Stored>
         Ok(None) => message::put_ok(out, op::READ, id, &[&[0], &[0u8; 16]]),
         Ok(Some(s)) => {
             let mut fixed = [0u8; 17];
-            fixed[0] = if s.value.is_some() { 1 } else { 2 };
+            fixed[0] = match (s.value.is_some(), s.causal) {
+                (true, true) => STATE_CAUSAL,
+                (true, false) => 1,
+                (false, _) => 2,
+            };
             BigEndian::write_u64(&mut fixed[1..9], s.version.0);
             BigEndian::write_u64(&mut fixed[9..17], s.expires_at_ms);
             let value = s.value.as_deref().unwrap_or(&[]);
@@ -714,11 +726,11 @@ impl PeerReply {
                 }
                 let record = match body[0] {
                     0 if value.is_empty() => None,
-                    1 => Some(Stored {
+                    1 | STATE_CAUSAL => Some(Stored {
                         version,
                         expires_at_ms,
                         value: Some(value.to_vec()),
-                        causal: false,
+                        causal: body[0] == STATE_CAUSAL,
                     }),
                     2 if value.is_empty() => Some(Stored {
                         version,

@@ -1,0 +1,130 @@
+//! Siblings mode (`kvd --conflicts siblings`) in a replica's store: how a causal write meets
+//! the record a replica holds.
+//!
+//! In siblings mode a key's record holds its encoded [`CausalState`] (the store's `causal`
+//! flag says so) instead of a client value. Every path that brings a write to a replica
+//! (a coordinator's REPLICATE or its own copy, a hint, a read repair, anti-entropy, a
+//! partition move) goes through [`crate::cluster::antientropy::Tracked`], which hands causal
+//! writes to [`apply`] here: the incoming state is *merged* into the held one (the DVV sync,
+//! [`CausalState::merge`]), never compared by timestamp, so replicas that see the same states
+//! in any order, any number of times, end up with the same state.
+//!
+//! The store itself stays last-write-wins by version: the merged record is written with a
+//! version above the held one (the later of the incoming write's version and one above the
+//! held record's), so the newest record of the key is always the latest merge. Versions of a
+//! causal record therefore differ between replicas holding the same state; the anti-entropy
+//! trees compare states by their [`CausalState::digest`] instead ([`tree_version`]).
+
+use crate::causal::CausalState;
+use crate::limits::SIBLINGS_NEAR_LIMIT;
+use crate::storage::{Applied, Store, StoreError, Stored, Write};
+use crate::version::Version;
+
+/// The state a replica's record holds: a causal record's state, or the empty state for no
+/// record (or a plain tombstone: a siblings-mode cluster writes none, but one below a state
+/// is no loss). A plain value in a siblings-mode store is refused: it was written by
+/// last-write-wins, and merging would drop it (the node refuses to start on such a store).
+pub fn state_of(key: &[u8], held: Option<&Stored>) -> Result<CausalState, StoreError> {
+    match held {
+        None => Ok(CausalState::empty()),
+        Some(s) if s.causal => {
+            let bytes = s.value.as_deref().unwrap_or(&[]);
+            CausalState::decode(bytes).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "the causal state of key {} is damaged: {e}",
+                    show(key)
+                ))
+            })
+        }
+        Some(s) if s.value.is_none() => Ok(CausalState::empty()),
+        Some(_) => Err(StoreError::WritesRefused(format!(
+            "key {} holds a last-write-wins value in a --conflicts siblings store",
+            show(key)
+        ))),
+    }
+}
+
+/// A key for a message: its text when printable, else hex (keys are arbitrary bytes).
+fn show(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(t) if t.chars().all(|c| !c.is_control()) => format!("{t:?}"),
+        _ => key.iter().map(|b| format!("{b:02x}")).collect(),
+    }
+}
+
+/// What [`apply`] did, for the anti-entropy tree: the stored state's digest when the record
+/// changed.
+pub struct Merged {
+    /// As [`Store::apply`] reports it: `Stale { current: write.version }` when the held state
+    /// already contained the incoming one (nothing was written; a coordinator counts it as
+    /// an acknowledgement, exactly as a duplicate delivery of one write).
+    pub applied: Applied,
+    /// The digest of the state now held, when it changed.
+    pub digest: Option<u64>,
+    /// Whether the key held [`SIBLINGS_NEAR_LIMIT`] siblings or more before, and after.
+    pub near_limit: (bool, bool),
+}
+
+fn near_limit(s: &CausalState) -> bool {
+    s.siblings().len() >= SIBLINGS_NEAR_LIMIT
+}
+
+/// Merge the causal write `w` (its value an encoded [`CausalState`]) into what `store` holds
+/// for its key, writing the merged state when it differs from the held one.
+pub fn apply(store: &mut dyn Store, w: &Write<'_>) -> Result<Merged, StoreError> {
+    debug_assert!(w.causal, "only causal writes are merged");
+    let incoming = CausalState::decode(w.value.unwrap_or(&[])).map_err(|e| {
+        StoreError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a causal write carries a bad state: {e}"),
+        ))
+    })?;
+    let held = store.get(w.key)?;
+    let mut state = state_of(w.key, held.as_ref())?;
+    let before = near_limit(&state);
+    if held.is_some() && state.dominates(&incoming) {
+        return Ok(Merged {
+            applied: Applied::Stale { current: w.version },
+            digest: None,
+            near_limit: (before, before),
+        });
+    }
+    state.merge(&incoming);
+    state.check_hard_limits().map_err(|e| {
+        StoreError::WritesRefused(format!(
+            "merging key {} would pass a limit: {e}",
+            show(w.key)
+        ))
+    })?;
+    let mut bytes = Vec::with_capacity(state.encoded_len());
+    state.encode(&mut bytes);
+    let above_held = held.map_or(Version::ZERO, |h| Version(h.version.0.saturating_add(1)));
+    let applied = store.apply(Write {
+        key: w.key,
+        value: Some(&bytes),
+        version: w.version.max(above_held),
+        expires_at_ms: state.expires_at_ms(),
+        causal: true,
+    })?;
+    Ok(Merged {
+        applied,
+        digest: Some(state.digest()),
+        near_limit: (before, near_limit(&state)),
+    })
+}
+
+/// What the anti-entropy tree records as the "version" of a causal record: the digest of its
+/// state (with the top bit set, so that it never reads as a small version), so that replicas
+/// holding the same state agree whatever the versions their merges gave the record.
+pub fn tree_version(digest: u64) -> u64 {
+    digest | 1 << 63
+}
+
+/// The tree version of a causal record's value and whether it is near the sibling limit, or
+/// `None` when it does not decode (the tree then leaves the key out, so anti-entropy brings it
+/// from a replica whose copy is sound).
+pub fn tree_version_of_value(value: &[u8]) -> Option<(u64, bool)> {
+    CausalState::decode(value)
+        .ok()
+        .map(|s| (tree_version(s.digest()), near_limit(&s)))
+}
