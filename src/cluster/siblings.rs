@@ -52,6 +52,13 @@ fn show(key: &[u8]) -> String {
     }
 }
 
+/// The store-level expiry of every causal record: never. Each sibling carries its own expiry
+/// and readers hide expired ones; the store must not expire the record itself, because an
+/// expired record becomes a plain tombstone in compaction, which would lose the version
+/// vector: a late copy of a superseded sibling would then come back. (Collecting causal
+/// states whose siblings are all gone is future work: see protocol.md § 19.)
+pub const RECORD_EXPIRY: u64 = 0;
+
 /// What [`apply`] did, for the anti-entropy tree: the stored state's digest when the record
 /// changed.
 pub struct Merged {
@@ -103,7 +110,7 @@ pub fn apply(store: &mut dyn Store, w: &Write<'_>) -> Result<Merged, StoreError>
         key: w.key,
         value: Some(&bytes),
         version: w.version.max(above_held),
-        expires_at_ms: state.expires_at_ms(),
+        expires_at_ms: RECORD_EXPIRY,
         causal: true,
     })?;
     Ok(Merged {
