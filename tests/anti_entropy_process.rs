@@ -158,9 +158,25 @@ fn restarted_replica_converges_by_anti_entropy_alone() {
 
 #[test]
 fn collected_tombstones_stay_dead_when_a_replica_returns() {
+    collected_deletes_stay_dead("aae-tombstones", "lww");
+}
+
+/// The same in siblings mode (issue 16): a DELETE carrying the context of a causal GET leaves a
+/// causal state without siblings, which is collected like a tombstone once below the horizon,
+/// and the returning replica's old states (values with siblings) do not come back.
+#[test]
+fn collected_causal_deletes_stay_dead_when_a_replica_returns() {
+    collected_deletes_stay_dead("aae-tombstones-siblings", "siblings");
+}
+
+fn collected_deletes_stay_dead(name: &str, mode: &str) {
     let window_ms: u64 = 3_000;
     let window = window_ms.to_string();
-    let mut c = Cluster::start("aae-tombstones", &["--tombstone-window-ms", &window]);
+    let mut c = Cluster::start(
+        name,
+        &["--tombstone-window-ms", &window, "--conflicts", mode],
+    );
+    let siblings = mode == "siblings";
     let all = Consistency::All;
     let mut cl = c.client(1);
     let keys = 300;
@@ -175,7 +191,14 @@ fn collected_tombstones_stay_dead_when_a_replica_returns() {
     c.wait_alive(2, &[1, 2]);
     let mut delete_ms = 0;
     for i in 0..deletes {
-        let v = cl.delete(&key(i), Consistency::Quorum).unwrap();
+        let v = if siblings {
+            let s = cl.get_siblings(&key(i), Consistency::Quorum).unwrap();
+            assert_eq!(s.values.len(), 1);
+            cl.delete_with_context(&key(i), &s.context, Consistency::Quorum)
+                .unwrap()
+        } else {
+            cl.delete(&key(i), Consistency::Quorum).unwrap()
+        };
         delete_ms = delete_ms.max(dkv::version::Version(v).physical_ms());
     }
     // Once node 3 has been failed for longer than the window, the leader lets nodes 1 and 2

@@ -17,7 +17,7 @@
 
 use crate::causal::CausalState;
 use crate::limits::SIBLINGS_NEAR_LIMIT;
-use crate::storage::{Applied, Store, StoreError, Stored, Write};
+use crate::storage::{Applied, KeyMeta, Store, StoreError, Stored, Write};
 use crate::version::Version;
 
 /// The state a replica's record holds: a causal record's state, or the empty state for no
@@ -52,12 +52,45 @@ fn show(key: &[u8]) -> String {
     }
 }
 
-/// The store-level expiry of every causal record: never. Each sibling carries its own expiry
-/// and readers hide expired ones; the store must not expire the record itself, because an
-/// expired record becomes a plain tombstone in compaction, which would lose the version
-/// vector: a late copy of a superseded sibling would then come back. (Collecting causal
-/// states whose siblings are all gone is future work: see protocol.md § 19.)
-pub const RECORD_EXPIRY: u64 = 0;
+/// The store-level expiry of a causal record of a state without siblings (everything was
+/// deleted): expired from the start, so compaction collects it once it is below the tombstone
+/// horizon, exactly as a tombstone (the store copies an expired causal record whole above the
+/// horizon, never as a plain tombstone, which would lose its version vector).
+pub const EMPTY_STATE_EXPIRY_MS: u64 = 1;
+
+/// The store-level expiry of a causal record: a state without siblings is collectable (see
+/// [`EMPTY_STATE_EXPIRY_MS`]); one with siblings never expires as a record (each sibling
+/// carries its own expiry and readers hide expired ones; a state whose siblings have all
+/// expired stays until a write supersedes them).
+pub fn record_expiry(state: &CausalState) -> u64 {
+    if state.siblings().is_empty() {
+        EMPTY_STATE_EXPIRY_MS
+    } else {
+        0
+    }
+}
+
+/// What the anti-entropy tree holds for a causal record of `state` stored under `version`:
+/// the digest of a state with siblings (replicas holding the same state agree whatever the
+/// versions their merges gave the record); for an empty state, a tombstone at the record's
+/// version, so that it is swept below the horizon in step with the store's collection.
+pub fn tree_meta(state: &CausalState, version: Version) -> KeyMeta {
+    if state.siblings().is_empty() {
+        KeyMeta {
+            version,
+            tombstone: true,
+            expires_at_ms: 0,
+            causal: true,
+        }
+    } else {
+        KeyMeta {
+            version: Version(tree_version(state.digest())),
+            tombstone: false,
+            expires_at_ms: 0,
+            causal: true,
+        }
+    }
+}
 
 /// What [`apply`] did, for the anti-entropy tree: the stored state's digest when the record
 /// changed.
@@ -66,8 +99,8 @@ pub struct Merged {
     /// already contained the incoming one (nothing was written; a coordinator counts it as
     /// an acknowledgement, exactly as a duplicate delivery of one write).
     pub applied: Applied,
-    /// The digest of the state now held, when it changed.
-    pub digest: Option<u64>,
+    /// The anti-entropy tree's entry for the record now held, when it changed.
+    pub tree: Option<KeyMeta>,
     /// Whether the key held [`SIBLINGS_NEAR_LIMIT`] siblings or more before, and after.
     pub near_limit: (bool, bool),
 }
@@ -92,7 +125,7 @@ pub fn apply(store: &mut dyn Store, w: &Write<'_>) -> Result<Merged, StoreError>
     if held.is_some() && state.dominates(&incoming) {
         return Ok(Merged {
             applied: Applied::Stale { current: w.version },
-            digest: None,
+            tree: None,
             near_limit: (before, before),
         });
     }
@@ -106,16 +139,17 @@ pub fn apply(store: &mut dyn Store, w: &Write<'_>) -> Result<Merged, StoreError>
     let mut bytes = Vec::with_capacity(state.encoded_len());
     state.encode(&mut bytes);
     let above_held = held.map_or(Version::ZERO, |h| Version(h.version.0.saturating_add(1)));
+    let version = w.version.max(above_held);
     let applied = store.apply(Write {
         key: w.key,
         value: Some(&bytes),
-        version: w.version.max(above_held),
-        expires_at_ms: RECORD_EXPIRY,
+        version,
+        expires_at_ms: record_expiry(&state),
         causal: true,
     })?;
     Ok(Merged {
         applied,
-        digest: Some(state.digest()),
+        tree: Some(tree_meta(&state, version)),
         near_limit: (before, near_limit(&state)),
     })
 }
@@ -127,11 +161,10 @@ pub fn tree_version(digest: u64) -> u64 {
     digest | 1 << 63
 }
 
-/// The tree version of a causal record's value and whether it is near the sibling limit, or
-/// `None` when it does not decode (the tree then leaves the key out, so anti-entropy brings it
-/// from a replica whose copy is sound).
-pub fn tree_version_of_value(value: &[u8]) -> Option<(u64, bool)> {
-    CausalState::decode(value)
-        .ok()
-        .map(|s| (tree_version(s.digest()), near_limit(&s)))
+/// The tree entry of a stored causal record and whether it is near the sibling limit, or
+/// `None` when its value does not decode (the tree then leaves the key out, so anti-entropy
+/// brings it from a replica whose copy is sound).
+pub fn tree_meta_of_record(stored: &Stored) -> Option<(KeyMeta, bool)> {
+    let state = CausalState::decode(stored.value.as_deref().unwrap_or(&[])).ok()?;
+    Some((tree_meta(&state, stored.version), near_limit(&state)))
 }

@@ -394,12 +394,23 @@ impl AntiEntropy {
                 // What this key needs: nothing, our record, or theirs.
                 let answer = match (theirs.get(k), ours_map.get(k)) {
                     (Some(&(tv, _)), Some(&(ov, _))) if tv == ov => None,
-                    // Siblings mode: the tree versions are digests of causal states.
+                    // Siblings mode: the tree versions of causal states with siblings are
+                    // digests (of an empty state: its record's version, a tombstone), which
+                    // say nothing of which state is newer: each side takes the other's.
                     (Some(_), Some(_)) if causal => Some(Answer::Both),
-                    (Some(_), None) if causal => Some(Answer::Want),
+                    // A collectable entry we lack was collected here; a rejoining peer's
+                    // records are not authoritative (and below the horizon we cannot tell a
+                    // digest's age): its own exchanges, once rejoined, bring what it has.
+                    (Some(&(_, collectable)), None) if causal => {
+                        (!collectable && !peer_rejoining).then_some(Answer::Want)
+                    }
                     (Some(&(tv, _)), Some(&(ov, _))) if tv > ov => Some(Answer::Want),
                     (Some(_), Some(_)) | (None, Some(_)) => {
-                        let (ov, collectable) = ours_map[k];
+                        let (mut ov, collectable) = ours_map[k];
+                        if causal {
+                            // A digest is no age: the rejoin rule below needs the record's.
+                            ov = store.version_of(k).map_or(u64::MAX, |v| v.0);
+                        }
                         let absent_there = !theirs.contains_key(k);
                         if absent_there && collectable {
                             None

@@ -81,18 +81,9 @@ impl TreeIndex {
                 let Ok(Some(stored)) = store.get(&k) else {
                     continue;
                 };
-                let value = stored.value.as_deref().unwrap_or(&[]);
-                if let Some((v, near)) = crate::cluster::siblings::tree_version_of_value(value) {
+                if let Some((meta, near)) = crate::cluster::siblings::tree_meta_of_record(&stored) {
                     self.stats.causal_near_limit += u64::from(near);
-                    self.note(
-                        &k,
-                        KeyMeta {
-                            version: Version(v),
-                            tombstone: false,
-                            expires_at_ms: 0,
-                            causal: true,
-                        },
-                    );
+                    self.note(&k, meta);
                 }
             }
         }
@@ -194,19 +185,11 @@ impl Store for Tracked<'_> {
                 (true, false) => *near = near.saturating_sub(1),
                 _ => {}
             }
-            if let Some(digest) = m.digest {
+            if let Some(meta) = m.tree {
                 if !self.buffered {
                     self.store.flush()?;
                 }
-                self.index.note(
-                    w.key,
-                    KeyMeta {
-                        version: Version(crate::cluster::siblings::tree_version(digest)),
-                        tombstone: false,
-                        expires_at_ms: 0,
-                        causal: true,
-                    },
-                );
+                self.index.note(w.key, meta);
             }
             return Ok(m.applied);
         }

@@ -99,7 +99,7 @@ impl<C> Coordinator<C> {
             key: key.clone(),
             value: Some(value),
             version: op.newest_version(),
-            expires_at_ms: crate::cluster::siblings::RECORD_EXPIRY,
+            expires_at_ms: crate::cluster::siblings::record_expiry(&merged),
             causal: true,
         };
         for to in stale {

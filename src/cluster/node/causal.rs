@@ -148,7 +148,7 @@ impl<C> ClusterNode<C> {
         }
         let mut bytes = Vec::with_capacity(state.encoded_len());
         state.encode(&mut bytes);
-        let expires = crate::cluster::siblings::RECORD_EXPIRY;
+        let expires = crate::cluster::siblings::record_expiry(&state);
         // This copy first: a write its own replica refuses sends nothing (see the module doc).
         let w = crate::storage::Write {
             key,

@@ -228,37 +228,43 @@ fn a_causal_delete_is_refused_and_changes_nothing() {
 }
 
 #[test]
-fn an_expired_causal_value_becomes_a_plain_tombstone_in_compaction() {
+fn an_expired_causal_record_is_kept_whole_above_the_horizon_and_dropped_below() {
     let vfs = MemVfs::new();
     let (mut s, _) = LogStore::open(vfs.clone(), dir(), small()).unwrap();
+    let compact = |s: &mut LogStore<MemVfs>, base: u64| {
+        for i in 0..40u64 {
+            let key = format!("fill{i:02}");
+            write(s, &key, Some(b"ffffffffffffffff"), base + i, false);
+        }
+        s.sync().unwrap();
+        s.force_compaction();
+        for _ in 0..1000 {
+            s.maintenance(5_000, 50).unwrap();
+            if !s.forcing() && !s.compacting() {
+                break;
+            }
+        }
+    };
     s.apply(Write {
         key: b"t",
         value: Some(b"state"),
-        version: Version(1),
+        version: Version(10),
         expires_at_ms: 1_000,
         causal: true,
     })
     .unwrap();
-    for i in 0..40u64 {
-        write(
-            &mut s,
-            &format!("fill{i:02}"),
-            Some(b"ffffffffffffffff"),
-            2 + i,
-            false,
-        );
-    }
-    s.sync().unwrap();
-    s.force_compaction();
-    for _ in 0..1000 {
-        s.maintenance(5_000, 50).unwrap();
-        if !s.forcing() && !s.compacting() {
-            break;
-        }
-    }
-    // Kept as a tombstone (the default horizon keeps them), never a causal one.
+    compact(&mut s, 100);
+    // Above the horizon (none is set): kept as it was, state and flag, never a plain
+    // tombstone (that would lose the state's version vector).
     let got = s.get(b"t").unwrap().unwrap();
-    assert_eq!((got.value, got.causal), (None, false));
+    assert_eq!(
+        (got.value.as_deref(), got.causal, got.version),
+        (Some(&b"state"[..]), true, Version(10))
+    );
+    // Below the horizon: collected like an expired value.
+    s.set_tombstone_horizon(Version(50));
+    compact(&mut s, 200);
+    assert_eq!(s.get(b"t").unwrap(), None);
 }
 
 fn stat(s: &LogStore<MemVfs>, name: &str) -> u64 {

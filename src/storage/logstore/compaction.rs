@@ -260,7 +260,11 @@ impl<V: Vfs> LogStore<V> {
                     job.dropped.extend_from_slice(key);
                     return Ok(false);
                 }
-                let (header, value) = if expired {
+                // An expired value above the horizon becomes a tombstone that keeps its
+                // version; an expired causal record is copied whole: its state's version vector
+                // is what keeps a late copy of a superseded sibling from coming back
+                // (cluster/siblings.rs), and a plain tombstone would lose it.
+                let (header, value) = if expired && !h.causal {
                     let t = RecordHeader {
                         version: h.version,
                         expires_at_ms: 0,
