@@ -115,6 +115,55 @@ fn concurrent_puts_through_two_nodes_are_siblings_until_a_put_with_their_context
 }
 
 #[test]
+fn a_node_without_a_replica_hands_siblings_writes_to_one() {
+    // Four nodes, N=3: each key has a node that is not its replica.
+    let mut args: Vec<&str> = FAST.to_vec();
+    args.extend_from_slice(&["--conflicts", "siblings"]);
+    let nodes = common::start_nodes("siblings-handover", &[1, 2, 1, 2], 3, &args);
+    for n in &nodes {
+        wait_alive(n, 4, &[1, 2, 3, 4], DEADLINE);
+    }
+    let map = client(&nodes[0]).ring().unwrap();
+    let (key, outsider) = (0..)
+        .map(|i| format!("key-{i}"))
+        .find_map(|k| {
+            let owners = map.owners_of_key(k.as_bytes());
+            let out = (1..=4u32).find(|n| !owners.contains(n))?;
+            Some((k, out))
+        })
+        .expect("some key has a node outside its replicas");
+    let owner = map.owners_of_key(key.as_bytes())[0];
+    let key = key.as_bytes();
+    let mut out = client(&nodes[outsider as usize - 1]);
+    let mut own = client(&nodes[owner as usize - 1]);
+    // Two writes that did not see each other, one through the outsider: both kept.
+    let v = out.put(key, b"via-outsider", 0, Consistency::All).unwrap();
+    assert_ne!(
+        Version(v).node_id(),
+        outsider,
+        "a replica coordinated it, not the outsider"
+    );
+    own.put(key, b"via-owner", 0, Consistency::All).unwrap();
+    let s = out.get_siblings(key, Consistency::All).unwrap();
+    let mut values: Vec<&[u8]> = s.values.iter().map(|(_, v)| &v[..]).collect();
+    values.sort();
+    assert_eq!(values, vec![&b"via-outsider"[..], b"via-owner"]);
+    // The outsider's write with that context supersedes both; its delete removes the rest.
+    out.put_with_context(key, b"one", 0, &s.context, Consistency::All)
+        .unwrap();
+    let s = own.get_siblings(key, Consistency::All).unwrap();
+    assert_eq!(s.values.len(), 1, "{s:?}");
+    out.delete_with_context(key, &s.context, Consistency::All)
+        .unwrap();
+    assert_eq!(own.get(key, Consistency::All).unwrap(), None);
+    // A bad context is refused by the outsider itself (nothing is handed over).
+    let e = out
+        .put_with_context(key, b"x", 0, &[9, 9], Consistency::All)
+        .unwrap_err();
+    assert_eq!(status(&e), Some(Status::BadRequest), "{e:?}");
+}
+
+#[test]
 fn a_node_of_the_other_mode_is_refused_by_its_peers() {
     let ports: Vec<u16> = (0..2).map(|_| common::free_port()).collect();
     let list = common::node_list(&ports);

@@ -71,8 +71,12 @@ pub struct ShardCluster {
     last_clock_warn_ms: u64,
 }
 
-/// The key a REPLICATE or READ addresses (to route it), `None` for other peer frames.
+/// The key a REPLICATE, READ or COORDINATE addresses (to route it), `None` for other peer
+/// frames.
 fn peer_key(op: u8, aux: u8, body: &[u8]) -> Option<&[u8]> {
+    if op == peer::coordinate::OP {
+        return peer::coordinate::key_of(aux, body);
+    }
     match PeerRequest::decode(op, aux, body) {
         Ok(PeerRequest::Replicate { write, .. }) => Some(write.key),
         Ok(PeerRequest::Read { key, .. }) => Some(key),
@@ -460,6 +464,7 @@ impl ShardCore {
                 value,
                 expires_at_ms,
                 consistency,
+                false,
             );
             self.pump();
             return true;
@@ -542,6 +547,10 @@ impl ShardCore {
                 return After::Deferred;
             }
         }
+        if f.op == peer::coordinate::OP {
+            self.coordinate_request(now_ms, self.cfg.shard, conn, f);
+            return After::Deferred;
+        }
         let mark = wbuf.len();
         if self.serve_peer(now_ms, from, f, wbuf) {
             let held = &mut self.held[self.cfg.shard];
@@ -551,6 +560,53 @@ impl ShardCore {
             return After::Deferred;
         }
         After::Continue
+    }
+
+    /// COORDINATE: another node hands this (owning) shard a siblings-mode write of a key this
+    /// node holds a replica of; the reply goes to `origin`'s peer session `conn` once the
+    /// write is done (or refused), as a client's would.
+    pub(super) fn coordinate_request(
+        &mut self,
+        now_ms: u64,
+        origin: usize,
+        conn: ConnId,
+        f: &FrameRef<'_>,
+    ) {
+        let ctx = ReplyTo {
+            shard: origin,
+            conn,
+            op: f.op,
+            id: f.id,
+            causal: false,
+        };
+        let request = match peer::coordinate::Coordinate::decode(f.aux, f.body) {
+            Ok(r) => r,
+            Err(e) => return self.refuse(ctx, e.status(), e.to_string()),
+        };
+        let Some(c) = self.cluster.as_mut() else {
+            return self.refuse(ctx, Status::Unauthorized, "not part of a cluster".into());
+        };
+        if c.node.config().conflicts != crate::cluster::Conflicts::Siblings {
+            let why = "COORDINATE needs --conflicts siblings on every node".to_string();
+            return self.refuse(ctx, Status::BadRequest, why);
+        }
+        if let Some(why) = &self.write_error {
+            return self.refuse_write(ctx, why.clone());
+        }
+        let store = self.store.as_mut();
+        let c = self.cluster.as_mut().expect("checked above");
+        c.node.causal_write(
+            now_ms,
+            store,
+            ctx,
+            request.key,
+            request.context,
+            request.value,
+            request.expires_at_ms,
+            request.consistency,
+            true,
+        );
+        self.pump();
     }
 
     /// Serve a peer request on this shard, appending the reply to `out`. Returns true when
@@ -926,6 +982,10 @@ impl ShardCore {
             // The peer's id is not carried by a forwarded record: 0 means "unknown". REPLICATE
             // and READ do not use it, GOSSIP and the anti-entropy requests name their sender
             // in their body.
+            Request::Peer { op, .. } if *op == peer::coordinate::OP => {
+                self.coordinate_request(now_ms, from_shard, conn, f);
+                Some(None)
+            }
             Request::Peer { .. } => Some(Some(self.serve_peer(now_ms, 0, f, out))),
             Request::ClusterAdmin { command } => {
                 self.cluster_admin(now_ms, from_shard, conn, command, f.id);

@@ -3,9 +3,15 @@
 //! that none of the others superseded), and the replicas whose state lacks part of that merge
 //! are repaired with it. Nothing is compared by version: a replica is stale exactly when its
 //! state differs from the merge (the merge contains every state it was made from).
+//!
+//! A node that holds no replica of a key hands a siblings-mode write to one that does
+//! (COORDINATE, [`crate::cluster::peer::coordinate`]) and answers the client with that
+//! replica's outcome: [`Coordinator::start_forward`], [`Coordinator::on_forward_reply`].
 
 use super::{observe, Action, Coordinator, Kind, Op, Outcome, OwnedWrite, Slot};
 use crate::causal::CausalState;
+use crate::cluster::peer::coordinate::{Answer, Coordinate};
+use crate::protocol::Status;
 use crate::version::Version;
 
 /// The state a replica's answer holds: `None` for an answer that is not a causal state
@@ -42,6 +48,67 @@ impl<C> Op<C> {
 }
 
 impl<C> Coordinator<C> {
+    /// Siblings mode: hand the client's write `request` to replica `to` (this node holds no
+    /// replica of the key) and answer `ctx` with its outcome, or TIMEOUT if none comes within
+    /// two request timeouts (the replica itself waits up to one for its replicas).
+    pub fn start_forward(&mut self, now_ms: u64, ctx: C, to: u32, request: &Coordinate<'_>) {
+        if self.ops.len() >= self.config.ops_max {
+            let msg = format!(
+                "{} replicated operations in flight on this shard, the maximum",
+                self.ops.len()
+            );
+            self.fail(ctx, Status::Overloaded, msg);
+            return;
+        }
+        self.stats.writes += 1;
+        let id = self.alloc_id();
+        let mut frame = Vec::new();
+        request.encode(id, &mut frame);
+        self.actions.push_back(Action::Send { to, frame });
+        let deadline_ms = now_ms + 2 * self.config.request_timeout_ms;
+        self.ops.insert(
+            id,
+            Op {
+                ctx: Some(ctx),
+                kind: Kind::Forward,
+                replicas: vec![(to, Slot::Waiting)],
+                required: 1,
+                deadline_ms,
+                reissues: 0,
+                applied: false,
+                ring: self.ring_version,
+                covered: Vec::new(),
+            },
+        );
+        self.push_deadline(deadline_ms, id);
+    }
+
+    /// Node `from` answered the COORDINATE of operation `id`.
+    pub fn on_forward_reply(&mut self, from: u32, id: u32, answer: Answer) {
+        let ours = self.ops.get(&id).is_some_and(|op| {
+            matches!(op.kind, Kind::Forward) && op.replicas.first().is_some_and(|r| r.0 == from)
+        });
+        if !ours {
+            self.stats.late_replies += 1;
+            return;
+        }
+        // Its deadline's entry lapses (see optable.rs).
+        let op = self.ops.remove(&id).expect("checked above");
+        let outcome = match answer {
+            Ok(version) => Outcome::Written {
+                version,
+                reissues: 0,
+            },
+            Err((status, message)) => Outcome::Failed {
+                status,
+                message: format!("node {from}, a replica of the key: {message}"),
+            },
+        };
+        if let Some(ctx) = op.ctx {
+            self.actions.push_back(Action::Reply { ctx, outcome });
+        }
+    }
+
     /// Answer read `id` with the merge of its answers once `required` replicas answered.
     pub(super) fn answer_causal_read(&mut self, now_ms: u64, id: u32) {
         let op = self.ops.get_mut(&id).expect("caller checked the op exists");

@@ -312,7 +312,11 @@ enum Slot {
 
 enum Kind {
     Write(OwnedWrite),
-    Read { key: Vec<u8> },
+    Read {
+        key: Vec<u8>,
+    },
+    /// Siblings mode: a write handed to a replica (COORDINATE), which answers its outcome.
+    Forward,
 }
 
 struct Op<C> {
@@ -465,7 +469,7 @@ impl<C> Coordinator<C> {
     pub fn local_write(&self, id: u32) -> Option<Write<'_>> {
         match &self.ops.get(&id)?.kind {
             Kind::Write(w) => Some(w.as_write()),
-            Kind::Read { .. } => None,
+            Kind::Read { .. } | Kind::Forward => None,
         }
     }
 
@@ -473,7 +477,7 @@ impl<C> Coordinator<C> {
     pub fn local_read_key(&self, id: u32) -> Option<&[u8]> {
         match &self.ops.get(&id)?.kind {
             Kind::Read { key } => Some(key),
-            Kind::Write(_) => None,
+            Kind::Write(_) | Kind::Forward => None,
         }
     }
 
@@ -981,6 +985,7 @@ impl<C> Coordinator<C> {
                     self.repair_stale(&op);
                 }
             }
+            Kind::Forward => {}
         }
     }
 }

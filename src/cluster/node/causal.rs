@@ -8,13 +8,14 @@
 //! where this node's own writes of the key all are: its own copy, updated first (before any
 //! frame leaves, so a refused local write sends nothing). The counter is the write's HLC
 //! version, which grows across restarts (the clock ceiling), so a node that lost unsynced
-//! writes never reuses a dot. A node that holds no replica of the key does not coordinate
-//! siblings-mode writes (UNAVAILABLE, naming the replicas): a client routes them by the ring
-//! map (protocol.md § 11.1).
+//! writes never reuses a dot. A node that holds no replica of the key hands the write to one
+//! that does (COORDINATE, [`crate::cluster::peer::coordinate`]), first alive in preference
+//! order, and answers with its outcome; a handed-over write is never handed on (UNAVAILABLE).
 
 use super::{alive_in, ClusterNode, Output};
 use crate::causal::{CausalError, NewValue, VersionVector};
 use crate::cluster::coordinator::Outcome;
+use crate::cluster::peer::coordinate::Coordinate;
 use crate::protocol::{Consistency, Status};
 use crate::storage::Store;
 
@@ -27,7 +28,8 @@ impl<C> ClusterNode<C> {
     }
 
     /// Siblings mode: start a client write of `value` (`None`: a delete) to `key` carrying
-    /// the causal `context` the client read (its encoding; empty: none).
+    /// the causal `context` the client read (its encoding; empty: none). `handed`: another
+    /// node handed it over (COORDINATE): it is coordinated here or refused, never passed on.
     #[allow(clippy::too_many_arguments)]
     pub fn causal_write(
         &mut self,
@@ -39,6 +41,7 @@ impl<C> ClusterNode<C> {
         value: Option<&[u8]>,
         expires_at_ms: u64,
         consistency: Consistency,
+        handed: bool,
     ) {
         let seen = match VersionVector::decode_context(context) {
             Ok(vv) => vv,
@@ -46,10 +49,6 @@ impl<C> ClusterNode<C> {
                 return self.reply_failed(ctx, Status::BadRequest, format!("causal context: {e}"))
             }
         };
-        if let Some(why) = self.clock_refusal(now_ms) {
-            self.replica_stats.clock_refused += 1;
-            return self.reply_failed(ctx, Status::ClockOffset, why);
-        }
         if !self.ring_lease_valid(now_ms) {
             let held = super::lease::Held {
                 key,
@@ -58,6 +57,7 @@ impl<C> ClusterNode<C> {
                 consistency,
                 write: true,
                 context: Some(context),
+                handed,
             };
             self.hold_request(now_ms, ctx, held);
             return;
@@ -67,17 +67,22 @@ impl<C> ClusterNode<C> {
         let mut set = std::mem::take(&mut self.write_set);
         let pending = self.ring.write_set(p, &mut set);
         if !set.contains(&me) {
-            let owners: Vec<String> = set.iter().map(u32::to_string).collect();
+            let request = Coordinate {
+                key,
+                consistency,
+                expires_at_ms,
+                context,
+                value,
+            };
+            self.hand_over(now_ms, store, ctx, p, &set, &request, handed);
             self.write_set = set;
-            return self.reply_failed(
-                ctx,
-                Status::Unavailable,
-                format!(
-                    "siblings mode: node {me} holds no replica of this key; send the write to \
-                     one of nodes {} (the ring map, protocol.md § 11.1, says where)",
-                    owners.join(", ")
-                ),
-            );
+            return;
+        }
+        // The max-offset rule, as for `write`: this node issues the version.
+        if let Some(why) = self.clock_refusal(now_ms) {
+            self.replica_stats.clock_refused += 1;
+            self.write_set = set;
+            return self.reply_failed(ctx, Status::ClockOffset, why);
         }
         // The version, above every tombstone horizon adopted here (as for `write`).
         let ahead = self.ahead_ms_max();
@@ -110,6 +115,48 @@ impl<C> ClusterNode<C> {
             required + pending,
         );
         self.write_set = set;
+        self.drain(now_ms, store);
+    }
+
+    /// This node holds no replica of the key (partition `p`, write set `set`): hand the write
+    /// to the first alive replica, current owners first, in preference order.
+    #[allow(clippy::too_many_arguments)]
+    fn hand_over(
+        &mut self,
+        now_ms: u64,
+        store: &mut dyn Store,
+        ctx: C,
+        p: usize,
+        set: &[u32],
+        request: &Coordinate<'_>,
+        handed: bool,
+    ) {
+        let me = self.config.node_id;
+        let names: Vec<String> = set.iter().map(u32::to_string).collect();
+        if handed {
+            // Our ring and the sender's disagree: the sender retries once it has ours.
+            let why = format!(
+                "siblings mode: node {me} holds no replica of this key by its ring (version {}); \
+                 the replicas are nodes {}",
+                self.ring.version(),
+                names.join(", ")
+            );
+            return self.reply_failed(ctx, Status::Unavailable, why);
+        }
+        let (role, membership) = (&self.role, &self.membership);
+        let owners = self.ring.preference_list(p);
+        let to = (owners.iter().chain(set.iter()))
+            .copied()
+            .find(|&n| n != me && alive_in(role, membership, me, n));
+        let Some(to) = to else {
+            let why = format!(
+                "siblings mode: none of the key's replicas (nodes {}) is alive, and only a \
+                 replica coordinates its writes",
+                names.join(", ")
+            );
+            return self.reply_failed(ctx, Status::Unavailable, why);
+        };
+        self.coordinator.start_forward(now_ms, ctx, to, request);
         self.drain(now_ms, store);
     }
 

@@ -48,6 +48,8 @@ pub(super) struct HeldRequest<C> {
     consistency: Consistency,
     /// A siblings-mode write's causal context.
     context: Option<Vec<u8>>,
+    /// A siblings-mode write another node handed over (COORDINATE).
+    handed: bool,
     /// When it is answered UNAVAILABLE if no confirmation came.
     pub(super) deadline_ms: u64,
 }
@@ -70,6 +72,8 @@ pub(super) struct Held<'a> {
     pub consistency: Consistency,
     /// A siblings-mode write's causal context.
     pub context: Option<&'a [u8]>,
+    /// A siblings-mode write another node handed over (COORDINATE).
+    pub handed: bool,
 }
 
 impl<C> ClusterNode<C> {
@@ -144,6 +148,7 @@ impl<C> ClusterNode<C> {
             expires_at_ms: h.expires_at_ms,
             consistency: h.consistency,
             context: h.context.map(<[u8]>::to_vec),
+            handed: h.handed,
             deadline_ms: now_ms.saturating_add(self.config.request_timeout_ms),
         };
         if self.held.len() >= RING_HELD_REQUESTS_MAX
@@ -171,7 +176,8 @@ impl<C> ClusterNode<C> {
                 if let Some(context) = &w.context {
                     let value = w.value.as_deref();
                     let (exp, c) = (w.expires_at_ms, w.consistency);
-                    self.causal_write(now_ms, store, w.ctx, &w.key, context, value, exp, c);
+                    let h = w.handed;
+                    self.causal_write(now_ms, store, w.ctx, &w.key, context, value, exp, c, h);
                 } else if w.write {
                     let value = w.value.as_deref();
                     let (exp, c) = (w.expires_at_ms, w.consistency);

@@ -436,6 +436,7 @@ impl<C> ClusterNode<C> {
                 consistency,
                 write: true,
                 context: None,
+                handed: false,
             };
             self.hold_request(now_ms, ctx, held);
             return;
@@ -495,6 +496,7 @@ impl<C> ClusterNode<C> {
                 consistency,
                 write: false,
                 context: None,
+                handed: false,
             };
             self.hold_request(now_ms, ctx, held);
             return;
@@ -667,6 +669,14 @@ impl<C> ClusterNode<C> {
                 alive_in(role, membership, me, n)
             });
             self.after_aae();
+            return;
+        }
+        if f.op & !crate::protocol::RESPONSE_BIT == peer::coordinate::OP {
+            match peer::coordinate::decode_reply(f.aux, f.body) {
+                Ok(answer) => self.coordinator.on_forward_reply(from, f.id, answer),
+                Err(_) => self.replica_stats.peer_errors += 1,
+            }
+            self.drain(now_ms, store);
             return;
         }
         let reply = match PeerReply::decode(f.op, f.aux, f.body) {

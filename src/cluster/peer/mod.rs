@@ -164,7 +164,7 @@ impl std::fmt::Display for PeerError {
 
 impl std::error::Error for PeerError {}
 
-fn bad(why: impl Into<String>) -> PeerError {
+pub(super) fn bad(why: impl Into<String>) -> PeerError {
     PeerError::Malformed(why.into())
 }
 
@@ -349,7 +349,7 @@ fn split_key(body: &[u8]) -> Result<(&[u8], &[u8]), PeerError> {
     Ok(rest.split_at(len))
 }
 
-fn read_u64(b: &[u8], at: usize) -> u64 {
+pub(super) fn read_u64(b: &[u8], at: usize) -> u64 {
     BigEndian::read_u64(&b[at..at + 8])
 }
 
@@ -762,6 +762,8 @@ impl PeerReply {
         }
     }
 }
+
+pub mod coordinate;
 
 #[cfg(test)]
 mod tests;
