@@ -105,7 +105,8 @@ pub struct Merged {
     pub near_limit: (bool, bool),
 }
 
-fn near_limit(s: &CausalState) -> bool {
+/// Whether a key with state `s` counts as near the sibling limit (STATS).
+pub fn near_limit(s: &CausalState) -> bool {
     s.siblings().len() >= SIBLINGS_NEAR_LIMIT
 }
 

@@ -142,6 +142,32 @@ impl Tracked<'_> {
         r
     }
 
+    /// Siblings mode: apply a causal write this node made from the state it holds (it
+    /// contains that state, so there is nothing to merge), noting `tree` as its tree entry and
+    /// whether the key was, and is, near the sibling limit.
+    pub fn apply_made(
+        &mut self,
+        w: Write<'_>,
+        tree: KeyMeta,
+        near_limit: (bool, bool),
+    ) -> Result<Applied, StoreError> {
+        debug_assert!(w.causal);
+        let a = self.store.apply(w)?;
+        if a == Applied::Stored {
+            if !self.buffered {
+                self.store.flush()?;
+            }
+            self.index.note(w.key, tree);
+            let near = &mut self.index.stats.causal_near_limit;
+            match near_limit {
+                (false, true) => *near += 1,
+                (true, false) => *near = near.saturating_sub(1),
+                _ => {}
+            }
+        }
+        Ok(a)
+    }
+
     fn guarded(&self, w: &Write<'_>) -> bool {
         let h = self.index.horizons[partition_of(w.key)];
         !self.trusted && w.version.0 < h && self.store.version_of(w.key).is_none()

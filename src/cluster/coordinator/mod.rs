@@ -594,7 +594,10 @@ impl<C> Coordinator<C> {
 
     /// Siblings mode: start the write of `state`, the key's new causal state as this replica
     /// made it ([`crate::causal::CausalState::update`]) under `version` (from
-    /// [`Coordinator::hlc_mut`]). Replicas merge it; `required` of them must hold it.
+    /// [`Coordinator::hlc_mut`]) and already applied to its own store (this node's copy counts
+    /// as acknowledged at once: no `ApplyLocal`). Replicas merge it; `required` of them must
+    /// hold it. Returns the operation's id (its local acknowledgement stands on the turn's
+    /// write: see [`Coordinator::revoke_local_ack`]).
     #[allow(clippy::too_many_arguments)]
     pub fn start_causal_write(
         &mut self,
@@ -607,7 +610,7 @@ impl<C> Coordinator<C> {
         replicas: &[u32],
         alive: &dyn Fn(u32) -> bool,
         required: usize,
-    ) -> Option<Version> {
+    ) -> Option<u32> {
         let ctx = self.admit(ctx, replicas, alive, required)?;
         let write = OwnedWrite {
             key: key.to_vec(),
@@ -616,11 +619,11 @@ impl<C> Coordinator<C> {
             expires_at_ms,
             causal: true,
         };
-        self.start_owned_write(now_ms, ctx, write, replicas, alive, required);
-        Some(version)
+        Some(self.start_owned_write(now_ms, ctx, write, replicas, alive, required))
     }
 
-    /// Send `write` to `replicas` (admitted) and track it.
+    /// Send `write` to `replicas` (admitted) and track it; returns its id. A causal write's
+    /// own copy was applied before it started (`node/causal.rs`): acknowledged at once.
     fn start_owned_write(
         &mut self,
         now_ms: u64,
@@ -629,12 +632,13 @@ impl<C> Coordinator<C> {
         replicas: &[u32],
         alive: &dyn Fn(u32) -> bool,
         required: usize,
-    ) {
+    ) -> u32 {
         self.stats.writes += 1;
         let id = self.alloc_id();
         let mut frame = Vec::new();
         peer::put_replicate(&mut frame, id, 0, self.ring_version, &write.as_write());
-        let local = Action::ApplyLocal { id };
+        let local = (!write.causal).then_some(Action::ApplyLocal { id });
+        let pre_acked = write.causal && replicas.contains(&self.config.node_id);
         let slots = self.fan_out(replicas, alive, local, frame, usize::MAX);
         if self.config.hinted_handoff {
             for &(r, _) in slots.iter().filter(|(_, s)| *s == Slot::Down) {
@@ -655,37 +659,45 @@ impl<C> Coordinator<C> {
                 required,
                 deadline_ms,
                 reissues: 0,
-                applied: false,
+                applied: pre_acked,
                 ring: self.ring_version,
                 covered: Vec::new(),
             },
         );
         self.push_deadline(deadline_ms, id);
+        if pre_acked {
+            // It may be answered already (ONE, or a cluster of one).
+            self.progress_at(now_ms, id);
+        }
+        id
     }
 
     /// Ask `ask` replicas at once (at most; `usize::MAX`: all): this node through `local`
-    /// when it is one (always asked, and first: its copy costs no frame), then alive peers in
-    /// preference order with `frame`. Alive peers beyond `ask` are spares; the others are
-    /// noted down. The slots of the new operation, in preference order.
+    /// when it is one (always asked, and first: its copy costs no frame; `None`: its copy is
+    /// done, acknowledged already), then alive peers in preference order with `frame`. Alive
+    /// peers beyond `ask` are spares; the others are noted down. The slots of the new
+    /// operation, in preference order.
     fn fan_out(
         &mut self,
         replicas: &[u32],
         alive: &dyn Fn(u32) -> bool,
-        local: Action<C>,
+        local: Option<Action<C>>,
         frame: Vec<u8>,
         ask: usize,
     ) -> Vec<(u32, Slot)> {
         let me = self.config.node_id;
         let mut asked = usize::from(replicas.contains(&me));
-        let mut local = Some(local);
+        let mut local = local;
         let mut slots = Vec::with_capacity(replicas.len());
         for &r in replicas {
             if r == me {
-                let a = local
-                    .take()
-                    .expect("a node appears once in a preference list");
-                self.actions.push_back(a);
-                slots.push((r, Slot::Waiting));
+                match local.take() {
+                    Some(a) => {
+                        self.actions.push_back(a);
+                        slots.push((r, Slot::Waiting));
+                    }
+                    None => slots.push((r, Slot::Acked)),
+                }
             } else if !alive(r) {
                 slots.push((r, Slot::Down));
             } else if asked < ask {

@@ -46,7 +46,7 @@ impl<C> Coordinator<C> {
         let mut frame = Vec::new();
         peer::put_read(&mut frame, id, self.ring_version, key);
         let local = Action::ReadLocal { id };
-        let slots = self.fan_out(replicas, alive, local, frame, ask);
+        let slots = self.fan_out(replicas, alive, Some(local), frame, ask);
         if slots.iter().any(|(_, s)| *s == Slot::Spare) {
             let delay = READ_SPARE_AFTER_MS.min(self.config.request_timeout_ms / 2);
             self.spare_timers.push_back((now_ms + delay, id));

@@ -18,6 +18,7 @@ use crate::cluster::coordinator::Outcome;
 use crate::cluster::peer::coordinate::Coordinate;
 use crate::protocol::{Consistency, Status};
 use crate::storage::Store;
+use crate::version::Version;
 
 impl<C> ClusterNode<C> {
     fn reply_failed(&mut self, ctx: C, status: Status, message: String) {
@@ -103,7 +104,7 @@ impl<C> ClusterNode<C> {
         };
         let required = self.required(consistency);
         let (role, membership) = (&self.role, &self.membership);
-        self.coordinator.start_causal_write(
+        let started = self.coordinator.start_causal_write(
             now_ms,
             ctx,
             key,
@@ -114,6 +115,13 @@ impl<C> ClusterNode<C> {
             &|n| alive_in(role, membership, me, n),
             required + pending,
         );
+        // Its own copy, applied above, stands on this turn's write like a replica's: if that
+        // fails, the shard takes the acknowledgement back (`on_turn_write_failed`).
+        if let Some(id) = started {
+            if store.unflushed() {
+                self.local_unflushed.push(id);
+            }
+        }
         self.write_set = set;
         self.drain(now_ms, store);
     }
@@ -169,13 +177,14 @@ impl<C> ClusterNode<C> {
         key: &[u8],
         seen: &VersionVector,
         me: u32,
-        version: crate::version::Version,
+        version: Version,
         value: Option<&[u8]>,
         expires_at_ms: u64,
     ) -> Result<(Vec<u8>, u64), (Status, String)> {
         let storage = |e: crate::storage::StoreError| (Status::StorageError, e.to_string());
         let held = store.get(key).map_err(storage)?;
         let mut state = crate::cluster::siblings::state_of(key, held.as_ref()).map_err(storage)?;
+        let near_before = crate::cluster::siblings::near_limit(&state);
         let write = value.map(|v| NewValue {
             version: version.0,
             expires_at_ms,
@@ -197,17 +206,23 @@ impl<C> ClusterNode<C> {
         state.encode(&mut bytes);
         let expires = crate::cluster::siblings::record_expiry(&state);
         // This copy first: a write its own replica refuses sends nothing (see the module doc).
+        // The record's version is above the held one's (which a peer's clock may have set
+        // ahead of ours), so that the store takes it; the sibling keeps the write's version.
+        let above_held = held.map_or(Version::ZERO, |h| Version(h.version.0.saturating_add(1)));
+        let record_version = version.max(above_held);
         let w = crate::storage::Write {
             key,
             value: Some(&bytes),
-            version,
+            version: record_version,
             expires_at_ms: expires,
             causal: true,
         };
+        let tree = crate::cluster::siblings::tree_meta(&state, record_version);
+        let near = (near_before, crate::cluster::siblings::near_limit(&state));
         self.aae
             .tracked(store)
             .buffered()
-            .apply(w)
+            .apply_made(w, tree, near)
             .map_err(storage)?;
         Ok((bytes, expires))
     }

@@ -55,14 +55,9 @@ impl<C> ClusterNode<C> {
                             self.ring.version()
                         ))
                     } else {
-                        let causal = write.causal;
                         match store.apply(write) {
                             Ok(a) => {
-                                // A causal write's own copy was applied before it started
-                                // (`causal.rs`): it stands on this turn's write all the same.
-                                if a == crate::storage::Applied::Stored
-                                    || (causal && store.unflushed())
-                                {
+                                if a == crate::storage::Applied::Stored {
                                     self.local_unflushed.push(id);
                                 }
                                 WriteAck::Done(a)
