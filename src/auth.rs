@@ -306,6 +306,17 @@ mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
+    #[test]
+    fn the_conflict_mode_after_the_nonce_round_trips_and_lww_adds_nothing() {
+        use crate::cluster::Conflicts;
+        for c in [Conflicts::Lww, Conflicts::Siblings] {
+            assert_eq!(conflicts_announced(conflicts_suffix(c)), Some(c));
+        }
+        assert!(conflicts_suffix(Conflicts::Lww).is_empty());
+        assert_eq!(conflicts_announced(&[2]), None);
+        assert_eq!(conflicts_announced(&[1, 1]), None);
+    }
+
     fn hex(s: &str) -> Vec<u8> {
         let d: String = s.chars().filter(|c| !c.is_whitespace()).collect();
         (0..d.len())

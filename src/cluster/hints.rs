@@ -456,6 +456,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn add_records_keep_the_causal_flag() {
+        let mut w = w("k", 7);
+        w.causal = true;
+        let r = encode_add(3, 9, &w);
+        let Ok(Record::Add(3, 9, back)) = decode(&r) else {
+            panic!("not an ADD")
+        };
+        assert_eq!(back, w);
+        // Tombstone and causal together is no record this build writes.
+        let mut bad = r.clone();
+        bad[29] = 3;
+        assert!(decode(&bad).is_err());
+    }
+
     fn id_of(frame: &[u8]) -> u32 {
         BigEndian::read_u32(&frame[6..10])
     }

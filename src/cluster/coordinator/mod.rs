@@ -1007,4 +1007,6 @@ mod optable;
 mod read;
 
 #[cfg(test)]
+mod causal_tests;
+#[cfg(test)]
 mod tests;

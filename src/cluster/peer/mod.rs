@@ -268,6 +268,7 @@ impl PartialEq for PeerRequest<'_> {
                     && a.value == b.value
                     && a.version == b.version
                     && a.expires_at_ms == b.expires_at_ms
+                    && a.causal == b.causal
             }
             (PeerRequest::Read { key: a, ring: r }, PeerRequest::Read { key: b, ring: q }) => {
                 a == b && r == q

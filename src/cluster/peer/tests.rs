@@ -46,6 +46,46 @@ fn replicate_round_trips() {
 }
 
 #[test]
+fn causal_records_keep_their_flag_on_the_wire() {
+    // Siblings mode: REPLICATE flags bit 1, READ reply state 4.
+    let w = Write {
+        key: b"key",
+        value: Some(b"state"),
+        version: Version(77),
+        expires_at_ms: 0,
+        causal: true,
+    };
+    let mut out = Vec::new();
+    put_replicate(&mut out, 5, 0, 42, &w);
+    assert_eq!(
+        out[out.len() - 6],
+        FLAG_CAUSAL,
+        "the flags byte before the value"
+    );
+    assert_eq!(
+        as_request(&out).unwrap(),
+        PeerRequest::Replicate {
+            write: w,
+            aux: 0,
+            ring: 42
+        }
+    );
+    // A tombstone cannot be causal (a causal state is always a value).
+    let n = out.len();
+    out[n - 6] = FLAG_CAUSAL | FLAG_TOMBSTONE;
+    assert!(as_request(&out).is_err());
+    let stored = Stored {
+        version: Version(9),
+        expires_at_ms: 1,
+        value: Some(b"state".to_vec()),
+        causal: true,
+    };
+    let mut out = Vec::new();
+    put_read_reply(&mut out, 3, &Ok(Some(stored.clone())));
+    assert_eq!(as_reply(&out).unwrap(), PeerReply::Read(Ok(Some(stored))));
+}
+
+#[test]
 fn replicate_golden_bytes() {
     let mut out = Vec::new();
     let w = Write {
