@@ -1,6 +1,8 @@
 //! Siblings mode (`kvd --conflicts siblings`, protocol.md § 19) on real `kvd` processes:
 //! concurrent writes through different nodes become siblings and a write with their context
-//! resolves them; a node of the other mode is refused by its peers; and the acknowledged-write
+//! resolves them; a node holding no replica of a key hands its writes to one; siblings move
+//! whole with their partitions when a node joins; a node of the other mode is refused by its
+//! peers; and the acknowledged-write
 //! test with concurrent writers on the *same* keys and `kill -9` faults loses nothing in
 //! siblings mode (every acknowledged write is present, or superseded by a write whose context
 //! saw it), where last-write-wins loses some (reported, not asserted: it is the point of the
@@ -161,6 +163,48 @@ fn a_node_without_a_replica_hands_siblings_writes_to_one() {
         .put_with_context(key, b"x", 0, &[9, 9], Consistency::All)
         .unwrap_err();
     assert_eq!(status(&e), Some(Status::BadRequest), "{e:?}");
+}
+
+#[test]
+fn siblings_survive_partition_moves_when_a_node_joins() {
+    const KEYS: usize = 120;
+    let nodes = start("siblings-join", "siblings", &[]);
+    let (mut a, mut b) = (client(&nodes[0]), client(&nodes[1]));
+    let key = |i: usize| format!("moving-{i}").into_bytes();
+    for i in 0..KEYS {
+        a.put(&key(i), b"from-1", 0, Consistency::All).unwrap();
+        b.put(&key(i), b"from-2", 0, Consistency::All).unwrap();
+    }
+    // Node 4 joins (siblings mode too): partitions stream to it.
+    let dir = common::temp_dir("siblings-join-new");
+    let mut args = common::join_args(4, &nodes[1].addr);
+    args.extend(["--conflicts".to_string(), "siblings".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let newcomer = Node::start(&dir.join("node-4"), &args);
+    let all: Vec<&Node> = nodes.iter().chain([&newcomer]).collect();
+    common::wait_admitted(&nodes[0], 4);
+    common::wait_settled_ring(&all);
+    // The newcomer holds its share of the keys, each with both siblings: its copies came by
+    // streaming (looked at before any read, which could repair them); then every key still
+    // reads both siblings through it.
+    let map = client(&nodes[0]).ring().unwrap();
+    let mut c4 = client(&newcomer);
+    let mut held = 0;
+    for i in (0..KEYS).filter(|&i| map.owners_of_key(&key(i)).contains(&4)) {
+        let (_, state) = c4.local_get(&key(i)).unwrap().expect("a copy on node 4");
+        let state = dkv::causal::CausalState::decode(&state).unwrap();
+        assert_eq!(state.siblings().len(), 2, "key {i} on node 4");
+        held += 1;
+    }
+    for i in 0..KEYS {
+        let s = wait_for(DEADLINE, "an ALL read through node 4", || {
+            c4.get_siblings(&key(i), Consistency::All).ok()
+        });
+        let mut values: Vec<&[u8]> = s.values.iter().map(|(_, v)| &v[..]).collect();
+        values.sort();
+        assert_eq!(values, vec![&b"from-1"[..], b"from-2"], "key {i}");
+    }
+    assert!(held > KEYS / 4, "node 4 holds {held} of {KEYS} keys");
 }
 
 #[test]
