@@ -112,6 +112,32 @@ fn concurrent_puts_through_two_nodes_are_siblings_until_a_put_with_their_context
     assert_eq!(lines[0], "OK", "{out}");
     assert!(lines[1].starts_with("\"three\" ctx="), "{out}");
     assert!(lines[2].starts_with("ERR BAD_REQUEST"), "{out}");
+    // Blind writes pile up as siblings up to the limit; the next one is refused with
+    // TOO_MANY_SIBLINGS (nothing dropped), STATS counts the key near the limit, and one write
+    // with the context resolves them all.
+    for i in 0..dkv::limits::SIBLINGS_MAX {
+        a.put(b"pile", format!("v{i}").as_bytes(), 0, Consistency::All)
+            .unwrap();
+    }
+    let e = a
+        .put(b"pile", b"one more", 0, Consistency::All)
+        .unwrap_err();
+    assert_eq!(status(&e), Some(Status::TooManySiblings), "{e:?}");
+    let s = b.get_siblings(b"pile", Consistency::All).unwrap();
+    assert_eq!(s.values.len(), dkv::limits::SIBLINGS_MAX);
+    // (Shards publish their figures for STATS on their ticks: polled.)
+    let near = |want: u64| {
+        wait_for(DEADLINE, "causal_keys_near_limit", || {
+            let n: u64 = (nodes.iter())
+                .map(|n| common::stat(n, "causal_keys_near_limit"))
+                .sum();
+            (n == want).then_some(())
+        })
+    };
+    near(3); // the key, on each of its 3 replicas
+    b.put_with_context(b"pile", b"resolved", 0, &s.context, Consistency::All)
+        .unwrap();
+    near(0);
     // kvcat knew the mode from the node's STATS.
     assert!(common::kvcat(&nodes[0].addr, "STATS\n").contains("conflicts_siblings=1"));
 }
