@@ -914,7 +914,12 @@ impl ShardCore {
     ) -> Option<Option<bool>> {
         self.cluster.as_ref()?;
         match req {
-            Request::Get { .. } | Request::Put { .. } | Request::Delete { .. } => {
+            Request::Get { .. }
+            | Request::Put { .. }
+            | Request::Delete { .. }
+            | Request::CausalGet { .. }
+            | Request::CausalPut { .. }
+            | Request::CausalDelete { .. } => {
                 self.cluster_client(now_ms, from_shard, conn, req, f.id);
                 Some(None)
             }
