@@ -430,7 +430,7 @@ def test_unknown_opcode_keeps_the_connection():
 
 def test_bad_requests_keep_the_connection():
     with connect() as c:
-        rid = c.send(d.OP_GET, d.key_body(b"k"), aux=0x04)
+        rid = c.send(d.OP_GET, d.key_body(b"k"), aux=0x08)
         expect_error_then_usable(c, rid, d.OP_GET, "BAD_REQUEST", "GET with reserved flag bits")
         rid = c.send(d.OP_GET, d.key_body(b""))
         expect_error_then_usable(c, rid, d.OP_GET, "BAD_REQUEST", "GET of the empty key")
@@ -629,7 +629,7 @@ def test_token_node_checks_a_request_before_the_login():
         expect_error_then_usable_no_ping(c, rid, d.OP_GET, "KEY_TOO_LARGE", "long key before HELLO")
         rid = c.send(0x7E, b"")
         expect_error_then_usable_no_ping(c, rid, 0x7E, "UNKNOWN_OPCODE", "op 0x7e before HELLO")
-        rid = c.send(d.OP_GET, d.key_body(b"k"), aux=0x04)
+        rid = c.send(d.OP_GET, d.key_body(b"k"), aux=0x08)
         expect_error_then_usable_no_ping(c, rid, d.OP_GET, "BAD_REQUEST", "flags before HELLO")
         rid = c.send(d.OP_GET, d.key_body(b"k"))
         expect_error_then_usable_no_ping(c, rid, d.OP_GET, "UNAUTHORIZED", "GET before HELLO")
