@@ -419,7 +419,6 @@ impl Client {
     }
 }
 
-/// A GET reply: the version and value, or `None` for NOT_FOUND.
 /// What a causal GET found (siblings mode).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Siblings {
@@ -429,14 +428,14 @@ pub struct Siblings {
     pub values: Vec<(u64, Vec<u8>)>,
 }
 
+/// A causal GET reply: its siblings and context (none for NOT_FOUND, which still carries the
+/// context); an error status is an error.
 fn siblings_of(r: Reply) -> Result<Siblings, ClientError> {
+    let r = match r.status() {
+        Some(Status::NotFound) => r,
+        _ => expect_ok(r)?,
+    };
     let found = r.status() == Some(Status::Ok);
-    if !found && r.status() != Some(Status::NotFound) {
-        expect_ok(r)?;
-        return Err(ClientError::Protocol(
-            "a causal GET answered OK twice".into(),
-        ));
-    }
     let decoded = crate::protocol::siblings::decode_causal_get_reply(&r.body, found)
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
     Ok(Siblings {
@@ -447,6 +446,7 @@ fn siblings_of(r: Reply) -> Result<Siblings, ClientError> {
     })
 }
 
+/// A GET reply: the version and value, or `None` for NOT_FOUND.
 fn found(r: Reply) -> Result<Option<(u64, Vec<u8>)>, ClientError> {
     if r.status() == Some(Status::NotFound) {
         return Ok(None);
@@ -502,6 +502,11 @@ pub struct RouteCounters {
 /// first reachable owner of its key, primary first. Any node coordinates any request, so a
 /// stale map costs a hop, never a wrong answer; the map is refetched when a connection fails
 /// and when its version changes (checked every [`RING_REFRESH_INTERVAL_MS`]).
+///
+/// Siblings mode (`kvd --conflicts siblings`): a PUT or DELETE is coordinated by a replica of
+/// its key (protocol.md § 19.2). Owners are tried first, so [`RingClient::put_with_context`],
+/// [`RingClient::delete_with_context`] and [`RingClient::put`] reach one whenever an owner is
+/// reachable by the map in use.
 pub struct RingClient {
     /// Where to fetch the map from: the addresses given, then every node of the map.
     seeds: Vec<String>,

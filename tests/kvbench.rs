@@ -1,6 +1,7 @@
 //! kvbench against a real kvd on 127.0.0.1: a healthy node gives answered requests, no errors
 //! and no lost writes under `--check`; a node whose data is wiped mid-run makes `--check` report
-//! lost writes and exit 1 (the check can fail).
+//! lost writes and exit 1 (the check can fail). Against a `--conflicts siblings` cluster its
+//! writers of a few keys collide into siblings, counted in the report, with no error.
 
 mod common;
 
@@ -159,6 +160,77 @@ fn wiped_node_makes_the_check_fail() {
     assert!(stderr.contains("ACKNOWLEDGED WRITES LOST"), "{stderr}");
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Siblings mode: kvbench against 3 `--conflicts siblings` nodes with N = 2 (so routing
+/// matters: a write must reach a replica of its key) finds the mode in STATS by itself, runs
+/// 12 writers over 4 keys, each write a causal GET then a PUT or DELETE with its context, for
+/// a second and a half: every request reaches an owner, nothing fails, and reads find
+/// siblings (writers that read the same state write side by side).
+#[test]
+fn siblings_mode_writers_collide_into_siblings_without_errors() {
+    let nodes = common::start_nodes(
+        "kvbench-siblings",
+        &[2; 3],
+        2,
+        &["--conflicts", "siblings", "--gossip-interval-ms", "50"],
+    );
+    let out = finish(kvbench(&[
+        "--target",
+        &nodes[0].addr,
+        "--duration",
+        "1.5",
+        "--connections",
+        "12",
+        "--pipeline",
+        "2",
+        "--threads",
+        "2",
+        "--keys",
+        "4",
+        "--mix",
+        "get=30,put=50,del=20",
+        "--consistency",
+        "QUORUM",
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let json = String::from_utf8(out.stdout).expect("JSON is UTF-8");
+    assert!(
+        out.status.success(),
+        "kvbench failed with {}: {stderr}",
+        out.status
+    );
+    assert!(json.contains("\"conflicts\":\"siblings\""), "{json}");
+    assert!(
+        stderr.contains("the cluster runs --conflicts siblings"),
+        "{stderr}"
+    );
+    assert!(field(&json, "ops") > 0.0, "{json}");
+    assert_eq!(field(&json, "errors"), 0.0, "{json}\n{stderr}");
+    assert!(json.contains("\"errors_by_status\":{}"), "{json}");
+    assert_eq!(field(&json, "requests_to_other"), 0.0, "{json}");
+    for op in ["\"get\":{", "\"put\":{", "\"del\":{"] {
+        assert!(json.contains(op), "{op} missing from {json}");
+    }
+    // Every operation starts with a causal GET.
+    assert_eq!(field(&json, "causal_reads"), field(&json, "ops"), "{json}");
+    assert!(
+        field(&json, "reads_with_siblings") > 0.0,
+        "{json}\n{stderr}"
+    );
+    assert!(field(&json, "max_siblings") >= 2.0, "{json}");
+    assert_eq!(field(&json, "too_many_siblings"), 0.0, "{json}");
+    assert!(stderr.contains("siblings: "), "the human summary: {stderr}");
+
+    // The nodes agree: the keys hold what the writers left, readable causally everywhere.
+    for n in &nodes {
+        let mut c = n.client();
+        for k in 0..4 {
+            let key = format!("k{k:015}").into_bytes();
+            c.get_siblings(&key, Consistency::Quorum)
+                .expect("a causal GET after the run");
+        }
+    }
 }
 
 /// A RESP server that answers every GET with a miss, except that during `stall` (measured

@@ -6,7 +6,10 @@
 //! runs `python3 tests/python/test_client.py 127.0.0.1:PORT`, and asserts that every Python test
 //! passed and that the node still serves afterwards. A second test starts a 4-node cluster
 //! (N = 2) and runs `tests/python/test_ring.py`, which routes by the ring map and checks that
-//! at least 99% of its requests reach an owner of their key. Skipped, with a message, only when
+//! at least 99% of its requests reach an owner of their key. A third starts a 3-node cluster
+//! with `--conflicts siblings` (N = 3) and runs `tests/python/test_siblings.py`: blind writes
+//! through two nodes are both kept, a plain GET answers SIBLINGS, writes and deletes with a
+//! causal context supersede exactly what their read saw. Skipped, with a message, only when
 //! `python3` is not installed.
 
 mod common;
@@ -188,6 +191,39 @@ fn python_client_routes_by_the_ring() {
         "python3 test_ring.py failed:\n{output}\nkvd logs:\n{}",
         logs.join("\n----\n")
     );
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&out_path);
+}
+
+#[test]
+fn python_client_in_siblings_mode() {
+    if !python3_available() {
+        eprintln!("SKIPPED python_client_in_siblings_mode: python3 is not installed");
+        return;
+    }
+    let nodes = common::start_nodes(
+        "python-siblings",
+        &[2; 3],
+        3,
+        &["--conflicts", "siblings", "--gossip-interval-ms", "50"],
+    );
+    let dir = temp_dir("python-siblings-out");
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let out_path = dir.with_extension("python.out");
+    let (ok, output) = run_python("tests/python/test_siblings.py", &addrs, &out_path);
+    println!("{output}");
+    let logs: Vec<String> = nodes.iter().map(Node::log).collect();
+    assert!(
+        ok && output.contains(" passed, 0 failed"),
+        "python3 test_siblings.py failed:\n{output}\nkvd logs:\n{}",
+        logs.join("\n----\n")
+    );
+    for n in &nodes {
+        n.client()
+            .ping()
+            .expect("every node still answers after the Python test");
+    }
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&out_path);

@@ -8,6 +8,8 @@
 //! * kvbench `--route ring --check` reports every request sent to an owner and nothing lost;
 //!   with its shard-aware connections (the default) each also reaches the owning shard of the
 //!   owner node (no client request forwarded between shards), without them about half are.
+//! * Siblings mode: RingClient's causal reads and writes (a write must be coordinated by a
+//!   replica of its key) all reach an owner, on 3 nodes with N = 2.
 //! * kvbench follows the ring: on 3 nodes (N = 2) under its load a 4th node joins; once the
 //!   change has ended the nodes see at most 1% of kvbench's requests for keys they do not
 //!   own (a map fetched once would send about a third of them to former owners), kvbench
@@ -117,6 +119,67 @@ fn ring_client_sends_every_request_to_an_owner() {
     let live: Vec<&Node> = nodes[..3].iter().collect();
     let counts = routed_counts(&live);
     assert_eq!(counts.1, before.1, "no live node saw a key it does not own");
+}
+
+/// Siblings mode (`--conflicts siblings`): a write is coordinated by a replica of its key,
+/// which makes its dot from its own copy (protocol.md § 19.2), so RingClient's causal writes
+/// must reach an owner. On 3 nodes with N = 2 (each node a replica of two thirds of the keys),
+/// for each key: two blind writes are both kept, a PUT with their context leaves one value, a
+/// DELETE with the next context leaves none (NOT_FOUND still carries a context); every request
+/// goes to an owner, by the client's count and by the nodes' STATS.
+#[test]
+fn ring_client_sends_siblings_writes_to_a_replica() {
+    const SIBLING_KEYS: usize = 100;
+    let nodes = common::start_nodes(
+        "ring-siblings",
+        &[2; 3],
+        2,
+        &["--gossip-interval-ms", "50", "--conflicts", "siblings"],
+    );
+    let all: Vec<&Node> = nodes.iter().collect();
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let before = routed_counts(&all);
+    let mut rc = RingClient::connect(&addrs[..1]).expect("fetch the ring map");
+    assert_eq!(rc.map().ownership.replicas(), 2);
+    let q = Consistency::Quorum;
+    for i in 0..SIBLING_KEYS {
+        let key = format!("cart:{i}").into_bytes();
+        rc.put_with_context(&key, b"milk", 0, &[], q)
+            .expect("a blind causal PUT");
+        rc.put(&key, b"eggs", 0, q).expect("a plain PUT (blind)");
+        let both = rc.get_siblings(&key, q).expect("causal GET");
+        let mut values: Vec<Vec<u8>> = both.values.iter().map(|(_, v)| v.clone()).collect();
+        values.sort();
+        assert_eq!(values, [b"eggs".to_vec(), b"milk".to_vec()], "key {i}");
+        let err = rc.get(&key, q).expect_err("a plain GET of two siblings");
+        assert_eq!(err.status(), Some(dkv::protocol::Status::Siblings), "{err}");
+
+        let v = rc
+            .put_with_context(&key, b"milk,eggs", 0, &both.context, q)
+            .expect("PUT with the context");
+        let one = rc.get_siblings(&key, q).expect("causal GET");
+        assert_eq!(one.values, vec![(v, b"milk,eggs".to_vec())], "key {i}");
+        assert_eq!(
+            rc.get(&key, q).expect("plain GET"),
+            Some((v, b"milk,eggs".to_vec()))
+        );
+
+        rc.delete_with_context(&key, &one.context, q)
+            .expect("DELETE with the context");
+        let none = rc.get_siblings(&key, q).expect("causal GET");
+        assert!(none.values.is_empty(), "key {i}: {none:?}");
+        assert!(!none.context.is_empty(), "NOT_FOUND carries the context");
+        assert_eq!(rc.get(&key, q).expect("plain GET"), None);
+    }
+    let sent = 10 * SIBLING_KEYS as u64;
+    let c = rc.counters();
+    assert_eq!((c.to_owner, c.to_other), (sent, 0), "{c:?}");
+    let after = routed_counts(&all);
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (sent, 0),
+        "the nodes' STATS"
+    );
 }
 
 /// Sum of the STATS `shard_N_forwarded_out` (client requests handed to another shard of the

@@ -47,7 +47,7 @@ use dkv::protocol::{Consistency, Role, Status};
 use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
 
-const HELP: &str = "commands: PUT key value [ONE|QUORUM|ALL] [ttl=SECONDS] | GET key [ONE|QUORUM|ALL] | DEL key [ONE|QUORUM|ALL] | LGET key | PING | STATS | CLUSTER | CLUSTER LEAVE n|REMOVE n|PLAN|PAUSE|RESUME|THROTTLE MB | TRANSFERS | RING [PARTITIONS] | AAE | COMPACT | SNAPSHOT name [ALL] | SNAPSHOT LIST | SNAPSHOT DELETE name | HELP   (quote tokens with spaces: \"a b\", bytes as \\xNN)";
+const HELP: &str = "commands: PUT key value [ONE|QUORUM|ALL] [ttl=SECONDS] | GET key [ONE|QUORUM|ALL] | DEL key [ONE|QUORUM|ALL] | LGET key | PING | STATS | CLUSTER | CLUSTER LEAVE n|REMOVE n|PLAN|PAUSE|RESUME|THROTTLE MB | TRANSFERS | RING [PARTITIONS] | AAE | COMPACT | SNAPSHOT name [ALL] | SNAPSHOT LIST | SNAPSHOT DELETE name | HELP   (quote tokens with spaces: \"a b\", bytes as \\xNN; on a --conflicts siblings cluster GET prints every sibling and ctx=HEX, PUT and DEL take ctx=HEX)";
 
 /// Split a line into tokens, honouring double quotes and escapes.
 fn tokenize(line: &[u8]) -> Result<Vec<Vec<u8>>, String> {
@@ -248,7 +248,6 @@ fn quote_always(bytes: &[u8]) -> String {
     }
 }
 
-/// Run one command line; returns the lines to print.
 /// Run one command line on `client`; `token` is what kvcat presents in HELLO, for the
 /// commands that reach other nodes too (SNAPSHOT name ALL).
 fn run_command(

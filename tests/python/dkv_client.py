@@ -13,6 +13,18 @@ ring partitions.
         ids = [c.send_get(b"k%d" % i) for i in range(100)]
         replies = c.collect(ids)          # {id: Reply}, whatever order they came in
 
+Siblings mode (section 19, a cluster started with `kvd --conflicts siblings`): writes to one
+key that did not see each other are all kept, as siblings. A causal read returns them with an
+opaque context; a write that carries the context supersedes exactly what that read saw:
+
+    ctx, siblings = c.get_siblings(b"cart")     # (context bytes, [(version, value), ...])
+    c.put(b"cart", b"milk,eggs", context=ctx)  # replaces exactly those siblings
+    ctx, _ = c.get_siblings(b"cart")
+    c.delete(b"cart", context=ctx)
+
+Such a cluster coordinates a PUT or DELETE at a replica of the key (section 19.2): send writes
+through RingClient, which routes them to an owner.
+
 Shard-aware connections (section 11.2): a node lands a connection from source port P on its
 shard (P div 2) mod K, so one connection per shard, each sending only the keys its shard owns, saves
 the node a hop between shards per request:
@@ -42,6 +54,8 @@ FRAME_HEADER_SIZE = 10
 TOKEN_SIZE_MAX = 256
 TTL_SECONDS_MAX = 315360000
 PARTITION_COUNT = 256
+# Section 19.1: the longest causal context a node accepts.
+CONTEXT_SIZE_MAX = 643
 
 # Opcodes (section 3).
 OP_HELLO = 0x01
@@ -69,6 +83,8 @@ DEFAULT = 0
 ONE = 1
 QUORUM = 2
 ALL = 3
+# Bit 2 of aux of GET, PUT and DELETE: the causal protocol of siblings mode (sections 5, 19).
+FLAG_CAUSAL = 0x04
 
 # Status codes (section 7).
 STATUS_NAMES = {
@@ -90,6 +106,8 @@ STATUS_NAMES = {
     0x25: "SHUTTING_DOWN",
     0x26: "CLOCK_OFFSET",
     0x27: "MAYBE_APPLIED",
+    0x28: "SIBLINGS",
+    0x29: "TOO_MANY_SIBLINGS",
     0x30: "INTERNAL",
 }
 STATUS = {name: code for code, name in STATUS_NAMES.items()}
@@ -234,6 +252,78 @@ def key_body(key):
 def put_body(key, value, ttl_seconds=0):
     """| key len u16 | key | ttl seconds u32 | value |"""
     return key_body(key) + struct.pack(">I", ttl_seconds) + bytes(value)
+
+
+def _context_field(context):
+    """| ctx len u16 | context | (section 19.1)."""
+    context = bytes(context)
+    if len(context) > 0xFFFF:
+        raise ValueError("a context of %d bytes cannot be encoded" % len(context))
+    return struct.pack(">H", len(context)) + context
+
+
+def causal_put_body(key, value, ttl_seconds=0, context=b""):
+    """| key len u16 | key | ttl seconds u32 | ctx len u16 | context | value | (section 19.1)"""
+    return key_body(key) + struct.pack(">I", ttl_seconds) + _context_field(context) + bytes(value)
+
+
+def causal_delete_body(key, context=b""):
+    """| key len u16 | key | ctx len u16 | context | (section 19.1)"""
+    return key_body(key) + _context_field(context)
+
+
+def parse_causal_get_reply(body, found):
+    """The body of a causal GET's OK (`found`) or NOT_FOUND reply (section 19.1) as
+    (context, [(version, value), ...]); raises ProtocolError on anything out of layout."""
+    body = bytes(body)
+    if len(body) < 2:
+        raise ProtocolError("causal GET reply of %d bytes" % len(body))
+    (n,) = struct.unpack_from(">H", body, 0)
+    at = 2 + n
+    if at > len(body):
+        raise ProtocolError("causal GET reply ends inside its context")
+    context = body[2:at]
+    siblings = []
+    if found:
+        if at + 2 > len(body):
+            raise ProtocolError("causal GET reply ends before its sibling count")
+        (count,) = struct.unpack_from(">H", body, at)
+        at += 2
+        for _ in range(count):
+            if at + 12 > len(body):
+                raise ProtocolError("causal GET reply ends inside a sibling")
+            version, length = struct.unpack_from(">QI", body, at)
+            at += 12
+            if at + length > len(body):
+                raise ProtocolError("causal GET reply ends inside a value")
+            siblings.append((version, body[at: at + length]))
+            at += length
+        if not siblings:
+            raise ProtocolError("causal GET reply OK without a sibling")
+    if at != len(body):
+        raise ProtocolError("%d bytes after the causal GET reply" % (len(body) - at))
+    return context, siblings
+
+
+def get_siblings_result(reply):
+    """A causal GET reply as (context, [(version, value), ...]): no sibling for NOT_FOUND
+    (which still carries the context); raises DkvError for an error status."""
+    if reply.status == NOT_FOUND:
+        return parse_causal_get_reply(reply.body, False)
+    return parse_causal_get_reply(_ok(reply).body, True)
+
+
+def write_request(key, value=None, ttl_seconds=0, consistency=DEFAULT, context=None):
+    """(op, body, aux) of a PUT (`value` given) or a DELETE (`value` None): with the causal
+    flag and the context when `context` is not None (siblings mode, section 19)."""
+    if context is None:
+        if value is None:
+            return OP_DELETE, key_body(key), consistency
+        return OP_PUT, put_body(key, value, ttl_seconds), consistency
+    aux = consistency | FLAG_CAUSAL
+    if value is None:
+        return OP_DELETE, causal_delete_body(key, context), aux
+    return OP_PUT, causal_put_body(key, value, ttl_seconds, context), aux
 
 
 def hello_body(version=PROTOCOL_VERSION, role=ROLE_CLIENT, node_id=0, token=b""):
@@ -391,11 +481,16 @@ class Client:
     def send_get(self, key, consistency=DEFAULT):
         return self.send(OP_GET, key_body(key), aux=consistency)
 
-    def send_put(self, key, value, ttl_seconds=0, consistency=DEFAULT):
-        return self.send(OP_PUT, put_body(key, value, ttl_seconds), aux=consistency)
+    def send_put(self, key, value, ttl_seconds=0, consistency=DEFAULT, context=None):
+        op, body, aux = write_request(key, value, ttl_seconds, consistency, context)
+        return self.send(op, body, aux=aux)
 
-    def send_delete(self, key, consistency=DEFAULT):
-        return self.send(OP_DELETE, key_body(key), aux=consistency)
+    def send_delete(self, key, consistency=DEFAULT, context=None):
+        op, body, aux = write_request(key, None, 0, consistency, context)
+        return self.send(op, body, aux=aux)
+
+    def send_get_siblings(self, key, consistency=DEFAULT):
+        return self.send(OP_GET, key_body(key), aux=consistency | FLAG_CAUSAL)
 
     # -- receiving --
 
@@ -468,13 +563,23 @@ class Client:
         """(version, value), or None if the key has no live value."""
         return get_result(self.call(OP_GET, key_body(key), consistency))
 
-    def put(self, key, value, ttl_seconds=0, consistency=DEFAULT):
-        """The version given to the write."""
-        return _ok(self.call(OP_PUT, put_body(key, value, ttl_seconds), consistency)).version()
+    def put(self, key, value, ttl_seconds=0, consistency=DEFAULT, context=None):
+        """The version given to the write. With `context` (siblings mode, bytes from
+        get_siblings, b"" for none) the write supersedes exactly what that read saw; without
+        it, a siblings-mode node keeps the value beside the siblings already there."""
+        op, body, aux = write_request(key, value, ttl_seconds, consistency, context)
+        return _ok(self.call(op, body, aux)).version()
 
-    def delete(self, key, consistency=DEFAULT):
-        """The version of the tombstone."""
-        return _ok(self.call(OP_DELETE, key_body(key), consistency)).version()
+    def delete(self, key, consistency=DEFAULT, context=None):
+        """The version of the tombstone. Siblings mode needs `context` (from get_siblings):
+        the delete removes what that read saw; a plain DELETE is BAD_REQUEST there."""
+        op, body, aux = write_request(key, None, 0, consistency, context)
+        return _ok(self.call(op, body, aux)).version()
+
+    def get_siblings(self, key, consistency=DEFAULT):
+        """Siblings mode: (context, [(version, value), ...]), every live sibling in the node's
+        stable order; no sibling when the key has no live value."""
+        return get_siblings_result(self.call(OP_GET, key_body(key), consistency | FLAG_CAUSAL))
 
     def lget(self, key):
         """This node's local copy of a key: (version, expires at ms or 0, value) for a live
@@ -539,11 +644,14 @@ class ShardedClient:
     def get(self, key, consistency=DEFAULT):
         return self.for_key(key).get(key, consistency)
 
-    def put(self, key, value, ttl_seconds=0, consistency=DEFAULT):
-        return self.for_key(key).put(key, value, ttl_seconds, consistency)
+    def put(self, key, value, ttl_seconds=0, consistency=DEFAULT, context=None):
+        return self.for_key(key).put(key, value, ttl_seconds, consistency, context)
 
-    def delete(self, key, consistency=DEFAULT):
-        return self.for_key(key).delete(key, consistency)
+    def delete(self, key, consistency=DEFAULT, context=None):
+        return self.for_key(key).delete(key, consistency, context)
+
+    def get_siblings(self, key, consistency=DEFAULT):
+        return self.for_key(key).get_siblings(key, consistency)
 
 
 def _ok(reply):
@@ -744,8 +852,14 @@ class RingClient:
     def get(self, key, consistency=DEFAULT):
         return get_result(self.call(OP_GET, key, key_body(key), consistency))
 
-    def put(self, key, value, ttl_seconds=0, consistency=DEFAULT):
-        return _ok(self.call(OP_PUT, key, put_body(key, value, ttl_seconds), consistency)).version()
+    def put(self, key, value, ttl_seconds=0, consistency=DEFAULT, context=None):
+        op, body, aux = write_request(key, value, ttl_seconds, consistency, context)
+        return _ok(self.call(op, key, body, aux)).version()
 
-    def delete(self, key, consistency=DEFAULT):
-        return _ok(self.call(OP_DELETE, key, key_body(key), consistency)).version()
+    def delete(self, key, consistency=DEFAULT, context=None):
+        op, body, aux = write_request(key, None, 0, consistency, context)
+        return _ok(self.call(op, key, body, aux)).version()
+
+    def get_siblings(self, key, consistency=DEFAULT):
+        reply = self.call(OP_GET, key, key_body(key), consistency | FLAG_CAUSAL)
+        return get_siblings_result(reply)

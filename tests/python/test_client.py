@@ -170,6 +170,36 @@ def test_encoder_matches_golden_vectors():
         check(d.parse_frame(whole[:cut]) is None, "prefix of %d bytes" % cut)
 
 
+def test_siblings_vectors_of_protocol_md():
+    # Section 19.5: the causal requests this client encodes, the causal GET replies it parses.
+    v = golden_vectors()
+    ctx = bytes.fromhex("010002000166ada5fa00000001000266ada5fa00400002")
+    ctx2 = bytes.fromhex("010002000166ada5fa00800001000266ada5fa00400002")
+    check(v["context-empty"][1] == b"\x01\x00\x00", "the empty context")
+    with_flag = d.QUORUM | d.FLAG_CAUSAL
+    check(
+        v["causal-get-request"][1] == d.encode_frame(d.OP_GET, with_flag, 11, d.key_body(b"cart")),
+        "causal GET",
+    )
+    op, body, aux = d.write_request(b"cart", b"milk,eggs", 0, d.QUORUM, ctx)
+    check(v["causal-put-request"][1] == d.encode_frame(op, aux, 12, body), "causal PUT")
+    op, body, aux = d.write_request(b"cart", None, 0, d.DEFAULT, ctx2)
+    check(v["causal-delete-request"][1] == d.encode_frame(op, aux, 13, body), "causal DELETE")
+    op, aux, rid, body, n = d.parse_frame(v["causal-get-reply"][1])
+    got = d.get_siblings_result(d.Reply(op, aux, rid, body))
+    want = (ctx, [(0x66ADA5FA00000001, b"milk"), (0x66ADA5FA00400002, b"eggs")])
+    check(got == want, "causal GET reply: %r" % (got,))
+    op, aux, rid, body, n = d.parse_frame(v["causal-get-not-found-reply"][1])
+    check(d.get_siblings_result(d.Reply(op, aux, rid, body)) == (ctx2, []), "NOT_FOUND reply")
+    for cut in range(len(body)):
+        try:
+            d.parse_causal_get_reply(body[:cut], False)
+        except d.ProtocolError:
+            continue
+        raise Failure("a causal reply cut at %d bytes was accepted" % cut)
+    check(d.STATUS["SIBLINGS"] == 0x28 and d.STATUS["TOO_MANY_SIBLINGS"] == 0x29, "statuses")
+
+
 # ---- tests against the node ------------------------------------------------------------------
 
 
@@ -430,8 +460,13 @@ def test_unknown_opcode_keeps_the_connection():
 
 def test_bad_requests_keep_the_connection():
     with connect() as c:
-        rid = c.send(d.OP_GET, d.key_body(b"k"), aux=0x04)
+        rid = c.send(d.OP_GET, d.key_body(b"k"), aux=0x08)
         expect_error_then_usable(c, rid, d.OP_GET, "BAD_REQUEST", "GET with reserved flag bits")
+        # The causal flag needs a --conflicts siblings cluster (section 5).
+        rid = c.send_get_siblings(b"k")
+        expect_error_then_usable(c, rid, d.OP_GET, "BAD_REQUEST", "causal GET on a lww node")
+        rid = c.send_put(b"k", b"v", context=b"")
+        expect_error_then_usable(c, rid, d.OP_PUT, "BAD_REQUEST", "causal PUT on a lww node")
         rid = c.send(d.OP_GET, d.key_body(b""))
         expect_error_then_usable(c, rid, d.OP_GET, "BAD_REQUEST", "GET of the empty key")
         rid = c.send_put(b"k", b"v", ttl_seconds=d.TTL_SECONDS_MAX + 1)
@@ -629,7 +664,7 @@ def test_token_node_checks_a_request_before_the_login():
         expect_error_then_usable_no_ping(c, rid, d.OP_GET, "KEY_TOO_LARGE", "long key before HELLO")
         rid = c.send(0x7E, b"")
         expect_error_then_usable_no_ping(c, rid, 0x7E, "UNKNOWN_OPCODE", "op 0x7e before HELLO")
-        rid = c.send(d.OP_GET, d.key_body(b"k"), aux=0x04)
+        rid = c.send(d.OP_GET, d.key_body(b"k"), aux=0x08)
         expect_error_then_usable_no_ping(c, rid, d.OP_GET, "BAD_REQUEST", "flags before HELLO")
         rid = c.send(d.OP_GET, d.key_body(b"k"))
         expect_error_then_usable_no_ping(c, rid, d.OP_GET, "UNAUTHORIZED", "GET before HELLO")
@@ -708,6 +743,7 @@ def test_refused_client_hellos_keep_or_close_the_connection():
 TESTS = [
     test_key_hash_matches_protocol_md,
     test_encoder_matches_golden_vectors,
+    test_siblings_vectors_of_protocol_md,
     test_ping_without_hello,
     test_hello,
     test_shard_vectors_match_protocol_md,

@@ -15,6 +15,12 @@
 //! node on a connection pinned to the key's shard there; against a single node the ring has
 //! nothing to route and only the shards count.
 //!
+//! Against a `--conflicts siblings` cluster (`--conflicts siblings`, or found in the first
+//! target's STATS) the dkv workload speaks the causal protocol (protocol.md § 19): GETs return
+//! every sibling and a context, and each write is a causal GET followed by a PUT or DELETE
+//! with that context, so concurrent writers of a key make siblings, which the report counts
+//! (`engine/mod.rs`).
+//!
 //! A run has up to three phases, each with fresh connections: `--preload` writes every key once;
 //! the measured phase runs the workload for `--duration` seconds or `--requests` operations;
 //! `--check` then reads every written key back with ALL and judges it (see `check.rs`).
@@ -290,7 +296,7 @@ fn run_phase(
     Ok(phase)
 }
 
-fn describe(o: &Opts) -> (String, String) {
+fn describe(o: &Opts, siblings: bool) -> (String, String) {
     let targets = o
         .target_names
         .iter()
@@ -328,12 +334,14 @@ fn describe(o: &Opts) -> (String, String) {
     }
     if o.proto == Proto::Dkv {
         j.push_str(&format!(",\"shard_aware\":{}", o.shard_aware));
+        let conflicts = if siblings { "siblings" } else { "lww" };
+        j.push_str(&format!(",\"conflicts\":\"{conflicts}\""));
     }
     if o.ttl_seconds > 0 {
         j.push_str(&format!(",\"ttl\":{}", o.ttl_seconds));
     }
     let h = format!(
-        "kvbench: {} {} | {} connections x pipeline {} on {} thread(s) | {} keys of {} B ({}), values {} B | mix {}{}{}",
+        "kvbench: {} {} | {} connections x pipeline {} on {} thread(s) | {} keys of {} B ({}), values {} B | mix {}{}{}{}",
         o.proto.name(),
         o.target_names.join(","),
         o.connections,
@@ -352,12 +360,56 @@ fn describe(o: &Opts) -> (String, String) {
         match o.rate {
             Some(r) => format!(" | open loop {r} ops/s"),
             None => String::new(),
+        },
+        if siblings {
+            " | siblings: causal GETs, each write with its GET's context"
+        } else {
+            ""
         }
     );
     (j, h)
 }
 
+/// Whether the cluster keeps siblings: `--conflicts`, else the first target whose STATS
+/// answer (`conflicts_siblings 1`); a target that cannot tell is taken for last-write-wins.
+fn siblings_mode(o: &Opts) -> Result<bool, String> {
+    let siblings = match o.siblings {
+        Some(s) => s,
+        None => {
+            let found = o.target_names.iter().find_map(|t| {
+                dkv::client::Client::connect_as(
+                    t.as_str(),
+                    dkv::protocol::Role::Client,
+                    0,
+                    &o.token,
+                )
+                .and_then(|mut c| c.stats())
+                .ok()
+            });
+            let s = found.is_some_and(|stats| stats.lines().any(|l| l == "conflicts_siblings 1"));
+            if s {
+                eprintln!(
+                    "kvbench: the cluster runs --conflicts siblings: GETs are causal and each \
+                     write carries its GET's context (--conflicts lww to send plain requests)"
+                );
+            }
+            s
+        }
+    };
+    if siblings && o.check {
+        return Err(opts::SIBLINGS_CHECK.into());
+    }
+    if siblings && o.route == route::RouteMode::None && o.targets.len() > 1 {
+        eprintln!(
+            "kvbench: siblings mode with --route none: a write that reaches a node holding no \
+             replica of its key is refused (protocol.md § 19.2)"
+        );
+    }
+    Ok(siblings)
+}
+
 fn run(o: &Opts) -> Result<ExitCode, String> {
+    let siblings = siblings_mode(o)?;
     let mut ring = match o.route {
         // A target that cannot answer RING yet (down, starting) must not stop the run: it
         // runs unrouted, as it would with --route none, and says so.
@@ -402,7 +454,7 @@ fn run(o: &Opts) -> Result<ExitCode, String> {
         ),
         None => None,
     };
-    let result = run_phases(o, route_cell, &shards);
+    let result = run_phases(o, route_cell, &shards, siblings);
     stop_refresher.store(true, Ordering::Relaxed);
     if let Some(h) = refresher {
         let _ = h.join();
@@ -415,6 +467,7 @@ fn run_phases(
     o: &Opts,
     route_cell: Option<Arc<route::RouteCell>>,
     shards: &[Option<usize>],
+    siblings: bool,
 ) -> Result<ExitCode, String> {
     let nonce = {
         let t = std::time::SystemTime::now()
@@ -439,6 +492,7 @@ fn run_phases(
             write_id_nonce: nonce,
             token: o.token.clone(),
             route: route_cell,
+            siblings,
         },
         chooser: KeyChooser::new(o.keys, o.distribution),
         pool: workload::value_pool(o.value_size.max, o.seed),
@@ -513,7 +567,7 @@ fn run_phases(
         }
     };
 
-    let (mut config_json, mut config_human) = describe(o);
+    let (mut config_json, mut config_human) = describe(o, siblings);
     if let Some(cell) = &sh.cfg.route {
         let r = cell.get();
         let refreshes = cell.refreshes.load(Ordering::Relaxed);
@@ -547,6 +601,7 @@ fn run_phases(
         stats: &run.stats,
         elapsed_s: run.elapsed_s,
         check: check_result,
+        siblings,
     };
     if o.json {
         eprint!("{}", report.human());
@@ -660,5 +715,26 @@ mod tests {
         assert!(conns.iter().all(|c| c.1.is_none()));
         let o = opts(&["--no-shard-aware"]);
         assert!(!o.shard_aware);
+    }
+
+    #[test]
+    fn conflicts_option() {
+        let err = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            parse_opts(&args).err().expect("refused")
+        };
+        assert_eq!(opts(&[]).siblings, None, "dkv asks the node");
+        assert_eq!(opts(&["--conflicts", "siblings"]).siblings, Some(true));
+        assert_eq!(
+            opts(&["--conflicts", "lww", "--check"]).siblings,
+            Some(false)
+        );
+        assert_eq!(opts(&["-P", "resp"]).siblings, Some(false));
+        assert_eq!(
+            err(&["--conflicts", "siblings", "--check"]),
+            opts::SIBLINGS_CHECK
+        );
+        assert!(err(&["--conflicts", "both"]).contains("lww or siblings"));
+        assert!(err(&["-P", "memcache", "--conflicts", "lww"]).contains("dkv only"));
     }
 }

@@ -31,6 +31,9 @@ pub(crate) struct Opts {
     pub(crate) route: route::RouteMode,
     /// dkv connections pinned to shards by their local port (not `--no-shard-aware`).
     pub(crate) shard_aware: bool,
+    /// `--conflicts`: `Some(true)` siblings, `Some(false)` lww, `None` (dkv, not given): ask
+    /// the first target (STATS `conflicts_siblings 1`).
+    pub(crate) siblings: Option<bool>,
 }
 
 pub(crate) fn options() -> Options {
@@ -164,6 +167,17 @@ pub(crate) fn options() -> Options {
          to their owner (default: each connection is pinned to one shard by its local port and \
          carries only that shard's keys)",
     );
+    o.optopt(
+        "",
+        "conflicts",
+        "dkv: how the cluster resolves conflicts (kvd --conflicts). siblings: every GET is a \
+         causal GET, every write (put, insert, rmw, del) a causal GET then a PUT or DELETE \
+         carrying its context, so that writers of one key collide into siblings (use a small \
+         --keys); the report adds reads that found more than one sibling, the most siblings \
+         seen and writes refused TOO_MANY_SIBLINGS. Default: what the first target's STATS \
+         say (conflicts_siblings 1), else lww",
+        "lww|siblings",
+    );
     o.optflag("q", "quiet", "no progress line");
     o.optflag("h", "help", "print this help");
     o
@@ -177,7 +191,8 @@ pub(crate) fn usage(o: &Options) -> String {
         Examples:\n  \
         kvbench --target 127.0.0.1:7379 --duration 10 --preload --keys 1000000 --pipeline 16\n  \
         kvbench --protocol resp --target 127.0.0.1:6379 --workload a --json\n  \
-        kvbench --target n1:7379,n2:7379,n3:7379 --consistency QUORUM --check --mix get=50,put=50";
+        kvbench --target n1:7379,n2:7379,n3:7379 --consistency QUORUM --check --mix get=50,put=50\n  \
+        kvbench --target n1:7379,n2:7379,n3:7379 --conflicts siblings --keys 10 --mix get=50,put=40,del=10";
     let mut u = o.usage(brief);
     u.push_str(
         "\nOutput: a progress line per second on stderr (ops/s, p99, errors), then a summary per\n\
@@ -185,11 +200,17 @@ pub(crate) fn usage(o: &Options) -> String {
          status code. Operations and latencies count successes (OK, or NOT_FOUND: a miss);\n\
          an error reply or a request lost with its connection is an error, never an op. --json prints ops, ops_per_sec, errors, p50_us, p90_us, p99_us, p999_us,\n\
          max_us overall and per operation (per_op), errors_by_status, and with --check\n\
-         acknowledged_writes, lost, stale_reads.\n\
+         acknowledged_writes, lost, stale_reads; in siblings mode causal_reads,\n\
+         reads_with_siblings, max_siblings, too_many_siblings (a write's latency there runs from\n\
+         its GET's send to its own reply).\n\
          Exit status: 0 ok, 1 lost writes, 2 bad options, 3 nothing answered.\n",
     );
     u
 }
+
+/// Why `--check` and siblings mode do not go together.
+pub(crate) const SIBLINGS_CHECK: &str =
+    "--check judges last-write-wins reads (one value per key); siblings mode keeps several";
 
 pub(crate) fn parse_num<T: std::str::FromStr>(
     m: &getopts::Matches,
@@ -366,6 +387,19 @@ pub(crate) fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
     if route == route::RouteMode::Ring && proto != Proto::Dkv {
         return Err("--route ring applies to --protocol dkv only".into());
     }
+    let siblings = match m.opt_str("conflicts").as_deref() {
+        None if proto == Proto::Dkv => None,
+        None => Some(false),
+        Some(_) if proto != Proto::Dkv => {
+            return Err("--conflicts applies to --protocol dkv only".into())
+        }
+        Some("lww") => Some(false),
+        Some("siblings") => Some(true),
+        Some(s) => return Err(format!("--conflicts {s:?}: use lww or siblings")),
+    };
+    if siblings == Some(true) && check {
+        return Err(SIBLINGS_CHECK.into());
+    }
     Ok(Some(Opts {
         targets,
         target_names,
@@ -393,5 +427,6 @@ pub(crate) fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         token,
         route,
         shard_aware: proto == Proto::Dkv && !m.opt_present("no-shard-aware"),
+        siblings,
     }))
 }

@@ -2,7 +2,10 @@
 //! encode a request straight into a connection's output buffer, and find one whole reply at the
 //! front of its input buffer ("need more bytes" is `Ok(None)`, never an error).
 //!
-//! dkv (v1, `src/protocol/`): binary frames, replies matched by request id, any order.
+//! dkv (v1, `src/protocol/`): binary frames, replies matched by request id, any order. Against
+//! a `--conflicts siblings` cluster the workload speaks the causal protocol (protocol.md § 19):
+//! GETs carry the causal flag and their replies the context and every sibling, PUTs and
+//! DELETEs the context of the GET before them.
 //!
 //! RESP (Redis), replies in request order:
 //!
@@ -25,7 +28,7 @@
 
 use crate::workload::{digits, put_key};
 use dkv::protocol::message::Response;
-use dkv::protocol::{frame, op, Request, Role, Status, PROTOCOL_VERSION};
+use dkv::protocol::{frame, op, Request, Role, Status, FLAG_CAUSAL, PROTOCOL_VERSION};
 use memchr::memmem;
 
 /// A reply's status code as counted in the reports: 0..=255 are dkv status bytes, the rest are
@@ -294,6 +297,50 @@ impl Encoder {
         }
     }
 
+    /// Append a dkv GET with the causal flag (siblings mode); `aux` holds the consistency.
+    #[inline]
+    pub fn causal_get(&self, out: &mut Vec<u8>, id: u32, aux: u8, key: u64) {
+        debug_assert_eq!(self.proto, Proto::Dkv, "the causal protocol is dkv's");
+        self.get(out, id, aux | FLAG_CAUSAL, key);
+    }
+
+    /// Append a dkv PUT with the causal flag and `context` (what a causal GET returned).
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn causal_put(
+        &self,
+        out: &mut Vec<u8>,
+        id: u32,
+        aux: u8,
+        key: u64,
+        context: &[u8],
+        value: Value<'_>,
+        ttl: u32,
+    ) {
+        debug_assert_eq!(self.proto, Proto::Dkv, "the causal protocol is dkv's");
+        let body = 2 + self.key_size + 4 + 2 + context.len() + value.len();
+        frame::put_header(out, op::PUT, aux | FLAG_CAUSAL, id, body);
+        out.extend_from_slice(&(self.key_size as u16).to_be_bytes());
+        put_key(out, key, self.key_size);
+        out.extend_from_slice(&ttl.to_be_bytes());
+        out.extend_from_slice(&(context.len() as u16).to_be_bytes());
+        out.extend_from_slice(context);
+        out.extend_from_slice(value.head);
+        out.extend_from_slice(value.tail);
+    }
+
+    /// Append a dkv DELETE with the causal flag and `context`.
+    #[inline]
+    pub fn causal_del(&self, out: &mut Vec<u8>, id: u32, aux: u8, key: u64, context: &[u8]) {
+        debug_assert_eq!(self.proto, Proto::Dkv, "the causal protocol is dkv's");
+        let body = 2 + self.key_size + 2 + context.len();
+        frame::put_header(out, op::DELETE, aux | FLAG_CAUSAL, id, body);
+        out.extend_from_slice(&(self.key_size as u16).to_be_bytes());
+        put_key(out, key, self.key_size);
+        out.extend_from_slice(&(context.len() as u16).to_be_bytes());
+        out.extend_from_slice(context);
+    }
+
     /// Append a DELETE/DEL.
     #[inline]
     pub fn del(&self, out: &mut Vec<u8>, id: u32, aux: u8, key: u64) {
@@ -320,16 +367,51 @@ impl Encoder {
 
 /// Find one reply at the front of `buf`: the reply and the bytes it used, `Ok(None)` when more
 /// bytes are needed, or why the stream is broken.
-#[inline]
+#[cfg(test)]
 pub fn parse(proto: Proto, buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, Broken> {
+    parse_reply(proto, false, buf)
+}
+
+/// [`parse`], where every dkv GET was sent with the causal flag (`causal_gets`, siblings
+/// mode): the `value` of a GET's OK or NOT_FOUND reply is then its whole body (context and
+/// siblings, see [`causal_get_body`]).
+#[inline]
+pub fn parse_reply(
+    proto: Proto,
+    causal_gets: bool,
+    buf: &[u8],
+) -> Result<Option<(Reply<'_>, usize)>, Broken> {
     match proto {
-        Proto::Dkv => parse_dkv(buf),
+        Proto::Dkv => parse_dkv(buf, causal_gets),
         Proto::Resp => parse_resp(buf),
         Proto::Memcache => parse_memcache(buf),
     }
 }
 
-fn parse_dkv(buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, Broken> {
+/// The context and the number of siblings of a causal GET reply's body (protocol.md § 19.1;
+/// `found`: OK, else NOT_FOUND with no sibling), walking every sibling so that a body out of
+/// layout is `None`. Allocates nothing.
+pub fn causal_get_body(body: &[u8], found: bool) -> Option<(&[u8], usize)> {
+    let u16_at = |at: usize| -> Option<usize> {
+        Some(u16::from_be_bytes(body.get(at..at + 2)?.try_into().ok()?) as usize)
+    };
+    let ctx_len = u16_at(0)?;
+    let context = body.get(2..2 + ctx_len)?;
+    let mut at = 2 + ctx_len;
+    if !found {
+        return (at == body.len()).then_some((context, 0));
+    }
+    let count = u16_at(at)?;
+    at += 2;
+    for _ in 0..count {
+        let head = body.get(at + 8..at + 12)?;
+        let len = u32::from_be_bytes(head.try_into().ok()?) as usize;
+        at = at.checked_add(12 + len)?;
+    }
+    (at == body.len() && count > 0).then_some((context, count))
+}
+
+fn parse_dkv(buf: &[u8], causal_gets: bool) -> Result<Option<(Reply<'_>, usize)>, Broken> {
     let (f, n) = match frame::parse(buf) {
         Ok(Some(x)) => x,
         Ok(None) => return Ok(None),
@@ -348,7 +430,13 @@ fn parse_dkv(buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, Broken> {
         Some(Status::NotFound) => Outcome::NotFound,
         _ => Outcome::Error(r.status as Code),
     };
-    let value = if outcome == Outcome::Ok && r.op == op::GET {
+    let value = if causal_gets && r.op == op::GET {
+        // Context and siblings: the engine reads them (`causal_get_body`).
+        match outcome {
+            Outcome::Ok | Outcome::NotFound => r.body,
+            Outcome::Error(_) => &[],
+        }
+    } else if outcome == Outcome::Ok && r.op == op::GET {
         match r.version_and_rest() {
             Some((_, v)) => v,
             None => return Err(broken("GET reply without a version".into())),
@@ -633,6 +721,74 @@ mod tests {
         let e = parse(Proto::Dkv, &out).unwrap_err();
         assert_eq!(e.code, Status::TooManyConnections as Code);
         assert_eq!(code_name(e.code), "TOO_MANY_CONNECTIONS");
+    }
+
+    #[test]
+    fn dkv_causal_requests_decode_with_the_library() {
+        let ctx = [1, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 9];
+        let mut out = Vec::new();
+        let e = enc(Proto::Dkv);
+        e.causal_get(&mut out, 1, 2, 7);
+        e.causal_put(&mut out, 2, 0, 7, &ctx, V, 60);
+        e.causal_del(&mut out, 3, 3, 7, &ctx);
+        e.causal_put(&mut out, 4, 1, 7, &[], V, 0);
+        let mut got = Vec::new();
+        let mut at = 0;
+        while at < out.len() {
+            let (f, n) = frame::parse(&out[at..]).unwrap().unwrap();
+            got.push(Request::decode(&f).unwrap());
+            at += n;
+        }
+        use dkv::protocol::Consistency::{All, Default, One, Quorum};
+        let want = vec![
+            Request::CausalGet {
+                key: b"k007",
+                consistency: Quorum,
+            },
+            Request::CausalPut {
+                key: b"k007",
+                value: b"abc",
+                ttl_seconds: 60,
+                context: &ctx,
+                consistency: Default,
+            },
+            Request::CausalDelete {
+                key: b"k007",
+                context: &ctx,
+                consistency: All,
+            },
+            Request::CausalPut {
+                key: b"k007",
+                value: b"abc",
+                ttl_seconds: 0,
+                context: &[],
+                consistency: One,
+            },
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn dkv_causal_get_replies_parse() {
+        use dkv::protocol::siblings::put_causal_get_reply;
+        use dkv::version::Version;
+        let ctx = [1, 0, 0];
+        let two = [(Version(5), b"a".to_vec()), (Version(6), b"bc".to_vec())];
+        let mut out = Vec::new();
+        put_causal_get_reply(&mut out, 8, &ctx, &two);
+        put_causal_get_reply(&mut out, 9, &ctx, &[]);
+        let (r, n) = parse_reply(Proto::Dkv, true, &out).unwrap().unwrap();
+        assert_eq!((r.id, r.outcome), (8, Outcome::Ok));
+        assert_eq!(causal_get_body(r.value, true), Some((&ctx[..], 2)));
+        for cut in 0..r.value.len() {
+            assert_eq!(causal_get_body(&r.value[..cut], true), None, "cut {cut}");
+        }
+        let (r, _) = parse_reply(Proto::Dkv, true, &out[n..]).unwrap().unwrap();
+        assert_eq!((r.id, r.outcome), (9, Outcome::NotFound));
+        assert_eq!(causal_get_body(r.value, false), Some((&ctx[..], 0)));
+        assert_eq!(causal_get_body(&[0, 3, 1, 0], false), None);
+        // OK with no sibling is out of layout (protocol.md § 19.1: count >= 1).
+        assert_eq!(causal_get_body(&[0, 0, 0, 0], true), None);
     }
 
     #[test]

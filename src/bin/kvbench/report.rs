@@ -54,6 +54,17 @@ impl OpStats {
     }
 }
 
+/// Siblings mode: what the causal GETs found (the reads, and the read half of every write).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SiblingStats {
+    /// Causal GETs answered OK or NOT_FOUND.
+    pub reads: u64,
+    /// Those that found more than one sibling (concurrent writes to the key).
+    pub reads_with_siblings: u64,
+    /// The most siblings one read found.
+    pub max_siblings: u64,
+}
+
 /// Everything one phase counted.
 #[derive(Clone)]
 pub struct Stats {
@@ -61,6 +72,8 @@ pub struct Stats {
     pub per_op: Vec<OpStats>,
     /// Errors by code.
     pub codes: Vec<u64>,
+    /// Siblings mode: the causal reads.
+    pub siblings: SiblingStats,
 }
 
 impl Default for Stats {
@@ -75,7 +88,19 @@ impl Stats {
         Stats {
             per_op: (0..OP_COUNT).map(|_| OpStats::new()).collect(),
             codes: vec![0; CODE_COUNT],
+            siblings: SiblingStats::default(),
         }
+    }
+
+    /// Count a causal GET that found `count` live siblings (0: NOT_FOUND).
+    #[inline]
+    pub fn causal_read(&mut self, count: usize) {
+        let s = &mut self.siblings;
+        s.reads += 1;
+        if count > 1 {
+            s.reads_with_siblings += 1;
+        }
+        s.max_siblings = s.max_siblings.max(count as u64);
     }
 
     /// Count a reply. Only successes (OK, NOT_FOUND) are operations with a latency: a server
@@ -118,6 +143,14 @@ impl Stats {
         for (a, b) in self.codes.iter_mut().zip(&o.codes) {
             *a += b;
         }
+        self.siblings.reads += o.siblings.reads;
+        self.siblings.reads_with_siblings += o.siblings.reads_with_siblings;
+        self.siblings.max_siblings = self.siblings.max_siblings.max(o.siblings.max_siblings);
+    }
+
+    /// Writes refused because they would leave too many siblings (siblings mode).
+    pub fn too_many_siblings(&self) -> u64 {
+        self.codes[dkv::protocol::Status::TooManySiblings as usize]
     }
 
     /// All operations together.
@@ -203,6 +236,8 @@ pub struct RunReport<'a> {
     pub elapsed_s: f64,
     /// `--check` results.
     pub check: Option<CheckResult>,
+    /// The workload spoke the causal protocol (`--conflicts siblings`): report the siblings.
+    pub siblings: bool,
 }
 
 /// Escape a string for JSON.
@@ -278,6 +313,17 @@ impl RunReport<'_> {
             first = false;
         }
         out.push('}');
+        if self.siblings {
+            let s = self.stats.siblings;
+            let _ = write!(
+                out,
+                ",\"causal_reads\":{},\"reads_with_siblings\":{},\"max_siblings\":{},\"too_many_siblings\":{}",
+                s.reads,
+                s.reads_with_siblings,
+                s.max_siblings,
+                self.stats.too_many_siblings()
+            );
+        }
         if let Some(c) = self.check {
             let _ = write!(
                 out,
@@ -330,6 +376,18 @@ impl RunReport<'_> {
             let list: Vec<String> = by.iter().map(|(n, c)| format!("{n} {c}")).collect();
             let _ = writeln!(out, "errors by status: {}", list.join(", "));
         }
+        if self.siblings {
+            let s = self.stats.siblings;
+            let _ = writeln!(
+                out,
+                "siblings: {} causal reads, {} found more than one ({:.2}%), at most {}; {} writes refused TOO_MANY_SIBLINGS",
+                s.reads,
+                s.reads_with_siblings,
+                100.0 * s.reads_with_siblings as f64 / s.reads.max(1) as f64,
+                s.max_siblings,
+                self.stats.too_many_siblings()
+            );
+        }
         if let Some(c) = self.check {
             let _ = writeln!(
                 out,
@@ -364,6 +422,7 @@ mod tests {
             stats: &s,
             elapsed_s: 1.0,
             check: Some(CheckResult::default()),
+            siblings: false,
         };
         let j = r.json();
         for field in [
@@ -383,6 +442,50 @@ mod tests {
             assert!(j.contains(field), "{field} missing from {j}");
         }
         assert!(r.human().contains("OVERLOADED 1"));
+        assert!(!j.contains("siblings"), "{j}");
         assert_eq!(json_str("a\"b\n"), "\"a\\\"b\\u000a\"");
+    }
+
+    #[test]
+    fn siblings_figures_merge_and_print() {
+        let mut a = Stats::new();
+        a.causal_read(1);
+        a.causal_read(3);
+        a.answered(Op::Put, Outcome::Error(0x29), 0);
+        let mut b = Stats::new();
+        b.causal_read(0);
+        b.causal_read(2);
+        a.merge(&b);
+        assert_eq!(
+            a.siblings,
+            SiblingStats {
+                reads: 4,
+                reads_with_siblings: 2,
+                max_siblings: 3
+            }
+        );
+        let r = RunReport {
+            config_json: "\"protocol\":\"dkv\"".into(),
+            config_human: "x".into(),
+            stats: &a,
+            elapsed_s: 1.0,
+            check: None,
+            siblings: true,
+        };
+        let j = r.json();
+        for field in [
+            "\"causal_reads\":4,",
+            "\"reads_with_siblings\":2,",
+            "\"max_siblings\":3,",
+            "\"too_many_siblings\":1",
+            "\"TOO_MANY_SIBLINGS\":1",
+        ] {
+            assert!(j.contains(field), "{field} missing from {j}");
+        }
+        let h = r.human();
+        assert!(
+            h.contains("siblings: 4 causal reads, 2 found more than one (50.00%), at most 3; 1 writes refused TOO_MANY_SIBLINGS"),
+            "{h}"
+        );
     }
 }

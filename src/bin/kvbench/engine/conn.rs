@@ -48,6 +48,9 @@ pub(super) struct Conn {
     /// `--route ring`: its node left the ring; it takes no new request and closes once its
     /// replies are in.
     pub(super) retiring: bool,
+    /// Siblings mode: per slot, the causal context its write carries (what its GET returned);
+    /// each buffer keeps its capacity, so contexts are copied without allocating.
+    pub(super) ctx: Vec<Vec<u8>>,
 }
 
 impl Conn {
@@ -80,6 +83,7 @@ impl Conn {
             inflight: 0,
             dirty: false,
             retiring: false,
+            ctx: vec![Vec::new(); pipeline],
         }
     }
 }

@@ -25,6 +25,12 @@
 //! differently. A shard no connection of the thread is pinned to, or a full queue, sends the
 //! operation on the connection at hand: the node forwards it, slower but correct.
 //!
+//! Siblings mode (`--conflicts siblings`): every GET is causal, and every write (put, insert,
+//! rmw, del) is two requests on one slot, like rmw: a causal GET, then a PUT or DELETE that
+//! carries the context the GET returned (kept in the connection's `ctx` for the slot), timed
+//! from the GET's send to the write's reply. Both go on the same connection, so a write routed
+//! to an owner of its key reaches the replica that must coordinate it (protocol.md § 19.2).
+//!
 //! `--route ring` (dkv against a cluster, on by default): each request goes to a connection to
 //! an owner node of its key (`route.rs`), and when that node's connections are shard-aware, to
 //! one pinned to the shard that owns the key there, so it crosses neither nodes nor shards. An
@@ -149,6 +155,10 @@ pub struct Config {
     /// `--route ring`: the ring map requests are routed by, kept current by the refresher
     /// (`None`: round robin).
     pub route: Option<Arc<crate::route::RouteCell>>,
+    /// Siblings mode (`--conflicts siblings`, dkv): every GET carries the causal flag, and every
+    /// write is a causal GET of its key followed, on the same slot, by a PUT or DELETE with
+    /// the context that GET returned.
+    pub siblings: bool,
 }
 
 /// Figures the threads hand to the progress line.
@@ -290,6 +300,9 @@ struct Worker {
     pub(super) shard_route: Option<ShardRoute>,
     pub(super) landed: u64,
     pub(super) missed: u64,
+    /// Siblings mode: the context of the causal GET reply being handled (copied out of the
+    /// read buffer before the slot is known).
+    pub(super) reply_ctx: Vec<u8>,
 }
 
 /// Run one thread's share of a phase over connections to `addrs` (one entry per connection,
@@ -358,6 +371,7 @@ pub fn run_thread(
         shard_route: None,
         landed: 0,
         missed: 0,
+        reply_ctx: Vec::new(),
         route,
         route_gen,
         thread,

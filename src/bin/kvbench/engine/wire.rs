@@ -20,6 +20,24 @@ impl Worker {
             self.sh.cfg.consistency.to_bits()
         };
         let enc = self.sh.cfg.encoder;
+        if self.sh.cfg.siblings {
+            // Siblings mode (engine docs): a causal GET, then the write with its context.
+            match (op, stage) {
+                (Op::Get, _) | (_, 0) => enc.causal_get(&mut c.wbuf, id, aux, key),
+                (Op::Del, _) => enc.causal_del(&mut c.wbuf, id, aux, key, &c.ctx[si as usize]),
+                (Op::Put | Op::Insert | Op::Rmw, _) => {
+                    let len = self.sh.cfg.value_size.pick(&mut self.rng);
+                    let off = self.rng.below(VALUE_POOL_SLACK as u64) as usize;
+                    let value = Value {
+                        head: &[],
+                        tail: &self.sh.pool[off..off + len],
+                    };
+                    let ttl = self.sh.cfg.ttl_seconds;
+                    enc.causal_put(&mut c.wbuf, id, aux, key, &c.ctx[si as usize], value, ttl);
+                }
+            }
+            return;
+        }
         match (op, stage) {
             (Op::Get, _) | (Op::Rmw, 0) => enc.get(&mut c.wbuf, id, aux, key),
             (Op::Del, _) => {
@@ -228,10 +246,11 @@ impl Worker {
 
     pub(super) fn handle_replies(&mut self, ci: usize, now: u64) -> Result<(), Broken> {
         let proto = self.sh.cfg.proto;
+        let siblings = self.sh.cfg.siblings;
         let want_seen = self.sh.cfg.check.is_some() || matches!(self.work, Work::Readback { .. });
         loop {
             let c = &mut self.conns[ci];
-            let Some((r, n)) = proto::parse(proto, &c.rbuf[c.rpos..c.rlen])? else {
+            let Some((r, n)) = proto::parse_reply(proto, siblings, &c.rbuf[c.rpos..c.rlen])? else {
                 return Ok(());
             };
             let (id, outcome) = (r.id, r.outcome);
@@ -239,6 +258,16 @@ impl Worker {
                 Outcome::Ok if want_seen => Seen::of(Some(r.value)),
                 _ => Seen::Missing,
             };
+            // Siblings mode: a causal GET's context and sibling count (the value of a
+            // write's or a HELLO's reply is empty, and so is a GET's error).
+            let mut found = None;
+            if siblings && c.state == State::Ready && !r.value.is_empty() {
+                let (ctx, count) = proto::causal_get_body(r.value, outcome == Outcome::Ok)
+                    .ok_or_else(|| broken(format!("causal GET reply {id} out of layout")))?;
+                self.reply_ctx.clear();
+                self.reply_ctx.extend_from_slice(ctx);
+                found = Some(count);
+            }
             let hello = if c.state == State::Hello {
                 HelloInfo::parse(r.value)
             } else {
@@ -246,10 +275,13 @@ impl Worker {
             };
             c.rpos += n;
             self.last_reply_ns = now;
-            self.complete(ci, id, outcome, seen, hello, now)?;
+            self.complete(ci, id, outcome, seen, hello, found, now)?;
         }
     }
 
+    /// Complete request `id` on connection `ci`. `found`: siblings mode, a causal GET's
+    /// sibling count (its context is in `reply_ctx`).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn complete(
         &mut self,
         ci: usize,
@@ -257,6 +289,7 @@ impl Worker {
         outcome: Outcome,
         seen: Seen,
         hello: Option<HelloInfo>,
+        found: Option<usize>,
         now: u64,
     ) -> Result<(), Broken> {
         let proto = self.sh.cfg.proto;
@@ -321,6 +354,21 @@ impl Worker {
                     t.observe_read(slot.key, seen, slot.sent_ns);
                 }
             }
+        }
+        if let Some(count) = found {
+            self.stats.causal_read(count);
+        }
+        let siblings = self.sh.cfg.siblings;
+        if siblings && slot.op != Op::Get && slot.stage == 0 && answered {
+            // Siblings mode: the GET half of a write answered; its context goes with the write.
+            let c = &mut self.conns[ci];
+            let ctx = &mut c.ctx[si as usize];
+            ctx.clear();
+            ctx.extend_from_slice(&self.reply_ctx);
+            c.slots[si as usize].stage = 1;
+            self.encode(ci, si, now);
+            self.mark_dirty(ci);
+            return Ok(());
         }
         if slot.op == Op::Rmw && slot.stage == 0 && answered {
             // The GET half answered: send the PUT half on the same slot, same latency origin.
