@@ -504,9 +504,9 @@ pub struct RouteCounters {
 /// and when its version changes (checked every [`RING_REFRESH_INTERVAL_MS`]).
 ///
 /// Siblings mode (`kvd --conflicts siblings`): a PUT or DELETE is coordinated by a replica of
-/// its key (protocol.md § 19.2). Owners are tried first, so [`RingClient::put_with_context`],
-/// [`RingClient::delete_with_context`] and [`RingClient::put`] reach one whenever an owner is
-/// reachable by the map in use.
+/// its key (protocol.md § 19.2); another node hands it to one, a hop more. Owners are tried
+/// first, so [`RingClient::put_with_context`], [`RingClient::delete_with_context`] and
+/// [`RingClient::put`] save that hop whenever an owner is reachable by the map in use.
 pub struct RingClient {
     /// Where to fetch the map from: the addresses given, then every node of the map.
     seeds: Vec<String>,

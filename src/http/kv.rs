@@ -144,6 +144,9 @@ pub fn http_status(s: Status) -> u16 {
         }
         Status::Timeout | Status::MaybeApplied => 504,
         Status::StorageError => 507,
+        // Siblings mode: the key has several values (a plain read cannot carry them), or a
+        // write would leave too many: the request conflicts with the key's state.
+        Status::Siblings | Status::TooManySiblings => 409,
         _ => 500,
     }
 }
@@ -250,5 +253,7 @@ mod tests {
         assert_eq!(http_status(Status::Unauthorized), 401);
         assert_eq!(http_status(Status::NotFound), 404);
         assert_eq!(http_status(Status::Internal), 500);
+        assert_eq!(http_status(Status::Siblings), 409);
+        assert_eq!(http_status(Status::TooManySiblings), 409);
     }
 }

@@ -93,6 +93,10 @@ pub fn decode_causal_get_reply(
             return Err(bad("ends before its sibling count"));
         }
         let count = BigEndian::read_u16(&rest[..2]) as usize;
+        if count == 0 {
+            // No live sibling is NOT_FOUND, never an empty OK (protocol.md § 19.1).
+            return Err(bad("is OK with no sibling"));
+        }
         rest = &rest[2..];
         for _ in 0..count {
             if rest.len() < 12 {

@@ -402,7 +402,8 @@ fn siblings_mode(o: &Opts) -> Result<bool, String> {
     if siblings && o.route == route::RouteMode::None && o.targets.len() > 1 {
         eprintln!(
             "kvbench: siblings mode with --route none: a write that reaches a node holding no \
-             replica of its key is refused (protocol.md § 19.2)"
+             replica of its key costs a hop more (the node hands it to a replica, protocol.md \
+             § 19.2)"
         );
     }
     Ok(siblings)

@@ -7,10 +7,18 @@
 //! of this node for the key is in the state the new one is made from, so the dot must be made
 //! where this node's own writes of the key all are: its own copy, updated first (before any
 //! frame leaves, so a refused local write sends nothing). The counter is the write's HLC
-//! version, which grows across restarts (the clock ceiling), so a node that lost unsynced
-//! writes never reuses a dot. A node that holds no replica of the key hands the write to one
-//! that does (COORDINATE, [`crate::cluster::peer::coordinate`]), first alive in preference
-//! order, and answers with its outcome; a handed-over write is never handed on (UNAVAILABLE).
+//! version, which grows across restarts (the clock ceiling), so dots are never reused. A node
+//! that is not a current owner of the key (a pending owner's copy may be incomplete) hands the
+//! write to one that is (COORDINATE, [`crate::cluster::peer::coordinate`]), first alive in
+//! preference order, and answers with its outcome; a handed-over write is never handed on
+//! (UNAVAILABLE).
+//!
+//! The limit of this scheme: the vector entry of a node's new dot claims every earlier dot of
+//! that node, so a replica that *lost* writes it coordinated (unsynced writes under `--sync
+//! interval|never` after an operating-system crash or power loss; `kill -9` loses nothing)
+//! and then coordinates a write of the same key would supersede its lost writes' copies on
+//! the other replicas. Riak's answer is a fresh actor id after such a loss (vnode epochs);
+//! here, run siblings mode with `--sync always` where that matters.
 
 use super::{alive_in, ClusterNode, Output};
 use crate::causal::{CausalError, NewValue, VersionVector};
@@ -67,7 +75,10 @@ impl<C> ClusterNode<C> {
         let p = crate::hash::partition_of(key);
         let mut set = std::mem::take(&mut self.write_set);
         let pending = self.ring.write_set(p, &mut set);
-        if !set.contains(&me) {
+        // Only a current owner coordinates: a pending owner's copy may still lack some of its
+        // own earlier dots (a partition moving back to a node that held it before), which the
+        // new dot's vector entry would claim to have seen, dropping them everywhere.
+        if !self.ring.preference_list(p).contains(&me) {
             let request = Coordinate {
                 key,
                 consistency,
@@ -126,8 +137,8 @@ impl<C> ClusterNode<C> {
         self.drain(now_ms, store);
     }
 
-    /// This node holds no replica of the key (partition `p`, write set `set`): hand the write
-    /// to the first alive replica, current owners first, in preference order.
+    /// This node is not a current owner of the key (partition `p`, write set `set`): hand the
+    /// write to the first alive current owner, in preference order.
     #[allow(clippy::too_many_arguments)]
     fn hand_over(
         &mut self,
@@ -144,8 +155,8 @@ impl<C> ClusterNode<C> {
         if handed {
             // Our ring and the sender's disagree: the sender retries once it has ours.
             let why = format!(
-                "siblings mode: node {me} holds no replica of this key by its ring (version {}); \
-                 the replicas are nodes {}",
+                "siblings mode: node {me} is not a current owner of this key by its ring \
+                 (version {}); the replicas are nodes {}",
                 self.ring.version(),
                 names.join(", ")
             );
@@ -153,14 +164,15 @@ impl<C> ClusterNode<C> {
         }
         let (role, membership) = (&self.role, &self.membership);
         let owners = self.ring.preference_list(p);
-        let to = (owners.iter().chain(set.iter()))
+        let to = (owners.iter())
             .copied()
             .find(|&n| n != me && alive_in(role, membership, me, n));
         let Some(to) = to else {
-            let why = format!(
-                "siblings mode: none of the key's replicas (nodes {}) is alive, and only a \
-                 replica coordinates its writes",
-                names.join(", ")
+            let why =
+                format!(
+                "siblings mode: none of the key's owners (nodes {}) is alive, and only an owner \
+                 coordinates its writes",
+                owners.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
             );
             return self.reply_failed(ctx, Status::Unavailable, why);
         };
