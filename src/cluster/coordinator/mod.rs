@@ -970,11 +970,18 @@ impl<C> Coordinator<C> {
                 timed_out,
                 "an operation with nobody left to wait for was answered"
             );
-            let msg = format!(
-                "{} within {} ms",
-                shortfall(op.answered(), n, op.required),
-                self.config.request_timeout_ms
-            );
+            let msg = match (&op.kind, op.replicas.first()) {
+                (Kind::Forward, Some((to, _))) => format!(
+                    "node {to}, the replica this write was handed to, did not answer within {} \
+                     ms; the write may have been applied",
+                    2 * self.config.request_timeout_ms
+                ),
+                _ => format!(
+                    "{} within {} ms",
+                    shortfall(op.answered(), n, op.required),
+                    self.config.request_timeout_ms
+                ),
+            };
             self.fail(ctx, Status::Timeout, msg);
         }
         match &op.kind {
