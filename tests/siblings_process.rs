@@ -234,6 +234,47 @@ fn siblings_survive_partition_moves_when_a_node_joins() {
 }
 
 #[test]
+fn hints_bring_siblings_to_a_replica_that_was_down() {
+    // Anti-entropy far off and no reads before the check: only hints can bring the writes.
+    let mut nodes = start(
+        "siblings-hints",
+        "siblings",
+        &["--anti-entropy-interval-ms", "600000"],
+    );
+    nodes[2].kill9();
+    wait_alive(&nodes[0], 3, &[1, 2], DEADLINE);
+    wait_alive(&nodes[1], 3, &[1, 2], DEADLINE);
+    let (mut a, mut b) = (client(&nodes[0]), client(&nodes[1]));
+    for i in 0..20 {
+        let key = format!("hinted-{i}");
+        a.put(key.as_bytes(), b"from-1", 0, Consistency::Quorum)
+            .unwrap();
+        b.put(key.as_bytes(), b"from-2", 0, Consistency::Quorum)
+            .unwrap();
+    }
+    nodes[2].restart();
+    for n in &nodes {
+        wait_alive(n, 3, &[1, 2, 3], DEADLINE);
+    }
+    let mut c = client(&nodes[2]);
+    for i in 0..20 {
+        let key = format!("hinted-{i}");
+        let state = wait_for(DEADLINE, "the hints on node 3", || {
+            let (_, bytes) = c.local_get(key.as_bytes()).ok()??;
+            let s = dkv::causal::CausalState::decode(&bytes).unwrap();
+            (s.siblings().len() == 2).then_some(s)
+        });
+        let mut values: Vec<&[u8]> = state.siblings().iter().map(|s| &s.value[..]).collect();
+        values.sort();
+        assert_eq!(values, vec![&b"from-1"[..], b"from-2"], "{key}");
+    }
+    let delivered: u64 = (nodes.iter())
+        .map(|n| common::stat(n, "hints_delivered"))
+        .sum();
+    assert!(delivered >= 40, "{delivered} hints delivered");
+}
+
+#[test]
 fn a_node_of_the_other_mode_is_refused_by_its_peers() {
     let ports: Vec<u16> = (0..2).map(|_| common::free_port()).collect();
     let list = common::node_list(&ports);
