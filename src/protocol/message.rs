@@ -828,7 +828,14 @@ mod tests {
         // Siblings mode: a causal PUT or DELETE whose context runs past the body is malformed,
         // one over the context limit a bad request.
         out.clear();
-        put_key_request(&mut out, op::DELETE, FLAG_CAUSAL, 1, b"k", &[&[0, 9], b"abc"]);
+        put_key_request(
+            &mut out,
+            op::DELETE,
+            FLAG_CAUSAL,
+            1,
+            b"k",
+            &[&[0, 9], b"abc"],
+        );
         assert_eq!(decode_bytes(&out).unwrap_err().status(), Status::Malformed);
         out.clear();
         let long = vec![0u8; CONTEXT_SIZE_MAX + 1];
@@ -836,7 +843,14 @@ mod tests {
         put_key_request(&mut out, op::DELETE, FLAG_CAUSAL, 1, b"k", &[&len, &long]);
         assert_eq!(decode_bytes(&out).unwrap_err().status(), Status::BadRequest);
         out.clear();
-        put_key_request(&mut out, op::DELETE, FLAG_CAUSAL, 1, b"k", &[&[0, 1], b"ab"]);
+        put_key_request(
+            &mut out,
+            op::DELETE,
+            FLAG_CAUSAL,
+            1,
+            b"k",
+            &[&[0, 1], b"ab"],
+        );
         assert_eq!(decode_bytes(&out).unwrap_err().status(), Status::Malformed);
 
         out.clear();
