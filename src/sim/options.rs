@@ -5,7 +5,7 @@
 //! second, so rare combinations get explored without anyone listing them.
 
 use super::trace::Trace;
-use crate::cluster::SplitMix64;
+use crate::cluster::{Conflicts, SplitMix64};
 use crate::protocol::Consistency;
 use crate::shard::SyncPolicy;
 
@@ -202,6 +202,11 @@ pub struct Options {
     /// removals, pauses of the moves): `Some(true)` on every seed, `Some(false)` never; otherwise drawn (on for
     /// [`MEMBERSHIP_PERCENT`] of the seeds, and always under the elastic ring's mutations).
     pub membership: Option<bool>,
+    /// How every node resolves concurrent writes (`--conflicts`): last-write-wins (the
+    /// default, the runs of earlier versions exactly), or siblings, where the clients speak
+    /// the causal protocol (read, then write with the context read) and the siblings
+    /// checkers replace the last-write-wins ones (`check.rs`).
+    pub conflicts: Conflicts,
 }
 
 /// Everything a run uses, drawn from the seed unless fixed in [`Options`].
@@ -289,6 +294,8 @@ pub struct Params {
     pub anti_entropy_interval_ms: u64,
     /// Weight of membership changes among the faults (0: none), beside `fault_weights`.
     pub membership_weight: u32,
+    /// See [`Options::conflicts`].
+    pub conflicts: Conflicts,
 }
 
 fn pick<T: Copy>(
@@ -521,6 +528,7 @@ impl Params {
             anti_entropy_only: opts.anti_entropy_only,
             anti_entropy_interval_ms,
             membership_weight,
+            conflicts: opts.conflicts,
         }
     }
 
@@ -572,6 +580,10 @@ impl Params {
             self.mutation.name(),
             self.membership_weight
         ));
+        // (Only when not the default, so that last-write-wins runs trace as they always did.)
+        if self.conflicts != Conflicts::Lww {
+            trace.line(format_args!("params conflicts={}", self.conflicts.name()));
+        }
     }
 
     /// Draw a consistency level for one request.
