@@ -914,7 +914,14 @@ impl ShardCore {
     ) -> Option<Option<bool>> {
         self.cluster.as_ref()?;
         match req {
-            Request::Get { .. } | Request::Put { .. } | Request::Delete { .. } => {
+            // (The causal ones too: a siblings-mode request that reached a shard not owning
+            // its key is coordinated here, not refused as if the node were last-write-wins.)
+            Request::Get { .. }
+            | Request::Put { .. }
+            | Request::Delete { .. }
+            | Request::CausalGet { .. }
+            | Request::CausalPut { .. }
+            | Request::CausalDelete { .. } => {
                 self.cluster_client(now_ms, from_shard, conn, req, f.id);
                 Some(None)
             }
