@@ -79,6 +79,16 @@ impl<C> ClusterNode<C> {
                 ),
             );
         }
+        // Refused for want of replicas (or room) before this copy is written: UNAVAILABLE and
+        // OVERLOADED promise that nothing was written (kvsim --conflicts siblings seed 5: the
+        // state made here used to stay, and spread, under an UNAVAILABLE answer).
+        let required = self.required(consistency) + pending;
+        let (role, membership) = (&self.role, &self.membership);
+        let alive = |n| alive_in(role, membership, me, n);
+        if let Some((status, message)) = self.coordinator.refusal(&set, &alive, required) {
+            self.write_set = set;
+            return self.reply_failed(ctx, status, message);
+        }
         // The version, above every tombstone horizon adopted here (as for `write`).
         let ahead = self.ahead_ms_max();
         crate::cluster::coordinator::observe(
@@ -96,7 +106,6 @@ impl<C> ClusterNode<C> {
                 return self.reply_failed(ctx, status, message);
             }
         };
-        let required = self.required(consistency);
         let (role, membership) = (&self.role, &self.membership);
         self.coordinator.start_causal_write(
             now_ms,
@@ -107,7 +116,7 @@ impl<C> ClusterNode<C> {
             version,
             &set,
             &|n| alive_in(role, membership, me, n),
-            required + pending,
+            required,
         );
         self.write_set = set;
         self.drain(now_ms, store);
