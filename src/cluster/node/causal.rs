@@ -159,6 +159,11 @@ impl<C> ClusterNode<C> {
         state.encode(&mut bytes);
         let expires = state.expires_at_ms();
         // This copy first: a write its own replica refuses sends nothing (see the module doc).
+        // Written out now, not left in the turn's buffer: if the turn's one write failed, the
+        // store would undo this copy while the REPLICATEs went out, and this node's next dot
+        // for the key, made from a copy without this one, would claim it superseded, so
+        // replicas merging that state would drop it (kvsim --conflicts siblings seed 267: an
+        // acknowledged PUT lost after a disk-full write failure on its coordinator).
         let w = crate::storage::Write {
             key,
             value: Some(&bytes),
@@ -166,11 +171,7 @@ impl<C> ClusterNode<C> {
             expires_at_ms: expires,
             causal: true,
         };
-        self.aae
-            .tracked(store)
-            .buffered()
-            .apply(w)
-            .map_err(storage)?;
+        self.aae.tracked(store).apply(w).map_err(storage)?;
         Ok((bytes, expires))
     }
 }
