@@ -107,3 +107,29 @@ fn a_write_refused_unavailable_writes_nothing() {
         assert_eq!(held_values(&mut c, id, key), vec![b"a".to_vec()], "n{id}");
     }
 }
+
+/// A DELETE of a key no replica holds (its context empty) writes nothing: an empty causal
+/// state stored beside a replica holding no record (or a tombstone) would differ from it
+/// forever, since merging changes neither (kvsim --conflicts siblings seed 172: anti-entropy
+/// sent it every round and the replicas never converged).
+#[test]
+fn a_delete_of_nothing_writes_nothing() {
+    let mut c = Cluster::start(spec(3, 3, 1));
+    let key = b"never";
+    let r = c
+        .request(
+            1,
+            &Request::CausalDelete {
+                key,
+                context: &[],
+                consistency: Consistency::All,
+            },
+        )
+        .expect("answered");
+    assert_eq!(r.status(), Some(Status::Ok), "{}", r.text());
+    c.run_for(1_000);
+    for id in 1..=3 {
+        assert!(c.replica(id, key).is_none(), "n{id} holds a record");
+    }
+    c.assert_sound();
+}
