@@ -107,7 +107,7 @@ pub fn apply(store: &mut dyn Store, w: &Write<'_>) -> Result<Merged, StoreError>
         key: w.key,
         value: Some(&bytes),
         version: w.version.max(above_held),
-        expires_at_ms: state.expires_at_ms(),
+        expires_at_ms: RECORD_EXPIRY,
         causal: true,
     })?;
     Ok(Merged {
@@ -116,6 +116,15 @@ pub fn apply(store: &mut dyn Store, w: &Write<'_>) -> Result<Merged, StoreError>
         near_limit: (before, near_limit(&state)),
     })
 }
+
+/// The store-level expiry of every causal record: none. The state's siblings carry their own
+/// expiries and readers filter them ([`CausalState::live`]); the record itself never expires,
+/// because the store turns an expired record into a plain tombstone, which forgets the state's
+/// vector: the next state merged into it (a late hint, a stale replica's copy) would bring back
+/// every sibling that vector had superseded or deleted (kvsim --conflicts siblings seed 716:
+/// deleted values back after their key's last sibling expired), and a node whose clock runs
+/// ahead would do so early. Expired siblings go with the next write whose context saw them.
+pub const RECORD_EXPIRY: u64 = 0;
 
 /// What the anti-entropy tree records as the "version" of a causal record: the digest of its
 /// state (with the top bit set, so that it never reads as a small version), so that replicas

@@ -99,7 +99,7 @@ impl<C> Coordinator<C> {
             key: key.clone(),
             value: Some(value),
             version: op.newest_version(),
-            expires_at_ms: merged.expires_at_ms(),
+            expires_at_ms: crate::cluster::siblings::RECORD_EXPIRY,
             causal: true,
         };
         for to in stale {

@@ -157,7 +157,8 @@ impl<C> ClusterNode<C> {
         }
         let mut bytes = Vec::with_capacity(state.encoded_len());
         state.encode(&mut bytes);
-        let expires = state.expires_at_ms();
+        // (The record never expires: see `siblings::RECORD_EXPIRY`.)
+        let expires = crate::cluster::siblings::RECORD_EXPIRY;
         // This copy first: a write its own replica refuses sends nothing (see the module doc).
         // Written out now, not left in the turn's buffer: if the turn's one write failed, the
         // store would undo this copy while the REPLICATEs went out, and this node's next dot
