@@ -15,7 +15,8 @@
 //!   caught, also on seeds whose schedule joins or replaces nodes;
 //! * a few seeds of every block run 16–32 nodes;
 //! * siblings mode (`--conflicts siblings`, issue 16): clients read, then write with the causal
-//!   context, and the siblings checkers pass.
+//!   context, and the siblings checkers pass; the mutation that makes anti-entropy resolve
+//!   causal states by timestamp instead of merging them is caught.
 
 use dkv::cluster::Conflicts;
 use dkv::shard::SyncPolicy;
@@ -412,3 +413,27 @@ fn siblings_mode_passes() {
 
 /// Seeds of [`siblings_mode_passes`] (a few seconds).
 const SIBLINGS_SEEDS: u64 = 20;
+
+/// Issue 16: anti-entropy and partition copies that resolve a causal record by version (the
+/// higher record version replaces the held state) instead of merging the two states lose
+/// concurrent siblings: acknowledged writes vanish from replicas, moved partitions and reads.
+#[test]
+fn mutation_lww_anti_entropy_is_caught() {
+    let opts = Options {
+        mutation: Mutation::LwwAntiEntropy,
+        ..Options::default()
+    };
+    assert_eq!(Params::draw(1, &opts).conflicts, Conflicts::Siblings);
+    let (seed, checkers) = first_failure(&opts, 200).expect("caught within 200 seeds");
+    assert!(
+        checkers.iter().any(|c| [
+            "lost-write",
+            "flip",
+            "stale-read",
+            "convergence",
+            "resurrected"
+        ]
+        .contains(c)),
+        "seed {seed}: {checkers:?}"
+    );
+}

@@ -238,7 +238,8 @@ fn main() -> ExitCode {
         "",
         "conflicts",
         "how every node resolves concurrent writes: lww (default) or siblings (clients \
-         read, then write with the causal context; the siblings checkers run)",
+         read, then write with the causal context; the siblings checkers run; the mutation \
+         lww-anti-entropy implies it)",
         "lww|siblings",
     );
     o.optflag("h", "help", "print this help");

@@ -97,11 +97,15 @@ pub enum Mutation {
     /// Replicas serve a REPLICATE or READ whatever ring its sender holds: a coordinator
     /// that missed a ring change gets a write acknowledged by the old owners alone.
     NoRingVersionCheck,
+    /// Siblings mode: anti-entropy and partition copies resolve a causal record by timestamp
+    /// (the incoming state replaces the held one when its record's version is higher, else
+    /// the held one stays) instead of merging the two states.
+    LwwAntiEntropy,
 }
 
 impl Mutation {
     /// Every mutation's command-line name.
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 12] = [
         "skip-read-repair",
         "ack-before-sync",
         "no-tombstone-version",
@@ -113,6 +117,7 @@ impl Mutation {
         "no-pending-writes",
         "no-majority-commit",
         "no-ring-version-check",
+        "lww-anti-entropy",
     ];
 
     /// Parse a `--mutation` name.
@@ -130,6 +135,7 @@ impl Mutation {
             "no-pending-writes" => Ok(Mutation::NoPendingWrites),
             "no-majority-commit" => Ok(Mutation::NoMajorityCommit),
             "no-ring-version-check" => Ok(Mutation::NoRingVersionCheck),
+            "lww-anti-entropy" => Ok(Mutation::LwwAntiEntropy),
             _ => Err(format!(
                 "unknown mutation {s:?}: expected one of none, {}",
                 Mutation::NAMES.join(", ")
@@ -152,6 +158,7 @@ impl Mutation {
             Mutation::NoPendingWrites => "no-pending-writes",
             Mutation::NoMajorityCommit => "no-majority-commit",
             Mutation::NoRingVersionCheck => "no-ring-version-check",
+            Mutation::LwwAntiEntropy => "lww-anti-entropy",
         }
     }
 }
@@ -528,7 +535,12 @@ impl Params {
             anti_entropy_only: opts.anti_entropy_only,
             anti_entropy_interval_ms,
             membership_weight,
-            conflicts: opts.conflicts,
+            // The mutation is one of siblings mode: it switches the mode on.
+            conflicts: if opts.mutation == Mutation::LwwAntiEntropy {
+                Conflicts::Siblings
+            } else {
+                opts.conflicts
+            },
         }
     }
 

@@ -244,6 +244,7 @@ impl World {
             no_pending_writes: p.mutation == Mutation::NoPendingWrites,
             no_majority_commit: p.mutation == Mutation::NoMajorityCommit,
             no_ring_version_check: p.mutation == Mutation::NoRingVersionCheck,
+            lww_anti_entropy: p.mutation == Mutation::LwwAntiEntropy,
         };
         config.conflicts = p.conflicts;
         config.validate().expect("drawn parameters are in range");

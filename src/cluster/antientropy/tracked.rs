@@ -125,6 +125,9 @@ pub struct Tracked<'a> {
     /// Leave applied records in the store's turn buffer ([`Tracked::buffered`]) instead of
     /// writing each one out at once.
     pub(super) buffered: bool,
+    /// The simulator's `lww_anti_entropy` mutation, on the anti-entropy path only: a causal
+    /// record replaces the held state when its version is higher instead of being merged.
+    pub(super) lww_causal: bool,
 }
 
 impl<'a> Tracked<'a> {
@@ -184,6 +187,30 @@ impl Store for Tracked<'_> {
                 w.version,
                 self.index.horizons[partition_of(w.key)]
             ))));
+        }
+        if w.causal && self.lww_causal {
+            // The simulator's lww-anti-entropy mutation (read in `AntiEntropy::new`): the
+            // record with the higher version wins, as under last-write-wins, unmerged.
+            let a = self.store.apply(w)?;
+            if a == Applied::Stored {
+                if !self.buffered {
+                    self.store.flush()?;
+                }
+                if let Some((v, _)) =
+                    crate::cluster::siblings::tree_version_of_value(w.value.unwrap_or(&[]))
+                {
+                    self.index.note(
+                        w.key,
+                        KeyMeta {
+                            version: Version(v),
+                            tombstone: false,
+                            expires_at_ms: 0,
+                            causal: true,
+                        },
+                    );
+                }
+            }
+            return Ok(a);
         }
         if w.causal {
             // Siblings mode: merged into the held state, never compared by version.
@@ -287,6 +314,7 @@ impl AntiEntropy {
             trusted: false,
             guard_answers_stale: false,
             buffered: false,
+            lww_causal: false,
         }
     }
 
@@ -303,6 +331,7 @@ impl AntiEntropy {
             trusted: true,
             guard_answers_stale: false,
             buffered: false,
+            lww_causal: false,
         }
     }
 
@@ -316,6 +345,7 @@ impl AntiEntropy {
             trusted: false,
             guard_answers_stale: true,
             buffered: false,
+            lww_causal: false,
         }
     }
 
