@@ -4,12 +4,14 @@
 //! kvsim --seeds 1..200                       one simulation per seed (inclusive range)
 //! kvsim --seed 42 --trace                    replay one seed with its event trace
 //! kvsim --seeds 1..500 --mutation ack-before-sync   prove a checker catches a planted bug
+//! kvsim --seeds 1..200 --conflicts siblings  siblings mode: causal clients, siblings checkers
 //! ```
 //!
 //! Every knob is drawn from the seed unless fixed with an option. A failing seed prints the
 //! checker, the key and `reproduce: kvsim --seed N --trace ...`; the exit status is 1 if any
 //! seed failed.
 
+use dkv::cluster::Conflicts;
 use dkv::protocol::Consistency;
 use dkv::shard::SyncPolicy;
 use dkv::sim::{self, Mutation, Options};
@@ -91,6 +93,12 @@ fn options(m: &getopts::Matches) -> Result<Options, String> {
         None => None,
         Some(s) => Some(SyncPolicy::parse(&s)?),
     };
+    let conflicts = match m.opt_str("conflicts") {
+        None => Conflicts::Lww,
+        Some(s) => {
+            Conflicts::parse(&s).ok_or_else(|| format!("bad --conflicts {s:?}: lww or siblings"))?
+        }
+    };
     let mutation = match m.opt_str("mutation") {
         None => Mutation::None,
         Some(s) => Mutation::parse(&s)?,
@@ -118,6 +126,7 @@ fn options(m: &getopts::Matches) -> Result<Options, String> {
             Some("off") => Some(false),
             Some(x) => return Err(format!("bad --membership {x:?}: on or off")),
         },
+        conflicts,
     })
 }
 
@@ -224,6 +233,14 @@ fn main() -> ExitCode {
         "",
         "anti-entropy-only",
         "hinted handoff and read repair off, no repair-driving reads: anti-entropy alone must converge the cluster",
+    );
+    o.optopt(
+        "",
+        "conflicts",
+        "how every node resolves concurrent writes: lww (default) or siblings (clients \
+         read, then write with the causal context; the siblings checkers run; the mutation \
+         lww-anti-entropy implies it)",
+        "lww|siblings",
     );
     o.optflag("h", "help", "print this help");
     let usage = |o: &getopts::Options| {

@@ -210,6 +210,11 @@ pub struct Mutations {
     /// Replicas serve a REPLICATE or READ whatever ring version its sender holds, even one
     /// older than the last change of the key's partition (node/mod.rs, `refuse_stale_ring`).
     pub no_ring_version_check: bool,
+    /// Siblings mode: a causal record that anti-entropy or a partition copy brings replaces
+    /// the held state when its record's version is higher (else the held state stays),
+    /// instead of being merged into it: last-write-wins where only a merge is right
+    /// (antientropy/mod.rs, `AntiEntropy::new`; applied by `Tracked`).
+    pub lww_anti_entropy: bool,
 }
 
 /// Parse a node list `1=127.0.0.1:7001,2=127.0.0.1:7002`. Whitespace around entries is

@@ -123,7 +123,11 @@ pub fn apply(store: &mut dyn Store, w: &Write<'_>) -> Result<Merged, StoreError>
     let held = store.get(w.key)?;
     let mut state = state_of(w.key, held.as_ref())?;
     let before = near_limit(&state);
-    if held.is_some() && state.dominates(&incoming) {
+    // (Also with no record held: an empty incoming state, a DELETE's over nothing, is not
+    // written. Stored, it would differ forever from a replica holding nothing or a tombstone,
+    // which merging it leaves as they are, and anti-entropy would send it every round:
+    // kvsim --conflicts siblings seed 172.)
+    if state.dominates(&incoming) {
         return Ok(Merged {
             applied: Applied::Stale { current: w.version },
             tree: None,

@@ -42,8 +42,9 @@
 //! bits on one disk at most). Writes outside the promise may be lost; they are not checked.
 
 use super::options::consistency_name;
+use crate::causal::{Dot, VersionVector};
 use crate::cluster::coordinator::Outcome;
-use crate::protocol::Consistency;
+use crate::protocol::{Consistency, Status};
 use crate::version::Version;
 use std::collections::BTreeMap;
 
@@ -87,6 +88,11 @@ pub struct OpRecord {
     pub end_ms: Option<u64>,
     /// The answer, if one came.
     pub outcome: Option<Outcome>,
+    /// Siblings mode: sent with the causal flag (aux bit 2).
+    pub causal: bool,
+    /// Siblings mode: the causal context a PUT or DELETE carried (empty: a blind write),
+    /// decoded; `None` for reads and in last-write-wins mode.
+    pub ctx: Option<VersionVector>,
 }
 
 impl OpRecord {
@@ -98,6 +104,34 @@ impl OpRecord {
             }
             _ => None,
         }
+    }
+
+    /// Siblings mode: the dot of an acknowledged PUT, `(coordinator, version)`: the coordinating
+    /// replica numbers a write's dot with the write's version (`cluster/node/causal.rs`).
+    pub fn dot(&self) -> Option<Dot> {
+        match self.kind {
+            OpKind::Put => self.acked_version().map(|v| Dot {
+                actor: v.node_id() as u16,
+                counter: v.0,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether the answer promises that nothing was written (a refusal before any replica
+    /// stored the write: UNAVAILABLE, OVERLOADED, CLOCK_OFFSET, TOO_MANY_SIBLINGS, BAD_REQUEST).
+    pub fn refused(&self) -> bool {
+        matches!(
+            &self.outcome,
+            Some(Outcome::Failed {
+                status: Status::Unavailable
+                    | Status::Overloaded
+                    | Status::ClockOffset
+                    | Status::TooManySiblings
+                    | Status::BadRequest,
+                ..
+            })
+        )
     }
 }
 
@@ -165,6 +199,9 @@ pub struct History {
     pub near_offsets_ms: (i64, i64),
     /// `--max-clock-offset-ms` of every node.
     pub max_clock_offset_ms: u64,
+    /// Siblings mode (`--conflicts siblings`): reads and the end are judged by the siblings
+    /// checkers (`siblings_check.rs`) instead of the last-write-wins ones.
+    pub siblings: bool,
 }
 
 impl History {
@@ -185,10 +222,11 @@ impl History {
             keys_checked: 0,
             near_offsets_ms: (0, 0),
             max_clock_offset_ms: crate::limits::MAX_CLOCK_OFFSET_MS_DEFAULT,
+            siblings: false,
         }
     }
 
-    fn violation(&mut self, checker: &'static str, key: Option<u32>, detail: String) {
+    pub(super) fn violation(&mut self, checker: &'static str, key: Option<u32>, detail: String) {
         self.violations.push(Violation {
             checker,
             key: key.map(|k| String::from_utf8_lossy(&key_name(k)).into_owned()),
@@ -214,7 +252,7 @@ impl History {
     }
 
     /// Whether a replica of `key` had a loss event in `(after, until]`.
-    fn loss_between(&self, key: u32, after: u64, until: u64) -> bool {
+    pub(super) fn loss_between(&self, key: u32, after: u64, until: u64) -> bool {
         self.prefs[&key].iter().any(|&n| {
             self.losses[n as usize - 1]
                 .iter()
@@ -247,7 +285,11 @@ impl History {
         op.end_ms = Some(t);
         op.outcome = Some(outcome);
         if op.kind == OpKind::Get {
-            self.check_read(id, t);
+            if self.siblings {
+                self.check_read_siblings(id, t);
+            } else {
+                self.check_read(id, t);
+            }
         }
     }
 

@@ -10,7 +10,9 @@ use super::node::client_conn;
 use super::options::{consistency_name, range};
 use super::trace::trace;
 use super::world::{Ev, Phase, World};
+use crate::causal::VersionVector;
 use crate::cluster::coordinator::Outcome;
+use crate::cluster::Conflicts;
 use crate::protocol::{frame, op, Consistency, Request, Response, Status};
 use crate::shard::Session;
 use crate::version::Version;
@@ -18,10 +20,39 @@ use crate::version::Version;
 /// Longest time to live a simulated PUT carries, in seconds (the protocol's unit).
 const TTL_SECONDS_MAX: u64 = 20;
 
+/// Siblings mode: percent of PUTs that read the key first and write with its context; of the
+/// rest, up to [`REUSE_PUT_PERCENT`] reuse the context of the client's last read of the key
+/// (a client writing from an older read), the others are blind (no context: a new sibling).
+const FRESH_PUT_PERCENT: u64 = 60;
+/// See [`FRESH_PUT_PERCENT`].
+const REUSE_PUT_PERCENT: u64 = 75;
+/// Siblings mode: percent of DELETEs that read the key first; the others reuse the client's
+/// last context of the key (a DELETE without one removes nothing, so it always has one).
+const FRESH_DELETE_PERCENT: u64 = 80;
+/// Siblings mode: one write in this many goes to any node, replica of the key or not (a
+/// node that holds no replica refuses it: UNAVAILABLE, protocol.md § 19.2); the others go to a
+/// replica by the newest ring the simulator saw, as a client routing by the ring map does.
+const ANY_NODE_WRITE_ONE_IN: u64 = 20;
+/// Siblings mode: one GET in this many is a plain GET (no causal flag): its answer is the one
+/// sibling, NOT_FOUND, or SIBLINGS.
+const PLAIN_GET_ONE_IN: u64 = 20;
+
+/// Siblings mode: a write that waits for the answer of its client's read, to carry the
+/// context that read returned (read-then-write).
+pub(super) struct Then {
+    kind: OpKind,
+    key: u32,
+    consistency: Consistency,
+    ttl_ms: u64,
+}
+
 impl World {
     pub(super) fn client_next(&mut self, c: u32) {
         if self.phase != Phase::Safety || self.ops_issued >= self.p.ops {
             return;
+        }
+        if self.p.conflicts == Conflicts::Siblings {
+            return self.client_next_causal(c);
         }
         self.ops_issued += 1;
         let x = self.rng.below(100) as u32;
@@ -56,6 +87,110 @@ impl World {
         self.at(timeout, Ev::ClientTimeout(c, id));
     }
 
+    /// Siblings mode: the client's next operation. A GET is causal (but one in
+    /// [`PLAIN_GET_ONE_IN`]); a PUT or DELETE is most often a read-then-write, sometimes a
+    /// write with an older context of the key or (PUT) a blind one; writes go to a replica of
+    /// the key. Every PUT's value is unique to the run (a value read names its write).
+    fn client_next_causal(&mut self, c: u32) {
+        self.ops_issued += 1;
+        let x = self.rng.below(100) as u32;
+        let kind = if x < self.p.put_percent {
+            OpKind::Put
+        } else if x < self.p.put_percent + self.p.get_percent {
+            OpKind::Get
+        } else {
+            OpKind::Delete
+        };
+        // The same skewed key choice as last-write-wins runs: writes collide, siblings grow.
+        let key = self.rng.below(u64::from(self.p.keys)) as u32;
+        let key = key.min(self.rng.below(u64::from(self.p.keys)) as u32);
+        let consistency = self.p.draw_consistency(&mut self.rng);
+        let ttl_ms = if kind == OpKind::Put && self.rng.below(100) < u64::from(self.p.ttl_percent) {
+            range(&mut self.rng, 1, TTL_SECONDS_MAX) * 1_000
+        } else {
+            0
+        };
+        let then = Then {
+            kind,
+            key,
+            consistency,
+            ttl_ms,
+        };
+        let how = self.rng.below(100);
+        let last = self.clients[c as usize].contexts.get(&key).cloned();
+        let read_first = match kind {
+            OpKind::Get => {
+                let plain = self.rng.below(PLAIN_GET_ONE_IN) == 0;
+                return self.issue_causal_read(c, key, consistency, !plain);
+            }
+            OpKind::Put => how < FRESH_PUT_PERCENT,
+            OpKind::Delete => how < FRESH_DELETE_PERCENT || last.is_none(),
+        };
+        if read_first {
+            self.clients[c as usize].then = Some(then);
+            return self.issue_causal_read(c, key, consistency, true);
+        }
+        let context = match kind {
+            OpKind::Put if how >= REUSE_PUT_PERCENT => None,
+            _ => last,
+        };
+        self.issue_causal_write(c, then, context);
+    }
+
+    /// Siblings mode: client `c` reads `key` through a random node (`causal`: with the
+    /// causal flag).
+    fn issue_causal_read(&mut self, c: u32, key: u32, consistency: Consistency, causal: bool) {
+        let born = u64::from(self.born());
+        let coordinator = range(&mut self.rng, 1, born) as u32;
+        let id = self.issue(c, OpKind::Get, key, None, consistency, coordinator);
+        self.hist.ops[id as usize].causal = causal;
+        self.wait_for(c, id);
+    }
+
+    /// Siblings mode: client `c` sends the write `then` with `context` (as a GET returned it;
+    /// `None`: blind, half of them as plain PUTs without the causal flag) to a replica of the
+    /// key (but one in [`ANY_NODE_WRITE_ONE_IN`]).
+    fn issue_causal_write(&mut self, c: u32, then: Then, context: Option<Vec<u8>>) {
+        let Then {
+            kind,
+            key,
+            consistency,
+            ttl_ms,
+        } = then;
+        let value = (kind == OpKind::Put).then(|| {
+            let pad = range(&mut self.rng, 0, 48) as usize;
+            let mut v = format!("c{c}-{}-", self.hist.ops.len()).into_bytes();
+            v.extend(std::iter::repeat_n(b'x', pad));
+            v
+        });
+        let causal = context.is_some() || self.rng.below(2) == 0;
+        let born = u64::from(self.born());
+        let coordinator = if self.rng.below(ANY_NODE_WRITE_ONE_IN) == 0 {
+            range(&mut self.rng, 1, born) as u32
+        } else {
+            let p = crate::hash::partition_of(&key_name(key));
+            let set = self.ring.holders(p);
+            set[self.rng.below(set.len() as u64) as usize]
+        };
+        // (Contexts come from answers whose context decoded: see `outcome_of`.)
+        let ctx = context.map_or_else(VersionVector::new, |b| {
+            VersionVector::decode_context(&b).unwrap_or_default()
+        });
+        let id = self.issue(c, kind, key, value, consistency, coordinator);
+        let rec = &mut self.hist.ops[id as usize];
+        rec.ttl_ms = ttl_ms;
+        rec.causal = causal;
+        rec.ctx = Some(ctx);
+        self.wait_for(c, id);
+    }
+
+    /// Client `c` waits for op `id`, until its patience runs out.
+    fn wait_for(&mut self, c: u32, id: u64) {
+        self.clients[c as usize].busy = Some(id);
+        let timeout = self.now + self.client_patience_ms();
+        self.at(timeout, Ev::ClientTimeout(c, id));
+    }
+
     /// How long a client waits for an answer: two coordinator timeouts, the largest clock
     /// jump (a coordinator's clock stepping back delays its timeouts), and slack for pauses.
     fn client_patience_ms(&self) -> u64 {
@@ -66,6 +201,7 @@ impl World {
         if self.clients[c as usize].busy == Some(op) {
             trace!(self.trace, "client {c} gives up on op {op}");
             self.clients[c as usize].busy = None;
+            self.clients[c as usize].then = None;
             self.at(self.now + 1, Ev::ClientNext(c));
         }
     }
@@ -94,6 +230,8 @@ impl World {
             issue_seq: 0,
             end_ms: None,
             outcome: None,
+            causal: false,
+            ctx: None,
         });
         let n = &self.nodes[coordinator as usize - 1];
         let (life, shards) = (n.life, n.shards as u64);
@@ -140,17 +278,30 @@ impl World {
             self.note_issue(op);
         }
         let rec = &self.hist.ops[op as usize];
-        let (kind, key, value, consistency, ttl_ms) = (
+        let (kind, key, value, consistency, ttl_ms, causal) = (
             rec.kind,
             rec.key,
             rec.value.clone(),
             rec.consistency,
             rec.ttl_ms,
+            rec.causal,
         );
+        // Siblings mode: the context a write carries (an empty one as zero bytes).
+        let mut context = Vec::new();
+        let mut shown_ctx = String::new();
+        if let Some(ctx) = &rec.ctx {
+            if !ctx.is_empty() {
+                ctx.encode_context(&mut context);
+            }
+            shown_ctx = format!(" ctx={}", show_vv(ctx));
+        }
+        if self.p.conflicts == Conflicts::Siblings && !causal {
+            shown_ctx += " plain";
+        }
         let kname = key_name(key);
         trace!(
             self.trace,
-            "op {op} {:?} {} {} via n{node}/{shard}{}{}",
+            "op {op} {:?} {} {} via n{node}/{shard}{}{}{}",
             kind,
             String::from_utf8_lossy(&kname),
             consistency_name(consistency),
@@ -162,21 +313,38 @@ impl World {
                 format!(" ttl={ttl_ms}ms")
             } else {
                 String::new()
-            }
+            },
+            shown_ctx
         );
-        let req = match kind {
-            OpKind::Get => Request::Get {
+        let req = match (kind, causal) {
+            (OpKind::Get, false) => Request::Get {
                 key: &kname,
                 consistency,
             },
-            OpKind::Put => Request::Put {
+            (OpKind::Get, true) => Request::CausalGet {
+                key: &kname,
+                consistency,
+            },
+            (OpKind::Put, false) => Request::Put {
                 key: &kname,
                 value: value.as_deref().unwrap_or_default(),
                 ttl_seconds: (ttl_ms / 1_000) as u32,
                 consistency,
             },
-            OpKind::Delete => Request::Delete {
+            (OpKind::Put, true) => Request::CausalPut {
                 key: &kname,
+                value: value.as_deref().unwrap_or_default(),
+                ttl_seconds: (ttl_ms / 1_000) as u32,
+                context: &context,
+                consistency,
+            },
+            (OpKind::Delete, false) => Request::Delete {
+                key: &kname,
+                consistency,
+            },
+            (OpKind::Delete, true) => Request::CausalDelete {
+                key: &kname,
+                context: &context,
                 consistency,
             },
         };
@@ -255,7 +423,15 @@ impl World {
             Outcome::NotFound => "not found".to_string(),
             Outcome::Failed { status, message } => format!("failed {status:?}: {message}"),
             Outcome::Text(t) => t.clone(),
-            Outcome::Siblings { values, .. } => format!("{} siblings", values.len()),
+            Outcome::Siblings { values, context } => {
+                let ctx = VersionVector::decode_context(context)
+                    .map_or_else(|e| format!("bad context: {e}"), |v| show_vv(&v));
+                let shown: Vec<String> = values
+                    .iter()
+                    .map(|(v, x)| format!("{}={}", self.v(*v), short_value(x)))
+                    .collect();
+                format!("{} siblings [{}] ctx={ctx}", values.len(), shown.join(" "))
+            }
         };
         let key = key_name(self.hist.ops[op as usize].key);
         trace!(
@@ -287,6 +463,10 @@ impl World {
         let status = r
             .status()
             .ok_or_else(|| format!("unknown status {}", r.status))?;
+        let rec = &self.hist.ops[op as usize];
+        if rec.kind == OpKind::Get && rec.causal {
+            return causal_read_outcome(&r, status, kept);
+        }
         let from_wire = match (status, r.op) {
             (Status::Ok, op::GET) => {
                 let (v, value) = r
@@ -323,6 +503,32 @@ impl World {
         if r.op != wanted {
             return Err(format!("answered with opcode {:#04x}", r.op));
         }
+        if let Some(Outcome::Siblings { values, .. }) = &kept {
+            // Siblings mode, a plain GET: its answer is the one sibling the coordinator found,
+            // NOT_FOUND for none, SIBLINGS for several.
+            let agrees = match (&from_wire, values.len()) {
+                (Outcome::Found { version, value, .. }, 1) => {
+                    values[0].0 == *version && values[0].1 == *value
+                }
+                (Outcome::NotFound, 0) => true,
+                (
+                    Outcome::Failed {
+                        status: Status::Siblings,
+                        ..
+                    },
+                    n,
+                ) => n >= 2,
+                _ => false,
+            };
+            if !agrees {
+                return Err(format!(
+                    "the answer to a plain GET says {from_wire:?}, the coordinator found {} \
+                     siblings",
+                    values.len()
+                ));
+            }
+            return Ok(from_wire);
+        }
         Ok(match (kept, &from_wire) {
             (Some(k @ Outcome::Written { version, .. }), Outcome::Written { version: w, .. })
                 if version == *w =>
@@ -350,8 +556,32 @@ impl World {
         }
         if self.clients[c as usize].busy == Some(op) {
             self.clients[c as usize].busy = None;
+            if self.p.conflicts == Conflicts::Siblings && self.follow_up(c, op) {
+                return;
+            }
             let t = self.now + range(&mut self.rng, 0, 30);
             self.at(t, Ev::ClientNext(c));
+        }
+    }
+
+    /// Siblings mode: client `c`'s op `op` is done; if it was a causal read, keep its context
+    /// and send the write waiting for it. Whether a write was sent.
+    fn follow_up(&mut self, c: u32, op: u64) -> bool {
+        let then = self.clients[c as usize].then.take();
+        let rec = &self.hist.ops[op as usize];
+        let Some(Outcome::Siblings { context, .. }) = &rec.outcome else {
+            return false; // a failed read: the write it was for is not sent
+        };
+        let (key, context) = (rec.key, context.clone());
+        self.clients[c as usize]
+            .contexts
+            .insert(key, context.clone());
+        match then {
+            Some(then) if self.phase == Phase::Safety => {
+                self.issue_causal_write(c, then, Some(context));
+                true
+            }
+            _ => false,
         }
     }
 
@@ -380,4 +610,58 @@ impl World {
             );
         }
     }
+}
+
+/// Siblings mode: the outcome of a causal GET's answer frame: its siblings and context
+/// (`Outcome::Siblings`, as the coordinator decided it), or the failure.
+fn causal_read_outcome(
+    r: &Response<'_>,
+    status: Status,
+    kept: Option<Outcome>,
+) -> Result<Outcome, String> {
+    if r.op != op::GET {
+        return Err(format!("answered with opcode {:#04x}", r.op));
+    }
+    let from_wire = match status {
+        Status::Ok | Status::NotFound => {
+            let found = status == Status::Ok;
+            let got = crate::protocol::siblings::decode_causal_get_reply(r.body, found)
+                .map_err(|e| e.to_string())?;
+            VersionVector::decode_context(got.context)
+                .map_err(|e| format!("the answer's context: {e}"))?;
+            if found && got.values.is_empty() {
+                return Err("a causal GET answered OK without a sibling".into());
+            }
+            Outcome::Siblings {
+                context: got.context.to_vec(),
+                values: got
+                    .values
+                    .iter()
+                    .map(|&(v, x)| (Version(v), x.to_vec()))
+                    .collect(),
+            }
+        }
+        status => Outcome::Failed {
+            status,
+            message: r.message(),
+        },
+    };
+    match kept {
+        Some(k) if matches!(from_wire, Outcome::Siblings { .. }) && k != from_wire => Err(format!(
+            "the answer frame says {from_wire:?}, the coordinator decided {k:?}"
+        )),
+        _ => Ok(from_wire),
+    }
+}
+
+/// A version vector for the trace: `[actor:counter ...]`.
+pub(super) fn show_vv(v: &VersionVector) -> String {
+    let parts: Vec<String> = v.iter().map(|(a, c)| format!("{a}:{c}")).collect();
+    format!("[{}]", parts.join(" "))
+}
+
+/// A simulated value for the trace: its name, without the padding (`c3-45`).
+pub(super) fn short_value(v: &[u8]) -> String {
+    let t = String::from_utf8_lossy(v);
+    t.trim_end_matches('x').trim_end_matches('-').to_string()
 }

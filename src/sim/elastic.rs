@@ -469,6 +469,9 @@ impl World {
     /// short of the level. Owners down now are given the benefit of the doubt; keys whose
     /// newest write may be shadowed by a delete or an expiry are left to `lost-write`.
     pub(super) fn check_flip(&mut self, p: usize, owners: &[u32], version: u64) {
+        if self.siblings() {
+            return self.check_flip_causal(p, owners, version);
+        }
         let now = self.now;
         for k in 0..self.p.keys {
             let kname = key_name(k);

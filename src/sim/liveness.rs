@@ -9,11 +9,13 @@
 //! owners, and every key must sit on exactly them. Until then, repair rounds issue ALL
 //! reads of the keys that differ (unless `--no-repair-reads`). Then the end checks run.
 
+use super::causal::Held;
 use super::check::{key_name, show_version, OpKind, REPAIR_CLIENT};
 use super::options::range;
 use super::trace::trace;
 use super::world::{Ev, Phase, World, BASE_MS};
 use crate::cluster::ringstate::MemberStatus;
+use crate::cluster::Conflicts;
 use crate::hash::shard_of;
 use crate::protocol::Consistency;
 use crate::storage::Stored;
@@ -101,7 +103,7 @@ impl World {
         let mut diverged = Vec::new();
         let mut last_err = String::new();
         for &k in &keys {
-            if let Err(e) = self.agreed(k) {
+            if let Err(e) = self.agreed_any(k) {
                 diverged.push(k);
                 last_err = e;
             }
@@ -168,6 +170,13 @@ impl World {
         let placement = if diverged.is_empty() && ring.is_empty() {
             let mut live = std::collections::BTreeSet::new();
             for &k in &keys {
+                if self.siblings() {
+                    // (A state that reads: live siblings, or a vector remembering deletions.)
+                    if let Ok(Held::State(_)) = self.agreed_causal(k) {
+                        live.insert(k);
+                    }
+                    continue;
+                }
                 let now_ms = self.node_now(self.ring.preference_for_key(&key_name(k))[0]);
                 if let Ok(Some(s)) = self.agreed(k) {
                     if s.is_live(now_ms) {
@@ -261,7 +270,7 @@ impl World {
         for &k in &diverged {
             let coordinator =
                 ((u64::from(k) + self.repair_round) % u64::from(self.born())) as u32 + 1;
-            self.issue(
+            let id = self.issue(
                 REPAIR_CLIENT,
                 OpKind::Get,
                 k,
@@ -269,12 +278,40 @@ impl World {
                 Consistency::All,
                 coordinator,
             );
+            self.hist.ops[id as usize].causal = self.siblings();
         }
         let t = self.now + 2 * self.p.request_timeout_ms + 50;
         self.at(t, Ev::RepairRound);
     }
 
+    /// Whether the replicas of `key` agree, by the mode's measure: the same record (last-write
+    /// -wins), the same causal state (siblings); else what each holds.
+    fn agreed_any(&mut self, key: u32) -> Result<(), String> {
+        if self.siblings() {
+            self.agreed_causal(key).map(|_| ())
+        } else {
+            self.agreed(key).map(|_| ())
+        }
+    }
+
+    /// Whether the run is in siblings mode.
+    pub(super) fn siblings(&self) -> bool {
+        self.p.conflicts == Conflicts::Siblings
+    }
+
     fn final_checks(&mut self, converged: &[u32]) {
+        if self.siblings() {
+            for &k in converged {
+                if let Ok(held) = self.agreed_causal(k) {
+                    self.hist.check_final_siblings(k, &held, self.now);
+                }
+            }
+            self.check_answered();
+            self.check_moved_bytes();
+            self.hist.check_version_order();
+            self.hist.check_clock_bound();
+            return;
+        }
         for &k in converged {
             let now_ms = self.node_now(1);
             let held = self

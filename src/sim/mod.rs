@@ -40,6 +40,7 @@
 //! BTreeMaps everywhere, no wall clock, no threads. A failure prints the seed and
 //! `reproduce: kvsim --seed N --trace` with any fixed options.
 
+mod causal;
 pub mod check;
 mod client;
 mod elastic;
@@ -163,6 +164,9 @@ impl Options {
         }
         if self.mutation != Mutation::None {
             a += &format!(" --mutation {}", self.mutation.name());
+        }
+        if self.conflicts != crate::cluster::Conflicts::Lww {
+            a += &format!(" --conflicts {}", self.conflicts.name());
         }
         a
     }

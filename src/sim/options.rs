@@ -5,7 +5,7 @@
 //! second, so rare combinations get explored without anyone listing them.
 
 use super::trace::Trace;
-use crate::cluster::SplitMix64;
+use crate::cluster::{Conflicts, SplitMix64};
 use crate::protocol::Consistency;
 use crate::shard::SyncPolicy;
 
@@ -97,11 +97,15 @@ pub enum Mutation {
     /// Replicas serve a REPLICATE or READ whatever ring its sender holds: a coordinator
     /// that missed a ring change gets a write acknowledged by the old owners alone.
     NoRingVersionCheck,
+    /// Siblings mode: anti-entropy and partition copies resolve a causal record by timestamp
+    /// (the incoming state replaces the held one when its record's version is higher, else
+    /// the held one stays) instead of merging the two states.
+    LwwAntiEntropy,
 }
 
 impl Mutation {
     /// Every mutation's command-line name.
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 12] = [
         "skip-read-repair",
         "ack-before-sync",
         "no-tombstone-version",
@@ -113,6 +117,7 @@ impl Mutation {
         "no-pending-writes",
         "no-majority-commit",
         "no-ring-version-check",
+        "lww-anti-entropy",
     ];
 
     /// Parse a `--mutation` name.
@@ -130,6 +135,7 @@ impl Mutation {
             "no-pending-writes" => Ok(Mutation::NoPendingWrites),
             "no-majority-commit" => Ok(Mutation::NoMajorityCommit),
             "no-ring-version-check" => Ok(Mutation::NoRingVersionCheck),
+            "lww-anti-entropy" => Ok(Mutation::LwwAntiEntropy),
             _ => Err(format!(
                 "unknown mutation {s:?}: expected one of none, {}",
                 Mutation::NAMES.join(", ")
@@ -152,6 +158,7 @@ impl Mutation {
             Mutation::NoPendingWrites => "no-pending-writes",
             Mutation::NoMajorityCommit => "no-majority-commit",
             Mutation::NoRingVersionCheck => "no-ring-version-check",
+            Mutation::LwwAntiEntropy => "lww-anti-entropy",
         }
     }
 }
@@ -202,6 +209,11 @@ pub struct Options {
     /// removals, pauses of the moves): `Some(true)` on every seed, `Some(false)` never; otherwise drawn (on for
     /// [`MEMBERSHIP_PERCENT`] of the seeds, and always under the elastic ring's mutations).
     pub membership: Option<bool>,
+    /// How every node resolves concurrent writes (`--conflicts`): last-write-wins (the
+    /// default, the runs of earlier versions exactly), or siblings, where the clients speak
+    /// the causal protocol (read, then write with the context read) and the siblings
+    /// checkers replace the last-write-wins ones (`check.rs`).
+    pub conflicts: Conflicts,
 }
 
 /// Everything a run uses, drawn from the seed unless fixed in [`Options`].
@@ -289,6 +301,8 @@ pub struct Params {
     pub anti_entropy_interval_ms: u64,
     /// Weight of membership changes among the faults (0: none), beside `fault_weights`.
     pub membership_weight: u32,
+    /// See [`Options::conflicts`].
+    pub conflicts: Conflicts,
 }
 
 fn pick<T: Copy>(
@@ -521,6 +535,12 @@ impl Params {
             anti_entropy_only: opts.anti_entropy_only,
             anti_entropy_interval_ms,
             membership_weight,
+            // The mutation is one of siblings mode: it switches the mode on.
+            conflicts: if opts.mutation == Mutation::LwwAntiEntropy {
+                Conflicts::Siblings
+            } else {
+                opts.conflicts
+            },
         }
     }
 
@@ -572,6 +592,10 @@ impl Params {
             self.mutation.name(),
             self.membership_weight
         ));
+        // (Only when not the default, so that last-write-wins runs trace as they always did.)
+        if self.conflicts != Conflicts::Lww {
+            trace.line(format_args!("params conflicts={}", self.conflicts.name()));
+        }
     }
 
     /// Draw a consistency level for one request.

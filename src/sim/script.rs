@@ -37,7 +37,7 @@ use super::trace::{trace, Trace};
 use super::world::{World, BASE_MS};
 use super::Violation;
 use crate::cluster::coordinator::Outcome;
-use crate::cluster::MEMBERSHIP_SHARD;
+use crate::cluster::{Conflicts, MEMBERSHIP_SHARD};
 use crate::hash::shard_of;
 use crate::limits;
 use crate::protocol::{frame, op, Consistency, Request, Response, Status};
@@ -103,6 +103,8 @@ pub struct ClusterSpec {
     pub compaction_dead_bytes_min: u64,
     /// Print the trace to stdout (debugging a test).
     pub print_trace: bool,
+    /// `--conflicts` of every node.
+    pub conflicts: Conflicts,
 }
 
 impl ClusterSpec {
@@ -132,6 +134,7 @@ impl ClusterSpec {
             compaction_dead_percent: 40,
             compaction_dead_bytes_min: 256,
             print_trace: false,
+            conflicts: Conflicts::Lww,
         }
     }
 
@@ -153,6 +156,7 @@ impl ClusterSpec {
             skew_max_ms: Some(0),
             jump_max_ms: Some(0),
             far_skew_ms: Some(0),
+            conflicts: self.conflicts,
             ..Options::default()
         };
         let mut p = Params::draw(self.seed, &opts);

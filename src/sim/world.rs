@@ -124,6 +124,12 @@ pub(super) enum Phase {
 
 pub(super) struct Client {
     pub busy: Option<u64>,
+    /// Siblings mode: the write to send with the context of the read in flight
+    /// (read-then-write), if any.
+    pub then: Option<super::client::Then>,
+    /// Siblings mode: the context this client last read of each key (some writes reuse it,
+    /// as a client writing from an older read does).
+    pub contexts: BTreeMap<u32, Vec<u8>>,
 }
 
 /// Figures of one run.
@@ -238,7 +244,9 @@ impl World {
             no_pending_writes: p.mutation == Mutation::NoPendingWrites,
             no_majority_commit: p.mutation == Mutation::NoMajorityCommit,
             no_ring_version_check: p.mutation == Mutation::NoRingVersionCheck,
+            lww_anti_entropy: p.mutation == Mutation::LwwAntiEntropy,
         };
+        config.conflicts = p.conflicts;
         config.validate().expect("drawn parameters are in range");
         let ids: Vec<u32> = (1..=p.nodes).collect();
         let ring = Ring::new(&ids, p.replicas);
@@ -273,6 +281,7 @@ impl World {
         let syncs_on_ack = p.sync.iter().map(|s| *s == SyncPolicy::Always).collect();
         let mut hist = History::new(slots, p.replicas, syncs_on_ack, BASE_MS);
         hist.max_clock_offset_ms = p.max_clock_offset_ms;
+        hist.siblings = p.conflicts == crate::cluster::Conflicts::Siblings;
         hist.shards = p.shards.clone();
         let near = nodes
             .iter()
@@ -299,7 +308,13 @@ impl World {
             ring,
             blocked: vec![vec![false; slots as usize]; slots as usize],
             partitioned: false,
-            clients: (0..p.clients).map(|_| Client { busy: None }).collect(),
+            clients: (0..p.clients)
+                .map(|_| Client {
+                    busy: None,
+                    then: None,
+                    contexts: BTreeMap::new(),
+                })
+                .collect(),
             ops_issued: 0,
             issue_seq: 0,
             phase: Phase::Safety,
@@ -465,9 +480,10 @@ impl World {
                 continue;
             }
             match (&op.kind, &op.outcome) {
-                (OpKind::Get, Some(Outcome::Found { .. } | Outcome::NotFound)) => {
-                    self.stats.reads_ok += 1
-                }
+                (
+                    OpKind::Get,
+                    Some(Outcome::Found { .. } | Outcome::NotFound | Outcome::Siblings { .. }),
+                ) => self.stats.reads_ok += 1,
                 (_, Some(Outcome::Written { .. })) => self.stats.writes_acked += 1,
                 _ => self.stats.failed += 1,
             }

@@ -239,6 +239,9 @@ pub struct AntiEntropy {
     /// Siblings mode: tree versions are digests of causal states, and keys whose states
     /// differ are sent both ways (`responder.rs`).
     causal: bool,
+    /// The simulator's `lww_anti_entropy` mutation ([`crate::cluster::Mutations`]): causal
+    /// records this core's exchanges and copies apply replace the held state by version.
+    lww_causal: bool,
 }
 
 /// Completed exchanges to report: (partition, peer) → start ms.
@@ -294,6 +297,8 @@ impl AntiEntropy {
             transmits: VecDeque::new(),
             horizon_max: 0,
             causal: config.conflicts == super::Conflicts::Siblings,
+            // test-only mutation: anti-entropy replaces causal states by version, unmerged.
+            lww_causal: config.mutations.lww_anti_entropy,
             forwards_reports: false,
             shard: 0,
             shards: 1,

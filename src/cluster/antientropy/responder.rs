@@ -307,6 +307,7 @@ impl AntiEntropy {
             trusted,
             guard_answers_stale: false,
             buffered: false,
+            lww_causal: self.lww_causal,
         };
         let mut n = 0;
         let limit_ms = self

@@ -116,6 +116,9 @@ pub struct Tracked<'a> {
     /// Leave applied records in the store's turn buffer ([`Tracked::buffered`]) instead of
     /// writing each one out at once.
     pub(super) buffered: bool,
+    /// The simulator's `lww_anti_entropy` mutation, on the anti-entropy path only: a causal
+    /// record replaces the held state when its version is higher instead of being merged.
+    pub(super) lww_causal: bool,
 }
 
 impl<'a> Tracked<'a> {
@@ -201,6 +204,26 @@ impl Store for Tracked<'_> {
                 w.version,
                 self.index.horizons[partition_of(w.key)]
             ))));
+        }
+        if w.causal && self.lww_causal {
+            // The simulator's lww-anti-entropy mutation (read in `AntiEntropy::new`): the
+            // record with the higher version wins, as under last-write-wins, unmerged.
+            let a = self.store.apply(w)?;
+            if a == Applied::Stored {
+                if !self.buffered {
+                    self.store.flush()?;
+                }
+                let stored = Stored {
+                    version: w.version,
+                    expires_at_ms: w.expires_at_ms,
+                    value: w.value.map(<[u8]>::to_vec),
+                    causal: true,
+                };
+                if let Some((meta, _)) = crate::cluster::siblings::tree_meta_of_record(&stored) {
+                    self.index.note(w.key, meta);
+                }
+            }
+            return Ok(a);
         }
         if w.causal {
             // Siblings mode: merged into the held state, never compared by version.
@@ -296,6 +319,7 @@ impl AntiEntropy {
             trusted: false,
             guard_answers_stale: false,
             buffered: false,
+            lww_causal: false,
         }
     }
 
@@ -312,6 +336,7 @@ impl AntiEntropy {
             trusted: true,
             guard_answers_stale: false,
             buffered: false,
+            lww_causal: false,
         }
     }
 
@@ -325,6 +350,7 @@ impl AntiEntropy {
             trusted: false,
             guard_answers_stale: true,
             buffered: false,
+            lww_causal: false,
         }
     }
 

@@ -529,14 +529,30 @@ impl<C> Coordinator<C> {
         alive: &dyn Fn(u32) -> bool,
         required: usize,
     ) -> Option<C> {
+        if let Some((status, msg)) = self.refusal(replicas, alive, required) {
+            self.fail(ctx, status, msg);
+            return None;
+        }
+        Some(ctx)
+    }
+
+    /// Why an operation on `replicas` needing `required` of them would be refused at once
+    /// (OVERLOADED, UNAVAILABLE: nothing done), if it would. A siblings-mode write asks before
+    /// it applies its own copy (`node/causal.rs`), since those statuses promise that nothing
+    /// was written.
+    pub fn refusal(
+        &self,
+        replicas: &[u32],
+        alive: &dyn Fn(u32) -> bool,
+        required: usize,
+    ) -> Option<(Status, String)> {
         assert!(!replicas.is_empty() && required >= 1 && required <= replicas.len());
         if self.ops.len() >= self.config.ops_max {
             let msg = format!(
                 "{} replicated operations in flight on this shard, the maximum",
                 self.ops.len()
             );
-            self.fail(ctx, Status::Overloaded, msg);
-            return None;
+            return Some((Status::Overloaded, msg));
         }
         let up = replicas
             .iter()
@@ -547,10 +563,9 @@ impl<C> Coordinator<C> {
                 "only {up} of {} replicas are alive, {required} required",
                 replicas.len()
             );
-            self.fail(ctx, Status::Unavailable, msg);
-            return None;
+            return Some((Status::Unavailable, msg));
         }
-        Some(ctx)
+        None
     }
 
     /// Start a write of `value` (`None`: a delete) to `key`, replicated on `replicas` (the
@@ -594,10 +609,9 @@ impl<C> Coordinator<C> {
 
     /// Siblings mode: start the write of `state`, the key's new causal state as this replica
     /// made it ([`crate::causal::CausalState::update`]) under `version` (from
-    /// [`Coordinator::hlc_mut`]) and already applied to its own store (this node's copy counts
-    /// as acknowledged at once: no `ApplyLocal`). Replicas merge it; `required` of them must
-    /// hold it. Returns the operation's id (its local acknowledgement stands on the turn's
-    /// write: see [`Coordinator::revoke_local_ack`]).
+    /// [`Coordinator::hlc_mut`]) and already written out to its own store (this node's copy
+    /// counts as acknowledged at once: no `ApplyLocal`). Replicas merge it; `required` of them
+    /// must hold it. Returns the operation's id.
     #[allow(clippy::too_many_arguments)]
     pub fn start_causal_write(
         &mut self,

@@ -96,6 +96,16 @@ impl<C> ClusterNode<C> {
             self.write_set = set;
             return self.reply_failed(ctx, Status::ClockOffset, why);
         }
+        // Refused for want of replicas (or room) before this copy is written: UNAVAILABLE and
+        // OVERLOADED promise that nothing was written (kvsim --conflicts siblings seed 5: the
+        // state made here used to stay, and spread, under an UNAVAILABLE answer).
+        let required = self.required(consistency) + pending;
+        let (role, membership) = (&self.role, &self.membership);
+        let alive = |n| alive_in(role, membership, me, n);
+        if let Some((status, message)) = self.coordinator.refusal(&set, &alive, required) {
+            self.write_set = set;
+            return self.reply_failed(ctx, status, message);
+        }
         // The version, above every tombstone horizon adopted here (as for `write`).
         let ahead = self.ahead_ms_max();
         crate::cluster::coordinator::observe(
@@ -113,9 +123,9 @@ impl<C> ClusterNode<C> {
                 return self.reply_failed(ctx, status, message);
             }
         };
-        let required = self.required(consistency);
         let (role, membership) = (&self.role, &self.membership);
-        let started = self.coordinator.start_causal_write(
+        // (Its own copy was written out above: nothing to take back if the turn's write fails.)
+        self.coordinator.start_causal_write(
             now_ms,
             ctx,
             key,
@@ -124,15 +134,8 @@ impl<C> ClusterNode<C> {
             version,
             &set,
             &|n| alive_in(role, membership, me, n),
-            required + pending,
+            required,
         );
-        // Its own copy, applied above, stands on this turn's write like a replica's: if that
-        // fails, the shard takes the acknowledgement back (`on_turn_write_failed`).
-        if let Some(id) = started {
-            if store.unflushed() {
-                self.local_unflushed.push(id);
-            }
-        }
         self.write_set = set;
         self.drain(now_ms, store);
     }
@@ -218,6 +221,11 @@ impl<C> ClusterNode<C> {
         state.encode(&mut bytes);
         let expires = crate::cluster::siblings::record_expiry(&state);
         // This copy first: a write its own replica refuses sends nothing (see the module doc).
+        // Written out now, not left in the turn's buffer: if the turn's one write failed, the
+        // store would undo this copy while the REPLICATEs went out, and this node's next dot
+        // for the key, made from a copy without this one, would claim it superseded, so
+        // replicas merging that state would drop it (kvsim --conflicts siblings seed 267: an
+        // acknowledged PUT lost after a disk-full write failure on its coordinator).
         // The record's version is above the held one's (which a peer's clock may have set
         // ahead of ours), so that the store takes it; the sibling keeps the write's version.
         let above_held = held.map_or(Version::ZERO, |h| Version(h.version.0.saturating_add(1)));
@@ -233,7 +241,6 @@ impl<C> ClusterNode<C> {
         let near = (near_before, crate::cluster::siblings::near_limit(&state));
         self.aae
             .tracked(store)
-            .buffered()
             .apply_made(w, tree, near)
             .map_err(storage)?;
         Ok((bytes, expires))
