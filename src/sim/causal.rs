@@ -52,8 +52,8 @@ use crate::version::Version;
 /// What one replica holds for a key, as the end checks see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Held {
-    /// No record, or a plain tombstone (a siblings-mode cluster writes none but the
-    /// anti-entropy's drop of a collected key).
+    /// No record, a plain tombstone (a siblings-mode cluster writes none but the
+    /// anti-entropy's drop of a collected key), or a causal state without siblings.
     Dead,
     /// A causal state (its siblings, live or expired, and its vector).
     State(CausalState),
@@ -72,6 +72,11 @@ pub(super) fn held_of(rec: Option<&Stored>) -> Result<Held, String> {
     }
     let state = CausalState::decode(rec.value.as_deref().unwrap_or(&[]))
         .map_err(|e| format!("a damaged state: {e}"))?;
+    if state.siblings().is_empty() {
+        // A state without siblings (a delete's) is a tombstone: collected below the horizon,
+        // so one replica may hold it while another already dropped it, as with tombstones.
+        return Ok(Held::Dead);
+    }
     Ok(Held::State(state))
 }
 
@@ -98,6 +103,19 @@ impl History {
                     && s.ctx.as_ref().is_some_and(|c| c.contains(dot))
             })
             .map(|s| s.id)
+    }
+
+    /// Whether a DELETE of `key` (not refused: see [`OpRecord::refused`]) carried a context
+    /// containing `dot`.
+    pub(super) fn deleted(&self, key: u32, dot: Dot) -> bool {
+        self.by_key[&key]
+            .iter()
+            .map(|&s| &self.ops[s as usize])
+            .any(|s| {
+                s.kind == OpKind::Delete
+                    && !s.refused()
+                    && s.ctx.as_ref().is_some_and(|c| c.contains(dot))
+            })
     }
 
     /// Siblings mode: `phantom-read` and `stale-read` of GET op `id`, answered at `t`.
@@ -371,6 +389,11 @@ impl World {
                 .map(|&w| &self.hist.ops[w as usize])
                 .filter(|w| w.kind == OpKind::Put && self.hist.covered(w, now, true))
                 .filter_map(|w| w.dot().map(|d| (w.id, d, w.required)))
+                // A PUT a DELETE's context saw may be in a state without siblings, which is
+                // collected below the tombstone horizon like a tombstone (and not copied to a
+                // new owner then): left to `lost-write`, as the last-write-wins check leaves
+                // a PUT a delete may shadow.
+                .filter(|&(_, dot, _)| !self.hist.deleted(k, dot))
                 .collect();
             if writes.is_empty() {
                 continue;

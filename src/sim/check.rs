@@ -450,15 +450,20 @@ impl History {
     pub fn check_version_order(&mut self) {
         // Each shard of a node runs its own clock: a key is always coordinated by the shard
         // that owns it on the coordinating node.
+        // Siblings mode: a node that is not an owner of the key hands the write to one, whose
+        // clock issues the version (protocol.md § 19.2): such a write belongs to the issuing
+        // node's clock, and its place in that clock's issue order is not known here.
         let mut per_clock: BTreeMap<(u32, usize), Vec<u64>> = BTreeMap::new();
         for op in &self.ops {
-            if op.acked_version().is_some() {
-                let shards = self.shards[op.coordinator as usize - 1];
+            if let Some(v) = op.acked_version() {
+                let node = if self.siblings {
+                    v.node_id()
+                } else {
+                    op.coordinator
+                };
+                let shards = self.shards[node as usize - 1];
                 let shard = crate::hash::shard_of(&key_name(op.key), shards);
-                per_clock
-                    .entry((op.coordinator, shard))
-                    .or_default()
-                    .push(op.id);
+                per_clock.entry((node, shard)).or_default().push(op.id);
             }
         }
         let base = self.base_ms;
@@ -482,6 +487,7 @@ impl History {
                 .iter()
                 .map(|&id| &self.ops[id as usize])
                 .filter(|op| matches!(op.outcome, Some(Outcome::Written { reissues: 0, .. })))
+                .filter(|op| op.coordinator == node)
                 .map(|op| (op.issue_seq, op.id, op.acked_version().expect("acked")))
                 .collect();
             first.sort_unstable();

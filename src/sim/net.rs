@@ -59,7 +59,13 @@ impl World {
             trace!(self.trace, "drop n{from}->n{to} {}", self.describe(&frame));
             return;
         }
-        let copies = if faults && self.rng.below(100) < u64::from(self.p.dup_percent) {
+        // Duplicates stand for a frame a node could see twice, and every peer request is
+        // idempotent but COORDINATE (siblings mode: each delivery is a client's write, a new
+        // sibling). A node never sends one twice and TCP never delivers one twice, so its
+        // duplicate is not a fault the real node can meet (the draw is made all the same, so
+        // that the seed's other draws are unchanged).
+        let dup = faults && self.rng.below(100) < u64::from(self.p.dup_percent);
+        let copies = if dup && frame.get(4) != Some(&crate::cluster::peer::coordinate::OP) {
             2
         } else {
             1

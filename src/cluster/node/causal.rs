@@ -21,7 +21,7 @@
 //! here, run siblings mode with `--sync always` where that matters.
 
 use super::{alive_in, ClusterNode, Output};
-use crate::causal::{CausalError, NewValue, VersionVector};
+use crate::causal::{CausalError, CausalState, NewValue, VersionVector};
 use crate::cluster::coordinator::Outcome;
 use crate::cluster::peer::coordinate::Coordinate;
 use crate::protocol::{Consistency, Status};
@@ -228,7 +228,9 @@ impl<C> ClusterNode<C> {
         // acknowledged PUT lost after a disk-full write failure on its coordinator).
         // The record's version is above the held one's (which a peer's clock may have set
         // ahead of ours), so that the store takes it; the sibling keeps the write's version.
-        let above_held = held.map_or(Version::ZERO, |h| Version(h.version.0.saturating_add(1)));
+        let above_held = held
+            .as_ref()
+            .map_or(Version::ZERO, |h| Version(h.version.0.saturating_add(1)));
         let record_version = version.max(above_held);
         let w = crate::storage::Write {
             key,
@@ -237,6 +239,12 @@ impl<C> ClusterNode<C> {
             expires_at_ms: expires,
             causal: true,
         };
+        if held.is_none() && state == CausalState::empty() {
+            // A DELETE with an empty context of a key held nowhere here: nothing to write (an
+            // empty state stored beside replicas holding nothing would differ from them
+            // forever, since merging changes neither; the replicas skip it alike).
+            return Ok((bytes, expires));
+        }
         let tree = crate::cluster::siblings::tree_meta(&state, record_version);
         let near = (near_before, crate::cluster::siblings::near_limit(&state));
         self.aae
