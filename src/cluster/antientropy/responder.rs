@@ -403,7 +403,7 @@ impl AntiEntropy {
                     // records are not authoritative (and below the horizon we cannot tell a
                     // digest's age): its own exchanges, once rejoined, bring what it has.
                     (Some(&(_, collectable)), None) if causal => {
-                        (!collectable).then_some(Answer::Want)
+                        (!collectable && !peer_rejoining).then_some(Answer::Want)
                     }
                     (Some(&(tv, _)), Some(&(ov, _))) if tv > ov => Some(Answer::Want),
                     (Some(_), Some(_)) | (None, Some(_)) => {
