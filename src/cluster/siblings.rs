@@ -13,7 +13,9 @@
 //! version above the held one (the later of the incoming write's version and one above the
 //! held record's), so the newest record of the key is always the latest merge. Versions of a
 //! causal record therefore differ between replicas holding the same state; the anti-entropy
-//! trees compare states by their [`CausalState::digest`] instead ([`tree_version`]).
+//! trees compare states by their [`CausalState::digest`] instead ([`tree_meta`]), except for
+//! a state without siblings (a delete's), which is a tombstone at its record's version: the
+//! store collects it below the tombstone horizon, and the trees sweep it there alike.
 
 use crate::causal::CausalState;
 use crate::limits::SIBLINGS_NEAR_LIMIT;
@@ -21,9 +23,10 @@ use crate::storage::{Applied, KeyMeta, Store, StoreError, Stored, Write};
 use crate::version::Version;
 
 /// The state a replica's record holds: a causal record's state, or the empty state for no
-/// record (or a plain tombstone: a siblings-mode cluster writes none, but one below a state
-/// is no loss). A plain value in a siblings-mode store is refused: it was written by
-/// last-write-wins, and merging would drop it (the node refuses to start on such a store).
+/// record (or a plain tombstone: a siblings-mode cluster writes none but anti-entropy's drop of
+/// a collected key). A plain value in a siblings-mode store (a data directory written under
+/// last-write-wins) cannot be merged without dropping it: writes of that key are refused with
+/// a message saying so, never silently merged over.
 pub fn state_of(key: &[u8], held: Option<&Stored>) -> Result<CausalState, StoreError> {
     match held {
         None => Ok(CausalState::empty()),
@@ -92,8 +95,8 @@ pub fn tree_meta(state: &CausalState, version: Version) -> KeyMeta {
     }
 }
 
-/// What [`apply`] did, for the anti-entropy tree: the stored state's digest when the record
-/// changed.
+/// What [`apply`] did: the store's answer, and what the anti-entropy tree and the STATS
+/// counter of keys near the limit must learn.
 pub struct Merged {
     /// As [`Store::apply`] reports it: `Stale { current: write.version }` when the held state
     /// already contained the incoming one (nothing was written; a coordinator counts it as
