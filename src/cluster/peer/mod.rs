@@ -4,7 +4,7 @@
 //! the peer handshake (proofs of the cluster secret, [`crate::auth`]); the server hands them to
 //! the cluster layer as [`crate::protocol::Request::Peer`]. Replies carry the opcode with the response bit set and a
 //! status in `aux`, like every reply. All integers are big-endian. protocol.md § 18 is the
-//! contract, with golden vectors that `tests/codec.rs` checks against these encoders.
+//! contract, with golden vectors that `tests/codec/` checks against these encoders.
 //!
 //! ```text
 //! REPLICATE 0x20  request (aux bit 0: hint delivery, bit 1: read repair; other bits 0)
