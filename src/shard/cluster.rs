@@ -674,9 +674,21 @@ impl ShardCore {
             None => c.node.on_turn_written(),
             Some(why) => {
                 let now_ms = c.last_tick_ms;
-                c.node
+                let aborted = c
+                    .node
                     .on_turn_write_failed(now_ms, self.store.as_mut(), why);
                 self.pump();
+                // Siblings mode: the aborted writes' REPLICATEs must not leave (the driver
+                // sends peer frames only after the turn's write).
+                if !aborted.is_empty() {
+                    self.outbox.peer.retain(|(_, f)| {
+                        let id = f
+                            .get(6..10)
+                            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                        !(f.get(4) == Some(&peer::op::REPLICATE)
+                            && id.is_some_and(|id| aborted.contains(&id)))
+                    });
+                }
             }
         }
     }

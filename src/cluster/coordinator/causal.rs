@@ -83,6 +83,40 @@ impl<C> Coordinator<C> {
         self.push_deadline(deadline_ms, id);
     }
 
+    /// Siblings mode: the turn's one write of the store failed and undid this node's own copy
+    /// of causal write `id`, from which its state was made. The write is dropped whole: its
+    /// REPLICATE frames, still in this turn's outbox (the driver sends peer frames only after
+    /// the turn's write), must not leave ([`Coordinator::take_aborted`] names them), it made no
+    /// hint yet (a causal write's hints are made when it ends), and the client learns that
+    /// nothing was written (an answer already given was held for the turn's write, and the
+    /// shard turns it into an error). Otherwise this node's next write of the key, made from a
+    /// copy without this one, would claim its dot and supersede it on the replicas that took
+    /// it (kvsim --conflicts siblings seed 267). Returns false for any other operation.
+    pub(super) fn abort_causal(&mut self, id: u32, why: &str) -> bool {
+        let causal = self
+            .ops
+            .get(&id)
+            .is_some_and(|op| matches!(&op.kind, Kind::Write(w) if w.causal));
+        if !causal {
+            return false;
+        }
+        // Its deadline's entry lapses (see optable.rs).
+        let op = self.ops.remove(&id).expect("checked above");
+        self.aborted.push(id);
+        if let Some(ctx) = op.ctx {
+            let message =
+                format!("this node's copy could not be written ({why}); nothing was written");
+            self.fail(ctx, Status::StorageError, message);
+        }
+        true
+    }
+
+    /// The ids of the causal writes aborted since the last call: their REPLICATE frames
+    /// (request id = operation id) must be dropped from the turn's outbox.
+    pub fn take_aborted(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.aborted)
+    }
+
     /// Node `from` answered the COORDINATE of operation `id`.
     pub fn on_forward_reply(&mut self, from: u32, id: u32, answer: Answer) {
         let ours = self.ops.get(&id).is_some_and(|op| {

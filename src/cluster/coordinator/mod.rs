@@ -179,6 +179,8 @@ pub struct Coordinator<C> {
     /// `(when, id)` of reads that kept spares, in start order (the delay is one constant):
     /// at `when`, a read still short of answers asks its spares.
     spare_timers: VecDeque<(u64, u32)>,
+    /// Causal writes aborted by a failed turn write, whose frames the shard drops.
+    aborted: Vec<u32>,
     next_id: u32,
     actions: VecDeque<Action<C>>,
     stats: CoordinatorStats,
@@ -202,6 +204,7 @@ impl<C> Coordinator<C> {
             ops: IdMap::default(),
             timers: Deadlines::default(),
             spare_timers: VecDeque::new(),
+            aborted: Vec::new(),
             next_id: 1,
             actions: VecDeque::new(),
             stats: CoordinatorStats::default(),
@@ -442,7 +445,9 @@ impl<C> Coordinator<C> {
         let local = (!write.causal).then_some(Action::ApplyLocal { id });
         let pre_acked = write.causal && replicas.contains(&self.config.node_id);
         let slots = self.fan_out(replicas, alive, local, frame, usize::MAX);
-        if self.config.hinted_handoff {
+        // (A causal write's hints are made when it ends: until the turn's write, it may still be
+        // aborted, see `abort_causal`.)
+        if self.config.hinted_handoff && !write.causal {
             for &(r, _) in slots.iter().filter(|(_, s)| *s == Slot::Down) {
                 self.stats.hints += 1;
                 self.actions.push_back(Action::Hint {
@@ -542,7 +547,13 @@ impl<C> Coordinator<C> {
     /// failure (the write may still reach `required` with the others); an operation already
     /// answered or issued again is left alone (its reply was held and became an error, or the
     /// new attempt applies its own copy).
+    ///
+    /// A siblings-mode write is aborted instead (see [`Coordinator::take_aborted`]): its state
+    /// was made from this copy, which is gone, so it must reach no replica at all.
     pub fn revoke_local_ack(&mut self, now_ms: u64, me: u32, id: u32, why: &str) {
+        if self.abort_causal(id, why) {
+            return;
+        }
         let Some(op) = self.ops.get_mut(&id) else {
             return;
         };
@@ -790,7 +801,7 @@ impl<C> Coordinator<C> {
             Kind::Write(w) => {
                 if self.config.hinted_handoff {
                     for (r, s) in &op.replicas {
-                        if *s == Slot::Waiting {
+                        if *s == Slot::Waiting || (w.causal && *s == Slot::Down) {
                             assert!(*r != self.config.node_id, "local applies never time out");
                             self.stats.hints += 1;
                             self.actions.push_back(Action::Hint {

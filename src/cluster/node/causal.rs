@@ -124,8 +124,7 @@ impl<C> ClusterNode<C> {
             }
         };
         let (role, membership) = (&self.role, &self.membership);
-        // (Its own copy was written out above: nothing to take back if the turn's write fails.)
-        self.coordinator.start_causal_write(
+        let started = self.coordinator.start_causal_write(
             now_ms,
             ctx,
             key,
@@ -136,6 +135,13 @@ impl<C> ClusterNode<C> {
             &|n| alive_in(role, membership, me, n),
             required,
         );
+        // Its own copy, applied above, waits for the turn's one write like a replica's: if that
+        // fails, the write is aborted whole (`Coordinator::abort_causal`).
+        if let Some(id) = started {
+            if store.unflushed() {
+                self.local_unflushed.push(id);
+            }
+        }
         self.write_set = set;
         self.drain(now_ms, store);
     }
@@ -221,11 +227,11 @@ impl<C> ClusterNode<C> {
         state.encode(&mut bytes);
         let expires = crate::cluster::siblings::record_expiry(&state);
         // This copy first: a write its own replica refuses sends nothing (see the module doc).
-        // Written out now, not left in the turn's buffer: if the turn's one write failed, the
-        // store would undo this copy while the REPLICATEs went out, and this node's next dot
-        // for the key, made from a copy without this one, would claim it superseded, so
-        // replicas merging that state would drop it (kvsim --conflicts siblings seed 267: an
-        // acknowledged PUT lost after a disk-full write failure on its coordinator).
+        // It waits in the turn's buffer for the turn's one write; if that fails, the store
+        // undoes it and the write is aborted whole, its frames dropped before they leave
+        // (`Coordinator::abort_causal`): otherwise this node's next dot for the key, made
+        // from a copy without this one, would claim it superseded, and replicas merging that
+        // state would drop it (kvsim --conflicts siblings seed 267).
         // The record's version is above the held one's (which a peer's clock may have set
         // ahead of ours), so that the store takes it; the sibling keeps the write's version.
         let above_held = held
@@ -249,6 +255,7 @@ impl<C> ClusterNode<C> {
         let near = (near_before, crate::cluster::siblings::near_limit(&state));
         self.aae
             .tracked(store)
+            .buffered()
             .apply_made(w, tree, near)
             .map_err(storage)?;
         Ok((bytes, expires))

@@ -15,12 +15,20 @@ impl<C> ClusterNode<C> {
 
     /// The turn's one write of the store failed, and the store undid its records: the
     /// acknowledgements this core's own copies gave in the turn are taken back.
-    pub fn on_turn_write_failed(&mut self, now_ms: u64, store: &mut dyn Store, why: &str) {
+    /// Returns the ids of the siblings-mode writes aborted for it, whose REPLICATE frames
+    /// (request id = the write's id) the caller must drop from the turn's outbox.
+    pub fn on_turn_write_failed(
+        &mut self,
+        now_ms: u64,
+        store: &mut dyn Store,
+        why: &str,
+    ) -> Vec<u32> {
         let me = self.config.node_id;
         for id in std::mem::take(&mut self.local_unflushed) {
             self.coordinator.revoke_local_ack(now_ms, me, id, why);
         }
         self.drain(now_ms, store);
+        self.coordinator.take_aborted()
     }
 
     /// Perform the coordinator's actions; local replica work is done here.
