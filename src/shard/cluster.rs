@@ -61,7 +61,7 @@ pub struct ReplyTo {
 
 /// One shard's cluster state.
 pub struct ShardCluster {
-    node: ClusterNode<ReplyTo>,
+    pub(super) node: ClusterNode<ReplyTo>,
     last_tick_ms: u64,
     /// When the cluster figures were last published for STATS.
     last_stats_ms: u64,
@@ -510,14 +510,14 @@ impl ShardCore {
     }
 
     /// Answer a client request at once with an error.
-    fn refuse(&mut self, ctx: ReplyTo, status: Status, message: String) {
+    pub(super) fn refuse(&mut self, ctx: ReplyTo, status: Status, message: String) {
         self.count_reply(status);
         let dest = &mut self.outbox.replies[ctx.shard];
         dest.extend_from_slice(&ctx.conn.0.to_be_bytes());
         put_error(dest, ctx.op, ctx.id, status, &message);
     }
 
-    fn refuse_write(&mut self, ctx: ReplyTo, why: String) {
+    pub(super) fn refuse_write(&mut self, ctx: ReplyTo, why: String) {
         let msg = format!("writes are refused since a failed sync: {why}");
         self.count_reply(Status::StorageError);
         self.compacting.refused_here += 1;
@@ -560,53 +560,6 @@ impl ShardCore {
             return After::Deferred;
         }
         After::Continue
-    }
-
-    /// COORDINATE: another node hands this (owning) shard a siblings-mode write of a key this
-    /// node holds a replica of; the reply goes to `origin`'s peer session `conn` once the
-    /// write is done (or refused), as a client's would.
-    pub(super) fn coordinate_request(
-        &mut self,
-        now_ms: u64,
-        origin: usize,
-        conn: ConnId,
-        f: &FrameRef<'_>,
-    ) {
-        let ctx = ReplyTo {
-            shard: origin,
-            conn,
-            op: f.op,
-            id: f.id,
-            causal: false,
-        };
-        let request = match peer::coordinate::Coordinate::decode(f.aux, f.body) {
-            Ok(r) => r,
-            Err(e) => return self.refuse(ctx, e.status(), e.to_string()),
-        };
-        let Some(c) = self.cluster.as_mut() else {
-            return self.refuse(ctx, Status::Unauthorized, "not part of a cluster".into());
-        };
-        if c.node.config().conflicts != crate::cluster::Conflicts::Siblings {
-            let why = "COORDINATE needs --conflicts siblings on every node".to_string();
-            return self.refuse(ctx, Status::BadRequest, why);
-        }
-        if let Some(why) = &self.write_error {
-            return self.refuse_write(ctx, why.clone());
-        }
-        let store = self.store.as_mut();
-        let c = self.cluster.as_mut().expect("checked above");
-        c.node.causal_write(
-            now_ms,
-            store,
-            ctx,
-            request.key,
-            request.context,
-            request.value,
-            request.expires_at_ms,
-            request.consistency,
-            true,
-        );
-        self.pump();
     }
 
     /// Serve a peer request on this shard, appending the reply to `out`. Returns true when
@@ -880,7 +833,7 @@ impl ShardCore {
 
     /// Move the cluster core's outputs: peer frames to the outbox, client answers to reply
     /// records (held for the sync when they acknowledge a write under `always`).
-    fn pump(&mut self) {
+    pub(super) fn pump(&mut self) {
         // Constant through the loop: moving outputs applies no write.
         let ack_waits = self.ack_waits();
         let Some(c) = self.cluster.as_mut() else {
@@ -915,7 +868,7 @@ impl ShardCore {
                             Status::NotFound
                         }
                         Outcome::Siblings { context, values } => {
-                            siblings_reply(dest, &ctx, &context, values)
+                            super::siblings::siblings_reply(dest, &ctx, &context, values)
                         }
                         Outcome::Failed { status, message } => {
                             put_error(dest, ctx.op, ctx.id, status, &message);
@@ -930,39 +883,6 @@ impl ShardCore {
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
-        }
-    }
-}
-
-/// Encode a siblings-mode GET's answer: the causal reply for a request with the causal flag;
-/// for one without, the plain reply of its one sibling (or NOT_FOUND), and SIBLINGS when there
-/// are several (a plain reply cannot carry them, and picking one would hide the others).
-fn siblings_reply(
-    dest: &mut Vec<u8>,
-    ctx: &ReplyTo,
-    context: &[u8],
-    mut values: Vec<(crate::version::Version, Vec<u8>)>,
-) -> Status {
-    if ctx.causal {
-        return crate::protocol::siblings::put_causal_get_reply(dest, ctx.id, context, &values);
-    }
-    match values.len() {
-        0 => {
-            put_reply(dest, op::GET, Status::NotFound, ctx.id, &[]);
-            Status::NotFound
-        }
-        1 => {
-            let (version, value) = values.pop().expect("one");
-            put_ok(dest, op::GET, ctx.id, &[&version.0.to_be_bytes(), &value]);
-            Status::Ok
-        }
-        n => {
-            let message = format!(
-                "the key has {n} siblings (concurrent writes): read it with the causal flag \
-                 (aux bit 2, protocol.md § 19) and write with its context to resolve them"
-            );
-            put_error(dest, op::GET, ctx.id, Status::Siblings, &message);
-            Status::Siblings
         }
     }
 }

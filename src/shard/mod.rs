@@ -35,6 +35,7 @@
 //!  mail.rs         Mail and Outbox: forwarding between shards, on_mail
 //!  execute.rs      GET/PUT/DELETE/LOCAL_GET on the shard's store; replies held for a sync
 //!  cluster.rs      the cluster glue: coordinator, peer frames, the membership view mail
+//!  siblings.rs     siblings mode: GET replies of siblings, COORDINATE (a handed-over write)
 //!  maintenance.rs  on_tick: store maintenance, COMPACT, refused-write reports
 //!  stats.rs        ShardCounters and the STATS text
 //! ```
@@ -44,6 +45,7 @@ mod execute;
 mod handshake;
 mod mail;
 mod maintenance;
+mod siblings;
 pub mod snapshot;
 pub mod stats;
 #[cfg(test)]
