@@ -47,14 +47,9 @@ pub(super) struct Then {
 }
 
 impl World {
-    pub(super) fn client_next(&mut self, c: u32) {
-        if self.phase != Phase::Safety || self.ops_issued >= self.p.ops {
-            return;
-        }
-        if self.p.conflicts == Conflicts::Siblings {
-            return self.client_next_causal(c);
-        }
-        self.ops_issued += 1;
+    /// A client operation's kind (by the run's mix) and key: a skewed choice, low keys hot,
+    /// so writes collide (and in siblings mode, siblings grow).
+    fn draw_kind_and_key(&mut self) -> (OpKind, u32) {
         let x = self.rng.below(100) as u32;
         let kind = if x < self.p.put_percent {
             OpKind::Put
@@ -63,9 +58,20 @@ impl World {
         } else {
             OpKind::Delete
         };
-        // A skewed key choice: low keys are hot, so writes collide.
         let key = self.rng.below(u64::from(self.p.keys)) as u32;
         let key = key.min(self.rng.below(u64::from(self.p.keys)) as u32);
+        (kind, key)
+    }
+
+    pub(super) fn client_next(&mut self, c: u32) {
+        if self.phase != Phase::Safety || self.ops_issued >= self.p.ops {
+            return;
+        }
+        if self.p.conflicts == Conflicts::Siblings {
+            return self.client_next_causal(c);
+        }
+        self.ops_issued += 1;
+        let (kind, key) = self.draw_kind_and_key();
         let born = u64::from(self.born());
         let coordinator = range(&mut self.rng, 1, born) as u32;
         let consistency = self.p.draw_consistency(&mut self.rng);
@@ -93,17 +99,7 @@ impl World {
     /// the key. Every PUT's value is unique to the run (a value read names its write).
     fn client_next_causal(&mut self, c: u32) {
         self.ops_issued += 1;
-        let x = self.rng.below(100) as u32;
-        let kind = if x < self.p.put_percent {
-            OpKind::Put
-        } else if x < self.p.put_percent + self.p.get_percent {
-            OpKind::Get
-        } else {
-            OpKind::Delete
-        };
-        // The same skewed key choice as last-write-wins runs: writes collide, siblings grow.
-        let key = self.rng.below(u64::from(self.p.keys)) as u32;
-        let key = key.min(self.rng.below(u64::from(self.p.keys)) as u32);
+        let (kind, key) = self.draw_kind_and_key();
         let consistency = self.p.draw_consistency(&mut self.rng);
         let ttl_ms = if kind == OpKind::Put && self.rng.below(100) < u64::from(self.p.ttl_percent) {
             range(&mut self.rng, 1, TTL_SECONDS_MAX) * 1_000
