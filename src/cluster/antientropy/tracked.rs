@@ -53,6 +53,17 @@ impl TreeIndex {
         });
     }
 
+    /// A key went (`before`, `after`) near the sibling limit or away from it: the STATS count
+    /// follows.
+    fn count_near_limit(&mut self, (before, after): (bool, bool)) {
+        let near = &mut self.stats.causal_near_limit;
+        match (before, after) {
+            (false, true) => *near += 1,
+            (true, false) => *near = near.saturating_sub(1),
+            _ => {}
+        }
+    }
+
     /// Note every key of `store` in a `wanted` partition (one pass, in bounded steps of
     /// [`AE_BUILD_KEYS_PER_STEP`] keys). A causal record (siblings mode) is noted with its
     /// state's digest, which needs its value: the causal keys of each step are read after it.
@@ -161,12 +172,7 @@ impl Tracked<'_> {
                 self.store.flush()?;
             }
             self.index.note(w.key, tree);
-            let near = &mut self.index.stats.causal_near_limit;
-            match near_limit {
-                (false, true) => *near += 1,
-                (true, false) => *near = near.saturating_sub(1),
-                _ => {}
-            }
+            self.index.count_near_limit(near_limit);
         }
         Ok(a)
     }
@@ -228,12 +234,7 @@ impl Store for Tracked<'_> {
         if w.causal {
             // Siblings mode: merged into the held state, never compared by version.
             let m = crate::cluster::siblings::apply(self.store, &w)?;
-            let near = &mut self.index.stats.causal_near_limit;
-            match m.near_limit {
-                (false, true) => *near += 1,
-                (true, false) => *near = near.saturating_sub(1),
-                _ => {}
-            }
+            self.index.count_near_limit(m.near_limit);
             if let Some(meta) = m.tree {
                 if !self.buffered {
                     self.store.flush()?;
