@@ -146,8 +146,7 @@ pub fn apply(store: &mut dyn Store, w: &Write<'_>) -> Result<Merged, StoreError>
     })?;
     let mut bytes = Vec::with_capacity(state.encoded_len());
     state.encode(&mut bytes);
-    let above_held = held.map_or(Version::ZERO, |h| Version(h.version.0.saturating_add(1)));
-    let version = w.version.max(above_held);
+    let version = record_version(w.version, held.as_ref());
     let applied = store.apply(Write {
         key: w.key,
         value: Some(&bytes),
@@ -160,6 +159,14 @@ pub fn apply(store: &mut dyn Store, w: &Write<'_>) -> Result<Merged, StoreError>
         tree: Some(tree_meta(&state, version)),
         near_limit: (before, near_limit(&state)),
     })
+}
+
+/// The version a causal record of a write of `version` is stored under: above the held
+/// record's, so that the store (last-write-wins by version) takes the new state even when the
+/// held one's version came from a clock ahead of this node's.
+pub fn record_version(version: Version, held: Option<&Stored>) -> Version {
+    let above_held = held.map_or(Version::ZERO, |h| Version(h.version.0.saturating_add(1)));
+    version.max(above_held)
 }
 
 /// What the anti-entropy tree records as the "version" of a causal record: the digest of its

@@ -234,10 +234,7 @@ impl<C> ClusterNode<C> {
         // state would drop it (kvsim --conflicts siblings seed 267).
         // The record's version is above the held one's (which a peer's clock may have set
         // ahead of ours), so that the store takes it; the sibling keeps the write's version.
-        let above_held = held
-            .as_ref()
-            .map_or(Version::ZERO, |h| Version(h.version.0.saturating_add(1)));
-        let record_version = version.max(above_held);
+        let record_version = crate::cluster::siblings::record_version(version, held.as_ref());
         let w = crate::storage::Write {
             key,
             value: Some(&bytes),
