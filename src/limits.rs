@@ -381,6 +381,19 @@ pub const KEYDIR_LOAD_MAX_PERCENT: usize = 80;
 /// smaller steps (a quarter: 5 to 6.25 bytes) grew, and paused the shard, twice as often.
 pub const KEYDIR_INDEX_GROWTH_PERCENT: usize = 150;
 
+/// Requests whose keys one prefetch pass covers (`storage/prefetch.rs`): enough to overlap
+/// the misses of a pipelined batch, few enough that the lines it brings are still cached when
+/// the requests are handled.
+pub const PREFETCH_BATCH_MAX: usize = 32;
+
+/// Index slots a prefetch pass looks at per key for a matching tag before giving up (a hint:
+/// a key further from its home slot is simply not prefetched).
+pub const PREFETCH_PROBES_MAX: usize = 4;
+
+/// Bytes of a record a prefetch pass asks for: a large value is copied at memory speed
+/// anyway, only its first lines are latency.
+pub const PREFETCH_RECORD_BYTES_MAX: usize = 256;
+
 /// The keydir's key arena is compacted when at least this many of its bytes are dead (and
 /// more than half of it is).
 pub const KEYDIR_ARENA_DEAD_MIN: usize = 1024 * 1024;

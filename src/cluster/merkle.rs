@@ -53,6 +53,8 @@
 //! replica whatever the order writes arrived in (determinism of the simulator).
 
 use crate::hash::{fmix64, key_hash, PARTITION_BITS};
+use crate::limits::PREFETCH_RECORD_BYTES_MAX;
+use crate::storage::prefetch;
 
 /// Bits of the key hash (below the partition bits) that pick a key's segment.
 pub const SEGMENT_BITS: u32 = 10;
@@ -92,7 +94,19 @@ pub fn segment_of(key: &[u8]) -> usize {
 /// A key's contribution to its segment hash.
 #[inline]
 pub fn item_hash(key: &[u8], version: u64) -> u64 {
-    fmix64(fmix64(key_hash(key) ^ ITEM_SEED) ^ version)
+    item_hash_of(item_seed_of(key_hash(key)), version)
+}
+
+/// The version-independent part of a key's item hash, from its key hash.
+#[inline]
+fn item_seed_of(key_hash: u64) -> u64 {
+    fmix64(key_hash ^ ITEM_SEED)
+}
+
+/// [`item_hash`] from the key's [`item_seed_of`].
+#[inline]
+fn item_hash_of(item_seed: u64, version: u64) -> u64 {
+    fmix64(item_seed ^ version)
 }
 
 /// The hash of an inner node over its children's hashes, in order.
@@ -270,12 +284,20 @@ impl PartitionTree {
     /// Make `e` the key's entry (the record the store now holds). Returns the version it
     /// replaced, if any. O(size of the key's segment) to find it; O(1) to fix the hash.
     pub fn upsert(&mut self, e: Entry<'_>) -> Option<u64> {
-        let s = segment_of(e.key);
+        self.upsert_hashed(e, key_hash(e.key))
+    }
+
+    /// [`PartitionTree::upsert`] of a key whose [`key_hash`] the caller has (`key_hash`
+    /// byte by byte is the costly part of an update otherwise: it was computed three times).
+    pub fn upsert_hashed(&mut self, e: Entry<'_>, key_hash: u64) -> Option<u64> {
+        debug_assert_eq!(key_hash, crate::hash::key_hash(e.key));
+        let s = segment_of_hash(key_hash);
+        let item_seed = item_seed_of(key_hash);
         let found = self.find(s, e.key);
         let old = found.ok().map(|at| {
             let old = entry_at(&self.lists[s], at);
             self.mortal -= usize::from(old.is_mortal());
-            self.sums[s] = self.sums[s].wrapping_sub(item_hash(e.key, old.version));
+            self.sums[s] = self.sums[s].wrapping_sub(item_hash_of(item_seed, old.version));
             old.version
         });
         match found {
@@ -292,9 +314,25 @@ impl PartitionTree {
             }
         }
         self.mortal += usize::from(e.is_mortal());
-        self.sums[s] = self.sums[s].wrapping_add(item_hash(e.key, e.version));
+        self.sums[s] = self.sums[s].wrapping_add(item_hash_of(item_seed, e.version));
         self.touch(s);
         old
+    }
+
+    /// Start loading the segment sum and list header an update of the key with hash
+    /// `key_hash` will touch (`storage/prefetch.rs`); [`PartitionTree::prefetch_list`] is the
+    /// next link, once these lines are in.
+    pub fn prefetch_segment(&self, key_hash: u64) {
+        let s = segment_of_hash(key_hash);
+        prefetch::line(&self.sums[s]);
+        prefetch::line(&self.lists[s]);
+    }
+
+    /// Start loading the first lines of the key list an update of the key with hash
+    /// `key_hash` will search.
+    pub fn prefetch_list(&self, key_hash: u64) {
+        let list = &self.lists[segment_of_hash(key_hash)];
+        prefetch::lines(list.as_ptr(), list.len(), PREFETCH_RECORD_BYTES_MAX);
     }
 
     /// The entry of `key`, if held.

@@ -4,7 +4,7 @@
 
 use super::readbuf::ReadBuf;
 use crate::budget::{reply_reserve_bytes, MemoryBudget};
-use crate::limits::{IN_FLIGHT_PER_CONNECTION_MAX, WRITE_BUFFER_HIGH_WATER};
+use crate::limits::{IN_FLIGHT_PER_CONNECTION_MAX, PREFETCH_BATCH_MAX, WRITE_BUFFER_HIGH_WATER};
 use crate::protocol::frame;
 use crate::shard::stats::{latency_slot, LATENCY_OP_SLOTS};
 use crate::shard::{After, ConnId, Session, ShardCore};
@@ -126,6 +126,47 @@ fn key_len_of(opc: u8, body: &[u8]) -> u16 {
     }
 }
 
+/// Tell the store which keys the next whole frames of `data` (at most
+/// [`PREFETCH_BATCH_MAX`]) will look up, so that their cache misses overlap
+/// (`storage/prefetch.rs`). Client GET, PUT and DELETE and peer READ and REPLICATE name a
+/// key at a fixed place; a lone request is left alone, its own look-up comes next anyway.
+fn prefetch_keys(core: &ShardCore, data: &[u8]) {
+    use crate::cluster::peer::op as peer_op;
+    use crate::protocol::op;
+    let mut keys: [&[u8]; PREFETCH_BATCH_MAX] = [&[]; PREFETCH_BATCH_MAX];
+    let (mut n, mut reads, mut writes, mut at) = (0, 0u32, 0u32, 0);
+    while n < PREFETCH_BATCH_MAX {
+        let Ok(Some((f, len))) = frame::parse(&data[at..]) else {
+            break;
+        };
+        at += len;
+        // Where the key's u16 length is: peer frames start with a ring version u64.
+        let (key_at, read) = match f.op {
+            op::GET => (0, true),
+            op::PUT | op::DELETE => (0, false),
+            peer_op::READ => (8, true),
+            peer_op::REPLICATE => (8, false),
+            _ => continue,
+        };
+        let Some(len) = f.body.get(key_at..key_at + 2) else {
+            continue;
+        };
+        let key_len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        if let Some(key) = f.body.get(key_at + 2..key_at + 2 + key_len) {
+            if key.is_empty() {
+                continue;
+            }
+            keys[n] = key;
+            reads |= u32::from(read) << n;
+            writes |= u32::from(!read) << n;
+            n += 1;
+        }
+    }
+    if n > 1 {
+        core.prefetch(&keys[..n], reads, writes);
+    }
+}
+
 /// Cut and process every whole frame in a connection's read buffer, stopping at its limits.
 /// Returns the number of requests processed and how many of them were answered immediately;
 /// those are also counted by opcode slot in `immediate_by_op` (their latency is the turn's).
@@ -141,6 +182,8 @@ pub(super) fn process_frames(
 ) -> (usize, u64) {
     let mut n = 0;
     let mut n_immediate = 0;
+    // Frames handled when the next prefetch pass is due.
+    let mut prefetch_at = 0;
     c.paused = false;
     loop {
         if c.over_limits(budget.connection_bytes_max()) {
@@ -149,6 +192,10 @@ pub(super) fn process_frames(
             }
             c.paused = true;
             break;
+        }
+        if n == prefetch_at {
+            prefetch_at = n + PREFETCH_BATCH_MAX;
+            prefetch_keys(core, c.rbuf.data());
         }
         match frame::parse(c.rbuf.data()) {
             Ok(Some((f, len))) => {

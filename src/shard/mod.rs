@@ -341,6 +341,17 @@ impl ShardCore {
         self.counters().replies_by_status[status as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A hint that requests for `keys` come next (bit i of `reads`: key i's value is read;
+    /// of `writes`: key i is written): the store, and in a cluster the anti-entropy trees,
+    /// start loading what they will touch (`storage/prefetch.rs`). Changes nothing
+    /// observable.
+    pub fn prefetch(&self, keys: &[&[u8]], reads: u32, writes: u32) {
+        self.store.prefetch(keys, reads);
+        if let Some(c) = &self.cluster {
+            c.node.anti_entropy().index().prefetch(keys, writes);
+        }
+    }
+
     /// Handle a frame that arrived on connection `conn` of this shard. Immediate replies are
     /// appended to `wbuf` (the connection's write buffer).
     pub fn on_frame(

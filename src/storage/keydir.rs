@@ -44,11 +44,12 @@
 //! of it is dead). Expiry is kept rounded *up* to whole seconds: the keydir only uses it to
 //! judge what compaction may reclaim; the exact expiry is in the record.
 
+use super::prefetch;
 use crate::hash::fmix64;
 use crate::limits::{
     KEYDIR_ARENA_CHUNK_SIZE, KEYDIR_ARENA_DEAD_MIN, KEYDIR_CHUNK_ENTRIES,
     KEYDIR_INDEX_GROWTH_PERCENT, KEYDIR_KEYS_MAX, KEYDIR_LOAD_MAX_PERCENT, KEY_SIZE_MAX,
-    SEGMENT_ID_MAX, VALUE_SIZE_MAX,
+    PREFETCH_BATCH_MAX, PREFETCH_PROBES_MAX, SEGMENT_ID_MAX, VALUE_SIZE_MAX,
 };
 
 const KEY_LEN_BITS: u32 = 11;
@@ -388,6 +389,48 @@ impl KeyDir {
         unreachable!("keydir index has no empty slot: load factor invariant broken");
     }
 
+    /// Start loading the lines that look-ups of `keys` will touch, in one pass per link of
+    /// the chain (home slot, then entry, then key bytes), so that the misses of the batch
+    /// overlap (`storage/prefetch.rs`). `locs[i]` gets the location of the first entry near
+    /// key i's home slot whose tag bits match: a *guess* (the key itself is not compared), for
+    /// the caller to prefetch the record; `None` when no slot matched within
+    /// [`PREFETCH_PROBES_MAX`]. At most [`PREFETCH_BATCH_MAX`] keys are looked at.
+    pub fn prefetch(&self, keys: &[&[u8]], locs: &mut [Option<Loc>]) {
+        let n = keys.len().min(locs.len()).min(PREFETCH_BATCH_MAX);
+        let slots = self.index.len();
+        let mut tags = [0u32; PREFETCH_BATCH_MAX];
+        let mut entries = [usize::MAX; PREFETCH_BATCH_MAX];
+        for i in 0..n {
+            tags[i] = tag_of(keys[i]);
+            prefetch::line(&self.index[home_of(tags[i], slots)]);
+        }
+        for i in 0..n {
+            let stag = tags[i] & SLOT_TAG_MASK;
+            let mut pos = home_of(tags[i], slots);
+            for _ in 0..PREFETCH_PROBES_MAX {
+                let s = self.index[pos];
+                if s == 0 {
+                    break;
+                }
+                if s & SLOT_TAG_MASK == stag {
+                    entries[i] = slot_entry(s);
+                    let e: *const Entry = self.entry(entries[i]);
+                    prefetch::lines(e.cast(), std::mem::size_of::<Entry>(), usize::MAX);
+                    break;
+                }
+                pos = next_slot(pos, slots);
+            }
+        }
+        for i in 0..n {
+            locs[i] = (entries[i] != usize::MAX).then(|| {
+                let e = self.entry(entries[i]);
+                let key = self.key_of(e);
+                prefetch::lines(key.as_ptr(), key.len(), usize::MAX);
+                e.loc()
+            });
+        }
+    }
+
     /// Where `key`'s newest record is.
     pub fn get(&self, key: &[u8]) -> Option<Loc> {
         self.find(key, tag_of(key))
@@ -605,6 +648,51 @@ mod tests {
             expires_at_s: (v % 3) as u32,
             causal: !v.is_multiple_of(5) && v % 3 == 1,
         }
+    }
+
+    #[test]
+    fn prefetch_guesses_the_location_of_nearly_every_present_key_and_changes_nothing() {
+        let mut kd = KeyDir::new();
+        for i in 0..20_000u64 {
+            kd.insert(format!("key{i}").as_bytes(), loc(i + 1)).unwrap();
+        }
+        let before: Vec<_> = (0..20_000u64)
+            .map(|i| kd.get(format!("key{i}").as_bytes()))
+            .collect();
+        let names: Vec<String> = (0..20_000u64 + 2_000).map(|i| format!("key{i}")).collect();
+        let (mut right, mut wrong_present, mut guessed_absent) = (0, 0, 0);
+        // Batches longer than the limit, and a short `locs`, are cut, never a panic.
+        for batch in names.chunks(PREFETCH_BATCH_MAX + 7) {
+            let keys: Vec<&[u8]> = batch.iter().map(|k| k.as_bytes()).collect();
+            let mut locs = [None; PREFETCH_BATCH_MAX];
+            kd.prefetch(&keys, &mut locs);
+            for (k, guess) in keys.iter().zip(locs) {
+                match (kd.get(k), guess) {
+                    (Some(l), Some(g)) if l == g => right += 1,
+                    (Some(_), _) => wrong_present += 1,
+                    (None, Some(_)) => guessed_absent += 1,
+                    (None, None) => {}
+                }
+            }
+        }
+        // 20,000 present keys; PREFETCH_BATCH_MAX of every PREFETCH_BATCH_MAX + 7 looked at.
+        let looked_at = right + wrong_present;
+        assert!(looked_at > 15_000, "{looked_at}");
+        // A guess goes wrong only on a 6-bit tag collision nearer the home slot, or a key
+        // beyond PREFETCH_PROBES_MAX slots from it.
+        assert!(
+            wrong_present * 10 < looked_at,
+            "{wrong_present} of {looked_at}"
+        );
+        assert!(guessed_absent < 200, "{guessed_absent}");
+        let mut short = [None; 3];
+        let keys: Vec<&[u8]> = names[..10].iter().map(|k| k.as_bytes()).collect();
+        kd.prefetch(&keys, &mut short);
+        assert_eq!(short[0], kd.get(keys[0]));
+        let after: Vec<_> = (0..20_000u64)
+            .map(|i| kd.get(format!("key{i}").as_bytes()))
+            .collect();
+        assert_eq!(before, after);
     }
 
     #[test]

@@ -36,6 +36,7 @@
 //!              their versions (format 2 written, formats 1 and 2 read)
 //!   keydir.rs  the compact key directory (28 bytes + u32 index slot + key bytes per key)
 //!   mmap.rs    read-only memory maps of segments, surviving truncation (SIGBUS)
+//!   prefetch.rs software prefetch of the lines a batch of look-ups will touch
 //!   vfs.rs     the file-system seam
 //! ```
 
@@ -45,6 +46,7 @@ pub mod logstore;
 pub mod memory;
 pub mod mmap;
 pub mod policy;
+pub mod prefetch;
 pub mod record;
 pub mod vfs;
 
@@ -179,6 +181,13 @@ pub trait Store: Send {
 
     /// The version held for `key`, without reading its value.
     fn version_of(&self, key: &[u8]) -> Option<Version>;
+
+    /// A hint that `keys` are about to be looked up, and (bit i of `reads`) the value of key
+    /// i read: start loading what that will touch (`storage/prefetch.rs`). Changes nothing a
+    /// caller can observe. Default: nothing.
+    fn prefetch(&self, keys: &[&[u8]], reads: u32) {
+        let _ = (keys, reads);
+    }
 
     /// Apply a write last-write-wins. The write is in the store's memory (reads see it) when
     /// this returns; it reaches the operating system at the next [`Store::flush`] (or earlier)

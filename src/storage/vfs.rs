@@ -45,6 +45,11 @@ pub trait Vfs: Send {
     /// Fill `buf` from `offset` through a map. `UnexpectedEof` if the file (or the map) does
     /// not hold those bytes, also when the file was cut short under the map.
     fn read_map(&self, map: &Self::Map, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// A hint that `len` bytes at `offset` will be read through `map` soon (a prefetch: no
+    /// effect but speed). Default: nothing.
+    fn prefetch_map(&self, map: &Self::Map, offset: u64, len: usize) {
+        let _ = (map, offset, len);
+    }
     /// Make the file's bytes durable (`fdatasync`).
     fn sync(&self, file: &mut Self::File) -> io::Result<()>;
     /// The file's length in bytes.
@@ -116,6 +121,10 @@ impl Vfs for RealVfs {
 
     fn read_map(&self, map: &Mapping, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         map.read(offset, buf)
+    }
+
+    fn prefetch_map(&self, map: &Mapping, offset: u64, len: usize) {
+        map.prefetch(offset, len)
     }
 
     fn sync(&self, file: &mut std::fs::File) -> io::Result<()> {

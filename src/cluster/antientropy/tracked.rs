@@ -5,8 +5,8 @@
 
 use super::{AaeStats, AntiEntropy};
 use crate::cluster::merkle::{Entry, PartitionTree};
-use crate::hash::partition_of;
-use crate::limits::{AE_BUILD_KEYS_PER_STEP, PARTITION_COUNT};
+use crate::hash::{key_hash, partition_of, partition_of_hash};
+use crate::limits::{AE_BUILD_KEYS_PER_STEP, PARTITION_COUNT, PREFETCH_BATCH_MAX};
 use crate::storage::{keydir::expiry_s_of, Applied, KeyMeta, Store, StoreError, Stored, Write};
 use crate::version::Version;
 
@@ -41,16 +41,41 @@ impl TreeIndex {
     }
 
     pub(super) fn note(&mut self, key: &[u8], meta: KeyMeta) {
-        let p = partition_of(key);
+        let h = key_hash(key);
+        let p = partition_of_hash(h);
         if !self.held[p] {
             return;
         }
-        self.tree_mut(p).upsert(Entry {
+        let e = Entry {
             key,
             version: meta.version.0,
             tombstone: meta.tombstone,
             expires_s: expiry_s_of(meta.expires_at_ms),
-        });
+        };
+        self.tree_mut(p).upsert_hashed(e, h);
+    }
+
+    /// A hint that the keys of `keys` whose bit is set in `writes` are about to be written:
+    /// start loading the tree lines their updates will touch, one pass per link
+    /// (`storage/prefetch.rs`). At most [`PREFETCH_BATCH_MAX`] keys.
+    pub fn prefetch(&self, keys: &[&[u8]], writes: u32) {
+        let mut hashes = [0u64; PREFETCH_BATCH_MAX];
+        let mut trees: [Option<&PartitionTree>; PREFETCH_BATCH_MAX] = [None; PREFETCH_BATCH_MAX];
+        for (i, key) in keys.iter().enumerate().take(PREFETCH_BATCH_MAX) {
+            if writes & (1 << i) == 0 {
+                continue;
+            }
+            hashes[i] = key_hash(key);
+            trees[i] = self.trees[partition_of_hash(hashes[i])].as_deref();
+            if let Some(t) = trees[i] {
+                t.prefetch_segment(hashes[i]);
+            }
+        }
+        for (t, h) in trees.iter().zip(hashes) {
+            if let Some(t) = t {
+                t.prefetch_list(h);
+            }
+        }
     }
 
     /// A key went (`before`, `after`) near the sibling limit or away from it: the STATS count
@@ -178,8 +203,10 @@ impl Tracked<'_> {
     }
 
     fn guarded(&self, w: &Write<'_>) -> bool {
-        let h = self.index.horizons[partition_of(w.key)];
-        !self.trusted && w.version.0 < h && self.store.version_of(w.key).is_none()
+        // Trusted writes (repairs) skip the key's hash: this runs on every apply.
+        !self.trusted
+            && w.version.0 < self.index.horizons[partition_of(w.key)]
+            && self.store.version_of(w.key).is_none()
     }
 }
 

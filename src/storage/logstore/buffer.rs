@@ -23,8 +23,9 @@
 
 use super::names::hint_name;
 use super::{LogStore, Segment};
-use crate::limits::APPEND_BUFFER_BYTES_MAX;
+use crate::limits::{APPEND_BUFFER_BYTES_MAX, PREFETCH_RECORD_BYTES_MAX};
 use crate::storage::keydir::Loc;
+use crate::storage::prefetch;
 use crate::storage::record::{
     decode_record_header, FORMAT_VERSION, RECORD_HEADER_SIZE, RECORD_SIZE_MAX,
 };
@@ -161,6 +162,18 @@ impl<V: Vfs> LogStore<V> {
         if self.active_hint.take().is_some() {
             let tmp = self.path(&format!("{}.tmp", hint_name(active)));
             let _ = self.vfs.remove(&tmp); // best effort: recovery removes *.tmp
+        }
+    }
+
+    /// Start loading the `len` bytes at `offset` of segment `id` (a hint: a segment or an
+    /// offset that is not there is passed over).
+    pub(super) fn prefetch_segment(&self, id: u32, offset: u64, len: usize) {
+        if id == self.active && offset >= self.pending_at {
+            if let Some(src) = self.pending.get((offset - self.pending_at) as usize..) {
+                prefetch::lines(src.as_ptr(), len.min(src.len()), PREFETCH_RECORD_BYTES_MAX);
+            }
+        } else if let Some(map) = self.segments.get(&id).and_then(|s| s.map.as_ref()) {
+            self.vfs.prefetch_map(map, offset, len);
         }
     }
 

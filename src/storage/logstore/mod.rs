@@ -149,8 +149,8 @@ use super::vfs::Vfs;
 use super::{Applied, Store, StoreError, Stored, Write};
 use crate::limits::{
     COMPACTION_DEAD_BYTES_MIN_DEFAULT, COMPACTION_DEAD_PERCENT_DEFAULT, COMPACTION_RETRY_MS,
-    COMPACTION_STEP_BYTES_MAX, SCRUB_RECORDS_PER_STEP, SEGMENT_SIZE_MAX_DEFAULT,
-    WRITES_REFUSED_LOG_INTERVAL_MS,
+    COMPACTION_STEP_BYTES_MAX, PREFETCH_BATCH_MAX, SCRUB_RECORDS_PER_STEP,
+    SEGMENT_SIZE_MAX_DEFAULT, WRITES_REFUSED_LOG_INTERVAL_MS,
 };
 use crate::version::Version;
 use compaction::Compaction;
@@ -418,6 +418,17 @@ impl<V: Vfs> Store for LogStore<V> {
 
     fn version_of(&self, key: &[u8]) -> Option<Version> {
         self.keydir.get(key).map(|l| Version(l.version))
+    }
+
+    fn prefetch(&self, keys: &[&[u8]], reads: u32) {
+        let mut locs = [None; PREFETCH_BATCH_MAX];
+        self.keydir.prefetch(keys, &mut locs);
+        for (i, (key, loc)) in keys.iter().zip(locs).enumerate() {
+            if let Some(loc) = loc.filter(|_| reads & (1 << i) != 0) {
+                let len = record_len(key.len(), loc.value_len) as usize;
+                self.prefetch_segment(loc.segment, loc.offset as u64, len);
+            }
+        }
     }
 
     fn apply(&mut self, w: Write<'_>) -> Result<Applied, StoreError> {
