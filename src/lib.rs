@@ -45,6 +45,7 @@ pub mod histogram;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod pool;
 pub mod protocol;
 pub mod server;
 pub mod shard;

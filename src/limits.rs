@@ -381,6 +381,15 @@ pub const KEYDIR_LOAD_MAX_PERCENT: usize = 80;
 /// smaller steps (a quarter: 5 to 6.25 bytes) grew, and paused the shard, twice as often.
 pub const KEYDIR_INDEX_GROWTH_PERCENT: usize = 150;
 
+/// Free buffers a shard's coordinator keeps of each kind for reuse
+/// (`cluster/coordinator/pool.rs`): a turn of pipelined load starts a few hundred operations.
+pub const POOL_BUFFERS_MAX: usize = 2048;
+
+/// Largest buffer (in bytes of capacity) the coordinator keeps for reuse: frames and values of
+/// ordinary size; a large value's buffer goes back to the allocator. With
+/// [`POOL_BUFFERS_MAX`] this bounds what a pool holds at 8 MiB.
+pub const POOL_BUFFER_BYTES_MAX: usize = 4096;
+
 /// Requests whose keys one prefetch pass covers (`storage/prefetch.rs`): enough to overlap
 /// the misses of a pipelined batch, few enough that the lines it brings are still cached when
 /// the requests are handled.

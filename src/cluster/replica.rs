@@ -59,6 +59,9 @@ pub fn serve(
             let record: Result<Option<Stored>, String> =
                 store.get(key).map_err(|e: StoreError| e.to_string());
             peer::put_read_reply(out, id, &record);
+            if let Ok(Some(Stored { value: Some(v), .. })) = record {
+                crate::pool::give_bytes(v); // encoded: the buffer serves a later read
+            }
             Some(Served::Read)
         }
         PeerRequest::Gossip { .. } => None,

@@ -319,9 +319,14 @@ impl Worker {
         self.dispatch_peer_frames();
         self.dispatch_outbox();
         self.deliver_own_replies();
-        for k in std::mem::take(&mut self.flush_list) {
+        // Swapped out and back so the list keeps its capacity from turn to turn.
+        let mut flush_list = std::mem::take(&mut self.flush_list);
+        for k in flush_list.drain(..) {
             self.flush(k);
         }
+        // (Connections queued while flushing stay queued.)
+        flush_list.append(&mut self.flush_list);
+        self.flush_list = flush_list;
         self.enforce_node_budget();
         if self.own_replies.is_empty() && self.own_replies.capacity() > SCRATCH_IDLE_CAPACITY_MAX {
             // A burst of forwarded replies must not stay allocated.
@@ -389,6 +394,8 @@ impl Worker {
         std::mem::swap(&mut self.peer_frames, &mut self.core.take_outbox().peer);
         for (to, frame) in self.peer_frames.drain(..) {
             links.send(registry, to, self.core.peer_addr(to), &frame);
+            // Copied into the link: the buffer serves a later frame (`crate::pool`).
+            crate::pool::give_bytes(frame);
         }
         links.tick(registry);
         links.flush(registry);

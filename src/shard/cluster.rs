@@ -861,6 +861,7 @@ impl ShardCore {
                         }
                         Outcome::Found { version, value, .. } => {
                             put_ok(dest, op::GET, ctx.id, &[&version.0.to_be_bytes(), &value]);
+                            crate::pool::give_bytes(value);
                             Status::Ok
                         }
                         Outcome::NotFound => {

@@ -71,6 +71,7 @@
 //! ```
 
 use super::peer::{self, HINT_ID_BIT};
+use crate::pool::{self, Pool};
 use crate::protocol::Status;
 use crate::storage::{Applied, Stored, Write};
 use crate::version::{Hlc, Version};
@@ -192,6 +193,9 @@ pub struct Coordinator<C> {
     clock_offset_ms: i64,
     /// The ring version the node holds: new operations choose their replicas with it.
     ring_version: u64,
+    /// Recycled replica slot lists (`crate::pool`; keys, values and frames come from the
+    /// thread's byte pool).
+    slot_lists: Pool<(u32, Slot)>,
 }
 
 impl<C> Coordinator<C> {
@@ -211,6 +215,7 @@ impl<C> Coordinator<C> {
             mutations: super::config::Mutations::default(),
             clock_offset_ms: 0,
             ring_version: 0,
+            slot_lists: Pool::default(),
         }
     }
 
@@ -377,8 +382,8 @@ impl<C> Coordinator<C> {
     ) -> Option<Version> {
         let ctx = self.admit(ctx, replicas, alive, required)?;
         let mut write = OwnedWrite {
-            key: key.to_vec(),
-            value: value.map(|v| v.to_vec()),
+            key: pool::copy_bytes(key),
+            value: value.map(pool::copy_bytes),
             version: self.hlc.issue(now_ms),
             expires_at_ms,
             causal: false,
@@ -418,7 +423,7 @@ impl<C> Coordinator<C> {
     ) -> Option<u32> {
         let ctx = self.admit(ctx, replicas, alive, required)?;
         let write = OwnedWrite {
-            key: key.to_vec(),
+            key: pool::copy_bytes(key),
             value: Some(state),
             version,
             expires_at_ms,
@@ -440,7 +445,7 @@ impl<C> Coordinator<C> {
     ) -> u32 {
         self.stats.writes += 1;
         let id = self.alloc_id();
-        let mut frame = Vec::new();
+        let mut frame = pool::take_bytes();
         peer::put_replicate(&mut frame, id, 0, self.ring_version, &write.as_write());
         let local = (!write.causal).then_some(Action::ApplyLocal { id });
         let pre_acked = write.causal && replicas.contains(&self.config.node_id);
@@ -495,7 +500,8 @@ impl<C> Coordinator<C> {
         let me = self.config.node_id;
         let mut asked = usize::from(replicas.contains(&me));
         let mut local = local;
-        let mut slots = Vec::with_capacity(replicas.len());
+        let mut slots = self.slot_lists.take();
+        slots.reserve(replicas.len());
         for &r in replicas {
             if r == me {
                 match local.take() {
@@ -524,7 +530,7 @@ impl<C> Coordinator<C> {
             let frame = if left == 0 {
                 frame.take().expect("taken once, by the last")
             } else {
-                frame.as_ref().expect("not taken yet").clone()
+                pool::copy_bytes(frame.as_ref().expect("not taken yet"))
             };
             self.actions.push_back(Action::Send { to, frame });
         }
@@ -817,6 +823,23 @@ impl<C> Coordinator<C> {
                     self.repair_stale(&op);
                 }
             }
+            Kind::Forward => {}
+        }
+        // Its buffers go back to the pools (`crate::pool`).
+        for (_, slot) in op.replicas.drain(..) {
+            if let Slot::Replied(Some(Stored { value: Some(v), .. })) = slot {
+                pool::give_bytes(v);
+            }
+        }
+        self.slot_lists.give(op.replicas);
+        match op.kind {
+            Kind::Write(w) => {
+                pool::give_bytes(w.key);
+                if let Some(v) = w.value {
+                    pool::give_bytes(v);
+                }
+            }
+            Kind::Read { key } => pool::give_bytes(key),
             Kind::Forward => {}
         }
     }

@@ -43,7 +43,7 @@ impl<C> Coordinator<C> {
             required
         };
         let id = self.alloc_id();
-        let mut frame = Vec::new();
+        let mut frame = crate::pool::take_bytes();
         peer::put_read(&mut frame, id, self.ring_version, key);
         let local = Action::ReadLocal { id };
         let slots = self.fan_out(replicas, alive, Some(local), frame, ask);
@@ -56,7 +56,9 @@ impl<C> Coordinator<C> {
             id,
             Op {
                 ctx: Some(ctx),
-                kind: Kind::Read { key: key.to_vec() },
+                kind: Kind::Read {
+                    key: crate::pool::copy_bytes(key),
+                },
                 replicas: slots,
                 required,
                 deadline_ms,

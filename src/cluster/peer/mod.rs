@@ -730,7 +730,7 @@ impl PeerReply {
                     1 | STATE_CAUSAL => Some(Stored {
                         version,
                         expires_at_ms,
-                        value: Some(value.to_vec()),
+                        value: Some(crate::pool::copy_bytes(value)),
                         causal: body[0] == STATE_CAUSAL,
                     }),
                     2 if value.is_empty() => Some(Stored {

@@ -386,7 +386,8 @@ impl<V: Vfs> Store for LogStore<V> {
             )));
         }
         let len = record_len(key.len(), loc.value_len) as usize;
-        let mut buf = vec![0u8; len];
+        let mut buf = crate::pool::take_bytes();
+        buf.resize(len, 0);
         match self.read_segment(loc.segment, loc.offset as u64, &mut buf) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
