@@ -481,6 +481,12 @@ pub const MAINTENANCE_TICK_MS: u64 = 100;
 /// tick comes this often instead of every [`MAINTENANCE_TICK_MS`].
 pub const MAINTENANCE_URGENT_TICK_MS: u64 = 10;
 
+/// While the store has maintenance work left (no disk pressure), the shard's maintenance tick
+/// comes this often, each with its share of the budget of a [`MAINTENANCE_TICK_MS`]
+/// (`shard/maintenance.rs`, `Pace`): shorter stalls of the event loop, the same rate.
+pub const MAINTENANCE_BUSY_TICK_MS: u64 = 10;
+const _: () = assert!(MAINTENANCE_BUSY_TICK_MS <= MAINTENANCE_TICK_MS);
+
 const _: () = assert!(SPACE_PRESSURE_RESERVE_MULTIPLE >= 2);
 const _: () = assert!(COMPACTION_PRESSURE_DEAD_PERCENT_MIN > 0);
 const _: () = assert!(SPACE_MEASURE_INTERVAL_BYTES < SPACE_RESERVE_MARGIN_BYTES);

@@ -21,11 +21,10 @@ use super::peers::PeerLinks;
 use super::readbuf::ReadBuf;
 use super::system;
 use crate::limits::{
-    COORDINATOR_OPS_HIGH_WATER, COORDINATOR_OPS_LOW_WATER, MAINTENANCE_TICK_MS,
-    MAINTENANCE_URGENT_TICK_MS, POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX, READ_BYTES_PER_TURN_MAX,
-    READ_CHUNK_SIZE, REQUESTS_PER_READ_EVENT_MAX, SCRATCH_IDLE_CAPACITY_MAX, SHUTDOWN_FLUSH_MS_MAX,
-    TRIM_AFTER_FREED_BYTES, WRITE_BUFFER_HIGH_WATER, WRITE_BUFFER_IDLE_CAPACITY_MAX,
-    WRITE_BUFFER_SIZE_MAX,
+    COORDINATOR_OPS_HIGH_WATER, COORDINATOR_OPS_LOW_WATER, POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX,
+    READ_BYTES_PER_TURN_MAX, READ_CHUNK_SIZE, REQUESTS_PER_READ_EVENT_MAX,
+    SCRATCH_IDLE_CAPACITY_MAX, SHUTDOWN_FLUSH_MS_MAX, TRIM_AFTER_FREED_BYTES,
+    WRITE_BUFFER_HIGH_WATER, WRITE_BUFFER_IDLE_CAPACITY_MAX, WRITE_BUFFER_SIZE_MAX,
 };
 use crate::protocol::message::{put_connection_error, put_error};
 use crate::protocol::{frame, Status, RESPONSE_BIT};
@@ -47,7 +46,8 @@ pub const WAKER: Token = Token(usize::MAX - 2);
 const ACCEPTS_PER_TURN_MAX: usize = 256;
 /// Read calls per connection per readiness event (each up to READ_CHUNK_SIZE bytes).
 const READS_PER_EVENT_MAX: usize = 16;
-/// Units of store maintenance per tick.
+/// Units of store maintenance per [`crate::limits::MAINTENANCE_TICK_MS`] (spread over
+/// shorter ticks while there is work left: `shard::Pace`).
 const MAINTENANCE_BUDGET_PER_TICK: usize = 4096;
 /// Period of the idle-connection sweep.
 const IDLE_SWEEP_MS: u64 = 1000;
@@ -88,6 +88,8 @@ pub struct Worker {
     slow: super::slowlog::SlowLog,
     /// How long the last turn's storage flush and sync took.
     turn_store: Duration,
+    /// How the last maintenance tick paced the next (`shard::Pace`).
+    maintenance_pace: crate::shard::Pace,
     /// The same by opcode slot ([`crate::shard::stats::latency_slot`]).
     turn_immediate_by_op: [u64; crate::shard::stats::LATENCY_OP_SLOTS],
     /// Bytes read from connections in the current turn.
@@ -161,6 +163,7 @@ impl Worker {
             turn_immediate_by_op: [0; crate::shard::stats::LATENCY_OP_SLOTS],
             slow: super::slowlog::SlowLog::new(p.slow_ms),
             turn_store: Duration::ZERO,
+            maintenance_pace: crate::shard::Pace::Idle,
             turn_read_bytes: 0,
             throttled: false,
             throttle_events: 0,
@@ -253,14 +256,10 @@ impl Worker {
                     self.freed_since_trim = 0;
                     system::release_free_memory();
                 }
-                // Sooner while the disk is short of space and compaction has work left.
-                let urgent = self.core.on_tick(now_ms, MAINTENANCE_BUDGET_PER_TICK);
-                let ms = if urgent {
-                    MAINTENANCE_URGENT_TICK_MS
-                } else {
-                    MAINTENANCE_TICK_MS
-                };
-                next_tick = now + Duration::from_millis(ms);
+                // Sooner, in smaller steps, while the store has maintenance work left.
+                let budget = self.maintenance_pace.budget(MAINTENANCE_BUDGET_PER_TICK);
+                self.maintenance_pace = self.core.on_tick(now_ms, budget);
+                next_tick = now + Duration::from_millis(self.maintenance_pace.next_tick_ms());
             }
             if let (Some(at), SyncPolicy::Interval { ms }) = (next_sync, self.sync) {
                 if now >= at {

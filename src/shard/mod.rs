@@ -45,6 +45,7 @@ mod execute;
 mod handshake;
 mod mail;
 mod maintenance;
+pub use maintenance::Pace;
 mod siblings;
 pub mod snapshot;
 pub mod stats;

@@ -18,7 +18,7 @@ use crate::assembly::{assemble_node, open_shard, Ceiling, NodeConfig};
 use crate::cluster::coordinator::Outcome;
 use crate::cluster::ringpeer::ChangeRequest;
 use crate::cluster::ClusterConfig;
-use crate::limits::{MAINTENANCE_TICK_MS, MAINTENANCE_URGENT_TICK_MS};
+use crate::limits::MAINTENANCE_TICK_MS;
 use crate::protocol::{frame, Role};
 use crate::shard::{ConnId, NodeShared, Session, ShardCore, SyncPolicy};
 use crate::storage::vfs::{CrashMode, MemVfs, Vfs};
@@ -117,6 +117,8 @@ pub(super) struct Running {
     /// Per shard: when its next maintenance tick is due (node clock ms), as `kvd`'s loop
     /// schedules it.
     pub next_maintenance_ms: Vec<u64>,
+    /// Per shard: how its last maintenance tick paced the next ([`crate::shard::Pace`]).
+    pub maintenance_pace: Vec<crate::shard::Pace>,
 }
 
 pub(super) struct Node {
@@ -274,6 +276,7 @@ impl World {
             sessions: BTreeMap::new(),
             outcomes: BTreeMap::new(),
             next_maintenance_ms: vec![0; shards],
+            maintenance_pace: vec![crate::shard::Pace::Idle; shards],
         });
         n.paused_until = 0;
         // Every life runs its own interval timer, as `kvd`'s loop does (the timer of an
@@ -405,7 +408,8 @@ impl World {
 
     /// A tick of shard `shard` of node `id`: the cluster core's time (gossip, timeouts,
     /// hints, anti-entropy) and, when due, the store's maintenance, at the pace of `kvd`'s
-    /// loop (maintenance every [`MAINTENANCE_TICK_MS`], sooner while the disk is short).
+    /// loop (maintenance every [`MAINTENANCE_TICK_MS`], sooner and in smaller steps while the
+    /// store has work left, sooner with its whole budget while the disk is short).
     pub(super) fn tick_shard(&mut self, id: u32, shard: usize) {
         let now_ms = self.node_now(id);
         let run = self.running(id);
@@ -414,13 +418,10 @@ impl World {
         let due = run.next_maintenance_ms[shard];
         // (A clock stepped back far below the due time counts as due.)
         if now_ms >= due || due > now_ms + MAINTENANCE_TICK_MS {
-            let urgent = core.on_tick(now_ms, MAINTENANCE_BUDGET);
-            run.next_maintenance_ms[shard] = now_ms
-                + if urgent {
-                    MAINTENANCE_URGENT_TICK_MS
-                } else {
-                    MAINTENANCE_TICK_MS
-                };
+            let budget = run.maintenance_pace[shard].budget(MAINTENANCE_BUDGET);
+            let pace = core.on_tick(now_ms, budget);
+            run.maintenance_pace[shard] = pace;
+            run.next_maintenance_ms[shard] = now_ms + pace.next_tick_ms();
         }
         self.finish(id, shard);
     }
