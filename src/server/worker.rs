@@ -198,6 +198,9 @@ impl Worker {
             } else {
                 Duration::from_millis(POLL_TIMEOUT_MS_MAX)
             };
+            // An idle shard still wakes for its maintenance tick: with compaction under way
+            // they come every few milliseconds, each with a share of the budget (`Pace`).
+            let timeout = timeout.min(next_tick.saturating_duration_since(Instant::now()));
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e);
