@@ -25,7 +25,7 @@ pub enum Pace {
     /// Nothing left to do: the next tick after [`MAINTENANCE_TICK_MS`].
     #[default]
     Idle,
-    /// A compaction (or scrub) under way: the budget spread over shorter ticks.
+    /// A compaction under way: the budget spread over shorter ticks.
     Busy,
     /// The disk is short of space (or a forced pass runs) with work left: the whole budget
     /// every [`MAINTENANCE_URGENT_TICK_MS`].
