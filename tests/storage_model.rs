@@ -22,18 +22,17 @@ use std::path::Path;
 const SEEDS_DEFAULT: u64 = 400;
 const OPS_DEFAULT: usize = 1500;
 
-struct Rng(u64);
+/// The crate's seeded PRNG (`cluster::rng`, SplitMix64), with the draws the model makes.
+struct Rng(dkv::cluster::rng::SplitMix64);
 impl Rng {
+    fn seeded(seed: u64) -> Rng {
+        Rng(dkv::cluster::rng::SplitMix64::new(seed))
+    }
     fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.below(n)
     }
     fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
@@ -95,7 +94,7 @@ fn dir() -> &'static Path {
 
 impl Run {
     fn new(seed: u64) -> Run {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::seeded(seed);
         let config = LogConfig {
             segment_size_max: 512 + rng.below(8192),
             compaction_dead_percent: (10 + rng.below(80)) as u8,
