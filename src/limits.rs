@@ -215,6 +215,13 @@ pub const REQUEST_TIMEOUT_MS_MAX: u64 = 600_000;
 /// reply time, so spares are asked when a replica failed unnoticed, not when it is busy.
 pub const READ_SPARE_AFTER_MS: u64 = 200;
 
+/// A replica that refused a version-only READ (a node from before it, during a rolling
+/// upgrade) is asked for whole records for this long before the coordinator tries again.
+pub const VERSION_ONLY_RETRY_MS: u64 = 60_000;
+/// Most replicas a coordinator remembers as refusing version-only READs (a cluster upgrading
+/// has at most its nodes; beyond this, the oldest refusal is forgotten first).
+pub const VERSION_ONLY_REFUSALS_MAX: usize = 64;
+
 /// Default `--read-repair-every`: one read in this many asks every replica, so stale ones
 /// are found and repaired by reads at a tenth of the read rate (Cassandra's
 /// `read_repair_chance` defaulted to 0.1).

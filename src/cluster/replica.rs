@@ -3,7 +3,8 @@
 //! This is the whole of it: a write is applied last-write-wins ([`Store::apply`]) and the ack
 //! says whether it became the key's record or a newer one was already held; a read returns the
 //! record as stored, tombstones and expired records included, because the coordinator needs
-//! their versions to pick the newest and to repair. The caller must not send a REPLICATE ack
+//! their versions to pick the newest and to repair. A version-only read returns just the
+//! version, from the store's key index ([`Store::read_version`]). The caller must not send a REPLICATE ack
 //! before the store has synced the write when its sync policy promises durability on ack
 //! (the driver groups the syncs of one event-loop turn, then releases the acks).
 
@@ -54,6 +55,16 @@ pub fn serve(
                     Some(Served::WriteRefused)
                 }
             }
+        }
+        PeerRequest::Read {
+            key,
+            version_only: true,
+            ..
+        } => {
+            // From the key index alone: the coordinator has the data from another copy.
+            let held = store.read_version(key).map_err(|e| e.to_string());
+            peer::put_read_version_reply(out, id, &held);
+            Some(Served::Read)
         }
         PeerRequest::Read { key, .. } => {
             let record: Result<Option<Stored>, String> =
@@ -143,7 +154,11 @@ mod tests {
         serve(
             &mut store,
             3,
-            &PeerRequest::Read { key: b"k", ring: 1 },
+            &PeerRequest::Read {
+                key: b"k",
+                ring: 1,
+                version_only: false,
+            },
             &mut out,
         );
         match reply_of(&out) {
@@ -160,9 +175,25 @@ mod tests {
             &PeerRequest::Read {
                 key: b"zz",
                 ring: 1,
+                version_only: false,
             },
             &mut out,
         );
         assert_eq!(reply_of(&out), PeerReply::Read(Ok(None)));
+
+        // Version only: the version held, or absent, and never the value.
+        for (key, want) in [
+            (&b"k"[..], PeerReply::ReadVersion(Version(5))),
+            (&b"zz"[..], PeerReply::Read(Ok(None))),
+        ] {
+            out.clear();
+            let req = PeerRequest::Read {
+                key,
+                ring: 1,
+                version_only: true,
+            };
+            assert_eq!(serve(&mut store, 5, &req, &mut out), Some(Served::Read));
+            assert_eq!(reply_of(&out), want);
+        }
     }
 }

@@ -82,6 +82,7 @@ const FIGURES: &[FigureName] = &[
     ("coord_maybe_applied", "dkv_coordinator_outcomes_total", "outcome=\"maybe_applied\"", Counter, "Coordinated requests that did not succeed, by outcome."),
     ("coord_clock_refused", "dkv_coordinator_outcomes_total", "outcome=\"clock_refused\"", Counter, "Coordinated requests that did not succeed, by outcome."),
     ("coord_full_reads", "dkv_coordinator_full_reads_total", "", Counter, "Reads that asked every replica, not only the ones their level needs (one in --read-repair-every)."),
+    ("coord_read_fetches", "dkv_coordinator_read_fetches_total", "", Counter, "Whole records a read fetched after a version-only answer showed a replica newer than its own copy."),
     ("coord_spares_asked", "dkv_coordinator_spare_replicas_asked_total", "", Counter, "Spare replicas asked by reads whose first replicas refused or were slow."),
     ("coord_in_flight", "dkv_coordinator_in_flight", "", Gauge, "Requests being coordinated now."),
     ("read_repairs_sent", "dkv_read_repairs_total", "direction=\"sent\"", Counter, "Read repairs."),

@@ -370,6 +370,7 @@ const STATS_NAMES: &[&str] = &[
     "coord_superseded",
     "coord_full_reads",
     "coord_spares_asked",
+    "coord_read_fetches",
     "coord_clock_refused",
     "replicate_refused_ahead",
     "clock_samples",

@@ -125,6 +125,7 @@ impl World {
                     }
                 ),
                 Ok(PeerReply::Read(Ok(None))) => "absent".to_string(),
+                Ok(PeerReply::ReadVersion(v)) => format!("{} (version only)", self.v(v)),
                 Ok(PeerReply::Read(Err(why))) => format!("error: {why}"),
                 Ok(PeerReply::StaleRing { ring, .. }) => format!("stale ring (holds {ring})"),
                 _ => format!("status={}", f.aux),
@@ -143,10 +144,15 @@ impl World {
                     "tombstone"
                 }
             ),
-            Ok(PeerRequest::Read { key, ring }) => {
+            Ok(PeerRequest::Read {
+                key,
+                ring,
+                version_only,
+            }) => {
                 format!(
-                    "{name} id={} ring={ring} {}",
+                    "{name} id={} ring={ring}{} {}",
                     f.id,
+                    if version_only { " version-only" } else { "" },
                     String::from_utf8_lossy(key)
                 )
             }

@@ -182,6 +182,14 @@ pub trait Store: Send {
     /// The version held for `key`, without reading its value.
     fn version_of(&self, key: &[u8]) -> Option<Version>;
 
+    /// The version a read of `key` would find, tombstones and expired records included,
+    /// without reading its value (a replica's answer to a version-only READ): refused where
+    /// [`Store::get`] would be refused for the whole store (a node rejoining through
+    /// anti-entropy serves no reads). A damaged record is found by `get`, not here.
+    fn read_version(&mut self, key: &[u8]) -> Result<Option<Version>, StoreError> {
+        Ok(self.version_of(key))
+    }
+
     /// A hint that `keys` are about to be looked up, and (bit i of `reads`) the value of key
     /// i read: start loading what that will touch (`storage/prefetch.rs`). Changes nothing a
     /// caller can observe. Default: nothing.

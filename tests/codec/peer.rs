@@ -266,11 +266,33 @@ fn check_peer_vector(v: &Vector) {
             assert_eq!(got, Ok(PeerReply::Write(decoded)), "vector {}", v.name);
         }
         ("peer-request", peer::op::READ) => {
-            v.only(&["op", "id", "ring", "key"]);
+            v.only(&["op", "id", "aux", "ring", "key"]);
             let (key, ring) = (v.bytes_of("key"), v.int("ring"));
-            peer::put_read(&mut out, id, ring, &key);
-            let expected = PeerRequest::Read { key: &key, ring };
+            let version_only = match v.fields.get("aux").map(|a| a.as_str()) {
+                None | Some("0") => false,
+                Some("VERSION_ONLY") => true,
+                Some(a) => panic!("vector {}: aux {a}", v.name),
+            };
+            peer::put_read(&mut out, id, ring, &key, version_only);
+            let expected = PeerRequest::Read {
+                key: &key,
+                ring,
+                version_only,
+            };
             assert_eq!(decode_peer_request(&f), Ok(expected), "vector {}", v.name);
+        }
+        ("peer-reply", peer::op::READ) if v.raw("state") == "version" => {
+            // The answer to a version-only READ: the version held, no record.
+            v.only(&["op", "status", "id", "state", "version"]);
+            let version = Version(v.int("version"));
+            peer::put_read_version_reply(&mut out, id, &Ok(Some(version)));
+            let got = decode_peer_reply(&f);
+            assert_eq!(
+                got,
+                Ok(PeerReply::ReadVersion(version)),
+                "vector {}",
+                v.name
+            );
         }
         ("peer-reply", peer::op::READ) => {
             v.only(&["op", "status", "id", "state", "version", "expires", "value"]);

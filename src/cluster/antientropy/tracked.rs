@@ -10,6 +10,9 @@ use crate::limits::{AE_BUILD_KEYS_PER_STEP, PARTITION_COUNT, PREFETCH_BATCH_MAX}
 use crate::storage::{keydir::expiry_s_of, Applied, KeyMeta, Store, StoreError, Stored, Write};
 use crate::version::Version;
 
+/// Why a rejoining node's store refuses reads (its copies may be far behind).
+const NOT_SERVING_READS: &str = "not serving reads: rejoining through anti-entropy";
+
 /// The trees and horizons: what the store hook ([`Tracked`]) needs.
 pub struct TreeIndex {
     pub(super) trees: Vec<Option<Box<PartitionTree>>>,
@@ -213,11 +216,15 @@ impl Tracked<'_> {
 impl Store for Tracked<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Stored>, StoreError> {
         if self.index.rejoining {
-            return Err(StoreError::Io(std::io::Error::other(
-                "not serving reads: rejoining through anti-entropy",
-            )));
+            return Err(StoreError::Io(std::io::Error::other(NOT_SERVING_READS)));
         }
         self.store.get(key)
+    }
+    fn read_version(&mut self, key: &[u8]) -> Result<Option<Version>, StoreError> {
+        if self.index.rejoining {
+            return Err(StoreError::Io(std::io::Error::other(NOT_SERVING_READS)));
+        }
+        self.store.read_version(key)
     }
     fn version_of(&self, key: &[u8]) -> Option<Version> {
         self.store.version_of(key)

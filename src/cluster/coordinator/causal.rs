@@ -174,7 +174,7 @@ impl<C> Coordinator<C> {
     /// Repair every replica of finished read `op` whose state lacks part of the merge (or
     /// that answered with an error) with the merged state.
     pub(super) fn repair_causal(&mut self, op: &Op<C>) {
-        let Kind::Read { key } = &op.kind else {
+        let Kind::Read { key, .. } = &op.kind else {
             return;
         };
         let merged = op.merged_state();

@@ -54,6 +54,12 @@
 //!   older record or none. Tombstones and expired records are records: they win by version and
 //!   are repaired like values, so a delete is never undone by a stale replica. A QUORUM read
 //!   still meets every QUORUM write: it hears `required` replicas, wherever they are.
+//!   When the coordinator is a replica itself (LWW mode), its own copy is the data and the
+//!   peers are asked for **versions only**, from their key index (no record read, no value on
+//!   the wire). A peer that turns out newer than every record in hand is then asked for its
+//!   whole record before the answer (one more round trip, only where a copy is stale), and so
+//!   is one that refused version-only READs (a node from before them: it is asked for whole
+//!   records for [`crate::limits::VERSION_ONLY_RETRY_MS`]).
 //! * **Ring versions.** Every REPLICATE and READ carries the ring version the node held when
 //!   the operation chose its replicas ([`Coordinator::set_ring_version`]); a replica whose
 //!   ring changed the key's partition after it refuses ("stale ring"), which the node passes
@@ -93,6 +99,12 @@ enum Slot {
     Newer(Version),
     /// Answered a read with this record.
     Replied(Option<Stored>),
+    /// Answered a version-only read: holds a value or a tombstone at this version (its
+    /// record was not asked for).
+    Versioned(Version),
+    /// Asked again for its whole record: it answered a version-only read with the newest
+    /// version, or refused version-only reads.
+    Fetching,
     /// Answered with an error.
     Failed(String),
     /// Alive, not asked (yet): a read asks it if the asked replicas fall short.
@@ -103,6 +115,8 @@ enum Kind {
     Write(OwnedWrite),
     Read {
         key: Vec<u8>,
+        /// The peers are asked for versions only: this node reads its own copy.
+        version_only: bool,
     },
     /// Siblings mode: a write handed to a replica (COORDINATE), which answers its outcome.
     Forward,
@@ -141,10 +155,10 @@ impl<C> Op<C> {
         self.replicas.iter().filter(|(_, s)| f(s)).count()
     }
     fn answered(&self) -> usize {
-        self.count(|s| matches!(s, Slot::Acked | Slot::Replied(_)))
+        self.count(|s| matches!(s, Slot::Acked | Slot::Replied(_) | Slot::Versioned(_)))
     }
     fn waiting(&self) -> usize {
-        self.count(|s| *s == Slot::Waiting)
+        self.count(|s| matches!(s, Slot::Waiting | Slot::Fetching))
     }
     /// The newest record among read replies.
     fn newest(&self) -> Option<&Stored> {
@@ -196,6 +210,10 @@ pub struct Coordinator<C> {
     /// Recycled replica slot lists (`crate::pool`; keys, values and frames come from the
     /// thread's byte pool).
     slot_lists: Pool<(u32, Slot)>,
+    /// `(node, until ms)`: replicas that refused a version-only READ, asked for whole
+    /// records until then (at most
+    /// [`crate::limits::VERSION_ONLY_REFUSALS_MAX`]).
+    version_only_refused: VecDeque<(u32, u64)>,
 }
 
 impl<C> Coordinator<C> {
@@ -216,6 +234,7 @@ impl<C> Coordinator<C> {
             clock_offset_ms: 0,
             ring_version: 0,
             slot_lists: Pool::default(),
+            version_only_refused: VecDeque::new(),
         }
     }
 
@@ -272,7 +291,7 @@ impl<C> Coordinator<C> {
     /// The key a `ReadLocal { id }` reads (`None` as for [`Coordinator::local_write`]).
     pub fn local_read_key(&self, id: u32) -> Option<&[u8]> {
         match &self.ops.get(&id)?.kind {
-            Kind::Read { key } => Some(key),
+            Kind::Read { key, .. } => Some(key),
             Kind::Write(_) | Kind::Forward => None,
         }
     }
@@ -545,7 +564,7 @@ impl<C> Coordinator<C> {
             .iter_mut()
             .find(|(r, _)| *r == from)
             .map(|(_, s)| s)?;
-        (*slot == Slot::Waiting).then_some(slot)
+        matches!(slot, Slot::Waiting | Slot::Fetching).then_some(slot)
     }
 
     /// This node's own copy of write `id`, acknowledged by `ApplyLocal` earlier in the turn,
@@ -839,7 +858,7 @@ impl<C> Coordinator<C> {
                     pool::give_bytes(v);
                 }
             }
-            Kind::Read { key } => pool::give_bytes(key),
+            Kind::Read { key, .. } => pool::give_bytes(key),
             Kind::Forward => {}
         }
     }

@@ -611,3 +611,169 @@ fn a_read_with_no_spare_left_fails_at_once() {
     c.on_read_reply(1_001, 2, id, Err("disk on fire".into()));
     assert_only_failure(&drain(&mut c), 1, Status::Unavailable);
 }
+
+/// The READ frames in a batch of actions: `(to, version only)`.
+fn reads_sent(acts: &[Action<u32>]) -> Vec<(u32, bool)> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Send { to, frame } => {
+                let (f, _) = crate::protocol::frame::parse(frame).unwrap().unwrap();
+                assert_eq!(f.op, peer::op::READ);
+                Some((*to, f.aux & peer::AUX_VERSION_ONLY != 0))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn repairs(acts: &[Action<u32>]) -> Vec<(u32, Version)> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Repair { to, write, .. } => Some((*to, write.version)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_replica_coordinator_asks_its_peers_for_versions_only() {
+    let mut c = coord_sampling(1);
+    c.start_read(1_000, 1, b"k", &[1, 2, 3], &all_alive, 2);
+    let acts = drain(&mut c);
+    assert_eq!(reads_sent(&acts), [(2, true), (3, true)]);
+    let id = read_id(&acts);
+    c.on_read_reply(1_001, 1, id, Ok(stored(5)));
+    // Node 2 holds the same version: the answer is this node's copy, nothing is fetched.
+    c.on_read_version(1_002, 2, id, Version(5));
+    assert!(matches!(
+        replies(&drain(&mut c))[..],
+        [(
+            1,
+            Outcome::Found {
+                version: Version(5),
+                ..
+            }
+        )]
+    ));
+    // Node 3 holds an older one: it is repaired with this node's record.
+    c.on_read_version(1_003, 3, id, Version(2));
+    assert_eq!(repairs(&drain(&mut c)), [(3, Version(5))]);
+    assert_eq!(c.stats().read_fetches, 0);
+    assert_eq!(c.in_flight(), 0);
+
+    // Not a replica: it needs the data from its peers.
+    c.start_read(2_000, 2, b"k", &[2, 3, 4], &all_alive, 2);
+    assert!(reads_sent(&drain(&mut c)).iter().all(|&(_, v)| !v));
+    // Siblings mode merges the replicas' states: whole records.
+    let mut s: Coordinator<u32> = Coordinator::new(CoordinatorConfig {
+        causal: true,
+        ..config(false)
+    });
+    s.start_read(2_000, 3, b"k", &[1, 2, 3], &all_alive, 2);
+    assert!(reads_sent(&drain(&mut s)).iter().all(|&(_, v)| !v));
+}
+
+#[test]
+fn a_newer_version_is_fetched_before_the_answer_and_repairs_this_node() {
+    let mut c = coord_sampling(0);
+    c.start_read(1_000, 1, b"k", &[1, 2, 3], &all_alive, 2);
+    let id = read_id(&drain(&mut c));
+    c.on_read_reply(1_001, 1, id, Ok(stored(5)));
+    // Node 2 is newer: its record is asked for, and nobody is answered yet.
+    c.on_read_version(1_002, 2, id, Version(9));
+    let acts = drain(&mut c);
+    assert_eq!(reads_sent(&acts), [(2, false)]);
+    assert!(replies(&acts).is_empty());
+    assert_eq!(c.stats().read_fetches, 1);
+    c.on_read_reply(1_003, 2, id, Ok(stored(9)));
+    let acts = drain(&mut c);
+    assert!(matches!(
+        replies(&acts)[..],
+        [(
+            1,
+            Outcome::Found {
+                version: Version(9),
+                ..
+            }
+        )]
+    ));
+    assert_eq!(repairs(&acts), [(1, Version(9))]);
+    assert_eq!(c.in_flight(), 0);
+
+    // This node holds nothing and a peer holds a tombstone's version: fetched, NOT_FOUND.
+    c.start_read(2_000, 2, b"k", &[1, 2, 3], &all_alive, 2);
+    let id = read_id(&drain(&mut c));
+    c.on_read_reply(2_001, 1, id, Ok(None));
+    c.on_read_version(2_002, 2, id, Version(7));
+    assert_eq!(reads_sent(&drain(&mut c)), [(2, false)]);
+    let tombstone = Stored {
+        value: None,
+        ..stored(7).unwrap()
+    };
+    c.on_read_reply(2_003, 2, id, Ok(Some(tombstone)));
+    let acts = drain(&mut c);
+    assert_eq!(replies(&acts), [(2, Outcome::NotFound)]);
+    assert_eq!(repairs(&acts), [(1, Version(7))]);
+
+    // The fetch fails: a spare takes its place.
+    c.start_read(3_000, 3, b"k", &[1, 2, 3], &all_alive, 2);
+    let id = read_id(&drain(&mut c));
+    c.on_read_reply(3_001, 1, id, Ok(stored(5)));
+    c.on_read_version(3_002, 2, id, Version(9));
+    drain(&mut c);
+    c.on_read_reply(3_003, 2, id, Err("damaged record".into()));
+    assert_eq!(reads_sent(&drain(&mut c)), [(3, true)]);
+    c.on_read_version(3_004, 3, id, Version(5));
+    assert!(matches!(
+        replies(&drain(&mut c))[..],
+        [(
+            3,
+            Outcome::Found {
+                version: Version(5),
+                ..
+            }
+        )]
+    ));
+}
+
+#[test]
+fn a_replica_that_refuses_version_only_reads_gets_whole_ones_for_a_while() {
+    use crate::limits::VERSION_ONLY_RETRY_MS;
+    let mut c = coord_sampling(0);
+    c.start_read(1_000, 1, b"k", &[1, 2, 3], &all_alive, 2);
+    let id = read_id(&drain(&mut c));
+    c.on_read_reply(1_001, 1, id, Ok(stored(5)));
+    // Node 2 is from before version-only reads: asked again for the record, which answers.
+    c.on_read_refused(1_002, 2, id, "MALFORMED: aux must be 0".into());
+    let acts = drain(&mut c);
+    assert_eq!(reads_sent(&acts), [(2, false)]);
+    assert!(replies(&acts).is_empty());
+    c.on_read_reply(1_003, 2, id, Ok(stored(5)));
+    assert!(matches!(
+        replies(&drain(&mut c))[..],
+        [(1, Outcome::Found { .. })]
+    ));
+    // Reads whose replicas include node 2 ask whole records until the retry time.
+    c.start_read(1_010, 2, b"k", &[1, 2, 3], &all_alive, 2);
+    assert_eq!(reads_sent(&drain(&mut c)), [(2, false)]);
+    c.start_read(1_010, 3, b"k", &[1, 3, 4], &all_alive, 2);
+    assert_eq!(reads_sent(&drain(&mut c)), [(3, true)]);
+    c.start_read(
+        1_002 + VERSION_ONLY_RETRY_MS,
+        4,
+        b"k",
+        &[1, 2, 3],
+        &all_alive,
+        2,
+    );
+    assert_eq!(reads_sent(&drain(&mut c)), [(2, true)]);
+    // A refusal of a whole-record READ is an error answer, not a reason to ask again.
+    c.start_read(3_000, 5, b"k", &[2, 3, 4], &all_alive, 2);
+    let acts = drain(&mut c);
+    let id = match &acts[0] {
+        Action::Send { frame, .. } => crate::protocol::frame::parse(frame).unwrap().unwrap().0.id,
+        a => panic!("{a:?}"),
+    };
+    c.on_read_refused(3_001, 2, id, "MALFORMED: something else".into());
+    assert_eq!(reads_sent(&drain(&mut c)), [(4, false)]);
+}

@@ -170,6 +170,9 @@ pub struct CoordinatorStats {
     pub full_reads: u64,
     /// Spare replicas asked by reads whose asked replicas refused or were slow.
     pub spares_asked: u64,
+    /// Whole records fetched after a version-only answer showed a replica newer than every
+    /// record in hand (or after a replica refused version-only reads).
+    pub read_fetches: u64,
     /// Writes issued again above a newer version a replica held.
     pub reissues: u64,
     /// Acknowledgements of a reissued write by a replica holding a concurrent, newer write.

@@ -21,7 +21,7 @@ impl<C> ClusterNode<C> {
     ) -> bool {
         let (key, ring, op) = match req {
             PeerRequest::Replicate { write, ring, .. } => (write.key, *ring, peer::op::REPLICATE),
-            PeerRequest::Read { key, ring } => (*key, *ring, peer::op::READ),
+            PeerRequest::Read { key, ring, .. } => (*key, *ring, peer::op::READ),
             _ => return false,
         };
         if self.config.mutations.no_ring_version_check {

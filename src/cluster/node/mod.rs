@@ -710,8 +710,16 @@ impl<C> ClusterNode<C> {
                     self.coordinator.on_write_ack(now_ms, from, f.id, ack);
                 }
             }
+            PeerReply::Read(Err(why)) if f.aux == crate::protocol::Status::Malformed as u8 => {
+                // How a node from before version-only READs refuses one.
+                self.coordinator.on_read_refused(now_ms, from, f.id, why);
+            }
             PeerReply::Read(record) => {
                 self.coordinator.on_read_reply(now_ms, from, f.id, record);
+            }
+            PeerReply::ReadVersion(version) => {
+                self.coordinator
+                    .on_read_version(now_ms, from, f.id, version);
             }
             PeerReply::StaleRing { op, ring } => {
                 // `from` holds a newer ring that changed this key's partition: the request

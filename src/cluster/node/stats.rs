@@ -80,7 +80,7 @@ impl<C> ClusterNode<C> {
         let h = self.hints.stats();
         let r = self.replica_stats;
         let (samples, samples_dropped) = self.membership.clock_counts();
-        let lines: [(&'static str, u64); 31] = [
+        let lines: [(&'static str, u64); 32] = [
             ("cluster_pauses", m.pauses),
             ("gossip_sent", m.gossip_sent),
             ("gossip_merged", m.gossip_merged),
@@ -106,6 +106,7 @@ impl<C> ClusterNode<C> {
             ("coord_superseded", c.superseded),
             ("coord_full_reads", c.full_reads),
             ("coord_spares_asked", c.spares_asked),
+            ("coord_read_fetches", c.read_fetches),
             ("coord_clock_refused", r.clock_refused),
             ("replicate_refused_ahead", r.refused_ahead),
             ("clock_samples", samples),

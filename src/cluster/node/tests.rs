@@ -310,7 +310,7 @@ fn replicas_refuse_senders_with_a_stale_ring() {
     let send = |n: &mut ClusterNode<u32>, store: &mut MemoryStore, ring: u64, read: bool| {
         let mut req = Vec::new();
         if read {
-            peer::put_read(&mut req, 5, ring, b"k");
+            peer::put_read(&mut req, 5, ring, b"k", false);
         } else {
             let w = Write {
                 key: b"k",

@@ -20,11 +20,16 @@
 //!                 |   the replica's ring version) |
 //!  reply error    STORAGE_ERROR and a message (the replica refuses writes)
 //!
-//! READ 0x21       request | ring version u64 | key len u16 | key |
+//! READ 0x21       request (aux bit 0: version only; other bits 0)
+//!  | ring version u64 | key len u16 | key |
 //!  reply OK       | state u8 (0 = absent, 1 = value, 2 = tombstone, 3 = stale ring, |
-//!                 |   4 = a causal state, siblings mode) |
+//!                 |   4 = a causal state, siblings mode, 5 = version only) |
 //!                 | version u64 (state 3: the replica's ring version) |
-//!                 | expires at ms u64 | value (rest; empty unless state = 1) |
+//!                 | expires at ms u64 (0 in state 5) | value (rest; empty unless state = 1 |
+//!                 |   or 4) |
+//!    version only: the coordinator has the data from another replica (its own copy) and
+//!    needs only to know whether this one is as new: the replica answers from its key index
+//!    without reading the record, state 5 (a value or a tombstone at this version) or 0.
 //!
 //! GOSSIP 0x22     request (push) and reply OK (pull) have the same body: the sender's view
 //!  | sender id u32 | count u16 | count × entry | clock stamp (16 bytes, optional) |
@@ -109,6 +114,8 @@ pub mod op {
 pub const AUX_HINT: u8 = 0x01;
 /// REPLICATE `aux` bit: the write is a read repair.
 pub const AUX_REPAIR: u8 = 0x02;
+/// READ `aux` bit: answer with the version only (state [`STATE_VERSION`] or absent).
+pub const AUX_VERSION_ONLY: u8 = 0x01;
 /// REPLICATE flags bit: the write is a tombstone.
 const FLAG_TOMBSTONE: u8 = 0x01;
 /// REPLICATE flags bit: the value is an encoded causal state (siblings mode).
@@ -121,6 +128,9 @@ const RING_VERSION_SIZE: usize = 8;
 const RESULT_STALE_RING: u8 = 2;
 /// READ reply state: refused, the sender's ring is stale for the key's partition.
 const STATE_STALE_RING: u8 = 3;
+/// READ reply state: the replica holds a value or a tombstone at this version (the request
+/// asked for the version only, [`AUX_VERSION_ONLY`]).
+const STATE_VERSION: u8 = 5;
 
 /// Request ids with this bit set are hint deliveries.
 pub const HINT_ID_BIT: u32 = 0x8000_0000;
@@ -234,6 +244,8 @@ pub enum PeerRequest<'a> {
         key: &'a [u8],
         /// The sender's ring version: its replica set came from that ring.
         ring: u64,
+        /// Answer with the version only ([`AUX_VERSION_ONLY`]).
+        version_only: bool,
     },
     /// A membership view.
     Gossip {
@@ -270,9 +282,18 @@ impl PartialEq for PeerRequest<'_> {
                     && a.expires_at_ms == b.expires_at_ms
                     && a.causal == b.causal
             }
-            (PeerRequest::Read { key: a, ring: r }, PeerRequest::Read { key: b, ring: q }) => {
-                a == b && r == q
-            }
+            (
+                PeerRequest::Read {
+                    key: a,
+                    ring: r,
+                    version_only: x,
+                },
+                PeerRequest::Read {
+                    key: b,
+                    ring: q,
+                    version_only: y,
+                },
+            ) => a == b && r == q && x == y,
             (
                 PeerRequest::Gossip {
                     sender: a,
@@ -306,6 +327,9 @@ pub enum PeerReply {
     Write(WriteAck),
     /// Answer to READ: the replica's record (tombstones included), or `None` if it has none.
     Read(Result<Option<Stored>, String>),
+    /// Answer to a version-only READ ([`AUX_VERSION_ONLY`]): the replica holds a value or a
+    /// tombstone at this version. (One that holds nothing answers `Read(Ok(None))`.)
+    ReadVersion(Version),
     /// Answer to REPLICATE (`op` [`op::REPLICATE`]) or READ ([`op::READ`]): refused, the
     /// sender's ring version is older than the last change of the key's partition at the
     /// replica, which holds `ring` (the sender should pull it: protocol.md § 18.2).
@@ -400,13 +424,19 @@ impl<'a> PeerRequest<'a> {
                 })
             }
             op::READ => {
-                no_aux(aux)?;
+                if aux & !AUX_VERSION_ONLY != 0 {
+                    return Err(bad(format!("READ reserved aux bits 0x{aux:02x}")));
+                }
                 let (ring, body) = split_ring(body, "READ")?;
                 let (key, rest) = split_key(body)?;
                 if !rest.is_empty() {
                     return Err(bad("READ has bytes after its key"));
                 }
-                Ok(PeerRequest::Read { key, ring })
+                Ok(PeerRequest::Read {
+                    key,
+                    ring,
+                    version_only: aux & AUX_VERSION_ONLY != 0,
+                })
             }
             op::GOSSIP => {
                 no_aux(aux)?;
@@ -586,10 +616,17 @@ pub fn put_replicate(out: &mut Vec<u8>, id: u32, aux: u8, ring: u64, write: &Wri
 }
 
 /// Append a READ request for `key`, sent by a node holding ring version `ring`.
-pub fn put_read(out: &mut Vec<u8>, id: u32, ring: u64, key: &[u8]) {
+pub fn put_read(out: &mut Vec<u8>, id: u32, ring: u64, key: &[u8], version_only: bool) {
     assert!(key.len() <= KEY_SIZE_MAX && !key.is_empty());
     let key_len = (key.len() as u16).to_be_bytes();
-    frame::put_frame(out, op::READ, 0, id, &[&ring.to_be_bytes(), &key_len, key]);
+    let aux = if version_only { AUX_VERSION_ONLY } else { 0 };
+    frame::put_frame(
+        out,
+        op::READ,
+        aux,
+        id,
+        &[&ring.to_be_bytes(), &key_len, key],
+    );
 }
 
 /// Append the refusal of a REPLICATE or READ (`op`) whose sender's ring is stale for the
@@ -680,6 +717,21 @@ pub fn put_read_reply(out: &mut Vec<u8>, id: u32, record: &Result<Option<Stored>
     }
 }
 
+/// Append the reply to a version-only READ: the version held (state [`STATE_VERSION`]),
+/// absent (state 0), or the store's error.
+pub fn put_read_version_reply(out: &mut Vec<u8>, id: u32, held: &Result<Option<Version>, String>) {
+    match held {
+        Ok(None) => message::put_ok(out, op::READ, id, &[&[0], &[0u8; 16]]),
+        Ok(Some(v)) => message::put_ok(
+            out,
+            op::READ,
+            id,
+            &[&[STATE_VERSION], &v.0.to_be_bytes(), &[0u8; 8]],
+        ),
+        Err(msg) => message::put_error(out, op::READ, id, Status::StorageError, msg),
+    }
+}
+
 impl PeerReply {
     /// Decode a reply frame (`op` with the response bit, `status` from `aux`).
     pub fn decode(op: u8, status: u8, body: &[u8]) -> Result<PeerReply, PeerError> {
@@ -724,6 +776,9 @@ impl PeerReply {
                         op: op::READ,
                         ring: version.0,
                     });
+                }
+                if body[0] == STATE_VERSION && value.is_empty() && expires_at_ms == 0 {
+                    return Ok(PeerReply::ReadVersion(version));
                 }
                 let record = match body[0] {
                     0 if value.is_empty() => None,

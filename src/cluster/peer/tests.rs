@@ -154,14 +154,30 @@ fn acks_and_reads_round_trip() {
         assert_eq!(as_reply(&out).unwrap(), PeerReply::Read(r));
     }
     let mut out = Vec::new();
-    put_read(&mut out, 8, 9, b"abc");
-    assert_eq!(
-        as_request(&out).unwrap(),
-        PeerRequest::Read {
-            key: b"abc",
-            ring: 9
-        }
-    );
+    for version_only in [false, true] {
+        out.clear();
+        put_read(&mut out, 8, 9, b"abc", version_only);
+        assert_eq!(
+            as_request(&out).unwrap(),
+            PeerRequest::Read {
+                key: b"abc",
+                ring: 9,
+                version_only
+            }
+        );
+    }
+    // A version-only answer: the version held, or absent; never a value.
+    out.clear();
+    put_read_version_reply(&mut out, 4, &Ok(Some(Version(7))));
+    assert_eq!(as_reply(&out).unwrap(), PeerReply::ReadVersion(Version(7)));
+    out.clear();
+    put_read_version_reply(&mut out, 4, &Ok(None));
+    assert_eq!(as_reply(&out).unwrap(), PeerReply::Read(Ok(None)));
+    // READ aux bits other than version-only are refused.
+    out.clear();
+    put_read(&mut out, 8, 9, b"abc", false);
+    out[5] = 0x02;
+    assert!(as_request(&out).is_err());
     // A refusal for a stale ring, of either request, carries the replica's ring version.
     for op in [op::REPLICATE, op::READ] {
         out.clear();
@@ -363,7 +379,7 @@ fn truncated_and_garbage_bodies_are_errors() {
     );
     frames.push(out.clone());
     out.clear();
-    put_read(&mut out, 1, 5, b"key");
+    put_read(&mut out, 1, 5, b"key", true);
     frames.push(out.clone());
     out.clear();
     let e = GossipEntry {
