@@ -472,7 +472,7 @@ impl<C> Coordinator<C> {
         // (A causal write's hints are made when it ends: until the turn's write, it may still be
         // aborted, see `abort_causal`.)
         if self.config.hinted_handoff && !write.causal {
-            for &(r, _) in slots.iter().filter(|(_, s)| *s == Slot::Down) {
+            for &(r, _) in slots.iter().filter(|(_, s)| matches!(s, Slot::Down)) {
                 self.stats.hints += 1;
                 self.actions.push_back(Action::Hint {
                     target: r,
@@ -541,7 +541,7 @@ impl<C> Coordinator<C> {
         }
         // The frames, after the local action (which the node performs first either way):
         // the last peer takes the encoded frame itself, the others a copy.
-        let is_peer = |&(r, ref s): &(u32, Slot)| r != me && *s == Slot::Waiting;
+        let is_peer = |&(r, ref s): &(u32, Slot)| r != me && matches!(s, Slot::Waiting);
         let mut left = slots.iter().filter(|x| is_peer(x)).count();
         let mut frame = Some(frame);
         for &(to, _) in slots.iter().filter(|x| is_peer(x)) {
@@ -590,7 +590,7 @@ impl<C> Coordinator<C> {
         else {
             return;
         };
-        if *slot != Slot::Acked {
+        if !matches!(slot, Slot::Acked) {
             return;
         }
         *slot = Slot::Failed(format!("node {me}: {why}"));
@@ -682,7 +682,7 @@ impl<C> Coordinator<C> {
         let mut frame = Vec::new();
         peer::put_replicate(&mut frame, new_id, 0, op.ring, &write.as_write());
         for (r, slot) in op.replicas.iter_mut() {
-            if *slot == Slot::Down {
+            if matches!(slot, Slot::Down) {
                 if self.config.hinted_handoff {
                     self.stats.hints += 1;
                     self.actions.push_back(Action::Hint {
@@ -826,7 +826,7 @@ impl<C> Coordinator<C> {
             Kind::Write(w) => {
                 if self.config.hinted_handoff {
                     for (r, s) in &op.replicas {
-                        if *s == Slot::Waiting || (w.causal && *s == Slot::Down) {
+                        if matches!(s, Slot::Waiting) || (w.causal && matches!(s, Slot::Down)) {
                             assert!(*r != self.config.node_id, "local applies never time out");
                             self.stats.hints += 1;
                             self.actions.push_back(Action::Hint {

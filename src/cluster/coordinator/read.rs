@@ -57,7 +57,7 @@ impl<C> Coordinator<C> {
         peer::put_read(&mut frame, id, self.ring_version, key, version_only);
         let local = Action::ReadLocal { id };
         let slots = self.fan_out(replicas, alive, Some(local), frame, ask);
-        if slots.iter().any(|(_, s)| *s == Slot::Spare) {
+        if slots.iter().any(|(_, s)| matches!(s, Slot::Spare)) {
             let delay = READ_SPARE_AFTER_MS.min(self.config.request_timeout_ms / 2);
             self.spare_timers.push_back((now_ms + delay, id));
         }
@@ -96,7 +96,7 @@ impl<C> Coordinator<C> {
             if asked == count {
                 break;
             }
-            if *slot != Slot::Spare {
+            if !matches!(slot, Slot::Spare) {
                 continue;
             }
             if frame.is_empty() {
@@ -154,7 +154,7 @@ impl<C> Coordinator<C> {
             self.stats.late_replies += 1;
             return;
         };
-        *slot = if *slot == Slot::Fetching {
+        *slot = if matches!(slot, Slot::Fetching) {
             // It was asked for its whole record: a version alone is no answer to that.
             Slot::Failed(format!(
                 "node {from}: answered a whole-record READ with a version"

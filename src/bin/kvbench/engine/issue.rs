@@ -164,8 +164,9 @@ impl Worker {
                     return Pick::Conn {
                         ci,
                         owner: true,
-                        shard: false,
-                    }
+                        // A node known to have one shard serves every key on it.
+                        shard: route.shards[node] == Some(1),
+                    };
                 }
                 Search::Busy => return Pick::Wait,
                 Search::Down => {}
