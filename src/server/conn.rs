@@ -140,12 +140,14 @@ fn prefetch_keys(core: &ShardCore, data: &[u8]) {
             break;
         };
         at += len;
-        // Where the key's u16 length is: peer frames start with a ring version u64.
-        let (key_at, read) = match f.op {
-            op::GET => (0, true),
-            op::PUT | op::DELETE => (0, false),
-            peer_op::READ => (8, true),
-            peer_op::REPLICATE => (8, false),
+        // Where the key's u16 length is (peer frames start with a ring version u64), and
+        // whether the record is read or the key written; a version-only READ looks up the
+        // key index alone.
+        let (key_at, read, write) = match f.op {
+            op::GET => (0, true, false),
+            op::PUT | op::DELETE => (0, false, true),
+            peer_op::READ => (8, f.aux & crate::cluster::peer::AUX_VERSION_ONLY == 0, false),
+            peer_op::REPLICATE => (8, false, true),
             _ => continue,
         };
         let Some(len) = f.body.get(key_at..key_at + 2) else {
@@ -158,7 +160,7 @@ fn prefetch_keys(core: &ShardCore, data: &[u8]) {
             }
             keys[n] = key;
             reads |= u32::from(read) << n;
-            writes |= u32::from(!read) << n;
+            writes |= u32::from(write) << n;
             n += 1;
         }
     }
