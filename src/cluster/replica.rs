@@ -4,9 +4,10 @@
 //! says whether it became the key's record or a newer one was already held; a read returns the
 //! record as stored, tombstones and expired records included, because the coordinator needs
 //! their versions to pick the newest and to repair. A version-only read returns just the
-//! version, from the store's key index ([`Store::read_version`]). The caller must not send a REPLICATE ack
-//! before the store has synced the write when its sync policy promises durability on ack
-//! (the driver groups the syncs of one event-loop turn, then releases the acks).
+//! version, from the store's key index ([`Store::read_version`]). The caller must not send a
+//! REPLICATE ack before the store has synced the write when its sync policy promises
+//! durability on ack (the driver groups the syncs of one event-loop turn, then releases the
+//! acks).
 
 use super::peer::{self, PeerRequest, WriteAck};
 use crate::storage::{Store, StoreError, Stored};

@@ -146,7 +146,11 @@ fn prefetch_keys(core: &ShardCore, data: &[u8]) {
         let (key_at, read, write) = match f.op {
             op::GET => (0, true, false),
             op::PUT | op::DELETE => (0, false, true),
-            peer_op::READ => (8, f.aux & crate::cluster::peer::AUX_VERSION_ONLY == 0, false),
+            peer_op::READ => (
+                8,
+                f.aux & crate::cluster::peer::AUX_VERSION_ONLY == 0,
+                false,
+            ),
             peer_op::REPLICATE => (8, false, true),
             _ => continue,
         };
