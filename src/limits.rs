@@ -215,6 +215,11 @@ pub const REQUEST_TIMEOUT_MS_MAX: u64 = 600_000;
 /// reply time, so spares are asked when a replica failed unnoticed, not when it is busy.
 pub const READ_SPARE_AFTER_MS: u64 = 200;
 
+/// Bytes appended to the active segment between two starts of its writeback
+/// (`Vfs::start_writeback`; RocksDB's `bytes_per_sync` is the same idea): the sync that seals
+/// a segment then waits for at most this much plus metadata, not for the whole segment.
+pub const WRITEBACK_STEP_BYTES: u64 = 1024 * 1024;
+
 /// A replica that refused a version-only READ (a node from before it, during a rolling
 /// upgrade) is asked for whole records for this long before the coordinator tries again.
 pub const VERSION_ONLY_RETRY_MS: u64 = 60_000;

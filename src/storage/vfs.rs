@@ -52,6 +52,12 @@ pub trait Vfs: Send {
     }
     /// Make the file's bytes durable (`fdatasync`).
     fn sync(&self, file: &mut Self::File) -> io::Result<()>;
+    /// Start writing `len` bytes at `offset` of the file to the device, without waiting for
+    /// them (a hint, like `sync_file_range(SYNC_FILE_RANGE_WRITE)`: no durability promised),
+    /// so that a later [`Vfs::sync`] has little left to wait for. Default: nothing.
+    fn start_writeback(&self, file: &Self::File, offset: u64, len: u64) {
+        let _ = (file, offset, len);
+    }
     /// The file's length in bytes.
     fn len(&self, file: &Self::File) -> io::Result<u64>;
     /// Cut the file to `len` bytes.
@@ -129,6 +135,18 @@ impl Vfs for RealVfs {
 
     fn sync(&self, file: &mut std::fs::File) -> io::Result<()> {
         file.sync_data()
+    }
+
+    fn start_writeback(&self, file: &std::fs::File, offset: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: a plain syscall on a file descriptor this `File` owns; no memory is passed.
+        // A failure only means the later sync does the writing, as it would have anyway.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
     }
 
     fn len(&self, file: &std::fs::File) -> io::Result<u64> {

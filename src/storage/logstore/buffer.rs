@@ -90,6 +90,16 @@ impl<V: Vfs> LogStore<V> {
                 self.pending_at += self.pending.len() as u64;
                 self.pending.clear();
                 self.pending_undo.clear();
+                // Under `--sync never` nothing else writes the segment out before the sync
+                // that seals it, which then stalled the event loop ~200 ms for a whole
+                // segment of dirty pages: start its writeback a step at a time instead.
+                self.writeback_at = self.writeback_at.min(self.pending_at);
+                let unwritten = self.pending_at - self.writeback_at;
+                if unwritten >= crate::limits::WRITEBACK_STEP_BYTES {
+                    self.vfs
+                        .start_writeback(&seg.file, self.writeback_at, unwritten);
+                    self.writeback_at = self.pending_at;
+                }
                 Ok(())
             }
             Err(e) => {

@@ -262,6 +262,10 @@ pub struct LogStore<V: Vfs> {
     pending: Vec<u8>,
     /// Offset in the active segment of `pending[0]`: the bytes its file holds.
     pending_at: u64,
+    /// Offset in the active segment up to which writeback was started
+    /// ([`Vfs::start_writeback`], every [`crate::limits::WRITEBACK_STEP_BYTES`]): sealing the
+    /// segment then syncs only the rest, instead of stalling the event loop on all of it.
+    writeback_at: u64,
     /// One entry per buffered record, to undo them if their write fails.
     pending_undo: Vec<buffer::PendingRecord>,
     /// Why a write of buffered records failed since the last `flush()` call.

@@ -118,6 +118,7 @@ impl<V: Vfs> LogStore<V> {
             active: 0,
             pending: Vec::new(),
             pending_at: 0,
+            writeback_at: 0,
             pending_undo: Vec::new(),
             turn_error: None,
             active_hint: None,

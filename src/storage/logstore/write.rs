@@ -147,6 +147,7 @@ impl<V: Vfs> LogStore<V> {
         self.segments.get_mut(&old).expect("active exists").sealed = true;
         self.active = new;
         self.pending_at = self.segments[&new].len;
+        self.writeback_at = self.pending_at;
         if let Some((hint, file)) = self.active_hint.take() {
             if let Err(e) = self.seal_hint(old, hint, file) {
                 log::warn!("storage: could not write hint for segment {old}: {e}");
