@@ -521,6 +521,20 @@ fn read_id(acts: &[Action<u32>]) -> u32 {
         .expect("a local read")
 }
 
+/// Start a QUORUM read of `k` at `now` by this node (node 1, a replica of [1, 2, 3]) and
+/// answer its local read with `local` a millisecond later; the read's id.
+fn quorum_read_with_local_copy(
+    c: &mut Coordinator<u32>,
+    now: u64,
+    ctx: u32,
+    local: Option<Stored>,
+) -> u32 {
+    c.start_read(now, ctx, b"k", &[1, 2, 3], &all_alive, 2);
+    let id = read_id(&drain(c));
+    c.on_read_reply(now + 1, 1, id, Ok(local));
+    id
+}
+
 fn stored(v: u64) -> Option<Stored> {
     Some(Stored {
         value: Some(b"v".to_vec()),
@@ -553,9 +567,7 @@ fn a_quorum_read_asks_itself_and_one_peer_and_every_nth_read_asks_all() {
 #[test]
 fn a_refusal_or_a_silent_replica_brings_in_a_spare() {
     let mut c = coord_sampling(0);
-    c.start_read(1_000, 1, b"k", &[1, 2, 3], &all_alive, 2);
-    let id = read_id(&drain(&mut c));
-    c.on_read_reply(1_001, 1, id, Ok(stored(4)));
+    let id = quorum_read_with_local_copy(&mut c, 1_000, 1, stored(4));
     // Node 2 refuses: node 3 is asked at once, and its answer completes the quorum.
     c.on_read_reply(1_002, 2, id, Err("stale ring".into()));
     let acts = drain(&mut c);
@@ -569,9 +581,7 @@ fn a_refusal_or_a_silent_replica_brings_in_a_spare() {
 
     // Node 2 stays silent: the spare is asked READ_SPARE_AFTER_MS after the start, not
     // before, and the read answers without waiting for its deadline.
-    c.start_read(2_000, 2, b"k", &[1, 2, 3], &all_alive, 2);
-    let id = read_id(&drain(&mut c));
-    c.on_read_reply(2_001, 1, id, Ok(stored(4)));
+    let id = quorum_read_with_local_copy(&mut c, 2_000, 2, stored(4));
     c.on_tick(2_000 + READ_SPARE_AFTER_MS - 1);
     assert!(drain(&mut c).is_empty());
     c.on_tick(2_000 + READ_SPARE_AFTER_MS);
@@ -676,9 +686,7 @@ fn a_replica_coordinator_asks_its_peers_for_versions_only() {
 #[test]
 fn a_newer_version_is_fetched_before_the_answer_and_repairs_this_node() {
     let mut c = coord_sampling(0);
-    c.start_read(1_000, 1, b"k", &[1, 2, 3], &all_alive, 2);
-    let id = read_id(&drain(&mut c));
-    c.on_read_reply(1_001, 1, id, Ok(stored(5)));
+    let id = quorum_read_with_local_copy(&mut c, 1_000, 1, stored(5));
     // Node 2 is newer: its record is asked for, and nobody is answered yet.
     c.on_read_version(1_002, 2, id, Version(9));
     let acts = drain(&mut c);
@@ -701,9 +709,7 @@ fn a_newer_version_is_fetched_before_the_answer_and_repairs_this_node() {
     assert_eq!(c.in_flight(), 0);
 
     // This node holds nothing and a peer holds a tombstone's version: fetched, NOT_FOUND.
-    c.start_read(2_000, 2, b"k", &[1, 2, 3], &all_alive, 2);
-    let id = read_id(&drain(&mut c));
-    c.on_read_reply(2_001, 1, id, Ok(None));
+    let id = quorum_read_with_local_copy(&mut c, 2_000, 2, None);
     c.on_read_version(2_002, 2, id, Version(7));
     assert_eq!(reads_sent(&drain(&mut c)), [(2, false)]);
     let tombstone = Stored {
@@ -716,9 +722,7 @@ fn a_newer_version_is_fetched_before_the_answer_and_repairs_this_node() {
     assert_eq!(repairs(&acts), [(1, Version(7))]);
 
     // The fetch fails: a spare takes its place.
-    c.start_read(3_000, 3, b"k", &[1, 2, 3], &all_alive, 2);
-    let id = read_id(&drain(&mut c));
-    c.on_read_reply(3_001, 1, id, Ok(stored(5)));
+    let id = quorum_read_with_local_copy(&mut c, 3_000, 3, stored(5));
     c.on_read_version(3_002, 2, id, Version(9));
     drain(&mut c);
     c.on_read_reply(3_003, 2, id, Err("damaged record".into()));
@@ -740,9 +744,7 @@ fn a_newer_version_is_fetched_before_the_answer_and_repairs_this_node() {
 fn a_replica_that_refuses_version_only_reads_gets_whole_ones_for_a_while() {
     use crate::limits::VERSION_ONLY_RETRY_MS;
     let mut c = coord_sampling(0);
-    c.start_read(1_000, 1, b"k", &[1, 2, 3], &all_alive, 2);
-    let id = read_id(&drain(&mut c));
-    c.on_read_reply(1_001, 1, id, Ok(stored(5)));
+    let id = quorum_read_with_local_copy(&mut c, 1_000, 1, stored(5));
     // Node 2 is from before version-only reads: asked again for the record, which answers.
     c.on_read_refused(1_002, 2, id, "MALFORMED: aux must be 0".into());
     let acts = drain(&mut c);
