@@ -46,9 +46,9 @@ const REFRESHER_TICK_MS: u64 = 20;
 /// left for another.
 const REFRESH_TIMEOUT_MS: u64 = 2_000;
 
-/// Slots of a connection under `--route ring`, as a multiple of `--pipeline`: a thread keeps
-/// `pipeline × connections` requests in flight and spreads them by key, so one connection may
-/// briefly hold more than its even share.
+/// Slots of a connection under `--route ring`, as a multiple of `--pipeline`: in the open loop
+/// a due request goes to a connection of its key's owner, so one connection may briefly hold
+/// more than its even share (the closed loop keeps `--pipeline` on each).
 pub const ROUTE_SLOTS_PER_PIPELINE: usize = 4;
 
 /// How requests pick their connection.

@@ -6,8 +6,10 @@ use super::*;
 impl Worker {
     /// The next operation of this thread's work, or `None` when it is done.
     pub(super) fn next_op(&mut self) -> Option<(Op, u64)> {
-        if let Some(op) = self.routing.as_mut().and_then(|r| r.parked.take()) {
-            return Some(op);
+        if let Some(r) = self.routing.as_mut() {
+            if let Some(op) = r.parked.take().or_else(|| r.redraw.pop_front()) {
+                return Some(op);
+            }
         }
         match &self.work {
             Work::Mix { requests, .. } => {
@@ -208,16 +210,121 @@ impl Worker {
         }
     }
 
-    /// Closed loop under `--route ring`: top the thread up to its budget of requests in
-    /// flight, each on a connection to an owner of its key.
+    /// Closed loop under `--route ring`: top up every ready connection to a ring node to
+    /// `--pipeline` requests, as the unrouted loop tops up each connection: from its queue of operations drawn earlier for
+    /// it, then by drawing (see [`Worker::next_routed`]). A connection that gets its replies
+    /// together so sends its next requests together, the way a pipelining client does; topping
+    /// up whichever connection had room instead spreads each batch over every owner and
+    /// leaves both sides a system call per few requests.
     pub(super) fn refill_routed(&mut self, now: u64) {
-        let budget = self.routing.as_ref().map_or(0, |r| r.budget);
-        let mut inflight: usize = self.conns.iter().map(|c| c.inflight).sum();
-        while self.issuing && inflight < budget {
-            match self.issue_routed(now, now) {
-                Some(true) => inflight += 1,
-                _ => break,
+        for ci in 0..self.conns.len() {
+            loop {
+                let c = &self.conns[ci];
+                if !self.issuing
+                    || c.state != State::Ready
+                    || c.retiring
+                    || c.node.is_none()
+                    || c.inflight >= self.pipeline
+                {
+                    break;
+                }
+                let (op, key, owner, shard) = match self.next_routed(ci) {
+                    Routed::Op(op, key, owner, shard) => (op, key, owner, shard),
+                    Routed::NotNow => break,
+                    Routed::Done => {
+                        self.issuing = false;
+                        break;
+                    }
+                };
+                let r = self.routing.as_mut().expect("routing state");
+                if owner {
+                    r.to_owner += 1;
+                } else {
+                    r.to_other += 1;
+                }
+                if shard {
+                    r.to_shard += 1;
+                }
+                self.issue_op(ci, op, key, now, now);
+                self.mark_dirty(ci);
             }
         }
+    }
+
+    /// The next operation for connection `ci` (to ring node `n`, with room), with whether `n`
+    /// owns its key and whether `ci` is known to reach the key's shard there: one queued for
+    /// `ci`'s destination, or the next drawn whose key `n` owns (on `ci`'s shard, when the node
+    /// has several and `ci` is pinned to one). An operation drawn for other owners waits in
+    /// the queue of the first of them with a connection up ([`Routing::dest_of`]); when that
+    /// queue is full `ci` gets nothing now, and a key no owner has a connection up for goes on
+    /// `ci` (the node forwards it).
+    fn next_routed(&mut self, ci: usize) -> Routed {
+        let mut r = self.routing.take().expect("routing state");
+        let route = self.route.clone().expect("a route with routing state");
+        let found = (|| {
+            if let Work::Mix {
+                requests: Some(limit),
+                ..
+            } = self.work
+            {
+                if self.issued >= limit {
+                    return Routed::Done;
+                }
+            }
+            let Some(n) = self.conns[ci].node else {
+                return Routed::NotNow;
+            };
+            let pin_shard = self.conns[ci]
+                .pin
+                .filter(|p| p.shards == r.shards[n] && r.shards[n] > 1)
+                .map(|p| p.shard);
+            // An unpinned connection reaches the key's shard when the node has only one.
+            let one_shard = route.shards[n] == Some(1);
+            if let Some(s) = pin_shard {
+                if let Some((op, key)) = r.pending_shard[n][s].pop_front() {
+                    return Routed::Op(op, key, true, true);
+                }
+            }
+            if let Some((op, key)) = r.pending_node[n].pop_front() {
+                return Routed::Op(op, key, true, one_shard);
+            }
+            // Each round returns or queues one operation where there is room, so this ends
+            // after at most (destinations × PENDING_OPS_MAX) rounds.
+            loop {
+                let Some((op, key)) = self.next_op() else {
+                    return if r.is_idle() {
+                        Routed::Done
+                    } else {
+                        Routed::NotNow
+                    };
+                };
+                let (partition, owners) = route.route_of(key, &mut r.scratch);
+                if owners.contains(&n) {
+                    let s = dkv::hash::shard_of_partition(partition, r.shards[n]);
+                    match pin_shard {
+                        None => return Routed::Op(op, key, true, one_shard),
+                        Some(p) if p == s => return Routed::Op(op, key, true, true),
+                        // Another shard of this node, where this thread has a live connection.
+                        Some(_) => {}
+                    }
+                }
+                match r.dest_of(&self.conns, partition, owners) {
+                    Some(dest) if r.queue(dest).len() < PENDING_OPS_MAX => {
+                        r.queue(dest).push_back((op, key));
+                    }
+                    // Its owners' connections are behind: `ci` waits for them (the operation
+                    // is drawn again first), as a node that owns few keys leaves its
+                    // connections idle.
+                    Some(_) => {
+                        r.redraw.push_front((op, key));
+                        return Routed::NotNow;
+                    }
+                    // No owner has a connection up: the node at hand forwards it.
+                    None => return Routed::Op(op, key, owners.contains(&n), false),
+                }
+            }
+        })();
+        self.routing = Some(r);
+        found
     }
 }

@@ -36,8 +36,14 @@
 //! one pinned to the shard that owns the key there, so it crosses neither nodes nor shards. An
 //! owner with no live connection pinned to that shard takes the request on any of its
 //! connections (its shard forwards it); only when no owner has a connection up does the
-//! request go to another node. The ring takes the place of the per-shard queues above: a
-//! request waits (parked) only while its connection is busy. When the refresher publishes a
+//! request go to another node. In the closed loop each connection is topped up to `--pipeline`
+//! like an unrouted one, with operations drawn for a node that owns their key (and on its
+//! shard); one drawn for other owners waits in the queue of the first of them with a
+//! connection up (at most [`PENDING_OPS_MAX`]: past it the connection at hand waits; with no
+//! owner up the operation goes on it). A connection whose replies came back together so sends its next batch
+//! together, as with one node; filling whichever connection had room spread every batch over
+//! all owners, a system call per few requests on both sides. In the open loop a due request
+//! waits (parked) only while its owner's connections are busy. When the refresher publishes a
 //! newer map (`crate::route::RouteCell`) the thread re-routes on its next loop
 //! ([`Worker::follow_ring`]): connections to nodes new to the ring are opened, those to
 //! nodes gone from it take no new request and close once idle, and a failed connection asks
@@ -79,7 +85,7 @@ mod timer;
 mod wire;
 
 use conn::{Conn, State};
-use route::{search, Next, Pick, Routing, Search, ShardRoute};
+use route::{search, Next, Pick, Routed, Routing, Search, ShardRoute};
 use timer::{Timer, TIMER_TOKEN};
 
 /// Most requests in flight on one connection: slot indexes have 12 bits in the request id.
@@ -342,9 +348,7 @@ pub fn run_thread(
         Some(cell) => (Some(cell.get()), cell.generation()),
         None => (None, 0),
     };
-    let routing = route
-        .as_ref()
-        .map(|r| Routing::build(r, &mut conns, pipeline));
+    let routing = route.as_ref().map(|r| Routing::build(r, &mut conns));
     let mut w = Worker {
         timer,
         rng: Rng::new(sh.seed, thread as u64 + 1),

@@ -62,8 +62,6 @@ pub(super) enum Next {
 
 /// A thread's `--route ring` state.
 pub(super) struct Routing {
-    /// Requests the thread keeps in flight: `--pipeline` × its connections.
-    pub(super) budget: usize,
     /// Per ring node, this thread's connections to it.
     pub(super) by_node: Vec<Vec<usize>>,
     /// Per ring node, where the next search for a free connection starts.
@@ -76,8 +74,15 @@ pub(super) struct Routing {
     pub(super) next_in_shard: Vec<Vec<usize>>,
     /// Key bytes, to hash a key as it is sent.
     pub(super) scratch: Vec<u8>,
-    /// An operation drawn while no connection had room for it: sent first next time.
+    /// Open loop: an operation that was due while no connection had room for it, sent first
+    /// next time.
     pub(super) parked: Option<(Op, u64)>,
+    /// Operations queued under an older map, to draw again before new ones.
+    pub(super) redraw: VecDeque<(Op, u64)>,
+    /// Closed loop: per ring node, operations drawn for any of its connections.
+    pub(super) pending_node: Vec<VecDeque<(Op, u64)>>,
+    /// Closed loop: per ring node and shard, operations drawn for a connection pinned there.
+    pub(super) pending_shard: Vec<Vec<VecDeque<(Op, u64)>>>,
     pub(super) to_owner: u64,
     pub(super) to_other: u64,
     pub(super) to_shard: u64,
@@ -128,7 +133,7 @@ impl Routing {
     /// The routing state of connections `conns` under `route`: each connection's node, and
     /// per node (and shard) the connections to it. Connections to addresses not in the ring
     /// have no node.
-    pub(super) fn build(route: &RingRoute, conns: &mut [Conn], pipeline: usize) -> Routing {
+    pub(super) fn build(route: &RingRoute, conns: &mut [Conn]) -> Routing {
         let nodes = route.addrs.len();
         let mut by_node = vec![Vec::new(); nodes];
         // A node's shard count is the one its first pinned connection was given (main gives
@@ -159,9 +164,8 @@ impl Routing {
                 by_shard[n][pin.shard].push(ci);
             }
         }
-        let live = conns.iter().filter(|c| c.node.is_some()).count();
+        let shards_of = shards.clone();
         Routing {
-            budget: pipeline * live.max(1),
             next: vec![0; nodes],
             next_in_shard: shards.iter().map(|&k| vec![0; k]).collect(),
             shards,
@@ -169,6 +173,12 @@ impl Routing {
             by_node,
             scratch: Vec::new(),
             parked: None,
+            redraw: VecDeque::new(),
+            pending_node: vec![VecDeque::new(); nodes],
+            pending_shard: shards_of
+                .iter()
+                .map(|&k| vec![VecDeque::new(); k])
+                .collect(),
             to_owner: 0,
             to_other: 0,
             to_shard: 0,
@@ -176,11 +186,83 @@ impl Routing {
     }
 }
 
+/// What a routed connection sends next (closed loop).
+pub(super) enum Routed {
+    /// This operation, with whether the connection's node owns its key and whether the
+    /// connection reaches the key's shard there.
+    Op(Op, u64, bool, bool),
+    /// Nothing now: what is drawn waits for connections of other owners.
+    NotNow,
+    /// The work is done: nothing is left to draw or waiting.
+    Done,
+}
+
+/// Where an operation drawn for other owners waits: a node's queue, or one of its shards'.
+#[derive(Clone, Copy)]
+pub(super) enum Dest {
+    Node(usize),
+    Shard(usize, usize),
+}
+
+impl Routing {
+    /// The queue of `dest`.
+    pub(super) fn queue(&mut self, dest: Dest) -> &mut VecDeque<(Op, u64)> {
+        match dest {
+            Dest::Node(n) => &mut self.pending_node[n],
+            Dest::Shard(n, s) => &mut self.pending_shard[n][s],
+        }
+    }
+
+    /// Where an operation on `partition` waits for a connection: the first of its `owners` with
+    /// a connection up, pinned to the partition's shard there when one is; `None` when no owner
+    /// has a connection up.
+    pub(super) fn dest_of(
+        &self,
+        conns: &[Conn],
+        partition: usize,
+        owners: &[usize],
+    ) -> Option<Dest> {
+        let up = |ci: &usize| !matches!(conns[*ci].state, State::Down { .. });
+        for &n in owners {
+            if self.shards[n] > 1 {
+                let s = dkv::hash::shard_of_partition(partition, self.shards[n]);
+                if self.by_shard[n][s].iter().any(up) {
+                    return Some(Dest::Shard(n, s));
+                }
+            }
+            if self.by_node[n].iter().any(up) {
+                return Some(Dest::Node(n));
+            }
+        }
+        None
+    }
+
+    /// Whether no drawn operation waits anywhere.
+    pub(super) fn is_idle(&self) -> bool {
+        self.parked.is_none()
+            && self.redraw.is_empty()
+            && self.pending_node.iter().all(VecDeque::is_empty)
+            && self.pending_shard.iter().flatten().all(VecDeque::is_empty)
+    }
+
+    /// Every operation waiting in a queue, queues emptied (to route again by a new map).
+    pub(super) fn take_pending(&mut self) -> Vec<(Op, u64)> {
+        let mut all: Vec<(Op, u64)> = self.parked.take().into_iter().collect();
+        for q in self.pending_node.iter_mut() {
+            all.extend(q.drain(..));
+        }
+        for q in self.pending_shard.iter_mut().flatten() {
+            all.extend(q.drain(..));
+        }
+        all
+    }
+}
+
 impl Worker {
     /// `--route ring`: take the refresher's newer map, if there is one: retire the
     /// connections to nodes gone from the ring, open connections to nodes new to it (as many
     /// as this thread has to its best-served node, pinned to shards `(thread + i) mod K`),
-    /// and rebuild the routing state, keeping its counters and parked operation. Also closes
+    /// and rebuild the routing state, keeping its counters and its waiting operations. Also closes
     /// retired connections whose replies are all in.
     pub(super) fn follow_ring(&mut self) {
         let Some(cell) = self.sh.cfg.route.clone() else {
@@ -224,9 +306,11 @@ impl Worker {
             }
         }
         let old = self.routing.take();
-        let mut routing = Routing::build(&route, &mut self.conns, self.pipeline);
-        if let Some(old) = old {
-            routing.parked = old.parked;
+        let mut routing = Routing::build(&route, &mut self.conns);
+        if let Some(mut old) = old {
+            // Queued by the old map: drawn again first, and routed by the new one.
+            routing.redraw = old.take_pending().into();
+            routing.redraw.extend(old.redraw.drain(..));
             routing.to_owner = old.to_owner;
             routing.to_other = old.to_other;
             routing.to_shard = old.to_shard;
