@@ -43,8 +43,9 @@
 //!   is on (hints do not count towards `required`). The operation is tracked until every
 //!   replica answered or the deadline passed, so late acks do not create hints.
 //! * **Reads.** The coordinator asks only as many alive replicas as the level needs, itself
-//!   first when it is one (its copy costs no frame), and keeps the other alive replicas as
-//!   *spares*. A spare is asked when an asked replica refuses, and when the answers are still
+//!   first when it is one (its copy costs no frame), then the peers nearest after it in id
+//!   order (so one client batch's reads go to one peer and come back together), and keeps the
+//!   other alive replicas as *spares*. A spare is asked when an asked replica refuses, and when the answers are still
 //!   short [`READ_SPARE_AFTER_MS`] after the start (a replica that died unnoticed costs a
 //!   delay, not a TIMEOUT). One read in [`CoordinatorConfig::read_repair_every`] asks every
 //!   alive replica instead, so stale replicas are still found and repaired, at a bounded share
@@ -505,9 +506,9 @@ impl<C> Coordinator<C> {
 
     /// Ask `ask` replicas at once (at most; `usize::MAX`: all): this node through `local`
     /// when it is one (always asked, and first: its copy costs no frame; `None`: its copy is
-    /// done, acknowledged already), then alive peers in preference order with `frame`. Alive
-    /// peers beyond `ask` are spares; the others are noted down. The slots of the new
-    /// operation, in preference order.
+    /// done, acknowledged already), then alive peers with `frame`, those [`read_peers`]
+    /// picks when not all are asked. Alive peers not asked are spares; the others are noted
+    /// down. The slots of the new operation, in preference order.
     fn fan_out(
         &mut self,
         replicas: &[u32],
@@ -518,10 +519,15 @@ impl<C> Coordinator<C> {
     ) -> Vec<(u32, Slot)> {
         let me = self.config.node_id;
         let mut asked = usize::from(replicas.contains(&me));
+        let chosen = if ask < replicas.len() {
+            read_peers(me, replicas, alive, ask.saturating_sub(asked))
+        } else {
+            u64::MAX
+        };
         let mut local = local;
         let mut slots = self.slot_lists.take();
         slots.reserve(replicas.len());
-        for &r in replicas {
+        for (i, &r) in replicas.iter().enumerate() {
             if r == me {
                 match local.take() {
                     Some(a) => {
@@ -532,7 +538,7 @@ impl<C> Coordinator<C> {
                 }
             } else if !alive(r) {
                 slots.push((r, Slot::Down));
-            } else if asked < ask {
+            } else if asked < ask && (i >= 64 || chosen >> i & 1 == 1) {
                 asked += 1;
                 slots.push((r, Slot::Waiting));
             } else {
@@ -869,6 +875,29 @@ mod optable;
 mod read;
 mod types;
 
+/// The alive peers (bit `i`: `replicas[i]`) a read asks when it asks `want` of them: those
+/// nearest after `me` in id order, wrapping around. Every read a node coordinates then asks
+/// the same peer wherever the key allows, so the peer's version replies to one client batch
+/// come back in one peer frame batch and the batch is answered in one write; the preference
+/// list's own order would split a batch over every peer, its replies over turns, and its
+/// answer over writes (each a system call on both sides). Each node prefers a different peer,
+/// so the reads spread evenly. Preference lists are at most `REPLICAS_MAX` long.
+fn read_peers(me: u32, replicas: &[u32], alive: &dyn Fn(u32) -> bool, want: usize) -> u64 {
+    debug_assert!(replicas.len() <= 64, "a read's replicas fit the mask");
+    let mut chosen = 0u64;
+    for _ in 0..want {
+        let next = replicas
+            .iter()
+            .enumerate()
+            .filter(|&(i, &r)| i < 64 && r != me && chosen & (1 << i) == 0 && alive(r))
+            .min_by_key(|&(_, &r)| r.wrapping_sub(me));
+        match next {
+            Some((i, _)) => chosen |= 1 << i,
+            None => break,
+        }
+    }
+    chosen
+}
 #[cfg(test)]
 mod causal_tests;
 #[cfg(test)]

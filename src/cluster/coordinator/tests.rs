@@ -564,6 +564,46 @@ fn a_quorum_read_asks_itself_and_one_peer_and_every_nth_read_asks_all() {
     assert_eq!(asked(&drain(&mut c)), [2, 3]);
 }
 
+/// A read that asks fewer peers than there are asks the alive ones nearest after this node in
+/// id order, wrapping, whatever the key's preference order: every read one node coordinates
+/// asks the same peer where the keys allow, and each node prefers a different one.
+#[test]
+fn reads_ask_the_peers_nearest_after_this_node() {
+    let picked = |me: u32, replicas: &[u32], alive: &dyn Fn(u32) -> bool, want: usize| {
+        let mask = read_peers(me, replicas, alive, want);
+        (0..replicas.len())
+            .filter(|&i| mask >> i & 1 == 1)
+            .map(|i| replicas[i])
+            .collect::<Vec<u32>>()
+    };
+    assert_eq!(picked(1, &[3, 1, 2], &all_alive, 1), [2]);
+    assert_eq!(picked(2, &[1, 2, 3], &all_alive, 1), [3]);
+    assert_eq!(picked(3, &[1, 2, 3], &all_alive, 1), [1], "wraps round");
+    assert_eq!(
+        picked(3, &[2, 3, 1], &|n| n != 1, 1),
+        [2],
+        "the nearest is down"
+    );
+    assert_eq!(picked(1, &[5, 9, 2], &all_alive, 2), [5, 2]);
+    assert!(picked(1, &[2, 3], &|_| false, 1).is_empty());
+
+    // Through a read: node 3 asks node 1 for a key whose preference order starts with 2.
+    let mut c = Coordinator::new(CoordinatorConfig {
+        node_id: 3,
+        read_repair_every: 0,
+        ..config(false)
+    });
+    c.start_read(1_000, 1, b"k", &[2, 3, 1], &all_alive, 2);
+    let sends: Vec<u32> = drain(&mut c)
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { to, .. } => Some(*to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sends, [1]);
+}
+
 #[test]
 fn a_refusal_or_a_silent_replica_brings_in_a_spare() {
     let mut c = coord_sampling(0);
