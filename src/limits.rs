@@ -109,10 +109,13 @@ const _: () = assert!(SHARDS_MAX <= PARTITION_COUNT);
 
 /// Default per-connection limit (`--connection-buffer-mb`): unsent replies plus the bytes
 /// reserved for replies still to come. A GET reserves a largest frame (about 1 MiB) until its
-/// reply arrives, so 16 MiB lets a connection keep 15 cross-shard GETs in flight whatever their
-/// values, while 20 clients that never read hold at most 320 MiB between them. It is also the
-/// most unsent reply bytes a connection may hold.
-pub const CONNECTION_BUFFER_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
+/// reply arrives, so 32 MiB lets a connection keep 31 GETs in flight that another shard or the
+/// replicas answer, whatever their values: a client pipelining 16 or 24 is never paused
+/// mid-batch (at 16 MiB the sixteenth GET of a batch waited, and the batch reached the client
+/// in two halves, each a system call on both sides). The reservations are worst cases; the
+/// bytes actually buffered count against the node limit, which bounds what many such
+/// clients hold together. It is also the most unsent reply bytes a connection may hold.
+pub const CONNECTION_BUFFER_BYTES_MAX_DEFAULT: usize = 32 * 1024 * 1024;
 
 /// Default node-wide limit (`--node-buffer-mb`) on the bytes held in connection read and write
 /// buffers. Past it read buffers do not grow beyond one chunk and the connections holding the
