@@ -190,6 +190,7 @@ pub(super) fn process_frames(
     let mut n_immediate = 0;
     // Frames handled when the next prefetch pass is due.
     let mut prefetch_at = 0;
+    let mut started: Option<Instant> = None;
     c.paused = false;
     loop {
         if c.over_limits(budget.connection_bytes_max()) {
@@ -226,7 +227,9 @@ pub(super) fn process_frames(
                         // processing, a few microseconds.
                         c.deferred_at.push_back(super::slowlog::Deferred {
                             turn_start,
-                            started: timed.then(Instant::now),
+                            // One clock read per batch: its requests start microseconds
+                            // apart, and the slow log reports milliseconds.
+                            started: timed.then(|| *started.get_or_insert_with(Instant::now)),
                             op: opc,
                             aux,
                             key_len,
