@@ -636,6 +636,10 @@ impl Worker {
             now + RECONNECT_DELAY_NS
         };
         c.state = State::Down { retry_ns };
+        if let (Some(n), Some(r)) = (c.node, self.routing.as_mut()) {
+            // What waits for this node is routed again, to its live owners.
+            r.requeue_node(n);
+        }
         // The node may have left the ring: the refresher looks at the map soon.
         if let (Some(cell), false) = (&self.sh.cfg.route, retry_ns == u64::MAX) {
             cell.want_refresh();

@@ -245,6 +245,18 @@ impl Routing {
             && self.pending_shard.iter().flatten().all(VecDeque::is_empty)
     }
 
+    /// Operations waiting for node `n` (any of its connections or shards) are drawn again
+    /// first: one of its connections failed, and they may have to go to another owner.
+    pub(super) fn requeue_node(&mut self, n: usize) {
+        let mut waiting: Vec<(Op, u64)> = self.pending_node[n].drain(..).collect();
+        for q in self.pending_shard[n].iter_mut() {
+            waiting.extend(q.drain(..));
+        }
+        for op in waiting.into_iter().rev() {
+            self.redraw.push_front(op);
+        }
+    }
+
     /// Every operation waiting in a queue, queues emptied (to route again by a new map).
     pub(super) fn take_pending(&mut self) -> Vec<(Op, u64)> {
         let mut all: Vec<(Op, u64)> = self.parked.take().into_iter().collect();
