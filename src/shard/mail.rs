@@ -93,7 +93,12 @@ impl Outbox {
             }
             if !self.replies[dest].is_empty() {
                 if dest == me {
-                    own.append(&mut self.replies[dest]);
+                    if own.is_empty() {
+                        // The usual case, a turn's own replies: handed over, not copied.
+                        std::mem::swap(own, &mut self.replies[dest]);
+                    } else {
+                        own.append(&mut self.replies[dest]);
+                    }
                 } else {
                     let records = std::mem::take(&mut self.replies[dest]);
                     send(dest, Mail::Replies { records });
