@@ -222,13 +222,11 @@ pub(super) fn process_frames(
                         c.in_flight += 1;
                         c.reserved += reserve;
                         budget.reserve(reserve);
-                        // Read only when the slow log is on, and only for deferred
-                        // requests: the queue time it measures includes this request's own
-                        // processing, a few microseconds.
+                        // The clock is read only when the slow log is on, only for deferred
+                        // requests, and once per batch: its requests start microseconds
+                        // apart, and the slow log reports milliseconds.
                         c.deferred_at.push_back(super::slowlog::Deferred {
                             turn_start,
-                            // One clock read per batch: its requests start microseconds
-                            // apart, and the slow log reports milliseconds.
                             started: timed.then(|| *started.get_or_insert_with(Instant::now)),
                             op: opc,
                             aux,

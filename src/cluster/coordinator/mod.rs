@@ -45,12 +45,13 @@
 //! * **Reads.** The coordinator asks only as many alive replicas as the level needs, itself
 //!   first when it is one (its copy costs no frame), then the peers nearest after it in id
 //!   order (so one client batch's reads go to one peer and come back together), and keeps the
-//!   other alive replicas as *spares*. A spare is asked when an asked replica refuses, and when the answers are still
-//!   short [`READ_SPARE_AFTER_MS`] after the start (a replica that died unnoticed costs a
-//!   delay, not a TIMEOUT). One read in [`CoordinatorConfig::read_repair_every`] asks every
-//!   alive replica instead, so stale replicas are still found and repaired, at a bounded share
-//!   of the reads (anti-entropy finds the rest). It answers with the newest record (LWW on the
-//!   u64 version) once `required` replied, keeps collecting late replies until every asked
+//!   other alive replicas as *spares*. A spare is asked when an asked replica refuses, and
+//!   when the answers are still short [`READ_SPARE_AFTER_MS`] after the start (a replica that
+//!   died unnoticed costs a delay, not a TIMEOUT). One read in
+//!   [`CoordinatorConfig::read_repair_every`] asks every alive replica instead, so stale
+//!   replicas are still found and repaired, at a bounded share of the reads (anti-entropy
+//!   finds the rest). It answers with the newest record (LWW on the u64 version) once
+//!   `required` replied, keeps collecting late replies until every asked
 //!   replica answered or the deadline passed, then repairs every replica that answered with an
 //!   older record or none. Tombstones and expired records are records: they win by version and
 //!   are repaired like values, so a delete is never undone by a stale replica. A QUORUM read
@@ -898,6 +899,7 @@ fn read_peers(me: u32, replicas: &[u32], alive: &dyn Fn(u32) -> bool, want: usiz
     }
     chosen
 }
+
 #[cfg(test)]
 mod causal_tests;
 #[cfg(test)]

@@ -211,11 +211,11 @@ impl Worker {
     }
 
     /// Closed loop under `--route ring`: top up every ready connection to a ring node to
-    /// `--pipeline` requests, as the unrouted loop tops up each connection: from its queue of operations drawn earlier for
-    /// it, then by drawing (see [`Worker::next_routed`]). A connection that gets its replies
-    /// together so sends its next requests together, the way a pipelining client does; topping
-    /// up whichever connection had room instead spreads each batch over every owner and
-    /// leaves both sides a system call per few requests.
+    /// `--pipeline` requests, as the unrouted loop tops up each connection: from its queue of
+    /// operations drawn earlier for it, then by drawing (see [`Worker::next_routed`]). A
+    /// connection that gets its replies together so sends its next requests together, the
+    /// way a pipelining client does; topping up whichever connection had room instead spreads
+    /// each batch over every owner and leaves both sides a system call per few requests.
     pub(super) fn refill_routed(&mut self, now: u64) {
         for ci in 0..self.conns.len() {
             loop {

@@ -40,14 +40,14 @@
 //! like an unrouted one, with operations drawn for a node that owns their key (and on its
 //! shard); one drawn for other owners waits in the queue of the first of them with a
 //! connection up (at most [`PENDING_OPS_MAX`]: past it the connection at hand waits; with no
-//! owner up the operation goes on it). A connection whose replies came back together so sends its next batch
-//! together, as with one node; filling whichever connection had room spread every batch over
-//! all owners, a system call per few requests on both sides. In the open loop a due request
-//! waits (parked) only while its owner's connections are busy. When the refresher publishes a
-//! newer map (`crate::route::RouteCell`) the thread re-routes on its next loop
-//! ([`Worker::follow_ring`]): connections to nodes new to the ring are opened, those to
-//! nodes gone from it take no new request and close once idle, and a failed connection asks
-//! the refresher to look at the map soon.
+//! owner up the operation goes on it). A connection whose replies came back together so sends
+//! its next batch together, as with one node; filling whichever connection had room spread
+//! every batch over all owners, a system call per few requests on both sides. In the open
+//! loop a due request waits (parked) only while its owner's connections are busy. When the
+//! refresher publishes a newer map (`crate::route::RouteCell`) the thread re-routes on its
+//! next loop ([`Worker::follow_ring`]): connections to nodes new to the ring are opened, those
+//! to nodes gone from it take no new request and close once idle, and a failed connection
+//! asks the refresher to look at the map soon (what waited for its node is routed again).
 //!
 //! ```text
 //!  engine/mod.rs    configuration, shared progress, run_thread, the worker's loop, connecting

@@ -164,7 +164,7 @@ impl Routing {
                 by_shard[n][pin.shard].push(ci);
             }
         }
-        let shards_of = shards.clone();
+        let pending_shard = shards.iter().map(|&k| vec![VecDeque::new(); k]).collect();
         Routing {
             next: vec![0; nodes],
             next_in_shard: shards.iter().map(|&k| vec![0; k]).collect(),
@@ -175,10 +175,7 @@ impl Routing {
             parked: None,
             redraw: VecDeque::new(),
             pending_node: vec![VecDeque::new(); nodes],
-            pending_shard: shards_of
-                .iter()
-                .map(|&k| vec![VecDeque::new(); k])
-                .collect(),
+            pending_shard,
             to_owner: 0,
             to_other: 0,
             to_shard: 0,
@@ -274,8 +271,8 @@ impl Worker {
     /// `--route ring`: take the refresher's newer map, if there is one: retire the
     /// connections to nodes gone from the ring, open connections to nodes new to it (as many
     /// as this thread has to its best-served node, pinned to shards `(thread + i) mod K`),
-    /// and rebuild the routing state, keeping its counters and its waiting operations. Also closes
-    /// retired connections whose replies are all in.
+    /// and rebuild the routing state, keeping its counters and its waiting operations. Also
+    /// closes retired connections whose replies are all in.
     pub(super) fn follow_ring(&mut self) {
         let Some(cell) = self.sh.cfg.route.clone() else {
             return;
