@@ -190,17 +190,7 @@ impl Worker {
         };
         match self.pick(key) {
             Pick::Conn { ci, owner, shard } => {
-                let r = self.routing.as_mut().expect("routing state");
-                if owner {
-                    r.to_owner += 1;
-                } else {
-                    r.to_other += 1;
-                }
-                if shard {
-                    r.to_shard += 1;
-                }
-                self.issue_op(ci, op, key, start_ns, now);
-                self.mark_dirty(ci);
+                self.issue_routed_op(ci, op, key, owner, shard, start_ns, now);
                 Some(true)
             }
             Pick::Wait => {
@@ -208,6 +198,31 @@ impl Worker {
                 None
             }
         }
+    }
+
+    /// Send routed `op` on `ci`, counted as to an owner (`owner`) and on its shard (`shard`).
+    #[allow(clippy::too_many_arguments)]
+    fn issue_routed_op(
+        &mut self,
+        ci: usize,
+        op: Op,
+        key: u64,
+        owner: bool,
+        shard: bool,
+        start_ns: u64,
+        now: u64,
+    ) {
+        let r = self.routing.as_mut().expect("routing state");
+        if owner {
+            r.to_owner += 1;
+        } else {
+            r.to_other += 1;
+        }
+        if shard {
+            r.to_shard += 1;
+        }
+        self.issue_op(ci, op, key, start_ns, now);
+        self.mark_dirty(ci);
     }
 
     /// Closed loop under `--route ring`: top up every ready connection to a ring node to
@@ -236,17 +251,7 @@ impl Worker {
                         break;
                     }
                 };
-                let r = self.routing.as_mut().expect("routing state");
-                if owner {
-                    r.to_owner += 1;
-                } else {
-                    r.to_other += 1;
-                }
-                if shard {
-                    r.to_shard += 1;
-                }
-                self.issue_op(ci, op, key, now, now);
-                self.mark_dirty(ci);
+                self.issue_routed_op(ci, op, key, owner, shard, now, now);
             }
         }
     }
@@ -259,8 +264,9 @@ impl Worker {
     /// queue is full `ci` gets nothing now, and a key no owner has a connection up for goes on
     /// `ci` (the node forwards it).
     fn next_routed(&mut self, ci: usize) -> Routed {
+        // Both taken out for the draw (which needs `self`), and put back below.
         let mut r = self.routing.take().expect("routing state");
-        let route = self.route.clone().expect("a route with routing state");
+        let route = self.route.take().expect("a route with routing state");
         let found = (|| {
             if let Work::Mix {
                 requests: Some(limit),
@@ -291,7 +297,10 @@ impl Worker {
             // Each round returns or queues one operation where there is room, so this ends
             // after at most (destinations × PENDING_OPS_MAX) rounds.
             loop {
-                let Some((op, key)) = self.next_op() else {
+                // `next_op` draws the routing state's waiting operations first, but that
+                // state is taken out here: drawn from it directly.
+                let drawn = r.parked.take().or_else(|| r.redraw.pop_front());
+                let Some((op, key)) = drawn.or_else(|| self.next_op()) else {
                     return if r.is_idle() {
                         Routed::Done
                     } else {
@@ -325,6 +334,7 @@ impl Worker {
             }
         })();
         self.routing = Some(r);
+        self.route = Some(route);
         found
     }
 }
