@@ -7,7 +7,9 @@ use super::{AaeStats, AntiEntropy};
 use crate::cluster::merkle::{Entry, PartitionTree};
 use crate::hash::{key_hash, partition_of, partition_of_hash};
 use crate::limits::{AE_BUILD_KEYS_PER_STEP, PARTITION_COUNT, PREFETCH_BATCH_MAX};
-use crate::storage::{keydir::expiry_s_of, Applied, KeyMeta, Store, StoreError, Stored, Write};
+use crate::storage::{
+    keydir::expiry_s_of, prefetch, Applied, KeyMeta, Store, StoreError, Stored, Write,
+};
 use crate::version::Version;
 
 /// Why a rejoining node's store refuses reads (its copies may be far behind).
@@ -71,7 +73,13 @@ impl TreeIndex {
             hashes[i] = key_hash(key);
             trees[i] = self.trees[partition_of_hash(hashes[i])].as_deref();
             if let Some(t) = trees[i] {
-                t.prefetch_segment(hashes[i]);
+                // The tree itself first: its array pointers are the first link of the chain.
+                prefetch::line(t);
+            }
+        }
+        for (t, h) in trees.iter().zip(hashes) {
+            if let Some(t) = t {
+                t.prefetch_segment(h);
             }
         }
         for (t, h) in trees.iter().zip(hashes) {

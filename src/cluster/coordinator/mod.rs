@@ -83,7 +83,7 @@ use crate::pool::{self, Pool};
 use crate::protocol::Status;
 use crate::storage::{Applied, Stored, Write};
 use crate::version::{Hlc, Version};
-use optable::{Deadlines, IdMap};
+use optable::{Deadlines, OpTable};
 use std::collections::VecDeque;
 pub use types::{Action, CoordinatorConfig, CoordinatorStats, Outcome, OwnedWrite};
 
@@ -191,7 +191,7 @@ fn shortfall(answered: usize, n: usize, required: usize) -> String {
 pub struct Coordinator<C> {
     config: CoordinatorConfig,
     hlc: Hlc,
-    ops: IdMap<Op<C>>,
+    ops: OpTable<Op<C>>,
     timers: Deadlines,
     /// `(when, id)` of reads that kept spares, in start order (the delay is one constant):
     /// at `when`, a read still short of answers asks its spares.
@@ -225,7 +225,7 @@ impl<C> Coordinator<C> {
         Coordinator {
             hlc: Hlc::new(config.node_id),
             config,
-            ops: IdMap::default(),
+            ops: OpTable::default(),
             timers: Deadlines::default(),
             spare_timers: VecDeque::new(),
             aborted: Vec::new(),
@@ -300,7 +300,13 @@ impl<C> Coordinator<C> {
 
     /// The next action to perform.
     pub fn poll_action(&mut self) -> Option<Action<C>> {
-        self.actions.pop_front()
+        let a = self.actions.pop_front();
+        if self.actions.is_empty() {
+            // Back to the start of the ring: the next request's actions land in the lines
+            // this one just used, not in the next cold ones of a ring grown by a burst.
+            self.actions.clear();
+        }
+        a
     }
 
     /// Note that operation `id` (already in `ops`) ends at `deadline_ms`.
@@ -312,12 +318,13 @@ impl<C> Coordinator<C> {
     }
 
     fn alloc_id(&mut self) -> u32 {
-        // Ids live in 1..HINT_ID_BIT (0 is fire-and-forget, the high bit is for hints). At most
-        // ops_max are in use, far fewer than 2^31, so the search ends quickly.
+        // Ids live in 1..HINT_ID_BIT (0 is fire-and-forget, the high bit is for hints). An id
+        // whose table slot is taken is skipped (`optable`): the table is at most half full, so
+        // the search ends quickly.
         loop {
             let id = self.next_id;
             self.next_id = if id >= HINT_ID_BIT - 1 { 1 } else { id + 1 };
-            if !self.ops.contains_key(&id) {
+            if self.ops.is_vacant(id) {
                 return id;
             }
         }

@@ -1,10 +1,20 @@
 //! Where the coordinator keeps its operations in flight: by id, and by deadline.
 //!
 //! Every reply and every operation's end looks an operation up by id, several times per
-//! request, so the lookup is a hash map whose hasher suits the ids: they are handed out in
-//! sequence, and one multiply by an odd constant spreads them over the table ([`IdHasher`];
-//! SipHash, the default, costs more than the rest of the lookup and guards against chosen
-//! keys, which these are not).
+//! request, so the lookup must cost one memory access, not the control bytes, bucket and
+//! entry of a hash map (three dependent cache misses per reply under load). The coordinator
+//! hands its ids out itself, so it picks them to fit an [`OpTable`]: a direct-mapped array
+//! where id `i` lives in slot `i mod capacity`. An id whose slot is taken (by a long-lived
+//! operation a whole table behind) is skipped when ids are handed out, so a lookup is one
+//! index and one id compare. The table doubles when half full; two ids apart in one slot
+//! differ in some bit below the capacity, so they stay apart at every larger one, and
+//! doubling never makes a collision. Ids handed out in sequence sit side by side: the
+//! operations of one batch share cache lines.
+//!
+//! ```text
+//!  slots:  | id 0 | id 1 | id 2 | ... | id cap-1 |     cap = a power of two
+//!            Option<(id u32, operation)>; an operation's id is its slot index mod cap
+//! ```
 //!
 //! Deadlines are one request timeout after the start, so the order operations start in is
 //! deadline order: a queue ([`Deadlines`]) takes them in O(1), where a sorted set paid a tree
@@ -15,35 +25,114 @@
 //! goes to a small sorted set instead.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 
 /// Entries the deadline queue holds before it drops those of ended operations, whatever the
 /// number of live ones.
 const DEADLINES_COMPACT_MIN: usize = 4_096;
 
-/// A hasher for sequential `u32` ids (see the module doc). Only `write_u32` is meant to be
-/// used; other writes fold their bytes in, for correctness, not speed.
-#[derive(Default, Clone, Copy)]
-pub struct IdHasher(u64);
+/// Slots an [`OpTable`] starts with (it doubles as operations come: a shard with few
+/// operations in flight keeps a small table).
+const OP_TABLE_SLOTS_MIN: usize = 64;
 
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u32(u32::from(b));
+/// The operations in flight by id (see the module doc): a direct-mapped table whose ids are
+/// chosen by [`OpTable::vacant_id`].
+pub struct OpTable<V> {
+    /// `slots.len()` is a power of two; slot `id & (len - 1)` holds `id`'s entry.
+    slots: Vec<Option<(u32, V)>>,
+    len: usize,
+}
+
+impl<V> Default for OpTable<V> {
+    fn default() -> Self {
+        OpTable {
+            slots: std::iter::repeat_with(|| None)
+                .take(OP_TABLE_SLOTS_MIN)
+                .collect(),
+            len: 0,
         }
-    }
-    fn write_u32(&mut self, id: u32) {
-        // Fibonacci hashing: the high bits, which hashbrown uses for its control bytes, and
-        // the low ones, which pick the group, both change with every id.
-        self.0 = (self.0 ^ u64::from(id)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 
-/// The map of operations by id.
-pub type IdMap<V> = std::collections::HashMap<u32, V, BuildHasherDefault<IdHasher>>;
+impl<V> OpTable<V> {
+    fn slot_of(&self, id: u32) -> usize {
+        id as usize & (self.slots.len() - 1)
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The entry of `id`.
+    pub fn get(&self, id: &u32) -> Option<&V> {
+        match &self.slots[self.slot_of(*id)] {
+            Some((held, v)) if held == id => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The entry of `id`, to change.
+    pub fn get_mut(&mut self, id: &u32) -> Option<&mut V> {
+        let i = self.slot_of(*id);
+        match &mut self.slots[i] {
+            Some((held, v)) if held == id => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Whether `id` can be inserted: its slot is empty (a slot taken by `id` itself is not).
+    pub fn is_vacant(&self, id: u32) -> bool {
+        self.slots[self.slot_of(id)].is_none()
+    }
+
+    /// Hold `v` under `id`, whose slot must be vacant ([`OpTable::is_vacant`]); the table
+    /// doubles first when half full. Returns the entry `id` held before (always `None` when
+    /// the caller checked).
+    pub fn insert(&mut self, id: u32, v: V) -> Option<V> {
+        if (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        // Only reached by a caller that skipped the vacancy check: grow until `id` and the
+        // holder of its slot part (they differ in some bit, so this ends).
+        while let Some((held, _)) = &self.slots[self.slot_of(id)] {
+            if *held == id {
+                break;
+            }
+            self.grow();
+        }
+        let i = self.slot_of(id);
+        let old = self.slots[i].replace((id, v)).map(|(_, old)| old);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    /// Take `id`'s entry out.
+    pub fn remove(&mut self, id: &u32) -> Option<V> {
+        let i = self.slot_of(*id);
+        if !matches!(&self.slots[i], Some((held, _)) if held == id) {
+            return None;
+        }
+        self.len -= 1;
+        self.slots[i].take().map(|(_, v)| v)
+    }
+
+    /// Double the slots; every entry moves to its slot in the larger table (see the module
+    /// doc: no two collide).
+    fn grow(&mut self) {
+        let bigger = self.slots.len() * 2;
+        let old = std::mem::replace(
+            &mut self.slots,
+            std::iter::repeat_with(|| None).take(bigger).collect(),
+        );
+        for (id, v) in old.into_iter().flatten() {
+            let i = self.slot_of(id);
+            debug_assert!(self.slots[i].is_none(), "doubling never collides");
+            self.slots[i] = Some((id, v));
+        }
+    }
+}
 
 /// Operation deadlines (see the module doc). Entries are `(deadline_ms, id)`.
 #[derive(Default)]
@@ -132,6 +221,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn op_table_finds_what_it_holds_across_growth_and_reports_taken_slots() {
+        let mut t = OpTable::default();
+        let cap = OP_TABLE_SLOTS_MIN as u32;
+        assert!(t.insert(1, "a").is_none());
+        // One table behind: the same slot, so it is not vacant and not found.
+        assert!(!t.is_vacant(1 + cap));
+        assert_eq!(t.get(&(1 + cap)), None);
+        assert!(t.is_vacant(2));
+        // Past half full the table doubles; every entry is still found.
+        for id in 2..=cap {
+            assert!(t.is_vacant(id));
+            t.insert(id, "b");
+        }
+        assert_eq!(t.len(), cap as usize);
+        assert!(t.slots.len() >= 2 * cap as usize);
+        assert_eq!(t.get(&1), Some(&"a"));
+        assert!((2..=cap).all(|id| t.get(&id) == Some(&"b")));
+        // After doubling, 1 + cap has a slot of its own.
+        assert!(t.is_vacant(1 + cap));
+        assert_eq!(t.remove(&1), Some("a"));
+        assert_eq!(t.remove(&1), None);
+        assert_eq!(t.get(&1), None);
+        *t.get_mut(&2).unwrap() = "c";
+        assert_eq!(t.get(&2), Some(&"c"));
+        assert_eq!(t.len(), cap as usize - 1);
+    }
+
+    #[test]
+    fn op_table_insert_into_a_taken_slot_grows_until_they_part() {
+        let mut t = OpTable::default();
+        t.insert(5, 1);
+        // Same slot at 64, 128 and 256 slots; they part at 512.
+        t.insert(5 + 256, 2);
+        assert_eq!(t.get(&5), Some(&1));
+        assert_eq!(t.get(&(5 + 256)), Some(&2));
+        assert_eq!(t.slots.len(), 512);
+    }
+
+    #[test]
     fn due_entries_come_out_in_deadline_order_including_out_of_order_ones() {
         let mut d = Deadlines::default();
         d.push(10, 1, 0, |_, _| true);
@@ -173,16 +301,5 @@ mod tests {
             d.queue.len()
         );
         assert_eq!(d.pop_due(0), Some((0, 0)));
-    }
-
-    #[test]
-    fn sequential_ids_spread_over_the_hash() {
-        let h = |id: u32| {
-            let mut x = IdHasher::default();
-            x.write_u32(id);
-            x.finish()
-        };
-        let top: std::collections::HashSet<u64> = (0..1024).map(|i| h(i) >> 57).collect();
-        assert!(top.len() >= 100, "{}", top.len());
     }
 }
