@@ -381,7 +381,13 @@ impl<C> ClusterNode<C> {
 
     /// The next output.
     pub fn poll_output(&mut self) -> Option<Output<C>> {
-        self.outputs.pop_front()
+        let o = self.outputs.pop_front();
+        if self.outputs.is_empty() {
+            // Back to the ring's start (as the coordinator's actions): the next outputs land
+            // in lines just used.
+            self.outputs.clear();
+        }
+        o
     }
 
     /// The level a request runs at: its own, or this node's `--default-consistency` for a
