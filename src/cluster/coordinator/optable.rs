@@ -1,20 +1,27 @@
 //! Where the coordinator keeps its operations in flight: by id, and by deadline.
 //!
 //! Every reply and every operation's end looks an operation up by id, several times per
-//! request, so the lookup must cost one memory access, not the control bytes, bucket and
-//! entry of a hash map (three dependent cache misses per reply under load). The coordinator
-//! hands its ids out itself, so it picks them to fit an [`OpTable`]: a direct-mapped array
-//! where id `i` lives in slot `i mod capacity`. An id whose slot is taken (by a long-lived
-//! operation a whole table behind) is skipped when ids are handed out, so a lookup is one
-//! index and one id compare. The table doubles when half full; two ids apart in one slot
-//! differ in some bit below the capacity, so they stay apart at every larger one, and
-//! doubling never makes a collision. Ids handed out in sequence sit side by side: the
-//! operations of one batch share cache lines.
+//! request, so the lookup must cost one index, not the control bytes, bucket and entry of a
+//! hash map (three dependent cache misses per reply under load). The coordinator hands its
+//! ids out itself, in sequence (an id names one operation for 2^31 operations, so a reply
+//! that comes after its operation ended, like the third acknowledgement of a QUORUM write,
+//! finds nothing rather than a newer operation). An [`OpTable`] is two arrays:
 //!
 //! ```text
-//!  slots:  | id 0 | id 1 | id 2 | ... | id cap-1 |     cap = a power of two
-//!            Option<(id u32, operation)>; an operation's id is its slot index mod cap
+//!  index:  | id u32 | pos u32 | id u32 | pos u32 | ...   slot = id mod capacity (a power
+//!            (0 = vacant: ids start at 1)                 of two); 8 bytes a slot
+//!  ops:    | Option<operation> | Option<operation> | ...   a slab: a freed position is the
+//!                                                          next one taken (last in, first out)
 //! ```
+//!
+//! An id whose index slot is taken (by a long-lived operation a whole table behind) is
+//! skipped when ids are handed out, so a lookup is one slot, one compare and one slab entry.
+//! The index doubles when half full; two ids apart in one slot differ in some bit below the
+//! capacity, so they stay apart at every larger one, and doubling never makes a collision.
+//! Sequential ids walk the whole index, which is small (8 KiB per 1,024 slots); the
+//! operations themselves, ~200 bytes each, go to the slab position freed last, whose lines
+//! the ended operation just used, instead of to a slot of a large table last touched a
+//! whole table ago.
 //!
 //! Deadlines are one request timeout after the start, so the order operations start in is
 //! deadline order: a queue ([`Deadlines`]) takes them in O(1), where a sorted set paid a tree
@@ -30,106 +37,112 @@ use std::collections::{BTreeSet, VecDeque};
 /// number of live ones.
 const DEADLINES_COMPACT_MIN: usize = 4_096;
 
-/// Slots an [`OpTable`] starts with (it doubles as operations come: a shard with few
-/// operations in flight keeps a small table).
+/// Index slots an [`OpTable`] starts with (it doubles as operations come: a shard with few
+/// operations in flight keeps a small index).
 const OP_TABLE_SLOTS_MIN: usize = 64;
 
-/// The operations in flight by id (see the module doc): a direct-mapped table whose ids are
-/// chosen by [`OpTable::vacant_id`].
+/// The operations in flight by id (see the module doc): a direct-mapped index whose ids the
+/// caller picks with [`OpTable::is_vacant`], over a slab of operations.
 pub struct OpTable<V> {
-    /// `slots.len()` is a power of two; slot `id & (len - 1)` holds `id`'s entry.
-    slots: Vec<Option<(u32, V)>>,
-    len: usize,
+    /// `(id, slab position)`; id 0 = vacant. `index.len()` is a power of two; slot
+    /// `id & (len - 1)` holds `id`'s entry.
+    index: Vec<(u32, u32)>,
+    /// The slab: `Some` at every position an index entry names.
+    ops: Vec<Option<V>>,
+    /// Free slab positions, the last freed on top.
+    free: Vec<u32>,
 }
 
 impl<V> Default for OpTable<V> {
     fn default() -> Self {
         OpTable {
-            slots: std::iter::repeat_with(|| None)
-                .take(OP_TABLE_SLOTS_MIN)
-                .collect(),
-            len: 0,
+            index: vec![(0, 0); OP_TABLE_SLOTS_MIN],
+            ops: Vec::new(),
+            free: Vec::new(),
         }
     }
 }
 
 impl<V> OpTable<V> {
     fn slot_of(&self, id: u32) -> usize {
-        id as usize & (self.slots.len() - 1)
+        id as usize & (self.index.len() - 1)
     }
 
     /// Entries held.
     pub fn len(&self) -> usize {
-        self.len
+        self.ops.len() - self.free.len()
+    }
+
+    /// The slab position of `id`, if held.
+    fn position(&self, id: u32) -> Option<usize> {
+        let (held, pos) = self.index[self.slot_of(id)];
+        (held == id && id != 0).then_some(pos as usize)
     }
 
     /// The entry of `id`.
     pub fn get(&self, id: &u32) -> Option<&V> {
-        match &self.slots[self.slot_of(*id)] {
-            Some((held, v)) if held == id => Some(v),
-            _ => None,
-        }
+        self.position(*id).and_then(|p| self.ops[p].as_ref())
     }
 
     /// The entry of `id`, to change.
     pub fn get_mut(&mut self, id: &u32) -> Option<&mut V> {
-        let i = self.slot_of(*id);
-        match &mut self.slots[i] {
-            Some((held, v)) if held == id => Some(v),
-            _ => None,
-        }
+        self.position(*id).and_then(|p| self.ops[p].as_mut())
     }
 
-    /// Whether `id` can be inserted: its slot is empty (a slot taken by `id` itself is not).
+    /// Whether `id` (not 0) can be inserted: its index slot is empty.
     pub fn is_vacant(&self, id: u32) -> bool {
-        self.slots[self.slot_of(id)].is_none()
+        self.index[self.slot_of(id)].0 == 0
     }
 
-    /// Hold `v` under `id`, whose slot must be vacant ([`OpTable::is_vacant`]); the table
-    /// doubles first when half full. Returns the entry `id` held before (always `None` when
-    /// the caller checked).
+    /// Hold `v` under `id` (not 0), whose slot must be vacant ([`OpTable::is_vacant`]); the
+    /// index doubles first when half full. Returns the entry `id` held before (always `None`
+    /// when the caller checked).
     pub fn insert(&mut self, id: u32, v: V) -> Option<V> {
-        if (self.len + 1) * 2 > self.slots.len() {
+        assert_ne!(id, 0, "id 0 marks a vacant slot");
+        if let Some(p) = self.position(id) {
+            return self.ops[p].replace(v);
+        }
+        if (self.len() + 1) * 2 > self.index.len() {
             self.grow();
         }
         // Only reached by a caller that skipped the vacancy check: grow until `id` and the
         // holder of its slot part (they differ in some bit, so this ends).
-        while let Some((held, _)) = &self.slots[self.slot_of(id)] {
-            if *held == id {
-                break;
-            }
+        while !self.is_vacant(id) {
             self.grow();
         }
-        let i = self.slot_of(id);
-        let old = self.slots[i].replace((id, v)).map(|(_, old)| old);
-        if old.is_none() {
-            self.len += 1;
-        }
-        old
+        let pos = match self.free.pop() {
+            Some(p) => {
+                self.ops[p as usize] = Some(v);
+                p
+            }
+            None => {
+                self.ops.push(Some(v));
+                u32::try_from(self.ops.len() - 1).expect("operations are bounded by ops_max")
+            }
+        };
+        let slot = self.slot_of(id);
+        self.index[slot] = (id, pos);
+        None
     }
 
     /// Take `id`'s entry out.
     pub fn remove(&mut self, id: &u32) -> Option<V> {
-        let i = self.slot_of(*id);
-        if !matches!(&self.slots[i], Some((held, _)) if held == id) {
-            return None;
-        }
-        self.len -= 1;
-        self.slots[i].take().map(|(_, v)| v)
+        let p = self.position(*id)?;
+        let slot = self.slot_of(*id);
+        self.index[slot] = (0, 0);
+        self.free.push(p as u32);
+        self.ops[p].take()
     }
 
-    /// Double the slots; every entry moves to its slot in the larger table (see the module
+    /// Double the index; every entry moves to its slot in the larger one (see the module
     /// doc: no two collide).
     fn grow(&mut self) {
-        let bigger = self.slots.len() * 2;
-        let old = std::mem::replace(
-            &mut self.slots,
-            std::iter::repeat_with(|| None).take(bigger).collect(),
-        );
-        for (id, v) in old.into_iter().flatten() {
-            let i = self.slot_of(id);
-            debug_assert!(self.slots[i].is_none(), "doubling never collides");
-            self.slots[i] = Some((id, v));
+        let bigger = self.index.len() * 2;
+        let old = std::mem::replace(&mut self.index, vec![(0, 0); bigger]);
+        for (id, pos) in old.into_iter().filter(|&(id, _)| id != 0) {
+            let slot = self.slot_of(id);
+            debug_assert_eq!(self.index[slot].0, 0, "doubling never collides");
+            self.index[slot] = (id, pos);
         }
     }
 }
@@ -235,7 +248,7 @@ mod tests {
             t.insert(id, "b");
         }
         assert_eq!(t.len(), cap as usize);
-        assert!(t.slots.len() >= 2 * cap as usize);
+        assert!(t.index.len() >= 2 * cap as usize);
         assert_eq!(t.get(&1), Some(&"a"));
         assert!((2..=cap).all(|id| t.get(&id) == Some(&"b")));
         // After doubling, 1 + cap has a slot of its own.
@@ -249,6 +262,22 @@ mod tests {
     }
 
     #[test]
+    fn op_table_reuses_the_last_freed_position_and_a_stale_id_finds_nothing() {
+        let mut t = OpTable::default();
+        t.insert(1, "a");
+        t.insert(2, "b");
+        t.remove(&1);
+        // Id 3 takes the position 1 left (its lines are the warm ones)...
+        t.insert(3, "c");
+        assert_eq!(t.ops.len(), 2);
+        assert_eq!(t.get(&3), Some(&"c"));
+        // ... and a late reply to operation 1 finds nothing, not operation 3.
+        assert_eq!(t.get(&1), None);
+        assert_eq!(t.remove(&1), None);
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
     fn op_table_insert_into_a_taken_slot_grows_until_they_part() {
         let mut t = OpTable::default();
         t.insert(5, 1);
@@ -256,7 +285,7 @@ mod tests {
         t.insert(5 + 256, 2);
         assert_eq!(t.get(&5), Some(&1));
         assert_eq!(t.get(&(5 + 256)), Some(&2));
-        assert_eq!(t.slots.len(), 512);
+        assert_eq!(t.index.len(), 512);
     }
 
     #[test]
