@@ -527,8 +527,14 @@ impl<C> Coordinator<C> {
     ) -> Vec<(u32, Slot)> {
         let me = self.config.node_id;
         let mut asked = usize::from(replicas.contains(&me));
+        // Each replica's liveness, asked once (bit i: replicas[i]; past 64, asked in place).
+        let up = replicas
+            .iter()
+            .take(64)
+            .enumerate()
+            .fold(0u64, |m, (i, &r)| if alive(r) { m | 1 << i } else { m });
         let chosen = if ask < replicas.len() {
-            read_peers(me, replicas, alive, ask.saturating_sub(asked))
+            read_peers(me, replicas, up, ask.saturating_sub(asked))
         } else {
             u64::MAX
         };
@@ -544,7 +550,7 @@ impl<C> Coordinator<C> {
                     }
                     None => slots.push((r, Slot::Acked)),
                 }
-            } else if !alive(r) {
+            } else if if i < 64 { up >> i & 1 == 0 } else { !alive(r) } {
                 slots.push((r, Slot::Down));
             } else if asked < ask && (i >= 64 || chosen >> i & 1 == 1) {
                 asked += 1;
@@ -883,21 +889,22 @@ mod optable;
 mod read;
 mod types;
 
-/// The alive peers (bit `i`: `replicas[i]`) a read asks when it asks `want` of them: those
-/// nearest after `me` in id order, wrapping around. Every read a node coordinates then asks
-/// the same peer wherever the key allows, so the peer's version replies to one client batch
-/// come back in one peer frame batch and the batch is answered in one write; the preference
-/// list's own order would split a batch over every peer, its replies over turns, and its
-/// answer over writes (each a system call on both sides). Each node prefers a different peer,
-/// so the reads spread evenly. Preference lists are at most `REPLICAS_MAX` long.
-fn read_peers(me: u32, replicas: &[u32], alive: &dyn Fn(u32) -> bool, want: usize) -> u64 {
+/// The alive peers (bit `i`: `replicas[i]`; `up` has the bits of those alive) a read asks
+/// when it asks `want` of them: those nearest after `me` in id order, wrapping around. Every
+/// read a node coordinates then asks the same peer wherever the key allows, so the peer's
+/// version replies to one client batch come back in one peer frame batch and the batch is
+/// answered in one write; the preference list's own order would split a batch over every
+/// peer, its replies over turns, and its answer over writes (each a system call on both
+/// sides). Each node prefers a different peer, so the reads spread evenly. Preference lists
+/// are at most `REPLICAS_MAX` long.
+fn read_peers(me: u32, replicas: &[u32], up: u64, want: usize) -> u64 {
     debug_assert!(replicas.len() <= 64, "a read's replicas fit the mask");
     let mut chosen = 0u64;
     for _ in 0..want {
         let next = replicas
             .iter()
             .enumerate()
-            .filter(|&(i, &r)| i < 64 && r != me && chosen & (1 << i) == 0 && alive(r))
+            .filter(|&(i, &r)| i < 64 && r != me && chosen & (1 << i) == 0 && up >> i & 1 == 1)
             .min_by_key(|&(_, &r)| r.wrapping_sub(me));
         match next {
             Some((i, _)) => chosen |= 1 << i,
