@@ -319,7 +319,7 @@ impl<C> Coordinator<C> {
 
     fn alloc_id(&mut self) -> u32 {
         // Ids live in 1..HINT_ID_BIT (0 is fire-and-forget, the high bit is for hints). An id
-        // whose table slot is taken is skipped (`optable`): the table is at most half full, so
+        // whose index slot is taken is skipped (`optable`): the index is at most half full, so
         // the search ends quickly.
         loop {
             let id = self.next_id;
