@@ -42,7 +42,9 @@ const DEADLINES_COMPACT_MIN: usize = 4_096;
 const OP_TABLE_SLOTS_MIN: usize = 64;
 
 /// The operations in flight by id (see the module doc): a direct-mapped index whose ids the
-/// caller picks with [`OpTable::is_vacant`], over a slab of operations.
+/// caller picks with [`OpTable::is_vacant`], over a slab of operations. Neither shrinks: both
+/// stay at the most operations ever in flight, which the coordinator's `ops_max` bounds
+/// (16,384 by default: 256 KiB of index and ~3 MiB of slab at most, per shard).
 pub struct OpTable<V> {
     /// `(id, slab position)`; id 0 = vacant. `index.len()` is a power of two; slot
     /// `id & (len - 1)` holds `id`'s entry.
@@ -238,11 +240,11 @@ mod tests {
         let mut t = OpTable::default();
         let cap = OP_TABLE_SLOTS_MIN as u32;
         assert!(t.insert(1, "a").is_none());
-        // One table behind: the same slot, so it is not vacant and not found.
+        // One index behind: the same slot, so it is not vacant and not found.
         assert!(!t.is_vacant(1 + cap));
         assert_eq!(t.get(&(1 + cap)), None);
         assert!(t.is_vacant(2));
-        // Past half full the table doubles; every entry is still found.
+        // Past half full the index doubles; every entry is still found.
         for id in 2..=cap {
             assert!(t.is_vacant(id));
             t.insert(id, "b");
