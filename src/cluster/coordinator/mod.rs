@@ -533,6 +533,7 @@ impl<C> Coordinator<C> {
             .take(64)
             .enumerate()
             .fold(0u64, |m, (i, &r)| if alive(r) { m | 1 << i } else { m });
+        let is_up = |i: usize, r: u32| if i < 64 { up >> i & 1 == 1 } else { alive(r) };
         let chosen = if ask < replicas.len() {
             read_peers(me, replicas, up, ask.saturating_sub(asked))
         } else {
@@ -550,7 +551,7 @@ impl<C> Coordinator<C> {
                     }
                     None => slots.push((r, Slot::Acked)),
                 }
-            } else if if i < 64 { up >> i & 1 == 0 } else { !alive(r) } {
+            } else if !is_up(i, r) {
                 slots.push((r, Slot::Down));
             } else if asked < ask && (i >= 64 || chosen >> i & 1 == 1) {
                 asked += 1;
