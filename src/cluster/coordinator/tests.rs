@@ -503,9 +503,14 @@ fn coord_sampling(every: u32) -> Coordinator<u32> {
 
 /// The nodes a batch of actions asks (this node through ReadLocal).
 fn asked(acts: &[Action<u32>]) -> Vec<u32> {
+    asked_by(1, acts)
+}
+
+/// The replicas coordinator `me`'s actions ask: itself (a local read) and the peers sent to.
+fn asked_by(me: u32, acts: &[Action<u32>]) -> Vec<u32> {
     acts.iter()
         .filter_map(|a| match a {
-            Action::ReadLocal { .. } => Some(1),
+            Action::ReadLocal { .. } => Some(me),
             Action::Send { to, .. } => Some(*to),
             _ => None,
         })
@@ -595,14 +600,7 @@ fn reads_ask_the_peers_nearest_after_this_node() {
         ..config(false)
     });
     c.start_read(1_000, 1, b"k", &[2, 3, 1], &all_alive, 2);
-    let sends: Vec<u32> = drain(&mut c)
-        .iter()
-        .filter_map(|a| match a {
-            Action::Send { to, .. } => Some(*to),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(sends, [1]);
+    assert_eq!(asked_by(3, &drain(&mut c)), [3, 1]);
 }
 
 #[test]
