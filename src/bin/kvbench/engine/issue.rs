@@ -6,10 +6,8 @@ use super::*;
 impl Worker {
     /// The next operation of this thread's work, or `None` when it is done.
     pub(super) fn next_op(&mut self) -> Option<(Op, u64)> {
-        if let Some(r) = self.routing.as_mut() {
-            if let Some(op) = r.parked.take().or_else(|| r.redraw.pop_front()) {
-                return Some(op);
-            }
+        if let Some(op) = self.routing.as_mut().and_then(Routing::take_waiting) {
+            return Some(op);
         }
         match &self.work {
             Work::Mix { requests, .. } => {
@@ -299,8 +297,7 @@ impl Worker {
             loop {
                 // `next_op` draws the routing state's waiting operations first, but that
                 // state is taken out here: drawn from it directly.
-                let drawn = r.parked.take().or_else(|| r.redraw.pop_front());
-                let Some((op, key)) = drawn.or_else(|| self.next_op()) else {
+                let Some((op, key)) = r.take_waiting().or_else(|| self.next_op()) else {
                     return if r.is_idle() {
                         Routed::Done
                     } else {

@@ -234,6 +234,12 @@ impl Routing {
         None
     }
 
+    /// The operation to send before drawing a new one: the parked one, then those to route
+    /// again.
+    pub(super) fn take_waiting(&mut self) -> Option<(Op, u64)> {
+        self.parked.take().or_else(|| self.redraw.pop_front())
+    }
+
     /// Whether no drawn operation waits anywhere.
     pub(super) fn is_idle(&self) -> bool {
         self.parked.is_none()
