@@ -545,8 +545,55 @@ pub const AE_SWEEP_SEGMENTS_PER_TICK: usize = 65_536;
 /// Tree entries (at most, roughly) examined per tick by the sweep.
 pub const AE_SWEEP_ENTRIES_PER_TICK: usize = 16_384;
 
-/// Keys listed per step when the trees are built from the store at start.
+/// Keys listed per step when trees are built from the store in one go (siblings mode at
+/// start, partitions a live core takes over).
 pub const AE_BUILD_KEYS_PER_STEP: usize = 65_536;
+
+/// A core builds its trees for anti-entropy in the background over about this many cluster
+/// ticks (5 s at the shard's 5 ms tick), listing `keys / AE_TREE_BUILD_TICKS` keys a tick
+/// within the bounds below: small steps keep the event loop's stalls short (a step of 1,024
+/// keys is about 0.3 ms; a whole build about 0.3 µs a key of CPU).
+pub const AE_TREE_BUILD_TICKS: usize = 1_000;
+/// Fewest keys a tree build lists per tick.
+pub const AE_TREE_BUILD_KEYS_PER_TICK_MIN: usize = 1_024;
+/// Most keys a tree build lists per tick (past 8M keys a build takes longer than
+/// [`AE_TREE_BUILD_TICKS`]).
+pub const AE_TREE_BUILD_KEYS_PER_TICK_MAX: usize = 8_192;
+
+/// Times a background tree build starts over because the store moved keys under its cursor
+/// (a removal) before it lists the rest in one step: a store removing keys all the time
+/// cannot keep a build from ending.
+pub const AE_TREE_BUILD_RESTARTS_MAX: u32 = 3;
+
+/// A core may drop its trees after this long without anti-entropy work (no round, exchange,
+/// copy or request served), once their upkeep since has cost about a build: from then on
+/// writes skip it, and the next round or request builds them again. Longer than the gap
+/// between two requests of one exchange.
+pub const AE_TREES_IDLE_MS: u64 = 2_000;
+
+/// What building a core's trees costs, in writes' tree upkeep per key of the store: the
+/// listing notes each key once, and writes during the build window (about
+/// [`AE_TREE_BUILD_TICKS`] ticks) pay the upkeep as well — measured, a build under load
+/// costs about what twice as many writes' upkeep do. Idle trees are dropped once the upkeep
+/// since their last use reaches this many writes per key (rent-or-buy), so a core whose
+/// rounds come often keeps them.
+pub const AE_TREE_BUILD_COST_PER_KEY: u64 = 2;
+
+/// Idle trees whose upkeep since their last use is under this many writes (about 20 ms of
+/// CPU) are kept whatever the store's size: dropping them saves nothing worth a build.
+pub const AE_TREES_DROP_NOTES_MIN: u64 = 65_536;
+
+/// Dropped partition trees freed per tick: one holds about 4,000 keys' lists at 1M keys
+/// (0.1 ms to free), all 256 at once stall the event loop for ~25 ms.
+pub const AE_TREES_FREED_PER_TICK: usize = 4;
+
+/// An initiator whose peer answered OVERLOADED (its trees are being built) asks again after
+/// this long.
+pub const AE_BUSY_RETRY_MS: u64 = 20;
+
+/// How long an exchange may keep waiting for a peer's trees to be built before it fails
+/// (a build of 8M keys takes about 5 s; 40M, 25 s).
+pub const AE_BUSY_WAIT_MS_MAX: u64 = 60_000;
 
 const _: () = assert!(AE_MESSAGE_BYTES_MAX + 64 * 1024 < FRAME_SIZE_MAX);
 const _: () = assert!(AE_EXCHANGES_IN_FLIGHT_MAX >= 1);

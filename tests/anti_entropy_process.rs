@@ -263,9 +263,16 @@ fn collected_deletes_stay_dead(name: &str, mode: &str) {
             "GET ALL resurrected key {i}"
         );
     }
+    // Anti-entropy deleted them on node 3, each one of two ways: proved collected (the peer
+    // holds nothing, a drop), or by the tombstone a peer's store still holds after its tree
+    // swept it (compaction drops it later; a repair). Which one depends on which side starts
+    // the exchange and on when the peers compact. Node 3 missed nothing but the deletes, so
+    // every repair on it is one of them.
     let dropped = c.stat(3, "aae_keys_dropped");
+    let repaired = c.stat(3, "aae_keys_repaired");
+    println!("node 3: {dropped} collected keys dropped, {repaired} tombstones repaired");
     assert!(
-        dropped >= deletes as u64,
-        "node 3 dropped {dropped} collected keys"
+        dropped + repaired >= deletes as u64,
+        "node 3 dropped {dropped} collected keys and repaired {repaired}"
     );
 }

@@ -2,7 +2,8 @@
 //!
 //! It summarises the set of `(key, version)` pairs the replica holds in the partition, and is
 //! kept up to date as writes land (every store apply that changes a record calls
-//! [`PartitionTree::upsert`]); the tree is never rebuilt from the store except once at start.
+//! [`PartitionTree::upsert`]) for as long as anti-entropy keeps it: it is built from the store
+//! when needed and dropped when idle (`cluster/antientropy/lifecycle.rs`).
 //!
 //! ## Shape
 //!

@@ -31,6 +31,9 @@ impl Store for FailingSync {
     fn maintenance(&mut self, now_ms: u64, budget: usize) -> Result<bool, StoreError> {
         self.0.maintenance(now_ms, budget)
     }
+    fn scan_epoch(&self) -> u64 {
+        self.0.scan_epoch()
+    }
     fn len(&self) -> usize {
         self.0.len()
     }
@@ -397,6 +400,7 @@ const STATS_NAMES: &[&str] = &[
     "aae_tree_keys",
     "aae_tree_bytes",
     "aae_exchanges_in_flight",
+    "aae_tree_builds",
     "ring_version_max",
     "ring_moving_partitions_max",
     "ring_change_running_max",

@@ -12,6 +12,9 @@ pub struct MemoryStore {
     highest: Version,
     dirty: bool,
     bytes: u64,
+    /// Keys added or removed: either may reorder the map's iteration (see
+    /// [`Store::scan_epoch`]); replacing a held key's record does not.
+    changes: u64,
 }
 
 impl MemoryStore {
@@ -53,6 +56,7 @@ impl Store for MemoryStore {
             }
             None => {
                 self.map.insert(w.key.into(), record);
+                self.changes += 1;
             }
         }
         self.bytes += added;
@@ -104,7 +108,12 @@ impl Store for MemoryStore {
             !gone
         });
         self.bytes = self.bytes.saturating_sub(freed);
+        self.changes += (before - self.map.len()) as u64;
         Ok(((before - self.map.len()) as u64, None))
+    }
+
+    fn scan_epoch(&self) -> u64 {
+        self.changes
     }
 
     /// The cursor is a position in the map's iteration order, stable while the map is not

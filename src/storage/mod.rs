@@ -325,10 +325,10 @@ pub trait Store: Send {
 
     /// List up to `limit` keys (tombstones included) with their record summaries, starting at
     /// `cursor` (0 for the first call), calling `f` for each. Returns the cursor of the next
-    /// step, or `None` when every key was listed. Used once at start-up to build the
-    /// anti-entropy trees in bounded steps; a listing is exact only if the store is not
-    /// written between steps (writes made meanwhile reach the trees through their own hook).
-    /// Default: unsupported (an error).
+    /// step, or `None` when every key was listed. Used to build the anti-entropy trees in
+    /// bounded steps while the store serves writes (writes made meanwhile reach the trees
+    /// through their own hook): a listing is exact as long as [`Store::scan_epoch`] does not
+    /// change between its steps. Default: unsupported (an error).
     fn scan_keys(
         &self,
         _cursor: u64,
@@ -340,4 +340,9 @@ pub trait Store: Send {
             "this store cannot list its keys",
         )))
     }
+
+    /// A number that changes whenever a key may have moved between positions of
+    /// [`Store::scan_keys`]' order (a removal, a rehash): a stepwise listing that sees it
+    /// change may have skipped a key, and starts over.
+    fn scan_epoch(&self) -> u64;
 }

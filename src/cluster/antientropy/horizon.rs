@@ -88,13 +88,13 @@ impl AntiEntropy {
     /// that its writes are never refused by the horizon guard of replicas whose horizon came
     /// from a node whose clock ran ahead.
     pub fn horizon_max(&self) -> Version {
-        Version(self.horizon_max)
+        Version(self.index.horizon_max)
     }
 
     pub(super) fn adopt(&mut self, p: usize, h: u64) {
         if h > self.index.horizons[p] {
             self.index.horizons[p] = h;
-            self.horizon_max = self.horizon_max.max(h);
+            self.index.horizon_max = self.index.horizon_max.max(h);
             if self.index.held[p] {
                 if self.sweep.is_none() {
                     self.sweep = Some((0, 0));

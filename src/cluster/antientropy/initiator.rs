@@ -4,14 +4,15 @@
 //! reporting completed exchanges to the leader (AE_STATUS). See the parent module's doc
 //! ("Rounds and exchanges").
 
+use super::lifecycle::Trees;
 use super::wire::{ae_op, bad, Reader, Record, ENTRY_COLLECTABLE, FLAG_REJOINING};
 use super::{decode_status_reply, push_key, put_status_request, put_tree_request, AntiEntropy};
 use crate::cluster::merkle::{PartitionTree, FANOUT, LEVELS, SEGMENTS};
 use crate::cluster::peer::PeerError;
 use crate::hash::partition_of;
 use crate::limits::{
-    AE_EXCHANGES_IN_FLIGHT_MAX, AE_EXCHANGE_STEPS_MAX, AE_MESSAGE_BYTES_MAX, AE_ROUND_BYTES_MAX,
-    AE_ROUND_KEYS_MAX, PARTITION_COUNT,
+    AE_BUSY_RETRY_MS, AE_BUSY_WAIT_MS_MAX, AE_EXCHANGES_IN_FLIGHT_MAX, AE_EXCHANGE_STEPS_MAX,
+    AE_MESSAGE_BYTES_MAX, AE_ROUND_BYTES_MAX, AE_ROUND_KEYS_MAX, PARTITION_COUNT,
 };
 use crate::protocol::{frame, FrameRef, Status, RESPONSE_BIT};
 use crate::storage::Store;
@@ -39,6 +40,10 @@ pub(super) struct Exchange {
     pub(super) steps: u32,
     /// A partition move's copy (see `transfer.rs`), not part of a round.
     pub(super) transfer: bool,
+    /// The peer answered OVERLOADED (its trees are being built, `lifecycle.rs`): when it
+    /// first did (local ms), and when the request goes again. No request is in flight.
+    pub(super) busy_since_ms: Option<u64>,
+    pub(super) resend_at_ms: Option<u64>,
 }
 
 pub(super) struct Round {
@@ -54,7 +59,7 @@ pub(super) struct Round {
 }
 
 impl AntiEntropy {
-    pub(super) fn start_round(&mut self, now_ms: u64) {
+    pub(super) fn start_round(&mut self, now_ms: u64, store: &mut dyn Store) {
         // Rounds start `interval` apart, or back to back when a round takes longer.
         self.next_round_ms = self
             .next_round_ms
@@ -77,9 +82,14 @@ impl AntiEntropy {
             keys_moved: 0,
             bytes_moved: 0,
         });
+        // Its exchanges start once the trees are built (`dispatch`).
+        self.trees_ready(now_ms, store, false);
     }
 
     pub(super) fn dispatch(&mut self, now_ms: u64, alive: &dyn Fn(u32) -> bool) {
+        if self.trees != Trees::Live {
+            return; // the round waits for its trees (built a step a tick)
+        }
         while self.round_exchanges() < AE_EXCHANGES_IN_FLIGHT_MAX {
             let Some(round) = self.round.as_mut() else {
                 return;
@@ -133,8 +143,45 @@ impl AntiEntropy {
                 wants: VecDeque::new(),
                 steps: 0,
                 transfer,
+                busy_since_ms: None,
+                resend_at_ms: None,
             },
         );
+    }
+
+    /// Ask again the peers that answered OVERLOADED whose wait is over.
+    pub(super) fn resend_waiting(&mut self, now_ms: u64, store: &mut dyn Store) {
+        let due: Vec<u32> = self
+            .exchanges
+            .iter()
+            .filter(|(_, x)| x.resend_at_ms.is_some_and(|t| t <= now_ms))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let mut x = self.exchanges.remove(&id).expect("listed above");
+            x.resend_at_ms = None;
+            self.advance(now_ms, store, x);
+        }
+    }
+
+    /// The peer's trees are being built (it answered OVERLOADED to a tree request): keep
+    /// `x` and ask again soon, unless it has waited [`AE_BUSY_WAIT_MS_MAX`] already.
+    fn wait_for_peer_trees(&mut self, now_ms: u64, id: u32, mut x: Exchange) {
+        let since = *x.busy_since_ms.get_or_insert(now_ms);
+        if now_ms.saturating_sub(since) > AE_BUSY_WAIT_MS_MAX {
+            log::warn!(
+                "anti-entropy: node {}'s trees of partition {} not ready after {} ms",
+                x.peer,
+                x.partition,
+                now_ms - since
+            );
+            self.exchange_failed(&x);
+            return;
+        }
+        let at = now_ms.saturating_add(AE_BUSY_RETRY_MS);
+        x.resend_at_ms = Some(at);
+        x.deadline_ms = at.saturating_add(self.timeout_ms);
+        self.exchanges.insert(id, x);
     }
 
     /// Exchanges of the running round in flight (partition moves' copies aside).
@@ -242,6 +289,16 @@ impl AntiEntropy {
         let Some(mut x) = self.exchanges.remove(&f.id) else {
             return; // late or unknown
         };
+        if x.resend_at_ms.is_some() {
+            // Answered already (OVERLOADED): a second reply to one request is not ours.
+            self.exchanges.insert(f.id, x);
+            return;
+        }
+        let tree_step = matches!(x.phase, Phase::Tree { .. });
+        if x.peer == from && f.aux == Status::Overloaded as u8 && tree_step {
+            self.wait_for_peer_trees(now_ms, f.id, x);
+            return;
+        }
         if x.peer != from || f.aux != Status::Ok as u8 {
             self.exchange_failed(&x);
             return;

@@ -5,9 +5,11 @@
 //!
 //! ## Trees
 //! One [`PartitionTree`] per partition this core holds (per the ring, and owned by its shard),
-//! built once at start from [`Store::scan_keys`] and then maintained by a hook on every store
-//! apply: every write the cluster core applies goes through [`Tracked`], a `Store` wrapper that
-//! updates the tree when the store reports `Applied::Stored`.
+//! built from [`Store::scan_keys`] when a round, a copy or a peer's exchange needs them and
+//! then maintained by a hook on every store apply while anti-entropy works: every write the
+//! cluster core applies goes through [`Tracked`], a `Store` wrapper that updates the tree when
+//! the store reports `Applied::Stored`. Idle trees are dropped, and writes then skip their
+//! upkeep (`lifecycle.rs`).
 //!
 //! ## Rounds and exchanges
 //! Every `anti_entropy_interval_ms` (and on demand: [`AntiEntropy::trigger`], the client
@@ -90,6 +92,7 @@
 //!                 input/output API (on_tick, poll_transmit, trigger, events), STATS text
 //!   wire.rs       anti-entropy frames: opcodes, flags, Record, encoders and decoders
 //!   tracked.rs    tracked trees: TreeIndex and the Tracked store hook (horizon guard)
+//!   lifecycle.rs  when trees are kept: built on demand in steps, dropped when idle
 //!   initiator.rs  rounds and the initiator side of exchanges (TREE/KEYS/PUSH requests,
 //!                 their replies, completion, reports to the leader)
 //!   responder.rs  the responder side: on_request, key-list comparison, applying records
@@ -106,6 +109,7 @@
 
 mod horizon;
 mod initiator;
+mod lifecycle;
 mod rejoin;
 mod responder;
 #[cfg(test)]
@@ -124,6 +128,7 @@ pub(crate) use wire::{decode_status_reply, push_key, put_status_request, put_tre
 
 use super::config::ClusterConfig;
 use super::membership::MemberEvent;
+use super::merkle::PartitionTree;
 use super::ring::Ring;
 use super::view::MEMBERSHIP_SHARD;
 use crate::hash::shard_of_partition;
@@ -131,6 +136,7 @@ use crate::limits::PARTITION_COUNT;
 use crate::storage::{Store, StoreError};
 use crate::version::Version;
 use initiator::{Exchange, Round};
+use lifecycle::Trees;
 use std::collections::{BTreeMap, VecDeque};
 
 /// Counters for STATS.
@@ -169,6 +175,9 @@ pub struct AaeStats {
     pub moved_bytes: u64,
     /// Partitions copied whole here (moves), since start.
     pub moves_copied: u64,
+    /// Tree builds completed (trees are built when anti-entropy needs them and dropped when
+    /// it is idle: `lifecycle.rs`).
+    pub tree_builds: u64,
     /// Siblings mode: keys held with [`crate::limits::SIBLINGS_NEAR_LIMIT`] siblings or more
     /// (counted as writes change them; keys of partitions moved away are not subtracted).
     pub causal_near_limit: u64,
@@ -215,8 +224,6 @@ pub struct AntiEntropy {
     last_tick_ms: u64,
     start_ms: u64,
     transmits: VecDeque<(u32, Vec<u8>)>,
-    /// The highest horizon adopted (raw version).
-    horizon_max: u64,
     /// Whether completed exchanges go to the node's membership shard (by mail, through
     /// [`AntiEntropy::take_reports`]) instead of to the leader: true on every shard but the
     /// membership shard, which reports for the whole node.
@@ -242,6 +249,19 @@ pub struct AntiEntropy {
     /// The simulator's `lww_anti_entropy` mutation ([`crate::cluster::Mutations`]): causal
     /// records this core's exchanges and copies apply replace the held state by version.
     lww_causal: bool,
+    /// Whether the trees are off, being built or live (`lifecycle.rs`).
+    trees: Trees,
+    /// When anti-entropy last used the trees (ms), and the writes noted until then: they are
+    /// dropped when idle (`lifecycle.rs`).
+    trees_used_ms: u64,
+    notes_at_use: u64,
+    /// Trees dropped, freed a few a tick (freeing a million keys' lists at once stalls the
+    /// event loop for tens of milliseconds). Boxed as `TreeIndex::trees` holds them: moving
+    /// a box is a pointer, a tree is 33 KiB.
+    #[allow(clippy::vec_box)]
+    freeing: Vec<Box<PartitionTree>>,
+    /// Keep the trees always (siblings mode: see `lifecycle.rs`).
+    keep_trees: bool,
 }
 
 /// Completed exchanges to report: (partition, peer) → start ms.
@@ -278,6 +298,9 @@ impl AntiEntropy {
                 held: vec![false; PARTITION_COUNT],
                 rejoining: false,
                 stats: AaeStats::default(),
+                tracking: false,
+                notes: 0,
+                horizon_max: 0,
             },
             held_list: Vec::new(),
             store_horizon: 0,
@@ -295,7 +318,6 @@ impl AntiEntropy {
             last_tick_ms: start_ms,
             start_ms,
             transmits: VecDeque::new(),
-            horizon_max: 0,
             causal: config.conflicts == super::Conflicts::Siblings,
             // test-only mutation: anti-entropy replaces causal states by version, unmerged.
             lww_causal: config.mutations.lww_anti_entropy,
@@ -309,6 +331,11 @@ impl AntiEntropy {
             moves_enabled: false,
             copied: Vec::new(),
             copy_meter: Default::default(),
+            trees: Trees::Off,
+            trees_used_ms: start_ms,
+            notes_at_use: 0,
+            freeing: Vec::new(),
+            keep_trees: config.conflicts == super::Conflicts::Siblings,
         };
         a.set_shard(0, 1);
         a
@@ -363,14 +390,21 @@ impl AntiEntropy {
     pub fn set_ring(&mut self, ring: Ring, store: &mut dyn Store) -> Vec<usize> {
         self.ring = ring;
         let (added, dropped) = self.update_held();
-        if !added.is_empty() && !store.is_empty() {
-            let mut wanted = [false; PARTITION_COUNT];
-            for &p in &added {
-                wanted[p] = true;
+        match self.trees {
+            // Built from the store when next needed, new partitions included.
+            Trees::Off => {}
+            // The listing may have passed keys of the new partitions: it starts over.
+            Trees::Building(_) => self.start_tree_build(self.now_ms, store),
+            Trees::Live if !added.is_empty() && !store.is_empty() => {
+                let mut wanted = [false; PARTITION_COUNT];
+                for &p in &added {
+                    wanted[p] = true;
+                }
+                if let Err(e) = self.index.note_store(store, &wanted, self.now_ms) {
+                    log::error!("anti-entropy: trees of new partitions not built: {e}");
+                }
             }
-            if let Err(e) = self.index.note_store(store, &wanted) {
-                log::error!("anti-entropy: trees of new partitions not built: {e}");
-            }
+            Trees::Live => {}
         }
         // Exchanges of partitions no longer held end here (their replies are ignored).
         let index = &self.index;
@@ -383,10 +417,16 @@ impl AntiEntropy {
         dropped
     }
 
-    /// Build the trees from the store in bounded steps (one pass over its keys), and decide
-    /// whether this node must rejoin: its newest record is older than the tombstone window.
+    /// Decide whether this node must rejoin: its newest record is older than the tombstone
+    /// window. In siblings mode, also build the trees, kept from now on (`lifecycle.rs`);
+    /// otherwise they are built when anti-entropy first needs them.
     pub fn build(&mut self, store: &mut dyn Store) -> Result<(), StoreError> {
-        self.index.note_store(store, &[true; PARTITION_COUNT])?;
+        if self.keep_trees {
+            self.index.tracking = true;
+            self.trees = Trees::Live;
+            self.index
+                .note_store(store, &[true; PARTITION_COUNT], self.start_ms)?;
+        }
         let newest_ms = store.highest_version().physical_ms();
         if !store.is_empty() && self.start_ms.saturating_sub(newest_ms) > self.window_ms {
             self.start_rejoin();
@@ -416,8 +456,11 @@ impl AntiEntropy {
             // Copies to start or resume: soon (the byte rate is judged in steps this fine).
             t = t.min(self.now_ms.saturating_add(10));
         }
+        if matches!(self.trees, Trees::Building(_)) || !self.freeing.is_empty() {
+            t = t.min(self.now_ms.saturating_add(1)); // a build or freeing step each tick
+        }
         for x in self.exchanges.values() {
-            t = t.min(x.deadline_ms);
+            t = t.min(x.deadline_ms).min(x.resend_at_ms.unwrap_or(u64::MAX));
         }
         t
     }
@@ -542,13 +585,18 @@ impl AntiEntropy {
                 *e = (*e).max(v);
             }
         }
+        self.trees_used_ms = self.trees_used_ms.min(now_ms);
+        self.tree_build_step(now_ms, store);
         if self.round.is_none() && now_ms >= self.next_round_ms {
-            self.start_round(now_ms);
+            self.start_round(now_ms, store);
         }
+        self.resend_waiting(now_ms, store);
         self.dispatch(now_ms, alive);
         self.drive_transfers(now_ms, store, alive);
         self.finish_round_if_done(now_ms, store, alive, leader);
         self.sweep_step(now_ms);
+        self.drop_idle_trees(now_ms, store.len());
+        self.free_dropped_trees();
     }
 
     /// STATS figures as `(name, value)` pairs: counters that add up over shards, and `_max` /
@@ -571,7 +619,7 @@ impl AntiEntropy {
             .flatten()
             .map(|t| t.memory_bytes())
             .sum();
-        let lines: [(&str, u64); 18] = [
+        let lines: [(&str, u64); 19] = [
             ("aae_rounds", s.rounds),
             ("aae_full_rounds", s.full_rounds),
             ("aae_ms_since_full_round_max", since),
@@ -590,6 +638,7 @@ impl AntiEntropy {
             ("aae_tree_keys", tree_keys as u64),
             ("aae_tree_bytes", tree_bytes as u64),
             ("aae_exchanges_in_flight", self.exchanges.len() as u64),
+            ("aae_tree_builds", s.tree_builds),
         ];
         for (name, v) in lines {
             report(name, v);

@@ -15,6 +15,10 @@ use crate::storage::{Applied, Store, StoreError};
 use crate::version::Version;
 use std::collections::BTreeMap;
 
+/// The message of an OVERLOADED answer to a tree or key-list request while this core's trees
+/// are being built (`lifecycle.rs`): the initiator asks again shortly.
+const TREES_NOT_READY: &str = "anti-entropy trees are being built; ask again shortly";
+
 /// A segment's key list as received: (segment, [(key, version, collectable)]).
 type SegmentList<'a> = (usize, Vec<(&'a [u8], u64, bool)>);
 
@@ -135,6 +139,10 @@ impl AntiEntropy {
                     message::put_error(out, opc, id, Status::Unavailable, &why);
                     return Ok(());
                 }
+                if !self.trees_ready(now_ms, store, true) {
+                    message::put_error(out, opc, id, Status::Overloaded, TREES_NOT_READY);
+                    return Ok(());
+                }
                 self.adopt(p, h);
                 self.update_store_horizon(store);
                 if level == 0 {
@@ -202,6 +210,10 @@ impl AntiEntropy {
                     message::put_error(out, opc, id, Status::Unavailable, &why);
                     return Ok(());
                 }
+                if !self.trees_ready(now_ms, store, true) {
+                    message::put_error(out, opc, id, Status::Overloaded, TREES_NOT_READY);
+                    return Ok(());
+                }
                 self.adopt(p, h);
                 self.update_store_horizon(store);
                 let peer_rejoining = flags & FLAG_REJOINING != 0;
@@ -229,6 +241,8 @@ impl AntiEntropy {
                     message::put_error(out, opc, id, Status::Unavailable, &why);
                     return Ok(());
                 }
+                // Part of an exchange: the trees stay (records apply with or without them).
+                self.mark_trees_used(now_ms);
                 let trusted = flags & FLAG_REJOINING == 0;
                 match self.apply_records(store, &recs, trusted) {
                     Ok(applied) => {

@@ -19,7 +19,7 @@ fn pair_of_nodes() -> (AntiEntropy, AntiEntropy) {
     (a, b)
 }
 
-fn put(aae: &mut AntiEntropy, store: &mut MemoryStore, key: &[u8], v: u64, tomb: bool) {
+fn put(aae: &mut AntiEntropy, store: &mut dyn Store, key: &[u8], v: u64, tomb: bool) {
     aae.tracked(store)
         .apply(Write {
             key,
@@ -218,6 +218,10 @@ fn swept_tombstones_still_in_the_store_win() {
         let (mut sa, mut sb) = (MemoryStore::new(), MemoryStore::new());
         let old = Version::new(1_000_000, 0, 1).0;
         let tomb = Version::new(1_000_500, 0, 1).0;
+        assert!(
+            a.trees_ready(1_000_000, &mut sa, false),
+            "a small store builds at once"
+        );
         put(&mut a, &mut sa, b"k", old, false);
         put(&mut b, &mut sb, b"k", old, false);
         put(&mut a, &mut sa, b"k", tomb, true);
@@ -391,6 +395,7 @@ fn buffered_writes_undone_by_a_failed_flush_leave_the_tree() {
     )
     .unwrap();
     let (mut a, _) = pair_of_nodes();
+    assert!(a.trees_ready(1_000_000, &mut s, false));
     let p = partition_of(b"k");
     let w = |v: u64| Write {
         key: b"k",
@@ -419,4 +424,209 @@ fn buffered_writes_undone_by_a_failed_flush_leave_the_tree() {
     assert_eq!(a.index().tree(p).map(|t| t.root_from_scratch()), root1);
     // Unbuffered: the failure comes back from `apply` itself.
     assert!(a.tracked(&mut s).apply(w(3)).is_err());
+}
+
+/// Run node 1's round against node 2 as the drivers do: both tick every 5 ms (so each
+/// builds its trees a step a tick) and the frames of both go over as they are sent (node 2
+/// runs a round of its own when it built its trees for node 1's). Returns the time node 1's
+/// round ended, the requests node 1 sent and how many of them were answered OVERLOADED.
+fn ticked_round(
+    a: &mut AntiEntropy,
+    sa: &mut MemoryStore,
+    b: &mut AntiEntropy,
+    sb: &mut MemoryStore,
+    mut now: u64,
+) -> (u64, Vec<Vec<u8>>, usize) {
+    let alive = |_: u32| true;
+    let rounds = a.stats().rounds;
+    a.trigger(now);
+    let (mut sent, mut busy) = (Vec::new(), 0);
+    for _ in 0..10_000 {
+        a.on_tick(now, sa, &alive, 1);
+        b.on_tick(now, sb, &alive, 1);
+        loop {
+            let (from_a, req) = match (a.poll_transmit(), b.poll_transmit()) {
+                (Some((_, req)), _) => (true, req),
+                (None, Some((_, req))) => (false, req),
+                (None, None) => break,
+            };
+            let (f, _) = frame::parse(&req).unwrap().unwrap();
+            let mut reply = Vec::new();
+            let (client, cs, server, ss) = if from_a {
+                (&mut *a, &mut *sa, &mut *b, &mut *sb)
+            } else {
+                (&mut *b, &mut *sb, &mut *a, &mut *sa)
+            };
+            server
+                .on_request(now, ss, client.me, f.id, f.op, f.aux, f.body, &mut reply)
+                .unwrap();
+            let (rf, _) = frame::parse(&reply).unwrap().unwrap();
+            client.on_reply(now, cs, server.me, &rf, &alive);
+            if from_a {
+                busy += usize::from(rf.aux == crate::protocol::Status::Overloaded as u8);
+                sent.push(req);
+            }
+        }
+        if a.round.is_none() && a.stats().rounds > rounds {
+            return (now, sent, busy);
+        }
+        now += 5;
+    }
+    panic!("the round did not end");
+}
+
+fn trees_off(a: &AntiEntropy) -> bool {
+    a.index.trees.iter().all(Option::is_none) && !a.index.tracking
+}
+
+/// Trees are built when anti-entropy needs them — a step a tick, a peer asking meanwhile
+/// answered OVERLOADED and asking again — and dropped when idle; writes made while they are
+/// off are found by the next build.
+#[test]
+fn trees_are_built_on_demand_in_steps_and_dropped_when_idle() {
+    use crate::limits::{
+        AE_TREES_DROP_NOTES_MIN, AE_TREES_IDLE_MS, AE_TREE_BUILD_COST_PER_KEY,
+        AE_TREE_BUILD_KEYS_PER_TICK_MIN,
+    };
+    let (mut a, mut b) = pair_of_nodes();
+    let (mut sa, mut sb) = (MemoryStore::new(), MemoryStore::new());
+    let v = Version::new(1_000_000, 0, 1).0;
+    for i in 0..3 * AE_TREE_BUILD_KEYS_PER_TICK_MIN {
+        let k = format!("k{i}");
+        put(&mut a, &mut sa, k.as_bytes(), v, false);
+        put(&mut b, &mut sb, k.as_bytes(), v, false);
+    }
+    put(&mut a, &mut sa, b"only-a", v, false);
+    assert!(
+        trees_off(&a) && trees_off(&b),
+        "writes skip trees not built"
+    );
+    let (now, _, busy) = ticked_round(&mut a, &mut sa, &mut b, &mut sb, 1_000_100);
+    assert!(busy > 0, "node 2 was building its trees when first asked");
+    assert_eq!(a.stats().exchanges, PARTITION_COUNT as u64);
+    assert_eq!(a.stats().exchanges_failed, 0);
+    assert_eq!((a.stats().tree_builds, b.stats().tree_builds), (1, 1));
+    assert!(
+        sb.get(b"only-a").unwrap().is_some(),
+        "the exchange moved it"
+    );
+    // Idle, few writes since: kept (their upkeep has cost less than a build would).
+    let alive = |_: u32| true;
+    let now = now + AE_TREES_IDLE_MS;
+    a.on_tick(now, &mut sa, &alive, 1);
+    b.on_tick(now, &mut sb, &alive, 1);
+    assert!(!trees_off(&a) && !trees_off(&b), "kept");
+    // Writes whose upkeep cost a build since: both drop their trees.
+    let n = 3 * AE_TREE_BUILD_KEYS_PER_TICK_MIN;
+    let upkeep = (sa.len() as u64 * AE_TREE_BUILD_COST_PER_KEY).max(AE_TREES_DROP_NOTES_MIN);
+    for i in 0..upkeep as usize {
+        let k = format!("k{}", i % n); // overwrites: the stores keep their sizes
+        put(&mut a, &mut sa, k.as_bytes(), v + 1 + i as u64, false);
+        put(&mut b, &mut sb, k.as_bytes(), v + 1 + i as u64, false);
+    }
+    assert!(
+        b.stats().rounds > 0,
+        "node 2 ran its round on the trees it built"
+    );
+    assert!(b.round.is_none(), "and it ended");
+    a.on_tick(now, &mut sa, &alive, 1);
+    b.on_tick(now, &mut sb, &alive, 1);
+    assert!(trees_off(&a) && trees_off(&b), "dropped when idle");
+    // A write while they are off is found by the next build.
+    put(&mut b, &mut sb, b"only-b", v, false);
+    let (now, _, _) = ticked_round(&mut a, &mut sa, &mut b, &mut sb, now);
+    assert!(sa.get(b"only-b").unwrap().is_some());
+    assert_eq!((a.stats().tree_builds, b.stats().tree_builds), (2, 2));
+    // Equal now, trees still live: one root comparison per partition, nobody waiting.
+    let (_, sent, busy) = ticked_round(&mut a, &mut sa, &mut b, &mut sb, now + 10);
+    assert_eq!((sent.len(), busy), (PARTITION_COUNT, 0));
+    assert_eq!(a.stats().exchanges_failed, 0);
+}
+
+/// Keys removed while a build lists the store (a removal moves the last entry into its
+/// hole, maybe behind the cursor) make it start over, and it ends with the same trees as a
+/// build of the final store; past the restarts allowed it lists the rest in one step.
+#[test]
+fn a_build_the_store_removes_keys_under_ends_exact() {
+    use crate::limits::{AE_TREE_BUILD_KEYS_PER_TICK_MIN, AE_TREE_BUILD_RESTARTS_MAX};
+    use crate::storage::logstore::{LogConfig, LogStore};
+    use crate::storage::vfs::MemVfs;
+    let (mut s, _) = LogStore::open(
+        MemVfs::new(),
+        std::path::Path::new("/s"),
+        LogConfig::default(),
+    )
+    .unwrap();
+    let (mut a, _) = pair_of_nodes();
+    let v = |i: u64| Version::new(1_000_000 + i, 0, 1).0;
+    // Tombstones below the horizon (left out of trees, removable) among live keys.
+    let horizon = Version::new(1_000_000, 0, 0).0;
+    let n = 2 * AE_TREE_BUILD_KEYS_PER_TICK_MIN as u64;
+    for i in 0..n {
+        put(&mut a, &mut s, format!("k{i}").as_bytes(), v(i), false);
+        if i % 100 == 0 {
+            put(
+                &mut a,
+                &mut s,
+                format!("t{i}").as_bytes(),
+                horizon - 1,
+                true,
+            );
+        }
+    }
+    for p in 0..PARTITION_COUNT {
+        a.adopt(p, horizon);
+    }
+    assert!(
+        !a.trees_ready(1_000_000, &mut s, false),
+        "too large for one step"
+    );
+    let alive = |_: u32| true;
+    let (mut now, mut ticks) = (1_000_000, 0);
+    while a.trees != super::lifecycle::Trees::Live {
+        // Two tombstones go a tick: the last entries move into their holes.
+        let mut gone = 0;
+        let mut doomed = |k: &[u8]| {
+            let d = k[0] == b't' && gone < 2;
+            gone += usize::from(d);
+            d
+        };
+        let mut c = Some(0);
+        while let Some(at) = c {
+            c = s.forget_step(&mut doomed, at, 1024).unwrap().1;
+        }
+        put(
+            &mut a,
+            &mut s,
+            format!("k{ticks}").as_bytes(),
+            v(n + ticks),
+            false,
+        );
+        ticks += 1;
+        now += 5;
+        a.on_tick(now, &mut s, &alive, 1);
+        assert!(ticks < 100, "the build ends");
+    }
+    // Without removals it would take 2 ticks (3 steps, one within `trees_ready`).
+    assert_eq!(
+        ticks,
+        u64::from(AE_TREE_BUILD_RESTARTS_MAX) + 1,
+        "it restarted each tick, then listed the rest at once"
+    );
+    let (mut fresh, _) = pair_of_nodes();
+    for p in 0..PARTITION_COUNT {
+        fresh.adopt(p, horizon);
+    }
+    let mut fresh_ticks = 0;
+    assert!(!fresh.trees_ready(now, &mut s, false));
+    while fresh.trees != super::lifecycle::Trees::Live {
+        now += 5;
+        fresh.on_tick(now, &mut s, &alive, 1);
+        fresh_ticks += 1;
+    }
+    assert_eq!(fresh_ticks, 2, "nothing removed: a step a tick, 3 steps");
+    for p in 0..PARTITION_COUNT {
+        let root = |x: &mut AntiEntropy| x.index.tree_hashed(p).hash(0, 0);
+        assert_eq!(root(&mut a), root(&mut fresh), "partition {p}");
+    }
 }

@@ -24,6 +24,13 @@ pub struct TreeIndex {
     pub(super) held: Vec<bool>,
     pub(super) rejoining: bool,
     pub(super) stats: AaeStats,
+    /// Whether writes are noted: the trees are being built or are live (`lifecycle.rs`).
+    pub(super) tracking: bool,
+    /// Writes noted since start: their upkeep is what keeping idle trees costs.
+    pub(super) notes: u64,
+    /// The highest of `horizons`: a write at or above it passes the guard without its key
+    /// being hashed (nearly every write: horizons trail the clock by minutes).
+    pub(super) horizon_max: u64,
 }
 
 impl TreeIndex {
@@ -46,6 +53,16 @@ impl TreeIndex {
     }
 
     pub(super) fn note(&mut self, key: &[u8], meta: KeyMeta) {
+        if !self.tracking {
+            // No trees now: the next build lists this write from the store.
+            return;
+        }
+        self.notes += 1;
+        self.upsert(key, meta);
+    }
+
+    /// Put `key`'s entry in its partition's tree, if the partition is tracked here.
+    fn upsert(&mut self, key: &[u8], meta: KeyMeta) {
         let h = key_hash(key);
         let p = partition_of_hash(h);
         if !self.held[p] {
@@ -64,6 +81,9 @@ impl TreeIndex {
     /// start loading the tree lines their updates will touch, one pass per link
     /// (`storage/prefetch.rs`). At most [`PREFETCH_BATCH_MAX`] keys.
     pub fn prefetch(&self, keys: &[&[u8]], writes: u32) {
+        if !self.tracking {
+            return;
+        }
         let mut hashes = [0u64; PREFETCH_BATCH_MAX];
         let mut trees: [Option<&PartitionTree>; PREFETCH_BATCH_MAX] = [None; PREFETCH_BATCH_MAX];
         for (i, key) in keys.iter().enumerate().take(PREFETCH_BATCH_MAX) {
@@ -101,40 +121,61 @@ impl TreeIndex {
     }
 
     /// Note every key of `store` in a `wanted` partition (one pass, in bounded steps of
-    /// [`AE_BUILD_KEYS_PER_STEP`] keys). A causal record (siblings mode) is noted with its
-    /// state's digest, which needs its value: the causal keys of each step are read after it.
+    /// [`AE_BUILD_KEYS_PER_STEP`] keys; the store is not written meanwhile).
     pub(super) fn note_store(
         &mut self,
         store: &mut dyn Store,
         wanted: &[bool; PARTITION_COUNT],
+        now_ms: u64,
     ) -> Result<(), StoreError> {
         let mut cursor = Some(0);
-        let mut causal: Vec<Vec<u8>> = Vec::new();
         // Bounded: each step lists AE_BUILD_KEYS_PER_STEP keys or ends the listing.
         let steps_max = store.len() / AE_BUILD_KEYS_PER_STEP + 2;
         for _ in 0..steps_max {
             let Some(c) = cursor else { break };
-            cursor = store.scan_keys(c, AE_BUILD_KEYS_PER_STEP, &mut |k, m| {
-                if !wanted[partition_of(k)] {
-                } else if m.causal {
-                    causal.push(k.to_vec());
-                } else {
-                    self.note(k, m)
-                }
-            })?;
-            for k in causal.drain(..) {
-                // A value that cannot be read or decoded stays out of the tree: anti-entropy
-                // then brings the key from a replica whose copy is sound.
-                let Ok(Some(stored)) = store.get(&k) else {
-                    continue;
-                };
-                if let Some((meta, near)) = crate::cluster::siblings::tree_meta_of_record(&stored) {
-                    self.stats.causal_near_limit += u64::from(near);
-                    self.note(&k, meta);
-                }
-            }
+            cursor = self.note_store_step(store, wanted, c, AE_BUILD_KEYS_PER_STEP, now_ms)?;
         }
         Ok(())
+    }
+
+    /// Note up to `limit` keys of `store` from listing position `cursor`, those of `wanted`
+    /// partitions, leaving out what the sweep would remove (collectable at `now_ms` and below
+    /// the partition's horizon). Returns the next step's cursor, `None` when done. A causal
+    /// record (siblings mode) is noted with its state's digest, which needs its value: the
+    /// causal keys of the step are read after it.
+    pub(super) fn note_store_step(
+        &mut self,
+        store: &mut dyn Store,
+        wanted: &[bool; PARTITION_COUNT],
+        cursor: u64,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut causal: Vec<Vec<u8>> = Vec::new();
+        let next = store.scan_keys(cursor, limit, &mut |k, m| {
+            let p = partition_of(k);
+            // As `Entry::collectable`, on the tree's whole-second expiry.
+            let expires_s = u64::from(expiry_s_of(m.expires_at_ms));
+            let collectable = m.tombstone || (expires_s != 0 && expires_s * 1000 <= now_ms);
+            if !wanted[p] || (collectable && m.version.0 < self.horizons[p]) {
+            } else if m.causal {
+                causal.push(k.to_vec());
+            } else {
+                self.upsert(k, m)
+            }
+        })?;
+        for k in causal {
+            // A value that cannot be read or decoded stays out of the tree: anti-entropy
+            // then brings the key from a replica whose copy is sound.
+            let Ok(Some(stored)) = store.get(&k) else {
+                continue;
+            };
+            if let Some((meta, near)) = crate::cluster::siblings::tree_meta_of_record(&stored) {
+                self.stats.causal_near_limit += u64::from(near);
+                self.upsert(&k, meta);
+            }
+        }
+        Ok(next)
     }
 
     /// The tree of `p`, if it has one.
@@ -216,6 +257,7 @@ impl Tracked<'_> {
     fn guarded(&self, w: &Write<'_>) -> bool {
         // Trusted writes (repairs) skip the key's hash: this runs on every apply.
         !self.trusted
+            && w.version.0 < self.index.horizon_max
             && w.version.0 < self.index.horizons[partition_of(w.key)]
             && self.store.version_of(w.key).is_none()
     }
@@ -350,6 +392,9 @@ impl Store for Tracked<'_> {
         f: &mut dyn FnMut(&[u8], KeyMeta),
     ) -> Result<Option<u64>, StoreError> {
         self.store.scan_keys(cursor, limit, f)
+    }
+    fn scan_epoch(&self) -> u64 {
+        self.store.scan_epoch()
     }
 }
 

@@ -382,6 +382,9 @@ impl AntiEntropy {
             })
             .map(|t| t.partition)
             .collect();
+        if !ready.is_empty() && !self.trees_ready(now_ms, store, false) {
+            return; // copies start once the trees are built
+        }
         for p in ready {
             if budget == 0 || self.throttle.over(now_ms) {
                 break;

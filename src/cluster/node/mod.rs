@@ -265,7 +265,8 @@ impl<C> ClusterNode<C> {
         if highest.physical_ms() <= now_ms.saturating_add(YEAR_MS) {
             self.coordinator.hlc_mut().recover(highest);
         }
-        // Anti-entropy: build the partition trees from the store (one pass over its keys).
+        // Anti-entropy: whether to rejoin (and in siblings mode, the trees: one pass over the
+        // store's keys; otherwise they are built when first needed).
         if let Err(e) = self.aae.build(store) {
             log::error!("anti-entropy trees not built from the store: {e}");
         }

@@ -630,6 +630,11 @@ impl<V: Vfs> Store for LogStore<V> {
         Ok((end < self.keydir.len()).then_some(end as u64))
     }
 
+    /// Only a removal moves a keydir entry (the last one into the hole).
+    fn scan_epoch(&self) -> u64 {
+        self.keydir.removals()
+    }
+
     fn set_tombstone_horizon(&mut self, horizon: Version) {
         self.horizon = horizon;
     }
