@@ -133,6 +133,10 @@ pub struct ClusterConfig {
     pub hint_dir: Option<std::path::PathBuf>,
     /// Test-only mutations (all off outside the simulator): see [`Mutations`].
     pub mutations: Mutations,
+    /// Keys a background build of the anti-entropy trees lists per tick; 0 (the default):
+    /// by the store's size (`limits::AE_TREE_BUILD_TICKS`). Not a `kvd` flag: the simulator
+    /// sets a few keys so that its small stores' builds span many ticks.
+    pub tree_build_keys_per_tick: usize,
     /// The ring to start from: the ownership a node started with `--join` fetched from the
     /// cluster (its nodes are among `nodes`, its N is `replicas`). `None`: the first ring of
     /// `nodes` ([`super::Ownership::initial`]), as every node started with `--nodes` computes.
@@ -261,6 +265,7 @@ impl ClusterConfig {
             default_consistency: Consistency::Quorum,
             hint_dir: None,
             mutations: Mutations::default(),
+            tree_build_keys_per_tick: 0,
             initial_ring: None,
             max_clock_offset_ms: MAX_CLOCK_OFFSET_MS_DEFAULT,
             conflicts: Conflicts::Lww,

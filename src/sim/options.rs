@@ -60,6 +60,10 @@ pub const SPARES_MAX: u64 = 3;
 /// Most nodes of a simulated cluster (`--nodes`), beyond which the spare ids are added.
 pub const SIM_NODES_MAX: u32 = BIG_NODES_MAX as u32;
 
+/// Most keys per tick a simulated tree build lists on the seeds that draw a small step (the
+/// simulator's stores hold tens to hundreds of keys per core).
+pub const SIM_TREE_BUILD_KEYS_PER_TICK_MAX: u64 = 16;
+
 /// A deliberate bug switched on to prove that the checkers catch it (`--mutation NAME`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mutation {
@@ -303,6 +307,10 @@ pub struct Params {
     pub membership_weight: u32,
     /// See [`Options::conflicts`].
     pub conflicts: Conflicts,
+    /// Keys a node's anti-entropy tree build lists per tick (0: by the store's size, as
+    /// `kvd`): a few on half the seeds, so that builds span many ticks while writes, crashes,
+    /// peers' requests (answered OVERLOADED) and removals under the listing go on.
+    pub tree_build_keys_per_tick: usize,
 }
 
 fn pick<T: Copy>(
@@ -494,6 +502,12 @@ impl Params {
             let k = range(r, 1, most) as usize;
             shards.push(opts.shards.unwrap_or(k));
         }
+        // Drawn after the others, for the same reason.
+        let tree_build_keys_per_tick = if r.below(2) == 0 {
+            0
+        } else {
+            range(r, 1, SIM_TREE_BUILD_KEYS_PER_TICK_MAX) as usize
+        };
         Params {
             nodes,
             spares,
@@ -534,6 +548,7 @@ impl Params {
             no_repair_reads: opts.no_repair_reads || opts.anti_entropy_only,
             anti_entropy_only: opts.anti_entropy_only,
             anti_entropy_interval_ms,
+            tree_build_keys_per_tick,
             membership_weight,
             // The mutation is one of siblings mode: it switches the mode on.
             conflicts: if opts.mutation == Mutation::LwwAntiEntropy {
@@ -595,6 +610,12 @@ impl Params {
         // (Only when not the default, so that last-write-wins runs trace as they always did.)
         if self.conflicts != Conflicts::Lww {
             trace.line(format_args!("params conflicts={}", self.conflicts.name()));
+        }
+        if self.tree_build_keys_per_tick > 0 {
+            trace.line(format_args!(
+                "params tree_build_keys_per_tick={}",
+                self.tree_build_keys_per_tick
+            ));
         }
     }
 

@@ -247,6 +247,7 @@ impl World {
             lww_anti_entropy: p.mutation == Mutation::LwwAntiEntropy,
         };
         config.conflicts = p.conflicts;
+        config.tree_build_keys_per_tick = p.tree_build_keys_per_tick;
         config.validate().expect("drawn parameters are in range");
         let ids: Vec<u32> = (1..=p.nodes).collect();
         let ring = Ring::new(&ids, p.replicas);

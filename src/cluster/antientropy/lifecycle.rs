@@ -142,6 +142,8 @@ impl AntiEntropy {
         // under a listing that does not yield.
         let limit = if b.restarts > AE_TREE_BUILD_RESTARTS_MAX {
             usize::MAX
+        } else if self.build_keys_per_tick > 0 {
+            self.build_keys_per_tick
         } else {
             (store.len() / AE_TREE_BUILD_TICKS).clamp(
                 AE_TREE_BUILD_KEYS_PER_TICK_MIN,

@@ -262,6 +262,8 @@ pub struct AntiEntropy {
     freeing: Vec<Box<PartitionTree>>,
     /// Keep the trees always (siblings mode: see `lifecycle.rs`).
     keep_trees: bool,
+    /// Keys a build lists per tick, 0 = by the store's size ([`ClusterConfig`]).
+    build_keys_per_tick: usize,
 }
 
 /// Completed exchanges to report: (partition, peer) → start ms.
@@ -336,6 +338,7 @@ impl AntiEntropy {
             notes_at_use: 0,
             freeing: Vec::new(),
             keep_trees: config.conflicts == super::Conflicts::Siblings,
+            build_keys_per_tick: config.tree_build_keys_per_tick,
         };
         a.set_shard(0, 1);
         a

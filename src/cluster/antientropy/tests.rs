@@ -630,3 +630,52 @@ fn a_build_the_store_removes_keys_under_ends_exact() {
         assert_eq!(root(&mut a), root(&mut fresh), "partition {p}");
     }
 }
+
+/// Writes that land while a build lists the store reach the trees whether the listing has
+/// passed their keys (noted as they land) or not (listed later): the build ends with the
+/// trees of the final store.
+#[test]
+fn writes_during_a_build_reach_the_trees() {
+    use crate::limits::AE_TREE_BUILD_KEYS_PER_TICK_MIN;
+    let (mut a, _) = pair_of_nodes();
+    let mut s = MemoryStore::new();
+    let n = 3 * AE_TREE_BUILD_KEYS_PER_TICK_MIN as u64;
+    let v = |i: u64, round: u64| Version::new(1_000_000 + round, 0, 1).0 + i;
+    for i in 0..n {
+        put(&mut a, &mut s, format!("k{i}").as_bytes(), v(i, 0), false);
+    }
+    assert!(
+        !a.trees_ready(1_000_000, &mut s, false),
+        "too large for one step"
+    );
+    let alive = |_: u32| true;
+    let mut now = 1_000_000;
+    let mut ticks = 0;
+    while a.trees != super::lifecycle::Trees::Live {
+        // Overwrites only (the map keeps its order): every key, listed or not, changes.
+        ticks += 1;
+        for i in 0..n {
+            put(
+                &mut a,
+                &mut s,
+                format!("k{i}").as_bytes(),
+                v(i, ticks),
+                i % 5 == 0,
+            );
+        }
+        now += 5;
+        a.on_tick(now, &mut s, &alive, 1);
+        assert!(ticks < 10, "the build ends");
+    }
+    assert_eq!(ticks, 2, "3 steps, one within `trees_ready`: no restart");
+    let (mut fresh, _) = pair_of_nodes();
+    assert!(!fresh.trees_ready(now, &mut s, false));
+    while fresh.trees != super::lifecycle::Trees::Live {
+        now += 5;
+        fresh.on_tick(now, &mut s, &alive, 1);
+    }
+    for p in 0..PARTITION_COUNT {
+        let root = |x: &mut AntiEntropy| x.index.tree_hashed(p).hash(0, 0);
+        assert_eq!(root(&mut a), root(&mut fresh), "partition {p}");
+    }
+}
