@@ -193,9 +193,6 @@ pub struct KeyDir {
     len: usize,
     arena: Arena,
     arena_dead: usize,
-    /// Keys removed since creation: a removal moves the last entry into the hole, so a
-    /// listing in steps by position ([`KeyDir::at`]) is exact only while this stays put.
-    removals: u64,
 }
 
 /// Key bytes in chunks of [`KEYDIR_ARENA_CHUNK_SIZE`]. A key never straddles two chunks (the
@@ -331,14 +328,7 @@ impl KeyDir {
             len: 0,
             arena: Arena::default(),
             arena_dead: 0,
-            removals: 0,
         }
-    }
-
-    /// Keys removed since creation (see the field): a stepwise listing compares it between
-    /// steps to learn whether an entry may have moved to a position it already passed.
-    pub fn removals(&self) -> u64 {
-        self.removals
     }
 
     /// Number of keys.
@@ -551,7 +541,6 @@ impl KeyDir {
             self.chunks.pop();
         }
         self.len -= 1;
-        self.removals += 1;
         self.arena_dead += removed.key_len();
         if self.arena_dead >= KEYDIR_ARENA_DEAD_MIN && self.arena_dead * 2 > self.arena.len() {
             self.compact_arena();
@@ -621,8 +610,8 @@ impl KeyDir {
     }
 
     /// The key and location of entry `i` of the dense entry array (`0..len()`), for listings
-    /// in bounded steps. Removing a key moves the last entry into its place, so positions are
-    /// stable only while no key is removed.
+    /// in bounded steps. Removing a key moves the last entry into its place and inserting one
+    /// appends it, so a listing from the top down misses no key that was there throughout.
     pub fn at(&self, i: usize) -> Option<(&[u8], Loc)> {
         if i >= self.len {
             return None;

@@ -21,9 +21,10 @@
 //!   key of a held partition (entries the sweep would remove — collectable, below the
 //!   horizon — are left out). Writes are noted as they land from the start of the build, so
 //!   whichever of a write and the listing reaches a key last, the tree ends with the store's
-//!   record. A removal in the store moves a key the listing has not reached to a position it
-//!   passed ([`Store::scan_epoch`]): the build then starts over, and after
-//!   [`AE_TREE_BUILD_RESTARTS_MAX`] restarts lists the rest in one step.
+//!   record. A store whose listing order may change between steps (the in-memory store's
+//!   hash map, on a new key) says so ([`Store::scan_epoch`]): the build then starts over,
+//!   and after [`AE_TREE_BUILD_RESTARTS_MAX`] restarts lists the rest in one step. The log
+//!   store lists its key directory top down, which no insert or removal upsets.
 //! - **Live** trees are exactly what the always-maintained trees were: every exchange reads
 //!   them as before, so the rules of the parent module (completion, horizons, rejoin) are
 //!   unchanged.

@@ -543,12 +543,12 @@ fn trees_are_built_on_demand_in_steps_and_dropped_when_idle() {
     assert_eq!(a.stats().exchanges_failed, 0);
 }
 
-/// Keys removed while a build lists the store (a removal moves the last entry into its
-/// hole, maybe behind the cursor) make it start over, and it ends with the same trees as a
-/// build of the final store; past the restarts allowed it lists the rest in one step.
+/// Keys removed while a build lists the log store (a removal moves the last entry into its
+/// hole, maybe below the cursor) and keys added (appended at the end) cost the top-down
+/// listing nothing: it ends in its usual steps with the trees of the final store.
 #[test]
-fn a_build_the_store_removes_keys_under_ends_exact() {
-    use crate::limits::{AE_TREE_BUILD_KEYS_PER_TICK_MIN, AE_TREE_BUILD_RESTARTS_MAX};
+fn a_build_the_log_store_removes_keys_under_ends_exact() {
+    use crate::limits::AE_TREE_BUILD_KEYS_PER_TICK_MIN;
     use crate::storage::logstore::{LogConfig, LogStore};
     use crate::storage::vfs::MemVfs;
     let (mut s, _) = LogStore::open(
@@ -584,7 +584,7 @@ fn a_build_the_store_removes_keys_under_ends_exact() {
     let alive = |_: u32| true;
     let (mut now, mut ticks) = (1_000_000, 0);
     while a.trees != super::lifecycle::Trees::Live {
-        // Two tombstones go a tick: the last entries move into their holes.
+        // Two tombstones go a tick (the last entries move into their holes), a key comes.
         let mut gone = 0;
         let mut doomed = |k: &[u8]| {
             let d = k[0] == b't' && gone < 2;
@@ -598,7 +598,7 @@ fn a_build_the_store_removes_keys_under_ends_exact() {
         put(
             &mut a,
             &mut s,
-            format!("k{ticks}").as_bytes(),
+            format!("new{ticks}").as_bytes(),
             v(n + ticks),
             false,
         );
@@ -607,27 +607,66 @@ fn a_build_the_store_removes_keys_under_ends_exact() {
         a.on_tick(now, &mut s, &alive, 1);
         assert!(ticks < 100, "the build ends");
     }
-    // Without removals it would take 2 ticks (3 steps, one within `trees_ready`).
+    assert_eq!(ticks, 2, "3 steps, one within `trees_ready`: no restart");
+    assert_trees_as_built_afresh(&mut a, &mut s, now);
+}
+
+/// The in-memory store's listing order changes with a new key (its hash map may grow):
+/// the build starts over, and past the restarts allowed lists the rest in one step, ending
+/// with the trees of the final store.
+#[test]
+fn a_build_the_memory_store_reorders_under_starts_over_and_ends_exact() {
+    use crate::limits::{AE_TREE_BUILD_KEYS_PER_TICK_MIN, AE_TREE_BUILD_RESTARTS_MAX};
+    let (mut a, _) = pair_of_nodes();
+    let mut s = MemoryStore::new();
+    let v = |i: u64| Version::new(1_000_000 + i, 0, 1).0;
+    let n = 2 * AE_TREE_BUILD_KEYS_PER_TICK_MIN as u64;
+    for i in 0..n {
+        put(&mut a, &mut s, format!("k{i}").as_bytes(), v(i), false);
+    }
+    assert!(
+        !a.trees_ready(1_000_000, &mut s, false),
+        "too large for one step"
+    );
+    let alive = |_: u32| true;
+    let (mut now, mut ticks) = (1_000_000, 0);
+    while a.trees != super::lifecycle::Trees::Live {
+        put(
+            &mut a,
+            &mut s,
+            format!("new{ticks}").as_bytes(),
+            v(n + ticks),
+            false,
+        );
+        ticks += 1;
+        now += 5;
+        a.on_tick(now, &mut s, &alive, 1);
+        assert!(ticks < 100, "the build ends");
+    }
+    // Without new keys it would take 1 tick (2 steps, one within `trees_ready`).
     assert_eq!(
         ticks,
         u64::from(AE_TREE_BUILD_RESTARTS_MAX) + 1,
         "it restarted each tick, then listed the rest at once"
     );
+    assert_trees_as_built_afresh(&mut a, &mut s, now);
+}
+
+/// `a`'s trees equal those a fresh core builds from `store` now.
+fn assert_trees_as_built_afresh(a: &mut AntiEntropy, store: &mut dyn Store, mut now: u64) {
     let (mut fresh, _) = pair_of_nodes();
     for p in 0..PARTITION_COUNT {
-        fresh.adopt(p, horizon);
+        fresh.adopt(p, a.index.horizon(p));
     }
-    let mut fresh_ticks = 0;
-    assert!(!fresh.trees_ready(now, &mut s, false));
+    let alive = |_: u32| true;
+    fresh.trees_ready(now, store, false);
     while fresh.trees != super::lifecycle::Trees::Live {
         now += 5;
-        fresh.on_tick(now, &mut s, &alive, 1);
-        fresh_ticks += 1;
+        fresh.on_tick(now, store, &alive, 1);
     }
-    assert_eq!(fresh_ticks, 2, "nothing removed: a step a tick, 3 steps");
     for p in 0..PARTITION_COUNT {
         let root = |x: &mut AntiEntropy| x.index.tree_hashed(p).hash(0, 0);
-        assert_eq!(root(&mut a), root(&mut fresh), "partition {p}");
+        assert_eq!(root(a), root(&mut fresh), "partition {p}");
     }
 }
 
@@ -668,14 +707,5 @@ fn writes_during_a_build_reach_the_trees() {
         assert!(ticks < 10, "the build ends");
     }
     assert_eq!(ticks, 2, "3 steps, one within `trees_ready`: no restart");
-    let (mut fresh, _) = pair_of_nodes();
-    assert!(!fresh.trees_ready(now, &mut s, false));
-    while fresh.trees != super::lifecycle::Trees::Live {
-        now += 5;
-        fresh.on_tick(now, &mut s, &alive, 1);
-    }
-    for p in 0..PARTITION_COUNT {
-        let root = |x: &mut AntiEntropy| x.index.tree_hashed(p).hash(0, 0);
-        assert_eq!(root(&mut a), root(&mut fresh), "partition {p}");
-    }
+    assert_trees_as_built_afresh(&mut a, &mut s, now);
 }

@@ -606,16 +606,25 @@ impl<V: Vfs> Store for LogStore<V> {
         Ok((forgotten, (i < self.keydir.len()).then_some(i as u64)))
     }
 
-    /// The cursor is a position in the keydir's dense entry array (see [`KeyDir::at`]).
+    /// Lists the keydir's dense entry array from its end down (see [`KeyDir::at`]); the
+    /// cursor is one past the next position to list, 0 for the first call (the top). Top
+    /// down, a listing that yields between steps misses no key: a removal moves the last
+    /// entry (listed, or the top of what is left) into the hole, and an insert appends at
+    /// the end (the writer notes it itself).
     fn scan_keys(
         &self,
         cursor: u64,
         limit: usize,
         f: &mut dyn FnMut(&[u8], super::KeyMeta),
     ) -> Result<Option<u64>, StoreError> {
-        let start = usize::try_from(cursor).unwrap_or(usize::MAX);
-        let end = start.saturating_add(limit).min(self.keydir.len());
-        for i in start..end {
+        let len = self.keydir.len();
+        let end = match usize::try_from(cursor) {
+            Ok(0) => len,
+            Ok(c) => (c - 1).min(len),
+            Err(_) => len,
+        };
+        let start = end.saturating_sub(limit);
+        for i in (start..end).rev() {
             let (key, loc) = self.keydir.at(i).expect("i < len");
             f(
                 key,
@@ -627,12 +636,13 @@ impl<V: Vfs> Store for LogStore<V> {
                 },
             );
         }
-        Ok((end < self.keydir.len()).then_some(end as u64))
+        Ok((start > 0).then_some(start as u64 + 1))
     }
 
-    /// Only a removal moves a keydir entry (the last one into the hole).
+    /// Constant: the top-down listing of `scan_keys` is exact whatever is removed or
+    /// inserted between its steps.
     fn scan_epoch(&self) -> u64 {
-        self.keydir.removals()
+        0
     }
 
     fn set_tombstone_horizon(&mut self, horizon: Version) {
