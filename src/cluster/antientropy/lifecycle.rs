@@ -111,8 +111,7 @@ impl AntiEntropy {
 
     /// Start listing the store into empty trees; writes are noted from now on.
     pub(super) fn start_tree_build(&mut self, now_ms: u64, store: &dyn Store) {
-        let trees = self.index.trees.iter_mut().filter_map(Option::take);
-        self.freeing.extend(trees);
+        self.release_trees();
         self.index.tracking = true;
         self.trees = Trees::Building(Build {
             cursor: 0,
@@ -217,13 +216,18 @@ impl AntiEntropy {
     }
 
     pub(super) fn drop_trees(&mut self) {
-        let trees = self.index.trees.iter_mut().filter_map(Option::take);
-        self.freeing.extend(trees);
+        self.release_trees();
         self.index.tracking = false;
         self.trees = Trees::Off;
         // The next build leaves out what the sweep would remove.
         self.sweep = None;
         self.sweep_again = false;
+    }
+
+    /// Take every tree out of the index, to be freed a few a tick.
+    fn release_trees(&mut self) {
+        let trees = self.index.trees.iter_mut().filter_map(Option::take);
+        self.freeing.extend(trees);
     }
 
     /// Free a few dropped trees ([`AE_TREES_FREED_PER_TICK`]).

@@ -581,9 +581,7 @@ fn a_build_the_log_store_removes_keys_under_ends_exact() {
         !a.trees_ready(1_000_000, &mut s, false),
         "too large for one step"
     );
-    let alive = |_: u32| true;
-    let (mut now, mut ticks) = (1_000_000, 0);
-    while a.trees != super::lifecycle::Trees::Live {
+    let (now, ticks) = build_ticking(&mut a, &mut s, 1_000_000, |a, s, tick| {
         // Two tombstones go a tick (the last entries move into their holes), a key comes.
         let mut gone = 0;
         let mut doomed = |k: &[u8]| {
@@ -595,18 +593,8 @@ fn a_build_the_log_store_removes_keys_under_ends_exact() {
         while let Some(at) = c {
             c = s.forget_step(&mut doomed, at, 1024).unwrap().1;
         }
-        put(
-            &mut a,
-            &mut s,
-            format!("new{ticks}").as_bytes(),
-            v(n + ticks),
-            false,
-        );
-        ticks += 1;
-        now += 5;
-        a.on_tick(now, &mut s, &alive, 1);
-        assert!(ticks < 100, "the build ends");
-    }
+        put(a, s, format!("new{tick}").as_bytes(), v(n + tick), false);
+    });
     assert_eq!(ticks, 2, "3 steps, one within `trees_ready`: no restart");
     assert_trees_as_built_afresh(&mut a, &mut s, now);
 }
@@ -628,21 +616,9 @@ fn a_build_the_memory_store_reorders_under_starts_over_and_ends_exact() {
         !a.trees_ready(1_000_000, &mut s, false),
         "too large for one step"
     );
-    let alive = |_: u32| true;
-    let (mut now, mut ticks) = (1_000_000, 0);
-    while a.trees != super::lifecycle::Trees::Live {
-        put(
-            &mut a,
-            &mut s,
-            format!("new{ticks}").as_bytes(),
-            v(n + ticks),
-            false,
-        );
-        ticks += 1;
-        now += 5;
-        a.on_tick(now, &mut s, &alive, 1);
-        assert!(ticks < 100, "the build ends");
-    }
+    let (now, ticks) = build_ticking(&mut a, &mut s, 1_000_000, |a, s, tick| {
+        put(a, s, format!("new{tick}").as_bytes(), v(n + tick), false);
+    });
     // Without new keys it would take 1 tick (2 steps, one within `trees_ready`).
     assert_eq!(
         ticks,
@@ -652,18 +628,34 @@ fn a_build_the_memory_store_reorders_under_starts_over_and_ends_exact() {
     assert_trees_as_built_afresh(&mut a, &mut s, now);
 }
 
+/// Tick `a` every 5 ms from `now` until its tree build ends, calling `between(a, store,
+/// tick)` before each tick (from 0). Returns when the build ended and the ticks it took.
+fn build_ticking(
+    a: &mut AntiEntropy,
+    store: &mut dyn Store,
+    mut now: u64,
+    mut between: impl FnMut(&mut AntiEntropy, &mut dyn Store, u64),
+) -> (u64, u64) {
+    let alive = |_: u32| true;
+    let mut ticks = 0;
+    while a.trees != super::lifecycle::Trees::Live {
+        between(a, store, ticks);
+        ticks += 1;
+        now += 5;
+        a.on_tick(now, store, &alive, 1);
+        assert!(ticks < 100, "the build ends");
+    }
+    (now, ticks)
+}
+
 /// `a`'s trees equal those a fresh core builds from `store` now.
-fn assert_trees_as_built_afresh(a: &mut AntiEntropy, store: &mut dyn Store, mut now: u64) {
+fn assert_trees_as_built_afresh(a: &mut AntiEntropy, store: &mut dyn Store, now: u64) {
     let (mut fresh, _) = pair_of_nodes();
     for p in 0..PARTITION_COUNT {
         fresh.adopt(p, a.index.horizon(p));
     }
-    let alive = |_: u32| true;
     fresh.trees_ready(now, store, false);
-    while fresh.trees != super::lifecycle::Trees::Live {
-        now += 5;
-        fresh.on_tick(now, store, &alive, 1);
-    }
+    build_ticking(&mut fresh, store, now, |_, _, _| {});
     for p in 0..PARTITION_COUNT {
         let root = |x: &mut AntiEntropy| x.index.tree_hashed(p).hash(0, 0);
         assert_eq!(root(a), root(&mut fresh), "partition {p}");
@@ -687,25 +679,12 @@ fn writes_during_a_build_reach_the_trees() {
         !a.trees_ready(1_000_000, &mut s, false),
         "too large for one step"
     );
-    let alive = |_: u32| true;
-    let mut now = 1_000_000;
-    let mut ticks = 0;
-    while a.trees != super::lifecycle::Trees::Live {
+    let (now, ticks) = build_ticking(&mut a, &mut s, 1_000_000, |a, s, tick| {
         // Overwrites only (the map keeps its order): every key, listed or not, changes.
-        ticks += 1;
         for i in 0..n {
-            put(
-                &mut a,
-                &mut s,
-                format!("k{i}").as_bytes(),
-                v(i, ticks),
-                i % 5 == 0,
-            );
+            put(a, s, format!("k{i}").as_bytes(), v(i, tick + 1), i % 5 == 0);
         }
-        now += 5;
-        a.on_tick(now, &mut s, &alive, 1);
-        assert!(ticks < 10, "the build ends");
-    }
+    });
     assert_eq!(ticks, 2, "3 steps, one within `trees_ready`: no restart");
     assert_trees_as_built_afresh(&mut a, &mut s, now);
 }
