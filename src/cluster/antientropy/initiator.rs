@@ -66,17 +66,29 @@ impl AntiEntropy {
             .max(now_ms)
             .saturating_add(self.interval_ms);
         let mut queue = VecDeque::new();
+        // A partition on its way to a pending owner reaches it through the move's copy
+        // (`transfer.rs`), at the move's byte rate. A round's exchange with it, from either
+        // side, would move the whole partition at once and bypass that rate, so the round
+        // leaves such pairs out, and is not full: the pairs have not exchanged.
+        let mut skipped_moving = false;
         for &p in &self.held_list {
+            let state = self.ring.state();
+            let moving_to_me = state.pending(p).any(|n| n == self.me);
             for peer in self.ring.holders(p) {
-                if peer != self.me {
-                    queue.push_back((p, peer));
+                if peer == self.me {
+                    continue;
                 }
+                if moving_to_me || state.pending(p).any(|n| n == peer) {
+                    skipped_moving = true;
+                    continue;
+                }
+                queue.push_back((p, peer));
             }
         }
         self.index.stats.rounds += 1;
         self.round = Some(Round {
             queue,
-            full: true,
+            full: !skipped_moving,
             clean: true,
             synced: vec![false; PARTITION_COUNT],
             keys_moved: 0,

@@ -167,8 +167,8 @@ impl AntiEntropy {
                     // Built for a peer's round: this core's own round runs now, on the same
                     // trees, rather than building them again later. Rounds of the replicas
                     // of a partition so fall in step: one build a node a round. (Not while
-                    // a ring change runs: a round with a pending owner would copy its
-                    // partitions past the moves' byte rate.)
+                    // a ring change runs: its copies are what the trees are for then, and a
+                    // round then leaves the moving partitions' pairs out anyway.)
                     self.next_round_ms = self.next_round_ms.min(now_ms);
                 }
                 log::debug!(

@@ -688,3 +688,71 @@ fn writes_during_a_build_reach_the_trees() {
     assert_eq!(ticks, 2, "3 steps, one within `trees_ready`: no restart");
     assert_trees_as_built_afresh(&mut a, &mut s, now);
 }
+
+/// While a join runs, a round leaves out every pair with a pending owner, from both sides:
+/// the partition reaches its pending owner through the move's throttled copy, and a round's
+/// exchange would push it whole at once. The round is not full.
+#[test]
+fn rounds_leave_partitions_moving_to_a_pending_owner_to_the_move() {
+    use crate::cluster::ringstate::RingState;
+    use std::sync::Arc;
+    let nodes = [
+        (1, "127.0.0.1:1".to_string()),
+        (2, "127.0.0.1:2".to_string()),
+    ];
+    let joining = RingState::initial(&nodes, 2)
+        .unwrap()
+        .admit(3, "127.0.0.1:3")
+        .unwrap();
+    let ring = Ring::from_state(Arc::new(joining));
+    let moving: Vec<usize> = (0..PARTITION_COUNT)
+        .filter(|&p| ring.state().pending(p).any(|n| n == 3))
+        .collect();
+    assert!(!moving.is_empty(), "the join moves partitions to node 3");
+    let mut c = ClusterConfig::build(1, "1=127.0.0.1:1,2=127.0.0.1:2", 2).unwrap();
+    c.anti_entropy_interval_ms = 10_000;
+    let alive = |_: u32| true;
+    for me in [1, 3] {
+        c.node_id = me;
+        let mut a = AntiEntropy::new(&c, ring.clone(), 1_000_000);
+        let mut store = MemoryStore::new();
+        put(&mut a, &mut store, b"k", 5, false);
+        a.trigger(1_000_000);
+        a.on_tick(1_000_000, &mut store, &alive, 1);
+        assert_eq!(a.stats().rounds, 1, "node {me}: the round started");
+        // The pairs still queued and those whose exchange started already (node 3's round,
+        // with nothing to do, ended at once).
+        let queued = a
+            .round
+            .as_ref()
+            .map(|r| r.queue.clone())
+            .unwrap_or_default();
+        let pairs: Vec<(usize, u32)> = queued
+            .into_iter()
+            .chain(a.exchanges.values().map(|x| (x.partition, x.peer)))
+            .collect();
+        assert!(
+            a.round.as_ref().is_some_and(|r| !r.full) || a.stats().full_rounds == 0,
+            "node {me}: pairs left out, so not full"
+        );
+        assert!(
+            pairs
+                .iter()
+                .all(|&(p, peer)| !ring.state().pending(p).any(|n| n == peer || n == me)),
+            "node {me}: no exchange with a pending owner"
+        );
+        if me == 1 {
+            let shared = (0..PARTITION_COUNT).filter(|&p| ring.holds(1, p) && ring.holds(2, p));
+            assert_eq!(
+                pairs.len(),
+                shared.count(),
+                "node 1 still exchanges every partition it shares with node 2"
+            );
+        } else {
+            assert!(
+                pairs.is_empty(),
+                "node 3 only holds partitions moving to it"
+            );
+        }
+    }
+}
