@@ -127,8 +127,9 @@ fn a_decommissioned_node_streams_its_partitions_away_and_ends_empty() {
     }
     let before = nodes[0].client().ring().expect("RING").ownership.version();
     // STATS shows each shard's storage figures as of its last maintenance tick: wait until
-    // every node's show every copy written, or the plan's estimate (from the others' live
-    // bytes) and node 4's own figure below may be taken at different points of the writes.
+    // the nodes' figures count every copy written, or the plan's estimate (from the nodes'
+    // live bytes) and node 4's own figure below may be taken at different points of the
+    // writes.
     wait_for(CHANGE_TIMEOUT, "STATS to count every copy", || {
         let copies: u64 = nodes.iter().map(|n| common::stat(n, "storage_keys")).sum();
         (copies == (KEYS * 3) as u64).then_some(())
