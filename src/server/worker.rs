@@ -21,8 +21,8 @@ use super::peers::PeerLinks;
 use super::readbuf::ReadBuf;
 use super::system;
 use crate::limits::{
-    COORDINATOR_OPS_HIGH_WATER, COORDINATOR_OPS_LOW_WATER, POLL_EVENTS_MAX, POLL_TIMEOUT_MS_MAX,
-    READ_BYTES_PER_TURN_MAX, READ_CHUNK_SIZE, REQUESTS_PER_READ_EVENT_MAX,
+    COORDINATOR_OPS_HIGH_WATER, COORDINATOR_OPS_LOW_WATER, POLLS_PER_TURN_MAX, POLL_EVENTS_MAX,
+    POLL_TIMEOUT_MS_MAX, READ_BYTES_PER_TURN_MAX, READ_CHUNK_SIZE, REQUESTS_PER_READ_EVENT_MAX,
     SCRATCH_IDLE_CAPACITY_MAX, SHUTDOWN_FLUSH_MS_MAX, TRIM_AFTER_FREED_BYTES,
     WRITE_BUFFER_HIGH_WATER, WRITE_BUFFER_IDLE_CAPACITY_MAX, WRITE_BUFFER_SIZE_MAX,
 };
@@ -176,7 +176,9 @@ impl Worker {
         &self.shared.counters[self.shard]
     }
 
-    /// Run until shutdown is requested.
+    /// Run until shutdown is requested. A *turn* polls, handles the events, and polls again
+    /// without waiting while the last poll found any ([`POLLS_PER_TURN_MAX`] polls at most);
+    /// then it ends (`end_turn`): one store write, the replies and peer frames written out.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(POLL_EVENTS_MAX);
         let start = Instant::now();
@@ -186,8 +188,11 @@ impl Worker {
             SyncPolicy::Interval { ms } => Some(start + Duration::from_millis(ms)),
             _ => None,
         };
+        // Polls made in the running turn (0: the next poll starts a turn).
+        let mut polls = 0;
         loop {
-            let busy = !self.resume_list.is_empty()
+            let busy = polls > 0
+                || !self.resume_list.is_empty()
                 || self.accept_pending
                 || self.links.as_ref().is_some_and(|l| l.has_read_pending());
             let timeout = if busy {
@@ -207,8 +212,13 @@ impl Worker {
                 }
             }
             let now_ms = wall_ms();
-            self.turn_start = Instant::now();
-            self.turn_read_bytes = 0;
+            if polls == 0 {
+                // The turn's latency (recorded for its immediate replies) counts from its
+                // first poll, and its read budget covers all of its polls.
+                self.turn_start = Instant::now();
+                self.turn_read_bytes = 0;
+            }
+            polls += 1;
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept_pending = true,
@@ -251,6 +261,12 @@ impl Worker {
             }
             self.core.on_cluster_tick(now_ms);
             self.update_throttle();
+            if polls < POLLS_PER_TURN_MAX && !events.is_empty() {
+                // More may have come while this poll's events were handled: take it into this
+                // turn, whose one store write and socket writes then carry it too.
+                continue;
+            }
+            polls = 0;
             self.end_turn();
 
             let now = Instant::now();
