@@ -130,11 +130,17 @@ pub struct Entry<'a> {
     pub expires_s: u32,
 }
 
+/// Whether a record may be forgotten once its partition's tombstone horizon is above its
+/// version: a tombstone, or a value whose expiry (whole seconds, 0 = never) has passed at
+/// `now_ms`.
+pub fn collectable(tombstone: bool, expires_s: u32, now_ms: u64) -> bool {
+    tombstone || (expires_s != 0 && u64::from(expires_s) * 1000 <= now_ms)
+}
+
 impl Entry<'_> {
-    /// Whether the record may be forgotten once the partition's tombstone horizon is above
-    /// its version: a tombstone or a value expired at `now_ms`.
+    /// Whether the entry may be forgotten below the horizon ([`collectable`]).
     pub fn collectable(&self, now_ms: u64) -> bool {
-        self.tombstone || (self.expires_s != 0 && u64::from(self.expires_s) * 1000 <= now_ms)
+        collectable(self.tombstone, self.expires_s, now_ms)
     }
 
     fn encoded_len(&self) -> usize {

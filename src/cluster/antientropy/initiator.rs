@@ -71,14 +71,15 @@ impl AntiEntropy {
         // side, would move the whole partition at once and bypass that rate, so the round
         // leaves such pairs out, and is not full: the pairs have not exchanged.
         let mut skipped_moving = false;
+        let state = self.ring.state();
         for &p in &self.held_list {
-            let state = self.ring.state();
-            let moving_to_me = state.pending(p).any(|n| n == self.me);
+            let pending = |n: u32| state.pending(p).any(|m| m == n);
+            let moving_to_me = pending(self.me);
             for peer in self.ring.holders(p) {
                 if peer == self.me {
                     continue;
                 }
-                if moving_to_me || state.pending(p).any(|n| n == peer) {
+                if moving_to_me || pending(peer) {
                     skipped_moving = true;
                     continue;
                 }

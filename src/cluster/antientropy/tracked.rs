@@ -4,7 +4,7 @@
 //! and reads are refused while rejoining. See the parent module's doc ("Trees").
 
 use super::{AaeStats, AntiEntropy};
-use crate::cluster::merkle::{Entry, PartitionTree};
+use crate::cluster::merkle::{collectable, Entry, PartitionTree};
 use crate::hash::{key_hash, partition_of, partition_of_hash};
 use crate::limits::{AE_BUILD_KEYS_PER_STEP, PARTITION_COUNT, PREFETCH_BATCH_MAX};
 use crate::storage::{
@@ -154,9 +154,8 @@ impl TreeIndex {
         let mut causal: Vec<Vec<u8>> = Vec::new();
         let next = store.scan_keys(cursor, limit, &mut |k, m| {
             let p = partition_of(k);
-            // As `Entry::collectable`, on the tree's whole-second expiry.
-            let expires_s = u64::from(expiry_s_of(m.expires_at_ms));
-            let collectable = m.tombstone || (expires_s != 0 && expires_s * 1000 <= now_ms);
+            // Judged on the tree's whole-second expiry, as the sweep judges the entry.
+            let collectable = collectable(m.tombstone, expiry_s_of(m.expires_at_ms), now_ms);
             if !wanted[p] || (collectable && m.version.0 < self.horizons[p]) {
             } else if m.causal {
                 causal.push(k.to_vec());
