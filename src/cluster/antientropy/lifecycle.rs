@@ -34,10 +34,9 @@
 //!   [`AE_TREE_BUILD_COST_PER_KEY`] × the store's keys (and [`AE_TREES_DROP_NOTES_MIN`]):
 //!   their upkeep then cost about a build, so keeping them longer is not worth it
 //!   (rent-or-buy). A lightly written store, or one whose rounds come often, keeps them.
-//! - A build for a peer's exchange that ends with no round running (and no ring change
-//!   running) starts this core's round at once, on the trees just built: the replicas'
-//!   rounds fall in step, one build a node a round, instead of each round building its
-//!   peers' trees anew.
+//! - A build for a peer's exchange that ends with no round running starts this core's round
+//!   at once, on the trees just built: the replicas' rounds fall in step, one build a node a
+//!   round, instead of each round building its peers' trees anew.
 //!
 //! A peer asking for trees that are not built yet is answered OVERLOADED, and its exchange
 //! asks again [`AE_BUSY_RETRY_MS`] later (for up to [`AE_BUSY_WAIT_MS_MAX`]); a small store
@@ -162,13 +161,11 @@ impl AntiEntropy {
             Ok(None) => {
                 self.trees = Trees::Live;
                 self.index.stats.tree_builds += 1;
-                let changing = self.ring.state().change().is_some();
-                if b.for_peer && self.round.is_none() && !changing {
+                if b.for_peer && self.round.is_none() {
                     // Built for a peer's round: this core's own round runs now, on the same
                     // trees, rather than building them again later. Rounds of the replicas
-                    // of a partition so fall in step: one build a node a round. (Not while
-                    // a ring change runs: its copies are what the trees are for then, and a
-                    // round then leaves the moving partitions' pairs out anyway.)
+                    // of a partition so fall in step: one build a node a round. (During a
+                    // ring change too: a round leaves the moving partitions to the copies.)
                     self.next_round_ms = self.next_round_ms.min(now_ms);
                 }
                 log::debug!(
